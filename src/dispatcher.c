@@ -1,0 +1,627 @@
+/*-------------------------------------------------------------------------
+ *
+ * dispatcher.c
+ *		The dispatcher: one background worker per database, sending the
+ *		outbox to the carriers.
+ *
+ * Life of the worker: connect to its database (named in bgw_extra by the
+ * launcher), publish its latch in shared memory, wait for the extension to
+ * exist, resend at once whatever was in flight when the previous
+ * dispatcher stopped (same idempotency key, same bytes), then loop:
+ *
+ *	1. claim: for each provider with free slots (max_inflight), tokens
+ *	   (rate_limit_per_s) and no Retry-After hold, claim due intents and
+ *	   render the never-sent ones (outbox.c), committed durably;
+ *	2. send: hand the requests to libcurl multi (http.c);
+ *	3. wait: on the latch (a commit enqueued work), the sockets, libcurl's
+ *	   timer, the next due retry — never a fixed sleep while work is due;
+ *	4. apply: every completion that arrived is applied at once, in one
+ *	   transaction per batch (outbox.c), never held for a slower request.
+ *
+ * Memory: loop_cxt is reset every iteration; each request in flight has a
+ * small context of its own, deleted once its result is applied; the
+ * configuration lives in cfg_cxt, rebuilt when the configuration generation
+ * in shared memory moves (providers, bindings changed) or on SIGHUP.
+ *
+ * Errors: an ERROR ends the worker (exit 1); the launcher starts a new one
+ * within a second, which resends the intents left in flight.  Nothing is
+ * lost because nothing lives only in this process's memory.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <sys/resource.h>
+#include <curl/curl.h>
+
+#include "access/xact.h"
+#include "commands/extension.h"
+#include "common/pg_prng.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "pg_shipsync.h"
+#include "dispatcher.h"
+
+/* A request in flight: its own memory context holds all of it */
+typedef struct Flight
+{
+	HttpTransfer xfer;			/* first: http.c hands back this pointer */
+	MemoryContext cxt;
+	Claimed		c;
+} Flight;
+
+static MemoryContext cfg_cxt = NULL;
+static Provider *providers = NULL;
+static int	nproviders = 0;
+static Binding *bindings = NULL;
+static int	nbindings = 0;
+static uint64 cfg_generation = 0;
+static HttpClient *client = NULL;
+static int	my_slot = -1;
+
+static void
+dispatcher_release_slot(int code, Datum arg)
+{
+	if (my_slot < 0)
+		return;
+	SpinLockAcquire(&shipsync_shared->mutex);
+	shipsync_shared->slots[my_slot].dbid = InvalidOid;
+	shipsync_shared->slots[my_slot].pid = 0;
+	shipsync_shared->slots[my_slot].latch = NULL;
+	SpinLockRelease(&shipsync_shared->mutex);
+	my_slot = -1;
+}
+
+/* Publish our latch so that committing backends can wake us. */
+static void
+dispatcher_claim_slot(void)
+{
+	int			free_slot = -1;
+	pid_t		other = 0;
+
+	SpinLockAcquire(&shipsync_shared->mutex);
+	for (int i = 0; i < SHIPSYNC_MAX_DISPATCHERS; i++)
+	{
+		if (shipsync_shared->slots[i].dbid == MyDatabaseId)
+			other = shipsync_shared->slots[i].pid;
+		else if (shipsync_shared->slots[i].dbid == InvalidOid && free_slot < 0)
+			free_slot = i;
+	}
+	if (other == 0 && free_slot >= 0)
+	{
+		shipsync_shared->slots[free_slot].dbid = MyDatabaseId;
+		shipsync_shared->slots[free_slot].pid = MyProcPid;
+		shipsync_shared->slots[free_slot].latch = MyLatch;
+		my_slot = free_slot;
+	}
+	SpinLockRelease(&shipsync_shared->mutex);
+
+	if (other != 0)
+		ereport(FATAL,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("a pg_shipsync dispatcher already runs in this database (PID %d)",
+						(int) other)));
+	if (my_slot < 0)
+		ereport(FATAL,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("no free pg_shipsync dispatcher slot")));
+	on_shmem_exit(dispatcher_release_slot, 0);
+}
+
+/*
+ * libcurl and our sockets may need more descriptors than the usual soft
+ * limit of 1024: take what the hard limit allows.  Running out anyway is a
+ * retryable attempt, logged, never a lost order.
+ */
+static void
+dispatcher_raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max)
+	{
+		rl.rlim_cur = rl.rlim_max > 65536 ? 65536 : rl.rlim_max;
+		(void) setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+static bool
+dispatcher_extension_exists(void)
+{
+	bool		exists;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	exists = OidIsValid(get_extension_oid("pg_shipsync", true));
+	CommitTransactionCommand();
+	return exists;
+}
+
+static void
+dispatcher_process_interrupts(void)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		/* a reload also re-reads providers: cheap, and what a DBA expects */
+		cfg_generation = 0;
+	}
+}
+
+static Provider *
+find_provider(int32 id)
+{
+	for (int i = 0; i < nproviders; i++)
+		if (providers[i].id == id)
+			return &providers[i];
+	return NULL;
+}
+
+/*
+ * (Re)load providers and bindings, keeping each provider's runtime state.
+ */
+static void
+dispatcher_load_config(void)
+{
+	MemoryContext new_cxt;
+	Provider   *ps;
+	Binding    *bs;
+	int			np;
+	int			nb;
+	uint64		gen = pg_atomic_read_u64(&shipsync_shared->config_generation);
+
+	new_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync config",
+									ALLOCSET_DEFAULT_SIZES);
+	outbox_load_config(new_cxt, &ps, &np, &bs, &nb);
+
+	for (int i = 0; i < np; i++)
+	{
+		Provider   *old = find_provider(ps[i].id);
+
+		if (old)
+		{
+			ps[i].inflight = old->inflight;
+			ps[i].tokens = old->tokens;
+			ps[i].tokens_at = old->tokens_at;
+			ps[i].hold_until = old->hold_until;
+		}
+		else
+		{
+			ps[i].tokens = ps[i].rate_per_s > 1 ? ps[i].rate_per_s : 1;
+			ps[i].tokens_at = GetCurrentTimestamp();
+		}
+		ps[i].maybe_work = true;
+		ps[i].next_due = 0;
+	}
+	for (int i = 0; i < nbindings; i++)
+	{
+		if (bindings[i].render_plan)
+			SPI_freeplan(bindings[i].render_plan);
+		if (bindings[i].writeback_plan)
+			SPI_freeplan(bindings[i].writeback_plan);
+	}
+	if (cfg_cxt)
+		MemoryContextDelete(cfg_cxt);
+	cfg_cxt = new_cxt;
+	providers = ps;
+	nproviders = np;
+	bindings = bs;
+	nbindings = nb;
+	cfg_generation = gen;
+}
+
+static long
+ms_until(TimestampTz when, TimestampTz now)
+{
+	if (when <= now)
+		return 0;
+	return (long) ((when - now + 999) / 1000);
+}
+
+/* Refill p's token bucket; returns how many requests it allows now. */
+static int
+provider_tokens(Provider *p, TimestampTz now)
+{
+	double		cap;
+
+	if (p->rate_per_s <= 0)
+		return INT_MAX;
+	cap = p->rate_per_s > 1 ? p->rate_per_s : 1;
+	p->tokens += (double) (now - p->tokens_at) / 1000000.0 * p->rate_per_s;
+	if (p->tokens > cap)
+		p->tokens = cap;
+	p->tokens_at = now;
+	return (int) p->tokens;
+}
+
+static struct curl_slist *
+build_headers(Provider *p, const char *idempotency_key, bool has_body)
+{
+	struct curl_slist *h = NULL;
+	char		line[128];
+
+	snprintf(line, sizeof(line), "Idempotency-Key: %s", idempotency_key);
+	h = curl_slist_append(h, line);
+	if (has_body)
+		h = curl_slist_append(h, "Content-Type: application/json");
+	h = curl_slist_append(h, "Accept: application/json");
+	/* no "Expect: 100-continue" round trip before larger bodies */
+	h = curl_slist_append(h, "Expect:");
+	for (int i = 0; i < p->nheaders; i++)
+		h = curl_slist_append(h, p->headers[i]);
+	return h;
+}
+
+static void
+dispatcher_send(Provider *p, Claimed *c)
+{
+	MemoryContext fcxt;
+	MemoryContext old;
+	Flight	   *f;
+
+	fcxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync request",
+								 ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(fcxt);
+	f = palloc0(sizeof(Flight));
+	f->cxt = fcxt;
+	f->c = *c;
+	f->c.order_key = pstrdup(c->order_key);
+	f->c.idempotency_key = pstrdup(c->idempotency_key);
+	f->c.method = pstrdup(c->method);
+	f->c.url = pstrdup(c->url);
+	f->c.body = c->body ? pstrdup(c->body) : NULL;
+	f->c.digest = c->digest ? pstrdup(c->digest) : NULL;
+	f->c.op = NULL;
+
+	f->xfer.method = f->c.method;
+	f->xfer.url = f->c.url;
+	f->xfer.body = f->c.body;
+	f->xfer.timeout_ms = p->timeout_ms;
+	f->xfer.headers = build_headers(p, c->idempotency_key, c->body != NULL);
+	f->xfer.owner = f;
+	http_submit(client, &f->xfer);
+	MemoryContextSwitchTo(old);
+	p->inflight++;
+}
+
+/*
+ * Claim and send for every provider that may have work and has room.
+ */
+static void
+dispatcher_claim_all(TimestampTz now)
+{
+	for (int i = 0; i < nproviders; i++)
+	{
+		Provider   *p = &providers[i];
+		int			room;
+		int			allowed;
+		int			n;
+		Claimed    *cs;
+		TimestampTz next_due;
+
+		if (p->paused || p->hold_until > now)
+			continue;
+		if (!p->maybe_work && !(p->next_due != 0 && p->next_due <= now))
+			continue;
+		room = p->max_inflight - p->inflight;
+		if (room <= 0)
+			continue;
+		allowed = provider_tokens(p, now);
+		if (allowed <= 0)
+			continue;
+		room = Min(room, Min(allowed, shipsync_batch_size));
+
+		n = outbox_claim(p, bindings, nbindings, room, p->timeout_ms + 60000,
+						 &cs, &next_due);
+		for (int k = 0; k < n; k++)
+			dispatcher_send(p, &cs[k]);
+		if (p->rate_per_s > 0)
+			p->tokens -= n;
+
+		/* a full claim may have left more; a short one tells the next due */
+		p->maybe_work = (n == room);
+		if (next_due > now)
+			p->next_due = next_due;
+		else
+			p->next_due = 0;	/* due but blocked: a completion will wake us */
+	}
+}
+
+/* How long we may sleep before something of ours falls due */
+static long
+dispatcher_timeout(TimestampTz now)
+{
+	long		timeout = shipsync_idle_check_ms;
+
+	for (int i = 0; i < nproviders; i++)
+	{
+		Provider   *p = &providers[i];
+
+		if (p->paused)
+			continue;
+		if (p->hold_until > now)
+		{
+			timeout = Min(timeout, ms_until(p->hold_until, now));
+			continue;
+		}
+		if (p->inflight >= p->max_inflight)
+			continue;
+		if (p->rate_per_s > 0 && p->tokens < 1 && (p->maybe_work || p->next_due))
+		{
+			timeout = Min(timeout, (long) ((1 - p->tokens) * 1000 / p->rate_per_s) + 1);
+			continue;
+		}
+		if (p->maybe_work)
+			return 0;
+		if (p->next_due)
+			timeout = Min(timeout, ms_until(p->next_due, now));
+	}
+	return timeout;
+}
+
+static char *
+short_body(const StringInfoData *s)
+{
+	int			len = Min(s->len, 200);
+	char	   *out = palloc(len + 1);
+
+	memcpy(out, s->data, len);
+	out[len] = '\0';
+	/* keep the log readable: the body is the carrier's text, not ours */
+	for (int i = 0; i < len; i++)
+		if ((unsigned char) out[i] < 0x20)
+			out[i] = ' ';
+	return out;
+}
+
+/*
+ * Turn one finished transfer into a ShipResult (allocated in the flight's
+ * context), deciding done / retrying / dead.
+ */
+static void
+dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
+{
+	HttpTransfer *t = &f->xfer;
+	Provider   *p = find_provider(f->c.provider_id);
+	int			max_attempts = p ? p->max_attempts : 1;
+	bool		body_ok = true;
+	ShipResponse sr;
+	char		err[256];
+	ShipVerdict v;
+	MemoryContext old = MemoryContextSwitchTo(f->cxt);
+
+	memset(r, 0, sizeof(*r));
+	memset(&sr, 0, sizeof(sr));
+	err[0] = '\0';
+	r->id = f->c.id;
+	r->attempt = f->c.attempt;
+	r->binding_id = f->c.binding_id;
+	r->provider_id = f->c.provider_id;
+	r->order_key = f->c.order_key;
+	r->kind = f->c.kind;
+	r->http_status = t->curl_code == CURLE_OK ? t->http_status : 0;
+	r->latency_ms = t->latency_ms;
+	r->method = f->c.method;
+	r->url = f->c.url;
+	r->digest = f->c.digest;
+
+	if (t->curl_code == CURLE_OK && t->http_status >= 200 && t->http_status < 300)
+		body_ok = shipsync_parse_ship_response(t->response.data, t->response.len,
+											   f->c.kind == INTENT_CREATE,
+											   &sr, err, sizeof(err));
+	if (t->too_large)
+		snprintf(err, sizeof(err), "response larger than shipsync.max_response_bytes (%d bytes)",
+				 shipsync_max_response_bytes);
+	v = shipsync_classify(t->curl_code, t->http_status, t->request_sent, body_ok);
+	r->error_class = v.error_class;
+
+	if (v.outcome == SHIP_OK)
+	{
+		r->state = "done";
+		r->outcome = "done";
+		r->ship_ok = true;
+		r->ship_id = sr.id ? pstrdup(sr.id) : NULL;
+		r->tracking_number = sr.tracking_number ? pstrdup(sr.tracking_number) : NULL;
+		r->label_url = sr.label_url ? pstrdup(sr.label_url) : NULL;
+		r->raw_status = sr.status ? pstrdup(sr.status) : NULL;
+		r->fees_body = sr.has_fees ? t->response.data : NULL;
+		r->error_class = NULL;
+		shipsync_free_ship_response(&sr);
+		MemoryContextSwitchTo(old);
+		return;
+	}
+
+	if (t->curl_code != CURLE_OK)
+		r->error = psprintf("%s%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code),
+							v.in_doubt ? " (in doubt: the request may have reached the carrier)" : "");
+	else if (err[0])
+		r->error = psprintf("HTTP %ld: %s", t->http_status, err);
+	else
+		r->error = psprintf("HTTP %ld: %s", t->http_status, short_body(&t->response));
+
+	if (v.outcome == SHIP_RETRY && f->c.attempt < max_attempts)
+	{
+		long		delay = -1;
+		long		reset;
+
+		delay = shipsync_parse_retry_after(t->retry_after, (time_t) time(NULL));
+		reset = shipsync_parse_retry_after(t->ratelimit_reset, (time_t) time(NULL));
+		/* X-RateLimit-Reset may be a Unix time rather than seconds */
+		if (t->ratelimit_reset && reset > 86400L * 1000 - 1)
+		{
+			long		epoch = strtol(t->ratelimit_reset, NULL, 10);
+
+			reset = epoch > (long) time(NULL) ? (epoch - (long) time(NULL)) * 1000 : 0;
+		}
+		if (delay < 0 && reset >= 0 && (t->http_status == 429 || t->http_status == 503))
+			delay = reset;
+		if (delay >= 0 && v.hold_provider && p)
+		{
+			TimestampTz until = TimestampTzPlusMilliseconds(now, delay);
+
+			if (until > p->hold_until)
+			{
+				p->hold_until = until;
+				ereport(LOG,
+						(errmsg("pg_shipsync: provider \"%s\" asked to wait %ld ms (HTTP %ld); sending to it is paused until then",
+								p->name, delay, t->http_status)));
+			}
+		}
+		if (delay < 0)
+			delay = shipsync_backoff_ms(f->c.attempt,
+										p ? p->backoff_base_ms : 1000,
+										p ? p->backoff_max_ms : 300000,
+										pg_prng_double(&pg_global_prng_state));
+		r->state = "retrying";
+		r->outcome = "retry";
+		r->next_at = TimestampTzPlusMilliseconds(now, delay);
+		if (strcmp(v.error_class, "resource") == 0)
+			ereport(LOG,
+					(errmsg("pg_shipsync: out of resources sending intent %lld: %s",
+							(long long) f->c.id, r->error),
+					 errhint("Raise the open files limit, or lower max_inflight.")));
+	}
+	else
+	{
+		r->state = "dead";
+		r->outcome = "dead";
+		if (v.outcome == SHIP_RETRY)
+			r->error = psprintf("gave up after %d attempts: %s", f->c.attempt, r->error);
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* Apply every transfer that finished, then free them. */
+static void
+dispatcher_apply_done(TimestampTz now)
+{
+	HttpTransfer *t;
+	Flight	  **done = NULL;
+	int			ndone = 0;
+	int			cap = 0;
+	ShipResult	   *rs;
+
+	while ((t = http_take_done(client)) != NULL)
+	{
+		if (ndone == cap)
+		{
+			cap = cap ? cap * 2 : 64;
+			done = done ? repalloc(done, sizeof(Flight *) * cap) : palloc(sizeof(Flight *) * cap);
+		}
+		done[ndone++] = (Flight *) t->owner;
+	}
+	if (ndone == 0)
+		return;
+
+	rs = palloc(sizeof(ShipResult) * ndone);
+	for (int i = 0; i < ndone; i++)
+	{
+		Provider   *p = find_provider(done[i]->c.provider_id);
+
+		dispatcher_judge(done[i], &rs[i], now);
+		if (p)
+		{
+			p->inflight--;
+			p->maybe_work = true;	/* a slot is free; a blocked intent may be due */
+		}
+	}
+
+	outbox_apply(rs, ndone, bindings, nbindings);
+
+	for (int i = 0; i < ndone; i++)
+		MemoryContextDelete(done[i]->cxt);
+}
+
+void
+shipsync_dispatcher_main(Datum main_arg)
+{
+	char		dbname[BGW_EXTRALEN];
+	MemoryContext loop_cxt;
+	TimestampTz last_full_look;
+
+	memcpy(dbname, MyBgworkerEntry->bgw_extra, BGW_EXTRALEN);
+	dbname[BGW_EXTRALEN - 1] = '\0';
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
+	pgstat_report_appname("pg_shipsync dispatcher");
+	dispatcher_claim_slot();
+	dispatcher_raise_fd_limit();
+
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		ereport(FATAL,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not initialize libcurl")));
+
+	/* wait for CREATE EXTENSION; its script wakes us through the latch */
+	while (!dispatcher_extension_exists())
+	{
+		pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION pg_shipsync");
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 2000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		dispatcher_process_interrupts();
+	}
+
+	ereport(LOG, (errmsg("pg_shipsync dispatcher started for database \"%s\"", dbname)));
+	outbox_recover();
+
+	client = http_client_create(TopMemoryContext, 1024);
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync dispatcher loop",
+									 ALLOCSET_DEFAULT_SIZES);
+	dispatcher_load_config();
+	last_full_look = GetCurrentTimestamp();
+
+	for (;;)
+	{
+		TimestampTz now;
+		MemoryContext old;
+
+		dispatcher_process_interrupts();
+		if (cfg_generation != pg_atomic_read_u64(&shipsync_shared->config_generation))
+			dispatcher_load_config();
+
+		old = MemoryContextSwitchTo(loop_cxt);
+		now = GetCurrentTimestamp();
+		if (TimestampDifferenceExceeds(last_full_look, now, shipsync_idle_check_ms))
+		{
+			/* the safety net: prepared transactions, clock jumps */
+			for (int i = 0; i < nproviders; i++)
+				providers[i].maybe_work = true;
+			last_full_look = now;
+		}
+		dispatcher_claim_all(now);
+
+		pgstat_report_activity(STATE_IDLE, NULL);
+		http_wait(client, dispatcher_timeout(GetCurrentTimestamp()), PG_WAIT_EXTENSION);
+
+		if (MyLatch->is_set)
+		{
+			ResetLatch(MyLatch);
+			/* a commit enqueued something: look at every provider */
+			for (int i = 0; i < nproviders; i++)
+				providers[i].maybe_work = true;
+		}
+		dispatcher_process_interrupts();
+
+		dispatcher_apply_done(GetCurrentTimestamp());
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(loop_cxt);
+	}
+}

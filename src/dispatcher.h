@@ -1,0 +1,118 @@
+/*-------------------------------------------------------------------------
+ *
+ * dispatcher.h
+ *		What dispatcher.c and outbox.c share: the in-memory view of
+ *		providers and bindings, claimed intents and their results.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef SHIPSYNC_DISPATCHER_H
+#define SHIPSYNC_DISPATCHER_H
+
+#include "executor/spi.h"
+#include "utils/timestamp.h"
+
+typedef struct Provider
+{
+	/* configuration, from shipsync.provider */
+	int32		id;
+	char	   *name;
+	char	   *base_url;
+	int			timeout_ms;
+	int			max_inflight;
+	int			max_attempts;
+	int			backoff_base_ms;
+	int			backoff_max_ms;
+	double		rate_per_s;		/* 0: unlimited */
+	bool		paused;
+	char	  **headers;		/* static and auth header lines */
+	int			nheaders;
+
+	/* runtime state, carried over reloads */
+	int			inflight;
+	double		tokens;
+	TimestampTz tokens_at;
+	TimestampTz hold_until;		/* Retry-After on a 429/503 */
+	TimestampTz next_due;		/* earliest known due retry, 0: unknown */
+	bool		maybe_work;		/* look for work at the next pass */
+} Provider;
+
+typedef struct Binding
+{
+	int32		id;
+	Oid			relid;
+	char	   *render_sql;
+	char	   *writeback_sql;
+	SPIPlanPtr	render_plan;	/* saved lazily, freed at reload */
+	SPIPlanPtr	writeback_plan;
+} Binding;
+
+typedef enum IntentKind
+{
+	INTENT_CREATE,
+	INTENT_UPDATE,
+	INTENT_CANCEL
+} IntentKind;
+
+/* One claimed intent, with the request to send */
+typedef struct Claimed
+{
+	int64		id;
+	int32		binding_id;
+	int32		provider_id;
+	char	   *order_key;
+	char	   *op;
+	char	   *idempotency_key;
+	int			attempt;
+	char	   *method;
+	char	   *url;
+	char	   *body;
+	char	   *digest;
+	IntentKind	kind;
+	const char *skip_reason;	/* nothing to send: done with this reason */
+} Claimed;
+
+/* What became of one attempt, ready to apply */
+typedef struct ShipResult
+{
+	int64		id;
+	int			attempt;
+	int32		binding_id;
+	int32		provider_id;
+	char	   *order_key;
+	IntentKind	kind;
+	const char *state;			/* done, retrying, dead */
+	const char *outcome;		/* for delivery_log */
+	TimestampTz next_at;
+	long		http_status;
+	const char *error_class;
+	char	   *error;
+	double		latency_ms;
+	char	   *method;
+	char	   *url;
+	char	   *digest;
+	/* on success */
+	bool		ship_ok;
+	char	   *ship_id;
+	char	   *tracking_number;
+	char	   *label_url;
+	char	   *raw_status;
+	char	   *fees_body;		/* response body when it carries fees */
+	/* slow path */
+	bool		no_writeback;
+	const char *ticket_kind;
+} ShipResult;
+
+/* in outbox.c */
+extern void outbox_recover(void);
+extern void outbox_load_config(MemoryContext cxt, Provider **providers,
+							   int *nproviders, Binding **bindings,
+							   int *nbindings);
+extern int	outbox_claim(Provider *p, Binding *bs, int nb, int max_n,
+						 int lease_ms, Claimed **out, TimestampTz *next_due);
+extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,
+								const char *msg);
+extern IntentKind outbox_kind_of(const char *method, const char *url);
+extern void outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);
+
+#endif							/* SHIPSYNC_DISPATCHER_H */

@@ -1,0 +1,278 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *		The launcher: one dispatcher per database of shipsync.databases.
+ *
+ * The launcher is a static background worker connected to no database (it
+ * reads only the shared catalog pg_database).  Once a second, and whenever
+ * one of its dispatchers changes state (bgw_notify_pid) or the
+ * configuration is reloaded, it compares the list of databases with the
+ * dispatchers it has started: a listed database that exists and has no
+ * running dispatcher gets one; a dispatcher whose database left the list is
+ * terminated.  A database that does not exist yet is simply looked for again
+ * at the next pass, so CREATE DATABASE needs no server restart.
+ *
+ * Dispatchers are registered with BGW_NEVER_RESTART: the launcher restarts
+ * them itself, at most once a second per database, so a dispatcher that
+ * fails at once does not spin.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+#include "pg_shipsync.h"
+
+/* What the launcher knows about one listed database */
+typedef struct LauncherEntry
+{
+	char		dbname[NAMEDATALEN];
+	BackgroundWorkerHandle *handle;
+	TimestampTz last_start;
+	bool		listed;			/* still in shipsync.databases */
+} LauncherEntry;
+
+static LauncherEntry launcher_entries[SHIPSYNC_MAX_DISPATCHERS];
+static int	launcher_nentries = 0;
+
+void
+shipsync_register_launcher(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	strlcpy(worker.bgw_library_name, "pg_shipsync", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "shipsync_launcher_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "pg_shipsync launcher", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "pg_shipsync launcher", BGW_MAXLEN);
+	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * Does a database of this name exist and accept connections?  Connected to
+ * no database, we may read shared catalogs only by heap scan: an index scan
+ * would need the opclass catalogs of some database.
+ */
+static bool
+launcher_database_exists(const char *dbname)
+{
+	bool		exists = false;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		if (strcmp(NameStr(db->datname), dbname) == 0)
+		{
+			exists = db->datallowconn;
+			break;
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return exists;
+}
+
+static bool
+launcher_worker_alive(LauncherEntry *e)
+{
+	pid_t		pid;
+	BgwHandleStatus st;
+
+	if (e->handle == NULL)
+		return false;
+	st = GetBackgroundWorkerPid(e->handle, &pid);
+	return st == BGWH_STARTED || st == BGWH_NOT_YET_STARTED;
+}
+
+static void
+launcher_start_dispatcher(LauncherEntry *e)
+{
+	BackgroundWorker worker;
+	MemoryContext old;
+	bool		ok;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker.bgw_library_name, "pg_shipsync", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "shipsync_dispatcher_main", BGW_MAXLEN);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_shipsync dispatcher %s", e->dbname);
+	strlcpy(worker.bgw_type, "pg_shipsync dispatcher", BGW_MAXLEN);
+	strlcpy(worker.bgw_extra, e->dbname, BGW_EXTRALEN);
+	worker.bgw_notify_pid = MyProcPid;
+
+	if (e->handle)
+		pfree(e->handle);
+	e->handle = NULL;
+	e->last_start = GetCurrentTimestamp();
+
+	/* the handle outlives the loop context */
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	ok = RegisterDynamicBackgroundWorker(&worker, &e->handle);
+	MemoryContextSwitchTo(old);
+	if (!ok)
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start the pg_shipsync dispatcher for database \"%s\"",
+						e->dbname),
+				 errhint("Raise max_worker_processes.")));
+}
+
+/*
+ * Bring the set of dispatchers in line with shipsync.databases.
+ */
+static void
+launcher_reconcile(void)
+{
+	char	   *raw = pstrdup(shipsync_databases ? shipsync_databases : "");
+	List	   *names = NIL;
+	ListCell   *lc;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (!SplitGUCList(raw, ',', &names))
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid list syntax in parameter \"shipsync.databases\"")));
+		names = NIL;
+	}
+
+	for (int i = 0; i < launcher_nentries; i++)
+		launcher_entries[i].listed = false;
+
+	foreach(lc, names)
+	{
+		const char *name = (const char *) lfirst(lc);
+		LauncherEntry *e = NULL;
+
+		if (name[0] == '\0')
+			continue;
+		for (int i = 0; i < launcher_nentries; i++)
+			if (strcmp(launcher_entries[i].dbname, name) == 0)
+				e = &launcher_entries[i];
+		if (e == NULL)
+		{
+			if (launcher_nentries >= SHIPSYNC_MAX_DISPATCHERS)
+			{
+				ereport(WARNING,
+						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+						 errmsg("too many databases in shipsync.databases"),
+						 errdetail("At most %d are served.", SHIPSYNC_MAX_DISPATCHERS)));
+				break;
+			}
+			e = &launcher_entries[launcher_nentries++];
+			memset(e, 0, sizeof(*e));
+			strlcpy(e->dbname, name, NAMEDATALEN);
+		}
+		e->listed = true;
+	}
+
+	for (int i = 0; i < launcher_nentries; i++)
+	{
+		LauncherEntry *e = &launcher_entries[i];
+
+		if (!e->listed)
+		{
+			if (e->handle)
+			{
+				TerminateBackgroundWorker(e->handle);
+				pfree(e->handle);
+				e->handle = NULL;
+			}
+			continue;
+		}
+		if (launcher_worker_alive(e))
+			continue;
+		if (!TimestampDifferenceExceeds(e->last_start, now, 1000))
+			continue;
+		if (!launcher_database_exists(e->dbname))
+			continue;
+		launcher_start_dispatcher(e);
+	}
+
+	/* drop entries no longer listed and no longer running */
+	for (int i = 0; i < launcher_nentries;)
+	{
+		if (!launcher_entries[i].listed && launcher_entries[i].handle == NULL)
+			launcher_entries[i] = launcher_entries[--launcher_nentries];
+		else
+			i++;
+	}
+
+	list_free(names);
+	pfree(raw);
+}
+
+void
+shipsync_launcher_main(Datum main_arg)
+{
+	MemoryContext loop_cxt;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	/* no database: we read only pg_database */
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname("pg_shipsync launcher");
+
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync launcher",
+									 ALLOCSET_DEFAULT_SIZES);
+	ereport(LOG, (errmsg("pg_shipsync launcher started")));
+
+	for (;;)
+	{
+		MemoryContext old;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		old = MemoryContextSwitchTo(loop_cxt);
+		launcher_reconcile();
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(loop_cxt);
+
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}

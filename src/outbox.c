@@ -1,0 +1,1237 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox.c
+ *		The dispatcher's transactions: recover, load, claim + render, apply.
+ *
+ * Every statement here is set-based: one statement per batch, its values
+ * passed as arrays through saved SPI plans (UPDATE ... FROM unnest($1, ...)),
+ * never one statement per order.
+ *
+ * Claim + render (one transaction, committed with synchronous_commit = on
+ * before anything is sent): shipsync.claim() takes due intents of one
+ * provider with FOR UPDATE SKIP LOCKED; unsent updates of the same orders
+ * that are already committed coalesce into the claimed intent; intents
+ * never sent are rendered from the CURRENT order row (as the table's owner)
+ * and the request is stored.  Retries re-send the stored bytes unchanged.
+ * Coalescing runs before rendering, so the rendered row always carries the
+ * changes of the updates it absorbed.
+ *
+ * Apply (one transaction per batch of completions, synchronous_commit =
+ * off: a lost apply is re-sent under the same key and the carrier replays
+ * its first answer): outbox states, delivery_log, shipments, write-back
+ * onto the order rows (as the table's owner, with capture suppressed: no
+ * echo), tickets and NOTIFY for dead intents.  If the batch fails, it is
+ * applied again one completion at a time, each in its own subtransaction
+ * (one open at a time), so that only the failing order fails; its shipment
+ * is still recorded, its intent ends dead with the error, and a ticket
+ * says why.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <ctype.h>
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "pg_shipsync.h"
+#include "dispatcher.h"
+
+/* ---------- small SPI helpers ---------- */
+
+static Datum
+make_array(Datum *values, bool *nulls, int n, Oid elemtype)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	if (n == 0)
+		return PointerGetDatum(construct_empty_array(elemtype));
+	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
+											  elemtype, typlen, typbyval, typalign));
+}
+
+/* A growable set of parallel arrays for one statement's parameters */
+typedef struct ArgArrays
+{
+	int			ncols;
+	int			n;
+	int			cap;
+	Oid		   *types;
+	Datum	  **values;
+	bool	  **nulls;
+} ArgArrays;
+
+static ArgArrays *
+args_create(int ncols, const Oid *types, int cap)
+{
+	ArgArrays  *a = palloc0(sizeof(ArgArrays));
+
+	a->ncols = ncols;
+	a->cap = Max(cap, 1);
+	a->types = palloc(sizeof(Oid) * ncols);
+	memcpy(a->types, types, sizeof(Oid) * ncols);
+	a->values = palloc(sizeof(Datum *) * ncols);
+	a->nulls = palloc(sizeof(bool *) * ncols);
+	for (int c = 0; c < ncols; c++)
+	{
+		a->values[c] = palloc0(sizeof(Datum) * a->cap);
+		a->nulls[c] = palloc0(sizeof(bool) * a->cap);
+	}
+	return a;
+}
+
+/* Start a new row; returns its index.  Every column starts NULL. */
+static int
+args_row(ArgArrays *a)
+{
+	if (a->n == a->cap)
+	{
+		a->cap *= 2;
+		for (int c = 0; c < a->ncols; c++)
+		{
+			a->values[c] = repalloc(a->values[c], sizeof(Datum) * a->cap);
+			a->nulls[c] = repalloc(a->nulls[c], sizeof(bool) * a->cap);
+		}
+	}
+	for (int c = 0; c < a->ncols; c++)
+		a->nulls[c][a->n] = true;
+	return a->n++;
+}
+
+static void
+args_set(ArgArrays *a, int row, int col, Datum v)
+{
+	a->values[col][row] = v;
+	a->nulls[col][row] = false;
+}
+
+static void
+args_set_text(ArgArrays *a, int row, int col, const char *s)
+{
+	if (s)
+		args_set(a, row, col, CStringGetTextDatum(s));
+}
+
+/* Execute a saved plan with the arrays as its parameters $1..$ncols */
+static int
+args_execute(SPIPlanPtr plan, ArgArrays *a, bool read_only)
+{
+	Datum	   *params = palloc(sizeof(Datum) * a->ncols);
+	int			rc;
+
+	for (int c = 0; c < a->ncols; c++)
+		params[c] = make_array(a->values[c], a->nulls[c], a->n, a->types[c]);
+	rc = SPI_execute_plan(plan, params, NULL, read_only, 0);
+	pfree(params);
+	return rc;
+}
+
+static char *
+quote_json_string(const char *s)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	escape_json(&buf, s);
+	return buf.data;
+}
+
+static SPIPlanPtr
+prepare_saved(const char *sql, int nargs, const Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, (Oid *) argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s: %s",
+			 SPI_result_code_string(SPI_result), sql);
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	return plan;
+}
+
+static char *
+get_text(HeapTuple tup, TupleDesc desc, int col)
+{
+	return SPI_getvalue(tup, desc, col);
+}
+
+static void
+begin_tx(const char *activity, bool durable)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SetConfigOption("synchronous_commit", durable ? "on" : "off",
+					PGC_SUSET, PGC_S_SESSION);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+static void
+end_tx(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Run a statement with the rights of a CRM table's owner, so that the
+ * user's row security and triggers apply as for the owner and never as a
+ * superuser.
+ */
+static int
+execute_as_owner(Oid owner, SPIPlanPtr plan, ArgArrays *a, bool read_only)
+{
+	Oid			save_userid;
+	int			save_sec;
+	volatile int rc = 0;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		rc = args_execute(plan, a, read_only);
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec);
+	}
+	PG_END_TRY();
+	return rc;
+}
+
+static Oid
+table_owner(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("order table with OID %u does not exist", relid)));
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+/* ---------- recovery and configuration ---------- */
+
+/*
+ * At start, every in_flight intent belongs to a dispatcher that is gone
+ * (one dispatcher per database): send them again at once, same key.
+ */
+void
+outbox_recover(void)
+{
+	int			rc;
+
+	begin_tx("recovering intents in flight", true);
+	rc = SPI_execute("UPDATE shipsync.outbox SET state = 'retrying',"
+					 " next_attempt_at = pg_catalog.now(), lease_until = NULL,"
+					 " updated_at = pg_catalog.now()"
+					 " WHERE state = 'in_flight'", false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "recovery of in_flight intents failed");
+	if (SPI_processed > 0)
+		ereport(LOG,
+				(errmsg("pg_shipsync: %llu intents that were in flight are sent again",
+						(unsigned long long) SPI_processed)));
+	end_tx();
+}
+
+/*
+ * Read providers and bindings into cxt.  Runtime state (in flight counts,
+ * tokens, holds) is carried over by the caller.
+ */
+void
+outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
+				   Binding **bindings, int *nbindings)
+{
+	int			rc;
+	MemoryContext old;
+	Provider   *ps;
+	Binding    *bs;
+	uint64		n;
+
+	begin_tx("loading configuration", false);
+	rc = SPI_execute("SELECT provider_id, name, base_url, timeout_ms, max_inflight,"
+					 " max_attempts, backoff_base_ms, backoff_max_ms,"
+					 " rate_limit_per_s::float8, paused,"
+					 " ARRAY(SELECT k || ': ' || v FROM pg_catalog.jsonb_each_text(headers) AS h(k, v))"
+					 "   || shipsync._auth_headers(auth)"
+					 " FROM shipsync.provider ORDER BY provider_id", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "loading providers failed");
+	n = SPI_processed;
+	old = MemoryContextSwitchTo(cxt);
+	ps = palloc0(sizeof(Provider) * (n + 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		hdrs;
+		Provider   *p = &ps[i];
+
+		p->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		p->name = get_text(tup, desc, 2);
+		p->base_url = get_text(tup, desc, 3);
+		p->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		p->max_inflight = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		p->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+		p->backoff_base_ms = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+		p->backoff_max_ms = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+		p->rate_per_s = DatumGetFloat8(SPI_getbinval(tup, desc, 9, &isnull));
+		p->paused = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
+		hdrs = SPI_getbinval(tup, desc, 11, &isnull);
+		if (!isnull)
+		{
+			Datum	   *elems;
+			bool	   *enulls;
+			int			nelems;
+
+			deconstruct_array_builtin(DatumGetArrayTypeP(hdrs), TEXTOID,
+									  &elems, &enulls, &nelems);
+			p->headers = palloc0(sizeof(char *) * (nelems + 1));
+			for (int h = 0; h < nelems; h++)
+				if (!enulls[h])
+					p->headers[p->nheaders++] = TextDatumGetCString(elems[h]);
+		}
+	}
+	MemoryContextSwitchTo(old);
+	*providers = ps;
+	*nproviders = (int) n;
+
+	rc = SPI_execute("SELECT binding_id, tbl::oid, render_sql, writeback_sql"
+					 " FROM shipsync.binding ORDER BY binding_id", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "loading bindings failed");
+	n = SPI_processed;
+	old = MemoryContextSwitchTo(cxt);
+	bs = palloc0(sizeof(Binding) * (n + 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		bs[i].id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		bs[i].relid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		bs[i].render_sql = get_text(tup, desc, 3);
+		bs[i].writeback_sql = get_text(tup, desc, 4);
+	}
+	MemoryContextSwitchTo(old);
+	*bindings = bs;
+	*nbindings = (int) n;
+	end_tx();
+}
+
+/* ---------- claim and render ---------- */
+
+static SPIPlanPtr claim_plan = NULL;
+static SPIPlanPtr coalesce_plan = NULL;
+static SPIPlanPtr shiplookup_plan = NULL;
+static SPIPlanPtr store_plan = NULL;
+static SPIPlanPtr nextdue_plan = NULL;
+static SPIPlanPtr fail_plan = NULL;
+
+static void
+prepare_claim_plans(void)
+{
+	if (claim_plan)
+		return;
+	{
+		Oid			t[3] = {INT4OID, INT4OID, INT4OID};
+
+		claim_plan = prepare_saved(
+			"SELECT id, binding_id, order_key, op, idempotency_key::text, attempts,"
+			" request_method, request_url, request_body, request_digest"
+			" FROM shipsync.claim($1, $2, $3) ORDER BY id", 3, t);
+	}
+	{
+		Oid			t[3] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
+
+		coalesce_plan = prepare_saved(
+			"UPDATE shipsync.outbox e SET state = 'coalesced', coalesced_into = u.id,"
+			" done_at = pg_catalog.now(), updated_at = pg_catalog.now()"
+			" FROM pg_catalog.unnest($1, $2, $3) AS u(id, bid, k)"
+			" WHERE e.binding_id = u.bid AND e.order_key = u.k AND e.id > u.id"
+			" AND e.op = 'update' AND e.state = 'pending' AND e.request_body IS NULL"
+			" AND e.attempts = 0"
+			" AND NOT EXISTS (SELECT 1 FROM shipsync.outbox x"
+			"   WHERE x.binding_id = u.bid AND x.order_key = u.k"
+			"   AND x.id > u.id AND x.id < e.id AND x.op = 'cancel'"
+			"   AND x.state IN ('pending', 'retrying', 'in_flight'))", 3, t);
+	}
+	{
+		Oid			t[4] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4OID};
+
+		shiplookup_plan = prepare_saved(
+			"SELECT u.id, s.provider_shipment_id"
+			" FROM pg_catalog.unnest($1, $2, $3) AS u(id, bid, k)"
+			" JOIN shipsync.shipment s ON s.binding_id = u.bid AND s.order_key = u.k"
+			" AND s.provider_id = $4"
+			" WHERE s.provider_shipment_id IS NOT NULL", 4, t);
+	}
+	{
+		Oid			t[6] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID};
+
+		/* a skipped intent (nothing to send) is done, with the reason */
+		store_plan = prepare_saved(
+			"UPDATE shipsync.outbox o SET"
+			" request_method = u.m, request_url = u.url, request_body = u.body,"
+			" request_digest = CASE WHEN u.body IS NULL THEN NULL ELSE"
+			"   pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(u.body, 'UTF8')), 'hex') END,"
+			" state = CASE WHEN u.skip IS NULL THEN o.state ELSE 'done' END,"
+			" last_error = u.skip,"
+			" error_class = CASE WHEN u.skip IS NULL THEN NULL ELSE 'nothing_to_send' END,"
+			" done_at = CASE WHEN u.skip IS NULL THEN NULL ELSE pg_catalog.now() END,"
+			" lease_until = CASE WHEN u.skip IS NULL THEN o.lease_until END"
+			" FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6) AS u(id, m, url, body, skip, unused)"
+			" WHERE o.id = u.id"
+			" RETURNING o.id, o.request_digest", 6, t);
+	}
+	{
+		Oid			t[1] = {INT4OID};
+
+		nextdue_plan = prepare_saved(
+			"SELECT pg_catalog.min(next_attempt_at) FROM shipsync.outbox"
+			" WHERE provider_id = $1 AND state IN ('pending', 'retrying')", 1, t);
+	}
+	{
+		Oid			t[5] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID};
+
+		fail_plan = prepare_saved(
+			"UPDATE shipsync.outbox o SET attempts = o.attempts + 1, state = u.state,"
+			" next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),"
+			" error_class = u.eclass, last_error = u.err, updated_at = pg_catalog.now(),"
+			" done_at = CASE WHEN u.state = 'dead' THEN pg_catalog.now() END"
+			" FROM pg_catalog.unnest($1, $2, $3, $4, $5) AS u(id, state, next_at, eclass, err)"
+			" WHERE o.id = u.id", 5, t);
+	}
+}
+
+static Binding *
+find_binding(Binding *bs, int nb, int32 id)
+{
+	for (int i = 0; i < nb; i++)
+		if (bs[i].id == id)
+			return &bs[i];
+	return NULL;
+}
+
+static char *
+url_escape(const char *s)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
+	{
+		if (isalnum(*p) || *p == '-' || *p == '_' || *p == '.' || *p == '~')
+			appendStringInfoChar(&buf, (char) *p);
+		else
+			appendStringInfo(&buf, "%%%02X", *p);
+	}
+	return buf.data;
+}
+
+/*
+ * Render the intents of one binding that were never sent.  Decides the
+ * request of each (create, update or cancel) from the current order row
+ * and the shipment known so far.
+ */
+static void
+render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
+			   ArgArrays *store)
+{
+	Oid			types[2] = {INT8ARRAYOID, TEXTARRAYOID};
+	Oid			ltypes[4] = {INT8OID, INT4OID, TEXTOID, INT4OID};
+	Oid			rtypes[2] = {INT8OID, TEXTOID};
+	ArgArrays  *ra = args_create(2, rtypes, n);
+	ArgArrays  *la = args_create(3, ltypes, n);
+	int			rc;
+	SPITupleTable *tt;
+	uint64		nrows;
+	char	  **shipid = palloc0(sizeof(char *) * n);
+	char	  **body = palloc0(sizeof(char *) * n);
+	bool	   *found = palloc0(sizeof(bool) * n);
+	bool	   *is_cancel = palloc0(sizeof(bool) * n);
+
+	(void) types;
+	for (int i = 0; i < n; i++)
+	{
+		Claimed    *c = &cs[idx[i]];
+		int			r = args_row(ra);
+		int			l = args_row(la);
+
+		args_set(ra, r, 0, Int64GetDatum(c->id));
+		args_set_text(ra, r, 1, c->order_key);
+		args_set(la, l, 0, Int64GetDatum(c->id));
+		args_set(la, l, 1, Int32GetDatum(c->binding_id));
+		args_set_text(la, l, 2, c->order_key);
+	}
+
+	/* the current order rows, read as the table's owner */
+	if (b->render_plan == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		b->render_plan = prepare_saved(b->render_sql, 2, types);
+		MemoryContextSwitchTo(old);
+	}
+	rc = execute_as_owner(table_owner(b->relid), b->render_plan, ra, true);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "rendering orders failed: %s", SPI_result_code_string(rc));
+	tt = SPI_tuptable;
+	nrows = SPI_processed;
+	for (uint64 r = 0; r < nrows; r++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
+
+		for (int i = 0; i < n; i++)
+			if (cs[idx[i]].id == id)
+			{
+				found[i] = DatumGetBool(SPI_getbinval(tt->vals[r], tt->tupdesc, 2, &isnull));
+				body[i] = get_text(tt->vals[r], tt->tupdesc, 3);
+				is_cancel[i] = DatumGetBool(SPI_getbinval(tt->vals[r], tt->tupdesc, 4, &isnull));
+				break;
+			}
+	}
+
+	/* the shipments already created for these orders */
+	{
+		Datum		params[4];
+
+		params[0] = make_array(la->values[0], la->nulls[0], la->n, INT8OID);
+		params[1] = make_array(la->values[1], la->nulls[1], la->n, INT4OID);
+		params[2] = make_array(la->values[2], la->nulls[2], la->n, TEXTOID);
+		params[3] = Int32GetDatum(p->id);
+		rc = SPI_execute_plan(shiplookup_plan, params, NULL, true, 0);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "shipment lookup failed");
+		tt = SPI_tuptable;
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
+
+			for (int i = 0; i < n; i++)
+				if (cs[idx[i]].id == id)
+					shipid[i] = get_text(tt->vals[r], tt->tupdesc, 2);
+		}
+	}
+
+	for (int i = 0; i < n; i++)
+	{
+		Claimed    *c = &cs[idx[i]];
+		int			s = args_row(store);
+		bool		cancel = strcmp(c->op, "cancel") == 0 || (found[i] && is_cancel[i]);
+
+		args_set(store, s, 0, Int64GetDatum(c->id));
+		if (cancel)
+		{
+			if (shipid[i] == NULL)
+			{
+				c->skip_reason = "no shipment to cancel";
+			}
+			else
+			{
+				c->method = "POST";
+				c->url = psprintf("%s/shipments/%s/cancel", p->base_url, url_escape(shipid[i]));
+				c->body = psprintf("{\"order_ref\":%s}",
+								   quote_json_string(c->order_key));
+				c->kind = INTENT_CANCEL;
+			}
+		}
+		else if (!found[i])
+			c->skip_reason = "the order row no longer exists";
+		else if (strcmp(c->op, "update") == 0 && shipid[i] != NULL)
+		{
+			c->method = "PATCH";
+			c->url = psprintf("%s/shipments/%s", p->base_url, url_escape(shipid[i]));
+			c->body = body[i];
+			c->kind = INTENT_UPDATE;
+		}
+		else
+		{
+			/* a create, or an update of an order never shipped */
+			c->method = "POST";
+			c->url = psprintf("%s/shipments", p->base_url);
+			c->body = body[i];
+			c->kind = INTENT_CREATE;
+		}
+		if (c->skip_reason)
+			args_set_text(store, s, 4, c->skip_reason);
+		else
+		{
+			args_set_text(store, s, 1, c->method);
+			args_set_text(store, s, 2, c->url);
+			args_set_text(store, s, 3, c->body);
+		}
+	}
+}
+
+IntentKind
+outbox_kind_of(const char *method, const char *url)
+{
+	size_t		len = strlen(url);
+
+	if (strcmp(method, "PATCH") == 0)
+		return INTENT_UPDATE;
+	if (len >= 7 && strcmp(url + len - 7, "/cancel") == 0)
+		return INTENT_CANCEL;
+	return INTENT_CREATE;
+}
+
+/*
+ * Claim up to max_n due intents of provider p, render those never sent, and
+ * commit durably.  Returns the intents to send (skipped ones are already
+ * done); *next_due is when the next retry of p falls due (0 if unknown).
+ */
+int
+outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
+			 Claimed **out, TimestampTz *next_due)
+{
+	Datum		params[3];
+	int			rc;
+	uint64		n;
+	Claimed    *cs;
+	int			nsend = 0;
+	volatile bool need_render = false;
+	volatile int failing_binding = 0;
+	Claimed *volatile claimed = NULL;
+	volatile int nclaimed = 0;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+
+	*out = NULL;
+	*next_due = 0;
+
+	PG_TRY();
+	{
+		begin_tx("claiming intents", true);
+		prepare_claim_plans();
+
+		params[0] = Int32GetDatum(p->id);
+		params[1] = Int32GetDatum(max_n);
+		params[2] = Int32GetDatum(lease_ms);
+		rc = SPI_execute_plan(claim_plan, params, NULL, false, 0);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
+		n = SPI_processed;
+
+		cs = MemoryContextAllocZero(caller_cxt, sizeof(Claimed) * (n + 1));
+		for (uint64 i = 0; i < n; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			MemoryContext old = MemoryContextSwitchTo(caller_cxt);
+
+			cs[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			cs[i].binding_id = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+			cs[i].order_key = get_text(tup, desc, 3);
+			cs[i].op = get_text(tup, desc, 4);
+			cs[i].idempotency_key = get_text(tup, desc, 5);
+			cs[i].attempt = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+			cs[i].method = get_text(tup, desc, 7);
+			cs[i].url = get_text(tup, desc, 8);
+			cs[i].body = get_text(tup, desc, 9);
+			cs[i].digest = get_text(tup, desc, 10);
+			cs[i].provider_id = p->id;
+			if (cs[i].method == NULL)
+				need_render = true;
+			else
+				cs[i].kind = outbox_kind_of(cs[i].method, cs[i].url);
+			MemoryContextSwitchTo(old);
+		}
+		claimed = cs;
+		nclaimed = (int) n;
+
+		if (need_render)
+		{
+			Oid			ctypes[3] = {INT8OID, INT4OID, TEXTOID};
+			Oid			stypes[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+			ArgArrays  *co = args_create(3, ctypes, (int) n);
+			ArgArrays  *store = args_create(6, stypes, (int) n);
+			int		   *idx = palloc(sizeof(int) * n);
+			bool	   *done = palloc0(sizeof(bool) * n);
+
+			/* coalesce first: the row rendered next then holds their changes */
+			for (uint64 i = 0; i < n; i++)
+			{
+				int			r;
+
+				if (cs[i].method != NULL || strcmp(cs[i].op, "cancel") == 0)
+					continue;
+				r = args_row(co);
+				args_set(co, r, 0, Int64GetDatum(cs[i].id));
+				args_set(co, r, 1, Int32GetDatum(cs[i].binding_id));
+				args_set_text(co, r, 2, cs[i].order_key);
+			}
+			if (co->n > 0 && args_execute(coalesce_plan, co, false) != SPI_OK_UPDATE)
+				elog(ERROR, "coalescing updates failed");
+
+			for (uint64 i = 0; i < n; i++)
+			{
+				int			k = 0;
+				Binding    *b;
+				MemoryContext old;
+
+				if (done[i] || cs[i].method != NULL)
+					continue;
+				for (uint64 j = i; j < n; j++)
+					if (!done[j] && cs[j].method == NULL &&
+						cs[j].binding_id == cs[i].binding_id)
+					{
+						idx[k++] = (int) j;
+						done[j] = true;
+					}
+				b = find_binding(bs, nb, cs[i].binding_id);
+				if (b == NULL)
+					ereport(ERROR,
+							(errcode(ERRCODE_UNDEFINED_OBJECT),
+							 errmsg("binding %d of intent %lld does not exist",
+									cs[i].binding_id, (long long) cs[i].id)));
+				failing_binding = b->id;
+				old = MemoryContextSwitchTo(caller_cxt);
+				render_binding(p, b, cs, idx, k, store);
+				MemoryContextSwitchTo(old);
+				failing_binding = 0;
+			}
+
+			rc = args_execute(store_plan, store, false);
+			if (rc != SPI_OK_UPDATE_RETURNING)
+				elog(ERROR, "storing rendered requests failed");
+			for (uint64 r = 0; r < SPI_processed; r++)
+			{
+				bool		isnull;
+				int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+															 SPI_tuptable->tupdesc, 1, &isnull));
+
+				for (uint64 i = 0; i < n; i++)
+					if (cs[i].id == id)
+					{
+						MemoryContext old = MemoryContextSwitchTo(caller_cxt);
+
+						cs[i].digest = get_text(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2);
+						MemoryContextSwitchTo(old);
+					}
+			}
+		}
+
+		if ((int) n < max_n)
+		{
+			bool		isnull;
+			Datum		d;
+
+			params[0] = Int32GetDatum(p->id);
+			rc = SPI_execute_plan(nextdue_plan, params, NULL, true, 1);
+			if (rc != SPI_OK_SELECT)
+				elog(ERROR, "next due lookup failed");
+			d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			*next_due = isnull ? 0 : DatumGetTimestampTz(d);
+		}
+
+		end_tx();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		int			fb = failing_binding;
+		Claimed    *cl = claimed;
+		int			ncl = nclaimed;
+
+		if (fb == 0)
+			PG_RE_THROW();
+
+		/*
+		 * One binding's orders cannot be rendered (its table or its
+		 * cancel_when is broken): those intents wait and count an attempt,
+		 * the others of the claim are left for the next pass.
+		 */
+		MemoryContextSwitchTo(caller_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		outbox_fail_binding(p, cl, ncl, fb, edata->message);
+		FreeErrorData(edata);
+		return 0;
+	}
+	PG_END_TRY();
+
+	MemoryContextSwitchTo(caller_cxt);
+	for (int i = 0; i < nclaimed; i++)
+	{
+		if (claimed[i].skip_reason)
+			continue;
+		claimed[nsend++] = claimed[i];
+	}
+	*out = claimed;
+	return nsend;
+}
+
+/*
+ * Record a render failure for the intents of binding fb in claimed[]: they
+ * become retrying (or dead once out of attempts) with the error.
+ */
+void
+outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb, const char *msg)
+{
+	Oid			types[5] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID};
+	ArgArrays  *a;
+
+	ereport(WARNING,
+			(errcode(ERRCODE_DATA_EXCEPTION),
+			 errmsg("pg_shipsync: orders of binding %d cannot be rendered: %s", fb, msg)));
+	begin_tx("recording a render failure", false);
+	prepare_claim_plans();
+	a = args_create(5, types, ncl);
+	for (int i = 0; i < ncl; i++)
+	{
+		int			r;
+		bool		dead;
+
+		if (cl[i].binding_id != fb)
+			continue;
+		/* claim() already counted this attempt, but was rolled back */
+		dead = cl[i].attempt >= p->max_attempts;
+		r = args_row(a);
+		args_set(a, r, 0, Int64GetDatum(cl[i].id));
+		args_set_text(a, r, 1, dead ? "dead" : "retrying");
+		args_set(a, r, 2, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													  shipsync_backoff_ms(cl[i].attempt,
+																		  p->backoff_base_ms, p->backoff_max_ms,
+																		  pg_prng_double(&pg_global_prng_state))));
+		args_set_text(a, r, 3, "render_failed");
+		args_set_text(a, r, 4, msg);
+	}
+	if (a->n > 0 && args_execute(fail_plan, a, false) != SPI_OK_UPDATE)
+		elog(ERROR, "recording a render failure failed");
+	end_tx();
+}
+
+/* ---------- apply ---------- */
+
+static SPIPlanPtr apply_outbox_plan = NULL;
+static SPIPlanPtr apply_log_plan = NULL;
+static SPIPlanPtr apply_create_plan = NULL;
+static SPIPlanPtr apply_update_plan = NULL;
+static SPIPlanPtr apply_dead_plan = NULL;
+
+static void
+prepare_apply_plans(void)
+{
+	if (apply_outbox_plan)
+		return;
+	{
+		Oid			t[7] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+		INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+
+		apply_outbox_plan = prepare_saved(
+			"UPDATE shipsync.outbox o SET state = u.state,"
+			" next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),"
+			" last_status = u.http_status, error_class = u.eclass, last_error = u.err,"
+			" lease_until = NULL, updated_at = pg_catalog.now(),"
+			" done_at = CASE WHEN u.state IN ('done', 'dead') THEN pg_catalog.now() END"
+			" FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6, $7)"
+			"   AS u(id, attempt, state, next_at, http_status, eclass, err)"
+			" WHERE o.id = u.id AND o.state = 'in_flight' AND o.attempts = u.attempt", 7, t);
+	}
+	{
+		Oid			t[11] = {INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
+			TEXTARRAYOID, INT4ARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID};
+
+		apply_log_plan = prepare_saved(
+			"INSERT INTO shipsync.delivery_log (outbox_id, attempt, provider_id, method,"
+			" url, http_status, latency_ms, outcome, error_class, error, request_digest)"
+			" SELECT * FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11, t);
+	}
+	{
+		Oid			t[10] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
+			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID};
+
+		apply_create_plan = prepare_saved(
+			"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
+			" provider_shipment_id, tracking_number, label_url, status, raw_status, fees,"
+			" fee_total, request_digest)"
+			" SELECT u.bid, u.k, u.pid, u.sid, u.tn, u.label, COALESCE(u.status, 'pending'),"
+			"   u.raw, f.fees, f.total, u.digest"
+			" FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+			"   AS u(bid, k, pid, sid, tn, label, status, raw, body, digest)"
+			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
+			"   (SELECT pg_catalog.sum((e->>'amount')::numeric) FROM pg_catalog.jsonb_array_elements(x.fj) e) AS total"
+			"   FROM (SELECT (u.body::jsonb)->'fees' AS fj) x WHERE u.body IS NOT NULL) f ON true"
+			" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
+			" provider_shipment_id = EXCLUDED.provider_shipment_id,"
+			" tracking_number = EXCLUDED.tracking_number,"
+			" label_url = COALESCE(EXCLUDED.label_url, s.label_url),"
+			" status = EXCLUDED.status, raw_status = EXCLUDED.raw_status,"
+			" fees = COALESCE(EXCLUDED.fees, s.fees), fee_total = COALESCE(EXCLUDED.fee_total, s.fee_total),"
+			" request_digest = EXCLUDED.request_digest, updated_at = pg_catalog.now()"
+			" RETURNING binding_id, order_key, provider_shipment_id, tracking_number, status,"
+			" label_url, fee_total", 10, t);
+	}
+	{
+		Oid			t[9] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
+			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID};
+
+		apply_update_plan = prepare_saved(
+			"UPDATE shipsync.shipment AS s SET"
+			" tracking_number = COALESCE(u.tn, s.tracking_number),"
+			" label_url = COALESCE(u.label, s.label_url),"
+			" status = COALESCE(u.status, s.status), raw_status = COALESCE(u.raw, s.raw_status),"
+			" fees = COALESCE(f.fees, s.fees), fee_total = COALESCE(f.total, s.fee_total),"
+			" updated_at = pg_catalog.now()"
+			" FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+			"   AS u(bid, k, pid, tn, label, status, raw, body, unused)"
+			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
+			"   (SELECT pg_catalog.sum((e->>'amount')::numeric) FROM pg_catalog.jsonb_array_elements(x.fj) e) AS total"
+			"   FROM (SELECT (u.body::jsonb)->'fees' AS fj) x WHERE u.body IS NOT NULL) f ON true"
+			" WHERE s.binding_id = u.bid AND s.order_key = u.k AND s.provider_id = u.pid"
+			" RETURNING s.binding_id, s.order_key, s.provider_shipment_id, s.tracking_number,"
+			" s.status, s.label_url, s.fee_total", 9, t);
+	}
+	{
+		Oid			t[6] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID};
+
+		apply_dead_plan = prepare_saved(
+			"INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id,"
+			" outbox_id, detail)"
+			" SELECT u.kind, u.bid, u.k, u.pid, u.id, u.err"
+			" FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6) AS u(id, bid, k, pid, err, kind)"
+			" RETURNING pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object("
+			"   'event', kind, 'outbox_id', outbox_id, 'order_key', order_key,"
+			"   'detail', detail)::text)", 6, t);
+	}
+}
+
+static const char *const canonical_statuses[] = {
+	"pending", "pre_transit", "in_transit", "out_for_delivery",
+	"available_for_pickup", "delivery_failed", "exception", "returning",
+	"returned", "delivered", "cancelled", "expired", NULL
+};
+
+static const char *
+canonical_status(const char *raw)
+{
+	if (raw == NULL)
+		return NULL;
+	for (int i = 0; canonical_statuses[i]; i++)
+		if (pg_strcasecmp(raw, canonical_statuses[i]) == 0)
+			return canonical_statuses[i];
+	return NULL;
+}
+
+/*
+ * Write shipment fields back onto the order rows of one binding, from the
+ * rows RETURNING gave (binding_id, order_key, provider_shipment_id,
+ * tracking_number, status, label_url, fee_total).
+ */
+static void
+apply_writeback(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
+{
+	Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, NUMERICOID};
+	Oid			ptypes[6] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	TEXTARRAYOID, NUMERICARRAYOID};
+	bool	   *used;
+
+	if (nrows == 0)
+		return;
+	used = palloc0(sizeof(bool) * nrows);
+	for (uint64 i = 0; i < nrows; i++)
+	{
+		bool		isnull;
+		int32		bid;
+		Binding    *volatile b;
+		ArgArrays  *volatile a;
+		volatile int rc = 0;
+
+		if (used[i])
+			continue;
+		bid = DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+		b = find_binding(bs, nb, bid);
+		a = args_create(6, types, (int) (nrows - i));
+		for (uint64 j = i; j < nrows; j++)
+		{
+			int			r;
+			Datum		fee;
+
+			if (used[j] ||
+				DatumGetInt32(SPI_getbinval(tt->vals[j], tt->tupdesc, 1, &isnull)) != bid)
+				continue;
+			used[j] = true;
+			r = args_row(a);
+			for (int c = 0; c < 5; c++)
+				args_set_text(a, r, c, SPI_getvalue(tt->vals[j], tt->tupdesc, c + 2));
+			fee = SPI_getbinval(tt->vals[j], tt->tupdesc, 7, &isnull);
+			if (!isnull)
+				args_set(a, r, 5, fee);
+		}
+		if (b == NULL || b->writeback_sql == NULL)
+			continue;
+		if (b->writeback_plan == NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			b->writeback_plan = prepare_saved(b->writeback_sql, 6, ptypes);
+			MemoryContextSwitchTo(old);
+		}
+		/* SPI_execute_plan of the next statement reuses SPI_tuptable: copy first */
+		shipsync_capture_suppressed = true;
+		PG_TRY();
+		{
+			rc = execute_as_owner(table_owner(b->relid), b->writeback_plan, a, false);
+		}
+		PG_FINALLY();
+		{
+			shipsync_capture_suppressed = false;
+		}
+		PG_END_TRY();
+		if (rc != SPI_OK_UPDATE)
+			elog(ERROR, "write-back failed: %s", SPI_result_code_string(rc));
+	}
+}
+
+/*
+ * Apply results [from, to) in the current transaction.  With no_writeback,
+ * shipments are recorded but the order rows are left alone (the slow path
+ * after a write-back failed), and every result is forced to its recorded
+ * failure.
+ */
+static void
+apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
+{
+	Oid			otypes[7] = {INT8OID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID};
+	Oid			ltypes[11] = {INT8OID, INT4OID, INT4OID, TEXTOID, TEXTOID, INT4OID, FLOAT8OID,
+	TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Oid			ctypes[10] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID};
+	Oid			utypes[9] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID};
+	Oid			dtypes[6] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
+	int			n = to - from;
+	ArgArrays  *oa = args_create(7, otypes, n);
+	ArgArrays  *la = args_create(11, ltypes, n);
+	ArgArrays  *ca = args_create(10, ctypes, n);
+	ArgArrays  *ua = args_create(9, utypes, n);
+	ArgArrays  *da = args_create(6, dtypes, n);
+	int			rc;
+
+	prepare_apply_plans();
+
+	for (int i = from; i < to; i++)
+	{
+		ShipResult	   *r = &rs[i];
+		int			o = args_row(oa);
+		int			l = args_row(la);
+
+		args_set(oa, o, 0, Int64GetDatum(r->id));
+		args_set(oa, o, 1, Int32GetDatum(r->attempt));
+		args_set_text(oa, o, 2, r->state);
+		if (r->next_at)
+			args_set(oa, o, 3, TimestampTzGetDatum(r->next_at));
+		if (r->http_status > 0)
+			args_set(oa, o, 4, Int32GetDatum((int32) r->http_status));
+		args_set_text(oa, o, 5, r->error_class);
+		args_set_text(oa, o, 6, r->error);
+
+		args_set(la, l, 0, Int64GetDatum(r->id));
+		args_set(la, l, 1, Int32GetDatum(r->attempt));
+		args_set(la, l, 2, Int32GetDatum(r->provider_id));
+		args_set_text(la, l, 3, r->method);
+		args_set_text(la, l, 4, r->url);
+		if (r->http_status > 0)
+			args_set(la, l, 5, Int32GetDatum((int32) r->http_status));
+		args_set(la, l, 6, Float8GetDatum(r->latency_ms));
+		args_set_text(la, l, 7, r->outcome);
+		args_set_text(la, l, 8, r->error_class);
+		args_set_text(la, l, 9, r->error);
+		args_set_text(la, l, 10, r->digest);
+
+		if (r->ship_ok && r->kind == INTENT_CREATE)
+		{
+			int			c = args_row(ca);
+
+			args_set(ca, c, 0, Int32GetDatum(r->binding_id));
+			args_set_text(ca, c, 1, r->order_key);
+			args_set(ca, c, 2, Int32GetDatum(r->provider_id));
+			args_set_text(ca, c, 3, r->ship_id);
+			args_set_text(ca, c, 4, r->tracking_number);
+			args_set_text(ca, c, 5, r->label_url);
+			args_set_text(ca, c, 6, canonical_status(r->raw_status));
+			args_set_text(ca, c, 7, r->raw_status);
+			args_set_text(ca, c, 8, r->fees_body);
+			args_set_text(ca, c, 9, r->digest);
+		}
+		else if (r->ship_ok)
+		{
+			int			u = args_row(ua);
+
+			args_set(ua, u, 0, Int32GetDatum(r->binding_id));
+			args_set_text(ua, u, 1, r->order_key);
+			args_set(ua, u, 2, Int32GetDatum(r->provider_id));
+			args_set_text(ua, u, 3, r->tracking_number);
+			args_set_text(ua, u, 4, r->label_url);
+			args_set_text(ua, u, 5, r->kind == INTENT_CANCEL ? "cancelled" :
+						  canonical_status(r->raw_status));
+			args_set_text(ua, u, 6, r->raw_status);
+			args_set_text(ua, u, 7, r->fees_body);
+		}
+
+		if (strcmp(r->state, "dead") == 0)
+		{
+			int			d = args_row(da);
+
+			args_set(da, d, 0, Int64GetDatum(r->id));
+			args_set(da, d, 1, Int32GetDatum(r->binding_id));
+			args_set_text(da, d, 2, r->order_key);
+			args_set(da, d, 3, Int32GetDatum(r->provider_id));
+			args_set_text(da, d, 4, r->error);
+			args_set_text(da, d, 5, r->ticket_kind ? r->ticket_kind : "dead_intent");
+		}
+	}
+
+	if ((rc = args_execute(apply_outbox_plan, oa, false)) != SPI_OK_UPDATE)
+		elog(ERROR, "updating outbox states failed: %s", SPI_result_code_string(rc));
+	if ((rc = args_execute(apply_log_plan, la, false)) != SPI_OK_INSERT)
+		elog(ERROR, "writing the delivery log failed: %s", SPI_result_code_string(rc));
+	if (ca->n > 0)
+	{
+		if ((rc = args_execute(apply_create_plan, ca, false)) != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "recording shipments failed: %s", SPI_result_code_string(rc));
+		if (!rs[from].no_writeback)
+			apply_writeback(bs, nb, SPI_tuptable, SPI_processed);
+	}
+	if (ua->n > 0)
+	{
+		if ((rc = args_execute(apply_update_plan, ua, false)) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "updating shipments failed: %s", SPI_result_code_string(rc));
+		if (!rs[from].no_writeback)
+			apply_writeback(bs, nb, SPI_tuptable, SPI_processed);
+	}
+	if (da->n > 0 &&
+		(rc = args_execute(apply_dead_plan, da, false)) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "opening exception tickets failed: %s", SPI_result_code_string(rc));
+}
+
+/*
+ * Apply a batch of completions: one transaction; if it fails, one
+ * subtransaction per completion so that only the failing ones fail.
+ */
+void
+outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner;
+
+	if (n == 0)
+		return;
+
+	PG_TRY();
+	{
+		begin_tx("applying results", false);
+		apply_range(rs, 0, n, bs, nb);
+		end_tx();
+		MemoryContextSwitchTo(cxt);
+		return;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(LOG,
+				(errmsg("pg_shipsync: a batch of %d results failed, applying them one by one", n),
+				 errdetail("%s", edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+
+	/* slow path: one subtransaction per result, never more than one open */
+	begin_tx("applying results one by one", false);
+	owner = CurrentResourceOwner;
+	for (volatile int i = 0; i < n; i++)
+	{
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(cxt);
+		PG_TRY();
+		{
+			apply_range(rs, i, i + 1, bs, nb);
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+			ShipResult	   *r = &rs[i];
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+
+			ereport(WARNING,
+					(errcode(edata->sqlerrcode),
+					 errmsg("pg_shipsync: applying the result of intent %lld (order %s) failed: %s",
+							(long long) r->id, r->order_key, edata->message)));
+
+			/* record the shipment and the failure, without the write-back */
+			r->no_writeback = true;
+			r->state = "dead";
+			r->outcome = "dead";
+			r->error_class = "writeback_failed";
+			r->ticket_kind = "writeback_failed";
+			r->error = psprintf("write-back failed: %s", edata->message);
+			FreeErrorData(edata);
+
+			BeginInternalSubTransaction(NULL);
+			MemoryContextSwitchTo(cxt);
+			apply_range(rs, i, i + 1, bs, nb);
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+		}
+		PG_END_TRY();
+	}
+	end_tx();
+	MemoryContextSwitchTo(cxt);
+}

@@ -1,0 +1,159 @@
+/*-------------------------------------------------------------------------
+ *
+ * pg_shipsync.c
+ *		Module load: GUCs, shared memory and the launcher registration.
+ *
+ * pg_shipsync must be in shared_preload_libraries: the launcher is a static
+ * background worker registered here, and the dispatchers' latches live in a
+ * small shared struct so that a committing backend can wake the dispatcher
+ * of its database without any polling delay.
+ *
+ * Shared state is deliberately tiny: one slot per running dispatcher
+ * (database, pid, latch) under a spinlock, and a configuration generation
+ * counter that SQL functions bump when a provider or binding changes.  All
+ * durable state lives in tables of schema shipsync.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+#include "pg_shipsync.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+ShipsyncShared *shipsync_shared = NULL;
+
+char	   *shipsync_databases = NULL;
+int			shipsync_batch_size = 256;
+int			shipsync_max_response_bytes = 1024 * 1024;
+bool		shipsync_allow_insecure_http = false;
+int			shipsync_idle_check_ms = 10000;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+shipsync_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(ShipsyncShared)));
+}
+
+static void
+shipsync_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	shipsync_shared = ShmemInitStruct("pg_shipsync",
+									  sizeof(ShipsyncShared), &found);
+	if (!found)
+	{
+		memset(shipsync_shared, 0, sizeof(ShipsyncShared));
+		SpinLockInit(&shipsync_shared->mutex);
+		pg_atomic_init_u64(&shipsync_shared->config_generation, 1);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Set the latch of the dispatcher serving database dbid, if one runs.
+ * Cheap enough for every commit that enqueued something: a spinlock and a
+ * scan of at most SHIPSYNC_MAX_DISPATCHERS slots.
+ */
+void
+shipsync_wake_dispatcher(Oid dbid)
+{
+	Latch	   *latch = NULL;
+
+	if (shipsync_shared == NULL)
+		return;
+
+	SpinLockAcquire(&shipsync_shared->mutex);
+	for (int i = 0; i < SHIPSYNC_MAX_DISPATCHERS; i++)
+	{
+		if (shipsync_shared->slots[i].dbid == dbid)
+		{
+			latch = shipsync_shared->slots[i].latch;
+			break;
+		}
+	}
+	SpinLockRelease(&shipsync_shared->mutex);
+
+	/* a latch of an exited process only causes a spurious wakeup */
+	if (latch)
+		SetLatch(latch);
+}
+
+void
+_PG_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_shipsync must be loaded via shared_preload_libraries"),
+				 errhint("Add pg_shipsync to shared_preload_libraries in postgresql.conf and restart the server.")));
+
+	DefineCustomStringVariable("shipsync.databases",
+							   "Databases in which a pg_shipsync dispatcher runs.",
+							   "Comma-separated list; a database that does not exist yet, or lacks the extension, is waited for.",
+							   &shipsync_databases,
+							   "postgres",
+							   PGC_SIGHUP,
+							   GUC_LIST_INPUT,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("shipsync.batch_size",
+							"Most intents claimed or applied in one dispatcher transaction.",
+							NULL,
+							&shipsync_batch_size,
+							256, 1, 4096,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("shipsync.max_response_bytes",
+							"Largest carrier response body accepted; larger ones fail the attempt.",
+							NULL,
+							&shipsync_max_response_bytes,
+							1024 * 1024, 1024, 256 * 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("shipsync.allow_insecure_http",
+							 "Allow plain http:// provider URLs to hosts other than the loopback.",
+							 NULL,
+							 &shipsync_allow_insecure_http,
+							 false,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("shipsync.idle_check_ms",
+							"How often an idle dispatcher looks for work it was not woken for.",
+							"Commits wake the dispatcher at once; this only covers prepared transactions and clock-driven retries.",
+							&shipsync_idle_check_ms,
+							10000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("shipsync");
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = shipsync_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = shipsync_shmem_startup;
+
+	shipsync_register_launcher();
+}

@@ -1,0 +1,154 @@
+/*-------------------------------------------------------------------------
+ *
+ * pg_shipsync.h
+ *		Internal declarations shared by the files of pg_shipsync.
+ *
+ * Grouped by the file that defines them.  json.c is the only file that
+ * includes json-c; it talks to the rest through the plain C structs below.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG_SHIPSYNC_H
+#define PG_SHIPSYNC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+/*
+ * Most of this header is PostgreSQL-facing; json.c and retry.c compile
+ * without PostgreSQL headers (they are fuzzed alone), so they see only the
+ * plain part, guarded by SHIPSYNC_PLAIN_C.
+ */
+
+/* ---- plain C part (no PostgreSQL headers needed) ---- */
+
+/* What a carrier answered to a create, update or cancel (in json.c) */
+typedef struct ShipResponse
+{
+	char	   *id;				/* provider shipment id, malloc'd or NULL */
+	char	   *tracking_number;
+	char	   *label_url;
+	char	   *status;
+	bool		has_fees;		/* "fees" present and well-formed */
+} ShipResponse;
+
+/* in json.c */
+extern bool shipsync_parse_ship_response(const char *body, size_t len,
+										 bool need_ids, ShipResponse *out,
+										 char *errbuf, size_t errlen);
+extern void shipsync_free_ship_response(ShipResponse *r);
+extern bool shipsync_is_decimal(const char *s);
+
+/* Outcome classes of one HTTP attempt (in retry.c) */
+typedef enum ShipOutcome
+{
+	SHIP_OK,					/* applied: shipment created/updated/cancelled */
+	SHIP_RETRY,					/* transient: try again after a delay */
+	SHIP_DEAD					/* permanent: stop, open a ticket */
+} ShipOutcome;
+
+typedef struct ShipVerdict
+{
+	ShipOutcome outcome;
+	const char *error_class;	/* static string: ok, http_5xx, timeout, ... */
+	bool		in_doubt;		/* the request may have reached the carrier */
+	bool		hold_provider;	/* 429/503 with Retry-After: pause provider */
+} ShipVerdict;
+
+/* in retry.c */
+extern ShipVerdict shipsync_classify(int curl_code, long http_status,
+									 bool request_sent, bool body_ok);
+extern long shipsync_parse_retry_after(const char *value, time_t now);
+extern long shipsync_backoff_ms(int attempt, long base_ms, long max_ms,
+								double random01);
+
+#ifndef SHIPSYNC_PLAIN_C
+
+#include "postgres.h"
+#include "lib/ilist.h"
+#include "lib/stringinfo.h"
+#include "datatype/timestamp.h"
+#include "port/atomics.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
+
+#define SHIPSYNC_MAX_DISPATCHERS 64
+
+/* One dispatcher's entry in shared memory */
+typedef struct ShipsyncSlot
+{
+	Oid			dbid;			/* InvalidOid when free */
+	pid_t		pid;
+	Latch	   *latch;
+} ShipsyncSlot;
+
+typedef struct ShipsyncShared
+{
+	slock_t		mutex;			/* protects slots[] */
+	pg_atomic_uint64 config_generation; /* bumped when providers change */
+	ShipsyncSlot slots[SHIPSYNC_MAX_DISPATCHERS];
+} ShipsyncShared;
+
+/* in pg_shipsync.c */
+extern ShipsyncShared *shipsync_shared;
+extern char *shipsync_databases;
+extern int	shipsync_batch_size;
+extern int	shipsync_max_response_bytes;
+extern bool shipsync_allow_insecure_http;
+extern int	shipsync_idle_check_ms;
+extern void shipsync_wake_dispatcher(Oid dbid);
+
+/* in launcher.c */
+extern PGDLLEXPORT void shipsync_launcher_main(Datum main_arg);
+extern void shipsync_register_launcher(void);
+
+/* in dispatcher.c */
+extern PGDLLEXPORT void shipsync_dispatcher_main(Datum main_arg);
+
+/* in capture.c */
+extern bool shipsync_capture_suppressed;
+extern void shipsync_wake_at_commit(bool config_changed);
+
+/* in http.c: one transfer, owned by the dispatcher until completion */
+typedef struct HttpTransfer
+{
+	/* request, set by the caller before http_submit() */
+	const char *method;
+	char	   *url;
+	char	   *body;
+	struct curl_slist *headers; /* freed by http.c at completion */
+	long		timeout_ms;
+	void	   *owner;			/* caller's tag */
+
+	/* result, set by http.c */
+	int			curl_code;
+	long		http_status;
+	bool		request_sent;
+	bool		too_large;
+	StringInfoData response;
+	char	   *retry_after;	/* Retry-After header value, or NULL */
+	char	   *ratelimit_reset;	/* X-RateLimit-Reset value, or NULL */
+	char		errbuf[256];
+	double		latency_ms;
+
+	/* private */
+	void	   *easy;
+	dlist_node	node;			/* in the client's running list */
+	TimestampTz started;
+	struct HttpTransfer *next;
+} HttpTransfer;
+
+typedef struct HttpClient HttpClient;
+
+extern HttpClient *http_client_create(MemoryContext cxt, long max_connections);
+extern void http_submit(HttpClient *client, HttpTransfer *t);
+extern int	http_inflight(HttpClient *client);
+extern void http_wait(HttpClient *client, long timeout_ms, uint32 wait_event_info);
+extern HttpTransfer *http_take_done(HttpClient *client);
+extern void http_client_destroy(HttpClient *client);
+
+#endif							/* SHIPSYNC_PLAIN_C */
+
+#endif							/* PG_SHIPSYNC_H */

@@ -1,0 +1,184 @@
+/*-------------------------------------------------------------------------
+ *
+ * retry.c
+ *		What one HTTP attempt means, and when to try again.
+ *
+ * Pure functions, no PostgreSQL calls: they are unit-tested through SQL
+ * wrappers and fuzzed alone.  The rules (design.md, "Retries"):
+ *
+ *	- 2xx with a well-formed body: done;
+ *	- 408, 409 (idempotent request still in progress), 425, 429 and 5xx:
+ *	  transient; any other 4xx (422: key reused with another body) and
+ *	  3xx: permanent;
+ *	- transport failures are transient; a timeout or reset after the
+ *	  request left is "in doubt": the carrier may hold the shipment, and the
+ *	  same idempotency key and bytes make the next attempt safe;
+ *	- a 2xx whose body cannot be read is transient (the carrier replays its
+ *	  first answer to the same key);
+ *	- backoff is exponential with full jitter, capped; Retry-After (seconds
+ *	  or an HTTP date) overrides it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#define SHIPSYNC_PLAIN_C
+#include <curl/curl.h>
+#include <ctype.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pg_shipsync.h"
+
+ShipVerdict
+shipsync_classify(int curl_code, long http_status, bool request_sent,
+				  bool body_ok)
+{
+	ShipVerdict v = {SHIP_RETRY, "transport", false, false};
+
+	if (curl_code != CURLE_OK)
+	{
+		switch (curl_code)
+		{
+			case CURLE_OPERATION_TIMEDOUT:
+				v.error_class = "timeout";
+				break;
+			case CURLE_COULDNT_RESOLVE_HOST:
+			case CURLE_COULDNT_RESOLVE_PROXY:
+				v.error_class = "dns";
+				break;
+			case CURLE_COULDNT_CONNECT:
+				v.error_class = "connect";
+				break;
+			case CURLE_WRITE_ERROR:
+				v.error_class = "response_too_large";
+				break;
+			case CURLE_PEER_FAILED_VERIFICATION:
+			case CURLE_SSL_CONNECT_ERROR:
+			case CURLE_SSL_CERTPROBLEM:
+			case CURLE_SSL_CACERT_BADFILE:
+				v.error_class = "tls";
+				break;
+			case CURLE_GOT_NOTHING:
+			case CURLE_RECV_ERROR:
+			case CURLE_SEND_ERROR:
+			case CURLE_PARTIAL_FILE:
+				v.error_class = "connection_lost";
+				break;
+			case CURLE_OUT_OF_MEMORY:
+			case CURLE_FAILED_INIT:
+				v.error_class = "resource";
+				break;
+			default:
+				v.error_class = "transport";
+				break;
+		}
+		/* it may have been recorded: the same key makes the retry safe */
+		v.in_doubt = request_sent && strcmp(v.error_class, "connect") != 0 &&
+			strcmp(v.error_class, "dns") != 0;
+		return v;
+	}
+
+	if (http_status >= 200 && http_status < 300)
+	{
+		if (body_ok)
+		{
+			v.outcome = SHIP_OK;
+			v.error_class = "ok";
+		}
+		else
+		{
+			v.outcome = SHIP_RETRY;
+			v.error_class = "bad_response";
+			v.in_doubt = true;
+		}
+		return v;
+	}
+
+	if (http_status == 429 || http_status == 503)
+	{
+		v.error_class = http_status == 429 ? "rate_limited" : "http_5xx";
+		v.hold_provider = true;	/* only when Retry-After is present */
+		return v;
+	}
+	if (http_status >= 500 || http_status == 408 || http_status == 409 ||
+		http_status == 425)
+	{
+		v.error_class = http_status >= 500 ? "http_5xx" :
+			http_status == 409 ? "in_progress" : "http_4xx_transient";
+		return v;
+	}
+
+	v.outcome = SHIP_DEAD;
+	v.error_class = http_status >= 400 ? "http_4xx" : "http_unexpected";
+	return v;
+}
+
+/*
+ * Delay in milliseconds asked by a Retry-After (or rate-limit reset) value:
+ * delta-seconds or an HTTP date.  Returns -1 when the value is absent or
+ * unreadable, 0 for a date in the past.  Capped at one day.
+ */
+long
+shipsync_parse_retry_after(const char *value, time_t now)
+{
+	const char *p;
+	long		secs = 0;
+	time_t		when;
+
+	if (value == NULL)
+		return -1;
+	while (*value == ' ' || *value == '\t')
+		value++;
+	if (*value == '\0')
+		return -1;
+
+	for (p = value; isdigit((unsigned char) *p); p++)
+	{
+		if (secs > 86400)
+			break;
+		secs = secs * 10 + (*p - '0');
+	}
+	if (p != value)
+	{
+		while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+			p++;
+		if (*p != '\0')
+			return -1;
+		if (secs > 86400)
+			secs = 86400;
+		return secs * 1000;
+	}
+
+	when = curl_getdate(value, NULL);
+	if (when == (time_t) -1)
+		return -1;
+	if (when <= now)
+		return 0;
+	if (when - now > 86400)
+		return 86400L * 1000;
+	return (long) (when - now) * 1000;
+}
+
+/*
+ * Full-jitter exponential backoff: uniform in [0, min(max, base * 2^(n-1))].
+ * attempt counts from 1; random01 is uniform in [0, 1).
+ */
+long
+shipsync_backoff_ms(int attempt, long base_ms, long max_ms, double random01)
+{
+	double		ceiling;
+
+	if (attempt < 1)
+		attempt = 1;
+	if (base_ms < 1)
+		base_ms = 1;
+	if (max_ms < base_ms)
+		max_ms = base_ms;
+	ceiling = ldexp((double) base_ms, attempt > 40 ? 40 : attempt - 1);
+	if (ceiling > (double) max_ms)
+		ceiling = (double) max_ms;
+	if (random01 < 0 || random01 >= 1)
+		random01 = 0.5;
+	return (long) (ceiling * random01);
+}

@@ -1,0 +1,1226 @@
+#!/usr/bin/env python3
+"""carrier_sim.py - a logistics-carrier HTTP simulator for pg_shipsync tests.
+
+It implements the generic carrier contract that pg_shipsync speaks (create,
+update, cancel, and read shipments, all protected by an Idempotency-Key
+ledger). It also has an inspection API under /_sim/ and a set of fault rules
+that can make requests fail in controlled, reproducible ways: error statuses,
+slow answers, TCP resets, closed connections, malformed or oversized bodies.
+
+Python 3 standard library only. See README.md in this directory for the
+contract and the fault rule format. Run with --selftest for a quick check.
+
+Usage:
+    python3 carrier_sim.py --port 0 --port-file /tmp/x.port [--host 127.0.0.1]
+                           [--faults JSON-or-@file] [--token T] [--seed N]
+                           [--latency-ms N] [--log FILE]
+    python3 carrier_sim.py --selftest
+"""
+
+import argparse
+import http.client
+import http.server
+import json
+import os
+import random
+import re
+import signal
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+import traceback
+from datetime import datetime, timezone
+from http import HTTPStatus
+from urllib.parse import parse_qs, unquote, urlsplit
+
+LISTEN_HOST = "127.0.0.1"              # the only address we ever bind
+DEFAULT_OVERSIZED_BYTES = 8 * 1024 * 1024
+MAX_BODY_BYTES = 64 * 1024 * 1024      # refuse request bodies above this
+
+FAULT_TYPES = ("status", "slow", "reset_before", "reset_after",
+               "malformed", "oversized", "close")
+# Fields every rule may carry, and the extra fields of each fault type.
+COMMON_RULE_FIELDS = {"fault", "name", "rate", "first_attempts",
+                      "match_order_ref", "path", "method", "count"}
+FAULT_FIELDS = {
+    "status": {"status", "retry_after", "reset_header"},
+    "slow": {"ms"},
+    "oversized": {"bytes"},
+}
+
+# The fee list of every new shipment. One amount is a JSON string and the
+# other a number on purpose: real carriers are that inconsistent.
+FEES = [
+    {"type": "freight", "amount": "12.50", "currency": "CNY"},
+    {"type": "insurance", "amount": 1.2, "currency": "CNY"},
+]
+
+# Routes of the carrier API: /shipments/{id}, /shipments/{id}/cancel, ...
+_SHIPMENT_PATH = re.compile(r"^/shipments/([^/]+)(/cancel|/events)?$")
+_NOT_JSON = object()   # stands for "the body did not parse as JSON"
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------
+
+def dumps(obj):
+    """Serialize to compact UTF-8 JSON bytes (the only encoder we use)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def utc_now():
+    """Current time as an RFC 3339 UTC timestamp with milliseconds."""
+    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def parse_json(body):
+    """Parse a request body, returning _NOT_JSON if it is not valid JSON."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):   # includes UnicodeDecodeError
+        return _NOT_JSON
+
+
+def error_body(message):
+    return dumps({"error": message})
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------
+# Fault rules
+# --------------------------------------------------------------------------
+
+class ConfigError(ValueError):
+    """An invalid fault configuration."""
+
+
+class FaultRule:
+    """One validated fault rule; `spec` is the rule as the user wrote it."""
+
+    def __init__(self, spec, index):
+        where = "rule %d" % index
+        if not isinstance(spec, dict):
+            raise ConfigError("%s: must be a JSON object" % where)
+        fault = spec.get("fault")
+        if fault not in FAULT_TYPES:
+            raise ConfigError("%s: 'fault' must be one of %s"
+                              % (where, ", ".join(FAULT_TYPES)))
+        allowed = COMMON_RULE_FIELDS | FAULT_FIELDS.get(fault, set())
+        unknown = sorted(set(spec) - allowed)
+        if unknown:
+            raise ConfigError("%s: unknown field(s) for fault '%s': %s"
+                              % (where, fault, ", ".join(unknown)))
+
+        self.spec = spec
+        self.fault = fault
+        self.name = spec.get("name", fault)
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError("%s: 'name' must be a non-empty string" % where)
+
+        # Matching conditions.
+        self.rate = spec.get("rate", 1)
+        if not is_number(self.rate) or not 0 <= self.rate <= 1:
+            raise ConfigError("%s: 'rate' must be a number in 0..1" % where)
+        self.first_attempts = self._optional_int(spec, "first_attempts", where)
+        self.count = self._optional_int(spec, "count", where)
+        self.order_ref_re = self._optional_regex(spec, "match_order_ref", where)
+        self.path_re = self._optional_regex(spec, "path", where)
+        self.method = spec.get("method")
+        if self.method is not None:
+            if not isinstance(self.method, str):
+                raise ConfigError("%s: 'method' must be a string" % where)
+            self.method = self.method.upper()
+
+        # Parameters of the individual fault types.
+        self.status = 503
+        self.retry_after = self.reset_header = None
+        self.ms = 0
+        self.bytes = DEFAULT_OVERSIZED_BYTES
+        if fault == "status":
+            self.status = spec.get("status", 503)
+            if (not is_int(self.status) or not 200 <= self.status <= 599
+                    or self.status in (204, 304)):
+                raise ConfigError("%s: 'status' must be an HTTP status 200..599 "
+                                  "that carries a body" % where)
+            self.retry_after = self._optional_header(spec, "retry_after", where)
+            self.reset_header = self._optional_header(spec, "reset_header", where)
+        elif fault == "slow":
+            self.ms = spec.get("ms")
+            if not is_number(self.ms) or self.ms < 0:
+                raise ConfigError("%s: slow needs 'ms' (number >= 0)" % where)
+        elif fault == "oversized":
+            self.bytes = spec.get("bytes", DEFAULT_OVERSIZED_BYTES)
+            if not is_int(self.bytes) or not 0 < self.bytes <= 1024 ** 3:
+                raise ConfigError("%s: 'bytes' must be an integer in 1..1 GiB" % where)
+
+        self.fired = 0   # how many times the rule fired; guarded by the state lock
+
+    @staticmethod
+    def _optional_int(spec, field, where):
+        value = spec.get(field)
+        if value is not None and (not is_int(value) or value < 0):
+            raise ConfigError("%s: '%s' must be an integer >= 0" % (where, field))
+        return value
+
+    @staticmethod
+    def _optional_regex(spec, field, where):
+        value = spec.get(field)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ConfigError("%s: '%s' must be a regex string" % (where, field))
+        try:
+            return re.compile(value)
+        except re.error as exc:
+            raise ConfigError("%s: bad regex in '%s': %s" % (where, field, exc))
+
+    @staticmethod
+    def _optional_header(spec, field, where):
+        value = spec.get(field)
+        if value is None:
+            return None
+        if is_number(value):
+            value = str(value)
+        if not isinstance(value, str) or "\r" in value or "\n" in value:
+            raise ConfigError("%s: '%s' must be a single-line string" % (where, field))
+        return value
+
+    def applies(self, method, path, attempt, order_ref):
+        """Whether the rule's conditions hold (rate and count aside)."""
+        if self.method is not None and method != self.method:
+            return False
+        if self.path_re is not None and not self.path_re.search(path):
+            return False
+        if self.order_ref_re is not None:
+            if order_ref is None or not self.order_ref_re.search(order_ref):
+                return False
+        if self.first_attempts is not None:
+            # Only requests carrying an Idempotency-Key have an attempt number;
+            # keyless requests (GET polling) are never hit by such a rule.
+            if attempt is None or attempt > self.first_attempts:
+                return False
+        if self.count is not None and self.fired >= self.count:
+            return False
+        return True
+
+
+def parse_fault_config(config):
+    """Validate a {"rules": [...]} document and return a list of FaultRule."""
+    if not isinstance(config, dict) or not isinstance(config.get("rules"), list):
+        raise ConfigError('fault config must be an object {"rules": [rule, ...]}')
+    # "fired" is tolerated so the output of GET /_sim/faults can be posted back.
+    extra = sorted(set(config) - {"rules", "fired"})
+    if extra:
+        raise ConfigError("unknown top-level field(s): %s" % ", ".join(extra))
+    return [FaultRule(spec, i) for i, spec in enumerate(config["rules"])]
+
+
+def load_fault_arg(text):
+    """--faults takes inline JSON, or @path to read the JSON from a file."""
+    if text.startswith("@"):
+        with open(text[1:], "rb") as fh:
+            text = fh.read().decode("utf-8")
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError("fault config is not valid JSON: %s" % exc)
+    return parse_fault_config(config)
+
+
+# --------------------------------------------------------------------------
+# Simulator state: shipments, the idempotency ledger, counters, fault rules
+# --------------------------------------------------------------------------
+
+class LedgerEntry:
+    """One Idempotency-Key: the request it was first used for, and its answer."""
+    __slots__ = ("method", "path", "body", "done", "status", "response")
+
+    def __init__(self, method, path, body):
+        self.method, self.path, self.body = method, path, body
+        self.done = False          # False while the first request is in progress
+        self.status = None         # stored answer, replayed byte for byte
+        self.response = None
+
+
+class SimState:
+    """All mutable simulator data. Every access goes through self.lock, and
+    the lock is never held while sleeping or doing socket I/O."""
+
+    def __init__(self, seed=None, rules=()):
+        self.lock = threading.Lock()
+        self.seed = seed
+        self.rules = list(rules)
+        self._clear()
+
+    def _clear(self):
+        """Forget everything except the fault rules (caller holds the lock)."""
+        self.ledger = {}           # Idempotency-Key -> LedgerEntry
+        self.attempts = {}         # Idempotency-Key -> requests seen with it
+        self.shipments = {}        # id -> record (dicts keep creation order)
+        self.next_id = 1
+        self.tracking_used = set()
+        self.requests = 0
+        self.by_status = {}
+        self.faults_injected = {}
+        self.replays = self.conflicts = self.mismatches = 0
+        # Separate generators, so fault rolls do not shift tracking numbers.
+        if self.seed is None:
+            self.fault_rng, self.tracking_rng = random.Random(), random.Random()
+        else:
+            self.fault_rng = random.Random("faults:%d" % self.seed)
+            self.tracking_rng = random.Random("tracking:%d" % self.seed)
+        for rule in self.rules:
+            rule.fired = 0
+
+    # --- inspection and control -------------------------------------------
+
+    def reset(self):
+        with self.lock:
+            self._clear()
+
+    def set_rules(self, rules):
+        with self.lock:
+            self.rules = list(rules)
+
+    def fault_config(self):
+        with self.lock:
+            return {"rules": [r.spec for r in self.rules],
+                    "fired": [r.fired for r in self.rules]}
+
+    def stats(self):
+        with self.lock:
+            per_order = {}
+            cancelled = updates = 0
+            for rec in self.shipments.values():
+                per_order[rec["order_ref"]] = per_order.get(rec["order_ref"], 0) + 1
+                cancelled += rec["status"] == "cancelled"
+                updates += rec["updates"]
+            return {
+                "requests": self.requests,
+                "by_status": dict(sorted(self.by_status.items())),
+                "faults_injected": dict(sorted(self.faults_injected.items())),
+                "shipments": len(self.shipments),
+                "keys": len({r["idempotency_key"] for r in self.shipments.values()}),
+                "orders": len(per_order),
+                "duplicate_orders": sum(1 for n in per_order.values() if n > 1),
+                "replays": self.replays,
+                "conflicts_409": self.conflicts,
+                "mismatch_422": self.mismatches,
+                "cancelled": cancelled,
+                "updates": updates,
+            }
+
+    def list_shipments(self, order_ref=None):
+        fields = ("id", "order_ref", "tracking_number", "idempotency_key",
+                  "status", "updates", "created_at")
+        with self.lock:
+            return [{f: rec[f] for f in fields} for rec in self.shipments.values()
+                    if order_ref is None or rec["order_ref"] == order_ref]
+
+    def shipment_record(self, sid):
+        """The full internal record (including the order payload), or None."""
+        with self.lock:
+            rec = self.shipments.get(sid)
+            return json.loads(json.dumps(rec)) if rec is not None else None
+
+    # --- per-request bookkeeping -------------------------------------------
+
+    def note_request(self):
+        with self.lock:
+            self.requests += 1
+
+    def note_status(self, status):
+        with self.lock:
+            key = str(status)
+            self.by_status[key] = self.by_status.get(key, 0) + 1
+
+    def select_fault(self, method, path, key, order_ref, sid):
+        """Count the attempt for `key`, then return the first rule that fires.
+
+        This runs before the ledger is consulted, so a retry that no rule hits
+        goes to the ledger normally. For requests on /shipments/{id} whose body
+        has no order_ref, the shipment's order_ref is used for matching.
+        """
+        with self.lock:
+            attempt = None
+            if key is not None:
+                attempt = self.attempts.get(key, 0) + 1
+                self.attempts[key] = attempt
+            if order_ref is None and sid in self.shipments:
+                order_ref = self.shipments[sid]["order_ref"]
+            for rule in self.rules:
+                if not rule.applies(method, path, attempt, order_ref):
+                    continue
+                # Only draw a random number when needed, so that rate-1 rules
+                # do not disturb the seeded sequence.
+                if rule.rate < 1 and self.fault_rng.random() >= rule.rate:
+                    continue
+                rule.fired += 1
+                self.faults_injected[rule.name] = self.faults_injected.get(rule.name, 0) + 1
+                return rule
+            return None
+
+    # --- idempotency ledger ------------------------------------------------
+
+    def ledger_begin(self, key, method, path, body):
+        """Look the key up. Returns ("new", entry) if the caller must process
+        the request (the key is now recorded as in progress), or
+        ("reply", status, body, headers) with the answer to send."""
+        with self.lock:
+            entry = self.ledger.get(key)
+            if entry is None:
+                entry = LedgerEntry(method, path, body)
+                self.ledger[key] = entry
+                return ("new", entry)
+            if not entry.done:
+                self.conflicts += 1
+                return ("reply", 409, error_body("in progress"), [])
+            if entry.method != method or entry.path != path:
+                self.mismatches += 1
+                return ("reply", 422, error_body(
+                    "idempotency key reused for a different request"), [])
+            if entry.body != body:
+                self.mismatches += 1
+                return ("reply", 422, error_body(
+                    "idempotency key reused with a different body"), [])
+            self.replays += 1
+            return ("reply", entry.status, entry.response,
+                    [("Idempotent-Replayed", "true")])
+
+    def ledger_finish(self, key, entry, status, response):
+        with self.lock:
+            entry.status, entry.response, entry.done = status, response, True
+
+    def ledger_abandon(self, key, entry):
+        """Drop an in-progress key after an internal error, so it can be retried."""
+        with self.lock:
+            if self.ledger.get(key) is entry:
+                del self.ledger[key]
+
+    # --- shipment operations (each returns (status, body bytes)) -----------
+
+    def _new_tracking_number(self):
+        while True:
+            number = "SIM%012d" % self.tracking_rng.randrange(10 ** 12)
+            if number not in self.tracking_used:
+                self.tracking_used.add(number)
+                return number
+
+    @staticmethod
+    def _view(rec):
+        """The public JSON view of a shipment (GET and PATCH answers)."""
+        return {"id": rec["id"], "tracking_number": rec["tracking_number"],
+                "label_url": rec["label_url"], "status": rec["status"],
+                "fees": rec["fees"], "order_ref": rec["order_ref"],
+                "created_at": rec["created_at"], "updates": rec["updates"]}
+
+    def create_shipment(self, key, payload):
+        if payload is _NOT_JSON:
+            return 400, error_body("body is not valid JSON")
+        if not isinstance(payload, dict):
+            return 400, error_body("body must be a JSON object")
+        order_ref = payload.get("order_ref")
+        if not isinstance(order_ref, str) or not order_ref:
+            return 400, error_body("order_ref is required (non-empty string)")
+        with self.lock:
+            sid = "shp_%d" % self.next_id
+            self.next_id += 1
+            rec = {
+                "id": sid,
+                "order_ref": order_ref,
+                "tracking_number": self._new_tracking_number(),
+                "label_url": "https://labels.sim.invalid/%s.pdf" % sid,
+                "status": "pre_transit",
+                "fees": json.loads(json.dumps(FEES)),
+                "idempotency_key": key,
+                "updates": 0,
+                "last_update": None,
+                "order": payload.get("order"),
+                "created_at": utc_now(),
+                "cancelled_at": None,
+            }
+            self.shipments[sid] = rec
+            answer = {f: rec[f] for f in ("id", "tracking_number", "label_url",
+                                          "status", "fees", "order_ref")}
+        return 201, dumps(answer)
+
+    def update_shipment(self, sid, payload):
+        with self.lock:
+            rec = self.shipments.get(sid)
+            if rec is None:
+                return 404, error_body("shipment not found")
+            if payload is _NOT_JSON:
+                return 400, error_body("body is not valid JSON")
+            if not isinstance(payload, dict):
+                return 400, error_body("body must be a JSON object")
+            rec["updates"] += 1
+            rec["last_update"] = payload
+            return 200, dumps(self._view(rec))
+
+    def cancel_shipment(self, sid):
+        with self.lock:
+            rec = self.shipments.get(sid)
+            if rec is None:
+                return 404, error_body("shipment not found")
+            if rec["status"] != "cancelled":      # cancelling twice is fine
+                rec["status"] = "cancelled"
+                rec["cancelled_at"] = utc_now()
+            return 200, dumps({"id": sid, "status": "cancelled",
+                               "tracking_number": rec["tracking_number"]})
+
+    def get_shipment(self, sid):
+        with self.lock:
+            rec = self.shipments.get(sid)
+            if rec is None:
+                return 404, error_body("shipment not found")
+            return 200, dumps(self._view(rec))
+
+    def get_events(self, sid):
+        with self.lock:
+            rec = self.shipments.get(sid)
+            if rec is None:
+                return 404, error_body("shipment not found")
+            history = [("pre_transit", rec["created_at"], "Shipment created, label issued")]
+            if rec["status"] == "cancelled":
+                history.append(("cancelled", rec["cancelled_at"], "Shipment cancelled"))
+            events = [{"id": "evt_%s_%d" % (sid, i + 1),
+                       "tracking_number": rec["tracking_number"],
+                       "status": status, "occurred_at": when, "description": text}
+                      for i, (status, when, text) in enumerate(history)]
+            return 200, dumps({"events": events})
+
+
+# --------------------------------------------------------------------------
+# HTTP layer
+# --------------------------------------------------------------------------
+
+class BadRequest(Exception):
+    """A request whose framing we cannot trust; answered, then the connection closes."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+def route_carrier(method, path):
+    """Map a carrier request to (action, shipment id, allowed methods)."""
+    if path == "/shipments":
+        return ("create", None, None) if method == "POST" else ("bad_method", None, "POST")
+    match = _SHIPMENT_PATH.match(path)
+    if match is None:
+        return ("not_found", None, None)
+    sid = unquote(match.group(1))
+    actions = {None: {"GET": "get", "PATCH": "update"},
+               "/cancel": {"POST": "cancel"},
+               "/events": {"GET": "events"}}[match.group(2)]
+    if method in actions:
+        return (actions[method], sid, None)
+    return ("bad_method", sid, ", ".join(sorted(actions)))
+
+
+def oversize_body(body, size):
+    """Re-encode a JSON answer padded with a long string field to `size` bytes
+    (or unchanged, if it is already at least that large)."""
+    obj = parse_json(body)
+    if not isinstance(obj, dict):
+        obj = {"response": None if obj is _NOT_JSON else obj}
+    obj["_padding"] = ""
+    base = len(dumps(obj))
+    if size > base:
+        obj["_padding"] = "x" * (size - base)   # ASCII: one byte per character
+    return dumps(obj)
+
+
+class CarrierHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"      # keep-alive; every answer has Content-Length
+    disable_nagle_algorithm = True     # otherwise each request costs ~40 ms
+    server_version = "carrier_sim/1.0"
+
+    def version_string(self):
+        return self.server_version     # no trailing " Python/x.y"
+
+    # One method per verb; everything goes through _dispatch.
+    def do_GET(self):
+        self._dispatch()
+
+    do_POST = do_PATCH = do_PUT = do_DELETE = do_GET
+
+    def handle(self):
+        # Clients hang up (timeouts) and we reset connections on purpose:
+        # neither is worth a traceback.
+        try:
+            super().handle()
+        except (OSError, socket.timeout):
+            self.close_connection = True
+
+    # --- logging (silent unless --log) ------------------------------------
+
+    def log_request(self, code="-", size="-"):
+        pass    # we log one line per request ourselves, in _log
+
+    def log_message(self, fmt, *args):
+        self.server.log("%s:%d %s" % (self.client_address[0],
+                                      self.client_address[1], fmt % args))
+
+    def _log(self, outcome, key=None, rule=None):
+        if self.server.log_fh is not None:
+            elapsed = (time.monotonic() - self._started) * 1000.0
+            self.log_message("%s %s -> %s key=%s fault=%s %.1fms",
+                             self.command, self.path, outcome, key or "-",
+                             rule.name if rule else "-", elapsed)
+
+    # --- sending -----------------------------------------------------------
+
+    def send_error(self, code, message=None, explain=None):
+        """Used by the stdlib for unparsable requests and unknown verbs: answer
+        JSON like everything else, then close (the body was not read)."""
+        self.close_connection = True
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        self._send(code, error_body(message or phrase))
+
+    def _send(self, status, body, headers=(), carrier=False):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        if carrier:
+            self.server.state.note_status(status)
+
+    def _send_json(self, status, obj, headers=()):
+        self._send(status, dumps(obj), headers)
+
+    def _abort_with_rst(self):
+        """Abort the TCP connection: SO_LINGER on with a 0 s timeout makes
+        close() send an RST instead of a FIN. The socket object is detached
+        first, so the server's later shutdown()/close() calls touch nothing."""
+        self.close_connection = True
+        sock = self.connection
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            fd = sock.detach()
+        except OSError:
+            return
+        if fd >= 0:
+            os.close(fd)
+
+    # --- reading -----------------------------------------------------------
+
+    def _read_body(self):
+        """Read the whole request body (Content-Length or chunked) before we
+        answer, so the next request on a kept-alive connection starts clean."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return b""
+        try:
+            length = int(length)
+        except ValueError:
+            raise BadRequest(400, "invalid Content-Length")
+        if length < 0:
+            raise BadRequest(400, "invalid Content-Length")
+        if length > MAX_BODY_BYTES:
+            raise BadRequest(413, "request body too large")
+        body = self.rfile.read(length)
+        if len(body) != length:
+            raise ConnectionError("client closed the connection mid-body")
+        return body
+
+    def _read_chunked(self):
+        parts, total = [], 0
+        while True:
+            line = self.rfile.readline(1024)
+            if not line:
+                raise ConnectionError("client closed the connection mid-body")
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise BadRequest(400, "invalid chunk size")
+            if size == 0:
+                break
+            total += size
+            if total > MAX_BODY_BYTES:
+                raise BadRequest(413, "request body too large")
+            chunk = self.rfile.read(size)
+            if len(chunk) != size:
+                raise ConnectionError("client closed the connection mid-body")
+            parts.append(chunk)
+            self.rfile.readline(1024)          # the CRLF after each chunk
+        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+            pass                                # skip trailer fields
+        return b"".join(parts)
+
+    # --- dispatch ----------------------------------------------------------
+
+    def _dispatch(self):
+        self._started = time.monotonic()
+        url = urlsplit(self.path)
+        is_sim = url.path == "/_sim" or url.path.startswith("/_sim/")
+        try:
+            body = self._read_body()
+        except BadRequest as exc:
+            self.close_connection = True
+            if not is_sim:
+                self.server.state.note_request()
+            self._send(exc.status, error_body(str(exc)), carrier=not is_sim)
+            self._log(exc.status)
+            return
+        if is_sim:
+            self._handle_sim(url.path, url.query, body)
+        else:
+            self._handle_carrier(url.path, body)
+
+    def _handle_sim(self, path, query, body):
+        """Inspection and control endpoints: never faulted, never authenticated."""
+        state = self.server.state
+        method = self.command
+        if path == "/_sim/stats" and method == "GET":
+            self._send_json(200, state.stats())
+        elif path == "/_sim/shipments" and method == "GET":
+            refs = parse_qs(query).get("order_ref")
+            self._send_json(200, state.list_shipments(refs[0] if refs else None))
+        elif path.startswith("/_sim/shipments/") and method == "GET":
+            rec = state.shipment_record(unquote(path[len("/_sim/shipments/"):]))
+            if rec is None:
+                self._send(404, error_body("shipment not found"))
+            else:
+                self._send_json(200, rec)
+        elif path == "/_sim/faults" and method == "GET":
+            self._send_json(200, state.fault_config())
+        elif path == "/_sim/faults" and method == "POST":
+            config = parse_json(body)
+            try:
+                if config is _NOT_JSON:
+                    raise ConfigError("body is not valid JSON")
+                state.set_rules(parse_fault_config(config))
+            except ConfigError as exc:
+                self._send(400, error_body(str(exc)))
+            else:
+                self._send_json(200, state.fault_config())
+        elif path == "/_sim/reset" and method == "POST":
+            state.reset()
+            self._send_json(200, {"ok": True})
+        elif path in ("/_sim/stats", "/_sim/shipments", "/_sim/faults", "/_sim/reset"):
+            self._send(405, error_body("method not allowed"))
+        else:
+            self._send(404, error_body("not found"))
+        self._log("sim")
+
+    def _handle_carrier(self, path, body):
+        srv, state, method = self.server, self.server.state, self.command
+        state.note_request()
+        if srv.latency_s > 0:
+            time.sleep(srv.latency_s)
+
+        key = (self.headers.get("Idempotency-Key") or "").strip() or None
+        payload = parse_json(body)
+        action, sid, allow = route_carrier(method, path)
+        order_ref = payload.get("order_ref") if isinstance(payload, dict) else None
+        if not isinstance(order_ref, str):
+            order_ref = None
+
+        # 1. Attempt counting and fault selection, before anything else.
+        rule = state.select_fault(method, path, key, order_ref, sid)
+        fault = rule.fault if rule else None
+        if fault == "status":
+            headers = []
+            if rule.retry_after is not None:
+                headers.append(("Retry-After", rule.retry_after))
+            if rule.reset_header is not None:
+                headers.append(("X-RateLimit-Reset", rule.reset_header))
+            try:
+                phrase = HTTPStatus(rule.status).phrase.lower()
+            except ValueError:
+                phrase = "error"
+            self._send(rule.status, dumps({"error": phrase, "simulated": True}),
+                       headers, carrier=True)
+            self._log(rule.status, key, rule)
+            return
+        if fault == "reset_before":
+            self._abort_with_rst()
+            self._log("RST", key, rule)
+            return
+        if fault == "close":
+            self.close_connection = True   # the server closes without a word
+            self._log("CLOSE", key, rule)
+            return
+
+        # 2. Decide the answer. A new idempotent request reserves its key
+        #    (in progress) here and is processed after the optional slow delay.
+        entry, status, answer, headers = None, None, None, []
+        if srv.token is not None and \
+                self.headers.get("Authorization", "") != "Bearer " + srv.token:
+            status, answer = 401, error_body("unauthorized")
+            headers = [("WWW-Authenticate", "Bearer")]
+        elif action == "not_found":
+            status, answer = 404, error_body("not found")
+        elif action == "bad_method":
+            status, answer = 405, error_body("method not allowed")
+            headers = [("Allow", allow)]
+        elif action in ("create", "update", "cancel"):
+            if key is None:
+                status, answer = 400, error_body("missing Idempotency-Key header")
+            else:
+                decision = state.ledger_begin(key, method, path, body)
+                if decision[0] == "new":
+                    entry = decision[1]
+                else:
+                    status, answer, headers = decision[1:]
+
+        # 3. The slow fault delays the answer (never while holding the lock).
+        if fault == "slow" and rule.ms > 0:
+            time.sleep(rule.ms / 1000.0)
+
+        # 4. Do the work: mutations complete the ledger entry, reads read.
+        if entry is not None:
+            try:
+                if action == "create":
+                    status, answer = state.create_shipment(key, payload)
+                elif action == "update":
+                    status, answer = state.update_shipment(sid, payload)
+                else:
+                    status, answer = state.cancel_shipment(sid)
+            except Exception:
+                state.ledger_abandon(key, entry)
+                srv.log("internal error:\n" + traceback.format_exc(), force=True)
+                status, answer = 500, error_body("internal simulator error")
+            else:
+                state.ledger_finish(key, entry, status, answer)
+        elif status is None:
+            if action == "get":
+                status, answer = state.get_shipment(sid)
+            else:
+                status, answer = state.get_events(sid)
+
+        # 5. Deliver, possibly damaged by a fault that acts after recording.
+        if fault == "reset_after":
+            self._abort_with_rst()
+            self._log("RST (after %d)" % status, key, rule)
+            return
+        if fault == "malformed":
+            answer = answer[:max(1, len(answer) // 2)]   # cut: no longer valid JSON
+        elif fault == "oversized":
+            answer = oversize_body(answer, rule.bytes)
+        self._send(status, answer, headers, carrier=True)
+        self._log(status, key, rule)
+
+
+class CarrierServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True          # in-flight handlers never block shutdown
+    request_queue_size = 1024      # listen() backlog for bursts of connections
+    allow_reuse_address = True
+
+    def __init__(self, state, token=None, latency_ms=0, log_fh=None, port=0):
+        self.state = state
+        self.token = token
+        self.latency_s = max(0.0, latency_ms / 1000.0)
+        self.log_fh = log_fh
+        self._log_lock = threading.Lock()
+        super().__init__((LISTEN_HOST, port), CarrierHandler)
+
+    def server_bind(self):
+        # HTTPServer.server_bind() does a reverse DNS lookup (getfqdn), which
+        # can stall on badly configured hosts; we know our name already.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def log(self, line, force=False):
+        fh = self.log_fh if self.log_fh is not None else (sys.stderr if force else None)
+        if fh is None:
+            return
+        with self._log_lock:
+            try:
+                fh.write("%s %s\n" % (utc_now(), line))
+                fh.flush()
+            except (OSError, ValueError):
+                pass
+
+    def handle_error(self, request, client_address):
+        # Anything reaching here is a simulator bug, not a client hang-up.
+        self.log("unhandled error from %s:\n%s" % (client_address, traceback.format_exc()),
+                 force=True)
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+def write_port_file(path, port):
+    """Write the port atomically: temp file in the same directory, then rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
+    with open(tmp, "w") as fh:
+        fh.write("%d\n" % port)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Logistics carrier simulator for pg_shipsync tests.")
+    parser.add_argument("--port", type=int, default=0,
+                        help="TCP port; 0 (default) picks a free one")
+    parser.add_argument("--port-file", help="write the bound port here (atomically)")
+    parser.add_argument("--host", default=LISTEN_HOST,
+                        help="listen address; only 127.0.0.1 is accepted")
+    parser.add_argument("--faults", help='fault rules: JSON {"rules": [...]} or @file')
+    parser.add_argument("--token", help="require 'Authorization: Bearer TOKEN'")
+    parser.add_argument("--seed", type=int, help="seed for fault rates and tracking numbers")
+    parser.add_argument("--latency-ms", type=float, default=0,
+                        help="fixed delay added to every carrier request")
+    parser.add_argument("--log", help="append one line per request to FILE ('-' = stderr)")
+    parser.add_argument("--selftest", action="store_true",
+                        help="run the built-in self-test and exit")
+    args = parser.parse_args(argv)
+
+    if args.selftest:
+        return selftest()
+    if args.host != LISTEN_HOST:
+        parser.error("--host: only %s is allowed (got %r)" % (LISTEN_HOST, args.host))
+    if not 0 <= args.port <= 65535:
+        parser.error("--port must be in 0..65535")
+    if args.latency_ms < 0:
+        parser.error("--latency-ms must be >= 0")
+    rules = []
+    if args.faults:
+        try:
+            rules = load_fault_arg(args.faults)
+        except (ConfigError, OSError) as exc:
+            parser.error("--faults: %s" % exc)
+
+    log_fh = None
+    if args.log == "-":
+        log_fh = sys.stderr
+    elif args.log:
+        log_fh = open(args.log, "a", encoding="utf-8")
+
+    try:
+        server = CarrierServer(SimState(args.seed, rules), token=args.token,
+                               latency_ms=args.latency_ms, log_fh=log_fh, port=args.port)
+    except OSError as exc:
+        print("carrier_sim: cannot listen on %s:%d: %s" % (LISTEN_HOST, args.port, exc),
+              file=sys.stderr)
+        return 1
+    port = server.server_address[1]
+
+    # SIGTERM/SIGINT only set a flag: server.shutdown() must not be called from
+    # the thread that runs serve_forever(), so serving happens in a thread.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                               name="carrier_sim", daemon=True)
+    serving.start()
+
+    if args.port_file:
+        write_port_file(args.port_file, port)
+    try:
+        print("carrier_sim listening on %s:%d" % (LISTEN_HOST, port), flush=True)
+    except OSError:
+        pass    # nobody reads stdout; not a reason to die
+    server.log("listening on %s:%d" % (LISTEN_HOST, port))
+
+    while not stop.wait(0.5) and serving.is_alive():
+        pass
+    server.shutdown()
+    server.server_close()
+    server.log("stopped")
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Self-test (--selftest): runs a server in-process and talks to it over HTTP
+# --------------------------------------------------------------------------
+
+class SelftestFailure(Exception):
+    pass
+
+
+def check(condition, message):
+    if not condition:
+        raise SelftestFailure(message)
+
+
+class TestClient:
+    """A tiny http.client wrapper: one kept-alive connection, plus fresh
+    connections for requests that are expected to break theirs."""
+
+    def __init__(self, port):
+        self.port = port
+        self.conn = self.connect()
+
+    def connect(self):
+        return http.client.HTTPConnection(LISTEN_HOST, self.port, timeout=10)
+
+    def call(self, method, path, body=None, key=None, headers=None, fresh=False):
+        hdrs = {}
+        if body is not None:
+            if not isinstance(body, bytes):
+                body = json.dumps(body).encode("utf-8")
+            hdrs["Content-Type"] = "application/json"
+        if key is not None:
+            hdrs["Idempotency-Key"] = key
+        hdrs.update(headers or {})
+        conn = self.connect() if fresh else self.conn
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            if fresh:
+                conn.close()
+        return resp.status, resp, data
+
+    def json(self, method, path, body=None, key=None, expect=200, **kw):
+        status, resp, data = self.call(method, path, body, key, **kw)
+        check(status == expect, "%s %s: expected %d, got %d %r"
+              % (method, path, expect, status, data[:200]))
+        return json.loads(data)
+
+    def expect_reset(self, path, body, key):
+        """The request must fail with an RST (not a clean close)."""
+        try:
+            status, _, _ = self.call("POST", path, body, key, fresh=True)
+        except http.client.RemoteDisconnected:
+            raise SelftestFailure("%s: expected an RST, got a clean close" % key)
+        except ConnectionResetError:
+            return
+        raise SelftestFailure("%s: expected an RST, got HTTP %d" % (key, status))
+
+    def expect_close(self, path, body, key):
+        """The request must end with an empty reply (FIN, no bytes)."""
+        try:
+            status, _, _ = self.call("POST", path, body, key, fresh=True)
+        except http.client.RemoteDisconnected:
+            return
+        raise SelftestFailure("%s: expected an empty reply, got HTTP %d" % (key, status))
+
+
+def order(ref, **extra):
+    body = {"order_ref": ref, "order": {"lines": [{"sku": "A-1", "qty": 2}]}}
+    body.update(extra)
+    return json.dumps(body).encode("utf-8")
+
+
+def run_selftest(server, port):
+    c = TestClient(port)
+    state = server.state
+
+    # Create, then replay byte for byte, then reuse the key with another body.
+    status, resp, first = c.call("POST", "/shipments", order("SO-1"), "k-1")
+    check(status == 201, "create: got %d %r" % (status, first))
+    created = json.loads(first)
+    check(set(created) == {"id", "tracking_number", "label_url", "status", "fees", "order_ref"},
+          "create: unexpected fields %s" % sorted(created))
+    check(created["id"] == "shp_1" and created["status"] == "pre_transit", "create: %r" % created)
+    check(re.fullmatch(r"SIM\d{12}", created["tracking_number"]), "bad tracking number")
+    check(created["label_url"] == "https://labels.sim.invalid/shp_1.pdf", "bad label_url")
+    check(isinstance(created["fees"][0]["amount"], str)
+          and isinstance(created["fees"][1]["amount"], float), "fee amount types")
+    check(resp.getheader("Idempotent-Replayed") is None, "first answer marked as replay")
+    first_tracking = created["tracking_number"]
+
+    status, resp, again = c.call("POST", "/shipments", order("SO-1"), "k-1")
+    check(status == 201 and again == first, "replay: not byte-identical")
+    check(resp.getheader("Idempotent-Replayed") == "true", "replay: header missing")
+    c.json("POST", "/shipments", order("SO-1", note="changed"), "k-1", expect=422)
+
+    # Reads and basic validation.
+    check(c.json("GET", "/shipments/shp_1")["order_ref"] == "SO-1", "GET shipment")
+    c.json("GET", "/shipments/shp_999", expect=404)
+    c.json("POST", "/shipments", order("SO-2"), None, expect=400)        # no key
+    c.json("POST", "/shipments", b"{not json", "k-bad", expect=400)
+    c.json("POST", "/shipments", b'{"order": {}}', "k-noref", expect=400)
+
+    # 409 while the first request with a key is still in progress: the first
+    # attempt is slowed down, the second one (attempt 2) is not.
+    c.json("POST", "/_sim/faults", {"rules": [
+        {"fault": "slow", "ms": 600, "match_order_ref": "^SLOW-", "first_attempts": 1}]})
+    slow_result = {}
+
+    def slow_request():
+        try:
+            slow_result["answer"] = c.call("POST", "/shipments", order("SLOW-1"),
+                                           "k-slow", fresh=True)
+        except Exception as exc:     # reported by the main thread
+            slow_result["error"] = exc
+
+    worker = threading.Thread(target=slow_request)
+    worker.start()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        with state.lock:
+            entry = state.ledger.get("k-slow")
+            if entry is not None and not entry.done:
+                break
+        time.sleep(0.01)
+    else:
+        raise SelftestFailure("slow request never reached the ledger")
+    check(c.json("POST", "/shipments", order("SLOW-1"), "k-slow", expect=409)
+          == {"error": "in progress"}, "409 body")
+    worker.join(5)
+    check("error" not in slow_result, "slow request failed: %r" % slow_result.get("error"))
+    check(slow_result.get("answer", (0,))[0] == 201, "slow request did not get 201")
+    status, resp, _ = c.call("POST", "/shipments", order("SLOW-1"), "k-slow")
+    check(status == 201 and resp.getheader("Idempotent-Replayed") == "true",
+          "replay after slow request")
+
+    # One rule per remaining fault type, each on the first attempt only.
+    c.json("POST", "/_sim/faults", {"rules": [
+        {"fault": "status", "status": 503, "retry_after": "1",
+         "reset_header": "1700000000", "match_order_ref": "^F503-", "first_attempts": 1},
+        {"fault": "reset_before", "match_order_ref": "^FRB-", "first_attempts": 1},
+        {"fault": "reset_after", "match_order_ref": "^FRA-", "first_attempts": 1},
+        {"fault": "malformed", "match_order_ref": "^FMAL-", "first_attempts": 1},
+        {"fault": "oversized", "match_order_ref": "^FBIG-", "first_attempts": 1},
+        {"fault": "close", "match_order_ref": "^FCLOSE-", "first_attempts": 1},
+    ]})
+
+    def recorded(ref):
+        return c.json("GET", "/_sim/shipments?order_ref=" + ref)
+
+    status, resp, _ = c.call("POST", "/shipments", order("F503-1"), "k-503")
+    check(status == 503 and resp.getheader("Retry-After") == "1"
+          and resp.getheader("X-RateLimit-Reset") == "1700000000", "status fault")
+    check(recorded("F503-1") == [], "503 fault recorded a shipment")
+    status, resp, _ = c.call("POST", "/shipments", order("F503-1"), "k-503")
+    check(status == 201 and resp.getheader("Idempotent-Replayed") is None, "retry after 503")
+
+    c.expect_reset("/shipments", order("FRB-1"), "k-rb")
+    check(recorded("FRB-1") == [], "reset_before recorded a shipment")
+    c.json("POST", "/shipments", order("FRB-1"), "k-rb", expect=201)
+
+    c.expect_reset("/shipments", order("FRA-1"), "k-ra")
+    check(len(recorded("FRA-1")) == 1, "reset_after did not record the shipment")
+    status, resp, _ = c.call("POST", "/shipments", order("FRA-1"), "k-ra")
+    check(status == 201 and resp.getheader("Idempotent-Replayed") == "true",
+          "retry after reset_after is not a replay")
+
+    status, _, bad = c.call("POST", "/shipments", order("FMAL-1"), "k-mal")
+    check(status == 201 and parse_json(bad) is _NOT_JSON, "malformed: body parsed")
+    status, resp, good = c.call("POST", "/shipments", order("FMAL-1"), "k-mal")
+    check(status == 201 and resp.getheader("Idempotent-Replayed") == "true"
+          and good.startswith(bad) and json.loads(good)["order_ref"] == "FMAL-1",
+          "retry after malformed")
+
+    status, _, big = c.call("POST", "/shipments", order("FBIG-1"), "k-big")
+    check(status == 201 and len(big) == DEFAULT_OVERSIZED_BYTES, "oversized: size %d" % len(big))
+    check(json.loads(big)["order_ref"] == "FBIG-1", "oversized: not the shipment")
+    status, _, small = c.call("POST", "/shipments", order("FBIG-1"), "k-big")
+    check(status == 201 and len(small) < 1024, "retry after oversized")
+
+    c.expect_close("/shipments", order("FCLOSE-1"), "k-close")
+    check(recorded("FCLOSE-1") == [], "close fault recorded a shipment")
+    c.json("POST", "/shipments", order("FCLOSE-1"), "k-close", expect=201)
+
+    # PATCH (and its replay), cancel twice, events.
+    patched = c.json("PATCH", "/shipments/shp_1", {"weight_kg": 2.5}, "u-1")
+    check(patched["updates"] == 1, "PATCH did not count the update")
+    status, resp, _ = c.call("PATCH", "/shipments/shp_1", {"weight_kg": 2.5}, "u-1")
+    check(status == 200 and resp.getheader("Idempotent-Replayed") == "true", "PATCH replay")
+    c.json("PATCH", "/shipments/shp_999", {"weight_kg": 1}, "u-2", expect=404)
+    c.json("POST", "/shipments/shp_2/cancel", None, "c-1")
+    cancelled = c.json("POST", "/shipments/shp_2/cancel", None, "c-2")
+    check(cancelled["status"] == "cancelled", "second cancel")
+    c.json("POST", "/shipments/shp_999/cancel", None, "c-3", expect=404)
+    events = c.json("GET", "/shipments/shp_2/events")["events"]
+    check([e["status"] for e in events] == ["pre_transit", "cancelled"], "events %r" % events)
+
+    # A second shipment for the same order (different key) is a duplicate.
+    c.json("POST", "/shipments", order("SO-1"), "k-dup", expect=201)
+
+    # Bearer token (toggled in-process); the 401 is not stored in the ledger.
+    server.token = "s3cret"
+    c.json("POST", "/shipments", order("AUTH-1"), "k-auth", expect=401)
+    c.json("POST", "/shipments", order("AUTH-1"), "k-auth", expect=201,
+           headers={"Authorization": "Bearer s3cret"})
+    server.token = None
+
+    stats = c.json("GET", "/_sim/stats")
+    expected = {
+        "requests": 33,
+        "by_status": {"200": 6, "201": 14, "400": 3, "401": 1, "404": 3,
+                      "409": 1, "422": 1, "503": 1},
+        "faults_injected": {"close": 1, "malformed": 1, "oversized": 1, "reset_after": 1,
+                            "reset_before": 1, "slow": 1, "status": 1},
+        "shipments": 10, "keys": 10, "orders": 9, "duplicate_orders": 1,
+        "replays": 6, "conflicts_409": 1, "mismatch_422": 1, "cancelled": 1, "updates": 1,
+    }
+    check(stats == expected, "stats mismatch:\n got %s\nwant %s"
+          % (json.dumps(stats, sort_keys=True), json.dumps(expected, sort_keys=True)))
+    listing = c.json("GET", "/_sim/shipments")
+    check([s["id"] for s in listing] == ["shp_%d" % i for i in range(1, 11)], "listing order")
+    check(len(c.json("GET", "/_sim/shipments?order_ref=SO-1")) == 2, "order_ref filter")
+
+    # Keep-alive with Nagle off: many small requests on one socket are fast.
+    c.call("GET", "/shipments/shp_1")
+    sock = c.conn.sock
+    began = time.monotonic()
+    for _ in range(50):
+        c.call("GET", "/shipments/shp_1")
+    elapsed = time.monotonic() - began
+    check(c.conn.sock is sock, "keep-alive: connection was not reused")
+    check(elapsed < 1.0, "keep-alive: 50 requests took %.2fs" % elapsed)
+
+    # Reset keeps the rules but clears everything else; the seed makes the
+    # tracking numbers repeat. A `count`-limited rule fires only that often.
+    c.json("POST", "/_sim/reset")
+    stats = c.json("GET", "/_sim/stats")
+    check(stats["requests"] == 0 and stats["shipments"] == 0 and stats["by_status"] == {},
+          "reset did not clear: %r" % stats)
+    check(len(c.json("GET", "/_sim/faults")["rules"]) == 6, "reset dropped the rules")
+    c.json("POST", "/_sim/faults", {"rules": [{"fault": "status", "status": 500, "count": 1}]})
+    c.json("POST", "/shipments", order("SO-1"), "k-1", expect=500)
+    again = c.json("POST", "/shipments", order("SO-1"), "k-1", expect=201)
+    check(again["tracking_number"] == first_tracking, "seeded tracking numbers differ")
+    c.json("POST", "/_sim/faults", {"rules": [{"fault": "nope"}]}, expect=400)
+    c.conn.close()
+
+
+def selftest():
+    started = time.monotonic()
+    server = CarrierServer(SimState(seed=7))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              daemon=True)
+    thread.start()
+    try:
+        run_selftest(server, server.server_address[1])
+    except SelftestFailure as exc:
+        print("selftest FAILED: %s" % exc, file=sys.stderr)
+        return 1
+    except Exception:
+        print("selftest FAILED with an exception:\n%s" % traceback.format_exc(),
+              file=sys.stderr)
+        return 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    print("selftest ok", flush=True)
+    print("(selftest took %.1fs)" % (time.monotonic() - started), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -93,12 +93,12 @@ COMMENT ON TABLE @extschema@.outbox IS
 COMMENT ON COLUMN @extschema@.outbox.idempotency_key IS 'Sent as Idempotency-Key on every attempt of this intent.';
 COMMENT ON COLUMN @extschema@.outbox.coalesced_into IS 'For a coalesced update: the intent whose request already carried this change.';
 
-CREATE INDEX outbox_due_idx ON @extschema@.outbox (provider_id, next_attempt_at)
+CREATE INDEX outbox_due_idx ON @extschema@.outbox (provider_id, next_attempt_at, id)
 	WHERE state IN ('pending', 'retrying');
 CREATE INDEX outbox_order_idx ON @extschema@.outbox (binding_id, order_key, id)
 	WHERE state IN ('pending', 'retrying', 'in_flight');
 CREATE INDEX outbox_attention_idx ON @extschema@.outbox (provider_id, state)
-	WHERE state IN ('in_flight', 'dead', 'invalid');
+	WHERE state IN ('dead', 'invalid');
 
 CREATE TABLE @extschema@.shipment (
 	shipment_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -210,44 +210,12 @@ LANGUAGE C SECURITY DEFINER;
 COMMENT ON FUNCTION @extschema@.capture() IS
 	'The capture trigger installed by shipsync.attach(): one outbox row per inserted, updated or deleted order, in the same transaction.';
 
-/*
- * Claim up to max_n due intents of one provider: the oldest first, skipping
- * rows another claimer holds, and never an intent while an earlier intent of
- * the same order is undelivered (update and cancel never overtake the
- * create).  The dispatcher calls it; tests call it to race it.
- */
 CREATE FUNCTION @extschema@.claim(provider_id integer, max_n integer, lease_ms integer DEFAULT 60000)
 RETURNS SETOF @extschema@.outbox
-LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	WITH c AS (
-		SELECT o.id
-		FROM @extschema@.outbox o
-		WHERE o.provider_id = $1
-		  AND o.state IN ('pending', 'retrying')
-		  AND o.next_attempt_at <= pg_catalog.now()
-		  AND NOT EXISTS (
-				SELECT 1 FROM @extschema@.outbox e
-				WHERE e.binding_id = o.binding_id
-				  AND e.order_key = o.order_key
-				  AND e.id < o.id
-				  AND e.state IN ('pending', 'retrying', 'in_flight'))
-		ORDER BY o.next_attempt_at, o.id
-		LIMIT $2
-		FOR UPDATE OF o SKIP LOCKED
-	)
-	UPDATE @extschema@.outbox o
-	   SET state = 'in_flight',
-		   attempts = o.attempts + 1,
-		   lease_until = pg_catalog.now() + pg_catalog.make_interval(secs => $3 / 1000.0),
-		   updated_at = pg_catalog.now()
-	  FROM c
-	 WHERE o.id = c.id
-	RETURNING o.*
-$$;
+AS 'MODULE_PATHNAME', 'shipsync_claim'
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.claim(integer, integer, integer) IS
-	'Internal: claim due intents of one provider (FOR UPDATE SKIP LOCKED, per-order order, lease). Used by the dispatcher.';
+	'Claim up to max_n due intents of one provider (FOR UPDATE SKIP LOCKED, the oldest first, never ahead of an earlier intent of the same order) and lease them for lease_ms. The dispatcher runs this same statement; call it yourself only to drain a queue by hand.';
 REVOKE ALL ON FUNCTION @extschema@.claim(integer, integer, integer) FROM PUBLIC;
 
 -- Auth headers of a provider, as header lines.
@@ -648,7 +616,7 @@ BEGIN
 		'SELECT u.id, t.%1$I IS NOT NULL AS found,'
 		' pg_catalog.json_build_object(''order_ref'', u.k, ''order'', pg_catalog.row_to_json(t))::text AS body,'
 		' %4$s AS is_cancel'
-		' FROM pg_catalog.unnest($1::bigint[], $2::text[]) AS u(id, k)'
+		' FROM unnest($1::bigint[], $2::text[]) AS u(id, k)'
 		' LEFT JOIN %2$s AS t ON t.%1$I = u.k::%3$s',
 		keycol, tbl, keytype,
 		CASE WHEN cancel_when IS NULL THEN 'false'
@@ -657,7 +625,7 @@ BEGIN
 	IF array_length(sets, 1) > 0 THEN
 		wbsql := format(
 			'UPDATE %s AS t SET %s'
-			' FROM pg_catalog.unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[])'
+			' FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[])'
 			' AS u(k, provider_shipment_id, tracking_number, status, label_url, fee_total)'
 			' WHERE t.%I = u.k::%s',
 			tbl, array_to_string(sets, ', '), keycol, keytype);

@@ -69,6 +69,7 @@ typedef struct Claimed
 	char	   *body;
 	char	   *digest;
 	IntentKind	kind;
+	bool		rendered;		/* request stored by an earlier attempt */
 	const char *skip_reason;	/* nothing to send: done with this reason */
 } Claimed;
 

@@ -8,10 +8,14 @@
  * enqueued work, a reload, a shutdown) and the sockets of the transfers in
  * flight.  libcurl's socket interface tells us which sockets it wants
  * watched (CURLMOPT_SOCKETFUNCTION) and when its next timeout falls
- * (CURLMOPT_TIMERFUNCTION); http_wait() builds a WaitEventSet of the latch,
- * postmaster death and those sockets, waits, and hands readiness back to
- * curl_multi_socket_action().  The set is rebuilt only when libcurl changed
- * the socket list, since PostgreSQL 15 cannot remove an event from a set.
+ * (CURLMOPT_TIMERFUNCTION).  Those sockets go into an epoll set of our own,
+ * changed incrementally as libcurl asks (epoll_ctl add/mod/del), and that
+ * one epoll descriptor sits in a WaitEventSet beside the latch and
+ * postmaster death: it turns readable when any transfer socket is ready.
+ * So a wait costs the same with 1 or 1,000 requests in flight; a
+ * WaitEventSet of the sockets themselves would have to be rebuilt whenever
+ * libcurl parks or reuses a keep-alive connection (PostgreSQL 15 cannot
+ * remove an event from a set), which is every request.
  *
  * Completed transfers are queued on a list the caller drains with
  * http_take_done() right after every wait, so each completion is applied as
@@ -29,20 +33,18 @@
  */
 #include "postgres.h"
 
+#include <sys/epoll.h>
+#include <unistd.h>
+
 #include <curl/curl.h>
 
 #include "miscadmin.h"
+#include "storage/fd.h"
 #include "storage/latch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "pg_shipsync.h"
-
-typedef struct HttpSocket
-{
-	curl_socket_t fd;
-	int			what;			/* CURL_POLL_IN / OUT / INOUT */
-} HttpSocket;
 
 struct HttpClient
 {
@@ -53,12 +55,8 @@ struct HttpClient
 	HttpTransfer *done_head;
 	HttpTransfer *done_tail;
 
-	/* sockets libcurl wants watched */
-	HttpSocket *sockets;
-	int			nsockets;
-	int			maxsockets;
-	bool		sockets_changed;
-	WaitEventSet *wes;
+	int			epfd;			/* epoll set of the sockets libcurl watches */
+	WaitEventSet *wes;			/* latch, postmaster death, epfd */
 
 	long		timer_ms;		/* -1: no timeout pending */
 	TimestampTz timer_set_at;
@@ -68,43 +66,34 @@ static int
 http_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
 	HttpClient *c = (HttpClient *) userp;
-	int			i;
-
-	for (i = 0; i < c->nsockets; i++)
-		if (c->sockets[i].fd == fd)
-			break;
+	struct epoll_event ev;
+	bool		known = socketp != NULL;
 
 	if (what == CURL_POLL_REMOVE)
 	{
-		if (i < c->nsockets)
+		if (known)
 		{
-			c->sockets[i] = c->sockets[--c->nsockets];
-			c->sockets_changed = true;
+			(void) epoll_ctl(c->epfd, EPOLL_CTL_DEL, fd, NULL);
+			curl_multi_assign(c->multi, fd, NULL);
 		}
 		return 0;
 	}
 
-	if (i == c->nsockets)
-	{
-		if (c->nsockets == c->maxsockets)
-		{
-			int			newmax = c->maxsockets * 2;
-			HttpSocket *ns = MemoryContextAlloc(c->cxt, sizeof(HttpSocket) * newmax);
+	memset(&ev, 0, sizeof(ev));
+	ev.data.fd = fd;
+	if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+		ev.events |= EPOLLIN;
+	if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+		ev.events |= EPOLLOUT;
 
-			memcpy(ns, c->sockets, sizeof(HttpSocket) * c->nsockets);
-			pfree(c->sockets);
-			c->sockets = ns;
-			c->maxsockets = newmax;
-		}
-		c->sockets[i].fd = fd;
-		c->nsockets++;
-		c->sockets[i].what = -1;
-	}
-	if (c->sockets[i].what != what)
+	if (epoll_ctl(c->epfd, known ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) != 0)
 	{
-		c->sockets[i].what = what;
-		c->sockets_changed = true;
+		/* libcurl may hand us back a socket it had removed: try the other */
+		if (epoll_ctl(c->epfd, known ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev) != 0)
+			elog(LOG, "pg_shipsync: could not watch socket %d: %m", (int) fd);
 	}
+	if (!known)
+		curl_multi_assign(c->multi, fd, (void *) c);
 	return 0;
 }
 
@@ -193,8 +182,6 @@ http_client_create(MemoryContext cxt, long max_connections)
 	HttpClient *c = MemoryContextAllocZero(cxt, sizeof(HttpClient));
 
 	c->cxt = cxt;
-	c->maxsockets = 64;
-	c->sockets = MemoryContextAlloc(cxt, sizeof(HttpSocket) * c->maxsockets);
 	c->timer_ms = -1;
 	dlist_init(&c->running);
 	c->multi = curl_multi_init();
@@ -202,6 +189,22 @@ http_client_create(MemoryContext cxt, long max_connections)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("could not create a libcurl multi handle")));
+	if (!AcquireExternalFD())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+				 errmsg("could not reserve a file descriptor for the transfer poll set")));
+	c->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (c->epfd < 0)
+	{
+		ReleaseExternalFD();
+		ereport(ERROR,
+				(errcode_for_socket_access(),
+				 errmsg("could not create an epoll set: %m")));
+	}
+	c->wes = CreateWaitEventSet(cxt, 3);
+	AddWaitEventToSet(c->wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(c->wes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(c->wes, WL_SOCKET_READABLE, c->epfd, NULL, NULL);
 	curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, http_socket_cb);
 	curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
 	curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, http_timer_cb);
@@ -357,9 +360,9 @@ http_timer_remaining(HttpClient *c)
 void
 http_wait(HttpClient *c, long timeout_ms, uint32 wait_event_info)
 {
-	WaitEvent	events[64];
+	WaitEvent	event;
+	struct epoll_event ready[256];
 	long		curl_ms;
-	int			n;
 	int			running;
 
 	/* a timer of 0 means "call me now": no need to sleep */
@@ -367,45 +370,30 @@ http_wait(HttpClient *c, long timeout_ms, uint32 wait_event_info)
 	if (curl_ms >= 0 && (timeout_ms < 0 || curl_ms < timeout_ms))
 		timeout_ms = curl_ms;
 
-	if (c->wes == NULL || c->sockets_changed)
+	if (timeout_ms != 0)
+		(void) WaitEventSetWait(c->wes, timeout_ms, &event, 1, wait_event_info);
+
+	/* whatever woke us, drain the sockets that are ready now */
+	for (;;)
 	{
-		if (c->wes)
-			FreeWaitEventSet(c->wes);
-		c->wes = CreateWaitEventSet(c->cxt, c->nsockets + 2);
-		AddWaitEventToSet(c->wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-		AddWaitEventToSet(c->wes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-		for (int i = 0; i < c->nsockets; i++)
+		int			nready = epoll_wait(c->epfd, ready, lengthof(ready), 0);
+
+		if (nready <= 0)
+			break;
+		for (int i = 0; i < nready; i++)
 		{
-			uint32		ev = 0;
+			int			mask = 0;
 
-			if (c->sockets[i].what == CURL_POLL_IN || c->sockets[i].what == CURL_POLL_INOUT)
-				ev |= WL_SOCKET_READABLE;
-			if (c->sockets[i].what == CURL_POLL_OUT || c->sockets[i].what == CURL_POLL_INOUT)
-				ev |= WL_SOCKET_WRITEABLE;
-			if (ev == 0)
-				continue;
-			AddWaitEventToSet(c->wes, ev, c->sockets[i].fd, NULL,
-							  (void *) (intptr_t) c->sockets[i].fd);
+			if (ready[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+				mask |= CURL_CSELECT_IN;
+			if (ready[i].events & EPOLLOUT)
+				mask |= CURL_CSELECT_OUT;
+			if (ready[i].events & EPOLLERR)
+				mask |= CURL_CSELECT_ERR;
+			curl_multi_socket_action(c->multi, ready[i].data.fd, mask, &running);
 		}
-		c->sockets_changed = false;
-	}
-
-	n = timeout_ms == 0 ? 0 :
-		WaitEventSetWait(c->wes, timeout_ms, events, lengthof(events),
-						 wait_event_info);
-
-	for (int i = 0; i < n; i++)
-	{
-		int			mask = 0;
-
-		if (!(events[i].events & (WL_SOCKET_READABLE | WL_SOCKET_WRITEABLE)))
-			continue;
-		if (events[i].events & WL_SOCKET_READABLE)
-			mask |= CURL_CSELECT_IN;
-		if (events[i].events & WL_SOCKET_WRITEABLE)
-			mask |= CURL_CSELECT_OUT;
-		curl_multi_socket_action(c->multi, (curl_socket_t) (intptr_t) events[i].user_data,
-								 mask, &running);
+		if (nready < (int) lengthof(ready))
+			break;
 	}
 
 	if (c->timer_ms >= 0 && http_timer_remaining(c) == 0)
@@ -458,4 +446,6 @@ http_client_destroy(HttpClient *c)
 	if (c->wes)
 		FreeWaitEventSet(c->wes);
 	c->wes = NULL;
+	close(c->epfd);
+	ReleaseExternalFD();
 }

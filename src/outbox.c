@@ -38,6 +38,7 @@
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/array.h"
@@ -353,69 +354,104 @@ outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 
 /* ---------- claim and render ---------- */
 
-static SPIPlanPtr claim_plan = NULL;
+/*
+ * The claim: due intents of one provider, oldest first, skipping rows
+ * another claimer holds, and never an intent while an earlier intent of the
+ * same order is undelivered (update and cancel never overtake the create).
+ * The per-order check is a correlated min() over the order index, so it
+ * costs one index probe per candidate, whatever the size of the backlog.
+ * shipsync.claim() runs this same saved plan, so tests race the real thing.
+ */
+static const char *const lock_sql =
+"SELECT o.id, o.binding_id, o.order_key, o.op, o.request_method IS NOT NULL"
+" FROM shipsync.outbox o"
+" WHERE o.provider_id = $1 AND o.state IN ('pending', 'retrying')"
+" AND o.next_attempt_at <= pg_catalog.now()"
+" AND o.id = (SELECT pg_catalog.min(e.id) FROM shipsync.outbox e"
+"   WHERE e.binding_id = o.binding_id AND e.order_key = o.order_key"
+"   AND e.state IN ('pending', 'retrying', 'in_flight'))"
+" ORDER BY o.next_attempt_at, o.id"
+" LIMIT $2"
+" FOR UPDATE OF o SKIP LOCKED";
+
+/*
+ * Mark locked intents in flight, in the same statement that stores the
+ * requests rendered for them: one new row version per claimed intent.  An
+ * intent with nothing to send (u.skip) is done with the reason.
+ */
+static const char *const mark_sql =
+"UPDATE shipsync.outbox o SET"
+" state = CASE WHEN u.skip IS NULL THEN 'in_flight' ELSE 'done' END,"
+" attempts = o.attempts + CASE WHEN u.skip IS NULL THEN 1 ELSE 0 END,"
+" lease_until = CASE WHEN u.skip IS NULL"
+"   THEN pg_catalog.now() + pg_catalog.make_interval(secs => $6 / 1000.0) END,"
+" updated_at = pg_catalog.now(),"
+" request_method = COALESCE(u.m, o.request_method),"
+" request_url = COALESCE(u.url, o.request_url),"
+" request_body = COALESCE(u.body, o.request_body),"
+" request_digest = CASE WHEN u.body IS NULL THEN o.request_digest ELSE"
+"   pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(u.body, 'UTF8')), 'hex') END,"
+" last_error = COALESCE(u.skip, o.last_error),"
+" error_class = CASE WHEN u.skip IS NULL THEN o.error_class ELSE 'nothing_to_send' END,"
+" done_at = CASE WHEN u.skip IS NULL THEN NULL ELSE pg_catalog.now() END"
+" FROM unnest($1, $2, $3, $4, $5) AS u(id, m, url, body, skip)"
+" WHERE o.id = u.id"
+" RETURNING o.*";
+
+static SPIPlanPtr lock_plan = NULL;
+static SPIPlanPtr mark_plan = NULL;
 static SPIPlanPtr coalesce_plan = NULL;
+static int	col_id,
+			col_idem,
+			col_attempts,
+			col_method,
+			col_url,
+			col_body,
+			col_digest;
 static SPIPlanPtr shiplookup_plan = NULL;
-static SPIPlanPtr store_plan = NULL;
 static SPIPlanPtr nextdue_plan = NULL;
 static SPIPlanPtr fail_plan = NULL;
 
 static void
 prepare_claim_plans(void)
 {
-	if (claim_plan)
+	if (lock_plan)
 		return;
 	{
-		Oid			t[3] = {INT4OID, INT4OID, INT4OID};
+		Oid			t[2] = {INT4OID, INT4OID};
 
-		claim_plan = prepare_saved(
-			"SELECT id, binding_id, order_key, op, idempotency_key::text, attempts,"
-			" request_method, request_url, request_body, request_digest"
-			" FROM shipsync.claim($1, $2, $3) ORDER BY id", 3, t);
+		lock_plan = prepare_saved(lock_sql, 2, t);
+	}
+	{
+		Oid			t[6] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, INT4OID};
+
+		mark_plan = prepare_saved(mark_sql, 6, t);
 	}
 	{
 		Oid			t[3] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
 
 		coalesce_plan = prepare_saved(
-			"UPDATE shipsync.outbox e SET state = 'coalesced', coalesced_into = u.id,"
+			"UPDATE shipsync.outbox e SET state = 'coalesced', coalesced_into = v.into,"
 			" done_at = pg_catalog.now(), updated_at = pg_catalog.now()"
-			" FROM pg_catalog.unnest($1, $2, $3) AS u(id, bid, k)"
-			" WHERE e.binding_id = u.bid AND e.order_key = u.k AND e.id > u.id"
-			" AND e.op = 'update' AND e.state = 'pending' AND e.request_body IS NULL"
-			" AND e.attempts = 0"
-			" AND NOT EXISTS (SELECT 1 FROM shipsync.outbox x"
-			"   WHERE x.binding_id = u.bid AND x.order_key = u.k"
-			"   AND x.id > u.id AND x.id < e.id AND x.op = 'cancel'"
-			"   AND x.state IN ('pending', 'retrying', 'in_flight'))", 3, t);
+			" FROM (SELECT u.id AS into, x.id"
+			"   FROM unnest($1, $2, $3) AS u(id, bid, k),"
+			"   LATERAL (SELECT e.id FROM shipsync.outbox e"
+			"     WHERE e.binding_id = u.bid AND e.order_key = u.k AND e.id > u.id"
+			"     AND e.state IN ('pending', 'retrying', 'in_flight')"
+			"     OFFSET 0) AS x) AS v"
+			" WHERE e.id = v.id AND e.op = 'update' AND e.state = 'pending'"
+			" AND e.request_body IS NULL AND e.attempts = 0", 3, t);
 	}
 	{
 		Oid			t[4] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4OID};
 
 		shiplookup_plan = prepare_saved(
 			"SELECT u.id, s.provider_shipment_id"
-			" FROM pg_catalog.unnest($1, $2, $3) AS u(id, bid, k)"
-			" JOIN shipsync.shipment s ON s.binding_id = u.bid AND s.order_key = u.k"
-			" AND s.provider_id = $4"
-			" WHERE s.provider_shipment_id IS NOT NULL", 4, t);
-	}
-	{
-		Oid			t[6] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID};
-
-		/* a skipped intent (nothing to send) is done, with the reason */
-		store_plan = prepare_saved(
-			"UPDATE shipsync.outbox o SET"
-			" request_method = u.m, request_url = u.url, request_body = u.body,"
-			" request_digest = CASE WHEN u.body IS NULL THEN NULL ELSE"
-			"   pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(u.body, 'UTF8')), 'hex') END,"
-			" state = CASE WHEN u.skip IS NULL THEN o.state ELSE 'done' END,"
-			" last_error = u.skip,"
-			" error_class = CASE WHEN u.skip IS NULL THEN NULL ELSE 'nothing_to_send' END,"
-			" done_at = CASE WHEN u.skip IS NULL THEN NULL ELSE pg_catalog.now() END,"
-			" lease_until = CASE WHEN u.skip IS NULL THEN o.lease_until END"
-			" FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6) AS u(id, m, url, body, skip, unused)"
-			" WHERE o.id = u.id"
-			" RETURNING o.id, o.request_digest", 6, t);
+			" FROM unnest($1, $2, $3) AS u(id, bid, k),"
+			" LATERAL (SELECT x.provider_shipment_id FROM shipsync.shipment x"
+			"   WHERE x.binding_id = u.bid AND x.order_key = u.k AND x.provider_id = $4"
+			"   AND x.provider_shipment_id IS NOT NULL LIMIT 1) AS s", 4, t);
 	}
 	{
 		Oid			t[1] = {INT4OID};
@@ -433,7 +469,7 @@ prepare_claim_plans(void)
 			" next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),"
 			" error_class = u.eclass, last_error = u.err, updated_at = pg_catalog.now(),"
 			" done_at = CASE WHEN u.state = 'dead' THEN pg_catalog.now() END"
-			" FROM pg_catalog.unnest($1, $2, $3, $4, $5) AS u(id, state, next_at, eclass, err)"
+			" FROM unnest($1, $2, $3, $4, $5) AS u(id, state, next_at, eclass, err)"
 			" WHERE o.id = u.id", 5, t);
 	}
 }
@@ -470,7 +506,7 @@ url_escape(const char *s)
  */
 static void
 render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
-			   ArgArrays *store)
+			   ArgArrays *store, MemoryContext keep)
 {
 	Oid			types[2] = {INT8ARRAYOID, TEXTARRAYOID};
 	Oid			ltypes[4] = {INT8OID, INT4OID, TEXTOID, INT4OID};
@@ -484,8 +520,8 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	char	  **body = palloc0(sizeof(char *) * n);
 	bool	   *found = palloc0(sizeof(bool) * n);
 	bool	   *is_cancel = palloc0(sizeof(bool) * n);
+	bool		need_lookup = false;
 
-	(void) types;
 	for (int i = 0; i < n; i++)
 	{
 		Claimed    *c = &cs[idx[i]];
@@ -497,6 +533,8 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		args_set(la, l, 0, Int64GetDatum(c->id));
 		args_set(la, l, 1, Int32GetDatum(c->binding_id));
 		args_set_text(la, l, 2, c->order_key);
+		if (strcmp(c->op, "create") != 0)
+			need_lookup = true;
 	}
 
 	/* the current order rows, read as the table's owner */
@@ -510,6 +548,8 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	rc = execute_as_owner(table_owner(b->relid), b->render_plan, ra, true);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "rendering orders failed: %s", SPI_result_code_string(rc));
+	/* SPI calls return in SPI's procedure context: keep what we send */
+	MemoryContextSwitchTo(keep);
 	tt = SPI_tuptable;
 	nrows = SPI_processed;
 	for (uint64 r = 0; r < nrows; r++)
@@ -527,7 +567,8 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 			}
 	}
 
-	/* the shipments already created for these orders */
+	/* the shipments already created for these orders (not for creates) */
+	if (need_lookup)
 	{
 		Datum		params[4];
 
@@ -538,6 +579,7 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		rc = SPI_execute_plan(shiplookup_plan, params, NULL, true, 0);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "shipment lookup failed");
+		MemoryContextSwitchTo(keep);
 		tt = SPI_tuptable;
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
@@ -600,6 +642,64 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	}
 }
 
+PG_FUNCTION_INFO_V1(shipsync_claim);
+
+/*
+ * shipsync.claim(provider_id, max_n, lease_ms) RETURNS SETOF shipsync.outbox:
+ * the dispatcher's claim, callable from SQL (tests, manual draining).
+ */
+Datum
+shipsync_claim(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum		params[2];
+	int			rc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		PG_RETURN_NULL();
+	if (PG_GETARG_INT32(1) < 0 || PG_GETARG_INT32(2) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_n and lease_ms must not be negative")));
+
+	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(rc));
+	prepare_claim_plans();
+	params[0] = PG_GETARG_DATUM(0);
+	params[1] = PG_GETARG_DATUM(1);
+	rc = SPI_execute_plan(lock_plan, params, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+	{
+		Datum	   *ids = palloc(sizeof(Datum) * SPI_processed);
+		bool	   *nulls = palloc0(sizeof(bool) * SPI_processed);
+		int			n = (int) SPI_processed;
+		Datum		mp[6];
+		bool		isnull;
+
+		for (int i = 0; i < n; i++)
+			ids[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		mp[0] = make_array(ids, nulls, n, INT8OID);
+		for (int c = 1; c < 5; c++)
+		{
+			bool	   *allnull = palloc(sizeof(bool) * n);
+
+			memset(allnull, true, sizeof(bool) * n);
+			mp[c] = make_array(ids, allnull, n, TEXTOID);
+		}
+		mp[5] = PG_GETARG_DATUM(2);
+		rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
+		if (rc != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
+		for (uint64 i = 0; i < SPI_processed; i++)
+			tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
+	}
+	SPI_finish();
+	return (Datum) 0;
+}
+
 IntentKind
 outbox_kind_of(const char *method, const char *url)
 {
@@ -621,12 +721,11 @@ int
 outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 			 Claimed **out, TimestampTz *next_due)
 {
-	Datum		params[3];
+	Datum		params[6];
 	int			rc;
 	uint64		n;
 	Claimed    *cs;
 	int			nsend = 0;
-	volatile bool need_render = false;
 	volatile int failing_binding = 0;
 	Claimed *volatile claimed = NULL;
 	volatile int nclaimed = 0;
@@ -637,114 +736,136 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 
 	PG_TRY();
 	{
+		Oid			ctypes[3] = {INT8OID, INT4OID, TEXTOID};
+		Oid			stypes[5] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+		ArgArrays  *co;
+		ArgArrays  *store;
+		int		   *idx;
+		bool	   *grouped;
+		SPITupleTable *tt;
+
 		begin_tx("claiming intents", true);
 		prepare_claim_plans();
 
+		/* 1. lock the due intents */
 		params[0] = Int32GetDatum(p->id);
 		params[1] = Int32GetDatum(max_n);
-		params[2] = Int32GetDatum(lease_ms);
-		rc = SPI_execute_plan(claim_plan, params, NULL, false, 0);
+		rc = SPI_execute_plan(lock_plan, params, NULL, false, 0);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
 		n = SPI_processed;
-
+		tt = SPI_tuptable;
 		cs = MemoryContextAllocZero(caller_cxt, sizeof(Claimed) * (n + 1));
 		for (uint64 i = 0; i < n; i++)
 		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
 			bool		isnull;
 			MemoryContext old = MemoryContextSwitchTo(caller_cxt);
 
-			cs[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-			cs[i].binding_id = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-			cs[i].order_key = get_text(tup, desc, 3);
-			cs[i].op = get_text(tup, desc, 4);
-			cs[i].idempotency_key = get_text(tup, desc, 5);
-			cs[i].attempt = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-			cs[i].method = get_text(tup, desc, 7);
-			cs[i].url = get_text(tup, desc, 8);
-			cs[i].body = get_text(tup, desc, 9);
-			cs[i].digest = get_text(tup, desc, 10);
+			cs[i].id = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+			cs[i].binding_id = DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
+			cs[i].order_key = get_text(tt->vals[i], tt->tupdesc, 3);
+			cs[i].op = get_text(tt->vals[i], tt->tupdesc, 4);
+			cs[i].rendered = DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 5, &isnull));
 			cs[i].provider_id = p->id;
-			if (cs[i].method == NULL)
-				need_render = true;
-			else
-				cs[i].kind = outbox_kind_of(cs[i].method, cs[i].url);
 			MemoryContextSwitchTo(old);
 		}
 		claimed = cs;
 		nclaimed = (int) n;
 
-		if (need_render)
+		co = args_create(3, ctypes, (int) n);
+		store = args_create(5, stypes, (int) n);
+		idx = palloc(sizeof(int) * (n + 1));
+		grouped = palloc0(sizeof(bool) * (n + 1));
+
+		/* 2. coalesce: the row rendered next then holds their changes */
+		for (uint64 i = 0; i < n; i++)
 		{
-			Oid			ctypes[3] = {INT8OID, INT4OID, TEXTOID};
-			Oid			stypes[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-			ArgArrays  *co = args_create(3, ctypes, (int) n);
-			ArgArrays  *store = args_create(6, stypes, (int) n);
-			int		   *idx = palloc(sizeof(int) * n);
-			bool	   *done = palloc0(sizeof(bool) * n);
+			int			r;
 
-			/* coalesce first: the row rendered next then holds their changes */
-			for (uint64 i = 0; i < n; i++)
-			{
-				int			r;
+			if (cs[i].rendered || strcmp(cs[i].op, "cancel") == 0)
+				continue;
+			r = args_row(co);
+			args_set(co, r, 0, Int64GetDatum(cs[i].id));
+			args_set(co, r, 1, Int32GetDatum(cs[i].binding_id));
+			args_set_text(co, r, 2, cs[i].order_key);
+		}
+		if (co->n > 0 && args_execute(coalesce_plan, co, false) != SPI_OK_UPDATE)
+			elog(ERROR, "coalescing updates failed");
 
-				if (cs[i].method != NULL || strcmp(cs[i].op, "cancel") == 0)
-					continue;
-				r = args_row(co);
-				args_set(co, r, 0, Int64GetDatum(cs[i].id));
-				args_set(co, r, 1, Int32GetDatum(cs[i].binding_id));
-				args_set_text(co, r, 2, cs[i].order_key);
-			}
-			if (co->n > 0 && args_execute(coalesce_plan, co, false) != SPI_OK_UPDATE)
-				elog(ERROR, "coalescing updates failed");
+		/* 3. render the never-sent ones, one statement per binding */
+		for (uint64 i = 0; i < n; i++)
+		{
+			int			k = 0;
+			Binding    *b;
 
-			for (uint64 i = 0; i < n; i++)
-			{
-				int			k = 0;
-				Binding    *b;
-				MemoryContext old;
+			if (grouped[i] || cs[i].rendered)
+				continue;
+			for (uint64 j = i; j < n; j++)
+				if (!grouped[j] && !cs[j].rendered &&
+					cs[j].binding_id == cs[i].binding_id)
+				{
+					idx[k++] = (int) j;
+					grouped[j] = true;
+				}
+			b = find_binding(bs, nb, cs[i].binding_id);
+			if (b == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_OBJECT),
+						 errmsg("binding %d of intent %lld does not exist",
+								cs[i].binding_id, (long long) cs[i].id)));
+			failing_binding = b->id;
+			render_binding(p, b, cs, idx, k, store, caller_cxt);
+			failing_binding = 0;
+		}
+		for (uint64 i = 0; i < n; i++)
+			if (cs[i].rendered)
+				args_set(store, args_row(store), 0, Int64GetDatum(cs[i].id));
 
-				if (done[i] || cs[i].method != NULL)
-					continue;
-				for (uint64 j = i; j < n; j++)
-					if (!done[j] && cs[j].method == NULL &&
-						cs[j].binding_id == cs[i].binding_id)
-					{
-						idx[k++] = (int) j;
-						done[j] = true;
-					}
-				b = find_binding(bs, nb, cs[i].binding_id);
-				if (b == NULL)
-					ereport(ERROR,
-							(errcode(ERRCODE_UNDEFINED_OBJECT),
-							 errmsg("binding %d of intent %lld does not exist",
-									cs[i].binding_id, (long long) cs[i].id)));
-				failing_binding = b->id;
-				old = MemoryContextSwitchTo(caller_cxt);
-				render_binding(p, b, cs, idx, k, store);
-				MemoryContextSwitchTo(old);
-				failing_binding = 0;
-			}
+		/* 4. one statement marks them in flight and stores the requests */
+		if (n > 0)
+		{
+			Datum	   *mp = palloc(sizeof(Datum) * 6);
 
-			rc = args_execute(store_plan, store, false);
+			for (int c = 0; c < 5; c++)
+				mp[c] = make_array(store->values[c], store->nulls[c], store->n, stypes[c]);
+			mp[5] = Int32GetDatum(lease_ms);
+			rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
 			if (rc != SPI_OK_UPDATE_RETURNING)
-				elog(ERROR, "storing rendered requests failed");
+				elog(ERROR, "marking claimed intents failed: %s", SPI_result_code_string(rc));
+			tt = SPI_tuptable;
+			if (col_id == 0)
+			{
+				col_id = SPI_fnumber(tt->tupdesc, "id");
+				col_idem = SPI_fnumber(tt->tupdesc, "idempotency_key");
+				col_attempts = SPI_fnumber(tt->tupdesc, "attempts");
+				col_method = SPI_fnumber(tt->tupdesc, "request_method");
+				col_url = SPI_fnumber(tt->tupdesc, "request_url");
+				col_body = SPI_fnumber(tt->tupdesc, "request_body");
+				col_digest = SPI_fnumber(tt->tupdesc, "request_digest");
+			}
 			for (uint64 r = 0; r < SPI_processed; r++)
 			{
 				bool		isnull;
-				int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-															 SPI_tuptable->tupdesc, 1, &isnull));
+				int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, col_id, &isnull));
 
 				for (uint64 i = 0; i < n; i++)
-					if (cs[i].id == id)
-					{
-						MemoryContext old = MemoryContextSwitchTo(caller_cxt);
+				{
+					MemoryContext old;
 
-						cs[i].digest = get_text(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2);
-						MemoryContextSwitchTo(old);
-					}
+					if (cs[i].id != id || cs[i].skip_reason)
+						continue;
+					old = MemoryContextSwitchTo(caller_cxt);
+					cs[i].idempotency_key = get_text(tt->vals[r], tt->tupdesc, col_idem);
+					cs[i].attempt = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc,
+																col_attempts, &isnull));
+					cs[i].method = get_text(tt->vals[r], tt->tupdesc, col_method);
+					cs[i].url = get_text(tt->vals[r], tt->tupdesc, col_url);
+					cs[i].body = get_text(tt->vals[r], tt->tupdesc, col_body);
+					cs[i].digest = get_text(tt->vals[r], tt->tupdesc, col_digest);
+					cs[i].kind = outbox_kind_of(cs[i].method, cs[i].url);
+					MemoryContextSwitchTo(old);
+					break;
+				}
 			}
 		}
 
@@ -791,7 +912,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 	MemoryContextSwitchTo(caller_cxt);
 	for (int i = 0; i < nclaimed; i++)
 	{
-		if (claimed[i].skip_reason)
+		if (claimed[i].skip_reason || claimed[i].method == NULL)
 			continue;
 		claimed[nsend++] = claimed[i];
 	}
@@ -862,7 +983,7 @@ prepare_apply_plans(void)
 			" last_status = u.http_status, error_class = u.eclass, last_error = u.err,"
 			" lease_until = NULL, updated_at = pg_catalog.now(),"
 			" done_at = CASE WHEN u.state IN ('done', 'dead') THEN pg_catalog.now() END"
-			" FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6, $7)"
+			" FROM unnest($1, $2, $3, $4, $5, $6, $7)"
 			"   AS u(id, attempt, state, next_at, http_status, eclass, err)"
 			" WHERE o.id = u.id AND o.state = 'in_flight' AND o.attempts = u.attempt", 7, t);
 	}
@@ -874,7 +995,7 @@ prepare_apply_plans(void)
 		apply_log_plan = prepare_saved(
 			"INSERT INTO shipsync.delivery_log (outbox_id, attempt, provider_id, method,"
 			" url, http_status, latency_ms, outcome, error_class, error, request_digest)"
-			" SELECT * FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11, t);
+			" SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11, t);
 	}
 	{
 		Oid			t[10] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
@@ -887,7 +1008,7 @@ prepare_apply_plans(void)
 			" fee_total, request_digest)"
 			" SELECT u.bid, u.k, u.pid, u.sid, u.tn, u.label, COALESCE(u.status, 'pending'),"
 			"   u.raw, f.fees, f.total, u.digest"
-			" FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 			"   AS u(bid, k, pid, sid, tn, label, status, raw, body, digest)"
 			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
 			"   (SELECT pg_catalog.sum((e->>'amount')::numeric) FROM pg_catalog.jsonb_array_elements(x.fj) e) AS total"
@@ -914,7 +1035,7 @@ prepare_apply_plans(void)
 			" status = COALESCE(u.status, s.status), raw_status = COALESCE(u.raw, s.raw_status),"
 			" fees = COALESCE(f.fees, s.fees), fee_total = COALESCE(f.total, s.fee_total),"
 			" updated_at = pg_catalog.now()"
-			" FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 			"   AS u(bid, k, pid, tn, label, status, raw, body, unused)"
 			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
 			"   (SELECT pg_catalog.sum((e->>'amount')::numeric) FROM pg_catalog.jsonb_array_elements(x.fj) e) AS total"
@@ -931,7 +1052,7 @@ prepare_apply_plans(void)
 			"INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id,"
 			" outbox_id, detail)"
 			" SELECT u.kind, u.bid, u.k, u.pid, u.id, u.err"
-			" FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6) AS u(id, bid, k, pid, err, kind)"
+			" FROM unnest($1, $2, $3, $4, $5, $6) AS u(id, bid, k, pid, err, kind)"
 			" RETURNING pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object("
 			"   'event', kind, 'outbox_id', outbox_id, 'order_key', order_key,"
 			"   'detail', detail)::text)", 6, t);

@@ -135,9 +135,8 @@ shipsync_parse_retry_after(const char *value, time_t now)
 
 	for (p = value; isdigit((unsigned char) *p); p++)
 	{
-		if (secs > 86400)
-			break;
-		secs = secs * 10 + (*p - '0');
+		if (secs <= 86400)
+			secs = secs * 10 + (*p - '0');
 	}
 	if (p != value)
 	{

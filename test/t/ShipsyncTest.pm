@@ -1,0 +1,143 @@
+# ShipsyncTest.pm — shared helpers of the TAP suites: a node that preloads
+# pg_shipsync, the carrier simulator, and small HTTP calls to inspect it.
+package ShipsyncTest;
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use HTTP::Tiny;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Time::HiRes qw(usleep time);
+use Exporter 'import';
+
+our @EXPORT = qw(shipsync_node start_sim stop_sim sim_get sim_post wait_until
+  setup_orders);
+
+my $here = dirname(abs_path(__FILE__));
+my $sim_script = "$here/../sim/carrier_sim.py";
+
+# A started node with pg_shipsync preloaded and a dispatcher in 'postgres'.
+# Extra postgresql.conf lines may be passed.
+sub shipsync_node
+{
+	my ($name, @conf) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf(
+		'postgresql.conf', join("\n",
+			"shared_preload_libraries = 'pg_shipsync'",
+			"shipsync.databases = 'postgres'",
+			"max_worker_processes = 16",
+			"log_min_messages = info",
+			@conf)
+		  . "\n");
+	$node->start;
+	return $node;
+}
+
+# Start the simulator on a free port; returns a handle with {port, pid}.
+sub start_sim
+{
+	my (%opt) = @_;
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	my $portfile = "$dir/sim.port";
+	my @cmd = ('python3', $sim_script, '--port', '0', '--port-file', $portfile);
+	push @cmd, '--faults', encode_json($opt{faults}) if $opt{faults};
+	push @cmd, '--latency-ms', $opt{latency_ms} if $opt{latency_ms};
+	push @cmd, '--seed', ($opt{seed} // 1);
+	my $pid = fork();
+	die "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		open(STDOUT, '>', "$dir/sim.out");
+		open(STDERR, '>&', \*STDOUT);
+		exec(@cmd) or die "exec: $!";
+	}
+	for (1 .. 200)
+	{
+		last if -s $portfile;
+		usleep(50_000);
+	}
+	die "the carrier simulator did not start" unless -s $portfile;
+	open(my $fh, '<', $portfile) or die;
+	my $port = <$fh>;
+	close $fh;
+	chomp $port;
+	return { pid => $pid, port => $port, url => "http://127.0.0.1:$port" };
+}
+
+sub stop_sim
+{
+	my ($sim) = @_;
+	return unless $sim && $sim->{pid};
+	kill 'TERM', $sim->{pid};
+	waitpid($sim->{pid}, 0);
+	$sim->{pid} = 0;
+}
+
+sub sim_get
+{
+	my ($sim, $path) = @_;
+	my $r = HTTP::Tiny->new(timeout => 10)->get($sim->{url} . $path);
+	die "GET $path: $r->{status} $r->{content}" unless $r->{success};
+	return decode_json($r->{content});
+}
+
+sub sim_post
+{
+	my ($sim, $path, $data) = @_;
+	my $r = HTTP::Tiny->new(timeout => 10)->post(
+		$sim->{url} . $path,
+		{
+			headers => { 'Content-Type' => 'application/json' },
+			content => encode_json($data // {})
+		});
+	die "POST $path: $r->{status} $r->{content}" unless $r->{success};
+	return $r->{content} ? decode_json($r->{content}) : undef;
+}
+
+# Poll a SQL query until it returns 't'; returns true on success.
+sub wait_until
+{
+	my ($node, $sql, $timeout, $db) = @_;
+	$timeout //= 60;
+	my $deadline = time() + $timeout;
+	while (time() < $deadline)
+	{
+		my $v = $node->safe_psql($db // 'postgres', $sql);
+		return 1 if $v eq 't';
+		usleep(100_000);
+	}
+	return 0;
+}
+
+# The extension, a provider named 'sim' at the simulator, and crm.orders
+# attached to it with the usual write-back columns.
+sub setup_orders
+{
+	my ($node, $sim, $options, $db) = @_;
+	$options //= '{"timeout_ms": 2000, "backoff_base_ms": 50, "backoff_max_ms": 500}';
+	$node->safe_psql(
+		$db // 'postgres', qq{
+		CREATE EXTENSION IF NOT EXISTS pg_shipsync;
+		CREATE SCHEMA crm;
+		CREATE TABLE crm.orders (
+			id bigserial PRIMARY KEY,
+			customer text NOT NULL,
+			phone text,
+			address text,
+			waybill_no text,
+			ship_status text,
+			fee numeric,
+			label text);
+		SELECT shipsync.create_provider('sim', 'generic', '$sim->{url}', '$options');
+		SELECT shipsync.attach('crm.orders', 'sim', writeback => '{"tracking_number": "waybill_no",
+			"status": "ship_status", "fee_total": "fee", "label_url": "label"}');
+	});
+}
+
+1;

@@ -261,7 +261,7 @@ BEGIN
 	END IF;
 	FOR k IN SELECT jsonb_object_keys(options) LOOP
 		IF NOT k = ANY (allowed) THEN
-			RAISE EXCEPTION 'unknown %s option "%"', what, k
+			RAISE EXCEPTION 'unknown % option "%"', what, k
 				USING ERRCODE = 'invalid_parameter_value',
 					  DETAIL = format('Known options: %s.', array_to_string(allowed, ', ')),
 					  HINT = 'Check the spelling of the option name.';
@@ -338,7 +338,8 @@ BEGIN
 	END LOOP;
 	IF auth->>'type' = 'api_key' AND (auth->>'header') !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN
 		RAISE EXCEPTION 'auth header name "%" is not a valid HTTP header name', auth->>'header'
-			USING ERRCODE = 'invalid_parameter_value';
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example "X-Api-Key".';
 	END IF;
 END
 $$;
@@ -417,18 +418,22 @@ BEGIN
 	IF opts ? 'headers' THEN
 		IF jsonb_typeof(opts->'headers') <> 'object' THEN
 			RAISE EXCEPTION 'option "headers" must be a JSON object of header names to values'
-				USING ERRCODE = 'invalid_parameter_value';
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'For example {"X-Tenant": "shop-1"}.';
 		END IF;
 		FOR h IN SELECT jsonb_object_keys(opts->'headers') LOOP
 			IF h !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR jsonb_typeof(opts->'headers'->h) <> 'string'
 			   OR (opts->'headers'->>h) ~ '[\r\n]' THEN
 				RAISE EXCEPTION 'invalid header "%"', h
 					USING ERRCODE = 'invalid_parameter_value',
-						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks.';
+						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks.',
+						  HINT = 'Fix the name or the value in option "headers".';
 			END IF;
 			IF lower(h) IN ('idempotency-key', 'content-type', 'content-length', 'host') THEN
 				RAISE EXCEPTION 'header "%" is set by pg_shipsync', h
-					USING ERRCODE = 'invalid_parameter_value';
+					USING ERRCODE = 'invalid_parameter_value',
+						  DETAIL = 'Idempotency-Key, Content-Type, Content-Length and Host belong to each request.',
+						  HINT = 'Remove it from option "headers".';
 			END IF;
 		END LOOP;
 	END IF;
@@ -454,7 +459,9 @@ BEGIN
 	IF @extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000)
 	   < @extschema@._int_option(opts, 'backoff_base_ms', 1000, 1, 3600000) THEN
 		RAISE EXCEPTION 'option "backoff_max_ms" is smaller than "backoff_base_ms"'
-			USING ERRCODE = 'invalid_parameter_value';
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Retries wait a random time up to min(backoff_max_ms, backoff_base_ms * 2^(attempt - 1)).',
+				  HINT = 'Raise backoff_max_ms or lower backoff_base_ms.';
 	END IF;
 
 	PERFORM @extschema@._wake(true);
@@ -576,7 +583,8 @@ BEGIN
 	FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = keycol AND a.attnum > 0 AND NOT a.attisdropped;
 	IF keytype IS NULL THEN
 		RAISE EXCEPTION 'column "%" of table % does not exist', keycol, tbl
-			USING ERRCODE = 'undefined_column';
+			USING ERRCODE = 'undefined_column',
+				  HINT = 'Pass key_column => the column that identifies an order.';
 	END IF;
 
 	-- write-back: shipment field -> order column
@@ -600,7 +608,20 @@ BEGIN
 		END IF;
 		IF col = keycol THEN
 			RAISE EXCEPTION 'the key column "%" cannot be a write-back column', col
-				USING ERRCODE = 'invalid_parameter_value';
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Write shipment fields into columns of their own.';
+		END IF;
+		IF (SELECT t.typcategory FROM pg_attribute a JOIN pg_type t
+				ON t.oid = coalesce(nullif(
+					(SELECT typbasetype FROM pg_type WHERE oid = a.atttypid), 0), a.atttypid)
+			WHERE a.attrelid = tbl AND a.attname = col)
+		   NOT IN ('S', CASE WHEN f = 'fee_total' THEN 'N' ELSE 'S' END) THEN
+			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = CASE WHEN f = 'fee_total' THEN 'fee_total is a numeric amount.'
+								   ELSE format('%s is text.', f) END,
+					  HINT = CASE WHEN f = 'fee_total' THEN 'Use a numeric or text column.'
+								 ELSE 'Use a text or varchar column.' END;
 		END IF;
 		sets := sets || format('%I = COALESCE(u.%I::%s, t.%I)', col, f, coltype, col);
 		wbcols := wbcols || col;
@@ -609,7 +630,8 @@ BEGIN
 	cancel_when := opts->>'cancel_when';
 	IF cancel_when IS NOT NULL AND cancel_when ~ ';' THEN
 		RAISE EXCEPTION 'option "cancel_when" must be one boolean expression'
-			USING ERRCODE = 'invalid_parameter_value';
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example "status = ''cancelled''".';
 	END IF;
 
 	render := format(
@@ -674,7 +696,8 @@ BEGIN
 	UPDATE @extschema@.binding b SET active = false WHERE b.tbl = detach.tbl AND b.active;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'table % is not attached', tbl
-			USING ERRCODE = 'undefined_object';
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'See SELECT tbl FROM shipsync.binding WHERE active.';
 	END IF;
 	IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
 		RAISE EXCEPTION 'must be owner of table %', tbl
@@ -703,7 +726,8 @@ BEGIN
 	SELECT o.state INTO st FROM @extschema@.outbox o WHERE o.id = retry.outbox_id FOR UPDATE;
 	IF st IS NULL THEN
 		RAISE EXCEPTION 'outbox intent % does not exist', outbox_id
-			USING ERRCODE = 'undefined_object';
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Find intents with shipsync.trace() or in shipsync.outbox.';
 	END IF;
 	IF st NOT IN ('dead', 'invalid', 'retrying') THEN
 		RAISE EXCEPTION 'outbox intent % is %, not dead, invalid or retrying', outbox_id, st
@@ -743,7 +767,8 @@ BEGIN
 		SELECT p.provider_id INTO pid FROM @extschema@.provider p WHERE p.name = requeue.provider;
 		IF pid IS NULL THEN
 			RAISE EXCEPTION 'provider "%" does not exist', provider
-				USING ERRCODE = 'undefined_object';
+				USING ERRCODE = 'undefined_object',
+					  HINT = 'See SELECT name FROM shipsync.providers.';
 		END IF;
 	END IF;
 	WITH q AS (
@@ -763,6 +788,53 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.requeue(text, text) IS
 	'Send again every intent of a provider (or all providers) in the given state (default dead). Returns how many were requeued.';
+
+------------------------------------------------------------------------------
+-- Observability
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.trace(tbl regclass, key text)
+RETURNS TABLE (at timestamptz, kind text, detail jsonb)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH b AS (SELECT binding_id FROM @extschema@.binding WHERE binding.tbl = trace.tbl),
+	o AS (SELECT x.* FROM @extschema@.outbox x, b
+		  WHERE x.binding_id = b.binding_id AND x.order_key = trace.key)
+	SELECT * FROM (
+		SELECT o.created_at, 'intent',
+			   jsonb_build_object('outbox_id', o.id, 'op', o.op, 'state', o.state,
+				   'attempts', o.attempts, 'idempotency_key', o.idempotency_key,
+				   'request', o.request_method || ' ' || o.request_url,
+				   'last_error', o.last_error, 'coalesced_into', o.coalesced_into)
+		FROM o
+		UNION ALL
+		SELECT l.at, 'attempt',
+			   jsonb_build_object('outbox_id', l.outbox_id, 'attempt', l.attempt,
+				   'request', l.method || ' ' || l.url, 'http_status', l.http_status,
+				   'latency_ms', round(l.latency_ms::numeric, 1), 'outcome', l.outcome,
+				   'error_class', l.error_class, 'error', l.error)
+		FROM @extschema@.delivery_log l JOIN o ON l.outbox_id = o.id
+		UNION ALL
+		SELECT s.created_at, 'shipment',
+			   jsonb_build_object('provider', p.name, 'provider_shipment_id', s.provider_shipment_id,
+				   'tracking_number', s.tracking_number, 'status', s.status,
+				   'raw_status', s.raw_status, 'fee_total', s.fee_total, 'updated_at', s.updated_at)
+		FROM @extschema@.shipment s JOIN b ON s.binding_id = b.binding_id
+		JOIN @extschema@.provider p ON p.provider_id = s.provider_id
+		WHERE s.order_key = trace.key
+		UNION ALL
+		SELECT t.opened_at, 'ticket',
+			   jsonb_build_object('ticket_id', t.ticket_id, 'kind', t.kind, 'detail', t.detail,
+				   'resolved_at', t.resolved_at, 'resolved_by', t.resolved_by)
+		FROM @extschema@.exception_ticket t JOIN b ON t.binding_id = b.binding_id
+		WHERE t.order_key = trace.key
+	) AS timeline(at, kind, detail)
+	ORDER BY at, CASE kind WHEN 'intent' THEN 0 WHEN 'attempt' THEN 1
+						   WHEN 'shipment' THEN 2 ELSE 3 END
+$$;
+COMMENT ON FUNCTION @extschema@.trace(regclass, text) IS
+	'The timeline of one order: its intents, every HTTP attempt (status, latency, error), its shipment and its tickets, in time order.';
 
 ------------------------------------------------------------------------------
 -- A dropped table cannot ship: its waiting intents stop with the reason.
@@ -797,6 +869,7 @@ GRANT EXECUTE ON FUNCTION @extschema@.capture() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@._wake(boolean) TO PUBLIC;
 GRANT SELECT ON @extschema@.queue_status, @extschema@.providers, @extschema@.outbox,
 	@extschema@.shipment, @extschema@.delivery_log, @extschema@.exception_ticket TO shipsync_reader;
+GRANT EXECUTE ON FUNCTION @extschema@.trace(regclass, text) TO shipsync_reader;
 GRANT EXECUTE ON FUNCTION @extschema@.retry(bigint), @extschema@.requeue(text, text),
 	@extschema@.pause(text), @extschema@.resume(text) TO shipsync_operator;
 GRANT UPDATE (acknowledged_at, acknowledged_by, resolved_at, resolved_by)

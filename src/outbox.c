@@ -661,7 +661,8 @@ shipsync_claim(PG_FUNCTION_ARGS)
 	if (PG_GETARG_INT32(1) < 0 || PG_GETARG_INT32(2) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max_n and lease_ms must not be negative")));
+				 errmsg("max_n and lease_ms must not be negative"),
+				 errhint("Pass how many intents to claim and for how many milliseconds.")));
 
 	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(rc));

@@ -1,0 +1,108 @@
+-- The public SQL API: providers, bindings, repairs, views, comments.
+CREATE EXTENSION pg_shipsync;
+
+-- every public object says what it is
+SELECT c.relname, obj_description(c.oid, 'pg_class') IS NOT NULL AS has_comment
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'shipsync' AND c.relkind IN ('r', 'v')
+ORDER BY 1;
+SELECT p.proname, obj_description(p.oid, 'pg_proc') IS NOT NULL AS has_comment
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = 'shipsync' AND p.proname NOT LIKE '\_%'
+ORDER BY 1;
+
+-- the three roles exist, each granted to the next
+SELECT r.rolname, array_agg(m.rolname ORDER BY m.rolname) AS member_of
+FROM pg_roles r
+LEFT JOIN pg_auth_members a ON a.member = r.oid
+LEFT JOIN pg_roles m ON m.oid = a.roleid
+WHERE r.rolname LIKE 'shipsync\_%'
+GROUP BY r.rolname ORDER BY 1;
+
+-- a provider with defaults, and one with every option
+SELECT shipsync.create_provider('acme', 'generic', 'https://api.acme.example/v1/');
+SELECT shipsync.create_provider('local', 'generic', 'http://127.0.0.1:9', '{
+	"timeout_ms": 5000, "max_inflight": 1024, "max_attempts": 5,
+	"backoff_base_ms": 200, "backoff_max_ms": 60000, "rate_limit_per_s": 2.5,
+	"headers": {"X-Tenant": "shop-1"},
+	"auth": {"type": "bearer", "token": "s3cret-token"}}');
+SELECT name, dialect, base_url, timeout_ms, max_inflight, max_attempts,
+	   backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers, paused
+FROM shipsync.provider ORDER BY provider_id;
+
+-- credentials stay out of the options and are masked in the view
+SELECT options ? 'auth' AS auth_in_options FROM shipsync.provider WHERE name = 'local';
+SELECT name, auth FROM shipsync.providers ORDER BY provider_id;
+SELECT shipsync._auth_headers('{"type": "bearer", "token": "t"}'),
+	   shipsync._auth_headers('{"type": "api_key", "header": "X-Api-Key", "key": "k"}'),
+	   shipsync._auth_headers('{"type": "basic", "username": "user", "password": "pässword"}');
+
+-- pause and resume
+SELECT shipsync.pause('acme');
+SELECT name, paused FROM shipsync.provider ORDER BY provider_id;
+SELECT shipsync.resume('acme');
+SELECT name, paused FROM shipsync.provider ORDER BY provider_id;
+
+-- attach: the key defaults to the primary key, writeback maps fields to columns
+CREATE SCHEMA crm;
+CREATE TABLE crm.orders (
+	id bigint PRIMARY KEY,
+	customer text,
+	waybill_no varchar(40),
+	ship_status text,
+	fee numeric(10,2)
+);
+SELECT shipsync.attach('crm.orders', 'acme',
+	writeback => '{"tracking_number": "waybill_no", "status": "ship_status", "fee_total": "fee"}');
+SELECT tbl, key_column, writeback, active FROM shipsync.binding;
+SELECT tgname, tgenabled, pg_get_triggerdef(t.oid) LIKE '%AFTER INSERT OR DELETE OR UPDATE%FOR EACH ROW%' AS row_trigger
+FROM pg_trigger t WHERE tgrelid = 'crm.orders'::regclass;
+
+-- a text key given explicitly, and cancel_when
+CREATE TABLE crm.tickets (ref text NOT NULL UNIQUE, status text, waybill text);
+SELECT shipsync.attach('crm.tickets', 'local', key_column => 'ref',
+	writeback => '{"tracking_number": "waybill"}',
+	options => '{"cancel_when": "status = ''void''"}');
+SELECT tbl, key_column, options FROM shipsync.binding ORDER BY binding_id;
+
+-- detach removes the trigger and keeps the binding for history
+SELECT shipsync.detach('crm.tickets');
+SELECT count(*) FROM pg_trigger WHERE tgrelid = 'crm.tickets'::regclass AND tgname = 'shipsync_capture';
+SELECT tbl, active FROM shipsync.binding ORDER BY binding_id;
+-- and a table can be attached again
+SELECT shipsync.attach('crm.tickets', 'local', key_column => 'ref') > 0 AS attached_again;
+
+-- queue_status: one row per provider
+INSERT INTO crm.orders (id, customer) VALUES (1, '张三'), (2, '李四');
+SELECT provider, paused, pending, in_flight, retrying, dead, invalid,
+	   oldest_pending_age IS NOT NULL AS has_age
+FROM shipsync.queue_status ORDER BY provider;
+
+-- claim: what the dispatcher runs; marks intents in flight with a lease
+SELECT order_key, op, state, attempts, lease_until > now() AS leased
+FROM shipsync.claim((SELECT provider_id FROM shipsync.provider WHERE name = 'acme'), 10, 60000)
+ORDER BY id;
+SELECT provider, pending, in_flight FROM shipsync.queue_status WHERE provider = 'acme';
+
+-- retry and requeue bring dead intents back
+UPDATE shipsync.outbox SET state = 'dead', last_error = 'HTTP 422: test' WHERE order_key = '1';
+INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+SELECT 'dead_intent', binding_id, order_key, provider_id, id, last_error FROM shipsync.outbox WHERE order_key = '1';
+SELECT shipsync.retry(id) FROM shipsync.outbox WHERE order_key = '1';
+SELECT order_key, state, attempts FROM shipsync.outbox WHERE order_key = '1';
+SELECT kind, resolved_at IS NOT NULL AS resolved FROM shipsync.exception_ticket;
+UPDATE shipsync.outbox SET state = 'dead' WHERE order_key IN ('1', '2');
+SELECT shipsync.requeue('acme');
+SELECT shipsync.requeue();
+SELECT order_key, state, attempts FROM shipsync.outbox ORDER BY id;
+
+-- trace: the timeline of one order
+SELECT kind, detail->>'op' AS op, detail->>'state' AS state
+FROM shipsync.trace('crm.orders', '1');
+
+-- a dropped table stops its waiting intents, with the reason
+DROP TABLE crm.orders;
+SELECT order_key, state, last_error FROM shipsync.outbox ORDER BY id;
+SELECT tbl::oid > 0 AS kept, active FROM shipsync.binding WHERE binding_id = 1;
+
+DROP EXTENSION pg_shipsync CASCADE;

@@ -1,0 +1,122 @@
+-- Every argument check, with its SQLSTATE, message, detail and hint.
+CREATE EXTENSION pg_shipsync;
+CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	st text; msg text; det text; hin text;
+BEGIN
+	EXECUTE q;
+	RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+	GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+		det = PG_EXCEPTION_DETAIL, hin = PG_EXCEPTION_HINT;
+	RETURN st || ': ' || msg || coalesce(E'\n  DETAIL: ' || nullif(det, ''), '')
+		|| coalesce(E'\n  HINT: ' || nullif(hin, ''), '');
+END
+$$;
+
+-- create_provider
+SELECT pg_temp.err($$SELECT shipsync.create_provider('bad name!', 'generic', 'https://x.example')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'fedex', 'https://x.example')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', NULL, 'https://x.example')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'ftp://x.example')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example/a?b=1')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'http://carrier.example')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '[]')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"timeout": 5}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"timeout_ms": "fast"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"timeout_ms": 10}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"max_inflight": 0}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"max_inflight": 1025}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"max_inflight": 2.5}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"max_attempts": 0}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"rate_limit_per_s": -1}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"backoff_base_ms": 5000, "backoff_max_ms": 100}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"headers": ["a"]}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"headers": {"Bad Header": "x"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"headers": {"X-A": "a\r\nX-B: b"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"headers": {"Idempotency-Key": "k"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": "token"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "magic"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "bearer"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "api_key", "key": "k"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "api_key", "header": "a b", "key": "k"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "basic", "password": "p"}}')$$);
+SELECT shipsync.create_provider('p', 'generic', 'https://x.example') > 0 AS created;
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://y.example')$$);
+-- plain http to a non-loopback host is allowed only when the GUC says so
+SET shipsync.allow_insecure_http = on;
+SELECT shipsync.create_provider('lan', 'generic', 'http://10.0.0.5:8080') > 0 AS created;
+RESET shipsync.allow_insecure_http;
+SELECT count(*) FROM shipsync.provider;
+
+-- pause / resume
+SELECT pg_temp.err($$SELECT shipsync.pause('nope')$$);
+SELECT pg_temp.err($$SELECT shipsync.resume(NULL)$$);
+
+-- attach / detach
+CREATE TABLE nokey (a int, b int);
+CREATE TABLE twokey (a int, b int, PRIMARY KEY (a, b));
+CREATE TABLE orders (id int PRIMARY KEY, waybill text, n int);
+CREATE VIEW orders_v AS SELECT * FROM orders;
+SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'nope')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders_v', 'p')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('nokey', 'p')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('twokey', 'p')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', key_column => 'nope')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', writeback => '["waybill"]')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', writeback => '{"waybill": "waybill"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', writeback => '{"tracking_number": "nope"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', writeback => '{"tracking_number": "id"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', writeback => '{"tracking_number": "n"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', options => '{"validate": "reject"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', options => '{"cancel_when": "nope = 1"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', options => '{"cancel_when": "true; DROP TABLE orders"}')$$);
+SELECT shipsync.attach('orders', 'p', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p')$$);
+SELECT pg_temp.err($$SELECT shipsync.detach('nokey')$$);
+-- nothing was left half-done by the failed calls
+SELECT count(*) AS bindings FROM shipsync.binding;
+SELECT count(*) AS triggers FROM pg_trigger WHERE tgname = 'shipsync_capture';
+
+-- a role that does not own the table may not attach it
+CREATE ROLE shipsync_test_admin LOGIN IN ROLE shipsync_admin;
+SET SESSION AUTHORIZATION shipsync_test_admin;
+SELECT pg_temp.err($$SELECT shipsync.attach('nokey', 'p', key_column => 'a')$$);
+RESET SESSION AUTHORIZATION;
+-- and a reader may read but not change anything
+CREATE ROLE shipsync_test_reader LOGIN IN ROLE shipsync_reader;
+SET SESSION AUTHORIZATION shipsync_test_reader;
+SELECT count(*) >= 0 AS can_read FROM shipsync.queue_status;
+SELECT pg_temp.err($$SELECT auth FROM shipsync.provider$$);
+SELECT pg_temp.err($$SELECT shipsync.pause('p')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('q', 'generic', 'https://q.example')$$);
+RESET SESSION AUTHORIZATION;
+
+-- repairs
+SELECT pg_temp.err($$SELECT shipsync.retry(424242)$$);
+INSERT INTO orders VALUES (1, NULL, 0);
+SELECT pg_temp.err($$SELECT shipsync.retry(id) FROM shipsync.outbox$$);
+SELECT pg_temp.err($$SELECT shipsync.requeue('p', 'done')$$);
+SELECT pg_temp.err($$SELECT shipsync.requeue('nope')$$);
+SELECT pg_temp.err($$SELECT * FROM shipsync.claim(1, -1, 1000)$$);
+
+-- the capture trigger used by hand
+SELECT pg_temp.err($$SELECT shipsync.capture()$$);
+CREATE TABLE other (id int PRIMARY KEY);
+CREATE TRIGGER forged AFTER INSERT ON other FOR EACH ROW
+	EXECUTE FUNCTION shipsync.capture('1', '1', 'id');
+SELECT pg_temp.err($$INSERT INTO other VALUES (1)$$);
+DROP TRIGGER forged ON other;
+CREATE TRIGGER before_row BEFORE INSERT ON other FOR EACH ROW
+	EXECUTE FUNCTION shipsync.capture('1', '1', 'id');
+SELECT pg_temp.err($$INSERT INTO other VALUES (2)$$);
+DROP TRIGGER before_row ON other;
+CREATE TRIGGER few AFTER INSERT ON other FOR EACH ROW EXECUTE FUNCTION shipsync.capture('1');
+SELECT pg_temp.err($$INSERT INTO other VALUES (3)$$);
+SELECT count(*) AS forged_intents FROM shipsync.outbox WHERE binding_id <> 1 OR order_key <> '1';
+
+DROP EXTENSION pg_shipsync CASCADE;
+DROP ROLE shipsync_test_admin;
+DROP ROLE shipsync_test_reader;
+DROP VIEW orders_v;
+DROP TABLE nokey, twokey, orders, other;

@@ -32,3 +32,6 @@ PROVE_TESTS = test/t/*.pl
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS does not track header dependencies: every object depends on ours
+$(OBJS): src/pg_shipsync.h src/dispatcher.h

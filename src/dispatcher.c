@@ -311,6 +311,7 @@ dispatcher_claim_all(TimestampTz now)
 		int			n;
 		Claimed    *cs;
 		TimestampTz next_due;
+		int			nskipped;
 
 		if (p->paused || p->hold_until > now)
 			continue;
@@ -325,14 +326,18 @@ dispatcher_claim_all(TimestampTz now)
 		room = Min(room, Min(allowed, shipsync_batch_size));
 
 		n = outbox_claim(p, bindings, nbindings, room, p->timeout_ms + 60000,
-						 &cs, &next_due);
+						 &cs, &next_due, &nskipped);
 		for (int k = 0; k < n; k++)
 			dispatcher_send(p, &cs[k]);
 		if (p->rate_per_s > 0)
 			p->tokens -= n;
 
-		/* a full claim may have left more; a short one tells the next due */
-		p->maybe_work = (n == room);
+		/*
+		 * A full claim may have left more.  An intent finished with nothing
+		 * to send may have unblocked the next intent of its order, and no
+		 * completion will come to say so: look again.
+		 */
+		p->maybe_work = (n + nskipped >= room) || nskipped > 0;
 		if (next_due > now)
 			p->next_due = next_due;
 		else
@@ -444,7 +449,9 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 		return;
 	}
 
-	if (t->curl_code != CURLE_OK)
+	if (t->curl_code == CURLE_SEND_FAIL_REWIND)
+		r->error = pstrdup("connection lost after the request was sent (in doubt: the request may have reached the carrier)");
+	else if (t->curl_code != CURLE_OK)
 		r->error = psprintf("%s%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code),
 							v.in_doubt ? " (in doubt: the request may have reached the carrier)" : "");
 	else if (err[0])

@@ -166,6 +166,27 @@ http_header_cb(char *data, size_t size, size_t nmemb, void *userp)
 }
 
 /*
+ * Hand libcurl the request body.  We deliberately give it no way to rewind
+ * (no seek callback): when a reused keep-alive connection turns out dead
+ * after the request went out, libcurl 7.88 would otherwise silently send
+ * the same POST again on a new connection, hiding the failed attempt from
+ * the delivery log and from the in-doubt handling.  Without a rewind it
+ * fails with CURLE_SEND_FAIL_REWIND and we decide, with the same key.
+ */
+static size_t
+http_read_cb(char *buffer, size_t size, size_t nitems, void *userp)
+{
+	HttpTransfer *t = (HttpTransfer *) userp;
+	size_t		room = size * nitems;
+	size_t		left = t->body_len - t->body_sent;
+	size_t		n = left < room ? left : room;
+
+	memcpy(buffer, t->body + t->body_sent, n);
+	t->body_sent += n;
+	return n;
+}
+
+/*
  * Abort a transfer when this process is asked to stop: libcurl calls this
  * while it works, so a slow carrier never delays a shutdown.
  */
@@ -262,8 +283,13 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, t->method);
 	if (t->body)
 	{
-		curl_easy_setopt(easy, CURLOPT_POSTFIELDS, t->body);
-		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long) strlen(t->body));
+		t->body_len = strlen(t->body);
+		t->body_sent = 0;
+		curl_easy_setopt(easy, CURLOPT_UPLOAD, 0L);
+		curl_easy_setopt(easy, CURLOPT_POST, 1L);
+		curl_easy_setopt(easy, CURLOPT_READFUNCTION, http_read_cb);
+		curl_easy_setopt(easy, CURLOPT_READDATA, t);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) t->body_len);
 	}
 	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, http_write_cb);
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, t);

@@ -715,12 +715,13 @@ outbox_kind_of(const char *method, const char *url)
 
 /*
  * Claim up to max_n due intents of provider p, render those never sent, and
- * commit durably.  Returns the intents to send (skipped ones are already
- * done); *next_due is when the next retry of p falls due (0 if unknown).
+ * commit durably.  Returns the intents to send; *nskipped counts those
+ * finished with nothing to send (they may unblock the next intent of their
+ * order); *next_due is when the next retry of p falls due (0 if unknown).
  */
 int
 outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
-			 Claimed **out, TimestampTz *next_due)
+			 Claimed **out, TimestampTz *next_due, int *nskipped)
 {
 	Datum		params[6];
 	int			rc;
@@ -734,6 +735,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 
 	*out = NULL;
 	*next_due = 0;
+	*nskipped = 0;
 
 	PG_TRY();
 	{
@@ -914,7 +916,10 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 	for (int i = 0; i < nclaimed; i++)
 	{
 		if (claimed[i].skip_reason || claimed[i].method == NULL)
+		{
+			(*nskipped)++;
 			continue;
+		}
 		claimed[nsend++] = claimed[i];
 	}
 	*out = claimed;

@@ -118,6 +118,8 @@ typedef struct HttpTransfer
 	const char *method;
 	char	   *url;
 	char	   *body;
+	size_t		body_len;
+	size_t		body_sent;		/* how much libcurl has read */
 	struct curl_slist *headers; /* freed by http.c at completion */
 	long		timeout_ms;
 	void	   *owner;			/* caller's tag */

@@ -60,6 +60,7 @@ shipsync_classify(int curl_code, long http_status, bool request_sent,
 				v.error_class = "tls";
 				break;
 			case CURLE_GOT_NOTHING:
+			case CURLE_SEND_FAIL_REWIND:
 			case CURLE_RECV_ERROR:
 			case CURLE_SEND_ERROR:
 			case CURLE_PARTIAL_FILE:

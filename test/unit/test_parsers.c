@@ -118,6 +118,9 @@ test_classify(void)
 	v = shipsync_classify(CURLE_RECV_ERROR, 0, 1, 1);
 	check(v.outcome == SHIP_RETRY && v.in_doubt && strcmp(v.error_class, "connection_lost") == 0,
 		  "a reset after sending is retried, in doubt");
+	v = shipsync_classify(CURLE_SEND_FAIL_REWIND, 0, 1, 1);
+	check(v.outcome == SHIP_RETRY && v.in_doubt && strcmp(v.error_class, "connection_lost") == 0,
+		  "a dead reused connection after sending is retried by us, in doubt");
 	v = shipsync_classify(CURLE_GOT_NOTHING, 0, 1, 1);
 	check(v.outcome == SHIP_RETRY, "an empty reply is retried");
 	v = shipsync_classify(CURLE_WRITE_ERROR, 0, 1, 1);

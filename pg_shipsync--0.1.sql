@@ -39,9 +39,9 @@ CREATE TABLE @extschema@.provider (
 	options			jsonb NOT NULL DEFAULT '{}',
 	paused			boolean NOT NULL DEFAULT false,
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	created_by		name NOT NULL DEFAULT CURRENT_USER,
+	created_by		name NOT NULL DEFAULT SESSION_USER,
 	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	updated_by		name NOT NULL DEFAULT CURRENT_USER
+	updated_by		name NOT NULL DEFAULT SESSION_USER
 );
 COMMENT ON TABLE @extschema@.provider IS
 	'One logistics endpoint: URL, dialect, limits, retry policy and credentials. Credentials (column auth) are readable by the extension owner only; see view shipsync.providers.';
@@ -57,22 +57,24 @@ CREATE TABLE @extschema@.binding (
 	writeback_sql	text,
 	active			boolean NOT NULL DEFAULT true,
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	created_by		name NOT NULL DEFAULT CURRENT_USER
+	created_by		name NOT NULL DEFAULT SESSION_USER
 );
 COMMENT ON TABLE @extschema@.binding IS
 	'Which CRM table is attached to which provider, its key column and its write-back map. Written by shipsync.attach() and shipsync.detach().';
 
--- No foreign keys on the outbox: capture must cost one narrow insert.
+-- No foreign keys and no CHECK constraints on the outbox: capture must cost
+-- one narrow insert (a CHECK is re-read from its stored form by every
+-- executor start, a tenth of the trigger's cost).  Only the capture trigger
+-- and the dispatcher write it; op is create, update or cancel; state is one
+-- of pending, in_flight, retrying, done, dead, invalid, coalesced.
 CREATE TABLE @extschema@.outbox (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	binding_id		integer NOT NULL,
 	provider_id		integer NOT NULL,
 	order_key		text NOT NULL,
-	op				text NOT NULL CHECK (op IN ('create', 'update', 'cancel')),
+	op				text NOT NULL,
 	idempotency_key uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
-	state			text NOT NULL DEFAULT 'pending'
-					CHECK (state IN ('pending', 'in_flight', 'retrying', 'done',
-									 'dead', 'invalid', 'coalesced')),
+	state			text NOT NULL DEFAULT 'pending',
 	attempts		integer NOT NULL DEFAULT 0,
 	next_attempt_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	lease_until		timestamptz,
@@ -484,7 +486,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
 	UPDATE @extschema@.provider p
-	   SET paused = _set_paused.paused, updated_at = now(), updated_by = current_user
+	   SET paused = _set_paused.paused, updated_at = now(), updated_by = session_user
 	 WHERE p.name = _set_paused.provider;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'provider "%" does not exist', coalesce(provider, '')
@@ -495,6 +497,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION @extschema@._set_paused(text, boolean) FROM PUBLIC;
+-- "who" columns record session_user: these functions run as their definer.
 
 CREATE FUNCTION @extschema@.pause(provider text)
 RETURNS void
@@ -623,7 +626,9 @@ BEGIN
 					  HINT = CASE WHEN f = 'fee_total' THEN 'Use a numeric or text column.'
 								 ELSE 'Use a text or varchar column.' END;
 		END IF;
-		sets := sets || format('%I = COALESCE(u.%I::%s, t.%I)', col, f, coltype, col);
+		-- no explicit cast: assignment rules apply, so a tracking number too
+		-- long for a varchar(n) column fails loudly instead of being cut
+		sets := sets || format('%I = COALESCE(shipsync_u.%I, t.%I)', col, f, col);
 		wbcols := wbcols || col;
 	END LOOP;
 
@@ -635,11 +640,12 @@ BEGIN
 	END IF;
 
 	render := format(
-		'SELECT u.id, t.%1$I IS NOT NULL AS found,'
-		' pg_catalog.json_build_object(''order_ref'', u.k, ''order'', pg_catalog.row_to_json(t))::text AS body,'
+		'SELECT shipsync_u.shipsync_id, t.%1$I IS NOT NULL AS found,'
+		' pg_catalog.json_build_object(''order_ref'', shipsync_u.shipsync_key,'
+		' ''order'', pg_catalog.row_to_json(t))::text AS body,'
 		' %4$s AS is_cancel'
-		' FROM unnest($1::bigint[], $2::text[]) AS u(id, k)'
-		' LEFT JOIN %2$s AS t ON t.%1$I = u.k::%3$s',
+		' FROM unnest($1::bigint[], $2::text[]) AS shipsync_u(shipsync_id, shipsync_key)'
+		' LEFT JOIN %2$s AS t ON t.%1$I = shipsync_u.shipsync_key::%3$s',
 		keycol, tbl, keytype,
 		CASE WHEN cancel_when IS NULL THEN 'false'
 			 ELSE format('COALESCE((%s), false)', cancel_when) END);
@@ -648,8 +654,8 @@ BEGIN
 		wbsql := format(
 			'UPDATE %s AS t SET %s'
 			' FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[])'
-			' AS u(k, provider_shipment_id, tracking_number, status, label_url, fee_total)'
-			' WHERE t.%I = u.k::%s',
+			' AS shipsync_u(shipsync_key, provider_shipment_id, tracking_number, status, label_url, fee_total)'
+			' WHERE t.%I = shipsync_u.shipsync_key::%s',
 			tbl, array_to_string(sets, ', '), keycol, keytype);
 	END IF;
 
@@ -672,7 +678,7 @@ BEGIN
 	   SET provider_id = EXCLUDED.provider_id, key_column = EXCLUDED.key_column,
 		   writeback = EXCLUDED.writeback, options = EXCLUDED.options,
 		   render_sql = EXCLUDED.render_sql, writeback_sql = EXCLUDED.writeback_sql,
-		   active = true, created_at = now(), created_by = current_user
+		   active = true, created_at = now(), created_by = session_user
 	RETURNING b.binding_id INTO bid;
 
 	trigargs := array_to_string(ARRAY(SELECT quote_literal(x)
@@ -739,7 +745,7 @@ BEGIN
 		   attempts = 0, next_attempt_at = now(), done_at = NULL, updated_at = now()
 	 WHERE o.id = retry.outbox_id;
 	UPDATE @extschema@.exception_ticket t
-	   SET resolved_at = now(), resolved_by = current_user
+	   SET resolved_at = now(), resolved_by = session_user
 	 WHERE t.outbox_id = retry.outbox_id AND t.resolved_at IS NULL;
 	PERFORM @extschema@._wake(false);
 	RETURN true;
@@ -779,7 +785,7 @@ BEGIN
 		RETURNING o.id),
 	t AS (
 		UPDATE @extschema@.exception_ticket t
-		   SET resolved_at = now(), resolved_by = current_user
+		   SET resolved_at = now(), resolved_by = session_user
 		  FROM q WHERE t.outbox_id = q.id AND t.resolved_at IS NULL)
 	SELECT count(*) INTO n FROM q;
 	PERFORM @extschema@._wake(false);
@@ -796,6 +802,7 @@ COMMENT ON FUNCTION @extschema@.requeue(text, text) IS
 CREATE FUNCTION @extschema@.trace(tbl regclass, key text)
 RETURNS TABLE (at timestamptz, kind text, detail jsonb)
 LANGUAGE sql STABLE
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 	WITH b AS (SELECT binding_id FROM @extschema@.binding WHERE binding.tbl = trace.tbl),
@@ -847,14 +854,25 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	r record;
+	n bigint;
 BEGIN
 	FOR r IN SELECT objid FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table' LOOP
 		WITH b AS (
-			UPDATE @extschema@.binding SET active = false WHERE tbl = r.objid RETURNING binding_id)
-		UPDATE @extschema@.outbox o
-		   SET state = 'dead', last_error = 'the order table was dropped', error_class = 'table_dropped',
-			   done_at = now(), updated_at = now()
-		  FROM b WHERE o.binding_id = b.binding_id AND o.state IN ('pending', 'retrying');
+			UPDATE @extschema@.binding SET active = false WHERE tbl = r.objid RETURNING binding_id),
+		d AS (
+			UPDATE @extschema@.outbox o
+			   SET state = 'dead', last_error = 'the order table was dropped',
+				   error_class = 'table_dropped', done_at = now(), updated_at = now()
+			  FROM b WHERE o.binding_id = b.binding_id AND o.state IN ('pending', 'retrying')
+			RETURNING o.id, o.binding_id, o.order_key, o.provider_id),
+		t AS (
+			INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+			SELECT 'table_dropped', d.binding_id, d.order_key, d.provider_id, d.id, 'the order table was dropped'
+			FROM d
+			RETURNING outbox_id, order_key)
+		SELECT count(pg_notify('shipsync', json_build_object('event', 'table_dropped',
+			'outbox_id', t.outbox_id, 'order_key', t.order_key)::text))
+		INTO n FROM t;
 	END LOOP;
 END
 $$;
@@ -871,7 +889,8 @@ GRANT SELECT ON @extschema@.queue_status, @extschema@.providers, @extschema@.out
 	@extschema@.shipment, @extschema@.delivery_log, @extschema@.exception_ticket TO shipsync_reader;
 GRANT EXECUTE ON FUNCTION @extschema@.trace(regclass, text) TO shipsync_reader;
 GRANT EXECUTE ON FUNCTION @extschema@.retry(bigint), @extschema@.requeue(text, text),
-	@extschema@.pause(text), @extschema@.resume(text) TO shipsync_operator;
+	@extschema@.pause(text), @extschema@.resume(text),
+	@extschema@._set_paused(text, boolean) TO shipsync_operator;
 GRANT UPDATE (acknowledged_at, acknowledged_by, resolved_at, resolved_by)
 	ON @extschema@.exception_ticket TO shipsync_operator;
 GRANT EXECUTE ON FUNCTION @extschema@.create_provider(text, text, text, jsonb),

@@ -103,6 +103,7 @@ dispatcher_claim_slot(void)
 		shipsync_shared->slots[free_slot].dbid = MyDatabaseId;
 		shipsync_shared->slots[free_slot].pid = MyProcPid;
 		shipsync_shared->slots[free_slot].latch = MyLatch;
+		shipsync_shared->slots[free_slot].wants_commits = true;
 		my_slot = free_slot;
 	}
 	SpinLockRelease(&shipsync_shared->mutex);
@@ -345,6 +346,20 @@ dispatcher_claim_all(TimestampTz now)
 	}
 }
 
+/* Can some provider take work now?  If not, commits need not wake us. */
+static bool
+dispatcher_wants_commits(TimestampTz now)
+{
+	for (int i = 0; i < nproviders; i++)
+	{
+		Provider   *p = &providers[i];
+
+		if (!p->paused && p->hold_until <= now && p->inflight < p->max_inflight)
+			return true;
+	}
+	return false;
+}
+
 /* How long we may sleep before something of ours falls due */
 static long
 dispatcher_timeout(TimestampTz now)
@@ -449,7 +464,9 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 		return;
 	}
 
-	if (t->curl_code == CURLE_SEND_FAIL_REWIND)
+	if (t->too_large)
+		r->error = pstrdup(err);
+	else if (t->curl_code == CURLE_SEND_FAIL_REWIND)
 		r->error = pstrdup("connection lost after the request was sent (in doubt: the request may have reached the carrier)");
 	else if (t->curl_code != CURLE_OK)
 		r->error = psprintf("%s%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code),
@@ -558,6 +575,7 @@ shipsync_dispatcher_main(Datum main_arg)
 	char		dbname[BGW_EXTRALEN];
 	MemoryContext loop_cxt;
 	TimestampTz last_full_look;
+	bool		wants_commits = true;
 
 	memcpy(dbname, MyBgworkerEntry->bgw_extra, BGW_EXTRALEN);
 	dbname[BGW_EXTRALEN - 1] = '\0';
@@ -616,7 +634,13 @@ shipsync_dispatcher_main(Datum main_arg)
 		dispatcher_claim_all(now);
 
 		pgstat_report_activity(STATE_IDLE, NULL);
-		http_wait(client, dispatcher_timeout(GetCurrentTimestamp()), PG_WAIT_EXTENSION);
+		now = GetCurrentTimestamp();
+		if (dispatcher_wants_commits(now) != wants_commits)
+		{
+			wants_commits = !wants_commits;
+			shipsync_set_wants_commits(my_slot, wants_commits);
+		}
+		http_wait(client, dispatcher_timeout(now), PG_WAIT_EXTENSION);
 
 		if (MyLatch->is_set)
 		{

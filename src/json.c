@@ -153,6 +153,18 @@ shipsync_parse_ship_response(const char *body, size_t len, bool need_ids,
 		return false;
 	}
 
+	/* an update or cancel may be answered with no body at all (204) */
+	if (!need_ids)
+	{
+		size_t		k = 0;
+
+		while (k < len && (body[k] == ' ' || body[k] == '\t' ||
+						   body[k] == '\r' || body[k] == '\n'))
+			k++;
+		if (k == len)
+			return true;
+	}
+
 	tok = json_tokener_new();
 	if (tok == NULL)
 	{

@@ -354,6 +354,9 @@ outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 
 /* ---------- claim and render ---------- */
 
+static void prepare_apply_plans(void);
+static SPIPlanPtr apply_dead_plan;
+
 /*
  * The claim: due intents of one provider, oldest first, skipping rows
  * another claimer holds, and never an intent while an earlier intent of the
@@ -545,7 +548,12 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		b->render_plan = prepare_saved(b->render_sql, 2, types);
 		MemoryContextSwitchTo(old);
 	}
-	rc = execute_as_owner(table_owner(b->relid), b->render_plan, ra, true);
+	/*
+	 * read_only = false: a fresh snapshot, taken after the lock and the
+	 * coalescing.  With the transaction's first snapshot, an order that
+	 * committed just before the lock would be claimed but not seen here.
+	 */
+	rc = execute_as_owner(table_owner(b->relid), b->render_plan, ra, false);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "rendering orders failed: %s", SPI_result_code_string(rc));
 	/* SPI calls return in SPI's procedure context: keep what we send */
@@ -576,7 +584,7 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		params[1] = make_array(la->values[1], la->nulls[1], la->n, INT4OID);
 		params[2] = make_array(la->values[2], la->nulls[2], la->n, TEXTOID);
 		params[3] = Int32GetDatum(p->id);
-		rc = SPI_execute_plan(shiplookup_plan, params, NULL, true, 0);
+		rc = SPI_execute_plan(shiplookup_plan, params, NULL, false, 0);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "shipment lookup failed");
 		MemoryContextSwitchTo(keep);
@@ -934,14 +942,18 @@ void
 outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb, const char *msg)
 {
 	Oid			types[5] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID};
+	Oid			dtypes[6] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
 	ArgArrays  *a;
+	ArgArrays  *d;
 
 	ereport(WARNING,
 			(errcode(ERRCODE_DATA_EXCEPTION),
 			 errmsg("pg_shipsync: orders of binding %d cannot be rendered: %s", fb, msg)));
 	begin_tx("recording a render failure", false);
 	prepare_claim_plans();
+	prepare_apply_plans();
 	a = args_create(5, types, ncl);
+	d = args_create(6, dtypes, ncl);
 	for (int i = 0; i < ncl; i++)
 	{
 		int			r;
@@ -960,9 +972,22 @@ outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb, const char *msg)
 																		  pg_prng_double(&pg_global_prng_state))));
 		args_set_text(a, r, 3, "render_failed");
 		args_set_text(a, r, 4, msg);
+		if (dead)
+		{
+			int			k = args_row(d);
+
+			args_set(d, k, 0, Int64GetDatum(cl[i].id));
+			args_set(d, k, 1, Int32GetDatum(cl[i].binding_id));
+			args_set_text(d, k, 2, cl[i].order_key);
+			args_set(d, k, 3, Int32GetDatum(p->id));
+			args_set_text(d, k, 4, msg);
+			args_set_text(d, k, 5, "render_failed");
+		}
 	}
 	if (a->n > 0 && args_execute(fail_plan, a, false) != SPI_OK_UPDATE)
 		elog(ERROR, "recording a render failure failed");
+	if (d->n > 0 && args_execute(apply_dead_plan, d, false) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "opening exception tickets failed");
 	end_tx();
 }
 
@@ -973,6 +998,7 @@ static SPIPlanPtr apply_log_plan = NULL;
 static SPIPlanPtr apply_create_plan = NULL;
 static SPIPlanPtr apply_update_plan = NULL;
 static SPIPlanPtr apply_dead_plan = NULL;
+
 
 static void
 prepare_apply_plans(void)

@@ -70,12 +70,15 @@ shipsync_shmem_startup(void)
 }
 
 /*
- * Set the latch of the dispatcher serving database dbid, if one runs.
- * Cheap enough for every commit that enqueued something: a spinlock and a
- * scan of at most SHIPSYNC_MAX_DISPATCHERS slots.
+ * Set the latch of the dispatcher serving database dbid, if one runs and
+ * wants to hear about commits (every provider paused, held by Retry-After
+ * or full: no, and a wakeup would only cost it and us a system call).  A
+ * configuration change always wakes it.  Cheap enough for every commit that
+ * enqueued something: a spinlock and a scan of at most
+ * SHIPSYNC_MAX_DISPATCHERS slots.
  */
 void
-shipsync_wake_dispatcher(Oid dbid)
+shipsync_wake_dispatcher(Oid dbid, bool config_changed)
 {
 	Latch	   *latch = NULL;
 
@@ -87,7 +90,8 @@ shipsync_wake_dispatcher(Oid dbid)
 	{
 		if (shipsync_shared->slots[i].dbid == dbid)
 		{
-			latch = shipsync_shared->slots[i].latch;
+			if (config_changed || shipsync_shared->slots[i].wants_commits)
+				latch = shipsync_shared->slots[i].latch;
 			break;
 		}
 	}
@@ -96,6 +100,19 @@ shipsync_wake_dispatcher(Oid dbid)
 	/* a latch of an exited process only causes a spurious wakeup */
 	if (latch)
 		SetLatch(latch);
+}
+
+/*
+ * The dispatcher in slot says whether commits should wake it.  Set before
+ * it sleeps; a dispatcher that said no looks for work anyway whenever a
+ * provider becomes able to take some (resume, hold over, a slot freed).
+ */
+void
+shipsync_set_wants_commits(int slot, bool wants)
+{
+	SpinLockAcquire(&shipsync_shared->mutex);
+	shipsync_shared->slots[slot].wants_commits = wants;
+	SpinLockRelease(&shipsync_shared->mutex);
 }
 
 void
@@ -117,7 +134,7 @@ _PG_init(void)
 							   NULL, NULL, NULL);
 
 	DefineCustomIntVariable("shipsync.batch_size",
-							"Most intents claimed or applied in one dispatcher transaction.",
+							"Most intents one provider claims in one dispatcher transaction.",
 							NULL,
 							&shipsync_batch_size,
 							256, 1, 4096,

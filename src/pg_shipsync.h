@@ -82,6 +82,7 @@ typedef struct ShipsyncSlot
 	Oid			dbid;			/* InvalidOid when free */
 	pid_t		pid;
 	Latch	   *latch;
+	bool		wants_commits;	/* some provider can take work now */
 } ShipsyncSlot;
 
 typedef struct ShipsyncShared
@@ -98,7 +99,8 @@ extern int	shipsync_batch_size;
 extern int	shipsync_max_response_bytes;
 extern bool shipsync_allow_insecure_http;
 extern int	shipsync_idle_check_ms;
-extern void shipsync_wake_dispatcher(Oid dbid);
+extern void shipsync_wake_dispatcher(Oid dbid, bool config_changed);
+extern void shipsync_set_wants_commits(int slot, bool wants);
 
 /* in launcher.c */
 extern PGDLLEXPORT void shipsync_launcher_main(Datum main_arg);

@@ -1,0 +1,41 @@
+# A steady stream of orders committing while the dispatcher claims: every
+# committed order is sent, none is taken for deleted.  (An order committing
+# between the claim transaction's first snapshot and its lock statement was
+# once claimed but rendered as missing.)  Also checks the commit-to-waybill
+# path under concurrent writers.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ShipsyncTest;
+
+my $sim = start_sim();
+my $node = shipsync_node('steady');
+setup_orders($node, $sim);
+
+# two writers, many short transactions, for a few seconds
+my $script = $node->basedir . '/insert.sql';
+PostgreSQL::Test::Utils::append_to_file($script,
+	"INSERT INTO crm.orders (customer, address) VALUES ('赵六', '四川省成都市武侯区');\n");
+$node->command_ok(
+	[ 'pgbench', '-n', '-c', '2', '-j', '2', '-T', '6', '-R', '300', '-f', $script, 'postgres' ],
+	'orders committed by two writers');
+
+my $n = $node->safe_psql('postgres', 'SELECT count(*) FROM crm.orders');
+cmp_ok($n, '>', 500, "a stream of orders was committed ($n)");
+ok(wait_until($node, 'SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL', 60),
+	'every committed order got its waybill');
+is( $node->safe_psql('postgres',
+		"SELECT count(*) FROM shipsync.outbox WHERE state <> 'done' OR error_class IS NOT NULL"),
+	'0',
+	'every intent is done, none finished as "nothing to send"');
+my $stats = sim_get($sim, '/_sim/stats');
+is($stats->{shipments}, $n, 'one shipment per order at the carrier');
+is($stats->{duplicate_orders}, 0, 'no order created twice');
+
+$node->stop;
+stop_sim($sim);
+done_testing();

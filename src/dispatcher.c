@@ -626,9 +626,10 @@ shipsync_dispatcher_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		if (TimestampDifferenceExceeds(last_full_look, now, shipsync_idle_check_ms))
 		{
-			/* the safety net: prepared transactions, clock jumps */
+			/* the safety net: prepared transactions, clock jumps, leases */
 			for (int i = 0; i < nproviders; i++)
 				providers[i].maybe_work = true;
+			outbox_sweep_leases();
 			last_full_look = now;
 		}
 		dispatcher_claim_all(now);

@@ -106,6 +106,7 @@ typedef struct ShipResult
 
 /* in outbox.c */
 extern void outbox_recover(void);
+extern void outbox_sweep_leases(void);
 extern void outbox_load_config(MemoryContext cxt, Provider **providers,
 							   int *nproviders, Binding **bindings,
 							   int *nbindings);

@@ -266,6 +266,34 @@ outbox_recover(void)
 }
 
 /*
+ * Intents whose lease ran out while in flight were claimed by someone who
+ * is gone (a claim made by hand, a dispatcher that hung): make them due
+ * again.  This dispatcher's own leases outlast its requests' timeouts, so
+ * it never takes back its own.  The state predicate lets the partial order
+ * index serve the scan, whatever the size of the history.
+ */
+void
+outbox_sweep_leases(void)
+{
+	int			rc;
+
+	begin_tx("sweeping expired leases", false);
+	rc = SPI_execute("UPDATE shipsync.outbox SET state = 'retrying',"
+					 " next_attempt_at = pg_catalog.now(), lease_until = NULL,"
+					 " error_class = 'lease_expired', updated_at = pg_catalog.now()"
+					 " WHERE state IN ('pending', 'retrying', 'in_flight')"
+					 " AND state = 'in_flight' AND lease_until < pg_catalog.now()",
+					 false, 0);
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "sweeping expired leases failed");
+	if (SPI_processed > 0)
+		ereport(LOG,
+				(errmsg("pg_shipsync: %llu intents whose lease expired are due again",
+						(unsigned long long) SPI_processed)));
+	end_tx();
+}
+
+/*
  * Read providers and bindings into cxt.  Runtime state (in flight counts,
  * tokens, holds) is carried over by the caller.
  */

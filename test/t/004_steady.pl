@@ -36,6 +36,23 @@ my $stats = sim_get($sim, '/_sim/stats');
 is($stats->{shipments}, $n, 'one shipment per order at the carrier');
 is($stats->{duplicate_orders}, 0, 'no order created twice');
 
+# a claim made by hand and abandoned: its lease runs out and the
+# dispatcher sends the intent anyway
+$node->safe_psql('postgres', q{
+	ALTER SYSTEM SET shipsync.idle_check_ms = 500;
+	SELECT pg_reload_conf();
+	SELECT shipsync.pause('sim');
+	INSERT INTO crm.orders (customer) VALUES ('abandoned');
+	SELECT count(*) FROM shipsync.claim(1, 10, 200);
+	SELECT shipsync.resume('sim');
+});
+is($node->safe_psql('postgres', "SELECT state FROM shipsync.outbox ORDER BY id DESC LIMIT 1"),
+	'in_flight', 'an intent claimed by hand is in flight');
+ok( wait_until($node,
+		"SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'abandoned'", 30),
+	'after its lease expired, the dispatcher delivered it');
+ok($node->log_contains('whose lease expired are due again'), 'the sweep says so in the log');
+
 $node->stop;
 stop_sim($sim);
 done_testing();

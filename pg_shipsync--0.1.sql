@@ -570,6 +570,12 @@ BEGIN
 				  HINT = 'Call shipsync.detach() first to attach it again.';
 	END IF;
 	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when'], 'attach');
+	IF current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
+		RAISE EXCEPTION 'database encoding % cannot be sent as JSON', current_setting('server_encoding')
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Carriers read JSON as UTF-8, and requests are rendered in the database encoding.',
+				  HINT = 'Keep the orders in a UTF8 database.';
+	END IF;
 
 	-- the key: given, or the single-column primary key
 	IF keycol IS NULL THEN
@@ -886,6 +892,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.capture() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@._wake(boolean) TO PUBLIC;
 GRANT SELECT ON @extschema@.queue_status, @extschema@.providers, @extschema@.outbox,
+	@extschema@.binding,
 	@extschema@.shipment, @extschema@.delivery_log, @extschema@.exception_ticket TO shipsync_reader;
 GRANT EXECUTE ON FUNCTION @extschema@.trace(regclass, text) TO shipsync_reader;
 GRANT EXECUTE ON FUNCTION @extschema@.retry(bigint), @extschema@.requeue(text, text),

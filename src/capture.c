@@ -72,7 +72,7 @@ typedef struct CaptureChecked
 static CaptureChecked capture_checked[CAPTURE_CHECKED_MAX];
 static int	capture_nchecked = 0;
 static bool capture_callback_registered = false;
-static bool capture_wake_pending = false;
+static uint64 capture_providers = 0;	/* bits of providers enqueued for */
 static bool capture_config_changed = false;
 
 static void
@@ -83,15 +83,16 @@ capture_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_COMMIT:
 			if (capture_config_changed && shipsync_shared)
 				pg_atomic_fetch_add_u64(&shipsync_shared->config_generation, 1);
-			if (capture_wake_pending || capture_config_changed)
-				shipsync_wake_dispatcher(MyDatabaseId, capture_config_changed);
-			capture_wake_pending = false;
+			if (capture_providers != 0 || capture_config_changed)
+				shipsync_wake_dispatcher(MyDatabaseId, capture_providers,
+										 capture_config_changed);
+			capture_providers = 0;
 			capture_config_changed = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
 			/* a prepared transaction is found by the idle check */
-			capture_wake_pending = false;
+			capture_providers = 0;
 			capture_config_changed = false;
 			break;
 		default:
@@ -100,19 +101,22 @@ capture_xact_callback(XactEvent event, void *arg)
 }
 
 /*
- * Ask for the dispatcher of this database to be woken when the current
- * transaction commits; with config_changed, it also reloads providers and
- * bindings.
+ * Ask for the dispatcher of this database to be told, when the current
+ * transaction commits, that provider_id got work (0: any provider); with
+ * config_changed, it also reloads providers and bindings.
  */
 void
-shipsync_wake_at_commit(bool config_changed)
+shipsync_wake_at_commit(int32 provider_id, bool config_changed)
 {
 	if (!capture_callback_registered)
 	{
 		RegisterXactCallback(capture_xact_callback, NULL);
 		capture_callback_registered = true;
 	}
-	capture_wake_pending = true;
+	if (provider_id > 0)
+		capture_providers |= SHIPSYNC_PROVIDER_BIT(provider_id);
+	else
+		capture_providers = ~UINT64CONST(0);
 	if (config_changed)
 		capture_config_changed = true;
 }
@@ -124,7 +128,7 @@ shipsync_wake_at_commit(bool config_changed)
 Datum
 shipsync_wake(PG_FUNCTION_ARGS)
 {
-	shipsync_wake_at_commit(PG_ARGISNULL(0) ? false : PG_GETARG_BOOL(0));
+	shipsync_wake_at_commit(0, PG_ARGISNULL(0) ? false : PG_GETARG_BOOL(0));
 	PG_RETURN_VOID();
 }
 
@@ -446,7 +450,7 @@ shipsync_capture(PG_FUNCTION_ARGS)
 		}
 	}
 
-	shipsync_wake_at_commit(false);
+	shipsync_wake_at_commit(provider_id, false);
 
 	return PointerGetDatum(rettuple);
 }

@@ -103,7 +103,8 @@ dispatcher_claim_slot(void)
 		shipsync_shared->slots[free_slot].dbid = MyDatabaseId;
 		shipsync_shared->slots[free_slot].pid = MyProcPid;
 		shipsync_shared->slots[free_slot].latch = MyLatch;
-		shipsync_shared->slots[free_slot].wants_commits = true;
+		shipsync_shared->slots[free_slot].accepting = ~UINT64CONST(0);
+		shipsync_shared->slots[free_slot].pending = 0;
 		my_slot = free_slot;
 	}
 	SpinLockRelease(&shipsync_shared->mutex);
@@ -346,18 +347,27 @@ dispatcher_claim_all(TimestampTz now)
 	}
 }
 
-/* Can some provider take work now?  If not, commits need not wake us. */
-static bool
-dispatcher_wants_commits(TimestampTz now)
+/*
+ * Which providers can take work now: commits for the others need not wake
+ * us.  In exchange, learn which providers got work since we last looked.
+ */
+static void
+dispatcher_exchange_masks(TimestampTz now)
 {
+	uint64		accepting = 0;
+	uint64		pending;
+
 	for (int i = 0; i < nproviders; i++)
 	{
 		Provider   *p = &providers[i];
 
 		if (!p->paused && p->hold_until <= now && p->inflight < p->max_inflight)
-			return true;
+			accepting |= SHIPSYNC_PROVIDER_BIT(p->id);
 	}
-	return false;
+	pending = shipsync_exchange_masks(my_slot, accepting);
+	for (int i = 0; i < nproviders; i++)
+		if (pending & SHIPSYNC_PROVIDER_BIT(providers[i].id))
+			providers[i].maybe_work = true;
 }
 
 /* How long we may sleep before something of ours falls due */
@@ -575,7 +585,6 @@ shipsync_dispatcher_main(Datum main_arg)
 	char		dbname[BGW_EXTRALEN];
 	MemoryContext loop_cxt;
 	TimestampTz last_full_look;
-	bool		wants_commits = true;
 
 	memcpy(dbname, MyBgworkerEntry->bgw_extra, BGW_EXTRALEN);
 	dbname[BGW_EXTRALEN - 1] = '\0';
@@ -636,20 +645,15 @@ shipsync_dispatcher_main(Datum main_arg)
 
 		pgstat_report_activity(STATE_IDLE, NULL);
 		now = GetCurrentTimestamp();
-		if (dispatcher_wants_commits(now) != wants_commits)
-		{
-			wants_commits = !wants_commits;
-			shipsync_set_wants_commits(my_slot, wants_commits);
-		}
+		dispatcher_exchange_masks(now);
 		http_wait(client, dispatcher_timeout(now), PG_WAIT_EXTENSION);
 
-		if (MyLatch->is_set)
-		{
-			ResetLatch(MyLatch);
-			/* a commit enqueued something: look at every provider */
-			for (int i = 0; i < nproviders; i++)
-				providers[i].maybe_work = true;
-		}
+		/*
+		 * Reset the latch before looking at the masks: a commit after this
+		 * point sets it again, so none is missed.
+		 */
+		ResetLatch(MyLatch);
+		dispatcher_exchange_masks(GetCurrentTimestamp());
 		dispatcher_process_interrupts();
 
 		dispatcher_apply_done(GetCurrentTimestamp());

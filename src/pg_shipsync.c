@@ -70,15 +70,16 @@ shipsync_shmem_startup(void)
 }
 
 /*
- * Set the latch of the dispatcher serving database dbid, if one runs and
- * wants to hear about commits (every provider paused, held by Retry-After
- * or full: no, and a wakeup would only cost it and us a system call).  A
- * configuration change always wakes it.  Cheap enough for every commit that
- * enqueued something: a spinlock and a scan of at most
- * SHIPSYNC_MAX_DISPATCHERS slots.
+ * A commit enqueued work for the given providers (a mask of their bits):
+ * note it for the dispatcher serving database dbid, and set its latch if
+ * one of them can take work now.  A commit for a paused, held or full
+ * provider leaves the dispatcher asleep: it looks at the noted work as soon
+ * as that provider can take some.  A configuration change always wakes it.
+ * Cheap enough for every commit that enqueued something: a spinlock and a
+ * scan of at most SHIPSYNC_MAX_DISPATCHERS slots.
  */
 void
-shipsync_wake_dispatcher(Oid dbid, bool config_changed)
+shipsync_wake_dispatcher(Oid dbid, uint64 providers, bool config_changed)
 {
 	Latch	   *latch = NULL;
 
@@ -88,10 +89,13 @@ shipsync_wake_dispatcher(Oid dbid, bool config_changed)
 	SpinLockAcquire(&shipsync_shared->mutex);
 	for (int i = 0; i < SHIPSYNC_MAX_DISPATCHERS; i++)
 	{
-		if (shipsync_shared->slots[i].dbid == dbid)
+		ShipsyncSlot *slot = &shipsync_shared->slots[i];
+
+		if (slot->dbid == dbid)
 		{
-			if (config_changed || shipsync_shared->slots[i].wants_commits)
-				latch = shipsync_shared->slots[i].latch;
+			slot->pending |= providers;
+			if (config_changed || (slot->accepting & providers) != 0)
+				latch = slot->latch;
 			break;
 		}
 	}
@@ -103,16 +107,20 @@ shipsync_wake_dispatcher(Oid dbid, bool config_changed)
 }
 
 /*
- * The dispatcher in slot says whether commits should wake it.  Set before
- * it sleeps; a dispatcher that said no looks for work anyway whenever a
- * provider becomes able to take some (resume, hold over, a slot freed).
+ * The dispatcher in slot publishes which providers can take work, and
+ * collects which got work since it last looked.
  */
-void
-shipsync_set_wants_commits(int slot, bool wants)
+uint64
+shipsync_exchange_masks(int slot, uint64 accepting)
 {
+	uint64		pending;
+
 	SpinLockAcquire(&shipsync_shared->mutex);
-	shipsync_shared->slots[slot].wants_commits = wants;
+	shipsync_shared->slots[slot].accepting = accepting;
+	pending = shipsync_shared->slots[slot].pending;
+	shipsync_shared->slots[slot].pending = 0;
 	SpinLockRelease(&shipsync_shared->mutex);
+	return pending;
 }
 
 void

@@ -82,8 +82,12 @@ typedef struct ShipsyncSlot
 	Oid			dbid;			/* InvalidOid when free */
 	pid_t		pid;
 	Latch	   *latch;
-	bool		wants_commits;	/* some provider can take work now */
+	uint64		accepting;		/* providers that can take work now */
+	uint64		pending;		/* providers that got work since last look */
 } ShipsyncSlot;
+
+/* A provider's bit in those masks: ids beyond 64 share bits, harmlessly */
+#define SHIPSYNC_PROVIDER_BIT(id) (UINT64CONST(1) << ((uint32) (id) % 64))
 
 typedef struct ShipsyncShared
 {
@@ -99,8 +103,9 @@ extern int	shipsync_batch_size;
 extern int	shipsync_max_response_bytes;
 extern bool shipsync_allow_insecure_http;
 extern int	shipsync_idle_check_ms;
-extern void shipsync_wake_dispatcher(Oid dbid, bool config_changed);
-extern void shipsync_set_wants_commits(int slot, bool wants);
+extern void shipsync_wake_dispatcher(Oid dbid, uint64 providers,
+									 bool config_changed);
+extern uint64 shipsync_exchange_masks(int slot, uint64 accepting);
 
 /* in launcher.c */
 extern PGDLLEXPORT void shipsync_launcher_main(Datum main_arg);
@@ -111,7 +116,7 @@ extern PGDLLEXPORT void shipsync_dispatcher_main(Datum main_arg);
 
 /* in capture.c */
 extern bool shipsync_capture_suppressed;
-extern void shipsync_wake_at_commit(bool config_changed);
+extern void shipsync_wake_at_commit(int32 provider_id, bool config_changed);
 
 /* in http.c: one transfer, owned by the dispatcher until completion */
 typedef struct HttpTransfer

@@ -197,6 +197,18 @@ http_progress_cb(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
 	return (QueryCancelPending || ProcDiePending) ? 1 : 0;
 }
 
+/* Put a finished (or failed to start) transfer on the done list. */
+static void
+http_queue_done(HttpClient *c, HttpTransfer *t)
+{
+	t->next = NULL;
+	if (c->done_tail)
+		c->done_tail->next = t;
+	else
+		c->done_head = t;
+	c->done_tail = t;
+}
+
 HttpClient *
 http_client_create(MemoryContext cxt, long max_connections)
 {
@@ -257,12 +269,7 @@ http_submit(HttpClient *c, HttpTransfer *t)
 		/* a resource failure is a retryable attempt, never a lost order */
 		t->curl_code = CURLE_OUT_OF_MEMORY;
 		strlcpy(t->errbuf, "could not create a libcurl handle", sizeof(t->errbuf));
-		t->next = NULL;
-		if (c->done_tail)
-			c->done_tail->next = t;
-		else
-			c->done_head = t;
-		c->done_tail = t;
+		http_queue_done(c, t);
 		return;
 	}
 	t->easy = easy;
@@ -305,12 +312,7 @@ http_submit(HttpClient *c, HttpTransfer *t)
 		t->easy = NULL;
 		t->curl_code = CURLE_FAILED_INIT;
 		strlcpy(t->errbuf, curl_multi_strerror(mrc), sizeof(t->errbuf));
-		t->next = NULL;
-		if (c->done_tail)
-			c->done_tail->next = t;
-		else
-			c->done_head = t;
-		c->done_tail = t;
+		http_queue_done(c, t);
 		return;
 	}
 	dlist_push_tail(&c->running, &t->node);
@@ -357,12 +359,7 @@ http_collect(HttpClient *c)
 		t->headers = NULL;
 		c->inflight--;
 
-		t->next = NULL;
-		if (c->done_tail)
-			c->done_tail->next = t;
-		else
-			c->done_head = t;
-		c->done_tail = t;
+		http_queue_done(c, t);
 	}
 }
 

@@ -885,6 +885,25 @@ $$;
 CREATE EVENT TRIGGER shipsync_on_drop ON sql_drop EXECUTE FUNCTION @extschema@._on_drop();
 
 ------------------------------------------------------------------------------
+-- pg_dump: these tables hold the user's data, not the extension's
+------------------------------------------------------------------------------
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.provider', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.binding', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.shipment', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.delivery_log', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.exception_ticket', '');
+-- and their identity sequences, one statement each (each call updates the
+-- extension's catalog row)
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.provider_provider_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.binding_binding_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.outbox_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.shipment_shipment_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.delivery_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.exception_ticket_ticket_id_seq', '');
+
+------------------------------------------------------------------------------
 -- Privileges
 ------------------------------------------------------------------------------
 

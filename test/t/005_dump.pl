@@ -1,0 +1,48 @@
+# pg_dump keeps what pg_shipsync holds: providers, bindings, intents,
+# shipments, the delivery log and tickets are the user's data, and a
+# restored database goes on capturing and delivering.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ShipsyncTest;
+
+my $sim = start_sim();
+my $node = shipsync_node('dump', "shipsync.databases = 'postgres, restored'");
+setup_orders($node, $sim);
+$node->safe_psql('postgres',
+	"INSERT INTO crm.orders (customer) SELECT '客户' || g FROM generate_series(1, 20) g");
+ok(wait_until($node, 'SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL'),
+	'orders delivered before the dump');
+
+my $counts = q{SELECT (SELECT count(*) FROM shipsync.provider) || '/' ||
+	(SELECT count(*) FROM shipsync.binding) || '/' ||
+	(SELECT count(*) FROM shipsync.outbox) || '/' ||
+	(SELECT count(*) FROM shipsync.shipment) || '/' ||
+	(SELECT count(*) FROM shipsync.delivery_log)};
+my $before = $node->safe_psql('postgres', $counts);
+
+my $dump = $node->basedir . '/dump.sql';
+$node->command_ok([ 'pg_dump', '-f', $dump, 'postgres' ], 'pg_dump');
+$node->safe_psql('postgres', 'CREATE DATABASE restored');
+$node->command_ok([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', $dump, 'restored' ],
+	'restore');
+is($node->safe_psql('restored', $counts), $before, 'every shipsync table came back');
+is( $node->safe_psql('restored',
+		'SELECT count(*) FROM crm.orders o JOIN shipsync.shipment s ON s.order_key = o.id::text'
+		  . ' WHERE s.tracking_number = o.waybill_no'),
+	'20', 'shipments still match their orders');
+
+# the restored database captures and delivers new orders
+$node->safe_psql('restored', "INSERT INTO crm.orders (customer) VALUES ('新客户')");
+ok(wait_until($node, 'SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL', 30, 'restored'),
+	'a new order in the restored database is delivered');
+is($node->safe_psql('restored', "SELECT max(id) > 20 FROM shipsync.outbox"), 't',
+	'its intent continues the restored numbering');
+
+$node->stop;
+stop_sim($sim);
+done_testing();

@@ -354,20 +354,39 @@ dispatcher_claim_all(TimestampTz now)
 static void
 dispatcher_exchange_masks(TimestampTz now)
 {
-	uint64		accepting = 0;
+	uint64		busy = 0;
+	uint64		accepting;
 	uint64		pending;
 
+	/* providers we do not know are welcome: their work makes us reload */
 	for (int i = 0; i < nproviders; i++)
 	{
 		Provider   *p = &providers[i];
 
-		if (!p->paused && p->hold_until <= now && p->inflight < p->max_inflight)
-			accepting |= SHIPSYNC_PROVIDER_BIT(p->id);
+		if (p->paused || p->hold_until > now || p->inflight >= p->max_inflight)
+			busy |= SHIPSYNC_PROVIDER_BIT(p->id);
 	}
+	accepting = ~busy;
+	for (int i = 0; i < nproviders; i++)
+		if (!(busy & SHIPSYNC_PROVIDER_BIT(providers[i].id)))
+			continue;
+		else if (!providers[i].paused && providers[i].hold_until <= now &&
+				 providers[i].inflight < providers[i].max_inflight)
+			accepting |= SHIPSYNC_PROVIDER_BIT(providers[i].id);	/* shared bit */
 	pending = shipsync_exchange_masks(my_slot, accepting);
 	for (int i = 0; i < nproviders; i++)
 		if (pending & SHIPSYNC_PROVIDER_BIT(providers[i].id))
+		{
 			providers[i].maybe_work = true;
+			pending &= ~SHIPSYNC_PROVIDER_BIT(providers[i].id);
+		}
+
+	/*
+	 * Work for a provider we do not know: our configuration is older than
+	 * the data (restored by pg_dump, or written by hand).  Read it again.
+	 */
+	if (pending != 0 && pending != ~UINT64CONST(0))
+		cfg_generation = 0;
 }
 
 /* How long we may sleep before something of ours falls due */
@@ -628,19 +647,22 @@ shipsync_dispatcher_main(Datum main_arg)
 		MemoryContext old;
 
 		dispatcher_process_interrupts();
-		if (cfg_generation != pg_atomic_read_u64(&shipsync_shared->config_generation))
-			dispatcher_load_config();
-
 		old = MemoryContextSwitchTo(loop_cxt);
 		now = GetCurrentTimestamp();
 		if (TimestampDifferenceExceeds(last_full_look, now, shipsync_idle_check_ms))
 		{
-			/* the safety net: prepared transactions, clock jumps, leases */
+			/*
+			 * The safety net: prepared transactions, clock jumps, leases,
+			 * and configuration changed without the SQL functions.
+			 */
+			cfg_generation = 0;
 			for (int i = 0; i < nproviders; i++)
 				providers[i].maybe_work = true;
 			outbox_sweep_leases();
 			last_full_look = now;
 		}
+		if (cfg_generation != pg_atomic_read_u64(&shipsync_shared->config_generation))
+			dispatcher_load_config();
 		dispatcher_claim_all(now);
 
 		pgstat_report_activity(STATE_IDLE, NULL);

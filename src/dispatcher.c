@@ -592,6 +592,7 @@ dispatcher_apply_done(TimestampTz now)
 		}
 	}
 
+	elog(DEBUG2, "pg_shipsync: applying %d results, %d in flight", ndone, http_inflight(client));
 	outbox_apply(rs, ndone, bindings, nbindings);
 
 	for (int i = 0; i < ndone; i++)

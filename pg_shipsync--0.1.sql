@@ -103,7 +103,7 @@ CREATE INDEX outbox_attention_idx ON @extschema@.outbox (provider_id, state)
 	WHERE state IN ('dead', 'invalid');
 
 CREATE TABLE @extschema@.shipment (
-	shipment_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	shipment_id		bigint GENERATED ALWAYS AS IDENTITY,
 	binding_id		integer NOT NULL,
 	order_key		text NOT NULL,
 	provider_id		integer NOT NULL,
@@ -117,7 +117,8 @@ CREATE TABLE @extschema@.shipment (
 	request_digest	text,
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	UNIQUE (binding_id, order_key, provider_id)
+	-- the natural key is the primary key: one index less to maintain per shipment
+	PRIMARY KEY (binding_id, order_key, provider_id)
 );
 CREATE INDEX shipment_tracking_idx ON @extschema@.shipment (provider_id, tracking_number);
 COMMENT ON TABLE @extschema@.shipment IS

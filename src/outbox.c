@@ -36,7 +36,9 @@
 #include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "common/cryptohash.h"
 #include "common/pg_prng.h"
+#include "common/sha2.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -156,6 +158,25 @@ quote_json_string(const char *s)
 	initStringInfo(&buf);
 	escape_json(&buf, s);
 	return buf.data;
+}
+
+/* The hex SHA-256 of a request body: what delivery_log records of it. */
+static char *
+sha256_hex(const char *s)
+{
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	char	   *hex = palloc(PG_SHA256_DIGEST_STRING_LENGTH);
+
+	if (ctx == NULL || pg_cryptohash_init(ctx) < 0 ||
+		pg_cryptohash_update(ctx, (const uint8 *) s, strlen(s)) < 0 ||
+		pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+		elog(ERROR, "could not compute a SHA-256 digest: %s",
+			 pg_cryptohash_error(ctx));
+	pg_cryptohash_free(ctx);
+	for (int i = 0; i < PG_SHA256_DIGEST_LENGTH; i++)
+		sprintf(hex + 2 * i, "%02x", digest[i]);
+	return hex;
 }
 
 static SPIPlanPtr
@@ -415,17 +436,16 @@ static const char *const mark_sql =
 " state = CASE WHEN u.skip IS NULL THEN 'in_flight' ELSE 'done' END,"
 " attempts = o.attempts + CASE WHEN u.skip IS NULL THEN 1 ELSE 0 END,"
 " lease_until = CASE WHEN u.skip IS NULL"
-"   THEN pg_catalog.now() + pg_catalog.make_interval(secs => $6 / 1000.0) END,"
+"   THEN pg_catalog.now() + pg_catalog.make_interval(secs => $7 / 1000.0) END,"
 " updated_at = pg_catalog.now(),"
 " request_method = COALESCE(u.m, o.request_method),"
 " request_url = COALESCE(u.url, o.request_url),"
 " request_body = COALESCE(u.body, o.request_body),"
-" request_digest = CASE WHEN u.body IS NULL THEN o.request_digest ELSE"
-"   pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(u.body, 'UTF8')), 'hex') END,"
+" request_digest = COALESCE(u.digest, o.request_digest),"
 " last_error = COALESCE(u.skip, o.last_error),"
 " error_class = CASE WHEN u.skip IS NULL THEN o.error_class ELSE 'nothing_to_send' END,"
 " done_at = CASE WHEN u.skip IS NULL THEN NULL ELSE pg_catalog.now() END"
-" FROM unnest($1, $2, $3, $4, $5) AS u(id, m, url, body, skip)"
+" FROM unnest($1, $2, $3, $4, $5, $6) AS u(id, m, url, body, skip, digest)"
 " WHERE o.id = u.id"
 " RETURNING o.*";
 
@@ -454,10 +474,10 @@ prepare_claim_plans(void)
 		lock_plan = prepare_saved(lock_sql, 2, t);
 	}
 	{
-		Oid			t[6] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, INT4OID};
+		Oid			t[7] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, INT4OID};
 
-		mark_plan = prepare_saved(mark_sql, 6, t);
+		mark_plan = prepare_saved(mark_sql, 7, t);
 	}
 	{
 		Oid			t[3] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
@@ -674,6 +694,7 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 			args_set_text(store, s, 1, c->method);
 			args_set_text(store, s, 2, c->url);
 			args_set_text(store, s, 3, c->body);
+			args_set_text(store, s, 5, sha256_hex(c->body));
 		}
 	}
 }
@@ -713,20 +734,20 @@ shipsync_claim(PG_FUNCTION_ARGS)
 		Datum	   *ids = palloc(sizeof(Datum) * SPI_processed);
 		bool	   *nulls = palloc0(sizeof(bool) * SPI_processed);
 		int			n = (int) SPI_processed;
-		Datum		mp[6];
+		Datum		mp[7];
 		bool		isnull;
 
 		for (int i = 0; i < n; i++)
 			ids[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
 		mp[0] = make_array(ids, nulls, n, INT8OID);
-		for (int c = 1; c < 5; c++)
+		for (int c = 1; c < 6; c++)
 		{
 			bool	   *allnull = palloc(sizeof(bool) * n);
 
 			memset(allnull, true, sizeof(bool) * n);
 			mp[c] = make_array(ids, allnull, n, TEXTOID);
 		}
-		mp[5] = PG_GETARG_DATUM(2);
+		mp[6] = PG_GETARG_DATUM(2);
 		rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
 		if (rc != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
@@ -776,7 +797,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 	PG_TRY();
 	{
 		Oid			ctypes[3] = {INT8OID, INT4OID, TEXTOID};
-		Oid			stypes[5] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+		Oid			stypes[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 		ArgArrays  *co;
 		ArgArrays  *store;
 		int		   *idx;
@@ -812,7 +833,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 		nclaimed = (int) n;
 
 		co = args_create(3, ctypes, (int) n);
-		store = args_create(5, stypes, (int) n);
+		store = args_create(6, stypes, (int) n);
 		idx = palloc(sizeof(int) * (n + 1));
 		grouped = palloc0(sizeof(bool) * (n + 1));
 
@@ -863,11 +884,11 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 		/* 4. one statement marks them in flight and stores the requests */
 		if (n > 0)
 		{
-			Datum	   *mp = palloc(sizeof(Datum) * 6);
+			Datum	   *mp = palloc(sizeof(Datum) * 7);
 
-			for (int c = 0; c < 5; c++)
+			for (int c = 0; c < 6; c++)
 				mp[c] = make_array(store->values[c], store->nulls[c], store->n, stypes[c]);
-			mp[5] = Int32GetDatum(lease_ms);
+			mp[6] = Int32GetDatum(lease_ms);
 			rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
 			if (rc != SPI_OK_UPDATE_RETURNING)
 				elog(ERROR, "marking claimed intents failed: %s", SPI_result_code_string(rc));

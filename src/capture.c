@@ -5,9 +5,8 @@
  *
  * shipsync.capture() is an AFTER ROW trigger installed by shipsync.attach().
  * It does one thing in the user's transaction: insert one narrow row into
- * shipsync.inbox (INSERT -> create, UPDATE -> update, DELETE -> cancel),
- * straight into a heap with no index, with no executor start per row; the
- * dispatcher moves it into the indexed outbox in its own transaction.
+ * shipsync.outbox (INSERT -> create, UPDATE -> update, DELETE -> cancel),
+ * straight into the heap and its indexes, with no executor start per row.
  * No network I/O; the only other read is a once-per-backend check that the
  * trigger's binding really belongs to its table.  The intent's idempotency
  * key is fixed here.
@@ -148,6 +147,9 @@ typedef struct OutboxInfo
 				att_key,
 				att_op,
 				att_idem,
+				att_state,
+				att_attempts,
+				att_next,
 				att_created;
 } OutboxInfo;
 
@@ -161,7 +163,7 @@ outbox_attnum(Relation rel, const char *name)
 	AttrNumber	a = SPI_fnumber(RelationGetDescr(rel), name);
 
 	if (a <= 0)
-		elog(ERROR, "column shipsync.inbox.%s is missing", name);
+		elog(ERROR, "column shipsync.outbox.%s is missing", name);
 	return a;
 }
 
@@ -175,18 +177,16 @@ capture_open_outbox(void)
 	if (rel == NULL)
 	{
 		Oid			nsp = get_namespace_oid("shipsync", false);
-		Oid			outbox = get_relname_relid("outbox", nsp);
 		List	   *seqs;
 
-		outbox_info.relid = get_relname_relid("inbox", nsp);
-		if (!OidIsValid(outbox_info.relid) || !OidIsValid(outbox))
+		outbox_info.relid = get_relname_relid("outbox", nsp);
+		if (!OidIsValid(outbox_info.relid))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_TABLE),
-					 errmsg("table shipsync.inbox or shipsync.outbox does not exist"),
+					 errmsg("table shipsync.outbox does not exist"),
 					 errhint("Create the extension pg_shipsync again.")));
 		rel = table_open(outbox_info.relid, RowExclusiveLock);
-		/* ids come from the outbox's sequence: one order for both tables */
-		seqs = getOwnedSequences(outbox);
+		seqs = getOwnedSequences(outbox_info.relid);
 		if (list_length(seqs) != 1)
 			elog(ERROR, "shipsync.outbox has no identity sequence");
 		outbox_info.seqid = linitial_oid(seqs);
@@ -196,18 +196,20 @@ capture_open_outbox(void)
 		outbox_info.att_key = outbox_attnum(rel, "order_key");
 		outbox_info.att_op = outbox_attnum(rel, "op");
 		outbox_info.att_idem = outbox_attnum(rel, "idempotency_key");
+		outbox_info.att_state = outbox_attnum(rel, "state");
+		outbox_info.att_attempts = outbox_attnum(rel, "attempts");
+		outbox_info.att_next = outbox_attnum(rel, "next_attempt_at");
 		outbox_info.att_created = outbox_attnum(rel, "created_at");
 	}
 	return rel;
 }
 
 /*
- * Insert one intent into shipsync.inbox: a direct heap insert into a table
- * with no index, no parser, planner or executor start per row.  The id
- * comes from the outbox's sequence and the idempotency key (a random,
- * version 4 UUID) is fixed here.  Only this function and the dispatcher
- * write the inbox, so nothing else needs to run.  (The index code below
- * stays general: the table has none today.)
+ * Insert one intent.  A direct heap insert plus index insertion: no
+ * parser, planner or executor start per row, no CHECK to evaluate.  The
+ * values are what the column defaults would give: the next id, a random
+ * (version 4) idempotency key, state pending, due now.  Only this function
+ * and the dispatcher write the outbox, so nothing else needs to run.
  */
 static void
 capture_enqueue(int32 binding_id, int32 provider_id, const char *key,
@@ -254,6 +256,9 @@ capture_enqueue(int32 binding_id, int32 provider_id, const char *key,
 	SET(outbox_info.att_key, CStringGetTextDatum(key));
 	SET(outbox_info.att_op, CStringGetTextDatum(op));
 	SET(outbox_info.att_idem, UUIDPGetDatum(uuid));
+	SET(outbox_info.att_state, CStringGetTextDatum("pending"));
+	SET(outbox_info.att_attempts, Int32GetDatum(0));
+	SET(outbox_info.att_next, TimestampTzGetDatum(now));
 	SET(outbox_info.att_created, TimestampTzGetDatum(now));
 #undef SET
 

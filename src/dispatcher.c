@@ -305,8 +305,6 @@ dispatcher_send(Provider *p, Claimed *c)
 static void
 dispatcher_claim_all(TimestampTz now)
 {
-	bool		drained = false;
-
 	for (int i = 0; i < nproviders; i++)
 	{
 		Provider   *p = &providers[i];
@@ -329,10 +327,8 @@ dispatcher_claim_all(TimestampTz now)
 			continue;
 		room = Min(room, Min(allowed, shipsync_batch_size));
 
-		/* the first claim of a pass also takes in what was captured */
 		n = outbox_claim(p, bindings, nbindings, room, p->timeout_ms + 60000,
-						 &cs, &next_due, &nskipped, !drained);
-		drained = true;
+						 &cs, &next_due, &nskipped);
 		for (int k = 0; k < n; k++)
 			dispatcher_send(p, &cs[k]);
 		if (p->rate_per_s > 0)

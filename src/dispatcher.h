@@ -112,7 +112,7 @@ extern void outbox_load_config(MemoryContext cxt, Provider **providers,
 							   int *nbindings);
 extern int	outbox_claim(Provider *p, Binding *bs, int nb, int max_n,
 						 int lease_ms, Claimed **out, TimestampTz *next_due,
-						 int *nskipped, bool drain);
+						 int *nskipped);
 extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,
 								const char *msg);
 extern IntentKind outbox_kind_of(const char *method, const char *url);

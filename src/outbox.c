@@ -449,23 +449,6 @@ static const char *const mark_sql =
 " WHERE o.id = u.id"
 " RETURNING o.*";
 
-/*
- * Take what the capture trigger wrote into the inbox into the outbox,
- * indexes and all: the indexing cost moves from the user's transaction to
- * ours.  Rows committed after this statement's snapshot wait for the next
- * claim.  A second claimer running at the same time waits here for the
- * first to commit (one seq scan, no per-row lookups: a SKIP LOCKED variant
- * through ctid = ANY(...) cost a quadratic 2.5 s for 20,000 rows).
- */
-static const char *const drain_sql =
-"WITH d AS (DELETE FROM shipsync.inbox RETURNING *)"
-" INSERT INTO shipsync.outbox (id, binding_id, provider_id, order_key, op,"
-" idempotency_key, created_at, next_attempt_at)"
-" OVERRIDING SYSTEM VALUE"
-" SELECT id, binding_id, provider_id, order_key, op, idempotency_key,"
-" created_at, created_at FROM d";
-
-static SPIPlanPtr drain_plan = NULL;
 static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr mark_plan = NULL;
 static SPIPlanPtr coalesce_plan = NULL;
@@ -485,7 +468,6 @@ prepare_claim_plans(void)
 {
 	if (lock_plan)
 		return;
-	drain_plan = prepare_saved(drain_sql, 0, NULL);
 	{
 		Oid			t[2] = {INT4OID, INT4OID};
 
@@ -717,16 +699,6 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	}
 }
 
-static void
-drain_inbox(void)
-{
-	int			rc = SPI_execute_plan(drain_plan, NULL, NULL, false, 0);
-
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "taking intents from the inbox failed: %s",
-			 SPI_result_code_string(rc));
-}
-
 PG_FUNCTION_INFO_V1(shipsync_claim);
 
 /*
@@ -752,7 +724,6 @@ shipsync_claim(PG_FUNCTION_ARGS)
 	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(rc));
 	prepare_claim_plans();
-	drain_inbox();
 	params[0] = PG_GETARG_DATUM(0);
 	params[1] = PG_GETARG_DATUM(1);
 	rc = SPI_execute_plan(lock_plan, params, NULL, false, 0);
@@ -807,7 +778,7 @@ outbox_kind_of(const char *method, const char *url)
  */
 int
 outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
-			 Claimed **out, TimestampTz *next_due, int *nskipped, bool drain)
+			 Claimed **out, TimestampTz *next_due, int *nskipped)
 {
 	Datum		params[6];
 	int			rc;
@@ -835,8 +806,6 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 
 		begin_tx("claiming intents", true);
 		prepare_claim_plans();
-		if (drain)
-			drain_inbox();
 
 		/* 1. lock the due intents */
 		params[0] = Int32GetDatum(p->id);

@@ -269,6 +269,8 @@ http_submit(HttpClient *c, HttpTransfer *t)
 		/* a resource failure is a retryable attempt, never a lost order */
 		t->curl_code = CURLE_OUT_OF_MEMORY;
 		strlcpy(t->errbuf, "could not create a libcurl handle", sizeof(t->errbuf));
+		curl_slist_free_all(t->headers);
+		t->headers = NULL;
 		http_queue_done(c, t);
 		return;
 	}
@@ -312,6 +314,8 @@ http_submit(HttpClient *c, HttpTransfer *t)
 		t->easy = NULL;
 		t->curl_code = CURLE_FAILED_INIT;
 		strlcpy(t->errbuf, curl_multi_strerror(mrc), sizeof(t->errbuf));
+		curl_slist_free_all(t->headers);
+		t->headers = NULL;
 		http_queue_done(c, t);
 		return;
 	}

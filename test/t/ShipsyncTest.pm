@@ -18,6 +18,16 @@ our @EXPORT = qw(shipsync_node start_sim stop_sim sim_get sim_post wait_until
   setup_orders);
 
 my $here = dirname(abs_path(__FILE__));
+my @started_sims;
+
+# a test that dies early must not leave its simulator running
+END
+{
+	for my $pid (@started_sims)
+	{
+		kill 'TERM', $pid if $pid && kill 0, $pid;
+	}
+}
 my $sim_script = "$here/../sim/carrier_sim.py";
 
 # A started node with pg_shipsync preloaded and a dispatcher in 'postgres'.
@@ -62,6 +72,7 @@ sub start_sim
 		last if -s $portfile;
 		usleep(50_000);
 	}
+	push @started_sims, $pid;
 	die "the carrier simulator did not start" unless -s $portfile;
 	open(my $fh, '<', $portfile) or die;
 	my $port = <$fh>;

@@ -355,25 +355,23 @@ static void
 dispatcher_exchange_masks(TimestampTz now)
 {
 	uint64		busy = 0;
-	uint64		accepting;
+	uint64		able = 0;
 	uint64		pending;
 
-	/* providers we do not know are welcome: their work makes us reload */
+	/*
+	 * Providers we do not know are welcome (their work makes us reload); a
+	 * bit shared by a busy and an able provider counts as able.
+	 */
 	for (int i = 0; i < nproviders; i++)
 	{
 		Provider   *p = &providers[i];
 
 		if (p->paused || p->hold_until > now || p->inflight >= p->max_inflight)
 			busy |= SHIPSYNC_PROVIDER_BIT(p->id);
+		else
+			able |= SHIPSYNC_PROVIDER_BIT(p->id);
 	}
-	accepting = ~busy;
-	for (int i = 0; i < nproviders; i++)
-		if (!(busy & SHIPSYNC_PROVIDER_BIT(providers[i].id)))
-			continue;
-		else if (!providers[i].paused && providers[i].hold_until <= now &&
-				 providers[i].inflight < providers[i].max_inflight)
-			accepting |= SHIPSYNC_PROVIDER_BIT(providers[i].id);	/* shared bit */
-	pending = shipsync_exchange_masks(my_slot, accepting);
+	pending = shipsync_exchange_masks(my_slot, ~busy | able);
 	for (int i = 0; i < nproviders; i++)
 		if (pending & SHIPSYNC_PROVIDER_BIT(providers[i].id))
 		{
@@ -634,7 +632,7 @@ shipsync_dispatcher_main(Datum main_arg)
 	}
 
 	ereport(LOG, (errmsg("pg_shipsync dispatcher started for database \"%s\"", dbname)));
-	outbox_recover();
+	outbox_requeue_in_flight(false);
 
 	client = http_client_create(TopMemoryContext, 1024);
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync dispatcher loop",
@@ -659,7 +657,7 @@ shipsync_dispatcher_main(Datum main_arg)
 			cfg_generation = 0;
 			for (int i = 0; i < nproviders; i++)
 				providers[i].maybe_work = true;
-			outbox_sweep_leases();
+			outbox_requeue_in_flight(true);
 			last_full_look = now;
 		}
 		if (cfg_generation != pg_atomic_read_u64(&shipsync_shared->config_generation))

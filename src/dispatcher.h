@@ -105,8 +105,7 @@ typedef struct ShipResult
 } ShipResult;
 
 /* in outbox.c */
-extern void outbox_recover(void);
-extern void outbox_sweep_leases(void);
+extern void outbox_requeue_in_flight(bool expired_only);
 extern void outbox_load_config(MemoryContext cxt, Provider **providers,
 							   int *nproviders, Binding **bindings,
 							   int *nbindings);

@@ -264,52 +264,43 @@ table_owner(Oid relid)
 /* ---------- recovery and configuration ---------- */
 
 /*
- * At start, every in_flight intent belongs to a dispatcher that is gone
- * (one dispatcher per database): send them again at once, same key.
- */
-void
-outbox_recover(void)
-{
-	int			rc;
-
-	begin_tx("recovering intents in flight", true);
-	rc = SPI_execute("UPDATE shipsync.outbox SET state = 'retrying',"
-					 " next_attempt_at = pg_catalog.now(), lease_until = NULL,"
-					 " updated_at = pg_catalog.now()"
-					 " WHERE state = 'in_flight'", false, 0);
-	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "recovery of in_flight intents failed");
-	if (SPI_processed > 0)
-		ereport(LOG,
-				(errmsg("pg_shipsync: %llu intents that were in flight are sent again",
-						(unsigned long long) SPI_processed)));
-	end_tx();
-}
-
-/*
- * Intents whose lease ran out while in flight were claimed by someone who
- * is gone (a claim made by hand, a dispatcher that hung): make them due
- * again.  This dispatcher's own leases outlast its requests' timeouts, so
- * it never takes back its own.  The state predicate lets the partial order
+ * Make in_flight intents due again, same key and same bytes.
+ *
+ * At start (expired_only = false), every in_flight intent belongs to a
+ * dispatcher that is gone (one dispatcher per database): all are sent again
+ * at once.  Later (expired_only = true), only those whose lease ran out:
+ * claimed by someone who is gone (a claim made by hand, a dispatcher that
+ * hung).  This dispatcher's own leases outlast its requests' timeouts, so it
+ * never takes back its own.  The state predicate lets the partial order
  * index serve the scan, whatever the size of the history.
  */
 void
-outbox_sweep_leases(void)
+outbox_requeue_in_flight(bool expired_only)
 {
 	int			rc;
 
-	begin_tx("sweeping expired leases", false);
-	rc = SPI_execute("UPDATE shipsync.outbox SET state = 'retrying',"
+	begin_tx(expired_only ? "sweeping expired leases" : "recovering intents in flight",
+			 !expired_only);
+	rc = SPI_execute(expired_only ?
+					 "UPDATE shipsync.outbox SET state = 'retrying',"
 					 " next_attempt_at = pg_catalog.now(), lease_until = NULL,"
 					 " error_class = 'lease_expired', updated_at = pg_catalog.now()"
 					 " WHERE state IN ('pending', 'retrying', 'in_flight')"
-					 " AND state = 'in_flight' AND lease_until < pg_catalog.now()",
+					 " AND state = 'in_flight' AND lease_until < pg_catalog.now()" :
+					 "UPDATE shipsync.outbox SET state = 'retrying',"
+					 " next_attempt_at = pg_catalog.now(), lease_until = NULL,"
+					 " updated_at = pg_catalog.now()"
+					 " WHERE state IN ('pending', 'retrying', 'in_flight')"
+					 " AND state = 'in_flight'",
 					 false, 0);
 	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "sweeping expired leases failed");
+		elog(ERROR, "making in_flight intents due again failed: %s",
+			 SPI_result_code_string(rc));
 	if (SPI_processed > 0)
 		ereport(LOG,
-				(errmsg("pg_shipsync: %llu intents whose lease expired are due again",
+				(errmsg(expired_only ?
+						"pg_shipsync: %llu intents whose lease expired are due again" :
+						"pg_shipsync: %llu intents that were in flight are sent again",
 						(unsigned long long) SPI_processed)));
 	end_tx();
 }

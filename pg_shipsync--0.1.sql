@@ -209,7 +209,7 @@ COMMENT ON FUNCTION @extschema@._wake(boolean) IS
 CREATE FUNCTION @extschema@.capture()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'shipsync_capture'
-LANGUAGE C SECURITY DEFINER;
+LANGUAGE C;
 COMMENT ON FUNCTION @extschema@.capture() IS
 	'The capture trigger installed by shipsync.attach(): one outbox row per inserted, updated or deleted order, in the same transaction.';
 

@@ -38,6 +38,12 @@
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
+#include "optimizer/optimizer.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "catalog/index.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -134,13 +140,31 @@ shipsync_wake(PG_FUNCTION_ARGS)
 }
 
 /*
- * Where the outbox is, looked up once per backend (and again if the
- * extension was dropped and created anew).
+ * What capture needs to insert an intent, built once per backend and kept
+ * until a relcache invalidation of the outbox (an index created or dropped,
+ * the table altered, the extension dropped) marks it stale: the column
+ * numbers, the identity sequence, and for each index its IndexInfo and
+ * the compiled predicate of a partial index.  Rebuilding these for every
+ * row (what the executor's ExecOpenIndices does per statement) was a fifth
+ * of the trigger's cost.  An index the fast path cannot serve (expressions,
+ * exclusion constraints, deferred uniqueness) sends capture through the
+ * executor's own index insertion instead.
  */
+typedef struct CaptureIndex
+{
+	Oid			oid;
+	IndexInfo  *info;
+	ExprState  *pred;			/* compiled predicate, NULL if not partial */
+	IndexUniqueCheck check;
+} CaptureIndex;
+
 typedef struct OutboxInfo
 {
+	bool		valid;
+	MemoryContext cxt;			/* everything below lives here */
 	Oid			relid;
 	Oid			seqid;			/* the identity sequence of id */
+	Oid			owner;			/* the extension's owner, who owns the outbox */
 	AttrNumber	att_id,
 				att_binding,
 				att_provider,
@@ -151,11 +175,30 @@ typedef struct OutboxInfo
 				att_attempts,
 				att_next,
 				att_created;
+	List	   *indexoids;		/* as RelationGetIndexList() gave them */
+	int			nindexes;
+	CaptureIndex *indexes;
+	bool		executor_path;	/* some index needs the executor */
+	TupleTableSlot *slot;
+	ExprContext *econtext;		/* for predicates */
 } OutboxInfo;
 
 static OutboxInfo outbox_info;
+static bool capture_inval_registered = false;
 static pg_prng_state capture_prng;
 static bool capture_prng_seeded = false;
+
+/*
+ * Relcache invalidation: only mark the cache stale.  The callback can run
+ * in the middle of a capture (any lock acquisition accepts invalidations),
+ * so freeing anything here would pull memory from under it.
+ */
+static void
+capture_relcache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == outbox_info.relid)
+		outbox_info.valid = false;
+}
 
 static AttrNumber
 outbox_attnum(Relation rel, const char *name)
@@ -167,40 +210,129 @@ outbox_attnum(Relation rel, const char *name)
 	return a;
 }
 
+/*
+ * Fill the cache for the open outbox, in outbox_info.cxt.  The caller holds
+ * the outbox with RowExclusiveLock.
+ */
+static void
+capture_fill_info(Relation rel)
+{
+	OutboxInfo *oi = &outbox_info;
+	List	   *seqs;
+	ListCell   *lc;
+	int			i = 0;
+
+	oi->relid = RelationGetRelid(rel);
+	oi->owner = rel->rd_rel->relowner;
+	seqs = getOwnedSequences(oi->relid);
+	if (list_length(seqs) != 1)
+		elog(ERROR, "shipsync.outbox has no identity sequence");
+	oi->seqid = linitial_oid(seqs);
+	oi->att_id = outbox_attnum(rel, "id");
+	oi->att_binding = outbox_attnum(rel, "binding_id");
+	oi->att_provider = outbox_attnum(rel, "provider_id");
+	oi->att_key = outbox_attnum(rel, "order_key");
+	oi->att_op = outbox_attnum(rel, "op");
+	oi->att_idem = outbox_attnum(rel, "idempotency_key");
+	oi->att_state = outbox_attnum(rel, "state");
+	oi->att_attempts = outbox_attnum(rel, "attempts");
+	oi->att_next = outbox_attnum(rel, "next_attempt_at");
+	oi->att_created = outbox_attnum(rel, "created_at");
+
+	oi->indexoids = RelationGetIndexList(rel);
+	oi->nindexes = list_length(oi->indexoids);
+	oi->indexes = palloc0(sizeof(CaptureIndex) * Max(oi->nindexes, 1));
+	oi->executor_path = (rel->rd_tableam != GetHeapamTableAmRoutine());
+	oi->slot = MakeSingleTupleTableSlot(CreateTupleDescCopy(RelationGetDescr(rel)),
+										&TTSOpsVirtual);
+	oi->econtext = CreateStandaloneExprContext();
+	foreach(lc, oi->indexoids)
+	{
+		CaptureIndex *ci = &oi->indexes[i++];
+		Relation	irel = index_open(lfirst_oid(lc), RowExclusiveLock);
+
+		ci->oid = RelationGetRelid(irel);
+		ci->info = BuildIndexInfo(irel);
+		if (ci->info->ii_Expressions != NIL ||
+			ci->info->ii_ExclusionOps != NULL ||
+			(irel->rd_index->indisunique && !irel->rd_index->indimmediate))
+			oi->executor_path = true;
+		ci->check = irel->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO;
+		if (ci->info->ii_Predicate != NIL)
+			ci->pred = ExecInitQual((List *) expression_planner((Expr *) ci->info->ii_Predicate),
+									NULL);
+		index_close(irel, NoLock);
+	}
+}
+
+/*
+ * (Re)build the cache.  It is marked valid before it is filled, so that an
+ * invalidation accepted while the indexes are opened makes the caller
+ * build it again; a failure leaves it invalid.
+ */
+static void
+capture_build_info(Relation rel)
+{
+	OutboxInfo *oi = &outbox_info;
+	MemoryContext old;
+
+	if (oi->cxt == NULL)
+		oi->cxt = AllocSetContextCreate(CacheMemoryContext, "pg_shipsync capture",
+										ALLOCSET_SMALL_SIZES);
+	else
+	{
+		if (oi->econtext)
+			FreeExprContext(oi->econtext, false);
+		if (oi->slot)
+			ExecDropSingleTupleTableSlot(oi->slot);
+		MemoryContextReset(oi->cxt);
+	}
+	oi->econtext = NULL;
+	oi->slot = NULL;
+	oi->valid = true;
+	old = MemoryContextSwitchTo(oi->cxt);
+	PG_TRY();
+	{
+		capture_fill_info(rel);
+	}
+	PG_CATCH();
+	{
+		oi->valid = false;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+}
+
 static Relation
 capture_open_outbox(void)
 {
 	Relation	rel = NULL;
 
+	if (!capture_inval_registered)
+	{
+		CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
+		capture_inval_registered = true;
+	}
 	if (OidIsValid(outbox_info.relid))
 		rel = try_table_open(outbox_info.relid, RowExclusiveLock);
 	if (rel == NULL)
 	{
 		Oid			nsp = get_namespace_oid("shipsync", false);
-		List	   *seqs;
+		Oid			relid = get_relname_relid("outbox", nsp);
 
-		outbox_info.relid = get_relname_relid("outbox", nsp);
-		if (!OidIsValid(outbox_info.relid))
+		if (!OidIsValid(relid))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_TABLE),
 					 errmsg("table shipsync.outbox does not exist"),
 					 errhint("Create the extension pg_shipsync again.")));
-		rel = table_open(outbox_info.relid, RowExclusiveLock);
-		seqs = getOwnedSequences(outbox_info.relid);
-		if (list_length(seqs) != 1)
-			elog(ERROR, "shipsync.outbox has no identity sequence");
-		outbox_info.seqid = linitial_oid(seqs);
-		outbox_info.att_id = outbox_attnum(rel, "id");
-		outbox_info.att_binding = outbox_attnum(rel, "binding_id");
-		outbox_info.att_provider = outbox_attnum(rel, "provider_id");
-		outbox_info.att_key = outbox_attnum(rel, "order_key");
-		outbox_info.att_op = outbox_attnum(rel, "op");
-		outbox_info.att_idem = outbox_attnum(rel, "idempotency_key");
-		outbox_info.att_state = outbox_attnum(rel, "state");
-		outbox_info.att_attempts = outbox_attnum(rel, "attempts");
-		outbox_info.att_next = outbox_attnum(rel, "next_attempt_at");
-		outbox_info.att_created = outbox_attnum(rel, "created_at");
+		rel = table_open(relid, RowExclusiveLock);
+		outbox_info.valid = false;
 	}
+	/* the lock above accepted any pending invalidation */
+	while (!outbox_info.valid ||
+		   !equal(outbox_info.indexoids, RelationGetIndexList(rel)))
+		capture_build_info(rel);
 	return rel;
 }
 
@@ -216,14 +348,13 @@ capture_enqueue(int32 binding_id, int32 provider_id, const char *key,
 				const char *op)
 {
 	Relation	rel = capture_open_outbox();
-	TupleDesc	desc = RelationGetDescr(rel);
-	Datum	   *values = palloc0(sizeof(Datum) * desc->natts);
-	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+	OutboxInfo *oi = &outbox_info;
+	TupleTableSlot *slot = oi->slot;
+	Datum	   *values;
+	bool	   *nulls;
+	int			natts = slot->tts_tupleDescriptor->natts;
 	pg_uuid_t  *uuid = palloc(sizeof(pg_uuid_t));
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	EState	   *estate;
-	ResultRelInfo *rri;
-	TupleTableSlot *slot;
 
 	/*
 	 * The key must be unique, not secret: a per-backend generator seeded
@@ -248,40 +379,69 @@ capture_enqueue(int32 binding_id, int32 provider_id, const char *key,
 	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;	/* version 4 */
 	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
 
-	memset(nulls, true, sizeof(bool) * desc->natts);
+	ExecClearTuple(slot);
+	values = slot->tts_values;
+	nulls = slot->tts_isnull;
+	memset(nulls, true, sizeof(bool) * natts);
 #define SET(att, v) (values[(att) - 1] = (v), nulls[(att) - 1] = false)
-	SET(outbox_info.att_id, Int64GetDatum(nextval_internal(outbox_info.seqid, false)));
-	SET(outbox_info.att_binding, Int32GetDatum(binding_id));
-	SET(outbox_info.att_provider, Int32GetDatum(provider_id));
-	SET(outbox_info.att_key, CStringGetTextDatum(key));
-	SET(outbox_info.att_op, CStringGetTextDatum(op));
-	SET(outbox_info.att_idem, UUIDPGetDatum(uuid));
-	SET(outbox_info.att_state, CStringGetTextDatum("pending"));
-	SET(outbox_info.att_attempts, Int32GetDatum(0));
-	SET(outbox_info.att_next, TimestampTzGetDatum(now));
-	SET(outbox_info.att_created, TimestampTzGetDatum(now));
+	SET(oi->att_id, Int64GetDatum(nextval_internal(oi->seqid, false)));
+	SET(oi->att_binding, Int32GetDatum(binding_id));
+	SET(oi->att_provider, Int32GetDatum(provider_id));
+	SET(oi->att_key, CStringGetTextDatum(key));
+	SET(oi->att_op, CStringGetTextDatum(op));
+	SET(oi->att_idem, UUIDPGetDatum(uuid));
+	SET(oi->att_state, CStringGetTextDatum("pending"));
+	SET(oi->att_attempts, Int32GetDatum(0));
+	SET(oi->att_next, TimestampTzGetDatum(now));
+	SET(oi->att_created, TimestampTzGetDatum(now));
 #undef SET
-
-	estate = CreateExecutorState();
-	rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(rri, rel, 1, NULL, 0);
-	ExecOpenIndices(rri, false);
-	slot = ExecInitExtraTupleSlot(estate, desc, &TTSOpsVirtual);
-	memcpy(slot->tts_values, values, sizeof(Datum) * desc->natts);
-	memcpy(slot->tts_isnull, nulls, sizeof(bool) * desc->natts);
 	ExecStoreVirtualTuple(slot);
 	simple_table_tuple_insert(rel, slot);
-	if (rri->ri_NumIndices > 0)
-		list_free(ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL));
-	ExecCloseIndices(rri);
-	ExecDropSingleTupleTableSlot(slot);
-	FreeExecutorState(estate);
+
+	if (oi->executor_path)
+	{
+		EState	   *estate = CreateExecutorState();
+		ResultRelInfo *rri = makeNode(ResultRelInfo);
+
+		InitResultRelInfo(rri, rel, 1, NULL, 0);
+		ExecOpenIndices(rri, false);
+		if (rri->ri_NumIndices > 0)
+			list_free(ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL));
+		ExecCloseIndices(rri);
+		FreeExecutorState(estate);
+	}
+	else
+	{
+		oi->econtext->ecxt_scantuple = slot;
+		for (int i = 0; i < oi->nindexes; i++)
+		{
+			CaptureIndex *ci = &oi->indexes[i];
+			Datum		ivalues[INDEX_MAX_KEYS];
+			bool		inulls[INDEX_MAX_KEYS];
+			Relation	irel;
+
+			if (!ci->info->ii_ReadyForInserts)
+				continue;
+			if (ci->pred && !ExecQual(ci->pred, oi->econtext))
+				continue;
+			irel = index_open(ci->oid, RowExclusiveLock);
+			FormIndexDatum(ci->info, slot, NULL, ivalues, inulls);
+			index_insert(irel, ivalues, inulls, &slot->tts_tid, rel,
+						 ci->check, false, ci->info);
+			index_close(irel, NoLock);
+		}
+		ResetExprContext(oi->econtext);
+	}
+	ExecClearTuple(slot);
 	table_close(rel, NoLock);
 }
 
 static void
 capture_check_binding(int32 binding_id, int32 provider_id, Relation rel)
 {
+	Oid			owner;
+	Oid			save_userid;
+	int			save_sec;
 	Oid			relid = RelationGetRelid(rel);
 	Datum		values[1];
 	bool		isnull;
@@ -295,6 +455,16 @@ capture_check_binding(int32 binding_id, int32 provider_id, Relation rel)
 			capture_checked[i].relid == relid)
 			return;
 
+	/*
+	 * capture() is not SECURITY DEFINER (that would cost a user switch per
+	 * row): this once-per-backend read of shipsync.binding runs as the
+	 * extension's owner instead.  The previous user is restored by error
+	 * recovery if it fails.
+	 */
+	table_close(capture_open_outbox(), NoLock);
+	owner = outbox_info.owner;
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(rc));
 	if (capture_check_plan == NULL)
@@ -325,6 +495,7 @@ capture_check_binding(int32 binding_id, int32 provider_id, Relation rel)
 	boundprov = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 											SPI_tuptable->tupdesc, 2, &isnull));
 	SPI_finish();
+	SetUserIdAndSecContext(save_userid, save_sec);
 	if (boundrel != relid || boundprov != provider_id)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),

@@ -1,4 +1,5 @@
--- The capture trigger: one intent per change, in the user's transaction.
+-- The capture trigger: one intent per change, in the user's transaction,
+-- written into shipsync.inbox (the dispatcher takes it into the outbox).
 CREATE EXTENSION pg_shipsync;
 SELECT shipsync.create_provider('acme', 'generic', 'https://api.acme.example');
 CREATE SCHEMA sales;
@@ -15,25 +16,25 @@ SELECT shipsync.attach('orders', 'acme', writeback => '{"tracking_number": "wayb
 INSERT INTO orders VALUES ('SO-1', '上海市浦东新区'), ('SO-2', 'Rue de Rivoli 1');
 UPDATE orders SET address = '上海市徐汇区' WHERE id = 'SO-1';
 DELETE FROM orders WHERE id = 'SO-2';
-SELECT order_key, op, state, attempts FROM shipsync.outbox ORDER BY id;
+SELECT order_key, op FROM shipsync.inbox ORDER BY id;
 
 -- each intent has its own idempotency key, fixed at capture
-SELECT count(DISTINCT idempotency_key) = count(*) AS distinct_keys FROM shipsync.outbox;
+SELECT count(DISTINCT idempotency_key) = count(*) AS distinct_keys FROM shipsync.inbox;
 
 -- an update of write-back columns only, or of nothing, enqueues nothing
 UPDATE orders SET waybill = 'SF1', status = 'in_transit' WHERE id = 'SO-1';
 UPDATE orders SET address = address WHERE id = 'SO-1';
-SELECT count(*) FROM shipsync.outbox;
+SELECT count(*) FROM shipsync.inbox;
 
 -- a changed key: the old order is cancelled, the new one created
 UPDATE orders SET id = 'SO-1b' WHERE id = 'SO-1';
-SELECT order_key, op FROM shipsync.outbox WHERE id > 4 ORDER BY id;
+SELECT order_key, op FROM shipsync.inbox ORDER BY id OFFSET 4;
 
 -- an aborted transaction leaves nothing
 BEGIN;
 INSERT INTO orders VALUES ('SO-3', 'x');
 ROLLBACK;
-SELECT count(*) FROM shipsync.outbox WHERE order_key = 'SO-3';
+SELECT count(*) FROM shipsync.inbox WHERE order_key = 'SO-3';
 
 -- a savepoint rolled back takes its intents with it
 BEGIN;
@@ -42,7 +43,7 @@ SAVEPOINT s;
 INSERT INTO orders VALUES ('SO-5', 'dropped');
 ROLLBACK TO SAVEPOINT s;
 COMMIT;
-SELECT order_key, op FROM shipsync.outbox WHERE order_key IN ('SO-4', 'SO-5');
+SELECT order_key, op FROM shipsync.inbox WHERE order_key IN ('SO-4', 'SO-5');
 
 -- a key column that is not the primary key may not be null
 CREATE TABLE loose (n serial PRIMARY KEY, ref text);
@@ -50,14 +51,14 @@ SELECT shipsync.attach('loose', 'acme', key_column => 'ref') > 0 AS attached;
 \set VERBOSITY default
 INSERT INTO loose (ref) VALUES (NULL);
 INSERT INTO loose (ref) VALUES ('L-1');
-SELECT o.order_key, o.op FROM shipsync.outbox o JOIN shipsync.binding b USING (binding_id)
+SELECT o.order_key, o.op FROM shipsync.inbox o JOIN shipsync.binding b USING (binding_id)
 WHERE b.tbl = 'loose'::regclass;
 
 -- after detach, changes are no longer captured; captured intents stay
 SELECT shipsync.detach('orders');
 INSERT INTO orders VALUES ('SO-6', 'after detach');
-SELECT count(*) FROM shipsync.outbox WHERE order_key = 'SO-6';
-SELECT count(*) > 0 AS kept FROM shipsync.outbox o JOIN shipsync.binding b USING (binding_id)
+SELECT count(*) FROM shipsync.inbox WHERE order_key = 'SO-6';
+SELECT count(*) > 0 AS kept FROM shipsync.inbox o JOIN shipsync.binding b USING (binding_id)
 WHERE b.tbl = 'orders'::regclass;
 
 -- the writer of the order table needs no right on the outbox
@@ -67,9 +68,14 @@ GRANT INSERT, UPDATE, DELETE, SELECT ON loose TO shipsync_test_app;
 GRANT USAGE ON SEQUENCE loose_n_seq TO shipsync_test_app;
 SET SESSION AUTHORIZATION shipsync_test_app;
 INSERT INTO loose (ref) VALUES ('L-2');
-SELECT count(*) FROM shipsync.outbox;
+SELECT count(*) FROM shipsync.inbox;
 RESET SESSION AUTHORIZATION;
-SELECT order_key, op FROM shipsync.outbox WHERE order_key = 'L-2';
+SELECT order_key, op FROM shipsync.inbox WHERE order_key = 'L-2';
+
+-- the dispatcher's claim takes captured intents into the outbox, in order
+SELECT order_key, op, state FROM shipsync.claim(1, 100, 60000) ORDER BY id;
+SELECT count(*) AS left_in_inbox FROM shipsync.inbox;
+SELECT order_key, op, state FROM shipsync.outbox WHERE state = 'pending' ORDER BY id;
 
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA sales CASCADE;

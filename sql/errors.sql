@@ -95,7 +95,8 @@ RESET SESSION AUTHORIZATION;
 -- repairs
 SELECT pg_temp.err($$SELECT shipsync.retry(424242)$$);
 INSERT INTO orders VALUES (1, NULL, 0);
-SELECT pg_temp.err($$SELECT shipsync.retry(id) FROM shipsync.outbox$$);
+SELECT pg_temp.err($$SELECT shipsync.retry(id) FROM shipsync.claim(
+	(SELECT provider_id FROM shipsync.provider WHERE name = 'p'), 10, 60000)$$);
 SELECT pg_temp.err($$SELECT shipsync.requeue('p', 'done')$$);
 SELECT pg_temp.err($$SELECT shipsync.requeue('nope')$$);
 SELECT pg_temp.err($$SELECT * FROM shipsync.claim(1, -1, 1000)$$);
@@ -113,7 +114,10 @@ SELECT pg_temp.err($$INSERT INTO other VALUES (2)$$);
 DROP TRIGGER before_row ON other;
 CREATE TRIGGER few AFTER INSERT ON other FOR EACH ROW EXECUTE FUNCTION shipsync.capture('1');
 SELECT pg_temp.err($$INSERT INTO other VALUES (3)$$);
-SELECT count(*) AS forged_intents FROM shipsync.outbox WHERE binding_id <> 1 OR order_key <> '1';
+SELECT count(*) AS forged_intents
+FROM (SELECT binding_id, order_key FROM shipsync.inbox
+	  UNION ALL SELECT binding_id, order_key FROM shipsync.outbox) AS x
+WHERE binding_id <> 1 OR order_key <> '1';
 
 DROP EXTENSION pg_shipsync CASCADE;
 DROP ROLE shipsync_test_admin;

@@ -5,8 +5,10 @@
  *
  * shipsync.capture() is an AFTER ROW trigger installed by shipsync.attach().
  * It does one thing in the user's transaction: insert one narrow row into
- * shipsync.outbox (INSERT -> create, UPDATE -> update, DELETE -> cancel),
- * straight into the heap and its indexes, with no executor start per row.
+ * shipsync.inbox (INSERT -> create, UPDATE -> update, DELETE -> cancel),
+ * straight into a heap with no index, with no executor start per row; the
+ * dispatcher moves it into the indexed outbox in its own transaction, so
+ * the user's insert pays for one small heap tuple and nothing else.
  * No network I/O; the only other read is a once-per-backend check that the
  * trigger's binding really belongs to its table.  The intent's idempotency
  * key is fixed here.
@@ -38,12 +40,8 @@
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
-#include "optimizer/optimizer.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
-#include "access/genam.h"
-#include "access/heapam.h"
-#include "catalog/index.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -141,49 +139,30 @@ shipsync_wake(PG_FUNCTION_ARGS)
 
 /*
  * What capture needs to insert an intent, built once per backend and kept
- * until a relcache invalidation of the outbox (an index created or dropped,
- * the table altered, the extension dropped) marks it stale: the column
- * numbers, the identity sequence, and for each index its IndexInfo and
- * the compiled predicate of a partial index.  Rebuilding these for every
- * row (what the executor's ExecOpenIndices does per statement) was a fifth
- * of the trigger's cost.  An index the fast path cannot serve (expressions,
- * exclusion constraints, deferred uniqueness) sends capture through the
- * executor's own index insertion instead.
+ * until a relcache invalidation of the inbox (the table altered, an index
+ * added, the extension dropped) marks it stale: the column numbers, the
+ * identity sequence, a slot.  The inbox has no index; should someone add
+ * one, capture inserts into it through the executor.
  */
-typedef struct CaptureIndex
-{
-	Oid			oid;
-	IndexInfo  *info;
-	ExprState  *pred;			/* compiled predicate, NULL if not partial */
-	IndexUniqueCheck check;
-} CaptureIndex;
-
-typedef struct OutboxInfo
+typedef struct InboxInfo
 {
 	bool		valid;
 	MemoryContext cxt;			/* everything below lives here */
 	Oid			relid;
 	Oid			seqid;			/* the identity sequence of id */
-	Oid			owner;			/* the extension's owner, who owns the outbox */
+	Oid			owner;			/* the extension's owner, who owns the inbox */
 	AttrNumber	att_id,
 				att_binding,
 				att_provider,
 				att_key,
 				att_op,
 				att_idem,
-				att_state,
-				att_attempts,
-				att_next,
 				att_created;
-	List	   *indexoids;		/* as RelationGetIndexList() gave them */
-	int			nindexes;
-	CaptureIndex *indexes;
-	bool		executor_path;	/* some index needs the executor */
+	bool		has_indexes;
 	TupleTableSlot *slot;
-	ExprContext *econtext;		/* for predicates */
-} OutboxInfo;
+} InboxInfo;
 
-static OutboxInfo outbox_info;
+static InboxInfo inbox_info;
 static bool capture_inval_registered = false;
 static pg_prng_state capture_prng;
 static bool capture_prng_seeded = false;
@@ -196,84 +175,59 @@ static bool capture_prng_seeded = false;
 static void
 capture_relcache_callback(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid || relid == outbox_info.relid)
-		outbox_info.valid = false;
+	if (relid == InvalidOid || relid == inbox_info.relid)
+		inbox_info.valid = false;
 }
 
 static AttrNumber
-outbox_attnum(Relation rel, const char *name)
+inbox_attnum(Relation rel, const char *name)
 {
 	AttrNumber	a = SPI_fnumber(RelationGetDescr(rel), name);
 
 	if (a <= 0)
-		elog(ERROR, "column shipsync.outbox.%s is missing", name);
+		elog(ERROR, "column shipsync.inbox.%s is missing", name);
 	return a;
 }
 
 /*
- * Fill the cache for the open outbox, in outbox_info.cxt.  The caller holds
- * the outbox with RowExclusiveLock.
+ * Fill the cache for the open inbox, in inbox_info.cxt.  The caller holds
+ * the inbox with RowExclusiveLock.
  */
 static void
 capture_fill_info(Relation rel)
 {
-	OutboxInfo *oi = &outbox_info;
+	InboxInfo *oi = &inbox_info;
 	List	   *seqs;
-	ListCell   *lc;
-	int			i = 0;
 
 	oi->relid = RelationGetRelid(rel);
 	oi->owner = rel->rd_rel->relowner;
-	seqs = getOwnedSequences(oi->relid);
+	/* ids come from the outbox's sequence: one order for both tables */
+	seqs = getOwnedSequences(get_relname_relid("outbox", RelationGetNamespace(rel)));
 	if (list_length(seqs) != 1)
 		elog(ERROR, "shipsync.outbox has no identity sequence");
 	oi->seqid = linitial_oid(seqs);
-	oi->att_id = outbox_attnum(rel, "id");
-	oi->att_binding = outbox_attnum(rel, "binding_id");
-	oi->att_provider = outbox_attnum(rel, "provider_id");
-	oi->att_key = outbox_attnum(rel, "order_key");
-	oi->att_op = outbox_attnum(rel, "op");
-	oi->att_idem = outbox_attnum(rel, "idempotency_key");
-	oi->att_state = outbox_attnum(rel, "state");
-	oi->att_attempts = outbox_attnum(rel, "attempts");
-	oi->att_next = outbox_attnum(rel, "next_attempt_at");
-	oi->att_created = outbox_attnum(rel, "created_at");
+	oi->att_id = inbox_attnum(rel, "id");
+	oi->att_binding = inbox_attnum(rel, "binding_id");
+	oi->att_provider = inbox_attnum(rel, "provider_id");
+	oi->att_key = inbox_attnum(rel, "order_key");
+	oi->att_op = inbox_attnum(rel, "op");
+	oi->att_idem = inbox_attnum(rel, "idempotency_key");
+	oi->att_created = inbox_attnum(rel, "created_at");
 
-	oi->indexoids = RelationGetIndexList(rel);
-	oi->nindexes = list_length(oi->indexoids);
-	oi->indexes = palloc0(sizeof(CaptureIndex) * Max(oi->nindexes, 1));
-	oi->executor_path = (rel->rd_tableam != GetHeapamTableAmRoutine());
+	oi->has_indexes = RelationGetForm(rel)->relhasindex;
 	oi->slot = MakeSingleTupleTableSlot(CreateTupleDescCopy(RelationGetDescr(rel)),
 										&TTSOpsVirtual);
-	oi->econtext = CreateStandaloneExprContext();
-	foreach(lc, oi->indexoids)
-	{
-		CaptureIndex *ci = &oi->indexes[i++];
-		Relation	irel = index_open(lfirst_oid(lc), RowExclusiveLock);
-
-		ci->oid = RelationGetRelid(irel);
-		ci->info = BuildIndexInfo(irel);
-		if (ci->info->ii_Expressions != NIL ||
-			ci->info->ii_ExclusionOps != NULL ||
-			(irel->rd_index->indisunique && !irel->rd_index->indimmediate))
-			oi->executor_path = true;
-		ci->check = irel->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO;
-		if (ci->info->ii_Predicate != NIL)
-			ci->pred = ExecInitQual((List *) expression_planner((Expr *) ci->info->ii_Predicate),
-									NULL);
-		index_close(irel, NoLock);
-	}
 }
 
 /*
  * (Re)build the cache.  It is marked valid before it is filled, so that an
- * invalidation accepted while the indexes are opened makes the caller
- * build it again; a failure leaves it invalid.
+ * invalidation accepted meanwhile makes the caller build it again; a
+ * failure leaves it invalid.
  */
 static void
 capture_build_info(Relation rel)
 {
-	OutboxInfo *oi = &outbox_info;
+	InboxInfo *oi = &inbox_info;
 	MemoryContext old;
 
 	if (oi->cxt == NULL)
@@ -281,13 +235,10 @@ capture_build_info(Relation rel)
 										ALLOCSET_SMALL_SIZES);
 	else
 	{
-		if (oi->econtext)
-			FreeExprContext(oi->econtext, false);
 		if (oi->slot)
 			ExecDropSingleTupleTableSlot(oi->slot);
 		MemoryContextReset(oi->cxt);
 	}
-	oi->econtext = NULL;
 	oi->slot = NULL;
 	oi->valid = true;
 	old = MemoryContextSwitchTo(oi->cxt);
@@ -305,7 +256,7 @@ capture_build_info(Relation rel)
 }
 
 static Relation
-capture_open_outbox(void)
+capture_open_inbox(void)
 {
 	Relation	rel = NULL;
 
@@ -314,41 +265,40 @@ capture_open_outbox(void)
 		CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
 		capture_inval_registered = true;
 	}
-	if (OidIsValid(outbox_info.relid))
-		rel = try_table_open(outbox_info.relid, RowExclusiveLock);
+	if (OidIsValid(inbox_info.relid))
+		rel = try_table_open(inbox_info.relid, RowExclusiveLock);
 	if (rel == NULL)
 	{
 		Oid			nsp = get_namespace_oid("shipsync", false);
-		Oid			relid = get_relname_relid("outbox", nsp);
+		Oid			relid = get_relname_relid("inbox", nsp);
 
 		if (!OidIsValid(relid))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_TABLE),
-					 errmsg("table shipsync.outbox does not exist"),
+					 errmsg("table shipsync.inbox does not exist"),
 					 errhint("Create the extension pg_shipsync again.")));
 		rel = table_open(relid, RowExclusiveLock);
-		outbox_info.valid = false;
+		inbox_info.valid = false;
 	}
 	/* the lock above accepted any pending invalidation */
-	while (!outbox_info.valid ||
-		   !equal(outbox_info.indexoids, RelationGetIndexList(rel)))
+	while (!inbox_info.valid)
 		capture_build_info(rel);
 	return rel;
 }
 
 /*
- * Insert one intent.  A direct heap insert plus index insertion: no
- * parser, planner or executor start per row, no CHECK to evaluate.  The
- * values are what the column defaults would give: the next id, a random
- * (version 4) idempotency key, state pending, due now.  Only this function
- * and the dispatcher write the outbox, so nothing else needs to run.
+ * Insert one intent into shipsync.inbox: a direct heap insert, no parser,
+ * planner or executor start per row, no index.  The id comes from the
+ * outbox's sequence (intents keep it when they move) and the idempotency
+ * key is fixed here.  Only this function and the dispatcher write the
+ * inbox, so nothing else needs to run.
  */
 static void
 capture_enqueue(int32 binding_id, int32 provider_id, const char *key,
 				const char *op)
 {
-	Relation	rel = capture_open_outbox();
-	OutboxInfo *oi = &outbox_info;
+	Relation	rel = capture_open_inbox();
+	InboxInfo *oi = &inbox_info;
 	TupleTableSlot *slot = oi->slot;
 	Datum	   *values;
 	bool	   *nulls;
@@ -390,15 +340,12 @@ capture_enqueue(int32 binding_id, int32 provider_id, const char *key,
 	SET(oi->att_key, CStringGetTextDatum(key));
 	SET(oi->att_op, CStringGetTextDatum(op));
 	SET(oi->att_idem, UUIDPGetDatum(uuid));
-	SET(oi->att_state, CStringGetTextDatum("pending"));
-	SET(oi->att_attempts, Int32GetDatum(0));
-	SET(oi->att_next, TimestampTzGetDatum(now));
 	SET(oi->att_created, TimestampTzGetDatum(now));
 #undef SET
 	ExecStoreVirtualTuple(slot);
 	simple_table_tuple_insert(rel, slot);
 
-	if (oi->executor_path)
+	if (oi->has_indexes)
 	{
 		EState	   *estate = CreateExecutorState();
 		ResultRelInfo *rri = makeNode(ResultRelInfo);
@@ -409,28 +356,6 @@ capture_enqueue(int32 binding_id, int32 provider_id, const char *key,
 			list_free(ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL));
 		ExecCloseIndices(rri);
 		FreeExecutorState(estate);
-	}
-	else
-	{
-		oi->econtext->ecxt_scantuple = slot;
-		for (int i = 0; i < oi->nindexes; i++)
-		{
-			CaptureIndex *ci = &oi->indexes[i];
-			Datum		ivalues[INDEX_MAX_KEYS];
-			bool		inulls[INDEX_MAX_KEYS];
-			Relation	irel;
-
-			if (!ci->info->ii_ReadyForInserts)
-				continue;
-			if (ci->pred && !ExecQual(ci->pred, oi->econtext))
-				continue;
-			irel = index_open(ci->oid, RowExclusiveLock);
-			FormIndexDatum(ci->info, slot, NULL, ivalues, inulls);
-			index_insert(irel, ivalues, inulls, &slot->tts_tid, rel,
-						 ci->check, false, ci->info);
-			index_close(irel, NoLock);
-		}
-		ResetExprContext(oi->econtext);
 	}
 	ExecClearTuple(slot);
 	table_close(rel, NoLock);
@@ -461,8 +386,8 @@ capture_check_binding(int32 binding_id, int32 provider_id, Relation rel)
 	 * extension's owner instead.  The previous user is restored by error
 	 * recovery if it fails.
 	 */
-	table_close(capture_open_outbox(), NoLock);
-	owner = outbox_info.owner;
+	table_close(capture_open_inbox(), NoLock);
+	owner = inbox_info.owner;
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 	if ((rc = SPI_connect()) != SPI_OK_CONNECT)

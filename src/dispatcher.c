@@ -300,11 +300,55 @@ dispatcher_send(Provider *p, Claimed *c)
 }
 
 /*
+ * Captured intents wait in shipsync.inbox until we move them into the
+ * outbox.  We drain when a commit told us of new intents for a provider
+ * that can take work (drain_all: everything, paused providers' too, so the
+ * inbox stays small), and at the idle check (only the providers that are
+ * not paused: this covers prepared transactions, whose COMMIT PREPARED
+ * wakes no one, without moving a paused provider's backlog for nothing).
+ * A drain moves at most DRAIN_CHUNK intents, so that completions of
+ * requests in flight are not held up; more left means drain again at
+ * once.
+ */
+#define DRAIN_CHUNK 20000
+static bool drain_all = true;
+static bool drain_unpaused = false;
+
+static void
+dispatcher_drain(void)
+{
+	uint64		moved;
+	int32	   *ids = NULL;
+	int			nids = 0;
+
+	if (!drain_all)
+	{
+		ids = palloc(sizeof(int32) * Max(nproviders, 1));
+		for (int i = 0; i < nproviders; i++)
+			if (!providers[i].paused)
+				ids[nids++] = providers[i].id;
+		if (nids == 0)
+		{
+			drain_unpaused = false;
+			return;
+		}
+	}
+	moved = outbox_drain_inbox(DRAIN_CHUNK, ids, drain_all ? -1 : nids);
+	drain_all = drain_all && moved >= DRAIN_CHUNK;
+	drain_unpaused = drain_unpaused && moved >= DRAIN_CHUNK;
+	if (moved > 0)
+		for (int i = 0; i < nproviders; i++)
+			providers[i].maybe_work = true;
+}
+
+/*
  * Claim and send for every provider that may have work and has room.
  */
 static void
 dispatcher_claim_all(TimestampTz now)
 {
+	if (drain_all || drain_unpaused)
+		dispatcher_drain();
 	for (int i = 0; i < nproviders; i++)
 	{
 		Provider   *p = &providers[i];
@@ -376,6 +420,8 @@ dispatcher_exchange_masks(TimestampTz now)
 		if (pending & SHIPSYNC_PROVIDER_BIT(providers[i].id))
 		{
 			providers[i].maybe_work = true;
+			if (!providers[i].paused)
+				drain_all = true;
 			pending &= ~SHIPSYNC_PROVIDER_BIT(providers[i].id);
 		}
 
@@ -384,7 +430,10 @@ dispatcher_exchange_masks(TimestampTz now)
 	 * the data (restored by pg_dump, or written by hand).  Read it again.
 	 */
 	if (pending != 0 && pending != ~UINT64CONST(0))
+	{
 		cfg_generation = 0;
+		drain_all = true;
+	}
 }
 
 /* How long we may sleep before something of ours falls due */
@@ -393,6 +442,8 @@ dispatcher_timeout(TimestampTz now)
 {
 	long		timeout = shipsync_idle_check_ms;
 
+	if (drain_all || drain_unpaused)
+		return 0;
 	for (int i = 0; i < nproviders; i++)
 	{
 		Provider   *p = &providers[i];
@@ -658,6 +709,7 @@ shipsync_dispatcher_main(Datum main_arg)
 			for (int i = 0; i < nproviders; i++)
 				providers[i].maybe_work = true;
 			outbox_requeue_in_flight(true);
+			drain_unpaused = true;
 			last_full_look = now;
 		}
 		if (cfg_generation != pg_atomic_read_u64(&shipsync_shared->config_generation))

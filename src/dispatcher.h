@@ -112,6 +112,7 @@ extern void outbox_load_config(MemoryContext cxt, Provider **providers,
 extern int	outbox_claim(Provider *p, Binding *bs, int nb, int max_n,
 						 int lease_ms, Claimed **out, TimestampTz *next_due,
 						 int *nskipped);
+extern uint64 outbox_drain_inbox(int64 limit, const int32 *ids, int nids);
 extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,
 								const char *msg);
 extern IntentKind outbox_kind_of(const char *method, const char *url);

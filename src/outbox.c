@@ -440,6 +440,32 @@ static const char *const mark_sql =
 " WHERE o.id = u.id"
 " RETURNING o.*";
 
+/*
+ * Take what the capture trigger wrote into the inbox into the outbox,
+ * indexes and all: the indexing cost moves from the user's transaction to
+ * ours.  At most $1 intents (NULL: all) of the providers $2 (NULL: all):
+ * those up to the $1-th smallest id, so that a later intent of an order
+ * never reaches the outbox before an earlier one.  Two linear scans and no
+ * per-row lookup (deleting by "ctid = ANY (array)" was a quadratic filter
+ * in the generic plan).  Rows committed after this statement's snapshot
+ * wait for the next drain.  A second drainer running at the same time
+ * waits on the rows the first deleted, then skips them: every intent moves
+ * once.
+ */
+static const char *const drain_sql =
+"WITH lim AS (SELECT pg_catalog.max(id) AS top FROM ("
+"   SELECT id FROM shipsync.inbox"
+"   WHERE $2::integer[] IS NULL OR provider_id = ANY ($2)"
+"   ORDER BY id LIMIT $1) s),"
+" d AS (DELETE FROM shipsync.inbox i USING lim WHERE i.id <= lim.top"
+"   AND ($2::integer[] IS NULL OR i.provider_id = ANY ($2)) RETURNING i.*)"
+" INSERT INTO shipsync.outbox (id, binding_id, provider_id, order_key, op,"
+" idempotency_key, created_at, next_attempt_at)"
+" OVERRIDING SYSTEM VALUE"
+" SELECT id, binding_id, provider_id, order_key, op, idempotency_key,"
+" created_at, created_at FROM d";
+
+static SPIPlanPtr drain_plan = NULL;
 static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr mark_plan = NULL;
 static SPIPlanPtr coalesce_plan = NULL;
@@ -459,6 +485,11 @@ prepare_claim_plans(void)
 {
 	if (lock_plan)
 		return;
+	{
+		Oid			t[2] = {INT8OID, INT4ARRAYOID};
+
+		drain_plan = prepare_saved(drain_sql, 2, t);
+	}
 	{
 		Oid			t[2] = {INT4OID, INT4OID};
 
@@ -690,6 +721,60 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	}
 }
 
+/*
+ * Move up to limit intents (0: all) of the nids providers ids (nids < 0:
+ * all providers) from the inbox; returns how many.
+ */
+static uint64
+drain_inbox(int64 limit, const int32 *ids, int nids)
+{
+	Datum		params[2];
+	char		nulls[3] = "  ";
+	int			rc;
+
+	params[0] = Int64GetDatum(limit);
+	if (limit <= 0)
+		nulls[0] = 'n';
+	if (nids < 0)
+	{
+		params[1] = (Datum) 0;
+		nulls[1] = 'n';
+	}
+	else
+	{
+		Datum	   *d = palloc(sizeof(Datum) * Max(nids, 1));
+
+		for (int i = 0; i < nids; i++)
+			d[i] = Int32GetDatum(ids[i]);
+		params[1] = PointerGetDatum(construct_array(d, nids, INT4OID, 4, true, TYPALIGN_INT));
+	}
+	rc = SPI_execute_plan(drain_plan, params, nulls, false, 0);
+
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "taking intents from the inbox failed: %s",
+			 SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+/*
+ * The dispatcher's drain, in a transaction of its own.  It need not be
+ * durable: the intents are durable in the inbox, and a drain lost in a
+ * crash moves them again.  Returns how many intents moved.
+ */
+uint64
+outbox_drain_inbox(int64 limit, const int32 *ids, int nids)
+{
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	uint64		n;
+
+	begin_tx("taking in captured intents", false);
+	prepare_claim_plans();
+	n = drain_inbox(limit, ids, nids);
+	end_tx();
+	MemoryContextSwitchTo(caller_cxt);
+	return n;
+}
+
 PG_FUNCTION_INFO_V1(shipsync_claim);
 
 /*
@@ -715,6 +800,7 @@ shipsync_claim(PG_FUNCTION_ARGS)
 	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(rc));
 	prepare_claim_plans();
+	drain_inbox(0, NULL, -1);
 	params[0] = PG_GETARG_DATUM(0);
 	params[1] = PG_GETARG_DATUM(1);
 	rc = SPI_execute_plan(lock_plan, params, NULL, false, 0);

@@ -83,8 +83,10 @@ sub wait_settled
 {
 	my ($keys_sql, $timeout) = @_;
 	return wait_until($node,
-		"SELECT count(*) = 0 FROM shipsync.outbox WHERE order_key IN ($keys_sql)"
-		  . " AND state IN ('pending', 'retrying', 'in_flight')", $timeout // 60);
+		"SELECT NOT EXISTS (SELECT 1 FROM shipsync.outbox WHERE order_key IN ($keys_sql)"
+		  . " AND state IN ('pending', 'retrying', 'in_flight'))"
+		  . " AND NOT EXISTS (SELECT 1 FROM shipsync.inbox WHERE order_key IN ($keys_sql))",
+		$timeout // 60);
 }
 
 # A table like crm.orders (sharing its id sequence) attached to $provider.
@@ -310,8 +312,13 @@ fault_phase(name => 'close', rule => { fault => 'close' }, class => 'connection_
 		$intents{'crm.orders'}++;
 	}
 	my $keys = "'$id'";
-	is( sql(qq{SELECT string_agg(op || ':' || state, ',' ORDER BY id) FROM shipsync.outbox
-		WHERE binding_id = $orders_bid AND order_key = '$id'}),
+	# captured intents wait in the inbox or, once taken in, in the outbox
+	is( sql(qq{SELECT string_agg(op || ':' || state, ',' ORDER BY id) FROM (
+			SELECT id, op, state FROM shipsync.outbox
+			WHERE binding_id = $orders_bid AND order_key = '$id'
+			UNION ALL
+			SELECT id, op, 'pending' FROM shipsync.inbox
+			WHERE binding_id = $orders_bid AND order_key = '$id') AS i}),
 		'create:pending,update:pending,update:pending,update:pending',
 		'order: paused, one create and three updates wait');
 	is(sim_get($sim, '/_sim/stats')->{requests}, $requests0, 'order: nothing sent while paused');

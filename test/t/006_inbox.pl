@@ -1,0 +1,67 @@
+# The inbox: capture writes an index-free heap, the dispatcher moves it into
+# the outbox.  What a user relies on:
+#   - intents of a paused provider are kept (in the inbox, counted as
+#     pending by queue_status and shown by trace) and delivered on resume;
+#   - the idle check does not move a paused provider's backlog;
+#   - an order committed by COMMIT PREPARED (which wakes no one) is still
+#     delivered, by the idle check;
+#   - many intents captured at once are all moved and delivered once.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+use ShipsyncTest;
+
+my $sim = start_sim();
+my $node = shipsync_node('inbox', "shipsync.idle_check_ms = 500",
+	"max_prepared_transactions = 4");
+setup_orders($node, $sim);
+my $sql = sub { $node->safe_psql('postgres', $_[0]) };
+
+# 1. paused: captured intents wait in the inbox, visible as pending
+$sql->("SELECT shipsync.pause('sim')");
+$sql->("INSERT INTO crm.orders (customer) SELECT '赵' || g FROM generate_series(1, 100) g");
+usleep(1_500_000);    # three idle checks
+is($sql->("SELECT count(*) FROM shipsync.inbox"), 100,
+	'paused: the 100 intents stay in the inbox across idle checks');
+is($sql->("SELECT count(*) FROM shipsync.outbox"), 0, 'paused: nothing moved to the outbox');
+is($sql->("SELECT pending FROM shipsync.queue_status WHERE provider = 'sim'"), 100,
+	'paused: queue_status counts them as pending');
+my $first = $sql->("SELECT min(id) FROM crm.orders");
+like($sql->("SELECT detail->>'state' FROM shipsync.trace('crm.orders', '$first') WHERE kind = 'intent'"),
+	qr/^captured$/, 'paused: trace shows the captured intent');
+is(sim_get($sim, '/_sim/stats')->{requests}, 0, 'paused: nothing sent');
+
+$sql->("SELECT shipsync.resume('sim')");
+ok(wait_until($node, "SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL", 30),
+	'resumed: every order got its waybill');
+is($sql->("SELECT count(*) FROM shipsync.inbox"), 0, 'resumed: the inbox is empty');
+is($sql->("SELECT count(*) FROM shipsync.outbox WHERE state = 'done'"), 100,
+	'resumed: 100 intents done');
+
+# 2. COMMIT PREPARED wakes no dispatcher: the idle check finds the intent
+$sql->("BEGIN; INSERT INTO crm.orders (customer) VALUES ('钱二'); PREPARE TRANSACTION 'p1'");
+usleep(700_000);
+my $t0 = time();
+$sql->("COMMIT PREPARED 'p1'");
+ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = '钱二'", 20),
+	'prepared: an order committed by COMMIT PREPARED is delivered');
+cmp_ok(time() - $t0, '<', 10, 'prepared: within a few idle checks');
+
+# 3. a burst in one transaction: all moved, each delivered once
+$sql->("INSERT INTO crm.orders (customer) SELECT '孙' || g FROM generate_series(1, 3000) g");
+ok(wait_until($node, "SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL", 60),
+	'burst: 3,000 orders delivered');
+my $st = sim_get($sim, '/_sim/stats');
+is($st->{shipments}, 3101, 'burst: the carrier holds one shipment per order');
+is($st->{duplicate_orders}, 0, 'burst: none created twice');
+is($sql->("SELECT count(*) FROM shipsync.outbox WHERE state = 'done' AND op = 'create'"), 3101,
+	'burst: one done create intent per order');
+
+$node->stop;
+stop_sim($sim);
+done_testing();

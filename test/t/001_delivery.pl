@@ -168,7 +168,10 @@ sub fault_phase
 	is( sql(qq{SELECT count(*) FROM shipsync.delivery_log l JOIN shipsync.outbox o ON o.id = l.outbox_id
 		WHERE o.id > $before AND l.attempt = 1 AND l.outcome = 'retry'
 		AND l.error_class ~ '^($a{class})\$'}),
-		$n, "$name: first attempts logged as $a{class}");
+		$n, "$name: first attempts logged as $a{class}")
+	  or diag(sql(qq{SELECT string_agg(coalesce(l.error_class, '-') || '/' || l.outcome
+		|| '/' || coalesce(l.error, ''), '; ') FROM shipsync.delivery_log l
+		JOIN shipsync.outbox o ON o.id = l.outbox_id WHERE o.id > $before AND l.attempt = 1}));
 	# libcurl must not resend behind our back: each request is an attempt
 	is( sql(qq{SELECT count(*) FROM shipsync.delivery_log l JOIN shipsync.outbox o ON o.id = l.outbox_id
 		WHERE o.id > $before}),

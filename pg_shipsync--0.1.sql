@@ -1318,6 +1318,19 @@ BEGIN
 END
 $$;
 
+-- Parked events are matched when their shipment appears: at the end of the
+-- transaction that records its tracking number (the dispatcher's apply,
+-- after its own write-back), deferred so that theirs comes last.
+CREATE FUNCTION @extschema@._match_parked()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'shipsync_match_parked'
+LANGUAGE C;
+CREATE CONSTRAINT TRIGGER shipsync_match_parked
+	AFTER INSERT OR UPDATE OF tracking_number ON @extschema@.shipment
+	DEFERRABLE INITIALLY DEFERRED
+	FOR EACH ROW WHEN (NEW.tracking_number IS NOT NULL)
+	EXECUTE FUNCTION @extschema@._match_parked();
+
 CREATE FUNCTION @extschema@.ingest_tracking(provider text, body text, headers jsonb DEFAULT '{}')
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'shipsync_ingest_tracking'
@@ -1414,7 +1427,7 @@ REVOKE ALL ON FUNCTION @extschema@._status_step(@extschema@._status_state, text,
 	@extschema@._apply_tracking(integer, text, integer, text[], text[], text[], text[],
 								timestamptz[], text[], text[]),
 	@extschema@.ingest_tracking(text, text, jsonb), @extschema@.expire_unmatched(),
-	@extschema@._hmac_sha256(bytea, bytea),
+	@extschema@._hmac_sha256(bytea, bytea), @extschema@._match_parked(),
 	@extschema@._verify_standard_webhooks(text, text, text, text, text, bigint)
 	FROM PUBLIC;
 GRANT SELECT ON @extschema@.canonical_status, @extschema@.status_map,

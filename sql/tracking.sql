@@ -289,9 +289,18 @@ SELECT event_key, tracking_number, raw_status FROM shipsync.unmatched_event ORDE
 INSERT INTO crm.orders (id) VALUES (30);
 INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number)
 SELECT b.binding_id, '30', p.provider_id, 'LATE1' FROM shipsync.binding b, shipsync.provider p WHERE p.name = 'gen';
-SELECT pg_temp.push('gen', '[]');
 SELECT s.status, o.ship_status FROM shipsync.shipment s JOIN crm.orders o ON o.id::text = s.order_key WHERE s.order_key = '30';
 SELECT count(*) AS still_parked FROM shipsync.unmatched_event WHERE tracking_number = 'LATE1';
+SELECT count(*) AS moved_to_events FROM shipsync.tracking_event WHERE tracking_number = 'LATE1';
+-- within one transaction, the match waits for its end
+BEGIN;
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('u-3', 'LATE2', 'in_transit', '2026-03-01T01:00:00Z')))->'unmatched' AS parked;
+INSERT INTO crm.orders (id) VALUES (31);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number)
+SELECT b.binding_id, '31', p.provider_id, 'LATE2' FROM shipsync.binding b, shipsync.provider p WHERE p.name = 'gen';
+SELECT count(*) AS parked_before_commit FROM shipsync.unmatched_event WHERE tracking_number = 'LATE2';
+COMMIT;
+SELECT s.status, o.ship_status FROM shipsync.shipment s JOIN crm.orders o ON o.id::text = s.order_key WHERE s.order_key = '31';
 -- expiry: a ticket per event, nothing parked left
 SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('u-9', 'NEVER', 'in_transit', '2026-03-01T01:00:00Z')))->'unmatched' AS parked;
 SELECT shipsync.expire_unmatched() AS expired_too_early;

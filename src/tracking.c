@@ -39,6 +39,7 @@
 
 #include "catalog/pg_type.h"
 #include "commands/async.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -792,4 +793,59 @@ shipsync_verify_standard_webhooks_at(PG_FUNCTION_ARGS)
 										  &reason) == SIG_OK)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(reason));
+}
+
+PG_FUNCTION_INFO_V1(shipsync_match_parked);
+
+/*
+ * shipsync._match_parked(): deferred constraint trigger on shipsync.shipment.
+ * When a shipment gets a tracking number that parked events are waiting
+ * for, they are matched at the end of the transaction that recorded it --
+ * after the dispatcher's own write-back of the create, which they then
+ * overrule -- and their statuses are applied and written back like a push.
+ */
+Datum
+shipsync_match_parked(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	static SPIPlanPtr probe_plan = NULL;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	Datum		args[2];
+	bool		isnull1,
+				isnull2;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
+		!TRIGGER_FIRED_AFTER(td->tg_event))
+		elog(ERROR, "shipsync._match_parked() must be an AFTER ROW trigger");
+	tup = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
+	desc = td->tg_relation->rd_att;
+	args[0] = SPI_getbinval(tup, desc, SPI_fnumber(desc, "provider_id"), &isnull1);
+	args[1] = SPI_getbinval(tup, desc, SPI_fnumber(desc, "tracking_number"), &isnull2);
+	if (isnull1 || isnull2)
+		return PointerGetDatum(NULL);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (probe_plan == NULL)
+	{
+		Oid			t[2] = {INT4OID, TEXTOID};
+
+		probe_plan = tracking_prepare(
+			"SELECT p.name FROM shipsync.unmatched_event u"
+			" JOIN shipsync.provider p ON p.provider_id = u.provider_id"
+			" WHERE u.provider_id = $1 AND u.tracking_number = $2 LIMIT 1", 2, t);
+	}
+	if (SPI_execute_plan(probe_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "looking for parked tracking events failed");
+	if (SPI_processed > 0)
+	{
+		TrackProvider *p = load_provider(getstr(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		EventBatch *b = palloc0(sizeof(EventBatch));
+		TrackSummary sum = {0};
+
+		tracking_apply_batch(p, b, &sum);
+	}
+	SPI_finish();
+	return PointerGetDatum(NULL);
 }

@@ -1078,7 +1078,7 @@ FROM (VALUES
 ) AS m(profile, raw_status, pattern, status, priority);
 
 CREATE TABLE @extschema@.tracking_event (
-	event_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	event_id		bigint GENERATED ALWAYS AS IDENTITY,
 	provider_id		integer NOT NULL,
 	event_key		text NOT NULL,
 	tracking_number text NOT NULL,
@@ -1091,7 +1091,8 @@ CREATE TABLE @extschema@.tracking_event (
 	location		text,
 	description		text,
 	received_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	UNIQUE (provider_id, event_key)
+	-- the dedup key is the primary key: one index less per event
+	PRIMARY KEY (provider_id, event_key)
 );
 CREATE INDEX tracking_event_order_idx ON @extschema@.tracking_event (binding_id, order_key, occurred_at);
 COMMENT ON TABLE @extschema@.tracking_event IS
@@ -1115,57 +1116,33 @@ CREATE INDEX unmatched_event_expiry_idx ON @extschema@.unmatched_event (expires_
 COMMENT ON TABLE @extschema@.unmatched_event IS
 	'Tracking events for a tracking number no shipment has yet: parked, moved to tracking_event when the shipment appears, dropped at expires_at (provider option unmatched_ttl_s) with an exception ticket of kind unmatched_expired.';
 
--- The status fold: events in event-time order, one step each.
-CREATE TYPE @extschema@._status_state AS (status text, raw text, rank integer,
-										 terminal boolean, recoverable boolean);
-
-CREATE FUNCTION @extschema@._status_step(s @extschema@._status_state, status text, raw text,
-										 rank integer, terminal boolean, recoverable boolean)
-RETURNS @extschema@._status_state
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF status IS NULL OR status = 'unknown' THEN
-		RETURN s;
-	END IF;
-	IF s.status IS NULL
-	   OR (NOT s.terminal
-		   AND (status = 'expired' OR s.status = 'expired' OR s.recoverable OR rank > s.rank)) THEN
-		RETURN ROW(status, raw, rank, terminal, recoverable)::@extschema@._status_state;
-	END IF;
-	RETURN s;
-END
-$$;
-
+-- The status fold: events in event-time order, one step each
+-- (src/tracking.c); the result is {status, raw status}.
+CREATE FUNCTION @extschema@._status_step(internal, text, text, integer, boolean, boolean)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'shipsync_status_step'
+LANGUAGE C IMMUTABLE;
+CREATE FUNCTION @extschema@._status_final(internal)
+RETURNS text[]
+AS 'MODULE_PATHNAME', 'shipsync_status_final'
+LANGUAGE C IMMUTABLE;
 CREATE AGGREGATE @extschema@._status_fold(text, text, integer, boolean, boolean) (
 	SFUNC = @extschema@._status_step,
-	STYPE = @extschema@._status_state
+	STYPE = internal,
+	FINALFUNC = @extschema@._status_final
 );
 
--- The canonical status of one raw event of a profile.
-CREATE FUNCTION @extschema@._map_status(prof text, raw text, detail text, descr text)
-RETURNS text
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT coalesce(
-		(SELECT m.status FROM @extschema@.status_map m
-		 WHERE m.profile = prof AND m.raw_status IN (raw, detail)
-		   AND (m.pattern IS NULL OR coalesce(descr, '') ~ m.pattern)
-		 ORDER BY m.priority DESC, m.pattern IS NOT NULL DESC, m.raw_status = raw DESC
-		 LIMIT 1),
-		CASE WHEN prof = 'generic' THEN
-			(SELECT c.name FROM @extschema@.canonical_status c WHERE c.name = raw) END,
-		'unknown')
-$$;
 
--- Expired parked events: dropped, one ticket each.
+-- Expired parked events: dropped, one ticket each.  PL/pgSQL, not SQL: its
+-- plan is kept for the session instead of being made at every call.
 CREATE FUNCTION @extschema@._expire_unmatched(pid integer)
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	n bigint;
+BEGIN
 	WITH d AS (
 		DELETE FROM @extschema@.unmatched_event u
 		 WHERE u.expires_at <= now() AND (pid IS NULL OR u.provider_id = pid)
@@ -1178,7 +1155,9 @@ AS $$
 					  coalesce(p.options->>'unmatched_ttl_s', '604800'))
 		FROM d JOIN @extschema@.provider p ON p.provider_id = d.provider_id
 		RETURNING 1)
-	SELECT count(*) FROM t
+	SELECT count(*) INTO n FROM t;
+	RETURN n;
+END
 $$;
 
 /*
@@ -1205,25 +1184,27 @@ DECLARE
 BEGIN
 	n_expired := @extschema@._expire_unmatched(pid);
 
-	-- Shipments are locked first, in a fixed order: concurrent pushes for
-	-- one shipment run one after the other, and the fold below (a new
-	-- statement, so a new snapshot) sees every event committed before it.
-	PERFORM 1 FROM @extschema@.shipment s
-	 WHERE s.provider_id = pid
-	   AND s.tracking_number IN (SELECT unnest(tns)
-								 UNION SELECT u.tracking_number FROM @extschema@.unmatched_event u
-								 WHERE u.provider_id = pid)
-	 ORDER BY s.binding_id, s.order_key
-	   FOR UPDATE OF s;
+	-- Each statement that adds events locks the shipments concerned first
+	-- (FOR UPDATE, in a fixed order): concurrent pushes for one shipment
+	-- run one after the other, and the fold below, a later statement with a
+	-- snapshot of its own, sees every event committed before it.  A
+	-- tracking number given to several shipments (carriers recycle them)
+	-- goes to the newest.
 
 	-- parked events whose shipment has appeared
-	WITH ship AS (
-		SELECT DISTINCT ON (s.tracking_number) s.binding_id, s.order_key, s.tracking_number
+	IF EXISTS (SELECT 1 FROM @extschema@.unmatched_event u WHERE u.provider_id = pid) THEN
+	WITH locked AS MATERIALIZED (
+		SELECT s.binding_id, s.order_key, s.tracking_number, s.created_at
 		FROM @extschema@.shipment s
 		WHERE s.provider_id = pid
 		  AND s.tracking_number IN (SELECT u.tracking_number FROM @extschema@.unmatched_event u
 									WHERE u.provider_id = pid)
-		ORDER BY s.tracking_number, s.created_at DESC),
+		ORDER BY s.binding_id, s.order_key
+		FOR UPDATE OF s),
+	ship AS (
+		SELECT DISTINCT ON (l.tracking_number) l.binding_id, l.order_key, l.tracking_number
+		FROM locked l
+		ORDER BY l.tracking_number, l.created_at DESC),
 	moved AS (
 		DELETE FROM @extschema@.unmatched_event u USING ship
 		 WHERE u.provider_id = pid AND u.tracking_number = ship.tracking_number
@@ -1233,33 +1214,62 @@ BEGIN
 			binding_id, order_key, occurred_at, status, raw_status, raw_detail, location,
 			description, received_at)
 		SELECT pid, m.event_key, m.tracking_number, m.binding_id, m.order_key, m.occurred_at,
-			   @extschema@._map_status(prof, m.raw_status, m.raw_detail, m.description),
+			   coalesce(mm.status, gc.name, 'unknown'),
 			   m.raw_status, m.raw_detail, m.location, m.description, m.received_at
 		FROM moved m
+		LEFT JOIN LATERAL (
+			SELECT sm.status FROM @extschema@.status_map sm
+			WHERE sm.profile = prof AND sm.raw_status IN (m.raw_status, m.raw_detail)
+			  AND (sm.pattern IS NULL OR coalesce(m.description, '') ~ sm.pattern)
+			ORDER BY sm.priority DESC, sm.pattern IS NOT NULL DESC, sm.raw_status = m.raw_status DESC
+			LIMIT 1) mm ON true
+		LEFT JOIN @extschema@.canonical_status gc ON prof = 'generic' AND gc.name = m.raw_status
 		ORDER BY m.received_at, m.occurred_at
 		ON CONFLICT (provider_id, event_key) DO NOTHING
 		RETURNING e.binding_id, e.order_key)
-	SELECT count(*), array_agg(DISTINCT ins.binding_id), array_agg(ins.order_key)
+	SELECT count(*), array_agg(ins.binding_id), array_agg(ins.order_key)
 	INTO n_matched, bids, oks FROM ins;
+	ELSE
+		n_matched := 0;
+	END IF;
 
 	-- this batch: known shipments get events, the others are parked
 	WITH ev AS (
 		SELECT u.*
 		FROM unnest(keys, tns, raws, details, ats, locs, descrs)
 			 WITH ORDINALITY AS u(k, tn, raw, det, at, loc, descr, ord)),
-	ship AS (
-		SELECT DISTINCT ON (s.tracking_number) s.binding_id, s.order_key, s.tracking_number
+	-- the map rows this batch can use, read once (none at all, usually, for
+	-- the generic profile)
+	cand AS MATERIALIZED (
+		SELECT sm.raw_status, sm.pattern, sm.status, sm.priority
+		FROM @extschema@.status_map sm
+		WHERE sm.profile = prof
+		  AND sm.raw_status IN (SELECT ev.raw FROM ev UNION SELECT ev.det FROM ev)),
+	locked AS MATERIALIZED (
+		SELECT s.binding_id, s.order_key, s.tracking_number, s.created_at
 		FROM @extschema@.shipment s
 		WHERE s.provider_id = pid AND s.tracking_number IN (SELECT ev.tn FROM ev)
-		ORDER BY s.tracking_number, s.created_at DESC),
+		ORDER BY s.binding_id, s.order_key
+		FOR UPDATE OF s),
+	ship AS (
+		SELECT DISTINCT ON (l.tracking_number) l.binding_id, l.order_key, l.tracking_number
+		FROM locked l
+		ORDER BY l.tracking_number, l.created_at DESC),
 	ins AS (
 		INSERT INTO @extschema@.tracking_event AS e (provider_id, event_key, tracking_number,
 			binding_id, order_key, occurred_at, status, raw_status, raw_detail, location,
 			description)
 		SELECT pid, ev.k, ev.tn, ship.binding_id, ship.order_key, ev.at,
-			   @extschema@._map_status(prof, ev.raw, ev.det, ev.descr),
+			   coalesce(mm.status, gc.name, 'unknown'),
 			   ev.raw, ev.det, ev.loc, ev.descr
 		FROM ev JOIN ship ON ship.tracking_number = ev.tn
+		LEFT JOIN LATERAL (
+			SELECT sm.status FROM cand sm
+			WHERE sm.raw_status IN (ev.raw, ev.det)
+			  AND (sm.pattern IS NULL OR coalesce(ev.descr, '') ~ sm.pattern)
+			ORDER BY sm.priority DESC, sm.pattern IS NOT NULL DESC, sm.raw_status = ev.raw DESC
+			LIMIT 1) mm ON true
+		LEFT JOIN @extschema@.canonical_status gc ON prof = 'generic' AND gc.name = ev.raw
 		ORDER BY ev.ord
 		ON CONFLICT (provider_id, event_key) DO NOTHING
 		RETURNING e.binding_id, e.order_key),
@@ -1289,20 +1299,21 @@ BEGIN
 	RETURN QUERY
 	WITH touched AS (
 		SELECT DISTINCT t.bid, t.k FROM unnest(bids, oks) AS t(bid, k)),
+	-- one index scan per shipment, whatever the statistics say
 	f AS (
-		SELECT e.binding_id, e.order_key,
-			   @extschema@._status_fold(e.status, e.raw_status, c.rank, c.terminal, c.recoverable
-										ORDER BY e.occurred_at, e.event_id) AS st
-		FROM touched
-		JOIN @extschema@.tracking_event e ON e.binding_id = touched.bid AND e.order_key = touched.k
-		JOIN @extschema@.canonical_status c ON c.name = e.status
-		GROUP BY e.binding_id, e.order_key),
+		SELECT touched.bid AS binding_id, touched.k AS order_key, h.st
+		FROM touched CROSS JOIN LATERAL (
+			SELECT @extschema@._status_fold(e.status, e.raw_status, c.rank, c.terminal,
+											c.recoverable ORDER BY e.occurred_at, e.event_id) AS st
+			FROM @extschema@.tracking_event e
+			JOIN @extschema@.canonical_status c ON c.name = e.status
+			WHERE e.binding_id = touched.bid AND e.order_key = touched.k) h),
 	cur AS (
-		SELECT s.binding_id, s.order_key, s.status AS old, (f.st).status AS st, (f.st).raw AS raw
+		SELECT s.binding_id, s.order_key, s.status AS old, f.st[1] AS st, f.st[2] AS raw
 		FROM f JOIN @extschema@.shipment s
 		  ON s.binding_id = f.binding_id AND s.order_key = f.order_key AND s.provider_id = pid
 		LEFT JOIN @extschema@.canonical_status oc ON oc.name = s.status
-		WHERE (f.st).status IS NOT NULL AND NOT coalesce(oc.terminal, false)),
+		WHERE f.st IS NOT NULL AND NOT coalesce(oc.terminal, false)),
 	upd AS (
 		UPDATE @extschema@.shipment s
 		   SET status = cur.st, raw_status = cur.raw, updated_at = now()
@@ -1422,8 +1433,9 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.tracking_event_event_id_
 -- canonical_status is not dumped: it is the extension's own contract,
 -- recreated by CREATE EXTENSION and read-only to everyone else.
 
-REVOKE ALL ON FUNCTION @extschema@._status_step(@extschema@._status_state, text, text, integer, boolean, boolean),
-	@extschema@._map_status(text, text, text, text), @extschema@._expire_unmatched(integer),
+REVOKE ALL ON FUNCTION @extschema@._status_step(internal, text, text, integer, boolean, boolean),
+	@extschema@._status_final(internal),
+	@extschema@._expire_unmatched(integer),
 	@extschema@._apply_tracking(integer, text, integer, text[], text[], text[], text[],
 								timestamptz[], text[], text[]),
 	@extschema@.ingest_tracking(text, text, jsonb), @extschema@.expire_unmatched(),

@@ -44,10 +44,12 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/array.h"
+#include "utils/fmgrprotos.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "access/htup_details.h"
@@ -443,6 +445,54 @@ text_array(Datum *v, bool *nulls, int n)
 }
 
 /*
+ * The saved plan of a binding's write-back statement, kept for the session
+ * and made again when attach() changed the statement.
+ */
+typedef struct WritebackPlan
+{
+	int32		binding_id;
+	char	   *sql;
+	SPIPlanPtr	plan;
+} WritebackPlan;
+
+static WritebackPlan *wb_plans = NULL;
+static int	n_wb_plans = 0;
+
+static SPIPlanPtr
+writeback_plan(int32 binding_id, const char *sql, Oid *ptypes)
+{
+	WritebackPlan *w = NULL;
+	SPIPlanPtr volatile plan;
+
+	for (int i = 0; i < n_wb_plans; i++)
+		if (wb_plans[i].binding_id == binding_id)
+			w = &wb_plans[i];
+	if (w != NULL && strcmp(w->sql, sql) == 0)
+		return w->plan;
+	plan = SPI_prepare(sql, 6, ptypes);
+	if (plan == NULL || SPI_keepplan(plan) != 0)
+		elog(ERROR, "preparing the write-back of binding %d failed: %s",
+			 binding_id, SPI_result_code_string(SPI_result));
+	if (w == NULL)
+	{
+		wb_plans = wb_plans == NULL ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(WritebackPlan)) :
+			repalloc(wb_plans, sizeof(WritebackPlan) * (n_wb_plans + 1));
+		w = &wb_plans[n_wb_plans++];
+		w->binding_id = binding_id;
+		w->sql = NULL;
+	}
+	else
+	{
+		SPI_freeplan(w->plan);
+		pfree(w->sql);
+	}
+	w->sql = MemoryContextStrdup(TopMemoryContext, sql);
+	w->plan = plan;
+	return plan;
+}
+
+/*
  * Write new statuses onto the order rows of one binding, as the table's
  * owner, with capture suppressed.  keys and statuses have n entries.
  */
@@ -493,10 +543,7 @@ writeback_status(int32 binding_id, Datum *keys, Datum *statuses, int n)
 	params[3] = text_array(statuses, NULL, n);
 	params[5] = PointerGetDatum(construct_md_array(keys, nulls, 1, dims, lbs, NUMERICOID,
 												   -1, false, TYPALIGN_INT));
-	plan = SPI_prepare(sql, 6, ptypes);
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare of the write-back of binding %d failed: %s",
-			 binding_id, SPI_result_code_string(SPI_result));
+	plan = writeback_plan(binding_id, sql, ptypes);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
@@ -513,7 +560,6 @@ writeback_status(int32 binding_id, Datum *keys, Datum *statuses, int n)
 	PG_END_TRY();
 	if (rc != SPI_OK_UPDATE)
 		elog(ERROR, "write-back of tracking status failed: %s", SPI_result_code_string(rc));
-	SPI_freeplan(plan);
 }
 
 /*
@@ -848,4 +894,91 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * The status fold, one event at a time in event-time order: the rules of
+ * docs/architecture.md, over the rank and flags of shipsync.canonical_status
+ * that the caller joins in.  C rather than PL/pgSQL: it runs once per
+ * event of every touched shipment at every push.
+ */
+typedef struct StatusFold
+{
+	char	   *status;			/* NULL until a known status was seen */
+	char	   *raw;
+	int32		rank;
+	bool		terminal;
+	bool		recoverable;
+} StatusFold;
+
+PG_FUNCTION_INFO_V1(shipsync_status_step);
+PG_FUNCTION_INFO_V1(shipsync_status_final);
+
+Datum
+shipsync_status_step(PG_FUNCTION_ARGS)
+{
+	MemoryContext aggcxt;
+	StatusFold *st;
+	char	   *status;
+	int32		rank;
+	bool		terminal;
+	bool		recoverable;
+	bool		apply;
+
+	if (!AggCheckCallContext(fcinfo, &aggcxt))
+		elog(ERROR, "shipsync._status_step() called outside an aggregate");
+	if (PG_ARGISNULL(0))
+		st = MemoryContextAllocZero(aggcxt, sizeof(StatusFold));
+	else
+		st = (StatusFold *) PG_GETARG_POINTER(0);
+	if (PG_ARGISNULL(1) || PG_ARGISNULL(3))
+		PG_RETURN_POINTER(st);
+	status = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (strcmp(status, "unknown") == 0)
+		PG_RETURN_POINTER(st);
+	rank = PG_GETARG_INT32(3);
+	terminal = !PG_ARGISNULL(4) && PG_GETARG_BOOL(4);
+	recoverable = !PG_ARGISNULL(5) && PG_GETARG_BOOL(5);
+
+	/*
+	 * The first known status applies; then, unless the shipment is in a
+	 * terminal status: a higher rank, anything after a recoverable or an
+	 * expired status, and the provider's expiry message itself.
+	 */
+	apply = st->status == NULL ||
+		(!st->terminal &&
+		 (rank > st->rank || st->recoverable ||
+		  strcmp(st->status, "expired") == 0 || strcmp(status, "expired") == 0));
+	if (apply)
+	{
+		if (st->status)
+			pfree(st->status);
+		if (st->raw)
+			pfree(st->raw);
+		st->status = MemoryContextStrdup(aggcxt, status);
+		st->raw = PG_ARGISNULL(2) ? NULL :
+			MemoryContextStrdup(aggcxt, text_to_cstring(PG_GETARG_TEXT_PP(2)));
+		st->rank = rank;
+		st->terminal = terminal;
+		st->recoverable = recoverable;
+	}
+	PG_RETURN_POINTER(st);
+}
+
+/* {status, raw status} of the fold; NULL if no known status was seen */
+Datum
+shipsync_status_final(PG_FUNCTION_ARGS)
+{
+	StatusFold *st = PG_ARGISNULL(0) ? NULL : (StatusFold *) PG_GETARG_POINTER(0);
+	Datum		elems[2];
+	bool		nulls[2] = {false, false};
+	int			dims[1] = {2};
+	int			lbs[1] = {1};
+
+	if (st == NULL || st->status == NULL)
+		PG_RETURN_NULL();
+	elems[0] = CStringGetTextDatum(st->status);
+	elems[1] = st->raw ? CStringGetTextDatum(st->raw) : (Datum) 0;
+	nulls[1] = st->raw == NULL;
+	PG_RETURN_ARRAYTYPE_P(construct_md_array(elems, nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
 }

@@ -10,7 +10,7 @@ OBJS = \
 	src/json.o \
 	src/retry.o \
 	src/capture.o \
-	src/tracking.o src/signature.o
+	src/tracking.o src/signature.o src/poller.o
 
 EXTENSION = pg_shipsync
 DATA = pg_shipsync--0.1.sql

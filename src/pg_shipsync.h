@@ -178,6 +178,10 @@ extern void shipsync_register_launcher(void);
 /* in dispatcher.c */
 extern PGDLLEXPORT void shipsync_dispatcher_main(Datum main_arg);
 
+/* in tracking.c */
+extern int64 tracking_apply_pulled(const char *provider_name, const char *body,
+								   size_t len);
+
 /* in capture.c */
 extern bool shipsync_capture_suppressed;
 extern void shipsync_wake_at_commit(int32 provider_id, bool config_changed);

@@ -982,3 +982,32 @@ shipsync_status_final(PG_FUNCTION_ARGS)
 	nulls[1] = st->raw == NULL;
 	PG_RETURN_ARRAYTYPE_P(construct_md_array(elems, nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
 }
+
+/*
+ * Apply the answer of a pull (GET {base_url}/shipments/{id}/events, the
+ * generic contract: {"events": [...]}) for a provider, like a push but
+ * without a signature: the dispatcher asked for it over its own
+ * connection.  SPI must be connected, in a transaction.  Returns how many
+ * shipments changed status; a body that is not the contract is an ERROR
+ * (SS400), which the caller isolates.
+ */
+int64
+tracking_apply_pulled(const char *provider_name, const char *body, size_t len)
+{
+	TrackProvider *p = load_provider(provider_name);
+	TrackEventList list;
+	char		errbuf[256];
+	TrackSummary sum = {0};
+
+	if (!shipsync_parse_tracking("generic", body, len, &list, errbuf, sizeof(errbuf)))
+	{
+		shipsync_free_tracking(&list);
+		ereport(ERROR,
+				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
+				 errmsg("tracking pulled from provider \"%s\" is not a generic tracking payload", p->name),
+				 errdetail("%c%s.", pg_toupper((unsigned char) errbuf[0]), errbuf + 1),
+				 errhint("See docs/wire-contract.md, \"Tracking pull\".")));
+	}
+	tracking_apply_batch(p, batch_from_list(p, &list), &sum);
+	return sum.n_changed;
+}

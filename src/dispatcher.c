@@ -223,6 +223,7 @@ dispatcher_load_config(void)
 	bindings = bs;
 	nbindings = nb;
 	cfg_generation = gen;
+	poller_invalidate();
 }
 
 static long
@@ -233,8 +234,11 @@ ms_until(TimestampTz when, TimestampTz now)
 	return (long) ((when - now + 999) / 1000);
 }
 
-/* Refill p's token bucket; returns how many requests it allows now. */
-static int
+/*
+ * Refill p's token bucket; returns how many requests it allows now.  The
+ * tracking poller (poller.c) draws from the same bucket.
+ */
+int
 provider_tokens(Provider *p, TimestampTz now)
 {
 	double		cap;
@@ -618,6 +622,8 @@ dispatcher_apply_done(TimestampTz now)
 
 	while ((t = http_take_done(client)) != NULL)
 	{
+		if (poller_take(t))		/* a tracking poll: applied below */
+			continue;
 		if (ndone == cap)
 		{
 			cap = cap ? cap * 2 : 64;
@@ -625,6 +631,7 @@ dispatcher_apply_done(TimestampTz now)
 		}
 		done[ndone++] = (Flight *) t->owner;
 	}
+	poller_apply();
 	if (ndone == 0)
 		return;
 
@@ -715,11 +722,13 @@ shipsync_dispatcher_main(Datum main_arg)
 		if (cfg_generation != pg_atomic_read_u64(&shipsync_shared->config_generation))
 			dispatcher_load_config();
 		dispatcher_claim_all(now);
+		poller_send(client, providers, nproviders, now);
 
 		pgstat_report_activity(STATE_IDLE, NULL);
 		now = GetCurrentTimestamp();
 		dispatcher_exchange_masks(now);
-		http_wait(client, dispatcher_timeout(now), PG_WAIT_EXTENSION);
+		http_wait(client, Min(dispatcher_timeout(now), poller_timeout(now)),
+				  PG_WAIT_EXTENSION);
 
 		/*
 		 * Reset the latch before looking at the masks: a commit after this

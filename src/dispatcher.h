@@ -118,4 +118,15 @@ extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,
 extern IntentKind outbox_kind_of(const char *method, const char *url);
 extern void outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);
 
+/* in dispatcher.c */
+extern int	provider_tokens(Provider *p, TimestampTz now);
+
+/* in poller.c: the tracking poller, driven by the dispatcher's loop */
+extern void poller_send(HttpClient *client, Provider *providers,
+						int nproviders, TimestampTz now);
+extern bool poller_take(HttpTransfer *t);
+extern void poller_apply(void);
+extern long poller_timeout(TimestampTz now);
+extern void poller_invalidate(void);
+
 #endif							/* SHIPSYNC_DISPATCHER_H */

@@ -64,6 +64,70 @@ extern long shipsync_parse_retry_after(const char *value, time_t now);
 extern long shipsync_backoff_ms(int attempt, long base_ms, long max_ms,
 								double random01);
 
+/* One tracking event read from a carrier's push or pull (in json.c) */
+typedef struct TrackEvent
+{
+	char	   *key;			/* the provider's event key: dedup */
+	char	   *tracking_number;
+	char	   *raw_status;		/* status as the carrier says it, or NULL */
+	char	   *raw_detail;		/* sub-status (subtag, status_detail, text) */
+	char	   *occurred_at;	/* event time as sent; NULL: now */
+	char	   *location;
+	char	   *description;
+} TrackEvent;
+
+typedef struct TrackEventList
+{
+	TrackEvent *ev;				/* malloc'd; free with shipsync_free_tracking */
+	int			n;
+	int			cap;
+} TrackEventList;
+
+/* in json.c */
+extern bool shipsync_parse_tracking(const char *dialect, const char *body,
+									size_t len, TrackEventList *out,
+									char *errbuf, size_t errlen);
+extern void shipsync_free_tracking(TrackEventList *l);
+
+/* Outcome of a webhook signature check (in signature.c) */
+typedef enum SigResult
+{
+	SIG_OK,
+	SIG_NO_SECRET,				/* nothing configured to check against */
+	SIG_MISSING,				/* no signature presented */
+	SIG_MALFORMED,				/* presented, but not in the scheme's form */
+	SIG_STALE,					/* timestamp outside the window */
+	SIG_MISMATCH				/* wrong MAC */
+} SigResult;
+
+/* in signature.c */
+extern void shipsync_base64_encode(const unsigned char *in, size_t len, char *out);
+extern long shipsync_base64_decode(const char *in, size_t len, unsigned char *out);
+extern void shipsync_hex_encode(const unsigned char *in, size_t len, char *out,
+								bool upper);
+extern bool shipsync_hmac_sha256(const void *key, size_t keylen,
+								 const void *msg, size_t msglen,
+								 unsigned char out[32]);
+extern bool shipsync_ct_equal(const char *a, size_t alen, const char *b,
+							  size_t blen);
+extern SigResult shipsync_verify_standard_webhooks(const char *secret,
+												   const char *msg_id,
+												   const char *timestamp,
+												   const char *sig_header,
+												   const char *body,
+												   size_t body_len, long now,
+												   long tolerance,
+												   const char **reason);
+extern SigResult shipsync_verify_hmac_body(const char *secret,
+										   const char *presented,
+										   const char *prefix, bool hex,
+										   const char *body, size_t body_len,
+										   const char **reason);
+extern SigResult shipsync_verify_kuaidi100(const char *salt, const char *param,
+										   const char *sign,
+										   const char **reason);
+extern char *shipsync_form_field(const char *body, size_t len, const char *name);
+
 #ifndef SHIPSYNC_PLAIN_C
 
 #include "postgres.h"
@@ -113,6 +177,10 @@ extern void shipsync_register_launcher(void);
 
 /* in dispatcher.c */
 extern PGDLLEXPORT void shipsync_dispatcher_main(Datum main_arg);
+
+/* in tracking.c */
+extern int64 tracking_apply_pulled(const char *provider_name, const char *body,
+								   size_t len);
 
 /* in capture.c */
 extern bool shipsync_capture_suppressed;

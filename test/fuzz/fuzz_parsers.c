@@ -2,7 +2,8 @@
  * fuzz_parsers.c
  *		libFuzzer target over the parsers that need no server: carrier
  *		responses (json.c), Retry-After values, decimal amounts and the
- *		backoff arithmetic (retry.c).
+ *		backoff arithmetic (retry.c), tracking payloads of every dialect
+ *		(json.c) and webhook signatures and form fields (signature.c).
  *
  * The first byte chooses what to feed; the rest is the input.  Built with
  * ASan and UBSan by test/fuzz/Makefile; bin/test runs it for a bounded
@@ -30,7 +31,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(s, data + 1, size - 1);
 	s[size - 1] = '\0';
 
-	switch (data[0] % 4)
+	switch (data[0] % 6)
 	{
 		case 0:
 		case 1:
@@ -54,6 +55,33 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				base = (long) ((unsigned long) base % 86400000UL);
 				(void) shipsync_backoff_ms(attempt, base, base * (data[1] % 4),
 										   (double) data[size - 1] / 256.0);
+			}
+			break;
+		case 4:
+			{
+				static const char *const dialects[] = {"generic", "easypost", "aftership",
+				"kuaidi100", "sf_express"};
+				TrackEventList l;
+
+				(void) shipsync_parse_tracking(dialects[(data[0] / 6) % 5], s, size - 1, &l,
+											   err, sizeof(err));
+				shipsync_free_tracking(&l);
+			}
+			break;
+		case 5:
+			{
+				const char *why;
+				char	   *param = shipsync_form_field(s, size - 1, "param");
+				char	   *sign = shipsync_form_field(s, size - 1, "sign");
+
+				(void) shipsync_verify_kuaidi100("salt", param, sign, &why);
+				(void) shipsync_verify_standard_webhooks("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+														 "msg_1", "1614265330", s, "{}", 2,
+														 1614265330, 300, &why);
+				(void) shipsync_verify_hmac_body("secret", s, "hmac-sha256-hex=", true,
+												 "{}", 2, &why);
+				free(param);
+				free(sign);
 			}
 			break;
 	}

@@ -36,6 +36,8 @@ from datetime import datetime, timezone
 from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import pusher                          # tracking timelines and pushes (pusher.py)
+
 LISTEN_HOST = "127.0.0.1"              # the only address we ever bind
 DEFAULT_OVERSIZED_BYTES = 8 * 1024 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024      # refuse request bodies above this
@@ -488,6 +490,10 @@ class SimState:
             return 200, dumps(self._view(rec))
 
     def get_events(self, sid):
+        tracker = getattr(self, "tracker", None)
+        events = tracker.pull_events(sid) if tracker is not None else None
+        if events is not None:
+            return 200, dumps({"events": events})
         with self.lock:
             rec = self.shipments.get(sid)
             if rec is None:
@@ -695,6 +701,12 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
         """Inspection and control endpoints: never faulted, never authenticated."""
         state = self.server.state
         method = self.command
+        answer = pusher.handle_sim(state.tracker, method, path, body) \
+            if getattr(state, "tracker", None) is not None else None
+        if answer is not None:
+            self._send_json(*answer)
+            self._log("sim")
+            return
         if path == "/_sim/stats" and method == "GET":
             self._send_json(200, state.stats())
         elif path == "/_sim/shipments" and method == "GET":
@@ -916,8 +928,10 @@ def main(argv=None):
     elif args.log:
         log_fh = open(args.log, "a", encoding="utf-8")
 
+    state = SimState(args.seed, rules)
+    state.tracker = pusher.Tracker(state)
     try:
-        server = CarrierServer(SimState(args.seed, rules), token=args.token,
+        server = CarrierServer(state, token=args.token,
                                latency_ms=args.latency_ms, log_fh=log_fh, port=args.port)
     except OSError as exc:
         print("carrier_sim: cannot listen on %s:%d: %s" % (LISTEN_HOST, args.port, exc),

@@ -170,6 +170,9 @@ test_backoff(void)
 	check(shipsync_backoff_ms(3, 100, 50, 0.5) == 50, "a cap below the base is raised to the base");
 }
 
+/* in test_tracking.c */
+void		test_tracking(void (*check) (int, const char *));
+
 int
 main(void)
 {
@@ -178,6 +181,7 @@ main(void)
 	test_classify();
 	test_retry_after();
 	test_backoff();
+	test_tracking(check);
 	printf("1..%d\n", n_test);
 	curl_global_cleanup();
 	return n_fail ? 1 : 0;

@@ -1,0 +1,317 @@
+-- Tracking: signatures of every dialect against the published vectors
+-- (positives and negatives), payloads, status rules, unmatched events,
+-- write-back, and each ingest error with its SQLSTATE.
+CREATE EXTENSION pg_shipsync;
+SET client_min_messages = warning;
+
+CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	st text; msg text; det text; hin text;
+BEGIN
+	EXECUTE q;
+	RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+	GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+		det = PG_EXCEPTION_DETAIL, hin = PG_EXCEPTION_HINT;
+	RETURN st || ': ' || msg || coalesce(E'\n  DETAIL: ' || nullif(det, ''), '')
+		|| coalesce(E'\n  HINT: ' || nullif(hin, ''), '');
+END
+$$;
+
+-- Standard Webhooks headers for a body, signed now (or at ts)
+CREATE FUNCTION pg_temp.sw_headers(secret text, id text, body text,
+								   ts bigint DEFAULT extract(epoch FROM now())::bigint)
+RETURNS jsonb LANGUAGE sql AS $$
+	SELECT jsonb_build_object('Webhook-Id', id, 'Webhook-Timestamp', ts::text,
+		'Webhook-Signature', 'v1,' || encode(shipsync._hmac_sha256(
+			decode(regexp_replace(secret, '^whsec_', ''), 'base64'),
+			convert_to(id || '.' || ts || '.' || body, 'UTF8')), 'base64'))
+$$;
+
+-- a generic push of events (id, tracking_number, status, occurred_at[, description])
+CREATE FUNCTION pg_temp.push(provider text, events jsonb) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT shipsync.ingest_tracking(provider, b,
+		pg_temp.sw_headers('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'msg_' || md5(b), b))
+	FROM (SELECT jsonb_build_object('events', events)::text AS b) x
+$$;
+CREATE FUNCTION pg_temp.ev(id text, tn text, status text, at text, descr text DEFAULT NULL)
+RETURNS jsonb LANGUAGE sql AS $$
+	SELECT jsonb_strip_nulls(jsonb_build_object('id', id, 'tracking_number', tn, 'status', status,
+		'occurred_at', at, 'description', descr))
+$$;
+
+-- form encoding for the kuaidi100 push
+CREATE FUNCTION pg_temp.urlencode(s text) RETURNS text LANGUAGE sql AS $$
+	SELECT string_agg(CASE WHEN c ~ '^[A-Za-z0-9._~-]$' THEN c
+		ELSE upper(regexp_replace(encode(convert_to(c, 'UTF8'), 'hex'), '(..)', '%\1', 'g')) END,
+		'' ORDER BY n)
+	FROM regexp_split_to_table(s, '') WITH ORDINALITY AS t(c, n)
+$$;
+
+------------------------------------------------------------------------------
+-- Standard Webhooks (generic): the published vectors, clock injected
+------------------------------------------------------------------------------
+\set sw_body '{"test": 2432232314}'
+SELECT coalesce(shipsync._verify_standard_webhooks('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+	'msg_p5jXN8AQM9LWM0D4loKWxJek', '1614265330', 'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=',
+	:'sw_body', 1614265330), 'valid') AS sign_function_vector;
+SELECT coalesce(shipsync._verify_standard_webhooks('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+	'msg_p5jXN8AQM9LWM0D4loKWxJek', '1614265330', 'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OA=',
+	:'sw_body', 1614265330), 'valid') AS near_miss_vector;
+SELECT coalesce(shipsync._verify_standard_webhooks('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+	'msg_p5jXN8AQM9LWM0D4loKWxJek', '1614265330',
+	'v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= v2,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE= v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc=',
+	:'sw_body', 1614265330), 'valid') AS multi_signature_vector;
+SELECT coalesce(shipsync._verify_standard_webhooks('MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+	'msg_p5jXN8AQM9LWM0D4loKWxJek', '1614265330', 'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=',
+	:'sw_body', 1614265330), 'valid') AS secret_without_prefix_vector;
+-- the same signature, but the body one byte longer, a v2 entry only, and the
+-- 5-minute window on both sides
+SELECT coalesce(shipsync._verify_standard_webhooks('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+	'msg_p5jXN8AQM9LWM0D4loKWxJek', '1614265330', 'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=',
+	:'sw_body' || ' ', 1614265330), 'valid') AS body_changed;
+SELECT coalesce(shipsync._verify_standard_webhooks('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+	'msg_p5jXN8AQM9LWM0D4loKWxJek', '1614265330', 'v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=',
+	:'sw_body', 1614265330), 'valid') AS only_v2;
+SELECT t.now_unix - 1614265330 AS skew_s,
+	   coalesce(shipsync._verify_standard_webhooks('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+		'msg_p5jXN8AQM9LWM0D4loKWxJek', '1614265330', 'v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=',
+		:'sw_body', t.now_unix), 'valid') AS verdict
+FROM (VALUES (1614265330 + 300), (1614265330 + 301), (1614265330 - 300), (1614265330 - 301)) AS t(now_unix);
+
+------------------------------------------------------------------------------
+-- Providers of every dialect, and what create_provider checks
+------------------------------------------------------------------------------
+CREATE SCHEMA crm;
+CREATE TABLE crm.orders (id bigint PRIMARY KEY, waybill_no text, ship_status text);
+SELECT shipsync.create_provider('gen', 'generic', 'https://carrier.example',
+	'{"webhook_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "unmatched_ttl_s": 60}');
+SELECT shipsync.create_provider('ep', 'easypost', 'https://api.easypost.example/v2',
+	'{"webhook_secret": "sécret"}');
+SELECT shipsync.create_provider('as', 'aftership', 'https://api.aftership.example',
+	'{"webhook_secret": "95f35e6b3dbc26527029cbd9cfa51b87"}');
+SELECT shipsync.create_provider('k100', 'kuaidi100', 'https://poll.kuaidi100.example',
+	'{"webhook_secret": "salt-8f2c"}');
+SELECT shipsync.create_provider('sf', 'sf_express', 'https://sfapi.example', '{}');
+SELECT shipsync.create_provider('sf_open', 'sf_express', 'https://sfapi.example',
+	'{"accept_unsigned_pushes": true}');
+SELECT shipsync.attach('crm.orders', 'gen',
+	writeback => '{"tracking_number": "waybill_no", "status": "ship_status"}');
+-- secrets are neither in the view nor in the errors
+SELECT count(*) AS views_showing_a_secret FROM shipsync.providers p
+WHERE row_to_json(p)::text ~ '(sécret|95f35e6b|salt-8f2c|MfKQ9r8G)';
+SELECT pg_temp.err($$SELECT shipsync.create_provider('x', 'generic', 'https://x.example', '{"webhook_secret": "not base64 !"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('x', 'easypost', 'https://x.example', '{"webhook_secret": 42}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('x', 'sf_express', 'https://x.example', '{"accept_unsigned_pushes": "yes"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('x', 'generic', 'https://x.example', '{"poll_interval_s": -1}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('x', 'generic', 'https://x.example', '{"unmatched_ttl_s": 0}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('x', 'kuaidi100', 'https://x.example', '{"timezone": "Mars/Olympus"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('x', 'ups', 'https://x.example')$$);
+
+-- shipments the carriers will report on (as the dispatcher records them)
+INSERT INTO crm.orders (id) SELECT g FROM generate_series(1, 20) g;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, status)
+SELECT b.binding_id, v.k, p.provider_id, v.tn, v.st
+FROM shipsync.binding b, (VALUES
+	('1', 'gen', 'T1', 'pending'), ('2', 'gen', 'T2', 'pending'), ('3', 'gen', 'T3', 'pending'),
+	('4', 'gen', 'T4', 'pending'), ('5', 'gen', 'T5', 'pending'), ('6', 'gen', 'T6', 'cancelled'),
+	('7', 'gen', 'T7', 'pending'), ('8', 'gen', 'T8', 'pending'),
+	('11', 'ep', '1', 'pending'), ('12', 'as', '123456789', 'pending'),
+	('13', 'k100', 'YT6186594166532', 'pending'), ('14', 'k100', 'YT6074326614455', 'pending'),
+	('15', 'sf_open', 'SF7444400031887', 'pending')) AS v(k, pname, tn, st)
+JOIN shipsync.provider p ON p.name = v.pname;
+SELECT count(*) AS intents_before FROM shipsync.outbox \gset
+
+------------------------------------------------------------------------------
+-- generic pushes through ingest_tracking: signature, window, headers
+------------------------------------------------------------------------------
+\set g1 '{"events": [{"id": "e1", "tracking_number": "T1", "status": "in_transit", "occurred_at": "2026-03-01T10:00:00Z"}]}'
+SELECT shipsync.ingest_tracking('gen', :'g1', pg_temp.sw_headers('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'msg_1', :'g1'));
+-- header names match whatever their case
+SELECT shipsync.ingest_tracking('gen', :'g1', (SELECT jsonb_object_agg(upper(k), v)
+	FROM jsonb_each(pg_temp.sw_headers('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'msg_1', :'g1')) AS h(k, v)))->'duplicate' AS duplicate;
+-- the published vector itself is five years old: a replay
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('gen', %L, %L)$$, :'sw_body',
+	'{"webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek", "webhook-timestamp": "1614265330", "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}'));
+-- signed with another key, a tampered body, missing headers, a bad timestamp
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('gen', %L, %L)$$, :'g1',
+	pg_temp.sw_headers('whsec_' || encode('another key of 32 bytes.........', 'base64'), 'msg_1', :'g1')));
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('gen', %L, %L)$$, replace(:'g1', 'in_transit', 'delivered'),
+	pg_temp.sw_headers('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'msg_1', :'g1')));
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('gen', %L)$$, :'g1'));
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('gen', %L, %L)$$, :'g1',
+	'{"webhook-id": "msg_1", "webhook-timestamp": "yesterday", "webhook-signature": "v1,AAAA"}'));
+SELECT count(*) AS events_stored FROM shipsync.tracking_event;
+
+-- rotation: the previous secret is still accepted, nothing else
+SELECT shipsync.create_provider('gen2', 'generic', 'https://carrier.example', format(
+	'{"webhook_secret": "whsec_%s", "previous_webhook_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}',
+	encode('the new key of thirty-two bytes!', 'base64'))::jsonb);
+SELECT shipsync.ingest_tracking('gen2', :'g1', pg_temp.sw_headers('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'msg_1', :'g1'))->'unmatched' AS old_key_accepted;
+SELECT shipsync.ingest_tracking('gen2', :'g1', pg_temp.sw_headers('whsec_' || encode('the new key of thirty-two bytes!', 'base64'), 'msg_1', :'g1'))->'duplicate' AS new_key_accepted;
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('gen2', %L, %L)$$, :'g1',
+	pg_temp.sw_headers('whsec_' || encode('a third key, in neither option..', 'base64'), 'msg_1', :'g1')));
+
+------------------------------------------------------------------------------
+-- EasyPost: the SDK fixtures (secret "sécret", NFKD-normalised)
+------------------------------------------------------------------------------
+\set ep_v1 `cat test/vectors/easypost_webhook_v1_tracker_updated.body.bin`
+\set ep_v0 `cat test/vectors/easypost_webhook_v0_batch_created.body.bin`
+SELECT length(:'ep_v1') AS v1_bytes, length(:'ep_v0') AS v0_bytes;
+SELECT shipsync.ingest_tracking('ep', :'ep_v1',
+	'{"X-Hmac-Signature": "hmac-sha256-hex=38f3f53c103713df81616a0a186d77141957323ec21d5fe9363db93840f527db"}');
+SELECT shipsync.ingest_tracking('ep', :'ep_v0',
+	'{"X-Hmac-Signature": "hmac-sha256-hex=e93977c8ccb20363d51a62b3fe1fc402b7829be1152da9e88cf9e8d07115a46b"}') AS batch_created_ignored;
+-- negatives: the MAC of the secret NOT normalised (computed here, then refused),
+-- the body with its file's trailing newline, the SDK's invalid secret and
+-- missing header tests
+SELECT encode(shipsync._hmac_sha256('\x73c3a963726574', convert_to(:'ep_v1', 'UTF8')), 'hex') AS nfc_mac;
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('ep', %L, %L)$$, :'ep_v1',
+	'{"X-Hmac-Signature": "hmac-sha256-hex=7f1669d6699d0b937cc1e69402423bdd2be0a8bcf571d34a8116765f1741219b"}'));
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('ep', %L, %L)$$, :'ep_v1' || E'\n',
+	'{"X-Hmac-Signature": "hmac-sha256-hex=38f3f53c103713df81616a0a186d77141957323ec21d5fe9363db93840f527db"}'));
+SELECT shipsync.create_provider('ep_bad', 'easypost', 'https://api.easypost.example/v2',
+	'{"webhook_secret": "invalid_secret"}');
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('ep_bad', %L, %L)$$, :'ep_v1',
+	'{"X-Hmac-Signature": "some-signature"}'));
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('ep', %L, %L)$$, :'ep_v1',
+	'{"some-header": "some-value"}'));
+
+------------------------------------------------------------------------------
+-- AfterShip (third-party vector), Kuaidi100 (sign computed), SF (unsigned)
+------------------------------------------------------------------------------
+\set as_body `cat test/vectors/aftership_webhook_tracking_update_vibrent.body.bin`
+SELECT shipsync.ingest_tracking('as', :'as_body',
+	'{"aftership-hmac-sha256": "FceTeaOp8Nvp9CVTnfoda0RQiRjq8VZQErBg+Gn88/s="}');
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('as', %L, %L)$$, :'as_body',
+	'{"aftership-hmac-sha256": "RaaHIWnGfgK3KFh3kkiUxZ1DQNKqx6E8vMgrM793dIs="}'));
+
+\set k100_param `cat test/vectors/kuaidi100_push_param_resultv2_yuantong.json`
+\set k100_nulls `cat test/vectors/kuaidi100_push_param_nullfields_masked.json`
+CREATE FUNCTION pg_temp.k100(param text, salt text DEFAULT 'salt-8f2c') RETURNS text LANGUAGE sql AS $$
+	SELECT 'param=' || pg_temp.urlencode(param) || '&sign=' || upper(md5(param || salt))
+$$;
+SELECT shipsync.ingest_tracking('k100', pg_temp.k100(:'k100_param'));
+SELECT shipsync.ingest_tracking('k100', pg_temp.k100(:'k100_param'))->'duplicate' AS full_history_again;
+SELECT shipsync.ingest_tracking('k100', pg_temp.k100(:'k100_nulls'))->'new' AS null_fields_read;
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('k100', %L)$$, pg_temp.k100(:'k100_param', 'wrong salt')));
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('k100', %L)$$, 'param=' || pg_temp.urlencode(:'k100_param')));
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('k100', %L)$$,
+	replace(pg_temp.k100(:'k100_param'), '%22state%22%3A%220%22', '%22state%22%3A%223%22')));
+-- the subscription gave up: abort is the provider's expiry message
+SELECT shipsync.ingest_tracking('k100', pg_temp.k100(jsonb_set(:'k100_param'::jsonb, '{status}', '"abort"')::text))->'new' AS abort_event;
+
+\set sf_body `cat test/vectors/sf_route_push_RoutePushService.json`
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('sf', %L)$$, :'sf_body'));
+SELECT shipsync.ingest_tracking('sf_open', :'sf_body');
+
+SELECT p.name, e.tracking_number,
+	   CASE WHEN e.raw_status = 'abort' THEN 'when received' ELSE (e.occurred_at AT TIME ZONE 'UTC')::text END AS at_utc, e.status,
+	   e.raw_status, e.raw_detail, left(e.description, 24) AS description
+FROM shipsync.tracking_event e JOIN shipsync.provider p USING (provider_id)
+WHERE p.name <> 'gen'
+ORDER BY p.name, e.occurred_at, e.event_id;
+SELECT order_key, p.name, status, raw_status FROM shipsync.shipment s JOIN shipsync.provider p USING (provider_id)
+WHERE p.name <> 'gen' ORDER BY order_key::int;
+
+------------------------------------------------------------------------------
+-- Payload errors: SS400, nothing stored
+------------------------------------------------------------------------------
+SELECT count(*) AS events_before FROM shipsync.tracking_event \gset
+SELECT pg_temp.err($$SELECT pg_temp.push('gen', '[{"id": "x"}]')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_tracking('sf_open', '{"Body": {"WaybillRoute": [{"id": 1}]}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_tracking('sf_open', '{"events": ')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_tracking('sf_open', '[]')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_tracking('sf_open', NULL)$$);
+SELECT pg_temp.err($$SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('e', 'T1', 'delivered', 'last tuesday')))$$);
+SELECT pg_temp.err($$SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('e', 'T1', 'delivered', '2026-02-30T10:00:00Z')))$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_tracking('nobody', '{}')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_tracking(NULL, '{}')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_tracking('ep_none', '{}')$$);
+SELECT shipsync.create_provider('ep_none', 'easypost', 'https://api.easypost.example/v2');
+SELECT pg_temp.err($$SELECT shipsync.ingest_tracking('ep_none', '{}')$$);
+SELECT count(*) - :events_before AS events_stored_by_errors FROM shipsync.tracking_event;
+
+------------------------------------------------------------------------------
+-- Status rules (generic events)
+------------------------------------------------------------------------------
+-- out of order: a late earlier event changes nothing, rank moves up only
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t2-a', 'T2', 'in_transit', '2026-03-01T12:00:00Z')));
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t2-b', 'T2', 'pre_transit', '2026-03-01T08:00:00Z')));
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t2-c', 'T2', 'out_for_delivery', '2026-03-01T11:00:00Z')));
+-- duplicates change nothing, within one body or across bodies
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t3-a', 'T3', 'in_transit', '2026-03-01T12:00:00Z'),
+	pg_temp.ev('t3-a', 'T3', 'in_transit', '2026-03-01T12:00:00Z')));
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t3-a', 'T3', 'delivered', '2026-03-02T12:00:00Z')));
+-- recoverable: a failed delivery, the re-delivery, an exception, recovery,
+-- delivered, and nothing after a terminal state
+SELECT pg_temp.push('gen', jsonb_build_array(
+	pg_temp.ev('t4-1', 'T4', 'in_transit', '2026-03-01T01:00:00Z'),
+	pg_temp.ev('t4-2', 'T4', 'delivery_failed', '2026-03-01T02:00:00Z')));
+SELECT status FROM shipsync.shipment WHERE tracking_number = 'T4';
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t4-3', 'T4', 'out_for_delivery', '2026-03-01T03:00:00Z')));
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t4-4', 'T4', 'exception', '2026-03-01T04:00:00Z')));
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t4-5', 'T4', 'in_transit', '2026-03-01T05:00:00Z')));
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t4-6', 'T4', 'delivered', '2026-03-01T06:00:00Z')));
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t4-7', 'T4', 'exception', '2026-03-01T07:00:00Z'),
+	pg_temp.ev('t4-8', 'T4', 'returned', '2026-03-01T08:00:00Z')));
+-- expired: set by the expiry message even from a higher rank, left by any later event
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t5-1', 'T5', 'out_for_delivery', '2026-03-01T01:00:00Z'),
+	pg_temp.ev('t5-2', 'T5', 'expired', '2026-03-01T02:00:00Z')));
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t5-3', 'T5', 'pre_transit', '2026-03-01T03:00:00Z')));
+-- a late event older than a recoverable state does not apply
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t7-1', 'T7', 'delivery_failed', '2026-03-01T02:00:00Z')));
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t7-2', 'T7', 'in_transit', '2026-03-01T01:00:00Z')));
+-- a cancelled shipment stays cancelled; unknown statuses are kept raw, change nothing
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t6-1', 'T6', 'in_transit', '2026-03-01T01:00:00Z')));
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t8-1', 'T8', 'in_transit', '2026-03-01T01:00:00Z'),
+	pg_temp.ev('t8-2', 'T8', 'lost_in_space', '2026-03-01T02:00:00Z')));
+-- a status_map row of the generic profile maps a raw status of its own
+INSERT INTO shipsync.status_map (profile, raw_status, status) VALUES ('generic', 'lost_in_space', 'exception');
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t8-3', 'T8', 'lost_in_space', '2026-03-01T03:00:00Z')));
+
+SELECT s.order_key, s.tracking_number, s.status, s.raw_status, o.ship_status AS written_back,
+	   (SELECT string_agg(e.status || '@' || to_char(e.occurred_at AT TIME ZONE 'UTC', 'HH24'), ' ' ORDER BY e.occurred_at)
+		FROM shipsync.tracking_event e WHERE e.binding_id = s.binding_id AND e.order_key = s.order_key) AS history
+FROM shipsync.shipment s JOIN crm.orders o ON o.id::text = s.order_key
+JOIN shipsync.provider p USING (provider_id)
+WHERE p.name = 'gen' ORDER BY s.order_key::int;
+-- no echo: write-backs made no intents
+SELECT count(*) - :intents_before AS new_intents FROM shipsync.outbox;
+
+------------------------------------------------------------------------------
+-- Unmatched: parked, matched when the shipment appears, expired
+------------------------------------------------------------------------------
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('u-1', 'LATE1', 'in_transit', '2026-03-01T01:00:00Z'),
+	pg_temp.ev('u-2', 'LATE1', 'out_for_delivery', '2026-03-01T02:00:00Z')));
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('u-1', 'LATE1', 'in_transit', '2026-03-01T01:00:00Z')))->'duplicate' AS parked_duplicate;
+SELECT event_key, tracking_number, raw_status FROM shipsync.unmatched_event ORDER BY event_key;
+INSERT INTO crm.orders (id) VALUES (30);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number)
+SELECT b.binding_id, '30', p.provider_id, 'LATE1' FROM shipsync.binding b, shipsync.provider p WHERE p.name = 'gen';
+SELECT s.status, o.ship_status FROM shipsync.shipment s JOIN crm.orders o ON o.id::text = s.order_key WHERE s.order_key = '30';
+SELECT count(*) AS still_parked FROM shipsync.unmatched_event WHERE tracking_number = 'LATE1';
+SELECT count(*) AS moved_to_events FROM shipsync.tracking_event WHERE tracking_number = 'LATE1';
+-- within one transaction, the match waits for its end
+BEGIN;
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('u-3', 'LATE2', 'in_transit', '2026-03-01T01:00:00Z')))->'unmatched' AS parked;
+INSERT INTO crm.orders (id) VALUES (31);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number)
+SELECT b.binding_id, '31', p.provider_id, 'LATE2' FROM shipsync.binding b, shipsync.provider p WHERE p.name = 'gen';
+SELECT count(*) AS parked_before_commit FROM shipsync.unmatched_event WHERE tracking_number = 'LATE2';
+COMMIT;
+SELECT s.status, o.ship_status FROM shipsync.shipment s JOIN crm.orders o ON o.id::text = s.order_key WHERE s.order_key = '31';
+-- expiry: a ticket per event, nothing parked left
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('u-9', 'NEVER', 'in_transit', '2026-03-01T01:00:00Z')))->'unmatched' AS parked;
+SELECT shipsync.expire_unmatched() AS expired_too_early;
+UPDATE shipsync.unmatched_event SET expires_at = now() - interval '1 second';
+SELECT shipsync.expire_unmatched() AS expired;
+SELECT kind, detail FROM shipsync.exception_ticket WHERE kind = 'unmatched_expired';
+SELECT count(*) AS parked_left FROM shipsync.unmatched_event;
+
+------------------------------------------------------------------------------
+-- trace(): tracking events in the order's timeline
+------------------------------------------------------------------------------
+SELECT at AT TIME ZONE 'UTC' AS at_utc, kind, detail->>'status' AS status, detail->>'raw_status' AS raw
+FROM shipsync.trace('crm.orders', '4') WHERE kind = 'tracking';
+SELECT array_agg(DISTINCT kind ORDER BY kind) AS kinds FROM shipsync.trace('crm.orders', '4');

@@ -1,0 +1,465 @@
+/*-------------------------------------------------------------------------
+ *
+ * signature.c
+ *		Webhook signatures of the tracking dialects: HMAC-SHA256, MD5,
+ *		base64, hex, constant-time comparison and the form decoding they
+ *		need.
+ *
+ * Every scheme is computed over the raw bytes the carrier sent, never over
+ * a re-serialisation: one changed byte (a trailing newline, a reordered
+ * key) must fail the check.  Comparisons of MACs are constant-time
+ * (CRYPTO_memcmp) on buffers of equal, fixed length, so a forger learns
+ * nothing from timing but the length of what he sent.
+ *
+ * This file includes no PostgreSQL header: it is unit-tested and fuzzed
+ * alone.  Results are malloc'd where they are strings; the callers free
+ * them.  A verification answers a SigResult, and a static reason string
+ * for the log that never contains a secret or a MAC.
+ *
+ *-------------------------------------------------------------------------
+ */
+#define SHIPSYNC_PLAIN_C
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "pg_shipsync.h"
+
+#define SHA256_LEN 32
+
+static const char b64chars[] =
+"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Standard base64 of len bytes, NUL-terminated into out (4*ceil(len/3)+1) */
+void
+shipsync_base64_encode(const unsigned char *in, size_t len, char *out)
+{
+	size_t		i;
+	char	   *p = out;
+
+	for (i = 0; i + 2 < len; i += 3)
+	{
+		*p++ = b64chars[in[i] >> 2];
+		*p++ = b64chars[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
+		*p++ = b64chars[((in[i + 1] & 15) << 2) | (in[i + 2] >> 6)];
+		*p++ = b64chars[in[i + 2] & 63];
+	}
+	if (i < len)
+	{
+		*p++ = b64chars[in[i] >> 2];
+		if (i + 1 < len)
+		{
+			*p++ = b64chars[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
+			*p++ = b64chars[(in[i + 1] & 15) << 2];
+		}
+		else
+		{
+			*p++ = b64chars[(in[i] & 3) << 4];
+			*p++ = '=';
+		}
+		*p++ = '=';
+	}
+	*p = '\0';
+}
+
+static int
+b64value(unsigned char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '+')
+		return 62;
+	if (c == '/')
+		return 63;
+	return -1;
+}
+
+/*
+ * Decode standard base64 (padding optional).  Returns the number of bytes
+ * written to out (which holds at least 3*len/4 bytes), or -1 if the input
+ * is not base64.
+ */
+long
+shipsync_base64_decode(const char *in, size_t len, unsigned char *out)
+{
+	unsigned int acc = 0;
+	int			bits = 0;
+	long		n = 0;
+	size_t		i;
+
+	while (len > 0 && in[len - 1] == '=')
+		len--;
+	for (i = 0; i < len; i++)
+	{
+		int			v = b64value((unsigned char) in[i]);
+
+		if (v < 0)
+			return -1;
+		acc = (acc << 6) | (unsigned int) v;
+		bits += 6;
+		if (bits >= 8)
+		{
+			bits -= 8;
+			out[n++] = (unsigned char) ((acc >> bits) & 0xFF);
+		}
+	}
+	/* leftover bits must be a whole final group */
+	if (bits >= 6)
+		return -1;
+	return n;
+}
+
+/* Lower-case hex of len bytes into out (2*len+1) */
+void
+shipsync_hex_encode(const unsigned char *in, size_t len, char *out, bool upper)
+{
+	const char *digits = upper ? "0123456789ABCDEF" : "0123456789abcdef";
+
+	for (size_t i = 0; i < len; i++)
+	{
+		out[2 * i] = digits[in[i] >> 4];
+		out[2 * i + 1] = digits[in[i] & 15];
+	}
+	out[2 * len] = '\0';
+}
+
+bool
+shipsync_hmac_sha256(const void *key, size_t keylen, const void *msg,
+					 size_t msglen, unsigned char out[32])
+{
+	unsigned int outlen = 0;
+
+	if (keylen > (size_t) INT32_MAX)
+		return false;
+	return HMAC(EVP_sha256(), key, (int) keylen, msg, msglen, out, &outlen) != NULL &&
+		outlen == SHA256_LEN;
+}
+
+/*
+ * Constant-time equality of two strings of the same length; strings of
+ * different lengths are unequal (their length is not a secret).
+ */
+bool
+shipsync_ct_equal(const char *a, size_t alen, const char *b, size_t blen)
+{
+	if (alen != blen)
+		return false;
+	return CRYPTO_memcmp(a, b, alen) == 0;
+}
+
+static bool
+is_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/*
+ * Standard Webhooks (symmetric, v1): the key is base64 of the secret after
+ * an optional "whsec_" prefix; the MAC is base64(HMAC-SHA256(key,
+ * id "." timestamp "." body)); the header holds space-separated
+ * "version,signature" entries, of which any v1 entry may match; the
+ * timestamp must be within tolerance seconds of now.
+ */
+SigResult
+shipsync_verify_standard_webhooks(const char *secret, const char *msg_id,
+								  const char *timestamp, const char *sig_header,
+								  const char *body, size_t body_len,
+								  long now, long tolerance, const char **reason)
+{
+	unsigned char key[512];
+	long		keylen;
+	const char *s;
+	char	   *end;
+	long long	ts;
+	unsigned char mac[SHA256_LEN];
+	char		expected[64];
+	size_t		explen;
+	size_t		idlen,
+				tslen,
+				signed_len;
+	char	   *signed_msg;
+	bool		ok;
+	const char *p;
+
+	*reason = NULL;
+	if (secret == NULL || secret[0] == '\0')
+	{
+		*reason = "no webhook secret is configured";
+		return SIG_NO_SECRET;
+	}
+	if (msg_id == NULL || timestamp == NULL || sig_header == NULL)
+	{
+		*reason = "the webhook-id, webhook-timestamp or webhook-signature header is missing";
+		return SIG_MISSING;
+	}
+
+	s = secret;
+	if (strncmp(s, "whsec_", 6) == 0)
+		s += 6;
+	if (strlen(s) > sizeof(key) * 4 / 3 ||
+		(keylen = shipsync_base64_decode(s, strlen(s), key)) <= 0)
+	{
+		*reason = "the configured webhook secret is not whsec_ followed by base64";
+		return SIG_NO_SECRET;
+	}
+
+	errno = 0;
+	ts = strtoll(timestamp, &end, 10);
+	if (timestamp[0] == '\0' || *end != '\0' || errno != 0)
+	{
+		*reason = "the webhook-timestamp header is not a Unix time";
+		return SIG_MALFORMED;
+	}
+	if (ts < (long long) now - tolerance || ts > (long long) now + tolerance)
+	{
+		*reason = "the webhook-timestamp is outside the tolerance window (replayed or clock skew)";
+		return SIG_STALE;
+	}
+
+	/* HMAC over id "." timestamp "." body */
+	idlen = strlen(msg_id);
+	tslen = strlen(timestamp);
+	signed_len = idlen + 1 + tslen + 1 + body_len;
+	signed_msg = malloc(signed_len + 1);
+	if (signed_msg == NULL)
+	{
+		*reason = "out of memory";
+		return SIG_MISMATCH;
+	}
+	memcpy(signed_msg, msg_id, idlen);
+	signed_msg[idlen] = '.';
+	memcpy(signed_msg + idlen + 1, timestamp, tslen);
+	signed_msg[idlen + 1 + tslen] = '.';
+	memcpy(signed_msg + idlen + 1 + tslen + 1, body, body_len);
+	ok = shipsync_hmac_sha256(key, (size_t) keylen, signed_msg, signed_len, mac);
+	free(signed_msg);
+	OPENSSL_cleanse(key, sizeof(key));
+	if (!ok)
+	{
+		*reason = "the HMAC could not be computed";
+		return SIG_MISMATCH;
+	}
+	shipsync_base64_encode(mac, SHA256_LEN, expected);
+	explen = strlen(expected);
+
+	/* every "v1,<sig>" entry is a candidate; other versions are ignored */
+	ok = false;
+	p = sig_header;
+	while (*p)
+	{
+		const char *e;
+
+		while (is_space(*p))
+			p++;
+		if (*p == '\0')
+			break;
+		e = p;
+		while (*e && !is_space(*e))
+			e++;
+		if (e - p > 3 && strncmp(p, "v1,", 3) == 0 &&
+			shipsync_ct_equal(p + 3, (size_t) (e - p - 3), expected, explen))
+			ok = true;			/* keep scanning: constant work per entry */
+		p = e;
+	}
+	if (!ok)
+		*reason = "no v1 signature in webhook-signature matches";
+	return ok ? SIG_OK : SIG_MISMATCH;
+}
+
+/*
+ * A MAC header against HMAC-SHA256(secret, body), hex (EasyPost, after a
+ * "hmac-sha256-hex=" prefix) or base64 (AfterShip).  The caller has
+ * already NFKD-normalised an EasyPost secret.
+ */
+SigResult
+shipsync_verify_hmac_body(const char *secret, const char *presented,
+						  const char *prefix, bool hex,
+						  const char *body, size_t body_len, const char **reason)
+{
+	unsigned char mac[SHA256_LEN];
+	char		expected[2 * SHA256_LEN + 1];
+	size_t		plen;
+
+	*reason = NULL;
+	if (secret == NULL || secret[0] == '\0')
+	{
+		*reason = "no webhook secret is configured";
+		return SIG_NO_SECRET;
+	}
+	if (presented == NULL)
+	{
+		*reason = "the signature header is missing";
+		return SIG_MISSING;
+	}
+	plen = prefix ? strlen(prefix) : 0;
+	if (plen > 0 && strncmp(presented, prefix, plen) != 0)
+	{
+		*reason = "the signature header does not start with the expected scheme";
+		return SIG_MALFORMED;
+	}
+	presented += plen;
+	if (!shipsync_hmac_sha256(secret, strlen(secret), body, body_len, mac))
+	{
+		*reason = "the HMAC could not be computed";
+		return SIG_MISMATCH;
+	}
+	if (hex)
+		shipsync_hex_encode(mac, SHA256_LEN, expected, false);
+	else
+		shipsync_base64_encode(mac, SHA256_LEN, expected);
+	if (!shipsync_ct_equal(presented, strlen(presented), expected, strlen(expected)))
+	{
+		*reason = "the signature does not match the body";
+		return SIG_MISMATCH;
+	}
+	return SIG_OK;
+}
+
+/*
+ * Kuaidi100 push: sign = UPPER(HEX(MD5(param + salt))), param being the
+ * form value after decoding.  The presented sign is compared upper-cased.
+ */
+SigResult
+shipsync_verify_kuaidi100(const char *salt, const char *param, const char *sign,
+						  const char **reason)
+{
+	EVP_MD_CTX *ctx;
+	unsigned char md[16];
+	unsigned int mdlen = 0;
+	char		expected[33];
+	char		given[33];
+	size_t		n;
+	bool		ok;
+
+	*reason = NULL;
+	if (salt == NULL || salt[0] == '\0')
+	{
+		*reason = "no webhook secret (the subscription's salt) is configured";
+		return SIG_NO_SECRET;
+	}
+	if (param == NULL || sign == NULL)
+	{
+		*reason = "the form field param or sign is missing";
+		return SIG_MISSING;
+	}
+	n = strlen(sign);
+	if (n != 32)
+	{
+		*reason = "the sign is not 32 hex digits";
+		return SIG_MALFORMED;
+	}
+	for (size_t i = 0; i < n; i++)
+		given[i] = (char) toupper((unsigned char) sign[i]);
+	given[n] = '\0';
+
+	ctx = EVP_MD_CTX_new();
+	ok = ctx != NULL &&
+		EVP_DigestInit_ex(ctx, EVP_md5(), NULL) == 1 &&
+		EVP_DigestUpdate(ctx, param, strlen(param)) == 1 &&
+		EVP_DigestUpdate(ctx, salt, strlen(salt)) == 1 &&
+		EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 16;
+	EVP_MD_CTX_free(ctx);
+	if (!ok)
+	{
+		*reason = "the MD5 could not be computed";
+		return SIG_MISMATCH;
+	}
+	shipsync_hex_encode(md, 16, expected, true);
+	if (!shipsync_ct_equal(given, 32, expected, 32))
+	{
+		*reason = "the sign does not match param and salt";
+		return SIG_MISMATCH;
+	}
+	return SIG_OK;
+}
+
+static int
+hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * The value of field name in an application/x-www-form-urlencoded body,
+ * decoded ("+" is a space, %XX a byte), malloc'd; NULL when absent or
+ * badly escaped.  The first occurrence wins.
+ */
+char *
+shipsync_form_field(const char *body, size_t len, const char *name)
+{
+	size_t		nlen = strlen(name);
+	size_t		i = 0;
+
+	while (i < len)
+	{
+		size_t		j = i;
+		size_t		eq;
+
+		while (j < len && body[j] != '&')
+			j++;
+		eq = i;
+		while (eq < j && body[eq] != '=')
+			eq++;
+		if (eq - i == nlen && memcmp(body + i, name, nlen) == 0)
+		{
+			char	   *out = malloc(j - eq + 1);
+			size_t		o = 0;
+
+			if (out == NULL)
+				return NULL;
+			for (size_t k = eq + 1; k < j; k++)
+			{
+				if (body[k] == '+')
+					out[o++] = ' ';
+				else if (body[k] == '%')
+				{
+					int			h,
+								l;
+
+					if (k + 2 >= j)
+					{
+						free(out);
+						return NULL;
+					}
+					h = hexval(body[k + 1]);
+					l = hexval(body[k + 2]);
+					if (h < 0 || l < 0)
+					{
+						free(out);
+						return NULL;
+					}
+					out[o++] = (char) (h * 16 + l);
+					k += 2;
+				}
+				else
+					out[o++] = body[k];
+			}
+			out[o] = '\0';
+			if (memchr(out, '\0', o) != NULL)
+			{
+				/* an embedded NUL cannot be a param or a sign */
+				free(out);
+				return NULL;
+			}
+			return out;
+		}
+		i = j + 1;
+	}
+	return NULL;
+}

@@ -1,0 +1,189 @@
+# Tracking end to end: 1,000 orders are shipped at the simulator, which then
+# moves every shipment through realistic statuses on a clock this test
+# controls and pushes generic webhooks to a small receiver that calls
+# shipsync.ingest_tracking() -- duplicating 20%, reordering 20%, dropping
+# 10% and forging 5% of its pushes.  The dispatcher's poller fills what was
+# dropped.  Every order must end with the status the simulator holds,
+# written onto the order row, every event stored once, and no forged event
+# stored.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use HTTP::Tiny;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+use ShipsyncTest;
+
+my $NORDERS = 1000;
+my $SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
+
+my $sim = start_sim(seed => 7);
+my $node = shipsync_node('tracking');
+setup_orders($node, $sim,
+	qq({"timeout_ms": 5000, "backoff_base_ms": 50, "backoff_max_ms": 500,
+	    "webhook_secret": "$SECRET", "poll_interval_s": 2}));
+
+# the shop's webhook endpoint: every push goes to ingest_tracking()
+my $rdir = PostgreSQL::Test::Utils::tempdir();
+my $rpid = fork();
+die "fork: $!" unless defined $rpid;
+if ($rpid == 0)
+{
+	open(STDOUT, '>', "$rdir/receiver.out");
+	open(STDERR, '>&', \*STDOUT);
+	exec('python3', "$FindBin::RealBin/../sim/receiver.py", '--provider', 'sim',
+		'--psql', 'psql', '--dsn', $node->connstr('postgres'),
+		'--port-file', "$rdir/port")
+	  or die "exec: $!";
+}
+for (1 .. 200)
+{
+	last if -s "$rdir/port";
+	usleep(50_000);
+}
+die "the receiver did not start" unless -s "$rdir/port";
+my $rport = PostgreSQL::Test::Utils::slurp_file("$rdir/port");
+chomp $rport;
+
+# 1. the orders become shipments at the simulator
+$node->safe_psql('postgres',
+	"INSERT INTO crm.orders (customer) SELECT '客户' || g FROM generate_series(1, $NORDERS) g");
+ok(wait_until($node, 'SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL', 120),
+	"$NORDERS orders shipped");
+
+# 2. the simulator's clock runs; each step's events are pushed, with faults
+sim_post(
+	$sim,
+	'/_sim/tracking/config',
+	{
+		url => "http://127.0.0.1:$rport/webhook",
+		dialect => 'generic',
+		secret => $SECRET,
+		seed => 7,
+		duplicate => 0.2,
+		reorder => 0.2,
+		drop => 0.1,
+		forge => 0.05
+	});
+
+# What the simulator holds, as a table the database compares with; then
+# wait for the poller to cover what was dropped.  Returns the number of
+# events that happened so far.
+sub agree
+{
+	my ($label) = @_;
+	my $expected = sim_get($sim, '/_sim/tracking/expected');
+	is(scalar(keys %$expected), $NORDERS, "$label: the simulator tracks every shipment");
+	my $values = join(
+		",\n",
+		map {
+			sprintf("('%s', '%s', %s, %d)",
+				$_, $expected->{$_}{tracking_number},
+				defined $expected->{$_}{status} ? "'$expected->{$_}{status}'" : 'NULL',
+				$expected->{$_}{events})
+		} sort keys %$expected);
+	$node->safe_psql('postgres',
+		"DROP TABLE IF EXISTS expected;
+		 CREATE TABLE expected (order_key text PRIMARY KEY, tracking_number text, status text, events int);
+		 INSERT INTO expected VALUES $values;");
+	ok( wait_until(
+			$node,
+			q{SELECT count(*) = 0 FROM expected x JOIN crm.orders o ON o.id::text = x.order_key
+			  WHERE o.ship_status IS DISTINCT FROM coalesce(x.status, 'pre_transit')},
+			120),
+		"$label: every order row carries the status the simulator holds");
+	is( $node->safe_psql(
+			'postgres',
+			q{SELECT count(*) FROM expected x JOIN shipsync.shipment s ON s.order_key = x.order_key
+			  WHERE s.status = coalesce(x.status, 'pre_transit') AND s.tracking_number = x.tracking_number}),
+		$NORDERS,
+		"$label: every shipment has it too");
+	note "$label: statuses held: "
+	  . $node->safe_psql(
+		'postgres', q{SELECT string_agg(coalesce(status, '-') || ' ' || n, ', ' ORDER BY status)
+		  FROM (SELECT status, count(*) n FROM expected GROUP BY status) s});
+	return $node->safe_psql('postgres', 'SELECT sum(events) FROM expected');
+}
+
+# half way: failed deliveries, exceptions, pickups in flight
+for my $step (1 .. 4)
+{
+	sim_post($sim, '/_sim/tracking/advance', { steps => 1 });
+	sim_post($sim, '/_sim/tracking/flush', {});
+}
+agree('at step 4');
+is( $node->safe_psql(
+		'postgres', q{SELECT count(DISTINCT status) >= 5 FROM expected}),
+	't', 'at step 4: at least five different statuses are held');
+
+# to the end of every timeline
+for my $step (5 .. 9)
+{
+	sim_post($sim, '/_sim/tracking/advance', { steps => 1 });
+	sim_post($sim, '/_sim/tracking/flush', {});
+}
+my $stats = sim_get($sim, '/_sim/tracking/stats');
+note explain $stats;
+ok($stats->{dropped} > 0 && $stats->{duplicated} > 0 && $stats->{reordered} > 0
+	  && $stats->{forged} > 0,
+	"the simulator dropped $stats->{dropped}, duplicated $stats->{duplicated}, "
+	  . "reordered $stats->{reordered} and forged $stats->{forged} of $stats->{pushes} pushes");
+my $total_events = agree('at the end');
+
+# every event once: duplicates dropped, dropped ones pulled
+is($node->safe_psql('postgres', 'SELECT count(*) FROM shipsync.tracking_event'),
+	$total_events, "every one of the $total_events events stored exactly once");
+is( $node->safe_psql(
+		'postgres', q{SELECT count(*) FROM shipsync.tracking_event WHERE event_key LIKE 'forged%'}),
+	'0',
+	'no forged event stored');
+my $answers = decode_json(
+	HTTP::Tiny->new->get("http://127.0.0.1:$rport/counts")->{content});
+note explain $answers;
+cmp_ok($answers->{SS401} // 0, '>=', $stats->{forged},
+	'every forged push was refused with SQLSTATE SS401');
+like(
+	PostgreSQL::Test::Utils::slurp_file($node->logfile),
+	qr/WARNING:  pg_shipsync: rejected a tracking push for provider "sim": no v1 signature/,
+	'each refusal is logged with the provider and the reason');
+
+# no echo: the write-backs made no intents
+is($node->safe_psql('postgres', "SELECT count(*) FROM shipsync.outbox WHERE op <> 'create'"),
+	'0', 'status write-backs enqueued nothing');
+
+# 4. NOTIFY: a change is announced with the order, both statuses, the waybill
+my ($key, $tn) = split(/\|/,
+	$node->safe_psql('postgres',
+		q{SELECT o.id, o.waybill_no FROM crm.orders o JOIN expected x ON x.order_key = o.id::text
+		  WHERE x.status = 'in_transit' ORDER BY o.id LIMIT 1}));
+my $body = qq({"events": [{"id": "late-delivery-$key", "tracking_number": "$tn", "status": "delivered", "occurred_at": "2027-01-01T00:00:00Z"}]});
+my $ts = time();
+my (undef, $out, $err) = $node->psql(
+	'postgres', qq{
+	LISTEN shipsync;
+	SELECT shipsync.ingest_tracking('sim', \$b\$$body\$b\$, jsonb_build_object(
+		'webhook-id', 'msg_late', 'webhook-timestamp', '$ts',
+		'webhook-signature', 'v1,' || encode(shipsync._hmac_sha256(
+			decode('MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'base64'),
+			convert_to('msg_late.$ts.' || \$b\$$body\$b\$, 'UTF8')), 'base64')))->>'shipments_changed';
+});
+like($out, qr/Asynchronous notification "shipsync" with payload "\{"event": "status_changed", "table": "crm.orders", "order_key": "$key", "old_status": "in_transit", "new_status": "delivered", "tracking_number": "$tn"\}"/,
+	'the change is announced on channel shipsync');
+is($node->safe_psql('postgres', "SELECT ship_status FROM crm.orders WHERE id = $key"),
+	'delivered', 'and written onto the order row in the same transaction');
+
+# 5. trace() shows the order's tracking events in time order
+is( $node->safe_psql(
+		'postgres', qq{SELECT count(*) FROM shipsync.trace('crm.orders', '$key') WHERE kind = 'tracking'}),
+	$node->safe_psql('postgres', "SELECT events + 1 FROM expected WHERE order_key = '$key'"),
+	'trace() lists every tracking event of the order');
+
+kill 'TERM', $rpid;
+waitpid($rpid, 0);
+$node->stop;
+stop_sim($sim);
+done_testing();

@@ -59,6 +59,7 @@ typedef struct Flight
 	HttpTransfer xfer;			/* first: http.c hands back this pointer */
 	MemoryContext cxt;
 	Claimed		c;
+	bool		searching;		/* SF: a lookup after 8016 (duplicate order) */
 } Flight;
 
 static MemoryContext cfg_cxt = NULL;
@@ -258,7 +259,9 @@ build_headers(Provider *p, const char *idempotency_key, bool has_body)
 	snprintf(line, sizeof(line), "Idempotency-Key: %s", idempotency_key);
 	h = curl_slist_append(h, line);
 	if (has_body)
-		h = curl_slist_append(h, "Content-Type: application/json");
+		h = curl_slist_append(h, p->dialect == DIALECT_SF_EXPRESS ?
+							  "Content-Type: application/x-www-form-urlencoded" :
+							  "Content-Type: application/json");
 	h = curl_slist_append(h, "Accept: application/json");
 	/* no "Expect: 100-continue" round trip before larger bodies */
 	h = curl_slist_append(h, "Expect:");
@@ -435,6 +438,198 @@ short_body(const StringInfoData *s)
 }
 
 /*
+ * Read canonical fields out of a response through the provider's inbound
+ * map (shipsync.field_map, direction 'in'): they replace what the dialect
+ * found.  A create must end with a tracking number.
+ */
+static bool
+apply_in_map(Provider *p, HttpTransfer *t, ShipResponse *sr, bool need_ids,
+			 char *err, size_t errlen)
+{
+	ShipJson   *doc = shipsync_json_parse(t->response.data, t->response.len, err, errlen);
+	char	  **fields;
+	MapValue   *values;
+	int			n;
+	MapEnv		env = {0};
+
+	if (doc == NULL)
+		return false;
+	env.tz_offset = dialect_tz_offset;
+	(void) shipsync_map_read(p->in_map, doc, &env, &fields, &values, &n, err, errlen);
+	for (int i = 0; i < n; i++)
+	{
+		char	  **target = NULL;
+
+		if (strcmp(fields[i], "tracking_number") == 0)
+			target = &sr->tracking_number;
+		else if (strcmp(fields[i], "provider_shipment_id") == 0)
+			target = &sr->id;
+		else if (strcmp(fields[i], "label_url") == 0)
+			target = &sr->label_url;
+		else if (strcmp(fields[i], "status") == 0)
+			target = &sr->status;
+		if (target && values[i].type != MV_NULL && values[i].type != MV_RAW)
+		{
+			free(*target);
+			*target = values[i].s;
+			values[i].s = NULL;
+		}
+		free(fields[i]);
+		shipsync_value_free(&values[i]);
+	}
+	free(fields);
+	free(values);
+	shipsync_json_free(doc);
+	if (need_ids && (sr->tracking_number == NULL || sr->tracking_number[0] == '\0'))
+	{
+		snprintf(err, errlen, "the inbound map of profile \"%s\" found no tracking_number", p->profile);
+		return false;
+	}
+	err[0] = '\0';
+	return true;
+}
+
+/*
+ * Judge an SF Express answer.  Returns true when r is complete (done);
+ * otherwise sets *v and r->error for the common retry-or-dead tail.
+ * Business errors come inside a 200 (shipsync_sf_classify in retry.c).
+ */
+static bool
+judge_sf(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
+{
+	HttpTransfer *t = &f->xfer;
+	SfResponse	sf;
+	char		err[256];
+
+	if (t->curl_code != CURLE_OK || t->http_status < 200 || t->http_status >= 300)
+	{
+		*v = shipsync_classify(t->curl_code, t->http_status, t->request_sent, true);
+		r->error_class = v->error_class;
+		if (t->too_large)
+			r->error = psprintf("response larger than shipsync.max_response_bytes (%d bytes)",
+								shipsync_max_response_bytes);
+		else if (t->curl_code != CURLE_OK)
+			r->error = psprintf("%s%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code),
+								v->in_doubt ? " (in doubt: the request may have reached the carrier)" : "");
+		else
+			r->error = psprintf("HTTP %ld: %s", t->http_status, short_body(&t->response));
+		return false;
+	}
+	if (!shipsync_parse_sf_response(t->response.data, t->response.len, f->searching,
+									&sf, err, sizeof(err)))
+	{
+		*v = shipsync_classify(CURLE_OK, t->http_status, true, false);
+		r->error_class = v->error_class;
+		r->error = psprintf("HTTP %ld: %s", t->http_status, err);
+		return false;
+	}
+	if (sf.cls == SF_OK || sf.cls == SF_ALREADY_CANCELLED)
+	{
+		ShipResponse sr = {0};
+
+		sr.id = sf.order_id ? strdup(sf.order_id) : NULL;
+		sr.tracking_number = sf.waybill ? strdup(sf.waybill) : NULL;
+		if (p->in_map && sf.cls == SF_OK &&
+			!apply_in_map(p, t, &sr, f->c.kind == INTENT_CREATE, err, sizeof(err)))
+		{
+			shipsync_free_ship_response(&sr);
+			shipsync_free_sf_response(&sf);
+			*v = shipsync_classify(CURLE_OK, t->http_status, true, false);
+			r->error_class = v->error_class;
+			r->error = psprintf("HTTP %ld: %s", t->http_status, err);
+			return false;
+		}
+		r->state = "done";
+		r->outcome = "done";
+		r->ship_ok = true;
+		r->ship_id = pstrdup(sr.id ? sr.id : f->c.order_key);
+		r->tracking_number = sr.tracking_number ? pstrdup(sr.tracking_number) : NULL;
+		r->waybills = sf.waybills ? pstrdup(sf.waybills) : NULL;
+		r->raw_status = f->c.kind == INTENT_CANCEL ? pstrdup("cancelled") : NULL;
+		r->error_class = NULL;
+		if (sf.cls == SF_ALREADY_CANCELLED)
+		{
+			r->error_class = "already_cancelled";
+			r->error = psprintf("SF Express %s: %s", sf.code, sf.message ? sf.message : "");
+		}
+		else if (f->searching)
+		{
+			r->error_class = "duplicate_resolved";
+			r->error = pstrdup("SF Express answered 8016 (duplicate order); the order was found by EXP_RECE_SEARCH_ORDER_RESP");
+		}
+		shipsync_free_ship_response(&sr);
+		shipsync_free_sf_response(&sf);
+		return true;
+	}
+
+	v->in_doubt = false;
+	v->hold_provider = false;
+	v->error_class = shipsync_sf_error_class(sf.cls);
+	v->outcome = sf.cls == SF_RETRY || sf.cls == SF_NOT_FOUND || sf.cls == SF_DUPLICATE ?
+		SHIP_RETRY : SHIP_DEAD;
+	r->error_class = v->error_class;
+	if (sf.cls == SF_NOT_FOUND)
+		r->error = psprintf("SF Express answered 8016 (duplicate order) but a search found no order %s: the create is sent again",
+							f->c.order_key);
+	else
+		r->error = psprintf("SF Express %s: %s", sf.code ? sf.code : "?",
+							sf.message ? sf.message : "");
+	if (sf.cls == SF_AUTH)
+	{
+		r->ticket_kind = "auth_failed";
+		r->error = psprintf("%s (credentials refused: not retried)", r->error);
+	}
+	shipsync_free_sf_response(&sf);
+	return false;
+}
+
+/*
+ * SF Express answered 8016 (duplicate orderId) to a create: the order
+ * exists, perhaps from an attempt whose answer was lost.  Look it up by
+ * orderId on the same flight instead of applying; its waybill is then
+ * applied as the create's.  Returns true when the search was started.
+ */
+static bool
+sf_search_if_duplicate(Flight *f)
+{
+	HttpTransfer *t = &f->xfer;
+	Provider   *p = find_provider(f->c.provider_id);
+	SfResponse	sf;
+	char		err[256];
+	bool		dup;
+	MemoryContext old;
+
+	if (p == NULL || p->dialect != DIALECT_SF_EXPRESS || f->searching ||
+		f->c.kind != INTENT_CREATE || t->curl_code != CURLE_OK ||
+		t->http_status < 200 || t->http_status >= 300)
+		return false;
+	if (!shipsync_parse_sf_response(t->response.data, t->response.len, false, &sf, err, sizeof(err)))
+		return false;
+	dup = sf.cls == SF_DUPLICATE;
+	shipsync_free_sf_response(&sf);
+	if (!dup)
+		return false;
+
+	ereport(LOG,
+			(errmsg("pg_shipsync: SF Express answered 8016 (duplicate order) to order %s; looking it up",
+					f->c.order_key)));
+	old = MemoryContextSwitchTo(f->cxt);
+	f->searching = true;
+	t->curl_code = CURLE_OK;
+	t->http_status = 0;
+	t->request_sent = false;
+	t->too_large = false;
+	t->retry_after = NULL;
+	t->ratelimit_reset = NULL;
+	t->body = dialect_sf_search_body(p, f->c.order_key,
+									 psprintf("%s-search", f->c.idempotency_key));
+	t->headers = build_headers(p, f->c.idempotency_key, true);
+	http_submit(client, t);
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/*
  * Turn one finished transfer into a ShipResult (allocated in the flight's
  * context), deciding done / retrying / dead.
  */
@@ -465,10 +660,25 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 	r->url = f->c.url;
 	r->digest = f->c.digest;
 
+	if (p && p->dialect == DIALECT_SF_EXPRESS)
+	{
+		if (judge_sf(f, p, r, &v))
+		{
+			MemoryContextSwitchTo(old);
+			return;
+		}
+		goto failed;
+	}
 	if (t->curl_code == CURLE_OK && t->http_status >= 200 && t->http_status < 300)
+	{
+		bool		mapped = p && p->in_map != NULL;
+
 		body_ok = shipsync_parse_ship_response(t->response.data, t->response.len,
-											   f->c.kind == INTENT_CREATE,
+											   f->c.kind == INTENT_CREATE && !mapped,
 											   &sr, err, sizeof(err));
+		if (body_ok && mapped)
+			body_ok = apply_in_map(p, t, &sr, f->c.kind == INTENT_CREATE, err, sizeof(err));
+	}
 	if (t->too_large)
 		snprintf(err, sizeof(err), "response larger than shipsync.max_response_bytes (%d bytes)",
 				 shipsync_max_response_bytes);
@@ -503,6 +713,7 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 	else
 		r->error = psprintf("HTTP %ld: %s", t->http_status, short_body(&t->response));
 
+failed:
 	if (v.outcome == SHIP_RETRY && f->c.attempt < max_attempts)
 	{
 		long		delay = -1;
@@ -567,6 +778,8 @@ dispatcher_apply_done(TimestampTz now)
 
 	while ((t = http_take_done(client)) != NULL)
 	{
+		if (sf_search_if_duplicate((Flight *) t->owner))
+			continue;
 		if (ndone == cap)
 		{
 			cap = cap ? cap * 2 : 64;

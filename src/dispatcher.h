@@ -28,6 +28,17 @@ typedef struct Provider
 	char	  **headers;		/* static and auth header lines */
 	int			nheaders;
 
+	/* dialect and field maps (dialect.c); maps and options are malloc'd */
+	int			dialect;		/* DIALECT_GENERIC, DIALECT_SF_EXPRESS */
+	char	   *profile;		/* coalesce(options->>'profile', dialect) */
+	char	   *sf_partner_id;
+	char	   *sf_checkword;
+	char	   *options_text;	/* the provider's options, as JSON text */
+	ShipJson   *options;		/* the same, parsed, for option: sources */
+	ShipMap    *out_map;		/* NULL: no outbound rows (generic body) */
+	ShipMap    *in_map;			/* NULL: no inbound rows */
+	char	   *map_error;		/* the profile's rows do not compile */
+
 	/* runtime state, carried over reloads */
 	int			inflight;
 	double		tokens;
@@ -36,6 +47,9 @@ typedef struct Provider
 	TimestampTz next_due;		/* earliest known due retry, 0: unknown */
 	bool		maybe_work;		/* look for work at the next pass */
 } Provider;
+
+#define DIALECT_GENERIC		0
+#define DIALECT_SF_EXPRESS	1
 
 typedef struct Binding
 {
@@ -71,6 +85,7 @@ typedef struct Claimed
 	IntentKind	kind;
 	bool		rendered;		/* request stored by an earlier attempt */
 	const char *skip_reason;	/* nothing to send: done with this reason */
+	bool		invalid;		/* skip_reason names missing mapped fields */
 } Claimed;
 
 /* What became of one attempt, ready to apply */
@@ -99,6 +114,7 @@ typedef struct ShipResult
 	char	   *label_url;
 	char	   *raw_status;
 	char	   *fees_body;		/* response body when it carries fees */
+	char	   *waybills;		/* every waybill, as JSON (SF Express) */
 	/* slow path */
 	bool		no_writeback;
 	const char *ticket_kind;
@@ -116,5 +132,20 @@ extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,
 								const char *msg);
 extern IntentKind outbox_kind_of(const char *method, const char *url);
 extern void outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);
+extern void outbox_load_providers(MemoryContext cxt, Provider **providers,
+								  int *nproviders, int32 only_id);
+extern void outbox_render_one(Provider *p, Binding *b, Claimed *c,
+							  MemoryContext keep);
+
+/* in dialect.c */
+extern void dialect_load_maps(MemoryContext cxt, Provider *ps, int n);
+extern bool dialect_renders(const Provider *p);
+extern void dialect_render(Provider *p, Claimed *c, bool found,
+						   const char *generic_body, const char *shipment_id,
+						   bool cancel);
+extern char *dialect_sf_search_body(Provider *p, const char *order_key,
+									const char *request_id);
+extern bool dialect_tz_offset(const char *zone, int64_t utc_epoch,
+							  int *offset_s, void *arg);
 
 #endif							/* SHIPSYNC_DISPATCHER_H */

@@ -314,6 +314,21 @@ shipsync_json_free(ShipJson *doc)
 	free(doc);
 }
 
+/* A document of its own for the member key of doc's root (or null) */
+ShipJson *
+shipsync_json_member_doc(ShipJson *doc, const char *key)
+{
+	ShipJson   *m = calloc(1, sizeof(ShipJson));
+	struct json_object *v;
+
+	if (m == NULL)
+		abort();
+	if (doc && json_object_is_type(doc->root, json_type_object) &&
+		json_object_object_get_ex(doc->root, key, &v))
+		m->root = json_object_get(v);
+	return m;
+}
+
 static void
 json_to_value(struct json_object *v, MapValue *out)
 {

@@ -35,7 +35,9 @@
  *-------------------------------------------------------------------------
  */
 #define SHIPSYNC_PLAIN_C
-#define _GNU_SOURCE
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE				/* strptime, strndup */
+#endif
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -110,6 +112,9 @@ xcalloc(size_t n, size_t size)
 		abort();
 	return p;
 }
+
+static void set_err(char *errbuf, size_t errlen, const char *fmt,...)
+			__attribute__((format(printf, 3, 4)));
 
 static void
 set_err(char *errbuf, size_t errlen, const char *fmt,...)

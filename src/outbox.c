@@ -315,17 +315,60 @@ outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 {
 	int			rc;
 	MemoryContext old;
-	Provider   *ps;
 	Binding    *bs;
 	uint64		n;
 
 	begin_tx("loading configuration", false);
-	rc = SPI_execute("SELECT provider_id, name, base_url, timeout_ms, max_inflight,"
-					 " max_attempts, backoff_base_ms, backoff_max_ms,"
-					 " rate_limit_per_s::float8, paused,"
-					 " ARRAY(SELECT k || ': ' || v FROM pg_catalog.jsonb_each_text(headers) AS h(k, v))"
-					 "   || shipsync._auth_headers(auth)"
-					 " FROM shipsync.provider ORDER BY provider_id", true, 0);
+	outbox_load_providers(cxt, providers, nproviders, 0);
+
+	rc = SPI_execute("SELECT binding_id, tbl::oid, render_sql, writeback_sql"
+					 " FROM shipsync.binding ORDER BY binding_id", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "loading bindings failed");
+	n = SPI_processed;
+	old = MemoryContextSwitchTo(cxt);
+	bs = palloc0(sizeof(Binding) * (n + 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		bs[i].id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		bs[i].relid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		bs[i].render_sql = get_text(tup, desc, 3);
+		bs[i].writeback_sql = get_text(tup, desc, 4);
+	}
+	MemoryContextSwitchTo(old);
+	*bindings = bs;
+	*nbindings = (int) n;
+	end_tx();
+}
+
+/*
+ * Read providers (all, or the one with id only_id) into cxt, with their
+ * field maps, inside the caller's transaction and SPI connection.
+ */
+void
+outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
+					  int32 only_id)
+{
+	int			rc;
+	MemoryContext old;
+	Provider   *ps;
+	uint64		n;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum(only_id)};
+
+	rc = SPI_execute_with_args("SELECT provider_id, name, base_url, timeout_ms, max_inflight,"
+							   " max_attempts, backoff_base_ms, backoff_max_ms,"
+							   " rate_limit_per_s::float8, paused,"
+							   " ARRAY(SELECT k || ': ' || v FROM pg_catalog.jsonb_each_text(headers) AS h(k, v))"
+							   "   || shipsync._auth_headers(auth),"
+							   " dialect, COALESCE(options->>'profile', dialect), options::text,"
+							   " auth->>'partner_id', auth->>'checkword'"
+							   " FROM shipsync.provider WHERE $1 = 0 OR provider_id = $1"
+							   " ORDER BY provider_id", 1, argtypes, args, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "loading providers failed");
 	n = SPI_processed;
@@ -363,33 +406,21 @@ outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 				if (!enulls[h])
 					p->headers[p->nheaders++] = TextDatumGetCString(elems[h]);
 		}
+		{
+			char	   *dialect = get_text(tup, desc, 12);
+
+			p->dialect = strcmp(dialect, "sf_express") == 0 ?
+				DIALECT_SF_EXPRESS : DIALECT_GENERIC;
+			p->profile = get_text(tup, desc, 13);
+			p->options_text = get_text(tup, desc, 14);
+			p->sf_partner_id = get_text(tup, desc, 15);
+			p->sf_checkword = get_text(tup, desc, 16);
+		}
 	}
 	MemoryContextSwitchTo(old);
+	dialect_load_maps(cxt, ps, (int) n);
 	*providers = ps;
 	*nproviders = (int) n;
-
-	rc = SPI_execute("SELECT binding_id, tbl::oid, render_sql, writeback_sql"
-					 " FROM shipsync.binding ORDER BY binding_id", true, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "loading bindings failed");
-	n = SPI_processed;
-	old = MemoryContextSwitchTo(cxt);
-	bs = palloc0(sizeof(Binding) * (n + 1));
-	for (uint64 i = 0; i < n; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-
-		bs[i].id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		bs[i].relid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-		bs[i].render_sql = get_text(tup, desc, 3);
-		bs[i].writeback_sql = get_text(tup, desc, 4);
-	}
-	MemoryContextSwitchTo(old);
-	*bindings = bs;
-	*nbindings = (int) n;
-	end_tx();
 }
 
 /* ---------- claim and render ---------- */
@@ -406,7 +437,8 @@ static SPIPlanPtr apply_dead_plan;
  * shipsync.claim() runs this same saved plan, so tests race the real thing.
  */
 static const char *const lock_sql =
-"SELECT o.id, o.binding_id, o.order_key, o.op, o.request_method IS NOT NULL"
+"SELECT o.id, o.binding_id, o.order_key, o.op, o.request_method IS NOT NULL,"
+" o.idempotency_key"
 " FROM shipsync.outbox o"
 " WHERE o.provider_id = $1 AND o.state IN ('pending', 'retrying')"
 " AND o.next_attempt_at <= pg_catalog.now()"
@@ -424,7 +456,7 @@ static const char *const lock_sql =
  */
 static const char *const mark_sql =
 "UPDATE shipsync.outbox o SET"
-" state = CASE WHEN u.skip IS NULL THEN 'in_flight' ELSE 'done' END,"
+" state = CASE WHEN u.skip IS NULL THEN 'in_flight' WHEN u.inv THEN 'invalid' ELSE 'done' END,"
 " attempts = o.attempts + CASE WHEN u.skip IS NULL THEN 1 ELSE 0 END,"
 " lease_until = CASE WHEN u.skip IS NULL"
 "   THEN pg_catalog.now() + pg_catalog.make_interval(secs => $7 / 1000.0) END,"
@@ -434,9 +466,10 @@ static const char *const mark_sql =
 " request_body = COALESCE(u.body, o.request_body),"
 " request_digest = COALESCE(u.digest, o.request_digest),"
 " last_error = COALESCE(u.skip, o.last_error),"
-" error_class = CASE WHEN u.skip IS NULL THEN o.error_class ELSE 'nothing_to_send' END,"
+" error_class = CASE WHEN u.skip IS NULL THEN o.error_class WHEN u.inv THEN 'invalid_order'"
+"   ELSE 'nothing_to_send' END,"
 " done_at = CASE WHEN u.skip IS NULL THEN NULL ELSE pg_catalog.now() END"
-" FROM unnest($1, $2, $3, $4, $5, $6) AS u(id, m, url, body, skip, digest)"
+" FROM unnest($1, $2, $3, $4, $5, $6, $8) AS u(id, m, url, body, skip, digest, inv)"
 " WHERE o.id = u.id"
 " RETURNING o.*";
 
@@ -465,10 +498,10 @@ prepare_claim_plans(void)
 		lock_plan = prepare_saved(lock_sql, 2, t);
 	}
 	{
-		Oid			t[7] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, INT4OID};
+		Oid			t[8] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, INT4OID, BOOLARRAYOID};
 
-		mark_plan = prepare_saved(mark_sql, 7, t);
+		mark_plan = prepare_saved(mark_sql, 8, t);
 	}
 	{
 		Oid			t[3] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
@@ -646,7 +679,9 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		bool		cancel = strcmp(c->op, "cancel") == 0 || (found[i] && is_cancel[i]);
 
 		args_set(store, s, 0, Int64GetDatum(c->id));
-		if (cancel)
+		if (dialect_renders(p))
+			dialect_render(p, c, found[i], body[i], shipid[i], cancel);
+		else if (cancel)
 		{
 			if (shipid[i] == NULL)
 			{
@@ -679,7 +714,10 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 			c->kind = INTENT_CREATE;
 		}
 		if (c->skip_reason)
+		{
 			args_set_text(store, s, 4, c->skip_reason);
+			args_set(store, s, 6, BoolGetDatum(c->invalid));
+		}
 		else
 		{
 			args_set_text(store, s, 1, c->method);
@@ -688,6 +726,34 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 			args_set_text(store, s, 5, sha256_hex(c->body));
 		}
 	}
+}
+
+/*
+ * Render one intent as the dispatcher would, in the caller's transaction
+ * and SPI connection, storing nothing: shipsync.render_request().  The
+ * request (or skip_reason) is left in c, allocated in keep.
+ */
+void
+outbox_render_one(Provider *p, Binding *b, Claimed *c, MemoryContext keep)
+{
+	Oid			stypes[7] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID};
+	ArgArrays  *store = args_create(7, stypes, 1);
+	int			idx[1] = {0};
+
+	prepare_claim_plans();
+	PG_TRY();
+	{
+		render_binding(p, b, c, idx, 1, store, keep);
+	}
+	PG_FINALLY();
+	{
+		if (b->render_plan)
+		{
+			SPI_freeplan(b->render_plan);
+			b->render_plan = NULL;
+		}
+	}
+	PG_END_TRY();
 }
 
 PG_FUNCTION_INFO_V1(shipsync_claim);
@@ -725,7 +791,7 @@ shipsync_claim(PG_FUNCTION_ARGS)
 		Datum	   *ids = palloc(sizeof(Datum) * SPI_processed);
 		bool	   *nulls = palloc0(sizeof(bool) * SPI_processed);
 		int			n = (int) SPI_processed;
-		Datum		mp[7];
+		Datum		mp[8];
 		bool		isnull;
 
 		for (int i = 0; i < n; i++)
@@ -739,6 +805,12 @@ shipsync_claim(PG_FUNCTION_ARGS)
 			mp[c] = make_array(ids, allnull, n, TEXTOID);
 		}
 		mp[6] = PG_GETARG_DATUM(2);
+		{
+			bool	   *allnull = palloc(sizeof(bool) * n);
+
+			memset(allnull, true, sizeof(bool) * n);
+			mp[7] = make_array(ids, allnull, n, BOOLOID);
+		}
 		rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
 		if (rc != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
@@ -788,7 +860,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 	PG_TRY();
 	{
 		Oid			ctypes[3] = {INT8OID, INT4OID, TEXTOID};
-		Oid			stypes[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+		Oid			stypes[7] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID};
 		ArgArrays  *co;
 		ArgArrays  *store;
 		int		   *idx;
@@ -817,6 +889,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 			cs[i].order_key = get_text(tt->vals[i], tt->tupdesc, 3);
 			cs[i].op = get_text(tt->vals[i], tt->tupdesc, 4);
 			cs[i].rendered = DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 5, &isnull));
+			cs[i].idempotency_key = get_text(tt->vals[i], tt->tupdesc, 6);
 			cs[i].provider_id = p->id;
 			MemoryContextSwitchTo(old);
 		}
@@ -824,7 +897,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 		nclaimed = (int) n;
 
 		co = args_create(3, ctypes, (int) n);
-		store = args_create(6, stypes, (int) n);
+		store = args_create(7, stypes, (int) n);
 		idx = palloc(sizeof(int) * (n + 1));
 		grouped = palloc0(sizeof(bool) * (n + 1));
 
@@ -875,11 +948,12 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 		/* 4. one statement marks them in flight and stores the requests */
 		if (n > 0)
 		{
-			Datum	   *mp = palloc(sizeof(Datum) * 7);
+			Datum	   *mp = palloc(sizeof(Datum) * 8);
 
 			for (int c = 0; c < 6; c++)
 				mp[c] = make_array(store->values[c], store->nulls[c], store->n, stypes[c]);
 			mp[6] = Int32GetDatum(lease_ms);
+			mp[7] = make_array(store->values[6], store->nulls[6], store->n, BOOLOID);
 			rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
 			if (rc != SPI_OK_UPDATE_RETURNING)
 				elog(ERROR, "marking claimed intents failed: %s", SPI_result_code_string(rc));
@@ -914,9 +988,40 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 					cs[i].body = get_text(tt->vals[r], tt->tupdesc, col_body);
 					cs[i].digest = get_text(tt->vals[r], tt->tupdesc, col_digest);
 					cs[i].kind = outbox_kind_of(cs[i].method, cs[i].url);
+					/* SF Express: one URL, the service code says what it is */
+					if (cs[i].body && strncmp(cs[i].body, "partnerID=", 10) == 0)
+						cs[i].kind = strstr(cs[i].body, "&serviceCode=EXP_RECE_UPDATE_ORDER&") ?
+							INTENT_CANCEL : INTENT_CREATE;
 					MemoryContextSwitchTo(old);
 					break;
 				}
+			}
+		}
+
+		/* invalid orders: one ticket each, in the same transaction */
+		{
+			Oid			dtypes[6] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
+			ArgArrays  *d = args_create(6, dtypes, (int) n);
+
+			for (uint64 i = 0; i < n; i++)
+			{
+				int			k;
+
+				if (!cs[i].invalid)
+					continue;
+				k = args_row(d);
+				args_set(d, k, 0, Int64GetDatum(cs[i].id));
+				args_set(d, k, 1, Int32GetDatum(cs[i].binding_id));
+				args_set_text(d, k, 2, cs[i].order_key);
+				args_set(d, k, 3, Int32GetDatum(p->id));
+				args_set_text(d, k, 4, cs[i].skip_reason);
+				args_set_text(d, k, 5, "invalid_order");
+			}
+			if (d->n > 0)
+			{
+				prepare_apply_plans();
+				if (args_execute(apply_dead_plan, d, false) != SPI_OK_INSERT_RETURNING)
+					elog(ERROR, "opening exception tickets failed");
 			}
 		}
 
@@ -1070,18 +1175,18 @@ prepare_apply_plans(void)
 			" SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11, t);
 	}
 	{
-		Oid			t[10] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
+		Oid			t[11] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
 			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID};
+		TEXTARRAYOID, TEXTARRAYOID};
 
 		apply_create_plan = prepare_saved(
 			"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
 			" provider_shipment_id, tracking_number, label_url, status, raw_status, fees,"
-			" fee_total, request_digest)"
+			" fee_total, request_digest, waybills)"
 			" SELECT u.bid, u.k, u.pid, u.sid, u.tn, u.label, COALESCE(u.status, 'pending'),"
-			"   u.raw, f.fees, f.total, u.digest"
-			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-			"   AS u(bid, k, pid, sid, tn, label, status, raw, body, digest)"
+			"   u.raw, f.fees, f.total, u.digest, u.waybills::jsonb"
+			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+			"   AS u(bid, k, pid, sid, tn, label, status, raw, body, digest, waybills)"
 			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
 			"   (SELECT pg_catalog.sum((e->>'amount')::numeric) FROM pg_catalog.jsonb_array_elements(x.fj) e) AS total"
 			"   FROM (SELECT (u.body::jsonb)->'fees' AS fj) x WHERE u.body IS NOT NULL) f ON true"
@@ -1091,9 +1196,10 @@ prepare_apply_plans(void)
 			" label_url = COALESCE(EXCLUDED.label_url, s.label_url),"
 			" status = EXCLUDED.status, raw_status = EXCLUDED.raw_status,"
 			" fees = COALESCE(EXCLUDED.fees, s.fees), fee_total = COALESCE(EXCLUDED.fee_total, s.fee_total),"
-			" request_digest = EXCLUDED.request_digest, updated_at = pg_catalog.now()"
+			" request_digest = EXCLUDED.request_digest,"
+			" waybills = COALESCE(EXCLUDED.waybills, s.waybills), updated_at = pg_catalog.now()"
 			" RETURNING binding_id, order_key, provider_shipment_id, tracking_number, status,"
-			" label_url, fee_total", 10, t);
+			" label_url, fee_total", 11, t);
 	}
 	{
 		Oid			t[9] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
@@ -1230,15 +1336,15 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 	Oid			otypes[7] = {INT8OID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID};
 	Oid			ltypes[11] = {INT8OID, INT4OID, INT4OID, TEXTOID, TEXTOID, INT4OID, FLOAT8OID,
 	TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-	Oid			ctypes[10] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-	TEXTOID, TEXTOID, TEXTOID};
+	Oid			ctypes[11] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 	Oid			utypes[9] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 	TEXTOID, TEXTOID};
 	Oid			dtypes[6] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
 	int			n = to - from;
 	ArgArrays  *oa = args_create(7, otypes, n);
 	ArgArrays  *la = args_create(11, ltypes, n);
-	ArgArrays  *ca = args_create(10, ctypes, n);
+	ArgArrays  *ca = args_create(11, ctypes, n);
 	ArgArrays  *ua = args_create(9, utypes, n);
 	ArgArrays  *da = args_create(6, dtypes, n);
 	int			rc;
@@ -1288,6 +1394,7 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 			args_set_text(ca, c, 7, r->raw_status);
 			args_set_text(ca, c, 8, r->fees_body);
 			args_set_text(ca, c, 9, r->digest);
+			args_set_text(ca, c, 10, r->waybills);
 		}
 		else if (r->ship_ok)
 		{

@@ -158,6 +158,7 @@ extern bool shipsync_map_transform(const char *transform, const char *arg,
 extern ShipJson *shipsync_json_parse(const char *text, size_t len,
 									 char *errbuf, size_t errlen);
 extern void shipsync_json_free(ShipJson *doc);
+extern ShipJson *shipsync_json_member_doc(ShipJson *doc, const char *key);
 extern bool shipsync_json_get(ShipJson *doc, const MapPath *path,
 							  MapValue *out);
 extern bool shipsync_json_arg_string(const char *arg, const char *key,

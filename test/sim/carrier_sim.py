@@ -36,6 +36,8 @@ from datetime import datetime, timezone
 from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import sf_sim     # the SF Express dialect: /sf/std/service and /_sim/sf/
+
 LISTEN_HOST = "127.0.0.1"              # the only address we ever bind
 DEFAULT_OVERSIZED_BYTES = 8 * 1024 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024      # refuse request bodies above this
@@ -686,6 +688,12 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
             self._send(exc.status, error_body(str(exc)), carrier=not is_sim)
             self._log(exc.status)
             return
+        if url.path.startswith("/_sim/sf/") and \
+                sf_sim.handle_sim(self, self.server.sf, url.path, url.query, body):
+            return
+        if url.path == "/sf/std/service":
+            sf_sim.handle_carrier(self, self.server.sf, body)
+            return
         if is_sim:
             self._handle_sim(url.path, url.query, body)
         else:
@@ -833,6 +841,7 @@ class CarrierServer(http.server.ThreadingHTTPServer):
 
     def __init__(self, state, token=None, latency_ms=0, log_fh=None, port=0):
         self.state = state
+        self.sf = sf_sim.SfState(seed=state.seed)
         self.token = token
         self.latency_s = max(0.0, latency_ms / 1000.0)
         self.log_fh = log_fh

@@ -1071,6 +1071,8 @@ AS $$
 		WHEN 'bearer' THEN ARRAY['Authorization: Bearer ********']
 		WHEN 'api_key' THEN ARRAY[(auth->>'header') || ': ********']
 		WHEN 'basic' THEN ARRAY['Authorization: Basic ********']
+		WHEN 'kuaidi100' THEN ARRAY['X-Kuaidi100-Customer: ' || (auth->>'customer'),
+									'X-Kuaidi100-Sign: ********']
 		ELSE '{}'::text[] END
 $$;
 REVOKE ALL ON FUNCTION @extschema@._auth_headers_masked(jsonb) FROM PUBLIC;

@@ -250,6 +250,30 @@ provider_tokens(Provider *p, TimestampTz now)
 	return (int) p->tokens;
 }
 
+/*
+ * Kuaidi100-style signing of a generic request (auth type kuaidi100):
+ * X-Kuaidi100-Customer and X-Kuaidi100-Sign = UPPER(MD5(body + key +
+ * customer)), over the stored body, so every retry carries the same sign.
+ */
+static struct curl_slist *
+add_kuaidi100_headers(struct curl_slist *h, Provider *p, const char *body)
+{
+	char	   *joined;
+	char	   *sign;
+
+	if (p->kd_customer == NULL || p->kd_key == NULL)
+		return h;
+	joined = psprintf("%s%s%s", body ? body : "", p->kd_key, p->kd_customer);
+	sign = shipsync_md5_upper_hex(joined);
+	pfree(joined);
+	if (sign == NULL)
+		return h;
+	h = curl_slist_append(h, psprintf("X-Kuaidi100-Customer: %s", p->kd_customer));
+	h = curl_slist_append(h, psprintf("X-Kuaidi100-Sign: %s", sign));
+	free(sign);
+	return h;
+}
+
 static struct curl_slist *
 build_headers(Provider *p, const char *idempotency_key, bool has_body)
 {
@@ -296,6 +320,8 @@ dispatcher_send(Provider *p, Claimed *c)
 	f->xfer.body = f->c.body;
 	f->xfer.timeout_ms = p->timeout_ms;
 	f->xfer.headers = build_headers(p, c->idempotency_key, c->body != NULL);
+	if (p->dialect == DIALECT_GENERIC)
+		f->xfer.headers = add_kuaidi100_headers(f->xfer.headers, p, f->c.body);
 	f->xfer.owner = f;
 	http_submit(client, &f->xfer);
 	MemoryContextSwitchTo(old);

@@ -33,6 +33,8 @@ typedef struct Provider
 	char	   *profile;		/* coalesce(options->>'profile', dialect) */
 	char	   *sf_partner_id;
 	char	   *sf_checkword;
+	char	   *kd_customer;	/* auth kuaidi100: signed headers */
+	char	   *kd_key;
 	char	   *options_text;	/* the provider's options, as JSON text */
 	ShipJson   *options;		/* the same, parsed, for option: sources */
 	ShipMap    *out_map;		/* NULL: no outbound rows (generic body) */

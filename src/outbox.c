@@ -366,7 +366,9 @@ outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
 							   " ARRAY(SELECT k || ': ' || v FROM pg_catalog.jsonb_each_text(headers) AS h(k, v))"
 							   "   || shipsync._auth_headers(auth),"
 							   " dialect, COALESCE(options->>'profile', dialect), options::text,"
-							   " auth->>'partner_id', auth->>'checkword'"
+							   " auth->>'partner_id', auth->>'checkword',"
+							   " CASE WHEN auth->>'type' = 'kuaidi100' THEN auth->>'customer' END,"
+							   " CASE WHEN auth->>'type' = 'kuaidi100' THEN auth->>'key' END"
 							   " FROM shipsync.provider WHERE $1 = 0 OR provider_id = $1"
 							   " ORDER BY provider_id", 1, argtypes, args, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
@@ -415,6 +417,8 @@ outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
 			p->options_text = get_text(tup, desc, 14);
 			p->sf_partner_id = get_text(tup, desc, 15);
 			p->sf_checkword = get_text(tup, desc, 16);
+			p->kd_customer = get_text(tup, desc, 17);
+			p->kd_key = get_text(tup, desc, 18);
 		}
 	}
 	MemoryContextSwitchTo(old);

@@ -18,6 +18,8 @@ Usage:
 """
 
 import argparse
+import hashlib
+import hmac
 import http.client
 import http.server
 import json
@@ -532,6 +534,16 @@ def route_carrier(method, path):
     return ("bad_method", sid, ", ".join(sorted(actions)))
 
 
+def kuaidi100_ok(headers, body, credentials):
+    """Kuaidi100-style signed headers: X-Kuaidi100-Sign must be
+    UPPER(MD5(body + key + customer)) for the configured customer."""
+    customer, key = credentials
+    if headers.get("X-Kuaidi100-Customer", "") != customer:
+        return False
+    want = hashlib.md5(body + key.encode("utf-8") + customer.encode("utf-8")).hexdigest().upper()
+    return hmac.compare_digest(headers.get("X-Kuaidi100-Sign", ""), want)
+
+
 def oversize_body(body, size):
     """Re-encode a JSON answer padded with a long string field to `size` bytes
     (or unchanged, if it is already at least that large)."""
@@ -781,6 +793,8 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
                 self.headers.get("Authorization", "") != "Bearer " + srv.token:
             status, answer = 401, error_body("unauthorized")
             headers = [("WWW-Authenticate", "Bearer")]
+        elif srv.kuaidi100 is not None and not kuaidi100_ok(self.headers, body, srv.kuaidi100):
+            status, answer = 401, error_body("bad kuaidi100 sign")
         elif action == "not_found":
             status, answer = 404, error_body("not found")
         elif action == "bad_method":
@@ -839,8 +853,9 @@ class CarrierServer(http.server.ThreadingHTTPServer):
     request_queue_size = 1024      # listen() backlog for bursts of connections
     allow_reuse_address = True
 
-    def __init__(self, state, token=None, latency_ms=0, log_fh=None, port=0):
+    def __init__(self, state, token=None, latency_ms=0, log_fh=None, port=0, kuaidi100=None):
         self.state = state
+        self.kuaidi100 = kuaidi100      # (customer, key) or None
         self.sf = sf_sim.SfState(seed=state.seed)
         self.token = token
         self.latency_s = max(0.0, latency_ms / 1000.0)
@@ -896,6 +911,8 @@ def main(argv=None):
                         help="listen address; only 127.0.0.1 is accepted")
     parser.add_argument("--faults", help='fault rules: JSON {"rules": [...]} or @file')
     parser.add_argument("--token", help="require 'Authorization: Bearer TOKEN'")
+    parser.add_argument("--kuaidi100", metavar="CUSTOMER:KEY",
+                        help="require X-Kuaidi100-Customer and X-Kuaidi100-Sign headers")
     parser.add_argument("--seed", type=int, help="seed for fault rates and tracking numbers")
     parser.add_argument("--latency-ms", type=float, default=0,
                         help="fixed delay added to every carrier request")
@@ -926,7 +943,10 @@ def main(argv=None):
         log_fh = open(args.log, "a", encoding="utf-8")
 
     try:
-        server = CarrierServer(SimState(args.seed, rules), token=args.token,
+        kd = tuple(args.kuaidi100.split(":", 1)) if args.kuaidi100 else None
+        if kd is not None and len(kd) != 2:
+            parser.error("--kuaidi100 takes CUSTOMER:KEY")
+        server = CarrierServer(SimState(args.seed, rules), token=args.token, kuaidi100=kd,
                                latency_ms=args.latency_ms, log_fh=log_fh, port=args.port)
     except OSError as exc:
         print("carrier_sim: cannot listen on %s:%d: %s" % (LISTEN_HOST, args.port, exc),

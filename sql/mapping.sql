@@ -32,7 +32,9 @@ INSERT INTO shipsync.field_map (profile, direction, target_path, source, transfo
 INSERT INTO shipsync.field_map (profile, direction, target_path, source, transform, arg) VALUES ('t', 'out', 'a', 'x', 'concat', '{}');
 INSERT INTO shipsync.field_map (profile, direction, target_path, source, transform, arg) VALUES ('t', 'out', 'a', 'x', 'timestamp', '{"tz": "Mars/Olympus_Mons"}');
 INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('t', 'out', 'a', 'meta:nothing');
+\set VERBOSITY terse
 INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('t', 'sideways', 'a', 'x');
+\set VERBOSITY default
 SELECT count(*) FROM shipsync.field_map WHERE profile = 't';
 
 -- providers: the sf_express dialect and its options

@@ -469,17 +469,14 @@ short_body(const StringInfoData *s)
  * found.  A create must end with a tracking number.
  */
 static bool
-apply_in_map(Provider *p, HttpTransfer *t, ShipResponse *sr, bool need_ids,
-			 char *err, size_t errlen)
+apply_in_map_doc(Provider *p, ShipJson *doc, ShipResponse *sr, bool need_ids,
+				 char *err, size_t errlen)
 {
-	ShipJson   *doc = shipsync_json_parse(t->response.data, t->response.len, err, errlen);
 	char	  **fields;
 	MapValue   *values;
 	int			n;
 	MapEnv		env = {0};
 
-	if (doc == NULL)
-		return false;
 	env.tz_offset = dialect_tz_offset;
 	(void) shipsync_map_read(p->in_map, doc, &env, &fields, &values, &n, err, errlen);
 	for (int i = 0; i < n; i++)
@@ -505,7 +502,6 @@ apply_in_map(Provider *p, HttpTransfer *t, ShipResponse *sr, bool need_ids,
 	}
 	free(fields);
 	free(values);
-	shipsync_json_free(doc);
 	if (need_ids && (sr->tracking_number == NULL || sr->tracking_number[0] == '\0'))
 	{
 		snprintf(err, errlen, "the inbound map of profile \"%s\" found no tracking_number", p->profile);
@@ -513,6 +509,20 @@ apply_in_map(Provider *p, HttpTransfer *t, ShipResponse *sr, bool need_ids,
 	}
 	err[0] = '\0';
 	return true;
+}
+
+static bool
+apply_in_map(Provider *p, HttpTransfer *t, ShipResponse *sr, bool need_ids,
+			 char *err, size_t errlen)
+{
+	ShipJson   *doc = shipsync_json_parse(t->response.data, t->response.len, err, errlen);
+	bool		ok;
+
+	if (doc == NULL)
+		return false;
+	ok = apply_in_map_doc(p, doc, sr, need_ids, err, errlen);
+	shipsync_json_free(doc);
+	return ok;
 }
 
 /*
@@ -526,6 +536,8 @@ judge_sf(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
 	HttpTransfer *t = &f->xfer;
 	SfResponse	sf;
 	char		err[256];
+	ShipJson   *doc;
+	bool		ok;
 
 	if (t->curl_code != CURLE_OK || t->http_status < 200 || t->http_status >= 300)
 	{
@@ -541,9 +553,12 @@ judge_sf(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
 			r->error = psprintf("HTTP %ld: %s", t->http_status, short_body(&t->response));
 		return false;
 	}
-	if (!shipsync_parse_sf_response(t->response.data, t->response.len, f->searching,
-									&sf, err, sizeof(err)))
+	/* one parse: classification and the inbound map read the same document */
+	doc = shipsync_json_parse(t->response.data, t->response.len, err, sizeof(err));
+	ok = doc != NULL && shipsync_parse_sf_doc(doc, f->searching, &sf, err, sizeof(err));
+	if (!ok)
 	{
+		shipsync_json_free(doc);
 		*v = shipsync_classify(CURLE_OK, t->http_status, true, false);
 		r->error_class = v->error_class;
 		r->error = psprintf("HTTP %ld: %s", t->http_status, err);
@@ -556,8 +571,9 @@ judge_sf(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
 		sr.id = sf.order_id ? strdup(sf.order_id) : NULL;
 		sr.tracking_number = sf.waybill ? strdup(sf.waybill) : NULL;
 		if (p->in_map && sf.cls == SF_OK &&
-			!apply_in_map(p, t, &sr, f->c.kind == INTENT_CREATE, err, sizeof(err)))
+			!apply_in_map_doc(p, doc, &sr, f->c.kind == INTENT_CREATE, err, sizeof(err)))
 		{
+			shipsync_json_free(doc);
 			shipsync_free_ship_response(&sr);
 			shipsync_free_sf_response(&sf);
 			*v = shipsync_classify(CURLE_OK, t->http_status, true, false);
@@ -583,10 +599,12 @@ judge_sf(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
 			r->error_class = "duplicate_resolved";
 			r->error = pstrdup("SF Express answered 8016 (duplicate order); the order was found by EXP_RECE_SEARCH_ORDER_RESP");
 		}
+		shipsync_json_free(doc);
 		shipsync_free_ship_response(&sr);
 		shipsync_free_sf_response(&sf);
 		return true;
 	}
+	shipsync_json_free(doc);
 
 	v->in_doubt = false;
 	v->hold_provider = false;
@@ -628,6 +646,10 @@ sf_search_if_duplicate(Flight *f)
 	if (p == NULL || p->dialect != DIALECT_SF_EXPRESS || f->searching ||
 		f->c.kind != INTENT_CREATE || t->curl_code != CURLE_OK ||
 		t->http_status < 200 || t->http_status >= 300)
+		return false;
+	/* most answers are not a duplicate: no parse unless the code is there */
+	if (t->response.data == NULL ||
+		memmem(t->response.data, t->response.len, "8016", 4) == NULL)
 		return false;
 	if (!shipsync_parse_sf_response(t->response.data, t->response.len, false, &sf, err, sizeof(err)))
 		return false;

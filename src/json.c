@@ -244,7 +244,8 @@ shipsync_free_ship_response(ShipResponse *r)
 struct ShipJson
 {
 	struct json_object *root;
-	struct json_object *decoded[SHIPJSON_MAX_DECODED];
+	struct json_object *decoded_from[SHIPJSON_MAX_DECODED];	/* the strings */
+	struct json_object *decoded[SHIPJSON_MAX_DECODED];	/* what they held */
 	int			ndecoded;
 };
 
@@ -364,7 +365,10 @@ json_to_value(struct json_object *v, MapValue *out)
 		abort();
 }
 
-/* A string member holding a JSON object or array: decode it, kept by doc */
+/*
+ * A string member holding a JSON object or array: decode it, once per
+ * document (later paths through the same string reuse the result).
+ */
 static struct json_object *
 descend_string(ShipJson *doc, struct json_object *v)
 {
@@ -374,6 +378,9 @@ descend_string(ShipJson *doc, struct json_object *v)
 
 	if (!json_object_is_type(v, json_type_string))
 		return v;
+	for (int i = 0; i < doc->ndecoded; i++)
+		if (doc->decoded_from[i] == v)
+			return doc->decoded[i];
 	s = json_object_get_string(v);
 	while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n')
 		s++;
@@ -383,6 +390,7 @@ descend_string(ShipJson *doc, struct json_object *v)
 					 (size_t) json_object_get_string_len(v), err, sizeof(err));
 	if (d == NULL)
 		return v;
+	doc->decoded_from[doc->ndecoded] = v;
 	doc->decoded[doc->ndecoded++] = d;
 	return d;
 }
@@ -557,9 +565,28 @@ bool
 shipsync_parse_sf_response(const char *body, size_t len, bool search,
 						   SfResponse *out, char *errbuf, size_t errlen)
 {
-	struct json_object *root;
+	ShipJson   *doc;
+	bool		ok;
+
+	memset(out, 0, sizeof(*out));
+	doc = shipsync_json_parse(body, len, errbuf, errlen);
+	if (doc == NULL)
+		return false;
+	ok = shipsync_parse_sf_doc(doc, search, out, errbuf, errlen);
+	shipsync_json_free(doc);
+	return ok;
+}
+
+/*
+ * The same, on a document already parsed: the caller may then read more
+ * paths from it (an inbound map) without parsing or decoding again.
+ */
+bool
+shipsync_parse_sf_doc(ShipJson *doc, bool search, SfResponse *out,
+					  char *errbuf, size_t errlen)
+{
+	struct json_object *root = doc->root;
 	struct json_object *data = NULL;
-	struct json_object *decoded = NULL;
 	struct json_object *v;
 	struct json_object *msg;
 	struct json_object *list;
@@ -568,14 +595,10 @@ shipsync_parse_sf_response(const char *body, size_t len, bool search,
 
 	memset(out, 0, sizeof(*out));
 	errbuf[0] = '\0';
-	root = parse_strict(body, len, errbuf, errlen);
-	if (root == NULL)
-		return false;
 	if (!json_object_is_type(root, json_type_object) ||
 		(api_code = dup_member_text(root, "apiResultCode")) == NULL)
 	{
 		snprintf(errbuf, errlen, "response has no \"apiResultCode\"");
-		json_object_put(root);
 		return false;
 	}
 	out->code = api_code;
@@ -583,22 +606,23 @@ shipsync_parse_sf_response(const char *body, size_t len, bool search,
 	if (strcmp(api_code, "A1000") != 0)
 	{
 		out->cls = shipsync_sf_classify(api_code, false, NULL, search);
-		json_object_put(root);
 		return true;
 	}
 
 	if (json_object_object_get_ex(root, "apiResultData", &data) &&
 		json_object_is_type(data, json_type_string))
 	{
-		decoded = parse_strict(json_object_get_string(data),
-							   (size_t) json_object_get_string_len(data), errbuf, errlen);
-		if (decoded == NULL)
+		struct json_object *decoded = descend_string(doc, data);
+
+		if (decoded == data)
 		{
 			char		why[128];
 
-			snprintf(why, sizeof(why), "%s", errbuf);
-			snprintf(errbuf, errlen, "apiResultData is %s", why);
-			json_object_put(root);
+			/* not decodable: say why */
+			why[0] = '\0';
+			json_object_put(parse_strict(json_object_get_string(data),
+										 (size_t) json_object_get_string_len(data), why, sizeof(why)));
+			snprintf(errbuf, errlen, "apiResultData is %s", why[0] ? why : "not a JSON object");
 			shipsync_free_sf_response(out);
 			return false;
 		}
@@ -607,8 +631,6 @@ shipsync_parse_sf_response(const char *body, size_t len, bool search,
 	if (data == NULL || !json_object_is_type(data, json_type_object))
 	{
 		snprintf(errbuf, errlen, "A1000 response has no apiResultData object");
-		json_object_put(decoded);
-		json_object_put(root);
 		shipsync_free_sf_response(out);
 		return false;
 	}
@@ -670,15 +692,11 @@ shipsync_parse_sf_response(const char *body, size_t len, bool search,
 	{
 		/* a create that succeeded must say which waybill it made */
 		snprintf(errbuf, errlen, "successful response has no waybill in msgData.waybillNoInfoList");
-		json_object_put(decoded);
-		json_object_put(root);
 		shipsync_free_sf_response(out);
 		return false;
 	}
 	if (out->cls == SF_OK && search && out->waybill == NULL)
 		out->cls = SF_NOT_FOUND;
-	json_object_put(decoded);
-	json_object_put(root);
 	return true;
 }
 

@@ -62,9 +62,26 @@ typedef enum MapSourceKind
 	SRC_IDEMPOTENCY_KEY
 } MapSourceKind;
 
+typedef enum MapXf
+{
+	XF_IDENTITY,
+	XF_TRIM,
+	XF_UPPER,
+	XF_LOWER,
+	XF_CONCAT,
+	XF_DEFAULT,
+	XF_LOOKUP,
+	XF_TO_NUMBER,
+	XF_UNIT,
+	XF_TIMESTAMP,
+	XF_PARSE_TIME,
+	XF_PHONE
+} MapXf;
+
 typedef struct MapRule
 {
 	char	   *target;			/* as written, for messages */
+	MapXf		xf;				/* transform, resolved at compile time */
 	MapPath		path;
 	MapSourceKind src_kind;
 	char	   *src;			/* column name, constant text */
@@ -167,10 +184,13 @@ buf_str(Buf *b, const char *s)
 	buf_add(b, s, strlen(s));
 }
 
-static void
+static inline void
 buf_char(Buf *b, char c)
 {
-	buf_add(b, &c, 1);
+	if (b->len + 2 > b->cap)
+		buf_need(b, 1);
+	b->data[b->len++] = c;
+	b->data[b->len] = '\0';
 }
 
 static char *
@@ -605,6 +625,15 @@ json_escape(Buf *b, const char *s)
 	buf_char(b, '"');
 	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
 	{
+		const unsigned char *run = p;
+
+		/* copy a run of characters that need no escaping at once */
+		while (*p >= 0x20 && *p != '"' && *p != '\\')
+			p++;
+		if (p > run)
+			buf_add(b, (const char *) run, p - run);
+		if (*p == '\0')
+			break;
 		switch (*p)
 		{
 			case '"':
@@ -1314,10 +1343,40 @@ shipsync_map_transform(const char *transform, const char *arg,
 	return false;
 }
 
+/* indexed by MapXf */
 static const char *const known_transforms[] = {
 	"identity", "trim", "upper", "lower", "concat", "default", "lookup",
 	"to_number", "unit", "timestamp", "parse_time", "phone", NULL
 };
+
+/* identity and trim run per rule per order: no argument, no name lookup */
+static bool
+fast_transform(MapXf xf, const MapValue *in, MapValue *out)
+{
+	out->type = MV_NULL;
+	out->s = NULL;
+	if (xf != XF_IDENTITY && xf != XF_TRIM && xf != XF_TO_NUMBER)
+		return false;
+	if (in->type == MV_NULL)
+		return true;
+	if (xf == XF_IDENTITY)
+	{
+		value_set(out, in->type, in->s);
+		return true;
+	}
+	if (xf == XF_TRIM && in->type != MV_RAW)
+	{
+		out->type = MV_STRING;
+		out->s = trim_text(in->s);
+		return true;
+	}
+	if (xf == XF_TO_NUMBER && in->type == MV_NUMBER)
+	{
+		value_set(out, MV_NUMBER, in->s);	/* a JSON number already */
+		return true;
+	}
+	return false;
+}
 
 /* ---------- compiling a map ---------- */
 
@@ -1429,7 +1488,10 @@ shipsync_map_compile(int n, const char *const *targets, const char *const *sourc
 		}
 		for (int k = 0; known_transforms[k]; k++)
 			if (strcmp(known_transforms[k], xf) == 0)
+			{
 				known = true;
+				r->xf = (MapXf) k;
+			}
 		if (!known)
 		{
 			set_err(errbuf, errlen, "unknown transform \"%s\" for \"%s\"", xf, targets[i]);
@@ -1611,7 +1673,7 @@ rule_value(const MapRule *r, const MapEnv *env, MapValue *out, Buf *errs)
 	MapValue	v;
 	char		e[160];
 
-	if (strcmp(r->transform, "concat") == 0)
+	if (r->xf == XF_CONCAT)
 	{
 		char	   *tpl = NULL;
 		char	   *s;
@@ -1630,7 +1692,8 @@ rule_value(const MapRule *r, const MapEnv *env, MapValue *out, Buf *errs)
 		value_set(&v, MV_STRING, r->dflt);
 	}
 	e[0] = '\0';
-	if (!shipsync_map_transform(r->transform, r->arg, &v, env, out, e, sizeof(e)))
+	if (!(fast_transform(r->xf, &v, out) ||
+		  shipsync_map_transform(r->transform, r->arg, &v, env, out, e, sizeof(e))))
 	{
 		char		what[200];
 

@@ -121,18 +121,48 @@ shipsync_sf_form(const char *partner_id, const char *request_id,
 				 const char *service_code, const char *timestamp,
 				 const char *msg_data, const char *checkword)
 {
-	char	   *digest = shipsync_sf_digest(msg_data, timestamp, checkword);
+	char	   *digest;
 	char	   *f[6];
 	char	   *out;
 	size_t		n = 0;
 
+	/*
+	 * URL encoding works byte by byte, so the encoding of msgData + timestamp
+	 * + checkword is the three encodings joined: msgData, the long part, is
+	 * encoded once for both the digest and the form.
+	 */
+	f[4] = shipsync_urlencode_form(msg_data);
+	{
+		char	   *ts = shipsync_urlencode_java(timestamp);
+		char	   *cw = shipsync_urlencode_java(checkword);
+		size_t		len = strlen(f[4]) + strlen(ts) + strlen(cw);
+		char	   *joined = malloc(len + 1);
+		unsigned char md[16];
+
+		if (joined == NULL)
+			abort();
+		snprintf(joined, len + 1, "%s%s%s", f[4], ts, cw);
+		free(ts);
+		free(cw);
+		digest = NULL;
+		if (md5_of(joined, md))
+		{
+			digest = malloc(25);
+			if (digest == NULL)
+				abort();
+			EVP_EncodeBlock((unsigned char *) digest, md, 16);
+		}
+		free(joined);
+	}
 	if (digest == NULL)
+	{
+		free(f[4]);
 		return NULL;
+	}
 	f[0] = shipsync_urlencode_form(partner_id);
 	f[1] = shipsync_urlencode_form(request_id);
 	f[2] = shipsync_urlencode_form(service_code);
 	f[3] = shipsync_urlencode_form(timestamp);
-	f[4] = shipsync_urlencode_form(msg_data);
 	f[5] = shipsync_urlencode_form(digest);
 	for (int i = 0; i < 6; i++)
 		n += strlen(f[i]);

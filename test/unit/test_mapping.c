@@ -268,6 +268,18 @@ test_render(void)
 		}
 	}
 	{
+		/* a default transform on a column the row does not have */
+		const char *t5[] = {"insured", "n"};
+		const char *s5[] = {"insured", "missing"};
+		const char *x5[] = {"default", "to_number"};
+		const char *a5[] = {"\"no\"", NULL};
+		const char *d5[] = {NULL, "5"};
+
+		check(render(2, t5, s5, x5, a5, d5, NULL, "{}", NULL, &out, err) == MAP_OK &&
+			  streq_free(out, "{\"insured\":\"no\",\"n\":5}"),
+			  "the default transform and the default column fill absent columns");
+	}
+	{
 		/* a default column, a constant, concat, and a form body */
 		const char *t4[] = {"name", "addr", "n"};
 		const char *s4[] = {"nm", NULL, "const:7"};

@@ -325,7 +325,7 @@ BEGIN
 	IF needed IS NULL THEN
 		RAISE EXCEPTION 'unknown auth type "%"', coalesce(auth->>'type', '')
 			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'The auth types are bearer, api_key, basic, kuaidi100 and sf_express.',
+				  DETAIL = 'The auth types are bearer, api_key, basic, oauth2, kuaidi100 and sf_express.',
 				  HINT = 'Set "type" in option "auth".';
 	END IF;
 	FOREACH f IN ARRAY needed LOOP
@@ -992,6 +992,7 @@ AS $$
 		WHEN 'basic' THEN ARRAY['username']
 		WHEN 'sf_express' THEN ARRAY['partner_id', 'checkword']
 		WHEN 'kuaidi100' THEN ARRAY['customer', 'key']
+		WHEN 'oauth2' THEN ARRAY['token_url', 'client_id', 'client_secret']
 		ELSE NULL END
 $$;
 REVOKE ALL ON FUNCTION @extschema@._auth_fields(text) FROM PUBLIC;
@@ -1039,6 +1040,15 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Create the provider with dialect sf_express.';
 	END IF;
+	IF opts->'auth'->>'type' = 'oauth2' THEN
+		-- the token URL follows the rules of base_url (https, or loopback)
+		PERFORM @extschema@._check_url(opts->'auth'->>'token_url');
+		IF opts->'auth' ? 'scope' AND jsonb_typeof(opts->'auth'->'scope') <> 'string' THEN
+			RAISE EXCEPTION 'auth type "oauth2" needs "scope" to be a string'
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Give the scopes separated by spaces, for example "shipments:write".';
+		END IF;
+	END IF;
 END
 $$;
 REVOKE ALL ON FUNCTION @extschema@._check_dialect(text, jsonb) FROM PUBLIC;
@@ -1073,6 +1083,7 @@ AS $$
 		WHEN 'basic' THEN ARRAY['Authorization: Basic ********']
 		WHEN 'kuaidi100' THEN ARRAY['X-Kuaidi100-Customer: ' || (auth->>'customer'),
 									'X-Kuaidi100-Sign: ********']
+		WHEN 'oauth2' THEN ARRAY['Authorization: Bearer ********']
 		ELSE '{}'::text[] END
 $$;
 REVOKE ALL ON FUNCTION @extschema@._auth_headers_masked(jsonb) FROM PUBLIC;

@@ -50,6 +50,17 @@ SELECT shipsync.create_provider('g0', 'generic', 'https://api.example',
 SELECT shipsync.create_provider('g0', 'generic', 'https://api.example', '{"profile": "bad name"}');
 SELECT shipsync.create_provider('g0', 'generic', 'https://api.example', '{"sender": {}}');
 SELECT shipsync.create_provider('g0', 'generic', 'https://api.example', '{"auth": {"type": "oauth3"}}');
+SELECT shipsync.create_provider('g0', 'generic', 'https://api.example',
+	'{"auth": {"type": "oauth2", "token_url": "https://auth.example/token", "client_id": "c"}}');
+SELECT shipsync.create_provider('g0', 'generic', 'https://api.example',
+	'{"auth": {"type": "oauth2", "token_url": "http://auth.example/token", "client_id": "c", "client_secret": "s"}}');
+SELECT shipsync.create_provider('g0', 'generic', 'https://api.example',
+	'{"auth": {"type": "oauth2", "token_url": "https://auth.example/token", "client_id": "c", "client_secret": "s", "scope": ["a"]}}');
+SELECT shipsync.create_provider('oa', 'generic', 'https://api.example',
+	'{"auth": {"type": "oauth2", "token_url": "https://auth.example/token", "client_id": "c", "client_secret": "s", "scope": "ship"}}');
+SELECT shipsync.create_provider('kd', 'generic', 'https://api.example', '{"auth": {"type": "kuaidi100", "customer": "C1", "key": "k"}}');
+SELECT name, auth FROM shipsync.providers WHERE name IN ('oa', 'kd') ORDER BY 1;
+SELECT shipsync._auth_headers_masked(auth) FROM shipsync.provider WHERE name IN ('oa', 'kd') ORDER BY name;
 
 SELECT shipsync.create_provider('sf', 'sf_express', 'https://sfapi.example/std/service', '{
 	"auth": {"type": "sf_express", "partner_id": "SHOP1", "checkword": "fjcg5PGKaNpPSHFAZ4QsCOkV71R3zVci"},

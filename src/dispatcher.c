@@ -18,6 +18,14 @@
  *	4. apply: every completion that arrived is applied at once, in one
  *	   transaction per batch (outbox.c), never held for a slower request.
  *
+ * OAuth2 (auth type oauth2): the provider's token is fetched by this
+ * process from its token URL on the same multi handle, one fetch at a time,
+ * and shared by every request of the provider; it is fetched again shortly
+ * before it expires (the last tenth of its life, at most a minute), and
+ * once when a request is refused with 401.  A 401 with a token that itself
+ * replaced a refused one is an auth failure: dead, with a ticket.  No token
+ * means no claim: intents wait, the fetch is retried with backoff.
+ *
  * Memory: loop_cxt is reset every iteration; each request in flight has a
  * small context of its own, deleted once its result is applied; the
  * configuration lives in cfg_cxt, rebuilt when the configuration generation
@@ -36,6 +44,7 @@
 
 #include "access/xact.h"
 #include "commands/extension.h"
+#include "common/base64.h"
 #include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -60,6 +69,8 @@ typedef struct Flight
 	MemoryContext cxt;
 	Claimed		c;
 	bool		searching;		/* SF: a lookup after 8016 (duplicate order) */
+	bool		token_fetch;	/* an OAuth2 token request, not an intent */
+	uint32		oauth_gen;		/* the token generation this request carried */
 } Flight;
 
 static MemoryContext cfg_cxt = NULL;
@@ -200,6 +211,22 @@ dispatcher_load_config(void)
 			ps[i].tokens = old->tokens;
 			ps[i].tokens_at = old->tokens_at;
 			ps[i].hold_until = old->hold_until;
+			ps[i].oauth_refreshing = old->oauth_refreshing;
+			/* the token, while the credentials are the same */
+			if (old->oauth_token && ps[i].oauth_client_id && old->oauth_client_id &&
+				strcmp(ps[i].oauth_client_id, old->oauth_client_id) == 0 &&
+				strcmp(ps[i].oauth_token_url, old->oauth_token_url) == 0)
+			{
+				ps[i].oauth_token = old->oauth_token;
+				ps[i].oauth_expires_at = old->oauth_expires_at;
+				ps[i].oauth_refresh_at = old->oauth_refresh_at;
+				ps[i].oauth_retry_at = old->oauth_retry_at;
+				ps[i].oauth_generation = old->oauth_generation;
+				ps[i].oauth_failures = old->oauth_failures;
+				ps[i].oauth_refused = old->oauth_refused;
+				ps[i].oauth_after_401 = old->oauth_after_401;
+				old->oauth_token = NULL;
+			}
 		}
 		else
 		{
@@ -209,6 +236,9 @@ dispatcher_load_config(void)
 		ps[i].maybe_work = true;
 		ps[i].next_due = 0;
 	}
+	for (int i = 0; i < nproviders; i++)
+		if (providers[i].oauth_token)
+			pfree(providers[i].oauth_token);
 	for (int i = 0; i < nbindings; i++)
 	{
 		if (bindings[i].render_plan)
@@ -255,6 +285,8 @@ provider_tokens(Provider *p, TimestampTz now)
  * X-Kuaidi100-Customer and X-Kuaidi100-Sign = UPPER(MD5(body + key +
  * customer)), over the stored body, so every retry carries the same sign.
  */
+static char *short_body(const StringInfoData *s);
+
 static struct curl_slist *
 add_kuaidi100_headers(struct curl_slist *h, Provider *p, const char *body)
 {
@@ -291,7 +323,127 @@ build_headers(Provider *p, const char *idempotency_key, bool has_body)
 	h = curl_slist_append(h, "Expect:");
 	for (int i = 0; i < p->nheaders; i++)
 		h = curl_slist_append(h, p->headers[i]);
+	if (p->oauth_token)
+		h = curl_slist_append(h, psprintf("Authorization: Bearer %s", p->oauth_token));
 	return h;
+}
+
+/* ---------- OAuth2 client credentials ---------- */
+
+/*
+ * Ask the token URL for a token (RFC 6749, 4.4): grant_type
+ * client_credentials, the client authenticated with HTTP Basic.
+ */
+static void
+oauth_fetch(Provider *p)
+{
+	MemoryContext fcxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync token request",
+											   ALLOCSET_SMALL_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(fcxt);
+	Flight	   *f = palloc0(sizeof(Flight));
+	char	   *id = shipsync_urlencode_form(p->oauth_client_id);
+	char	   *secret = shipsync_urlencode_form(p->oauth_client_secret);
+	char	   *pair = psprintf("%s:%s", id, secret);
+	int			len = pg_b64_enc_len(strlen(pair));
+	char	   *b64 = palloc(len + 1);
+	int			n = pg_b64_encode(pair, strlen(pair), b64, len);
+	struct curl_slist *h = NULL;
+
+	free(id);
+	free(secret);
+	if (n < 0)
+		elog(ERROR, "could not encode OAuth2 client credentials");
+	b64[n] = '\0';
+	f->cxt = fcxt;
+	f->token_fetch = true;
+	f->c.provider_id = p->id;
+	f->xfer.method = "POST";
+	f->xfer.url = pstrdup(p->oauth_token_url);
+	if (p->oauth_scope)
+	{
+		char	   *scope = shipsync_urlencode_form(p->oauth_scope);
+
+		f->xfer.body = psprintf("grant_type=client_credentials&scope=%s", scope);
+		free(scope);
+	}
+	else
+		f->xfer.body = pstrdup("grant_type=client_credentials");
+	f->xfer.timeout_ms = p->timeout_ms;
+	h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
+	h = curl_slist_append(h, "Accept: application/json");
+	h = curl_slist_append(h, "Expect:");
+	h = curl_slist_append(h, psprintf("Authorization: Basic %s", b64));
+	f->xfer.headers = h;
+	f->xfer.owner = f;
+	p->oauth_refreshing = true;
+	http_submit(client, &f->xfer);
+	MemoryContextSwitchTo(old);
+}
+
+/* A token request finished: keep the token, or retry the fetch later. */
+static void
+oauth_done(Flight *f, TimestampTz now)
+{
+	HttpTransfer *t = &f->xfer;
+	Provider   *p = find_provider(f->c.provider_id);
+	char		err[256];
+	char	   *token = NULL;
+	long		expires_in = 0;
+
+	if (p == NULL)
+		return;
+	p->oauth_refreshing = false;
+	p->maybe_work = true;
+	err[0] = '\0';
+	if (t->curl_code != CURLE_OK)
+		snprintf(err, sizeof(err), "%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code));
+	else if (t->http_status < 200 || t->http_status >= 300)
+		snprintf(err, sizeof(err), "HTTP %ld: %s", t->http_status, short_body(&t->response));
+	else
+		(void) shipsync_parse_token_response(t->response.data, t->response.len,
+											 &token, &expires_in, err, sizeof(err));
+	if (token == NULL)
+	{
+		long		delay = shipsync_backoff_ms(++p->oauth_failures, p->backoff_base_ms,
+												p->backoff_max_ms, 1.0 - 1e-9);
+
+		p->oauth_retry_at = TimestampTzPlusMilliseconds(now, delay);
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("pg_shipsync: could not get an OAuth2 token for provider \"%s\"", p->name),
+				 errdetail_internal("%s", err),
+				 errhint("Check token_url, client_id and client_secret of its auth option; intents wait, the next try is in %ld ms.",
+						 delay)));
+		return;
+	}
+	if (p->oauth_token)
+		pfree(p->oauth_token);
+	p->oauth_token = MemoryContextStrdup(TopMemoryContext, token);
+	free(token);
+	p->oauth_expires_at = TimestampTzPlusMilliseconds(now, expires_in * 1000);
+	p->oauth_refresh_at = TimestampTzPlusMilliseconds(now, expires_in * 1000 -
+													  Min(60000, expires_in * 100));
+	p->oauth_generation++;
+	p->oauth_failures = 0;
+	p->oauth_retry_at = 0;
+	p->oauth_after_401 = p->oauth_refused;
+	p->oauth_refused = false;
+	elog(DEBUG1, "pg_shipsync: provider \"%s\" has a new OAuth2 token for %ld s", p->name, expires_in);
+}
+
+/*
+ * May p's requests go out now?  Starts a fetch when the token is missing,
+ * refused or near its end; a token still valid keeps being used meanwhile.
+ */
+static bool
+oauth_ready(Provider *p, TimestampTz now)
+{
+	bool		valid = p->oauth_token != NULL && !p->oauth_refused && now < p->oauth_expires_at;
+
+	if (!p->oauth_refreshing && now >= p->oauth_retry_at &&
+		(!valid || now >= p->oauth_refresh_at))
+		oauth_fetch(p);
+	return valid;
 }
 
 static void
@@ -323,6 +475,7 @@ dispatcher_send(Provider *p, Claimed *c)
 	if (p->dialect == DIALECT_GENERIC)
 		f->xfer.headers = add_kuaidi100_headers(f->xfer.headers, p, f->c.body);
 	f->xfer.owner = f;
+	f->oauth_gen = p->oauth_generation;
 	http_submit(client, &f->xfer);
 	MemoryContextSwitchTo(old);
 	p->inflight++;
@@ -348,6 +501,8 @@ dispatcher_claim_all(TimestampTz now)
 			continue;
 		if (!p->maybe_work && !(p->next_due != 0 && p->next_due <= now))
 			continue;
+		if (p->oauth_client_id && !oauth_ready(p, now))
+			continue;			/* a token fetch will wake us */
 		room = p->max_inflight - p->inflight;
 		if (room <= 0)
 			continue;
@@ -428,6 +583,16 @@ dispatcher_timeout(TimestampTz now)
 
 		if (p->paused)
 			continue;
+		if (p->oauth_client_id &&
+			!(p->oauth_token && !p->oauth_refused && now < p->oauth_expires_at))
+		{
+			/* no token: the fetch in flight wakes us, or its retry is due */
+			if (!p->oauth_refreshing && p->oauth_retry_at > now)
+				timeout = Min(timeout, ms_until(p->oauth_retry_at, now));
+			else if (!p->oauth_refreshing && (p->maybe_work || p->next_due))
+				return 0;
+			continue;
+		}
 		if (p->hold_until > now)
 		{
 			timeout = Min(timeout, ms_until(p->hold_until, now));
@@ -717,6 +882,48 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 		}
 		goto failed;
 	}
+	if (p && p->oauth_client_id && t->curl_code == CURLE_OK && t->http_status == 401)
+	{
+		/*
+		 * The token was refused.  If it is still the current one, fetch
+		 * another once; the intent goes again with it.  If the current token
+		 * itself replaced a refused one, the credentials are wrong: stop.
+		 */
+		bool		current = f->oauth_gen == p->oauth_generation;
+
+		if (current && p->oauth_after_401 && !p->oauth_refreshing)
+		{
+			v.outcome = SHIP_DEAD;
+			v.error_class = "auth";
+			v.in_doubt = false;
+			v.hold_provider = false;
+			r->error_class = "auth";
+			r->ticket_kind = "auth_failed";
+			r->error = psprintf("HTTP 401 with a token fetched after an earlier 401: %s (credentials refused: not retried)",
+								short_body(&t->response));
+			goto failed;
+		}
+		if (current && !p->oauth_refreshing)
+		{
+			p->oauth_refused = true;
+			p->maybe_work = true;
+		}
+		v.outcome = SHIP_RETRY;
+		v.error_class = "auth_refresh";
+		v.in_doubt = false;
+		v.hold_provider = false;
+		r->error_class = "auth_refresh";
+		r->error = pstrdup("HTTP 401: the OAuth2 token was refused; sent again with a new one");
+		if (f->c.attempt < max_attempts)
+		{
+			r->state = "retrying";
+			r->outcome = "retry";
+			r->next_at = now;
+			MemoryContextSwitchTo(old);
+			return;
+		}
+		goto failed;
+	}
 	if (t->curl_code == CURLE_OK && t->http_status >= 200 && t->http_status < 300)
 	{
 		bool		mapped = p && p->in_map != NULL;
@@ -735,6 +942,8 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 
 	if (v.outcome == SHIP_OK)
 	{
+		if (p && f->oauth_gen == p->oauth_generation)
+			p->oauth_after_401 = false;
 		r->state = "done";
 		r->outcome = "done";
 		r->ship_ok = true;
@@ -826,6 +1035,14 @@ dispatcher_apply_done(TimestampTz now)
 
 	while ((t = http_take_done(client)) != NULL)
 	{
+		if (((Flight *) t->owner)->token_fetch)
+		{
+			Flight	   *tf = (Flight *) t->owner;
+
+			oauth_done(tf, now);
+			MemoryContextDelete(tf->cxt);
+			continue;
+		}
 		if (sf_search_if_duplicate((Flight *) t->owner))
 			continue;
 		if (ndone == cap)

@@ -35,6 +35,10 @@ typedef struct Provider
 	char	   *sf_checkword;
 	char	   *kd_customer;	/* auth kuaidi100: signed headers */
 	char	   *kd_key;
+	char	   *oauth_token_url;	/* auth oauth2: client credentials */
+	char	   *oauth_client_id;
+	char	   *oauth_client_secret;
+	char	   *oauth_scope;
 	char	   *options_text;	/* the provider's options, as JSON text */
 	ShipJson   *options;		/* the same, parsed, for option: sources */
 	ShipMap    *out_map;		/* NULL: no outbound rows (generic body) */
@@ -48,6 +52,17 @@ typedef struct Provider
 	TimestampTz hold_until;		/* Retry-After on a 429/503 */
 	TimestampTz next_due;		/* earliest known due retry, 0: unknown */
 	bool		maybe_work;		/* look for work at the next pass */
+
+	/* OAuth2: one token shared by every request, carried over reloads */
+	char	   *oauth_token;	/* in TopMemoryContext, or NULL */
+	TimestampTz oauth_expires_at;
+	TimestampTz oauth_refresh_at;	/* refresh from then on, before expiry */
+	TimestampTz oauth_retry_at; /* after a failed fetch */
+	uint32		oauth_generation;	/* bumped by every new token */
+	int			oauth_failures;
+	bool		oauth_refreshing;	/* a fetch is in flight: one at a time */
+	bool		oauth_refused;	/* the token was refused (401): fetch anew */
+	bool		oauth_after_401;	/* this token replaced a refused one */
 } Provider;
 
 #define DIALECT_GENERIC		0

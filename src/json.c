@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <json.h>
 
@@ -709,4 +710,67 @@ shipsync_free_sf_response(SfResponse *r)
 	free(r->waybill);
 	free(r->waybills);
 	memset(r, 0, sizeof(*r));
+}
+
+/*
+ * An OAuth2 token endpoint's answer (RFC 6749, 5.1): {"access_token",
+ * "token_type": "Bearer", "expires_in"?}.  *expires_in is 3600 when the
+ * server does not say; the token is malloc'd.
+ */
+bool
+shipsync_parse_token_response(const char *body, size_t len, char **token,
+							  long *expires_in, char *errbuf, size_t errlen)
+{
+	struct json_object *root;
+	struct json_object *v;
+	char	   *type;
+
+	*token = NULL;
+	*expires_in = 3600;
+	root = parse_strict(body, len, errbuf, errlen);
+	if (root == NULL)
+		return false;
+	if (!json_object_is_type(root, json_type_object) ||
+		!json_object_object_get_ex(root, "access_token", &v) ||
+		!json_object_is_type(v, json_type_string) ||
+		json_object_get_string_len(v) == 0)
+	{
+		snprintf(errbuf, errlen, "token response has no \"access_token\"");
+		json_object_put(root);
+		return false;
+	}
+	type = dup_member_text(root, "token_type");
+	if (type != NULL && strcasecmp(type, "bearer") != 0)
+	{
+		snprintf(errbuf, errlen, "token type \"%.40s\" is not Bearer", type);
+		free(type);
+		json_object_put(root);
+		return false;
+	}
+	free(type);
+	if (json_object_object_get_ex(root, "expires_in", &v) &&
+		!json_object_is_type(v, json_type_null))
+	{
+		long		e = json_object_is_type(v, json_type_string) ?
+			strtol(json_object_get_string(v), NULL, 10) : (long) json_object_get_int64(v);
+
+		*expires_in = e < 1 ? 1 : e > 31536000 ? 31536000 : e;
+	}
+	*token = strdup(json_object_get_string(json_object_object_get(root, "access_token")));
+	json_object_put(root);
+	if (*token == NULL)
+	{
+		snprintf(errbuf, errlen, "out of memory");
+		return false;
+	}
+	/* it becomes a header line: refuse what would break it */
+	for (const char *p = *token; *p; p++)
+		if ((unsigned char) *p < 0x20 || (unsigned char) *p > 0x7e)
+		{
+			free(*token);
+			*token = NULL;
+			snprintf(errbuf, errlen, "access_token holds characters a header cannot carry");
+			return false;
+		}
+	return true;
 }

@@ -368,7 +368,11 @@ outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
 							   " dialect, COALESCE(options->>'profile', dialect), options::text,"
 							   " auth->>'partner_id', auth->>'checkword',"
 							   " CASE WHEN auth->>'type' = 'kuaidi100' THEN auth->>'customer' END,"
-							   " CASE WHEN auth->>'type' = 'kuaidi100' THEN auth->>'key' END"
+							   " CASE WHEN auth->>'type' = 'kuaidi100' THEN auth->>'key' END,"
+							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'token_url' END,"
+							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'client_id' END,"
+							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'client_secret' END,"
+							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'scope' END"
 							   " FROM shipsync.provider WHERE $1 = 0 OR provider_id = $1"
 							   " ORDER BY provider_id", 1, argtypes, args, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
@@ -419,6 +423,10 @@ outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
 			p->sf_checkword = get_text(tup, desc, 16);
 			p->kd_customer = get_text(tup, desc, 17);
 			p->kd_key = get_text(tup, desc, 18);
+			p->oauth_token_url = get_text(tup, desc, 19);
+			p->oauth_client_id = get_text(tup, desc, 20);
+			p->oauth_client_secret = get_text(tup, desc, 21);
+			p->oauth_scope = get_text(tup, desc, 22);
 		}
 	}
 	MemoryContextSwitchTo(old);

@@ -191,6 +191,9 @@ typedef struct SfResponse
 extern bool shipsync_parse_sf_response(const char *body, size_t len,
 									   bool search, SfResponse *out,
 									   char *errbuf, size_t errlen);
+extern bool shipsync_parse_token_response(const char *body, size_t len,
+										  char **token, long *expires_in,
+										  char *errbuf, size_t errlen);
 extern bool shipsync_parse_sf_doc(ShipJson *doc, bool search, SfResponse *out,
 								  char *errbuf, size_t errlen);
 extern void shipsync_free_sf_response(SfResponse *r);

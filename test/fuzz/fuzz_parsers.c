@@ -3,8 +3,8 @@
  *		libFuzzer target over the parsers that need no server: carrier
  *		responses (json.c), Retry-After values, decimal amounts and the
  *		backoff arithmetic (retry.c), SF Express responses, JSON paths with
- *		filters, field maps and their transforms (mapping.c), and form
- *		encoding and signatures (sign.c).
+ *		filters, field maps and their transforms (mapping.c), OAuth2 token
+ *		answers, and form encoding and signatures (sign.c).
  *
  * The first byte chooses what to feed; the rest is the input.  Built with
  * ASan and UBSan by test/fuzz/Makefile; bin/test runs it for a bounded
@@ -158,9 +158,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 4:
 			{
 				SfResponse	sr;
+				char	   *tok;
+				long		exp;
 
 				if (shipsync_parse_sf_response(s, size - 1, data[0] & 0x10, &sr, err, sizeof(err)))
 					shipsync_free_sf_response(&sr);
+				if (shipsync_parse_token_response(s, size - 1, &tok, &exp, err, sizeof(err)))
+					free(tok);
 			}
 			break;
 		case 5:

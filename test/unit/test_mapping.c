@@ -468,6 +468,36 @@ test_sf_responses(void)
 	free(misc);
 }
 
+static void
+test_token(void)
+{
+	char	   *tok;
+	long		exp;
+	char		err[256];
+	const char *ok1 = "{\"access_token\":\"eyJhbGciOi.x-y_z\",\"token_type\":\"bearer\",\"expires_in\":3599}";
+	const char *ok2 = "{\"access_token\":\"abc\"}";
+	const char *strexp = "{\"access_token\":\"abc\",\"token_type\":\"Bearer\",\"expires_in\":\"120\"}";
+	const char *mac = "{\"access_token\":\"abc\",\"token_type\":\"mac\"}";
+	const char *crlf = "{\"access_token\":\"abc\\r\\nX-Evil: 1\"}";
+	const char *none = "{\"error\":\"invalid_client\"}";
+
+	check(shipsync_parse_token_response(ok1, strlen(ok1), &tok, &exp, err, sizeof(err)) &&
+		  strcmp(tok, "eyJhbGciOi.x-y_z") == 0 && exp == 3599, "an OAuth2 token answer is read");
+	free(tok);
+	check(shipsync_parse_token_response(ok2, strlen(ok2), &tok, &exp, err, sizeof(err)) && exp == 3600,
+		  "no expires_in: an hour");
+	free(tok);
+	check(shipsync_parse_token_response(strexp, strlen(strexp), &tok, &exp, err, sizeof(err)) && exp == 120,
+		  "expires_in as a string, token_type in any case");
+	free(tok);
+	check(!shipsync_parse_token_response(mac, strlen(mac), &tok, &exp, err, sizeof(err)) &&
+		  strstr(err, "not Bearer"), "a token type other than Bearer is refused");
+	check(!shipsync_parse_token_response(crlf, strlen(crlf), &tok, &exp, err, sizeof(err)) &&
+		  tok == NULL, "a token that would break the header line is refused");
+	check(!shipsync_parse_token_response(none, strlen(none), &tok, &exp, err, sizeof(err)) &&
+		  strstr(err, "access_token"), "an error answer has no token");
+}
+
 int
 main(void)
 {
@@ -476,6 +506,7 @@ main(void)
 	test_render();
 	test_transforms();
 	test_sf_responses();
+	test_token();
 	printf("1..%d\n", n_test);
 	return n_fail ? 1 : 0;
 }

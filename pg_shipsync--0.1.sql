@@ -397,10 +397,10 @@ BEGIN
 				  DETAIL = 'A provider name is 1 to 63 letters, digits, "_", "." or "-".',
 				  HINT = 'For example ''sf'' or ''acme-eu''.';
 	END IF;
-	IF dialect IS NULL OR dialect NOT IN ('generic', 'sf_express') THEN
+	IF dialect IS NULL OR dialect NOT IN ('generic', 'sf_express', 'easypost', 'aftership', 'kuaidi100') THEN
 		RAISE EXCEPTION 'unknown dialect "%"', coalesce(dialect, '')
 			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'This version knows the dialects generic and sf_express.',
+				  DETAIL = 'This version knows the shipping dialects generic and sf_express and the tracking dialects easypost, aftership and kuaidi100.',
 				  HINT = 'See docs/wire-contract.md for the generic contract.';
 	END IF;
 	PERFORM @extschema@._check_options(opts,
@@ -568,8 +568,8 @@ BEGIN
 			USING ERRCODE = 'duplicate_object',
 				  HINT = 'Call shipsync.detach() first to attach it again.';
 	END IF;
-	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate'], 'attach');
-	PERFORM @extschema@._check_validate(opts);
+	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider'], 'attach');
+	PERFORM @extschema@._check_attach_options(opts, pid);
 	IF current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
 		RAISE EXCEPTION 'database encoding % cannot be sent as JSON', current_setting('server_encoding')
 			USING ERRCODE = 'feature_not_supported',
@@ -700,7 +700,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) IS
-	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails).';
+	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered).';
 
 CREATE FUNCTION @extschema@.detach(tbl regclass)
 RETURNS void
@@ -976,6 +976,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT ARRAY['profile'] || CASE dialect
 		WHEN 'sf_express' THEN ARRAY['sender', 'monthly_card', 'pay_method', 'express_type_id']
+		WHEN 'easypost' THEN ARRAY['carrier']
+		WHEN 'aftership' THEN ARRAY['slug']
+		WHEN 'kuaidi100' THEN ARRAY['company', 'callback_url', 'salt']
 		ELSE '{}'::text[] END
 $$;
 REVOKE ALL ON FUNCTION @extschema@._dialect_options(text) FROM PUBLIC;
@@ -1040,6 +1043,30 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'Create the provider with dialect sf_express.';
 	END IF;
+	-- tracking dialects: the auth each provider uses, and what subscribing needs
+	IF dialect IN ('easypost', 'aftership', 'kuaidi100') THEN
+		-- (parenthesized: plpgsql ends an IF condition at its first THEN)
+		IF opts->'auth'->>'type' IS DISTINCT FROM
+		   (CASE dialect WHEN 'easypost' THEN 'basic' WHEN 'aftership' THEN 'api_key' ELSE 'kuaidi100' END)
+		   OR (dialect = 'aftership' AND lower(opts->'auth'->>'header') <> 'as-api-key') THEN
+			RAISE EXCEPTION 'the % dialect needs auth %', dialect,
+				CASE dialect WHEN 'easypost' THEN '{"type": "basic", "username": "<API key>"}'
+							 WHEN 'aftership' THEN '{"type": "api_key", "header": "as-api-key", "key": ...}'
+							 ELSE '{"type": "kuaidi100", "customer": ..., "key": ...}' END
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = CASE dialect WHEN 'easypost' THEN 'EasyPost takes the API key as the Basic user name.'
+										   WHEN 'aftership' THEN 'AfterShip reads the key from header as-api-key.'
+										   ELSE 'Kuaidi100 subscriptions carry the key; queries are signed with key and customer.' END,
+					  HINT = 'Set option "auth" accordingly.';
+		END IF;
+		IF dialect = 'kuaidi100' AND (jsonb_typeof(opts->'callback_url') IS DISTINCT FROM 'string'
+			OR jsonb_typeof(opts->'company') IS DISTINCT FROM 'string') THEN
+			RAISE EXCEPTION 'the kuaidi100 dialect needs options "company" and "callback_url"'
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'A subscription names the carrier (company, e.g. shunfeng) and where Kuaidi100 pushes the events.',
+					  HINT = 'For example {"company": "shunfeng", "callback_url": "https://shop.example/hooks/kuaidi100"}.';
+		END IF;
+	END IF;
 	IF opts->'auth'->>'type' = 'oauth2' THEN
 		-- the token URL follows the rules of base_url (https, or loopback)
 		PERFORM @extschema@._check_url(opts->'auth'->>'token_url');
@@ -1053,13 +1080,36 @@ END
 $$;
 REVOKE ALL ON FUNCTION @extschema@._check_dialect(text, jsonb) FROM PUBLIC;
 
--- attach option validate: invalid (the default) or reject.
-CREATE FUNCTION @extschema@._check_validate(opts jsonb)
+-- attach options validate (invalid, the default, or reject) and
+-- tracking_provider; a tracking provider cannot be attached as the shipper.
+CREATE FUNCTION @extschema@._check_attach_options(opts jsonb, provider_id integer)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	d text;
 BEGIN
+	SELECT p.dialect INTO d FROM @extschema@.provider p WHERE p.provider_id = _check_attach_options.provider_id;
+	IF d IN ('easypost', 'aftership', 'kuaidi100') THEN
+		RAISE EXCEPTION 'provider of dialect % tracks shipments, it does not create them', d
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Attach the table to a shipping provider, and name this one in option "tracking_provider".';
+	END IF;
+	IF opts ? 'tracking_provider' THEN
+		SELECT p.dialect INTO d FROM @extschema@.provider p WHERE p.name = opts->>'tracking_provider';
+		IF d IS NULL THEN
+			RAISE EXCEPTION 'tracking provider "%" does not exist', opts->>'tracking_provider'
+				USING ERRCODE = 'undefined_object',
+					  HINT = 'Create it first with shipsync.create_provider().';
+		END IF;
+		IF d NOT IN ('easypost', 'aftership', 'kuaidi100') THEN
+			RAISE EXCEPTION 'provider "%" is not a tracking provider', opts->>'tracking_provider'
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Its dialect is %s; tracking dialects are easypost, aftership and kuaidi100.', d),
+					  HINT = 'Name a provider of a tracking dialect.';
+		END IF;
+	END IF;
 	IF opts ? 'validate' AND (jsonb_typeof(opts->'validate') <> 'string'
 		OR opts->>'validate' NOT IN ('invalid', 'reject')) THEN
 		RAISE EXCEPTION 'option "validate" must be "invalid" or "reject"'
@@ -1069,7 +1119,7 @@ BEGIN
 	END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION @extschema@._check_validate(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@._check_attach_options(jsonb, integer) FROM PUBLIC;
 
 -- Auth header lines with their secrets masked: what render_request() shows.
 CREATE FUNCTION @extschema@._auth_headers_masked(auth jsonb)
@@ -1257,12 +1307,13 @@ BEGIN
 	url := r.url;
 	body := r.body;
 	headers := ARRAY['Idempotency-Key: ' || o.idempotency_key]
-		|| CASE WHEN p.dialect = 'sf_express'
+		|| CASE WHEN p.dialect IN ('sf_express', 'kuaidi100')
 				THEN ARRAY['Content-Type: application/x-www-form-urlencoded']
 				ELSE ARRAY['Content-Type: application/json'] END
 		|| ARRAY['Accept: application/json']
 		|| ARRAY(SELECT k || ': ' || v FROM jsonb_each_text(p.headers) AS h(k, v))
-		|| @extschema@._auth_headers_masked(p.auth);
+		|| CASE WHEN p.dialect = 'kuaidi100' THEN '{}'::text[]
+				ELSE @extschema@._auth_headers_masked(p.auth) END;
 	RETURN NEXT;
 END
 $$;

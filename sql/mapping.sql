@@ -194,4 +194,22 @@ INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES 
 SELECT r.* FROM shipsync.outbox o, shipsync.render_request(o.id) r WHERE o.order_key = '9' AND o.op = 'create'
 AND o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.mapped'::regclass);
 
+-- tracking dialects: their auth, their options, and tracking_provider
+SELECT shipsync.create_provider('ep', 'easypost', 'https://api.easypost.example',
+	'{"auth": {"type": "bearer", "token": "t"}}');
+SELECT shipsync.create_provider('as', 'aftership', 'https://api.aftership.example',
+	'{"auth": {"type": "api_key", "header": "X-Key", "key": "k"}}');
+SELECT shipsync.create_provider('kd100', 'kuaidi100', 'https://poll.kuaidi100.example',
+	'{"auth": {"type": "kuaidi100", "customer": "C", "key": "k"}, "company": "shunfeng"}');
+SELECT shipsync.create_provider('ep', 'easypost', 'https://api.easypost.example',
+	'{"carrier": "SFExpress", "auth": {"type": "basic", "username": "EZTK"}}');
+SELECT shipsync.create_provider('kd100', 'kuaidi100', 'https://poll.kuaidi100.example',
+	'{"auth": {"type": "kuaidi100", "customer": "C", "key": "k"}, "company": "shunfeng",
+	  "callback_url": "https://shop.example/hooks/kd", "salt": "s"}');
+CREATE TABLE mapshop.tracked (id bigint PRIMARY KEY, waybill text);
+SELECT shipsync.attach('mapshop.tracked', 'ep');
+SELECT shipsync.attach('mapshop.tracked', 'plain', options => '{"tracking_provider": "nobody"}');
+SELECT shipsync.attach('mapshop.tracked', 'plain', options => '{"tracking_provider": "mapped"}');
+SELECT shipsync.attach('mapshop.tracked', 'plain', options => '{"tracking_provider": "kd100"}') > 0 AS attached;
+
 DROP EXTENSION pg_shipsync CASCADE;

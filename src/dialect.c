@@ -429,6 +429,70 @@ dialect_render(Provider *p, Claimed *c, bool found, const char *generic_body,
 	}
 }
 
+/*
+ * The registration of a waybill at a tracking provider (op 'register'):
+ * EasyPost POST /v2/trackers, AfterShip POST /trackings, Kuaidi100's
+ * subscribe (POST /poll, a form with schema=json and param).  Kuaidi100
+ * carries its key inside param: the stored body holds a placeholder that
+ * the dispatcher replaces when sending, so that the key is never stored in
+ * the outbox (which readers may see) nor shown by render_request().
+ */
+void
+dialect_render_register(Provider *p, Claimed *c, const char *tracking_number)
+{
+	StringInfoData b;
+
+	if (tracking_number == NULL)
+	{
+		c->skip_reason = "no waybill to register";
+		return;
+	}
+	initStringInfo(&b);
+	c->method = "POST";
+	c->kind = INTENT_REGISTER;
+	switch (p->dialect)
+	{
+		case DIALECT_EASYPOST:
+			appendStringInfo(&b, "{\"tracker\":{\"tracking_code\":%s", json_quote(tracking_number));
+			if (p->tr_carrier)
+				appendStringInfo(&b, ",\"carrier\":%s", json_quote(p->tr_carrier));
+			appendStringInfoString(&b, "}}");
+			c->url = psprintf("%s/v2/trackers", p->base_url);
+			break;
+		case DIALECT_AFTERSHIP:
+			appendStringInfo(&b, "{\"tracking\":{\"tracking_number\":%s", json_quote(tracking_number));
+			if (p->tr_carrier)
+				appendStringInfo(&b, ",\"slug\":%s", json_quote(p->tr_carrier));
+			appendStringInfo(&b, ",\"order_id\":%s}}", json_quote(c->order_key));
+			c->url = psprintf("%s/trackings", p->base_url);
+			break;
+		case DIALECT_KUAIDI100:
+			{
+				StringInfoData param;
+				char	   *enc;
+
+				initStringInfo(&param);
+				appendStringInfo(&param, "{\"company\":%s,\"number\":%s,\"key\":\"%s\","
+								 "\"parameters\":{\"callbackurl\":%s",
+								 json_quote(p->tr_carrier ? p->tr_carrier : ""),
+								 json_quote(tracking_number), DIALECT_KUAIDI100_KEY,
+								 json_quote(p->tr_callback_url ? p->tr_callback_url : ""));
+				if (p->tr_salt)
+					appendStringInfo(&param, ",\"salt\":%s", json_quote(p->tr_salt));
+				appendStringInfoString(&param, ",\"resultv2\":\"4\"}}");
+				enc = take_malloced(shipsync_urlencode_form(param.data));
+				appendStringInfo(&b, "schema=json&param=%s", enc);
+				c->url = psprintf("%s/poll", p->base_url);
+			}
+			break;
+		default:
+			c->method = NULL;
+			c->skip_reason = "the provider is not a tracking provider";
+			return;
+	}
+	c->body = b.data;
+}
+
 /* The EXP_RECE_SEARCH_ORDER_RESP form that looks an order up by orderId */
 char *
 dialect_sf_search_body(Provider *p, const char *order_key, const char *request_id)

@@ -55,6 +55,7 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -287,6 +288,31 @@ provider_tokens(Provider *p, TimestampTz now)
  */
 static char *short_body(const StringInfoData *s);
 
+/*
+ * A stored Kuaidi100 subscription with its key put in place of the
+ * placeholder (JSON-escaped, then form-encoded, as the rest of param).
+ */
+static char *
+kuaidi100_with_key(const char *body, const char *key)
+{
+	const char *at = strstr(body, DIALECT_KUAIDI100_KEY);
+	StringInfoData esc;
+	char	   *enc;
+	char	   *out;
+
+	if (at == NULL)
+		return pstrdup(body);
+	initStringInfo(&esc);
+	escape_json(&esc, key);
+	/* without the quotes escape_json adds: the placeholder sits inside them */
+	esc.data[esc.len - 1] = '\0';
+	enc = shipsync_urlencode_form(esc.data + 1);
+	out = psprintf("%.*s%s%s", (int) (at - body), body, enc,
+				   at + strlen(DIALECT_KUAIDI100_KEY));
+	free(enc);
+	return out;
+}
+
 static struct curl_slist *
 add_kuaidi100_headers(struct curl_slist *h, Provider *p, const char *body)
 {
@@ -315,7 +341,8 @@ build_headers(Provider *p, const char *idempotency_key, bool has_body)
 	snprintf(line, sizeof(line), "Idempotency-Key: %s", idempotency_key);
 	h = curl_slist_append(h, line);
 	if (has_body)
-		h = curl_slist_append(h, p->dialect == DIALECT_SF_EXPRESS ?
+		h = curl_slist_append(h, p->dialect == DIALECT_SF_EXPRESS ||
+							  p->dialect == DIALECT_KUAIDI100 ?
 							  "Content-Type: application/x-www-form-urlencoded" :
 							  "Content-Type: application/json");
 	h = curl_slist_append(h, "Accept: application/json");
@@ -466,6 +493,8 @@ dispatcher_send(Provider *p, Claimed *c)
 	f->c.body = c->body ? pstrdup(c->body) : NULL;
 	f->c.digest = c->digest ? pstrdup(c->digest) : NULL;
 	f->c.op = NULL;
+	if (p->dialect == DIALECT_KUAIDI100 && f->c.body && p->kd_key)
+		f->c.body = kuaidi100_with_key(f->c.body, p->kd_key);
 
 	f->xfer.method = f->c.method;
 	f->xfer.url = f->c.url;
@@ -793,6 +822,76 @@ judge_sf(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
 }
 
 /*
+ * Judge a tracking provider's answer to a registration.  Returns true when
+ * r is complete (done); otherwise sets *v and r->error.
+ */
+static bool
+judge_tracker(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
+{
+	HttpTransfer *t = &f->xfer;
+	const char *dname = p->dialect == DIALECT_EASYPOST ? "easypost" :
+		p->dialect == DIALECT_AFTERSHIP ? "aftership" : "kuaidi100";
+	char		err[256];
+	char	   *id = NULL;
+	char	   *status = NULL;
+	TrackClass	cls = TRACK_HTTP;
+
+	if (t->curl_code == CURLE_OK && !t->too_large)
+		cls = shipsync_parse_tracker_response(dname, t->response.data, t->response.len,
+											  t->http_status, &id, &status, err, sizeof(err));
+	if (cls == TRACK_OK)
+	{
+		r->state = "done";
+		r->outcome = "done";
+		r->ship_ok = true;
+		r->ship_id = id ? pstrdup(id) : NULL;
+		r->raw_status = status ? pstrdup(status) : NULL;
+		r->error_class = NULL;
+		if (t->http_status >= 300 || (status && strcmp(status, "already_subscribed") == 0))
+		{
+			r->error_class = "already_registered";
+			r->error = psprintf("HTTP %ld: the waybill was already registered", t->http_status);
+		}
+		free(id);
+		free(status);
+		return true;
+	}
+	free(id);
+	free(status);
+	if (cls == TRACK_HTTP)
+	{
+		*v = shipsync_classify(t->curl_code, t->http_status, t->request_sent, true);
+		r->error_class = v->error_class;
+		if (t->too_large)
+			r->error = psprintf("response larger than shipsync.max_response_bytes (%d bytes)",
+								shipsync_max_response_bytes);
+		else if (t->curl_code != CURLE_OK)
+			r->error = psprintf("%s%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code),
+								v->in_doubt ? " (in doubt: the request may have reached the carrier)" : "");
+		else
+			r->error = psprintf("HTTP %ld: %s", t->http_status, err[0] ? err : short_body(&t->response));
+		if (t->curl_code == CURLE_OK && (t->http_status == 401 || t->http_status == 403))
+		{
+			v->error_class = r->error_class = "auth";
+			r->ticket_kind = "auth_failed";
+		}
+		return false;
+	}
+	v->in_doubt = false;
+	v->hold_provider = false;
+	v->outcome = cls == TRACK_RETRY ? SHIP_RETRY : SHIP_DEAD;
+	v->error_class = cls == TRACK_AUTH ? "auth" : cls == TRACK_RETRY ? "business_retry" : "business_error";
+	r->error_class = v->error_class;
+	r->error = psprintf("HTTP %ld: %s", t->http_status, err[0] ? err : short_body(&t->response));
+	if (cls == TRACK_AUTH)
+	{
+		r->ticket_kind = "auth_failed";
+		r->error = psprintf("%s (credentials refused: not retried)", r->error);
+	}
+	return false;
+}
+
+/*
  * SF Express answered 8016 (duplicate orderId) to a create: the order
  * exists, perhaps from an attempt whose answer was lost.  Look it up by
  * orderId on the same flight instead of applying; its waybill is then
@@ -873,6 +972,15 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 	r->url = f->c.url;
 	r->digest = f->c.digest;
 
+	if (p && DIALECT_IS_TRACKING(p->dialect))
+	{
+		if (judge_tracker(f, p, r, &v))
+		{
+			MemoryContextSwitchTo(old);
+			return;
+		}
+		goto failed;
+	}
 	if (p && p->dialect == DIALECT_SF_EXPRESS)
 	{
 		if (judge_sf(f, p, r, &v))
@@ -1070,6 +1178,14 @@ dispatcher_apply_done(TimestampTz now)
 
 	elog(DEBUG2, "pg_shipsync: applying %d results, %d in flight", ndone, http_inflight(client));
 	outbox_apply(rs, ndone, bindings, nbindings);
+	{
+		/* registrations of the new waybills wait at their tracking providers */
+		uint64		fresh = outbox_take_new_work();
+
+		for (int i = 0; fresh && i < nproviders; i++)
+			if (fresh & SHIPSYNC_PROVIDER_BIT(providers[i].id))
+				providers[i].maybe_work = true;
+	}
 
 	for (int i = 0; i < ndone; i++)
 		MemoryContextDelete(done[i]->cxt);

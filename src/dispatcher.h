@@ -39,6 +39,9 @@ typedef struct Provider
 	char	   *oauth_client_id;
 	char	   *oauth_client_secret;
 	char	   *oauth_scope;
+	char	   *tr_carrier;		/* easypost carrier, aftership slug, kuaidi100 company */
+	char	   *tr_callback_url;	/* kuaidi100: where it pushes events */
+	char	   *tr_salt;		/* kuaidi100: signs its pushes */
 	char	   *options_text;	/* the provider's options, as JSON text */
 	ShipJson   *options;		/* the same, parsed, for option: sources */
 	ShipMap    *out_map;		/* NULL: no outbound rows (generic body) */
@@ -67,6 +70,13 @@ typedef struct Provider
 
 #define DIALECT_GENERIC		0
 #define DIALECT_SF_EXPRESS	1
+/* tracking dialects: they register waybills (op 'register'), nothing else */
+#define DIALECT_EASYPOST	2
+#define DIALECT_AFTERSHIP	3
+#define DIALECT_KUAIDI100	4
+#define DIALECT_IS_TRACKING(d) ((d) >= DIALECT_EASYPOST)
+/* stands for the Kuaidi100 key in stored bodies, replaced when sending */
+#define DIALECT_KUAIDI100_KEY "__SHIPSYNC_KUAIDI100_KEY__"
 
 typedef struct Binding
 {
@@ -74,6 +84,7 @@ typedef struct Binding
 	Oid			relid;
 	char	   *render_sql;
 	char	   *writeback_sql;
+	int32		tracking_provider_id;	/* option tracking_provider, or 0 */
 	SPIPlanPtr	render_plan;	/* saved lazily, freed at reload */
 	SPIPlanPtr	writeback_plan;
 } Binding;
@@ -82,7 +93,8 @@ typedef enum IntentKind
 {
 	INTENT_CREATE,
 	INTENT_UPDATE,
-	INTENT_CANCEL
+	INTENT_CANCEL,
+	INTENT_REGISTER				/* a waybill registered at a tracking provider */
 } IntentKind;
 
 /* One claimed intent, with the request to send */
@@ -153,6 +165,7 @@ extern void outbox_load_providers(MemoryContext cxt, Provider **providers,
 								  int *nproviders, int32 only_id);
 extern void outbox_render_one(Provider *p, Binding *b, Claimed *c,
 							  MemoryContext keep);
+extern uint64 outbox_take_new_work(void);
 
 /* in dialect.c */
 extern void dialect_load_maps(MemoryContext cxt, Provider *ps, int n);
@@ -160,6 +173,8 @@ extern bool dialect_renders(const Provider *p);
 extern void dialect_render(Provider *p, Claimed *c, bool found,
 						   const char *generic_body, const char *shipment_id,
 						   bool cancel);
+extern void dialect_render_register(Provider *p, Claimed *c,
+									const char *tracking_number);
 extern char *dialect_sf_search_body(Provider *p, const char *order_key,
 									const char *request_id);
 extern bool dialect_tz_offset(const char *zone, int64_t utc_epoch,

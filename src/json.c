@@ -774,3 +774,108 @@ shipsync_parse_token_response(const char *body, size_t len, char **token,
 		}
 	return true;
 }
+
+/*
+ * A tracking provider's answer to a registration.  EasyPost (POST
+ * /v2/trackers): the Tracker object, {id: "trk_...", status}; the same code
+ * and carrier again returns the same tracker.  AfterShip (POST /trackings):
+ * {meta: {code}, data: {tracking: {id, tag}}}; meta.code 4003 ("already
+ * exists", with HTTP 400) is a success.  Kuaidi100 (subscribe): HTTP 200
+ * with {result, returnCode, message}: 200 ok, 501 already subscribed (ok),
+ * 600 bad key and 601 key expired (auth), 700-702 data errors, 500 and the
+ * rest transient.  *id and *status are malloc'd or NULL.
+ */
+TrackClass
+shipsync_parse_tracker_response(const char *dialect, const char *body, size_t len,
+								long http_status, char **id, char **status,
+								char *errbuf, size_t errlen)
+{
+	struct json_object *root;
+	struct json_object *v;
+	TrackClass	cls = TRACK_HTTP;
+
+	*id = NULL;
+	*status = NULL;
+	errbuf[0] = '\0';
+	if (strcmp(dialect, "kuaidi100") != 0 && strcmp(dialect, "aftership") != 0 &&
+		!(http_status >= 200 && http_status < 300))
+		return TRACK_HTTP;
+	root = parse_strict(body, len, errbuf, errlen);
+	if (root == NULL || !json_object_is_type(root, json_type_object))
+	{
+		if (root != NULL)
+			snprintf(errbuf, errlen, "response is not a JSON object");
+		json_object_put(root);
+		/* a 2xx we cannot read is in doubt: retried under the same key */
+		return http_status >= 200 && http_status < 300 ? TRACK_RETRY : TRACK_HTTP;
+	}
+	if (strcmp(dialect, "easypost") == 0)
+	{
+		*id = dup_member_text(root, "id");
+		*status = dup_member_text(root, "status");
+		if (*id == NULL)
+		{
+			snprintf(errbuf, errlen, "tracker response has no \"id\"");
+			cls = TRACK_RETRY;
+		}
+		else
+			cls = TRACK_OK;
+	}
+	else if (strcmp(dialect, "aftership") == 0)
+	{
+		struct json_object *meta = json_object_object_get(root, "meta");
+		struct json_object *data = json_object_object_get(root, "data");
+		struct json_object *tracking = data ? json_object_object_get(data, "tracking") : NULL;
+		int			code = meta && json_object_object_get_ex(meta, "code", &v) ? json_object_get_int(v) : 0;
+
+		if (tracking)
+		{
+			*id = dup_member_text(tracking, "id");
+			*status = dup_member_text(tracking, "tag");
+		}
+		if ((code == 200 || code == 201) && http_status >= 200 && http_status < 300)
+			cls = TRACK_OK;
+		else if (code == 4003)
+			cls = TRACK_OK;		/* already tracked: what we wanted */
+		else if (code == 401 || http_status == 401 || http_status == 403)
+			cls = TRACK_AUTH;
+		else
+			cls = TRACK_HTTP;
+		if (cls != TRACK_OK && meta)
+		{
+			char	   *m = dup_member_text(meta, "message");
+
+			snprintf(errbuf, errlen, "AfterShip %d: %s", code, m ? m : "");
+			free(m);
+		}
+	}
+	else if (strcmp(dialect, "kuaidi100") == 0)
+	{
+		char	   *rc = dup_member_text(root, "returnCode");
+		char	   *msg = dup_member_text(root, "message");
+
+		if (!(http_status >= 200 && http_status < 300))
+			cls = TRACK_HTTP;
+		else if (rc == NULL)
+		{
+			snprintf(errbuf, errlen, "subscribe response has no \"returnCode\"");
+			cls = TRACK_RETRY;
+		}
+		else if (strcmp(rc, "200") == 0 || strcmp(rc, "501") == 0)
+			cls = TRACK_OK;
+		else if (strcmp(rc, "600") == 0 || strcmp(rc, "601") == 0)
+			cls = TRACK_AUTH;
+		else if (rc[0] == '7')
+			cls = TRACK_PERMANENT;
+		else
+			cls = TRACK_RETRY;
+		if (cls != TRACK_OK && rc)
+			snprintf(errbuf, errlen, "Kuaidi100 %s: %s", rc, msg ? msg : "");
+		if (cls == TRACK_OK && strcmp(rc, "501") == 0)
+			*status = strdup("already_subscribed");
+		free(rc);
+		free(msg);
+	}
+	json_object_put(root);
+	return cls;
+}

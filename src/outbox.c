@@ -321,8 +321,10 @@ outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 	begin_tx("loading configuration", false);
 	outbox_load_providers(cxt, providers, nproviders, 0);
 
-	rc = SPI_execute("SELECT binding_id, tbl::oid, render_sql, writeback_sql"
-					 " FROM shipsync.binding ORDER BY binding_id", true, 0);
+	rc = SPI_execute("SELECT b.binding_id, b.tbl::oid, b.render_sql, b.writeback_sql,"
+					 " (SELECT p.provider_id FROM shipsync.provider p"
+					 "   WHERE p.name = b.options->>'tracking_provider')"
+					 " FROM shipsync.binding b ORDER BY b.binding_id", true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "loading bindings failed");
 	n = SPI_processed;
@@ -338,6 +340,9 @@ outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 		bs[i].relid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		bs[i].render_sql = get_text(tup, desc, 3);
 		bs[i].writeback_sql = get_text(tup, desc, 4);
+		bs[i].tracking_provider_id = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		if (isnull)
+			bs[i].tracking_provider_id = 0;
 	}
 	MemoryContextSwitchTo(old);
 	*bindings = bs;
@@ -372,7 +377,9 @@ outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
 							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'token_url' END,"
 							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'client_id' END,"
 							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'client_secret' END,"
-							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'scope' END"
+							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'scope' END,"
+							   " COALESCE(options->>'carrier', options->>'slug', options->>'company'),"
+							   " options->>'callback_url', options->>'salt'"
 							   " FROM shipsync.provider WHERE $1 = 0 OR provider_id = $1"
 							   " ORDER BY provider_id", 1, argtypes, args, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
@@ -415,8 +422,10 @@ outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
 		{
 			char	   *dialect = get_text(tup, desc, 12);
 
-			p->dialect = strcmp(dialect, "sf_express") == 0 ?
-				DIALECT_SF_EXPRESS : DIALECT_GENERIC;
+			p->dialect = strcmp(dialect, "sf_express") == 0 ? DIALECT_SF_EXPRESS :
+				strcmp(dialect, "easypost") == 0 ? DIALECT_EASYPOST :
+				strcmp(dialect, "aftership") == 0 ? DIALECT_AFTERSHIP :
+				strcmp(dialect, "kuaidi100") == 0 ? DIALECT_KUAIDI100 : DIALECT_GENERIC;
 			p->profile = get_text(tup, desc, 13);
 			p->options_text = get_text(tup, desc, 14);
 			p->sf_partner_id = get_text(tup, desc, 15);
@@ -427,6 +436,9 @@ outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
 			p->oauth_client_id = get_text(tup, desc, 20);
 			p->oauth_client_secret = get_text(tup, desc, 21);
 			p->oauth_scope = get_text(tup, desc, 22);
+			p->tr_carrier = get_text(tup, desc, 23);
+			p->tr_callback_url = get_text(tup, desc, 24);
+			p->tr_salt = get_text(tup, desc, 25);
 		}
 	}
 	MemoryContextSwitchTo(old);
@@ -456,7 +468,8 @@ static const char *const lock_sql =
 " AND o.next_attempt_at <= pg_catalog.now()"
 " AND o.id = (SELECT pg_catalog.min(e.id) FROM shipsync.outbox e"
 "   WHERE e.binding_id = o.binding_id AND e.order_key = o.order_key"
-"   AND e.state IN ('pending', 'retrying', 'in_flight'))"
+"   AND e.state IN ('pending', 'retrying', 'in_flight')"
+"   AND (e.op = 'register') = (o.op = 'register'))"
 " ORDER BY o.next_attempt_at, o.id"
 " LIMIT $2"
 " FOR UPDATE OF o SKIP LOCKED";
@@ -496,6 +509,7 @@ static int	col_id,
 			col_body,
 			col_digest;
 static SPIPlanPtr shiplookup_plan = NULL;
+static SPIPlanPtr reglookup_plan = NULL;
 static SPIPlanPtr nextdue_plan = NULL;
 static SPIPlanPtr fail_plan = NULL;
 
@@ -539,6 +553,17 @@ prepare_claim_plans(void)
 			" LATERAL (SELECT x.provider_shipment_id FROM shipsync.shipment x"
 			"   WHERE x.binding_id = u.bid AND x.order_key = u.k AND x.provider_id = $4"
 			"   AND x.provider_shipment_id IS NOT NULL LIMIT 1) AS s", 4, t);
+	}
+	{
+		Oid			t[4] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4OID};
+
+		/* the waybill a registration is about: the shipping provider's */
+		reglookup_plan = prepare_saved(
+			"SELECT u.id, s.tracking_number"
+			" FROM unnest($1, $2, $3) AS u(id, bid, k),"
+			" LATERAL (SELECT x.tracking_number FROM shipsync.shipment x"
+			"   WHERE x.binding_id = u.bid AND x.order_key = u.k AND x.provider_id <> $4"
+			"   AND x.tracking_number IS NOT NULL ORDER BY x.updated_at DESC LIMIT 1) AS s", 4, t);
 	}
 	{
 		Oid			t[1] = {INT4OID};
@@ -607,7 +632,9 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	char	  **body = palloc0(sizeof(char *) * n);
 	bool	   *found = palloc0(sizeof(bool) * n);
 	bool	   *is_cancel = palloc0(sizeof(bool) * n);
+	char	  **regtn = palloc0(sizeof(char *) * n);
 	bool		need_lookup = false;
+	bool		need_reg = false;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -620,7 +647,9 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		args_set(la, l, 0, Int64GetDatum(c->id));
 		args_set(la, l, 1, Int32GetDatum(c->binding_id));
 		args_set_text(la, l, 2, c->order_key);
-		if (strcmp(c->op, "create") != 0)
+		if (strcmp(c->op, "register") == 0)
+			need_reg = true;
+		else if (strcmp(c->op, "create") != 0)
 			need_lookup = true;
 	}
 
@@ -684,6 +713,31 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		}
 	}
 
+	/* the waybills registrations are about */
+	if (need_reg)
+	{
+		Datum		params[4];
+
+		params[0] = make_array(la->values[0], la->nulls[0], la->n, INT8OID);
+		params[1] = make_array(la->values[1], la->nulls[1], la->n, INT4OID);
+		params[2] = make_array(la->values[2], la->nulls[2], la->n, TEXTOID);
+		params[3] = Int32GetDatum(p->id);
+		rc = SPI_execute_plan(reglookup_plan, params, NULL, false, 0);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "waybill lookup failed");
+		MemoryContextSwitchTo(keep);
+		tt = SPI_tuptable;
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
+
+			for (int i = 0; i < n; i++)
+				if (cs[idx[i]].id == id)
+					regtn[i] = get_text(tt->vals[r], tt->tupdesc, 2);
+		}
+	}
+
 	for (int i = 0; i < n; i++)
 	{
 		Claimed    *c = &cs[idx[i]];
@@ -691,7 +745,11 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		bool		cancel = strcmp(c->op, "cancel") == 0 || (found[i] && is_cancel[i]);
 
 		args_set(store, s, 0, Int64GetDatum(c->id));
-		if (dialect_renders(p))
+		if (strcmp(c->op, "register") == 0)
+			dialect_render_register(p, c, regtn[i]);
+		else if (DIALECT_IS_TRACKING(p->dialect))
+			c->skip_reason = "a tracking provider only registers waybills";
+		else if (dialect_renders(p))
 			dialect_render(p, c, found[i], body[i], shipid[i], cancel);
 		else if (cancel)
 		{
@@ -1004,6 +1062,8 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 					if (cs[i].body && strncmp(cs[i].body, "partnerID=", 10) == 0)
 						cs[i].kind = strstr(cs[i].body, "&serviceCode=EXP_RECE_UPDATE_ORDER&") ?
 							INTENT_CANCEL : INTENT_CREATE;
+					if (strcmp(cs[i].op, "register") == 0)
+						cs[i].kind = INTENT_REGISTER;
 					MemoryContextSwitchTo(old);
 					break;
 				}
@@ -1155,13 +1215,58 @@ static SPIPlanPtr apply_log_plan = NULL;
 static SPIPlanPtr apply_create_plan = NULL;
 static SPIPlanPtr apply_update_plan = NULL;
 static SPIPlanPtr apply_dead_plan = NULL;
+static SPIPlanPtr apply_register_plan = NULL;
+static SPIPlanPtr apply_registered_plan = NULL;
+static uint64 outbox_new_work = 0;	/* providers given intents by apply */
 
+/*
+ * Providers that apply gave new intents to (registrations of new waybills)
+ * since the last call: the dispatcher looks for their work.
+ */
+uint64
+outbox_take_new_work(void)
+{
+	uint64		m = outbox_new_work;
+
+	outbox_new_work = 0;
+	return m;
+}
 
 static void
 prepare_apply_plans(void)
 {
 	if (apply_outbox_plan)
 		return;
+	{
+		Oid			t[3] = {INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
+
+		apply_register_plan = prepare_saved(
+			"INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op)"
+			" SELECT u.bid, u.tp, u.k, 'register' FROM unnest($1, $2, $3) AS u(bid, tp, k)", 3, t);
+	}
+	{
+		Oid			t[7] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+
+		/*
+		 * A registration done: the tracking provider's own shipment row,
+		 * its tracker id, and the waybill it follows (the shipping
+		 * provider's when the answer does not repeat it).  No write-back.
+		 */
+		apply_registered_plan = prepare_saved(
+			"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
+			" provider_shipment_id, tracking_number, raw_status, request_digest)"
+			" SELECT u.bid, u.k, u.pid, u.sid,"
+			"   COALESCE(u.tn, (SELECT x.tracking_number FROM shipsync.shipment x"
+			"     WHERE x.binding_id = u.bid AND x.order_key = u.k AND x.provider_id <> u.pid"
+			"     AND x.tracking_number IS NOT NULL ORDER BY x.updated_at DESC LIMIT 1)),"
+			"   u.raw, u.digest"
+			" FROM unnest($1, $2, $3, $4, $5, $6, $7) AS u(bid, k, pid, sid, tn, raw, digest)"
+			" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
+			" provider_shipment_id = COALESCE(EXCLUDED.provider_shipment_id, s.provider_shipment_id),"
+			" tracking_number = EXCLUDED.tracking_number, raw_status = EXCLUDED.raw_status,"
+			" request_digest = EXCLUDED.request_digest, updated_at = pg_catalog.now()", 7, t);
+	}
 	{
 		Oid			t[7] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
 		INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
@@ -1353,7 +1458,11 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 	Oid			utypes[9] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 	TEXTOID, TEXTOID};
 	Oid			dtypes[6] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
+	Oid			gtypes[3] = {INT4OID, INT4OID, TEXTOID};
 	int			n = to - from;
+	Oid			rtypes[7] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	ArgArrays  *ga = args_create(7, rtypes, n);	/* registrations done */
+	ArgArrays  *na = args_create(3, gtypes, n);	/* registrations to make */
 	ArgArrays  *oa = args_create(7, otypes, n);
 	ArgArrays  *la = args_create(11, ltypes, n);
 	ArgArrays  *ca = args_create(11, ctypes, n);
@@ -1392,9 +1501,33 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 		args_set_text(la, l, 9, r->error);
 		args_set_text(la, l, 10, r->digest);
 
-		if (r->ship_ok && r->kind == INTENT_CREATE)
+		if (r->ship_ok && r->kind == INTENT_REGISTER)
+		{
+			/* the tracking provider's record of the waybill: no write-back */
+			int			c = args_row(ga);
+
+			args_set(ga, c, 0, Int32GetDatum(r->binding_id));
+			args_set_text(ga, c, 1, r->order_key);
+			args_set(ga, c, 2, Int32GetDatum(r->provider_id));
+			args_set_text(ga, c, 3, r->ship_id);
+			args_set_text(ga, c, 4, r->tracking_number);
+			args_set_text(ga, c, 5, r->raw_status);
+			args_set_text(ga, c, 6, r->digest);
+		}
+		else if (r->ship_ok && r->kind == INTENT_CREATE)
 		{
 			int			c = args_row(ca);
+			Binding    *b = find_binding(bs, nb, r->binding_id);
+
+			if (b && b->tracking_provider_id != 0 && r->tracking_number)
+			{
+				int			g = args_row(na);
+
+				args_set(na, g, 0, Int32GetDatum(r->binding_id));
+				args_set(na, g, 1, Int32GetDatum(b->tracking_provider_id));
+				args_set_text(na, g, 2, r->order_key);
+				outbox_new_work |= SHIPSYNC_PROVIDER_BIT(b->tracking_provider_id);
+			}
 
 			args_set(ca, c, 0, Int32GetDatum(r->binding_id));
 			args_set_text(ca, c, 1, r->order_key);
@@ -1447,6 +1580,12 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 		if (!rs[from].no_writeback)
 			apply_writeback(bs, nb, SPI_tuptable, SPI_processed);
 	}
+	if (ga->n > 0 &&
+		(rc = args_execute(apply_registered_plan, ga, false)) != SPI_OK_INSERT)
+		elog(ERROR, "recording registrations failed: %s", SPI_result_code_string(rc));
+	if (na->n > 0 &&
+		(rc = args_execute(apply_register_plan, na, false)) != SPI_OK_INSERT)
+		elog(ERROR, "enqueueing registrations failed: %s", SPI_result_code_string(rc));
 	if (ua->n > 0)
 	{
 		if ((rc = args_execute(apply_update_plan, ua, false)) != SPI_OK_UPDATE_RETURNING)

@@ -198,6 +198,22 @@ extern bool shipsync_parse_sf_doc(ShipJson *doc, bool search, SfResponse *out,
 								  char *errbuf, size_t errlen);
 extern void shipsync_free_sf_response(SfResponse *r);
 
+/* A tracking provider's answer to a registration (json.c) */
+typedef enum TrackClass
+{
+	TRACK_OK,					/* registered (or already was) */
+	TRACK_AUTH,					/* credentials refused: dead, ticket */
+	TRACK_RETRY,
+	TRACK_PERMANENT,
+	TRACK_HTTP					/* judge by the HTTP status alone */
+} TrackClass;
+
+extern TrackClass shipsync_parse_tracker_response(const char *dialect,
+												  const char *body, size_t len,
+												  long http_status, char **id,
+												  char **status, char *errbuf,
+												  size_t errlen);
+
 /* in retry.c */
 extern SfClass shipsync_sf_classify(const char *api_code, bool success,
 									const char *error_code, bool search);

@@ -4,7 +4,7 @@
  *		responses (json.c), Retry-After values, decimal amounts and the
  *		backoff arithmetic (retry.c), SF Express responses, JSON paths with
  *		filters, field maps and their transforms (mapping.c), OAuth2 token
- *		answers, and form encoding and signatures (sign.c).
+ *		and tracking-registration answers, and form encoding and signatures (sign.c).
  *
  * The first byte chooses what to feed; the rest is the input.  Built with
  * ASan and UBSan by test/fuzz/Makefile; bin/test runs it for a bounded
@@ -165,6 +165,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 					shipsync_free_sf_response(&sr);
 				if (shipsync_parse_token_response(s, size - 1, &tok, &exp, err, sizeof(err)))
 					free(tok);
+				{
+					static const char *const dialects[] = {"easypost", "aftership", "kuaidi100"};
+					char	   *id,
+							   *st;
+
+					(void) shipsync_parse_tracker_response(dialects[data[0] % 3], s, size - 1,
+														   (data[0] & 0x20) ? 400 : 200,
+														   &id, &st, err, sizeof(err));
+					free(id);
+					free(st);
+				}
 			}
 			break;
 		case 5:

@@ -39,6 +39,7 @@ from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import sf_sim     # the SF Express dialect: /sf/std/service and /_sim/sf/
+import track_sim  # tracking registrations: /v2/trackers, /trackings, /poll
 
 LISTEN_HOST = "127.0.0.1"              # the only address we ever bind
 DEFAULT_OVERSIZED_BYTES = 8 * 1024 * 1024
@@ -795,6 +796,11 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
         if url.path == "/sf/std/service":
             sf_sim.handle_carrier(self, self.server.sf, body)
             return
+        if url.path.startswith("/_sim/track/") and \
+                track_sim.handle_sim(self, self.server.track, url.path, body):
+            return
+        if track_sim.handle_carrier(self, self.server.track, url.path, body):
+            return
         if is_sim:
             self._handle_sim(url.path, url.query, body)
         else:
@@ -951,6 +957,7 @@ class CarrierServer(http.server.ThreadingHTTPServer):
         self.oauth = oauth              # OAuthState or None
         self.kuaidi100 = kuaidi100      # (customer, key) or None
         self.sf = sf_sim.SfState(seed=state.seed)
+        self.track = track_sim.TrackState()
         self.token = token
         self.latency_s = max(0.0, latency_ms / 1000.0)
         self.log_fh = log_fh
@@ -1009,6 +1016,9 @@ def main(argv=None):
                         help="serve POST /oauth/token and require its bearer tokens")
     parser.add_argument("--oauth2-delay-ms", type=float, default=0,
                         help="delay of every token answer")
+    parser.add_argument("--easypost", metavar="KEY", help="EasyPost API key for /v2/trackers")
+    parser.add_argument("--aftership", metavar="KEY", help="AfterShip key for /trackings")
+    parser.add_argument("--kuaidi100-key", metavar="KEY", help="Kuaidi100 key for /poll")
     parser.add_argument("--kuaidi100", metavar="CUSTOMER:KEY",
                         help="require X-Kuaidi100-Customer and X-Kuaidi100-Sign headers")
     parser.add_argument("--seed", type=int, help="seed for fault rates and tracking numbers")
@@ -1059,6 +1069,7 @@ def main(argv=None):
               file=sys.stderr)
         return 1
     port = server.server_address[1]
+    server.track = track_sim.TrackState(args.easypost, args.aftership, args.kuaidi100_key)
 
     # SIGTERM/SIGINT only set a flag: server.shutdown() must not be called from
     # the thread that runs serve_forever(), so serving happens in a thread.

@@ -498,6 +498,48 @@ test_token(void)
 		  strstr(err, "access_token"), "an error answer has no token");
 }
 
+static int
+track(const char *dialect, const char *body, long status, TrackClass want, const char *want_id)
+{
+	char	   *id,
+			   *st;
+	char		err[256];
+	TrackClass	c = shipsync_parse_tracker_response(dialect, body, strlen(body), status, &id, &st, err, sizeof(err));
+	int			ok = c == want && (want_id == NULL || (id && strcmp(id, want_id) == 0));
+
+	if (!ok)
+		printf("#   %s %ld: class %d id %s err %s\n", dialect, status, (int) c, id ? id : "-", err);
+	free(id);
+	free(st);
+	return ok;
+}
+
+static void
+test_trackers(void)
+{
+	char	   *ep = slurp("easypost_tracker_retrieve_docs.json");
+
+	check(ep && track("easypost", ep, 201, TRACK_OK, NULL), "EasyPost's documented Tracker object is a registration");
+	free(ep);
+	check(track("easypost", "{\"id\":\"trk_1\",\"status\":\"pre_transit\"}", 200, TRACK_OK, "trk_1") &&
+		  track("easypost", "{\"error\":{\"code\":\"APIKEY.INACTIVE\"}}", 401, TRACK_HTTP, NULL) &&
+		  track("easypost", "{\"object\":\"Tracker\"}", 201, TRACK_RETRY, NULL),
+		  "EasyPost: the tracker id; errors judged by HTTP; a 2xx without id retried");
+	check(track("aftership", "{\"meta\":{\"code\":201},\"data\":{\"tracking\":{\"id\":\"as1\",\"tag\":\"Pending\"}}}", 201, TRACK_OK, "as1") &&
+		  track("aftership", "{\"meta\":{\"code\":4003,\"message\":\"Tracking already exists.\"},\"data\":{\"tracking\":{\"id\":\"as1\"}}}", 400, TRACK_OK, "as1") &&
+		  track("aftership", "{\"meta\":{\"code\":401,\"message\":\"Invalid API key.\"},\"data\":{}}", 401, TRACK_AUTH, NULL) &&
+		  track("aftership", "{\"meta\":{\"code\":4001}}", 400, TRACK_HTTP, NULL),
+		  "AfterShip: created, 4003 already exists is a success (with HTTP 400), 401 auth");
+	check(track("kuaidi100", "{\"result\":true,\"returnCode\":\"200\",\"message\":\"提交成功\"}", 200, TRACK_OK, NULL) &&
+		  track("kuaidi100", "{\"result\":false,\"returnCode\":\"501\",\"message\":\"重复订阅\"}", 200, TRACK_OK, NULL) &&
+		  track("kuaidi100", "{\"result\":false,\"returnCode\":\"600\"}", 200, TRACK_AUTH, NULL) &&
+		  track("kuaidi100", "{\"result\":false,\"returnCode\":\"601\"}", 200, TRACK_AUTH, NULL) &&
+		  track("kuaidi100", "{\"result\":false,\"returnCode\":\"701\"}", 200, TRACK_PERMANENT, NULL) &&
+		  track("kuaidi100", "{\"result\":false,\"returnCode\":\"500\"}", 200, TRACK_RETRY, NULL) &&
+		  track("kuaidi100", "<html>", 200, TRACK_RETRY, NULL),
+		  "Kuaidi100 subscribe: 200 and 501 ok, 600/601 auth, 70x permanent, 500 and garbage retried");
+}
+
 int
 main(void)
 {
@@ -507,6 +549,7 @@ main(void)
 	test_transforms();
 	test_sf_responses();
 	test_token();
+	test_trackers();
 	printf("1..%d\n", n_test);
 	return n_fail ? 1 : 0;
 }

@@ -10,7 +10,8 @@ OBJS = \
 	src/json.o \
 	src/retry.o \
 	src/capture.o \
-	src/tracking.o src/signature.o src/poller.o
+	src/tracking.o src/signature.o src/poller.o \
+	src/mapping.o src/sign.o src/dialect.o
 
 EXTENSION = pg_shipsync
 DATA = pg_shipsync--0.1.sql
@@ -24,7 +25,7 @@ PG_CFLAGS += -Wno-unused-parameter -Wno-missing-field-initializers
 SHLIB_LINK += $(shell pkg-config --libs libcurl json-c openssl)
 
 # pg_regress and isolation run against a temporary instance that preloads us
-REGRESS = api errors capture tracking
+REGRESS = api errors capture mapping tracking
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = claim_race
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_check_iso --temp-config=$(srcdir)/test/regress.conf

@@ -68,7 +68,7 @@ SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', writeback => '{"waybi
 SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', writeback => '{"tracking_number": "nope"}')$$);
 SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', writeback => '{"tracking_number": "id"}')$$);
 SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', writeback => '{"tracking_number": "n"}')$$);
-SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', options => '{"validate": "reject"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', options => '{"validate": "always"}')$$);
 SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', options => '{"cancel_when": "nope = 1"}')$$);
 SELECT pg_temp.err($$SELECT shipsync.attach('orders', 'p', options => '{"cancel_when": "true; DROP TABLE orders"}')$$);
 SELECT shipsync.attach('orders', 'p', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;

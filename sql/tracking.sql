@@ -87,14 +87,18 @@ CREATE TABLE crm.orders (id bigint PRIMARY KEY, waybill_no text, ship_status tex
 SELECT shipsync.create_provider('gen', 'generic', 'https://carrier.example',
 	'{"webhook_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "unmatched_ttl_s": 60}');
 SELECT shipsync.create_provider('ep', 'easypost', 'https://api.easypost.example/v2',
-	'{"webhook_secret": "sécret"}');
+	'{"webhook_secret": "sécret", "auth": {"type": "basic", "username": "EZTK-key"}}');
 SELECT shipsync.create_provider('as', 'aftership', 'https://api.aftership.example',
-	'{"webhook_secret": "95f35e6b3dbc26527029cbd9cfa51b87"}');
+	'{"webhook_secret": "95f35e6b3dbc26527029cbd9cfa51b87",
+	  "auth": {"type": "api_key", "header": "as-api-key", "key": "as-key"}}');
 SELECT shipsync.create_provider('k100', 'kuaidi100', 'https://poll.kuaidi100.example',
-	'{"webhook_secret": "salt-8f2c"}');
-SELECT shipsync.create_provider('sf', 'sf_express', 'https://sfapi.example', '{}');
+	'{"webhook_secret": "salt-8f2c", "company": "shunfeng",
+	  "callback_url": "https://shop.example/hooks/kuaidi100",
+	  "auth": {"type": "kuaidi100", "customer": "CUST", "key": "kd-key"}}');
+SELECT shipsync.create_provider('sf', 'sf_express', 'https://sfapi.example',
+	'{"auth": {"type": "sf_express", "partner_id": "P1", "checkword": "cw"}}');
 SELECT shipsync.create_provider('sf_open', 'sf_express', 'https://sfapi.example',
-	'{"accept_unsigned_pushes": true}');
+	'{"accept_unsigned_pushes": true, "auth": {"type": "sf_express", "partner_id": "P1", "checkword": "cw"}}');
 SELECT shipsync.attach('crm.orders', 'gen',
 	writeback => '{"tracking_number": "waybill_no", "status": "ship_status"}');
 -- secrets are neither in the view nor in the errors
@@ -171,7 +175,7 @@ SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('ep', %L, %L)$$, :'e
 SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('ep', %L, %L)$$, :'ep_v1' || E'\n',
 	'{"X-Hmac-Signature": "hmac-sha256-hex=38f3f53c103713df81616a0a186d77141957323ec21d5fe9363db93840f527db"}'));
 SELECT shipsync.create_provider('ep_bad', 'easypost', 'https://api.easypost.example/v2',
-	'{"webhook_secret": "invalid_secret"}');
+	'{"webhook_secret": "invalid_secret", "auth": {"type": "basic", "username": "EZTK-key"}}');
 SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('ep_bad', %L, %L)$$, :'ep_v1',
 	'{"X-Hmac-Signature": "some-signature"}'));
 SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('ep', %L, %L)$$, :'ep_v1',
@@ -228,7 +232,8 @@ SELECT pg_temp.err($$SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('e'
 SELECT pg_temp.err($$SELECT shipsync.ingest_tracking('nobody', '{}')$$);
 SELECT pg_temp.err($$SELECT shipsync.ingest_tracking(NULL, '{}')$$);
 SELECT pg_temp.err($$SELECT shipsync.ingest_tracking('ep_none', '{}')$$);
-SELECT shipsync.create_provider('ep_none', 'easypost', 'https://api.easypost.example/v2');
+SELECT shipsync.create_provider('ep_none', 'easypost', 'https://api.easypost.example/v2',
+	'{"auth": {"type": "basic", "username": "EZTK-key"}}');
 SELECT pg_temp.err($$SELECT shipsync.ingest_tracking('ep_none', '{}')$$);
 SELECT count(*) - :events_before AS events_stored_by_errors FROM shipsync.tracking_event;
 

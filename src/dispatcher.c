@@ -18,6 +18,14 @@
  *	4. apply: every completion that arrived is applied at once, in one
  *	   transaction per batch (outbox.c), never held for a slower request.
  *
+ * OAuth2 (auth type oauth2): the provider's token is fetched by this
+ * process from its token URL on the same multi handle, one fetch at a time,
+ * and shared by every request of the provider; it is fetched again shortly
+ * before it expires (the last tenth of its life, at most a minute), and
+ * once when a request is refused with 401.  A 401 with a token that itself
+ * replaced a refused one is an auth failure: dead, with a ticket.  No token
+ * means no claim: intents wait, the fetch is retried with backoff.
+ *
  * Memory: loop_cxt is reset every iteration; each request in flight has a
  * small context of its own, deleted once its result is applied; the
  * configuration lives in cfg_cxt, rebuilt when the configuration generation
@@ -36,6 +44,7 @@
 
 #include "access/xact.h"
 #include "commands/extension.h"
+#include "common/base64.h"
 #include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -46,6 +55,7 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -59,6 +69,9 @@ typedef struct Flight
 	HttpTransfer xfer;			/* first: http.c hands back this pointer */
 	MemoryContext cxt;
 	Claimed		c;
+	bool		searching;		/* SF: a lookup after 8016 (duplicate order) */
+	bool		token_fetch;	/* an OAuth2 token request, not an intent */
+	uint32		oauth_gen;		/* the token generation this request carried */
 } Flight;
 
 static MemoryContext cfg_cxt = NULL;
@@ -199,6 +212,22 @@ dispatcher_load_config(void)
 			ps[i].tokens = old->tokens;
 			ps[i].tokens_at = old->tokens_at;
 			ps[i].hold_until = old->hold_until;
+			ps[i].oauth_refreshing = old->oauth_refreshing;
+			/* the token, while the credentials are the same */
+			if (old->oauth_token && ps[i].oauth_client_id && old->oauth_client_id &&
+				strcmp(ps[i].oauth_client_id, old->oauth_client_id) == 0 &&
+				strcmp(ps[i].oauth_token_url, old->oauth_token_url) == 0)
+			{
+				ps[i].oauth_token = old->oauth_token;
+				ps[i].oauth_expires_at = old->oauth_expires_at;
+				ps[i].oauth_refresh_at = old->oauth_refresh_at;
+				ps[i].oauth_retry_at = old->oauth_retry_at;
+				ps[i].oauth_generation = old->oauth_generation;
+				ps[i].oauth_failures = old->oauth_failures;
+				ps[i].oauth_refused = old->oauth_refused;
+				ps[i].oauth_after_401 = old->oauth_after_401;
+				old->oauth_token = NULL;
+			}
 		}
 		else
 		{
@@ -208,6 +237,9 @@ dispatcher_load_config(void)
 		ps[i].maybe_work = true;
 		ps[i].next_due = 0;
 	}
+	for (int i = 0; i < nproviders; i++)
+		if (providers[i].oauth_token)
+			pfree(providers[i].oauth_token);
 	for (int i = 0; i < nbindings; i++)
 	{
 		if (bindings[i].render_plan)
@@ -253,6 +285,57 @@ provider_tokens(Provider *p, TimestampTz now)
 	return (int) p->tokens;
 }
 
+/*
+ * Kuaidi100-style signing of a generic request (auth type kuaidi100):
+ * X-Kuaidi100-Customer and X-Kuaidi100-Sign = UPPER(MD5(body + key +
+ * customer)), over the stored body, so every retry carries the same sign.
+ */
+static char *short_body(const StringInfoData *s);
+
+/*
+ * A stored Kuaidi100 subscription with its key put in place of the
+ * placeholder (JSON-escaped, then form-encoded, as the rest of param).
+ */
+static char *
+kuaidi100_with_key(const char *body, const char *key)
+{
+	const char *at = strstr(body, DIALECT_KUAIDI100_KEY);
+	StringInfoData esc;
+	char	   *enc;
+	char	   *out;
+
+	if (at == NULL)
+		return pstrdup(body);
+	initStringInfo(&esc);
+	escape_json(&esc, key);
+	/* without the quotes escape_json adds: the placeholder sits inside them */
+	esc.data[esc.len - 1] = '\0';
+	enc = shipsync_urlencode_form(esc.data + 1);
+	out = psprintf("%.*s%s%s", (int) (at - body), body, enc,
+				   at + strlen(DIALECT_KUAIDI100_KEY));
+	free(enc);
+	return out;
+}
+
+static struct curl_slist *
+add_kuaidi100_headers(struct curl_slist *h, Provider *p, const char *body)
+{
+	char	   *joined;
+	char	   *sign;
+
+	if (p->kd_customer == NULL || p->kd_key == NULL)
+		return h;
+	joined = psprintf("%s%s%s", body ? body : "", p->kd_key, p->kd_customer);
+	sign = shipsync_md5_upper_hex(joined);
+	pfree(joined);
+	if (sign == NULL)
+		return h;
+	h = curl_slist_append(h, psprintf("X-Kuaidi100-Customer: %s", p->kd_customer));
+	h = curl_slist_append(h, psprintf("X-Kuaidi100-Sign: %s", sign));
+	free(sign);
+	return h;
+}
+
 static struct curl_slist *
 build_headers(Provider *p, const char *idempotency_key, bool has_body)
 {
@@ -262,13 +345,136 @@ build_headers(Provider *p, const char *idempotency_key, bool has_body)
 	snprintf(line, sizeof(line), "Idempotency-Key: %s", idempotency_key);
 	h = curl_slist_append(h, line);
 	if (has_body)
-		h = curl_slist_append(h, "Content-Type: application/json");
+		h = curl_slist_append(h, p->dialect == DIALECT_SF_EXPRESS ||
+							  p->dialect == DIALECT_KUAIDI100 ?
+							  "Content-Type: application/x-www-form-urlencoded" :
+							  "Content-Type: application/json");
 	h = curl_slist_append(h, "Accept: application/json");
 	/* no "Expect: 100-continue" round trip before larger bodies */
 	h = curl_slist_append(h, "Expect:");
 	for (int i = 0; i < p->nheaders; i++)
 		h = curl_slist_append(h, p->headers[i]);
+	if (p->oauth_token)
+		h = curl_slist_append(h, psprintf("Authorization: Bearer %s", p->oauth_token));
 	return h;
+}
+
+/* ---------- OAuth2 client credentials ---------- */
+
+/*
+ * Ask the token URL for a token (RFC 6749, 4.4): grant_type
+ * client_credentials, the client authenticated with HTTP Basic.
+ */
+static void
+oauth_fetch(Provider *p)
+{
+	MemoryContext fcxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync token request",
+											   ALLOCSET_SMALL_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(fcxt);
+	Flight	   *f = palloc0(sizeof(Flight));
+	char	   *id = shipsync_urlencode_form(p->oauth_client_id);
+	char	   *secret = shipsync_urlencode_form(p->oauth_client_secret);
+	char	   *pair = psprintf("%s:%s", id, secret);
+	int			len = pg_b64_enc_len(strlen(pair));
+	char	   *b64 = palloc(len + 1);
+	int			n = pg_b64_encode(pair, strlen(pair), b64, len);
+	struct curl_slist *h = NULL;
+
+	free(id);
+	free(secret);
+	if (n < 0)
+		elog(ERROR, "could not encode OAuth2 client credentials");
+	b64[n] = '\0';
+	f->cxt = fcxt;
+	f->token_fetch = true;
+	f->c.provider_id = p->id;
+	f->xfer.method = "POST";
+	f->xfer.url = pstrdup(p->oauth_token_url);
+	if (p->oauth_scope)
+	{
+		char	   *scope = shipsync_urlencode_form(p->oauth_scope);
+
+		f->xfer.body = psprintf("grant_type=client_credentials&scope=%s", scope);
+		free(scope);
+	}
+	else
+		f->xfer.body = pstrdup("grant_type=client_credentials");
+	f->xfer.timeout_ms = p->timeout_ms;
+	h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
+	h = curl_slist_append(h, "Accept: application/json");
+	h = curl_slist_append(h, "Expect:");
+	h = curl_slist_append(h, psprintf("Authorization: Basic %s", b64));
+	f->xfer.headers = h;
+	f->xfer.owner = f;
+	p->oauth_refreshing = true;
+	http_submit(client, &f->xfer);
+	MemoryContextSwitchTo(old);
+}
+
+/* A token request finished: keep the token, or retry the fetch later. */
+static void
+oauth_done(Flight *f, TimestampTz now)
+{
+	HttpTransfer *t = &f->xfer;
+	Provider   *p = find_provider(f->c.provider_id);
+	char		err[256];
+	char	   *token = NULL;
+	long		expires_in = 0;
+
+	if (p == NULL)
+		return;
+	p->oauth_refreshing = false;
+	p->maybe_work = true;
+	err[0] = '\0';
+	if (t->curl_code != CURLE_OK)
+		snprintf(err, sizeof(err), "%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code));
+	else if (t->http_status < 200 || t->http_status >= 300)
+		snprintf(err, sizeof(err), "HTTP %ld: %s", t->http_status, short_body(&t->response));
+	else
+		(void) shipsync_parse_token_response(t->response.data, t->response.len,
+											 &token, &expires_in, err, sizeof(err));
+	if (token == NULL)
+	{
+		long		delay = shipsync_backoff_ms(++p->oauth_failures, p->backoff_base_ms,
+												p->backoff_max_ms, 1.0 - 1e-9);
+
+		p->oauth_retry_at = TimestampTzPlusMilliseconds(now, delay);
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+				 errmsg("pg_shipsync: could not get an OAuth2 token for provider \"%s\"", p->name),
+				 errdetail_internal("%s", err),
+				 errhint("Check token_url, client_id and client_secret of its auth option; intents wait, the next try is in %ld ms.",
+						 delay)));
+		return;
+	}
+	if (p->oauth_token)
+		pfree(p->oauth_token);
+	p->oauth_token = MemoryContextStrdup(TopMemoryContext, token);
+	free(token);
+	p->oauth_expires_at = TimestampTzPlusMilliseconds(now, expires_in * 1000);
+	p->oauth_refresh_at = TimestampTzPlusMilliseconds(now, expires_in * 1000 -
+													  Min(60000, expires_in * 100));
+	p->oauth_generation++;
+	p->oauth_failures = 0;
+	p->oauth_retry_at = 0;
+	p->oauth_after_401 = p->oauth_refused;
+	p->oauth_refused = false;
+	elog(DEBUG1, "pg_shipsync: provider \"%s\" has a new OAuth2 token for %ld s", p->name, expires_in);
+}
+
+/*
+ * May p's requests go out now?  Starts a fetch when the token is missing,
+ * refused or near its end; a token still valid keeps being used meanwhile.
+ */
+static bool
+oauth_ready(Provider *p, TimestampTz now)
+{
+	bool		valid = p->oauth_token != NULL && !p->oauth_refused && now < p->oauth_expires_at;
+
+	if (!p->oauth_refreshing && now >= p->oauth_retry_at &&
+		(!valid || now >= p->oauth_refresh_at))
+		oauth_fetch(p);
+	return valid;
 }
 
 static void
@@ -291,13 +497,18 @@ dispatcher_send(Provider *p, Claimed *c)
 	f->c.body = c->body ? pstrdup(c->body) : NULL;
 	f->c.digest = c->digest ? pstrdup(c->digest) : NULL;
 	f->c.op = NULL;
+	if (p->dialect == DIALECT_KUAIDI100 && f->c.body && p->kd_key)
+		f->c.body = kuaidi100_with_key(f->c.body, p->kd_key);
 
 	f->xfer.method = f->c.method;
 	f->xfer.url = f->c.url;
 	f->xfer.body = f->c.body;
 	f->xfer.timeout_ms = p->timeout_ms;
 	f->xfer.headers = build_headers(p, c->idempotency_key, c->body != NULL);
+	if (p->dialect == DIALECT_GENERIC)
+		f->xfer.headers = add_kuaidi100_headers(f->xfer.headers, p, f->c.body);
 	f->xfer.owner = f;
+	f->oauth_gen = p->oauth_generation;
 	http_submit(client, &f->xfer);
 	MemoryContextSwitchTo(old);
 	p->inflight++;
@@ -367,6 +578,8 @@ dispatcher_claim_all(TimestampTz now)
 			continue;
 		if (!p->maybe_work && !(p->next_due != 0 && p->next_due <= now))
 			continue;
+		if (p->oauth_client_id && !oauth_ready(p, now))
+			continue;			/* a token fetch will wake us */
 		room = p->max_inflight - p->inflight;
 		if (room <= 0)
 			continue;
@@ -454,6 +667,16 @@ dispatcher_timeout(TimestampTz now)
 
 		if (p->paused)
 			continue;
+		if (p->oauth_client_id &&
+			!(p->oauth_token && !p->oauth_refused && now < p->oauth_expires_at))
+		{
+			/* no token: the fetch in flight wakes us, or its retry is due */
+			if (!p->oauth_refreshing && p->oauth_retry_at > now)
+				timeout = Min(timeout, ms_until(p->oauth_retry_at, now));
+			else if (!p->oauth_refreshing && (p->maybe_work || p->next_due))
+				return 0;
+			continue;
+		}
 		if (p->hold_until > now)
 		{
 			timeout = Min(timeout, ms_until(p->hold_until, now));
@@ -490,6 +713,290 @@ short_body(const StringInfoData *s)
 }
 
 /*
+ * Read canonical fields out of a response through the provider's inbound
+ * map (shipsync.field_map, direction 'in'): they replace what the dialect
+ * found.  A create must end with a tracking number.
+ */
+static bool
+apply_in_map_doc(Provider *p, ShipJson *doc, ShipResponse *sr, bool need_ids,
+				 char *err, size_t errlen)
+{
+	char	  **fields;
+	MapValue   *values;
+	int			n;
+	MapEnv		env = {0};
+
+	env.tz_offset = dialect_tz_offset;
+	(void) shipsync_map_read(p->in_map, doc, &env, &fields, &values, &n, err, errlen);
+	for (int i = 0; i < n; i++)
+	{
+		char	  **target = NULL;
+
+		if (strcmp(fields[i], "tracking_number") == 0)
+			target = &sr->tracking_number;
+		else if (strcmp(fields[i], "provider_shipment_id") == 0)
+			target = &sr->id;
+		else if (strcmp(fields[i], "label_url") == 0)
+			target = &sr->label_url;
+		else if (strcmp(fields[i], "status") == 0)
+			target = &sr->status;
+		if (target && values[i].type != MV_NULL && values[i].type != MV_RAW)
+		{
+			free(*target);
+			*target = values[i].s;
+			values[i].s = NULL;
+		}
+		free(fields[i]);
+		shipsync_value_free(&values[i]);
+	}
+	free(fields);
+	free(values);
+	if (need_ids && (sr->tracking_number == NULL || sr->tracking_number[0] == '\0'))
+	{
+		snprintf(err, errlen, "the inbound map of profile \"%s\" found no tracking_number", p->profile);
+		return false;
+	}
+	err[0] = '\0';
+	return true;
+}
+
+static bool
+apply_in_map(Provider *p, HttpTransfer *t, ShipResponse *sr, bool need_ids,
+			 char *err, size_t errlen)
+{
+	ShipJson   *doc = shipsync_json_parse(t->response.data, t->response.len, err, errlen);
+	bool		ok;
+
+	if (doc == NULL)
+		return false;
+	ok = apply_in_map_doc(p, doc, sr, need_ids, err, errlen);
+	shipsync_json_free(doc);
+	return ok;
+}
+
+/*
+ * Judge an SF Express answer.  Returns true when r is complete (done);
+ * otherwise sets *v and r->error for the common retry-or-dead tail.
+ * Business errors come inside a 200 (shipsync_sf_classify in retry.c).
+ */
+static bool
+judge_sf(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
+{
+	HttpTransfer *t = &f->xfer;
+	SfResponse	sf;
+	char		err[256];
+	ShipJson   *doc;
+	bool		ok;
+
+	if (t->curl_code != CURLE_OK || t->http_status < 200 || t->http_status >= 300)
+	{
+		*v = shipsync_classify(t->curl_code, t->http_status, t->request_sent, true);
+		r->error_class = v->error_class;
+		if (t->too_large)
+			r->error = psprintf("response larger than shipsync.max_response_bytes (%d bytes)",
+								shipsync_max_response_bytes);
+		else if (t->curl_code != CURLE_OK)
+			r->error = psprintf("%s%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code),
+								v->in_doubt ? " (in doubt: the request may have reached the carrier)" : "");
+		else
+			r->error = psprintf("HTTP %ld: %s", t->http_status, short_body(&t->response));
+		return false;
+	}
+	/* one parse: classification and the inbound map read the same document */
+	doc = shipsync_json_parse(t->response.data, t->response.len, err, sizeof(err));
+	ok = doc != NULL && shipsync_parse_sf_doc(doc, f->searching, &sf, err, sizeof(err));
+	if (!ok)
+	{
+		shipsync_json_free(doc);
+		*v = shipsync_classify(CURLE_OK, t->http_status, true, false);
+		r->error_class = v->error_class;
+		r->error = psprintf("HTTP %ld: %s", t->http_status, err);
+		return false;
+	}
+	if (sf.cls == SF_OK || sf.cls == SF_ALREADY_CANCELLED)
+	{
+		ShipResponse sr = {0};
+
+		sr.id = sf.order_id ? strdup(sf.order_id) : NULL;
+		sr.tracking_number = sf.waybill ? strdup(sf.waybill) : NULL;
+		if (p->in_map && sf.cls == SF_OK &&
+			!apply_in_map_doc(p, doc, &sr, f->c.kind == INTENT_CREATE, err, sizeof(err)))
+		{
+			shipsync_json_free(doc);
+			shipsync_free_ship_response(&sr);
+			shipsync_free_sf_response(&sf);
+			*v = shipsync_classify(CURLE_OK, t->http_status, true, false);
+			r->error_class = v->error_class;
+			r->error = psprintf("HTTP %ld: %s", t->http_status, err);
+			return false;
+		}
+		r->state = "done";
+		r->outcome = "done";
+		r->ship_ok = true;
+		r->ship_id = pstrdup(sr.id ? sr.id : f->c.order_key);
+		r->tracking_number = sr.tracking_number ? pstrdup(sr.tracking_number) : NULL;
+		r->waybills = sf.waybills ? pstrdup(sf.waybills) : NULL;
+		r->raw_status = f->c.kind == INTENT_CANCEL ? pstrdup("cancelled") : NULL;
+		r->error_class = NULL;
+		if (sf.cls == SF_ALREADY_CANCELLED)
+		{
+			r->error_class = "already_cancelled";
+			r->error = psprintf("SF Express %s: %s", sf.code, sf.message ? sf.message : "");
+		}
+		else if (f->searching)
+		{
+			r->error_class = "duplicate_resolved";
+			r->error = pstrdup("SF Express answered 8016 (duplicate order); the order was found by EXP_RECE_SEARCH_ORDER_RESP");
+		}
+		shipsync_json_free(doc);
+		shipsync_free_ship_response(&sr);
+		shipsync_free_sf_response(&sf);
+		return true;
+	}
+	shipsync_json_free(doc);
+
+	v->in_doubt = false;
+	v->hold_provider = false;
+	v->error_class = shipsync_sf_error_class(sf.cls);
+	v->outcome = sf.cls == SF_RETRY || sf.cls == SF_NOT_FOUND || sf.cls == SF_DUPLICATE ?
+		SHIP_RETRY : SHIP_DEAD;
+	r->error_class = v->error_class;
+	if (sf.cls == SF_NOT_FOUND)
+		r->error = psprintf("SF Express answered 8016 (duplicate order) but a search found no order %s: the create is sent again",
+							f->c.order_key);
+	else
+		r->error = psprintf("SF Express %s: %s", sf.code ? sf.code : "?",
+							sf.message ? sf.message : "");
+	if (sf.cls == SF_AUTH)
+	{
+		r->ticket_kind = "auth_failed";
+		r->error = psprintf("%s (credentials refused: not retried)", r->error);
+	}
+	shipsync_free_sf_response(&sf);
+	return false;
+}
+
+/*
+ * Judge a tracking provider's answer to a registration.  Returns true when
+ * r is complete (done); otherwise sets *v and r->error.
+ */
+static bool
+judge_tracker(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
+{
+	HttpTransfer *t = &f->xfer;
+	const char *dname = p->dialect == DIALECT_EASYPOST ? "easypost" :
+		p->dialect == DIALECT_AFTERSHIP ? "aftership" : "kuaidi100";
+	char		err[256];
+	char	   *id = NULL;
+	char	   *status = NULL;
+	TrackClass	cls = TRACK_HTTP;
+
+	if (t->curl_code == CURLE_OK && !t->too_large)
+		cls = shipsync_parse_tracker_response(dname, t->response.data, t->response.len,
+											  t->http_status, &id, &status, err, sizeof(err));
+	if (cls == TRACK_OK)
+	{
+		r->state = "done";
+		r->outcome = "done";
+		r->ship_ok = true;
+		r->ship_id = id ? pstrdup(id) : NULL;
+		r->raw_status = status ? pstrdup(status) : NULL;
+		r->error_class = NULL;
+		if (t->http_status >= 300 || (status && strcmp(status, "already_subscribed") == 0))
+		{
+			r->error_class = "already_registered";
+			r->error = psprintf("HTTP %ld: the waybill was already registered", t->http_status);
+		}
+		free(id);
+		free(status);
+		return true;
+	}
+	free(id);
+	free(status);
+	if (cls == TRACK_HTTP)
+	{
+		*v = shipsync_classify(t->curl_code, t->http_status, t->request_sent, true);
+		r->error_class = v->error_class;
+		if (t->too_large)
+			r->error = psprintf("response larger than shipsync.max_response_bytes (%d bytes)",
+								shipsync_max_response_bytes);
+		else if (t->curl_code != CURLE_OK)
+			r->error = psprintf("%s%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code),
+								v->in_doubt ? " (in doubt: the request may have reached the carrier)" : "");
+		else
+			r->error = psprintf("HTTP %ld: %s", t->http_status, err[0] ? err : short_body(&t->response));
+		if (t->curl_code == CURLE_OK && (t->http_status == 401 || t->http_status == 403))
+		{
+			v->error_class = r->error_class = "auth";
+			r->ticket_kind = "auth_failed";
+		}
+		return false;
+	}
+	v->in_doubt = false;
+	v->hold_provider = false;
+	v->outcome = cls == TRACK_RETRY ? SHIP_RETRY : SHIP_DEAD;
+	v->error_class = cls == TRACK_AUTH ? "auth" : cls == TRACK_RETRY ? "business_retry" : "business_error";
+	r->error_class = v->error_class;
+	r->error = psprintf("HTTP %ld: %s", t->http_status, err[0] ? err : short_body(&t->response));
+	if (cls == TRACK_AUTH)
+	{
+		r->ticket_kind = "auth_failed";
+		r->error = psprintf("%s (credentials refused: not retried)", r->error);
+	}
+	return false;
+}
+
+/*
+ * SF Express answered 8016 (duplicate orderId) to a create: the order
+ * exists, perhaps from an attempt whose answer was lost.  Look it up by
+ * orderId on the same flight instead of applying; its waybill is then
+ * applied as the create's.  Returns true when the search was started.
+ */
+static bool
+sf_search_if_duplicate(Flight *f)
+{
+	HttpTransfer *t = &f->xfer;
+	Provider   *p = find_provider(f->c.provider_id);
+	SfResponse	sf;
+	char		err[256];
+	bool		dup;
+	MemoryContext old;
+
+	if (p == NULL || p->dialect != DIALECT_SF_EXPRESS || f->searching ||
+		f->c.kind != INTENT_CREATE || t->curl_code != CURLE_OK ||
+		t->http_status < 200 || t->http_status >= 300)
+		return false;
+	/* most answers are not a duplicate: no parse unless the code is there */
+	if (t->response.data == NULL ||
+		memmem(t->response.data, t->response.len, "8016", 4) == NULL)
+		return false;
+	if (!shipsync_parse_sf_response(t->response.data, t->response.len, false, &sf, err, sizeof(err)))
+		return false;
+	dup = sf.cls == SF_DUPLICATE;
+	shipsync_free_sf_response(&sf);
+	if (!dup)
+		return false;
+
+	ereport(LOG,
+			(errmsg("pg_shipsync: SF Express answered 8016 (duplicate order) to order %s; looking it up",
+					f->c.order_key)));
+	old = MemoryContextSwitchTo(f->cxt);
+	f->searching = true;
+	t->curl_code = CURLE_OK;
+	t->http_status = 0;
+	t->request_sent = false;
+	t->too_large = false;
+	t->retry_after = NULL;
+	t->ratelimit_reset = NULL;
+	t->body = dialect_sf_search_body(p, f->c.order_key,
+									 psprintf("%s-search", f->c.idempotency_key));
+	t->headers = build_headers(p, f->c.idempotency_key, true);
+	http_submit(client, t);
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/*
  * Turn one finished transfer into a ShipResult (allocated in the flight's
  * context), deciding done / retrying / dead.
  */
@@ -520,10 +1027,76 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 	r->url = f->c.url;
 	r->digest = f->c.digest;
 
+	if (p && DIALECT_IS_TRACKING(p->dialect))
+	{
+		if (judge_tracker(f, p, r, &v))
+		{
+			MemoryContextSwitchTo(old);
+			return;
+		}
+		goto failed;
+	}
+	if (p && p->dialect == DIALECT_SF_EXPRESS)
+	{
+		if (judge_sf(f, p, r, &v))
+		{
+			MemoryContextSwitchTo(old);
+			return;
+		}
+		goto failed;
+	}
+	if (p && p->oauth_client_id && t->curl_code == CURLE_OK && t->http_status == 401)
+	{
+		/*
+		 * The token was refused.  If it is still the current one, fetch
+		 * another once; the intent goes again with it.  If the current token
+		 * itself replaced a refused one, the credentials are wrong: stop.
+		 */
+		bool		current = f->oauth_gen == p->oauth_generation;
+
+		if (current && p->oauth_after_401 && !p->oauth_refreshing)
+		{
+			v.outcome = SHIP_DEAD;
+			v.error_class = "auth";
+			v.in_doubt = false;
+			v.hold_provider = false;
+			r->error_class = "auth";
+			r->ticket_kind = "auth_failed";
+			r->error = psprintf("HTTP 401 with a token fetched after an earlier 401: %s (credentials refused: not retried)",
+								short_body(&t->response));
+			goto failed;
+		}
+		if (current && !p->oauth_refreshing)
+		{
+			p->oauth_refused = true;
+			p->maybe_work = true;
+		}
+		v.outcome = SHIP_RETRY;
+		v.error_class = "auth_refresh";
+		v.in_doubt = false;
+		v.hold_provider = false;
+		r->error_class = "auth_refresh";
+		r->error = pstrdup("HTTP 401: the OAuth2 token was refused; sent again with a new one");
+		if (f->c.attempt < max_attempts)
+		{
+			r->state = "retrying";
+			r->outcome = "retry";
+			r->next_at = now;
+			MemoryContextSwitchTo(old);
+			return;
+		}
+		goto failed;
+	}
 	if (t->curl_code == CURLE_OK && t->http_status >= 200 && t->http_status < 300)
+	{
+		bool		mapped = p && p->in_map != NULL;
+
 		body_ok = shipsync_parse_ship_response(t->response.data, t->response.len,
-											   f->c.kind == INTENT_CREATE,
+											   f->c.kind == INTENT_CREATE && !mapped,
 											   &sr, err, sizeof(err));
+		if (body_ok && mapped)
+			body_ok = apply_in_map(p, t, &sr, f->c.kind == INTENT_CREATE, err, sizeof(err));
+	}
 	if (t->too_large)
 		snprintf(err, sizeof(err), "response larger than shipsync.max_response_bytes (%d bytes)",
 				 shipsync_max_response_bytes);
@@ -532,6 +1105,8 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 
 	if (v.outcome == SHIP_OK)
 	{
+		if (p && f->oauth_gen == p->oauth_generation)
+			p->oauth_after_401 = false;
 		r->state = "done";
 		r->outcome = "done";
 		r->ship_ok = true;
@@ -558,6 +1133,7 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 	else
 		r->error = psprintf("HTTP %ld: %s", t->http_status, short_body(&t->response));
 
+failed:
 	if (v.outcome == SHIP_RETRY && f->c.attempt < max_attempts)
 	{
 		long		delay = -1;
@@ -624,6 +1200,16 @@ dispatcher_apply_done(TimestampTz now)
 	{
 		if (poller_take(t))		/* a tracking poll: applied below */
 			continue;
+		if (((Flight *) t->owner)->token_fetch)
+		{
+			Flight	   *tf = (Flight *) t->owner;
+
+			oauth_done(tf, now);
+			MemoryContextDelete(tf->cxt);
+			continue;
+		}
+		if (sf_search_if_duplicate((Flight *) t->owner))
+			continue;
 		if (ndone == cap)
 		{
 			cap = cap ? cap * 2 : 64;
@@ -650,6 +1236,14 @@ dispatcher_apply_done(TimestampTz now)
 
 	elog(DEBUG2, "pg_shipsync: applying %d results, %d in flight", ndone, http_inflight(client));
 	outbox_apply(rs, ndone, bindings, nbindings);
+	{
+		/* registrations of the new waybills wait at their tracking providers */
+		uint64		fresh = outbox_take_new_work();
+
+		for (int i = 0; fresh && i < nproviders; i++)
+			if (fresh & SHIPSYNC_PROVIDER_BIT(providers[i].id))
+				providers[i].maybe_work = true;
+	}
 
 	for (int i = 0; i < ndone; i++)
 		MemoryContextDelete(done[i]->cxt);

@@ -28,6 +28,26 @@ typedef struct Provider
 	char	  **headers;		/* static and auth header lines */
 	int			nheaders;
 
+	/* dialect and field maps (dialect.c); maps and options are malloc'd */
+	int			dialect;		/* DIALECT_GENERIC, DIALECT_SF_EXPRESS */
+	char	   *profile;		/* coalesce(options->>'profile', dialect) */
+	char	   *sf_partner_id;
+	char	   *sf_checkword;
+	char	   *kd_customer;	/* auth kuaidi100: signed headers */
+	char	   *kd_key;
+	char	   *oauth_token_url;	/* auth oauth2: client credentials */
+	char	   *oauth_client_id;
+	char	   *oauth_client_secret;
+	char	   *oauth_scope;
+	char	   *tr_carrier;		/* easypost carrier, aftership slug, kuaidi100 company */
+	char	   *tr_callback_url;	/* kuaidi100: where it pushes events */
+	char	   *tr_salt;		/* kuaidi100: signs its pushes */
+	char	   *options_text;	/* the provider's options, as JSON text */
+	ShipJson   *options;		/* the same, parsed, for option: sources */
+	ShipMap    *out_map;		/* NULL: no outbound rows (generic body) */
+	ShipMap    *in_map;			/* NULL: no inbound rows */
+	char	   *map_error;		/* the profile's rows do not compile */
+
 	/* runtime state, carried over reloads */
 	int			inflight;
 	double		tokens;
@@ -35,7 +55,28 @@ typedef struct Provider
 	TimestampTz hold_until;		/* Retry-After on a 429/503 */
 	TimestampTz next_due;		/* earliest known due retry, 0: unknown */
 	bool		maybe_work;		/* look for work at the next pass */
+
+	/* OAuth2: one token shared by every request, carried over reloads */
+	char	   *oauth_token;	/* in TopMemoryContext, or NULL */
+	TimestampTz oauth_expires_at;
+	TimestampTz oauth_refresh_at;	/* refresh from then on, before expiry */
+	TimestampTz oauth_retry_at; /* after a failed fetch */
+	uint32		oauth_generation;	/* bumped by every new token */
+	int			oauth_failures;
+	bool		oauth_refreshing;	/* a fetch is in flight: one at a time */
+	bool		oauth_refused;	/* the token was refused (401): fetch anew */
+	bool		oauth_after_401;	/* this token replaced a refused one */
 } Provider;
+
+#define DIALECT_GENERIC		0
+#define DIALECT_SF_EXPRESS	1
+/* tracking dialects: they register waybills (op 'register'), nothing else */
+#define DIALECT_EASYPOST	2
+#define DIALECT_AFTERSHIP	3
+#define DIALECT_KUAIDI100	4
+#define DIALECT_IS_TRACKING(d) ((d) >= DIALECT_EASYPOST)
+/* stands for the Kuaidi100 key in stored bodies, replaced when sending */
+#define DIALECT_KUAIDI100_KEY "__SHIPSYNC_KUAIDI100_KEY__"
 
 typedef struct Binding
 {
@@ -43,6 +84,7 @@ typedef struct Binding
 	Oid			relid;
 	char	   *render_sql;
 	char	   *writeback_sql;
+	int32		tracking_provider_id;	/* option tracking_provider, or 0 */
 	SPIPlanPtr	render_plan;	/* saved lazily, freed at reload */
 	SPIPlanPtr	writeback_plan;
 } Binding;
@@ -51,7 +93,8 @@ typedef enum IntentKind
 {
 	INTENT_CREATE,
 	INTENT_UPDATE,
-	INTENT_CANCEL
+	INTENT_CANCEL,
+	INTENT_REGISTER				/* a waybill registered at a tracking provider */
 } IntentKind;
 
 /* One claimed intent, with the request to send */
@@ -71,6 +114,7 @@ typedef struct Claimed
 	IntentKind	kind;
 	bool		rendered;		/* request stored by an earlier attempt */
 	const char *skip_reason;	/* nothing to send: done with this reason */
+	bool		invalid;		/* skip_reason names missing mapped fields */
 } Claimed;
 
 /* What became of one attempt, ready to apply */
@@ -99,6 +143,7 @@ typedef struct ShipResult
 	char	   *label_url;
 	char	   *raw_status;
 	char	   *fees_body;		/* response body when it carries fees */
+	char	   *waybills;		/* every waybill, as JSON (SF Express) */
 	/* slow path */
 	bool		no_writeback;
 	const char *ticket_kind;
@@ -117,6 +162,24 @@ extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,
 								const char *msg);
 extern IntentKind outbox_kind_of(const char *method, const char *url);
 extern void outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);
+extern void outbox_load_providers(MemoryContext cxt, Provider **providers,
+								  int *nproviders, int32 only_id);
+extern void outbox_render_one(Provider *p, Binding *b, Claimed *c,
+							  MemoryContext keep);
+extern uint64 outbox_take_new_work(void);
+
+/* in dialect.c */
+extern void dialect_load_maps(MemoryContext cxt, Provider *ps, int n);
+extern bool dialect_renders(const Provider *p);
+extern void dialect_render(Provider *p, Claimed *c, bool found,
+						   const char *generic_body, const char *shipment_id,
+						   bool cancel);
+extern void dialect_render_register(Provider *p, Claimed *c,
+									const char *tracking_number);
+extern char *dialect_sf_search_body(Provider *p, const char *order_key,
+									const char *request_id);
+extern bool dialect_tz_offset(const char *zone, int64_t utc_epoch,
+							  int *offset_s, void *arg);
 
 /* in dispatcher.c */
 extern int	provider_tokens(Provider *p, TimestampTz now);

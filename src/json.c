@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <json.h>
 
@@ -692,4 +693,652 @@ shipsync_parse_tracking(const char *dialect, const char *body, size_t len,
 		snprintf(errbuf, errlen, "out of memory");
 	json_object_put(root);
 	return ok;
+}
+
+
+/* ====================================================================
+ * JSON documents for the mapping engine (mapping.c) and the SF Express
+ * dialect.  A ShipJson owns its root and every document decoded from a
+ * string on the way down a path (carriers send JSON inside JSON strings:
+ * SF's apiResultData); all are released by shipsync_json_free().
+ * ==================================================================== */
+
+#define SHIPJSON_MAX_DECODED 16
+
+struct ShipJson
+{
+	struct json_object *root;
+	struct json_object *decoded_from[SHIPJSON_MAX_DECODED];	/* the strings */
+	struct json_object *decoded[SHIPJSON_MAX_DECODED];	/* what they held */
+	int			ndecoded;
+};
+
+static struct json_object *
+parse_strict(const char *text, size_t len, char *errbuf, size_t errlen)
+{
+	struct json_tokener *tok;
+	struct json_object *root;
+
+	if (len > (size_t) INT32_MAX)
+	{
+		snprintf(errbuf, errlen, "document too large");
+		return NULL;
+	}
+	tok = json_tokener_new();
+	if (tok == NULL)
+	{
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+	root = json_tokener_parse_ex(tok, text ? text : "", (int) len);
+	if (root == NULL || json_tokener_get_parse_end(tok) != len)
+	{
+		enum json_tokener_error jerr = json_tokener_get_error(tok);
+
+		snprintf(errbuf, errlen, "not valid JSON: %s",
+				 jerr == json_tokener_continue ? "unexpected end of input" :
+				 root != NULL ? "trailing characters" :
+				 json_tokener_error_desc(jerr));
+		json_object_put(root);
+		json_tokener_free(tok);
+		return NULL;
+	}
+	json_tokener_free(tok);
+	return root;
+}
+
+/* Parse a JSON document; NULL with a reason in errbuf when it is not one. */
+ShipJson *
+shipsync_json_parse(const char *text, size_t len, char *errbuf, size_t errlen)
+{
+	struct json_object *root = parse_strict(text, len, errbuf, errlen);
+	ShipJson   *doc;
+
+	if (root == NULL && (len != 4 || strncmp(text, "null", 4) != 0))
+		return NULL;
+	doc = calloc(1, sizeof(ShipJson));
+	if (doc == NULL)
+	{
+		json_object_put(root);
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	doc->root = root;
+	return doc;
+}
+
+void
+shipsync_json_free(ShipJson *doc)
+{
+	if (doc == NULL)
+		return;
+	json_object_put(doc->root);
+	for (int i = 0; i < doc->ndecoded; i++)
+		json_object_put(doc->decoded[i]);
+	free(doc);
+}
+
+/* A document of its own for the member key of doc's root (or null) */
+ShipJson *
+shipsync_json_member_doc(ShipJson *doc, const char *key)
+{
+	ShipJson   *m = calloc(1, sizeof(ShipJson));
+	struct json_object *v;
+
+	if (m == NULL)
+		abort();
+	if (doc && json_object_is_type(doc->root, json_type_object) &&
+		json_object_object_get_ex(doc->root, key, &v))
+		m->root = json_object_get(v);
+	return m;
+}
+
+static void
+json_to_value(struct json_object *v, MapValue *out)
+{
+	const char *s;
+
+	out->type = MV_NULL;
+	out->s = NULL;
+	switch (json_object_get_type(v))
+	{
+		case json_type_null:
+			return;
+		case json_type_string:
+			out->type = MV_STRING;
+			s = json_object_get_string(v);
+			break;
+		case json_type_int:
+		case json_type_double:
+			out->type = MV_NUMBER;
+			s = json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN);
+			break;
+		case json_type_boolean:
+			out->type = MV_BOOL;
+			s = json_object_get_boolean(v) ? "true" : "false";
+			break;
+		default:
+			out->type = MV_RAW;
+			s = json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN |
+											   JSON_C_TO_STRING_NOSLASHESCAPE);
+			break;
+	}
+	out->s = strdup(s ? s : "");
+	if (out->s == NULL)
+		abort();
+}
+
+/*
+ * A string member holding a JSON object or array: decode it, once per
+ * document (later paths through the same string reuse the result).
+ */
+static struct json_object *
+descend_string(ShipJson *doc, struct json_object *v)
+{
+	const char *s;
+	struct json_object *d;
+	char		err[64];
+
+	if (!json_object_is_type(v, json_type_string))
+		return v;
+	for (int i = 0; i < doc->ndecoded; i++)
+		if (doc->decoded_from[i] == v)
+			return doc->decoded[i];
+	s = json_object_get_string(v);
+	while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n')
+		s++;
+	if ((*s != '{' && *s != '[') || doc->ndecoded == SHIPJSON_MAX_DECODED)
+		return v;
+	d = parse_strict(json_object_get_string(v),
+					 (size_t) json_object_get_string_len(v), err, sizeof(err));
+	if (d == NULL)
+		return v;
+	doc->decoded_from[doc->ndecoded] = v;
+	doc->decoded[doc->ndecoded++] = d;
+	return d;
+}
+
+static bool
+element_matches(struct json_object *e, const MapSeg *seg)
+{
+	struct json_object *m;
+
+	if (!json_object_is_type(e, json_type_object) ||
+		!json_object_object_get_ex(e, seg->fkey, &m))
+		return false;
+	switch (json_object_get_type(m))
+	{
+		case json_type_string:
+			return strcmp(json_object_get_string(m), seg->fval) == 0;
+		case json_type_int:
+		case json_type_double:
+		case json_type_boolean:
+			return !seg->fval_string &&
+				strcmp(json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN), seg->fval) == 0;
+		default:
+			return false;
+	}
+}
+
+/*
+ * The value at path in doc; false (out null) when some step is absent.
+ * A step into a string that holds JSON decodes the string first.
+ */
+bool
+shipsync_json_get(ShipJson *doc, const MapPath *path, MapValue *out)
+{
+	struct json_object *v = doc ? doc->root : NULL;
+
+	out->type = MV_NULL;
+	out->s = NULL;
+	for (int i = 0; v != NULL && i < path->nsegs; i++)
+	{
+		const MapSeg *seg = &path->segs[i];
+		struct json_object *m;
+
+		v = descend_string(doc, v);
+		if (!json_object_is_type(v, json_type_object) ||
+			!json_object_object_get_ex(v, seg->name, &m))
+			return false;
+		v = m;
+		if (seg->kind == MAPSEG_PLAIN)
+			continue;
+		v = descend_string(doc, v);
+		if (!json_object_is_type(v, json_type_array))
+			return false;
+		if (seg->kind == MAPSEG_INDEX)
+			v = (size_t) seg->index < json_object_array_length(v) ?
+				json_object_array_get_idx(v, seg->index) : NULL;
+		else
+		{
+			size_t		n = json_object_array_length(v);
+			struct json_object *found = NULL;
+
+			for (size_t k = 0; k < n && found == NULL; k++)
+				if (element_matches(json_object_array_get_idx(v, k), seg))
+					found = json_object_array_get_idx(v, k);
+			v = found;
+		}
+	}
+	if (v == NULL)
+		return false;
+	json_to_value(v, out);
+	return out->type != MV_NULL;
+}
+
+/*
+ * A transform's argument (JSON text): with key, the string or number member
+ * key of an object; without, the argument itself.  malloc'd in *out.
+ */
+bool
+shipsync_json_arg_string(const char *arg, const char *key, char **out)
+{
+	char		err[64];
+	struct json_object *root;
+	struct json_object *v;
+	bool		ok = false;
+
+	*out = NULL;
+	if (arg == NULL)
+		return false;
+	root = parse_strict(arg, strlen(arg), err, sizeof(err));
+	if (root == NULL)
+		return false;
+	v = root;
+	if (key != NULL && (!json_object_is_type(root, json_type_object) ||
+						!json_object_object_get_ex(root, key, &v)))
+		v = NULL;
+	if (v != NULL && (json_object_is_type(v, json_type_string) ||
+					  json_object_is_type(v, json_type_int) ||
+					  json_object_is_type(v, json_type_double)))
+	{
+		*out = strdup(json_object_get_string(v));
+		ok = *out != NULL;
+	}
+	json_object_put(root);
+	return ok;
+}
+
+/*
+ * lookup: the member key of the object arg, typed (a number stays a
+ * number).  With key NULL, the argument itself as a value (default).
+ * Returns false when arg is not a JSON object (not JSON, for key NULL).
+ */
+bool
+shipsync_json_arg_lookup(const char *arg, const char *key, MapValue *out, bool *found)
+{
+	char		err[64];
+	struct json_object *root;
+	struct json_object *v;
+
+	out->type = MV_NULL;
+	out->s = NULL;
+	if (found)
+		*found = false;
+	if (arg == NULL)
+		return false;
+	root = parse_strict(arg, strlen(arg), err, sizeof(err));
+	if (root == NULL)
+		return false;
+	if (key == NULL)
+	{
+		json_to_value(root, out);
+		json_object_put(root);
+		return true;
+	}
+	if (!json_object_is_type(root, json_type_object))
+	{
+		json_object_put(root);
+		return false;
+	}
+	if (json_object_object_get_ex(root, key, &v))
+	{
+		json_to_value(v, out);
+		if (found)
+			*found = true;
+	}
+	json_object_put(root);
+	return true;
+}
+
+static char *
+dup_member_text(struct json_object *obj, const char *key)
+{
+	struct json_object *v;
+
+	if (!json_object_is_type(obj, json_type_object) ||
+		!json_object_object_get_ex(obj, key, &v) ||
+		json_object_is_type(v, json_type_null) ||
+		json_object_is_type(v, json_type_object) ||
+		json_object_is_type(v, json_type_array))
+		return NULL;
+	return strdup(json_object_get_string(v));
+}
+
+/*
+ * Read SF Express's answer: {"apiResultCode": "A1000", "apiErrorMsg",
+ * "apiResultData": <object, or the same as a JSON string>} with
+ * apiResultData {success, errorCode, errorMsg, msgData{orderId,
+ * waybillNoInfoList[{waybillType, waybillNo}]}}.  The class says what the
+ * dispatcher does with it (shipsync_sf_classify in retry.c).  With search,
+ * the answer is to EXP_RECE_SEARCH_ORDER_RESP: a data error there means the
+ * order was not found.  Returns false when the body is not SF's envelope.
+ */
+bool
+shipsync_parse_sf_response(const char *body, size_t len, bool search,
+						   SfResponse *out, char *errbuf, size_t errlen)
+{
+	ShipJson   *doc;
+	bool		ok;
+
+	memset(out, 0, sizeof(*out));
+	doc = shipsync_json_parse(body, len, errbuf, errlen);
+	if (doc == NULL)
+		return false;
+	ok = shipsync_parse_sf_doc(doc, search, out, errbuf, errlen);
+	shipsync_json_free(doc);
+	return ok;
+}
+
+/*
+ * The same, on a document already parsed: the caller may then read more
+ * paths from it (an inbound map) without parsing or decoding again.
+ */
+bool
+shipsync_parse_sf_doc(ShipJson *doc, bool search, SfResponse *out,
+					  char *errbuf, size_t errlen)
+{
+	struct json_object *root = doc->root;
+	struct json_object *data = NULL;
+	struct json_object *v;
+	struct json_object *msg;
+	struct json_object *list;
+	char	   *api_code;
+	bool		success = false;
+
+	memset(out, 0, sizeof(*out));
+	errbuf[0] = '\0';
+	if (!json_object_is_type(root, json_type_object) ||
+		(api_code = dup_member_text(root, "apiResultCode")) == NULL)
+	{
+		snprintf(errbuf, errlen, "response has no \"apiResultCode\"");
+		return false;
+	}
+	out->code = api_code;
+	out->message = dup_member_text(root, "apiErrorMsg");
+	if (strcmp(api_code, "A1000") != 0)
+	{
+		out->cls = shipsync_sf_classify(api_code, false, NULL, search);
+		return true;
+	}
+
+	if (json_object_object_get_ex(root, "apiResultData", &data) &&
+		json_object_is_type(data, json_type_string))
+	{
+		struct json_object *decoded = descend_string(doc, data);
+
+		if (decoded == data)
+		{
+			char		why[128];
+
+			/* not decodable: say why */
+			why[0] = '\0';
+			json_object_put(parse_strict(json_object_get_string(data),
+										 (size_t) json_object_get_string_len(data), why, sizeof(why)));
+			snprintf(errbuf, errlen, "apiResultData is %s", why[0] ? why : "not a JSON object");
+			shipsync_free_sf_response(out);
+			return false;
+		}
+		data = decoded;
+	}
+	if (data == NULL || !json_object_is_type(data, json_type_object))
+	{
+		snprintf(errbuf, errlen, "A1000 response has no apiResultData object");
+		shipsync_free_sf_response(out);
+		return false;
+	}
+	if (json_object_object_get_ex(data, "success", &v))
+		success = json_object_is_type(v, json_type_boolean) ? json_object_get_boolean(v) :
+			json_object_is_type(v, json_type_string) && strcmp(json_object_get_string(v), "true") == 0;
+	{
+		char	   *ec = dup_member_text(data, "errorCode");
+		char	   *em = dup_member_text(data, "errorMsg");
+
+		if (ec)
+		{
+			free(out->code);
+			out->code = ec;
+		}
+		if (em)
+		{
+			free(out->message);
+			out->message = em;
+		}
+	}
+	out->cls = shipsync_sf_classify("A1000", success, out->code, search);
+	if (json_object_object_get_ex(data, "msgData", &msg) &&
+		json_object_is_type(msg, json_type_object))
+	{
+		out->order_id = dup_member_text(msg, "orderId");
+		if (json_object_object_get_ex(msg, "waybillNoInfoList", &list) &&
+			json_object_is_type(list, json_type_array))
+		{
+			size_t		n = json_object_array_length(list);
+
+			for (size_t i = 0; i < n; i++)
+			{
+				struct json_object *w = json_object_array_get_idx(list, i);
+				struct json_object *t;
+				char	   *no = dup_member_text(w, "waybillNo");
+
+				if (no == NULL || no[0] == '\0')
+				{
+					free(no);
+					continue;
+				}
+				if (out->waybill == NULL ||
+					(json_object_object_get_ex(w, "waybillType", &t) &&
+					 json_object_get_int(t) == 1))
+				{
+					free(out->waybill);
+					out->waybill = no;
+				}
+				else
+					free(no);
+			}
+			if (n > 0)
+				out->waybills = strdup(json_object_to_json_string_ext(list, JSON_C_TO_STRING_PLAIN |
+																	  JSON_C_TO_STRING_NOSLASHESCAPE));
+		}
+	}
+	if (out->cls == SF_OK && !search && out->waybill == NULL)
+	{
+		/* a create that succeeded must say which waybill it made */
+		snprintf(errbuf, errlen, "successful response has no waybill in msgData.waybillNoInfoList");
+		shipsync_free_sf_response(out);
+		return false;
+	}
+	if (out->cls == SF_OK && search && out->waybill == NULL)
+		out->cls = SF_NOT_FOUND;
+	return true;
+}
+
+void
+shipsync_free_sf_response(SfResponse *r)
+{
+	free(r->code);
+	free(r->message);
+	free(r->order_id);
+	free(r->waybill);
+	free(r->waybills);
+	memset(r, 0, sizeof(*r));
+}
+
+/*
+ * An OAuth2 token endpoint's answer (RFC 6749, 5.1): {"access_token",
+ * "token_type": "Bearer", "expires_in"?}.  *expires_in is 3600 when the
+ * server does not say; the token is malloc'd.
+ */
+bool
+shipsync_parse_token_response(const char *body, size_t len, char **token,
+							  long *expires_in, char *errbuf, size_t errlen)
+{
+	struct json_object *root;
+	struct json_object *v;
+	char	   *type;
+
+	*token = NULL;
+	*expires_in = 3600;
+	root = parse_strict(body, len, errbuf, errlen);
+	if (root == NULL)
+		return false;
+	if (!json_object_is_type(root, json_type_object) ||
+		!json_object_object_get_ex(root, "access_token", &v) ||
+		!json_object_is_type(v, json_type_string) ||
+		json_object_get_string_len(v) == 0)
+	{
+		snprintf(errbuf, errlen, "token response has no \"access_token\"");
+		json_object_put(root);
+		return false;
+	}
+	type = dup_member_text(root, "token_type");
+	if (type != NULL && strcasecmp(type, "bearer") != 0)
+	{
+		snprintf(errbuf, errlen, "token type \"%.40s\" is not Bearer", type);
+		free(type);
+		json_object_put(root);
+		return false;
+	}
+	free(type);
+	if (json_object_object_get_ex(root, "expires_in", &v) &&
+		!json_object_is_type(v, json_type_null))
+	{
+		long		e = json_object_is_type(v, json_type_string) ?
+			strtol(json_object_get_string(v), NULL, 10) : (long) json_object_get_int64(v);
+
+		*expires_in = e < 1 ? 1 : e > 31536000 ? 31536000 : e;
+	}
+	*token = strdup(json_object_get_string(json_object_object_get(root, "access_token")));
+	json_object_put(root);
+	if (*token == NULL)
+	{
+		snprintf(errbuf, errlen, "out of memory");
+		return false;
+	}
+	/* it becomes a header line: refuse what would break it */
+	for (const char *p = *token; *p; p++)
+		if ((unsigned char) *p < 0x20 || (unsigned char) *p > 0x7e)
+		{
+			free(*token);
+			*token = NULL;
+			snprintf(errbuf, errlen, "access_token holds characters a header cannot carry");
+			return false;
+		}
+	return true;
+}
+
+/*
+ * A tracking provider's answer to a registration.  EasyPost (POST
+ * /v2/trackers): the Tracker object, {id: "trk_...", status}; the same code
+ * and carrier again returns the same tracker.  AfterShip (POST /trackings):
+ * {meta: {code}, data: {tracking: {id, tag}}}; meta.code 4003 ("already
+ * exists", with HTTP 400) is a success.  Kuaidi100 (subscribe): HTTP 200
+ * with {result, returnCode, message}: 200 ok, 501 already subscribed (ok),
+ * 600 bad key and 601 key expired (auth), 700-702 data errors, 500 and the
+ * rest transient.  *id and *status are malloc'd or NULL.
+ */
+TrackClass
+shipsync_parse_tracker_response(const char *dialect, const char *body, size_t len,
+								long http_status, char **id, char **status,
+								char *errbuf, size_t errlen)
+{
+	struct json_object *root;
+	struct json_object *v;
+	TrackClass	cls = TRACK_HTTP;
+
+	*id = NULL;
+	*status = NULL;
+	errbuf[0] = '\0';
+	if (strcmp(dialect, "kuaidi100") != 0 && strcmp(dialect, "aftership") != 0 &&
+		!(http_status >= 200 && http_status < 300))
+		return TRACK_HTTP;
+	root = parse_strict(body, len, errbuf, errlen);
+	if (root == NULL || !json_object_is_type(root, json_type_object))
+	{
+		if (root != NULL)
+			snprintf(errbuf, errlen, "response is not a JSON object");
+		json_object_put(root);
+		/* a 2xx we cannot read is in doubt: retried under the same key */
+		return http_status >= 200 && http_status < 300 ? TRACK_RETRY : TRACK_HTTP;
+	}
+	if (strcmp(dialect, "easypost") == 0)
+	{
+		*id = dup_member_text(root, "id");
+		*status = dup_member_text(root, "status");
+		if (*id == NULL)
+		{
+			snprintf(errbuf, errlen, "tracker response has no \"id\"");
+			cls = TRACK_RETRY;
+		}
+		else
+			cls = TRACK_OK;
+	}
+	else if (strcmp(dialect, "aftership") == 0)
+	{
+		struct json_object *meta = json_object_object_get(root, "meta");
+		struct json_object *data = json_object_object_get(root, "data");
+		struct json_object *tracking = data ? json_object_object_get(data, "tracking") : NULL;
+		int			code = meta && json_object_object_get_ex(meta, "code", &v) ? json_object_get_int(v) : 0;
+
+		if (tracking)
+		{
+			*id = dup_member_text(tracking, "id");
+			*status = dup_member_text(tracking, "tag");
+		}
+		if ((code == 200 || code == 201) && http_status >= 200 && http_status < 300)
+			cls = TRACK_OK;
+		else if (code == 4003)
+			cls = TRACK_OK;		/* already tracked: what we wanted */
+		else if (code == 401 || http_status == 401 || http_status == 403)
+			cls = TRACK_AUTH;
+		else
+			cls = TRACK_HTTP;
+		if (cls != TRACK_OK && meta)
+		{
+			char	   *m = dup_member_text(meta, "message");
+
+			snprintf(errbuf, errlen, "AfterShip %d: %s", code, m ? m : "");
+			free(m);
+		}
+	}
+	else if (strcmp(dialect, "kuaidi100") == 0)
+	{
+		char	   *rc = dup_member_text(root, "returnCode");
+		char	   *msg = dup_member_text(root, "message");
+
+		if (!(http_status >= 200 && http_status < 300))
+			cls = TRACK_HTTP;
+		else if (rc == NULL)
+		{
+			snprintf(errbuf, errlen, "subscribe response has no \"returnCode\"");
+			cls = TRACK_RETRY;
+		}
+		else if (strcmp(rc, "200") == 0 || strcmp(rc, "501") == 0)
+			cls = TRACK_OK;
+		else if (strcmp(rc, "600") == 0 || strcmp(rc, "601") == 0)
+			cls = TRACK_AUTH;
+		else if (rc[0] == '7')
+			cls = TRACK_PERMANENT;
+		else
+			cls = TRACK_RETRY;
+		if (cls != TRACK_OK && rc)
+			snprintf(errbuf, errlen, "Kuaidi100 %s: %s", rc, msg ? msg : "");
+		if (cls == TRACK_OK && strcmp(rc, "501") == 0)
+			*status = strdup("already_subscribed");
+		free(rc);
+		free(msg);
+	}
+	json_object_put(root);
+	return cls;
 }

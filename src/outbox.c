@@ -315,17 +315,73 @@ outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 {
 	int			rc;
 	MemoryContext old;
-	Provider   *ps;
 	Binding    *bs;
 	uint64		n;
 
 	begin_tx("loading configuration", false);
-	rc = SPI_execute("SELECT provider_id, name, base_url, timeout_ms, max_inflight,"
-					 " max_attempts, backoff_base_ms, backoff_max_ms,"
-					 " rate_limit_per_s::float8, paused,"
-					 " ARRAY(SELECT k || ': ' || v FROM pg_catalog.jsonb_each_text(headers) AS h(k, v))"
-					 "   || shipsync._auth_headers(auth)"
-					 " FROM shipsync.provider ORDER BY provider_id", true, 0);
+	outbox_load_providers(cxt, providers, nproviders, 0);
+
+	rc = SPI_execute("SELECT b.binding_id, b.tbl::oid, b.render_sql, b.writeback_sql,"
+					 " (SELECT p.provider_id FROM shipsync.provider p"
+					 "   WHERE p.name = b.options->>'tracking_provider')"
+					 " FROM shipsync.binding b ORDER BY b.binding_id", true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "loading bindings failed");
+	n = SPI_processed;
+	old = MemoryContextSwitchTo(cxt);
+	bs = palloc0(sizeof(Binding) * (n + 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		bs[i].id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		bs[i].relid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		bs[i].render_sql = get_text(tup, desc, 3);
+		bs[i].writeback_sql = get_text(tup, desc, 4);
+		bs[i].tracking_provider_id = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		if (isnull)
+			bs[i].tracking_provider_id = 0;
+	}
+	MemoryContextSwitchTo(old);
+	*bindings = bs;
+	*nbindings = (int) n;
+	end_tx();
+}
+
+/*
+ * Read providers (all, or the one with id only_id) into cxt, with their
+ * field maps, inside the caller's transaction and SPI connection.
+ */
+void
+outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
+					  int32 only_id)
+{
+	int			rc;
+	MemoryContext old;
+	Provider   *ps;
+	uint64		n;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		args[1] = {Int32GetDatum(only_id)};
+
+	rc = SPI_execute_with_args("SELECT provider_id, name, base_url, timeout_ms, max_inflight,"
+							   " max_attempts, backoff_base_ms, backoff_max_ms,"
+							   " rate_limit_per_s::float8, paused,"
+							   " ARRAY(SELECT k || ': ' || v FROM pg_catalog.jsonb_each_text(headers) AS h(k, v))"
+							   "   || shipsync._auth_headers(auth),"
+							   " dialect, COALESCE(options->>'profile', dialect), options::text,"
+							   " auth->>'partner_id', auth->>'checkword',"
+							   " CASE WHEN auth->>'type' = 'kuaidi100' THEN auth->>'customer' END,"
+							   " CASE WHEN auth->>'type' = 'kuaidi100' THEN auth->>'key' END,"
+							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'token_url' END,"
+							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'client_id' END,"
+							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'client_secret' END,"
+							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'scope' END,"
+							   " COALESCE(options->>'carrier', options->>'slug', options->>'company'),"
+							   " options->>'callback_url', options->>'webhook_secret'"
+							   " FROM shipsync.provider WHERE $1 = 0 OR provider_id = $1"
+							   " ORDER BY provider_id", 1, argtypes, args, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "loading providers failed");
 	n = SPI_processed;
@@ -363,33 +419,32 @@ outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 				if (!enulls[h])
 					p->headers[p->nheaders++] = TextDatumGetCString(elems[h]);
 		}
+		{
+			char	   *dialect = get_text(tup, desc, 12);
+
+			p->dialect = strcmp(dialect, "sf_express") == 0 ? DIALECT_SF_EXPRESS :
+				strcmp(dialect, "easypost") == 0 ? DIALECT_EASYPOST :
+				strcmp(dialect, "aftership") == 0 ? DIALECT_AFTERSHIP :
+				strcmp(dialect, "kuaidi100") == 0 ? DIALECT_KUAIDI100 : DIALECT_GENERIC;
+			p->profile = get_text(tup, desc, 13);
+			p->options_text = get_text(tup, desc, 14);
+			p->sf_partner_id = get_text(tup, desc, 15);
+			p->sf_checkword = get_text(tup, desc, 16);
+			p->kd_customer = get_text(tup, desc, 17);
+			p->kd_key = get_text(tup, desc, 18);
+			p->oauth_token_url = get_text(tup, desc, 19);
+			p->oauth_client_id = get_text(tup, desc, 20);
+			p->oauth_client_secret = get_text(tup, desc, 21);
+			p->oauth_scope = get_text(tup, desc, 22);
+			p->tr_carrier = get_text(tup, desc, 23);
+			p->tr_callback_url = get_text(tup, desc, 24);
+			p->tr_salt = get_text(tup, desc, 25);
+		}
 	}
 	MemoryContextSwitchTo(old);
+	dialect_load_maps(cxt, ps, (int) n);
 	*providers = ps;
 	*nproviders = (int) n;
-
-	rc = SPI_execute("SELECT binding_id, tbl::oid, render_sql, writeback_sql"
-					 " FROM shipsync.binding ORDER BY binding_id", true, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "loading bindings failed");
-	n = SPI_processed;
-	old = MemoryContextSwitchTo(cxt);
-	bs = palloc0(sizeof(Binding) * (n + 1));
-	for (uint64 i = 0; i < n; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-
-		bs[i].id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		bs[i].relid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-		bs[i].render_sql = get_text(tup, desc, 3);
-		bs[i].writeback_sql = get_text(tup, desc, 4);
-	}
-	MemoryContextSwitchTo(old);
-	*bindings = bs;
-	*nbindings = (int) n;
-	end_tx();
 }
 
 /* ---------- claim and render ---------- */
@@ -406,13 +461,15 @@ static SPIPlanPtr apply_dead_plan;
  * shipsync.claim() runs this same saved plan, so tests race the real thing.
  */
 static const char *const lock_sql =
-"SELECT o.id, o.binding_id, o.order_key, o.op, o.request_method IS NOT NULL"
+"SELECT o.id, o.binding_id, o.order_key, o.op, o.request_method IS NOT NULL,"
+" o.idempotency_key"
 " FROM shipsync.outbox o"
 " WHERE o.provider_id = $1 AND o.state IN ('pending', 'retrying')"
 " AND o.next_attempt_at <= pg_catalog.now()"
 " AND o.id = (SELECT pg_catalog.min(e.id) FROM shipsync.outbox e"
 "   WHERE e.binding_id = o.binding_id AND e.order_key = o.order_key"
-"   AND e.state IN ('pending', 'retrying', 'in_flight'))"
+"   AND e.state IN ('pending', 'retrying', 'in_flight')"
+"   AND (e.op = 'register') = (o.op = 'register'))"
 " ORDER BY o.next_attempt_at, o.id"
 " LIMIT $2"
 " FOR UPDATE OF o SKIP LOCKED";
@@ -424,7 +481,7 @@ static const char *const lock_sql =
  */
 static const char *const mark_sql =
 "UPDATE shipsync.outbox o SET"
-" state = CASE WHEN u.skip IS NULL THEN 'in_flight' ELSE 'done' END,"
+" state = CASE WHEN u.skip IS NULL THEN 'in_flight' WHEN u.inv THEN 'invalid' ELSE 'done' END,"
 " attempts = o.attempts + CASE WHEN u.skip IS NULL THEN 1 ELSE 0 END,"
 " lease_until = CASE WHEN u.skip IS NULL"
 "   THEN pg_catalog.now() + pg_catalog.make_interval(secs => $7 / 1000.0) END,"
@@ -434,9 +491,10 @@ static const char *const mark_sql =
 " request_body = COALESCE(u.body, o.request_body),"
 " request_digest = COALESCE(u.digest, o.request_digest),"
 " last_error = COALESCE(u.skip, o.last_error),"
-" error_class = CASE WHEN u.skip IS NULL THEN o.error_class ELSE 'nothing_to_send' END,"
+" error_class = CASE WHEN u.skip IS NULL THEN o.error_class WHEN u.inv THEN 'invalid_order'"
+"   ELSE 'nothing_to_send' END,"
 " done_at = CASE WHEN u.skip IS NULL THEN NULL ELSE pg_catalog.now() END"
-" FROM unnest($1, $2, $3, $4, $5, $6) AS u(id, m, url, body, skip, digest)"
+" FROM unnest($1, $2, $3, $4, $5, $6, $8) AS u(id, m, url, body, skip, digest, inv)"
 " WHERE o.id = u.id"
 " RETURNING o.*";
 
@@ -477,6 +535,7 @@ static int	col_id,
 			col_body,
 			col_digest;
 static SPIPlanPtr shiplookup_plan = NULL;
+static SPIPlanPtr reglookup_plan = NULL;
 static SPIPlanPtr nextdue_plan = NULL;
 static SPIPlanPtr fail_plan = NULL;
 
@@ -496,10 +555,10 @@ prepare_claim_plans(void)
 		lock_plan = prepare_saved(lock_sql, 2, t);
 	}
 	{
-		Oid			t[7] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, INT4OID};
+		Oid			t[8] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, INT4OID, BOOLARRAYOID};
 
-		mark_plan = prepare_saved(mark_sql, 7, t);
+		mark_plan = prepare_saved(mark_sql, 8, t);
 	}
 	{
 		Oid			t[3] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
@@ -525,6 +584,17 @@ prepare_claim_plans(void)
 			" LATERAL (SELECT x.provider_shipment_id FROM shipsync.shipment x"
 			"   WHERE x.binding_id = u.bid AND x.order_key = u.k AND x.provider_id = $4"
 			"   AND x.provider_shipment_id IS NOT NULL LIMIT 1) AS s", 4, t);
+	}
+	{
+		Oid			t[4] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4OID};
+
+		/* the waybill a registration is about: the shipping provider's */
+		reglookup_plan = prepare_saved(
+			"SELECT u.id, s.tracking_number"
+			" FROM unnest($1, $2, $3) AS u(id, bid, k),"
+			" LATERAL (SELECT x.tracking_number FROM shipsync.shipment x"
+			"   WHERE x.binding_id = u.bid AND x.order_key = u.k AND x.provider_id <> $4"
+			"   AND x.tracking_number IS NOT NULL ORDER BY x.updated_at DESC LIMIT 1) AS s", 4, t);
 	}
 	{
 		Oid			t[1] = {INT4OID};
@@ -593,7 +663,9 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	char	  **body = palloc0(sizeof(char *) * n);
 	bool	   *found = palloc0(sizeof(bool) * n);
 	bool	   *is_cancel = palloc0(sizeof(bool) * n);
+	char	  **regtn = palloc0(sizeof(char *) * n);
 	bool		need_lookup = false;
+	bool		need_reg = false;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -606,7 +678,9 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		args_set(la, l, 0, Int64GetDatum(c->id));
 		args_set(la, l, 1, Int32GetDatum(c->binding_id));
 		args_set_text(la, l, 2, c->order_key);
-		if (strcmp(c->op, "create") != 0)
+		if (strcmp(c->op, "register") == 0)
+			need_reg = true;
+		else if (strcmp(c->op, "create") != 0)
 			need_lookup = true;
 	}
 
@@ -670,6 +744,31 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		}
 	}
 
+	/* the waybills registrations are about */
+	if (need_reg)
+	{
+		Datum		params[4];
+
+		params[0] = make_array(la->values[0], la->nulls[0], la->n, INT8OID);
+		params[1] = make_array(la->values[1], la->nulls[1], la->n, INT4OID);
+		params[2] = make_array(la->values[2], la->nulls[2], la->n, TEXTOID);
+		params[3] = Int32GetDatum(p->id);
+		rc = SPI_execute_plan(reglookup_plan, params, NULL, false, 0);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "waybill lookup failed");
+		MemoryContextSwitchTo(keep);
+		tt = SPI_tuptable;
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
+
+			for (int i = 0; i < n; i++)
+				if (cs[idx[i]].id == id)
+					regtn[i] = get_text(tt->vals[r], tt->tupdesc, 2);
+		}
+	}
+
 	for (int i = 0; i < n; i++)
 	{
 		Claimed    *c = &cs[idx[i]];
@@ -677,7 +776,13 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		bool		cancel = strcmp(c->op, "cancel") == 0 || (found[i] && is_cancel[i]);
 
 		args_set(store, s, 0, Int64GetDatum(c->id));
-		if (cancel)
+		if (strcmp(c->op, "register") == 0)
+			dialect_render_register(p, c, regtn[i]);
+		else if (DIALECT_IS_TRACKING(p->dialect))
+			c->skip_reason = "a tracking provider only registers waybills";
+		else if (dialect_renders(p))
+			dialect_render(p, c, found[i], body[i], shipid[i], cancel);
+		else if (cancel)
 		{
 			if (shipid[i] == NULL)
 			{
@@ -710,7 +815,10 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 			c->kind = INTENT_CREATE;
 		}
 		if (c->skip_reason)
+		{
 			args_set_text(store, s, 4, c->skip_reason);
+			args_set(store, s, 6, BoolGetDatum(c->invalid));
+		}
 		else
 		{
 			args_set_text(store, s, 1, c->method);
@@ -775,6 +883,34 @@ outbox_drain_inbox(int64 limit, const int32 *ids, int nids)
 	return n;
 }
 
+/*
+ * Render one intent as the dispatcher would, in the caller's transaction
+ * and SPI connection, storing nothing: shipsync.render_request().  The
+ * request (or skip_reason) is left in c, allocated in keep.
+ */
+void
+outbox_render_one(Provider *p, Binding *b, Claimed *c, MemoryContext keep)
+{
+	Oid			stypes[7] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID};
+	ArgArrays  *store = args_create(7, stypes, 1);
+	int			idx[1] = {0};
+
+	prepare_claim_plans();
+	PG_TRY();
+	{
+		render_binding(p, b, c, idx, 1, store, keep);
+	}
+	PG_FINALLY();
+	{
+		if (b->render_plan)
+		{
+			SPI_freeplan(b->render_plan);
+			b->render_plan = NULL;
+		}
+	}
+	PG_END_TRY();
+}
+
 PG_FUNCTION_INFO_V1(shipsync_claim);
 
 /*
@@ -811,7 +947,7 @@ shipsync_claim(PG_FUNCTION_ARGS)
 		Datum	   *ids = palloc(sizeof(Datum) * SPI_processed);
 		bool	   *nulls = palloc0(sizeof(bool) * SPI_processed);
 		int			n = (int) SPI_processed;
-		Datum		mp[7];
+		Datum		mp[8];
 		bool		isnull;
 
 		for (int i = 0; i < n; i++)
@@ -825,6 +961,12 @@ shipsync_claim(PG_FUNCTION_ARGS)
 			mp[c] = make_array(ids, allnull, n, TEXTOID);
 		}
 		mp[6] = PG_GETARG_DATUM(2);
+		{
+			bool	   *allnull = palloc(sizeof(bool) * n);
+
+			memset(allnull, true, sizeof(bool) * n);
+			mp[7] = make_array(ids, allnull, n, BOOLOID);
+		}
 		rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
 		if (rc != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
@@ -874,7 +1016,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 	PG_TRY();
 	{
 		Oid			ctypes[3] = {INT8OID, INT4OID, TEXTOID};
-		Oid			stypes[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+		Oid			stypes[7] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID};
 		ArgArrays  *co;
 		ArgArrays  *store;
 		int		   *idx;
@@ -903,6 +1045,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 			cs[i].order_key = get_text(tt->vals[i], tt->tupdesc, 3);
 			cs[i].op = get_text(tt->vals[i], tt->tupdesc, 4);
 			cs[i].rendered = DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 5, &isnull));
+			cs[i].idempotency_key = get_text(tt->vals[i], tt->tupdesc, 6);
 			cs[i].provider_id = p->id;
 			MemoryContextSwitchTo(old);
 		}
@@ -910,7 +1053,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 		nclaimed = (int) n;
 
 		co = args_create(3, ctypes, (int) n);
-		store = args_create(6, stypes, (int) n);
+		store = args_create(7, stypes, (int) n);
 		idx = palloc(sizeof(int) * (n + 1));
 		grouped = palloc0(sizeof(bool) * (n + 1));
 
@@ -961,11 +1104,12 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 		/* 4. one statement marks them in flight and stores the requests */
 		if (n > 0)
 		{
-			Datum	   *mp = palloc(sizeof(Datum) * 7);
+			Datum	   *mp = palloc(sizeof(Datum) * 8);
 
 			for (int c = 0; c < 6; c++)
 				mp[c] = make_array(store->values[c], store->nulls[c], store->n, stypes[c]);
 			mp[6] = Int32GetDatum(lease_ms);
+			mp[7] = make_array(store->values[6], store->nulls[6], store->n, BOOLOID);
 			rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
 			if (rc != SPI_OK_UPDATE_RETURNING)
 				elog(ERROR, "marking claimed intents failed: %s", SPI_result_code_string(rc));
@@ -1000,9 +1144,42 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 					cs[i].body = get_text(tt->vals[r], tt->tupdesc, col_body);
 					cs[i].digest = get_text(tt->vals[r], tt->tupdesc, col_digest);
 					cs[i].kind = outbox_kind_of(cs[i].method, cs[i].url);
+					/* SF Express: one URL, the service code says what it is */
+					if (cs[i].body && strncmp(cs[i].body, "partnerID=", 10) == 0)
+						cs[i].kind = strstr(cs[i].body, "&serviceCode=EXP_RECE_UPDATE_ORDER&") ?
+							INTENT_CANCEL : INTENT_CREATE;
+					if (strcmp(cs[i].op, "register") == 0)
+						cs[i].kind = INTENT_REGISTER;
 					MemoryContextSwitchTo(old);
 					break;
 				}
+			}
+		}
+
+		/* invalid orders: one ticket each, in the same transaction */
+		{
+			Oid			dtypes[6] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
+			ArgArrays  *d = args_create(6, dtypes, (int) n);
+
+			for (uint64 i = 0; i < n; i++)
+			{
+				int			k;
+
+				if (!cs[i].invalid)
+					continue;
+				k = args_row(d);
+				args_set(d, k, 0, Int64GetDatum(cs[i].id));
+				args_set(d, k, 1, Int32GetDatum(cs[i].binding_id));
+				args_set_text(d, k, 2, cs[i].order_key);
+				args_set(d, k, 3, Int32GetDatum(p->id));
+				args_set_text(d, k, 4, cs[i].skip_reason);
+				args_set_text(d, k, 5, "invalid_order");
+			}
+			if (d->n > 0)
+			{
+				prepare_apply_plans();
+				if (args_execute(apply_dead_plan, d, false) != SPI_OK_INSERT_RETURNING)
+					elog(ERROR, "opening exception tickets failed");
 			}
 		}
 
@@ -1124,13 +1301,58 @@ static SPIPlanPtr apply_log_plan = NULL;
 static SPIPlanPtr apply_create_plan = NULL;
 static SPIPlanPtr apply_update_plan = NULL;
 static SPIPlanPtr apply_dead_plan = NULL;
+static SPIPlanPtr apply_register_plan = NULL;
+static SPIPlanPtr apply_registered_plan = NULL;
+static uint64 outbox_new_work = 0;	/* providers given intents by apply */
 
+/*
+ * Providers that apply gave new intents to (registrations of new waybills)
+ * since the last call: the dispatcher looks for their work.
+ */
+uint64
+outbox_take_new_work(void)
+{
+	uint64		m = outbox_new_work;
+
+	outbox_new_work = 0;
+	return m;
+}
 
 static void
 prepare_apply_plans(void)
 {
 	if (apply_outbox_plan)
 		return;
+	{
+		Oid			t[3] = {INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
+
+		apply_register_plan = prepare_saved(
+			"INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op)"
+			" SELECT u.bid, u.tp, u.k, 'register' FROM unnest($1, $2, $3) AS u(bid, tp, k)", 3, t);
+	}
+	{
+		Oid			t[7] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+
+		/*
+		 * A registration done: the tracking provider's own shipment row,
+		 * its tracker id, and the waybill it follows (the shipping
+		 * provider's when the answer does not repeat it).  No write-back.
+		 */
+		apply_registered_plan = prepare_saved(
+			"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
+			" provider_shipment_id, tracking_number, raw_status, request_digest)"
+			" SELECT u.bid, u.k, u.pid, u.sid,"
+			"   COALESCE(u.tn, (SELECT x.tracking_number FROM shipsync.shipment x"
+			"     WHERE x.binding_id = u.bid AND x.order_key = u.k AND x.provider_id <> u.pid"
+			"     AND x.tracking_number IS NOT NULL ORDER BY x.updated_at DESC LIMIT 1)),"
+			"   u.raw, u.digest"
+			" FROM unnest($1, $2, $3, $4, $5, $6, $7) AS u(bid, k, pid, sid, tn, raw, digest)"
+			" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
+			" provider_shipment_id = COALESCE(EXCLUDED.provider_shipment_id, s.provider_shipment_id),"
+			" tracking_number = EXCLUDED.tracking_number, raw_status = EXCLUDED.raw_status,"
+			" request_digest = EXCLUDED.request_digest, updated_at = pg_catalog.now()", 7, t);
+	}
 	{
 		Oid			t[7] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
 		INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
@@ -1156,18 +1378,18 @@ prepare_apply_plans(void)
 			" SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11, t);
 	}
 	{
-		Oid			t[10] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
+		Oid			t[11] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
 			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID};
+		TEXTARRAYOID, TEXTARRAYOID};
 
 		apply_create_plan = prepare_saved(
 			"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
 			" provider_shipment_id, tracking_number, label_url, status, raw_status, fees,"
-			" fee_total, request_digest)"
+			" fee_total, request_digest, waybills)"
 			" SELECT u.bid, u.k, u.pid, u.sid, u.tn, u.label, COALESCE(u.status, 'pending'),"
-			"   u.raw, f.fees, f.total, u.digest"
-			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-			"   AS u(bid, k, pid, sid, tn, label, status, raw, body, digest)"
+			"   u.raw, f.fees, f.total, u.digest, u.waybills::jsonb"
+			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+			"   AS u(bid, k, pid, sid, tn, label, status, raw, body, digest, waybills)"
 			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
 			"   (SELECT pg_catalog.sum((e->>'amount')::numeric) FROM pg_catalog.jsonb_array_elements(x.fj) e) AS total"
 			"   FROM (SELECT (u.body::jsonb)->'fees' AS fj) x WHERE u.body IS NOT NULL) f ON true"
@@ -1177,9 +1399,10 @@ prepare_apply_plans(void)
 			" label_url = COALESCE(EXCLUDED.label_url, s.label_url),"
 			" status = EXCLUDED.status, raw_status = EXCLUDED.raw_status,"
 			" fees = COALESCE(EXCLUDED.fees, s.fees), fee_total = COALESCE(EXCLUDED.fee_total, s.fee_total),"
-			" request_digest = EXCLUDED.request_digest, updated_at = pg_catalog.now()"
+			" request_digest = EXCLUDED.request_digest,"
+			" waybills = COALESCE(EXCLUDED.waybills, s.waybills), updated_at = pg_catalog.now()"
 			" RETURNING binding_id, order_key, provider_shipment_id, tracking_number, status,"
-			" label_url, fee_total", 10, t);
+			" label_url, fee_total", 11, t);
 	}
 	{
 		Oid			t[9] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
@@ -1316,15 +1539,19 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 	Oid			otypes[7] = {INT8OID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID};
 	Oid			ltypes[11] = {INT8OID, INT4OID, INT4OID, TEXTOID, TEXTOID, INT4OID, FLOAT8OID,
 	TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-	Oid			ctypes[10] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-	TEXTOID, TEXTOID, TEXTOID};
+	Oid			ctypes[11] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 	Oid			utypes[9] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 	TEXTOID, TEXTOID};
 	Oid			dtypes[6] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
+	Oid			gtypes[3] = {INT4OID, INT4OID, TEXTOID};
 	int			n = to - from;
+	Oid			rtypes[7] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	ArgArrays  *ga = args_create(7, rtypes, n);	/* registrations done */
+	ArgArrays  *na = args_create(3, gtypes, n);	/* registrations to make */
 	ArgArrays  *oa = args_create(7, otypes, n);
 	ArgArrays  *la = args_create(11, ltypes, n);
-	ArgArrays  *ca = args_create(10, ctypes, n);
+	ArgArrays  *ca = args_create(11, ctypes, n);
 	ArgArrays  *ua = args_create(9, utypes, n);
 	ArgArrays  *da = args_create(6, dtypes, n);
 	int			rc;
@@ -1360,9 +1587,33 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 		args_set_text(la, l, 9, r->error);
 		args_set_text(la, l, 10, r->digest);
 
-		if (r->ship_ok && r->kind == INTENT_CREATE)
+		if (r->ship_ok && r->kind == INTENT_REGISTER)
+		{
+			/* the tracking provider's record of the waybill: no write-back */
+			int			c = args_row(ga);
+
+			args_set(ga, c, 0, Int32GetDatum(r->binding_id));
+			args_set_text(ga, c, 1, r->order_key);
+			args_set(ga, c, 2, Int32GetDatum(r->provider_id));
+			args_set_text(ga, c, 3, r->ship_id);
+			args_set_text(ga, c, 4, r->tracking_number);
+			args_set_text(ga, c, 5, r->raw_status);
+			args_set_text(ga, c, 6, r->digest);
+		}
+		else if (r->ship_ok && r->kind == INTENT_CREATE)
 		{
 			int			c = args_row(ca);
+			Binding    *b = find_binding(bs, nb, r->binding_id);
+
+			if (b && b->tracking_provider_id != 0 && r->tracking_number)
+			{
+				int			g = args_row(na);
+
+				args_set(na, g, 0, Int32GetDatum(r->binding_id));
+				args_set(na, g, 1, Int32GetDatum(b->tracking_provider_id));
+				args_set_text(na, g, 2, r->order_key);
+				outbox_new_work |= SHIPSYNC_PROVIDER_BIT(b->tracking_provider_id);
+			}
 
 			args_set(ca, c, 0, Int32GetDatum(r->binding_id));
 			args_set_text(ca, c, 1, r->order_key);
@@ -1374,6 +1625,7 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 			args_set_text(ca, c, 7, r->raw_status);
 			args_set_text(ca, c, 8, r->fees_body);
 			args_set_text(ca, c, 9, r->digest);
+			args_set_text(ca, c, 10, r->waybills);
 		}
 		else if (r->ship_ok)
 		{
@@ -1414,6 +1666,12 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 		if (!rs[from].no_writeback)
 			apply_writeback(bs, nb, SPI_tuptable, SPI_processed);
 	}
+	if (ga->n > 0 &&
+		(rc = args_execute(apply_registered_plan, ga, false)) != SPI_OK_INSERT)
+		elog(ERROR, "recording registrations failed: %s", SPI_result_code_string(rc));
+	if (na->n > 0 &&
+		(rc = args_execute(apply_register_plan, na, false)) != SPI_OK_INSERT)
+		elog(ERROR, "enqueueing registrations failed: %s", SPI_result_code_string(rc));
 	if (ua->n > 0)
 	{
 		if ((rc = args_execute(apply_update_plan, ua, false)) != SPI_OK_UPDATE_RETURNING)

@@ -63,6 +63,170 @@ extern ShipVerdict shipsync_classify(int curl_code, long http_status,
 extern long shipsync_parse_retry_after(const char *value, time_t now);
 extern long shipsync_backoff_ms(int attempt, long base_ms, long max_ms,
 								double random01);
+extern const char *shipsync_sf_error_class(int cls);
+
+/* ---- mapping (mapping.c), JSON trees (json.c), signatures (sign.c) ---- */
+
+/* A value read from a row, a response or a constant, or produced by a map */
+typedef enum MapValueType
+{
+	MV_NULL,					/* absent or JSON null */
+	MV_STRING,
+	MV_NUMBER,					/* s holds the JSON number's text */
+	MV_BOOL,					/* s is "true" or "false" */
+	MV_RAW						/* s holds a JSON object or array, as text */
+} MapValueType;
+
+typedef struct MapValue
+{
+	MapValueType type;
+	char	   *s;				/* malloc'd, NULL for MV_NULL */
+} MapValue;
+
+/* One step of a dotted path: name, name[k=v] or name[3] */
+typedef struct MapSeg
+{
+	char	   *name;
+	int			kind;			/* MAPSEG_PLAIN, MAPSEG_FILTER, MAPSEG_INDEX */
+	char	   *fkey;			/* filter: member name */
+	char	   *fval;			/* filter: value, as written (unquoted) */
+	bool		fval_string;	/* filter value was quoted or is not a number */
+	int			index;
+} MapSeg;
+
+#define MAPSEG_PLAIN	0
+#define MAPSEG_FILTER	1
+#define MAPSEG_INDEX	2
+
+typedef struct MapPath
+{
+	MapSeg	   *segs;
+	int			nsegs;
+} MapPath;
+
+typedef struct ShipJson ShipJson;	/* a parsed JSON document (json.c) */
+typedef struct ShipMap ShipMap;		/* a compiled field map (mapping.c) */
+
+/* Resolves a named time zone's UTC offset at a UTC instant; false: unknown */
+typedef bool (*MapTzOffsetFn) (const char *zone, int64_t utc_epoch,
+							   int *offset_s, void *arg);
+
+/* What one render reads from: the order row, provider options, the intent */
+typedef struct MapEnv
+{
+	ShipJson   *row;			/* the order row as a JSON object */
+	ShipJson   *options;		/* the provider's options, or NULL */
+	const char *order_key;
+	const char *idempotency_key;
+	MapTzOffsetFn tz_offset;	/* for named zones; NULL: offsets and UTC only */
+	void	   *tz_arg;
+} MapEnv;
+
+typedef enum MapOutcome
+{
+	MAP_OK,
+	MAP_INVALID,				/* required field missing or a value malformed */
+	MAP_ERROR					/* the map itself cannot apply (path conflict) */
+} MapOutcome;
+
+/* in mapping.c */
+extern bool shipsync_path_parse(const char *text, MapPath *out,
+								char *errbuf, size_t errlen);
+extern void shipsync_path_free(MapPath *p);
+extern void shipsync_value_free(MapValue *v);
+extern ShipMap *shipsync_map_compile(int n, const char *const *targets,
+									 const char *const *sources,
+									 const char *const *transforms,
+									 const char *const *args,
+									 const char *const *defaults,
+									 const bool *required,
+									 char *errbuf, size_t errlen);
+extern void shipsync_map_free(ShipMap *m);
+extern int	shipsync_map_size(const ShipMap *m);
+extern MapOutcome shipsync_map_render(const ShipMap *m, const MapEnv *env,
+									  bool form, char **out,
+									  char *errbuf, size_t errlen);
+extern MapOutcome shipsync_map_read(const ShipMap *m, ShipJson *doc,
+									const MapEnv *env, char ***fields,
+									MapValue **values, int *n,
+									char *errbuf, size_t errlen);
+extern bool shipsync_map_transform(const char *transform, const char *arg,
+								   const MapValue *in, const MapEnv *env,
+								   MapValue *out, char *errbuf, size_t errlen);
+
+/* in json.c: JSON documents for the mapping engine */
+extern ShipJson *shipsync_json_parse(const char *text, size_t len,
+									 char *errbuf, size_t errlen);
+extern void shipsync_json_free(ShipJson *doc);
+extern ShipJson *shipsync_json_member_doc(ShipJson *doc, const char *key);
+extern bool shipsync_json_get(ShipJson *doc, const MapPath *path,
+							  MapValue *out);
+extern bool shipsync_json_arg_string(const char *arg, const char *key,
+									 char **out);
+extern bool shipsync_json_arg_lookup(const char *arg, const char *key,
+									 MapValue *out, bool *found);
+
+/* The answer of SF Express to one request (json.c) */
+typedef enum SfClass
+{
+	SF_OK,						/* A1000 and success */
+	SF_DUPLICATE,				/* 8016: the order exists, search it */
+	SF_ALREADY_CANCELLED,		/* 8037: a cancel already done */
+	SF_AUTH,					/* signature or partner: dead, no retry storm */
+	SF_RETRY,					/* busy, system error, unknown gateway code */
+	SF_PERMANENT,				/* the data was refused */
+	SF_NOT_FOUND				/* a search found no order */
+} SfClass;
+
+typedef struct SfResponse
+{
+	SfClass		cls;
+	char	   *code;			/* apiResultCode or errorCode, malloc'd */
+	char	   *message;		/* apiErrorMsg or errorMsg, malloc'd */
+	char	   *order_id;		/* msgData.orderId */
+	char	   *waybill;		/* waybillType 1 (or the first one) */
+	char	   *waybills;		/* waybillNoInfoList as JSON text */
+} SfResponse;
+
+extern bool shipsync_parse_sf_response(const char *body, size_t len,
+									   bool search, SfResponse *out,
+									   char *errbuf, size_t errlen);
+extern bool shipsync_parse_token_response(const char *body, size_t len,
+										  char **token, long *expires_in,
+										  char *errbuf, size_t errlen);
+extern bool shipsync_parse_sf_doc(ShipJson *doc, bool search, SfResponse *out,
+								  char *errbuf, size_t errlen);
+extern void shipsync_free_sf_response(SfResponse *r);
+
+/* A tracking provider's answer to a registration (json.c) */
+typedef enum TrackClass
+{
+	TRACK_OK,					/* registered (or already was) */
+	TRACK_AUTH,					/* credentials refused: dead, ticket */
+	TRACK_RETRY,
+	TRACK_PERMANENT,
+	TRACK_HTTP					/* judge by the HTTP status alone */
+} TrackClass;
+
+extern TrackClass shipsync_parse_tracker_response(const char *dialect,
+												  const char *body, size_t len,
+												  long http_status, char **id,
+												  char **status, char *errbuf,
+												  size_t errlen);
+
+/* in retry.c */
+extern SfClass shipsync_sf_classify(const char *api_code, bool success,
+									const char *error_code, bool search);
+
+/* in sign.c */
+extern char *shipsync_urlencode_java(const char *s);
+extern char *shipsync_urlencode_form(const char *s);
+extern char *shipsync_sf_digest(const char *msg_data, const char *timestamp,
+								const char *checkword);
+extern char *shipsync_sf_form(const char *partner_id, const char *request_id,
+							  const char *service_code, const char *timestamp,
+							  const char *msg_data, const char *checkword);
+extern char *shipsync_md5_upper_hex(const char *s);
 
 /* One tracking event read from a carrier's push or pull (in json.c) */
 typedef struct TrackEvent

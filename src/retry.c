@@ -182,3 +182,69 @@ shipsync_backoff_ms(int attempt, long base_ms, long max_ms, double random01)
 		random01 = 0.5;
 	return (long) (ceiling * random01);
 }
+
+/*
+ * What an SF Express answer means.  The gateway code comes first: A1000 is
+ * "the call reached the service", anything else failed at the gateway:
+ * A1003 (IP not allowed), A1004 (no permission for the service) and A1006
+ * (bad msgDigest) are credentials: dead with a ticket at once, since every
+ * retry would fail the same way; A1001 (missing parameter) and A1002
+ * (timestamp expired: the stored request will not get younger) are
+ * permanent; every other gateway code (A1005 flow control, A1009 service
+ * unreachable, A1099 system error, codes we do not know) is transient.
+ * Inside A1000, errorCode S0000 with success is done; S-codes other than
+ * S0000 are SF's own system errors (S0001 busy): transient; 8016 is a
+ * duplicate orderId (look the order up); 8037 is an order already
+ * cancelled (a cancel is done); any other code is a data error: permanent.
+ * For a search, a data error means "no such order".
+ */
+SfClass
+shipsync_sf_classify(const char *api_code, bool success, const char *error_code,
+					 bool search)
+{
+	if (api_code == NULL)
+		return SF_RETRY;
+	if (strcmp(api_code, "A1000") != 0)
+	{
+		if (strcmp(api_code, "A1003") == 0 || strcmp(api_code, "A1004") == 0 ||
+			strcmp(api_code, "A1006") == 0)
+			return SF_AUTH;
+		if (strcmp(api_code, "A1001") == 0 || strcmp(api_code, "A1002") == 0)
+			return SF_PERMANENT;
+		return SF_RETRY;
+	}
+	if (success && (error_code == NULL || strcmp(error_code, "S0000") == 0))
+		return SF_OK;
+	if (error_code == NULL || error_code[0] == '\0')
+		return SF_RETRY;
+	if (error_code[0] == 'S')
+		return SF_RETRY;		/* S0000 without success: not an answer either */
+	if (strcmp(error_code, "8016") == 0)
+		return search ? SF_PERMANENT : SF_DUPLICATE;
+	if (strcmp(error_code, "8037") == 0)
+		return SF_ALREADY_CANCELLED;
+	return search ? SF_NOT_FOUND : SF_PERMANENT;
+}
+
+/* The error_class recorded in delivery_log for each SfClass */
+const char *
+shipsync_sf_error_class(int cls)
+{
+	switch ((SfClass) cls)
+	{
+		case SF_OK:
+		case SF_ALREADY_CANCELLED:
+			return "ok";
+		case SF_DUPLICATE:
+			return "duplicate_order";
+		case SF_AUTH:
+			return "auth";
+		case SF_RETRY:
+			return "business_retry";
+		case SF_PERMANENT:
+			return "business_error";
+		case SF_NOT_FOUND:
+			return "not_found";
+	}
+	return "business_error";
+}

@@ -2,8 +2,11 @@
  * fuzz_parsers.c
  *		libFuzzer target over the parsers that need no server: carrier
  *		responses (json.c), Retry-After values, decimal amounts and the
- *		backoff arithmetic (retry.c), tracking payloads of every dialect
- *		(json.c) and webhook signatures and form fields (signature.c).
+ *		backoff arithmetic (retry.c), SF Express responses, JSON paths with
+ *		filters, field maps and their transforms (mapping.c), OAuth2 token
+ *		and tracking-registration answers, form encoding and request
+ *		signatures (sign.c), tracking payloads of every dialect (json.c) and
+ *		webhook signatures and form fields (signature.c).
  *
  * The first byte chooses what to feed; the rest is the input.  Built with
  * ASan and UBSan by test/fuzz/Makefile; bin/test runs it for a bounded
@@ -18,6 +21,103 @@
 
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* split s at its first newline: s is the first part, the rest returned */
+static char *
+next_line(char *s)
+{
+	char	   *nl = strchr(s, '\n');
+
+	if (nl == NULL)
+		return NULL;
+	*nl = '\0';
+	return nl + 1;
+}
+
+/* "path\njson": parse the path, read it from the document */
+static void
+fuzz_path(char *s)
+{
+	char	   *doc_text = next_line(s);
+	MapPath		p;
+	MapValue	v;
+	char		err[256];
+	ShipJson   *doc;
+
+	if (!shipsync_path_parse(s, &p, err, sizeof(err)))
+		return;
+	if (doc_text && (doc = shipsync_json_parse(doc_text, strlen(doc_text), err, sizeof(err))) != NULL)
+	{
+		if (shipsync_json_get(doc, &p, &v))
+			shipsync_value_free(&v);
+		shipsync_json_free(doc);
+	}
+	shipsync_path_free(&p);
+}
+
+/* "target\ntransform\narg\nrow": compile a one-rule map and render a row */
+static void
+fuzz_map(char *s)
+{
+	char	   *xf = next_line(s);
+	char	   *arg = xf ? next_line(xf) : NULL;
+	char	   *row = arg ? next_line(arg) : NULL;
+	const char *targets[2] = {s, "b[k=1].c"};
+	const char *sources[2] = {"a", "option:a.b"};
+	const char *xfs[2] = {xf, "trim"};
+	const char *args[2] = {arg, NULL};
+	bool		req[2] = {true, false};
+	char		err[256];
+	ShipMap    *m;
+	MapEnv		env = {0};
+	char	   *out = NULL;
+
+	if (row == NULL)
+		return;
+	m = shipsync_map_compile(2, targets, sources, xfs, args, NULL, req, err, sizeof(err));
+	if (m == NULL)
+		return;
+	env.row = shipsync_json_parse(row, strlen(row), err, sizeof(err));
+	env.options = env.row;
+	env.order_key = "1";
+	if (shipsync_map_render(m, &env, (row[0] & 1) != 0, &out, err, sizeof(err)) == MAP_OK)
+		free(out);
+	if (env.row)
+	{
+		char	  **fields;
+		MapValue   *values;
+		int			n;
+
+		(void) shipsync_map_read(m, env.row, &env, &fields, &values, &n, err, sizeof(err));
+		for (int i = 0; i < n; i++)
+		{
+			free(fields[i]);
+			shipsync_value_free(&values[i]);
+		}
+		free(fields);
+		free(values);
+	}
+	shipsync_json_free(env.row);
+	shipsync_map_free(m);
+}
+
+/* "transform\narg\nvalue": one transform on one string */
+static void
+fuzz_transform(char *s)
+{
+	char	   *arg = next_line(s);
+	char	   *val = arg ? next_line(arg) : NULL;
+	MapValue	in;
+	MapValue	out;
+	char		err[256];
+
+	if (val == NULL)
+		return;
+	in.type = MV_STRING;
+	in.s = val;
+	if (shipsync_map_transform(s, arg, &in, NULL, &out, err, sizeof(err)))
+		shipsync_value_free(&out);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -31,7 +131,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(s, data + 1, size - 1);
 	s[size - 1] = '\0';
 
-	switch (data[0] % 6)
+	switch (data[0] % 11)
 	{
 		case 0:
 		case 1:
@@ -59,16 +159,57 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		case 4:
 			{
+				SfResponse	sr;
+				char	   *tok;
+				long		exp;
+
+				if (shipsync_parse_sf_response(s, size - 1, data[0] & 0x10, &sr, err, sizeof(err)))
+					shipsync_free_sf_response(&sr);
+				if (shipsync_parse_token_response(s, size - 1, &tok, &exp, err, sizeof(err)))
+					free(tok);
+				{
+					static const char *const dialects[] = {"easypost", "aftership", "kuaidi100"};
+					char	   *id,
+							   *st;
+
+					(void) shipsync_parse_tracker_response(dialects[data[0] % 3], s, size - 1,
+														   (data[0] & 0x20) ? 400 : 200,
+														   &id, &st, err, sizeof(err));
+					free(id);
+					free(st);
+				}
+			}
+			break;
+		case 5:
+			fuzz_path(s);
+			break;
+		case 6:
+			fuzz_map(s);
+			break;
+		case 7:
+			{
+				char	   *e = shipsync_urlencode_java(s);
+				char	   *d = shipsync_sf_digest(s, "12312334453453", e);
+
+				free(e);
+				free(d);
+			}
+			break;
+		case 8:
+			fuzz_transform(s);
+			break;
+		case 9:
+			{
 				static const char *const dialects[] = {"generic", "easypost", "aftership",
 				"kuaidi100", "sf_express"};
 				TrackEventList l;
 
-				(void) shipsync_parse_tracking(dialects[(data[0] / 6) % 5], s, size - 1, &l,
+				(void) shipsync_parse_tracking(dialects[(data[0] / 11) % 5], s, size - 1, &l,
 											   err, sizeof(err));
 				shipsync_free_tracking(&l);
 			}
 			break;
-		case 5:
+		case 10:
 			{
 				const char *why;
 				char	   *param = shipsync_form_field(s, size - 1, "param");

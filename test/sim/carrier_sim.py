@@ -18,6 +18,8 @@ Usage:
 """
 
 import argparse
+import hashlib
+import hmac
 import http.client
 import http.server
 import json
@@ -37,6 +39,8 @@ from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pusher                          # tracking timelines and pushes (pusher.py)
+import sf_sim     # the SF Express dialect: /sf/std/service and /_sim/sf/
+import track_sim  # tracking registrations: /v2/trackers, /trackings, /poll
 
 LISTEN_HOST = "127.0.0.1"              # the only address we ever bind
 DEFAULT_OVERSIZED_BYTES = 8 * 1024 * 1024
@@ -536,6 +540,97 @@ def route_carrier(method, path):
     return ("bad_method", sid, ", ".join(sorted(actions)))
 
 
+def kuaidi100_ok(headers, body, credentials):
+    """Kuaidi100-style signed headers: X-Kuaidi100-Sign must be
+    UPPER(MD5(body + key + customer)) for the configured customer."""
+    customer, key = credentials
+    if headers.get("X-Kuaidi100-Customer", "") != customer:
+        return False
+    want = hashlib.md5(body + key.encode("utf-8") + customer.encode("utf-8")).hexdigest().upper()
+    return hmac.compare_digest(headers.get("X-Kuaidi100-Sign", ""), want)
+
+
+class OAuthState:
+    """An OAuth2 client-credentials server (--oauth2 ID:SECRET[:TTL]):
+    POST /oauth/token with HTTP Basic client authentication issues bearer
+    tokens valid TTL seconds; carrier endpoints then need a valid one."""
+
+    def __init__(self, client_id, secret, ttl=3600, delay_ms=0):
+        self.lock = threading.Lock()
+        self.client_id, self.secret, self.ttl = client_id, secret, ttl
+        self.delay_s = delay_ms / 1000.0
+        self.tokens = {}            # token -> expiry (monotonic)
+        self.reject_all = False
+        self.in_progress = 0
+        self.stats = {"token_requests": 0, "tokens_issued": 0, "bad_client": 0,
+                      "rejected_401": 0, "expired_used": 0, "max_concurrent_fetches": 0}
+
+    def issue(self, authorization, body):
+        """Answer a token request: (status, body bytes)."""
+        import base64
+        with self.lock:
+            self.stats["token_requests"] += 1
+            self.in_progress += 1
+            self.stats["max_concurrent_fetches"] = max(self.stats["max_concurrent_fetches"],
+                                                       self.in_progress)
+        try:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            form = parse_qs(body.decode("utf-8", "replace"))
+            try:
+                scheme, _, cred = authorization.partition(" ")
+                user, _, password = base64.b64decode(cred).decode("utf-8").partition(":")
+            except (ValueError, UnicodeDecodeError):
+                scheme, user, password = "", "", ""
+            with self.lock:
+                if scheme.lower() != "basic" or unquote(user.replace("+", " ")) != self.client_id \
+                        or unquote(password.replace("+", " ")) != self.secret:
+                    self.stats["bad_client"] += 1
+                    return 401, dumps({"error": "invalid_client"})
+                if form.get("grant_type") != ["client_credentials"]:
+                    return 400, dumps({"error": "unsupported_grant_type"})
+                token = "tok_%d_%08x" % (self.stats["tokens_issued"] + 1, random.getrandbits(32))
+                self.tokens[token] = time.monotonic() + self.ttl
+                self.stats["tokens_issued"] += 1
+                return 200, dumps({"access_token": token, "token_type": "Bearer",
+                                   "expires_in": self.ttl})
+        finally:
+            with self.lock:
+                self.in_progress -= 1
+
+    def valid(self, authorization):
+        with self.lock:
+            if not authorization.startswith("Bearer "):
+                self.stats["rejected_401"] += 1
+                return False
+            expiry = self.tokens.get(authorization[7:])
+            if expiry is None or self.reject_all:
+                self.stats["rejected_401"] += 1
+                return False
+            if expiry < time.monotonic():
+                self.stats["expired_used"] += 1
+                self.stats["rejected_401"] += 1
+                return False
+            return True
+
+    def handle_sim(self, handler, path, body):
+        if path == "/_sim/oauth/stats" and handler.command == "GET":
+            with self.lock:
+                handler._send(200, dumps(dict(self.stats)))
+        elif path == "/_sim/oauth/revoke" and handler.command == "POST":
+            with self.lock:
+                self.tokens.clear()
+            handler._send(200, dumps({"ok": True}))
+        elif path == "/_sim/oauth/reject" and handler.command == "POST":
+            config = parse_json(body)
+            with self.lock:
+                self.reject_all = bool(config.get("on")) if isinstance(config, dict) else False
+            handler._send(200, dumps({"ok": True}))
+        else:
+            return False
+        return True
+
+
 def oversize_body(body, size):
     """Re-encode a JSON answer padded with a long string field to `size` bytes
     (or unchanged, if it is already at least that large)."""
@@ -692,6 +787,25 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
             self._send(exc.status, error_body(str(exc)), carrier=not is_sim)
             self._log(exc.status)
             return
+        if url.path.startswith("/_sim/sf/") and \
+                sf_sim.handle_sim(self, self.server.sf, url.path, url.query, body):
+            return
+        oauth = self.server.oauth
+        if oauth is not None and url.path.startswith("/_sim/oauth/") and \
+                oauth.handle_sim(self, url.path, body):
+            return
+        if oauth is not None and url.path == "/oauth/token" and self.command == "POST":
+            status, answer = oauth.issue(self.headers.get("Authorization", ""), body)
+            self._send(status, answer)
+            return
+        if url.path == "/sf/std/service":
+            sf_sim.handle_carrier(self, self.server.sf, body)
+            return
+        if url.path.startswith("/_sim/track/") and \
+                track_sim.handle_sim(self, self.server.track, url.path, body):
+            return
+        if track_sim.handle_carrier(self, self.server.track, url.path, body):
+            return
         if is_sim:
             self._handle_sim(url.path, url.query, body)
         else:
@@ -785,6 +899,11 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
                 self.headers.get("Authorization", "") != "Bearer " + srv.token:
             status, answer = 401, error_body("unauthorized")
             headers = [("WWW-Authenticate", "Bearer")]
+        elif srv.kuaidi100 is not None and not kuaidi100_ok(self.headers, body, srv.kuaidi100):
+            status, answer = 401, error_body("bad kuaidi100 sign")
+        elif srv.oauth is not None and not srv.oauth.valid(self.headers.get("Authorization", "")):
+            status, answer = 401, error_body("invalid_token")
+            headers = [("WWW-Authenticate", 'Bearer error="invalid_token"')]
         elif action == "not_found":
             status, answer = 404, error_body("not found")
         elif action == "bad_method":
@@ -843,8 +962,13 @@ class CarrierServer(http.server.ThreadingHTTPServer):
     request_queue_size = 1024      # listen() backlog for bursts of connections
     allow_reuse_address = True
 
-    def __init__(self, state, token=None, latency_ms=0, log_fh=None, port=0):
+    def __init__(self, state, token=None, latency_ms=0, log_fh=None, port=0, kuaidi100=None,
+                 oauth=None):
         self.state = state
+        self.oauth = oauth              # OAuthState or None
+        self.kuaidi100 = kuaidi100      # (customer, key) or None
+        self.sf = sf_sim.SfState(seed=state.seed)
+        self.track = track_sim.TrackState()
         self.token = token
         self.latency_s = max(0.0, latency_ms / 1000.0)
         self.log_fh = log_fh
@@ -899,6 +1023,15 @@ def main(argv=None):
                         help="listen address; only 127.0.0.1 is accepted")
     parser.add_argument("--faults", help='fault rules: JSON {"rules": [...]} or @file')
     parser.add_argument("--token", help="require 'Authorization: Bearer TOKEN'")
+    parser.add_argument("--oauth2", metavar="CLIENT_ID:SECRET[:TTL]",
+                        help="serve POST /oauth/token and require its bearer tokens")
+    parser.add_argument("--oauth2-delay-ms", type=float, default=0,
+                        help="delay of every token answer")
+    parser.add_argument("--easypost", metavar="KEY", help="EasyPost API key for /v2/trackers")
+    parser.add_argument("--aftership", metavar="KEY", help="AfterShip key for /trackings")
+    parser.add_argument("--kuaidi100-key", metavar="KEY", help="Kuaidi100 key for /poll")
+    parser.add_argument("--kuaidi100", metavar="CUSTOMER:KEY",
+                        help="require X-Kuaidi100-Customer and X-Kuaidi100-Sign headers")
     parser.add_argument("--seed", type=int, help="seed for fault rates and tracking numbers")
     parser.add_argument("--latency-ms", type=float, default=0,
                         help="fixed delay added to every carrier request")
@@ -931,13 +1064,25 @@ def main(argv=None):
     state = SimState(args.seed, rules)
     state.tracker = pusher.Tracker(state)
     try:
-        server = CarrierServer(state, token=args.token,
+        kd = tuple(args.kuaidi100.split(":", 1)) if args.kuaidi100 else None
+        if kd is not None and len(kd) != 2:
+            parser.error("--kuaidi100 takes CUSTOMER:KEY")
+        oauth = None
+        if args.oauth2:
+            parts = args.oauth2.split(":")
+            if len(parts) not in (2, 3):
+                parser.error("--oauth2 takes CLIENT_ID:SECRET[:TTL]")
+            oauth = OAuthState(parts[0], parts[1], int(parts[2]) if len(parts) == 3 else 3600,
+                               args.oauth2_delay_ms)
+        server = CarrierServer(state, token=args.token, kuaidi100=kd,
+                               oauth=oauth,
                                latency_ms=args.latency_ms, log_fh=log_fh, port=args.port)
     except OSError as exc:
         print("carrier_sim: cannot listen on %s:%d: %s" % (LISTEN_HOST, args.port, exc),
               file=sys.stderr)
         return 1
     port = server.server_address[1]
+    server.track = track_sim.TrackState(args.easypost, args.aftership, args.kuaidi100_key)
 
     # SIGTERM/SIGINT only set a flag: server.shutdown() must not be called from
     # the thread that runs serve_forever(), so serving happens in a thread.

@@ -18,6 +18,10 @@ $node->safe_psql('postgres',
 ok(wait_until($node, 'SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL'),
 	'orders delivered before the dump');
 
+# a profile of the user's own beside the built-in one
+$node->safe_psql('postgres', q{SELECT shipsync.copy_profile('sf_express', 'sf_mine');
+	UPDATE shipsync.field_map SET transform = 'upper' WHERE profile = 'sf_mine' AND target_path = 'remark'});
+
 my $counts = q{SELECT (SELECT count(*) FROM shipsync.provider) || '/' ||
 	(SELECT count(*) FROM shipsync.binding) || '/' ||
 	(SELECT count(*) FROM shipsync.outbox) || '/' ||
@@ -31,6 +35,12 @@ $node->safe_psql('postgres', 'CREATE DATABASE restored');
 $node->command_ok([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', $dump, 'restored' ],
 	'restore');
 is($node->safe_psql('restored', $counts), $before, 'every shipsync table came back');
+is( $node->safe_psql('restored',
+		q{SELECT count(*) FILTER (WHERE profile = 'sf_express' AND seeded) || '/' ||
+		count(*) FILTER (WHERE profile = 'sf_mine' AND NOT seeded) || '/' ||
+		count(*) FILTER (WHERE profile = 'sf_mine' AND target_path = 'remark' AND transform = 'upper')
+		FROM shipsync.field_map}),
+	'28/28/1', 'field maps: the built-in profile once, the user\'s own profile with its change');
 is( $node->safe_psql('restored',
 		'SELECT count(*) FROM crm.orders o JOIN shipsync.shipment s ON s.order_key = o.id::text'
 		  . ' WHERE s.tracking_number = o.waybill_no'),

@@ -59,6 +59,7 @@ sub start_sim
 	push @cmd, '--faults', encode_json($opt{faults}) if $opt{faults};
 	push @cmd, '--latency-ms', $opt{latency_ms} if $opt{latency_ms};
 	push @cmd, '--seed', ($opt{seed} // 1);
+	push @cmd, @{ $opt{args} } if $opt{args};
 	my $pid = fork();
 	die "fork: $!" unless defined $pid;
 	if ($pid == 0)

@@ -1,0 +1,222 @@
+-- Field maps, the sf_express dialect, validation and render_request().
+CREATE EXTENSION pg_shipsync;
+
+-- the built-in sf_express profile: 26 outbound and 2 inbound rows, all valid
+SELECT profile, direction, count(*), bool_and(seeded) AS seeded
+FROM shipsync.field_map GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT count(*) FILTER (WHERE required) AS required, string_agg(target_path, ', ') FILTER (WHERE required)
+FROM shipsync.field_map WHERE profile = 'sf_express' AND direction = 'out';
+DO $$
+DECLARE r record;
+BEGIN
+	FOR r IN SELECT * FROM shipsync.field_map LOOP
+		PERFORM shipsync._map_check(r.target_path, r.source, r.transform, r.arg::text);
+	END LOOP;
+END $$;
+
+-- built-in rows are read-only; copy the profile to change it
+UPDATE shipsync.field_map SET required = true WHERE profile = 'sf_express' AND target_path = 'remark';
+DELETE FROM shipsync.field_map WHERE profile = 'sf_express';
+SELECT shipsync.copy_profile('sf_express', 'sf_shop');
+SELECT shipsync.copy_profile('sf_express', 'sf_shop');
+SELECT shipsync.copy_profile('nothing', 'sf_other');
+SELECT shipsync.copy_profile('sf_express', 'bad name');
+SELECT count(*), bool_or(seeded) FROM shipsync.field_map WHERE profile = 'sf_shop';
+
+-- every rule is checked when it is written
+INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('t', 'out', 'a..b', 'x');
+INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('t', 'out', 'list[k=1', 'x');
+INSERT INTO shipsync.field_map (profile, direction, target_path, source, transform) VALUES ('t', 'out', 'a', 'x', 'rot13');
+INSERT INTO shipsync.field_map (profile, direction, target_path, source, transform, arg) VALUES ('t', 'out', 'a', 'x', 'lookup', '"no table"');
+INSERT INTO shipsync.field_map (profile, direction, target_path, source, transform, arg) VALUES ('t', 'out', 'a', 'x', 'unit', '{"from": "g", "to": "stone"}');
+INSERT INTO shipsync.field_map (profile, direction, target_path, source, transform, arg) VALUES ('t', 'out', 'a', 'x', 'concat', '{}');
+INSERT INTO shipsync.field_map (profile, direction, target_path, source, transform, arg) VALUES ('t', 'out', 'a', 'x', 'timestamp', '{"tz": "Mars/Olympus_Mons"}');
+INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('t', 'out', 'a', 'meta:nothing');
+\set VERBOSITY terse
+INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('t', 'sideways', 'a', 'x');
+\set VERBOSITY default
+SELECT count(*) FROM shipsync.field_map WHERE profile = 't';
+
+-- providers: the sf_express dialect and its options
+SELECT shipsync.create_provider('sf0', 'sf_express', 'https://sfapi.example/std/service');
+SELECT shipsync.create_provider('sf0', 'sf_express', 'https://sfapi.example/std/service',
+	'{"auth": {"type": "sf_express", "partner_id": "P1"}}');
+SELECT shipsync.create_provider('sf0', 'sf_express', 'https://sfapi.example/std/service',
+	'{"auth": {"type": "sf_express", "partner_id": "P1", "checkword": "c"}, "sender": {"nmae": "x"}}');
+SELECT shipsync.create_provider('sf0', 'sf_express', 'https://sfapi.example/std/service',
+	'{"auth": {"type": "sf_express", "partner_id": "P1", "checkword": "c"}, "sender": "x"}');
+SELECT shipsync.create_provider('g0', 'generic', 'https://api.example',
+	'{"auth": {"type": "sf_express", "partner_id": "P1", "checkword": "c"}}');
+SELECT shipsync.create_provider('g0', 'generic', 'https://api.example', '{"profile": "bad name"}');
+SELECT shipsync.create_provider('g0', 'generic', 'https://api.example', '{"sender": {}}');
+SELECT shipsync.create_provider('g0', 'generic', 'https://api.example', '{"auth": {"type": "oauth3"}}');
+SELECT shipsync.create_provider('g0', 'generic', 'https://api.example',
+	'{"auth": {"type": "oauth2", "token_url": "https://auth.example/token", "client_id": "c"}}');
+SELECT shipsync.create_provider('g0', 'generic', 'https://api.example',
+	'{"auth": {"type": "oauth2", "token_url": "http://auth.example/token", "client_id": "c", "client_secret": "s"}}');
+SELECT shipsync.create_provider('g0', 'generic', 'https://api.example',
+	'{"auth": {"type": "oauth2", "token_url": "https://auth.example/token", "client_id": "c", "client_secret": "s", "scope": ["a"]}}');
+SELECT shipsync.create_provider('oa', 'generic', 'https://api.example',
+	'{"auth": {"type": "oauth2", "token_url": "https://auth.example/token", "client_id": "c", "client_secret": "s", "scope": "ship"}}');
+SELECT shipsync.create_provider('kd', 'generic', 'https://api.example', '{"auth": {"type": "kuaidi100", "customer": "C1", "key": "k"}}');
+SELECT name, auth FROM shipsync.providers WHERE name IN ('oa', 'kd') ORDER BY 1;
+SELECT shipsync._auth_headers_masked(auth) FROM shipsync.provider WHERE name IN ('oa', 'kd') ORDER BY name;
+
+SELECT shipsync.create_provider('sf', 'sf_express', 'https://sfapi.example/std/service', '{
+	"auth": {"type": "sf_express", "partner_id": "SHOP1", "checkword": "fjcg5PGKaNpPSHFAZ4QsCOkV71R3zVci"},
+	"sender": {"name": "张三丰", "phone": "170-0680-5888", "province": "湖北省", "city": "十堰市",
+			   "district": "武当山风景区", "address": "十堰市丹江口市公园路155号"},
+	"monthly_card": "7551234567"}');
+SELECT name, dialect, options->>'monthly_card' AS card FROM shipsync.provider WHERE name = 'sf';
+SELECT name, auth FROM shipsync.providers WHERE name = 'sf';
+
+CREATE SCHEMA mapshop;
+CREATE TABLE mapshop.sf_orders (
+	order_no text PRIMARY KEY,
+	receiver_name text, receiver_phone text, receiver_province text, receiver_city text,
+	receiver_district text, receiver_address text,
+	cargo_name text, quantity integer, weight_kg numeric, amount numeric, remark text,
+	waybill text
+);
+SELECT shipsync.attach('mapshop.sf_orders', 'sf', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+INSERT INTO mapshop.sf_orders VALUES ('QIAO-20200728-002', ' 郭襄阳 ', '+86 189 6382 8829', '湖北省', '襄阳市',
+	'襄城区', '湖北省襄阳市襄城区环城东路122号', '君宝牌地毯', 1, 6.6, 308.0, NULL);
+
+-- a URL decoder for reading form bodies here
+CREATE FUNCTION pg_temp.form_field(body text, name text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	v text := substring(body from '(?:^|&)' || name || '=([^&]*)');
+	b bytea := '';
+	i int := 1;
+BEGIN
+	v := replace(v, '+', ' ');
+	WHILE i <= length(v) LOOP
+		IF substr(v, i, 1) = '%' THEN
+			b := b || decode(substr(v, i + 1, 2), 'hex');
+			i := i + 3;
+		ELSE
+			b := b || convert_to(substr(v, i, 1), 'UTF8');
+			i := i + 1;
+		END IF;
+	END LOOP;
+	RETURN convert_from(b, 'UTF8');
+END $$;
+
+-- the intents, captured (still in the inbox: no dispatcher runs here) or
+-- taken into the outbox
+CREATE TEMP VIEW intents AS
+	SELECT id, binding_id, order_key, op, idempotency_key, state, request_body FROM shipsync.outbox
+	UNION ALL
+	SELECT id, binding_id, order_key, op, idempotency_key, 'pending', NULL FROM shipsync.inbox;
+
+-- render_request: the dry run of the create, never stored
+SELECT r.method, r.url, regexp_replace(r.headers::text, '[0-9a-f-]{36}', '<key>') AS headers,
+	   r.body ~ '^partnerID=SHOP1&requestID=[0-9a-f-]{36}&serviceCode=EXP_RECE_CREATE_ORDER&timestamp=[0-9]{13}&msgData=[^&]+&msgDigest=[A-Za-z0-9%]+$' AS form_shape,
+	   pg_temp.form_field(r.body, 'requestID') = o.idempotency_key::text AS request_id_is_the_key,
+	   jsonb_pretty(pg_temp.form_field(r.body, 'msgData')::jsonb) AS msg_data
+FROM intents o, shipsync.render_request(o.id) r WHERE o.order_key = 'QIAO-20200728-002';
+SELECT request_body IS NULL AS not_stored, state FROM intents WHERE order_key = 'QIAO-20200728-002';
+-- msgData is compact JSON: it is signed as sent
+SELECT pg_temp.form_field(r.body, 'msgData') !~ '\s"' AS compact
+FROM intents o, shipsync.render_request(o.id) r WHERE o.order_key = 'QIAO-20200728-002';
+
+-- an order missing its address: nothing to send, and why
+INSERT INTO mapshop.sf_orders (order_no, receiver_name, weight_kg) VALUES ('N1', '李四', 'NaN');
+SELECT * FROM shipsync.render_request((SELECT id FROM intents WHERE order_key = 'N1'));
+INSERT INTO mapshop.sf_orders (order_no, receiver_name, receiver_address, receiver_phone) VALUES ('N2', '李四', '  ', 'call me');
+SELECT * FROM shipsync.render_request((SELECT id FROM intents WHERE order_key = 'N2'));
+SELECT * FROM shipsync.render_request(-1);
+
+-- validate => reject: the INSERT itself fails, with the fields named
+CREATE TABLE mapshop.sf_strict (LIKE mapshop.sf_orders INCLUDING ALL);
+SELECT shipsync.attach('mapshop.sf_strict', 'sf', options => '{"validate": "sometimes"}');
+SELECT shipsync.attach('mapshop.sf_strict', 'sf', options => '{"validate": "reject"}') > 0 AS attached;
+SELECT tgname FROM pg_trigger WHERE tgrelid = 'mapshop.sf_strict'::regclass ORDER BY 1;
+INSERT INTO mapshop.sf_strict (order_no, receiver_name) VALUES ('R1', '王五');
+INSERT INTO mapshop.sf_strict (order_no, receiver_address, quantity) VALUES ('R2', '北京市朝阳区', 2);
+UPDATE mapshop.sf_strict SET receiver_address = NULL WHERE order_no = 'R2';
+DO $$
+BEGIN
+	INSERT INTO mapshop.sf_strict (order_no, receiver_phone) VALUES ('R3', '12');
+EXCEPTION WHEN OTHERS THEN
+	RAISE NOTICE 'sqlstate %', SQLSTATE;
+END $$;
+SELECT order_key, op FROM intents o JOIN shipsync.binding b USING (binding_id)
+WHERE b.tbl = 'mapshop.sf_strict'::regclass ORDER BY o.id;
+SELECT shipsync.detach('mapshop.sf_strict');
+SELECT count(*) FROM pg_trigger WHERE tgrelid = 'mapshop.sf_strict'::regclass AND tgname LIKE 'shipsync%';
+
+-- the generic dialect: without a map the body is the whole row, unchanged
+SELECT shipsync.create_provider('plain', 'generic', 'https://api.example/v1',
+	'{"auth": {"type": "bearer", "token": "s3cret"}, "headers": {"X-Tenant": "t1"}}');
+CREATE TABLE mapshop.plain (id bigint PRIMARY KEY, customer text, placed_at timestamptz, weight_g integer, phone text, service text);
+SELECT shipsync.attach('mapshop.plain', 'plain') > 0 AS attached;
+INSERT INTO mapshop.plain VALUES (7, '张三', '2026-11-27 08:21:07+00', 1500, '138 0013 8000', 'express');
+SET timezone = 'UTC';
+SELECT r.method, r.url, regexp_replace(r.headers::text, '[0-9a-f-]{36}', '<key>') AS headers, r.body
+FROM intents o, shipsync.render_request(o.id) r
+WHERE o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.plain'::regclass);
+-- byte for byte what version 0.1 sent, whatever the field maps hold
+SELECT r.body = json_build_object('order_ref', '7', 'order', row_to_json(p))::text AS generic_body_unchanged
+FROM mapshop.plain p, intents o, shipsync.render_request(o.id) r
+WHERE o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.plain'::regclass);
+RESET timezone;
+
+-- ... and with profile "shop_json" the same provider's body is mapped
+INSERT INTO shipsync.field_map (profile, direction, position, target_path, source, transform, arg, "default", required) VALUES
+	('shop_json', 'out', 1, 'reference', 'meta:order_key', 'identity', NULL, NULL, true),
+	('shop_json', 'out', 2, 'to.name', 'customer', 'trim', NULL, NULL, true),
+	('shop_json', 'out', 3, 'to.phone', 'phone', 'phone', '{"format": "e164"}', NULL, false),
+	('shop_json', 'out', 4, 'parcel.weight_kg', 'weight_g', 'unit', '{"from": "g", "to": "kg"}', NULL, false),
+	('shop_json', 'out', 5, 'parcel.weight_oz', 'weight_g', 'unit', '{"from": "g", "to": "oz", "scale": 2}', NULL, false),
+	('shop_json', 'out', 6, 'placed_local', 'placed_at', 'timestamp', '{"tz": "Asia/Shanghai", "format": "%Y-%m-%d %H:%M:%S"}', NULL, false),
+	('shop_json', 'out', 7, 'service_code', 'service', 'lookup', '{"express": 1, "standard": 2}', NULL, false),
+	('shop_json', 'out', 8, 'service_name', 'service', 'upper', NULL, NULL, false),
+	('shop_json', 'out', 9, 'note', NULL, 'concat', '{"template": "{customer} / {service}"}', NULL, false),
+	('shop_json', 'out', 10, 'channel', 'const:crm', 'identity', NULL, NULL, false),
+	('shop_json', 'out', 11, 'labels[kind=zh].text', 'const:顺丰标快', 'identity', NULL, NULL, false),
+	('shop_json', 'out', 12, 'insured', 'insured', 'default', '"no"', NULL, false);
+SELECT shipsync.create_provider('mapped', 'generic', 'https://api.example/v1',
+	'{"profile": "shop_json", "auth": {"type": "api_key", "header": "X-Api-Key", "key": "k3y"}}');
+CREATE TABLE mapshop.mapped (LIKE mapshop.plain INCLUDING ALL);
+SELECT shipsync.attach('mapshop.mapped', 'mapped') > 0 AS attached;
+INSERT INTO mapshop.mapped VALUES (8, ' 张三 ', '2026-11-27 20:21:07+00', 1500, '138 0013 8000', 'express');
+SELECT r.method, r.url, regexp_replace(r.headers::text, '[0-9a-f-]{36}', '<key>') AS headers, jsonb_pretty(r.body::jsonb) AS body
+FROM intents o, shipsync.render_request(o.id) r WHERE o.order_key = '8'
+AND o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.mapped'::regclass);
+SELECT r.body FROM intents o, shipsync.render_request(o.id) r WHERE o.order_key = '8'
+AND o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.mapped'::regclass);
+
+-- a changed mapping applies to the next render, and lookups refuse what they do not know
+UPDATE shipsync.field_map SET target_path = 'recipient.name' WHERE profile = 'shop_json' AND target_path = 'to.name';
+INSERT INTO mapshop.mapped VALUES (9, '李四', NULL, NULL, NULL, 'overnight');
+SELECT r.* FROM intents o, shipsync.render_request(o.id) r WHERE o.order_key = '9'
+AND o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.mapped'::regclass);
+UPDATE mapshop.mapped SET service = 'standard' WHERE id = 9;
+SELECT r.body FROM intents o, shipsync.render_request(o.id) r WHERE o.order_key = '9' AND o.op = 'create'
+AND o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.mapped'::regclass);
+
+-- two rules that collide make a map error, which names the rule
+INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('shop_json', 'out', 'channel.name', 'const:x');
+SELECT r.* FROM intents o, shipsync.render_request(o.id) r WHERE o.order_key = '9' AND o.op = 'create'
+AND o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.mapped'::regclass);
+
+-- tracking dialects: their auth, their options, and tracking_provider
+SELECT shipsync.create_provider('ep', 'easypost', 'https://api.easypost.example',
+	'{"auth": {"type": "bearer", "token": "t"}}');
+SELECT shipsync.create_provider('as', 'aftership', 'https://api.aftership.example',
+	'{"auth": {"type": "api_key", "header": "X-Key", "key": "k"}}');
+SELECT shipsync.create_provider('kd100', 'kuaidi100', 'https://poll.kuaidi100.example',
+	'{"auth": {"type": "kuaidi100", "customer": "C", "key": "k"}, "company": "shunfeng"}');
+SELECT shipsync.create_provider('ep', 'easypost', 'https://api.easypost.example',
+	'{"carrier": "SFExpress", "auth": {"type": "basic", "username": "EZTK"}}');
+SELECT shipsync.create_provider('kd100', 'kuaidi100', 'https://poll.kuaidi100.example',
+	'{"auth": {"type": "kuaidi100", "customer": "C", "key": "k"}, "company": "shunfeng",
+	  "callback_url": "https://shop.example/hooks/kd", "webhook_secret": "s"}');
+CREATE TABLE mapshop.tracked (id bigint PRIMARY KEY, waybill text);
+SELECT shipsync.attach('mapshop.tracked', 'ep');
+SELECT shipsync.attach('mapshop.tracked', 'plain', options => '{"tracking_provider": "nobody"}');
+SELECT shipsync.attach('mapshop.tracked', 'plain', options => '{"tracking_provider": "mapped"}');
+SELECT shipsync.attach('mapshop.tracked', 'plain', options => '{"tracking_provider": "kd100"}') > 0 AS attached;
+
+DROP EXTENSION pg_shipsync CASCADE;

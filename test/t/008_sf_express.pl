@@ -1,0 +1,263 @@
+# End to end with the sf_express dialect against the simulator's SF gateway.
+#
+# Proves, with a real dispatcher and test/sim/sf_sim.py checking every
+# msgDigest as SF does:
+#   1. the happy path through the built-in sf_express profile: signed form,
+#      msgData with the sender from provider options and the receiver from
+#      the row, every waybill kept, the main one written back;
+#   2. a wrong check word: A1006, dead at once with an auth ticket, no retries;
+#   3. S0001 (busy) inside a 200: retried, then delivered;
+#   4. a reply lost after SF created the order: the retry gets 8016, the
+#      order is looked up with EXP_RECE_SEARCH_ORDER_RESP, its waybill is
+#      taken, and SF holds one order;
+#   5. a data error inside a 200: dead with a ticket, no retry;
+#   6. a required mapped field missing: invalid, a ticket, nothing sent;
+#   7. cancel: EXP_RECE_UPDATE_ORDER dealType 2, and 8037 (already
+#      cancelled) is a success;
+#   8. a changed field map applies to the next order, without a restart;
+#   9. apiResultData as a JSON string and as an object both work.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use Encode qw(encode_utf8 decode_utf8);
+use HTTP::Tiny;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ShipsyncTest;
+
+my $sim = start_sim();
+END { local $?; stop_sim($sim) if $sim; }
+my $node = shipsync_node('sf_express');
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sub sf_get
+{
+	my ($path) = @_;
+	return sim_get($sim, "/_sim/sf/$path");
+}
+
+sub sf_rules
+{
+	my (@rules) = @_;
+	sim_post($sim, '/_sim/sf/faults', { rules => [@rules] });
+}
+
+my $checkword = 'fjcg5PGKaNpPSHFAZ4QsCOkV71R3zVci';
+my $sf_url = "$sim->{url}/sf/std/service";
+my $common = '"timeout_ms": 2000, "backoff_base_ms": 50, "backoff_max_ms": 300, "max_attempts": 6';
+sql(qq{
+	CREATE EXTENSION pg_shipsync;
+	SELECT shipsync.create_provider('sf', 'sf_express', '$sf_url', '{$common,
+		"auth": {"type": "sf_express", "partner_id": "SHOP1", "checkword": "$checkword"},
+		"sender": {"name": "张三丰", "phone": "+86 170 0680 5888", "province": "湖北省",
+				   "city": "十堰市", "district": "武当山风景区", "address": "十堰市丹江口市公园路155号"},
+		"monthly_card": "7551234567"}');
+	CREATE TABLE orders (
+		order_no text PRIMARY KEY,
+		receiver_name text, receiver_phone text, receiver_province text, receiver_city text,
+		receiver_district text, receiver_address text,
+		cargo_name text, quantity integer, weight_kg numeric, amount numeric, remark text,
+		waybill text, ship_status text);
+	SELECT shipsync.attach('orders', 'sf',
+		writeback => '{"tracking_number": "waybill", "status": "ship_status"}');
+});
+
+sub insert_order
+{
+	my ($no, %f) = @_;
+	my $addr = exists $f{address} ? $f{address} : "湖北省襄阳市襄城区环城东路${no}号";
+	my $q = defined $addr ? "'$addr'" : 'NULL';
+	my $remark = $f{remark} // '';
+	sql(qq{INSERT INTO orders (order_no, receiver_name, receiver_phone, receiver_province,
+		receiver_city, receiver_district, receiver_address, cargo_name, quantity, weight_kg, amount, remark)
+		VALUES ('$no', '郭襄阳', '189 6382 8829', '湖北省', '襄阳市', '襄城区', $q,
+				'君宝牌地毯', 1, 6.6, 308, '$remark')});
+}
+
+sub intent { return sql("SELECT state || '|' || attempts || '|' || coalesce(error_class, '') FROM shipsync.outbox WHERE order_key = '$_[0]' ORDER BY id DESC LIMIT 1"); }
+
+sub wait_state
+{
+	my ($no, $states, $timeout) = @_;
+	return wait_until($node,
+		"SELECT state IN ($states) FROM shipsync.outbox WHERE order_key = '$no' ORDER BY id DESC LIMIT 1",
+		$timeout // 30);
+}
+
+my $pid0 = sql("SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_shipsync dispatcher'");
+
+###########################################################################
+# 1. happy path
+###########################################################################
+for my $i (1 .. 10) { insert_order(sprintf('SO-%03d', $i)); }
+ok(wait_until($node, "SELECT count(*) = 10 FROM orders WHERE waybill IS NOT NULL", 30),
+	'happy: ten orders got their SF waybill');
+my $st = sf_get('stats');
+is($st->{orders_created}, 10, 'happy: SF holds ten orders');
+is($st->{bad_signature}, 0, 'happy: every msgDigest checked out');
+is(sql("SELECT count(*) FROM orders WHERE waybill ~ '^SF[0-9]{13}\$'"), 10,
+	'happy: waybills written back');
+is( sql(qq{SELECT count(*) FROM shipsync.outbox WHERE state = 'done' AND attempts = 1}),
+	10, 'happy: one attempt each');
+my $rec = sf_get('orders?orderId=SO-001')->[0];
+my $msg = $rec->{msgData};
+my ($recv) = grep { $_->{contactType} == 2 } @{ $msg->{contactInfoList} };
+my ($send) = grep { $_->{contactType} == 1 } @{ $msg->{contactInfoList} };
+is(encode_utf8($recv->{address}) . '|' . $recv->{mobile} . '|' . encode_utf8($recv->{contact}),
+	'湖北省襄阳市襄城区环城东路SO-001号|18963828829|郭襄阳',
+	'happy: the receiver comes from the row, phone normalised, Chinese intact');
+is(encode_utf8($send->{contact}) . '|' . $send->{mobile}, '张三丰|17006805888',
+	'happy: the sender comes from provider option "sender"');
+is($msg->{orderId} . '|' . $msg->{monthlyCard} . '|' . $msg->{cargoDetails}[0]{weight} . '|' . $msg->{payMethod},
+	'SO-001|7551234567|6.6|1', 'happy: orderId is the order key; card, weight and pay method mapped');
+is(sql("SELECT request_body ~ ('requestID=' || idempotency_key || '&') FROM shipsync.outbox WHERE order_key = 'SO-001'"),
+	't', 'happy: the requestID is the intent\'s idempotency key');
+is( sql(qq{SELECT s.tracking_number = '$rec->{waybill}' AND s.provider_shipment_id = 'SO-001'
+		AND s.waybills = '[{"waybillNo": "$rec->{waybill}", "waybillType": 1}]'::jsonb
+		FROM shipsync.shipment s WHERE s.order_key = 'SO-001'}),
+	't', 'happy: the shipment keeps SF\'s waybill list; the order id is the shipment id');
+ok($st->{result_as_string} > 0 && $st->{result_as_object} > 0,
+	'apiResultData as a JSON string and as an object were both read');
+
+###########################################################################
+# 2. wrong check word: A1006, dead at once, auth ticket
+###########################################################################
+sql(qq{SELECT shipsync.create_provider('sf_bad', 'sf_express', '$sf_url', '{$common,
+		"auth": {"type": "sf_express", "partner_id": "SHOP1", "checkword": "wrong-checkword"}}');
+	CREATE TABLE orders_bad (LIKE orders INCLUDING ALL);
+	SELECT shipsync.attach('orders_bad', 'sf_bad');
+	INSERT INTO orders_bad (order_no, receiver_address) VALUES ('BAD-1', '北京市'), ('BAD-2', '上海市');});
+ok(wait_state('BAD-1', "'dead'") && wait_state('BAD-2', "'dead'"), 'bad checkword: intents dead');
+is(intent('BAD-1'), 'dead|1|auth', 'bad checkword: one attempt, error class auth');
+is(sql("SELECT count(*) FROM shipsync.exception_ticket WHERE kind = 'auth_failed' AND order_key IN ('BAD-1', 'BAD-2')"),
+	2, 'bad checkword: an auth_failed ticket each');
+like(sql("SELECT last_error FROM shipsync.outbox WHERE order_key = 'BAD-1'"), qr/A1006.*not retried/,
+	'bad checkword: the error says A1006 and that it is not retried');
+is(sf_get('stats')->{bad_signature}, 2, 'bad checkword: SF saw two requests, no retry storm');
+
+###########################################################################
+# 3. busy (S0001 inside a 200): retried, then delivered
+###########################################################################
+sf_rules({ fault => 'busy', count => 2, match_order_id => '^BUSY-1$' });
+insert_order('BUSY-1');
+ok(wait_state('BUSY-1', "'done'"), 'busy: delivered in the end');
+is(intent('BUSY-1'), 'done|3|', 'busy: after two busy answers, the third attempt');
+is( sql(qq{SELECT string_agg(coalesce(error_class, 'ok'), ',' ORDER BY attempt) FROM shipsync.delivery_log
+		WHERE outbox_id = (SELECT id FROM shipsync.outbox WHERE order_key = 'BUSY-1')}),
+	'business_retry,business_retry,ok', 'busy: logged as business_retry');
+
+###########################################################################
+# 4. lost reply: 8016 on the retry, looked up, one order at SF
+###########################################################################
+sf_rules({ fault => 'lost_reply', count => 1, match_order_id => '^LOST-1$', service => 'EXP_RECE_CREATE_ORDER' });
+insert_order('LOST-1');
+ok(wait_state('LOST-1', "'done'"), 'lost reply: delivered');
+my $lost = sf_get('orders?orderId=LOST-1');
+is(scalar(@$lost), 1, 'lost reply: SF holds exactly one order');
+is(sql("SELECT waybill FROM orders WHERE order_no = 'LOST-1'"), $lost->[0]{waybill},
+	'lost reply: the waybill found by the search is written back');
+$st = sf_get('stats');
+is($st->{duplicates_8016} . '|' . $st->{searches}, '1|1', 'lost reply: one 8016 and one search');
+is( sql(qq{SELECT string_agg(coalesce(error_class, 'ok'), ',' ORDER BY attempt) FROM shipsync.delivery_log
+		WHERE outbox_id = (SELECT id FROM shipsync.outbox WHERE order_key = 'LOST-1')}),
+	'connection_lost,duplicate_resolved', 'lost reply: in doubt, then resolved by the search');
+
+# a search that finds nothing means the create may be sent again
+sf_rules({ fault => 'data_error', count => 1, code => '8016', match_order_id => '^GHOST-1$',
+		service => 'EXP_RECE_CREATE_ORDER' });
+insert_order('GHOST-1');
+ok(wait_state('GHOST-1', "'done'"), 'phantom 8016: delivered');
+is( sql(qq{SELECT string_agg(coalesce(error_class, 'ok'), ',' ORDER BY attempt) FROM shipsync.delivery_log
+		WHERE outbox_id = (SELECT id FROM shipsync.outbox WHERE order_key = 'GHOST-1')}),
+	'not_found,ok', 'phantom 8016: the search found nothing, the create was sent again');
+is(scalar(@{ sf_get('orders?orderId=GHOST-1') }), 1, 'phantom 8016: one order at SF');
+
+###########################################################################
+# 5. a data error inside a 200: permanent
+###########################################################################
+sf_rules({ fault => 'data_error', code => '1011', match_order_id => '^DATA-1$' });
+insert_order('DATA-1');
+ok(wait_state('DATA-1', "'dead'"), 'data error: dead');
+is(intent('DATA-1'), 'dead|1|business_error', 'data error: not retried');
+is(sql("SELECT count(*) FROM shipsync.exception_ticket WHERE order_key = 'DATA-1' AND kind = 'dead_intent'"),
+	1, 'data error: a ticket');
+# and the gateway's own failure is retried
+sf_rules({ fault => 'gateway_error', count => 1, code => 'A1099', match_order_id => '^GW-1$' });
+insert_order('GW-1');
+ok(wait_state('GW-1', "'done'"), 'gateway A1099: retried and delivered');
+is(intent('GW-1'), 'done|2|', 'gateway A1099: the second attempt');
+
+###########################################################################
+# 6. required mapped field missing: invalid, ticket, nothing sent
+###########################################################################
+sf_rules();
+my $before = sf_get('stats')->{requests};
+insert_order('INV-1', address => undef);
+ok(wait_state('INV-1', "'invalid'"), 'invalid: the intent is invalid');
+like(sql("SELECT last_error FROM shipsync.outbox WHERE order_key = 'INV-1'"),
+	qr/contactInfoList\[contactType=2\]\.address \(missing\)/, 'invalid: last_error names the field');
+is(sql("SELECT error_class || '|' || attempts FROM shipsync.outbox WHERE order_key = 'INV-1'"),
+	'invalid_order|0', 'invalid: never attempted');
+is(sql("SELECT count(*) FROM shipsync.exception_ticket WHERE order_key = 'INV-1' AND kind = 'invalid_order'"),
+	1, 'invalid: one ticket');
+insert_order('SO-AFTER');
+ok(wait_state('SO-AFTER', "'done'"), 'invalid: a later order still goes');
+is(sf_get('stats')->{requests} - $before, 1, 'invalid: nothing was sent for it');
+is(scalar(@{ sf_get('orders?orderId=INV-1') }), 0, 'invalid: SF never heard of it');
+# fixed and retried, it goes
+sql("UPDATE orders SET receiver_address = '北京市海淀区' WHERE order_no = 'INV-1'");
+sql("SELECT shipsync.retry(id) FROM shipsync.outbox WHERE order_key = 'INV-1' AND state = 'invalid'");
+ok(wait_until($node, "SELECT waybill IS NOT NULL FROM orders WHERE order_no = 'INV-1'", 30),
+	'invalid: fixed and retried, it is shipped');
+
+###########################################################################
+# 7. cancel: dealType 2; 8037 is a success
+###########################################################################
+sql("DELETE FROM orders WHERE order_no = 'SO-002'");
+ok(wait_until($node, "SELECT status = 'cancelled' FROM shipsync.shipment WHERE order_key = 'SO-002'", 30),
+	'cancel: the shipment is cancelled');
+ok(sf_get('orders?orderId=SO-002')->[0]{cancelled}, 'cancel: SF cancelled the order');
+sim_post($sim, '/_sim/sf/cancel?orderId=SO-003');
+sql("DELETE FROM orders WHERE order_no = 'SO-003'");
+ok(wait_until($node, "SELECT status = 'cancelled' FROM shipsync.shipment WHERE order_key = 'SO-003'", 30),
+	'8037: already cancelled at SF counts as cancelled');
+is(intent('SO-003'), 'done|1|already_cancelled', '8037: done in one attempt');
+# an update of an order SF has: finished with the reason
+sql("UPDATE orders SET remark = 'ring twice' WHERE order_no = 'SO-004'");
+ok(wait_until($node, "SELECT count(*) = 0 FROM shipsync.outbox WHERE order_key = 'SO-004' AND state IN ('pending', 'retrying', 'in_flight')", 30),
+	'update: settled');
+like(sql("SELECT last_error FROM shipsync.outbox WHERE order_key = 'SO-004' AND op = 'update'"),
+	qr/cannot change an order/, 'update: SF has no order update, and the intent says so');
+
+###########################################################################
+# 8. a changed field map applies to the next order, without a restart
+###########################################################################
+sql(q{SELECT shipsync.copy_profile('sf_express', 'sf_shop');
+	UPDATE shipsync.provider SET options = options || '{"profile": "sf_shop"}' WHERE name = 'sf';
+	SELECT shipsync._wake(true);});
+insert_order('MAP-1', remark => 'leave at door');
+ok(wait_state('MAP-1', "'done'"), 'map: delivered with the copied profile');
+is(sf_get('orders?orderId=MAP-1')->[0]{msgData}{remark}, 'leave at door', 'map: remark as is');
+sql(q{UPDATE shipsync.field_map SET transform = 'upper' WHERE profile = 'sf_shop' AND target_path = 'remark';
+	INSERT INTO shipsync.field_map (profile, direction, position, target_path, source)
+	VALUES ('sf_shop', 'out', 30, 'customsInfo.note', 'const:见备注');});
+insert_order('MAP-2', remark => 'leave at door');
+ok(wait_state('MAP-2', "'done'"), 'map: the next order delivered');
+my $m2 = sf_get('orders?orderId=MAP-2')->[0]{msgData};
+is($m2->{remark} . '|' . encode_utf8($m2->{customsInfo}{note}), 'LEAVE AT DOOR|见备注',
+	'map: the changed and the added rule apply to the next order');
+is(sql("SELECT pid FROM pg_stat_activity WHERE application_name = 'pg_shipsync dispatcher'"), $pid0,
+	'map: the same dispatcher, no restart');
+
+# render_request shows the stored request, and secrets never
+my $rr = sql("SELECT method || ' ' || url || ' ' || array_to_string(headers, ';') FROM shipsync.render_request((SELECT id FROM shipsync.outbox WHERE order_key = 'MAP-2'))");
+like($rr, qr{^POST \Q$sf_url\E .*Content-Type: application/x-www-form-urlencoded}, 'render_request: the stored SF request');
+unlike(sql("SELECT string_agg(r.body || array_to_string(r.headers, ''), '') FROM shipsync.outbox o, shipsync.render_request(o.id) r WHERE o.state = 'done' AND o.op = 'create'"),
+	qr/\Q$checkword\E/, 'render_request: the check word appears nowhere');
+
+$node->stop;
+done_testing();

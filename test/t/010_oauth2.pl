@@ -1,0 +1,110 @@
+# OAuth2 client credentials for the generic dialect, end to end.
+#
+# The simulator runs an OAuth2 token endpoint (--oauth2 ID:SECRET:TTL) whose
+# tokens live 4 s, answers each token request after 300 ms, and refuses
+# carrier requests without a valid token.  Proves:
+#   1. one token is fetched and shared by every request of the provider;
+#   2. it is refreshed before it expires: no request carries an expired one;
+#   3. tokens revoked at the carrier: the 401s cause one refresh, one at a
+#      time, and every order is delivered;
+#   4. a carrier that refuses even the fresh token: dead with an auth ticket
+#      after one refresh, no storm;
+#   5. wrong client credentials: no token, nothing sent, intents wait.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(sleep);
+use JSON::PP;
+use ShipsyncTest;
+
+my $sim = start_sim(args => [ '--oauth2', 'shop-client:s3cr3t/+=:4', '--oauth2-delay-ms', '300' ]);
+END { local $?; stop_sim($sim) if $sim; }
+my $node = shipsync_node('oauth2');
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+sub oauth { return sim_get($sim, '/_sim/oauth/stats'); }
+
+my $common = '"timeout_ms": 3000, "backoff_base_ms": 50, "backoff_max_ms": 400, "max_attempts": 5';
+sql(qq{
+	CREATE EXTENSION pg_shipsync;
+	SELECT shipsync.create_provider('oa', 'generic', '$sim->{url}', '{$common,
+		"auth": {"type": "oauth2", "token_url": "$sim->{url}/oauth/token",
+				 "client_id": "shop-client", "client_secret": "s3cr3t/+=", "scope": "shipments"}}');
+	CREATE TABLE orders (id bigint PRIMARY KEY, customer text, waybill_no text);
+	SELECT shipsync.attach('orders', 'oa', writeback => '{"tracking_number": "waybill_no"}');
+});
+
+sub deliver
+{
+	my ($lo, $hi) = @_;
+	sql("INSERT INTO orders SELECT g, 'c' || g FROM generate_series($lo, $hi) g");
+	return wait_until($node,
+		"SELECT count(*) = 0 FROM orders WHERE id BETWEEN $lo AND $hi AND waybill_no IS NULL", 30);
+}
+
+# 1. one token for all
+ok(deliver(1, 100), 'a hundred orders delivered with OAuth2');
+my $st = oauth();
+is($st->{tokens_issued}, 1, 'one token fetched, shared by every request');
+is($st->{max_concurrent_fetches}, 1, 'one fetch at a time');
+is($st->{rejected_401}, 0, 'no request went without a valid token');
+
+# 2. refreshed before expiry (4 s tokens: refreshed from 3.6 s on)
+sleep(3.7);
+ok(deliver(101, 110), 'orders near the end of the token\'s life delivered');
+# the refresh runs beside the requests, which keep the old token meanwhile
+for (1 .. 50) { last if oauth()->{tokens_issued} >= 2; sleep(0.1); }
+$st = oauth();
+is($st->{tokens_issued}, 2, 'the token was refreshed before it expired');
+is($st->{expired_used} . '|' . $st->{rejected_401}, '0|0', 'no request carried an expired token');
+
+# 3. revoked at the carrier: refreshed once on the 401s
+sim_post($sim, '/_sim/oauth/revoke');
+ok(deliver(111, 160), 'after the carrier revoked the token, fifty orders delivered');
+$st = oauth();
+is($st->{tokens_issued}, 3, 'one new token for all the refused requests');
+is($st->{max_concurrent_fetches}, 1, 'still one fetch at a time');
+ok($st->{rejected_401} >= 1, 'the carrier refused the old token');
+is( sql(q{SELECT count(*) FROM shipsync.delivery_log WHERE error_class = 'auth_refresh'}),
+	$st->{rejected_401}, 'each refusal logged as auth_refresh and sent again');
+is(sql(q{SELECT count(*) FROM shipsync.outbox WHERE state = 'dead'}), 0, 'nothing dead');
+
+# 4. the carrier refuses even a fresh token: one refresh, then dead
+sim_post($sim, '/_sim/oauth/reject', { on => JSON::PP::true });
+my $before = oauth()->{tokens_issued};
+sql("INSERT INTO orders VALUES (161, 'x')");
+ok(wait_until($node, "SELECT state = 'dead' FROM shipsync.outbox WHERE order_key = '161'", 30),
+	'refused after the refresh: dead');
+is(sql("SELECT error_class || '|' || attempts FROM shipsync.outbox WHERE order_key = '161'"),
+	'auth|2', 'two attempts: the first token, then the refreshed one');
+is(sql("SELECT count(*) FROM shipsync.exception_ticket WHERE order_key = '161' AND kind = 'auth_failed'"),
+	1, 'an auth_failed ticket');
+is(oauth()->{tokens_issued} - $before, 1, 'one refresh, no storm');
+sim_post($sim, '/_sim/oauth/reject', { on => JSON::PP::false });
+
+# 5. wrong client secret: no token, nothing sent, intents wait
+my $requests = sim_get($sim, '/_sim/stats')->{requests};
+sql(qq{SELECT shipsync.create_provider('oa_bad', 'generic', '$sim->{url}', '{$common,
+		"auth": {"type": "oauth2", "token_url": "$sim->{url}/oauth/token",
+				 "client_id": "shop-client", "client_secret": "wrong"}}');
+	CREATE TABLE orders_bad (LIKE orders INCLUDING ALL);
+	SELECT shipsync.attach('orders_bad', 'oa_bad', writeback => '{"tracking_number": "waybill_no"}');
+	INSERT INTO orders_bad VALUES (500, 'y');});
+sleep(1.5);
+is(sql("SELECT state || '|' || attempts FROM shipsync.outbox WHERE order_key = '500'"),
+	'pending|0', 'wrong credentials: the intent waits, never attempted');
+ok(oauth()->{bad_client} >= 1, 'the token endpoint refused the client');
+is(sim_get($sim, '/_sim/stats')->{requests}, $requests, 'nothing was sent to the carrier');
+ok($node->log_contains('could not get an OAuth2 token for provider "oa_bad"'),
+	'the server log says why');
+
+# render_request masks the token
+like(sql("SELECT array_to_string(headers, ';') FROM shipsync.render_request((SELECT id FROM shipsync.outbox WHERE order_key = '1'))"),
+	qr/Authorization: Bearer \*{8}/, 'render_request masks the bearer token');
+
+$node->stop;
+done_testing();

@@ -1,0 +1,135 @@
+# Tracking dialects: every new waybill registered at the binding's
+# tracking_provider, end to end.
+#
+# One simulator plays the shipping carrier (generic) and the three tracking
+# providers, checking their credentials as they would (EasyPost Basic with
+# the API key, AfterShip as-api-key, the Kuaidi100 key inside param).
+# Proves, for easypost, aftership and kuaidi100:
+#   1. each new waybill becomes a registration intent at the tracking
+#      provider, delivered, and recorded as that provider's shipment;
+#   2. a waybill already registered there (EasyPost's same tracker,
+#      AfterShip 4003, Kuaidi100 501) is a success;
+#   3. refused credentials: dead with an auth ticket, not retried, and the
+#      shipping side goes on;
+#   4. a transient error is retried;
+#   5. the Kuaidi100 key is never stored in the outbox.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use JSON::PP;
+use ShipsyncTest;
+
+my $sim = start_sim(args => [ '--easypost', 'EZTK-test-key', '--aftership', 'as-key-1',
+		'--kuaidi100-key', 'kd-key-1' ]);
+END { local $?; stop_sim($sim) if $sim; }
+my $node = shipsync_node('tracking');
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+sub tstats { return sim_get($sim, '/_sim/track/stats'); }
+
+my $u = $sim->{url};
+my $common = '"timeout_ms": 2000, "backoff_base_ms": 50, "backoff_max_ms": 300, "max_attempts": 5';
+sql(qq{
+	CREATE EXTENSION pg_shipsync;
+	SELECT shipsync.create_provider('ship', 'generic', '$u', '{$common}');
+	SELECT shipsync.create_provider('ep', 'easypost', '$u', '{$common, "carrier": "SFExpress",
+		"auth": {"type": "basic", "username": "EZTK-test-key"}}');
+	SELECT shipsync.create_provider('as', 'aftership', '$u', '{$common, "slug": "sf-express",
+		"auth": {"type": "api_key", "header": "as-api-key", "key": "as-key-1"}}');
+	SELECT shipsync.create_provider('kd', 'kuaidi100', '$u', '{$common, "company": "shunfeng",
+		"callback_url": "https://shop.example/hooks/kuaidi100", "webhook_secret": "s4lt",
+		"auth": {"type": "kuaidi100", "customer": "CUST1", "key": "kd-key-1"}}');
+	SELECT shipsync.create_provider('ep_bad', 'easypost', '$u', '{$common,
+		"auth": {"type": "basic", "username": "wrong-key"}}');
+});
+for my $t (qw(ep as kd ep_bad))
+{
+	sql(qq{CREATE TABLE o_$t (id bigint PRIMARY KEY, customer text, waybill_no text);
+		SELECT shipsync.attach('o_$t', 'ship', writeback => '{"tracking_number": "waybill_no"}',
+			options => '{"tracking_provider": "$t"}');});
+}
+
+sub registered
+{
+	my ($t, $n) = @_;
+	return wait_until($node,
+		qq{SELECT count(*) = $n FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+		   WHERE p.name = '$t' AND o.op = 'register' AND o.state = 'done'}, 30);
+}
+
+# 1. registrations
+for my $t (qw(ep as kd))
+{
+	sql("INSERT INTO o_$t SELECT g, 'c' || g FROM generate_series(1, 5) g");
+}
+for my $t (qw(ep as kd))
+{
+	ok(registered($t, 5), "$t: five waybills registered");
+	is( sql(qq{SELECT count(*) FROM shipsync.shipment s JOIN shipsync.provider p USING (provider_id)
+			JOIN o_$t o ON o.id::text = s.order_key
+			WHERE p.name = '$t' AND s.tracking_number = o.waybill_no}),
+		5, "$t: recorded as the tracking provider's shipments, on the shipped waybills");
+}
+my $st = tstats();
+is(join('|', map { $st->{registered}{$_} } qw(easypost aftership kuaidi100)), '5|5|5',
+	'each tracking provider holds five registrations');
+my $regs = sim_get($sim, '/_sim/track/registrations');
+my ($kdr) = grep { $_->{dialect} eq 'kuaidi100' } @$regs;
+my ($epr) = grep { $_->{dialect} eq 'easypost' } @$regs;
+my ($asr) = grep { $_->{dialect} eq 'aftership' } @$regs;
+is($kdr->{carrier} . '|' . $kdr->{callbackurl}, 'shunfeng|https://shop.example/hooks/kuaidi100',
+	'kuaidi100: company and callback url subscribed');
+is($epr->{carrier} . '|' . $asr->{carrier}, 'SFExpress|sf-express', 'easypost carrier, aftership slug');
+like(sql(q{SELECT string_agg(provider_shipment_id, ',') FROM shipsync.shipment s
+	JOIN shipsync.provider p USING (provider_id) WHERE p.name = 'ep'}), qr/^trk_/,
+	'easypost: the tracker id is kept');
+is( sql(q{SELECT count(*) FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'kd' AND o.request_body LIKE '%kd-key-1%'}),
+	0, 'kuaidi100: the key is not stored in the outbox');
+like( sql(q{SELECT r.body FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id),
+		shipsync.render_request(o.id) r WHERE p.name = 'kd' LIMIT 1}),
+	qr/^schema=json&param=.*__SHIPSYNC_KUAIDI100_KEY__/, 'render_request shows the placeholder, not the key');
+
+# 2. already registered is a success
+sql(q{UPDATE shipsync.outbox SET state = 'retrying', attempts = 0, next_attempt_at = now()
+	WHERE op = 'register' AND provider_id IN (SELECT provider_id FROM shipsync.provider WHERE name IN ('ep', 'as', 'kd'))
+	AND order_key = '1'; SELECT shipsync._wake(false);});
+ok(wait_until($node, q{SELECT count(*) = 3 FROM shipsync.outbox WHERE op = 'register' AND order_key = '1' AND state = 'done'
+	AND provider_id IN (SELECT provider_id FROM shipsync.provider WHERE name IN ('ep', 'as', 'kd'))}, 30),
+	'registering again: done');
+$st = tstats();
+is(join('|', map { $st->{duplicates}{$_} // 0 } qw(easypost aftership kuaidi100)), '1|1|1',
+	'the providers saw the duplicates (same tracker, 4003, 501)');
+is( sql(q{SELECT string_agg(coalesce(error_class, 'ok'), ',' ORDER BY provider_id) FROM shipsync.outbox
+		WHERE op = 'register' AND order_key = '1'
+		AND provider_id IN (SELECT provider_id FROM shipsync.provider WHERE name IN ('ep', 'as', 'kd'))}),
+	'ok,already_registered,already_registered', 'EasyPost returns its tracker; 4003 and 501 say already registered');
+
+# 3. refused credentials
+sql("INSERT INTO o_ep_bad VALUES (100, 'x')");
+ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM o_ep_bad WHERE id = 100", 30),
+	'bad tracking key: the shipment itself is made');
+ok( wait_until($node, q{SELECT state = 'dead' FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'ep_bad' AND o.op = 'register'}, 30), 'bad tracking key: the registration is dead');
+is( sql(q{SELECT error_class || '|' || attempts FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'ep_bad'}), 'auth|1', 'bad tracking key: auth, one attempt');
+is( sql(q{SELECT count(*) FROM shipsync.exception_ticket t JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'ep_bad' AND t.kind = 'auth_failed'}), 1, 'bad tracking key: an auth_failed ticket');
+
+# 4. transient errors are retried
+sim_post($sim, '/_sim/track/faults', { rules => [
+	{ dialect => 'kuaidi100', status => 200, count => 1,
+	  body => { result => JSON::PP::false, returnCode => '500', message => '服务器错误' } },
+	{ dialect => 'aftership', status => 503, count => 1 } ] });
+sql("INSERT INTO o_kd VALUES (6, 'c6'); INSERT INTO o_as VALUES (6, 'c6');");
+ok(registered('kd', 6) && registered('as', 6), 'after a 500 inside a 200 and a 503: registered');
+is( sql(q{SELECT string_agg(p.name || ':' || o.attempts, ',' ORDER BY p.name) FROM shipsync.outbox o
+		JOIN shipsync.provider p USING (provider_id) WHERE o.op = 'register' AND o.order_key = '6'}),
+	'as:2,kd:2', 'each on its second attempt');
+
+$node->stop;
+done_testing();

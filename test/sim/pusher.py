@@ -213,7 +213,7 @@ class Tracker:
             self.cond.notify_all()
         return {"clock": self.clock, "queued": pushed}
 
-    def flush(self, timeout=120):
+    def flush(self, timeout=280):
         """Queue what was delayed, and wait until everything was sent."""
         with self.lock:
             self.queue.extend(self.held)

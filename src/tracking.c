@@ -43,6 +43,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/fmgrprotos.h"
 #include "utils/builtins.h"
@@ -855,6 +856,9 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 {
 	TriggerData *td = (TriggerData *) fcinfo->context;
 	static SPIPlanPtr probe_plan = NULL;
+	static SPIPlanPtr any_plan = NULL;
+	/* this transaction found nothing parked at all: skip the other rows */
+	static LocalTransactionId none_parked_in = InvalidLocalTransactionId;
 	HeapTuple	tup;
 	TupleDesc	desc;
 	Datum		args[2];
@@ -868,11 +872,28 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 	desc = td->tg_relation->rd_att;
 	args[0] = SPI_getbinval(tup, desc, SPI_fnumber(desc, "provider_id"), &isnull1);
 	args[1] = SPI_getbinval(tup, desc, SPI_fnumber(desc, "tracking_number"), &isnull2);
-	if (isnull1 || isnull2)
+	if (isnull1 || isnull2 || none_parked_in == MyProc->lxid)
 		return PointerGetDatum(NULL);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+
+	/*
+	 * The dispatcher records shipments by the thousand, and parked events
+	 * are rare: one look per transaction at whether there are any.  (What
+	 * another transaction parks meanwhile is matched by the next push or
+	 * poll of its provider, which looks for parked events first.)
+	 */
+	if (any_plan == NULL)
+		any_plan = tracking_prepare("SELECT 1 FROM shipsync.unmatched_event LIMIT 1", 0, NULL);
+	if (SPI_execute_plan(any_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "looking for parked tracking events failed");
+	if (SPI_processed == 0)
+	{
+		none_parked_in = MyProc->lxid;
+		SPI_finish();
+		return PointerGetDatum(NULL);
+	}
 	if (probe_plan == NULL)
 	{
 		Oid			t[2] = {INT4OID, TEXTOID};

@@ -88,9 +88,10 @@ sim_post(
 # events that happened so far.
 sub agree
 {
-	my ($label) = @_;
+	my ($label, $norders) = @_;
+	$norders //= $NORDERS;
 	my $expected = sim_get($sim, '/_sim/tracking/expected');
-	is(scalar(keys %$expected), $NORDERS, "$label: the simulator tracks every shipment");
+	is(scalar(keys %$expected), $norders, "$label: the simulator tracks every shipment");
 	my $values = join(
 		",\n",
 		map {
@@ -122,7 +123,7 @@ sub agree
 			'postgres',
 			q{SELECT count(*) FROM expected x JOIN shipsync.shipment s ON s.order_key = x.order_key
 			  WHERE s.status = coalesce(x.status, 'pre_transit') AND s.tracking_number = x.tracking_number}),
-		$NORDERS,
+		$norders,
 		"$label: every shipment has it too");
 	note "$label: statuses held: "
 	  . $node->safe_psql(
@@ -189,7 +190,32 @@ like(
 is($node->safe_psql('postgres', "SELECT count(*) FROM shipsync.outbox WHERE op <> 'create'"),
 	'0', 'status write-backs enqueued nothing');
 
-# 4. NOTIFY: a change is announced with the order, both statuses, the waybill
+# 4. a push channel that goes quiet: every push is lost and half of the
+# polls fail, and 30 more orders are still tracked to the end by the poller
+my $before = decode_json(HTTP::Tiny->new->get("http://127.0.0.1:$rport/counts")->{content});
+sim_post($sim, '/_sim/faults',
+	{ rules => [ { fault => 'status', status => 503, method => 'GET', path => '/events$', rate => 0.5 } ] });
+sim_post($sim, '/_sim/tracking/config',
+	{ url => "http://127.0.0.1:$rport/webhook", dialect => 'generic', secret => $SECRET,
+	  seed => 8, drop => 1 });
+$node->safe_psql('postgres',
+	"INSERT INTO crm.orders (customer) SELECT 'quiet ' || g FROM generate_series(1, 30) g");
+ok(wait_until($node, 'SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL', 60),
+	'30 more orders shipped');
+for (1 .. 9)
+{
+	sim_post($sim, '/_sim/tracking/advance', { steps => 1 });
+	flush_pushes($sim);
+}
+agree('with the push channel quiet', $NORDERS + 30);
+my $after = decode_json(HTTP::Tiny->new->get("http://127.0.0.1:$rport/counts")->{content});
+is_deeply($after, $before, 'no push reached the endpoint meanwhile');
+like(
+	PostgreSQL::Test::Utils::slurp_file($node->logfile),
+	qr/LOG:  pg_shipsync: \d+ of \d+ tracking polls of provider "sim" failed or were not applied in the last round\n.*DETAIL:  The first: GET http:\S+\/events: HTTP 503/,
+	'failed polls are summed up once per round');
+
+# 5. NOTIFY: a change is announced with the order, both statuses, the waybill
 my ($key, $tn) = split(/\|/,
 	$node->safe_psql('postgres',
 		q{SELECT o.id, o.waybill_no FROM crm.orders o JOIN expected x ON x.order_key = o.id::text
@@ -210,7 +236,7 @@ like($out, qr/Asynchronous notification "shipsync" with payload "\{"event": "sta
 is($node->safe_psql('postgres', "SELECT ship_status FROM crm.orders WHERE id = $key"),
 	'delivered', 'and written onto the order row in the same transaction');
 
-# 5. trace() shows the order's tracking events in time order
+# 6. trace() shows the order's tracking events in time order
 is( $node->safe_psql(
 		'postgres', qq{SELECT count(*) FROM shipsync.trace('crm.orders', '$key') WHERE kind = 'tracking'}),
 	$node->safe_psql('postgres', "SELECT events + 1 FROM expected WHERE order_key = '$key'"),

@@ -4,9 +4,10 @@
 # SF Express (unsigned route pushes, authenticated by the endpoint).  For
 # each, 40 orders are shipped at a simulator of their own, registered with
 # a tracking provider of that dialect, and tracked to the end while pushes
-# are duplicated, reordered and forged: every push the endpoint passes on
+# are duplicated, reordered, delayed and forged: every push the endpoint passes on
 # is read, no forged event is stored, and every order ends with the status
-# its dialect's status_map gives for the simulator's last event.
+# its dialect's status_map gives for the simulator's last event.  10% of
+# the pushes are also delayed to the next step of the clock.
 use strict;
 use warnings;
 use utf8;
@@ -121,6 +122,7 @@ for my $dialect (qw(easypost aftership kuaidi100 sf_express))
 			seed => 11,
 			duplicate => 0.2,
 			reorder => 0.2,
+			delay => 0.1,
 			forge => 0.1
 		});
 	for (1 .. 9)

@@ -401,7 +401,6 @@ batch_from_list(TrackProvider *p, TrackEventList *l)
 	EventBatch *b = palloc0(sizeof(EventBatch));
 	int			n = l->n;
 	char	  **times = palloc0(sizeof(char *) * Max(n, 1));
-	bool		dummy;
 
 	b->n = n;
 	b->keys = palloc(sizeof(Datum) * Max(n, 1));
@@ -415,22 +414,28 @@ batch_from_list(TrackProvider *p, TrackEventList *l)
 	b->ndetails = palloc(sizeof(bool) * Max(n, 1));
 	b->nlocs = palloc(sizeof(bool) * Max(n, 1));
 	b->ndescrs = palloc(sizeof(bool) * Max(n, 1));
-	for (int i = 0; i < n; i++)
+	PG_TRY();
 	{
-		TrackEvent *e = &l->ev[i];
+		for (int i = 0; i < n; i++)
+		{
+			TrackEvent *e = &l->ev[i];
 
-		b->keys[i] = CStringGetTextDatum(e->key);
-		b->tns[i] = CStringGetTextDatum(e->tracking_number);
-		b->raws[i] = text_or_null(e->raw_status, &b->nraws[i]);
-		b->details[i] = text_or_null(e->raw_detail, &b->ndetails[i]);
-		b->locs[i] = text_or_null(e->location, &b->nlocs[i]);
-		b->descrs[i] = text_or_null(e->description, &b->ndescrs[i]);
-		times[i] = e->occurred_at ? pstrdup(e->occurred_at) : NULL;
+			b->keys[i] = CStringGetTextDatum(e->key);
+			b->tns[i] = CStringGetTextDatum(e->tracking_number);
+			b->raws[i] = text_or_null(e->raw_status, &b->nraws[i]);
+			b->details[i] = text_or_null(e->raw_detail, &b->ndetails[i]);
+			b->locs[i] = text_or_null(e->location, &b->nlocs[i]);
+			b->descrs[i] = text_or_null(e->description, &b->ndescrs[i]);
+			times[i] = e->occurred_at ? pstrdup(e->occurred_at) : NULL;
+		}
 	}
-	shipsync_free_tracking(l);
+	PG_FINALLY();
+	{
+		shipsync_free_tracking(l);
+	}
+	PG_END_TRY();
 	for (int i = 0; i < n; i++)
 		b->ats[i] = event_time(p, times[i], i);
-	(void) dummy;
 	return b;
 }
 
@@ -571,7 +576,6 @@ static void
 tracking_apply_batch(TrackProvider *p, EventBatch *b, TrackSummary *sum)
 {
 	Datum		params[10];
-	bool		pnulls[10] = {false};
 	int			dims[1] = {b->n};
 	int			lbs[1] = {1};
 	SPITupleTable *tt;
@@ -604,7 +608,6 @@ tracking_apply_batch(TrackProvider *p, EventBatch *b, TrackSummary *sum)
 										   sizeof(TimestampTz), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	params[8] = text_array(b->locs, b->nlocs, b->n);
 	params[9] = text_array(b->descrs, b->ndescrs, b->n);
-	(void) pnulls;
 
 	if (SPI_execute_plan(apply_plan, params, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "storing tracking events failed");
@@ -740,13 +743,20 @@ shipsync_ingest_tracking(PG_FUNCTION_ARGS)
 	if (strcmp(p->dialect, "kuaidi100") == 0)
 	{
 		/* form fields, malloc'd by signature.c: copied out at once */
-		char	   *mp = shipsync_form_field(body, len, "param");
-		char	   *ms = shipsync_form_field(body, len, "sign");
+		char	   *volatile mp = shipsync_form_field(body, len, "param");
+		char	   *volatile ms = shipsync_form_field(body, len, "sign");
 
-		param = mp ? pstrdup(mp) : NULL;
-		sign = ms ? pstrdup(ms) : NULL;
-		free(mp);
-		free(ms);
+		PG_TRY();
+		{
+			param = mp ? pstrdup(mp) : NULL;
+			sign = ms ? pstrdup(ms) : NULL;
+		}
+		PG_FINALLY();
+		{
+			free(mp);
+			free(ms);
+		}
+		PG_END_TRY();
 	}
 	verify_push(p, headers, body, len, param, sign);
 

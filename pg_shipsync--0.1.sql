@@ -378,49 +378,6 @@ END
 $$;
 REVOKE ALL ON FUNCTION @extschema@._check_url(text) FROM PUBLIC;
 
--- Tracking options of create_provider(): checks those given, returns their
--- names.  Secrets are never echoed in a message.
-CREATE FUNCTION @extschema@._check_tracking_options(options jsonb, dialect text)
-RETURNS text[]
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	k text;
-BEGIN
-	FOREACH k IN ARRAY ARRAY['webhook_secret', 'previous_webhook_secret', 'profile', 'timezone'] LOOP
-		IF options ? k AND (jsonb_typeof(options->k) <> 'string' OR options->>k = '') THEN
-			RAISE EXCEPTION 'option "%" must be a non-empty string', k
-				USING ERRCODE = 'invalid_parameter_value',
-					  HINT = CASE WHEN k LIKE '%secret' THEN 'Give the secret the provider signs its pushes with.'
-								  ELSE 'Give a string.' END;
-		END IF;
-	END LOOP;
-	IF dialect = 'generic' AND options ? 'webhook_secret'
-	   AND (options->>'webhook_secret') !~ '^(whsec_)?[A-Za-z0-9+/]+={0,2}$' THEN
-		RAISE EXCEPTION 'option "webhook_secret" of a generic provider is not a Standard Webhooks secret'
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'A Standard Webhooks secret is whsec_ followed by the base64 of the key.',
-				  HINT = 'For example whsec_ || encode(gen_random_bytes(32), ''base64'').';
-	END IF;
-	IF options ? 'accept_unsigned_pushes' AND jsonb_typeof(options->'accept_unsigned_pushes') <> 'boolean' THEN
-		RAISE EXCEPTION 'option "accept_unsigned_pushes" must be true or false'
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Only sf_express pushes are unsigned; the endpoint must then authenticate them itself.';
-	END IF;
-	IF options ? 'timezone' AND NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = options->>'timezone') THEN
-		RAISE EXCEPTION 'unknown time zone "%"', options->>'timezone'
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Give a name from pg_timezone_names, for example Asia/Shanghai.';
-	END IF;
-	PERFORM @extschema@._int_option(options, 'poll_interval_s', 0, 0, 86400);
-	PERFORM @extschema@._int_option(options, 'unmatched_ttl_s', 604800, 1, 31536000);
-	RETURN ARRAY['webhook_secret', 'previous_webhook_secret', 'accept_unsigned_pushes',
-				 'poll_interval_s', 'unmatched_ttl_s', 'profile', 'timezone'];
-END
-$$;
-REVOKE ALL ON FUNCTION @extschema@._check_tracking_options(jsonb, text) FROM PUBLIC;
-
 ------------------------------------------------------------------------------
 -- Public API: providers
 ------------------------------------------------------------------------------
@@ -979,6 +936,50 @@ SELECT @extschema@._wake(true);
 -- event key) and folded in event-time order into the shipment's status,
 -- which is written back onto the order row (src/tracking.c).
 ------------------------------------------------------------------------------
+
+-- Tracking options of create_provider(): checks those given, returns their
+-- names.  Called at run time, so it may live here, after create_provider.
+-- Secrets are never echoed in a message.
+CREATE FUNCTION @extschema@._check_tracking_options(options jsonb, dialect text)
+RETURNS text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text;
+BEGIN
+	FOREACH k IN ARRAY ARRAY['webhook_secret', 'previous_webhook_secret', 'profile', 'timezone'] LOOP
+		IF options ? k AND (jsonb_typeof(options->k) <> 'string' OR options->>k = '') THEN
+			RAISE EXCEPTION 'option "%" must be a non-empty string', k
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = CASE WHEN k LIKE '%secret' THEN 'Give the secret the provider signs its pushes with.'
+								  ELSE 'Give a string.' END;
+		END IF;
+	END LOOP;
+	IF dialect = 'generic' AND options ? 'webhook_secret'
+	   AND (options->>'webhook_secret') !~ '^(whsec_)?[A-Za-z0-9+/]+={0,2}$' THEN
+		RAISE EXCEPTION 'option "webhook_secret" of a generic provider is not a Standard Webhooks secret'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A Standard Webhooks secret is whsec_ followed by the base64 of the key.',
+				  HINT = 'Give the secret exactly as the carrier issued it, for example whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.';
+	END IF;
+	IF options ? 'accept_unsigned_pushes' AND jsonb_typeof(options->'accept_unsigned_pushes') <> 'boolean' THEN
+		RAISE EXCEPTION 'option "accept_unsigned_pushes" must be true or false'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Only sf_express pushes are unsigned; the endpoint must then authenticate them itself.';
+	END IF;
+	IF options ? 'timezone' AND NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = options->>'timezone') THEN
+		RAISE EXCEPTION 'unknown time zone "%"', options->>'timezone'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Give a name from pg_timezone_names, for example Asia/Shanghai.';
+	END IF;
+	PERFORM @extschema@._int_option(options, 'poll_interval_s', 0, 0, 86400);
+	PERFORM @extschema@._int_option(options, 'unmatched_ttl_s', 604800, 1, 31536000);
+	RETURN ARRAY['webhook_secret', 'previous_webhook_secret', 'accept_unsigned_pushes',
+				 'poll_interval_s', 'unmatched_ttl_s', 'profile', 'timezone'];
+END
+$$;
+REVOKE ALL ON FUNCTION @extschema@._check_tracking_options(jsonb, text) FROM PUBLIC;
 
 CREATE TABLE @extschema@.canonical_status (
 	name			text PRIMARY KEY,

@@ -14,11 +14,13 @@
  *	2. the payload is exploded into single events (json.c) and copied out
  *	   of json-c's malloc'd memory at once, so no error can leak it;
  *	3. event times are read, zone-less ones in the provider's time zone;
- *	4. shipsync._apply_tracking() stores the batch set-based: it locks the
- *	   shipments concerned (concurrent pushes for one shipment serialise),
- *	   moves parked events whose shipment appeared, inserts events ON
- *	   CONFLICT DO NOTHING (deduplication on provider and event key), parks
- *	   those of unknown tracking numbers, and folds each touched shipment's
+ *	4. shipsync._apply_tracking() stores the batch set-based: it takes an
+ *	   advisory lock per tracking number (concurrent pushes for one
+ *	   shipment serialise), moves parked events whose shipment appeared,
+ *	   inserts events ON CONFLICT DO NOTHING (deduplication on provider and
+ *	   event key), parks those of unknown tracking numbers, and, in a later
+ *	   statement (a snapshot taken after the locks), folds each touched
+ *	   shipment's
  *	   whole history in event-time order (the aggregate _status_fold over
  *	   canonical_status: rank up, recoverable, expired, terminal), so that
  *	   the result does not depend on the order of arrival;
@@ -29,7 +31,13 @@
  *
  * ingest_tracking() runs as the extension's owner (SECURITY DEFINER): it
  * reads the provider's secrets, which the caller cannot.  Secrets are never
- * put in a message.
+ * put in a message.  The same steps 3 to 5 serve the poller
+ * (tracking_apply_pulled) and the matching of parked events when their
+ * shipment is recorded (the deferred trigger shipsync._match_parked).
+ *
+ * Saved plans (the provider lookup, _apply_tracking, each binding's
+ * write-back) live for the session; the plan cache replans them when the
+ * objects they use change.
  *
  *-------------------------------------------------------------------------
  */

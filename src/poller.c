@@ -17,7 +17,8 @@
  * An answer is applied like a push (tracking.c): events deduplicated,
  * statuses folded, written back and notified.  Each answer is applied in
  * its own subtransaction, so that one malformed answer or one failing
- * write-back costs only itself (a WARNING names provider and shipment).
+ * write-back costs only itself; failures are summed up in one LOG line per
+ * provider and round (the first one quoted), not one line per shipment.
  *
  * State: the round of each provider (its cursor, when the next one is
  * due) lives in this process only; after a restart a new round starts at
@@ -61,6 +62,9 @@ typedef struct PollProvider
 	TimestampTz next_round;
 	int32		cursor_binding;
 	char	   *cursor_key;		/* in poll_cxt; NULL at the start of a round */
+	int			answered;		/* polls finished since the last round ended */
+	int			failed;			/* of which failed or were not applied */
+	char	   *first_error;	/* in poll_cxt: the first of those failures */
 } PollProvider;
 
 /* One poll in flight: its own memory context holds all of it */
@@ -154,6 +158,9 @@ poller_load_config(TimestampTz now)
 															   (int64) ps[i].interval_s * 1000));
 			ps[i].cursor_binding = was->cursor_binding;
 			ps[i].cursor_key = was->cursor_key ? pstrdup(was->cursor_key) : NULL;
+			ps[i].answered = was->answered;
+			ps[i].failed = was->failed;
+			ps[i].first_error = was->first_error ? pstrdup(was->first_error) : NULL;
 		}
 		else
 			ps[i].next_round = now;
@@ -266,6 +273,16 @@ poller_next_batch(HttpClient *client, Provider *p, PollProvider *pp, int n,
 		p->tokens -= got;
 	if (got < n)
 	{
+		/* one line per round, not one per shipment, when a carrier fails */
+		if (pp->failed > 0)
+			ereport(LOG,
+					(errmsg("pg_shipsync: %d of %d tracking polls of provider \"%s\" failed or were not applied in the last round",
+							pp->failed, pp->answered, p->name),
+					 errdetail("The first: %s", pp->first_error)));
+		pp->answered = pp->failed = 0;
+		if (pp->first_error)
+			pfree(pp->first_error);
+		pp->first_error = NULL;
 		pp->in_round = false;
 		pp->next_round = TimestampTzPlusMilliseconds(pp->round_started,
 													 (int64) pp->interval_s * 1000);
@@ -341,8 +358,30 @@ poller_take(HttpTransfer *t)
 }
 
 /*
+ * Count a finished poll for its provider's round summary; with an error,
+ * count it as failed (the first error of the round is kept).
+ */
+static void
+poller_count(PollFlight *f, const char *error)
+{
+	PollProvider *pp = find_polled(f->provider_id);
+
+	if (pp == NULL)
+		return;
+	if (error == NULL)
+	{
+		pp->answered++;
+		return;
+	}
+	pp->failed++;
+	if (pp->first_error == NULL)
+		pp->first_error = MemoryContextStrdup(poll_cxt, error);
+}
+
+/*
  * Apply the polls that finished: one transaction, one subtransaction per
- * answer (one open at a time).
+ * answer (one open at a time).  Failures are counted, and summed up in one
+ * LOG line when the provider's round ends.
  */
 void
 poller_apply(void)
@@ -362,14 +401,13 @@ poller_apply(void)
 	{
 		HttpTransfer *t = &f->xfer;
 
+		poller_count(f, NULL);
 		if (t->curl_code != CURLE_OK || t->http_status < 200 || t->http_status >= 300)
 		{
-			ereport(LOG,
-					(errmsg("pg_shipsync: polling tracking of shipment %s at provider \"%s\" failed: %s",
-							f->shipment_id, f->provider_name,
-							t->curl_code != CURLE_OK ?
-							(t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code)) :
-							psprintf("HTTP %ld", t->http_status))));
+			poller_count(f, psprintf("GET %s: %s", t->url,
+									 t->curl_code != CURLE_OK ?
+									 (t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code)) :
+									 psprintf("HTTP %ld", t->http_status)));
 			continue;
 		}
 		BeginInternalSubTransaction(NULL);
@@ -392,10 +430,8 @@ poller_apply(void)
 			RollbackAndReleaseCurrentSubTransaction();
 			MemoryContextSwitchTo(cxt);
 			CurrentResourceOwner = owner;
-			ereport(WARNING,
-					(errcode(edata->sqlerrcode),
-					 errmsg("pg_shipsync: tracking polled for shipment %s at provider \"%s\" was not applied: %s",
-							f->shipment_id, f->provider_name, edata->message)));
+			poller_count(f, psprintf("the tracking of shipment %s was not applied: %s",
+									 f->shipment_id, edata->message));
 			FreeErrorData(edata);
 		}
 		PG_END_TRY();

@@ -14,11 +14,13 @@
  *	2. the payload is exploded into single events (json.c) and copied out
  *	   of json-c's malloc'd memory at once, so no error can leak it;
  *	3. event times are read, zone-less ones in the provider's time zone;
- *	4. shipsync._apply_tracking() stores the batch set-based: it locks the
- *	   shipments concerned (concurrent pushes for one shipment serialise),
- *	   moves parked events whose shipment appeared, inserts events ON
- *	   CONFLICT DO NOTHING (deduplication on provider and event key), parks
- *	   those of unknown tracking numbers, and folds each touched shipment's
+ *	4. shipsync._apply_tracking() stores the batch set-based: it takes an
+ *	   advisory lock per tracking number (concurrent pushes for one
+ *	   shipment serialise), moves parked events whose shipment appeared,
+ *	   inserts events ON CONFLICT DO NOTHING (deduplication on provider and
+ *	   event key), parks those of unknown tracking numbers, and, in a later
+ *	   statement (a snapshot taken after the locks), folds each touched
+ *	   shipment's
  *	   whole history in event-time order (the aggregate _status_fold over
  *	   canonical_status: rank up, recoverable, expired, terminal), so that
  *	   the result does not depend on the order of arrival;
@@ -29,7 +31,13 @@
  *
  * ingest_tracking() runs as the extension's owner (SECURITY DEFINER): it
  * reads the provider's secrets, which the caller cannot.  Secrets are never
- * put in a message.
+ * put in a message.  The same steps 3 to 5 serve the poller
+ * (tracking_apply_pulled) and the matching of parked events when their
+ * shipment is recorded (the deferred trigger shipsync._match_parked).
+ *
+ * Saved plans (the provider lookup, _apply_tracking, each binding's
+ * write-back) live for the session; the plan cache replans them when the
+ * objects they use change.
  *
  *-------------------------------------------------------------------------
  */
@@ -43,6 +51,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/fmgrprotos.h"
 #include "utils/builtins.h"
@@ -400,7 +409,6 @@ batch_from_list(TrackProvider *p, TrackEventList *l)
 	EventBatch *b = palloc0(sizeof(EventBatch));
 	int			n = l->n;
 	char	  **times = palloc0(sizeof(char *) * Max(n, 1));
-	bool		dummy;
 
 	b->n = n;
 	b->keys = palloc(sizeof(Datum) * Max(n, 1));
@@ -414,22 +422,28 @@ batch_from_list(TrackProvider *p, TrackEventList *l)
 	b->ndetails = palloc(sizeof(bool) * Max(n, 1));
 	b->nlocs = palloc(sizeof(bool) * Max(n, 1));
 	b->ndescrs = palloc(sizeof(bool) * Max(n, 1));
-	for (int i = 0; i < n; i++)
+	PG_TRY();
 	{
-		TrackEvent *e = &l->ev[i];
+		for (int i = 0; i < n; i++)
+		{
+			TrackEvent *e = &l->ev[i];
 
-		b->keys[i] = CStringGetTextDatum(e->key);
-		b->tns[i] = CStringGetTextDatum(e->tracking_number);
-		b->raws[i] = text_or_null(e->raw_status, &b->nraws[i]);
-		b->details[i] = text_or_null(e->raw_detail, &b->ndetails[i]);
-		b->locs[i] = text_or_null(e->location, &b->nlocs[i]);
-		b->descrs[i] = text_or_null(e->description, &b->ndescrs[i]);
-		times[i] = e->occurred_at ? pstrdup(e->occurred_at) : NULL;
+			b->keys[i] = CStringGetTextDatum(e->key);
+			b->tns[i] = CStringGetTextDatum(e->tracking_number);
+			b->raws[i] = text_or_null(e->raw_status, &b->nraws[i]);
+			b->details[i] = text_or_null(e->raw_detail, &b->ndetails[i]);
+			b->locs[i] = text_or_null(e->location, &b->nlocs[i]);
+			b->descrs[i] = text_or_null(e->description, &b->ndescrs[i]);
+			times[i] = e->occurred_at ? pstrdup(e->occurred_at) : NULL;
+		}
 	}
-	shipsync_free_tracking(l);
+	PG_FINALLY();
+	{
+		shipsync_free_tracking(l);
+	}
+	PG_END_TRY();
 	for (int i = 0; i < n; i++)
 		b->ats[i] = event_time(p, times[i], i);
-	(void) dummy;
 	return b;
 }
 
@@ -570,7 +584,6 @@ static void
 tracking_apply_batch(TrackProvider *p, EventBatch *b, TrackSummary *sum)
 {
 	Datum		params[10];
-	bool		pnulls[10] = {false};
 	int			dims[1] = {b->n};
 	int			lbs[1] = {1};
 	SPITupleTable *tt;
@@ -603,7 +616,6 @@ tracking_apply_batch(TrackProvider *p, EventBatch *b, TrackSummary *sum)
 										   sizeof(TimestampTz), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	params[8] = text_array(b->locs, b->nlocs, b->n);
 	params[9] = text_array(b->descrs, b->ndescrs, b->n);
-	(void) pnulls;
 
 	if (SPI_execute_plan(apply_plan, params, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "storing tracking events failed");
@@ -739,13 +751,20 @@ shipsync_ingest_tracking(PG_FUNCTION_ARGS)
 	if (strcmp(p->dialect, "kuaidi100") == 0)
 	{
 		/* form fields, malloc'd by signature.c: copied out at once */
-		char	   *mp = shipsync_form_field(body, len, "param");
-		char	   *ms = shipsync_form_field(body, len, "sign");
+		char	   *volatile mp = shipsync_form_field(body, len, "param");
+		char	   *volatile ms = shipsync_form_field(body, len, "sign");
 
-		param = mp ? pstrdup(mp) : NULL;
-		sign = ms ? pstrdup(ms) : NULL;
-		free(mp);
-		free(ms);
+		PG_TRY();
+		{
+			param = mp ? pstrdup(mp) : NULL;
+			sign = ms ? pstrdup(ms) : NULL;
+		}
+		PG_FINALLY();
+		{
+			free(mp);
+			free(ms);
+		}
+		PG_END_TRY();
 	}
 	verify_push(p, headers, body, len, param, sign);
 
@@ -855,6 +874,9 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 {
 	TriggerData *td = (TriggerData *) fcinfo->context;
 	static SPIPlanPtr probe_plan = NULL;
+	static SPIPlanPtr any_plan = NULL;
+	/* this transaction found nothing parked at all: skip the other rows */
+	static LocalTransactionId none_parked_in = InvalidLocalTransactionId;
 	HeapTuple	tup;
 	TupleDesc	desc;
 	Datum		args[2];
@@ -868,11 +890,28 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 	desc = td->tg_relation->rd_att;
 	args[0] = SPI_getbinval(tup, desc, SPI_fnumber(desc, "provider_id"), &isnull1);
 	args[1] = SPI_getbinval(tup, desc, SPI_fnumber(desc, "tracking_number"), &isnull2);
-	if (isnull1 || isnull2)
+	if (isnull1 || isnull2 || none_parked_in == MyProc->lxid)
 		return PointerGetDatum(NULL);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+
+	/*
+	 * The dispatcher records shipments by the thousand, and parked events
+	 * are rare: one look per transaction at whether there are any.  (What
+	 * another transaction parks meanwhile is matched by the next push or
+	 * poll of its provider, which looks for parked events first.)
+	 */
+	if (any_plan == NULL)
+		any_plan = tracking_prepare("SELECT 1 FROM shipsync.unmatched_event LIMIT 1", 0, NULL);
+	if (SPI_execute_plan(any_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "looking for parked tracking events failed");
+	if (SPI_processed == 0)
+	{
+		none_parked_in = MyProc->lxid;
+		SPI_finish();
+		return PointerGetDatum(NULL);
+	}
 	if (probe_plan == NULL)
 	{
 		Oid			t[2] = {INT4OID, TEXTOID};

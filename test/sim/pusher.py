@@ -174,9 +174,11 @@ class Tracker:
             for rec in recs:
                 if rec["id"] not in self.timelines and rec["status"] != "cancelled":
                     self.timelines[rec["id"]] = (rec, self._timeline(rec))
-            # what was delayed goes first, then this advance's pushes
-            batch = self.held
+            # what was delayed goes first (its faults were drawn already),
+            # then this advance's pushes
+            order = [(i - len(self.held), 0, push) for i, push in enumerate(self.held)]
             self.held = []
+            batch = []
             for _ in range(steps):
                 self.clock += 1
                 for sid, (rec, events) in self.timelines.items():
@@ -186,7 +188,6 @@ class Tracker:
                         batch.append(self._push(rec, events, now))
                         if self.rng.random() < self.config.get("forge", 0):
                             batch.append(self._forged(rec, events))
-            order = []
             for i, push in enumerate(batch):
                 if push is None:
                     continue
@@ -213,7 +214,7 @@ class Tracker:
             self.cond.notify_all()
         return {"clock": self.clock, "queued": pushed}
 
-    def flush(self, timeout=120):
+    def flush(self, timeout=280):
         """Queue what was delayed, and wait until everything was sent."""
         with self.lock:
             self.queue.extend(self.held)

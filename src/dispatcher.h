@@ -47,6 +47,7 @@ typedef struct Provider
 	ShipMap    *out_map;		/* NULL: no outbound rows (generic body) */
 	ShipMap    *in_map;			/* NULL: no inbound rows */
 	char	   *map_error;		/* the profile's rows do not compile */
+	MapRowIndex row_index;		/* scratch space of one render */
 
 	/* runtime state, carried over reloads */
 	int			inflight;

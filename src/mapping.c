@@ -166,6 +166,7 @@ buf_need(Buf *b, size_t more)
 		if (b->data == NULL)
 			abort();
 		b->cap = cap;
+		b->data[b->len] = '\0';	/* a string even before the first add */
 	}
 }
 
@@ -250,6 +251,273 @@ is_json_number(const char *s)
 			s++;
 	}
 	return *s == '\0';
+}
+
+/* ---------- scanning a flat JSON object ---------- */
+
+static const char *
+skip_ws(const char *p)
+{
+	while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+		p++;
+	return p;
+}
+
+/* The end of the JSON string starting at p (on its opening quote), or NULL */
+static const char *
+scan_string(const char *p)
+{
+	for (p++; *p; p++)
+	{
+		if (*p == '\\')
+		{
+			if (p[1] == '\0')
+				return NULL;
+			p++;
+		}
+		else if (*p == '"')
+			return p + 1;
+	}
+	return NULL;
+}
+
+/* The end of the JSON value starting at p, or NULL (not validated deeply) */
+static const char *
+scan_value(const char *p)
+{
+	int			depth = 0;
+
+	if (*p == '"')
+		return scan_string(p);
+	if (*p != '{' && *p != '[')
+	{
+		const char *s = p;
+
+		while (*p && *p != ',' && *p != '}' && *p != ']' &&
+			   *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+			p++;
+		return p > s ? p : NULL;
+	}
+	for (; *p; p++)
+	{
+		if (*p == '"')
+		{
+			p = scan_string(p);
+			if (p == NULL)
+				return NULL;
+			p--;
+		}
+		else if (*p == '{' || *p == '[')
+			depth++;
+		else if ((*p == '}' || *p == ']') && --depth == 0)
+			return p + 1;
+	}
+	return NULL;
+}
+
+/* Index the members of the object starting at p; false if it is not one */
+static bool
+index_object(const char *p, MapRowIndex *idx)
+{
+	idx->n = 0;
+	p = skip_ws(p);
+	if (*p != '{')
+		return false;
+	p = skip_ws(p + 1);
+	if (*p == '}')
+		return true;
+	for (;;)
+	{
+		const char *k = p;
+		const char *e;
+
+		if (*p != '"' || (e = scan_string(p)) == NULL || idx->n == MAPROW_MAX)
+			return false;
+		idx->key[idx->n] = k + 1;
+		idx->keylen[idx->n] = (int) (e - k - 2);
+		p = skip_ws(e);
+		if (*p != ':')
+			return false;
+		p = skip_ws(p + 1);
+		if ((e = scan_value(p)) == NULL)
+			return false;
+		idx->val[idx->n] = p;
+		idx->vallen[idx->n] = (int) (e - p);
+		idx->n++;
+		p = skip_ws(e);
+		if (*p == '}')
+			return true;
+		if (*p != ',')
+			return false;
+		p = skip_ws(p + 1);
+	}
+}
+
+/*
+ * Index the members of a JSON object without building a tree: of the
+ * object itself, or (member given) of its member object `member`, as in
+ * the generic body {"order_ref": ..., "order": {...}}.  Values stay raw;
+ * a lookup decodes the one it needs.  False when the text is not such an
+ * object; the caller then falls back to the full parser.
+ */
+bool
+shipsync_row_index(const char *json, const char *member, MapRowIndex *idx)
+{
+	MapRowIndex top;
+
+	if (member == NULL)
+		return index_object(json, idx);
+	if (!index_object(json, &top))
+		return false;
+	for (int i = 0; i < top.n; i++)
+		if (top.keylen[i] == (int) strlen(member) &&
+			memcmp(top.key[i], member, top.keylen[i]) == 0)
+			return index_object(top.val[i], idx);
+	idx->n = 0;
+	return true;
+}
+
+/* Decode a JSON string's contents (between the quotes) into a new string */
+static char *
+unescape_json(const char *p, int len)
+{
+	Buf			b = {0};
+	const char *end = p + len;
+
+	buf_need(&b, len);
+	while (p < end)
+	{
+		const char *run = p;
+
+		while (p < end && *p != '\\')
+			p++;
+		if (p > run)
+			buf_add(&b, run, p - run);
+		if (p >= end)
+			break;
+		p++;
+		if (p >= end)
+			break;
+		switch (*p)
+		{
+			case 'n':
+				buf_char(&b, '\n');
+				break;
+			case 't':
+				buf_char(&b, '\t');
+				break;
+			case 'r':
+				buf_char(&b, '\r');
+				break;
+			case 'b':
+				buf_char(&b, '\b');
+				break;
+			case 'f':
+				buf_char(&b, '\f');
+				break;
+			case 'u':
+				{
+					unsigned	cp = 0;
+					int			k;
+
+					for (k = 1; k <= 4 && p + k < end && isxdigit((unsigned char) p[k]); k++)
+						cp = cp * 16 + (unsigned) (isdigit((unsigned char) p[k]) ? p[k] - '0' :
+												   (tolower((unsigned char) p[k]) - 'a' + 10));
+					if (k != 5)
+						goto bad;
+					p += 4;
+					if (cp >= 0xD800 && cp <= 0xDBFF && p + 6 < end && p[1] == '\\' && p[2] == 'u')
+					{
+						unsigned	lo = 0;
+
+						for (k = 3; k <= 6 && isxdigit((unsigned char) p[k]); k++)
+							lo = lo * 16 + (unsigned) (isdigit((unsigned char) p[k]) ? p[k] - '0' :
+													   (tolower((unsigned char) p[k]) - 'a' + 10));
+						if (k == 7 && lo >= 0xDC00 && lo <= 0xDFFF)
+						{
+							cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+							p += 6;
+						}
+					}
+					if (cp == 0 || (cp >= 0xD800 && cp <= 0xDFFF))
+						goto bad;	/* NUL or a lone surrogate: not text */
+					if (cp < 0x80)
+						buf_char(&b, (char) cp);
+					else if (cp < 0x800)
+					{
+						buf_char(&b, (char) (0xC0 | (cp >> 6)));
+						buf_char(&b, (char) (0x80 | (cp & 0x3F)));
+					}
+					else if (cp < 0x10000)
+					{
+						buf_char(&b, (char) (0xE0 | (cp >> 12)));
+						buf_char(&b, (char) (0x80 | ((cp >> 6) & 0x3F)));
+						buf_char(&b, (char) (0x80 | (cp & 0x3F)));
+					}
+					else
+					{
+						buf_char(&b, (char) (0xF0 | (cp >> 18)));
+						buf_char(&b, (char) (0x80 | ((cp >> 12) & 0x3F)));
+						buf_char(&b, (char) (0x80 | ((cp >> 6) & 0x3F)));
+						buf_char(&b, (char) (0x80 | (cp & 0x3F)));
+					}
+				}
+				break;
+			default:
+				buf_char(&b, *p);	/* \" \\ \/ */
+				break;
+		}
+		p++;
+	}
+	return buf_take(&b);
+bad:
+	free(b.data);
+	return NULL;
+}
+
+/* The value of column `name` in a scanned row, typed like json_to_value() */
+static void
+flat_value(const MapRowIndex *idx, const char *name, MapValue *v)
+{
+	size_t		nl = strlen(name);
+
+	v->type = MV_NULL;
+	v->s = NULL;
+	for (int i = 0; i < idx->n; i++)
+	{
+		const char *val;
+		int			len;
+
+		/* column names with escapes in their JSON form are not found here */
+		if (idx->keylen[i] != (int) nl || memcmp(idx->key[i], name, nl) != 0)
+			continue;
+		val = idx->val[i];
+		len = idx->vallen[i];
+		if (*val == '"')
+		{
+			v->s = unescape_json(val + 1, len - 2);
+			v->type = v->s ? MV_STRING : MV_NULL;
+		}
+		else if (len == 4 && memcmp(val, "null", 4) == 0)
+			return;
+		else if ((len == 4 && memcmp(val, "true", 4) == 0) ||
+				 (len == 5 && memcmp(val, "false", 5) == 0))
+		{
+			v->type = MV_BOOL;
+			v->s = xstrndup(val, len);
+		}
+		else if (*val == '{' || *val == '[')
+		{
+			v->type = MV_RAW;
+			v->s = xstrndup(val, len);
+		}
+		else
+		{
+			v->s = xstrndup(val, len);
+			v->type = is_json_number(v->s) ? MV_NUMBER : MV_STRING;
+		}
+		return;
+	}
 }
 
 /* ---------- paths ---------- */
@@ -415,7 +683,7 @@ typedef enum NodeType
 typedef struct Node
 {
 	NodeType	type;
-	char	   *key;			/* member name inside an object */
+	const char *key;			/* member name: borrowed from the compiled map */
 	MapValue	v;				/* N_VALUE */
 	struct Node *child;
 	struct Node *last;
@@ -428,7 +696,7 @@ node_new(NodeType t, const char *key)
 	Node	   *n = xcalloc(1, sizeof(Node));
 
 	n->type = t;
-	n->key = key ? xstrdup(key) : NULL;
+	n->key = key;
 	return n;
 }
 
@@ -440,7 +708,6 @@ node_free(Node *n)
 		Node	   *next = n->next;
 
 		node_free(n->child);
-		free(n->key);
 		shipsync_value_free(&n->v);
 		free(n);
 		n = next;
@@ -765,6 +1032,38 @@ is_space_at(const unsigned char *p, size_t *len)
 		return true;
 	}
 	return false;
+}
+
+static char *trim_text(const char *s);
+
+static bool is_space_at(const unsigned char *p, size_t *len);
+
+/* trim_text() without a copy */
+static void
+trim_in_place(char *s)
+{
+	const unsigned char *p = (const unsigned char *) s;
+	const unsigned char *start;
+	const unsigned char *end;
+	size_t		l;
+
+	while (*p && is_space_at(p, &l))
+		p += l;
+	start = end = p;
+	while (*p)
+	{
+		if (is_space_at(p, &l))
+			p += l;
+		else
+		{
+			p++;
+			while ((*p & 0xC0) == 0x80)
+				p++;
+			end = p;
+		}
+	}
+	memmove(s, start, end - start);
+	s[end - start] = '\0';
 }
 
 static char *
@@ -1589,7 +1888,9 @@ source_value(const MapRule *r, const MapEnv *env, MapValue *v)
 				(void) shipsync_json_get(env->options, &r->src_path, v);
 			break;
 		case SRC_COLUMN:
-			if (env->row)
+			if (env->flat)
+				flat_value(env->flat, r->src, v);
+			else if (env->row)
 			{
 				/* a column name is one step, whatever characters it holds */
 				MapSeg		seg = {0};
@@ -1692,6 +1993,24 @@ rule_value(const MapRule *r, const MapEnv *env, MapValue *out, Buf *errs)
 		value_set(&v, MV_STRING, r->dflt);
 	}
 	e[0] = '\0';
+	/* the common transforms take the value over instead of copying it */
+	if (v.type == MV_NULL && (r->xf == XF_IDENTITY || r->xf == XF_TRIM || r->xf == XF_TO_NUMBER))
+	{
+		*out = v;
+		goto got;
+	}
+	if (r->xf == XF_IDENTITY || (r->xf == XF_TO_NUMBER && v.type == MV_NUMBER))
+	{
+		*out = v;
+		goto got;
+	}
+	if (r->xf == XF_TRIM && v.type != MV_RAW)
+	{
+		trim_in_place(v.s);
+		v.type = MV_STRING;
+		*out = v;
+		goto got;
+	}
 	if (!(fast_transform(r->xf, &v, out) ||
 		  shipsync_map_transform(r->transform, r->arg, &v, env, out, e, sizeof(e))))
 	{
@@ -1703,6 +2022,7 @@ rule_value(const MapRule *r, const MapEnv *env, MapValue *out, Buf *errs)
 		return false;
 	}
 	shipsync_value_free(&v);
+got:
 	if (out->type == MV_NULL || (out->type == MV_STRING && out->s[0] == '\0'))
 	{
 		if (r->required)

@@ -111,9 +111,24 @@ typedef struct ShipMap ShipMap;		/* a compiled field map (mapping.c) */
 typedef bool (*MapTzOffsetFn) (const char *zone, int64_t utc_epoch,
 							   int *offset_s, void *arg);
 
+/*
+ * The members of one flat JSON object, found by one scan and no copy: how
+ * a render reads the order row (PostgreSQL's row_to_json output).
+ */
+#define MAPROW_MAX 256
+typedef struct MapRowIndex
+{
+	int			n;
+	const char *key[MAPROW_MAX];	/* into the scanned text, still escaped */
+	int			keylen[MAPROW_MAX];
+	const char *val[MAPROW_MAX];	/* the raw JSON value */
+	int			vallen[MAPROW_MAX];
+} MapRowIndex;
+
 /* What one render reads from: the order row, provider options, the intent */
 typedef struct MapEnv
 {
+	const MapRowIndex *flat;	/* the order row, scanned; or NULL, then: */
 	ShipJson   *row;			/* the order row as a JSON object */
 	ShipJson   *options;		/* the provider's options, or NULL */
 	const char *order_key;
@@ -134,6 +149,8 @@ extern bool shipsync_path_parse(const char *text, MapPath *out,
 								char *errbuf, size_t errlen);
 extern void shipsync_path_free(MapPath *p);
 extern void shipsync_value_free(MapValue *v);
+extern bool shipsync_row_index(const char *json, const char *member,
+							   MapRowIndex *idx);
 extern ShipMap *shipsync_map_compile(int n, const char *const *targets,
 									 const char *const *sources,
 									 const char *const *transforms,

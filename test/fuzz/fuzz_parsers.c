@@ -81,6 +81,18 @@ fuzz_map(char *s)
 	env.order_key = "1";
 	if (shipsync_map_render(m, &env, (row[0] & 1) != 0, &out, err, sizeof(err)) == MAP_OK)
 		free(out);
+	{
+		/* the same through the one-scan row index */
+		static MapRowIndex idx;
+		MapEnv		flat = env;
+
+		if (shipsync_row_index(row, (row[0] & 2) ? "order" : NULL, &idx))
+		{
+			flat.flat = &idx;
+			if (shipsync_map_render(m, &flat, false, &out, err, sizeof(err)) == MAP_OK)
+				free(out);
+		}
+	}
 	if (env.row)
 	{
 		char	  **fields;

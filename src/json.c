@@ -131,6 +131,54 @@ fees_ok(struct json_object *fees, char *errbuf, size_t errlen)
 }
 
 /*
+ * Parse text as strict JSON, all of it: the document, or NULL with the
+ * reason in errbuf ("<what> is not valid JSON: ...", or without a subject
+ * when what is NULL).  The caller owns the result (json_object_put).
+ */
+static struct json_object *
+parse_strict_what(const char *text, size_t len, const char *what,
+				  char *errbuf, size_t errlen)
+{
+	struct json_tokener *tok;
+	struct json_object *root;
+
+	if (len > (size_t) INT32_MAX)
+	{
+		snprintf(errbuf, errlen, "%s is too large", what ? what : "the document");
+		return NULL;
+	}
+	tok = json_tokener_new();
+	if (tok == NULL)
+	{
+		snprintf(errbuf, errlen, "out of memory");
+		return NULL;
+	}
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+	root = json_tokener_parse_ex(tok, text ? text : "", (int) len);
+	if (root == NULL || json_tokener_get_parse_end(tok) != len)
+	{
+		enum json_tokener_error jerr = json_tokener_get_error(tok);
+
+		snprintf(errbuf, errlen, "%s%snot valid JSON: %s",
+				 what ? what : "", what ? " is " : "",
+				 jerr == json_tokener_continue ? "unexpected end of input" :
+				 root != NULL ? "trailing characters" :
+				 json_tokener_error_desc(jerr));
+		json_object_put(root);
+		json_tokener_free(tok);
+		return NULL;
+	}
+	json_tokener_free(tok);
+	return root;
+}
+
+static struct json_object *
+parse_strict(const char *text, size_t len, char *errbuf, size_t errlen)
+{
+	return parse_strict_what(text, len, NULL, errbuf, errlen);
+}
+
+/*
  * Parse a generic-dialect response: {"id", "tracking_number", "label_url"?,
  * "status"?, "fees"?: [{"type", "amount", "currency"}]}.  With need_ids, id
  * and tracking_number must be non-empty strings (a create).  Returns false
@@ -140,7 +188,6 @@ bool
 shipsync_parse_ship_response(const char *body, size_t len, bool need_ids,
 							 ShipResponse *out, char *errbuf, size_t errlen)
 {
-	struct json_tokener *tok;
 	struct json_object *root;
 	struct json_object *fees;
 	bool		ok = true;
@@ -166,26 +213,9 @@ shipsync_parse_ship_response(const char *body, size_t len, bool need_ids,
 			return true;
 	}
 
-	tok = json_tokener_new();
-	if (tok == NULL)
-	{
-		snprintf(errbuf, errlen, "out of memory");
+	root = parse_strict_what(body, len, "response", errbuf, errlen);
+	if (root == NULL)
 		return false;
-	}
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
-	root = json_tokener_parse_ex(tok, body ? body : "", (int) len);
-	if (root == NULL || json_tokener_get_parse_end(tok) != len)
-	{
-		enum json_tokener_error jerr = json_tokener_get_error(tok);
-
-		snprintf(errbuf, errlen, "response is not valid JSON: %s",
-				 jerr == json_tokener_continue ? "unexpected end of input" :
-				 json_tokener_error_desc(jerr));
-		json_object_put(root);
-		json_tokener_free(tok);
-		return false;
-	}
-	json_tokener_free(tok);
 
 	if (!json_object_is_type(root, json_type_object))
 	{
@@ -636,37 +666,14 @@ bool
 shipsync_parse_tracking(const char *dialect, const char *body, size_t len,
 						TrackEventList *out, char *errbuf, size_t errlen)
 {
-	struct json_tokener *tok;
 	struct json_object *root;
 	bool		ok;
 
 	memset(out, 0, sizeof(*out));
 	errbuf[0] = '\0';
-	if (len > (size_t) INT32_MAX)
-	{
-		snprintf(errbuf, errlen, "body too large");
+	root = parse_strict_what(body, len, "the body", errbuf, errlen);
+	if (root == NULL)
 		return false;
-	}
-	tok = json_tokener_new();
-	if (tok == NULL)
-	{
-		snprintf(errbuf, errlen, "out of memory");
-		return false;
-	}
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
-	root = json_tokener_parse_ex(tok, body ? body : "", (int) len);
-	if (root == NULL || json_tokener_get_parse_end(tok) != len)
-	{
-		enum json_tokener_error jerr = json_tokener_get_error(tok);
-
-		snprintf(errbuf, errlen, "the body is not valid JSON: %s",
-				 jerr == json_tokener_continue ? "unexpected end of input" :
-				 json_tokener_error_desc(jerr));
-		json_object_put(root);
-		json_tokener_free(tok);
-		return false;
-	}
-	json_tokener_free(tok);
 	if (!json_object_is_type(root, json_type_object))
 	{
 		snprintf(errbuf, errlen, "the body is not a JSON object");
@@ -713,40 +720,6 @@ struct ShipJson
 	int			ndecoded;
 };
 
-static struct json_object *
-parse_strict(const char *text, size_t len, char *errbuf, size_t errlen)
-{
-	struct json_tokener *tok;
-	struct json_object *root;
-
-	if (len > (size_t) INT32_MAX)
-	{
-		snprintf(errbuf, errlen, "document too large");
-		return NULL;
-	}
-	tok = json_tokener_new();
-	if (tok == NULL)
-	{
-		snprintf(errbuf, errlen, "out of memory");
-		return NULL;
-	}
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
-	root = json_tokener_parse_ex(tok, text ? text : "", (int) len);
-	if (root == NULL || json_tokener_get_parse_end(tok) != len)
-	{
-		enum json_tokener_error jerr = json_tokener_get_error(tok);
-
-		snprintf(errbuf, errlen, "not valid JSON: %s",
-				 jerr == json_tokener_continue ? "unexpected end of input" :
-				 root != NULL ? "trailing characters" :
-				 json_tokener_error_desc(jerr));
-		json_object_put(root);
-		json_tokener_free(tok);
-		return NULL;
-	}
-	json_tokener_free(tok);
-	return root;
-}
 
 /* Parse a JSON document; NULL with a reason in errbuf when it is not one. */
 ShipJson *

@@ -643,6 +643,39 @@ url_escape(const char *s)
 }
 
 /*
+ * Run a lookup keyed by the intents of la (ids, bindings, order keys) and
+ * provider_id, whose rows are (intent id, text); put each row's text, in
+ * keep, at the position of its intent in out.
+ */
+static void
+lookup_by_intent(SPIPlanPtr plan, const char *what, ArgArrays *la, int32 provider_id,
+				 Claimed *cs, int *idx, int n, char **out, MemoryContext keep)
+{
+	Datum		params[4];
+	SPITupleTable *tt;
+	int			rc;
+
+	params[0] = make_array(la->values[0], la->nulls[0], la->n, INT8OID);
+	params[1] = make_array(la->values[1], la->nulls[1], la->n, INT4OID);
+	params[2] = make_array(la->values[2], la->nulls[2], la->n, TEXTOID);
+	params[3] = Int32GetDatum(provider_id);
+	rc = SPI_execute_plan(plan, params, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "%s lookup failed: %s", what, SPI_result_code_string(rc));
+	MemoryContextSwitchTo(keep);
+	tt = SPI_tuptable;
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
+
+		for (int i = 0; i < n; i++)
+			if (cs[idx[i]].id == id)
+				out[i] = get_text(tt->vals[r], tt->tupdesc, 2);
+	}
+}
+
+/*
  * Render the intents of one binding that were never sent.  Decides the
  * request of each (create, update or cancel) from the current order row
  * and the shipment known so far.
@@ -721,53 +754,10 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 
 	/* the shipments already created for these orders (not for creates) */
 	if (need_lookup)
-	{
-		Datum		params[4];
-
-		params[0] = make_array(la->values[0], la->nulls[0], la->n, INT8OID);
-		params[1] = make_array(la->values[1], la->nulls[1], la->n, INT4OID);
-		params[2] = make_array(la->values[2], la->nulls[2], la->n, TEXTOID);
-		params[3] = Int32GetDatum(p->id);
-		rc = SPI_execute_plan(shiplookup_plan, params, NULL, false, 0);
-		if (rc != SPI_OK_SELECT)
-			elog(ERROR, "shipment lookup failed");
-		MemoryContextSwitchTo(keep);
-		tt = SPI_tuptable;
-		for (uint64 r = 0; r < SPI_processed; r++)
-		{
-			bool		isnull;
-			int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
-
-			for (int i = 0; i < n; i++)
-				if (cs[idx[i]].id == id)
-					shipid[i] = get_text(tt->vals[r], tt->tupdesc, 2);
-		}
-	}
-
+		lookup_by_intent(shiplookup_plan, "shipment", la, p->id, cs, idx, n, shipid, keep);
 	/* the waybills registrations are about */
 	if (need_reg)
-	{
-		Datum		params[4];
-
-		params[0] = make_array(la->values[0], la->nulls[0], la->n, INT8OID);
-		params[1] = make_array(la->values[1], la->nulls[1], la->n, INT4OID);
-		params[2] = make_array(la->values[2], la->nulls[2], la->n, TEXTOID);
-		params[3] = Int32GetDatum(p->id);
-		rc = SPI_execute_plan(reglookup_plan, params, NULL, false, 0);
-		if (rc != SPI_OK_SELECT)
-			elog(ERROR, "waybill lookup failed");
-		MemoryContextSwitchTo(keep);
-		tt = SPI_tuptable;
-		for (uint64 r = 0; r < SPI_processed; r++)
-		{
-			bool		isnull;
-			int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
-
-			for (int i = 0; i < n; i++)
-				if (cs[idx[i]].id == id)
-					regtn[i] = get_text(tt->vals[r], tt->tupdesc, 2);
-		}
-	}
+		lookup_by_intent(reglookup_plan, "waybill", la, p->id, cs, idx, n, regtn, keep);
 
 	for (int i = 0; i < n; i++)
 	{

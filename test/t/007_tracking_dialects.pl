@@ -204,6 +204,26 @@ for my $dialect (qw(easypost aftership kuaidi100 sf_express))
 		'when the dispatcher records the shipment, the parked events apply over its write-back');
 	is($node->safe_psql('postgres', 'SELECT count(*) FROM shipsync.unmatched_event'),
 		'0', 'nothing is left parked');
+
+	# a tracking number that never comes: the dispatcher expires it, with a ticket
+	$node->safe_psql('postgres',
+		q{UPDATE shipsync.provider SET options = options || '{"unmatched_ttl_s": 1}' WHERE name = 'early'});
+	$body = qq({"events": [{"id": "never-1", "tracking_number": "NEVER1", "status": "in_transit", "occurred_at": "2026-03-01T01:00:00Z"}]});
+	$ts = time();
+	is( $node->safe_psql(
+			'postgres', qq{SELECT shipsync.ingest_tracking('early', \$b\$$body\$b\$, jsonb_build_object(
+			'webhook-id', 'msg_never', 'webhook-timestamp', '$ts',
+			'webhook-signature', 'v1,' || encode(shipsync._hmac_sha256(
+				decode('MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'base64'),
+				convert_to('msg_never.$ts.' || \$b\$$body\$b\$, 'UTF8')), 'base64')))->>'unmatched'}),
+		'1', 'an event of an unknown tracking number is parked');
+	ok( wait_until(
+			$node, q{SELECT count(*) = 1 FROM shipsync.exception_ticket
+			  WHERE kind = 'unmatched_expired' AND detail LIKE '%NEVER1%'},
+			40),
+		'the dispatcher expires it after unmatched_ttl_s, with an exception ticket');
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM shipsync.unmatched_event'),
+		'0', 'and nothing is left parked');
 	stop_sim($sim);
 }
 

@@ -20,6 +20,11 @@
  * write-back costs only itself; failures are summed up in one LOG line per
  * provider and round (the first one quoted), not one line per shipment.
  *
+ * Every shipsync.idle_check_ms it also expires parked tracking events
+ * (unmatched_ttl_s),
+ * so that those of a provider that went quiet do not wait for its next
+ * push.
+ *
  * State: the round of each provider (its cursor, when the next one is
  * due) lives in this process only; after a restart a new round starts at
  * once, which is harmless.  The list of polled providers is read again
@@ -83,6 +88,7 @@ static MemoryContext poll_cxt = NULL;
 static PollProvider *polled = NULL;
 static int	npolled = 0;
 static TimestampTz config_read_at = 0;
+static TimestampTz expire_due = 0;
 static PollFlight *finished = NULL;
 static SPIPlanPtr next_plan = NULL;
 
@@ -303,6 +309,20 @@ poller_send(HttpClient *client, Provider *providers, int nproviders, TimestampTz
 
 	if (config_read_at == 0)
 		poller_load_config(now);
+
+	/*
+	 * Parked tracking events of providers that went quiet expire too (a
+	 * push expires those of its own provider): every idle_check_ms, the
+	 * dispatcher's safety-net period, one indexed statement.
+	 */
+	if (now >= expire_due)
+	{
+		poller_begin_tx("expiring parked tracking events");
+		if (SPI_execute("SELECT shipsync._expire_unmatched(NULL)", false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "expiring parked tracking events failed");
+		poller_end_tx();
+		expire_due = TimestampTzPlusMilliseconds(now, shipsync_idle_check_ms);
+	}
 	for (int i = 0; i < npolled; i++)
 	{
 		PollProvider *pp = &polled[i];
@@ -452,7 +472,7 @@ poller_apply(void)
 long
 poller_timeout(TimestampTz now)
 {
-	long		timeout = LONG_MAX;
+	long		timeout = expire_due > now ? (long) ((expire_due - now + 999) / 1000) : 0;
 
 	for (int i = 0; i < npolled; i++)
 	{

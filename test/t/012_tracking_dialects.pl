@@ -177,5 +177,63 @@ for my $dialect (qw(easypost aftership kuaidi100 sf_express))
 	stop_sim($sim);
 }
 
+# Events before their shipment: a push for a tracking number the dispatcher
+# has not recorded yet is parked; when the dispatcher records the shipment
+# (the create's answer, pre_transit, written back first), the parked
+# events are matched in the same transaction and their status wins.  The
+# simulator's first tracking number follows from its seed.
+{
+	my $sim = start_sim(seed => 5);
+	my $tn = `python3 -c 'import random; print("SIM%012d" % random.Random("tracking:5").randrange(10**12))'`;
+	chomp $tn;
+	$node->safe_psql(
+		'postgres', qq{
+		CREATE TABLE crm.early (id bigserial PRIMARY KEY, customer text, waybill_no text, ship_status text);
+		SELECT shipsync.create_provider('early', 'generic', '$sim->{url}',
+			'{"webhook_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}');
+		SELECT shipsync.pause('early');
+		SELECT shipsync.attach('crm.early', 'early',
+			writeback => '{"tracking_number": "waybill_no", "status": "ship_status"}');
+		INSERT INTO crm.early (customer) VALUES ('first');
+	});
+	my $body = qq({"events": [{"id": "early-1", "tracking_number": "$tn", "status": "in_transit", "occurred_at": "2026-03-01T01:00:00Z"}, {"id": "early-2", "tracking_number": "$tn", "status": "out_for_delivery", "occurred_at": "2026-03-01T02:00:00Z"}]});
+	my $ts = time();
+	is( $node->safe_psql(
+			'postgres', qq{SELECT shipsync.ingest_tracking('early', \$b\$$body\$b\$, jsonb_build_object(
+			'webhook-id', 'msg_early', 'webhook-timestamp', '$ts',
+			'webhook-signature', 'v1,' || encode(shipsync._hmac_sha256(
+				decode('MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'base64'),
+				convert_to('msg_early.$ts.' || \$b\$$body\$b\$, 'UTF8')), 'base64')))->>'unmatched'}),
+		'2', 'events of a tracking number not recorded yet are parked');
+	$node->safe_psql('postgres', "SELECT shipsync.resume('early')");
+	ok( wait_until(
+			$node, "SELECT waybill_no = '$tn' AND ship_status = 'out_for_delivery' FROM crm.early",
+			60),
+		'when the dispatcher records the shipment, the parked events apply over its write-back');
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM shipsync.unmatched_event'),
+		'0', 'nothing is left parked');
+
+	# a tracking number that never comes: the dispatcher expires it, with a ticket
+	$node->safe_psql('postgres',
+		q{UPDATE shipsync.provider SET options = options || '{"unmatched_ttl_s": 1}' WHERE name = 'early'});
+	$body = qq({"events": [{"id": "never-1", "tracking_number": "NEVER1", "status": "in_transit", "occurred_at": "2026-03-01T01:00:00Z"}]});
+	$ts = time();
+	is( $node->safe_psql(
+			'postgres', qq{SELECT shipsync.ingest_tracking('early', \$b\$$body\$b\$, jsonb_build_object(
+			'webhook-id', 'msg_never', 'webhook-timestamp', '$ts',
+			'webhook-signature', 'v1,' || encode(shipsync._hmac_sha256(
+				decode('MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'base64'),
+				convert_to('msg_never.$ts.' || \$b\$$body\$b\$, 'UTF8')), 'base64')))->>'unmatched'}),
+		'1', 'an event of an unknown tracking number is parked');
+	ok( wait_until(
+			$node, q{SELECT count(*) = 1 FROM shipsync.exception_ticket
+			  WHERE kind = 'unmatched_expired' AND detail LIKE '%NEVER1%'},
+			40),
+		'the dispatcher expires it after unmatched_ttl_s, with an exception ticket');
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM shipsync.unmatched_event'),
+		'0', 'and nothing is left parked');
+	stop_sim($sim);
+}
+
 $node->stop;
 done_testing();

@@ -148,6 +148,7 @@ class TrackState:
             if not created:
                 return 200, dumps({"result": False, "returnCode": "501", "message": "重复订阅"})
             rec["callbackurl"] = param["parameters"]["callbackurl"]
+            rec["salt"] = param["parameters"].get("salt")   # signs the pushes
             return 200, dumps({"result": True, "returnCode": "200", "message": "提交成功"})
 
 

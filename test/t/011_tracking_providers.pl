@@ -131,5 +131,40 @@ is( sql(q{SELECT string_agg(p.name || ':' || o.attempts, ',' ORDER BY p.name) FR
 		JOIN shipsync.provider p USING (provider_id) WHERE o.op = 'register' AND o.order_key = '6'}),
 	'as:2,kd:2', 'each on its second attempt');
 
+# 5. the whole chain: shipped by 'ship', registered at Kuaidi100, whose
+# signed push (the salt is kd's webhook_secret, sent with the
+# subscription) moves the order row's status
+sql(q{CREATE TABLE o_chain (id bigint PRIMARY KEY, customer text, waybill_no text, ship_status text);
+	SELECT shipsync.attach('o_chain', 'ship',
+		writeback => '{"tracking_number": "waybill_no", "status": "ship_status"}',
+		options => '{"tracking_provider": "kd"}');
+	INSERT INTO o_chain VALUES (50, 'c50');});
+ok(wait_until($node, q{SELECT count(*) = 1 FROM shipsync.shipment s JOIN shipsync.provider p USING (provider_id)
+	WHERE p.name = 'kd' AND s.order_key = '50'}, 30), 'chain: registered at kuaidi100');
+my ($chain_reg) = grep { $_->{dialect} eq 'kuaidi100' && $_->{number} eq
+	  sql("SELECT waybill_no FROM o_chain WHERE id = 50") } @{ sim_get($sim, '/_sim/track/registrations') };
+is($chain_reg->{salt}, 's4lt', 'chain: the subscription carries webhook_secret as its salt');
+my $summary = sql(q{
+	WITH p AS (
+		SELECT json_build_object('status', 'polling', 'lastResult', json_build_object(
+			'state', '3', 'ischeck', '1', 'com', 'shunfeng', 'nu', waybill_no,
+			'data', json_build_array(
+				json_build_object('context', '已签收，签收人：本人', 'time', '2026-11-27 10:05:00',
+					'ftime', '2026-11-27 10:05:00', 'status', '签收', 'areaName', '深圳市'),
+				json_build_object('context', '快件已揽收', 'time', '2026-11-26 18:00:00',
+					'ftime', '2026-11-26 18:00:00', 'status', '揽收', 'areaName', '深圳市')))
+		)::text AS param
+		FROM o_chain WHERE id = 50),
+	f AS (
+		SELECT 'param=' || (SELECT string_agg(CASE WHEN c ~ '^[A-Za-z0-9._~-]$' THEN c
+				ELSE upper(regexp_replace(encode(convert_to(c, 'UTF8'), 'hex'), '(..)', '%\1', 'g')) END,
+				'' ORDER BY n) FROM regexp_split_to_table(param, '') WITH ORDINALITY AS t(c, n))
+			|| '&sign=' || upper(md5(param || 's4lt')) AS body
+		FROM p)
+	SELECT shipsync.ingest_tracking('kd', body)->>'shipments_changed' FROM f});
+is($summary, '1', 'chain: the kuaidi100 push changed one shipment');
+is(sql("SELECT ship_status FROM o_chain WHERE id = 50"), 'delivered',
+	'chain: the order row says delivered');
+
 $node->stop;
 done_testing();

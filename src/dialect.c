@@ -236,34 +236,6 @@ dialect_renders(const Provider *p)
 	return p->dialect != DIALECT_GENERIC || p->out_map != NULL || p->map_error != NULL;
 }
 
-static char *
-json_quote(const char *s)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	escape_json(&buf, s);
-	return buf.data;
-}
-
-/* A shipment id inside a URL path */
-static char *
-url_path_escape(const char *s)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
-	{
-		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-			*p == '-' || *p == '_' || *p == '.' || *p == '~')
-			appendStringInfoChar(&buf, (char) *p);
-		else
-			appendStringInfo(&buf, "%%%02X", *p);
-	}
-	return buf.data;
-}
-
 /* Copy a malloc'd string into the current memory context and free it */
 static char *
 take_malloced(char *s)
@@ -377,7 +349,7 @@ dialect_render(Provider *p, Claimed *c, bool found, const char *generic_body,
 				c->skip_reason = "no shipment to cancel";
 			else
 			{
-				char	   *msg = psprintf("{\"orderId\":%s,\"dealType\":2}", json_quote(c->order_key));
+				char	   *msg = psprintf("{\"orderId\":%s,\"dealType\":2}", shipsync_quote_json(c->order_key));
 
 				c->method = "POST";
 				c->url = pstrdup(p->base_url);
@@ -413,8 +385,8 @@ dialect_render(Provider *p, Claimed *c, bool found, const char *generic_body,
 		{
 			c->method = "POST";
 			c->url = psprintf("%s/shipments/%s/cancel", p->base_url,
-							  url_path_escape(shipment_id));
-			c->body = psprintf("{\"order_ref\":%s}", json_quote(c->order_key));
+							  shipsync_url_escape(shipment_id));
+			c->body = psprintf("{\"order_ref\":%s}", shipsync_quote_json(c->order_key));
 			c->kind = INTENT_CANCEL;
 		}
 		return;
@@ -431,7 +403,7 @@ dialect_render(Provider *p, Claimed *c, bool found, const char *generic_body,
 	if (strcmp(c->op, "update") == 0 && shipment_id != NULL)
 	{
 		c->method = "PATCH";
-		c->url = psprintf("%s/shipments/%s", p->base_url, url_path_escape(shipment_id));
+		c->url = psprintf("%s/shipments/%s", p->base_url, shipsync_url_escape(shipment_id));
 		c->kind = INTENT_UPDATE;
 	}
 	else
@@ -465,17 +437,17 @@ dialect_render_register(Provider *p, Claimed *c, const char *tracking_number)
 	switch (p->dialect)
 	{
 		case DIALECT_EASYPOST:
-			appendStringInfo(&b, "{\"tracker\":{\"tracking_code\":%s", json_quote(tracking_number));
+			appendStringInfo(&b, "{\"tracker\":{\"tracking_code\":%s", shipsync_quote_json(tracking_number));
 			if (p->tr_carrier)
-				appendStringInfo(&b, ",\"carrier\":%s", json_quote(p->tr_carrier));
+				appendStringInfo(&b, ",\"carrier\":%s", shipsync_quote_json(p->tr_carrier));
 			appendStringInfoString(&b, "}}");
 			c->url = psprintf("%s/v2/trackers", p->base_url);
 			break;
 		case DIALECT_AFTERSHIP:
-			appendStringInfo(&b, "{\"tracking\":{\"tracking_number\":%s", json_quote(tracking_number));
+			appendStringInfo(&b, "{\"tracking\":{\"tracking_number\":%s", shipsync_quote_json(tracking_number));
 			if (p->tr_carrier)
-				appendStringInfo(&b, ",\"slug\":%s", json_quote(p->tr_carrier));
-			appendStringInfo(&b, ",\"order_id\":%s}}", json_quote(c->order_key));
+				appendStringInfo(&b, ",\"slug\":%s", shipsync_quote_json(p->tr_carrier));
+			appendStringInfo(&b, ",\"order_id\":%s}}", shipsync_quote_json(c->order_key));
 			c->url = psprintf("%s/trackings", p->base_url);
 			break;
 		case DIALECT_KUAIDI100:
@@ -486,11 +458,11 @@ dialect_render_register(Provider *p, Claimed *c, const char *tracking_number)
 				initStringInfo(&param);
 				appendStringInfo(&param, "{\"company\":%s,\"number\":%s,\"key\":\"%s\","
 								 "\"parameters\":{\"callbackurl\":%s",
-								 json_quote(p->tr_carrier ? p->tr_carrier : ""),
-								 json_quote(tracking_number), DIALECT_KUAIDI100_KEY,
-								 json_quote(p->tr_callback_url ? p->tr_callback_url : ""));
+								 shipsync_quote_json(p->tr_carrier ? p->tr_carrier : ""),
+								 shipsync_quote_json(tracking_number), DIALECT_KUAIDI100_KEY,
+								 shipsync_quote_json(p->tr_callback_url ? p->tr_callback_url : ""));
 				if (p->tr_salt)
-					appendStringInfo(&param, ",\"salt\":%s", json_quote(p->tr_salt));
+					appendStringInfo(&param, ",\"salt\":%s", shipsync_quote_json(p->tr_salt));
 				appendStringInfoString(&param, ",\"resultv2\":\"4\"}}");
 				enc = take_malloced(shipsync_urlencode_form(param.data));
 				appendStringInfo(&b, "schema=json&param=%s", enc);
@@ -509,7 +481,7 @@ dialect_render_register(Provider *p, Claimed *c, const char *tracking_number)
 char *
 dialect_sf_search_body(Provider *p, const char *order_key, const char *request_id)
 {
-	char	   *msg = psprintf("{\"language\":\"zh-CN\",\"orderId\":%s}", json_quote(order_key));
+	char	   *msg = psprintf("{\"language\":\"zh-CN\",\"orderId\":%s}", shipsync_quote_json(order_key));
 
 	return sf_form(p, request_id, "EXP_RECE_SEARCH_ORDER_RESP", msg);
 }

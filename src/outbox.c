@@ -150,8 +150,9 @@ args_execute(SPIPlanPtr plan, ArgArrays *a, bool read_only)
 	return rc;
 }
 
-static char *
-quote_json_string(const char *s)
+/* s as a JSON string literal, quotes included */
+char *
+shipsync_quote_json(const char *s)
 {
 	StringInfoData buf;
 
@@ -179,8 +180,9 @@ sha256_hex(const char *s)
 	return hex;
 }
 
-static SPIPlanPtr
-prepare_saved(const char *sql, int nargs, const Oid *argtypes)
+/* A saved SPI plan of sql (inside an SPI connection); ERROR on failure */
+SPIPlanPtr
+shipsync_prepare_saved(const char *sql, int nargs, const Oid *argtypes)
 {
 	SPIPlanPtr	plan = SPI_prepare(sql, nargs, (Oid *) argtypes);
 
@@ -547,23 +549,23 @@ prepare_claim_plans(void)
 	{
 		Oid			t[2] = {INT8OID, INT4ARRAYOID};
 
-		drain_plan = prepare_saved(drain_sql, 2, t);
+		drain_plan = shipsync_prepare_saved(drain_sql, 2, t);
 	}
 	{
 		Oid			t[2] = {INT4OID, INT4OID};
 
-		lock_plan = prepare_saved(lock_sql, 2, t);
+		lock_plan = shipsync_prepare_saved(lock_sql, 2, t);
 	}
 	{
 		Oid			t[8] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 		TEXTARRAYOID, TEXTARRAYOID, INT4OID, BOOLARRAYOID};
 
-		mark_plan = prepare_saved(mark_sql, 8, t);
+		mark_plan = shipsync_prepare_saved(mark_sql, 8, t);
 	}
 	{
 		Oid			t[3] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
 
-		coalesce_plan = prepare_saved(
+		coalesce_plan = shipsync_prepare_saved(
 			"UPDATE shipsync.outbox e SET state = 'coalesced', coalesced_into = v.into,"
 			" done_at = pg_catalog.now(), updated_at = pg_catalog.now()"
 			" FROM (SELECT u.id AS into, x.id"
@@ -578,7 +580,7 @@ prepare_claim_plans(void)
 	{
 		Oid			t[4] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4OID};
 
-		shiplookup_plan = prepare_saved(
+		shiplookup_plan = shipsync_prepare_saved(
 			"SELECT u.id, s.provider_shipment_id"
 			" FROM unnest($1, $2, $3) AS u(id, bid, k),"
 			" LATERAL (SELECT x.provider_shipment_id FROM shipsync.shipment x"
@@ -589,7 +591,7 @@ prepare_claim_plans(void)
 		Oid			t[4] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4OID};
 
 		/* the waybill a registration is about: the shipping provider's */
-		reglookup_plan = prepare_saved(
+		reglookup_plan = shipsync_prepare_saved(
 			"SELECT u.id, s.tracking_number"
 			" FROM unnest($1, $2, $3) AS u(id, bid, k),"
 			" LATERAL (SELECT x.tracking_number FROM shipsync.shipment x"
@@ -599,7 +601,7 @@ prepare_claim_plans(void)
 	{
 		Oid			t[1] = {INT4OID};
 
-		nextdue_plan = prepare_saved(
+		nextdue_plan = shipsync_prepare_saved(
 			"SELECT pg_catalog.min(next_attempt_at) FROM shipsync.outbox"
 			" WHERE provider_id = $1 AND state IN ('pending', 'retrying')", 1, t);
 	}
@@ -607,7 +609,7 @@ prepare_claim_plans(void)
 		Oid			t[5] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
 		TEXTARRAYOID, TEXTARRAYOID};
 
-		fail_plan = prepare_saved(
+		fail_plan = shipsync_prepare_saved(
 			"UPDATE shipsync.outbox o SET attempts = o.attempts + 1, state = u.state,"
 			" next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),"
 			" error_class = u.eclass, last_error = u.err, updated_at = pg_catalog.now(),"
@@ -626,15 +628,20 @@ find_binding(Binding *bs, int nb, int32 id)
 	return NULL;
 }
 
-static char *
-url_escape(const char *s)
+/*
+ * s percent-encoded for a URL path segment: everything but the unreserved
+ * characters of RFC 3986 (ASCII letters, digits, "-", "_", ".", "~").
+ */
+char *
+shipsync_url_escape(const char *s)
 {
 	StringInfoData buf;
 
 	initStringInfo(&buf);
 	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
 	{
-		if (isalnum(*p) || *p == '-' || *p == '_' || *p == '.' || *p == '~')
+		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+			*p == '-' || *p == '_' || *p == '.' || *p == '~')
 			appendStringInfoChar(&buf, (char) *p);
 		else
 			appendStringInfo(&buf, "%%%02X", *p);
@@ -722,7 +729,7 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
-		b->render_plan = prepare_saved(b->render_sql, 2, types);
+		b->render_plan = shipsync_prepare_saved(b->render_sql, 2, types);
 		MemoryContextSwitchTo(old);
 	}
 	/*
@@ -781,9 +788,9 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 			else
 			{
 				c->method = "POST";
-				c->url = psprintf("%s/shipments/%s/cancel", p->base_url, url_escape(shipid[i]));
+				c->url = psprintf("%s/shipments/%s/cancel", p->base_url, shipsync_url_escape(shipid[i]));
 				c->body = psprintf("{\"order_ref\":%s}",
-								   quote_json_string(c->order_key));
+								   shipsync_quote_json(c->order_key));
 				c->kind = INTENT_CANCEL;
 			}
 		}
@@ -792,7 +799,7 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		else if (strcmp(c->op, "update") == 0 && shipid[i] != NULL)
 		{
 			c->method = "PATCH";
-			c->url = psprintf("%s/shipments/%s", p->base_url, url_escape(shipid[i]));
+			c->url = psprintf("%s/shipments/%s", p->base_url, shipsync_url_escape(shipid[i]));
 			c->body = body[i];
 			c->kind = INTENT_UPDATE;
 		}
@@ -1316,7 +1323,7 @@ prepare_apply_plans(void)
 	{
 		Oid			t[3] = {INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
 
-		apply_register_plan = prepare_saved(
+		apply_register_plan = shipsync_prepare_saved(
 			"INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op)"
 			" SELECT u.bid, u.tp, u.k, 'register' FROM unnest($1, $2, $3) AS u(bid, tp, k)", 3, t);
 	}
@@ -1329,7 +1336,7 @@ prepare_apply_plans(void)
 		 * its tracker id, and the waybill it follows (the shipping
 		 * provider's when the answer does not repeat it).  No write-back.
 		 */
-		apply_registered_plan = prepare_saved(
+		apply_registered_plan = shipsync_prepare_saved(
 			"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
 			" provider_shipment_id, tracking_number, raw_status, request_digest)"
 			" SELECT u.bid, u.k, u.pid, u.sid,"
@@ -1347,7 +1354,7 @@ prepare_apply_plans(void)
 		Oid			t[7] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
 		INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
 
-		apply_outbox_plan = prepare_saved(
+		apply_outbox_plan = shipsync_prepare_saved(
 			"UPDATE shipsync.outbox o SET state = u.state,"
 			" next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),"
 			" last_status = u.http_status, error_class = u.eclass, last_error = u.err,"
@@ -1362,7 +1369,7 @@ prepare_apply_plans(void)
 			TEXTARRAYOID, INT4ARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 		TEXTARRAYOID, TEXTARRAYOID};
 
-		apply_log_plan = prepare_saved(
+		apply_log_plan = shipsync_prepare_saved(
 			"INSERT INTO shipsync.delivery_log (outbox_id, attempt, provider_id, method,"
 			" url, http_status, latency_ms, outcome, error_class, error, request_digest)"
 			" SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11, t);
@@ -1372,7 +1379,7 @@ prepare_apply_plans(void)
 			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 		TEXTARRAYOID, TEXTARRAYOID};
 
-		apply_create_plan = prepare_saved(
+		apply_create_plan = shipsync_prepare_saved(
 			"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
 			" provider_shipment_id, tracking_number, label_url, status, raw_status, fees,"
 			" fee_total, request_digest, waybills)"
@@ -1399,7 +1406,7 @@ prepare_apply_plans(void)
 			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 		TEXTARRAYOID};
 
-		apply_update_plan = prepare_saved(
+		apply_update_plan = shipsync_prepare_saved(
 			"UPDATE shipsync.shipment AS s SET"
 			" tracking_number = COALESCE(u.tn, s.tracking_number),"
 			" label_url = COALESCE(u.label, s.label_url),"
@@ -1419,7 +1426,7 @@ prepare_apply_plans(void)
 		Oid			t[6] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
 		TEXTARRAYOID, TEXTARRAYOID};
 
-		apply_dead_plan = prepare_saved(
+		apply_dead_plan = shipsync_prepare_saved(
 			"INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id,"
 			" outbox_id, detail)"
 			" SELECT u.kind, u.bid, u.k, u.pid, u.id, u.err"
@@ -1498,7 +1505,7 @@ apply_writeback(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
 		{
 			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
-			b->writeback_plan = prepare_saved(b->writeback_sql, 6, ptypes);
+			b->writeback_plan = shipsync_prepare_saved(b->writeback_sql, 6, ptypes);
 			MemoryContextSwitchTo(old);
 		}
 		/* SPI_execute_plan of the next statement reuses SPI_tuptable: copy first */

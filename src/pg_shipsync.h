@@ -315,6 +315,7 @@ extern char *shipsync_form_field(const char *body, size_t len, const char *name)
 #include "lib/ilist.h"
 #include "lib/stringinfo.h"
 #include "datatype/timestamp.h"
+#include "executor/spi.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
@@ -358,6 +359,12 @@ extern void shipsync_register_launcher(void);
 
 /* in dispatcher.c */
 extern PGDLLEXPORT void shipsync_dispatcher_main(Datum main_arg);
+
+/* in outbox.c: helpers of every file that talks SQL or builds requests */
+extern SPIPlanPtr shipsync_prepare_saved(const char *sql, int nargs,
+										 const Oid *argtypes);
+extern char *shipsync_quote_json(const char *s);
+extern char *shipsync_url_escape(const char *s);
 
 /* in tracking.c */
 extern int64 tracking_apply_pulled(const char *provider_name, const char *body,

@@ -35,7 +35,6 @@
  */
 #include "postgres.h"
 
-#include <ctype.h>
 #include <curl/curl.h>
 
 #include "access/xact.h"
@@ -182,22 +181,6 @@ poller_load_config(TimestampTz now)
 	config_read_at = now;
 }
 
-static char *
-poller_url_escape(const char *s)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
-	{
-		if (isalnum(*p) || *p == '-' || *p == '_' || *p == '.' || *p == '~')
-			appendStringInfoChar(&buf, (char) *p);
-		else
-			appendStringInfo(&buf, "%%%02X", *p);
-	}
-	return buf.data;
-}
-
 static void
 poller_submit(HttpClient *client, Provider *p, const char *shipment_id)
 {
@@ -219,7 +202,7 @@ poller_submit(HttpClient *client, Provider *p, const char *shipment_id)
 		h = curl_slist_append(h, p->headers[i]);
 	f->xfer.method = "GET";
 	f->xfer.url = psprintf("%s/shipments/%s/events", p->base_url,
-						   poller_url_escape(shipment_id));
+						   shipsync_url_escape(shipment_id));
 	f->xfer.timeout_ms = p->timeout_ms;
 	f->xfer.headers = h;
 	f->xfer.owner = &poll_tag;

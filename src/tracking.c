@@ -119,25 +119,6 @@ static SPIPlanPtr provider_plan = NULL;
 static SPIPlanPtr apply_plan = NULL;
 static SPIPlanPtr binding_plan = NULL;
 
-static SPIPlanPtr
-tracking_prepare(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s: %s",
-			 SPI_result_code_string(SPI_result), sql);
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "SPI_keepplan failed");
-	return plan;
-}
-
-static char *
-getstr(HeapTuple tup, TupleDesc desc, int col)
-{
-	return SPI_getvalue(tup, desc, col);
-}
-
 /* Look a provider up by name; SPI must be connected. */
 static TrackProvider *
 load_provider(const char *name)
@@ -152,7 +133,7 @@ load_provider(const char *name)
 	{
 		Oid			t[1] = {TEXTOID};
 
-		provider_plan = tracking_prepare(
+		provider_plan = shipsync_prepare_saved(
 			"SELECT provider_id, name, dialect,"
 			" coalesce(options->>'profile', dialect),"
 			" CASE WHEN dialect = 'easypost' THEN normalize(options->>'webhook_secret', NFKD)"
@@ -176,13 +157,13 @@ load_provider(const char *name)
 	desc = SPI_tuptable->tupdesc;
 	p = palloc0(sizeof(TrackProvider));
 	p->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-	p->name = getstr(tup, desc, 2);
-	p->dialect = getstr(tup, desc, 3);
-	p->profile = getstr(tup, desc, 4);
-	p->secret = getstr(tup, desc, 5);
-	p->previous_secret = getstr(tup, desc, 6);
+	p->name = SPI_getvalue(tup, desc, 2);
+	p->dialect = SPI_getvalue(tup, desc, 3);
+	p->profile = SPI_getvalue(tup, desc, 4);
+	p->secret = SPI_getvalue(tup, desc, 5);
+	p->previous_secret = SPI_getvalue(tup, desc, 6);
 	p->accept_unsigned = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
-	p->timezone = getstr(tup, desc, 8);
+	p->timezone = SPI_getvalue(tup, desc, 8);
 	p->ttl_s = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
 	return p;
 }
@@ -534,14 +515,14 @@ writeback_status(int32 binding_id, Datum *keys, Datum *statuses, int n)
 	{
 		Oid			t[1] = {INT4OID};
 
-		binding_plan = tracking_prepare(
+		binding_plan = shipsync_prepare_saved(
 			"SELECT tbl::oid, writeback_sql FROM shipsync.binding WHERE binding_id = $1", 1, t);
 	}
 	if (SPI_execute_plan(binding_plan, &arg, NULL, true, 1) != SPI_OK_SELECT ||
 		SPI_processed == 0)
 		return;
 	relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	sql = getstr(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	sql = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	if (sql == NULL)
 		return;					/* nothing written back for this table */
 	ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
@@ -600,7 +581,7 @@ tracking_apply_batch(TrackProvider *p, EventBatch *b, TrackSummary *sum)
 			TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID,
 		TEXTARRAYOID};
 
-		apply_plan = tracking_prepare(
+		apply_plan = shipsync_prepare_saved(
 			"SELECT kind, binding_id, order_key, tracking_number, old_status, new_status, n, tbl"
 			" FROM shipsync._apply_tracking($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", 10, t);
 	}
@@ -629,31 +610,31 @@ tracking_apply_batch(TrackProvider *p, EventBatch *b, TrackSummary *sum)
 	{
 		HeapTuple	tup = tt->vals[i];
 		TupleDesc	desc = tt->tupdesc;
-		char	   *kind = getstr(tup, desc, 1);
+		char	   *kind = SPI_getvalue(tup, desc, 1);
 		bool		isnull;
 
 		if (strcmp(kind, "changed") == 0)
 		{
 			StringInfoData buf;
-			char	   *old = getstr(tup, desc, 5);
+			char	   *old = SPI_getvalue(tup, desc, 5);
 
 			c_bid[nchanged] = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-			c_key[nchanged] = CStringGetTextDatum(getstr(tup, desc, 3));
-			c_status[nchanged] = CStringGetTextDatum(getstr(tup, desc, 6));
+			c_key[nchanged] = CStringGetTextDatum(SPI_getvalue(tup, desc, 3));
+			c_status[nchanged] = CStringGetTextDatum(SPI_getvalue(tup, desc, 6));
 			initStringInfo(&buf);
 			appendStringInfoString(&buf, "{\"event\": \"status_changed\", \"table\": ");
-			escape_json(&buf, getstr(tup, desc, 8));
+			escape_json(&buf, SPI_getvalue(tup, desc, 8));
 			appendStringInfoString(&buf, ", \"order_key\": ");
-			escape_json(&buf, getstr(tup, desc, 3));
+			escape_json(&buf, SPI_getvalue(tup, desc, 3));
 			appendStringInfoString(&buf, ", \"old_status\": ");
 			if (old)
 				escape_json(&buf, old);
 			else
 				appendStringInfoString(&buf, "null");
 			appendStringInfoString(&buf, ", \"new_status\": ");
-			escape_json(&buf, getstr(tup, desc, 6));
+			escape_json(&buf, SPI_getvalue(tup, desc, 6));
 			appendStringInfoString(&buf, ", \"tracking_number\": ");
-			escape_json(&buf, getstr(tup, desc, 4));
+			escape_json(&buf, SPI_getvalue(tup, desc, 4));
 			appendStringInfoString(&buf, "}");
 			c_notify[nchanged] = buf.data;
 			nchanged++;
@@ -903,7 +884,7 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 	 * poll of its provider, which looks for parked events first.)
 	 */
 	if (any_plan == NULL)
-		any_plan = tracking_prepare("SELECT 1 FROM shipsync.unmatched_event LIMIT 1", 0, NULL);
+		any_plan = shipsync_prepare_saved("SELECT 1 FROM shipsync.unmatched_event LIMIT 1", 0, NULL);
 	if (SPI_execute_plan(any_plan, NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "looking for parked tracking events failed");
 	if (SPI_processed == 0)
@@ -916,7 +897,7 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 	{
 		Oid			t[2] = {INT4OID, TEXTOID};
 
-		probe_plan = tracking_prepare(
+		probe_plan = shipsync_prepare_saved(
 			"SELECT p.name FROM shipsync.unmatched_event u"
 			" JOIN shipsync.provider p ON p.provider_id = u.provider_id"
 			" WHERE u.provider_id = $1 AND u.tracking_number = $2 LIMIT 1", 2, t);
@@ -925,7 +906,7 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 		elog(ERROR, "looking for parked tracking events failed");
 	if (SPI_processed > 0)
 	{
-		TrackProvider *p = load_provider(getstr(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		TrackProvider *p = load_provider(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 		EventBatch *b = palloc0(sizeof(EventBatch));
 		TrackSummary sum = {0};
 

@@ -506,18 +506,19 @@ static const char *const mark_sql =
  * ours.  At most $1 intents (NULL: all) of the providers $2 (NULL: all):
  * those up to the $1-th smallest id, so that a later intent of an order
  * never reaches the outbox before an earlier one.  Two linear scans and no
- * per-row lookup (deleting by "ctid = ANY (array)" was a quadratic filter
- * in the generic plan).  Rows committed after this statement's snapshot
- * wait for the next drain.  A second drainer running at the same time
+ * per-row lookup: the bound is a scalar subquery, computed once (as a
+ * joined CTE it was inlined and re-run for every inbox row, and deleting
+ * by "ctid = ANY (array)" was a quadratic filter in the generic plan).
+ * Rows committed after this statement's snapshot wait for the next drain.  A second drainer running at the same time
  * waits on the rows the first deleted, then skips them: every intent moves
  * once.
  */
 static const char *const drain_sql =
-"WITH lim AS (SELECT pg_catalog.max(id) AS top FROM ("
-"   SELECT id FROM shipsync.inbox"
-"   WHERE $2::integer[] IS NULL OR provider_id = ANY ($2)"
-"   ORDER BY id LIMIT $1) s),"
-" d AS (DELETE FROM shipsync.inbox i USING lim WHERE i.id <= lim.top"
+"WITH d AS (DELETE FROM shipsync.inbox i"
+"   WHERE i.id <= (SELECT pg_catalog.max(s.id) FROM ("
+"     SELECT id FROM shipsync.inbox"
+"     WHERE $2::integer[] IS NULL OR provider_id = ANY ($2)"
+"     ORDER BY id LIMIT $1) s)"
 "   AND ($2::integer[] IS NULL OR i.provider_id = ANY ($2)) RETURNING i.*)"
 " INSERT INTO shipsync.outbox (id, binding_id, provider_id, order_key, op,"
 " idempotency_key, created_at, next_attempt_at)"
@@ -574,7 +575,7 @@ prepare_claim_plans(void)
 			"     WHERE e.binding_id = u.bid AND e.order_key = u.k AND e.id > u.id"
 			"     AND e.state IN ('pending', 'retrying', 'in_flight')"
 			"     OFFSET 0) AS x) AS v"
-			" WHERE e.id = v.id AND e.op = 'update' AND e.state = 'pending'"
+			" WHERE e.id = v.id AND e.op = 'update' AND e.state = (SELECT 'pending')"
 			" AND e.request_body IS NULL AND e.attempts = 0", 3, t);
 	}
 	{
@@ -1354,6 +1355,15 @@ prepare_apply_plans(void)
 		Oid			t[7] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
 		INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
 
+		/*
+		 * "state = (SELECT 'in_flight')", not a constant: with a constant,
+		 * the planner may read the in-flight rows through the partial
+		 * per-order index and hash them, trusting statistics taken when the
+		 * queue was empty (1 row) -- then every batch walks the whole
+		 * backlog.  An InitPlan cannot prove the partial index's predicate,
+		 * so the rows are found by primary key, one per array element.  The
+		 * same in coalesce_plan.
+		 */
 		apply_outbox_plan = shipsync_prepare_saved(
 			"UPDATE shipsync.outbox o SET state = u.state,"
 			" next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),"
@@ -1362,7 +1372,8 @@ prepare_apply_plans(void)
 			" done_at = CASE WHEN u.state IN ('done', 'dead') THEN pg_catalog.now() END"
 			" FROM unnest($1, $2, $3, $4, $5, $6, $7)"
 			"   AS u(id, attempt, state, next_at, http_status, eclass, err)"
-			" WHERE o.id = u.id AND o.state = 'in_flight' AND o.attempts = u.attempt", 7, t);
+			" WHERE o.id = u.id AND o.state = (SELECT 'in_flight')"
+			" AND o.attempts = u.attempt", 7, t);
 	}
 	{
 		Oid			t[11] = {INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID,

@@ -102,7 +102,9 @@ COMMENT ON COLUMN @extschema@.outbox.coalesced_into IS 'For a coalesced update: 
  * moves these rows into the outbox, indexes and all, in its own
  * transactions, as soon as a commit tells it of new intents; ids come from
  * the outbox's sequence, so order is kept.  Rows come and go: vacuum it
- * after every 10,000 of them rather than after a fifth of the table.
+ * after every 10,000 of them rather than after a fifth of the table, and
+ * not for inserts (rows that will be deleted need no freezing; while a
+ * provider is paused, each insert-driven vacuum re-read the whole backlog).
  */
 CREATE TABLE @extschema@.inbox (
 	id				bigint NOT NULL,
@@ -112,7 +114,8 @@ CREATE TABLE @extschema@.inbox (
 	op				text NOT NULL,
 	idempotency_key uuid NOT NULL,
 	created_at		timestamptz NOT NULL
-) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000);
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+		autovacuum_vacuum_insert_threshold = -1);
 COMMENT ON TABLE @extschema@.inbox IS
 	'Intents just captured, not yet taken into shipsync.outbox by the dispatcher (it does so within milliseconds of the commit, or when a paused provider is resumed). No index: capture costs the user one small heap insert. shipsync.queue_status and shipsync.trace() count these as pending.';
 

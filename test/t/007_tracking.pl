@@ -18,19 +18,6 @@ use Test::More;
 use Time::HiRes qw(usleep);
 use ShipsyncTest;
 
-# Wait until the simulator has sent every push (each one goes through the
-# receiver and ingest_tracking(): slow on a loaded machine, hence our own
-# timeout rather than sim_post's 10 s).
-sub flush_pushes
-{
-	my ($sim) = @_;
-	my $r = HTTP::Tiny->new(timeout => 300)->post("$sim->{url}/_sim/tracking/flush",
-		{ headers => { 'Content-Type' => 'application/json' }, content => '{}' });
-	die "flush: $r->{status} $r->{content}" unless $r->{success};
-	my $left = decode_json($r->{content})->{left};
-	die "flush: $left pushes still queued" if $left;
-}
-
 my $NORDERS = 1000;
 my $SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
 
@@ -41,26 +28,7 @@ setup_orders($node, $sim,
 	    "webhook_secret": "$SECRET", "poll_interval_s": 2}));
 
 # the shop's webhook endpoint: every push goes to ingest_tracking()
-my $rdir = PostgreSQL::Test::Utils::tempdir();
-my $rpid = fork();
-die "fork: $!" unless defined $rpid;
-if ($rpid == 0)
-{
-	open(STDOUT, '>', "$rdir/receiver.out");
-	open(STDERR, '>&', \*STDOUT);
-	exec('python3', "$FindBin::RealBin/../sim/receiver.py", '--provider', 'sim',
-		'--psql', 'psql', '--dsn', $node->connstr('postgres'),
-		'--port-file', "$rdir/port")
-	  or die "exec: $!";
-}
-for (1 .. 200)
-{
-	last if -s "$rdir/port";
-	usleep(50_000);
-}
-die "the receiver did not start" unless -s "$rdir/port";
-my $rport = PostgreSQL::Test::Utils::slurp_file("$rdir/port");
-chomp $rport;
+my ($rpid, $rport) = start_receiver($node, 'sim');
 
 # 1. the orders become shipments at the simulator
 $node->safe_psql('postgres',

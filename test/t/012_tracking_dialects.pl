@@ -22,19 +22,6 @@ use Test::More;
 use Time::HiRes qw(usleep);
 use ShipsyncTest;
 
-# Wait until the simulator has sent every push (each one goes through the
-# receiver and ingest_tracking(): slow on a loaded machine, hence our own
-# timeout rather than sim_post's 10 s).
-sub flush_pushes
-{
-	my ($sim) = @_;
-	my $r = HTTP::Tiny->new(timeout => 300)->post("$sim->{url}/_sim/tracking/flush",
-		{ headers => { 'Content-Type' => 'application/json' }, content => '{}' });
-	die "flush: $r->{status} $r->{content}" unless $r->{success};
-	my $left = decode_json($r->{content})->{left};
-	die "flush: $left pushes still queued" if $left;
-}
-
 my $NORDERS = 40;
 my $node = shipsync_node('dialects');
 $node->safe_psql('postgres', 'CREATE EXTENSION pg_shipsync; CREATE SCHEMA crm;');
@@ -54,31 +41,6 @@ my %secret = (
 	aftership => '95f35e6b3dbc26527029cbd9cfa51b87',
 	kuaidi100 => 'salt-8f2c',
 	sf_express => '');
-
-sub start_receiver
-{
-	my ($provider) = @_;
-	my $dir = PostgreSQL::Test::Utils::tempdir();
-	my $pid = fork();
-	die "fork: $!" unless defined $pid;
-	if ($pid == 0)
-	{
-		open(STDOUT, '>', "$dir/receiver.out");
-		open(STDERR, '>&', \*STDOUT);
-		exec('python3', "$FindBin::RealBin/../sim/receiver.py", '--provider', $provider,
-			'--psql', 'psql', '--dsn', $node->connstr('postgres'), '--port-file', "$dir/port")
-		  or die "exec: $!";
-	}
-	for (1 .. 200)
-	{
-		last if -s "$dir/port";
-		usleep(50_000);
-	}
-	die "the receiver did not start" unless -s "$dir/port";
-	my $port = PostgreSQL::Test::Utils::slurp_file("$dir/port");
-	chomp $port;
-	return ($pid, $port);
-}
 
 for my $dialect (qw(easypost aftership kuaidi100 sf_express))
 {
@@ -119,7 +81,7 @@ for my $dialect (qw(easypost aftership kuaidi100 sf_express))
 			 shipsync.provider t
 		WHERE p.name = 'ship_$dialect' AND t.name = 'trk_$dialect'});
 
-	my ($rpid, $rport) = start_receiver("trk_$dialect");
+	my ($rpid, $rport) = start_receiver($node, "trk_$dialect");
 	sim_post(
 		$sim,
 		'/_sim/tracking/config',

@@ -15,7 +15,7 @@ use Time::HiRes qw(usleep time);
 use Exporter 'import';
 
 our @EXPORT = qw(shipsync_node start_sim stop_sim sim_get sim_post wait_until
-  setup_orders);
+  setup_orders start_receiver flush_pushes);
 
 my $here = dirname(abs_path(__FILE__));
 my @started_sims;
@@ -150,6 +150,47 @@ sub setup_orders
 		SELECT shipsync.attach('crm.orders', 'sim', writeback => '{"tracking_number": "waybill_no",
 			"status": "ship_status", "fee_total": "fee", "label_url": "label"}');
 	});
+}
+
+# The shop's webhook endpoint (test/sim/receiver.py): every push it gets
+# goes to shipsync.ingest_tracking($provider) on $node.  Returns (pid, port);
+# the caller stops it with kill 'TERM' and waitpid.
+sub start_receiver
+{
+	my ($node, $provider) = @_;
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	my $pid = fork();
+	die "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		open(STDOUT, '>', "$dir/receiver.out");
+		open(STDERR, '>&', \*STDOUT);
+		exec('python3', "$here/../sim/receiver.py", '--provider', $provider,
+			'--psql', 'psql', '--dsn', $node->connstr('postgres'), '--port-file', "$dir/port")
+		  or die "exec: $!";
+	}
+	for (1 .. 200)
+	{
+		last if -s "$dir/port";
+		usleep(50_000);
+	}
+	die "the receiver did not start" unless -s "$dir/port";
+	my $port = PostgreSQL::Test::Utils::slurp_file("$dir/port");
+	chomp $port;
+	return ($pid, $port);
+}
+
+# Wait until the simulator has sent every push (each one goes through the
+# receiver and ingest_tracking(): slow on a loaded machine, hence a timeout
+# of our own rather than sim_post's 10 s).
+sub flush_pushes
+{
+	my ($sim) = @_;
+	my $r = HTTP::Tiny->new(timeout => 300)->post("$sim->{url}/_sim/tracking/flush",
+		{ headers => { 'Content-Type' => 'application/json' }, content => '{}' });
+	die "flush: $r->{status} $r->{content}" unless $r->{success};
+	my $left = decode_json($r->{content})->{left};
+	die "flush: $left pushes still queued" if $left;
 }
 
 1;

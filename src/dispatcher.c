@@ -383,7 +383,11 @@ oauth_fetch(Provider *p)
 	free(id);
 	free(secret);
 	if (n < 0)
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(fcxt);	/* it lives in TopMemoryContext */
 		elog(ERROR, "could not encode OAuth2 client credentials");
+	}
 	b64[n] = '\0';
 	f->cxt = fcxt;
 	f->token_fetch = true;

@@ -151,6 +151,8 @@ typedef struct ShipResult
 } ShipResult;
 
 /* in outbox.c */
+extern void shipsync_begin_tx(const char *activity, bool durable);
+extern void shipsync_end_tx(void);
 extern void outbox_requeue_in_flight(bool expired_only);
 extern void outbox_load_config(MemoryContext cxt, Provider **providers,
 							   int *nproviders, Binding **bindings,

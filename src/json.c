@@ -760,7 +760,7 @@ shipsync_json_member_doc(ShipJson *doc, const char *key)
 	struct json_object *v;
 
 	if (m == NULL)
-		abort();
+		shipsync_out_of_memory();
 	if (doc && json_object_is_type(doc->root, json_type_object) &&
 		json_object_object_get_ex(doc->root, key, &v))
 		m->root = json_object_get(v);
@@ -799,7 +799,7 @@ json_to_value(struct json_object *v, MapValue *out)
 	}
 	out->s = strdup(s ? s : "");
 	if (out->s == NULL)
-		abort();
+		shipsync_out_of_memory();
 }
 
 /*

@@ -106,7 +106,7 @@ xstrdup(const char *s)
 	char	   *d = strdup(s ? s : "");
 
 	if (d == NULL)
-		abort();
+		shipsync_out_of_memory();
 	return d;
 }
 
@@ -116,7 +116,7 @@ xstrndup(const char *s, size_t n)
 	char	   *d = strndup(s, n);
 
 	if (d == NULL)
-		abort();
+		shipsync_out_of_memory();
 	return d;
 }
 
@@ -126,7 +126,7 @@ xcalloc(size_t n, size_t size)
 	void	   *p = calloc(n ? n : 1, size ? size : 1);
 
 	if (p == NULL)
-		abort();
+		shipsync_out_of_memory();
 	return p;
 }
 
@@ -164,7 +164,7 @@ buf_need(Buf *b, size_t more)
 			cap *= 2;
 		b->data = realloc(b->data, cap);
 		if (b->data == NULL)
-			abort();
+			shipsync_out_of_memory();
 		b->cap = cap;
 		b->data[b->len] = '\0';	/* a string even before the first add */
 	}
@@ -578,7 +578,7 @@ shipsync_path_parse(const char *text, MapPath *out, char *errbuf, size_t errlen)
 			cap *= 2;
 			out->segs = realloc(out->segs, sizeof(MapSeg) * cap);
 			if (out->segs == NULL)
-				abort();
+				shipsync_out_of_memory();
 		}
 		seg = &out->segs[out->nsegs];
 		memset(seg, 0, sizeof(*seg));

@@ -200,8 +200,8 @@ get_text(HeapTuple tup, TupleDesc desc, int col)
 	return SPI_getvalue(tup, desc, col);
 }
 
-static void
-begin_tx(const char *activity, bool durable)
+void
+shipsync_begin_tx(const char *activity, bool durable)
 {
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -213,8 +213,8 @@ begin_tx(const char *activity, bool durable)
 	pgstat_report_activity(STATE_RUNNING, activity);
 }
 
-static void
-end_tx(void)
+void
+shipsync_end_tx(void)
 {
 	SPI_finish();
 	PopActiveSnapshot();
@@ -281,7 +281,7 @@ outbox_requeue_in_flight(bool expired_only)
 {
 	int			rc;
 
-	begin_tx(expired_only ? "sweeping expired leases" : "recovering intents in flight",
+	shipsync_begin_tx(expired_only ? "sweeping expired leases" : "recovering intents in flight",
 			 !expired_only);
 	rc = SPI_execute(expired_only ?
 					 "UPDATE shipsync.outbox SET state = 'retrying',"
@@ -304,7 +304,7 @@ outbox_requeue_in_flight(bool expired_only)
 						"pg_shipsync: %llu intents whose lease expired are due again" :
 						"pg_shipsync: %llu intents that were in flight are sent again",
 						(unsigned long long) SPI_processed)));
-	end_tx();
+	shipsync_end_tx();
 }
 
 /*
@@ -320,7 +320,7 @@ outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 	Binding    *bs;
 	uint64		n;
 
-	begin_tx("loading configuration", false);
+	shipsync_begin_tx("loading configuration", false);
 	outbox_load_providers(cxt, providers, nproviders, 0);
 
 	rc = SPI_execute("SELECT b.binding_id, b.tbl::oid, b.render_sql, b.writeback_sql,"
@@ -349,7 +349,7 @@ outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 	MemoryContextSwitchTo(old);
 	*bindings = bs;
 	*nbindings = (int) n;
-	end_tx();
+	shipsync_end_tx();
 }
 
 /*
@@ -873,10 +873,10 @@ outbox_drain_inbox(int64 limit, const int32 *ids, int nids)
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	uint64		n;
 
-	begin_tx("taking in captured intents", false);
+	shipsync_begin_tx("taking in captured intents", false);
 	prepare_claim_plans();
 	n = drain_inbox(limit, ids, nids);
-	end_tx();
+	shipsync_end_tx();
 	MemoryContextSwitchTo(caller_cxt);
 	return n;
 }
@@ -1021,7 +1021,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 		bool	   *grouped;
 		SPITupleTable *tt;
 
-		begin_tx("claiming intents", true);
+		shipsync_begin_tx("claiming intents", true);
 		prepare_claim_plans();
 
 		/* 1. lock the due intents */
@@ -1194,7 +1194,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 			*next_due = isnull ? 0 : DatumGetTimestampTz(d);
 		}
 
-		end_tx();
+		shipsync_end_tx();
 	}
 	PG_CATCH();
 	{
@@ -1250,7 +1250,7 @@ outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb, const char *msg)
 	ereport(WARNING,
 			(errcode(ERRCODE_DATA_EXCEPTION),
 			 errmsg("pg_shipsync: orders of binding %d cannot be rendered: %s", fb, msg)));
-	begin_tx("recording a render failure", false);
+	shipsync_begin_tx("recording a render failure", false);
 	prepare_claim_plans();
 	prepare_apply_plans();
 	a = args_create(5, types, ncl);
@@ -1289,7 +1289,7 @@ outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb, const char *msg)
 		elog(ERROR, "recording a render failure failed");
 	if (d->n > 0 && args_execute(apply_dead_plan, d, false) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "opening exception tickets failed");
-	end_tx();
+	shipsync_end_tx();
 }
 
 /* ---------- apply ---------- */
@@ -1707,9 +1707,9 @@ outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
 
 	PG_TRY();
 	{
-		begin_tx("applying results", false);
+		shipsync_begin_tx("applying results", false);
 		apply_range(rs, 0, n, bs, nb);
-		end_tx();
+		shipsync_end_tx();
 		MemoryContextSwitchTo(cxt);
 		return;
 	}
@@ -1729,7 +1729,7 @@ outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
 	PG_END_TRY();
 
 	/* slow path: one subtransaction per result, never more than one open */
-	begin_tx("applying results one by one", false);
+	shipsync_begin_tx("applying results one by one", false);
 	owner = CurrentResourceOwner;
 	for (volatile int i = 0; i < n; i++)
 	{
@@ -1777,6 +1777,6 @@ outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
 		}
 		PG_END_TRY();
 	}
-	end_tx();
+	shipsync_end_tx();
 	MemoryContextSwitchTo(cxt);
 }

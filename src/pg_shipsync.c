@@ -124,6 +124,16 @@ shipsync_exchange_masks(int slot, uint64 accepting)
 }
 
 void
+shipsync_out_of_memory(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OUT_OF_MEMORY),
+			 errmsg("out of memory"),
+			 errdetail("pg_shipsync could not allocate memory outside PostgreSQL's allocator.")));
+	pg_unreachable();
+}
+
+void
 _PG_init(void)
 {
 	if (!process_shared_preload_libraries_in_progress)

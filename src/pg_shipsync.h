@@ -24,6 +24,15 @@
 
 /* ---- plain C part (no PostgreSQL headers needed) ---- */
 
+/*
+ * The plain-C files call this when malloc fails.  In the server
+ * (pg_shipsync.c) it raises an ERROR, so the dispatcher or backend recovers
+ * like from any other error; abort() there would make the postmaster
+ * restart every backend.  The unit tests and the fuzz target define it as
+ * abort().
+ */
+extern void shipsync_out_of_memory(void) __attribute__((noreturn));
+
 /* What a carrier answered to a create, update or cancel (in json.c) */
 typedef struct ShipResponse
 {

@@ -91,27 +91,6 @@ static TimestampTz expire_due = 0;
 static PollFlight *finished = NULL;
 static SPIPlanPtr next_plan = NULL;
 
-static void
-poller_begin_tx(const char *activity)
-{
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-static void
-poller_end_tx(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
-}
-
 static PollProvider *
 find_polled(int32 id)
 {
@@ -135,7 +114,7 @@ poller_load_config(TimestampTz now)
 
 	new_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync poller",
 									ALLOCSET_SMALL_SIZES);
-	poller_begin_tx("reading polled providers");
+	shipsync_begin_tx("reading polled providers", false);
 	if (SPI_execute("SELECT provider_id, (options->>'poll_interval_s')::integer"
 					" FROM shipsync.provider"
 					" WHERE dialect = 'generic'"
@@ -171,7 +150,7 @@ poller_load_config(TimestampTz now)
 			ps[i].next_round = now;
 	}
 	MemoryContextSwitchTo(old);
-	poller_end_tx();
+	shipsync_end_tx();
 
 	if (poll_cxt)
 		MemoryContextDelete(poll_cxt);
@@ -300,10 +279,10 @@ poller_send(HttpClient *client, Provider *providers, int nproviders, TimestampTz
 	 */
 	if (now >= expire_due)
 	{
-		poller_begin_tx("expiring parked tracking events");
+		shipsync_begin_tx("expiring parked tracking events", false);
 		if (SPI_execute("SELECT shipsync._expire_unmatched(NULL)", false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "expiring parked tracking events failed");
-		poller_end_tx();
+		shipsync_end_tx();
 		expire_due = TimestampTzPlusMilliseconds(now, shipsync_idle_check_ms);
 	}
 	for (int i = 0; i < npolled; i++)
@@ -333,13 +312,13 @@ poller_send(HttpClient *client, Provider *providers, int nproviders, TimestampTz
 			continue;
 		if (!in_tx)
 		{
-			poller_begin_tx("choosing shipments to poll");
+			shipsync_begin_tx("choosing shipments to poll", false);
 			in_tx = true;
 		}
 		poller_next_batch(client, p, pp, room, now);
 	}
 	if (in_tx)
-		poller_end_tx();
+		shipsync_end_tx();
 }
 
 /* The dispatcher hands us its finished transfers: true if it was a poll. */
@@ -398,7 +377,7 @@ poller_apply(void)
 		return;
 	finished = NULL;
 
-	poller_begin_tx("applying polled tracking");
+	shipsync_begin_tx("applying polled tracking", false);
 	owner = CurrentResourceOwner;
 	for (PollFlight *f = list; f != NULL; f = f->next)
 	{
@@ -439,7 +418,7 @@ poller_apply(void)
 		}
 		PG_END_TRY();
 	}
-	poller_end_tx();
+	shipsync_end_tx();
 	MemoryContextSwitchTo(cxt);
 	elog(DEBUG2, "pg_shipsync: polled tracking applied, %lld shipments changed",
 		 (long long) changed);

@@ -41,7 +41,7 @@ shipsync_urlencode_java(const char *s)
 	char	   *o = out;
 
 	if (out == NULL)
-		abort();
+		shipsync_out_of_memory();
 	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
 	{
 		if (isalnum(*p) && *p < 0x80)
@@ -95,7 +95,7 @@ shipsync_sf_digest(const char *msg_data, const char *timestamp, const char *chec
 	char	   *out;
 
 	if (joined == NULL)
-		abort();
+		shipsync_out_of_memory();
 	snprintf(joined, n + 1, "%s%s%s", msg_data, timestamp, checkword);
 	enc = shipsync_urlencode_java(joined);
 	free(joined);
@@ -107,7 +107,7 @@ shipsync_sf_digest(const char *msg_data, const char *timestamp, const char *chec
 	free(enc);
 	out = malloc(25);
 	if (out == NULL)
-		abort();
+		shipsync_out_of_memory();
 	EVP_EncodeBlock((unsigned char *) out, digest, 16);
 	return out;
 }
@@ -140,7 +140,7 @@ shipsync_sf_form(const char *partner_id, const char *request_id,
 		unsigned char md[16];
 
 		if (joined == NULL)
-			abort();
+			shipsync_out_of_memory();
 		snprintf(joined, len + 1, "%s%s%s", f[4], ts, cw);
 		free(ts);
 		free(cw);
@@ -149,7 +149,7 @@ shipsync_sf_form(const char *partner_id, const char *request_id,
 		{
 			digest = malloc(25);
 			if (digest == NULL)
-				abort();
+				shipsync_out_of_memory();
 			EVP_EncodeBlock((unsigned char *) digest, md, 16);
 		}
 		free(joined);
@@ -169,7 +169,7 @@ shipsync_sf_form(const char *partner_id, const char *request_id,
 	n += 80;
 	out = malloc(n);
 	if (out == NULL)
-		abort();
+		shipsync_out_of_memory();
 	snprintf(out, n, "partnerID=%s&requestID=%s&serviceCode=%s&timestamp=%s&msgData=%s&msgDigest=%s",
 			 f[0], f[1], f[2], f[3], f[4], f[5]);
 	for (int i = 0; i < 6; i++)
@@ -189,7 +189,7 @@ shipsync_md5_upper_hex(const char *s)
 		return NULL;
 	out = malloc(33);
 	if (out == NULL)
-		abort();
+		shipsync_out_of_memory();
 	for (int i = 0; i < 16; i++)
 		snprintf(out + 2 * i, 3, "%02X", digest[i]);
 	return out;

@@ -19,6 +19,13 @@
 
 #include "pg_shipsync.h"
 
+/* out of memory in the code under test: stop here (the server raises an ERROR) */
+void
+shipsync_out_of_memory(void)
+{
+	abort();
+}
+
 int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* split s at its first newline: s is the first part, the rest returned */

@@ -14,6 +14,13 @@
 
 #include "pg_shipsync.h"
 
+/* out of memory in the code under test: stop here (the server raises an ERROR) */
+void
+shipsync_out_of_memory(void)
+{
+	abort();
+}
+
 static int	n_test = 0;
 static int	n_fail = 0;
 

@@ -67,8 +67,21 @@ COMMENT ON TABLE @extschema@.binding IS
 -- executor start, a tenth of the trigger's cost).  Only the capture trigger
 -- and the dispatcher write it; op is create, update or cancel; state is one
 -- of pending, in_flight, retrying, done, dead, invalid, coalesced.
+-- Intent ids: the sequence advances by whole blocks that capture and this
+-- default hand out one id at a time from shared memory, in order across
+-- all backends (see capture.c): an intent captured after another committed
+-- gets the larger id, without a sequence lock per row.
+CREATE SEQUENCE @extschema@.outbox_id_seq INCREMENT BY 1024;
+CREATE FUNCTION @extschema@._intent_id(seq regclass)
+RETURNS bigint
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'shipsync_intent_id';
+COMMENT ON FUNCTION @extschema@._intent_id(regclass) IS
+	'Internal: the next intent id of shipsync.outbox, in order across all backends.';
+REVOKE ALL ON FUNCTION @extschema@._intent_id(regclass) FROM PUBLIC;
+
 CREATE TABLE @extschema@.outbox (
-	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	id				bigint NOT NULL DEFAULT @extschema@._intent_id('@extschema@.outbox_id_seq') PRIMARY KEY,
 	binding_id		integer NOT NULL,
 	provider_id		integer NOT NULL,
 	order_key		text NOT NULL,
@@ -90,6 +103,7 @@ CREATE TABLE @extschema@.outbox (
 	last_error		text,
 	coalesced_into	bigint
 );
+ALTER SEQUENCE @extschema@.outbox_id_seq OWNED BY @extschema@.outbox.id;
 COMMENT ON TABLE @extschema@.outbox IS
 	'One row per intent (create, update or cancel the shipment of one order), written by the capture trigger in the order''s own transaction. States: pending, in_flight, retrying, done, dead, invalid, coalesced. The request is rendered and stored before its first attempt and re-sent unchanged with the same idempotency key.';
 COMMENT ON COLUMN @extschema@.outbox.idempotency_key IS 'Sent as Idempotency-Key on every attempt of this intent.';
@@ -100,8 +114,8 @@ COMMENT ON COLUMN @extschema@.outbox.coalesced_into IS 'For a coalesced update: 
  * index at all, so that capturing costs the user one small heap tuple (the
  * indexed outbox cost a quarter of a plain insert's speed).  The dispatcher
  * moves these rows into the outbox, indexes and all, in its own
- * transactions, as soon as a commit tells it of new intents; ids come from
- * the outbox's sequence, so order is kept.  Rows come and go: vacuum it
+ * transactions, as soon as a commit tells it of new intents; ids are the
+ * outbox's intent ids, so order is kept.  Rows come and go: vacuum it
  * after every 10,000 of them rather than after a fifth of the table, and
  * not for inserts (rows that will be deleted need no freezing; while a
  * provider is paused, each insert-driven vacuum re-read the whole backlog).
@@ -857,7 +871,6 @@ BEGIN
 			RETURNING i.*)
 		INSERT INTO @extschema@.outbox (id, binding_id, provider_id, order_key, op,
 			idempotency_key, created_at, next_attempt_at)
-		OVERRIDING SYSTEM VALUE
 		SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at, created_at
 		FROM mv;
 		WITH b AS (

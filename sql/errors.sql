@@ -90,7 +90,10 @@ SELECT count(*) >= 0 AS can_read FROM shipsync.queue_status;
 SELECT pg_temp.err($$SELECT auth FROM shipsync.provider$$);
 SELECT pg_temp.err($$SELECT shipsync.pause('p')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_provider('q', 'generic', 'https://q.example')$$);
+SELECT pg_temp.err($$SELECT shipsync._intent_id('shipsync.outbox_id_seq')$$);
 RESET SESSION AUTHORIZATION;
+-- intent ids come only from a sequence
+SELECT pg_temp.err($$SELECT shipsync._intent_id('pg_class')$$);
 
 -- repairs
 SELECT pg_temp.err($$SELECT shipsync.retry(424242)$$);

@@ -522,7 +522,6 @@ static const char *const drain_sql =
 "   AND ($2::integer[] IS NULL OR i.provider_id = ANY ($2)) RETURNING i.*)"
 " INSERT INTO shipsync.outbox (id, binding_id, provider_id, order_key, op,"
 " idempotency_key, created_at, next_attempt_at)"
-" OVERRIDING SYSTEM VALUE"
 " SELECT id, binding_id, provider_id, order_key, op, idempotency_key,"
 " created_at, created_at FROM d";
 

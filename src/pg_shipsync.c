@@ -64,6 +64,7 @@ shipsync_shmem_startup(void)
 	{
 		memset(shipsync_shared, 0, sizeof(ShipsyncShared));
 		SpinLockInit(&shipsync_shared->mutex);
+		SpinLockInit(&shipsync_shared->id_mutex);
 		pg_atomic_init_u64(&shipsync_shared->config_generation, 1);
 	}
 	LWLockRelease(AddinShmemInitLock);

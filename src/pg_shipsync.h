@@ -344,11 +344,31 @@ typedef struct ShipsyncSlot
 /* A provider's bit in those masks: ids beyond 64 share bits, harmlessly */
 #define SHIPSYNC_PROVIDER_BIT(id) (UINT64CONST(1) << ((uint32) (id) % 64))
 
+/*
+ * A block of intent ids reserved from one database's outbox sequence and
+ * handed out one by one (see capture.c).  epoch changes whenever the entry
+ * is given to another database or sequence.
+ */
+typedef struct ShipsyncIdBlock
+{
+	Oid			dbid;			/* InvalidOid when free */
+	Oid			seqid;
+	uint64		epoch;
+	int64		next;			/* next id to hand out */
+	int64		limit;			/* first id past the block */
+} ShipsyncIdBlock;
+
+#define SHIPSYNC_ID_BLOCKS 64
+
 typedef struct ShipsyncShared
 {
 	slock_t		mutex;			/* protects slots[] */
 	pg_atomic_uint64 config_generation; /* bumped when providers change */
 	ShipsyncSlot slots[SHIPSYNC_MAX_DISPATCHERS];
+	slock_t		id_mutex;		/* protects the fields below */
+	uint64		id_epoch;
+	int			id_victim;		/* next entry to reuse when all are taken */
+	ShipsyncIdBlock id_blocks[SHIPSYNC_ID_BLOCKS];
 } ShipsyncShared;
 
 /* in pg_shipsync.c */
@@ -382,6 +402,7 @@ extern int64 tracking_apply_pulled(const char *provider_name, const char *body,
 /* in capture.c */
 extern bool shipsync_capture_suppressed;
 extern void shipsync_wake_at_commit(int32 provider_id, bool config_changed);
+extern int64 shipsync_next_intent_id(Oid seqid);
 
 /* in http.c: one transfer, owned by the dispatcher until completion */
 typedef struct HttpTransfer

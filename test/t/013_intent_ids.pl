@@ -1,0 +1,97 @@
+# Intent ids.  Per-order ordering rests on them: an intent captured after
+# another one committed must get the larger id, whichever backend captured
+# each.  They come from blocks of the outbox sequence handed out through
+# shared memory (src/capture.c).  What a user relies on:
+#   - four clients creating orders and updating each other's: every order's
+#     create has the smallest id of its intents, also when blocks are tiny
+#     and taken concurrently all the time;
+#   - ids are unique and keep growing across an immediate stop (the block in
+#     shared memory is lost, the sequence is not), across the outbox's own
+#     default (SQL-side intents), and after DROP/CREATE EXTENSION;
+#   - a sequence advancing by 1 (no block to share) still works.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ShipsyncTest;
+
+my $node = shipsync_node('ids');
+my $sql = sub { $node->safe_psql('postgres', $_[0]) };
+my $setup = q{
+	CREATE EXTENSION pg_shipsync;
+	CREATE SCHEMA IF NOT EXISTS crm;
+	CREATE TABLE IF NOT EXISTS crm.orders (id bigserial PRIMARY KEY, customer text NOT NULL, waybill_no text);
+	SELECT shipsync.create_provider('nowhere', 'generic', 'http://127.0.0.1:9', '{}');
+	SELECT shipsync.pause('nowhere');
+	SELECT shipsync.attach('crm.orders', 'nowhere', writeback => '{"tracking_number": "waybill_no"}');
+};
+$sql->($setup);
+
+# 1. blocks of 4 ids, four clients racing: creates and cross-backend updates
+$sql->("ALTER SEQUENCE shipsync.outbox_id_seq INCREMENT BY 4");
+$sql->("INSERT INTO crm.orders (customer) SELECT 'seed' FROM generate_series(1, 50)");
+$node->pgbench(
+	'--no-vacuum --client=4 --jobs=2 --time=5',
+	0, [qr/processed: [1-9]/], [qr/^$/], 'four clients create and update orders',
+	{
+		'013_create' => "INSERT INTO crm.orders (customer) VALUES ('new');\n",
+		'013_update' => "\\set r random(0, 49)\n"
+		  . "UPDATE crm.orders SET customer = customer || '.' WHERE id = (SELECT max(id) FROM crm.orders) - :r;\n",
+	});
+my $updates = $sql->("SELECT count(*) FROM shipsync.inbox WHERE op = 'update'");
+cmp_ok($updates, '>', 100, "race: $updates updates captured");
+is( $sql->(
+		"SELECT count(*) FROM (SELECT order_key,
+			min(id) FILTER (WHERE op = 'create') AS c, min(id) FILTER (WHERE op = 'update') AS u
+			FROM shipsync.inbox GROUP BY order_key) s WHERE u < c"),
+	0,
+	'race: no update got a smaller id than its order\'s create');
+is($sql->("SELECT count(*) - count(DISTINCT id) FROM shipsync.inbox"), 0, 'race: ids are unique');
+is( $sql->("SELECT count(*) FROM crm.orders"),
+	$sql->("SELECT count(*) FROM shipsync.inbox WHERE op = 'create'"),
+	'race: one create intent per order');
+
+# 2. the outbox default draws from the same order
+my $max = $sql->("SELECT max(id) FROM shipsync.inbox");
+my $sqlid = $sql->(
+	"INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op)
+	 SELECT binding_id, provider_id, 'by-sql', 'register' FROM shipsync.binding RETURNING id");
+cmp_ok($sqlid, '>', $max, 'SQL-side intent: its id follows every captured one');
+$sql->("INSERT INTO crm.orders (customer) VALUES ('after-sql')");
+cmp_ok($sql->("SELECT max(id) FROM shipsync.inbox"), '>', $sqlid,
+	'and the next capture follows it');
+
+# 3. an immediate stop loses the block in shared memory, not the order
+$sql->("ALTER SEQUENCE shipsync.outbox_id_seq INCREMENT BY 1024");
+$sql->("INSERT INTO crm.orders (customer) VALUES ('before-crash')");
+$max = $sql->("SELECT max(id) FROM shipsync.inbox");
+my $n = $sql->("SELECT count(*) FROM shipsync.inbox");
+$node->stop('immediate');
+$node->start;
+is($sql->("SELECT count(*) FROM shipsync.inbox"), $n, 'crash: every committed intent is kept');
+$sql->("INSERT INTO crm.orders (customer) VALUES ('after-crash')");
+cmp_ok($sql->("SELECT id FROM shipsync.inbox WHERE order_key = (SELECT id::text FROM crm.orders WHERE customer = 'after-crash')"),
+	'>', $max, 'crash: the first id after the restart is larger than every earlier one');
+
+# 4. a new extension, a new sequence: ids start again, still unique
+$sql->("DROP EXTENSION pg_shipsync CASCADE");
+$sql->($setup);
+$sql->("INSERT INTO crm.orders (customer) SELECT 'again' FROM generate_series(1, 10)");
+is($sql->("SELECT count(DISTINCT id) FROM shipsync.inbox"), 10,
+	'recreated: ten intents, ten ids');
+cmp_ok($sql->("SELECT min(id) FROM shipsync.inbox"), '<', $max,
+	'recreated: ids come from the new sequence, not the old block');
+
+# 5. no block to share: a sequence advancing by 1
+$sql->("ALTER SEQUENCE shipsync.outbox_id_seq INCREMENT BY 1");
+$max = $sql->("SELECT max(id) FROM shipsync.inbox");
+$sql->("INSERT INTO crm.orders (customer) SELECT 'one' FROM generate_series(1, 3)");
+is( $sql->("SELECT string_agg((id > $max)::text, ',' ORDER BY id) FROM shipsync.inbox WHERE order_key IN (SELECT id::text FROM crm.orders WHERE customer = 'one')"),
+	'true,true,true', 'increment 1: each id is new and larger');
+is($sql->("SELECT count(*) - count(DISTINCT id) FROM shipsync.inbox"), 0, 'increment 1: unique');
+
+$node->stop;
+done_testing();

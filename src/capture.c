@@ -98,9 +98,19 @@ capture_xact_callback(XactEvent event, void *arg)
 			capture_providers = 0;
 			capture_config_changed = false;
 			break;
-		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PREPARE:
-			/* a prepared transaction is found by the idle check */
+
+			/*
+			 * Already listed in pg_prepared_xacts, not yet committable: the
+			 * dispatcher's idle checks look for its intents until no
+			 * prepared transaction is left.
+			 */
+			if (capture_providers != 0)
+				shipsync_note_prepared(MyDatabaseId);
+			capture_providers = 0;
+			capture_config_changed = false;
+			break;
+		case XACT_EVENT_ABORT:
 			capture_providers = 0;
 			capture_config_changed = false;
 			break;

@@ -118,6 +118,7 @@ dispatcher_claim_slot(void)
 		shipsync_shared->slots[free_slot].latch = MyLatch;
 		shipsync_shared->slots[free_slot].accepting = ~UINT64CONST(0);
 		shipsync_shared->slots[free_slot].pending = 0;
+		shipsync_shared->slots[free_slot].prepared = false;
 		my_slot = free_slot;
 	}
 	SpinLockRelease(&shipsync_shared->mutex);
@@ -522,9 +523,14 @@ dispatcher_send(Provider *p, Claimed *c)
  * Captured intents wait in shipsync.inbox until we move them into the
  * outbox.  We drain when a commit told us of new intents for a provider
  * that can take work (drain_all: everything, paused providers' too, so the
- * inbox stays small), and at the idle check (only the providers that are
- * not paused: this covers prepared transactions, whose COMMIT PREPARED
- * wakes no one, without moving a paused provider's backlog for nothing).
+ * inbox stays small), and at the idle check while a transaction that
+ * captured may be prepared (only the providers that are not paused: its
+ * COMMIT PREPARED wakes no one).  twophase_watch starts true and stays so
+ * while pg_prepared_xacts lists a transaction of this database; PREPARE of
+ * a capturing transaction sets it again (shipsync_note_prepared(), called
+ * once the transaction is listed and before it can be committed), so that
+ * no prepared intent is missed and an idle check otherwise costs nothing
+ * however large a paused provider's backlog in the inbox.
  * A drain moves at most DRAIN_CHUNK intents, so that completions of
  * requests in flight are not held up; more left means drain again at
  * once.
@@ -532,6 +538,7 @@ dispatcher_send(Provider *p, Claimed *c)
 #define DRAIN_CHUNK 20000
 static bool drain_all = true;
 static bool drain_unpaused = false;
+static bool twophase_watch = true;
 
 static void
 dispatcher_drain(void)
@@ -1314,7 +1321,14 @@ shipsync_dispatcher_main(Datum main_arg)
 			for (int i = 0; i < nproviders; i++)
 				providers[i].maybe_work = true;
 			outbox_requeue_in_flight(true);
-			drain_unpaused = true;
+			if (shipsync_take_prepared(my_slot))
+				twophase_watch = true;
+			if (twophase_watch)
+			{
+				/* look first, drain after: a later snapshot than the look */
+				twophase_watch = outbox_prepared_exist();
+				drain_unpaused = true;
+			}
 			last_full_look = now;
 		}
 		if (cfg_generation != pg_atomic_read_u64(&shipsync_shared->config_generation))
@@ -1323,6 +1337,14 @@ shipsync_dispatcher_main(Datum main_arg)
 		poller_send(client, providers, nproviders, now);
 
 		pgstat_report_activity(STATE_IDLE, NULL);
+
+		/*
+		 * A background worker's table statistics reach the cumulative
+		 * statistics system only when it flushes them (at most once a
+		 * second here): without this, autovacuum would never hear of the
+		 * outbox's dead tuples while the dispatcher lives.
+		 */
+		pgstat_report_stat(false);
 		now = GetCurrentTimestamp();
 		dispatcher_exchange_masks(now);
 		http_wait(client, Min(dispatcher_timeout(now), poller_timeout(now)),

@@ -154,6 +154,7 @@ typedef struct ShipResult
 extern void shipsync_begin_tx(const char *activity, bool durable);
 extern void shipsync_end_tx(void);
 extern void outbox_requeue_in_flight(bool expired_only);
+extern bool outbox_prepared_exist(void);
 extern void outbox_load_config(MemoryContext cxt, Provider **providers,
 							   int *nproviders, Binding **bindings,
 							   int *nbindings);

@@ -266,6 +266,25 @@ table_owner(Oid relid)
 /* ---------- recovery and configuration ---------- */
 
 /*
+ * Whether pg_prepared_xacts lists a transaction of this database (its
+ * captured intents, if any, are not in the inbox yet).
+ */
+bool
+outbox_prepared_exist(void)
+{
+	bool		isnull;
+	bool		exist;
+
+	shipsync_begin_tx("looking for prepared transactions", false);
+	if (SPI_execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts"
+					" WHERE database = pg_catalog.current_database())", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading pg_prepared_xacts failed");
+	exist = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	shipsync_end_tx();
+	return exist;
+}
+
+/*
  * Make in_flight intents due again, same key and same bytes.
  *
  * At start (expired_only = false), every in_flight intent belongs to a

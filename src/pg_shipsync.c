@@ -124,6 +124,38 @@ shipsync_exchange_masks(int slot, uint64 accepting)
 	return pending;
 }
 
+/*
+ * A transaction of database dbid that captured intents was prepared: its
+ * COMMIT PREPARED will wake no one, so tell the dispatcher to watch for it.
+ */
+void
+shipsync_note_prepared(Oid dbid)
+{
+	if (shipsync_shared == NULL)
+		return;
+	SpinLockAcquire(&shipsync_shared->mutex);
+	for (int i = 0; i < SHIPSYNC_MAX_DISPATCHERS; i++)
+		if (shipsync_shared->slots[i].dbid == dbid)
+		{
+			shipsync_shared->slots[i].prepared = true;
+			break;
+		}
+	SpinLockRelease(&shipsync_shared->mutex);
+}
+
+/* Whether a capturing transaction was prepared since the last call */
+bool
+shipsync_take_prepared(int slot)
+{
+	bool		prepared;
+
+	SpinLockAcquire(&shipsync_shared->mutex);
+	prepared = shipsync_shared->slots[slot].prepared;
+	shipsync_shared->slots[slot].prepared = false;
+	SpinLockRelease(&shipsync_shared->mutex);
+	return prepared;
+}
+
 void
 shipsync_out_of_memory(void)
 {

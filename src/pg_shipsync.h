@@ -339,6 +339,7 @@ typedef struct ShipsyncSlot
 	Latch	   *latch;
 	uint64		accepting;		/* providers that can take work now */
 	uint64		pending;		/* providers that got work since last look */
+	bool		prepared;		/* a transaction that captured was prepared */
 } ShipsyncSlot;
 
 /* A provider's bit in those masks: ids beyond 64 share bits, harmlessly */
@@ -381,6 +382,8 @@ extern int	shipsync_idle_check_ms;
 extern void shipsync_wake_dispatcher(Oid dbid, uint64 providers,
 									 bool config_changed);
 extern uint64 shipsync_exchange_masks(int slot, uint64 accepting);
+extern void shipsync_note_prepared(Oid dbid);
+extern bool shipsync_take_prepared(int slot);
 
 /* in launcher.c */
 extern PGDLLEXPORT void shipsync_launcher_main(Datum main_arg);

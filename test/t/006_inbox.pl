@@ -2,7 +2,10 @@
 # the outbox.  What a user relies on:
 #   - intents of a paused provider are kept (in the inbox, counted as
 #     pending by queue_status and shown by trace) and delivered on resume;
-#   - the idle check does not move a paused provider's backlog;
+#   - the idle check does not move a paused provider's backlog, nor read
+#     it at all unless a transaction that captured was prepared;
+#   - the dispatcher's writes reach the statistics autovacuum reads while
+#     it runs (a background worker must flush them itself);
 #   - an order committed by COMMIT PREPARED (which wakes no one) is still
 #     delivered, by the idle check;
 #   - many intents captured at once are all moved and delivered once.
@@ -22,10 +25,17 @@ my $node = shipsync_node('inbox', "shipsync.idle_check_ms = 500",
 setup_orders($node, $sim);
 my $sql = sub { $node->safe_psql('postgres', $_[0]) };
 
-# 1. paused: captured intents wait in the inbox, visible as pending
+# 1. paused: captured intents wait in the inbox, visible as pending; an
+# idle check with another provider able to take work does not read them
+$sql->("SELECT shipsync.create_provider('other', 'generic', '$sim->{url}')");
 $sql->("SELECT shipsync.pause('sim')");
 $sql->("INSERT INTO crm.orders (customer) SELECT '赵' || g FROM generate_series(1, 100) g");
-usleep(1_500_000);    # three idle checks
+my $inbox_scans = "SELECT seq_scan FROM pg_stat_user_tables WHERE relid = 'shipsync.inbox'::regclass";
+usleep(2_500_000);    # the first idle checks, and the statistics flushed
+my $scans = $sql->($inbox_scans);
+usleep(2_500_000);    # five more idle checks
+is($sql->($inbox_scans), $scans,
+	'paused: idle checks with nothing prepared do not read the inbox');
 is($sql->("SELECT count(*) FROM shipsync.inbox"), 100,
 	'paused: the 100 intents stay in the inbox across idle checks');
 is($sql->("SELECT count(*) FROM shipsync.outbox"), 0, 'paused: nothing moved to the outbox');
@@ -42,6 +52,9 @@ ok(wait_until($node, "SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NU
 is($sql->("SELECT count(*) FROM shipsync.inbox"), 0, 'resumed: the inbox is empty');
 is($sql->("SELECT count(*) FROM shipsync.outbox WHERE state = 'done'"), 100,
 	'resumed: 100 intents done');
+ok( wait_until(
+		$node, "SELECT n_tup_upd >= 100 FROM pg_stat_user_tables WHERE relid = 'shipsync.outbox'::regclass", 10),
+	'statistics: the running dispatcher\'s updates of the outbox are counted');
 
 # 2. COMMIT PREPARED wakes no dispatcher: the idle check finds the intent
 $sql->("BEGIN; INSERT INTO crm.orders (customer) VALUES ('钱二'); PREPARE TRANSACTION 'p1'");

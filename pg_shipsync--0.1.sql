@@ -139,6 +139,10 @@ CREATE INDEX outbox_order_idx ON @extschema@.outbox (binding_id, order_key, id)
 	WHERE state IN ('pending', 'retrying', 'in_flight');
 CREATE INDEX outbox_attention_idx ON @extschema@.outbox (provider_id, state)
 	WHERE state IN ('dead', 'invalid');
+-- the intents in flight and their leases, for the sweep of expired leases
+-- at every idle check: it must not read a paused provider's backlog
+CREATE INDEX outbox_lease_idx ON @extschema@.outbox (lease_until)
+	WHERE state = 'in_flight';
 
 CREATE TABLE @extschema@.shipment (
 	shipment_id		bigint GENERATED ALWAYS AS IDENTITY,

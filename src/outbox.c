@@ -292,8 +292,9 @@ outbox_prepared_exist(void)
  * at once.  Later (expired_only = true), only those whose lease ran out:
  * claimed by someone who is gone (a claim made by hand, a dispatcher that
  * hung).  This dispatcher's own leases outlast its requests' timeouts, so it
- * never takes back its own.  The state predicate lets the partial order
- * index serve the scan, whatever the size of the history.
+ * never takes back its own.  outbox_lease_idx holds only the intents in
+ * flight, so the sweep reads neither the history nor a paused provider's
+ * backlog.
  */
 void
 outbox_requeue_in_flight(bool expired_only)
@@ -306,13 +307,11 @@ outbox_requeue_in_flight(bool expired_only)
 					 "UPDATE shipsync.outbox SET state = 'retrying',"
 					 " next_attempt_at = pg_catalog.now(), lease_until = NULL,"
 					 " error_class = 'lease_expired', updated_at = pg_catalog.now()"
-					 " WHERE state IN ('pending', 'retrying', 'in_flight')"
-					 " AND state = 'in_flight' AND lease_until < pg_catalog.now()" :
+					 " WHERE state = 'in_flight' AND lease_until < pg_catalog.now()" :
 					 "UPDATE shipsync.outbox SET state = 'retrying',"
 					 " next_attempt_at = pg_catalog.now(), lease_until = NULL,"
 					 " updated_at = pg_catalog.now()"
-					 " WHERE state IN ('pending', 'retrying', 'in_flight')"
-					 " AND state = 'in_flight'",
+					 " WHERE state = 'in_flight'",
 					 false, 0);
 	if (rc != SPI_OK_UPDATE)
 		elog(ERROR, "making in_flight intents due again failed: %s",

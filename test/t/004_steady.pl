@@ -52,6 +52,15 @@ ok( wait_until($node,
 		"SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'abandoned'", 30),
 	'after its lease expired, the dispatcher delivered it');
 ok($node->log_contains('whose lease expired are due again'), 'the sweep says so in the log');
+# the sweep runs at every idle check: it reads the intents in flight through
+# their own index, not the history or a paused provider's backlog
+ok( wait_until($node,
+		"SELECT idx_scan > 0 FROM pg_stat_user_indexes WHERE indexrelname = 'outbox_lease_idx'", 10),
+	'the sweep reads the lease index');
+is( $node->safe_psql('postgres',
+		"SELECT count(*) FROM pg_stat_user_indexes WHERE indexrelname = 'outbox_order_idx' AND idx_scan > 0"
+		  . " AND relid = 'shipsync.outbox'::regclass"),
+	1, 'claims use the per-order index (statistics are flushed)');
 
 $node->stop;
 stop_sim($sim);

@@ -11,7 +11,8 @@
  * the user's insert pays for one small heap tuple and nothing else.
  * No network I/O; the only other read is a once-per-backend check that the
  * trigger's binding really belongs to its table.  The intent's idempotency
- * key is fixed here.
+ * key is fixed here, and its id, which orders the intents of one order,
+ * comes from a block of ids in shared memory (shipsync_next_intent_id()).
  *
  * Trigger arguments, written by attach(): binding id, provider id, key
  * column, then the write-back columns.  An UPDATE that changes nothing but

@@ -13,25 +13,7 @@
 #include <string.h>
 
 #include "pg_shipsync.h"
-
-/* out of memory in the code under test: stop here (the server raises an ERROR) */
-void
-shipsync_out_of_memory(void)
-{
-	abort();
-}
-
-static int	n_test = 0;
-static int	n_fail = 0;
-
-static void
-check(int cond, const char *what)
-{
-	n_test++;
-	if (!cond)
-		n_fail++;
-	printf("%sok %d - %s\n", cond ? "" : "not ", n_test, what);
-}
+#include "unit.h"
 
 static char *
 slurp(const char *name)
@@ -596,6 +578,5 @@ main(void)
 	test_sf_responses();
 	test_token();
 	test_trackers();
-	printf("1..%d\n", n_test);
-	return n_fail ? 1 : 0;
+	return unit_done();
 }

@@ -12,25 +12,7 @@
 #include <stdlib.h>
 
 #include "pg_shipsync.h"
-
-/* out of memory in the code under test: stop here (the server raises an ERROR) */
-void
-shipsync_out_of_memory(void)
-{
-	abort();
-}
-
-static int	n_test = 0;
-static int	n_fail = 0;
-
-static void
-check(int cond, const char *what)
-{
-	n_test++;
-	if (!cond)
-		n_fail++;
-	printf("%sok %d - %s\n", cond ? "" : "not ", n_test, what);
-}
+#include "unit.h"
 
 static int
 parse(const char *body, int need_ids, ShipResponse *r, char *err)
@@ -191,7 +173,6 @@ main(void)
 	test_retry_after();
 	test_backoff();
 	test_tracking(check);
-	printf("1..%d\n", n_test);
 	curl_global_cleanup();
-	return n_fail ? 1 : 0;
+	return unit_done();
 }

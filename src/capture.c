@@ -405,15 +405,16 @@ Datum
 shipsync_intent_id(PG_FUNCTION_ARGS)
 {
 	Oid			seqid = PG_GETARG_OID(0);
+	char	   *name = get_rel_name(seqid);
 
 	if (get_rel_relkind(seqid) != RELKIND_SEQUENCE)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("\"%s\" is not a sequence", get_rel_name(seqid) ? get_rel_name(seqid) : "?")));
+				 errmsg("\"%s\" is not a sequence", name ? name : "?")));
 	if (pg_class_aclcheck(seqid, GetUserId(), ACL_USAGE | ACL_UPDATE) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for sequence %s", get_rel_name(seqid))));
+				 errmsg("permission denied for sequence %s", name)));
 	PG_RETURN_INT64(shipsync_next_intent_id(seqid));
 }
 
@@ -526,15 +527,10 @@ capture_check_binding(int32 binding_id, int32 provider_id, Relation rel)
 	if (capture_check_plan == NULL)
 	{
 		Oid			argtypes[1] = {INT4OID};
-		SPIPlanPtr	plan;
 
-		plan = SPI_prepare("SELECT tbl::oid, provider_id FROM shipsync.binding"
-						   " WHERE binding_id = $1", 1, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for the binding check: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		capture_check_plan = plan;
+		capture_check_plan = shipsync_prepare_saved("SELECT tbl::oid, provider_id"
+													" FROM shipsync.binding"
+													" WHERE binding_id = $1", 1, argtypes);
 	}
 	values[0] = Int32GetDatum(binding_id);
 	rc = SPI_execute_plan(capture_check_plan, values, NULL, true, 1);

@@ -708,6 +708,26 @@ dispatcher_timeout(TimestampTz now)
 	return timeout;
 }
 
+/*
+ * last_error for a transfer that did not succeed: the response too large,
+ * the transport's error (marked when the request may have reached the
+ * carrier), or the HTTP status with detail, else the start of the body.
+ */
+static char *
+transfer_error(const HttpTransfer *t, bool in_doubt, const char *detail)
+{
+	if (t->too_large)
+		return psprintf("response larger than shipsync.max_response_bytes (%d bytes)",
+						shipsync_max_response_bytes);
+	if (t->curl_code == CURLE_SEND_FAIL_REWIND)
+		return pstrdup("connection lost after the request was sent (in doubt: the request may have reached the carrier)");
+	if (t->curl_code != CURLE_OK)
+		return psprintf("%s%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code),
+						in_doubt ? " (in doubt: the request may have reached the carrier)" : "");
+	return psprintf("HTTP %ld: %s", t->http_status,
+					detail && detail[0] ? detail : short_body(&t->response));
+}
+
 static char *
 short_body(const StringInfoData *s)
 {
@@ -803,14 +823,7 @@ judge_sf(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
 	{
 		*v = shipsync_classify(t->curl_code, t->http_status, t->request_sent, true);
 		r->error_class = v->error_class;
-		if (t->too_large)
-			r->error = psprintf("response larger than shipsync.max_response_bytes (%d bytes)",
-								shipsync_max_response_bytes);
-		else if (t->curl_code != CURLE_OK)
-			r->error = psprintf("%s%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code),
-								v->in_doubt ? " (in doubt: the request may have reached the carrier)" : "");
-		else
-			r->error = psprintf("HTTP %ld: %s", t->http_status, short_body(&t->response));
+		r->error = transfer_error(t, v->in_doubt, NULL);
 		return false;
 	}
 	/* one parse: classification and the inbound map read the same document */
@@ -928,14 +941,7 @@ judge_tracker(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
 	{
 		*v = shipsync_classify(t->curl_code, t->http_status, t->request_sent, true);
 		r->error_class = v->error_class;
-		if (t->too_large)
-			r->error = psprintf("response larger than shipsync.max_response_bytes (%d bytes)",
-								shipsync_max_response_bytes);
-		else if (t->curl_code != CURLE_OK)
-			r->error = psprintf("%s%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code),
-								v->in_doubt ? " (in doubt: the request may have reached the carrier)" : "");
-		else
-			r->error = psprintf("HTTP %ld: %s", t->http_status, err[0] ? err : short_body(&t->response));
+		r->error = transfer_error(t, v->in_doubt, err);
 		if (t->curl_code == CURLE_OK && (t->http_status == 401 || t->http_status == 403))
 		{
 			v->error_class = r->error_class = "auth";
@@ -1108,9 +1114,6 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 		if (body_ok && mapped)
 			body_ok = apply_in_map(p, t, &sr, f->c.kind == INTENT_CREATE, err, sizeof(err));
 	}
-	if (t->too_large)
-		snprintf(err, sizeof(err), "response larger than shipsync.max_response_bytes (%d bytes)",
-				 shipsync_max_response_bytes);
 	v = shipsync_classify(t->curl_code, t->http_status, t->request_sent, body_ok);
 	r->error_class = v.error_class;
 
@@ -1132,17 +1135,7 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 		return;
 	}
 
-	if (t->too_large)
-		r->error = pstrdup(err);
-	else if (t->curl_code == CURLE_SEND_FAIL_REWIND)
-		r->error = pstrdup("connection lost after the request was sent (in doubt: the request may have reached the carrier)");
-	else if (t->curl_code != CURLE_OK)
-		r->error = psprintf("%s%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code),
-							v.in_doubt ? " (in doubt: the request may have reached the carrier)" : "");
-	else if (err[0])
-		r->error = psprintf("HTTP %ld: %s", t->http_status, err);
-	else
-		r->error = psprintf("HTTP %ld: %s", t->http_status, short_body(&t->response));
+	r->error = transfer_error(t, v.in_doubt, err);
 
 failed:
 	if (v.outcome == SHIP_RETRY && f->c.attempt < max_attempts)

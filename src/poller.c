@@ -205,7 +205,7 @@ poller_next_batch(HttpClient *client, Provider *p, PollProvider *pp, int n,
 	{
 		Oid			t[4] = {INT4OID, INT4OID, TEXTOID, INT4OID};
 
-		next_plan = SPI_prepare(
+		next_plan = shipsync_prepare_saved(
 			"SELECT s.binding_id, s.order_key, s.provider_shipment_id"
 			" FROM shipsync.shipment s"
 			" LEFT JOIN shipsync.canonical_status c ON c.name = s.status"
@@ -213,8 +213,6 @@ poller_next_batch(HttpClient *client, Provider *p, PollProvider *pp, int n,
 			" AND NOT coalesce(c.terminal, false)"
 			" AND (s.binding_id, s.order_key) > ($2, $3)"
 			" ORDER BY s.binding_id, s.order_key LIMIT $4", 4, t);
-		if (next_plan == NULL || SPI_keepplan(next_plan) != 0)
-			elog(ERROR, "preparing the poller's statement failed");
 	}
 	args[0] = Int32GetDatum(p->id);
 	args[1] = Int32GetDatum(pp->cursor_key ? pp->cursor_binding : -1);

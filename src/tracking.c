@@ -464,10 +464,7 @@ writeback_plan(int32 binding_id, const char *sql, Oid *ptypes)
 			w = &wb_plans[i];
 	if (w != NULL && strcmp(w->sql, sql) == 0)
 		return w->plan;
-	plan = SPI_prepare(sql, 6, ptypes);
-	if (plan == NULL || SPI_keepplan(plan) != 0)
-		elog(ERROR, "preparing the write-back of binding %d failed: %s",
-			 binding_id, SPI_result_code_string(SPI_result));
+	plan = shipsync_prepare_saved(sql, 6, ptypes);
 	if (w == NULL)
 	{
 		wb_plans = wb_plans == NULL ?

@@ -14,7 +14,14 @@ OBJS = \
 	src/mapping.o src/sign.o src/dialect.o
 
 EXTENSION = pg_shipsync
-DATA = pg_shipsync--0.1.sql
+# 0.1 is released and never changes; 0.2, the version under work, is built
+# from the parts in install/ (one per concern, privileges last), and
+# pg_shipsync--0.1--0.2.sql brings a 0.1 install to it (test/t/014_upgrade.pl
+# keeps the two equal).
+EXTVERSION = 0.2
+INSTALL_PARTS = $(sort $(wildcard $(srcdir)/install/*.sql))
+DATA = pg_shipsync--0.1.sql pg_shipsync--0.1--0.2.sql
+DATA_built = pg_shipsync--$(EXTVERSION).sql
 PGFILEDESC = "pg_shipsync - CRM orders to logistics providers"
 
 PG_CPPFLAGS += -I$(srcdir)/src $(shell pkg-config --cflags libcurl json-c openssl)
@@ -34,6 +41,11 @@ PROVE_TESTS = test/t/*.pl
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+pg_shipsync--$(EXTVERSION).sql: $(INSTALL_PARTS) Makefile
+	{ printf '/* pg_shipsync--$(EXTVERSION).sql: generated from the parts in install/, do not edit */\n\n'; \
+	  printf '\\echo Use "CREATE EXTENSION pg_shipsync" to load this file. \\quit\n'; \
+	  for f in $(INSTALL_PARTS); do printf '\n'; cat $$f; done; } > $@
 
 # PGXS does not track header dependencies: every object depends on ours
 $(OBJS): src/pg_shipsync.h src/dispatcher.h

@@ -42,7 +42,13 @@
 #include <sys/resource.h>
 #include <curl/curl.h>
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "common/base64.h"
 #include "common/pg_prng.h"
@@ -55,6 +61,8 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -152,16 +160,56 @@ dispatcher_raise_fd_limit(void)
 	}
 }
 
+/*
+ * Is the extension installed in this database at the version this library
+ * is built for?  A database still at an older version (the library was
+ * replaced and the server restarted, but ALTER EXTENSION ... UPDATE has not
+ * run yet) is left alone: the new code must not work an old schema.  Says
+ * why once per wait, in the log; the update script wakes us.
+ */
 static bool
-dispatcher_extension_exists(void)
+dispatcher_extension_ready(void)
 {
-	bool		exists;
+	static char *reported = NULL;
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tup;
+	char	   *version = NULL;
+	bool		ready;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	exists = OidIsValid(get_extension_oid("pg_shipsync", true));
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("pg_shipsync"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = MemoryContextStrdup(TopMemoryContext,
+										  TextDatumGetCString(d));
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	ready = version != NULL && strcmp(version, SHIPSYNC_EXTVERSION) == 0;
+	if (!ready && version != NULL &&
+		(reported == NULL || strcmp(reported, version) != 0))
+		ereport(LOG,
+				(errmsg("pg_shipsync dispatcher for database \"%s\" waits: the extension is at version %s, the library at %s",
+						get_database_name(MyDatabaseId), version, SHIPSYNC_EXTVERSION),
+				 errhint("Run ALTER EXTENSION pg_shipsync UPDATE in that database.")));
 	CommitTransactionCommand();
-	return exists;
+	if (reported)
+		pfree(reported);
+	reported = version;
+	return ready;
 }
 
 static void
@@ -1277,10 +1325,13 @@ shipsync_dispatcher_main(Datum main_arg)
 				(errcode(ERRCODE_SYSTEM_ERROR),
 				 errmsg("could not initialize libcurl")));
 
-	/* wait for CREATE EXTENSION; its script wakes us through the latch */
-	while (!dispatcher_extension_exists())
+	/*
+	 * Wait for CREATE EXTENSION, or for ALTER EXTENSION ... UPDATE to this
+	 * library's version; both scripts wake us through the latch.
+	 */
+	while (!dispatcher_extension_ready())
 	{
-		pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION pg_shipsync");
+		pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION pg_shipsync or ALTER EXTENSION pg_shipsync UPDATE");
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 2000L, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

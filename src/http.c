@@ -287,7 +287,7 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(easy, CURLOPT_USERAGENT, "pg_shipsync/0.1");
+	curl_easy_setopt(easy, CURLOPT_USERAGENT, "pg_shipsync/" SHIPSYNC_EXTVERSION);
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, t->method);
 	if (t->body)

@@ -11,6 +11,9 @@
 #ifndef PG_SHIPSYNC_H
 #define PG_SHIPSYNC_H
 
+/* the extension version this library works (pg_shipsync.control) */
+#define SHIPSYNC_EXTVERSION "0.2"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

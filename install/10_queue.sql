@@ -1,0 +1,248 @@
+-- install/10_queue.sql: The queue: providers, bindings, the outbox and inbox,
+-- shipments, the delivery log, the exception ledger and the views over them.
+-- A part of pg_shipsync--0.2.sql (see the Makefile); every privilege is
+-- granted in 90_privileges.sql.
+
+------------------------------------------------------------------------------
+-- Tables
+------------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.provider (
+	provider_id		integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	name			text NOT NULL UNIQUE,
+	dialect			text NOT NULL,
+	base_url		text NOT NULL,
+	timeout_ms		integer NOT NULL DEFAULT 10000,
+	max_inflight	integer NOT NULL DEFAULT 64,
+	max_attempts	integer NOT NULL DEFAULT 20,
+	backoff_base_ms integer NOT NULL DEFAULT 1000,
+	backoff_max_ms	integer NOT NULL DEFAULT 300000,
+	rate_limit_per_s numeric NOT NULL DEFAULT 0,
+	headers			jsonb NOT NULL DEFAULT '{}',
+	auth			jsonb,
+	options			jsonb NOT NULL DEFAULT '{}',
+	paused			boolean NOT NULL DEFAULT false,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	created_by		name NOT NULL DEFAULT SESSION_USER,
+	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	updated_by		name NOT NULL DEFAULT SESSION_USER
+);
+COMMENT ON TABLE @extschema@.provider IS
+	'One logistics endpoint: URL, dialect, limits, retry policy and credentials. Credentials (column auth) are readable by the extension owner only; see view shipsync.providers.';
+
+CREATE TABLE @extschema@.binding (
+	binding_id		integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	tbl				regclass NOT NULL UNIQUE,
+	provider_id		integer NOT NULL REFERENCES @extschema@.provider,
+	key_column		name NOT NULL,
+	writeback		jsonb NOT NULL DEFAULT '{}',
+	options			jsonb NOT NULL DEFAULT '{}',
+	render_sql		text NOT NULL,
+	writeback_sql	text,
+	active			boolean NOT NULL DEFAULT true,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	created_by		name NOT NULL DEFAULT SESSION_USER
+);
+COMMENT ON TABLE @extschema@.binding IS
+	'Which CRM table is attached to which provider, its key column and its write-back map. Written by shipsync.attach() and shipsync.detach().';
+
+-- No foreign keys and no CHECK constraints on the outbox: capture must cost
+-- one narrow insert (a CHECK is re-read from its stored form by every
+-- executor start, a tenth of the trigger's cost).  Only the capture trigger
+-- and the dispatcher write it; op is create, update or cancel; state is one
+-- of pending, in_flight, retrying, done, dead, invalid, coalesced.
+-- Intent ids: the sequence advances by whole blocks that capture and this
+-- default hand out one id at a time from shared memory, in order across
+-- all backends (see capture.c): an intent captured after another committed
+-- gets the larger id, without a sequence lock per row.
+CREATE SEQUENCE @extschema@.outbox_id_seq INCREMENT BY 1024;
+CREATE FUNCTION @extschema@._intent_id(seq regclass)
+RETURNS bigint
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'shipsync_intent_id';
+COMMENT ON FUNCTION @extschema@._intent_id(regclass) IS
+	'Internal: the next intent id of shipsync.outbox, in order across all backends.';
+
+CREATE TABLE @extschema@.outbox (
+	id				bigint NOT NULL DEFAULT @extschema@._intent_id('@extschema@.outbox_id_seq') PRIMARY KEY,
+	binding_id		integer NOT NULL,
+	provider_id		integer NOT NULL,
+	order_key		text NOT NULL,
+	op				text NOT NULL,
+	idempotency_key uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
+	state			text NOT NULL DEFAULT 'pending',
+	attempts		integer NOT NULL DEFAULT 0,
+	next_attempt_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	lease_until		timestamptz,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	updated_at		timestamptz,
+	done_at			timestamptz,
+	request_method	text,
+	request_url		text,
+	request_body	text,
+	request_digest	text,
+	last_status		integer,
+	error_class		text,
+	last_error		text,
+	coalesced_into	bigint
+);
+ALTER SEQUENCE @extschema@.outbox_id_seq OWNED BY @extschema@.outbox.id;
+COMMENT ON TABLE @extschema@.outbox IS
+	'One row per intent (create, update or cancel the shipment of one order), written by the capture trigger in the order''s own transaction. States: pending, in_flight, retrying, done, dead, invalid, coalesced. The request is rendered and stored before its first attempt and re-sent unchanged with the same idempotency key.';
+COMMENT ON COLUMN @extschema@.outbox.idempotency_key IS 'Sent as Idempotency-Key on every attempt of this intent.';
+COMMENT ON COLUMN @extschema@.outbox.coalesced_into IS 'For a coalesced update: the intent whose request already carried this change.';
+
+/*
+ * What the capture trigger writes, in the user's transaction: a heap with no
+ * index at all, so that capturing costs the user one small heap tuple (the
+ * indexed outbox cost a quarter of a plain insert's speed).  The dispatcher
+ * moves these rows into the outbox, indexes and all, in its own
+ * transactions, as soon as a commit tells it of new intents; ids are the
+ * outbox's intent ids, so order is kept.  Rows come and go: vacuum it
+ * after every 10,000 of them rather than after a fifth of the table, and
+ * not for inserts (rows that will be deleted need no freezing; while a
+ * provider is paused, each insert-driven vacuum re-read the whole backlog).
+ */
+CREATE TABLE @extschema@.inbox (
+	id				bigint NOT NULL,
+	binding_id		integer NOT NULL,
+	provider_id		integer NOT NULL,
+	order_key		text NOT NULL,
+	op				text NOT NULL,
+	idempotency_key uuid NOT NULL,
+	created_at		timestamptz NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
+		autovacuum_vacuum_insert_threshold = -1);
+COMMENT ON TABLE @extschema@.inbox IS
+	'Intents just captured, not yet taken into shipsync.outbox by the dispatcher (it does so within milliseconds of the commit, or when a paused provider is resumed). No index: capture costs the user one small heap insert. shipsync.queue_status and shipsync.trace() count these as pending.';
+
+CREATE INDEX outbox_due_idx ON @extschema@.outbox (provider_id, next_attempt_at, id)
+	WHERE state IN ('pending', 'retrying');
+CREATE INDEX outbox_order_idx ON @extschema@.outbox (binding_id, order_key, id)
+	WHERE state IN ('pending', 'retrying', 'in_flight');
+CREATE INDEX outbox_attention_idx ON @extschema@.outbox (provider_id, state)
+	WHERE state IN ('dead', 'invalid');
+-- the intents in flight and their leases, for the sweep of expired leases
+-- at every idle check: it must not read a paused provider's backlog
+CREATE INDEX outbox_lease_idx ON @extschema@.outbox (lease_until)
+	WHERE state = 'in_flight';
+
+CREATE TABLE @extschema@.shipment (
+	shipment_id		bigint GENERATED ALWAYS AS IDENTITY,
+	binding_id		integer NOT NULL,
+	order_key		text NOT NULL,
+	provider_id		integer NOT NULL,
+	provider_shipment_id text,
+	tracking_number text,
+	label_url		text,
+	status			text NOT NULL DEFAULT 'pending',
+	raw_status		text,
+	fees			jsonb,
+	fee_total		numeric,
+	request_digest	text,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	waybills		jsonb,
+	-- the natural key is the primary key: one index less to maintain per shipment
+	PRIMARY KEY (binding_id, order_key, provider_id)
+);
+CREATE INDEX shipment_tracking_idx ON @extschema@.shipment (provider_id, tracking_number);
+COMMENT ON TABLE @extschema@.shipment IS
+	'One per order and provider: the carrier''s shipment id, tracking number, label, canonical status (raw status beside it) and fees (numeric, never float).';
+COMMENT ON COLUMN @extschema@.shipment.waybills IS
+	'Every waybill the carrier returned (SF Express: waybillNoInfoList, main, child and return waybills); tracking_number holds the main one.';
+
+CREATE TABLE @extschema@.delivery_log (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	outbox_id		bigint NOT NULL,
+	attempt			integer NOT NULL,
+	provider_id		integer NOT NULL,
+	at				timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	method			text,
+	url				text,
+	http_status		integer,
+	latency_ms		double precision,
+	outcome			text NOT NULL,
+	error_class		text,
+	error			text,
+	request_digest	text
+);
+CREATE INDEX delivery_log_outbox_idx ON @extschema@.delivery_log (outbox_id);
+CREATE INDEX delivery_log_at_idx ON @extschema@.delivery_log USING brin (at);
+COMMENT ON TABLE @extschema@.delivery_log IS
+	'Every HTTP attempt: intent, attempt number, status code, latency, outcome (done, retry, dead), error class and the SHA-256 of the request body. No headers, so no secrets.';
+
+CREATE TABLE @extschema@.exception_ticket (
+	ticket_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	kind			text NOT NULL,
+	binding_id		integer,
+	order_key		text,
+	provider_id		integer,
+	outbox_id		bigint,
+	detail			text,
+	opened_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	acknowledged_at timestamptz,
+	acknowledged_by name,
+	resolved_at		timestamptz,
+	resolved_by		name
+);
+CREATE INDEX exception_ticket_open_idx ON @extschema@.exception_ticket (kind, opened_at)
+	WHERE resolved_at IS NULL;
+COMMENT ON TABLE @extschema@.exception_ticket IS
+	'The exception ledger: one row per problem that needs a person (dead intent, failed write-back), opened, acknowledged and resolved with who and when.';
+
+------------------------------------------------------------------------------
+-- Views
+------------------------------------------------------------------------------
+
+CREATE VIEW @extschema@.queue_status AS
+SELECT p.name AS provider,
+	   p.paused,
+	   pg_catalog.count(*) FILTER (WHERE o.state = 'pending')
+		   + coalesce((SELECT pg_catalog.count(*) FROM @extschema@.inbox i
+					   WHERE i.provider_id = p.provider_id), 0) AS pending,
+	   pg_catalog.count(*) FILTER (WHERE o.state = 'in_flight') AS in_flight,
+	   pg_catalog.count(*) FILTER (WHERE o.state = 'retrying') AS retrying,
+	   pg_catalog.count(*) FILTER (WHERE o.state = 'dead') AS dead,
+	   pg_catalog.count(*) FILTER (WHERE o.state = 'invalid') AS invalid,
+	   pg_catalog.now() - LEAST(pg_catalog.min(o.created_at)
+		   FILTER (WHERE o.state IN ('pending', 'retrying', 'in_flight')),
+		   (SELECT pg_catalog.min(i.created_at) FROM @extschema@.inbox i
+			WHERE i.provider_id = p.provider_id)) AS oldest_pending_age
+FROM @extschema@.provider p
+LEFT JOIN @extschema@.outbox o
+	   ON o.provider_id = p.provider_id
+	  AND o.state IN ('pending', 'in_flight', 'retrying', 'dead', 'invalid')
+GROUP BY p.provider_id, p.name, p.paused;
+COMMENT ON VIEW @extschema@.queue_status IS
+	'Per provider: intents pending, in flight, retrying, dead and invalid, and the age of the oldest one not yet delivered.';
+
+CREATE VIEW @extschema@.providers AS
+SELECT provider_id, name, dialect, base_url, timeout_ms, max_inflight, max_attempts,
+	   backoff_base_ms, backoff_max_ms, rate_limit_per_s, paused,
+	   CASE WHEN auth IS NULL THEN NULL
+			ELSE pg_catalog.jsonb_build_object('type', auth->>'type', 'secret', '********') END AS auth,
+	   created_at, created_by, updated_at, updated_by
+FROM @extschema@.provider;
+COMMENT ON VIEW @extschema@.providers IS
+	'Providers with their credentials masked: what operators and readers may see.';
+
+------------------------------------------------------------------------------
+-- pg_dump: these tables hold the user's data, not the extension's
+------------------------------------------------------------------------------
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.provider', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.binding', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.inbox', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.shipment', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.delivery_log', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.exception_ticket', '');
+-- and their identity sequences, one statement each (each call updates the
+-- extension's catalog row)
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.provider_provider_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.binding_binding_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.outbox_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.shipment_shipment_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.delivery_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.exception_ticket_ticket_id_seq', '');

@@ -1,0 +1,654 @@
+-- install/20_api.sql: The public API of providers, bindings and repairs, and its
+-- checks.
+-- A part of pg_shipsync--0.2.sql (see the Makefile); every privilege is
+-- granted in 90_privileges.sql.
+
+------------------------------------------------------------------------------
+-- Internal functions
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@._wake(config_changed boolean DEFAULT false)
+RETURNS void
+AS 'MODULE_PATHNAME', 'shipsync_wake'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@._wake(boolean) IS
+	'Internal: wake this database''s dispatcher when the current transaction commits.';
+
+CREATE FUNCTION @extschema@.capture()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'shipsync_capture'
+LANGUAGE C;
+COMMENT ON FUNCTION @extschema@.capture() IS
+	'The capture trigger installed by shipsync.attach(): one outbox row per inserted, updated or deleted order, in the same transaction.';
+
+CREATE FUNCTION @extschema@.claim(provider_id integer, max_n integer, lease_ms integer DEFAULT 60000)
+RETURNS SETOF @extschema@.outbox
+AS 'MODULE_PATHNAME', 'shipsync_claim'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.claim(integer, integer, integer) IS
+	'Claim up to max_n due intents of one provider (FOR UPDATE SKIP LOCKED, the oldest first, never ahead of an earlier intent of the same order) and lease them for lease_ms. The dispatcher runs this same statement; call it yourself only to drain a queue by hand.';
+
+-- Auth headers of a provider, as header lines.
+CREATE FUNCTION @extschema@._auth_headers(auth jsonb)
+RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF auth IS NULL THEN
+		RETURN '{}';
+	END IF;
+	CASE auth->>'type'
+	WHEN 'bearer' THEN
+		RETURN ARRAY['Authorization: Bearer ' || (auth->>'token')];
+	WHEN 'api_key' THEN
+		RETURN ARRAY[(auth->>'header') || ': ' || (auth->>'key')];
+	WHEN 'basic' THEN
+		RETURN ARRAY['Authorization: Basic ' ||
+			translate(encode(convert_to((auth->>'username') || ':' ||
+				coalesce(auth->>'password', ''), 'UTF8'), 'base64'), E'\n', '')];
+	ELSE
+		RETURN '{}';
+	END CASE;
+END
+$$;
+
+-- Check the options of create_provider() and return them as a record.
+CREATE FUNCTION @extschema@._check_options(options jsonb, allowed text[], what text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text;
+BEGIN
+	IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+		RAISE EXCEPTION 'options must be a JSON object'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The %s options given are %s.', what, coalesce(jsonb_typeof(options), 'null')),
+				  HINT = 'Pass options as a jsonb object, for example ''{"timeout_ms": 5000}''.';
+	END IF;
+	FOR k IN SELECT jsonb_object_keys(options) LOOP
+		IF NOT k = ANY (allowed) THEN
+			RAISE EXCEPTION 'unknown % option "%"', what, k
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Known options: %s.', array_to_string(allowed, ', ')),
+					  HINT = 'Check the spelling of the option name.';
+		END IF;
+	END LOOP;
+END
+$$;
+
+CREATE FUNCTION @extschema@._int_option(options jsonb, key text, dflt integer, lo integer, hi integer)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v jsonb := options->key;
+	n numeric;
+BEGIN
+	IF v IS NULL OR jsonb_typeof(v) = 'null' THEN
+		RETURN dflt;
+	END IF;
+	IF jsonb_typeof(v) <> 'number' THEN
+		RAISE EXCEPTION 'option "%" must be a number', key
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given is %s.', v),
+				  HINT = format('Give an integer between %s and %s.', lo, hi);
+	END IF;
+	n := v::text::numeric;
+	IF n <> trunc(n) OR n < lo OR n > hi THEN
+		RAISE EXCEPTION 'option "%" is out of range', key
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given is %s.', v),
+				  HINT = format('Give an integer between %s and %s.', lo, hi);
+	END IF;
+	RETURN n::integer;
+END
+$$;
+
+CREATE FUNCTION @extschema@._check_auth(auth jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	needed text[];
+	f text;
+BEGIN
+	IF auth IS NULL THEN
+		RETURN;
+	END IF;
+	IF jsonb_typeof(auth) <> 'object' THEN
+		RAISE EXCEPTION 'option "auth" must be a JSON object'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example {"type": "bearer", "token": "..."}.';
+	END IF;
+	needed := @extschema@._auth_fields(auth->>'type');
+	IF needed IS NULL THEN
+		RAISE EXCEPTION 'unknown auth type "%"', coalesce(auth->>'type', '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'The auth types are bearer, api_key, basic, oauth2, kuaidi100 and sf_express.',
+				  HINT = 'Set "type" in option "auth".';
+	END IF;
+	FOREACH f IN ARRAY needed LOOP
+		IF jsonb_typeof(auth->f) IS DISTINCT FROM 'string' OR auth->>f = '' THEN
+			RAISE EXCEPTION 'auth type "%" needs a non-empty string "%"', auth->>'type', f
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Complete option "auth".';
+		END IF;
+	END LOOP;
+	IF auth->>'type' = 'api_key' AND (auth->>'header') !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN
+		RAISE EXCEPTION 'auth header name "%" is not a valid HTTP header name', auth->>'header'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example "X-Api-Key".';
+	END IF;
+END
+$$;
+
+CREATE FUNCTION @extschema@._check_url(base_url text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	host text;
+BEGIN
+	IF base_url IS NULL OR base_url !~* '^https?://[^/?#\s]+(/[^?#\s]*)?$' THEN
+		RAISE EXCEPTION 'invalid base_url "%"', coalesce(base_url, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A base URL is http:// or https://, a host and an optional path, without query or fragment.',
+				  HINT = 'For example https://api.carrier.example/v1.';
+	END IF;
+	IF base_url ~* '^http://' THEN
+		host := lower(substring(base_url from '^http://(?:[^@/]*@)?(\[[^\]]*\]|[^:/]*)'));
+		IF host NOT IN ('127.0.0.1', 'localhost', '[::1]')
+		   AND host !~ '^127\.\d+\.\d+\.\d+$'
+		   AND NOT coalesce(current_setting('shipsync.allow_insecure_http', true), 'off')::boolean THEN
+			RAISE EXCEPTION 'plain http:// is refused for host "%"', host
+				USING ERRCODE = 'insufficient_privilege',
+					  DETAIL = 'Credentials and customer data would cross the network unencrypted.',
+					  HINT = 'Use https://, or set shipsync.allow_insecure_http = on for a trusted network.';
+		END IF;
+	END IF;
+	RETURN rtrim(base_url, '/');
+END
+$$;
+
+------------------------------------------------------------------------------
+-- Public API: providers
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.create_provider(name text, dialect text, base_url text,
+											options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	opts jsonb := coalesce(options, '{}');
+	id integer;
+	rate numeric;
+	h text;
+BEGIN
+	IF name IS NULL OR name !~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid provider name "%"', coalesce(name, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A provider name is 1 to 63 letters, digits, "_", "." or "-".',
+				  HINT = 'For example ''sf'' or ''acme-eu''.';
+	END IF;
+	IF dialect IS NULL OR dialect NOT IN ('generic', 'sf_express', 'easypost', 'aftership', 'kuaidi100') THEN
+		RAISE EXCEPTION 'unknown dialect "%"', coalesce(dialect, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'This version knows the shipping dialects generic and sf_express and the tracking dialects easypost, aftership and kuaidi100.',
+				  HINT = 'See docs/wire-contract.md for the generic contract.';
+	END IF;
+	PERFORM @extschema@._check_options(opts,
+		ARRAY['timeout_ms', 'max_inflight', 'max_attempts', 'backoff_base_ms',
+			  'backoff_max_ms', 'rate_limit_per_s', 'headers', 'auth']
+		|| @extschema@._check_tracking_options(opts, dialect)
+		|| @extschema@._dialect_options(dialect), 'provider');
+	IF opts ? 'rate_limit_per_s' AND (jsonb_typeof(opts->'rate_limit_per_s') <> 'number'
+		OR (opts->>'rate_limit_per_s')::numeric < 0
+		OR (opts->>'rate_limit_per_s')::numeric > 100000) THEN
+		RAISE EXCEPTION 'option "rate_limit_per_s" is out of range'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given is %s.', opts->'rate_limit_per_s'),
+				  HINT = 'Give a number of requests per second between 0 (unlimited) and 100000.';
+	END IF;
+	IF opts ? 'headers' THEN
+		IF jsonb_typeof(opts->'headers') <> 'object' THEN
+			RAISE EXCEPTION 'option "headers" must be a JSON object of header names to values'
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'For example {"X-Tenant": "shop-1"}.';
+		END IF;
+		FOR h IN SELECT jsonb_object_keys(opts->'headers') LOOP
+			IF h !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR jsonb_typeof(opts->'headers'->h) <> 'string'
+			   OR (opts->'headers'->>h) ~ '[\r\n]' THEN
+				RAISE EXCEPTION 'invalid header "%"', h
+					USING ERRCODE = 'invalid_parameter_value',
+						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks.',
+						  HINT = 'Fix the name or the value in option "headers".';
+			END IF;
+			IF lower(h) IN ('idempotency-key', 'content-type', 'content-length', 'host') THEN
+				RAISE EXCEPTION 'header "%" is set by pg_shipsync', h
+					USING ERRCODE = 'invalid_parameter_value',
+						  DETAIL = 'Idempotency-Key, Content-Type, Content-Length and Host belong to each request.',
+						  HINT = 'Remove it from option "headers".';
+			END IF;
+		END LOOP;
+	END IF;
+	PERFORM @extschema@._check_auth(opts->'auth');
+	PERFORM @extschema@._check_dialect(dialect, opts);
+	rate := coalesce((opts->>'rate_limit_per_s')::numeric, 0);
+
+	INSERT INTO @extschema@.provider AS p
+		(name, dialect, base_url, timeout_ms, max_inflight, max_attempts,
+		 backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers, auth, options)
+	VALUES (create_provider.name, create_provider.dialect,
+			@extschema@._check_url(create_provider.base_url),
+			@extschema@._int_option(opts, 'timeout_ms', 10000, 100, 600000),
+			@extschema@._int_option(opts, 'max_inflight', 64, 1, 1024),
+			@extschema@._int_option(opts, 'max_attempts', 20, 1, 1000),
+			@extschema@._int_option(opts, 'backoff_base_ms', 1000, 1, 3600000),
+			@extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000),
+			rate,
+			coalesce(opts->'headers', '{}'),
+			opts->'auth',
+			opts - 'auth')
+	RETURNING p.provider_id INTO id;
+
+	IF @extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000)
+	   < @extschema@._int_option(opts, 'backoff_base_ms', 1000, 1, 3600000) THEN
+		RAISE EXCEPTION 'option "backoff_max_ms" is smaller than "backoff_base_ms"'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Retries wait a random time up to min(backoff_max_ms, backoff_base_ms * 2^(attempt - 1)).',
+				  HINT = 'Raise backoff_max_ms or lower backoff_base_ms.';
+	END IF;
+
+	PERFORM @extschema@._wake(true);
+	RETURN id;
+EXCEPTION
+	WHEN unique_violation THEN
+		RAISE EXCEPTION 'provider "%" already exists', create_provider.name
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Choose another name, or drop the provider first.';
+END
+$$;
+COMMENT ON FUNCTION @extschema@.create_provider(text, text, text, jsonb) IS
+	'Register a logistics provider. Options: timeout_ms, max_inflight, max_attempts, backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers, auth, profile (its field_map and status_map profile, by default the dialect); sf_express also sender, monthly_card, pay_method, express_type_id; for tracking: webhook_secret, previous_webhook_secret, accept_unsigned_pushes, poll_interval_s, unmatched_ttl_s, timezone; easypost carrier, aftership slug, kuaidi100 company and callback_url.';
+
+CREATE FUNCTION @extschema@._set_paused(provider text, paused boolean)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE @extschema@.provider p
+	   SET paused = _set_paused.paused, updated_at = now(), updated_by = session_user
+	 WHERE p.name = _set_paused.provider;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'provider "%" does not exist', coalesce(provider, '')
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'See SELECT name FROM shipsync.providers.';
+	END IF;
+	PERFORM @extschema@._wake(true);
+END
+$$;
+-- "who" columns record session_user: these functions run as their definer.
+
+CREATE FUNCTION @extschema@.pause(provider text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT @extschema@._set_paused($1, true) $$;
+COMMENT ON FUNCTION @extschema@.pause(text) IS
+	'Stop sending to one provider; capture goes on and intents wait.';
+
+CREATE FUNCTION @extschema@.resume(provider text)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT @extschema@._set_paused($1, false) $$;
+COMMENT ON FUNCTION @extschema@.resume(text) IS
+	'Start sending to a paused provider again.';
+
+------------------------------------------------------------------------------
+-- Public API: bindings
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.attach(tbl regclass, provider text, key_column name DEFAULT NULL,
+								   writeback jsonb DEFAULT NULL, options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	pid integer;
+	bid integer;
+	keycol name := key_column;
+	keytype text;
+	wb jsonb := coalesce(writeback, '{}');
+	opts jsonb := coalesce(options, '{}');
+	f text;
+	col text;
+	coltype text;
+	sets text[] := '{}';
+	wbcols text[] := '{}';
+	render text;
+	wbsql text;
+	cancel_when text;
+	trigargs text;
+	relkind "char";
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT c.relkind INTO relkind FROM pg_class c WHERE c.oid = tbl;
+	IF relkind NOT IN ('r', 'p') THEN
+		RAISE EXCEPTION '"%" is not a table', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  HINT = 'Attach an ordinary or partitioned table.';
+	END IF;
+	IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'The dispatcher reads and writes the table with its owner''s rights.';
+	END IF;
+	SELECT p.provider_id INTO pid FROM @extschema@.provider p WHERE p.name = attach.provider;
+	IF pid IS NULL THEN
+		RAISE EXCEPTION 'provider "%" does not exist', coalesce(provider, '')
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Create it first with shipsync.create_provider().';
+	END IF;
+	IF EXISTS (SELECT 1 FROM @extschema@.binding b WHERE b.tbl = attach.tbl AND b.active) THEN
+		RAISE EXCEPTION 'table % is already attached', tbl
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Call shipsync.detach() first to attach it again.';
+	END IF;
+	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider'], 'attach');
+	PERFORM @extschema@._check_attach_options(opts, pid);
+	IF current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
+		RAISE EXCEPTION 'database encoding % cannot be sent as JSON', current_setting('server_encoding')
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Carriers read JSON as UTF-8, and requests are rendered in the database encoding.',
+				  HINT = 'Keep the orders in a UTF8 database.';
+	END IF;
+
+	-- the key: given, or the single-column primary key
+	IF keycol IS NULL THEN
+		SELECT a.attname INTO keycol
+		FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+		WHERE i.indrelid = tbl AND i.indisprimary AND i.indnatts = 1;
+		IF keycol IS NULL THEN
+			RAISE EXCEPTION 'table % has no single-column primary key', tbl
+				USING ERRCODE = 'invalid_table_definition',
+					  HINT = 'Pass key_column => the column that identifies an order.';
+		END IF;
+	END IF;
+	SELECT format_type(a.atttypid, a.atttypmod) INTO keytype
+	FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = keycol AND a.attnum > 0 AND NOT a.attisdropped;
+	IF keytype IS NULL THEN
+		RAISE EXCEPTION 'column "%" of table % does not exist', keycol, tbl
+			USING ERRCODE = 'undefined_column',
+				  HINT = 'Pass key_column => the column that identifies an order.';
+	END IF;
+
+	-- write-back: shipment field -> order column
+	IF jsonb_typeof(wb) <> 'object' THEN
+		RAISE EXCEPTION 'writeback must be a JSON object of shipment fields to column names'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example {"tracking_number": "waybill_no"}.';
+	END IF;
+	FOR f, col IN SELECT key, value #>> '{}' FROM jsonb_each(wb) LOOP
+		IF f NOT IN ('tracking_number', 'status', 'provider_shipment_id', 'label_url', 'fee_total') THEN
+			RAISE EXCEPTION 'unknown write-back field "%"', f
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Write-back fields: tracking_number, status, provider_shipment_id, label_url, fee_total.';
+		END IF;
+		SELECT format_type(a.atttypid, a.atttypmod) INTO coltype
+		FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+		IF coltype IS NULL THEN
+			RAISE EXCEPTION 'write-back column "%" of table % does not exist', coalesce(col, ''), tbl
+				USING ERRCODE = 'undefined_column',
+					  HINT = 'Add the column first, or fix the writeback map.';
+		END IF;
+		IF col = keycol THEN
+			RAISE EXCEPTION 'the key column "%" cannot be a write-back column', col
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Write shipment fields into columns of their own.';
+		END IF;
+		IF (SELECT t.typcategory FROM pg_attribute a JOIN pg_type t
+				ON t.oid = coalesce(nullif(
+					(SELECT typbasetype FROM pg_type WHERE oid = a.atttypid), 0), a.atttypid)
+			WHERE a.attrelid = tbl AND a.attname = col)
+		   NOT IN ('S', CASE WHEN f = 'fee_total' THEN 'N' ELSE 'S' END) THEN
+			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = CASE WHEN f = 'fee_total' THEN 'fee_total is a numeric amount.'
+								   ELSE format('%s is text.', f) END,
+					  HINT = CASE WHEN f = 'fee_total' THEN 'Use a numeric or text column.'
+								 ELSE 'Use a text or varchar column.' END;
+		END IF;
+		-- no explicit cast: assignment rules apply, so a tracking number too
+		-- long for a varchar(n) column fails loudly instead of being cut
+		sets := sets || format('%I = COALESCE(shipsync_u.%I, t.%I)', col, f, col);
+		wbcols := wbcols || col;
+	END LOOP;
+
+	cancel_when := opts->>'cancel_when';
+	IF cancel_when IS NOT NULL AND cancel_when ~ ';' THEN
+		RAISE EXCEPTION 'option "cancel_when" must be one boolean expression'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example "status = ''cancelled''".';
+	END IF;
+
+	render := format(
+		'SELECT shipsync_u.shipsync_id, t.%1$I IS NOT NULL AS found,'
+		' pg_catalog.json_build_object(''order_ref'', shipsync_u.shipsync_key,'
+		' ''order'', pg_catalog.row_to_json(t))::text AS body,'
+		' %4$s AS is_cancel'
+		' FROM unnest($1::bigint[], $2::text[]) AS shipsync_u(shipsync_id, shipsync_key)'
+		' LEFT JOIN %2$s AS t ON t.%1$I = shipsync_u.shipsync_key::%3$s',
+		keycol, tbl, keytype,
+		CASE WHEN cancel_when IS NULL THEN 'false'
+			 ELSE format('COALESCE((%s), false)', cancel_when) END);
+
+	IF array_length(sets, 1) > 0 THEN
+		wbsql := format(
+			'UPDATE %s AS t SET %s'
+			' FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[])'
+			' AS shipsync_u(shipsync_key, provider_shipment_id, tracking_number, status, label_url, fee_total)'
+			' WHERE t.%I = shipsync_u.shipsync_key::%s',
+			tbl, array_to_string(sets, ', '), keycol, keytype);
+	END IF;
+
+	-- prove both statements against the table now, not in the dispatcher
+	BEGIN
+		EXECUTE 'EXPLAIN ' || render USING '{}'::bigint[], '{}'::text[];
+		IF wbsql IS NOT NULL THEN
+			EXECUTE 'EXPLAIN ' || wbsql USING '{}'::text[], '{}'::text[], '{}'::text[],
+				'{}'::text[], '{}'::text[], '{}'::numeric[];
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		RAISE EXCEPTION 'cannot attach table %: %', tbl, SQLERRM
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Check option cancel_when and the writeback columns'' types.';
+	END;
+
+	INSERT INTO @extschema@.binding AS b (tbl, provider_id, key_column, writeback, options, render_sql, writeback_sql)
+	VALUES (attach.tbl, pid, keycol, wb, opts, render, wbsql)
+	ON CONFLICT ON CONSTRAINT binding_tbl_key DO UPDATE
+	   SET provider_id = EXCLUDED.provider_id, key_column = EXCLUDED.key_column,
+		   writeback = EXCLUDED.writeback, options = EXCLUDED.options,
+		   render_sql = EXCLUDED.render_sql, writeback_sql = EXCLUDED.writeback_sql,
+		   active = true, created_at = now(), created_by = session_user
+	RETURNING b.binding_id INTO bid;
+
+	trigargs := array_to_string(ARRAY(SELECT quote_literal(x)
+		FROM unnest(ARRAY[bid::text, pid::text, keycol::text] || wbcols) x), ', ');
+	EXECUTE format('CREATE TRIGGER shipsync_capture AFTER INSERT OR UPDATE OR DELETE ON %s'
+				   ' FOR EACH ROW EXECUTE FUNCTION @extschema@.capture(%s)', tbl, trigargs);
+	IF opts->>'validate' = 'reject' THEN
+		EXECUTE format('CREATE TRIGGER shipsync_validate AFTER INSERT OR UPDATE ON %s'
+					   ' FOR EACH ROW EXECUTE FUNCTION @extschema@._validate(%L)', tbl, bid);
+	END IF;
+	PERFORM @extschema@._wake(true);
+	RETURN bid;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) IS
+	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered).';
+
+CREATE FUNCTION @extschema@.detach(tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	UPDATE @extschema@.binding b SET active = false WHERE b.tbl = detach.tbl AND b.active;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'table % is not attached', tbl
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'See SELECT tbl FROM shipsync.binding WHERE active.';
+	END IF;
+	IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', tbl
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	EXECUTE format('DROP TRIGGER IF EXISTS shipsync_capture ON %s', tbl);
+	IF EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = tbl AND tgname = 'shipsync_validate') THEN
+		EXECUTE format('DROP TRIGGER shipsync_validate ON %s', tbl);
+	END IF;
+	PERFORM @extschema@._wake(true);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.detach(regclass) IS
+	'Stop capturing a table. Intents already captured are still delivered.';
+
+------------------------------------------------------------------------------
+-- Public API: repairs
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.retry(outbox_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	st text;
+BEGIN
+	SELECT o.state INTO st FROM @extschema@.outbox o WHERE o.id = retry.outbox_id FOR UPDATE;
+	IF st IS NULL THEN
+		RAISE EXCEPTION 'outbox intent % does not exist', outbox_id
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Find intents with shipsync.trace() or in shipsync.outbox.';
+	END IF;
+	IF st NOT IN ('dead', 'invalid', 'retrying') THEN
+		RAISE EXCEPTION 'outbox intent % is %, not dead, invalid or retrying', outbox_id, st
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Only intents that stopped or wait for a retry can be retried.';
+	END IF;
+	UPDATE @extschema@.outbox o
+	   SET state = CASE WHEN o.attempts = 0 THEN 'pending' ELSE 'retrying' END,
+		   attempts = 0, next_attempt_at = now(), done_at = NULL, updated_at = now()
+	 WHERE o.id = retry.outbox_id;
+	UPDATE @extschema@.exception_ticket t
+	   SET resolved_at = now(), resolved_by = session_user
+	 WHERE t.outbox_id = retry.outbox_id AND t.resolved_at IS NULL;
+	PERFORM @extschema@._wake(false);
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.retry(bigint) IS
+	'Send one dead, invalid or retrying intent again now, with its attempts reset and the same idempotency key.';
+
+CREATE FUNCTION @extschema@.requeue(provider text DEFAULT NULL, state text DEFAULT 'dead')
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	pid integer;
+BEGIN
+	IF state IS NULL OR state NOT IN ('dead', 'invalid', 'retrying') THEN
+		RAISE EXCEPTION 'cannot requeue intents in state "%"', coalesce(state, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Requeue dead, invalid or retrying intents.';
+	END IF;
+	IF provider IS NOT NULL THEN
+		SELECT p.provider_id INTO pid FROM @extschema@.provider p WHERE p.name = requeue.provider;
+		IF pid IS NULL THEN
+			RAISE EXCEPTION 'provider "%" does not exist', provider
+				USING ERRCODE = 'undefined_object',
+					  HINT = 'See SELECT name FROM shipsync.providers.';
+		END IF;
+	END IF;
+	WITH q AS (
+		UPDATE @extschema@.outbox o
+		   SET state = CASE WHEN o.attempts = 0 THEN 'pending' ELSE 'retrying' END,
+			   attempts = 0, next_attempt_at = now(), done_at = NULL, updated_at = now()
+		 WHERE o.state = requeue.state AND (pid IS NULL OR o.provider_id = pid)
+		RETURNING o.id),
+	t AS (
+		UPDATE @extschema@.exception_ticket t
+		   SET resolved_at = now(), resolved_by = session_user
+		  FROM q WHERE t.outbox_id = q.id AND t.resolved_at IS NULL)
+	SELECT count(*) INTO n FROM q;
+	PERFORM @extschema@._wake(false);
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.requeue(text, text) IS
+	'Send again every intent of a provider (or all providers) in the given state (default dead). Returns how many were requeued.';
+
+------------------------------------------------------------------------------
+-- A dropped table cannot ship: its waiting intents stop with the reason.
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@._on_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	n bigint;
+BEGIN
+	FOR r IN SELECT objid FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table' LOOP
+		WITH mv AS (
+			DELETE FROM @extschema@.inbox i USING @extschema@.binding bb
+			WHERE bb.tbl = r.objid AND i.binding_id = bb.binding_id
+			RETURNING i.*)
+		INSERT INTO @extschema@.outbox (id, binding_id, provider_id, order_key, op,
+			idempotency_key, created_at, next_attempt_at)
+		SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at, created_at
+		FROM mv;
+		WITH b AS (
+			UPDATE @extschema@.binding SET active = false WHERE tbl = r.objid RETURNING binding_id),
+		d AS (
+			UPDATE @extschema@.outbox o
+			   SET state = 'dead', last_error = 'the order table was dropped',
+				   error_class = 'table_dropped', done_at = now(), updated_at = now()
+			  FROM b WHERE o.binding_id = b.binding_id AND o.state IN ('pending', 'retrying')
+			RETURNING o.id, o.binding_id, o.order_key, o.provider_id),
+		t AS (
+			INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+			SELECT 'table_dropped', d.binding_id, d.order_key, d.provider_id, d.id, 'the order table was dropped'
+			FROM d
+			RETURNING outbox_id, order_key)
+		SELECT count(pg_notify('shipsync', json_build_object('event', 'table_dropped',
+			'outbox_id', t.outbox_id, 'order_key', t.order_key)::text))
+		INTO n FROM t;
+	END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER shipsync_on_drop ON sql_drop EXECUTE FUNCTION @extschema@._on_drop();

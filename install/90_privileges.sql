@@ -1,0 +1,40 @@
+-- install/90_privileges.sql: every privilege of the extension, in one place.
+-- Last, so that one REVOKE covers every function created before it.
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
+GRANT USAGE ON SCHEMA @extschema@ TO shipsync_reader;
+
+-- the queue and the API
+GRANT EXECUTE ON FUNCTION @extschema@.capture() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@._wake(boolean) TO PUBLIC;
+GRANT SELECT ON @extschema@.queue_status, @extschema@.providers, @extschema@.outbox,
+	@extschema@.inbox,
+	@extschema@.binding,
+	@extschema@.shipment, @extschema@.delivery_log, @extschema@.exception_ticket TO shipsync_reader;
+GRANT EXECUTE ON FUNCTION @extschema@.retry(bigint), @extschema@.requeue(text, text),
+	@extschema@.pause(text), @extschema@.resume(text),
+	@extschema@._set_paused(text, boolean) TO shipsync_operator;
+GRANT UPDATE (acknowledged_at, acknowledged_by, resolved_at, resolved_by)
+	ON @extschema@.exception_ticket TO shipsync_operator;
+GRANT EXECUTE ON FUNCTION @extschema@.create_provider(text, text, text, jsonb),
+	@extschema@.attach(regclass, text, name, jsonb, jsonb), @extschema@.detach(regclass)
+	TO shipsync_admin;
+
+-- tracking
+GRANT EXECUTE ON FUNCTION @extschema@.trace(regclass, text) TO shipsync_reader;
+GRANT SELECT ON @extschema@.canonical_status, @extschema@.status_map,
+	@extschema@.tracking_event, @extschema@.unmatched_event TO shipsync_reader;
+GRANT EXECUTE ON FUNCTION @extschema@.ingest_tracking(text, text, jsonb),
+	@extschema@.expire_unmatched() TO shipsync_operator;
+GRANT INSERT, UPDATE, DELETE ON @extschema@.status_map TO shipsync_admin;
+
+-- mapping
+GRANT SELECT ON @extschema@.field_map TO shipsync_reader;
+GRANT INSERT, UPDATE, DELETE ON @extschema@.field_map TO shipsync_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.render_request(bigint) TO shipsync_operator;
+GRANT EXECUTE ON FUNCTION @extschema@.copy_profile(text, text) TO shipsync_admin;
+GRANT EXECUTE ON FUNCTION @extschema@._map_check(text, text, text, text) TO shipsync_admin;
+GRANT EXECUTE ON FUNCTION @extschema@._validate() TO PUBLIC;
+
+-- The extension may be created before the dispatcher looks: wake it.
+SELECT @extschema@._wake(true);

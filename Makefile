@@ -11,7 +11,8 @@ OBJS = \
 	src/retry.o \
 	src/capture.o \
 	src/tracking.o src/signature.o src/poller.o \
-	src/mapping.o src/sign.o src/dialect.o
+	src/mapping.o src/sign.o src/dialect.o \
+	src/spi.o
 
 EXTENSION = pg_shipsync
 # 0.1 is released and never changes; 0.2, the version under work, is built

@@ -180,20 +180,6 @@ sha256_hex(const char *s)
 	return hex;
 }
 
-/* A saved SPI plan of sql (inside an SPI connection); ERROR on failure */
-SPIPlanPtr
-shipsync_prepare_saved(const char *sql, int nargs, const Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, (Oid *) argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed: %s: %s",
-			 SPI_result_code_string(SPI_result), sql);
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "SPI_keepplan failed");
-	return plan;
-}
-
 static char *
 get_text(HeapTuple tup, TupleDesc desc, int col)
 {

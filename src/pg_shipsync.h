@@ -395,9 +395,12 @@ extern void shipsync_register_launcher(void);
 /* in dispatcher.c */
 extern PGDLLEXPORT void shipsync_dispatcher_main(Datum main_arg);
 
-/* in outbox.c: helpers of every file that talks SQL or builds requests */
+/* in spi.c: saved plans, re-made when the tables they read have grown */
 extern SPIPlanPtr shipsync_prepare_saved(const char *sql, int nargs,
 										 const Oid *argtypes);
+extern int	shipsync_replan_grown(void);
+
+/* in outbox.c: helpers of every file that talks SQL or builds requests */
 extern char *shipsync_quote_json(const char *s);
 extern char *shipsync_url_escape(const char *s);
 

@@ -54,22 +54,6 @@ typedef struct LauncherEntry
 static LauncherEntry launcher_entries[SHIPSYNC_MAX_DISPATCHERS];
 static int	launcher_nentries = 0;
 
-void
-shipsync_register_launcher(void)
-{
-	BackgroundWorker worker;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 1;
-	strlcpy(worker.bgw_library_name, "pg_shipsync", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "shipsync_launcher_main", BGW_MAXLEN);
-	strlcpy(worker.bgw_name, "pg_shipsync launcher", BGW_MAXLEN);
-	strlcpy(worker.bgw_type, "pg_shipsync launcher", BGW_MAXLEN);
-	RegisterBackgroundWorker(&worker);
-}
-
 /*
  * Does a database of this name exist and accept connections?  Connected to
  * no database, we may read shared catalogs only by heap scan: an index scan

@@ -19,6 +19,7 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
@@ -164,6 +165,27 @@ shipsync_out_of_memory(void)
 			 errmsg("out of memory"),
 			 errdetail("pg_shipsync could not allocate memory outside PostgreSQL's allocator.")));
 	pg_unreachable();
+}
+
+/*
+ * The launcher (launcher.c), named by its symbol so that this file, the
+ * lowest layer, links to nothing above it.  Restarted a second after it
+ * exits.
+ */
+static void
+shipsync_register_launcher(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	strlcpy(worker.bgw_library_name, "pg_shipsync", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "shipsync_launcher_main", BGW_MAXLEN);
+	strlcpy(worker.bgw_name, "pg_shipsync launcher", BGW_MAXLEN);
+	strlcpy(worker.bgw_type, "pg_shipsync launcher", BGW_MAXLEN);
+	RegisterBackgroundWorker(&worker);
 }
 
 void

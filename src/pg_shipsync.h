@@ -390,7 +390,6 @@ extern bool shipsync_take_prepared(int slot);
 
 /* in launcher.c */
 extern PGDLLEXPORT void shipsync_launcher_main(Datum main_arg);
-extern void shipsync_register_launcher(void);
 
 /* in dispatcher.c */
 extern PGDLLEXPORT void shipsync_dispatcher_main(Datum main_arg);

@@ -12,7 +12,8 @@ OBJS = \
 	src/capture.o \
 	src/tracking.o src/signature.o src/poller.o \
 	src/mapping.o src/sign.o src/dialect.o \
-	src/spi.o
+	src/spi.o \
+	src/security.o src/filter.o
 
 EXTENSION = pg_shipsync
 # 0.1 is released and never changes; 0.2, the version under work, is built
@@ -33,7 +34,7 @@ PG_CFLAGS += -Wno-unused-parameter -Wno-missing-field-initializers
 SHLIB_LINK += $(shell pkg-config --libs libcurl json-c openssl)
 
 # pg_regress and isolation run against a temporary instance that preloads us
-REGRESS = api errors capture mapping tracking
+REGRESS = api errors capture mapping tracking security
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = claim_race tracking_race
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_check_iso --temp-config=$(srcdir)/test/regress.conf

@@ -446,14 +446,23 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'For example "status = ''cancelled''".';
 	END IF;
+	-- the restricted grammar, printed back with pg_catalog's operators:
+	-- no function, operator or cast of the caller's is ever planned here
+	IF cancel_when IS NOT NULL THEN
+		cancel_when := @extschema@._cancel_when_sql(cancel_when);
+	END IF;
 
+	-- Operators and types qualified: the dispatcher, render_request() and
+	-- this function run these as the table's owner, each with a search_path
+	-- of its own.  (unnest of several arrays is grammar: pg_catalog's.)
 	render := format(
 		'SELECT shipsync_u.shipsync_id, t.%1$I IS NOT NULL AS found,'
 		' pg_catalog.json_build_object(''order_ref'', shipsync_u.shipsync_key,'
-		' ''order'', pg_catalog.row_to_json(t))::text AS body,'
+		' ''order'', pg_catalog.row_to_json(t))::pg_catalog.text AS body,'
 		' %4$s AS is_cancel'
-		' FROM unnest($1::bigint[], $2::text[]) AS shipsync_u(shipsync_id, shipsync_key)'
-		' LEFT JOIN %2$s AS t ON t.%1$I = shipsync_u.shipsync_key::%3$s',
+		' FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[])'
+		' AS shipsync_u(shipsync_id, shipsync_key)'
+		' LEFT JOIN %2$s AS t ON t.%1$I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%3$s',
 		keycol, tbl, keytype,
 		CASE WHEN cancel_when IS NULL THEN 'false'
 			 ELSE format('COALESCE((%s), false)', cancel_when) END);
@@ -461,18 +470,20 @@ BEGIN
 	IF array_length(sets, 1) > 0 THEN
 		wbsql := format(
 			'UPDATE %s AS t SET %s'
-			' FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[])'
+			' FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[],'
+			' $4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.numeric[])'
 			' AS shipsync_u(shipsync_key, provider_shipment_id, tracking_number, status, label_url, fee_total)'
-			' WHERE t.%I = shipsync_u.shipsync_key::%s',
+			' WHERE t.%I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%s',
 			tbl, array_to_string(sets, ', '), keycol, keytype);
 	END IF;
 
-	-- prove both statements against the table now, not in the dispatcher
+	-- prove both statements against the table now, not in the dispatcher,
+	-- and with the rights the dispatcher will have: the table owner's
 	BEGIN
-		EXECUTE 'EXPLAIN ' || render USING '{}'::bigint[], '{}'::text[];
+		PERFORM @extschema@._explain_as_owner(tbl, render, '{int8[], text[]}');
 		IF wbsql IS NOT NULL THEN
-			EXECUTE 'EXPLAIN ' || wbsql USING '{}'::text[], '{}'::text[], '{}'::text[],
-				'{}'::text[], '{}'::text[], '{}'::numeric[];
+			PERFORM @extschema@._explain_as_owner(tbl, wbsql,
+				'{text[], text[], text[], text[], text[], numeric[]}');
 		END IF;
 	EXCEPTION WHEN OTHERS THEN
 		RAISE EXCEPTION 'cannot attach table %: %', tbl, SQLERRM

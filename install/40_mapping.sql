@@ -324,9 +324,10 @@ CREATE TRIGGER field_map_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON
 CREATE FUNCTION @extschema@._validate()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'shipsync_validate'
-LANGUAGE C SECURITY DEFINER;
+LANGUAGE C SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@._validate() IS
-	'Internal: the validation trigger shipsync.attach() installs with option validate = reject; an order whose required mapped fields are missing or malformed is refused.';
+	'Internal: the validation trigger shipsync.attach() installs with option validate = reject; an order whose required mapped fields are missing or malformed is refused. It refuses to fire on any table but its binding''s.';
 
 CREATE FUNCTION @extschema@._render(outbox_id bigint, OUT method text, OUT url text, OUT body text)
 RETURNS record

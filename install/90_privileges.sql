@@ -2,10 +2,12 @@
 -- Last, so that one REVOKE covers every function created before it.
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
+-- The trigger functions shipsync.capture() and shipsync._validate() are not
+-- granted to anyone: attach() creates their triggers as the extension's
+-- owner, and a trigger fires without an EXECUTE check.
 GRANT USAGE ON SCHEMA @extschema@ TO shipsync_reader;
 
 -- the queue and the API
-GRANT EXECUTE ON FUNCTION @extschema@.capture() TO PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@._wake(boolean) TO PUBLIC;
 GRANT SELECT ON @extschema@.queue_status, @extschema@.providers, @extschema@.outbox,
 	@extschema@.inbox,
@@ -34,7 +36,6 @@ GRANT INSERT, UPDATE, DELETE ON @extschema@.field_map TO shipsync_admin;
 GRANT EXECUTE ON FUNCTION @extschema@.render_request(bigint) TO shipsync_operator;
 GRANT EXECUTE ON FUNCTION @extschema@.copy_profile(text, text) TO shipsync_admin;
 GRANT EXECUTE ON FUNCTION @extschema@._map_check(text, text, text, text) TO shipsync_admin;
-GRANT EXECUTE ON FUNCTION @extschema@._validate() TO PUBLIC;
 
 -- The extension may be created before the dispatcher looks: wake it.
 SELECT @extschema@._wake(true);

@@ -528,9 +528,15 @@ capture_check_binding(int32 binding_id, int32 provider_id, Relation rel)
 	{
 		Oid			argtypes[1] = {INT4OID};
 
-		capture_check_plan = shipsync_prepare_saved("SELECT tbl::oid, provider_id"
+		/*
+		 * Qualified throughout: this runs as the extension's owner under
+		 * the search_path of whoever inserts, and is re-analysed whenever
+		 * that path changes.
+		 */
+		capture_check_plan = shipsync_prepare_saved("SELECT tbl::pg_catalog.oid, provider_id"
 													" FROM shipsync.binding"
-													" WHERE binding_id = $1", 1, argtypes);
+													" WHERE binding_id OPERATOR(pg_catalog.=) $1",
+													1, argtypes);
 	}
 	values[0] = Int32GetDatum(binding_id);
 	rc = SPI_execute_plan(capture_check_plan, values, NULL, true, 1);

@@ -542,6 +542,7 @@ typedef struct ValidateCache
 {
 	int32		binding_id;
 	uint64		generation;
+	Oid			relid;			/* the binding's table; invalid if detached */
 	char	   *key_column;
 	char	   *provider;
 	char	   *profile;
@@ -600,7 +601,9 @@ validate_lookup(int32 binding_id)
 								ALLOCSET_SMALL_SIZES);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	rc = SPI_execute_with_args("SELECT provider_id, key_column::text FROM shipsync.binding WHERE binding_id = $1",
+	rc = SPI_execute_with_args("SELECT provider_id, key_column::pg_catalog.text,"
+							   " CASE WHEN active THEN tbl::pg_catalog.oid END"
+							   " FROM shipsync.binding WHERE binding_id OPERATOR(pg_catalog.=) $1",
 							   1, argtypes, args, NULL, true, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		ereport(ERROR,
@@ -610,15 +613,20 @@ validate_lookup(int32 binding_id)
 	pid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	vc->key_column = MemoryContextStrdup(TopMemoryContext,
 										 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+	vc->relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	if (isnull)
+		vc->relid = InvalidOid;
 	outbox_load_providers(tmp, &ps, &np, pid);
 	SPI_finish();
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	{
 		char	   *keycol = vc->key_column;
+		Oid			relid = vc->relid;
 
 		memset(vc, 0, sizeof(*vc));
 		vc->key_column = keycol;
+		vc->relid = relid;
 	}
 	vc->binding_id = binding_id;
 	vc->generation = gen;
@@ -675,6 +683,14 @@ shipsync_validate(PG_FUNCTION_ARGS)
 		return PointerGetDatum(tuple);	/* the dispatcher's own write-back */
 	binding_id = pg_strtoint32(td->tg_trigger->tgargs[0]);
 	vc = validate_lookup(binding_id);
+	/* a trigger made by hand, on a table that is not the binding's */
+	if (vc->relid != RelationGetRelid(td->tg_relation))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("table \"%s\" is not attached to pg_shipsync binding %d",
+						RelationGetRelationName(td->tg_relation), binding_id),
+				 errdetail("shipsync._validate() validates the orders of the table its binding names."),
+				 errhint("Use shipsync.attach() with option validate = reject to install it.")));
 	if (vc->error)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

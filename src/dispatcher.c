@@ -1337,6 +1337,8 @@ shipsync_dispatcher_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
+	/* a superuser session: immune to ALTER DATABASE ... SET search_path */
+	shipsync_pin_search_path();
 	pgstat_report_appname("pg_shipsync dispatcher");
 	dispatcher_claim_slot();
 	dispatcher_raise_fd_limit();

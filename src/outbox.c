@@ -210,43 +210,26 @@ shipsync_end_tx(void)
 
 /*
  * Run a statement with the rights of a CRM table's owner, so that the
- * user's row security and triggers apply as for the owner and never as a
- * superuser.
+ * user's row security, triggers and cancel_when run as the owner and never
+ * as a superuser, in a restricted operation (see security.c).
  */
 static int
 execute_as_owner(Oid owner, SPIPlanPtr plan, ArgArrays *a, bool read_only)
 {
-	Oid			save_userid;
-	int			save_sec;
+	ShipsyncUserSave save;
 	volatile int rc = 0;
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	shipsync_become_owner(owner, &save);
 	PG_TRY();
 	{
 		rc = args_execute(plan, a, read_only);
 	}
 	PG_FINALLY();
 	{
-		SetUserIdAndSecContext(save_userid, save_sec);
+		shipsync_restore_user(&save);
 	}
 	PG_END_TRY();
 	return rc;
-}
-
-static Oid
-table_owner(Oid relid)
-{
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tup))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("order table with OID %u does not exist", relid)));
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-	return owner;
 }
 
 /* ---------- recovery and configuration ---------- */
@@ -741,7 +724,7 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	 * coalescing.  With the transaction's first snapshot, an order that
 	 * committed just before the lock would be claimed but not seen here.
 	 */
-	rc = execute_as_owner(table_owner(b->relid), b->render_plan, ra, false);
+	rc = execute_as_owner(shipsync_table_owner(b->relid), b->render_plan, ra, false);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "rendering orders failed: %s", SPI_result_code_string(rc));
 	/* SPI calls return in SPI's procedure context: keep what we send */
@@ -1526,7 +1509,7 @@ apply_writeback(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
 		shipsync_capture_suppressed = true;
 		PG_TRY();
 		{
-			rc = execute_as_owner(table_owner(b->relid), b->writeback_plan, a, false);
+			rc = execute_as_owner(shipsync_table_owner(b->relid), b->writeback_plan, a, false);
 		}
 		PG_FINALLY();
 		{

@@ -412,6 +412,19 @@ extern bool shipsync_capture_suppressed;
 extern void shipsync_wake_at_commit(int32 provider_id, bool config_changed);
 extern int64 shipsync_next_intent_id(Oid seqid);
 
+/* in security.c: a user's code run with that user's rights */
+typedef struct ShipsyncUserSave
+{
+	Oid			userid;
+	int			sec_context;
+	int			nestlevel;
+} ShipsyncUserSave;
+
+extern void shipsync_become_owner(Oid owner, ShipsyncUserSave *save);
+extern void shipsync_restore_user(const ShipsyncUserSave *save);
+extern Oid	shipsync_table_owner(Oid relid);
+extern void shipsync_pin_search_path(void);
+
 /* in http.c: one transfer, owned by the dispatcher until completion */
 typedef struct HttpTransfer
 {

@@ -502,8 +502,7 @@ writeback_status(int32 binding_id, Datum *keys, Datum *statuses, int n)
 	SPIPlanPtr	plan;
 	HeapTuple	ctup;
 	Oid			owner;
-	Oid			save_userid;
-	int			save_sec;
+	ShipsyncUserSave save;
 	volatile int rc = 0;
 	int			dims[1] = {n};
 	int			lbs[1] = {1};
@@ -537,8 +536,7 @@ writeback_status(int32 binding_id, Datum *keys, Datum *statuses, int n)
 												   -1, false, TYPALIGN_INT));
 	plan = writeback_plan(binding_id, sql, ptypes);
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	shipsync_become_owner(owner, &save);
 	shipsync_capture_suppressed = true;
 	PG_TRY();
 	{
@@ -547,7 +545,7 @@ writeback_status(int32 binding_id, Datum *keys, Datum *statuses, int n)
 	PG_FINALLY();
 	{
 		shipsync_capture_suppressed = false;
-		SetUserIdAndSecContext(save_userid, save_sec);
+		shipsync_restore_user(&save);
 	}
 	PG_END_TRY();
 	if (rc != SPI_OK_UPDATE)

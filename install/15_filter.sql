@@ -1,0 +1,21 @@
+-- install/15_filter.sql: Expressions users hand to the extension
+-- (cancel_when), and the check of the statements built around them.
+-- A part of pg_shipsync--0.2.sql (see the Makefile); every privilege is
+-- granted in 90_privileges.sql (these are granted to no one: attach()
+-- calls them as the extension's owner).
+
+CREATE FUNCTION @extschema@._cancel_when_sql(expr text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'shipsync_cancel_when_sql'
+LANGUAGE C IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._cancel_when_sql(text) IS
+	'Internal: a cancel_when expression checked against its restricted grammar (columns, literals, =, <>, <, <=, >, >=, IS [NOT] NULL, IN, AND, OR, NOT) and printed back with pg_catalog''s operators.';
+
+CREATE FUNCTION @extschema@._explain_as_owner(tbl regclass, stmt text, argtypes regtype[])
+RETURNS void
+AS 'MODULE_PATHNAME', 'shipsync_explain_as_owner'
+LANGUAGE C VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._explain_as_owner(regclass, text, regtype[]) IS
+	'Internal: EXPLAIN a statement built by attach() as the owner of its table, in a restricted operation, each parameter an empty array of its type.';

@@ -234,5 +234,214 @@ BEGIN
 END
 $$;
 
+------------------------------------------------------------------------------
+-- Bad values refused where they enter (issue 11): no control character in
+-- header values, credentials and URLs, no user name or password in URLs,
+-- no static Authorization or Transfer-Encoding header.  Providers created
+-- by 0.1 are not changed: the update warns about those these rules refuse.
+------------------------------------------------------------------------------
+-- Values that go on the wire, in a header line or a URL: no control
+-- character (a CR or LF would end the line and start one of the sender's
+-- choosing; PostgreSQL's text and jsonb hold no NUL), and no user name or
+-- password in a URL.  Never echoes the value: it may be a credential.
+-- Every path that sets a header, a credential or a URL calls it.
+CREATE FUNCTION @extschema@._check_wire(what text, value text, is_url boolean)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF value ~ '[\x01-\x1f\x7f-\x9f]' THEN
+		RAISE EXCEPTION '% contains a control character', what
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Carriage returns, line feeds and other control characters would end a header line or a URL and start another of the sender''s choosing.',
+				  HINT = 'Give the value exactly as the carrier issued it, on one line.';
+	END IF;
+	IF is_url AND value ~ '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@' THEN
+		RAISE EXCEPTION '% must not contain a user name or password', what
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'URLs are shown in shipsync.providers, trace() and error messages, and credentials in them would be too.',
+				  HINT = 'Remove "user:password@" from the URL and give the credentials in option "auth".';
+	END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION @extschema@._check_wire(text, text, boolean) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@._check_auth(auth jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	needed text[];
+	f text;
+BEGIN
+	IF auth IS NULL THEN
+		RETURN;
+	END IF;
+	IF jsonb_typeof(auth) <> 'object' THEN
+		RAISE EXCEPTION 'option "auth" must be a JSON object'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example {"type": "bearer", "token": "..."}.';
+	END IF;
+	needed := @extschema@._auth_fields(auth->>'type');
+	IF needed IS NULL THEN
+		RAISE EXCEPTION 'unknown auth type "%"', coalesce(auth->>'type', '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'The auth types are bearer, api_key, basic, oauth2, kuaidi100 and sf_express.',
+				  HINT = 'Set "type" in option "auth".';
+	END IF;
+	FOREACH f IN ARRAY needed LOOP
+		IF jsonb_typeof(auth->f) IS DISTINCT FROM 'string' OR auth->>f = '' THEN
+			RAISE EXCEPTION 'auth type "%" needs a non-empty string "%"', auth->>'type', f
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Complete option "auth".';
+		END IF;
+	END LOOP;
+	IF auth->>'type' = 'api_key' AND (auth->>'header') !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' THEN
+		RAISE EXCEPTION 'auth header name "%" is not a valid HTTP header name', auth->>'header'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example "X-Api-Key".';
+	END IF;
+	IF auth->>'type' = 'api_key' AND lower(auth->>'header') IN
+		('content-length', 'content-type', 'host', 'idempotency-key', 'transfer-encoding') THEN
+		RAISE EXCEPTION 'auth header "%" is set by pg_shipsync', auth->>'header'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Content-Length, Content-Type, Host, Idempotency-Key and Transfer-Encoding belong to each request.',
+				  HINT = 'Name the header the carrier reads the key from, for example "X-Api-Key".';
+	END IF;
+	-- every string of it goes into a header line, the form or a URL
+	FOR f IN SELECT e.key FROM jsonb_each(auth) AS e WHERE jsonb_typeof(e.value) = 'string' LOOP
+		PERFORM @extschema@._check_wire(format('option "auth" field "%s"', f), auth->>f, f = 'token_url');
+	END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.create_provider(name text, dialect text, base_url text,
+											options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	opts jsonb := coalesce(options, '{}');
+	id integer;
+	rate numeric;
+	h text;
+BEGIN
+	IF name IS NULL OR name !~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid provider name "%"', coalesce(name, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A provider name is 1 to 63 letters, digits, "_", "." or "-".',
+				  HINT = 'For example ''sf'' or ''acme-eu''.';
+	END IF;
+	IF dialect IS NULL OR dialect NOT IN ('generic', 'sf_express', 'easypost', 'aftership', 'kuaidi100') THEN
+		RAISE EXCEPTION 'unknown dialect "%"', coalesce(dialect, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'This version knows the shipping dialects generic and sf_express and the tracking dialects easypost, aftership and kuaidi100.',
+				  HINT = 'See docs/wire-contract.md for the generic contract.';
+	END IF;
+	PERFORM @extschema@._check_options(opts,
+		ARRAY['timeout_ms', 'max_inflight', 'max_attempts', 'backoff_base_ms',
+			  'backoff_max_ms', 'rate_limit_per_s', 'headers', 'auth']
+		|| @extschema@._check_tracking_options(opts, dialect)
+		|| @extschema@._dialect_options(dialect), 'provider');
+	IF opts ? 'rate_limit_per_s' AND (jsonb_typeof(opts->'rate_limit_per_s') <> 'number'
+		OR (opts->>'rate_limit_per_s')::numeric < 0
+		OR (opts->>'rate_limit_per_s')::numeric > 100000) THEN
+		RAISE EXCEPTION 'option "rate_limit_per_s" is out of range'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given is %s.', opts->'rate_limit_per_s'),
+				  HINT = 'Give a number of requests per second between 0 (unlimited) and 100000.';
+	END IF;
+	IF opts ? 'headers' THEN
+		IF jsonb_typeof(opts->'headers') <> 'object' THEN
+			RAISE EXCEPTION 'option "headers" must be a JSON object of header names to values'
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'For example {"X-Tenant": "shop-1"}.';
+		END IF;
+		FOR h IN SELECT jsonb_object_keys(opts->'headers') LOOP
+			IF h !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR jsonb_typeof(opts->'headers'->h) <> 'string'
+			   OR (opts->'headers'->>h) ~ '[\x01-\x1f\x7f-\x9f]' THEN
+				RAISE EXCEPTION 'invalid header "%"', h
+					USING ERRCODE = 'invalid_parameter_value',
+						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks or other control characters.',
+						  HINT = 'Fix the name or the value in option "headers".';
+			END IF;
+			IF lower(h) IN ('authorization', 'content-length', 'content-type', 'host',
+							'idempotency-key', 'transfer-encoding') THEN
+				RAISE EXCEPTION 'header "%" is set by pg_shipsync', h
+					USING ERRCODE = 'invalid_parameter_value',
+						  DETAIL = 'Idempotency-Key, Content-Type, Content-Length, Transfer-Encoding and Host belong to each request, and Authorization to option "auth".',
+						  HINT = 'Remove it from option "headers"; give credentials in option "auth".';
+			END IF;
+		END LOOP;
+	END IF;
+	PERFORM @extschema@._check_auth(opts->'auth');
+	PERFORM @extschema@._check_wire('base_url', create_provider.base_url, true);
+	IF jsonb_typeof(opts->'callback_url') = 'string' THEN
+		PERFORM @extschema@._check_wire('option "callback_url"', opts->>'callback_url', true);
+	END IF;
+	PERFORM @extschema@._check_dialect(dialect, opts);
+	rate := coalesce((opts->>'rate_limit_per_s')::numeric, 0);
+
+	INSERT INTO @extschema@.provider AS p
+		(name, dialect, base_url, timeout_ms, max_inflight, max_attempts,
+		 backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers, auth, options)
+	VALUES (create_provider.name, create_provider.dialect,
+			@extschema@._check_url(create_provider.base_url),
+			@extschema@._int_option(opts, 'timeout_ms', 10000, 100, 600000),
+			@extschema@._int_option(opts, 'max_inflight', 64, 1, 1024),
+			@extschema@._int_option(opts, 'max_attempts', 20, 1, 1000),
+			@extschema@._int_option(opts, 'backoff_base_ms', 1000, 1, 3600000),
+			@extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000),
+			rate,
+			coalesce(opts->'headers', '{}'),
+			opts->'auth',
+			opts - 'auth')
+	RETURNING p.provider_id INTO id;
+
+	IF @extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000)
+	   < @extschema@._int_option(opts, 'backoff_base_ms', 1000, 1, 3600000) THEN
+		RAISE EXCEPTION 'option "backoff_max_ms" is smaller than "backoff_base_ms"'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Retries wait a random time up to min(backoff_max_ms, backoff_base_ms * 2^(attempt - 1)).',
+				  HINT = 'Raise backoff_max_ms or lower backoff_base_ms.';
+	END IF;
+
+	PERFORM @extschema@._wake(true);
+	RETURN id;
+EXCEPTION
+	WHEN unique_violation THEN
+		RAISE EXCEPTION 'provider "%" already exists', create_provider.name
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Choose another name, or drop the provider first.';
+END
+$$;
+
+DO $wire$
+DECLARE
+	p record;
+BEGIN
+	FOR p IN
+		SELECT x.name FROM @extschema@.provider x
+		WHERE x.base_url ~ '[\x01-\x1f\x7f-\x9f]|^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@'
+		   OR x.auth->>'token_url' ~ '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@'
+		   OR x.options->>'callback_url' ~ '[\x01-\x1f\x7f-\x9f]|^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@'
+		   OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_each_text(COALESCE(x.auth, '{}')) e
+					  WHERE e.value ~ '[\x01-\x1f\x7f-\x9f]')
+		   OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_each_text(x.headers) e
+					  WHERE e.value ~ '[\x01-\x1f\x7f-\x9f]'
+						 OR lower(e.key) IN ('authorization', 'transfer-encoding'))
+		ORDER BY x.name
+	LOOP
+		RAISE WARNING 'provider "%" holds a value that pg_shipsync 0.2 refuses', p.name
+			USING DETAIL = 'A control character in a header value, a credential or a URL, a user name or password in a URL, or a static Authorization or Transfer-Encoding header.',
+				  HINT = 'Correct it with UPDATE shipsync.provider as the extension''s owner; see docs/security.md.';
+	END LOOP;
+END
+$wire$;
+
 -- A dispatcher of the new library waits for this update: wake it.
 SELECT @extschema@._wake(true);

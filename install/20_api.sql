@@ -108,6 +108,32 @@ BEGIN
 END
 $$;
 
+-- Values that go on the wire, in a header line or a URL: no control
+-- character (a CR or LF would end the line and start one of the sender's
+-- choosing; PostgreSQL's text and jsonb hold no NUL), and no user name or
+-- password in a URL.  Never echoes the value: it may be a credential.
+-- Every path that sets a header, a credential or a URL calls it.
+CREATE FUNCTION @extschema@._check_wire(what text, value text, is_url boolean)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF value ~ '[\x01-\x1f\x7f-\x9f]' THEN
+		RAISE EXCEPTION '% contains a control character', what
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Carriage returns, line feeds and other control characters would end a header line or a URL and start another of the sender''s choosing.',
+				  HINT = 'Give the value exactly as the carrier issued it, on one line.';
+	END IF;
+	IF is_url AND value ~ '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@' THEN
+		RAISE EXCEPTION '% must not contain a user name or password', what
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'URLs are shown in shipsync.providers, trace() and error messages, and credentials in them would be too.',
+				  HINT = 'Remove "user:password@" from the URL and give the credentials in option "auth".';
+	END IF;
+END
+$$;
+
 CREATE FUNCTION @extschema@._check_auth(auth jsonb)
 RETURNS void
 LANGUAGE plpgsql
@@ -144,6 +170,17 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'For example "X-Api-Key".';
 	END IF;
+	IF auth->>'type' = 'api_key' AND lower(auth->>'header') IN
+		('content-length', 'content-type', 'host', 'idempotency-key', 'transfer-encoding') THEN
+		RAISE EXCEPTION 'auth header "%" is set by pg_shipsync', auth->>'header'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Content-Length, Content-Type, Host, Idempotency-Key and Transfer-Encoding belong to each request.',
+				  HINT = 'Name the header the carrier reads the key from, for example "X-Api-Key".';
+	END IF;
+	-- every string of it goes into a header line, the form or a URL
+	FOR f IN SELECT e.key FROM jsonb_each(auth) AS e WHERE jsonb_typeof(e.value) = 'string' LOOP
+		PERFORM @extschema@._check_wire(format('option "auth" field "%s"', f), auth->>f, f = 'token_url');
+	END LOOP;
 END
 $$;
 
@@ -226,21 +263,26 @@ BEGIN
 		END IF;
 		FOR h IN SELECT jsonb_object_keys(opts->'headers') LOOP
 			IF h !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR jsonb_typeof(opts->'headers'->h) <> 'string'
-			   OR (opts->'headers'->>h) ~ '[\r\n]' THEN
+			   OR (opts->'headers'->>h) ~ '[\x01-\x1f\x7f-\x9f]' THEN
 				RAISE EXCEPTION 'invalid header "%"', h
 					USING ERRCODE = 'invalid_parameter_value',
-						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks.',
+						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks or other control characters.',
 						  HINT = 'Fix the name or the value in option "headers".';
 			END IF;
-			IF lower(h) IN ('idempotency-key', 'content-type', 'content-length', 'host') THEN
+			IF lower(h) IN ('authorization', 'content-length', 'content-type', 'host',
+							'idempotency-key', 'transfer-encoding') THEN
 				RAISE EXCEPTION 'header "%" is set by pg_shipsync', h
 					USING ERRCODE = 'invalid_parameter_value',
-						  DETAIL = 'Idempotency-Key, Content-Type, Content-Length and Host belong to each request.',
-						  HINT = 'Remove it from option "headers".';
+						  DETAIL = 'Idempotency-Key, Content-Type, Content-Length, Transfer-Encoding and Host belong to each request, and Authorization to option "auth".',
+						  HINT = 'Remove it from option "headers"; give credentials in option "auth".';
 			END IF;
 		END LOOP;
 	END IF;
 	PERFORM @extschema@._check_auth(opts->'auth');
+	PERFORM @extschema@._check_wire('base_url', create_provider.base_url, true);
+	IF jsonb_typeof(opts->'callback_url') = 'string' THEN
+		PERFORM @extschema@._check_wire('option "callback_url"', opts->>'callback_url', true);
+	END IF;
 	PERFORM @extschema@._check_dialect(dialect, opts);
 	rate := coalesce((opts->>'rate_limit_per_s')::numeric, 0);
 

@@ -41,6 +41,35 @@ SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.
 SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "api_key", "key": "k"}}')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "api_key", "header": "a b", "key": "k"}}')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "basic", "password": "p"}}')$$);
+-- values that go on the wire: no control characters, no credentials in URLs,
+-- no static header that belongs to each request; secrets never echoed
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"headers": {"X-A": "a\u0001b"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"headers": {"X-A": "a\u0085b"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"headers": {"X-A": "a\u0000b"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"headers": {"authorization": "Bearer x"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"headers": {"Transfer-Encoding": "chunked"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"headers": {"HOST": "evil.example"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"headers": {"Content-Length": "0"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "bearer", "token": "s3cret\r\nX-Evil: 1"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "bearer", "token": "s3cret\u0000"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "basic", "username": "u", "password": "pw\n"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "api_key", "header": "X-Key", "key": "k\r"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "api_key", "header": "Transfer-Encoding", "key": "k"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "oauth2", "token_url": "https://id:pw@auth.example/token", "client_id": "c", "client_secret": "s"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"auth": {"type": "oauth2", "token_url": "https://auth.example/t\u0001", "client_id": "c", "client_secret": "s"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://user:pw@x.example')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://user@x.example/v1')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', E'https://x.example/v1\r\nX-Evil: 1')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', E'https://x.example/v\x011')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'kuaidi100', 'https://poll.kuaidi100.example', '{"company": "shunfeng", "callback_url": "https://u:p@shop.example/hook", "auth": {"type": "kuaidi100", "customer": "C", "key": "K"}}')$$);
+-- (NUL never reaches pg_shipsync: PostgreSQL's jsonb and text refuse it)
+-- an @ in the path is not a user name, and a space is not a control character
+SELECT shipsync.create_provider('wire_ok', 'generic', 'https://x.example/a@b',
+	'{"headers": {"X-Tenant": "shop 1"}, "auth": {"type": "bearer", "token": "t0k3n"}}') > 0 AS created;
+SELECT base_url FROM shipsync.providers WHERE name = 'wire_ok';
+-- nothing was stored by the refused calls, and no refused secret was echoed
+SELECT count(*) AS providers FROM shipsync.provider;
+DELETE FROM shipsync.provider WHERE name = 'wire_ok';
 SELECT shipsync.create_provider('p', 'generic', 'https://x.example') > 0 AS created;
 SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://y.example')$$);
 -- plain http to a non-loopback host is allowed only when the GUC says so

@@ -360,6 +360,7 @@ provider_tokens(Provider *p, TimestampTz now)
  * X-Kuaidi100-Customer and X-Kuaidi100-Sign = UPPER(MD5(body + key +
  * customer)), over the stored body, so every retry carries the same sign.
  */
+static char *excerpt_of(const char *s, size_t len);
 static char *short_body(const StringInfoData *s);
 
 /*
@@ -797,19 +798,23 @@ transfer_error(const HttpTransfer *t, bool in_doubt, const char *detail)
 					detail && detail[0] ? detail : short_body(&t->response));
 }
 
+/*
+ * What is kept of a carrier's text: an excerpt of at most
+ * SHIPSYNC_EXCERPT_CHARS characters, control characters escaped, valid
+ * UTF-8 (retry.c), never the raw bytes.
+ */
+static char *
+excerpt_of(const char *s, size_t len)
+{
+	size_t		size = 6 * SHIPSYNC_EXCERPT_CHARS + 4;
+
+	return shipsync_excerpt(s, len, SHIPSYNC_EXCERPT_CHARS, palloc(size), size);
+}
+
 static char *
 short_body(const StringInfoData *s)
 {
-	int			len = Min(s->len, 200);
-	char	   *out = palloc(len + 1);
-
-	memcpy(out, s->data, len);
-	out[len] = '\0';
-	/* keep the log readable: the body is the carrier's text, not ours */
-	for (int i = 0; i < len; i++)
-		if ((unsigned char) out[i] < 0x20)
-			out[i] = ' ';
-	return out;
+	return excerpt_of(s->data, s->len);
 }
 
 /*
@@ -1300,6 +1305,9 @@ dispatcher_apply_done(TimestampTz now)
 		Provider   *p = find_provider(done[i]->c.provider_id);
 
 		dispatcher_judge(done[i], &rs[i], now);
+		/* the carrier's words in it (bodies, SF messages): escaped, cut */
+		if (rs[i].error)
+			rs[i].error = excerpt_of(rs[i].error, strlen(rs[i].error));
 		if (p)
 		{
 			p->inflight--;

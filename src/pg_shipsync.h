@@ -76,6 +76,11 @@ extern long shipsync_parse_retry_after(const char *value, time_t now);
 extern long shipsync_backoff_ms(int attempt, long base_ms, long max_ms,
 								double random01);
 extern const char *shipsync_sf_error_class(int cls);
+extern char *shipsync_excerpt(const char *in, size_t len, int max_chars,
+							  char *out, size_t outsize);
+
+/* last_error keeps at most this many characters of a carrier's answer */
+#define SHIPSYNC_EXCERPT_CHARS 300
 
 /* ---- mapping (mapping.c), JSON trees (json.c), signatures (sign.c) ---- */
 

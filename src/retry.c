@@ -25,6 +25,7 @@
 #include <ctype.h>
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -247,4 +248,104 @@ shipsync_sf_error_class(int cls)
 			return "not_found";
 	}
 	return "business_error";
+}
+
+/*
+ * Length in bytes of the valid UTF-8 sequence at s (at most len bytes), or
+ * 0 when it is not one (a stray continuation byte, an overlong form, a
+ * surrogate, past U+10FFFF, or cut short).
+ */
+static int
+utf8_sequence(const unsigned char *s, size_t len)
+{
+	int			n;
+	unsigned int cp;
+
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xC2 && s[0] <= 0xDF)
+		n = 2, cp = s[0] & 0x1F;
+	else if (s[0] >= 0xE0 && s[0] <= 0xEF)
+		n = 3, cp = s[0] & 0x0F;
+	else if (s[0] >= 0xF0 && s[0] <= 0xF4)
+		n = 4, cp = s[0] & 0x07;
+	else
+		return 0;
+	if ((size_t) n > len)
+		return 0;
+	for (int i = 1; i < n; i++)
+	{
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (s[i] & 0x3F);
+	}
+	if ((n == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+		(n == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+		return 0;
+	return n;
+}
+
+/*
+ * An excerpt of a carrier's text that is safe to store and print: at most
+ * max_chars characters of valid UTF-8, with every control character
+ * escaped (\n, \r, \t, \xHH for the other C0 controls, DEL and bytes that
+ * are not UTF-8, \uHHHH for C1 controls), and ending in "…" when cut.  An
+ * escape is never cut in two.  Writes into out (outsize >= 6 * max_chars +
+ * 4 always suffices) and returns out.  Applied again to its own output, it
+ * changes nothing.
+ */
+char *
+shipsync_excerpt(const char *in, size_t len, int max_chars, char *out,
+				 size_t outsize)
+{
+	const unsigned char *s = (const unsigned char *) (in ? in : "");
+	size_t		o = 0;
+	size_t		cut = 0;		/* where "…" goes if the text is longer */
+	bool		cut_set = false;
+	int			chars = 0;
+
+	if (in == NULL)
+		len = 0;
+	for (size_t i = 0; i < len;)
+	{
+		char		unit[8];
+		int			ulen;
+		int			uchars;
+		int			n = utf8_sequence(s + i, len - i);
+
+		if (s[i] == '\n' || s[i] == '\r' || s[i] == '\t')
+			ulen = snprintf(unit, sizeof(unit), "\\%c",
+							s[i] == '\n' ? 'n' : s[i] == '\r' ? 'r' : 't');
+		else if (n == 0 || s[i] < 0x20 || s[i] == 0x7F)
+		{
+			ulen = snprintf(unit, sizeof(unit), "\\x%02x", s[i]);
+			n = 1;
+		}
+		else if (n == 2 && s[i] == 0xC2 && s[i + 1] < 0xA0)
+			ulen = snprintf(unit, sizeof(unit), "\\u%04x", s[i + 1]);
+		else
+		{
+			memcpy(unit, s + i, n);
+			ulen = n;
+		}
+		uchars = unit[0] == '\\' ? ulen : 1;
+		if (!cut_set && (chars + uchars > max_chars - 1 || o + ulen + 4 > outsize))
+		{
+			cut = o;			/* the last place "…" still fits */
+			cut_set = true;
+		}
+		if (chars + uchars > max_chars || o + ulen + 1 > outsize)
+		{
+			o = cut;
+			memcpy(out + o, "\xE2\x80\xA6", 3);
+			o += 3;
+			break;
+		}
+		memcpy(out + o, unit, ulen);
+		o += ulen;
+		chars += uchars;
+		i += n;
+	}
+	out[o] = '\0';
+	return out;
 }

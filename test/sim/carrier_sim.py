@@ -18,6 +18,8 @@ Usage:
 """
 
 import argparse
+import base64
+import binascii
 import hashlib
 import hmac
 import http.client
@@ -52,7 +54,7 @@ FAULT_TYPES = ("status", "slow", "reset_before", "reset_after",
 COMMON_RULE_FIELDS = {"fault", "name", "rate", "first_attempts",
                       "match_order_ref", "path", "method", "count"}
 FAULT_FIELDS = {
-    "status": {"status", "retry_after", "reset_header"},
+    "status": {"status", "retry_after", "reset_header", "body", "body_base64"},
     "slow": {"ms"},
     "oversized": {"bytes"},
 }
@@ -152,6 +154,7 @@ class FaultRule:
         # Parameters of the individual fault types.
         self.status = 503
         self.retry_after = self.reset_header = None
+        self.body = None
         self.ms = 0
         self.bytes = DEFAULT_OVERSIZED_BYTES
         if fault == "status":
@@ -162,6 +165,7 @@ class FaultRule:
                                   "that carries a body" % where)
             self.retry_after = self._optional_header(spec, "retry_after", where)
             self.reset_header = self._optional_header(spec, "reset_header", where)
+            self.body = self._optional_body(spec, where)
         elif fault == "slow":
             self.ms = spec.get("ms")
             if not is_number(self.ms) or self.ms < 0:
@@ -202,6 +206,23 @@ class FaultRule:
         if not isinstance(value, str) or "\r" in value or "\n" in value:
             raise ConfigError("%s: '%s' must be a single-line string" % (where, field))
         return value
+
+    @staticmethod
+    def _optional_body(spec, where):
+        """The bytes a status fault answers with instead of its JSON error:
+        'body' (a string, sent as UTF-8) or 'body_base64' (any bytes)."""
+        if "body" in spec and "body_base64" in spec:
+            raise ConfigError("%s: give 'body' or 'body_base64', not both" % where)
+        if "body" in spec:
+            if not isinstance(spec["body"], str):
+                raise ConfigError("%s: 'body' must be a string" % where)
+            return spec["body"].encode("utf-8", "surrogatepass")
+        if "body_base64" in spec:
+            try:
+                return base64.b64decode(spec["body_base64"], validate=True)
+            except (binascii.Error, TypeError) as e:
+                raise ConfigError("%s: 'body_base64' is not base64: %s" % (where, e))
+        return None
 
     def applies(self, method, path, attempt, order_ref):
         """Whether the rule's conditions hold (rate and count aside)."""
@@ -879,8 +900,10 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
                 phrase = HTTPStatus(rule.status).phrase.lower()
             except ValueError:
                 phrase = "error"
-            self._send(rule.status, dumps({"error": phrase, "simulated": True}),
-                       headers, carrier=True)
+            body = rule.body
+            if body is None:
+                body = dumps({"error": phrase, "simulated": True})
+            self._send(rule.status, body, headers, carrier=True)
             self._log(rule.status, key, rule)
             return
         if fault == "reset_before":

@@ -161,6 +161,53 @@ test_backoff(void)
 	check(shipsync_backoff_ms(3, 100, 50, 0.5) == 50, "a cap below the base is raised to the base");
 }
 
+/* What last_error keeps of a carrier's answer */
+/* an excerpt of a string literal, its NUL bytes included */
+#define EXCERPT(lit) shipsync_excerpt(lit, sizeof(lit) - 1, 300, out, sizeof(out))
+
+static void
+test_excerpt(void)
+{
+	char		out[6 * 300 + 4];
+	char		big[2000];
+	char		again[6 * 300 + 4];
+	int			chars = 0;
+
+	EXCERPT("{\"error\": \"bad\"}");
+	check(strcmp(out, "{\"error\": \"bad\"}") == 0, "a short answer is kept as it is");
+	EXCERPT("a\r\nX-Evil: 1\tb\x1b[31m\x7f");
+	check(strcmp(out, "a\\r\\nX-Evil: 1\\tb\\x1b[31m\\x7f") == 0, "control characters are escaped");
+	EXCERPT("n\0ul");
+	check(strcmp(out, "n\\x00ul") == 0, "a NUL byte is escaped, not an end");
+	EXCERPT("\xff\xfe ok \xe4\xb8");
+	check(strcmp(out, "\\xff\\xfe ok \\xe4\\xb8") == 0, "bytes that are not UTF-8 are escaped");
+	EXCERPT("\xc0\xaf \xed\xa0\x80");
+	check(strcmp(out, "\\xc0\\xaf \\xed\\xa0\\x80") == 0, "overlong forms and surrogates are escaped");
+	EXCERPT("\xc2\x85|\xe5\xbf\xab\xe9\x80\x92");
+	check(strcmp(out, "\\u0085|快递") == 0, "C1 controls are escaped, Chinese kept");
+
+	memset(big, 'x', sizeof(big));
+	shipsync_excerpt(big, sizeof(big), 300, out, sizeof(out));
+	check(strlen(out) == 299 + 3 && strcmp(out + 299, "\xE2\x80\xA6") == 0,
+		  "a long answer is cut to 300 characters, the last one \"…\"");
+	for (size_t i = 0; i < sizeof(big) - 2; i += 3)
+		memcpy(big + i, "\xe5\xbf\xab", 3);
+	shipsync_excerpt(big, sizeof(big) - 2, 300, out, sizeof(out));
+	for (const unsigned char *p = (const unsigned char *) out; *p; p++)
+		chars += (*p & 0xC0) != 0x80;
+	check(chars == 300 && strlen(out) == 300 * 3, "multi-byte characters count as one, never cut in two");
+	memset(big, '\n', sizeof(big));
+	shipsync_excerpt(big, sizeof(big), 300, out, sizeof(out));
+	check(strlen(out) == 298 + 3 && strncmp(out + 294, "\\n\\n\xE2\x80\xA6", 7) == 0,
+		  "an escape is never cut in two");
+	shipsync_excerpt(out, strlen(out), 300, again, sizeof(again));
+	check(strcmp(out, again) == 0, "an excerpt of an excerpt is the same");
+	shipsync_excerpt(NULL, 5, 300, out, sizeof(out));
+	check(out[0] == '\0', "no answer, an empty excerpt");
+	shipsync_excerpt(big, sizeof(big), 300, out, 20);
+	check(strlen(out) < 20, "a small buffer is never overrun");
+}
+
 /* in test_tracking.c */
 void		test_tracking(void (*check) (int, const char *));
 
@@ -172,6 +219,7 @@ main(void)
 	test_classify();
 	test_retry_after();
 	test_backoff();
+	test_excerpt();
 	test_tracking(check);
 	curl_global_cleanup();
 	return unit_done();

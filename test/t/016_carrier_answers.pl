@@ -1,0 +1,69 @@
+# A carrier's answer is data: what pg_shipsync keeps of a hostile error body.
+#
+# The simulator answers with long bodies full of line breaks, a forged
+# header line, terminal escapes, NUL, DEL, C1 controls and bytes that are
+# not UTF-8.  Whether the intent retries (503) or dies (400), last_error,
+# the delivery log and the ticket hold an escaped excerpt of at most 300
+# characters of valid UTF-8, never the raw body, and the server log gets no
+# line of the carrier's making.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use MIME::Base64 qw(encode_base64);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ShipsyncTest;
+
+my $sim = start_sim();
+END { local $?; stop_sim($sim) if $sim; }
+my $node = shipsync_node('carrier_answers');
+setup_orders($node, $sim,
+	'{"timeout_ms": 2000, "backoff_base_ms": 50, "backoff_max_ms": 200, "max_attempts": 3}');
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+# 2,000 characters of Chinese after the hostile head: far past 300
+my $hostile = "{\"error\": \"bad\r\nX-Injected: 1\r\n\r\n\x1b[31mred\x1b[0m \x00nul \x7fdel "
+  . "\xc2\x85nel \xff\xfe not-utf8 \xe5\xbf "    # a 快 cut in two
+  . ("\xe5\xbf\xab" x 2000) . "\"}";
+
+# What the three places hold must be an excerpt, escaped and valid: every
+# row of them, and at least one.
+sub check_excerpt
+{
+	my ($where, $what) = @_;
+	my $cond = "$what IS NOT NULL"
+	  . " AND pg_catalog.convert_from(pg_catalog.textsend($what), 'UTF8') = $what"
+	  . " AND pg_catalog.char_length($what) <= 300"
+	  . " AND $what !~ '[\\x01-\\x1f\\x7f-\\x9f]'"
+	  . " AND $what LIKE '%HTTP %: {\"error\": \"bad\\\\r\\\\nX-Injected: 1\\\\r\\\\n\\\\r\\\\n\\\\x1b[31mred\\\\x1b[0m \\\\x00nul \\\\x7fdel \\\\u0085nel \\\\xff\\\\xfe not-utf8 \\\\xe5\\\\xbf 快快快%'"
+	  . " AND $what LIKE '%…'";
+	return sql("SELECT count(*) > 0 AND bool_and($cond) FROM $where");
+}
+
+for my $case ([ 503, 'a retried' ], [ 400, 'a dead' ])
+{
+	my ($status, $what) = @$case;
+	sim_post($sim, '/_sim/reset');
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'status', status => $status,
+			body_base64 => encode_base64($hostile, '') } ] });
+	my $id = sql("INSERT INTO crm.orders (customer) VALUES ('$status') RETURNING id");
+	ok(wait_until($node,
+		"SELECT state IN ('retrying', 'dead') AND last_status = $status FROM shipsync.outbox WHERE order_key = '$id' AND op = 'create'"),
+		"$what intent ($status) with a hostile body");
+	is(check_excerpt("shipsync.outbox WHERE order_key = '$id' AND op = 'create'", 'last_error'),
+		't', "$status: last_error is an escaped excerpt of at most 300 characters of valid UTF-8");
+	is(check_excerpt(
+			"shipsync.delivery_log l JOIN shipsync.outbox o ON o.id = l.outbox_id"
+			  . " WHERE o.order_key = '$id'", 'l.error'),
+		't', "$status: so is the delivery log's error");
+}
+is(check_excerpt("shipsync.exception_ticket WHERE kind = 'dead_intent'", 'detail'),
+	't', 'and the ticket\'s detail');
+unlike(slurp_file($node->logfile), qr/^X-Injected/m, 'the server log has no line of the carrier\'s');
+
+$node->stop;
+done_testing();

@@ -369,8 +369,7 @@ BEGIN
 						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks or other control characters.',
 						  HINT = 'Fix the name or the value in option "headers".';
 			END IF;
-			IF lower(h) IN ('authorization', 'content-length', 'content-type', 'host',
-							'idempotency-key', 'transfer-encoding') THEN
+			IF lower(h) IN ('authorization', 'content-length', 'content-type', 'host', 'idempotency-key', 'transfer-encoding') THEN
 				RAISE EXCEPTION 'header "%" is set by pg_shipsync', h
 					USING ERRCODE = 'invalid_parameter_value',
 						  DETAIL = 'Idempotency-Key, Content-Type, Content-Length, Transfer-Encoding and Host belong to each request, and Authorization to option "auth".',
@@ -379,11 +378,11 @@ BEGIN
 		END LOOP;
 	END IF;
 	PERFORM @extschema@._check_auth(opts->'auth');
+	PERFORM @extschema@._check_dialect(dialect, opts);
 	PERFORM @extschema@._check_wire('base_url', create_provider.base_url, true);
 	IF jsonb_typeof(opts->'callback_url') = 'string' THEN
 		PERFORM @extschema@._check_wire('option "callback_url"', opts->>'callback_url', true);
 	END IF;
-	PERFORM @extschema@._check_dialect(dialect, opts);
 	rate := coalesce((opts->>'rate_limit_per_s')::numeric, 0);
 
 	INSERT INTO @extschema@.provider AS p
@@ -442,6 +441,51 @@ BEGIN
 	END LOOP;
 END
 $wire$;
+
+------------------------------------------------------------------------------
+-- NOTIFY carries kinds and ids only (issue 11): any role may LISTEN, so no
+-- error text, status or tracking number goes on channel shipsync (the
+-- dispatcher's and ingest_tracking()'s payloads are built in C).
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION @extschema@._on_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	n bigint;
+BEGIN
+	FOR r IN SELECT objid FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table' LOOP
+		WITH mv AS (
+			DELETE FROM @extschema@.inbox i USING @extschema@.binding bb
+			WHERE bb.tbl = r.objid AND i.binding_id = bb.binding_id
+			RETURNING i.*)
+		INSERT INTO @extschema@.outbox (id, binding_id, provider_id, order_key, op,
+			idempotency_key, created_at, next_attempt_at)
+		SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at, created_at
+		FROM mv;
+		WITH b AS (
+			UPDATE @extschema@.binding SET active = false WHERE tbl = r.objid RETURNING binding_id),
+		d AS (
+			UPDATE @extschema@.outbox o
+			   SET state = 'dead', last_error = 'the order table was dropped',
+				   error_class = 'table_dropped', done_at = now(), updated_at = now()
+			  FROM b WHERE o.binding_id = b.binding_id AND o.state IN ('pending', 'retrying')
+			RETURNING o.id, o.binding_id, o.order_key, o.provider_id),
+		t AS (
+			INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+			SELECT 'table_dropped', d.binding_id, d.order_key, d.provider_id, d.id, 'the order table was dropped'
+			FROM d
+			RETURNING ticket_id, outbox_id, binding_id, order_key)
+		-- kinds and ids only: any role may LISTEN (docs/security.md)
+		SELECT count(pg_notify('shipsync', json_build_object('event', 'table_dropped',
+			'outbox_id', t.outbox_id, 'ticket_id', t.ticket_id, 'binding_id', t.binding_id,
+			'order_key', t.order_key)::text))
+		INTO n FROM t;
+	END LOOP;
+END
+$$;
 
 -- A dispatcher of the new library waits for this update: wake it.
 SELECT @extschema@._wake(true);

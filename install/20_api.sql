@@ -269,8 +269,7 @@ BEGIN
 						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks or other control characters.',
 						  HINT = 'Fix the name or the value in option "headers".';
 			END IF;
-			IF lower(h) IN ('authorization', 'content-length', 'content-type', 'host',
-							'idempotency-key', 'transfer-encoding') THEN
+			IF lower(h) IN ('authorization', 'content-length', 'content-type', 'host', 'idempotency-key', 'transfer-encoding') THEN
 				RAISE EXCEPTION 'header "%" is set by pg_shipsync', h
 					USING ERRCODE = 'invalid_parameter_value',
 						  DETAIL = 'Idempotency-Key, Content-Type, Content-Length, Transfer-Encoding and Host belong to each request, and Authorization to option "auth".',
@@ -279,11 +278,11 @@ BEGIN
 		END LOOP;
 	END IF;
 	PERFORM @extschema@._check_auth(opts->'auth');
+	PERFORM @extschema@._check_dialect(dialect, opts);
 	PERFORM @extschema@._check_wire('base_url', create_provider.base_url, true);
 	IF jsonb_typeof(opts->'callback_url') = 'string' THEN
 		PERFORM @extschema@._check_wire('option "callback_url"', opts->>'callback_url', true);
 	END IF;
-	PERFORM @extschema@._check_dialect(dialect, opts);
 	rate := coalesce((opts->>'rate_limit_per_s')::numeric, 0);
 
 	INSERT INTO @extschema@.provider AS p
@@ -697,9 +696,11 @@ BEGIN
 			INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
 			SELECT 'table_dropped', d.binding_id, d.order_key, d.provider_id, d.id, 'the order table was dropped'
 			FROM d
-			RETURNING outbox_id, order_key)
+			RETURNING ticket_id, outbox_id, binding_id, order_key)
+		-- kinds and ids only: any role may LISTEN (docs/security.md)
 		SELECT count(pg_notify('shipsync', json_build_object('event', 'table_dropped',
-			'outbox_id', t.outbox_id, 'order_key', t.order_key)::text))
+			'outbox_id', t.outbox_id, 'ticket_id', t.ticket_id, 'binding_id', t.binding_id,
+			'order_key', t.order_key)::text))
 		INTO n FROM t;
 	END LOOP;
 END

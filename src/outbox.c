@@ -1428,9 +1428,10 @@ prepare_apply_plans(void)
 			" outbox_id, detail)"
 			" SELECT u.kind, u.bid, u.k, u.pid, u.id, u.err"
 			" FROM unnest($1, $2, $3, $4, $5, $6) AS u(id, bid, k, pid, err, kind)"
+			/* kinds and ids only: any role may LISTEN (docs/security.md) */
 			" RETURNING pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object("
-			"   'event', kind, 'outbox_id', outbox_id, 'order_key', order_key,"
-			"   'detail', detail)::text)", 6, t);
+			"   'event', kind, 'outbox_id', outbox_id, 'ticket_id', ticket_id,"
+			"   'binding_id', binding_id, 'order_key', order_key)::text)", 6, t);
 	}
 }
 

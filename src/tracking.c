@@ -611,25 +611,15 @@ tracking_apply_batch(TrackProvider *p, EventBatch *b, TrackSummary *sum)
 		if (strcmp(kind, "changed") == 0)
 		{
 			StringInfoData buf;
-			char	   *old = SPI_getvalue(tup, desc, 5);
 
 			c_bid[nchanged] = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 			c_key[nchanged] = CStringGetTextDatum(SPI_getvalue(tup, desc, 3));
 			c_status[nchanged] = CStringGetTextDatum(SPI_getvalue(tup, desc, 6));
+			/* kinds and ids only: any role may LISTEN (docs/security.md) */
 			initStringInfo(&buf);
-			appendStringInfoString(&buf, "{\"event\": \"status_changed\", \"table\": ");
-			escape_json(&buf, SPI_getvalue(tup, desc, 8));
-			appendStringInfoString(&buf, ", \"order_key\": ");
+			appendStringInfo(&buf, "{\"event\": \"status_changed\", \"binding_id\": %d, \"order_key\": ",
+							 c_bid[nchanged]);
 			escape_json(&buf, SPI_getvalue(tup, desc, 3));
-			appendStringInfoString(&buf, ", \"old_status\": ");
-			if (old)
-				escape_json(&buf, old);
-			else
-				appendStringInfoString(&buf, "null");
-			appendStringInfoString(&buf, ", \"new_status\": ");
-			escape_json(&buf, SPI_getvalue(tup, desc, 6));
-			appendStringInfoString(&buf, ", \"tracking_number\": ");
-			escape_json(&buf, SPI_getvalue(tup, desc, 4));
 			appendStringInfoString(&buf, "}");
 			c_notify[nchanged] = buf.data;
 			nchanged++;

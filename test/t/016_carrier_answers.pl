@@ -1,11 +1,14 @@
-# A carrier's answer is data: what pg_shipsync keeps of a hostile error body.
+# A carrier's answer is data: what pg_shipsync keeps of a hostile error body,
+# and what it tells the channel shipsync.
 #
 # The simulator answers with long bodies full of line breaks, a forged
 # header line, terminal escapes, NUL, DEL, C1 controls and bytes that are
 # not UTF-8.  Whether the intent retries (503) or dies (400), last_error,
 # the delivery log and the ticket hold an escaped excerpt of at most 300
 # characters of valid UTF-8, never the raw body, and the server log gets no
-# line of the carrier's making.
+# line of the carrier's making.  A role with no shipsync grant listening on
+# the channel hears kinds and ids (dead_intent, table_dropped), never the
+# error, and cannot read the details.
 use strict;
 use warnings;
 use FindBin;
@@ -23,6 +26,12 @@ setup_orders($node, $sim,
 	'{"timeout_ms": 2000, "backoff_base_ms": 50, "backoff_max_ms": 200, "max_attempts": 3}');
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+# a role with no grant of pg_shipsync's, listening from the start
+sql('CREATE ROLE outsider LOGIN');
+my $listener = $node->background_psql('postgres', on_error_stop => 0,
+	extra_params => [ '-U', 'outsider' ]);
+$listener->query_safe('LISTEN shipsync');
 
 # 2,000 characters of Chinese after the hostile head: far past 300
 my $hostile = "{\"error\": \"bad\r\nX-Injected: 1\r\n\r\n\x1b[31mred\x1b[0m \x00nul \x7fdel "
@@ -64,6 +73,36 @@ for my $case ([ 503, 'a retried' ], [ 400, 'a dead' ])
 is(check_excerpt("shipsync.exception_ticket WHERE kind = 'dead_intent'", 'detail'),
 	't', 'and the ticket\'s detail');
 unlike(slurp_file($node->logfile), qr/^X-Injected/m, 'the server log has no line of the carrier\'s');
+
+# what the listener heard: kinds and ids only
+my $bid = sql(q{SELECT binding_id FROM shipsync.binding WHERE tbl = 'crm.orders'::regclass});
+my $dead = sql(q{SELECT string_agg(format('{"event" : "dead_intent", "outbox_id" : %s, "ticket_id" : %s, "binding_id" : %s, "order_key" : "%s"}',
+	t.outbox_id, t.ticket_id, t.binding_id, t.order_key), ',' ORDER BY t.ticket_id)
+	FROM shipsync.exception_ticket t});
+my $heard = $listener->query_safe('SELECT 1');
+my @payloads = $heard =~ /Asynchronous notification "shipsync" with payload "(.*?)" received/g;
+is(join(',', @payloads), $dead, 'a listener with no grant hears each dead intent: kind, intent, ticket, binding, order key');
+unlike($heard, qr/HTTP|bad|Injected|快|\\x/, 'and nothing of the error body');
+
+# a dropped table: its waiting intents end with an id-only notification
+sql(q{
+	SELECT shipsync.pause('sim');
+	CREATE TABLE crm.returns (id int PRIMARY KEY, customer text);
+	SELECT shipsync.attach('crm.returns', 'sim');
+	INSERT INTO crm.returns VALUES (7, 'r');
+});
+my $rbid = sql(q{SELECT binding_id FROM shipsync.binding WHERE tbl = 'crm.returns'::regclass});
+sql('DROP TABLE crm.returns');
+my ($ob, $tk) = split /\|/, sql(q{SELECT outbox_id, ticket_id FROM shipsync.exception_ticket WHERE kind = 'table_dropped'});
+$heard = $listener->query_safe('SELECT 1');
+like($heard, qr/payload "\{"event" : "table_dropped", "outbox_id" : $ob, "ticket_id" : $tk, "binding_id" : $rbid, "order_key" : "7"\}"/,
+	'a dropped table\'s intent is announced with ids only');
+
+# and reading more takes a grant it does not have
+my (undef, $failed) = $listener->query('SELECT count(*) FROM shipsync.outbox');
+ok($failed && $listener->{stderr} =~ /permission denied for schema shipsync/,
+	'the details stay behind its missing grant');
+$listener->quit;
 
 $node->stop;
 done_testing();

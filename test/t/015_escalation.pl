@@ -93,25 +93,32 @@ my $bid = $node->safe_psql('postgres',
 # 1. the reader, a schema of its own, and the extension's trigger functions
 # ---------------------------------------------------------------------------
 
-# The operator escalates when it runs as a superuser, and records who ran it.
-my $evil_operator = q{
+# = on bigint, integer and text in schema %1$s: it escalates role %2$s when
+# it runs as a superuser, and records who ran it.
+my $evil_operators = q{
 	CREATE TABLE %1$s.calls (who name, super boolean);
 	GRANT INSERT ON %1$s.calls TO PUBLIC;
-	CREATE FUNCTION %1$s.eq(a %2$s, b %2$s) RETURNS boolean LANGUAGE plpgsql AS $f$
+	CREATE FUNCTION %1$s.eq(a bigint, b bigint) RETURNS boolean LANGUAGE plpgsql AS $f$
 	BEGIN
 		INSERT INTO %1$s.calls SELECT current_user, r.rolsuper
 		FROM pg_catalog.pg_roles r WHERE r.rolname = current_user;
 		IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
-			EXECUTE 'ALTER ROLE %3$s SUPERUSER';
+			EXECUTE 'ALTER ROLE %2$s SUPERUSER';
 		END IF;
 		RETURN a OPERATOR(pg_catalog.=) b;
 	END $f$;
-	CREATE OPERATOR %1$s.= (LEFTARG = %2$s, RIGHTARG = %2$s, FUNCTION = %1$s.eq);
+	CREATE OPERATOR %1$s.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = %1$s.eq);
+	CREATE FUNCTION %1$s.eq_int(a integer, b integer) RETURNS boolean LANGUAGE sql
+		AS $f$ SELECT %1$s.eq(a::bigint, b::bigint) $f$;
+	CREATE OPERATOR %1$s.= (LEFTARG = integer, RIGHTARG = integer, FUNCTION = %1$s.eq_int);
+	CREATE FUNCTION %1$s.eq_text(a text, b text) RETURNS boolean LANGUAGE sql
+		AS $f$ SELECT %1$s.eq(0, 0) AND a OPERATOR(pg_catalog.=) b $f$;
+	CREATE OPERATOR %1$s.= (LEFTARG = text, RIGHTARG = text, FUNCTION = %1$s.eq_text);
 };
 
-($rc, $out, $err) = as_role('bi', 'bi-secret', sprintf($evil_operator, 'bi', 'integer', 'bi')
+($rc, $out, $err) = as_role('bi', 'bi-secret', sprintf($evil_operators, 'bi', 'bi')
 	  . q{CREATE TABLE bi.mine (id integer PRIMARY KEY, customer text);});
-is($rc, 0, 'the reader defines =(integer, integer) in its own schema') or diag($err);
+is($rc, 0, 'the reader defines = on integer (and bigint, text) in its own schema') or diag($err);
 
 for my $fn ('_validate', 'capture')
 {
@@ -160,9 +167,9 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM bi.calls WHERE super'), '0
 		END IF;
 		RETURN false;
 	END $f$;
-	CREATE FUNCTION shop.eq(a text, b text) RETURNS boolean LANGUAGE sql IMMUTABLE
+	CREATE FUNCTION shop.triple_eq(a text, b text) RETURNS boolean LANGUAGE sql IMMUTABLE
 		AS $f$ SELECT shop.evil() OR a OPERATOR(pg_catalog.=) b $f$;
-	CREATE OPERATOR shop.=== (LEFTARG = text, RIGHTARG = text, FUNCTION = shop.eq);
+	CREATE OPERATOR shop.=== (LEFTARG = text, RIGHTARG = text, FUNCTION = shop.triple_eq);
 	CREATE TABLE shop.parcels (id integer PRIMARY KEY, status text);
 });
 is($rc, 0, 'the admin defines an IMMUTABLE evil() and friends') or diag($err);
@@ -218,14 +225,8 @@ is(rolsuper('shopadmin'), 'f', 'the admin is still an admin');
 # ---------------------------------------------------------------------------
 
 ($rc, $out, $err) = as_role('shopadmin', 'shop-secret',
-	sprintf($evil_operator, 'shop', 'bigint', 'shopadmin')
+	sprintf($evil_operators, 'shop', 'shopadmin')
 	  . q{
-	CREATE FUNCTION shop.eq_int(a integer, b integer) RETURNS boolean LANGUAGE sql
-		AS $f$ SELECT shop.eq(a::bigint, b::bigint) $f$;
-	CREATE OPERATOR shop.= (LEFTARG = integer, RIGHTARG = integer, FUNCTION = shop.eq_int);
-	CREATE FUNCTION shop.eq_text(a text, b text) RETURNS boolean LANGUAGE sql
-		AS $f$ SELECT shop.eq(0, 0) AND a OPERATOR(pg_catalog.=) b $f$;
-	CREATE OPERATOR shop.= (LEFTARG = text, RIGHTARG = text, FUNCTION = shop.eq_text);
 	CREATE FUNCTION shop.hijack() RETURNS trigger LANGUAGE plpgsql AS $f$
 	BEGIN
 		PERFORM pg_catalog.set_config('search_path', 'shop, pg_catalog', false);
@@ -257,14 +258,8 @@ $node->safe_psql('shopdb', 'CREATE EXTENSION pg_shipsync');
 $node->safe_psql('shopdb', q{GRANT shipsync_admin TO dbowner});
 ($rc, $out, $err) = as_role('dbowner', 'db-secret',
 	q{CREATE SCHEMA dbo;}
-	  . sprintf($evil_operator, 'dbo', 'bigint', 'dbowner')
+	  . sprintf($evil_operators, 'dbo', 'dbowner')
 	  . q{
-	CREATE FUNCTION dbo.eq_int(a integer, b integer) RETURNS boolean LANGUAGE sql
-		AS $f$ SELECT dbo.eq(a::bigint, b::bigint) $f$;
-	CREATE OPERATOR dbo.= (LEFTARG = integer, RIGHTARG = integer, FUNCTION = dbo.eq_int);
-	CREATE FUNCTION dbo.eq_text(a text, b text) RETURNS boolean LANGUAGE sql
-		AS $f$ SELECT dbo.eq(0, 0) AND a OPERATOR(pg_catalog.=) b $f$;
-	CREATE OPERATOR dbo.= (LEFTARG = text, RIGHTARG = text, FUNCTION = dbo.eq_text);
 	CREATE TABLE dbo.orders (id bigint PRIMARY KEY, customer text, waybill_no text);
 	ALTER DATABASE shopdb SET search_path = dbo, pg_catalog;
 }

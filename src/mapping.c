@@ -1426,227 +1426,331 @@ normalize_phone(const char *in, const char *country, const char *style, char **o
 }
 
 /*
- * Apply one transform.  in is not changed; out is always set (MV_NULL when
- * the input is null, except for default).  Returns false, with the reason
- * in errbuf, when the value cannot be read.
+ * The transforms.  Each takes a non-null value that is not an object or
+ * array (except identity, default and concat, which see every value and
+ * say so in the table below) and sets out; false, with the reason in
+ * errbuf, when the value cannot be read.
  */
-bool
-shipsync_map_transform(const char *transform, const char *arg,
-					   const MapValue *in, const MapEnv *env,
-					   MapValue *out, char *errbuf, size_t errlen)
+typedef bool (*MapXfFn) (const char *arg, const MapValue *in, const MapEnv *env,
+						 MapValue *out, char *errbuf, size_t errlen);
+
+static bool
+xf_identity(const char *arg, const MapValue *in, const MapEnv *env,
+			MapValue *out, char *errbuf, size_t errlen)
 {
-	out->type = MV_NULL;
-	out->s = NULL;
-	if (transform == NULL || *transform == '\0' || strcmp(transform, "identity") == 0)
+	if (in->type != MV_NULL)
+		value_set(out, in->type, in->s);
+	return true;
+}
+
+static bool
+xf_default(const char *arg, const MapValue *in, const MapEnv *env,
+		   MapValue *out, char *errbuf, size_t errlen)
+{
+	if (in->type != MV_NULL && !(in->type == MV_STRING && in->s[0] == '\0'))
+		value_set(out, in->type, in->s);
+	else
+		(void) shipsync_json_arg_lookup(arg, NULL, out, NULL);
+	return true;
+}
+
+/* the template was expanded by the caller: see rule_value() */
+static bool
+xf_concat(const char *arg, const MapValue *in, const MapEnv *env,
+		  MapValue *out, char *errbuf, size_t errlen)
+{
+	if (in->type != MV_NULL)
+		value_set(out, MV_STRING, in->s);
+	return true;
+}
+
+static bool
+xf_trim(const char *arg, const MapValue *in, const MapEnv *env,
+		MapValue *out, char *errbuf, size_t errlen)
+{
+	out->type = MV_STRING;
+	out->s = trim_text(in->s);
+	return true;
+}
+
+/* ASCII letters only: other scripts have no case to change here */
+static bool
+xf_case(const MapValue *in, MapValue *out, bool up)
+{
+	value_set(out, MV_STRING, in->s);
+	for (char *p = out->s; *p; p++)
+		if ((unsigned char) *p < 0x80)
+			*p = (char) (up ? toupper((unsigned char) *p) : tolower((unsigned char) *p));
+	return true;
+}
+
+static bool
+xf_upper(const char *arg, const MapValue *in, const MapEnv *env,
+		 MapValue *out, char *errbuf, size_t errlen)
+{
+	return xf_case(in, out, true);
+}
+
+static bool
+xf_lower(const char *arg, const MapValue *in, const MapEnv *env,
+		 MapValue *out, char *errbuf, size_t errlen)
+{
+	return xf_case(in, out, false);
+}
+
+static bool
+xf_to_number(const char *arg, const MapValue *in, const MapEnv *env,
+			 MapValue *out, char *errbuf, size_t errlen)
+{
+	char	   *n = normalize_number(in->s);
+
+	if (n == NULL)
 	{
-		if (in->type != MV_NULL)
-			value_set(out, in->type, in->s);
-		return true;
-	}
-	if (strcmp(transform, "default") == 0)
-	{
-		if (in->type != MV_NULL && !(in->type == MV_STRING && in->s[0] == '\0'))
-			value_set(out, in->type, in->s);
-		else if (shipsync_json_arg_lookup(arg, NULL, out, NULL))
-			return true;
-		return true;
-	}
-	if (strcmp(transform, "concat") == 0)
-	{
-		/* the template was expanded by the caller: see rule_value() */
-		if (in->type != MV_NULL)
-			value_set(out, MV_STRING, in->s);
-		return true;
-	}
-	if (in->type == MV_NULL)
-		return true;
-	if (in->type == MV_RAW)
-	{
-		set_err(errbuf, errlen, "an object or array cannot be transformed by %s", transform);
+		set_err(errbuf, errlen, "not a number");
 		return false;
 	}
-	if (strcmp(transform, "trim") == 0)
-	{
-		out->type = MV_STRING;
-		out->s = trim_text(in->s);
-		return true;
-	}
-	if (strcmp(transform, "upper") == 0 || strcmp(transform, "lower") == 0)
-	{
-		bool		up = transform[0] == 'u';
+	out->type = MV_NUMBER;
+	out->s = n;
+	return true;
+}
 
-		value_set(out, MV_STRING, in->s);
-		for (char *p = out->s; *p; p++)
-			if ((unsigned char) *p < 0x80)
-				*p = (char) (up ? toupper((unsigned char) *p) : tolower((unsigned char) *p));
-		return true;
-	}
-	if (strcmp(transform, "to_number") == 0)
-	{
-		char	   *n = normalize_number(in->s);
+static bool
+xf_lookup(const char *arg, const MapValue *in, const MapEnv *env,
+		  MapValue *out, char *errbuf, size_t errlen)
+{
+	bool		found = false;
 
-		if (n == NULL)
+	if (!shipsync_json_arg_lookup(arg, in->s, out, &found) || !found)
+	{
+		shipsync_value_free(out);
+		set_err(errbuf, errlen, "value is not in the lookup table");
+		return false;
+	}
+	return true;
+}
+
+/* a number in unit "from" (g, kg, lb, ...) to unit "to", "scale" decimals */
+static bool
+xf_unit(const char *arg, const MapValue *in, const MapEnv *env,
+		MapValue *out, char *errbuf, size_t errlen)
+{
+	char	   *from = NULL,
+			   *to = NULL,
+			   *scale = NULL,
+			   *n = NULL;
+	double		gf,
+				gt,
+				x;
+	int			sc = 3;
+	bool		ok = false;
+
+	if (!shipsync_json_arg_string(arg, "from", &from) ||
+		!shipsync_json_arg_string(arg, "to", &to))
+		set_err(errbuf, errlen, "unit needs \"from\" and \"to\"");
+	else if ((n = normalize_number(in->s)) == NULL)
+		set_err(errbuf, errlen, "not a number");
+	else if ((gf = unit_grams(from)) <= 0 || (gt = unit_grams(to)) <= 0)
+		set_err(errbuf, errlen, "unknown unit");
+	else
+	{
+		if (shipsync_json_arg_string(arg, "scale", &scale))
+			sc = atoi(scale);
+		if (sc < 0 || sc > 9)
+			sc = 3;
+		errno = 0;
+		x = strtod(n, NULL) * gf / gt;
+		if (errno == 0 && isfinite(x) && fabs(x) < 1e15)
 		{
-			set_err(errbuf, errlen, "not a number");
-			return false;
-		}
-		out->type = MV_NUMBER;
-		out->s = n;
-		return true;
-	}
-	if (strcmp(transform, "lookup") == 0)
-	{
-		bool		found = false;
-
-		if (!shipsync_json_arg_lookup(arg, in->s, out, &found) || !found)
-		{
-			shipsync_value_free(out);
-			set_err(errbuf, errlen, "value is not in the lookup table");
-			return false;
-		}
-		return true;
-	}
-	if (strcmp(transform, "unit") == 0)
-	{
-		char	   *from = NULL,
-				   *to = NULL,
-				   *scale = NULL,
-				   *n;
-		double		gf,
-					gt,
-					x;
-		int			sc = 3;
-		bool		ok = false;
-
-		if (shipsync_json_arg_string(arg, "from", &from) &&
-			shipsync_json_arg_string(arg, "to", &to))
-		{
-			gf = unit_grams(from);
-			gt = unit_grams(to);
-			if (shipsync_json_arg_string(arg, "scale", &scale))
-				sc = atoi(scale);
-			if (sc < 0 || sc > 9)
-				sc = 3;
-			n = normalize_number(in->s);
-			if (n == NULL)
-				set_err(errbuf, errlen, "not a number");
-			else if (gf > 0 && gt > 0)
-			{
-				errno = 0;
-				x = strtod(n, NULL) * gf / gt;
-				if (errno == 0 && isfinite(x) && fabs(x) < 1e15)
-				{
-					out->type = MV_NUMBER;
-					out->s = format_decimal(x, sc);
-					ok = true;
-				}
-				else
-					set_err(errbuf, errlen, "out of range");
-			}
-			else
-				set_err(errbuf, errlen, "unknown unit");
-			free(n);
+			out->type = MV_NUMBER;
+			out->s = format_decimal(x, sc);
+			ok = true;
 		}
 		else
-			set_err(errbuf, errlen, "unit needs \"from\" and \"to\"");
-		free(from);
-		free(to);
-		free(scale);
-		return ok;
+			set_err(errbuf, errlen, "out of range");
 	}
-	if (strcmp(transform, "timestamp") == 0)
-	{
-		/* ISO 8601 in, formatted local time of zone "tz" out */
-		char	   *fmt = NULL,
-				   *tz = NULL;
-		int64_t		epoch;
-		bool		has_zone;
-		int			off = 0;
-		bool		ok = false;
+	free(n);
+	free(from);
+	free(to);
+	free(scale);
+	return ok;
+}
 
-		if (!shipsync_json_arg_string(arg, "format", &fmt))
-			fmt = xstrdup("%Y-%m-%d %H:%M:%S");
-		(void) shipsync_json_arg_string(arg, "tz", &tz);
-		if (!parse_iso(in->s, &epoch, &has_zone))
-			set_err(errbuf, errlen, "not an ISO 8601 timestamp");
-		else if (has_zone && !zone_offset(tz, epoch, env, &off))
+/* ISO 8601 in, the local time of zone "tz" in "format" out */
+static bool
+xf_timestamp(const char *arg, const MapValue *in, const MapEnv *env,
+			 MapValue *out, char *errbuf, size_t errlen)
+{
+	char	   *fmt = NULL,
+			   *tz = NULL;
+	int64_t		epoch;
+	bool		has_zone;
+	int			off = 0;
+	bool		ok = false;
+
+	if (!shipsync_json_arg_string(arg, "format", &fmt))
+		fmt = xstrdup("%Y-%m-%d %H:%M:%S");
+	(void) shipsync_json_arg_string(arg, "tz", &tz);
+	if (!parse_iso(in->s, &epoch, &has_zone))
+		set_err(errbuf, errlen, "not an ISO 8601 timestamp");
+	else if (has_zone && !zone_offset(tz, epoch, env, &off))
+		set_err(errbuf, errlen, "unknown time zone");
+	else if (!format_epoch(epoch + (has_zone ? off : 0), fmt, &out->s))
+		set_err(errbuf, errlen, "cannot format the timestamp");
+	else
+	{
+		out->type = MV_STRING;
+		ok = true;
+	}
+	free(fmt);
+	free(tz);
+	return ok;
+}
+
+/* a local time in "format" of zone "tz" in, ISO 8601 UTC out */
+static bool
+xf_parse_time(const char *arg, const MapValue *in, const MapEnv *env,
+			  MapValue *out, char *errbuf, size_t errlen)
+{
+	char	   *fmt = NULL,
+			   *tz = NULL;
+	struct tm	tm;
+	const char *end;
+	int64_t		local;
+	int			off = 0;
+	bool		ok = false;
+
+	if (!shipsync_json_arg_string(arg, "format", &fmt))
+		fmt = xstrdup("%Y-%m-%d %H:%M:%S");
+	(void) shipsync_json_arg_string(arg, "tz", &tz);
+	memset(&tm, 0, sizeof(tm));
+	end = strptime(in->s, fmt, &tm);
+	if (end == NULL || *end != '\0' || tm.tm_year < -1900 + 1 || tm.tm_year > 9999 - 1900)
+		set_err(errbuf, errlen, "does not match the time format");
+	else
+	{
+		local = days_from_civil(tm.tm_year + 1900, (unsigned) tm.tm_mon + 1,
+								(unsigned) tm.tm_mday) * 86400 +
+			tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec;
+		/* the offset at the local time, checked once more after applying it */
+		if (!zone_offset(tz, local, env, &off) ||
+			!zone_offset(tz, local - off, env, &off))
 			set_err(errbuf, errlen, "unknown time zone");
-		else if (!format_epoch(epoch + (has_zone ? off : 0), fmt, &out->s))
+		else if (!format_epoch(local - off, "%Y-%m-%dT%H:%M:%SZ", &out->s))
 			set_err(errbuf, errlen, "cannot format the timestamp");
 		else
 		{
 			out->type = MV_STRING;
 			ok = true;
 		}
-		free(fmt);
-		free(tz);
-		return ok;
 	}
-	if (strcmp(transform, "parse_time") == 0)
-	{
-		/* a local time in "format" of zone "tz" in, ISO 8601 UTC out */
-		char	   *fmt = NULL,
-				   *tz = NULL;
-		struct tm	tm;
-		const char *end;
-		bool		ok = false;
+	free(fmt);
+	free(tz);
+	return ok;
+}
 
-		if (!shipsync_json_arg_string(arg, "format", &fmt))
-			fmt = xstrdup("%Y-%m-%d %H:%M:%S");
-		(void) shipsync_json_arg_string(arg, "tz", &tz);
-		memset(&tm, 0, sizeof(tm));
-		end = strptime(in->s, fmt, &tm);
-		if (end == NULL || *end != '\0' || tm.tm_year < -1900 + 1 || tm.tm_year > 9999 - 1900)
-			set_err(errbuf, errlen, "does not match the time format");
-		else
+static bool
+xf_phone(const char *arg, const MapValue *in, const MapEnv *env,
+		 MapValue *out, char *errbuf, size_t errlen)
+{
+	char	   *country = NULL,
+			   *style = NULL;
+	bool		ok;
+
+	if (!shipsync_json_arg_string(arg, "country", &country))
+		country = xstrdup("86");
+	if (!shipsync_json_arg_string(arg, "format", &style))
+		style = xstrdup("national");
+	ok = normalize_phone(in->s, country, style, &out->s, errbuf, errlen);
+	if (ok)
+		out->type = MV_STRING;
+	free(country);
+	free(style);
+	return ok;
+}
+
+/* indexed by MapXf: a transform's name, whether it sees nulls, its code */
+static const struct
+{
+	const char *name;
+	bool		sees_null;
+	MapXfFn		fn;
+}			map_transforms[] =
+{
+	[XF_IDENTITY] = {"identity", true, xf_identity},
+	[XF_TRIM] = {"trim", false, xf_trim},
+	[XF_UPPER] = {"upper", false, xf_upper},
+	[XF_LOWER] = {"lower", false, xf_lower},
+	[XF_CONCAT] = {"concat", true, xf_concat},
+	[XF_DEFAULT] = {"default", true, xf_default},
+	[XF_LOOKUP] = {"lookup", false, xf_lookup},
+	[XF_TO_NUMBER] = {"to_number", false, xf_to_number},
+	[XF_UNIT] = {"unit", false, xf_unit},
+	[XF_TIMESTAMP] = {"timestamp", false, xf_timestamp},
+	[XF_PARSE_TIME] = {"parse_time", false, xf_parse_time},
+	[XF_PHONE] = {"phone", false, xf_phone},
+};
+
+/* The transform of that name (NULL or empty: identity); false if unknown */
+static bool
+map_xf_by_name(const char *name, MapXf *xf)
+{
+	if (name == NULL || *name == '\0')
+	{
+		*xf = XF_IDENTITY;
+		return true;
+	}
+	for (size_t k = 0; k < sizeof(map_transforms) / sizeof(map_transforms[0]); k++)
+		if (strcmp(map_transforms[k].name, name) == 0)
 		{
-			int64_t		local = days_from_civil(tm.tm_year + 1900, (unsigned) tm.tm_mon + 1,
-												(unsigned) tm.tm_mday) * 86400 +
-				tm.tm_hour * 3600 + tm.tm_min * 60 + tm.tm_sec;
-			int			off = 0;
-
-			/* the offset at the local time, checked once more after applying it */
-			if (!zone_offset(tz, local, env, &off) ||
-				!zone_offset(tz, local - off, env, &off))
-				set_err(errbuf, errlen, "unknown time zone");
-			else if (!format_epoch(local - off, "%Y-%m-%dT%H:%M:%SZ", &out->s))
-				set_err(errbuf, errlen, "cannot format the timestamp");
-			else
-			{
-				out->type = MV_STRING;
-				ok = true;
-			}
+			*xf = (MapXf) k;
+			return true;
 		}
-		free(fmt);
-		free(tz);
-		return ok;
-	}
-	if (strcmp(transform, "phone") == 0)
-	{
-		char	   *country = NULL,
-				   *style = NULL;
-		bool		ok;
-
-		if (!shipsync_json_arg_string(arg, "country", &country))
-			country = xstrdup("86");
-		if (!shipsync_json_arg_string(arg, "format", &style))
-			style = xstrdup("national");
-		ok = normalize_phone(in->s, country, style, &out->s, errbuf, errlen);
-		if (ok)
-			out->type = MV_STRING;
-		free(country);
-		free(style);
-		return ok;
-	}
-	set_err(errbuf, errlen, "unknown transform \"%s\"", transform);
 	return false;
 }
 
-/* indexed by MapXf */
-static const char *const known_transforms[] = {
-	"identity", "trim", "upper", "lower", "concat", "default", "lookup",
-	"to_number", "unit", "timestamp", "parse_time", "phone", NULL
-};
+/* Apply transform xf: the common rules for nulls and documents, then its code */
+static bool
+map_apply_xf(MapXf xf, const char *arg, const MapValue *in, const MapEnv *env,
+			 MapValue *out, char *errbuf, size_t errlen)
+{
+	out->type = MV_NULL;
+	out->s = NULL;
+	if (!map_transforms[xf].sees_null)
+	{
+		if (in->type == MV_NULL)
+			return true;
+		if (in->type == MV_RAW)
+		{
+			set_err(errbuf, errlen, "an object or array cannot be transformed by %s",
+					map_transforms[xf].name);
+			return false;
+		}
+	}
+	return map_transforms[xf].fn(arg, in, env, out, errbuf, errlen);
+}
+
+/*
+ * Apply one transform, by name.  in is not changed; out is always set
+ * (MV_NULL when the input is null, except for default).  Returns false,
+ * with the reason in errbuf, when the value cannot be read or the
+ * transform is unknown.
+ */
+bool
+shipsync_map_transform(const char *transform, const char *arg,
+					   const MapValue *in, const MapEnv *env,
+					   MapValue *out, char *errbuf, size_t errlen)
+{
+	MapXf		xf;
+
+	if (!map_xf_by_name(transform, &xf))
+	{
+		out->type = MV_NULL;
+		out->s = NULL;
+		set_err(errbuf, errlen, "unknown transform \"%s\"", transform);
+		return false;
+	}
+	return map_apply_xf(xf, arg, in, env, out, errbuf, errlen);
+}
 
 /* identity and trim run per rule per order: no argument, no name lookup */
 static bool
@@ -1785,12 +1889,7 @@ shipsync_map_compile(int n, const char *const *targets, const char *const *sourc
 			set_err(errbuf, errlen, "source of \"%s\": %s", targets[i], e);
 			goto fail;
 		}
-		for (int k = 0; known_transforms[k]; k++)
-			if (strcmp(known_transforms[k], xf) == 0)
-			{
-				known = true;
-				r->xf = (MapXf) k;
-			}
+		known = *xf != '\0' && map_xf_by_name(xf, &r->xf);
 		if (!known)
 		{
 			set_err(errbuf, errlen, "unknown transform \"%s\" for \"%s\"", xf, targets[i]);
@@ -2012,7 +2111,7 @@ rule_value(const MapRule *r, const MapEnv *env, MapValue *out, Buf *errs)
 		goto got;
 	}
 	if (!(fast_transform(r->xf, &v, out) ||
-		  shipsync_map_transform(r->transform, r->arg, &v, env, out, e, sizeof(e))))
+		  map_apply_xf(r->xf, r->arg, &v, env, out, e, sizeof(e))))
 	{
 		char		what[200];
 
@@ -2130,7 +2229,7 @@ shipsync_map_read(const ShipMap *m, ShipJson *doc, const MapEnv *env,
 		{
 			char		er[160];
 
-			if (!shipsync_map_transform(r->transform, r->arg, &raw, &e, &v, er, sizeof(er)))
+			if (!map_apply_xf(r->xf, r->arg, &raw, &e, &v, er, sizeof(er)))
 			{
 				char		what[200];
 

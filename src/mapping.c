@@ -746,144 +746,177 @@ node_matches(Node *elem, const MapSeg *seg)
 	return strcmp(m->v.s, seg->fval) == 0;
 }
 
-/* Put v (taken over) at path under root; false on a conflict. */
+/* Move v into the value node n (whose old value is freed) */
+static void
+tree_put(Node *n, MapValue *v)
+{
+	shipsync_value_free(&n->v);
+	n->v = *v;
+	v->s = NULL;
+	v->type = MV_NULL;
+}
+
+/*
+ * The element of array m that step seg names: the one matching its [k=v]
+ * filter, made with that member when there is none, or the one at its
+ * index, padded with nulls up to it.  NULL, with the reason in errbuf, when
+ * a filter is the path's last step.
+ */
+static Node *
+tree_element(Node *m, const MapSeg *seg, bool last, char *errbuf, size_t errlen,
+			 const char *target)
+{
+	Node	   *elem = NULL;
+	int			k = 0;
+
+	if (seg->kind == MAPSEG_FILTER)
+	{
+		Node	   *key;
+
+		for (Node *c = m->child; c; c = c->next)
+			if (node_matches(c, seg))
+				return c;
+		if (last)
+		{
+			set_err(errbuf, errlen, "target \"%s\" ends in a filter: name a member after it", target);
+			return NULL;
+		}
+		elem = node_new(N_OBJ, NULL);
+		key = node_new(N_VALUE, seg->fkey);
+		value_set(&key->v, seg->fval_string ? MV_STRING :
+				  (strcmp(seg->fval, "true") == 0 || strcmp(seg->fval, "false") == 0) ?
+				  MV_BOOL : MV_NUMBER, seg->fval);
+		node_append(elem, key);
+		node_append(m, elem);
+		return elem;
+	}
+	for (Node *c = m->child; c; c = c->next, k++)
+		if (k == seg->index)
+			return c;
+	/* pad with nulls up to the index */
+	while (elem == NULL)
+	{
+		Node	   *c = node_new(last ? N_VALUE : N_OBJ, NULL);
+
+		node_append(m, c);
+		if (k++ == seg->index)
+			elem = c;
+		else if (c->type == N_OBJ)
+			c->type = N_VALUE;	/* a null placeholder */
+	}
+	return elem;
+}
+
+/*
+ * One array step of tree_set(): the element seg names in the array member
+ * of node, made as needed; the value goes there when it is the last step.
+ * Returns the node to go on from (the element), or NULL with the reason in
+ * errbuf.
+ */
+static Node *
+tree_array_step(Node *node, Node *m, const MapSeg *seg, bool last, MapValue *v,
+				char *errbuf, size_t errlen, const char *target)
+{
+	Node	   *elem;
+
+	if (m == NULL)
+	{
+		m = node_new(N_ARR, seg->name);
+		node_append(node, m);
+	}
+	else if (m->type != N_ARR)
+	{
+		set_err(errbuf, errlen, "target \"%s\" uses \"%s\" as an array, which another rule made something else",
+				target, seg->name);
+		return NULL;
+	}
+	elem = tree_element(m, seg, last, errbuf, errlen, target);
+	if (elem == NULL)
+		return NULL;
+	if (last)
+	{
+		if (elem->type != N_VALUE)
+		{
+			set_err(errbuf, errlen, "target \"%s\" is also an object of another rule", target);
+			return NULL;
+		}
+		tree_put(elem, v);
+		return elem;
+	}
+	if (elem->type != N_OBJ)
+	{
+		if (elem->type == N_VALUE && elem->v.type == MV_NULL && elem->child == NULL)
+			elem->type = N_OBJ;
+		else
+		{
+			set_err(errbuf, errlen, "target \"%s\" goes through an element that another rule made a value", target);
+			return NULL;
+		}
+	}
+	return elem;
+}
+
+/*
+ * One plain step of tree_set(): member seg->name of node, an object to go
+ * through or, at the last step, the value's place.  Returns the node to go
+ * on from, or NULL with the reason in errbuf.
+ */
+static Node *
+tree_plain_step(Node *node, Node *m, const MapSeg *seg, bool last, MapValue *v,
+				char *errbuf, size_t errlen, const char *target)
+{
+	if (last)
+	{
+		if (m && m->type != N_VALUE)
+		{
+			set_err(errbuf, errlen, "target \"%s\" is also an object or array of another rule", target);
+			return NULL;
+		}
+		if (m == NULL)
+		{
+			m = node_new(N_VALUE, seg->name);
+			node_append(node, m);
+		}
+		tree_put(m, v);
+		return m;
+	}
+	if (m == NULL)
+	{
+		m = node_new(N_OBJ, seg->name);
+		node_append(node, m);
+	}
+	else if (m->type != N_OBJ)
+	{
+		set_err(errbuf, errlen, "target \"%s\" goes through \"%s\", which another rule made a value or an array",
+				target, seg->name);
+		return NULL;
+	}
+	return m;
+}
+
+/*
+ * Put v at path in the tree of root, making the objects and arrays on the
+ * way; v is moved (left MV_NULL).  false, with the reason in errbuf, when
+ * the path collides with what another rule made.
+ */
 static bool
 tree_set(Node *root, const MapPath *path, MapValue *v, char *errbuf, size_t errlen,
 		 const char *target)
 {
 	Node	   *node = root;
 
-	for (int i = 0; i < path->nsegs; i++)
+	for (int i = 0; i < path->nsegs && node != NULL; i++)
 	{
 		const MapSeg *seg = &path->segs[i];
 		bool		last = i == path->nsegs - 1;
 		Node	   *m = node_member(node, seg->name);
 
 		if (seg->kind == MAPSEG_PLAIN)
-		{
-			if (last)
-			{
-				if (m && m->type != N_VALUE)
-				{
-					set_err(errbuf, errlen, "target \"%s\" is also an object or array of another rule", target);
-					return false;
-				}
-				if (m == NULL)
-				{
-					m = node_new(N_VALUE, seg->name);
-					node_append(node, m);
-				}
-				shipsync_value_free(&m->v);
-				m->v = *v;
-				v->s = NULL;
-				v->type = MV_NULL;
-				return true;
-			}
-			if (m == NULL)
-			{
-				m = node_new(N_OBJ, seg->name);
-				node_append(node, m);
-			}
-			else if (m->type != N_OBJ)
-			{
-				set_err(errbuf, errlen, "target \"%s\" goes through \"%s\", which another rule made a value or an array",
-						target, seg->name);
-				return false;
-			}
-			node = m;
-			continue;
-		}
-
-		/* an array step */
-		if (m == NULL)
-		{
-			m = node_new(N_ARR, seg->name);
-			node_append(node, m);
-		}
-		else if (m->type != N_ARR)
-		{
-			set_err(errbuf, errlen, "target \"%s\" uses \"%s\" as an array, which another rule made something else",
-					target, seg->name);
-			return false;
-		}
-		{
-			Node	   *elem = NULL;
-
-			if (seg->kind == MAPSEG_FILTER)
-			{
-				for (Node *c = m->child; c; c = c->next)
-					if (node_matches(c, seg))
-					{
-						elem = c;
-						break;
-					}
-				if (elem == NULL)
-				{
-					Node	   *k;
-
-					if (last)
-					{
-						set_err(errbuf, errlen, "target \"%s\" ends in a filter: name a member after it", target);
-						return false;
-					}
-					elem = node_new(N_OBJ, NULL);
-					k = node_new(N_VALUE, seg->fkey);
-					value_set(&k->v, seg->fval_string ? MV_STRING :
-							  (strcmp(seg->fval, "true") == 0 || strcmp(seg->fval, "false") == 0) ?
-							  MV_BOOL : MV_NUMBER, seg->fval);
-					node_append(elem, k);
-					node_append(m, elem);
-				}
-			}
-			else
-			{
-				int			k = 0;
-
-				for (Node *c = m->child; c; c = c->next, k++)
-					if (k == seg->index)
-					{
-						elem = c;
-						break;
-					}
-				/* pad with nulls up to the index */
-				while (elem == NULL)
-				{
-					Node	   *c = node_new(last ? N_VALUE : N_OBJ, NULL);
-
-					node_append(m, c);
-					if (k++ == seg->index)
-						elem = c;
-					else if (c->type == N_OBJ)
-						c->type = N_VALUE;	/* a null placeholder */
-				}
-			}
-			if (last)
-			{
-				if (elem->type != N_VALUE)
-				{
-					set_err(errbuf, errlen, "target \"%s\" is also an object of another rule", target);
-					return false;
-				}
-				shipsync_value_free(&elem->v);
-				elem->v = *v;
-				v->s = NULL;
-				v->type = MV_NULL;
-				return true;
-			}
-			if (elem->type != N_OBJ)
-			{
-				if (elem->type == N_VALUE && elem->v.type == MV_NULL && elem->child == NULL)
-					elem->type = N_OBJ;
-				else
-				{
-					set_err(errbuf, errlen, "target \"%s\" goes through an element that another rule made a value", target);
-					return false;
-				}
-			}
-			node = elem;
-		}
+			node = tree_plain_step(node, m, seg, last, v, errbuf, errlen, target);
+		else
+			node = tree_array_step(node, m, seg, last, v, errbuf, errlen, target);
 	}
-	return true;
+	return node != NULL;
 }
 
 static void

@@ -1,9 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * signature.c
- *		Webhook signatures of the tracking dialects: HMAC-SHA256, MD5,
- *		base64, hex, constant-time comparison and the form decoding they
- *		need.
+ *		Webhook signatures of the tracking dialects and CRM sources:
+ *		HMAC-SHA256, MD5, SHA-1, base64, hex, constant-time comparison and
+ *		the form decoding they need.
  *
  * Every scheme is computed over the raw bytes the carrier sent, never over
  * a re-serialisation: one changed byte (a trailing newline, a reordered
@@ -378,6 +378,78 @@ shipsync_verify_kuaidi100(const char *salt, const char *param, const char *sign,
 	if (!shipsync_ct_equal(given, 32, expected, 32))
 	{
 		*reason = "the sign does not match param and salt";
+		return SIG_MISMATCH;
+	}
+	return SIG_OK;
+}
+
+/*
+ * 简道云 data push: X-JDY-Signature is the lowercase hex SHA-1 of
+ * nonce ":" body ":" secret ":" timestamp, nonce and timestamp being the
+ * query parameters of the push and body its raw bytes.  The presented
+ * signature is compared lower-cased.
+ */
+SigResult
+shipsync_verify_jiandaoyun(const char *secret, const char *nonce,
+						   const char *timestamp, const char *presented,
+						   const char *body, size_t body_len,
+						   const char **reason)
+{
+	EVP_MD_CTX *ctx;
+	unsigned char md[20];
+	unsigned int mdlen = 0;
+	char		expected[41];
+	char		given[41];
+	size_t		n;
+	bool		ok;
+
+	*reason = NULL;
+	if (secret == NULL || secret[0] == '\0')
+	{
+		*reason = "no push secret is configured";
+		return SIG_NO_SECRET;
+	}
+	if (presented == NULL)
+	{
+		*reason = "the X-JDY-Signature header is missing";
+		return SIG_MISSING;
+	}
+	if (nonce == NULL || timestamp == NULL)
+	{
+		*reason = "the query parameter nonce or timestamp is missing";
+		return SIG_MISSING;
+	}
+	n = strlen(presented);
+	if (n != 40)
+	{
+		*reason = "the X-JDY-Signature is not 40 hex digits";
+		return SIG_MALFORMED;
+	}
+	for (size_t i = 0; i < n; i++)
+		given[i] = (char) tolower((unsigned char) presented[i]);
+	given[n] = '\0';
+
+	ctx = EVP_MD_CTX_new();
+	ok = ctx != NULL &&
+		EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) == 1 &&
+		EVP_DigestUpdate(ctx, nonce, strlen(nonce)) == 1 &&
+		EVP_DigestUpdate(ctx, ":", 1) == 1 &&
+		EVP_DigestUpdate(ctx, body, body_len) == 1 &&
+		EVP_DigestUpdate(ctx, ":", 1) == 1 &&
+		EVP_DigestUpdate(ctx, secret, strlen(secret)) == 1 &&
+		EVP_DigestUpdate(ctx, ":", 1) == 1 &&
+		EVP_DigestUpdate(ctx, timestamp, strlen(timestamp)) == 1 &&
+		EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 20;
+	EVP_MD_CTX_free(ctx);
+	if (!ok)
+	{
+		*reason = "the SHA-1 could not be computed";
+		return SIG_MISMATCH;
+	}
+	shipsync_hex_encode(md, 20, expected, false);
+	if (!shipsync_ct_equal(given, 40, expected, 40))
+	{
+		*reason = "the X-JDY-Signature does not match the body, nonce and timestamp";
 		return SIG_MISMATCH;
 	}
 	return SIG_OK;

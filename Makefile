@@ -13,7 +13,8 @@ OBJS = \
 	src/tracking.o src/signature.o src/poller.o \
 	src/mapping.o src/sign.o src/dialect.o \
 	src/spi.o \
-	src/security.o src/filter.o
+	src/security.o src/filter.o \
+	src/crm.o src/receiver.o
 
 EXTENSION = pg_shipsync
 # 0.1 is released and never changes; 0.2, the version under work, is built
@@ -26,15 +27,15 @@ DATA = pg_shipsync--0.1.sql pg_shipsync--0.1--0.2.sql
 DATA_built = pg_shipsync--$(EXTVERSION).sql
 PGFILEDESC = "pg_shipsync - CRM orders to logistics providers"
 
-PG_CPPFLAGS += -I$(srcdir)/src $(shell pkg-config --cflags libcurl json-c openssl)
+PG_CPPFLAGS += -I$(srcdir)/src $(shell pkg-config --cflags libcurl json-c openssl libmicrohttpd)
 # PostgreSQL's headers as system headers: -Wextra then judges our code only.
 # Unused parameters are the norm in callbacks (fmgr, libcurl, shmem exit).
 PG_CPPFLAGS += -isystem $(shell $(PG_CONFIG) --includedir-server)
 PG_CFLAGS += -Wno-unused-parameter -Wno-missing-field-initializers
-SHLIB_LINK += $(shell pkg-config --libs libcurl json-c openssl)
+SHLIB_LINK += $(shell pkg-config --libs libcurl json-c openssl libmicrohttpd)
 
 # pg_regress and isolation run against a temporary instance that preloads us
-REGRESS = api errors capture mapping tracking security
+REGRESS = api errors capture mapping tracking security crm
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = claim_race tracking_race
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_check_iso --temp-config=$(srcdir)/test/regress.conf

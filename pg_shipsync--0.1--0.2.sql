@@ -487,5 +487,422 @@ BEGIN
 END
 $$;
 
+------------------------------------------------------------------------------
+-- 0.2: the receiver of pushes and CRM sources (issue 16)
+------------------------------------------------------------------------------
+
+-- the receiver worker runs the ingest functions as this role
+DO $roles$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'shipsync_ingest') THEN
+		CREATE ROLE shipsync_ingest NOLOGIN;
+	END IF;
+END
+$roles$;
+
+-- field maps get a third direction: crm_in
+ALTER TABLE @extschema@.field_map DROP CONSTRAINT field_map_direction_check;
+ALTER TABLE @extschema@.field_map ADD CONSTRAINT field_map_direction_check
+	CHECK (direction IN ('out', 'in', 'crm_in'));
+COMMENT ON TABLE @extschema@.field_map IS
+	'Declarative field maps per profile. Outbound rows (direction out) build the request from CRM columns, constants (const:), provider options (option:path) and the intent (meta:order_key, meta:idempotency_key); inbound rows (in) read canonical fields out of responses; crm_in rows turn a record a CRM pushed (ingest_crm()) into the columns of an orders table. Paths are dotted with [k=v] filters. A change applies to the next request.';
+COMMENT ON COLUMN @extschema@.field_map.target_path IS
+	'Outbound: where the value goes in the request, e.g. contactInfoList[contactType=2].address. Inbound: the canonical field (tracking_number, provider_shipment_id, label_url, status). crm_in: a column of the CRM source''s orders table.';
+
+------------------------------------------------------------------------------
+-- CRM sources
+--
+-- A source names the orders table its pushes write and the field-map
+-- profile (direction crm_in) that turns a pushed record into its columns.
+-- ingest_crm() (src/crm.c) verifies the push, deduplicates it on its
+-- delivery id (crm_delivery), maps each record and writes the row as the
+-- table's owner, so the capture trigger ships it like any other order.
+------------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.crm_source (
+	crm_source_id	integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	name			text NOT NULL UNIQUE,
+	kind			text NOT NULL CHECK (kind IN ('jiandaoyun', 'salesforce_om', 'generic')),
+	tbl				regclass NOT NULL,
+	key_column		name NOT NULL,
+	profile			text NOT NULL,
+	dedup_ttl		interval NOT NULL DEFAULT '7 days',
+	options			jsonb NOT NULL DEFAULT '{}',
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	created_by		name NOT NULL DEFAULT SESSION_USER
+);
+COMMENT ON TABLE @extschema@.crm_source IS
+	'A CRM that pushes orders in: its kind (jiandaoyun, salesforce_om, generic), the orders table its pushes write, the key column matched to the CRM''s record id, and the field-map profile (direction crm_in) from a pushed record to columns. The signing secret is not here: see view shipsync.crm_sources.';
+COMMENT ON COLUMN @extschema@.crm_source.options IS
+	'The options given to create_crm_source() other than the secret: organization_id and sobject_type for salesforce_om.';
+
+-- The signing secret of a source, until the encrypted store shipsync.secret
+-- holds it: readable by the extension's owner only (no grant), masked in
+-- every view, read through _crm_secret() alone.
+CREATE TABLE @extschema@.crm_source_secret (
+	crm_source_id	integer PRIMARY KEY REFERENCES @extschema@.crm_source ON DELETE CASCADE,
+	secret			text NOT NULL
+);
+COMMENT ON TABLE @extschema@.crm_source_secret IS
+	'The signing secret of each CRM source (option secret): readable by the extension''s owner only, never shown in a view.';
+
+CREATE TABLE @extschema@.crm_delivery (
+	crm_source_id	integer NOT NULL REFERENCES @extschema@.crm_source ON DELETE CASCADE,
+	delivery_id		text NOT NULL,
+	received_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	expires_at		timestamptz NOT NULL,
+	PRIMARY KEY (crm_source_id, delivery_id)
+);
+CREATE INDEX crm_delivery_expiry_idx ON @extschema@.crm_delivery (crm_source_id, expires_at);
+COMMENT ON TABLE @extschema@.crm_delivery IS
+	'Deliveries of CRM pushes already applied, kept for the source''s dedup_ttl: the 简道云 X-JDY-DeliverId, the Salesforce notification Id, the Standard Webhooks webhook-id. A delivery seen again is acknowledged and changes nothing.';
+
+-- The one place that reads a source's secret (ingest_crm() calls it).
+CREATE FUNCTION @extschema@._crm_secret(source_id integer)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT s.secret FROM @extschema@.crm_source_secret s
+	WHERE s.crm_source_id OPERATOR(pg_catalog.=) source_id
+$$;
+COMMENT ON FUNCTION @extschema@._crm_secret(integer) IS
+	'Internal: the signing secret of a CRM source, for ingest_crm().';
+
+-- Provider and CRM source names share one namespace: a CRM source's name
+-- stands in place of a provider's in the secret store.
+CREATE FUNCTION @extschema@._check_name_free()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_TABLE_NAME = 'provider' AND EXISTS (
+		SELECT 1 FROM @extschema@.crm_source c WHERE c.name OPERATOR(pg_catalog.=) NEW.name) THEN
+		RAISE EXCEPTION 'name "%" is already used by a CRM source', NEW.name
+			USING ERRCODE = 'duplicate_object',
+				  DETAIL = 'Providers and CRM sources share one namespace (their secrets are stored by name).',
+				  HINT = 'Choose another name.';
+	END IF;
+	IF TG_TABLE_NAME = 'crm_source' AND EXISTS (
+		SELECT 1 FROM @extschema@.provider p WHERE p.name OPERATOR(pg_catalog.=) NEW.name) THEN
+		RAISE EXCEPTION 'name "%" is already used by a provider', NEW.name
+			USING ERRCODE = 'duplicate_object',
+				  DETAIL = 'Providers and CRM sources share one namespace (their secrets are stored by name).',
+				  HINT = 'Choose another name.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+CREATE TRIGGER provider_name_free BEFORE INSERT OR UPDATE OF name ON @extschema@.provider
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._check_name_free();
+CREATE TRIGGER crm_source_name_free BEFORE INSERT OR UPDATE OF name ON @extschema@.crm_source
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._check_name_free();
+
+-- The crm_in rows of a profile must name columns of the source's table.
+CREATE FUNCTION @extschema@._check_crm_map(profile text, tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	col text;
+BEGIN
+	FOR col IN SELECT m.target_path FROM @extschema@.field_map m
+			   WHERE m.profile OPERATOR(pg_catalog.=) _check_crm_map.profile
+				 AND m.direction OPERATOR(pg_catalog.=) 'crm_in'
+			   ORDER BY m.position, m.field_map_id LOOP
+		IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+					   WHERE a.attrelid OPERATOR(pg_catalog.=) tbl
+						 AND a.attname OPERATOR(pg_catalog.=) col
+						 AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped) THEN
+			RAISE EXCEPTION 'the crm_in rows of profile "%" name column "%", which table % does not have', profile, col, tbl
+				USING ERRCODE = 'undefined_column',
+					  DETAIL = 'A crm_in row''s target_path is a column of the orders table.',
+					  HINT = 'Fix the row in shipsync.field_map, or add the column.';
+		END IF;
+	END LOOP;
+END
+$$;
+
+CREATE FUNCTION @extschema@.create_crm_source(name text, kind text, tbl regclass,
+											  options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	opts jsonb := coalesce(options, '{}');
+	keycol name;
+	ttl interval;
+	id integer;
+	relkind "char";
+	k text;
+	allowed text[] := ARRAY['profile', 'key_column', 'dedup_ttl', 'secret'];
+BEGIN
+	IF name IS NULL OR name OPERATOR(pg_catalog.!~) '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid CRM source name "%"', coalesce(name, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A CRM source name is 1 to 63 letters, digits, "_", "." or "-"; it is the last part of the receiver''s URL /crm/{name}.',
+				  HINT = 'For example ''jdy'' or ''salesforce-eu''.';
+	END IF;
+	IF kind IS NULL OR kind OPERATOR(pg_catalog.<>) ALL (ARRAY['jiandaoyun', 'salesforce_om', 'generic']) THEN
+		RAISE EXCEPTION 'unknown CRM source kind "%"', coalesce(kind, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'The kinds are jiandaoyun (简道云 data push), salesforce_om (Salesforce Outbound Messages) and generic (Standard Webhooks-signed JSON).',
+				  HINT = 'See docs/receiver.md.';
+	END IF;
+	IF kind OPERATOR(pg_catalog.=) 'salesforce_om' THEN
+		allowed := ARRAY['profile', 'key_column', 'dedup_ttl', 'organization_id', 'sobject_type'];
+	END IF;
+	PERFORM @extschema@._check_options(opts, allowed, 'CRM source');
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT c.relkind INTO relkind FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tbl;
+	IF relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['r', 'p']::"char"[]) THEN
+		RAISE EXCEPTION '"%" is not a table', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  HINT = 'Name an ordinary or partitioned table.';
+	END IF;
+	IF NOT pg_catalog.pg_has_role(session_user,
+			(SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tbl), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'Pushes of the source are written into the table with its owner''s rights.';
+	END IF;
+
+	-- options of each kind
+	FOREACH k IN ARRAY ARRAY['profile', 'key_column', 'dedup_ttl', 'secret', 'organization_id', 'sobject_type'] LOOP
+		IF opts ? k AND (pg_catalog.jsonb_typeof(opts->k) OPERATOR(pg_catalog.<>) 'string'
+						 OR opts->>k OPERATOR(pg_catalog.=) '') THEN
+			RAISE EXCEPTION 'option "%" must be a non-empty string', k
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = CASE WHEN k OPERATOR(pg_catalog.=) 'secret'
+								  THEN 'Give the secret the CRM signs its pushes with.' ELSE 'Give a string.' END;
+		END IF;
+	END LOOP;
+	IF kind OPERATOR(pg_catalog.<>) 'salesforce_om' AND NOT opts ? 'secret' THEN
+		RAISE EXCEPTION 'a CRM source of kind % needs option "secret"', kind
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Pushes are accepted only when their signature can be checked.',
+				  HINT = CASE kind WHEN 'jiandaoyun' THEN 'Give the secret of the 简道云 data push (数据推送 → 密钥).'
+								   ELSE 'Give the whsec_ secret of the sender''s Standard Webhooks signature.' END;
+	END IF;
+	IF kind OPERATOR(pg_catalog.=) 'generic'
+	   AND (opts->>'secret') OPERATOR(pg_catalog.!~) '^(whsec_)?[A-Za-z0-9+/]+={0,2}$' THEN
+		RAISE EXCEPTION 'option "secret" of a generic CRM source is not a Standard Webhooks secret'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A Standard Webhooks secret is whsec_ followed by the base64 of the key.',
+				  HINT = 'Give the secret exactly as the sender issued it, for example whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.';
+	END IF;
+	IF kind OPERATOR(pg_catalog.=) 'salesforce_om'
+	   AND coalesce(opts->>'organization_id', '') OPERATOR(pg_catalog.!~) '^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$' THEN
+		RAISE EXCEPTION 'a CRM source of kind salesforce_om needs option "organization_id"'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Outbound Messages are not signed: the OrganizationId of each message must be the organization''s id (15 or 18 characters).',
+				  HINT = 'Salesforce shows it under Setup → Company Information; add mTLS or an IP allowlist at the proxy as well.';
+	END IF;
+	IF opts ? 'profile' AND (opts->>'profile') OPERATOR(pg_catalog.!~) '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid profile name "%"', opts->>'profile'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A profile name is 1 to 63 letters, digits, "_", "." or "-".';
+	END IF;
+	BEGIN
+		ttl := coalesce(opts->>'dedup_ttl', '7 days')::interval;
+	EXCEPTION WHEN OTHERS THEN
+		ttl := NULL;
+	END;
+	IF ttl IS NULL OR ttl OPERATOR(pg_catalog.<) interval '1 minute' OR ttl OPERATOR(pg_catalog.>) interval '1 year' THEN
+		RAISE EXCEPTION 'option "dedup_ttl" must be an interval between 1 minute and 1 year'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = pg_catalog.format('The value given is %s.', opts->'dedup_ttl'),
+				  HINT = 'For example ''7 days'': at least as long as the CRM goes on retrying a push.';
+	END IF;
+
+	-- the key: given, or the single-column primary key; unique, for upserts
+	keycol := opts->>'key_column';
+	IF keycol IS NULL THEN
+		SELECT a.attname INTO keycol
+		FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+		WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisprimary AND i.indnatts OPERATOR(pg_catalog.=) 1;
+		IF keycol IS NULL THEN
+			RAISE EXCEPTION 'table % has no single-column primary key', tbl
+				USING ERRCODE = 'invalid_table_definition',
+					  HINT = 'Give option "key_column": the column that holds the CRM''s record id.';
+		END IF;
+	END IF;
+	IF NOT EXISTS (
+		SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+		WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisunique AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
+		  AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname OPERATOR(pg_catalog.=) keycol) THEN
+		RAISE EXCEPTION 'column "%" of table % has no unique index of its own', keycol, tbl
+			USING ERRCODE = 'invalid_table_definition',
+				  DETAIL = 'A push is written with INSERT ... ON CONFLICT on the key column.',
+				  HINT = pg_catalog.format('Add one: ALTER TABLE %s ADD UNIQUE (%I).', tbl, keycol);
+	END IF;
+	PERFORM @extschema@._check_crm_map(coalesce(opts->>'profile', name), tbl);
+
+	INSERT INTO @extschema@.crm_source AS s (name, kind, tbl, key_column, profile, dedup_ttl, options)
+	VALUES (name, kind, tbl, keycol, coalesce(opts->>'profile', name), ttl,
+			opts OPERATOR(pg_catalog.-) ARRAY['secret', 'profile', 'key_column', 'dedup_ttl'])
+	RETURNING s.crm_source_id INTO id;
+	IF opts ? 'secret' THEN
+		INSERT INTO @extschema@.crm_source_secret (crm_source_id, secret) VALUES (id, opts->>'secret');
+	END IF;
+	RETURN id;
+EXCEPTION
+	WHEN unique_violation THEN
+		RAISE EXCEPTION 'CRM source "%" already exists', create_crm_source.name
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Choose another name, or drop the source first with shipsync.drop_crm_source().';
+END
+$$;
+COMMENT ON FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) IS
+	'Register a CRM that pushes orders into table tbl, reached by the receiver at /crm/{name}. Kinds: jiandaoyun (简道云 data push, X-JDY-Signature), salesforce_om (Salesforce Outbound Messages, checked by OrganizationId), generic (Standard Webhooks-signed JSON). Options: secret (jiandaoyun and generic), organization_id and sobject_type (salesforce_om), profile (the crm_in field-map profile, by default the source name), key_column (the column matched to the CRM record id, by default the primary key; it needs a unique index), dedup_ttl (how long delivery ids are remembered, default 7 days).';
+
+CREATE FUNCTION @extschema@.drop_crm_source(name text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t regclass;
+BEGIN
+	SELECT s.tbl INTO t FROM @extschema@.crm_source s WHERE s.name OPERATOR(pg_catalog.=) drop_crm_source.name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'CRM source "%" does not exist', coalesce(name, '')
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'See SELECT name FROM shipsync.crm_sources.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) t)
+	   AND NOT pg_catalog.pg_has_role(session_user,
+			(SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) t), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', t
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	DELETE FROM @extschema@.crm_source s WHERE s.name OPERATOR(pg_catalog.=) drop_crm_source.name;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.drop_crm_source(text) IS
+	'Remove a CRM source, its secret and its remembered deliveries; the receiver answers 404 for it from then on.';
+
+CREATE VIEW @extschema@.crm_sources AS
+SELECT s.crm_source_id, s.name, s.kind, s.tbl, s.key_column, s.profile, s.dedup_ttl,
+	   s.options OPERATOR(pg_catalog.||) CASE WHEN x.crm_source_id IS NULL THEN '{}'::jsonb
+			ELSE '{"secret": "********"}'::jsonb END AS options,
+	   (SELECT pg_catalog.count(*) FROM @extschema@.field_map m
+		WHERE m.profile OPERATOR(pg_catalog.=) s.profile
+		  AND m.direction OPERATOR(pg_catalog.=) 'crm_in') AS map_rows,
+	   s.created_at, s.created_by
+FROM @extschema@.crm_source s
+LEFT JOIN @extschema@.crm_source_secret x ON x.crm_source_id OPERATOR(pg_catalog.=) s.crm_source_id;
+COMMENT ON VIEW @extschema@.crm_sources IS
+	'CRM sources with their secret masked, and how many crm_in field-map rows their profile has.';
+
+/*
+ * A Salesforce Outbound Message (SOAP 1.1) as rows: its OrganizationId, and
+ * per Notification its Id, the sObject's type (without the "sf:" prefix)
+ * and the sObject's fields as a JSON object (xsi:nil fields are null).
+ * Parsed by PostgreSQL's xpath(); its text results come XML-escaped (&, <,
+ * > and CR), which is undone here.  A body that is not such a message
+ * raises SS400.
+ */
+CREATE FUNCTION @extschema@._salesforce_notifications(body text)
+RETURNS TABLE (organization_id text, notification_id text, sobject_type text, record jsonb)
+LANGUAGE plpgsql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ns text[] := ARRAY[ARRAY['s', 'http://schemas.xmlsoap.org/soap/envelope/'],
+					   ARRAY['om', 'http://soap.sforce.com/2005/09/outbound'],
+					   ARRAY['xsi', 'http://www.w3.org/2001/XMLSchema-instance']];
+	doc xml;
+	n xml;
+	found_any boolean := false;
+BEGIN
+	BEGIN
+		doc := XMLPARSE(DOCUMENT pg_catalog.regexp_replace(body, '^\uFEFF', ''));
+	EXCEPTION WHEN OTHERS THEN
+		RAISE EXCEPTION 'the body is not an XML document'
+			USING ERRCODE = 'SS400', DETAIL = SQLERRM;
+	END;
+	organization_id := (pg_catalog.xpath('/s:Envelope/s:Body/om:notifications/om:OrganizationId/text()', doc, ns))[1]::text;
+	IF organization_id IS NULL THEN
+		RAISE EXCEPTION 'the body is not a Salesforce Outbound Message'
+			USING ERRCODE = 'SS400',
+				  DETAIL = 'It has no soapenv:Envelope/soapenv:Body/notifications/OrganizationId.';
+	END IF;
+	FOREACH n IN ARRAY pg_catalog.xpath('/s:Envelope/s:Body/om:notifications/om:Notification', doc, ns) LOOP
+		found_any := true;
+		notification_id := (pg_catalog.xpath('/om:Notification/om:Id/text()', n, ns))[1]::text;
+		sobject_type := pg_catalog.regexp_replace(
+			(pg_catalog.xpath('/om:Notification/om:sObject/@xsi:type', n, ns))[1]::text, '^[^:]*:', '');
+		SELECT pg_catalog.jsonb_object_agg(
+				   (pg_catalog.xpath('local-name(/*)', f))[1]::text,
+				   CASE WHEN (pg_catalog.xpath('/*/@xsi:nil', f, ns))[1]::text OPERATOR(pg_catalog.=) 'true' THEN NULL
+						ELSE pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
+							 (pg_catalog.xpath('string(/*)', f))[1]::text,
+							 '&lt;', '<'), '&gt;', '>'), '&#x0d;', E'\r'), '&amp;', '&') END)
+		INTO record
+		FROM pg_catalog.unnest(pg_catalog.xpath('/om:Notification/om:sObject/*', n, ns)) AS f;
+		IF notification_id IS NULL OR record IS NULL THEN
+			RAISE EXCEPTION 'a notification of the Outbound Message has no Id or no sObject'
+				USING ERRCODE = 'SS400';
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+	IF NOT found_any THEN
+		RAISE EXCEPTION 'the Outbound Message has no Notification'
+			USING ERRCODE = 'SS400';
+	END IF;
+END
+$$;
+
+CREATE FUNCTION @extschema@.ingest_crm(source text, body text, headers jsonb DEFAULT '{}',
+									   query jsonb DEFAULT '{}')
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'shipsync_ingest_crm'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.ingest_crm(text, text, jsonb, jsonb) IS
+	'Take one push of a CRM source, as received (raw body, headers matched case-insensitively, query parameters): verify it (jiandaoyun: X-JDY-Signature over nonce:body:secret:timestamp; generic: Standard Webhooks; salesforce_om: OrganizationId), drop a delivery seen before, map each record through the crm_in rows of the source''s profile and INSERT, UPDATE or DELETE it in the source''s table as the table''s owner. All or nothing. Returns {"source", "kind", "records", "inserted", "updated", "deleted", "unchanged", "duplicate", "ignored"} and, for salesforce_om, the SOAP "reply". A bad or missing signature raises SQLSTATE SS401; a body that is not the kind''s payload, or a record the map cannot read, SS400.';
+
+------------------------------------------------------------------------------
+-- The receiver's tracking ingest: many pushes of one provider in one call
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@._ingest_tracking_batch(provider text, bodies text[], headers jsonb[])
+RETURNS TABLE (ord integer, sqlstate text, message text, result jsonb)
+AS 'MODULE_PATHNAME', 'shipsync_ingest_tracking_batch'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._ingest_tracking_batch(text, text[], jsonb[]) IS
+	'Internal, for the receiver: ingest_tracking() of many pushes of one provider, each verified and parsed on its own and failing alone (sqlstate and message), the events of the good ones stored and folded together. One row per push.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_source', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_source_secret', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_delivery', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_source_crm_source_id_seq', '');
+
+-- privileges (as in 90_privileges.sql)
+REVOKE ALL ON FUNCTION @extschema@._crm_secret(integer), @extschema@._check_name_free(),
+	@extschema@._check_crm_map(text, regclass), @extschema@.create_crm_source(text, text, regclass, jsonb),
+	@extschema@.drop_crm_source(text), @extschema@._salesforce_notifications(text),
+	@extschema@.ingest_crm(text, text, jsonb, jsonb),
+	@extschema@._ingest_tracking_batch(text, text[], jsonb[]) FROM PUBLIC;
+GRANT SELECT ON @extschema@.crm_sources TO shipsync_reader;
+GRANT EXECUTE ON FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb),
+	@extschema@.drop_crm_source(text) TO shipsync_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.ingest_crm(text, text, jsonb, jsonb) TO shipsync_operator;
+GRANT USAGE ON SCHEMA @extschema@ TO shipsync_ingest;
+GRANT EXECUTE ON FUNCTION @extschema@.ingest_tracking(text, text, jsonb),
+	@extschema@._ingest_tracking_batch(text, text[], jsonb[]),
+	@extschema@.ingest_crm(text, text, jsonb, jsonb) TO shipsync_ingest;
+
 -- A dispatcher of the new library waits for this update: wake it.
 SELECT @extschema@._wake(true);

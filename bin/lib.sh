@@ -2,7 +2,7 @@
 # unprivileged user that runs PostgreSQL.  Sourced, not executed.
 
 SHIPSYNC_PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-client-15 \
-libcurl4-openssl-dev libjson-c-dev libssl-dev pkg-config make gcc \
+libcurl4-openssl-dev libjson-c-dev libssl-dev libmicrohttpd-dev pkg-config make gcc \
 libipc-run-perl python3"
 SHIPSYNC_TEST_USER=${SHIPSYNC_TEST_USER:-pgshipsync}
 

@@ -15,5 +15,9 @@ BEGIN
 	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'shipsync_admin') THEN
 		CREATE ROLE shipsync_admin NOLOGIN IN ROLE shipsync_operator;
 	END IF;
+	-- the receiver worker runs the ingest functions as this role
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'shipsync_ingest') THEN
+		CREATE ROLE shipsync_ingest NOLOGIN;
+	END IF;
 END
 $roles$;

@@ -12,7 +12,7 @@
 CREATE TABLE @extschema@.field_map (
 	field_map_id	integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	profile			text NOT NULL,
-	direction		text NOT NULL CHECK (direction IN ('out', 'in')),
+	direction		text NOT NULL CHECK (direction IN ('out', 'in', 'crm_in')),
 	target_path		text NOT NULL,
 	source			text,
 	transform		text NOT NULL DEFAULT 'identity',
@@ -26,9 +26,9 @@ CREATE TABLE @extschema@.field_map (
 	UNIQUE (profile, direction, target_path)
 );
 COMMENT ON TABLE @extschema@.field_map IS
-	'Declarative field maps per profile. Outbound rows (direction out) build the request from CRM columns, constants (const:), provider options (option:path) and the intent (meta:order_key, meta:idempotency_key); inbound rows (in) read canonical fields out of responses. Paths are dotted with [k=v] filters. A change applies to the next request.';
+	'Declarative field maps per profile. Outbound rows (direction out) build the request from CRM columns, constants (const:), provider options (option:path) and the intent (meta:order_key, meta:idempotency_key); inbound rows (in) read canonical fields out of responses; crm_in rows turn a record a CRM pushed (ingest_crm()) into the columns of an orders table. Paths are dotted with [k=v] filters. A change applies to the next request.';
 COMMENT ON COLUMN @extschema@.field_map.target_path IS
-	'Outbound: where the value goes in the request, e.g. contactInfoList[contactType=2].address. Inbound: the canonical field (tracking_number, provider_shipment_id, label_url, status).';
+	'Outbound: where the value goes in the request, e.g. contactInfoList[contactType=2].address. Inbound: the canonical field (tracking_number, provider_shipment_id, label_url, status). crm_in: a column of the CRM source''s orders table.';
 COMMENT ON COLUMN @extschema@.field_map.transform IS
 	'identity, trim, upper, lower, concat, default, lookup, to_number, unit, timestamp, parse_time or phone; arg holds its argument as JSON.';
 COMMENT ON COLUMN @extschema@.field_map.seeded IS

@@ -37,5 +37,16 @@ GRANT EXECUTE ON FUNCTION @extschema@.render_request(bigint) TO shipsync_operato
 GRANT EXECUTE ON FUNCTION @extschema@.copy_profile(text, text) TO shipsync_admin;
 GRANT EXECUTE ON FUNCTION @extschema@._map_check(text, text, text, text) TO shipsync_admin;
 
+-- CRM sources and the receiver.  shipsync_ingest, the receiver's role, may
+-- call the ingest functions and nothing else (not even read a table).
+GRANT SELECT ON @extschema@.crm_sources TO shipsync_reader;
+GRANT EXECUTE ON FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb),
+	@extschema@.drop_crm_source(text) TO shipsync_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.ingest_crm(text, text, jsonb, jsonb) TO shipsync_operator;
+GRANT USAGE ON SCHEMA @extschema@ TO shipsync_ingest;
+GRANT EXECUTE ON FUNCTION @extschema@.ingest_tracking(text, text, jsonb),
+	@extschema@._ingest_tracking_batch(text, text[], jsonb[]),
+	@extschema@.ingest_crm(text, text, jsonb, jsonb) TO shipsync_ingest;
+
 -- The extension may be created before the dispatcher looks: wake it.
 SELECT @extschema@._wake(true);

@@ -185,6 +185,7 @@ dialect_load_maps(MemoryContext cxt, Provider *ps, int n)
 
 	rc = SPI_execute("SELECT profile, direction, target_path, source, transform, arg::text,"
 					 " \"default\", required FROM shipsync.field_map"
+					 " WHERE direction IN ('out', 'in')"
 					 " ORDER BY profile, direction, position, field_map_id", true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "loading field maps failed: %s", SPI_result_code_string(rc));

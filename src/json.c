@@ -752,6 +752,13 @@ shipsync_json_free(ShipJson *doc)
 	free(doc);
 }
 
+/* Whether doc is a JSON object */
+bool
+shipsync_json_is_object(const ShipJson *doc)
+{
+	return doc != NULL && json_object_is_type(doc->root, json_type_object);
+}
+
 /* A document of its own for the member key of doc's root (or null) */
 ShipJson *
 shipsync_json_member_doc(ShipJson *doc, const char *key)

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * launcher.c
- *		The launcher: one dispatcher per database of shipsync.databases.
+ *		The launcher: one dispatcher per database of shipsync.databases,
+ *		and the receiver of pushes when shipsync.receiver_listen is set.
  *
  * The launcher is a static background worker connected to no database (it
  * reads only the shared catalog pg_database).  Once a second, and whenever
@@ -15,6 +16,13 @@
  * Dispatchers are registered with BGW_NEVER_RESTART: the launcher restarts
  * them itself, at most once a second per database, so a dispatcher that
  * fails at once does not spin.
+ *
+ * The receiver of pushes (receiver.c) is started the same way when
+ * shipsync.receiver_listen is set, for shipsync.receiver_database once it
+ * exists.  The launcher starts as soon as the server accepts read-only
+ * connections, so that on a hot standby the receiver runs too and answers
+ * 503 (a load balancer's health check sees it); dispatchers are registered
+ * to start only once recovery is over.
  *
  *-------------------------------------------------------------------------
  */
@@ -53,6 +61,7 @@ typedef struct LauncherEntry
 
 static LauncherEntry launcher_entries[SHIPSYNC_MAX_DISPATCHERS];
 static int	launcher_nentries = 0;
+static LauncherEntry launcher_receiver;
 
 /*
  * Does a database of this name exist and accept connections?  Connected to
@@ -101,8 +110,12 @@ launcher_worker_alive(LauncherEntry *e)
 	return st == BGWH_STARTED || st == BGWH_NOT_YET_STARTED;
 }
 
+/*
+ * Start a dispatcher for e's database, or with receiver the receiver of
+ * pushes (which runs during recovery too, answering 503).
+ */
 static void
-launcher_start_dispatcher(LauncherEntry *e)
+launcher_start_worker(LauncherEntry *e, bool receiver)
 {
 	BackgroundWorker worker;
 	MemoryContext old;
@@ -110,12 +123,16 @@ launcher_start_dispatcher(LauncherEntry *e)
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_start_time = receiver ? BgWorkerStart_ConsistentState :
+		BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	strlcpy(worker.bgw_library_name, "pg_shipsync", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "shipsync_dispatcher_main", BGW_MAXLEN);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_shipsync dispatcher %s", e->dbname);
-	strlcpy(worker.bgw_type, "pg_shipsync dispatcher", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name,
+			receiver ? "shipsync_receiver_main" : "shipsync_dispatcher_main", BGW_MAXLEN);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_shipsync %s %s",
+			 receiver ? "receiver" : "dispatcher", e->dbname);
+	strlcpy(worker.bgw_type, receiver ? "pg_shipsync receiver" : "pg_shipsync dispatcher",
+			BGW_MAXLEN);
 	strlcpy(worker.bgw_extra, e->dbname, BGW_EXTRALEN);
 	worker.bgw_notify_pid = MyProcPid;
 
@@ -131,9 +148,30 @@ launcher_start_dispatcher(LauncherEntry *e)
 	if (!ok)
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not start the pg_shipsync dispatcher for database \"%s\"",
-						e->dbname),
+				 errmsg("could not start the pg_shipsync %s for database \"%s\"",
+						receiver ? "receiver" : "dispatcher", e->dbname),
 				 errhint("Raise max_worker_processes.")));
+}
+
+/*
+ * Keep the receiver running while shipsync.receiver_listen is set (a
+ * postmaster parameter: it cannot change while we run).
+ */
+static void
+launcher_reconcile_receiver(void)
+{
+	LauncherEntry *e = &launcher_receiver;
+
+	if (shipsync_receiver_listen == NULL || shipsync_receiver_listen[0] == '\0')
+		return;
+	strlcpy(e->dbname, shipsync_receiver_database, NAMEDATALEN);
+	if (launcher_worker_alive(e))
+		return;
+	if (!TimestampDifferenceExceeds(e->last_start, GetCurrentTimestamp(), 1000))
+		return;
+	if (!launcher_database_exists(e->dbname))
+		return;
+	launcher_start_worker(e, true);
 }
 
 /*
@@ -205,7 +243,7 @@ launcher_reconcile(void)
 			continue;
 		if (!launcher_database_exists(e->dbname))
 			continue;
-		launcher_start_dispatcher(e);
+		launcher_start_worker(e, false);
 	}
 
 	/* drop entries no longer listed and no longer running */
@@ -251,6 +289,7 @@ shipsync_launcher_main(Datum main_arg)
 
 		old = MemoryContextSwitchTo(loop_cxt);
 		launcher_reconcile();
+		launcher_reconcile_receiver();
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(loop_cxt);
 

@@ -38,6 +38,16 @@ int			shipsync_batch_size = 256;
 int			shipsync_max_response_bytes = 1024 * 1024;
 bool		shipsync_allow_insecure_http = false;
 int			shipsync_idle_check_ms = 10000;
+char	   *shipsync_receiver_listen = NULL;
+char	   *shipsync_receiver_database = NULL;
+char	   *shipsync_receiver_ssl_cert_file = NULL;
+char	   *shipsync_receiver_ssl_key_file = NULL;
+int			shipsync_receiver_max_connections = 256;
+int			shipsync_max_push_bytes = 1024 * 1024;
+int			shipsync_receiver_rate_limit = 0;
+int			shipsync_receiver_header_timeout_ms = 10000;
+int			shipsync_receiver_body_timeout_ms = 30000;
+int			shipsync_receiver_queue_size = 1024;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -170,7 +180,9 @@ shipsync_out_of_memory(void)
 /*
  * The launcher (launcher.c), named by its symbol so that this file, the
  * lowest layer, links to nothing above it.  Restarted a second after it
- * exits.
+ * exits.  It starts at consistent state, so that on a hot standby the
+ * receiver of pushes runs (answering 503); the dispatchers it starts wait
+ * for the end of recovery.
  */
 static void
 shipsync_register_launcher(void)
@@ -179,13 +191,89 @@ shipsync_register_launcher(void)
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
 	worker.bgw_restart_time = 1;
 	strlcpy(worker.bgw_library_name, "pg_shipsync", BGW_MAXLEN);
 	strlcpy(worker.bgw_function_name, "shipsync_launcher_main", BGW_MAXLEN);
 	strlcpy(worker.bgw_name, "pg_shipsync launcher", BGW_MAXLEN);
 	strlcpy(worker.bgw_type, "pg_shipsync launcher", BGW_MAXLEN);
 	RegisterBackgroundWorker(&worker);
+}
+
+/* The receiver's parameters (src/receiver.c, docs/gucs.md) */
+static void
+define_receiver_gucs(void)
+{
+	DefineCustomStringVariable("shipsync.receiver_listen",
+							   "Address and port the receiver of pushes listens on.",
+							   "host:port, [IPv6]:port, or a port alone for 127.0.0.1; empty: no receiver.",
+							   &shipsync_receiver_listen,
+							   "",
+							   PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("shipsync.receiver_database",
+							   "Database whose ingest functions the receiver calls.",
+							   NULL,
+							   &shipsync_receiver_database,
+							   "postgres",
+							   PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("shipsync.receiver_ssl_cert_file",
+							   "PEM certificate (chain) of the receiver's HTTPS listener.",
+							   "With shipsync.receiver_ssl_key_file set too, the receiver speaks HTTPS only.",
+							   &shipsync_receiver_ssl_cert_file,
+							   "",
+							   PGC_POSTMASTER, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("shipsync.receiver_ssl_key_file",
+							   "PEM private key of the receiver's HTTPS listener.",
+							   NULL,
+							   &shipsync_receiver_ssl_key_file,
+							   "",
+							   PGC_POSTMASTER, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("shipsync.receiver_max_connections",
+							"Most connections the receiver holds open at once.",
+							"More are closed as soon as they are accepted.",
+							&shipsync_receiver_max_connections,
+							256, 1, 65536,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("shipsync.max_push_bytes",
+							"Largest push body the receiver accepts; larger ones are answered 413.",
+							NULL,
+							&shipsync_max_push_bytes,
+							1024 * 1024, 1024, 64 * 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("shipsync.receiver_rate_limit",
+							"Most requests per second the receiver takes from one client address; 0: no limit.",
+							"Requests over it are answered 429 with Retry-After.",
+							&shipsync_receiver_rate_limit,
+							0, 0, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("shipsync.receiver_header_timeout_ms",
+							"Time a client has to send a request's headers, from its connection or its previous answer.",
+							"Slower clients (and idle keep-alive connections) are cut off.",
+							&shipsync_receiver_header_timeout_ms,
+							10000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("shipsync.receiver_body_timeout_ms",
+							"Time a client has to send a request's body once its headers are in.",
+							"Slower clients are cut off.",
+							&shipsync_receiver_body_timeout_ms,
+							30000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("shipsync.receiver_queue_size",
+							"Most requests waiting for the database in the receiver; more are answered 503 with Retry-After.",
+							NULL,
+							&shipsync_receiver_queue_size,
+							1024, 1, 65536,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
 }
 
 void
@@ -237,6 +325,8 @@ _PG_init(void)
 							10000, 100, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	define_receiver_gucs();
 
 	MarkGUCPrefixReserved("shipsync");
 

@@ -192,6 +192,7 @@ extern bool shipsync_map_transform(const char *transform, const char *arg,
 extern ShipJson *shipsync_json_parse(const char *text, size_t len,
 									 char *errbuf, size_t errlen);
 extern void shipsync_json_free(ShipJson *doc);
+extern bool shipsync_json_is_object(const ShipJson *doc);
 extern ShipJson *shipsync_json_member_doc(ShipJson *doc, const char *key);
 extern bool shipsync_json_get(ShipJson *doc, const MapPath *path,
 							  MapValue *out);
@@ -324,6 +325,11 @@ extern SigResult shipsync_verify_hmac_body(const char *secret,
 extern SigResult shipsync_verify_kuaidi100(const char *salt, const char *param,
 										   const char *sign,
 										   const char **reason);
+extern SigResult shipsync_verify_jiandaoyun(const char *secret, const char *nonce,
+											const char *timestamp,
+											const char *presented,
+											const char *body, size_t body_len,
+											const char **reason);
 extern char *shipsync_form_field(const char *body, size_t len, const char *name);
 
 #ifndef SHIPSYNC_PLAIN_C
@@ -336,6 +342,7 @@ extern char *shipsync_form_field(const char *body, size_t len, const char *name)
 #include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
+#include "utils/jsonb.h"
 
 #define SHIPSYNC_MAX_DISPATCHERS 64
 
@@ -387,6 +394,16 @@ extern int	shipsync_batch_size;
 extern int	shipsync_max_response_bytes;
 extern bool shipsync_allow_insecure_http;
 extern int	shipsync_idle_check_ms;
+extern char *shipsync_receiver_listen;
+extern char *shipsync_receiver_database;
+extern char *shipsync_receiver_ssl_cert_file;
+extern char *shipsync_receiver_ssl_key_file;
+extern int	shipsync_receiver_max_connections;
+extern int	shipsync_max_push_bytes;
+extern int	shipsync_receiver_rate_limit;
+extern int	shipsync_receiver_header_timeout_ms;
+extern int	shipsync_receiver_body_timeout_ms;
+extern int	shipsync_receiver_queue_size;
 extern void shipsync_wake_dispatcher(Oid dbid, uint64 providers,
 									 bool config_changed);
 extern uint64 shipsync_exchange_masks(int slot, uint64 accepting);
@@ -398,6 +415,9 @@ extern PGDLLEXPORT void shipsync_launcher_main(Datum main_arg);
 
 /* in dispatcher.c */
 extern PGDLLEXPORT void shipsync_dispatcher_main(Datum main_arg);
+
+/* in receiver.c */
+extern PGDLLEXPORT void shipsync_receiver_main(Datum main_arg);
 
 /* in spi.c: saved plans, re-made when the tables they read have grown */
 extern SPIPlanPtr shipsync_prepare_saved(const char *sql, int nargs,
@@ -411,6 +431,7 @@ extern char *shipsync_url_escape(const char *s);
 /* in tracking.c */
 extern int64 tracking_apply_pulled(const char *provider_name, const char *body,
 								   size_t len);
+extern char *shipsync_header_value(Jsonb *headers, const char *name);
 
 /* in capture.c */
 extern bool shipsync_capture_suppressed;

@@ -45,11 +45,13 @@
 
 #include <time.h>
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
 #include "utils/array.h"
@@ -59,6 +61,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "access/htup_details.h"
@@ -168,9 +171,12 @@ load_provider(const char *name)
 	return p;
 }
 
-/* A header's value, its name matched case-insensitively; NULL if absent. */
-static char *
-header_value(Jsonb *headers, const char *name)
+/*
+ * A header's value, its name matched case-insensitively; NULL if absent.
+ * Also reads the query parameters of a push (ingest_crm()).
+ */
+char *
+shipsync_header_value(Jsonb *headers, const char *name)
 {
 	JsonbIterator *it;
 	JsonbValue	v;
@@ -220,16 +226,16 @@ verify_with(TrackProvider *p, const char *secret, Jsonb *headers,
 {
 	if (strcmp(p->dialect, "generic") == 0)
 		return shipsync_verify_standard_webhooks(secret,
-												 header_value(headers, "webhook-id"),
-												 header_value(headers, "webhook-timestamp"),
-												 header_value(headers, "webhook-signature"),
+												 shipsync_header_value(headers, "webhook-id"),
+												 shipsync_header_value(headers, "webhook-timestamp"),
+												 shipsync_header_value(headers, "webhook-signature"),
 												 body, len, (long) time(NULL),
 												 WEBHOOK_TOLERANCE_S, reason);
 	if (strcmp(p->dialect, "easypost") == 0)
-		return shipsync_verify_hmac_body(secret, header_value(headers, "x-hmac-signature"),
+		return shipsync_verify_hmac_body(secret, shipsync_header_value(headers, "x-hmac-signature"),
 										 "hmac-sha256-hex=", true, body, len, reason);
 	if (strcmp(p->dialect, "aftership") == 0)
-		return shipsync_verify_hmac_body(secret, header_value(headers, "aftership-hmac-sha256"),
+		return shipsync_verify_hmac_body(secret, shipsync_header_value(headers, "aftership-hmac-sha256"),
 										 NULL, false, body, len, reason);
 	if (strcmp(p->dialect, "kuaidi100") == 0)
 		return shipsync_verify_kuaidi100(secret, param, sign, reason);
@@ -674,45 +680,31 @@ append_count(StringInfo buf, const char *name, int64 v)
 	appendStringInfo(buf, ", \"%s\": " INT64_FORMAT, name, v);
 }
 
-/*
- * shipsync.ingest_tracking(provider text, body text, headers jsonb)
- */
-Datum
-shipsync_ingest_tracking(PG_FUNCTION_ARGS)
+/* The answer a provider's pushes expect, as JSON, or NULL: any 2xx */
+static const char *
+tracking_reply(TrackProvider *p)
 {
-	char	   *pname;
-	text	   *body_t;
-	char	   *body;
-	size_t		len;
-	Jsonb	   *headers = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
-	TrackProvider *p;
+	if (strcmp(p->dialect, "kuaidi100") == 0)
+		return "{\"result\": true, \"returnCode\": \"200\", \"message\": \"\\u6210\\u529f\"}";
+	if (strcmp(p->dialect, "sf_express") == 0)
+		return "{\"return_code\": \"0000\", \"return_msg\": \"\\u6210\\u529f\"}";
+	return NULL;
+}
+
+/*
+ * Verify one push of provider p and read its events into palloc'd memory:
+ * steps 1 to 3 above.  Raises SS401 or SS400 as ingest_tracking()
+ * documents; touches no table.
+ */
+static EventBatch *
+tracking_read_push(TrackProvider *p, const char *body, size_t len,
+				   Jsonb *headers)
+{
 	char	   *param = NULL;
 	char	   *sign = NULL;
 	TrackEventList list;
 	char		errbuf[256];
 	bool		ok;
-	EventBatch *b;
-	TrackSummary sum = {0};
-	StringInfoData out;
-	MemoryContext cxt = CurrentMemoryContext;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("provider must not be null")));
-	pname = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
-				 errmsg("tracking push for provider \"%s\" has no body", pname),
-				 errhint("Pass the request body exactly as received.")));
-	body_t = PG_GETARG_TEXT_PP(1);
-	body = VARDATA_ANY(body_t);
-	len = VARSIZE_ANY_EXHDR(body_t);
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	p = load_provider(pname);
 
 	if (strcmp(p->dialect, "kuaidi100") == 0)
 	{
@@ -754,7 +746,41 @@ shipsync_ingest_tracking(PG_FUNCTION_ARGS)
 				 errdetail("%c%s.", pg_toupper((unsigned char) errbuf[0]), errbuf + 1),
 				 errhint("See docs/wire-contract.md for the payload of each dialect.")));
 	}
-	b = batch_from_list(p, &list);
+	return batch_from_list(p, &list);
+}
+
+/*
+ * shipsync.ingest_tracking(provider text, body text, headers jsonb)
+ */
+Datum
+shipsync_ingest_tracking(PG_FUNCTION_ARGS)
+{
+	char	   *pname;
+	text	   *body_t;
+	Jsonb	   *headers = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+	TrackProvider *p;
+	EventBatch *b;
+	TrackSummary sum = {0};
+	StringInfoData out;
+	const char *reply;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("provider must not be null")));
+	pname = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
+				 errmsg("tracking push for provider \"%s\" has no body", pname),
+				 errhint("Pass the request body exactly as received.")));
+	body_t = PG_GETARG_TEXT_PP(1);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	p = load_provider(pname);
+	b = tracking_read_push(p, VARDATA_ANY(body_t), VARSIZE_ANY_EXHDR(body_t), headers);
 	tracking_apply_batch(p, b, &sum);
 
 	MemoryContextSwitchTo(cxt);
@@ -768,13 +794,219 @@ shipsync_ingest_tracking(PG_FUNCTION_ARGS)
 	append_count(&out, "matched", sum.n_matched);
 	append_count(&out, "expired", sum.n_expired);
 	append_count(&out, "shipments_changed", sum.n_changed);
-	if (strcmp(p->dialect, "kuaidi100") == 0)
-		appendStringInfoString(&out, ", \"reply\": {\"result\": true, \"returnCode\": \"200\", \"message\": \"\\u6210\\u529f\"}");
-	else if (strcmp(p->dialect, "sf_express") == 0)
-		appendStringInfoString(&out, ", \"reply\": {\"return_code\": \"0000\", \"return_msg\": \"\\u6210\\u529f\"}");
+	reply = tracking_reply(p);
+	if (reply)
+		appendStringInfo(&out, ", \"reply\": %s", reply);
 	appendStringInfoChar(&out, '}');
 	SPI_finish();
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(out.data)));
+}
+
+/* ---------- many pushes of one provider at once (the receiver) ---------- */
+
+/* The events of batches b[0..n-1] (NULL ones skipped) as one batch */
+static EventBatch *
+batch_concat(EventBatch **bs, int n)
+{
+	EventBatch *all = palloc0(sizeof(EventBatch));
+	int			total = 0;
+	int			k = 0;
+
+	for (int i = 0; i < n; i++)
+		if (bs[i])
+			total += bs[i]->n;
+	all->n = total;
+#define BATCH_ARRAY(f, T) all->f = palloc(sizeof(T) * Max(total, 1))
+	BATCH_ARRAY(keys, Datum);
+	BATCH_ARRAY(tns, Datum);
+	BATCH_ARRAY(raws, Datum);
+	BATCH_ARRAY(details, Datum);
+	BATCH_ARRAY(ats, Datum);
+	BATCH_ARRAY(locs, Datum);
+	BATCH_ARRAY(descrs, Datum);
+	BATCH_ARRAY(nraws, bool);
+	BATCH_ARRAY(ndetails, bool);
+	BATCH_ARRAY(nlocs, bool);
+	BATCH_ARRAY(ndescrs, bool);
+#undef BATCH_ARRAY
+	for (int i = 0; i < n; i++)
+	{
+		EventBatch *b = bs[i];
+
+		for (int j = 0; b && j < b->n; j++, k++)
+		{
+			all->keys[k] = b->keys[j];
+			all->tns[k] = b->tns[j];
+			all->raws[k] = b->raws[j];
+			all->details[k] = b->details[j];
+			all->ats[k] = b->ats[j];
+			all->locs[k] = b->locs[j];
+			all->descrs[k] = b->descrs[j];
+			all->nraws[k] = b->nraws[j];
+			all->ndetails[k] = b->ndetails[j];
+			all->nlocs[k] = b->nlocs[j];
+			all->ndescrs[k] = b->ndescrs[j];
+		}
+	}
+	return all;
+}
+
+/* What became of one push of a batch */
+typedef struct PushOutcome
+{
+	EventBatch *events;			/* read and verified; NULL: failed */
+	char		sqlstate[6];	/* of the failure, "" when it went in */
+	char	   *message;		/* errmsg, and errdetail after ": " */
+} PushOutcome;
+
+/*
+ * Run one step in a subtransaction of its own: read push i (events ==
+ * NULL on entry) or apply batch b.  On an error the subtransaction is
+ * rolled back, the error is kept in *o and false is returned; nothing the
+ * step did remains.
+ */
+static bool
+batch_step(TrackProvider *p, const char *body, size_t len, Jsonb *headers,
+		   EventBatch *b, PushOutcome *o)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		TrackSummary sum = {0};
+
+		if (b == NULL)
+			o->events = tracking_read_push(p, body, len, headers);
+		else
+			tracking_apply_batch(p, b, &sum);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *e;
+
+		MemoryContextSwitchTo(cxt);
+		e = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		strlcpy(o->sqlstate, unpack_sql_state(e->sqlerrcode), sizeof(o->sqlstate));
+		o->message = e->detail ? psprintf("%s: %s", e->message, e->detail) : pstrdup(e->message);
+		o->events = NULL;
+		FreeErrorData(e);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return ok;
+}
+
+PG_FUNCTION_INFO_V1(shipsync_ingest_tracking_batch);
+
+/*
+ * shipsync._ingest_tracking_batch(provider text, bodies text[],
+ * headers jsonb[]): what ingest_tracking() does to each push, for many
+ * pushes of one provider in one call.  Each push is verified and read in a
+ * subtransaction of its own, so a forged or malformed one fails alone;
+ * the events of all the others are then stored and folded by one
+ * _apply_tracking (the per-call cost of a push of one event is mostly that
+ * statement's), and only if that fails, push by push.  One row per push:
+ * its ordinal, and the SQLSTATE and message of its failure or its result
+ * ({"provider", "events"} and the "reply" of kuaidi100 and sf_express).
+ */
+Datum
+shipsync_ingest_tracking_batch(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *pname;
+	Datum	   *bodies;
+	Datum	   *hdrs;
+	bool	   *bnulls;
+	bool	   *hnulls;
+	int			n,
+				nh;
+	TrackProvider *p;
+	PushOutcome *o;
+	EventBatch **good;
+	PushOutcome whole = {0};
+	int			ngood = 0;
+	const char *reply;
+	MemoryContext cxt;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("provider, bodies and headers must not be null")));
+	InitMaterializedSRF(fcinfo, 0);
+	cxt = CurrentMemoryContext;
+	pname = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), TEXTOID, -1, false, TYPALIGN_INT,
+					  &bodies, &bnulls, &n);
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(2), JSONBOID, -1, false, TYPALIGN_INT,
+					  &hdrs, &hnulls, &nh);
+	if (nh != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("bodies and headers must have the same length")));
+	o = palloc0(sizeof(PushOutcome) * Max(n, 1));
+	good = palloc0(sizeof(EventBatch *) * Max(n, 1));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	p = load_provider(pname);
+	for (int i = 0; i < n; i++)
+	{
+		text	   *t = bnulls[i] ? NULL : DatumGetTextPP(bodies[i]);
+
+		if (t == NULL)
+		{
+			strlcpy(o[i].sqlstate, "SS400", sizeof(o[i].sqlstate));
+			o[i].message = psprintf("tracking push for provider \"%s\" has no body", p->name);
+			continue;
+		}
+		if (batch_step(p, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t),
+					   hnulls[i] ? NULL : DatumGetJsonbP(hdrs[i]), NULL, &o[i]))
+			good[i] = o[i].events;
+	}
+	/* together, or one by one when that fails */
+	for (int i = 0; i < n; i++)
+		ngood += good[i] != NULL;
+	if (ngood > 0 && !batch_step(p, NULL, 0, NULL, batch_concat(good, n), &whole))
+		for (int i = 0; i < n; i++)
+			if (good[i] && !batch_step(p, NULL, 0, NULL, good[i], &o[i]))
+				good[i] = NULL;
+	SPI_finish();
+
+	MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	reply = tracking_reply(p);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		values[0] = Int32GetDatum(i + 1);
+		if (good[i])
+		{
+			nulls[1] = nulls[2] = true;
+			values[3] = DirectFunctionCall1(jsonb_in, CStringGetDatum(
+				psprintf("{\"provider\": %s, \"events\": %d%s%s}",
+						 shipsync_quote_json(p->name), good[i]->n,
+						 reply ? ", \"reply\": " : "", reply ? reply : "")));
+		}
+		else
+		{
+			values[1] = CStringGetTextDatum(o[i].sqlstate);
+			values[2] = CStringGetTextDatum(o[i].message ? o[i].message : "");
+			nulls[3] = true;
+		}
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	MemoryContextSwitchTo(cxt);
+	return (Datum) 0;
 }
 
 PG_FUNCTION_INFO_V1(shipsync_hmac_sha256_sql);

@@ -1,0 +1,217 @@
+-- CRM sources: create_crm_source() and its checks, ingest_crm() of each
+-- kind through the crm_in field map (insert, update, delete, duplicates,
+-- ignored operations), and every error with its SQLSTATE.  The 简道云
+-- signature is computed (SHA-1) in the TAP suite; here its failures.
+SET client_min_messages = warning;
+-- what the suites before this one left
+DROP EXTENSION IF EXISTS pg_shipsync CASCADE;
+DROP SCHEMA IF EXISTS crm CASCADE;
+CREATE EXTENSION pg_shipsync;
+
+CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	st text; msg text; det text; hin text;
+BEGIN
+	EXECUTE q;
+	RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+	GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+		det = PG_EXCEPTION_DETAIL, hin = PG_EXCEPTION_HINT;
+	RETURN st || ': ' || msg || coalesce(E'\n  DETAIL: ' || nullif(det, ''), '')
+		|| coalesce(E'\n  HINT: ' || nullif(hin, ''), '');
+END
+$$;
+
+-- Standard Webhooks headers for a body, signed now (or at ts)
+CREATE FUNCTION pg_temp.sw(id text, body text, ts bigint DEFAULT extract(epoch FROM now())::bigint,
+						   secret text DEFAULT 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw')
+RETURNS jsonb LANGUAGE sql AS $$
+	SELECT jsonb_build_object('Webhook-Id', id, 'Webhook-Timestamp', ts::text,
+		'Webhook-Signature', 'v1,' || encode(shipsync._hmac_sha256(
+			decode(regexp_replace(secret, '^whsec_', ''), 'base64'),
+			convert_to(id || '.' || ts || '.' || body, 'UTF8')), 'base64'))
+$$;
+-- a signed generic push of one order event
+CREATE FUNCTION pg_temp.push(source text, id text, type text, data jsonb) RETURNS jsonb
+LANGUAGE sql AS $$
+	SELECT shipsync.ingest_crm(source, b, pg_temp.sw(id, b))
+	FROM (SELECT jsonb_build_object('type', type, 'data', data)::text AS b) x
+$$;
+
+CREATE SCHEMA crm;
+CREATE TABLE crm.orders (
+	id			bigserial PRIMARY KEY,
+	crm_id		text UNIQUE,
+	customer	text NOT NULL,
+	phone		text,
+	qty			integer,
+	amount		numeric(10,2),
+	placed_at	timestamptz,
+	waybill_no	text
+);
+-- attached, so that what a push writes is captured like any order
+SELECT shipsync.create_provider('carrier', 'generic', 'http://127.0.0.1:9');
+SELECT shipsync.pause('carrier');
+SELECT shipsync.attach('crm.orders', 'carrier', writeback => '{"tracking_number": "waybill_no"}');
+
+------------------------------------------------------------------------------
+-- create_crm_source() and its checks
+------------------------------------------------------------------------------
+-- crm_in rows may come before their source
+INSERT INTO shipsync.field_map (profile, direction, position, target_path, source, transform, arg, "default", required) VALUES
+	('zoho', 'crm_in', 1, 'crm_id', 'id', 'identity', NULL, NULL, true),
+	('zoho', 'crm_in', 2, 'customer', 'contact.name', 'trim', NULL, NULL, true),
+	('zoho', 'crm_in', 3, 'phone', 'contact.phone', 'phone', '{"country": "86"}', NULL, false),
+	('zoho', 'crm_in', 4, 'qty', 'lines[0].qty', 'to_number', NULL, '1', false),
+	('zoho', 'crm_in', 5, 'amount', 'total', 'to_number', NULL, NULL, false),
+	('zoho', 'crm_in', 6, 'placed_at', 'placed', 'parse_time', '{"format": "%Y-%m-%d %H:%M:%S", "tz": "Asia/Shanghai"}', NULL, false);
+SELECT shipsync.create_crm_source('zoho', 'generic', 'crm.orders',
+	'{"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "key_column": "crm_id"}');
+SELECT name, kind, tbl, key_column, profile, dedup_ttl, options, map_rows FROM shipsync.crm_sources;
+-- the secret is shown masked, and stored apart
+SELECT count(*) AS secrets FROM shipsync.crm_source_secret;
+
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('bad name', 'generic', 'crm.orders', '{"secret": "whsec_AAAA"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'hubspot', 'crm.orders')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'generic', 'crm.orders', '{"secret": "whsec_AAAA", "colour": "red"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'salesforce_om', 'crm.orders', '{"secret": "s", "organization_id": "00D000000000001"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'generic', 'crm.orders')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.orders', '{"secret": ""}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'generic', 'crm.orders', '{"secret": "not a secret!"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'salesforce_om', 'crm.orders', '{"organization_id": "00D"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.orders', '{"secret": "s", "dedup_ttl": "soon"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.orders', '{"secret": "s", "dedup_ttl": "2 years"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.orders', '{"secret": "s", "key_column": "customer"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.orders', '{"secret": "s", "profile": "bad profile"}')$$);
+CREATE VIEW crm.v AS SELECT * FROM crm.orders;
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.v', '{"secret": "s"}')$$);
+CREATE TABLE crm.nokey (a text, b text);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.nokey', '{"secret": "s"}')$$);
+-- a crm_in row naming a column the table lacks
+INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('typo', 'crm_in', 'custmer', 'name');
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.orders', '{"secret": "s", "profile": "typo"}')$$);
+-- names are unique across providers and CRM sources, both ways
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('carrier', 'jiandaoyun', 'crm.orders', '{"secret": "s"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('zoho', 'generic', 'http://127.0.0.1:9')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('zoho', 'jiandaoyun', 'crm.orders', '{"secret": "s"}')$$);
+-- a bad crm_in row is refused by the field map's own check
+SELECT pg_temp.err($$INSERT INTO shipsync.field_map (profile, direction, target_path, source, transform) VALUES ('zoho', 'crm_in', 'phone2', 'x', 'shout')$$);
+
+------------------------------------------------------------------------------
+-- generic (Zoho): created, updated, unchanged, deleted, ignored, duplicate
+------------------------------------------------------------------------------
+SELECT pg_temp.push('zoho', 'evt_1', 'order.created', '{"id": "Z-1", "contact": {"name": "  张三 ", "phone": "+86 138-1234-5678"},
+	"lines": [{"qty": "2"}], "total": "199.50", "placed": "2026-03-01 09:30:00"}');
+SELECT crm_id, customer, phone, qty, amount, placed_at AT TIME ZONE 'UTC' AS placed_utc FROM crm.orders;
+-- the capture trigger saw the insert: an intent waits for the paused carrier
+SELECT op, order_key FROM shipsync.inbox;
+-- the same delivery again: nothing
+SELECT pg_temp.push('zoho', 'evt_1', 'order.created', '{"id": "Z-1", "contact": {"name": "李四"}}');
+-- a late create of an existing order changes nothing
+SELECT pg_temp.push('zoho', 'evt_2', 'order.created', '{"id": "Z-1", "contact": {"name": "李四"}}');
+-- an update writes the mapped columns (qty falls back to its default)
+SELECT pg_temp.push('zoho', 'evt_3', 'order.updated', '{"id": "Z-1", "contact": {"name": "张三丰"}, "total": 210}');
+SELECT crm_id, customer, phone, qty, amount FROM crm.orders;
+-- the same values again: no write, no intent
+SELECT pg_temp.push('zoho', 'evt_4', 'order.updated', '{"id": "Z-1", "contact": {"name": "张三丰"}, "total": 210}');
+-- an update of an order never created inserts it
+SELECT pg_temp.push('zoho', 'evt_5', 'order.updated', '{"id": "Z-2", "contact": {"name": "王五"}}');
+-- other event types are acknowledged and ignored
+SELECT pg_temp.push('zoho', 'evt_6', 'contact.merged', '{}');
+SELECT pg_temp.push('zoho', 'evt_7', 'order.deleted', '{"id": "Z-2", "contact": {"name": "王五"}}');
+SELECT crm_id, customer FROM crm.orders ORDER BY crm_id;
+SELECT op, count(*) FROM shipsync.inbox GROUP BY op ORDER BY op;
+SELECT count(*) AS deliveries_remembered FROM shipsync.crm_delivery;
+
+------------------------------------------------------------------------------
+-- every error of ingest_crm(), with its SQLSTATE
+------------------------------------------------------------------------------
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('nobody', '{}')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm(NULL, '{}')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('zoho', NULL)$$);
+-- signatures: none, forged, stale, another secret
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('zoho', '{"type": "order.created", "data": {}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('zoho', '{"type": "order.created", "data": {}}',
+	pg_temp.sw('e1', '{"type": "order.created", "data": {"id": "X"}}'))$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('zoho', '{}', pg_temp.sw('e1', '{}', 1614265330))$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('zoho', '{}', pg_temp.sw('e1', '{}', secret => 'whsec_c2VjcmV0'))$$);
+-- payloads
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('zoho', 'not json', pg_temp.sw('e1', 'not json'))$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('zoho', '{"data": {}}', pg_temp.sw('e1', '{"data": {}}'))$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('zoho', '{"type": "order.created"}', pg_temp.sw('e1', '{"type": "order.created"}'))$$);
+-- records the map cannot read: required missing, a malformed value, no key
+SELECT pg_temp.err($$SELECT pg_temp.push('zoho', 'e2', 'order.created', '{"id": "Z-3"}')$$);
+SELECT pg_temp.err($$SELECT pg_temp.push('zoho', 'e3', 'order.created', '{"id": "Z-3", "contact": {"name": "赵六"}, "total": "lots"}')$$);
+SELECT pg_temp.err($$SELECT pg_temp.push('zoho', 'e4', 'order.created', '{"contact": {"name": "赵六"}}')$$);
+-- records the table cannot take: a value its column type refuses, a constraint
+SELECT pg_temp.err($$SELECT pg_temp.push('zoho', 'e5', 'order.created', '{"id": "Z-3", "contact": {"name": "赵六"}, "lines": [{"qty": 3.5}]}')$$);
+ALTER TABLE crm.orders ADD CONSTRAINT positive CHECK (amount > 0);
+SELECT pg_temp.err($$SELECT pg_temp.push('zoho', 'e6', 'order.created', '{"id": "Z-3", "contact": {"name": "赵六"}, "total": -1}')$$);
+-- nothing of a failed push stays, not even its delivery id
+SELECT count(*) AS orders, (SELECT count(*) FROM shipsync.crm_delivery) AS deliveries FROM crm.orders;
+-- configuration errors: a profile without crm_in rows, a row naming a missing column
+SELECT shipsync.create_crm_source('empty', 'generic', 'crm.orders',
+	'{"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "key_column": "crm_id"}');
+SELECT pg_temp.err($$SELECT pg_temp.push('empty', 'e7', 'order.created', '{"id": "Z-4"}')$$);
+INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('empty', 'crm_in', 'crm_id', 'id'), ('empty', 'crm_in', 'nosuch', 'x');
+SELECT pg_temp.err($$SELECT pg_temp.push('empty', 'e8', 'order.created', '{"id": "Z-4"}')$$);
+-- jiandaoyun: no signature, a wrong one, no query, no delivery id
+SELECT shipsync.create_crm_source('jdy', 'jiandaoyun', 'crm.orders', '{"secret": "test-secret", "key_column": "crm_id", "profile": "zoho"}');
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('jdy', '{"op": "data_create", "data": {}}', '{}', '{"nonce": "n", "timestamp": "1"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('jdy', '{"op": "data_create", "data": {}}',
+	'{"X-JDY-Signature": "da39a3ee5e6b4b0d3255bfef95601890afd80709"}', '{"nonce": "n", "timestamp": "1"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('jdy', '{"op": "data_create", "data": {}}',
+	'{"X-JDY-Signature": "da39a3ee5e6b4b0d3255bfef95601890afd80709"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('jdy', '{"op": "data_create", "data": {}}',
+	'{"X-JDY-Signature": "not hex"}', '{"nonce": "n", "timestamp": "1"}')$$);
+-- a dropped table
+CREATE TABLE crm.gone (id text PRIMARY KEY);
+INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('gone', 'crm_in', 'id', 'id');
+SELECT shipsync.create_crm_source('gone', 'generic', 'crm.gone', '{"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}');
+DROP TABLE crm.gone;
+SELECT pg_temp.err($$SELECT pg_temp.push('gone', 'e9', 'order.created', '{"id": "Z-5"}')$$);
+SELECT shipsync.drop_crm_source('gone');
+SELECT pg_temp.err($$SELECT shipsync.drop_crm_source('gone')$$);
+
+------------------------------------------------------------------------------
+-- Salesforce Outbound Messages: the published requests, an upsert each
+------------------------------------------------------------------------------
+CREATE TABLE crm.contacts (sf_id text PRIMARY KEY, first_name text, last_name text, email text,
+	title text, created timestamptz);
+INSERT INTO shipsync.field_map (profile, direction, target_path, source, required) VALUES
+	('sf_contact', 'crm_in', 'sf_id', 'Id', true),
+	('sf_contact', 'crm_in', 'first_name', 'FirstName', false),
+	('sf_contact', 'crm_in', 'last_name', 'LastName', true),
+	('sf_contact', 'crm_in', 'email', 'Email', false),
+	('sf_contact', 'crm_in', 'title', 'Title', false),
+	('sf_contact', 'crm_in', 'created', 'CreatedDate', false);
+SELECT shipsync.create_crm_source('sf', 'salesforce_om', 'crm.contacts',
+	'{"organization_id": "012345678901234", "sobject_type": "Contact", "profile": "sf_contact"}');
+\set contacts '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>012345678901234</OrganizationId><ActionId>04k1I000000bmsHQAQ</ActionId><SessionId>00D1I000003qqqE!AQsAQ</SessionId><EnterpriseUrl>https://na73.salesforce.com/services/Soap/c/41.0/00D1I000003qqqE</EnterpriseUrl><PartnerUrl>https://na73.salesforce.com/services/Soap/u/41.0/00D1I000003qqqE</PartnerUrl><Notification><Id>04l1I000000fztEQAQ</Id><sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>0031I0000081tbPQAQ</sf:Id><sf:CreatedDate>2017-12-11T21:49:24.000Z</sf:CreatedDate><sf:FirstName>Jeraldine</sf:FirstName><sf:LastName>Black</sf:LastName><sf:Title>White</sf:Title></sObject></Notification><Notification><Id>04l1I000000fzt9QAA</Id><sObject xsi:type="sf:Contact" xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>0031I0000081tb0QAA</sf:Id><sf:CreatedDate>2017-12-11T21:44:55.000Z</sf:CreatedDate><sf:Email>drb24@cornell.edu</sf:Email><sf:FirstName>Doug</sf:FirstName><sf:LastName>Bunting &amp; Sons</sf:LastName><sf:Title xsi:nil="true"/></sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>'
+SELECT r - 'reply' AS summary, r->>'reply' AS ack FROM shipsync.ingest_crm('sf', :'contacts') r;
+SELECT sf_id, first_name, last_name, email, title, created AT TIME ZONE 'UTC' AS created_utc FROM crm.contacts ORDER BY sf_id;
+-- a retry of the same message: every notification is a duplicate; a UTF-8 BOM is fine
+SELECT r - 'reply' AS summary FROM shipsync.ingest_crm('sf', E'\uFEFF' || :'contacts') r;
+-- another organization, another sObject type, not XML, not an Outbound Message
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_crm('sf', %L)$$, replace(:'contacts', '012345678901234', '00D000000000001')));
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_crm('sf', %L)$$, replace(replace(:'contacts', 'sf:Contact', 'sf:Lead'), '04l1I', '05l1I')));
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('sf', '<notxml')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('sf', '<a><b/></a>')$$);
+-- an 18-character organization id matches its 15-character form
+SELECT r->>'duplicate' AS duplicates FROM shipsync.ingest_crm('sf', replace(:'contacts', '012345678901234', '012345678901234AAA')) r;
+
+------------------------------------------------------------------------------
+-- privileges: the secret is the owner's alone
+------------------------------------------------------------------------------
+SET ROLE shipsync_admin;
+SELECT pg_temp.err($$SELECT * FROM shipsync.crm_source_secret$$);
+SELECT pg_temp.err($$SELECT shipsync._crm_secret(1)$$);
+SELECT name, options FROM shipsync.crm_sources ORDER BY name;
+RESET ROLE;
+SET ROLE shipsync_ingest;
+SELECT pg_temp.err($$SELECT * FROM shipsync.crm_sources$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('y', 'jiandaoyun', 'crm.orders'::text::regclass, '{"secret": "s"}')$$);
+RESET ROLE;
+
+DROP EXTENSION pg_shipsync CASCADE;
+DROP SCHEMA crm CASCADE;

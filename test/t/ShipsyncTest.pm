@@ -6,16 +6,19 @@ use strict;
 use warnings;
 
 use Cwd qw(abs_path);
+use Digest::SHA qw(hmac_sha256 sha1_hex);
 use File::Basename qw(dirname);
 use HTTP::Tiny;
 use JSON::PP;
+use MIME::Base64 qw(encode_base64 decode_base64);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep time);
 use Exporter 'import';
 
 our @EXPORT = qw(shipsync_node start_sim stop_sim sim_get sim_post wait_until
-  setup_orders start_receiver flush_pushes);
+  setup_orders start_receiver flush_pushes receiver_node push_http sw_headers
+  jdy_signed receiver_pid);
 
 my $here = dirname(abs_path(__FILE__));
 my @started_sims;
@@ -191,6 +194,67 @@ sub flush_pushes
 	die "flush: $r->{status} $r->{content}" unless $r->{success};
 	my $left = decode_json($r->{content})->{left};
 	die "flush: $left pushes still queued" if $left;
+}
+
+# A node whose receiver of pushes (shipsync.receiver_listen) listens on a
+# free port of 127.0.0.1; returns ($node, $port).  Extra conf lines may be
+# passed.
+sub receiver_node
+{
+	my ($name, @conf) = @_;
+	my $port = PostgreSQL::Test::Cluster::get_free_port();
+	my $node = shipsync_node($name, "shipsync.receiver_listen = '127.0.0.1:$port'", @conf);
+	return ($node, $port);
+}
+
+# The receiver's pid, or '' when it does not run.
+sub receiver_pid
+{
+	my ($node) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync receiver'");
+}
+
+# One HTTP request to the receiver: returns HTTP::Tiny's answer (status
+# 599 for a connection error).  $http (an HTTP::Tiny) keeps a connection
+# alive between calls; a new one is made when it is not given.
+sub push_http
+{
+	my ($port, $method, $path, $headers, $body, $http) = @_;
+	$http //= HTTP::Tiny->new(timeout => 60);
+	return $http->request($method, "http://127.0.0.1:$port$path",
+		{ headers => $headers // {}, defined $body ? (content => $body) : () });
+}
+
+# Standard Webhooks headers for a body signed now (or at $ts) with a whsec_
+# secret, computed here from the specification.
+sub sw_headers
+{
+	my ($secret, $id, $body, $ts) = @_;
+	$ts //= int(time());
+	(my $key = $secret) =~ s/^whsec_//;
+	my $sig = encode_base64(hmac_sha256("$id.$ts.$body", decode_base64($key)), '');
+	return {
+		'webhook-id' => $id,
+		'webhook-timestamp' => "$ts",
+		'webhook-signature' => "v1,$sig",
+		'Content-Type' => 'application/json'
+	};
+}
+
+# A 简道云 data push signed from its documented formula: lowercase hex
+# SHA-1 of nonce:payload:secret:timestamp.  Returns (path suffix with the
+# query, headers).
+sub jdy_signed
+{
+	my ($secret, $body, $deliver, $ts, $nonce) = @_;
+	$ts //= int(time());
+	$nonce //= sprintf('%08x', int(rand(2**31)));
+	my %h = (
+		'X-JDY-Signature' => sha1_hex("$nonce:$body:$secret:$ts"),
+		'X-JDY-DeliverId' => $deliver,
+		'Content-Type' => 'application/json');
+	return ("?nonce=$nonce&timestamp=$ts", \%h);
 }
 
 1;

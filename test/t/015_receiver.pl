@@ -1,0 +1,384 @@
+# The receiver of pushes: every route and every answer it gives, the
+# signatures of every kind good and forged (the 简道云 one computed here
+# from its documented formula, Salesforce's published messages), duplicates,
+# the body and time limits, the per-client rate, the bounded queue, and no
+# thread in the process.  Its life across crashes and restarts, TLS and
+# standbys: 016_receiver_life.pl.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use Digest::MD5 qw(md5_hex);
+use HTTP::Tiny;
+use IO::Socket::INET;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+use ShipsyncTest;
+
+my $SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
+my $vectors = "$FindBin::RealBin/../vectors";
+
+sub slurp_raw
+{
+	my ($f) = @_;
+	open(my $fh, '<:raw', $f) or die "$f: $!";
+	local $/;
+	return scalar <$fh>;
+}
+
+sub urlencode
+{
+	my ($s) = @_;
+	$s =~ s/([^A-Za-z0-9\-._~])/sprintf('%%%02X', ord($1))/ge;
+	return $s;
+}
+
+my ($node, $port) = receiver_node('receiver',
+	'shipsync.max_push_bytes = 65536',
+	'shipsync.receiver_header_timeout_ms = 2000',
+	'shipsync.receiver_body_timeout_ms = 2000');
+
+# before the extension: up, but not ready, and says why
+ok(wait_until($node, "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync receiver'"),
+	'the launcher starts the receiver');
+my $r = push_http($port, 'GET', '/healthz');
+is($r->{status}, 503, 'healthz: 503 before CREATE EXTENSION');
+like($r->{content}, qr/not installed/, 'and says the extension is missing');
+$r = push_http($port, 'POST', '/tracking/trk', {}, '{}');
+is($r->{status}, 503, 'a push before CREATE EXTENSION: 503');
+is($r->{headers}{'retry-after'}, '5', 'with Retry-After');
+
+# no thread ever runs in the receiver
+my $pid = receiver_pid($node);
+like(slurp_file("/proc/$pid/status"), qr/^Threads:\s+1$/m, 'the receiver process has one thread');
+
+$node->safe_psql(
+	'postgres', qq{
+	CREATE EXTENSION pg_shipsync;
+	CREATE SCHEMA crm;
+	CREATE TABLE crm.orders (id bigserial PRIMARY KEY, crm_id text UNIQUE, customer text,
+		amount numeric, waybill_no text, ship_status text);
+	CREATE TABLE crm.contacts (sf_id text PRIMARY KEY, first_name text, last_name text, email text);
+	CREATE TABLE crm.leads (sf_id text PRIMARY KEY, first_name text, company text, city text);
+	SELECT shipsync.create_provider('trk', 'generic', 'http://127.0.0.1:9', '{"webhook_secret": "$SECRET"}');
+	SELECT shipsync.create_provider('kd', 'kuaidi100', 'https://poll.kuaidi100.example',
+		'{"webhook_secret": "salt-8f2c", "auth": {"type": "kuaidi100", "customer": "C", "key": "K"},
+		  "company": "yuantong", "callback_url": "https://shop.example/tracking/kd"}');
+	SELECT shipsync.create_provider('sfx', 'sf_express', 'https://sf.example',
+		'{"accept_unsigned_pushes": true, "auth": {"type": "sf_express", "partner_id": "P", "checkword": "cw"}}');
+	SELECT shipsync.pause('trk');
+	SELECT shipsync.attach('crm.orders', 'trk', writeback => '{"tracking_number": "waybill_no", "status": "ship_status"}');
+	INSERT INTO crm.orders (customer) SELECT 'c' || g FROM generate_series(1, 3) g;
+	INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number)
+	SELECT b.binding_id, o.id::text, p.provider_id, t.tn
+	FROM shipsync.binding b, crm.orders o, shipsync.provider p,
+		(VALUES ('trk', 1, 'TRK1'), ('kd', 2, 'YT6186594166532'), ('sfx', 3, 'SF7444400031887')) t(pn, oid, tn)
+	WHERE p.name = t.pn AND o.id = t.oid;
+	-- CRM sources: a 简道云 form, Salesforce contacts and leads, a generic (Zoho) one
+	INSERT INTO shipsync.field_map (profile, direction, target_path, source, transform, required) VALUES
+		('jdy', 'crm_in', 'crm_id', '_id', 'identity', true),
+		('jdy', 'crm_in', 'customer', '_widget_1511937891154', 'trim', true),
+		('jdy', 'crm_in', 'amount', '_widget_1511937830425', 'to_number', false),
+		('zoho', 'crm_in', 'crm_id', 'id', 'identity', true),
+		('zoho', 'crm_in', 'customer', 'customer', 'trim', true),
+		('sfc', 'crm_in', 'sf_id', 'Id', 'identity', true),
+		('sfc', 'crm_in', 'first_name', 'FirstName', 'identity', false),
+		('sfc', 'crm_in', 'last_name', 'LastName', 'identity', true),
+		('sfc', 'crm_in', 'email', 'Email', 'identity', false),
+		('sfl', 'crm_in', 'sf_id', 'Id', 'identity', true),
+		('sfl', 'crm_in', 'first_name', 'FirstName', 'identity', false),
+		('sfl', 'crm_in', 'company', 'Company', 'identity', false),
+		('sfl', 'crm_in', 'city', 'City', 'identity', false);
+	SELECT shipsync.create_crm_source('jdy', 'jiandaoyun', 'crm.orders', '{"secret": "test-secret", "key_column": "crm_id"}');
+	SELECT shipsync.create_crm_source('zoho', 'generic', 'crm.orders', '{"secret": "$SECRET", "key_column": "crm_id"}');
+	SELECT shipsync.create_crm_source('sfc', 'salesforce_om', 'crm.contacts', '{"organization_id": "012345678901234"}');
+	SELECT shipsync.create_crm_source('sfl', 'salesforce_om', 'crm.leads', '{"organization_id": "0123456789ABCDENNN"}');
+});
+ok(wait_until_http($port, '/healthz', 200), 'healthz: 200 once the extension is there');
+is(push_http($port, 'GET', '/healthz')->{content}, "ok\n", 'its body is ok');
+is(push_http($port, 'HEAD', '/healthz')->{status}, 200, 'HEAD /healthz too');
+
+sub wait_until_http
+{
+	my ($p, $path, $want) = @_;
+	for (1 .. 200)
+	{
+		return 1 if push_http($p, 'GET', $path)->{status} == $want;
+		usleep(100_000);
+	}
+	return 0;
+}
+
+sub q1 { return $node->safe_psql('postgres', $_[0]); }
+
+# ---- POST /tracking/{provider} ----------------------------------------------
+my $ev = '{"events": [{"id": "e1", "tracking_number": "TRK1", "status": "in_transit", "occurred_at": "2026-03-01T08:00:00Z"}]}';
+$r = push_http($port, 'POST', '/tracking/trk', sw_headers($SECRET, 'msg_1', $ev), $ev);
+is($r->{status}, 200, 'a signed generic push: 200');
+is_deeply(decode_json($r->{content}), { provider => 'trk', events => 1 }, 'answered with what was taken');
+is(q1(q{SELECT ship_status FROM crm.orders WHERE id = 1}), 'in_transit', 'its status is on the order row');
+$r = push_http($port, 'POST', '/tracking/trk', sw_headers($SECRET, 'msg_1b', $ev), $ev);
+is($r->{status}, 200, 'the same event again: 200');
+is(q1(q{SELECT count(*) FROM shipsync.tracking_event}), '1', 'and stored once');
+
+my $forged = $ev =~ s/in_transit/delivered/r;
+my $h = sw_headers($SECRET, 'msg_2', $ev);    # signed for another body
+$r = push_http($port, 'POST', '/tracking/trk', $h, $forged);
+is($r->{status}, 401, 'a forged push: 401');
+is(decode_json($r->{content})->{sqlstate}, 'SS401', 'SQLSTATE SS401 in the answer');
+$r = push_http($port, 'POST', '/tracking/trk', { 'Content-Type' => 'application/json' }, $ev);
+is($r->{status}, 401, 'an unsigned push: 401');
+$r = push_http($port, 'POST', '/tracking/trk', sw_headers('whsec_c2VjcmV0', 'msg_3', $forged), $forged);
+is($r->{status}, 401, 'a push signed with another secret: 401');
+is(q1(q{SELECT ship_status FROM crm.orders WHERE id = 1}), 'in_transit', 'no forged push moved the status');
+my $bad = '{"events": [{"id": "e9", "tracking_number": "TRK1"}]}';
+$r = push_http($port, 'POST', '/tracking/trk', sw_headers($SECRET, 'msg_4', $bad), $bad);
+is($r->{status}, 400, 'a signed push that is not a payload: 400');
+is(decode_json($r->{content})->{sqlstate}, 'SS400', 'SQLSTATE SS400');
+
+# keep-alive: two pushes on one connection
+{
+	my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10) or die "connect: $!";
+	$s->autoflush(1);
+	my @status;
+	for my $i (1, 2)
+	{
+		my $hh = sw_headers($SECRET, "ka$i", $ev);
+		print $s "POST /tracking/trk HTTP/1.1\r\nHost: x\r\nContent-Length: " . length($ev) . "\r\n"
+		  . join('', map { "$_: $hh->{$_}\r\n" } sort keys %$hh) . "\r\n$ev";
+		my $head = '';
+		while ($head !~ /\r\n\r\n/) { sysread($s, my $c, 1) or last; $head .= $c; }
+		my ($len) = $head =~ /^Content-Length: (\d+)/mi;
+		sysread($s, my $rest, $len) if $len;
+		push @status, $head =~ m{^HTTP/1\.1 (\d+)} ? $1 : 'none';
+		unlike($head, qr/^Connection: close/mi, "push $i on the connection: kept alive");
+	}
+	is("@status", '200 200', 'two pushes answered on one connection');
+	close($s);
+}
+
+# dialects that want a particular answer
+my $param = slurp_raw("$vectors/kuaidi100_push_param_resultv2_yuantong.json");
+$param =~ s/\s+$//;
+my $form = 'param=' . urlencode($param) . '&sign=' . uc(md5_hex($param . 'salt-8f2c'));
+$r = push_http($port, 'POST', '/tracking/kd', { 'Content-Type' => 'application/x-www-form-urlencoded' }, $form);
+is($r->{status}, 200, 'a signed Kuaidi100 push: 200');
+is($r->{content}, '{"result": true, "message": "成功", "returnCode": "200"}',
+	'answered with the body Kuaidi100 expects');
+$form =~ s/sign=[0-9A-F]{4}/sign=0000/;
+is(push_http($port, 'POST', '/tracking/kd', { 'Content-Type' => 'application/x-www-form-urlencoded' }, $form)
+	  ->{status}, 401, 'a forged Kuaidi100 push: 401');
+my $route = slurp_raw("$vectors/sf_route_push_RoutePushService.json");
+$r = push_http($port, 'POST', '/tracking/sfx', { 'Content-Type' => 'application/json' }, $route);
+is($r->{status}, 200, 'an SF route push: 200');
+is($r->{content}, '{"return_msg": "成功", "return_code": "0000"}', 'answered with the body SF expects');
+is(q1(q{SELECT string_agg(ship_status, ',' ORDER BY id) FROM crm.orders}), 'in_transit,in_transit,in_transit',
+	'both pushes moved their orders');
+
+# ---- unknown routes, methods, fees ------------------------------------------
+is(push_http($port, 'POST', '/tracking/nobody', sw_headers($SECRET, 'm', $ev), $ev)->{status},
+	404, 'an unknown provider: 404');
+is(push_http($port, 'POST', '/crm/nobody', {}, '{}')->{status}, 404, 'an unknown CRM source: 404');
+is(push_http($port, 'POST', '/tracking/bad%20name', {}, '{}')->{status}, 404, 'a name no provider can have: 404');
+is(push_http($port, 'POST', '/elsewhere', {}, '{}')->{status}, 404, 'an unknown route: 404');
+$r = push_http($port, 'GET', '/tracking/trk', {}, undef);
+is($r->{status}, 405, 'GET on a push route: 405');
+is($r->{headers}{allow}, 'POST', 'with Allow: POST');
+is(push_http($port, 'POST', '/healthz', {}, '{}')->{status}, 405, 'POST /healthz: 405');
+$r = push_http($port, 'POST', '/fees/trk', sw_headers($SECRET, 'f1', '{"fees": []}'), '{"fees": []}');
+is($r->{status}, 404, 'fees before ingest_fees() exists: 404');
+like($r->{content}, qr/ingest_fees\(\) does not exist/, 'saying why');
+
+# ---- 简道云 ------------------------------------------------------------------
+my $jdy = slurp_raw("$vectors/jiandaoyun_datapush_data_create_sample.json");
+my ($q, $jh) = jdy_signed('test-secret', $jdy, 'dl-1');
+$r = push_http($port, 'POST', "/crm/jdy$q", $jh, $jdy);
+is($r->{status}, 200, '简道云 data_create, signed: 200');
+is(decode_json($r->{content})->{inserted}, 1, 'one order inserted');
+is(q1(q{SELECT customer || '/' || amount FROM crm.orders WHERE crm_id = '5a3765a091646d77aef8e054'}),
+	'养三权厂去/-406', 'its fields through the crm_in map');
+is(q1(q{SELECT count(*) FROM (SELECT order_key FROM shipsync.inbox UNION ALL SELECT order_key FROM shipsync.outbox) x
+	WHERE order_key = (SELECT id::text FROM crm.orders WHERE crm_id = '5a3765a091646d77aef8e054')}),
+	'1', 'captured like any order');
+$r = push_http($port, 'POST', "/crm/jdy$q", $jh, $jdy);
+is($r->{status}, 200, 'the same delivery again: 200');
+is(decode_json($r->{content})->{duplicate}, 1, 'as a duplicate');
+($q, $jh) = jdy_signed('wrong-secret', $jdy, 'dl-2');
+is(push_http($port, 'POST', "/crm/jdy$q", $jh, $jdy)->{status}, 401, '简道云, another secret: 401');
+($q, $jh) = jdy_signed('test-secret', $jdy, 'dl-3');
+(my $tampered = $jdy) =~ s/-406/-407/;
+is(push_http($port, 'POST', "/crm/jdy$q", $jh, $tampered)->{status}, 401, '简道云, body changed: 401');
+($q, $jh) = jdy_signed('test-secret', $jdy, 'dl-4', time() - 8 * 86400);
+is(push_http($port, 'POST', "/crm/jdy$q", $jh, $jdy)->{status}, 401, '简道云, older than dedup_ttl: 401');
+(my $upd = $jdy) =~ s/data_create/data_update/;
+$upd =~ s/养三权厂去/养三权厂/;
+($q, $jh) = jdy_signed('test-secret', $upd, 'dl-5');
+is(decode_json(push_http($port, 'POST', "/crm/jdy$q", $jh, $upd)->{content})->{updated}, 1,
+	'简道云 data_update: updated');
+(my $other = $jdy) =~ s/data_create/form_update/;
+($q, $jh) = jdy_signed('test-secret', $other, 'dl-6');
+is(decode_json(push_http($port, 'POST', "/crm/jdy$q", $jh, $other)->{content})->{ignored}, 1,
+	'简道云 form_update: acknowledged, ignored');
+(my $rm = $jdy) =~ s/data_create/data_remove/;
+($q, $jh) = jdy_signed('test-secret', $rm, 'dl-7');
+is(decode_json(push_http($port, 'POST', "/crm/jdy$q", $jh, $rm)->{content})->{deleted}, 1,
+	'简道云 data_remove: deleted');
+
+# ---- Salesforce Outbound Messages: the published requests ------------------
+my $ack = qr{<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse>};
+my $contacts = slurp_raw("$vectors/salesforce_outbound_message_contact_aspnetcore.xml");
+$r = push_http($port, 'POST', '/crm/sfc', { 'Content-Type' => 'text/xml; charset=utf-8', SOAPAction => '""' },
+	$contacts);
+is($r->{status}, 200, 'an Outbound Message: 200');
+like($r->{content}, $ack, 'answered with the SOAP Ack');
+like($r->{headers}{'content-type'}, qr{^text/xml}, 'as text/xml');
+is(q1(q{SELECT string_agg(first_name || ' ' || last_name || ' ' || coalesce(email, '-'), ', ' ORDER BY sf_id) FROM crm.contacts}),
+	'Doug Bunting drb24@cornell.edu, Jeraldine Black -', 'both contacts written');
+my $leads = slurp_raw("$vectors/salesforce_outbound_message_lead_aspnet.xml");
+$r = push_http($port, 'POST', '/crm/sfl', { 'Content-Type' => 'text/xml' }, $leads);
+is($r->{status}, 200, 'a message starting with a UTF-8 BOM: 200');
+is(q1('SELECT count(*) FROM crm.leads'), '3', 'its three leads written');
+$r = push_http($port, 'POST', '/crm/sfl', { 'Content-Type' => 'text/xml' }, $leads);
+like($r->{content}, $ack, 'Salesforce retrying the same message: acknowledged again');
+is(q1(q{SELECT count(*) FROM shipsync.crm_delivery d JOIN shipsync.crm_source s USING (crm_source_id) WHERE s.name = 'sfl'}),
+	'3', 'each notification Id remembered once');
+$r = push_http($port, 'POST', '/crm/sfc', { 'Content-Type' => 'text/xml' }, $leads);
+is($r->{status}, 401, 'a message of another organization: 401');
+like($r->{content}, qr{<soapenv:Fault><faultcode>soapenv:Client</faultcode>}, 'answered with a SOAP fault');
+
+# ---- generic CRM source (Zoho) -----------------------------------------------
+my $zoho = '{"type": "order.created", "data": {"id": "ZC-1", "customer": "Zoho Ltd"}}';
+$r = push_http($port, 'POST', '/crm/zoho', sw_headers($SECRET, 'z1', $zoho), $zoho);
+is($r->{status}, 200, 'a signed generic CRM push: 200');
+is(q1(q{SELECT customer FROM crm.orders WHERE crm_id = 'ZC-1'}), 'Zoho Ltd', 'its order written');
+is(push_http($port, 'POST', '/crm/zoho', sw_headers($SECRET, 'z2', $zoho), $zoho =~ s/Ltd/GmbH/r)
+	  ->{status}, 401, 'a forged generic CRM push: 401');
+my $nokey = '{"type": "order.created", "data": {"customer": "no id"}}';
+is(push_http($port, 'POST', '/crm/zoho', sw_headers($SECRET, 'z3', $nokey), $nokey)->{status},
+	400, 'a record the map cannot read: 400');
+
+# ---- body limits ---------------------------------------------------------------
+my $big = '{"events": [], "pad": "' . ('x' x 70000) . '"}';
+$r = push_http($port, 'POST', '/tracking/trk', sw_headers($SECRET, 'big', $big), $big);
+is($r->{status}, 413, 'a body over shipsync.max_push_bytes: 413');
+
+# chunked (no Content-Length): read, dropped, then 413
+sub raw_request
+{
+	my ($text, $wait) = @_;
+	my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10) or die "connect: $!";
+	$s->autoflush(1);
+	print $s $text;
+	my $answer = '';
+	my $t0 = time();
+	$s->blocking(1);
+	local $SIG{ALRM} = sub { die "timeout\n" };
+	alarm($wait // 20);
+	eval {
+		while (sysread($s, my $buf, 65536)) { $answer .= $buf; }
+		alarm(0);
+	};
+	alarm(0);
+	close($s);
+	return ($answer, time() - $t0);
+}
+my $chunk = 'x' x 30000;
+my $chunked = "POST /tracking/trk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+  . join('', map { sprintf("%x\r\n%s\r\n", length($chunk), $chunk) } 1 .. 3) . "0\r\n\r\n";
+my ($answer) = raw_request($chunked);
+like($answer, qr{^HTTP/1\.1 413 }, 'a chunked body growing over the limit: 413');
+($answer) = raw_request("POST /tracking/trk HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n\xff\xfe{}");
+like($answer, qr{^HTTP/1\.1 400 }, 'a body that is not UTF-8: 400');
+
+# ---- time limits: slow senders are cut off -------------------------------------
+my $elapsed;
+($answer, $elapsed) = raw_request("POST /tracking/trk HTTP/1.1\r\nHost: x\r\n");
+is($answer, '', 'headers never finished: the connection is closed without an answer');
+cmp_ok($elapsed, '<', 12, 'within the header time limit (2 s) and the sweep');
+($answer, $elapsed) = raw_request("POST /tracking/trk HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"ev");
+unlike($answer, qr{^HTTP/1\.1 2}, 'a body never finished: no 2xx');
+cmp_ok($elapsed, '<', 12, 'and cut off within the body time limit (2 s)');
+
+# ---- the per-client rate ------------------------------------------------------
+$node->safe_psql('postgres', 'ALTER SYSTEM SET shipsync.receiver_rate_limit = 5');
+$node->reload;
+my %codes;
+my $retry_after;
+for my $i (1 .. 40)
+{
+	my $x = push_http($port, 'POST', '/tracking/trk', sw_headers($SECRET, "rate$i", $ev), $ev);
+	$codes{ $x->{status} }++;
+	$retry_after = $x->{headers}{'retry-after'} if $x->{status} == 429;
+	last if $codes{429} && $i > 10;
+}
+ok($codes{429}, 'over shipsync.receiver_rate_limit: 429');
+is($retry_after, '1', 'with Retry-After');
+$node->safe_psql('postgres', 'ALTER SYSTEM RESET shipsync.receiver_rate_limit');
+$node->reload;
+
+# ---- the bounded queue: while the receiver waits for a lock, pushes queue
+# in the kernel; past shipsync.receiver_queue_size they are refused with 503,
+# and each one acknowledged is stored
+$node->safe_psql('postgres', 'ALTER SYSTEM SET shipsync.receiver_queue_size = 3');
+$node->reload;
+ok(wait_until($node, q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync receiver'}),
+	'receiver still there');
+my $locker = $node->background_psql('postgres');
+$locker->query_safe('BEGIN; LOCK TABLE crm.orders IN ACCESS EXCLUSIVE MODE');
+my $blocked = '{"type": "order.created", "data": {"id": "Q-0", "customer": "first"}}';
+my @socks;
+push @socks, send_raw('/crm/zoho', sw_headers($SECRET, 'q0', $blocked), $blocked);
+ok(wait_until($node, q{SELECT count(*) = 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+	WHERE a.backend_type = 'pg_shipsync receiver' AND NOT l.granted}), 'the receiver waits for the lock');
+for my $i (1 .. 12)
+{
+	my $b = qq({"type": "order.created", "data": {"id": "Q-$i", "customer": "queued $i"}});
+	push @socks, send_raw('/crm/zoho', sw_headers($SECRET, "q$i", $b), $b);
+}
+sleep(1);    # the requests are in the kernel's buffers
+$locker->query_safe('COMMIT');
+my %got;
+my @ok_ids;
+for my $i (0 .. $#socks)
+{
+	my $s = $socks[$i];
+	local $/;
+	my $a = <$s>;
+	my ($code) = $a =~ m{^HTTP/1\.1 (\d+)};
+	$got{ $code // 'none' }++;
+	push @ok_ids, "Q-$i" if ($code // 0) == 200;
+	if (($code // 0) == 503)
+	{
+		like($a, qr/^Retry-After: 5\r$/m, "refused push $i carries Retry-After") if !$got{seen503}++;
+	}
+}
+ok($got{503}, 'past the queue size: 503');
+ok($got{200} && $got{200} >= 3, 'the first ones taken');
+is($got{200} + $got{503}, 13, 'every push answered 200 or 503');
+is(q1("SELECT count(*) FROM crm.orders WHERE crm_id IN ('" . join("', '", @ok_ids) . "')"),
+	scalar(@ok_ids), 'each push answered 200 is stored');
+$node->safe_psql('postgres', 'ALTER SYSTEM RESET shipsync.receiver_queue_size');
+$node->reload;
+
+sub send_raw
+{
+	my ($path, $hdrs, $body) = @_;
+	my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10) or die "connect: $!";
+	$s->autoflush(1);
+	my $text = "POST $path HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: " . length($body) . "\r\n";
+	$text .= "$_: $hdrs->{$_}\r\n" for sort keys %$hdrs;
+	print $s "$text\r\n$body";
+	return $s;
+}
+
+# ---- one log line per refused class per minute, never per request ------------
+my $log = slurp_file($node->logfile);
+my $lines = () = $log =~ /pg_shipsync receiver refused a request \(401 signature\)/g;
+cmp_ok($lines, '<=', 2, "401s of the last minute logged at most once (plus a summary): $lines");
+unlike($log, qr/WARNING:  pg_shipsync: rejected a tracking push/, 'no WARNING per rejected push from the receiver');
+
+$node->stop;
+done_testing();

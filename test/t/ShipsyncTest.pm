@@ -34,12 +34,14 @@ END
 my $sim_script = "$here/../sim/carrier_sim.py";
 
 # A started node with pg_shipsync preloaded and a dispatcher in 'postgres'.
-# Extra postgresql.conf lines may be passed.
+# Extra postgresql.conf lines may be passed, after a hash of options of
+# init() (allows_streaming) if one is given.
 sub shipsync_node
 {
 	my ($name, @conf) = @_;
+	my %init = ref($conf[0]) eq 'HASH' ? %{ shift @conf } : ();
 	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
+	$node->init(%init);
 	$node->append_conf(
 		'postgresql.conf', join("\n",
 			"shared_preload_libraries = 'pg_shipsync'",
@@ -198,12 +200,13 @@ sub flush_pushes
 
 # A node whose receiver of pushes (shipsync.receiver_listen) listens on a
 # free port of 127.0.0.1; returns ($node, $port).  Extra conf lines may be
-# passed.
+# passed, after a hash of init() options as for shipsync_node.
 sub receiver_node
 {
 	my ($name, @conf) = @_;
 	my $port = PostgreSQL::Test::Cluster::get_free_port();
-	my $node = shipsync_node($name, "shipsync.receiver_listen = '127.0.0.1:$port'", @conf);
+	my @init = ref($conf[0]) eq 'HASH' ? (shift @conf) : ();
+	my $node = shipsync_node($name, @init, "shipsync.receiver_listen = '127.0.0.1:$port'", @conf);
 	return ($node, $port);
 }
 

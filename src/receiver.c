@@ -164,6 +164,7 @@ typedef struct RecvRequest
 	char	   *name;			/* provider or source */
 	char	   *body;
 	size_t		len;
+	size_t		cap;			/* bytes allocated for body */
 	bool		too_large;
 	bool		queued;
 	char	   *headers;		/* JSON object text */
@@ -562,8 +563,6 @@ recv_complete(RecvRequest *r)
 static void
 recv_append(RecvRequest *r, const char *data, size_t n)
 {
-	size_t		cap;
-
 	if (r->too_large)
 		return;
 	if (r->len + n > (size_t) shipsync_max_push_bytes)
@@ -572,15 +571,18 @@ recv_append(RecvRequest *r, const char *data, size_t n)
 		r->too_large = true;
 		return;
 	}
-	cap = r->body ? GetMemoryChunkSpace(r->body) : 0;
-	if (r->body == NULL || r->len + n + 1 > cap)
+	if (r->body == NULL || r->len + n + 1 > r->cap)
 	{
-		size_t		want = Max(r->len + n + 1, 2 * r->len);
+		size_t		want = Max(r->len + n + 1, 2 * r->cap);
 		char	   *nb = MemoryContextAlloc(r->cxt, want);
 
 		if (r->body)
+		{
 			memcpy(nb, r->body, r->len);
+			pfree(r->body);
+		}
 		r->body = nb;
+		r->cap = want;
 	}
 	memcpy(r->body + r->len, data, n);
 	r->len += n;

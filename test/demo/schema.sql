@@ -1,6 +1,7 @@
 -- The demo's CRM: customers and their orders, attached to the carrier
--- simulator.  Run by bin/demo with psql -v sim_url=http://127.0.0.1:PORT
--- in database shipsync_demo; pg_shipsync must be in shared_preload_libraries.
+-- simulator, fed by a 简道云 form through the receiver of pushes.  Run by
+-- bin/demo with psql -v sim_url=http://127.0.0.1:PORT in database
+-- shipsync_demo; pg_shipsync must be in shared_preload_libraries.
 \set ON_ERROR_STOP on
 
 CREATE EXTENSION pg_shipsync;
@@ -38,6 +39,7 @@ INSERT INTO crm.customers (name, phone, city) VALUES
 
 CREATE TABLE crm.orders (
 	id					bigserial PRIMARY KEY,
+	jdy_id				text UNIQUE,		-- the 简道云 record id
 	customer_id			integer NOT NULL REFERENCES crm.customers,
 	receiver_name		text NOT NULL,
 	receiver_phone		text NOT NULL,
@@ -67,11 +69,25 @@ $$;
 CREATE TRIGGER orders_shipped_at BEFORE UPDATE ON crm.orders
 	FOR EACH ROW EXECUTE FUNCTION crm.set_shipped_at();
 
--- The carrier: the simulator, with short timeouts and backoff for a demo.
+-- The carrier: the simulator, with short timeouts and backoff for a demo;
+-- it pushes tracking back, signed with this Standard Webhooks secret.
 SELECT shipsync.create_provider('sim', 'generic', :'sim_url',
-	'{"timeout_ms": 1000, "backoff_base_ms": 100, "backoff_max_ms": 2000, "max_inflight": 64}')
+	'{"timeout_ms": 1000, "backoff_base_ms": 100, "backoff_max_ms": 2000, "max_inflight": 64,
+	  "webhook_secret": "whsec_ZGVtby10cmFja2luZy1zZWNyZXQ="}')
 	AS provider_id \gset
 
 SELECT shipsync.attach('crm.orders', 'sim',
 	writeback => '{"tracking_number": "waybill_no", "status": "ship_status",
 				   "fee_total": "fee", "label_url": "label_url"}') AS binding_id \gset
+
+-- The CRM side: a 简道云 order form pushes its new records (数据推送) to the
+-- receiver at /crm/jdy; its widgets become the order's columns.
+INSERT INTO shipsync.field_map (profile, direction, position, target_path, source, transform, arg, required) VALUES
+	('jdy', 'crm_in', 1, 'jdy_id', '_id', 'identity', NULL, true),
+	('jdy', 'crm_in', 2, 'customer_id', '_widget_1700000000001', 'to_number', NULL, true),
+	('jdy', 'crm_in', 3, 'receiver_name', '_widget_1700000000002', 'trim', NULL, true),
+	('jdy', 'crm_in', 4, 'receiver_phone', '_widget_1700000000003', 'phone', '{"country": "86"}', true),
+	('jdy', 'crm_in', 5, 'receiver_address', '_widget_1700000000004', 'trim', NULL, true),
+	('jdy', 'crm_in', 6, 'amount', '_widget_1700000000005', 'to_number', NULL, true);
+SELECT shipsync.create_crm_source('jdy', 'jiandaoyun', 'crm.orders',
+	'{"secret": "demo-jdy-push-secret", "key_column": "jdy_id"}') AS crm_source_id \gset

@@ -15,6 +15,9 @@ THREADS threads; the widgets are:
     _widget_1700000000003  电话     receiver phone
     _widget_1700000000004  地址     receiver address
     _widget_1700000000005  金额     amount
+    _widget_1700000000006  推送时间 when this push was sent (Unix ms; for latency)
+
+With --rate R the orders go one at a time, R a second (a steady trickle).
 
 Prints a summary line of JSON: pushes, answers by status, retries.
 
@@ -90,6 +93,7 @@ class Pusher:
         return r.status, r.getheader("Retry-After")
 
     def push(self, conn, rec, deliver):
+        rec["_widget_1700000000006"] = int(time.time() * 1000)
         body = json.dumps({"op": "data_create", "data": rec}, ensure_ascii=False)
         for attempt in range(20):
             try:
@@ -114,6 +118,8 @@ class Pusher:
         todo = list(enumerate(recs))
         todo_lock = threading.Lock()
 
+        start = time.time()
+
         def worker():
             conn = [None]
             while True:
@@ -121,10 +127,13 @@ class Pusher:
                     if not todo:
                         break
                     i, (rec, deliver) = todo.pop(0)
+                if self.args.rate:
+                    time.sleep(max(0, start + i / self.args.rate - time.time()))
                 self.push(conn, rec, deliver)
             if conn[0] is not None:
                 conn[0].close()
-        threads = [threading.Thread(target=worker) for _ in range(self.args.threads)]
+        threads = [threading.Thread(target=worker)
+                   for _ in range(1 if self.args.rate else self.args.threads)]
         for t in threads:
             t.start()
         for t in threads:
@@ -141,6 +150,7 @@ def main():
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--customers", type=int, default=20)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--rate", type=float, default=0, help="pushes per second, one at a time")
     args = ap.parse_args()
 
     rng = random.Random(args.seed)

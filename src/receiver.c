@@ -483,24 +483,30 @@ recv_begin(RecvRequest *r, const char *url, const char *method)
 	return true;
 }
 
-/* MHD_KeyValueIterator: one header or query parameter into a JSON object */
+/* Headers or query parameters being collected into a JSON object */
+typedef struct RecvValues
+{
+	StringInfoData buf;
+	bool		bad;			/* one is not text in the database encoding */
+} RecvValues;
+
+/* MHD_KeyValueIterator: one header or query parameter into the object */
 static enum MHD_Result
 recv_collect(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
-	StringInfo	buf = (StringInfo) cls;
+	RecvValues *v = (RecvValues *) cls;
 	int			enc = GetDatabaseEncoding();
 
 	if (!pg_verify_mbstr(enc, key, strlen(key), true) ||
 		(value && !pg_verify_mbstr(enc, value, strlen(value), true)))
 	{
-		/* marks the object invalid; the caller answers 400 */
-		buf->cursor = 1;
+		v->bad = true;
 		return MHD_NO;
 	}
-	appendStringInfoString(buf, buf->len > 1 ? ", " : "");
-	escape_json(buf, key);
-	appendStringInfoString(buf, ": ");
-	escape_json(buf, value ? value : "");
+	appendStringInfoString(&v->buf, v->buf.len > 1 ? ", " : "");
+	escape_json(&v->buf, key);
+	appendStringInfoString(&v->buf, ": ");
+	escape_json(&v->buf, value ? value : "");
 	return MHD_YES;
 }
 
@@ -512,15 +518,16 @@ recv_collect(void *cls, enum MHD_ValueKind kind, const char *key, const char *va
 static char *
 recv_values_json(struct MHD_Connection *conn, enum MHD_ValueKind kind)
 {
-	StringInfoData buf;
+	RecvValues	v;
 
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '{');
-	MHD_get_connection_values(conn, kind, recv_collect, &buf);
-	if (buf.cursor != 0)
+	initStringInfo(&v.buf);
+	v.bad = false;
+	appendStringInfoChar(&v.buf, '{');
+	MHD_get_connection_values(conn, kind, recv_collect, &v);
+	if (v.bad)
 		return NULL;
-	appendStringInfoChar(&buf, '}');
-	return buf.data;
+	appendStringInfoChar(&v.buf, '}');
+	return v.buf.data;
 }
 
 /* The body is in: check it is text, and queue the request for the database */
@@ -1441,6 +1448,7 @@ shipsync_receiver_main(Datum main_arg)
 	WaitEventSet *wes;
 	HASHCTL		hctl = {0};
 	TimestampTz last_sweep = 0;
+	MemoryContext loop_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, recv_sigterm);
@@ -1451,6 +1459,9 @@ shipsync_receiver_main(Datum main_arg)
 	emit_log_hook = recv_log_hook;
 
 	recv_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync receiver",
+									 ALLOCSET_DEFAULT_SIZES);
+	/* what one turn of the loop allocates, callbacks included */
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync receiver loop",
 									 ALLOCSET_DEFAULT_SIZES);
 	hctl.keysize = INET6_ADDRSTRLEN;
 	hctl.entrysize = sizeof(RecvRate);
@@ -1471,6 +1482,8 @@ shipsync_receiver_main(Datum main_arg)
 		WaitEvent	ev[3];
 		TimestampTz now = GetCurrentTimestamp();
 
+		MemoryContextSwitchTo(loop_cxt);
+		MemoryContextReset(loop_cxt);
 		(void) WaitEventSetWait(wes, recv_timeout(now), ev, lengthof(ev), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();

@@ -29,6 +29,13 @@
  *	   suppressed (no echo), and announced on channel shipsync -- all in
  *	   the caller's transaction, with the events.
  *
+ * The receiver of pushes (receiver.c) calls _ingest_tracking_batch()
+ * instead, with every push of one provider it has at hand: each push goes
+ * through steps 1 to 3 alone, in a subtransaction, so that a forged or
+ * malformed one fails alone; the events of the others then go through
+ * steps 4 and 5 together (one _apply_tracking for the lot, which is what a
+ * push of one event mostly costs), and push by push only if that fails.
+ *
  * ingest_tracking() runs as the extension's owner (SECURITY DEFINER): it
  * reads the provider's secrets, which the caller cannot.  Secrets are never
  * put in a message.  The same steps 3 to 5 serve the poller

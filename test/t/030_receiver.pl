@@ -3,7 +3,7 @@
 # from its documented formula, Salesforce's published messages), duplicates,
 # the body and time limits, the per-client rate, the bounded queue, and no
 # thread in the process.  Its life across crashes and restarts, TLS and
-# standbys: 016_receiver_life.pl.
+# standbys: 031_receiver_life.pl.
 use strict;
 use warnings;
 use FindBin;

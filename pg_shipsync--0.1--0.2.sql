@@ -576,17 +576,18 @@ RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	other text;
 BEGIN
-	IF TG_TABLE_NAME = 'provider' AND EXISTS (
-		SELECT 1 FROM @extschema@.crm_source c WHERE c.name OPERATOR(pg_catalog.=) NEW.name) THEN
-		RAISE EXCEPTION 'name "%" is already used by a CRM source', NEW.name
-			USING ERRCODE = 'duplicate_object',
-				  DETAIL = 'Providers and CRM sources share one namespace (their secrets are stored by name).',
-				  HINT = 'Choose another name.';
+	IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'provider' THEN
+		SELECT 'a CRM source' INTO other FROM @extschema@.crm_source c
+		WHERE c.name OPERATOR(pg_catalog.=) NEW.name;
+	ELSE
+		SELECT 'a provider' INTO other FROM @extschema@.provider p
+		WHERE p.name OPERATOR(pg_catalog.=) NEW.name;
 	END IF;
-	IF TG_TABLE_NAME = 'crm_source' AND EXISTS (
-		SELECT 1 FROM @extschema@.provider p WHERE p.name OPERATOR(pg_catalog.=) NEW.name) THEN
-		RAISE EXCEPTION 'name "%" is already used by a provider', NEW.name
+	IF other IS NOT NULL THEN
+		RAISE EXCEPTION 'name "%" is already used by %', NEW.name, other
 			USING ERRCODE = 'duplicate_object',
 				  DETAIL = 'Providers and CRM sources share one namespace (their secrets are stored by name).',
 				  HINT = 'Choose another name.';

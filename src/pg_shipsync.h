@@ -423,6 +423,7 @@ extern PGDLLEXPORT void shipsync_receiver_main(Datum main_arg);
 extern SPIPlanPtr shipsync_prepare_saved(const char *sql, int nargs,
 										 const Oid *argtypes);
 extern int	shipsync_replan_grown(void);
+extern ErrorData *shipsync_subxact(void (*fn) (void *), void *arg);
 
 /* in outbox.c: helpers of every file that talks SQL or builds requests */
 extern char *shipsync_quote_json(const char *s);

@@ -873,6 +873,22 @@ recv_pending_error(RecvRequest *r, const char *sqlstate, const char *message,
 
 typedef void (*RecvStep) (RecvRequest **reqs, int n);
 
+/* A step over requests, run by shipsync_subxact() */
+typedef struct RecvStepCall
+{
+	RecvStep	step;
+	RecvRequest **reqs;
+	int			n;
+} RecvStepCall;
+
+static void
+recv_step_run(void *arg)
+{
+	RecvStepCall *c = (RecvStepCall *) arg;
+
+	c->step(c->reqs, c->n);
+}
+
 /*
  * Run a step over requests in a subtransaction: an error rolls back what
  * the step did and becomes the answer of each of them.
@@ -880,31 +896,14 @@ typedef void (*RecvStep) (RecvRequest **reqs, int n);
 static void
 recv_subxact(RecvStep step, RecvRequest **reqs, int n)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
+	RecvStepCall c = {step, reqs, n};
+	ErrorData  *e = shipsync_subxact(recv_step_run, &c);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		step(reqs, n);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *e;
-
-		MemoryContextSwitchTo(cxt);
-		e = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		for (int i = 0; i < n; i++)
-			recv_pending_error(reqs[i], unpack_sql_state(e->sqlerrcode), e->message, e->detail);
-		FreeErrorData(e);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
+	if (e == NULL)
+		return;
+	for (int i = 0; i < n; i++)
+		recv_pending_error(reqs[i], unpack_sql_state(e->sqlerrcode), e->message, e->detail);
+	FreeErrorData(e);
 }
 
 /* Tracking pushes of one provider: one call of _ingest_tracking_batch */

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * spi.c
- *		Saved SPI plans, and keeping them fit for tables that grow.
+ *		Saved SPI plans, and keeping them fit for tables that grow; a
+ *		step run in a subtransaction of its own.
  *
  * Every statement the extension runs more than once is prepared once per
  * process with shipsync_prepare_saved() and kept for the life of the
@@ -41,6 +42,7 @@
 #include "postgres.h"
 
 #include "access/relation.h"
+#include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "executor/spi.h"
 #include "storage/bufmgr.h"
@@ -48,6 +50,7 @@
 #include "utils/memutils.h"
 #include "utils/plancache.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 
 #include "pg_shipsync.h"
 
@@ -159,4 +162,39 @@ shipsync_replan_grown(void)
 		if (spi_check_relation(&spi_sizes[i]))
 			n++;
 	return n;
+}
+
+/*
+ * Run fn(arg) in a subtransaction of its own.  Returns NULL when it went
+ * through; otherwise the subtransaction is rolled back, nothing fn did
+ * remains, and a copy of its error is returned, in the caller's memory
+ * context.  The caller's memory context and resource owner are kept.  For
+ * a step that may fail alone inside a larger transaction (one push of a
+ * batch); an error that must end the transaction needs no subtransaction.
+ */
+ErrorData *
+shipsync_subxact(void (*fn) (void *), void *arg)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *volatile err = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		err = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return err;
 }

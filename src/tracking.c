@@ -68,7 +68,6 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/resowner.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "access/htup_details.h"
@@ -866,50 +865,49 @@ typedef struct PushOutcome
 	char	   *message;		/* errmsg, and errdetail after ": " */
 } PushOutcome;
 
+/* One step of a batch, run by shipsync_subxact() */
+typedef struct BatchStep
+{
+	TrackProvider *p;
+	const char *body;			/* reading a push: its body and headers */
+	size_t		len;
+	Jsonb	   *headers;
+	EventBatch *apply;			/* or applying these events */
+	EventBatch *read;			/* what reading found */
+} BatchStep;
+
+static void
+batch_step_run(void *arg)
+{
+	BatchStep  *st = (BatchStep *) arg;
+	TrackSummary sum = {0};
+
+	if (st->apply == NULL)
+		st->read = tracking_read_push(st->p, st->body, st->len, st->headers);
+	else
+		tracking_apply_batch(st->p, st->apply, &sum);
+}
+
 /*
- * Run one step in a subtransaction of its own: read push i (events ==
- * NULL on entry) or apply batch b.  On an error the subtransaction is
- * rolled back, the error is kept in *o and false is returned; nothing the
- * step did remains.
+ * Read one push (b == NULL) or apply batch b in a subtransaction of its
+ * own.  On an error nothing the step did remains, the error is kept in
+ * *o, and false is returned.
  */
 static bool
 batch_step(TrackProvider *p, const char *body, size_t len, Jsonb *headers,
 		   EventBatch *b, PushOutcome *o)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool ok = true;
+	BatchStep	st = {p, body, len, headers, b, NULL};
+	ErrorData  *e = shipsync_subxact(batch_step_run, &st);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		TrackSummary sum = {0};
-
-		if (b == NULL)
-			o->events = tracking_read_push(p, body, len, headers);
-		else
-			tracking_apply_batch(p, b, &sum);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *e;
-
-		MemoryContextSwitchTo(cxt);
-		e = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		strlcpy(o->sqlstate, unpack_sql_state(e->sqlerrcode), sizeof(o->sqlstate));
-		o->message = e->detail ? psprintf("%s: %s", e->message, e->detail) : pstrdup(e->message);
-		o->events = NULL;
-		FreeErrorData(e);
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return ok;
+	o->events = st.read;
+	if (e == NULL)
+		return true;
+	strlcpy(o->sqlstate, unpack_sql_state(e->sqlerrcode), sizeof(o->sqlstate));
+	o->message = e->detail ? psprintf("%s: %s", e->message, e->detail) : pstrdup(e->message);
+	o->events = NULL;
+	FreeErrorData(e);
+	return false;
 }
 
 PG_FUNCTION_INFO_V1(shipsync_ingest_tracking_batch);

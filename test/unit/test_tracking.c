@@ -92,6 +92,33 @@ test_tracking(void (*check) (int, const char *))
 	check(shipsync_verify_kuaidi100("d", "ab", "900150983CD24FB0D6963F7D28E17F72", &why) == SIG_MISMATCH,
 		  "Kuaidi100 sign: another salt");
 
+	/*
+	 * 简道云: lowercase hex SHA-1 of nonce:body:secret:timestamp (the
+	 * expected value from Python's hashlib, an independent implementation)
+	 */
+	check(shipsync_verify_jiandaoyun("test-secret", "n1", "1700000000",
+									 "c19125fa65c6a7a05c12fe4ebce5d0f85e7d153f",
+									 "{\"op\": \"data_create\"}", 21, &why) == SIG_OK,
+		  "简道云: SHA-1 of nonce:body:secret:timestamp");
+	check(shipsync_verify_jiandaoyun("test-secret", "n1", "1700000000",
+									 "C19125FA65C6A7A05C12FE4EBCE5D0F85E7D153F",
+									 "{\"op\": \"data_create\"}", 21, &why) == SIG_OK,
+		  "简道云: compared without regard to case");
+	check(shipsync_verify_jiandaoyun("test-secret", "n1", "1700000001",
+									 "c19125fa65c6a7a05c12fe4ebce5d0f85e7d153f",
+									 "{\"op\": \"data_create\"}", 21, &why) == SIG_MISMATCH,
+		  "简道云: another timestamp");
+	check(shipsync_verify_jiandaoyun("test-secret", "n1", "1700000000",
+									 "c19125fa65c6a7a05c12fe4ebce5d0f85e7d153f",
+									 "{\"op\":\"data_create\"}", 20, &why) == SIG_MISMATCH,
+		  "简道云: the body re-serialised");
+	check(shipsync_verify_jiandaoyun("test-secret", NULL, "1700000000", "c19125fa65c6a7a05c12fe4ebce5d0f85e7d153f", "x", 1, &why) == SIG_MISSING,
+		  "简道云: no nonce");
+	check(shipsync_verify_jiandaoyun(NULL, "n1", "1", "c19125fa65c6a7a05c12fe4ebce5d0f85e7d153f", "x", 1, &why) == SIG_NO_SECRET,
+		  "简道云: no secret configured");
+	check(shipsync_verify_jiandaoyun("s", "n1", "1", "abc", "x", 1, &why) == SIG_MALFORMED,
+		  "简道云: not 40 hex digits");
+
 	/* form fields */
 	f = shipsync_form_field("a=1&param=%7B%22a%22%3A+1%7D&sign=X", 35, "param");
 	check(f && strcmp(f, "{\"a\": 1}") == 0, "form: %XX and + decoded");

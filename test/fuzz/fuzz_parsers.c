@@ -240,6 +240,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 														 1614265330, 300, &why);
 				(void) shipsync_verify_hmac_body("secret", s, "hmac-sha256-hex=", true,
 												 "{}", 2, &why);
+				(void) shipsync_verify_jiandaoyun("test-secret", param, sign, s, s, size - 1, &why);
 				free(param);
 				free(sign);
 			}

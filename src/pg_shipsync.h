@@ -36,6 +36,42 @@
  */
 extern void shipsync_out_of_memory(void) __attribute__((noreturn));
 
+/*
+ * in crypto.c: every cryptographic helper, by section.  Randomness; keys;
+ * authenticated encryption (AES-256-GCM, and the sealing of secrets built
+ * on it); digests, HMAC and their encodings are to join them from sign.c
+ * and signature.c.
+ */
+#define SHIPSYNC_KEY_LEN		32	/* bytes of an AES-256 key */
+#define SHIPSYNC_KEY_ID_LEN		16	/* hex digits identifying a key */
+#define SHIPSYNC_GCM_NONCE_LEN	12	/* 96 bits, drawn afresh per value */
+#define SHIPSYNC_GCM_TAG_LEN	16
+
+extern bool shipsync_random_bytes(unsigned char *buf, size_t len);
+extern bool shipsync_key_parse(const unsigned char *buf, size_t len,
+							   unsigned char key[SHIPSYNC_KEY_LEN]);
+extern void shipsync_key_id(const unsigned char key[SHIPSYNC_KEY_LEN],
+							char out[SHIPSYNC_KEY_ID_LEN + 1]);
+extern bool shipsync_gcm_encrypt(const unsigned char *key,
+								 const unsigned char *nonce,
+								 const unsigned char *aad, size_t aadlen,
+								 const unsigned char *in, size_t len,
+								 unsigned char *out, unsigned char *tag);
+extern bool shipsync_gcm_decrypt(const unsigned char *key,
+								 const unsigned char *nonce,
+								 const unsigned char *aad, size_t aadlen,
+								 const unsigned char *in, size_t len,
+								 const unsigned char *tag, unsigned char *out);
+extern unsigned char *shipsync_secret_seal(const unsigned char *key,
+										   const char *provider,
+										   const char *name,
+										   const char *value, size_t len,
+										   size_t *sealed_len);
+extern char *shipsync_secret_open(const unsigned char *key,
+								  const char *provider, const char *name,
+								  const unsigned char *sealed,
+								  size_t sealed_len);
+
 /* What a carrier answered to a create, update or cancel (in json.c) */
 typedef struct ShipResponse
 {

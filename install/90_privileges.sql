@@ -37,5 +37,10 @@ GRANT EXECUTE ON FUNCTION @extschema@.render_request(bigint) TO shipsync_operato
 GRANT EXECUTE ON FUNCTION @extschema@.copy_profile(text, text) TO shipsync_admin;
 GRANT EXECUTE ON FUNCTION @extschema@._map_check(text, text, text, text) TO shipsync_admin;
 
+-- secrets: shipsync.secret itself is granted to no one
+GRANT EXECUTE ON FUNCTION @extschema@.set_secret(text, text, text),
+	@extschema@.rotate_key() TO shipsync_admin;
+GRANT SELECT ON @extschema@.secrets TO shipsync_operator;
+
 -- The extension may be created before the dispatcher looks: wake it.
 SELECT @extschema@._wake(true);

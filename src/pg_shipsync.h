@@ -423,11 +423,29 @@ extern int	shipsync_batch_size;
 extern int	shipsync_max_response_bytes;
 extern bool shipsync_allow_insecure_http;
 extern int	shipsync_idle_check_ms;
+extern char *shipsync_secret_key_file;
+extern char *shipsync_previous_secret_key_file;
 extern void shipsync_wake_dispatcher(Oid dbid, uint64 providers,
 									 bool config_changed);
 extern uint64 shipsync_exchange_masks(int slot, uint64 accepting);
 extern void shipsync_note_prepared(Oid dbid);
 extern bool shipsync_take_prepared(int slot);
+
+/* in secret.c: the secret store; an opened secret, or why it is not */
+typedef struct OpenedSecret
+{
+	char	   *provider;
+	char	   *name;
+	char	   *value;			/* NULL: it cannot be opened, see error */
+	char	   *error;
+} OpenedSecret;
+
+extern void secret_load_keys(void);
+extern int	secret_open_all(const char *provider, OpenedSecret **out);
+extern char *secret_fetch(const char *provider, const char *name);
+
+/* in redact.c */
+extern void redact_install_hook(void);
 
 /* in launcher.c */
 extern PGDLLEXPORT void shipsync_launcher_main(Datum main_arg);

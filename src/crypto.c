@@ -31,16 +31,15 @@
  * then the encodings (hex, base64) they are printed in.  Everything here is
  * plain C over OpenSSL's EVP interface, with no PostgreSQL header, so that
  * it is unit-tested against published known answers (test/unit) and
- * fuzzed alone.  Results are malloc'd where their length is not known to
- * the caller; buffers that held a key or a plaintext are cleansed
- * (OPENSSL_cleanse) before they are freed.
+ * fuzzed alone.  It allocates nothing of its own: callers pass buffers of
+ * the sizes the macros of pg_shipsync.h give, so the file depends on no
+ * other of the extension (not even its out-of-memory hook).  Buffers here
+ * that held a key or a plaintext are cleansed (OPENSSL_cleanse).
  *
  *-------------------------------------------------------------------------
  */
 #define SHIPSYNC_PLAIN_C
 #include <ctype.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
@@ -123,8 +122,9 @@ shipsync_key_parse(const unsigned char *buf, size_t len,
 /*
  * A key's identifier, printed into out (SHIPSYNC_KEY_ID_LEN hex digits and
  * a NUL): the first 8 bytes of HMAC-SHA256(key, "pg_shipsync key id").
+ * False only if OpenSSL fails.
  */
-void
+bool
 shipsync_key_id(const unsigned char key[SHIPSYNC_KEY_LEN],
 				char out[SHIPSYNC_KEY_ID_LEN + 1])
 {
@@ -135,16 +135,57 @@ shipsync_key_id(const unsigned char key[SHIPSYNC_KEY_LEN],
 
 	if (HMAC(EVP_sha256(), key, SHIPSYNC_KEY_LEN, (const unsigned char *) label,
 			 sizeof(label) - 1, mac, &maclen) == NULL)
-		shipsync_out_of_memory();
+		return false;
 	for (int i = 0; i < SHIPSYNC_KEY_ID_LEN / 2; i++)
 	{
 		out[2 * i] = hex[mac[i] >> 4];
 		out[2 * i + 1] = hex[mac[i] & 15];
 	}
 	out[SHIPSYNC_KEY_ID_LEN] = '\0';
+	return true;
 }
 
 /* ---------- authenticated encryption: AES-256-GCM ---------- */
+
+/*
+ * One AES-256-GCM pass over len bytes of in into out, encrypting or
+ * decrypting, with associated data given in naad parts (authenticated as
+ * their concatenation) and the 16-byte tag read (decrypt) or written
+ * (encrypt).  False if OpenSSL fails or, decrypting, the tag does not
+ * match.
+ */
+static bool
+gcm(bool encrypt, const unsigned char *key, const unsigned char *nonce,
+	int naad, const unsigned char *const *aad, const size_t *aadlen,
+	const unsigned char *in, size_t len, unsigned char *out, unsigned char *tag)
+{
+	const EVP_CIPHER *cipher = EVP_aes_256_gcm();
+	EVP_CIPHER_CTX *ctx;
+	unsigned char last[SHIPSYNC_GCM_TAG_LEN];	/* GCM's final writes none */
+	int			n = 0;
+	bool		ok;
+
+	if (len > (size_t) INT32_MAX || (ctx = EVP_CIPHER_CTX_new()) == NULL)
+		return false;
+	ok = EVP_CipherInit_ex(ctx, cipher, NULL, NULL, NULL, encrypt) == 1 &&
+		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, SHIPSYNC_GCM_NONCE_LEN, NULL) == 1 &&
+		EVP_CipherInit_ex(ctx, NULL, NULL, key, nonce, encrypt) == 1;
+	for (int i = 0; ok && i < naad; i++)
+		ok = aadlen[i] <= (size_t) INT32_MAX &&
+			(aadlen[i] == 0 ||
+			 EVP_CipherUpdate(ctx, NULL, &n, aad[i], (int) aadlen[i]) == 1);
+	ok = ok && (len == 0 || EVP_CipherUpdate(ctx, out, &n, in, (int) len) == 1);
+	if (encrypt)
+		ok = ok && EVP_CipherFinal_ex(ctx, last, &n) == 1 &&
+			EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, SHIPSYNC_GCM_TAG_LEN, tag) == 1;
+	else
+		ok = ok && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, SHIPSYNC_GCM_TAG_LEN, tag) == 1 &&
+			EVP_CipherFinal_ex(ctx, last, &n) == 1;
+	EVP_CIPHER_CTX_free(ctx);
+	if (!ok && !encrypt && len > 0)
+		OPENSSL_cleanse(out, len);
+	return ok;
+}
 
 /*
  * Encrypt len bytes of in into out (len bytes) with AES-256-GCM under key
@@ -157,24 +198,7 @@ shipsync_gcm_encrypt(const unsigned char *key, const unsigned char *nonce,
 					 const unsigned char *in, size_t len,
 					 unsigned char *out, unsigned char *tag)
 {
-	EVP_CIPHER_CTX *ctx;
-	unsigned char last[SHIPSYNC_GCM_TAG_LEN];	/* GCM's final writes none */
-	int			n = 0;
-	bool		ok;
-
-	if (len > (size_t) INT32_MAX || aadlen > (size_t) INT32_MAX)
-		return false;
-	if ((ctx = EVP_CIPHER_CTX_new()) == NULL)
-		shipsync_out_of_memory();
-	ok = EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
-		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, SHIPSYNC_GCM_NONCE_LEN, NULL) == 1 &&
-		EVP_EncryptInit_ex(ctx, NULL, NULL, key, nonce) == 1 &&
-		(aadlen == 0 || EVP_EncryptUpdate(ctx, NULL, &n, aad, (int) aadlen) == 1) &&
-		(len == 0 || EVP_EncryptUpdate(ctx, out, &n, in, (int) len) == 1) &&
-		EVP_EncryptFinal_ex(ctx, last, &n) == 1 &&
-		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, SHIPSYNC_GCM_TAG_LEN, tag) == 1;
-	EVP_CIPHER_CTX_free(ctx);
-	return ok;
+	return gcm(true, key, nonce, 1, &aad, &aadlen, in, len, out, tag);
 }
 
 /*
@@ -188,111 +212,65 @@ shipsync_gcm_decrypt(const unsigned char *key, const unsigned char *nonce,
 					 const unsigned char *in, size_t len,
 					 const unsigned char *tag, unsigned char *out)
 {
-	EVP_CIPHER_CTX *ctx;
-	unsigned char tagcopy[SHIPSYNC_GCM_TAG_LEN];
-	unsigned char last[SHIPSYNC_GCM_TAG_LEN];	/* GCM's final writes none */
-	int			n = 0;
-	bool		ok;
-
-	if (len > (size_t) INT32_MAX || aadlen > (size_t) INT32_MAX)
-		return false;
-	if ((ctx = EVP_CIPHER_CTX_new()) == NULL)
-		shipsync_out_of_memory();
-	memcpy(tagcopy, tag, sizeof(tagcopy));	/* the ctrl wants it writable */
-	ok = EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
-		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, SHIPSYNC_GCM_NONCE_LEN, NULL) == 1 &&
-		EVP_DecryptInit_ex(ctx, NULL, NULL, key, nonce) == 1 &&
-		(aadlen == 0 || EVP_DecryptUpdate(ctx, NULL, &n, aad, (int) aadlen) == 1) &&
-		(len == 0 || EVP_DecryptUpdate(ctx, out, &n, in, (int) len) == 1) &&
-		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, SHIPSYNC_GCM_TAG_LEN, tagcopy) == 1 &&
-		EVP_DecryptFinal_ex(ctx, last, &n) == 1;
-	EVP_CIPHER_CTX_free(ctx);
-	if (!ok && len > 0)
-		OPENSSL_cleanse(out, len);
-	return ok;
+	/* the tag is only read; OpenSSL's prototype takes it writable */
+	return gcm(false, key, nonce, 1, &aad, &aadlen, in, len, out, (unsigned char *) tag);
 }
 
-/* The associated data of a secret: provider, a NUL byte, name (malloc'd) */
-static unsigned char *
-secret_aad(const char *provider, const char *name, size_t *aadlen)
+/* A secret's associated data, in three parts: provider, a NUL byte, name */
+static void
+secret_aad(const char *provider, const char *name,
+		   const unsigned char *aad[3], size_t aadlen[3])
 {
-	size_t		plen = strlen(provider);
-	size_t		nlen = strlen(name);
-	unsigned char *aad = malloc(plen + 1 + nlen);
-
-	if (aad == NULL)
-		shipsync_out_of_memory();
-	memcpy(aad, provider, plen);
-	aad[plen] = '\0';
-	memcpy(aad + plen + 1, name, nlen);
-	*aadlen = plen + 1 + nlen;
-	return aad;
+	aad[0] = (const unsigned char *) provider;
+	aadlen[0] = strlen(provider);
+	aad[1] = (const unsigned char *) "";	/* its terminating NUL */
+	aadlen[1] = 1;
+	aad[2] = (const unsigned char *) name;
+	aadlen[2] = strlen(name);
 }
 
 /*
- * Seal secret value (len bytes) of provider under key: a fresh nonce, the
- * ciphertext and the tag, as one malloc'd string of *sealed_len bytes.
- * NULL if no random nonce could be drawn.
+ * Seal secret value (len bytes) of provider into sealed, which holds
+ * SHIPSYNC_SEALED_LEN(len) bytes: a fresh random nonce, the ciphertext and
+ * the tag.  False if no random nonce could be drawn or OpenSSL failed.
  */
-unsigned char *
+bool
 shipsync_secret_seal(const unsigned char *key, const char *provider,
 					 const char *name, const char *value, size_t len,
-					 size_t *sealed_len)
+					 unsigned char *sealed)
 {
-	size_t		aadlen;
-	unsigned char *aad = secret_aad(provider, name, &aadlen);
-	unsigned char *sealed = malloc(SHIPSYNC_GCM_NONCE_LEN + len + SHIPSYNC_GCM_TAG_LEN);
-	bool		ok;
+	const unsigned char *aad[3];
+	size_t		aadlen[3];
 
-	if (sealed == NULL)
-		shipsync_out_of_memory();
-	ok = shipsync_random_bytes(sealed, SHIPSYNC_GCM_NONCE_LEN) &&
-		shipsync_gcm_encrypt(key, sealed, aad, aadlen,
-							 (const unsigned char *) value, len,
-							 sealed + SHIPSYNC_GCM_NONCE_LEN,
-							 sealed + SHIPSYNC_GCM_NONCE_LEN + len);
-	free(aad);
-	if (!ok)
-	{
-		free(sealed);
-		return NULL;
-	}
-	*sealed_len = SHIPSYNC_GCM_NONCE_LEN + len + SHIPSYNC_GCM_TAG_LEN;
-	return sealed;
+	secret_aad(provider, name, aad, aadlen);
+	return shipsync_random_bytes(sealed, SHIPSYNC_GCM_NONCE_LEN) &&
+		gcm(true, key, sealed, 3, aad, aadlen, (const unsigned char *) value, len,
+			sealed + SHIPSYNC_GCM_NONCE_LEN, sealed + SHIPSYNC_GCM_NONCE_LEN + len);
 }
 
 /*
- * Open a sealed secret of provider: the value, NUL-terminated and
- * malloc'd (the caller cleanses and frees it), or NULL if the sealed bytes
- * were not made by shipsync_secret_seal() with this key, provider and name.
+ * Open a sealed secret of provider into value, which holds
+ * sealed_len - SHIPSYNC_SEALED_LEN(0) + 1 bytes: the value, NUL-terminated.
+ * False if the sealed bytes were not made by shipsync_secret_seal() with
+ * this key, provider and name (value is then cleansed).
  */
-char *
+bool
 shipsync_secret_open(const unsigned char *key, const char *provider,
 					 const char *name, const unsigned char *sealed,
-					 size_t sealed_len)
+					 size_t sealed_len, char *value)
 {
-	size_t		aadlen;
-	unsigned char *aad;
+	const unsigned char *aad[3];
+	size_t		aadlen[3];
 	size_t		len;
-	char	   *value;
-	bool		ok;
 
-	if (sealed_len < SHIPSYNC_GCM_NONCE_LEN + SHIPSYNC_GCM_TAG_LEN)
-		return NULL;
-	len = sealed_len - SHIPSYNC_GCM_NONCE_LEN - SHIPSYNC_GCM_TAG_LEN;
-	if ((value = malloc(len + 1)) == NULL)
-		shipsync_out_of_memory();
-	aad = secret_aad(provider, name, &aadlen);
-	ok = shipsync_gcm_decrypt(key, sealed, aad, aadlen,
-							  sealed + SHIPSYNC_GCM_NONCE_LEN, len,
-							  sealed + SHIPSYNC_GCM_NONCE_LEN + len,
-							  (unsigned char *) value);
-	free(aad);
-	if (!ok)
-	{
-		free(value);
-		return NULL;
-	}
+	secret_aad(provider, name, aad, aadlen);
+	if (sealed_len < SHIPSYNC_SEALED_LEN(0))
+		return false;
+	len = sealed_len - SHIPSYNC_SEALED_LEN(0);
+	if (!gcm(false, key, sealed, 3, aad, aadlen, sealed + SHIPSYNC_GCM_NONCE_LEN, len,
+			 (unsigned char *) value,
+			 (unsigned char *) sealed + SHIPSYNC_GCM_NONCE_LEN + len))
+		return false;
 	value[len] = '\0';
-	return value;
+	return true;
 }

@@ -42,8 +42,6 @@ int			shipsync_batch_size = 256;
 int			shipsync_max_response_bytes = 1024 * 1024;
 bool		shipsync_allow_insecure_http = false;
 int			shipsync_idle_check_ms = 10000;
-char	   *shipsync_secret_key_file = NULL;
-char	   *shipsync_previous_secret_key_file = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;

@@ -46,11 +46,13 @@ extern void shipsync_out_of_memory(void) __attribute__((noreturn));
 #define SHIPSYNC_KEY_ID_LEN		16	/* hex digits identifying a key */
 #define SHIPSYNC_GCM_NONCE_LEN	12	/* 96 bits, drawn afresh per value */
 #define SHIPSYNC_GCM_TAG_LEN	16
+/* bytes of a sealed secret of len bytes: nonce, ciphertext, tag */
+#define SHIPSYNC_SEALED_LEN(len) (SHIPSYNC_GCM_NONCE_LEN + (len) + SHIPSYNC_GCM_TAG_LEN)
 
 extern bool shipsync_random_bytes(unsigned char *buf, size_t len);
 extern bool shipsync_key_parse(const unsigned char *buf, size_t len,
 							   unsigned char key[SHIPSYNC_KEY_LEN]);
-extern void shipsync_key_id(const unsigned char key[SHIPSYNC_KEY_LEN],
+extern bool shipsync_key_id(const unsigned char key[SHIPSYNC_KEY_LEN],
 							char out[SHIPSYNC_KEY_ID_LEN + 1]);
 extern bool shipsync_gcm_encrypt(const unsigned char *key,
 								 const unsigned char *nonce,
@@ -62,15 +64,12 @@ extern bool shipsync_gcm_decrypt(const unsigned char *key,
 								 const unsigned char *aad, size_t aadlen,
 								 const unsigned char *in, size_t len,
 								 const unsigned char *tag, unsigned char *out);
-extern unsigned char *shipsync_secret_seal(const unsigned char *key,
-										   const char *provider,
-										   const char *name,
-										   const char *value, size_t len,
-										   size_t *sealed_len);
-extern char *shipsync_secret_open(const unsigned char *key,
-								  const char *provider, const char *name,
-								  const unsigned char *sealed,
-								  size_t sealed_len);
+extern bool shipsync_secret_seal(const unsigned char *key, const char *provider,
+								 const char *name, const char *value,
+								 size_t len, unsigned char *sealed);
+extern bool shipsync_secret_open(const unsigned char *key, const char *provider,
+								 const char *name, const unsigned char *sealed,
+								 size_t sealed_len, char *value);
 
 /* What a carrier answered to a create, update or cancel (in json.c) */
 typedef struct ShipResponse
@@ -423,8 +422,6 @@ extern int	shipsync_batch_size;
 extern int	shipsync_max_response_bytes;
 extern bool shipsync_allow_insecure_http;
 extern int	shipsync_idle_check_ms;
-extern char *shipsync_secret_key_file;
-extern char *shipsync_previous_secret_key_file;
 extern void shipsync_wake_dispatcher(Oid dbid, uint64 providers,
 									 bool config_changed);
 extern uint64 shipsync_exchange_masks(int slot, uint64 accepting);
@@ -440,6 +437,8 @@ typedef struct OpenedSecret
 	char	   *error;
 } OpenedSecret;
 
+extern char *shipsync_secret_key_file;
+extern char *shipsync_previous_secret_key_file;
 extern void secret_load_keys(void);
 extern int	secret_open_all(const char *provider, OpenedSecret **out);
 extern char *secret_fetch(const char *provider, const char *name);

@@ -46,8 +46,9 @@
  * opened (sealed by a key this server does not have, or altered) is
  * reported with the provider and name, never with a byte of it.
  *
- * This file sits below the domain files: it talks to SPI directly and
- * calls nothing of outbox.c, dispatcher.c or tracking.c.
+ * This file sits below the domain files: it uses crypto.c and the saved
+ * plans of spi.c, and nothing of outbox.c, dispatcher.c or tracking.c; the
+ * GUCs it owns are registered by _PG_init().
  *
  *-------------------------------------------------------------------------
  */
@@ -87,6 +88,10 @@ typedef struct SecretKey
 
 static SecretKey current_key;
 static SecretKey previous_key;
+
+/* GUCs shipsync.secret_key_file and shipsync.previous_secret_key_file */
+char	   *shipsync_secret_key_file = NULL;
+char	   *shipsync_previous_secret_key_file = NULL;
 
 /* ---------- key files ---------- */
 
@@ -160,7 +165,10 @@ key_file_read(const char *path, SecretKey *k, int elevel)
 				 errhint("Make one with \"openssl rand -hex 32\", owned by the database user, mode 0600.")));
 	}
 	OPENSSL_cleanse(buf, sizeof(buf));
-	shipsync_key_id(k->key, k->id);
+	if (!shipsync_key_id(k->key, k->id))
+		ereport(elevel,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not compute the id of the key in \"%s\"", path)));
 	k->loaded = true;
 }
 
@@ -300,20 +308,16 @@ key_by_id(const char *id)
 static bytea *
 seal_bytea(SecretKey *k, const char *provider, const char *name, const char *value)
 {
-	size_t		len;
-	unsigned char *sealed = shipsync_secret_seal(k->key, provider, name, value,
-												 strlen(value), &len);
-	bytea	   *b;
+	size_t		len = strlen(value);
+	bytea	   *b = palloc(VARHDRSZ + SHIPSYNC_SEALED_LEN(len));
 
-	if (sealed == NULL)
+	if (!shipsync_secret_seal(k->key, provider, name, value, len,
+							  (unsigned char *) VARDATA(b)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not encrypt secret \"%s\" of provider \"%s\"", name, provider),
-				 errdetail("The random number generator failed.")));
-	b = palloc(VARHDRSZ + len);
-	SET_VARSIZE(b, VARHDRSZ + len);
-	memcpy(VARDATA(b), sealed, len);
-	free(sealed);
+				 errdetail("The random number generator or the cipher failed.")));
+	SET_VARSIZE(b, VARHDRSZ + SHIPSYNC_SEALED_LEN(len));
 	return b;
 }
 
@@ -353,7 +357,6 @@ open_sealed(const char *provider, const char *name, const char *key_id,
 {
 	SecretKey  *k = key_by_id(key_id);
 	char	   *v;
-	char	   *out;
 
 	if (k == NULL)
 	{
@@ -364,19 +367,17 @@ open_sealed(const char *provider, const char *name, const char *key_id,
 						  previous_key.loaded ? previous_key.id : "none");
 		return NULL;
 	}
-	v = shipsync_secret_open(k->key, provider, name,
-							 (unsigned char *) VARDATA_ANY(sealed),
-							 VARSIZE_ANY_EXHDR(sealed));
-	if (v == NULL)
+	v = palloc(VARSIZE_ANY_EXHDR(sealed) + 1);
+	if (!shipsync_secret_open(k->key, provider, name,
+							  (unsigned char *) VARDATA_ANY(sealed),
+							  VARSIZE_ANY_EXHDR(sealed), v))
 	{
+		pfree(v);
 		*error = psprintf("secret \"%s\" of provider \"%s\" does not open with key %s: its stored bytes were altered, or belong to another provider or name",
 						  name, provider, key_id);
 		return NULL;
 	}
-	out = pstrdup(v);
-	OPENSSL_cleanse(v, strlen(v));
-	free(v);
-	return out;
+	return v;
 }
 
 /*
@@ -400,13 +401,10 @@ secret_open_all(const char *provider, OpenedSecret **out)
 	if (plan == NULL)
 	{
 		Oid			t[1] = {TEXTOID};
-		SPIPlanPtr	p = SPI_prepare("SELECT provider, name, key_id, ciphertext FROM shipsync.secret"
-									" WHERE $1 IS NULL OR provider OPERATOR(pg_catalog.=) $1"
-									" ORDER BY provider, name", 1, t);
 
-		if (p == NULL || SPI_keepplan(p) != 0)
-			elog(ERROR, "preparing the secret lookup failed");
-		plan = p;
+		plan = shipsync_prepare_saved("SELECT provider, name, key_id, ciphertext FROM shipsync.secret"
+									  " WHERE $1 IS NULL OR provider OPERATOR(pg_catalog.=) $1"
+									  " ORDER BY provider, name", 1, t);
 	}
 	if (SPI_execute_plan(plan, &arg, nulls, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading shipsync.secret failed");

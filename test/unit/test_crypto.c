@@ -138,6 +138,35 @@ test_gcm_vectors(void)
 	}
 }
 
+/* value sealed for provider and name; malloc'd, *len its length */
+static unsigned char *
+seal(const unsigned char *key, const char *provider, const char *name,
+	 const char *value, size_t *len)
+{
+	unsigned char *out = malloc(SHIPSYNC_SEALED_LEN(strlen(value)));
+
+	*len = SHIPSYNC_SEALED_LEN(strlen(value));
+	if (!shipsync_secret_seal(key, provider, name, value, strlen(value), out))
+	{
+		free(out);
+		return NULL;
+	}
+	return out;
+}
+
+/* whether sealed opens for provider and name, to want */
+static int
+opens(const unsigned char *key, const char *provider, const char *name,
+	  const unsigned char *sealed, size_t len, const char *want)
+{
+	char		value[256];
+
+	memset(value, 0xA5, sizeof(value));
+	if (!shipsync_secret_open(key, provider, name, sealed, len, value))
+		return 0;
+	return want != NULL && strcmp(value, want) == 0;
+}
+
 static void
 test_seal(void)
 {
@@ -148,40 +177,41 @@ test_seal(void)
 	unsigned char *b;
 	size_t		alen,
 				blen;
-	char	   *v;
+	char		value[64];
 
 	check(shipsync_random_bytes(key, sizeof(key)) && shipsync_random_bytes(other, sizeof(other)) &&
 		  memcmp(key, other, sizeof(key)) != 0, "random keys differ");
-	a = shipsync_secret_seal(key, "sim", "token", token, strlen(token), &alen);
-	b = shipsync_secret_seal(key, "sim", "token", token, strlen(token), &blen);
+	a = seal(key, "sim", "token", token, &alen);
+	b = seal(key, "sim", "token", token, &blen);
 	check(a && b && alen == SHIPSYNC_GCM_NONCE_LEN + strlen(token) + SHIPSYNC_GCM_TAG_LEN &&
 		  blen == alen, "a sealed secret is nonce, ciphertext and tag");
 	check(memcmp(a, b, SHIPSYNC_GCM_NONCE_LEN) != 0 && memcmp(a, b, alen) != 0,
 		  "sealing the same value twice draws a fresh nonce: different bytes");
 	check(memmem(a, alen, token, strlen(token)) == NULL, "the sealed bytes do not contain the value");
 
-	v = shipsync_secret_open(key, "sim", "token", a, alen);
-	check(v && strcmp(v, token) == 0, "opens under its key, provider and name");
-	free(v);
-	check(shipsync_secret_open(other, "sim", "token", a, alen) == NULL,
-		  "another key does not open it");
-	check(shipsync_secret_open(key, "sim2", "token", a, alen) == NULL,
+	check(opens(key, "sim", "token", a, alen, token), "opens under its key, provider and name");
+	check(!opens(other, "sim", "token", a, alen, token), "another key does not open it");
+	check(!opens(key, "sim2", "token", a, alen, token),
 		  "sealed for one provider, it does not open for another");
-	check(shipsync_secret_open(key, "sim", "password", a, alen) == NULL,
+	check(!opens(key, "sim", "password", a, alen, token),
 		  "sealed under one name, it does not open under another");
-	check(shipsync_secret_open(key, "si", "mtoken", a, alen) == NULL,
+	check(!opens(key, "si", "mtoken", a, alen, token),
 		  "provider and name are not merely concatenated");
+	memset(value, 'x', sizeof(value));
+	check(!shipsync_secret_open(other, "sim", "token", a, alen, value) &&
+		  memmem(value, sizeof(value), token, strlen(token)) == NULL,
+		  "a refused open leaves no plaintext in the caller's buffer");
 	a[SHIPSYNC_GCM_NONCE_LEN] ^= 1;
-	check(shipsync_secret_open(key, "sim", "token", a, alen) == NULL, "a changed byte is refused");
-	check(shipsync_secret_open(key, "sim", "token", a, SHIPSYNC_GCM_NONCE_LEN + 3) == NULL,
+	check(!opens(key, "sim", "token", a, alen, token), "a changed byte is refused");
+	a[SHIPSYNC_GCM_NONCE_LEN] ^= 1;
+	check(!opens(key, "sim", "token", a, SHIPSYNC_GCM_NONCE_LEN + 3, token),
 		  "a sealed value shorter than nonce and tag is refused");
 	free(a);
 	free(b);
 
-	a = shipsync_secret_seal(key, "p", "previous_webhook_secret", "", 0, &alen);
-	v = a ? shipsync_secret_open(key, "p", "previous_webhook_secret", a, alen) : NULL;
-	check(v && v[0] == '\0', "an empty value seals and opens");
-	free(v);
+	a = seal(key, "p", "previous_webhook_secret", "", &alen);
+	check(a && alen == SHIPSYNC_SEALED_LEN(0) && opens(key, "p", "previous_webhook_secret", a, alen, ""),
+		  "an empty value seals and opens");
 	free(a);
 }
 
@@ -226,11 +256,10 @@ test_keys(void)
 	check(!shipsync_key_parse((unsigned char *) hex, 64, key), "a repeated hex byte is refused");
 
 	shipsync_random_bytes(key, sizeof(key));
-	shipsync_key_id(key, id1);
-	shipsync_key_id(key, id2);
-	check(strlen(id1) == SHIPSYNC_KEY_ID_LEN && strcmp(id1, id2) == 0, "a key's id is stable");
+	check(shipsync_key_id(key, id1) && shipsync_key_id(key, id2) &&
+		  strlen(id1) == SHIPSYNC_KEY_ID_LEN && strcmp(id1, id2) == 0, "a key's id is stable");
 	key[31] ^= 1;
-	shipsync_key_id(key, id2);
+	(void) shipsync_key_id(key, id2);
 	check(strcmp(id1, id2) != 0, "another key, another id");
 	check(strspn(id1, "0123456789abcdef") == SHIPSYNC_KEY_ID_LEN, "a key's id is lower-case hex");
 }

@@ -657,7 +657,6 @@ BEGIN
 	END IF;
 	UPDATE @extschema@.provider x SET updated_at = now(), updated_by = session_user
 	 WHERE x.provider_id OPERATOR(pg_catalog.=) p.provider_id;
-	PERFORM @extschema@._wake(true);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.set_secret(text, text, text) IS
@@ -684,6 +683,21 @@ END
 $$;
 CREATE TRIGGER provider_drop_secrets AFTER DELETE ON @extschema@.provider
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._drop_secrets();
+
+-- A changed secret reaches the dispatcher through the configuration
+-- generation, however it was changed (set_secret(), a restore, by hand).
+CREATE FUNCTION @extschema@._secret_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM @extschema@._wake(true);
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER secret_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.secret
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._secret_changed();
 
 CREATE VIEW @extschema@.secrets AS
 SELECT s.provider, s.name, s.set_at, s.set_by, pg_catalog.now() OPERATOR(pg_catalog.-) s.set_at AS age
@@ -858,10 +872,40 @@ REVOKE ALL ON FUNCTION @extschema@._secret_put(text, text, text, text),
 	@extschema@._take_secrets(text, jsonb),
 	@extschema@.set_secret(text, text, text),
 	@extschema@.rotate_key(),
-	@extschema@._drop_secrets() FROM PUBLIC;
+	@extschema@._drop_secrets(),
+	@extschema@._secret_changed() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.set_secret(text, text, text),
 	@extschema@.rotate_key() TO shipsync_admin;
 GRANT SELECT ON @extschema@.secrets TO shipsync_operator;
+
+-- 0.1 kept credentials in plain text: auth values in provider.auth, webhook
+-- secrets in provider.options.  Each goes to shipsync.secret, encrypted
+-- (under the key of shipsync.secret_key_file, or pg_shipsync.key generated
+-- in the data directory now), and leaves the provider row.
+DO $move$
+DECLARE
+	r record;
+	stored jsonb;
+BEGIN
+	FOR r IN SELECT p.provider_id, p.name, p.auth, p.options FROM @extschema@.provider p
+			 ORDER BY p.provider_id LOOP
+		stored := @extschema@._take_secrets(r.name,
+			CASE WHEN r.auth IS NULL THEN r.options
+				 ELSE r.options || pg_catalog.jsonb_build_object('auth', r.auth) END);
+		UPDATE @extschema@.provider p SET auth = stored->'auth', options = stored - 'auth'
+		 WHERE p.provider_id = r.provider_id;
+	END LOOP;
+END
+$move$;
+
+-- 0.1 stored Kuaidi100 subscriptions with the salt (the webhook secret) in
+-- their bodies: a placeholder takes its place, filled in when sending.
+UPDATE @extschema@.outbox o
+   SET request_body = pg_catalog.regexp_replace(o.request_body,
+		'(%22salt%22%3A%22).*?(%22%2C%22resultv2%22)', '\1__SHIPSYNC_KUAIDI100_SALT__\2')
+  FROM @extschema@.provider p
+ WHERE p.provider_id = o.provider_id AND p.dialect = 'kuaidi100' AND o.op = 'register'
+   AND o.request_body LIKE '%\%22salt\%22\%3A\%22%';
 
 -- A dispatcher of the new library waits for this update: wake it.
 SELECT @extschema@._wake(true);

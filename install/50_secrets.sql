@@ -170,7 +170,6 @@ BEGIN
 	END IF;
 	UPDATE @extschema@.provider x SET updated_at = now(), updated_by = session_user
 	 WHERE x.provider_id OPERATOR(pg_catalog.=) p.provider_id;
-	PERFORM @extschema@._wake(true);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.set_secret(text, text, text) IS
@@ -197,6 +196,21 @@ END
 $$;
 CREATE TRIGGER provider_drop_secrets AFTER DELETE ON @extschema@.provider
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._drop_secrets();
+
+-- A changed secret reaches the dispatcher through the configuration
+-- generation, however it was changed (set_secret(), a restore, by hand).
+CREATE FUNCTION @extschema@._secret_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM @extschema@._wake(true);
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER secret_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.secret
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._secret_changed();
 
 CREATE VIEW @extschema@.secrets AS
 SELECT s.provider, s.name, s.set_at, s.set_by, pg_catalog.now() OPERATOR(pg_catalog.-) s.set_at AS age

@@ -1,9 +1,10 @@
 -- Secrets: every credential encrypted in shipsync.secret, none anywhere
 -- else; set_secret(), rotations of webhook secrets, rotate_key(), the view
 -- secrets, render_request() masking, field maps refusing secret options,
--- and who may do what.
-CREATE EXTENSION pg_shipsync;
+-- and who may do what.  (The suite before may leave the extension.)
 SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS pg_shipsync CASCADE;
+CREATE EXTENSION pg_shipsync;
 
 CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE

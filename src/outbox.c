@@ -386,10 +386,31 @@ provider_secret(const Provider *p, const char *name)
 }
 
 /*
+ * Why p cannot send, when its auth type lacks the secret it needs (a dump
+ * restored without shipsync.secret, a row deleted by hand): requests
+ * without their credentials would only be refused.  NULL if none lacks.
+ */
+static char *
+missing_secret(const Provider *p)
+{
+	static const char *const needs[][2] = {
+		{"bearer", "token"}, {"api_key", "key"}, {"basic", "username"},
+		{"sf_express", "checkword"}, {"kuaidi100", "key"}, {"oauth2", "client_secret"}
+	};
+
+	for (int i = 0; p->auth_type && i < (int) lengthof(needs); i++)
+		if (strcmp(p->auth_type, needs[i][0]) == 0 && provider_secret(p, needs[i][1]) == NULL)
+			return psprintf("it has no secret \"%s\", which its auth type %s needs",
+							needs[i][1], p->auth_type);
+	return NULL;
+}
+
+/*
  * Give each provider its secrets, opened (secret.c): the values of the
  * credentials its requests need, and the header lines they make.  A
- * provider with a secret that cannot be opened gets secret_error, and the
- * dispatcher sends nothing for it.  Runs in the providers' memory context.
+ * provider with a secret that cannot be opened, or without one its auth
+ * type needs, gets secret_error, and the dispatcher sends nothing for it.
+ * Runs in the providers' memory context.
  */
 static void
 load_secrets(Provider *ps, int n, int32 only_id)
@@ -427,6 +448,8 @@ load_secrets(Provider *ps, int n, int32 only_id)
 								provider_secret(p, "password"));
 		if (line)
 			p->headers[p->nheaders++] = line;
+		if (p->secret_error == NULL)
+			p->secret_error = missing_secret(p);
 		p->sf_checkword = (char *) provider_secret(p, "checkword");
 		if (type && strcmp(type, "kuaidi100") == 0)
 			p->kd_key = (char *) provider_secret(p, "key");

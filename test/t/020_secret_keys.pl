@@ -144,6 +144,18 @@ sql("INSERT INTO orders VALUES (3, 'three')");
 ok(wait_until($node, 'SELECT waybill_no IS NOT NULL FROM orders WHERE id = 3', 30),
 	'the previous key file dropped: still delivered');
 
+# a secret its auth type needs, gone (deleted by hand): nothing is sent
+# until it is set again
+$offset = -s $node->logfile;
+sql(q{DELETE FROM shipsync.secret WHERE provider = 'p' AND name = 'token';
+	INSERT INTO orders VALUES (6, 'six')});
+ok($node->wait_for_log(qr/WARNING:  pg_shipsync: nothing is sent to provider "p": it has no secret "token", which its auth type bearer needs/, $offset),
+	'a missing token: the dispatcher says so');
+is(sql("SELECT pending FROM shipsync.queue_status WHERE provider = 'p'"), '1', 'and the order waits');
+sql(q{SELECT shipsync.set_secret('p', 'token', 'tok-020-SECRET')});
+ok(wait_until($node, 'SELECT waybill_no IS NOT NULL FROM orders WHERE id = 6', 30),
+	'set again: delivered');
+
 # 4. pg_dump carries ciphertext; restored beside the same key file, it
 # delivers again; beside another key, it sends nothing
 my $dump = $node->basedir . '/dump.sql';

@@ -814,9 +814,12 @@ shipsync_render(PG_FUNCTION_ARGS)
 	}
 	if (method == NULL)
 	{
-		outbox_load_providers(keep, &ps, &np, c.provider_id, true);
+		outbox_load_providers(keep, &ps, &np, c.provider_id, false);
 		if (np != 1)
 			elog(ERROR, "provider %d of intent %lld does not exist", c.provider_id, (long long) id);
+		/* SF's digest needs the check word; a Kuaidi100 body, its salt */
+		if (ps[0].dialect == DIALECT_SF_EXPRESS || ps[0].dialect == DIALECT_KUAIDI100)
+			outbox_load_providers(keep, &ps, &np, c.provider_id, true);
 		outbox_render_one(&ps[0], &b, &c, keep);
 		MemoryContextSwitchTo(keep);
 		if (c.skip_reason)

@@ -40,8 +40,9 @@
  *
  * Who opens secrets: the dispatcher, when it loads its providers (it
  * builds their requests), ingest_tracking() (it verifies signatures), and
- * the dry run of render_request() for an SF Express intent never sent (its
- * msgDigest needs the check word).  Opened values stay in the memory of
+ * the dry run of render_request() for an SF Express or Kuaidi100 intent
+ * never sent (SF's msgDigest needs the check word; a Kuaidi100
+ * subscription carries the salt's placeholder only if a salt is set).  Opened values stay in the memory of
  * that process; no SQL function returns one.  A value that cannot be
  * opened (sealed by a key this server does not have, or altered) is
  * reported with the provider and name, never with a byte of it.

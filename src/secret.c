@@ -219,6 +219,7 @@ generate_key_file(const char *path)
 	char		tmp[MAXPGPATH];
 	int			fd;
 	bool		written;
+	bool		ours;
 
 	if (!shipsync_random_bytes(key, sizeof(key)))
 		ereport(ERROR,
@@ -241,7 +242,8 @@ generate_key_file(const char *path)
 		pg_fsync(fd) == 0;
 	OPENSSL_cleanse(text, sizeof(text));
 	CloseTransientFile(fd);
-	if (!written || (link(tmp, path) != 0 && errno != EEXIST))
+	ours = written && link(tmp, path) == 0;
+	if (!written || (!ours && errno != EEXIST))
 	{
 		int			save_errno = errno;
 
@@ -252,6 +254,8 @@ generate_key_file(const char *path)
 				 errmsg("could not write secret key file \"%s\": %m", path)));
 	}
 	unlink(tmp);
+	if (!ours)
+		return;					/* another backend made it first: use its key */
 	fsync_fname(path, false);
 	fsync_fname(DataDir, true);
 	ereport(LOG,

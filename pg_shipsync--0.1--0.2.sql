@@ -494,6 +494,9 @@ $$;
 -- C); then every credential of the 0.1 install is moved into
 -- shipsync.secret and stripped from shipsync.provider.
 ------------------------------------------------------------------------------
+COMMENT ON TABLE @extschema@.provider IS
+	'One logistics endpoint: URL, dialect, limits, retry policy, and its auth type and the fields of it that are not secret (the secrets are encrypted in shipsync.secret). Readable by the extension owner only; see view shipsync.providers.';
+
 CREATE OR REPLACE FUNCTION @extschema@._auth_headers(auth jsonb)
 RETURNS text[]
 AS 'MODULE_PATHNAME', 'shipsync_auth_headers'

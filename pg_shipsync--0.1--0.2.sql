@@ -645,11 +645,14 @@ BEGIN
 		DELETE FROM @extschema@.secret s
 		 WHERE s.provider OPERATOR(pg_catalog.=) p.name AND s.name OPERATOR(pg_catalog.=) canon;
 	ELSE
-		IF value OPERATOR(pg_catalog.=) ''
-		   OR (canon OPERATOR(pg_catalog.<>) 'client_key' AND value OPERATOR(pg_catalog.~) '[\r\n]') THEN
-			RAISE EXCEPTION 'secret "%" must be a non-empty string without line breaks', canon
+		IF value OPERATOR(pg_catalog.=) '' THEN
+			RAISE EXCEPTION 'secret "%" must not be empty', canon
 				USING ERRCODE = 'invalid_parameter_value',
 					  HINT = 'Give the value exactly as the carrier issued it.';
+		END IF;
+		-- it goes into a header line, a form or a body (a PEM key spans lines)
+		IF canon OPERATOR(pg_catalog.<>) 'client_key' THEN
+			PERFORM @extschema@._check_wire(format('secret "%s"', canon), value, false);
 		END IF;
 		IF canon OPERATOR(pg_catalog.~~) '%webhook_secret' THEN
 			PERFORM @extschema@._check_tracking_options(jsonb_build_object(canon, value), p.dialect);

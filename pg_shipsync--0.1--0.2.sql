@@ -317,107 +317,8 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION @extschema@.create_provider(name text, dialect text, base_url text,
-											options jsonb DEFAULT '{}')
-RETURNS integer
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	opts jsonb := coalesce(options, '{}');
-	id integer;
-	rate numeric;
-	h text;
-BEGIN
-	IF name IS NULL OR name !~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
-		RAISE EXCEPTION 'invalid provider name "%"', coalesce(name, '')
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'A provider name is 1 to 63 letters, digits, "_", "." or "-".',
-				  HINT = 'For example ''sf'' or ''acme-eu''.';
-	END IF;
-	IF dialect IS NULL OR dialect NOT IN ('generic', 'sf_express', 'easypost', 'aftership', 'kuaidi100') THEN
-		RAISE EXCEPTION 'unknown dialect "%"', coalesce(dialect, '')
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'This version knows the shipping dialects generic and sf_express and the tracking dialects easypost, aftership and kuaidi100.',
-				  HINT = 'See docs/wire-contract.md for the generic contract.';
-	END IF;
-	PERFORM @extschema@._check_options(opts,
-		ARRAY['timeout_ms', 'max_inflight', 'max_attempts', 'backoff_base_ms',
-			  'backoff_max_ms', 'rate_limit_per_s', 'headers', 'auth']
-		|| @extschema@._check_tracking_options(opts, dialect)
-		|| @extschema@._dialect_options(dialect), 'provider');
-	IF opts ? 'rate_limit_per_s' AND (jsonb_typeof(opts->'rate_limit_per_s') <> 'number'
-		OR (opts->>'rate_limit_per_s')::numeric < 0
-		OR (opts->>'rate_limit_per_s')::numeric > 100000) THEN
-		RAISE EXCEPTION 'option "rate_limit_per_s" is out of range'
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = format('The value given is %s.', opts->'rate_limit_per_s'),
-				  HINT = 'Give a number of requests per second between 0 (unlimited) and 100000.';
-	END IF;
-	IF opts ? 'headers' THEN
-		IF jsonb_typeof(opts->'headers') <> 'object' THEN
-			RAISE EXCEPTION 'option "headers" must be a JSON object of header names to values'
-				USING ERRCODE = 'invalid_parameter_value',
-					  HINT = 'For example {"X-Tenant": "shop-1"}.';
-		END IF;
-		FOR h IN SELECT jsonb_object_keys(opts->'headers') LOOP
-			IF h !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR jsonb_typeof(opts->'headers'->h) <> 'string'
-			   OR (opts->'headers'->>h) ~ '[\x01-\x1f\x7f-\x9f]' THEN
-				RAISE EXCEPTION 'invalid header "%"', h
-					USING ERRCODE = 'invalid_parameter_value',
-						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks or other control characters.',
-						  HINT = 'Fix the name or the value in option "headers".';
-			END IF;
-			IF lower(h) IN ('authorization', 'content-length', 'content-type', 'host', 'idempotency-key', 'transfer-encoding') THEN
-				RAISE EXCEPTION 'header "%" is set by pg_shipsync', h
-					USING ERRCODE = 'invalid_parameter_value',
-						  DETAIL = 'Idempotency-Key, Content-Type, Content-Length, Transfer-Encoding and Host belong to each request, and Authorization to option "auth".',
-						  HINT = 'Remove it from option "headers"; give credentials in option "auth".';
-			END IF;
-		END LOOP;
-	END IF;
-	PERFORM @extschema@._check_auth(opts->'auth');
-	PERFORM @extschema@._check_dialect(dialect, opts);
-	PERFORM @extschema@._check_wire('base_url', create_provider.base_url, true);
-	IF jsonb_typeof(opts->'callback_url') = 'string' THEN
-		PERFORM @extschema@._check_wire('option "callback_url"', opts->>'callback_url', true);
-	END IF;
-	rate := coalesce((opts->>'rate_limit_per_s')::numeric, 0);
-
-	INSERT INTO @extschema@.provider AS p
-		(name, dialect, base_url, timeout_ms, max_inflight, max_attempts,
-		 backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers, auth, options)
-	VALUES (create_provider.name, create_provider.dialect,
-			@extschema@._check_url(create_provider.base_url),
-			@extschema@._int_option(opts, 'timeout_ms', 10000, 100, 600000),
-			@extschema@._int_option(opts, 'max_inflight', 64, 1, 1024),
-			@extschema@._int_option(opts, 'max_attempts', 20, 1, 1000),
-			@extschema@._int_option(opts, 'backoff_base_ms', 1000, 1, 3600000),
-			@extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000),
-			rate,
-			coalesce(opts->'headers', '{}'),
-			opts->'auth',
-			opts - 'auth')
-	RETURNING p.provider_id INTO id;
-
-	IF @extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000)
-	   < @extschema@._int_option(opts, 'backoff_base_ms', 1000, 1, 3600000) THEN
-		RAISE EXCEPTION 'option "backoff_max_ms" is smaller than "backoff_base_ms"'
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'Retries wait a random time up to min(backoff_max_ms, backoff_base_ms * 2^(attempt - 1)).',
-				  HINT = 'Raise backoff_max_ms or lower backoff_base_ms.';
-	END IF;
-
-	PERFORM @extschema@._wake(true);
-	RETURN id;
-EXCEPTION
-	WHEN unique_violation THEN
-		RAISE EXCEPTION 'provider "%" already exists', create_provider.name
-			USING ERRCODE = 'duplicate_object',
-				  HINT = 'Choose another name, or drop the provider first.';
-END
-$$;
+-- create_provider() with these checks is defined once, with the secrets
+-- below (it also stores every secret in shipsync.secret).
 
 DO $wire$
 DECLARE
@@ -486,6 +387,432 @@ BEGIN
 	END LOOP;
 END
 $$;
+
+------------------------------------------------------------------------------
+-- Secrets encrypted at rest (issue 11): shipsync.secret and its functions,
+-- create_provider() storing secrets there, render_request() masking secret
+-- headers, the dispatcher formatting auth headers itself (_auth_headers in
+-- C); then every credential of the 0.1 install is moved into
+-- shipsync.secret and stripped from shipsync.provider.
+------------------------------------------------------------------------------
+COMMENT ON TABLE @extschema@.provider IS
+	'One logistics endpoint: URL, dialect, limits, retry policy, and its auth type and the fields of it that are not secret (the secrets are encrypted in shipsync.secret). Readable by the extension owner only; see view shipsync.providers.';
+
+CREATE OR REPLACE FUNCTION @extschema@._auth_headers(auth jsonb)
+RETURNS text[]
+AS 'MODULE_PATHNAME', 'shipsync_auth_headers'
+LANGUAGE C IMMUTABLE;
+
+CREATE TABLE @extschema@.secret (
+	provider		text NOT NULL,
+	name			text NOT NULL,
+	key_id			text NOT NULL,
+	ciphertext		bytea NOT NULL,
+	set_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	set_by			name NOT NULL DEFAULT SESSION_USER,
+	PRIMARY KEY (provider, name)
+);
+COMMENT ON TABLE @extschema@.secret IS
+	'Provider credentials, encrypted with AES-256-GCM under the key of shipsync.secret_key_file, each bound to its provider and name. Ciphertext only, readable by the extension owner only; set with shipsync.set_secret() or create_provider(), listed by the view shipsync.secrets.';
+COMMENT ON COLUMN @extschema@.secret.provider IS 'The provider''s name.';
+COMMENT ON COLUMN @extschema@.secret.name IS
+	'token, key, username, password, client_secret, checkword, webhook_secret, previous_webhook_secret, client_key, or header:<name> for a secret header.';
+COMMENT ON COLUMN @extschema@.secret.key_id IS
+	'The key that sealed the value: the first 8 bytes of HMAC-SHA256(key, ''pg_shipsync key id''), in hex.';
+COMMENT ON COLUMN @extschema@.secret.ciphertext IS
+	'A 12-byte random nonce, the encrypted value, and the 16-byte GCM tag; the provider and the name, joined by a NUL byte, are its associated data.';
+
+CREATE FUNCTION @extschema@._secret_put(provider text, name text, value text,
+										keep_previous_as text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'shipsync_secret_put'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@._secret_put(text, text, text, text) IS
+	'Internal: encrypt one secret of a provider and store it (with keep_previous_as, the value it replaces is kept under that name).';
+
+-- The secret fields of an auth type: stored in shipsync.secret, never in
+-- the auth column.
+CREATE FUNCTION @extschema@._secret_fields(auth_type text)
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE auth_type
+		WHEN 'bearer' THEN ARRAY['token']
+		WHEN 'api_key' THEN ARRAY['key']
+		WHEN 'basic' THEN ARRAY['username', 'password']
+		WHEN 'sf_express' THEN ARRAY['checkword']
+		WHEN 'kuaidi100' THEN ARRAY['key']
+		WHEN 'oauth2' THEN ARRAY['client_secret']
+		ELSE '{}'::text[] END
+$$;
+
+-- The names of the secrets a provider with this configuration may hold.
+CREATE FUNCTION @extschema@._secret_names(auth jsonb, headers jsonb, options jsonb)
+RETURNS text[]
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT @extschema@._secret_fields(auth->>'type')
+		|| ARRAY['webhook_secret', 'previous_webhook_secret']
+		|| ARRAY(SELECT 'header:' || h.k FROM jsonb_each(coalesce(headers, '{}')) AS h(k, v)
+				 WHERE jsonb_typeof(h.v) = 'object' ORDER BY 1)
+		|| CASE WHEN jsonb_typeof(options->'tls') = 'object' THEN ARRAY['client_key'] ELSE '{}'::text[] END
+$$;
+
+/*
+ * Store every secret of create_provider()'s options in shipsync.secret,
+ * encrypted, in place of any the provider's name held before, and return
+ * the options without them: auth without its secret fields, no webhook
+ * secrets, secret headers as {"secret": true}, tls without client_key.
+ * The 0.1 -> 0.2 upgrade moves a 0.1 install's credentials with it too.
+ */
+CREATE FUNCTION @extschema@._take_secrets(provider text, opts jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	stripped jsonb := opts;
+	f text;
+BEGIN
+	DELETE FROM @extschema@.secret s WHERE s.provider OPERATOR(pg_catalog.=) _take_secrets.provider;
+	IF jsonb_typeof(opts->'auth') = 'object' THEN
+		FOREACH f IN ARRAY @extschema@._secret_fields(opts->'auth'->>'type') LOOP
+			IF jsonb_typeof(opts->'auth'->f) = 'string' THEN
+				PERFORM @extschema@._secret_put(provider, f, opts->'auth'->>f);
+			END IF;
+			stripped := jsonb_set(stripped, '{auth}', (stripped->'auth') - f);
+		END LOOP;
+	END IF;
+	FOREACH f IN ARRAY ARRAY['webhook_secret', 'previous_webhook_secret'] LOOP
+		IF jsonb_typeof(opts->f) = 'string' THEN
+			PERFORM @extschema@._secret_put(provider, f, opts->>f);
+		END IF;
+		stripped := stripped - f;
+	END LOOP;
+	IF jsonb_typeof(opts->'headers') = 'object' THEN
+		FOR f IN SELECT h.k FROM jsonb_each(opts->'headers') AS h(k, v)
+				 WHERE jsonb_typeof(h.v) = 'object' LOOP
+			PERFORM @extschema@._secret_put(provider, 'header:' || f, opts->'headers'->f->>'secret');
+			stripped := jsonb_set(stripped, ARRAY['headers', f], '{"secret": true}');
+		END LOOP;
+	END IF;
+	IF jsonb_typeof(opts->'tls'->'client_key') = 'string' THEN
+		PERFORM @extschema@._secret_put(provider, 'client_key', opts->'tls'->>'client_key');
+		stripped := jsonb_set(stripped, '{tls}', (stripped->'tls') - 'client_key');
+	END IF;
+	RETURN stripped;
+END
+$$;
+
+CREATE FUNCTION @extschema@.set_secret(provider text, name text, value text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p record;
+	names text[];
+	canon text;
+BEGIN
+	SELECT x.provider_id, x.name, x.dialect, x.auth, x.headers, x.options INTO p
+	FROM @extschema@.provider x WHERE x.name OPERATOR(pg_catalog.=) set_secret.provider;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'provider "%" does not exist', coalesce(set_secret.provider, '')
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'See SELECT name FROM shipsync.providers.';
+	END IF;
+	names := @extschema@._secret_names(p.auth, p.headers, p.options);
+	-- a header's name is matched without regard to case, as HTTP does
+	SELECT n INTO canon FROM unnest(names) AS n
+	WHERE n OPERATOR(pg_catalog.=) set_secret.name
+	   OR (n OPERATOR(pg_catalog.~~) 'header:%'
+		   AND lower(n) OPERATOR(pg_catalog.=) lower(set_secret.name));
+	IF canon IS NULL THEN
+		RAISE EXCEPTION 'provider "%" has no secret "%"', p.name, coalesce(set_secret.name, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('Its secrets are named %s.', array_to_string(names, ', ')),
+				  HINT = 'Secrets are named after the fields of the provider''s auth type; a header becomes secret when create_provider() is given its value as {"secret": "..."}.';
+	END IF;
+	IF value IS NULL THEN
+		IF canon OPERATOR(pg_catalog.<>) ALL (ARRAY['webhook_secret', 'previous_webhook_secret', 'password']) THEN
+			RAISE EXCEPTION 'secret "%" of provider "%" cannot be removed', canon, p.name
+				USING ERRCODE = 'null_value_not_allowed',
+					  DETAIL = 'The provider''s requests need it.',
+					  HINT = 'Give its new value instead.';
+		END IF;
+		DELETE FROM @extschema@.secret s
+		 WHERE s.provider OPERATOR(pg_catalog.=) p.name AND s.name OPERATOR(pg_catalog.=) canon;
+	ELSE
+		IF value OPERATOR(pg_catalog.=) '' THEN
+			RAISE EXCEPTION 'secret "%" must not be empty', canon
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Give the value exactly as the carrier issued it.';
+		END IF;
+		-- it goes into a header line, a form or a body (a PEM key spans lines)
+		IF canon OPERATOR(pg_catalog.<>) 'client_key' THEN
+			PERFORM @extschema@._check_wire(format('secret "%s"', canon), value, false);
+		END IF;
+		IF canon OPERATOR(pg_catalog.~~) '%webhook_secret' THEN
+			PERFORM @extschema@._check_tracking_options(jsonb_build_object(canon, value), p.dialect);
+		END IF;
+		-- a new webhook secret: the one it replaces stays valid as the previous
+		PERFORM @extschema@._secret_put(p.name, canon, value,
+			CASE WHEN canon OPERATOR(pg_catalog.=) 'webhook_secret' THEN 'previous_webhook_secret' END);
+	END IF;
+	UPDATE @extschema@.provider x SET updated_at = now(), updated_by = session_user
+	 WHERE x.provider_id OPERATOR(pg_catalog.=) p.provider_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.set_secret(text, text, text) IS
+	'Set one secret of a provider, stored encrypted: token, key, username, password, client_secret, checkword (as its auth type has them), webhook_secret (the one it replaces stays valid as previous_webhook_secret), previous_webhook_secret, header:<name> for a header created secret, client_key. NULL removes webhook_secret, previous_webhook_secret or password. The value is never shown again.';
+
+CREATE FUNCTION @extschema@.rotate_key()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'shipsync_rotate_key'
+LANGUAGE C VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@.rotate_key() IS
+	'Encrypt again, under the key of shipsync.secret_key_file, every secret encrypted under another key (that of shipsync.previous_secret_key_file, during a key rotation). Returns how many; all or nothing.';
+
+-- A dropped provider takes its secrets with it.
+CREATE FUNCTION @extschema@._drop_secrets()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM @extschema@.secret s WHERE s.provider OPERATOR(pg_catalog.=) OLD.name;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER provider_drop_secrets AFTER DELETE ON @extschema@.provider
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._drop_secrets();
+
+-- A changed secret reaches the dispatcher through the configuration
+-- generation, however it was changed (set_secret(), a restore, by hand).
+CREATE FUNCTION @extschema@._secret_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM @extschema@._wake(true);
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER secret_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.secret
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._secret_changed();
+
+CREATE VIEW @extschema@.secrets AS
+SELECT s.provider, s.name, s.set_at, s.set_by, pg_catalog.now() OPERATOR(pg_catalog.-) s.set_at AS age
+FROM @extschema@.secret s;
+COMMENT ON VIEW @extschema@.secrets IS
+	'The secrets that are set: provider, name, when and by whom, and their age. Never a value.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.secret', '');
+
+CREATE OR REPLACE FUNCTION @extschema@.create_provider(name text, dialect text, base_url text,
+											options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	opts jsonb := coalesce(options, '{}');
+	id integer;
+	rate numeric;
+	h text;
+	hv jsonb;
+	stored jsonb;
+BEGIN
+	IF name IS NULL OR name !~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid provider name "%"', coalesce(name, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A provider name is 1 to 63 letters, digits, "_", "." or "-".',
+				  HINT = 'For example ''sf'' or ''acme-eu''.';
+	END IF;
+	IF dialect IS NULL OR dialect NOT IN ('generic', 'sf_express', 'easypost', 'aftership', 'kuaidi100') THEN
+		RAISE EXCEPTION 'unknown dialect "%"', coalesce(dialect, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'This version knows the shipping dialects generic and sf_express and the tracking dialects easypost, aftership and kuaidi100.',
+				  HINT = 'See docs/wire-contract.md for the generic contract.';
+	END IF;
+	PERFORM @extschema@._check_options(opts,
+		ARRAY['timeout_ms', 'max_inflight', 'max_attempts', 'backoff_base_ms',
+			  'backoff_max_ms', 'rate_limit_per_s', 'headers', 'auth']
+		|| @extschema@._check_tracking_options(opts, dialect)
+		|| @extschema@._dialect_options(dialect), 'provider');
+	IF opts ? 'rate_limit_per_s' AND (jsonb_typeof(opts->'rate_limit_per_s') <> 'number'
+		OR (opts->>'rate_limit_per_s')::numeric < 0
+		OR (opts->>'rate_limit_per_s')::numeric > 100000) THEN
+		RAISE EXCEPTION 'option "rate_limit_per_s" is out of range'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given is %s.', opts->'rate_limit_per_s'),
+				  HINT = 'Give a number of requests per second between 0 (unlimited) and 100000.';
+	END IF;
+	IF opts ? 'headers' THEN
+		IF jsonb_typeof(opts->'headers') <> 'object' THEN
+			RAISE EXCEPTION 'option "headers" must be a JSON object of header names to values'
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'For example {"X-Tenant": "shop-1"}.';
+		END IF;
+		FOR h IN SELECT jsonb_object_keys(opts->'headers') LOOP
+			-- a value is a string, or {"secret": "..."} for one kept encrypted
+			hv := CASE WHEN jsonb_typeof(opts->'headers'->h) = 'object'
+						AND (SELECT count(*) FROM jsonb_object_keys(opts->'headers'->h)) = 1
+					   THEN opts->'headers'->h->'secret' ELSE opts->'headers'->h END;
+			IF h !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR jsonb_typeof(hv) IS DISTINCT FROM 'string'
+			   OR (hv #>> '{}') ~ '[\x01-\x1f\x7f-\x9f]' THEN
+				RAISE EXCEPTION 'invalid header "%"', h
+					USING ERRCODE = 'invalid_parameter_value',
+						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks or other control characters.',
+						  HINT = 'Fix the name or the value in option "headers".';
+			END IF;
+			IF lower(h) IN ('authorization', 'content-length', 'content-type', 'host', 'idempotency-key', 'transfer-encoding') THEN
+				RAISE EXCEPTION 'header "%" is set by pg_shipsync', h
+					USING ERRCODE = 'invalid_parameter_value',
+						  DETAIL = 'Idempotency-Key, Content-Type, Content-Length, Transfer-Encoding and Host belong to each request, and Authorization to option "auth".',
+						  HINT = 'Remove it from option "headers"; give credentials in option "auth".';
+			END IF;
+		END LOOP;
+	END IF;
+	PERFORM @extschema@._check_auth(opts->'auth');
+	PERFORM @extschema@._check_dialect(dialect, opts);
+	PERFORM @extschema@._check_wire('base_url', create_provider.base_url, true);
+	IF jsonb_typeof(opts->'callback_url') = 'string' THEN
+		PERFORM @extschema@._check_wire('option "callback_url"', opts->>'callback_url', true);
+	END IF;
+	rate := coalesce((opts->>'rate_limit_per_s')::numeric, 0);
+	-- every secret of the options goes to shipsync.secret, encrypted
+	stored := @extschema@._take_secrets(create_provider.name, opts);
+
+	INSERT INTO @extschema@.provider AS p
+		(name, dialect, base_url, timeout_ms, max_inflight, max_attempts,
+		 backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers, auth, options)
+	VALUES (create_provider.name, create_provider.dialect,
+			@extschema@._check_url(create_provider.base_url),
+			@extschema@._int_option(opts, 'timeout_ms', 10000, 100, 600000),
+			@extschema@._int_option(opts, 'max_inflight', 64, 1, 1024),
+			@extschema@._int_option(opts, 'max_attempts', 20, 1, 1000),
+			@extschema@._int_option(opts, 'backoff_base_ms', 1000, 1, 3600000),
+			@extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000),
+			rate,
+			coalesce(stored->'headers', '{}'),
+			stored->'auth',
+			stored - 'auth')
+	RETURNING p.provider_id INTO id;
+
+	IF @extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000)
+	   < @extschema@._int_option(opts, 'backoff_base_ms', 1000, 1, 3600000) THEN
+		RAISE EXCEPTION 'option "backoff_max_ms" is smaller than "backoff_base_ms"'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Retries wait a random time up to min(backoff_max_ms, backoff_base_ms * 2^(attempt - 1)).',
+				  HINT = 'Raise backoff_max_ms or lower backoff_base_ms.';
+	END IF;
+
+	PERFORM @extschema@._wake(true);
+	RETURN id;
+EXCEPTION
+	WHEN unique_violation THEN
+		RAISE EXCEPTION 'provider "%" already exists', create_provider.name
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Choose another name, or drop the provider first.';
+END
+$$;
+COMMENT ON FUNCTION @extschema@.create_provider(text, text, text, jsonb) IS
+	'Register a logistics provider. Options: timeout_ms, max_inflight, max_attempts, backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers (a value given as {"secret": "..."} is kept encrypted), auth, profile (its field_map and status_map profile, by default the dialect); sf_express also sender, monthly_card, pay_method, express_type_id; for tracking: webhook_secret, previous_webhook_secret, accept_unsigned_pushes, poll_interval_s, unmatched_ttl_s, timezone; easypost carrier, aftership slug, kuaidi100 company and callback_url. Secrets (auth values, webhook secrets, secret header values) are stored encrypted in shipsync.secret, never in shipsync.provider.';
+
+CREATE OR REPLACE FUNCTION @extschema@.render_request(outbox_id bigint)
+RETURNS TABLE (method text, url text, headers text[], body text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	o record;
+	p record;
+	r record;
+BEGIN
+	SELECT x.provider_id, x.idempotency_key INTO o FROM @extschema@.outbox x
+	WHERE x.id = render_request.outbox_id
+	UNION ALL	-- captured, not yet moved to the outbox
+	SELECT i.provider_id, i.idempotency_key FROM @extschema@.inbox i
+	WHERE i.id = render_request.outbox_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'outbox intent % does not exist', outbox_id
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Find intents with shipsync.trace() or in shipsync.outbox.';
+	END IF;
+	SELECT x.* INTO p FROM @extschema@.provider x WHERE x.provider_id = o.provider_id;
+	SELECT * INTO r FROM @extschema@._render(outbox_id);
+	IF r.method IS NULL THEN
+		RAISE EXCEPTION 'outbox intent % has nothing to send', outbox_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('It would not be sent: %s.', r.body),
+				  HINT = 'See its state and last_error in shipsync.outbox.';
+	END IF;
+	method := r.method;
+	url := r.url;
+	body := r.body;
+	headers := ARRAY['Idempotency-Key: ' || o.idempotency_key]
+		|| CASE WHEN p.dialect IN ('sf_express', 'kuaidi100')
+				THEN ARRAY['Content-Type: application/x-www-form-urlencoded']
+				ELSE ARRAY['Content-Type: application/json'] END
+		|| ARRAY['Accept: application/json']
+		|| ARRAY(SELECT k || ': ' || CASE WHEN jsonb_typeof(v) = 'string' THEN v #>> '{}' ELSE '********' END
+				 FROM jsonb_each(p.headers) AS h(k, v))
+		|| CASE WHEN p.dialect = 'kuaidi100' THEN '{}'::text[]
+				ELSE @extschema@._auth_headers_masked(p.auth) END;
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.render_request(bigint) IS
+	'A dry run: the method, URL, headers (secrets masked) and body that the intent sends or would send. An intent never sent is rendered from the current order row and its provider''s field map, and nothing is stored.';
+
+REVOKE ALL ON FUNCTION @extschema@._secret_put(text, text, text, text),
+	@extschema@._secret_fields(text),
+	@extschema@._secret_names(jsonb, jsonb, jsonb),
+	@extschema@._take_secrets(text, jsonb),
+	@extschema@.set_secret(text, text, text),
+	@extschema@.rotate_key(),
+	@extschema@._drop_secrets(),
+	@extschema@._secret_changed() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.set_secret(text, text, text),
+	@extschema@.rotate_key() TO shipsync_admin;
+GRANT SELECT ON @extschema@.secrets TO shipsync_operator;
+
+-- 0.1 kept credentials in plain text: auth values in provider.auth, webhook
+-- secrets in provider.options.  Each goes to shipsync.secret, encrypted
+-- (under the key of shipsync.secret_key_file, or pg_shipsync.key generated
+-- in the data directory now), and leaves the provider row.
+DO $move$
+DECLARE
+	r record;
+	stored jsonb;
+BEGIN
+	FOR r IN SELECT p.provider_id, p.name, p.auth, p.options FROM @extschema@.provider p
+			 ORDER BY p.provider_id LOOP
+		stored := @extschema@._take_secrets(r.name,
+			CASE WHEN r.auth IS NULL THEN r.options
+				 ELSE r.options || pg_catalog.jsonb_build_object('auth', r.auth) END);
+		UPDATE @extschema@.provider p SET auth = stored->'auth', options = stored - 'auth'
+		 WHERE p.provider_id = r.provider_id;
+	END LOOP;
+END
+$move$;
+
+-- 0.1 stored Kuaidi100 subscriptions with the salt (the webhook secret) in
+-- their bodies: a placeholder takes its place, filled in when sending.
+UPDATE @extschema@.outbox o
+   SET request_body = pg_catalog.regexp_replace(o.request_body,
+		'(%22salt%22%3A%22).*?(%22%2C%22resultv2%22)', '\1__SHIPSYNC_KUAIDI100_SALT__\2')
+  FROM @extschema@.provider p
+ WHERE p.provider_id = o.provider_id AND p.dialect = 'kuaidi100' AND o.op = 'register'
+   AND o.request_body LIKE '%\%22salt\%22\%3A\%22%';
 
 ------------------------------------------------------------------------------
 -- 0.2: the receiver of pushes and CRM sources (issue 16)

@@ -28,7 +28,7 @@ CREATE TABLE @extschema@.provider (
 	updated_by		name NOT NULL DEFAULT SESSION_USER
 );
 COMMENT ON TABLE @extschema@.provider IS
-	'One logistics endpoint: URL, dialect, limits, retry policy and credentials. Credentials (column auth) are readable by the extension owner only; see view shipsync.providers.';
+	'One logistics endpoint: URL, dialect, limits, retry policy, and its auth type and the fields of it that are not secret (the secrets are encrypted in shipsync.secret). Readable by the extension owner only; see view shipsync.providers.';
 
 CREATE TABLE @extschema@.binding (
 	binding_id		integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -28,30 +28,13 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.claim(integer, integer, integer) IS
 	'Claim up to max_n due intents of one provider (FOR UPDATE SKIP LOCKED, the oldest first, never ahead of an earlier intent of the same order) and lease them for lease_ms. The dispatcher runs this same statement; call it yourself only to drain a queue by hand.';
 
--- Auth headers of a provider, as header lines.
+-- The header line an auth object makes (bearer, api_key, basic), with the
+-- secrets given in it: the formatting the dispatcher applies to a
+-- provider's opened secrets (src/outbox.c).
 CREATE FUNCTION @extschema@._auth_headers(auth jsonb)
 RETURNS text[]
-LANGUAGE plpgsql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-	IF auth IS NULL THEN
-		RETURN '{}';
-	END IF;
-	CASE auth->>'type'
-	WHEN 'bearer' THEN
-		RETURN ARRAY['Authorization: Bearer ' || (auth->>'token')];
-	WHEN 'api_key' THEN
-		RETURN ARRAY[(auth->>'header') || ': ' || (auth->>'key')];
-	WHEN 'basic' THEN
-		RETURN ARRAY['Authorization: Basic ' ||
-			translate(encode(convert_to((auth->>'username') || ':' ||
-				coalesce(auth->>'password', ''), 'UTF8'), 'base64'), E'\n', '')];
-	ELSE
-		RETURN '{}';
-	END CASE;
-END
-$$;
+AS 'MODULE_PATHNAME', 'shipsync_auth_headers'
+LANGUAGE C IMMUTABLE;
 
 -- Check the options of create_provider() and return them as a record.
 CREATE FUNCTION @extschema@._check_options(options jsonb, allowed text[], what text)
@@ -229,6 +212,8 @@ DECLARE
 	id integer;
 	rate numeric;
 	h text;
+	hv jsonb;
+	stored jsonb;
 BEGIN
 	IF name IS NULL OR name !~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
 		RAISE EXCEPTION 'invalid provider name "%"', coalesce(name, '')
@@ -262,8 +247,12 @@ BEGIN
 					  HINT = 'For example {"X-Tenant": "shop-1"}.';
 		END IF;
 		FOR h IN SELECT jsonb_object_keys(opts->'headers') LOOP
-			IF h !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR jsonb_typeof(opts->'headers'->h) <> 'string'
-			   OR (opts->'headers'->>h) ~ '[\x01-\x1f\x7f-\x9f]' THEN
+			-- a value is a string, or {"secret": "..."} for one kept encrypted
+			hv := CASE WHEN jsonb_typeof(opts->'headers'->h) = 'object'
+						AND (SELECT count(*) FROM jsonb_object_keys(opts->'headers'->h)) = 1
+					   THEN opts->'headers'->h->'secret' ELSE opts->'headers'->h END;
+			IF h !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR jsonb_typeof(hv) IS DISTINCT FROM 'string'
+			   OR (hv #>> '{}') ~ '[\x01-\x1f\x7f-\x9f]' THEN
 				RAISE EXCEPTION 'invalid header "%"', h
 					USING ERRCODE = 'invalid_parameter_value',
 						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks or other control characters.',
@@ -284,6 +273,8 @@ BEGIN
 		PERFORM @extschema@._check_wire('option "callback_url"', opts->>'callback_url', true);
 	END IF;
 	rate := coalesce((opts->>'rate_limit_per_s')::numeric, 0);
+	-- every secret of the options goes to shipsync.secret, encrypted
+	stored := @extschema@._take_secrets(create_provider.name, opts);
 
 	INSERT INTO @extschema@.provider AS p
 		(name, dialect, base_url, timeout_ms, max_inflight, max_attempts,
@@ -296,9 +287,9 @@ BEGIN
 			@extschema@._int_option(opts, 'backoff_base_ms', 1000, 1, 3600000),
 			@extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000),
 			rate,
-			coalesce(opts->'headers', '{}'),
-			opts->'auth',
-			opts - 'auth')
+			coalesce(stored->'headers', '{}'),
+			stored->'auth',
+			stored - 'auth')
 	RETURNING p.provider_id INTO id;
 
 	IF @extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000)
@@ -319,7 +310,7 @@ EXCEPTION
 END
 $$;
 COMMENT ON FUNCTION @extschema@.create_provider(text, text, text, jsonb) IS
-	'Register a logistics provider. Options: timeout_ms, max_inflight, max_attempts, backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers, auth, profile (its field_map and status_map profile, by default the dialect); sf_express also sender, monthly_card, pay_method, express_type_id; for tracking: webhook_secret, previous_webhook_secret, accept_unsigned_pushes, poll_interval_s, unmatched_ttl_s, timezone; easypost carrier, aftership slug, kuaidi100 company and callback_url.';
+	'Register a logistics provider. Options: timeout_ms, max_inflight, max_attempts, backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers (a value given as {"secret": "..."} is kept encrypted), auth, profile (its field_map and status_map profile, by default the dialect); sf_express also sender, monthly_card, pay_method, express_type_id; for tracking: webhook_secret, previous_webhook_secret, accept_unsigned_pushes, poll_interval_s, unmatched_ttl_s, timezone; easypost carrier, aftership slug, kuaidi100 company and callback_url. Secrets (auth values, webhook secrets, secret header values) are stored encrypted in shipsync.secret, never in shipsync.provider.';
 
 CREATE FUNCTION @extschema@._set_paused(provider text, paused boolean)
 RETURNS void

@@ -373,7 +373,8 @@ BEGIN
 				THEN ARRAY['Content-Type: application/x-www-form-urlencoded']
 				ELSE ARRAY['Content-Type: application/json'] END
 		|| ARRAY['Accept: application/json']
-		|| ARRAY(SELECT k || ': ' || v FROM jsonb_each_text(p.headers) AS h(k, v))
+		|| ARRAY(SELECT k || ': ' || CASE WHEN jsonb_typeof(v) = 'string' THEN v #>> '{}' ELSE '********' END
+				 FROM jsonb_each(p.headers) AS h(k, v))
 		|| CASE WHEN p.dialect = 'kuaidi100' THEN '{}'::text[]
 				ELSE @extschema@._auth_headers_masked(p.auth) END;
 	RETURN NEXT;

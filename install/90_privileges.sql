@@ -47,6 +47,10 @@ GRANT USAGE ON SCHEMA @extschema@ TO shipsync_ingest;
 GRANT EXECUTE ON FUNCTION @extschema@.ingest_tracking(text, text, jsonb),
 	@extschema@._ingest_tracking_batch(text, text[], jsonb[]),
 	@extschema@.ingest_crm(text, text, jsonb, jsonb) TO shipsync_ingest;
+-- secrets: shipsync.secret itself is granted to no one
+GRANT EXECUTE ON FUNCTION @extschema@.set_secret(text, text, text),
+	@extschema@.rotate_key() TO shipsync_admin;
+GRANT SELECT ON @extschema@.secrets TO shipsync_operator;
 
 -- The extension may be created before the dispatcher looks: wake it.
 SELECT @extschema@._wake(true);

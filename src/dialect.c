@@ -418,9 +418,10 @@ dialect_render(Provider *p, Claimed *c, bool found, const char *generic_body,
  * The registration of a waybill at a tracking provider (op 'register'):
  * EasyPost POST /v2/trackers, AfterShip POST /trackings, Kuaidi100's
  * subscribe (POST /poll, a form with schema=json and param).  Kuaidi100
- * carries its key inside param: the stored body holds a placeholder that
- * the dispatcher replaces when sending, so that the key is never stored in
- * the outbox (which readers may see) nor shown by render_request().
+ * carries its key and the salt of its pushes (the provider's webhook
+ * secret) inside param: the stored body holds placeholders that the
+ * dispatcher replaces when sending, so that neither is ever stored in the
+ * outbox (which readers may see) nor shown by render_request().
  */
 void
 dialect_render_register(Provider *p, Claimed *c, const char *tracking_number)
@@ -463,7 +464,7 @@ dialect_render_register(Provider *p, Claimed *c, const char *tracking_number)
 								 shipsync_quote_json(tracking_number), DIALECT_KUAIDI100_KEY,
 								 shipsync_quote_json(p->tr_callback_url ? p->tr_callback_url : ""));
 				if (p->tr_salt)
-					appendStringInfo(&param, ",\"salt\":%s", shipsync_quote_json(p->tr_salt));
+					appendStringInfoString(&param, ",\"salt\":\"" DIALECT_KUAIDI100_SALT "\"");
 				appendStringInfoString(&param, ",\"resultv2\":\"4\"}}");
 				enc = take_malloced(shipsync_urlencode_form(param.data));
 				appendStringInfo(&b, "schema=json&param=%s", enc);
@@ -617,7 +618,7 @@ validate_lookup(int32 binding_id)
 	vc->relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 	if (isnull)
 		vc->relid = InvalidOid;
-	outbox_load_providers(tmp, &ps, &np, pid);
+	outbox_load_providers(tmp, &ps, &np, pid, false);
 	SPI_finish();
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
@@ -814,9 +815,12 @@ shipsync_render(PG_FUNCTION_ARGS)
 	}
 	if (method == NULL)
 	{
-		outbox_load_providers(keep, &ps, &np, c.provider_id);
+		outbox_load_providers(keep, &ps, &np, c.provider_id, false);
 		if (np != 1)
 			elog(ERROR, "provider %d of intent %lld does not exist", c.provider_id, (long long) id);
+		/* SF's digest needs the check word; a Kuaidi100 body, its salt */
+		if (ps[0].dialect == DIALECT_SF_EXPRESS || ps[0].dialect == DIALECT_KUAIDI100)
+			outbox_load_providers(keep, &ps, &np, c.provider_id, true);
 		outbox_render_one(&ps[0], &b, &c, keep);
 		MemoryContextSwitchTo(keep);
 		if (c.skip_reason)

@@ -285,7 +285,9 @@ dispatcher_load_config(void)
 			ps[i].oauth_refreshing = old->oauth_refreshing;
 			/* the token, while the credentials are the same */
 			if (old->oauth_token && ps[i].oauth_client_id && old->oauth_client_id &&
+				ps[i].oauth_client_secret && old->oauth_client_secret &&
 				strcmp(ps[i].oauth_client_id, old->oauth_client_id) == 0 &&
+				strcmp(ps[i].oauth_client_secret, old->oauth_client_secret) == 0 &&
 				strcmp(ps[i].oauth_token_url, old->oauth_token_url) == 0)
 			{
 				ps[i].oauth_token = old->oauth_token;
@@ -306,6 +308,12 @@ dispatcher_load_config(void)
 		}
 		ps[i].maybe_work = true;
 		ps[i].next_due = 0;
+		if (ps[i].secret_error)
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("pg_shipsync: nothing is sent to provider \"%s\": %s",
+							ps[i].name, ps[i].secret_error),
+					 errhint("Check shipsync.secret_key_file and shipsync.previous_secret_key_file and restart, or set the secret again with shipsync.set_secret(); its intents wait.")));
 	}
 	for (int i = 0; i < nproviders; i++)
 		if (providers[i].oauth_token)
@@ -364,13 +372,13 @@ static char *excerpt_of(const char *s, size_t len);
 static char *short_body(const StringInfoData *s);
 
 /*
- * A stored Kuaidi100 subscription with its key put in place of the
+ * A stored Kuaidi100 subscription with a secret put in place of its
  * placeholder (JSON-escaped, then form-encoded, as the rest of param).
  */
 static char *
-kuaidi100_with_key(const char *body, const char *key)
+kuaidi100_fill(const char *body, const char *placeholder, const char *secret)
 {
-	const char *at = strstr(body, DIALECT_KUAIDI100_KEY);
+	const char *at = strstr(body, placeholder);
 	StringInfoData esc;
 	char	   *enc;
 	char	   *out;
@@ -378,12 +386,12 @@ kuaidi100_with_key(const char *body, const char *key)
 	if (at == NULL)
 		return pstrdup(body);
 	initStringInfo(&esc);
-	escape_json(&esc, key);
+	escape_json(&esc, secret);
 	/* without the quotes escape_json adds: the placeholder sits inside them */
 	esc.data[esc.len - 1] = '\0';
 	enc = shipsync_urlencode_form(esc.data + 1);
 	out = psprintf("%.*s%s%s", (int) (at - body), body, enc,
-				   at + strlen(DIALECT_KUAIDI100_KEY));
+				   at + strlen(placeholder));
 	free(enc);
 	return out;
 }
@@ -573,7 +581,9 @@ dispatcher_send(Provider *p, Claimed *c)
 	f->c.digest = c->digest ? pstrdup(c->digest) : NULL;
 	f->c.op = NULL;
 	if (p->dialect == DIALECT_KUAIDI100 && f->c.body && p->kd_key)
-		f->c.body = kuaidi100_with_key(f->c.body, p->kd_key);
+		f->c.body = kuaidi100_fill(f->c.body, DIALECT_KUAIDI100_KEY, p->kd_key);
+	if (p->dialect == DIALECT_KUAIDI100 && f->c.body && p->tr_salt)
+		f->c.body = kuaidi100_fill(f->c.body, DIALECT_KUAIDI100_SALT, p->tr_salt);
 
 	f->xfer.method = f->c.method;
 	f->xfer.url = f->c.url;
@@ -655,7 +665,7 @@ dispatcher_claim_all(TimestampTz now)
 		TimestampTz next_due;
 		int			nskipped;
 
-		if (p->paused || p->hold_until > now)
+		if (p->paused || p->secret_error || p->hold_until > now)
 			continue;
 		if (!p->maybe_work && !(p->next_due != 0 && p->next_due <= now))
 			continue;
@@ -708,7 +718,8 @@ dispatcher_exchange_masks(TimestampTz now)
 	{
 		Provider   *p = &providers[i];
 
-		if (p->paused || p->hold_until > now || p->inflight >= p->max_inflight)
+		if (p->paused || p->secret_error || p->hold_until > now ||
+			p->inflight >= p->max_inflight)
 			busy |= SHIPSYNC_PROVIDER_BIT(p->id);
 		else
 			able |= SHIPSYNC_PROVIDER_BIT(p->id);
@@ -746,7 +757,7 @@ dispatcher_timeout(TimestampTz now)
 	{
 		Provider   *p = &providers[i];
 
-		if (p->paused)
+		if (p->paused || p->secret_error)
 			continue;
 		if (p->oauth_client_id &&
 			!(p->oauth_token && !p->oauth_refused && now < p->oauth_expires_at))

@@ -31,17 +31,29 @@ typedef struct Provider
 	/* dialect and field maps (dialect.c); maps and options are malloc'd */
 	int			dialect;		/* DIALECT_GENERIC, DIALECT_SF_EXPRESS */
 	char	   *profile;		/* coalesce(options->>'profile', dialect) */
+	char	   *auth_type;		/* auth->>'type', or NULL */
+	char	   *auth_header;	/* api_key: the header that carries the key */
 	char	   *sf_partner_id;
-	char	   *sf_checkword;
+	char	   *sf_checkword;	/* secret */
 	char	   *kd_customer;	/* auth kuaidi100: signed headers */
-	char	   *kd_key;
+	char	   *kd_key;			/* secret */
 	char	   *oauth_token_url;	/* auth oauth2: client credentials */
 	char	   *oauth_client_id;
-	char	   *oauth_client_secret;
+	char	   *oauth_client_secret;	/* secret */
 	char	   *oauth_scope;
 	char	   *tr_carrier;		/* easypost carrier, aftership slug, kuaidi100 company */
 	char	   *tr_callback_url;	/* kuaidi100: where it pushes events */
-	char	   *tr_salt;		/* kuaidi100: signs its pushes */
+	char	   *tr_salt;		/* kuaidi100: webhook_secret, signs its pushes */
+
+	/*
+	 * Secrets, opened from shipsync.secret (secret.c) when the provider is
+	 * loaded with_secrets: the fields marked secret above point into them.
+	 * provider_secret() finds one by name (token, checkword, client_key...).
+	 */
+	int			nsecrets;
+	char	  **secret_names;
+	char	  **secret_values;
+	char	   *secret_error;	/* one cannot be opened: nothing is sent */
 	char	   *options_text;	/* the provider's options, as JSON text */
 	ShipJson   *options;		/* the same, parsed, for option: sources */
 	ShipMap    *out_map;		/* NULL: no outbound rows (generic body) */
@@ -76,8 +88,13 @@ typedef struct Provider
 #define DIALECT_AFTERSHIP	3
 #define DIALECT_KUAIDI100	4
 #define DIALECT_IS_TRACKING(d) ((d) >= DIALECT_EASYPOST)
-/* stands for the Kuaidi100 key in stored bodies, replaced when sending */
+/*
+ * Stand for the Kuaidi100 key and salt (the provider's webhook secret) in
+ * stored subscription bodies; the dispatcher puts the secrets in their
+ * place when it sends.
+ */
 #define DIALECT_KUAIDI100_KEY "__SHIPSYNC_KUAIDI100_KEY__"
+#define DIALECT_KUAIDI100_SALT "__SHIPSYNC_KUAIDI100_SALT__"
 
 typedef struct Binding
 {
@@ -167,7 +184,9 @@ extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,
 extern IntentKind outbox_kind_of(const char *method, const char *url);
 extern void outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);
 extern void outbox_load_providers(MemoryContext cxt, Provider **providers,
-								  int *nproviders, int32 only_id);
+								  int *nproviders, int32 only_id,
+								  bool with_secrets);
+extern const char *provider_secret(const Provider *p, const char *name);
 extern void outbox_render_one(Provider *p, Binding *b, Claimed *c,
 							  MemoryContext keep);
 extern uint64 outbox_take_new_work(void);

@@ -1845,6 +1845,25 @@ shipsync_map_size(const ShipMap *m)
 	return m ? m->n : 0;
 }
 
+/*
+ * Whether an option: path names a secret of the provider (webhook secrets,
+ * anything under auth, the TLS client key): those live in shipsync.secret,
+ * and a field map must not copy them into a request, even by a path that
+ * would find nothing.
+ */
+static bool
+secret_option(const MapPath *path)
+{
+	static const char *const roots[] = {"webhook_secret", "previous_webhook_secret", "auth", NULL};
+	const char *first = path->nsegs > 0 && path->segs[0].name ? path->segs[0].name : "";
+
+	for (int i = 0; roots[i]; i++)
+		if (strcmp(first, roots[i]) == 0)
+			return true;
+	return strcmp(first, "tls") == 0 && path->nsegs > 1 &&
+		strcmp(path->segs[1].name, "client_key") == 0;
+}
+
 static bool
 compile_source(MapRule *r, const char *src, char *errbuf, size_t errlen)
 {
@@ -1862,7 +1881,14 @@ compile_source(MapRule *r, const char *src, char *errbuf, size_t errlen)
 	if (strncmp(src, "option:", 7) == 0)
 	{
 		r->src_kind = SRC_OPTION;
-		return shipsync_path_parse(src + 7, &r->src_path, errbuf, errlen);
+		if (!shipsync_path_parse(src + 7, &r->src_path, errbuf, errlen))
+			return false;
+		if (secret_option(&r->src_path))
+		{
+			set_err(errbuf, errlen, "source \"%s\" names a secret, which never goes into a request body", src);
+			return false;
+		}
+		return true;
 	}
 	if (strcmp(src, "meta:order_key") == 0)
 	{

@@ -36,6 +36,7 @@
 #include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "common/base64.h"
 #include "common/cryptohash.h"
 #include "common/pg_prng.h"
 #include "common/sha2.h"
@@ -47,6 +48,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/json.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -308,7 +310,7 @@ outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 	uint64		n;
 
 	shipsync_begin_tx("loading configuration", false);
-	outbox_load_providers(cxt, providers, nproviders, 0);
+	outbox_load_providers(cxt, providers, nproviders, 0, true);
 
 	rc = SPI_execute("SELECT b.binding_id, b.tbl::oid, b.render_sql, b.writeback_sql,"
 					 " (SELECT p.provider_id FROM shipsync.provider p"
@@ -339,13 +341,164 @@ outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 	shipsync_end_tx();
 }
 
+/* ---------- credentials ---------- */
+
+/*
+ * The header line of an auth type that sends a static credential: a bearer
+ * token, an API key in its header (api_key's key, in field key), or Basic
+ * user name and password; NULL for the others (OAuth2's token is fetched,
+ * Kuaidi100 and SF Express sign each request).  palloc'd.
+ */
+static char *
+auth_header_line(const char *type, const char *header, const char *token,
+				 const char *key, const char *username, const char *password)
+{
+	if (type == NULL)
+		return NULL;
+	if (strcmp(type, "bearer") == 0 && token)
+		return psprintf("Authorization: Bearer %s", token);
+	if (strcmp(type, "api_key") == 0 && header && key)
+		return psprintf("%s: %s", header, key);
+	if (strcmp(type, "basic") == 0 && username)
+	{
+		char	   *pair = psprintf("%s:%s", username, password ? password : "");
+		int			len = pg_b64_enc_len(strlen(pair));
+		char	   *b64 = palloc(len + 1);
+		int			n = pg_b64_encode(pair, strlen(pair), b64, len);
+
+		explicit_bzero(pair, strlen(pair));
+		if (n < 0)
+			elog(ERROR, "could not encode Basic credentials");
+		b64[n] = '\0';
+		return psprintf("Authorization: Basic %s", b64);
+	}
+	return NULL;
+}
+
+/* The opened secret name of provider p, or NULL if it has none such */
+const char *
+provider_secret(const Provider *p, const char *name)
+{
+	for (int i = 0; i < p->nsecrets; i++)
+		if (strcmp(p->secret_names[i], name) == 0)
+			return p->secret_values[i];
+	return NULL;
+}
+
+/*
+ * Why p cannot send, when its auth type lacks the secret it needs (a dump
+ * restored without shipsync.secret, a row deleted by hand): requests
+ * without their credentials would only be refused.  NULL if none lacks.
+ */
+static char *
+missing_secret(const Provider *p)
+{
+	static const char *const needs[][2] = {
+		{"bearer", "token"}, {"api_key", "key"}, {"basic", "username"},
+		{"sf_express", "checkword"}, {"kuaidi100", "key"}, {"oauth2", "client_secret"}
+	};
+
+	for (int i = 0; p->auth_type && i < (int) lengthof(needs); i++)
+		if (strcmp(p->auth_type, needs[i][0]) == 0 && provider_secret(p, needs[i][1]) == NULL)
+			return psprintf("it has no secret \"%s\", which its auth type %s needs",
+							needs[i][1], p->auth_type);
+	return NULL;
+}
+
+/*
+ * Give each provider its secrets, opened (secret.c): the values of the
+ * credentials its requests need, and the header lines they make.  A
+ * provider with a secret that cannot be opened, or without one its auth
+ * type needs, gets secret_error, and the dispatcher sends nothing for it.
+ * Runs in the providers' memory context.
+ */
+static void
+load_secrets(Provider *ps, int n, int32 only_id)
+{
+	OpenedSecret *s;
+	int			ns = secret_open_all(only_id != 0 && n == 1 ? ps[0].name : NULL, &s);
+
+	for (int i = 0; i < n; i++)
+	{
+		Provider   *p = &ps[i];
+		const char *type = p->auth_type;
+		char	   *line;
+
+		p->secret_names = palloc0(sizeof(char *) * (ns + 1));
+		p->secret_values = palloc0(sizeof(char *) * (ns + 1));
+		p->headers = p->headers ? repalloc(p->headers, sizeof(char *) * (p->nheaders + ns + 2)) :
+			palloc0(sizeof(char *) * (ns + 2));
+		for (int k = 0; k < ns; k++)
+		{
+			if (strcmp(s[k].provider, p->name) != 0)
+				continue;
+			if (s[k].value == NULL)
+			{
+				if (p->secret_error == NULL)
+					p->secret_error = s[k].error;
+				continue;
+			}
+			p->secret_names[p->nsecrets] = s[k].name;
+			p->secret_values[p->nsecrets++] = s[k].value;
+			if (strncmp(s[k].name, "header:", 7) == 0)
+				p->headers[p->nheaders++] = psprintf("%s: %s", s[k].name + 7, s[k].value);
+		}
+		line = auth_header_line(type, p->auth_header, provider_secret(p, "token"),
+								provider_secret(p, "key"), provider_secret(p, "username"),
+								provider_secret(p, "password"));
+		if (line)
+			p->headers[p->nheaders++] = line;
+		if (p->secret_error == NULL)
+			p->secret_error = missing_secret(p);
+		p->sf_checkword = (char *) provider_secret(p, "checkword");
+		if (type && strcmp(type, "kuaidi100") == 0)
+			p->kd_key = (char *) provider_secret(p, "key");
+		if (type && strcmp(type, "oauth2") == 0)
+			p->oauth_client_secret = (char *) provider_secret(p, "client_secret");
+		p->tr_salt = (char *) provider_secret(p, "webhook_secret");
+	}
+}
+
+PG_FUNCTION_INFO_V1(shipsync_auth_headers);
+
+/*
+ * shipsync._auth_headers(auth jsonb) RETURNS text[]: the header lines an
+ * auth object makes, with the secrets given in it: the formatting the
+ * dispatcher applies to a provider's opened secrets.  Internal, owner only.
+ */
+Datum
+shipsync_auth_headers(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *auth = PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0);
+	char	   *f[6] = {NULL};
+	static const char *const names[6] = {"type", "header", "token", "key", "username", "password"};
+	char	   *line;
+	Datum		d;
+
+	for (int i = 0; auth && JB_ROOT_IS_OBJECT(auth) && i < 6; i++)
+	{
+		JsonbValue *v = getKeyJsonValueFromContainer(&auth->root, names[i],
+													 strlen(names[i]), NULL);
+
+		if (v && v->type == jbvString)
+			f[i] = pnstrdup(v->val.string.val, v->val.string.len);
+	}
+	line = auth_header_line(f[0], f[1], f[2], f[3], f[4], f[5]);
+	if (line == NULL)
+		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
+	d = CStringGetTextDatum(line);
+	PG_RETURN_ARRAYTYPE_P(construct_array(&d, 1, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
 /*
  * Read providers (all, or the one with id only_id) into cxt, with their
- * field maps, inside the caller's transaction and SPI connection.
+ * field maps, inside the caller's transaction and SPI connection.  With
+ * with_secrets, their secrets are opened too: only for the processes that
+ * send requests (the dispatcher, render_request()'s dry run).
  */
 void
 outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
-					  int32 only_id)
+					  int32 only_id, bool with_secrets)
 {
 	int			rc;
 	MemoryContext old;
@@ -357,18 +510,16 @@ outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
 	rc = SPI_execute_with_args("SELECT provider_id, name, base_url, timeout_ms, max_inflight,"
 							   " max_attempts, backoff_base_ms, backoff_max_ms,"
 							   " rate_limit_per_s::float8, paused,"
-							   " ARRAY(SELECT k || ': ' || v FROM pg_catalog.jsonb_each_text(headers) AS h(k, v))"
-							   "   || shipsync._auth_headers(auth),"
+							   " ARRAY(SELECT k || ': ' || (v #>> '{}') FROM pg_catalog.jsonb_each(headers) AS h(k, v)"
+							   "   WHERE pg_catalog.jsonb_typeof(v) = 'string'),"
 							   " dialect, COALESCE(options->>'profile', dialect), options::text,"
-							   " auth->>'partner_id', auth->>'checkword',"
+							   " auth->>'partner_id', auth->>'type', auth->>'header',"
 							   " CASE WHEN auth->>'type' = 'kuaidi100' THEN auth->>'customer' END,"
-							   " CASE WHEN auth->>'type' = 'kuaidi100' THEN auth->>'key' END,"
 							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'token_url' END,"
 							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'client_id' END,"
-							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'client_secret' END,"
 							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'scope' END,"
 							   " COALESCE(options->>'carrier', options->>'slug', options->>'company'),"
-							   " options->>'callback_url', options->>'webhook_secret'"
+							   " options->>'callback_url'"
 							   " FROM shipsync.provider WHERE $1 = 0 OR provider_id = $1"
 							   " ORDER BY provider_id", 1, argtypes, args, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
@@ -418,18 +569,18 @@ outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
 			p->profile = get_text(tup, desc, 13);
 			p->options_text = get_text(tup, desc, 14);
 			p->sf_partner_id = get_text(tup, desc, 15);
-			p->sf_checkword = get_text(tup, desc, 16);
-			p->kd_customer = get_text(tup, desc, 17);
-			p->kd_key = get_text(tup, desc, 18);
+			p->auth_type = get_text(tup, desc, 16);
+			p->auth_header = get_text(tup, desc, 17);
+			p->kd_customer = get_text(tup, desc, 18);
 			p->oauth_token_url = get_text(tup, desc, 19);
 			p->oauth_client_id = get_text(tup, desc, 20);
-			p->oauth_client_secret = get_text(tup, desc, 21);
-			p->oauth_scope = get_text(tup, desc, 22);
-			p->tr_carrier = get_text(tup, desc, 23);
-			p->tr_callback_url = get_text(tup, desc, 24);
-			p->tr_salt = get_text(tup, desc, 25);
+			p->oauth_scope = get_text(tup, desc, 21);
+			p->tr_carrier = get_text(tup, desc, 22);
+			p->tr_callback_url = get_text(tup, desc, 23);
 		}
 	}
+	if (with_secrets)
+		load_secrets(ps, (int) n, only_id);
 	MemoryContextSwitchTo(old);
 	dialect_load_maps(cxt, ps, (int) n);
 	*providers = ps;

@@ -8,6 +8,10 @@
  * small shared struct so that a committing backend can wake the dispatcher
  * of its database without any polling delay.
  *
+ * The secret key files are read here too, in the postmaster, and the hook
+ * that keeps secrets out of the server log is installed here: every
+ * process forked later inherits both (secret.c, redact.c).
+ *
  * Shared state is deliberately tiny: one slot per running dispatcher
  * (database, pid, latch) under a spinlock, and a configuration generation
  * counter that SQL functions bump when a provider or binding changes.  All
@@ -327,8 +331,29 @@ _PG_init(void)
 							NULL, NULL, NULL);
 
 	define_receiver_gucs();
+	DefineCustomStringVariable("shipsync.secret_key_file",
+							   "File holding the key that encrypts the secrets of shipsync.secret.",
+							   "32 random bytes or 64 hexadecimal digits, owned by the server's user, mode 0600 or less; empty: pg_shipsync.key in the data directory, generated at the first need.",
+							   &shipsync_secret_key_file,
+							   "",
+							   PGC_POSTMASTER,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("shipsync.previous_secret_key_file",
+							   "File holding the key the secrets were encrypted with before a key rotation.",
+							   "Set during a rotation, until shipsync.rotate_key() has encrypted every secret again under shipsync.secret_key_file.",
+							   &shipsync_previous_secret_key_file,
+							   "",
+							   PGC_POSTMASTER,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("shipsync");
+
+	/* the keys and the log's redaction, inherited by every process */
+	secret_load_keys();
+	redact_install_hook();
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = shipsync_shmem_request;

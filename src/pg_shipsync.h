@@ -36,6 +36,41 @@
  */
 extern void shipsync_out_of_memory(void) __attribute__((noreturn));
 
+/*
+ * in crypto.c: every cryptographic helper, by section.  Randomness; keys;
+ * authenticated encryption (AES-256-GCM, and the sealing of secrets built
+ * on it); digests, HMAC and their encodings are to join them from sign.c
+ * and signature.c.
+ */
+#define SHIPSYNC_KEY_LEN		32	/* bytes of an AES-256 key */
+#define SHIPSYNC_KEY_ID_LEN		16	/* hex digits identifying a key */
+#define SHIPSYNC_GCM_NONCE_LEN	12	/* 96 bits, drawn afresh per value */
+#define SHIPSYNC_GCM_TAG_LEN	16
+/* bytes of a sealed secret of len bytes: nonce, ciphertext, tag */
+#define SHIPSYNC_SEALED_LEN(len) (SHIPSYNC_GCM_NONCE_LEN + (len) + SHIPSYNC_GCM_TAG_LEN)
+
+extern bool shipsync_random_bytes(unsigned char *buf, size_t len);
+extern bool shipsync_key_parse(const unsigned char *buf, size_t len,
+							   unsigned char key[SHIPSYNC_KEY_LEN]);
+extern bool shipsync_key_id(const unsigned char key[SHIPSYNC_KEY_LEN],
+							char out[SHIPSYNC_KEY_ID_LEN + 1]);
+extern bool shipsync_gcm_encrypt(const unsigned char *key,
+								 const unsigned char *nonce,
+								 const unsigned char *aad, size_t aadlen,
+								 const unsigned char *in, size_t len,
+								 unsigned char *out, unsigned char *tag);
+extern bool shipsync_gcm_decrypt(const unsigned char *key,
+								 const unsigned char *nonce,
+								 const unsigned char *aad, size_t aadlen,
+								 const unsigned char *in, size_t len,
+								 const unsigned char *tag, unsigned char *out);
+extern bool shipsync_secret_seal(const unsigned char *key, const char *provider,
+								 const char *name, const char *value,
+								 size_t len, unsigned char *sealed);
+extern bool shipsync_secret_open(const unsigned char *key, const char *provider,
+								 const char *name, const unsigned char *sealed,
+								 size_t sealed_len, char *value);
+
 /* What a carrier answered to a create, update or cancel (in json.c) */
 typedef struct ShipResponse
 {
@@ -409,6 +444,24 @@ extern void shipsync_wake_dispatcher(Oid dbid, uint64 providers,
 extern uint64 shipsync_exchange_masks(int slot, uint64 accepting);
 extern void shipsync_note_prepared(Oid dbid);
 extern bool shipsync_take_prepared(int slot);
+
+/* in secret.c: the secret store; an opened secret, or why it is not */
+typedef struct OpenedSecret
+{
+	char	   *provider;
+	char	   *name;
+	char	   *value;			/* NULL: it cannot be opened, see error */
+	char	   *error;
+} OpenedSecret;
+
+extern char *shipsync_secret_key_file;
+extern char *shipsync_previous_secret_key_file;
+extern void secret_load_keys(void);
+extern int	secret_open_all(const char *provider, OpenedSecret **out);
+extern char *secret_fetch(const char *provider, const char *name);
+
+/* in redact.c */
+extern void redact_install_hook(void);
 
 /* in launcher.c */
 extern PGDLLEXPORT void shipsync_launcher_main(Datum main_arg);

@@ -293,7 +293,7 @@ poller_send(HttpClient *client, Provider *providers, int nproviders, TimestampTz
 		for (int k = 0; k < nproviders; k++)
 			if (providers[k].id == pp->id)
 				p = &providers[k];
-		if (p == NULL || p->paused || p->hold_until > now)
+		if (p == NULL || p->paused || p->secret_error || p->hold_until > now)
 			continue;
 		if (!pp->in_round)
 		{

@@ -37,10 +37,12 @@
  * push of one event mostly costs), and push by push only if that fails.
  *
  * ingest_tracking() runs as the extension's owner (SECURITY DEFINER): it
- * reads the provider's secrets, which the caller cannot.  Secrets are never
- * put in a message.  The same steps 3 to 5 serve the poller
- * (tracking_apply_pulled) and the matching of parked events when their
- * shipment is recorded (the deferred trigger shipsync._match_parked).
+ * opens the provider's webhook secrets from shipsync.secret (secret.c),
+ * which the caller cannot read, when it verifies a push, and keeps them
+ * for that call only.  Secrets are never put in a message.  The same
+ * steps 3 to 5 serve the poller (tracking_apply_pulled) and the matching
+ * of parked events when their shipment is recorded (the deferred trigger
+ * shipsync._match_parked).
  *
  * Saved plans (the provider lookup, _apply_tracking, each binding's
  * write-back) live for the session; the plan cache replans them when the
@@ -90,7 +92,7 @@ typedef struct TrackProvider
 	char	   *name;
 	char	   *dialect;
 	char	   *profile;
-	char	   *secret;			/* NFKD-normalised for easypost */
+	char	   *secret;			/* opened at verification; NFKD for easypost */
 	char	   *previous_secret;
 	bool		accept_unsigned;
 	char	   *timezone;
@@ -145,10 +147,6 @@ load_provider(const char *name)
 		provider_plan = shipsync_prepare_saved(
 			"SELECT provider_id, name, dialect,"
 			" coalesce(options->>'profile', dialect),"
-			" CASE WHEN dialect = 'easypost' THEN normalize(options->>'webhook_secret', NFKD)"
-			"  ELSE options->>'webhook_secret' END,"
-			" CASE WHEN dialect = 'easypost' THEN normalize(options->>'previous_webhook_secret', NFKD)"
-			"  ELSE options->>'previous_webhook_secret' END,"
 			" coalesce((options->>'accept_unsigned_pushes')::boolean, false),"
 			" coalesce(options->>'timezone',"
 			"  CASE WHEN dialect IN ('kuaidi100', 'sf_express') THEN 'Asia/Shanghai' ELSE 'UTC' END),"
@@ -169,12 +167,42 @@ load_provider(const char *name)
 	p->name = SPI_getvalue(tup, desc, 2);
 	p->dialect = SPI_getvalue(tup, desc, 3);
 	p->profile = SPI_getvalue(tup, desc, 4);
-	p->secret = SPI_getvalue(tup, desc, 5);
-	p->previous_secret = SPI_getvalue(tup, desc, 6);
-	p->accept_unsigned = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
-	p->timezone = SPI_getvalue(tup, desc, 8);
-	p->ttl_s = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
+	p->accept_unsigned = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+	p->timezone = SPI_getvalue(tup, desc, 6);
+	p->ttl_s = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
 	return p;
+}
+
+/*
+ * The webhook secrets of p, opened from shipsync.secret (the current one
+ * and, during a rotation, the previous one), at the moment a push is
+ * verified.  EasyPost signs with the NFKD form of its secret.
+ */
+static void
+open_webhook_secrets(TrackProvider *p)
+{
+	OpenedSecret *s;
+	int			n = secret_open_all(p->name, &s);
+
+	for (int i = 0; i < n; i++)
+	{
+		char	  **to = strcmp(s[i].name, "webhook_secret") == 0 ? &p->secret :
+			strcmp(s[i].name, "previous_webhook_secret") == 0 ? &p->previous_secret : NULL;
+
+		if (to == NULL)
+			continue;
+		if (s[i].value == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot verify tracking pushes of provider \"%s\"", p->name),
+					 errdetail("%s.", s[i].error),
+					 errhint("Check shipsync.secret_key_file and shipsync.previous_secret_key_file, or set the secret again with shipsync.set_secret().")));
+		*to = s[i].value;
+		if (strcmp(p->dialect, "easypost") == 0)
+			*to = text_to_cstring(DatumGetTextPP(DirectFunctionCall2(unicode_normalize_func,
+																	 CStringGetTextDatum(*to),
+																	 CStringGetTextDatum("NFKD"))));
+	}
 }
 
 /*
@@ -267,6 +295,7 @@ verify_push(TrackProvider *p, Jsonb *headers, const char *body, size_t len,
 			return;
 		reject_push(p, "route pushes of dialect sf_express carry no signature and option accept_unsigned_pushes is not set");
 	}
+	open_webhook_secrets(p);
 	if (p->secret == NULL && p->previous_secret == NULL)
 	{
 		ereport(WARNING,

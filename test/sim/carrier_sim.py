@@ -13,7 +13,7 @@ contract and the fault rule format. Run with --selftest for a quick check.
 Usage:
     python3 carrier_sim.py --port 0 --port-file /tmp/x.port [--host 127.0.0.1]
                            [--faults JSON-or-@file] [--token T] [--seed N]
-                           [--latency-ms N] [--log FILE]
+                           [--require-header NAME:VALUE] [--latency-ms N] [--log FILE]
     python3 carrier_sim.py --selftest
 """
 
@@ -927,6 +927,9 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
         elif srv.oauth is not None and not srv.oauth.valid(self.headers.get("Authorization", "")):
             status, answer = 401, error_body("invalid_token")
             headers = [("WWW-Authenticate", 'Bearer error="invalid_token"')]
+        elif srv.require_header is not None and \
+                self.headers.get(srv.require_header[0], "") != srv.require_header[1]:
+            status, answer = 401, error_body("missing or wrong %s header" % srv.require_header[0])
         elif action == "not_found":
             status, answer = 404, error_body("not found")
         elif action == "bad_method":
@@ -986,8 +989,9 @@ class CarrierServer(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, state, token=None, latency_ms=0, log_fh=None, port=0, kuaidi100=None,
-                 oauth=None):
+                 oauth=None, require_header=None):
         self.state = state
+        self.require_header = require_header    # (name, value) or None
         self.oauth = oauth              # OAuthState or None
         self.kuaidi100 = kuaidi100      # (customer, key) or None
         self.sf = sf_sim.SfState(seed=state.seed)
@@ -1055,6 +1059,8 @@ def main(argv=None):
     parser.add_argument("--kuaidi100-key", metavar="KEY", help="Kuaidi100 key for /poll")
     parser.add_argument("--kuaidi100", metavar="CUSTOMER:KEY",
                         help="require X-Kuaidi100-Customer and X-Kuaidi100-Sign headers")
+    parser.add_argument("--require-header", metavar="NAME:VALUE",
+                        help="require header NAME with exactly VALUE on carrier endpoints")
     parser.add_argument("--seed", type=int, help="seed for fault rates and tracking numbers")
     parser.add_argument("--latency-ms", type=float, default=0,
                         help="fixed delay added to every carrier request")
@@ -1090,6 +1096,12 @@ def main(argv=None):
         kd = tuple(args.kuaidi100.split(":", 1)) if args.kuaidi100 else None
         if kd is not None and len(kd) != 2:
             parser.error("--kuaidi100 takes CUSTOMER:KEY")
+        required = None
+        if args.require_header:
+            name, sep, value = args.require_header.partition(":")
+            if not sep or not name:
+                parser.error("--require-header takes NAME:VALUE")
+            required = (name, value)
         oauth = None
         if args.oauth2:
             parts = args.oauth2.split(":")
@@ -1098,7 +1110,7 @@ def main(argv=None):
             oauth = OAuthState(parts[0], parts[1], int(parts[2]) if len(parts) == 3 else 3600,
                                args.oauth2_delay_ms)
         server = CarrierServer(state, token=args.token, kuaidi100=kd,
-                               oauth=oauth,
+                               oauth=oauth, require_header=required,
                                latency_ms=args.latency_ms, log_fh=log_fh, port=args.port)
     except OSError as exc:
         print("carrier_sim: cannot listen on %s:%d: %s" % (LISTEN_HOST, args.port, exc),

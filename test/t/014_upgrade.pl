@@ -2,7 +2,10 @@
 # bindings and delivered orders, gets the new build, restarts, runs
 # ALTER EXTENSION pg_shipsync UPDATE, and then holds exactly what a fresh
 # install holds (every object, compared from the catalogs by
-# test/catalog.sql), keeps its data, and goes on delivering.
+# test/catalog.sql), keeps its data, and goes on delivering.  The
+# credentials 0.1 kept in plain text (a bearer token, webhook secrets, a
+# Kuaidi100 key, the salt inside a stored subscription) end up encrypted in
+# shipsync.secret, nowhere in a dump, and still work.
 #
 # Both builds are installed into a private copy of the server's
 # installation (PostgreSQL finds its library and share directories
@@ -68,7 +71,13 @@ run_or_die('make', '-s', '-C', $v01, 'with_llvm=no', "PG_CONFIG=$pg_config",
 	"DESTDIR=$inst", 'install');
 ok(!-e "$inst$sharedir/extension/pg_shipsync--0.2.sql", 'only 0.1 is installed at first');
 
-my $sim = start_sim();
+my $sim = start_sim(args => [ '--kuaidi100-key', 'kd-key-014' ]);
+# a carrier that checks a bearer token, for the credentials of 0.1
+my $tsim = start_sim(args => [ '--token', 'tok-014-SECRET' ], seed => 14);
+END { local $?; stop_sim($tsim) if $tsim; }
+# every credential the 0.1 install holds in plain text
+my @credentials = ('tok-014-SECRET', 'whsec_dXBncmFkZS0wMTQtd2ViaG9vaw==', 'kd-key-014',
+	'salt-014-SECRET', 'dXBncmFkZS0wMTQtd2ViaG9vaw');
 my $node = PostgreSQL::Test::Cluster->new('upgrade', install_path => Cwd::abs_path("$inst_bin/.."));
 $node->init;
 $node->append_conf(
@@ -91,8 +100,26 @@ $node->safe_psql('postgres', q{
 	INSERT INTO crm.orders (customer) SELECT '客户' || g FROM generate_series(1, 50) g;
 	SELECT shipsync.copy_profile('sf_express', 'sf_mine');
 });
+# 0.1 with credentials: a bearer token and a webhook secret; a Kuaidi100
+# key and salt, the salt stored in the subscriptions it sent
+$node->safe_psql('postgres', qq{
+	SELECT shipsync.create_provider('tok', 'generic', '$tsim->{url}',
+		'{"timeout_ms": 2000, "backoff_base_ms": 50, "backoff_max_ms": 500,
+		  "auth": {"type": "bearer", "token": "tok-014-SECRET"},
+		  "webhook_secret": "whsec_dXBncmFkZS0wMTQtd2ViaG9vaw=="}');
+	SELECT shipsync.create_provider('kd', 'kuaidi100', '$sim->{url}',
+		'{"timeout_ms": 2000, "backoff_base_ms": 50, "backoff_max_ms": 500,
+		  "company": "shunfeng", "callback_url": "https://shop.example/kd", "webhook_secret": "salt-014-SECRET",
+		  "auth": {"type": "kuaidi100", "customer": "CUST014", "key": "kd-key-014"}}');
+	CREATE TABLE crm.tracked (id int PRIMARY KEY, customer text, waybill_no text);
+	SELECT shipsync.attach('crm.tracked', 'tok', writeback => '{"tracking_number": "waybill_no"}',
+		options => '{"tracking_provider": "kd"}');
+	INSERT INTO crm.tracked VALUES (1, '带凭据');
+});
 ok(wait_until($node, 'SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL'),
 	'0.1 delivers');
+ok(wait_until($node, q{SELECT count(*) = 1 FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+	WHERE p.name = 'kd' AND o.state = 'done'}), '0.1 delivers with a token and subscribes at Kuaidi100');
 ok(wait_until($node, q{SELECT count(*) = 1 FROM shipsync.outbox WHERE state = 'dead'}),
 	'0.1 gives up on a dead carrier');
 # what 0.1 holds, leaving out the orders captured after the restart
@@ -144,6 +171,23 @@ is(scalar(@only_fresh) + scalar(@only_upgraded), 0,
 	  . "\nonly after the upgrade:\n  " . join("\n  ", @only_upgraded));
 
 is($node->safe_psql('postgres', $data), $before, 'every row of 0.1 is still there');
+
+# no credential of 0.1 is left in plain text: not in any table's dump
+my $dump = run_or_die("$inst_bin/pg_dump", '-d', $node->connstr('postgres'));
+cmp_ok(length($dump), '>', 10000, 'the upgraded database dumps');
+is(join(',', grep { index($dump, $_) >= 0 } @credentials), '',
+	'after the update, no credential of 0.1 is in plain text anywhere in the dump');
+like($dump, qr/COPY shipsync\.secret /, 'the dump carries shipsync.secret (ciphertext)');
+is( $node->safe_psql('postgres', q{SELECT string_agg(provider || ':' || name, ',' ORDER BY provider, name) FROM shipsync.secrets}),
+	'kd:key,kd:webhook_secret,tok:token,tok:webhook_secret', 'each credential was moved into shipsync.secret');
+is( $node->safe_psql('postgres', q{SELECT string_agg(name || ' ' || coalesce(auth::text, '-'), ', ' ORDER BY name)
+	FROM shipsync.provider WHERE name IN ('kd', 'tok')}),
+	'kd {"type": "kuaidi100", "customer": "CUST014"}, tok {"type": "bearer"}',
+	'the provider rows keep what is not secret');
+is( $node->safe_psql('postgres', q{SELECT count(*) FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+	WHERE p.name = 'kd' AND o.request_body LIKE '%__SHIPSYNC_KUAIDI100_SALT__%'}),
+	'1', 'the stored Kuaidi100 subscription holds the salt\'s placeholder');
+ok(-f $node->data_dir . '/pg_shipsync.key', 'the key was generated in the data directory at the update');
 $node->safe_psql('postgres',
 	"INSERT INTO crm.orders (customer) SELECT '新客户' || g FROM generate_series(1, 19) g");
 ok(wait_until($node, 'SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL'),
@@ -155,6 +199,16 @@ my $st = sim_get($sim, '/_sim/stats');
 is($st->{shipments}, 70, 'the carrier holds 70 shipments');
 is($st->{duplicate_orders}, 0, 'and no order twice');
 
+# the moved credentials work: the token for the carrier, key and salt for
+# a new subscription
+$node->safe_psql('postgres', "INSERT INTO crm.tracked VALUES (2, '升级后')");
+ok(wait_until($node, q{SELECT count(*) = 2 FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+	WHERE p.name = 'kd' AND o.state = 'done'}), 'after the update: delivered with the token, subscribed with the key');
+my ($reg) = grep { $_->{number} eq $node->safe_psql('postgres', 'SELECT waybill_no FROM crm.tracked WHERE id = 2') }
+  @{ sim_get($sim, '/_sim/track/registrations') };
+is($reg->{salt}, 'salt-014-SECRET', 'the subscription sent after the update carries the salt');
+
 $node->stop;
 stop_sim($sim);
+stop_sim($tsim);
 done_testing();

@@ -349,6 +349,34 @@ test_flat_row(void)
 	shipsync_map_free(m);
 }
 
+/* A field map never copies a secret option into a request */
+static bool
+compiles(const char *source)
+{
+	const char *t = "x";
+	char		err[256];
+	ShipMap    *m = shipsync_map_compile(1, &t, &source, NULL, NULL, NULL, NULL, err, sizeof(err));
+	bool		ok = m != NULL;
+
+	if (!ok && strstr(err, "secret") == NULL)
+		printf("#   %s: %s\n", source, err);
+	shipsync_map_free(m);
+	return ok;
+}
+
+static void
+test_secret_options(void)
+{
+	check(!compiles("option:webhook_secret") && !compiles("option:previous_webhook_secret"),
+		  "option: refuses the webhook secrets");
+	check(!compiles("option:auth") && !compiles("option:auth.token") &&
+		  !compiles("option:auth.client_secret"), "option: refuses anything under auth");
+	check(!compiles("option:tls.client_key"), "option: refuses the TLS client key");
+	check(compiles("option:tls.min_version") && compiles("option:sender.name") &&
+		  compiles("option:monthly_card") && compiles("option:webhook_secrets_url"),
+		  "option: takes the other options");
+}
+
 static void
 test_transforms(void)
 {
@@ -575,6 +603,7 @@ main(void)
 	test_render();
 	test_transforms();
 	test_flat_row();
+	test_secret_options();
 	test_sf_responses();
 	test_token();
 	test_trackers();

@@ -1,0 +1,233 @@
+/*-------------------------------------------------------------------------
+ *
+ * redact.c
+ *		Keep the secrets passed to the extension's own calls out of the
+ *		server log.
+ *
+ * create_provider() and set_secret() take credentials as arguments, and
+ * the server logs what a client sends: the statement (log_statement,
+ * log_min_duration_statement), the values of its bind parameters
+ * ("DETAIL:  parameters: $1 = '...'", and in the CONTEXT of an error with
+ * log_parameter_max_length_on_error), and the text of a statement that
+ * failed (the STATEMENT line, log_min_error_statement).  A function cannot
+ * rely on its callers to avoid literals, so an emit_log_hook looks at each
+ * message before it is written.  When the statement being logged, or the
+ * one being run, calls a secret-taking function (redact_calls[] below), it
+ *
+ *	- replaces the values of bind parameters by a note saying why,
+ *	- blanks the contents of every string literal, escape string and
+ *	  dollar-quoted string in a logged statement (quotes kept, contents
+ *	  replaced by ***), so the log still says which call ran,
+ *	- keeps the STATEMENT line out of the messages of that statement, and
+ *	- drops the DETAIL and CONTEXT of an input syntax error raised while it
+ *	  runs (a mistyped JSON literal of options is echoed there).
+ *
+ * Messages of other statements pass untouched: the hook costs a few
+ * case-insensitive substring searches per message written.  The hook is
+ * installed in the postmaster by _PG_init(), so every process inherits it;
+ * it only allocates (in ErrorContext, where the message lives) when it
+ * redacts, and it never raises an error.  What it changes reaches every
+ * log destination (stderr, csvlog, jsonlog, syslog) and the client alike.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <ctype.h>
+
+#include "lib/stringinfo.h"
+#include "tcop/tcopprot.h"
+#include "utils/elog.h"
+
+#include "pg_shipsync.h"
+
+/* the extension's functions whose arguments may carry secrets */
+static const char *const redact_calls[] = {
+	"create_provider", "set_secret", "_secret_put", NULL
+};
+
+static const char redact_note[] =
+"(redacted by pg_shipsync: the statement passes secrets)";
+
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+/* s contains needle, compared case-insensitively */
+static bool
+contains_ci(const char *s, const char *needle)
+{
+	size_t		n = strlen(needle);
+
+	for (; *s; s++)
+		if (pg_strncasecmp(s, needle, n) == 0)
+			return true;
+	return false;
+}
+
+/* Whether SQL text sql calls one of the secret-taking functions */
+static bool
+calls_secret_function(const char *sql)
+{
+	if (sql == NULL)
+		return false;
+	for (int i = 0; redact_calls[i]; i++)
+		if (contains_ci(sql, redact_calls[i]))
+			return true;
+	return false;
+}
+
+/*
+ * The length of a dollar-quote tag ($$ or $name$) starting at s, or 0 if
+ * s does not start one (a $1 parameter, say).
+ */
+static size_t
+dollar_tag_len(const char *s)
+{
+	size_t		i = 1;
+
+	if (s[0] != '$')
+		return 0;
+	if (isalpha((unsigned char) s[1]) || s[1] == '_' || IS_HIGHBIT_SET(s[1]))
+		while (isalnum((unsigned char) s[i]) || s[i] == '_' || IS_HIGHBIT_SET(s[i]))
+			i++;
+	return s[i] == '$' ? i + 1 : 0;
+}
+
+/*
+ * sql with the contents of its string literals replaced by ***: standard
+ * and escape strings ('it''s', E'\''), dollar-quoted strings, whatever
+ * their prefix (E, U&, B, X).  When in doubt it blanks more: a backslash
+ * counts as an escape in every string, and an unterminated literal is
+ * blanked to the end.  Comments and quoted identifiers are copied.
+ * palloc'd.
+ */
+static char *
+redact_literals(const char *sql)
+{
+	StringInfoData out;
+	const char *p = sql;
+
+	initStringInfo(&out);
+	while (*p)
+	{
+		size_t		tag;
+
+		if (p[0] == '-' && p[1] == '-')
+		{
+			const char *e = strchr(p, '\n');
+			size_t		n = e ? (size_t) (e - p) : strlen(p);
+
+			appendBinaryStringInfo(&out, p, n);
+			p += n;
+		}
+		else if (p[0] == '/' && p[1] == '*')
+		{
+			const char *e = strstr(p + 2, "*/");
+			size_t		n = e ? (size_t) (e + 2 - p) : strlen(p);
+
+			appendBinaryStringInfo(&out, p, n);
+			p += n;
+		}
+		else if (*p == '"')
+		{
+			const char *e = strchr(p + 1, '"');
+			size_t		n = e ? (size_t) (e + 1 - p) : strlen(p);
+
+			appendBinaryStringInfo(&out, p, n);
+			p += n;
+		}
+		else if (*p == '\'')
+		{
+			/*
+			 * A backslash escapes the next character whatever the string's
+			 * kind: taking a standard string's final backslash for an escape
+			 * only blanks more, never less.
+			 */
+			p++;
+			while (*p && !(*p == '\'' && p[1] != '\''))
+			{
+				if ((*p == '\\' && p[1]) || (*p == '\'' && p[1] == '\''))
+					p++;
+				p++;
+			}
+			appendStringInfoString(&out, "'***'");
+			if (*p)
+				p++;
+		}
+		else if ((tag = dollar_tag_len(p)) > 0 && !(p > sql && (isalnum((unsigned char) p[-1]) || p[-1] == '_')))
+		{
+			const char *e;
+
+			appendBinaryStringInfo(&out, p, tag);
+			appendStringInfoString(&out, "***");
+			for (e = p + tag; *e && strncmp(e, p, tag) != 0; e++)
+				;
+			if (*e)
+				appendBinaryStringInfo(&out, e, tag);
+			p = *e ? e + tag : e;
+		}
+		else
+			appendStringInfoChar(&out, *p++);
+	}
+	return out.data;
+}
+
+/* A message that logs a statement's text (log_statement and friends) */
+static bool
+logs_statement(const char *msg)
+{
+	static const char *const starts[] = {
+		"statement: ", "duration: ", "execute ", "bind ", "parse ", NULL
+	};
+
+	for (int i = 0; starts[i]; i++)
+		if (strncmp(msg, starts[i], strlen(starts[i])) == 0)
+			return true;
+	return false;
+}
+
+/* Drop the bind parameters' values out of a DETAIL or CONTEXT text */
+static char *
+redact_parameters(char *text)
+{
+	char	   *at;
+
+	if (text == NULL || (at = strstr(text, "parameters: ")) == NULL)
+		return text;
+	return psprintf("%.*sparameters: %s", (int) (at - text), text, redact_note);
+}
+
+static void
+redact_emit_log(ErrorData *edata)
+{
+	bool		running = calls_secret_function(debug_query_string);
+	bool		logging = edata->message && logs_statement(edata->message) &&
+		calls_secret_function(edata->message);
+
+	if (running || logging)
+	{
+		if (logging)
+			edata->message = redact_literals(edata->message);
+		edata->detail = redact_parameters(edata->detail);
+		edata->detail_log = redact_parameters(edata->detail_log);
+		edata->context = redact_parameters(edata->context);
+		if (running)
+		{
+			edata->hide_stmt = true;
+			if (edata->sqlerrcode == ERRCODE_INVALID_TEXT_REPRESENTATION)
+			{
+				edata->detail = edata->detail ? pstrdup(redact_note) : NULL;
+				edata->context = NULL;
+			}
+		}
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+/* Called by _PG_init(): every process forked by the postmaster has it */
+void
+redact_install_hook(void)
+{
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = redact_emit_log;
+}

@@ -117,6 +117,42 @@ extern char *shipsync_excerpt(const char *in, size_t len, int max_chars,
 /* last_error keeps at most this many characters of a carrier's answer */
 #define SHIPSYNC_EXCERPT_CHARS 300
 
+/* An IP address; IPv4 held as IPv4-mapped IPv6 (in hostcheck.c) */
+typedef struct ShipAddr
+{
+	unsigned char b[16];
+} ShipAddr;
+
+/* What an address reaches: anything but public is internal */
+typedef enum ShipAddrKind
+{
+	ADDR_PUBLIC,
+	ADDR_LOOPBACK,				/* 127.0.0.0/8, ::1 */
+	ADDR_PRIVATE,				/* RFC 1918, fc00::/7, fec0::/10 */
+	ADDR_SHARED,				/* 100.64.0.0/10 (carrier-grade NAT) */
+	ADDR_LINK_LOCAL,			/* 169.254.0.0/16, fe80::/10 */
+	ADDR_UNSPECIFIED,			/* 0.0.0.0/8, :: */
+	ADDR_MULTICAST,				/* 224.0.0.0/4, ff00::/8 */
+	ADDR_RESERVED				/* 240.0.0.0/4 and other special ranges */
+} ShipAddrKind;
+
+/* The parsed value of shipsync.allowed_hosts: one malloc'd block */
+typedef struct ShipAllowList ShipAllowList;
+
+struct sockaddr;
+
+/* in hostcheck.c */
+extern bool shipsync_addr_parse(const char *text, ShipAddr *out);
+extern bool shipsync_addr_from_sockaddr(const struct sockaddr *sa, ShipAddr *out);
+extern ShipAddrKind shipsync_addr_kind(const ShipAddr *a);
+extern const char *shipsync_addr_kind_name(ShipAddrKind kind);
+extern void shipsync_addr_format(const ShipAddr *a, char *buf, size_t len);
+extern ShipAllowList *shipsync_allowlist_parse(const char *text, char *err,
+											   size_t errlen);
+extern bool shipsync_allowlist_covers(const ShipAllowList *l, const ShipAddr *a);
+extern bool shipsync_allowlist_names(const ShipAllowList *l, const char *host);
+extern bool shipsync_allowlist_has_names(const ShipAllowList *l);
+
 /* ---- mapping (mapping.c), JSON trees (json.c), signatures (sign.c) ---- */
 
 /* A value read from a row, a response or a constant, or produced by a map */

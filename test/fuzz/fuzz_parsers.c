@@ -5,8 +5,9 @@
  *		backoff arithmetic (retry.c), SF Express responses, JSON paths with
  *		filters, field maps and their transforms (mapping.c), OAuth2 token
  *		and tracking-registration answers, form encoding and request
- *		signatures (sign.c), tracking payloads of every dialect (json.c) and
- *		webhook signatures and form fields (signature.c).
+ *		signatures (sign.c), tracking payloads of every dialect (json.c),
+ *		webhook signatures and form fields (signature.c), and the addresses
+ *		and allowlists of shipsync.allowed_hosts (hostcheck.c).
  *
  * The first byte chooses what to feed; the rest is the input.  Built with
  * ASan and UBSan by test/fuzz/Makefile; bin/test runs it for a bounded
@@ -160,6 +161,20 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 2:
 			(void) shipsync_parse_retry_after(s, (time_t) 1700000000);
 			(void) shipsync_is_decimal(s);
+			{
+				ShipAllowList *l = shipsync_allowlist_parse(s, err, sizeof(err));
+				ShipAddr	a;
+
+				if (shipsync_addr_parse(s, &a))
+					(void) shipsync_addr_kind(&a);
+				if (l != NULL)
+				{
+					(void) shipsync_addr_parse("10.8.1.2", &a);
+					(void) shipsync_allowlist_covers(l, &a);
+					(void) shipsync_allowlist_names(l, "gw.corp.example.");
+					free(l);
+				}
+			}
 			break;
 		case 3:
 			if (size >= 9)

@@ -208,8 +208,9 @@ test_excerpt(void)
 	check(strlen(out) < 20, "a small buffer is never overrun");
 }
 
-/* in test_tracking.c */
+/* in test_tracking.c and test_hostcheck.c */
 void		test_tracking(void (*check) (int, const char *));
+void		test_hostcheck(void (*check) (int, const char *));
 
 int
 main(void)
@@ -221,6 +222,7 @@ main(void)
 	test_backoff();
 	test_excerpt();
 	test_tracking(check);
+	test_hostcheck(check);
 	curl_global_cleanup();
 	return unit_done();
 }

@@ -554,6 +554,9 @@ BEGIN
 		-- it goes into a header line, a form or a body (a PEM key spans lines)
 		IF canon OPERATOR(pg_catalog.<>) 'client_key' THEN
 			PERFORM @extschema@._check_wire(format('secret "%s"', canon), value, false);
+		ELSE
+			-- a PEM key, and the key of the provider's client certificate
+			PERFORM @extschema@._check_tls(NULL, p.options->'tls'->>'client_cert', value);
 		END IF;
 		IF canon OPERATOR(pg_catalog.~~) '%webhook_secret' THEN
 			PERFORM @extschema@._check_tracking_options(jsonb_build_object(canon, value), p.dialect);
@@ -643,7 +646,7 @@ BEGIN
 	END IF;
 	PERFORM @extschema@._check_options(opts,
 		ARRAY['timeout_ms', 'max_inflight', 'max_attempts', 'backoff_base_ms',
-			  'backoff_max_ms', 'rate_limit_per_s', 'headers', 'auth']
+			  'backoff_max_ms', 'rate_limit_per_s', 'headers', 'auth', 'tls']
 		|| @extschema@._check_tracking_options(opts, dialect)
 		|| @extschema@._dialect_options(dialect), 'provider');
 	IF opts ? 'rate_limit_per_s' AND (jsonb_typeof(opts->'rate_limit_per_s') <> 'number'
@@ -681,6 +684,7 @@ BEGIN
 		END LOOP;
 	END IF;
 	PERFORM @extschema@._check_auth(opts->'auth');
+	PERFORM @extschema@._check_tls_option(opts->'tls');
 	PERFORM @extschema@._check_dialect(dialect, opts);
 	PERFORM @extschema@._check_wire('base_url', create_provider.base_url, true);
 	IF jsonb_typeof(opts->'callback_url') = 'string' THEN
@@ -724,7 +728,7 @@ EXCEPTION
 END
 $$;
 COMMENT ON FUNCTION @extschema@.create_provider(text, text, text, jsonb) IS
-	'Register a logistics provider. Options: timeout_ms, max_inflight, max_attempts, backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers (a value given as {"secret": "..."} is kept encrypted), auth, profile (its field_map and status_map profile, by default the dialect); sf_express also sender, monthly_card, pay_method, express_type_id; for tracking: webhook_secret, previous_webhook_secret, accept_unsigned_pushes, poll_interval_s, unmatched_ttl_s, timezone; easypost carrier, aftership slug, kuaidi100 company and callback_url. Secrets (auth values, webhook secrets, secret header values) are stored encrypted in shipsync.secret, never in shipsync.provider.';
+	'Register a logistics provider. Options: timeout_ms, max_inflight, max_attempts, backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers (a value given as {"secret": "..."} is kept encrypted), auth, tls (ca_bundle, client_cert, client_key, min_version, pinned_public_key), profile (its field_map and status_map profile, by default the dialect); sf_express also sender, monthly_card, pay_method, express_type_id; for tracking: webhook_secret, previous_webhook_secret, accept_unsigned_pushes, poll_interval_s, unmatched_ttl_s, timezone; easypost carrier, aftership slug, kuaidi100 company and callback_url. Secrets (auth values, webhook secrets, secret header values, the TLS client key) are stored encrypted in shipsync.secret, never in shipsync.provider.';
 
 CREATE OR REPLACE FUNCTION @extschema@.render_request(outbox_id bigint)
 RETURNS TABLE (method text, url text, headers text[], body text)
@@ -1235,6 +1239,119 @@ GRANT USAGE ON SCHEMA @extschema@ TO shipsync_ingest;
 GRANT EXECUTE ON FUNCTION @extschema@.ingest_tracking(text, text, jsonb),
 	@extschema@._ingest_tracking_batch(text, text[], jsonb[]),
 	@extschema@.ingest_crm(text, text, jsonb, jsonb) TO shipsync_ingest;
+
+------------------------------------------------------------------------------
+-- Outbound hosts and per-provider TLS (issue 11 item 3, issue 12 item 3):
+-- create_provider() refuses internal literal addresses that
+-- shipsync.allowed_hosts does not allow, and takes option tls, whose
+-- client_key is a secret.  create_provider() and set_secret() with these
+-- checks are defined once, in the secrets section above.
+------------------------------------------------------------------------------
+
+-- The dispatcher judges every address it connects to (src/http.c); this is
+-- the same rule for a URL whose host is an address, when it is given.
+CREATE FUNCTION @extschema@._check_host(url text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'shipsync_check_host'
+LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION @extschema@._check_host(text) IS
+	'Internal: refuse a URL whose host is a loopback, private, link-local or other internal address that shipsync.allowed_hosts does not allow.';
+
+CREATE FUNCTION @extschema@._check_tls(ca_bundle text, client_cert text, client_key text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'shipsync_check_tls'
+LANGUAGE C IMMUTABLE;
+COMMENT ON FUNCTION @extschema@._check_tls(text, text, text) IS
+	'Internal: check the PEM texts of option tls: certificates, an unencrypted private key, and that the key belongs to the client certificate.';
+
+-- Option tls of create_provider(): its fields, their forms, and the PEM
+-- texts (through _check_tls).  No message quotes a value: client_key is a
+-- secret.
+CREATE FUNCTION @extschema@._check_tls_option(tls jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text;
+BEGIN
+	IF tls IS NULL THEN
+		RETURN;
+	END IF;
+	IF jsonb_typeof(tls) <> 'object' THEN
+		RAISE EXCEPTION 'option "tls" must be a JSON object'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example {"ca_bundle": "-----BEGIN CERTIFICATE-----\n...", "min_version": "1.3"}.';
+	END IF;
+	FOR k IN SELECT jsonb_object_keys(tls) LOOP
+		IF k NOT IN ('ca_bundle', 'client_cert', 'client_key', 'min_version', 'pinned_public_key') THEN
+			RAISE EXCEPTION 'unknown tls option "%"', k
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Known tls options: ca_bundle, client_cert, client_key, min_version, pinned_public_key.',
+					  HINT = 'Check the spelling of the option name.';
+		END IF;
+		IF k <> 'min_version' AND (jsonb_typeof(tls->k) <> 'string' OR tls->>k = '') THEN
+			RAISE EXCEPTION 'tls option "%" must be a non-empty string', k
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Give PEM texts and the pin as JSON strings.';
+		END IF;
+	END LOOP;
+	IF tls ? 'min_version' AND (jsonb_typeof(tls->'min_version') NOT IN ('string', 'number')
+		OR tls->>'min_version' NOT IN ('1.2', '1.3')) THEN
+		RAISE EXCEPTION 'tls option "min_version" must be "1.2" or "1.3"'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'pg_shipsync never speaks TLS below 1.2.',
+				  HINT = 'Give "1.3" to refuse TLS 1.2, or leave it out.';
+	END IF;
+	IF tls ? 'pinned_public_key'
+	   AND (tls->>'pinned_public_key') !~ '^sha256//[A-Za-z0-9+/]{43}=(;sha256//[A-Za-z0-9+/]{43}=)*$' THEN
+		RAISE EXCEPTION 'tls option "pinned_public_key" must be "sha256//" and a base64 SHA-256 digest'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Several pins are separated by ";"; the carrier''s key must match one of them.',
+				  HINT = 'openssl x509 -in cert.pem -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64';
+	END IF;
+	PERFORM @extschema@._check_tls(tls->>'ca_bundle', tls->>'client_cert', tls->>'client_key');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._check_url(base_url text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	host text;
+BEGIN
+	IF base_url IS NULL OR base_url !~* '^https?://[^/?#\s]+(/[^?#\s]*)?$' THEN
+		RAISE EXCEPTION 'invalid base_url "%"', coalesce(base_url, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A base URL is http:// or https://, a host and an optional path, without query or fragment.',
+				  HINT = 'For example https://api.carrier.example/v1.';
+	END IF;
+	-- where: an internal address only if shipsync.allowed_hosts allows it
+	-- (names are judged when connecting); how: https, but for loopback
+	PERFORM @extschema@._check_host(base_url);
+	IF base_url ~* '^http://' THEN
+		host := lower(substring(base_url from '^http://(?:[^@/]*@)?(\[[^\]]*\]|[^:/]*)'));
+		-- loopback: localhost and *.localhost (RFC 6761: libcurl resolves
+		-- them to loopback itself), 127.0.0.0/8, ::1
+		IF host NOT IN ('127.0.0.1', 'localhost', '[::1]')
+		   AND host !~ '^127\.\d+\.\d+\.\d+$' AND host !~ '\.localhost$'
+		   AND NOT coalesce(current_setting('shipsync.allow_insecure_http', true), 'off')::boolean THEN
+			RAISE EXCEPTION 'plain http:// is refused for host "%"', host
+				USING ERRCODE = 'insufficient_privilege',
+					  DETAIL = 'Credentials and customer data would cross the network unencrypted.',
+					  HINT = 'Use https://, or set shipsync.allow_insecure_http = on for a trusted network.';
+		END IF;
+	END IF;
+	RETURN rtrim(base_url, '/');
+END
+$$;
+
+-- none of them is for PUBLIC (0.2 grants every privilege in one place)
+REVOKE ALL ON FUNCTION @extschema@._check_host(text), @extschema@._check_tls(text, text, text),
+	@extschema@._check_tls_option(jsonb) FROM PUBLIC;
+
 
 -- A dispatcher of the new library waits for this update: wake it.
 SELECT @extschema@._wake(true);

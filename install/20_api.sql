@@ -181,10 +181,15 @@ BEGIN
 				  DETAIL = 'A base URL is http:// or https://, a host and an optional path, without query or fragment.',
 				  HINT = 'For example https://api.carrier.example/v1.';
 	END IF;
+	-- where: an internal address only if shipsync.allowed_hosts allows it
+	-- (names are judged when connecting); how: https, but for loopback
+	PERFORM @extschema@._check_host(base_url);
 	IF base_url ~* '^http://' THEN
 		host := lower(substring(base_url from '^http://(?:[^@/]*@)?(\[[^\]]*\]|[^:/]*)'));
+		-- loopback: localhost and *.localhost (RFC 6761: libcurl resolves
+		-- them to loopback itself), 127.0.0.0/8, ::1
 		IF host NOT IN ('127.0.0.1', 'localhost', '[::1]')
-		   AND host !~ '^127\.\d+\.\d+\.\d+$'
+		   AND host !~ '^127\.\d+\.\d+\.\d+$' AND host !~ '\.localhost$'
 		   AND NOT coalesce(current_setting('shipsync.allow_insecure_http', true), 'off')::boolean THEN
 			RAISE EXCEPTION 'plain http:// is refused for host "%"', host
 				USING ERRCODE = 'insufficient_privilege',
@@ -229,7 +234,7 @@ BEGIN
 	END IF;
 	PERFORM @extschema@._check_options(opts,
 		ARRAY['timeout_ms', 'max_inflight', 'max_attempts', 'backoff_base_ms',
-			  'backoff_max_ms', 'rate_limit_per_s', 'headers', 'auth']
+			  'backoff_max_ms', 'rate_limit_per_s', 'headers', 'auth', 'tls']
 		|| @extschema@._check_tracking_options(opts, dialect)
 		|| @extschema@._dialect_options(dialect), 'provider');
 	IF opts ? 'rate_limit_per_s' AND (jsonb_typeof(opts->'rate_limit_per_s') <> 'number'
@@ -267,6 +272,7 @@ BEGIN
 		END LOOP;
 	END IF;
 	PERFORM @extschema@._check_auth(opts->'auth');
+	PERFORM @extschema@._check_tls_option(opts->'tls');
 	PERFORM @extschema@._check_dialect(dialect, opts);
 	PERFORM @extschema@._check_wire('base_url', create_provider.base_url, true);
 	IF jsonb_typeof(opts->'callback_url') = 'string' THEN
@@ -310,7 +316,7 @@ EXCEPTION
 END
 $$;
 COMMENT ON FUNCTION @extschema@.create_provider(text, text, text, jsonb) IS
-	'Register a logistics provider. Options: timeout_ms, max_inflight, max_attempts, backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers (a value given as {"secret": "..."} is kept encrypted), auth, profile (its field_map and status_map profile, by default the dialect); sf_express also sender, monthly_card, pay_method, express_type_id; for tracking: webhook_secret, previous_webhook_secret, accept_unsigned_pushes, poll_interval_s, unmatched_ttl_s, timezone; easypost carrier, aftership slug, kuaidi100 company and callback_url. Secrets (auth values, webhook secrets, secret header values) are stored encrypted in shipsync.secret, never in shipsync.provider.';
+	'Register a logistics provider. Options: timeout_ms, max_inflight, max_attempts, backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers (a value given as {"secret": "..."} is kept encrypted), auth, tls (ca_bundle, client_cert, client_key, min_version, pinned_public_key), profile (its field_map and status_map profile, by default the dialect); sf_express also sender, monthly_card, pay_method, express_type_id; for tracking: webhook_secret, previous_webhook_secret, accept_unsigned_pushes, poll_interval_s, unmatched_ttl_s, timezone; easypost carrier, aftership slug, kuaidi100 company and callback_url. Secrets (auth values, webhook secrets, secret header values, the TLS client key) are stored encrypted in shipsync.secret, never in shipsync.provider.';
 
 CREATE FUNCTION @extschema@._set_paused(provider text, paused boolean)
 RETURNS void

@@ -163,6 +163,9 @@ BEGIN
 		-- it goes into a header line, a form or a body (a PEM key spans lines)
 		IF canon OPERATOR(pg_catalog.<>) 'client_key' THEN
 			PERFORM @extschema@._check_wire(format('secret "%s"', canon), value, false);
+		ELSE
+			-- a PEM key, and the key of the provider's client certificate
+			PERFORM @extschema@._check_tls(NULL, p.options->'tls'->>'client_cert', value);
 		END IF;
 		IF canon OPERATOR(pg_catalog.~~) '%webhook_secret' THEN
 			PERFORM @extschema@._check_tracking_options(jsonb_build_object(canon, value), p.dialect);

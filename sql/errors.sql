@@ -74,7 +74,7 @@ SELECT shipsync.create_provider('p', 'generic', 'https://x.example') > 0 AS crea
 SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://y.example')$$);
 -- plain http to a non-loopback host is allowed only when the GUC says so
 SET shipsync.allow_insecure_http = on;
-SELECT shipsync.create_provider('lan', 'generic', 'http://10.0.0.5:8080') > 0 AS created;
+SELECT shipsync.create_provider('lan', 'generic', 'http://gateway.lan.example:8080') > 0 AS created;
 RESET shipsync.allow_insecure_http;
 SELECT count(*) FROM shipsync.provider;
 

@@ -24,7 +24,13 @@
  * before it expires (the last tenth of its life, at most a minute), and
  * once when a request is refused with 401.  A 401 with a token that itself
  * replaced a refused one is an auth failure: dead, with a ticket.  No token
- * means no claim: intents wait, the fetch is retried with backoff.
+ * means no claim: intents wait, the fetch is retried with backoff (the
+ * backoff outlives reloads of the configuration).  A token is fetched only
+ * for a provider that is not paused and is attached to a table, or still
+ * has intents to send.  A token URL refused by shipsync.allowed_hosts is
+ * not tried again until the next reload of the configuration files (which
+ * also ends every backoff of failed fetches): the provider's intents fail
+ * meanwhile, forbidden_host, with a ticket each.
  *
  * Memory: loop_cxt is reset every iteration; each request in flight has a
  * small context of its own, deleted once its result is applied; the
@@ -233,6 +239,33 @@ dispatcher_replan_grown(TimestampTz now)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * Reload postgresql.conf.  A change of shipsync.allowed_hosts is logged.
+ * Token fetches that failed, or were refused by the allowlist, are tried
+ * again at once: a DBA reloads after fixing what they lacked.
+ */
+static void
+dispatcher_reload(void)
+{
+	char	   *before = pstrdup(shipsync_allowed_hosts ? shipsync_allowed_hosts : "");
+
+	ProcessConfigFile(PGC_SIGHUP);
+	if (strcmp(before, shipsync_allowed_hosts ? shipsync_allowed_hosts : "") != 0)
+		ereport(LOG,
+				(errmsg("pg_shipsync dispatcher: shipsync.allowed_hosts is now \"%s\"",
+						shipsync_allowed_hosts ? shipsync_allowed_hosts : "")));
+	pfree(before);
+	for (int i = 0; i < nproviders; i++)
+	{
+		if (providers[i].oauth_forbidden)
+			pfree(providers[i].oauth_forbidden);
+		providers[i].oauth_forbidden = NULL;
+		providers[i].oauth_retry_at = 0;
+	}
+	/* a reload also re-reads providers: cheap, and what a DBA expects */
+	cfg_generation = 0;
+}
+
 static void
 dispatcher_process_interrupts(void)
 {
@@ -240,9 +273,7 @@ dispatcher_process_interrupts(void)
 	if (ConfigReloadPending)
 	{
 		ConfigReloadPending = false;
-		ProcessConfigFile(PGC_SIGHUP);
-		/* a reload also re-reads providers: cheap, and what a DBA expects */
-		cfg_generation = 0;
+		dispatcher_reload();
 	}
 }
 
@@ -253,6 +284,13 @@ find_provider(int32 id)
 		if (providers[i].id == id)
 			return &providers[i];
 	return NULL;
+}
+
+/* Both NULL, or equal strings */
+static bool
+same_text(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
 }
 
 /*
@@ -283,12 +321,18 @@ dispatcher_load_config(void)
 			ps[i].tokens_at = old->tokens_at;
 			ps[i].hold_until = old->hold_until;
 			ps[i].oauth_refreshing = old->oauth_refreshing;
-			/* the token, while the credentials are the same */
-			if (old->oauth_token && ps[i].oauth_client_id && old->oauth_client_id &&
+
+			/*
+			 * The token, and the backoff of failed fetches, while the
+			 * credentials are the same (and the secret could be opened): a
+			 * re-read at every idle check must not turn a failing token URL
+			 * into one fetch per check.
+			 */
+			if (ps[i].oauth_client_id && old->oauth_client_id &&
 				ps[i].oauth_client_secret && old->oauth_client_secret &&
-				strcmp(ps[i].oauth_client_id, old->oauth_client_id) == 0 &&
-				strcmp(ps[i].oauth_client_secret, old->oauth_client_secret) == 0 &&
-				strcmp(ps[i].oauth_token_url, old->oauth_token_url) == 0)
+				same_text(ps[i].oauth_client_id, old->oauth_client_id) &&
+				same_text(ps[i].oauth_client_secret, old->oauth_client_secret) &&
+				same_text(ps[i].oauth_token_url, old->oauth_token_url))
 			{
 				ps[i].oauth_token = old->oauth_token;
 				ps[i].oauth_expires_at = old->oauth_expires_at;
@@ -298,7 +342,9 @@ dispatcher_load_config(void)
 				ps[i].oauth_failures = old->oauth_failures;
 				ps[i].oauth_refused = old->oauth_refused;
 				ps[i].oauth_after_401 = old->oauth_after_401;
+				ps[i].oauth_forbidden = old->oauth_forbidden;
 				old->oauth_token = NULL;
+				old->oauth_forbidden = NULL;
 			}
 		}
 		else
@@ -316,8 +362,12 @@ dispatcher_load_config(void)
 					 errhint("Check shipsync.secret_key_file and shipsync.previous_secret_key_file and restart, or set the secret again with shipsync.set_secret(); its intents wait.")));
 	}
 	for (int i = 0; i < nproviders; i++)
+	{
 		if (providers[i].oauth_token)
 			pfree(providers[i].oauth_token);
+		if (providers[i].oauth_forbidden)
+			pfree(providers[i].oauth_forbidden);
+	}
 	for (int i = 0; i < nbindings; i++)
 	{
 		if (bindings[i].render_plan)
@@ -483,6 +533,7 @@ oauth_fetch(Provider *p)
 	else
 		f->xfer.body = pstrdup("grant_type=client_credentials");
 	f->xfer.timeout_ms = p->timeout_ms;
+	f->xfer.tls = p->tls;		/* the token URL is the provider's too */
 	h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
 	h = curl_slist_append(h, "Accept: application/json");
 	h = curl_slist_append(h, "Expect:");
@@ -509,6 +560,20 @@ oauth_done(Flight *f, TimestampTz now)
 	p->oauth_refreshing = false;
 	p->maybe_work = true;
 	err[0] = '\0';
+	if (t->forbidden_host)
+	{
+		/* permanent until a reload: the intents fail with this reason */
+		if (p->oauth_forbidden)
+			pfree(p->oauth_forbidden);
+		p->oauth_forbidden = MemoryContextStrdup(TopMemoryContext,
+												 psprintf("OAuth2 token_url: %s", t->errbuf));
+		ereport(WARNING,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("pg_shipsync: the OAuth2 token URL of provider \"%s\" is not allowed", p->name),
+				 errdetail_internal("%s", t->errbuf),
+				 errhint("Its intents fail with error class forbidden_host until shipsync.allowed_hosts allows the host and the configuration is reloaded.")));
+		return;
+	}
 	if (t->curl_code != CURLE_OK)
 		snprintf(err, sizeof(err), "%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code));
 	else if (t->http_status < 200 || t->http_status >= 300)
@@ -554,7 +619,9 @@ oauth_ready(Provider *p, TimestampTz now)
 {
 	bool		valid = p->oauth_token != NULL && !p->oauth_refused && now < p->oauth_expires_at;
 
-	if (!p->oauth_refreshing && now >= p->oauth_retry_at &&
+	if (p->oauth_forbidden)
+		return true;			/* sent to fail: dispatcher_send() */
+	if (p->in_use && !p->oauth_refreshing && now >= p->oauth_retry_at &&
 		(!valid || now >= p->oauth_refresh_at))
 		oauth_fetch(p);
 	return valid;
@@ -589,12 +656,16 @@ dispatcher_send(Provider *p, Claimed *c)
 	f->xfer.url = f->c.url;
 	f->xfer.body = f->c.body;
 	f->xfer.timeout_ms = p->timeout_ms;
+	f->xfer.tls = p->tls;
 	f->xfer.headers = build_headers(p, c->idempotency_key, c->body != NULL);
 	if (p->dialect == DIALECT_GENERIC)
 		f->xfer.headers = add_kuaidi100_headers(f->xfer.headers, p, f->c.body);
 	f->xfer.owner = f;
 	f->oauth_gen = p->oauth_generation;
-	http_submit(client, &f->xfer);
+	if (p->oauth_forbidden)
+		http_refuse(client, &f->xfer, p->oauth_forbidden);
+	else
+		http_submit(client, &f->xfer);
 	MemoryContextSwitchTo(old);
 	p->inflight++;
 }
@@ -759,10 +830,12 @@ dispatcher_timeout(TimestampTz now)
 
 		if (p->paused || p->secret_error)
 			continue;
-		if (p->oauth_client_id &&
+		if (p->oauth_client_id && !p->oauth_forbidden &&
 			!(p->oauth_token && !p->oauth_refused && now < p->oauth_expires_at))
 		{
 			/* no token: the fetch in flight wakes us, or its retry is due */
+			if (!p->in_use)
+				continue;		/* none is fetched: a reload makes it in use */
 			if (!p->oauth_refreshing && p->oauth_retry_at > now)
 				timeout = Min(timeout, ms_until(p->oauth_retry_at, now));
 			else if (!p->oauth_refreshing && (p->maybe_work || p->next_due))
@@ -906,7 +979,7 @@ judge_sf(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
 
 	if (t->curl_code != CURLE_OK || t->http_status < 200 || t->http_status >= 300)
 	{
-		*v = shipsync_classify(t->curl_code, t->http_status, t->request_sent, true);
+		*v = http_classify(t, true);
 		r->error_class = v->error_class;
 		r->error = transfer_error(t, v->in_doubt, NULL);
 		return false;
@@ -1024,7 +1097,7 @@ judge_tracker(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
 	free(status);
 	if (cls == TRACK_HTTP)
 	{
-		*v = shipsync_classify(t->curl_code, t->http_status, t->request_sent, true);
+		*v = http_classify(t, true);
 		r->error_class = v->error_class;
 		r->error = transfer_error(t, v->in_doubt, err);
 		if (t->curl_code == CURLE_OK && (t->http_status == 401 || t->http_status == 403))
@@ -1093,6 +1166,7 @@ sf_search_if_duplicate(Flight *f)
 	t->body = dialect_sf_search_body(p, f->c.order_key,
 									 psprintf("%s-search", f->c.idempotency_key));
 	t->headers = build_headers(p, f->c.idempotency_key, true);
+	t->tls = p->tls;
 	http_submit(client, t);
 	MemoryContextSwitchTo(old);
 	return true;
@@ -1199,7 +1273,7 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 		if (body_ok && mapped)
 			body_ok = apply_in_map(p, t, &sr, f->c.kind == INTENT_CREATE, err, sizeof(err));
 	}
-	v = shipsync_classify(t->curl_code, t->http_status, t->request_sent, body_ok);
+	v = http_classify(t, body_ok);
 	r->error_class = v.error_class;
 
 	if (v.outcome == SHIP_OK)
@@ -1271,6 +1345,10 @@ failed:
 		r->outcome = "dead";
 		if (v.outcome == SHIP_RETRY)
 			r->error = psprintf("gave up after %d attempts: %s", f->c.attempt, r->error);
+		else if (r->ticket_kind == NULL && strcmp(v.error_class, "forbidden_host") == 0)
+			r->ticket_kind = "forbidden_host";
+		else if (r->ticket_kind == NULL && strcmp(v.error_class, "tls") == 0)
+			r->ticket_kind = "tls_failed";
 	}
 	MemoryContextSwitchTo(old);
 }

@@ -27,6 +27,8 @@ typedef struct Provider
 	bool		paused;
 	char	  **headers;		/* static and auth header lines */
 	int			nheaders;
+	HttpTls    *tls;			/* option tls, or NULL */
+	bool		in_use;			/* OAuth2: attached, or intents left to send */
 
 	/* dialect and field maps (dialect.c); maps and options are malloc'd */
 	int			dialect;		/* DIALECT_GENERIC, DIALECT_SF_EXPRESS */
@@ -79,6 +81,8 @@ typedef struct Provider
 	bool		oauth_refreshing;	/* a fetch is in flight: one at a time */
 	bool		oauth_refused;	/* the token was refused (401): fetch anew */
 	bool		oauth_after_401;	/* this token replaced a refused one */
+	char	   *oauth_forbidden;	/* token URL refused by shipsync.allowed_hosts:
+									 * why, in TopMemoryContext, until a reload */
 } Provider;
 
 #define DIALECT_GENERIC		0

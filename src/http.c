@@ -29,18 +29,47 @@
  * connections per host.  CURLOPT_NOSIGNAL keeps libcurl away from signals,
  * which belong to PostgreSQL here.
  *
+ * Outbound hosts: every connection passes the rule of hostcheck.c and
+ * shipsync.allowed_hosts on the address libcurl actually connects to, so a
+ * name that resolves (or rebinds) to an internal address is caught.  The
+ * socket is opened by us (CURLOPT_OPENSOCKETFUNCTION): a refused address
+ * gets no socket, so not one packet goes there, and libcurl tries the
+ * host's next address, if any.  A keep-alive connection opened under an
+ * older value of the GUC is judged again before each request on it
+ * (CURLOPT_PREREQFUNCTION).  Proxies from the environment are not used:
+ * the address judged must be the carrier's.  Redirects are never followed.
+ * A transfer refused this way is marked forbidden_host, which
+ * http_classify() makes permanent.  The same rule applied to literal
+ * addresses is shipsync._check_host(), called by create_provider().
+ *
+ * TLS: peer and host name verification always on, TLS 1.2 at least, and
+ * per provider (its option tls, in HttpTls) a CA bundle that replaces the
+ * system's, a client certificate and key, TLS 1.3 at least, and pinned
+ * public keys.  shipsync._check_tls() checks those PEM texts when the
+ * provider is created.  libcurl 7.88 reuses a connection for another
+ * transfer when the certificates, CA bundle, versions and pins match, but
+ * does not compare private keys: that a certificate comes with its own key
+ * is therefore checked there, so that two providers with one certificate
+ * hold one key.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
+#include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
 #include "storage/latch.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -197,6 +226,175 @@ http_progress_cb(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
 	return (QueryCancelPending || ProcDiePending) ? 1 : 0;
 }
 
+/* ---------- outbound hosts ---------- */
+
+/*
+ * The host of a URL as libcurl reads it (short IPv4 forms normalized, IPv6
+ * in brackets), into buf; false if the URL cannot be read.  No PostgreSQL
+ * call: libcurl's callbacks use it.
+ */
+static bool
+http_url_host(const char *url, char *buf, size_t len)
+{
+	CURLU	   *u = curl_url();
+	char	   *host = NULL;
+	bool		ok;
+
+	if (u == NULL)
+		return false;
+	ok = curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+		curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK;
+	if (ok)
+		strlcpy(buf, host, len);
+	curl_free(host);
+	curl_url_cleanup(u);
+	return ok;
+}
+
+/*
+ * May a connection for URL host host (NULL: read it from url when needed)
+ * go to address a?  Public addresses may; internal ones when the allowlist
+ * covers the address or names the host.
+ */
+static bool
+http_host_allowed(const char *url, const char *host, const ShipAddr *a,
+				  ShipAddrKind *kind)
+{
+	char		buf[256];
+
+	*kind = shipsync_addr_kind(a);
+	if (*kind == ADDR_PUBLIC || shipsync_allowlist_covers(shipsync_allowlist, a))
+		return true;
+	if (!shipsync_allowlist_has_names(shipsync_allowlist))
+		return false;
+	if (host == NULL)
+	{
+		if (!http_url_host(url, buf, sizeof(buf)))
+			return false;
+		host = buf;
+	}
+	return shipsync_allowlist_names(shipsync_allowlist, host);
+}
+
+/* Judge address a for transfer t, remembering a refusal for the message. */
+static bool
+http_address_allowed(HttpTransfer *t, const ShipAddr *a)
+{
+	ShipAddrKind kind;
+
+	if (http_host_allowed(t->url, NULL, a, &kind))
+		return true;
+	t->refused_kind = kind;
+	shipsync_addr_format(a, t->refused_addr, sizeof(t->refused_addr));
+	return false;
+}
+
+/*
+ * libcurl is about to connect to an address of the host: open the socket
+ * only if the address is allowed.  CURL_SOCKET_BAD makes libcurl try the
+ * host's next address, or fail with CURLE_COULDNT_CONNECT.
+ */
+static curl_socket_t
+http_opensocket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *address)
+{
+	HttpTransfer *t = (HttpTransfer *) clientp;
+	ShipAddr	a;
+
+	if (purpose != CURLSOCKTYPE_IPCXN || !shipsync_addr_from_sockaddr(&address->addr, &a))
+	{
+		strlcpy(t->refused_addr, "a non-IP address", sizeof(t->refused_addr));
+		t->refused_kind = ADDR_RESERVED;
+		return CURL_SOCKET_BAD;
+	}
+	if (!http_address_allowed(t, &a))
+		return CURL_SOCKET_BAD;
+	t->allowed_tried = true;
+	return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+}
+
+/*
+ * Before each request, on a new or a reused connection: judge its address
+ * again (a keep-alive connection may predate a reload of the allowlist).
+ */
+static int
+http_prereq_cb(void *clientp, char *primary_ip, char *local_ip,
+			   int primary_port, int local_port)
+{
+	HttpTransfer *t = (HttpTransfer *) clientp;
+	ShipAddr	a;
+
+	if (primary_ip == NULL || !shipsync_addr_parse(primary_ip, &a))
+	{
+		strlcpy(t->refused_addr, primary_ip ? primary_ip : "an unknown address",
+				sizeof(t->refused_addr));
+		t->refused_kind = ADDR_RESERVED;
+		return CURL_PREREQFUNC_ABORT;
+	}
+	return http_address_allowed(t, &a) ? CURL_PREREQFUNC_OK : CURL_PREREQFUNC_ABORT;
+}
+
+/*
+ * A transfer failed after an address was refused and no allowed one was
+ * tried (or the refusal aborted it): say so in its error, for last_error.
+ */
+static void
+http_note_forbidden(HttpTransfer *t)
+{
+	char		host[256];
+
+	if (t->curl_code == CURLE_OK || t->refused_addr[0] == '\0' ||
+		(t->allowed_tried && t->curl_code != CURLE_ABORTED_BY_CALLBACK))
+		return;
+	if (!http_url_host(t->url, host, sizeof(host)))
+		strlcpy(host, "?", sizeof(host));
+	t->forbidden_host = true;
+	snprintf(t->errbuf, sizeof(t->errbuf),
+			 "refused to connect to %s (%s) for host \"%s\": not allowed by shipsync.allowed_hosts",
+			 t->refused_addr, shipsync_addr_kind_name(t->refused_kind), host);
+}
+
+/*
+ * Apply a provider's TLS options to a transfer.  Returns CURLE_OK, or the
+ * code of an option this libcurl does not support.
+ */
+static CURLcode
+http_apply_tls(CURL *easy, const HttpTls *tls)
+{
+	CURLcode	rc = CURLE_OK;
+
+	if (tls == NULL)
+		return curl_easy_setopt(easy, CURLOPT_SSLVERSION, (long) CURL_SSLVERSION_TLSv1_2);
+	rc = curl_easy_setopt(easy, CURLOPT_SSLVERSION, (long) (tls->tls13 ? CURL_SSLVERSION_TLSv1_3 :
+															CURL_SSLVERSION_TLSv1_2));
+	if (rc == CURLE_OK && tls->ca_bundle)
+	{
+		struct curl_blob blob = {tls->ca_bundle, strlen(tls->ca_bundle), CURL_BLOB_COPY};
+
+		/* the provider's CAs only: the system's bundle is not read */
+		rc = curl_easy_setopt(easy, CURLOPT_CAINFO_BLOB, &blob);
+		if (rc == CURLE_OK)
+			rc = curl_easy_setopt(easy, CURLOPT_CAINFO, NULL);
+		if (rc == CURLE_OK)
+			rc = curl_easy_setopt(easy, CURLOPT_CAPATH, NULL);
+	}
+	if (rc == CURLE_OK && tls->client_cert && tls->client_key)
+	{
+		struct curl_blob cert = {tls->client_cert, strlen(tls->client_cert), CURL_BLOB_COPY};
+		struct curl_blob key = {tls->client_key, strlen(tls->client_key), CURL_BLOB_COPY};
+
+		rc = curl_easy_setopt(easy, CURLOPT_SSLCERT_BLOB, &cert);
+		if (rc == CURLE_OK)
+			rc = curl_easy_setopt(easy, CURLOPT_SSLCERTTYPE, "PEM");
+		if (rc == CURLE_OK)
+			rc = curl_easy_setopt(easy, CURLOPT_SSLKEY_BLOB, &key);
+		if (rc == CURLE_OK)
+			rc = curl_easy_setopt(easy, CURLOPT_SSLKEYTYPE, "PEM");
+	}
+	if (rc == CURLE_OK && tls->pinned_public_key)
+		rc = curl_easy_setopt(easy, CURLOPT_PINNEDPUBLICKEY, tls->pinned_public_key);
+	return rc;
+}
+
 /* Put a finished (or failed to start) transfer on the done list. */
 static void
 http_queue_done(HttpClient *c, HttpTransfer *t)
@@ -258,9 +456,13 @@ http_submit(HttpClient *c, HttpTransfer *t)
 {
 	CURL	   *easy;
 	CURLMcode	mrc;
+	CURLcode	rc;
 
 	initStringInfo(&t->response);
 	t->errbuf[0] = '\0';
+	t->refused_addr[0] = '\0';
+	t->allowed_tried = false;
+	t->forbidden_host = false;
 	t->started = GetCurrentTimestamp();
 
 	easy = curl_easy_init();
@@ -287,6 +489,11 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(easy, CURLOPT_PROXY, "");
+	curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, http_opensocket_cb);
+	curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, t);
+	curl_easy_setopt(easy, CURLOPT_PREREQFUNCTION, http_prereq_cb);
+	curl_easy_setopt(easy, CURLOPT_PREREQDATA, t);
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, "pg_shipsync/" SHIPSYNC_EXTVERSION);
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, t->method);
@@ -307,13 +514,16 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, http_progress_cb);
 	curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
 
-	mrc = curl_multi_add_handle(c->multi, easy);
-	if (mrc != CURLM_OK)
+	rc = http_apply_tls(easy, t->tls);
+	mrc = rc == CURLE_OK ? curl_multi_add_handle(c->multi, easy) : CURLM_OK;
+	if (rc != CURLE_OK || mrc != CURLM_OK)
 	{
 		curl_easy_cleanup(easy);
 		t->easy = NULL;
-		t->curl_code = CURLE_FAILED_INIT;
-		strlcpy(t->errbuf, curl_multi_strerror(mrc), sizeof(t->errbuf));
+		t->curl_code = rc != CURLE_OK ? rc : CURLE_FAILED_INIT;
+		snprintf(t->errbuf, sizeof(t->errbuf), "%s%s",
+				 rc != CURLE_OK ? "the provider's tls option cannot be applied: " : "",
+				 rc != CURLE_OK ? curl_easy_strerror(rc) : curl_multi_strerror(mrc));
 		curl_slist_free_all(t->headers);
 		t->headers = NULL;
 		http_queue_done(c, t);
@@ -353,6 +563,7 @@ http_collect(HttpClient *c)
 		t->request_sent = sent > 0 || pretransfer > 0;
 		if (t->errbuf[0] == '\0' && t->curl_code != CURLE_OK)
 			strlcpy(t->errbuf, curl_easy_strerror(t->curl_code), sizeof(t->errbuf));
+		http_note_forbidden(t);
 		t->latency_ms = (double) (GetCurrentTimestamp() - t->started) / 1000.0;
 
 		dlist_delete(&t->node);
@@ -475,4 +686,199 @@ http_client_destroy(HttpClient *c)
 	c->wes = NULL;
 	close(c->epfd);
 	ReleaseExternalFD();
+}
+
+/*
+ * Finish transfer t without sending it: the caller knows that its request
+ * may not go out (a provider whose token URL is forbidden).  It comes back
+ * from http_take_done() like any other, refused by shipsync.allowed_hosts
+ * with why as its error.
+ */
+void
+http_refuse(HttpClient *c, HttpTransfer *t, const char *why)
+{
+	initStringInfo(&t->response);
+	t->started = GetCurrentTimestamp();
+	t->curl_code = CURLE_COULDNT_CONNECT;
+	t->forbidden_host = true;
+	strlcpy(t->errbuf, why, sizeof(t->errbuf));
+	curl_slist_free_all(t->headers);
+	t->headers = NULL;
+	http_queue_done(c, t);
+}
+
+/*
+ * What a finished transfer means (retry.c's rules), with what only this
+ * file knows: a connection refused by shipsync.allowed_hosts, and a TLS
+ * session refused by the server, are permanent.
+ */
+ShipVerdict
+http_classify(const HttpTransfer *t, bool body_ok)
+{
+	ShipVerdict v = {SHIP_DEAD, NULL, false, false};
+
+	if (t->forbidden_host)
+	{
+		v.error_class = "forbidden_host";
+		return v;
+	}
+	if (shipsync_tls_alert(t->curl_code, t->errbuf))
+	{
+		v.error_class = "tls";
+		return v;
+	}
+	return shipsync_classify(t->curl_code, t->http_status, t->request_sent, body_ok);
+}
+
+/* ---------- SQL: the checks of create_provider() ---------- */
+
+PG_FUNCTION_INFO_V1(shipsync_check_host);
+
+/*
+ * shipsync._check_host(url text): refuse a URL whose host is an internal
+ * address that shipsync.allowed_hosts does not allow.  Host names pass:
+ * what they resolve to is judged when connecting, every time.
+ */
+Datum
+shipsync_check_host(PG_FUNCTION_ARGS)
+{
+	char	   *url = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char		host[256];
+	char		literal[256];
+	size_t		len;
+	ShipAddr	a;
+	ShipAddrKind kind;
+
+	if (!http_url_host(url, host, sizeof(host)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("URL \"%s\" cannot be read", url),
+				 errhint("For example https://api.carrier.example/v1.")));
+	/* "10.0.0.5." is an address too */
+	strlcpy(literal, host, sizeof(literal));
+	len = strlen(literal);
+	if (len > 1 && literal[len - 1] == '.')
+		literal[len - 1] = '\0';
+	if (!shipsync_addr_parse(literal, &a) || http_host_allowed(url, host, &a, &kind))
+		PG_RETURN_VOID();
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("host %s is %s, which shipsync.allowed_hosts does not allow", host,
+					shipsync_addr_kind_name(kind)),
+			 errdetail("pg_shipsync reaches loopback, private, link-local and other internal addresses only where shipsync.allowed_hosts allows them (now \"%s\").",
+					   shipsync_allowed_hosts ? shipsync_allowed_hosts : ""),
+			 errhint("Use the carrier's public address, or have a superuser add %s to shipsync.allowed_hosts and reload.",
+					 host)));
+	PG_RETURN_VOID();
+}
+
+/* OpenSSL's password callback for keys: no passphrase, so encrypted keys fail */
+static int
+http_no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	return 0;
+}
+
+/*
+ * How many certificates the PEM text holds, -1 if a block is not one; the
+ * first is kept in *first (if first is not NULL and the count is above 0).
+ */
+static int
+http_pem_certs(const char *pem, X509 **first)
+{
+	BIO		   *bio = BIO_new_mem_buf(pem, -1);
+	X509	   *x;
+	X509	   *head = NULL;
+	int			n = 0;
+
+	if (bio == NULL)
+		return -1;
+	while ((x = PEM_read_bio_X509(bio, NULL, http_no_passphrase, NULL)) != NULL)
+	{
+		if (n++ == 0)
+			head = x;
+		else
+			X509_free(x);
+	}
+	/* the loop ends at the end of the text, or at a block it cannot read */
+	if (ERR_GET_REASON(ERR_peek_last_error()) != PEM_R_NO_START_LINE)
+		n = -1;
+	ERR_clear_error();
+	BIO_free(bio);
+	if (n > 0 && first)
+		*first = head;
+	else
+		X509_free(head);
+	return n;
+}
+
+/* The unencrypted private key of a PEM text, or NULL */
+static EVP_PKEY *
+http_pem_key(const char *pem)
+{
+	BIO		   *bio = BIO_new_mem_buf(pem, -1);
+	EVP_PKEY   *key;
+
+	if (bio == NULL)
+		return NULL;
+	key = PEM_read_bio_PrivateKey(bio, NULL, http_no_passphrase, NULL);
+	ERR_clear_error();
+	BIO_free(bio);
+	return key;
+}
+
+static void
+http_tls_error(const char *field, const char *detail, const char *hint)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("option \"tls\": %s is not usable", field),
+			 errdetail("%s", detail),
+			 errhint("%s", hint)));
+}
+
+PG_FUNCTION_INFO_V1(shipsync_check_tls);
+
+/*
+ * shipsync._check_tls(ca_bundle text, client_cert text, client_key text):
+ * each given PEM text holds what its name says, and the key belongs to the
+ * certificate.  The key is never quoted in a message.
+ */
+Datum
+shipsync_check_tls(PG_FUNCTION_ARGS)
+{
+	char	   *ca = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *cert = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *keytext = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	X509	   *x = NULL;
+	EVP_PKEY   *key;
+	bool		pair;
+
+	if (ca && http_pem_certs(ca, NULL) <= 0)
+		http_tls_error("ca_bundle", "It must hold one or more PEM certificates (-----BEGIN CERTIFICATE-----).",
+					   "Give the carrier's CA certificates as PEM text.");
+	if ((cert == NULL) != (keytext == NULL))
+		http_tls_error(cert ? "client_cert" : "client_key",
+					   "A client certificate and its key are given together.",
+					   "Give both client_cert and client_key, or neither.");
+	if (cert == NULL)
+		PG_RETURN_VOID();
+	if (http_pem_certs(cert, &x) <= 0)
+		http_tls_error("client_cert", "It must hold the client certificate, then any intermediate certificates, as PEM.",
+					   "Give the certificate the carrier issued or accepts, as PEM text.");
+	key = http_pem_key(keytext);
+	if (key == NULL)
+	{
+		X509_free(x);
+		http_tls_error("client_key", "It must be an unencrypted PEM private key.",
+					   "Remove its passphrase (openssl pkey -in key.pem -out plain.pem) and give it as PEM text.");
+	}
+	pair = X509_check_private_key(x, key) == 1;
+	ERR_clear_error();
+	EVP_PKEY_free(key);
+	X509_free(x);
+	if (!pair)
+		http_tls_error("client_key", "It is not the key of the first certificate of client_cert.",
+					   "Give the private key that belongs to client_cert.");
+	PG_RETURN_VOID();
 }

@@ -402,6 +402,8 @@ missing_secret(const Provider *p)
 		if (strcmp(p->auth_type, needs[i][0]) == 0 && provider_secret(p, needs[i][1]) == NULL)
 			return psprintf("it has no secret \"%s\", which its auth type %s needs",
 							needs[i][1], p->auth_type);
+	if (p->tls && p->tls->client_cert && provider_secret(p, "client_key") == NULL)
+		return pstrdup("it has no secret \"client_key\", which its TLS client certificate needs");
 	return NULL;
 }
 
@@ -456,6 +458,8 @@ load_secrets(Provider *ps, int n, int32 only_id)
 		if (type && strcmp(type, "oauth2") == 0)
 			p->oauth_client_secret = (char *) provider_secret(p, "client_secret");
 		p->tr_salt = (char *) provider_secret(p, "webhook_secret");
+		if (p->tls)
+			p->tls->client_key = (char *) provider_secret(p, "client_key");
 	}
 }
 
@@ -491,6 +495,30 @@ shipsync_auth_headers(PG_FUNCTION_ARGS)
 }
 
 /*
+ * A provider's TLS options from columns col.. of the providers' query
+ * (ca_bundle, client_cert, pinned_public_key, min 1.3), in the current
+ * context; NULL when none is set.  The client key is a secret: opened by
+ * load_secrets(), never read from the provider's row.
+ */
+static HttpTls *
+load_tls(HeapTuple tup, TupleDesc desc, int col)
+{
+	HttpTls		tls = {0};
+	bool		isnull;
+	HttpTls    *out;
+
+	tls.ca_bundle = get_text(tup, desc, col);
+	tls.client_cert = get_text(tup, desc, col + 1);
+	tls.pinned_public_key = get_text(tup, desc, col + 2);
+	tls.tls13 = DatumGetBool(SPI_getbinval(tup, desc, col + 3, &isnull)) && !isnull;
+	if (!tls.ca_bundle && !tls.client_cert && !tls.pinned_public_key && !tls.tls13)
+		return NULL;
+	out = palloc(sizeof(HttpTls));
+	*out = tls;
+	return out;
+}
+
+/*
  * Read providers (all, or the one with id only_id) into cxt, with their
  * field maps, inside the caller's transaction and SPI connection.  With
  * with_secrets, their secrets are opened too: only for the processes that
@@ -512,15 +540,25 @@ outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
 							   " rate_limit_per_s::float8, paused,"
 							   " ARRAY(SELECT k || ': ' || (v #>> '{}') FROM pg_catalog.jsonb_each(headers) AS h(k, v)"
 							   "   WHERE pg_catalog.jsonb_typeof(v) = 'string'),"
-							   " dialect, COALESCE(options->>'profile', dialect), options::text,"
+							   " dialect, COALESCE(options->>'profile', dialect), (options - 'tls')::text,"
 							   " auth->>'partner_id', auth->>'type', auth->>'header',"
 							   " CASE WHEN auth->>'type' = 'kuaidi100' THEN auth->>'customer' END,"
 							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'token_url' END,"
 							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'client_id' END,"
 							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'scope' END,"
 							   " COALESCE(options->>'carrier', options->>'slug', options->>'company'),"
-							   " options->>'callback_url'"
-							   " FROM shipsync.provider WHERE $1 = 0 OR provider_id = $1"
+							   " options->>'callback_url',"
+							   /* option tls, but for client_key: a secret (load_secrets) */
+							   " options->'tls'->>'ca_bundle', options->'tls'->>'client_cert',"
+							   " options->'tls'->>'pinned_public_key',"
+							   " options->'tls'->>'min_version' = '1.3',"
+							   /* OAuth2: may a token be fetched (attached, or work left)? */
+							   " auth->>'type' = 'oauth2' AND (EXISTS (SELECT 1 FROM shipsync.binding b"
+							   "   WHERE b.active AND (b.provider_id = p.provider_id"
+							   "   OR b.options->>'tracking_provider' = p.name))"
+							   "  OR EXISTS (SELECT 1 FROM shipsync.outbox o WHERE o.provider_id = p.provider_id"
+							   "   AND o.state IN ('pending', 'retrying')))"
+							   " FROM shipsync.provider p WHERE $1 = 0 OR provider_id = $1"
 							   " ORDER BY provider_id", 1, argtypes, args, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "loading providers failed");
@@ -578,6 +616,8 @@ outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
 			p->tr_carrier = get_text(tup, desc, 22);
 			p->tr_callback_url = get_text(tup, desc, 23);
 		}
+		p->tls = load_tls(tup, desc, 24);
+		p->in_use = DatumGetBool(SPI_getbinval(tup, desc, 28, &isnull)) && !isnull;
 	}
 	if (with_secrets)
 		load_secrets(ps, (int) n, only_id);

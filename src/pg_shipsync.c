@@ -52,6 +52,8 @@ int			shipsync_receiver_rate_limit = 0;
 int			shipsync_receiver_header_timeout_ms = 10000;
 int			shipsync_receiver_body_timeout_ms = 30000;
 int			shipsync_receiver_queue_size = 1024;
+char	   *shipsync_allowed_hosts = NULL;
+const ShipAllowList *shipsync_allowlist = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -169,6 +171,32 @@ shipsync_take_prepared(int slot)
 	shipsync_shared->slots[slot].prepared = false;
 	SpinLockRelease(&shipsync_shared->mutex);
 	return prepared;
+}
+
+/*
+ * shipsync.allowed_hosts is parsed once per value, here; the list is the
+ * GUC's "extra", malloc'd by hostcheck.c and freed by guc.c.
+ */
+static bool
+shipsync_check_allowed_hosts(char **newval, void **extra, GucSource source)
+{
+	char		err[256];
+	ShipAllowList *l = shipsync_allowlist_parse(*newval, err, sizeof(err));
+
+	if (l == NULL)
+	{
+		GUC_check_errdetail("%s", err);
+		GUC_check_errhint("List host names, patterns such as *.carrier.example, IP addresses and networks such as 10.8.0.0/16, separated by commas.");
+		return false;
+	}
+	*extra = l;
+	return true;
+}
+
+static void
+shipsync_assign_allowed_hosts(const char *newval, void *extra)
+{
+	shipsync_allowlist = (const ShipAllowList *) extra;
 }
 
 void
@@ -348,6 +376,17 @@ _PG_init(void)
 							   PGC_POSTMASTER,
 							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("shipsync.allowed_hosts",
+							   "Internal hosts and networks that providers' URLs may reach.",
+							   "Host names, *.domain patterns, IP addresses and CIDR networks, comma-separated. Loopback, private, link-local and other internal addresses are refused unless listed; public addresses are always allowed.",
+							   &shipsync_allowed_hosts,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_LIST_INPUT,
+							   shipsync_check_allowed_hosts,
+							   shipsync_assign_allowed_hosts,
+							   NULL);
 
 	MarkGUCPrefixReserved("shipsync");
 

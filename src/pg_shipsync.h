@@ -107,6 +107,7 @@ typedef struct ShipVerdict
 /* in retry.c */
 extern ShipVerdict shipsync_classify(int curl_code, long http_status,
 									 bool request_sent, bool body_ok);
+extern bool shipsync_tls_alert(int curl_code, const char *errbuf);
 extern long shipsync_parse_retry_after(const char *value, time_t now);
 extern long shipsync_backoff_ms(int attempt, long base_ms, long max_ms,
 								double random01);
@@ -475,6 +476,8 @@ extern int	shipsync_receiver_rate_limit;
 extern int	shipsync_receiver_header_timeout_ms;
 extern int	shipsync_receiver_body_timeout_ms;
 extern int	shipsync_receiver_queue_size;
+extern char *shipsync_allowed_hosts;
+extern const ShipAllowList *shipsync_allowlist;
 extern void shipsync_wake_dispatcher(Oid dbid, uint64 providers,
 									 bool config_changed);
 extern uint64 shipsync_exchange_masks(int slot, uint64 accepting);
@@ -541,6 +544,19 @@ extern void shipsync_restore_user(const ShipsyncUserSave *save);
 extern Oid	shipsync_table_owner(Oid relid);
 extern void shipsync_pin_search_path(void);
 
+/*
+ * A provider's TLS options (its option tls), as http_submit() applies them
+ * to each transfer (libcurl copies them: they need not outlive the call).
+ */
+typedef struct HttpTls
+{
+	char	   *ca_bundle;		/* PEM: the only CAs trusted; NULL: the system's */
+	char	   *client_cert;	/* PEM, given with client_key, or NULL */
+	char	   *client_key;		/* PEM; a secret, opened in outbox.c */
+	char	   *pinned_public_key;	/* "sha256//<base64>[;...]", or NULL */
+	bool		tls13;			/* min_version 1.3; else TLS 1.2 at least */
+} HttpTls;
+
 /* in http.c: one transfer, owned by the dispatcher until completion */
 typedef struct HttpTransfer
 {
@@ -552,6 +568,7 @@ typedef struct HttpTransfer
 	size_t		body_sent;		/* how much libcurl has read */
 	struct curl_slist *headers; /* freed by http.c at completion */
 	long		timeout_ms;
+	const HttpTls *tls;			/* NULL: defaults; read by http_submit() only */
 	void	   *owner;			/* caller's tag */
 
 	/* result, set by http.c */
@@ -559,6 +576,7 @@ typedef struct HttpTransfer
 	long		http_status;
 	bool		request_sent;
 	bool		too_large;
+	bool		forbidden_host; /* refused by shipsync.allowed_hosts, unsent */
 	StringInfoData response;
 	char	   *retry_after;	/* Retry-After header value, or NULL */
 	char	   *ratelimit_reset;	/* X-RateLimit-Reset value, or NULL */
@@ -570,6 +588,9 @@ typedef struct HttpTransfer
 	dlist_node	node;			/* in the client's running list */
 	TimestampTz started;
 	struct HttpTransfer *next;
+	bool		allowed_tried;	/* a connection to an allowed address began */
+	ShipAddrKind refused_kind;	/* when refused_addr is set */
+	char		refused_addr[64];	/* an address refused for this transfer */
 } HttpTransfer;
 
 typedef struct HttpClient HttpClient;
@@ -580,6 +601,8 @@ extern int	http_inflight(HttpClient *client);
 extern void http_wait(HttpClient *client, long timeout_ms, uint32 wait_event_info);
 extern HttpTransfer *http_take_done(HttpClient *client);
 extern void http_client_destroy(HttpClient *client);
+extern void http_refuse(HttpClient *client, HttpTransfer *t, const char *why);
+extern ShipVerdict http_classify(const HttpTransfer *t, bool body_ok);
 
 #endif							/* SHIPSYNC_PLAIN_C */
 

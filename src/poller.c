@@ -183,6 +183,7 @@ poller_submit(HttpClient *client, Provider *p, const char *shipment_id)
 	f->xfer.url = psprintf("%s/shipments/%s/events", p->base_url,
 						   shipsync_url_escape(shipment_id));
 	f->xfer.timeout_ms = p->timeout_ms;
+	f->xfer.tls = p->tls;
 	f->xfer.headers = h;
 	f->xfer.owner = &poll_tag;
 	http_submit(client, &f->xfer);

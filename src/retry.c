@@ -10,6 +10,11 @@
  *	- 408, 409 (idempotent request still in progress), 425, 429 and 5xx:
  *	  transient; any other 4xx (422: key reused with another body) and
  *	  3xx: permanent;
+ *	- a TLS failure (certificate not trusted, expired, for another host,
+ *	  not the pinned key, our own certificate refused) is permanent: the
+ *	  next attempt meets the same certificates; a handshake cut short is a
+ *	  lost connection, and a TLS alert of the server is a refusal
+ *	  (shipsync_tls_alert());
  *	- transport failures are transient; a timeout or reset after the
  *	  request left is "in doubt": the carrier may hold the shipment, and the
  *	  same idempotency key and bytes make the next attempt safe;
@@ -55,11 +60,18 @@ shipsync_classify(int curl_code, long http_status, bool request_sent,
 				v.error_class = "response_too_large";
 				break;
 			case CURLE_PEER_FAILED_VERIFICATION:
-			case CURLE_SSL_CONNECT_ERROR:
+			case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
 			case CURLE_SSL_CERTPROBLEM:
 			case CURLE_SSL_CACERT_BADFILE:
+			case CURLE_SSL_CIPHER:
+			case CURLE_SSL_ISSUER_ERROR:
+			case CURLE_SSL_CRL_BADFILE:
+			case CURLE_SSL_CLIENTCERT:
+				/* the same certificates fail the same way next time */
+				v.outcome = SHIP_DEAD;
 				v.error_class = "tls";
-				break;
+				return v;
+			case CURLE_SSL_CONNECT_ERROR:	/* cut during the handshake */
 			case CURLE_GOT_NOTHING:
 			case CURLE_SEND_FAIL_REWIND:
 			case CURLE_RECV_ERROR:
@@ -114,6 +126,24 @@ shipsync_classify(int curl_code, long http_status, bool request_sent,
 	v.outcome = SHIP_DEAD;
 	v.error_class = http_status >= 400 ? "http_4xx" : "http_unexpected";
 	return v;
+}
+
+/*
+ * Did the server refuse the TLS session with an alert?  libcurl reports
+ * it as a failed handshake (35) or, under TLS 1.3, where a client
+ * certificate is checked after the client's handshake ended, as a failed
+ * read (56); only OpenSSL's message tells it from a connection cut short:
+ * "error:0A00045C:SSL routines::tlsv13 alert certificate required".
+ */
+bool
+shipsync_tls_alert(int curl_code, const char *errbuf)
+{
+	const char *routines;
+
+	if (curl_code != CURLE_SSL_CONNECT_ERROR && curl_code != CURLE_RECV_ERROR)
+		return false;
+	routines = errbuf ? strstr(errbuf, "SSL routines:") : NULL;
+	return routines != NULL && strstr(routines, " alert ") != NULL;
 }
 
 /*

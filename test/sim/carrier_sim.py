@@ -31,6 +31,7 @@ import re
 import signal
 import socket
 import socketserver
+import ssl
 import struct
 import sys
 import threading
@@ -54,7 +55,7 @@ FAULT_TYPES = ("status", "slow", "reset_before", "reset_after",
 COMMON_RULE_FIELDS = {"fault", "name", "rate", "first_attempts",
                       "match_order_ref", "path", "method", "count"}
 FAULT_FIELDS = {
-    "status": {"status", "retry_after", "reset_header", "body", "body_base64"},
+    "status": {"status", "retry_after", "reset_header", "location", "body", "body_base64"},
     "slow": {"ms"},
     "oversized": {"bytes"},
 }
@@ -153,7 +154,7 @@ class FaultRule:
 
         # Parameters of the individual fault types.
         self.status = 503
-        self.retry_after = self.reset_header = None
+        self.retry_after = self.reset_header = self.location = None
         self.body = None
         self.ms = 0
         self.bytes = DEFAULT_OVERSIZED_BYTES
@@ -166,6 +167,7 @@ class FaultRule:
             self.retry_after = self._optional_header(spec, "retry_after", where)
             self.reset_header = self._optional_header(spec, "reset_header", where)
             self.body = self._optional_body(spec, where)
+            self.location = self._optional_header(spec, "location", where)
         elif fault == "slow":
             self.ms = spec.get("ms")
             if not is_number(self.ms) or self.ms < 0:
@@ -896,6 +898,8 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
                 headers.append(("Retry-After", rule.retry_after))
             if rule.reset_header is not None:
                 headers.append(("X-RateLimit-Reset", rule.reset_header))
+            if rule.location is not None:
+                headers.append(("Location", rule.location))
             try:
                 phrase = HTTPStatus(rule.status).phrase.lower()
             except ValueError:
@@ -989,7 +993,9 @@ class CarrierServer(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, state, token=None, latency_ms=0, log_fh=None, port=0, kuaidi100=None,
-                 oauth=None, require_header=None):
+                 oauth=None, require_header=None, tls=None):
+        self.tls = tls                  # ssl.SSLContext (server side) or None
+        self.tls_failures = 0           # handshakes that failed (TLS only)
         self.state = state
         self.require_header = require_header    # (name, value) or None
         self.oauth = oauth              # OAuthState or None
@@ -1007,6 +1013,19 @@ class CarrierServer(http.server.ThreadingHTTPServer):
         # can stall on badly configured hosts; we know our name already.
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+    def finish_request(self, request, client_address):
+        # TLS: the handshake happens here, in the connection's own thread, so
+        # a client that stalls in it never holds up the accept loop.
+        if self.tls is not None:
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                with self._log_lock:
+                    self.tls_failures += 1
+                self.log("TLS handshake with %s failed: %s" % (client_address[0], exc))
+                return
+        super().finish_request(request, client_address)
 
     def log(self, line, force=False):
         fh = self.log_fh if self.log_fh is not None else (sys.stderr if force else None)
@@ -1040,6 +1059,23 @@ def write_port_file(path, port):
     os.replace(tmp, path)
 
 
+def tls_context(args, parser):
+    """The server-side SSLContext of --tls-cert/--tls-key, or None."""
+    if not args.tls_cert and not (args.tls_key or args.tls_client_ca or args.tls_max):
+        return None
+    if not args.tls_cert or not args.tls_key:
+        parser.error("--tls-cert and --tls-key go together")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(args.tls_client_ca)
+    if args.tls_max:
+        ctx.maximum_version = (ssl.TLSVersion.TLSv1_2 if args.tls_max == "1.2"
+                               else ssl.TLSVersion.TLSv1_3)
+    return ctx
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Logistics carrier simulator for pg_shipsync tests.")
@@ -1065,6 +1101,11 @@ def main(argv=None):
     parser.add_argument("--latency-ms", type=float, default=0,
                         help="fixed delay added to every carrier request")
     parser.add_argument("--log", help="append one line per request to FILE ('-' = stderr)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
+    parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", metavar="PEM",
+                        help="require a client certificate issued by these CAs")
+    parser.add_argument("--tls-max", choices=("1.2", "1.3"), help="highest TLS version offered")
     parser.add_argument("--selftest", action="store_true",
                         help="run the built-in self-test and exit")
     args = parser.parse_args(argv)
@@ -1111,8 +1152,9 @@ def main(argv=None):
                                args.oauth2_delay_ms)
         server = CarrierServer(state, token=args.token, kuaidi100=kd,
                                oauth=oauth, require_header=required,
+                               tls=tls_context(args, parser),
                                latency_ms=args.latency_ms, log_fh=log_fh, port=args.port)
-    except OSError as exc:
+    except (OSError, ssl.SSLError) as exc:
         print("carrier_sim: cannot listen on %s:%d: %s" % (LISTEN_HOST, args.port, exc),
               file=sys.stderr)
         return 1
@@ -1131,7 +1173,8 @@ def main(argv=None):
     if args.port_file:
         write_port_file(args.port_file, port)
     try:
-        print("carrier_sim listening on %s:%d" % (LISTEN_HOST, port), flush=True)
+        print("carrier_sim listening on %s:%d%s" % (LISTEN_HOST, port,
+                                                   " (TLS)" if server.tls else ""), flush=True)
     except OSError:
         pass    # nobody reads stdout; not a reason to die
     server.log("listening on %s:%d" % (LISTEN_HOST, port))

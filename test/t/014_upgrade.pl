@@ -84,6 +84,9 @@ $node->append_conf(
 	'postgresql.conf', qq{
 shared_preload_libraries = 'pg_shipsync'
 shipsync.databases = 'postgres, fresh'
+# the simulator is on 127.0.0.1, which 0.2 reaches only when allowed here
+# (the 0.1 library does not know the parameter: a warning at its start)
+shipsync.allowed_hosts = '127.0.0.1'
 max_worker_processes = 16
 });
 $node->start;

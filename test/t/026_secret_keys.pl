@@ -37,6 +37,9 @@ $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'pg_shipsync'
 shipsync.databases = 'postgres'
+# the carrier simulator listens on 127.0.0.1, a loopback address: refused
+# unless shipsync.allowed_hosts allows it
+shipsync.allowed_hosts = '127.0.0.1'
 max_worker_processes = 16
 });
 

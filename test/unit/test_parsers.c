@@ -118,7 +118,25 @@ test_classify(void)
 	check(v.outcome == SHIP_RETRY && strcmp(v.error_class, "response_too_large") == 0,
 		  "an oversized response is retried");
 	v = shipsync_classify(CURLE_PEER_FAILED_VERIFICATION, 0, 0, 1);
-	check(v.outcome == SHIP_RETRY && strcmp(v.error_class, "tls") == 0, "a TLS failure is classed tls");
+	check(v.outcome == SHIP_DEAD && strcmp(v.error_class, "tls") == 0,
+		  "a certificate that fails verification is classed tls, permanent");
+	v = shipsync_classify(CURLE_SSL_PINNEDPUBKEYNOTMATCH, 0, 0, 1);
+	check(v.outcome == SHIP_DEAD && strcmp(v.error_class, "tls") == 0 && !v.in_doubt,
+		  "a key that is not the pinned one is classed tls, permanent");
+	v = shipsync_classify(CURLE_SSL_CONNECT_ERROR, 0, 0, 1);
+	check(v.outcome == SHIP_RETRY && strcmp(v.error_class, "connection_lost") == 0 && !v.in_doubt,
+		  "a handshake cut short is a lost connection, retried");
+	check(shipsync_tls_alert(CURLE_RECV_ERROR, "OpenSSL SSL_read: OpenSSL/3.0.19: error:0A00045C:"
+							 "SSL routines::tlsv13 alert certificate required, errno 0") &&
+		  shipsync_tls_alert(CURLE_SSL_CONNECT_ERROR, "OpenSSL/3.0.19: error:0A000410:"
+							 "SSL routines::sslv3 alert handshake failure"),
+		  "a TLS alert of the server is a refusal, in a handshake or in a TLS 1.3 read");
+	check(!shipsync_tls_alert(CURLE_RECV_ERROR, "OpenSSL SSL_read: OpenSSL/3.0.19: error:0A000126:"
+							  "SSL routines::unexpected eof while reading, errno 0") &&
+		  !shipsync_tls_alert(CURLE_SSL_CONNECT_ERROR, "OpenSSL SSL_connect: Connection reset by peer") &&
+		  !shipsync_tls_alert(CURLE_RECV_ERROR, "Recv failure: Connection reset by peer") &&
+		  !shipsync_tls_alert(CURLE_OPERATION_TIMEDOUT, "SSL routines:: alert x"),
+		  "a connection cut short is not a TLS refusal");
 	v = shipsync_classify(CURLE_OUT_OF_MEMORY, 0, 0, 1);
 	check(v.outcome == SHIP_RETRY && strcmp(v.error_class, "resource") == 0,
 		  "a resource failure is retried");

@@ -1,0 +1,173 @@
+# TLS per provider (option tls), against the carrier simulator serving
+# HTTPS with certificates made here by the openssl command: a CA, servers
+# signed by it (one expired, one for another host name), a self-signed
+# server, a server that requires a client certificate, one that stops at
+# TLS 1.2.  Every refusal is error class tls, permanent (one attempt), with
+# a tls_failed ticket.  Proves:
+#   1. a self-signed certificate is refused by default, accepted with
+#      itself as ca_bundle; a certificate of a private CA likewise;
+#   2. a certificate for another host name, or expired, is refused even
+#      with the right CA;
+#   3. a server that requires a client certificate refuses a provider
+#      without one and accepts one with client_cert and client_key (in
+#      that order: the accepted connection is not reused for the other);
+#   4. a pinned public key: the right pin is accepted, a wrong one refused
+#      (after a connection with the right pin was opened);
+#   5. min_version 1.3 refuses a server that stops at TLS 1.2, which the
+#      default (1.2) accepts.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ShipsyncTest;
+
+my $dir = PostgreSQL::Test::Utils::tempdir();
+
+sub openssl
+{
+	my @args = @_;
+	my ($stdout, $stderr);
+	IPC::Run::run([ 'openssl', @args ], '>', \$stdout, '2>', \$stderr)
+	  or die "openssl @args: $stderr";
+	return $stdout;
+}
+
+# A key and a certificate signed by the CA (or self-signed): $name.key,
+# $name.crt, with the subjectAltName given.
+sub certificate
+{
+	my ($name, $san, %opt) = @_;
+	my $ec = [ '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes' ];
+	if ($opt{self_signed})
+	{
+		openssl('req', '-x509', @$ec, '-keyout', "$dir/$name.key", '-out', "$dir/$name.crt",
+			'-days', '30', '-subj', "/CN=$name", '-addext', "subjectAltName=$san");
+		return;
+	}
+	openssl('req', @$ec, '-keyout', "$dir/$name.key", '-out', "$dir/$name.csr", '-subj', "/CN=$name");
+	open(my $fh, '>', "$dir/$name.ext") or die;
+	print $fh "subjectAltName=$san\n" if $san;
+	close $fh;
+	openssl('x509', '-req', '-in', "$dir/$name.csr", '-CA', "$dir/ca.crt", '-CAkey', "$dir/ca.key",
+		'-CAcreateserial', '-out', "$dir/$name.crt", '-days', $opt{days} // 30,
+		'-extfile', "$dir/$name.ext");
+}
+
+openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+	'-keyout', "$dir/ca.key", '-out', "$dir/ca.crt", '-days', '30', '-subj', '/CN=shipsync test CA');
+certificate('server', 'IP:127.0.0.1');
+certificate('selfsigned', 'IP:127.0.0.1', self_signed => 1);
+certificate('expired', 'IP:127.0.0.1', days => -1);
+certificate('othername', 'DNS:carrier.example');
+certificate('client', '');
+
+sub pem { return PostgreSQL::Test::Utils::slurp_file("$dir/$_[0]"); }
+
+# sha256// and the base64 SHA-256 of a certificate's public key
+sub pin
+{
+	my ($crt) = @_;
+	my $pub = openssl('x509', '-in', "$dir/$crt", '-pubkey', '-noout');
+	my ($der, $err);
+	IPC::Run::run([ 'openssl', 'pkey', '-pubin', '-outform', 'der' ], '<', \$pub, '>', \$der, '2>', \$err)
+	  or die $err;
+	require Digest::SHA;
+	require MIME::Base64;
+	return 'sha256//' . MIME::Base64::encode_base64(Digest::SHA::sha256($der), '');
+}
+
+my %sims;
+sub tls_sim
+{
+	my ($name, $crt, $key, @more) = @_;
+	$sims{$name} = start_sim(args => [ '--tls-cert', "$dir/$crt", '--tls-key', "$dir/$key", @more ]);
+	return "https://127.0.0.1:$sims{$name}{port}";
+}
+END { local $?; stop_sim($_) for values %sims; }
+my $good = tls_sim('good', 'server.crt', 'server.key');
+my $selfsigned = tls_sim('selfsigned', 'selfsigned.crt', 'selfsigned.key');
+my $expired = tls_sim('expired', 'expired.crt', 'expired.key');
+my $othername = tls_sim('othername', 'othername.crt', 'othername.key');
+my $mtls = tls_sim('mtls', 'server.crt', 'server.key', '--tls-client-ca', "$dir/ca.crt");
+my $tls12 = tls_sim('tls12', 'server.crt', 'server.key', '--tls-max', '1.2');
+
+my $node = shipsync_node('tls');
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+sql('CREATE EXTENSION pg_shipsync');
+
+# A provider at url with option tls, a table attached to it, one order:
+# returns state|error_class|attempts|last_error once its intent is done
+# or dead.
+my $n = 0;
+sub ship
+{
+	my ($name, $url, $tls) = @_;
+	my $opts = { timeout_ms => 5000, backoff_base_ms => 50, backoff_max_ms => 200, max_attempts => 3 };
+	$opts->{tls} = $tls if $tls;
+	my $json = JSON::PP->new->canonical->encode($opts);
+	$n++;
+	sql(qq{SELECT shipsync.create_provider('$name', 'generic', '$url', \$json\$$json\$json\$);
+		CREATE TABLE t_$name (id bigint PRIMARY KEY, customer text, waybill_no text);
+		SELECT shipsync.attach('t_$name', '$name', writeback => '{"tracking_number": "waybill_no"}');
+		INSERT INTO t_$name VALUES ($n, 'c$n');});
+	my $intent = "FROM shipsync.outbox o JOIN shipsync.binding b USING (binding_id) WHERE b.tbl = 't_$name'::regclass";
+	wait_until($node, "SELECT coalesce(bool_and(o.state IN ('done', 'dead')), false) $intent", 30)
+	  or diag("$name: " . sql("SELECT o.state || ' ' || coalesce(o.last_error, '') $intent"));
+	return sql("SELECT o.state || '|' || coalesce(o.error_class, '') || '|' || o.attempts || '|'"
+		  . " || coalesce(o.last_error, '') $intent");
+}
+
+sub refused
+{
+	my ($name, $result, $why, $what) = @_;
+	like($result, qr/^dead\|tls\|1\|.*$why/, "$what: dead at once, error class tls");
+	is(sql("SELECT string_agg(t.kind, ',') FROM shipsync.exception_ticket t JOIN shipsync.outbox o"
+		  . " ON o.id = t.outbox_id JOIN shipsync.binding b ON b.binding_id = o.binding_id WHERE b.tbl = 't_$name'::regclass"),
+		'tls_failed', "$what: a tls_failed ticket");
+}
+
+# ---- 1. self-signed and private CAs
+refused('ss_default', ship('ss_default', $selfsigned), 'self-signed certificate',
+	'a self-signed certificate, by default');
+like(ship('ss_trusted', $selfsigned, { ca_bundle => pem('selfsigned.crt') }), qr/^done\|/,
+	'the same, with itself as ca_bundle, is accepted');
+refused('ca_default', ship('ca_default', $good), 'unable to get local issuer certificate',
+	'a private CA\'s certificate, by default');
+like(ship('ca_trusted', $good, { ca_bundle => pem('ca.crt') }), qr/^done\|/,
+	'the same, with the CA as ca_bundle, is accepted');
+
+# ---- 2. the right CA, the wrong certificate
+refused('othername', ship('othername', $othername, { ca_bundle => pem('ca.crt') }),
+	'no alternative certificate subject name matches target host name', 'a certificate for another host name');
+refused('expired', ship('expired', $expired, { ca_bundle => pem('ca.crt') }), 'certificate has expired',
+	'an expired certificate');
+
+# ---- 3. a server that requires a client certificate
+like(ship('mtls', $mtls, { ca_bundle => pem('ca.crt'), client_cert => pem('client.crt'),
+	client_key => pem('client.key') }), qr/^done\|/,
+	'a client certificate and key: accepted by the server that requires one');
+refused('mtls_none', ship('mtls_none', $mtls, { ca_bundle => pem('ca.crt') }), 'alert certificate required',
+	'no client certificate, to the same server');
+
+# ---- 4. pinned public keys
+like(ship('pin_ok', $good, { ca_bundle => pem('ca.crt'),
+	pinned_public_key => pin('selfsigned.crt') . ';' . pin('server.crt') }), qr/^done\|/,
+	'one of the pinned keys is the server\'s: accepted');
+refused('pin_bad', ship('pin_bad', $good, { ca_bundle => pem('ca.crt'), pinned_public_key => pin('selfsigned.crt') }),
+	'public key does not match pinned public key', 'a pinned key that is not the server\'s');
+
+# ---- 5. minimum version
+like(ship('v12', $tls12, { ca_bundle => pem('ca.crt') }), qr/^done\|/,
+	'a TLS 1.2 server with the default min_version (1.2): accepted');
+refused('v13', ship('v13', $tls12, { ca_bundle => pem('ca.crt'), min_version => '1.3' }), 'alert protocol version',
+	'min_version 1.3 to a server that stops at TLS 1.2');
+
+is(sql(q{SELECT count(*) FROM shipsync.providers p WHERE p::text ~ 'PRIVATE KEY'}), '0',
+	'no view shows the client key');
+
+$node->stop;
+done_testing();

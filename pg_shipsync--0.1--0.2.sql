@@ -1283,13 +1283,9 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'For example {"ca_bundle": "-----BEGIN CERTIFICATE-----\n...", "min_version": "1.3"}.';
 	END IF;
+	PERFORM @extschema@._check_options(tls,
+		ARRAY['ca_bundle', 'client_cert', 'client_key', 'min_version', 'pinned_public_key'], 'tls');
 	FOR k IN SELECT jsonb_object_keys(tls) LOOP
-		IF k NOT IN ('ca_bundle', 'client_cert', 'client_key', 'min_version', 'pinned_public_key') THEN
-			RAISE EXCEPTION 'unknown tls option "%"', k
-				USING ERRCODE = 'invalid_parameter_value',
-					  DETAIL = 'Known tls options: ca_bundle, client_cert, client_key, min_version, pinned_public_key.',
-					  HINT = 'Check the spelling of the option name.';
-		END IF;
 		IF k <> 'min_version' AND (jsonb_typeof(tls->k) <> 'string' OR tls->>k = '') THEN
 			RAISE EXCEPTION 'tls option "%" must be a non-empty string', k
 				USING ERRCODE = 'invalid_parameter_value',

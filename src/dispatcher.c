@@ -1173,6 +1173,20 @@ sf_search_if_duplicate(Flight *f)
 }
 
 /*
+ * The ticket of an intent dead at once for a reason of this side, not the
+ * carrier's answer; NULL: the usual dead_intent.
+ */
+static const char *
+ticket_kind_of(const char *error_class)
+{
+	if (strcmp(error_class, "forbidden_host") == 0)
+		return "forbidden_host";
+	if (strcmp(error_class, "tls") == 0)
+		return "tls_failed";
+	return NULL;
+}
+
+/*
  * Turn one finished transfer into a ShipResult (allocated in the flight's
  * context), deciding done / retrying / dead.
  */
@@ -1345,10 +1359,8 @@ failed:
 		r->outcome = "dead";
 		if (v.outcome == SHIP_RETRY)
 			r->error = psprintf("gave up after %d attempts: %s", f->c.attempt, r->error);
-		else if (r->ticket_kind == NULL && strcmp(v.error_class, "forbidden_host") == 0)
-			r->ticket_kind = "forbidden_host";
-		else if (r->ticket_kind == NULL && strcmp(v.error_class, "tls") == 0)
-			r->ticket_kind = "tls_failed";
+		else if (r->ticket_kind == NULL)
+			r->ticket_kind = ticket_kind_of(v.error_class);
 	}
 	MemoryContextSwitchTo(old);
 }

@@ -63,6 +63,7 @@
 #include <curl/curl.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 
 #include "fmgr.h"
@@ -226,6 +227,8 @@ http_progress_cb(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
 	return (QueryCancelPending || ProcDiePending) ? 1 : 0;
 }
 
+static void http_tls_handshake_done(HttpTransfer *t);
+
 /* ---------- outbound hosts ---------- */
 
 /*
@@ -323,6 +326,7 @@ http_prereq_cb(void *clientp, char *primary_ip, char *local_ip,
 	HttpTransfer *t = (HttpTransfer *) clientp;
 	ShipAddr	a;
 
+	http_tls_handshake_done(t);
 	if (primary_ip == NULL || !shipsync_addr_parse(primary_ip, &a))
 	{
 		strlcpy(t->refused_addr, primary_ip ? primary_ip : "an unknown address",
@@ -353,15 +357,99 @@ http_note_forbidden(HttpTransfer *t)
 			 t->refused_addr, shipsync_addr_kind_name(t->refused_kind), host);
 }
 
+/* ---------- TLS ---------- */
+
+/* Where a connection's SSL_CTX points to the transfer doing its handshake */
+static int http_ctx_index = -1;
+
+/*
+ * OpenSSL asks for a client certificate the provider does not have (it is
+ * called only then): note it on the transfer doing the handshake, and send
+ * none.  Under TLS 1.3 the server refuses after the client's handshake has
+ * ended, and its alert can be lost to a connection reset (the server
+ * closes with our request unread): this note then says what happened.
+ */
+static int
+http_client_cert_cb(SSL *ssl, X509 **x509, EVP_PKEY **pkey)
+{
+	HttpTransfer *t = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), http_ctx_index);
+
+	if (t)
+		t->cert_requested = true;
+	return 0;
+}
+
+/*
+ * libcurl made a connection's SSL_CTX (one per connection in 7.88): point
+ * it to the transfer for http_client_cert_cb().  http_prereq_cb() clears
+ * the pointer once the handshake is over, before the transfer can end.
+ */
+static CURLcode
+http_ssl_ctx_cb(CURL *easy, void *ssl_ctx, void *clientp)
+{
+	SSL_CTX_set_ex_data((SSL_CTX *) ssl_ctx, http_ctx_index, clientp);
+	SSL_CTX_set_client_cert_cb((SSL_CTX *) ssl_ctx, http_client_cert_cb);
+	return CURLE_OK;
+}
+
+/* The handshake of t's connection is over: no callback may reach t now. */
+static void
+http_tls_handshake_done(HttpTransfer *t)
+{
+	struct curl_tlssessioninfo *info = NULL;
+
+	if (curl_easy_getinfo(t->easy, CURLINFO_TLS_SSL_PTR, &info) == CURLE_OK &&
+		info && info->backend == CURLSSLBACKEND_OPENSSL && info->internals)
+		SSL_CTX_set_ex_data(SSL_get_SSL_CTX((SSL *) info->internals), http_ctx_index, NULL);
+}
+
+/*
+ * Did the server refuse the TLS session?  By an alert (shipsync_tls_alert),
+ * or by closing the connection before answering after it asked for a
+ * client certificate the provider does not have.  Says so in the error.
+ */
+static void
+http_note_tls_refused(HttpTransfer *t)
+{
+	char		was[sizeof(t->errbuf)];
+
+	if (shipsync_tls_alert(t->curl_code, t->errbuf))
+	{
+		t->tls_refused = true;
+		return;
+	}
+	/* the connection failed before any answer: a send or read failure,
+	 * a reset, a closed socket; not our timeout, size cap or shutdown */
+	if (!t->cert_requested || t->http_status != 0 || t->curl_code == CURLE_OK ||
+		t->curl_code == CURLE_OPERATION_TIMEDOUT || t->curl_code == CURLE_WRITE_ERROR ||
+		t->curl_code == CURLE_ABORTED_BY_CALLBACK)
+		return;
+	t->tls_refused = true;
+	strlcpy(was, t->errbuf, sizeof(was));
+	snprintf(t->errbuf, sizeof(t->errbuf),
+			 "the server asked for a client certificate, which the provider does not have (option tls): %s",
+			 was);
+}
+
 /*
  * Apply a provider's TLS options to a transfer.  Returns CURLE_OK, or the
  * code of an option this libcurl does not support.
  */
 static CURLcode
-http_apply_tls(CURL *easy, const HttpTls *tls)
+http_apply_tls(CURL *easy, HttpTransfer *t)
 {
-	CURLcode	rc = CURLE_OK;
+	const HttpTls *tls = t->tls;
+	CURLcode	rc;
 
+	if (tls == NULL || !tls->client_cert)
+	{
+		/* without a certificate of ours: learn when one is asked for */
+		rc = curl_easy_setopt(easy, CURLOPT_SSL_CTX_FUNCTION, http_ssl_ctx_cb);
+		if (rc == CURLE_OK)
+			rc = curl_easy_setopt(easy, CURLOPT_SSL_CTX_DATA, t);
+		if (rc != CURLE_OK)
+			return rc;
+	}
 	if (tls == NULL)
 		return curl_easy_setopt(easy, CURLOPT_SSLVERSION, (long) CURL_SSLVERSION_TLSv1_2);
 	rc = curl_easy_setopt(easy, CURLOPT_SSLVERSION, (long) (tls->tls13 ? CURL_SSLVERSION_TLSv1_3 :
@@ -432,6 +520,8 @@ http_client_create(MemoryContext cxt, long max_connections)
 				(errcode_for_socket_access(),
 				 errmsg("could not create an epoll set: %m")));
 	}
+	if (http_ctx_index < 0)
+		http_ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
 	c->wes = CreateWaitEventSet(cxt, 3);
 	AddWaitEventToSet(c->wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(c->wes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
@@ -463,6 +553,8 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	t->refused_addr[0] = '\0';
 	t->allowed_tried = false;
 	t->forbidden_host = false;
+	t->tls_refused = false;
+	t->cert_requested = false;
 	t->started = GetCurrentTimestamp();
 
 	easy = curl_easy_init();
@@ -514,7 +606,7 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, http_progress_cb);
 	curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
 
-	rc = http_apply_tls(easy, t->tls);
+	rc = http_apply_tls(easy, t);
 	mrc = rc == CURLE_OK ? curl_multi_add_handle(c->multi, easy) : CURLM_OK;
 	if (rc != CURLE_OK || mrc != CURLM_OK)
 	{
@@ -564,6 +656,7 @@ http_collect(HttpClient *c)
 		if (t->errbuf[0] == '\0' && t->curl_code != CURLE_OK)
 			strlcpy(t->errbuf, curl_easy_strerror(t->curl_code), sizeof(t->errbuf));
 		http_note_forbidden(t);
+		http_note_tls_refused(t);
 		t->latency_ms = (double) (GetCurrentTimestamp() - t->started) / 1000.0;
 
 		dlist_delete(&t->node);
@@ -722,7 +815,7 @@ http_classify(const HttpTransfer *t, bool body_ok)
 		v.error_class = "forbidden_host";
 		return v;
 	}
-	if (shipsync_tls_alert(t->curl_code, t->errbuf))
+	if (t->tls_refused)
 	{
 		v.error_class = "tls";
 		return v;

@@ -577,6 +577,7 @@ typedef struct HttpTransfer
 	bool		request_sent;
 	bool		too_large;
 	bool		forbidden_host; /* refused by shipsync.allowed_hosts, unsent */
+	bool		tls_refused;	/* the server refused the TLS session */
 	StringInfoData response;
 	char	   *retry_after;	/* Retry-After header value, or NULL */
 	char	   *ratelimit_reset;	/* X-RateLimit-Reset value, or NULL */
@@ -589,6 +590,7 @@ typedef struct HttpTransfer
 	TimestampTz started;
 	struct HttpTransfer *next;
 	bool		allowed_tried;	/* a connection to an allowed address began */
+	bool		cert_requested; /* asked for a client certificate we lack */
 	ShipAddrKind refused_kind;	/* when refused_addr is set */
 	char		refused_addr[64];	/* an address refused for this transfer */
 } HttpTransfer;

@@ -150,7 +150,10 @@ refused('expired', ship('expired', $expired, { ca_bundle => pem('ca.crt') }), 'c
 like(ship('mtls', $mtls, { ca_bundle => pem('ca.crt'), client_cert => pem('client.crt'),
 	client_key => pem('client.key') }), qr/^done\|/,
 	'a client certificate and key: accepted by the server that requires one');
-refused('mtls_none', ship('mtls_none', $mtls, { ca_bundle => pem('ca.crt') }), 'alert certificate required',
+# (under TLS 1.3 the server refuses after our handshake ended: its alert,
+# or a reset that lost it once the server closed with our request unread)
+refused('mtls_none', ship('mtls_none', $mtls, { ca_bundle => pem('ca.crt') }),
+	'(alert certificate required|asked for a client certificate, which the provider does not have)',
 	'no client certificate, to the same server');
 
 # ---- 4. pinned public keys

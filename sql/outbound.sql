@@ -77,13 +77,28 @@ SELECT shipsync.create_provider('mtls', 'generic', 'https://api.example',
 				 'pinned_public_key', 'sha256//YhKJKSzoTt2b5FP18fvpHo7fJYqQCjAa3HWY3tvRMwE=;sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA='))::jsonb
 	|| '{"profile": "tls_probe", "timeout_ms": 5000}') > 0 AS created;
 SELECT shipsync.create_provider('tls12', 'generic', 'https://api.example', '{"tls": {"min_version": 1.2}}') > 0 AS created;
--- the client key is shown nowhere: not in the providers view, not in a
+-- the client key is a secret: encrypted in shipsync.secret, not in the
+-- provider's row, and shown nowhere: not in the providers view, not in a
 -- request body through an option: source of the field map
+SELECT p.name, p.options->'tls' ? 'client_cert' AS has_cert, p.options->'tls' ? 'client_key' AS row_has_key,
+	p::text ~ 'PRIVATE KEY' AS row_shows_the_key
+FROM shipsync.provider p WHERE p.name IN ('mtls', 'tls12') ORDER BY p.name;
+SELECT provider, name, position(convert_to('PRIVATE KEY', 'UTF8') in ciphertext) > 0 AS plain
+FROM shipsync.secret WHERE provider IN ('mtls', 'tls12') ORDER BY provider, name;
 SELECT count(*) AS views_showing_the_key FROM shipsync.providers p WHERE p::text ~ 'PRIVATE KEY';
+SELECT name FROM shipsync.secrets WHERE provider = 'mtls';
+SELECT pg_temp.err($$INSERT INTO shipsync.field_map (profile, direction, target_path, source)
+	VALUES ('tls_probe', 'out', 'key', 'option:tls.client_key')$$);
 INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES
 	('tls_probe', 'out', 'timeout', 'option:timeout_ms'),
-	('tls_probe', 'out', 'key', 'option:tls.client_key'),
 	('tls_probe', 'out', 'min', 'option:tls.min_version');
+-- set_secret() replaces the key with one that belongs to the certificate,
+-- and only such a key
+SELECT pg_temp.err(format('SELECT shipsync.set_secret(%L, %L, %L)', 'mtls', 'client_key', (SELECT v #>> '{}' FROM pem WHERE name = 'other_key')));
+SELECT pg_temp.err(format('SELECT shipsync.set_secret(%L, %L, %L)', 'mtls', 'client_key', (SELECT v #>> '{}' FROM pem WHERE name = 'encrypted_key')));
+SELECT pg_temp.err(format('SELECT shipsync.set_secret(%L, %L, %L)', 'tls12', 'client_key', (SELECT v #>> '{}' FROM pem WHERE name = 'key')));
+SELECT pg_temp.err($$SELECT shipsync.set_secret('mtls', 'client_key', NULL)$$);
+SELECT pg_temp.err(format('SELECT shipsync.set_secret(%L, %L, %L)', 'mtls', 'client_key', (SELECT v #>> '{}' FROM pem WHERE name = 'key')));
 CREATE TABLE tls_orders (id int PRIMARY KEY, customer text);
 SELECT shipsync.attach('tls_orders', 'mtls') > 0 AS attached;
 INSERT INTO tls_orders VALUES (1, 'x');

@@ -11,6 +11,8 @@
 #   3. a server that requires a client certificate refuses a provider
 #      without one and accepts one with client_cert and client_key (in
 #      that order: the accepted connection is not reused for the other);
+#      the key is a secret, kept in shipsync.secret only: without it the
+#      provider sends nothing, and set_secret() gives it back;
 #   4. a pinned public key: the right pin is accepted, a wrong one refused
 #      (after a connection with the right pin was opened);
 #   5. min_version 1.3 refuses a server that stops at TLS 1.2, which the
@@ -27,43 +29,12 @@ use ShipsyncTest;
 
 my $dir = PostgreSQL::Test::Utils::tempdir();
 
-sub openssl
-{
-	my @args = @_;
-	my ($stdout, $stderr);
-	IPC::Run::run([ 'openssl', @args ], '>', \$stdout, '2>', \$stderr)
-	  or die "openssl @args: $stderr";
-	return $stdout;
-}
-
-# A key and a certificate signed by the CA (or self-signed): $name.key,
-# $name.crt, with the subjectAltName given.
-sub certificate
-{
-	my ($name, $san, %opt) = @_;
-	my $ec = [ '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes' ];
-	if ($opt{self_signed})
-	{
-		openssl('req', '-x509', @$ec, '-keyout', "$dir/$name.key", '-out', "$dir/$name.crt",
-			'-days', '30', '-subj', "/CN=$name", '-addext', "subjectAltName=$san");
-		return;
-	}
-	openssl('req', @$ec, '-keyout', "$dir/$name.key", '-out', "$dir/$name.csr", '-subj', "/CN=$name");
-	open(my $fh, '>', "$dir/$name.ext") or die;
-	print $fh "subjectAltName=$san\n" if $san;
-	close $fh;
-	openssl('x509', '-req', '-in', "$dir/$name.csr", '-CA', "$dir/ca.crt", '-CAkey', "$dir/ca.key",
-		'-CAcreateserial', '-out', "$dir/$name.crt", '-days', $opt{days} // 30,
-		'-extfile', "$dir/$name.ext");
-}
-
-openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-	'-keyout', "$dir/ca.key", '-out', "$dir/ca.crt", '-days', '30', '-subj', '/CN=shipsync test CA');
-certificate('server', 'IP:127.0.0.1');
-certificate('selfsigned', 'IP:127.0.0.1', self_signed => 1);
-certificate('expired', 'IP:127.0.0.1', days => -1);
-certificate('othername', 'DNS:carrier.example');
-certificate('client', '');
+test_ca($dir);
+test_certificate($dir, 'server', 'IP:127.0.0.1');
+test_certificate($dir, 'selfsigned', 'IP:127.0.0.1', self_signed => 1);
+test_certificate($dir, 'expired', 'IP:127.0.0.1', days => -1);
+test_certificate($dir, 'othername', 'DNS:carrier.example');
+test_certificate($dir, 'client', '');
 
 sub pem { return PostgreSQL::Test::Utils::slurp_file("$dir/$_[0]"); }
 
@@ -155,6 +126,31 @@ like(ship('mtls', $mtls, { ca_bundle => pem('ca.crt'), client_cert => pem('clien
 refused('mtls_none', ship('mtls_none', $mtls, { ca_bundle => pem('ca.crt') }),
 	'(alert certificate required|asked for a client certificate, which the provider does not have)',
 	'no client certificate, to the same server');
+# the key it used was the secret: encrypted in shipsync.secret, not in the row
+is(sql(q{SELECT p.options->'tls' ? 'client_cert' AND NOT p.options->'tls' ? 'client_key'
+	AND p::text !~ 'PRIVATE KEY' FROM shipsync.provider p WHERE p.name = 'mtls'}), 't',
+	'the provider row keeps the certificate, not the key');
+is(sql(q{SELECT count(*) FROM shipsync.secret WHERE provider = 'mtls' AND name = 'client_key'
+	AND position(convert_to('PRIVATE KEY', 'UTF8') in ciphertext) = 0}), '1',
+	'the key is in shipsync.secret, encrypted');
+# without its key secret the provider sends nothing and says why; once
+# set_secret() gives the key back, it delivers again
+my $offset = -s $node->logfile;
+sql(q{DELETE FROM shipsync.secret WHERE provider = 'mtls' AND name = 'client_key'});
+ok( $node->wait_for_log(
+		qr/nothing is sent to provider "mtls": it has no secret "client_key", which its TLS client certificate needs/,
+		$offset),
+	'without its client_key secret, the provider sends nothing, and the log says why');
+my $again = "FROM shipsync.outbox o JOIN shipsync.binding b USING (binding_id)"
+  . " WHERE b.tbl = 't_mtls'::regclass AND o.order_key = '100'";
+sql(q{INSERT INTO t_mtls VALUES (100, 'again')});
+sleep 2;
+is(sql("SELECT count(*) $again AND (o.state <> 'pending' OR o.attempts > 0)"), '0',
+	'its new order waits, unsent');
+my $key = pem('client.key');
+sql(qq{SELECT shipsync.set_secret('mtls', 'client_key', \$k\$$key\$k\$)});
+ok(wait_until($node, "SELECT count(*) = 1 $again AND o.state = 'done'", 30),
+	'set_secret() gives the key back: delivered over mTLS');
 
 # ---- 4. pinned public keys
 like(ship('pin_ok', $good, { ca_bundle => pem('ca.crt'),

@@ -1,7 +1,7 @@
 # The leak scan: providers with known secrets of every kind (bearer token,
 # Basic user name and password, API keys, OAuth2 client secret, SF check
 # word, Kuaidi100 key, webhook secrets and the previous one, a secret
-# static header), given inline to create_provider() and through bind
+# static header, a TLS client key), given inline to create_provider() and through bind
 # parameters to create_provider() and set_secret(), some calls failing;
 # orders delivered through the simulators (which check each credential),
 # failed, registered for tracking and tracked by pushes; then the server
@@ -42,16 +42,26 @@ my %secret = (
 	failed_set => 'FAILED-LEAK-13',
 	failed_create => 'FAILED-LEAK-14',
 	malformed => 'MALFORMED-LEAK-15');
-# what must not be found: each secret, and the key bytes of the whsec_ ones
+# a TLS client key, for a simulator that requires a client certificate
+my $certs = PostgreSQL::Test::Utils::tempdir();
+test_ca($certs);
+test_certificate($certs, 'server', 'IP:127.0.0.1');
+test_certificate($certs, 'client', '');
+my %pem = map { ($_ => slurp_file("$certs/$_")) } qw(ca.crt client.crt client.key);
+# what must not be found: each secret, the key bytes of the whsec_ ones,
+# and each line of the client key (its JSON form escapes the line breaks)
 my @needles = (values %secret, 'WEBHOOK-LEAK-10', 'WEBHOOK-LEAK-11',
 	map { substr($_, 6) } ($secret{webhook}, $secret{webhook_new}));
+push @needles, grep { !/^-----/ && length($_) >= 16 } split /\n/, $pem{'client.key'};
 
 my $sim_a = start_sim(args => [ '--token', $secret{bearer}, '--require-header', "X-Shop-Key:$secret{header}" ]);
 my $sim_b = start_sim(args => [ '--oauth2', "leak-client:$secret{oauth_client_secret}" ], seed => 2);
 my $sim_c = start_sim(args => [ '--easypost', $secret{easypost_key}, '--aftership', $secret{aftership_key},
 		'--kuaidi100-key', $secret{kuaidi100_key} ], seed => 3);
 my $sim_d = start_sim(args => [ '--require-header', "X-Api-Key:$secret{api_key}" ], seed => 4);
-END { local $?; stop_sim($_) for grep { $_ } ($sim_a, $sim_b, $sim_c, $sim_d); }
+my $sim_e = start_sim(args => [ '--tls-cert', "$certs/server.crt", '--tls-key', "$certs/server.key",
+		'--tls-client-ca', "$certs/ca.crt" ], seed => 5);
+END { local $?; stop_sim($_) for grep { $_ } ($sim_a, $sim_b, $sim_c, $sim_d, $sim_e); }
 
 my $node = shipsync_node('leaks', 'log_statement = all', 'log_min_messages = debug1',
 	'log_parameter_max_length_on_error = -1', 'log_min_error_statement = error');
@@ -84,6 +94,11 @@ sql(qq{
 	SELECT shipsync.create_provider('leak_sf', 'sf_express', '$sim_c->{url}/sf/std/service', '{$common,
 		"auth": {"type": "sf_express", "partner_id": "SHOP1", "checkword": "$secret{sf_checkword}"}}');
 });
+
+my $tls = JSON::PP->new->canonical->encode({ ca_bundle => $pem{'ca.crt'},
+	client_cert => $pem{'client.crt'}, client_key => $pem{'client.key'} });
+sql(qq{SELECT shipsync.create_provider('leak_tls', 'generic', 'https://127.0.0.1:$sim_e->{port}',
+	'{$common, "tls": $tls}')});
 
 # failed calls with secrets in their text: a duplicate, and malformed JSON
 my ($ret, $out, $err) = $node->psql('postgres', qq{SELECT shipsync.create_provider('leak_sf', 'generic',
@@ -119,6 +134,9 @@ ok(pgbench('SELECT shipsync.set_secret(:p, :n, :v);',
 ok(!pgbench('SELECT shipsync.set_secret(:p, :n, :v);',
 		p => 'leak_bearer', n => 'no_such_secret', v => $secret{failed_set}),
 	'a failing set_secret() with bind parameters');
+ok(pgbench('SELECT shipsync.set_secret(:p, :n, :v);',
+		p => 'leak_tls', n => 'client_key', v => $pem{'client.key'}),
+	'set_secret() with bind parameters: the TLS client key');
 
 # 3. deliveries with every credential; the simulators check each one
 sql(qq{
@@ -132,6 +150,8 @@ sql(qq{
 	CREATE TABLE o_sf (order_no text PRIMARY KEY, receiver_name text, receiver_phone text,
 		receiver_address text, weight_kg numeric, waybill text);
 	SELECT shipsync.attach('o_sf', 'leak_sf', writeback => '{"tracking_number": "waybill"}');
+	CREATE TABLE o_tls (id int PRIMARY KEY, customer text, waybill_no text);
+	SELECT shipsync.attach('o_tls', 'leak_tls', writeback => '{"tracking_number": "waybill_no"}');
 });
 for my $t (qw(ep as kd))
 {
@@ -150,6 +170,7 @@ sql(q{
 	INSERT INTO o_api SELECT g, 'c' || g FROM generate_series(1, 3) g;
 	INSERT INTO o_sf VALUES ('SF-1', '李四', '13800138000', '广东省深圳市南山区科技园', 1.5);
 	INSERT INTO o_ep VALUES (1, 'e'); INSERT INTO o_as VALUES (1, 'a'); INSERT INTO o_kd VALUES (1, 'k');
+	INSERT INTO o_tls SELECT g, 't' || g FROM generate_series(1, 2) g;
 });
 ok(wait_until($node, q{SELECT count(*) = 3 FROM o_bearer WHERE waybill_no IS NOT NULL}, 60),
 	'bearer token and secret header: delivered, one after a 503');
@@ -161,6 +182,8 @@ ok(wait_until($node, q{SELECT count(*) = 3 FROM o_oauth WHERE waybill_no IS NOT 
 ok(wait_until($node, q{SELECT count(*) = 3 FROM o_api WHERE waybill_no IS NOT NULL}, 60),
 	'API key given through bind parameters: delivered');
 ok(wait_until($node, q{SELECT waybill IS NOT NULL FROM o_sf}, 60), 'SF check word: delivered');
+ok(wait_until($node, q{SELECT count(*) = 2 FROM o_tls WHERE waybill_no IS NOT NULL}, 60),
+	'TLS client key: delivered to a server that requires a client certificate');
 ok( wait_until($node, q{SELECT count(*) = 3 FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
 		WHERE p.name IN ('leak_ep', 'leak_as', 'leak_kd') AND o.op = 'register' AND o.state = 'done'}, 60),
 	'EasyPost key, AfterShip key, Kuaidi100 key: registered');

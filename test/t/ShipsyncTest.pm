@@ -18,7 +18,7 @@ use Exporter 'import';
 
 our @EXPORT = qw(shipsync_node start_sim stop_sim sim_get sim_post wait_until
   setup_orders start_receiver flush_pushes receiver_node push_http sw_headers
-  jdy_signed receiver_pid);
+  jdy_signed receiver_pid openssl test_ca test_certificate);
 
 my $here = dirname(abs_path(__FILE__));
 my @started_sims;
@@ -261,6 +261,47 @@ sub jdy_signed
 		'X-JDY-DeliverId' => $deliver,
 		'Content-Type' => 'application/json');
 	return ("?nonce=$nonce&timestamp=$ts", \%h);
+}
+
+# Run the openssl command; its standard output, or die with its errors.
+sub openssl
+{
+	my @args = @_;
+	my ($stdout, $stderr);
+	IPC::Run::run([ 'openssl', @args ], '>', \$stdout, '2>', \$stderr)
+	  or die "openssl @args: $stderr";
+	return $stdout;
+}
+
+my $ec_key = [ '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes' ];
+
+# A test CA in $dir: ca.key and ca.crt.
+sub test_ca
+{
+	my ($dir) = @_;
+	openssl('req', '-x509', @$ec_key, '-keyout', "$dir/ca.key", '-out', "$dir/ca.crt",
+		'-days', '30', '-subj', '/CN=shipsync test CA');
+}
+
+# A key and a certificate signed by test_ca()'s CA (or self-signed with
+# self_signed => 1) in $dir: $name.key, $name.crt, with the subjectAltName
+# given (none if empty), valid for days => N (30; -1: expired).
+sub test_certificate
+{
+	my ($dir, $name, $san, %opt) = @_;
+	if ($opt{self_signed})
+	{
+		openssl('req', '-x509', @$ec_key, '-keyout', "$dir/$name.key", '-out', "$dir/$name.crt",
+			'-days', '30', '-subj', "/CN=$name", '-addext', "subjectAltName=$san");
+		return;
+	}
+	openssl('req', @$ec_key, '-keyout', "$dir/$name.key", '-out', "$dir/$name.csr", '-subj', "/CN=$name");
+	open(my $fh, '>', "$dir/$name.ext") or die "$dir/$name.ext: $!";
+	print $fh "subjectAltName=$san\n" if $san;
+	close $fh;
+	openssl('x509', '-req', '-in', "$dir/$name.csr", '-CA', "$dir/ca.crt", '-CAkey', "$dir/ca.key",
+		'-CAcreateserial', '-out', "$dir/$name.crt", '-days', $opt{days} // 30,
+		'-extfile', "$dir/$name.ext");
 }
 
 1;

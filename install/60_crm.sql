@@ -66,7 +66,11 @@ COMMENT ON FUNCTION @extschema@._crm_secret(integer) IS
 	'Internal: the signing secret of a CRM source, for ingest_crm().';
 
 -- Provider and CRM source names share one namespace: a CRM source's name
--- stands in place of a provider's in the secret store.
+-- stands in place of a provider's in the secret store (shipsync.secret's
+-- provider column).  Two transactions taking one name, one for a provider
+-- and one for a source, serialise on an advisory lock on the name (first
+-- key 0: tracking's locks use provider ids, from 1), so the second sees
+-- the first's row once it commits.
 CREATE FUNCTION @extschema@._check_name_free()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -75,6 +79,7 @@ AS $$
 DECLARE
 	other text;
 BEGIN
+	PERFORM pg_catalog.pg_advisory_xact_lock(0, pg_catalog.hashtext(NEW.name));
 	IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'provider' THEN
 		SELECT 'a CRM source' INTO other FROM @extschema@.crm_source c
 		WHERE c.name OPERATOR(pg_catalog.=) NEW.name;

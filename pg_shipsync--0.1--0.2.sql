@@ -413,10 +413,10 @@ CREATE TABLE @extschema@.secret (
 	PRIMARY KEY (provider, name)
 );
 COMMENT ON TABLE @extschema@.secret IS
-	'Provider credentials, encrypted with AES-256-GCM under the key of shipsync.secret_key_file, each bound to its provider and name. Ciphertext only, readable by the extension owner only; set with shipsync.set_secret() or create_provider(), listed by the view shipsync.secrets.';
-COMMENT ON COLUMN @extschema@.secret.provider IS 'The provider''s name.';
+	'Provider and CRM source credentials, encrypted with AES-256-GCM under the key of shipsync.secret_key_file, each bound to its provider (or CRM source) and name. Ciphertext only, readable by the extension owner only; set with shipsync.set_secret(), create_provider() or create_crm_source(), listed by the view shipsync.secrets.';
+COMMENT ON COLUMN @extschema@.secret.provider IS 'The provider''s name, or the CRM source''s (the two share one namespace).';
 COMMENT ON COLUMN @extschema@.secret.name IS
-	'token, key, username, password, client_secret, checkword, webhook_secret, previous_webhook_secret, client_key, or header:<name> for a secret header.';
+	'token, key, username, password, client_secret, checkword, webhook_secret, previous_webhook_secret, client_key, or header:<name> for a secret header; a CRM source has webhook_secret and previous_webhook_secret.';
 COMMENT ON COLUMN @extschema@.secret.key_id IS
 	'The key that sealed the value: the first 8 bytes of HMAC-SHA256(key, ''pg_shipsync key id''), in hex.';
 COMMENT ON COLUMN @extschema@.secret.ciphertext IS
@@ -520,9 +520,15 @@ BEGIN
 	SELECT x.provider_id, x.name, x.dialect, x.auth, x.headers, x.options INTO p
 	FROM @extschema@.provider x WHERE x.name OPERATOR(pg_catalog.=) set_secret.provider;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'provider "%" does not exist', coalesce(set_secret.provider, '')
+		-- a CRM source's name stands in place of a provider's
+		IF EXISTS (SELECT 1 FROM @extschema@.crm_source c
+				   WHERE c.name OPERATOR(pg_catalog.=) set_secret.provider) THEN
+			PERFORM @extschema@._set_crm_secret(set_secret.provider, set_secret.name, value);
+			RETURN;
+		END IF;
+		RAISE EXCEPTION 'provider or CRM source "%" does not exist', coalesce(set_secret.provider, '')
 			USING ERRCODE = 'undefined_object',
-				  HINT = 'See SELECT name FROM shipsync.providers.';
+				  HINT = 'See SELECT name FROM shipsync.providers, and shipsync.crm_sources.';
 	END IF;
 	names := @extschema@._secret_names(p.auth, p.headers, p.options);
 	-- a header's name is matched without regard to case, as HTTP does
@@ -570,7 +576,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.set_secret(text, text, text) IS
-	'Set one secret of a provider, stored encrypted: token, key, username, password, client_secret, checkword (as its auth type has them), webhook_secret (the one it replaces stays valid as previous_webhook_secret), previous_webhook_secret, header:<name> for a header created secret, client_key. NULL removes webhook_secret, previous_webhook_secret or password. The value is never shown again.';
+	'Set one secret of a provider, stored encrypted: token, key, username, password, client_secret, checkword (as its auth type has them), webhook_secret (the one it replaces stays valid as previous_webhook_secret), previous_webhook_secret, header:<name> for a header created secret, client_key. NULL removes webhook_secret, previous_webhook_secret or password. A CRM source''s name stands in place of a provider''s: its webhook_secret (option secret of create_crm_source()) and previous_webhook_secret. The value is never shown again.';
 
 CREATE FUNCTION @extschema@.rotate_key()
 RETURNS bigint
@@ -580,7 +586,8 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.rotate_key() IS
 	'Encrypt again, under the key of shipsync.secret_key_file, every secret encrypted under another key (that of shipsync.previous_secret_key_file, during a key rotation). Returns how many; all or nothing.';
 
--- A dropped provider takes its secrets with it.
+-- A dropped provider takes its secrets with it (and a dropped CRM source:
+-- trigger crm_source_drop_secrets).
 CREATE FUNCTION @extschema@._drop_secrets()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -613,7 +620,7 @@ CREATE VIEW @extschema@.secrets AS
 SELECT s.provider, s.name, s.set_at, s.set_by, pg_catalog.now() OPERATOR(pg_catalog.-) s.set_at AS age
 FROM @extschema@.secret s;
 COMMENT ON VIEW @extschema@.secrets IS
-	'The secrets that are set: provider, name, when and by whom, and their age. Never a value.';
+	'The secrets that are set: provider (or CRM source), name, when and by whom, and their age. Never a value.';
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.secret', '');
 
@@ -863,19 +870,9 @@ CREATE TABLE @extschema@.crm_source (
 	created_by		name NOT NULL DEFAULT SESSION_USER
 );
 COMMENT ON TABLE @extschema@.crm_source IS
-	'A CRM that pushes orders in: its kind (jiandaoyun, salesforce_om, generic), the orders table its pushes write, the key column matched to the CRM''s record id, and the field-map profile (direction crm_in) from a pushed record to columns. The signing secret is not here: see view shipsync.crm_sources.';
+	'A CRM that pushes orders in: its kind (jiandaoyun, salesforce_om, generic), the orders table its pushes write, the key column matched to the CRM''s record id, and the field-map profile (direction crm_in) from a pushed record to columns. The signing secret is not here: it is encrypted in shipsync.secret, under the source''s name.';
 COMMENT ON COLUMN @extschema@.crm_source.options IS
 	'The options given to create_crm_source() other than the secret: organization_id and sobject_type for salesforce_om.';
-
--- The signing secret of a source, until the encrypted store shipsync.secret
--- holds it: readable by the extension's owner only (no grant), masked in
--- every view, read through _crm_secret() alone.
-CREATE TABLE @extschema@.crm_source_secret (
-	crm_source_id	integer PRIMARY KEY REFERENCES @extschema@.crm_source ON DELETE CASCADE,
-	secret			text NOT NULL
-);
-COMMENT ON TABLE @extschema@.crm_source_secret IS
-	'The signing secret of each CRM source (option secret): readable by the extension''s owner only, never shown in a view.';
 
 CREATE TABLE @extschema@.crm_delivery (
 	crm_source_id	integer NOT NULL REFERENCES @extschema@.crm_source ON DELETE CASCADE,
@@ -888,20 +885,12 @@ CREATE INDEX crm_delivery_expiry_idx ON @extschema@.crm_delivery (crm_source_id,
 COMMENT ON TABLE @extschema@.crm_delivery IS
 	'Deliveries of CRM pushes already applied, kept for the source''s dedup_ttl: the 简道云 X-JDY-DeliverId, the Salesforce notification Id, the Standard Webhooks webhook-id. A delivery seen again is acknowledged and changes nothing.';
 
--- The one place that reads a source's secret (ingest_crm() calls it).
-CREATE FUNCTION @extschema@._crm_secret(source_id integer)
-RETURNS text
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT s.secret FROM @extschema@.crm_source_secret s
-	WHERE s.crm_source_id OPERATOR(pg_catalog.=) source_id
-$$;
-COMMENT ON FUNCTION @extschema@._crm_secret(integer) IS
-	'Internal: the signing secret of a CRM source, for ingest_crm().';
-
 -- Provider and CRM source names share one namespace: a CRM source's name
--- stands in place of a provider's in the secret store.
+-- stands in place of a provider's in the secret store (shipsync.secret's
+-- provider column).  Two transactions taking one name, one for a provider
+-- and one for a source, serialise on an advisory lock on the name (first
+-- key 0: tracking's locks use provider ids, from 1), so the second sees
+-- the first's row once it commits.
 CREATE FUNCTION @extschema@._check_name_free()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -910,6 +899,7 @@ AS $$
 DECLARE
 	other text;
 BEGIN
+	PERFORM pg_catalog.pg_advisory_xact_lock(0, pg_catalog.hashtext(NEW.name));
 	IF TG_TABLE_NAME OPERATOR(pg_catalog.=) 'provider' THEN
 		SELECT 'a CRM source' INTO other FROM @extschema@.crm_source c
 		WHERE c.name OPERATOR(pg_catalog.=) NEW.name;
@@ -954,6 +944,80 @@ BEGIN
 					  HINT = 'Fix the row in shipsync.field_map, or add the column.';
 		END IF;
 	END LOOP;
+END
+$$;
+
+-- A source's secret as its kind reads it; what names where it was given.
+CREATE FUNCTION @extschema@._check_crm_secret(kind text, value text, what text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF kind OPERATOR(pg_catalog.=) 'generic'
+	   AND value OPERATOR(pg_catalog.!~) '^(whsec_)?[A-Za-z0-9+/]+={0,2}$' THEN
+		RAISE EXCEPTION '% of a generic CRM source is not a Standard Webhooks secret', what
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A Standard Webhooks secret is whsec_ followed by the base64 of the key.',
+				  HINT = 'Give the secret exactly as the sender issued it, for example whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.';
+	END IF;
+END
+$$;
+
+/*
+ * set_secret() for a CRM source: its name stands in place of a provider's.
+ * A signed source (jiandaoyun, generic) has webhook_secret, given as option
+ * secret of create_crm_source(), and previous_webhook_secret, which a new
+ * webhook_secret keeps valid for the rotation; a salesforce_om source has
+ * none.  Pushes write into the source's table with its owner's rights, so
+ * only a member of that owner may change what signs them.
+ */
+CREATE FUNCTION @extschema@._set_crm_secret(source text, name text, value text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s record;
+BEGIN
+	SELECT c.name, c.kind, c.tbl INTO STRICT s FROM @extschema@.crm_source c
+	WHERE c.name OPERATOR(pg_catalog.=) _set_crm_secret.source;
+	IF s.kind OPERATOR(pg_catalog.=) 'salesforce_om'
+	   OR coalesce(name, '') OPERATOR(pg_catalog.<>) ALL (ARRAY['webhook_secret', 'previous_webhook_secret']) THEN
+		RAISE EXCEPTION 'CRM source "%" has no secret "%"', s.name, coalesce(name, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = CASE WHEN s.kind OPERATOR(pg_catalog.=) 'salesforce_om'
+								THEN 'Outbound Messages are not signed: a salesforce_om source has no secret.'
+								ELSE 'Its secrets are named webhook_secret, previous_webhook_secret.' END,
+				  HINT = 'A source''s webhook_secret is what create_crm_source() took as option "secret".';
+	END IF;
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) s.tbl)
+	   AND NOT pg_catalog.pg_has_role(session_user,
+			(SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) s.tbl), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', s.tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'Pushes of the source are written into the table with its owner''s rights.';
+	END IF;
+	IF value IS NULL THEN
+		IF name OPERATOR(pg_catalog.=) 'webhook_secret' THEN
+			RAISE EXCEPTION 'secret "webhook_secret" of CRM source "%" cannot be removed', s.name
+				USING ERRCODE = 'null_value_not_allowed',
+					  DETAIL = 'Pushes of the source are verified with it.',
+					  HINT = 'Give its new value instead, or drop the source.';
+		END IF;
+		DELETE FROM @extschema@.secret x
+		 WHERE x.provider OPERATOR(pg_catalog.=) s.name AND x.name OPERATOR(pg_catalog.=) _set_crm_secret.name;
+		RETURN;
+	END IF;
+	IF value OPERATOR(pg_catalog.=) '' THEN
+		RAISE EXCEPTION 'secret "%" must not be empty', name
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Give the value exactly as the CRM issued it.';
+	END IF;
+	PERFORM @extschema@._check_crm_secret(s.kind, value, pg_catalog.format('secret "%s"', name));
+	-- a new webhook secret: the one it replaces stays valid as the previous
+	PERFORM @extschema@._secret_put(s.name, name, value,
+		CASE WHEN name OPERATOR(pg_catalog.=) 'webhook_secret' THEN 'previous_webhook_secret' END);
 END
 $$;
 
@@ -1022,12 +1086,8 @@ BEGIN
 				  HINT = CASE kind WHEN 'jiandaoyun' THEN 'Give the secret of the 简道云 data push (数据推送 → 密钥).'
 								   ELSE 'Give the whsec_ secret of the sender''s Standard Webhooks signature.' END;
 	END IF;
-	IF kind OPERATOR(pg_catalog.=) 'generic'
-	   AND (opts->>'secret') OPERATOR(pg_catalog.!~) '^(whsec_)?[A-Za-z0-9+/]+={0,2}$' THEN
-		RAISE EXCEPTION 'option "secret" of a generic CRM source is not a Standard Webhooks secret'
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = 'A Standard Webhooks secret is whsec_ followed by the base64 of the key.',
-				  HINT = 'Give the secret exactly as the sender issued it, for example whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.';
+	IF opts ? 'secret' THEN
+		PERFORM @extschema@._check_crm_secret(kind, opts->>'secret', 'option "secret"');
 	END IF;
 	IF kind OPERATOR(pg_catalog.=) 'salesforce_om'
 	   AND coalesce(opts->>'organization_id', '') OPERATOR(pg_catalog.!~) '^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$' THEN
@@ -1082,8 +1142,11 @@ BEGIN
 	VALUES (name, kind, tbl, keycol, coalesce(opts->>'profile', name), ttl,
 			opts OPERATOR(pg_catalog.-) ARRAY['secret', 'profile', 'key_column', 'dedup_ttl'])
 	RETURNING s.crm_source_id INTO id;
+	-- the secret, encrypted under the source's name; nothing left under
+	-- that name before (the name was free) may pass for a previous secret
+	DELETE FROM @extschema@.secret x WHERE x.provider OPERATOR(pg_catalog.=) create_crm_source.name;
 	IF opts ? 'secret' THEN
-		INSERT INTO @extschema@.crm_source_secret (crm_source_id, secret) VALUES (id, opts->>'secret');
+		PERFORM @extschema@._secret_put(create_crm_source.name, 'webhook_secret', opts->>'secret');
 	END IF;
 	RETURN id;
 EXCEPTION
@@ -1121,18 +1184,23 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.drop_crm_source(text) IS
-	'Remove a CRM source, its secret and its remembered deliveries; the receiver answers 404 for it from then on.';
+	'Remove a CRM source, its secrets and its remembered deliveries; the receiver answers 404 for it from then on.';
+
+-- A dropped source takes its secrets with it, however it is dropped.
+CREATE TRIGGER crm_source_drop_secrets AFTER DELETE ON @extschema@.crm_source
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._drop_secrets();
 
 CREATE VIEW @extschema@.crm_sources AS
 SELECT s.crm_source_id, s.name, s.kind, s.tbl, s.key_column, s.profile, s.dedup_ttl,
-	   s.options OPERATOR(pg_catalog.||) CASE WHEN x.crm_source_id IS NULL THEN '{}'::jsonb
+	   s.options OPERATOR(pg_catalog.||) CASE WHEN x.provider IS NULL THEN '{}'::jsonb
 			ELSE '{"secret": "********"}'::jsonb END AS options,
 	   (SELECT pg_catalog.count(*) FROM @extschema@.field_map m
 		WHERE m.profile OPERATOR(pg_catalog.=) s.profile
 		  AND m.direction OPERATOR(pg_catalog.=) 'crm_in') AS map_rows,
 	   s.created_at, s.created_by
 FROM @extschema@.crm_source s
-LEFT JOIN @extschema@.crm_source_secret x ON x.crm_source_id OPERATOR(pg_catalog.=) s.crm_source_id;
+LEFT JOIN @extschema@.secret x ON x.provider OPERATOR(pg_catalog.=) s.name
+	AND x.name OPERATOR(pg_catalog.=) 'webhook_secret';
 COMMENT ON VIEW @extschema@.crm_sources IS
 	'CRM sources with their secret masked, and how many crm_in field-map rows their profile has.';
 
@@ -1221,12 +1289,12 @@ COMMENT ON FUNCTION @extschema@._ingest_tracking_batch(text, text[], jsonb[]) IS
 	'Internal, for the receiver: ingest_tracking() of many pushes of one provider, each verified and parsed on its own and failing alone (sqlstate and message), the events of the good ones stored and folded together. One row per push.';
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_source', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_source_secret', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_delivery', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_source_crm_source_id_seq', '');
 
 -- privileges (as in 90_privileges.sql)
-REVOKE ALL ON FUNCTION @extschema@._crm_secret(integer), @extschema@._check_name_free(),
+REVOKE ALL ON FUNCTION @extschema@._check_name_free(), @extschema@._check_crm_secret(text, text, text),
+	@extschema@._set_crm_secret(text, text, text),
 	@extschema@._check_crm_map(text, regclass), @extschema@.create_crm_source(text, text, regclass, jsonb),
 	@extschema@.drop_crm_source(text), @extschema@._salesforce_notifications(text),
 	@extschema@.ingest_crm(text, text, jsonb, jsonb),

@@ -6,10 +6,11 @@
 ------------------------------------------------------------------------------
 -- Secrets
 --
--- Every credential of a provider is sealed with AES-256-GCM under the key
--- of shipsync.secret_key_file (src/secret.c, src/crypto.c) and stored here,
--- and nowhere else; only the dispatcher (building requests) and
--- ingest_tracking() (verifying signatures) open them.
+-- Every credential of a provider, and the signing secret of a CRM source
+-- (under the source's name), is sealed with AES-256-GCM under the key of
+-- shipsync.secret_key_file (src/secret.c, src/crypto.c) and stored here,
+-- and nowhere else; only the dispatcher (building requests),
+-- ingest_tracking() and ingest_crm() (verifying signatures) open them.
 ------------------------------------------------------------------------------
 
 CREATE TABLE @extschema@.secret (
@@ -22,10 +23,10 @@ CREATE TABLE @extschema@.secret (
 	PRIMARY KEY (provider, name)
 );
 COMMENT ON TABLE @extschema@.secret IS
-	'Provider credentials, encrypted with AES-256-GCM under the key of shipsync.secret_key_file, each bound to its provider and name. Ciphertext only, readable by the extension owner only; set with shipsync.set_secret() or create_provider(), listed by the view shipsync.secrets.';
-COMMENT ON COLUMN @extschema@.secret.provider IS 'The provider''s name.';
+	'Provider and CRM source credentials, encrypted with AES-256-GCM under the key of shipsync.secret_key_file, each bound to its provider (or CRM source) and name. Ciphertext only, readable by the extension owner only; set with shipsync.set_secret(), create_provider() or create_crm_source(), listed by the view shipsync.secrets.';
+COMMENT ON COLUMN @extschema@.secret.provider IS 'The provider''s name, or the CRM source''s (the two share one namespace).';
 COMMENT ON COLUMN @extschema@.secret.name IS
-	'token, key, username, password, client_secret, checkword, webhook_secret, previous_webhook_secret, client_key, or header:<name> for a secret header.';
+	'token, key, username, password, client_secret, checkword, webhook_secret, previous_webhook_secret, client_key, or header:<name> for a secret header; a CRM source has webhook_secret and previous_webhook_secret.';
 COMMENT ON COLUMN @extschema@.secret.key_id IS
 	'The key that sealed the value: the first 8 bytes of HMAC-SHA256(key, ''pg_shipsync key id''), in hex.';
 COMMENT ON COLUMN @extschema@.secret.ciphertext IS
@@ -129,9 +130,15 @@ BEGIN
 	SELECT x.provider_id, x.name, x.dialect, x.auth, x.headers, x.options INTO p
 	FROM @extschema@.provider x WHERE x.name OPERATOR(pg_catalog.=) set_secret.provider;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'provider "%" does not exist', coalesce(set_secret.provider, '')
+		-- a CRM source's name stands in place of a provider's
+		IF EXISTS (SELECT 1 FROM @extschema@.crm_source c
+				   WHERE c.name OPERATOR(pg_catalog.=) set_secret.provider) THEN
+			PERFORM @extschema@._set_crm_secret(set_secret.provider, set_secret.name, value);
+			RETURN;
+		END IF;
+		RAISE EXCEPTION 'provider or CRM source "%" does not exist', coalesce(set_secret.provider, '')
 			USING ERRCODE = 'undefined_object',
-				  HINT = 'See SELECT name FROM shipsync.providers.';
+				  HINT = 'See SELECT name FROM shipsync.providers, and shipsync.crm_sources.';
 	END IF;
 	names := @extschema@._secret_names(p.auth, p.headers, p.options);
 	-- a header's name is matched without regard to case, as HTTP does
@@ -179,7 +186,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.set_secret(text, text, text) IS
-	'Set one secret of a provider, stored encrypted: token, key, username, password, client_secret, checkword (as its auth type has them), webhook_secret (the one it replaces stays valid as previous_webhook_secret), previous_webhook_secret, header:<name> for a header created secret, client_key. NULL removes webhook_secret, previous_webhook_secret or password. The value is never shown again.';
+	'Set one secret of a provider, stored encrypted: token, key, username, password, client_secret, checkword (as its auth type has them), webhook_secret (the one it replaces stays valid as previous_webhook_secret), previous_webhook_secret, header:<name> for a header created secret, client_key. NULL removes webhook_secret, previous_webhook_secret or password. A CRM source''s name stands in place of a provider''s: its webhook_secret (option secret of create_crm_source()) and previous_webhook_secret. The value is never shown again.';
 
 CREATE FUNCTION @extschema@.rotate_key()
 RETURNS bigint
@@ -189,7 +196,8 @@ SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@.rotate_key() IS
 	'Encrypt again, under the key of shipsync.secret_key_file, every secret encrypted under another key (that of shipsync.previous_secret_key_file, during a key rotation). Returns how many; all or nothing.';
 
--- A dropped provider takes its secrets with it.
+-- A dropped provider takes its secrets with it (and a dropped CRM source:
+-- trigger crm_source_drop_secrets).
 CREATE FUNCTION @extschema@._drop_secrets()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -222,6 +230,6 @@ CREATE VIEW @extschema@.secrets AS
 SELECT s.provider, s.name, s.set_at, s.set_by, pg_catalog.now() OPERATOR(pg_catalog.-) s.set_at AS age
 FROM @extschema@.secret s;
 COMMENT ON VIEW @extschema@.secrets IS
-	'The secrets that are set: provider, name, when and by whom, and their age. Never a value.';
+	'The secrets that are set: provider (or CRM source), name, when and by whom, and their age. Never a value.';
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.secret', '');

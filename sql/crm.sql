@@ -68,8 +68,13 @@ INSERT INTO shipsync.field_map (profile, direction, position, target_path, sourc
 SELECT shipsync.create_crm_source('zoho', 'generic', 'crm.orders',
 	'{"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "key_column": "crm_id"}');
 SELECT name, kind, tbl, key_column, profile, dedup_ttl, options, map_rows FROM shipsync.crm_sources;
--- the secret is shown masked, and stored apart
-SELECT count(*) AS secrets FROM shipsync.crm_source_secret;
+-- the secret is shown masked, and stored encrypted in shipsync.secret
+-- under the source's name, like a provider's webhook secret
+SELECT provider, name FROM shipsync.secret ORDER BY 1, 2;
+SELECT count(*) AS plaintext_anywhere
+FROM shipsync.secret s, shipsync.crm_source c
+WHERE position(convert_to('MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'UTF8') IN s.ciphertext) > 0
+   OR s::text LIKE '%MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw%' OR c::text LIKE '%MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw%';
 
 SELECT pg_temp.err($$SELECT shipsync.create_crm_source('bad name', 'generic', 'crm.orders', '{"secret": "whsec_AAAA"}')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'hubspot', 'crm.orders')$$);
@@ -94,6 +99,11 @@ SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.o
 SELECT pg_temp.err($$SELECT shipsync.create_crm_source('carrier', 'jiandaoyun', 'crm.orders', '{"secret": "s"}')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_provider('zoho', 'generic', 'http://127.0.0.1:9')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_crm_source('zoho', 'jiandaoyun', 'crm.orders', '{"secret": "s"}')$$);
+-- and when renamed, both ways
+SELECT pg_temp.err($$UPDATE shipsync.provider SET name = 'zoho' WHERE name = 'carrier'$$);
+SELECT pg_temp.err($$UPDATE shipsync.crm_source SET name = 'carrier' WHERE name = 'zoho'$$);
+-- the failed calls left the source's secret alone
+SELECT provider, name FROM shipsync.secret ORDER BY 1, 2;
 -- a bad crm_in row is refused by the field map's own check
 SELECT pg_temp.err($$INSERT INTO shipsync.field_map (profile, direction, target_path, source, transform) VALUES ('zoho', 'crm_in', 'phone2', 'x', 'shout')$$);
 
@@ -170,8 +180,11 @@ INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES 
 SELECT shipsync.create_crm_source('gone', 'generic', 'crm.gone', '{"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}');
 DROP TABLE crm.gone;
 SELECT pg_temp.err($$SELECT pg_temp.push('gone', 'e9', 'order.created', '{"id": "Z-5"}')$$);
+SELECT count(*) AS gone_secrets FROM shipsync.secret WHERE provider = 'gone';
 SELECT shipsync.drop_crm_source('gone');
 SELECT pg_temp.err($$SELECT shipsync.drop_crm_source('gone')$$);
+-- a dropped source takes its secret with it
+SELECT count(*) AS gone_secrets FROM shipsync.secret WHERE provider = 'gone';
 
 ------------------------------------------------------------------------------
 -- Salesforce Outbound Messages: the published requests, an upsert each
@@ -204,8 +217,8 @@ SELECT r->>'duplicate' AS duplicates FROM shipsync.ingest_crm('sf', replace(:'co
 -- privileges: the secret is the owner's alone
 ------------------------------------------------------------------------------
 SET ROLE shipsync_admin;
-SELECT pg_temp.err($$SELECT * FROM shipsync.crm_source_secret$$);
-SELECT pg_temp.err($$SELECT shipsync._crm_secret(1)$$);
+SELECT pg_temp.err($$SELECT * FROM shipsync.secret$$);
+SELECT pg_temp.err($$SELECT shipsync._secret_put('zoho', 'webhook_secret', 'whsec_AAAA')$$);
 SELECT name, options FROM shipsync.crm_sources ORDER BY name;
 RESET ROLE;
 SET ROLE shipsync_ingest;

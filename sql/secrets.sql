@@ -1,7 +1,8 @@
 -- Secrets: every credential encrypted in shipsync.secret, none anywhere
--- else; set_secret(), rotations of webhook secrets, rotate_key(), the view
--- secrets, render_request() masking, field maps refusing secret options,
--- and who may do what.  (The suite before may leave the extension.)
+-- else; set_secret(), rotations of webhook secrets (a provider's and a CRM
+-- source's), rotate_key(), the view secrets, render_request() masking,
+-- field maps refusing secret options, and who may do what.  (The suite
+-- before may leave the extension.)
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS pg_shipsync CASCADE;
 CREATE EXTENSION pg_shipsync;
@@ -117,7 +118,48 @@ SELECT shipsync.set_secret('bearer', 'previous_webhook_secret', NULL);
 SELECT pg_temp.push('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'e4') AS previous_removed;
 SELECT count(*) AS parked_events FROM shipsync.unmatched_event;
 
--- field maps never copy a secret option into a request
+-- a CRM source's secret: stored like a provider's, under the source's
+-- name (the two share one namespace), and rotated the same way
+CREATE TABLE crm_orders (id text PRIMARY KEY, customer text);
+INSERT INTO shipsync.field_map (profile, direction, target_path, source, required) VALUES
+	('zoho', 'crm_in', 'id', 'id', true), ('zoho', 'crm_in', 'customer', 'customer', false);
+SELECT shipsync.create_crm_source('zoho', 'generic', 'crm_orders',
+	'{"secret": "whsec_em9oby1vbGQtc2VjcmV0"}') > 0 AS created;
+SELECT shipsync.create_crm_source('sfdc', 'salesforce_om', 'crm_orders',
+	'{"organization_id": "012345678901234", "profile": "zoho"}') > 0 AS created;
+INSERT INTO known VALUES ('em9oby1vbGQtc2VjcmV0'), ('em9oby1uZXctc2VjcmV0'), ('zoho-SECRET-15');
+SELECT provider, name, set_by = current_user AS set_by_me FROM shipsync.secrets
+WHERE provider IN ('zoho', 'sfdc') ORDER BY 1, 2;
+SELECT name, options FROM shipsync.crm_sources ORDER BY name;
+-- set_secret: what it refuses for a source
+SELECT pg_temp.err($$SELECT shipsync.set_secret('zoho', 'token', 'x')$$);
+SELECT pg_temp.err($$SELECT shipsync.set_secret('zoho', 'secret', 'x')$$);
+SELECT pg_temp.err($$SELECT shipsync.set_secret('sfdc', 'webhook_secret', 'whsec_AAAA')$$);
+SELECT pg_temp.err($$SELECT shipsync.set_secret('zoho', 'webhook_secret', 'zoho-SECRET-15 !')$$);
+SELECT pg_temp.err($$SELECT shipsync.set_secret('zoho', 'webhook_secret', '')$$);
+SELECT pg_temp.err($$SELECT shipsync.set_secret('zoho', 'webhook_secret', NULL)$$);
+-- the rotation: pushes signed with the new or the previous secret are taken
+CREATE FUNCTION pg_temp.crm_push(secret text, id text) RETURNS text LANGUAGE sql AS $$
+	SELECT pg_temp.err(format('SELECT shipsync.ingest_crm(%L, %L, %L)', 'zoho', b,
+		pg_temp.sw_headers(secret, id, b)))
+	FROM (SELECT '{"type": "order.created", "data": {"id": "' || id || '", "customer": "c"}}' AS b) x
+$$;
+SELECT pg_temp.crm_push('whsec_em9oby1vbGQtc2VjcmV0', 'c1') AS signed_with_the_current;
+SELECT shipsync.set_secret('zoho', 'webhook_secret', 'whsec_em9oby1uZXctc2VjcmV0');
+SELECT name FROM shipsync.secrets WHERE provider = 'zoho' ORDER BY 1;
+SELECT pg_temp.crm_push('whsec_em9oby1uZXctc2VjcmV0', 'c2') AS signed_with_the_new;
+SELECT pg_temp.crm_push('whsec_em9oby1vbGQtc2VjcmV0', 'c3') AS signed_with_the_previous;
+SELECT pg_temp.crm_push('whsec_c2VjcmV0', 'c4') AS signed_with_another;
+SELECT shipsync.set_secret('zoho', 'previous_webhook_secret', NULL);
+SELECT pg_temp.crm_push('whsec_em9oby1vbGQtc2VjcmV0', 'c5') AS previous_removed;
+SELECT name FROM shipsync.secrets WHERE provider = 'zoho' ORDER BY 1;
+SELECT string_agg(id, ', ' ORDER BY id) AS orders_pushed FROM crm_orders;
+-- no source secret outside shipsync.secret, in plain text nowhere
+SELECT count(*) AS crm_secrets_in_sight
+FROM (SELECT c::text AS t FROM shipsync.crm_source c UNION ALL SELECT c::text FROM shipsync.crm_sources c
+	  UNION ALL SELECT s::text FROM shipsync.secrets s UNION ALL SELECT s::text FROM shipsync.secret s) v,
+	 known k WHERE v.t LIKE '%' || k.secret || '%';
+
 SELECT pg_temp.err($$INSERT INTO shipsync.field_map (profile, direction, target_path, source)
 	VALUES ('mine', 'out', 'salt', 'option:webhook_secret')$$);
 SELECT pg_temp.err($$INSERT INTO shipsync.field_map (profile, direction, target_path, source)
@@ -152,11 +194,19 @@ SELECT pg_temp.err($$SELECT * FROM shipsync.secret$$);
 SET ROLE secret_test_reader;
 SELECT pg_temp.err($$SELECT * FROM shipsync.secrets$$);
 RESET ROLE;
+-- a CRM source's secret: only a member of its table's owner may set it
+-- (pushes write into the table with the owner's rights)
+SET SESSION AUTHORIZATION secret_test_admin;
+SELECT pg_temp.err($$SELECT shipsync.set_secret('zoho', 'webhook_secret', 'whsec_AAAA')$$);
+RESET SESSION AUTHORIZATION;
+SELECT name, set_by = current_user AS set_by_me FROM shipsync.secrets WHERE provider = 'zoho';
 
--- a dropped provider takes its secrets with it
+-- a dropped provider takes its secrets with it, and a dropped CRM source
 DELETE FROM shipsync.provider WHERE name = 'oa';
 SELECT count(*) AS oa_secrets FROM shipsync.secret WHERE provider = 'oa';
+SELECT shipsync.drop_crm_source('zoho');
+SELECT count(*) AS zoho_secrets FROM shipsync.secret WHERE provider = 'zoho';
 
-DROP TABLE orders;
+DROP TABLE orders, crm_orders;
 DROP EXTENSION pg_shipsync;
 DROP ROLE secret_test_admin, secret_test_operator, secret_test_reader;

@@ -40,8 +40,10 @@
  *
  * Everything happens in the caller's transaction: one failing record
  * fails the whole push.  ingest_crm() runs as the extension's owner
- * (SECURITY DEFINER) because it reads the source's secret, through
- * shipsync._crm_secret() alone.  The compiled map and the parsed JSON are
+ * (SECURITY DEFINER) because it opens the source's secrets: encrypted in
+ * shipsync.secret under the source's name (secret.c), the current one and,
+ * during a rotation, the previous one, either of which signs a good push
+ * (as for tracking pushes).  The compiled map and the parsed JSON are
  * malloc'd (mapping.c, json.c) and freed by a reset callback of the
  * call's memory context, so an error leaks nothing.
  *
@@ -96,7 +98,8 @@ typedef struct CrmSource
 	char	   *organization_id;
 	char	   *sobject_type;
 	char	   *options;		/* JSON text, for option: sources */
-	char	   *secret;
+	char	   *secret;			/* webhook_secret, opened when verifying */
+	char	   *previous_secret;	/* previous_webhook_secret, in a rotation */
 } CrmSource;
 
 /* One record of a push, read but not yet written */
@@ -182,8 +185,7 @@ crm_load_source(const char *name)
 			"SELECT s.crm_source_id, s.name, s.kind, s.tbl::text, c.relowner,"
 			" s.key_column::text, s.profile,"
 			" pg_catalog.date_part('epoch', s.dedup_ttl)::bigint,"
-			" s.options->>'organization_id', s.options->>'sobject_type', s.options::text,"
-			" shipsync._crm_secret(s.crm_source_id)"
+			" s.options->>'organization_id', s.options->>'sobject_type', s.options::text"
 			" FROM shipsync.crm_source s"
 			" LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.tbl"
 			" WHERE s.name OPERATOR(pg_catalog.=) $1", 1, t);
@@ -214,7 +216,6 @@ crm_load_source(const char *name)
 	s->organization_id = SPI_getvalue(tup, desc, 9);
 	s->sobject_type = SPI_getvalue(tup, desc, 10);
 	s->options = SPI_getvalue(tup, desc, 11);
-	s->secret = SPI_getvalue(tup, desc, 12);
 	return s;
 }
 
@@ -242,10 +243,16 @@ crm_bad_payload(CrmSource *s, const char *what, const char *detail)
 			 errhint("See docs/receiver.md for the payload of each kind.")));
 }
 
+/*
+ * Open the source's secrets from shipsync.secret, stored under its name
+ * (secret.c): webhook_secret and, during a rotation, previous_webhook_secret.
+ * A source without either, or whose secret cannot be opened, takes no push.
+ */
 static void
-crm_need_secret(CrmSource *s)
+crm_open_secrets(CrmSource *s)
 {
-	if (s->secret != NULL)
+	secret_open_webhook(s->name, "pushes of CRM source", &s->secret, &s->previous_secret);
+	if (s->secret != NULL || s->previous_secret != NULL)
 		return;
 	ereport(WARNING,
 			(errmsg("pg_shipsync: rejected a CRM push for source \"%s\": no secret is configured",
@@ -254,7 +261,53 @@ crm_need_secret(CrmSource *s)
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("CRM source \"%s\" has no secret", s->name),
 			 errdetail("Pushes are accepted only when their signature can be checked."),
-			 errhint("Create the source again with option \"secret\".")));
+			 errhint("Set its webhook_secret with shipsync.set_secret().")));
+}
+
+/* A signed push, as shipsync_verify_rotating() hands it to crm_check() */
+typedef struct CrmPush
+{
+	CrmSource  *s;
+	const char *body;
+	size_t		len;
+	Jsonb	   *headers;
+	Jsonb	   *query;
+} CrmPush;
+
+/* Verify a push with one secret, as its source's kind signs.  A SigCheck. */
+static SigResult
+crm_check(const char *secret, void *arg, const char **reason)
+{
+	CrmPush    *push = (CrmPush *) arg;
+	Jsonb	   *headers = push->headers;
+
+	if (strcmp(push->s->kind, "jiandaoyun") == 0)
+		return shipsync_verify_jiandaoyun(secret, shipsync_header_value(push->query, "nonce"),
+										  shipsync_header_value(push->query, "timestamp"),
+										  shipsync_header_value(headers, "x-jdy-signature"),
+										  push->body, push->len, reason);
+	return shipsync_verify_standard_webhooks(secret, shipsync_header_value(headers, "webhook-id"),
+											 shipsync_header_value(headers, "webhook-timestamp"),
+											 shipsync_header_value(headers, "webhook-signature"),
+											 push->body, push->len, (long) time(NULL),
+											 WEBHOOK_TOLERANCE_S, reason);
+}
+
+/*
+ * Check a 简道云 or generic push's signature with the source's secret and,
+ * during a rotation, the previous one, as tracking pushes are checked.
+ * Returns only if it is good.
+ */
+static void
+crm_verify(CrmSource *s, const char *body, size_t len, Jsonb *headers, Jsonb *query)
+{
+	CrmPush		push = {s, body, len, headers, query};
+	const char *reason = NULL;
+
+	crm_open_secrets(s);
+	if (shipsync_verify_rotating(crm_check, &push, s->secret, s->previous_secret,
+								 &reason) != SIG_OK)
+		crm_reject(s, reason ? reason : "the signature does not match");
 }
 
 /* A top-level string member of doc, palloc'd, or NULL */
@@ -309,17 +362,12 @@ crm_read_jiandaoyun(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 					Jsonb *headers, Jsonb *query, CrmRecord **recs)
 {
 	static const char *const ops[3] = {"data_create", "data_update", "data_remove"};
-	const char *reason = NULL;
 	char	   *ts = shipsync_header_value(query, "timestamp");
 	char	   *delivery;
 	long long	t;
 	char	   *end;
 
-	crm_need_secret(s);
-	if (shipsync_verify_jiandaoyun(s->secret, shipsync_header_value(query, "nonce"), ts,
-								   shipsync_header_value(headers, "x-jdy-signature"),
-								   body, len, &reason) != SIG_OK)
-		crm_reject(s, reason);
+	crm_verify(s, body, len, headers, query);
 	/* signed, so a replay can only be of an old push: older than dedup_ttl */
 	t = strtoll(ts, &end, 10);
 	if (*end != '\0' || t < (long long) time(NULL) - s->ttl_s ||
@@ -339,16 +387,9 @@ crm_read_generic(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 				 Jsonb *headers, CrmRecord **recs)
 {
 	static const char *const ops[3] = {"order.created", "order.updated", "order.deleted"};
-	const char *reason = NULL;
 	char	   *id = shipsync_header_value(headers, "webhook-id");
 
-	crm_need_secret(s);
-	if (shipsync_verify_standard_webhooks(s->secret, id,
-										  shipsync_header_value(headers, "webhook-timestamp"),
-										  shipsync_header_value(headers, "webhook-signature"),
-										  body, len, (long) time(NULL),
-										  WEBHOOK_TOLERANCE_S, &reason) != SIG_OK)
-		crm_reject(s, reason);
+	crm_verify(s, body, len, headers, NULL);
 	*recs = palloc0(sizeof(CrmRecord));
 	crm_read_json(s, m, body, len, "type", ops, id, *recs);
 	return 1;

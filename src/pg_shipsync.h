@@ -404,6 +404,13 @@ extern SigResult shipsync_verify_jiandaoyun(const char *secret, const char *nonc
 											const char **reason);
 extern char *shipsync_form_field(const char *body, size_t len, const char *name);
 
+/* Verify the caller's push (arg) with one secret, for the rotation below */
+typedef SigResult (*SigCheck) (const char *secret, void *arg, const char **reason);
+extern SigResult shipsync_verify_rotating(SigCheck check, void *arg,
+										  const char *current,
+										  const char *previous,
+										  const char **reason);
+
 #ifndef SHIPSYNC_PLAIN_C
 
 #include "postgres.h"
@@ -498,6 +505,8 @@ extern char *shipsync_previous_secret_key_file;
 extern void secret_load_keys(void);
 extern int	secret_open_all(const char *provider, OpenedSecret **out);
 extern char *secret_fetch(const char *provider, const char *name);
+extern void secret_open_webhook(const char *provider, const char *pushes,
+								char **current, char **previous);
 
 /* in redact.c */
 extern void redact_install_hook(void);

@@ -4,12 +4,12 @@
  *		Keep the secrets passed to the extension's own calls out of the
  *		server log.
  *
- * create_provider() and set_secret() take credentials as arguments, and
- * the server logs what a client sends: the statement (log_statement,
- * log_min_duration_statement), the values of its bind parameters
- * ("DETAIL:  parameters: $1 = '...'", and in the CONTEXT of an error with
- * log_parameter_max_length_on_error), and the text of a statement that
- * failed (the STATEMENT line, log_min_error_statement).  A function cannot
+ * create_provider(), create_crm_source() and set_secret() take
+ * credentials as arguments, and the server logs what a client sends: the
+ * statement (log_statement, log_min_duration_statement), the values of its
+ * bind parameters ("DETAIL:  parameters: $1 = '...'", and in the CONTEXT
+ * of an error with log_parameter_max_length_on_error), and the text of a
+ * statement that failed (the STATEMENT line, log_min_error_statement).  A function cannot
  * rely on its callers to avoid literals, so an emit_log_hook looks at each
  * message before it is written.  When the statement being logged, or the
  * one being run, calls a secret-taking function (redact_calls[] below), it
@@ -43,7 +43,7 @@
 
 /* the extension's functions whose arguments may carry secrets */
 static const char *const redact_calls[] = {
-	"create_provider", "set_secret", "_secret_put", NULL
+	"create_provider", "create_crm_source", "set_secret", "_secret_put", NULL
 };
 
 static const char redact_note[] =

@@ -7,12 +7,15 @@
  * What is secret: the auth values of a provider (bearer token, API key,
  * Basic user name and password, OAuth2 client secret, SF Express check
  * word, Kuaidi100 key), its webhook secret and the previous one kept
- * during a rotation, static header values marked secret, and a TLS client
- * key.  create_provider() and set_secret() hand each value to
- * shipsync._secret_put(), which seals it (crypto.c: AES-256-GCM, a fresh
- * nonce, provider and name as associated data) and stores only the sealed
- * bytes, with the id of the key that sealed them.  No other table holds a
- * secret; shipsync.secret itself is readable by the extension's owner only.
+ * during a rotation, static header values marked secret, a TLS client
+ * key, and the signing secret of a CRM source (with its previous one),
+ * stored under the source's name in place of a provider's: the two share
+ * one namespace.  create_provider(), create_crm_source() and set_secret()
+ * hand each value to shipsync._secret_put(), which seals it (crypto.c:
+ * AES-256-GCM, a fresh nonce, provider and name as associated data) and
+ * stores only the sealed bytes, with the id of the key that sealed them.
+ * No other table holds a secret; shipsync.secret itself is readable by the
+ * extension's owner only.
  *
  * The key never enters the database.  It is read from the file named by
  * shipsync.secret_key_file (postmaster GUC), or, when that is empty, from
@@ -39,7 +42,8 @@
  * previous key file may then be dropped from the configuration.
  *
  * Who opens secrets: the dispatcher, when it loads its providers (it
- * builds their requests), ingest_tracking() (it verifies signatures), and
+ * builds their requests; never a CRM source's secret), ingest_tracking()
+ * and ingest_crm() (they verify signatures), and
  * the dry run of render_request() for an SF Express or Kuaidi100 intent
  * never sent (SF's msgDigest needs the check word; a Kuaidi100
  * subscription carries the salt's placeholder only if a salt is set).  Opened values stay in the memory of
@@ -320,7 +324,7 @@ seal_bytea(SecretKey *k, const char *provider, const char *name, const char *val
 							  (unsigned char *) VARDATA(b)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not encrypt secret \"%s\" of provider \"%s\"", name, provider),
+				 errmsg("could not encrypt secret \"%s\" of \"%s\"", name, provider),
 				 errdetail("The random number generator or the cipher failed.")));
 	SET_VARSIZE(b, VARHDRSZ + SHIPSYNC_SEALED_LEN(len));
 	return b;
@@ -353,12 +357,22 @@ store_sealed(const char *provider, const char *name, const char *value)
 }
 
 /*
- * Open one stored secret.  Returns the value, palloc'd, or NULL with
- * *error saying why it cannot be opened (never anything of the value).
+ * What a row of shipsync.secret belongs to, for messages: "provider" or
+ * "CRM source" (whose name stands in the provider column).
+ */
+#define SECRET_OWNER_SQL \
+	"CASE WHEN EXISTS (SELECT 1 FROM shipsync.crm_source c" \
+	" WHERE c.name OPERATOR(pg_catalog.=) s.provider)" \
+	" THEN 'CRM source' ELSE 'provider' END"
+
+/*
+ * Open one stored secret of owner (SECRET_OWNER_SQL) provider.  Returns
+ * the value, palloc'd, or NULL with *error saying why it cannot be opened
+ * (never anything of the value).
  */
 static char *
-open_sealed(const char *provider, const char *name, const char *key_id,
-			bytea *sealed, char **error)
+open_sealed(const char *owner, const char *provider, const char *name,
+			const char *key_id, bytea *sealed, char **error)
 {
 	SecretKey  *k = key_by_id(key_id);
 	char	   *v;
@@ -367,8 +381,8 @@ open_sealed(const char *provider, const char *name, const char *key_id,
 	{
 		SecretKey  *cur = sealing_key(false);
 
-		*error = psprintf("secret \"%s\" of provider \"%s\" was sealed with key %s, which is neither the key of shipsync.secret_key_file (%s) nor that of shipsync.previous_secret_key_file (%s)",
-						  name, provider, key_id, cur ? cur->id : "none",
+		*error = psprintf("secret \"%s\" of %s \"%s\" was sealed with key %s, which is neither the key of shipsync.secret_key_file (%s) nor that of shipsync.previous_secret_key_file (%s)",
+						  name, owner, provider, key_id, cur ? cur->id : "none",
 						  previous_key.loaded ? previous_key.id : "none");
 		return NULL;
 	}
@@ -378,16 +392,18 @@ open_sealed(const char *provider, const char *name, const char *key_id,
 							  VARSIZE_ANY_EXHDR(sealed), v))
 	{
 		pfree(v);
-		*error = psprintf("secret \"%s\" of provider \"%s\" does not open with key %s: its stored bytes were altered, or belong to another provider or name",
-						  name, provider, key_id);
+		*error = psprintf("secret \"%s\" of %s \"%s\" does not open with key %s: its stored bytes were altered, or belong to another provider or name",
+						  name, owner, provider, key_id);
 		return NULL;
 	}
 	return v;
 }
 
 /*
- * Open every stored secret of provider (of every provider when NULL), in
- * order of provider and name.  Returns how many; *out (palloc'd in the
+ * Open every stored secret of provider, or of the CRM source of that name
+ * (of every provider when NULL, the dispatcher's case: never a CRM
+ * source's, which only ingest_crm() opens, by name), in order of provider
+ * and name.  Returns how many; *out (palloc'd in the
  * caller's memory context) has, for each, its value, or NULL and the
  * reason it cannot be opened: one broken secret does not hide the others.
  */
@@ -407,9 +423,13 @@ secret_open_all(const char *provider, OpenedSecret **out)
 	{
 		Oid			t[1] = {TEXTOID};
 
-		plan = shipsync_prepare_saved("SELECT provider, name, key_id, ciphertext FROM shipsync.secret"
-									  " WHERE $1 IS NULL OR provider OPERATOR(pg_catalog.=) $1"
-									  " ORDER BY provider, name", 1, t);
+		plan = shipsync_prepare_saved("SELECT s.provider, s.name, s.key_id, s.ciphertext, "
+									  SECRET_OWNER_SQL " FROM shipsync.secret s"
+									  " WHERE CASE WHEN $1 IS NULL"
+									  " THEN EXISTS (SELECT 1 FROM shipsync.provider p"
+									  "  WHERE p.name OPERATOR(pg_catalog.=) s.provider)"
+									  " ELSE s.provider OPERATOR(pg_catalog.=) $1 END"
+									  " ORDER BY s.provider, s.name", 1, t);
 	}
 	if (SPI_execute_plan(plan, &arg, nulls, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading shipsync.secret failed");
@@ -425,7 +445,8 @@ secret_open_all(const char *provider, OpenedSecret **out)
 		char	   *keyid = SPI_getvalue(tup, desc, 3);
 		bytea	   *sealed = DatumGetByteaPP(SPI_getbinval(tup, desc, 4, &isnull));
 		char	   *error = NULL;
-		char	   *value = open_sealed(prov, name, keyid, sealed, &error);
+		char	   *value = open_sealed(SPI_getvalue(tup, desc, 5), prov, name, keyid,
+										sealed, &error);
 		MemoryContext old = MemoryContextSwitchTo(caller);
 
 		s[i].provider = pstrdup(prov);
@@ -462,12 +483,44 @@ secret_fetch(const char *provider, const char *name)
 			if (s[i].error)
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("cannot open a secret of provider \"%s\"", provider),
+						 errmsg("cannot open secret \"%s\" of \"%s\"", name, provider),
 						 errdetail("%s.", s[i].error),
 						 errhint("Check shipsync.secret_key_file and shipsync.previous_secret_key_file, or set the secret again with shipsync.set_secret().")));
 			value = s[i].value;
 		}
 	return value;
+}
+
+/*
+ * The webhook secrets of provider, or of the CRM source of that name, at
+ * the moment a push is verified: *current its webhook_secret and
+ * *previous its previous_webhook_secret (set during a rotation), palloc'd
+ * in the caller's memory context, NULL when not set.  One that cannot be
+ * opened is an ERROR: "cannot verify <pushes> \"<provider>\"".
+ */
+void
+secret_open_webhook(const char *provider, const char *pushes,
+					char **current, char **previous)
+{
+	OpenedSecret *s;
+	int			n = secret_open_all(provider, &s);
+
+	*current = *previous = NULL;
+	for (int i = 0; i < n; i++)
+	{
+		char	  **to = strcmp(s[i].name, "webhook_secret") == 0 ? current :
+			strcmp(s[i].name, "previous_webhook_secret") == 0 ? previous : NULL;
+
+		if (to == NULL)
+			continue;
+		if (s[i].value == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot verify %s \"%s\"", pushes, provider),
+					 errdetail("%s.", s[i].error),
+					 errhint("Check shipsync.secret_key_file and shipsync.previous_secret_key_file, or set the secret again with shipsync.set_secret().")));
+		*to = s[i].value;
+	}
 }
 
 /* ---------- SQL functions ---------- */
@@ -531,9 +584,10 @@ shipsync_rotate_key(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT provider, name, key_id, ciphertext FROM shipsync.secret"
-							  " WHERE key_id OPERATOR(pg_catalog.<>) $1"
-							  " ORDER BY provider, name FOR UPDATE",
+	if (SPI_execute_with_args("SELECT s.provider, s.name, s.key_id, s.ciphertext, "
+							  SECRET_OWNER_SQL " FROM shipsync.secret s"
+							  " WHERE s.key_id OPERATOR(pg_catalog.<>) $1"
+							  " ORDER BY s.provider, s.name FOR UPDATE OF s",
 							  1, t, &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading shipsync.secret failed");
 	rows = SPI_tuptable;
@@ -545,7 +599,8 @@ shipsync_rotate_key(PG_FUNCTION_ARGS)
 		char	   *prov = SPI_getvalue(tup, rows->tupdesc, 1);
 		char	   *name = SPI_getvalue(tup, rows->tupdesc, 2);
 		char	   *error = NULL;
-		char	   *value = open_sealed(prov, name, SPI_getvalue(tup, rows->tupdesc, 3),
+		char	   *value = open_sealed(SPI_getvalue(tup, rows->tupdesc, 5), prov, name,
+										SPI_getvalue(tup, rows->tupdesc, 3),
 										DatumGetByteaPP(SPI_getbinval(tup, rows->tupdesc, 4, &isnull)),
 										&error);
 		Oid			ut[4] = {TEXTOID, TEXTOID, TEXTOID, BYTEAOID};

@@ -455,6 +455,34 @@ shipsync_verify_jiandaoyun(const char *secret, const char *nonce,
 	return SIG_OK;
 }
 
+/*
+ * A push checked while its secret is being rotated: with the current
+ * secret, then, if that one does not match or is not set, with the
+ * previous one (NULL when no rotation is under way).  A push whose
+ * signature is missing, malformed or stale fails on the current secret's
+ * verdict alone.  check verifies arg, the caller's push, with one secret.
+ * *reason is the current secret's, or the previous one's when only that
+ * one is set.
+ */
+SigResult
+shipsync_verify_rotating(SigCheck check, void *arg, const char *current,
+						 const char *previous, const char **reason)
+{
+	const char *reason2 = NULL;
+	SigResult	r = check(current, arg, reason);
+	SigResult	r2;
+
+	if (r == SIG_OK || previous == NULL || (r != SIG_MISMATCH && r != SIG_NO_SECRET))
+		return r;
+	r2 = check(previous, arg, &reason2);
+	if (r2 == SIG_OK || r == SIG_NO_SECRET)
+	{
+		*reason = reason2;
+		return r2;
+	}
+	return r;
+}
+
 static int
 hexval(char c)
 {

@@ -173,6 +173,15 @@ load_provider(const char *name)
 	return p;
 }
 
+/* s in Unicode normalization form NFKD, palloc'd */
+static char *
+nfkd(const char *s)
+{
+	return text_to_cstring(DatumGetTextPP(DirectFunctionCall2(unicode_normalize_func,
+															  CStringGetTextDatum(s),
+															  CStringGetTextDatum("NFKD"))));
+}
+
 /*
  * The webhook secrets of p, opened from shipsync.secret (the current one
  * and, during a rotation, the previous one), at the moment a push is
@@ -181,28 +190,14 @@ load_provider(const char *name)
 static void
 open_webhook_secrets(TrackProvider *p)
 {
-	OpenedSecret *s;
-	int			n = secret_open_all(p->name, &s);
-
-	for (int i = 0; i < n; i++)
-	{
-		char	  **to = strcmp(s[i].name, "webhook_secret") == 0 ? &p->secret :
-			strcmp(s[i].name, "previous_webhook_secret") == 0 ? &p->previous_secret : NULL;
-
-		if (to == NULL)
-			continue;
-		if (s[i].value == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("cannot verify tracking pushes of provider \"%s\"", p->name),
-					 errdetail("%s.", s[i].error),
-					 errhint("Check shipsync.secret_key_file and shipsync.previous_secret_key_file, or set the secret again with shipsync.set_secret().")));
-		*to = s[i].value;
-		if (strcmp(p->dialect, "easypost") == 0)
-			*to = text_to_cstring(DatumGetTextPP(DirectFunctionCall2(unicode_normalize_func,
-																	 CStringGetTextDatum(*to),
-																	 CStringGetTextDatum("NFKD"))));
-	}
+	secret_open_webhook(p->name, "tracking pushes of provider",
+						&p->secret, &p->previous_secret);
+	if (strcmp(p->dialect, "easypost") != 0)
+		return;
+	if (p->secret)
+		p->secret = nfkd(p->secret);
+	if (p->previous_secret)
+		p->previous_secret = nfkd(p->previous_secret);
 }
 
 /*
@@ -249,30 +244,40 @@ reject_push(TrackProvider *p, const char *reason)
 			 errhint("Check the provider's webhook_secret (and previous_webhook_secret during a rotation), and that the body is passed exactly as received.")));
 }
 
-/*
- * Verify one secret; SIG_NO_SECRET when it is not set.  For kuaidi100,
- * param and sign are the decoded form fields.
- */
-static SigResult
-verify_with(TrackProvider *p, const char *secret, Jsonb *headers,
-			const char *body, size_t len, const char *param, const char *sign,
-			const char **reason)
+/* A tracking push, as shipsync_verify_rotating() hands it to verify_with() */
+typedef struct TrackPush
 {
-	if (strcmp(p->dialect, "generic") == 0)
+	TrackProvider *p;
+	Jsonb	   *headers;
+	const char *body;
+	size_t		len;
+	const char *param;			/* kuaidi100: the decoded form fields */
+	const char *sign;
+} TrackPush;
+
+/* Verify one secret; SIG_NO_SECRET when it is not set.  A SigCheck. */
+static SigResult
+verify_with(const char *secret, void *arg, const char **reason)
+{
+	TrackPush  *push = (TrackPush *) arg;
+	const char *dialect = push->p->dialect;
+	Jsonb	   *headers = push->headers;
+
+	if (strcmp(dialect, "generic") == 0)
 		return shipsync_verify_standard_webhooks(secret,
 												 shipsync_header_value(headers, "webhook-id"),
 												 shipsync_header_value(headers, "webhook-timestamp"),
 												 shipsync_header_value(headers, "webhook-signature"),
-												 body, len, (long) time(NULL),
+												 push->body, push->len, (long) time(NULL),
 												 WEBHOOK_TOLERANCE_S, reason);
-	if (strcmp(p->dialect, "easypost") == 0)
+	if (strcmp(dialect, "easypost") == 0)
 		return shipsync_verify_hmac_body(secret, shipsync_header_value(headers, "x-hmac-signature"),
-										 "hmac-sha256-hex=", true, body, len, reason);
-	if (strcmp(p->dialect, "aftership") == 0)
+										 "hmac-sha256-hex=", true, push->body, push->len, reason);
+	if (strcmp(dialect, "aftership") == 0)
 		return shipsync_verify_hmac_body(secret, shipsync_header_value(headers, "aftership-hmac-sha256"),
-										 NULL, false, body, len, reason);
-	if (strcmp(p->dialect, "kuaidi100") == 0)
-		return shipsync_verify_kuaidi100(secret, param, sign, reason);
+										 NULL, false, push->body, push->len, reason);
+	if (strcmp(dialect, "kuaidi100") == 0)
+		return shipsync_verify_kuaidi100(secret, push->param, push->sign, reason);
 	*reason = "the dialect has no signature scheme";
 	return SIG_MISMATCH;
 }
@@ -285,9 +290,8 @@ static void
 verify_push(TrackProvider *p, Jsonb *headers, const char *body, size_t len,
 			const char *param, const char *sign)
 {
+	TrackPush	push = {p, headers, body, len, param, sign};
 	const char *reason = NULL;
-	const char *reason2 = NULL;
-	SigResult	r;
 
 	if (strcmp(p->dialect, "sf_express") == 0)
 	{
@@ -307,18 +311,9 @@ verify_push(TrackProvider *p, Jsonb *headers, const char *body, size_t len,
 				 errdetail("Pushes are accepted only when their signature can be checked."),
 				 errhint("Set option webhook_secret of the provider.")));
 	}
-	r = verify_with(p, p->secret, headers, body, len, param, sign, &reason);
-	if (r == SIG_OK)
+	if (shipsync_verify_rotating(verify_with, &push, p->secret, p->previous_secret,
+								 &reason) == SIG_OK)
 		return;
-	/* a rotation: the previous secret, unless the push is malformed anyway */
-	if (p->previous_secret != NULL && (r == SIG_MISMATCH || r == SIG_NO_SECRET))
-	{
-		if (verify_with(p, p->previous_secret, headers, body, len, param, sign,
-						&reason2) == SIG_OK)
-			return;
-		if (r == SIG_NO_SECRET)
-			reason = reason2;
-	}
 	reject_push(p, reason ? reason : "the signature does not match");
 }
 

@@ -1,6 +1,7 @@
 # The secret key files: refused as the server refuses a bad ssl_key_file;
 # generated in the data directory when none is configured; a key rotation
-# with shipsync.previous_secret_key_file and rotate_key(); and a dump
+# with shipsync.previous_secret_key_file and rotate_key(), of providers'
+# secrets and a CRM source's alike; and a dump
 # restored into a second cluster: with the same key file it delivers, with
 # another it sends nothing and says why.
 use strict;
@@ -96,7 +97,25 @@ sql(qq{
 	CREATE TABLE orders (id int PRIMARY KEY, customer text, waybill_no text);
 	SELECT shipsync.attach('orders', 'p', writeback => '{"tracking_number": "waybill_no"}');
 	INSERT INTO orders VALUES (1, 'one');
+	CREATE TABLE crm_orders (crm_id text PRIMARY KEY);
+	INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('shop_jdy', 'crm_in', 'crm_id', 'id');
+	SELECT shipsync.create_crm_source('shop_jdy', 'jiandaoyun', 'crm_orders', '{"secret": "jdy-020-SECRET"}');
 });
+
+# a 简道云 push to CRM source shop_jdy, signed with its secret: what
+# ingest_crm() answers (the rows inserted, or the error)
+sub crm_push
+{
+	my ($id) = @_;
+	my $body = qq({"op": "data_create", "data": {"id": "$id"}});
+	my ($q, $h) = jdy_signed('jdy-020-SECRET', $body, $id);
+	my ($nonce, $ts) = $q =~ /nonce=(\w+)&timestamp=(\d+)/;
+	my ($r, $o, $e) = $node->psql('postgres', qq{SELECT shipsync.ingest_crm('shop_jdy', '$body',
+		'{"X-JDY-Signature": "$h->{'X-JDY-Signature'}", "X-JDY-DeliverId": "$id"}',
+		'{"nonce": "$nonce", "timestamp": "$ts"}')->>'inserted'});
+	return $r == 0 ? $o : $e;
+}
+is(crm_push('c1'), '1', 'a CRM push verified with the secret sealed under the configured key');
 ok(wait_until($node, 'SELECT waybill_no IS NOT NULL FROM orders WHERE id = 1', 30),
 	'delivered with the token sealed under the configured key');
 is(sql('SELECT string_agg(DISTINCT key_id, \',\') FROM shipsync.secret'), $id_a,
@@ -124,7 +143,10 @@ like($err, qr/ERROR:  cannot rotate the secret key: a secret cannot be opened\nD
 	q{SELECT shipsync.ingest_tracking('p', '{"events": []}', '{"webhook-id": "m", "webhook-timestamp": "1", "webhook-signature": "v1,x"}')});
 like($err, qr/ERROR:  cannot verify tracking pushes of provider "p"\nDETAIL:  secret "webhook_secret" of provider "p" was sealed with key $id_a/,
 	'ingest_tracking() says why it cannot verify');
-unlike($out . $err, qr/tok-020-SECRET|MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw/, 'no error shows a secret');
+like(crm_push('c2'), qr/ERROR:  cannot verify pushes of CRM source "shop_jdy"\nDETAIL:  secret "webhook_secret" of CRM source "shop_jdy" was sealed with key $id_a/,
+	'ingest_crm() says why it cannot verify');
+unlike($out . $err . crm_push('c2'), qr/tok-020-SECRET|MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw|jdy-020-SECRET/,
+	'no error shows a secret');
 
 # 3. the rotation: the previous key opens, rotate_key() seals again
 $node->stop;
@@ -136,7 +158,7 @@ like(slurp_file($node->logfile, $offset), qr/LOG:  pg_shipsync: previous secret 
 	'the previous key is read too');
 ok(wait_until($node, 'SELECT waybill_no IS NOT NULL FROM orders WHERE id = 2', 30),
 	'during the rotation, secrets sealed under the previous key open: delivered');
-is(sql('SELECT shipsync.rotate_key()'), '2', 'rotate_key() seals both secrets again');
+is(sql('SELECT shipsync.rotate_key()'), '3', 'rotate_key() seals the two secrets of the provider and the CRM source\'s again');
 is(sql('SELECT string_agg(DISTINCT key_id, \',\') FROM shipsync.secret'), $id_b,
 	'every secret is now under the new key');
 is(sql('SELECT shipsync.rotate_key()'), '0', 'a second rotate_key() has nothing to do');
@@ -146,6 +168,7 @@ $node->start;
 sql("INSERT INTO orders VALUES (3, 'three')");
 ok(wait_until($node, 'SELECT waybill_no IS NOT NULL FROM orders WHERE id = 3', 30),
 	'the previous key file dropped: still delivered');
+is(crm_push('c3'), '1', 'and CRM pushes still verified');
 
 # a secret its auth type needs, gone (deleted by hand): nothing is sent
 # until it is set again
@@ -165,7 +188,7 @@ my $dump = $node->basedir . '/dump.sql';
 $node->command_ok([ 'pg_dump', '-f', $dump, 'postgres' ], 'pg_dump');
 my $dumped = slurp_file($dump);
 like($dumped, qr/COPY shipsync\.secret /, 'the dump holds shipsync.secret');
-unlike($dumped, qr/tok-020-SECRET|MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw/, 'and no secret in plain text');
+unlike($dumped, qr/tok-020-SECRET|MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw|jdy-020-SECRET/, 'and no secret in plain text');
 
 sub restored_node
 {

@@ -1,10 +1,13 @@
 # The leak scan: providers with known secrets of every kind (bearer token,
 # Basic user name and password, API keys, OAuth2 client secret, SF check
 # word, Kuaidi100 key, webhook secrets and the previous one, a secret
-# static header, a TLS client key), given inline to create_provider() and through bind
-# parameters to create_provider() and set_secret(), some calls failing;
+# static header, a TLS client key) and CRM sources with their signing
+# secrets, given inline to create_provider() and create_crm_source() and
+# through bind parameters to them and set_secret(), some calls failing;
 # orders delivered through the simulators (which check each credential),
-# failed, registered for tracking and tracked by pushes; then the server
+# failed, registered for tracking and tracked by pushes, CRM pushes signed
+# with the current and the previous secret of a source and a forged one;
+# then the server
 # log (log_statement = all, log_min_messages = debug1,
 # log_parameter_max_length_on_error = -1), pg_dump's output, every table
 # and view of the extension, every render_request() and trace() result and
@@ -41,7 +44,11 @@ my %secret = (
 	sf_checkword => 'fjcg5PGKaNpPSHFAZ4QsCOkV71R3zVci',	# the SF simulator's
 	failed_set => 'FAILED-LEAK-13',
 	failed_create => 'FAILED-LEAK-14',
-	malformed => 'MALFORMED-LEAK-15');
+	malformed => 'MALFORMED-LEAK-15',
+	crm_jdy => 'JDY-LEAK-16',
+	crm_generic => whsec('CRMWH-LEAK-17'),
+	crm_jdy_new => 'JDY-LEAK-18',
+	crm_failed => 'CRMFAILED-LEAK-19');
 # a TLS client key, for a simulator that requires a client certificate
 my $certs = PostgreSQL::Test::Utils::tempdir();
 test_ca($certs);
@@ -50,8 +57,8 @@ test_certificate($certs, 'client', '');
 my %pem = map { ($_ => slurp_file("$certs/$_")) } qw(ca.crt client.crt client.key);
 # what must not be found: each secret, the key bytes of the whsec_ ones,
 # and each line of the client key (its JSON form escapes the line breaks)
-my @needles = (values %secret, 'WEBHOOK-LEAK-10', 'WEBHOOK-LEAK-11',
-	map { substr($_, 6) } ($secret{webhook}, $secret{webhook_new}));
+my @needles = (values %secret, 'WEBHOOK-LEAK-10', 'WEBHOOK-LEAK-11', 'CRMWH-LEAK-17',
+	map { substr($_, 6) } ($secret{webhook}, $secret{webhook_new}, $secret{crm_generic}));
 push @needles, grep { !/^-----/ && length($_) >= 16 } split /\n/, $pem{'client.key'};
 
 my $sim_a = start_sim(args => [ '--token', $secret{bearer}, '--require-header', "X-Shop-Key:$secret{header}" ]);
@@ -138,6 +145,25 @@ ok(pgbench('SELECT shipsync.set_secret(:p, :n, :v);',
 		p => 'leak_tls', n => 'client_key', v => $pem{'client.key'}),
 	'set_secret() with bind parameters: the TLS client key');
 
+# CRM sources: a 简道云 one given its secret inline, a generic one through
+# bind parameters, a failing call, and a rotation through set_secret()
+sql(qq{
+	CREATE TABLE o_crm (crm_id text PRIMARY KEY, customer text);
+	INSERT INTO shipsync.field_map (profile, direction, target_path, source, required) VALUES
+		('crm', 'crm_in', 'crm_id', 'id', true), ('crm', 'crm_in', 'customer', 'customer', false);
+	SELECT shipsync.create_crm_source('leak_jdy', 'jiandaoyun', 'o_crm',
+		'{"secret": "$secret{crm_jdy}", "profile": "crm"}');
+});
+ok( pgbench(q{SELECT shipsync.create_crm_source(:name, 'generic', 'o_crm', CAST(:opts AS jsonb));},
+		name => 'leak_zoho', opts => qq({"secret": "$secret{crm_generic}", "profile": "crm"})),
+	'create_crm_source() with bind parameters');
+($ret, $out, $err) = $node->psql('postgres', qq{SELECT shipsync.create_crm_source('leak_jdy', 'jiandaoyun',
+	'o_crm', '{"secret": "$secret{crm_failed}", "profile": "crm"}')});
+like($err, qr/CRM source "leak_jdy" already exists/, 'a failing create_crm_source() call');
+ok(pgbench('SELECT shipsync.set_secret(:p, :n, :v);',
+		p => 'leak_jdy', n => 'webhook_secret', v => $secret{crm_jdy_new}),
+	'set_secret() of a CRM source with bind parameters: a new secret');
+
 # 3. deliveries with every credential; the simulators check each one
 sql(qq{
 	CREATE TABLE o_bearer (id int PRIMARY KEY, customer text, waybill_no text, ship_status text);
@@ -223,6 +249,27 @@ my $kd_body = 'param=' . form_encode($param) . '&sign=' . uc(md5_hex($param . $s
 is(sql(qq{SELECT shipsync.ingest_tracking('leak_kd', \$b\$$kd_body\$b\$)->>'events'}), '1',
 	'a Kuaidi100 push signed with the salt is taken');
 
+# CRM pushes: signed with the new and the previous secret of a source
+# (both taken), with neither (refused), and a generic one
+sub crm_push
+{
+	my ($source, $secret, $id) = @_;
+	my $body = qq({"op": "data_create", "data": {"id": "$id", "customer": "c"}});
+	my ($q, $h) = jdy_signed($secret, $body, $id);
+	my ($nonce, $ts) = $q =~ /nonce=(\w+)&timestamp=(\d+)/;
+	my ($r, $o, $e) = $node->psql('postgres', qq{SELECT shipsync.ingest_crm('$source', \$b\$$body\$b\$,
+		'@{[ encode_json($h) ]}', '{"nonce": "$nonce", "timestamp": "$ts"}')->>'inserted'});
+	return $r == 0 ? $o : $e;
+}
+is(crm_push('leak_jdy', $secret{crm_jdy_new}, 'J1'), '1', 'a CRM push signed with the new secret is taken');
+is(crm_push('leak_jdy', $secret{crm_jdy}, 'J2'), '1', 'and one signed with the previous secret');
+like(crm_push('leak_jdy', $secret{crm_failed}, 'J3'), qr/failed its authentication/,
+	'one signed with another is refused');
+my $zbody = '{"type": "order.created", "data": {"id": "Z1", "customer": "z"}}';
+is( sql(qq{SELECT shipsync.ingest_crm('leak_zoho', '$zbody',
+		'@{[ encode_json(sw_headers($secret{crm_generic}, 'z1', $zbody)) ]}')->>'inserted'}),
+	'1', 'a generic CRM push signed with the secret given through bind parameters is taken');
+
 # 5. the scan
 my $lout = $listener->query_safe("SELECT 'scanned'");
 $listener->quit;
@@ -283,7 +330,12 @@ like($log, qr/LOG:  statement: \s*SELECT shipsync.create_provider\('\*\*\*', '\*
 like($log, qr/LOG:  execute <unnamed>: SELECT shipsync.set_secret\(\$1, \$2, \$3\);?\n.*DETAIL:  parameters: \(redacted by pg_shipsync: the statement passes secrets\)/,
 	'bind parameters of set_secret() are redacted');
 like($log, qr/ERROR:  provider "leak_bearer" has no secret "no_such_secret"/, 'the failed set_secret() is logged');
-unlike($log, qr/STATEMENT:  [^\n]*(create_provider|set_secret)/, 'no STATEMENT line of a secret-taking call');
+unlike($log, qr/STATEMENT:  [^\n]*(create_provider|create_crm_source|set_secret)/,
+	'no STATEMENT line of a secret-taking call');
+like($log, qr/LOG:  statement: \s*SELECT shipsync.create_crm_source\('\*\*\*', '\*\*\*',\s+'\*\*\*', '\*\*\*'\)/,
+	'create_crm_source() calls are logged with their literals blanked');
+like($log, qr/LOG:  execute <unnamed>: SELECT shipsync.create_crm_source\(\$1, '\*\*\*', '\*\*\*', CAST\(\$2 AS jsonb\)\);?\n.*DETAIL:  parameters: \(redacted by pg_shipsync: the statement passes secrets\)/,
+	'and their bind parameters redacted');
 like($log, qr/ERROR:  division by zero\n.*STATEMENT:  SELECT 1 \/ 0 AS other_statement/,
 	'while another failed statement keeps its STATEMENT line');
 

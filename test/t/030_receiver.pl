@@ -1,8 +1,8 @@
 # The receiver of pushes: every route and every answer it gives, the
 # signatures of every kind good and forged (the 简道云 one computed here
-# from its documented formula, Salesforce's published messages), duplicates,
-# the body and time limits, the per-client rate, the bounded queue, and no
-# thread in the process.  Its life across crashes and restarts, TLS and
+# from its documented formula, Salesforce's published messages), a CRM
+# source's secret rotated, duplicates, the body and time limits, the
+# per-client rate, the bounded queue, and no thread in the process.  Its life across crashes and restarts, TLS and
 # standbys: 031_receiver_life.pl.
 use strict;
 use warnings;
@@ -226,6 +226,19 @@ is(decode_json(push_http($port, 'POST', "/crm/jdy$q", $jh, $other)->{content})->
 ($q, $jh) = jdy_signed('test-secret', $rm, 'dl-7');
 is(decode_json(push_http($port, 'POST', "/crm/jdy$q", $jh, $rm)->{content})->{deleted}, 1,
 	'简道云 data_remove: deleted');
+# a rotation of the source's secret (set_secret(), stored encrypted like a
+# provider's): pushes signed with the new one or the previous one are taken
+# until the rotation ends
+q1(q{SELECT shipsync.set_secret('jdy', 'webhook_secret', 'test-secret-2')});
+($q, $jh) = jdy_signed('test-secret-2', $upd, 'dl-8');
+is(push_http($port, 'POST', "/crm/jdy$q", $jh, $upd)->{status}, 200, '简道云 signed with a new secret: 200');
+($q, $jh) = jdy_signed('test-secret', $upd, 'dl-9');
+is(push_http($port, 'POST', "/crm/jdy$q", $jh, $upd)->{status}, 200,
+	'signed with the previous secret during the rotation: 200');
+q1(q{SELECT shipsync.set_secret('jdy', 'previous_webhook_secret', NULL)});
+($q, $jh) = jdy_signed('test-secret', $upd, 'dl-10');
+is(push_http($port, 'POST', "/crm/jdy$q", $jh, $upd)->{status}, 401,
+	'signed with the previous secret once the rotation ended: 401');
 
 # ---- Salesforce Outbound Messages: the published requests ------------------
 my $ack = qr{<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse>};

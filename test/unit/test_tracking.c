@@ -1,6 +1,7 @@
 /*
  * test_tracking.c
- *		Unit tests of the webhook signatures (signature.c) and the tracking
+ *		Unit tests of the webhook signatures (signature.c, with the check
+ *		of a push during a rotation of its secret) and the tracking
  *		payload readers (json.c), on published vectors: RFC 4231 for
  *		HMAC-SHA256, RFC 1321 for MD5, Standard Webhooks' own test vector.
  *
@@ -19,6 +20,14 @@ static int
 parse(const char *dialect, const char *body, TrackEventList *l, char *err)
 {
 	return shipsync_parse_tracking(dialect, body, strlen(body), l, err, 256);
+}
+
+/* The 简道云 vector below checked with one secret: a SigCheck, arg the signature */
+static SigResult
+jdy_check(const char *secret, void *arg, const char **reason)
+{
+	return shipsync_verify_jiandaoyun(secret, "n1", "1700000000", (const char *) arg,
+									  "{\"op\": \"data_create\"}", 21, reason);
 }
 
 void
@@ -118,6 +127,28 @@ test_tracking(void (*check) (int, const char *))
 		  "简道云: no secret configured");
 	check(shipsync_verify_jiandaoyun("s", "n1", "1", "abc", "x", 1, &why) == SIG_MALFORMED,
 		  "简道云: not 40 hex digits");
+
+	/* a rotation: the current secret, then the previous one */
+	{
+		char	   *good = "c19125fa65c6a7a05c12fe4ebce5d0f85e7d153f";
+
+		check(shipsync_verify_rotating(jdy_check, good, "test-secret", "old", &why) == SIG_OK,
+			  "rotation: signed with the current secret");
+		check(shipsync_verify_rotating(jdy_check, good, "new", "test-secret", &why) == SIG_OK,
+			  "rotation: signed with the previous secret");
+		check(shipsync_verify_rotating(jdy_check, good, "new", "old", &why) == SIG_MISMATCH &&
+			  strstr(why, "does not match") != NULL,
+			  "rotation: signed with neither");
+		check(shipsync_verify_rotating(jdy_check, good, "new", NULL, &why) == SIG_MISMATCH,
+			  "rotation: none under way, the current secret alone");
+		check(shipsync_verify_rotating(jdy_check, "abc", "new", "test-secret", &why) == SIG_MALFORMED,
+			  "rotation: a malformed signature fails on the current secret's verdict");
+		check(shipsync_verify_rotating(jdy_check, good, NULL, "test-secret", &why) == SIG_OK,
+			  "rotation: only the previous secret set, and it signs");
+		check(shipsync_verify_rotating(jdy_check, good, NULL, "old", &why) == SIG_MISMATCH &&
+			  strstr(why, "does not match") != NULL,
+			  "rotation: only the previous secret set: its verdict and reason");
+	}
 
 	/* form fields */
 	f = shipsync_form_field("a=1&param=%7B%22a%22%3A+1%7D&sign=X", 35, "param");

@@ -907,6 +907,144 @@ shipsync_json_get(ShipJson *doc, const MapPath *path, MapValue *out)
 	return out->type != MV_NULL;
 }
 
+/* ---------- masking personal values (mask.c decides how) ---------- */
+
+typedef struct MaskWalk
+{
+	ShipMaskFn	mask;
+	void	   *arg;
+	bool		changed;
+} MaskWalk;
+
+/*
+ * Mask v, the member key of object parent (or, key NULL, element idx of
+ * array parent): a string or number is replaced by the masked string, an
+ * object or array is masked all through; null and booleans stay.
+ */
+static void
+mask_in_place(MaskWalk *w, struct json_object *parent, const char *key,
+			  size_t idx, struct json_object *v, int kind)
+{
+	const char *s;
+	char	   *m;
+	struct json_object *r;
+
+	switch (json_object_get_type(v))
+	{
+		case json_type_object:
+			{
+				json_object_object_foreach(v, k, member)
+					mask_in_place(w, v, k, 0, member, kind);
+			}
+			return;
+		case json_type_array:
+			for (size_t i = 0; i < json_object_array_length(v); i++)
+				mask_in_place(w, v, NULL, i, json_object_array_get_idx(v, i), kind);
+			return;
+		case json_type_string:
+			s = json_object_get_string(v);
+			break;
+		case json_type_int:
+		case json_type_double:
+			s = json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN);
+			break;
+		default:
+			return;
+	}
+	m = w->mask(kind, s, w->arg);
+	r = json_object_new_string(m ? m : "");
+	free(m);
+	if (r == NULL)
+		shipsync_out_of_memory();
+	/* replacing a member or element releases the old value */
+	if (key != NULL)
+		json_object_object_add(parent, key, r);
+	else
+		json_object_array_put_idx(parent, idx, r);
+	w->changed = true;
+}
+
+/*
+ * Mask what path, from step i on, reaches below v (the member key or
+ * element idx of parent).  A filter step masks every element it matches.
+ */
+static void
+mask_path(MaskWalk *w, struct json_object *parent, const char *key, size_t idx,
+		  struct json_object *v, const MapPath *path, int i, int kind)
+{
+	const MapSeg *seg;
+	struct json_object *m;
+
+	if (i == path->nsegs)
+	{
+		mask_in_place(w, parent, key, idx, v, kind);
+		return;
+	}
+	seg = &path->segs[i];
+	if (!json_object_is_type(v, json_type_object) ||
+		!json_object_object_get_ex(v, seg->name, &m))
+		return;
+	if (seg->kind == MAPSEG_PLAIN)
+	{
+		mask_path(w, v, seg->name, 0, m, path, i + 1, kind);
+		return;
+	}
+	if (!json_object_is_type(m, json_type_array))
+		return;
+	for (size_t k = 0; k < json_object_array_length(m); k++)
+	{
+		struct json_object *e = json_object_array_get_idx(m, k);
+
+		if (seg->kind == MAPSEG_INDEX ? k == (size_t) seg->index : element_matches(e, seg))
+			mask_path(w, m, NULL, k, e, path, i + 1, kind);
+	}
+}
+
+/* See pg_shipsync.h */
+bool
+shipsync_json_mask(const char *text, size_t len, int npaths, const MapPath *paths,
+				   const int *kinds, const char *member_object,
+				   ShipMemberKindFn member_kind, ShipMaskFn mask, void *arg,
+				   char **out)
+{
+	char		err[64];
+	struct json_object *root = parse_strict(text, len, err, sizeof(err));
+	struct json_object *obj;
+	MaskWalk	w = {mask, arg, false};
+
+	*out = NULL;
+	if (root == NULL)
+		return false;
+	for (int i = 0; i < npaths; i++)
+		if (kinds[i] != PII_NONE)
+			mask_path(&w, NULL, NULL, 0, root, &paths[i], 0, kinds[i]);
+	if (member_object != NULL && member_kind != NULL &&
+		json_object_is_type(root, json_type_object) &&
+		json_object_object_get_ex(root, member_object, &obj) &&
+		json_object_is_type(obj, json_type_object))
+	{
+		json_object_object_foreach(obj, k, member)
+		{
+			int			kind = member_kind(k, arg);
+
+			if (kind != PII_NONE)
+				mask_in_place(&w, obj, k, 0, member, kind);
+		}
+	}
+	if (w.changed)
+	{
+		*out = strdup(json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN |
+													 JSON_C_TO_STRING_NOSLASHESCAPE));
+		if (*out == NULL)
+		{
+			json_object_put(root);
+			shipsync_out_of_memory();
+		}
+	}
+	json_object_put(root);
+	return true;
+}
+
 /*
  * A transform's argument (JSON text): with key, the string or number member
  * key of an object; without, the argument itself.  malloc'd in *out.

@@ -335,6 +335,35 @@ extern char *shipsync_sf_form(const char *partner_id, const char *request_id,
 							  const char *msg_data, const char *checkword);
 extern char *shipsync_md5_upper_hex(const char *s);
 
+/* Kinds of personal values, as named in shipsync.field_map.pii (mask.c) */
+#define PII_NONE	(-1)
+#define PII_NAME	0
+#define PII_PHONE	1
+#define PII_ADDRESS 2
+#define PII_EMAIL	3
+
+/* in mask.c */
+extern int	shipsync_pii_kind(const char *name);
+extern char *shipsync_mask_pii(int kind, const char *value);
+extern int	shipsync_pii_column_kind(const char *column);
+
+/*
+ * Masking personal values inside a JSON document (json.c): the values at
+ * paths, and the members of one object of the root (the order row of the
+ * generic body) whose names member_kind() says are personal.  mask()
+ * returns a malloc'd replacement for a value of a kind.  False when text is
+ * not JSON; *out is the masked document (malloc'd), or NULL when nothing in
+ * it was personal.
+ */
+typedef char *(*ShipMaskFn) (int kind, const char *value, void *arg);
+typedef int (*ShipMemberKindFn) (const char *member, void *arg);
+
+extern bool shipsync_json_mask(const char *text, size_t len, int npaths,
+							   const MapPath *paths, const int *kinds,
+							   const char *member_object,
+							   ShipMemberKindFn member_kind, ShipMaskFn mask,
+							   void *arg, char **out);
+
 /* One tracking event read from a carrier's push or pull (in json.c) */
 typedef struct TrackEvent
 {
@@ -485,6 +514,8 @@ extern int	shipsync_receiver_body_timeout_ms;
 extern int	shipsync_receiver_queue_size;
 extern char *shipsync_allowed_hosts;
 extern const ShipAllowList *shipsync_allowlist;
+extern int	shipsync_audit_retention;
+extern char *shipsync_audit_action;
 extern void shipsync_wake_dispatcher(Oid dbid, uint64 providers,
 									 bool config_changed);
 extern uint64 shipsync_exchange_masks(int slot, uint64 accepting);
@@ -510,6 +541,8 @@ extern void secret_open_webhook(const char *provider, const char *pushes,
 
 /* in redact.c */
 extern void redact_install_hook(void);
+/* in audit.c */
+extern void audit_prune_if_due(TimestampTz now);
 
 /* in launcher.c */
 extern PGDLLEXPORT void shipsync_launcher_main(Datum main_arg);

@@ -138,6 +138,38 @@ fuzz_transform(char *s)
 		shipsync_value_free(&out);
 }
 
+static char *
+fuzz_mask_cb(int kind, const char *value, void *arg)
+{
+	return shipsync_mask_pii(kind, value);
+}
+
+static int
+fuzz_member_cb(const char *member, void *arg)
+{
+	return shipsync_pii_column_kind(member);
+}
+
+/* "path\ndocument": every kind of mask on the text, the path masked in it */
+static void
+fuzz_mask(char *s, int kind)
+{
+	char	   *doc = next_line(s);
+	MapPath		p;
+	char		err[256];
+	char	   *out = NULL;
+
+	for (int k = PII_NAME; k <= PII_EMAIL; k++)
+		free(shipsync_mask_pii(k, s));
+	(void) shipsync_pii_column_kind(s);
+	if (doc == NULL || !shipsync_path_parse(s, &p, err, sizeof(err)))
+		return;
+	(void) shipsync_json_mask(doc, strlen(doc), 1, &p, &kind, "order", fuzz_member_cb,
+							  fuzz_mask_cb, NULL, &out);
+	free(out);
+	shipsync_path_free(&p);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -151,7 +183,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(s, data + 1, size - 1);
 	s[size - 1] = '\0';
 
-	switch (data[0] % 11)
+	switch (data[0] % 12)
 	{
 		case 0:
 		case 1:
@@ -238,7 +270,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				"kuaidi100", "sf_express"};
 				TrackEventList l;
 
-				(void) shipsync_parse_tracking(dialects[(data[0] / 11) % 5], s, size - 1, &l,
+				(void) shipsync_parse_tracking(dialects[(data[0] / 12) % 5], s, size - 1, &l,
 											   err, sizeof(err));
 				shipsync_free_tracking(&l);
 			}
@@ -259,6 +291,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				free(param);
 				free(sign);
 			}
+			break;
+		case 11:
+			fuzz_mask(s, (data[0] / 12) % 4);
 			break;
 	}
 	free(s);

@@ -595,6 +595,9 @@ test_trackers(void)
 		  "Kuaidi100 subscribe: 200 and 501 ok, 600/601 auth, 70x permanent, 500 and garbage retried");
 }
 
+/* in test_mask.c */
+void		test_mask(void);
+
 int
 main(void)
 {
@@ -607,5 +610,6 @@ main(void)
 	test_sf_responses();
 	test_token();
 	test_trackers();
+	test_mask();
 	return unit_done();
 }

@@ -1,0 +1,477 @@
+/*-------------------------------------------------------------------------
+ *
+ * mask.c
+ *		Masking personal values for readers: names, phone numbers,
+ *		addresses and e-mail addresses.
+ *
+ * shipsync_reader sees the fields that the field map marks personal
+ * (shipsync.field_map.pii) masked, everywhere it can look; operators and
+ * admins see them whole.  The rules keep what a report needs and drop what
+ * identifies a person:
+ *
+ *	 name		the family name stays: 张三 -> 张*, John Smith -> J*** Smith
+ *				(one star per hidden character; a name written in CJK
+ *				characters keeps its first, any other keeps its last word)
+ *	 phone		the first three and the last four digits stay, at least four
+ *				digits are hidden: 138****5678; +86 and 0086 are dropped
+ *				first; anything that is not a phone number is ***
+ *	 address	cut after the district (the first 区, 县 or 旗, but not
+ *				小区 or 社区) or after the first comma, whichever comes
+ *				first: 深圳市南山区*** ; neither: ***
+ *	 email		the first character of the local part and the domain:
+ *				z***@example.com ; no @: ***
+ *
+ * Values are UTF-8 (the SQL entry points convert from and to the database
+ * encoding); a byte that does not start a well-formed sequence counts as
+ * one character, so no sequence is ever cut in two.  Leading and trailing
+ * white space (ASCII, U+00A0, U+3000) is dropped; an empty value stays
+ * empty.
+ *
+ * The column convention (shipsync_pii_column_kind) says which columns of an
+ * order row are personal when a binding names none: the generic dialect's
+ * default body carries the whole row.
+ *
+ * Plain C, malloc'd results, no PostgreSQL call: unit-tested and fuzzed
+ * alone.
+ *
+ *-------------------------------------------------------------------------
+ */
+#define SHIPSYNC_PLAIN_C
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pg_shipsync.h"
+
+static const char *const pii_names[] = {"name", "phone", "address", "email"};
+
+/* The kind named name ("phone"), or PII_NONE */
+int
+shipsync_pii_kind(const char *name)
+{
+	if (name == NULL)
+		return PII_NONE;
+	for (int k = 0; k < (int) (sizeof(pii_names) / sizeof(pii_names[0])); k++)
+		if (strcmp(name, pii_names[k]) == 0)
+			return k;
+	return PII_NONE;
+}
+
+/* ---------- UTF-8 ---------- */
+
+/* Bytes of the character at s (1 for a malformed or truncated sequence) */
+static int
+u8_len(const unsigned char *s)
+{
+	int			n;
+
+	if (s[0] < 0x80)
+		return 1;
+	else if (s[0] >= 0xC2 && s[0] <= 0xDF)
+		n = 2;
+	else if (s[0] >= 0xE0 && s[0] <= 0xEF)
+		n = 3;
+	else if (s[0] >= 0xF0 && s[0] <= 0xF4)
+		n = 4;
+	else
+		return 1;
+	for (int i = 1; i < n; i++)
+		if ((s[i] & 0xC0) != 0x80)
+			return 1;
+	return n;
+}
+
+/* The code point of the character at s (its first byte if malformed) */
+static unsigned int
+u8_code(const unsigned char *s, int len)
+{
+	switch (len)
+	{
+		case 2:
+			return ((s[0] & 0x1Fu) << 6) | (s[1] & 0x3Fu);
+		case 3:
+			return ((s[0] & 0x0Fu) << 12) | ((s[1] & 0x3Fu) << 6) | (s[2] & 0x3Fu);
+		case 4:
+			return ((s[0] & 0x07u) << 18) | ((s[1] & 0x3Fu) << 12) |
+				((s[2] & 0x3Fu) << 6) | (s[3] & 0x3Fu);
+		default:
+			return s[0];
+	}
+}
+
+static bool
+is_space_code(unsigned int c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' ||
+		c == '\v' || c == 0xA0 || c == 0x3000;
+}
+
+/* A character of the CJK scripts (and kana, hangul): written unspaced */
+static bool
+is_cjk_code(unsigned int c)
+{
+	return (c >= 0x2E80 && c <= 0x9FFF) || (c >= 0xAC00 && c <= 0xD7AF) ||
+		(c >= 0xF900 && c <= 0xFAFF) || (c >= 0x20000 && c <= 0x3FFFF);
+}
+
+/* s without leading and trailing white space: *len set, start returned */
+static const unsigned char *
+u8_trim(const char *str, size_t *len)
+{
+	const unsigned char *s = (const unsigned char *) str;
+	const unsigned char *end = s + strlen(str);
+	const unsigned char *last_end = s;
+	bool		started = false;
+	const unsigned char *start = end;
+
+	for (const unsigned char *p = s; p < end;)
+	{
+		int			n = u8_len(p);
+
+		if (!is_space_code(u8_code(p, n)))
+		{
+			if (!started)
+				start = p;
+			started = true;
+			last_end = p + n;
+		}
+		p += n;
+	}
+	*len = started ? (size_t) (last_end - start) : 0;
+	return started ? start : s;
+}
+
+/* A growing malloc'd string */
+typedef struct MaskBuf
+{
+	char	   *s;
+	size_t		len;
+	size_t		cap;
+} MaskBuf;
+
+static void
+buf_add(MaskBuf *b, const void *p, size_t n)
+{
+	if (b->len + n + 1 > b->cap)
+	{
+		size_t		cap = (b->len + n + 1) * 2;
+		char	   *s = realloc(b->s, cap);
+
+		if (s == NULL)
+			shipsync_out_of_memory();
+		b->s = s;
+		b->cap = cap;
+	}
+	memcpy(b->s + b->len, p, n);
+	b->len += n;
+	b->s[b->len] = '\0';
+}
+
+static void
+buf_str(MaskBuf *b, const char *s)
+{
+	buf_add(b, s, strlen(s));
+}
+
+static void
+buf_stars(MaskBuf *b, int n)
+{
+	for (int i = 0; i < n; i++)
+		buf_add(b, "*", 1);
+}
+
+static char *
+buf_done(MaskBuf *b)
+{
+	if (b->s == NULL)
+		buf_add(b, "", 0);
+	return b->s;
+}
+
+/* ---------- the four kinds ---------- */
+
+/* 张三 -> 张*, John Smith -> J*** Smith, Madonna -> M****** */
+static char *
+mask_name(const unsigned char *s, size_t len)
+{
+	MaskBuf		b = {0};
+	const unsigned char *end = s + len;
+	const unsigned char *last_word = s;
+	bool		cjk = false;
+	int			nchars = 0;
+
+	for (const unsigned char *p = s; p < end;)
+	{
+		int			n = u8_len(p);
+		unsigned int c = u8_code(p, n);
+
+		if (is_cjk_code(c))
+			cjk = true;
+		if (is_space_code(c))
+			last_word = p + n;
+		nchars++;
+		p += n;
+	}
+	if (nchars <= 1)
+		return strdup(len ? "*" : "");
+
+	if (cjk)
+	{
+		/* the first character, then a star for every other one */
+		int			n = u8_len(s);
+
+		buf_add(&b, s, n);
+		for (const unsigned char *p = s + n; p < end; p += u8_len(p))
+			if (!is_space_code(u8_code(p, u8_len(p))))
+				buf_stars(&b, 1);
+		return buf_done(&b);
+	}
+
+	/* each word but the last as its initial and stars; the last one whole */
+	for (const unsigned char *p = s; p < end;)
+	{
+		const unsigned char *w = p;
+		int			chars = 0;
+
+		while (p < end && !is_space_code(u8_code(p, u8_len(p))))
+		{
+			p += u8_len(p);
+			chars++;
+		}
+		if (chars > 0)
+		{
+			if (b.len > 0)
+				buf_add(&b, " ", 1);
+			if (w == last_word && last_word != s)
+				buf_add(&b, w, p - w);
+			else
+			{
+				buf_add(&b, w, u8_len(w));
+				buf_stars(&b, chars - 1);
+			}
+		}
+		while (p < end && is_space_code(u8_code(p, u8_len(p))))
+			p += u8_len(p);
+	}
+	return buf_done(&b);
+}
+
+/*
+ * 13812345678 -> 138****5678.  Separators (space - ( ) . /) are dropped;
+ * letters or fewer than 7 digits make it ***.
+ */
+static char *
+mask_phone(const unsigned char *s, size_t len)
+{
+	char		digits[64];
+	int			n = 0;
+	bool		plus = false;
+	int			hidden;
+	int			keep;
+	int			head;
+	int			skip = 0;
+	MaskBuf		b = {0};
+
+	for (size_t i = 0; i < len; i++)
+	{
+		unsigned char c = s[i];
+
+		if (isdigit(c))
+		{
+			if (n == (int) sizeof(digits))
+				return strdup("***");
+			digits[n++] = (char) c;
+		}
+		else if (c == '+' && n == 0 && !plus)
+			plus = true;
+		else if (!(c == ' ' || c == '-' || c == '(' || c == ')' || c == '.' || c == '/'))
+			return strdup("***");
+	}
+	/* a Chinese number written internationally: its national form */
+	if (plus && n == 13 && strncmp(digits, "86", 2) == 0)
+	{
+		skip = 2;
+		plus = false;
+	}
+	else if (!plus && n == 15 && strncmp(digits, "0086", 4) == 0)
+		skip = 4;
+	n -= skip;
+	if (n < 7)
+		return strdup("***");
+
+	hidden = n > 11 ? n - 7 : 4;
+	keep = n - hidden;
+	head = keep / 2 < 3 ? keep / 2 : 3;
+	if (plus)
+		buf_add(&b, "+", 1);
+	buf_add(&b, digits + skip, head);
+	buf_stars(&b, hidden);
+	buf_add(&b, digits + skip + n - (keep - head), keep - head);
+	return buf_done(&b);
+}
+
+/* Does the character at p end a district: 区, 县 or 旗, but not 小区/社区 */
+static bool
+ends_district(const unsigned char *start, const unsigned char *p, unsigned int c,
+			  unsigned int prev)
+{
+	if (p == start)
+		return false;
+	if (c == 0x533A)			/* 区 */
+		return prev != 0x5C0F && prev != 0x793E;	/* 小, 社 */
+	return c == 0x53BF || c == 0x65D7;	/* 县, 旗 */
+}
+
+/* 深圳市南山区科技园 -> 深圳市南山区***, 12 Main St, Springfield -> 12 Main St,*** */
+static char *
+mask_address(const unsigned char *s, size_t len)
+{
+	const unsigned char *end = s + len;
+	unsigned int prev = 0;
+	MaskBuf		b = {0};
+
+	if (len == 0)
+		return strdup("");
+	for (const unsigned char *p = s; p < end;)
+	{
+		int			n = u8_len(p);
+		unsigned int c = u8_code(p, n);
+
+		if (c == ',' || c == 0xFF0C || ends_district(s, p, c, prev))
+		{
+			buf_add(&b, s, (p + n) - s);
+			buf_str(&b, "***");
+			return buf_done(&b);
+		}
+		prev = c;
+		p += n;
+	}
+	return strdup("***");
+}
+
+/* zhang.san@example.com -> z***@example.com */
+static char *
+mask_email(const unsigned char *s, size_t len)
+{
+	const unsigned char *at = memchr(s, '@', len);
+	MaskBuf		b = {0};
+
+	if (at == NULL || at == s || at == s + len - 1)
+		return strdup("***");
+	buf_add(&b, s, u8_len(s) <= at - s ? u8_len(s) : 1);
+	buf_str(&b, "***");
+	buf_add(&b, at, (s + len) - at);
+	return buf_done(&b);
+}
+
+/*
+ * value masked as a personal value of kind (PII_NAME, ...), malloc'd; NULL
+ * for a NULL value.  An unknown kind masks the whole value.
+ */
+char *
+shipsync_mask_pii(int kind, const char *value)
+{
+	size_t		len;
+	const unsigned char *s;
+	char	   *r;
+
+	if (value == NULL)
+		return NULL;
+	s = u8_trim(value, &len);
+	switch (kind)
+	{
+		case PII_NAME:
+			r = mask_name(s, len);
+			break;
+		case PII_PHONE:
+			r = len ? mask_phone(s, len) : strdup("");
+			break;
+		case PII_ADDRESS:
+			r = mask_address(s, len);
+			break;
+		case PII_EMAIL:
+			r = len ? mask_email(s, len) : strdup("");
+			break;
+		default:
+			r = strdup(len ? "***" : "");
+			break;
+	}
+	if (r == NULL)
+		shipsync_out_of_memory();
+	return r;
+}
+
+/* ---------- which columns of an order row are personal ---------- */
+
+static bool
+word_in(const char *w, size_t n, const char *const *list)
+{
+	for (; *list; list++)
+		if (strlen(*list) == n && strncmp(*list, w, n) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * The kind of a column by its name alone, or PII_NONE: what the generic
+ * dialect's default body masks when the binding's option pii names no
+ * kinds.  The name is split into words at "_" (case ignored):
+ *	 email		a word email or e_mail
+ *	 phone		a word phone, mobile, tel, telephone, cellphone
+ *	 address	a word address, addr, street
+ *	 name		one of customer, contact, consignee, recipient, receiver,
+ *				sender, buyer, surname, name; or a name ending in _name whose
+ *				first word is one of those or full, first, last, given, family
+ */
+int
+shipsync_pii_column_kind(const char *column)
+{
+	static const char *const email[] = {"email", NULL};
+	static const char *const phone[] = {"phone", "mobile", "tel", "telephone", "cellphone", NULL};
+	static const char *const address[] = {"address", "addr", "street", NULL};
+	static const char *const person[] = {"customer", "contact", "consignee", "recipient",
+	"receiver", "sender", "buyer", "surname", "name", NULL};
+	static const char *const name_prefix[] = {"customer", "contact", "consignee", "recipient",
+	"receiver", "sender", "buyer", "full", "first", "last", "given", "family", NULL};
+	char		lower[64];		/* column names are shorter (NAMEDATALEN) */
+	const char *words[16];
+	size_t		lens[16];
+	int			nwords = 0;
+	int			kind = PII_NONE;
+	size_t		n;
+
+	if (column == NULL || (n = strlen(column)) == 0 || n >= sizeof(lower))
+		return PII_NONE;
+	for (size_t i = 0; i <= n; i++)
+		lower[i] = (char) tolower((unsigned char) column[i]);
+	for (const char *p = lower; *p && nwords < 16;)
+	{
+		const char *w = p;
+
+		while (*p && *p != '_')
+			p++;
+		words[nwords] = w;
+		lens[nwords++] = (size_t) (p - w);
+		if (*p == '_')
+			p++;
+	}
+	for (int i = 0; i < nwords; i++)
+	{
+		if (word_in(words[i], lens[i], email) ||
+			(i + 1 < nwords && lens[i] == 1 && words[i][0] == 'e' &&
+			 lens[i + 1] == 4 && strncmp(words[i + 1], "mail", 4) == 0))
+			return PII_EMAIL;
+		if (word_in(words[i], lens[i], phone))
+			kind = PII_PHONE;
+		else if (word_in(words[i], lens[i], address) && kind != PII_PHONE)
+			kind = PII_ADDRESS;
+	}
+	if (kind != PII_NONE)
+		return kind;
+	if (nwords == 1 && word_in(words[0], lens[0], person))
+		return PII_NAME;
+	if (nwords == 2 && lens[1] == 4 && strncmp(words[1], "name", 4) == 0 &&
+		word_in(words[0], lens[0], name_prefix))
+		return PII_NAME;
+	return PII_NONE;
+}

@@ -1417,5 +1417,1017 @@ REVOKE ALL ON FUNCTION @extschema@._check_host(text), @extschema@._check_tls(tex
 	@extschema@._check_tls_option(jsonb) FROM PUBLIC;
 
 
+------------------------------------------------------------------------------
+-- Roles that mean what they say (issue 11, items 6 and 7): personal data
+-- masked for readers, the "who" columns set by the server, the audit log
+-- (install/80_security.sql)
+------------------------------------------------------------------------------
+
+-- tickets get a resolution note; their "who" columns are the server's
+ALTER TABLE @extschema@.exception_ticket ADD COLUMN resolution text;
+COMMENT ON COLUMN @extschema@.exception_ticket.acknowledged_by IS
+	'Who set acknowledged_at (shipsync.acknowledge()): set by the server, never by the caller.';
+COMMENT ON COLUMN @extschema@.exception_ticket.resolved_by IS
+	'Who set resolved_at (shipsync.resolve(), retry(), requeue()): set by the server, never by the caller.';
+COMMENT ON COLUMN @extschema@.exception_ticket.resolution IS
+	'The note given to shipsync.resolve().';
+
+-- field maps mark personal fields; the built-in profile marks its own
+ALTER TABLE @extschema@.field_map ADD COLUMN pii text
+	CONSTRAINT field_map_pii_check CHECK (pii IS NULL OR
+		(pii IN ('name', 'phone', 'address', 'email') AND direction = 'out'));
+COMMENT ON COLUMN @extschema@.field_map.pii IS
+	'Outbound rows: the value is personal, of kind name, phone, address or email; shipsync_reader sees it masked in request bodies and render_request(). NULL: not personal.';
+ALTER TABLE @extschema@.field_map DISABLE TRIGGER field_map_check;
+UPDATE @extschema@.field_map
+   SET pii = CASE split_part(target_path, '.', 2) WHEN 'contact' THEN 'name'
+			 WHEN 'mobile' THEN 'phone' ELSE 'address' END
+ WHERE seeded AND profile = 'sf_express' AND direction = 'out'
+   AND target_path ~ '^contactInfoList\[contactType=[12]\]\.(contact|mobile|address)$';
+ALTER TABLE @extschema@.field_map ENABLE TRIGGER field_map_check;
+
+-- changed functions: pause/resume, retry and requeue audit; attach takes
+-- option pii; field maps are stamped by the server and copied with their
+-- marks; render_request() masks for readers
+CREATE OR REPLACE FUNCTION @extschema@._set_paused(provider text, paused boolean)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- the audit row of the change says which (its SET clause ends it here)
+	PERFORM pg_catalog.set_config('shipsync.audit_action',
+		CASE WHEN _set_paused.paused THEN 'pause' ELSE 'resume' END, true);
+	UPDATE @extschema@.provider p
+	   SET paused = _set_paused.paused, updated_at = now(), updated_by = session_user
+	 WHERE p.name = _set_paused.provider;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'provider "%" does not exist', coalesce(provider, '')
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'See SELECT name FROM shipsync.providers.';
+	END IF;
+	PERFORM @extschema@._wake(true);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.attach(tbl regclass, provider text, key_column name DEFAULT NULL,
+								   writeback jsonb DEFAULT NULL, options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	pid integer;
+	bid integer;
+	keycol name := key_column;
+	keytype text;
+	wb jsonb := coalesce(writeback, '{}');
+	opts jsonb := coalesce(options, '{}');
+	f text;
+	col text;
+	coltype text;
+	sets text[] := '{}';
+	wbcols text[] := '{}';
+	render text;
+	wbsql text;
+	cancel_when text;
+	trigargs text;
+	relkind "char";
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT c.relkind INTO relkind FROM pg_class c WHERE c.oid = tbl;
+	IF relkind NOT IN ('r', 'p') THEN
+		RAISE EXCEPTION '"%" is not a table', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  HINT = 'Attach an ordinary or partitioned table.';
+	END IF;
+	IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'The dispatcher reads and writes the table with its owner''s rights.';
+	END IF;
+	SELECT p.provider_id INTO pid FROM @extschema@.provider p WHERE p.name = attach.provider;
+	IF pid IS NULL THEN
+		RAISE EXCEPTION 'provider "%" does not exist', coalesce(provider, '')
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Create it first with shipsync.create_provider().';
+	END IF;
+	IF EXISTS (SELECT 1 FROM @extschema@.binding b WHERE b.tbl = attach.tbl AND b.active) THEN
+		RAISE EXCEPTION 'table % is already attached', tbl
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Call shipsync.detach() first to attach it again.';
+	END IF;
+	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii'], 'attach');
+	PERFORM @extschema@._check_attach_options(opts, pid);
+	IF current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
+		RAISE EXCEPTION 'database encoding % cannot be sent as JSON', current_setting('server_encoding')
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Carriers read JSON as UTF-8, and requests are rendered in the database encoding.',
+				  HINT = 'Keep the orders in a UTF8 database.';
+	END IF;
+
+	-- the key: given, or the single-column primary key
+	IF keycol IS NULL THEN
+		SELECT a.attname INTO keycol
+		FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+		WHERE i.indrelid = tbl AND i.indisprimary AND i.indnatts = 1;
+		IF keycol IS NULL THEN
+			RAISE EXCEPTION 'table % has no single-column primary key', tbl
+				USING ERRCODE = 'invalid_table_definition',
+					  HINT = 'Pass key_column => the column that identifies an order.';
+		END IF;
+	END IF;
+	SELECT format_type(a.atttypid, a.atttypmod) INTO keytype
+	FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = keycol AND a.attnum > 0 AND NOT a.attisdropped;
+	IF keytype IS NULL THEN
+		RAISE EXCEPTION 'column "%" of table % does not exist', keycol, tbl
+			USING ERRCODE = 'undefined_column',
+				  HINT = 'Pass key_column => the column that identifies an order.';
+	END IF;
+
+	-- write-back: shipment field -> order column
+	IF jsonb_typeof(wb) <> 'object' THEN
+		RAISE EXCEPTION 'writeback must be a JSON object of shipment fields to column names'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example {"tracking_number": "waybill_no"}.';
+	END IF;
+	FOR f, col IN SELECT key, value #>> '{}' FROM jsonb_each(wb) LOOP
+		IF f NOT IN ('tracking_number', 'status', 'provider_shipment_id', 'label_url', 'fee_total') THEN
+			RAISE EXCEPTION 'unknown write-back field "%"', f
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Write-back fields: tracking_number, status, provider_shipment_id, label_url, fee_total.';
+		END IF;
+		SELECT format_type(a.atttypid, a.atttypmod) INTO coltype
+		FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+		IF coltype IS NULL THEN
+			RAISE EXCEPTION 'write-back column "%" of table % does not exist', coalesce(col, ''), tbl
+				USING ERRCODE = 'undefined_column',
+					  HINT = 'Add the column first, or fix the writeback map.';
+		END IF;
+		IF col = keycol THEN
+			RAISE EXCEPTION 'the key column "%" cannot be a write-back column', col
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Write shipment fields into columns of their own.';
+		END IF;
+		IF (SELECT t.typcategory FROM pg_attribute a JOIN pg_type t
+				ON t.oid = coalesce(nullif(
+					(SELECT typbasetype FROM pg_type WHERE oid = a.atttypid), 0), a.atttypid)
+			WHERE a.attrelid = tbl AND a.attname = col)
+		   NOT IN ('S', CASE WHEN f = 'fee_total' THEN 'N' ELSE 'S' END) THEN
+			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = CASE WHEN f = 'fee_total' THEN 'fee_total is a numeric amount.'
+								   ELSE format('%s is text.', f) END,
+					  HINT = CASE WHEN f = 'fee_total' THEN 'Use a numeric or text column.'
+								 ELSE 'Use a text or varchar column.' END;
+		END IF;
+		-- no explicit cast: assignment rules apply, so a tracking number too
+		-- long for a varchar(n) column fails loudly instead of being cut
+		sets := sets || format('%I = COALESCE(shipsync_u.%I, t.%I)', col, f, col);
+		wbcols := wbcols || col;
+	END LOOP;
+
+	cancel_when := opts->>'cancel_when';
+	IF cancel_when IS NOT NULL AND cancel_when ~ ';' THEN
+		RAISE EXCEPTION 'option "cancel_when" must be one boolean expression'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example "status = ''cancelled''".';
+	END IF;
+	-- the restricted grammar, printed back with pg_catalog's operators:
+	-- no function, operator or cast of the caller's is ever planned here
+	IF cancel_when IS NOT NULL THEN
+		cancel_when := @extschema@._cancel_when_sql(cancel_when);
+	END IF;
+
+	-- Operators and types qualified: the dispatcher, render_request() and
+	-- this function run these as the table's owner, each with a search_path
+	-- of its own.  (unnest of several arrays is grammar: pg_catalog's.)
+	render := format(
+		'SELECT shipsync_u.shipsync_id, t.%1$I IS NOT NULL AS found,'
+		' pg_catalog.json_build_object(''order_ref'', shipsync_u.shipsync_key,'
+		' ''order'', pg_catalog.row_to_json(t))::pg_catalog.text AS body,'
+		' %4$s AS is_cancel'
+		' FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[])'
+		' AS shipsync_u(shipsync_id, shipsync_key)'
+		' LEFT JOIN %2$s AS t ON t.%1$I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%3$s',
+		keycol, tbl, keytype,
+		CASE WHEN cancel_when IS NULL THEN 'false'
+			 ELSE format('COALESCE((%s), false)', cancel_when) END);
+
+	IF array_length(sets, 1) > 0 THEN
+		wbsql := format(
+			'UPDATE %s AS t SET %s'
+			' FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[],'
+			' $4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.numeric[])'
+			' AS shipsync_u(shipsync_key, provider_shipment_id, tracking_number, status, label_url, fee_total)'
+			' WHERE t.%I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%s',
+			tbl, array_to_string(sets, ', '), keycol, keytype);
+	END IF;
+
+	-- prove both statements against the table now, not in the dispatcher,
+	-- and with the rights the dispatcher will have: the table owner's
+	BEGIN
+		PERFORM @extschema@._explain_as_owner(tbl, render, '{int8[], text[]}');
+		IF wbsql IS NOT NULL THEN
+			PERFORM @extschema@._explain_as_owner(tbl, wbsql,
+				'{text[], text[], text[], text[], text[], numeric[]}');
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		RAISE EXCEPTION 'cannot attach table %: %', tbl, SQLERRM
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Check option cancel_when and the writeback columns'' types.';
+	END;
+
+	INSERT INTO @extschema@.binding AS b (tbl, provider_id, key_column, writeback, options, render_sql, writeback_sql)
+	VALUES (attach.tbl, pid, keycol, wb, opts, render, wbsql)
+	ON CONFLICT ON CONSTRAINT binding_tbl_key DO UPDATE
+	   SET provider_id = EXCLUDED.provider_id, key_column = EXCLUDED.key_column,
+		   writeback = EXCLUDED.writeback, options = EXCLUDED.options,
+		   render_sql = EXCLUDED.render_sql, writeback_sql = EXCLUDED.writeback_sql,
+		   active = true, created_at = now(), created_by = session_user
+	RETURNING b.binding_id INTO bid;
+
+	trigargs := array_to_string(ARRAY(SELECT quote_literal(x)
+		FROM unnest(ARRAY[bid::text, pid::text, keycol::text] || wbcols) x), ', ');
+	EXECUTE format('CREATE TRIGGER shipsync_capture AFTER INSERT OR UPDATE OR DELETE ON %s'
+				   ' FOR EACH ROW EXECUTE FUNCTION @extschema@.capture(%s)', tbl, trigargs);
+	IF opts->>'validate' = 'reject' THEN
+		EXECUTE format('CREATE TRIGGER shipsync_validate AFTER INSERT OR UPDATE ON %s'
+					   ' FOR EACH ROW EXECUTE FUNCTION @extschema@._validate(%L)', tbl, bid);
+	END IF;
+	PERFORM @extschema@._wake(true);
+	RETURN bid;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) IS
+	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered), pii (which columns of the generic body are personal: {"column": "name"|"phone"|"address"|"email"|null}).';
+
+CREATE OR REPLACE FUNCTION @extschema@.retry(outbox_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	st text;
+BEGIN
+	SELECT o.state INTO st FROM @extschema@.outbox o WHERE o.id = retry.outbox_id FOR UPDATE;
+	IF st IS NULL THEN
+		RAISE EXCEPTION 'outbox intent % does not exist', outbox_id
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Find intents with shipsync.trace() or in shipsync.outbox.';
+	END IF;
+	IF st NOT IN ('dead', 'invalid', 'retrying') THEN
+		RAISE EXCEPTION 'outbox intent % is %, not dead, invalid or retrying', outbox_id, st
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Only intents that stopped or wait for a retry can be retried.';
+	END IF;
+	UPDATE @extschema@.outbox o
+	   SET state = CASE WHEN o.attempts = 0 THEN 'pending' ELSE 'retrying' END,
+		   attempts = 0, next_attempt_at = now(), done_at = NULL, updated_at = now()
+	 WHERE o.id = retry.outbox_id;
+	UPDATE @extschema@.exception_ticket t
+	   SET resolved_at = now(), resolved_by = session_user
+	 WHERE t.outbox_id = retry.outbox_id AND t.resolved_at IS NULL;
+	PERFORM @extschema@._audit('retry', 'intent', retry.outbox_id::text,
+		pg_catalog.jsonb_build_object('state', st),
+		(SELECT pg_catalog.jsonb_build_object('state', o.state) FROM @extschema@.outbox o
+		  WHERE o.id OPERATOR(pg_catalog.=) retry.outbox_id));
+	PERFORM @extschema@._wake(false);
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.retry(bigint) IS
+	'Send one dead, invalid or retrying intent again now, with its attempts reset and the same idempotency key.';
+
+CREATE OR REPLACE FUNCTION @extschema@.requeue(provider text DEFAULT NULL, state text DEFAULT 'dead')
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	pid integer;
+BEGIN
+	IF state IS NULL OR state NOT IN ('dead', 'invalid', 'retrying') THEN
+		RAISE EXCEPTION 'cannot requeue intents in state "%"', coalesce(state, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Requeue dead, invalid or retrying intents.';
+	END IF;
+	IF provider IS NOT NULL THEN
+		SELECT p.provider_id INTO pid FROM @extschema@.provider p WHERE p.name = requeue.provider;
+		IF pid IS NULL THEN
+			RAISE EXCEPTION 'provider "%" does not exist', provider
+				USING ERRCODE = 'undefined_object',
+					  HINT = 'See SELECT name FROM shipsync.providers.';
+		END IF;
+	END IF;
+	WITH q AS (
+		UPDATE @extschema@.outbox o
+		   SET state = CASE WHEN o.attempts = 0 THEN 'pending' ELSE 'retrying' END,
+			   attempts = 0, next_attempt_at = now(), done_at = NULL, updated_at = now()
+		 WHERE o.state = requeue.state AND (pid IS NULL OR o.provider_id = pid)
+		RETURNING o.id),
+	t AS (
+		UPDATE @extschema@.exception_ticket t
+		   SET resolved_at = now(), resolved_by = session_user
+		  FROM q WHERE t.outbox_id = q.id AND t.resolved_at IS NULL)
+	SELECT count(*) INTO n FROM q;
+	PERFORM @extschema@._audit('requeue', 'provider', coalesce(requeue.provider, '*'),
+		pg_catalog.jsonb_build_object('state', requeue.state),
+		pg_catalog.jsonb_build_object('requeued', n));
+	PERFORM @extschema@._wake(false);
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.requeue(text, text) IS
+	'Send again every intent of a provider (or all providers) in the given state (default dead). Returns how many were requeued.';
+
+CREATE OR REPLACE FUNCTION @extschema@._on_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET shipsync.audit_action = 'table_dropped'
+AS $$
+DECLARE
+	r record;
+	n bigint;
+BEGIN
+	FOR r IN SELECT x.objid FROM pg_catalog.pg_event_trigger_dropped_objects() x
+			 WHERE x.object_type OPERATOR(pg_catalog.=) 'table' LOOP
+		WITH mv AS (
+			DELETE FROM @extschema@.inbox i USING @extschema@.binding bb
+			WHERE bb.tbl OPERATOR(pg_catalog.=) r.objid
+			  AND i.binding_id OPERATOR(pg_catalog.=) bb.binding_id
+			RETURNING i.*)
+		INSERT INTO @extschema@.outbox (id, binding_id, provider_id, order_key, op,
+			idempotency_key, created_at, next_attempt_at)
+		SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at, created_at
+		FROM mv;
+		WITH b AS (
+			UPDATE @extschema@.binding SET active = false
+			 WHERE tbl OPERATOR(pg_catalog.=) r.objid RETURNING binding_id),
+		d AS (
+			UPDATE @extschema@.outbox o
+			   SET state = 'dead', last_error = 'the order table was dropped',
+				   error_class = 'table_dropped', done_at = pg_catalog.now(), updated_at = pg_catalog.now()
+			  FROM b WHERE o.binding_id OPERATOR(pg_catalog.=) b.binding_id
+			   AND o.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'retrying'])
+			RETURNING o.id, o.binding_id, o.order_key, o.provider_id),
+		t AS (
+			INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+			SELECT 'table_dropped', d.binding_id, d.order_key, d.provider_id, d.id, 'the order table was dropped'
+			FROM d
+			RETURNING ticket_id, outbox_id, binding_id, order_key)
+		-- kinds and ids only: any role may LISTEN (docs/security.md)
+		SELECT pg_catalog.count(pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object('event', 'table_dropped',
+			'outbox_id', t.outbox_id, 'ticket_id', t.ticket_id, 'binding_id', t.binding_id,
+			'order_key', t.order_key)::text))
+		INTO n FROM t;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._on_drop() IS
+	'Internal: the event trigger of DROP TABLE: a dropped attached table''s binding becomes inactive and its waiting intents dead.';
+
+CREATE OR REPLACE FUNCTION @extschema@._check_attach_options(opts jsonb, provider_id integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d text;
+BEGIN
+	SELECT p.dialect INTO d FROM @extschema@.provider p WHERE p.provider_id = _check_attach_options.provider_id;
+	IF d IN ('easypost', 'aftership', 'kuaidi100') THEN
+		RAISE EXCEPTION 'provider of dialect % tracks shipments, it does not create them', d
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Attach the table to a shipping provider, and name this one in option "tracking_provider".';
+	END IF;
+	IF opts ? 'tracking_provider' THEN
+		SELECT p.dialect INTO d FROM @extschema@.provider p WHERE p.name = opts->>'tracking_provider';
+		IF d IS NULL THEN
+			RAISE EXCEPTION 'tracking provider "%" does not exist', opts->>'tracking_provider'
+				USING ERRCODE = 'undefined_object',
+					  HINT = 'Create it first with shipsync.create_provider().';
+		END IF;
+		IF d NOT IN ('easypost', 'aftership', 'kuaidi100') THEN
+			RAISE EXCEPTION 'provider "%" is not a tracking provider', opts->>'tracking_provider'
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Its dialect is %s; tracking dialects are easypost, aftership and kuaidi100.', d),
+					  HINT = 'Name a provider of a tracking dialect.';
+		END IF;
+	END IF;
+	IF opts ? 'validate' AND (jsonb_typeof(opts->'validate') <> 'string'
+		OR opts->>'validate' NOT IN ('invalid', 'reject')) THEN
+		RAISE EXCEPTION 'option "validate" must be "invalid" or "reject"'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given is %s.', opts->'validate'),
+				  HINT = 'Use invalid (the default) to keep the order and mark its intent invalid, or reject to make the INSERT fail.';
+	END IF;
+	IF opts ? 'pii' AND (jsonb_typeof(opts->'pii') <> 'object' OR EXISTS (
+		SELECT 1 FROM jsonb_each(opts->'pii') AS c(col, kind)
+		WHERE jsonb_typeof(c.kind) <> 'null'
+		  AND (jsonb_typeof(c.kind) <> 'string' OR c.kind #>> '{}' NOT IN ('name', 'phone', 'address', 'email')))) THEN
+		RAISE EXCEPTION 'option "pii" must map column names to name, phone, address, email or null'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given is %s.', opts->'pii'),
+				  HINT = 'For example {"receiver": "name", "tel": "phone", "name": null}: null marks a column the usual names would take as personal as not personal.';
+	END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._field_map_check()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.seeded THEN
+		RAISE EXCEPTION 'profile "%" is built in and read-only', OLD.profile
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'Its rows come with the extension and are created again on restore.',
+				  HINT = format('Copy it with shipsync.copy_profile(%L, ''my_profile''), change the copy, and set option "profile" of the provider.', OLD.profile);
+	END IF;
+	IF TG_OP = 'DELETE' THEN
+		RETURN OLD;
+	END IF;
+	-- only the extension script seeds, before this trigger exists
+	NEW.seeded := false;
+	PERFORM @extschema@._map_check(NEW.target_path, NEW.source, NEW.transform, NEW.arg::text);
+	NEW.updated_at := now();
+	NEW.updated_by := @extschema@._actor();
+	RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.copy_profile(from_profile text, to_profile text)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer;
+BEGIN
+	IF to_profile IS NULL OR to_profile !~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid profile name "%"', coalesce(to_profile, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A profile name is 1 to 63 letters, digits, "_", "." or "-".',
+				  HINT = 'For example ''sf_shop1''.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM @extschema@.field_map WHERE profile = to_profile) THEN
+		RAISE EXCEPTION 'profile "%" already exists', to_profile
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Choose another name, or delete its rows from shipsync.field_map first.';
+	END IF;
+	INSERT INTO @extschema@.field_map (profile, direction, target_path, source, transform, arg,
+		"default", required, position, pii)
+	SELECT to_profile, direction, target_path, source, transform, arg, "default", required, position, pii
+	FROM @extschema@.field_map WHERE profile = from_profile
+	ORDER BY field_map_id;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	IF n = 0 THEN
+		RAISE EXCEPTION 'profile "%" has no rows', coalesce(from_profile, '')
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'See SELECT DISTINCT profile FROM shipsync.field_map.';
+	END IF;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.copy_profile(text, text) IS
+	'Copy every field_map row of a profile (a built-in one, say sf_express) into a new, editable profile. Returns the number of rows copied.';
+
+CREATE OR REPLACE FUNCTION @extschema@.render_request(outbox_id bigint)
+RETURNS TABLE (method text, url text, headers text[], body text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	o record;
+	p record;
+	r record;
+BEGIN
+	SELECT x.provider_id, x.binding_id, x.idempotency_key INTO o FROM @extschema@.outbox x
+	WHERE x.id = render_request.outbox_id
+	UNION ALL	-- captured, not yet moved to the outbox
+	SELECT i.provider_id, i.binding_id, i.idempotency_key FROM @extschema@.inbox i
+	WHERE i.id = render_request.outbox_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'outbox intent % does not exist', outbox_id
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Find intents with shipsync.trace() or in shipsync.outbox.';
+	END IF;
+	SELECT x.* INTO p FROM @extschema@.provider x WHERE x.provider_id = o.provider_id;
+	SELECT * INTO r FROM @extschema@._render(outbox_id);
+	IF r.method IS NULL THEN
+		RAISE EXCEPTION 'outbox intent % has nothing to send', outbox_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('It would not be sent: %s.', r.body),
+				  HINT = 'See its state and last_error in shipsync.outbox.';
+	END IF;
+	method := r.method;
+	url := r.url;
+	body := r.body;
+	IF NOT @extschema@._pii_visible() THEN
+		body := @extschema@._mask_body(body,
+			(SELECT x.paths FROM @extschema@._pii_rules x
+			  WHERE x.provider_id OPERATOR(pg_catalog.=) o.provider_id),
+			(SELECT x.kinds FROM @extschema@._pii_rules x
+			  WHERE x.provider_id OPERATOR(pg_catalog.=) o.provider_id),
+			(SELECT b.options OPERATOR(pg_catalog.->) 'pii' FROM @extschema@.binding b
+			  WHERE b.binding_id OPERATOR(pg_catalog.=) o.binding_id));
+	END IF;
+	headers := ARRAY['Idempotency-Key: ' || o.idempotency_key]
+		|| CASE WHEN p.dialect IN ('sf_express', 'kuaidi100')
+				THEN ARRAY['Content-Type: application/x-www-form-urlencoded']
+				ELSE ARRAY['Content-Type: application/json'] END
+		|| ARRAY['Accept: application/json']
+		|| ARRAY(SELECT k || ': ' || CASE WHEN jsonb_typeof(v) = 'string' THEN v #>> '{}' ELSE '********' END
+				 FROM jsonb_each(p.headers) AS h(k, v))
+		|| CASE WHEN p.dialect = 'kuaidi100' THEN '{}'::text[]
+				ELSE @extschema@._auth_headers_masked(p.auth) END;
+	RETURN NEXT;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.render_request(bigint) IS
+	'A dry run: the method, URL, headers (secrets masked) and body that the intent sends or would send, personal values masked for shipsync_reader. An intent never sent is rendered from the current order row and its provider''s field map, and nothing is stored.';
+
+
+------------------------------------------------------------------------------
+-- Who did it (src/audit.c)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@._actor()
+RETURNS name
+AS 'MODULE_PATHNAME', 'shipsync_actor'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@._actor() IS
+	'Internal: who a change is recorded as made by: the session user, or the name of the extension''s own worker (dispatcher).';
+
+CREATE FUNCTION @extschema@._caller()
+RETURNS name
+AS 'MODULE_PATHNAME', 'shipsync_caller'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@._caller() IS
+	'Internal: the role the session acts as (after SET ROLE), also inside a SECURITY DEFINER function.';
+
+CREATE FUNCTION @extschema@._in_extension_script()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'shipsync_in_extension_script'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@._in_extension_script() IS
+	'Internal: true while CREATE EXTENSION or ALTER EXTENSION UPDATE runs; what those scripts seed is not audited.';
+
+------------------------------------------------------------------------------
+-- Personal data, masked for shipsync_reader (src/mask.c, src/privacy.c)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.mask_pii(value text, kind text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'shipsync_mask_pii_sql'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.mask_pii(text, text) IS
+	'A personal value masked as shipsync_reader sees it; kind is name (张三: 张*, John Smith: J*** Smith), phone (138****5678), address (cut after the district or the first comma: 深圳市南山区***) or email (z***@example.com).';
+
+CREATE FUNCTION @extschema@._mask_body(body text, paths text[], kinds text[], columns jsonb)
+RETURNS text
+AS 'MODULE_PATHNAME', 'shipsync_mask_body'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@._mask_body(text, text[], text[], jsonb) IS
+	'Internal: a request body with the values at the personal paths of its profile masked, and, in the generic body, the members of "order" that columns (the binding''s option pii) or the column convention mark personal.';
+
+CREATE FUNCTION @extschema@._pii_visible()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'shipsync_pii_visible'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@._pii_visible() IS
+	'Internal: whether the role the session acts as sees personal values whole (shipsync_operator and above, superusers).';
+
+-- The personal target paths of each provider's profile, as the field map
+-- marks them now.
+CREATE VIEW @extschema@._pii_rules AS
+SELECT p.provider_id,
+	   pg_catalog.array_agg(f.target_path ORDER BY f.position, f.field_map_id) AS paths,
+	   pg_catalog.array_agg(f.pii ORDER BY f.position, f.field_map_id) AS kinds
+FROM @extschema@.provider p
+JOIN @extschema@.field_map f
+  ON f.profile = coalesce(p.options->>'profile', p.dialect)
+ AND f.direction = 'out' AND f.pii IS NOT NULL
+GROUP BY p.provider_id;
+COMMENT ON VIEW @extschema@._pii_rules IS
+	'Internal: per provider, the target paths its profile''s field map marks personal, and their kinds.';
+
+CREATE VIEW @extschema@.intents AS
+SELECT o.id, o.binding_id, o.provider_id, o.order_key, o.op, o.idempotency_key, o.state,
+	   o.attempts, o.next_attempt_at, o.lease_until, o.created_at, o.updated_at, o.done_at,
+	   o.request_method, o.request_url,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_body
+			ELSE @extschema@._mask_body(o.request_body, r.paths, r.kinds, b.options->'pii')
+	   END AS request_body,
+	   o.request_digest, o.last_status, o.error_class, o.last_error, o.coalesced_into
+FROM @extschema@.outbox o
+LEFT JOIN @extschema@._pii_rules r ON r.provider_id = o.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id = o.binding_id;
+COMMENT ON VIEW @extschema@.intents IS
+	'The outbox as its readers may see it: every column of shipsync.outbox, with the personal values of request_body masked unless the reader is a member of shipsync_operator. shipsync_reader reads this view, not the table.';
+
+------------------------------------------------------------------------------
+-- The audit log
+------------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.audit_log (
+	audit_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	at				timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	"session_user"	name NOT NULL,
+	"current_user"	name NOT NULL,
+	action			text NOT NULL,
+	object_kind		text NOT NULL,
+	object_name		text,
+	old_value		jsonb,
+	new_value		jsonb
+);
+CREATE INDEX audit_log_at_idx ON @extschema@.audit_log USING brin (at);
+CREATE INDEX audit_log_object_idx ON @extschema@.audit_log (object_kind, object_name, at);
+COMMENT ON TABLE @extschema@.audit_log IS
+	'Every change of providers, secrets, bindings, field maps and status maps, and every state-changing call (attach, detach, pause, resume, retry, requeue, set_secret, rotate_key, acknowledge, resolve): when, by whom, and the values before and after, secrets shown as "(set)" or "(changed)". Only the extension''s owner may change or delete rows; the dispatcher prunes rows older than shipsync.audit_retention.';
+COMMENT ON COLUMN @extschema@.audit_log."session_user" IS
+	'The session user, or the extension''s own worker (dispatcher).';
+COMMENT ON COLUMN @extschema@.audit_log."current_user" IS
+	'The role the session acted as (after SET ROLE), outside any SECURITY DEFINER function.';
+COMMENT ON COLUMN @extschema@.audit_log.action IS
+	'The function called (attach, pause, ...), or insert, update, delete or truncate for a change made directly to the table.';
+COMMENT ON COLUMN @extschema@.audit_log.object_name IS
+	'provider: its name; binding: the table; field_map: profile/direction/target_path; status_map: profile/raw_status/pattern; intent: its id; ticket: its id.';
+COMMENT ON COLUMN @extschema@.audit_log.old_value IS
+	'An insert: null; a delete: the whole row; an update: the columns that changed, as they were.';
+COMMENT ON COLUMN @extschema@.audit_log.new_value IS
+	'An insert: the whole row; a delete: null; an update: the columns that changed, as they are now.';
+
+-- Write one audit row, unless an extension script is running.  A row the
+-- restore of a dump would collide with (ids restart while the log itself is
+-- restored) is left out rather than failing the restore.
+CREATE FUNCTION @extschema@._audit(action text, object_kind text, object_name text,
+								   old_value jsonb, new_value jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF @extschema@._in_extension_script() THEN
+		RETURN;
+	END IF;
+	INSERT INTO @extschema@.audit_log ("session_user", "current_user", action, object_kind,
+									   object_name, old_value, new_value)
+	VALUES (@extschema@._actor(), @extschema@._caller(), $1, $2, $3, $4, $5)
+	ON CONFLICT (audit_id) DO NOTHING;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._audit(text, text, text, jsonb, jsonb) IS
+	'Internal: record one action in shipsync.audit_log.';
+
+-- The secrets of a row as "(set)", or, compared with the row before the
+-- change, "(changed)" when they differ.  spec maps a member to true (it is
+-- secret), to {"except": [...]} (every member of it but those is secret),
+-- or to the spec of its own members.
+CREATE FUNCTION @extschema@._audit_redact(r jsonb, before jsonb, spec jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text;
+	rule jsonb;
+	m text;
+	was jsonb;
+BEGIN
+	IF r IS NULL OR jsonb_typeof(r) <> 'object' THEN
+		RETURN r;
+	END IF;
+	FOR k, rule IN SELECT key, value FROM jsonb_each(spec) LOOP
+		CONTINUE WHEN coalesce(jsonb_typeof(r->k), 'null') = 'null';
+		-- the member before, {} if the row before lacked it
+		was := CASE WHEN before IS NOT NULL THEN coalesce(before->k, '{}') END;
+		IF rule = 'true' OR jsonb_typeof(r->k) <> 'object' THEN
+			r := jsonb_set(r, ARRAY[k], to_jsonb(CASE WHEN before IS NULL OR before->k = r->k
+													 THEN '(set)' ELSE '(changed)' END));
+		ELSIF rule ? 'except' THEN
+			FOR m IN SELECT jsonb_object_keys(r->k) LOOP
+				CONTINUE WHEN rule->'except' ? m;
+				r := jsonb_set(r, ARRAY[k], @extschema@._audit_redact(r->k, was,
+																	  jsonb_build_object(m, true)));
+			END LOOP;
+		ELSE
+			r := jsonb_set(r, ARRAY[k], @extschema@._audit_redact(r->k, was, rule));
+		END IF;
+	END LOOP;
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._audit_redact(jsonb, jsonb, jsonb) IS
+	'Internal: a row as the audit log shows it, its secrets as "(set)" or "(changed)".';
+
+-- What an audit row of a row change holds: the object's name (the named
+-- columns of the row, joined by "/"), and the row before and after, secrets
+-- redacted; for an update only the columns that changed (the updated_at
+-- and updated_by stamps left out: the audit row says when and who).
+CREATE FUNCTION @extschema@._audit_values(op text, name_columns text, spec jsonb,
+										  old_row jsonb, new_row jsonb,
+										  OUT object_name text, OUT old_value jsonb,
+										  OUT new_value jsonb)
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	SELECT string_agg(coalesce(coalesce(new_row, old_row)->>c, ''), '/' ORDER BY n)
+	INTO object_name
+	FROM unnest(string_to_array(nullif(name_columns, ''), ',')) WITH ORDINALITY AS u(c, n);
+	old_value := @extschema@._audit_redact(old_row, NULL, spec);
+	new_value := @extschema@._audit_redact(new_row, old_row, spec);
+	IF op = 'UPDATE' THEN
+		SELECT coalesce(jsonb_object_agg(o.key, o.value), '{}'),
+			   coalesce(jsonb_object_agg(o.key, new_value->o.key), '{}')
+		INTO old_value, new_value
+		FROM jsonb_each(old_value) o
+		WHERE o.key NOT IN ('updated_at', 'updated_by')
+		  AND o.value IS DISTINCT FROM new_value->o.key;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._audit_values(text, text, jsonb, jsonb, jsonb) IS
+	'Internal: the object name and the old and new values of one audited row change.';
+
+-- The audit trigger of provider, secret, binding, field_map, status_map
+-- and crm_source.  Arguments: the object kind, the columns naming the object,
+-- the secret spec of _audit_redact().  A SECURITY DEFINER function (the
+-- log is the owner's to write), so it refuses to run on any other table.
+CREATE FUNCTION @extschema@._audit_row()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v record;
+BEGIN
+	IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) '@extschema@'
+	   OR NOT TG_TABLE_NAME OPERATOR(pg_catalog.=) ANY
+		   (ARRAY['provider', 'secret', 'binding', 'field_map', 'status_map', 'crm_source']) THEN
+		RAISE EXCEPTION 'shipsync._audit_row() audits the tables of pg_shipsync only'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('It fired on %I.%I.', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+	END IF;
+	SELECT * INTO v FROM @extschema@._audit_values(TG_OP, TG_ARGV[1], TG_ARGV[2]::jsonb,
+		to_jsonb(OLD), to_jsonb(NEW));
+	PERFORM @extschema@._audit(
+		coalesce(nullif(current_setting('shipsync.audit_action', true), ''), lower(TG_OP)),
+		TG_ARGV[0], v.object_name, v.old_value, v.new_value);
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._audit_row() IS
+	'Internal: the audit trigger of the tables provider, secret, binding, field_map, status_map and crm_source.';
+
+-- Only the extension's owner changes or deletes audit rows.  Privileges
+-- already keep everyone else out; this stops other superusers too, with a
+-- clear message.
+CREATE FUNCTION @extschema@._audit_log_guard()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF (SELECT c.relowner FROM pg_class c WHERE c.oid = TG_RELID)
+	   IS DISTINCT FROM to_regrole(quote_ident(current_user))::oid THEN
+		RAISE EXCEPTION 'only the owner of pg_shipsync may change or delete audit rows'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('%s of shipsync.audit_log by role %s was refused.', TG_OP, current_user),
+				  HINT = 'Rows older than shipsync.audit_retention are pruned by the dispatcher.';
+	END IF;
+	IF TG_OP = 'UPDATE' THEN
+		RETURN NEW;
+	END IF;
+	RETURN OLD;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._audit_log_guard() IS
+	'Internal: refuses UPDATE, DELETE and TRUNCATE of shipsync.audit_log by anyone but the extension''s owner.';
+CREATE TRIGGER audit_log_guard BEFORE UPDATE OR DELETE ON @extschema@.audit_log
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_log_guard();
+CREATE TRIGGER audit_log_guard_truncate BEFORE TRUNCATE ON @extschema@.audit_log
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_log_guard();
+
+-- The dispatcher's pruning (src/audit.c): as the owner, whom the guard lets.
+CREATE FUNCTION @extschema@._prune_audit(retention interval)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	DELETE FROM @extschema@.audit_log a
+	 WHERE a.at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) retention);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._prune_audit(interval) IS
+	'Internal: delete the audit rows older than retention; the dispatcher calls it with shipsync.audit_retention.';
+
+------------------------------------------------------------------------------
+-- The "who" columns: set by the server, never taken from the caller
+------------------------------------------------------------------------------
+
+-- A provider's updated_at and updated_by; created_at and created_by stay.
+CREATE FUNCTION @extschema@._provider_stamp()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	NEW.created_at := OLD.created_at;
+	NEW.created_by := OLD.created_by;
+	NEW.updated_at := now();
+	NEW.updated_by := @extschema@._actor();
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._provider_stamp() IS
+	'Internal: sets updated_at and updated_by of a changed provider, keeps created_at and created_by.';
+CREATE TRIGGER provider_stamp BEFORE UPDATE ON @extschema@.provider
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._provider_stamp();
+
+-- A ticket's acknowledged_by and resolved_by follow acknowledged_at and
+-- resolved_at: whoever set those.
+CREATE FUNCTION @extschema@._ticket_stamp()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	NEW.acknowledged_by := CASE
+		WHEN NEW.acknowledged_at IS NULL THEN NULL
+		WHEN NEW.acknowledged_at IS NOT DISTINCT FROM OLD.acknowledged_at THEN OLD.acknowledged_by
+		ELSE @extschema@._actor() END;
+	NEW.resolved_by := CASE
+		WHEN NEW.resolved_at IS NULL THEN NULL
+		WHEN NEW.resolved_at IS NOT DISTINCT FROM OLD.resolved_at THEN OLD.resolved_by
+		ELSE @extschema@._actor() END;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._ticket_stamp() IS
+	'Internal: sets acknowledged_by and resolved_by of a ticket to whoever set acknowledged_at and resolved_at.';
+CREATE TRIGGER exception_ticket_stamp BEFORE UPDATE ON @extschema@.exception_ticket
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._ticket_stamp();
+
+------------------------------------------------------------------------------
+-- Tickets: acknowledged and resolved through functions
+------------------------------------------------------------------------------
+
+-- One step of a ticket's life, acknowledge or resolve: false if it was
+-- taken already.  The "who" column follows from the trigger above.
+CREATE FUNCTION @extschema@._ticket_step(ticket_id bigint, step text, note text)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	done timestamptz;
+	after jsonb;
+	ack boolean := step OPERATOR(pg_catalog.=) 'acknowledge';
+BEGIN
+	SELECT CASE WHEN ack THEN x.acknowledged_at ELSE x.resolved_at END INTO done
+	  FROM @extschema@.exception_ticket x
+	 WHERE x.ticket_id OPERATOR(pg_catalog.=) _ticket_step.ticket_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'exception ticket % does not exist', ticket_id
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'See SELECT ticket_id, kind, detail FROM shipsync.exception_ticket WHERE resolved_at IS NULL.';
+	END IF;
+	IF done IS NOT NULL THEN
+		RETURN false;
+	END IF;
+	UPDATE @extschema@.exception_ticket x
+	   SET acknowledged_at = CASE WHEN ack THEN pg_catalog.now() ELSE x.acknowledged_at END,
+		   resolved_at = CASE WHEN ack THEN x.resolved_at ELSE pg_catalog.now() END,
+		   resolution = CASE WHEN ack THEN x.resolution ELSE note END
+	 WHERE x.ticket_id OPERATOR(pg_catalog.=) _ticket_step.ticket_id
+	RETURNING CASE WHEN ack
+		THEN pg_catalog.jsonb_build_object('acknowledged_at', x.acknowledged_at,
+										   'acknowledged_by', x.acknowledged_by)
+		ELSE pg_catalog.jsonb_build_object('resolved_at', x.resolved_at,
+										   'resolved_by', x.resolved_by, 'resolution', x.resolution) END
+	INTO after;
+	PERFORM @extschema@._audit(step, 'ticket', ticket_id::text,
+		(SELECT pg_catalog.jsonb_object_agg(k, NULL) FROM pg_catalog.jsonb_object_keys(after) k), after);
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._ticket_step(bigint, text, text) IS
+	'Internal: acknowledge or resolve one exception ticket, and audit it.';
+
+CREATE FUNCTION @extschema@.acknowledge(ticket_id bigint)
+RETURNS boolean
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT @extschema@._ticket_step($1, 'acknowledge', NULL) $$;
+COMMENT ON FUNCTION @extschema@.acknowledge(bigint) IS
+	'Acknowledge an exception ticket: acknowledged_at is now, acknowledged_by the session user. Returns false if it already was.';
+
+CREATE FUNCTION @extschema@.resolve(ticket_id bigint, note text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT @extschema@._ticket_step($1, 'resolve', $2) $$;
+COMMENT ON FUNCTION @extschema@.resolve(bigint, text) IS
+	'Resolve an exception ticket, with an optional note: resolved_at is now, resolved_by the session user, resolution the note. Returns false if it already was resolved.';
+
+------------------------------------------------------------------------------
+-- Audit triggers, and the actions of the functions whose changes they see
+------------------------------------------------------------------------------
+
+CREATE TRIGGER shipsync_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.provider
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_row('provider', 'name',
+		'{"auth": {"except": ["type", "header", "customer", "partner_id", "token_url", "client_id", "scope"]},
+		  "headers": {"except": []},
+		  "options": {"webhook_secret": true, "previous_webhook_secret": true, "headers": {"except": []}}}');
+CREATE TRIGGER shipsync_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.binding
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_row('binding', 'tbl', '{}');
+CREATE TRIGGER shipsync_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.field_map
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_row('field_map', 'profile,direction,target_path', '{}');
+CREATE TRIGGER shipsync_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.status_map
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_row('status_map', 'profile,raw_status,pattern', '{}');
+CREATE TRIGGER shipsync_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.crm_source
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_row('crm_source', 'name', '{}');
+CREATE TRIGGER shipsync_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.secret
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_row('secret', 'provider,name', '{"ciphertext": true}');
+CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.provider
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('provider', '', '{}');
+CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.binding
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('binding', '', '{}');
+CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.field_map
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('field_map', '', '{}');
+CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.status_map
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('status_map', '', '{}');
+CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.crm_source
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('crm_source', '', '{}');
+CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.secret
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('secret', '', '{}');
+
+-- The trigger rows of changes made by these functions carry their names.
+ALTER FUNCTION @extschema@.create_provider(text, text, text, jsonb) SET shipsync.audit_action = 'create_provider';
+ALTER FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) SET shipsync.audit_action = 'attach';
+ALTER FUNCTION @extschema@.detach(regclass) SET shipsync.audit_action = 'detach';
+ALTER FUNCTION @extschema@.copy_profile(text, text) SET shipsync.audit_action = 'copy_profile';
+ALTER FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) SET shipsync.audit_action = 'create_crm_source';
+ALTER FUNCTION @extschema@.drop_crm_source(text) SET shipsync.audit_action = 'drop_crm_source';
+ALTER FUNCTION @extschema@.set_secret(text, text, text) SET shipsync.audit_action = 'set_secret';
+ALTER FUNCTION @extschema@.rotate_key() SET shipsync.audit_action = 'rotate_key';
+-- pause or resume, set inside; the setting ends with the function
+ALTER FUNCTION @extschema@._set_paused(text, boolean) SET shipsync.audit_action = '';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.audit_log_audit_id_seq', '');
+
+-- readers read the masked view of the outbox, not the table; operators
+-- acknowledge and resolve tickets through functions, not by UPDATE
+REVOKE SELECT ON @extschema@.outbox FROM shipsync_reader;
+GRANT SELECT ON @extschema@.intents TO shipsync_reader;
+GRANT SELECT ON @extschema@.outbox TO shipsync_operator;
+REVOKE UPDATE (acknowledged_at, acknowledged_by, resolved_at, resolved_by)
+	ON @extschema@.exception_ticket FROM shipsync_operator;
+GRANT EXECUTE ON FUNCTION @extschema@.acknowledge(bigint), @extschema@.resolve(bigint, text)
+	TO shipsync_operator;
+REVOKE EXECUTE ON FUNCTION @extschema@.render_request(bigint) FROM shipsync_operator;
+GRANT EXECUTE ON FUNCTION @extschema@.render_request(bigint) TO shipsync_reader;
+REVOKE ALL ON FUNCTION @extschema@._actor(), @extschema@._caller(),
+	@extschema@._in_extension_script(), @extschema@.mask_pii(text, text),
+	@extschema@._mask_body(text, text[], text[], jsonb), @extschema@._pii_visible(),
+	@extschema@._audit(text, text, text, jsonb, jsonb), @extschema@._audit_redact(jsonb, jsonb, jsonb),
+	@extschema@._audit_values(text, text, jsonb, jsonb, jsonb), @extschema@._audit_row(),
+	@extschema@._audit_log_guard(), @extschema@._prune_audit(interval),
+	@extschema@._provider_stamp(), @extschema@._ticket_stamp(),
+	@extschema@._ticket_step(bigint, text, text),
+	@extschema@.acknowledge(bigint), @extschema@.resolve(bigint, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.mask_pii(text, text),
+	@extschema@._mask_body(text, text[], text[], jsonb), @extschema@._pii_visible()
+	TO shipsync_reader;
+GRANT SELECT ON @extschema@.audit_log TO shipsync_operator;
+GRANT EXECUTE ON FUNCTION @extschema@._actor() TO shipsync_admin;
+
 -- A dispatcher of the new library waits for this update: wake it.
 SELECT @extschema@._wake(true);

@@ -184,12 +184,19 @@ CREATE TABLE @extschema@.exception_ticket (
 	acknowledged_at timestamptz,
 	acknowledged_by name,
 	resolved_at		timestamptz,
-	resolved_by		name
+	resolved_by		name,
+	resolution		text
 );
 CREATE INDEX exception_ticket_open_idx ON @extschema@.exception_ticket (kind, opened_at)
 	WHERE resolved_at IS NULL;
 COMMENT ON TABLE @extschema@.exception_ticket IS
 	'The exception ledger: one row per problem that needs a person (dead intent, failed write-back), opened, acknowledged and resolved with who and when.';
+COMMENT ON COLUMN @extschema@.exception_ticket.acknowledged_by IS
+	'Who set acknowledged_at (shipsync.acknowledge()): set by the server, never by the caller.';
+COMMENT ON COLUMN @extschema@.exception_ticket.resolved_by IS
+	'Who set resolved_at (shipsync.resolve(), retry(), requeue()): set by the server, never by the caller.';
+COMMENT ON COLUMN @extschema@.exception_ticket.resolution IS
+	'The note given to shipsync.resolve().';
 
 ------------------------------------------------------------------------------
 -- Views

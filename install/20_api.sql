@@ -325,6 +325,9 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	-- the audit row of the change says which (its SET clause ends it here)
+	PERFORM pg_catalog.set_config('shipsync.audit_action',
+		CASE WHEN _set_paused.paused THEN 'pause' ELSE 'resume' END, true);
 	UPDATE @extschema@.provider p
 	   SET paused = _set_paused.paused, updated_at = now(), updated_by = session_user
 	 WHERE p.name = _set_paused.provider;
@@ -408,7 +411,7 @@ BEGIN
 			USING ERRCODE = 'duplicate_object',
 				  HINT = 'Call shipsync.detach() first to attach it again.';
 	END IF;
-	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider'], 'attach');
+	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii'], 'attach');
 	PERFORM @extschema@._check_attach_options(opts, pid);
 	IF current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
 		RAISE EXCEPTION 'database encoding % cannot be sent as JSON', current_setting('server_encoding')
@@ -551,7 +554,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) IS
-	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered).';
+	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered), pii (which columns of the generic body are personal: {"column": "name"|"phone"|"address"|"email"|null}).';
 
 CREATE FUNCTION @extschema@.detach(tbl regclass)
 RETURNS void
@@ -611,6 +614,10 @@ BEGIN
 	UPDATE @extschema@.exception_ticket t
 	   SET resolved_at = now(), resolved_by = session_user
 	 WHERE t.outbox_id = retry.outbox_id AND t.resolved_at IS NULL;
+	PERFORM @extschema@._audit('retry', 'intent', retry.outbox_id::text,
+		pg_catalog.jsonb_build_object('state', st),
+		(SELECT pg_catalog.jsonb_build_object('state', o.state) FROM @extschema@.outbox o
+		  WHERE o.id OPERATOR(pg_catalog.=) retry.outbox_id));
 	PERFORM @extschema@._wake(false);
 	RETURN true;
 END
@@ -652,6 +659,9 @@ BEGIN
 		   SET resolved_at = now(), resolved_by = session_user
 		  FROM q WHERE t.outbox_id = q.id AND t.resolved_at IS NULL)
 	SELECT count(*) INTO n FROM q;
+	PERFORM @extschema@._audit('requeue', 'provider', coalesce(requeue.provider, '*'),
+		pg_catalog.jsonb_build_object('state', requeue.state),
+		pg_catalog.jsonb_build_object('requeued', n));
 	PERFORM @extschema@._wake(false);
 	RETURN n;
 END
@@ -663,31 +673,39 @@ COMMENT ON FUNCTION @extschema@.requeue(text, text) IS
 -- A dropped table cannot ship: its waiting intents stop with the reason.
 ------------------------------------------------------------------------------
 
+-- SECURITY DEFINER: the owner of an attached table may drop it without any
+-- right on the extension's tables.  It acts on bindings only.
 CREATE FUNCTION @extschema@._on_drop()
 RETURNS event_trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET shipsync.audit_action = 'table_dropped'
 AS $$
 DECLARE
 	r record;
 	n bigint;
 BEGIN
-	FOR r IN SELECT objid FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table' LOOP
+	FOR r IN SELECT x.objid FROM pg_catalog.pg_event_trigger_dropped_objects() x
+			 WHERE x.object_type OPERATOR(pg_catalog.=) 'table' LOOP
 		WITH mv AS (
 			DELETE FROM @extschema@.inbox i USING @extschema@.binding bb
-			WHERE bb.tbl = r.objid AND i.binding_id = bb.binding_id
+			WHERE bb.tbl OPERATOR(pg_catalog.=) r.objid
+			  AND i.binding_id OPERATOR(pg_catalog.=) bb.binding_id
 			RETURNING i.*)
 		INSERT INTO @extschema@.outbox (id, binding_id, provider_id, order_key, op,
 			idempotency_key, created_at, next_attempt_at)
 		SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at, created_at
 		FROM mv;
 		WITH b AS (
-			UPDATE @extschema@.binding SET active = false WHERE tbl = r.objid RETURNING binding_id),
+			UPDATE @extschema@.binding SET active = false
+			 WHERE tbl OPERATOR(pg_catalog.=) r.objid RETURNING binding_id),
 		d AS (
 			UPDATE @extschema@.outbox o
 			   SET state = 'dead', last_error = 'the order table was dropped',
-				   error_class = 'table_dropped', done_at = now(), updated_at = now()
-			  FROM b WHERE o.binding_id = b.binding_id AND o.state IN ('pending', 'retrying')
+				   error_class = 'table_dropped', done_at = pg_catalog.now(), updated_at = pg_catalog.now()
+			  FROM b WHERE o.binding_id OPERATOR(pg_catalog.=) b.binding_id
+			   AND o.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'retrying'])
 			RETURNING o.id, o.binding_id, o.order_key, o.provider_id),
 		t AS (
 			INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
@@ -695,11 +713,13 @@ BEGIN
 			FROM d
 			RETURNING ticket_id, outbox_id, binding_id, order_key)
 		-- kinds and ids only: any role may LISTEN (docs/security.md)
-		SELECT count(pg_notify('shipsync', json_build_object('event', 'table_dropped',
+		SELECT pg_catalog.count(pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object('event', 'table_dropped',
 			'outbox_id', t.outbox_id, 'ticket_id', t.ticket_id, 'binding_id', t.binding_id,
 			'order_key', t.order_key)::text))
 		INTO n FROM t;
 	END LOOP;
 END
 $$;
+COMMENT ON FUNCTION @extschema@._on_drop() IS
+	'Internal: the event trigger of DROP TABLE: a dropped attached table''s binding becomes inactive and its waiting intents dead.';
 CREATE EVENT TRIGGER shipsync_on_drop ON sql_drop EXECUTE FUNCTION @extschema@._on_drop();

@@ -23,7 +23,10 @@ CREATE TABLE @extschema@.field_map (
 	seeded			boolean NOT NULL DEFAULT false,
 	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_by		name NOT NULL DEFAULT SESSION_USER,
-	UNIQUE (profile, direction, target_path)
+	pii				text,
+	UNIQUE (profile, direction, target_path),
+	CONSTRAINT field_map_pii_check CHECK (pii IS NULL OR
+		(pii IN ('name', 'phone', 'address', 'email') AND direction = 'out'))
 );
 COMMENT ON TABLE @extschema@.field_map IS
 	'Declarative field maps per profile. Outbound rows (direction out) build the request from CRM columns, constants (const:), provider options (option:path) and the intent (meta:order_key, meta:idempotency_key); inbound rows (in) read canonical fields out of responses; crm_in rows turn a record a CRM pushed (ingest_crm()) into the columns of an orders table. Paths are dotted with [k=v] filters. A change applies to the next request.';
@@ -31,6 +34,8 @@ COMMENT ON COLUMN @extschema@.field_map.target_path IS
 	'Outbound: where the value goes in the request, e.g. contactInfoList[contactType=2].address. Inbound: the canonical field (tracking_number, provider_shipment_id, label_url, status). crm_in: a column of the CRM source''s orders table.';
 COMMENT ON COLUMN @extschema@.field_map.transform IS
 	'identity, trim, upper, lower, concat, default, lookup, to_number, unit, timestamp, parse_time or phone; arg holds its argument as JSON.';
+COMMENT ON COLUMN @extschema@.field_map.pii IS
+	'Outbound rows: the value is personal, of kind name, phone, address or email; shipsync_reader sees it masked in request bodies and render_request(). NULL: not personal.';
 COMMENT ON COLUMN @extschema@.field_map.seeded IS
 	'A row of a built-in profile, created with the extension and read-only: copy the profile with shipsync.copy_profile() to change it.';
 
@@ -143,8 +148,9 @@ BEGIN
 END
 $$;
 
--- attach options validate (invalid, the default, or reject) and
--- tracking_provider; a tracking provider cannot be attached as the shipper.
+-- attach options validate (invalid, the default, or reject),
+-- tracking_provider and pii (the personal columns of the generic body); a
+-- tracking provider cannot be attached as the shipper.
 CREATE FUNCTION @extschema@._check_attach_options(opts jsonb, provider_id integer)
 RETURNS void
 LANGUAGE plpgsql
@@ -179,6 +185,15 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = format('The value given is %s.', opts->'validate'),
 				  HINT = 'Use invalid (the default) to keep the order and mark its intent invalid, or reject to make the INSERT fail.';
+	END IF;
+	IF opts ? 'pii' AND (jsonb_typeof(opts->'pii') <> 'object' OR EXISTS (
+		SELECT 1 FROM jsonb_each(opts->'pii') AS c(col, kind)
+		WHERE jsonb_typeof(c.kind) <> 'null'
+		  AND (jsonb_typeof(c.kind) <> 'string' OR c.kind #>> '{}' NOT IN ('name', 'phone', 'address', 'email')))) THEN
+		RAISE EXCEPTION 'option "pii" must map column names to name, phone, address, email or null'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given is %s.', opts->'pii'),
+				  HINT = 'For example {"receiver": "name", "tel": "phone", "name": null}: null marks a column the usual names would take as personal as not personal.';
 	END IF;
 END
 $$;
@@ -225,7 +240,7 @@ BEGIN
 	NEW.seeded := false;
 	PERFORM @extschema@._map_check(NEW.target_path, NEW.source, NEW.transform, NEW.arg::text);
 	NEW.updated_at := now();
-	NEW.updated_by := session_user;
+	NEW.updated_by := @extschema@._actor();
 	RETURN NEW;
 END
 $$;
@@ -263,8 +278,8 @@ BEGIN
 				  HINT = 'Choose another name, or delete its rows from shipsync.field_map first.';
 	END IF;
 	INSERT INTO @extschema@.field_map (profile, direction, target_path, source, transform, arg,
-		"default", required, position)
-	SELECT to_profile, direction, target_path, source, transform, arg, "default", required, position
+		"default", required, position, pii)
+	SELECT to_profile, direction, target_path, source, transform, arg, "default", required, position, pii
 	FROM @extschema@.field_map WHERE profile = from_profile
 	ORDER BY field_map_id;
 	GET DIAGNOSTICS n = ROW_COUNT;
@@ -314,6 +329,13 @@ VALUES
 	('sf_express', 'in', 1, 'tracking_number', 'apiResultData.msgData.waybillNoInfoList[waybillType=1].waybillNo', 'identity', NULL, NULL, false, true),
 	('sf_express', 'in', 2, 'provider_shipment_id', 'apiResultData.msgData.orderId', 'identity', NULL, NULL, false, true);
 
+-- the personal fields of the built-in profile: sender and receiver
+UPDATE @extschema@.field_map
+   SET pii = CASE split_part(target_path, '.', 2) WHEN 'contact' THEN 'name'
+			 WHEN 'mobile' THEN 'phone' ELSE 'address' END
+ WHERE seeded AND profile = 'sf_express' AND direction = 'out'
+   AND target_path ~ '^contactInfoList\[contactType=[12]\]\.(contact|mobile|address)$';
+
 -- the triggers come after the seeds: seeded rows are read-only from here on
 CREATE TRIGGER field_map_check BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.field_map
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._field_map_check();
@@ -347,10 +369,10 @@ DECLARE
 	p record;
 	r record;
 BEGIN
-	SELECT x.provider_id, x.idempotency_key INTO o FROM @extschema@.outbox x
+	SELECT x.provider_id, x.binding_id, x.idempotency_key INTO o FROM @extschema@.outbox x
 	WHERE x.id = render_request.outbox_id
 	UNION ALL	-- captured, not yet moved to the outbox
-	SELECT i.provider_id, i.idempotency_key FROM @extschema@.inbox i
+	SELECT i.provider_id, i.binding_id, i.idempotency_key FROM @extschema@.inbox i
 	WHERE i.id = render_request.outbox_id;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'outbox intent % does not exist', outbox_id
@@ -368,6 +390,15 @@ BEGIN
 	method := r.method;
 	url := r.url;
 	body := r.body;
+	IF NOT @extschema@._pii_visible() THEN
+		body := @extschema@._mask_body(body,
+			(SELECT x.paths FROM @extschema@._pii_rules x
+			  WHERE x.provider_id OPERATOR(pg_catalog.=) o.provider_id),
+			(SELECT x.kinds FROM @extschema@._pii_rules x
+			  WHERE x.provider_id OPERATOR(pg_catalog.=) o.provider_id),
+			(SELECT b.options OPERATOR(pg_catalog.->) 'pii' FROM @extschema@.binding b
+			  WHERE b.binding_id OPERATOR(pg_catalog.=) o.binding_id));
+	END IF;
 	headers := ARRAY['Idempotency-Key: ' || o.idempotency_key]
 		|| CASE WHEN p.dialect IN ('sf_express', 'kuaidi100')
 				THEN ARRAY['Content-Type: application/x-www-form-urlencoded']
@@ -381,7 +412,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.render_request(bigint) IS
-	'A dry run: the method, URL, headers (secrets masked) and body that the intent sends or would send. An intent never sent is rendered from the current order row and its provider''s field map, and nothing is stored.';
+	'A dry run: the method, URL, headers (secrets masked) and body that the intent sends or would send, personal values masked for shipsync_reader. An intent never sent is rendered from the current order row and its provider''s field map, and nothing is stored.';
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.field_map', 'WHERE NOT seeded');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.field_map_field_map_id_seq', '');

@@ -9,15 +9,16 @@ GRANT USAGE ON SCHEMA @extschema@ TO shipsync_reader;
 
 -- the queue and the API
 GRANT EXECUTE ON FUNCTION @extschema@._wake(boolean) TO PUBLIC;
-GRANT SELECT ON @extschema@.queue_status, @extschema@.providers, @extschema@.outbox,
+GRANT SELECT ON @extschema@.queue_status, @extschema@.providers, @extschema@.intents,
 	@extschema@.inbox,
 	@extschema@.binding,
 	@extschema@.shipment, @extschema@.delivery_log, @extschema@.exception_ticket TO shipsync_reader;
 GRANT EXECUTE ON FUNCTION @extschema@.retry(bigint), @extschema@.requeue(text, text),
 	@extschema@.pause(text), @extschema@.resume(text),
 	@extschema@._set_paused(text, boolean) TO shipsync_operator;
-GRANT UPDATE (acknowledged_at, acknowledged_by, resolved_at, resolved_by)
-	ON @extschema@.exception_ticket TO shipsync_operator;
+GRANT SELECT ON @extschema@.outbox TO shipsync_operator;
+GRANT EXECUTE ON FUNCTION @extschema@.acknowledge(bigint), @extschema@.resolve(bigint, text)
+	TO shipsync_operator;
 GRANT EXECUTE ON FUNCTION @extschema@.create_provider(text, text, text, jsonb),
 	@extschema@.attach(regclass, text, name, jsonb, jsonb), @extschema@.detach(regclass)
 	TO shipsync_admin;
@@ -33,7 +34,7 @@ GRANT INSERT, UPDATE, DELETE ON @extschema@.status_map TO shipsync_admin;
 -- mapping
 GRANT SELECT ON @extschema@.field_map TO shipsync_reader;
 GRANT INSERT, UPDATE, DELETE ON @extschema@.field_map TO shipsync_admin;
-GRANT EXECUTE ON FUNCTION @extschema@.render_request(bigint) TO shipsync_operator;
+GRANT EXECUTE ON FUNCTION @extschema@.render_request(bigint) TO shipsync_reader;
 GRANT EXECUTE ON FUNCTION @extschema@.copy_profile(text, text) TO shipsync_admin;
 GRANT EXECUTE ON FUNCTION @extschema@._map_check(text, text, text, text) TO shipsync_admin;
 
@@ -51,6 +52,15 @@ GRANT EXECUTE ON FUNCTION @extschema@.ingest_tracking(text, text, jsonb),
 GRANT EXECUTE ON FUNCTION @extschema@.set_secret(text, text, text),
 	@extschema@.rotate_key() TO shipsync_admin;
 GRANT SELECT ON @extschema@.secrets TO shipsync_operator;
+
+-- personal data and the audit log: readers see personal values masked
+-- (the functions of the view shipsync.intents run as its reader), the
+-- operators whole; field_map's trigger stamps the changes of admins
+GRANT EXECUTE ON FUNCTION @extschema@.mask_pii(text, text),
+	@extschema@._mask_body(text, text[], text[], jsonb), @extschema@._pii_visible()
+	TO shipsync_reader;
+GRANT SELECT ON @extschema@.audit_log TO shipsync_operator;
+GRANT EXECUTE ON FUNCTION @extschema@._actor() TO shipsync_admin;
 
 -- The extension may be created before the dispatcher looks: wake it.
 SELECT @extschema@._wake(true);

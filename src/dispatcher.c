@@ -1497,6 +1497,7 @@ shipsync_dispatcher_main(Datum main_arg)
 			for (int i = 0; i < nproviders; i++)
 				providers[i].maybe_work = true;
 			outbox_requeue_in_flight(true);
+			audit_prune_if_due(now);
 			if (shipsync_take_prepared(my_slot))
 				twophase_watch = true;
 			if (twophase_watch)

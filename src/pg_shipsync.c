@@ -54,6 +54,8 @@ int			shipsync_receiver_body_timeout_ms = 30000;
 int			shipsync_receiver_queue_size = 1024;
 char	   *shipsync_allowed_hosts = NULL;
 const ShipAllowList *shipsync_allowlist = NULL;
+int			shipsync_audit_retention = 400 * 24 * 60;	/* minutes */
+char	   *shipsync_audit_action = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -308,6 +310,34 @@ define_receiver_gucs(void)
 							NULL, NULL, NULL);
 }
 
+/* The parameters of the audit log (src/audit.c, install/80_security.sql) */
+static void
+define_audit_gucs(void)
+{
+	DefineCustomIntVariable("shipsync.audit_retention",
+							"How long rows of shipsync.audit_log are kept; the dispatcher prunes older ones.",
+							"0 keeps them forever.",
+							&shipsync_audit_retention,
+							400 * 24 * 60, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MIN,
+							NULL, NULL, NULL);
+
+	/*
+	 * The action that audit rows written by triggers are recorded under,
+	 * set by the extension's own functions for their duration (SET clauses
+	 * of SECURITY DEFINER functions): superuser only, so that no caller
+	 * can make an UPDATE look like another action.
+	 */
+	DefineCustomStringVariable("shipsync.audit_action",
+							   "Set by pg_shipsync's functions: the action their audit rows record.",
+							   NULL,
+							   &shipsync_audit_action,
+							   "",
+							   PGC_SUSET,
+							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
+							   NULL, NULL, NULL);
+}
+
 void
 _PG_init(void)
 {
@@ -387,6 +417,8 @@ _PG_init(void)
 							   shipsync_check_allowed_hosts,
 							   shipsync_assign_allowed_hosts,
 							   NULL);
+
+	define_audit_gucs();
 
 	MarkGUCPrefixReserved("shipsync");
 

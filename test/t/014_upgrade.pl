@@ -157,6 +157,8 @@ is($node->safe_psql('postgres', "SELECT waybill_no IS NULL FROM crm.orders WHERE
 $node->safe_psql('postgres', 'ALTER EXTENSION pg_shipsync UPDATE');
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'pg_shipsync'}),
 	'0.2', 'updated to 0.2');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM shipsync.audit_log'), '0',
+	'what the update script changed is not audited');
 
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 $node->safe_psql('fresh', 'CREATE EXTENSION pg_shipsync');

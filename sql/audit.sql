@@ -17,12 +17,13 @@ CREATE ROLE shipsync_test_bi LOGIN IN ROLE shipsync_reader;
 CREATE ROLE shipsync_test_root LOGIN SUPERUSER;
 CREATE SCHEMA shop AUTHORIZATION shipsync_test_boss;
 
--- the audit rows after a mark: times and generated SQL shown as such, the
--- extension's owner (who runs this test) as <owner>
+-- the audit rows after a mark: times, generated SQL and key ids shown as
+-- such, the extension's owner (who runs this test) as <owner>
 CREATE FUNCTION pg_temp.steady(j jsonb) RETURNS jsonb LANGUAGE sql AS $$
 	SELECT jsonb_object_agg(key, CASE
 		WHEN key LIKE '%\_at' AND value <> 'null' THEN '"<time>"'
 		WHEN key IN ('render_sql', 'writeback_sql') AND value <> 'null' THEN '"<sql>"'
+		WHEN key = 'key_id' THEN '"<key>"'
 		WHEN key LIKE '%\_by' AND value #>> '{}' = (SELECT rolname FROM pg_roles WHERE oid = 10)
 			THEN '"<owner>"'
 		ELSE value END)
@@ -99,11 +100,13 @@ SELECT kind, order_key, acknowledged_at IS NOT NULL AS acknowledged, acknowledge
 FROM shipsync.exception_ticket ORDER BY ticket_id;
 SELECT max(audit_id) AS mark FROM shipsync.audit_log \gset
 
--- the owner's own changes: audited, stamped by the server, secrets
--- "(changed)" and only what changed
-UPDATE shipsync.provider SET auth = jsonb_set(auth, '{token}', '"tok-2"'), updated_by = 'mallory'
+-- a credential replaced by an admin: its ciphertext "(changed)"; the
+-- owner's own changes: audited, stamped by the server, only what changed
+SET SESSION AUTHORIZATION shipsync_test_boss;
+SELECT shipsync.set_secret('gen', 'token', 'tok-2');
+RESET SESSION AUTHORIZATION;
+UPDATE shipsync.provider SET timeout_ms = 2000, created_by = 'mallory', updated_by = 'mallory'
 WHERE name = 'gen';
-UPDATE shipsync.provider SET timeout_ms = 2000, created_by = 'mallory' WHERE name = 'gen';
 SELECT created_by AS created_by_kept, updated_by = session_user AS updated_by_stamped
 FROM shipsync.provider WHERE name = 'gen';
 UPDATE shipsync.exception_ticket SET acknowledged_at = now(), acknowledged_by = 'mallory'

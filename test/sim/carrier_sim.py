@@ -463,6 +463,7 @@ class SimState:
         order_ref = payload.get("order_ref")
         if not isinstance(order_ref, str) or not order_ref:
             return 400, error_body("order_ref is required (non-empty string)")
+        step = self._tracking_step()
         with self.lock:
             sid = "shp_%d" % self.next_id
             self.next_id += 1
@@ -478,7 +479,9 @@ class SimState:
                 "last_update": None,
                 "order": payload.get("order"),
                 "created_at": utc_now(),
+                "created_step": step,
                 "cancelled_at": None,
+                "cancelled_step": None,
             }
             self.shipments[sid] = rec
             answer = {f: rec[f] for f in ("id", "tracking_number", "label_url",
@@ -499,6 +502,7 @@ class SimState:
             return 200, dumps(self._view(rec))
 
     def cancel_shipment(self, sid):
+        step = self._tracking_step()
         with self.lock:
             rec = self.shipments.get(sid)
             if rec is None:
@@ -506,6 +510,7 @@ class SimState:
             if rec["status"] != "cancelled":      # cancelling twice is fine
                 rec["status"] = "cancelled"
                 rec["cancelled_at"] = utc_now()
+                rec["cancelled_step"] = step
             return 200, dumps({"id": sid, "status": "cancelled",
                                "tracking_number": rec["tracking_number"]})
 
@@ -516,7 +521,16 @@ class SimState:
                 return 404, error_body("shipment not found")
             return 200, dumps(self._view(rec))
 
+    def _tracking_step(self):
+        """The step of the tracking clock (pusher.py) now; 0 without a tracker.
+        Read before taking self.lock: the tracker takes its own lock."""
+        tracker = getattr(self, "tracker", None)
+        return tracker.now() if tracker is not None else 0
+
     def get_events(self, sid):
+        """The events so far: the shipment's timeline once it has one, else
+        the label created (the timeline's first event, the same in every
+        field) and its cancellation -- all on the tracking clock."""
         tracker = getattr(self, "tracker", None)
         events = tracker.pull_events(sid) if tracker is not None else None
         if events is not None:
@@ -525,14 +539,13 @@ class SimState:
             rec = self.shipments.get(sid)
             if rec is None:
                 return 404, error_body("shipment not found")
-            history = [("pre_transit", rec["created_at"], "Shipment created, label issued")]
+            history = [pusher.created_event(sid, rec["created_step"])]
             if rec["status"] == "cancelled":
-                history.append(("cancelled", rec["cancelled_at"], "Shipment cancelled"))
-            events = [{"id": "evt_%s_%d" % (sid, i + 1),
-                       "tracking_number": rec["tracking_number"],
-                       "status": status, "occurred_at": when, "description": text}
-                      for i, (status, when, text) in enumerate(history)]
-            return 200, dumps({"events": events})
+                history.append({"id": "evt_%s_2" % sid, "status": "cancelled",
+                                "at": pusher.clock_time(rec["cancelled_step"]),
+                                "description": "Shipment cancelled"})
+            return 200, dumps({"events": [pusher.event_json(e, rec["tracking_number"])
+                                          for e in history]})
 
 
 # --------------------------------------------------------------------------

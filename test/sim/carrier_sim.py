@@ -463,6 +463,7 @@ class SimState:
         order_ref = payload.get("order_ref")
         if not isinstance(order_ref, str) or not order_ref:
             return 400, error_body("order_ref is required (non-empty string)")
+        step = self._tracking_step()
         with self.lock:
             sid = "shp_%d" % self.next_id
             self.next_id += 1
@@ -478,7 +479,9 @@ class SimState:
                 "last_update": None,
                 "order": payload.get("order"),
                 "created_at": utc_now(),
+                "created_step": step,
                 "cancelled_at": None,
+                "cancelled_step": None,
             }
             self.shipments[sid] = rec
             answer = {f: rec[f] for f in ("id", "tracking_number", "label_url",
@@ -499,6 +502,7 @@ class SimState:
             return 200, dumps(self._view(rec))
 
     def cancel_shipment(self, sid):
+        step = self._tracking_step()
         with self.lock:
             rec = self.shipments.get(sid)
             if rec is None:
@@ -506,6 +510,7 @@ class SimState:
             if rec["status"] != "cancelled":      # cancelling twice is fine
                 rec["status"] = "cancelled"
                 rec["cancelled_at"] = utc_now()
+                rec["cancelled_step"] = step
             return 200, dumps({"id": sid, "status": "cancelled",
                                "tracking_number": rec["tracking_number"]})
 
@@ -516,7 +521,16 @@ class SimState:
                 return 404, error_body("shipment not found")
             return 200, dumps(self._view(rec))
 
+    def _tracking_step(self):
+        """The step of the tracking clock (pusher.py) now; 0 without a tracker.
+        Read before taking self.lock: the tracker takes its own lock."""
+        tracker = getattr(self, "tracker", None)
+        return tracker.now() if tracker is not None else 0
+
     def get_events(self, sid):
+        """The events so far: the shipment's timeline once it has one, else
+        the label created (the timeline's first event, the same in every
+        field) and its cancellation -- all on the tracking clock."""
         tracker = getattr(self, "tracker", None)
         events = tracker.pull_events(sid) if tracker is not None else None
         if events is not None:
@@ -525,14 +539,13 @@ class SimState:
             rec = self.shipments.get(sid)
             if rec is None:
                 return 404, error_body("shipment not found")
-            history = [("pre_transit", rec["created_at"], "Shipment created, label issued")]
+            history = [pusher.created_event(sid, rec["created_step"])]
             if rec["status"] == "cancelled":
-                history.append(("cancelled", rec["cancelled_at"], "Shipment cancelled"))
-            events = [{"id": "evt_%s_%d" % (sid, i + 1),
-                       "tracking_number": rec["tracking_number"],
-                       "status": status, "occurred_at": when, "description": text}
-                      for i, (status, when, text) in enumerate(history)]
-            return 200, dumps({"events": events})
+                history.append({"id": "evt_%s_2" % sid, "status": "cancelled",
+                                "at": pusher.clock_time(rec["cancelled_step"]),
+                                "description": "Shipment cancelled"})
+            return 200, dumps({"events": [pusher.event_json(e, rec["tracking_number"])
+                                          for e in history]})
 
 
 # --------------------------------------------------------------------------
@@ -1436,6 +1449,47 @@ def run_selftest(server, port):
     c.conn.close()
 
 
+def run_tracking_selftest():
+    """A shipment's tracking is one story however it is asked for: an event
+    id pulled before the shipment's timeline existed (the poller asks as
+    soon as the waybill is known) and pulled again on every step after
+    carries the same event, and in event time a shipment's events come in
+    the order they happened.  pg_shipsync stores the first version of an
+    event id and folds a shipment's events in event time, so an event
+    served first with another time is folded out of place for good."""
+    state = SimState(seed=7)
+    tracker = state.tracker = pusher.Tracker(state)
+    sids = []
+    for i in range(40):
+        status, body = state.create_shipment("trk-%d" % i, {"order_ref": "T-%d" % i})
+        check(status == 201, "tracking: create answered %d" % status)
+        sids.append(json.loads(body)["id"])
+    state.cancel_shipment(sids[-1])         # cancelled before it is tracked
+    seen = {}
+
+    def pull_all():
+        for sid in sids:
+            status, body = state.get_events(sid)
+            check(status == 200, "tracking: pull of %s answered %d" % (sid, status))
+            for e in json.loads(body)["events"]:
+                first = seen.setdefault(e["id"], e)
+                check(e == first, "tracking: event %s was %r, then %r" % (e["id"], first, e))
+
+    pull_all()
+    check(len(seen) == len(sids) + 1, "tracking: %d events before the clock ran" % len(seen))
+    tracker.configure({"url": "http://127.0.0.1:9/", "seed": 7})
+    for _ in range(9):
+        tracker.advance(1)
+        pull_all()
+    check(len(seen) > 4 * len(sids), "tracking: only %d events in 9 steps" % len(seen))
+    for sid in sids:
+        mine = [e for e in seen.values() if e["id"].startswith("evt_%s_" % sid)]
+        mine.sort(key=lambda e: datetime.fromisoformat(e["occurred_at"].replace("Z", "+00:00")))
+        check([e["id"] for e in mine] == ["evt_%s_%d" % (sid, n + 1) for n in range(len(mine))],
+              "tracking: %s in event time: %s" % (sid, ", ".join(
+                  "%s %s at %s" % (e["id"], e["status"], e["occurred_at"]) for e in mine)))
+
+
 def selftest():
     started = time.monotonic()
     server = CarrierServer(SimState(seed=7))
@@ -1444,6 +1498,7 @@ def selftest():
     thread.start()
     try:
         run_selftest(server, server.server_address[1])
+        run_tracking_selftest()
     except SelftestFailure as exc:
         print("selftest FAILED: %s" % exc, file=sys.stderr)
         return 1

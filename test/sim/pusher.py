@@ -38,6 +38,10 @@ from collections import deque
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote, urlsplit
 
+# Step 0 of the tracking clock.  Every event time the simulator serves,
+# pushed or pulled, is on this one clock (an hour a step), never on the wall
+# clock: pg_shipsync folds a shipment's events in event time, so a time
+# from another clock would put an event out of place.
 BASE_TIME = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
 # (weight, statuses): every path is consistent with the status rules, so
@@ -56,7 +60,7 @@ PATHS = [
 ]
 
 TEXT = {
-    "pre_transit": "Shipment information received",
+    "pre_transit": "Shipment created, label issued",
     "in_transit": "Arrived at sorting center",
     "out_for_delivery": "Out for delivery",
     "delivery_failed": "Delivery attempt failed: recipient not available",
@@ -89,6 +93,31 @@ RAW = {
 AFTERSHIP_SUBTAG = {"returning": "Exception_010", "returned": "Exception_011"}
 KUAIDI100_TEXT = {"delivery_failed": "派送不成功，联系不上收件人",
                   "available_for_pickup": "已放入快递柜，请凭取件码取件"}
+
+
+def clock_time(step):
+    """The time of a step of the tracking clock."""
+    return BASE_TIME + timedelta(hours=step)
+
+
+def created_event(sid, step):
+    """A shipment's first event, its label created at the step of the
+    tracking clock when the simulator created it.  A pull answers it before
+    the shipment has a timeline; its timeline starts with this very event
+    (pushed at the timeline's first step), so that the event id means one
+    event, with one time, however it arrives."""
+    return {"id": "evt_%s_1" % sid, "status": "pre_transit", "at": clock_time(step),
+            "location": "Origin", "description": TEXT["pre_transit"]}
+
+
+def event_json(e, tracking_number):
+    """An event as the generic contract's pushes and pulls carry it."""
+    out = {"id": e["id"], "tracking_number": tracking_number, "status": e["status"],
+           "occurred_at": e["at"].strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if e.get("location") is not None:
+        out["location"] = e["location"]
+    out["description"] = e["description"]
+    return out
 
 
 def _std_webhooks_headers(secret, msg_id, body):
@@ -154,18 +183,30 @@ class Tracker:
         events = []
         for j, status in enumerate(path):
             step = start + j
+            # drawn for the first event too, so that the others stay as they were
             at = BASE_TIME + timedelta(hours=step, minutes=r.randrange(60))
+            location = "Hub %d" % r.randrange(40)
+            if j == 0:
+                # every path starts with the label created, which happened
+                # with the shipment; it is pushed at the first step
+                events.append(dict(created_event(rec["id"], rec["created_step"]), step=step))
+                continue
             events.append({"id": "evt_%s_%d" % (rec["id"], j + 1), "step": step,
-                           "status": status, "at": at,
-                           "location": "Hub %d" % r.randrange(40),
+                           "status": status, "at": at, "location": location,
                            "description": TEXT[status]})
         return events
+
+    def now(self):
+        """The step the tracking clock is at."""
+        with self.lock:
+            return self.clock
 
     def advance(self, steps):
         """Move the clock; queue the pushes of what happened."""
         with self.state.lock:
             recs = [dict(id=r["id"], order_ref=r["order_ref"],
-                         tracking_number=r["tracking_number"], status=r["status"])
+                         tracking_number=r["tracking_number"], status=r["status"],
+                         created_step=r["created_step"])
                     for r in self.state.shipments.values()]
         pushed = 0
         with self.lock:
@@ -243,15 +284,16 @@ class Tracker:
                         held=len(self.held), answers=dict(self.stats["answers"]))
 
     def pull_events(self, sid):
-        """Events of a shipment that happened so far, or None if it has no timeline."""
+        """Events of a shipment that happened so far, or None if it has no
+        timeline.  The first, the label created, happened with the shipment,
+        before its first step: a pull answered it before the timeline
+        existed and keeps answering it."""
         with self.lock:
             if sid not in self.timelines:
                 return None
             rec, events = self.timelines[sid]
-            return [{"id": e["id"], "tracking_number": rec["tracking_number"],
-                     "status": e["status"], "occurred_at": e["at"].strftime("%Y-%m-%dT%H:%M:%SZ"),
-                     "location": e["location"], "description": e["description"]}
-                    for e in events if e["step"] <= self.clock]
+            return [event_json(e, rec["tracking_number"])
+                    for j, e in enumerate(events) if j == 0 or e["step"] <= self.clock]
 
     # --- pushes -------------------------------------------------------------
 
@@ -260,11 +302,8 @@ class Tracker:
         dialect = self.config["dialect"]
         happened = [e for e in events if e["step"] <= self.clock]
         if dialect == "generic":
-            body = json.dumps({"events": [
-                {"id": e["id"], "tracking_number": rec["tracking_number"], "status": e["status"],
-                 "occurred_at": e["at"].strftime("%Y-%m-%dT%H:%M:%SZ"),
-                 "location": e["location"], "description": e["description"]}
-                for e in now]}, ensure_ascii=False).encode()
+            body = json.dumps({"events": [event_json(e, rec["tracking_number"]) for e in now]},
+                              ensure_ascii=False).encode()
             return {"body": body, "sign": "generic"}
         if dialect == "easypost":
             details = [{"object": "TrackingDetail", "message": e["description"],

@@ -149,7 +149,6 @@ stream_with_fault(
 # ---- HTTPS with a test CA ---------------------------------------------------------
 my $ssl = "$tmp/ssl";
 mkdir $ssl;
-sub openssl { run_log([ 'openssl', @_ ]) or die "openssl @_ failed"; }
 openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=shipsync test CA',
 	'-keyout', "$ssl/ca.key", '-out', "$ssl/ca.pem");
 openssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', "$ssl/server.key",
@@ -211,6 +210,9 @@ is(scalar(@{ outcomes($tls_out)->{200} // [] }), 20, 'signed pushes over HTTPS: 
 $node->backup('b');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
 $standby->init_from_backup($node, 'b', has_streaming => 1);
+# the harness copies the backup with the umask's modes (0644), and the
+# server refuses a pg_shipsync.key that others may read
+chmod 0600, $standby->data_dir . '/pg_shipsync.key';
 my $sport = PostgreSQL::Test::Cluster::get_free_port();
 $standby->append_conf('postgresql.conf',
 	"shipsync.receiver_listen = '127.0.0.1:$sport'\nshipsync.receiver_ssl_cert_file = ''\nshipsync.receiver_ssl_key_file = ''\n");

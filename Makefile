@@ -17,7 +17,8 @@ OBJS = \
 	src/crm.o src/receiver.o \
 	src/crypto.o src/secret.o src/redact.o \
 	src/hostcheck.o \
-	src/mask.o src/privacy.o src/audit.o
+	src/mask.o src/privacy.o src/audit.o \
+	src/health.o src/poison.o
 
 EXTENSION = pg_shipsync
 # 0.1 is released and never changes; 0.2, the version under work, is built

@@ -19,6 +19,8 @@ GRANT EXECUTE ON FUNCTION @extschema@.retry(bigint), @extschema@.requeue(text, t
 GRANT SELECT ON @extschema@.outbox TO shipsync_operator;
 GRANT EXECUTE ON FUNCTION @extschema@.acknowledge(bigint), @extschema@.resolve(bigint, text)
 	TO shipsync_operator;
+GRANT SELECT ON @extschema@.provider_health TO shipsync_reader;
+GRANT EXECUTE ON FUNCTION @extschema@._provider_health() TO shipsync_reader;
 GRANT EXECUTE ON FUNCTION @extschema@.create_provider(text, text, text, jsonb),
 	@extschema@.attach(regclass, text, name, jsonb, jsonb), @extschema@.detach(regclass)
 	TO shipsync_admin;

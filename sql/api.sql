@@ -77,6 +77,14 @@ INSERT INTO crm.orders (id, customer) VALUES (1, '张三'), (2, '李四');
 SELECT provider, paused, pending, in_flight, retrying, dead, invalid,
 	   oldest_pending_age IS NOT NULL AS has_age
 FROM shipsync.queue_status ORDER BY provider;
+-- provider_health: one row per provider, whether or not it was sent to
+SELECT provider, paused, breaker, hold_until, requests_5m, failures_1h, in_flight,
+	   oldest_pending_age IS NOT NULL AS has_age
+FROM shipsync.provider_health ORDER BY provider;
+SELECT count(*) AS undocumented_columns
+FROM pg_attribute a
+WHERE a.attrelid = 'shipsync.provider_health'::regclass AND a.attnum > 0
+  AND col_description(a.attrelid, a.attnum) IS NULL;
 
 -- claim: what the dispatcher runs; marks intents in flight with a lease
 SELECT order_key, op, state, attempts, lease_until > now() AS leased

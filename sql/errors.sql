@@ -29,6 +29,9 @@ SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.
 SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"max_inflight": 1025}')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"max_inflight": 2.5}')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"max_attempts": 0}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"breaker_failures": 0}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"breaker_cooldown_ms": 600000}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"breaker_cooldown_ms": "5s"}')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"rate_limit_per_s": -1}')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"backoff_base_ms": 5000, "backoff_max_ms": 100}')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_provider('p', 'generic', 'https://x.example', '{"headers": ["a"]}')$$);

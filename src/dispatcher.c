@@ -37,15 +37,27 @@
  * configuration lives in cfg_cxt, rebuilt when the configuration generation
  * in shared memory moves (providers, bindings changed) or on SIGHUP.
  *
- * Errors: an ERROR ends the worker (exit 1); the launcher starts a new one
- * within a second, which resends the intents left in flight.  Nothing is
- * lost because nothing lives only in this process's memory.
+ * Errors: an answer that cannot be applied fails its own intent, never the
+ * worker (outbox.c: one result at a time when a batch fails, and what
+ * cannot even be recorded is dead with error class apply_failed).  Any
+ * other ERROR in a pass is reported and rolled back, and the loop goes on
+ * after a pause: the worker exits only on shutdown, postmaster death or a
+ * dropped database or extension.  Should it die anyway, the launcher
+ * starts a new one within a second, which resends the intents left in
+ * flight -- except those at max_attempts (dead) and those whose result was
+ * being applied at two deaths in a row (quarantined, poison.c).  The
+ * circuit breaker, Retry-After holds and rate-limit tokens are in shared
+ * memory (health.c): a new dispatcher keeps them.  Nothing is lost because
+ * nothing lives only in this process's memory.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include <sys/resource.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <curl/curl.h>
 
 #include "access/genam.h"
@@ -96,6 +108,7 @@ static int	nbindings = 0;
 static uint64 cfg_generation = 0;
 static HttpClient *client = NULL;
 static int	my_slot = -1;
+static bool heap_dirty = false;	/* requests went out since the last trim */
 
 static void
 dispatcher_release_slot(int code, Datum arg)
@@ -183,6 +196,7 @@ dispatcher_extension_ready(void)
 	HeapTuple	tup;
 	char	   *version = NULL;
 	bool		ready;
+	MemoryContext caller = CurrentMemoryContext;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -212,6 +226,7 @@ dispatcher_extension_ready(void)
 						get_database_name(MyDatabaseId), version, SHIPSYNC_EXTVERSION),
 				 errhint("Run ALTER EXTENSION pg_shipsync UPDATE in that database.")));
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);	/* the commit left TopMemoryContext */
 	if (reported)
 		pfree(reported);
 	reported = version;
@@ -317,9 +332,6 @@ dispatcher_load_config(void)
 		if (old)
 		{
 			ps[i].inflight = old->inflight;
-			ps[i].tokens = old->tokens;
-			ps[i].tokens_at = old->tokens_at;
-			ps[i].hold_until = old->hold_until;
 			ps[i].oauth_refreshing = old->oauth_refreshing;
 
 			/*
@@ -347,11 +359,6 @@ dispatcher_load_config(void)
 				old->oauth_forbidden = NULL;
 			}
 		}
-		else
-		{
-			ps[i].tokens = ps[i].rate_per_s > 1 ? ps[i].rate_per_s : 1;
-			ps[i].tokens_at = GetCurrentTimestamp();
-		}
 		ps[i].maybe_work = true;
 		ps[i].next_due = 0;
 		if (ps[i].secret_error)
@@ -361,6 +368,8 @@ dispatcher_load_config(void)
 							ps[i].name, ps[i].secret_error),
 					 errhint("Check shipsync.secret_key_file and shipsync.previous_secret_key_file and restart, or set the secret again with shipsync.set_secret(); its intents wait.")));
 	}
+	/* breaker, hold and tokens: in shared memory, kept across restarts */
+	health_attach(ps, np, GetCurrentTimestamp());
 	for (int i = 0; i < nproviders; i++)
 	{
 		if (providers[i].oauth_token)
@@ -394,24 +403,6 @@ ms_until(TimestampTz when, TimestampTz now)
 	return (long) ((when - now + 999) / 1000);
 }
 
-/*
- * Refill p's token bucket; returns how many requests it allows now.  The
- * tracking poller (poller.c) draws from the same bucket.
- */
-int
-provider_tokens(Provider *p, TimestampTz now)
-{
-	double		cap;
-
-	if (p->rate_per_s <= 0)
-		return INT_MAX;
-	cap = p->rate_per_s > 1 ? p->rate_per_s : 1;
-	p->tokens += (double) (now - p->tokens_at) / 1000000.0 * p->rate_per_s;
-	if (p->tokens > cap)
-		p->tokens = cap;
-	p->tokens_at = now;
-	return (int) p->tokens;
-}
 
 /*
  * Kuaidi100-style signing of a generic request (auth type kuaidi100):
@@ -420,6 +411,10 @@ provider_tokens(Provider *p, TimestampTz now)
  */
 static char *excerpt_of(const char *s, size_t len);
 static char *short_body(const StringInfoData *s);
+static char *sanitize_text(char *s);
+static long judge_wait_asked(HttpTransfer *t);
+static void provider_hold(Provider *p, TimestampTz until, long delay_ms,
+						  long http_status);
 
 /*
  * A stored Kuaidi100 subscription with a secret put in place of its
@@ -668,6 +663,7 @@ dispatcher_send(Provider *p, Claimed *c)
 		http_submit(client, &f->xfer);
 	MemoryContextSwitchTo(old);
 	p->inflight++;
+	heap_dirty = true;
 }
 
 /*
@@ -735,8 +731,10 @@ dispatcher_claim_all(TimestampTz now)
 		Claimed    *cs;
 		TimestampTz next_due;
 		int			nskipped;
+		int			limit = shipsync_batch_size;
 
-		if (p->paused || p->secret_error || p->hold_until > now)
+		/* paused, held, or its breaker open: its intents wait */
+		if (p->paused || p->secret_error || !health_may_send(p, now, &limit))
 			continue;
 		if (!p->maybe_work && !(p->next_due != 0 && p->next_due <= now))
 			continue;
@@ -748,14 +746,15 @@ dispatcher_claim_all(TimestampTz now)
 		allowed = provider_tokens(p, now);
 		if (allowed <= 0)
 			continue;
-		room = Min(room, Min(allowed, shipsync_batch_size));
+		room = Min(room, Min(allowed, limit));
 
 		n = outbox_claim(p, bindings, nbindings, room, p->timeout_ms + 60000,
 						 &cs, &next_due, &nskipped);
 		for (int k = 0; k < n; k++)
 			dispatcher_send(p, &cs[k]);
+		health_sent(p, cs, n);
 		if (p->rate_per_s > 0)
-			p->tokens -= n;
+			p->st->tokens -= n;
 
 		/*
 		 * A full claim may have left more.  An intent finished with nothing
@@ -788,8 +787,9 @@ dispatcher_exchange_masks(TimestampTz now)
 	for (int i = 0; i < nproviders; i++)
 	{
 		Provider   *p = &providers[i];
+		int			limit;
 
-		if (p->paused || p->secret_error || p->hold_until > now ||
+		if (p->paused || p->secret_error || !health_may_send(p, now, &limit) ||
 			p->inflight >= p->max_inflight)
 			busy |= SHIPSYNC_PROVIDER_BIT(p->id);
 		else
@@ -842,16 +842,24 @@ dispatcher_timeout(TimestampTz now)
 				return 0;
 			continue;
 		}
-		if (p->hold_until > now)
+		if (health_blocked(p, now))
 		{
-			timeout = Min(timeout, ms_until(p->hold_until, now));
-			continue;
+			TimestampTz wake = health_wake_at(p, now);
+
+			/* held or cooling down: until then; a probe: its answer wakes us */
+			if (wake != 0)
+			{
+				timeout = Min(timeout, ms_until(wake, now));
+				continue;
+			}
+			if (p->st->breaker == BREAKER_HALF_OPEN)
+				continue;
 		}
 		if (p->inflight >= p->max_inflight)
 			continue;
-		if (p->rate_per_s > 0 && p->tokens < 1 && (p->maybe_work || p->next_due))
+		if (p->rate_per_s > 0 && p->st->tokens < 1 && (p->maybe_work || p->next_due))
 		{
-			timeout = Min(timeout, (long) ((1 - p->tokens) * 1000 / p->rate_per_s) + 1);
+			timeout = Min(timeout, (long) ((1 - p->st->tokens) * 1000 / p->rate_per_s) + 1);
 			continue;
 		}
 		if (p->maybe_work)
@@ -860,6 +868,36 @@ dispatcher_timeout(TimestampTz now)
 			timeout = Min(timeout, ms_until(p->next_due, now));
 	}
 	return timeout;
+}
+
+/*
+ * Provider p asked to wait (a 429 or 503 with Retry-After or a rate-limit
+ * reset): nothing new is sent to it until then, by this dispatcher or the
+ * next (the hold is in shared memory).
+ */
+static void
+provider_hold(Provider *p, TimestampTz until, long delay_ms, long http_status)
+{
+	if (until <= p->st->hold_until)
+		return;
+	health_hold(p, until);
+	ereport(LOG,
+			(errmsg("pg_shipsync: provider \"%s\" asked to wait %ld ms (HTTP %ld); sending to it is paused until then",
+					p->name, delay_ms, http_status)));
+}
+
+/*
+ * An error made fit for last_error, delivery_log and the log, whatever
+ * carrier text it quotes (an SF message, a member name): an excerpt
+ * (retry.c) of at most 1,000 characters, which changes nothing in the
+ * excerpts it already holds.
+ */
+static char *
+sanitize_text(char *s)
+{
+	size_t		size = 6 * 1000 + 4;
+
+	return shipsync_excerpt(s, strlen(s), 1000, palloc(size), size);
 }
 
 /*
@@ -1187,24 +1225,252 @@ ticket_kind_of(const char *error_class)
 }
 
 /*
- * Turn one finished transfer into a ShipResult (allocated in the flight's
- * context), deciding done / retrying / dead.
+ * A carrier's answer refused for good: error class bad_response, dead
+ * (the carrier replays the same answer to the same key, so a retry cannot
+ * help).  why is the reason, in the carrier's words where it has them.
  */
 static void
-dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
+judge_refuse(ShipResult *r, ShipVerdict *v, long http_status, const char *why)
+{
+	v->outcome = SHIP_DEAD;
+	v->error_class = "bad_response";
+	v->in_doubt = false;
+	v->hold_provider = false;
+	r->error_class = "bad_response";
+	r->ship_ok = false;
+	r->ship_id = r->tracking_number = r->label_url = r->raw_status = NULL;
+	r->fees_body = r->waybills = NULL;
+	r->error = psprintf("HTTP %ld: the answer is refused: %s", http_status, why);
+}
+
+/*
+ * Before anything of a 2xx answer is read: is its text storable (UTF-8, no
+ * NUL, numbers in range)?  Returns false, with r and *v set to a refusal,
+ * when it is not.
+ */
+static bool
+judge_text_ok(HttpTransfer *t, ShipResult *r, ShipVerdict *v)
+{
+	char		err[256];
+
+	if (t->curl_code != CURLE_OK || t->http_status < 200 || t->http_status >= 300 ||
+		t->too_large || t->response.data == NULL)
+		return true;
+	if (shipsync_check_response_text(t->response.data, t->response.len, err, sizeof(err)))
+		return true;
+	judge_refuse(r, v, t->http_status, err);
+	return false;
+}
+
+/*
+ * The fields of a successful answer, checked before they reach SQL:
+ * provider shipment id, tracking number and status at most
+ * SHIPSYNC_MAX_ID_BYTES, label URL at most SHIPSYNC_MAX_URL_BYTES.  An
+ * answer over a limit turns r into a refusal (dead, bad_response).
+ */
+static bool
+judge_fields_ok(ShipResult *r, ShipVerdict *v)
+{
+	static const struct
+	{
+		const char *name;
+		size_t		offset;
+		size_t		max;
+	}			limits[] = {
+		{"id", offsetof(ShipResult, ship_id), SHIPSYNC_MAX_ID_BYTES},
+		{"tracking_number", offsetof(ShipResult, tracking_number), SHIPSYNC_MAX_ID_BYTES},
+		{"status", offsetof(ShipResult, raw_status), SHIPSYNC_MAX_ID_BYTES},
+		{"label_url", offsetof(ShipResult, label_url), SHIPSYNC_MAX_URL_BYTES},
+	};
+
+	for (int i = 0; i < (int) lengthof(limits); i++)
+	{
+		const char *val = *(char **) ((char *) r + limits[i].offset);
+		size_t		len = val ? strlen(val) : 0;
+
+		if (len > limits[i].max)
+		{
+			judge_refuse(r, v, r->http_status,
+						 psprintf("\"%s\" is %zu bytes long, more than the %zu allowed",
+								  limits[i].name, len, limits[i].max));
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * A 401 of a provider with OAuth2.  Returns true when r is complete (sent
+ * again at once with a new token); otherwise sets *v and r->error.
+ */
+static bool
+judge_oauth_401(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v,
+				TimestampTz now)
 {
 	HttpTransfer *t = &f->xfer;
-	Provider   *p = find_provider(f->c.provider_id);
-	int			max_attempts = p ? p->max_attempts : 1;
+
+	/*
+	 * The token was refused.  If it is still the current one, fetch another
+	 * once; the intent goes again with it.  If the current token itself
+	 * replaced a refused one, the credentials are wrong: stop.
+	 */
+	bool		current = f->oauth_gen == p->oauth_generation;
+
+	v->in_doubt = false;
+	v->hold_provider = false;
+	if (current && p->oauth_after_401 && !p->oauth_refreshing)
+	{
+		v->outcome = SHIP_DEAD;
+		v->error_class = r->error_class = "auth";
+		r->ticket_kind = "auth_failed";
+		r->error = psprintf("HTTP 401 with a token fetched after an earlier 401: %s (credentials refused: not retried)",
+							short_body(&t->response));
+		return false;
+	}
+	if (current && !p->oauth_refreshing)
+	{
+		p->oauth_refused = true;
+		p->maybe_work = true;
+	}
+	v->outcome = SHIP_RETRY;
+	v->error_class = r->error_class = "auth_refresh";
+	r->error = pstrdup("HTTP 401: the OAuth2 token was refused; sent again with a new one");
+	if (f->c.attempt < p->max_attempts)
+	{
+		r->state = "retrying";
+		r->outcome = "retry";
+		r->next_at = now;
+		return true;
+	}
+	return false;
+}
+
+/*
+ * Judge a generic-dialect answer.  Returns true when r is complete (done);
+ * otherwise sets *v and r->error.
+ */
+static bool
+judge_generic(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
+{
+	HttpTransfer *t = &f->xfer;
 	bool		body_ok = true;
+	bool		refused = false;
 	ShipResponse sr;
 	char		err[256];
-	ShipVerdict v;
-	MemoryContext old = MemoryContextSwitchTo(f->cxt);
 
-	memset(r, 0, sizeof(*r));
 	memset(&sr, 0, sizeof(sr));
 	err[0] = '\0';
+	if (t->curl_code == CURLE_OK && t->http_status >= 200 && t->http_status < 300)
+	{
+		bool		mapped = p && p->in_map != NULL;
+
+		body_ok = shipsync_parse_ship_response(t->response.data, t->response.len,
+											   f->c.kind == INTENT_CREATE && !mapped,
+											   &sr, err, sizeof(err));
+		refused = !body_ok && sr.refused;
+		if (body_ok && mapped)
+			body_ok = apply_in_map(p, t, &sr, f->c.kind == INTENT_CREATE, err, sizeof(err));
+	}
+	if (refused)
+	{
+		judge_refuse(r, v, t->http_status, err);
+		return false;
+	}
+	*v = http_classify(t, body_ok);
+	r->error_class = v->error_class;
+	if (v->outcome != SHIP_OK)
+	{
+		r->error = transfer_error(t, v->in_doubt, err);
+		return false;
+	}
+	if (p && f->oauth_gen == p->oauth_generation)
+		p->oauth_after_401 = false;
+	r->state = "done";
+	r->outcome = "done";
+	r->ship_ok = true;
+	r->ship_id = sr.id ? pstrdup(sr.id) : NULL;
+	r->tracking_number = sr.tracking_number ? pstrdup(sr.tracking_number) : NULL;
+	r->label_url = sr.label_url ? pstrdup(sr.label_url) : NULL;
+	r->raw_status = sr.status ? pstrdup(sr.status) : NULL;
+	r->fees_body = sr.fees ? pstrdup(sr.fees) : NULL;
+	r->error_class = NULL;
+	shipsync_free_ship_response(&sr);
+	return true;
+}
+
+/*
+ * A failed attempt: retry after Retry-After, the rate-limit reset or the
+ * backoff (holding the whole provider when it asked), or give up.
+ */
+static void
+judge_retry_or_dead(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v,
+					TimestampTz now)
+{
+	HttpTransfer *t = &f->xfer;
+	int			max_attempts = p ? p->max_attempts : 1;
+
+	if (v->outcome == SHIP_RETRY && f->c.attempt < max_attempts)
+	{
+		long		delay = judge_wait_asked(t);
+
+		if (delay >= 0 && v->hold_provider && p)
+			provider_hold(p, TimestampTzPlusMilliseconds(now, delay), delay,
+						  t->http_status);
+		if (delay < 0)
+			delay = shipsync_backoff_ms(f->c.attempt,
+										p ? p->backoff_base_ms : 1000,
+										p ? p->backoff_max_ms : 300000,
+										pg_prng_double(&pg_global_prng_state));
+		r->state = "retrying";
+		r->outcome = "retry";
+		r->next_at = TimestampTzPlusMilliseconds(now, delay);
+		if (strcmp(v->error_class, "resource") == 0)
+			ereport(LOG,
+					(errmsg("pg_shipsync: out of resources sending intent %lld: %s",
+							(long long) f->c.id, r->error),
+					 errhint("Raise the open files limit, or lower max_inflight.")));
+	}
+	else
+	{
+		r->state = "dead";
+		r->outcome = "dead";
+		if (v->outcome == SHIP_RETRY)
+			r->error = psprintf("gave up after %d attempts: %s", f->c.attempt, r->error);
+		else if (r->ticket_kind == NULL)
+			r->ticket_kind = ticket_kind_of(v->error_class);
+	}
+}
+
+/*
+ * The wait a failed answer asked for, in ms: Retry-After, else (on a 429
+ * or 503) X-RateLimit-Reset, as seconds, an HTTP date or a Unix time; -1
+ * when it asked for none.
+ */
+static long
+judge_wait_asked(HttpTransfer *t)
+{
+	long		delay = shipsync_parse_retry_after(t->retry_after, (time_t) time(NULL));
+	long		reset = shipsync_parse_retry_after(t->ratelimit_reset, (time_t) time(NULL));
+
+	/* X-RateLimit-Reset may be a Unix time rather than seconds */
+	if (t->ratelimit_reset && reset > 86400L * 1000 - 1)
+	{
+		long		epoch = strtol(t->ratelimit_reset, NULL, 10);
+
+		reset = epoch > (long) time(NULL) ? (epoch - (long) time(NULL)) * 1000 : 0;
+	}
+	if (delay < 0 && reset >= 0 && (t->http_status == 429 || t->http_status == 503))
+		delay = reset;
+	return delay;
+}
+
+/* r as the start of the result of flight f: who, what, how long */
+static void
+judge_init(Flight *f, ShipResult *r)
+{
+	HttpTransfer *t = &f->xfer;
+
+	memset(r, 0, sizeof(*r));
 	r->id = f->c.id;
 	r->attempt = f->c.attempt;
 	r->binding_id = f->c.binding_id;
@@ -1216,153 +1482,75 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 	r->method = f->c.method;
 	r->url = f->c.url;
 	r->digest = f->c.digest;
+}
 
-	if (p && DIALECT_IS_TRACKING(p->dialect))
-	{
-		if (judge_tracker(f, p, r, &v))
-		{
-			MemoryContextSwitchTo(old);
-			return;
-		}
-		goto failed;
-	}
-	if (p && p->dialect == DIALECT_SF_EXPRESS)
-	{
-		if (judge_sf(f, p, r, &v))
-		{
-			MemoryContextSwitchTo(old);
-			return;
-		}
-		goto failed;
-	}
-	if (p && p->oauth_client_id && t->curl_code == CURLE_OK && t->http_status == 401)
-	{
-		/*
-		 * The token was refused.  If it is still the current one, fetch
-		 * another once; the intent goes again with it.  If the current token
-		 * itself replaced a refused one, the credentials are wrong: stop.
-		 */
-		bool		current = f->oauth_gen == p->oauth_generation;
+/*
+ * Turn one finished transfer into a ShipResult (allocated in the flight's
+ * context), deciding done / retrying / dead: the answer's text first (is it
+ * storable at all), then the dialect's judgement, then the fields' limits.
+ */
+static void
+dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
+{
+	HttpTransfer *t = &f->xfer;
+	Provider   *p = find_provider(f->c.provider_id);
+	ShipVerdict v;
+	bool		done;
+	MemoryContext old = MemoryContextSwitchTo(f->cxt);
 
-		if (current && p->oauth_after_401 && !p->oauth_refreshing)
-		{
-			v.outcome = SHIP_DEAD;
-			v.error_class = "auth";
-			v.in_doubt = false;
-			v.hold_provider = false;
-			r->error_class = "auth";
-			r->ticket_kind = "auth_failed";
-			r->error = psprintf("HTTP 401 with a token fetched after an earlier 401: %s (credentials refused: not retried)",
-								short_body(&t->response));
-			goto failed;
-		}
-		if (current && !p->oauth_refreshing)
-		{
-			p->oauth_refused = true;
-			p->maybe_work = true;
-		}
-		v.outcome = SHIP_RETRY;
-		v.error_class = "auth_refresh";
-		v.in_doubt = false;
-		v.hold_provider = false;
-		r->error_class = "auth_refresh";
-		r->error = pstrdup("HTTP 401: the OAuth2 token was refused; sent again with a new one");
-		if (f->c.attempt < max_attempts)
-		{
-			r->state = "retrying";
-			r->outcome = "retry";
-			r->next_at = now;
-			MemoryContextSwitchTo(old);
-			return;
-		}
-		goto failed;
-	}
-	if (t->curl_code == CURLE_OK && t->http_status >= 200 && t->http_status < 300)
-	{
-		bool		mapped = p && p->in_map != NULL;
-
-		body_ok = shipsync_parse_ship_response(t->response.data, t->response.len,
-											   f->c.kind == INTENT_CREATE && !mapped,
-											   &sr, err, sizeof(err));
-		if (body_ok && mapped)
-			body_ok = apply_in_map(p, t, &sr, f->c.kind == INTENT_CREATE, err, sizeof(err));
-	}
-	v = http_classify(t, body_ok);
-	r->error_class = v.error_class;
-
-	if (v.outcome == SHIP_OK)
-	{
-		if (p && f->oauth_gen == p->oauth_generation)
-			p->oauth_after_401 = false;
-		r->state = "done";
-		r->outcome = "done";
-		r->ship_ok = true;
-		r->ship_id = sr.id ? pstrdup(sr.id) : NULL;
-		r->tracking_number = sr.tracking_number ? pstrdup(sr.tracking_number) : NULL;
-		r->label_url = sr.label_url ? pstrdup(sr.label_url) : NULL;
-		r->raw_status = sr.status ? pstrdup(sr.status) : NULL;
-		r->fees_body = sr.has_fees ? t->response.data : NULL;
-		r->error_class = NULL;
-		shipsync_free_ship_response(&sr);
-		MemoryContextSwitchTo(old);
-		return;
-	}
-
-	r->error = transfer_error(t, v.in_doubt, err);
-
-failed:
-	if (v.outcome == SHIP_RETRY && f->c.attempt < max_attempts)
-	{
-		long		delay = -1;
-		long		reset;
-
-		delay = shipsync_parse_retry_after(t->retry_after, (time_t) time(NULL));
-		reset = shipsync_parse_retry_after(t->ratelimit_reset, (time_t) time(NULL));
-		/* X-RateLimit-Reset may be a Unix time rather than seconds */
-		if (t->ratelimit_reset && reset > 86400L * 1000 - 1)
-		{
-			long		epoch = strtol(t->ratelimit_reset, NULL, 10);
-
-			reset = epoch > (long) time(NULL) ? (epoch - (long) time(NULL)) * 1000 : 0;
-		}
-		if (delay < 0 && reset >= 0 && (t->http_status == 429 || t->http_status == 503))
-			delay = reset;
-		if (delay >= 0 && v.hold_provider && p)
-		{
-			TimestampTz until = TimestampTzPlusMilliseconds(now, delay);
-
-			if (until > p->hold_until)
-			{
-				p->hold_until = until;
-				ereport(LOG,
-						(errmsg("pg_shipsync: provider \"%s\" asked to wait %ld ms (HTTP %ld); sending to it is paused until then",
-								p->name, delay, t->http_status)));
-			}
-		}
-		if (delay < 0)
-			delay = shipsync_backoff_ms(f->c.attempt,
-										p ? p->backoff_base_ms : 1000,
-										p ? p->backoff_max_ms : 300000,
-										pg_prng_double(&pg_global_prng_state));
-		r->state = "retrying";
-		r->outcome = "retry";
-		r->next_at = TimestampTzPlusMilliseconds(now, delay);
-		if (strcmp(v.error_class, "resource") == 0)
-			ereport(LOG,
-					(errmsg("pg_shipsync: out of resources sending intent %lld: %s",
-							(long long) f->c.id, r->error),
-					 errhint("Raise the open files limit, or lower max_inflight.")));
-	}
+	judge_init(f, r);
+	if (!judge_text_ok(t, r, &v))
+		done = false;
+	else if (p && DIALECT_IS_TRACKING(p->dialect))
+		done = judge_tracker(f, p, r, &v);
+	else if (p && p->dialect == DIALECT_SF_EXPRESS)
+		done = judge_sf(f, p, r, &v);
+	else if (p && p->oauth_client_id && t->curl_code == CURLE_OK && t->http_status == 401)
+		done = judge_oauth_401(f, p, r, &v, now);
 	else
-	{
-		r->state = "dead";
-		r->outcome = "dead";
-		if (v.outcome == SHIP_RETRY)
-			r->error = psprintf("gave up after %d attempts: %s", f->c.attempt, r->error);
-		else if (r->ticket_kind == NULL)
-			r->ticket_kind = ticket_kind_of(v.error_class);
-	}
+		done = judge_generic(f, p, r, &v);
+
+	if (done && r->ship_ok && !judge_fields_ok(r, &v))
+		done = false;
+	if (!done)
+		judge_retry_or_dead(f, p, r, &v, now);
+	if (r->error)
+		r->error = sanitize_text(r->error);
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Apply results in one batch, each but the suspects: the results of intents
+ * that were being applied when the previous dispatcher died go alone, so
+ * that a second death names one intent (poison.c).  The results being
+ * applied are recorded first, the record cleared once they are committed.
+ */
+static void
+dispatcher_apply_results(ShipResult *rs, int n)
+{
+	int			nbatch = 0;
+
+	/* suspects to the end of the array, the batch first */
+	for (int i = 0; i < n; i++)
+		if (!poison_is_suspect(rs[i].id))
+		{
+			ShipResult	tmp = rs[nbatch];
+
+			rs[nbatch++] = rs[i];
+			rs[i] = tmp;
+		}
+	if (nbatch > 0)
+	{
+		poison_applying(rs, nbatch);
+		outbox_apply(rs, nbatch, bindings, nbindings);
+		poison_applied(rs, nbatch);
+	}
+	for (int i = nbatch; i < n; i++)
+	{
+		poison_applying(&rs[i], 1);
+		outbox_apply(&rs[i], 1, bindings, nbindings);
+		poison_applied(&rs[i], 1);
+	}
 }
 
 /* Apply every transfer that finished, then free them. */
@@ -1413,11 +1601,12 @@ dispatcher_apply_done(TimestampTz now)
 		{
 			p->inflight--;
 			p->maybe_work = true;	/* a slot is free; a blocked intent may be due */
+			health_record(p, &rs[i], now);
 		}
 	}
 
 	elog(DEBUG2, "pg_shipsync: applying %d results, %d in flight", ndone, http_inflight(client));
-	outbox_apply(rs, ndone, bindings, nbindings);
+	dispatcher_apply_results(rs, ndone);
 	{
 		/* registrations of the new waybills wait at their tracking providers */
 		uint64		fresh = outbox_take_new_work();
@@ -1431,10 +1620,128 @@ dispatcher_apply_done(TimestampTz now)
 		MemoryContextDelete(done[i]->cxt);
 }
 
+/*
+ * Going idle after a burst (nothing in flight, about to sleep): give the
+ * heap that the burst's transfers left free back to the system, at most
+ * once a second.  Each transfer's libcurl handle and buffers (some 80 kB)
+ * are malloc'd and freed; without this, glibc keeps the peak of a burst
+ * (about 20 MB at 256 in flight), which is reused, not leaked, but reads as
+ * the dispatcher's private memory for good.
+ */
+static void
+dispatcher_release_heap(long timeout, TimestampTz now)
+{
+#ifdef __GLIBC__
+	static TimestampTz trimmed_at = 0;
+
+	if (!heap_dirty || timeout == 0 || http_inflight(client) > 0 ||
+		!TimestampDifferenceExceeds(trimmed_at, now, 1000))
+		return;
+	(void) malloc_trim(0);
+	trimmed_at = now;
+	heap_dirty = false;
+#endif
+}
+
+/*
+ * The safety net, every shipsync.idle_check_ms: prepared transactions,
+ * clock jumps, expired leases, and configuration changed without the SQL
+ * functions.
+ */
+static void
+dispatcher_idle_check(TimestampTz now)
+{
+	cfg_generation = 0;
+	for (int i = 0; i < nproviders; i++)
+		providers[i].maybe_work = true;
+	outbox_requeue_in_flight(true);
+	audit_prune_if_due(now);
+	if (shipsync_take_prepared(my_slot))
+		twophase_watch = true;
+	if (twophase_watch)
+	{
+		/* look first, drain after: a later snapshot than the look */
+		twophase_watch = outbox_prepared_exist();
+		drain_unpaused = true;
+	}
+}
+
+/*
+ * After an ERROR escaped a pass of the loop: report it, roll back, and wait
+ * a moment (doubling up to a minute while passes keep failing) so that a
+ * persistent failure neither spins nor kills the worker.
+ */
+static int	recover_failures = 0;	/* passes that failed in a row */
+static bool recover_checking = false;	/* looking for the extension */
+
+static void
+dispatcher_recover(MemoryContext loop_cxt)
+{
+	long		pause_ms;
+
+	/* the frames the error's context callbacks lived in are gone */
+	error_context_stack = NULL;
+	HOLD_INTERRUPTS();
+	EmitErrorReport();
+	AbortOutOfAnyTransaction();
+	LWLockReleaseAll();
+	pgstat_report_wait_end();
+	MemoryContextSwitchTo(TopMemoryContext);
+	FlushErrorState();
+	MemoryContextReset(loop_cxt);
+	RESUME_INTERRUPTS();
+
+	/*
+	 * The extension dropped (or replaced by another version) under us: exit
+	 * at once, and the next dispatcher waits for it as at the start.  Not
+	 * when this check itself failed (we are back here from it): then the
+	 * pause below comes first.
+	 */
+	if (!recover_checking)
+	{
+		bool		ready;
+
+		recover_checking = true;
+		ready = dispatcher_extension_ready();
+		recover_checking = false;
+		if (!ready)
+		{
+			/* outside a transaction: the name the launcher gave us */
+			ereport(LOG,
+					(errmsg("pg_shipsync: the extension is gone from database \"%.*s\"; the dispatcher exits",
+							BGW_EXTRALEN, MyBgworkerEntry->bgw_extra)));
+			proc_exit(1);
+		}
+	}
+	recover_checking = false;
+
+	recover_failures = Min(recover_failures + 1, 7);
+	pause_ms = 1000L << (recover_failures - 1);
+	pause_ms = Min(pause_ms, 60000L);
+	ereport(LOG,
+			(errmsg("pg_shipsync: the dispatcher goes on after an error, in %ld ms", pause_ms)));
+	/* commits set the latch: they cut the pause short only for a shutdown */
+	for (TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), pause_ms);;)
+	{
+		long		left = ms_until(until, GetCurrentTimestamp());
+
+		if (left <= 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 left, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	/* everything may have changed meanwhile: read it again */
+	cfg_generation = 0;
+}
+
 void
 shipsync_dispatcher_main(Datum main_arg)
 {
 	char		dbname[BGW_EXTRALEN];
+	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext loop_cxt;
 	TimestampTz last_full_look;
 
@@ -1471,6 +1778,8 @@ shipsync_dispatcher_main(Datum main_arg)
 	}
 
 	ereport(LOG, (errmsg("pg_shipsync dispatcher started for database \"%s\"", dbname)));
+	/* what a dead dispatcher was applying: quarantine, or apply alone */
+	poison_startup();
 	outbox_requeue_in_flight(false);
 
 	client = http_client_create(TopMemoryContext, 1024);
@@ -1479,33 +1788,29 @@ shipsync_dispatcher_main(Datum main_arg)
 	dispatcher_load_config();
 	last_full_look = GetCurrentTimestamp();
 
+	/*
+	 * An ERROR in a pass is reported, its transaction rolled back, and the
+	 * loop goes on after a pause: the dispatcher exits only on shutdown,
+	 * postmaster death, a dropped database (FATAL) or extension.  What the
+	 * failed pass held is not lost: intents left in flight are taken back
+	 * when their lease expires.
+	 */
+	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
+		dispatcher_recover(loop_cxt);
+	PG_exception_stack = &local_sigjmp_buf;
+
 	for (;;)
 	{
 		TimestampTz now;
 		MemoryContext old;
+		long		timeout;
 
 		dispatcher_process_interrupts();
 		old = MemoryContextSwitchTo(loop_cxt);
 		now = GetCurrentTimestamp();
 		if (TimestampDifferenceExceeds(last_full_look, now, shipsync_idle_check_ms))
 		{
-			/*
-			 * The safety net: prepared transactions, clock jumps, leases,
-			 * and configuration changed without the SQL functions.
-			 */
-			cfg_generation = 0;
-			for (int i = 0; i < nproviders; i++)
-				providers[i].maybe_work = true;
-			outbox_requeue_in_flight(true);
-			audit_prune_if_due(now);
-			if (shipsync_take_prepared(my_slot))
-				twophase_watch = true;
-			if (twophase_watch)
-			{
-				/* look first, drain after: a later snapshot than the look */
-				twophase_watch = outbox_prepared_exist();
-				drain_unpaused = true;
-			}
+			dispatcher_idle_check(now);
 			last_full_look = now;
 		}
 		if (cfg_generation != pg_atomic_read_u64(&shipsync_shared->config_generation))
@@ -1525,8 +1830,9 @@ shipsync_dispatcher_main(Datum main_arg)
 		pgstat_report_stat(false);
 		now = GetCurrentTimestamp();
 		dispatcher_exchange_masks(now);
-		http_wait(client, Min(dispatcher_timeout(now), poller_timeout(now)),
-				  PG_WAIT_EXTENSION);
+		timeout = Min(dispatcher_timeout(now), poller_timeout(now));
+		dispatcher_release_heap(timeout, now);
+		http_wait(client, timeout, PG_WAIT_EXTENSION);
 
 		/*
 		 * Reset the latch before looking at the masks: a commit after this
@@ -1539,5 +1845,6 @@ shipsync_dispatcher_main(Datum main_arg)
 		dispatcher_apply_done(GetCurrentTimestamp());
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(loop_cxt);
+		recover_failures = 0;
 	}
 }

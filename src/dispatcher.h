@@ -63,11 +63,12 @@ typedef struct Provider
 	char	   *map_error;		/* the profile's rows do not compile */
 	MapRowIndex row_index;		/* scratch space of one render */
 
+	int			breaker_failures;	/* options: consecutive failures that open */
+	int			breaker_cooldown_ms;	/* and the first wait before a probe */
+
 	/* runtime state, carried over reloads */
 	int			inflight;
-	double		tokens;
-	TimestampTz tokens_at;
-	TimestampTz hold_until;		/* Retry-After on a 429/503 */
+	ShipsyncProviderState *st;	/* breaker, hold, tokens, counters (health.c) */
 	TimestampTz next_due;		/* earliest known due retry, 0: unknown */
 	bool		maybe_work;		/* look for work at the next pass */
 
@@ -164,7 +165,7 @@ typedef struct ShipResult
 	char	   *tracking_number;
 	char	   *label_url;
 	char	   *raw_status;
-	char	   *fees_body;		/* response body when it carries fees */
+	char	   *fees_body;		/* the answer's "fees" array, as JSON text */
 	char	   *waybills;		/* every waybill, as JSON (SF Express) */
 	/* slow path */
 	bool		no_writeback;
@@ -174,6 +175,7 @@ typedef struct ShipResult
 /* in outbox.c */
 extern void shipsync_begin_tx(const char *activity, bool durable);
 extern void shipsync_end_tx(void);
+extern void shipsync_abort_tx(void);
 extern void outbox_requeue_in_flight(bool expired_only);
 extern bool outbox_prepared_exist(void);
 extern void outbox_load_config(MemoryContext cxt, Provider **providers,
@@ -208,8 +210,23 @@ extern char *dialect_sf_search_body(Provider *p, const char *order_key,
 extern bool dialect_tz_offset(const char *zone, int64_t utc_epoch,
 							  int *offset_s, void *arg);
 
-/* in dispatcher.c */
+/* in poison.c */
+extern void poison_startup(void);
+extern bool poison_is_suspect(int64 id);
+extern void poison_applying(const ShipResult *rs, int n);
+extern void poison_applied(const ShipResult *rs, int n);
+
+/* in health.c */
 extern int	provider_tokens(Provider *p, TimestampTz now);
+extern void health_attach(Provider *ps, int n, TimestampTz now);
+extern bool health_may_send(Provider *p, TimestampTz now, int *limit);
+extern bool health_blocked(Provider *p, TimestampTz now);
+extern void health_poll_answered(int32 provider_id, const char *name,
+								 TimestampTz now);
+extern TimestampTz health_wake_at(Provider *p, TimestampTz now);
+extern void health_sent(Provider *p, const Claimed *cs, int n);
+extern void health_hold(Provider *p, TimestampTz until);
+extern void health_record(Provider *p, const ShipResult *r, TimestampTz now);
 
 /* in poller.c: the tracking poller, driven by the dispatcher's loop */
 extern void poller_send(HttpClient *client, Provider *providers,

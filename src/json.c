@@ -23,6 +23,8 @@
 
 #include "pg_shipsync.h"
 
+#define Min(x, y) ((x) < (y) ? (x) : (y))
+
 /*
  * True when s is a plain decimal number: optional sign, digits, optional
  * fraction, optional exponent.  This is what numeric input accepts from a
@@ -66,6 +68,170 @@ shipsync_is_decimal(const char *s)
 	return *s == '\0';
 }
 
+/*
+ * True when s (a decimal, see above) fits PostgreSQL's numeric: at most
+ * SHIPSYNC_MAX_NUMBER_CHARS characters and an exponent within +-1000, so
+ * that numeric input never fails on it ("1e99999" is a decimal but not a
+ * numeric).
+ */
+static bool
+numeric_in_range(const char *s, size_t len)
+{
+	const char *e;
+
+	if (len > SHIPSYNC_MAX_NUMBER_CHARS)
+		return false;
+	e = memchr(s, 'e', len);
+	if (e == NULL)
+		e = memchr(s, 'E', len);
+	if (e != NULL)
+	{
+		long		exp = 0;
+		const char *p = e + 1;
+
+		if (*p == '+' || *p == '-')
+			p++;
+		for (; p < s + len && isdigit((unsigned char) *p); p++)
+			if ((exp = exp * 10 + (*p - '0')) > 1000)
+				return false;
+	}
+	return true;
+}
+
+static int
+hex4(const char *p)
+{
+	int			v = 0;
+
+	for (int k = 0; k < 4; k++)
+	{
+		char		c = p[k];
+
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= c - '0';
+		else if (c >= 'a' && c <= 'f')
+			v |= c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			v |= c - 'A' + 10;
+		else
+			return -1;
+	}
+	return v;
+}
+
+/*
+ * What is wrong with the escape at body[i] (a backslash inside a string):
+ * a NUL, a lone UTF-16 surrogate, or nothing (NULL).
+ */
+static const char *
+escape_problem(const char *body, size_t i, size_t len)
+{
+	int			u;
+
+	if (i + 5 >= len || body[i + 1] != 'u')
+		return NULL;
+	u = hex4(body + i + 2);
+	if (u == 0)
+		return "a NUL character (\\u0000)";
+	if (u >= 0xD800 && u <= 0xDBFF &&
+		!(i + 11 < len && body[i + 6] == '\\' && body[i + 7] == 'u' &&
+		  hex4(body + i + 8) >= 0xDC00 && hex4(body + i + 8) <= 0xDFFF))
+		return "a lone UTF-16 surrogate";
+	if (u >= 0xDC00 && u <= 0xDFFF &&
+		!(i >= 6 && body[i - 6] == '\\' && body[i - 5] == 'u' &&
+		  hex4(body + i - 4) >= 0xD800 && hex4(body + i - 4) <= 0xDBFF))
+		return "a lone UTF-16 surrogate";
+	return NULL;
+}
+
+/* Whether the string that ends at body[end] (its closing quote) is a name */
+static bool
+is_member_name(const char *body, size_t end, size_t len)
+{
+	size_t		j = end + 1;
+
+	while (j < len && isspace((unsigned char) body[j]))
+		j++;
+	return j < len && body[j] == ':';
+}
+
+/*
+ * Whether a carrier's answer can be stored as it is: its text valid UTF-8,
+ * no string holding NUL (\u0000) or a lone UTF-16 surrogate escape, and
+ * every number one that PostgreSQL's numeric (hence jsonb) accepts.  This
+ * only lexes strings and numbers; the strict parse judges the structure.
+ * A carrier replays the same answer to the same idempotency key, so an
+ * answer refused here is refused for good.  On false, errbuf says what and
+ * where (the member name, when the offending value is a member's).
+ */
+bool
+shipsync_check_response_text(const char *body, size_t len,
+							 char *errbuf, size_t errlen)
+{
+	long		bad = shipsync_utf8_invalid_at(body, len);
+	const char *key = NULL;		/* the last member name seen */
+	int			keylen = 0;
+	size_t		i = 0;
+
+	if (bad >= 0)
+	{
+		snprintf(errbuf, errlen, "the response is not valid UTF-8 (byte %ld)", bad);
+		return false;
+	}
+	while (i < len)
+	{
+		if (body[i] == '"')
+		{
+			size_t		start = ++i;
+			const char *what = NULL;
+
+			for (; i < len && body[i] != '"'; i++)
+				if (body[i] == '\\')
+				{
+					if (what == NULL)
+						what = escape_problem(body, i, len);
+					i++;
+				}
+			if (what)
+			{
+				if (is_member_name(body, i, len))
+					snprintf(errbuf, errlen, "a member name holds %s", what);
+				else if (key)
+					snprintf(errbuf, errlen, "\"%.*s\" holds %s", keylen, key, what);
+				else
+					snprintf(errbuf, errlen, "a string holds %s", what);
+				return false;
+			}
+			if (is_member_name(body, i, len))
+			{
+				key = body + start;
+				keylen = (int) Min(i - start, 64);
+			}
+			i++;
+		}
+		else if (body[i] == '-' || isdigit((unsigned char) body[i]))
+		{
+			size_t		start = i;
+
+			while (i < len && (isdigit((unsigned char) body[i]) || body[i] == '-' ||
+							   body[i] == '+' || body[i] == '.' || body[i] == 'e' ||
+							   body[i] == 'E'))
+				i++;
+			if (!numeric_in_range(body + start, i - start))
+			{
+				snprintf(errbuf, errlen, "%s%.*s%sholds a number out of range (%.20s...)",
+						 key ? "\"" : "the response ", key ? keylen : 0, key ? key : "",
+						 key ? "\" " : "", body + start);
+				return false;
+			}
+		}
+		else
+			i++;
+	}
+	return true;
+}
+
 static char *
 dup_string_member(struct json_object *obj, const char *key)
 {
@@ -107,7 +273,9 @@ fees_ok(struct json_object *fees, char *errbuf, size_t errlen)
 		}
 		if (json_object_is_type(amount, json_type_string))
 		{
-			if (!shipsync_is_decimal(json_object_get_string(amount)))
+			if (!shipsync_is_decimal(json_object_get_string(amount)) ||
+				!numeric_in_range(json_object_get_string(amount),
+								  (size_t) json_object_get_string_len(amount)))
 			{
 				snprintf(errbuf, errlen, "fee %zu has a non-numeric amount", i);
 				return false;
@@ -244,12 +412,23 @@ shipsync_parse_ship_response(const char *body, size_t len, bool need_ids,
 			 !json_object_is_type(fees, json_type_null))
 	{
 		ok = fees_ok(fees, errbuf, errlen);
-		out->has_fees = ok;
+		out->refused = !ok;
+		if (ok)
+		{
+			out->fees = strdup(json_object_to_json_string_ext(fees, JSON_C_TO_STRING_PLAIN));
+			if (out->fees == NULL)
+				shipsync_out_of_memory();
+		}
 	}
 
 	json_object_put(root);
 	if (!ok)
+	{
+		bool		refused = out->refused;
+
 		shipsync_free_ship_response(out);
+		out->refused = refused;
+	}
 	return ok;
 }
 
@@ -260,6 +439,7 @@ shipsync_free_ship_response(ShipResponse *r)
 	free(r->tracking_number);
 	free(r->label_url);
 	free(r->status);
+	free(r->fees);
 	memset(r, 0, sizeof(*r));
 }
 

@@ -75,6 +75,7 @@ launcher_database_exists(const char *dbname)
 	Relation	rel;
 	TableScanDesc scan;
 	HeapTuple	tup;
+	MemoryContext caller = CurrentMemoryContext;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -95,6 +96,7 @@ launcher_database_exists(const char *dbname)
 	table_close(rel, AccessShareLock);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller);	/* the commit left TopMemoryContext */
 	return exists;
 }
 

@@ -188,9 +188,29 @@ get_text(HeapTuple tup, TupleDesc desc, int col)
 	return SPI_getvalue(tup, desc, col);
 }
 
+/*
+ * The memory context that was current when the dispatcher's transaction
+ * began: shipsync_end_tx() and shipsync_abort_tx() make it current again.
+ * One at a time: these transactions never nest.
+ */
+static MemoryContext tx_caller_cxt = NULL;
+
+/*
+ * Start one of the dispatcher's own transactions (outside any transaction),
+ * connected to SPI, with a snapshot.  durable: commit with
+ * synchronous_commit = on.
+ *
+ * Contract: the caller's memory context (CurrentMemoryContext now) is
+ * current again when shipsync_end_tx() or shipsync_abort_tx() returns, so
+ * that the caller may go on allocating where it was: a bare
+ * CommitTransactionCommand() leaves TopMemoryContext current, and whatever
+ * the rest of a loop pass allocates then is never freed.  The caller's
+ * context must outlive the transaction (it is not a transaction context).
+ */
 void
 shipsync_begin_tx(const char *activity, bool durable)
 {
+	tx_caller_cxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SetConfigOption("synchronous_commit", durable ? "on" : "off",
@@ -201,13 +221,35 @@ shipsync_begin_tx(const char *activity, bool durable)
 	pgstat_report_activity(STATE_RUNNING, activity);
 }
 
+/* Commit the transaction of shipsync_begin_tx(); see its contract. */
 void
 shipsync_end_tx(void)
 {
+	MemoryContext caller = tx_caller_cxt;
+
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
+	tx_caller_cxt = NULL;
+	MemoryContextSwitchTo(caller);
+}
+
+/*
+ * Roll back the transaction of shipsync_begin_tx() after an error was
+ * caught (and its data copied out), with the same contract: the caller's
+ * memory context is current on return.
+ */
+void
+shipsync_abort_tx(void)
+{
+	MemoryContext caller = tx_caller_cxt;
+
+	AbortCurrentTransaction();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	tx_caller_cxt = NULL;
+	if (caller)
+		MemoryContextSwitchTo(caller);
 }
 
 /*
@@ -256,7 +298,42 @@ outbox_prepared_exist(void)
 }
 
 /*
- * Make in_flight intents due again, same key and same bytes.
+ * Take back intents in flight: due again at once (same key, same bytes),
+ * or dead when they are at their provider's max_attempts, which counts the
+ * attempt whose answer was lost: an intent at its limit is not sent again.
+ * $1: only those whose lease expired.  Dead ones get a ticket and a NOTIFY.
+ * Returns (retrying, dead).
+ */
+static const char *const requeue_sql =
+"WITH r AS (UPDATE shipsync.outbox o SET"
+"   state = CASE WHEN x.at_limit THEN 'dead' ELSE 'retrying' END,"
+"   next_attempt_at = pg_catalog.now(), lease_until = NULL, updated_at = pg_catalog.now(),"
+"   error_class = CASE WHEN $1 THEN 'lease_expired'"
+"     WHEN x.at_limit THEN 'interrupted' ELSE o.error_class END,"
+"   last_error = CASE WHEN NOT x.at_limit THEN o.last_error"
+"     ELSE pg_catalog.format('gave up after %s attempts: %s', o.attempts, CASE WHEN $1"
+"       THEN 'the lease of the last attempt expired; its answer is unknown'"
+"       ELSE 'the dispatcher stopped while the last attempt was in flight; its answer is unknown' END) END,"
+"   done_at = CASE WHEN x.at_limit THEN pg_catalog.now() END"
+" FROM (SELECT i.id, i.attempts >= COALESCE((SELECT p.max_attempts FROM shipsync.provider p"
+"         WHERE p.provider_id = i.provider_id), 2147483647) AS at_limit"
+"       FROM shipsync.outbox i WHERE i.state = 'in_flight'"
+"       AND (NOT $1 OR i.lease_until < pg_catalog.now())) x"
+" WHERE o.id = x.id AND o.state = 'in_flight'"
+" RETURNING o.id, o.binding_id, o.order_key, o.provider_id, o.state, o.last_error),"
+" t AS (INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id,"
+"   outbox_id, detail)"
+"   SELECT 'dead_intent', r.binding_id, r.order_key, r.provider_id, r.id, r.last_error"
+"   FROM r WHERE r.state = 'dead'"
+"   RETURNING pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object("
+"     'event', kind, 'outbox_id', outbox_id, 'ticket_id', ticket_id,"
+"     'binding_id', binding_id, 'order_key', order_key)::text) AS n)"
+" SELECT (SELECT pg_catalog.count(*) FROM r WHERE r.state = 'retrying'),"
+"   (SELECT pg_catalog.count(*) FROM t)";
+
+/*
+ * Make in_flight intents due again, same key and same bytes (those at
+ * max_attempts end dead instead: see requeue_sql).
  *
  * At start (expired_only = false), every in_flight intent belongs to a
  * dispatcher that is gone (one dispatcher per database): all are sent again
@@ -270,29 +347,34 @@ outbox_prepared_exist(void)
 void
 outbox_requeue_in_flight(bool expired_only)
 {
-	int			rc;
+	static SPIPlanPtr plan = NULL;
+	Datum		args[1] = {BoolGetDatum(expired_only)};
+	int64		again;
+	int64		dead;
+	bool		isnull;
 
 	shipsync_begin_tx(expired_only ? "sweeping expired leases" : "recovering intents in flight",
-			 !expired_only);
-	rc = SPI_execute(expired_only ?
-					 "UPDATE shipsync.outbox SET state = 'retrying',"
-					 " next_attempt_at = pg_catalog.now(), lease_until = NULL,"
-					 " error_class = 'lease_expired', updated_at = pg_catalog.now()"
-					 " WHERE state = 'in_flight' AND lease_until < pg_catalog.now()" :
-					 "UPDATE shipsync.outbox SET state = 'retrying',"
-					 " next_attempt_at = pg_catalog.now(), lease_until = NULL,"
-					 " updated_at = pg_catalog.now()"
-					 " WHERE state = 'in_flight'",
-					 false, 0);
-	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "making in_flight intents due again failed: %s",
-			 SPI_result_code_string(rc));
-	if (SPI_processed > 0)
+					  !expired_only);
+	if (plan == NULL)
+	{
+		Oid			types[1] = {BOOLOID};
+
+		plan = shipsync_prepare_saved(requeue_sql, 1, types);
+	}
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "making in_flight intents due again failed");
+	again = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	dead = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (again > 0)
 		ereport(LOG,
 				(errmsg(expired_only ?
-						"pg_shipsync: %llu intents whose lease expired are due again" :
-						"pg_shipsync: %llu intents that were in flight are sent again",
-						(unsigned long long) SPI_processed)));
+						"pg_shipsync: %lld intents whose lease expired are due again" :
+						"pg_shipsync: %lld intents that were in flight are sent again",
+						(long long) again)));
+	if (dead > 0)
+		ereport(LOG,
+				(errmsg("pg_shipsync: %lld intents in flight were at max_attempts: dead, not sent again",
+						(long long) dead)));
 	shipsync_end_tx();
 }
 
@@ -557,7 +639,9 @@ outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
 							   "   WHERE b.active AND (b.provider_id = p.provider_id"
 							   "   OR b.options->>'tracking_provider' = p.name))"
 							   "  OR EXISTS (SELECT 1 FROM shipsync.outbox o WHERE o.provider_id = p.provider_id"
-							   "   AND o.state IN ('pending', 'retrying')))"
+							   "   AND o.state IN ('pending', 'retrying'))),"
+							   " COALESCE((options->>'breaker_failures')::integer, 20),"
+							   " COALESCE((options->>'breaker_cooldown_ms')::integer, 5000)"
 							   " FROM shipsync.provider p WHERE $1 = 0 OR provider_id = $1"
 							   " ORDER BY provider_id", 1, argtypes, args, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
@@ -618,6 +702,8 @@ outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
 		}
 		p->tls = load_tls(tup, desc, 24);
 		p->in_use = DatumGetBool(SPI_getbinval(tup, desc, 28, &isnull)) && !isnull;
+		p->breaker_failures = DatumGetInt32(SPI_getbinval(tup, desc, 29, &isnull));
+		p->breaker_cooldown_ms = DatumGetInt32(SPI_getbinval(tup, desc, 30, &isnull));
 	}
 	if (with_secrets)
 		load_secrets(ps, (int) n, only_id);
@@ -1391,7 +1477,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 		MemoryContextSwitchTo(caller_cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		AbortCurrentTransaction();
+		shipsync_abort_tx();
 		outbox_fail_binding(p, cl, ncl, fb, edata->message);
 		FreeErrorData(edata);
 		return 0;
@@ -1574,10 +1660,10 @@ prepare_apply_plans(void)
 			" SELECT u.bid, u.k, u.pid, u.sid, u.tn, u.label, COALESCE(u.status, 'pending'),"
 			"   u.raw, f.fees, f.total, u.digest, u.waybills::jsonb"
 			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-			"   AS u(bid, k, pid, sid, tn, label, status, raw, body, digest, waybills)"
+			"   AS u(bid, k, pid, sid, tn, label, status, raw, fees, digest, waybills)"
 			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
 			"   (SELECT pg_catalog.sum((e->>'amount')::numeric) FROM pg_catalog.jsonb_array_elements(x.fj) e) AS total"
-			"   FROM (SELECT (u.body::jsonb)->'fees' AS fj) x WHERE u.body IS NOT NULL) f ON true"
+			"   FROM (SELECT u.fees::jsonb AS fj) x WHERE u.fees IS NOT NULL) f ON true"
 			" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
 			" provider_shipment_id = EXCLUDED.provider_shipment_id,"
 			" tracking_number = EXCLUDED.tracking_number,"
@@ -1602,10 +1688,10 @@ prepare_apply_plans(void)
 			" fees = COALESCE(f.fees, s.fees), fee_total = COALESCE(f.total, s.fee_total),"
 			" updated_at = pg_catalog.now()"
 			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-			"   AS u(bid, k, pid, tn, label, status, raw, body, unused)"
+			"   AS u(bid, k, pid, tn, label, status, raw, fees, unused)"
 			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
 			"   (SELECT pg_catalog.sum((e->>'amount')::numeric) FROM pg_catalog.jsonb_array_elements(x.fj) e) AS total"
-			"   FROM (SELECT (u.body::jsonb)->'fees' AS fj) x WHERE u.body IS NOT NULL) f ON true"
+			"   FROM (SELECT u.fees::jsonb AS fj) x WHERE u.fees IS NOT NULL) f ON true"
 			" WHERE s.binding_id = u.bid AND s.order_key = u.k AND s.provider_id = u.pid"
 			" RETURNING s.binding_id, s.order_key, s.provider_shipment_id, s.tracking_number,"
 			" s.status, s.label_url, s.fee_total", 9, t);
@@ -1871,25 +1957,107 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 }
 
 /*
- * Apply a batch of completions: one transaction; if it fails, one
- * subtransaction per completion so that only the failing ones fail.
+ * Apply results [i, i + 1) in a subtransaction of the current transaction.
+ * Returns NULL when it committed, else the error (copied into cxt); the
+ * subtransaction is then rolled back.  Either way cxt and owner are current
+ * again.
  */
-void
-outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
+static ErrorData *
+apply_in_subxact(ShipResult *rs, int i, Binding *bs, int nb, MemoryContext cxt,
+				 ResourceOwner owner)
+{
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		apply_range(rs, i, i + 1, bs, nb);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return edata;
+}
+
+/* A try of the slow path failed: say so (what: applying, recording) */
+static void
+apply_warn(const ShipResult *r, const char *what, const ErrorData *edata)
+{
+	ereport(WARNING,
+			(errcode(edata->sqlerrcode),
+			 errmsg("pg_shipsync: %s the result of intent %lld (order %s) failed: %s",
+					what, (long long) r->id, r->order_key, edata->message)));
+}
+
+/*
+ * The slow path for one result, each try in its own subtransaction: as it
+ * is; then dead (writeback_failed) with its shipment recorded but the order
+ * row left alone; then dead (apply_failed) with nothing but its outbox
+ * state, log row and ticket.  Only when even that fails (the outbox itself
+ * cannot be written) is the error raised.
+ */
+static void
+apply_one(ShipResult *rs, int i, Binding *bs, int nb, MemoryContext cxt,
+		  ResourceOwner owner)
+{
+	ShipResult *r = &rs[i];
+	ErrorData  *first;
+	ErrorData  *second;
+	ErrorData  *last;
+
+	if ((first = apply_in_subxact(rs, i, bs, nb, cxt, owner)) == NULL)
+		return;
+	apply_warn(r, "applying", first);
+
+	/* record the shipment and the failure, without the write-back */
+	r->no_writeback = true;
+	r->state = "dead";
+	r->outcome = "dead";
+	r->next_at = 0;
+	r->error_class = "writeback_failed";
+	r->ticket_kind = "writeback_failed";
+	r->error = psprintf("write-back failed: %s", first->message);
+	if ((second = apply_in_subxact(rs, i, bs, nb, cxt, owner)) == NULL)
+		return;
+
+	/* not even the shipment: the intent's own state, log and ticket only */
+	apply_warn(r, "recording", second);
+	r->ship_ok = false;
+	r->error_class = "apply_failed";
+	r->ticket_kind = "apply_failed";
+	r->error = psprintf("the result could not be recorded: %s", second->message);
+	if ((last = apply_in_subxact(rs, i, bs, nb, cxt, owner)) == NULL)
+		return;
+	ereport(ERROR,
+			(errcode(last->sqlerrcode),
+			 errmsg("pg_shipsync: the state of intent %lld cannot be recorded: %s",
+					(long long) r->id, last->message)));
+}
+
+/*
+ * Apply results [0, n) in one transaction.  Returns false (rolled back,
+ * the error logged) when it failed.
+ */
+static bool
+apply_batch(ShipResult *rs, int n, Binding *bs, int nb)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner;
-
-	if (n == 0)
-		return;
+	volatile bool ok = true;
 
 	PG_TRY();
 	{
 		shipsync_begin_tx("applying results", false);
 		apply_range(rs, 0, n, bs, nb);
 		shipsync_end_tx();
-		MemoryContextSwitchTo(cxt);
-		return;
 	}
 	PG_CATCH();
 	{
@@ -1898,63 +2066,37 @@ outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		AbortCurrentTransaction();
+		shipsync_abort_tx();
 		ereport(LOG,
 				(errmsg("pg_shipsync: a batch of %d results failed, applying them one by one", n),
 				 errdetail("%s", edata->message)));
 		FreeErrorData(edata);
+		ok = false;
 	}
 	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	return ok;
+}
 
-	/* slow path: one subtransaction per result, never more than one open */
+/*
+ * Apply a batch of completions: one transaction; if it fails, one
+ * subtransaction per completion (never more than one open) so that only
+ * the failing ones fail, and other intents of the batch, of every provider,
+ * are applied.
+ */
+void
+outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner;
+
+	if (n == 0 || apply_batch(rs, n, bs, nb))
+		return;
+
 	shipsync_begin_tx("applying results one by one", false);
 	owner = CurrentResourceOwner;
-	for (volatile int i = 0; i < n; i++)
-	{
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(cxt);
-		PG_TRY();
-		{
-			apply_range(rs, i, i + 1, bs, nb);
-			ReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-			ShipResult	   *r = &rs[i];
-
-			MemoryContextSwitchTo(cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-
-			ereport(WARNING,
-					(errcode(edata->sqlerrcode),
-					 errmsg("pg_shipsync: applying the result of intent %lld (order %s) failed: %s",
-							(long long) r->id, r->order_key, edata->message)));
-
-			/* record the shipment and the failure, without the write-back */
-			r->no_writeback = true;
-			r->state = "dead";
-			r->outcome = "dead";
-			r->error_class = "writeback_failed";
-			r->ticket_kind = "writeback_failed";
-			r->error = psprintf("write-back failed: %s", edata->message);
-			FreeErrorData(edata);
-
-			BeginInternalSubTransaction(NULL);
-			MemoryContextSwitchTo(cxt);
-			apply_range(rs, i, i + 1, bs, nb);
-			ReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-		}
-		PG_END_TRY();
-	}
+	for (int i = 0; i < n; i++)
+		apply_one(rs, i, bs, nb, cxt, owner);
 	shipsync_end_tx();
 	MemoryContextSwitchTo(cxt);
 }

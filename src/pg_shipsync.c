@@ -12,10 +12,15 @@
  * that keeps secrets out of the server log is installed here: every
  * process forked later inherits both (secret.c, redact.c).
  *
- * Shared state is deliberately tiny: one slot per running dispatcher
- * (database, pid, latch) under a spinlock, and a configuration generation
- * counter that SQL functions bump when a provider or binding changes.  All
- * durable state lives in tables of schema shipsync.
+ * Shared state is small: one slot per running dispatcher (database, pid,
+ * latch) under a spinlock, a configuration generation counter that SQL
+ * functions bump when a provider or binding changes, the blocks of intent
+ * ids (capture.c), and one entry per provider in use (breaker, holds,
+ * rate-limit tokens and health counters, under the LWLock health_lock; see
+ * health.c), so that a dispatcher that restarts keeps them.  They are lost
+ * with the server's shared memory (a restart or a crash of the server),
+ * which is harmless: they only hold back sending.  All durable state lives
+ * in tables of schema shipsync.
  *
  *-------------------------------------------------------------------------
  */
@@ -66,6 +71,7 @@ shipsync_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(ShipsyncShared)));
+	RequestNamedLWLockTranche("pg_shipsync", 1);
 }
 
 static void
@@ -85,8 +91,68 @@ shipsync_shmem_startup(void)
 		SpinLockInit(&shipsync_shared->mutex);
 		SpinLockInit(&shipsync_shared->id_mutex);
 		pg_atomic_init_u64(&shipsync_shared->config_generation, 1);
+		shipsync_shared->health_lock = &(GetNamedLWLockTranche("pg_shipsync"))[0].lock;
 	}
 	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * The shared entry of one provider of database dbid, taken (zeroed) if it
+ * has none yet; NULL when every entry is taken (the caller then keeps the
+ * state in its own memory, and it does not survive a restart).
+ */
+ShipsyncProviderState *
+shipsync_provider_state(Oid dbid, int32 provider_id)
+{
+	ShipsyncProviderState *found = NULL;
+	ShipsyncProviderState *free_entry = NULL;
+
+	LWLockAcquire(shipsync_shared->health_lock, LW_EXCLUSIVE);
+	for (int i = 0; i < SHIPSYNC_MAX_PROVIDER_STATES; i++)
+	{
+		ShipsyncProviderState *st = &shipsync_shared->provider_states[i];
+
+		if (st->dbid == dbid && st->provider_id == provider_id)
+		{
+			found = st;
+			break;
+		}
+		if (st->dbid == InvalidOid && free_entry == NULL)
+			free_entry = st;
+	}
+	if (found == NULL && free_entry != NULL)
+	{
+		memset(free_entry, 0, sizeof(*free_entry));
+		free_entry->dbid = dbid;
+		free_entry->provider_id = provider_id;
+		found = free_entry;
+	}
+	LWLockRelease(shipsync_shared->health_lock);
+	return found;
+}
+
+/*
+ * Free the entries of database dbid whose provider is not among keep[]
+ * (dropped providers).  Those of a dropped database stay until the server
+ * restarts.
+ */
+void
+shipsync_forget_provider_states(Oid dbid, const int32 *keep, int nkeep)
+{
+	LWLockAcquire(shipsync_shared->health_lock, LW_EXCLUSIVE);
+	for (int i = 0; i < SHIPSYNC_MAX_PROVIDER_STATES; i++)
+	{
+		ShipsyncProviderState *st = &shipsync_shared->provider_states[i];
+		bool		kept = false;
+
+		if (st->dbid != dbid)
+			continue;
+		for (int k = 0; k < nkeep && !kept; k++)
+			kept = keep[k] == st->provider_id;
+		if (!kept)
+			st->dbid = InvalidOid;
+	}
+	LWLockRelease(shipsync_shared->health_lock);
 }
 
 /*

@@ -78,8 +78,14 @@ typedef struct ShipResponse
 	char	   *tracking_number;
 	char	   *label_url;
 	char	   *status;
-	bool		has_fees;		/* "fees" present and well-formed */
+	char	   *fees;			/* "fees" as JSON text, when present and well-formed */
+	bool		refused;		/* read, but a field is refused (permanent) */
 } ShipResponse;
+
+/* Limits on what a carrier's answer may carry (docs/wire-contract.md) */
+#define SHIPSYNC_MAX_ID_BYTES		128 /* shipment id, tracking number, status */
+#define SHIPSYNC_MAX_URL_BYTES		2048	/* label URL */
+#define SHIPSYNC_MAX_NUMBER_CHARS	1000	/* a number, or a fee amount string */
 
 /* in json.c */
 extern bool shipsync_parse_ship_response(const char *body, size_t len,
@@ -87,6 +93,8 @@ extern bool shipsync_parse_ship_response(const char *body, size_t len,
 										 char *errbuf, size_t errlen);
 extern void shipsync_free_ship_response(ShipResponse *r);
 extern bool shipsync_is_decimal(const char *s);
+extern bool shipsync_check_response_text(const char *body, size_t len,
+										 char *errbuf, size_t errlen);
 
 /* Outcome classes of one HTTP attempt (in retry.c) */
 typedef enum ShipOutcome
@@ -104,7 +112,20 @@ typedef struct ShipVerdict
 	bool		hold_provider;	/* 429/503 with Retry-After: pause provider */
 } ShipVerdict;
 
+/* One error class (retry.c holds the table of them all) */
+typedef struct ShipErrorClass
+{
+	const char *name;
+	bool		breaker;		/* counts toward the provider's circuit breaker */
+} ShipErrorClass;
+
+/* at most this many rows in shipsync_error_classes (shared memory counters) */
+#define SHIPSYNC_MAX_ERROR_CLASSES 48
+
 /* in retry.c */
+extern const ShipErrorClass shipsync_error_classes[];
+extern const int shipsync_n_error_classes;
+extern int	shipsync_error_class_index(const char *name);
 extern ShipVerdict shipsync_classify(int curl_code, long http_status,
 									 bool request_sent, bool body_ok);
 extern bool shipsync_tls_alert(int curl_code, const char *errbuf);
@@ -114,6 +135,7 @@ extern long shipsync_backoff_ms(int attempt, long base_ms, long max_ms,
 extern const char *shipsync_sf_error_class(int cls);
 extern char *shipsync_excerpt(const char *in, size_t len, int max_chars,
 							  char *out, size_t outsize);
+extern long shipsync_utf8_invalid_at(const char *text, size_t len);
 
 /* last_error keeps at most this many characters of a carrier's answer */
 #define SHIPSYNC_EXCERPT_CHARS 300
@@ -449,6 +471,7 @@ extern SigResult shipsync_verify_rotating(SigCheck check, void *arg,
 #include "executor/spi.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
+#include "storage/lwlock.h"
 #include "storage/spin.h"
 #include "utils/jsonb.h"
 
@@ -484,6 +507,63 @@ typedef struct ShipsyncIdBlock
 
 #define SHIPSYNC_ID_BLOCKS 64
 
+/*
+ * What a provider's dispatcher keeps in shared memory, so that a new
+ * dispatcher (after a crash or a restart of the worker, not of the server)
+ * starts where the old one stopped: the circuit breaker, the Retry-After
+ * hold, the rate-limit bucket; and the counters of shipsync.provider_health
+ * (health.c).  Keyed by (database, provider).  Written only by the
+ * dispatcher of its database, under health_lock (the token bucket without
+ * it: the view does not show it); read by the view under health_lock.
+ */
+#define SHIPSYNC_MAX_PROVIDER_STATES 128
+#define SHIPSYNC_HEALTH_MINUTES 60	/* counters per minute, for the last hour */
+#define SHIPSYNC_LATENCY_MINUTES 6	/* latency histograms: the last 5 minutes */
+#define SHIPSYNC_LATENCY_BUCKETS 40
+
+typedef enum ShipsyncBreaker
+{
+	BREAKER_CLOSED,
+	BREAKER_OPEN,
+	BREAKER_HALF_OPEN
+} ShipsyncBreaker;
+
+typedef struct ShipsyncMinute
+{
+	int64		minute;			/* minutes since the Unix epoch; 0: unused */
+	uint32		requests;
+	uint32		successes;
+	uint32		failures[SHIPSYNC_MAX_ERROR_CLASSES];
+} ShipsyncMinute;
+
+typedef struct ShipsyncProviderState
+{
+	Oid			dbid;			/* InvalidOid: a free entry */
+	int32		provider_id;
+
+	/* the circuit breaker */
+	ShipsyncBreaker breaker;
+	TimestampTz breaker_since;	/* when it entered that state (opened, closed) */
+	TimestampTz probe_at;		/* open: when a probe may go */
+	int			cooldown_ms;	/* open: the current wait before a probe */
+	int			failures_in_row;	/* transport or 5xx, consecutive */
+	int64		probe_id;		/* half-open: the intent sent as the probe */
+
+	TimestampTz hold_until;		/* Retry-After on a 429 or 503 */
+	double		tokens;			/* the rate-limit bucket */
+	TimestampTz tokens_at;		/* 0: never filled */
+	int			inflight;
+
+	TimestampTz last_success_at;
+	TimestampTz last_error_at;
+	char		last_error_class[32];
+	char		last_error[256];
+
+	ShipsyncMinute minutes[SHIPSYNC_HEALTH_MINUTES];
+	int64		latency_minute[SHIPSYNC_LATENCY_MINUTES];
+	uint32		latency[SHIPSYNC_LATENCY_MINUTES][SHIPSYNC_LATENCY_BUCKETS];
+} ShipsyncProviderState;
+
 typedef struct ShipsyncShared
 {
 	slock_t		mutex;			/* protects slots[] */
@@ -493,6 +573,8 @@ typedef struct ShipsyncShared
 	uint64		id_epoch;
 	int			id_victim;		/* next entry to reuse when all are taken */
 	ShipsyncIdBlock id_blocks[SHIPSYNC_ID_BLOCKS];
+	LWLock	   *health_lock;	/* protects provider_states[] */
+	ShipsyncProviderState provider_states[SHIPSYNC_MAX_PROVIDER_STATES];
 } ShipsyncShared;
 
 /* in pg_shipsync.c */
@@ -521,6 +603,8 @@ extern void shipsync_wake_dispatcher(Oid dbid, uint64 providers,
 extern uint64 shipsync_exchange_masks(int slot, uint64 accepting);
 extern void shipsync_note_prepared(Oid dbid);
 extern bool shipsync_take_prepared(int slot);
+extern ShipsyncProviderState *shipsync_provider_state(Oid dbid, int32 provider_id);
+extern void shipsync_forget_provider_states(Oid dbid, const int32 *keep, int nkeep);
 
 /* in secret.c: the secret store; an opened secret, or why it is not */
 typedef struct OpenedSecret

@@ -11,7 +11,9 @@
  * GET {base_url}/shipments/{id}/events for each (docs/wire-contract.md,
  * "Tracking pull") on its own libcurl multi handle, beside the outbox's
  * requests.  Polls share the provider's token bucket (rate_limit_per_s),
- * respect pause() and Retry-After holds, and keep at most POLL_INFLIGHT in
+ * respect pause(), Retry-After holds and an open circuit breaker's cooldown
+ * (health.c: a poll answered closes it; failed polls do not open it), and
+ * keep at most POLL_INFLIGHT in
  * flight per provider, so that they never crowd out deliveries.
  *
  * An answer is applied like a push (tracking.c): events deduplicated,
@@ -237,7 +239,7 @@ poller_next_batch(HttpClient *client, Provider *p, PollProvider *pp, int n,
 		pp->cursor_key = MemoryContextStrdup(poll_cxt, key);
 	}
 	if (p->rate_per_s > 0)
-		p->tokens -= got;
+		p->st->tokens -= got;
 	if (got < n)
 	{
 		/* one line per round, not one per shipment, when a carrier fails */
@@ -294,7 +296,7 @@ poller_send(HttpClient *client, Provider *providers, int nproviders, TimestampTz
 		for (int k = 0; k < nproviders; k++)
 			if (providers[k].id == pp->id)
 				p = &providers[k];
-		if (p == NULL || p->paused || p->secret_error || p->hold_until > now)
+		if (p == NULL || p->paused || p->secret_error || health_blocked(p, now))
 			continue;
 		if (!pp->in_round)
 		{
@@ -383,6 +385,8 @@ poller_apply(void)
 		HttpTransfer *t = &f->xfer;
 
 		poller_count(f, NULL);
+		if (t->curl_code == CURLE_OK && t->http_status > 0 && t->http_status < 500)
+			health_poll_answered(f->provider_id, f->provider_name, GetCurrentTimestamp());
 		if (t->curl_code != CURLE_OK || t->http_status < 200 || t->http_status >= 300)
 		{
 			poller_count(f, psprintf("GET %s: %s", t->url,

@@ -36,6 +36,63 @@
 
 #include "pg_shipsync.h"
 
+#define lengthof(array) (sizeof (array) / sizeof ((array)[0]))
+
+/*
+ * Every error class an attempt or an intent can end with, in one table: a
+ * new class is one row here (and one line in docs/troubleshooting.md).
+ * breaker: the failure says the carrier, or the way to it, is down -- it
+ * counts toward the provider's circuit breaker (breaker_failures
+ * consecutive ones open it); any other answer proves the carrier alive.
+ * The row's index is the class's counter in shipsync.provider_health.
+ */
+const ShipErrorClass shipsync_error_classes[] = {
+	/* transport: nothing or no whole answer came back */
+	{"timeout", true},
+	{"dns", true},
+	{"connect", true},
+	{"connection_lost", true},
+	{"transport", true},
+	{"tls", true},
+	{"resource", false},		/* this server's own file descriptors or memory */
+	/* the carrier answered */
+	{"http_5xx", true},
+	{"rate_limited", false},
+	{"in_progress", false},
+	{"http_4xx_transient", false},
+	{"http_4xx", false},
+	{"http_unexpected", false},
+	{"response_too_large", false},
+	{"bad_response", false},	/* unreadable (retried) or a field refused (dead) */
+	{"auth", false},
+	{"auth_refresh", false},
+	{"business_retry", false},
+	{"business_error", false},
+	{"duplicate_order", false},
+	{"not_found", false},
+	/* this side: the intent, not the carrier */
+	{"render_failed", false},
+	{"writeback_failed", false},
+	{"apply_failed", false},	/* even the shipment could not be recorded */
+	{"poison", false},			/* the dispatcher died applying it, twice */
+	{"interrupted", false},		/* in flight when the dispatcher stopped */
+	{"lease_expired", false},
+	/* kept last: whatever is not in this table */
+	{"other", false},
+};
+
+const int	shipsync_n_error_classes = lengthof(shipsync_error_classes);
+
+/* The index of class name in shipsync_error_classes ("other" if unknown) */
+int
+shipsync_error_class_index(const char *name)
+{
+	for (int i = 0; i < shipsync_n_error_classes - 1; i++)
+		if (name != NULL && strcmp(shipsync_error_classes[i].name, name) == 0)
+			return i;
+	return shipsync_n_error_classes - 1;
+}
+
 ShipVerdict
 shipsync_classify(int curl_code, long http_status, bool request_sent,
 				  bool body_ok)
@@ -313,6 +370,27 @@ utf8_sequence(const unsigned char *s, size_t len)
 		(n == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
 		return 0;
 	return n;
+}
+
+/*
+ * Whether text (len bytes) is valid UTF-8 (see utf8_sequence()): the offset
+ * of the first byte that is not, or -1.
+ */
+long
+shipsync_utf8_invalid_at(const char *text, size_t len)
+{
+	const unsigned char *s = (const unsigned char *) text;
+	size_t		i = 0;
+
+	while (i < len)
+	{
+		int			n = utf8_sequence(s + i, len - i);
+
+		if (n == 0)
+			return (long) i;
+		i += n;
+	}
+	return -1;
 }
 
 /*

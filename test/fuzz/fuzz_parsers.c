@@ -187,6 +187,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	{
 		case 0:
 		case 1:
+			(void) shipsync_check_response_text(s, size - 1, err, sizeof(err));
 			if (shipsync_parse_ship_response(s, size - 1, data[0] % 2 == 0, &r, err, sizeof(err)))
 				shipsync_free_ship_response(&r);
 			break;

@@ -50,7 +50,9 @@ DEFAULT_OVERSIZED_BYTES = 8 * 1024 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024      # refuse request bodies above this
 
 FAULT_TYPES = ("status", "slow", "reset_before", "reset_after",
-               "malformed", "oversized", "close")
+               "malformed", "oversized", "close", "hostile")
+# What a hostile answer puts into one field of a good answer.
+HOSTILE_KINDS = ("long", "nul", "bad_utf8", "huge_number", "text")
 # Fields every rule may carry, and the extra fields of each fault type.
 COMMON_RULE_FIELDS = {"fault", "name", "rate", "first_attempts",
                       "match_order_ref", "path", "method", "count"}
@@ -58,6 +60,7 @@ FAULT_FIELDS = {
     "status": {"status", "retry_after", "reset_header", "location", "body", "body_base64"},
     "slow": {"ms"},
     "oversized": {"bytes"},
+    "hostile": {"field", "kind", "bytes", "text"},
 }
 
 # The fee list of every new shipment. One amount is a JSON string and the
@@ -176,6 +179,19 @@ class FaultRule:
             self.bytes = spec.get("bytes", DEFAULT_OVERSIZED_BYTES)
             if not is_int(self.bytes) or not 0 < self.bytes <= 1024 ** 3:
                 raise ConfigError("%s: 'bytes' must be an integer in 1..1 GiB" % where)
+        elif fault == "hostile":
+            self.field = spec.get("field", "tracking_number")
+            self.kind = spec.get("kind", "long")
+            self.bytes = spec.get("bytes", 10240)
+            self.text = spec.get("text", "")
+            if not isinstance(self.field, str) or not self.field:
+                raise ConfigError("%s: 'field' must be a member name" % where)
+            if self.kind not in HOSTILE_KINDS:
+                raise ConfigError("%s: 'kind' must be one of %s" % (where, ", ".join(HOSTILE_KINDS)))
+            if not is_int(self.bytes) or not 0 < self.bytes <= 64 * 1024 * 1024:
+                raise ConfigError("%s: 'bytes' must be an integer in 1..64 MiB" % where)
+            if not isinstance(self.text, str):
+                raise ConfigError("%s: 'text' must be a string" % where)
 
         self.fired = 0   # how many times the rule fired; guarded by the state lock
 
@@ -667,6 +683,38 @@ class OAuthState:
         return True
 
 
+def hostile_body(body, rule):
+    """A good JSON answer with one field made hostile, as a carrier might
+    send it: `long` (a string of rule.bytes bytes), `nul` (a NUL inside,
+    written \\u0000), `bad_utf8` (bytes that are not UTF-8), `huge_number`
+    (1e99999: valid JSON, out of any numeric's range; for field "fees", an
+    amount of "1e99999"), or `text` (rule.text as it is)."""
+    obj = parse_json(body)
+    if not isinstance(obj, dict):
+        return body
+    marker = "\u2603HOSTILE\u2603"
+    raw = None
+    if rule.kind == "long":
+        obj[rule.field] = "T" * rule.bytes
+    elif rule.kind == "nul":
+        obj[rule.field] = "SF1234\x005678"
+    elif rule.kind == "text":
+        obj[rule.field] = rule.text
+    elif rule.kind == "bad_utf8":
+        obj[rule.field] = marker
+        raw = b"SF\xff\xfe\xc3(1234"
+    elif rule.field == "fees":
+        obj["fees"] = [{"type": "freight", "amount": "1e99999", "currency": "CNY"}]
+    else:
+        obj[rule.field] = marker
+        raw = b"1e99999"
+    out = dumps(obj)
+    if raw is not None:
+        quoted = dumps(marker)
+        out = out.replace(quoted, raw if rule.kind == "huge_number" else b'"' + raw + b'"')
+    return out
+
+
 def oversize_parts(body, size):
     """A JSON answer padded with a long string field to `size` bytes (or
     unchanged, if it is already at least that large), as (head, padding
@@ -1015,6 +1063,8 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
             return
         if fault == "malformed":
             answer = answer[:max(1, len(answer) // 2)]   # cut: no longer valid JSON
+        elif fault == "hostile" and 200 <= status < 300:
+            answer = hostile_body(answer, rule)
         elif fault == "oversized":
             self._send_padded(status, oversize_parts(answer, rule.bytes), headers)
             self._log(status, key, rule)

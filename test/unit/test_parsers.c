@@ -30,7 +30,7 @@ test_responses(void)
 				"\"status\":\"pre_transit\",\"fees\":[{\"type\":\"freight\",\"amount\":\"12.50\","
 				"\"currency\":\"CNY\"},{\"type\":\"ins\",\"amount\":1.2}]}", 1, &r, err) &&
 		  strcmp(r.id, "shp_1") == 0 && strcmp(r.tracking_number, "SF123") == 0 &&
-		  strcmp(r.status, "pre_transit") == 0 && r.has_fees,
+		  strcmp(r.status, "pre_transit") == 0 && r.fees != NULL,
 		  "a full create response is read, string and number amounts alike");
 	shipsync_free_ship_response(&r);
 
@@ -54,7 +54,7 @@ test_responses(void)
 		  "a non-numeric fee amount is rejected");
 	check(!parse("{\"id\":\"x\",\"tracking_number\":\"T\",\"fees\":{}}", 1, &r, err),
 		  "fees that are not an array are rejected");
-	check(parse("{\"id\":\"x\",\"tracking_number\":\"T\",\"fees\":null}", 1, &r, err) && !r.has_fees,
+	check(parse("{\"id\":\"x\",\"tracking_number\":\"T\",\"fees\":null}", 1, &r, err) && r.fees == NULL,
 		  "null fees mean no fees");
 	shipsync_free_ship_response(&r);
 	check(parse("{\"id\":\"\xe9\xa1\xba\xe4\xb8\xb0\",\"tracking_number\":\"SF\"}", 1, &r, err),
@@ -68,6 +68,63 @@ test_responses(void)
 	check(!shipsync_is_decimal("NaN") && !shipsync_is_decimal("") && !shipsync_is_decimal(".") &&
 		  !shipsync_is_decimal("1e") && !shipsync_is_decimal("12.5.0"),
 		  "non-decimal amounts are refused");
+}
+
+/* shipsync_check_response_text() on body, with the reason in err */
+static int
+storable(const char *body, char *err)
+{
+	err[0] = '\0';
+	return shipsync_check_response_text(body, strlen(body), err, 256);
+}
+
+static void
+test_storable(void)
+{
+	char		err[256];
+
+	check(storable("{\"id\":\"shp_1\",\"tracking_number\":\"\xe9\xa1\xba SF\",\"n\":-1.5e3,"
+				   "\"s\":\"a\\\\u0000b \\\" \\ud83d\\ude00\"}", err),
+		  "UTF-8, an escaped backslash before u0000, a surrogate pair: storable");
+	check(!storable("{\"tracking_number\":\"SF\\u00001\"}", err) &&
+		  strstr(err, "\"tracking_number\" holds a NUL character") != NULL,
+		  "a NUL escape is refused, naming the member");
+	check(!storable("{\"label_url\":\"a\xff\xfe\"}", err) && strstr(err, "not valid UTF-8") != NULL,
+		  "bytes that are not UTF-8 are refused");
+	check(!storable("{\"x\":\"\xc0\xaf\"}", err), "an overlong UTF-8 sequence is refused");
+	check(!storable("{\"x\":\"\xed\xa0\x80\"}", err), "an encoded surrogate is refused");
+	check(!storable("{\"x\":\"\xe9\xa1\"}", err), "a truncated UTF-8 sequence is refused");
+	check(!storable("{\"status\":\"\\ud800x\"}", err) && strstr(err, "lone UTF-16 surrogate") != NULL,
+		  "a lone high surrogate escape is refused");
+	check(!storable("{\"status\":\"x\\udc00\"}", err), "a lone low surrogate escape is refused");
+	check(!storable("{\"status\":1e99999}", err) &&
+		  strstr(err, "\"status\" holds a number out of range") != NULL,
+		  "a number beyond numeric is refused, naming the member");
+	check(storable("{\"n\":1e1000,\"m\":-2E-1000}", err), "exponents up to 1000 are storable");
+	check(!storable("[1e1001]", err) && strstr(err, "the response holds a number") != NULL,
+		  "an exponent of 1001 is refused");
+	check(!storable("{\"a\\u0000\":1}", err) && strstr(err, "member name") != NULL,
+		  "a NUL in a member name is refused");
+}
+
+static void
+test_fee_ranges(void)
+{
+	ShipResponse r;
+	char		err[256];
+
+	check(!parse("{\"id\":\"x\",\"tracking_number\":\"T\",\"fees\":[{\"type\":\"f\",\"amount\":\"1e99999\"}]}",
+				 1, &r, err) && r.refused,
+		  "a fee amount beyond numeric is refused (not merely unreadable)");
+	check(!parse("{\"id\":\"x\",\"tracking_number\":\"T\",\"fees\":{}}", 1, &r, err) && r.refused,
+		  "fees that are not an array are refused");
+	check(!parse("{\"id\":\"x\",\"tracking_number\"", 1, &r, err) && !r.refused,
+		  "an unreadable body is not refused: it is retried");
+	check(parse("{\"id\":\"x\",\"tracking_number\":\"T\",\"fees\":[{\"type\":\"f\",\"amount\":\"1.5\"}],"
+				"\"other\":[1,2]}", 1, &r, err) &&
+		  strcmp(r.fees, "[{\"type\":\"f\",\"amount\":\"1.5\"}]") == 0,
+		  "only the fees array is kept for SQL");
+	shipsync_free_ship_response(&r);
 }
 
 static void
@@ -235,6 +292,8 @@ main(void)
 {
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	test_responses();
+	test_storable();
+	test_fee_ranges();
 	test_classify();
 	test_retry_after();
 	test_backoff();

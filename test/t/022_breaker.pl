@@ -1,0 +1,220 @@
+# A circuit breaker per provider, and holds that survive a restart.
+#
+#   1. breaker_failures consecutive 5xx open the breaker: nothing is sent
+#      but one probe per cooldown (doubling while probes fail), no intent
+#      dies, provider_health says open; the carrier back, the probe closes
+#      it and everything is delivered; opening and closing are logged once
+#      each;
+#   2. a new dispatcher keeps an open breaker (shared memory): no burst of
+#      requests after a restart;
+#   3. a Retry-After hold survives a restart of the dispatcher;
+#   4. so do the rate-limit tokens: a restart does not refill the bucket;
+#   5. provider_health counts requests, successes and failures by class,
+#      and has latency percentiles and the last error;
+#   6. an open breaker with no intent left to probe with lets the tracking
+#      poller through after its cooldown, and an answered poll closes it.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep time);
+use ShipsyncTest;
+
+my $sim = start_sim();
+END { local $?; stop_sim($sim) if $sim; }
+my $node = shipsync_node('breaker');
+setup_orders($node, $sim,
+	'{"timeout_ms": 5000, "max_attempts": 1000, "backoff_base_ms": 20, "backoff_max_ms": 50,'
+	  . ' "breaker_failures": 5, "breaker_cooldown_ms": 1500}');
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+sub requests { return sim_get($sim, '/_sim/stats')->{requests}; }
+
+sub dispatcher_pid
+{
+	return sql(q{SELECT pid FROM pg_stat_activity
+		WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'postgres'});
+}
+
+# Terminate the dispatcher and wait for the launcher's next one
+sub restart_dispatcher
+{
+	my $old = dispatcher_pid();
+	sql("SELECT pg_terminate_backend($old)");
+	$node->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+		  . " AND datname = 'postgres' AND pid <> $old")
+	  or die 'no new dispatcher';
+}
+
+sub health
+{
+	my ($cols) = @_;
+	return sql("SELECT $cols FROM shipsync.provider_health WHERE provider = 'sim'");
+}
+
+###########################################################################
+# 1. The breaker opens, probes, and closes
+###########################################################################
+my $logoff = -s $node->logfile;
+sim_post($sim, '/_sim/faults', { rules => [ { fault => 'status', status => 500 } ] });
+sql(q{INSERT INTO crm.orders (customer) SELECT 'Down ' || g FROM generate_series(1, 20) g});
+
+ok( $node->poll_query_until('postgres',
+		"SELECT breaker = 'open' FROM shipsync.provider_health WHERE provider = 'sim'"),
+	'open: five 500s in a row open the breaker');
+ok($node->log_contains(
+		qr/circuit breaker of provider "sim" opened after 5 consecutive failures \(last: HTTP 500/, $logoff),
+	'open: the log says so');
+like(health('breaker_since'), qr/^\d{4}-/, 'open: provider_health says since when');
+
+# while open: one probe per cooldown (1.5 s, then 3 s: at most 3 in 4.5 s)
+my $r0 = requests();
+my $t0 = time();
+sleep(4);
+my $during = requests() - $r0;
+my $elapsed = time() - $t0;
+# requests in flight at the opening may still land (20 at most); without
+# a breaker, 20 intents retried every 50 ms would make a thousand
+cmp_ok($during, '<=', 3 + 20,
+	sprintf('open: %d requests in %.1f s (probes only, not one per intent)', $during, $elapsed));
+is(sql("SELECT count(*) FROM shipsync.outbox WHERE state = 'dead'"), '0', 'open: no intent is dead');
+cmp_ok(sql("SELECT max(attempts) FROM shipsync.outbox"), '<', 15,
+	'open: intents wait, their attempts do not run up');
+my $opened = () = slurp_file($node->logfile, $logoff) =~ /circuit breaker of provider "sim" opened/g;
+is($opened, 1, 'open: logged once, not once per failed probe');
+
+# the carrier comes back: the next probe closes it
+sim_post($sim, '/_sim/faults', { rules => [] });
+ok( $node->poll_query_until('postgres',
+		"SELECT breaker = 'closed' FROM shipsync.provider_health WHERE provider = 'sim'"),
+	'close: a probe that succeeds closes the breaker');
+ok(wait_until($node, "SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL", 60),
+	'close: every order is delivered');
+my $log = slurp_file($node->logfile, $logoff);
+my $closed = () = $log =~ /circuit breaker of provider "sim" closed: it answered again/g;
+is($closed, 1, 'close: logged once');
+
+###########################################################################
+# 5. What provider_health shows
+###########################################################################
+{
+	my ($req, $ok, $fail, $p50, $p99, $last_ok, $cls, $err, $inflight) = split /\|/,
+	  health(q{requests_5m, successes_5m, failures_5m->>'http_5xx', latency_p50_ms > 0,
+		latency_p99_ms >= latency_p50_ms, last_success_at IS NOT NULL, last_error_class,
+		last_error, in_flight});
+	cmp_ok($ok, '==', 20, 'health: 20 successes in the last 5 minutes');
+	cmp_ok($fail, '>=', 5, "health: $fail failures counted as http_5xx");
+	is($req, $ok + $fail, 'health: requests = successes + failures');
+	is("$p50 $p99 $last_ok", 't t t', 'health: latency percentiles and the last success');
+	is($cls, 'http_5xx', 'health: the last error class');
+	like($err, qr/^HTTP 500/, 'health: the last error');
+	is($inflight, '0', 'health: nothing in flight');
+	is(health('requests_1h >= requests_5m'), 't', 'health: the hour counts the 5 minutes');
+}
+
+###########################################################################
+# 2. A restarted dispatcher keeps the breaker open
+###########################################################################
+{
+	# _wake(true): the dispatcher reads the new cooldown before these orders
+	sql(q{BEGIN; UPDATE shipsync.provider SET options = options || '{"breaker_cooldown_ms": 8000}'
+		WHERE name = 'sim'; SELECT shipsync._wake(true); COMMIT;});
+	sim_post($sim, '/_sim/faults', { rules => [ { fault => 'status', status => 503 } ] });
+	sql(q{INSERT INTO crm.orders (customer) SELECT 'Again ' || g FROM generate_series(1, 20) g});
+	ok( $node->poll_query_until('postgres',
+			"SELECT breaker = 'open' FROM shipsync.provider_health WHERE provider = 'sim'"),
+		'restart: the breaker is open again');
+	restart_dispatcher();
+	my $r1 = requests();
+	sleep(3);
+	is(health('breaker'), 'open', 'restart: the new dispatcher keeps it open');
+	is(requests() - $r1, 0, 'restart: and sends nothing during the cooldown');
+
+	sim_post($sim, '/_sim/faults', { rules => [] });
+	sql(q{UPDATE shipsync.provider SET options = options || '{"breaker_cooldown_ms": 1000}'
+		WHERE name = 'sim'});
+	# the cooldown in force is the one the breaker opened with: wait it out
+	ok(wait_until($node, "SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL", 90),
+		'restart: delivered once the carrier is back');
+}
+
+###########################################################################
+# 3. A Retry-After hold survives a restart
+###########################################################################
+{
+	my $id = sql("SELECT nextval('crm.orders_id_seq')");
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'status', status => 429, retry_after => '6',
+			match_order_ref => "^$id\$", first_attempts => 1 } ] });
+	sql("INSERT INTO crm.orders (id, customer) VALUES ($id, 'Held')");
+	ok( $node->poll_query_until('postgres',
+			"SELECT hold_until > now() + interval '3 s' FROM shipsync.provider_health WHERE provider = 'sim'"),
+		'hold: a 429 with Retry-After: 6 holds the provider');
+	restart_dispatcher();
+	sql(q{INSERT INTO crm.orders (customer) VALUES ('During the hold')});
+	ok(wait_until($node, "SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL", 60),
+		'hold: delivered after it');
+	cmp_ok( sql(qq{SELECT extract(epoch FROM min(l.at) FILTER (WHERE l.attempt = 2 OR o.order_key <> '$id')
+				- min(l.at) FILTER (WHERE l.attempt = 1 AND o.order_key = '$id'))
+			FROM shipsync.delivery_log l JOIN shipsync.outbox o ON o.id = l.outbox_id
+			WHERE o.order_key IN ('$id', (SELECT id::text FROM crm.orders WHERE customer = 'During the hold'))}),
+		'>=', 5.5, 'hold: the new dispatcher sent nothing before the hold ended');
+}
+
+###########################################################################
+# 4. The rate-limit bucket survives a restart
+###########################################################################
+{
+	sql(q{BEGIN; UPDATE shipsync.provider SET rate_limit_per_s = 0.2 WHERE name = 'sim';
+		SELECT shipsync._wake(true); COMMIT;});
+	sql(q{INSERT INTO crm.orders (customer) VALUES ('Rate 1')});
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'Rate 1'", 30),
+		'tokens: the first order goes at once');
+	restart_dispatcher();
+	sql(q{INSERT INTO crm.orders (customer) VALUES ('Rate 2')});
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'Rate 2'", 30),
+		'tokens: the second one too, in time');
+	cmp_ok( sql(q{SELECT extract(epoch FROM max(l.at) - min(l.at)) FROM shipsync.delivery_log l
+			JOIN shipsync.outbox o ON o.id = l.outbox_id
+			WHERE o.order_key IN (SELECT id::text FROM crm.orders WHERE customer IN ('Rate 1', 'Rate 2'))}),
+		'>=', 4, 'tokens: 1 every 5 s, restart or not (the bucket was not refilled)');
+}
+
+###########################################################################
+# 6. No intent left to probe with: a tracking poll answered closes it
+###########################################################################
+{
+	sql(q{UPDATE shipsync.provider SET rate_limit_per_s = 0 WHERE name = 'sim'});
+	sql(q{SELECT shipsync.create_provider('polled', 'generic', '} . $sim->{url}
+		  . q{', '{"timeout_ms": 5000, "max_attempts": 1, "poll_interval_s": 1,
+			"breaker_failures": 2, "breaker_cooldown_ms": 1000}');
+		CREATE TABLE crm.polled_orders (LIKE crm.orders INCLUDING ALL);
+		SELECT shipsync.attach('crm.polled_orders', 'polled', writeback => '{"tracking_number": "waybill_no"}');});
+	sql(q{INSERT INTO crm.polled_orders (customer) VALUES ('Polled')});
+	ok( wait_until($node,
+			"SELECT waybill_no IS NOT NULL FROM crm.polled_orders WHERE customer = 'Polled'", 30),
+		'polls: a shipment to poll');
+	my @ids = map { sql("SELECT nextval('crm.orders_id_seq')") } 1 .. 2;
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'status', status => 500, match_order_ref => "^($ids[0]|$ids[1])\$" } ] });
+	my $off = -s $node->logfile;
+	sql("INSERT INTO crm.polled_orders (id, customer) VALUES ($ids[0], 'Fails'), ($ids[1], 'Fails')");
+	ok( $node->poll_query_until('postgres',
+			"SELECT breaker = 'open' FROM shipsync.provider_health WHERE provider = 'polled'"),
+		'polls: two 500s open the breaker; both intents are dead, none is left to probe with');
+	is(sql("SELECT count(*) FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)"
+			  . " WHERE p.name = 'polled' AND o.state <> 'done' AND o.state <> 'dead'"),
+		'0', 'polls: no intent waits');
+	ok( $node->poll_query_until('postgres',
+			"SELECT breaker = 'closed' FROM shipsync.provider_health WHERE provider = 'polled'"),
+		'polls: after the cooldown, an answered poll closes the breaker');
+	ok($node->log_contains(qr/circuit breaker of provider "polled" closed/, $off),
+		'polls: and the log says so');
+}
+
+$node->stop;
+done_testing();

@@ -1,0 +1,112 @@
+# The dispatcher's memory stays flat under load.
+#
+# 20,000 orders with shipsync.idle_check_ms = 100 (an idle check, a
+# configuration reload and a sweep every tenth of a second) and the tracking
+# poller on: the transaction helpers run on every pass.  A helper that
+# commits and leaves TopMemoryContext current makes the rest of that pass
+# (claim arrays, apply arrays) allocate there, never to be freed: the
+# dispatcher grew from 92 KB to 23.6 MB over 27,000 orders that way.  The
+# dispatcher's private memory (RssAnon of /proc/PID/status) is read after
+# 5,000 orders, when its caches are warm, and after 20,000: it must not grow
+# by more than 5 MB.  The total of its memory contexts is reported beside it
+# (pg_log_backend_memory_contexts), for the diagnosis when it fails.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+use ShipsyncTest;
+
+my $sim = start_sim();
+END { local $?; stop_sim($sim) if $sim; }
+my $node = shipsync_node('memory', 'shipsync.idle_check_ms = 100');
+# polling on: a round an hour, so that the poller reads its configuration
+# at every reload without flooding the simulator
+setup_orders($node, $sim,
+	'{"timeout_ms": 5000, "backoff_base_ms": 50, "backoff_max_ms": 500, "poll_interval_s": 3600}');
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sub dispatcher_pid
+{
+	return sql(q{SELECT pid FROM pg_stat_activity
+		WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'postgres'});
+}
+
+# RssAnon of a process, in kB
+sub rss_anon_kb
+{
+	my ($pid) = @_;
+	open(my $fh, '<', "/proc/$pid/status") or die "cannot read /proc/$pid/status: $!";
+	while (<$fh>)
+	{
+		return $1 if /^RssAnon:\s+(\d+)\s+kB/;
+	}
+	die "no RssAnon in /proc/$pid/status";
+}
+
+# The grand total of the process's memory contexts, in bytes, from the log
+sub top_context_bytes
+{
+	my ($pid) = @_;
+	my $off = -s $node->logfile;
+	sql("SELECT pg_log_backend_memory_contexts($pid)");
+	my $bytes;
+	for (1 .. 100)
+	{
+		my $log = slurp_file($node->logfile, $off);
+		if ($log =~ /Grand total: (\d+) bytes in \d+ blocks/)
+		{
+			$bytes = $1;
+			last;
+		}
+		usleep(100_000);
+	}
+	return $bytes // -1;
+}
+
+# Commit $n orders in transactions of 250, a little apart, so that the
+# deliveries span many idle checks; wait until all have their waybill.
+my $total = 0;
+
+sub deliver
+{
+	my ($n) = @_;
+	for (my $done = 0; $done < $n; $done += 250)
+	{
+		sql(q{INSERT INTO crm.orders (customer, address)
+			SELECT 'Customer ' || g, g || ' Main Street' FROM generate_series(1, 250) g});
+		usleep(20_000);
+	}
+	$total += $n;
+	return wait_until($node,
+		"SELECT count(*) = $total FROM crm.orders WHERE waybill_no IS NOT NULL", 300);
+}
+
+my $pid = dispatcher_pid();
+like($pid, qr/^\d+$/, 'the dispatcher runs');
+
+ok(deliver(5000), '5,000 orders delivered');
+my $rss1 = rss_anon_kb($pid);
+my $top1 = top_context_bytes($pid);
+
+ok(deliver(15000), '20,000 orders delivered');
+is(dispatcher_pid(), $pid, 'the same dispatcher delivered them all');
+my $rss2 = rss_anon_kb($pid);
+my $top2 = top_context_bytes($pid);
+
+my $grew = $rss2 - $rss1;
+diag("dispatcher RssAnon: $rss1 kB after 5,000 orders, $rss2 kB after 20,000 (+$grew kB);"
+	  . " memory contexts: $top1 -> $top2 bytes");
+cmp_ok($grew, '<=', 5 * 1024,
+	'the dispatcher\'s private memory grew by at most 5 MB from 5,000 to 20,000 orders');
+
+is(sql("SELECT count(*) FROM shipsync.outbox WHERE state <> 'done'"),
+	'0', 'every intent is done');
+is(sim_get($sim, '/_sim/stats')->{duplicate_orders}, 0, 'no order shipped twice');
+
+$node->stop;
+done_testing();

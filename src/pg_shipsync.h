@@ -462,6 +462,33 @@ extern SigResult shipsync_verify_rotating(SigCheck check, void *arg,
 										  const char *previous,
 										  const char **reason);
 
+/* A CSV reader over one statement (csv.c); fields valid until the next call */
+typedef struct CsvReader
+{
+	const char *p;				/* the input not yet read */
+	const char *end;
+	char		delim;
+	int			line;			/* physical line at p, 1-based */
+	bool		failed;
+	char	   *buf;			/* the current record's fields, NUL-terminated */
+	size_t		len;
+	size_t		cap;
+	size_t	   *offsets;
+	char	  **fields;			/* fields[i] points into buf */
+	int			nfields;
+	int			fcap;
+} CsvReader;
+
+/* in csv.c */
+extern void shipsync_csv_init(CsvReader *r, const char *data, size_t len,
+							  char delim);
+extern int	shipsync_csv_next(CsvReader *r, int *lineno, char *errbuf,
+							  size_t errlen);
+extern void shipsync_csv_free(CsvReader *r);
+
+/* in money.c */
+extern bool shipsync_amount_check(const char *s, char *out, const char **reason);
+
 #ifndef SHIPSYNC_PLAIN_C
 
 #include "postgres.h"

@@ -1,6 +1,8 @@
 /*
  * test_parsers.c
- *		Unit tests of the carrier-response parser and the retry rules.
+ *		Unit tests of the carrier-response parser and the retry rules (and,
+ *		through test_tracking.c and test_csv.c, signatures, tracking payloads,
+ *		statement CSV and amounts).
  *
  * Prints TAP ("ok N - ...", "not ok N - ...") so bin/test can count it.
  */
@@ -283,9 +285,10 @@ test_excerpt(void)
 	check(strlen(out) < 20, "a small buffer is never overrun");
 }
 
-/* in test_tracking.c and test_hostcheck.c */
+/* in test_tracking.c, test_hostcheck.c and test_csv.c */
 void		test_tracking(void (*check) (int, const char *));
 void		test_hostcheck(void (*check) (int, const char *));
+void		test_csv(void (*check) (int, const char *));
 
 int
 main(void)
@@ -300,6 +303,7 @@ main(void)
 	test_excerpt();
 	test_tracking(check);
 	test_hostcheck(check);
+	test_csv(check);
 	curl_global_cleanup();
 	return unit_done();
 }

@@ -11,6 +11,7 @@ OBJS = \
 	src/retry.o \
 	src/capture.o \
 	src/tracking.o src/signature.o src/poller.o \
+	src/fees.o src/statement.o src/feepull.o src/csv.o src/money.o \
 	src/mapping.o src/sign.o src/dialect.o \
 	src/spi.o \
 	src/security.o src/filter.o \
@@ -39,7 +40,7 @@ PG_CFLAGS += -Wno-unused-parameter -Wno-missing-field-initializers
 SHLIB_LINK += $(shell pkg-config --libs libcurl json-c openssl libmicrohttpd)
 
 # pg_regress and isolation run against a temporary instance that preloads us
-REGRESS = api errors capture mapping outbound tracking security crm secrets privacy audit
+REGRESS = api errors capture mapping outbound tracking security crm secrets privacy audit fees
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = claim_race tracking_race name_race
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_check_iso --temp-config=$(srcdir)/test/regress.conf

@@ -235,7 +235,7 @@ BEGIN
 	PERFORM @extschema@._check_options(opts,
 		ARRAY['timeout_ms', 'max_inflight', 'max_attempts', 'backoff_base_ms',
 			  'backoff_max_ms', 'rate_limit_per_s', 'headers', 'auth', 'tls', 'breaker_failures', 'breaker_cooldown_ms']
-		|| @extschema@._check_tracking_options(opts, dialect)
+		|| @extschema@._check_tracking_options(opts, dialect) || @extschema@._check_fee_options(opts, dialect)
 		|| @extschema@._dialect_options(dialect), 'provider');
 	IF opts ? 'rate_limit_per_s' AND (jsonb_typeof(opts->'rate_limit_per_s') <> 'number'
 		OR (opts->>'rate_limit_per_s')::numeric < 0
@@ -319,7 +319,7 @@ EXCEPTION
 END
 $$;
 COMMENT ON FUNCTION @extschema@.create_provider(text, text, text, jsonb) IS
-	'Register a logistics provider. Options: timeout_ms, max_inflight, max_attempts, backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers (a value given as {"secret": "..."} is kept encrypted), auth, tls (ca_bundle, client_cert, client_key, min_version, pinned_public_key), breaker_failures (consecutive transport or 5xx failures that open the circuit breaker, default 20), breaker_cooldown_ms (the wait before a probe, default 5000, doubling up to 5 minutes while probes fail), profile (its field_map and status_map profile, by default the dialect); sf_express also sender, monthly_card, pay_method, express_type_id; for tracking: webhook_secret, previous_webhook_secret, accept_unsigned_pushes, poll_interval_s, unmatched_ttl_s, timezone; easypost carrier, aftership slug, kuaidi100 company and callback_url. Secrets (auth values, webhook secrets, secret header values, the TLS client key) are stored encrypted in shipsync.secret, never in shipsync.provider.';
+	'Register a logistics provider. Options: timeout_ms, max_inflight, max_attempts, backoff_base_ms, backoff_max_ms, rate_limit_per_s, headers (a value given as {"secret": "..."} is kept encrypted), auth, tls (ca_bundle, client_cert, client_key, min_version, pinned_public_key), breaker_failures (consecutive transport or 5xx failures that open the circuit breaker, default 20), breaker_cooldown_ms (the wait before a probe, default 5000, doubling up to 5 minutes while probes fail), profile (its field_map and status_map profile, by default the dialect); sf_express also sender, monthly_card, pay_method, express_type_id; for tracking: webhook_secret, previous_webhook_secret, accept_unsigned_pushes, poll_interval_s, unmatched_ttl_s, timezone; easypost carrier, aftership slug, kuaidi100 company and callback_url; for fees: currency, fee_pull_after, fee_tolerance, unbilled_after. Secrets (auth values, webhook secrets, secret header values, the TLS client key) are stored encrypted in shipsync.secret, never in shipsync.provider.';
 
 CREATE FUNCTION @extschema@._set_paused(provider text, paused boolean)
 RETURNS void

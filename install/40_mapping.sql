@@ -12,7 +12,7 @@
 CREATE TABLE @extschema@.field_map (
 	field_map_id	integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	profile			text NOT NULL,
-	direction		text NOT NULL CHECK (direction IN ('out', 'in', 'crm_in')),
+	direction		text NOT NULL CHECK (direction IN ('out', 'in', 'crm_in', 'fee', 'statement')),
 	target_path		text NOT NULL,
 	source			text,
 	transform		text NOT NULL DEFAULT 'identity',
@@ -29,7 +29,7 @@ CREATE TABLE @extschema@.field_map (
 		(pii IN ('name', 'phone', 'address', 'email') AND direction = 'out'))
 );
 COMMENT ON TABLE @extschema@.field_map IS
-	'Declarative field maps per profile. Outbound rows (direction out) build the request from CRM columns, constants (const:), provider options (option:path) and the intent (meta:order_key, meta:idempotency_key); inbound rows (in) read canonical fields out of responses; crm_in rows turn a record a CRM pushed (ingest_crm()) into the columns of an orders table. Paths are dotted with [k=v] filters. A change applies to the next request.';
+	'Declarative field maps per profile. Outbound rows (direction out) build the request from CRM columns, constants (const:), provider options (option:path) and the intent (meta:order_key, meta:idempotency_key); inbound rows (in) read canonical fields out of responses; crm_in rows turn a record a CRM pushed (ingest_crm()) into the columns of an orders table; fee rows (fee) read the lines of fee pushes, pulls and JSON statements, and statement rows (statement) name the CSV columns of a statement. Paths are dotted with [k=v] filters. A change applies to the next request.';
 COMMENT ON COLUMN @extschema@.field_map.target_path IS
 	'Outbound: where the value goes in the request, e.g. contactInfoList[contactType=2].address. Inbound: the canonical field (tracking_number, provider_shipment_id, label_url, status). crm_in: a column of the CRM source''s orders table.';
 COMMENT ON COLUMN @extschema@.field_map.transform IS
@@ -238,9 +238,14 @@ BEGIN
 	END IF;
 	-- only the extension script seeds, before this trigger exists
 	NEW.seeded := false;
-	PERFORM @extschema@._map_check(NEW.target_path, NEW.source, NEW.transform, NEW.arg::text);
+	PERFORM @extschema@._map_check(NEW.target_path, CASE WHEN NEW.direction <> 'statement' THEN NEW.source END, NEW.transform, NEW.arg::text);
 	NEW.updated_at := now();
 	NEW.updated_by := @extschema@._actor();
+	-- fee and statement rows name fee fields; a statement row's source is
+	-- a CSV column's name, not a path (so it is not compiled above)
+	IF NEW.direction IN ('fee', 'statement') THEN
+		PERFORM @extschema@._check_fee_map_row(NEW.direction, NEW.target_path, NEW.source);
+	END IF;
 	RETURN NEW;
 END
 $$;

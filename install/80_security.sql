@@ -99,7 +99,7 @@ CREATE TABLE @extschema@.audit_log (
 CREATE INDEX audit_log_at_idx ON @extschema@.audit_log USING brin (at);
 CREATE INDEX audit_log_object_idx ON @extschema@.audit_log (object_kind, object_name, at);
 COMMENT ON TABLE @extschema@.audit_log IS
-	'Every change of providers, secrets, bindings, field maps and status maps, and every state-changing call (attach, detach, pause, resume, retry, requeue, set_secret, rotate_key, acknowledge, resolve): when, by whom, and the values before and after, secrets shown as "(set)" or "(changed)". Only the extension''s owner may change or delete rows; the dispatcher prunes rows older than shipsync.audit_retention.';
+	'Every change of providers, secrets, bindings, field maps, status maps, fee type maps and currencies, and every state-changing call (attach, detach, pause, resume, retry, requeue, set_secret, rotate_key, acknowledge, resolve): when, by whom, and the values before and after, secrets shown as "(set)" or "(changed)". Only the extension''s owner may change or delete rows; the dispatcher prunes rows older than shipsync.audit_retention.';
 COMMENT ON COLUMN @extschema@.audit_log."session_user" IS
 	'The session user, or the extension''s own worker (dispatcher).';
 COMMENT ON COLUMN @extschema@.audit_log."current_user" IS
@@ -107,7 +107,7 @@ COMMENT ON COLUMN @extschema@.audit_log."current_user" IS
 COMMENT ON COLUMN @extschema@.audit_log.action IS
 	'The function called (attach, pause, ...), or insert, update, delete or truncate for a change made directly to the table.';
 COMMENT ON COLUMN @extschema@.audit_log.object_name IS
-	'provider: its name; binding: the table; field_map: profile/direction/target_path; status_map: profile/raw_status/pattern; intent: its id; ticket: its id.';
+	'provider: its name; binding: the table; field_map: profile/direction/target_path; status_map: profile/raw_status/pattern; fee_type_map: profile/code; currency: its code; intent: its id; ticket: its id.';
 COMMENT ON COLUMN @extschema@.audit_log.old_value IS
 	'An insert: null; a delete: the whole row; an update: the columns that changed, as they were.';
 COMMENT ON COLUMN @extschema@.audit_log.new_value IS
@@ -207,8 +207,8 @@ $$;
 COMMENT ON FUNCTION @extschema@._audit_values(text, text, jsonb, jsonb, jsonb) IS
 	'Internal: the object name and the old and new values of one audited row change.';
 
--- The audit trigger of provider, secret, binding, field_map, status_map
--- and crm_source.  Arguments: the object kind, the columns naming the object,
+-- The audit trigger of provider, secret, binding, field_map, status_map,
+-- crm_source, fee_type_map and currency.  Arguments: the object kind, the columns naming the object,
 -- the secret spec of _audit_redact().  A SECURITY DEFINER function (the
 -- log is the owner's to write), so it refuses to run on any other table.
 CREATE FUNCTION @extschema@._audit_row()
@@ -222,7 +222,8 @@ DECLARE
 BEGIN
 	IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) '@extschema@'
 	   OR NOT TG_TABLE_NAME OPERATOR(pg_catalog.=) ANY
-		   (ARRAY['provider', 'secret', 'binding', 'field_map', 'status_map', 'crm_source']) THEN
+		   (ARRAY['provider', 'secret', 'binding', 'field_map', 'status_map', 'crm_source',
+				  'fee_type_map', 'currency']) THEN
 		RAISE EXCEPTION 'shipsync._audit_row() audits the tables of pg_shipsync only'
 			USING ERRCODE = 'insufficient_privilege',
 				  DETAIL = format('It fired on %I.%I.', TG_TABLE_SCHEMA, TG_TABLE_NAME);
@@ -236,7 +237,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@._audit_row() IS
-	'Internal: the audit trigger of the tables provider, secret, binding, field_map, status_map and crm_source.';
+	'Internal: the audit trigger of the tables provider, secret, binding, field_map, status_map, crm_source, fee_type_map and currency.';
 
 -- Only the extension's owner changes or deletes audit rows.  Privileges
 -- already keep everyone else out; this stops other superusers too, with a
@@ -429,6 +430,16 @@ CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.crm_source
 	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('crm_source', '', '{}');
 CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.secret
 	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('secret', '', '{}');
+-- the fee type maps and currencies that shipsync_admin may change
+CREATE TRIGGER shipsync_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.fee_type_map
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_row('fee_type_map', 'profile,code', '{}');
+CREATE TRIGGER shipsync_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.currency
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_row('currency', 'code', '{}');
+CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.fee_type_map
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('fee_type_map', '', '{}');
+CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.currency
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('currency', '', '{}');
+-- end of the fee audit triggers
 
 -- The trigger rows of changes made by these functions carry their names.
 ALTER FUNCTION @extschema@.create_provider(text, text, text, jsonb) SET shipsync.audit_action = 'create_provider';

@@ -54,6 +54,18 @@ GRANT EXECUTE ON FUNCTION @extschema@.ingest_tracking(text, text, jsonb),
 GRANT EXECUTE ON FUNCTION @extschema@.set_secret(text, text, text),
 	@extschema@.rotate_key() TO shipsync_admin;
 GRANT SELECT ON @extschema@.secrets TO shipsync_operator;
+-- fees
+GRANT SELECT ON @extschema@.fee_type, @extschema@.fee_type_map, @extschema@.currency,
+	@extschema@.statement, @extschema@.fee_line, @extschema@.fee_line_history, @extschema@.fee_sum,
+	@extschema@.fee_pull,
+	@extschema@.order_fees, @extschema@.settlement, @extschema@.fee_difference TO shipsync_reader;
+-- what the views call
+GRANT EXECUTE ON FUNCTION @extschema@._decimal_or_null(jsonb), @extschema@._interval_or_null(text),
+	@extschema@._settlement() TO shipsync_reader;
+GRANT EXECUTE ON FUNCTION @extschema@.ingest_fees(text, text, jsonb),
+	@extschema@.import_statement(text, text, text, jsonb) TO shipsync_operator;
+GRANT INSERT, UPDATE, DELETE ON @extschema@.fee_type_map, @extschema@.currency TO shipsync_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.ingest_fees(text, text, jsonb) TO shipsync_ingest;
 
 -- personal data and the audit log: readers see personal values masked
 -- (the functions of the view shipsync.intents run as its reader), the

@@ -68,9 +68,6 @@
 
 PG_FUNCTION_INFO_V1(shipsync_ingest_crm);
 
-#define ERRCODE_SHIPSYNC_BAD_SIGNATURE	MAKE_SQLSTATE('S','S','4','0','1')
-#define ERRCODE_SHIPSYNC_BAD_PAYLOAD	MAKE_SQLSTATE('S','S','4','0','0')
-
 /* Standard Webhooks: the timestamp must be within 5 minutes of now */
 #define WEBHOOK_TOLERANCE_S 300
 

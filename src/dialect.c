@@ -488,6 +488,26 @@ dialect_sf_search_body(Provider *p, const char *order_key, const char *request_i
 	return sf_form(p, request_id, "EXP_RECE_SEARCH_ORDER_RESP", msg);
 }
 
+/*
+ * The EXP_RECE_QUERY_SFWAYBILL form that asks for a waybill's fees
+ * (trackingType 2: by waybill), with the provider's monthly card when it
+ * has one.
+ */
+char *
+dialect_sf_fee_query_body(Provider *p, const char *waybill, const char *request_id)
+{
+	char	   *card = NULL;
+	char	   *msg;
+
+	if (p->options_text)
+		(void) shipsync_json_arg_string(p->options_text, "monthly_card", &card);
+	msg = psprintf("{\"trackingType\":\"2\",\"trackingNum\":%s%s%s}",
+				   shipsync_quote_json(waybill),
+				   card ? ",\"monthlyCard\":" : "",
+				   card ? shipsync_quote_json(take_malloced(card)) : "");
+	return sf_form(p, request_id, "EXP_RECE_QUERY_SFWAYBILL", msg);
+}
+
 /* ---------- field_map rows ---------- */
 
 /*

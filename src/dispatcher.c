@@ -393,6 +393,7 @@ dispatcher_load_config(void)
 	nbindings = nb;
 	cfg_generation = gen;
 	poller_invalidate();
+	feepull_invalidate();
 }
 
 static long
@@ -1565,7 +1566,7 @@ dispatcher_apply_done(TimestampTz now)
 
 	while ((t = http_take_done(client)) != NULL)
 	{
-		if (poller_take(t))		/* a tracking poll: applied below */
+		if (poller_take(t) || feepull_take(t))	/* polls and pulls: applied below */
 			continue;
 		if (((Flight *) t->owner)->token_fetch)
 		{
@@ -1585,6 +1586,7 @@ dispatcher_apply_done(TimestampTz now)
 		done[ndone++] = (Flight *) t->owner;
 	}
 	poller_apply();
+	feepull_apply();
 	if (ndone == 0)
 		return;
 
@@ -1818,6 +1820,7 @@ shipsync_dispatcher_main(Datum main_arg)
 		dispatcher_replan_grown(now);
 		dispatcher_claim_all(now);
 		poller_send(client, providers, nproviders, now);
+		feepull_send(client, providers, nproviders, now);
 
 		pgstat_report_activity(STATE_IDLE, NULL);
 
@@ -1830,7 +1833,8 @@ shipsync_dispatcher_main(Datum main_arg)
 		pgstat_report_stat(false);
 		now = GetCurrentTimestamp();
 		dispatcher_exchange_masks(now);
-		timeout = Min(dispatcher_timeout(now), poller_timeout(now));
+		timeout = Min(dispatcher_timeout(now),
+					  Min(poller_timeout(now), feepull_timeout(now)));
 		dispatcher_release_heap(timeout, now);
 		http_wait(client, timeout, PG_WAIT_EXTENSION);
 

@@ -207,6 +207,8 @@ extern void dialect_render_register(Provider *p, Claimed *c,
 									const char *tracking_number);
 extern char *dialect_sf_search_body(Provider *p, const char *order_key,
 									const char *request_id);
+extern char *dialect_sf_fee_query_body(Provider *p, const char *waybill,
+									   const char *request_id);
 extern bool dialect_tz_offset(const char *zone, int64_t utc_epoch,
 							  int *offset_s, void *arg);
 
@@ -235,5 +237,13 @@ extern bool poller_take(HttpTransfer *t);
 extern void poller_apply(void);
 extern long poller_timeout(TimestampTz now);
 extern void poller_invalidate(void);
+
+/* in feepull.c: the fee queries after delivery, driven by the same loop */
+extern void feepull_send(HttpClient *client, Provider *providers,
+						 int nproviders, TimestampTz now);
+extern bool feepull_take(HttpTransfer *t);
+extern void feepull_apply(void);
+extern long feepull_timeout(TimestampTz now);
+extern void feepull_invalidate(void);
 
 #endif							/* SHIPSYNC_DISPATCHER_H */

@@ -1564,6 +1564,8 @@ static SPIPlanPtr apply_update_plan = NULL;
 static SPIPlanPtr apply_dead_plan = NULL;
 static SPIPlanPtr apply_register_plan = NULL;
 static SPIPlanPtr apply_registered_plan = NULL;
+static SPIPlanPtr apply_quotes_plan = NULL;	/* fees of creates, of updates */
+static SPIPlanPtr apply_requotes_plan = NULL;
 static uint64 outbox_new_work = 0;	/* providers given intents by apply */
 
 /*
@@ -1662,7 +1664,7 @@ prepare_apply_plans(void)
 			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 			"   AS u(bid, k, pid, sid, tn, label, status, raw, fees, digest, waybills)"
 			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
-			"   (SELECT pg_catalog.sum((e->>'amount')::numeric) FROM pg_catalog.jsonb_array_elements(x.fj) e) AS total"
+			"   shipsync._quote_total(x.fj, u.pid) AS total"
 			"   FROM (SELECT u.fees::jsonb AS fj) x WHERE u.fees IS NOT NULL) f ON true"
 			" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
 			" provider_shipment_id = EXCLUDED.provider_shipment_id,"
@@ -1674,6 +1676,9 @@ prepare_apply_plans(void)
 			" waybills = COALESCE(EXCLUDED.waybills, s.waybills), updated_at = pg_catalog.now()"
 			" RETURNING binding_id, order_key, provider_shipment_id, tracking_number, status,"
 			" label_url, fee_total", 11, t);
+		apply_quotes_plan = shipsync_prepare_saved(
+			"SELECT kind, n, binding_id, order_key, fee_total"
+			" FROM shipsync._record_quotes($1, $2, $3, $5, $9)", 11, t);
 	}
 	{
 		Oid			t[9] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
@@ -1690,11 +1695,15 @@ prepare_apply_plans(void)
 			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 			"   AS u(bid, k, pid, tn, label, status, raw, fees, unused)"
 			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
-			"   (SELECT pg_catalog.sum((e->>'amount')::numeric) FROM pg_catalog.jsonb_array_elements(x.fj) e) AS total"
+			"   shipsync._quote_total(x.fj, u.pid) AS total"
 			"   FROM (SELECT u.fees::jsonb AS fj) x WHERE u.fees IS NOT NULL) f ON true"
 			" WHERE s.binding_id = u.bid AND s.order_key = u.k AND s.provider_id = u.pid"
 			" RETURNING s.binding_id, s.order_key, s.provider_shipment_id, s.tracking_number,"
 			" s.status, s.label_url, s.fee_total", 9, t);
+		/* the fees of the answers are quotes: fee lines (fees.c) */
+		apply_requotes_plan = shipsync_prepare_saved(
+			"SELECT kind, n, binding_id, order_key, fee_total"
+			" FROM shipsync._record_quotes($1, $2, $3, $4, $8)", 9, t);
 	}
 	{
 		Oid			t[6] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
@@ -1796,6 +1805,32 @@ apply_writeback(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
 		PG_END_TRY();
 		if (rc != SPI_OK_UPDATE)
 			elog(ERROR, "write-back failed: %s", SPI_result_code_string(rc));
+	}
+}
+
+/*
+ * After the statement that recorded shipments (its rows in SPI_tuptable):
+ * their answers' fees become quote lines (fees.c), taking the fee locks
+ * before the order rows are written; then the write-back, and last the fee
+ * totals that differ from what it wrote (a bill already there wins).
+ */
+static void
+apply_with_quotes(bool no_writeback, Binding *bs, int nb, SPIPlanPtr quotes_plan, ArgArrays *a)
+{
+	SPITupleTable *shipped = SPI_tuptable;
+	uint64		nshipped = SPI_processed;
+	int			rc;
+
+	if ((rc = args_execute(quotes_plan, a, false)) != SPI_OK_SELECT)
+		elog(ERROR, "recording quoted fees failed: %s", SPI_result_code_string(rc));
+	if (no_writeback)
+		return;
+	{
+		SPITupleTable *totals = SPI_tuptable;
+		uint64		ntotals = SPI_processed;
+
+		apply_writeback(bs, nb, shipped, nshipped);
+		(void) fees_write_totals(totals, ntotals);
 	}
 }
 
@@ -1935,8 +1970,7 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 	{
 		if ((rc = args_execute(apply_create_plan, ca, false)) != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "recording shipments failed: %s", SPI_result_code_string(rc));
-		if (!rs[from].no_writeback)
-			apply_writeback(bs, nb, SPI_tuptable, SPI_processed);
+		apply_with_quotes(rs[from].no_writeback, bs, nb, apply_quotes_plan, ca);
 	}
 	if (ga->n > 0 &&
 		(rc = args_execute(apply_registered_plan, ga, false)) != SPI_OK_INSERT)
@@ -1948,8 +1982,7 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 	{
 		if ((rc = args_execute(apply_update_plan, ua, false)) != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "updating shipments failed: %s", SPI_result_code_string(rc));
-		if (!rs[from].no_writeback)
-			apply_writeback(bs, nb, SPI_tuptable, SPI_processed);
+		apply_with_quotes(rs[from].no_writeback, bs, nb, apply_requotes_plan, ua);
 	}
 	if (da->n > 0 &&
 		(rc = args_execute(apply_dead_plan, da, false)) != SPI_OK_INSERT_RETURNING)

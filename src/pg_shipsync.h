@@ -674,10 +674,129 @@ extern ErrorData *shipsync_subxact(void (*fn) (void *), void *arg);
 extern char *shipsync_quote_json(const char *s);
 extern char *shipsync_url_escape(const char *s);
 
+/*
+ * SQLSTATEs of ingest_tracking(), ingest_fees() and import_statement(),
+ * documented in docs/sql-reference.md
+ */
+#define ERRCODE_SHIPSYNC_BAD_SIGNATURE	MAKE_SQLSTATE('S','S','4','0','1')
+#define ERRCODE_SHIPSYNC_BAD_PAYLOAD	MAKE_SQLSTATE('S','S','4','0','0')
+
+/* A provider as its pushes are checked and read (tracking.c) */
+typedef struct TrackProvider
+{
+	int32		id;
+	char	   *name;
+	char	   *dialect;
+	char	   *profile;
+	char	   *secret;			/* opened at verification; NFKD for easypost */
+	char	   *previous_secret;
+	bool		accept_unsigned;
+	char	   *timezone;
+	int32		ttl_s;
+} TrackProvider;
+
 /* in tracking.c */
 extern int64 tracking_apply_pulled(const char *provider_name, const char *body,
 								   size_t len);
 extern char *shipsync_header_value(Jsonb *headers, const char *name);
+extern TrackProvider *tracking_load_provider(const char *name);
+extern bool tracking_verify_push(TrackProvider *p, const char *what, Jsonb *headers,
+								 const char *body, size_t len, char **payload,
+								 size_t *plen);
+extern const char *tracking_reply(TrackProvider *p);
+extern bool tracking_read_time(TrackProvider *p, const char *s, Datum *out);
+extern void tracking_writeback(int32 binding_id, Datum *keys, Datum *statuses,
+							   Datum *fee_totals, int n);
+extern void tracking_writeback_all(int32 *bids, Datum *keys, Datum *statuses,
+								   Datum *fee_totals, int n);
+
+/* The fields of a fee line, as every source names them (fees.c) */
+typedef enum FeeField
+{
+	FEE_TRACKING_NUMBER,
+	FEE_TYPE,
+	FEE_AMOUNT,
+	FEE_CURRENCY,
+	FEE_KEY,
+	FEE_SETTLEMENT,
+	FEE_PAYER,
+	FEE_WEIGHT,
+	FEE_STATE,
+	FEE_OCCURRED_AT,
+	FEE_NFIELDS
+} FeeField;
+
+/* Where one field is read: a field_map row of direction fee or statement */
+typedef struct FeeRule
+{
+	char	   *source;			/* path, CSV column or const:...; NULL: the name */
+	char	   *transform;		/* NULL for identity */
+	char	   *arg;
+	char	   *dflt;
+} FeeRule;
+
+typedef struct FeeMap
+{
+	FeeRule		list;			/* direction fee: where the lines are */
+	FeeRule		field[FEE_NFIELDS];
+} FeeMap;
+
+/* What the lines of one provider are checked against */
+typedef struct FeeContext
+{
+	TrackProvider *provider;
+	char	   *default_currency;	/* option currency, or the dialect's, or NULL */
+	char	  **currencies;		/* shipsync.currency, sorted */
+	int			ncurrencies;
+} FeeContext;
+
+/* Why a line cannot be taken */
+typedef struct FeeProblem
+{
+	FeeField	field;
+	char	   *message;		/* no capital, no period */
+} FeeProblem;
+
+typedef struct FeeSummary
+{
+	int64		n_lines;
+	int64		n_new;
+	int64		n_revised;
+	int64		n_duplicate;
+	int64		n_unmatched;
+	int64		n_matched;
+	int64		n_withdrawn;
+	int64		n_orders;
+} FeeSummary;
+
+typedef struct FeeBatch FeeBatch;
+
+/* called for each line of a JSON payload that cannot be taken */
+typedef void (*FeeBadLine) (void *arg, int line, FeeProblem *pr);
+
+/* in fees.c */
+extern const char *const fee_field_names[FEE_NFIELDS];
+extern FeeBatch *fees_batch_create(void);
+extern int	fees_batch_size(FeeBatch *b);
+extern FeeContext *fees_context(TrackProvider *p);
+extern bool fees_add_line(FeeContext *c, FeeBatch *b, char **v, FeeProblem *pr);
+extern FeeMap *fees_map_load(const char *profile, const char *direction);
+extern bool fees_transform(const FeeRule *r, FeeField f, char *raw, char **out,
+						   FeeProblem *pr);
+extern Jsonb *fees_parse_json(const char *text, size_t len, const char *what,
+							  TrackProvider *p);
+extern bool fees_read_json(FeeContext *c, FeeBatch *b, Jsonb *doc, FeeMap *m,
+						   const char *what, FeeBadLine on_bad, void *arg,
+						   int *bad_line, FeeProblem *pr);
+extern Datum fees_batch_field(FeeBatch *b, FeeField f);
+extern int	fees_write_totals(SPITupleTable *tt, uint64 nrows);
+extern void fees_store(FeeBatch *b, const char *src, int64 stmt, int64 replaces,
+					   const char *who, FeeSummary *sum);
+extern Datum fees_answer(MemoryContext cxt, TrackProvider *p, FeeSummary *sum,
+						 const char *more);
+extern int64 fees_apply_pulled(const char *provider_name, const char *body, size_t len);
+extern int64 fees_apply_sf_answer(const char *provider_name, const char *body, size_t len,
+								  char **code);
 
 /* in capture.c */
 extern bool shipsync_capture_suppressed;

@@ -47,7 +47,6 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
-#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -81,6 +80,7 @@ typedef struct PollFlight
 	int32		provider_id;
 	char	   *provider_name;
 	char	   *shipment_id;
+	int64		changed;		/* shipments whose status the answer changed */
 	struct PollFlight *next;	/* in the list of finished polls */
 } PollFlight;
 
@@ -361,6 +361,16 @@ poller_count(PollFlight *f, const char *error)
 		pp->first_error = MemoryContextStrdup(poll_cxt, error);
 }
 
+/* Apply one poll's answer (in its own subtransaction) */
+static void
+poller_apply_one(void *arg)
+{
+	PollFlight *f = (PollFlight *) arg;
+
+	f->changed = tracking_apply_pulled(f->provider_name, f->xfer.response.data,
+									   f->xfer.response.len);
+}
+
 /*
  * Apply the polls that finished: one transaction, one subtransaction per
  * answer (one open at a time).  Failures are counted, and summed up in one
@@ -370,19 +380,18 @@ void
 poller_apply(void)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner;
 	PollFlight *list = finished;
-	volatile int64 changed = 0;
+	int64		changed = 0;
 
 	if (list == NULL)
 		return;
 	finished = NULL;
 
 	shipsync_begin_tx("applying polled tracking", false);
-	owner = CurrentResourceOwner;
 	for (PollFlight *f = list; f != NULL; f = f->next)
 	{
 		HttpTransfer *t = &f->xfer;
+		ErrorData  *e;
 
 		poller_count(f, NULL);
 		if (t->curl_code == CURLE_OK && t->http_status > 0 && t->http_status < 500)
@@ -395,31 +404,14 @@ poller_apply(void)
 									 psprintf("HTTP %ld", t->http_status)));
 			continue;
 		}
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(cxt);
-		PG_TRY();
+		if ((e = shipsync_subxact(poller_apply_one, f)) == NULL)
+			changed += f->changed;
+		else
 		{
-			changed += tracking_apply_pulled(f->provider_name, t->response.data,
-											 t->response.len);
-			ReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
 			poller_count(f, psprintf("the tracking of shipment %s was not applied: %s",
-									 f->shipment_id, edata->message));
-			FreeErrorData(edata);
+									 f->shipment_id, e->message));
+			FreeErrorData(e);
 		}
-		PG_END_TRY();
 	}
 	shipsync_end_tx();
 	MemoryContextSwitchTo(cxt);

@@ -43,6 +43,9 @@
  * steps 3 to 5 serve the poller (tracking_apply_pulled) and the matching
  * of parked events when their shipment is recorded (the deferred trigger
  * shipsync._match_parked).
+ * Step 1 (tracking_verify_push), the provider lookup and the write-back
+ * serve the fees too (fees.c: ingest_fees() is signed as the tracking
+ * pushes of its dialect; fee totals are written back like statuses).
  *
  * Saved plans (the provider lookup, _apply_tracking, each binding's
  * write-back) live for the session; the plan cache replans them when the
@@ -79,25 +82,8 @@
 
 PG_FUNCTION_INFO_V1(shipsync_ingest_tracking);
 
-/* SQLSTATEs of ingest_tracking(), documented in docs/sql-reference.md */
-#define ERRCODE_SHIPSYNC_BAD_SIGNATURE	MAKE_SQLSTATE('S','S','4','0','1')
-#define ERRCODE_SHIPSYNC_BAD_PAYLOAD	MAKE_SQLSTATE('S','S','4','0','0')
-
 /* Standard Webhooks: the timestamp must be within 5 minutes of now */
 #define WEBHOOK_TOLERANCE_S 300
-
-typedef struct TrackProvider
-{
-	int32		id;
-	char	   *name;
-	char	   *dialect;
-	char	   *profile;
-	char	   *secret;			/* opened at verification; NFKD for easypost */
-	char	   *previous_secret;
-	bool		accept_unsigned;
-	char	   *timezone;
-	int32		ttl_s;
-} TrackProvider;
 
 /* The events of one batch, in palloc'd memory */
 typedef struct EventBatch
@@ -130,9 +116,12 @@ static SPIPlanPtr provider_plan = NULL;
 static SPIPlanPtr apply_plan = NULL;
 static SPIPlanPtr binding_plan = NULL;
 
-/* Look a provider up by name; SPI must be connected. */
-static TrackProvider *
-load_provider(const char *name)
+/*
+ * Look a provider up by name, with what its pushes are checked with and read
+ * in; SPI must be connected.  An unknown name is an ERROR.
+ */
+TrackProvider *
+tracking_load_provider(const char *name)
 {
 	TrackProvider *p;
 	Datum		arg = CStringGetTextDatum(name);
@@ -185,12 +174,14 @@ nfkd(const char *s)
 /*
  * The webhook secrets of p, opened from shipsync.secret (the current one
  * and, during a rotation, the previous one), at the moment a push is
- * verified.  EasyPost signs with the NFKD form of its secret.
+ * verified (what: tracking or fee).  EasyPost signs with the NFKD form of
+ * its secret.
  */
 static void
-open_webhook_secrets(TrackProvider *p)
+open_webhook_secrets(TrackProvider *p, const char *what)
 {
-	secret_open_webhook(p->name, "tracking pushes of provider",
+	secret_open_webhook(p->name, strcmp(what, "tracking") == 0 ?
+						"tracking pushes of provider" : "fee pushes of provider",
 						&p->secret, &p->previous_secret);
 	if (strcmp(p->dialect, "easypost") != 0)
 		return;
@@ -232,19 +223,19 @@ shipsync_header_value(Jsonb *headers, const char *name)
 }
 
 static void
-reject_push(TrackProvider *p, const char *reason)
+reject_push(TrackProvider *p, const char *what, const char *reason)
 {
 	ereport(WARNING,
-			(errmsg("pg_shipsync: rejected a tracking push for provider \"%s\": %s",
-					p->name, reason)));
+			(errmsg("pg_shipsync: rejected a %s push for provider \"%s\": %s",
+					what, p->name, reason)));
 	ereport(ERROR,
 			(errcode(ERRCODE_SHIPSYNC_BAD_SIGNATURE),
-			 errmsg("tracking push for provider \"%s\" failed its signature check", p->name),
+			 errmsg("%s push for provider \"%s\" failed its signature check", what, p->name),
 			 errdetail("%c%s.", pg_toupper((unsigned char) reason[0]), reason + 1),
 			 errhint("Check the provider's webhook_secret (and previous_webhook_secret during a rotation), and that the body is passed exactly as received.")));
 }
 
-/* A tracking push, as shipsync_verify_rotating() hands it to verify_with() */
+/* A push, as shipsync_verify_rotating() hands it to verify_with() */
 typedef struct TrackPush
 {
 	TrackProvider *p;
@@ -284,11 +275,12 @@ verify_with(const char *secret, void *arg, const char **reason)
 
 /*
  * Check the push's signature, with the current secret and then, during a
- * rotation, the previous one.  Returns only if it is good.
+ * rotation, the previous one.  Returns only if it is good.  what names the
+ * push in messages: tracking or fee.
  */
 static void
-verify_push(TrackProvider *p, Jsonb *headers, const char *body, size_t len,
-			const char *param, const char *sign)
+verify_push(TrackProvider *p, const char *what, Jsonb *headers, const char *body,
+			size_t len, const char *param, const char *sign)
 {
 	TrackPush	push = {p, headers, body, len, param, sign};
 	const char *reason = NULL;
@@ -297,14 +289,16 @@ verify_push(TrackProvider *p, Jsonb *headers, const char *body, size_t len,
 	{
 		if (p->accept_unsigned)
 			return;
-		reject_push(p, "route pushes of dialect sf_express carry no signature and option accept_unsigned_pushes is not set");
+		reject_push(p, what, strcmp(what, "tracking") == 0 ?
+					"route pushes of dialect sf_express carry no signature and option accept_unsigned_pushes is not set" :
+					"fee pushes of dialect sf_express carry no signature and option accept_unsigned_pushes is not set");
 	}
-	open_webhook_secrets(p);
+	open_webhook_secrets(p, what);
 	if (p->secret == NULL && p->previous_secret == NULL)
 	{
 		ereport(WARNING,
-				(errmsg("pg_shipsync: rejected a tracking push for provider \"%s\": no webhook secret is configured",
-						p->name)));
+				(errmsg("pg_shipsync: rejected a %s push for provider \"%s\": no webhook secret is configured",
+						what, p->name)));
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("provider \"%s\" has no webhook secret", p->name),
@@ -314,7 +308,7 @@ verify_push(TrackProvider *p, Jsonb *headers, const char *body, size_t len,
 	if (shipsync_verify_rotating(verify_with, &push, p->secret, p->previous_secret,
 								 &reason) == SIG_OK)
 		return;
-	reject_push(p, reason ? reason : "the signature does not match");
+	reject_push(p, what, reason ? reason : "the signature does not match");
 }
 
 /*
@@ -387,26 +381,45 @@ time_text_ok(const char *s, bool *zoned)
 	return *s == '\0';
 }
 
-static Datum
-event_time(TrackProvider *p, const char *s, int i)
+/*
+ * A carrier's time as a timestamptz: ISO 8601 as time_text_ok() reads it,
+ * a zone-less one in the provider's option timezone.  False, and nothing
+ * set, when s is not such a time.
+ */
+bool
+tracking_read_time(TrackProvider *p, const char *s, Datum *out)
 {
 	bool		zoned;
 	Datum		ts;
 
+	if (!time_text_ok(s, &zoned))
+		return false;
+	if (zoned)
+	{
+		*out = DirectFunctionCall3(timestamptz_in, CStringGetDatum(s),
+								   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+		return true;
+	}
+	ts = DirectFunctionCall3(timestamp_in, CStringGetDatum(s),
+							 ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	*out = DirectFunctionCall2(timestamp_zone, CStringGetTextDatum(p->timezone), ts);
+	return true;
+}
+
+static Datum
+event_time(TrackProvider *p, const char *s, int i)
+{
+	Datum		ts;
+
 	if (s == NULL)
 		return TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-	if (!time_text_ok(s, &zoned))
+	if (!tracking_read_time(p, s, &ts))
 		ereport(ERROR,
 				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
 				 errmsg("tracking push for provider \"%s\" has an event with an invalid time", p->name),
 				 errdetail("Event %d has time \"%s\"; an ISO 8601 date and time is expected.", i + 1, s),
 				 errhint("Times without a zone are read in the provider's option timezone.")));
-	if (zoned)
-		return DirectFunctionCall3(timestamptz_in, CStringGetDatum(s),
-								   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
-	ts = DirectFunctionCall3(timestamp_in, CStringGetDatum(s),
-							 ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
-	return DirectFunctionCall2(timestamp_zone, CStringGetTextDatum(p->timezone), ts);
+	return ts;
 }
 
 static Datum
@@ -521,11 +534,14 @@ writeback_plan(int32 binding_id, const char *sql, Oid *ptypes)
 }
 
 /*
- * Write new statuses onto the order rows of one binding, as the table's
- * owner, with capture suppressed.  keys and statuses have n entries.
+ * Write new statuses or fee totals onto the order rows of one binding, as
+ * the table's owner, with capture suppressed: the binding's write-back
+ * statement, with the other fields NULL (it keeps a column whose field is
+ * NULL).  keys has n entries, and so do statuses and fee_totals where they
+ * are not NULL.
  */
-static void
-writeback_status(int32 binding_id, Datum *keys, Datum *statuses, int n)
+void
+tracking_writeback(int32 binding_id, Datum *keys, Datum *statuses, Datum *fee_totals, int n)
 {
 	Datum		arg = Int32GetDatum(binding_id);
 	Oid			relid;
@@ -567,9 +583,10 @@ writeback_status(int32 binding_id, Datum *keys, Datum *statuses, int n)
 		nulls[i] = true;
 	params[0] = text_array(keys, NULL, n);
 	params[1] = params[2] = params[4] = text_array(keys, nulls, n);
-	params[3] = text_array(statuses, NULL, n);
-	params[5] = PointerGetDatum(construct_md_array(keys, nulls, 1, dims, lbs, NUMERICOID,
-												   -1, false, TYPALIGN_INT));
+	params[3] = text_array(statuses ? statuses : keys, statuses ? NULL : nulls, n);
+	params[5] = PointerGetDatum(construct_md_array(fee_totals ? fee_totals : keys,
+												   fee_totals ? NULL : nulls, 1, dims, lbs,
+												   NUMERICOID, -1, false, TYPALIGN_INT));
 	plan = writeback_plan(binding_id, sql, ptypes);
 
 	shipsync_become_owner(owner, &save);
@@ -585,7 +602,39 @@ writeback_status(int32 binding_id, Datum *keys, Datum *statuses, int n)
 	}
 	PG_END_TRY();
 	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "write-back of tracking status failed: %s", SPI_result_code_string(rc));
+		elog(ERROR, "write-back of %s failed: %s", statuses ? "tracking status" : "fee totals",
+			 SPI_result_code_string(rc));
+}
+
+/*
+ * tracking_writeback() for orders of several bindings: one statement per
+ * binding.  bids, keys and statuses or fee_totals (one of them may be
+ * NULL) have n entries; bids is overwritten.
+ */
+void
+tracking_writeback_all(int32 *bids, Datum *keys, Datum *statuses, Datum *fee_totals, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		Datum	   *k_keys;
+		Datum	   *k_vals;
+		int			k = 0;
+		int32		bid = bids[i];
+
+		if (bid < 0)
+			continue;
+		k_keys = palloc(sizeof(Datum) * n);
+		k_vals = palloc(sizeof(Datum) * n);
+		for (int j = i; j < n; j++)
+			if (bids[j] == bid)
+			{
+				k_keys[k] = keys[j];
+				k_vals[k] = statuses ? statuses[j] : fee_totals[j];
+				k++;
+				bids[j] = -1;
+			}
+		tracking_writeback(bid, k_keys, statuses ? k_vals : NULL, statuses ? NULL : k_vals, k);
+	}
 }
 
 /*
@@ -678,28 +727,7 @@ tracking_apply_batch(TrackProvider *p, EventBatch *b, TrackSummary *sum)
 	}
 	sum->n_changed += nchanged;
 
-	/* write back, one statement per binding */
-	for (int i = 0; i < nchanged; i++)
-	{
-		Datum	   *keys;
-		Datum	   *sts;
-		int			k = 0;
-		int32		bid = c_bid[i];
-
-		if (bid < 0)
-			continue;
-		keys = palloc(sizeof(Datum) * nchanged);
-		sts = palloc(sizeof(Datum) * nchanged);
-		for (int j = i; j < nchanged; j++)
-			if (c_bid[j] == bid)
-			{
-				keys[k] = c_key[j];
-				sts[k] = c_status[j];
-				k++;
-				c_bid[j] = -1;
-			}
-		writeback_status(bid, keys, sts, k);
-	}
+	tracking_writeback_all(c_bid, c_key, c_status, NULL, nchanged);
 	for (int i = 0; i < nchanged; i++)
 		Async_Notify("shipsync", c_notify[i]);
 }
@@ -710,8 +738,11 @@ append_count(StringInfo buf, const char *name, int64 v)
 	appendStringInfo(buf, ", \"%s\": " INT64_FORMAT, name, v);
 }
 
-/* The answer a provider's pushes expect, as JSON, or NULL: any 2xx */
-static const char *
+/*
+ * The answer a provider's pushes (tracking and fees) expect, as JSON, or
+ * NULL: any 2xx
+ */
+const char *
 tracking_reply(TrackProvider *p)
 {
 	if (strcmp(p->dialect, "kuaidi100") == 0)
@@ -719,6 +750,58 @@ tracking_reply(TrackProvider *p)
 	if (strcmp(p->dialect, "sf_express") == 0)
 		return "{\"return_code\": \"0000\", \"return_msg\": \"\\u6210\\u529f\"}";
 	return NULL;
+}
+
+/* The fields param and sign of a kuaidi100 form, palloc'd, or NULL */
+static void
+form_fields(const char *body, size_t len, char **param, char **sign)
+{
+	/* malloc'd by signature.c: copied out at once */
+	char	   *volatile mp = shipsync_form_field(body, len, "param");
+	char	   *volatile ms = shipsync_form_field(body, len, "sign");
+
+	PG_TRY();
+	{
+		*param = mp ? pstrdup(mp) : NULL;
+		*sign = ms ? pstrdup(ms) : NULL;
+	}
+	PG_FINALLY();
+	{
+		free(mp);
+		free(ms);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * The first step of every push, tracking and fees alike: find the payload
+ * (the form's field param for kuaidi100, else the body) and check the
+ * signature over the bytes received, as the provider's dialect signs
+ * them; what (tracking, fee) names the push in messages.  Returns only if
+ * the signature is good: true with *payload (palloc'd, or the body
+ * itself), false when a kuaidi100 form has no param.
+ */
+bool
+tracking_verify_push(TrackProvider *p, const char *what, Jsonb *headers, const char *body,
+					 size_t len, char **payload, size_t *plen)
+{
+	char	   *param = NULL;
+	char	   *sign = NULL;
+
+	if (strcmp(p->dialect, "kuaidi100") == 0)
+		form_fields(body, len, &param, &sign);
+	verify_push(p, what, headers, body, len, param, sign);
+	if (strcmp(p->dialect, "kuaidi100") == 0)
+	{
+		if (param == NULL)
+			return false;
+		*payload = param;
+		*plen = strlen(param);
+		return true;
+	}
+	*payload = unconstify(char *, body);
+	*plen = len;
+	return true;
 }
 
 /*
@@ -730,43 +813,20 @@ static EventBatch *
 tracking_read_push(TrackProvider *p, const char *body, size_t len,
 				   Jsonb *headers)
 {
-	char	   *param = NULL;
-	char	   *sign = NULL;
+	char	   *payload;
+	size_t		plen;
 	TrackEventList list;
 	char		errbuf[256];
 	bool		ok;
 
-	if (strcmp(p->dialect, "kuaidi100") == 0)
-	{
-		/* form fields, malloc'd by signature.c: copied out at once */
-		char	   *volatile mp = shipsync_form_field(body, len, "param");
-		char	   *volatile ms = shipsync_form_field(body, len, "sign");
-
-		PG_TRY();
-		{
-			param = mp ? pstrdup(mp) : NULL;
-			sign = ms ? pstrdup(ms) : NULL;
-		}
-		PG_FINALLY();
-		{
-			free(mp);
-			free(ms);
-		}
-		PG_END_TRY();
-	}
-	verify_push(p, headers, body, len, param, sign);
-
-	if (param != NULL)
-		ok = shipsync_parse_tracking(p->dialect, param, strlen(param), &list,
-									 errbuf, sizeof(errbuf));
-	else if (strcmp(p->dialect, "kuaidi100") == 0)
+	if (tracking_verify_push(p, "tracking", headers, body, len, &payload, &plen))
+		ok = shipsync_parse_tracking(p->dialect, payload, plen, &list, errbuf, sizeof(errbuf));
+	else
 	{
 		ok = false;
 		memset(&list, 0, sizeof(list));
 		snprintf(errbuf, sizeof(errbuf), "the form has no field param");
 	}
-	else
-		ok = shipsync_parse_tracking(p->dialect, body, len, &list, errbuf, sizeof(errbuf));
 	if (!ok)
 	{
 		shipsync_free_tracking(&list);
@@ -809,7 +869,7 @@ shipsync_ingest_tracking(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	p = load_provider(pname);
+	p = tracking_load_provider(pname);
 	b = tracking_read_push(p, VARDATA_ANY(body_t), VARSIZE_ANY_EXHDR(body_t), headers);
 	tracking_apply_batch(p, b, &sum);
 
@@ -986,7 +1046,7 @@ shipsync_ingest_tracking_batch(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	p = load_provider(pname);
+	p = tracking_load_provider(pname);
 	for (int i = 0; i < n; i++)
 	{
 		text	   *t = bnulls[i] ? NULL : DatumGetTextPP(bodies[i]);
@@ -1152,7 +1212,7 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 		elog(ERROR, "looking for parked tracking events failed");
 	if (SPI_processed > 0)
 	{
-		TrackProvider *p = load_provider(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		TrackProvider *p = tracking_load_provider(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 		EventBatch *b = palloc0(sizeof(EventBatch));
 		TrackSummary sum = {0};
 
@@ -1260,7 +1320,7 @@ shipsync_status_final(PG_FUNCTION_ARGS)
 int64
 tracking_apply_pulled(const char *provider_name, const char *body, size_t len)
 {
-	TrackProvider *p = load_provider(provider_name);
+	TrackProvider *p = tracking_load_provider(provider_name);
 	TrackEventList list;
 	char		errbuf[256];
 	TrackSummary sum = {0};

@@ -110,5 +110,11 @@ line(l) AS (
 	UNION ALL
 	SELECT format('field_map %s', pg_catalog.to_jsonb(fm) - 'field_map_id' - 'created_at' - 'updated_at')
 	FROM shipsync.field_map fm WHERE fm.seeded
+	UNION ALL
+	SELECT format('fee_type %s', pg_catalog.to_jsonb(ft)) FROM shipsync.fee_type ft
+	UNION ALL
+	SELECT format('fee_type_map %s', pg_catalog.to_jsonb(tm)) FROM shipsync.fee_type_map tm WHERE tm.builtin
+	UNION ALL
+	SELECT format('currency %s', pg_catalog.to_jsonb(c)) FROM shipsync.currency c WHERE c.builtin
 )
 SELECT l FROM line ORDER BY l COLLATE "C";

@@ -208,6 +208,20 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 					free(l);
 				}
 			}
+			{
+				/* an amount, and the same bytes as a statement (NULs included) */
+				char	   *norm = malloc(size);
+				const char *why;
+				CsvReader	csv;
+				int			line;
+
+				(void) shipsync_amount_check(s, norm, &why);
+				free(norm);
+				shipsync_csv_init(&csv, (const char *) data + 1, size - 1, data[0] & 0x40 ? ';' : ',');
+				while (shipsync_csv_next(&csv, &line, err, sizeof(err)) == 1)
+					;
+				shipsync_csv_free(&csv);
+			}
 			break;
 		case 3:
 			if (size >= 9)

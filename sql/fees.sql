@@ -1,0 +1,382 @@
+-- Fees: every source and its errors (pushes of three dialects, create
+-- responses, statements CSV and JSON), revisions and their history,
+-- parking, the fee_total rule and its mixed-currency ticket, and each
+-- view on hand-made data whose sums are known.
+CREATE EXTENSION pg_shipsync;
+SET client_min_messages = warning;
+SET timezone = 'UTC';
+
+CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	st text; msg text; det text; hin text;
+BEGIN
+	EXECUTE q;
+	RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+	GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+		det = PG_EXCEPTION_DETAIL, hin = PG_EXCEPTION_HINT;
+	RETURN st || ': ' || msg || coalesce(E'\n  DETAIL: ' || nullif(det, ''), '')
+		|| coalesce(E'\n  HINT: ' || nullif(hin, ''), '');
+END
+$$;
+
+-- a generic fee push of lines, signed now with the provider's secret
+CREATE FUNCTION pg_temp.sw_headers(id text, body text) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT jsonb_build_object('Webhook-Id', id, 'Webhook-Timestamp', ts::text,
+		'Webhook-Signature', 'v1,' || encode(shipsync._hmac_sha256(
+			decode('MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'base64'),
+			convert_to(id || '.' || ts || '.' || body, 'UTF8')), 'base64'))
+	FROM (SELECT extract(epoch FROM now())::bigint AS ts) t
+$$;
+CREATE FUNCTION pg_temp.push(lines jsonb) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT shipsync.ingest_fees('gen', b, pg_temp.sw_headers('msg_' || md5(b), b))
+	FROM (SELECT jsonb_build_object('fees', lines)::text AS b) x
+$$;
+CREATE FUNCTION pg_temp.push_err(body text) RETURNS text LANGUAGE sql AS $$
+	SELECT pg_temp.err(format('SELECT shipsync.ingest_fees(%L, %L, %L)', 'gen', body,
+		pg_temp.sw_headers('msg_' || md5(body), body)))
+$$;
+-- the lines of the orders, short
+CREATE FUNCTION pg_temp.lines(tn text DEFAULT NULL)
+RETURNS TABLE (tracking_number text, fee_type text, fee_key text, quote boolean, order_key text,
+			   raw_type text, amount numeric, currency text, state text, source text, revision int)
+LANGUAGE sql AS $$
+	SELECT tracking_number, fee_type, fee_key, quote, order_key, raw_type, amount, currency,
+		   state, source, revision
+	FROM shipsync.fee_line WHERE tn IS NULL OR tracking_number = tn
+	ORDER BY tracking_number, fee_type, fee_key, quote DESC
+$$;
+
+------------------------------------------------------------------------------
+-- Providers, their fee options, an attached table and its shipments
+------------------------------------------------------------------------------
+SELECT shipsync.create_provider('gen', 'generic', 'https://carrier.example',
+	'{"webhook_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "fee_tolerance": {"abs": "0.50", "pct": 0}}');
+SELECT shipsync.create_provider('sf', 'sf_express', 'https://sfapi.example',
+	'{"auth": {"type": "sf_express", "partner_id": "P1", "checkword": "cw"}}');
+SELECT shipsync.create_provider('sf_open', 'sf_express', 'https://sfapi.example',
+	'{"accept_unsigned_pushes": true, "fee_pull_after": "2 days", "unbilled_after": "30 days",
+	  "auth": {"type": "sf_express", "partner_id": "P1", "checkword": "cw"}}');
+SELECT shipsync.create_provider('ep', 'easypost', 'https://api.easypost.example/v2',
+	'{"webhook_secret": "sécret", "auth": {"type": "basic", "username": "EZTK-key"}}');
+SELECT pg_temp.err($$SELECT shipsync.create_provider('x', 'generic', 'https://x.example', '{"fee_pull_after": "soon"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('x', 'generic', 'https://x.example', '{"unbilled_after": "-3 days"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('x', 'easypost', 'https://x.example',
+	'{"fee_pull_after": "1 day", "auth": {"type": "basic", "username": "k"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('x', 'generic', 'https://x.example', '{"fee_tolerance": {"abs": "1,00"}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('x', 'generic', 'https://x.example', '{"fee_tolerance": {"cents": 1}}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('x', 'generic', 'https://x.example', '{"currency": "RMB"}')$$);
+
+CREATE TABLE orders (id int PRIMARY KEY, waybill text, fee numeric(10,2));
+SELECT shipsync.attach('orders', 'gen', writeback => '{"tracking_number": "waybill", "fee_total": "fee"}');
+SELECT shipsync.pause('gen');
+INSERT INTO orders (id, waybill) SELECT g, 'T' || g FROM generate_series(1, 9) g;
+-- the shipments, as the dispatcher would have recorded them, in two months
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number,
+	provider_shipment_id, created_at)
+SELECT b.binding_id, g::text, b.provider_id, 'T' || g, 'shp_' || g,
+	   CASE WHEN g <= 6 THEN timestamptz '2026-03-10 12:00+00' ELSE timestamptz '2026-04-02 12:00+00' END
+FROM shipsync.binding b, generate_series(1, 9) g WHERE b.tbl = 'orders'::regclass;
+
+------------------------------------------------------------------------------
+-- Create responses: their fees are the quote (estimated lines)
+------------------------------------------------------------------------------
+-- what the dispatcher's apply sets on the shipment: one currency, the sum
+SELECT shipsync._quote_total('[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"insurance","amount":1.2,"currency":"CNY"}]', 1) AS one_currency,
+	   shipsync._quote_total('[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"LabelFee","amount":"3.00000","currency":"USD"}]', 1) AS two_currencies,
+	   shipsync._quote_total('[{"type":"LabelFee","amount":"3.00000"},{"type":"PostageFee","amount":"5.5"}]', 1) AS no_currency,
+	   shipsync._quote_total('[{"type":"freight","amount":"10","currency":"CNY"},{"type":"refund","amount":"-2","currency":"CNY"}]', 1) AS net_of_refund;
+-- and what it records: orders 1-6 quoted 12.50 + 1.20 CNY, order 7 in
+-- EasyPost's shape without a currency (XXX), orders 8 and 9 not quoted
+SELECT kind, n FROM shipsync._record_quotes(
+	ARRAY[1, 1, 1, 1, 1, 1, 1], ARRAY['1', '2', '3', '4', '5', '6', '7'], ARRAY[1, 1, 1, 1, 1, 1, 1],
+	ARRAY['T1', 'T2', 'T3', 'T4', 'T5', 'T6', 'T7'],
+	array_fill('{"id":"shp","fees":[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"insurance","amount":1.2,"currency":"CNY"}]}'::text, ARRAY[6])
+	|| '{"fees":[{"object":"Fee","type":"LabelFee","amount":"3.00000","charged":true},{"object":"Fee","type":"PostageFee","amount":"5.50000"}]}'::text)
+WHERE kind <> 'writeback';
+-- (the dispatcher's apply writes the shipment's total onto the order row
+-- with the rest of the create; here, by hand)
+UPDATE orders o SET fee = s.fee_total FROM shipsync.shipment s WHERE s.order_key = o.id::text;
+SELECT * FROM pg_temp.lines() WHERE tracking_number IN ('T1', 'T7');
+SELECT order_key, fee_total FROM shipsync.shipment WHERE order_key IN ('1', '7', '8') ORDER BY 1;
+-- the same response applied again (a replayed answer) changes nothing
+SELECT kind, n FROM shipsync._record_quotes(ARRAY[1], ARRAY['1'], ARRAY[1], ARRAY['T1'],
+	ARRAY['{"fees":[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"insurance","amount":1.2,"currency":"CNY"}]}'])
+WHERE kind IN ('new', 'revised', 'duplicate');
+
+------------------------------------------------------------------------------
+-- Pushes: signatures and payload errors, with the SQLSTATEs of ingest_tracking()
+------------------------------------------------------------------------------
+\set good '{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "12.50", "currency": "CNY"}]}'
+SELECT pg_temp.err($$SELECT shipsync.ingest_fees('gen', '{"fees": []}', '{}')$$);
+SELECT pg_temp.err(format('SELECT shipsync.ingest_fees(%L, %L, %L)', 'gen', :'good',
+	pg_temp.sw_headers('msg_1', :'good') || '{"Webhook-Signature": "v1,AAAA"}'));
+SELECT pg_temp.err(format('SELECT shipsync.ingest_fees(%L, %L, %L)', 'gen', :'good' || ' ',
+	pg_temp.sw_headers('msg_1', :'good')));
+SELECT pg_temp.err($$SELECT shipsync.ingest_fees('nobody', '{}', '{}')$$);
+SELECT pg_temp.err($$SELECT shipsync.ingest_fees('gen', NULL, '{}')$$);
+SELECT pg_temp.push_err('not json');
+SELECT pg_temp.push_err('{"events": []}');
+SELECT pg_temp.push_err('{"fees": [42]}');
+SELECT pg_temp.push_err('{"fees": [{"type": "freight", "amount": "1", "currency": "CNY"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "currency": "CNY"}]}');
+-- amounts: spaces and thousands separators refused, each clearly
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "12.50 ", "currency": "CNY"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1,234.50", "currency": "CNY"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "¥12.50", "currency": "CNY"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1e3", "currency": "CNY"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": {"value": 1}, "currency": "CNY"}]}');
+-- currency, words and times
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "12.50", "currency": "RMB"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "12.50"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "settlement": "weekly"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "payer": "shop"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "state": "estimated"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "billed_weight_kg": "-2"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "occurred_at": "2026/03/05"}]}');
+-- all or nothing: two good lines and a bad third store nothing
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY"},
+	{"tracking_number": "T2", "type": "freight", "amount": "2", "currency": "CNY"},
+	{"tracking_number": "T3", "type": "freight", "amount": "3 000", "currency": "CNY"}]}');
+SELECT count(*) AS bill_lines FROM shipsync.fee_line WHERE NOT quote;
+
+------------------------------------------------------------------------------
+-- Pushes: bills beside the quote, revisions, duplicates, keys, parking
+------------------------------------------------------------------------------
+SELECT pg_temp.push('[{"tracking_number": "T1", "type": "freight", "amount": "13.00", "currency": "CNY",
+		"settlement": "monthly", "payer": "sender", "billed_weight_kg": 1.25, "occurred_at": "2026-03-11T08:00:00+08:00"},
+	{"tracking_number": "T1", "type": "insurance", "amount": 1.2, "currency": "CNY"},
+	{"tracking_number": "T2", "type": "Freight", "amount": "12.50", "currency": "CNY"},
+	{"tracking_number": "T2", "type": "insurance", "amount": "1.20", "currency": "CNY"}]');
+-- the same notice again: nothing changes
+SELECT pg_temp.push('[{"tracking_number": "T1", "type": "freight", "amount": "13.00", "currency": "CNY"},
+	{"tracking_number": "T1", "type": "insurance", "amount": "1.20", "currency": "CNY"}]');
+-- a revision: the carrier corrects T1's freight
+SELECT pg_temp.push('[{"tracking_number": "T1", "type": "freight", "amount": "12.50", "currency": "CNY"}]');
+-- the first notice again, late: a notice seen before changes nothing
+SELECT pg_temp.push('[{"tracking_number": "T1", "type": "freight", "amount": "13.00", "currency": "CNY",
+		"settlement": "monthly", "payer": "sender", "billed_weight_kg": 1.25, "occurred_at": "2026-03-11T08:00:00+08:00"}]')->>'duplicate' AS late_duplicate;
+-- a notice older than the line's version changes nothing: T2's insurance
+-- revised on the 12th, a notice of the 11th comes late, the 13th's
+-- restores it
+SELECT pg_temp.push('[{"tracking_number": "T2", "type": "insurance", "amount": "1.30", "currency": "CNY", "occurred_at": "2026-03-12T00:00:00Z"}]')->>'revised' AS revised;
+SELECT pg_temp.push('[{"tracking_number": "T2", "type": "insurance", "amount": "9.99", "currency": "CNY", "occurred_at": "2026-03-11T00:00:00Z"}]')->>'duplicate' AS older_notice;
+SELECT pg_temp.push('[{"tracking_number": "T2", "type": "insurance", "amount": "1.20", "currency": "CNY", "occurred_at": "2026-03-13T00:00:00Z"}]')->>'revised' AS revised;
+SELECT * FROM pg_temp.lines('T1');
+SELECT f.fee_type, h.revision, h.amount, h.state, h.source, h.settlement, h.billed_weight_kg,
+	   h.occurred_at, h.superseded_source, h.superseded_by = session_user AS by_me,
+	   h.superseded_at >= h.recorded_at AS later
+FROM shipsync.fee_line_history h JOIN shipsync.fee_line f USING (fee_line_id)
+ORDER BY f.tracking_number, f.fee_type, h.revision;
+-- what a revision leaves out is kept
+SELECT settlement, payer, billed_weight_kg, occurred_at FROM shipsync.fee_line
+WHERE tracking_number = 'T1' AND fee_type = 'freight' AND NOT quote;
+-- the order rows carry the bill once there is one (the quote before):
+-- order 1 billed 12.50 + 1.20 after the revision, order 2 12.50 + 1.20,
+-- order 3 not billed yet
+SELECT id, fee FROM orders WHERE id IN (1, 2, 3) ORDER BY id;
+-- lines with the carrier's keys, and two of a type without one
+SELECT pg_temp.push('[{"tracking_number": "T3", "type": "surcharge", "amount": "2", "currency": "CNY", "key": "remote"},
+	{"tracking_number": "T3", "type": "surcharge", "amount": "3", "currency": "CNY", "key": "oversize"},
+	{"tracking_number": "T3", "type": "remote_area", "amount": "1.50", "currency": "CNY"},
+	{"tracking_number": "T3", "type": "oversize", "amount": "2.50", "currency": "CNY"},
+	{"tracking_number": "T3", "type": "fuel", "amount": "0.40", "currency": "CNY"},
+	{"tracking_number": "T3", "type": "fuel", "amount": "0.60", "currency": "CNY"},
+	{"tracking_number": "T3", "type": "freight", "amount": "12.50", "currency": "CNY"},
+	{"tracking_number": "T3", "type": "carbon", "amount": "0.10", "currency": "CNY"}]');
+SELECT * FROM pg_temp.lines('T3') WHERE NOT quote;
+-- unknown tracking numbers are parked, and matched when the shipment appears
+SELECT pg_temp.push('[{"tracking_number": "T10", "type": "freight", "amount": "20", "currency": "CNY"},
+	{"tracking_number": "GHOST-1", "type": "freight", "amount": "8.80", "currency": "CNY"}]');
+SELECT tracking_number, order_key, amount FROM shipsync.fee_line WHERE binding_id IS NULL ORDER BY 1;
+INSERT INTO orders (id, waybill) VALUES (10, 'T10');
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, provider_shipment_id, created_at)
+VALUES (1, '10', 1, 'T10', 'shp_10', '2026-04-03 09:00+00');
+SELECT kind, n, order_key, fee_total FROM shipsync._record_quotes(ARRAY[1], ARRAY['10'], ARRAY[1], ARRAY['T10'], ARRAY[NULL::text])
+WHERE n <> 0 OR kind = 'writeback';
+SELECT tracking_number, order_key, amount FROM shipsync.fee_line WHERE tracking_number IN ('T10', 'GHOST-1') ORDER BY 1;
+
+------------------------------------------------------------------------------
+-- The fee_total rule: refunds, and a mixed-currency order
+------------------------------------------------------------------------------
+SELECT pg_temp.push('[{"tracking_number": "T4", "type": "freight", "amount": "12.50", "currency": "CNY"},
+	{"tracking_number": "T4", "type": "insurance", "amount": "1.20", "currency": "CNY"},
+	{"tracking_number": "T4", "type": "refund", "amount": "-2.00", "currency": "CNY", "state": "refunded"}]');
+SELECT id, fee FROM orders WHERE id = 4;
+SELECT pg_temp.push('[{"tracking_number": "T5", "type": "freight", "amount": "12.50", "currency": "CNY"},
+	{"tracking_number": "T5", "type": "tax", "amount": "1.80", "currency": "USD"}]');
+SELECT id, fee FROM orders WHERE id = 5;
+SELECT kind, order_key, detail, resolved_at IS NULL AS open FROM shipsync.exception_ticket
+WHERE kind = 'fee_currency_mixed';
+-- the carrier corrects the tax into CNY: one currency again, total written, ticket resolved
+SELECT pg_temp.push('[{"tracking_number": "T5", "type": "tax", "amount": "13.00", "currency": "CNY"}]');
+SELECT id, fee FROM orders WHERE id = 5;
+SELECT kind, order_key, resolved_at IS NULL AS open FROM shipsync.exception_ticket
+WHERE kind = 'fee_currency_mixed';
+
+------------------------------------------------------------------------------
+-- SF Express: fee pushes only with accept_unsigned_pushes, read by field map
+------------------------------------------------------------------------------
+\set sf_push '{"waybillInfo": {"waybillNo": "SF1001", "meterageWeightQty": 2.5, "realWeightQty": 2.1}, "waybillFeeList": [{"feeName": "运费", "feeAmt": 23.00, "settlementTypeCode": "2"}, {"feeName": "保价费", "feeAmt": "2.00", "settlementTypeCode": "2"}, {"feeName": "燃油附加费", "feeAmt": 1.15, "settlementTypeCode": "1"}, {"feeName": "包装费", "feeAmt": 3, "settlementTypeCode": "2"}]}'
+SELECT pg_temp.err(format('SELECT shipsync.ingest_fees(%L, %L)', 'sf', :'sf_push'));
+SELECT shipsync.ingest_fees('sf_open', :'sf_push');
+SELECT tracking_number, fee_type, raw_type, amount, currency, settlement, billed_weight_kg, state
+FROM shipsync.fee_line WHERE tracking_number = 'SF1001' ORDER BY fee_type;
+SELECT pg_temp.err(format('SELECT shipsync.ingest_fees(%L, %L)', 'sf_open',
+	replace(:'sf_push', '"settlementTypeCode": "1"', '"settlementTypeCode": "9"')));
+
+------------------------------------------------------------------------------
+-- EasyPost: the fees of a tracker.updated Event, X-Hmac-Signature
+------------------------------------------------------------------------------
+\set ep_body '{"id":"evt_1","object":"Event","description":"tracker.updated","result":{"id":"trk_1","object":"Tracker","tracking_code":"EZ1000000001","status":"in_transit","fees":[{"object":"Fee","type":"TrackerFee","amount":"0.02000","charged":true,"refunded":false}]}}'
+SELECT shipsync.ingest_fees('ep', :'ep_body', jsonb_build_object('X-Hmac-Signature', 'hmac-sha256-hex='
+	|| encode(shipsync._hmac_sha256(convert_to(normalize('sécret', NFKD), 'UTF8'), convert_to(:'ep_body', 'UTF8')), 'hex')));
+SELECT tracking_number, fee_type, raw_type, amount, currency, state FROM shipsync.fee_line WHERE tracking_number = 'EZ1000000001';
+SELECT pg_temp.err(format('SELECT shipsync.ingest_fees(%L, %L, %L)', 'ep', :'ep_body',
+	'{"X-Hmac-Signature": "hmac-sha256-hex=00"}'));
+
+------------------------------------------------------------------------------
+-- Statements: CSV with Chinese headers (the sf_express profile's columns),
+-- BOM, CRLF, quoted fields
+------------------------------------------------------------------------------
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+VALUES (1, '8', 3, 'SF2001', '2026-03-20 10:00+00'), (1, '9', 3, 'SF2002', '2026-03-21 10:00+00');
+-- (the body starts with a byte order mark, as Excel writes it)
+CREATE TABLE st (n int PRIMARY KEY, body text);
+INSERT INTO st VALUES (1, E'\uFEFF运单号,费用类型,金额,币种,结算方式,付款方式,计费重量,寄件时间\r\n'
+	'SF2001,运费,23.00,CNY,月结,寄付,2.5,2026-03-20 10:00:00\r\n'
+	'SF2001,保价费,"2.00",CNY,月结,寄付,2.5,2026-03-20 10:00:00\r\n'
+	'"SF2002","运费",18,CNY,现结,到付,1.0,2026-03-21 11:30:00\r\n'
+	'SF9999,运费,15.00,CNY,月结,寄付,1.2,2026-03-22 09:00:00\r\n');
+SELECT shipsync.import_statement('sf_open', body) FROM st WHERE n = 1;
+SELECT tracking_number, fee_type, raw_type, amount, settlement, payer, billed_weight_kg, occurred_at,
+	   order_key, source, statement_id IS NOT NULL AS from_statement
+FROM shipsync.fee_line WHERE tracking_number LIKE 'SF2%' OR tracking_number = 'SF9999' ORDER BY 1, 2;
+SELECT to_char(period, 'YYYY-MM') AS period, format, lines, totals, errors,
+	   imported_by = session_user AS by_me, length(digest)
+FROM shipsync.statement;
+-- the same body again: a no-op answering with the statement it already is
+SELECT shipsync.import_statement('sf_open', body) FROM st WHERE n = 1;
+SELECT count(*) AS statements FROM shipsync.statement;
+
+-- a bad line: its number (the header is line 1) and column, and nothing stored
+INSERT INTO st VALUES (2, E'运单号,费用类型,金额,币种\nSF2003,运费,9.00,CNY\nSF2004,运费,"1,234.50",CNY\nSF2005,运费,7.00,CNY\n');
+SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', body, options => '{"period": "2026-03"}') FROM st WHERE n = 2$$);
+SELECT count(*) AS lines_of_that_statement FROM shipsync.fee_line WHERE tracking_number IN ('SF2003', 'SF2005');
+-- on_error = skip: the bad line kept in errors, the rest stored
+SELECT shipsync.import_statement('sf_open', body, options => '{"period": "2026-02", "on_error": "skip"}') FROM st WHERE n = 2;
+SELECT to_char(period, 'YYYY-MM') AS period, lines, totals, errors FROM shipsync.statement WHERE period = '2026-02-01';
+-- other bad lines and statements
+SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种\nSF2003,运费,9.00\n', options => '{"period": "2026-03"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种\nSF2003,运费,9.00,CNY\nSF2004,"运费,9.00,CNY\n', options => '{"period": "2026-03"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,币种\nSF2003,运费,CNY\n', options => '{"period": "2026-03"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种\nSF2003,运费,9.00,HKX\n', options => '{"period": "2026-03"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种,寄件时间\nSF2003,运费,9.00,CNY,2026-03-31 23:00:00\nSF2004,运费,9.00,CNY,2026-04-01 09:00:00\n')$$);
+SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', '')$$);
+SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', 'a,b', 'xml')$$);
+SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', 'a,b', options => '{"sep": ";"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', 'a,b', options => '{"period": "March"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', 'a,b', options => '{"columns": {"cost": "a"}}')$$);
+
+-- options.columns, another delimiter, a time zone from the provider
+SELECT shipsync.import_statement('gen', E'Waybill;Fee;Cost (CNY);Cur;Key\nT6;freight;12.50;CNY;L-6-1\nT6;insurance;1.20;CNY;L-6-2\n',
+	options => '{"delimiter": ";", "period": "2026-03", "columns": {"tracking_number": "Waybill", "type": "Fee", "amount": "Cost (CNY)", "currency": "Cur", "key": "Key"}}');
+SELECT tracking_number, fee_type, fee_key, amount FROM shipsync.fee_line WHERE tracking_number = 'T6' AND NOT quote ORDER BY 2;
+
+-- a corrected statement of the same month supersedes the first line by line:
+-- SF2001's freight revised, its insurance billed no more (withdrawn), the rest unchanged
+INSERT INTO st VALUES (3, E'运单号,费用类型,金额,币种,寄件时间\n'
+	'SF2001,运费,21.00,CNY,2026-03-20 10:00:00\n'
+	'SF2002,运费,18,CNY,2026-03-21 11:30:00\n'
+	'SF9999,运费,15.00,CNY,2026-03-22 09:00:00\n');
+SELECT shipsync.import_statement('sf_open', body) FROM st WHERE n = 3;
+SELECT statement_id, to_char(period, 'YYYY-MM') AS period, lines, totals, supersedes, superseded_by
+FROM shipsync.statement WHERE provider_id = 3 AND period = '2026-03-01' ORDER BY 1;
+-- another account's statement of the same month supersedes nothing
+SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种\nSF2002,保价费,1.00,CNY\n',
+	options => '{"period": "2026-03", "account": "7550000002"}') ->> 'supersedes' AS supersedes;
+SELECT tracking_number, fee_type, amount, state, revision FROM shipsync.fee_line
+WHERE tracking_number IN ('SF2001', 'SF2002') ORDER BY 1, 2;
+SELECT f.tracking_number, f.fee_type, h.revision, h.amount, h.state, h.superseded_source
+FROM shipsync.fee_line_history h JOIN shipsync.fee_line f USING (fee_line_id)
+WHERE f.tracking_number = 'SF2001' ORDER BY 2, 3;
+
+-- a JSON statement: an array of fee objects as in a push
+SELECT shipsync.import_statement('gen', '[{"tracking_number": "T7", "type": "LabelFee", "amount": "3.00000", "currency": "USD", "occurred_at": "2026-04-03T00:00:00Z"},
+	{"tracking_number": "T7", "type": "PostageFee", "amount": "5.90000", "currency": "USD", "occurred_at": "2026-04-03T00:00:00Z"}]', 'json');
+SELECT pg_temp.err($$SELECT shipsync.import_statement('gen', '[{"tracking_number": "T7", "type": "x", "amount": "3", "currency": "USD"}, {"tracking_number": "T7", "type": "y", "amount": "3 USD", "currency": "USD"}]', 'json', '{"period": "2026-04"}')$$);
+
+------------------------------------------------------------------------------
+-- field_map rows of directions fee and statement are checked
+------------------------------------------------------------------------------
+SELECT pg_temp.err($$INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('t', 'fee', 'cost', 'x')$$);
+SELECT pg_temp.err($$INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('t', 'statement', 'amount', '')$$);
+SELECT pg_temp.err($$INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('t', 'fee', 'amount', 'option:x')$$);
+SELECT pg_temp.err($$INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('t', 'statement', 'fees', 'x')$$);
+INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('t', 'statement', 'amount', 'Amount (CNY), incl. tax');
+SELECT profile, direction, target_path, source, seeded FROM shipsync.field_map WHERE profile = 't';
+
+------------------------------------------------------------------------------
+-- The views, on these hand-made lines
+------------------------------------------------------------------------------
+-- deliveries: order 7 long ago and billed (the JSON statement), order 8
+-- long ago and never billed, order 9 yesterday (not due yet)
+INSERT INTO shipsync.tracking_event (provider_id, event_key, tracking_number, binding_id, order_key, occurred_at, status)
+VALUES (1, 'd-7', 'T7', 1, '7', '2020-01-05 10:00+00', 'delivered'),
+	   (1, 'd-8', 'T8', 1, '8', '2020-01-06 10:00+00', 'delivered'),
+	   (1, 'd-9', 'T9', 1, '9', now() - interval '1 day', 'delivered');
+-- a waybill charged twice for one fee type
+SELECT pg_temp.push('[{"tracking_number": "T2", "type": "freight", "amount": "12.50", "currency": "CNY", "key": "again"}]');
+
+SELECT order_key, currency, estimated, charged, refunded, net, lines FROM shipsync.order_fees
+ORDER BY order_key::int, currency;
+SELECT provider, to_char(month, 'YYYY-MM') AS month, currency, shipments, estimated, charged,
+	   refunded, net, difference, unbilled, unknown_waybills
+FROM shipsync.settlement WHERE month < '2026-12-01' ORDER BY provider, month, currency NULLS FIRST;
+-- (lines without a time count in the month they were recorded)
+SELECT provider, currency, charged, unknown_waybills FROM shipsync.settlement
+WHERE month = date_trunc('month', now())::date ORDER BY 1, 2;
+SELECT kind, provider, order_key, tracking_number, fee_type, currency, estimated, billed, difference, detail
+FROM shipsync.fee_difference ORDER BY kind, provider, tracking_number, fee_type;
+-- the tolerance: 0.50 so far, so T1's bill, equal to its quote, is none;
+-- a percentage widens it to 60% of each quote (8.22)
+UPDATE shipsync.provider SET options = options || '{"fee_tolerance": {"abs": "0.01", "pct": 60}}' WHERE name = 'gen';
+SELECT kind, tracking_number FROM shipsync.fee_difference WHERE kind = 'amount_mismatch' ORDER BY 2;
+UPDATE shipsync.provider SET options = options || '{"unbilled_after": "10000 days"}' WHERE name = 'gen';
+SELECT count(*) AS unbilled FROM shipsync.fee_difference WHERE kind = 'unbilled';
+
+------------------------------------------------------------------------------
+-- trace(): fee lines and their revisions, in time order
+------------------------------------------------------------------------------
+SELECT kind, detail->>'fee_type' AS fee_type, detail->>'amount' AS amount, detail->>'state' AS state,
+	   detail->>'source' AS source, detail->>'revision' AS revision, detail->>'current' AS current
+FROM shipsync.trace('orders', '1') WHERE kind = 'fee'
+ORDER BY detail->>'fee_type', (detail->>'revision')::int, detail->>'source';
+
+-- readers see the views
+SET ROLE shipsync_reader;
+SELECT count(*) > 0 AS reads_order_fees FROM shipsync.order_fees;
+SELECT count(*) > 0 AS reads_settlement FROM shipsync.settlement;
+SELECT count(*) > 0 AS reads_fee_difference FROM shipsync.fee_difference;
+SELECT pg_temp.err($$SELECT shipsync.ingest_fees('gen', '{}')$$);
+RESET ROLE;
+
+-- the receiver's role (shipsync_ingest) may push fees, and do nothing else
+SELECT b, pg_temp.sw_headers('msg_ingest', b) AS h
+FROM (SELECT '{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "12.00", "currency": "CNY", "key": "ingest"}]}' AS b) x \gset
+SET ROLE shipsync_ingest;
+SELECT shipsync.ingest_fees('gen', :'b', :'h') - 'provider' AS pushed;
+SELECT pg_temp.err($$SELECT count(*) FROM shipsync.fee_line$$);
+SELECT pg_temp.err($$SELECT count(*) FROM shipsync.settlement$$);
+SELECT pg_temp.err($$SELECT shipsync.import_statement('gen', 'tracking_number,type,amount,currency')$$);
+RESET ROLE;
+
+-- an admin maps a carrier's code and adds a currency; both are audited
+SET ROLE shipsync_admin;
+INSERT INTO shipsync.fee_type_map (profile, code, fee_type) VALUES ('generic', 'FUEL_SURCHARGE', 'fuel');
+INSERT INTO shipsync.currency (code, name) VALUES ('ZZZ', 'A private unit of account');
+UPDATE shipsync.fee_type_map SET fee_type = 'surcharge' WHERE profile = 'generic' AND code = 'FUEL_SURCHARGE';
+SELECT pg_temp.err($$INSERT INTO shipsync.fee_line (provider_id) VALUES (1)$$);
+RESET ROLE;
+SELECT action, object_kind, object_name, old_value, new_value
+FROM shipsync.audit_log WHERE object_kind IN ('fee_type_map', 'currency') ORDER BY audit_id;

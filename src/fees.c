@@ -1,0 +1,903 @@
+/*-------------------------------------------------------------------------
+ *
+ * fees.c
+ *		Fee lines from every source: shipsync.ingest_fees(), the fees of
+ *		create responses, of pulls, and the shared reading and storing.
+ *
+ * Every source ends in the same two steps.  First each line is read and
+ * checked here, in C, one at a time, so that a bad one is reported with
+ * its place (fee 3 of a push, line 57 and column 金额 of a statement):
+ * amounts strictly (money.c: numeric, never float; no spaces, thousands
+ * separators or currency signs), the currency against shipsync.currency,
+ * settlement, payer and state against their words, times as ISO 8601
+ * (zone-less ones in the provider's time zone).  Then the whole batch goes
+ * to shipsync._store_fees() in one statement, set-based: codes mapped to
+ * canonical fee types (fee_type_map), lines matched to shipments by
+ * tracking number or parked, revisions upserted (the previous version
+ * kept by a trigger in fee_line_history), and the fee_total of each
+ * touched order computed; here the totals that changed are written onto
+ * the order rows through the binding's write-back statement (tracking.c).
+ *
+ * Where a JSON payload keeps its lines, and what each field is called, is
+ * data: shipsync.field_map rows of direction fee for the provider's
+ * profile (a field without a row has its canonical name).  A source path
+ * is read in the fee object, else from the document's root (SF's waybill
+ * number sits beside its fee list); a string met on a path that goes on
+ * is read as JSON (SF's apiResultData).  Payloads are read with
+ * PostgreSQL's jsonb, whose numbers are numeric: "12.50000" and 12.5 are
+ * read as written, never through a double.
+ *
+ * ingest_fees() runs as the extension's owner (SECURITY DEFINER): the
+ * push is checked as the dialect's tracking pushes are (tracking.c), with
+ * the same SQLSTATEs, and all of it is stored or nothing.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "pg_shipsync.h"
+#include "dispatcher.h"
+
+PG_FUNCTION_INFO_V1(shipsync_ingest_fees);
+
+/* the names of the fields, indexed by FeeField */
+const char *const fee_field_names[FEE_NFIELDS] = {
+	"tracking_number", "type", "amount", "currency", "key", "settlement",
+	"payer", "billed_weight_kg", "state", "occurred_at"
+};
+
+static SPIPlanPtr store_plan = NULL;
+static SPIPlanPtr currency_plan = NULL;
+static SPIPlanPtr map_plan = NULL;
+
+/* ---------- the batch ---------- */
+
+/* _store_fees() argument order, after src, stmt, replaces, who */
+enum
+{
+	COL_PID, COL_BID, COL_OK, COL_TN, COL_CODE, COL_AMOUNT, COL_CUR, COL_KEY,
+	COL_SETTLE, COL_PAYER, COL_WEIGHT, COL_STATE, COL_AT, NCOLS
+};
+
+static const Oid col_types[NCOLS] = {
+	INT4OID, INT4OID, TEXTOID, TEXTOID, TEXTOID, NUMERICOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, NUMERICOID, TEXTOID, TIMESTAMPTZOID
+};
+
+struct FeeBatch
+{
+	int			n;
+	int			cap;
+	Datum	   *v[NCOLS];
+	bool	   *null[NCOLS];
+};
+
+FeeBatch *
+fees_batch_create(void)
+{
+	FeeBatch   *b = palloc0(sizeof(FeeBatch));
+
+	b->cap = 64;
+	for (int c = 0; c < NCOLS; c++)
+	{
+		b->v[c] = palloc(sizeof(Datum) * b->cap);
+		b->null[c] = palloc(sizeof(bool) * b->cap);
+	}
+	return b;
+}
+
+int
+fees_batch_size(FeeBatch *b)
+{
+	return b->n;
+}
+
+static int
+batch_row(FeeBatch *b)
+{
+	if (b->n == b->cap)
+	{
+		b->cap *= 2;
+		for (int c = 0; c < NCOLS; c++)
+		{
+			b->v[c] = repalloc(b->v[c], sizeof(Datum) * b->cap);
+			b->null[c] = repalloc(b->null[c], sizeof(bool) * b->cap);
+		}
+	}
+	for (int c = 0; c < NCOLS; c++)
+		b->null[c][b->n] = true;
+	return b->n++;
+}
+
+static void
+batch_set(FeeBatch *b, int row, int col, Datum v)
+{
+	b->v[col][row] = v;
+	b->null[col][row] = false;
+}
+
+static Datum
+batch_array(FeeBatch *b, int col)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {b->n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(col_types[col], &typlen, &typbyval, &typalign);
+	if (b->n == 0)
+		return PointerGetDatum(construct_empty_array(col_types[col]));
+	return PointerGetDatum(construct_md_array(b->v[col], b->null[col], 1, dims, lbs,
+											  col_types[col], typlen, typbyval, typalign));
+}
+
+/* The amounts, currencies or times of the batch as an array (statements) */
+Datum
+fees_batch_field(FeeBatch *b, FeeField f)
+{
+	switch (f)
+	{
+		case FEE_AMOUNT:
+			return batch_array(b, COL_AMOUNT);
+		case FEE_CURRENCY:
+			return batch_array(b, COL_CUR);
+		case FEE_OCCURRED_AT:
+			return batch_array(b, COL_AT);
+		default:
+			elog(ERROR, "fee field %d is not kept as an array", (int) f);
+	}
+	return (Datum) 0;
+}
+
+/* ---------- checking one line ---------- */
+
+/* The ISO 4217 codes of shipsync.currency, sorted: read once per call */
+static int
+cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/*
+ * What the lines of one provider are checked against.  SPI must be
+ * connected.  default_currency is the provider's option currency, or what
+ * its dialect bills in, or NULL.
+ */
+FeeContext *
+fees_context(TrackProvider *p)
+{
+	FeeContext *c = palloc0(sizeof(FeeContext));
+	Datum		arg = Int32GetDatum(p->id);
+
+	if (currency_plan == NULL)
+	{
+		Oid			t[1] = {INT4OID};
+
+		currency_plan = shipsync_prepare_saved(
+			"SELECT (SELECT pg_catalog.array_agg(c.code ORDER BY c.code COLLATE \"C\")"
+			"   FROM shipsync.currency c),"
+			" shipsync._fee_currency(p.options, p.dialect)"
+			" FROM shipsync.provider p WHERE p.provider_id = $1", 1, t);
+	}
+	if (SPI_execute_plan(currency_plan, &arg, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "reading the currencies failed");
+	{
+		bool		isnull;
+		Datum		a = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		Datum	   *elems;
+		int			n = 0;
+
+		if (!isnull)
+			deconstruct_array(DatumGetArrayTypeP(a), TEXTOID, -1, false, TYPALIGN_INT,
+							  &elems, NULL, &n);
+		c->currencies = palloc(sizeof(char *) * Max(n, 1));
+		for (int i = 0; i < n; i++)
+			c->currencies[i] = TextDatumGetCString(elems[i]);
+		c->ncurrencies = n;
+		c->default_currency = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	}
+	c->provider = p;
+	return c;
+}
+
+static bool
+known_currency(FeeContext *c, const char *code)
+{
+	return bsearch(&code, c->currencies, c->ncurrencies, sizeof(char *), cmp_str) != NULL;
+}
+
+static bool
+one_of(const char *s, const char *const *words)
+{
+	for (int i = 0; words[i]; i++)
+		if (strcmp(s, words[i]) == 0)
+			return true;
+	return false;
+}
+
+/* A field's problem: the field's name and what is wrong, for the caller */
+static bool
+bad(FeeProblem *pr, FeeField f, char *fmt,...) pg_attribute_printf(3, 4);
+
+static bool
+bad(FeeProblem *pr, FeeField f, char *fmt,...)
+{
+	va_list		ap;
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (;;)
+	{
+		int			needed;
+
+		va_start(ap, fmt);
+		needed = appendStringInfoVA(&buf, fmt, ap);
+		va_end(ap);
+		if (needed == 0)
+			break;
+		enlargeStringInfo(&buf, needed);
+	}
+	pr->field = f;
+	pr->message = buf.data;
+	return false;
+}
+
+/* A decimal read strictly; false with the problem set */
+static bool
+read_decimal(FeeField f, const char *s, Datum *out, FeeProblem *pr)
+{
+	char	   *norm = palloc(strlen(s) + 1);
+	const char *why;
+
+	if (!shipsync_amount_check(s, norm, &why))
+		return bad(pr, f, "\"%s\" %s; amounts are written with digits and at most one decimal point, without spaces, thousands separators or currency signs", s, why);
+	*out = DirectFunctionCall3(numeric_in, CStringGetDatum(norm),
+							   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	return true;
+}
+
+/*
+ * Check one line and add it to the batch; false, with the problem set and
+ * nothing added, when a field cannot be taken.
+ */
+bool
+fees_add_line(FeeContext *c, FeeBatch *b, char **v, FeeProblem *pr)
+{
+	static const char *const settlements[] = {"monthly", "cash", NULL};
+	static const char *const payers[] = {"sender", "receiver", "third_party", NULL};
+	static const char *const states[] = {"charged", "refunded", "adjusted", NULL};
+	Datum		amount;
+	Datum		weight = (Datum) 0;
+	Datum		at = (Datum) 0;
+	const char *cur = v[FEE_CURRENCY] ? v[FEE_CURRENCY] : c->default_currency;
+	int			r;
+
+	if (v[FEE_TRACKING_NUMBER] == NULL || v[FEE_TRACKING_NUMBER][0] == '\0')
+		return bad(pr, FEE_TRACKING_NUMBER, "the tracking number is missing");
+	if (v[FEE_TYPE] == NULL || v[FEE_TYPE][0] == '\0')
+		return bad(pr, FEE_TYPE, "the fee type is missing");
+	if (v[FEE_AMOUNT] == NULL)
+		return bad(pr, FEE_AMOUNT, "the amount is missing");
+	if (!read_decimal(FEE_AMOUNT, v[FEE_AMOUNT], &amount, pr))
+		return false;
+	if (cur == NULL || cur[0] == '\0')
+		return bad(pr, FEE_CURRENCY, "the currency is missing and provider \"%s\" has no option currency",
+				   c->provider->name);
+	if (!known_currency(c, cur))
+		return bad(pr, FEE_CURRENCY, "unknown currency \"%s\": not an ISO 4217 code of shipsync.currency%s",
+				   cur, strcmp(cur, "RMB") == 0 ? " (the renminbi is CNY)" : "");
+	if (v[FEE_SETTLEMENT] && !one_of(v[FEE_SETTLEMENT], settlements))
+		return bad(pr, FEE_SETTLEMENT, "settlement \"%s\" is neither monthly nor cash", v[FEE_SETTLEMENT]);
+	if (v[FEE_PAYER] && !one_of(v[FEE_PAYER], payers))
+		return bad(pr, FEE_PAYER, "payer \"%s\" is not sender, receiver or third_party", v[FEE_PAYER]);
+	if (v[FEE_STATE] && !one_of(v[FEE_STATE], states))
+		return bad(pr, FEE_STATE, "state \"%s\" is not charged, refunded or adjusted%s", v[FEE_STATE],
+				   strcmp(v[FEE_STATE], "estimated") == 0 ? " (estimates come from create responses only)" : "");
+	if (v[FEE_WEIGHT])
+	{
+		if (!read_decimal(FEE_WEIGHT, v[FEE_WEIGHT], &weight, pr))
+			return false;
+		if (v[FEE_WEIGHT][0] == '-')
+			return bad(pr, FEE_WEIGHT, "the billed weight \"%s\" is negative", v[FEE_WEIGHT]);
+	}
+	if (v[FEE_OCCURRED_AT] && !tracking_read_time(c->provider, v[FEE_OCCURRED_AT], &at))
+		return bad(pr, FEE_OCCURRED_AT, "\"%s\" is not an ISO 8601 date and time (times without a zone are read in the provider's option timezone)",
+				   v[FEE_OCCURRED_AT]);
+
+	r = batch_row(b);
+	batch_set(b, r, COL_PID, Int32GetDatum(c->provider->id));
+	batch_set(b, r, COL_TN, CStringGetTextDatum(v[FEE_TRACKING_NUMBER]));
+	batch_set(b, r, COL_CODE, CStringGetTextDatum(v[FEE_TYPE]));
+	batch_set(b, r, COL_AMOUNT, amount);
+	batch_set(b, r, COL_CUR, CStringGetTextDatum(cur));
+	if (v[FEE_KEY] && v[FEE_KEY][0])
+		batch_set(b, r, COL_KEY, CStringGetTextDatum(v[FEE_KEY]));
+	if (v[FEE_SETTLEMENT])
+		batch_set(b, r, COL_SETTLE, CStringGetTextDatum(v[FEE_SETTLEMENT]));
+	if (v[FEE_PAYER])
+		batch_set(b, r, COL_PAYER, CStringGetTextDatum(v[FEE_PAYER]));
+	if (v[FEE_WEIGHT])
+		batch_set(b, r, COL_WEIGHT, weight);
+	if (v[FEE_STATE])
+		batch_set(b, r, COL_STATE, CStringGetTextDatum(v[FEE_STATE]));
+	if (v[FEE_OCCURRED_AT])
+		batch_set(b, r, COL_AT, at);
+	return true;
+}
+
+/* ---------- the field map ---------- */
+
+/*
+ * The rows of one direction (fee, statement) of a profile: for each field
+ * its source, transform, argument and default.  SPI must be connected.
+ */
+FeeMap *
+fees_map_load(const char *profile, const char *direction)
+{
+	FeeMap	   *m = palloc0(sizeof(FeeMap));
+	Datum		args[2] = {CStringGetTextDatum(profile), CStringGetTextDatum(direction)};
+
+	if (map_plan == NULL)
+	{
+		Oid			t[2] = {TEXTOID, TEXTOID};
+
+		map_plan = shipsync_prepare_saved(
+			"SELECT target_path, source, transform, arg::text, \"default\""
+			" FROM shipsync.field_map WHERE profile = $1 AND direction = $2"
+			" ORDER BY position, field_map_id", 2, t);
+	}
+	if (SPI_execute_plan(map_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the fee field map failed");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *target = SPI_getvalue(tup, desc, 1);
+		FeeRule    *r = NULL;
+
+		if (strcmp(target, "fees") == 0)
+			r = &m->list;
+		for (int f = 0; f < FEE_NFIELDS && r == NULL; f++)
+			if (strcmp(target, fee_field_names[f]) == 0)
+				r = &m->field[f];
+		if (r == NULL)
+			continue;			/* refused by the field_map trigger */
+		r->source = SPI_getvalue(tup, desc, 2);
+		r->transform = SPI_getvalue(tup, desc, 3);
+		r->arg = SPI_getvalue(tup, desc, 4);
+		r->dflt = SPI_getvalue(tup, desc, 5);
+		if (r->transform && strcmp(r->transform, "identity") == 0)
+			r->transform = NULL;
+	}
+	return m;
+}
+
+/*
+ * A raw value through its rule's transform and default: palloc'd, or NULL
+ * for absent.  False, with the problem set, when the transform refuses it.
+ */
+bool
+fees_transform(const FeeRule *r, FeeField f, char *raw, char **out, FeeProblem *pr)
+{
+	MapValue	in = {MV_NULL, NULL};
+	MapValue	res = {MV_NULL, NULL};
+	MapEnv		env = {0};
+	char		err[160];
+	bool		ok;
+
+	if ((raw == NULL || raw[0] == '\0') && r->dflt)
+		raw = r->dflt;
+	if (r->transform == NULL || raw == NULL)
+	{
+		*out = raw;
+		return true;
+	}
+	in.type = MV_STRING;
+	in.s = raw;
+	env.tz_offset = dialect_tz_offset;
+	ok = shipsync_map_transform(r->transform, r->arg, &in, &env, &res, err, sizeof(err));
+	/* malloc'd by mapping.c: copied out at once */
+	*out = (ok && res.type != MV_NULL) ? pstrdup(res.s) : NULL;
+	shipsync_value_free(&res);
+	if (!ok)
+		return bad(pr, f, "\"%s\" cannot be read through transform %s: %s", raw, r->transform, err);
+	return true;
+}
+
+/* ---------- JSON payloads ---------- */
+
+/*
+ * The jsonb of a payload; a body that is not JSON is SS400, naming the
+ * source (fee push, fee pull, statement).
+ */
+Jsonb *
+fees_parse_json(const char *text, size_t len, const char *what, TrackProvider *p)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Jsonb	   *volatile doc = NULL;
+	char	   *s = pnstrdup(text, len);
+
+	PG_TRY();
+	{
+		doc = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(s)));
+	}
+	PG_CATCH();
+	{
+		ErrorData  *e;
+
+		MemoryContextSwitchTo(cxt);
+		e = CopyErrorData();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
+				 errmsg("%s for provider \"%s\" is not JSON", what, p->name),
+				 errdetail("%s", e->message),
+				 errhint("See docs/fees.md for the payload of each dialect.")));
+	}
+	PG_END_TRY();
+	return doc;
+}
+
+/*
+ * Follow a dotted path (names, and numbers for array elements) from c; a
+ * string met with steps left is read as JSON.  False when it leads
+ * nowhere.
+ */
+static bool
+json_path(JsonbContainer *c, const char *path, JsonbValue *out)
+{
+	char	   *copy = pstrdup(path);
+	char	   *save = NULL;
+	JsonbValue	cur;
+
+	cur.type = jbvBinary;
+	cur.val.binary.data = c;
+	cur.val.binary.len = 0;
+	for (char *step = strtok_r(copy, ".", &save); step; step = strtok_r(NULL, ".", &save))
+	{
+		JsonbValue *next;
+		JsonbContainer *in;
+
+		if (cur.type == jbvString)
+		{
+			/* JSON carried in a string (SF's apiResultData) */
+			char	   *s = pnstrdup(cur.val.string.val, cur.val.string.len);
+			Jsonb	   *j;
+
+			if (s[0] != '{' && s[0] != '[')
+				return false;
+			j = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(s)));
+			cur.type = jbvBinary;
+			cur.val.binary.data = &j->root;
+		}
+		if (cur.type != jbvBinary)
+			return false;
+		in = cur.val.binary.data;
+		if (JsonContainerIsObject(in))
+			next = getKeyJsonValueFromContainer(in, step, strlen(step), NULL);
+		else if (JsonContainerIsArray(in) && strspn(step, "0123456789") == strlen(step))
+			next = getIthJsonbValueFromContainer(in, (uint32) atoi(step));
+		else
+			return false;
+		if (next == NULL)
+			return false;
+		cur = *next;
+	}
+	*out = cur;
+	return true;
+}
+
+/* A scalar as text (numbers exactly as numeric prints them), or NULL */
+static char *
+json_text(const JsonbValue *v, bool *is_container)
+{
+	*is_container = false;
+	switch (v->type)
+	{
+		case jbvString:
+			return pnstrdup(v->val.string.val, v->val.string.len);
+		case jbvNumeric:
+			return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+		case jbvBool:
+			return pstrdup(v->val.boolean ? "true" : "false");
+		case jbvNull:
+			return NULL;
+		default:
+			*is_container = true;
+			return NULL;
+	}
+}
+
+/*
+ * The fee objects of a JSON payload: the array at the map's fees path (by
+ * default "fees"), or the document itself when it is an array.  NULL when
+ * there is none.
+ */
+static JsonbContainer *
+json_fee_list(Jsonb *doc, FeeMap *m)
+{
+	JsonbValue	v;
+
+	if (JB_ROOT_IS_ARRAY(doc) && !JB_ROOT_IS_SCALAR(doc) && m->list.source == NULL)
+		return &doc->root;
+	if (!json_path(&doc->root, m->list.source ? m->list.source : "fees", &v) ||
+		v.type != jbvBinary || !JsonContainerIsArray(v.val.binary.data))
+		return NULL;
+	return v.val.binary.data;
+}
+
+/* One fee object e of doc into the batch; false with the problem set */
+static bool
+read_json_line(FeeContext *c, FeeBatch *b, Jsonb *doc, JsonbValue *e, FeeMap *m,
+			   FeeProblem *pr)
+{
+	char	   *v[FEE_NFIELDS];
+
+	if (e == NULL || e->type != jbvBinary || !JsonContainerIsObject(e->val.binary.data))
+		return bad(pr, FEE_TRACKING_NUMBER, "the line is not a JSON object");
+	for (int f = 0; f < FEE_NFIELDS; f++)
+	{
+		const FeeRule *r = &m->field[f];
+		const char *src = r->source ? r->source : fee_field_names[f];
+		JsonbValue	jv;
+		bool		container = false;
+		char	   *raw = NULL;
+
+		if (strncmp(src, "const:", 6) == 0)
+			raw = pstrdup(src + 6);
+		else if (json_path(e->val.binary.data, src, &jv) || json_path(&doc->root, src, &jv))
+			raw = json_text(&jv, &container);
+		if (container)
+			return bad(pr, (FeeField) f, "\"%s\" is an object or an array, not a value", src);
+		if (!fees_transform(r, (FeeField) f, raw, &v[f], pr))
+			return false;
+	}
+	return fees_add_line(c, b, v, pr);
+}
+
+/*
+ * Read the fee objects of a JSON payload into the batch.  A line that
+ * cannot be taken goes to on_bad (its position, 1-based, and problem), and
+ * the others are read on; without on_bad, the first one makes it return
+ * false with *bad_line and *pr set.  A payload with no fee list is SS400.
+ */
+bool
+fees_read_json(FeeContext *c, FeeBatch *b, Jsonb *doc, FeeMap *m, const char *what,
+			   FeeBadLine on_bad, void *arg, int *bad_line, FeeProblem *pr)
+{
+	JsonbContainer *list = json_fee_list(doc, m);
+	int			n;
+
+	if (list == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
+				 errmsg("%s for provider \"%s\" has no list of fees", what, c->provider->name),
+				 errdetail("No array was found at \"%s\".", m->list.source ? m->list.source : "fees"),
+				 errhint("See docs/fees.md for the payload of each dialect, and shipsync.field_map (direction fee) for where profile \"%s\" reads it.",
+						 c->provider->profile)));
+	n = JsonContainerSize(list);
+	for (int i = 0; i < n; i++)
+	{
+		JsonbValue *e = getIthJsonbValueFromContainer(list, (uint32) i);
+
+		CHECK_FOR_INTERRUPTS();
+		if (read_json_line(c, b, doc, e, m, pr))
+			continue;
+		*bad_line = i + 1;
+		if (on_bad == NULL)
+			return false;
+		on_bad(arg, i + 1, pr);
+	}
+	return true;
+}
+
+/* ---------- storing ---------- */
+
+/*
+ * Write the fee totals _store_fees() (or _record_quotes()) returned onto
+ * the order rows, one statement per binding.  The rows are (kind, n,
+ * binding_id, order_key, fee_total); those of kind writeback are written.
+ * Returns how many orders.  The tuple table is read before anything else
+ * runs.
+ */
+int
+fees_write_totals(SPITupleTable *tt, uint64 nrows)
+{
+	int32	   *bid = palloc(sizeof(int32) * (nrows + 1));
+	Datum	   *key = palloc(sizeof(Datum) * (nrows + 1));
+	Datum	   *tot = palloc(sizeof(Datum) * (nrows + 1));
+	int			n = 0;
+
+	for (uint64 i = 0; i < nrows; i++)
+	{
+		HeapTuple	tup = tt->vals[i];
+		bool		isnull;
+		char	   *kind = SPI_getvalue(tup, tt->tupdesc, 1);
+
+		if (strcmp(kind, "writeback") != 0)
+			continue;
+		bid[n] = DatumGetInt32(SPI_getbinval(tup, tt->tupdesc, 3, &isnull));
+		key[n] = CStringGetTextDatum(SPI_getvalue(tup, tt->tupdesc, 4));
+		tot[n] = datumCopy(SPI_getbinval(tup, tt->tupdesc, 5, &isnull), false, -1);
+		n++;
+	}
+	tracking_writeback_all(bid, key, NULL, tot, n);
+	return n;
+}
+
+/*
+ * Run _store_fees() with the plans its batch wants, as a function's SET
+ * clause would.  Pushes, pulls and create answers are small batches:
+ * generic plans, made once per session (planning its statements anew cost
+ * more than running them on a hundred lines).  A statement is a big one:
+ * custom plans, made for its sizes (a generic plan's guesses joined
+ * 100,000 lines row by row, for minutes), and the memory to hash its lines
+ * and orders rather than sort them on disk.
+ */
+static int
+store_execute(Datum *params, const char *nulls, bool bulk)
+{
+	int			nest = NewGUCNestLevel();
+	int			rc;
+
+	(void) set_config_option("plan_cache_mode",
+							 bulk ? "force_custom_plan" : "force_generic_plan",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	if (bulk)
+		(void) set_config_option("work_mem", "65536", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	rc = SPI_execute_plan(store_plan, params, nulls, false, 0);
+	AtEOXact_GUC(true, nest);
+	return rc;
+}
+
+/*
+ * Store a checked batch: _store_fees() in one statement, then the totals
+ * onto the order rows.  src is create, push, pull or statement; stmt and
+ * replaces are 0 outside statements.  SPI must be connected.
+ */
+void
+fees_store(FeeBatch *b, const char *src, int64 stmt, int64 replaces, const char *who,
+		   FeeSummary *sum)
+{
+	Datum		params[4 + NCOLS];
+	char		nulls[4 + NCOLS];
+	SPITupleTable *tt;
+	uint64		nrows;
+
+	if (store_plan == NULL)
+	{
+		Oid			t[4 + NCOLS] = {TEXTOID, INT8OID, INT8OID, TEXTOID,
+			INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+			NUMERICARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		NUMERICARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID};
+
+		store_plan = shipsync_prepare_saved(
+			"SELECT kind, n, binding_id, order_key, fee_total FROM shipsync._store_fees("
+			"$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+			4 + NCOLS, t);
+	}
+	memset(nulls, ' ', sizeof(nulls));
+	params[0] = CStringGetTextDatum(src);
+	params[1] = Int64GetDatum(stmt);
+	nulls[1] = stmt ? ' ' : 'n';
+	params[2] = Int64GetDatum(replaces);
+	nulls[2] = replaces ? ' ' : 'n';
+	params[3] = CStringGetTextDatum(who);
+	for (int c = 0; c < NCOLS; c++)
+		params[4 + c] = batch_array(b, c);
+
+	if (store_execute(params, nulls, stmt != 0) != SPI_OK_SELECT)
+		elog(ERROR, "storing fee lines failed");
+	tt = SPI_tuptable;
+	nrows = SPI_processed;
+	for (uint64 i = 0; i < nrows; i++)
+	{
+		bool		isnull;
+		char	   *kind = SPI_getvalue(tt->vals[i], tt->tupdesc, 1);
+		int64		v = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
+
+		if (isnull)
+			continue;
+		if (strcmp(kind, "new") == 0)
+			sum->n_new += v;
+		else if (strcmp(kind, "revised") == 0)
+			sum->n_revised += v;
+		else if (strcmp(kind, "duplicate") == 0)
+			sum->n_duplicate += v;
+		else if (strcmp(kind, "unmatched") == 0)
+			sum->n_unmatched += v;
+		else if (strcmp(kind, "matched") == 0)
+			sum->n_matched += v;
+		else if (strcmp(kind, "withdrawn") == 0)
+			sum->n_withdrawn += v;
+	}
+	sum->n_lines += b->n;
+	sum->n_orders += fees_write_totals(tt, nrows);
+}
+
+/*
+ * The answer of ingest_fees() and import_statement(): the provider, the
+ * summary and then more (JSON members, each after ", "), as jsonb in the
+ * caller's memory context cxt.  Finishes SPI.
+ */
+Datum
+fees_answer(MemoryContext cxt, TrackProvider *p, FeeSummary *sum, const char *more)
+{
+	StringInfoData out;
+
+	MemoryContextSwitchTo(cxt);
+	initStringInfo(&out);
+	appendStringInfoString(&out, "{\"provider\": ");
+	escape_json(&out, p->name);
+	appendStringInfo(&out, ", \"lines\": " INT64_FORMAT ", \"new\": " INT64_FORMAT
+					 ", \"revised\": " INT64_FORMAT ", \"duplicate\": " INT64_FORMAT
+					 ", \"unmatched\": " INT64_FORMAT ", \"matched\": " INT64_FORMAT
+					 ", \"orders_changed\": " INT64_FORMAT "%s}",
+					 sum->n_lines, sum->n_new, sum->n_revised, sum->n_duplicate,
+					 sum->n_unmatched, sum->n_matched, sum->n_orders, more ? more : "");
+	SPI_finish();
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(out.data));
+}
+
+/* ---------- pushes ---------- */
+
+/*
+ * shipsync.ingest_fees(provider text, body text, headers jsonb)
+ */
+Datum
+shipsync_ingest_fees(PG_FUNCTION_ARGS)
+{
+	char	   *pname;
+	text	   *body_t;
+	Jsonb	   *headers = PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2);
+	TrackProvider *p;
+	char	   *payload;
+	size_t		plen;
+	FeeContext *c;
+	FeeBatch   *b;
+	FeeSummary	sum = {0};
+	FeeProblem	pr;
+	int			line;
+	const char *reply;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("provider must not be null")));
+	pname = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
+				 errmsg("fee push for provider \"%s\" has no body", pname),
+				 errhint("Pass the request body exactly as received.")));
+	body_t = PG_GETARG_TEXT_PP(1);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	p = tracking_load_provider(pname);
+	if (!tracking_verify_push(p, "fee", headers, VARDATA_ANY(body_t), VARSIZE_ANY_EXHDR(body_t),
+							&payload, &plen))
+		ereport(ERROR,
+				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
+				 errmsg("fee push for provider \"%s\" is not a %s fee payload", p->name, p->dialect),
+				 errdetail("The form has no field param."),
+				 errhint("See docs/fees.md for the payload of each dialect.")));
+
+	c = fees_context(p);
+	b = fees_batch_create();
+	if (!fees_read_json(c, b, fees_parse_json(payload, plen, "fee push", p),
+						fees_map_load(p->profile, "fee"), "fee push", NULL, NULL, &line, &pr))
+		ereport(ERROR,
+				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
+				 errmsg("fee push for provider \"%s\" has an invalid line", p->name),
+				 errdetail("Fee %d, field %s: %s.", line, fee_field_names[pr.field], pr.message),
+				 errhint("Nothing of this push was stored; see docs/fees.md for the fields of a fee line.")));
+	fees_store(b, "push", 0, 0, GetUserNameFromId(GetSessionUserId(), false), &sum);
+	reply = tracking_reply(p);
+	PG_RETURN_DATUM(fees_answer(cxt, p, &sum, reply ? psprintf(", \"reply\": %s", reply) : NULL));
+}
+
+/* ---------- pulls ---------- */
+
+/*
+ * Store the fee lines of a pulled answer's document as source pull; an
+ * unreadable line is an ERROR.  Returns how many lines were new or revised.
+ */
+static int64
+store_pulled(TrackProvider *p, Jsonb *doc, const char *what)
+{
+	FeeContext *c = fees_context(p);
+	FeeBatch   *b = fees_batch_create();
+	FeeSummary	sum = {0};
+	FeeProblem	pr;
+	int			line;
+
+	if (!fees_read_json(c, b, doc, fees_map_load(p->profile, "fee"), what, NULL, NULL,
+						&line, &pr))
+		ereport(ERROR,
+				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
+				 errmsg("fees pulled from provider \"%s\" have an invalid line", p->name),
+				 errdetail("Fee %d, field %s: %s.", line, fee_field_names[pr.field], pr.message)));
+	fees_store(b, "pull", 0, 0, "dispatcher", &sum);
+	return sum.n_new + sum.n_revised;
+}
+
+/*
+ * Apply the answer of a fee pull of one shipment, like a push without a
+ * signature: the dispatcher asked for it over its own connection.  body
+ * is the generic contract's {"fees": [...]}, or SF's msgData after
+ * feepull.c unwrapped it.  SPI must be connected, in a transaction; a
+ * body that cannot be read is an ERROR, which the caller isolates.
+ * Returns how many lines were new or revised.
+ */
+int64
+fees_apply_pulled(const char *provider_name, const char *body, size_t len)
+{
+	TrackProvider *p = tracking_load_provider(provider_name);
+
+	return store_pulled(p, fees_parse_json(body, len, "fee pull", p), "fee pull");
+}
+
+/*
+ * Apply SF Express's answer to EXP_RECE_QUERY_SFWAYBILL: the fee list of
+ * its msgData (inside apiResultData, a JSON string as SF sends it), read
+ * through the profile's fee map and stored as a pull.  A business answer
+ * without fees (8148: none for this waybill yet; 8151: no monthly card
+ * bound) returns -1 with its code in *code; a gateway error or another
+ * code is an ERROR.  SPI must be connected.
+ */
+int64
+fees_apply_sf_answer(const char *provider_name, const char *body, size_t len, char **code)
+{
+	TrackProvider *p = tracking_load_provider(provider_name);
+	Jsonb	   *doc = fees_parse_json(body, len, "fee query answer", p);
+	JsonbValue	v;
+	bool		container;
+	char	   *api = NULL;
+	char	   *err = NULL;
+
+	*code = NULL;
+	if (json_path(&doc->root, "apiResultCode", &v))
+		api = json_text(&v, &container);
+	if (api == NULL || strcmp(api, "A1000") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
+				 errmsg("SF Express answered the fee query with apiResultCode %s", api ? api : "(none)")));
+	if (!json_path(&doc->root, "apiResultData.success", &v) || v.type != jbvBool || !v.val.boolean)
+	{
+		if (json_path(&doc->root, "apiResultData.errorCode", &v))
+			err = json_text(&v, &container);
+		if (err && (strcmp(err, "8148") == 0 || strcmp(err, "8151") == 0))
+		{
+			*code = err;
+			return -1;
+		}
+		ereport(ERROR,
+				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
+				 errmsg("SF Express answered the fee query with errorCode %s", err ? err : "(none)")));
+	}
+	if (!json_path(&doc->root, "apiResultData.msgData", &v) || v.type != jbvBinary)
+		ereport(ERROR,
+				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
+				 errmsg("SF Express's answer to the fee query has no msgData")));
+	return store_pulled(p, JsonbValueToJsonb(&v), "fee query answer");
+}

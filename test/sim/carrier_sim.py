@@ -42,6 +42,7 @@ from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pusher                          # tracking timelines and pushes (pusher.py)
+import fee_sim    # billing: fee pushes, fee pulls, the monthly statement
 import sf_sim     # the SF Express dialect: /sf/std/service and /_sim/sf/
 import track_sim  # tracking registrations: /v2/trackers, /trackings, /poll
 
@@ -71,7 +72,7 @@ FEES = [
 ]
 
 # Routes of the carrier API: /shipments/{id}, /shipments/{id}/cancel, ...
-_SHIPMENT_PATH = re.compile(r"^/shipments/([^/]+)(/cancel|/events)?$")
+_SHIPMENT_PATH = re.compile(r"^/shipments/([^/]+)(/cancel|/events|/fees)?$")
 _NOT_JSON = object()   # stands for "the body did not parse as JSON"
 
 
@@ -586,7 +587,8 @@ def route_carrier(method, path):
     sid = unquote(match.group(1))
     actions = {None: {"GET": "get", "PATCH": "update"},
                "/cancel": {"POST": "cancel"},
-               "/events": {"GET": "events"}}[match.group(2)]
+               "/events": {"GET": "events"},
+               "/fees": {"GET": "fees"}}[match.group(2)]
     if method in actions:
         return (actions[method], sid, None)
     return ("bad_method", sid, ", ".join(sorted(actions)))
@@ -922,6 +924,8 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
         method = self.command
         answer = pusher.handle_sim(state.tracker, method, path, body) \
             if getattr(state, "tracker", None) is not None else None
+        if answer is None and getattr(state, "biller", None) is not None:
+            answer = fee_sim.handle_sim(state.biller, method, path, body)
         if answer is not None:
             self._send_json(*answer)
             self._log("sim")
@@ -1053,6 +1057,8 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
         elif status is None:
             if action == "get":
                 status, answer = state.get_shipment(sid)
+            elif action == "fees":
+                status, answer = state.biller.pull(sid)
             else:
                 status, answer = state.get_events(sid)
 
@@ -1219,6 +1225,7 @@ def main(argv=None):
 
     state = SimState(args.seed, rules)
     state.tracker = pusher.Tracker(state)
+    state.biller = fee_sim.Biller(state)
     try:
         kd = tuple(args.kuaidi100.split(":", 1)) if args.kuaidi100 else None
         if kd is not None and len(kd) != 2:

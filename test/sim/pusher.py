@@ -129,6 +129,26 @@ def _std_webhooks_headers(secret, msg_id, body):
             "Content-Type": "application/json"}
 
 
+def post(conn, url, body, headers, timeout=30):
+    """POST body to url over conn (a kept-alive connection, or None), once
+    more on a new connection if it fails; (status as text or "error",
+    the connection to use next)."""
+    url = urlsplit(url)
+    for _ in range(2):
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+            conn.request("POST", url.path or "/", body=body, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            return str(resp.status), conn
+        except (OSError, http.client.HTTPException):
+            if conn is not None:
+                conn.close()
+            conn = None
+    return "error", conn
+
+
 class Tracker:
     """Timelines, the clock, the push queue and its sender thread."""
 
@@ -405,21 +425,7 @@ class Tracker:
                 self.sending += 1
                 cfg = self.config
                 headers, body = self._sign(push, cfg.get("secret", ""), push.get("forged"))
-            status = "error"
-            url = urlsplit(cfg["url"])
-            for _ in range(2):
-                try:
-                    if conn is None:
-                        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-                    conn.request("POST", url.path or "/", body=body, headers=headers)
-                    resp = conn.getresponse()
-                    resp.read()
-                    status = str(resp.status)
-                    break
-                except (OSError, http.client.HTTPException):
-                    if conn is not None:
-                        conn.close()
-                    conn = None
+            status, conn = post(conn, cfg["url"], body, headers)
             with self.lock:
                 self.sending -= 1
                 self.stats["sent"] += 1

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """receiver.py - the small webhook endpoint of the tracking tests.
 
-It is what a shop puts in front of shipsync.ingest_tracking(): every POST
-it receives is handed, raw body and headers, to ingest_tracking() through
-one psql session, and the outcome becomes the HTTP answer (200, 401 for
-SQLSTATE SS401, 400 for SS400, 500 otherwise).  Unsigned dialects (SF
+It is what a shop puts in front of shipsync.ingest_tracking() (or, with
+--function ingest_fees, shipsync.ingest_fees()): every POST it receives is
+handed, raw body and headers, to that function through one psql session,
+and the outcome becomes the HTTP answer (200, 401 for SQLSTATE SS401, 400
+for SS400, 500 otherwise).  Unsigned dialects (SF
 route pushes) must be authenticated by the endpoint itself: here, a push
 carrying X-Forged is refused before the database sees it.
 
     receiver.py --provider NAME --psql /path/to/psql --dsn "host=... port=..."
-                --port-file FILE
+                --port-file FILE [--function ingest_tracking|ingest_fees]
 
 Python 3 standard library only; listens on 127.0.0.1.
 """
@@ -28,7 +29,7 @@ RECEIVE_FN = r"""
 CREATE FUNCTION pg_temp.receive(provider text, body text, headers jsonb) RETURNS text
 LANGUAGE plpgsql AS $$
 BEGIN
-	PERFORM shipsync.ingest_tracking(provider, body, headers);
+	PERFORM shipsync.INGEST_FUNCTION(provider, body, headers);
 	RETURN '200';
 EXCEPTION WHEN OTHERS THEN
 	RETURN SQLSTATE;
@@ -40,13 +41,13 @@ $$;
 class Database:
     """One psql process, one statement and one answer line at a time."""
 
-    def __init__(self, psql, dsn):
+    def __init__(self, psql, dsn, function="ingest_tracking"):
         self.lock = threading.Lock()
         self.proc = subprocess.Popen(
             [psql, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=0", "-d", dsn],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, encoding="utf-8", bufsize=1)
-        self.proc.stdin.write(RECEIVE_FN)
+        self.proc.stdin.write(RECEIVE_FN.replace("INGEST_FUNCTION", function))
         self.proc.stdin.write("SET client_min_messages = error;\n")
         self.proc.stdin.flush()
 
@@ -108,11 +109,13 @@ def main():
     ap.add_argument("--psql", required=True)
     ap.add_argument("--dsn", required=True)
     ap.add_argument("--port-file", required=True)
+    ap.add_argument("--function", default="ingest_tracking",
+                    choices=("ingest_tracking", "ingest_fees"))
     args = ap.parse_args()
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    server.db = Database(args.psql, args.dsn)
+    server.db = Database(args.psql, args.dsn, args.function)
     server.provider = args.provider
     server.counts = {}
     server.count_lock = threading.Lock()

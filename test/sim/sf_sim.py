@@ -9,7 +9,11 @@ unknown partner is A1004, a wrong digest A1006, both in a 200.
 
 Services: EXP_RECE_CREATE_ORDER (a repeated orderId is 8016 重复下单),
 EXP_RECE_SEARCH_ORDER_RESP (an unknown orderId is 8024 未下单),
-EXP_RECE_UPDATE_ORDER with dealType 2 (cancel; a second cancel is 8037 已消单).
+EXP_RECE_UPDATE_ORDER with dealType 2 (cancel; a second cancel is 8037 已消单),
+EXP_RECE_QUERY_SFWAYBILL by waybill (trackingType 2): the fee list of an
+order's waybill (运费 23.00 and 保价费 2.00, monthly, billed weight 2.5), or
+8148 (无费用数据) for a waybill not billed yet (POST /_sim/sf/fees
+{"unbilled": [waybill, ...]}) or unknown.
 Answers are {"apiResultCode": "A1000", "apiResultData": ...}; apiResultData is
 a JSON string inside the JSON, as SF sends it, or (every other answer, or
 with the object_result fault) a plain object.
@@ -23,8 +27,9 @@ Fault rules (POST /_sim/sf/faults {"rules": [...]}), each
   object_result apiResultData as an object instead of a JSON string
 
 Inspection: GET /_sim/sf/stats, GET /_sim/sf/orders[?orderId=], POST
-/_sim/sf/cancel?orderId= (cancel at SF's side), POST /_sim/sf/reset (orders,
-counters and rules).
+/_sim/sf/cancel?orderId= (cancel at SF's side), POST /_sim/sf/fees (which
+waybills are not billed yet), POST /_sim/sf/reset (orders, counters and
+rules).
 """
 
 import base64
@@ -37,7 +42,8 @@ from urllib.parse import parse_qs
 
 DEFAULT_PARTNERS = {"SHOP1": "fjcg5PGKaNpPSHFAZ4QsCOkV71R3zVci"}
 FAULTS = ("busy", "lost_reply", "data_error", "gateway_error", "object_result")
-SERVICES = ("EXP_RECE_CREATE_ORDER", "EXP_RECE_SEARCH_ORDER_RESP", "EXP_RECE_UPDATE_ORDER")
+SERVICES = ("EXP_RECE_CREATE_ORDER", "EXP_RECE_SEARCH_ORDER_RESP", "EXP_RECE_UPDATE_ORDER",
+            "EXP_RECE_QUERY_SFWAYBILL")
 
 
 def java_urlencode(text):
@@ -100,11 +106,13 @@ class SfState:
     def reset(self):
         self.orders = {}            # orderId -> record
         self.waybills = set()
+        self.unbilled = set()       # waybills whose fees are not there yet
         self.rng = random.Random("sf:%s" % self.seed) if self.seed is not None else random.Random()
         self.stats = {"requests": 0, "orders_created": 0, "duplicates_8016": 0, "searches": 0,
                       "search_misses": 0, "cancels": 0, "already_cancelled_8037": 0,
                       "bad_signature": 0, "unknown_partner": 0, "faults": {},
-                      "result_as_string": 0, "result_as_object": 0, "by_service": {}}
+                      "result_as_string": 0, "result_as_object": 0, "by_service": {},
+                      "fee_queries": 0, "fees_not_billed_8148": 0}
         self.answers = 0
         for rule in self.rules:
             rule.fired = 0
@@ -182,6 +190,8 @@ class SfState:
                 return self.envelope(self.failure("1001", "msgData 不是合法的 JSON")), False
             if not isinstance(msg, dict) or service not in SERVICES:
                 return self.gateway("A1004", "无对应服务权限"), False
+            if service == "EXP_RECE_QUERY_SFWAYBILL":
+                return self.fee_query(msg), False
             order_id = msg.get("orderId")
             rule = self.pick_fault(service, order_id if isinstance(order_id, str) else None)
             fault = rule.fault if rule else None
@@ -245,6 +255,26 @@ class SfState:
                                               "waybillNoInfoList": self.waybill_list(rec)}},
                                  as_object), fault == "lost_reply"
 
+    def fee_query(self, msg):
+        """清单运费查询 by waybill: its fee list, or 8148 while it is not billed."""
+        self.stats["fee_queries"] += 1
+        waybill = msg.get("trackingNum")
+        known = msg.get("trackingType") == "2" and any(
+            r["waybill"] == waybill for r in self.orders.values())
+        if not known or waybill in self.unbilled:
+            self.stats["fees_not_billed_8148"] += 1
+            return self.envelope(self.failure("8148", "无费用数据"))
+        return self.envelope({"success": True, "errorCode": "S0000", "errorMsg": None,
+                              "msgData": {"waybillInfo": {"waybillNo": waybill, "totalFee": 25.0,
+                                                          "customerAcctCode": "7551234567",
+                                                          "meterageWeightQty": 2.5,
+                                                          "realWeightQty": 2.1},
+                                          "waybillFeeList": [
+                                              {"feeName": "运费", "feeAmt": 23.0,
+                                               "settlementTypeCode": "2"},
+                                              {"feeName": "保价费", "feeAmt": "2.00",
+                                               "settlementTypeCode": "2"}]}})
+
     # --- inspection -------------------------------------------------------
 
     def snapshot(self):
@@ -287,6 +317,18 @@ def handle_sim(handler, state, path, query, body):
         ids = parse_qs(query).get("orderId")
         ok = bool(ids) and state.cancel_at_sf(ids[0])
         handler._send(200 if ok else 404, dumps({"ok": ok}))
+    elif path == "/_sim/sf/fees" and method == "POST":
+        try:
+            cfg = json.loads(body or b"{}")
+            unbilled = cfg.get("unbilled", [])
+            if not isinstance(unbilled, list):
+                raise ValueError("unbilled must be a list of waybills")
+        except (ValueError, AttributeError) as exc:
+            handler._send(400, dumps({"error": str(exc)}))
+        else:
+            with state.lock:
+                state.unbilled = set(unbilled)
+            handler._send(200, dumps({"ok": True}))
     elif path == "/_sim/sf/reset" and method == "POST":
         with state.lock:
             state.rules = []

@@ -161,11 +161,12 @@ sub setup_orders
 }
 
 # The shop's webhook endpoint (test/sim/receiver.py): every push it gets
-# goes to shipsync.ingest_tracking($provider) on $node.  Returns (pid, port);
-# the caller stops it with kill 'TERM' and waitpid.
+# goes to shipsync.ingest_tracking($provider) on $node (or to $function,
+# e.g. 'ingest_fees').  Returns (pid, port); the caller stops it with kill
+# 'TERM' and waitpid.
 sub start_receiver
 {
-	my ($node, $provider) = @_;
+	my ($node, $provider, $function) = @_;
 	my $dir = PostgreSQL::Test::Utils::tempdir();
 	my $pid = fork();
 	die "fork: $!" unless defined $pid;
@@ -174,7 +175,8 @@ sub start_receiver
 		open(STDOUT, '>', "$dir/receiver.out");
 		open(STDERR, '>&', \*STDOUT);
 		exec('python3', "$here/../sim/receiver.py", '--provider', $provider,
-			'--psql', 'psql', '--dsn', $node->connstr('postgres'), '--port-file', "$dir/port")
+			'--psql', 'psql', '--dsn', $node->connstr('postgres'), '--port-file', "$dir/port",
+			'--function', $function // 'ingest_tracking')
 		  or die "exec: $!";
 	}
 	for (1 .. 200)

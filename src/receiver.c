@@ -987,8 +987,8 @@ recv_step_crm(RecvRequest **reqs, int n)
 }
 
 /*
- * One fee push: ingest_fees(), which a later version brings; until then
- * the route answers 404 with the reason.
+ * One fee push: ingest_fees() (fees.c).  A database whose extension is
+ * still at 0.1 has none: there the route answers 404 with the reason.
  */
 static void
 recv_step_fees(RecvRequest **reqs, int n)

@@ -178,7 +178,7 @@ is($r->{content}, '{"return_msg": "成功", "return_code": "0000"}', 'answered w
 is(q1(q{SELECT string_agg(ship_status, ',' ORDER BY id) FROM crm.orders}), 'in_transit,in_transit,in_transit',
 	'both pushes moved their orders');
 
-# ---- unknown routes, methods, fees ------------------------------------------
+# ---- unknown routes, methods ------------------------------------------------
 is(push_http($port, 'POST', '/tracking/nobody', sw_headers($SECRET, 'm', $ev), $ev)->{status},
 	404, 'an unknown provider: 404');
 is(push_http($port, 'POST', '/crm/nobody', {}, '{}')->{status}, 404, 'an unknown CRM source: 404');
@@ -188,9 +188,18 @@ $r = push_http($port, 'GET', '/tracking/trk', {}, undef);
 is($r->{status}, 405, 'GET on a push route: 405');
 is($r->{headers}{allow}, 'POST', 'with Allow: POST');
 is(push_http($port, 'POST', '/healthz', {}, '{}')->{status}, 405, 'POST /healthz: 405');
-$r = push_http($port, 'POST', '/fees/trk', sw_headers($SECRET, 'f1', '{"fees": []}'), '{"fees": []}');
-is($r->{status}, 404, 'fees before ingest_fees() exists: 404');
-like($r->{content}, qr/ingest_fees\(\) does not exist/, 'saying why');
+
+# ---- POST /fees/{provider}: ingest_fees() -----------------------------------
+my $fb = '{"fees": [{"tracking_number": "TRK1", "type": "freight", "amount": "12.50", "currency": "CNY"}]}';
+$r = push_http($port, 'POST', '/fees/trk', sw_headers($SECRET, 'f1', $fb), $fb);
+is($r->{status}, 200, 'a signed fee push: 200');
+is(decode_json($r->{content})->{new}, 1, 'answered with ingest_fees()\'s summary: one new line');
+is(q1(q{SELECT amount || ' ' || currency || ' ' || source FROM shipsync.fee_line WHERE tracking_number = 'TRK1'}),
+	'12.50 CNY push', 'the line is stored');
+is(push_http($port, 'POST', '/fees/trk', sw_headers($SECRET, 'f2', '{}'), $fb)->{status}, 401,
+	'a fee push signed for another body: 401');
+is(push_http($port, 'POST', '/fees/trk', sw_headers($SECRET, 'f3', '{"fees": 1}'), '{"fees": 1}')->{status}, 400,
+	'a fee push that is not the payload: 400');
 
 # ---- 简道云 ------------------------------------------------------------------
 my $jdy = slurp_raw("$vectors/jiandaoyun_datapush_data_create_sample.json");

@@ -830,17 +830,8 @@ shipsync_ingest_crm(PG_FUNCTION_ARGS)
 	int			n;
 	Datum		result;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("source must not be null")));
-	sname = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
-				 errmsg("CRM push for source \"%s\" has no body", sname),
-				 errhint("Pass the request body exactly as received.")));
-	body = PG_GETARG_TEXT_PP(1);
+	body = shipsync_push_args(fcinfo, "source", "CRM push for source",
+							  "Pass the request body exactly as received.", &sname);
 
 	m = palloc0(sizeof(CrmMallocs));
 	m->cb.func = crm_free_mallocs;

@@ -779,17 +779,8 @@ shipsync_ingest_fees(PG_FUNCTION_ARGS)
 	const char *reply;
 	MemoryContext cxt = CurrentMemoryContext;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("provider must not be null")));
-	pname = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
-				 errmsg("fee push for provider \"%s\" has no body", pname),
-				 errhint("Pass the request body exactly as received.")));
-	body_t = PG_GETARG_TEXT_PP(1);
+	body_t = shipsync_push_args(fcinfo, "provider", "fee push for provider",
+								"Pass the request body exactly as received.", &pname);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

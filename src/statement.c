@@ -443,17 +443,8 @@ shipsync_import_statement(PG_FUNCTION_ARGS)
 	int64		replaces;
 	MemoryContext cxt = CurrentMemoryContext;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("provider must not be null")));
-	pname = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
-				 errmsg("statement of provider \"%s\" has no body", pname),
-				 errhint("Pass the statement file's content as text.")));
-	body = PG_GETARG_TEXT_PP(1);
+	body = shipsync_push_args(fcinfo, "provider", "statement of provider",
+							  "Pass the statement file's content as text.", &pname);
 	format = PG_ARGISNULL(2) ? "csv" : text_to_cstring(PG_GETARG_TEXT_PP(2));
 	if (strcmp(format, "csv") != 0 && strcmp(format, "json") != 0)
 		ereport(ERROR,

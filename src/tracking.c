@@ -222,6 +222,29 @@ shipsync_header_value(Jsonb *headers, const char *name)
 	return NULL;
 }
 
+/*
+ * The first two arguments of a function taking pushes or files: the name
+ * of the provider or source (argname; NULL: null_value_not_allowed) and the
+ * body, as received (NULL: SS400 "<what> "<name>" has no body", with hint).
+ * Returns the body; *name is the name.
+ */
+text *
+shipsync_push_args(FunctionCallInfo fcinfo, const char *argname, const char *what,
+				   const char *hint, char **name)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", argname)));
+	*name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
+				 errmsg("%s \"%s\" has no body", what, *name),
+				 errhint("%s", hint)));
+	return PG_GETARG_TEXT_PP(1);
+}
+
 static void
 reject_push(TrackProvider *p, const char *what, const char *reason)
 {
@@ -855,17 +878,8 @@ shipsync_ingest_tracking(PG_FUNCTION_ARGS)
 	const char *reply;
 	MemoryContext cxt = CurrentMemoryContext;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("provider must not be null")));
-	pname = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
-				 errmsg("tracking push for provider \"%s\" has no body", pname),
-				 errhint("Pass the request body exactly as received.")));
-	body_t = PG_GETARG_TEXT_PP(1);
+	body_t = shipsync_push_args(fcinfo, "provider", "tracking push for provider",
+								"Pass the request body exactly as received.", &pname);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

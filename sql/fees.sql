@@ -86,13 +86,14 @@ SELECT shipsync._quote_total('[{"type":"freight","amount":"12.50","currency":"CN
 	   shipsync._quote_total('[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"LabelFee","amount":"3.00000","currency":"USD"}]', 1) AS two_currencies,
 	   shipsync._quote_total('[{"type":"LabelFee","amount":"3.00000"},{"type":"PostageFee","amount":"5.5"}]', 1) AS no_currency,
 	   shipsync._quote_total('[{"type":"freight","amount":"10","currency":"CNY"},{"type":"refund","amount":"-2","currency":"CNY"}]', 1) AS net_of_refund;
--- and what it records: orders 1-6 quoted 12.50 + 1.20 CNY, order 7 in
+-- and what it records (the "fees" arrays of the answers, as the response
+-- parser passes them): orders 1-6 quoted 12.50 + 1.20 CNY, order 7 in
 -- EasyPost's shape without a currency (XXX), orders 8 and 9 not quoted
 SELECT kind, n FROM shipsync._record_quotes(
 	ARRAY[1, 1, 1, 1, 1, 1, 1], ARRAY['1', '2', '3', '4', '5', '6', '7'], ARRAY[1, 1, 1, 1, 1, 1, 1],
 	ARRAY['T1', 'T2', 'T3', 'T4', 'T5', 'T6', 'T7'],
-	array_fill('{"id":"shp","fees":[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"insurance","amount":1.2,"currency":"CNY"}]}'::text, ARRAY[6])
-	|| '{"fees":[{"object":"Fee","type":"LabelFee","amount":"3.00000","charged":true},{"object":"Fee","type":"PostageFee","amount":"5.50000"}]}'::text)
+	array_fill('[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"insurance","amount":1.2,"currency":"CNY"}]'::text, ARRAY[6])
+	|| '[{"object":"Fee","type":"LabelFee","amount":"3.00000","charged":true},{"object":"Fee","type":"PostageFee","amount":"5.50000"}]'::text)
 WHERE kind <> 'writeback';
 -- (the dispatcher's apply writes the shipment's total onto the order row
 -- with the rest of the create; here, by hand)
@@ -101,7 +102,7 @@ SELECT * FROM pg_temp.lines() WHERE tracking_number IN ('T1', 'T7');
 SELECT order_key, fee_total FROM shipsync.shipment WHERE order_key IN ('1', '7', '8') ORDER BY 1;
 -- the same response applied again (a replayed answer) changes nothing
 SELECT kind, n FROM shipsync._record_quotes(ARRAY[1], ARRAY['1'], ARRAY[1], ARRAY['T1'],
-	ARRAY['{"fees":[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"insurance","amount":1.2,"currency":"CNY"}]}'])
+	ARRAY['[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"insurance","amount":1.2,"currency":"CNY"}]'])
 WHERE kind IN ('new', 'revised', 'duplicate');
 
 ------------------------------------------------------------------------------
@@ -134,6 +135,7 @@ SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", 
 SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "state": "estimated"}]}');
 SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "billed_weight_kg": "-2"}]}');
 SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "occurred_at": "2026/03/05"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "' || repeat('T', 200) || '", "type": "freight", "amount": "1", "currency": "CNY"}]}');
 -- all or nothing: two good lines and a bad third store nothing
 SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY"},
 	{"tracking_number": "T2", "type": "freight", "amount": "2", "currency": "CNY"},

@@ -20,7 +20,9 @@
  *
  * Pulls share the dispatcher's libcurl multi handle with deliveries and
  * tracking polls, at most FEE_PULL_INFLIGHT per provider and within its
- * token bucket, pause and Retry-After holds.  Each answer is applied in
+ * token bucket, pause, Retry-After holds and an open circuit breaker's
+ * cooldown (health.c: an answered pull closes it, as a tracking poll
+ * does; failed pulls do not open it).  Each answer is applied in
  * its own subtransaction (fees.c stores it as a pull); failures are summed
  * up in one LOG line per provider and round.
  *
@@ -208,7 +210,7 @@ feepull_choose(HttpClient *client, Provider *p, PullProvider *pp, int n)
 		pp->inflight++;
 	}
 	if (p->rate_per_s > 0)
-		p->tokens -= got;
+		p->st->tokens -= got;
 }
 
 /* Match parked fee lines whose shipment was recorded meanwhile. */
@@ -247,7 +249,7 @@ feepull_send(HttpClient *client, Provider *providers, int nproviders, TimestampT
 		for (int k = 0; k < nproviders; k++)
 			if (providers[k].id == pp->id)
 				p = &providers[k];
-		if (p == NULL || p->paused || p->hold_until > now)
+		if (p == NULL || p->paused || p->secret_error || health_blocked(p, now))
 			continue;
 		if (pp->failed > 0)
 			ereport(LOG,
@@ -403,8 +405,13 @@ feepull_apply(void)
 	shipsync_begin_tx("applying pulled fees", false);
 	for (PullFlight *f = list; f != NULL; f = f->next)
 	{
-		ErrorData  *e = shipsync_subxact(feepull_apply_one, f);
+		HttpTransfer *t = &f->xfer;
+		ErrorData  *e;
 		char	   *error = NULL;
+
+		if (t->curl_code == CURLE_OK && t->http_status > 0 && t->http_status < 500)
+			health_poll_answered(f->provider_id, f->provider_name, GetCurrentTimestamp());
+		e = shipsync_subxact(feepull_apply_one, f);
 
 		if (e)
 		{

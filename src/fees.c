@@ -293,6 +293,10 @@ fees_add_line(FeeContext *c, FeeBatch *b, char **v, FeeProblem *pr)
 		return bad(pr, FEE_TRACKING_NUMBER, "the tracking number is missing");
 	if (v[FEE_TYPE] == NULL || v[FEE_TYPE][0] == '\0')
 		return bad(pr, FEE_TYPE, "the fee type is missing");
+	for (FeeField f = FEE_TRACKING_NUMBER; f <= FEE_KEY; f++)
+		if (v[f] && strlen(v[f]) > SHIPSYNC_MAX_ID_BYTES)
+			return bad(pr, f, "the %s is longer than %d bytes", fee_field_names[f],
+					   SHIPSYNC_MAX_ID_BYTES);
 	if (v[FEE_AMOUNT] == NULL)
 		return bad(pr, FEE_AMOUNT, "the amount is missing");
 	if (!read_decimal(FEE_AMOUNT, v[FEE_AMOUNT], &amount, pr))

@@ -259,6 +259,12 @@ COMMENT ON COLUMN @extschema@.statement.lines IS 'Lines of the statement stored 
 COMMENT ON COLUMN @extschema@.statement.totals IS 'Sum of the stored lines'' amounts per currency, as billed: {"CNY": "1234.50"}.';
 COMMENT ON COLUMN @extschema@.statement.errors IS 'With options on_error = skip: the lines left out, [{"line", "column", "error"}].';
 COMMENT ON COLUMN @extschema@.statement.supersedes IS 'The earlier statement of the same provider and period that this one corrects.';
+COMMENT ON COLUMN @extschema@.statement.statement_id IS 'The statement; fee_line.statement_id names the statement a bill line last came from.';
+COMMENT ON COLUMN @extschema@.statement.provider_id IS 'The provider that billed (shipsync.provider).';
+COMMENT ON COLUMN @extschema@.statement.format IS 'csv or json, as given to import_statement().';
+COMMENT ON COLUMN @extschema@.statement.imported_at IS 'When it was imported.';
+COMMENT ON COLUMN @extschema@.statement.imported_by IS 'The session user who imported it.';
+COMMENT ON COLUMN @extschema@.statement.superseded_by IS 'The later statement of the same provider, period and account that replaced it; NULL while it is the current one.';
 
 CREATE TABLE @extschema@.fee_line (
 	fee_line_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -301,6 +307,17 @@ COMMENT ON COLUMN @extschema@.fee_line.state IS 'estimated (a quote), charged, r
 COMMENT ON COLUMN @extschema@.fee_line.source IS 'Where this version came from: create (response), push (ingest_fees), pull (the dispatcher asked), statement (import_statement).';
 COMMENT ON COLUMN @extschema@.fee_line.recorded_by IS 'Who or what made this version: the session user of a push or an import, dispatcher for create responses and pulls.';
 COMMENT ON COLUMN @extschema@.fee_line.revision IS '1 for the first version, one more for every change; the earlier versions are in shipsync.fee_line_history.';
+COMMENT ON COLUMN @extschema@.fee_line.fee_line_id IS 'The line; its earlier versions in fee_line_history carry it.';
+COMMENT ON COLUMN @extschema@.fee_line.provider_id IS 'The provider that quoted or billed it.';
+COMMENT ON COLUMN @extschema@.fee_line.tracking_number IS 'The waybill the fee is for, as the carrier gave it.';
+COMMENT ON COLUMN @extschema@.fee_line.binding_id IS 'The attached table of the order; NULL while the line is parked (no shipment has its tracking number yet).';
+COMMENT ON COLUMN @extschema@.fee_line.order_key IS 'The order, as the key column''s value in text; NULL while parked.';
+COMMENT ON COLUMN @extschema@.fee_line.settlement IS 'monthly (on account) or cash, when the carrier says.';
+COMMENT ON COLUMN @extschema@.fee_line.payer IS 'sender, receiver or third_party, when the carrier says.';
+COMMENT ON COLUMN @extschema@.fee_line.billed_weight_kg IS 'The weight the carrier billed, in kg, when it says.';
+COMMENT ON COLUMN @extschema@.fee_line.statement_id IS 'The statement this version came from (source statement).';
+COMMENT ON COLUMN @extschema@.fee_line.occurred_at IS 'When the carrier says the fee arose; a notice older than the line''s current version changes nothing.';
+COMMENT ON COLUMN @extschema@.fee_line.recorded_at IS 'When this version was recorded.';
 
 CREATE TABLE @extschema@.fee_line_history (
 	fee_line_id		bigint NOT NULL,
@@ -324,6 +341,11 @@ CREATE TABLE @extschema@.fee_line_history (
 );
 COMMENT ON TABLE @extschema@.fee_line_history IS
 	'Every earlier version of a fee line: its values, when and by whom and from which source it was recorded, and when, by whom and from which source it was replaced.';
+COMMENT ON COLUMN @extschema@.fee_line_history.fee_line_id IS 'The line (shipsync.fee_line) this was a version of.';
+COMMENT ON COLUMN @extschema@.fee_line_history.revision IS 'The version''s revision; the line''s current one is higher.';
+COMMENT ON COLUMN @extschema@.fee_line_history.superseded_at IS 'When the next version replaced it.';
+COMMENT ON COLUMN @extschema@.fee_line_history.superseded_by IS 'Who or what recorded the next version.';
+COMMENT ON COLUMN @extschema@.fee_line_history.superseded_source IS 'Where the next version came from: create, push, pull or statement.';
 
 -- The previous version of a changed line goes to the history; the new one
 -- gets the next revision.  Only changes of what the line says count.
@@ -1201,6 +1223,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.currency', 'WHERE NOT bu
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.statement', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.fee_line', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.fee_line_history', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.fee_sum', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.fee_pull', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.statement_statement_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.fee_line_fee_line_id_seq', '');

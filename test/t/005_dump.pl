@@ -26,7 +26,10 @@ my $counts = q{SELECT (SELECT count(*) FROM shipsync.provider) || '/' ||
 	(SELECT count(*) FROM shipsync.binding) || '/' ||
 	(SELECT count(*) FROM shipsync.outbox) || '/' ||
 	(SELECT count(*) FROM shipsync.shipment) || '/' ||
-	(SELECT count(*) FROM shipsync.delivery_log)};
+	(SELECT count(*) FROM shipsync.delivery_log) || '/' ||
+	(SELECT count(*) FROM shipsync.fee_line) || '/' ||
+	(SELECT count(*) FROM shipsync.fee_sum) || '/' ||
+	(SELECT sum(estimated) FROM shipsync.order_fees)};
 my $before = $node->safe_psql('postgres', $counts);
 
 my $dump = $node->basedir . '/dump.sql';
@@ -34,13 +37,14 @@ $node->command_ok([ 'pg_dump', '-f', $dump, 'postgres' ], 'pg_dump');
 $node->safe_psql('postgres', 'CREATE DATABASE restored');
 $node->command_ok([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', $dump, 'restored' ],
 	'restore');
-is($node->safe_psql('restored', $counts), $before, 'every shipsync table came back');
+like($before, qr{/40/20/274(\.0+)?$}, "the quotes of the orders are fee lines (12.50 + 1.20 each), summed: $before");
+is($node->safe_psql('restored', $counts), $before, 'every shipsync table came back, the fee lines and their sums too');
 is( $node->safe_psql('restored',
 		q{SELECT count(*) FILTER (WHERE profile = 'sf_express' AND seeded) || '/' ||
 		count(*) FILTER (WHERE profile = 'sf_mine' AND NOT seeded) || '/' ||
 		count(*) FILTER (WHERE profile = 'sf_mine' AND target_path = 'remark' AND transform = 'upper')
 		FROM shipsync.field_map}),
-	'28/28/1', 'field maps: the built-in profile once, the user\'s own profile with its change');
+	'42/42/1', 'field maps: the built-in profile once, the user\'s own profile with its change');
 is( $node->safe_psql('restored',
 		'SELECT count(*) FROM crm.orders o JOIN shipsync.shipment s ON s.order_key = o.id::text'
 		  . ' WHERE s.tracking_number = o.waybill_no'),

@@ -19,7 +19,8 @@ OBJS = \
 	src/crypto.o src/secret.o src/redact.o \
 	src/hostcheck.o \
 	src/mask.o src/privacy.o src/audit.o \
-	src/health.o src/poison.o
+	src/health.o src/poison.o \
+	src/digest.o src/reconcile.o src/recon_worker.o
 
 EXTENSION = pg_shipsync
 # 0.1 is released and never changes; 0.2, the version under work, is built
@@ -40,7 +41,7 @@ PG_CFLAGS += -Wno-unused-parameter -Wno-missing-field-initializers
 SHLIB_LINK += $(shell pkg-config --libs libcurl json-c openssl libmicrohttpd)
 
 # pg_regress and isolation run against a temporary instance that preloads us
-REGRESS = api errors capture mapping outbound tracking security crm secrets privacy audit fees
+REGRESS = api errors capture mapping outbound tracking security crm secrets privacy audit fees reconcile
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = claim_race tracking_race name_race
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_check_iso --temp-config=$(srcdir)/test/regress.conf

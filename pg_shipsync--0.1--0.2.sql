@@ -1426,14 +1426,16 @@ REVOKE ALL ON FUNCTION @extschema@._check_host(text), @extschema@._check_tls(tex
 -- (install/80_security.sql)
 ------------------------------------------------------------------------------
 
--- tickets get a resolution note; their "who" columns are the server's
-ALTER TABLE @extschema@.exception_ticket ADD COLUMN resolution text;
+-- tickets get notes (of ack() and resolve()); their "who" columns are the server's
+ALTER TABLE @extschema@.exception_ticket ADD COLUMN resolution text, ADD COLUMN acknowledgement text;
 COMMENT ON COLUMN @extschema@.exception_ticket.acknowledged_by IS
-	'Who set acknowledged_at (shipsync.acknowledge()): set by the server, never by the caller.';
+	'Who set acknowledged_at (shipsync.ack()): set by the server, never by the caller.';
 COMMENT ON COLUMN @extschema@.exception_ticket.resolved_by IS
-	'Who set resolved_at (shipsync.resolve(), retry(), requeue()): set by the server, never by the caller.';
+	'Who set resolved_at (shipsync.resolve(), retry(), requeue(), or reconcile when a pass no longer saw the problem): set by the server, never by the caller.';
 COMMENT ON COLUMN @extschema@.exception_ticket.resolution IS
-	'The note given to shipsync.resolve().';
+	'The note given to shipsync.resolve(), or why reconciliation resolved it.';
+COMMENT ON COLUMN @extschema@.exception_ticket.acknowledgement IS
+	'The note given to shipsync.ack().';
 
 -- field maps mark personal fields; the built-in profile marks its own
 ALTER TABLE @extschema@.field_map ADD COLUMN pii text
@@ -1524,8 +1526,9 @@ BEGIN
 			USING ERRCODE = 'duplicate_object',
 				  HINT = 'Call shipsync.detach() first to attach it again.';
 	END IF;
-	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii'], 'attach');
+	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii', 'grace', 'created_at_column'], 'attach');
 	PERFORM @extschema@._check_attach_options(opts, pid);
+	PERFORM @extschema@._check_reconcile_options(opts, tbl);
 	IF current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
 		RAISE EXCEPTION 'database encoding % cannot be sent as JSON', current_setting('server_encoding')
 			USING ERRCODE = 'feature_not_supported',
@@ -1606,20 +1609,23 @@ BEGIN
 		cancel_when := @extschema@._cancel_when_sql(cancel_when);
 	END IF;
 
-	-- Operators and types qualified: the dispatcher, render_request() and
+	-- The row itself and its write-back columns: the dispatcher keeps the
+	-- row's digest (shipsync._row_digest), what reconciliation compares
+	-- the order with later.  Operators and types qualified: the dispatcher, render_request() and
 	-- this function run these as the table's owner, each with a search_path
 	-- of its own.  (unnest of several arrays is grammar: pg_catalog's.)
 	render := format(
 		'SELECT shipsync_u.shipsync_id, t.%1$I IS NOT NULL AS found,'
 		' pg_catalog.json_build_object(''order_ref'', shipsync_u.shipsync_key,'
 		' ''order'', pg_catalog.row_to_json(t))::pg_catalog.text AS body,'
-		' %4$s AS is_cancel'
+		' %4$s AS is_cancel, t AS shipsync_row, %5$L::pg_catalog.text[] AS shipsync_skip'
 		' FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[])'
 		' AS shipsync_u(shipsync_id, shipsync_key)'
 		' LEFT JOIN %2$s AS t ON t.%1$I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%3$s',
 		keycol, tbl, keytype,
 		CASE WHEN cancel_when IS NULL THEN 'false'
-			 ELSE format('COALESCE((%s), false)', cancel_when) END);
+			 ELSE format('COALESCE((%s), false)', cancel_when) END,
+		ARRAY(SELECT c FROM unnest(wbcols) AS c ORDER BY 1));
 
 	IF array_length(sets, 1) > 0 THEN
 		wbsql := format(
@@ -1667,7 +1673,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) IS
-	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered), pii (which columns of the generic body are personal: {"column": "name"|"phone"|"address"|"email"|null}).';
+	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered), pii (which columns of the generic body are personal: {"column": "name"|"phone"|"address"|"email"|null}), grace (reconciliation: how old an order without a shipment must be to be not_sent, default 10 minutes), created_at_column (the column that tells an order''s age).';
 
 CREATE OR REPLACE FUNCTION @extschema@.retry(outbox_id bigint)
 RETURNS boolean
@@ -2060,7 +2066,7 @@ CREATE TABLE @extschema@.audit_log (
 CREATE INDEX audit_log_at_idx ON @extschema@.audit_log USING brin (at);
 CREATE INDEX audit_log_object_idx ON @extschema@.audit_log (object_kind, object_name, at);
 COMMENT ON TABLE @extschema@.audit_log IS
-	'Every change of providers, secrets, bindings, field maps and status maps, and every state-changing call (attach, detach, pause, resume, retry, requeue, set_secret, rotate_key, acknowledge, resolve): when, by whom, and the values before and after, secrets shown as "(set)" or "(changed)". Only the extension''s owner may change or delete rows; the dispatcher prunes rows older than shipsync.audit_retention.';
+	'Every change of providers, secrets, bindings, field maps, status maps, fee type maps, currencies and stuck thresholds, and every state-changing call (attach, detach, pause, resume, retry, requeue, set_secret, rotate_key, ack, resolve, reconcile, resync): when, by whom, and the values before and after, secrets shown as "(set)" or "(changed)". Only the extension''s owner may change or delete rows; the dispatcher prunes rows older than shipsync.audit_retention.';
 COMMENT ON COLUMN @extschema@.audit_log."session_user" IS
 	'The session user, or the extension''s own worker (dispatcher).';
 COMMENT ON COLUMN @extschema@.audit_log."current_user" IS
@@ -2068,7 +2074,7 @@ COMMENT ON COLUMN @extschema@.audit_log."current_user" IS
 COMMENT ON COLUMN @extschema@.audit_log.action IS
 	'The function called (attach, pause, ...), or insert, update, delete or truncate for a change made directly to the table.';
 COMMENT ON COLUMN @extschema@.audit_log.object_name IS
-	'provider: its name; binding: the table; field_map: profile/direction/target_path; status_map: profile/raw_status/pattern; intent: its id; ticket: its id.';
+	'provider: its name; binding: the table; field_map: profile/direction/target_path; status_map: profile/raw_status/pattern; fee_type_map: profile/code; currency: its code; stuck_after: the status; intent: its id; ticket: its id.';
 COMMENT ON COLUMN @extschema@.audit_log.old_value IS
 	'An insert: null; a delete: the whole row; an update: the columns that changed, as they were.';
 COMMENT ON COLUMN @extschema@.audit_log.new_value IS
@@ -2183,7 +2189,8 @@ DECLARE
 BEGIN
 	IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) '@extschema@'
 	   OR NOT TG_TABLE_NAME OPERATOR(pg_catalog.=) ANY
-		   (ARRAY['provider', 'secret', 'binding', 'field_map', 'status_map', 'crm_source']) THEN
+		   (ARRAY['provider', 'secret', 'binding', 'field_map', 'status_map', 'crm_source',
+				  'fee_type_map', 'currency', 'stuck_after']) THEN
 		RAISE EXCEPTION 'shipsync._audit_row() audits the tables of pg_shipsync only'
 			USING ERRCODE = 'insufficient_privilege',
 				  DETAIL = format('It fired on %I.%I.', TG_TABLE_SCHEMA, TG_TABLE_NAME);
@@ -2197,7 +2204,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@._audit_row() IS
-	'Internal: the audit trigger of the tables provider, secret, binding, field_map, status_map and crm_source.';
+	'Internal: the audit trigger of the tables provider, secret, binding, field_map, status_map, crm_source, fee_type_map, currency and stuck_after.';
 
 -- Only the extension's owner changes or deletes audit rows.  Privileges
 -- already keep everyone else out; this stops other superusers too, with a
@@ -2298,66 +2305,75 @@ CREATE TRIGGER exception_ticket_stamp BEFORE UPDATE ON @extschema@.exception_tic
 -- Tickets: acknowledged and resolved through functions
 ------------------------------------------------------------------------------
 
--- One step of a ticket's life, acknowledge or resolve: false if it was
--- taken already.  The "who" column follows from the trigger above.
-CREATE FUNCTION @extschema@._ticket_step(ticket_id bigint, step text, note text)
+-- One step of a ticket's life, ack or resolve, with its note: false if it
+-- was taken already.  The "who" column follows from the trigger above; the
+-- step goes into the ticket's history (shipsync.ticket_event, 65_ledger.sql).
+CREATE FUNCTION @extschema@._ticket_step(ticket bigint, step text, note text)
 RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	done timestamptz;
+	t record;
 	after jsonb;
-	ack boolean := step OPERATOR(pg_catalog.=) 'acknowledge';
+	is_ack boolean := step OPERATOR(pg_catalog.=) 'ack';
 BEGIN
-	SELECT CASE WHEN ack THEN x.acknowledged_at ELSE x.resolved_at END INTO done
+	SELECT x.acknowledged_at, x.resolved_at INTO t
 	  FROM @extschema@.exception_ticket x
-	 WHERE x.ticket_id OPERATOR(pg_catalog.=) _ticket_step.ticket_id FOR UPDATE;
+	 WHERE x.ticket_id OPERATOR(pg_catalog.=) _ticket_step.ticket FOR UPDATE;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'exception ticket % does not exist', ticket_id
+		RAISE EXCEPTION 'exception ticket % does not exist', coalesce(ticket::text, 'NULL')
 			USING ERRCODE = 'undefined_object',
 				  HINT = 'See SELECT ticket_id, kind, detail FROM shipsync.exception_ticket WHERE resolved_at IS NULL.';
 	END IF;
-	IF done IS NOT NULL THEN
+	IF is_ack AND t.resolved_at IS NOT NULL THEN
+		RAISE EXCEPTION 'exception ticket % is resolved', ticket
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = pg_catalog.format('It was resolved at %s.', t.resolved_at),
+				  HINT = 'Only an open ticket is acknowledged; a problem seen again reopens its ticket.';
+	END IF;
+	IF (is_ack AND t.acknowledged_at IS NOT NULL) OR (NOT is_ack AND t.resolved_at IS NOT NULL) THEN
 		RETURN false;
 	END IF;
 	UPDATE @extschema@.exception_ticket x
-	   SET acknowledged_at = CASE WHEN ack THEN pg_catalog.now() ELSE x.acknowledged_at END,
-		   resolved_at = CASE WHEN ack THEN x.resolved_at ELSE pg_catalog.now() END,
-		   resolution = CASE WHEN ack THEN x.resolution ELSE note END
-	 WHERE x.ticket_id OPERATOR(pg_catalog.=) _ticket_step.ticket_id
-	RETURNING CASE WHEN ack
+	   SET acknowledged_at = CASE WHEN is_ack THEN pg_catalog.now() ELSE x.acknowledged_at END,
+		   acknowledgement = CASE WHEN is_ack THEN note ELSE x.acknowledgement END,
+		   resolved_at = CASE WHEN is_ack THEN x.resolved_at ELSE pg_catalog.now() END,
+		   resolution = CASE WHEN is_ack THEN x.resolution ELSE note END
+	 WHERE x.ticket_id OPERATOR(pg_catalog.=) _ticket_step.ticket
+	RETURNING CASE WHEN is_ack
 		THEN pg_catalog.jsonb_build_object('acknowledged_at', x.acknowledged_at,
-										   'acknowledged_by', x.acknowledged_by)
+										   'acknowledged_by', x.acknowledged_by,
+										   'acknowledgement', x.acknowledgement)
 		ELSE pg_catalog.jsonb_build_object('resolved_at', x.resolved_at,
 										   'resolved_by', x.resolved_by, 'resolution', x.resolution) END
 	INTO after;
-	PERFORM @extschema@._audit(step, 'ticket', ticket_id::text,
+	PERFORM @extschema@._audit(step, 'ticket', ticket::text,
 		(SELECT pg_catalog.jsonb_object_agg(k, NULL) FROM pg_catalog.jsonb_object_keys(after) k), after);
 	RETURN true;
 END
 $$;
 COMMENT ON FUNCTION @extschema@._ticket_step(bigint, text, text) IS
-	'Internal: acknowledge or resolve one exception ticket, and audit it.';
+	'Internal: acknowledge (ack) or resolve one exception ticket with a note, and audit it.';
 
-CREATE FUNCTION @extschema@.acknowledge(ticket_id bigint)
+CREATE FUNCTION @extschema@.ack(ticket bigint, note text DEFAULT NULL)
 RETURNS boolean
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT @extschema@._ticket_step($1, 'acknowledge', NULL) $$;
-COMMENT ON FUNCTION @extschema@.acknowledge(bigint) IS
-	'Acknowledge an exception ticket: acknowledged_at is now, acknowledged_by the session user. Returns false if it already was.';
+AS $$ SELECT @extschema@._ticket_step($1, 'ack', $2) $$;
+COMMENT ON FUNCTION @extschema@.ack(bigint, text) IS
+	'Acknowledge an open exception ticket (someone is on it), with an optional note: acknowledged_at is now, acknowledged_by the session user, acknowledgement the note. Returns false if it already was; a resolved ticket cannot be acknowledged.';
 
-CREATE FUNCTION @extschema@.resolve(ticket_id bigint, note text DEFAULT NULL)
+CREATE FUNCTION @extschema@.resolve(ticket bigint, note text DEFAULT NULL)
 RETURNS boolean
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT @extschema@._ticket_step($1, 'resolve', $2) $$;
 COMMENT ON FUNCTION @extschema@.resolve(bigint, text) IS
-	'Resolve an exception ticket, with an optional note: resolved_at is now, resolved_by the session user, resolution the note. Returns false if it already was resolved.';
+	'Resolve an exception ticket, open or acknowledged, with an optional note: resolved_at is now, resolved_by the session user, resolution the note. Returns false if it already was resolved. A problem seen again reopens it.';
 
 ------------------------------------------------------------------------------
 -- Audit triggers, and the actions of the functions whose changes they see
@@ -2413,7 +2429,7 @@ GRANT SELECT ON @extschema@.intents TO shipsync_reader;
 GRANT SELECT ON @extschema@.outbox TO shipsync_operator;
 REVOKE UPDATE (acknowledged_at, acknowledged_by, resolved_at, resolved_by)
 	ON @extschema@.exception_ticket FROM shipsync_operator;
-GRANT EXECUTE ON FUNCTION @extschema@.acknowledge(bigint), @extschema@.resolve(bigint, text)
+GRANT EXECUTE ON FUNCTION @extschema@.ack(bigint, text), @extschema@.resolve(bigint, text)
 	TO shipsync_operator;
 REVOKE EXECUTE ON FUNCTION @extschema@.render_request(bigint) FROM shipsync_operator;
 GRANT EXECUTE ON FUNCTION @extschema@.render_request(bigint) TO shipsync_reader;
@@ -2425,7 +2441,7 @@ REVOKE ALL ON FUNCTION @extschema@._actor(), @extschema@._caller(),
 	@extschema@._audit_log_guard(), @extschema@._prune_audit(interval),
 	@extschema@._provider_stamp(), @extschema@._ticket_stamp(),
 	@extschema@._ticket_step(bigint, text, text),
-	@extschema@.acknowledge(bigint), @extschema@.resolve(bigint, text) FROM PUBLIC;
+	@extschema@.ack(bigint, text), @extschema@.resolve(bigint, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.mask_pii(text, text),
 	@extschema@._mask_body(text, text[], text[], jsonb), @extschema@._pii_visible()
 	TO shipsync_reader;
@@ -3977,38 +3993,8 @@ $$;
 COMMENT ON FUNCTION @extschema@.trace(regclass, text) IS
 	'The timeline of one order: its intents, every HTTP attempt (status, latency, error), its shipment, its tracking events (at their event time), its fee lines with every revision (at the time each was recorded) and its tickets, in time order.';
 
--- changes of the fee type maps and currencies are audited
-CREATE OR REPLACE FUNCTION @extschema@._audit_row()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	v record;
-BEGIN
-	IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) '@extschema@'
-	   OR NOT TG_TABLE_NAME OPERATOR(pg_catalog.=) ANY
-		   (ARRAY['provider', 'secret', 'binding', 'field_map', 'status_map', 'crm_source',
-				  'fee_type_map', 'currency']) THEN
-		RAISE EXCEPTION 'shipsync._audit_row() audits the tables of pg_shipsync only'
-			USING ERRCODE = 'insufficient_privilege',
-				  DETAIL = format('It fired on %I.%I.', TG_TABLE_SCHEMA, TG_TABLE_NAME);
-	END IF;
-	SELECT * INTO v FROM @extschema@._audit_values(TG_OP, TG_ARGV[1], TG_ARGV[2]::jsonb,
-		to_jsonb(OLD), to_jsonb(NEW));
-	PERFORM @extschema@._audit(
-		coalesce(nullif(current_setting('shipsync.audit_action', true), ''), lower(TG_OP)),
-		TG_ARGV[0], v.object_name, v.old_value, v.new_value);
-	RETURN NULL;
-END
-$$;
-COMMENT ON FUNCTION @extschema@._audit_row() IS
-	'Internal: the audit trigger of the tables provider, secret, binding, field_map, status_map, crm_source, fee_type_map and currency.';
-COMMENT ON TABLE @extschema@.audit_log IS
-	'Every change of providers, secrets, bindings, field maps, status maps, fee type maps and currencies, and every state-changing call (attach, detach, pause, resume, retry, requeue, set_secret, rotate_key, acknowledge, resolve): when, by whom, and the values before and after, secrets shown as "(set)" or "(changed)". Only the extension''s owner may change or delete rows; the dispatcher prunes rows older than shipsync.audit_retention.';
-COMMENT ON COLUMN @extschema@.audit_log.object_name IS
-	'provider: its name; binding: the table; field_map: profile/direction/target_path; status_map: profile/raw_status/pattern; fee_type_map: profile/code; currency: its code; intent: its id; ticket: its id.';
+-- changes of the fee type maps and currencies are audited (shipsync._audit_row(),
+-- in the section of the audit log above, knows their tables)
 -- the fee type maps and currencies that shipsync_admin may change
 CREATE TRIGGER shipsync_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.fee_type_map
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_row('fee_type_map', 'profile,code', '{}');
@@ -4059,5 +4045,1871 @@ GRANT EXECUTE ON FUNCTION @extschema@._actor() TO shipsync_admin;
 
 -- end of the fees section
 
--- A dispatcher of the new library waits for this update: wake it.
+------------------------------------------------------------------------------
+-- Reconciliation, the ledger's lifecycle, bulk repair (install/65_ledger.sql,
+-- install/70_reconcile.sql; columns of 10_queue.sql; functions of 20_api.sql
+-- and 30_tracking.sql)
+------------------------------------------------------------------------------
+
+-- the digest of the order row a request was rendered from
+ALTER TABLE @extschema@.outbox ADD COLUMN content_digest bigint;
+ALTER TABLE @extschema@.shipment ADD COLUMN content_digest bigint;
+COMMENT ON COLUMN @extschema@.outbox.content_digest IS 'A digest of the order row this request was rendered from, without the binding''s write-back columns (shipsync._row_digest); copied onto the shipment when the request succeeds.';
+COMMENT ON COLUMN @extschema@.shipment.content_digest IS
+	'The digest of the order row (without its write-back columns) that the last successful create or update was rendered from: reconciliation compares it with the row now (kind address_changed_after_send). NULL for shipments recorded before version 0.2.';
+-- the outbox as its readers see it: every column, the digest too
+CREATE OR REPLACE VIEW @extschema@.intents AS
+SELECT o.id, o.binding_id, o.provider_id, o.order_key, o.op, o.idempotency_key, o.state,
+	   o.attempts, o.next_attempt_at, o.lease_until, o.created_at, o.updated_at, o.done_at,
+	   o.request_method, o.request_url,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_body
+			ELSE @extschema@._mask_body(o.request_body, r.paths, r.kinds, b.options->'pii')
+	   END AS request_body,
+	   o.request_digest, o.last_status, o.error_class, o.last_error, o.coalesced_into,
+	   o.content_digest
+FROM @extschema@.outbox o
+LEFT JOIN @extschema@._pii_rules r ON r.provider_id = o.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id = o.binding_id;
+
+-- the ledger: what a ticket is about, its facts, its reopenings
+ALTER TABLE @extschema@.exception_ticket
+	ADD COLUMN tracking_number text,
+	ADD COLUMN subject text,
+	ADD COLUMN facts jsonb,
+	ADD COLUMN last_seen_at timestamptz,
+	ADD COLUMN reopen_count integer NOT NULL DEFAULT 0,
+	ADD COLUMN reopened_at timestamptz,
+	ADD COLUMN run_id bigint;
+COMMENT ON TABLE @extschema@.exception_ticket IS
+	'The exception ledger: one ticket per problem and kind (a dead intent, a failed write-back, a discrepancy found by reconciliation), open, then acknowledged, then resolved, with who and when; seen again after its resolution, it is reopened. Its history is in shipsync.ticket_event.';
+COMMENT ON COLUMN @extschema@.exception_ticket.tracking_number IS 'The tracking number the problem is about, when known.';
+COMMENT ON COLUMN @extschema@.exception_ticket.subject IS 'What the ticket is about when that is not an order: the carrier''s shipment id (orphan_at_carrier), a tracking number (unmatched_expired, fee_mismatch of an unknown waybill).';
+COMMENT ON COLUMN @extschema@.exception_ticket.facts IS 'The facts of a discrepancy found by reconciliation, as JSON (both sides'' values); shown as detail in shipsync.reconciliation.';
+COMMENT ON COLUMN @extschema@.exception_ticket.last_seen_at IS 'When the problem was last seen (the last reconciliation pass that found it, the last intent that died of it).';
+COMMENT ON COLUMN @extschema@.exception_ticket.reopen_count IS 'How many times the ticket was seen again after it had been resolved.';
+COMMENT ON COLUMN @extschema@.exception_ticket.reopened_at IS 'When it was last reopened.';
+COMMENT ON COLUMN @extschema@.exception_ticket.run_id IS 'The reconciliation run (shipsync.reconcile_run) that last saw it; NULL for tickets of the dispatcher.';
+
+-- parked events that expired: what they were about
+UPDATE @extschema@.exception_ticket t
+   SET subject = substring(t.detail from 'unknown tracking number (\S+) '),
+	   tracking_number = substring(t.detail from 'unknown tracking number (\S+) ')
+ WHERE t.kind = 'unmatched_expired';
+-- 0.1 opened a ticket per dead intent: keep the newest open one of each
+-- problem (kind and order), the older ones are resolved into it
+UPDATE @extschema@.exception_ticket t
+   SET resolved_at = pg_catalog.now(), resolved_by = SESSION_USER
+  FROM (SELECT x.ticket_id, pg_catalog.row_number() OVER (
+			   PARTITION BY x.kind, coalesce(x.provider_id, 0), coalesce(x.binding_id, 0),
+							coalesce(x.order_key, ''), coalesce(x.subject, '')
+			   ORDER BY x.ticket_id DESC) AS r
+		  FROM @extschema@.exception_ticket x WHERE x.resolved_at IS NULL) d
+ WHERE t.ticket_id = d.ticket_id AND d.r > 1;
+
+CREATE FUNCTION @extschema@._row_digest(r record, skip text[])
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'shipsync_row_digest'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@._row_digest(record, text[]) IS
+	'Internal: a 64-bit digest of an order row without the columns named in skip (its write-back columns): computed when a request is rendered, and by reconciliation to tell an order changed after it was sent.';
+
+-- the render statements of existing bindings read the row for its digest too
+UPDATE @extschema@.binding b
+   SET render_sql = replace(b.render_sql, ' AS is_cancel FROM unnest(',
+		pg_catalog.format(' AS is_cancel, t AS shipsync_row, %L::pg_catalog.text[] AS shipsync_skip FROM unnest(',
+			ARRAY(SELECT w.value #>> '{}' FROM pg_catalog.jsonb_each(b.writeback) w ORDER BY 1)))
+ WHERE b.render_sql NOT LIKE '%shipsync_row%';
+
+-- retry() and requeue() with filters
+DROP FUNCTION @extschema@.requeue(text, text);
+CREATE FUNCTION @extschema@._requeue(action text, provider text, states text[],
+									 error_class text, since timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	pid integer;
+	st text;
+BEGIN
+	FOREACH st IN ARRAY coalesce(states, ARRAY[NULL::text]) LOOP
+		IF st IS NULL OR st OPERATOR(pg_catalog.<>) ALL (ARRAY['dead', 'invalid', 'retrying']) THEN
+			RAISE EXCEPTION 'cannot requeue intents in state "%"', coalesce(st, '')
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Requeue dead, invalid or retrying intents.';
+		END IF;
+	END LOOP;
+	IF provider IS NOT NULL THEN
+		SELECT p.provider_id INTO pid FROM @extschema@.provider p
+		 WHERE p.name OPERATOR(pg_catalog.=) _requeue.provider;
+		IF pid IS NULL THEN
+			RAISE EXCEPTION 'provider "%" does not exist', provider
+				USING ERRCODE = 'undefined_object',
+					  HINT = 'See SELECT name FROM shipsync.providers.';
+		END IF;
+	END IF;
+	IF since OPERATOR(pg_catalog.>) pg_catalog.now() THEN
+		RAISE EXCEPTION 'since is in the future'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Give the time from which the intents to send again stopped.';
+	END IF;
+	WITH q AS (
+		UPDATE @extschema@.outbox o
+		   SET state = CASE WHEN o.attempts OPERATOR(pg_catalog.=) 0 THEN 'pending' ELSE 'retrying' END,
+			   attempts = 0, next_attempt_at = pg_catalog.now(), done_at = NULL,
+			   updated_at = pg_catalog.now()
+		 WHERE o.state OPERATOR(pg_catalog.=) ANY (states)
+		   AND (pid IS NULL OR o.provider_id OPERATOR(pg_catalog.=) pid)
+		   AND (_requeue.error_class IS NULL OR o.error_class OPERATOR(pg_catalog.=) _requeue.error_class)
+		   AND (since IS NULL OR o.updated_at OPERATOR(pg_catalog.>=) since)
+		RETURNING o.id),
+	t AS (
+		UPDATE @extschema@.exception_ticket t
+		   SET resolved_at = pg_catalog.now(), resolved_by = SESSION_USER
+		  FROM q WHERE t.outbox_id OPERATOR(pg_catalog.=) q.id AND t.resolved_at IS NULL)
+	SELECT pg_catalog.count(*) INTO n FROM q;
+	PERFORM @extschema@._audit(action, 'provider', coalesce(_requeue.provider, '*'),
+		pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+			'state', CASE WHEN pg_catalog.cardinality(states) OPERATOR(pg_catalog.=) 1
+						  THEN pg_catalog.to_jsonb(states[1]) ELSE pg_catalog.to_jsonb(states) END,
+			'error_class', _requeue.error_class, 'since', since)),
+		pg_catalog.jsonb_build_object('requeued', n));
+	PERFORM @extschema@._wake(false);
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._requeue(text, text, text[], text, timestamptz) IS
+	'Internal: sends again the intents in the given states matching the filters, and audits it as the action given; shipsync.requeue() and shipsync.retry() with filters call it.';
+
+CREATE FUNCTION @extschema@.requeue(provider text DEFAULT NULL, state text DEFAULT 'dead',
+									error_class text DEFAULT NULL, since timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT @extschema@._requeue('requeue', $1, ARRAY[$2], $3, $4) $$;
+COMMENT ON FUNCTION @extschema@.requeue(text, text, text, timestamptz) IS
+	'Send again every intent of a provider (or all providers) in the given state (default dead), of the given error class (error_class, e.g. http_5xx) and stopped since the given time (since), all optional. Returns how many were requeued.';
+
+CREATE FUNCTION @extschema@.retry(provider text, state text DEFAULT NULL,
+								  error_class text DEFAULT NULL, since timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT @extschema@._requeue('retry', $1, CASE WHEN $2 IS NULL THEN ARRAY['dead', 'invalid', 'retrying']
+												   ELSE ARRAY[$2] END, $3, $4)
+$$;
+COMMENT ON FUNCTION @extschema@.retry(text, text, text, timestamptz) IS
+	'Send again now, attempts reset, the intents of a provider (NULL: all providers) that are dead, invalid or retrying (or only those in state), of the given error class and stopped since the given time, all optional. Returns how many.';
+
+-- one unmatched_expired ticket per tracking number
+CREATE OR REPLACE FUNCTION @extschema@._expire_unmatched(pid integer)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	WITH d AS (
+		DELETE FROM @extschema@.unmatched_event u
+		 WHERE u.expires_at <= now() AND (pid IS NULL OR u.provider_id = pid)
+		RETURNING u.*),
+	-- one ticket per tracking number (the ledger folds events of the same one)
+	t AS (
+		INSERT INTO @extschema@.exception_ticket (kind, provider_id, subject, tracking_number, detail)
+		SELECT 'unmatched_expired', d.provider_id, d.tracking_number, d.tracking_number,
+			   format('tracking event %s of provider %s for unknown tracking number %s (raw status %s) found no shipment within unmatched_ttl_s = %s',
+					  d.event_key, p.name, d.tracking_number, coalesce(d.raw_status, 'none'),
+					  coalesce(p.options->>'unmatched_ttl_s', '604800'))
+		FROM d JOIN @extschema@.provider p ON p.provider_id = d.provider_id
+		RETURNING 1)
+	SELECT count(*) INTO n FROM d;
+	RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION @extschema@.expire_unmatched() IS
+	'Drop the parked tracking events whose time is up (provider option unmatched_ttl_s), opening one exception ticket of kind unmatched_expired per tracking number; returns how many events were dropped. ingest_tracking() does this for its provider at every call.';
+
+-- install/65_ledger.sql
+------------------------------------------------------------------------------
+-- One ticket per problem
+--
+-- A problem is a kind and what it is about: an order (provider, binding,
+-- order key) or, for problems without an order, a subject (a carrier's
+-- shipment id, a tracking number).  At most one ticket per problem is open;
+-- a problem seen again after its ticket was resolved reopens that ticket.
+-- The dispatcher and the SQL functions simply INSERT a ticket: the trigger
+-- _ticket_fold turns that into a refresh of the open ticket, or a reopen.
+-- Reconciliation (70_reconcile.sql) merges its findings set-based itself.
+------------------------------------------------------------------------------
+
+CREATE UNIQUE INDEX exception_ticket_open_key ON @extschema@.exception_ticket
+	(kind, (coalesce(provider_id, 0)), (coalesce(binding_id, 0)),
+	 (coalesce(order_key, '')), (coalesce(subject, '')))
+	WHERE resolved_at IS NULL;
+CREATE INDEX exception_ticket_problem_idx ON @extschema@.exception_ticket
+	(kind, (coalesce(provider_id, 0)), (coalesce(binding_id, 0)),
+	 (coalesce(order_key, '')), (coalesce(subject, '')), ticket_id);
+
+CREATE FUNCTION @extschema@._ticket_fold()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t record;
+BEGIN
+	-- one writer per problem at a time, so that two transactions cannot
+	-- both find no open ticket and both open one
+	PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync ticket', NEW.kind,
+		NEW.provider_id, NEW.binding_id, NEW.order_key, NEW.subject), 0));
+	SELECT x.ticket_id, x.resolved_at INTO t
+	  FROM @extschema@.exception_ticket x
+	 WHERE x.kind OPERATOR(pg_catalog.=) NEW.kind
+	   AND coalesce(x.provider_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.provider_id, 0)
+	   AND coalesce(x.binding_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.binding_id, 0)
+	   AND coalesce(x.order_key, '') OPERATOR(pg_catalog.=) coalesce(NEW.order_key, '')
+	   AND coalesce(x.subject, '') OPERATOR(pg_catalog.=) coalesce(NEW.subject, '')
+	 ORDER BY x.resolved_at IS NULL DESC, x.ticket_id DESC
+	 LIMIT 1;
+	IF NOT FOUND THEN
+		NEW.last_seen_at := coalesce(NEW.last_seen_at, NEW.opened_at);
+		RETURN NEW;
+	END IF;
+	UPDATE @extschema@.exception_ticket x
+	   SET detail = NEW.detail,
+		   outbox_id = coalesce(NEW.outbox_id, x.outbox_id),
+		   tracking_number = coalesce(NEW.tracking_number, x.tracking_number),
+		   facts = coalesce(NEW.facts, x.facts),
+		   last_seen_at = pg_catalog.now(),
+		   resolved_at = NULL,
+		   resolved_by = NULL,
+		   resolution = NULL,
+		   acknowledged_at = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_at END,
+		   acknowledged_by = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_by END,
+		   acknowledgement = CASE WHEN t.resolved_at IS NULL THEN x.acknowledgement END,
+		   reopen_count = x.reopen_count OPERATOR(pg_catalog.+)
+			   CASE WHEN t.resolved_at IS NULL THEN 0 ELSE 1 END,
+		   reopened_at = CASE WHEN t.resolved_at IS NULL THEN x.reopened_at ELSE pg_catalog.now() END
+	 WHERE x.ticket_id OPERATOR(pg_catalog.=) t.ticket_id;
+	IF t.resolved_at IS NOT NULL THEN
+		PERFORM pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object('event', 'ticket_reopened',
+			'ticket_id', t.ticket_id, 'kind', NEW.kind, 'binding_id', NEW.binding_id,
+			'order_key', NEW.order_key)::text);
+	END IF;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._ticket_fold() IS
+	'Internal: a ticket inserted for a problem that already has one refreshes the open ticket, or reopens the last resolved one (reopen_count + 1), instead of adding a second.';
+CREATE TRIGGER exception_ticket_fold BEFORE INSERT ON @extschema@.exception_ticket
+	FOR EACH ROW WHEN (NEW.run_id IS NULL)
+	EXECUTE FUNCTION @extschema@._ticket_fold();
+
+------------------------------------------------------------------------------
+-- History: every step of every ticket, with who and when
+------------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.ticket_event (
+	ticket_id		bigint NOT NULL,
+	at				timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	event			text NOT NULL,
+	actor			name,
+	note			text
+);
+CREATE INDEX ticket_event_ticket_idx ON @extschema@.ticket_event (ticket_id, at);
+CREATE INDEX ticket_event_at_idx ON @extschema@.ticket_event USING brin (at);
+COMMENT ON TABLE @extschema@.ticket_event IS
+	'The history of the exception ledger: one row per step of a ticket (opened, acknowledged, resolved, reopened), with when, who (a user''s session user, or the extension''s own worker: dispatcher, reconcile) and the note given. Written by triggers on shipsync.exception_ticket; the daily summaries are computed from it.';
+COMMENT ON COLUMN @extschema@.ticket_event.event IS 'opened, acknowledged, resolved or reopened.';
+COMMENT ON COLUMN @extschema@.ticket_event.actor IS 'Who took the step: a session user, or dispatcher or reconcile for the extension''s workers.';
+
+-- Who took a step is shipsync._actor() (80_security.sql): the session
+-- user, or the extension's worker (dispatcher, reconcile).  The notes are
+-- those given to ack() and resolve(), or reconciliation's.
+
+CREATE FUNCTION @extschema@._ticket_opened()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO @extschema@.ticket_event (ticket_id, at, event, actor)
+	SELECT n.ticket_id, n.opened_at, 'opened', @extschema@._actor() FROM new_tickets n;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._ticket_opened() IS
+	'Internal: records the opening of new tickets in shipsync.ticket_event (as the extension''s owner: whoever may change a ticket cannot write its history).';
+CREATE TRIGGER exception_ticket_opened AFTER INSERT ON @extschema@.exception_ticket
+	REFERENCING NEW TABLE AS new_tickets
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._ticket_opened();
+
+CREATE FUNCTION @extschema@._ticket_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO @extschema@.ticket_event (ticket_id, at, event, actor, note)
+	SELECT n.ticket_id, e.at, e.event, coalesce(e.actor, @extschema@._actor()), e.note
+	FROM old_tickets o
+	JOIN new_tickets n ON n.ticket_id OPERATOR(pg_catalog.=) o.ticket_id
+	CROSS JOIN LATERAL (VALUES
+		('reopened', o.resolved_at IS NOT NULL AND n.resolved_at IS NULL,
+		 coalesce(n.reopened_at, pg_catalog.now()), NULL::name, NULL::text),
+		('acknowledged', o.acknowledged_at IS NULL AND n.acknowledged_at IS NOT NULL,
+		 n.acknowledged_at, n.acknowledged_by, n.acknowledgement),
+		('resolved', o.resolved_at IS NULL AND n.resolved_at IS NOT NULL,
+		 n.resolved_at, n.resolved_by, n.resolution)
+	) AS e(event, happened, at, actor, note)
+	WHERE e.happened;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._ticket_changed() IS
+	'Internal: records acknowledgements, resolutions and reopenings of tickets in shipsync.ticket_event.';
+CREATE TRIGGER exception_ticket_changed AFTER UPDATE ON @extschema@.exception_ticket
+	REFERENCING OLD TABLE AS old_tickets NEW TABLE AS new_tickets
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._ticket_changed();
+
+------------------------------------------------------------------------------
+-- Views
+------------------------------------------------------------------------------
+
+CREATE VIEW @extschema@.open_tickets AS
+SELECT t.ticket_id,
+	   t.kind,
+	   CASE WHEN t.acknowledged_at IS NULL THEN 'open' ELSE 'acknowledged' END AS state,
+	   pg_catalog.now() OPERATOR(pg_catalog.-) coalesce(t.reopened_at, t.opened_at) AS age,
+	   p.name AS provider,
+	   b.tbl AS "table",
+	   t.order_key,
+	   t.tracking_number,
+	   t.subject,
+	   t.opened_at,
+	   t.reopen_count,
+	   t.last_seen_at,
+	   t.acknowledged_by,
+	   (SELECT e.note FROM @extschema@.ticket_event e
+		 WHERE e.ticket_id OPERATOR(pg_catalog.=) t.ticket_id AND e.note IS NOT NULL
+		 ORDER BY e.at DESC LIMIT 1) AS last_note,
+	   t.detail
+FROM @extschema@.exception_ticket t
+LEFT JOIN @extschema@.provider p ON p.provider_id OPERATOR(pg_catalog.=) t.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id OPERATOR(pg_catalog.=) t.binding_id
+WHERE t.resolved_at IS NULL;
+COMMENT ON VIEW @extschema@.open_tickets IS
+	'Every ticket not resolved, open or acknowledged: its kind, how long since it was (re)opened, the order and provider it is about, and the last note given.';
+COMMENT ON COLUMN @extschema@.open_tickets.ticket_id IS 'The ticket, for shipsync.ack() and shipsync.resolve().';
+COMMENT ON COLUMN @extschema@.open_tickets.kind IS 'What went wrong: dead_intent, invalid_order, writeback_failed, auth_failed, unmatched_expired, or a reconciliation kind (see shipsync.reconciliation).';
+COMMENT ON COLUMN @extschema@.open_tickets.state IS 'open, or acknowledged (someone is on it).';
+COMMENT ON COLUMN @extschema@.open_tickets.age IS 'Time since the ticket was opened, or last reopened.';
+COMMENT ON COLUMN @extschema@.open_tickets.provider IS 'The provider it is about.';
+COMMENT ON COLUMN @extschema@.open_tickets."table" IS 'The attached table of the order, when it is about an order.';
+COMMENT ON COLUMN @extschema@.open_tickets.order_key IS 'The order''s key, as text, when it is about an order.';
+COMMENT ON COLUMN @extschema@.open_tickets.tracking_number IS 'The tracking number it is about, when known.';
+COMMENT ON COLUMN @extschema@.open_tickets.subject IS 'What it is about when that is not an order: the carrier''s shipment id or a tracking number.';
+COMMENT ON COLUMN @extschema@.open_tickets.opened_at IS 'When the ticket was first opened.';
+COMMENT ON COLUMN @extschema@.open_tickets.reopen_count IS 'How many times it came back after being resolved.';
+COMMENT ON COLUMN @extschema@.open_tickets.last_seen_at IS 'When the problem was last seen.';
+COMMENT ON COLUMN @extschema@.open_tickets.acknowledged_by IS 'Who acknowledged it, if anyone.';
+COMMENT ON COLUMN @extschema@.open_tickets.last_note IS 'The last note given with shipsync.ack() or shipsync.resolve().';
+COMMENT ON COLUMN @extschema@.open_tickets.detail IS 'What happened, in words.';
+
+CREATE VIEW @extschema@.ticket_summary AS
+WITH ev AS (
+	SELECT e.at, e.event, t.kind, t.provider_id,
+		   CASE WHEN e.event OPERATOR(pg_catalog.=) 'resolved' THEN
+			   e.at OPERATOR(pg_catalog.-) (SELECT pg_catalog.max(o.at) FROM @extschema@.ticket_event o
+				   WHERE o.ticket_id OPERATOR(pg_catalog.=) e.ticket_id
+					 AND o.event IN ('opened', 'reopened') AND o.at OPERATOR(pg_catalog.<=) e.at)
+		   END AS took
+	FROM @extschema@.ticket_event e
+	JOIN @extschema@.exception_ticket t ON t.ticket_id OPERATOR(pg_catalog.=) e.ticket_id
+)
+SELECT ev.at::date AS day,
+	   ev.kind,
+	   p.name AS provider,
+	   pg_catalog.count(*) FILTER (WHERE ev.event IN ('opened', 'reopened')) AS opened,
+	   pg_catalog.count(*) FILTER (WHERE ev.event OPERATOR(pg_catalog.=) 'resolved') AS resolved,
+	   pg_catalog.percentile_disc(0.5) WITHIN GROUP (ORDER BY ev.took)
+		   FILTER (WHERE ev.took IS NOT NULL) AS median_time_to_resolve
+FROM ev
+LEFT JOIN @extschema@.provider p ON p.provider_id OPERATOR(pg_catalog.=) ev.provider_id
+GROUP BY 1, 2, 3;
+COMMENT ON VIEW @extschema@.ticket_summary IS
+	'Per day (in the session''s time zone), kind and provider: tickets opened (or reopened), tickets resolved, and the median time those took to be resolved since they were (re)opened.';
+COMMENT ON COLUMN @extschema@.ticket_summary.day IS 'The day, in the session''s time zone.';
+COMMENT ON COLUMN @extschema@.ticket_summary.kind IS 'The kind of ticket.';
+COMMENT ON COLUMN @extschema@.ticket_summary.provider IS 'The provider.';
+COMMENT ON COLUMN @extschema@.ticket_summary.opened IS 'Tickets opened or reopened that day.';
+COMMENT ON COLUMN @extschema@.ticket_summary.resolved IS 'Tickets resolved that day, by a person or by the extension.';
+COMMENT ON COLUMN @extschema@.ticket_summary.median_time_to_resolve IS 'The median, over the tickets resolved that day, of the time from their (re)opening to their resolution.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.ticket_event', '');
+
+-- install/70_reconcile.sql
+------------------------------------------------------------------------------
+-- Tables
+------------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.reconcile_run (
+	run_id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	provider_id		integer,
+	kind			text NOT NULL,
+	trigger			text NOT NULL,
+	window_start	timestamptz NOT NULL,
+	window_end		timestamptz,
+	state			text NOT NULL DEFAULT 'pending',
+	pages			integer NOT NULL DEFAULT 0,
+	shipments_seen	bigint NOT NULL DEFAULT 0,
+	opened			integer NOT NULL DEFAULT 0,
+	closed			integer NOT NULL DEFAULT 0,
+	reopened		integer NOT NULL DEFAULT 0,
+	pulls			jsonb NOT NULL DEFAULT '{}',
+	requested_by	name NOT NULL DEFAULT SESSION_USER,
+	started_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	finished_at		timestamptz,
+	error			text
+);
+CREATE INDEX reconcile_run_active_idx ON @extschema@.reconcile_run (run_id)
+	WHERE state IN ('pending', 'pulling', 'comparing');
+CREATE INDEX reconcile_run_started_idx ON @extschema@.reconcile_run (trigger, started_at);
+COMMENT ON TABLE @extschema@.reconcile_run IS
+	'One row per reconciliation run: a full run pulls the carriers'' shipments updated in its window and compares both sides; a crm run (every shipsync.reconcile_interval) compares the CRM side only.';
+COMMENT ON COLUMN @extschema@.reconcile_run.provider_id IS 'The provider reconciled; NULL: every attached, unpaused provider.';
+COMMENT ON COLUMN @extschema@.reconcile_run.kind IS 'full (pull the carrier''s side, then compare everything) or crm (no pull: the CRM side only).';
+COMMENT ON COLUMN @extschema@.reconcile_run.trigger IS 'manual (shipsync.reconcile()), daily (shipsync.reconcile_at) or interval (shipsync.reconcile_interval).';
+COMMENT ON COLUMN @extschema@.reconcile_run.window_start IS 'The carriers are asked for the shipments updated since then.';
+COMMENT ON COLUMN @extschema@.reconcile_run.window_end IS 'When the pull started: shipments recorded later are left to the next run.';
+COMMENT ON COLUMN @extschema@.reconcile_run.state IS 'pending, pulling, comparing, done or failed.';
+COMMENT ON COLUMN @extschema@.reconcile_run.pages IS 'Requests made to the carriers: pages of a list, or lookups of single orders (sf_express).';
+COMMENT ON COLUMN @extschema@.reconcile_run.shipments_seen IS 'Carrier shipments received into shipsync.carrier_snapshot.';
+COMMENT ON COLUMN @extschema@.reconcile_run.opened IS 'Tickets this run opened.';
+COMMENT ON COLUMN @extschema@.reconcile_run.closed IS 'Tickets this run resolved because it no longer saw their problem.';
+COMMENT ON COLUMN @extschema@.reconcile_run.reopened IS 'Resolved tickets this run reopened because it saw their problem again.';
+COMMENT ON COLUMN @extschema@.reconcile_run.pulls IS 'Per provider: how it was pulled (list, search or none), its state, pages, rows and error.';
+COMMENT ON COLUMN @extschema@.reconcile_run.requested_by IS 'Who started it: a session user, or reconcile for the schedules.';
+COMMENT ON COLUMN @extschema@.reconcile_run.error IS 'Why it failed, or which provider''s pull failed.';
+
+CREATE TABLE @extschema@.carrier_snapshot (
+	run_id			bigint NOT NULL,
+	provider_id		integer NOT NULL,
+	shipment_id		text NOT NULL,
+	order_ref		text,
+	tracking_number text,
+	status			text,
+	canonical		text,
+	canonical_rank	integer,
+	updated_at		timestamptz,
+	fees			jsonb,
+	PRIMARY KEY (run_id, provider_id, shipment_id)
+);
+COMMENT ON TABLE @extschema@.carrier_snapshot IS
+	'The carriers'' own shipments as pulled by a reconciliation run (generic: GET /shipments?updated_since=; sf_express: one EXP_RECE_SEARCH_ORDER_RESP per order). Only the last complete run of each provider is kept.';
+COMMENT ON COLUMN @extschema@.carrier_snapshot.shipment_id IS 'The carrier''s id of the shipment (sf_express: the orderId).';
+COMMENT ON COLUMN @extschema@.carrier_snapshot.order_ref IS 'The order the carrier says it is for.';
+COMMENT ON COLUMN @extschema@.carrier_snapshot.status IS 'The status as the carrier says it; canonical and canonical_rank: mapped through shipsync.status_map.';
+
+-- Where the CRM-side pass of each binding stands.  A pass reads the orders
+-- changed since the last one (their xmin), not every order.
+CREATE TABLE @extschema@.reconcile_state (
+	binding_id		integer PRIMARY KEY,
+	horizon			xid8,
+	full_at			timestamptz,
+	pass_at			timestamptz,
+	stuck_at		timestamptz
+);
+COMMENT ON TABLE @extschema@.reconcile_state IS
+	'Per binding: from which transaction on order rows must be compared again (every transaction older than horizon had ended when the last pass read the table), and when the last full pass, the last pass and the last look for stuck shipments (hourly, thresholds are days) ran.';
+
+-- Orders seen without a shipment, until they have one.
+CREATE TABLE @extschema@.reconcile_seen (
+	binding_id		integer NOT NULL,
+	order_key		text NOT NULL,
+	first_seen_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (binding_id, order_key)
+);
+COMMENT ON TABLE @extschema@.reconcile_seen IS
+	'Orders a reconciliation pass found without a shipment, until they have one: compared again at every pass, and their age when neither the binding''s created_at_column nor commit timestamps tell it.';
+
+CREATE TABLE @extschema@.stuck_after (
+	status			text NOT NULL REFERENCES @extschema@.canonical_status (name),
+	after			interval NOT NULL CHECK (after > interval '0'),
+	builtin			boolean NOT NULL DEFAULT false,
+	PRIMARY KEY (status, builtin)
+);
+COMMENT ON TABLE @extschema@.stuck_after IS
+	'A shipment in this canonical status with no tracking event for longer than after is stuck. A row of your own (builtin false) overrides the built-in one of its status; statuses without a row are never stuck.';
+COMMENT ON COLUMN @extschema@.stuck_after.builtin IS
+	'Seeded by the extension (not dumped by pg_dump, read-only): insert a row of your own to change the threshold of a status.';
+INSERT INTO @extschema@.stuck_after (status, after, builtin) VALUES
+	('pending', '2 days', true),
+	('pre_transit', '2 days', true),
+	('in_transit', '5 days', true),
+	('out_for_delivery', '1 day', true),
+	('available_for_pickup', '5 days', true),
+	('delivery_failed', '2 days', true),
+	('exception', '2 days', true),
+	('returning', '10 days', true);
+
+CREATE FUNCTION @extschema@._stuck_after_check()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.builtin THEN
+		RAISE EXCEPTION 'the built-in threshold of status "%" is read-only', OLD.status
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'Built-in rows come with the extension and are created again on restore.',
+				  HINT = format('Insert a row of your own, which overrides it: INSERT INTO shipsync.stuck_after (status, after) VALUES (%L, ''3 days'').', OLD.status);
+	END IF;
+	IF TG_OP = 'DELETE' THEN
+		RETURN OLD;
+	END IF;
+	NEW.builtin := false;
+	RETURN NEW;
+END
+$$;
+CREATE TRIGGER stuck_after_check BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.stuck_after
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._stuck_after_check();
+
+-- Intents that stopped (dead, invalid) or had nothing to send, per order:
+-- why an order without a shipment has none.
+CREATE INDEX outbox_stopped_idx ON @extschema@.outbox (binding_id, order_key, id)
+	WHERE state IN ('dead', 'invalid') OR error_class = 'nothing_to_send';
+
+------------------------------------------------------------------------------
+-- The kinds
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@._reconcile_kinds()
+RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT ARRAY['not_sent', 'missing_at_carrier', 'orphan_at_carrier', 'duplicate_at_carrier',
+				 'tracking_mismatch', 'status_mismatch', 'address_changed_after_send',
+				 'stuck']
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_kinds() IS
+	'Internal: the kinds of discrepancy reconciliation finds.';
+
+-- The attach options of reconciliation: grace, created_at_column.
+CREATE FUNCTION @extschema@._check_reconcile_options(opts jsonb, tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	g interval;
+	coltype regtype;
+BEGIN
+	IF opts ? 'grace' THEN
+		BEGIN
+			IF jsonb_typeof(opts->'grace') <> 'string' THEN
+				RAISE invalid_text_representation;
+			END IF;
+			g := (opts->>'grace')::interval;
+		EXCEPTION WHEN invalid_text_representation OR invalid_datetime_format
+				   OR datetime_field_overflow OR interval_field_overflow THEN
+			RAISE EXCEPTION 'option "grace" must be an interval'
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('The value given is %s.', opts->'grace'),
+					  HINT = 'For example "10 minutes": how long an order may wait for its shipment before it is not_sent.';
+		END;
+		IF g < interval '0' THEN
+			RAISE EXCEPTION 'option "grace" must not be negative'
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('The value given is %s.', opts->>'grace'),
+					  HINT = 'For example "10 minutes".';
+		END IF;
+	END IF;
+	IF opts ? 'created_at_column' THEN
+		SELECT a.atttypid::regtype INTO coltype FROM pg_attribute a
+		 WHERE a.attrelid = tbl AND a.attname = opts->>'created_at_column'
+		   AND a.attnum > 0 AND NOT a.attisdropped;
+		IF jsonb_typeof(opts->'created_at_column') <> 'string' OR coltype IS NULL THEN
+			RAISE EXCEPTION 'option "created_at_column" must name a column of table %', tbl
+				USING ERRCODE = 'undefined_column',
+					  DETAIL = format('The value given is %s.', opts->'created_at_column'),
+					  HINT = 'Name the column that holds when the order was created.';
+		END IF;
+		IF coltype NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
+			RAISE EXCEPTION 'column "%" of table % has type %, not a time', opts->>'created_at_column', tbl, coltype
+				USING ERRCODE = 'datatype_mismatch',
+					  HINT = 'created_at_column must be of type timestamptz, timestamp or date.';
+		END IF;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._check_reconcile_options(jsonb, regclass) IS
+	'Internal: checks the attach options grace and created_at_column.';
+
+------------------------------------------------------------------------------
+-- The pull (called by the dispatcher, src/reconcile.c)
+------------------------------------------------------------------------------
+
+/*
+ * The schedule, asked by the dispatcher when something may be due: with
+ * crm, a CRM-side pass (unless one is running); the daily full run of every
+ * attached, unpaused provider once a day from at_minute (local time, -1:
+ * never), unless a full run of all providers is still going on.  The very
+ * first daily run waits for its time; a day missed later (the server was
+ * down at that time) is caught up once.  Returns when the next daily run is
+ * due.
+ */
+CREATE FUNCTION @extschema@._reconcile_schedule(at_minute integer, crm boolean)
+RETURNS timestamptz
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	today timestamptz;
+	last_daily timestamptz;
+BEGIN
+	PERFORM pg_advisory_xact_lock(hashtext('shipsync reconcile'));
+	IF crm AND EXISTS (SELECT 1 FROM @extschema@.binding b WHERE b.active)
+	   AND NOT EXISTS (SELECT 1 FROM @extschema@.reconcile_run x
+					    WHERE x.kind = 'crm' AND x.state IN ('pending', 'pulling', 'comparing')) THEN
+		INSERT INTO @extschema@.reconcile_run (kind, trigger, window_start, requested_by)
+		VALUES ('crm', 'interval', now(), 'reconcile');
+	END IF;
+	IF at_minute IS NULL OR at_minute < 0 THEN
+		RETURN NULL;
+	END IF;
+	today := date_trunc('day', now()) + make_interval(mins => at_minute);
+	IF now() < today THEN
+		RETURN today;
+	END IF;
+	SELECT max(x.started_at) INTO last_daily FROM @extschema@.reconcile_run x
+	 WHERE x.trigger = 'daily';
+	-- the very first daily run starts within the hour after its time (not
+	-- at once when the extension is installed at noon); a day missed later
+	-- (the server was down) is caught up once
+	IF (last_daily IS NULL AND now() < today + interval '1 hour') OR last_daily < today THEN
+		IF EXISTS (SELECT 1 FROM @extschema@.reconcile_run x
+					WHERE x.kind = 'full' AND x.provider_id IS NULL
+					  AND x.state IN ('pending', 'pulling', 'comparing')) THEN
+			RETURN now() + interval '1 minute';
+		END IF;
+		IF EXISTS (SELECT 1 FROM @extschema@.binding b
+					 JOIN @extschema@.provider p ON p.provider_id = b.provider_id
+					WHERE b.active AND NOT p.paused) THEN
+			INSERT INTO @extschema@.reconcile_run (kind, trigger, window_start, requested_by)
+			VALUES ('full', 'daily', now() - interval '2 days', 'reconcile');
+		END IF;
+	END IF;
+	RETURN today + interval '1 day';
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_schedule(integer, boolean) IS
+	'Internal: the dispatcher starts the reconciliation runs that are due (a CRM-side pass with crm; the daily run from at_minute of the day); returns when the next daily run is due.';
+
+/*
+ * Start a pending run: its window ends now, and the providers it pulls are
+ * chosen (the run's provider, or every unpaused provider with an attached
+ * table): generic ones by their list, sf_express ones order by order,
+ * others not at all (CRM side only).  Returns the providers to pull; none
+ * for a crm run or when nothing is to be pulled, which then waits for its
+ * comparison.
+ */
+CREATE FUNCTION @extschema@._reconcile_start(run bigint)
+RETURNS TABLE (provider_id integer, mode text, since timestamptz, until timestamptz)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	chosen jsonb;
+BEGIN
+	SELECT x.* INTO r FROM @extschema@.reconcile_run x
+	 WHERE x.run_id = run AND x.state = 'pending' FOR UPDATE;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	IF r.kind = 'crm' THEN
+		UPDATE @extschema@.reconcile_run x SET state = 'comparing', window_end = now()
+		 WHERE x.run_id = run;
+		RETURN;
+	END IF;
+	SELECT coalesce(jsonb_object_agg(p.provider_id::text, jsonb_build_object(
+			   'provider', p.name, 'mode', m.mode,
+			   'state', CASE WHEN m.mode = 'none' THEN 'skipped' ELSE 'pulling' END,
+			   'pages', 0, 'rows', 0)), '{}')
+	  INTO chosen
+	  FROM @extschema@.provider p
+	 CROSS JOIN LATERAL (SELECT CASE p.dialect WHEN 'generic' THEN 'list'
+							WHEN 'sf_express' THEN 'search' ELSE 'none' END AS mode) m
+	 WHERE p.dialect NOT IN ('easypost', 'aftership', 'kuaidi100')
+	   AND (p.provider_id = r.provider_id
+			OR (r.provider_id IS NULL AND NOT p.paused
+				AND EXISTS (SELECT 1 FROM @extschema@.binding b
+							 WHERE b.provider_id = p.provider_id AND b.active)));
+	UPDATE @extschema@.reconcile_run x
+	   SET state = CASE WHEN EXISTS (SELECT 1 FROM jsonb_each(chosen) c
+									  WHERE c.value->>'state' = 'pulling')
+						THEN 'pulling' ELSE 'comparing' END,
+		   window_end = now(), pulls = chosen
+	 WHERE x.run_id = run;
+	RETURN QUERY
+	SELECT c.key::integer, c.value->>'mode', r.window_start, now()
+	  FROM jsonb_each(chosen) c
+	 WHERE c.value->>'state' = 'pulling'
+	 ORDER BY 1;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_start(bigint) IS
+	'Internal: the dispatcher starts a pending reconciliation run; returns the providers to pull.';
+
+/*
+ * One page of a provider's list (or a batch of lookups) into the snapshot,
+ * its raw statuses mapped through status_map as tracking events are.  With
+ * done, the provider's pull is complete; when no provider of the run is
+ * still pulling, the run waits for its comparison.  Returns the run's state
+ * (nothing: the run is no longer pulling).
+ */
+CREATE FUNCTION @extschema@._reconcile_page(run bigint, pid integer, requests integer,
+	ids text[], refs text[], tns text[], statuses text[], updated text[],
+	fees text[], done boolean)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	prof text;
+	n bigint;
+	p jsonb;
+BEGIN
+	SELECT coalesce(x.options->>'profile', x.dialect) INTO prof
+	  FROM @extschema@.provider x WHERE x.provider_id = pid;
+	-- (each raw status is mapped once, not once per shipment; a shipment
+	-- listed twice keeps its first row)
+	WITH u AS (
+		SELECT u.* FROM unnest(ids, refs, tns, statuses, updated, fees) AS u(id, ref, tn, st, at, fees)
+		 WHERE u.id IS NOT NULL),
+	m AS (
+		SELECT d.st, cs.name, cs.rank
+		  FROM (SELECT DISTINCT u.st FROM u WHERE u.st IS NOT NULL) d
+		  LEFT JOIN LATERAL (
+			  SELECT sm.status FROM @extschema@.status_map sm
+			   WHERE sm.profile = prof AND sm.raw_status = d.st AND sm.pattern IS NULL
+			   ORDER BY sm.priority DESC LIMIT 1) x ON true
+		  LEFT JOIN @extschema@.canonical_status cs
+			ON cs.name = coalesce(x.status, CASE WHEN prof = 'generic' THEN lower(d.st) END)),
+	ins AS (
+		INSERT INTO @extschema@.carrier_snapshot AS c (run_id, provider_id, shipment_id, order_ref,
+			tracking_number, status, canonical, canonical_rank, updated_at, fees)
+		SELECT run, pid, u.id, u.ref, u.tn, u.st,
+			   CASE WHEN u.st IS NOT NULL THEN coalesce(m.name, 'unknown') END,
+			   CASE WHEN u.st IS NOT NULL THEN coalesce(m.rank, -1) END,
+			   u.at::timestamptz, u.fees::jsonb
+		  FROM u LEFT JOIN m ON m.st = u.st
+		ON CONFLICT (run_id, provider_id, shipment_id) DO NOTHING
+		RETURNING 1)
+	SELECT count(*) INTO n FROM ins;
+
+	UPDATE @extschema@.reconcile_run x
+	   SET pages = x.pages + requests,
+		   shipments_seen = x.shipments_seen + n,
+		   pulls = jsonb_set(x.pulls, ARRAY[pid::text], (x.pulls->(pid::text)) || jsonb_build_object(
+			   'pages', coalesce((x.pulls->(pid::text)->>'pages')::integer, 0) + requests,
+			   'rows', coalesce((x.pulls->(pid::text)->>'rows')::bigint, 0) + n,
+			   'state', CASE WHEN done THEN 'done' ELSE 'pulling' END))
+	 WHERE x.run_id = run AND x.state = 'pulling' AND x.pulls ? (pid::text)
+	RETURNING x.pulls INTO p;
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	RETURN @extschema@._reconcile_pulled(run, p);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_page(bigint, integer, integer, text[], text[], text[], text[], text[], text[], boolean) IS
+	'Internal: the dispatcher stores a page of a carrier''s shipments into shipsync.carrier_snapshot.';
+
+-- A provider's pull failed: the run compares the others, and fails.
+CREATE FUNCTION @extschema@._reconcile_pull_failed(run bigint, pid integer, requests integer, err text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	p jsonb;
+BEGIN
+	UPDATE @extschema@.reconcile_run x
+	   SET pages = x.pages + requests,
+		   pulls = jsonb_set(x.pulls, ARRAY[pid::text], (x.pulls->(pid::text)) || jsonb_build_object(
+			   'pages', coalesce((x.pulls->(pid::text)->>'pages')::integer, 0) + requests,
+			   'state', 'failed', 'error', err))
+	 WHERE x.run_id = run AND x.state = 'pulling' AND x.pulls ? (pid::text)
+	RETURNING x.pulls INTO p;
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	-- what it did pull is of no use
+	DELETE FROM @extschema@.carrier_snapshot c WHERE c.run_id = run AND c.provider_id = pid;
+	RETURN @extschema@._reconcile_pulled(run, p);
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_pull_failed(bigint, integer, integer, text) IS
+	'Internal: the dispatcher records that a provider''s pull failed.';
+
+-- When no provider of the run is pulling any more, it waits for its comparison.
+CREATE FUNCTION @extschema@._reconcile_pulled(run bigint, pulls jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM jsonb_each(pulls) c WHERE c.value->>'state' = 'pulling') THEN
+		RETURN 'pulling';
+	END IF;
+	UPDATE @extschema@.reconcile_run x SET state = 'comparing' WHERE x.run_id = run;
+	RETURN 'comparing';
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_pulled(bigint, jsonb) IS
+	'Internal: moves a run whose pulls are over to its comparison.';
+
+------------------------------------------------------------------------------
+-- The comparison (called by the reconcile worker, src/recon_worker.c)
+--
+-- Every check is one set-based statement over a whole table or snapshot:
+-- hash joins of orders, shipments and the snapshot, never a lookup per
+-- order.  Findings go into pg_temp.recon_found (one row per kind and
+-- problem; the first finder wins); _reconcile_merge then turns them into
+-- tickets and resolves the tickets of problems no longer seen.
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@._reconcile_tables()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $$
+BEGIN
+	CREATE TEMP TABLE IF NOT EXISTS recon_found (
+		kind			text NOT NULL,
+		provider_id		integer,
+		binding_id		integer,
+		order_key		text,
+		subject			text,
+		tracking_number text,
+		chk				text NOT NULL,
+		facts			jsonb,
+		detail			text);
+	CREATE UNIQUE INDEX IF NOT EXISTS recon_found_key ON pg_temp.recon_found
+		(kind, (coalesce(provider_id, 0)), (coalesce(binding_id, 0)),
+		 (coalesce(order_key, '')), (coalesce(subject, '')));
+	-- per provider: the rows of the full join of its snapshot and our
+	-- shipments that may hold a discrepancy
+	CREATE TEMP TABLE IF NOT EXISTS recon_pair (
+		provider_id		integer NOT NULL,
+		c_id			text,
+		c_ref			text,
+		c_tn			text,
+		c_status		text,
+		c_canon			text,
+		c_rank			integer,
+		c_at			timestamptz,
+		binding_id		integer,
+		order_key		text,
+		s_id			text,
+		s_tn			text,
+		s_status		text,
+		s_rank			integer,
+		s_terminal		boolean,
+		s_updated		timestamptz);
+	-- order references of the carrier's that no shipment of ours explains
+	CREATE TEMP TABLE IF NOT EXISTS recon_ref (
+		provider_id		integer NOT NULL,
+		ref				text NOT NULL,
+		binding_id		integer,
+		PRIMARY KEY (provider_id, ref));
+	CREATE TEMP TABLE IF NOT EXISTS recon_dup (
+		provider_id		integer NOT NULL,
+		order_ref		text NOT NULL,
+		ids				text[],
+		tns				text[]);
+	CREATE TEMP TABLE IF NOT EXISTS recon_prepared (run_id bigint);
+	TRUNCATE pg_temp.recon_found, pg_temp.recon_pair, pg_temp.recon_ref, pg_temp.recon_dup,
+		pg_temp.recon_prepared;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_tables() IS
+	'Internal: the session''s working tables of a comparison, created or emptied.';
+
+/*
+ * The first step of a comparison: join each pulled provider's snapshot with
+ * our shipments of it, keeping the rows that may hold a discrepancy, and
+ * return, per provider, the statuses the carrier is ahead with, as a
+ * generic tracking payload ({"events": [...]}, at most 1,000 per row): the
+ * reconcile worker applies them as pulled tracking (rank rules, write-back
+ * as the table's owner) before _reconcile_compare.
+ */
+CREATE FUNCTION @extschema@._reconcile_prepare(run bigint)
+RETURNS TABLE (provider text, body text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	pid integer;
+	bids integer[];
+BEGIN
+	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run;
+	IF NOT FOUND OR r.state <> 'comparing' THEN
+		RAISE EXCEPTION 'reconciliation run % is not waiting for its comparison', run
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = format('Its state is %s.', coalesce(r.state, 'unknown: it does not exist'));
+	END IF;
+	PERFORM @extschema@._reconcile_tables();
+	INSERT INTO pg_temp.recon_prepared VALUES (run);
+	FOR pid IN SELECT c.key::integer FROM jsonb_each(r.pulls) c
+				WHERE c.value->>'state' = 'done' ORDER BY 1 LOOP
+		bids := ARRAY(SELECT b.binding_id FROM @extschema@.binding b
+					   WHERE b.provider_id = pid AND b.active);
+		INSERT INTO pg_temp.recon_pair
+		SELECT pid, c.shipment_id, c.order_ref, c.tracking_number, c.status, c.canonical,
+			   c.canonical_rank, c.updated_at,
+			   s.binding_id, s.order_key, s.provider_shipment_id, s.tracking_number, s.status,
+			   cs.rank, cs.terminal, s.updated_at
+		  FROM (SELECT * FROM @extschema@.carrier_snapshot x
+				 WHERE x.run_id = run AND x.provider_id = pid) c
+		  FULL JOIN (SELECT x.* FROM @extschema@.shipment x
+					  WHERE x.provider_id = pid AND x.provider_shipment_id IS NOT NULL
+						AND x.binding_id = ANY (bids)) s
+			ON s.provider_shipment_id = c.shipment_id
+		  LEFT JOIN @extschema@.canonical_status cs ON cs.name = s.status
+		 WHERE (c.shipment_id IS NULL
+				AND s.updated_at >= r.window_start AND s.updated_at < r.window_end
+				AND s.status <> 'cancelled')
+			OR (s.order_key IS NULL)
+			OR (c.tracking_number IS NOT NULL AND c.tracking_number IS DISTINCT FROM s.tracking_number)
+			OR (c.canonical_rank > cs.rank)
+			OR (c.shipment_id IS NOT NULL AND s.status = 'cancelled'
+				AND c.canonical IS DISTINCT FROM 'cancelled');
+	END LOOP;
+	ANALYZE pg_temp.recon_pair;
+
+	RETURN QUERY
+	SELECT p.name::text,
+		   json_build_object('events', json_agg(json_build_object(
+			   'id', 'reconcile:' || a.c_id || ':' || a.c_status,
+			   'tracking_number', a.s_tn,
+			   'status', a.c_status,
+			   'occurred_at', coalesce(a.c_at, r.window_end),
+			   'description', 'status in the carrier''s list, reconciliation run ' || run)
+			   ORDER BY a.c_id))::text
+	  FROM (SELECT x.*, (row_number() OVER (PARTITION BY x.provider_id ORDER BY x.c_id) - 1) / 1000 AS chunk
+			  FROM pg_temp.recon_pair x
+			 WHERE x.c_id IS NOT NULL AND x.s_id IS NOT NULL AND x.s_tn IS NOT NULL
+			   AND x.c_canon <> 'unknown' AND x.c_rank > x.s_rank AND NOT x.s_terminal) a
+	  JOIN @extschema@.provider p ON p.provider_id = a.provider_id
+	 GROUP BY p.name, a.chunk
+	 ORDER BY p.name, a.chunk;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_prepare(bigint) IS
+	'Internal: joins the snapshots of a run with our shipments; returns the statuses the carriers are ahead with, as pulled tracking to apply.';
+
+/*
+ * The CRM side of one binding: orders without a shipment and nothing on its
+ * way (not_sent), written-back columns that differ from the shipment
+ * (tracking_mismatch, status_mismatch), orders changed since their request
+ * was sent (address_changed_after_send).  A full pass reads every order; an
+ * incremental one, the orders changed since the last pass (their xmin is
+ * not older than the horizon then saved), those whose shipment or stopped
+ * intents changed, those with open tickets or tickets resolved since (a
+ * problem resolved by hand but still there is reopened at once), and those
+ * still waiting for a shipment (shipsync.reconcile_seen).
+ */
+CREATE FUNCTION @extschema@._reconcile_crm(bid integer, full_pass boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b record;
+	keytype text;
+	skip text[];
+	grace interval;
+	born text;
+	trk integer;
+	st record;
+	h xid8;
+	hage integer;
+	eff text;
+	tn_bad text;
+	st_bad text;
+	src text;
+BEGIN
+	SELECT x.* INTO b FROM @extschema@.binding x WHERE x.binding_id = bid;
+	SELECT format_type(a.atttypid, a.atttypmod) INTO keytype
+	  FROM pg_attribute a
+	 WHERE a.attrelid = b.tbl AND a.attname = b.key_column AND a.attnum > 0 AND NOT a.attisdropped;
+	skip := ARRAY(SELECT w.value #>> '{}' FROM jsonb_each(b.writeback) w ORDER BY 1);
+	grace := coalesce((b.options->>'grace')::interval, interval '10 minutes');
+	born := CASE WHEN b.options ? 'created_at_column'
+					 THEN format('t.%I::timestamptz', b.options->>'created_at_column')
+				 WHEN current_setting('track_commit_timestamp')::boolean
+					 THEN 'pg_xact_commit_timestamp(t.xmin)'
+				 ELSE 'NULL::timestamptz' END;
+	SELECT p.provider_id INTO trk FROM @extschema@.provider p WHERE p.name = b.options->>'tracking_provider';
+	-- the status written back is the tracking provider's once it reports one
+	eff := CASE WHEN trk IS NULL THEN 's.status'
+				ELSE 'CASE WHEN tr.status IS NOT NULL AND tr.status <> ''pending'' THEN tr.status ELSE s.status END' END;
+	tn_bad := CASE WHEN b.writeback ? 'tracking_number'
+				   THEN format('(s.tracking_number IS NOT NULL AND t.%I::text IS DISTINCT FROM s.tracking_number)',
+							   b.writeback->>'tracking_number')
+				   ELSE 'false' END;
+	st_bad := CASE WHEN b.writeback ? 'status'
+				   THEN format('(s.order_key IS NOT NULL AND t.%I::text IS DISTINCT FROM %s)',
+							   b.writeback->>'status', eff)
+				   ELSE 'false' END;
+
+	-- where the last pass stopped; rows of transactions from h on are read
+	-- again by the next one
+	INSERT INTO @extschema@.reconcile_state (binding_id) VALUES (bid) ON CONFLICT DO NOTHING;
+	SELECT x.* INTO st FROM @extschema@.reconcile_state x WHERE x.binding_id = bid FOR UPDATE;
+	h := pg_snapshot_xmin(pg_current_snapshot());
+	IF st.horizon IS NOT NULL THEN
+		hage := age(((st.horizon::text::numeric % 4294967296)::text)::xid);
+	END IF;
+	-- an horizon 2^30 transactions old is too old to compare xids with
+	full_pass := full_pass OR hage IS NULL OR hage < 0 OR hage > 1073741824;
+
+	IF full_pass THEN
+		src := format('%s t', b.tbl);
+	ELSE
+		src := format($src$(SELECT DISTINCT c.k FROM (
+				SELECT t.%1$I::text AS k FROM %2$s t WHERE age(t.xmin) <= $4
+				UNION ALL
+				SELECT s.order_key FROM @extschema@.shipment s
+				 WHERE s.binding_id = $1 AND age(s.xmin) <= $4
+				UNION ALL
+				SELECT o.order_key FROM @extschema@.outbox o
+				 WHERE o.binding_id = $1 AND (o.state IN ('dead', 'invalid') OR o.error_class = 'nothing_to_send')
+				   AND age(o.xmin) <= $4
+				UNION ALL
+				SELECT x.order_key FROM @extschema@.exception_ticket x
+				 WHERE x.binding_id = $1 AND x.order_key IS NOT NULL
+				   AND (x.resolved_at IS NULL OR age(x.xmin) <= $4)
+				UNION ALL
+				SELECT r.order_key FROM @extschema@.reconcile_seen r WHERE r.binding_id = $1) c) c
+			JOIN %2$s t ON t.%1$I = c.k::%3$s$src$, b.key_column, b.tbl, keytype);
+	END IF;
+
+	EXECUTE format($q$
+		WITH act AS MATERIALIZED (
+			SELECT o.order_key FROM @extschema@.outbox o
+			 WHERE o.binding_id = $1 AND o.state IN ('pending', 'retrying', 'in_flight')
+			UNION
+			SELECT i.order_key FROM @extschema@.inbox i WHERE i.binding_id = $1),
+		x AS MATERIALIZED (
+			SELECT y.* FROM (
+				SELECT t.%1$I::text AS k,
+					   s.order_key IS NOT NULL AS shipped,
+					   s.provider_shipment_id AS s_id, s.tracking_number AS s_tn, %3$s AS s_status,
+					   s.content_digest AS s_digest,
+					   %4$s AS tn_bad, %5$s AS st_bad,
+					   (s.content_digest IS NOT NULL AND s.status <> 'cancelled'
+						AND @extschema@._row_digest(t, $2) <> s.content_digest) AS addr_bad,
+					   %6$s AS o_tn, %7$s AS o_status,
+					   coalesce(%8$s, r.first_seen_at) AS born,
+					   r.order_key IS NOT NULL AS seen
+				  FROM %2$s
+				  LEFT JOIN @extschema@.shipment s
+					ON s.binding_id = $1 AND s.provider_id = $3 AND s.order_key = t.%1$I::text
+				  %9$s
+				  LEFT JOIN @extschema@.reconcile_seen r
+					ON r.binding_id = $1 AND r.order_key = t.%1$I::text) y
+			 WHERE NOT y.shipped OR y.tn_bad OR y.st_bad OR y.addr_bad),
+		seen AS (
+			INSERT INTO @extschema@.reconcile_seen (binding_id, order_key)
+			SELECT $1, x.k FROM x WHERE NOT x.shipped AND NOT x.seen
+			ON CONFLICT DO NOTHING)
+		INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
+			chk, facts, detail)
+		SELECT f.kind, $3, $1, x.k, x.s_tn, 'crm', f.facts, f.detail
+		  FROM x
+		  LEFT JOIN LATERAL (
+			  SELECT o.id, o.state, o.error_class, o.last_error FROM @extschema@.outbox o
+			   WHERE NOT x.shipped AND o.binding_id = $1 AND o.order_key = x.k
+				 AND (o.state IN ('dead', 'invalid') OR o.error_class = 'nothing_to_send')
+			   ORDER BY o.id DESC LIMIT 1) so ON true
+		 CROSS JOIN LATERAL (VALUES
+			('not_sent',
+			 NOT x.shipped AND x.born < now() - $5 AND x.k NOT IN (SELECT act.order_key FROM act)
+			 AND so.error_class IS DISTINCT FROM 'nothing_to_send',
+			 jsonb_build_object('check', 'crm',
+				'reason', coalesce(so.state, 'not_captured'), 'outbox_id', so.id,
+				'last_error', so.last_error, 'since', x.born),
+			 format('order %%s of %%s has no shipment and nothing on its way (%%s)', x.k, $6,
+				CASE so.state WHEN 'dead' THEN 'its intent is dead: ' || coalesce(so.last_error, '')
+							  WHEN 'invalid' THEN 'its intent is invalid: ' || coalesce(so.last_error, '')
+							  ELSE 'no intent was captured' END)),
+			('tracking_mismatch', x.shipped AND x.tn_bad,
+			 jsonb_build_object('check', 'crm', 'column', %10$L, 'order', x.o_tn, 'shipment', x.s_tn),
+			 format('order %%s of %%s: column %%s holds %%s, the shipment''s tracking number is %%s',
+				x.k, $6, %10$L, coalesce(x.o_tn, 'NULL'), x.s_tn)),
+			('status_mismatch', x.shipped AND x.st_bad,
+			 jsonb_build_object('check', 'crm', 'column', %11$L, 'order', x.o_status, 'shipment', x.s_status),
+			 format('order %%s of %%s: column %%s holds %%s, the shipment''s status is %%s',
+				x.k, $6, %11$L, coalesce(x.o_status, 'NULL'), x.s_status)),
+			('address_changed_after_send',
+			 x.shipped AND x.addr_bad AND x.k NOT IN (SELECT act.order_key FROM act),
+			 jsonb_build_object('check', 'crm', 'shipment_id', x.s_id),
+			 format('order %%s of %%s changed after its shipment %%s was sent, and no update is on its way',
+				x.k, $6, coalesce(x.s_id, '')))
+		 ) AS f(kind, hit, facts, detail)
+		 WHERE f.hit
+		ON CONFLICT DO NOTHING
+	$q$, b.key_column, src, eff, tn_bad, st_bad,
+		CASE WHEN b.writeback ? 'tracking_number' THEN format('t.%I::text', b.writeback->>'tracking_number') ELSE 'NULL::text' END,
+		CASE WHEN b.writeback ? 'status' THEN format('t.%I::text', b.writeback->>'status') ELSE 'NULL::text' END,
+		born,
+		CASE WHEN trk IS NULL THEN ''
+			 ELSE format('LEFT JOIN @extschema@.shipment tr ON tr.binding_id = $1 AND tr.provider_id = %s AND tr.order_key = t.%I::text',
+						 trk, b.key_column) END,
+		b.writeback->>'tracking_number', b.writeback->>'status')
+	USING bid, skip, b.provider_id, hage, grace, b.tbl::text;
+
+	-- orders no longer waiting: shipped, or gone
+	EXECUTE format($d$
+		DELETE FROM @extschema@.reconcile_seen r
+		 WHERE r.binding_id = $1
+		   AND (EXISTS (SELECT 1 FROM @extschema@.shipment s
+						 WHERE s.binding_id = $1 AND s.provider_id = $2 AND s.order_key = r.order_key)
+				OR NOT EXISTS (SELECT 1 FROM %s t WHERE t.%I = r.order_key::%s))
+	$d$, b.tbl, b.key_column, keytype)
+	USING bid, b.provider_id;
+
+	UPDATE @extschema@.reconcile_state x
+	   SET horizon = h, pass_at = now(),
+		   full_at = CASE WHEN full_pass THEN now() ELSE x.full_at END
+	 WHERE x.binding_id = bid;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_crm(integer, boolean) IS
+	'Internal: compares the CRM side of one binding (its orders, their shipments and intents); full reads every order, else only what changed since the last pass.';
+
+/*
+ * The carrier's side of one provider, from the pairs _reconcile_prepare
+ * kept: shipments of ours its list lacks, tracking numbers and statuses
+ * that differ (statuses re-read: the worker has applied what it could),
+ * shipments of its for orders we do not have or cancelled, and orders it
+ * holds twice.  Order references no shipment of ours explains are looked up
+ * in the provider's tables, one statement per table: by the table's key
+ * index where a reference can be a key of its type, else a hash join.
+ */
+CREATE FUNCTION @extschema@._reconcile_carrier(run bigint, pid integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b record;
+	keyexpr text;
+BEGIN
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
+		chk, facts, detail)
+	SELECT 'missing_at_carrier', pid, x.binding_id, x.order_key, x.s_tn, 'carrier',
+		   jsonb_build_object('check', 'carrier', 'shipment_id', x.s_id, 'tracking_number', x.s_tn,
+			   'status', x.s_status, 'updated_at', x.s_updated),
+		   format('the carrier''s list has no shipment %s (tracking number %s) of order %s',
+			   x.s_id, coalesce(x.s_tn, 'none'), x.order_key)
+	  FROM pg_temp.recon_pair x
+	 WHERE x.provider_id = pid AND x.c_id IS NULL
+	ON CONFLICT DO NOTHING;
+
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
+		chk, facts, detail)
+	SELECT 'tracking_mismatch', pid, x.binding_id, x.order_key, x.s_tn, 'carrier',
+		   jsonb_build_object('check', 'carrier', 'shipment_id', x.s_id, 'ours', x.s_tn, 'carrier', x.c_tn),
+		   format('shipment %s of order %s: our tracking number is %s, the carrier''s %s',
+			   x.s_id, x.order_key, coalesce(x.s_tn, 'none'), x.c_tn)
+	  FROM pg_temp.recon_pair x
+	 WHERE x.provider_id = pid AND x.c_id IS NOT NULL AND x.s_id IS NOT NULL
+	   AND x.c_tn IS NOT NULL AND x.c_tn IS DISTINCT FROM x.s_tn
+	ON CONFLICT DO NOTHING;
+
+	-- still behind after the carrier's statuses were applied: they could not be
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
+		chk, facts, detail)
+	SELECT 'status_mismatch', pid, x.binding_id, x.order_key, s.tracking_number, 'carrier',
+		   jsonb_build_object('check', 'carrier', 'shipment_id', x.s_id, 'ours', s.status,
+			   'carrier', x.c_status, 'carrier_canonical', x.c_canon),
+		   format('shipment %s of order %s is %s here and %s (%s) at the carrier, which could not be applied',
+			   x.s_id, x.order_key, s.status, x.c_canon, x.c_status)
+	  FROM pg_temp.recon_pair x
+	  JOIN @extschema@.shipment s
+		ON s.binding_id = x.binding_id AND s.order_key = x.order_key AND s.provider_id = pid
+	  JOIN @extschema@.canonical_status cs ON cs.name = s.status
+	 WHERE x.provider_id = pid AND x.c_id IS NOT NULL AND x.s_id IS NOT NULL
+	   AND x.c_canon <> 'unknown' AND x.c_rank > cs.rank
+	ON CONFLICT DO NOTHING;
+
+	-- live at the carrier, cancelled here
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, subject,
+		tracking_number, chk, facts, detail)
+	SELECT 'orphan_at_carrier', pid, x.binding_id, x.order_key, x.c_id, x.c_tn, 'carrier',
+		   jsonb_build_object('check', 'carrier', 'shipment_id', x.c_id, 'order_ref', x.c_ref,
+			   'tracking_number', x.c_tn, 'status', x.c_status, 'reason', 'order_cancelled'),
+		   format('the carrier''s shipment %s is %s, but order %s was cancelled',
+			   x.c_id, coalesce(x.c_status, 'live'), x.order_key)
+	  FROM pg_temp.recon_pair x
+	 WHERE x.provider_id = pid AND x.c_id IS NOT NULL AND x.s_id IS NOT NULL
+	   AND x.s_status = 'cancelled' AND x.c_canon IS DISTINCT FROM 'cancelled'
+	ON CONFLICT DO NOTHING;
+
+	-- orders held twice (or more), cancelled shipments aside: one shipment
+	-- of an order at most is ours, so every other one is among the pairs
+	-- without a shipment of ours, and only their references are counted
+	INSERT INTO pg_temp.recon_dup (provider_id, order_ref, ids, tns)
+	SELECT pid, c.order_ref, array_agg(c.shipment_id ORDER BY c.shipment_id),
+		   array_agg(c.tracking_number ORDER BY c.shipment_id)
+	  FROM @extschema@.carrier_snapshot c
+	 WHERE c.run_id = run AND c.provider_id = pid
+	   AND c.canonical IS DISTINCT FROM 'cancelled'
+	   AND c.order_ref IN (SELECT x.c_ref FROM pg_temp.recon_pair x
+							WHERE x.provider_id = pid AND x.s_id IS NULL AND x.c_ref IS NOT NULL
+							  AND x.c_canon IS DISTINCT FROM 'cancelled')
+	 GROUP BY c.order_ref
+	HAVING count(*) > 1;
+
+	-- which orders do the unexplained references name?
+	INSERT INTO pg_temp.recon_ref (provider_id, ref)
+	SELECT pid, x.c_ref FROM pg_temp.recon_pair x
+	 WHERE x.provider_id = pid AND x.s_id IS NULL AND x.c_ref IS NOT NULL
+	   AND x.c_canon IS DISTINCT FROM 'cancelled'
+	UNION
+	SELECT pid, d.order_ref FROM pg_temp.recon_dup d WHERE d.provider_id = pid
+	ON CONFLICT DO NOTHING;
+	IF FOUND THEN
+		ANALYZE pg_temp.recon_ref;
+		FOR b IN SELECT x.binding_id, x.tbl, x.key_column, a.atttypid AS keytype
+				   FROM @extschema@.binding x
+				   JOIN pg_attribute a ON a.attrelid = x.tbl AND a.attname = x.key_column
+				  WHERE x.provider_id = pid AND x.active ORDER BY x.binding_id LOOP
+			-- a reference that can be a key of the column's type is looked up
+			-- as one (the table's own index finds it: there are few); the
+			-- key's text must still be the reference
+			keyexpr := CASE b.keytype
+				WHEN 'int2'::regtype THEN 'CASE WHEN f.ref ~ ''^-?[0-9]{1,5}$'' AND f.ref::numeric BETWEEN -32768 AND 32767 THEN f.ref::int2 END'
+				WHEN 'int4'::regtype THEN 'CASE WHEN f.ref ~ ''^-?[0-9]{1,10}$'' AND f.ref::numeric BETWEEN -2147483648 AND 2147483647 THEN f.ref::int4 END'
+				WHEN 'int8'::regtype THEN 'CASE WHEN f.ref ~ ''^-?[0-9]{1,19}$'' AND f.ref::numeric BETWEEN -9223372036854775808 AND 9223372036854775807 THEN f.ref::int8 END'
+				WHEN 'text'::regtype THEN 'f.ref'
+				WHEN 'varchar'::regtype THEN 'f.ref::varchar'
+				WHEN 'uuid'::regtype THEN 'CASE WHEN f.ref ~ ''^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'' THEN f.ref::uuid END'
+				END;
+			EXECUTE format('UPDATE pg_temp.recon_ref f SET binding_id = $1 FROM %s t'
+						   ' WHERE f.provider_id = $2 AND f.binding_id IS NULL AND f.ref = t.%I::text%s',
+						   b.tbl, b.key_column,
+						   CASE WHEN keyexpr IS NOT NULL THEN format(' AND t.%I = %s', b.key_column, keyexpr) ELSE '' END)
+			USING b.binding_id, pid;
+		END LOOP;
+	END IF;
+
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, subject,
+		tracking_number, chk, facts, detail)
+	SELECT 'orphan_at_carrier', pid, NULL, x.c_ref, x.c_id, x.c_tn, 'carrier',
+		   jsonb_build_object('check', 'carrier', 'shipment_id', x.c_id, 'order_ref', x.c_ref,
+			   'tracking_number', x.c_tn, 'status', x.c_status, 'reason', 'no_order'),
+		   format('the carrier''s shipment %s (tracking number %s) is for order %s, which no attached table holds',
+			   x.c_id, coalesce(x.c_tn, 'none'), coalesce(x.c_ref, 'none'))
+	  FROM pg_temp.recon_pair x
+	 WHERE x.provider_id = pid AND x.c_id IS NOT NULL AND x.s_id IS NULL
+	   AND x.c_canon IS DISTINCT FROM 'cancelled'
+	   AND NOT EXISTS (SELECT 1 FROM pg_temp.recon_ref f
+						WHERE f.provider_id = pid AND f.ref = x.c_ref AND f.binding_id IS NOT NULL)
+	ON CONFLICT DO NOTHING;
+
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, chk, facts, detail)
+	SELECT 'duplicate_at_carrier', pid, f.binding_id, d.order_ref, 'carrier',
+		   jsonb_build_object('check', 'carrier', 'shipment_ids', d.ids, 'tracking_numbers', d.tns),
+		   format('the carrier holds %s shipments for order %s: %s',
+			   cardinality(d.ids), d.order_ref, array_to_string(d.ids, ', '))
+	  FROM pg_temp.recon_dup d
+	  LEFT JOIN pg_temp.recon_ref f ON f.provider_id = pid AND f.ref = d.order_ref
+	 WHERE d.provider_id = pid
+	ON CONFLICT DO NOTHING;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_carrier(bigint, integer) IS
+	'Internal: compares one provider''s snapshot with our shipments (missing, orphan, duplicate, tracking and status differences).';
+
+/*
+ * Shipments in a non-terminal status with no tracking event for longer than
+ * its threshold (shipsync.stuck_after).  Where a tracking provider follows
+ * the order, its shipment row is the one that moves.
+ */
+CREATE FUNCTION @extschema@._reconcile_stuck(bids integer[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
+		chk, facts, detail)
+	SELECT 'stuck', s.provider_id, s.binding_id, s.order_key, s.tracking_number, 'stuck',
+		   jsonb_build_object('check', 'stuck', 'status', s.status, 'last_event_at', ev.at,
+			   'threshold', sa.after),
+		   format('shipment %s of order %s has been %s with no tracking event since %s (threshold %s)',
+			   coalesce(s.provider_shipment_id, ''), s.order_key, s.status, ev.at, sa.after)
+	  FROM @extschema@.shipment s
+	  JOIN @extschema@.binding b ON b.binding_id = s.binding_id
+	  LEFT JOIN @extschema@.provider tp ON tp.name = b.options->>'tracking_provider'
+	  JOIN (SELECT DISTINCT ON (x.status) x.status, x.after, now() - x.after AS before
+			  FROM @extschema@.stuck_after x
+			 ORDER BY x.status, x.builtin) sa ON sa.status = s.status
+	 CROSS JOIN LATERAL (
+		 SELECT greatest(s.created_at,
+						 (SELECT max(e.occurred_at) FROM @extschema@.tracking_event e
+						   WHERE e.binding_id = s.binding_id AND e.order_key = s.order_key)) AS at) ev
+	 WHERE s.binding_id = ANY (bids)
+	   AND s.updated_at < sa.before
+	   AND ((s.provider_id = b.provider_id
+			 AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment t
+							  WHERE t.binding_id = s.binding_id AND t.order_key = s.order_key
+								AND t.provider_id = tp.provider_id AND t.status <> 'pending'))
+			OR (s.provider_id = tp.provider_id AND s.status <> 'pending'))
+	   AND ev.at < sa.before
+	ON CONFLICT DO NOTHING;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_stuck(integer[]) IS
+	'Internal: finds the shipments of the given bindings with no tracking event for longer than their status''s threshold.';
+
+/*
+ * Findings into tickets: an open ticket of the same problem is refreshed, a
+ * resolved one reopened (reopen_count + 1), else one is opened; then every
+ * open ticket this run could judge and did not see again is resolved by
+ * reconcile.  What a run could judge: on the CRM side every order of the
+ * bindings it compared (bids: an incremental pass reads the orders of open
+ * tickets too) and the shipments of those it looked at for stuck ones
+ * (sbids), on the carrier side what the snapshots of the providers it
+ * pulled cover (pids).  The tickets of dead, invalid and refused intents are
+ * resolved too once their order reached the carrier as it is now, or the
+ * intent itself was delivered.  Returns the counts.
+ */
+CREATE FUNCTION @extschema@._reconcile_merge(run bigint, bids integer[], pids integer[],
+	sbids integer[], OUT opened integer, OUT reopened integer, OUT closed integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	n integer;
+BEGIN
+	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run;
+
+	-- still there: refresh what changed, and when it was seen (hourly)
+	UPDATE @extschema@.exception_ticket x
+	   SET facts = f.facts, detail = f.detail,
+		   tracking_number = coalesce(f.tracking_number, x.tracking_number),
+		   last_seen_at = now(), run_id = run
+	  FROM pg_temp.recon_found f
+	 WHERE x.resolved_at IS NULL
+	   AND x.kind = f.kind AND coalesce(x.provider_id, 0) = coalesce(f.provider_id, 0)
+	   AND coalesce(x.binding_id, 0) = coalesce(f.binding_id, 0)
+	   AND coalesce(x.order_key, '') = coalesce(f.order_key, '')
+	   AND coalesce(x.subject, '') = coalesce(f.subject, '')
+	   AND (x.facts IS DISTINCT FROM f.facts OR x.last_seen_at IS NULL
+			OR x.last_seen_at < now() - interval '1 hour');
+
+	-- back after a resolution: reopen the last ticket of the problem
+	WITH k AS (
+		SELECT DISTINCT ON (f.kind, coalesce(f.provider_id, 0), coalesce(f.binding_id, 0),
+							coalesce(f.order_key, ''), coalesce(f.subject, ''))
+			   x.ticket_id, f.facts, f.detail, f.tracking_number
+		  FROM pg_temp.recon_found f
+		  JOIN @extschema@.exception_ticket x
+			ON x.kind = f.kind AND coalesce(x.provider_id, 0) = coalesce(f.provider_id, 0)
+		   AND coalesce(x.binding_id, 0) = coalesce(f.binding_id, 0)
+		   AND coalesce(x.order_key, '') = coalesce(f.order_key, '')
+		   AND coalesce(x.subject, '') = coalesce(f.subject, '')
+		 WHERE NOT EXISTS (
+			   SELECT 1 FROM @extschema@.exception_ticket o
+				WHERE o.resolved_at IS NULL
+				  AND o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
+				  AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
+				  AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
+				  AND coalesce(o.subject, '') = coalesce(f.subject, ''))
+		 ORDER BY f.kind, coalesce(f.provider_id, 0), coalesce(f.binding_id, 0),
+				  coalesce(f.order_key, ''), coalesce(f.subject, ''), x.ticket_id DESC),
+	u AS (
+		UPDATE @extschema@.exception_ticket x
+		   SET resolved_at = NULL, resolved_by = NULL, resolution = NULL,
+			   acknowledged_at = NULL, acknowledged_by = NULL, acknowledgement = NULL,
+			   reopen_count = x.reopen_count + 1, reopened_at = now(),
+			   facts = k.facts, detail = k.detail,
+			   tracking_number = coalesce(k.tracking_number, x.tracking_number),
+			   last_seen_at = now(), run_id = run
+		  FROM k WHERE x.ticket_id = k.ticket_id
+		RETURNING x.ticket_id, x.kind, x.binding_id, x.order_key)
+	SELECT count(pg_notify('shipsync', json_build_object('event', 'ticket_reopened',
+			   'ticket_id', u.ticket_id, 'kind', u.kind, 'binding_id', u.binding_id,
+			   'order_key', u.order_key)::text))
+	  INTO reopened FROM u;
+
+	-- new problems
+	WITH i AS (
+		INSERT INTO @extschema@.exception_ticket AS x (kind, provider_id, binding_id, order_key,
+			subject, tracking_number, detail, facts, last_seen_at, run_id)
+		SELECT f.kind, f.provider_id, f.binding_id, f.order_key, f.subject, f.tracking_number,
+			   f.detail, f.facts, now(), run
+		  FROM pg_temp.recon_found f
+		 WHERE NOT EXISTS (
+			   SELECT 1 FROM @extschema@.exception_ticket o
+				WHERE o.resolved_at IS NULL
+				  AND o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
+				  AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
+				  AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
+				  AND coalesce(o.subject, '') = coalesce(f.subject, ''))
+		 ORDER BY f.kind, f.binding_id, f.order_key, f.subject
+		ON CONFLICT (kind, (coalesce(provider_id, 0)), (coalesce(binding_id, 0)),
+					 (coalesce(order_key, '')), (coalesce(subject, '')))
+			WHERE resolved_at IS NULL DO NOTHING
+		RETURNING x.ticket_id, x.kind, x.binding_id, x.order_key)
+	SELECT count(pg_notify('shipsync', json_build_object('event', 'ticket_opened',
+			   'ticket_id', i.ticket_id, 'kind', i.kind, 'binding_id', i.binding_id,
+			   'order_key', i.order_key)::text))
+	  INTO opened FROM i;
+
+	-- gone: resolved, with why (resolved_by: who compares, reconcile in the worker)
+	WITH c AS (
+		UPDATE @extschema@.exception_ticket x
+		   SET resolved_at = now(), run_id = run,
+			   resolution = format('no longer seen (reconciliation run %s)', run)
+		 WHERE x.resolved_at IS NULL
+		   AND NOT EXISTS (
+			   SELECT 1 FROM pg_temp.recon_found f
+				WHERE x.kind = f.kind AND coalesce(x.provider_id, 0) = coalesce(f.provider_id, 0)
+				  AND coalesce(x.binding_id, 0) = coalesce(f.binding_id, 0)
+				  AND coalesce(x.order_key, '') = coalesce(f.order_key, '')
+				  AND coalesce(x.subject, '') = coalesce(f.subject, ''))
+		   AND (
+			   -- the CRM side of the bindings compared
+			   (x.binding_id = ANY (bids)
+				AND (x.kind IN ('not_sent', 'address_changed_after_send')
+					 OR (x.kind IN ('tracking_mismatch', 'status_mismatch')
+						 AND x.facts->>'check' = 'crm')))
+			   OR (x.binding_id = ANY (sbids) AND x.kind = 'stuck')
+			   -- a write-back that failed, now matching
+			   OR (x.binding_id = ANY (bids) AND x.kind = 'writeback_failed'
+				   AND EXISTS (SELECT 1 FROM @extschema@.shipment s
+								WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
+								  AND s.provider_id = x.provider_id)
+				   AND NOT EXISTS (SELECT 1 FROM pg_temp.recon_found f
+									WHERE f.binding_id = x.binding_id AND f.order_key = x.order_key
+									  AND f.kind IN ('tracking_mismatch', 'status_mismatch')))
+			   -- an intent that stopped, now delivered or made moot
+			   OR (x.binding_id = ANY (bids)
+				   AND x.kind IN ('dead_intent', 'invalid_order', 'auth_failed', 'render_failed',
+								  'forbidden_host', 'tls_failed', 'apply_failed', 'poison')
+				   AND EXISTS (
+					   SELECT 1 FROM @extschema@.outbox o
+						WHERE o.id = x.outbox_id
+						  AND (o.state = 'done'
+							   OR (o.op IN ('create', 'update')
+								   AND EXISTS (SELECT 1 FROM @extschema@.shipment s
+												WHERE s.binding_id = o.binding_id AND s.order_key = o.order_key
+												  AND s.provider_id = o.provider_id AND s.status <> 'cancelled'
+												  AND s.updated_at > x.opened_at)
+								   AND NOT EXISTS (SELECT 1 FROM pg_temp.recon_found f
+													WHERE f.binding_id = o.binding_id AND f.order_key = o.order_key
+													  AND f.kind IN ('not_sent', 'address_changed_after_send')))
+							   OR (o.op = 'cancel'
+								   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
+													WHERE s.binding_id = o.binding_id AND s.order_key = o.order_key
+													  AND s.provider_id = o.provider_id
+													  AND s.status <> 'cancelled')))))
+			   -- the carrier side of the providers pulled, as far as the snapshot covers
+			   OR (x.provider_id = ANY (pids) AND x.kind = 'missing_at_carrier'
+				   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
+									WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
+									  AND s.provider_id = x.provider_id AND s.status <> 'cancelled'
+									  AND (s.updated_at < r.window_start OR s.updated_at >= r.window_end)
+									  AND NOT EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
+													   WHERE c.run_id = run AND c.provider_id = s.provider_id
+														 AND c.shipment_id = s.provider_shipment_id)))
+			   OR (x.provider_id = ANY (pids) AND x.kind IN ('tracking_mismatch', 'status_mismatch')
+				   AND x.facts->>'check' = 'carrier'
+				   AND (EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
+								 WHERE c.run_id = run AND c.provider_id = x.provider_id
+								   AND c.shipment_id = x.facts->>'shipment_id')
+						OR NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
+										WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
+										  AND s.provider_id = x.provider_id)))
+			   OR (x.provider_id = ANY (pids) AND x.kind = 'orphan_at_carrier'
+				   AND EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
+								WHERE c.run_id = run AND c.provider_id = x.provider_id
+								  AND c.shipment_id = x.subject))
+			   OR (x.provider_id = ANY (pids) AND x.kind = 'duplicate_at_carrier'
+				   AND x.order_key IN (SELECT c.order_ref FROM @extschema@.carrier_snapshot c
+										WHERE c.run_id = run AND c.provider_id = x.provider_id)))
+		RETURNING 1)
+	SELECT count(*) INTO closed FROM c;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_merge(bigint, integer[], integer[], integer[]) IS
+	'Internal: opens, refreshes and reopens the tickets of a run''s findings, and resolves those it no longer sees.';
+
+/*
+ * Compare a run whose pulls are over, and record its outcome.  The worker
+ * calls _reconcile_prepare first (and applies what it returns) in the same
+ * transaction; called alone, this prepares itself and applies nothing.
+ */
+CREATE FUNCTION @extschema@._reconcile_compare(run bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	bids integer[];
+	pids integer[];
+	sbids integer[];
+	b integer;
+	p integer;
+	m record;
+	failed text;
+BEGIN
+	-- (two tests: the second is parsed only once the table exists)
+	IF to_regclass('pg_temp.recon_prepared') IS NULL THEN
+		PERFORM @extschema@._reconcile_prepare(run);
+	ELSIF NOT EXISTS (SELECT 1 FROM pg_temp.recon_prepared x WHERE x.run_id = run) THEN
+		PERFORM @extschema@._reconcile_prepare(run);
+	END IF;
+	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run FOR UPDATE;
+
+	-- the bindings compared: all for a crm pass, else those of the providers chosen
+	SELECT coalesce(array_agg(x.binding_id ORDER BY x.binding_id), '{}') INTO bids
+	  FROM @extschema@.binding x
+	 WHERE x.active
+	   AND (r.kind = 'crm' OR x.provider_id IN (SELECT c.key::integer FROM jsonb_each(r.pulls) c));
+	SELECT coalesce(array_agg(c.key::integer ORDER BY c.key::integer), '{}') INTO pids
+	  FROM jsonb_each(r.pulls) c WHERE c.value->>'state' = 'done';
+	SELECT string_agg(format('the pull of provider %s failed: %s', c.value->>'provider', c.value->>'error'), '; ')
+	  INTO failed
+	  FROM jsonb_each(r.pulls) c WHERE c.value->>'state' = 'failed';
+
+	FOREACH p IN ARRAY pids LOOP
+		PERFORM @extschema@._reconcile_carrier(run, p);
+	END LOOP;
+	FOREACH b IN ARRAY bids LOOP
+		PERFORM @extschema@._reconcile_crm(b, r.kind = 'full');
+	END LOOP;
+	-- stuck: thresholds are days, so a CRM-side pass looks hourly
+	SELECT coalesce(array_agg(s.binding_id ORDER BY s.binding_id), '{}') INTO sbids
+	  FROM @extschema@.reconcile_state s
+	 WHERE s.binding_id = ANY (bids)
+	   AND (r.kind = 'full' OR s.stuck_at IS NULL OR s.stuck_at < now() - interval '1 hour');
+	PERFORM @extschema@._reconcile_stuck(sbids);
+	UPDATE @extschema@.reconcile_state s SET stuck_at = now() WHERE s.binding_id = ANY (sbids);
+	SELECT * INTO m FROM @extschema@._reconcile_merge(run, bids, pids, sbids);
+
+	-- the snapshots of earlier runs of these providers are of no more use
+	DELETE FROM @extschema@.carrier_snapshot c WHERE c.provider_id = ANY (pids) AND c.run_id < run;
+	TRUNCATE pg_temp.recon_found, pg_temp.recon_pair, pg_temp.recon_ref, pg_temp.recon_dup,
+		pg_temp.recon_prepared;
+
+	UPDATE @extschema@.reconcile_run x
+	   SET state = CASE WHEN failed IS NULL THEN 'done' ELSE 'failed' END,
+		   error = failed, opened = m.opened, reopened = m.reopened, closed = m.closed,
+		   finished_at = clock_timestamp()
+	 WHERE x.run_id = run;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_compare(bigint) IS
+	'Internal: compares both sides for a run whose pulls are over, merges the findings into the ledger, and records the outcome.';
+
+------------------------------------------------------------------------------
+-- Public API
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.reconcile(provider text DEFAULT NULL,
+	since timestamptz DEFAULT pg_catalog.now() - interval '2 days')
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	pid integer;
+	pdialect text;
+	ppaused boolean;
+	busy bigint;
+	id bigint;
+BEGIN
+	IF since IS NULL THEN
+		RAISE EXCEPTION 'since must not be null'
+			USING ERRCODE = 'null_value_not_allowed',
+				  HINT = 'Give the start of the window, for example now() - interval ''2 days''.';
+	END IF;
+	IF since OPERATOR(pg_catalog.>) pg_catalog.now() THEN
+		RAISE EXCEPTION 'since is in the future'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The carriers are asked for the shipments updated since then: give a time in the past.';
+	END IF;
+	IF provider IS NOT NULL THEN
+		SELECT p.provider_id, p.dialect, p.paused INTO pid, pdialect, ppaused
+		  FROM @extschema@.provider p WHERE p.name OPERATOR(pg_catalog.=) reconcile.provider;
+		IF pid IS NULL THEN
+			RAISE EXCEPTION 'provider "%" does not exist', provider
+				USING ERRCODE = 'undefined_object',
+					  HINT = 'See SELECT name FROM shipsync.providers.';
+		END IF;
+		IF pdialect OPERATOR(pg_catalog.=) ANY (ARRAY['easypost', 'aftership', 'kuaidi100']) THEN
+			RAISE EXCEPTION 'provider "%" of dialect % tracks shipments, it has none of its own to reconcile', provider, pdialect
+				USING ERRCODE = 'wrong_object_type',
+					  HINT = 'Reconcile the shipping provider of the table it tracks.';
+		END IF;
+		IF NOT EXISTS (SELECT 1 FROM @extschema@.binding b
+						WHERE b.provider_id OPERATOR(pg_catalog.=) pid AND b.active) THEN
+			RAISE EXCEPTION 'provider "%" has no attached table', provider
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = 'Attach a table to it with shipsync.attach() first.';
+		END IF;
+		IF ppaused THEN
+			RAISE EXCEPTION 'provider "%" is paused', provider
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  DETAIL = 'Nothing is sent to a paused provider, and its list is not pulled.',
+					  HINT = 'Resume it first with shipsync.resume().';
+		END IF;
+	ELSIF NOT EXISTS (SELECT 1 FROM @extschema@.binding b
+					   JOIN @extschema@.provider p ON p.provider_id OPERATOR(pg_catalog.=) b.provider_id
+					  WHERE b.active AND NOT p.paused) THEN
+		RAISE EXCEPTION 'no unpaused provider has an attached table'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Attach a table with shipsync.attach(), or resume its provider.';
+	END IF;
+
+	-- one full run at a time per provider
+	PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('shipsync reconcile'));
+	SELECT x.run_id INTO busy FROM @extschema@.reconcile_run x
+	 WHERE x.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'pulling', 'comparing'])
+	   AND x.kind OPERATOR(pg_catalog.=) 'full'
+	   AND (pid IS NULL OR x.provider_id IS NULL OR x.provider_id OPERATOR(pg_catalog.=) pid)
+	 ORDER BY x.run_id LIMIT 1;
+	IF busy IS NOT NULL THEN
+		RAISE EXCEPTION 'reconciliation run % is still running', busy
+			USING ERRCODE = 'object_in_use',
+				  HINT = format('Wait for it: SELECT state FROM shipsync.reconcile_run WHERE run_id = %s.', busy);
+	END IF;
+	INSERT INTO @extschema@.reconcile_run AS x (provider_id, kind, trigger, window_start)
+	VALUES (pid, 'full', 'manual', since)
+	RETURNING x.run_id INTO id;
+	PERFORM @extschema@._audit('reconcile', 'provider', coalesce(reconcile.provider, '*'),
+		pg_catalog.jsonb_build_object('since', since), pg_catalog.jsonb_build_object('run_id', id));
+	PERFORM @extschema@._wake(true);
+	RETURN id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.reconcile(text, timestamptz) IS
+	'Start a reconciliation run of one provider (NULL: every attached, unpaused provider) for the window since .. now, and return its id (shipsync.reconcile_run). The dispatcher pulls the carrier''s shipments updated in the window (generic: its list; sf_express: a lookup per order), then both sides are compared: discrepancies open tickets, those no longer seen are resolved.';
+
+CREATE FUNCTION @extschema@.resync(tbl regclass, keys text[] DEFAULT NULL, kind text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b record;
+	keytype text;
+	ks text[];
+	n bigint;
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT x.* INTO b FROM @extschema@.binding x
+	 WHERE x.tbl OPERATOR(pg_catalog.=) resync.tbl AND x.active;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'table % is not attached', tbl
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'See SELECT tbl FROM shipsync.binding WHERE active.';
+	END IF;
+	IF keys IS NULL AND kind IS NULL THEN
+		RAISE EXCEPTION 'resync needs order keys, a kind of discrepancy, or both'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example shipsync.resync(''crm.orders'', kind => ''not_sent'').';
+	END IF;
+	IF kind IS NOT NULL AND kind OPERATOR(pg_catalog.<>) ALL (ARRAY['not_sent', 'missing_at_carrier',
+			'tracking_mismatch', 'status_mismatch', 'address_changed_after_send', 'stuck']) THEN
+		RAISE EXCEPTION 'cannot resync orders by discrepancy kind "%"', kind
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Orders can be sent again for the kinds not_sent, missing_at_carrier, tracking_mismatch, status_mismatch, address_changed_after_send and stuck.',
+				  HINT = 'An orphan or a duplicate at the carrier has no order of ours to send: cancel it at the carrier.';
+	END IF;
+
+	-- the orders: those given, those with an open discrepancy of the kind, or both
+	ks := ARRAY(SELECT DISTINCT k FROM unnest(keys) AS k WHERE k IS NOT NULL);
+	IF kind IS NOT NULL THEN
+		ks := ARRAY(SELECT DISTINCT x.order_key FROM @extschema@.exception_ticket x
+					 WHERE x.binding_id OPERATOR(pg_catalog.=) b.binding_id
+					   AND x.kind OPERATOR(pg_catalog.=) resync.kind AND x.resolved_at IS NULL
+					   AND x.order_key IS NOT NULL
+					   AND (keys IS NULL OR x.order_key OPERATOR(pg_catalog.=) ANY (ks)));
+	END IF;
+	-- that exist (the keys are compared as the key column's type)
+	SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO keytype
+	  FROM pg_catalog.pg_attribute a
+	 WHERE a.attrelid OPERATOR(pg_catalog.=) b.tbl AND a.attname OPERATOR(pg_catalog.=) b.key_column;
+	BEGIN
+		EXECUTE format('SELECT coalesce(array_agg(t.%1$I::text), ''{}'') FROM %2$s t'
+					   ' WHERE t.%1$I OPERATOR(pg_catalog.=) ANY ($1::%3$s[])', b.key_column, b.tbl, keytype)
+		   INTO ks USING ks;
+	EXCEPTION WHEN data_exception THEN
+		RAISE EXCEPTION 'the order keys given are not all of type %', keytype
+			USING ERRCODE = 'invalid_text_representation',
+				  DETAIL = format('%s.', SQLERRM),
+				  HINT = format('Give the values of column %I of %s, as text.', b.key_column, b.tbl);
+	END;
+
+	-- a create where there is no live shipment (or the carrier lost it: a
+	-- new idempotency key, so a carrier that remembers keys creates it
+	-- again), an update where there is one; orders with an intent on its
+	-- way are left to it
+	WITH o AS (
+		SELECT k,
+			   s.status IS NULL OR s.status OPERATOR(pg_catalog.=) 'cancelled'
+			   OR EXISTS (SELECT 1 FROM @extschema@.exception_ticket x
+						   WHERE x.binding_id OPERATOR(pg_catalog.=) b.binding_id
+							 AND x.order_key OPERATOR(pg_catalog.=) k
+							 AND x.kind OPERATOR(pg_catalog.=) 'missing_at_carrier'
+							 AND x.resolved_at IS NULL) AS create_it
+		  FROM unnest(ks) AS k
+		  LEFT JOIN @extschema@.shipment s
+			ON s.binding_id OPERATOR(pg_catalog.=) b.binding_id AND s.order_key OPERATOR(pg_catalog.=) k
+		   AND s.provider_id OPERATOR(pg_catalog.=) b.provider_id
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.outbox x
+							WHERE x.binding_id OPERATOR(pg_catalog.=) b.binding_id
+							  AND x.order_key OPERATOR(pg_catalog.=) k
+							  AND x.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'retrying', 'in_flight']))
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.inbox i
+							WHERE i.binding_id OPERATOR(pg_catalog.=) b.binding_id
+							  AND i.order_key OPERATOR(pg_catalog.=) k)),
+	ins AS (
+		INSERT INTO @extschema@.outbox (binding_id, provider_id, order_key, op)
+		SELECT b.binding_id, b.provider_id, o.k, CASE WHEN o.create_it THEN 'create' ELSE 'update' END
+		  FROM o ORDER BY o.k
+		RETURNING 1)
+	SELECT pg_catalog.count(*) INTO n FROM ins;
+	PERFORM @extschema@._audit('resync', 'binding', b.tbl::text,
+		pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('keys', keys, 'kind', kind)),
+		pg_catalog.jsonb_build_object('enqueued', n));
+	PERFORM @extschema@._wake(false);
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.resync(regclass, text[], text) IS
+	'Send orders of an attached table again: those given by key, or every order with an open discrepancy of the given kind, or the given ones among those. Enqueues a create (no live shipment, or the carrier lost it: a new intent, so a new idempotency key) or an update (a shipment exists), skips orders with an intent on its way, and returns how many were enqueued.';
+
+------------------------------------------------------------------------------
+-- Views
+------------------------------------------------------------------------------
+
+CREATE VIEW @extschema@.reconciliation AS
+SELECT t.kind,
+	   p.name AS provider,
+	   b.tbl AS "table",
+	   t.order_key,
+	   t.tracking_number,
+	   coalesce(t.reopened_at, t.opened_at) AS detected_at,
+	   t.facts AS detail,
+	   t.ticket_id
+FROM @extschema@.exception_ticket t
+LEFT JOIN @extschema@.provider p ON p.provider_id OPERATOR(pg_catalog.=) t.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id OPERATOR(pg_catalog.=) t.binding_id
+WHERE t.resolved_at IS NULL
+  AND t.kind OPERATOR(pg_catalog.=) ANY (@extschema@._reconcile_kinds());
+COMMENT ON VIEW @extschema@.reconciliation IS
+	'One row per open discrepancy between the CRM side and the carriers'' side, found by reconciliation: kinds not_sent, missing_at_carrier, orphan_at_carrier, duplicate_at_carrier, tracking_mismatch, status_mismatch, address_changed_after_send, stuck. See docs/reconciliation.md.';
+COMMENT ON COLUMN @extschema@.reconciliation.kind IS 'The kind of discrepancy.';
+COMMENT ON COLUMN @extschema@.reconciliation.provider IS 'The provider (carrier) it is about.';
+COMMENT ON COLUMN @extschema@.reconciliation."table" IS 'The attached table of the order; NULL when the carrier''s order reference matches no table (orphan_at_carrier, duplicate_at_carrier).';
+COMMENT ON COLUMN @extschema@.reconciliation.order_key IS 'The order''s key, as text (for an orphan: the carrier''s order reference).';
+COMMENT ON COLUMN @extschema@.reconciliation.tracking_number IS 'The tracking number involved, when there is one.';
+COMMENT ON COLUMN @extschema@.reconciliation.detected_at IS 'When it was found (or found again, after having been resolved).';
+COMMENT ON COLUMN @extschema@.reconciliation.detail IS 'The facts, as JSON: check (crm, carrier or stuck) and both sides'' values.';
+COMMENT ON COLUMN @extschema@.reconciliation.ticket_id IS 'Its ticket in shipsync.exception_ticket, for shipsync.ack() and shipsync.resolve().';
+
+CREATE VIEW @extschema@.reconciliation_summary AS
+WITH d AS (
+	SELECT e.at::date AS day, t.provider_id, t.kind,
+		   pg_catalog.count(*) FILTER (WHERE e.event OPERATOR(pg_catalog.=) ANY (ARRAY['opened', 'reopened'])) AS opened,
+		   pg_catalog.count(*) FILTER (WHERE e.event OPERATOR(pg_catalog.=) 'resolved') AS closed
+	  FROM @extschema@.ticket_event e
+	  JOIN @extschema@.exception_ticket t ON t.ticket_id OPERATOR(pg_catalog.=) e.ticket_id
+	 WHERE t.kind OPERATOR(pg_catalog.=) ANY (@extschema@._reconcile_kinds())
+	 GROUP BY 1, 2, 3)
+SELECT d.day,
+	   p.name AS provider,
+	   d.kind,
+	   d.opened,
+	   d.closed,
+	   pg_catalog.sum(d.opened OPERATOR(pg_catalog.-) d.closed)
+		   OVER (PARTITION BY d.provider_id, d.kind ORDER BY d.day)::bigint AS open
+FROM d
+LEFT JOIN @extschema@.provider p ON p.provider_id OPERATOR(pg_catalog.=) d.provider_id;
+COMMENT ON VIEW @extschema@.reconciliation_summary IS
+	'Per day (in the session''s time zone), provider and kind of discrepancy: how many were found (or found again), how many closed, and how many were open at the end of the day.';
+COMMENT ON COLUMN @extschema@.reconciliation_summary.day IS 'The day.';
+COMMENT ON COLUMN @extschema@.reconciliation_summary.provider IS 'The provider.';
+COMMENT ON COLUMN @extschema@.reconciliation_summary.kind IS 'The kind of discrepancy.';
+COMMENT ON COLUMN @extschema@.reconciliation_summary.opened IS 'Discrepancies found that day (new ones and ones back after a resolution).';
+COMMENT ON COLUMN @extschema@.reconciliation_summary.closed IS 'Discrepancies resolved that day, by a person or because a run no longer saw them.';
+COMMENT ON COLUMN @extschema@.reconciliation_summary.open IS 'Discrepancies open at the end of the day.';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.reconcile_run', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.reconcile_run_run_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.stuck_after', 'WHERE NOT builtin');
+
+-- the thresholds are audited like every setting (install/80_security.sql)
+CREATE TRIGGER shipsync_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.stuck_after
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_row('stuck_after', 'status', '{}');
+CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.stuck_after
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('stuck_after', '', '{}');
+
+-- the history of the tickets already there
+INSERT INTO @extschema@.ticket_event (ticket_id, at, event, actor, note)
+SELECT t.ticket_id, e.at, e.event, e.actor, e.note
+  FROM @extschema@.exception_ticket t
+ CROSS JOIN LATERAL (VALUES ('opened', t.opened_at, NULL::name, NULL::text),
+							('acknowledged', t.acknowledged_at, t.acknowledged_by, t.acknowledgement),
+							('resolved', t.resolved_at, t.resolved_by, t.resolution)) AS e(event, at, actor, note)
+ WHERE e.at IS NOT NULL
+ ORDER BY t.ticket_id, e.at;
+
+-- privileges (install/90_privileges.sql): the functions created above are
+-- revoked from PUBLIC like every other
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@._wake(boolean) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.requeue(text, text, text, timestamptz),
+	@extschema@.retry(text, text, text, timestamptz) TO shipsync_operator;
+-- the ledger and reconciliation
+GRANT SELECT ON @extschema@.ticket_event, @extschema@.open_tickets, @extschema@.ticket_summary,
+	@extschema@.reconcile_run, @extschema@.carrier_snapshot, @extschema@.stuck_after,
+	@extschema@.reconciliation, @extschema@.reconciliation_summary TO shipsync_reader;
+-- (the views of reconciliation call it as their reader)
+GRANT EXECUTE ON FUNCTION @extschema@._reconcile_kinds() TO shipsync_reader;
+GRANT EXECUTE ON FUNCTION @extschema@.reconcile(text, timestamptz),
+	@extschema@.resync(regclass, text[], text) TO shipsync_operator;
+GRANT INSERT, UPDATE, DELETE ON @extschema@.stuck_after TO shipsync_admin;
+
+-- A dispatcher of the new library waits for this update, and the schedule
+-- reads its runs at the next wake: wake it.
 SELECT @extschema@._wake(true);

@@ -84,13 +84,15 @@ CREATE TABLE @extschema@.outbox (
 	last_status		integer,
 	error_class		text,
 	last_error		text,
-	coalesced_into	bigint
+	coalesced_into	bigint,
+	content_digest	bigint
 );
 ALTER SEQUENCE @extschema@.outbox_id_seq OWNED BY @extschema@.outbox.id;
 COMMENT ON TABLE @extschema@.outbox IS
 	'One row per intent (create, update or cancel the shipment of one order), written by the capture trigger in the order''s own transaction. States: pending, in_flight, retrying, done, dead, invalid, coalesced. The request is rendered and stored before its first attempt and re-sent unchanged with the same idempotency key.';
 COMMENT ON COLUMN @extschema@.outbox.idempotency_key IS 'Sent as Idempotency-Key on every attempt of this intent.';
 COMMENT ON COLUMN @extschema@.outbox.coalesced_into IS 'For a coalesced update: the intent whose request already carried this change.';
+COMMENT ON COLUMN @extschema@.outbox.content_digest IS 'A digest of the order row this request was rendered from, without the binding''s write-back columns (shipsync._row_digest); copied onto the shipment when the request succeeds.';
 
 /*
  * What the capture trigger writes, in the user's transaction: a heap with no
@@ -143,6 +145,7 @@ CREATE TABLE @extschema@.shipment (
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	waybills		jsonb,
+	content_digest	bigint,
 	-- the natural key is the primary key: one index less to maintain per shipment
 	PRIMARY KEY (binding_id, order_key, provider_id)
 );
@@ -151,6 +154,8 @@ COMMENT ON TABLE @extschema@.shipment IS
 	'One per order and provider: the carrier''s shipment id, tracking number, label, canonical status (raw status beside it) and fees (numeric, never float).';
 COMMENT ON COLUMN @extschema@.shipment.waybills IS
 	'Every waybill the carrier returned (SF Express: waybillNoInfoList, main, child and return waybills); tracking_number holds the main one.';
+COMMENT ON COLUMN @extschema@.shipment.content_digest IS
+	'The digest of the order row (without its write-back columns) that the last successful create or update was rendered from: reconciliation compares it with the row now (kind address_changed_after_send). NULL for shipments recorded before version 0.2.';
 
 CREATE TABLE @extschema@.delivery_log (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -185,18 +190,35 @@ CREATE TABLE @extschema@.exception_ticket (
 	acknowledged_by name,
 	resolved_at		timestamptz,
 	resolved_by		name,
-	resolution		text
+	resolution		text,
+	acknowledgement text,
+	tracking_number text,
+	subject			text,
+	facts			jsonb,
+	last_seen_at	timestamptz,
+	reopen_count	integer NOT NULL DEFAULT 0,
+	reopened_at		timestamptz,
+	run_id			bigint
 );
 CREATE INDEX exception_ticket_open_idx ON @extschema@.exception_ticket (kind, opened_at)
 	WHERE resolved_at IS NULL;
 COMMENT ON TABLE @extschema@.exception_ticket IS
-	'The exception ledger: one row per problem that needs a person (dead intent, failed write-back), opened, acknowledged and resolved with who and when.';
+	'The exception ledger: one ticket per problem and kind (a dead intent, a failed write-back, a discrepancy found by reconciliation), open, then acknowledged, then resolved, with who and when; seen again after its resolution, it is reopened. Its history is in shipsync.ticket_event.';
 COMMENT ON COLUMN @extschema@.exception_ticket.acknowledged_by IS
-	'Who set acknowledged_at (shipsync.acknowledge()): set by the server, never by the caller.';
+	'Who set acknowledged_at (shipsync.ack()): set by the server, never by the caller.';
 COMMENT ON COLUMN @extschema@.exception_ticket.resolved_by IS
-	'Who set resolved_at (shipsync.resolve(), retry(), requeue()): set by the server, never by the caller.';
+	'Who set resolved_at (shipsync.resolve(), retry(), requeue(), or reconcile when a pass no longer saw the problem): set by the server, never by the caller.';
 COMMENT ON COLUMN @extschema@.exception_ticket.resolution IS
-	'The note given to shipsync.resolve().';
+	'The note given to shipsync.resolve(), or why reconciliation resolved it.';
+COMMENT ON COLUMN @extschema@.exception_ticket.acknowledgement IS
+	'The note given to shipsync.ack().';
+COMMENT ON COLUMN @extschema@.exception_ticket.tracking_number IS 'The tracking number the problem is about, when known.';
+COMMENT ON COLUMN @extschema@.exception_ticket.subject IS 'What the ticket is about when that is not an order: the carrier''s shipment id (orphan_at_carrier), a tracking number (unmatched_expired, fee_mismatch of an unknown waybill).';
+COMMENT ON COLUMN @extschema@.exception_ticket.facts IS 'The facts of a discrepancy found by reconciliation, as JSON (both sides'' values); shown as detail in shipsync.reconciliation.';
+COMMENT ON COLUMN @extschema@.exception_ticket.last_seen_at IS 'When the problem was last seen (the last reconciliation pass that found it, the last intent that died of it).';
+COMMENT ON COLUMN @extschema@.exception_ticket.reopen_count IS 'How many times the ticket was seen again after it had been resolved.';
+COMMENT ON COLUMN @extschema@.exception_ticket.reopened_at IS 'When it was last reopened.';
+COMMENT ON COLUMN @extschema@.exception_ticket.run_id IS 'The reconciliation run (shipsync.reconcile_run) that last saw it; NULL for tickets of the dispatcher.';
 
 ------------------------------------------------------------------------------
 -- Views

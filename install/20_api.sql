@@ -14,6 +14,13 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@._wake(boolean) IS
 	'Internal: wake this database''s dispatcher when the current transaction commits.';
 
+CREATE FUNCTION @extschema@._row_digest(r record, skip text[])
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'shipsync_row_digest'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@._row_digest(record, text[]) IS
+	'Internal: a 64-bit digest of an order row without the columns named in skip (its write-back columns): computed when a request is rendered, and by reconciliation to tell an order changed after it was sent.';
+
 CREATE FUNCTION @extschema@.capture()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'shipsync_capture'
@@ -414,8 +421,9 @@ BEGIN
 			USING ERRCODE = 'duplicate_object',
 				  HINT = 'Call shipsync.detach() first to attach it again.';
 	END IF;
-	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii'], 'attach');
+	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii', 'grace', 'created_at_column'], 'attach');
 	PERFORM @extschema@._check_attach_options(opts, pid);
+	PERFORM @extschema@._check_reconcile_options(opts, tbl);
 	IF current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
 		RAISE EXCEPTION 'database encoding % cannot be sent as JSON', current_setting('server_encoding')
 			USING ERRCODE = 'feature_not_supported',
@@ -496,20 +504,23 @@ BEGIN
 		cancel_when := @extschema@._cancel_when_sql(cancel_when);
 	END IF;
 
-	-- Operators and types qualified: the dispatcher, render_request() and
+	-- The row itself and its write-back columns: the dispatcher keeps the
+	-- row's digest (shipsync._row_digest), what reconciliation compares
+	-- the order with later.  Operators and types qualified: the dispatcher, render_request() and
 	-- this function run these as the table's owner, each with a search_path
 	-- of its own.  (unnest of several arrays is grammar: pg_catalog's.)
 	render := format(
 		'SELECT shipsync_u.shipsync_id, t.%1$I IS NOT NULL AS found,'
 		' pg_catalog.json_build_object(''order_ref'', shipsync_u.shipsync_key,'
 		' ''order'', pg_catalog.row_to_json(t))::pg_catalog.text AS body,'
-		' %4$s AS is_cancel'
+		' %4$s AS is_cancel, t AS shipsync_row, %5$L::pg_catalog.text[] AS shipsync_skip'
 		' FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[])'
 		' AS shipsync_u(shipsync_id, shipsync_key)'
 		' LEFT JOIN %2$s AS t ON t.%1$I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%3$s',
 		keycol, tbl, keytype,
 		CASE WHEN cancel_when IS NULL THEN 'false'
-			 ELSE format('COALESCE((%s), false)', cancel_when) END);
+			 ELSE format('COALESCE((%s), false)', cancel_when) END,
+		ARRAY(SELECT c FROM unnest(wbcols) AS c ORDER BY 1));
 
 	IF array_length(sets, 1) > 0 THEN
 		wbsql := format(
@@ -557,7 +568,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) IS
-	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered), pii (which columns of the generic body are personal: {"column": "name"|"phone"|"address"|"email"|null}).';
+	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered), pii (which columns of the generic body are personal: {"column": "name"|"phone"|"address"|"email"|null}), grace (reconciliation: how old an order without a shipment must be to be not_sent, default 10 minutes), created_at_column (the column that tells an order''s age).';
 
 CREATE FUNCTION @extschema@.detach(tbl regclass)
 RETURNS void
@@ -628,7 +639,12 @@ $$;
 COMMENT ON FUNCTION @extschema@.retry(bigint) IS
 	'Send one dead, invalid or retrying intent again now, with its attempts reset and the same idempotency key.';
 
-CREATE FUNCTION @extschema@.requeue(provider text DEFAULT NULL, state text DEFAULT 'dead')
+-- Bulk repair: every intent of the given states matching the filters is
+-- sent again now, attempts reset, same idempotency key; its tickets are
+-- resolved (a new failure reopens them); audited as action.  Shared by
+-- requeue() and retry().
+CREATE FUNCTION @extschema@._requeue(action text, provider text, states text[],
+									 error_class text, since timestamptz)
 RETURNS bigint
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -637,40 +653,79 @@ AS $$
 DECLARE
 	n bigint;
 	pid integer;
+	st text;
 BEGIN
-	IF state IS NULL OR state NOT IN ('dead', 'invalid', 'retrying') THEN
-		RAISE EXCEPTION 'cannot requeue intents in state "%"', coalesce(state, '')
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Requeue dead, invalid or retrying intents.';
-	END IF;
+	FOREACH st IN ARRAY coalesce(states, ARRAY[NULL::text]) LOOP
+		IF st IS NULL OR st OPERATOR(pg_catalog.<>) ALL (ARRAY['dead', 'invalid', 'retrying']) THEN
+			RAISE EXCEPTION 'cannot requeue intents in state "%"', coalesce(st, '')
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Requeue dead, invalid or retrying intents.';
+		END IF;
+	END LOOP;
 	IF provider IS NOT NULL THEN
-		SELECT p.provider_id INTO pid FROM @extschema@.provider p WHERE p.name = requeue.provider;
+		SELECT p.provider_id INTO pid FROM @extschema@.provider p
+		 WHERE p.name OPERATOR(pg_catalog.=) _requeue.provider;
 		IF pid IS NULL THEN
 			RAISE EXCEPTION 'provider "%" does not exist', provider
 				USING ERRCODE = 'undefined_object',
 					  HINT = 'See SELECT name FROM shipsync.providers.';
 		END IF;
 	END IF;
+	IF since OPERATOR(pg_catalog.>) pg_catalog.now() THEN
+		RAISE EXCEPTION 'since is in the future'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Give the time from which the intents to send again stopped.';
+	END IF;
 	WITH q AS (
 		UPDATE @extschema@.outbox o
-		   SET state = CASE WHEN o.attempts = 0 THEN 'pending' ELSE 'retrying' END,
-			   attempts = 0, next_attempt_at = now(), done_at = NULL, updated_at = now()
-		 WHERE o.state = requeue.state AND (pid IS NULL OR o.provider_id = pid)
+		   SET state = CASE WHEN o.attempts OPERATOR(pg_catalog.=) 0 THEN 'pending' ELSE 'retrying' END,
+			   attempts = 0, next_attempt_at = pg_catalog.now(), done_at = NULL,
+			   updated_at = pg_catalog.now()
+		 WHERE o.state OPERATOR(pg_catalog.=) ANY (states)
+		   AND (pid IS NULL OR o.provider_id OPERATOR(pg_catalog.=) pid)
+		   AND (_requeue.error_class IS NULL OR o.error_class OPERATOR(pg_catalog.=) _requeue.error_class)
+		   AND (since IS NULL OR o.updated_at OPERATOR(pg_catalog.>=) since)
 		RETURNING o.id),
 	t AS (
 		UPDATE @extschema@.exception_ticket t
-		   SET resolved_at = now(), resolved_by = session_user
-		  FROM q WHERE t.outbox_id = q.id AND t.resolved_at IS NULL)
-	SELECT count(*) INTO n FROM q;
-	PERFORM @extschema@._audit('requeue', 'provider', coalesce(requeue.provider, '*'),
-		pg_catalog.jsonb_build_object('state', requeue.state),
+		   SET resolved_at = pg_catalog.now(), resolved_by = SESSION_USER
+		  FROM q WHERE t.outbox_id OPERATOR(pg_catalog.=) q.id AND t.resolved_at IS NULL)
+	SELECT pg_catalog.count(*) INTO n FROM q;
+	PERFORM @extschema@._audit(action, 'provider', coalesce(_requeue.provider, '*'),
+		pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+			'state', CASE WHEN pg_catalog.cardinality(states) OPERATOR(pg_catalog.=) 1
+						  THEN pg_catalog.to_jsonb(states[1]) ELSE pg_catalog.to_jsonb(states) END,
+			'error_class', _requeue.error_class, 'since', since)),
 		pg_catalog.jsonb_build_object('requeued', n));
 	PERFORM @extschema@._wake(false);
 	RETURN n;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.requeue(text, text) IS
-	'Send again every intent of a provider (or all providers) in the given state (default dead). Returns how many were requeued.';
+COMMENT ON FUNCTION @extschema@._requeue(text, text, text[], text, timestamptz) IS
+	'Internal: sends again the intents in the given states matching the filters, and audits it as the action given; shipsync.requeue() and shipsync.retry() with filters call it.';
+
+CREATE FUNCTION @extschema@.requeue(provider text DEFAULT NULL, state text DEFAULT 'dead',
+									error_class text DEFAULT NULL, since timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT @extschema@._requeue('requeue', $1, ARRAY[$2], $3, $4) $$;
+COMMENT ON FUNCTION @extschema@.requeue(text, text, text, timestamptz) IS
+	'Send again every intent of a provider (or all providers) in the given state (default dead), of the given error class (error_class, e.g. http_5xx) and stopped since the given time (since), all optional. Returns how many were requeued.';
+
+CREATE FUNCTION @extschema@.retry(provider text, state text DEFAULT NULL,
+								  error_class text DEFAULT NULL, since timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT @extschema@._requeue('retry', $1, CASE WHEN $2 IS NULL THEN ARRAY['dead', 'invalid', 'retrying']
+												   ELSE ARRAY[$2] END, $3, $4)
+$$;
+COMMENT ON FUNCTION @extschema@.retry(text, text, text, timestamptz) IS
+	'Send again now, attempts reset, the intents of a provider (NULL: all providers) that are dead, invalid or retrying (or only those in state), of the given error class and stopped since the given time, all optional. Returns how many.';
 
 ------------------------------------------------------------------------------
 -- A dropped table cannot ship: its waiting intents stop with the reason.

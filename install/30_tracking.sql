@@ -207,8 +207,8 @@ CREATE AGGREGATE @extschema@._status_fold(text, text, integer, boolean, boolean)
 	FINALFUNC = @extschema@._status_final
 );
 
--- Expired parked events: dropped, one ticket each.  PL/pgSQL, not SQL: its
--- plan is kept for the session instead of being made at every call.
+-- Expired parked events: dropped, one ticket per tracking number.  PL/pgSQL,
+-- not SQL: its plan is kept for the session instead of being made at every call.
 CREATE FUNCTION @extschema@._expire_unmatched(pid integer)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -221,15 +221,16 @@ BEGIN
 		DELETE FROM @extschema@.unmatched_event u
 		 WHERE u.expires_at <= now() AND (pid IS NULL OR u.provider_id = pid)
 		RETURNING u.*),
+	-- one ticket per tracking number (the ledger folds events of the same one)
 	t AS (
-		INSERT INTO @extschema@.exception_ticket (kind, provider_id, detail)
-		SELECT 'unmatched_expired', d.provider_id,
+		INSERT INTO @extschema@.exception_ticket (kind, provider_id, subject, tracking_number, detail)
+		SELECT 'unmatched_expired', d.provider_id, d.tracking_number, d.tracking_number,
 			   format('tracking event %s of provider %s for unknown tracking number %s (raw status %s) found no shipment within unmatched_ttl_s = %s',
 					  d.event_key, p.name, d.tracking_number, coalesce(d.raw_status, 'none'),
 					  coalesce(p.options->>'unmatched_ttl_s', '604800'))
 		FROM d JOIN @extschema@.provider p ON p.provider_id = d.provider_id
 		RETURNING 1)
-	SELECT count(*) INTO n FROM t;
+	SELECT count(*) INTO n FROM d;
 	RETURN n;
 END
 $$;
@@ -433,7 +434,7 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT @extschema@._expire_unmatched(NULL) $$;
 COMMENT ON FUNCTION @extschema@.expire_unmatched() IS
-	'Drop the parked tracking events whose time is up (provider option unmatched_ttl_s), opening one exception ticket of kind unmatched_expired for each; returns how many. ingest_tracking() does this for its provider at every call.';
+	'Drop the parked tracking events whose time is up (provider option unmatched_ttl_s), opening one exception ticket of kind unmatched_expired per tracking number; returns how many events were dropped. ingest_tracking() does this for its provider at every call.';
 
 CREATE FUNCTION @extschema@._hmac_sha256(key bytea, msg bytea)
 RETURNS bytea

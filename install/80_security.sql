@@ -74,7 +74,8 @@ SELECT o.id, o.binding_id, o.provider_id, o.order_key, o.op, o.idempotency_key, 
 	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_body
 			ELSE @extschema@._mask_body(o.request_body, r.paths, r.kinds, b.options->'pii')
 	   END AS request_body,
-	   o.request_digest, o.last_status, o.error_class, o.last_error, o.coalesced_into
+	   o.request_digest, o.last_status, o.error_class, o.last_error, o.coalesced_into,
+	   o.content_digest
 FROM @extschema@.outbox o
 LEFT JOIN @extschema@._pii_rules r ON r.provider_id = o.provider_id
 LEFT JOIN @extschema@.binding b ON b.binding_id = o.binding_id;
@@ -99,7 +100,7 @@ CREATE TABLE @extschema@.audit_log (
 CREATE INDEX audit_log_at_idx ON @extschema@.audit_log USING brin (at);
 CREATE INDEX audit_log_object_idx ON @extschema@.audit_log (object_kind, object_name, at);
 COMMENT ON TABLE @extschema@.audit_log IS
-	'Every change of providers, secrets, bindings, field maps, status maps, fee type maps and currencies, and every state-changing call (attach, detach, pause, resume, retry, requeue, set_secret, rotate_key, acknowledge, resolve): when, by whom, and the values before and after, secrets shown as "(set)" or "(changed)". Only the extension''s owner may change or delete rows; the dispatcher prunes rows older than shipsync.audit_retention.';
+	'Every change of providers, secrets, bindings, field maps, status maps, fee type maps, currencies and stuck thresholds, and every state-changing call (attach, detach, pause, resume, retry, requeue, set_secret, rotate_key, ack, resolve, reconcile, resync): when, by whom, and the values before and after, secrets shown as "(set)" or "(changed)". Only the extension''s owner may change or delete rows; the dispatcher prunes rows older than shipsync.audit_retention.';
 COMMENT ON COLUMN @extschema@.audit_log."session_user" IS
 	'The session user, or the extension''s own worker (dispatcher).';
 COMMENT ON COLUMN @extschema@.audit_log."current_user" IS
@@ -107,7 +108,7 @@ COMMENT ON COLUMN @extschema@.audit_log."current_user" IS
 COMMENT ON COLUMN @extschema@.audit_log.action IS
 	'The function called (attach, pause, ...), or insert, update, delete or truncate for a change made directly to the table.';
 COMMENT ON COLUMN @extschema@.audit_log.object_name IS
-	'provider: its name; binding: the table; field_map: profile/direction/target_path; status_map: profile/raw_status/pattern; fee_type_map: profile/code; currency: its code; intent: its id; ticket: its id.';
+	'provider: its name; binding: the table; field_map: profile/direction/target_path; status_map: profile/raw_status/pattern; fee_type_map: profile/code; currency: its code; stuck_after: the status; intent: its id; ticket: its id.';
 COMMENT ON COLUMN @extschema@.audit_log.old_value IS
 	'An insert: null; a delete: the whole row; an update: the columns that changed, as they were.';
 COMMENT ON COLUMN @extschema@.audit_log.new_value IS
@@ -223,7 +224,7 @@ BEGIN
 	IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) '@extschema@'
 	   OR NOT TG_TABLE_NAME OPERATOR(pg_catalog.=) ANY
 		   (ARRAY['provider', 'secret', 'binding', 'field_map', 'status_map', 'crm_source',
-				  'fee_type_map', 'currency']) THEN
+				  'fee_type_map', 'currency', 'stuck_after']) THEN
 		RAISE EXCEPTION 'shipsync._audit_row() audits the tables of pg_shipsync only'
 			USING ERRCODE = 'insufficient_privilege',
 				  DETAIL = format('It fired on %I.%I.', TG_TABLE_SCHEMA, TG_TABLE_NAME);
@@ -237,7 +238,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@._audit_row() IS
-	'Internal: the audit trigger of the tables provider, secret, binding, field_map, status_map, crm_source, fee_type_map and currency.';
+	'Internal: the audit trigger of the tables provider, secret, binding, field_map, status_map, crm_source, fee_type_map, currency and stuck_after.';
 
 -- Only the extension's owner changes or deletes audit rows.  Privileges
 -- already keep everyone else out; this stops other superusers too, with a
@@ -338,66 +339,75 @@ CREATE TRIGGER exception_ticket_stamp BEFORE UPDATE ON @extschema@.exception_tic
 -- Tickets: acknowledged and resolved through functions
 ------------------------------------------------------------------------------
 
--- One step of a ticket's life, acknowledge or resolve: false if it was
--- taken already.  The "who" column follows from the trigger above.
-CREATE FUNCTION @extschema@._ticket_step(ticket_id bigint, step text, note text)
+-- One step of a ticket's life, ack or resolve, with its note: false if it
+-- was taken already.  The "who" column follows from the trigger above; the
+-- step goes into the ticket's history (shipsync.ticket_event, 65_ledger.sql).
+CREATE FUNCTION @extschema@._ticket_step(ticket bigint, step text, note text)
 RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	done timestamptz;
+	t record;
 	after jsonb;
-	ack boolean := step OPERATOR(pg_catalog.=) 'acknowledge';
+	is_ack boolean := step OPERATOR(pg_catalog.=) 'ack';
 BEGIN
-	SELECT CASE WHEN ack THEN x.acknowledged_at ELSE x.resolved_at END INTO done
+	SELECT x.acknowledged_at, x.resolved_at INTO t
 	  FROM @extschema@.exception_ticket x
-	 WHERE x.ticket_id OPERATOR(pg_catalog.=) _ticket_step.ticket_id FOR UPDATE;
+	 WHERE x.ticket_id OPERATOR(pg_catalog.=) _ticket_step.ticket FOR UPDATE;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'exception ticket % does not exist', ticket_id
+		RAISE EXCEPTION 'exception ticket % does not exist', coalesce(ticket::text, 'NULL')
 			USING ERRCODE = 'undefined_object',
 				  HINT = 'See SELECT ticket_id, kind, detail FROM shipsync.exception_ticket WHERE resolved_at IS NULL.';
 	END IF;
-	IF done IS NOT NULL THEN
+	IF is_ack AND t.resolved_at IS NOT NULL THEN
+		RAISE EXCEPTION 'exception ticket % is resolved', ticket
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = pg_catalog.format('It was resolved at %s.', t.resolved_at),
+				  HINT = 'Only an open ticket is acknowledged; a problem seen again reopens its ticket.';
+	END IF;
+	IF (is_ack AND t.acknowledged_at IS NOT NULL) OR (NOT is_ack AND t.resolved_at IS NOT NULL) THEN
 		RETURN false;
 	END IF;
 	UPDATE @extschema@.exception_ticket x
-	   SET acknowledged_at = CASE WHEN ack THEN pg_catalog.now() ELSE x.acknowledged_at END,
-		   resolved_at = CASE WHEN ack THEN x.resolved_at ELSE pg_catalog.now() END,
-		   resolution = CASE WHEN ack THEN x.resolution ELSE note END
-	 WHERE x.ticket_id OPERATOR(pg_catalog.=) _ticket_step.ticket_id
-	RETURNING CASE WHEN ack
+	   SET acknowledged_at = CASE WHEN is_ack THEN pg_catalog.now() ELSE x.acknowledged_at END,
+		   acknowledgement = CASE WHEN is_ack THEN note ELSE x.acknowledgement END,
+		   resolved_at = CASE WHEN is_ack THEN x.resolved_at ELSE pg_catalog.now() END,
+		   resolution = CASE WHEN is_ack THEN x.resolution ELSE note END
+	 WHERE x.ticket_id OPERATOR(pg_catalog.=) _ticket_step.ticket
+	RETURNING CASE WHEN is_ack
 		THEN pg_catalog.jsonb_build_object('acknowledged_at', x.acknowledged_at,
-										   'acknowledged_by', x.acknowledged_by)
+										   'acknowledged_by', x.acknowledged_by,
+										   'acknowledgement', x.acknowledgement)
 		ELSE pg_catalog.jsonb_build_object('resolved_at', x.resolved_at,
 										   'resolved_by', x.resolved_by, 'resolution', x.resolution) END
 	INTO after;
-	PERFORM @extschema@._audit(step, 'ticket', ticket_id::text,
+	PERFORM @extschema@._audit(step, 'ticket', ticket::text,
 		(SELECT pg_catalog.jsonb_object_agg(k, NULL) FROM pg_catalog.jsonb_object_keys(after) k), after);
 	RETURN true;
 END
 $$;
 COMMENT ON FUNCTION @extschema@._ticket_step(bigint, text, text) IS
-	'Internal: acknowledge or resolve one exception ticket, and audit it.';
+	'Internal: acknowledge (ack) or resolve one exception ticket with a note, and audit it.';
 
-CREATE FUNCTION @extschema@.acknowledge(ticket_id bigint)
+CREATE FUNCTION @extschema@.ack(ticket bigint, note text DEFAULT NULL)
 RETURNS boolean
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT @extschema@._ticket_step($1, 'acknowledge', NULL) $$;
-COMMENT ON FUNCTION @extschema@.acknowledge(bigint) IS
-	'Acknowledge an exception ticket: acknowledged_at is now, acknowledged_by the session user. Returns false if it already was.';
+AS $$ SELECT @extschema@._ticket_step($1, 'ack', $2) $$;
+COMMENT ON FUNCTION @extschema@.ack(bigint, text) IS
+	'Acknowledge an open exception ticket (someone is on it), with an optional note: acknowledged_at is now, acknowledged_by the session user, acknowledgement the note. Returns false if it already was; a resolved ticket cannot be acknowledged.';
 
-CREATE FUNCTION @extschema@.resolve(ticket_id bigint, note text DEFAULT NULL)
+CREATE FUNCTION @extschema@.resolve(ticket bigint, note text DEFAULT NULL)
 RETURNS boolean
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT @extschema@._ticket_step($1, 'resolve', $2) $$;
 COMMENT ON FUNCTION @extschema@.resolve(bigint, text) IS
-	'Resolve an exception ticket, with an optional note: resolved_at is now, resolved_by the session user, resolution the note. Returns false if it already was resolved.';
+	'Resolve an exception ticket, open or acknowledged, with an optional note: resolved_at is now, resolved_by the session user, resolution the note. Returns false if it already was resolved. A problem seen again reopens it.';
 
 ------------------------------------------------------------------------------
 -- Audit triggers, and the actions of the functions whose changes they see
@@ -418,6 +428,8 @@ CREATE TRIGGER shipsync_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.cr
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_row('crm_source', 'name', '{}');
 CREATE TRIGGER shipsync_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.secret
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_row('secret', 'provider,name', '{"ciphertext": true}');
+CREATE TRIGGER shipsync_audit AFTER INSERT OR UPDATE OR DELETE ON @extschema@.stuck_after
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._audit_row('stuck_after', 'status', '{}');
 CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.provider
 	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('provider', '', '{}');
 CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.binding
@@ -440,6 +452,8 @@ CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.fee_type_ma
 CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.currency
 	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('currency', '', '{}');
 -- end of the fee audit triggers
+CREATE TRIGGER shipsync_audit_truncate AFTER TRUNCATE ON @extschema@.stuck_after
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._audit_row('stuck_after', '', '{}');
 
 -- The trigger rows of changes made by these functions carry their names.
 ALTER FUNCTION @extschema@.create_provider(text, text, text, jsonb) SET shipsync.audit_action = 'create_provider';

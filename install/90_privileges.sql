@@ -13,11 +13,12 @@ GRANT SELECT ON @extschema@.queue_status, @extschema@.providers, @extschema@.int
 	@extschema@.inbox,
 	@extschema@.binding,
 	@extschema@.shipment, @extschema@.delivery_log, @extschema@.exception_ticket TO shipsync_reader;
-GRANT EXECUTE ON FUNCTION @extschema@.retry(bigint), @extschema@.requeue(text, text),
+GRANT EXECUTE ON FUNCTION @extschema@.retry(bigint), @extschema@.requeue(text, text, text, timestamptz),
+	@extschema@.retry(text, text, text, timestamptz),
 	@extschema@.pause(text), @extschema@.resume(text),
 	@extschema@._set_paused(text, boolean) TO shipsync_operator;
 GRANT SELECT ON @extschema@.outbox TO shipsync_operator;
-GRANT EXECUTE ON FUNCTION @extschema@.acknowledge(bigint), @extschema@.resolve(bigint, text)
+GRANT EXECUTE ON FUNCTION @extschema@.ack(bigint, text), @extschema@.resolve(bigint, text)
 	TO shipsync_operator;
 GRANT SELECT ON @extschema@.provider_health TO shipsync_reader;
 GRANT EXECUTE ON FUNCTION @extschema@._provider_health() TO shipsync_reader;
@@ -75,6 +76,15 @@ GRANT EXECUTE ON FUNCTION @extschema@.mask_pii(text, text),
 	TO shipsync_reader;
 GRANT SELECT ON @extschema@.audit_log TO shipsync_operator;
 GRANT EXECUTE ON FUNCTION @extschema@._actor() TO shipsync_admin;
+-- the ledger and reconciliation
+GRANT SELECT ON @extschema@.ticket_event, @extschema@.open_tickets, @extschema@.ticket_summary,
+	@extschema@.reconcile_run, @extschema@.carrier_snapshot, @extschema@.stuck_after,
+	@extschema@.reconciliation, @extschema@.reconciliation_summary TO shipsync_reader;
+-- (the views of reconciliation call it as their reader)
+GRANT EXECUTE ON FUNCTION @extschema@._reconcile_kinds() TO shipsync_reader;
+GRANT EXECUTE ON FUNCTION @extschema@.reconcile(text, timestamptz),
+	@extschema@.resync(regclass, text[], text) TO shipsync_operator;
+GRANT INSERT, UPDATE, DELETE ON @extschema@.stuck_after TO shipsync_admin;
 
 -- The extension may be created before the dispatcher looks: wake it.
 SELECT @extschema@._wake(true);

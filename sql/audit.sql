@@ -86,11 +86,11 @@ SELECT shipsync.pause('gen');
 SELECT shipsync.resume('gen');
 SELECT shipsync.retry(:first);
 SELECT shipsync.requeue('gen');
-SELECT shipsync.acknowledge(:ticket);
-SELECT shipsync.acknowledge(:ticket) AS again;
+SELECT shipsync.ack(:ticket);
+SELECT shipsync.ack(:ticket) AS again;
 SELECT shipsync.resolve(:ticket, 'the carrier found it');
 SELECT shipsync.resolve(:ticket) AS again;
-SELECT shipsync.acknowledge(424242);
+SELECT shipsync.ack(424242);
 -- tickets are no longer changed by UPDATE
 UPDATE shipsync.exception_ticket SET acknowledged_by = 'mallory';
 RESET SESSION AUTHORIZATION;

@@ -311,7 +311,7 @@ SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('u-9', 'NEVER', 'in_tran
 SELECT shipsync.expire_unmatched() AS expired_too_early;
 UPDATE shipsync.unmatched_event SET expires_at = now() - interval '1 second';
 SELECT shipsync.expire_unmatched() AS expired;
-SELECT kind, detail FROM shipsync.exception_ticket WHERE kind = 'unmatched_expired';
+SELECT kind, detail FROM shipsync.exception_ticket WHERE kind = 'unmatched_expired' ORDER BY detail;
 SELECT count(*) AS parked_left FROM shipsync.unmatched_event;
 
 ------------------------------------------------------------------------------

@@ -34,6 +34,8 @@
  */
 #include "postgres.h"
 
+#include <curl/curl.h>
+
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -506,6 +508,38 @@ dialect_sf_fee_query_body(Provider *p, const char *waybill, const char *request_
 				   card ? ",\"monthlyCard\":" : "",
 				   card ? shipsync_quote_json(take_malloced(card)) : "");
 	return sf_form(p, request_id, "EXP_RECE_QUERY_SFWAYBILL", msg);
+}
+
+/*
+ * The header lines of a request to p, for http.c (which frees them with the
+ * transfer): Idempotency-Key (when one is given: a pull has none), the
+ * content type of the dialect's bodies (when there is a body), Accept, no
+ * "Expect: 100-continue" round trip, the provider's static and auth
+ * headers, and its OAuth2 token.
+ */
+struct curl_slist *
+dialect_headers(Provider *p, const char *idempotency_key, bool has_body)
+{
+	struct curl_slist *h = NULL;
+	char		line[128];
+
+	if (idempotency_key)
+	{
+		snprintf(line, sizeof(line), "Idempotency-Key: %s", idempotency_key);
+		h = curl_slist_append(h, line);
+	}
+	if (has_body)
+		h = curl_slist_append(h, p->dialect == DIALECT_SF_EXPRESS ||
+							  p->dialect == DIALECT_KUAIDI100 ?
+							  "Content-Type: application/x-www-form-urlencoded" :
+							  "Content-Type: application/json");
+	h = curl_slist_append(h, "Accept: application/json");
+	h = curl_slist_append(h, "Expect:");
+	for (int i = 0; i < p->nheaders; i++)
+		h = curl_slist_append(h, p->headers[i]);
+	if (p->oauth_token)
+		h = curl_slist_append(h, psprintf("Authorization: Bearer %s", p->oauth_token));
+	return h;
 }
 
 /* ---------- field_map rows ---------- */

@@ -394,6 +394,7 @@ dispatcher_load_config(void)
 	cfg_generation = gen;
 	poller_invalidate();
 	feepull_invalidate();
+	reconcile_invalidate();
 }
 
 static long
@@ -458,29 +459,6 @@ add_kuaidi100_headers(struct curl_slist *h, Provider *p, const char *body)
 	h = curl_slist_append(h, psprintf("X-Kuaidi100-Customer: %s", p->kd_customer));
 	h = curl_slist_append(h, psprintf("X-Kuaidi100-Sign: %s", sign));
 	free(sign);
-	return h;
-}
-
-static struct curl_slist *
-build_headers(Provider *p, const char *idempotency_key, bool has_body)
-{
-	struct curl_slist *h = NULL;
-	char		line[128];
-
-	snprintf(line, sizeof(line), "Idempotency-Key: %s", idempotency_key);
-	h = curl_slist_append(h, line);
-	if (has_body)
-		h = curl_slist_append(h, p->dialect == DIALECT_SF_EXPRESS ||
-							  p->dialect == DIALECT_KUAIDI100 ?
-							  "Content-Type: application/x-www-form-urlencoded" :
-							  "Content-Type: application/json");
-	h = curl_slist_append(h, "Accept: application/json");
-	/* no "Expect: 100-continue" round trip before larger bodies */
-	h = curl_slist_append(h, "Expect:");
-	for (int i = 0; i < p->nheaders; i++)
-		h = curl_slist_append(h, p->headers[i]);
-	if (p->oauth_token)
-		h = curl_slist_append(h, psprintf("Authorization: Bearer %s", p->oauth_token));
 	return h;
 }
 
@@ -653,7 +631,7 @@ dispatcher_send(Provider *p, Claimed *c)
 	f->xfer.body = f->c.body;
 	f->xfer.timeout_ms = p->timeout_ms;
 	f->xfer.tls = p->tls;
-	f->xfer.headers = build_headers(p, c->idempotency_key, c->body != NULL);
+	f->xfer.headers = dialect_headers(p, c->idempotency_key, c->body != NULL);
 	if (p->dialect == DIALECT_GENERIC)
 		f->xfer.headers = add_kuaidi100_headers(f->xfer.headers, p, f->c.body);
 	f->xfer.owner = f;
@@ -1204,7 +1182,7 @@ sf_search_if_duplicate(Flight *f)
 	t->ratelimit_reset = NULL;
 	t->body = dialect_sf_search_body(p, f->c.order_key,
 									 psprintf("%s-search", f->c.idempotency_key));
-	t->headers = build_headers(p, f->c.idempotency_key, true);
+	t->headers = dialect_headers(p, f->c.idempotency_key, true);
 	t->tls = p->tls;
 	http_submit(client, t);
 	MemoryContextSwitchTo(old);
@@ -1566,7 +1544,7 @@ dispatcher_apply_done(TimestampTz now)
 
 	while ((t = http_take_done(client)) != NULL)
 	{
-		if (poller_take(t) || feepull_take(t))	/* polls and pulls: applied below */
+		if (poller_take(t) || feepull_take(t) || reconcile_take(t))	/* applied below */
 			continue;
 		if (((Flight *) t->owner)->token_fetch)
 		{
@@ -1587,6 +1565,7 @@ dispatcher_apply_done(TimestampTz now)
 	}
 	poller_apply();
 	feepull_apply();
+	reconcile_apply(providers, nproviders, now);
 	if (ndone == 0)
 		return;
 
@@ -1821,6 +1800,7 @@ shipsync_dispatcher_main(Datum main_arg)
 		dispatcher_claim_all(now);
 		poller_send(client, providers, nproviders, now);
 		feepull_send(client, providers, nproviders, now);
+		reconcile_send(client, providers, nproviders, now);
 
 		pgstat_report_activity(STATE_IDLE, NULL);
 
@@ -1833,8 +1813,9 @@ shipsync_dispatcher_main(Datum main_arg)
 		pgstat_report_stat(false);
 		now = GetCurrentTimestamp();
 		dispatcher_exchange_masks(now);
-		timeout = Min(dispatcher_timeout(now),
-					  Min(poller_timeout(now), feepull_timeout(now)));
+		timeout = Min(Min(dispatcher_timeout(now), poller_timeout(now)),
+					  Min(feepull_timeout(now),
+						  reconcile_timeout(providers, nproviders, now)));
 		dispatcher_release_heap(timeout, now);
 		http_wait(client, timeout, PG_WAIT_EXTENSION);
 

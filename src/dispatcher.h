@@ -209,6 +209,8 @@ extern char *dialect_sf_search_body(Provider *p, const char *order_key,
 									const char *request_id);
 extern char *dialect_sf_fee_query_body(Provider *p, const char *waybill,
 									   const char *request_id);
+extern struct curl_slist *dialect_headers(Provider *p, const char *idempotency_key,
+										  bool has_body);
 extern bool dialect_tz_offset(const char *zone, int64_t utc_epoch,
 							  int *offset_s, void *arg);
 
@@ -245,5 +247,15 @@ extern bool feepull_take(HttpTransfer *t);
 extern void feepull_apply(void);
 extern long feepull_timeout(TimestampTz now);
 extern void feepull_invalidate(void);
+
+/* in reconcile.c: the reconciliation pull and schedule, driven likewise */
+extern void reconcile_send(HttpClient *client, Provider *providers,
+						   int nproviders, TimestampTz now);
+extern bool reconcile_take(HttpTransfer *t);
+extern void reconcile_apply(Provider *providers, int nproviders,
+							TimestampTz now);
+extern long reconcile_timeout(Provider *providers, int nproviders,
+							  TimestampTz now);
+extern void reconcile_invalidate(void);
 
 #endif							/* SHIPSYNC_DISPATCHER_H */

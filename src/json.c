@@ -883,6 +883,114 @@ shipsync_parse_tracking(const char *dialect, const char *body, size_t len,
 }
 
 
+/*
+ * A carrier's list of its shipments, one page (the generic contract, see
+ * docs/wire-contract.md, "Shipment list"): {"shipments": [{"id",
+ * "order_ref", "tracking_number", "status", "updated_at", "fees"?}],
+ * "next_cursor": "..." | null}.  Only "id" is required of a shipment (a
+ * string or an integer); the others may be absent or null.  next_cursor
+ * absent or null: this is the last page.  Returns false with the reason in
+ * errbuf; out is to be freed with shipsync_free_shipment_list() either way.
+ */
+bool
+shipsync_parse_shipment_list(const char *body, size_t len, ShipListPage *out,
+							 char *errbuf, size_t errlen)
+{
+	struct json_object *root;
+	struct json_object *list;
+	struct json_object *cursor;
+	size_t		n;
+	bool		ok = true;
+
+	memset(out, 0, sizeof(*out));
+	errbuf[0] = '\0';
+	root = parse_strict_what(body, len, "the body", errbuf, errlen);
+	if (root == NULL)
+		return false;
+	list = array_member(root, "shipments");
+	if (list == NULL)
+	{
+		snprintf(errbuf, errlen, "the body has no \"shipments\" array");
+		json_object_put(root);
+		return false;
+	}
+	if (json_object_object_get_ex(root, "next_cursor", &cursor) &&
+		!json_object_is_type(cursor, json_type_null))
+	{
+		if (!json_object_is_type(cursor, json_type_string) ||
+			json_object_get_string_len(cursor) == 0)
+		{
+			snprintf(errbuf, errlen, "\"next_cursor\" is neither a non-empty string nor null");
+			json_object_put(root);
+			return false;
+		}
+		out->next_cursor = strdup(json_object_get_string(cursor));
+		if (out->next_cursor == NULL)
+			shipsync_out_of_memory();
+	}
+
+	n = json_object_array_length(list);
+	out->items = calloc(n > 0 ? n : 1, sizeof(ShipListItem));
+	if (out->items == NULL)
+		shipsync_out_of_memory();
+	for (size_t i = 0; i < n && ok; i++)
+	{
+		struct json_object *e = json_object_array_get_idx(list, i);
+		ShipListItem *it = &out->items[i];
+		struct json_object *fees;
+
+		if (!json_object_is_type(e, json_type_object))
+		{
+			snprintf(errbuf, errlen, "shipment %zu is not an object", i + 1);
+			ok = false;
+			break;
+		}
+		out->n = (int) i + 1;
+		it->id = dup_string_member(e, "id");
+		it->order_ref = dup_string_member(e, "order_ref");
+		it->tracking_number = dup_string_member(e, "tracking_number");
+		it->status = dup_string_member(e, "status");
+		it->updated_at = dup_string_member(e, "updated_at");
+		if (it->id == NULL || it->id[0] == '\0')
+		{
+			snprintf(errbuf, errlen, "shipment %zu has no \"id\"", i + 1);
+			ok = false;
+		}
+		else if (json_object_object_get_ex(e, "fees", &fees) &&
+				 !json_object_is_type(fees, json_type_null))
+		{
+			char		ferr[128];
+
+			if (!fees_ok(fees, ferr, sizeof(ferr)))
+			{
+				snprintf(errbuf, errlen, "shipment %zu: %s", i + 1, ferr);
+				ok = false;
+			}
+			else if ((it->fees = strdup(json_object_to_json_string_ext(fees, JSON_C_TO_STRING_PLAIN))) == NULL)
+				shipsync_out_of_memory();
+		}
+	}
+	json_object_put(root);
+	return ok;
+}
+
+void
+shipsync_free_shipment_list(ShipListPage *p)
+{
+	for (int i = 0; i < p->n; i++)
+	{
+		free(p->items[i].id);
+		free(p->items[i].order_ref);
+		free(p->items[i].tracking_number);
+		free(p->items[i].status);
+		free(p->items[i].updated_at);
+		free(p->items[i].fees);
+	}
+	free(p->items);
+	free(p->next_cursor);
+	memset(p, 0, sizeof(*p));
+}
+
 /* ====================================================================
  * JSON documents for the mapping engine (mapping.c) and the SF Express
  * dialect.  A ShipJson owns its root and every document decoded from a

@@ -759,8 +759,9 @@ static const char *const mark_sql =
 " last_error = COALESCE(u.skip, o.last_error),"
 " error_class = CASE WHEN u.skip IS NULL THEN o.error_class WHEN u.inv THEN 'invalid_order'"
 "   ELSE 'nothing_to_send' END,"
-" done_at = CASE WHEN u.skip IS NULL THEN NULL ELSE pg_catalog.now() END"
-" FROM unnest($1, $2, $3, $4, $5, $6, $8) AS u(id, m, url, body, skip, digest, inv)"
+" done_at = CASE WHEN u.skip IS NULL THEN NULL ELSE pg_catalog.now() END,"
+" content_digest = COALESCE(u.cdigest, o.content_digest)"
+" FROM unnest($1, $2, $3, $4, $5, $6, $8, $9) AS u(id, m, url, body, skip, digest, inv, cdigest)"
 " WHERE o.id = u.id"
 " RETURNING o.*";
 
@@ -821,10 +822,10 @@ prepare_claim_plans(void)
 		lock_plan = shipsync_prepare_saved(lock_sql, 2, t);
 	}
 	{
-		Oid			t[8] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, INT4OID, BOOLARRAYOID};
+		Oid			t[9] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, INT4OID, BOOLARRAYOID, INT8ARRAYOID};
 
-		mark_plan = shipsync_prepare_saved(mark_sql, 8, t);
+		mark_plan = shipsync_prepare_saved(mark_sql, 9, t);
 	}
 	{
 		Oid			t[3] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
@@ -967,9 +968,14 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	char	  **body = palloc0(sizeof(char *) * n);
 	bool	   *found = palloc0(sizeof(bool) * n);
 	bool	   *is_cancel = palloc0(sizeof(bool) * n);
+	Datum	   *cdigest = palloc0(sizeof(Datum) * n);
+	DigestCache *digest = NULL;
+	bool	   *cdigest_null = palloc(sizeof(bool) * n);
 	char	  **regtn = palloc0(sizeof(char *) * n);
 	bool		need_lookup = false;
 	bool		need_reg = false;
+
+	memset(cdigest_null, true, sizeof(bool) * n);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -1019,6 +1025,32 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 				found[i] = DatumGetBool(SPI_getbinval(tt->vals[r], tt->tupdesc, 2, &isnull));
 				body[i] = get_text(tt->vals[r], tt->tupdesc, 3);
 				is_cancel[i] = DatumGetBool(SPI_getbinval(tt->vals[r], tt->tupdesc, 4, &isnull));
+				/*
+				 * The digest of the row (_row_digest), computed here rather
+				 * than by the statement: nothing of ours runs as the owner.
+				 * Render statements made before 0.2 have no row column.
+				 */
+				if (tt->tupdesc->natts >= 6)
+				{
+					bool		rnull;
+					bool		snull;
+					Datum		row = SPI_getbinval(tt->vals[r], tt->tupdesc, 5, &rnull);
+					Datum		skip = SPI_getbinval(tt->vals[r], tt->tupdesc, 6, &snull);
+
+					if (!rnull && !snull)
+					{
+						HeapTupleHeader rec = DatumGetHeapTupleHeader(row);
+						ArrayType  *sk = DatumGetArrayTypeP(skip);
+
+						if (!shipsync_digest_fits(digest, HeapTupleHeaderGetTypeId(rec),
+												  HeapTupleHeaderGetTypMod(rec), sk))
+							digest = shipsync_digest_prepare(HeapTupleHeaderGetTypeId(rec),
+															 HeapTupleHeaderGetTypMod(rec), sk,
+															 keep);
+						cdigest[i] = Int64GetDatum(shipsync_digest_row(digest, rec));
+						cdigest_null[i] = false;
+					}
+				}
 				break;
 			}
 	}
@@ -1086,6 +1118,8 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 			args_set_text(store, s, 2, c->url);
 			args_set_text(store, s, 3, c->body);
 			args_set_text(store, s, 5, sha256_hex(c->body));
+			if (!cdigest_null[i] && c->kind != INTENT_CANCEL)
+				args_set(store, s, 7, cdigest[i]);
 		}
 	}
 }
@@ -1152,8 +1186,8 @@ outbox_drain_inbox(int64 limit, const int32 *ids, int nids)
 void
 outbox_render_one(Provider *p, Binding *b, Claimed *c, MemoryContext keep)
 {
-	Oid			stypes[7] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID};
-	ArgArrays  *store = args_create(7, stypes, 1);
+	Oid			stypes[8] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, INT8OID};
+	ArgArrays  *store = args_create(8, stypes, 1);
 	int			idx[1] = {0};
 
 	prepare_claim_plans();
@@ -1208,7 +1242,7 @@ shipsync_claim(PG_FUNCTION_ARGS)
 		Datum	   *ids = palloc(sizeof(Datum) * SPI_processed);
 		bool	   *nulls = palloc0(sizeof(bool) * SPI_processed);
 		int			n = (int) SPI_processed;
-		Datum		mp[8];
+		Datum		mp[9];
 		bool		isnull;
 
 		for (int i = 0; i < n; i++)
@@ -1227,6 +1261,7 @@ shipsync_claim(PG_FUNCTION_ARGS)
 
 			memset(allnull, true, sizeof(bool) * n);
 			mp[7] = make_array(ids, allnull, n, BOOLOID);
+			mp[8] = make_array(ids, allnull, n, INT8OID);
 		}
 		rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
 		if (rc != SPI_OK_UPDATE_RETURNING)
@@ -1277,7 +1312,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 	PG_TRY();
 	{
 		Oid			ctypes[3] = {INT8OID, INT4OID, TEXTOID};
-		Oid			stypes[7] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID};
+		Oid			stypes[8] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, INT8OID};
 		ArgArrays  *co;
 		ArgArrays  *store;
 		int		   *idx;
@@ -1314,7 +1349,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 		nclaimed = (int) n;
 
 		co = args_create(3, ctypes, (int) n);
-		store = args_create(7, stypes, (int) n);
+		store = args_create(8, stypes, (int) n);
 		idx = palloc(sizeof(int) * (n + 1));
 		grouped = palloc0(sizeof(bool) * (n + 1));
 
@@ -1365,12 +1400,13 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 		/* 4. one statement marks them in flight and stores the requests */
 		if (n > 0)
 		{
-			Datum	   *mp = palloc(sizeof(Datum) * 8);
+			Datum	   *mp = palloc(sizeof(Datum) * 9);
 
 			for (int c = 0; c < 6; c++)
 				mp[c] = make_array(store->values[c], store->nulls[c], store->n, stypes[c]);
 			mp[6] = Int32GetDatum(lease_ms);
 			mp[7] = make_array(store->values[6], store->nulls[6], store->n, BOOLOID);
+			mp[8] = make_array(store->values[7], store->nulls[7], store->n, INT8OID);
 			rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
 			if (rc != SPI_OK_UPDATE_RETURNING)
 				elog(ERROR, "marking claimed intents failed: %s", SPI_result_code_string(rc));
@@ -1651,18 +1687,23 @@ prepare_apply_plans(void)
 			" SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11, t);
 	}
 	{
-		Oid			t[11] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
+		Oid			t[12] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
 			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID};
+		TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID};
 
+		/*
+		 * content_digest: the digest of the order row the request was
+		 * rendered from, kept with the intent (reconciliation compares it).
+		 */
 		apply_create_plan = shipsync_prepare_saved(
 			"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
 			" provider_shipment_id, tracking_number, label_url, status, raw_status, fees,"
-			" fee_total, request_digest, waybills)"
+			" fee_total, request_digest, waybills, content_digest)"
 			" SELECT u.bid, u.k, u.pid, u.sid, u.tn, u.label, COALESCE(u.status, 'pending'),"
-			"   u.raw, f.fees, f.total, u.digest, u.waybills::jsonb"
-			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-			"   AS u(bid, k, pid, sid, tn, label, status, raw, fees, digest, waybills)"
+			"   u.raw, f.fees, f.total, u.digest, u.waybills::jsonb,"
+			"   (SELECT o.content_digest FROM shipsync.outbox o WHERE o.id = u.oid)"
+			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+			"   AS u(bid, k, pid, sid, tn, label, status, raw, fees, digest, waybills, oid)"
 			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
 			"   shipsync._quote_total(x.fj, u.pid) AS total"
 			"   FROM (SELECT u.fees::jsonb AS fj) x WHERE u.fees IS NOT NULL) f ON true"
@@ -1673,37 +1714,41 @@ prepare_apply_plans(void)
 			" status = EXCLUDED.status, raw_status = EXCLUDED.raw_status,"
 			" fees = COALESCE(EXCLUDED.fees, s.fees), fee_total = COALESCE(EXCLUDED.fee_total, s.fee_total),"
 			" request_digest = EXCLUDED.request_digest,"
-			" waybills = COALESCE(EXCLUDED.waybills, s.waybills), updated_at = pg_catalog.now()"
+			" waybills = COALESCE(EXCLUDED.waybills, s.waybills),"
+			" content_digest = EXCLUDED.content_digest, updated_at = pg_catalog.now()"
 			" RETURNING binding_id, order_key, provider_shipment_id, tracking_number, status,"
-			" label_url, fee_total", 11, t);
+			" label_url, fee_total", 12, t);
 		apply_quotes_plan = shipsync_prepare_saved(
 			"SELECT kind, n, binding_id, order_key, fee_total"
-			" FROM shipsync._record_quotes($1, $2, $3, $5, $9)", 11, t);
+			" FROM shipsync._record_quotes($1, $2, $3, $5, $9)", 12, t);
 	}
 	{
-		Oid			t[9] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
+		Oid			t[10] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
 			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID};
+		TEXTARRAYOID, INT8ARRAYOID};
 
+		/* an update carries the order as it is now: its digest, too */
 		apply_update_plan = shipsync_prepare_saved(
 			"UPDATE shipsync.shipment AS s SET"
 			" tracking_number = COALESCE(u.tn, s.tracking_number),"
 			" label_url = COALESCE(u.label, s.label_url),"
 			" status = COALESCE(u.status, s.status), raw_status = COALESCE(u.raw, s.raw_status),"
 			" fees = COALESCE(f.fees, s.fees), fee_total = COALESCE(f.total, s.fee_total),"
+			" content_digest = COALESCE((SELECT o.content_digest FROM shipsync.outbox o"
+			"   WHERE o.id = u.oid), s.content_digest),"
 			" updated_at = pg_catalog.now()"
-			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-			"   AS u(bid, k, pid, tn, label, status, raw, fees, unused)"
+			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+			"   AS u(bid, k, pid, tn, label, status, raw, fees, unused, oid)"
 			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
 			"   shipsync._quote_total(x.fj, u.pid) AS total"
 			"   FROM (SELECT u.fees::jsonb AS fj) x WHERE u.fees IS NOT NULL) f ON true"
 			" WHERE s.binding_id = u.bid AND s.order_key = u.k AND s.provider_id = u.pid"
 			" RETURNING s.binding_id, s.order_key, s.provider_shipment_id, s.tracking_number,"
-			" s.status, s.label_url, s.fee_total", 9, t);
+			" s.status, s.label_url, s.fee_total", 10, t);
 		/* the fees of the answers are quotes: fee lines (fees.c) */
 		apply_requotes_plan = shipsync_prepare_saved(
 			"SELECT kind, n, binding_id, order_key, fee_total"
-			" FROM shipsync._record_quotes($1, $2, $3, $4, $8)", 9, t);
+			" FROM shipsync._record_quotes($1, $2, $3, $4, $8)", 10, t);
 	}
 	{
 		Oid			t[6] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
@@ -1846,10 +1891,10 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 	Oid			otypes[7] = {INT8OID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID};
 	Oid			ltypes[11] = {INT8OID, INT4OID, INT4OID, TEXTOID, TEXTOID, INT4OID, FLOAT8OID,
 	TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-	Oid			ctypes[11] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-	TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-	Oid			utypes[9] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-	TEXTOID, TEXTOID};
+	Oid			ctypes[12] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID};
+	Oid			utypes[10] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID, INT8OID};
 	Oid			dtypes[6] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
 	Oid			gtypes[3] = {INT4OID, INT4OID, TEXTOID};
 	int			n = to - from;
@@ -1858,8 +1903,8 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 	ArgArrays  *na = args_create(3, gtypes, n);	/* registrations to make */
 	ArgArrays  *oa = args_create(7, otypes, n);
 	ArgArrays  *la = args_create(11, ltypes, n);
-	ArgArrays  *ca = args_create(11, ctypes, n);
-	ArgArrays  *ua = args_create(9, utypes, n);
+	ArgArrays  *ca = args_create(12, ctypes, n);
+	ArgArrays  *ua = args_create(10, utypes, n);
 	ArgArrays  *da = args_create(6, dtypes, n);
 	int			rc;
 
@@ -1933,6 +1978,7 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 			args_set_text(ca, c, 8, r->fees_body);
 			args_set_text(ca, c, 9, r->digest);
 			args_set_text(ca, c, 10, r->waybills);
+			args_set(ca, c, 11, Int64GetDatum(r->id));
 		}
 		else if (r->ship_ok)
 		{
@@ -1947,6 +1993,7 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 						  canonical_status(r->raw_status));
 			args_set_text(ua, u, 6, r->raw_status);
 			args_set_text(ua, u, 7, r->fees_body);
+			args_set(ua, u, 9, Int64GetDatum(r->id));
 		}
 
 		if (strcmp(r->state, "dead") == 0)

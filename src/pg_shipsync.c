@@ -26,6 +26,8 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
+
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
@@ -61,6 +63,9 @@ char	   *shipsync_allowed_hosts = NULL;
 const ShipAllowList *shipsync_allowlist = NULL;
 int			shipsync_audit_retention = 400 * 24 * 60;	/* minutes */
 char	   *shipsync_audit_action = NULL;
+char	   *shipsync_reconcile_at = NULL;
+int			shipsync_reconcile_at_minute = 3 * 60;
+int			shipsync_reconcile_interval_s = 300;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -278,6 +283,64 @@ shipsync_out_of_memory(void)
 }
 
 /*
+ * shipsync.reconcile_at: '' (no daily run) or HH:MM, local time.  The
+ * minute of the day goes to the assign hook in *extra (malloc'd, as GUC
+ * extras are in this version).
+ */
+static bool
+shipsync_check_reconcile_at(char **newval, void **extra, GucSource source)
+{
+	const char *s = *newval;
+	int		   *minute;
+	int			h = -1,
+				m = 0;
+
+	if (s != NULL && s[0] != '\0' &&
+		(strlen(s) != 5 || !isdigit((unsigned char) s[0]) || !isdigit((unsigned char) s[1]) ||
+		 s[2] != ':' || !isdigit((unsigned char) s[3]) || !isdigit((unsigned char) s[4]) ||
+		 (h = atoi(s)) > 23 || (m = atoi(s + 3)) > 59))
+	{
+		GUC_check_errdetail("\"%s\" is not a time of day as HH:MM.", s);
+		GUC_check_errhint("For example '03:00'; an empty string turns the daily run off.");
+		return false;
+	}
+	minute = malloc(sizeof(int));
+	if (minute == NULL)
+		return false;
+	*minute = h < 0 ? -1 : h * 60 + m;
+	*extra = minute;
+	return true;
+}
+
+static void
+shipsync_assign_reconcile_at(const char *newval, void *extra)
+{
+	shipsync_reconcile_at_minute = *(int *) extra;
+}
+
+/* shipsync.reconcile_at and shipsync.reconcile_interval */
+static void
+define_reconcile_gucs(void)
+{
+	DefineCustomStringVariable("shipsync.reconcile_at",
+							   "Local time of day (HH:MM) of the daily reconciliation run of every attached, unpaused provider.",
+							   "An empty string turns the daily run off.",
+							   &shipsync_reconcile_at,
+							   "03:00",
+							   PGC_SIGHUP, 0,
+							   shipsync_check_reconcile_at,
+							   shipsync_assign_reconcile_at, NULL);
+
+	DefineCustomIntVariable("shipsync.reconcile_interval",
+							"How often the CRM side of every attached table is reconciled (no pull).",
+							"0 turns the pass off.",
+							&shipsync_reconcile_interval_s,
+							300, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+}
+
+/*
  * The launcher (launcher.c), named by its symbol so that this file, the
  * lowest layer, links to nothing above it.  Restarted a second after it
  * exits.  It starts at consistent state, so that on a hot standby the
@@ -472,6 +535,7 @@ _PG_init(void)
 							   PGC_POSTMASTER,
 							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
+	define_reconcile_gucs();
 
 	DefineCustomStringVariable("shipsync.allowed_hosts",
 							   "Internal hosts and networks that providers' URLs may reach.",

@@ -411,6 +411,30 @@ extern bool shipsync_parse_tracking(const char *dialect, const char *body,
 									char *errbuf, size_t errlen);
 extern void shipsync_free_tracking(TrackEventList *l);
 
+/* One page of a carrier's list of its shipments (in json.c) */
+typedef struct ShipListItem
+{
+	char	   *id;				/* malloc'd; never NULL in a parsed page */
+	char	   *order_ref;
+	char	   *tracking_number;
+	char	   *status;
+	char	   *updated_at;		/* as sent: checked by the SQL that stores it */
+	char	   *fees;			/* the fees array as JSON text, or NULL */
+} ShipListItem;
+
+typedef struct ShipListPage
+{
+	ShipListItem *items;
+	int			n;
+	char	   *next_cursor;	/* NULL: the last page */
+} ShipListPage;
+
+/* in json.c */
+extern bool shipsync_parse_shipment_list(const char *body, size_t len,
+										 ShipListPage *out, char *errbuf,
+										 size_t errlen);
+extern void shipsync_free_shipment_list(ShipListPage *p);
+
 /* Outcome of a webhook signature check (in signature.c) */
 typedef enum SigResult
 {
@@ -492,6 +516,7 @@ extern bool shipsync_amount_check(const char *s, char *out, const char **reason)
 #ifndef SHIPSYNC_PLAIN_C
 
 #include "postgres.h"
+#include "access/htup.h"
 #include "lib/ilist.h"
 #include "lib/stringinfo.h"
 #include "datatype/timestamp.h"
@@ -501,6 +526,7 @@ extern bool shipsync_amount_check(const char *s, char *out, const char **reason)
 #include "storage/lwlock.h"
 #include "storage/spin.h"
 #include "utils/jsonb.h"
+#include "utils/array.h"
 
 #define SHIPSYNC_MAX_DISPATCHERS 64
 
@@ -625,6 +651,9 @@ extern char *shipsync_allowed_hosts;
 extern const ShipAllowList *shipsync_allowlist;
 extern int	shipsync_audit_retention;
 extern char *shipsync_audit_action;
+extern char *shipsync_reconcile_at;
+extern int	shipsync_reconcile_at_minute;	/* minute of the day, -1: off */
+extern int	shipsync_reconcile_interval_s;
 extern void shipsync_wake_dispatcher(Oid dbid, uint64 providers,
 									 bool config_changed);
 extern uint64 shipsync_exchange_masks(int slot, uint64 accepting);
@@ -663,12 +692,22 @@ extern PGDLLEXPORT void shipsync_dispatcher_main(Datum main_arg);
 
 /* in receiver.c */
 extern PGDLLEXPORT void shipsync_receiver_main(Datum main_arg);
+/* in recon_worker.c */
+extern PGDLLEXPORT void shipsync_reconcile_main(Datum main_arg);
 
 /* in spi.c: saved plans, re-made when the tables they read have grown */
 extern SPIPlanPtr shipsync_prepare_saved(const char *sql, int nargs,
 										 const Oid *argtypes);
 extern int	shipsync_replan_grown(void);
 extern ErrorData *shipsync_subxact(void (*fn) (void *), void *arg);
+
+/* in digest.c: the digest of an order row, write-back columns left out */
+typedef struct DigestCache DigestCache;
+extern DigestCache *shipsync_digest_prepare(Oid typid, int32 typmod,
+											ArrayType *skip, MemoryContext cxt);
+extern bool shipsync_digest_fits(DigestCache *c, Oid typid, int32 typmod,
+								 ArrayType *skip);
+extern int64 shipsync_digest_row(DigestCache *c, HeapTupleHeader rec);
 
 /* in outbox.c: helpers of every file that talks SQL or builds requests */
 extern char *shipsync_quote_json(const char *s);

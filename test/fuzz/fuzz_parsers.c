@@ -284,10 +284,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				static const char *const dialects[] = {"generic", "easypost", "aftership",
 				"kuaidi100", "sf_express"};
 				TrackEventList l;
+				ShipListPage pg;
 
 				(void) shipsync_parse_tracking(dialects[(data[0] / 12) % 5], s, size - 1, &l,
 											   err, sizeof(err));
 				shipsync_free_tracking(&l);
+				/* a carrier's list of its shipments (reconciliation) */
+				(void) shipsync_parse_shipment_list(s, size - 1, &pg, err, sizeof(err));
+				shipsync_free_shipment_list(&pg);
 			}
 			break;
 		case 10:

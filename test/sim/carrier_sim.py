@@ -20,6 +20,7 @@ Usage:
 import argparse
 import base64
 import binascii
+import gc
 import hashlib
 import hmac
 import http.client
@@ -51,7 +52,10 @@ DEFAULT_OVERSIZED_BYTES = 8 * 1024 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024      # refuse request bodies above this
 
 FAULT_TYPES = ("status", "slow", "reset_before", "reset_after",
-               "malformed", "oversized", "close", "hostile")
+               "malformed", "oversized", "close", "hostile",
+               # faults of the carrier's own records (reconciliation):
+               "forget",      # a create is answered 201, then forgotten
+               "duplicate")   # a create records a second shipment too
 # What a hostile answer puts into one field of a good answer.
 HOSTILE_KINDS = ("long", "nul", "bad_utf8", "huge_number", "text")
 # Fields every rule may carry, and the extra fields of each fault type.
@@ -70,6 +74,10 @@ FEES = [
     {"type": "freight", "amount": "12.50", "currency": "CNY"},
     {"type": "insurance", "amount": 1.2, "currency": "CNY"},
 ]
+
+LIST_DEFAULT_LIMIT = 100               # GET /shipments: page size asked by default
+LIST_MAX_LIMIT = 1000                  # ... and the most we hand out per page
+LIST_SNAPSHOTS = 16                    # listings kept for their cursors
 
 # Routes of the carrier API: /shipments/{id}, /shipments/{id}/cancel, ...
 _SHIPMENT_PATH = re.compile(r"^/shipments/([^/]+)(/cancel|/events|/fees)?$")
@@ -321,6 +329,9 @@ class SimState:
         self.by_status = {}
         self.faults_injected = {}
         self.replays = self.conflicts = self.mismatches = 0
+        self.seq = 0               # order of the last change, for listings
+        self.listings = {}         # cursor prefix -> the shipments of one listing
+        self.list_pages = 0
         # Separate generators, so fault rolls do not shift tracking numbers.
         if self.seed is None:
             self.fault_rng, self.tracking_rng = random.Random(), random.Random()
@@ -366,6 +377,7 @@ class SimState:
                 "mismatch_422": self.mismatches,
                 "cancelled": cancelled,
                 "updates": updates,
+                "list_pages": self.list_pages,
             }
 
     def list_shipments(self, order_ref=None):
@@ -464,6 +476,40 @@ class SimState:
                 self.tracking_used.add(number)
                 return number
 
+    def _touch(self, rec, status=None):
+        """The record changed now (caller holds the lock): listings see it."""
+        if status is not None:
+            rec["status"] = status
+        self.seq += 1
+        rec["updated_at"] = utc_now()
+        rec["_seq"] = self.seq
+        rec["_ts"] = time.time()
+
+    def _new_record(self, order_ref, key, payload, status="pre_transit", step=0):
+        """A new shipment record (caller holds the lock), created at step of
+        the tracking clock."""
+        sid = "shp_%d" % self.next_id
+        self.next_id += 1
+        rec = {
+            "id": sid,
+            "order_ref": order_ref,
+            "tracking_number": self._new_tracking_number(),
+            "label_url": "https://labels.sim.invalid/%s.pdf" % sid,
+            "status": status,
+            "fees": json.loads(json.dumps(FEES)),
+            "idempotency_key": key,
+            "updates": 0,
+            "last_update": None,
+            "order": payload.get("order") if isinstance(payload, dict) else None,
+            "created_at": utc_now(),
+            "created_step": step,
+            "cancelled_at": None,
+            "cancelled_step": None,
+        }
+        self._touch(rec)
+        self.shipments[sid] = rec
+        return rec
+
     @staticmethod
     def _view(rec):
         """The public JSON view of a shipment (GET and PATCH answers)."""
@@ -482,28 +528,111 @@ class SimState:
             return 400, error_body("order_ref is required (non-empty string)")
         step = self._tracking_step()
         with self.lock:
-            sid = "shp_%d" % self.next_id
-            self.next_id += 1
-            rec = {
-                "id": sid,
-                "order_ref": order_ref,
-                "tracking_number": self._new_tracking_number(),
-                "label_url": "https://labels.sim.invalid/%s.pdf" % sid,
-                "status": "pre_transit",
-                "fees": json.loads(json.dumps(FEES)),
-                "idempotency_key": key,
-                "updates": 0,
-                "last_update": None,
-                "order": payload.get("order"),
-                "created_at": utc_now(),
-                "created_step": step,
-                "cancelled_at": None,
-                "cancelled_step": None,
-            }
-            self.shipments[sid] = rec
+            rec = self._new_record(order_ref, key, payload, step=step)
             answer = {f: rec[f] for f in ("id", "tracking_number", "label_url",
                                           "status", "fees", "order_ref")}
         return 201, dumps(answer)
+
+    def record_fault(self, fault, answer):
+        """forget: the shipment just answered is lost; duplicate: the order
+        gets a second shipment.  answer is the create's 201 body."""
+        created = parse_json(answer)
+        if not isinstance(created, dict) or "id" not in created:
+            return
+        step = self._tracking_step()
+        with self.lock:
+            rec = self.shipments.get(created["id"])
+            if rec is None:
+                return
+            if fault == "forget":
+                del self.shipments[rec["id"]]
+            else:
+                self._new_record(rec["order_ref"], None, {"order": rec.get("order")}, step=step)
+
+    def add_shipments(self, refs, status, tracking_prefix=None):
+        """Shipments no order of the shop sent (orphans), or many at once:
+        recorded as they are, no ledger; with tracking_prefix, the tracking
+        number is that prefix and the order reference.  Returns their ids."""
+        ids = []
+        # hundreds of thousands of records: made without the cyclic
+        # collector, then kept out of its sight, or every full collection
+        # walks them all (seconds, during which nothing is answered)
+        bulk = len(refs) >= 10000 and gc.isenabled()
+        step = self._tracking_step()
+        with self.lock:
+            if bulk:
+                gc.disable()
+            try:
+                for ref in refs:
+                    rec = self._new_record(ref, None, None, status, step)
+                    if tracking_prefix is not None:
+                        rec["tracking_number"] = tracking_prefix + ref
+                    ids.append(rec["id"])
+            finally:
+                if bulk:
+                    gc.freeze()
+                    gc.enable()
+        return ids
+
+    def move(self, ids=None, order_ref=None, status="delivered", count=None):
+        """Change statuses without pushing anything.  Returns the ids moved."""
+        moved = []
+        with self.lock:
+            for rec in self.shipments.values():
+                if count is not None and len(moved) >= count:
+                    break
+                if ids is not None and rec["id"] not in ids:
+                    continue
+                if order_ref is not None and not order_ref.search(rec["order_ref"]):
+                    continue
+                self._touch(rec, status)
+                moved.append(rec["id"])
+        return moved
+
+    def list_page(self, query):
+        """GET /shipments?updated_since=&cursor=&limit=: the shipments changed
+        since then, oldest change first, a page at a time.  The first page
+        takes a listing (the shipments, in order: later ones are not in it;
+        each is shown as it is when its page is read); the cursor names the
+        listing and the position in it."""
+        q = parse_qs(query, keep_blank_values=True)
+        try:
+            limit = int(q.get("limit", [LIST_DEFAULT_LIMIT])[0])
+        except ValueError:
+            return 400, error_body("limit must be an integer")
+        if limit < 1:
+            return 400, error_body("limit must be at least 1")
+        limit = min(limit, LIST_MAX_LIMIT)
+        cursor = q.get("cursor", [""])[0]
+        with self.lock:
+            self.list_pages += 1
+            if cursor:
+                name, _, pos = cursor.partition(":")
+                listing = self.listings.get(name)
+                if listing is None or not pos.isdigit():
+                    return 400, error_body("unknown or expired cursor")
+                pos = int(pos)
+            else:
+                since = q.get("updated_since", [None])[0]
+                try:
+                    since_ts = (datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+                                if since else 0)
+                except ValueError:
+                    return 400, error_body("updated_since must be an RFC 3339 time")
+                listing = sorted((r for r in self.shipments.values() if r["_ts"] >= since_ts),
+                                 key=lambda r: r["_seq"])
+                name = "l%d" % (self.list_pages)
+                self.listings[name] = listing
+                while len(self.listings) > LIST_SNAPSHOTS:
+                    del self.listings[next(iter(self.listings))]
+                pos = 0
+            page = [{"id": r["id"], "order_ref": r["order_ref"],
+                     "tracking_number": r["tracking_number"], "status": r["status"],
+                     "updated_at": r["updated_at"], "fees": r["fees"]}
+                    for r in listing[pos:pos + limit]]
+            more = pos + limit < len(listing)
+        return 200, dumps({"shipments": page,
+                           "next_cursor": "%s:%d" % (name, pos + limit) if more else None})
 
     def update_shipment(self, sid, payload):
         with self.lock:
@@ -516,6 +645,7 @@ class SimState:
                 return 400, error_body("body must be a JSON object")
             rec["updates"] += 1
             rec["last_update"] = payload
+            self._touch(rec)
             return 200, dumps(self._view(rec))
 
     def cancel_shipment(self, sid):
@@ -525,7 +655,7 @@ class SimState:
             if rec is None:
                 return 404, error_body("shipment not found")
             if rec["status"] != "cancelled":      # cancelling twice is fine
-                rec["status"] = "cancelled"
+                self._touch(rec, "cancelled")
                 rec["cancelled_at"] = utc_now()
                 rec["cancelled_step"] = step
             return 200, dumps({"id": sid, "status": "cancelled",
@@ -580,7 +710,11 @@ class BadRequest(Exception):
 def route_carrier(method, path):
     """Map a carrier request to (action, shipment id, allowed methods)."""
     if path == "/shipments":
-        return ("create", None, None) if method == "POST" else ("bad_method", None, "POST")
+        if method == "POST":
+            return ("create", None, None)
+        if method == "GET":
+            return ("list", None, None)
+        return ("bad_method", None, "GET, POST")
     match = _SHIPMENT_PATH.match(path)
     if match is None:
         return ("not_found", None, None)
@@ -916,7 +1050,7 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
         if is_sim:
             self._handle_sim(url.path, url.query, body)
         else:
-            self._handle_carrier(url.path, body)
+            self._handle_carrier(url.path, body, url.query)
 
     def _handle_sim(self, path, query, body):
         """Inspection and control endpoints: never faulted, never authenticated."""
@@ -956,13 +1090,58 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
         elif path == "/_sim/reset" and method == "POST":
             state.reset()
             self._send_json(200, {"ok": True})
+        elif path in ("/_sim/orphans", "/_sim/move") and method == "POST":
+            self._records_control(path, body)
         elif path in ("/_sim/stats", "/_sim/shipments", "/_sim/faults", "/_sim/reset"):
             self._send(405, error_body("method not allowed"))
         else:
             self._send(404, error_body("not found"))
         self._log("sim")
 
-    def _handle_carrier(self, path, body):
+    def _records_control(self, path, body):
+        """POST /_sim/orphans {"order_refs": [...] | "count", "prefix", "status",
+        "tracking_prefix"?}: shipments no order sent (their ids, or how many
+        beyond 1,000).  POST /_sim/move {"ids" | "order_ref" (regex),
+        "status", "count"?}: statuses changed without a push."""
+        state = self.server.state
+        config = parse_json(body)
+        if not isinstance(config, dict):
+            self._send(400, error_body("body must be a JSON object"))
+            return
+        status = config.get("status", "pre_transit" if path == "/_sim/orphans" else "delivered")
+        if not isinstance(status, str) or not status:
+            self._send(400, error_body("status must be a non-empty string"))
+            return
+        if path == "/_sim/orphans":
+            refs = config.get("order_refs")
+            if refs is None:
+                count = config.get("count", 1)
+                if not is_int(count) or not 0 <= count <= 10 ** 7:
+                    self._send(400, error_body("count must be an integer"))
+                    return
+                refs = ["%s%d" % (config.get("prefix", "ORPHAN-"), i + 1) for i in range(count)]
+            prefix = config.get("tracking_prefix")
+            if not isinstance(refs, list) or not all(isinstance(r, str) and r for r in refs) \
+                    or (prefix is not None and not isinstance(prefix, str)):
+                self._send(400, error_body("order_refs must be non-empty strings, tracking_prefix a string"))
+                return
+            ids = state.add_shipments(refs, status, prefix)
+            self._send_json(200, {"ids": ids} if len(ids) <= 1000 else {"count": len(ids)})
+            return
+        ids = config.get("ids")
+        try:
+            ref_re = re.compile(config["order_ref"]) if "order_ref" in config else None
+        except (re.error, TypeError) as exc:
+            self._send(400, error_body("bad order_ref regex: %s" % exc))
+            return
+        count = config.get("count")
+        if (ids is not None and not isinstance(ids, list)) or (count is not None and not is_int(count)):
+            self._send(400, error_body("ids must be a list, count an integer"))
+            return
+        self._send_json(200, {"ids": state.move(set(ids) if ids is not None else None,
+                                                ref_re, status, count)})
+
+    def _handle_carrier(self, path, body, query=""):
         srv, state, method = self.server, self.server.state, self.command
         state.note_request()
         if srv.latency_s > 0:
@@ -1059,8 +1238,12 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
                 status, answer = state.get_shipment(sid)
             elif action == "fees":
                 status, answer = state.biller.pull(sid)
+            elif action == "list":
+                status, answer = state.list_page(query)
             else:
                 status, answer = state.get_events(sid)
+        if fault in ("forget", "duplicate") and action == "create" and status == 201:
+            state.record_fault(fault, answer)
 
         # 5. Deliver, possibly damaged by a fault that acts after recording.
         if fault == "reset_after":
@@ -1497,6 +1680,7 @@ def run_selftest(server, port):
                             "reset_before": 1, "slow": 1, "status": 1},
         "shipments": 10, "keys": 10, "orders": 9, "duplicate_orders": 1,
         "replays": 6, "conflicts_409": 1, "mismatch_422": 1, "cancelled": 1, "updates": 1,
+        "list_pages": 0,
     }
     check(stats == expected, "stats mismatch:\n got %s\nwant %s"
           % (json.dumps(stats, sort_keys=True), json.dumps(expected, sort_keys=True)))
@@ -1526,6 +1710,7 @@ def run_selftest(server, port):
     again = c.json("POST", "/shipments", order("SO-1"), "k-1", expect=201)
     check(again["tracking_number"] == first_tracking, "seeded tracking numbers differ")
     c.json("POST", "/_sim/faults", {"rules": [{"fault": "nope"}]}, expect=400)
+    selftest_records(c)
     c.conn.close()
 
 
@@ -1568,6 +1753,45 @@ def run_tracking_selftest():
         check([e["id"] for e in mine] == ["evt_%s_%d" % (sid, n + 1) for n in range(len(mine))],
               "tracking: %s in event time: %s" % (sid, ", ".join(
                   "%s %s at %s" % (e["id"], e["status"], e["occurred_at"]) for e in mine)))
+
+
+def selftest_records(c):
+    """The carrier's own records: its list, and the faults of reconciliation."""
+    c.json("POST", "/_sim/reset")
+    c.json("POST", "/_sim/faults", {"rules": [
+        {"fault": "forget", "match_order_ref": "^LOST-"},
+        {"fault": "duplicate", "match_order_ref": "^TWICE-"}]})
+    lost = c.json("POST", "/shipments", order("LOST-1"), "r-lost", expect=201)
+    c.json("POST", "/shipments", order("TWICE-1"), "r-twice", expect=201)
+    for i in range(3):
+        c.json("POST", "/shipments", order("OK-%d" % i), "r-ok-%d" % i, expect=201)
+    c.json("GET", "/shipments/" + lost["id"], expect=404)
+    check(len(c.json("GET", "/_sim/shipments?order_ref=TWICE-1")) == 2, "duplicate: one shipment")
+    orphans = c.json("POST", "/_sim/orphans", {"count": 2, "prefix": "GHOST-", "status": "in_transit"})
+    check(len(orphans["ids"]) == 2, "orphans: %r" % orphans)
+    moved = c.json("POST", "/_sim/move", {"order_ref": "^OK-0$", "status": "delivered"})
+    check(len(moved["ids"]) == 1, "move: %r" % moved)
+
+    # the list, two at a time, oldest change first: OK-0 moved last
+    seen, cursor = [], None
+    for _ in range(10):
+        page = c.json("GET", "/shipments?updated_since=2000-01-01T00:00:00Z&limit=2"
+                      + ("&cursor=" + cursor if cursor else ""))
+        check(len(page["shipments"]) <= 2, "page too long")
+        seen += page["shipments"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    refs = [x["order_ref"] for x in seen]
+    check(refs == ["TWICE-1", "TWICE-1", "OK-1", "OK-2", "GHOST-1", "GHOST-2", "OK-0"],
+          "list order %r" % refs)
+    check(seen[-1]["status"] == "delivered" and set(seen[0]) ==
+          {"id", "order_ref", "tracking_number", "status", "updated_at", "fees"}, "list item")
+    future = c.json("GET", "/shipments?updated_since=2999-01-01T00:00:00Z")
+    check(future == {"shipments": [], "next_cursor": None}, "nothing changed since")
+    c.json("GET", "/shipments?cursor=nope:1", expect=400)
+    c.json("GET", "/shipments?limit=0", expect=400)
+    c.json("GET", "/shipments?updated_since=yesterday", expect=400)
 
 
 def selftest():

@@ -27,7 +27,8 @@ Fault rules (POST /_sim/sf/faults {"rules": [...]}), each
   object_result apiResultData as an object instead of a JSON string
 
 Inspection: GET /_sim/sf/stats, GET /_sim/sf/orders[?orderId=], POST
-/_sim/sf/cancel?orderId= (cancel at SF's side), POST /_sim/sf/fees (which
+/_sim/sf/cancel?orderId= (cancel at SF's side), POST /_sim/sf/forget?orderId=
+(SF loses the order: a search no longer finds it), POST /_sim/sf/fees (which
 waybills are not billed yet), POST /_sim/sf/reset (orders, counters and
 rules).
 """
@@ -329,6 +330,11 @@ def handle_sim(handler, state, path, query, body):
             with state.lock:
                 state.unbilled = set(unbilled)
             handler._send(200, dumps({"ok": True}))
+    elif path == "/_sim/sf/forget" and method == "POST":
+        ids = parse_qs(query).get("orderId")
+        with state.lock:
+            ok = bool(ids) and state.orders.pop(ids[0], None) is not None
+        handler._send(200 if ok else 404, dumps({"ok": ok}))
     elif path == "/_sim/sf/reset" and method == "POST":
         with state.lock:
             state.rules = []

@@ -46,25 +46,10 @@ sub sf_rules
 	sim_post($sim, '/_sim/sf/faults', { rules => [@rules] });
 }
 
-my $checkword = 'fjcg5PGKaNpPSHFAZ4QsCOkV71R3zVci';
+my $checkword = 'fjcg5PGKaNpPSHFAZ4QsCOkV71R3zVci';	# (setup_sf_orders signs with it)
 my $sf_url = "$sim->{url}/sf/std/service";
 my $common = '"timeout_ms": 2000, "backoff_base_ms": 50, "backoff_max_ms": 300, "max_attempts": 6';
-sql(qq{
-	CREATE EXTENSION pg_shipsync;
-	SELECT shipsync.create_provider('sf', 'sf_express', '$sf_url', '{$common,
-		"auth": {"type": "sf_express", "partner_id": "SHOP1", "checkword": "$checkword"},
-		"sender": {"name": "张三丰", "phone": "+86 170 0680 5888", "province": "湖北省",
-				   "city": "十堰市", "district": "武当山风景区", "address": "十堰市丹江口市公园路155号"},
-		"monthly_card": "7551234567"}');
-	CREATE TABLE orders (
-		order_no text PRIMARY KEY,
-		receiver_name text, receiver_phone text, receiver_province text, receiver_city text,
-		receiver_district text, receiver_address text,
-		cargo_name text, quantity integer, weight_kg numeric, amount numeric, remark text,
-		waybill text, ship_status text);
-	SELECT shipsync.attach('orders', 'sf',
-		writeback => '{"tracking_number": "waybill", "status": "ship_status"}');
-});
+setup_sf_orders($node, $sim, $common);
 
 sub insert_order
 {

@@ -354,7 +354,7 @@ sql(q{UPDATE shipsync.outbox SET state = 'dead' WHERE id = (SELECT min(id) FROM 
 my $ticket = sql('SELECT max(ticket_id) FROM shipsync.exception_ticket');
 ($rc, $out, $err) = as_role('ops', "UPDATE shipsync.exception_ticket SET acknowledged_at = now(), acknowledged_by = 'boss' WHERE ticket_id = $ticket");
 like($err, qr/permission denied for table exception_ticket/, 'an operator cannot write a name into a ticket');
-is(ok_as('ops', "SELECT shipsync.acknowledge($ticket)"), 't', 'an operator acknowledges through the function');
+is(ok_as('ops', "SELECT shipsync.ack($ticket)"), 't', 'an operator acknowledges through the function');
 is(ok_as('ops', "SELECT shipsync.resolve($ticket, 'done')"), 't', 'and resolves');
 is(sql("SELECT acknowledged_by || '/' || resolved_by FROM shipsync.exception_ticket WHERE ticket_id = $ticket"),
 	'ops/ops', 'the ticket names the login that did it');
@@ -382,7 +382,7 @@ for my $attempt (
 is(sql("$log_now WHERE audit_id <= $mark"), $log_before, 'no audit row was changed or removed');
 is(sql(qq{SELECT string_agg(action || ' ' || object_kind || ' ' || object_name || ' by ' || "session_user",
 	', ' ORDER BY audit_id) FROM shipsync.audit_log WHERE audit_id > $mark}),
-	"acknowledge ticket $ticket by ops, resolve ticket $ticket by ops",
+	"ack ticket $ticket by ops, resolve ticket $ticket by ops",
 	'and the only rows added are the acknowledgement and the resolution');
 $mark = sql('SELECT max(audit_id) FROM shipsync.audit_log');
 ok_as('boss', q{INSERT INTO shipsync.field_map (profile, direction, target_path, source, updated_by)

@@ -18,7 +18,8 @@ use Exporter 'import';
 
 our @EXPORT = qw(shipsync_node start_sim stop_sim sim_get sim_post wait_until
   setup_orders start_receiver flush_pushes receiver_node push_http sw_headers
-  jdy_signed receiver_pid openssl test_ca test_certificate);
+  jdy_signed receiver_pid openssl test_ca test_certificate
+  setup_sf_orders run_reconcile);
 
 my $here = dirname(abs_path(__FILE__));
 my @started_sims;
@@ -158,6 +159,43 @@ sub setup_orders
 		SELECT shipsync.attach('crm.orders', 'sim', writeback => '{"tracking_number": "waybill_no",
 			"status": "ship_status", "fee_total": "fee", "label_url": "label"}');
 	});
+}
+
+# The extension, SF Express at the simulator's gateway as provider 'sf'
+# (SF's documented partner and check word, a sender, a monthly card, and the
+# JSON members of $extra, e.g. '"timeout_ms": 2000'), and table orders with
+# the columns of the built-in sf_express profile attached to it.
+sub setup_sf_orders
+{
+	my ($node, $sim, $extra) = @_;
+	$node->safe_psql('postgres', qq{
+		CREATE EXTENSION IF NOT EXISTS pg_shipsync;
+		SELECT shipsync.create_provider('sf', 'sf_express', '$sim->{url}/sf/std/service', '{$extra,
+			"auth": {"type": "sf_express", "partner_id": "SHOP1", "checkword": "fjcg5PGKaNpPSHFAZ4QsCOkV71R3zVci"},
+			"sender": {"name": "张三丰", "phone": "+86 170 0680 5888", "province": "湖北省",
+					   "city": "十堰市", "district": "武当山风景区", "address": "十堰市丹江口市公园路155号"},
+			"monthly_card": "7551234567"}');
+		CREATE TABLE orders (
+			order_no text PRIMARY KEY,
+			receiver_name text, receiver_phone text, receiver_province text, receiver_city text,
+			receiver_district text, receiver_address text,
+			cargo_name text, quantity integer, weight_kg numeric, amount numeric, remark text,
+			waybill text, ship_status text);
+		SELECT shipsync.attach('orders', 'sf',
+			writeback => '{"tracking_number": "waybill", "status": "ship_status"}');
+	});
+}
+
+# Start a reconciliation run of $provider and wait until it is done or
+# failed; returns its id, and whether it ended in time.
+sub run_reconcile
+{
+	my ($node, $provider, $timeout) = @_;
+	my $run = $node->safe_psql('postgres', "SELECT shipsync.reconcile('$provider')");
+	my $ended = wait_until($node,
+		"SELECT state IN ('done', 'failed') FROM shipsync.reconcile_run WHERE run_id = $run",
+		$timeout // 120);
+	return ($run, $ended);
 }
 
 # The shop's webhook endpoint (test/sim/receiver.py): every push it gets

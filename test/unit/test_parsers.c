@@ -285,6 +285,62 @@ test_excerpt(void)
 	check(strlen(out) < 20, "a small buffer is never overrun");
 }
 
+/* a carrier's list of its shipments, a page at a time */
+static int
+list(const char *body, ShipListPage *pg, char *err)
+{
+	return shipsync_parse_shipment_list(body, strlen(body), pg, err, 256);
+}
+
+static void
+test_shipment_list(void)
+{
+	ShipListPage pg;
+	char		err[256];
+	const char *page =
+		"{\"shipments\": [{\"id\": \"shp_1\", \"order_ref\": \"1042\", \"tracking_number\": \"SIM1\","
+		" \"status\": \"in_transit\", \"updated_at\": \"2026-03-01T08:30:00Z\","
+		" \"fees\": [{\"type\": \"freight\", \"amount\": \"12.50\"}]},"
+		" {\"id\": 7, \"order_ref\": 1043, \"tracking_number\": null}], \"next_cursor\": \"c2\"}";
+
+	check(list(page, &pg, err) && pg.n == 2 &&
+		  strcmp(pg.items[0].id, "shp_1") == 0 && strcmp(pg.items[0].order_ref, "1042") == 0 &&
+		  strcmp(pg.items[0].status, "in_transit") == 0 &&
+		  strcmp(pg.items[0].updated_at, "2026-03-01T08:30:00Z") == 0 &&
+		  strstr(pg.items[0].fees, "12.50") != NULL && strcmp(pg.next_cursor, "c2") == 0,
+		  "list: a page is read, fees kept as JSON, the cursor kept");
+	check(strcmp(pg.items[1].id, "7") == 0 && strcmp(pg.items[1].order_ref, "1043") == 0 &&
+		  pg.items[1].tracking_number == NULL && pg.items[1].fees == NULL,
+		  "list: numeric ids are text, null members absent");
+	shipsync_free_shipment_list(&pg);
+
+	check(list("{\"shipments\": [], \"next_cursor\": null}", &pg, err) && pg.n == 0 &&
+		  pg.next_cursor == NULL, "list: an empty last page");
+	shipsync_free_shipment_list(&pg);
+	check(list("{\"shipments\": []}", &pg, err) && pg.next_cursor == NULL,
+		  "list: no cursor, the last page");
+	shipsync_free_shipment_list(&pg);
+	check(!list("{\"items\": []}", &pg, err) &&
+		  strstr(err, "\"shipments\"") != NULL, "list: no shipments array is refused");
+	shipsync_free_shipment_list(&pg);
+	check(!list("{\"shipments\": [{\"order_ref\": \"1\"}]}", &pg, err) &&
+		  strstr(err, "shipment 1 has no \"id\"") != NULL, "list: a shipment without id is refused");
+	shipsync_free_shipment_list(&pg);
+	check(!list("{\"shipments\": [], \"next_cursor\": 3}", &pg, err),
+		  "list: a cursor that is not a string is refused");
+	shipsync_free_shipment_list(&pg);
+	check(!list("{\"shipments\": [{\"id\": \"a\", \"fees\": [{\"type\": \"f\", \"amount\": \"x\"}]}]}",
+				&pg, err) &&
+		  strstr(err, "non-numeric") != NULL, "list: a bad fee amount is refused");
+	shipsync_free_shipment_list(&pg);
+	check(!list("{\"shipments\": [1, 2]}", &pg, err),
+		  "list: shipments that are not objects are refused");
+	shipsync_free_shipment_list(&pg);
+	check(!list("{\"shipments\": [", &pg, err) &&
+		  strstr(err, "not valid JSON") != NULL, "list: truncated JSON is refused");
+	shipsync_free_shipment_list(&pg);
+}
+
 /* in test_tracking.c, test_hostcheck.c and test_csv.c */
 void		test_tracking(void (*check) (int, const char *));
 void		test_hostcheck(void (*check) (int, const char *));
@@ -301,6 +357,7 @@ main(void)
 	test_retry_after();
 	test_backoff();
 	test_excerpt();
+	test_shipment_list();
 	test_tracking(check);
 	test_hostcheck(check);
 	test_csv(check);

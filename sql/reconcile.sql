@@ -1,0 +1,453 @@
+-- Reconciliation on hand-made data: each kind of discrepancy, the ledger's
+-- lifecycle (one ticket per problem, closing, reopening), bulk repair, and
+-- the errors of every function.  No dispatcher runs here: the pulls are
+-- played by calling what the dispatcher calls (_reconcile_start,
+-- _reconcile_page), and the comparison by what its worker calls.
+-- A database of its own, so that no other suite's tables are compared.
+CREATE DATABASE reconcile_regress;
+\c reconcile_regress
+SET client_min_messages = warning;
+CREATE EXTENSION pg_shipsync;
+RESET client_min_messages;
+
+SELECT shipsync.create_provider('rc', 'generic', 'http://127.0.0.1:9') AS rc \gset
+SELECT shipsync.create_provider('rc2', 'generic', 'http://127.0.0.1:9') AS rc2 \gset
+
+-- orders: 1..9 attached, 0 inserted before attach, 90 with the capture
+-- trigger disabled
+CREATE TABLE orders (id bigint PRIMARY KEY, customer text, address text,
+	created timestamptz NOT NULL DEFAULT now() - interval '1 hour',
+	waybill_no text, ship_status text);
+INSERT INTO orders (id, customer, address) VALUES (0, 'before attach', '0 Old Road');
+SELECT shipsync.attach('orders', 'rc',
+	writeback => '{"tracking_number": "waybill_no", "status": "ship_status"}',
+	options => '{"grace": "10 minutes", "created_at_column": "created"}') AS bid \gset
+INSERT INTO orders (id, customer, address) SELECT g, 'customer ' || g, g || ' Main Street'
+FROM generate_series(1, 9) g;
+SET session_replication_role = replica;
+INSERT INTO orders (id, customer, address) VALUES (90, 'triggers off', '90 Quiet Lane');
+RESET session_replication_role;
+-- a young order: within its grace
+INSERT INTO orders (id, customer, address, created) VALUES (91, 'young', '91 New Road', now());
+
+-- what the dispatcher would have done: 1..8 have shipments, written back
+-- (content digests as the render statement computes them)
+SELECT count(*) AS captured FROM shipsync.inbox;
+INSERT INTO shipsync.outbox (id, binding_id, provider_id, order_key, op, idempotency_key, created_at, state, done_at)
+SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at, 'done', now()
+FROM shipsync.inbox;
+DELETE FROM shipsync.inbox;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, provider_shipment_id,
+	tracking_number, status, content_digest, created_at, updated_at)
+SELECT :bid, o.id::text, :rc, 'shp_' || o.id, 'TN' || o.id, 'pre_transit',
+	   shipsync._row_digest(o, '{ship_status,waybill_no}'), now() - interval '1 hour', now() - interval '1 hour'
+FROM orders o WHERE o.id BETWEEN 1 AND 8;
+SET session_replication_role = replica;	-- as the dispatcher writes back: no echo
+UPDATE orders SET waybill_no = 'TN' || id, ship_status = 'pre_transit' WHERE id BETWEEN 1 AND 8;
+RESET session_replication_role;
+-- 9's create died
+UPDATE shipsync.outbox SET state = 'dead', error_class = 'http_4xx', last_error = 'HTTP 422: refused'
+WHERE order_key = '9';
+
+-- the render statement reads the row, for the same digest
+SELECT render_sql LIKE '%t AS shipsync_row, ''{ship_status,waybill_no}''::pg_catalog.text[] AS shipsync_skip%' AS renders_row
+FROM shipsync.binding WHERE binding_id = :bid;
+
+-- planted on the CRM side: 2's written-back tracking number is wrong, 3's
+-- status column too, 4's address changed after sending (triggers off: no
+-- update intent), 5's changed with an update on its way
+SET session_replication_role = replica;
+UPDATE orders SET waybill_no = 'WRONG-2' WHERE id = 2;
+UPDATE orders SET ship_status = 'delivered' WHERE id = 3;
+UPDATE orders SET address = '4 Moved Avenue' WHERE id = 4;
+RESET session_replication_role;
+UPDATE orders SET address = '5 Moved Avenue' WHERE id = 5;
+SELECT op, order_key FROM shipsync.inbox;
+
+-- the carrier's side, as its list would say: 6 is missing, 7 has another
+-- tracking number, 8 is delivered there; an orphan, and two shipments for 1
+SELECT shipsync.reconcile('rc', now() - interval '2 days') AS run \gset
+SELECT provider_id = :rc AS rc, mode, since < until AS window FROM shipsync._reconcile_start(:run);
+SELECT state, kind, trigger, pulls->(:rc)::text->>'mode' AS mode FROM shipsync.reconcile_run WHERE run_id = :run;
+SELECT shipsync._reconcile_page(:run, :rc, 1,
+	ARRAY['shp_1', 'shp_1b', 'shp_2', 'shp_3', 'shp_4', 'shp_5'],
+	ARRAY['1', '1', '2', '3', '4', '5'],
+	ARRAY['TN1', 'TN1B', 'TN2', 'TN3', 'TN4', 'TN5'],
+	ARRAY['pre_transit', 'pre_transit', 'pre_transit', 'pre_transit', 'pre_transit', 'pre_transit'],
+	ARRAY[now()::text, now()::text, now()::text, now()::text, now()::text, now()::text],
+	ARRAY['[{"type": "freight", "amount": "12.50"}]', NULL, NULL, NULL, NULL, NULL],
+	false);
+SELECT shipsync._reconcile_page(:run, :rc, 1,
+	ARRAY['shp_7', 'shp_8', 'ghost_1'],
+	ARRAY['7', '8', 'NO-SUCH-ORDER'],
+	ARRAY['OTHER-7', 'TN8', 'GHOST1'],
+	ARRAY['pre_transit', 'Delivered', 'in_transit'],
+	ARRAY[now()::text, now()::text, now()::text],
+	ARRAY[NULL, NULL, NULL]::text[],
+	true);
+SELECT state, pages, shipments_seen, pulls->(:rc)::text->>'state' AS pull FROM shipsync.reconcile_run WHERE run_id = :run;
+SELECT shipment_id, canonical, canonical_rank, fees IS NOT NULL AS fees
+FROM shipsync.carrier_snapshot WHERE run_id = :run ORDER BY 1;
+
+-- the statuses the carrier is ahead with, as pulled tracking to apply
+SELECT provider, body::jsonb->'events'->0->>'id' AS id,
+	   body::jsonb->'events'->0->>'tracking_number' AS tn,
+	   body::jsonb->'events'->0->>'status' AS status
+FROM shipsync._reconcile_prepare(:run);
+-- (not applied here: 8 stays a status_mismatch)
+SELECT shipsync._reconcile_compare(:run);
+SELECT state, opened, closed, reopened, error FROM shipsync.reconcile_run WHERE run_id = :run;
+SELECT kind, provider, "table", order_key, tracking_number, detail - 'since' - 'updated_at' AS detail
+FROM shipsync.reconciliation ORDER BY kind, order_key, detail->>'shipment_id';
+SELECT count(*) AS snapshot_rows FROM shipsync.carrier_snapshot;
+
+-- a second run seeing the same: no new ticket, nothing closed
+SELECT shipsync.reconcile('rc') AS run2 \gset
+SELECT count(*) FROM shipsync._reconcile_start(:run2);
+SELECT shipsync._reconcile_page(:run2, :rc, 1,
+	ARRAY['shp_1', 'shp_1b', 'shp_2', 'shp_3', 'shp_4', 'shp_5', 'shp_7', 'shp_8', 'ghost_1'],
+	ARRAY['1', '1', '2', '3', '4', '5', '7', '8', 'NO-SUCH-ORDER'],
+	ARRAY['TN1', 'TN1B', 'TN2', 'TN3', 'TN4', 'TN5', 'OTHER-7', 'TN8', 'GHOST1'],
+	ARRAY['pre_transit', 'pre_transit', 'pre_transit', 'pre_transit', 'pre_transit', 'pre_transit', 'pre_transit', 'Delivered', 'in_transit'],
+	NULL, NULL, true);
+SELECT shipsync._reconcile_compare(:run2);
+SELECT state, opened, closed, reopened FROM shipsync.reconcile_run WHERE run_id = :run2;
+SELECT count(*) AS open_tickets, count(DISTINCT (kind, order_key)) AS problems
+FROM shipsync.exception_ticket WHERE resolved_at IS NULL AND binding_id IS NOT DISTINCT FROM :bid;
+-- the first run's snapshot is gone
+SELECT DISTINCT run_id = :run2 AS latest FROM shipsync.carrier_snapshot;
+
+-- the ledger's history: one opening each, by the session user here
+SELECT event, count(*) FROM shipsync.ticket_event GROUP BY 1 ORDER BY 1;
+
+------------------------------------------------------------------------------
+-- Repairs, and the tickets that close themselves
+------------------------------------------------------------------------------
+
+-- the CRM side fixed by hand: 2's and 3's columns written back again
+SET session_replication_role = replica;
+UPDATE orders SET waybill_no = 'TN2' WHERE id = 2;
+UPDATE orders SET ship_status = 'pre_transit' WHERE id = 3;
+RESET session_replication_role;
+
+-- resync: the not_sent orders get creates, 6 (missing) a create too, 4 an update
+SELECT shipsync.resync('orders', kind => 'not_sent') AS not_sent;
+SELECT shipsync.resync('orders', ARRAY['6', '4', '5', '404']) AS by_key;
+SELECT order_key, op, state FROM shipsync.outbox
+WHERE state = 'pending' ORDER BY order_key::int, id;
+SELECT shipsync.resync('orders', kind => 'not_sent') AS again;
+-- each call audited, as every state-changing call is
+SELECT action, object_kind, object_name, old_value - 'since' AS old_value,
+	   old_value ? 'since' AS since, new_value FROM shipsync.audit_log
+WHERE action IN ('reconcile', 'resync') ORDER BY audit_id;
+
+-- delivered: the dispatcher would apply them
+UPDATE shipsync.outbox SET state = 'done', done_at = now() WHERE state = 'pending';
+INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op, state, done_at)
+SELECT binding_id, provider_id, order_key, 'update', 'done', now() FROM shipsync.inbox;
+DELETE FROM shipsync.inbox;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, provider_shipment_id,
+	tracking_number, status, content_digest)
+SELECT :bid, o.id::text, :rc, 'shp_' || o.id || 'n', 'TN' || o.id || 'N', 'pre_transit',
+	   shipsync._row_digest(o, '{ship_status,waybill_no}')
+FROM orders o WHERE o.id IN (0, 9, 90)
+ON CONFLICT DO NOTHING;
+UPDATE shipsync.shipment s SET provider_shipment_id = 'shp_6n', tracking_number = 'TN6N', updated_at = now(),
+	content_digest = shipsync._row_digest(o, '{ship_status,waybill_no}')
+FROM orders o WHERE s.order_key = '6' AND o.id = 6;
+UPDATE shipsync.shipment s SET content_digest = shipsync._row_digest(o, '{ship_status,waybill_no}'), updated_at = now()
+FROM orders o WHERE s.order_key IN ('4', '5') AND o.id::text = s.order_key;
+SET session_replication_role = replica;
+UPDATE orders o SET waybill_no = s.tracking_number, ship_status = s.status
+FROM shipsync.shipment s WHERE s.order_key = o.id::text AND o.id IN (0, 6, 9, 90);
+RESET session_replication_role;
+
+-- the next run closes what it no longer sees
+SELECT shipsync.reconcile('rc') AS run3 \gset
+SELECT count(*) FROM shipsync._reconcile_start(:run3);
+SELECT shipsync._reconcile_page(:run3, :rc, 1,
+	ARRAY['shp_1', 'shp_1b', 'shp_2', 'shp_3', 'shp_4', 'shp_5', 'shp_6n', 'shp_7', 'shp_8', 'ghost_1', 'shp_0n', 'shp_9n', 'shp_90n'],
+	ARRAY['1', '1', '2', '3', '4', '5', '6', '7', '8', 'NO-SUCH-ORDER', '0', '9', '90'],
+	ARRAY['TN1', 'TN1B', 'TN2', 'TN3', 'TN4', 'TN5', 'TN6N', 'OTHER-7', 'TN8', 'GHOST1', 'TN0N', 'TN9N', 'TN90N'],
+	ARRAY['pre_transit', 'cancelled', 'pre_transit', 'pre_transit', 'pre_transit', 'pre_transit', 'pre_transit', 'pre_transit', 'Delivered', 'cancelled', 'pre_transit', 'pre_transit', 'pre_transit'],
+	NULL, NULL, true);
+SELECT shipsync._reconcile_compare(:run3);
+SELECT state, opened, closed, reopened FROM shipsync.reconcile_run WHERE run_id = :run3;
+SELECT kind, order_key FROM shipsync.reconciliation ORDER BY kind, order_key;
+-- resolved by whoever compares (the worker: reconcile), with why
+SELECT kind, order_key, resolved_by = session_user AS by_the_comparer,
+	   resolution = format('no longer seen (reconciliation run %s)', :run3) AS why
+FROM shipsync.exception_ticket
+WHERE resolved_at IS NOT NULL ORDER BY kind, order_key;
+
+-- seen again after its resolution: reopened, and counted
+SET session_replication_role = replica;
+UPDATE orders SET waybill_no = 'WRONG-AGAIN' WHERE id = 2;
+RESET session_replication_role;
+INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
+VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm1 \gset
+SELECT shipsync._reconcile_compare(:crm1);
+SELECT state, opened, closed, reopened FROM shipsync.reconcile_run WHERE run_id = :crm1;
+SELECT kind, order_key, reopen_count, reopened_at IS NOT NULL AS reopened
+FROM shipsync.exception_ticket WHERE kind = 'tracking_mismatch' AND order_key = '2';
+SELECT event FROM shipsync.ticket_event e JOIN shipsync.exception_ticket t USING (ticket_id)
+WHERE t.kind = 'tracking_mismatch' AND t.order_key = '2' ORDER BY e.at, e.event;
+
+-- an incremental CRM pass reads what changed since the last one
+SELECT horizon IS NOT NULL AS horizon, full_at IS NOT NULL AS full_pass FROM shipsync.reconcile_state WHERE binding_id = :bid;
+SET session_replication_role = replica;
+UPDATE orders SET waybill_no = 'TN2' WHERE id = 2;
+UPDATE orders SET ship_status = 'returned' WHERE id = 7;
+RESET session_replication_role;
+INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
+VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm2 \gset
+SELECT shipsync._reconcile_compare(:crm2);
+SELECT state, opened, closed, reopened FROM shipsync.reconcile_run WHERE run_id = :crm2;
+SELECT kind, order_key, detail->>'check' AS chk FROM shipsync.reconciliation
+WHERE kind IN ('tracking_mismatch', 'status_mismatch') ORDER BY kind, order_key;
+
+------------------------------------------------------------------------------
+-- stuck, by status threshold
+------------------------------------------------------------------------------
+UPDATE shipsync.shipment SET status = 'in_transit', updated_at = now() - interval '6 days',
+	created_at = now() - interval '7 days' WHERE order_key = '1';
+UPDATE shipsync.shipment SET status = 'in_transit', updated_at = now() - interval '6 days',
+	created_at = now() - interval '7 days' WHERE order_key = '5';
+INSERT INTO shipsync.tracking_event (provider_id, event_key, tracking_number, binding_id, order_key,
+	occurred_at, status)
+VALUES (:rc, 'e5', 'TN5', :bid, '5', now() - interval '1 day', 'in_transit');
+SET session_replication_role = replica;
+UPDATE orders SET ship_status = 'in_transit' WHERE id IN (1, 5);
+RESET session_replication_role;
+-- (a CRM-side pass looks for stuck shipments hourly: make it look now)
+UPDATE shipsync.reconcile_state SET stuck_at = NULL;
+INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
+VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm3 \gset
+SELECT shipsync._reconcile_compare(:crm3);
+SELECT kind, order_key, detail->>'status' AS status, detail->>'threshold' AS threshold
+FROM shipsync.reconciliation WHERE kind = 'stuck';
+-- a threshold of one's own overrides the built-in one
+INSERT INTO shipsync.stuck_after (status, after) VALUES ('in_transit', '30 days');
+UPDATE shipsync.reconcile_state SET stuck_at = NULL;
+INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
+VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm4 \gset
+SELECT shipsync._reconcile_compare(:crm4);
+SELECT count(*) AS stuck FROM shipsync.reconciliation WHERE kind = 'stuck';
+SELECT status, after, builtin FROM shipsync.stuck_after WHERE status = 'in_transit' ORDER BY builtin;
+-- a threshold is a setting: audited
+SELECT action, object_kind, object_name, new_value FROM shipsync.audit_log
+WHERE object_kind = 'stuck_after';
+
+------------------------------------------------------------------------------
+-- By hand: acknowledged, then resolved, each with who, when and a note;
+-- audited.  A problem resolved by hand but still there comes back.
+------------------------------------------------------------------------------
+SELECT max(audit_id) AS amark FROM shipsync.audit_log \gset
+SET session_replication_role = replica;
+UPDATE orders SET ship_status = 'lost' WHERE id = 3;
+RESET session_replication_role;
+INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
+VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm_h \gset
+SELECT shipsync._reconcile_compare(:crm_h);
+SELECT ticket_id AS t1 FROM shipsync.open_tickets
+WHERE kind = 'status_mismatch' AND order_key = '3' \gset
+SELECT shipsync.ack(:t1, 'asking the warehouse');
+SELECT shipsync.ack(:t1, 'twice') AS again;
+SELECT kind, state, acknowledged_by = session_user AS by_me, last_note
+FROM shipsync.open_tickets WHERE ticket_id = :t1;
+-- still there at the next pass: refreshed, still acknowledged
+INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
+VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm_h2 \gset
+SELECT shipsync._reconcile_compare(:crm_h2);
+SELECT state, last_note FROM shipsync.open_tickets WHERE ticket_id = :t1;
+SELECT shipsync.resolve(:t1, 'the warehouse found it');
+SELECT shipsync.resolve(:t1, 'twice') AS again;
+\set VERBOSITY terse
+SELECT shipsync.ack(:t1);
+\set VERBOSITY default
+SELECT acknowledgement, resolution, resolved_by = session_user AS by_me
+FROM shipsync.exception_ticket WHERE ticket_id = :t1;
+-- but the column still says lost: the next pass reopens it, the notes go
+INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
+VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm_h3 \gset
+SELECT shipsync._reconcile_compare(:crm_h3);
+SELECT reopened FROM shipsync.reconcile_run WHERE run_id = :crm_h3;
+SELECT t.reopen_count, o.state, t.acknowledgement, t.resolution, t.acknowledged_by
+FROM shipsync.exception_ticket t JOIN shipsync.open_tickets o USING (ticket_id)
+WHERE ticket_id = :t1;
+SELECT event, actor = session_user AS by_me, note FROM shipsync.ticket_event
+WHERE ticket_id = :t1 ORDER BY at, event;
+-- fixed: the next pass resolves it, saying why
+SET session_replication_role = replica;
+UPDATE orders SET ship_status = 'pre_transit' WHERE id = 3;
+RESET session_replication_role;
+INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
+VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm_h4 \gset
+SELECT shipsync._reconcile_compare(:crm_h4);
+SELECT resolution = format('no longer seen (reconciliation run %s)', :crm_h4) AS why
+FROM shipsync.exception_ticket WHERE ticket_id = :t1;
+-- every step by hand is in the audit log
+SELECT action, object_kind, object_name = :'t1' AS this_ticket, "session_user" = session_user AS by_me,
+	   new_value - 'acknowledged_at' - 'resolved_at' - 'acknowledged_by' - 'resolved_by' AS new_value
+FROM shipsync.audit_log WHERE audit_id > :amark ORDER BY audit_id;
+-- errors
+SELECT shipsync.ack(424242);
+SELECT shipsync.resolve(NULL);
+
+------------------------------------------------------------------------------
+-- The tickets of the dispatcher follow the same lifecycle
+------------------------------------------------------------------------------
+INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op, state, last_error)
+VALUES (:bid, :rc, '1', 'update', 'dead', 'HTTP 500: first') RETURNING id AS ob1 \gset
+INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+VALUES ('dead_intent', :bid, '1', :rc, :ob1, 'HTTP 500: first');
+INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op, state, last_error)
+VALUES (:bid, :rc, '1', 'update', 'dead', 'HTTP 500: second') RETURNING id AS ob2 \gset
+INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+VALUES ('dead_intent', :bid, '1', :rc, :ob2, 'HTTP 500: second');
+SELECT count(*) AS tickets, max(detail) AS detail, max(outbox_id) = :ob2 AS latest_intent
+FROM shipsync.exception_ticket WHERE kind = 'dead_intent';
+-- retry() resolves it; dying again reopens it
+SELECT shipsync.retry(:ob2);
+SELECT resolved_at IS NOT NULL AS resolved FROM shipsync.exception_ticket WHERE kind = 'dead_intent';
+UPDATE shipsync.outbox SET state = 'dead' WHERE id = :ob2;
+INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+VALUES ('dead_intent', :bid, '1', :rc, :ob2, 'HTTP 500: third');
+SELECT count(*) AS tickets, bool_and(resolved_at IS NULL) AS open, max(reopen_count) AS reopened
+FROM shipsync.exception_ticket WHERE kind = 'dead_intent';
+-- delivered at last: the next pass resolves it
+UPDATE shipsync.outbox SET state = 'done' WHERE id IN (:ob1, :ob2);
+INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
+VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm5 \gset
+SELECT shipsync._reconcile_compare(:crm5);
+SELECT resolved_by = session_user AS by_the_comparer, resolution FROM shipsync.exception_ticket
+WHERE kind = 'dead_intent';
+SELECT event FROM shipsync.ticket_event e JOIN shipsync.exception_ticket t USING (ticket_id)
+WHERE t.kind = 'dead_intent' ORDER BY e.at, e.event;
+
+------------------------------------------------------------------------------
+-- Bulk retry and requeue, by filter
+------------------------------------------------------------------------------
+INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op, state, attempts, error_class, updated_at)
+VALUES (:bid, :rc, '1', 'update', 'dead', 3, 'http_5xx', now() - interval '2 hours'),
+	   (:bid, :rc, '2', 'update', 'dead', 3, 'http_5xx', now()),
+	   (:bid, :rc, '3', 'update', 'dead', 1, 'http_4xx', now()),
+	   (:bid, :rc, '4', 'update', 'invalid', 0, 'invalid_order', now()),
+	   (:bid, :rc2, '5', 'update', 'dead', 2, 'timeout', now());
+SELECT shipsync.requeue('rc', error_class => 'http_5xx', since => now() - interval '1 hour') AS recent_5xx;
+SELECT shipsync.retry('rc', 'invalid') AS invalid;
+SELECT shipsync.retry(NULL::text, error_class => 'timeout') AS timeouts;
+SELECT shipsync.requeue('rc') AS rest_of_dead;
+SELECT order_key, state, attempts FROM shipsync.outbox
+WHERE error_class IN ('http_5xx', 'http_4xx', 'invalid_order', 'timeout') ORDER BY order_key;
+DELETE FROM shipsync.outbox WHERE error_class IN ('http_5xx', 'http_4xx', 'invalid_order', 'timeout');
+
+------------------------------------------------------------------------------
+-- Views
+------------------------------------------------------------------------------
+SELECT kind, state, provider, "table", order_key, reopen_count, age > interval '0' AS aged
+FROM shipsync.open_tickets ORDER BY kind, order_key;
+SELECT day = current_date AS today, provider, kind, opened, closed, open
+FROM shipsync.reconciliation_summary ORDER BY kind;
+SELECT day = current_date AS today, kind, provider, opened, resolved,
+	   median_time_to_resolve IS NOT NULL AS has_median
+FROM shipsync.ticket_summary ORDER BY kind;
+
+------------------------------------------------------------------------------
+-- A pull that fails
+------------------------------------------------------------------------------
+SELECT shipsync.reconcile('rc') AS run4 \gset
+SELECT count(*) FROM shipsync._reconcile_start(:run4);
+SELECT shipsync._reconcile_page(:run4, :rc, 1, ARRAY['x'], NULL, NULL, NULL, NULL, NULL, false);
+SELECT shipsync._reconcile_pull_failed(:run4, :rc, 3, 'GET http://127.0.0.1:9/shipments: HTTP 404');
+SELECT count(*) AS kept FROM shipsync.carrier_snapshot WHERE run_id = :run4;
+SELECT shipsync._reconcile_compare(:run4);
+SELECT state, pages, error FROM shipsync.reconcile_run WHERE run_id = :run4;
+-- its CRM side was compared all the same, its carrier side not: 7 is still open
+SELECT kind, order_key FROM shipsync.reconciliation WHERE kind = 'tracking_mismatch';
+
+------------------------------------------------------------------------------
+-- Cancelled here: live there is an orphan, absent there is nothing
+------------------------------------------------------------------------------
+UPDATE shipsync.shipment SET status = 'cancelled', updated_at = now() WHERE order_key IN ('3', '5');
+SET session_replication_role = replica;
+UPDATE orders SET ship_status = 'cancelled' WHERE id IN (3, 5);
+RESET session_replication_role;
+SELECT shipsync.reconcile('rc') AS run5 \gset
+SELECT count(*) FROM shipsync._reconcile_start(:run5);
+SELECT shipsync._reconcile_page(:run5, :rc, 1, ARRAY['shp_3'], ARRAY['3'], ARRAY['TN3'],
+	ARRAY['in_transit'], NULL, NULL, true);
+SELECT shipsync._reconcile_compare(:run5);
+SELECT kind, order_key, detail->>'reason' AS reason, detail->>'shipment_id' AS shipment
+FROM shipsync.reconciliation WHERE order_key IN ('3', '5') ORDER BY kind;
+
+------------------------------------------------------------------------------
+-- The schedule
+------------------------------------------------------------------------------
+SELECT shipsync._reconcile_schedule(-1, true) AS no_daily;
+SELECT kind, trigger, requested_by, state FROM shipsync.reconcile_run WHERE trigger = 'interval';
+SELECT shipsync._reconcile_schedule(-1, true) AS no_daily;
+SELECT count(*) AS one_pass FROM shipsync.reconcile_run WHERE trigger = 'interval';
+-- the daily run, in a time zone where it is neither early nor late in the
+-- day (so that "90 minutes ago" is today)
+SELECT count(*) AS zone_set FROM (
+	SELECT set_config('TimeZone', z, false)
+	FROM unnest(ARRAY['UTC', 'Etc/GMT-12', 'Etc/GMT+12']) AS z
+	WHERE extract(hour FROM now() AT TIME ZONE z) BETWEEN 4 AND 19 LIMIT 1) x;
+SELECT (extract(hour FROM localtime) * 60 + extract(minute FROM localtime))::integer AS m \gset
+-- the very first one: not when its time is more than an hour past ...
+SELECT shipsync._reconcile_schedule(:m - 90, false) = date_trunc('day', now()) + make_interval(mins => :m - 90) + interval '1 day' AS tomorrow;
+SELECT count(*) AS daily FROM shipsync.reconcile_run WHERE trigger = 'daily';
+-- ... but within the hour after it; once a day
+SELECT shipsync._reconcile_schedule(:m - 30, false) > now() AS next_later;
+SELECT shipsync._reconcile_schedule(:m - 30, false) > now() AS next_later;
+SELECT count(*) AS daily, bool_and(provider_id IS NULL) AS every_provider, min(requested_by) AS by
+FROM shipsync.reconcile_run WHERE trigger = 'daily';
+-- a day missed is caught up
+UPDATE shipsync.reconcile_run SET state = 'done', started_at = now() - interval '1 day'
+WHERE trigger = 'daily';
+SELECT shipsync._reconcile_schedule(:m - 90, false) > now() AS next_later;
+SELECT count(*) AS daily, count(*) FILTER (WHERE state = 'pending') AS pending
+FROM shipsync.reconcile_run WHERE trigger = 'daily';
+RESET TimeZone;
+
+------------------------------------------------------------------------------
+-- Errors
+------------------------------------------------------------------------------
+\set VERBOSITY default
+SELECT shipsync.reconcile('rc');
+SELECT shipsync.reconcile(NULL, NULL);
+SELECT shipsync.reconcile('rc', now() + interval '1 hour');
+SELECT shipsync.reconcile('nope');
+SELECT shipsync.reconcile('rc2');
+SELECT shipsync.pause('rc2');
+CREATE TABLE orders2 (id bigint PRIMARY KEY, note text);
+SELECT shipsync.attach('orders2', 'rc2');
+SELECT shipsync.reconcile('rc2');
+SELECT shipsync.create_provider('trk', 'easypost', 'http://127.0.0.1:9',
+	'{"auth": {"type": "basic", "username": "k"}}');
+SELECT shipsync.reconcile('trk');
+SELECT shipsync.resync(NULL);
+SELECT shipsync.resync('pg_class');
+SELECT shipsync.resync('orders');
+SELECT shipsync.resync('orders', kind => 'orphan_at_carrier');
+SELECT shipsync.resync('orders', ARRAY['not a number']);
+CREATE TABLE orders3 (id bigint PRIMARY KEY, note text);
+SELECT shipsync.attach('orders3', 'rc2', options => '{"grace": "soon"}');
+SELECT shipsync.attach('orders3', 'rc2', options => '{"grace": 10}');
+SELECT shipsync.attach('orders3', 'rc2', options => '{"grace": "-1 minute"}');
+SELECT shipsync.attach('orders3', 'rc2', options => '{"created_at_column": "nope"}');
+SELECT shipsync.attach('orders3', 'rc2', options => '{"created_at_column": "note"}');
+SELECT shipsync.retry('nope');
+SELECT shipsync.retry('rc', 'done');
+SELECT shipsync.requeue('rc', since => now() + interval '1 day');
+UPDATE shipsync.stuck_after SET after = '1 day' WHERE status = 'pending' AND builtin;
+DELETE FROM shipsync.stuck_after WHERE builtin;
+SELECT shipsync._reconcile_prepare(:run);
+ALTER SYSTEM SET shipsync.reconcile_at = '25:00';
+ALTER SYSTEM SET shipsync.reconcile_at = '3pm';
+ALTER SYSTEM SET shipsync.reconcile_interval = -1;
+\set VERBOSITY terse
+
+\c contrib_regression
+DROP DATABASE reconcile_regress;

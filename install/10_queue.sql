@@ -213,7 +213,7 @@ COMMENT ON COLUMN @extschema@.exception_ticket.resolution IS
 COMMENT ON COLUMN @extschema@.exception_ticket.acknowledgement IS
 	'The note given to shipsync.ack().';
 COMMENT ON COLUMN @extschema@.exception_ticket.tracking_number IS 'The tracking number the problem is about, when known.';
-COMMENT ON COLUMN @extschema@.exception_ticket.subject IS 'What the ticket is about when that is not an order: the carrier''s shipment id (orphan_at_carrier), a tracking number (unmatched_expired, fee_mismatch of an unknown waybill).';
+COMMENT ON COLUMN @extschema@.exception_ticket.subject IS 'What the ticket is about when that is not an order: the carrier''s shipment id (orphan_at_carrier), a tracking number (unmatched_expired, fee_mismatch of a billed waybill no shipment has); for the other fee_mismatch tickets, which row of shipsync.fee_difference (its kind and currency, e.g. amount_mismatch CNY).';
 COMMENT ON COLUMN @extschema@.exception_ticket.facts IS 'The facts of a discrepancy found by reconciliation, as JSON (both sides'' values); shown as detail in shipsync.reconciliation.';
 COMMENT ON COLUMN @extschema@.exception_ticket.last_seen_at IS 'When the problem was last seen (the last reconciliation pass that found it, the last intent that died of it).';
 COMMENT ON COLUMN @extschema@.exception_ticket.reopen_count IS 'How many times the ticket was seen again after it had been resolved.';

@@ -84,7 +84,7 @@ CREATE TABLE @extschema@.reconcile_state (
 	stuck_at		timestamptz
 );
 COMMENT ON TABLE @extschema@.reconcile_state IS
-	'Per binding: from which transaction on order rows must be compared again (every transaction older than horizon had ended when the last pass read the table), and when the last full pass, the last pass and the last look for stuck shipments (hourly, thresholds are days) ran.';
+	'Per binding: from which transaction on order rows must be compared again (every transaction older than horizon had ended when the last pass read the table), and when the last full pass, the last pass and the last look for stuck shipments and fee differences (stuck_at: hourly, thresholds are days and bills monthly) ran.';
 
 -- Orders seen without a shipment, until they have one.
 CREATE TABLE @extschema@.reconcile_seen (
@@ -154,7 +154,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT ARRAY['not_sent', 'missing_at_carrier', 'orphan_at_carrier', 'duplicate_at_carrier',
 				 'tracking_mismatch', 'status_mismatch', 'address_changed_after_send',
-				 'stuck']
+				 'fee_mismatch', 'stuck']
 $$;
 COMMENT ON FUNCTION @extschema@._reconcile_kinds() IS
 	'Internal: the kinds of discrepancy reconciliation finds.';
@@ -945,14 +945,89 @@ $$;
 COMMENT ON FUNCTION @extschema@._reconcile_stuck(integer[]) IS
 	'Internal: finds the shipments of the given bindings with no tracking event for longer than their status''s threshold.';
 
+-- The providers whose bills for waybills no shipment has are judged with
+-- the fees of the given bindings: their shipping and tracking providers.
+CREATE FUNCTION @extschema@._reconcile_fee_providers(bids integer[])
+RETURNS integer[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(array_agg(DISTINCT p.provider_id), '{}')
+	  FROM @extschema@.binding b
+	  JOIN @extschema@.provider p
+		ON p.provider_id = b.provider_id OR p.name = b.options->>'tracking_provider'
+	 WHERE b.binding_id = ANY (bids)
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_fee_providers(integer[]) IS
+	'Internal: the shipping and tracking providers of the given bindings, whose bills for unknown waybills reconciliation judges with the bindings'' fees.';
+
+/*
+ * The fees: every row of shipsync.fee_difference is a fee_mismatch.  The
+ * rows of the given bindings' orders, each keyed by its order and, in
+ * subject, by what tells it from the order's other rows (its kind and
+ * currency; for a duplicate charge, its waybill, fee type and currency);
+ * and the bills of their providers (shipping and tracking) for waybills no
+ * shipment has, keyed by provider and tracking number (subject), with no
+ * order: one discrepancy per waybill, its amounts per currency.  Looked at
+ * with the stuck shipments (hourly in CRM-side passes, in every full run).
+ */
+CREATE FUNCTION @extschema@._reconcile_fees(bids integer[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	pids integer[] := @extschema@._reconcile_fee_providers(bids);
+BEGIN
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, subject,
+		tracking_number, chk, facts, detail)
+	SELECT 'fee_mismatch', p.provider_id, d.binding_id, d.order_key,
+		   concat_ws(' ', d.kind, CASE WHEN d.kind = 'duplicate_charge' THEN d.tracking_number END,
+					 d.fee_type, d.currency),
+		   d.tracking_number, 'fees',
+		   jsonb_strip_nulls(jsonb_build_object('check', 'fees', 'fee_kind', d.kind,
+			   'fee_type', d.fee_type, 'currency', d.currency, 'estimated', d.estimated,
+			   'billed', d.billed, 'difference', d.difference)),
+		   format('%s of %s: %s', d.kind,
+				  CASE WHEN d.order_key IS NULL THEN format('waybill %s', d.tracking_number)
+					   ELSE format('order %s of %s (waybill %s)', d.order_key, b.tbl, d.tracking_number) END,
+				  d.detail)
+	  FROM @extschema@.fee_difference d
+	  JOIN @extschema@.provider p ON p.name = d.provider
+	  LEFT JOIN @extschema@.binding b ON b.binding_id = d.binding_id
+	 WHERE d.kind <> 'unknown_waybill'
+	   AND (d.binding_id = ANY (bids)
+			OR (d.binding_id IS NULL AND p.provider_id = ANY (pids)))
+	ON CONFLICT DO NOTHING;
+
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, subject,
+		tracking_number, chk, facts, detail)
+	SELECT 'fee_mismatch', p.provider_id, NULL, NULL, d.tracking_number, d.tracking_number, 'fees',
+		   jsonb_build_object('check', 'fees', 'fee_kind', 'unknown_waybill',
+			   'billed', jsonb_object_agg(coalesce(d.currency, ''), d.billed)),
+		   format('unknown_waybill: provider %s bills waybill %s (%s), which no shipment has',
+				  p.name, d.tracking_number,
+				  string_agg(concat_ws(' ', d.billed, d.currency), ', ' ORDER BY d.currency))
+	  FROM @extschema@.fee_difference d
+	  JOIN @extschema@.provider p ON p.name = d.provider
+	 WHERE d.kind = 'unknown_waybill'
+	   AND p.provider_id = ANY (pids)
+	 GROUP BY p.provider_id, p.name, d.tracking_number
+	ON CONFLICT DO NOTHING;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_fees(integer[]) IS
+	'Internal: finds the rows of shipsync.fee_difference of the given bindings'' orders, and of their providers'' bills for waybills no shipment has (fee_mismatch).';
+
 /*
  * Findings into tickets: an open ticket of the same problem is refreshed, a
  * resolved one reopened (reopen_count + 1), else one is opened; then every
  * open ticket this run could judge and did not see again is resolved by
  * reconcile.  What a run could judge: on the CRM side every order of the
  * bindings it compared (bids: an incremental pass reads the orders of open
- * tickets too) and the shipments of those it looked at for stuck ones
- * (sbids), on the carrier side what the snapshots of the providers it
+ * tickets too), the shipments and fees of those it looked at for stuck
+ * ones and fee differences (sbids, and for bills of unknown waybills their
+ * providers), on the carrier side what the snapshots of the providers it
  * pulled cover (pids).  The tickets of dead, invalid and refused intents are
  * resolved too once their order reached the carrier as it is now, or the
  * intent itself was delivered.  Returns the counts.
@@ -965,6 +1040,7 @@ AS $$
 DECLARE
 	r record;
 	n integer;
+	fpids integer[] := @extschema@._reconcile_fee_providers(sbids);
 BEGIN
 	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run;
 
@@ -1060,6 +1136,11 @@ BEGIN
 					 OR (x.kind IN ('tracking_mismatch', 'status_mismatch')
 						 AND x.facts->>'check' = 'crm')))
 			   OR (x.binding_id = ANY (sbids) AND x.kind = 'stuck')
+			   -- the fees of those bindings' orders, and their providers' unknown waybills
+			   OR (x.kind = 'fee_mismatch'
+				   AND (x.binding_id = ANY (sbids)
+						OR (x.binding_id IS NULL
+							AND x.provider_id = ANY (fpids))))
 			   -- a write-back that failed, now matching
 			   OR (x.binding_id = ANY (bids) AND x.kind = 'writeback_failed'
 				   AND EXISTS (SELECT 1 FROM @extschema@.shipment s
@@ -1165,12 +1246,14 @@ BEGIN
 	FOREACH b IN ARRAY bids LOOP
 		PERFORM @extschema@._reconcile_crm(b, r.kind = 'full');
 	END LOOP;
-	-- stuck: thresholds are days, so a CRM-side pass looks hourly
+	-- stuck and fees: thresholds are days and bills monthly, so a CRM-side
+	-- pass looks hourly
 	SELECT coalesce(array_agg(s.binding_id ORDER BY s.binding_id), '{}') INTO sbids
 	  FROM @extschema@.reconcile_state s
 	 WHERE s.binding_id = ANY (bids)
 	   AND (r.kind = 'full' OR s.stuck_at IS NULL OR s.stuck_at < now() - interval '1 hour');
 	PERFORM @extschema@._reconcile_stuck(sbids);
+	PERFORM @extschema@._reconcile_fees(sbids);
 	UPDATE @extschema@.reconcile_state s SET stuck_at = now() WHERE s.binding_id = ANY (sbids);
 	SELECT * INTO m FROM @extschema@._reconcile_merge(run, bids, pids, sbids);
 
@@ -1306,7 +1389,9 @@ BEGIN
 		RAISE EXCEPTION 'cannot resync orders by discrepancy kind "%"', kind
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'Orders can be sent again for the kinds not_sent, missing_at_carrier, tracking_mismatch, status_mismatch, address_changed_after_send and stuck.',
-				  HINT = 'An orphan or a duplicate at the carrier has no order of ours to send: cancel it at the carrier.';
+				  HINT = CASE kind WHEN 'fee_mismatch'
+							  THEN 'A fee difference is settled with the carrier (a corrected statement, a dispute), not by sending the order again.'
+							  ELSE 'An orphan or a duplicate at the carrier has no order of ours to send: cancel it at the carrier.' END;
 	END IF;
 
 	-- the orders: those given, those with an open discrepancy of the kind, or both
@@ -1391,14 +1476,14 @@ LEFT JOIN @extschema@.binding b ON b.binding_id OPERATOR(pg_catalog.=) t.binding
 WHERE t.resolved_at IS NULL
   AND t.kind OPERATOR(pg_catalog.=) ANY (@extschema@._reconcile_kinds());
 COMMENT ON VIEW @extschema@.reconciliation IS
-	'One row per open discrepancy between the CRM side and the carriers'' side, found by reconciliation: kinds not_sent, missing_at_carrier, orphan_at_carrier, duplicate_at_carrier, tracking_mismatch, status_mismatch, address_changed_after_send, stuck. See docs/reconciliation.md.';
+	'One row per open discrepancy between the CRM side and the carriers'' side, found by reconciliation: kinds not_sent, missing_at_carrier, orphan_at_carrier, duplicate_at_carrier, tracking_mismatch, status_mismatch, address_changed_after_send, fee_mismatch (a row of shipsync.fee_difference), stuck. See docs/reconciliation.md.';
 COMMENT ON COLUMN @extschema@.reconciliation.kind IS 'The kind of discrepancy.';
 COMMENT ON COLUMN @extschema@.reconciliation.provider IS 'The provider (carrier) it is about.';
-COMMENT ON COLUMN @extschema@.reconciliation."table" IS 'The attached table of the order; NULL when the carrier''s order reference matches no table (orphan_at_carrier, duplicate_at_carrier).';
-COMMENT ON COLUMN @extschema@.reconciliation.order_key IS 'The order''s key, as text (for an orphan: the carrier''s order reference).';
+COMMENT ON COLUMN @extschema@.reconciliation."table" IS 'The attached table of the order; NULL when the carrier''s order reference matches no table (orphan_at_carrier, duplicate_at_carrier), or for a fee_mismatch of a billed waybill no shipment has.';
+COMMENT ON COLUMN @extschema@.reconciliation.order_key IS 'The order''s key, as text (for an orphan: the carrier''s order reference; NULL for a fee_mismatch of a billed waybill no shipment has, keyed by provider and tracking number).';
 COMMENT ON COLUMN @extschema@.reconciliation.tracking_number IS 'The tracking number involved, when there is one.';
 COMMENT ON COLUMN @extschema@.reconciliation.detected_at IS 'When it was found (or found again, after having been resolved).';
-COMMENT ON COLUMN @extschema@.reconciliation.detail IS 'The facts, as JSON: check (crm, carrier or stuck) and both sides'' values.';
+COMMENT ON COLUMN @extschema@.reconciliation.detail IS 'The facts, as JSON: check (crm, carrier, stuck or fees) and both sides'' values (fee_mismatch: the fee_difference row''s fee_kind and amounts).';
 COMMENT ON COLUMN @extschema@.reconciliation.ticket_id IS 'Its ticket in shipsync.exception_ticket, for shipsync.ack() and shipsync.resolve().';
 
 CREATE VIEW @extschema@.reconciliation_summary AS

@@ -354,6 +354,93 @@ SELECT day = current_date AS today, kind, provider, opened, resolved,
 FROM shipsync.ticket_summary ORDER BY kind;
 
 ------------------------------------------------------------------------------
+-- fee_mismatch: every row of shipsync.fee_difference, one ticket each; a
+-- billed waybill no shipment has is keyed by provider and tracking number
+------------------------------------------------------------------------------
+-- a CRM-side pass; with hourly, one that looks at stuck shipments and fees
+-- (at most hourly: as if the last look were long ago)
+CREATE FUNCTION pg_temp.crm_pass(hourly boolean) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+	run bigint;
+BEGIN
+	IF hourly THEN
+		UPDATE shipsync.reconcile_state SET stuck_at = NULL;
+	END IF;
+	INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
+	VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id INTO run;
+	PERFORM shipsync._reconcile_compare(run);
+	RETURN run;
+END
+$$;
+-- quoted at create: 1, 2 and 4, 12.50 CNY of freight each
+SELECT kind, n FROM shipsync._record_quotes(ARRAY[:bid, :bid, :bid], ARRAY['1', '2', '4'],
+	ARRAY[:rc, :rc, :rc], ARRAY['TN1', 'TN2', 'TN4'],
+	array_fill('[{"type": "freight", "amount": "12.50", "currency": "CNY"}]'::text, ARRAY[3]))
+WHERE kind <> 'writeback';
+-- billed: 1 as quoted, 2 above its quote, 4 twice for its freight (so above
+-- its quote too), and a waybill no shipment has; 6 delivered two months ago
+-- and never billed
+SELECT s->>'lines' AS lines, s->>'unmatched' AS unmatched FROM shipsync.import_statement('rc',
+	'[{"tracking_number": "TN1", "type": "freight", "amount": "12.50", "currency": "CNY", "key": "L1"},
+	  {"tracking_number": "TN2", "type": "freight", "amount": "15.00", "currency": "CNY", "key": "L2"},
+	  {"tracking_number": "TN4", "type": "freight", "amount": "12.50", "currency": "CNY", "key": "L4a"},
+	  {"tracking_number": "TN4", "type": "freight", "amount": "12.50", "currency": "CNY", "key": "L4b"},
+	  {"tracking_number": "GHOST-WB", "type": "freight", "amount": "9.00", "currency": "CNY", "key": "LG"}]',
+	'json', '{"period": "2026-03"}') AS s;
+INSERT INTO shipsync.tracking_event (provider_id, event_key, tracking_number, binding_id, order_key,
+	occurred_at, status)
+VALUES (:rc, 'e6-delivered', 'TN6N', :bid, '6', now() - interval '60 days', 'delivered');
+SELECT kind, order_key, tracking_number, fee_type, billed, difference
+FROM shipsync.fee_difference ORDER BY kind, order_key, tracking_number;
+-- a CRM-side pass that does not look at fees (hourly) finds none of them
+SELECT pg_temp.crm_pass(false) AS fee0 \gset
+SELECT count(*) AS fee_mismatch FROM shipsync.reconciliation WHERE kind = 'fee_mismatch';
+-- one that does (hourly, with the stuck shipments): a discrepancy and a
+-- ticket per row
+SELECT pg_temp.crm_pass(true) AS fee1 \gset
+SELECT opened FROM shipsync.reconcile_run WHERE run_id = :fee1;
+SELECT provider, "table", order_key, tracking_number, detail
+FROM shipsync.reconciliation WHERE kind = 'fee_mismatch'
+ORDER BY order_key, detail->>'fee_kind';
+SELECT order_key, subject,
+	   CASE subject WHEN 'unbilled' THEN split_part(detail, ':', 1) ELSE detail END AS detail
+FROM shipsync.exception_ticket WHERE kind = 'fee_mismatch' ORDER BY order_key, subject;
+-- the unknown waybill's ticket: no order, keyed by provider and tracking number
+SELECT provider_id = :rc AS rc, binding_id, order_key, subject, tracking_number
+FROM shipsync.exception_ticket WHERE kind = 'fee_mismatch' AND order_key IS NULL;
+-- seen again: the same tickets, none opened or closed
+SELECT pg_temp.crm_pass(true) AS fee2 \gset
+SELECT opened, closed, reopened FROM shipsync.reconcile_run WHERE run_id = :fee2;
+SELECT count(*) AS tickets FROM shipsync.exception_ticket WHERE kind = 'fee_mismatch';
+-- the carrier corrects its statement: 2 billed as quoted, 4 once; the rows
+-- of fee_difference go, and the next look closes their tickets
+SELECT s->>'withdrawn' AS withdrawn FROM shipsync.import_statement('rc',
+	'[{"tracking_number": "TN1", "type": "freight", "amount": "12.50", "currency": "CNY", "key": "L1"},
+	  {"tracking_number": "TN2", "type": "freight", "amount": "12.50", "currency": "CNY", "key": "L2"},
+	  {"tracking_number": "TN4", "type": "freight", "amount": "12.50", "currency": "CNY", "key": "L4a"},
+	  {"tracking_number": "GHOST-WB", "type": "freight", "amount": "9.00", "currency": "CNY", "key": "LG"}]',
+	'json', '{"period": "2026-03"}') AS s;
+SELECT kind, order_key, tracking_number FROM shipsync.fee_difference ORDER BY kind, order_key;
+SELECT pg_temp.crm_pass(true) AS fee3 \gset
+SELECT opened, closed, reopened FROM shipsync.reconcile_run WHERE run_id = :fee3;
+SELECT order_key, subject, resolved_by = session_user AS by_the_comparer,
+	   resolution = format('no longer seen (reconciliation run %s)', :fee3) AS why
+FROM shipsync.exception_ticket WHERE kind = 'fee_mismatch' AND resolved_at IS NOT NULL
+ORDER BY order_key, subject;
+-- the unknown waybill resolved by hand while still billed: the next look
+-- reopens its ticket (the same one: provider and tracking number), counted
+SELECT ticket_id AS ghost FROM shipsync.exception_ticket
+WHERE kind = 'fee_mismatch' AND subject = 'GHOST-WB' \gset
+SELECT shipsync.resolve(:ghost, 'asked the carrier');
+SELECT pg_temp.crm_pass(true) AS fee4 \gset
+SELECT opened, closed, reopened FROM shipsync.reconcile_run WHERE run_id = :fee4;
+SELECT ticket_id = :ghost AS same_ticket, order_key, reopen_count, resolved_at IS NULL AS open
+FROM shipsync.exception_ticket WHERE kind = 'fee_mismatch' AND subject = 'GHOST-WB';
+-- counted in the daily summary like every kind
+SELECT day = current_date AS today, provider, kind, opened, closed, open
+FROM shipsync.reconciliation_summary WHERE kind = 'fee_mismatch';
+
+------------------------------------------------------------------------------
 -- A pull that fails
 ------------------------------------------------------------------------------
 SELECT shipsync.reconcile('rc') AS run4 \gset
@@ -431,6 +518,7 @@ SELECT shipsync.resync(NULL);
 SELECT shipsync.resync('pg_class');
 SELECT shipsync.resync('orders');
 SELECT shipsync.resync('orders', kind => 'orphan_at_carrier');
+SELECT shipsync.resync('orders', kind => 'fee_mismatch');
 SELECT shipsync.resync('orders', ARRAY['not a number']);
 CREATE TABLE orders3 (id bigint PRIMARY KEY, note text);
 SELECT shipsync.attach('orders3', 'rc2', options => '{"grace": "soon"}');

@@ -7,7 +7,8 @@
 # no shipment has, and leaves one delivered shipment unbilled.  Every
 # deliberate discrepancy must show up in shipsync.fee_difference and
 # nothing else, the statement's totals must be the simulator's, and every
-# order row must carry the right fee_total.
+# order row must carry the right fee_total.  Reconciliation then makes each
+# row of fee_difference one fee_mismatch ticket, closed when the row goes.
 use strict;
 use warnings;
 use utf8;
@@ -167,6 +168,35 @@ is(sql(qq{SELECT string_agg((detail->>'source') || ' ' || (detail->>'amount') ||
 	FROM shipsync.trace('crm.orders', '$key') WHERE kind = 'fee' AND detail->>'fee_type' = 'freight'}),
 	'create 12.50 r1, push 12.90 r1, push 12.50 r2',
 	'trace() shows the quote, the first bill and its revision');
+
+# 10. reconciliation: every row of fee_difference is one open fee_mismatch
+# ticket (the unknown waybill's keyed by provider and tracking number, with
+# no order); a row that goes closes its ticket at the next run
+my $fee_rows = q{SELECT coalesce(string_agg(k, E'\n' ORDER BY k), '') FROM (
+	SELECT DISTINCT kind || ' ' || tracking_number || ' ' || coalesce(order_key, '-') AS k
+	FROM shipsync.fee_difference) d};
+my $fee_tickets = q{SELECT coalesce(string_agg(k, E'\n' ORDER BY k), '') FROM (
+	SELECT (facts->>'fee_kind') || ' ' || tracking_number || ' ' || coalesce(order_key, '-') AS k
+	FROM shipsync.exception_ticket WHERE kind = 'fee_mismatch' AND resolved_at IS NULL) t};
+my ($run, $ended) = run_reconcile($node, 'sim');
+ok($ended, "reconciliation run $run ended");
+is(sql($fee_tickets), sql($fee_rows), 'one open fee_mismatch ticket per row of fee_difference');
+is(sql(q{SELECT count(*) FROM shipsync.reconciliation WHERE kind = 'fee_mismatch'}),
+	scalar(@{ $st->{wrong} }) + 2, 'shown in shipsync.reconciliation');
+is(sql(q{SELECT string_agg(coalesce(binding_id::text, '-') || ' ' || coalesce(order_key, '-')
+		|| ' ' || subject, ', ')
+	FROM shipsync.exception_ticket WHERE kind = 'fee_mismatch' AND facts->>'fee_kind' = 'unknown_waybill'}),
+	"- - $st->{unknown}[0]", 'the unknown waybill: no order, keyed by its tracking number');
+# a tolerance that takes the wrong amounts (0.60 above the quote) in
+sql(q{UPDATE shipsync.provider
+	SET options = options || '{"fee_tolerance": {"abs": "1.00", "pct": 0}}' WHERE name = 'sim'});
+($run, $ended) = run_reconcile($node, 'sim');
+ok($ended, "reconciliation run $run ended");
+is(sql($fee_tickets), sql($fee_rows), 'the tickets still match fee_difference');
+is(sql(qq{SELECT count(*) || ' ' || bool_and(resolved_by = 'reconcile') FROM shipsync.exception_ticket
+	WHERE kind = 'fee_mismatch' AND resolved_at IS NOT NULL AND run_id = $run}),
+	scalar(@{ $st->{wrong} }) . ' true',
+	'the amount mismatches no longer listed closed their tickets (resolved by reconcile)');
 
 for my $pid ($tpid, $fpid)
 {

@@ -141,7 +141,6 @@ feepull_submit(HttpClient *client, Provider *p, int32 binding_id, const char *or
 											   ALLOCSET_SMALL_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(fcxt);
 	PullFlight *f = palloc0(sizeof(PullFlight));
-	struct curl_slist *h = NULL;
 
 	f->cxt = fcxt;
 	f->provider_id = p->id;
@@ -149,11 +148,9 @@ feepull_submit(HttpClient *client, Provider *p, int32 binding_id, const char *or
 	f->binding_id = binding_id;
 	f->order_key = pstrdup(order_key);
 	f->sf = p->dialect == DIALECT_SF_EXPRESS;
-	h = curl_slist_append(h, "Accept: application/json");
 	if (f->sf)
 	{
 		f->what = psprintf("waybill %s", waybill);
-		h = curl_slist_append(h, "Content-Type: application/x-www-form-urlencoded");
 		f->xfer.method = "POST";
 		f->xfer.url = pstrdup(p->base_url);
 		f->xfer.body = dialect_sf_fee_query_body(p, waybill,
@@ -168,10 +165,10 @@ feepull_submit(HttpClient *client, Provider *p, int32 binding_id, const char *or
 		f->xfer.url = psprintf("%s/shipments/%s/fees", p->base_url,
 							   shipsync_url_escape(shipment_id));
 	}
-	for (int i = 0; i < p->nheaders; i++)
-		h = curl_slist_append(h, p->headers[i]);
 	f->xfer.timeout_ms = p->timeout_ms;
-	f->xfer.headers = h;
+	/* as every request to the provider: its TLS options, its headers */
+	f->xfer.tls = p->tls;
+	f->xfer.headers = dialect_headers(p, NULL, f->sf);
 	f->xfer.owner = &pull_tag;
 	http_submit(client, &f->xfer);
 	MemoryContextSwitchTo(old);

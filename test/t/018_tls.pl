@@ -5,7 +5,8 @@
 # TLS 1.2.  Every refusal is error class tls, permanent (one attempt), with
 # a tls_failed ticket.  Proves:
 #   1. a self-signed certificate is refused by default, accepted with
-#      itself as ca_bundle; a certificate of a private CA likewise;
+#      itself as ca_bundle; a certificate of a private CA likewise, for
+#      deliveries, tracking polls and fee pulls;
 #   2. a certificate for another host name, or expired, is refused even
 #      with the right CA;
 #   3. a server that requires a client certificate refuses a provider
@@ -110,6 +111,35 @@ refused('ca_default', ship('ca_default', $good), 'unable to get local issuer cer
 	'a private CA\'s certificate, by default');
 like(ship('ca_trusted', $good, { ca_bundle => pem('ca.crt') }), qr/^done\|/,
 	'the same, with the CA as ca_bundle, is accepted');
+
+# ---- 1b. the dispatcher's pulls use the provider's TLS options too: the
+# tracking polls and the fee pulls after delivery of a carrier of the
+# private CA (its control API is HTTPS as well: posted with curl)
+sub tls_sim_post
+{
+	my ($name, $path, $data) = @_;
+	my ($out, $err);
+	IPC::Run::run([ 'curl', '-sSf', '--cacert', "$dir/ca.crt", '-H', 'Content-Type: application/json',
+		'--data-binary', encode_json($data), "https://127.0.0.1:$sims{$name}{port}$path" ],
+		'>', \$out, '2>', \$err)
+	  or die "POST $path: $err";
+}
+like(ship('ca_fees', $good, { ca_bundle => pem('ca.crt') }), qr/^done\|/, 'one more order to that carrier');
+sql(q{UPDATE shipsync.provider SET options = options || '{"poll_interval_s": 1, "fee_pull_after": "1 second"}'
+	WHERE name = 'ca_fees'});
+sql(q{INSERT INTO t_ca_fees SELECT g, 'c' || g FROM generate_series(1001, 1008) g});
+ok(wait_until($node, q{SELECT count(*) = 9 FROM t_ca_fees WHERE waybill_no IS NOT NULL}, 30),
+	'its orders shipped');
+tls_sim_post('good', '/_sim/tracking/config', { url => 'http://127.0.0.1:9/unused', seed => 1 });
+tls_sim_post('good', '/_sim/tracking/advance', { steps => 8 });
+tls_sim_post('good', '/_sim/fees/config', { push => 0, pull => 1, seed => 1 });
+ok(wait_until($node, q{SELECT count(*) > 0 FROM shipsync.tracking_event e
+	JOIN shipsync.binding b USING (binding_id) WHERE b.tbl = 't_ca_fees'::regclass AND e.status = 'delivered'}, 60),
+	'tracking polled over TLS: deliveries seen');
+ok(wait_until($node, q{SELECT count(*) > 0 FROM shipsync.fee_line l
+	JOIN shipsync.binding b USING (binding_id) WHERE b.tbl = 't_ca_fees'::regclass AND l.source = 'pull'}, 60),
+	'fees pulled over TLS, with the provider\'s CA')
+  or diag sql(q{SELECT string_agg(DISTINCT coalesce(last_result, '-'), '; ') FROM shipsync.fee_pull});
 
 # ---- 2. the right CA, the wrong certificate
 refused('othername', ship('othername', $othername, { ca_bundle => pem('ca.crt') }),

@@ -10,6 +10,22 @@ SET client_min_messages = warning;
 CREATE EXTENSION pg_shipsync;
 RESET client_min_messages;
 
+-- a CRM-side pass; with hourly, one that looks at stuck shipments and fees
+-- (at most hourly: as if the last look were long ago)
+CREATE FUNCTION pg_temp.crm_pass(hourly boolean) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+	run bigint;
+BEGIN
+	IF hourly THEN
+		UPDATE shipsync.reconcile_state SET stuck_at = NULL;
+	END IF;
+	INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
+	VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id INTO run;
+	PERFORM shipsync._reconcile_compare(run);
+	RETURN run;
+END
+$$;
+
 SELECT shipsync.create_provider('rc', 'generic', 'http://127.0.0.1:9') AS rc \gset
 SELECT shipsync.create_provider('rc2', 'generic', 'http://127.0.0.1:9') AS rc2 \gset
 
@@ -184,9 +200,7 @@ WHERE resolved_at IS NOT NULL ORDER BY kind, order_key;
 SET session_replication_role = replica;
 UPDATE orders SET waybill_no = 'WRONG-AGAIN' WHERE id = 2;
 RESET session_replication_role;
-INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
-VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm1 \gset
-SELECT shipsync._reconcile_compare(:crm1);
+SELECT pg_temp.crm_pass(false) AS crm1 \gset
 SELECT state, opened, closed, reopened FROM shipsync.reconcile_run WHERE run_id = :crm1;
 SELECT kind, order_key, reopen_count, reopened_at IS NOT NULL AS reopened
 FROM shipsync.exception_ticket WHERE kind = 'tracking_mismatch' AND order_key = '2';
@@ -199,9 +213,7 @@ SET session_replication_role = replica;
 UPDATE orders SET waybill_no = 'TN2' WHERE id = 2;
 UPDATE orders SET ship_status = 'returned' WHERE id = 7;
 RESET session_replication_role;
-INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
-VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm2 \gset
-SELECT shipsync._reconcile_compare(:crm2);
+SELECT pg_temp.crm_pass(false) AS crm2 \gset
 SELECT state, opened, closed, reopened FROM shipsync.reconcile_run WHERE run_id = :crm2;
 SELECT kind, order_key, detail->>'check' AS chk FROM shipsync.reconciliation
 WHERE kind IN ('tracking_mismatch', 'status_mismatch') ORDER BY kind, order_key;
@@ -220,18 +232,12 @@ SET session_replication_role = replica;
 UPDATE orders SET ship_status = 'in_transit' WHERE id IN (1, 5);
 RESET session_replication_role;
 -- (a CRM-side pass looks for stuck shipments hourly: make it look now)
-UPDATE shipsync.reconcile_state SET stuck_at = NULL;
-INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
-VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm3 \gset
-SELECT shipsync._reconcile_compare(:crm3);
+SELECT pg_temp.crm_pass(true) AS crm3 \gset
 SELECT kind, order_key, detail->>'status' AS status, detail->>'threshold' AS threshold
 FROM shipsync.reconciliation WHERE kind = 'stuck';
 -- a threshold of one's own overrides the built-in one
 INSERT INTO shipsync.stuck_after (status, after) VALUES ('in_transit', '30 days');
-UPDATE shipsync.reconcile_state SET stuck_at = NULL;
-INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
-VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm4 \gset
-SELECT shipsync._reconcile_compare(:crm4);
+SELECT pg_temp.crm_pass(true) AS crm4 \gset
 SELECT count(*) AS stuck FROM shipsync.reconciliation WHERE kind = 'stuck';
 SELECT status, after, builtin FROM shipsync.stuck_after WHERE status = 'in_transit' ORDER BY builtin;
 -- a threshold is a setting: audited
@@ -246,9 +252,7 @@ SELECT max(audit_id) AS amark FROM shipsync.audit_log \gset
 SET session_replication_role = replica;
 UPDATE orders SET ship_status = 'lost' WHERE id = 3;
 RESET session_replication_role;
-INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
-VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm_h \gset
-SELECT shipsync._reconcile_compare(:crm_h);
+SELECT pg_temp.crm_pass(false) AS crm_h \gset
 SELECT ticket_id AS t1 FROM shipsync.open_tickets
 WHERE kind = 'status_mismatch' AND order_key = '3' \gset
 SELECT shipsync.ack(:t1, 'asking the warehouse');
@@ -256,9 +260,7 @@ SELECT shipsync.ack(:t1, 'twice') AS again;
 SELECT kind, state, acknowledged_by = session_user AS by_me, last_note
 FROM shipsync.open_tickets WHERE ticket_id = :t1;
 -- still there at the next pass: refreshed, still acknowledged
-INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
-VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm_h2 \gset
-SELECT shipsync._reconcile_compare(:crm_h2);
+SELECT pg_temp.crm_pass(false) AS crm_h2 \gset
 SELECT state, last_note FROM shipsync.open_tickets WHERE ticket_id = :t1;
 SELECT shipsync.resolve(:t1, 'the warehouse found it');
 SELECT shipsync.resolve(:t1, 'twice') AS again;
@@ -268,9 +270,7 @@ SELECT shipsync.ack(:t1);
 SELECT acknowledgement, resolution, resolved_by = session_user AS by_me
 FROM shipsync.exception_ticket WHERE ticket_id = :t1;
 -- but the column still says lost: the next pass reopens it, the notes go
-INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
-VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm_h3 \gset
-SELECT shipsync._reconcile_compare(:crm_h3);
+SELECT pg_temp.crm_pass(false) AS crm_h3 \gset
 SELECT reopened FROM shipsync.reconcile_run WHERE run_id = :crm_h3;
 SELECT t.reopen_count, o.state, t.acknowledgement, t.resolution, t.acknowledged_by
 FROM shipsync.exception_ticket t JOIN shipsync.open_tickets o USING (ticket_id)
@@ -281,9 +281,7 @@ WHERE ticket_id = :t1 ORDER BY at, event;
 SET session_replication_role = replica;
 UPDATE orders SET ship_status = 'pre_transit' WHERE id = 3;
 RESET session_replication_role;
-INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
-VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm_h4 \gset
-SELECT shipsync._reconcile_compare(:crm_h4);
+SELECT pg_temp.crm_pass(false) AS crm_h4 \gset
 SELECT resolution = format('no longer seen (reconciliation run %s)', :crm_h4) AS why
 FROM shipsync.exception_ticket WHERE ticket_id = :t1;
 -- every step by hand is in the audit log
@@ -317,9 +315,7 @@ SELECT count(*) AS tickets, bool_and(resolved_at IS NULL) AS open, max(reopen_co
 FROM shipsync.exception_ticket WHERE kind = 'dead_intent';
 -- delivered at last: the next pass resolves it
 UPDATE shipsync.outbox SET state = 'done' WHERE id IN (:ob1, :ob2);
-INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
-VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id AS crm5 \gset
-SELECT shipsync._reconcile_compare(:crm5);
+SELECT pg_temp.crm_pass(false) AS crm5 \gset
 SELECT resolved_by = session_user AS by_the_comparer, resolution FROM shipsync.exception_ticket
 WHERE kind = 'dead_intent';
 SELECT event FROM shipsync.ticket_event e JOIN shipsync.exception_ticket t USING (ticket_id)
@@ -357,21 +353,6 @@ FROM shipsync.ticket_summary ORDER BY kind;
 -- fee_mismatch: every row of shipsync.fee_difference, one ticket each; a
 -- billed waybill no shipment has is keyed by provider and tracking number
 ------------------------------------------------------------------------------
--- a CRM-side pass; with hourly, one that looks at stuck shipments and fees
--- (at most hourly: as if the last look were long ago)
-CREATE FUNCTION pg_temp.crm_pass(hourly boolean) RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-	run bigint;
-BEGIN
-	IF hourly THEN
-		UPDATE shipsync.reconcile_state SET stuck_at = NULL;
-	END IF;
-	INSERT INTO shipsync.reconcile_run (kind, trigger, window_start, state)
-	VALUES ('crm', 'manual', now(), 'comparing') RETURNING run_id INTO run;
-	PERFORM shipsync._reconcile_compare(run);
-	RETURN run;
-END
-$$;
 -- quoted at create: 1, 2 and 4, 12.50 CNY of freight each
 SELECT kind, n FROM shipsync._record_quotes(ARRAY[:bid, :bid, :bid], ARRAY['1', '2', '4'],
 	ARRAY[:rc, :rc, :rc], ARRAY['TN1', 'TN2', 'TN4'],

@@ -653,7 +653,11 @@ fees_write_totals(SPITupleTable *tt, uint64 nrows)
  * more than running them on a hundred lines).  A statement is a big one:
  * custom plans, made for its sizes (a generic plan's guesses joined
  * 100,000 lines row by row, for minutes), and the memory to hash its lines
- * and orders rather than sort them on disk.
+ * and orders rather than sort them on disk.  Merge joins are off for it:
+ * the planner cannot see how many distinct orders a statement's arrays
+ * hold (it assumes 10,000), and for 50,000 it sorted the provider's whole
+ * fee_line by order to merge where hashing the orders and scanning once
+ * was a fraction of the time (docs/fees.md, "Locks and figures").
  */
 static int
 store_execute(Datum *params, const char *nulls, bool bulk)
@@ -665,8 +669,12 @@ store_execute(Datum *params, const char *nulls, bool bulk)
 							 bulk ? "force_custom_plan" : "force_generic_plan",
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	if (bulk)
+	{
 		(void) set_config_option("work_mem", "65536", PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
+		(void) set_config_option("enable_mergejoin", "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	}
 	rc = SPI_execute_plan(store_plan, params, nulls, false, 0);
 	AtEOXact_GUC(true, nest);
 	return rc;

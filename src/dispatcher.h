@@ -173,9 +173,6 @@ typedef struct ShipResult
 } ShipResult;
 
 /* in outbox.c */
-extern void shipsync_begin_tx(const char *activity, bool durable);
-extern void shipsync_end_tx(void);
-extern void shipsync_abort_tx(void);
 extern void outbox_requeue_in_flight(bool expired_only);
 extern bool outbox_prepared_exist(void);
 extern void outbox_load_config(MemoryContext cxt, Provider **providers,

@@ -58,111 +58,6 @@
 #include "pg_shipsync.h"
 #include "dispatcher.h"
 
-/* ---------- small SPI helpers ---------- */
-
-static Datum
-make_array(Datum *values, bool *nulls, int n, Oid elemtype)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	if (n == 0)
-		return PointerGetDatum(construct_empty_array(elemtype));
-	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
-											  elemtype, typlen, typbyval, typalign));
-}
-
-/* A growable set of parallel arrays for one statement's parameters */
-typedef struct ArgArrays
-{
-	int			ncols;
-	int			n;
-	int			cap;
-	Oid		   *types;
-	Datum	  **values;
-	bool	  **nulls;
-} ArgArrays;
-
-static ArgArrays *
-args_create(int ncols, const Oid *types, int cap)
-{
-	ArgArrays  *a = palloc0(sizeof(ArgArrays));
-
-	a->ncols = ncols;
-	a->cap = Max(cap, 1);
-	a->types = palloc(sizeof(Oid) * ncols);
-	memcpy(a->types, types, sizeof(Oid) * ncols);
-	a->values = palloc(sizeof(Datum *) * ncols);
-	a->nulls = palloc(sizeof(bool *) * ncols);
-	for (int c = 0; c < ncols; c++)
-	{
-		a->values[c] = palloc0(sizeof(Datum) * a->cap);
-		a->nulls[c] = palloc0(sizeof(bool) * a->cap);
-	}
-	return a;
-}
-
-/* Start a new row; returns its index.  Every column starts NULL. */
-static int
-args_row(ArgArrays *a)
-{
-	if (a->n == a->cap)
-	{
-		a->cap *= 2;
-		for (int c = 0; c < a->ncols; c++)
-		{
-			a->values[c] = repalloc(a->values[c], sizeof(Datum) * a->cap);
-			a->nulls[c] = repalloc(a->nulls[c], sizeof(bool) * a->cap);
-		}
-	}
-	for (int c = 0; c < a->ncols; c++)
-		a->nulls[c][a->n] = true;
-	return a->n++;
-}
-
-static void
-args_set(ArgArrays *a, int row, int col, Datum v)
-{
-	a->values[col][row] = v;
-	a->nulls[col][row] = false;
-}
-
-static void
-args_set_text(ArgArrays *a, int row, int col, const char *s)
-{
-	if (s)
-		args_set(a, row, col, CStringGetTextDatum(s));
-}
-
-/* Execute a saved plan with the arrays as its parameters $1..$ncols */
-static int
-args_execute(SPIPlanPtr plan, ArgArrays *a, bool read_only)
-{
-	Datum	   *params = palloc(sizeof(Datum) * a->ncols);
-	int			rc;
-
-	for (int c = 0; c < a->ncols; c++)
-		params[c] = make_array(a->values[c], a->nulls[c], a->n, a->types[c]);
-	rc = SPI_execute_plan(plan, params, NULL, read_only, 0);
-	pfree(params);
-	return rc;
-}
-
-/* s as a JSON string literal, quotes included */
-char *
-shipsync_quote_json(const char *s)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	escape_json(&buf, s);
-	return buf.data;
-}
-
 /* The hex SHA-256 of a request body: what delivery_log records of it. */
 static char *
 sha256_hex(const char *s)
@@ -186,94 +81,6 @@ static char *
 get_text(HeapTuple tup, TupleDesc desc, int col)
 {
 	return SPI_getvalue(tup, desc, col);
-}
-
-/*
- * The memory context that was current when the dispatcher's transaction
- * began: shipsync_end_tx() and shipsync_abort_tx() make it current again.
- * One at a time: these transactions never nest.
- */
-static MemoryContext tx_caller_cxt = NULL;
-
-/*
- * Start one of the dispatcher's own transactions (outside any transaction),
- * connected to SPI, with a snapshot.  durable: commit with
- * synchronous_commit = on.
- *
- * Contract: the caller's memory context (CurrentMemoryContext now) is
- * current again when shipsync_end_tx() or shipsync_abort_tx() returns, so
- * that the caller may go on allocating where it was: a bare
- * CommitTransactionCommand() leaves TopMemoryContext current, and whatever
- * the rest of a loop pass allocates then is never freed.  The caller's
- * context must outlive the transaction (it is not a transaction context).
- */
-void
-shipsync_begin_tx(const char *activity, bool durable)
-{
-	tx_caller_cxt = CurrentMemoryContext;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SetConfigOption("synchronous_commit", durable ? "on" : "off",
-					PGC_SUSET, PGC_S_SESSION);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, activity);
-}
-
-/* Commit the transaction of shipsync_begin_tx(); see its contract. */
-void
-shipsync_end_tx(void)
-{
-	MemoryContext caller = tx_caller_cxt;
-
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
-	tx_caller_cxt = NULL;
-	MemoryContextSwitchTo(caller);
-}
-
-/*
- * Roll back the transaction of shipsync_begin_tx() after an error was
- * caught (and its data copied out), with the same contract: the caller's
- * memory context is current on return.
- */
-void
-shipsync_abort_tx(void)
-{
-	MemoryContext caller = tx_caller_cxt;
-
-	AbortCurrentTransaction();
-	pgstat_report_activity(STATE_IDLE, NULL);
-	tx_caller_cxt = NULL;
-	if (caller)
-		MemoryContextSwitchTo(caller);
-}
-
-/*
- * Run a statement with the rights of a CRM table's owner, so that the
- * user's row security, triggers and cancel_when run as the owner and never
- * as a superuser, in a restricted operation (see security.c).
- */
-static int
-execute_as_owner(Oid owner, SPIPlanPtr plan, ArgArrays *a, bool read_only)
-{
-	ShipsyncUserSave save;
-	volatile int rc = 0;
-
-	shipsync_become_owner(owner, &save);
-	PG_TRY();
-	{
-		rc = args_execute(plan, a, read_only);
-	}
-	PG_FINALLY();
-	{
-		shipsync_restore_user(&save);
-	}
-	PG_END_TRY();
-	return rc;
 }
 
 /* ---------- recovery and configuration ---------- */
@@ -893,26 +700,6 @@ find_binding(Binding *bs, int nb, int32 id)
 	return NULL;
 }
 
-/*
- * s percent-encoded for a URL path segment: everything but the unreserved
- * characters of RFC 3986 (ASCII letters, digits, "-", "_", ".", "~").
- */
-char *
-shipsync_url_escape(const char *s)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
-	{
-		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-			*p == '-' || *p == '_' || *p == '.' || *p == '~')
-			appendStringInfoChar(&buf, (char) *p);
-		else
-			appendStringInfo(&buf, "%%%02X", *p);
-	}
-	return buf.data;
-}
 
 /*
  * Run a lookup keyed by the intents of la (ids, bindings, order keys) and
@@ -927,9 +714,9 @@ lookup_by_intent(SPIPlanPtr plan, const char *what, ArgArrays *la, int32 provide
 	SPITupleTable *tt;
 	int			rc;
 
-	params[0] = make_array(la->values[0], la->nulls[0], la->n, INT8OID);
-	params[1] = make_array(la->values[1], la->nulls[1], la->n, INT4OID);
-	params[2] = make_array(la->values[2], la->nulls[2], la->n, TEXTOID);
+	params[0] = shipsync_make_array(la->values[0], la->nulls[0], la->n, INT8OID);
+	params[1] = shipsync_make_array(la->values[1], la->nulls[1], la->n, INT4OID);
+	params[2] = shipsync_make_array(la->values[2], la->nulls[2], la->n, TEXTOID);
 	params[3] = Int32GetDatum(provider_id);
 	rc = SPI_execute_plan(plan, params, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
@@ -1007,7 +794,7 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	 * coalescing.  With the transaction's first snapshot, an order that
 	 * committed just before the lock would be claimed but not seen here.
 	 */
-	rc = execute_as_owner(shipsync_table_owner(b->relid), b->render_plan, ra, false);
+	rc = shipsync_execute_as_owner(shipsync_table_owner(b->relid), b->render_plan, ra, false);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "rendering orders failed: %s", SPI_result_code_string(rc));
 	/* SPI calls return in SPI's procedure context: keep what we send */
@@ -1247,21 +1034,21 @@ shipsync_claim(PG_FUNCTION_ARGS)
 
 		for (int i = 0; i < n; i++)
 			ids[i] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-		mp[0] = make_array(ids, nulls, n, INT8OID);
+		mp[0] = shipsync_make_array(ids, nulls, n, INT8OID);
 		for (int c = 1; c < 6; c++)
 		{
 			bool	   *allnull = palloc(sizeof(bool) * n);
 
 			memset(allnull, true, sizeof(bool) * n);
-			mp[c] = make_array(ids, allnull, n, TEXTOID);
+			mp[c] = shipsync_make_array(ids, allnull, n, TEXTOID);
 		}
 		mp[6] = PG_GETARG_DATUM(2);
 		{
 			bool	   *allnull = palloc(sizeof(bool) * n);
 
 			memset(allnull, true, sizeof(bool) * n);
-			mp[7] = make_array(ids, allnull, n, BOOLOID);
-			mp[8] = make_array(ids, allnull, n, INT8OID);
+			mp[7] = shipsync_make_array(ids, allnull, n, BOOLOID);
+			mp[8] = shipsync_make_array(ids, allnull, n, INT8OID);
 		}
 		rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
 		if (rc != SPI_OK_UPDATE_RETURNING)
@@ -1403,10 +1190,10 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 			Datum	   *mp = palloc(sizeof(Datum) * 9);
 
 			for (int c = 0; c < 6; c++)
-				mp[c] = make_array(store->values[c], store->nulls[c], store->n, stypes[c]);
+				mp[c] = shipsync_make_array(store->values[c], store->nulls[c], store->n, stypes[c]);
 			mp[6] = Int32GetDatum(lease_ms);
-			mp[7] = make_array(store->values[6], store->nulls[6], store->n, BOOLOID);
-			mp[8] = make_array(store->values[7], store->nulls[7], store->n, INT8OID);
+			mp[7] = shipsync_make_array(store->values[6], store->nulls[6], store->n, BOOLOID);
+			mp[8] = shipsync_make_array(store->values[7], store->nulls[7], store->n, INT8OID);
 			rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
 			if (rc != SPI_OK_UPDATE_RETURNING)
 				elog(ERROR, "marking claimed intents failed: %s", SPI_result_code_string(rc));
@@ -1841,7 +1628,7 @@ apply_writeback(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
 		shipsync_capture_suppressed = true;
 		PG_TRY();
 		{
-			rc = execute_as_owner(shipsync_table_owner(b->relid), b->writeback_plan, a, false);
+			rc = shipsync_execute_as_owner(shipsync_table_owner(b->relid), b->writeback_plan, a, false);
 		}
 		PG_FINALLY();
 		{

@@ -695,11 +695,42 @@ extern PGDLLEXPORT void shipsync_receiver_main(Datum main_arg);
 /* in recon_worker.c */
 extern PGDLLEXPORT void shipsync_reconcile_main(Datum main_arg);
 
-/* in spi.c: saved plans, re-made when the tables they read have grown */
+/*
+ * in spi.c: the helpers of every file that talks SQL: saved plans, re-made
+ * when the tables they read have grown; a step in a subtransaction; the
+ * worker's own transactions; set-based parameters (parallel arrays passed
+ * as $1..$n); running a statement as a table's owner; quoting for JSON and
+ * URLs.
+ */
 extern SPIPlanPtr shipsync_prepare_saved(const char *sql, int nargs,
 										 const Oid *argtypes);
 extern int	shipsync_replan_grown(void);
 extern ErrorData *shipsync_subxact(void (*fn) (void *), void *arg);
+extern void shipsync_begin_tx(const char *activity, bool durable);
+extern void shipsync_end_tx(void);
+extern void shipsync_abort_tx(void);
+
+/* A growable set of parallel arrays for one statement's parameters */
+typedef struct ArgArrays
+{
+	int			ncols;
+	int			n;
+	int			cap;
+	Oid		   *types;
+	Datum	  **values;
+	bool	  **nulls;
+} ArgArrays;
+
+extern Datum shipsync_make_array(Datum *values, bool *nulls, int n, Oid elemtype);
+extern ArgArrays *args_create(int ncols, const Oid *types, int cap);
+extern int	args_row(ArgArrays *a);
+extern void args_set(ArgArrays *a, int row, int col, Datum v);
+extern void args_set_text(ArgArrays *a, int row, int col, const char *s);
+extern int	args_execute(SPIPlanPtr plan, ArgArrays *a, bool read_only);
+extern int	shipsync_execute_as_owner(Oid owner, SPIPlanPtr plan, ArgArrays *a,
+									  bool read_only);
+extern char *shipsync_quote_json(const char *s);
+extern char *shipsync_url_escape(const char *s);
 
 /* in digest.c: the digest of an order row, write-back columns left out */
 typedef struct DigestCache DigestCache;
@@ -708,10 +739,6 @@ extern DigestCache *shipsync_digest_prepare(Oid typid, int32 typmod,
 extern bool shipsync_digest_fits(DigestCache *c, Oid typid, int32 typmod,
 								 ArrayType *skip);
 extern int64 shipsync_digest_row(DigestCache *c, HeapTupleHeader rec);
-
-/* in outbox.c: helpers of every file that talks SQL or builds requests */
-extern char *shipsync_quote_json(const char *s);
-extern char *shipsync_url_escape(const char *s);
 
 /*
  * SQLSTATEs of ingest_tracking(), ingest_fees() and import_statement(),

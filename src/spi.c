@@ -1,8 +1,25 @@
 /*-------------------------------------------------------------------------
  *
  * spi.c
- *		Saved SPI plans, and keeping them fit for tables that grow; a
- *		step run in a subtransaction of its own.
+ *		The helpers of every file that talks SQL: saved SPI plans, kept fit
+ *		for tables that grow; a step run in a subtransaction of its own;
+ *		the workers' own transactions; set-based parameters; statements
+ *		run as a table's owner; JSON and URL quoting.
+ *
+ * This file is the layer just above the plain-C leaves: it calls nothing
+ * of the extension but pg_shipsync.c and security.c, and everything that
+ * runs a statement builds on it.
+ *
+ * Set-based parameters: the dispatcher never runs one statement per order.
+ * An ArgArrays holds one growable array per parameter; a batch appends a
+ * row per order (args_row, args_set), and args_execute() passes each
+ * column as an array, $1..$n, to a saved plan that reads them with
+ * unnest().
+ *
+ * Transactions: shipsync_begin_tx() and shipsync_end_tx() (or
+ * shipsync_abort_tx() after an error) bracket a worker's own transaction,
+ * connected to SPI with a snapshot, and give the caller its memory context
+ * back (CommitTransactionCommand leaves TopMemoryContext current).
  *
  * Every statement the extension runs more than once is prepared once per
  * process with shipsync_prepare_saved() and kept for the life of the
@@ -43,6 +60,14 @@
 
 #include "access/relation.h"
 #include "access/xact.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
+#include "utils/array.h"
 #include "catalog/pg_class.h"
 #include "executor/spi.h"
 #include "storage/bufmgr.h"
@@ -197,4 +222,220 @@ shipsync_subxact(void (*fn) (void *), void *arg)
 	MemoryContextSwitchTo(cxt);
 	CurrentResourceOwner = owner;
 	return err;
+}
+
+/* ---------- set-based parameters ---------- */
+
+/*
+ * A one-dimensional array of n values of elemtype (an empty array for n = 0),
+ * in the current memory context: the parameter of a set-based statement.
+ */
+Datum
+shipsync_make_array(Datum *values, bool *nulls, int n, Oid elemtype)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	if (n == 0)
+		return PointerGetDatum(construct_empty_array(elemtype));
+	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
+											  elemtype, typlen, typbyval, typalign));
+}
+
+
+/*
+ * ncols parallel arrays of the given element types, room for cap rows: the
+ * parameters $1..$ncols of one set-based statement.
+ */
+ArgArrays *
+args_create(int ncols, const Oid *types, int cap)
+{
+	ArgArrays  *a = palloc0(sizeof(ArgArrays));
+
+	a->ncols = ncols;
+	a->cap = Max(cap, 1);
+	a->types = palloc(sizeof(Oid) * ncols);
+	memcpy(a->types, types, sizeof(Oid) * ncols);
+	a->values = palloc(sizeof(Datum *) * ncols);
+	a->nulls = palloc(sizeof(bool *) * ncols);
+	for (int c = 0; c < ncols; c++)
+	{
+		a->values[c] = palloc0(sizeof(Datum) * a->cap);
+		a->nulls[c] = palloc0(sizeof(bool) * a->cap);
+	}
+	return a;
+}
+
+/* Start a new row; returns its index.  Every column starts NULL. */
+int
+args_row(ArgArrays *a)
+{
+	if (a->n == a->cap)
+	{
+		a->cap *= 2;
+		for (int c = 0; c < a->ncols; c++)
+		{
+			a->values[c] = repalloc(a->values[c], sizeof(Datum) * a->cap);
+			a->nulls[c] = repalloc(a->nulls[c], sizeof(bool) * a->cap);
+		}
+	}
+	for (int c = 0; c < a->ncols; c++)
+		a->nulls[c][a->n] = true;
+	return a->n++;
+}
+
+/* Set column col of row row */
+void
+args_set(ArgArrays *a, int row, int col, Datum v)
+{
+	a->values[col][row] = v;
+	a->nulls[col][row] = false;
+}
+
+/* Set a text column; NULL leaves it NULL */
+void
+args_set_text(ArgArrays *a, int row, int col, const char *s)
+{
+	if (s)
+		args_set(a, row, col, CStringGetTextDatum(s));
+}
+
+/* Execute a saved plan with the arrays as its parameters $1..$ncols */
+int
+args_execute(SPIPlanPtr plan, ArgArrays *a, bool read_only)
+{
+	Datum	   *params = palloc(sizeof(Datum) * a->ncols);
+	int			rc;
+
+	for (int c = 0; c < a->ncols; c++)
+		params[c] = shipsync_make_array(a->values[c], a->nulls[c], a->n, a->types[c]);
+	rc = SPI_execute_plan(plan, params, NULL, read_only, 0);
+	pfree(params);
+	return rc;
+}
+
+/* s as a JSON string literal, quotes included */
+char *
+shipsync_quote_json(const char *s)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	escape_json(&buf, s);
+	return buf.data;
+}
+
+
+/*
+ * The memory context that was current when the dispatcher's transaction
+ * began: shipsync_end_tx() and shipsync_abort_tx() make it current again.
+ * One at a time: these transactions never nest.
+ */
+static MemoryContext tx_caller_cxt = NULL;
+
+/*
+ * Start one of the dispatcher's own transactions (outside any transaction),
+ * connected to SPI, with a snapshot.  durable: commit with
+ * synchronous_commit = on.
+ *
+ * Contract: the caller's memory context (CurrentMemoryContext now) is
+ * current again when shipsync_end_tx() or shipsync_abort_tx() returns, so
+ * that the caller may go on allocating where it was: a bare
+ * CommitTransactionCommand() leaves TopMemoryContext current, and whatever
+ * the rest of a loop pass allocates then is never freed.  The caller's
+ * context must outlive the transaction (it is not a transaction context).
+ */
+void
+shipsync_begin_tx(const char *activity, bool durable)
+{
+	tx_caller_cxt = CurrentMemoryContext;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SetConfigOption("synchronous_commit", durable ? "on" : "off",
+					PGC_SUSET, PGC_S_SESSION);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+/* Commit the transaction of shipsync_begin_tx(); see its contract. */
+void
+shipsync_end_tx(void)
+{
+	MemoryContext caller = tx_caller_cxt;
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	tx_caller_cxt = NULL;
+	MemoryContextSwitchTo(caller);
+}
+
+/*
+ * Roll back the transaction of shipsync_begin_tx() after an error was
+ * caught (and its data copied out), with the same contract: the caller's
+ * memory context is current on return.
+ */
+void
+shipsync_abort_tx(void)
+{
+	MemoryContext caller = tx_caller_cxt;
+
+	AbortCurrentTransaction();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	tx_caller_cxt = NULL;
+	if (caller)
+		MemoryContextSwitchTo(caller);
+}
+
+/*
+ * Run a statement with the rights of a CRM table's owner, so that the
+ * user's row security, triggers and cancel_when run as the owner and never
+ * as a superuser, in a restricted operation (see security.c).  The plan
+ * takes the arrays of a as its parameters.
+ */
+int
+shipsync_execute_as_owner(Oid owner, SPIPlanPtr plan, ArgArrays *a, bool read_only)
+{
+	ShipsyncUserSave save;
+	volatile int rc = 0;
+
+	shipsync_become_owner(owner, &save);
+	PG_TRY();
+	{
+		rc = args_execute(plan, a, read_only);
+	}
+	PG_FINALLY();
+	{
+		shipsync_restore_user(&save);
+	}
+	PG_END_TRY();
+	return rc;
+}
+
+/*
+ * s percent-encoded for a URL path segment: everything but the unreserved
+ * characters of RFC 3986 (ASCII letters, digits, "-", "_", ".", "~").
+ */
+char *
+shipsync_url_escape(const char *s)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
+	{
+		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+			*p == '-' || *p == '_' || *p == '.' || *p == '~')
+			appendStringInfoChar(&buf, (char) *p);
+		else
+			appendStringInfo(&buf, "%%%02X", *p);
+	}
+	return buf.data;
 }

@@ -583,7 +583,7 @@ crm_map_record(CrmSource *s, CrmMallocs *m, CrmRecord *rec, int i, List **cols)
 	char	   *key;
 
 	env.options = m->options;
-	env.tz_offset = dialect_tz_offset;
+	env.tz_offset = shipsync_tz_offset;
 	r = shipsync_map_read(m->map, rec->doc, &env, &fields, &values, &n, err, sizeof(err));
 	if (r != MAP_OK)
 	{

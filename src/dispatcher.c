@@ -323,7 +323,7 @@ dispatcher_load_config(void)
 
 	new_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync config",
 									ALLOCSET_DEFAULT_SIZES);
-	outbox_load_config(new_cxt, &ps, &np, &bs, &nb);
+	provider_load_config(new_cxt, &ps, &np, &bs, &nb);
 
 	for (int i = 0; i < np; i++)
 	{
@@ -932,7 +932,7 @@ apply_in_map_doc(Provider *p, ShipJson *doc, ShipResponse *sr, bool need_ids,
 	int			n;
 	MapEnv		env = {0};
 
-	env.tz_offset = dialect_tz_offset;
+	env.tz_offset = shipsync_tz_offset;
 	(void) shipsync_map_read(p->in_map, doc, &env, &fields, &values, &n, err, errlen);
 	for (int i = 0; i < n; i++)
 	{

@@ -12,6 +12,18 @@
 #include "executor/spi.h"
 #include "utils/timestamp.h"
 
+/* The dialects (provider.c names them, dialect.c holds their operations) */
+typedef enum ShipDialect
+{
+	DIALECT_GENERIC,
+	DIALECT_SF_EXPRESS,
+	/* tracking dialects: they register waybills (op 'register'), nothing else */
+	DIALECT_EASYPOST,
+	DIALECT_AFTERSHIP,
+	DIALECT_KUAIDI100,
+	DIALECT_COUNT
+} ShipDialect;
+
 typedef struct Provider
 {
 	/* configuration, from shipsync.provider */
@@ -31,7 +43,7 @@ typedef struct Provider
 	bool		in_use;			/* OAuth2: attached, or intents left to send */
 
 	/* dialect and field maps (dialect.c); maps and options are malloc'd */
-	int			dialect;		/* DIALECT_GENERIC, DIALECT_SF_EXPRESS */
+	ShipDialect dialect;
 	char	   *profile;		/* coalesce(options->>'profile', dialect) */
 	char	   *auth_type;		/* auth->>'type', or NULL */
 	char	   *auth_header;	/* api_key: the header that carries the key */
@@ -86,12 +98,6 @@ typedef struct Provider
 									 * why, in TopMemoryContext, until a reload */
 } Provider;
 
-#define DIALECT_GENERIC		0
-#define DIALECT_SF_EXPRESS	1
-/* tracking dialects: they register waybills (op 'register'), nothing else */
-#define DIALECT_EASYPOST	2
-#define DIALECT_AFTERSHIP	3
-#define DIALECT_KUAIDI100	4
 #define DIALECT_IS_TRACKING(d) ((d) >= DIALECT_EASYPOST)
 /*
  * Stand for the Kuaidi100 key and salt (the provider's webhook secret) in
@@ -172,12 +178,20 @@ typedef struct ShipResult
 	const char *ticket_kind;
 } ShipResult;
 
+/* in provider.c */
+extern ShipDialect provider_dialect_of(const char *name);
+extern const char *provider_dialect_name(ShipDialect d);
+extern void provider_load_config(MemoryContext cxt, Provider **providers,
+								 int *nproviders, Binding **bindings,
+								 int *nbindings);
+extern void provider_load(MemoryContext cxt, Provider **providers,
+						  int *nproviders, int32 only_id, bool with_secrets);
+extern const char *provider_secret(const Provider *p, const char *name);
+extern int	provider_tokens(Provider *p, TimestampTz now);
+
 /* in outbox.c */
 extern void outbox_requeue_in_flight(bool expired_only);
 extern bool outbox_prepared_exist(void);
-extern void outbox_load_config(MemoryContext cxt, Provider **providers,
-							   int *nproviders, Binding **bindings,
-							   int *nbindings);
 extern int	outbox_claim(Provider *p, Binding *bs, int nb, int max_n,
 						 int lease_ms, Claimed **out, TimestampTz *next_due,
 						 int *nskipped);
@@ -186,16 +200,11 @@ extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,
 								const char *msg);
 extern IntentKind outbox_kind_of(const char *method, const char *url);
 extern void outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);
-extern void outbox_load_providers(MemoryContext cxt, Provider **providers,
-								  int *nproviders, int32 only_id,
-								  bool with_secrets);
-extern const char *provider_secret(const Provider *p, const char *name);
 extern void outbox_render_one(Provider *p, Binding *b, Claimed *c,
 							  MemoryContext keep);
 extern uint64 outbox_take_new_work(void);
 
 /* in dialect.c */
-extern void dialect_load_maps(MemoryContext cxt, Provider *ps, int n);
 extern bool dialect_renders(const Provider *p);
 extern void dialect_render(Provider *p, Claimed *c, bool found,
 						   const char *generic_body, const char *shipment_id,
@@ -208,8 +217,6 @@ extern char *dialect_sf_fee_query_body(Provider *p, const char *waybill,
 									   const char *request_id);
 extern struct curl_slist *dialect_headers(Provider *p, const char *idempotency_key,
 										  bool has_body);
-extern bool dialect_tz_offset(const char *zone, int64_t utc_epoch,
-							  int *offset_s, void *arg);
 
 /* in poison.c */
 extern void poison_startup(void);
@@ -218,7 +225,6 @@ extern void poison_applying(const ShipResult *rs, int n);
 extern void poison_applied(const ShipResult *rs, int n);
 
 /* in health.c */
-extern int	provider_tokens(Provider *p, TimestampTz now);
 extern void health_attach(Provider *ps, int n, TimestampTz now);
 extern bool health_may_send(Provider *p, TimestampTz now, int *limit);
 extern bool health_blocked(Provider *p, TimestampTz now);

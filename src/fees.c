@@ -415,7 +415,7 @@ fees_transform(const FeeRule *r, FeeField f, char *raw, char **out, FeeProblem *
 	}
 	in.type = MV_STRING;
 	in.s = raw;
-	env.tz_offset = dialect_tz_offset;
+	env.tz_offset = shipsync_tz_offset;
 	ok = shipsync_map_transform(r->transform, r->arg, &in, &env, &res, err, sizeof(err));
 	/* malloc'd by mapping.c: copied out at once */
 	*out = (ok && res.type != MV_NULL) ? pstrdup(res.s) : NULL;
@@ -796,7 +796,7 @@ shipsync_ingest_fees(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	p = tracking_load_provider(pname);
+	p = provider_lookup(pname);
 	if (!tracking_verify_push(p, "fee", headers, VARDATA_ANY(body_t), VARSIZE_ANY_EXHDR(body_t),
 							&payload, &plen))
 		ereport(ERROR,
@@ -855,7 +855,7 @@ store_pulled(TrackProvider *p, Jsonb *doc, const char *what)
 int64
 fees_apply_pulled(const char *provider_name, const char *body, size_t len)
 {
-	TrackProvider *p = tracking_load_provider(provider_name);
+	TrackProvider *p = provider_lookup(provider_name);
 
 	return store_pulled(p, fees_parse_json(body, len, "fee pull", p), "fee pull");
 }
@@ -871,7 +871,7 @@ fees_apply_pulled(const char *provider_name, const char *body, size_t len)
 int64
 fees_apply_sf_answer(const char *provider_name, const char *body, size_t len, char **code)
 {
-	TrackProvider *p = tracking_load_provider(provider_name);
+	TrackProvider *p = provider_lookup(provider_name);
 	Jsonb	   *doc = fees_parse_json(body, len, "fee query answer", p);
 	JsonbValue	v;
 	bool		container;

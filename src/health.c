@@ -225,28 +225,6 @@ health_sent(Provider *p, const Claimed *cs, int n)
 	LWLockRelease(shipsync_shared->health_lock);
 }
 
-/*
- * Refill p's token bucket (rate_limit_per_s; at most one second's worth,
- * and at least one token); returns how many requests it allows now.  The
- * dispatcher and the tracking poller (poller.c) draw from it.  The bucket
- * is in shared memory, so a restarted dispatcher does not find it full.
- */
-int
-provider_tokens(Provider *p, TimestampTz now)
-{
-	double		cap;
-
-	if (p->rate_per_s <= 0)
-		return INT_MAX;
-	cap = p->rate_per_s > 1 ? p->rate_per_s : 1;
-	if (now > p->st->tokens_at)
-		p->st->tokens += (double) (now - p->st->tokens_at) / 1000000.0 * p->rate_per_s;
-	if (p->st->tokens > cap)
-		p->st->tokens = cap;
-	p->st->tokens_at = now;
-	return (int) p->st->tokens;
-}
-
 /* Provider p asked (Retry-After) that nothing be sent before until */
 void
 health_hold(Provider *p, TimestampTz until)

@@ -185,341 +185,6 @@ outbox_requeue_in_flight(bool expired_only)
 	shipsync_end_tx();
 }
 
-/*
- * Read providers and bindings into cxt.  Runtime state (in flight counts,
- * tokens, holds) is carried over by the caller.
- */
-void
-outbox_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
-				   Binding **bindings, int *nbindings)
-{
-	int			rc;
-	MemoryContext old;
-	Binding    *bs;
-	uint64		n;
-
-	shipsync_begin_tx("loading configuration", false);
-	outbox_load_providers(cxt, providers, nproviders, 0, true);
-
-	rc = SPI_execute("SELECT b.binding_id, b.tbl::oid, b.render_sql, b.writeback_sql,"
-					 " (SELECT p.provider_id FROM shipsync.provider p"
-					 "   WHERE p.name = b.options->>'tracking_provider')"
-					 " FROM shipsync.binding b ORDER BY b.binding_id", true, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "loading bindings failed");
-	n = SPI_processed;
-	old = MemoryContextSwitchTo(cxt);
-	bs = palloc0(sizeof(Binding) * (n + 1));
-	for (uint64 i = 0; i < n; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-
-		bs[i].id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		bs[i].relid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-		bs[i].render_sql = get_text(tup, desc, 3);
-		bs[i].writeback_sql = get_text(tup, desc, 4);
-		bs[i].tracking_provider_id = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
-		if (isnull)
-			bs[i].tracking_provider_id = 0;
-	}
-	MemoryContextSwitchTo(old);
-	*bindings = bs;
-	*nbindings = (int) n;
-	shipsync_end_tx();
-}
-
-/* ---------- credentials ---------- */
-
-/*
- * The header line of an auth type that sends a static credential: a bearer
- * token, an API key in its header (api_key's key, in field key), or Basic
- * user name and password; NULL for the others (OAuth2's token is fetched,
- * Kuaidi100 and SF Express sign each request).  palloc'd.
- */
-static char *
-auth_header_line(const char *type, const char *header, const char *token,
-				 const char *key, const char *username, const char *password)
-{
-	if (type == NULL)
-		return NULL;
-	if (strcmp(type, "bearer") == 0 && token)
-		return psprintf("Authorization: Bearer %s", token);
-	if (strcmp(type, "api_key") == 0 && header && key)
-		return psprintf("%s: %s", header, key);
-	if (strcmp(type, "basic") == 0 && username)
-	{
-		char	   *pair = psprintf("%s:%s", username, password ? password : "");
-		int			len = pg_b64_enc_len(strlen(pair));
-		char	   *b64 = palloc(len + 1);
-		int			n = pg_b64_encode(pair, strlen(pair), b64, len);
-
-		explicit_bzero(pair, strlen(pair));
-		if (n < 0)
-			elog(ERROR, "could not encode Basic credentials");
-		b64[n] = '\0';
-		return psprintf("Authorization: Basic %s", b64);
-	}
-	return NULL;
-}
-
-/* The opened secret name of provider p, or NULL if it has none such */
-const char *
-provider_secret(const Provider *p, const char *name)
-{
-	for (int i = 0; i < p->nsecrets; i++)
-		if (strcmp(p->secret_names[i], name) == 0)
-			return p->secret_values[i];
-	return NULL;
-}
-
-/*
- * Why p cannot send, when its auth type lacks the secret it needs (a dump
- * restored without shipsync.secret, a row deleted by hand): requests
- * without their credentials would only be refused.  NULL if none lacks.
- */
-static char *
-missing_secret(const Provider *p)
-{
-	static const char *const needs[][2] = {
-		{"bearer", "token"}, {"api_key", "key"}, {"basic", "username"},
-		{"sf_express", "checkword"}, {"kuaidi100", "key"}, {"oauth2", "client_secret"}
-	};
-
-	for (int i = 0; p->auth_type && i < (int) lengthof(needs); i++)
-		if (strcmp(p->auth_type, needs[i][0]) == 0 && provider_secret(p, needs[i][1]) == NULL)
-			return psprintf("it has no secret \"%s\", which its auth type %s needs",
-							needs[i][1], p->auth_type);
-	if (p->tls && p->tls->client_cert && provider_secret(p, "client_key") == NULL)
-		return pstrdup("it has no secret \"client_key\", which its TLS client certificate needs");
-	return NULL;
-}
-
-/*
- * Give each provider its secrets, opened (secret.c): the values of the
- * credentials its requests need, and the header lines they make.  A
- * provider with a secret that cannot be opened, or without one its auth
- * type needs, gets secret_error, and the dispatcher sends nothing for it.
- * Runs in the providers' memory context.
- */
-static void
-load_secrets(Provider *ps, int n, int32 only_id)
-{
-	OpenedSecret *s;
-	int			ns = secret_open_all(only_id != 0 && n == 1 ? ps[0].name : NULL, &s);
-
-	for (int i = 0; i < n; i++)
-	{
-		Provider   *p = &ps[i];
-		const char *type = p->auth_type;
-		char	   *line;
-
-		p->secret_names = palloc0(sizeof(char *) * (ns + 1));
-		p->secret_values = palloc0(sizeof(char *) * (ns + 1));
-		p->headers = p->headers ? repalloc(p->headers, sizeof(char *) * (p->nheaders + ns + 2)) :
-			palloc0(sizeof(char *) * (ns + 2));
-		for (int k = 0; k < ns; k++)
-		{
-			if (strcmp(s[k].provider, p->name) != 0)
-				continue;
-			if (s[k].value == NULL)
-			{
-				if (p->secret_error == NULL)
-					p->secret_error = s[k].error;
-				continue;
-			}
-			p->secret_names[p->nsecrets] = s[k].name;
-			p->secret_values[p->nsecrets++] = s[k].value;
-			if (strncmp(s[k].name, "header:", 7) == 0)
-				p->headers[p->nheaders++] = psprintf("%s: %s", s[k].name + 7, s[k].value);
-		}
-		line = auth_header_line(type, p->auth_header, provider_secret(p, "token"),
-								provider_secret(p, "key"), provider_secret(p, "username"),
-								provider_secret(p, "password"));
-		if (line)
-			p->headers[p->nheaders++] = line;
-		if (p->secret_error == NULL)
-			p->secret_error = missing_secret(p);
-		p->sf_checkword = (char *) provider_secret(p, "checkword");
-		if (type && strcmp(type, "kuaidi100") == 0)
-			p->kd_key = (char *) provider_secret(p, "key");
-		if (type && strcmp(type, "oauth2") == 0)
-			p->oauth_client_secret = (char *) provider_secret(p, "client_secret");
-		p->tr_salt = (char *) provider_secret(p, "webhook_secret");
-		if (p->tls)
-			p->tls->client_key = (char *) provider_secret(p, "client_key");
-	}
-}
-
-PG_FUNCTION_INFO_V1(shipsync_auth_headers);
-
-/*
- * shipsync._auth_headers(auth jsonb) RETURNS text[]: the header lines an
- * auth object makes, with the secrets given in it: the formatting the
- * dispatcher applies to a provider's opened secrets.  Internal, owner only.
- */
-Datum
-shipsync_auth_headers(PG_FUNCTION_ARGS)
-{
-	Jsonb	   *auth = PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0);
-	char	   *f[6] = {NULL};
-	static const char *const names[6] = {"type", "header", "token", "key", "username", "password"};
-	char	   *line;
-	Datum		d;
-
-	for (int i = 0; auth && JB_ROOT_IS_OBJECT(auth) && i < 6; i++)
-	{
-		JsonbValue *v = getKeyJsonValueFromContainer(&auth->root, names[i],
-													 strlen(names[i]), NULL);
-
-		if (v && v->type == jbvString)
-			f[i] = pnstrdup(v->val.string.val, v->val.string.len);
-	}
-	line = auth_header_line(f[0], f[1], f[2], f[3], f[4], f[5]);
-	if (line == NULL)
-		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
-	d = CStringGetTextDatum(line);
-	PG_RETURN_ARRAYTYPE_P(construct_array(&d, 1, TEXTOID, -1, false, TYPALIGN_INT));
-}
-
-/*
- * A provider's TLS options from columns col.. of the providers' query
- * (ca_bundle, client_cert, pinned_public_key, min 1.3), in the current
- * context; NULL when none is set.  The client key is a secret: opened by
- * load_secrets(), never read from the provider's row.
- */
-static HttpTls *
-load_tls(HeapTuple tup, TupleDesc desc, int col)
-{
-	HttpTls		tls = {0};
-	bool		isnull;
-	HttpTls    *out;
-
-	tls.ca_bundle = get_text(tup, desc, col);
-	tls.client_cert = get_text(tup, desc, col + 1);
-	tls.pinned_public_key = get_text(tup, desc, col + 2);
-	tls.tls13 = DatumGetBool(SPI_getbinval(tup, desc, col + 3, &isnull)) && !isnull;
-	if (!tls.ca_bundle && !tls.client_cert && !tls.pinned_public_key && !tls.tls13)
-		return NULL;
-	out = palloc(sizeof(HttpTls));
-	*out = tls;
-	return out;
-}
-
-/*
- * Read providers (all, or the one with id only_id) into cxt, with their
- * field maps, inside the caller's transaction and SPI connection.  With
- * with_secrets, their secrets are opened too: only for the processes that
- * send requests (the dispatcher, render_request()'s dry run).
- */
-void
-outbox_load_providers(MemoryContext cxt, Provider **providers, int *nproviders,
-					  int32 only_id, bool with_secrets)
-{
-	int			rc;
-	MemoryContext old;
-	Provider   *ps;
-	uint64		n;
-	Oid			argtypes[1] = {INT4OID};
-	Datum		args[1] = {Int32GetDatum(only_id)};
-
-	rc = SPI_execute_with_args("SELECT provider_id, name, base_url, timeout_ms, max_inflight,"
-							   " max_attempts, backoff_base_ms, backoff_max_ms,"
-							   " rate_limit_per_s::float8, paused,"
-							   " ARRAY(SELECT k || ': ' || (v #>> '{}') FROM pg_catalog.jsonb_each(headers) AS h(k, v)"
-							   "   WHERE pg_catalog.jsonb_typeof(v) = 'string'),"
-							   " dialect, COALESCE(options->>'profile', dialect), (options - 'tls')::text,"
-							   " auth->>'partner_id', auth->>'type', auth->>'header',"
-							   " CASE WHEN auth->>'type' = 'kuaidi100' THEN auth->>'customer' END,"
-							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'token_url' END,"
-							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'client_id' END,"
-							   " CASE WHEN auth->>'type' = 'oauth2' THEN auth->>'scope' END,"
-							   " COALESCE(options->>'carrier', options->>'slug', options->>'company'),"
-							   " options->>'callback_url',"
-							   /* option tls, but for client_key: a secret (load_secrets) */
-							   " options->'tls'->>'ca_bundle', options->'tls'->>'client_cert',"
-							   " options->'tls'->>'pinned_public_key',"
-							   " options->'tls'->>'min_version' = '1.3',"
-							   /* OAuth2: may a token be fetched (attached, or work left)? */
-							   " auth->>'type' = 'oauth2' AND (EXISTS (SELECT 1 FROM shipsync.binding b"
-							   "   WHERE b.active AND (b.provider_id = p.provider_id"
-							   "   OR b.options->>'tracking_provider' = p.name))"
-							   "  OR EXISTS (SELECT 1 FROM shipsync.outbox o WHERE o.provider_id = p.provider_id"
-							   "   AND o.state IN ('pending', 'retrying'))),"
-							   " COALESCE((options->>'breaker_failures')::integer, 20),"
-							   " COALESCE((options->>'breaker_cooldown_ms')::integer, 5000)"
-							   " FROM shipsync.provider p WHERE $1 = 0 OR provider_id = $1"
-							   " ORDER BY provider_id", 1, argtypes, args, NULL, true, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "loading providers failed");
-	n = SPI_processed;
-	old = MemoryContextSwitchTo(cxt);
-	ps = palloc0(sizeof(Provider) * (n + 1));
-	for (uint64 i = 0; i < n; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		Datum		hdrs;
-		Provider   *p = &ps[i];
-
-		p->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		p->name = get_text(tup, desc, 2);
-		p->base_url = get_text(tup, desc, 3);
-		p->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
-		p->max_inflight = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
-		p->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-		p->backoff_base_ms = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
-		p->backoff_max_ms = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
-		p->rate_per_s = DatumGetFloat8(SPI_getbinval(tup, desc, 9, &isnull));
-		p->paused = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
-		hdrs = SPI_getbinval(tup, desc, 11, &isnull);
-		if (!isnull)
-		{
-			Datum	   *elems;
-			bool	   *enulls;
-			int			nelems;
-
-			deconstruct_array_builtin(DatumGetArrayTypeP(hdrs), TEXTOID,
-									  &elems, &enulls, &nelems);
-			p->headers = palloc0(sizeof(char *) * (nelems + 1));
-			for (int h = 0; h < nelems; h++)
-				if (!enulls[h])
-					p->headers[p->nheaders++] = TextDatumGetCString(elems[h]);
-		}
-		{
-			char	   *dialect = get_text(tup, desc, 12);
-
-			p->dialect = strcmp(dialect, "sf_express") == 0 ? DIALECT_SF_EXPRESS :
-				strcmp(dialect, "easypost") == 0 ? DIALECT_EASYPOST :
-				strcmp(dialect, "aftership") == 0 ? DIALECT_AFTERSHIP :
-				strcmp(dialect, "kuaidi100") == 0 ? DIALECT_KUAIDI100 : DIALECT_GENERIC;
-			p->profile = get_text(tup, desc, 13);
-			p->options_text = get_text(tup, desc, 14);
-			p->sf_partner_id = get_text(tup, desc, 15);
-			p->auth_type = get_text(tup, desc, 16);
-			p->auth_header = get_text(tup, desc, 17);
-			p->kd_customer = get_text(tup, desc, 18);
-			p->oauth_token_url = get_text(tup, desc, 19);
-			p->oauth_client_id = get_text(tup, desc, 20);
-			p->oauth_scope = get_text(tup, desc, 21);
-			p->tr_carrier = get_text(tup, desc, 22);
-			p->tr_callback_url = get_text(tup, desc, 23);
-		}
-		p->tls = load_tls(tup, desc, 24);
-		p->in_use = DatumGetBool(SPI_getbinval(tup, desc, 28, &isnull)) && !isnull;
-		p->breaker_failures = DatumGetInt32(SPI_getbinval(tup, desc, 29, &isnull));
-		p->breaker_cooldown_ms = DatumGetInt32(SPI_getbinval(tup, desc, 30, &isnull));
-	}
-	if (with_secrets)
-		load_secrets(ps, (int) n, only_id);
-	MemoryContextSwitchTo(old);
-	dialect_load_maps(cxt, ps, (int) n);
-	*providers = ps;
-	*nproviders = (int) n;
-}
-
 /* ---------- claim and render ---------- */
 
 static void prepare_apply_plans(void);
@@ -994,6 +659,7 @@ outbox_render_one(Provider *p, Binding *b, Claimed *c, MemoryContext keep)
 }
 
 PG_FUNCTION_INFO_V1(shipsync_claim);
+PG_FUNCTION_INFO_V1(shipsync_render);
 
 /*
  * shipsync.claim(provider_id, max_n, lease_ms) RETURNS SETOF shipsync.outbox:
@@ -1058,6 +724,118 @@ shipsync_claim(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	return (Datum) 0;
+}
+
+/*
+ * shipsync._render(outbox_id) -> (method, url, body): the stored request
+ * of an intent, or the one it would send now, rendered from the current
+ * order row without storing anything.  When there is nothing to send,
+ * method is NULL and body says why.
+ */
+Datum
+shipsync_render(PG_FUNCTION_ARGS)
+{
+	int64		id = PG_GETARG_INT64(0);
+	MemoryContext keep = CurrentMemoryContext;
+	TupleDesc	desc;
+	Datum		values[3];
+	bool		nulls[3] = {true, true, true};
+	Oid			argtypes[1] = {INT8OID};
+	Datum		args[1] = {Int64GetDatum(id)};
+	int			rc;
+	Claimed		c;
+	Binding		b;
+	Provider   *ps;
+	int			np;
+	bool		isnull;
+	char	   *method = NULL;
+	char	   *url = NULL;
+	char	   *body = NULL;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	desc = BlessTupleDesc(desc);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute_with_args("SELECT o.binding_id, o.provider_id, o.order_key, o.op,"
+							   " o.idempotency_key, o.request_method, o.request_url, o.request_body,"
+							   " o.state, o.last_error, b.tbl::oid, b.render_sql"
+							   " FROM (SELECT id, binding_id, provider_id, order_key, op,"
+							   "   idempotency_key, request_method, request_url, request_body,"
+							   "   state, last_error FROM shipsync.outbox"
+							   "  UNION ALL"	/* captured, not yet moved to the outbox */
+							   "  SELECT id, binding_id, provider_id, order_key, op,"
+							   "   idempotency_key, NULL, NULL, NULL, 'pending', NULL"
+							   "   FROM shipsync.inbox) o"
+							   " JOIN shipsync.binding b USING (binding_id)"
+							   " WHERE o.id = $1", 1, argtypes, args, NULL, true, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading the intent failed: %s", SPI_result_code_string(rc));
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("outbox intent %lld does not exist", (long long) id),
+				 errhint("Find intents with shipsync.trace() or in shipsync.outbox.")));
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	td = SPI_tuptable->tupdesc;
+		MemoryContext old = MemoryContextSwitchTo(keep);
+
+		memset(&c, 0, sizeof(c));
+		memset(&b, 0, sizeof(b));
+		c.id = id;
+		c.binding_id = DatumGetInt32(SPI_getbinval(tup, td, 1, &isnull));
+		c.provider_id = DatumGetInt32(SPI_getbinval(tup, td, 2, &isnull));
+		c.order_key = SPI_getvalue(tup, td, 3);
+		c.op = SPI_getvalue(tup, td, 4);
+		c.idempotency_key = SPI_getvalue(tup, td, 5);
+		method = SPI_getvalue(tup, td, 6);
+		url = SPI_getvalue(tup, td, 7);
+		body = SPI_getvalue(tup, td, 8);
+		b.id = c.binding_id;
+		b.relid = DatumGetObjectId(SPI_getbinval(tup, td, 11, &isnull));
+		b.render_sql = SPI_getvalue(tup, td, 12);
+		MemoryContextSwitchTo(old);
+	}
+	if (method == NULL)
+	{
+		provider_load(keep, &ps, &np, c.provider_id, false);
+		if (np != 1)
+			elog(ERROR, "provider %d of intent %lld does not exist", c.provider_id, (long long) id);
+		/* SF's digest needs the check word; a Kuaidi100 body, its salt */
+		if (ps[0].dialect == DIALECT_SF_EXPRESS || ps[0].dialect == DIALECT_KUAIDI100)
+			provider_load(keep, &ps, &np, c.provider_id, true);
+		outbox_render_one(&ps[0], &b, &c, keep);
+		MemoryContextSwitchTo(keep);
+		if (c.skip_reason)
+			body = pstrdup(c.skip_reason);
+		else
+		{
+			method = pstrdup(c.method);
+			url = pstrdup(c.url);
+			body = c.body ? pstrdup(c.body) : NULL;
+		}
+	}
+	SPI_finish();
+	MemoryContextSwitchTo(keep);
+
+	if (method)
+	{
+		values[0] = CStringGetTextDatum(method);
+		nulls[0] = false;
+	}
+	if (url)
+	{
+		values[1] = CStringGetTextDatum(url);
+		nulls[1] = false;
+	}
+	if (body)
+	{
+		values[2] = CStringGetTextDatum(body);
+		nulls[2] = false;
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 
 IntentKind

@@ -761,13 +761,17 @@ typedef struct TrackProvider
 	int32		ttl_s;
 } TrackProvider;
 
+/* in provider.c: one provider by name; time zones of the maps */
+extern TrackProvider *provider_lookup(const char *name);
+extern bool shipsync_tz_offset(const char *zone, int64_t utc_epoch,
+							   int *offset_s, void *arg);
+
 /* in tracking.c */
 extern int64 tracking_apply_pulled(const char *provider_name, const char *body,
 								   size_t len);
 extern char *shipsync_header_value(Jsonb *headers, const char *name);
 extern text *shipsync_push_args(FunctionCallInfo fcinfo, const char *argname,
 								const char *what, const char *hint, char **name);
-extern TrackProvider *tracking_load_provider(const char *name);
 extern bool tracking_verify_push(TrackProvider *p, const char *what, Jsonb *headers,
 								 const char *body, size_t len, char **payload,
 								 size_t *plen);

@@ -455,7 +455,7 @@ shipsync_import_statement(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	p = tracking_load_provider(pname);
+	p = provider_lookup(pname);
 	answer = already_imported(p, body, &digest);
 	if (answer != NULL)
 	{

@@ -112,55 +112,8 @@ typedef struct TrackSummary
 	int64		n_changed;
 } TrackSummary;
 
-static SPIPlanPtr provider_plan = NULL;
 static SPIPlanPtr apply_plan = NULL;
 static SPIPlanPtr binding_plan = NULL;
-
-/*
- * Look a provider up by name, with what its pushes are checked with and read
- * in; SPI must be connected.  An unknown name is an ERROR.
- */
-TrackProvider *
-tracking_load_provider(const char *name)
-{
-	TrackProvider *p;
-	Datum		arg = CStringGetTextDatum(name);
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-
-	if (provider_plan == NULL)
-	{
-		Oid			t[1] = {TEXTOID};
-
-		provider_plan = shipsync_prepare_saved(
-			"SELECT provider_id, name, dialect,"
-			" coalesce(options->>'profile', dialect),"
-			" coalesce((options->>'accept_unsigned_pushes')::boolean, false),"
-			" coalesce(options->>'timezone',"
-			"  CASE WHEN dialect IN ('kuaidi100', 'sf_express') THEN 'Asia/Shanghai' ELSE 'UTC' END),"
-			" coalesce((options->>'unmatched_ttl_s')::integer, 604800)"
-			" FROM shipsync.provider WHERE name = $1", 1, t);
-	}
-	if (SPI_execute_plan(provider_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "looking up a provider failed");
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("provider \"%s\" does not exist", name),
-				 errhint("See SELECT name FROM shipsync.providers.")));
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	p = palloc0(sizeof(TrackProvider));
-	p->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-	p->name = SPI_getvalue(tup, desc, 2);
-	p->dialect = SPI_getvalue(tup, desc, 3);
-	p->profile = SPI_getvalue(tup, desc, 4);
-	p->accept_unsigned = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
-	p->timezone = SPI_getvalue(tup, desc, 6);
-	p->ttl_s = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
-	return p;
-}
 
 /* s in Unicode normalization form NFKD, palloc'd */
 static char *
@@ -883,7 +836,7 @@ shipsync_ingest_tracking(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	p = tracking_load_provider(pname);
+	p = provider_lookup(pname);
 	b = tracking_read_push(p, VARDATA_ANY(body_t), VARSIZE_ANY_EXHDR(body_t), headers);
 	tracking_apply_batch(p, b, &sum);
 
@@ -1060,7 +1013,7 @@ shipsync_ingest_tracking_batch(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	p = tracking_load_provider(pname);
+	p = provider_lookup(pname);
 	for (int i = 0; i < n; i++)
 	{
 		text	   *t = bnulls[i] ? NULL : DatumGetTextPP(bodies[i]);
@@ -1226,7 +1179,7 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 		elog(ERROR, "looking for parked tracking events failed");
 	if (SPI_processed > 0)
 	{
-		TrackProvider *p = tracking_load_provider(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		TrackProvider *p = provider_lookup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 		EventBatch *b = palloc0(sizeof(EventBatch));
 		TrackSummary sum = {0};
 
@@ -1334,7 +1287,7 @@ shipsync_status_final(PG_FUNCTION_ARGS)
 int64
 tracking_apply_pulled(const char *provider_name, const char *body, size_t len)
 {
-	TrackProvider *p = tracking_load_provider(provider_name);
+	TrackProvider *p = provider_lookup(provider_name);
 	TrackEventList list;
 	char		errbuf[256];
 	TrackSummary sum = {0};

@@ -13,7 +13,7 @@ OBJS = \
 	src/tracking.o src/signature.o src/poller.o \
 	src/fees.o src/statement.o src/feepull.o src/csv.o src/money.o \
 	src/mapping.o src/sign.o src/dialect.o src/validate.o \
-	src/spi.o src/provider.o \
+	src/spi.o src/provider.o src/writeback.o \
 	src/security.o src/filter.o \
 	src/crm.o src/receiver.o \
 	src/crypto.o src/secret.o src/redact.o \

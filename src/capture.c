@@ -17,7 +17,7 @@
  * Trigger arguments, written by attach(): binding id, provider id, key
  * column, then the write-back columns.  An UPDATE that changes nothing but
  * write-back columns enqueues nothing, and writes made by the dispatcher
- * itself (shipsync_capture_suppressed) never enqueue: no echo.
+ * itself (capture_suppress()) never enqueue: no echo.
  *
  * Waking the dispatcher: the first capture in a backend registers one
  * transaction callback for the life of the backend (never one per
@@ -60,10 +60,35 @@ PG_FUNCTION_INFO_V1(shipsync_capture);
 PG_FUNCTION_INFO_V1(shipsync_wake);
 PG_FUNCTION_INFO_V1(shipsync_intent_id);
 
-/* set by the dispatcher while it writes back onto CRM rows */
-bool		shipsync_capture_suppressed = false;
+/* set while the dispatcher or a push writes back onto order rows */
+static bool capture_is_suppressed = false;
 
 static SPIPlanPtr capture_check_plan = NULL;
+
+/*
+ * capture_suppress() and capture_unsuppress() bracket a write onto order
+ * rows made by pg_shipsync itself (writeback.c): the capture trigger and
+ * the validation trigger let those rows pass, so a write-back never
+ * enqueues an intent (no echo).  The caller unsuppresses in PG_FINALLY.
+ */
+void
+capture_suppress(void)
+{
+	capture_is_suppressed = true;
+}
+
+void
+capture_unsuppress(void)
+{
+	capture_is_suppressed = false;
+}
+
+/* Whether a write-back of pg_shipsync's own is under way */
+bool
+capture_suppressed(void)
+{
+	return capture_is_suppressed;
+}
 
 /*
  * Bindings this backend has checked against the table firing the trigger.
@@ -672,7 +697,7 @@ shipsync_capture(PG_FUNCTION_ARGS)
 	rettuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
 		trigdata->tg_newtuple : trigdata->tg_trigtuple;
 
-	if (shipsync_capture_suppressed)
+	if (capture_suppressed())
 		return PointerGetDatum(rettuple);
 
 	tg = trigdata->tg_trigger;

@@ -381,8 +381,6 @@ dispatcher_load_config(void)
 	{
 		if (bindings[i].render_plan)
 			SPI_freeplan(bindings[i].render_plan);
-		if (bindings[i].writeback_plan)
-			SPI_freeplan(bindings[i].writeback_plan);
 	}
 	if (cfg_cxt)
 		MemoryContextDelete(cfg_cxt);
@@ -1503,11 +1501,13 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
  * that were being applied when the previous dispatcher died go alone, so
  * that a second death names one intent (poison.c).  The results being
  * applied are recorded first, the record cleared once they are committed.
+ * Returns the providers the results gave new intents to.
  */
-static void
+static uint64
 dispatcher_apply_results(ShipResult *rs, int n)
 {
 	int			nbatch = 0;
+	uint64		fresh = 0;
 
 	/* suspects to the end of the array, the batch first */
 	for (int i = 0; i < n; i++)
@@ -1521,15 +1521,16 @@ dispatcher_apply_results(ShipResult *rs, int n)
 	if (nbatch > 0)
 	{
 		poison_applying(rs, nbatch);
-		outbox_apply(rs, nbatch, bindings, nbindings);
+		fresh |= outbox_apply(rs, nbatch, bindings, nbindings);
 		poison_applied(rs, nbatch);
 	}
 	for (int i = nbatch; i < n; i++)
 	{
 		poison_applying(&rs[i], 1);
-		outbox_apply(&rs[i], 1, bindings, nbindings);
+		fresh |= outbox_apply(&rs[i], 1, bindings, nbindings);
 		poison_applied(&rs[i], 1);
 	}
+	return fresh;
 }
 
 /* Apply every transfer that finished, then free them. */
@@ -1587,10 +1588,9 @@ dispatcher_apply_done(TimestampTz now)
 	}
 
 	elog(DEBUG2, "pg_shipsync: applying %d results, %d in flight", ndone, http_inflight(client));
-	dispatcher_apply_results(rs, ndone);
 	{
 		/* registrations of the new waybills wait at their tracking providers */
-		uint64		fresh = outbox_take_new_work();
+		uint64		fresh = dispatcher_apply_results(rs, ndone);
 
 		for (int i = 0; fresh && i < nproviders; i++)
 			if (fresh & SHIPSYNC_PROVIDER_BIT(providers[i].id))

@@ -115,7 +115,6 @@ typedef struct Binding
 	char	   *writeback_sql;
 	int32		tracking_provider_id;	/* option tracking_provider, or 0 */
 	SPIPlanPtr	render_plan;	/* saved lazily, freed at reload */
-	SPIPlanPtr	writeback_plan;
 } Binding;
 
 typedef enum IntentKind
@@ -189,6 +188,10 @@ extern void provider_load(MemoryContext cxt, Provider **providers,
 extern const char *provider_secret(const Provider *p, const char *name);
 extern int	provider_tokens(Provider *p, TimestampTz now);
 
+/* in writeback.c: the shipments apply recorded, onto the order rows */
+extern void writeback_shipments(Binding *bs, int nb, SPITupleTable *tt,
+								uint64 nrows);
+
 /* in outbox.c */
 extern void outbox_requeue_in_flight(bool expired_only);
 extern bool outbox_prepared_exist(void);
@@ -199,10 +202,9 @@ extern uint64 outbox_drain_inbox(int64 limit, const int32 *ids, int nids);
 extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,
 								const char *msg);
 extern IntentKind outbox_kind_of(const char *method, const char *url);
-extern void outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);
+extern uint64 outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);
 extern void outbox_render_one(Provider *p, Binding *b, Claimed *c,
 							  MemoryContext keep);
-extern uint64 outbox_take_new_work(void);
 
 /* in dialect.c */
 extern bool dialect_renders(const Provider *p);

@@ -642,7 +642,7 @@ fees_write_totals(SPITupleTable *tt, uint64 nrows)
 		tot[n] = datumCopy(SPI_getbinval(tup, tt->tupdesc, 5, &isnull), false, -1);
 		n++;
 	}
-	tracking_writeback_all(bid, key, NULL, tot, n);
+	writeback_orders_all(bid, key, NULL, tot, n);
 	return n;
 }
 

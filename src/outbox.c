@@ -1167,19 +1167,29 @@ static SPIPlanPtr apply_register_plan = NULL;
 static SPIPlanPtr apply_registered_plan = NULL;
 static SPIPlanPtr apply_quotes_plan = NULL;	/* fees of creates, of updates */
 static SPIPlanPtr apply_requotes_plan = NULL;
-static uint64 outbox_new_work = 0;	/* providers given intents by apply */
 
 /*
- * Providers that apply gave new intents to (registrations of new waybills)
- * since the last call: the dispatcher looks for their work.
+ * The tracking providers that results [0, n) gave new intents to:
+ * registrations of the waybills of new shipments (apply_range() enqueues
+ * them).
  */
-uint64
-outbox_take_new_work(void)
+static uint64
+apply_new_work(const ShipResult *rs, int n, Binding *bs, int nb)
 {
-	uint64		m = outbox_new_work;
+	uint64		fresh = 0;
 
-	outbox_new_work = 0;
-	return m;
+	for (int i = 0; i < n; i++)
+	{
+		const ShipResult *r = &rs[i];
+		Binding    *b;
+
+		if (!r->ship_ok || r->kind != INTENT_CREATE || r->tracking_number == NULL)
+			continue;
+		b = find_binding(bs, nb, r->binding_id);
+		if (b && b->tracking_provider_id != 0)
+			fresh |= SHIPSYNC_PROVIDER_BIT(b->tracking_provider_id);
+	}
+	return fresh;
 }
 
 static void
@@ -1349,76 +1359,6 @@ canonical_status(const char *raw)
 }
 
 /*
- * Write shipment fields back onto the order rows of one binding, from the
- * rows RETURNING gave (binding_id, order_key, provider_shipment_id,
- * tracking_number, status, label_url, fee_total).
- */
-static void
-apply_writeback(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
-{
-	Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, NUMERICOID};
-	Oid			ptypes[6] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-	TEXTARRAYOID, NUMERICARRAYOID};
-	bool	   *used;
-
-	if (nrows == 0)
-		return;
-	used = palloc0(sizeof(bool) * nrows);
-	for (uint64 i = 0; i < nrows; i++)
-	{
-		bool		isnull;
-		int32		bid;
-		Binding    *volatile b;
-		ArgArrays  *volatile a;
-		volatile int rc = 0;
-
-		if (used[i])
-			continue;
-		bid = DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
-		b = find_binding(bs, nb, bid);
-		a = args_create(6, types, (int) (nrows - i));
-		for (uint64 j = i; j < nrows; j++)
-		{
-			int			r;
-			Datum		fee;
-
-			if (used[j] ||
-				DatumGetInt32(SPI_getbinval(tt->vals[j], tt->tupdesc, 1, &isnull)) != bid)
-				continue;
-			used[j] = true;
-			r = args_row(a);
-			for (int c = 0; c < 5; c++)
-				args_set_text(a, r, c, SPI_getvalue(tt->vals[j], tt->tupdesc, c + 2));
-			fee = SPI_getbinval(tt->vals[j], tt->tupdesc, 7, &isnull);
-			if (!isnull)
-				args_set(a, r, 5, fee);
-		}
-		if (b == NULL || b->writeback_sql == NULL)
-			continue;
-		if (b->writeback_plan == NULL)
-		{
-			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-			b->writeback_plan = shipsync_prepare_saved(b->writeback_sql, 6, ptypes);
-			MemoryContextSwitchTo(old);
-		}
-		/* SPI_execute_plan of the next statement reuses SPI_tuptable: copy first */
-		shipsync_capture_suppressed = true;
-		PG_TRY();
-		{
-			rc = shipsync_execute_as_owner(shipsync_table_owner(b->relid), b->writeback_plan, a, false);
-		}
-		PG_FINALLY();
-		{
-			shipsync_capture_suppressed = false;
-		}
-		PG_END_TRY();
-		if (rc != SPI_OK_UPDATE)
-			elog(ERROR, "write-back failed: %s", SPI_result_code_string(rc));
-	}
-}
-
-/*
  * After the statement that recorded shipments (its rows in SPI_tuptable):
  * their answers' fees become quote lines (fees.c), taking the fee locks
  * before the order rows are written; then the write-back, and last the fee
@@ -1439,7 +1379,7 @@ apply_with_quotes(bool no_writeback, Binding *bs, int nb, SPIPlanPtr quotes_plan
 		SPITupleTable *totals = SPI_tuptable;
 		uint64		ntotals = SPI_processed;
 
-		apply_writeback(bs, nb, shipped, nshipped);
+		writeback_shipments(bs, nb, shipped, nshipped);
 		(void) fees_write_totals(totals, ntotals);
 	}
 }
@@ -1529,7 +1469,6 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 				args_set(na, g, 0, Int32GetDatum(r->binding_id));
 				args_set(na, g, 1, Int32GetDatum(b->tracking_provider_id));
 				args_set_text(na, g, 2, r->order_key);
-				outbox_new_work |= SHIPSYNC_PROVIDER_BIT(b->tracking_provider_id);
 			}
 
 			args_set(ca, c, 0, Int32GetDatum(r->binding_id));
@@ -1727,21 +1666,25 @@ apply_batch(ShipResult *rs, int n, Binding *bs, int nb)
  * Apply a batch of completions: one transaction; if it fails, one
  * subtransaction per completion (never more than one open) so that only
  * the failing ones fail, and other intents of the batch, of every provider,
- * are applied.
+ * are applied.  Returns the providers given new intents (registrations of
+ * new waybills): the dispatcher looks for their work.
  */
-void
+uint64
 outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner;
 
-	if (n == 0 || apply_batch(rs, n, bs, nb))
-		return;
-
-	shipsync_begin_tx("applying results one by one", false);
-	owner = CurrentResourceOwner;
-	for (int i = 0; i < n; i++)
-		apply_one(rs, i, bs, nb, cxt, owner);
-	shipsync_end_tx();
-	MemoryContextSwitchTo(cxt);
+	if (n == 0)
+		return 0;
+	if (!apply_batch(rs, n, bs, nb))
+	{
+		shipsync_begin_tx("applying results one by one", false);
+		owner = CurrentResourceOwner;
+		for (int i = 0; i < n; i++)
+			apply_one(rs, i, bs, nb, cxt, owner);
+		shipsync_end_tx();
+		MemoryContextSwitchTo(cxt);
+	}
+	return apply_new_work(rs, n, bs, nb);
 }

@@ -777,10 +777,6 @@ extern bool tracking_verify_push(TrackProvider *p, const char *what, Jsonb *head
 								 size_t *plen);
 extern const char *tracking_reply(TrackProvider *p);
 extern bool tracking_read_time(TrackProvider *p, const char *s, Datum *out);
-extern void tracking_writeback(int32 binding_id, Datum *keys, Datum *statuses,
-							   Datum *fee_totals, int n);
-extern void tracking_writeback_all(int32 *bids, Datum *keys, Datum *statuses,
-								   Datum *fee_totals, int n);
 
 /* The fields of a fee line, as every source names them (fees.c) */
 typedef enum FeeField
@@ -870,8 +866,16 @@ extern int64 fees_apply_pulled(const char *provider_name, const char *body, size
 extern int64 fees_apply_sf_answer(const char *provider_name, const char *body, size_t len,
 								  char **code);
 
+/* in writeback.c: statuses and fee totals onto the order rows */
+extern void writeback_orders(int32 binding_id, Datum *keys, Datum *statuses,
+							 Datum *fee_totals, int n);
+extern void writeback_orders_all(int32 *bids, Datum *keys, Datum *statuses,
+								 Datum *fee_totals, int n);
+
 /* in capture.c */
-extern bool shipsync_capture_suppressed;
+extern void capture_suppress(void);
+extern void capture_unsuppress(void);
+extern bool capture_suppressed(void);
 extern void shipsync_wake_at_commit(int32 provider_id, bool config_changed);
 extern int64 shipsync_next_intent_id(Oid seqid);
 

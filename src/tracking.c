@@ -113,7 +113,6 @@ typedef struct TrackSummary
 } TrackSummary;
 
 static SPIPlanPtr apply_plan = NULL;
-static SPIPlanPtr binding_plan = NULL;
 
 /* s in Unicode normalization form NFKD, palloc'd */
 static char *
@@ -465,155 +464,6 @@ text_array(Datum *v, bool *nulls, int n)
 }
 
 /*
- * The saved plan of a binding's write-back statement, kept for the session
- * and made again when attach() changed the statement.
- */
-typedef struct WritebackPlan
-{
-	int32		binding_id;
-	char	   *sql;
-	SPIPlanPtr	plan;
-} WritebackPlan;
-
-static WritebackPlan *wb_plans = NULL;
-static int	n_wb_plans = 0;
-
-static SPIPlanPtr
-writeback_plan(int32 binding_id, const char *sql, Oid *ptypes)
-{
-	WritebackPlan *w = NULL;
-	SPIPlanPtr volatile plan;
-
-	for (int i = 0; i < n_wb_plans; i++)
-		if (wb_plans[i].binding_id == binding_id)
-			w = &wb_plans[i];
-	if (w != NULL && strcmp(w->sql, sql) == 0)
-		return w->plan;
-	plan = shipsync_prepare_saved(sql, 6, ptypes);
-	if (w == NULL)
-	{
-		wb_plans = wb_plans == NULL ?
-			MemoryContextAlloc(TopMemoryContext, sizeof(WritebackPlan)) :
-			repalloc(wb_plans, sizeof(WritebackPlan) * (n_wb_plans + 1));
-		w = &wb_plans[n_wb_plans++];
-		w->binding_id = binding_id;
-		w->sql = NULL;
-	}
-	else
-	{
-		SPI_freeplan(w->plan);
-		pfree(w->sql);
-	}
-	w->sql = MemoryContextStrdup(TopMemoryContext, sql);
-	w->plan = plan;
-	return plan;
-}
-
-/*
- * Write new statuses or fee totals onto the order rows of one binding, as
- * the table's owner, with capture suppressed: the binding's write-back
- * statement, with the other fields NULL (it keeps a column whose field is
- * NULL).  keys has n entries, and so do statuses and fee_totals where they
- * are not NULL.
- */
-void
-tracking_writeback(int32 binding_id, Datum *keys, Datum *statuses, Datum *fee_totals, int n)
-{
-	Datum		arg = Int32GetDatum(binding_id);
-	Oid			relid;
-	char	   *sql;
-	bool		isnull;
-	Oid			ptypes[6] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-	TEXTARRAYOID, NUMERICARRAYOID};
-	Datum		params[6];
-	bool	   *nulls = palloc(sizeof(bool) * n);
-	SPIPlanPtr	plan;
-	HeapTuple	ctup;
-	Oid			owner;
-	ShipsyncUserSave save;
-	volatile int rc = 0;
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-
-	if (binding_plan == NULL)
-	{
-		Oid			t[1] = {INT4OID};
-
-		binding_plan = shipsync_prepare_saved(
-			"SELECT tbl::oid, writeback_sql FROM shipsync.binding WHERE binding_id = $1", 1, t);
-	}
-	if (SPI_execute_plan(binding_plan, &arg, NULL, true, 1) != SPI_OK_SELECT ||
-		SPI_processed == 0)
-		return;
-	relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	sql = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	if (sql == NULL)
-		return;					/* nothing written back for this table */
-	ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(ctup))
-		return;					/* dropped: its bindings are inactive */
-	owner = ((Form_pg_class) GETSTRUCT(ctup))->relowner;
-	ReleaseSysCache(ctup);
-
-	for (int i = 0; i < n; i++)
-		nulls[i] = true;
-	params[0] = text_array(keys, NULL, n);
-	params[1] = params[2] = params[4] = text_array(keys, nulls, n);
-	params[3] = text_array(statuses ? statuses : keys, statuses ? NULL : nulls, n);
-	params[5] = PointerGetDatum(construct_md_array(fee_totals ? fee_totals : keys,
-												   fee_totals ? NULL : nulls, 1, dims, lbs,
-												   NUMERICOID, -1, false, TYPALIGN_INT));
-	plan = writeback_plan(binding_id, sql, ptypes);
-
-	shipsync_become_owner(owner, &save);
-	shipsync_capture_suppressed = true;
-	PG_TRY();
-	{
-		rc = SPI_execute_plan(plan, params, NULL, false, 0);
-	}
-	PG_FINALLY();
-	{
-		shipsync_capture_suppressed = false;
-		shipsync_restore_user(&save);
-	}
-	PG_END_TRY();
-	if (rc != SPI_OK_UPDATE)
-		elog(ERROR, "write-back of %s failed: %s", statuses ? "tracking status" : "fee totals",
-			 SPI_result_code_string(rc));
-}
-
-/*
- * tracking_writeback() for orders of several bindings: one statement per
- * binding.  bids, keys and statuses or fee_totals (one of them may be
- * NULL) have n entries; bids is overwritten.
- */
-void
-tracking_writeback_all(int32 *bids, Datum *keys, Datum *statuses, Datum *fee_totals, int n)
-{
-	for (int i = 0; i < n; i++)
-	{
-		Datum	   *k_keys;
-		Datum	   *k_vals;
-		int			k = 0;
-		int32		bid = bids[i];
-
-		if (bid < 0)
-			continue;
-		k_keys = palloc(sizeof(Datum) * n);
-		k_vals = palloc(sizeof(Datum) * n);
-		for (int j = i; j < n; j++)
-			if (bids[j] == bid)
-			{
-				k_keys[k] = keys[j];
-				k_vals[k] = statuses ? statuses[j] : fee_totals[j];
-				k++;
-				bids[j] = -1;
-			}
-		tracking_writeback(bid, k_keys, statuses ? k_vals : NULL, statuses ? NULL : k_vals, k);
-	}
-}
-
-/*
  * Store a batch of a provider's events and apply the status changes: the
  * shared step of pushes and pulls.  SPI must be connected.
  */
@@ -703,7 +553,7 @@ tracking_apply_batch(TrackProvider *p, EventBatch *b, TrackSummary *sum)
 	}
 	sum->n_changed += nchanged;
 
-	tracking_writeback_all(c_bid, c_key, c_status, NULL, nchanged);
+	writeback_orders_all(c_bid, c_key, c_status, NULL, nchanged);
 	for (int i = 0; i < nchanged; i++)
 		Async_Notify("shipsync", c_notify[i]);
 }

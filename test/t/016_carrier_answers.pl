@@ -104,5 +104,27 @@ ok($failed && $listener->{stderr} =~ /permission denied for schema shipsync/,
 	'the details stay behind its missing grant');
 $listener->quit;
 
+# a table dropped while its intent is in flight: the answer is recorded, and
+# that there is no order row left to write it back onto is no error
+# (writeback.c): the intent is done, no writeback_failed ticket
+sim_post($sim, '/_sim/reset');
+sql(q{SELECT shipsync.create_provider('gone', 'generic', '} . $sim->{url} . q{', '{"timeout_ms": 20000}');
+	CREATE TABLE crm.gone (id int PRIMARY KEY, customer text, waybill_no text);
+	SELECT shipsync.attach('crm.gone', 'gone', writeback => '{"tracking_number": "waybill_no"}');});
+my $gbid = sql(q{SELECT binding_id FROM shipsync.binding WHERE tbl = 'crm.gone'::regclass});
+sim_post($sim, '/_sim/faults',
+	{ rules => [ { fault => 'slow', ms => 3000, match_order_ref => '^8$' } ] });
+sql(q{INSERT INTO crm.gone VALUES (8, 'g')});
+ok(wait_until($node, "SELECT state = 'in_flight' FROM shipsync.outbox WHERE binding_id = $gbid", 30),
+	'dropped in flight: the intent is in flight');
+sql('DROP TABLE crm.gone');
+ok(wait_until($node, "SELECT state = 'done' FROM shipsync.outbox WHERE binding_id = $gbid", 30),
+	'dropped in flight: the answer applies, the intent is done')
+  or diag sql("SELECT state, error_class, last_error FROM shipsync.outbox WHERE binding_id = $gbid");
+like(sql(qq{SELECT tracking_number FROM shipsync.shipment WHERE binding_id = $gbid AND order_key = '8'}),
+	qr/^SIM\d{12}$/, 'dropped in flight: its shipment is recorded');
+is(sql(qq{SELECT count(*) FROM shipsync.exception_ticket WHERE binding_id = $gbid AND kind <> 'table_dropped'}),
+	0, 'dropped in flight: no writeback_failed ticket');
+
 $node->stop;
 done_testing();

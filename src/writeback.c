@@ -1,0 +1,267 @@
+/*-------------------------------------------------------------------------
+ *
+ * writeback.c
+ *		Writing shipment fields back onto the user's order rows: the one
+ *		path of delivery results, tracking statuses and fee totals.
+ *
+ * Each binding has a write-back statement (binding.writeback_sql, made by
+ * attach() from its writeback option): an UPDATE of the order table from
+ * six parallel arrays, $1 order keys, $2 provider shipment ids, $3
+ * tracking numbers, $4 statuses, $5 label URLs, $6 fee totals; a column
+ * whose array element is NULL keeps its value.  Every writer goes through
+ * writeback_run(): apply (outbox.c) with the shipments a batch recorded,
+ * tracking.c with statuses that changed, fees.c with fee totals.
+ *
+ * The statement runs with the rights of the table's owner, never of a
+ * superuser, in a restricted operation (security.c), so the user's row
+ * security, triggers and constraints apply as to the owner; and with
+ * capture suppressed (capture.c), so that the rows we write enqueue no
+ * intent: no echo.
+ *
+ * A binding without a write-back statement, a binding that no longer
+ * exists, or an order table that no longer exists is written nothing, and
+ * that is not an error: the rows there were to write onto are gone with
+ * their table (the event trigger of DROP TABLE has made the binding
+ * inactive and its waiting intents dead, each with a ticket).  The shipment,
+ * status or fee total is recorded in the shipsync tables all the same.  A
+ * statement that fails raises the error: the caller's slow path decides
+ * what it costs (one intent dead with writeback_failed, one push refused).
+ *
+ * Plans: one saved plan per binding, in TopMemoryContext for the life of
+ * the process, made again when the statement text changes (attach() run
+ * again); PostgreSQL's plan cache re-plans it when the table changes.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+
+#include "pg_shipsync.h"
+#include "dispatcher.h"
+
+#define WRITEBACK_NARGS 6
+
+/* One binding's saved write-back plan, and the text it was made from */
+typedef struct WritebackPlan
+{
+	int32		binding_id;
+	char	   *sql;
+	SPIPlanPtr	plan;
+} WritebackPlan;
+
+static WritebackPlan *wb_plans = NULL;
+static int	n_wb_plans = 0;
+static SPIPlanPtr binding_plan = NULL;
+
+static const Oid writeback_types[WRITEBACK_NARGS] = {
+	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	NUMERICARRAYOID
+};
+
+/*
+ * The saved plan of a binding's write-back statement, kept for the session
+ * and made again when attach() changed the statement.
+ */
+static SPIPlanPtr
+writeback_plan(int32 binding_id, const char *sql)
+{
+	WritebackPlan *w = NULL;
+	SPIPlanPtr	plan;
+
+	for (int i = 0; i < n_wb_plans; i++)
+		if (wb_plans[i].binding_id == binding_id)
+			w = &wb_plans[i];
+	if (w != NULL && strcmp(w->sql, sql) == 0)
+		return w->plan;
+	plan = shipsync_prepare_saved(sql, WRITEBACK_NARGS, writeback_types);
+	if (w == NULL)
+	{
+		wb_plans = wb_plans == NULL ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(WritebackPlan)) :
+			repalloc(wb_plans, sizeof(WritebackPlan) * (n_wb_plans + 1));
+		w = &wb_plans[n_wb_plans++];
+		w->binding_id = binding_id;
+	}
+	else
+	{
+		SPI_freeplan(w->plan);
+		pfree(w->sql);
+	}
+	w->sql = MemoryContextStrdup(TopMemoryContext, sql);
+	w->plan = plan;
+	return plan;
+}
+
+/*
+ * Run the write-back statement sql of binding binding_id on table relid
+ * with params ($1..$6), as the table's owner, with capture suppressed.
+ * Nothing when the table no longer exists (see the file header).  what
+ * names the fields for the error message.  SPI must be connected.
+ */
+static void
+writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
+			  const char *what)
+{
+	HeapTuple	ctup;
+	Oid			owner;
+	SPIPlanPtr volatile plan;
+	ShipsyncUserSave save;
+	volatile int rc = 0;
+
+	ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(ctup))
+		return;					/* dropped: its bindings are inactive */
+	owner = ((Form_pg_class) GETSTRUCT(ctup))->relowner;
+	ReleaseSysCache(ctup);
+	plan = writeback_plan(binding_id, sql);
+
+	shipsync_become_owner(owner, &save);
+	capture_suppress();
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, params, NULL, false, 0);
+	}
+	PG_FINALLY();
+	{
+		capture_unsuppress();
+		shipsync_restore_user(&save);
+	}
+	PG_END_TRY();
+	if (rc != SPI_OK_UPDATE)
+		elog(ERROR, "write-back of %s failed: %s", what, SPI_result_code_string(rc));
+}
+
+/*
+ * Write shipment fields back onto the order rows, from the rows RETURNING
+ * gave when apply recorded shipments (binding_id, order_key,
+ * provider_shipment_id, tracking_number, status, label_url, fee_total):
+ * one statement per binding of bs.  The rows of tt are copied first: the
+ * next statement reuses SPI_tuptable.
+ */
+void
+writeback_shipments(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
+{
+	static const Oid types[WRITEBACK_NARGS] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	TEXTOID, NUMERICOID};
+	bool	   *used;
+
+	if (nrows == 0)
+		return;
+	used = palloc0(sizeof(bool) * nrows);
+	for (uint64 i = 0; i < nrows; i++)
+	{
+		bool		isnull;
+		int32		bid;
+		Binding    *b = NULL;
+		ArgArrays  *a;
+		Datum		params[WRITEBACK_NARGS];
+
+		if (used[i])
+			continue;
+		bid = DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+		for (int k = 0; k < nb; k++)
+			if (bs[k].id == bid)
+				b = &bs[k];
+		a = args_create(WRITEBACK_NARGS, types, (int) (nrows - i));
+		for (uint64 j = i; j < nrows; j++)
+		{
+			int			r;
+			Datum		fee;
+
+			if (used[j] ||
+				DatumGetInt32(SPI_getbinval(tt->vals[j], tt->tupdesc, 1, &isnull)) != bid)
+				continue;
+			used[j] = true;
+			r = args_row(a);
+			for (int c = 0; c < 5; c++)
+				args_set_text(a, r, c, SPI_getvalue(tt->vals[j], tt->tupdesc, c + 2));
+			fee = SPI_getbinval(tt->vals[j], tt->tupdesc, 7, &isnull);
+			if (!isnull)
+				args_set(a, r, 5, fee);
+		}
+		if (b == NULL || b->writeback_sql == NULL)
+			continue;
+		for (int c = 0; c < WRITEBACK_NARGS; c++)
+			params[c] = shipsync_make_array(a->values[c], a->nulls[c], a->n, a->types[c]);
+		writeback_run(b->id, b->relid, b->writeback_sql, params, "shipments");
+	}
+}
+
+/*
+ * Write new statuses or fee totals onto the order rows of one binding: the
+ * binding's write-back statement, with the other fields NULL.  keys has n
+ * entries, and so do statuses and fee_totals where they are not NULL.
+ */
+void
+writeback_orders(int32 binding_id, Datum *keys, Datum *statuses, Datum *fee_totals, int n)
+{
+	Datum		arg = Int32GetDatum(binding_id);
+	Oid			relid;
+	char	   *sql;
+	bool		isnull;
+	Datum		params[WRITEBACK_NARGS];
+	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
+
+	if (binding_plan == NULL)
+	{
+		Oid			t[1] = {INT4OID};
+
+		binding_plan = shipsync_prepare_saved(
+			"SELECT tbl::oid, writeback_sql FROM shipsync.binding WHERE binding_id = $1", 1, t);
+	}
+	if (SPI_execute_plan(binding_plan, &arg, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed == 0)
+		return;
+	relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	sql = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (sql == NULL)
+		return;					/* nothing written back for this table */
+
+	for (int i = 0; i < n; i++)
+		nulls[i] = true;
+	params[0] = shipsync_make_array(keys, NULL, n, TEXTOID);
+	params[1] = params[2] = params[4] = shipsync_make_array(keys, nulls, n, TEXTOID);
+	params[3] = shipsync_make_array(statuses ? statuses : keys, statuses ? NULL : nulls, n, TEXTOID);
+	params[5] = shipsync_make_array(fee_totals ? fee_totals : keys,
+									fee_totals ? NULL : nulls, n, NUMERICOID);
+	writeback_run(binding_id, relid, sql, params,
+				  statuses ? "tracking status" : "fee totals");
+}
+
+/*
+ * writeback_orders() for orders of several bindings: one statement per
+ * binding.  bids, keys and statuses or fee_totals (one of them may be
+ * NULL) have n entries; bids is overwritten.
+ */
+void
+writeback_orders_all(int32 *bids, Datum *keys, Datum *statuses, Datum *fee_totals, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		Datum	   *k_keys;
+		Datum	   *k_vals;
+		int			k = 0;
+		int32		bid = bids[i];
+
+		if (bid < 0)
+			continue;
+		k_keys = palloc(sizeof(Datum) * n);
+		k_vals = palloc(sizeof(Datum) * n);
+		for (int j = i; j < n; j++)
+			if (bids[j] == bid)
+			{
+				k_keys[k] = keys[j];
+				k_vals[k] = statuses ? statuses[j] : fee_totals[j];
+				k++;
+				bids[j] = -1;
+			}
+		writeback_orders(bid, k_keys, statuses ? k_vals : NULL, statuses ? NULL : k_vals, k);
+	}
+}

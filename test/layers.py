@@ -1,16 +1,34 @@
 #!/usr/bin/env python3
-"""Check that the files of src/ depend on each other one way only.
+"""Check that the files of src/ depend on each other one way only, and
+that no function is too long.
 
 Reads the symbol tables of the object files (nm), draws an edge A -> B for
 every function or variable that A.o uses and B.o defines, and fails when the
 edges form a cycle, printing each edge of it with the symbols behind it.
 Prints the layers (each file after everything it uses) when there is none.
 
-    test/layers.py [src]        # after make; exits 1 on a cycle
+Then measures every function of src/ (and src/dialects/) from its opening
+brace to its closing one (PostgreSQL layout: both alone on their line at
+column 0, the name at column 0 above): none may be over LIMIT lines, and
+none of a file on the dispatcher's path (DISPATCHER_PATH: what runs for
+every request, from claim to apply) over PATH_LIMIT.  Prints each one over.
+
+    test/layers.py [src]        # after make; exits 1 on a cycle or a long function
+
+The last line counts the checks: "layers: N passed, N failed".
 """
 import os
+import re
 import subprocess
 import sys
+
+LIMIT = 150
+PATH_LIMIT = 100
+DISPATCHER_PATH = {
+    "dispatcher.c", "outbox.c", "claim.c", "apply.c", "writeback.c",
+    "provider.c", "dialect.c", "spi.c", "http.c", "health.c", "poller.c",
+    "feepull.c", "retry.c", "json.c", "mapping.c", "sign.c", "poison.c",
+}
 
 
 def symbols(obj):
@@ -23,10 +41,73 @@ def symbols(obj):
     return defined, used
 
 
+def c_files(src):
+    """The .c files of src and of its subdirectories, as paths relative to src."""
+    out = []
+    for d, _, files in os.walk(src):
+        for f in files:
+            if f.endswith(".c"):
+                out.append(os.path.relpath(os.path.join(d, f), src))
+    return sorted(out)
+
+
+def functions(path):
+    """(name, first line, length) of each function defined in a C file."""
+    lines = open(path, encoding="utf-8", errors="replace").read().split("\n")
+    out = []
+    i = 0
+    while i < len(lines):
+        if lines[i] == "{":
+            j = i - 1
+            while j >= 0 and not re.match(r"^[A-Za-z_]\w*\(", lines[j]):
+                if lines[j] == "" or lines[j].rstrip().endswith(";") or lines[j] == "}":
+                    j = -1
+                    break
+                j -= 1
+            k = i + 1
+            while k < len(lines) and lines[k] != "}":
+                k += 1
+            if j >= 0:
+                name = re.match(r"^([A-Za-z_]\w*)\(", lines[j]).group(1)
+                out.append((name, j + 1, k - i + 1))
+            i = k
+        i += 1
+    return out
+
+
+def check_lengths(src):
+    """Print the functions over the limits; returns how many there are."""
+    over = 0
+    for rel in c_files(src):
+        limit = PATH_LIMIT if os.path.basename(rel) in DISPATCHER_PATH or \
+            rel.startswith("dialects" + os.sep) else LIMIT
+        for name, line, n in functions(os.path.join(src, rel)):
+            if n > limit:
+                print(f"too long: {rel}:{line} {name}() is {n} lines (limit {limit})")
+                over += 1
+    if over == 0:
+        print(f"no function over {LIMIT} lines, none over {PATH_LIMIT} on the dispatcher's path")
+    return over
+
+
 def main():
     src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "src")
-    objs = sorted(f for f in os.listdir(src) if f.endswith(".o"))
+    cycle = check_cycles(src)
+    if cycle == 2:
+        return 2
+    over = check_lengths(src)
+    failed = (1 if cycle else 0) + (1 if over else 0)
+    print(f"layers: {2 - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def check_cycles(src):
+    """Print the layers, or each cycle with its edges; 1 on a cycle."""
+    objs = []
+    for d, _, files in os.walk(src):
+        objs += [os.path.relpath(os.path.join(d, f), src) for f in files if f.endswith(".o")]
+    objs.sort()
     if not objs:
         print(f"no object files in {src}: run make first", file=sys.stderr)
         return 2

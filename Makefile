@@ -5,7 +5,7 @@ OBJS = \
 	src/pg_shipsync.o \
 	src/launcher.o \
 	src/dispatcher.o \
-	src/outbox.o \
+	src/outbox.o src/apply.o \
 	src/http.o \
 	src/json.o \
 	src/retry.o \

@@ -6001,3 +6001,39 @@ GRANT INSERT, UPDATE, DELETE ON @extschema@.stuck_after TO shipsync_admin;
 -- A dispatcher of the new library waits for this update, and the schedule
 -- reads its runs at the next wake: wake it.
 SELECT @extschema@._wake(true);
+
+------------------------------------------------------------------------------
+-- The intent kind stored with the request (issue 10): what a stored request
+-- does at the carrier is decided when it is rendered and kept in
+-- outbox.request_kind; the dispatcher no longer reads it back from the URL
+-- or the body.
+------------------------------------------------------------------------------
+
+ALTER TABLE @extschema@.outbox ADD COLUMN request_kind text
+	CHECK (request_kind IN ('create', 'update', 'cancel', 'register'));
+COMMENT ON COLUMN @extschema@.outbox.request_kind IS 'What the stored request does at the carrier (create, update, cancel or register), decided when it was rendered and stored with it: how its answer is applied.';
+
+-- the requests 0.1 stored: their kind, read once as 0.1's dispatcher read it
+UPDATE @extschema@.outbox
+   SET request_kind = CASE
+		WHEN op OPERATOR(pg_catalog.=) 'register' THEN 'register'
+		WHEN pg_catalog.left(request_body, 10) OPERATOR(pg_catalog.=) 'partnerID=' THEN
+			CASE WHEN pg_catalog.strpos(request_body, '&serviceCode=EXP_RECE_UPDATE_ORDER&') OPERATOR(pg_catalog.>) 0
+				 THEN 'cancel' ELSE 'create' END
+		WHEN request_method OPERATOR(pg_catalog.=) 'PATCH' THEN 'update'
+		WHEN pg_catalog.right(request_url, 7) OPERATOR(pg_catalog.=) '/cancel' THEN 'cancel'
+		ELSE 'create' END
+ WHERE request_method IS NOT NULL;
+
+CREATE OR REPLACE VIEW @extschema@.intents AS
+SELECT o.id, o.binding_id, o.provider_id, o.order_key, o.op, o.idempotency_key, o.state,
+	   o.attempts, o.next_attempt_at, o.lease_until, o.created_at, o.updated_at, o.done_at,
+	   o.request_method, o.request_url,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_body
+			ELSE @extschema@._mask_body(o.request_body, r.paths, r.kinds, b.options->'pii')
+	   END AS request_body,
+	   o.request_digest, o.last_status, o.error_class, o.last_error, o.coalesced_into,
+	   o.content_digest, o.request_kind
+FROM @extschema@.outbox o
+LEFT JOIN @extschema@._pii_rules r ON r.provider_id = o.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id = o.binding_id;

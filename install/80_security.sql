@@ -75,7 +75,7 @@ SELECT o.id, o.binding_id, o.provider_id, o.order_key, o.op, o.idempotency_key, 
 			ELSE @extschema@._mask_body(o.request_body, r.paths, r.kinds, b.options->'pii')
 	   END AS request_body,
 	   o.request_digest, o.last_status, o.error_class, o.last_error, o.coalesced_into,
-	   o.content_digest
+	   o.content_digest, o.request_kind
 FROM @extschema@.outbox o
 LEFT JOIN @extschema@._pii_rules r ON r.provider_id = o.provider_id
 LEFT JOIN @extschema@.binding b ON b.binding_id = o.binding_id;

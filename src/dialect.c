@@ -40,12 +40,6 @@
 
 /* ---------- rendering ---------- */
 
-bool
-dialect_renders(const Provider *p)
-{
-	return p->dialect != DIALECT_GENERIC || p->out_map != NULL || p->map_error != NULL;
-}
-
 /* Copy a malloc'd string into the current memory context and free it */
 static char *
 take_malloced(char *s)
@@ -137,9 +131,11 @@ sf_form(Provider *p, const char *request_id, const char *service, const char *ms
 }
 
 /*
- * Decide and render the request of one intent of a provider whose dialect
- * or profile is not the generic body: sets c->method, url, body and kind,
- * or c->skip_reason (with c->invalid when mapped fields are missing).
+ * Decide and render the request of one intent that is not a registration:
+ * sets c->method, url, body and kind, or c->skip_reason (with c->invalid
+ * when mapped fields are missing).  found: the order row still exists, its
+ * generic body generic_body; shipment_id: the carrier's id of the shipment
+ * made so far, or NULL; cancel: the intent cancels.
  */
 void
 dialect_render(Provider *p, Claimed *c, bool found, const char *generic_body,
@@ -186,7 +182,7 @@ dialect_render(Provider *p, Claimed *c, bool found, const char *generic_body,
 		return;
 	}
 
-	/* generic dialect through a field map: same requests, mapped bodies */
+	/* generic: the generic body, or the body of the profile's field map */
 	if (cancel)
 	{
 		if (shipment_id == NULL)
@@ -206,7 +202,8 @@ dialect_render(Provider *p, Claimed *c, bool found, const char *generic_body,
 		c->skip_reason = "the order row no longer exists";
 		return;
 	}
-	c->body = render_mapped(p, c, generic_body, false);
+	c->body = p->out_map ? render_mapped(p, c, generic_body, false) :
+		(char *) generic_body;
 	if (c->body == NULL)
 		return;
 	c->method = "POST";

@@ -187,6 +187,7 @@ extern void provider_load(MemoryContext cxt, Provider **providers,
 						  int *nproviders, int32 only_id, bool with_secrets);
 extern const char *provider_secret(const Provider *p, const char *name);
 extern int	provider_tokens(Provider *p, TimestampTz now);
+extern Binding *binding_find(Binding *bs, int nb, int32 id);
 
 /* in writeback.c: the shipments apply recorded, onto the order rows */
 extern void writeback_shipments(Binding *bs, int nb, SPITupleTable *tt,
@@ -201,13 +202,15 @@ extern int	outbox_claim(Provider *p, Binding *bs, int nb, int max_n,
 extern uint64 outbox_drain_inbox(int64 limit, const int32 *ids, int nids);
 extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,
 								const char *msg);
-extern IntentKind outbox_kind_of(const char *method, const char *url);
-extern uint64 outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);
+extern ArgArrays *outbox_tickets_create(int n);
+extern void outbox_ticket_row(ArgArrays *d, int64 id, int32 binding_id,
+							  const char *order_key, int32 provider_id,
+							  const char *detail, const char *kind);
+extern void outbox_open_tickets(ArgArrays *d);
 extern void outbox_render_one(Provider *p, Binding *b, Claimed *c,
 							  MemoryContext keep);
 
 /* in dialect.c */
-extern bool dialect_renders(const Provider *p);
 extern void dialect_render(Provider *p, Claimed *c, bool found,
 						   const char *generic_body, const char *shipment_id,
 						   bool cancel);
@@ -219,6 +222,9 @@ extern char *dialect_sf_fee_query_body(Provider *p, const char *waybill,
 									   const char *request_id);
 extern struct curl_slist *dialect_headers(Provider *p, const char *idempotency_key,
 										  bool has_body);
+
+/* in apply.c */
+extern uint64 outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);
 
 /* in poison.c */
 extern void poison_startup(void);

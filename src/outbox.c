@@ -1,30 +1,28 @@
 /*-------------------------------------------------------------------------
  *
  * outbox.c
- *		The dispatcher's transactions: recover, load, claim + render, apply.
+ *		The claim side of the outbox: recovery of intents in flight, the
+ *		drain of the inbox, claim + render, and tickets.
  *
  * Every statement here is set-based: one statement per batch, its values
  * passed as arrays through saved SPI plans (UPDATE ... FROM unnest($1, ...)),
  * never one statement per order.
  *
  * Claim + render (one transaction, committed with synchronous_commit = on
- * before anything is sent): shipsync.claim() takes due intents of one
- * provider with FOR UPDATE SKIP LOCKED; unsent updates of the same orders
- * that are already committed coalesce into the claimed intent; intents
- * never sent are rendered from the CURRENT order row (as the table's owner)
- * and the request is stored.  Retries re-send the stored bytes unchanged.
- * Coalescing runs before rendering, so the rendered row always carries the
- * changes of the updates it absorbed.
+ * before anything is sent), as a sequence of named steps (outbox_claim()):
+ * lock due intents of one provider with FOR UPDATE SKIP LOCKED; coalesce
+ * into them the unsent updates of the same orders that are already
+ * committed; render the intents never sent from the CURRENT order row (as
+ * the table's owner, through the provider's dialect, dialect.c) and mark
+ * them in flight, storing each request with its kind (outbox.request_kind:
+ * create, update, cancel or register), so that retries re-send the stored
+ * bytes unchanged and the answer is applied as what was asked; tickets for
+ * invalid orders; when the next retry falls due.  Coalescing runs before
+ * rendering, so the rendered row always carries the changes of the updates
+ * it absorbed.  shipsync.claim() runs the same saved plans, so tests race
+ * the real thing.
  *
- * Apply (one transaction per batch of completions, synchronous_commit =
- * off: a lost apply is re-sent under the same key and the carrier replays
- * its first answer): outbox states, delivery_log, shipments, write-back
- * onto the order rows (as the table's owner, with capture suppressed: no
- * echo), tickets and NOTIFY for dead intents.  If the batch fails, it is
- * applied again one completion at a time, each in its own subtransaction
- * (one open at a time), so that only the failing order fails; its shipment
- * is still recorded, its intent ends dead with the error, and a ticket
- * says why.
+ * Applying the answers is apply.c's.
  *
  *-------------------------------------------------------------------------
  */
@@ -187,9 +185,6 @@ outbox_requeue_in_flight(bool expired_only)
 
 /* ---------- claim and render ---------- */
 
-static void prepare_apply_plans(void);
-static SPIPlanPtr apply_dead_plan;
-
 /*
  * The claim: due intents of one provider, oldest first, skipping rows
  * another claimer holds, and never an intent while an earlier intent of the
@@ -228,12 +223,14 @@ static const char *const mark_sql =
 " request_url = COALESCE(u.url, o.request_url),"
 " request_body = COALESCE(u.body, o.request_body),"
 " request_digest = COALESCE(u.digest, o.request_digest),"
+" request_kind = COALESCE(u.kind, o.request_kind),"
+" content_digest = COALESCE(u.cdigest, o.content_digest),"
 " last_error = COALESCE(u.skip, o.last_error),"
 " error_class = CASE WHEN u.skip IS NULL THEN o.error_class WHEN u.inv THEN 'invalid_order'"
 "   ELSE 'nothing_to_send' END,"
-" done_at = CASE WHEN u.skip IS NULL THEN NULL ELSE pg_catalog.now() END,"
-" content_digest = COALESCE(u.cdigest, o.content_digest)"
-" FROM unnest($1, $2, $3, $4, $5, $6, $8, $9) AS u(id, m, url, body, skip, digest, inv, cdigest)"
+" done_at = CASE WHEN u.skip IS NULL THEN NULL ELSE pg_catalog.now() END"
+" FROM unnest($1, $2, $3, $4, $5, $6, $8, $9, $10)"
+"   AS u(id, m, url, body, skip, digest, inv, cdigest, kind)"
 " WHERE o.id = u.id"
 " RETURNING o.*";
 
@@ -272,11 +269,16 @@ static int	col_id,
 			col_method,
 			col_url,
 			col_body,
-			col_digest;
+			col_digest,
+			col_kind;
 static SPIPlanPtr shiplookup_plan = NULL;
 static SPIPlanPtr reglookup_plan = NULL;
 static SPIPlanPtr nextdue_plan = NULL;
 static SPIPlanPtr fail_plan = NULL;
+static SPIPlanPtr ticket_plan = NULL;
+
+/* The columns of a batch of exception tickets (outbox_ticket_row()) */
+static const Oid ticket_types[6] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
 
 static void
 prepare_claim_plans(void)
@@ -294,10 +296,10 @@ prepare_claim_plans(void)
 		lock_plan = shipsync_prepare_saved(lock_sql, 2, t);
 	}
 	{
-		Oid			t[9] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, INT4OID, BOOLARRAYOID, INT8ARRAYOID};
+		Oid			t[10] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, INT4OID, BOOLARRAYOID, INT8ARRAYOID, TEXTARRAYOID};
 
-		mark_plan = shipsync_prepare_saved(mark_sql, 9, t);
+		mark_plan = shipsync_prepare_saved(mark_sql, 10, t);
 	}
 	{
 		Oid			t[3] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
@@ -343,6 +345,20 @@ prepare_claim_plans(void)
 			" WHERE provider_id = $1 AND state IN ('pending', 'retrying')", 1, t);
 	}
 	{
+		Oid			t[6] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID};
+
+		ticket_plan = shipsync_prepare_saved(
+			"INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id,"
+			" outbox_id, detail)"
+			" SELECT u.kind, u.bid, u.k, u.pid, u.id, u.err"
+			" FROM unnest($1, $2, $3, $4, $5, $6) AS u(id, bid, k, pid, err, kind)"
+			/* kinds and ids only: any role may LISTEN (docs/security.md) */
+			" RETURNING pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object("
+			"   'event', kind, 'outbox_id', outbox_id, 'ticket_id', ticket_id,"
+			"   'binding_id', binding_id, 'order_key', order_key)::text)", 6, t);
+	}
+	{
 		Oid			t[5] = {INT8ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
 		TEXTARRAYOID, TEXTARRAYOID};
 
@@ -356,15 +372,82 @@ prepare_claim_plans(void)
 	}
 }
 
-static Binding *
-find_binding(Binding *bs, int nb, int32 id)
+/* The intent kinds as outbox.request_kind holds them, by IntentKind */
+static const char *const intent_kind_names[] = {
+	[INTENT_CREATE] = "create",
+	[INTENT_UPDATE] = "update",
+	[INTENT_CANCEL] = "cancel",
+	[INTENT_REGISTER] = "register",
+};
+
+/* The kind stored with a request (outbox.request_kind) */
+static IntentKind
+intent_kind_of(const char *name)
 {
-	for (int i = 0; i < nb; i++)
-		if (bs[i].id == id)
-			return &bs[i];
-	return NULL;
+	for (int k = 0; name && k < (int) lengthof(intent_kind_names); k++)
+		if (strcmp(name, intent_kind_names[k]) == 0)
+			return (IntentKind) k;
+	elog(ERROR, "unknown request kind \"%s\"", name ? name : "(null)");
+	return INTENT_CREATE;		/* keep the compiler quiet */
 }
 
+/* What one claim carries from step to step (outbox_claim()) */
+typedef struct ClaimState
+{
+	Provider   *p;
+	Binding    *bs;
+	int			nb;
+	MemoryContext keep;			/* the caller's context: the intents live there */
+	Claimed    *cs;				/* the intents locked, in keep */
+	int			n;
+	ArgArrays  *store;			/* the requests rendered, for claim_mark() */
+	int			failing_binding;	/* being rendered, for the recovery */
+} ClaimState;
+
+/*
+ * The columns of the requests one claim stores: mark_sql's $1..$6, $8, then
+ * the kind ($10) and the content digest ($9)
+ */
+static const Oid claim_store_types[9] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+TEXTOID, BOOLOID, TEXTOID, INT8OID};
+
+/* A batch of exception tickets to open, room for n */
+ArgArrays *
+outbox_tickets_create(int n)
+{
+	return args_create(6, ticket_types, n);
+}
+
+/* One ticket of kind about intent id, with detail */
+void
+outbox_ticket_row(ArgArrays *d, int64 id, int32 binding_id, const char *order_key,
+				  int32 provider_id, const char *detail, const char *kind)
+{
+	int			k = args_row(d);
+
+	args_set(d, k, 0, Int64GetDatum(id));
+	args_set(d, k, 1, Int32GetDatum(binding_id));
+	args_set_text(d, k, 2, order_key);
+	args_set(d, k, 3, Int32GetDatum(provider_id));
+	args_set_text(d, k, 4, detail);
+	args_set_text(d, k, 5, kind);
+}
+
+/*
+ * Open the tickets of d, each announced on the channel shipsync (kinds and
+ * ids only), in the current transaction.
+ */
+void
+outbox_open_tickets(ArgArrays *d)
+{
+	int			rc;
+
+	if (d->n == 0)
+		return;
+	prepare_claim_plans();
+	if ((rc = args_execute(ticket_plan, d, false)) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "opening exception tickets failed: %s", SPI_result_code_string(rc));
+}
 
 /*
  * Run a lookup keyed by the intents of la (ids, bindings, order keys) and
@@ -400,53 +483,63 @@ lookup_by_intent(SPIPlanPtr plan, const char *what, ArgArrays *la, int32 provide
 }
 
 /*
- * Render the intents of one binding that were never sent.  Decides the
- * request of each (create, update or cancel) from the current order row
- * and the shipment known so far.
+ * The digest of the order row of one row of a render statement
+ * (_row_digest), computed here rather than by the statement: nothing of
+ * ours runs as the owner.  Render statements made before 0.2 have no row
+ * column: false.  *cache keeps the prepared digest across rows.
+ */
+static bool
+render_row_digest(HeapTuple tup, TupleDesc desc, MemoryContext keep,
+				  DigestCache **cache, Datum *out)
+{
+	bool		rnull;
+	bool		snull;
+	Datum		row;
+	Datum		skip;
+	HeapTupleHeader rec;
+	ArrayType  *sk;
+
+	if (desc->natts < 6)
+		return false;
+	row = SPI_getbinval(tup, desc, 5, &rnull);
+	skip = SPI_getbinval(tup, desc, 6, &snull);
+	if (rnull || snull)
+		return false;
+	rec = DatumGetHeapTupleHeader(row);
+	sk = DatumGetArrayTypeP(skip);
+	if (!shipsync_digest_fits(*cache, HeapTupleHeaderGetTypeId(rec),
+							  HeapTupleHeaderGetTypMod(rec), sk))
+		*cache = shipsync_digest_prepare(HeapTupleHeaderGetTypeId(rec),
+										 HeapTupleHeaderGetTypMod(rec), sk, keep);
+	*out = Int64GetDatum(shipsync_digest_row(*cache, rec));
+	return true;
+}
+
+/*
+ * The current order rows of intents idx[0..n) of binding b, read as the
+ * table's owner through the binding's render statement: whether each row
+ * still exists, its generic body, whether it matches cancel_when, and its
+ * content digest.  Allocated in keep.
  */
 static void
-render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
-			   ArgArrays *store, MemoryContext keep)
+render_read_rows(Binding *b, Claimed *cs, int *idx, int n, MemoryContext keep,
+				 bool *found, char **body, bool *is_cancel, Datum *cdigest,
+				 bool *cdigest_null)
 {
+	DigestCache *digest = NULL;
 	Oid			types[2] = {INT8ARRAYOID, TEXTARRAYOID};
-	Oid			ltypes[4] = {INT8OID, INT4OID, TEXTOID, INT4OID};
 	Oid			rtypes[2] = {INT8OID, TEXTOID};
 	ArgArrays  *ra = args_create(2, rtypes, n);
-	ArgArrays  *la = args_create(3, ltypes, n);
-	int			rc;
 	SPITupleTable *tt;
-	uint64		nrows;
-	char	  **shipid = palloc0(sizeof(char *) * n);
-	char	  **body = palloc0(sizeof(char *) * n);
-	bool	   *found = palloc0(sizeof(bool) * n);
-	bool	   *is_cancel = palloc0(sizeof(bool) * n);
-	Datum	   *cdigest = palloc0(sizeof(Datum) * n);
-	DigestCache *digest = NULL;
-	bool	   *cdigest_null = palloc(sizeof(bool) * n);
-	char	  **regtn = palloc0(sizeof(char *) * n);
-	bool		need_lookup = false;
-	bool		need_reg = false;
-
-	memset(cdigest_null, true, sizeof(bool) * n);
+	int			rc;
 
 	for (int i = 0; i < n; i++)
 	{
-		Claimed    *c = &cs[idx[i]];
 		int			r = args_row(ra);
-		int			l = args_row(la);
 
-		args_set(ra, r, 0, Int64GetDatum(c->id));
-		args_set_text(ra, r, 1, c->order_key);
-		args_set(la, l, 0, Int64GetDatum(c->id));
-		args_set(la, l, 1, Int32GetDatum(c->binding_id));
-		args_set_text(la, l, 2, c->order_key);
-		if (strcmp(c->op, "register") == 0)
-			need_reg = true;
-		else if (strcmp(c->op, "create") != 0)
-			need_lookup = true;
+		args_set(ra, r, 0, Int64GetDatum(cs[idx[i]].id));
+		args_set_text(ra, r, 1, cs[idx[i]].order_key);
 	}
-
-	/* the current order rows, read as the table's owner */
 	if (b->render_plan == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
@@ -465,8 +558,7 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	/* SPI calls return in SPI's procedure context: keep what we send */
 	MemoryContextSwitchTo(keep);
 	tt = SPI_tuptable;
-	nrows = SPI_processed;
-	for (uint64 r = 0; r < nrows; r++)
+	for (uint64 r = 0; r < SPI_processed; r++)
 	{
 		bool		isnull;
 		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
@@ -477,36 +569,76 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 				found[i] = DatumGetBool(SPI_getbinval(tt->vals[r], tt->tupdesc, 2, &isnull));
 				body[i] = get_text(tt->vals[r], tt->tupdesc, 3);
 				is_cancel[i] = DatumGetBool(SPI_getbinval(tt->vals[r], tt->tupdesc, 4, &isnull));
-				/*
-				 * The digest of the row (_row_digest), computed here rather
-				 * than by the statement: nothing of ours runs as the owner.
-				 * Render statements made before 0.2 have no row column.
-				 */
-				if (tt->tupdesc->natts >= 6)
-				{
-					bool		rnull;
-					bool		snull;
-					Datum		row = SPI_getbinval(tt->vals[r], tt->tupdesc, 5, &rnull);
-					Datum		skip = SPI_getbinval(tt->vals[r], tt->tupdesc, 6, &snull);
-
-					if (!rnull && !snull)
-					{
-						HeapTupleHeader rec = DatumGetHeapTupleHeader(row);
-						ArrayType  *sk = DatumGetArrayTypeP(skip);
-
-						if (!shipsync_digest_fits(digest, HeapTupleHeaderGetTypeId(rec),
-												  HeapTupleHeaderGetTypMod(rec), sk))
-							digest = shipsync_digest_prepare(HeapTupleHeaderGetTypeId(rec),
-															 HeapTupleHeaderGetTypMod(rec), sk,
-															 keep);
-						cdigest[i] = Int64GetDatum(shipsync_digest_row(digest, rec));
-						cdigest_null[i] = false;
-					}
-				}
+				cdigest_null[i] = !render_row_digest(tt->vals[r], tt->tupdesc, keep,
+													 &digest, &cdigest[i]);
 				break;
 			}
 	}
+}
 
+/*
+ * The row of store that marks c: its request with its kind (and the digest
+ * of the row it was rendered from, but for a cancel), or why none.
+ */
+static void
+render_store(ArgArrays *store, Claimed *c, Datum cdigest, bool cdigest_null)
+{
+	int			s = args_row(store);
+
+	args_set(store, s, 0, Int64GetDatum(c->id));
+	if (c->skip_reason)
+	{
+		args_set_text(store, s, 4, c->skip_reason);
+		args_set(store, s, 6, BoolGetDatum(c->invalid));
+		return;
+	}
+	args_set_text(store, s, 1, c->method);
+	args_set_text(store, s, 2, c->url);
+	args_set_text(store, s, 3, c->body);
+	args_set_text(store, s, 5, sha256_hex(c->body));
+	args_set_text(store, s, 7, intent_kind_names[c->kind]);
+	if (!cdigest_null && c->kind != INTENT_CANCEL)
+		args_set(store, s, 8, cdigest);
+}
+
+/*
+ * Render the intents of one binding that were never sent: the provider's
+ * dialect decides the request of each (create, update or cancel) from the
+ * current order row and the shipment known so far (dialect.c); a
+ * registration is about the waybill the shipping provider gave.  Each
+ * request, or why there is none, goes to store.
+ */
+static void
+render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
+			   ArgArrays *store, MemoryContext keep)
+{
+	Oid			ltypes[4] = {INT8OID, INT4OID, TEXTOID, INT4OID};
+	ArgArrays  *la = args_create(3, ltypes, n);
+	char	  **shipid = palloc0(sizeof(char *) * n);
+	char	  **body = palloc0(sizeof(char *) * n);
+	bool	   *found = palloc0(sizeof(bool) * n);
+	bool	   *is_cancel = palloc0(sizeof(bool) * n);
+	char	  **regtn = palloc0(sizeof(char *) * n);
+	Datum	   *cdigest = palloc0(sizeof(Datum) * n);
+	bool	   *cdigest_null = palloc(sizeof(bool) * n);
+	bool		need_lookup = false;
+	bool		need_reg = false;
+
+	memset(cdigest_null, true, sizeof(bool) * n);
+	for (int i = 0; i < n; i++)
+	{
+		Claimed    *c = &cs[idx[i]];
+		int			l = args_row(la);
+
+		args_set(la, l, 0, Int64GetDatum(c->id));
+		args_set(la, l, 1, Int32GetDatum(c->binding_id));
+		args_set_text(la, l, 2, c->order_key);
+		if (strcmp(c->op, "register") == 0)
+			need_reg = true;
+		else if (strcmp(c->op, "create") != 0)
+			need_lookup = true;
+	}
+	render_read_rows(b, cs, idx, n, keep, found, body, is_cancel, cdigest, cdigest_null);
 	/* the shipments already created for these orders (not for creates) */
 	if (need_lookup)
 		lookup_by_intent(shiplookup_plan, "shipment", la, p->id, cs, idx, n, shipid, keep);
@@ -517,62 +649,15 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	for (int i = 0; i < n; i++)
 	{
 		Claimed    *c = &cs[idx[i]];
-		int			s = args_row(store);
 		bool		cancel = strcmp(c->op, "cancel") == 0 || (found[i] && is_cancel[i]);
 
-		args_set(store, s, 0, Int64GetDatum(c->id));
 		if (strcmp(c->op, "register") == 0)
 			dialect_render_register(p, c, regtn[i]);
 		else if (DIALECT_IS_TRACKING(p->dialect))
 			c->skip_reason = "a tracking provider only registers waybills";
-		else if (dialect_renders(p))
+		else
 			dialect_render(p, c, found[i], body[i], shipid[i], cancel);
-		else if (cancel)
-		{
-			if (shipid[i] == NULL)
-			{
-				c->skip_reason = "no shipment to cancel";
-			}
-			else
-			{
-				c->method = "POST";
-				c->url = psprintf("%s/shipments/%s/cancel", p->base_url, shipsync_url_escape(shipid[i]));
-				c->body = psprintf("{\"order_ref\":%s}",
-								   shipsync_quote_json(c->order_key));
-				c->kind = INTENT_CANCEL;
-			}
-		}
-		else if (!found[i])
-			c->skip_reason = "the order row no longer exists";
-		else if (strcmp(c->op, "update") == 0 && shipid[i] != NULL)
-		{
-			c->method = "PATCH";
-			c->url = psprintf("%s/shipments/%s", p->base_url, shipsync_url_escape(shipid[i]));
-			c->body = body[i];
-			c->kind = INTENT_UPDATE;
-		}
-		else
-		{
-			/* a create, or an update of an order never shipped */
-			c->method = "POST";
-			c->url = psprintf("%s/shipments", p->base_url);
-			c->body = body[i];
-			c->kind = INTENT_CREATE;
-		}
-		if (c->skip_reason)
-		{
-			args_set_text(store, s, 4, c->skip_reason);
-			args_set(store, s, 6, BoolGetDatum(c->invalid));
-		}
-		else
-		{
-			args_set_text(store, s, 1, c->method);
-			args_set_text(store, s, 2, c->url);
-			args_set_text(store, s, 3, c->body);
-			args_set_text(store, s, 5, sha256_hex(c->body));
-			if (!cdigest_null[i] && c->kind != INTENT_CANCEL)
-				args_set(store, s, 7, cdigest[i]);
-		}
+		render_store(store, c, cdigest[i], cdigest_null[i]);
 	}
 }
 
@@ -638,8 +723,7 @@ outbox_drain_inbox(int64 limit, const int32 *ids, int nids)
 void
 outbox_render_one(Provider *p, Binding *b, Claimed *c, MemoryContext keep)
 {
-	Oid			stypes[8] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, INT8OID};
-	ArgArrays  *store = args_create(8, stypes, 1);
+	ArgArrays  *store = args_create(9, claim_store_types, 1);
 	int			idx[1] = {0};
 
 	prepare_claim_plans();
@@ -656,6 +740,22 @@ outbox_render_one(Provider *p, Binding *b, Claimed *c, MemoryContext keep)
 		}
 	}
 	PG_END_TRY();
+}
+
+/* The row (method, url, body) of render_request(); NULLs where absent */
+static Datum
+render_result(TupleDesc desc, const char *method, const char *url, const char *body)
+{
+	const char *text[3] = {method, url, body};
+	Datum		values[3];
+	bool		nulls[3];
+
+	for (int i = 0; i < 3; i++)
+	{
+		nulls[i] = text[i] == NULL;
+		values[i] = nulls[i] ? (Datum) 0 : CStringGetTextDatum(text[i]);
+	}
+	return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
 }
 
 PG_FUNCTION_INFO_V1(shipsync_claim);
@@ -695,7 +795,7 @@ shipsync_claim(PG_FUNCTION_ARGS)
 		Datum	   *ids = palloc(sizeof(Datum) * SPI_processed);
 		bool	   *nulls = palloc0(sizeof(bool) * SPI_processed);
 		int			n = (int) SPI_processed;
-		Datum		mp[9];
+		Datum		mp[10];
 		bool		isnull;
 
 		for (int i = 0; i < n; i++)
@@ -715,6 +815,7 @@ shipsync_claim(PG_FUNCTION_ARGS)
 			memset(allnull, true, sizeof(bool) * n);
 			mp[7] = shipsync_make_array(ids, allnull, n, BOOLOID);
 			mp[8] = shipsync_make_array(ids, allnull, n, INT8OID);
+			mp[9] = shipsync_make_array(ids, allnull, n, TEXTOID);
 		}
 		rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
 		if (rc != SPI_OK_UPDATE_RETURNING)
@@ -738,8 +839,6 @@ shipsync_render(PG_FUNCTION_ARGS)
 	int64		id = PG_GETARG_INT64(0);
 	MemoryContext keep = CurrentMemoryContext;
 	TupleDesc	desc;
-	Datum		values[3];
-	bool		nulls[3] = {true, true, true};
 	Oid			argtypes[1] = {INT8OID};
 	Datum		args[1] = {Int64GetDatum(id)};
 	int			rc;
@@ -819,284 +918,278 @@ shipsync_render(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	MemoryContextSwitchTo(keep);
-
-	if (method)
-	{
-		values[0] = CStringGetTextDatum(method);
-		nulls[0] = false;
-	}
-	if (url)
-	{
-		values[1] = CStringGetTextDatum(url);
-		nulls[1] = false;
-	}
-	if (body)
-	{
-		values[2] = CStringGetTextDatum(body);
-		nulls[2] = false;
-	}
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+	PG_RETURN_DATUM(render_result(desc, method, url, body));
 }
 
-IntentKind
-outbox_kind_of(const char *method, const char *url)
+/* 1. lock up to max_n due intents of the provider, oldest first */
+static void
+claim_lock(ClaimState *s, int max_n)
 {
-	size_t		len = strlen(url);
+	Datum		params[2] = {Int32GetDatum(s->p->id), Int32GetDatum(max_n)};
+	SPITupleTable *tt;
+	MemoryContext old;
+	int			rc;
 
-	if (strcmp(method, "PATCH") == 0)
-		return INTENT_UPDATE;
-	if (len >= 7 && strcmp(url + len - 7, "/cancel") == 0)
-		return INTENT_CANCEL;
-	return INTENT_CREATE;
+	rc = SPI_execute_plan(lock_plan, params, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
+	s->n = (int) SPI_processed;
+	tt = SPI_tuptable;
+	s->cs = MemoryContextAllocZero(s->keep, sizeof(Claimed) * (s->n + 1));
+	old = MemoryContextSwitchTo(s->keep);
+	for (int i = 0; i < s->n; i++)
+	{
+		Claimed    *c = &s->cs[i];
+		bool		isnull;
+
+		c->id = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
+		c->binding_id = DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
+		c->order_key = get_text(tt->vals[i], tt->tupdesc, 3);
+		c->op = get_text(tt->vals[i], tt->tupdesc, 4);
+		c->rendered = DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 5, &isnull));
+		c->idempotency_key = get_text(tt->vals[i], tt->tupdesc, 6);
+		c->provider_id = s->p->id;
+	}
+	MemoryContextSwitchTo(old);
+	s->store = args_create(9, claim_store_types, s->n);
+}
+
+/* 2. coalesce: the row rendered next then holds the updates' changes */
+static void
+claim_coalesce(ClaimState *s)
+{
+	static const Oid types[3] = {INT8OID, INT4OID, TEXTOID};
+	ArgArrays  *co = args_create(3, types, s->n);
+
+	for (int i = 0; i < s->n; i++)
+	{
+		int			r;
+
+		if (s->cs[i].rendered || strcmp(s->cs[i].op, "cancel") == 0)
+			continue;
+		r = args_row(co);
+		args_set(co, r, 0, Int64GetDatum(s->cs[i].id));
+		args_set(co, r, 1, Int32GetDatum(s->cs[i].binding_id));
+		args_set_text(co, r, 2, s->cs[i].order_key);
+	}
+	if (co->n > 0 && args_execute(coalesce_plan, co, false) != SPI_OK_UPDATE)
+		elog(ERROR, "coalescing updates failed");
+}
+
+/*
+ * 3. render the never-sent intents, one statement per binding; the
+ * rendered ones keep their stored request.  s->failing_binding names the
+ * binding being rendered, for outbox_claim()'s recovery.
+ */
+static void
+claim_render(ClaimState *s)
+{
+	int		   *idx = palloc(sizeof(int) * (s->n + 1));
+	bool	   *grouped = palloc0(sizeof(bool) * (s->n + 1));
+
+	for (int i = 0; i < s->n; i++)
+	{
+		int			k = 0;
+		Binding    *b;
+
+		if (grouped[i] || s->cs[i].rendered)
+			continue;
+		for (int j = i; j < s->n; j++)
+			if (!grouped[j] && !s->cs[j].rendered &&
+				s->cs[j].binding_id == s->cs[i].binding_id)
+			{
+				idx[k++] = j;
+				grouped[j] = true;
+			}
+		b = binding_find(s->bs, s->nb, s->cs[i].binding_id);
+		if (b == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("binding %d of intent %lld does not exist",
+							s->cs[i].binding_id, (long long) s->cs[i].id)));
+		s->failing_binding = b->id;
+		render_binding(s->p, b, s->cs, idx, k, s->store, s->keep);
+		s->failing_binding = 0;
+	}
+	for (int i = 0; i < s->n; i++)
+		if (s->cs[i].rendered)
+			args_set(s->store, args_row(s->store), 0, Int64GetDatum(s->cs[i].id));
+}
+
+/* An intent the mark statement returned, with its stored request */
+static void
+claim_take_request(Claimed *c, HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+
+	c->idempotency_key = get_text(tup, desc, col_idem);
+	c->attempt = DatumGetInt32(SPI_getbinval(tup, desc, col_attempts, &isnull));
+	c->method = get_text(tup, desc, col_method);
+	c->url = get_text(tup, desc, col_url);
+	c->body = get_text(tup, desc, col_body);
+	c->digest = get_text(tup, desc, col_digest);
+	c->kind = intent_kind_of(get_text(tup, desc, col_kind));
+}
+
+/*
+ * 4. one statement marks the intents in flight (or done, with nothing to
+ * send) and stores the requests rendered; each intent to send gets its
+ * stored request back, rendered now or by an earlier attempt.
+ */
+static void
+claim_mark(ClaimState *s, int lease_ms)
+{
+	ArgArrays  *st = s->store;
+	Datum		mp[10];
+	SPITupleTable *tt;
+	MemoryContext old;
+	int			rc;
+
+	if (s->n == 0)
+		return;
+	for (int c = 0; c < 6; c++)
+		mp[c] = shipsync_make_array(st->values[c], st->nulls[c], st->n, st->types[c]);
+	mp[6] = Int32GetDatum(lease_ms);
+	mp[7] = shipsync_make_array(st->values[6], st->nulls[6], st->n, BOOLOID);
+	mp[8] = shipsync_make_array(st->values[8], st->nulls[8], st->n, INT8OID);
+	mp[9] = shipsync_make_array(st->values[7], st->nulls[7], st->n, TEXTOID);
+	rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
+	if (rc != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "marking claimed intents failed: %s", SPI_result_code_string(rc));
+	tt = SPI_tuptable;
+	if (col_id == 0)
+	{
+		col_id = SPI_fnumber(tt->tupdesc, "id");
+		col_idem = SPI_fnumber(tt->tupdesc, "idempotency_key");
+		col_attempts = SPI_fnumber(tt->tupdesc, "attempts");
+		col_method = SPI_fnumber(tt->tupdesc, "request_method");
+		col_url = SPI_fnumber(tt->tupdesc, "request_url");
+		col_body = SPI_fnumber(tt->tupdesc, "request_body");
+		col_digest = SPI_fnumber(tt->tupdesc, "request_digest");
+		col_kind = SPI_fnumber(tt->tupdesc, "request_kind");
+	}
+	old = MemoryContextSwitchTo(s->keep);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, col_id, &isnull));
+
+		for (int i = 0; i < s->n; i++)
+			if (s->cs[i].id == id && !s->cs[i].skip_reason)
+			{
+				claim_take_request(&s->cs[i], tt->vals[r], tt->tupdesc);
+				break;
+			}
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* 5. invalid orders: one ticket each, in the same transaction */
+static void
+claim_tickets(ClaimState *s)
+{
+	ArgArrays  *d = outbox_tickets_create(s->n);
+
+	for (int i = 0; i < s->n; i++)
+		if (s->cs[i].invalid)
+			outbox_ticket_row(d, s->cs[i].id, s->cs[i].binding_id, s->cs[i].order_key,
+							  s->p->id, s->cs[i].skip_reason, "invalid_order");
+	outbox_open_tickets(d);
+}
+
+/* 6. when the provider's next retry falls due; 0: none known */
+static TimestampTz
+claim_next_due(Provider *p)
+{
+	Datum		params[1] = {Int32GetDatum(p->id)};
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute_plan(nextdue_plan, params, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "next due lookup failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetTimestampTz(d);
+}
+
+/*
+ * The intents to send, moved to the front of s->cs; *nskipped counts those
+ * finished with nothing to send.
+ */
+static int
+claim_sendable(ClaimState *s, int *nskipped)
+{
+	int			nsend = 0;
+
+	for (int i = 0; i < s->n; i++)
+	{
+		if (s->cs[i].skip_reason || s->cs[i].method == NULL)
+		{
+			(*nskipped)++;
+			continue;
+		}
+		s->cs[nsend++] = s->cs[i];
+	}
+	return nsend;
 }
 
 /*
  * Claim up to max_n due intents of provider p, render those never sent, and
- * commit durably.  Returns the intents to send; *nskipped counts those
- * finished with nothing to send (they may unblock the next intent of their
- * order); *next_due is when the next retry of p falls due (0 if unknown).
+ * commit durably: a sequence of the named steps above, in one transaction.
+ * Returns the intents to send; *nskipped counts those finished with nothing
+ * to send (they may unblock the next intent of their order); *next_due is
+ * when the next retry of p falls due (0 if unknown).
+ *
+ * When one binding's orders cannot be rendered (its table or its
+ * cancel_when is broken), the claim is rolled back, those intents wait and
+ * count an attempt (outbox_fail_binding()), and the others are left for the
+ * next pass.
  */
 int
 outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 			 Claimed **out, TimestampTz *next_due, int *nskipped)
 {
-	Datum		params[6];
-	int			rc;
-	uint64		n;
-	Claimed    *cs;
-	int			nsend = 0;
-	volatile int failing_binding = 0;
-	Claimed *volatile claimed = NULL;
-	volatile int nclaimed = 0;
-	MemoryContext caller_cxt = CurrentMemoryContext;
+	ClaimState *s = palloc0(sizeof(ClaimState));
 
+	s->p = p;
+	s->bs = bs;
+	s->nb = nb;
+	s->keep = CurrentMemoryContext;
 	*out = NULL;
 	*next_due = 0;
 	*nskipped = 0;
 
 	PG_TRY();
 	{
-		Oid			ctypes[3] = {INT8OID, INT4OID, TEXTOID};
-		Oid			stypes[8] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID, INT8OID};
-		ArgArrays  *co;
-		ArgArrays  *store;
-		int		   *idx;
-		bool	   *grouped;
-		SPITupleTable *tt;
-
 		shipsync_begin_tx("claiming intents", true);
 		prepare_claim_plans();
-
-		/* 1. lock the due intents */
-		params[0] = Int32GetDatum(p->id);
-		params[1] = Int32GetDatum(max_n);
-		rc = SPI_execute_plan(lock_plan, params, NULL, false, 0);
-		if (rc != SPI_OK_SELECT)
-			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
-		n = SPI_processed;
-		tt = SPI_tuptable;
-		cs = MemoryContextAllocZero(caller_cxt, sizeof(Claimed) * (n + 1));
-		for (uint64 i = 0; i < n; i++)
-		{
-			bool		isnull;
-			MemoryContext old = MemoryContextSwitchTo(caller_cxt);
-
-			cs[i].id = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull));
-			cs[i].binding_id = DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 2, &isnull));
-			cs[i].order_key = get_text(tt->vals[i], tt->tupdesc, 3);
-			cs[i].op = get_text(tt->vals[i], tt->tupdesc, 4);
-			cs[i].rendered = DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 5, &isnull));
-			cs[i].idempotency_key = get_text(tt->vals[i], tt->tupdesc, 6);
-			cs[i].provider_id = p->id;
-			MemoryContextSwitchTo(old);
-		}
-		claimed = cs;
-		nclaimed = (int) n;
-
-		co = args_create(3, ctypes, (int) n);
-		store = args_create(8, stypes, (int) n);
-		idx = palloc(sizeof(int) * (n + 1));
-		grouped = palloc0(sizeof(bool) * (n + 1));
-
-		/* 2. coalesce: the row rendered next then holds their changes */
-		for (uint64 i = 0; i < n; i++)
-		{
-			int			r;
-
-			if (cs[i].rendered || strcmp(cs[i].op, "cancel") == 0)
-				continue;
-			r = args_row(co);
-			args_set(co, r, 0, Int64GetDatum(cs[i].id));
-			args_set(co, r, 1, Int32GetDatum(cs[i].binding_id));
-			args_set_text(co, r, 2, cs[i].order_key);
-		}
-		if (co->n > 0 && args_execute(coalesce_plan, co, false) != SPI_OK_UPDATE)
-			elog(ERROR, "coalescing updates failed");
-
-		/* 3. render the never-sent ones, one statement per binding */
-		for (uint64 i = 0; i < n; i++)
-		{
-			int			k = 0;
-			Binding    *b;
-
-			if (grouped[i] || cs[i].rendered)
-				continue;
-			for (uint64 j = i; j < n; j++)
-				if (!grouped[j] && !cs[j].rendered &&
-					cs[j].binding_id == cs[i].binding_id)
-				{
-					idx[k++] = (int) j;
-					grouped[j] = true;
-				}
-			b = find_binding(bs, nb, cs[i].binding_id);
-			if (b == NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_UNDEFINED_OBJECT),
-						 errmsg("binding %d of intent %lld does not exist",
-								cs[i].binding_id, (long long) cs[i].id)));
-			failing_binding = b->id;
-			render_binding(p, b, cs, idx, k, store, caller_cxt);
-			failing_binding = 0;
-		}
-		for (uint64 i = 0; i < n; i++)
-			if (cs[i].rendered)
-				args_set(store, args_row(store), 0, Int64GetDatum(cs[i].id));
-
-		/* 4. one statement marks them in flight and stores the requests */
-		if (n > 0)
-		{
-			Datum	   *mp = palloc(sizeof(Datum) * 9);
-
-			for (int c = 0; c < 6; c++)
-				mp[c] = shipsync_make_array(store->values[c], store->nulls[c], store->n, stypes[c]);
-			mp[6] = Int32GetDatum(lease_ms);
-			mp[7] = shipsync_make_array(store->values[6], store->nulls[6], store->n, BOOLOID);
-			mp[8] = shipsync_make_array(store->values[7], store->nulls[7], store->n, INT8OID);
-			rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
-			if (rc != SPI_OK_UPDATE_RETURNING)
-				elog(ERROR, "marking claimed intents failed: %s", SPI_result_code_string(rc));
-			tt = SPI_tuptable;
-			if (col_id == 0)
-			{
-				col_id = SPI_fnumber(tt->tupdesc, "id");
-				col_idem = SPI_fnumber(tt->tupdesc, "idempotency_key");
-				col_attempts = SPI_fnumber(tt->tupdesc, "attempts");
-				col_method = SPI_fnumber(tt->tupdesc, "request_method");
-				col_url = SPI_fnumber(tt->tupdesc, "request_url");
-				col_body = SPI_fnumber(tt->tupdesc, "request_body");
-				col_digest = SPI_fnumber(tt->tupdesc, "request_digest");
-			}
-			for (uint64 r = 0; r < SPI_processed; r++)
-			{
-				bool		isnull;
-				int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, col_id, &isnull));
-
-				for (uint64 i = 0; i < n; i++)
-				{
-					MemoryContext old;
-
-					if (cs[i].id != id || cs[i].skip_reason)
-						continue;
-					old = MemoryContextSwitchTo(caller_cxt);
-					cs[i].idempotency_key = get_text(tt->vals[r], tt->tupdesc, col_idem);
-					cs[i].attempt = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc,
-																col_attempts, &isnull));
-					cs[i].method = get_text(tt->vals[r], tt->tupdesc, col_method);
-					cs[i].url = get_text(tt->vals[r], tt->tupdesc, col_url);
-					cs[i].body = get_text(tt->vals[r], tt->tupdesc, col_body);
-					cs[i].digest = get_text(tt->vals[r], tt->tupdesc, col_digest);
-					cs[i].kind = outbox_kind_of(cs[i].method, cs[i].url);
-					/* SF Express: one URL, the service code says what it is */
-					if (cs[i].body && strncmp(cs[i].body, "partnerID=", 10) == 0)
-						cs[i].kind = strstr(cs[i].body, "&serviceCode=EXP_RECE_UPDATE_ORDER&") ?
-							INTENT_CANCEL : INTENT_CREATE;
-					if (strcmp(cs[i].op, "register") == 0)
-						cs[i].kind = INTENT_REGISTER;
-					MemoryContextSwitchTo(old);
-					break;
-				}
-			}
-		}
-
-		/* invalid orders: one ticket each, in the same transaction */
-		{
-			Oid			dtypes[6] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
-			ArgArrays  *d = args_create(6, dtypes, (int) n);
-
-			for (uint64 i = 0; i < n; i++)
-			{
-				int			k;
-
-				if (!cs[i].invalid)
-					continue;
-				k = args_row(d);
-				args_set(d, k, 0, Int64GetDatum(cs[i].id));
-				args_set(d, k, 1, Int32GetDatum(cs[i].binding_id));
-				args_set_text(d, k, 2, cs[i].order_key);
-				args_set(d, k, 3, Int32GetDatum(p->id));
-				args_set_text(d, k, 4, cs[i].skip_reason);
-				args_set_text(d, k, 5, "invalid_order");
-			}
-			if (d->n > 0)
-			{
-				prepare_apply_plans();
-				if (args_execute(apply_dead_plan, d, false) != SPI_OK_INSERT_RETURNING)
-					elog(ERROR, "opening exception tickets failed");
-			}
-		}
-
-		if ((int) n < max_n)
-		{
-			bool		isnull;
-			Datum		d;
-
-			params[0] = Int32GetDatum(p->id);
-			rc = SPI_execute_plan(nextdue_plan, params, NULL, true, 1);
-			if (rc != SPI_OK_SELECT)
-				elog(ERROR, "next due lookup failed");
-			d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-			*next_due = isnull ? 0 : DatumGetTimestampTz(d);
-		}
-
+		claim_lock(s, max_n);
+		claim_coalesce(s);
+		claim_render(s);
+		claim_mark(s, lease_ms);
+		claim_tickets(s);
+		if (s->n < max_n)
+			*next_due = claim_next_due(p);
 		shipsync_end_tx();
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata;
-		int			fb = failing_binding;
-		Claimed    *cl = claimed;
-		int			ncl = nclaimed;
 
-		if (fb == 0)
+		if (s->failing_binding == 0)
 			PG_RE_THROW();
-
-		/*
-		 * One binding's orders cannot be rendered (its table or its
-		 * cancel_when is broken): those intents wait and count an attempt,
-		 * the others of the claim are left for the next pass.
-		 */
-		MemoryContextSwitchTo(caller_cxt);
+		MemoryContextSwitchTo(s->keep);
 		edata = CopyErrorData();
 		FlushErrorState();
 		shipsync_abort_tx();
-		outbox_fail_binding(p, cl, ncl, fb, edata->message);
+		outbox_fail_binding(p, s->cs, s->n, s->failing_binding, edata->message);
 		FreeErrorData(edata);
 		return 0;
 	}
 	PG_END_TRY();
 
-	MemoryContextSwitchTo(caller_cxt);
-	for (int i = 0; i < nclaimed; i++)
-	{
-		if (claimed[i].skip_reason || claimed[i].method == NULL)
-		{
-			(*nskipped)++;
-			continue;
-		}
-		claimed[nsend++] = claimed[i];
-	}
-	*out = claimed;
-	return nsend;
+	MemoryContextSwitchTo(s->keep);
+	*out = s->cs;
+	return claim_sendable(s, nskipped);
 }
 
 /*
@@ -1107,7 +1200,6 @@ void
 outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb, const char *msg)
 {
 	Oid			types[5] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID};
-	Oid			dtypes[6] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
 	ArgArrays  *a;
 	ArgArrays  *d;
 
@@ -1116,9 +1208,8 @@ outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb, const char *msg)
 			 errmsg("pg_shipsync: orders of binding %d cannot be rendered: %s", fb, msg)));
 	shipsync_begin_tx("recording a render failure", false);
 	prepare_claim_plans();
-	prepare_apply_plans();
 	a = args_create(5, types, ncl);
-	d = args_create(6, dtypes, ncl);
+	d = outbox_tickets_create(ncl);
 	for (int i = 0; i < ncl; i++)
 	{
 		int			r;
@@ -1138,553 +1229,11 @@ outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb, const char *msg)
 		args_set_text(a, r, 3, "render_failed");
 		args_set_text(a, r, 4, msg);
 		if (dead)
-		{
-			int			k = args_row(d);
-
-			args_set(d, k, 0, Int64GetDatum(cl[i].id));
-			args_set(d, k, 1, Int32GetDatum(cl[i].binding_id));
-			args_set_text(d, k, 2, cl[i].order_key);
-			args_set(d, k, 3, Int32GetDatum(p->id));
-			args_set_text(d, k, 4, msg);
-			args_set_text(d, k, 5, "render_failed");
-		}
+			outbox_ticket_row(d, cl[i].id, cl[i].binding_id, cl[i].order_key, p->id,
+							  msg, "render_failed");
 	}
 	if (a->n > 0 && args_execute(fail_plan, a, false) != SPI_OK_UPDATE)
 		elog(ERROR, "recording a render failure failed");
-	if (d->n > 0 && args_execute(apply_dead_plan, d, false) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "opening exception tickets failed");
+	outbox_open_tickets(d);
 	shipsync_end_tx();
-}
-
-/* ---------- apply ---------- */
-
-static SPIPlanPtr apply_outbox_plan = NULL;
-static SPIPlanPtr apply_log_plan = NULL;
-static SPIPlanPtr apply_create_plan = NULL;
-static SPIPlanPtr apply_update_plan = NULL;
-static SPIPlanPtr apply_dead_plan = NULL;
-static SPIPlanPtr apply_register_plan = NULL;
-static SPIPlanPtr apply_registered_plan = NULL;
-static SPIPlanPtr apply_quotes_plan = NULL;	/* fees of creates, of updates */
-static SPIPlanPtr apply_requotes_plan = NULL;
-
-/*
- * The tracking providers that results [0, n) gave new intents to:
- * registrations of the waybills of new shipments (apply_range() enqueues
- * them).
- */
-static uint64
-apply_new_work(const ShipResult *rs, int n, Binding *bs, int nb)
-{
-	uint64		fresh = 0;
-
-	for (int i = 0; i < n; i++)
-	{
-		const ShipResult *r = &rs[i];
-		Binding    *b;
-
-		if (!r->ship_ok || r->kind != INTENT_CREATE || r->tracking_number == NULL)
-			continue;
-		b = find_binding(bs, nb, r->binding_id);
-		if (b && b->tracking_provider_id != 0)
-			fresh |= SHIPSYNC_PROVIDER_BIT(b->tracking_provider_id);
-	}
-	return fresh;
-}
-
-static void
-prepare_apply_plans(void)
-{
-	if (apply_outbox_plan)
-		return;
-	{
-		Oid			t[3] = {INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
-
-		apply_register_plan = shipsync_prepare_saved(
-			"INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op)"
-			" SELECT u.bid, u.tp, u.k, 'register' FROM unnest($1, $2, $3) AS u(bid, tp, k)", 3, t);
-	}
-	{
-		Oid			t[7] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
-
-		/*
-		 * A registration done: the tracking provider's own shipment row,
-		 * its tracker id, and the waybill it follows (the shipping
-		 * provider's when the answer does not repeat it).  No write-back.
-		 */
-		apply_registered_plan = shipsync_prepare_saved(
-			"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
-			" provider_shipment_id, tracking_number, raw_status, request_digest)"
-			" SELECT u.bid, u.k, u.pid, u.sid,"
-			"   COALESCE(u.tn, (SELECT x.tracking_number FROM shipsync.shipment x"
-			"     WHERE x.binding_id = u.bid AND x.order_key = u.k AND x.provider_id <> u.pid"
-			"     AND x.tracking_number IS NOT NULL ORDER BY x.updated_at DESC LIMIT 1)),"
-			"   u.raw, u.digest"
-			" FROM unnest($1, $2, $3, $4, $5, $6, $7) AS u(bid, k, pid, sid, tn, raw, digest)"
-			" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
-			" provider_shipment_id = COALESCE(EXCLUDED.provider_shipment_id, s.provider_shipment_id),"
-			" tracking_number = EXCLUDED.tracking_number, raw_status = EXCLUDED.raw_status,"
-			" request_digest = EXCLUDED.request_digest, updated_at = pg_catalog.now()", 7, t);
-	}
-	{
-		Oid			t[7] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
-		INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
-
-		/*
-		 * "state = (SELECT 'in_flight')", not a constant: with a constant,
-		 * the planner may read the in-flight rows through the partial
-		 * per-order index and hash them, trusting statistics taken when the
-		 * queue was empty (1 row) -- then every batch walks the whole
-		 * backlog.  An InitPlan cannot prove the partial index's predicate,
-		 * so the rows are found by primary key, one per array element.  The
-		 * same in coalesce_plan.
-		 */
-		apply_outbox_plan = shipsync_prepare_saved(
-			"UPDATE shipsync.outbox o SET state = u.state,"
-			" next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),"
-			" last_status = u.http_status, error_class = u.eclass, last_error = u.err,"
-			" lease_until = NULL, updated_at = pg_catalog.now(),"
-			" done_at = CASE WHEN u.state IN ('done', 'dead') THEN pg_catalog.now() END"
-			" FROM unnest($1, $2, $3, $4, $5, $6, $7)"
-			"   AS u(id, attempt, state, next_at, http_status, eclass, err)"
-			" WHERE o.id = u.id AND o.state = (SELECT 'in_flight')"
-			" AND o.attempts = u.attempt", 7, t);
-	}
-	{
-		Oid			t[11] = {INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
-			TEXTARRAYOID, INT4ARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID};
-
-		apply_log_plan = shipsync_prepare_saved(
-			"INSERT INTO shipsync.delivery_log (outbox_id, attempt, provider_id, method,"
-			" url, http_status, latency_ms, outcome, error_class, error, request_digest)"
-			" SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11, t);
-	}
-	{
-		Oid			t[12] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
-			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID};
-
-		/*
-		 * content_digest: the digest of the order row the request was
-		 * rendered from, kept with the intent (reconciliation compares it).
-		 */
-		apply_create_plan = shipsync_prepare_saved(
-			"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
-			" provider_shipment_id, tracking_number, label_url, status, raw_status, fees,"
-			" fee_total, request_digest, waybills, content_digest)"
-			" SELECT u.bid, u.k, u.pid, u.sid, u.tn, u.label, COALESCE(u.status, 'pending'),"
-			"   u.raw, f.fees, f.total, u.digest, u.waybills::jsonb,"
-			"   (SELECT o.content_digest FROM shipsync.outbox o WHERE o.id = u.oid)"
-			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-			"   AS u(bid, k, pid, sid, tn, label, status, raw, fees, digest, waybills, oid)"
-			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
-			"   shipsync._quote_total(x.fj, u.pid) AS total"
-			"   FROM (SELECT u.fees::jsonb AS fj) x WHERE u.fees IS NOT NULL) f ON true"
-			" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
-			" provider_shipment_id = EXCLUDED.provider_shipment_id,"
-			" tracking_number = EXCLUDED.tracking_number,"
-			" label_url = COALESCE(EXCLUDED.label_url, s.label_url),"
-			" status = EXCLUDED.status, raw_status = EXCLUDED.raw_status,"
-			" fees = COALESCE(EXCLUDED.fees, s.fees), fee_total = COALESCE(EXCLUDED.fee_total, s.fee_total),"
-			" request_digest = EXCLUDED.request_digest,"
-			" waybills = COALESCE(EXCLUDED.waybills, s.waybills),"
-			" content_digest = EXCLUDED.content_digest, updated_at = pg_catalog.now()"
-			" RETURNING binding_id, order_key, provider_shipment_id, tracking_number, status,"
-			" label_url, fee_total", 12, t);
-		apply_quotes_plan = shipsync_prepare_saved(
-			"SELECT kind, n, binding_id, order_key, fee_total"
-			" FROM shipsync._record_quotes($1, $2, $3, $5, $9)", 12, t);
-	}
-	{
-		Oid			t[10] = {INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, TEXTARRAYOID,
-			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, INT8ARRAYOID};
-
-		/* an update carries the order as it is now: its digest, too */
-		apply_update_plan = shipsync_prepare_saved(
-			"UPDATE shipsync.shipment AS s SET"
-			" tracking_number = COALESCE(u.tn, s.tracking_number),"
-			" label_url = COALESCE(u.label, s.label_url),"
-			" status = COALESCE(u.status, s.status), raw_status = COALESCE(u.raw, s.raw_status),"
-			" fees = COALESCE(f.fees, s.fees), fee_total = COALESCE(f.total, s.fee_total),"
-			" content_digest = COALESCE((SELECT o.content_digest FROM shipsync.outbox o"
-			"   WHERE o.id = u.oid), s.content_digest),"
-			" updated_at = pg_catalog.now()"
-			" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-			"   AS u(bid, k, pid, tn, label, status, raw, fees, unused, oid)"
-			" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
-			"   shipsync._quote_total(x.fj, u.pid) AS total"
-			"   FROM (SELECT u.fees::jsonb AS fj) x WHERE u.fees IS NOT NULL) f ON true"
-			" WHERE s.binding_id = u.bid AND s.order_key = u.k AND s.provider_id = u.pid"
-			" RETURNING s.binding_id, s.order_key, s.provider_shipment_id, s.tracking_number,"
-			" s.status, s.label_url, s.fee_total", 10, t);
-		/* the fees of the answers are quotes: fee lines (fees.c) */
-		apply_requotes_plan = shipsync_prepare_saved(
-			"SELECT kind, n, binding_id, order_key, fee_total"
-			" FROM shipsync._record_quotes($1, $2, $3, $4, $8)", 10, t);
-	}
-	{
-		Oid			t[6] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID};
-
-		apply_dead_plan = shipsync_prepare_saved(
-			"INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id,"
-			" outbox_id, detail)"
-			" SELECT u.kind, u.bid, u.k, u.pid, u.id, u.err"
-			" FROM unnest($1, $2, $3, $4, $5, $6) AS u(id, bid, k, pid, err, kind)"
-			/* kinds and ids only: any role may LISTEN (docs/security.md) */
-			" RETURNING pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object("
-			"   'event', kind, 'outbox_id', outbox_id, 'ticket_id', ticket_id,"
-			"   'binding_id', binding_id, 'order_key', order_key)::text)", 6, t);
-	}
-}
-
-static const char *const canonical_statuses[] = {
-	"pending", "pre_transit", "in_transit", "out_for_delivery",
-	"available_for_pickup", "delivery_failed", "exception", "returning",
-	"returned", "delivered", "cancelled", "expired", NULL
-};
-
-static const char *
-canonical_status(const char *raw)
-{
-	if (raw == NULL)
-		return NULL;
-	for (int i = 0; canonical_statuses[i]; i++)
-		if (pg_strcasecmp(raw, canonical_statuses[i]) == 0)
-			return canonical_statuses[i];
-	return NULL;
-}
-
-/*
- * After the statement that recorded shipments (its rows in SPI_tuptable):
- * their answers' fees become quote lines (fees.c), taking the fee locks
- * before the order rows are written; then the write-back, and last the fee
- * totals that differ from what it wrote (a bill already there wins).
- */
-static void
-apply_with_quotes(bool no_writeback, Binding *bs, int nb, SPIPlanPtr quotes_plan, ArgArrays *a)
-{
-	SPITupleTable *shipped = SPI_tuptable;
-	uint64		nshipped = SPI_processed;
-	int			rc;
-
-	if ((rc = args_execute(quotes_plan, a, false)) != SPI_OK_SELECT)
-		elog(ERROR, "recording quoted fees failed: %s", SPI_result_code_string(rc));
-	if (no_writeback)
-		return;
-	{
-		SPITupleTable *totals = SPI_tuptable;
-		uint64		ntotals = SPI_processed;
-
-		writeback_shipments(bs, nb, shipped, nshipped);
-		(void) fees_write_totals(totals, ntotals);
-	}
-}
-
-/*
- * Apply results [from, to) in the current transaction.  With no_writeback,
- * shipments are recorded but the order rows are left alone (the slow path
- * after a write-back failed), and every result is forced to its recorded
- * failure.
- */
-static void
-apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
-{
-	Oid			otypes[7] = {INT8OID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID};
-	Oid			ltypes[11] = {INT8OID, INT4OID, INT4OID, TEXTOID, TEXTOID, INT4OID, FLOAT8OID,
-	TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-	Oid			ctypes[12] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-	TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID};
-	Oid			utypes[10] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-	TEXTOID, TEXTOID, INT8OID};
-	Oid			dtypes[6] = {INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID};
-	Oid			gtypes[3] = {INT4OID, INT4OID, TEXTOID};
-	int			n = to - from;
-	Oid			rtypes[7] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-	ArgArrays  *ga = args_create(7, rtypes, n);	/* registrations done */
-	ArgArrays  *na = args_create(3, gtypes, n);	/* registrations to make */
-	ArgArrays  *oa = args_create(7, otypes, n);
-	ArgArrays  *la = args_create(11, ltypes, n);
-	ArgArrays  *ca = args_create(12, ctypes, n);
-	ArgArrays  *ua = args_create(10, utypes, n);
-	ArgArrays  *da = args_create(6, dtypes, n);
-	int			rc;
-
-	prepare_apply_plans();
-
-	for (int i = from; i < to; i++)
-	{
-		ShipResult	   *r = &rs[i];
-		int			o = args_row(oa);
-		int			l = args_row(la);
-
-		args_set(oa, o, 0, Int64GetDatum(r->id));
-		args_set(oa, o, 1, Int32GetDatum(r->attempt));
-		args_set_text(oa, o, 2, r->state);
-		if (r->next_at)
-			args_set(oa, o, 3, TimestampTzGetDatum(r->next_at));
-		if (r->http_status > 0)
-			args_set(oa, o, 4, Int32GetDatum((int32) r->http_status));
-		args_set_text(oa, o, 5, r->error_class);
-		args_set_text(oa, o, 6, r->error);
-
-		args_set(la, l, 0, Int64GetDatum(r->id));
-		args_set(la, l, 1, Int32GetDatum(r->attempt));
-		args_set(la, l, 2, Int32GetDatum(r->provider_id));
-		args_set_text(la, l, 3, r->method);
-		args_set_text(la, l, 4, r->url);
-		if (r->http_status > 0)
-			args_set(la, l, 5, Int32GetDatum((int32) r->http_status));
-		args_set(la, l, 6, Float8GetDatum(r->latency_ms));
-		args_set_text(la, l, 7, r->outcome);
-		args_set_text(la, l, 8, r->error_class);
-		args_set_text(la, l, 9, r->error);
-		args_set_text(la, l, 10, r->digest);
-
-		if (r->ship_ok && r->kind == INTENT_REGISTER)
-		{
-			/* the tracking provider's record of the waybill: no write-back */
-			int			c = args_row(ga);
-
-			args_set(ga, c, 0, Int32GetDatum(r->binding_id));
-			args_set_text(ga, c, 1, r->order_key);
-			args_set(ga, c, 2, Int32GetDatum(r->provider_id));
-			args_set_text(ga, c, 3, r->ship_id);
-			args_set_text(ga, c, 4, r->tracking_number);
-			args_set_text(ga, c, 5, r->raw_status);
-			args_set_text(ga, c, 6, r->digest);
-		}
-		else if (r->ship_ok && r->kind == INTENT_CREATE)
-		{
-			int			c = args_row(ca);
-			Binding    *b = find_binding(bs, nb, r->binding_id);
-
-			if (b && b->tracking_provider_id != 0 && r->tracking_number)
-			{
-				int			g = args_row(na);
-
-				args_set(na, g, 0, Int32GetDatum(r->binding_id));
-				args_set(na, g, 1, Int32GetDatum(b->tracking_provider_id));
-				args_set_text(na, g, 2, r->order_key);
-			}
-
-			args_set(ca, c, 0, Int32GetDatum(r->binding_id));
-			args_set_text(ca, c, 1, r->order_key);
-			args_set(ca, c, 2, Int32GetDatum(r->provider_id));
-			args_set_text(ca, c, 3, r->ship_id);
-			args_set_text(ca, c, 4, r->tracking_number);
-			args_set_text(ca, c, 5, r->label_url);
-			args_set_text(ca, c, 6, canonical_status(r->raw_status));
-			args_set_text(ca, c, 7, r->raw_status);
-			args_set_text(ca, c, 8, r->fees_body);
-			args_set_text(ca, c, 9, r->digest);
-			args_set_text(ca, c, 10, r->waybills);
-			args_set(ca, c, 11, Int64GetDatum(r->id));
-		}
-		else if (r->ship_ok)
-		{
-			int			u = args_row(ua);
-
-			args_set(ua, u, 0, Int32GetDatum(r->binding_id));
-			args_set_text(ua, u, 1, r->order_key);
-			args_set(ua, u, 2, Int32GetDatum(r->provider_id));
-			args_set_text(ua, u, 3, r->tracking_number);
-			args_set_text(ua, u, 4, r->label_url);
-			args_set_text(ua, u, 5, r->kind == INTENT_CANCEL ? "cancelled" :
-						  canonical_status(r->raw_status));
-			args_set_text(ua, u, 6, r->raw_status);
-			args_set_text(ua, u, 7, r->fees_body);
-			args_set(ua, u, 9, Int64GetDatum(r->id));
-		}
-
-		if (strcmp(r->state, "dead") == 0)
-		{
-			int			d = args_row(da);
-
-			args_set(da, d, 0, Int64GetDatum(r->id));
-			args_set(da, d, 1, Int32GetDatum(r->binding_id));
-			args_set_text(da, d, 2, r->order_key);
-			args_set(da, d, 3, Int32GetDatum(r->provider_id));
-			args_set_text(da, d, 4, r->error);
-			args_set_text(da, d, 5, r->ticket_kind ? r->ticket_kind : "dead_intent");
-		}
-	}
-
-	if ((rc = args_execute(apply_outbox_plan, oa, false)) != SPI_OK_UPDATE)
-		elog(ERROR, "updating outbox states failed: %s", SPI_result_code_string(rc));
-	if ((rc = args_execute(apply_log_plan, la, false)) != SPI_OK_INSERT)
-		elog(ERROR, "writing the delivery log failed: %s", SPI_result_code_string(rc));
-	if (ca->n > 0)
-	{
-		if ((rc = args_execute(apply_create_plan, ca, false)) != SPI_OK_INSERT_RETURNING)
-			elog(ERROR, "recording shipments failed: %s", SPI_result_code_string(rc));
-		apply_with_quotes(rs[from].no_writeback, bs, nb, apply_quotes_plan, ca);
-	}
-	if (ga->n > 0 &&
-		(rc = args_execute(apply_registered_plan, ga, false)) != SPI_OK_INSERT)
-		elog(ERROR, "recording registrations failed: %s", SPI_result_code_string(rc));
-	if (na->n > 0 &&
-		(rc = args_execute(apply_register_plan, na, false)) != SPI_OK_INSERT)
-		elog(ERROR, "enqueueing registrations failed: %s", SPI_result_code_string(rc));
-	if (ua->n > 0)
-	{
-		if ((rc = args_execute(apply_update_plan, ua, false)) != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "updating shipments failed: %s", SPI_result_code_string(rc));
-		apply_with_quotes(rs[from].no_writeback, bs, nb, apply_requotes_plan, ua);
-	}
-	if (da->n > 0 &&
-		(rc = args_execute(apply_dead_plan, da, false)) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "opening exception tickets failed: %s", SPI_result_code_string(rc));
-}
-
-/*
- * Apply results [i, i + 1) in a subtransaction of the current transaction.
- * Returns NULL when it committed, else the error (copied into cxt); the
- * subtransaction is then rolled back.  Either way cxt and owner are current
- * again.
- */
-static ErrorData *
-apply_in_subxact(ShipResult *rs, int i, Binding *bs, int nb, MemoryContext cxt,
-				 ResourceOwner owner)
-{
-	ErrorData  *volatile edata = NULL;
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		apply_range(rs, i, i + 1, bs, nb);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return edata;
-}
-
-/* A try of the slow path failed: say so (what: applying, recording) */
-static void
-apply_warn(const ShipResult *r, const char *what, const ErrorData *edata)
-{
-	ereport(WARNING,
-			(errcode(edata->sqlerrcode),
-			 errmsg("pg_shipsync: %s the result of intent %lld (order %s) failed: %s",
-					what, (long long) r->id, r->order_key, edata->message)));
-}
-
-/*
- * The slow path for one result, each try in its own subtransaction: as it
- * is; then dead (writeback_failed) with its shipment recorded but the order
- * row left alone; then dead (apply_failed) with nothing but its outbox
- * state, log row and ticket.  Only when even that fails (the outbox itself
- * cannot be written) is the error raised.
- */
-static void
-apply_one(ShipResult *rs, int i, Binding *bs, int nb, MemoryContext cxt,
-		  ResourceOwner owner)
-{
-	ShipResult *r = &rs[i];
-	ErrorData  *first;
-	ErrorData  *second;
-	ErrorData  *last;
-
-	if ((first = apply_in_subxact(rs, i, bs, nb, cxt, owner)) == NULL)
-		return;
-	apply_warn(r, "applying", first);
-
-	/* record the shipment and the failure, without the write-back */
-	r->no_writeback = true;
-	r->state = "dead";
-	r->outcome = "dead";
-	r->next_at = 0;
-	r->error_class = "writeback_failed";
-	r->ticket_kind = "writeback_failed";
-	r->error = psprintf("write-back failed: %s", first->message);
-	if ((second = apply_in_subxact(rs, i, bs, nb, cxt, owner)) == NULL)
-		return;
-
-	/* not even the shipment: the intent's own state, log and ticket only */
-	apply_warn(r, "recording", second);
-	r->ship_ok = false;
-	r->error_class = "apply_failed";
-	r->ticket_kind = "apply_failed";
-	r->error = psprintf("the result could not be recorded: %s", second->message);
-	if ((last = apply_in_subxact(rs, i, bs, nb, cxt, owner)) == NULL)
-		return;
-	ereport(ERROR,
-			(errcode(last->sqlerrcode),
-			 errmsg("pg_shipsync: the state of intent %lld cannot be recorded: %s",
-					(long long) r->id, last->message)));
-}
-
-/*
- * Apply results [0, n) in one transaction.  Returns false (rolled back,
- * the error logged) when it failed.
- */
-static bool
-apply_batch(ShipResult *rs, int n, Binding *bs, int nb)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	volatile bool ok = true;
-
-	PG_TRY();
-	{
-		shipsync_begin_tx("applying results", false);
-		apply_range(rs, 0, n, bs, nb);
-		shipsync_end_tx();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		shipsync_abort_tx();
-		ereport(LOG,
-				(errmsg("pg_shipsync: a batch of %d results failed, applying them one by one", n),
-				 errdetail("%s", edata->message)));
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	return ok;
-}
-
-/*
- * Apply a batch of completions: one transaction; if it fails, one
- * subtransaction per completion (never more than one open) so that only
- * the failing ones fail, and other intents of the batch, of every provider,
- * are applied.  Returns the providers given new intents (registrations of
- * new waybills): the dispatcher looks for their work.
- */
-uint64
-outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner;
-
-	if (n == 0)
-		return 0;
-	if (!apply_batch(rs, n, bs, nb))
-	{
-		shipsync_begin_tx("applying results one by one", false);
-		owner = CurrentResourceOwner;
-		for (int i = 0; i < n; i++)
-			apply_one(rs, i, bs, nb, cxt, owner);
-		shipsync_end_tx();
-		MemoryContextSwitchTo(cxt);
-	}
-	return apply_new_work(rs, n, bs, nb);
 }

@@ -601,6 +601,16 @@ provider_load_maps(MemoryContext cxt, Provider *ps, int n)
 	}
 }
 
+/* The binding of id in bs[0..nb), or NULL */
+Binding *
+binding_find(Binding *bs, int nb, int32 id)
+{
+	for (int i = 0; i < nb; i++)
+		if (bs[i].id == id)
+			return &bs[i];
+	return NULL;
+}
+
 /* ---------- one provider by name ---------- */
 
 static SPIPlanPtr lookup_plan = NULL;

@@ -1,0 +1,591 @@
+/*-------------------------------------------------------------------------
+ *
+ * apply.c
+ *		Applying the results of a batch of attempts: outbox states, the
+ *		delivery log, shipments, quoted fees, write-back, registrations
+ *		and tickets.
+ *
+ * One transaction per batch of completions, synchronous_commit = off: a
+ * lost apply is re-sent under the same key and the carrier replays its
+ * first answer.  Every statement is set-based: apply_collect() turns each
+ * result into one row of each statement it needs (an ApplyBatch holds the
+ * parallel arrays), and apply_execute() runs each statement once for the
+ * whole batch through a saved plan of the table below.  The shipments
+ * recorded are written back onto the order rows (writeback.c: as the
+ * table's owner, with capture suppressed: no echo); their answers' fees
+ * become quote lines (fees.c) first, taking the fee locks before the order
+ * rows are written.  A create of a binding with a tracking provider
+ * enqueues the registration of its waybill; outbox_apply() returns those
+ * providers, so that the dispatcher looks for their work.
+ *
+ * If the batch fails, it is applied again one completion at a time, each in
+ * its own subtransaction (one open at a time), so that only the failing
+ * order fails: as it is; then dead (writeback_failed) with its shipment
+ * recorded but its order row left alone; then dead (apply_failed) with
+ * nothing but its outbox state, log row and ticket.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "pg_shipsync.h"
+#include "dispatcher.h"
+
+/* The statements of one apply, each run once per batch */
+typedef enum ApplyStmt
+{
+	APPLY_OUTBOX,				/* outbox states */
+	APPLY_LOG,					/* delivery_log */
+	APPLY_CREATE,				/* shipments created */
+	APPLY_QUOTES,				/* their fees, as quote lines (same rows) */
+	APPLY_UPDATE,				/* shipments updated or cancelled */
+	APPLY_REQUOTES,				/* their fees (same rows) */
+	APPLY_REGISTERED,			/* registrations done */
+	APPLY_REGISTER,				/* registrations to make */
+	APPLY_NSTMTS
+} ApplyStmt;
+
+#define APPLY_MAX_ARGS 12
+
+typedef struct ApplyPlanDef
+{
+	const char *sql;
+	int			nargs;
+	Oid			types[APPLY_MAX_ARGS];	/* of the elements of $1..$nargs */
+	int			ok;				/* the SPI result it must give */
+	const char *what;			/* for the error message */
+} ApplyPlanDef;
+
+/*
+ * The statements.  "state = (SELECT 'in_flight')" in APPLY_OUTBOX, not a
+ * constant: with a constant, the planner may read the in-flight rows
+ * through the partial per-order index and hash them, trusting statistics
+ * taken when the queue was empty (1 row) -- then every batch walks the
+ * whole backlog.  An InitPlan cannot prove the partial index's predicate,
+ * so the rows are found by primary key, one per array element.  A
+ * registration done records the tracking provider's own shipment row, its
+ * tracker id, and the waybill it follows (the shipping provider's when the
+ * answer does not repeat it), with no write-back.  A shipment created or
+ * updated takes the content_digest of the intent whose answer it records
+ * (the digest of the order row the request was rendered from, which
+ * reconciliation compares).
+ */
+static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
+	[APPLY_OUTBOX] = {
+		"UPDATE shipsync.outbox o SET state = u.state,"
+		" next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),"
+		" last_status = u.http_status, error_class = u.eclass, last_error = u.err,"
+		" lease_until = NULL, updated_at = pg_catalog.now(),"
+		" done_at = CASE WHEN u.state IN ('done', 'dead') THEN pg_catalog.now() END"
+		" FROM unnest($1, $2, $3, $4, $5, $6, $7)"
+		"   AS u(id, attempt, state, next_at, http_status, eclass, err)"
+		" WHERE o.id = u.id AND o.state = (SELECT 'in_flight')"
+		" AND o.attempts = u.attempt", 7,
+		{INT8OID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID},
+		SPI_OK_UPDATE, "updating outbox states"
+	},
+	[APPLY_LOG] = {
+		"INSERT INTO shipsync.delivery_log (outbox_id, attempt, provider_id, method,"
+		" url, http_status, latency_ms, outcome, error_class, error, request_digest)"
+		" SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11,
+		{INT8OID, INT4OID, INT4OID, TEXTOID, TEXTOID, INT4OID, FLOAT8OID, TEXTOID,
+		TEXTOID, TEXTOID, TEXTOID},
+		SPI_OK_INSERT, "writing the delivery log"
+	},
+	[APPLY_CREATE] = {
+		"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
+		" provider_shipment_id, tracking_number, label_url, status, raw_status, fees,"
+		" fee_total, request_digest, waybills, content_digest)"
+		" SELECT u.bid, u.k, u.pid, u.sid, u.tn, u.label, COALESCE(u.status, 'pending'),"
+		"   u.raw, f.fees, f.total, u.digest, u.waybills::jsonb,"
+		"   (SELECT o.content_digest FROM shipsync.outbox o WHERE o.id = u.oid)"
+		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+		"   AS u(bid, k, pid, sid, tn, label, status, raw, fees, digest, waybills, oid)"
+		" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
+		"   shipsync._quote_total(x.fj, u.pid) AS total"
+		"   FROM (SELECT u.fees::jsonb AS fj) x WHERE u.fees IS NOT NULL) f ON true"
+		" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
+		" provider_shipment_id = EXCLUDED.provider_shipment_id,"
+		" tracking_number = EXCLUDED.tracking_number,"
+		" label_url = COALESCE(EXCLUDED.label_url, s.label_url),"
+		" status = EXCLUDED.status, raw_status = EXCLUDED.raw_status,"
+		" fees = COALESCE(EXCLUDED.fees, s.fees), fee_total = COALESCE(EXCLUDED.fee_total, s.fee_total),"
+		" request_digest = EXCLUDED.request_digest,"
+		" waybills = COALESCE(EXCLUDED.waybills, s.waybills),"
+		" content_digest = EXCLUDED.content_digest, updated_at = pg_catalog.now()"
+		" RETURNING binding_id, order_key, provider_shipment_id, tracking_number, status,"
+		" label_url, fee_total", 12,
+		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+		TEXTOID, TEXTOID, TEXTOID, INT8OID},
+		SPI_OK_INSERT_RETURNING, "recording shipments"
+	},
+	[APPLY_QUOTES] = {
+		"SELECT kind, n, binding_id, order_key, fee_total"
+		" FROM shipsync._record_quotes($1, $2, $3, $5, $9)", 12,
+		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+		TEXTOID, TEXTOID, TEXTOID, INT8OID},
+		SPI_OK_SELECT, "recording quoted fees"
+	},
+	[APPLY_UPDATE] = {
+		"UPDATE shipsync.shipment AS s SET"
+		" tracking_number = COALESCE(u.tn, s.tracking_number),"
+		" label_url = COALESCE(u.label, s.label_url),"
+		" status = COALESCE(u.status, s.status), raw_status = COALESCE(u.raw, s.raw_status),"
+		" fees = COALESCE(f.fees, s.fees), fee_total = COALESCE(f.total, s.fee_total),"
+		" content_digest = COALESCE((SELECT o.content_digest FROM shipsync.outbox o"
+		"   WHERE o.id = u.oid), s.content_digest),"
+		" updated_at = pg_catalog.now()"
+		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+		"   AS u(bid, k, pid, tn, label, status, raw, fees, unused, oid)"
+		" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
+		"   shipsync._quote_total(x.fj, u.pid) AS total"
+		"   FROM (SELECT u.fees::jsonb AS fj) x WHERE u.fees IS NOT NULL) f ON true"
+		" WHERE s.binding_id = u.bid AND s.order_key = u.k AND s.provider_id = u.pid"
+		" RETURNING s.binding_id, s.order_key, s.provider_shipment_id, s.tracking_number,"
+		" s.status, s.label_url, s.fee_total", 10,
+		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+		TEXTOID, INT8OID},
+		SPI_OK_UPDATE_RETURNING, "updating shipments"
+	},
+	[APPLY_REQUOTES] = {
+		"SELECT kind, n, binding_id, order_key, fee_total"
+		" FROM shipsync._record_quotes($1, $2, $3, $4, $8)", 10,
+		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+		TEXTOID, INT8OID},
+		SPI_OK_SELECT, "recording quoted fees"
+	},
+	[APPLY_REGISTERED] = {
+		"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
+		" provider_shipment_id, tracking_number, raw_status, request_digest)"
+		" SELECT u.bid, u.k, u.pid, u.sid,"
+		"   COALESCE(u.tn, (SELECT x.tracking_number FROM shipsync.shipment x"
+		"     WHERE x.binding_id = u.bid AND x.order_key = u.k AND x.provider_id <> u.pid"
+		"     AND x.tracking_number IS NOT NULL ORDER BY x.updated_at DESC LIMIT 1)),"
+		"   u.raw, u.digest"
+		" FROM unnest($1, $2, $3, $4, $5, $6, $7) AS u(bid, k, pid, sid, tn, raw, digest)"
+		" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
+		" provider_shipment_id = COALESCE(EXCLUDED.provider_shipment_id, s.provider_shipment_id),"
+		" tracking_number = EXCLUDED.tracking_number, raw_status = EXCLUDED.raw_status,"
+		" request_digest = EXCLUDED.request_digest, updated_at = pg_catalog.now()", 7,
+		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
+		SPI_OK_INSERT, "recording registrations"
+	},
+	[APPLY_REGISTER] = {
+		"INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op)"
+		" SELECT u.bid, u.tp, u.k, 'register' FROM unnest($1, $2, $3) AS u(bid, tp, k)", 3,
+		{INT4OID, INT4OID, TEXTOID},
+		SPI_OK_INSERT, "enqueueing registrations"
+	},
+};
+
+static SPIPlanPtr apply_plans[APPLY_NSTMTS];
+
+/* The rows of one batch's statements; quotes share their shipments' rows */
+typedef struct ApplyBatch
+{
+	ArgArrays  *rows[APPLY_NSTMTS];
+	ArgArrays  *tickets;
+} ApplyBatch;
+
+/* Save the plans of apply_defs, once per process */
+static void
+prepare_apply_plans(void)
+{
+	if (apply_plans[0])
+		return;
+	for (int s = 0; s < APPLY_NSTMTS; s++)
+	{
+		Oid			types[APPLY_MAX_ARGS];
+
+		for (int c = 0; c < apply_defs[s].nargs; c++)
+			types[c] = get_array_type(apply_defs[s].types[c]);
+		apply_plans[s] = shipsync_prepare_saved(apply_defs[s].sql, apply_defs[s].nargs, types);
+	}
+}
+
+/* Run statement s over rows a, checking what it gives */
+static void
+apply_run(ApplyStmt s, ArgArrays *a)
+{
+	int			rc = args_execute(apply_plans[s], a, false);
+
+	if (rc != apply_defs[s].ok)
+		elog(ERROR, "%s failed: %s", apply_defs[s].what, SPI_result_code_string(rc));
+}
+
+static const char *const canonical_statuses[] = {
+	"pending", "pre_transit", "in_transit", "out_for_delivery",
+	"available_for_pickup", "delivery_failed", "exception", "returning",
+	"returned", "delivered", "cancelled", "expired", NULL
+};
+
+/* The canonical status a carrier's raw status names, or NULL */
+static const char *
+canonical_status(const char *raw)
+{
+	if (raw == NULL)
+		return NULL;
+	for (int i = 0; canonical_statuses[i]; i++)
+		if (pg_strcasecmp(raw, canonical_statuses[i]) == 0)
+			return canonical_statuses[i];
+	return NULL;
+}
+
+/* The outbox state and the delivery log row of result r */
+static void
+apply_collect_attempt(ApplyBatch *b, const ShipResult *r)
+{
+	ArgArrays  *oa = b->rows[APPLY_OUTBOX];
+	ArgArrays  *la = b->rows[APPLY_LOG];
+	int			o = args_row(oa);
+	int			l = args_row(la);
+
+	args_set(oa, o, 0, Int64GetDatum(r->id));
+	args_set(oa, o, 1, Int32GetDatum(r->attempt));
+	args_set_text(oa, o, 2, r->state);
+	if (r->next_at)
+		args_set(oa, o, 3, TimestampTzGetDatum(r->next_at));
+	if (r->http_status > 0)
+		args_set(oa, o, 4, Int32GetDatum((int32) r->http_status));
+	args_set_text(oa, o, 5, r->error_class);
+	args_set_text(oa, o, 6, r->error);
+
+	args_set(la, l, 0, Int64GetDatum(r->id));
+	args_set(la, l, 1, Int32GetDatum(r->attempt));
+	args_set(la, l, 2, Int32GetDatum(r->provider_id));
+	args_set_text(la, l, 3, r->method);
+	args_set_text(la, l, 4, r->url);
+	if (r->http_status > 0)
+		args_set(la, l, 5, Int32GetDatum((int32) r->http_status));
+	args_set(la, l, 6, Float8GetDatum(r->latency_ms));
+	args_set_text(la, l, 7, r->outcome);
+	args_set_text(la, l, 8, r->error_class);
+	args_set_text(la, l, 9, r->error);
+	args_set_text(la, l, 10, r->digest);
+}
+
+/* A registration done: the tracking provider's record of the waybill */
+static void
+apply_collect_registered(ApplyBatch *b, const ShipResult *r)
+{
+	ArgArrays  *ga = b->rows[APPLY_REGISTERED];
+	int			c = args_row(ga);
+
+	args_set(ga, c, 0, Int32GetDatum(r->binding_id));
+	args_set_text(ga, c, 1, r->order_key);
+	args_set(ga, c, 2, Int32GetDatum(r->provider_id));
+	args_set_text(ga, c, 3, r->ship_id);
+	args_set_text(ga, c, 4, r->tracking_number);
+	args_set_text(ga, c, 5, r->raw_status);
+	args_set_text(ga, c, 6, r->digest);
+}
+
+/* A shipment created; the registration of its waybill, if the binding has one */
+static void
+apply_collect_created(ApplyBatch *b, const ShipResult *r, Binding *bs, int nb)
+{
+	ArgArrays  *ca = b->rows[APPLY_CREATE];
+	int			c = args_row(ca);
+	Binding    *bd = binding_find(bs, nb, r->binding_id);
+
+	if (bd && bd->tracking_provider_id != 0 && r->tracking_number)
+	{
+		ArgArrays  *na = b->rows[APPLY_REGISTER];
+		int			g = args_row(na);
+
+		args_set(na, g, 0, Int32GetDatum(r->binding_id));
+		args_set(na, g, 1, Int32GetDatum(bd->tracking_provider_id));
+		args_set_text(na, g, 2, r->order_key);
+	}
+	args_set(ca, c, 0, Int32GetDatum(r->binding_id));
+	args_set_text(ca, c, 1, r->order_key);
+	args_set(ca, c, 2, Int32GetDatum(r->provider_id));
+	args_set_text(ca, c, 3, r->ship_id);
+	args_set_text(ca, c, 4, r->tracking_number);
+	args_set_text(ca, c, 5, r->label_url);
+	args_set_text(ca, c, 6, canonical_status(r->raw_status));
+	args_set_text(ca, c, 7, r->raw_status);
+	args_set_text(ca, c, 8, r->fees_body);
+	args_set_text(ca, c, 9, r->digest);
+	args_set_text(ca, c, 10, r->waybills);
+	args_set(ca, c, 11, Int64GetDatum(r->id));	/* its content_digest */
+}
+
+/* A shipment updated or cancelled */
+static void
+apply_collect_updated(ApplyBatch *b, const ShipResult *r)
+{
+	ArgArrays  *ua = b->rows[APPLY_UPDATE];
+	int			u = args_row(ua);
+
+	args_set(ua, u, 0, Int32GetDatum(r->binding_id));
+	args_set_text(ua, u, 1, r->order_key);
+	args_set(ua, u, 2, Int32GetDatum(r->provider_id));
+	args_set_text(ua, u, 3, r->tracking_number);
+	args_set_text(ua, u, 4, r->label_url);
+	args_set_text(ua, u, 5, r->kind == INTENT_CANCEL ? "cancelled" :
+				  canonical_status(r->raw_status));
+	args_set_text(ua, u, 6, r->raw_status);
+	args_set_text(ua, u, 7, r->fees_body);
+	args_set(ua, u, 9, Int64GetDatum(r->id));	/* its content_digest */
+}
+
+/* The rows of every statement result r needs */
+static void
+apply_collect(ApplyBatch *b, const ShipResult *r, Binding *bs, int nb)
+{
+	apply_collect_attempt(b, r);
+	if (r->ship_ok && r->kind == INTENT_REGISTER)
+		apply_collect_registered(b, r);
+	else if (r->ship_ok && r->kind == INTENT_CREATE)
+		apply_collect_created(b, r, bs, nb);
+	else if (r->ship_ok)
+		apply_collect_updated(b, r);
+	if (strcmp(r->state, "dead") == 0)
+		outbox_ticket_row(b->tickets, r->id, r->binding_id, r->order_key, r->provider_id,
+						  r->error, r->ticket_kind ? r->ticket_kind : "dead_intent");
+}
+
+/*
+ * After the statement that recorded shipments (its rows in SPI_tuptable):
+ * their answers' fees become quote lines (fees.c), taking the fee locks
+ * before the order rows are written; then the write-back, and last the fee
+ * totals that differ from what it wrote (a bill already there wins).
+ */
+static void
+apply_with_quotes(bool no_writeback, Binding *bs, int nb, ApplyStmt quotes, ArgArrays *a)
+{
+	SPITupleTable *shipped = SPI_tuptable;
+	uint64		nshipped = SPI_processed;
+
+	apply_run(quotes, a);
+	if (no_writeback)
+		return;
+	{
+		SPITupleTable *totals = SPI_tuptable;
+		uint64		ntotals = SPI_processed;
+
+		writeback_shipments(bs, nb, shipped, nshipped);
+		(void) fees_write_totals(totals, ntotals);
+	}
+}
+
+/* Run the statements of batch b, in the order their rows depend on */
+static void
+apply_execute(ApplyBatch *b, bool no_writeback, Binding *bs, int nb)
+{
+	apply_run(APPLY_OUTBOX, b->rows[APPLY_OUTBOX]);
+	apply_run(APPLY_LOG, b->rows[APPLY_LOG]);
+	if (b->rows[APPLY_CREATE]->n > 0)
+	{
+		apply_run(APPLY_CREATE, b->rows[APPLY_CREATE]);
+		apply_with_quotes(no_writeback, bs, nb, APPLY_QUOTES, b->rows[APPLY_CREATE]);
+	}
+	if (b->rows[APPLY_REGISTERED]->n > 0)
+		apply_run(APPLY_REGISTERED, b->rows[APPLY_REGISTERED]);
+	if (b->rows[APPLY_REGISTER]->n > 0)
+		apply_run(APPLY_REGISTER, b->rows[APPLY_REGISTER]);
+	if (b->rows[APPLY_UPDATE]->n > 0)
+	{
+		apply_run(APPLY_UPDATE, b->rows[APPLY_UPDATE]);
+		apply_with_quotes(no_writeback, bs, nb, APPLY_REQUOTES, b->rows[APPLY_UPDATE]);
+	}
+	outbox_open_tickets(b->tickets);
+}
+
+/*
+ * Apply results [from, to) in the current transaction.  With no_writeback,
+ * shipments are recorded but the order rows are left alone (the slow path
+ * after a write-back failed), and every result is forced to its recorded
+ * failure.
+ */
+static void
+apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
+{
+	ApplyBatch	b;
+
+	prepare_apply_plans();
+	for (int s = 0; s < APPLY_NSTMTS; s++)
+		b.rows[s] = args_create(apply_defs[s].nargs, apply_defs[s].types, to - from);
+	b.tickets = outbox_tickets_create(to - from);
+	for (int i = from; i < to; i++)
+		apply_collect(&b, &rs[i], bs, nb);
+	apply_execute(&b, rs[from].no_writeback, bs, nb);
+}
+
+/* apply_range() over one result, for shipsync_subxact() */
+typedef struct ApplyOne
+{
+	ShipResult *rs;
+	int			i;
+	Binding    *bs;
+	int			nb;
+} ApplyOne;
+
+static void
+apply_one_step(void *arg)
+{
+	ApplyOne   *a = (ApplyOne *) arg;
+
+	apply_range(a->rs, a->i, a->i + 1, a->bs, a->nb);
+}
+
+/*
+ * Apply results [i, i + 1) in a subtransaction of the current transaction.
+ * Returns NULL when it committed, else the error (copied into cxt); the
+ * subtransaction is then rolled back.  Either way cxt is current again.
+ */
+static ErrorData *
+apply_in_subxact(ShipResult *rs, int i, Binding *bs, int nb, MemoryContext cxt)
+{
+	ApplyOne	a = {rs, i, bs, nb};
+
+	MemoryContextSwitchTo(cxt);
+	return shipsync_subxact(apply_one_step, &a);
+}
+
+/* A try of the slow path failed: say so (what: applying, recording) */
+static void
+apply_warn(const ShipResult *r, const char *what, const ErrorData *edata)
+{
+	ereport(WARNING,
+			(errcode(edata->sqlerrcode),
+			 errmsg("pg_shipsync: %s the result of intent %lld (order %s) failed: %s",
+					what, (long long) r->id, r->order_key, edata->message)));
+}
+
+/*
+ * The slow path for one result, each try in its own subtransaction: as it
+ * is; then dead (writeback_failed) with its shipment recorded but the order
+ * row left alone; then dead (apply_failed) with nothing but its outbox
+ * state, log row and ticket.  Only when even that fails (the outbox itself
+ * cannot be written) is the error raised.
+ */
+static void
+apply_one(ShipResult *rs, int i, Binding *bs, int nb, MemoryContext cxt)
+{
+	ShipResult *r = &rs[i];
+	ErrorData  *first;
+	ErrorData  *second;
+	ErrorData  *last;
+
+	if ((first = apply_in_subxact(rs, i, bs, nb, cxt)) == NULL)
+		return;
+	apply_warn(r, "applying", first);
+
+	/* record the shipment and the failure, without the write-back */
+	r->no_writeback = true;
+	r->state = "dead";
+	r->outcome = "dead";
+	r->next_at = 0;
+	r->error_class = "writeback_failed";
+	r->ticket_kind = "writeback_failed";
+	r->error = psprintf("write-back failed: %s", first->message);
+	if ((second = apply_in_subxact(rs, i, bs, nb, cxt)) == NULL)
+		return;
+
+	/* not even the shipment: the intent's own state, log and ticket only */
+	apply_warn(r, "recording", second);
+	r->ship_ok = false;
+	r->error_class = "apply_failed";
+	r->ticket_kind = "apply_failed";
+	r->error = psprintf("the result could not be recorded: %s", second->message);
+	if ((last = apply_in_subxact(rs, i, bs, nb, cxt)) == NULL)
+		return;
+	ereport(ERROR,
+			(errcode(last->sqlerrcode),
+			 errmsg("pg_shipsync: the state of intent %lld cannot be recorded: %s",
+					(long long) r->id, last->message)));
+}
+
+/*
+ * The tracking providers that results [0, n) gave new intents to:
+ * registrations of the waybills of new shipments (apply_range() enqueues
+ * them).
+ */
+static uint64
+apply_new_work(const ShipResult *rs, int n, Binding *bs, int nb)
+{
+	uint64		fresh = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		const ShipResult *r = &rs[i];
+		Binding    *b;
+
+		if (!r->ship_ok || r->kind != INTENT_CREATE || r->tracking_number == NULL)
+			continue;
+		b = binding_find(bs, nb, r->binding_id);
+		if (b && b->tracking_provider_id != 0)
+			fresh |= SHIPSYNC_PROVIDER_BIT(b->tracking_provider_id);
+	}
+	return fresh;
+}
+
+/*
+ * Apply results [0, n) in one transaction.  Returns false (rolled back,
+ * the error logged) when it failed.
+ */
+static bool
+apply_batch(ShipResult *rs, int n, Binding *bs, int nb)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		shipsync_begin_tx("applying results", false);
+		apply_range(rs, 0, n, bs, nb);
+		shipsync_end_tx();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		shipsync_abort_tx();
+		ereport(LOG,
+				(errmsg("pg_shipsync: a batch of %d results failed, applying them one by one", n),
+				 errdetail("%s", edata->message)));
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	return ok;
+}
+
+/*
+ * Apply a batch of completions: one transaction; if it fails, one
+ * subtransaction per completion (never more than one open) so that only
+ * the failing ones fail, and other intents of the batch, of every provider,
+ * are applied.  Returns the providers given new intents (registrations of
+ * new waybills): the dispatcher looks for their work.
+ */
+uint64
+outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (n == 0)
+		return 0;
+	if (!apply_batch(rs, n, bs, nb))
+	{
+		shipsync_begin_tx("applying results one by one", false);
+		for (int i = 0; i < n; i++)
+			apply_one(rs, i, bs, nb, cxt);
+		shipsync_end_tx();
+		MemoryContextSwitchTo(cxt);
+	}
+	return apply_new_work(rs, n, bs, nb);
+}

@@ -1718,17 +1718,15 @@ dispatcher_recover(MemoryContext loop_cxt)
 	cfg_generation = 0;
 }
 
-void
-shipsync_dispatcher_main(Datum main_arg)
+/*
+ * The worker's start: signals, the connection to its database with a
+ * pinned search_path, its slot in shared memory, libcurl; then wait for
+ * CREATE EXTENSION, or for ALTER EXTENSION ... UPDATE to this library's
+ * version (both scripts wake us through the latch).
+ */
+static void
+dispatcher_start(const char *dbname)
 {
-	char		dbname[BGW_EXTRALEN];
-	sigjmp_buf	local_sigjmp_buf;
-	MemoryContext loop_cxt;
-	TimestampTz last_full_look;
-
-	memcpy(dbname, MyBgworkerEntry->bgw_extra, BGW_EXTRALEN);
-	dbname[BGW_EXTRALEN - 1] = '\0';
-
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -1745,10 +1743,6 @@ shipsync_dispatcher_main(Datum main_arg)
 				(errcode(ERRCODE_SYSTEM_ERROR),
 				 errmsg("could not initialize libcurl")));
 
-	/*
-	 * Wait for CREATE EXTENSION, or for ALTER EXTENSION ... UPDATE to this
-	 * library's version; both scripts wake us through the latch.
-	 */
 	while (!dispatcher_extension_ready())
 	{
 		pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION pg_shipsync or ALTER EXTENSION pg_shipsync UPDATE");
@@ -1757,6 +1751,24 @@ shipsync_dispatcher_main(Datum main_arg)
 		ResetLatch(MyLatch);
 		dispatcher_process_interrupts();
 	}
+}
+
+/*
+ * The dispatcher's entry point (bgw_function_name): start, take back what a
+ * previous dispatcher left in flight, then the loop of the file header.
+ */
+void
+shipsync_dispatcher_main(Datum main_arg)
+{
+	char		dbname[BGW_EXTRALEN];
+	sigjmp_buf	local_sigjmp_buf;
+	MemoryContext loop_cxt;
+	TimestampTz last_full_look;
+
+	memcpy(dbname, MyBgworkerEntry->bgw_extra, BGW_EXTRALEN);
+	dbname[BGW_EXTRALEN - 1] = '\0';
+
+	dispatcher_start(dbname);
 
 	ereport(LOG, (errmsg("pg_shipsync dispatcher started for database \"%s\"", dbname)));
 	/* what a dead dispatcher was applying: quarantine, or apply alone */

@@ -1448,6 +1448,48 @@ shipsync_parse_sf_response(const char *body, size_t len, bool search,
 }
 
 /*
+ * SF's msgData: the orderId, and the waybill of type 1 (or the first one)
+ * with every waybill of waybillNoInfoList as JSON text.
+ */
+static void
+sf_read_msg_data(struct json_object *msg, SfResponse *out)
+{
+	struct json_object *list;
+
+	out->order_id = dup_member_text(msg, "orderId");
+	if (json_object_object_get_ex(msg, "waybillNoInfoList", &list) &&
+		json_object_is_type(list, json_type_array))
+	{
+		size_t		n = json_object_array_length(list);
+
+		for (size_t i = 0; i < n; i++)
+		{
+			struct json_object *w = json_object_array_get_idx(list, i);
+			struct json_object *t;
+			char	   *no = dup_member_text(w, "waybillNo");
+
+			if (no == NULL || no[0] == '\0')
+			{
+				free(no);
+				continue;
+			}
+			if (out->waybill == NULL ||
+				(json_object_object_get_ex(w, "waybillType", &t) &&
+				 json_object_get_int(t) == 1))
+			{
+				free(out->waybill);
+				out->waybill = no;
+			}
+			else
+				free(no);
+		}
+		if (n > 0)
+			out->waybills = strdup(json_object_to_json_string_ext(list, JSON_C_TO_STRING_PLAIN |
+																  JSON_C_TO_STRING_NOSLASHESCAPE));
+	}
+}
+
+/*
  * The same, on a document already parsed: the caller may then read more
  * paths from it (an inbound map) without parsing or decoding again.
  */
@@ -1459,7 +1501,6 @@ shipsync_parse_sf_doc(ShipJson *doc, bool search, SfResponse *out,
 	struct json_object *data = NULL;
 	struct json_object *v;
 	struct json_object *msg;
-	struct json_object *list;
 	char	   *api_code;
 	bool		success = false;
 
@@ -1525,39 +1566,7 @@ shipsync_parse_sf_doc(ShipJson *doc, bool search, SfResponse *out,
 	out->cls = shipsync_sf_classify("A1000", success, out->code, search);
 	if (json_object_object_get_ex(data, "msgData", &msg) &&
 		json_object_is_type(msg, json_type_object))
-	{
-		out->order_id = dup_member_text(msg, "orderId");
-		if (json_object_object_get_ex(msg, "waybillNoInfoList", &list) &&
-			json_object_is_type(list, json_type_array))
-		{
-			size_t		n = json_object_array_length(list);
-
-			for (size_t i = 0; i < n; i++)
-			{
-				struct json_object *w = json_object_array_get_idx(list, i);
-				struct json_object *t;
-				char	   *no = dup_member_text(w, "waybillNo");
-
-				if (no == NULL || no[0] == '\0')
-				{
-					free(no);
-					continue;
-				}
-				if (out->waybill == NULL ||
-					(json_object_object_get_ex(w, "waybillType", &t) &&
-					 json_object_get_int(t) == 1))
-				{
-					free(out->waybill);
-					out->waybill = no;
-				}
-				else
-					free(no);
-			}
-			if (n > 0)
-				out->waybills = strdup(json_object_to_json_string_ext(list, JSON_C_TO_STRING_PLAIN |
-																	  JSON_C_TO_STRING_NOSLASHESCAPE));
-		}
-	}
+		sf_read_msg_data(msg, out);
 	if (out->cls == SF_OK && !search && out->waybill == NULL)
 	{
 		/* a create that succeeded must say which waybill it made */

@@ -546,6 +546,80 @@ shipsync_path_free(MapPath *p)
 }
 
 /*
+ * One step's bracket, [k=v] or [index], into seg: p is just past the "[".
+ * Returns the position past the "]", or NULL (with errbuf) when malformed.
+ */
+static const char *
+path_parse_bracket(const char *text, const char *p, MapSeg *seg,
+				   char *errbuf, size_t errlen)
+{
+	const char *k = p;
+
+	if (isdigit((unsigned char) *p))
+	{
+		long		idx = 0;
+
+		while (isdigit((unsigned char) *p))
+		{
+			idx = idx * 10 + (*p - '0');
+			if (idx > 10000)
+			{
+				set_err(errbuf, errlen, "array index too large at offset %d", (int) (k - text));
+				return NULL;
+			}
+			p++;
+		}
+		seg->kind = MAPSEG_INDEX;
+		seg->index = (int) idx;
+	}
+	else
+	{
+		while (*p && path_name_char((unsigned char) *p))
+			p++;
+		if (p == k || *p != '=')
+		{
+			set_err(errbuf, errlen, "expected [key=value] or [index] at offset %d", (int) (k - 1 - text));
+			return NULL;
+		}
+		seg->kind = MAPSEG_FILTER;
+		seg->fkey = xstrndup(k, p - k);
+		p++;
+		if (*p == '"')
+		{
+			const char *v = ++p;
+
+			while (*p && *p != '"')
+				p++;
+			if (*p != '"')
+			{
+				set_err(errbuf, errlen, "unterminated quoted value in a filter");
+				return NULL;
+			}
+			seg->fval = xstrndup(v, p - v);
+			seg->fval_string = true;
+			p++;
+		}
+		else
+		{
+			const char *v = p;
+
+			while (*p && *p != ']')
+				p++;
+			seg->fval = xstrndup(v, p - v);
+			seg->fval_string = !is_json_number(seg->fval) &&
+				strcmp(seg->fval, "true") != 0 && strcmp(seg->fval, "false") != 0;
+		}
+	}
+	if (*p != ']')
+	{
+		set_err(errbuf, errlen, "expected ] at offset %d", (int) (p - text));
+		return NULL;
+	}
+	p++;
+	return p;
+}
+
+/*
  * Parse "a.b[k=v].c[2]" into steps.  A filter value may be quoted with
  * double quotes (then it is always a string, and may hold ] . or =).
  */
@@ -593,69 +667,9 @@ shipsync_path_parse(const char *text, MapPath *out, char *errbuf, size_t errlen)
 		out->nsegs++;
 		if (*p == '[')
 		{
-			const char *k = ++p;
-
-			if (isdigit((unsigned char) *p))
-			{
-				long		idx = 0;
-
-				while (isdigit((unsigned char) *p))
-				{
-					idx = idx * 10 + (*p - '0');
-					if (idx > 10000)
-					{
-						set_err(errbuf, errlen, "array index too large at offset %d", (int) (k - text));
-						goto fail;
-					}
-					p++;
-				}
-				seg->kind = MAPSEG_INDEX;
-				seg->index = (int) idx;
-			}
-			else
-			{
-				while (*p && path_name_char((unsigned char) *p))
-					p++;
-				if (p == k || *p != '=')
-				{
-					set_err(errbuf, errlen, "expected [key=value] or [index] at offset %d", (int) (k - 1 - text));
-					goto fail;
-				}
-				seg->kind = MAPSEG_FILTER;
-				seg->fkey = xstrndup(k, p - k);
-				p++;
-				if (*p == '"')
-				{
-					const char *v = ++p;
-
-					while (*p && *p != '"')
-						p++;
-					if (*p != '"')
-					{
-						set_err(errbuf, errlen, "unterminated quoted value in a filter");
-						goto fail;
-					}
-					seg->fval = xstrndup(v, p - v);
-					seg->fval_string = true;
-					p++;
-				}
-				else
-				{
-					const char *v = p;
-
-					while (*p && *p != ']')
-						p++;
-					seg->fval = xstrndup(v, p - v);
-					seg->fval_string = !is_json_number(seg->fval) &&
-						strcmp(seg->fval, "true") != 0 && strcmp(seg->fval, "false") != 0;
-				}
-			}
-			if (*p != ']')
-			{
-				set_err(errbuf, errlen, "expected ] at offset %d", (int) (p - text));
+			p = path_parse_bracket(text, p + 1, seg, errbuf, errlen);
+			if (p == NULL)
 				goto fail;
-			}
-			p++;
 		}
 		if (*p == '\0')
 			return true;

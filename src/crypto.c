@@ -25,10 +25,11 @@
  * opens it (during a rotation, the current or the previous one) without
  * telling anything about the key.
  *
- * The layout of this file is meant to receive every cryptographic helper
- * of the extension, each in its section: randomness; keys; authenticated
- * encryption; and (to come from sign.c and signature.c) digests and HMAC,
- * then the encodings (hex, base64) they are printed in.  Everything here is
+ * This file holds every cryptographic helper of the extension, each in its
+ * section: randomness; keys; authenticated encryption; digests (MD5 for
+ * the carriers that sign with it, SHA-256) and HMAC; then the encodings
+ * (hex, base64) they are printed in.  Signature schemes built on them are
+ * sign.c's (the requests we send) and signature.c's (the pushes we take).  Everything here is
  * plain C over OpenSSL's EVP interface, with no PostgreSQL header, so that
  * it is unit-tested against published known answers (test/unit) and
  * fuzzed alone.  It allocates nothing of its own: callers pass buffers of
@@ -273,4 +274,159 @@ shipsync_secret_open(const unsigned char *key, const char *provider,
 		return false;
 	value[len] = '\0';
 	return true;
+}
+
+/* ---------- digests and HMAC ---------- */
+
+/* The MD5 of the string s into out; false only if OpenSSL fails */
+bool
+shipsync_md5(const char *s, unsigned char out[16])
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	unsigned int len = 0;
+	bool		ok;
+
+	if (ctx == NULL)
+		return false;
+	ok = EVP_DigestInit_ex(ctx, EVP_md5(), NULL) == 1 &&
+		EVP_DigestUpdate(ctx, s, strlen(s)) == 1 &&
+		EVP_DigestFinal_ex(ctx, out, &len) == 1 && len == 16;
+	EVP_MD_CTX_free(ctx);
+	return ok;
+}
+
+/* The SHA-256 of len bytes into out; false only if OpenSSL fails */
+bool
+shipsync_sha256(const void *in, size_t len, unsigned char out[32])
+{
+	unsigned int outlen = 0;
+
+	return EVP_Digest(in, len, out, &outlen, EVP_sha256(), NULL) == 1 && outlen == 32;
+}
+
+/* HMAC-SHA256 of msg under key into out; false only if OpenSSL fails */
+bool
+shipsync_hmac_sha256(const void *key, size_t keylen, const void *msg,
+					 size_t msglen, unsigned char out[32])
+{
+	unsigned int outlen = 0;
+
+	if (keylen > (size_t) INT32_MAX)
+		return false;
+	return HMAC(EVP_sha256(), key, (int) keylen, msg, msglen, out, &outlen) != NULL &&
+		outlen == 32;
+}
+
+/*
+ * Constant-time equality of two strings of the same length; strings of
+ * different lengths are unequal (their length is not a secret).
+ */
+bool
+shipsync_ct_equal(const char *a, size_t alen, const char *b, size_t blen)
+{
+	if (alen != blen)
+		return false;
+	return CRYPTO_memcmp(a, b, alen) == 0;
+}
+
+/* ---------- encodings ---------- */
+
+static const char b64chars[] =
+"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/* Standard base64 of len bytes, NUL-terminated into out (4*ceil(len/3)+1) */
+void
+shipsync_base64_encode(const unsigned char *in, size_t len, char *out)
+{
+	size_t		i;
+	char	   *p = out;
+
+	for (i = 0; i + 2 < len; i += 3)
+	{
+		*p++ = b64chars[in[i] >> 2];
+		*p++ = b64chars[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
+		*p++ = b64chars[((in[i + 1] & 15) << 2) | (in[i + 2] >> 6)];
+		*p++ = b64chars[in[i + 2] & 63];
+	}
+	if (i < len)
+	{
+		*p++ = b64chars[in[i] >> 2];
+		if (i + 1 < len)
+		{
+			*p++ = b64chars[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
+			*p++ = b64chars[(in[i + 1] & 15) << 2];
+		}
+		else
+		{
+			*p++ = b64chars[(in[i] & 3) << 4];
+			*p++ = '=';
+		}
+		*p++ = '=';
+	}
+	*p = '\0';
+}
+
+static int
+b64value(unsigned char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '+')
+		return 62;
+	if (c == '/')
+		return 63;
+	return -1;
+}
+
+/*
+ * Decode standard base64 (padding optional).  Returns the number of bytes
+ * written to out (which holds at least 3*len/4 bytes), or -1 if the input
+ * is not base64.
+ */
+long
+shipsync_base64_decode(const char *in, size_t len, unsigned char *out)
+{
+	unsigned int acc = 0;
+	int			bits = 0;
+	long		n = 0;
+	size_t		i;
+
+	while (len > 0 && in[len - 1] == '=')
+		len--;
+	for (i = 0; i < len; i++)
+	{
+		int			v = b64value((unsigned char) in[i]);
+
+		if (v < 0)
+			return -1;
+		acc = (acc << 6) | (unsigned int) v;
+		bits += 6;
+		if (bits >= 8)
+		{
+			bits -= 8;
+			out[n++] = (unsigned char) ((acc >> bits) & 0xFF);
+		}
+	}
+	/* leftover bits must be a whole final group */
+	if (bits >= 6)
+		return -1;
+	return n;
+}
+
+/* Hex of len bytes (upper or lower case) into out (2*len+1) */
+void
+shipsync_hex_encode(const unsigned char *in, size_t len, char *out, bool upper)
+{
+	const char *digits = upper ? "0123456789ABCDEF" : "0123456789abcdef";
+
+	for (size_t i = 0; i < len; i++)
+	{
+		out[2 * i] = digits[in[i] >> 4];
+		out[2 * i + 1] = digits[in[i] & 15];
+	}
+	out[2 * len] = '\0';
 }

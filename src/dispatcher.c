@@ -68,7 +68,6 @@
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
-#include "common/base64.h"
 #include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -476,20 +475,12 @@ oauth_fetch(Provider *p)
 	char	   *id = shipsync_urlencode_form(p->oauth_client_id);
 	char	   *secret = shipsync_urlencode_form(p->oauth_client_secret);
 	char	   *pair = psprintf("%s:%s", id, secret);
-	int			len = pg_b64_enc_len(strlen(pair));
-	char	   *b64 = palloc(len + 1);
-	int			n = pg_b64_encode(pair, strlen(pair), b64, len);
+	char	   *b64 = palloc(4 * ((strlen(pair) + 2) / 3) + 1);
 	struct curl_slist *h = NULL;
 
 	free(id);
 	free(secret);
-	if (n < 0)
-	{
-		MemoryContextSwitchTo(old);
-		MemoryContextDelete(fcxt);	/* it lives in TopMemoryContext */
-		elog(ERROR, "could not encode OAuth2 client credentials");
-	}
-	b64[n] = '\0';
+	shipsync_base64_encode((unsigned char *) pair, strlen(pair), b64);
 	f->cxt = fcxt;
 	f->token_fetch = true;
 	f->c.provider_id = p->id;

@@ -34,10 +34,7 @@
 #include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
-#include "common/base64.h"
-#include "common/cryptohash.h"
 #include "common/pg_prng.h"
-#include "common/sha2.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -60,18 +57,12 @@
 static char *
 sha256_hex(const char *s)
 {
-	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
-	uint8		digest[PG_SHA256_DIGEST_LENGTH];
-	char	   *hex = palloc(PG_SHA256_DIGEST_STRING_LENGTH);
+	unsigned char digest[32];
+	char	   *hex = palloc(2 * sizeof(digest) + 1);
 
-	if (ctx == NULL || pg_cryptohash_init(ctx) < 0 ||
-		pg_cryptohash_update(ctx, (const uint8 *) s, strlen(s)) < 0 ||
-		pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
-		elog(ERROR, "could not compute a SHA-256 digest: %s",
-			 pg_cryptohash_error(ctx));
-	pg_cryptohash_free(ctx);
-	for (int i = 0; i < PG_SHA256_DIGEST_LENGTH; i++)
-		sprintf(hex + 2 * i, "%02x", digest[i]);
+	if (!shipsync_sha256(s, strlen(s), digest))
+		elog(ERROR, "could not compute a SHA-256 digest");
+	shipsync_hex_encode(digest, sizeof(digest), hex, false);
 	return hex;
 }
 

@@ -39,8 +39,7 @@ extern void shipsync_out_of_memory(void) __attribute__((noreturn));
 /*
  * in crypto.c: every cryptographic helper, by section.  Randomness; keys;
  * authenticated encryption (AES-256-GCM, and the sealing of secrets built
- * on it); digests, HMAC and their encodings are to join them from sign.c
- * and signature.c.
+ * on it); digests and HMAC; their encodings (hex, base64).
  */
 #define SHIPSYNC_KEY_LEN		32	/* bytes of an AES-256 key */
 #define SHIPSYNC_KEY_ID_LEN		16	/* hex digits identifying a key */
@@ -67,6 +66,17 @@ extern bool shipsync_gcm_decrypt(const unsigned char *key,
 extern bool shipsync_secret_seal(const unsigned char *key, const char *provider,
 								 const char *name, const char *value,
 								 size_t len, unsigned char *sealed);
+extern bool shipsync_md5(const char *s, unsigned char out[16]);
+extern bool shipsync_sha256(const void *in, size_t len, unsigned char out[32]);
+extern bool shipsync_hmac_sha256(const void *key, size_t keylen,
+								 const void *msg, size_t msglen,
+								 unsigned char out[32]);
+extern bool shipsync_ct_equal(const char *a, size_t alen, const char *b,
+							  size_t blen);
+extern void shipsync_base64_encode(const unsigned char *in, size_t len, char *out);
+extern long shipsync_base64_decode(const char *in, size_t len, unsigned char *out);
+extern void shipsync_hex_encode(const unsigned char *in, size_t len, char *out,
+								bool upper);
 extern bool shipsync_secret_open(const unsigned char *key, const char *provider,
 								 const char *name, const unsigned char *sealed,
 								 size_t sealed_len, char *value);
@@ -447,15 +457,6 @@ typedef enum SigResult
 } SigResult;
 
 /* in signature.c */
-extern void shipsync_base64_encode(const unsigned char *in, size_t len, char *out);
-extern long shipsync_base64_decode(const char *in, size_t len, unsigned char *out);
-extern void shipsync_hex_encode(const unsigned char *in, size_t len, char *out,
-								bool upper);
-extern bool shipsync_hmac_sha256(const void *key, size_t keylen,
-								 const void *msg, size_t msglen,
-								 unsigned char out[32]);
-extern bool shipsync_ct_equal(const char *a, size_t alen, const char *b,
-							  size_t blen);
 extern SigResult shipsync_verify_standard_webhooks(const char *secret,
 												   const char *msg_id,
 												   const char *timestamp,

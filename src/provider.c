@@ -42,7 +42,6 @@
 
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
-#include "common/base64.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "pgtime.h"
@@ -162,14 +161,10 @@ auth_header_line(const char *type, const char *header, const char *token,
 	if (strcmp(type, "basic") == 0 && username)
 	{
 		char	   *pair = psprintf("%s:%s", username, password ? password : "");
-		int			len = pg_b64_enc_len(strlen(pair));
-		char	   *b64 = palloc(len + 1);
-		int			n = pg_b64_encode(pair, strlen(pair), b64, len);
+		char	   *b64 = palloc(4 * ((strlen(pair) + 2) / 3) + 1);
 
+		shipsync_base64_encode((unsigned char *) pair, strlen(pair), b64);
 		explicit_bzero(pair, strlen(pair));
-		if (n < 0)
-			elog(ERROR, "could not encode Basic credentials");
-		b64[n] = '\0';
 		return psprintf("Authorization: Basic %s", b64);
 	}
 	return NULL;

@@ -27,7 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/evp.h>
 
 #include "pg_shipsync.h"
 
@@ -68,22 +67,6 @@ shipsync_urlencode_form(const char *s)
 	return shipsync_urlencode_java(s);
 }
 
-static bool
-md5_of(const char *s, unsigned char *digest)
-{
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	unsigned int len = 0;
-	bool		ok;
-
-	if (ctx == NULL)
-		return false;
-	ok = EVP_DigestInit_ex(ctx, EVP_md5(), NULL) == 1 &&
-		EVP_DigestUpdate(ctx, s, strlen(s)) == 1 &&
-		EVP_DigestFinal_ex(ctx, digest, &len) == 1 && len == 16;
-	EVP_MD_CTX_free(ctx);
-	return ok;
-}
-
 /* SF's msgDigest; NULL only if OpenSSL fails */
 char *
 shipsync_sf_digest(const char *msg_data, const char *timestamp, const char *checkword)
@@ -99,7 +82,7 @@ shipsync_sf_digest(const char *msg_data, const char *timestamp, const char *chec
 	snprintf(joined, n + 1, "%s%s%s", msg_data, timestamp, checkword);
 	enc = shipsync_urlencode_java(joined);
 	free(joined);
-	if (!md5_of(enc, digest))
+	if (!shipsync_md5(enc, digest))
 	{
 		free(enc);
 		return NULL;
@@ -108,7 +91,7 @@ shipsync_sf_digest(const char *msg_data, const char *timestamp, const char *chec
 	out = malloc(25);
 	if (out == NULL)
 		shipsync_out_of_memory();
-	EVP_EncodeBlock((unsigned char *) out, digest, 16);
+	shipsync_base64_encode(digest, 16, out);
 	return out;
 }
 
@@ -145,12 +128,12 @@ shipsync_sf_form(const char *partner_id, const char *request_id,
 		free(ts);
 		free(cw);
 		digest = NULL;
-		if (md5_of(joined, md))
+		if (shipsync_md5(joined, md))
 		{
 			digest = malloc(25);
 			if (digest == NULL)
 				shipsync_out_of_memory();
-			EVP_EncodeBlock((unsigned char *) digest, md, 16);
+			shipsync_base64_encode(md, 16, digest);
 		}
 		free(joined);
 	}
@@ -185,12 +168,11 @@ shipsync_md5_upper_hex(const char *s)
 	unsigned char digest[16];
 	char	   *out;
 
-	if (!md5_of(s, digest))
+	if (!shipsync_md5(s, digest))
 		return NULL;
 	out = malloc(33);
 	if (out == NULL)
 		shipsync_out_of_memory();
-	for (int i = 0; i < 16; i++)
-		snprintf(out + 2 * i, 3, "%02X", digest[i]);
+	shipsync_hex_encode(digest, 16, out, true);
 	return out;
 }

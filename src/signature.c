@@ -25,137 +25,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 #include "pg_shipsync.h"
 
 #define SHA256_LEN 32
-
-static const char b64chars[] =
-"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/* Standard base64 of len bytes, NUL-terminated into out (4*ceil(len/3)+1) */
-void
-shipsync_base64_encode(const unsigned char *in, size_t len, char *out)
-{
-	size_t		i;
-	char	   *p = out;
-
-	for (i = 0; i + 2 < len; i += 3)
-	{
-		*p++ = b64chars[in[i] >> 2];
-		*p++ = b64chars[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
-		*p++ = b64chars[((in[i + 1] & 15) << 2) | (in[i + 2] >> 6)];
-		*p++ = b64chars[in[i + 2] & 63];
-	}
-	if (i < len)
-	{
-		*p++ = b64chars[in[i] >> 2];
-		if (i + 1 < len)
-		{
-			*p++ = b64chars[((in[i] & 3) << 4) | (in[i + 1] >> 4)];
-			*p++ = b64chars[(in[i + 1] & 15) << 2];
-		}
-		else
-		{
-			*p++ = b64chars[(in[i] & 3) << 4];
-			*p++ = '=';
-		}
-		*p++ = '=';
-	}
-	*p = '\0';
-}
-
-static int
-b64value(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
-/*
- * Decode standard base64 (padding optional).  Returns the number of bytes
- * written to out (which holds at least 3*len/4 bytes), or -1 if the input
- * is not base64.
- */
-long
-shipsync_base64_decode(const char *in, size_t len, unsigned char *out)
-{
-	unsigned int acc = 0;
-	int			bits = 0;
-	long		n = 0;
-	size_t		i;
-
-	while (len > 0 && in[len - 1] == '=')
-		len--;
-	for (i = 0; i < len; i++)
-	{
-		int			v = b64value((unsigned char) in[i]);
-
-		if (v < 0)
-			return -1;
-		acc = (acc << 6) | (unsigned int) v;
-		bits += 6;
-		if (bits >= 8)
-		{
-			bits -= 8;
-			out[n++] = (unsigned char) ((acc >> bits) & 0xFF);
-		}
-	}
-	/* leftover bits must be a whole final group */
-	if (bits >= 6)
-		return -1;
-	return n;
-}
-
-/* Lower-case hex of len bytes into out (2*len+1) */
-void
-shipsync_hex_encode(const unsigned char *in, size_t len, char *out, bool upper)
-{
-	const char *digits = upper ? "0123456789ABCDEF" : "0123456789abcdef";
-
-	for (size_t i = 0; i < len; i++)
-	{
-		out[2 * i] = digits[in[i] >> 4];
-		out[2 * i + 1] = digits[in[i] & 15];
-	}
-	out[2 * len] = '\0';
-}
-
-bool
-shipsync_hmac_sha256(const void *key, size_t keylen, const void *msg,
-					 size_t msglen, unsigned char out[32])
-{
-	unsigned int outlen = 0;
-
-	if (keylen > (size_t) INT32_MAX)
-		return false;
-	return HMAC(EVP_sha256(), key, (int) keylen, msg, msglen, out, &outlen) != NULL &&
-		outlen == SHA256_LEN;
-}
-
-/*
- * Constant-time equality of two strings of the same length; strings of
- * different lengths are unequal (their length is not a secret).
- */
-bool
-shipsync_ct_equal(const char *a, size_t alen, const char *b, size_t blen)
-{
-	if (alen != blen)
-		return false;
-	return CRYPTO_memcmp(a, b, alen) == 0;
-}
 
 static bool
 is_space(char c)

@@ -13,6 +13,8 @@ OBJS = \
 	src/tracking.o src/signature.o src/poller.o \
 	src/fees.o src/statement.o src/feepull.o src/csv.o src/money.o \
 	src/mapping.o src/sign.o src/dialect.o src/validate.o \
+	src/dialects/generic.o src/dialects/sf_express.o src/dialects/kuaidi100.o \
+	src/dialects/easypost.o src/dialects/aftership.o src/dialects/shared.o \
 	src/spi.o src/provider.o src/writeback.o \
 	src/security.o src/filter.o \
 	src/crm.o src/receiver.o \

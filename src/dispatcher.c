@@ -94,7 +94,7 @@ typedef struct Flight
 	HttpTransfer xfer;			/* first: http.c hands back this pointer */
 	MemoryContext cxt;
 	Claimed		c;
-	bool		searching;		/* SF: a lookup after 8016 (duplicate order) */
+	bool		searching;		/* a follow-up request (SF: a lookup after 8016) */
 	bool		token_fetch;	/* an OAuth2 token request, not an intent */
 	uint32		oauth_gen;		/* the token generation this request carried */
 } Flight;
@@ -403,61 +403,10 @@ ms_until(TimestampTz when, TimestampTz now)
 }
 
 
-/*
- * Kuaidi100-style signing of a generic request (auth type kuaidi100):
- * X-Kuaidi100-Customer and X-Kuaidi100-Sign = UPPER(MD5(body + key +
- * customer)), over the stored body, so every retry carries the same sign.
- */
-static char *excerpt_of(const char *s, size_t len);
-static char *short_body(const StringInfoData *s);
 static char *sanitize_text(char *s);
 static long judge_wait_asked(HttpTransfer *t);
 static void provider_hold(Provider *p, TimestampTz until, long delay_ms,
 						  long http_status);
-
-/*
- * A stored Kuaidi100 subscription with a secret put in place of its
- * placeholder (JSON-escaped, then form-encoded, as the rest of param).
- */
-static char *
-kuaidi100_fill(const char *body, const char *placeholder, const char *secret)
-{
-	const char *at = strstr(body, placeholder);
-	StringInfoData esc;
-	char	   *enc;
-	char	   *out;
-
-	if (at == NULL)
-		return pstrdup(body);
-	initStringInfo(&esc);
-	escape_json(&esc, secret);
-	/* without the quotes escape_json adds: the placeholder sits inside them */
-	esc.data[esc.len - 1] = '\0';
-	enc = shipsync_urlencode_form(esc.data + 1);
-	out = psprintf("%.*s%s%s", (int) (at - body), body, enc,
-				   at + strlen(placeholder));
-	free(enc);
-	return out;
-}
-
-static struct curl_slist *
-add_kuaidi100_headers(struct curl_slist *h, Provider *p, const char *body)
-{
-	char	   *joined;
-	char	   *sign;
-
-	if (p->kd_customer == NULL || p->kd_key == NULL)
-		return h;
-	joined = psprintf("%s%s%s", body ? body : "", p->kd_key, p->kd_customer);
-	sign = shipsync_md5_upper_hex(joined);
-	pfree(joined);
-	if (sign == NULL)
-		return h;
-	h = curl_slist_append(h, psprintf("X-Kuaidi100-Customer: %s", p->kd_customer));
-	h = curl_slist_append(h, psprintf("X-Kuaidi100-Sign: %s", sign));
-	free(sign);
-	return h;
-}
 
 /* ---------- OAuth2 client credentials ---------- */
 
@@ -540,7 +489,7 @@ oauth_done(Flight *f, TimestampTz now)
 	if (t->curl_code != CURLE_OK)
 		snprintf(err, sizeof(err), "%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code));
 	else if (t->http_status < 200 || t->http_status >= 300)
-		snprintf(err, sizeof(err), "HTTP %ld: %s", t->http_status, short_body(&t->response));
+		snprintf(err, sizeof(err), "HTTP %ld: %s", t->http_status, dialect_excerpt(t->response.data, t->response.len));
 	else
 		(void) shipsync_parse_token_response(t->response.data, t->response.len,
 											 &token, &expires_in, err, sizeof(err));
@@ -610,19 +559,16 @@ dispatcher_send(Provider *p, Claimed *c)
 	f->c.body = c->body ? pstrdup(c->body) : NULL;
 	f->c.digest = c->digest ? pstrdup(c->digest) : NULL;
 	f->c.op = NULL;
-	if (p->dialect == DIALECT_KUAIDI100 && f->c.body && p->kd_key)
-		f->c.body = kuaidi100_fill(f->c.body, DIALECT_KUAIDI100_KEY, p->kd_key);
-	if (p->dialect == DIALECT_KUAIDI100 && f->c.body && p->tr_salt)
-		f->c.body = kuaidi100_fill(f->c.body, DIALECT_KUAIDI100_SALT, p->tr_salt);
 
 	f->xfer.method = f->c.method;
 	f->xfer.url = f->c.url;
-	f->xfer.body = f->c.body;
 	f->xfer.timeout_ms = p->timeout_ms;
 	f->xfer.tls = p->tls;
 	f->xfer.headers = dialect_headers(p, c->idempotency_key, c->body != NULL);
-	if (p->dialect == DIALECT_GENERIC)
-		f->xfer.headers = add_kuaidi100_headers(f->xfer.headers, p, f->c.body);
+	/* the dialect's last touches: secrets into the body, signed headers */
+	if (p->dialect->sign)
+		f->xfer.headers = p->dialect->sign(p, &f->c, f->xfer.headers);
+	f->xfer.body = f->c.body;
 	f->xfer.owner = f;
 	f->oauth_gen = p->oauth_generation;
 	if (p->oauth_forbidden)
@@ -869,316 +815,6 @@ sanitize_text(char *s)
 }
 
 /*
- * last_error for a transfer that did not succeed: the response too large,
- * the transport's error (marked when the request may have reached the
- * carrier), or the HTTP status with detail, else the start of the body.
- */
-static char *
-transfer_error(const HttpTransfer *t, bool in_doubt, const char *detail)
-{
-	if (t->too_large)
-		return psprintf("response larger than shipsync.max_response_bytes (%d bytes)",
-						shipsync_max_response_bytes);
-	if (t->curl_code == CURLE_SEND_FAIL_REWIND)
-		return pstrdup("connection lost after the request was sent (in doubt: the request may have reached the carrier)");
-	if (t->curl_code != CURLE_OK)
-		return psprintf("%s%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->curl_code),
-						in_doubt ? " (in doubt: the request may have reached the carrier)" : "");
-	return psprintf("HTTP %ld: %s", t->http_status,
-					detail && detail[0] ? detail : short_body(&t->response));
-}
-
-/*
- * What is kept of a carrier's text: an excerpt of at most
- * SHIPSYNC_EXCERPT_CHARS characters, control characters escaped, valid
- * UTF-8 (retry.c), never the raw bytes.
- */
-static char *
-excerpt_of(const char *s, size_t len)
-{
-	size_t		size = 6 * SHIPSYNC_EXCERPT_CHARS + 4;
-
-	return shipsync_excerpt(s, len, SHIPSYNC_EXCERPT_CHARS, palloc(size), size);
-}
-
-static char *
-short_body(const StringInfoData *s)
-{
-	return excerpt_of(s->data, s->len);
-}
-
-/*
- * Read canonical fields out of a response through the provider's inbound
- * map (shipsync.field_map, direction 'in'): they replace what the dialect
- * found.  A create must end with a tracking number.
- */
-static bool
-apply_in_map_doc(Provider *p, ShipJson *doc, ShipResponse *sr, bool need_ids,
-				 char *err, size_t errlen)
-{
-	char	  **fields;
-	MapValue   *values;
-	int			n;
-	MapEnv		env = {0};
-
-	env.tz_offset = shipsync_tz_offset;
-	(void) shipsync_map_read(p->in_map, doc, &env, &fields, &values, &n, err, errlen);
-	for (int i = 0; i < n; i++)
-	{
-		char	  **target = NULL;
-
-		if (strcmp(fields[i], "tracking_number") == 0)
-			target = &sr->tracking_number;
-		else if (strcmp(fields[i], "provider_shipment_id") == 0)
-			target = &sr->id;
-		else if (strcmp(fields[i], "label_url") == 0)
-			target = &sr->label_url;
-		else if (strcmp(fields[i], "status") == 0)
-			target = &sr->status;
-		if (target && values[i].type != MV_NULL && values[i].type != MV_RAW)
-		{
-			free(*target);
-			*target = values[i].s;
-			values[i].s = NULL;
-		}
-		free(fields[i]);
-		shipsync_value_free(&values[i]);
-	}
-	free(fields);
-	free(values);
-	if (need_ids && (sr->tracking_number == NULL || sr->tracking_number[0] == '\0'))
-	{
-		snprintf(err, errlen, "the inbound map of profile \"%s\" found no tracking_number", p->profile);
-		return false;
-	}
-	err[0] = '\0';
-	return true;
-}
-
-static bool
-apply_in_map(Provider *p, HttpTransfer *t, ShipResponse *sr, bool need_ids,
-			 char *err, size_t errlen)
-{
-	ShipJson   *doc = shipsync_json_parse(t->response.data, t->response.len, err, errlen);
-	bool		ok;
-
-	if (doc == NULL)
-		return false;
-	ok = apply_in_map_doc(p, doc, sr, need_ids, err, errlen);
-	shipsync_json_free(doc);
-	return ok;
-}
-
-/*
- * Judge an SF Express answer.  Returns true when r is complete (done);
- * otherwise sets *v and r->error for the common retry-or-dead tail.
- * Business errors come inside a 200 (shipsync_sf_classify in retry.c).
- */
-static bool
-judge_sf(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
-{
-	HttpTransfer *t = &f->xfer;
-	SfResponse	sf;
-	char		err[256];
-	ShipJson   *doc;
-	bool		ok;
-
-	if (t->curl_code != CURLE_OK || t->http_status < 200 || t->http_status >= 300)
-	{
-		*v = http_classify(t, true);
-		r->error_class = v->error_class;
-		r->error = transfer_error(t, v->in_doubt, NULL);
-		return false;
-	}
-	/* one parse: classification and the inbound map read the same document */
-	doc = shipsync_json_parse(t->response.data, t->response.len, err, sizeof(err));
-	ok = doc != NULL && shipsync_parse_sf_doc(doc, f->searching, &sf, err, sizeof(err));
-	if (!ok)
-	{
-		shipsync_json_free(doc);
-		*v = shipsync_classify(CURLE_OK, t->http_status, true, false);
-		r->error_class = v->error_class;
-		r->error = psprintf("HTTP %ld: %s", t->http_status, err);
-		return false;
-	}
-	if (sf.cls == SF_OK || sf.cls == SF_ALREADY_CANCELLED)
-	{
-		ShipResponse sr = {0};
-
-		sr.id = sf.order_id ? strdup(sf.order_id) : NULL;
-		sr.tracking_number = sf.waybill ? strdup(sf.waybill) : NULL;
-		if (p->in_map && sf.cls == SF_OK &&
-			!apply_in_map_doc(p, doc, &sr, f->c.kind == INTENT_CREATE, err, sizeof(err)))
-		{
-			shipsync_json_free(doc);
-			shipsync_free_ship_response(&sr);
-			shipsync_free_sf_response(&sf);
-			*v = shipsync_classify(CURLE_OK, t->http_status, true, false);
-			r->error_class = v->error_class;
-			r->error = psprintf("HTTP %ld: %s", t->http_status, err);
-			return false;
-		}
-		r->state = "done";
-		r->outcome = "done";
-		r->ship_ok = true;
-		r->ship_id = pstrdup(sr.id ? sr.id : f->c.order_key);
-		r->tracking_number = sr.tracking_number ? pstrdup(sr.tracking_number) : NULL;
-		r->waybills = sf.waybills ? pstrdup(sf.waybills) : NULL;
-		r->raw_status = f->c.kind == INTENT_CANCEL ? pstrdup("cancelled") : NULL;
-		r->error_class = NULL;
-		if (sf.cls == SF_ALREADY_CANCELLED)
-		{
-			r->error_class = "already_cancelled";
-			r->error = psprintf("SF Express %s: %s", sf.code, sf.message ? sf.message : "");
-		}
-		else if (f->searching)
-		{
-			r->error_class = "duplicate_resolved";
-			r->error = pstrdup("SF Express answered 8016 (duplicate order); the order was found by EXP_RECE_SEARCH_ORDER_RESP");
-		}
-		shipsync_json_free(doc);
-		shipsync_free_ship_response(&sr);
-		shipsync_free_sf_response(&sf);
-		return true;
-	}
-	shipsync_json_free(doc);
-
-	v->in_doubt = false;
-	v->hold_provider = false;
-	v->error_class = shipsync_sf_error_class(sf.cls);
-	v->outcome = sf.cls == SF_RETRY || sf.cls == SF_NOT_FOUND || sf.cls == SF_DUPLICATE ?
-		SHIP_RETRY : SHIP_DEAD;
-	r->error_class = v->error_class;
-	if (sf.cls == SF_NOT_FOUND)
-		r->error = psprintf("SF Express answered 8016 (duplicate order) but a search found no order %s: the create is sent again",
-							f->c.order_key);
-	else
-		r->error = psprintf("SF Express %s: %s", sf.code ? sf.code : "?",
-							sf.message ? sf.message : "");
-	if (sf.cls == SF_AUTH)
-	{
-		r->ticket_kind = "auth_failed";
-		r->error = psprintf("%s (credentials refused: not retried)", r->error);
-	}
-	shipsync_free_sf_response(&sf);
-	return false;
-}
-
-/*
- * Judge a tracking provider's answer to a registration.  Returns true when
- * r is complete (done); otherwise sets *v and r->error.
- */
-static bool
-judge_tracker(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
-{
-	HttpTransfer *t = &f->xfer;
-	const char *dname = p->dialect == DIALECT_EASYPOST ? "easypost" :
-		p->dialect == DIALECT_AFTERSHIP ? "aftership" : "kuaidi100";
-	char		err[256];
-	char	   *id = NULL;
-	char	   *status = NULL;
-	TrackClass	cls = TRACK_HTTP;
-
-	if (t->curl_code == CURLE_OK && !t->too_large)
-		cls = shipsync_parse_tracker_response(dname, t->response.data, t->response.len,
-											  t->http_status, &id, &status, err, sizeof(err));
-	if (cls == TRACK_OK)
-	{
-		r->state = "done";
-		r->outcome = "done";
-		r->ship_ok = true;
-		r->ship_id = id ? pstrdup(id) : NULL;
-		r->raw_status = status ? pstrdup(status) : NULL;
-		r->error_class = NULL;
-		if (t->http_status >= 300 || (status && strcmp(status, "already_subscribed") == 0))
-		{
-			r->error_class = "already_registered";
-			r->error = psprintf("HTTP %ld: the waybill was already registered", t->http_status);
-		}
-		free(id);
-		free(status);
-		return true;
-	}
-	free(id);
-	free(status);
-	if (cls == TRACK_HTTP)
-	{
-		*v = http_classify(t, true);
-		r->error_class = v->error_class;
-		r->error = transfer_error(t, v->in_doubt, err);
-		if (t->curl_code == CURLE_OK && (t->http_status == 401 || t->http_status == 403))
-		{
-			v->error_class = r->error_class = "auth";
-			r->ticket_kind = "auth_failed";
-		}
-		return false;
-	}
-	v->in_doubt = false;
-	v->hold_provider = false;
-	v->outcome = cls == TRACK_RETRY ? SHIP_RETRY : SHIP_DEAD;
-	v->error_class = cls == TRACK_AUTH ? "auth" : cls == TRACK_RETRY ? "business_retry" : "business_error";
-	r->error_class = v->error_class;
-	r->error = psprintf("HTTP %ld: %s", t->http_status, err[0] ? err : short_body(&t->response));
-	if (cls == TRACK_AUTH)
-	{
-		r->ticket_kind = "auth_failed";
-		r->error = psprintf("%s (credentials refused: not retried)", r->error);
-	}
-	return false;
-}
-
-/*
- * SF Express answered 8016 (duplicate orderId) to a create: the order
- * exists, perhaps from an attempt whose answer was lost.  Look it up by
- * orderId on the same flight instead of applying; its waybill is then
- * applied as the create's.  Returns true when the search was started.
- */
-static bool
-sf_search_if_duplicate(Flight *f)
-{
-	HttpTransfer *t = &f->xfer;
-	Provider   *p = find_provider(f->c.provider_id);
-	SfResponse	sf;
-	char		err[256];
-	bool		dup;
-	MemoryContext old;
-
-	if (p == NULL || p->dialect != DIALECT_SF_EXPRESS || f->searching ||
-		f->c.kind != INTENT_CREATE || t->curl_code != CURLE_OK ||
-		t->http_status < 200 || t->http_status >= 300)
-		return false;
-	/* most answers are not a duplicate: no parse unless the code is there */
-	if (t->response.data == NULL ||
-		memmem(t->response.data, t->response.len, "8016", 4) == NULL)
-		return false;
-	if (!shipsync_parse_sf_response(t->response.data, t->response.len, false, &sf, err, sizeof(err)))
-		return false;
-	dup = sf.cls == SF_DUPLICATE;
-	shipsync_free_sf_response(&sf);
-	if (!dup)
-		return false;
-
-	ereport(LOG,
-			(errmsg("pg_shipsync: SF Express answered 8016 (duplicate order) to order %s; looking it up",
-					f->c.order_key)));
-	old = MemoryContextSwitchTo(f->cxt);
-	f->searching = true;
-	t->curl_code = CURLE_OK;
-	t->http_status = 0;
-	t->request_sent = false;
-	t->too_large = false;
-	t->retry_after = NULL;
-	t->ratelimit_reset = NULL;
-	t->body = dialect_sf_search_body(p, f->c.order_key,
-									 psprintf("%s-search", f->c.idempotency_key));
-	t->headers = dialect_headers(p, f->c.idempotency_key, true);
-	t->tls = p->tls;
-	http_submit(client, t);
-	MemoryContextSwitchTo(old);
-	return true;
-}
-
-/*
  * The ticket of an intent dead at once for a reason of this side, not the
  * carrier's answer; NULL: the usual dead_intent.
  */
@@ -1190,25 +826,6 @@ ticket_kind_of(const char *error_class)
 	if (strcmp(error_class, "tls") == 0)
 		return "tls_failed";
 	return NULL;
-}
-
-/*
- * A carrier's answer refused for good: error class bad_response, dead
- * (the carrier replays the same answer to the same key, so a retry cannot
- * help).  why is the reason, in the carrier's words where it has them.
- */
-static void
-judge_refuse(ShipResult *r, ShipVerdict *v, long http_status, const char *why)
-{
-	v->outcome = SHIP_DEAD;
-	v->error_class = "bad_response";
-	v->in_doubt = false;
-	v->hold_provider = false;
-	r->error_class = "bad_response";
-	r->ship_ok = false;
-	r->ship_id = r->tracking_number = r->label_url = r->raw_status = NULL;
-	r->fees_body = r->waybills = NULL;
-	r->error = psprintf("HTTP %ld: the answer is refused: %s", http_status, why);
 }
 
 /*
@@ -1226,7 +843,7 @@ judge_text_ok(HttpTransfer *t, ShipResult *r, ShipVerdict *v)
 		return true;
 	if (shipsync_check_response_text(t->response.data, t->response.len, err, sizeof(err)))
 		return true;
-	judge_refuse(r, v, t->http_status, err);
+	dialect_refuse(r, v, t->http_status, err);
 	return false;
 }
 
@@ -1258,111 +875,12 @@ judge_fields_ok(ShipResult *r, ShipVerdict *v)
 
 		if (len > limits[i].max)
 		{
-			judge_refuse(r, v, r->http_status,
+			dialect_refuse(r, v, r->http_status,
 						 psprintf("\"%s\" is %zu bytes long, more than the %zu allowed",
 								  limits[i].name, len, limits[i].max));
 			return false;
 		}
 	}
-	return true;
-}
-
-/*
- * A 401 of a provider with OAuth2.  Returns true when r is complete (sent
- * again at once with a new token); otherwise sets *v and r->error.
- */
-static bool
-judge_oauth_401(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v,
-				TimestampTz now)
-{
-	HttpTransfer *t = &f->xfer;
-
-	/*
-	 * The token was refused.  If it is still the current one, fetch another
-	 * once; the intent goes again with it.  If the current token itself
-	 * replaced a refused one, the credentials are wrong: stop.
-	 */
-	bool		current = f->oauth_gen == p->oauth_generation;
-
-	v->in_doubt = false;
-	v->hold_provider = false;
-	if (current && p->oauth_after_401 && !p->oauth_refreshing)
-	{
-		v->outcome = SHIP_DEAD;
-		v->error_class = r->error_class = "auth";
-		r->ticket_kind = "auth_failed";
-		r->error = psprintf("HTTP 401 with a token fetched after an earlier 401: %s (credentials refused: not retried)",
-							short_body(&t->response));
-		return false;
-	}
-	if (current && !p->oauth_refreshing)
-	{
-		p->oauth_refused = true;
-		p->maybe_work = true;
-	}
-	v->outcome = SHIP_RETRY;
-	v->error_class = r->error_class = "auth_refresh";
-	r->error = pstrdup("HTTP 401: the OAuth2 token was refused; sent again with a new one");
-	if (f->c.attempt < p->max_attempts)
-	{
-		r->state = "retrying";
-		r->outcome = "retry";
-		r->next_at = now;
-		return true;
-	}
-	return false;
-}
-
-/*
- * Judge a generic-dialect answer.  Returns true when r is complete (done);
- * otherwise sets *v and r->error.
- */
-static bool
-judge_generic(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v)
-{
-	HttpTransfer *t = &f->xfer;
-	bool		body_ok = true;
-	bool		refused = false;
-	ShipResponse sr;
-	char		err[256];
-
-	memset(&sr, 0, sizeof(sr));
-	err[0] = '\0';
-	if (t->curl_code == CURLE_OK && t->http_status >= 200 && t->http_status < 300)
-	{
-		bool		mapped = p && p->in_map != NULL;
-
-		body_ok = shipsync_parse_ship_response(t->response.data, t->response.len,
-											   f->c.kind == INTENT_CREATE && !mapped,
-											   &sr, err, sizeof(err));
-		refused = !body_ok && sr.refused;
-		if (body_ok && mapped)
-			body_ok = apply_in_map(p, t, &sr, f->c.kind == INTENT_CREATE, err, sizeof(err));
-	}
-	if (refused)
-	{
-		judge_refuse(r, v, t->http_status, err);
-		return false;
-	}
-	*v = http_classify(t, body_ok);
-	r->error_class = v->error_class;
-	if (v->outcome != SHIP_OK)
-	{
-		r->error = transfer_error(t, v->in_doubt, err);
-		return false;
-	}
-	if (p && f->oauth_gen == p->oauth_generation)
-		p->oauth_after_401 = false;
-	r->state = "done";
-	r->outcome = "done";
-	r->ship_ok = true;
-	r->ship_id = sr.id ? pstrdup(sr.id) : NULL;
-	r->tracking_number = sr.tracking_number ? pstrdup(sr.tracking_number) : NULL;
-	r->label_url = sr.label_url ? pstrdup(sr.label_url) : NULL;
-	r->raw_status = sr.status ? pstrdup(sr.status) : NULL;
-	r->fees_body = sr.fees ? pstrdup(sr.fees) : NULL;
-	r->error_class = NULL;
-	shipsync_free_ship_response(&sr);
 	return true;
 }
 
@@ -1469,15 +987,14 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 	judge_init(f, r);
 	if (!judge_text_ok(t, r, &v))
 		done = false;
-	else if (p && DIALECT_IS_TRACKING(p->dialect))
-		done = judge_tracker(f, p, r, &v);
-	else if (p && p->dialect == DIALECT_SF_EXPRESS)
-		done = judge_sf(f, p, r, &v);
-	else if (p && p->oauth_client_id && t->curl_code == CURLE_OK && t->http_status == 401)
-		done = judge_oauth_401(f, p, r, &v, now);
 	else
-		done = judge_generic(f, p, r, &v);
+	{
+		/* a provider dropped meanwhile: judged as generic, by HTTP */
+		DialectAnswer a = {t, &f->c, f->searching,
+		p && f->oauth_gen == p->oauth_generation, now};
 
+		done = (p ? p->dialect : &generic_dialect)->judge(&a, p, r, &v);
+	}
 	if (done && r->ship_ok && !judge_fields_ok(r, &v))
 		done = false;
 	if (!done)
@@ -1524,6 +1041,44 @@ dispatcher_apply_results(ShipResult *rs, int n)
 	return fresh;
 }
 
+/*
+ * Before an answer is judged, its dialect may ask for another request on
+ * the same flight (SF Express: a search after 8016, whose answer is then
+ * judged instead).  Returns true when that request was sent.
+ */
+static bool
+dispatcher_follow_up(Flight *f, TimestampTz now)
+{
+	HttpTransfer *t = &f->xfer;
+	Provider   *p = find_provider(f->c.provider_id);
+	DialectAnswer a = {t, &f->c, f->searching, false, now};
+	MemoryContext old;
+	char	   *body;
+
+	if (p == NULL || p->dialect->follow_up == NULL)
+		return false;
+	old = MemoryContextSwitchTo(f->cxt);
+	body = p->dialect->follow_up(&a, p);
+	if (body == NULL)
+	{
+		MemoryContextSwitchTo(old);
+		return false;
+	}
+	f->searching = true;
+	t->curl_code = CURLE_OK;
+	t->http_status = 0;
+	t->request_sent = false;
+	t->too_large = false;
+	t->retry_after = NULL;
+	t->ratelimit_reset = NULL;
+	t->body = body;
+	t->headers = dialect_headers(p, f->c.idempotency_key, true);
+	t->tls = p->tls;
+	http_submit(client, t);
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
 /* Apply every transfer that finished, then free them. */
 static void
 dispatcher_apply_done(TimestampTz now)
@@ -1546,7 +1101,7 @@ dispatcher_apply_done(TimestampTz now)
 			MemoryContextDelete(tf->cxt);
 			continue;
 		}
-		if (sf_search_if_duplicate((Flight *) t->owner))
+		if (dispatcher_follow_up((Flight *) t->owner, now))
 			continue;
 		if (ndone == cap)
 		{
@@ -1569,7 +1124,7 @@ dispatcher_apply_done(TimestampTz now)
 		dispatcher_judge(done[i], &rs[i], now);
 		/* the carrier's words in it (bodies, SF messages): escaped, cut */
 		if (rs[i].error)
-			rs[i].error = excerpt_of(rs[i].error, strlen(rs[i].error));
+			rs[i].error = dialect_excerpt(rs[i].error, strlen(rs[i].error));
 		if (p)
 		{
 			p->inflight--;

@@ -12,17 +12,8 @@
 #include "executor/spi.h"
 #include "utils/timestamp.h"
 
-/* The dialects (provider.c names them, dialect.c holds their operations) */
-typedef enum ShipDialect
-{
-	DIALECT_GENERIC,
-	DIALECT_SF_EXPRESS,
-	/* tracking dialects: they register waybills (op 'register'), nothing else */
-	DIALECT_EASYPOST,
-	DIALECT_AFTERSHIP,
-	DIALECT_KUAIDI100,
-	DIALECT_COUNT
-} ShipDialect;
+/* A dialect's operations (dialect.c has the table of them) */
+typedef struct DialectRoutine DialectRoutine;
 
 typedef struct Provider
 {
@@ -42,8 +33,8 @@ typedef struct Provider
 	HttpTls    *tls;			/* option tls, or NULL */
 	bool		in_use;			/* OAuth2: attached, or intents left to send */
 
-	/* dialect and field maps (dialect.c); maps and options are malloc'd */
-	ShipDialect dialect;
+	/* dialect and field maps (provider.c); maps and options are malloc'd */
+	const DialectRoutine *dialect;
 	char	   *profile;		/* coalesce(options->>'profile', dialect) */
 	char	   *auth_type;		/* auth->>'type', or NULL */
 	char	   *auth_header;	/* api_key: the header that carries the key */
@@ -77,6 +68,8 @@ typedef struct Provider
 
 	int			breaker_failures;	/* options: consecutive failures that open */
 	int			breaker_cooldown_ms;	/* and the first wait before a probe */
+	int			poll_interval_s;	/* options: tracking pulls (poller.c), 0: none */
+	bool		fee_pull;		/* options: fee_pull_after is set (feepull.c) */
 
 	/* runtime state, carried over reloads */
 	int			inflight;
@@ -97,15 +90,6 @@ typedef struct Provider
 	char	   *oauth_forbidden;	/* token URL refused by shipsync.allowed_hosts:
 									 * why, in TopMemoryContext, until a reload */
 } Provider;
-
-#define DIALECT_IS_TRACKING(d) ((d) >= DIALECT_EASYPOST)
-/*
- * Stand for the Kuaidi100 key and salt (the provider's webhook secret) in
- * stored subscription bodies; the dispatcher puts the secrets in their
- * place when it sends.
- */
-#define DIALECT_KUAIDI100_KEY "__SHIPSYNC_KUAIDI100_KEY__"
-#define DIALECT_KUAIDI100_SALT "__SHIPSYNC_KUAIDI100_SALT__"
 
 typedef struct Binding
 {
@@ -178,8 +162,6 @@ typedef struct ShipResult
 } ShipResult;
 
 /* in provider.c */
-extern ShipDialect provider_dialect_of(const char *name);
-extern const char *provider_dialect_name(ShipDialect d);
 extern void provider_load_config(MemoryContext cxt, Provider **providers,
 								 int *nproviders, Binding **bindings,
 								 int *nbindings);
@@ -210,18 +192,97 @@ extern void outbox_open_tickets(ArgArrays *d);
 extern void outbox_render_one(Provider *p, Binding *b, Claimed *c,
 							  MemoryContext keep);
 
-/* in dialect.c */
-extern void dialect_render(Provider *p, Claimed *c, bool found,
+/* One answer, as a dialect judges it */
+typedef struct DialectAnswer
+{
+	HttpTransfer *t;
+	const Claimed *c;
+	bool		searching;		/* the answer of a follow-up request */
+	bool		oauth_current;	/* sent with the provider's current OAuth2 token */
+	TimestampTz now;
+} DialectAnswer;
+
+/* One push, as a dialect verifies it */
+typedef struct DialectPush
+{
+	char	   *(*header) (void *arg, const char *name);	/* a header, or NULL */
+	void	   *arg;
+	const char *body;
+	size_t		len;
+	const char *param;			/* form pushes: the decoded fields param, sign */
+	const char *sign;
+} DialectPush;
+
+/*
+ * A dialect: how requests to one kind of carrier are made and judged, and
+ * how its pushes are checked (FdwRoutine style: one file of src/dialects/
+ * per dialect, one line of dialect.c's table).  A NULL operation is one
+ * the dialect does not have.
+ */
+struct DialectRoutine
+{
+	const char *name;			/* as shipsync.provider.dialect holds it */
+	bool		tracking;		/* only registers waybills (op register) */
+	bool		needs_out_map;	/* its bodies come only from an outbound map */
+	bool		form_body;		/* application/x-www-form-urlencoded requests */
+	bool		render_secrets; /* render_request() needs the secrets */
+	const char *timezone;		/* of its times without a zone */
+
+	/* the request of a create, update or cancel; or why there is none */
+	void		(*render) (Provider *p, Claimed *c, bool found,
 						   const char *generic_body, const char *shipment_id,
 						   bool cancel);
-extern void dialect_render_register(Provider *p, Claimed *c,
+	/* the registration of a waybill at a tracking provider */
+	void		(*render_register) (Provider *p, Claimed *c,
 									const char *tracking_number);
-extern char *dialect_sf_search_body(Provider *p, const char *order_key,
-									const char *request_id);
-extern char *dialect_sf_fee_query_body(Provider *p, const char *waybill,
-									   const char *request_id);
+	/* last touches before a request goes: secrets into c->body, headers */
+	struct curl_slist *(*sign) (Provider *p, Claimed *c, struct curl_slist *h);
+	/* judge an answer: true when r is done, else *v for the retry tail */
+	bool		(*judge) (const DialectAnswer *a, Provider *p, ShipResult *r,
+						  ShipVerdict *v);
+	/* a request to send on the same flight before judging, or NULL */
+	char	   *(*follow_up) (const DialectAnswer *a, Provider *p);
+	/* the body that looks one order up by its key (reconciliation), or NULL */
+	char	   *(*lookup) (Provider *p, const char *order_key,
+						   const char *request_id);
+	/* the body of a fee query for a waybill, or NULL: GET .../fees */
+	char	   *(*fee_query) (Provider *p, const char *waybill,
+							  const char *request_id);
+
+	/* pushes: NULL verify_push means they carry no signature */
+	SigResult	(*verify_push) (const char *secret, const DialectPush *push,
+								const char **reason);
+	bool		form_push;		/* the payload is form field param, signed by sign */
+	bool		nfkd_secret;	/* the webhook secret is compared in NFKD */
+	const char *push_reply;		/* the body answering a push, or NULL */
+};
+
+/* in dialect.c: the table of dialects; the header lines of a request */
+extern const DialectRoutine *dialect_find(const char *name);
 extern struct curl_slist *dialect_headers(Provider *p, const char *idempotency_key,
 										  bool has_body);
+
+/* in dialects/shared.c: what the dialects share */
+extern char *dialect_take_malloced(char *s);
+extern char *dialect_render_mapped(Provider *p, Claimed *c, const char *generic_body,
+								   bool form);
+extern char *dialect_excerpt(const char *s, size_t len);
+extern char *dialect_transfer_error(const HttpTransfer *t, bool in_doubt,
+									const char *detail);
+extern void dialect_refuse(ShipResult *r, ShipVerdict *v, long http_status,
+						   const char *why);
+extern bool dialect_in_map(Provider *p, ShipJson *doc, ShipResponse *sr,
+						   bool need_ids, char *err, size_t errlen);
+extern void dialect_done(ShipResult *r);
+extern bool dialect_judge_tracker(const DialectAnswer *a, Provider *p,
+								  ShipResult *r, ShipVerdict *v);
+
+/* in src/dialects/: one routine each */
+extern const DialectRoutine generic_dialect;
+extern const DialectRoutine sf_express_dialect;
+extern const DialectRoutine kuaidi100_dialect;
+extern const DialectRoutine easypost_dialect;
+extern const DialectRoutine aftership_dialect;
 
 /* in apply.c */
 extern uint64 outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);

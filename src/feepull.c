@@ -97,34 +97,32 @@ find_pulled(int32 id)
 	return NULL;
 }
 
-/* Which providers pull fees, keeping the counts of those that stay. */
+/*
+ * Which providers pull fees, from the dispatcher's configuration (option
+ * fee_pull_after, loaded by provider.c; dialects that can be asked for
+ * fees), keeping the counts of those that stay.
+ */
 static void
-feepull_load_config(void)
+feepull_load_config(Provider *providers, int nproviders)
 {
 	MemoryContext new_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync fee pulls",
 												  ALLOCSET_SMALL_SIZES);
 	PullProvider *ps;
-	int			n;
+	int			n = 0;
 
-	shipsync_begin_tx("reading fee-pulling providers", false);
-	if (SPI_execute("SELECT provider_id FROM shipsync.provider"
-					" WHERE dialect IN ('generic', 'sf_express')"
-					" AND options->>'fee_pull_after' IS NOT NULL ORDER BY provider_id",
-					true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading fee-pulling providers failed");
-	n = (int) SPI_processed;
-	ps = MemoryContextAllocZero(new_cxt, sizeof(PullProvider) * (n + 1));
-	for (int i = 0; i < n; i++)
+	ps = MemoryContextAllocZero(new_cxt, sizeof(PullProvider) * (nproviders + 1));
+	for (int k = 0; k < nproviders; k++)
 	{
-		bool		isnull;
 		PullProvider *was;
 
-		ps[i].id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		was = find_pulled(ps[i].id);
+		if (!providers[k].fee_pull || providers[k].dialect->tracking)
+			continue;
+		ps[n].id = providers[k].id;
+		was = find_pulled(ps[n].id);
 		if (was)
-			ps[i].inflight = was->inflight;
+			ps[n].inflight = was->inflight;
+		n++;
 	}
-	shipsync_end_tx();
 	if (pull_cxt)
 		MemoryContextDelete(pull_cxt);
 	pull_cxt = new_cxt;
@@ -147,13 +145,13 @@ feepull_submit(HttpClient *client, Provider *p, int32 binding_id, const char *or
 	f->provider_name = pstrdup(p->name);
 	f->binding_id = binding_id;
 	f->order_key = pstrdup(order_key);
-	f->sf = p->dialect == DIALECT_SF_EXPRESS;
+	f->sf = p->dialect->fee_query != NULL;
 	if (f->sf)
 	{
 		f->what = psprintf("waybill %s", waybill);
 		f->xfer.method = "POST";
 		f->xfer.url = pstrdup(p->base_url);
-		f->xfer.body = dialect_sf_fee_query_body(p, waybill,
+		f->xfer.body = p->dialect->fee_query(p, waybill,
 												 psprintf("fees-%d-%s-%lld", binding_id, order_key,
 														  (long long) GetCurrentTimestamp()));
 		f->xfer.body_len = strlen(f->xfer.body);
@@ -232,7 +230,7 @@ feepull_send(HttpClient *client, Provider *providers, int nproviders, TimestampT
 	bool		in_tx = false;
 
 	if (!config_read)
-		feepull_load_config();
+		feepull_load_config(providers, nproviders);
 	if (now < next_round)
 		return;
 	next_round = TimestampTzPlusMilliseconds(now, shipsync_idle_check_ms);

@@ -642,12 +642,16 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		Claimed    *c = &cs[idx[i]];
 		bool		cancel = strcmp(c->op, "cancel") == 0 || (found[i] && is_cancel[i]);
 
-		if (strcmp(c->op, "register") == 0)
-			dialect_render_register(p, c, regtn[i]);
-		else if (DIALECT_IS_TRACKING(p->dialect))
+		if (strcmp(c->op, "register") != 0 && p->dialect->tracking)
 			c->skip_reason = "a tracking provider only registers waybills";
+		else if (strcmp(c->op, "register") != 0)
+			p->dialect->render(p, c, found[i], body[i], shipid[i], cancel);
+		else if (regtn[i] == NULL)
+			c->skip_reason = "no waybill to register";
+		else if (p->dialect->render_register == NULL)
+			c->skip_reason = "the provider is not a tracking provider";
 		else
-			dialect_render(p, c, found[i], body[i], shipid[i], cancel);
+			p->dialect->render_register(p, c, regtn[i]);
 		render_store(store, c, cdigest[i], cdigest_null[i]);
 	}
 }
@@ -894,7 +898,7 @@ shipsync_render(PG_FUNCTION_ARGS)
 		if (np != 1)
 			elog(ERROR, "provider %d of intent %lld does not exist", c.provider_id, (long long) id);
 		/* SF's digest needs the check word; a Kuaidi100 body, its salt */
-		if (ps[0].dialect == DIALECT_SF_EXPRESS || ps[0].dialect == DIALECT_KUAIDI100)
+		if (ps[0].dialect->render_secrets)
 			provider_load(keep, &ps, &np, c.provider_id, true);
 		outbox_render_one(&ps[0], &b, &c, keep);
 		MemoryContextSwitchTo(keep);

@@ -66,6 +66,15 @@ extern bool shipsync_gcm_decrypt(const unsigned char *key,
 extern bool shipsync_secret_seal(const unsigned char *key, const char *provider,
 								 const char *name, const char *value,
 								 size_t len, unsigned char *sealed);
+typedef enum ShipDigest
+{
+	SHIPSYNC_MD5,
+	SHIPSYNC_SHA1,
+	SHIPSYNC_SHA256
+} ShipDigest;
+
+extern bool shipsync_digest(ShipDigest alg, int n, const void *const *parts,
+							const size_t *lens, unsigned char *out);
 extern bool shipsync_md5(const char *s, unsigned char out[16]);
 extern bool shipsync_sha256(const void *in, size_t len, unsigned char out[32]);
 extern bool shipsync_hmac_sha256(const void *key, size_t keylen,
@@ -73,6 +82,7 @@ extern bool shipsync_hmac_sha256(const void *key, size_t keylen,
 								 unsigned char out[32]);
 extern bool shipsync_ct_equal(const char *a, size_t alen, const char *b,
 							  size_t blen);
+extern void shipsync_cleanse(void *p, size_t len);
 extern void shipsync_base64_encode(const unsigned char *in, size_t len, char *out);
 extern long shipsync_base64_decode(const char *in, size_t len, unsigned char *out);
 extern void shipsync_hex_encode(const unsigned char *in, size_t len, char *out,
@@ -754,6 +764,7 @@ typedef struct TrackProvider
 	int32		id;
 	char	   *name;
 	char	   *dialect;
+	const struct DialectRoutine *routine;	/* the dialect's operations */
 	char	   *profile;
 	char	   *secret;			/* opened at verification; NFKD for easypost */
 	char	   *previous_secret;
@@ -762,8 +773,10 @@ typedef struct TrackProvider
 	int32		ttl_s;
 } TrackProvider;
 
-/* in provider.c: one provider by name; time zones of the maps */
+/* in provider.c: one provider by name */
 extern TrackProvider *provider_lookup(const char *name);
+
+/* in dialects/shared.c: time zones of the maps */
 extern bool shipsync_tz_offset(const char *zone, int64_t utc_epoch,
 							   int *offset_s, void *arg);
 

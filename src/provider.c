@@ -11,8 +11,8 @@
  * the validation trigger one provider (provider_load()), and the SQL
  * functions that take pushes, pulled answers and statements one provider
  * by name (provider_lookup(), the fields a push is checked and read with).
- * The dialect is decoded once, by the name table below, into the enum of
- * dispatcher.h; dialect.c keeps the operations of each.
+ * The dialect is found once, by name, in dialect.c's table: a provider
+ * carries its DialectRoutine.
  *
  * Secrets (secret.c) are opened only for the processes that send: the
  * dispatcher, and render_request() for the dialects whose stored body is
@@ -44,7 +44,6 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
-#include "pgtime.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -55,37 +54,6 @@
 #include "dispatcher.h"
 
 static void provider_load_maps(MemoryContext cxt, Provider *ps, int n);
-
-/* ---------- dialects by name ---------- */
-
-/* The dialect enum's names, as shipsync.provider.dialect holds them */
-static const char *const provider_dialect_names[] = {
-	[DIALECT_GENERIC] = "generic",
-	[DIALECT_SF_EXPRESS] = "sf_express",
-	[DIALECT_EASYPOST] = "easypost",
-	[DIALECT_AFTERSHIP] = "aftership",
-	[DIALECT_KUAIDI100] = "kuaidi100",
-};
-
-StaticAssertDecl(lengthof(provider_dialect_names) == DIALECT_COUNT,
-				 "one name per dialect");
-
-/* The dialect named name; generic for a name it does not know */
-ShipDialect
-provider_dialect_of(const char *name)
-{
-	for (int d = 0; name && d < DIALECT_COUNT; d++)
-		if (strcmp(name, provider_dialect_names[d]) == 0)
-			return (ShipDialect) d;
-	return DIALECT_GENERIC;
-}
-
-/* The name of dialect d */
-const char *
-provider_dialect_name(ShipDialect d)
-{
-	return provider_dialect_names[d];
-}
 
 static char *
 get_text(HeapTuple tup, TupleDesc desc, int col)
@@ -313,6 +281,59 @@ load_tls(HeapTuple tup, TupleDesc desc, int col)
 	return out;
 }
 
+/* One provider from a row of provider_load()'s query, in the current context */
+static void
+provider_read_row(HeapTuple tup, TupleDesc desc, Provider *p)
+{
+	bool		isnull;
+	Datum		hdrs;
+
+	p->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	p->name = get_text(tup, desc, 2);
+	p->base_url = get_text(tup, desc, 3);
+	p->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+	p->max_inflight = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+	p->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+	p->backoff_base_ms = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+	p->backoff_max_ms = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+	p->rate_per_s = DatumGetFloat8(SPI_getbinval(tup, desc, 9, &isnull));
+	p->paused = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
+	hdrs = SPI_getbinval(tup, desc, 11, &isnull);
+	if (!isnull)
+	{
+		Datum	   *elems;
+		bool	   *enulls;
+		int			nelems;
+
+		deconstruct_array_builtin(DatumGetArrayTypeP(hdrs), TEXTOID,
+								  &elems, &enulls, &nelems);
+		p->headers = palloc0(sizeof(char *) * (nelems + 1));
+		for (int h = 0; h < nelems; h++)
+			if (!enulls[h])
+				p->headers[p->nheaders++] = TextDatumGetCString(elems[h]);
+	}
+	{
+		p->dialect = dialect_find(get_text(tup, desc, 12));
+		p->profile = get_text(tup, desc, 13);
+		p->options_text = get_text(tup, desc, 14);
+		p->sf_partner_id = get_text(tup, desc, 15);
+		p->auth_type = get_text(tup, desc, 16);
+		p->auth_header = get_text(tup, desc, 17);
+		p->kd_customer = get_text(tup, desc, 18);
+		p->oauth_token_url = get_text(tup, desc, 19);
+		p->oauth_client_id = get_text(tup, desc, 20);
+		p->oauth_scope = get_text(tup, desc, 21);
+		p->tr_carrier = get_text(tup, desc, 22);
+		p->tr_callback_url = get_text(tup, desc, 23);
+	}
+	p->tls = load_tls(tup, desc, 24);
+	p->in_use = DatumGetBool(SPI_getbinval(tup, desc, 28, &isnull)) && !isnull;
+	p->breaker_failures = DatumGetInt32(SPI_getbinval(tup, desc, 29, &isnull));
+	p->breaker_cooldown_ms = DatumGetInt32(SPI_getbinval(tup, desc, 30, &isnull));
+	p->poll_interval_s = DatumGetInt32(SPI_getbinval(tup, desc, 31, &isnull));
+	p->fee_pull = DatumGetBool(SPI_getbinval(tup, desc, 32, &isnull));
+}
+
 /*
  * Read providers (all, or the one with id only_id) into cxt, with their
  * field maps, inside the caller's transaction and SPI connection.  With
@@ -354,7 +375,9 @@ provider_load(MemoryContext cxt, Provider **providers, int *nproviders,
 							   "  OR EXISTS (SELECT 1 FROM shipsync.outbox o WHERE o.provider_id = p.provider_id"
 							   "   AND o.state IN ('pending', 'retrying'))),"
 							   " COALESCE((options->>'breaker_failures')::integer, 20),"
-							   " COALESCE((options->>'breaker_cooldown_ms')::integer, 5000)"
+							   " COALESCE((options->>'breaker_cooldown_ms')::integer, 5000),"
+							   " COALESCE((options->>'poll_interval_s')::integer, 0),"
+							   " options->>'fee_pull_after' IS NOT NULL"
 							   " FROM shipsync.provider p WHERE $1 = 0 OR provider_id = $1"
 							   " ORDER BY provider_id", 1, argtypes, args, NULL, true, 0);
 	if (rc != SPI_OK_SELECT)
@@ -363,56 +386,7 @@ provider_load(MemoryContext cxt, Provider **providers, int *nproviders,
 	old = MemoryContextSwitchTo(cxt);
 	ps = palloc0(sizeof(Provider) * (n + 1));
 	for (uint64 i = 0; i < n; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		Datum		hdrs;
-		Provider   *p = &ps[i];
-
-		p->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		p->name = get_text(tup, desc, 2);
-		p->base_url = get_text(tup, desc, 3);
-		p->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
-		p->max_inflight = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
-		p->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-		p->backoff_base_ms = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
-		p->backoff_max_ms = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
-		p->rate_per_s = DatumGetFloat8(SPI_getbinval(tup, desc, 9, &isnull));
-		p->paused = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
-		hdrs = SPI_getbinval(tup, desc, 11, &isnull);
-		if (!isnull)
-		{
-			Datum	   *elems;
-			bool	   *enulls;
-			int			nelems;
-
-			deconstruct_array_builtin(DatumGetArrayTypeP(hdrs), TEXTOID,
-									  &elems, &enulls, &nelems);
-			p->headers = palloc0(sizeof(char *) * (nelems + 1));
-			for (int h = 0; h < nelems; h++)
-				if (!enulls[h])
-					p->headers[p->nheaders++] = TextDatumGetCString(elems[h]);
-		}
-		{
-			p->dialect = provider_dialect_of(get_text(tup, desc, 12));
-			p->profile = get_text(tup, desc, 13);
-			p->options_text = get_text(tup, desc, 14);
-			p->sf_partner_id = get_text(tup, desc, 15);
-			p->auth_type = get_text(tup, desc, 16);
-			p->auth_header = get_text(tup, desc, 17);
-			p->kd_customer = get_text(tup, desc, 18);
-			p->oauth_token_url = get_text(tup, desc, 19);
-			p->oauth_client_id = get_text(tup, desc, 20);
-			p->oauth_scope = get_text(tup, desc, 21);
-			p->tr_carrier = get_text(tup, desc, 22);
-			p->tr_callback_url = get_text(tup, desc, 23);
-		}
-		p->tls = load_tls(tup, desc, 24);
-		p->in_use = DatumGetBool(SPI_getbinval(tup, desc, 28, &isnull)) && !isnull;
-		p->breaker_failures = DatumGetInt32(SPI_getbinval(tup, desc, 29, &isnull));
-		p->breaker_cooldown_ms = DatumGetInt32(SPI_getbinval(tup, desc, 30, &isnull));
-	}
+		provider_read_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &ps[i]);
 	if (with_secrets)
 		load_secrets(ps, (int) n, only_id);
 	MemoryContextSwitchTo(old);
@@ -420,30 +394,6 @@ provider_load(MemoryContext cxt, Provider **providers, int *nproviders,
 	*providers = ps;
 	*nproviders = (int) n;
 }
-
-/* ---------- time zones of the maps ---------- */
-
-/*
- * The UTC offset of a named zone at a UTC instant, from PostgreSQL's zone
- * database (mapping.c's callback for named zones).
- */
-bool
-shipsync_tz_offset(const char *zone, int64_t utc_epoch, int *offset_s, void *arg)
-{
-	pg_tz	   *tz = pg_tzset(zone);
-	pg_time_t	t = (pg_time_t) utc_epoch;
-	struct pg_tm *tm;
-
-	if (tz == NULL)
-		return false;
-	tm = pg_localtime(&t, tz);
-	if (tm == NULL)
-		return false;
-	*offset_s = (int) tm->tm_gmtoff;
-	return true;
-}
-
-/* ---------- loading maps ---------- */
 
 typedef struct MapCompileInput
 {
@@ -584,9 +534,9 @@ provider_load_maps(MemoryContext cxt, Provider *ps, int n)
 		}
 		p->out_map = compile_input(&out, p->profile, "outbound", cxt, &error);
 		p->in_map = compile_input(&in, p->profile, "inbound", cxt, &error);
-		if (p->dialect == DIALECT_SF_EXPRESS && p->out_map == NULL && error == NULL)
-			error = MemoryContextStrdup(cxt, psprintf("profile \"%s\" has no outbound rows, which the sf_express dialect needs",
-													  p->profile));
+		if (p->dialect->needs_out_map && p->out_map == NULL && error == NULL)
+			error = MemoryContextStrdup(cxt, psprintf("profile \"%s\" has no outbound rows, which the %s dialect needs",
+													  p->profile, p->dialect->name));
 		p->map_error = error;
 		if (error)
 			ereport(WARNING,
@@ -632,8 +582,7 @@ provider_lookup(const char *name)
 			"SELECT provider_id, name, dialect,"
 			" coalesce(options->>'profile', dialect),"
 			" coalesce((options->>'accept_unsigned_pushes')::boolean, false),"
-			" coalesce(options->>'timezone',"
-			"  CASE WHEN dialect IN ('kuaidi100', 'sf_express') THEN 'Asia/Shanghai' ELSE 'UTC' END),"
+			" options->>'timezone',"
 			" coalesce((options->>'unmatched_ttl_s')::integer, 604800)"
 			" FROM shipsync.provider WHERE name = $1", 1, t);
 	}
@@ -652,7 +601,11 @@ provider_lookup(const char *name)
 	p->dialect = SPI_getvalue(tup, desc, 3);
 	p->profile = SPI_getvalue(tup, desc, 4);
 	p->accept_unsigned = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
+	p->routine = dialect_find(p->dialect);
+	/* the dialect's zone, unless option timezone names another */
 	p->timezone = SPI_getvalue(tup, desc, 6);
+	if (p->timezone == NULL)
+		p->timezone = pstrdup(p->routine->timezone);
 	p->ttl_s = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
 	return p;
 }

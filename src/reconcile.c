@@ -324,6 +324,8 @@ send_searches(HttpClient *client, Provider *p, Pull *pl, int room)
 {
 	int			sent = 0;
 
+	if (p->dialect->lookup == NULL)
+		elog(ERROR, "dialect %s cannot look an order up", p->dialect->name);
 	while (sent < room && pl->nqueue > 0)
 	{
 		MemoryContext old = CurrentMemoryContext;
@@ -333,9 +335,9 @@ send_searches(HttpClient *client, Provider *p, Pull *pl, int room)
 		f->order_key = pstrdup(key);
 		f->xfer.method = "POST";
 		f->xfer.url = pstrdup(p->base_url);
-		f->xfer.body = dialect_sf_search_body(p, key,
-											  psprintf("reconcile-" INT64_FORMAT "-%s",
-													   pl->run_id, key));
+		f->xfer.body = p->dialect->lookup(p, key,
+										  psprintf("reconcile-" INT64_FORMAT "-%s",
+												   pl->run_id, key));
 		f->xfer.headers = dialect_headers(p, NULL, true);
 		http_submit(client, &f->xfer);
 		MemoryContextSwitchTo(old);

@@ -79,6 +79,7 @@
 #include "catalog/pg_class.h"
 
 #include "pg_shipsync.h"
+#include "dispatcher.h"
 
 PG_FUNCTION_INFO_V1(shipsync_ingest_tracking);
 
@@ -135,7 +136,7 @@ open_webhook_secrets(TrackProvider *p, const char *what)
 	secret_open_webhook(p->name, strcmp(what, "tracking") == 0 ?
 						"tracking pushes of provider" : "fee pushes of provider",
 						&p->secret, &p->previous_secret);
-	if (strcmp(p->dialect, "easypost") != 0)
+	if (!p->routine->nfkd_secret)
 		return;
 	if (p->secret)
 		p->secret = nfkd(p->secret);
@@ -215,37 +216,23 @@ typedef struct TrackPush
 {
 	TrackProvider *p;
 	Jsonb	   *headers;
-	const char *body;
-	size_t		len;
-	const char *param;			/* kuaidi100: the decoded form fields */
-	const char *sign;
+	DialectPush push;
 } TrackPush;
 
-/* Verify one secret; SIG_NO_SECRET when it is not set.  A SigCheck. */
+/* A header of the push: DialectPush's header callback */
+static char *
+push_header(void *arg, const char *name)
+{
+	return shipsync_header_value((Jsonb *) arg, name);
+}
+
+/* Verify one secret as the dialect signs; SIG_NO_SECRET when not set */
 static SigResult
 verify_with(const char *secret, void *arg, const char **reason)
 {
-	TrackPush  *push = (TrackPush *) arg;
-	const char *dialect = push->p->dialect;
-	Jsonb	   *headers = push->headers;
+	TrackPush  *tp = (TrackPush *) arg;
 
-	if (strcmp(dialect, "generic") == 0)
-		return shipsync_verify_standard_webhooks(secret,
-												 shipsync_header_value(headers, "webhook-id"),
-												 shipsync_header_value(headers, "webhook-timestamp"),
-												 shipsync_header_value(headers, "webhook-signature"),
-												 push->body, push->len, (long) time(NULL),
-												 WEBHOOK_TOLERANCE_S, reason);
-	if (strcmp(dialect, "easypost") == 0)
-		return shipsync_verify_hmac_body(secret, shipsync_header_value(headers, "x-hmac-signature"),
-										 "hmac-sha256-hex=", true, push->body, push->len, reason);
-	if (strcmp(dialect, "aftership") == 0)
-		return shipsync_verify_hmac_body(secret, shipsync_header_value(headers, "aftership-hmac-sha256"),
-										 NULL, false, push->body, push->len, reason);
-	if (strcmp(dialect, "kuaidi100") == 0)
-		return shipsync_verify_kuaidi100(secret, push->param, push->sign, reason);
-	*reason = "the dialect has no signature scheme";
-	return SIG_MISMATCH;
+	return tp->p->routine->verify_push(secret, &tp->push, reason);
 }
 
 /*
@@ -257,16 +244,17 @@ static void
 verify_push(TrackProvider *p, const char *what, Jsonb *headers, const char *body,
 			size_t len, const char *param, const char *sign)
 {
-	TrackPush	push = {p, headers, body, len, param, sign};
+	TrackPush	push = {p, headers, {push_header, headers, body, len, param, sign}};
 	const char *reason = NULL;
 
-	if (strcmp(p->dialect, "sf_express") == 0)
+	/* a dialect whose pushes carry no signature (SF Express) */
+	if (p->routine->verify_push == NULL)
 	{
 		if (p->accept_unsigned)
 			return;
 		reject_push(p, what, strcmp(what, "tracking") == 0 ?
-					"route pushes of dialect sf_express carry no signature and option accept_unsigned_pushes is not set" :
-					"fee pushes of dialect sf_express carry no signature and option accept_unsigned_pushes is not set");
+					psprintf("route pushes of dialect %s carry no signature and option accept_unsigned_pushes is not set", p->dialect) :
+					psprintf("fee pushes of dialect %s carry no signature and option accept_unsigned_pushes is not set", p->dialect));
 	}
 	open_webhook_secrets(p, what);
 	if (p->secret == NULL && p->previous_secret == NULL)
@@ -571,14 +559,10 @@ append_count(StringInfo buf, const char *name, int64 v)
 const char *
 tracking_reply(TrackProvider *p)
 {
-	if (strcmp(p->dialect, "kuaidi100") == 0)
-		return "{\"result\": true, \"returnCode\": \"200\", \"message\": \"\\u6210\\u529f\"}";
-	if (strcmp(p->dialect, "sf_express") == 0)
-		return "{\"return_code\": \"0000\", \"return_msg\": \"\\u6210\\u529f\"}";
-	return NULL;
+	return p->routine->push_reply;
 }
 
-/* The fields param and sign of a kuaidi100 form, palloc'd, or NULL */
+/* The fields param and sign of a form push (kuaidi100), palloc'd, or NULL */
 static void
 form_fields(const char *body, size_t len, char **param, char **sign)
 {
@@ -614,10 +598,10 @@ tracking_verify_push(TrackProvider *p, const char *what, Jsonb *headers, const c
 	char	   *param = NULL;
 	char	   *sign = NULL;
 
-	if (strcmp(p->dialect, "kuaidi100") == 0)
+	if (p->routine->form_push)
 		form_fields(body, len, &param, &sign);
 	verify_push(p, what, headers, body, len, param, sign);
-	if (strcmp(p->dialect, "kuaidi100") == 0)
+	if (p->routine->form_push)
 	{
 		if (param == NULL)
 			return false;

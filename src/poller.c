@@ -103,56 +103,51 @@ find_polled(int32 id)
 }
 
 /*
- * Read which providers are polled, keeping the rounds of those that stay.
- * Outside any transaction.
+ * Take which providers are polled from the dispatcher's configuration
+ * (provider.c loads option poll_interval_s with the rest), keeping the
+ * rounds of those that stay: the generic providers with an interval.
  */
 static void
-poller_load_config(TimestampTz now)
+poller_load_config(Provider *providers, int nproviders, TimestampTz now)
 {
 	MemoryContext new_cxt;
 	MemoryContext old;
 	PollProvider *ps;
-	int			n;
+	int			n = 0;
 
 	new_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync poller",
 									ALLOCSET_SMALL_SIZES);
-	shipsync_begin_tx("reading polled providers", false);
-	if (SPI_execute("SELECT provider_id, (options->>'poll_interval_s')::integer"
-					" FROM shipsync.provider"
-					" WHERE dialect = 'generic'"
-					" AND coalesce((options->>'poll_interval_s')::integer, 0) > 0"
-					" ORDER BY provider_id", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading polled providers failed");
-	n = (int) SPI_processed;
 	old = MemoryContextSwitchTo(new_cxt);
-	ps = palloc0(sizeof(PollProvider) * (n + 1));
-	for (int i = 0; i < n; i++)
+	ps = palloc0(sizeof(PollProvider) * (nproviders + 1));
+	for (int k = 0; k < nproviders; k++)
 	{
-		bool		isnull;
 		PollProvider *was;
+		PollProvider *pp = &ps[n];
 
-		ps[i].id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		ps[i].interval_s = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-		was = find_polled(ps[i].id);
+		if (providers[k].dialect != &generic_dialect || providers[k].poll_interval_s <= 0)
+			continue;
+		n++;
+		pp->id = providers[k].id;
+		pp->interval_s = providers[k].poll_interval_s;
+		was = find_polled(pp->id);
 		if (was)
 		{
-			ps[i].inflight = was->inflight;
-			ps[i].in_round = was->in_round;
-			ps[i].round_started = was->round_started;
-			ps[i].next_round = Min(was->next_round,
-								   TimestampTzPlusMilliseconds(was->round_started,
-															   (int64) ps[i].interval_s * 1000));
-			ps[i].cursor_binding = was->cursor_binding;
-			ps[i].cursor_key = was->cursor_key ? pstrdup(was->cursor_key) : NULL;
-			ps[i].answered = was->answered;
-			ps[i].failed = was->failed;
-			ps[i].first_error = was->first_error ? pstrdup(was->first_error) : NULL;
+			pp->inflight = was->inflight;
+			pp->in_round = was->in_round;
+			pp->round_started = was->round_started;
+			pp->next_round = Min(was->next_round,
+								 TimestampTzPlusMilliseconds(was->round_started,
+															 (int64) pp->interval_s * 1000));
+			pp->cursor_binding = was->cursor_binding;
+			pp->cursor_key = was->cursor_key ? pstrdup(was->cursor_key) : NULL;
+			pp->answered = was->answered;
+			pp->failed = was->failed;
+			pp->first_error = was->first_error ? pstrdup(was->first_error) : NULL;
 		}
 		else
-			ps[i].next_round = now;
+			pp->next_round = now;
 	}
 	MemoryContextSwitchTo(old);
-	shipsync_end_tx();
 
 	if (poll_cxt)
 		MemoryContextDelete(poll_cxt);
@@ -271,7 +266,7 @@ poller_send(HttpClient *client, Provider *providers, int nproviders, TimestampTz
 	bool		in_tx = false;
 
 	if (config_read_at == 0)
-		poller_load_config(now);
+		poller_load_config(providers, nproviders, now);
 
 	/*
 	 * Parked tracking events of providers that went quiet expire too (a

@@ -278,30 +278,50 @@ shipsync_secret_open(const unsigned char *key, const char *provider,
 
 /* ---------- digests and HMAC ---------- */
 
-/* The MD5 of the string s into out; false only if OpenSSL fails */
+/*
+ * The digest alg (SHIPSYNC_MD5: 16 bytes, SHIPSYNC_SHA1: 20, SHIPSYNC_SHA256:
+ * 32) of the n parts concatenated, into out; false only if OpenSSL fails.
+ * MD5 and SHA-1 are here because carriers sign with them (Kuaidi100, SF
+ * Express, 简道云), never to protect anything of ours.
+ */
 bool
-shipsync_md5(const char *s, unsigned char out[16])
+shipsync_digest(ShipDigest alg, int n, const void *const *parts, const size_t *lens,
+				unsigned char *out)
 {
+	const EVP_MD *md = alg == SHIPSYNC_MD5 ? EVP_md5() :
+		alg == SHIPSYNC_SHA1 ? EVP_sha1() : EVP_sha256();
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	unsigned int len = 0;
 	bool		ok;
 
 	if (ctx == NULL)
 		return false;
-	ok = EVP_DigestInit_ex(ctx, EVP_md5(), NULL) == 1 &&
-		EVP_DigestUpdate(ctx, s, strlen(s)) == 1 &&
-		EVP_DigestFinal_ex(ctx, out, &len) == 1 && len == 16;
+	ok = EVP_DigestInit_ex(ctx, md, NULL) == 1;
+	for (int i = 0; ok && i < n; i++)
+		ok = EVP_DigestUpdate(ctx, parts[i], lens[i]) == 1;
+	ok = ok && EVP_DigestFinal_ex(ctx, out, &len) == 1 && (int) len == EVP_MD_size(md);
 	EVP_MD_CTX_free(ctx);
 	return ok;
+}
+
+/* The MD5 of the string s into out; false only if OpenSSL fails */
+bool
+shipsync_md5(const char *s, unsigned char out[16])
+{
+	const void *parts[1] = {s};
+	size_t		lens[1] = {strlen(s)};
+
+	return shipsync_digest(SHIPSYNC_MD5, 1, parts, lens, out);
 }
 
 /* The SHA-256 of len bytes into out; false only if OpenSSL fails */
 bool
 shipsync_sha256(const void *in, size_t len, unsigned char out[32])
 {
-	unsigned int outlen = 0;
+	const void *parts[1] = {in};
+	size_t		lens[1] = {len};
 
-	return EVP_Digest(in, len, out, &outlen, EVP_sha256(), NULL) == 1 && outlen == 32;
+	return shipsync_digest(SHIPSYNC_SHA256, 1, parts, lens, out);
 }
 
 /* HMAC-SHA256 of msg under key into out; false only if OpenSSL fails */
@@ -327,6 +347,13 @@ shipsync_ct_equal(const char *a, size_t alen, const char *b, size_t blen)
 	if (alen != blen)
 		return false;
 	return CRYPTO_memcmp(a, b, alen) == 0;
+}
+
+/* Wipe len bytes that held a key or a secret */
+void
+shipsync_cleanse(void *p, size_t len)
+{
+	OPENSSL_cleanse(p, len);
 }
 
 /* ---------- encodings ---------- */

@@ -8,7 +8,7 @@
  * Every scheme is computed over the raw bytes the carrier sent, never over
  * a re-serialisation: one changed byte (a trailing newline, a reordered
  * key) must fail the check.  Comparisons of MACs are constant-time
- * (CRYPTO_memcmp) on buffers of equal, fixed length, so a forger learns
+ * (shipsync_ct_equal() in crypto.c) on buffers of equal, fixed length, so a forger learns
  * nothing from timing but the length of what he sent.
  *
  * This file includes no PostgreSQL header: it is unit-tested and fuzzed
@@ -25,9 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include "pg_shipsync.h"
 
@@ -119,7 +116,7 @@ shipsync_verify_standard_webhooks(const char *secret, const char *msg_id,
 	memcpy(signed_msg + idlen + 1 + tslen + 1, body, body_len);
 	ok = shipsync_hmac_sha256(key, (size_t) keylen, signed_msg, signed_len, mac);
 	free(signed_msg);
-	OPENSSL_cleanse(key, sizeof(key));
+	shipsync_cleanse(key, sizeof(key));
 	if (!ok)
 	{
 		*reason = "the HMAC could not be computed";
@@ -209,13 +206,12 @@ SigResult
 shipsync_verify_kuaidi100(const char *salt, const char *param, const char *sign,
 						  const char **reason)
 {
-	EVP_MD_CTX *ctx;
+	const void *parts[2];
+	size_t		lens[2];
 	unsigned char md[16];
-	unsigned int mdlen = 0;
 	char		expected[33];
 	char		given[33];
 	size_t		n;
-	bool		ok;
 
 	*reason = NULL;
 	if (salt == NULL || salt[0] == '\0')
@@ -238,14 +234,11 @@ shipsync_verify_kuaidi100(const char *salt, const char *param, const char *sign,
 		given[i] = (char) toupper((unsigned char) sign[i]);
 	given[n] = '\0';
 
-	ctx = EVP_MD_CTX_new();
-	ok = ctx != NULL &&
-		EVP_DigestInit_ex(ctx, EVP_md5(), NULL) == 1 &&
-		EVP_DigestUpdate(ctx, param, strlen(param)) == 1 &&
-		EVP_DigestUpdate(ctx, salt, strlen(salt)) == 1 &&
-		EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 16;
-	EVP_MD_CTX_free(ctx);
-	if (!ok)
+	parts[0] = param;
+	lens[0] = strlen(param);
+	parts[1] = salt;
+	lens[1] = strlen(salt);
+	if (!shipsync_digest(SHIPSYNC_MD5, 2, parts, lens, md))
 	{
 		*reason = "the MD5 could not be computed";
 		return SIG_MISMATCH;
@@ -271,13 +264,12 @@ shipsync_verify_jiandaoyun(const char *secret, const char *nonce,
 						   const char *body, size_t body_len,
 						   const char **reason)
 {
-	EVP_MD_CTX *ctx;
+	const void *parts[7] = {nonce, ":", body, ":", secret, ":", timestamp};
+	size_t		lens[7];
 	unsigned char md[20];
-	unsigned int mdlen = 0;
 	char		expected[41];
 	char		given[41];
 	size_t		n;
-	bool		ok;
 
 	*reason = NULL;
 	if (secret == NULL || secret[0] == '\0')
@@ -304,20 +296,10 @@ shipsync_verify_jiandaoyun(const char *secret, const char *nonce,
 	for (size_t i = 0; i < n; i++)
 		given[i] = (char) tolower((unsigned char) presented[i]);
 	given[n] = '\0';
+	for (int i = 0; i < 7; i++)
+		lens[i] = i == 2 ? body_len : strlen((const char *) parts[i]);
 
-	ctx = EVP_MD_CTX_new();
-	ok = ctx != NULL &&
-		EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) == 1 &&
-		EVP_DigestUpdate(ctx, nonce, strlen(nonce)) == 1 &&
-		EVP_DigestUpdate(ctx, ":", 1) == 1 &&
-		EVP_DigestUpdate(ctx, body, body_len) == 1 &&
-		EVP_DigestUpdate(ctx, ":", 1) == 1 &&
-		EVP_DigestUpdate(ctx, secret, strlen(secret)) == 1 &&
-		EVP_DigestUpdate(ctx, ":", 1) == 1 &&
-		EVP_DigestUpdate(ctx, timestamp, strlen(timestamp)) == 1 &&
-		EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 20;
-	EVP_MD_CTX_free(ctx);
-	if (!ok)
+	if (!shipsync_digest(SHIPSYNC_SHA1, 7, parts, lens, md))
 	{
 		*reason = "the SHA-1 could not be computed";
 		return SIG_MISMATCH;

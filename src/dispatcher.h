@@ -264,6 +264,7 @@ extern struct curl_slist *dialect_headers(Provider *p, const char *idempotency_k
 
 /* in dialects/shared.c: what the dialects share */
 extern char *dialect_take_malloced(char *s);
+extern void dialect_check_map(Provider *p);
 extern char *dialect_render_mapped(Provider *p, Claimed *c, const char *generic_body,
 								   bool form);
 extern char *dialect_excerpt(const char *s, size_t len);

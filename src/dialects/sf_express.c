@@ -92,11 +92,7 @@ static void
 sf_render(Provider *p, Claimed *c, bool found, const char *generic_body,
 		  const char *shipment_id, bool cancel)
 {
-	if (p->map_error)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("provider \"%s\" cannot render requests: %s", p->name, p->map_error),
-				 errhint("Fix the rows of the profile in shipsync.field_map.")));
+	dialect_check_map(p);
 	if (cancel)
 	{
 		if (shipment_id == NULL)

@@ -62,6 +62,20 @@ dialect_take_malloced(char *s)
 }
 
 /*
+ * Raise the error of a provider whose profile's rows do not compile (or
+ * that lacks the outbound map its dialect needs): it cannot render.
+ */
+void
+dialect_check_map(Provider *p)
+{
+	if (p->map_error)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("provider \"%s\" cannot render requests: %s", p->name, p->map_error),
+				 errhint("Fix the rows of the profile in shipsync.field_map.")));
+}
+
+/*
  * Render the body of one order through p's outbound map, from its generic
  * body; NULL (and c->skip_reason, c->invalid) when required fields are
  * missing or malformed.  form: as a form instead of JSON.

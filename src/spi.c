@@ -69,6 +69,9 @@
 #include "utils/snapmgr.h"
 #include "utils/array.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "storage/lmgr.h"
 #include "executor/spi.h"
 #include "storage/bufmgr.h"
 #include "utils/inval.h"
@@ -352,9 +355,22 @@ static MemoryContext tx_caller_cxt = NULL;
 void
 shipsync_begin_tx(const char *activity, bool durable)
 {
+	Oid			ext;
+
 	tx_caller_cxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+
+	/*
+	 * Hold the extension itself for the transaction, before any of its
+	 * tables: DROP EXTENSION locks the extension before its members, so it
+	 * now waits for this transaction to end and the next one waits for it,
+	 * where the two used to hold tables the other wanted (a deadlock that
+	 * failed DROP EXTENSION ... CASCADE or the worker's pass, TAP 013).
+	 */
+	ext = get_extension_oid("pg_shipsync", true);
+	if (OidIsValid(ext))
+		LockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock);
 	SetConfigOption("synchronous_commit", durable ? "on" : "off",
 					PGC_SUSET, PGC_S_SESSION);
 	if (SPI_connect() != SPI_OK_CONNECT)

@@ -16,6 +16,7 @@ use lib $FindBin::RealBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(usleep);
 use ShipsyncTest;
 
 my $node = shipsync_node('ids');
@@ -97,6 +98,23 @@ $sql->("INSERT INTO crm.orders (customer) SELECT 'one' FROM generate_series(1, 3
 is( $sql->("SELECT string_agg((id > $max)::text, ',' ORDER BY id) FROM $intents WHERE order_key IN (SELECT id::text FROM crm.orders WHERE customer = 'one')"),
 	'true,true,true', 'increment 1: each id is new and larger');
 is($sql->("SELECT count(*) - count(DISTINCT id) FROM $intents"), 0, 'increment 1: unique');
+
+# 6. DROP EXTENSION while the workers' passes run back to back: the
+# workers hold the extension for each transaction (src/spi.c), so a drop
+# waits for a pass and the next pass waits for the drop -- never a
+# deadlock, which failed the drop or the pass before
+$sql->("ALTER SYSTEM SET shipsync.idle_check_ms = 100");
+$sql->("SELECT pg_reload_conf()");
+my $log_at = -s $node->logfile;
+for my $i (1 .. 20)
+{
+	$sql->("DROP EXTENSION pg_shipsync CASCADE");
+	$sql->($setup);
+	$sql->("INSERT INTO crm.orders (customer) SELECT 'cycle' FROM generate_series(1, 20)");
+	usleep(100_000);
+}
+my $log = slurp_file($node->logfile, $log_at);
+unlike($log, qr/deadlock detected/, 'twenty drops and re-creations during the workers\' passes: no deadlock');
 
 $node->stop;
 done_testing();

@@ -43,9 +43,13 @@ $node->safe_psql('postgres', q{
 	SELECT pg_reload_conf();
 	SELECT shipsync.pause('sim');
 	INSERT INTO crm.orders (customer) VALUES ('abandoned');
-	SELECT count(*) FROM shipsync.claim(1, 10, 200);
-	SELECT shipsync.resume('sim');
 });
+# the claim by hand: the dispatcher's idle check may be moving the intent
+# from the inbox to the outbox at this moment, out of the claim's sight
+# until it commits; the claim is made as soon as the intent can be seen
+ok(wait_until($node, 'SELECT count(*) = 1 FROM shipsync.claim(1, 10, 200)', 30),
+	'the intent is claimed by hand');
+$node->safe_psql('postgres', "SELECT shipsync.resume('sim')");
 is($node->safe_psql('postgres', "SELECT state FROM shipsync.outbox ORDER BY id DESC LIMIT 1"),
 	'in_flight', 'an intent claimed by hand is in flight');
 ok( wait_until($node,

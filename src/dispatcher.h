@@ -249,6 +249,11 @@ struct DialectRoutine
 	char	   *(*fee_query) (Provider *p, const char *waybill,
 							  const char *request_id);
 
+	/* the events of a tracking payload (push or pull), or NULL: none */
+	TrackingReader read_tracking;
+	/* a tracking dialect's answer to a registration (dialect_judge_tracker) */
+	TrackerAnswerReader tracker_answer;
+
 	/* pushes: NULL verify_push means they carry no signature */
 	SigResult	(*verify_push) (const char *secret, const DialectPush *push,
 								const char **reason);

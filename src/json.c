@@ -838,13 +838,15 @@ parse_sf_express(struct json_object *root, TrackEventList *l, char *errbuf, size
 }
 
 /*
- * Read the events of one tracking payload of a dialect (for kuaidi100, the
- * decoded param field).  Returns false with a reason in errbuf when the
- * body is not what the dialect sends; out is then to be freed all the same.
+ * Read the events of one tracking payload with parse, one dialect's reader
+ * (for kuaidi100, the decoded param field).  Returns false with a reason in
+ * errbuf when the body is not what the dialect sends; out is then to be
+ * freed all the same.
  */
-bool
-shipsync_parse_tracking(const char *dialect, const char *body, size_t len,
-						TrackEventList *out, char *errbuf, size_t errlen)
+static bool
+parse_tracking_with(bool (*parse) (struct json_object *, TrackEventList *, char *, size_t),
+					const char *body, size_t len, TrackEventList *out,
+					char *errbuf, size_t errlen)
 {
 	struct json_object *root;
 	bool		ok;
@@ -860,26 +862,51 @@ shipsync_parse_tracking(const char *dialect, const char *body, size_t len,
 		json_object_put(root);
 		return false;
 	}
-
-	if (strcmp(dialect, "generic") == 0)
-		ok = parse_generic(root, out, errbuf, errlen);
-	else if (strcmp(dialect, "easypost") == 0)
-		ok = parse_easypost(root, out, errbuf, errlen);
-	else if (strcmp(dialect, "aftership") == 0)
-		ok = parse_aftership(root, out, errbuf, errlen);
-	else if (strcmp(dialect, "kuaidi100") == 0)
-		ok = parse_kuaidi100(root, out, errbuf, errlen);
-	else if (strcmp(dialect, "sf_express") == 0)
-		ok = parse_sf_express(root, out, errbuf, errlen);
-	else
-	{
-		snprintf(errbuf, errlen, "dialect \"%s\" has no tracking payload", dialect);
-		ok = false;
-	}
+	ok = parse(root, out, errbuf, errlen);
 	if (!ok && errbuf[0] == '\0')
 		snprintf(errbuf, errlen, "out of memory");
 	json_object_put(root);
 	return ok;
+}
+
+/*
+ * The tracking payload readers, one per dialect: each dialect's routine
+ * (src/dialects/) points at its own, so that json-c stays in this file and
+ * no code picks a reader by the dialect's name.
+ */
+bool
+shipsync_parse_tracking_generic(const char *body, size_t len, TrackEventList *out,
+								char *errbuf, size_t errlen)
+{
+	return parse_tracking_with(parse_generic, body, len, out, errbuf, errlen);
+}
+
+bool
+shipsync_parse_tracking_easypost(const char *body, size_t len, TrackEventList *out,
+								 char *errbuf, size_t errlen)
+{
+	return parse_tracking_with(parse_easypost, body, len, out, errbuf, errlen);
+}
+
+bool
+shipsync_parse_tracking_aftership(const char *body, size_t len, TrackEventList *out,
+								  char *errbuf, size_t errlen)
+{
+	return parse_tracking_with(parse_aftership, body, len, out, errbuf, errlen);
+}
+
+bool
+shipsync_parse_tracking_kuaidi100(const char *body, size_t len, TrackEventList *out,
+								  char *errbuf, size_t errlen)
+{
+	return parse_tracking_with(parse_kuaidi100, body, len, out, errbuf, errlen);
+}
+
+bool
+shipsync_parse_tracking_sf_express(const char *body, size_t len, TrackEventList *out,
+								   char *errbuf, size_t errlen)
+{
+	return parse_tracking_with(parse_sf_express, body, len, out, errbuf, errlen);
 }
 
 
@@ -1661,99 +1688,141 @@ shipsync_parse_token_response(const char *body, size_t len, char **token,
  * exists", with HTTP 400) is a success.  Kuaidi100 (subscribe): HTTP 200
  * with {result, returnCode, message}: 200 ok, 501 already subscribed (ok),
  * 600 bad key and 601 key expired (auth), 700-702 data errors, 500 and the
- * rest transient.  *id and *status are malloc'd or NULL.
+ * rest transient.  *id and *status are malloc'd or NULL.  One reader per
+ * dialect (shipsync_tracker_answer_*), each dialect's routine pointing at
+ * its own.
+ *
+ * tracker_root(): the JSON object of such an answer, in
+ * *root; or false with its class in *cls.  need_2xx: any other status is
+ * TRACK_HTTP without reading the body (EasyPost); AfterShip and Kuaidi100
+ * explain their refusals in the body.
  */
+static bool
+tracker_root(const char *body, size_t len, long http_status, bool need_2xx, char **id,
+			 char **status, struct json_object **root, TrackClass *cls,
+			 char *errbuf, size_t errlen)
+{
+	*id = NULL;
+	*status = NULL;
+	*root = NULL;
+	errbuf[0] = '\0';
+	*cls = TRACK_HTTP;
+	if (need_2xx && !(http_status >= 200 && http_status < 300))
+		return false;
+	*root = parse_strict(body, len, errbuf, errlen);
+	if (*root == NULL || !json_object_is_type(*root, json_type_object))
+	{
+		if (*root != NULL)
+			snprintf(errbuf, errlen, "response is not a JSON object");
+		json_object_put(*root);
+		/* a 2xx we cannot read is in doubt: retried under the same key */
+		*cls = http_status >= 200 && http_status < 300 ? TRACK_RETRY : TRACK_HTTP;
+		return false;
+	}
+	return true;
+}
+
 TrackClass
-shipsync_parse_tracker_response(const char *dialect, const char *body, size_t len,
-								long http_status, char **id, char **status,
-								char *errbuf, size_t errlen)
+shipsync_tracker_answer_easypost(const char *body, size_t len, long http_status, char **id,
+								char **status, char *errbuf, size_t errlen)
+{
+	struct json_object *root;
+	TrackClass	cls = TRACK_HTTP;
+
+	if (!tracker_root(body, len, http_status, true, id, status, &root, &cls,
+					  errbuf, errlen))
+		return cls;
+	*id = dup_member_text(root, "id");
+	*status = dup_member_text(root, "status");
+	if (*id == NULL)
+	{
+		snprintf(errbuf, errlen, "tracker response has no \"id\"");
+		cls = TRACK_RETRY;
+	}
+	else
+		cls = TRACK_OK;
+	json_object_put(root);
+	return cls;
+}
+
+TrackClass
+shipsync_tracker_answer_aftership(const char *body, size_t len, long http_status, char **id,
+								char **status, char *errbuf, size_t errlen)
 {
 	struct json_object *root;
 	struct json_object *v;
+	struct json_object *meta;
+	struct json_object *data;
+	struct json_object *tracking;
 	TrackClass	cls = TRACK_HTTP;
+	int			code;
 
-	*id = NULL;
-	*status = NULL;
-	errbuf[0] = '\0';
-	if (strcmp(dialect, "kuaidi100") != 0 && strcmp(dialect, "aftership") != 0 &&
-		!(http_status >= 200 && http_status < 300))
-		return TRACK_HTTP;
-	root = parse_strict(body, len, errbuf, errlen);
-	if (root == NULL || !json_object_is_type(root, json_type_object))
+	if (!tracker_root(body, len, http_status, false, id, status, &root, &cls,
+					  errbuf, errlen))
+		return cls;
+	meta = json_object_object_get(root, "meta");
+	data = json_object_object_get(root, "data");
+	tracking = data ? json_object_object_get(data, "tracking") : NULL;
+	code = meta && json_object_object_get_ex(meta, "code", &v) ? json_object_get_int(v) : 0;
+	if (tracking)
 	{
-		if (root != NULL)
-			snprintf(errbuf, errlen, "response is not a JSON object");
-		json_object_put(root);
-		/* a 2xx we cannot read is in doubt: retried under the same key */
-		return http_status >= 200 && http_status < 300 ? TRACK_RETRY : TRACK_HTTP;
+		*id = dup_member_text(tracking, "id");
+		*status = dup_member_text(tracking, "tag");
 	}
-	if (strcmp(dialect, "easypost") == 0)
+	if ((code == 200 || code == 201) && http_status >= 200 && http_status < 300)
+		cls = TRACK_OK;
+	else if (code == 4003)
+		cls = TRACK_OK;		/* already tracked: what we wanted */
+	else if (code == 401 || http_status == 401 || http_status == 403)
+		cls = TRACK_AUTH;
+	else
+		cls = TRACK_HTTP;
+	if (cls != TRACK_OK && meta)
 	{
-		*id = dup_member_text(root, "id");
-		*status = dup_member_text(root, "status");
-		if (*id == NULL)
-		{
-			snprintf(errbuf, errlen, "tracker response has no \"id\"");
-			cls = TRACK_RETRY;
-		}
-		else
-			cls = TRACK_OK;
-	}
-	else if (strcmp(dialect, "aftership") == 0)
-	{
-		struct json_object *meta = json_object_object_get(root, "meta");
-		struct json_object *data = json_object_object_get(root, "data");
-		struct json_object *tracking = data ? json_object_object_get(data, "tracking") : NULL;
-		int			code = meta && json_object_object_get_ex(meta, "code", &v) ? json_object_get_int(v) : 0;
+		char	   *m = dup_member_text(meta, "message");
 
-		if (tracking)
-		{
-			*id = dup_member_text(tracking, "id");
-			*status = dup_member_text(tracking, "tag");
-		}
-		if ((code == 200 || code == 201) && http_status >= 200 && http_status < 300)
-			cls = TRACK_OK;
-		else if (code == 4003)
-			cls = TRACK_OK;		/* already tracked: what we wanted */
-		else if (code == 401 || http_status == 401 || http_status == 403)
-			cls = TRACK_AUTH;
-		else
-			cls = TRACK_HTTP;
-		if (cls != TRACK_OK && meta)
-		{
-			char	   *m = dup_member_text(meta, "message");
-
-			snprintf(errbuf, errlen, "AfterShip %d: %s", code, m ? m : "");
-			free(m);
-		}
+		snprintf(errbuf, errlen, "AfterShip %d: %s", code, m ? m : "");
+		free(m);
 	}
-	else if (strcmp(dialect, "kuaidi100") == 0)
+	json_object_put(root);
+	return cls;
+}
+
+TrackClass
+shipsync_tracker_answer_kuaidi100(const char *body, size_t len, long http_status, char **id,
+								char **status, char *errbuf, size_t errlen)
+{
+	struct json_object *root;
+	TrackClass	cls = TRACK_HTTP;
+	char	   *rc;
+	char	   *msg;
+
+	if (!tracker_root(body, len, http_status, false, id, status, &root, &cls,
+					  errbuf, errlen))
+		return cls;
+	rc = dup_member_text(root, "returnCode");
+	msg = dup_member_text(root, "message");
+	if (!(http_status >= 200 && http_status < 300))
+		cls = TRACK_HTTP;
+	else if (rc == NULL)
 	{
-		char	   *rc = dup_member_text(root, "returnCode");
-		char	   *msg = dup_member_text(root, "message");
-
-		if (!(http_status >= 200 && http_status < 300))
-			cls = TRACK_HTTP;
-		else if (rc == NULL)
-		{
-			snprintf(errbuf, errlen, "subscribe response has no \"returnCode\"");
-			cls = TRACK_RETRY;
-		}
-		else if (strcmp(rc, "200") == 0 || strcmp(rc, "501") == 0)
-			cls = TRACK_OK;
-		else if (strcmp(rc, "600") == 0 || strcmp(rc, "601") == 0)
-			cls = TRACK_AUTH;
-		else if (rc[0] == '7')
-			cls = TRACK_PERMANENT;
-		else
-			cls = TRACK_RETRY;
-		if (cls != TRACK_OK && rc)
-			snprintf(errbuf, errlen, "Kuaidi100 %s: %s", rc, msg ? msg : "");
-		if (cls == TRACK_OK && strcmp(rc, "501") == 0)
-			*status = strdup("already_subscribed");
-		free(rc);
-		free(msg);
+		snprintf(errbuf, errlen, "subscribe response has no \"returnCode\"");
+		cls = TRACK_RETRY;
 	}
+	else if (strcmp(rc, "200") == 0 || strcmp(rc, "501") == 0)
+		cls = TRACK_OK;
+	else if (strcmp(rc, "600") == 0 || strcmp(rc, "601") == 0)
+		cls = TRACK_AUTH;
+	else if (rc[0] == '7')
+		cls = TRACK_PERMANENT;
+	else
+		cls = TRACK_RETRY;
+	if (cls != TRACK_OK && rc)
+		snprintf(errbuf, errlen, "Kuaidi100 %s: %s", rc, msg ? msg : "");
+	if (cls == TRACK_OK && strcmp(rc, "501") == 0)
+		*status = strdup("already_subscribed");
+	free(rc);
+	free(msg);
 	json_object_put(root);
 	return cls;
 }

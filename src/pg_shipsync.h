@@ -357,11 +357,23 @@ typedef enum TrackClass
 	TRACK_HTTP					/* judge by the HTTP status alone */
 } TrackClass;
 
-extern TrackClass shipsync_parse_tracker_response(const char *dialect,
-												  const char *body, size_t len,
-												  long http_status, char **id,
-												  char **status, char *errbuf,
-												  size_t errlen);
+/* in json.c: a tracking provider's answer to a registration, per dialect */
+typedef TrackClass (*TrackerAnswerReader) (const char *body, size_t len,
+										   long http_status, char **id,
+										   char **status, char *errbuf,
+										   size_t errlen);
+extern TrackClass shipsync_tracker_answer_easypost(const char *body, size_t len,
+												   long http_status, char **id,
+												   char **status, char *errbuf,
+												   size_t errlen);
+extern TrackClass shipsync_tracker_answer_aftership(const char *body, size_t len,
+													long http_status, char **id,
+													char **status, char *errbuf,
+													size_t errlen);
+extern TrackClass shipsync_tracker_answer_kuaidi100(const char *body, size_t len,
+													long http_status, char **id,
+													char **status, char *errbuf,
+													size_t errlen);
 
 /* in retry.c */
 extern SfClass shipsync_sf_classify(const char *api_code, bool success,
@@ -426,9 +438,23 @@ typedef struct TrackEventList
 } TrackEventList;
 
 /* in json.c */
-extern bool shipsync_parse_tracking(const char *dialect, const char *body,
-									size_t len, TrackEventList *out,
-									char *errbuf, size_t errlen);
+typedef bool (*TrackingReader) (const char *body, size_t len, TrackEventList *out,
+								char *errbuf, size_t errlen);
+extern bool shipsync_parse_tracking_generic(const char *body, size_t len,
+											TrackEventList *out, char *errbuf,
+											size_t errlen);
+extern bool shipsync_parse_tracking_easypost(const char *body, size_t len,
+											 TrackEventList *out, char *errbuf,
+											 size_t errlen);
+extern bool shipsync_parse_tracking_aftership(const char *body, size_t len,
+											  TrackEventList *out, char *errbuf,
+											  size_t errlen);
+extern bool shipsync_parse_tracking_kuaidi100(const char *body, size_t len,
+											  TrackEventList *out, char *errbuf,
+											  size_t errlen);
+extern bool shipsync_parse_tracking_sf_express(const char *body, size_t len,
+											   TrackEventList *out, char *errbuf,
+											   size_t errlen);
 extern void shipsync_free_tracking(TrackEventList *l);
 
 /* One page of a carrier's list of its shipments (in json.c) */

@@ -630,7 +630,16 @@ tracking_read_push(TrackProvider *p, const char *body, size_t len,
 	bool		ok;
 
 	if (tracking_verify_push(p, "tracking", headers, body, len, &payload, &plen))
-		ok = shipsync_parse_tracking(p->dialect, payload, plen, &list, errbuf, sizeof(errbuf));
+	{
+		if (p->routine->read_tracking)
+			ok = p->routine->read_tracking(payload, plen, &list, errbuf, sizeof(errbuf));
+		else
+		{
+			ok = false;
+			memset(&list, 0, sizeof(list));
+			snprintf(errbuf, sizeof(errbuf), "dialect \"%s\" has no tracking payload", p->dialect);
+		}
+	}
 	else
 	{
 		ok = false;
@@ -1126,7 +1135,7 @@ tracking_apply_pulled(const char *provider_name, const char *body, size_t len)
 	char		errbuf[256];
 	TrackSummary sum = {0};
 
-	if (!shipsync_parse_tracking("generic", body, len, &list, errbuf, sizeof(errbuf)))
+	if (!shipsync_parse_tracking_generic(body, len, &list, errbuf, sizeof(errbuf)))
 	{
 		shipsync_free_tracking(&list);
 		ereport(ERROR,

@@ -56,4 +56,6 @@ const DialectRoutine aftership_dialect = {
 	.render_register = aftership_register,
 	.judge = dialect_judge_tracker,
 	.verify_push = aftership_verify_push,
+	.read_tracking = shipsync_parse_tracking_aftership,
+	.tracker_answer = shipsync_tracker_answer_aftership,
 };

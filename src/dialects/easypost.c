@@ -60,4 +60,6 @@ const DialectRoutine easypost_dialect = {
 	.judge = dialect_judge_tracker,
 	.verify_push = easypost_verify_push,
 	.nfkd_secret = true,
+	.read_tracking = shipsync_parse_tracking_easypost,
+	.tracker_answer = shipsync_tracker_answer_easypost,
 };

@@ -232,4 +232,5 @@ const DialectRoutine generic_dialect = {
 	.sign = generic_sign,
 	.judge = generic_judge,
 	.verify_push = generic_verify_push,
+	.read_tracking = shipsync_parse_tracking_generic,
 };

@@ -112,4 +112,6 @@ const DialectRoutine kuaidi100_dialect = {
 	.verify_push = kuaidi100_verify_push,
 	.form_push = true,
 	.push_reply = "{\"result\": true, \"returnCode\": \"200\", \"message\": \"\\u6210\\u529f\"}",
+	.read_tracking = shipsync_parse_tracking_kuaidi100,
+	.tracker_answer = shipsync_tracker_answer_kuaidi100,
 };

@@ -263,4 +263,5 @@ const DialectRoutine sf_express_dialect = {
 	.lookup = sf_search_body,
 	.fee_query = sf_fee_query,
 	.push_reply = "{\"return_code\": \"0000\", \"return_msg\": \"\\u6210\\u529f\"}",
+	.read_tracking = shipsync_parse_tracking_sf_express,
 };

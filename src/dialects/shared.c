@@ -242,23 +242,23 @@ dialect_in_map(Provider *p, ShipJson *doc, ShipResponse *sr, bool need_ids,
 }
 
 /*
- * Judge a tracking provider's answer to a registration (json.c reads it
- * as p's dialect writes it): the judge of every tracking dialect.  Returns true when
+ * Judge a tracking provider's answer to a registration (read by the
+ * dialect's tracker_answer, in json.c): the judge of every tracking
+ * dialect.  Returns true when
  * r is complete (done); otherwise sets *v and r->error.
  */
 bool
 dialect_judge_tracker(const DialectAnswer *a, Provider *p, ShipResult *r, ShipVerdict *v)
 {
 	HttpTransfer *t = a->t;
-	const char *dname = p->dialect->name;
 	char		err[256];
 	char	   *id = NULL;
 	char	   *status = NULL;
 	TrackClass	cls = TRACK_HTTP;
 
 	if (t->curl_code == CURLE_OK && !t->too_large)
-		cls = shipsync_parse_tracker_response(dname, t->response.data, t->response.len,
-											  t->http_status, &id, &status, err, sizeof(err));
+		cls = p->dialect->tracker_answer(t->response.data, t->response.len,
+										 t->http_status, &id, &status, err, sizeof(err));
 	if (cls == TRACK_OK)
 	{
 		dialect_done(r);

@@ -249,13 +249,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				if (shipsync_parse_token_response(s, size - 1, &tok, &exp, err, sizeof(err)))
 					free(tok);
 				{
-					static const char *const dialects[] = {"easypost", "aftership", "kuaidi100"};
+					static const TrackerAnswerReader readers[] = {
+						shipsync_tracker_answer_easypost, shipsync_tracker_answer_aftership,
+					shipsync_tracker_answer_kuaidi100};
 					char	   *id,
 							   *st;
 
-					(void) shipsync_parse_tracker_response(dialects[data[0] % 3], s, size - 1,
-														   (data[0] & 0x20) ? 400 : 200,
-														   &id, &st, err, sizeof(err));
+					(void) readers[data[0] % 3] (s, size - 1, (data[0] & 0x20) ? 400 : 200,
+												 &id, &st, err, sizeof(err));
 					free(id);
 					free(st);
 				}
@@ -281,13 +282,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		case 9:
 			{
-				static const char *const dialects[] = {"generic", "easypost", "aftership",
-				"kuaidi100", "sf_express"};
+				static const TrackingReader readers[] = {shipsync_parse_tracking_generic,
+					shipsync_parse_tracking_easypost, shipsync_parse_tracking_aftership,
+				shipsync_parse_tracking_kuaidi100, shipsync_parse_tracking_sf_express};
 				TrackEventList l;
 				ShipListPage pg;
 
-				(void) shipsync_parse_tracking(dialects[(data[0] / 12) % 5], s, size - 1, &l,
-											   err, sizeof(err));
+				(void) readers[(data[0] / 12) % 5] (s, size - 1, &l, err, sizeof(err));
 				shipsync_free_tracking(&l);
 				/* a carrier's list of its shipments (reconciliation) */
 				(void) shipsync_parse_shipment_list(s, size - 1, &pg, err, sizeof(err));

@@ -559,7 +559,10 @@ track(const char *dialect, const char *body, long status, TrackClass want, const
 	char	   *id,
 			   *st;
 	char		err[256];
-	TrackClass	c = shipsync_parse_tracker_response(dialect, body, strlen(body), status, &id, &st, err, sizeof(err));
+	TrackerAnswerReader read = strcmp(dialect, "easypost") == 0 ? shipsync_tracker_answer_easypost :
+		strcmp(dialect, "aftership") == 0 ? shipsync_tracker_answer_aftership :
+		shipsync_tracker_answer_kuaidi100;
+	TrackClass	c = read(body, strlen(body), status, &id, &st, err, sizeof(err));
 	int			ok = c == want && (want_id == NULL || (id && strcmp(id, want_id) == 0));
 
 	if (!ok)

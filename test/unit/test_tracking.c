@@ -16,10 +16,27 @@
 
 void		test_tracking(void (*check) (int, const char *));
 
+/* each dialect's reader, as its routine in src/dialects/ points at it */
 static int
 parse(const char *dialect, const char *body, TrackEventList *l, char *err)
 {
-	return shipsync_parse_tracking(dialect, body, strlen(body), l, err, 256);
+	static const struct
+	{
+		const char *name;
+		TrackingReader read;
+	}			readers[] = {
+		{"generic", shipsync_parse_tracking_generic},
+		{"easypost", shipsync_parse_tracking_easypost},
+		{"aftership", shipsync_parse_tracking_aftership},
+		{"kuaidi100", shipsync_parse_tracking_kuaidi100},
+		{"sf_express", shipsync_parse_tracking_sf_express},
+	};
+
+	for (size_t i = 0; i < sizeof(readers) / sizeof(readers[0]); i++)
+		if (strcmp(readers[i].name, dialect) == 0)
+			return readers[i].read(body, strlen(body), l, err, 256);
+	fprintf(stderr, "no tracking reader for %s\n", dialect);
+	abort();
 }
 
 /* The 简道云 vector below checked with one secret: a SigCheck, arg the signature */

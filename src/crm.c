@@ -68,9 +68,6 @@
 
 PG_FUNCTION_INFO_V1(shipsync_ingest_crm);
 
-/* Standard Webhooks: the timestamp must be within 5 minutes of now */
-#define WEBHOOK_TOLERANCE_S 300
-
 /* What one record of a push does to the table */
 typedef enum CrmOp
 {

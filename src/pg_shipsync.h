@@ -492,6 +492,9 @@ typedef enum SigResult
 	SIG_MISMATCH				/* wrong MAC */
 } SigResult;
 
+/* Standard Webhooks: a timestamp may be at most 5 minutes off now */
+#define WEBHOOK_TOLERANCE_S 300
+
 /* in signature.c */
 extern SigResult shipsync_verify_standard_webhooks(const char *secret,
 												   const char *msg_id,

@@ -83,9 +83,6 @@
 
 PG_FUNCTION_INFO_V1(shipsync_ingest_tracking);
 
-/* Standard Webhooks: the timestamp must be within 5 minutes of now */
-#define WEBHOOK_TOLERANCE_S 300
-
 /* The events of one batch, in palloc'd memory */
 typedef struct EventBatch
 {

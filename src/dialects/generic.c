@@ -26,9 +26,6 @@
 #include "pg_shipsync.h"
 #include "dispatcher.h"
 
-/* seconds a Standard Webhooks timestamp may be off */
-#define WEBHOOK_TOLERANCE_S 300
-
 /*
  * The request of one intent: sets c->method, url, body and kind, or
  * c->skip_reason (with c->invalid when mapped fields are missing).

@@ -265,6 +265,7 @@ static int	col_id,
 static SPIPlanPtr shiplookup_plan = NULL;
 static SPIPlanPtr reglookup_plan = NULL;
 static SPIPlanPtr nextdue_plan = NULL;
+static SPIPlanPtr paused_plan = NULL;
 static SPIPlanPtr fail_plan = NULL;
 static SPIPlanPtr ticket_plan = NULL;
 
@@ -334,6 +335,12 @@ prepare_claim_plans(void)
 		nextdue_plan = shipsync_prepare_saved(
 			"SELECT pg_catalog.min(next_attempt_at) FROM shipsync.outbox"
 			" WHERE provider_id = $1 AND state IN ('pending', 'retrying')", 1, t);
+	}
+	{
+		Oid			t[1] = {INT4OID};
+
+		paused_plan = shipsync_prepare_saved(
+			"SELECT p.paused FROM shipsync.provider p WHERE p.provider_id = $1", 1, t);
 	}
 	{
 		Oid			t[6] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
@@ -1092,6 +1099,27 @@ claim_tickets(ClaimState *s)
 	outbox_open_tickets(d);
 }
 
+/*
+ * 0. Whether the provider is paused (or gone) as this claim's snapshot
+ * sees it.  The dispatcher's copy of the configuration follows pause()
+ * only at its next reload; reading it here means that an intent committed
+ * after pause() returned is never claimed until resume(), even by a claim
+ * that began before the reload.
+ */
+static bool
+claim_paused(Provider *p)
+{
+	Datum		params[1] = {Int32GetDatum(p->id)};
+	bool		isnull;
+
+	if (SPI_execute_plan(paused_plan, params, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "provider lookup failed");
+	if (SPI_processed == 0)
+		return true;
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+									  &isnull));
+}
+
 /* 6. when the provider's next retry falls due; 0: none known */
 static TimestampTz
 claim_next_due(Provider *p)
@@ -1157,13 +1185,16 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 	{
 		shipsync_begin_tx("claiming intents", true);
 		prepare_claim_plans();
-		claim_lock(s, max_n);
-		claim_coalesce(s);
-		claim_render(s);
-		claim_mark(s, lease_ms);
-		claim_tickets(s);
-		if (s->n < max_n)
-			*next_due = claim_next_due(p);
+		if (!claim_paused(p))
+		{
+			claim_lock(s, max_n);
+			claim_coalesce(s);
+			claim_render(s);
+			claim_mark(s, lease_ms);
+			claim_tickets(s);
+			if (s->n < max_n)
+				*next_due = claim_next_due(p);
+		}
 		shipsync_end_tx();
 	}
 	PG_CATCH();

@@ -746,6 +746,7 @@ extern SPIPlanPtr shipsync_prepare_saved(const char *sql, int nargs,
 										 const Oid *argtypes);
 extern int	shipsync_replan_grown(void);
 extern ErrorData *shipsync_subxact(void (*fn) (void *), void *arg);
+extern void shipsync_hold_extension(void);
 extern void shipsync_begin_tx(const char *activity, bool durable);
 extern void shipsync_end_tx(void);
 extern void shipsync_abort_tx(void);

@@ -1129,6 +1129,7 @@ recv_run_batch(void)
 	{
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
+		shipsync_hold_extension();
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		PushActiveSnapshot(GetTransactionSnapshot());

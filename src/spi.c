@@ -334,6 +334,23 @@ shipsync_quote_json(const char *s)
 
 
 /*
+ * Hold the extension itself for the current transaction; a worker calls it
+ * first, before touching any of the extension's tables.  DROP EXTENSION
+ * locks the extension before its members, so it waits for this
+ * transaction to end and the worker's next one waits for it, where the two
+ * used to hold tables the other wanted: a deadlock that failed DROP
+ * EXTENSION ... CASCADE or the worker's pass (TAP 013).
+ */
+void
+shipsync_hold_extension(void)
+{
+	Oid			ext = get_extension_oid("pg_shipsync", true);
+
+	if (OidIsValid(ext))
+		LockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock);
+}
+
+/*
  * The memory context that was current when the dispatcher's transaction
  * began: shipsync_end_tx() and shipsync_abort_tx() make it current again.
  * One at a time: these transactions never nest.
@@ -355,22 +372,10 @@ static MemoryContext tx_caller_cxt = NULL;
 void
 shipsync_begin_tx(const char *activity, bool durable)
 {
-	Oid			ext;
-
 	tx_caller_cxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-
-	/*
-	 * Hold the extension itself for the transaction, before any of its
-	 * tables: DROP EXTENSION locks the extension before its members, so it
-	 * now waits for this transaction to end and the next one waits for it,
-	 * where the two used to hold tables the other wanted (a deadlock that
-	 * failed DROP EXTENSION ... CASCADE or the worker's pass, TAP 013).
-	 */
-	ext = get_extension_oid("pg_shipsync", true);
-	if (OidIsValid(ext))
-		LockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock);
+	shipsync_hold_extension();
 	SetConfigOption("synchronous_commit", durable ? "on" : "off",
 					PGC_SUSET, PGC_S_SESSION);
 	if (SPI_connect() != SPI_OK_CONNECT)

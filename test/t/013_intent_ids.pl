@@ -31,6 +31,13 @@ my $setup = q{
 };
 $sql->($setup);
 
+# The intents are looked for in the inbox and the outbox alike: the
+# dispatcher moves a paused provider's intents to the outbox too, at its
+# start and whenever it read the provider before pause() reached it (they
+# wait there all the same), and the ids are what is checked here.
+my $intents = "(SELECT id, order_key, op FROM shipsync.inbox"
+  . " UNION ALL SELECT id, order_key, op FROM shipsync.outbox) i";
+
 # 1. blocks of 4 ids, four clients racing: creates and cross-backend updates
 $sql->("ALTER SEQUENCE shipsync.outbox_id_seq INCREMENT BY 4");
 $sql->("INSERT INTO crm.orders (customer) SELECT 'seed' FROM generate_series(1, 50)");
@@ -42,47 +49,42 @@ $node->pgbench(
 		'013_update' => "\\set r random(0, 49)\n"
 		  . "UPDATE crm.orders SET customer = customer || '.' WHERE id = (SELECT max(id) FROM crm.orders) - :r;\n",
 	});
-my $updates = $sql->("SELECT count(*) FROM shipsync.inbox WHERE op = 'update'");
+my $updates = $sql->("SELECT count(*) FROM $intents WHERE op = 'update'");
 cmp_ok($updates, '>', 100, "race: $updates updates captured");
 is( $sql->(
 		"SELECT count(*) FROM (SELECT order_key,
 			min(id) FILTER (WHERE op = 'create') AS c, min(id) FILTER (WHERE op = 'update') AS u
-			FROM shipsync.inbox GROUP BY order_key) s WHERE u < c"),
+			FROM $intents GROUP BY order_key) s WHERE u < c"),
 	0,
 	'race: no update got a smaller id than its order\'s create');
-is($sql->("SELECT count(*) - count(DISTINCT id) FROM shipsync.inbox"), 0, 'race: ids are unique');
+is($sql->("SELECT count(*) - count(DISTINCT id) FROM $intents"), 0, 'race: ids are unique');
 is( $sql->("SELECT count(*) FROM crm.orders"),
-	$sql->("SELECT count(*) FROM shipsync.inbox WHERE op = 'create'"),
+	$sql->("SELECT count(*) FROM $intents WHERE op = 'create'"),
 	'race: one create intent per order');
 
 # 2. the outbox default draws from the same order
-my $max = $sql->("SELECT max(id) FROM shipsync.inbox");
+my $max = $sql->("SELECT max(id) FROM $intents");
 my $sqlid = $sql->(
 	"INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op)
 	 SELECT binding_id, provider_id, 'by-sql', 'register' FROM shipsync.binding RETURNING id");
 cmp_ok($sqlid, '>', $max, 'SQL-side intent: its id follows every captured one');
 $sql->("INSERT INTO crm.orders (customer) VALUES ('after-sql')");
-cmp_ok($sql->("SELECT max(id) FROM shipsync.inbox"), '>', $sqlid,
+cmp_ok($sql->("SELECT max(id) FROM $intents"), '>', $sqlid,
 	'and the next capture follows it');
 
 # 3. an immediate stop loses the block in shared memory, not the order
 $sql->("ALTER SEQUENCE shipsync.outbox_id_seq INCREMENT BY 1024");
 $sql->("INSERT INTO crm.orders (customer) VALUES ('before-crash')");
-$max = $sql->("SELECT max(id) FROM shipsync.inbox");
-my $n = $sql->("SELECT count(*) FROM shipsync.inbox");
+$max = $sql->("SELECT max(id) FROM $intents");
+my $n = $sql->("SELECT count(*) FROM $intents");
 $node->stop('immediate');
 $node->start;
-is($sql->("SELECT count(*) FROM shipsync.inbox"), $n, 'crash: every committed intent is kept');
+is($sql->("SELECT count(*) FROM $intents"), $n, 'crash: every committed intent is kept');
 $sql->("INSERT INTO crm.orders (customer) VALUES ('after-crash')");
-cmp_ok($sql->("SELECT id FROM shipsync.inbox WHERE order_key = (SELECT id::text FROM crm.orders WHERE customer = 'after-crash')"),
+cmp_ok($sql->("SELECT id FROM $intents WHERE order_key = (SELECT id::text FROM crm.orders WHERE customer = 'after-crash')"),
 	'>', $max, 'crash: the first id after the restart is larger than every earlier one');
 
-# 4. a new extension, a new sequence: ids start again, still unique.  The
-# intents are looked for in the outbox too: a dispatcher that read the new
-# provider before pause() reached it may move them there (its intents wait
-# there all the same).
-my $intents = "(SELECT id, order_key FROM shipsync.inbox"
-  . " UNION ALL SELECT id, order_key FROM shipsync.outbox) i";
+# 4. a new extension, a new sequence: ids start again, still unique
 $sql->("DROP EXTENSION pg_shipsync CASCADE");
 $sql->($setup);
 $sql->("INSERT INTO crm.orders (customer) SELECT 'again' FROM generate_series(1, 10)");

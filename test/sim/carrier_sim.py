@@ -322,6 +322,7 @@ class SimState:
         """Forget everything except the fault rules (caller holds the lock)."""
         self.ledger = {}           # Idempotency-Key -> LedgerEntry
         self.attempts = {}         # Idempotency-Key -> requests seen with it
+        self.key_refs = {}         # Idempotency-Key -> order_ref of its first request
         self.shipments = {}        # id -> record (dicts keep creation order)
         self.next_id = 1
         self.tracking_used = set()
@@ -380,6 +381,13 @@ class SimState:
                 "list_pages": self.list_pages,
             }
 
+    def list_attempts(self):
+        """Every Idempotency-Key seen, with how many requests carried it and
+        the order_ref of the first one (None if it had none)."""
+        with self.lock:
+            return {key: {"requests": n, "order_ref": self.key_refs.get(key)}
+                    for key, n in self.attempts.items()}
+
     def list_shipments(self, order_ref=None):
         fields = ("id", "order_ref", "tracking_number", "idempotency_key",
                   "status", "updates", "created_at")
@@ -413,11 +421,12 @@ class SimState:
         """
         with self.lock:
             attempt = None
+            if order_ref is None and sid in self.shipments:
+                order_ref = self.shipments[sid]["order_ref"]
             if key is not None:
                 attempt = self.attempts.get(key, 0) + 1
                 self.attempts[key] = attempt
-            if order_ref is None and sid in self.shipments:
-                order_ref = self.shipments[sid]["order_ref"]
+                self.key_refs.setdefault(key, order_ref)
             for rule in self.rules:
                 if not rule.applies(method, path, attempt, order_ref):
                     continue
@@ -1075,6 +1084,8 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
                 self._send(404, error_body("shipment not found"))
             else:
                 self._send_json(200, rec)
+        elif path == "/_sim/attempts" and method == "GET":
+            self._send_json(200, state.list_attempts())
         elif path == "/_sim/faults" and method == "GET":
             self._send_json(200, state.fault_config())
         elif path == "/_sim/faults" and method == "POST":
@@ -1092,7 +1103,8 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
             self._send_json(200, {"ok": True})
         elif path in ("/_sim/orphans", "/_sim/move") and method == "POST":
             self._records_control(path, body)
-        elif path in ("/_sim/stats", "/_sim/shipments", "/_sim/faults", "/_sim/reset"):
+        elif path in ("/_sim/stats", "/_sim/shipments", "/_sim/attempts", "/_sim/faults",
+                      "/_sim/reset"):
             self._send(405, error_body("method not allowed"))
         else:
             self._send(404, error_body("not found"))
@@ -1687,6 +1699,9 @@ def run_selftest(server, port):
     listing = c.json("GET", "/_sim/shipments")
     check([s["id"] for s in listing] == ["shp_%d" % i for i in range(1, 11)], "listing order")
     check(len(c.json("GET", "/_sim/shipments?order_ref=SO-1")) == 2, "order_ref filter")
+    attempts = c.json("GET", "/_sim/attempts")
+    check(attempts["k-1"] == {"requests": 3, "order_ref": "SO-1"}, "attempts: %r" % attempts.get("k-1"))
+    check(sum(a["requests"] for a in attempts.values()) <= stats["requests"], "attempts: more than requests")
 
     # Keep-alive with Nagle off: many small requests on one socket are fast.
     c.call("GET", "/shipments/shp_1")

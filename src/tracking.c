@@ -875,8 +875,12 @@ shipsync_ingest_tracking_batch(PG_FUNCTION_ARGS)
 		for (int i = 0; i < n; i++)
 			if (good[i] && !batch_step(p, NULL, 0, NULL, good[i], &o[i]))
 				good[i] = NULL;
-	SPI_finish();
 
+	/*
+	 * The rows are made before SPI_finish(): the events read, the messages
+	 * and the provider all live in SPI's procedure context, which it frees
+	 * (the tuplestore keeps copies).
+	 */
 	MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
 	reply = tracking_reply(p);
 	for (int i = 0; i < n; i++)
@@ -901,6 +905,7 @@ shipsync_ingest_tracking_batch(PG_FUNCTION_ARGS)
 		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
+	SPI_finish();
 	MemoryContextSwitchTo(cxt);
 	return (Datum) 0;
 }

@@ -6,8 +6,9 @@ libcurl4-openssl-dev libjson-c-dev libssl-dev libmicrohttpd-dev pkg-config make 
 libipc-run-perl python3"
 # test/sanitize/run: clang-16's ASan runtime is the one that works inside
 # the server (gcc-12's and clang-14's hang it at start); valgrind for the
-# dispatcher
-SHIPSYNC_SANITIZE_PACKAGES="clang-16 libclang-rt-16-dev valgrind"
+# dispatcher; llvm-16 for llvm-symbolizer-16, which gives ASan reports their
+# files and lines
+SHIPSYNC_SANITIZE_PACKAGES="clang-16 libclang-rt-16-dev llvm-16 valgrind"
 SHIPSYNC_TEST_USER=${SHIPSYNC_TEST_USER:-pgshipsync}
 
 say() { printf '%s\n' "$*" >&2; }

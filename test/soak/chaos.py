@@ -38,14 +38,18 @@ PROXY_KINDS = ("proxy_drop", "proxy_delay", "proxy_cut")
 
 
 def carrier_rules(timeout_ms):
-    """The simulator rule of each carrier fault kind, named by the kind.
-    Hostile bodies and the 10 MB body hit at most two creates per window:
-    each costs an order (a bad answer is permanent), so they stay few."""
+    """The simulator rules of each carrier fault kind, named by the kind
+    (a dict, or a list of them).  Slow answers come beyond the provider's
+    timeout (in doubt: the carrier recorded what the client gave up on) and
+    within it.  Hostile bodies and the 10 MB body hit at most two creates
+    per window: each costs an order (a bad answer is permanent), so they
+    stay few."""
     create = "^/shipments$"
     return {
         "http500": {"fault": "status", "status": 500, "rate": 0.5},
         "http429": {"fault": "status", "status": 429, "retry_after": "1", "rate": 0.3},
-        "slow": {"fault": "slow", "ms": timeout_ms + 1000, "rate": 0.2},
+        "slow": [{"fault": "slow", "ms": timeout_ms + 1000, "rate": 0.15},
+                 {"fault": "slow", "ms": timeout_ms // 2, "rate": 0.15}],
         "reset_after": {"fault": "reset_after", "rate": 0.3},
         "hostile_long": {"fault": "hostile", "kind": "long", "bytes": 10240,
                          "path": create, "count": 2},
@@ -93,8 +97,11 @@ class Chaos(threading.Thread):
     # --- windows ------------------------------------------------------------
 
     def _apply_sim_rules(self, target):
-        rules = [dict(self.rules[k], name=k) for _, k, t in self.windows
-                 if t == target and k in self.rules]
+        rules = []
+        for _, k, t in self.windows:
+            if t == target and k in self.rules:
+                specs = self.rules[k] if isinstance(self.rules[k], list) else [self.rules[k]]
+                rules += [dict(r, name=k) for r in specs]
         sim_call(self.sims[target], "/_sim/faults", {"rules": rules})
 
     def _apply_proxy(self):
@@ -189,8 +196,25 @@ class Chaos(threading.Thread):
             self._open(kind, "proxy", self.rng.uniform(3, 12))
         self.log("chaos: %s on %s" % (kind, self.windows[-1][2]))
 
+    def _shuffled(self, first):
+        """A deck of every kind once, shuffled; dealt from its end.  In the
+        first deck the process faults are among the first half of the cards,
+        so that even a short run, on a loaded machine where a restart takes
+        long, deals each of them before the calm third (a process card
+        drawn in the calm is put aside, not dealt)."""
+        deck = list(self.kinds)
+        self.rng.shuffle(deck)
+        if first:
+            procs = [k for k in deck if k in PROCESS_KINDS]
+            rest = [k for k in deck if k not in PROCESS_KINDS]
+            early = rest[len(rest) // 2:] + procs
+            self.rng.shuffle(early)
+            deck = rest[:len(rest) // 2] + early
+        return deck
+
     def run(self):
         deck = []
+        dealt = 0
         next_at = time.monotonic() + self.rng.uniform(1, self.gap_s)
         try:
             while not self.stopping.is_set():
@@ -198,9 +222,9 @@ class Chaos(threading.Thread):
                 self._close_due(now)
                 if now >= next_at:
                     if not deck:
-                        deck = list(self.kinds)
-                        self.rng.shuffle(deck)
+                        deck = self._shuffled(first=dealt == 0)
                     kind = deck.pop()
+                    dealt += 1
                     if kind in PROCESS_KINDS and now >= self.calm_at:
                         continue
                     self._deal(kind)

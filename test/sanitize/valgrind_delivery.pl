@@ -164,6 +164,11 @@ SKIP:
 	}
 	ok(defined $dispatcher_log && $dispatcher_log =~ /ERROR SUMMARY: \d+ errors/,
 		"valgrind watched the dispatcher to its exit (PID $dispatcher)");
+	# which of valgrind.supp's suppressions the dispatcher met, for the record
+	my %used;
+	$used{$2} += $1 while ($dispatcher_log // '') =~ /used_suppression:\s+(\d+)\s+(.*?)\s+\S+:\d+\s*$/mg;
+	diag("valgrind suppressed in the dispatcher: "
+		  . (join('; ', map { "$used{$_} x $_" } sort keys %used) || 'nothing'));
 	is($errors{$dispatcher} // 0, 0, 'valgrind: no error in the dispatcher');
 	is(join(', ', map { "PID $_: $errors{$_}" } sort keys %errors), '',
 		'valgrind: no error in any process of the server');

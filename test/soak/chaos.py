@@ -9,11 +9,12 @@ meets each many times in a different order.  A kind is one of
   provider pause (shipsync.pause(), shipsync.resume() a few seconds later);
   carrier  a fault rule of the carrier simulator (test/sim/carrier_sim.py)
            for a few seconds: 500, 429 with Retry-After, slow (beyond the
-           provider's timeout), reset after recording, hostile bodies (a
+           provider's timeout, and within it), reset after recording, hostile bodies (a
            10 KB tracking number, a NUL in it, bytes that are not UTF-8)
            and a 10 MB body;
   network  a fault rate of the TCP proxy (proxy.py) in front of carrier b
-           for a few seconds: drop, delay, cut half way.
+           for a few seconds: drop, delay, cut half way
+           (the request or the answer).
 
 Process faults come in the first two thirds of the run only: the last
 third is a long night for one dispatcher, through every other fault, so

@@ -10,7 +10,8 @@ line when ok, the first offenders when not.
                 for that order, the carrier's waybill on the order row and
                 in shipsync.shipment -- or the intent is dead or invalid,
                 with a ticket and a reason, and at most one shipment (under
-                its key) at the carrier; nothing else, nothing unsettled;
+                its key) at the carrier (none, and no request, if invalid);
+                nothing else, nothing unsettled;
                 the carrier holds no shipment of an unknown order and saw
                 no key re-used with other bytes;
   max_attempts  no intent's attempts, as counted by pg_shipsync and as
@@ -20,8 +21,9 @@ line when ok, the first offenders when not.
                 log: no exit code, no signal but our SIGKILLs, no PANIC);
   memory        every dispatcher's private memory (RssAnon) stayed under
                 the bound, and the last one, alive through the calm last
-                third, grew by at most the growth bound over the second half
-                of its life;
+                third, grew by at most the growth bound: the floor (least
+                sample) of the last quarter of its life against that of the
+                third quarter;
   coverage      every fault kind hit at least once.
 """
 
@@ -88,7 +90,9 @@ def _order_problems(prov, order, intents, ships, keys_of_ref, ticketed, shipment
             out.append("%s order %s: %s without a ticket" % (prov, oid, x["state"]))
         if not (x["last_error"] or "").strip() or not x["error_class"]:
             out.append("%s order %s: %s without a reason" % (prov, oid, x["state"]))
-        if len(ships) > 1:
+        if x["state"] == "invalid" and (ships or keys_of_ref.get(oid)):
+            out.append("%s order %s: invalid, yet sent to the carrier" % (prov, oid))
+        elif len(ships) > 1:
             out.append("%s order %s: %s with %d shipments" % (prov, oid, x["state"], len(ships)))
         elif ships and ships[0]["idempotency_key"] != key:
             out.append("%s order %s: %s, shipped under another key" % (prov, oid, x["state"]))

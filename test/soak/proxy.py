@@ -12,9 +12,13 @@ it rolls the dice against the rates in force:
   delay  the request is held for delay_ms (a random value in the range)
          before it is forwarded, which may be longer than the client waits:
          then the carrier gets a request whose sender has gone;
-  cut    the request is forwarded, and the answer is cut half way: half of
-         its bytes (headers and body, by Content-Length), then a TCP RST.
-         The carrier has recorded the request; the client has no answer.
+  cut    the connection is cut half way, on either way at random: half
+         of the request's first bytes reach the carrier, then both sockets
+         are reset (the carrier records nothing; the client sees a reset);
+         or the request is forwarded and the answer is cut half way: half
+         of its bytes (headers and body, by Content-Length), then a TCP
+         RST (the carrier has recorded the request; the client has no
+         answer).
 
 Standard library only.  Each connection is served by two threads (one per
 direction); all of them are daemons, and stop() closes every socket.
@@ -93,6 +97,11 @@ class _Conn:
                         continue
                     if fault == "delay":
                         time.sleep(delay)
+                    elif fault == "cut" and delay < 0:
+                        self.upstream.sendall(data[:max(1, len(data) // 2)])
+                        _rst(self.upstream)
+                        self.close(rst=True)
+                        return
                     elif fault == "cut":
                         self.cut_next = True
                 self.upstream.sendall(data)
@@ -160,12 +169,16 @@ class FaultProxy:
                 self.delay_ms = delay_ms
 
     def _roll(self):
-        """(fault or None, delay in seconds) for a request that starts."""
+        """(fault or None, its argument) for a request that starts: for a
+        delay the seconds to hold it, for a cut -1 when the request is cut
+        (else its answer)."""
         with self.lock:
             x = self.rng.random()
             for kind in KINDS:
                 if x < self.rates[kind]:
                     self.counts[kind] += 1
+                    if kind == "cut":
+                        return kind, self.rng.choice((-1, 1))
                     return kind, self.rng.uniform(*self.delay_ms) / 1000.0
                 x -= self.rates[kind]
             return None, 0.0

@@ -91,13 +91,13 @@ class _Conn:
                 if self.swallow:
                     continue
                 if REQUEST_START.match(data):
-                    fault, delay = self.proxy._roll()
+                    fault, arg = self.proxy._roll()
                     if fault == "drop":
                         self.swallow = True
                         continue
                     if fault == "delay":
-                        time.sleep(delay)
-                    elif fault == "cut" and delay < 0:
+                        time.sleep(arg)
+                    elif fault == "cut" and arg < 0:
                         self.upstream.sendall(data[:max(1, len(data) // 2)])
                         _rst(self.upstream)
                         self.close(rst=True)

@@ -20,6 +20,7 @@ Usage:
 import argparse
 import base64
 import binascii
+import faulthandler
 import gc
 import hashlib
 import hmac
@@ -1454,6 +1455,9 @@ def main(argv=None):
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    # SIGUSR1: every thread's stack to stderr, for a simulator that stopped
+    # answering (the soak sends it)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                                name="carrier_sim", daemon=True)
     serving.start()

@@ -245,9 +245,10 @@ class Chaos(threading.Thread):
         self.stopping.set()
         self.join()
 
-    def hits(self):
-        """How often each kind hit: events, simulator hits, proxy hits."""
-        out = {k: 0 for k in self.kinds}
+    def hits(self, out):
+        """How often each kind hit (events, simulator hits, proxy hits), into
+        out, which it returns."""
+        out.update((k, 0) for k in self.kinds)
         out.update((k, n) for k, n in self.events.items() if k in out)
         for url in self.sims.values():
             for k, n in sim_call(url, "/_sim/stats")["faults_injected"].items():

@@ -36,15 +36,30 @@ KINDS = ("drop", "delay", "cut")
 
 
 def _rst(sock):
-    """Close with a TCP RST rather than a FIN."""
+    """Close with a TCP RST rather than a FIN.  SO_LINGER 0 makes the
+    socket's release send the RST; shutdown(SHUT_RD) wakes the other thread
+    of the connection if it waits in recv() on this socket, so that the
+    release happens now (close() alone leaves the socket alive under that
+    recv(): no RST, and the peer waits)."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RD)
     except OSError:
         pass
-    _close(sock)
+    _close(sock, graceful=False)
 
 
-def _close(sock):
+def _close(sock, graceful=True):
+    """Close a socket, with a FIN to the peer when graceful.  shutdown()
+    first: another thread may wait in recv() on it, and close() alone would
+    leave the connection open under that recv() -- the carrier simulator
+    then kept one descriptor per connection the proxy ever closed, and at
+    its limit (1,024) stopped accepting any."""
+    try:
+        if graceful:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
     try:
         sock.close()
     except OSError:
@@ -72,13 +87,19 @@ class _Conn:
         self.swallow = False        # drop: eat everything from now on
         self.cut_next = False       # cut: the next answer is cut half way
         self.closed = False
+        self.lock = threading.Lock()
 
     def close(self, rst=False):
-        if self.closed:
-            return
-        self.closed = True
-        (_rst if rst else _close)(self.client)
-        _close(self.upstream)
+        """Close both sockets, with a FIN, or with an RST each when rst.
+        The first call wins: the other direction's thread, woken by it,
+        calls again."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+        end = _rst if rst else _close
+        end(self.client)
+        end(self.upstream)
         self.proxy._forget(self)
 
     def client_to_upstream(self):
@@ -99,7 +120,6 @@ class _Conn:
                         time.sleep(arg)
                     elif fault == "cut" and arg < 0:
                         self.upstream.sendall(data[:max(1, len(data) // 2)])
-                        _rst(self.upstream)
                         self.close(rst=True)
                         return
                     elif fault == "cut":
@@ -219,3 +239,122 @@ class FaultProxy:
             conns = list(self.conns)
         for conn in conns:
             conn.close()
+
+
+# --- a self-test, run by the soak before it starts ---------------------------
+
+class _Upstream:
+    """A small HTTP upstream for the self-test: answers every request it
+    reads with 100 bytes of body, counts requests and live connections."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.live = 0
+        self.requests = 0
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.live += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                if b"\r\n\r\n" in data:
+                    with self.lock:
+                        self.requests += 1
+                    conn.sendall(self.ANSWER)
+        except OSError:
+            pass
+        _close(conn)
+        with self.lock:
+            self.live -= 1
+
+
+def _exchange(port, timeout):
+    """One request through the proxy: what came back (bytes) and how it
+    ended: 'open' (nothing more within timeout), 'eof' or 'reset'."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.settimeout(timeout)
+    got, end = b"", "open"
+    try:
+        s.sendall(b"POST /shipments HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}")
+        while True:
+            data = s.recv(65536)
+            if not data:
+                end = "eof"
+                break
+            got += data
+            if len(got) >= len(_Upstream.ANSWER):
+                break
+    except socket.timeout:
+        pass
+    except ConnectionResetError:
+        end = "reset"
+    _close(s)
+    return got, end
+
+
+def selftest():
+    """What the soak relies on, against an upstream of our own; a list of
+    problems, empty when right: a request passes whole; every connection
+    a client closes is closed at the carrier too (else the carrier keeps a
+    descriptor per connection and at its limit accepts none); a cut ends in
+    a reset at once, with half an answer or none and the carrier's
+    connection gone; a dropped request never reaches the carrier."""
+    up = _Upstream()
+    proxy = FaultProxy(up.port, seed=1).start()
+    problems = []
+
+    def settle(what):
+        deadline = time.monotonic() + 5
+        while up.live and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if up.live:
+            problems.append("%s: %d connections left open at the carrier" % (what, up.live))
+
+    try:
+        for _ in range(20):
+            got, _ = _exchange(proxy.port, 5)
+            if got != _Upstream.ANSWER:
+                problems.append("a plain request came back as %r" % got[:40])
+                break
+        settle("closed by the client")
+        proxy.set_rates(cut=1.0)
+        ends = [_exchange(proxy.port, 5) for _ in range(20)]
+        if any(end != "reset" or len(got) >= len(_Upstream.ANSWER) for got, end in ends):
+            problems.append("cut: %s" % sorted(set((len(g), e) for g, e in ends)))
+        settle("cut")
+        proxy.set_rates(drop=1.0)
+        before = up.requests
+        got, end = _exchange(proxy.port, 0.5)
+        if got or end != "open" or up.requests != before:
+            problems.append("drop: %d bytes back, %s, %d requests at the carrier"
+                            % (len(got), end, up.requests - before))
+        settle("dropped")
+    finally:
+        proxy.stop()
+        _close(up.listener)
+    return problems
+
+
+if __name__ == "__main__":
+    import sys
+    found = selftest()
+    print("\n".join(found) if found else "proxy selftest: ok")
+    sys.exit(1 if found else 0)

@@ -710,7 +710,7 @@ BEGIN
 	VALUES (create_provider.name, create_provider.dialect,
 			@extschema@._check_url(create_provider.base_url),
 			@extschema@._int_option(opts, 'timeout_ms', 10000, 100, 600000),
-			@extschema@._int_option(opts, 'max_inflight', 64, 1, 1024),
+			@extschema@._int_option(opts, 'max_inflight', 256, 1, 1024),
 			@extschema@._int_option(opts, 'max_attempts', 20, 1, 1000),
 			@extschema@._int_option(opts, 'backoff_base_ms', 1000, 1, 3600000),
 			@extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000),
@@ -2649,7 +2649,7 @@ BEGIN
 	VALUES (create_provider.name, create_provider.dialect,
 			@extschema@._check_url(create_provider.base_url),
 			@extschema@._int_option(opts, 'timeout_ms', 10000, 100, 600000),
-			@extschema@._int_option(opts, 'max_inflight', 64, 1, 1024),
+			@extschema@._int_option(opts, 'max_inflight', 256, 1, 1024),
 			@extschema@._int_option(opts, 'max_attempts', 20, 1, 1000),
 			@extschema@._int_option(opts, 'backoff_base_ms', 1000, 1, 3600000),
 			@extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000),
@@ -6037,3 +6037,11 @@ SELECT o.id, o.binding_id, o.provider_id, o.order_key, o.op, o.idempotency_key, 
 FROM @extschema@.outbox o
 LEFT JOIN @extschema@._pii_rules r ON r.provider_id = o.provider_id
 LEFT JOIN @extschema@.binding b ON b.binding_id = o.binding_id;
+
+------------------------------------------------------------------------------
+-- Fast by default (issue 13): 256 requests in flight per provider unless
+-- its options say otherwise.  Providers created before keep the value they
+-- were created with.
+------------------------------------------------------------------------------
+
+ALTER TABLE @extschema@.provider ALTER COLUMN max_inflight SET DEFAULT 256;

@@ -13,7 +13,7 @@ CREATE TABLE @extschema@.provider (
 	dialect			text NOT NULL,
 	base_url		text NOT NULL,
 	timeout_ms		integer NOT NULL DEFAULT 10000,
-	max_inflight	integer NOT NULL DEFAULT 64,
+	max_inflight	integer NOT NULL DEFAULT 256,
 	max_attempts	integer NOT NULL DEFAULT 20,
 	backoff_base_ms integer NOT NULL DEFAULT 1000,
 	backoff_max_ms	integer NOT NULL DEFAULT 300000,

@@ -298,7 +298,7 @@ BEGIN
 	VALUES (create_provider.name, create_provider.dialect,
 			@extschema@._check_url(create_provider.base_url),
 			@extschema@._int_option(opts, 'timeout_ms', 10000, 100, 600000),
-			@extschema@._int_option(opts, 'max_inflight', 64, 1, 1024),
+			@extschema@._int_option(opts, 'max_inflight', 256, 1, 1024),
 			@extschema@._int_option(opts, 'max_attempts', 20, 1, 1000),
 			@extschema@._int_option(opts, 'backoff_base_ms', 1000, 1, 3600000),
 			@extschema@._int_option(opts, 'backoff_max_ms', 300000, 1, 86400000),

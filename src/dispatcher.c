@@ -629,58 +629,101 @@ dispatcher_drain(void)
 }
 
 /*
- * Claim and send for every provider that may have work and has room.
+ * Claim for provider p if it may have work, has room and tokens: the
+ * intents to send (*out), not yet durable (dispatcher_claim_all()).
+ */
+static int
+dispatcher_claim(Provider *p, TimestampTz now, Claimed **out)
+{
+	int			room;
+	int			allowed;
+	int			n;
+	Claimed    *cs;
+	TimestampTz next_due;
+	int			nskipped;
+	int			limit = shipsync_batch_size;
+
+	/* paused, held, or its breaker open: its intents wait */
+	if (p->paused || p->secret_error || !health_may_send(p, now, &limit))
+		return 0;
+	if (!p->maybe_work && !(p->next_due != 0 && p->next_due <= now))
+		return 0;
+	if (p->oauth_client_id && !oauth_ready(p, now))
+		return 0;			/* a token fetch will wake us */
+	room = p->max_inflight - p->inflight;
+	if (room <= 0)
+		return 0;
+	allowed = provider_tokens(p, now);
+	if (allowed <= 0)
+		return 0;
+	room = Min(room, Min(allowed, limit));
+
+	n = outbox_claim(p, bindings, nbindings, room, p->timeout_ms + 60000,
+					 &cs, &next_due, &nskipped);
+
+	/*
+	 * A full claim may have left more.  An intent finished with nothing
+	 * to send may have unblocked the next intent of its order, and no
+	 * completion will come to say so: look again.
+	 */
+	p->maybe_work = (n + nskipped >= room) || nskipped > 0;
+	if (next_due > now)
+		p->next_due = next_due;
+	else
+		p->next_due = 0;	/* due but blocked: a completion will wake us */
+	*out = cs;
+	return n;
+}
+
+/*
+ * Claim for every provider that may have work and has room, make those
+ * claims durable with one flush, then send them all.
  */
 static void
 dispatcher_claim_all(TimestampTz now)
 {
+	MemoryContext cxt = CurrentMemoryContext;
+	Claimed   **claimed = palloc0(sizeof(Claimed *) * Max(nproviders, 1));
+	int		   *nclaimed = palloc0(sizeof(int) * Max(nproviders, 1));
+	ErrorData  *edata = NULL;
+
 	if (drain_all || drain_unpaused)
 		dispatcher_drain();
+
+	/*
+	 * A claim that fails (an error outbox_claim() does not handle itself)
+	 * must not strand the claims committed before it until their leases
+	 * expire: those are sent, then the error goes on to the loop.
+	 */
+	PG_TRY();
+	{
+		for (int i = 0; i < nproviders; i++)
+			nclaimed[i] = dispatcher_claim(&providers[i], now, &claimed[i]);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+	}
+	PG_END_TRY();
+
+	/* a first attempt goes out only once its stored request is on disk */
+	outbox_claims_durable();
 	for (int i = 0; i < nproviders; i++)
 	{
 		Provider   *p = &providers[i];
-		int			room;
-		int			allowed;
-		int			n;
-		Claimed    *cs;
-		TimestampTz next_due;
-		int			nskipped;
-		int			limit = shipsync_batch_size;
+		int			n = nclaimed[i];
 
-		/* paused, held, or its breaker open: its intents wait */
-		if (p->paused || p->secret_error || !health_may_send(p, now, &limit))
-			continue;
-		if (!p->maybe_work && !(p->next_due != 0 && p->next_due <= now))
-			continue;
-		if (p->oauth_client_id && !oauth_ready(p, now))
-			continue;			/* a token fetch will wake us */
-		room = p->max_inflight - p->inflight;
-		if (room <= 0)
-			continue;
-		allowed = provider_tokens(p, now);
-		if (allowed <= 0)
-			continue;
-		room = Min(room, Min(allowed, limit));
-
-		n = outbox_claim(p, bindings, nbindings, room, p->timeout_ms + 60000,
-						 &cs, &next_due, &nskipped);
 		for (int k = 0; k < n; k++)
-			dispatcher_send(p, &cs[k]);
-		health_sent(p, cs, n);
+			dispatcher_send(p, &claimed[i][k]);
+		health_sent(p, claimed[i], n);
 		if (p->rate_per_s > 0)
 			p->st->tokens -= n;
-
-		/*
-		 * A full claim may have left more.  An intent finished with nothing
-		 * to send may have unblocked the next intent of its order, and no
-		 * completion will come to say so: look again.
-		 */
-		p->maybe_work = (n + nskipped >= room) || nskipped > 0;
-		if (next_due > now)
-			p->next_due = next_due;
-		else
-			p->next_due = 0;	/* due but blocked: a completion will wake us */
 	}
+	if (edata)
+		ReThrowError(edata);
 }
 
 /*

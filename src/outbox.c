@@ -8,8 +8,8 @@
  * passed as arrays through saved SPI plans (UPDATE ... FROM unnest($1, ...)),
  * never one statement per order.
  *
- * Claim + render (one transaction, committed with synchronous_commit = on
- * before anything is sent), as a sequence of named steps (outbox_claim()):
+ * Claim + render (one transaction, made durable before anything is sent),
+ * as a sequence of named steps (outbox_claim()):
  * lock due intents of one provider with FOR UPDATE SKIP LOCKED; coalesce
  * into them the unsent updates of the same orders that are already
  * committed; render the intents never sent from the CURRENT order row (as
@@ -22,6 +22,14 @@
  * it absorbed.  shipsync.claim() runs the same saved plans, so tests race
  * the real thing.
  *
+ * The claim commits without waiting for its WAL flush; the dispatcher
+ * claims for every provider that has room, then calls
+ * outbox_claims_durable(), which flushes once up to the last of those
+ * commits, and only then sends.  So several providers' claims share one
+ * flush, and the guarantee is unchanged: a first attempt goes out only
+ * once its stored request is on disk (a crash before the flush loses the
+ * claim, never a request sent).
+ *
  * Applying the answers is apply.c's.
  *
  *-------------------------------------------------------------------------
@@ -32,6 +40,7 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
@@ -1155,9 +1164,26 @@ claim_sendable(ClaimState *s, int *nskipped)
 	return nsend;
 }
 
+/* The end of the latest claim's commit record not yet known to be flushed */
+static XLogRecPtr claims_unflushed = InvalidXLogRecPtr;
+
+/*
+ * Make every claim committed since the last call durable: one WAL flush up
+ * to the latest.  The dispatcher calls this before it sends anything that
+ * outbox_claim() returned.
+ */
+void
+outbox_claims_durable(void)
+{
+	if (XLogRecPtrIsInvalid(claims_unflushed))
+		return;
+	XLogFlush(claims_unflushed);
+	claims_unflushed = InvalidXLogRecPtr;
+}
+
 /*
  * Claim up to max_n due intents of provider p, render those never sent, and
- * commit durably: a sequence of the named steps above, in one transaction.
+ * commit (to be flushed by outbox_claims_durable() before any is sent): a sequence of the named steps above, in one transaction.
  * Returns the intents to send; *nskipped counts those finished with nothing
  * to send (they may unblock the next intent of their order); *next_due is
  * when the next retry of p falls due (0 if unknown).
@@ -1183,7 +1209,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 
 	PG_TRY();
 	{
-		shipsync_begin_tx("claiming intents", true);
+		shipsync_begin_tx("claiming intents", false);
 		prepare_claim_plans();
 		if (!claim_paused(p))
 		{
@@ -1196,6 +1222,9 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 				*next_due = claim_next_due(p);
 		}
 		shipsync_end_tx();
+		/* intents claimed: this transaction wrote, and its commit is the latest */
+		if (s->n > 0)
+			claims_unflushed = Max(claims_unflushed, XactLastCommitEnd);
 	}
 	PG_CATCH();
 	{

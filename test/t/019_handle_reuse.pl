@@ -38,17 +38,7 @@ test_certificate($dir, 'other', 'IP:127.0.0.1', self_signed => 1);
 sub pem { return PostgreSQL::Test::Utils::slurp_file("$dir/$_[0]"); }
 
 # sha256// and the base64 SHA-256 of a certificate's public key
-sub pin
-{
-	my ($crt) = @_;
-	my $pub = openssl('x509', '-in', "$dir/$crt", '-pubkey', '-noout');
-	my ($der, $err);
-	IPC::Run::run([ 'openssl', 'pkey', '-pubin', '-outform', 'der' ], '<', \$pub, '>', \$der, '2>', \$err)
-	  or die $err;
-	require Digest::SHA;
-	require MIME::Base64;
-	return 'sha256//' . MIME::Base64::encode_base64(Digest::SHA::sha256($der), '');
-}
+sub pin { return test_pin($dir, $_[0]); }
 
 my %sims;
 END { local $?; stop_sim($_) for values %sims; }

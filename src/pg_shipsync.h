@@ -995,6 +995,7 @@ extern int	http_inflight(HttpClient *client);
 extern void http_wait(HttpClient *client, long timeout_ms, uint32 wait_event_info);
 extern HttpTransfer *http_take_done(HttpClient *client);
 extern void http_client_destroy(HttpClient *client);
+extern bool http_release_idle(HttpClient *client);
 extern void http_refuse(HttpClient *client, HttpTransfer *t, const char *why);
 extern ShipVerdict http_classify(const HttpTransfer *t, bool body_ok);
 

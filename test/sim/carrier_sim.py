@@ -1076,6 +1076,8 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
             return
         if path == "/_sim/stats" and method == "GET":
             self._send_json(200, state.stats())
+        elif path == "/_sim/connections" and method == "GET":
+            self._send_json(200, self.server.connection_stats())
         elif path == "/_sim/shipments" and method == "GET":
             refs = parse_qs(query).get("order_ref")
             self._send_json(200, state.list_shipments(refs[0] if refs else None))
@@ -1284,6 +1286,9 @@ class CarrierServer(http.server.ThreadingHTTPServer):
                  oauth=None, require_header=None, tls=None):
         self.tls = tls                  # ssl.SSLContext (server side) or None
         self.tls_failures = 0           # handshakes that failed (TLS only)
+        self.connections = 0            # connections accepted since the start
+        self.client_certs = 0           # TLS connections that presented a client certificate
+        self.resumed = 0                # TLS connections that resumed a session
         self.state = state
         self.require_header = require_header    # (name, value) or None
         self.oauth = oauth              # OAuthState or None
@@ -1305,6 +1310,8 @@ class CarrierServer(http.server.ThreadingHTTPServer):
     def finish_request(self, request, client_address):
         # TLS: the handshake happens here, in the connection's own thread, so
         # a client that stalls in it never holds up the accept loop.
+        with self._log_lock:
+            self.connections += 1
         if self.tls is not None:
             try:
                 request = self.tls.wrap_socket(request, server_side=True)
@@ -1313,7 +1320,15 @@ class CarrierServer(http.server.ThreadingHTTPServer):
                     self.tls_failures += 1
                 self.log("TLS handshake with %s failed: %s" % (client_address[0], exc))
                 return
+            with self._log_lock:
+                self.client_certs += bool(request.getpeercert())
+                self.resumed += request.session_reused
         super().finish_request(request, client_address)
+
+    def connection_stats(self):
+        with self._log_lock:
+            return {"connections": self.connections, "client_certs": self.client_certs,
+                    "resumed": self.resumed, "tls_failures": self.tls_failures}
 
     def log(self, line, force=False):
         fh = self.log_fh if self.log_fh is not None else (sys.stderr if force else None)
@@ -1355,8 +1370,10 @@ def tls_context(args, parser):
         parser.error("--tls-cert and --tls-key go together")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_optional and not args.tls_client_ca:
+        parser.error("--tls-client-optional goes with --tls-client-ca")
     if args.tls_client_ca:
-        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.verify_mode = ssl.CERT_OPTIONAL if args.tls_client_optional else ssl.CERT_REQUIRED
         ctx.load_verify_locations(args.tls_client_ca)
     if args.tls_max:
         ctx.maximum_version = (ssl.TLSVersion.TLSv1_2 if args.tls_max == "1.2"
@@ -1393,6 +1410,8 @@ def main(argv=None):
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     parser.add_argument("--tls-client-ca", metavar="PEM",
                         help="require a client certificate issued by these CAs")
+    parser.add_argument("--tls-client-optional", action="store_true",
+                        help="with --tls-client-ca: ask for a client certificate, accept none")
     parser.add_argument("--tls-max", choices=("1.2", "1.3"), help="highest TLS version offered")
     parser.add_argument("--selftest", action="store_true",
                         help="run the built-in self-test and exit")

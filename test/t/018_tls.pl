@@ -40,17 +40,7 @@ test_certificate($dir, 'client', '');
 sub pem { return PostgreSQL::Test::Utils::slurp_file("$dir/$_[0]"); }
 
 # sha256// and the base64 SHA-256 of a certificate's public key
-sub pin
-{
-	my ($crt) = @_;
-	my $pub = openssl('x509', '-in', "$dir/$crt", '-pubkey', '-noout');
-	my ($der, $err);
-	IPC::Run::run([ 'openssl', 'pkey', '-pubin', '-outform', 'der' ], '<', \$pub, '>', \$der, '2>', \$err)
-	  or die $err;
-	require Digest::SHA;
-	require MIME::Base64;
-	return 'sha256//' . MIME::Base64::encode_base64(Digest::SHA::sha256($der), '');
-}
+sub pin { return test_pin($dir, $_[0]); }
 
 my %sims;
 sub tls_sim

@@ -18,7 +18,7 @@ use Exporter 'import';
 
 our @EXPORT = qw(shipsync_node start_sim stop_sim sim_get sim_post wait_until
   setup_orders start_receiver flush_pushes receiver_node push_http sw_headers
-  jdy_signed receiver_pid openssl test_ca test_certificate
+  jdy_signed receiver_pid openssl test_ca test_certificate test_pin
   setup_sf_orders run_reconcile);
 
 my $here = dirname(abs_path(__FILE__));
@@ -342,6 +342,18 @@ sub test_certificate
 	openssl('x509', '-req', '-in', "$dir/$name.csr", '-CA', "$dir/ca.crt", '-CAkey', "$dir/ca.key",
 		'-CAcreateserial', '-out', "$dir/$name.crt", '-days', $opt{days} // 30,
 		'-extfile', "$dir/$name.ext");
+}
+
+# The pin of $dir/$crt's public key for option tls: sha256// and the base64
+# SHA-256 of the key.
+sub test_pin
+{
+	my ($dir, $crt) = @_;
+	my $pub = openssl('x509', '-in', "$dir/$crt", '-pubkey', '-noout');
+	my ($der, $err);
+	IPC::Run::run([ 'openssl', 'pkey', '-pubin', '-outform', 'der' ], '<', \$pub, '>', \$der, '2>', \$err)
+	  or die $err;
+	return 'sha256//' . encode_base64(Digest::SHA::sha256($der), '');
 }
 
 1;

@@ -81,11 +81,17 @@ FROM shipsync.binding b, generate_series(1, 9) g WHERE b.tbl = 'orders'::regclas
 ------------------------------------------------------------------------------
 -- Create responses: their fees are the quote (estimated lines)
 ------------------------------------------------------------------------------
--- what the dispatcher's apply sets on the shipment: one currency, the sum
-SELECT shipsync._quote_total('[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"insurance","amount":1.2,"currency":"CNY"}]', 1) AS one_currency,
-	   shipsync._quote_total('[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"LabelFee","amount":"3.00000","currency":"USD"}]', 1) AS two_currencies,
-	   shipsync._quote_total('[{"type":"LabelFee","amount":"3.00000"},{"type":"PostageFee","amount":"5.5"}]', 1) AS no_currency,
-	   shipsync._quote_total('[{"type":"freight","amount":"10","currency":"CNY"},{"type":"refund","amount":"-2","currency":"CNY"}]', 1) AS net_of_refund;
+-- what the dispatcher's apply sets on the shipments, one call per batch:
+-- one currency, the sum (1, 3 without a currency: XXX for all, 4 net of
+-- the refund); two currencies, none (2); no fees, no row (5); an empty
+-- list, none (6)
+SELECT ord, fees IS NOT NULL AS parsed, total FROM shipsync._quote_totals(ARRAY[
+	'[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"insurance","amount":1.2,"currency":"CNY"}]',
+	'[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"LabelFee","amount":"3.00000","currency":"USD"}]',
+	'[{"type":"LabelFee","amount":"3.00000"},{"type":"PostageFee","amount":"5.5"}]',
+	'[{"type":"freight","amount":"10","currency":"CNY"},{"type":"refund","amount":"-2","currency":"CNY"}]',
+	NULL, '[]'], ARRAY[1, 1, 1, 1, 1, 1])
+ORDER BY ord;
 -- and what it records (the "fees" arrays of the answers, as the response
 -- parser passes them): orders 1-6 quoted 12.50 + 1.20 CNY, order 7 in
 -- EasyPost's shape without a currency (XXX), orders 8 and 9 not quoted

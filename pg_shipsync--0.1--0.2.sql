@@ -6045,3 +6045,204 @@ LEFT JOIN @extschema@.binding b ON b.binding_id = o.binding_id;
 ------------------------------------------------------------------------------
 
 ALTER TABLE @extschema@.provider ALTER COLUMN max_inflight SET DEFAULT 256;
+
+------------------------------------------------------------------------------
+-- Quoted fees of a batch, cheaply: one call per batch for the estimates
+-- the apply sets on its shipments (_quote_totals replaces the per-row
+-- _quote_total), each provider's default currency once per batch and the
+-- lines sorted once in _record_quotes, and fee_sum's stale rows found
+-- through fee_line's order index in _fee_totals
+------------------------------------------------------------------------------
+
+DROP FUNCTION @extschema@._quote_total(jsonb, integer);
+CREATE FUNCTION @extschema@._quote_totals(bodies text[], pids integer[])
+RETURNS TABLE (ord bigint, fees jsonb, total numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+BEGIN
+	-- each answer parsed once and each provider's default currency looked
+	-- up once; "one currency" is min = max (a count of distinct currencies
+	-- sorted each answer's lines)
+	RETURN QUERY
+	WITH d AS MATERIALIZED (
+		SELECT p.provider_id, @extschema@._fee_currency(p.options, p.dialect) AS cur
+		FROM @extschema@.provider p
+		WHERE p.provider_id = ANY (pids))
+	SELECT u.o, u.fj, q.total
+	FROM (SELECT x.o, x.body::jsonb AS fj, x.pid
+		  FROM unnest(bodies, pids) WITH ORDINALITY AS x(body, pid, o)
+		  WHERE x.body IS NOT NULL
+		  OFFSET 0) u
+	LEFT JOIN d ON d.provider_id = u.pid
+	LEFT JOIN LATERAL (
+		SELECT CASE WHEN d.provider_id IS NOT NULL AND min(l.cur) = max(l.cur)
+					THEN sum(l.amount) END AS total
+		FROM (SELECT coalesce(e->>'currency', d.cur, 'XXX') AS cur,
+					 CASE WHEN e->>'type' = 'refund' THEN -abs((e->>'amount')::numeric)
+						  ELSE (e->>'amount')::numeric END AS amount
+			  FROM jsonb_array_elements(CASE WHEN jsonb_typeof(u.fj) = 'array' THEN u.fj
+											 ELSE '[]' END) e) l) q ON true;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._quote_totals(text[], integer[]) IS
+	'Internal (the dispatcher''s apply): for a batch of create or update answers, each one''s fees as jsonb and their quoted total net of refunds when they share one currency, by position in the arrays.';
+REVOKE ALL ON FUNCTION @extschema@._quote_totals(text[], integer[]) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@._record_quotes(bids integer[], oks text[], pids integer[],
+	tns text[], fees text[])
+RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+	q record;
+	m record;
+	lock_pids integer[];
+	lock_tns text[];
+BEGIN
+	-- parked bill lines of these tracking numbers: rare, looked for first
+	SELECT array_agg(DISTINCT u.pid), array_agg(DISTINCT u.tn) INTO lock_pids, lock_tns
+	FROM unnest(pids, tns) AS u(pid, tn)
+	WHERE u.tn IS NOT NULL
+	  AND EXISTS (SELECT 1 FROM @extschema@.fee_line f
+				  WHERE f.binding_id IS NULL AND f.provider_id = u.pid AND f.tracking_number = u.tn);
+	IF lock_tns IS NOT NULL THEN
+		PERFORM @extschema@._lock_fees(lock_pids, lock_tns, false);
+		SELECT * INTO m FROM @extschema@._match_parked_fees(pids, tns);
+		RETURN QUERY SELECT * FROM @extschema@._fee_totals(m.tb, m.tk) t WHERE t.kind = 'writeback';
+	END IF;
+
+	-- each provider's default currency once, not once a line
+	WITH d AS MATERIALIZED (
+		SELECT p.provider_id, @extschema@._fee_currency(p.options, p.dialect) AS cur
+		FROM @extschema@.provider p
+		WHERE p.provider_id = ANY (pids))
+	SELECT array_agg(x.pid) AS pids, array_agg(x.bid) AS bids, array_agg(x.ok) AS oks,
+		   array_agg(x.tn) AS tns, array_agg(x.code) AS codes, array_agg(x.amount) AS amounts,
+		   array_agg(x.cur) AS curs, array_agg(x.fkey) AS fkeys
+	INTO q
+	FROM (SELECT u.o, e.i, u.pid, u.bid, u.ok, u.tn, e.fee->>'type' AS code,
+				 (e.fee->>'amount')::numeric AS amount,
+				 CASE WHEN c.code IS NOT NULL THEN c.code ELSE 'XXX' END AS cur,
+				 e.fee->>'key' AS fkey
+		  FROM unnest(bids, oks, pids, tns, fees) WITH ORDINALITY AS u(bid, ok, pid, tn, fj, o)
+		  JOIN d ON d.provider_id = u.pid
+		  CROSS JOIN LATERAL (SELECT u.fj::jsonb AS j OFFSET 0) pj	-- parsed once
+		  CROSS JOIN LATERAL jsonb_array_elements(
+			  CASE WHEN jsonb_typeof(pj.j) = 'array' THEN pj.j ELSE '[]' END) WITH ORDINALITY AS e(fee, i)
+		  LEFT JOIN @extschema@.currency c ON c.code = coalesce(e.fee->>'currency', d.cur)
+		  WHERE u.fj IS NOT NULL AND u.tn IS NOT NULL
+			AND jsonb_typeof(e.fee) = 'object' AND e.fee->>'type' IS NOT NULL
+		  -- sorted once here, not once per array: the lines in answer order
+		  ORDER BY u.o, e.i) x;
+	IF q.tns IS NULL THEN
+		RETURN;
+	END IF;
+	RETURN QUERY SELECT * FROM @extschema@._store_fees('create', NULL, NULL, 'dispatcher',
+		q.pids, q.bids, q.oks, q.tns, q.codes, q.amounts, q.curs, q.fkeys,
+		array_fill(NULL::text, ARRAY[cardinality(q.tns)]),
+		array_fill(NULL::text, ARRAY[cardinality(q.tns)]),
+		array_fill(NULL::numeric, ARRAY[cardinality(q.tns)]),
+		array_fill(NULL::text, ARRAY[cardinality(q.tns)]),
+		array_fill(NULL::timestamptz, ARRAY[cardinality(q.tns)]));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._fee_totals(tb integer[], tk text[])
+RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	-- one join and one aggregate for all the orders (a statement touches
+	-- tens of thousands), min <> max for "more than one currency"
+	RETURN QUERY
+	WITH t AS (
+		SELECT DISTINCT x.b, x.k FROM unnest(tb, tk) AS x(b, k) WHERE x.b IS NOT NULL),
+	per AS MATERIALIZED (
+		SELECT l.binding_id AS b, l.order_key AS k, l.provider_id AS pid, l.currency AS cur,
+			   coalesce(sum(CASE WHEN l.fee_type = 'refund' THEN -abs(l.amount) ELSE l.amount END)
+					FILTER (WHERE l.quote), 0) AS est,
+			   coalesce(sum(l.amount) FILTER (WHERE NOT l.quote AND l.state <> 'refunded'
+											  AND l.fee_type <> 'refund'), 0) AS chg,
+			   coalesce(sum(abs(l.amount)) FILTER (WHERE NOT l.quote
+					AND (l.state = 'refunded' OR l.fee_type = 'refund')), 0) AS ref,
+			   count(*) FILTER (WHERE l.quote) AS nq,
+			   count(*) FILTER (WHERE NOT l.quote) AS nb,
+			   max(l.recorded_at) AS last
+		FROM @extschema@.fee_line l
+		JOIN t ON l.binding_id = t.b AND l.order_key = t.k
+		GROUP BY l.binding_id, l.order_key, l.provider_id, l.currency),
+	kept AS (
+		INSERT INTO @extschema@.fee_sum AS fs (binding_id, order_key, provider_id, currency,
+			estimated, charged, refunded, quote_lines, bill_lines, last_change)
+		SELECT per.b, per.k, per.pid, per.cur, per.est, per.chg, per.ref, per.nq, per.nb, per.last
+		FROM per
+		ON CONFLICT ON CONSTRAINT fee_sum_pkey DO UPDATE SET
+			estimated = EXCLUDED.estimated, charged = EXCLUDED.charged,
+			refunded = EXCLUDED.refunded, quote_lines = EXCLUDED.quote_lines,
+			bill_lines = EXCLUDED.bill_lines, last_change = EXCLUDED.last_change
+		WHERE (fs.estimated, fs.charged, fs.refunded, fs.quote_lines, fs.bill_lines, fs.last_change)
+			  IS DISTINCT FROM (EXCLUDED.estimated, EXCLUDED.charged, EXCLUDED.refunded,
+								EXCLUDED.quote_lines, EXCLUDED.bill_lines, EXCLUDED.last_change)
+		RETURNING 1),
+	-- a sum whose provider and currency no line has any more; looked up
+	-- in fee_line by its order index, not in per: an anti-join against the
+	-- CTE scanned all of per for every sum (the planner cannot hash a
+	-- generic plan's guess of one row), 8,000 comparisons a batch of 128
+	gone AS (
+		DELETE FROM @extschema@.fee_sum fs USING t
+		 WHERE fs.binding_id = t.b AND fs.order_key = t.k
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
+						   WHERE l.binding_id = fs.binding_id AND l.order_key = fs.order_key
+							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency)
+		RETURNING 1),
+	ord AS (
+		SELECT per.b, per.k, sum(per.nb) > 0 AS billed,
+			   min(per.cur) FILTER (WHERE per.nb > 0) AS lo_b,
+			   max(per.cur) FILTER (WHERE per.nb > 0) AS hi_b,
+			   min(per.cur) FILTER (WHERE per.nq > 0) AS lo_q,
+			   max(per.cur) FILTER (WHERE per.nq > 0) AS hi_q,
+			   sum(per.chg - per.ref) FILTER (WHERE per.nb > 0) AS tot_b,
+			   sum(per.est) FILTER (WHERE per.nq > 0) AS tot_q
+		FROM per GROUP BY per.b, per.k),
+	tot AS (
+		SELECT ord.b, ord.k, bb.provider_id AS pid, bb.writeback ? 'fee_total' AS wb,
+			   CASE WHEN ord.billed THEN ord.lo_b = ord.hi_b ELSE ord.lo_q = ord.hi_q END AS one,
+			   CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total
+		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b),
+	sh AS (
+		UPDATE @extschema@.shipment s SET fee_total = tot.total, updated_at = now()
+		  FROM tot
+		 WHERE tot.one AND s.binding_id = tot.b AND s.order_key = tot.k
+		   AND s.provider_id = tot.pid AND s.fee_total IS DISTINCT FROM tot.total
+		RETURNING s.binding_id, s.order_key, s.fee_total, tot.wb),
+	mixed AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, detail)
+		SELECT 'fee_currency_mixed', tot.b, tot.k, tot.pid,
+			   format('the fees of order %s are in %s: its fee_total is left as it was', tot.k,
+					  (SELECT string_agg(DISTINCT per.cur, ', ') FROM per
+					   WHERE per.b = tot.b AND per.k = tot.k))
+		FROM tot
+		WHERE NOT tot.one
+		  AND NOT EXISTS (SELECT 1 FROM @extschema@.exception_ticket x
+						  WHERE x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
+							AND x.order_key = tot.k AND x.resolved_at IS NULL)
+		RETURNING 1),
+	agreed AS (
+		UPDATE @extschema@.exception_ticket x SET resolved_at = now()
+		  FROM tot
+		 WHERE tot.one AND x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
+		   AND x.order_key = tot.k AND x.resolved_at IS NULL
+		RETURNING 1)
+	-- (kept, gone, mixed and agreed run whether or not they are read)
+	SELECT 'writeback'::text, NULL::bigint, sh.binding_id, sh.order_key, sh.fee_total
+	FROM sh WHERE sh.wb;
+END
+$$;

@@ -691,11 +691,16 @@ BEGIN
 			  IS DISTINCT FROM (EXCLUDED.estimated, EXCLUDED.charged, EXCLUDED.refunded,
 								EXCLUDED.quote_lines, EXCLUDED.bill_lines, EXCLUDED.last_change)
 		RETURNING 1),
+	-- a sum whose provider and currency no line has any more; looked up
+	-- in fee_line by its order index, not in per: an anti-join against the
+	-- CTE scanned all of per for every sum (the planner cannot hash a
+	-- generic plan's guess of one row), 8,000 comparisons a batch of 128
 	gone AS (
 		DELETE FROM @extschema@.fee_sum fs USING t
 		 WHERE fs.binding_id = t.b AND fs.order_key = t.k
-		   AND NOT EXISTS (SELECT 1 FROM per WHERE per.b = fs.binding_id AND per.k = fs.order_key
-						   AND per.pid = fs.provider_id AND per.cur = fs.currency)
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
+						   WHERE l.binding_id = fs.binding_id AND l.order_key = fs.order_key
+							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency)
 		RETURNING 1),
 	ord AS (
 		SELECT per.b, per.k, sum(per.nb) > 0 AS billed,
@@ -836,25 +841,29 @@ BEGIN
 		RETURN QUERY SELECT * FROM @extschema@._fee_totals(m.tb, m.tk) t WHERE t.kind = 'writeback';
 	END IF;
 
-	SELECT array_agg(x.pid ORDER BY x.o, x.i) AS pids, array_agg(x.bid ORDER BY x.o, x.i) AS bids,
-		   array_agg(x.ok ORDER BY x.o, x.i) AS oks, array_agg(x.tn ORDER BY x.o, x.i) AS tns,
-		   array_agg(x.code ORDER BY x.o, x.i) AS codes,
-		   array_agg(x.amount ORDER BY x.o, x.i) AS amounts,
-		   array_agg(x.cur ORDER BY x.o, x.i) AS curs, array_agg(x.fkey ORDER BY x.o, x.i) AS fkeys
+	-- each provider's default currency once, not once a line
+	WITH d AS MATERIALIZED (
+		SELECT p.provider_id, @extschema@._fee_currency(p.options, p.dialect) AS cur
+		FROM @extschema@.provider p
+		WHERE p.provider_id = ANY (pids))
+	SELECT array_agg(x.pid) AS pids, array_agg(x.bid) AS bids, array_agg(x.ok) AS oks,
+		   array_agg(x.tn) AS tns, array_agg(x.code) AS codes, array_agg(x.amount) AS amounts,
+		   array_agg(x.cur) AS curs, array_agg(x.fkey) AS fkeys
 	INTO q
 	FROM (SELECT u.o, e.i, u.pid, u.bid, u.ok, u.tn, e.fee->>'type' AS code,
 				 (e.fee->>'amount')::numeric AS amount,
 				 CASE WHEN c.code IS NOT NULL THEN c.code ELSE 'XXX' END AS cur,
 				 e.fee->>'key' AS fkey
 		  FROM unnest(bids, oks, pids, tns, fees) WITH ORDINALITY AS u(bid, ok, pid, tn, fj, o)
-		  JOIN @extschema@.provider p ON p.provider_id = u.pid
+		  JOIN d ON d.provider_id = u.pid
+		  CROSS JOIN LATERAL (SELECT u.fj::jsonb AS j OFFSET 0) pj	-- parsed once
 		  CROSS JOIN LATERAL jsonb_array_elements(
-			  CASE WHEN jsonb_typeof(u.fj::jsonb) = 'array' THEN u.fj::jsonb
-				   ELSE '[]' END) WITH ORDINALITY AS e(fee, i)
-		  LEFT JOIN @extschema@.currency c
-				 ON c.code = coalesce(e.fee->>'currency', @extschema@._fee_currency(p.options, p.dialect))
+			  CASE WHEN jsonb_typeof(pj.j) = 'array' THEN pj.j ELSE '[]' END) WITH ORDINALITY AS e(fee, i)
+		  LEFT JOIN @extschema@.currency c ON c.code = coalesce(e.fee->>'currency', d.cur)
 		  WHERE u.fj IS NOT NULL AND u.tn IS NOT NULL
-			AND jsonb_typeof(e.fee) = 'object' AND e.fee->>'type' IS NOT NULL) x;
+			AND jsonb_typeof(e.fee) = 'object' AND e.fee->>'type' IS NOT NULL
+		  -- sorted once here, not once per array: the lines in answer order
+		  ORDER BY u.o, e.i) x;
 	IF q.tns IS NULL THEN
 		RETURN;
 	END IF;
@@ -941,24 +950,50 @@ END
 $$;
 
 /*
- * The estimate a create or update response sets on the shipment (the
- * dispatcher's apply writes it back with the rest): the sum of its fees
- * net of refunds, when they share one currency; NULL otherwise, and the
- * order's fee_total is left alone.  _record_quotes() then applies the
- * whole rule (a bill, once there is one, wins).
+ * The estimates a batch of create or update responses sets on their
+ * shipments (the dispatcher's apply writes them back with the rest), one
+ * call per batch: bodies[i] is the i-th answer's "fees" array as text (NULL
+ * when it had none), pids[i] its provider.  One row per answer with fees:
+ * its position in the arrays, the fees as jsonb, and their sum net of
+ * refunds when they share one currency (a line without one is in the
+ * provider's default currency, else XXX); NULL otherwise, and the order's
+ * fee_total is left alone.  _record_quotes() then applies the whole rule
+ * (a bill, once there is one, wins).
  */
-CREATE FUNCTION @extschema@._quote_total(fees jsonb, pid integer)
-RETURNS numeric
-LANGUAGE sql STABLE
+CREATE FUNCTION @extschema@._quote_totals(bodies text[], pids integer[])
+RETURNS TABLE (ord bigint, fees jsonb, total numeric)
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
 AS $$
-	SELECT CASE WHEN count(DISTINCT coalesce(e->>'currency', d.cur, 'XXX')) = 1
-				THEN sum(CASE WHEN e->>'type' = 'refund' THEN -abs((e->>'amount')::numeric)
-							  ELSE (e->>'amount')::numeric END) END
-	FROM jsonb_array_elements(CASE WHEN jsonb_typeof(fees) = 'array' THEN fees ELSE '[]' END) e,
-		 (SELECT @extschema@._fee_currency(p.options, p.dialect) AS cur
-		  FROM @extschema@.provider p WHERE p.provider_id = pid) d
+#variable_conflict use_column
+BEGIN
+	-- each answer parsed once and each provider's default currency looked
+	-- up once; "one currency" is min = max (a count of distinct currencies
+	-- sorted each answer's lines)
+	RETURN QUERY
+	WITH d AS MATERIALIZED (
+		SELECT p.provider_id, @extschema@._fee_currency(p.options, p.dialect) AS cur
+		FROM @extschema@.provider p
+		WHERE p.provider_id = ANY (pids))
+	SELECT u.o, u.fj, q.total
+	FROM (SELECT x.o, x.body::jsonb AS fj, x.pid
+		  FROM unnest(bodies, pids) WITH ORDINALITY AS x(body, pid, o)
+		  WHERE x.body IS NOT NULL
+		  OFFSET 0) u
+	LEFT JOIN d ON d.provider_id = u.pid
+	LEFT JOIN LATERAL (
+		SELECT CASE WHEN d.provider_id IS NOT NULL AND min(l.cur) = max(l.cur)
+					THEN sum(l.amount) END AS total
+		FROM (SELECT coalesce(e->>'currency', d.cur, 'XXX') AS cur,
+					 CASE WHEN e->>'type' = 'refund' THEN -abs((e->>'amount')::numeric)
+						  ELSE (e->>'amount')::numeric END AS amount
+			  FROM jsonb_array_elements(CASE WHEN jsonb_typeof(u.fj) = 'array' THEN u.fj
+											 ELSE '[]' END) e) l) q ON true;
+END
 $$;
+COMMENT ON FUNCTION @extschema@._quote_totals(text[], integer[]) IS
+	'Internal (the dispatcher''s apply): for a batch of create or update answers, each one''s fees as jsonb and their quoted total net of refunds when they share one currency, by position in the arrays.';
 
 ------------------------------------------------------------------------------
 -- The sources' entry points (src/fees.c, src/statement.c)

@@ -81,11 +81,17 @@ FROM shipsync.binding b, generate_series(1, 9) g WHERE b.tbl = 'orders'::regclas
 ------------------------------------------------------------------------------
 -- Create responses: their fees are the quote (estimated lines)
 ------------------------------------------------------------------------------
--- what the dispatcher's apply sets on the shipment: one currency, the sum
-SELECT shipsync._quote_total('[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"insurance","amount":1.2,"currency":"CNY"}]', 1) AS one_currency,
-	   shipsync._quote_total('[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"LabelFee","amount":"3.00000","currency":"USD"}]', 1) AS two_currencies,
-	   shipsync._quote_total('[{"type":"LabelFee","amount":"3.00000"},{"type":"PostageFee","amount":"5.5"}]', 1) AS no_currency,
-	   shipsync._quote_total('[{"type":"freight","amount":"10","currency":"CNY"},{"type":"refund","amount":"-2","currency":"CNY"}]', 1) AS net_of_refund;
+-- what the dispatcher's apply sets on the shipments, one call per batch:
+-- one currency, the sum (1, 3 without a currency: XXX for all, 4 net of
+-- the refund); two currencies, none (2); no fees, no row (5); an empty
+-- list, none (6)
+SELECT ord, fees IS NOT NULL AS parsed, total FROM shipsync._quote_totals(ARRAY[
+	'[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"insurance","amount":1.2,"currency":"CNY"}]',
+	'[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"LabelFee","amount":"3.00000","currency":"USD"}]',
+	'[{"type":"LabelFee","amount":"3.00000"},{"type":"PostageFee","amount":"5.5"}]',
+	'[{"type":"freight","amount":"10","currency":"CNY"},{"type":"refund","amount":"-2","currency":"CNY"}]',
+	NULL, '[]'], ARRAY[1, 1, 1, 1, 1, 1])
+ORDER BY ord;
 -- and what it records (the "fees" arrays of the answers, as the response
 -- parser passes them): orders 1-6 quoted 12.50 + 1.20 CNY, order 7 in
 -- EasyPost's shape without a currency (XXX), orders 8 and 9 not quoted
@@ -104,6 +110,38 @@ SELECT order_key, fee_total FROM shipsync.shipment WHERE order_key IN ('1', '7',
 SELECT kind, n FROM shipsync._record_quotes(ARRAY[1], ARRAY['1'], ARRAY[1], ARRAY['T1'],
 	ARRAY['[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"insurance","amount":1.2,"currency":"CNY"}]'])
 WHERE kind IN ('new', 'revised', 'duplicate');
+-- a shipment created again (an order re-sent) with other fees: its quote
+-- lines are revised, the earlier versions kept, the sums and the total
+-- follow (and are written back); then answers in other currencies: the
+-- CNY sum goes, one currency again.  Rolled back: the sections below
+-- count on orders 2 and 8 as they are.
+BEGIN;
+SELECT kind, n, order_key, fee_total FROM shipsync._record_quotes(ARRAY[1], ARRAY['2'], ARRAY[1], ARRAY['T2'],
+	ARRAY['[{"type":"freight","amount":"15.00","currency":"CNY"},{"type":"insurance","amount":1.2,"currency":"CNY"}]'])
+WHERE n <> 0 OR kind = 'writeback';
+SELECT f.fee_type, f.amount, f.revision, h.revision AS old_revision, h.amount AS old_amount,
+	   h.superseded_by, h.superseded_source
+FROM shipsync.fee_line f LEFT JOIN shipsync.fee_line_history h USING (fee_line_id)
+WHERE f.tracking_number = 'T2' AND f.quote ORDER BY 1;
+SELECT currency, estimated, quote_lines FROM shipsync.fee_sum WHERE order_key = '2';
+SELECT fee_total FROM shipsync.shipment WHERE order_key = '2';
+SELECT kind, n, order_key, fee_total FROM shipsync._record_quotes(ARRAY[1], ARRAY['2'], ARRAY[1], ARRAY['T2'],
+	ARRAY['[{"type":"freight","amount":"2.00","currency":"USD"},{"type":"insurance","amount":"0.20","currency":"USD"}]'])
+WHERE n <> 0 OR kind = 'writeback';
+SELECT currency, estimated, quote_lines FROM shipsync.fee_sum WHERE order_key = '2';
+-- one answer in two currencies (order 8, not quoted so far): lines in
+-- each, a sum per currency, no total (the shipment's is left alone) and
+-- a ticket; in the same batch as order 2 again, in one currency
+SELECT kind, n, order_key, fee_total FROM shipsync._record_quotes(ARRAY[1, 1], ARRAY['8', '2'], ARRAY[1, 1],
+	ARRAY['T8', 'T2'],
+	ARRAY['[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"LabelFee","amount":"3.00000","currency":"USD"}]',
+		  '[{"type":"freight","amount":"2.00","currency":"USD"},{"type":"insurance","amount":"0.20","currency":"USD"}]'])
+WHERE n <> 0 OR kind = 'writeback';
+SELECT order_key, currency, estimated, quote_lines FROM shipsync.fee_sum WHERE order_key IN ('2', '8') ORDER BY 1, 2;
+SELECT order_key, fee_total FROM shipsync.shipment WHERE order_key IN ('2', '8') ORDER BY 1;
+SELECT kind, order_key, detail, resolved_at IS NULL AS open FROM shipsync.exception_ticket
+WHERE kind = 'fee_currency_mixed';
+ROLLBACK;
 
 ------------------------------------------------------------------------------
 -- Pushes: signatures and payload errors, with the SQLSTATEs of ingest_tracking()

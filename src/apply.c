@@ -76,7 +76,9 @@ typedef struct ApplyPlanDef
  * answer does not repeat it), with no write-back.  A shipment created or
  * updated takes the content_digest of the intent whose answer it records
  * (the digest of the order row the request was rendered from, which
- * reconciliation compares).
+ * reconciliation compares), and its fees and estimate from one call of
+ * _quote_totals() for the whole batch, joined by position in the arrays
+ * (a per-row function call was set up anew for every answer).
  */
 static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 	[APPLY_OUTBOX] = {
@@ -107,11 +109,9 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		" SELECT u.bid, u.k, u.pid, u.sid, u.tn, u.label, COALESCE(u.status, 'pending'),"
 		"   u.raw, f.fees, f.total, u.digest, u.waybills::jsonb,"
 		"   (SELECT o.content_digest FROM shipsync.outbox o WHERE o.id = u.oid)"
-		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-		"   AS u(bid, k, pid, sid, tn, label, status, raw, fees, digest, waybills, oid)"
-		" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
-		"   shipsync._quote_total(x.fj, u.pid) AS total"
-		"   FROM (SELECT u.fees::jsonb AS fj) x WHERE u.fees IS NOT NULL) f ON true"
+		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) WITH ORDINALITY"
+		"   AS u(bid, k, pid, sid, tn, label, status, raw, fees, digest, waybills, oid, ord)"
+		" LEFT JOIN shipsync._quote_totals($9, $3) f ON f.ord = u.ord"
 		" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
 		" provider_shipment_id = EXCLUDED.provider_shipment_id,"
 		" tracking_number = EXCLUDED.tracking_number,"
@@ -143,11 +143,9 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		" content_digest = COALESCE((SELECT o.content_digest FROM shipsync.outbox o"
 		"   WHERE o.id = u.oid), s.content_digest),"
 		" updated_at = pg_catalog.now()"
-		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-		"   AS u(bid, k, pid, tn, label, status, raw, fees, unused, oid)"
-		" LEFT JOIN LATERAL (SELECT x.fj AS fees,"
-		"   shipsync._quote_total(x.fj, u.pid) AS total"
-		"   FROM (SELECT u.fees::jsonb AS fj) x WHERE u.fees IS NOT NULL) f ON true"
+		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) WITH ORDINALITY"
+		"   AS u(bid, k, pid, tn, label, status, raw, fees, unused, oid, ord)"
+		" LEFT JOIN shipsync._quote_totals($8, $3) f ON f.ord = u.ord"
 		" WHERE s.binding_id = u.bid AND s.order_key = u.k AND s.provider_id = u.pid"
 		" RETURNING s.binding_id, s.order_key, s.provider_shipment_id, s.tracking_number,"
 		" s.status, s.label_url, s.fee_total", 10,

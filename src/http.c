@@ -437,10 +437,14 @@ http_note_tls_refused(HttpTransfer *t)
 		return;
 	}
 	/* the connection failed before any answer: a send or read failure,
-	 * a reset, a closed socket; not our timeout, size cap or shutdown */
+	 * a reset, a closed socket; not our timeout, size cap or shutdown, and
+	 * not our own refusal of the server (its certificate or pinned key),
+	 * which says what it is by itself */
 	if (!t->cert_requested || t->http_status != 0 || t->curl_code == CURLE_OK ||
 		t->curl_code == CURLE_OPERATION_TIMEDOUT || t->curl_code == CURLE_WRITE_ERROR ||
-		t->curl_code == CURLE_ABORTED_BY_CALLBACK)
+		t->curl_code == CURLE_ABORTED_BY_CALLBACK ||
+		t->curl_code == CURLE_PEER_FAILED_VERIFICATION ||
+		t->curl_code == CURLE_SSL_PINNEDPUBKEYNOTMATCH)
 		return;
 	t->tls_refused = true;
 	strlcpy(was, t->errbuf, sizeof(was));

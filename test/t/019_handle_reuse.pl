@@ -135,6 +135,12 @@ like(outcomes('no_ca'), all_refused('SSL certificate problem'),
 # ---- 3. pinned keys
 like(outcomes('bad_pin'), all_refused('public key does not match pinned public key'),
 	'a pinned key that is not the server\'s: refused every time');
+# the server asks for a client certificate (optionally): the refusal is
+# still ours, and says so without blaming a missing certificate
+unlike(outcomes('bad_pin'), qr/asked for a client certificate/,
+	'a wrong pin is not reported as a client certificate the provider lacks');
+unlike(outcomes('no_ca'), qr/asked for a client certificate/,
+	'an unknown CA is not reported as a client certificate the provider lacks');
 
 # ---- 4. minimum version
 like(outcomes('tls13'), all_refused('alert protocol version'), 'min_version 1.3 to a TLS 1.2 server: refused every time');

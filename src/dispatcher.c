@@ -258,6 +258,45 @@ dispatcher_replan_grown(TimestampTz now)
  * Token fetches that failed, or were refused by the allowlist, are tried
  * again at once: a DBA reloads after fixing what they lacked.
  */
+/*
+ * Run at shipsync.dispatcher_nice, so that under a full CPU the database's
+ * own sessions come first and delivery takes what they leave (it loses
+ * nothing by waiting: the outbox is durable).  Every PostgreSQL process is
+ * the leader of its own session, and on kernels that schedule sessions as
+ * groups (autogroup) a process's nice value only orders it within its
+ * group: there the group's own nice value, /proc/self/autogroup, is the
+ * one that counts, so both are set.  Lowering either needs a privilege the
+ * server does not have: it takes effect at the dispatcher's next start.
+ */
+static void
+dispatcher_set_nice(void)
+{
+	static int	applied = INT_MIN;
+	int			want = shipsync_dispatcher_nice;
+	FILE	   *f;
+
+	if (applied == INT_MIN)
+		applied = getpriority(PRIO_PROCESS, 0); /* the postmaster's */
+	if (want == applied)
+		return;
+	if (setpriority(PRIO_PROCESS, 0, want) != 0)
+	{
+		ereport(LOG,
+				(errmsg("pg_shipsync dispatcher: shipsync.dispatcher_nice = %d applies when the dispatcher next starts", want),
+				 errdetail("setpriority: %m")));
+		applied = want;			/* said once */
+		return;
+	}
+	f = fopen("/proc/self/autogroup", "w");
+	if (f != NULL)
+	{
+		/* absent without autogroup; a refusal leaves the process's value */
+		(void) fprintf(f, "%d", want);
+		(void) fclose(f);
+	}
+	applied = want;
+}
+
 static void
 dispatcher_reload(void)
 {
@@ -276,6 +315,7 @@ dispatcher_reload(void)
 		providers[i].oauth_forbidden = NULL;
 		providers[i].oauth_retry_at = 0;
 	}
+	dispatcher_set_nice();
 	/* a reload also re-reads providers: cheap, and what a DBA expects */
 	cfg_generation = 0;
 }
@@ -1331,6 +1371,7 @@ dispatcher_start(const char *dbname)
 	pgstat_report_appname("pg_shipsync dispatcher");
 	dispatcher_claim_slot();
 	dispatcher_raise_fd_limit();
+	dispatcher_set_nice();
 
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		ereport(FATAL,

@@ -49,6 +49,7 @@ int			shipsync_batch_size = 256;
 int			shipsync_max_response_bytes = 1024 * 1024;
 bool		shipsync_allow_insecure_http = false;
 int			shipsync_idle_check_ms = 10000;
+int			shipsync_dispatcher_nice = 0;
 char	   *shipsync_receiver_listen = NULL;
 char	   *shipsync_receiver_database = NULL;
 char	   *shipsync_receiver_ssl_cert_file = NULL;
@@ -515,6 +516,14 @@ _PG_init(void)
 							&shipsync_idle_check_ms,
 							10000, 100, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("shipsync.dispatcher_nice",
+							"Scheduling niceness of the dispatchers: how readily they yield the CPU to the database's own sessions.",
+							"0 competes as an equal; 19 takes only what the sessions leave. Raising it applies at once; lowering it at the next start of each dispatcher.",
+							&shipsync_dispatcher_nice,
+							0, 0, 19,
+							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 
 	define_receiver_gucs();

@@ -677,6 +677,7 @@ extern int	shipsync_batch_size;
 extern int	shipsync_max_response_bytes;
 extern bool shipsync_allow_insecure_http;
 extern int	shipsync_idle_check_ms;
+extern int	shipsync_dispatcher_nice;
 extern char *shipsync_receiver_listen;
 extern char *shipsync_receiver_database;
 extern char *shipsync_receiver_ssl_cert_file;

@@ -1,0 +1,88 @@
+# The dispatcher yields the CPU to the database's sessions: it runs at
+# shipsync.dispatcher_nice (default 0: as an equal), as its process's nice value and, on
+# kernels that schedule each session as a group (autogroup; every
+# PostgreSQL process leads its own session), as its group's nice value,
+# the one that counts there.  A reload raises it at once; lowering it needs
+# a privilege, so it applies when the dispatcher next starts.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+use ShipsyncTest;
+
+my $node = shipsync_node('nice');
+$node->safe_psql('postgres', 'CREATE EXTENSION pg_shipsync');
+
+sub dispatcher_pid
+{
+	my $pid;
+	for (my $deadline = time() + 30; time() < $deadline; usleep(100_000))
+	{
+		$pid = $node->safe_psql('postgres',
+			"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'");
+		return $pid if $pid;
+	}
+	die 'no dispatcher';
+}
+
+# the nice value of a process (field 19 of /proc/PID/stat, after the
+# command in parentheses), and its autogroup's ("/autogroup-N nice V"),
+# undef without autogroup
+sub nice_of
+{
+	my ($pid) = @_;
+	my $stat = slurp_file("/proc/$pid/stat");
+	$stat =~ s/^.*\) //s;
+	return (split / /, $stat)[16];
+}
+sub group_nice_of
+{
+	my ($pid) = @_;
+	return undef unless -e "/proc/$pid/autogroup";
+	return slurp_file("/proc/$pid/autogroup") =~ /nice (-?\d+)/ ? $1 : undef;
+}
+my $grouped = -e '/proc/self/autogroup';
+
+# wait until the dispatcher's nice value is $want (it sets it at start and
+# at a reload, both asynchronous to us)
+sub nice_becomes
+{
+	my ($want) = @_;
+	my $pid = dispatcher_pid();
+	for (my $deadline = time() + 30; time() < $deadline; usleep(100_000))
+	{
+		return $pid if nice_of($pid) == $want
+		  && (!$grouped || group_nice_of($pid) == $want);
+	}
+	diag('nice ' . nice_of($pid) . ', group ' . (group_nice_of($pid) // 'none'));
+	return 0;
+}
+
+my $pid = nice_becomes(0);
+ok($pid, 'by default the dispatcher runs at nice 0, as the sessions do');
+
+$node->safe_psql('postgres',
+	'ALTER SYSTEM SET shipsync.dispatcher_nice = 12; SELECT pg_reload_conf()');
+is(nice_becomes(12), $pid, 'a reload raises it at once, in the same dispatcher'
+	  . ($grouped ? ', its session group too' : ''));
+my $backend_nice = nice_of($node->safe_psql('postgres', 'SELECT pg_backend_pid()'));
+is($backend_nice, 0, 'a session keeps nice 0');
+
+my $offset = -s $node->logfile;
+$node->safe_psql('postgres',
+	'ALTER SYSTEM SET shipsync.dispatcher_nice = 3; SELECT pg_reload_conf()');
+ok( $node->wait_for_log(
+		qr/shipsync\.dispatcher_nice = 3 applies when the dispatcher next starts/, $offset),
+	'lowering it by a reload is refused, and said');
+is(nice_of($pid), 12, 'the running dispatcher keeps 12');
+
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+my $new = nice_becomes(3);
+ok($new && $new != $pid, 'the next dispatcher starts at the lowered value');
+
+$node->stop;
+done_testing();

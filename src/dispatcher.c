@@ -282,7 +282,8 @@ dispatcher_set_nice(void)
 	if (setpriority(PRIO_PROCESS, 0, want) != 0)
 	{
 		ereport(LOG,
-				(errmsg("pg_shipsync dispatcher: shipsync.dispatcher_nice = %d applies when the dispatcher next starts", want),
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("pg_shipsync dispatcher: shipsync.dispatcher_nice = %d applies when the dispatcher next starts", want),
 				 errdetail("setpriority: %m")));
 		applied = want;			/* said once */
 		return;
@@ -745,7 +746,7 @@ dispatcher_claim_all(TimestampTz now)
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		AbortOutOfAnyTransaction();
+		shipsync_abort_tx();
 	}
 	PG_END_TRY();
 

@@ -58,7 +58,8 @@ name_datum(const char *s)
 
 /*
  * The name of this process as an actor: for one of pg_shipsync's
- * background workers, its kind (shipsync_dispatcher_main: "dispatcher");
+ * background workers, its kind (shipsync_dispatcher_main: "dispatcher"; the
+ * applier, which applies the dispatcher's results, too);
  * NULL for any other process.
  */
 static const char *
@@ -71,6 +72,9 @@ worker_actor(void)
 		strcmp(MyBgworkerEntry->bgw_library_name, "pg_shipsync") != 0)
 		return NULL;
 	f = MyBgworkerEntry->bgw_function_name;
+	/* the applier applies the dispatcher's results: it acts for it */
+	if (strcmp(f, "shipsync_applier_main") == 0)
+		return "dispatcher";
 	if (strncmp(f, "shipsync_", 9) == 0)
 		f += 9;
 	len = strlen(f);

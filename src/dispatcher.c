@@ -258,46 +258,6 @@ dispatcher_replan_grown(TimestampTz now)
  * Token fetches that failed, or were refused by the allowlist, are tried
  * again at once: a DBA reloads after fixing what they lacked.
  */
-/*
- * Run at shipsync.dispatcher_nice, so that under a full CPU the database's
- * own sessions come first and delivery takes what they leave (it loses
- * nothing by waiting: the outbox is durable).  Every PostgreSQL process is
- * the leader of its own session, and on kernels that schedule sessions as
- * groups (autogroup) a process's nice value only orders it within its
- * group: there the group's own nice value, /proc/self/autogroup, is the
- * one that counts, so both are set.  Lowering either needs a privilege the
- * server does not have: it takes effect at the dispatcher's next start.
- */
-static void
-dispatcher_set_nice(void)
-{
-	static int	applied = INT_MIN;
-	int			want = shipsync_dispatcher_nice;
-	FILE	   *f;
-
-	if (applied == INT_MIN)
-		applied = getpriority(PRIO_PROCESS, 0); /* the postmaster's */
-	if (want == applied)
-		return;
-	if (setpriority(PRIO_PROCESS, 0, want) != 0)
-	{
-		ereport(LOG,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("pg_shipsync dispatcher: shipsync.dispatcher_nice = %d applies when the dispatcher next starts", want),
-				 errdetail("setpriority: %m")));
-		applied = want;			/* said once */
-		return;
-	}
-	f = fopen("/proc/self/autogroup", "w");
-	if (f != NULL)
-	{
-		/* absent without autogroup; a refusal leaves the process's value */
-		(void) fprintf(f, "%d", want);
-		(void) fclose(f);
-	}
-	applied = want;
-}
-
 static void
 dispatcher_reload(void)
 {
@@ -316,7 +276,7 @@ dispatcher_reload(void)
 		providers[i].oauth_forbidden = NULL;
 		providers[i].oauth_retry_at = 0;
 	}
-	dispatcher_set_nice();
+	shipsync_set_nice();
 	/* a reload also re-reads providers: cheap, and what a DBA expects */
 	cfg_generation = 0;
 }
@@ -1089,43 +1049,6 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 }
 
 /*
- * Apply results in one batch, each but the suspects: the results of intents
- * that were being applied when the previous dispatcher died go alone, so
- * that a second death names one intent (poison.c).  The results being
- * applied are recorded first, the record cleared once they are committed.
- * Returns the providers the results gave new intents to.
- */
-static uint64
-dispatcher_apply_results(ShipResult *rs, int n)
-{
-	int			nbatch = 0;
-	uint64		fresh = 0;
-
-	/* suspects to the end of the array, the batch first */
-	for (int i = 0; i < n; i++)
-		if (!poison_is_suspect(rs[i].id))
-		{
-			ShipResult	tmp = rs[nbatch];
-
-			rs[nbatch++] = rs[i];
-			rs[i] = tmp;
-		}
-	if (nbatch > 0)
-	{
-		poison_applying(rs, nbatch);
-		fresh |= outbox_apply(rs, nbatch, bindings, nbindings);
-		poison_applied(rs, nbatch);
-	}
-	for (int i = nbatch; i < n; i++)
-	{
-		poison_applying(&rs[i], 1);
-		fresh |= outbox_apply(&rs[i], 1, bindings, nbindings);
-		poison_applied(&rs[i], 1);
-	}
-	return fresh;
-}
-
-/*
  * Before an answer is judged, its dialect may ask for another request on
  * the same flight (SF Express: a search after 8016, whose answer is then
  * judged instead).  Returns true when that request was sent.
@@ -1163,7 +1086,38 @@ dispatcher_follow_up(Flight *f, TimestampTz now)
 	return true;
 }
 
-/* Apply every transfer that finished, then free them. */
+/*
+ * Results applied (here or by the applier, applier.c): their request slots
+ * are free again, and their providers and those given new intents
+ * (registrations of new waybills) may have work: a slot is free, the next
+ * intent of an order may be due.
+ */
+static void
+dispatcher_applied(void)
+{
+	int32	   *ps;
+	uint64		fresh;
+	int			n = applier_take(&ps, &fresh, bindings, nbindings);
+
+	for (int i = 0; i < n; i++)
+	{
+		Provider   *p = find_provider(ps[i]);
+
+		if (p)
+		{
+			p->inflight--;
+			p->maybe_work = true;
+		}
+	}
+	for (int i = 0; fresh && i < nproviders; i++)
+		if (fresh & SHIPSYNC_PROVIDER_BIT(providers[i].id))
+			providers[i].maybe_work = true;
+}
+
+/*
+ * Judge every transfer that finished, hand the results to be applied, then
+ * free them.
+ */
 static void
 dispatcher_apply_done(TimestampTz now)
 {
@@ -1198,7 +1152,10 @@ dispatcher_apply_done(TimestampTz now)
 	feepull_apply();
 	reconcile_apply(providers, nproviders, now);
 	if (ndone == 0)
+	{
+		dispatcher_applied();
 		return;
+	}
 
 	rs = palloc(sizeof(ShipResult) * ndone);
 	for (int i = 0; i < ndone; i++)
@@ -1210,25 +1167,14 @@ dispatcher_apply_done(TimestampTz now)
 		if (rs[i].error)
 			rs[i].error = dialect_excerpt(rs[i].error, strlen(rs[i].error));
 		if (p)
-		{
-			p->inflight--;
-			p->maybe_work = true;	/* a slot is free; a blocked intent may be due */
 			health_record(p, &rs[i], now);
-		}
 	}
 
-	elog(DEBUG2, "pg_shipsync: applying %d results, %d in flight", ndone, http_inflight(client));
-	{
-		/* registrations of the new waybills wait at their tracking providers */
-		uint64		fresh = dispatcher_apply_results(rs, ndone);
-
-		for (int i = 0; fresh && i < nproviders; i++)
-			if (fresh & SHIPSYNC_PROVIDER_BIT(providers[i].id))
-				providers[i].maybe_work = true;
-	}
-
+	elog(DEBUG2, "pg_shipsync: %d results to apply, %d in flight", ndone, http_inflight(client));
+	applier_submit(rs, ndone, bindings, nbindings);
 	for (int i = 0; i < ndone; i++)
 		MemoryContextDelete(done[i]->cxt);
+	dispatcher_applied();
 }
 
 /*
@@ -1372,7 +1318,7 @@ dispatcher_start(const char *dbname)
 	pgstat_report_appname("pg_shipsync dispatcher");
 	dispatcher_claim_slot();
 	dispatcher_raise_fd_limit();
-	dispatcher_set_nice();
+	shipsync_set_nice();
 
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 		ereport(FATAL,
@@ -1408,6 +1354,7 @@ shipsync_dispatcher_main(Datum main_arg)
 
 	ereport(LOG, (errmsg("pg_shipsync dispatcher started for database \"%s\"", dbname)));
 	/* what a dead dispatcher was applying: quarantine, or apply alone */
+	applier_wait_gone();
 	poison_startup();
 	outbox_requeue_in_flight(false);
 

@@ -294,11 +294,17 @@ extern const DialectRoutine aftership_dialect;
 /* in apply.c */
 extern uint64 outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);
 
+/* in applier.c */
+extern PGDLLEXPORT void shipsync_applier_main(Datum main_arg);
+extern void applier_submit(ShipResult *rs, int n, Binding *bs, int nb);
+extern int	applier_take(int32 **providers, uint64 *fresh, Binding *bs, int nb);
+extern void applier_wait_gone(void);
+
 /* in poison.c */
 extern void poison_startup(void);
 extern bool poison_is_suspect(int64 id);
-extern void poison_applying(const ShipResult *rs, int n);
-extern void poison_applied(const ShipResult *rs, int n);
+extern void poison_applying(const int64 *ids, int n);
+extern void poison_applied(const int64 *ids, int n);
 
 /* in health.c */
 extern void health_attach(Provider *ps, int n, TimestampTz now);

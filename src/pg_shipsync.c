@@ -27,6 +27,7 @@
 #include "postgres.h"
 
 #include <ctype.h>
+#include <sys/resource.h>
 
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -50,6 +51,7 @@ int			shipsync_max_response_bytes = 1024 * 1024;
 bool		shipsync_allow_insecure_http = false;
 int			shipsync_idle_check_ms = 10000;
 int			shipsync_dispatcher_nice = 0;
+bool		shipsync_apply_worker = true;
 char	   *shipsync_receiver_listen = NULL;
 char	   *shipsync_receiver_database = NULL;
 char	   *shipsync_receiver_ssl_cert_file = NULL;
@@ -196,6 +198,47 @@ shipsync_wake_dispatcher(Oid dbid, uint64 providers, bool config_changed)
 	/* a latch of an exited process only causes a spurious wakeup */
 	if (latch)
 		SetLatch(latch);
+}
+
+/*
+ * Run this process (a dispatcher or its applier) at
+ * shipsync.dispatcher_nice, so that under a full CPU the database's
+ * own sessions come first and delivery takes what they leave (it loses
+ * nothing by waiting: the outbox is durable).  Every PostgreSQL process is
+ * the leader of its own session, and on kernels that schedule sessions as
+ * groups (autogroup) a process's nice value only orders it within its
+ * group: there the group's own nice value, /proc/self/autogroup, is the
+ * one that counts, so both are set.  Lowering either needs a privilege the
+ * server does not have: it takes effect at the dispatcher's next start.
+ */
+void
+shipsync_set_nice(void)
+{
+	static int	applied = INT_MIN;
+	int			want = shipsync_dispatcher_nice;
+	FILE	   *f;
+
+	if (applied == INT_MIN)
+		applied = getpriority(PRIO_PROCESS, 0); /* the postmaster's */
+	if (want == applied)
+		return;
+	if (setpriority(PRIO_PROCESS, 0, want) != 0)
+	{
+		ereport(LOG,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("pg_shipsync: shipsync.dispatcher_nice = %d applies when the dispatcher next starts", want),
+				 errdetail("setpriority: %m")));
+		applied = want;			/* said once */
+		return;
+	}
+	f = fopen("/proc/self/autogroup", "w");
+	if (f != NULL)
+	{
+		/* absent without autogroup; a refusal leaves the process's value */
+		(void) fprintf(f, "%d", want);
+		(void) fclose(f);
+	}
+	applied = want;
 }
 
 /*
@@ -525,6 +568,14 @@ _PG_init(void)
 							0, 0, 19,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("shipsync.apply_worker",
+							 "Apply the results of requests in a background worker of their own, beside each dispatcher.",
+							 "On, a burst's requests and its results use two processes (two cores); off, or when no worker slot is free, the dispatcher applies them itself.",
+							 &shipsync_apply_worker,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 
 	define_receiver_gucs();
 	DefineCustomStringVariable("shipsync.secret_key_file",

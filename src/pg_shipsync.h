@@ -581,6 +581,16 @@ typedef struct ShipsyncSlot
 	bool		prepared;		/* a transaction that captured was prepared */
 } ShipsyncSlot;
 
+/*
+ * One applier's entry (applier.c): set by the applier while it lives, so
+ * that a new dispatcher waits for the applier of the one before it.
+ */
+typedef struct ShipsyncApplierSlot
+{
+	Oid			dbid;			/* InvalidOid when free */
+	pid_t		pid;
+} ShipsyncApplierSlot;
+
 /* A provider's bit in those masks: ids beyond 64 share bits, harmlessly */
 #define SHIPSYNC_PROVIDER_BIT(id) (UINT64CONST(1) << ((uint32) (id) % 64))
 
@@ -659,9 +669,10 @@ typedef struct ShipsyncProviderState
 
 typedef struct ShipsyncShared
 {
-	slock_t		mutex;			/* protects slots[] */
+	slock_t		mutex;			/* protects slots[] and appliers[] */
 	pg_atomic_uint64 config_generation; /* bumped when providers change */
 	ShipsyncSlot slots[SHIPSYNC_MAX_DISPATCHERS];
+	ShipsyncApplierSlot appliers[SHIPSYNC_MAX_DISPATCHERS];
 	slock_t		id_mutex;		/* protects the fields below */
 	uint64		id_epoch;
 	int			id_victim;		/* next entry to reuse when all are taken */
@@ -678,6 +689,7 @@ extern int	shipsync_max_response_bytes;
 extern bool shipsync_allow_insecure_http;
 extern int	shipsync_idle_check_ms;
 extern int	shipsync_dispatcher_nice;
+extern bool shipsync_apply_worker;
 extern char *shipsync_receiver_listen;
 extern char *shipsync_receiver_database;
 extern char *shipsync_receiver_ssl_cert_file;
@@ -698,6 +710,7 @@ extern int	shipsync_reconcile_interval_s;
 extern void shipsync_wake_dispatcher(Oid dbid, uint64 providers,
 									 bool config_changed);
 extern uint64 shipsync_exchange_masks(int slot, uint64 accepting);
+extern void shipsync_set_nice(void);
 extern void shipsync_note_prepared(Oid dbid);
 extern bool shipsync_take_prepared(int slot);
 extern ShipsyncProviderState *shipsync_provider_state(Oid dbid, int32 provider_id);

@@ -218,12 +218,12 @@ poison_is_suspect(int64 id)
 }
 
 /*
- * Results rs[0..n) are about to be applied: write their record.  A failure
- * to write is a WARNING: quarantine is a safety net, not a condition of
- * delivery.
+ * The results of intents ids[0..n) are about to be applied (here or by the
+ * applier, applier.c): write their record.  A failure to write is a
+ * WARNING: quarantine is a safety net, not a condition of delivery.
  */
 void
-poison_applying(const ShipResult *rs, int n)
+poison_applying(const int64 *ids, int n)
 {
 	Size		len = sizeof(PoisonHeader) + sizeof(PoisonEntry) * n;
 	char	   *buf;
@@ -239,8 +239,8 @@ poison_applying(const ShipResult *rs, int n)
 	h->n = (uint32) n;
 	for (int i = 0; i < n; i++)
 	{
-		e[i].id = rs[i].id;
-		e[i].deaths = poison_is_suspect(rs[i].id) ? 1 : 0;
+		e[i].id = ids[i];
+		e[i].deaths = poison_is_suspect(ids[i]) ? 1 : 0;
 	}
 	poison_dirty = true;
 	if (pwrite(poison_fd, buf, len, 0) != (ssize_t) len)
@@ -250,14 +250,14 @@ poison_applying(const ShipResult *rs, int n)
 	pfree(buf);
 }
 
-/* Results rs[0..n) are applied (committed): clear the record */
+/* The results of intents ids[0..n) are applied (committed): clear the record */
 void
-poison_applied(const ShipResult *rs, int n)
+poison_applied(const int64 *ids, int n)
 {
 	poison_clear();
 	for (int i = 0; i < n && nsuspects > 0; i++)
 		for (int k = 0; k < nsuspects; k++)
-			if (suspects[k] == rs[i].id)
+			if (suspects[k] == ids[i])
 			{
 				suspects[k] = suspects[--nsuspects];
 				break;

@@ -25,7 +25,7 @@ import sys
 LIMIT = 150
 PATH_LIMIT = 100
 DISPATCHER_PATH = {
-    "dispatcher.c", "outbox.c", "apply.c", "writeback.c",
+    "dispatcher.c", "applier.c", "outbox.c", "apply.c", "writeback.c",
     "provider.c", "dialect.c", "spi.c", "http.c", "health.c", "poller.c",
     "feepull.c", "reconcile.c", "retry.c", "json.c", "mapping.c", "sign.c",
     "poison.c", "digest.c",

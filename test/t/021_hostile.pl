@@ -16,8 +16,8 @@
 #   4. max_attempts counts the attempt lost in a restart: not sent again;
 #   5. an ERROR outside the apply is reported, and the same dispatcher
 #      goes on;
-#   6. a result whose apply kills the dispatcher twice in a row is
-#      quarantined (poison), not sent a third time.
+#   6. a result whose apply kills the applier (or the dispatcher) twice
+#      in a row is quarantined (poison), not sent a third time.
 use strict;
 use warnings;
 use FindBin;
@@ -243,18 +243,34 @@ is( sql(qq{SELECT l.error_class || ' ' || l.outcome FROM shipsync.delivery_log l
 			text => 'POISON-1', match_order_ref => "^$id\$" } ] });
 	sql("INSERT INTO crm.orders (id, customer) VALUES ($id, 'Poison')");
 
+	# The applier applies the dispatcher's results (applier.c).  First
+	# death: kill -9 (the server restarts every process).  Second: it is
+	# terminated (a FATAL exit, no restart of the server): the dispatcher,
+	# whose result it was applying, exits too, and the next one counts
+	# the death.
 	for my $death (1, 2)
 	{
-		my $hung = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+		my $hung = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync applier'"
 		  . " AND wait_event = 'PgSleep'";
 		ok($node->poll_query_until('postgres', "SELECT count(*) = 1 FROM ($hung) h"),
-			"poison: the dispatcher hangs applying the result ($death)");
+			"poison: the applier hangs applying the result ($death)");
 		my $victim = $node->safe_psql('postgres', $hung);
-		kill 'KILL', $victim;
+		my $dispatcher = dispatcher_pid();
+		my $off = -s $node->logfile;
+		if ($death == 1)
+		{
+			kill 'KILL', $victim;
+		}
+		else
+		{
+			sql("SELECT pg_terminate_backend($victim)");
+			ok($node->wait_for_log(qr/its applier exited while applying 1 results/, $off),
+				'poison: the dispatcher exits with the applier that was applying its result');
+		}
 		ok( $node->poll_query_until('postgres',
 				"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
-				  . " AND pid <> $victim"),
-			"poison: after kill -9, a new dispatcher runs ($death)");
+				  . " AND pid <> $dispatcher"),
+			"poison: then a new dispatcher runs ($death)");
 	}
 	ok( $node->poll_query_until('postgres',
 			"SELECT state = 'dead' FROM shipsync.outbox WHERE order_key = '$id'"),

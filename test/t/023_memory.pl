@@ -1,4 +1,4 @@
-# The dispatcher's memory stays flat under load.
+# The dispatcher's memory, and its applier's, stay flat under load.
 #
 # 20,000 orders with shipsync.idle_check_ms = 100 (an idle check, a
 # configuration reload and a sweep every tenth of a second) and the tracking
@@ -9,7 +9,9 @@
 # dispatcher's private memory (RssAnon of /proc/PID/status) is read after
 # 5,000 orders, when its caches are warm, and after 20,000: it must not grow
 # by more than 5 MB.  The total of its memory contexts is reported beside it
-# (pg_log_backend_memory_contexts), for the diagnosis when it fails.
+# (pg_log_backend_memory_contexts), for the diagnosis when it fails.  The
+# same holds for the applier, which applies the dispatcher's results
+# (applier.c): it runs the transaction helpers on every batch too.
 use strict;
 use warnings;
 use FindBin;
@@ -34,6 +36,12 @@ sub dispatcher_pid
 {
 	return sql(q{SELECT pid FROM pg_stat_activity
 		WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'postgres'});
+}
+
+sub applier_pid
+{
+	return sql(q{SELECT pid FROM pg_stat_activity
+		WHERE backend_type = 'pg_shipsync applier' AND datname = 'postgres'});
 }
 
 # RssAnon of a process, in kB
@@ -92,6 +100,10 @@ like($pid, qr/^\d+$/, 'the dispatcher runs');
 ok(deliver(5000), '5,000 orders delivered');
 my $rss1 = rss_anon_kb($pid);
 my $top1 = top_context_bytes($pid);
+my $apid = applier_pid();
+like($apid, qr/^\d+$/, 'an applier applied them');
+my $arss1 = rss_anon_kb($apid);
+my $atop1 = top_context_bytes($apid);
 
 ok(deliver(15000), '20,000 orders delivered');
 is(dispatcher_pid(), $pid, 'the same dispatcher delivered them all');
@@ -103,6 +115,15 @@ diag("dispatcher RssAnon: $rss1 kB after 5,000 orders, $rss2 kB after 20,000 (+$
 	  . " memory contexts: $top1 -> $top2 bytes");
 cmp_ok($grew, '<=', 5 * 1024,
 	'the dispatcher\'s private memory grew by at most 5 MB from 5,000 to 20,000 orders');
+
+is(applier_pid(), $apid, 'the same applier applied them all');
+my $arss2 = rss_anon_kb($apid);
+my $atop2 = top_context_bytes($apid);
+my $agrew = $arss2 - $arss1;
+diag("applier RssAnon: $arss1 kB after 5,000 orders, $arss2 kB after 20,000 (+$agrew kB);"
+	  . " memory contexts: $atop1 -> $atop2 bytes");
+cmp_ok($agrew, '<=', 5 * 1024,
+	'the applier\'s private memory grew by at most 5 MB from 5,000 to 20,000 orders');
 
 is(sql("SELECT count(*) FROM shipsync.outbox WHERE state <> 'done'"),
 	'0', 'every intent is done');

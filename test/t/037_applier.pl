@@ -1,0 +1,159 @@
+# The applier: a second background worker per database applies the
+# results of the dispatcher's requests, so that a burst runs on two cores
+# (applier.c).  Here:
+#   1. it applies, and acts for the dispatcher (the ledger's actor);
+#   2. terminated while idle, the same dispatcher applies results itself,
+#      then starts a new applier;
+#   3. shipsync.apply_worker = off stops it at a reload, on brings it back;
+#   4. a dispatcher that exits while its applier applies: the next one
+#      waits for that applier to finish before taking back what was in
+#      flight, and the order is sent once and written back;
+#   5. no worker slot for it: the dispatcher applies results itself, and
+#      says so.
+# (The applier killed while it applies, twice: 021_hostile.pl, poison.)
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+use ShipsyncTest;
+
+my $sim = start_sim();
+END { local $?; stop_sim($sim) if $sim; }
+my $node = shipsync_node('applier');
+setup_orders($node, $sim);
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sub pid_of
+{
+	my ($type) = @_;
+	return sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync $type'"
+		  . " AND datname = 'postgres'");
+}
+
+# Commit $n orders named "$tag N" at once; true when all are written back
+sub deliver
+{
+	my ($n, $tag) = @_;
+	sql("INSERT INTO crm.orders (customer) SELECT '$tag ' || g FROM generate_series(1, $n) g");
+	return wait_until($node,
+		"SELECT count(*) = $n FROM crm.orders WHERE customer LIKE '$tag %' AND waybill_no IS NOT NULL");
+}
+
+###########################################################################
+# 1. It applies, as the dispatcher
+###########################################################################
+ok(deliver(200, 'First'), 'orders are delivered and written back');
+my $dispatcher = pid_of('dispatcher');
+my $applier = pid_of('applier');
+like($applier, qr/^\d+$/, 'by an applier beside the dispatcher');
+isnt($applier, $dispatcher, 'a process of its own');
+
+# a permanent refusal: dead, with a ticket the ledger says the dispatcher opened
+sim_post($sim, '/_sim/faults',
+	{ rules => [ { fault => 'status', status => 422, match_order_ref => '^.*$', count => 1 } ] });
+sql("INSERT INTO crm.orders (customer) VALUES ('Refused')");
+ok( wait_until($node,
+		"SELECT state = 'dead' FROM shipsync.outbox o JOIN crm.orders c ON o.order_key = c.id::text"
+		  . " WHERE c.customer = 'Refused'"),
+	'a refused order is dead');
+is( sql(q{SELECT string_agg(e.actor, ',') FROM shipsync.ticket_event e
+		JOIN shipsync.exception_ticket t USING (ticket_id)
+		JOIN crm.orders c ON t.order_key = c.id::text
+		WHERE c.customer = 'Refused' AND e.event = 'opened'}),
+	'dispatcher', 'its ticket was opened by the dispatcher (the applier acts for it)');
+sim_post($sim, '/_sim/faults', { rules => [] });
+
+###########################################################################
+# 2. Terminated while idle
+###########################################################################
+my $off = -s $node->logfile;
+sql("SELECT pg_terminate_backend($applier)");
+ok(wait_until($node, "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $applier"),
+	'the applier is terminated');
+ok(deliver(50, 'Alone'), 'the next results are applied all the same');
+ok($node->log_contains(qr/its applier exited; the dispatcher applies results itself for now/, $off),
+	'by the dispatcher itself, which says so');
+is(pid_of('dispatcher'), $dispatcher, 'the same dispatcher');
+# a new applier at the first results ten seconds on
+my $again = 0;
+for (my $i = 0; $i < 40 && !$again; $i++)
+{
+	sleep 1;
+	ok(deliver(1, "Later$i"), "order $i delivered") if $i % 5 == 4;
+	my $p = pid_of('applier');
+	$again = $p if $p && $p ne $applier;
+}
+ok($again, 'then it starts a new applier');
+
+###########################################################################
+# 3. shipsync.apply_worker
+###########################################################################
+sql("ALTER SYSTEM SET shipsync.apply_worker = off; SELECT pg_reload_conf()");
+usleep(300_000);
+ok(deliver(50, 'Off'), 'apply_worker off: orders are delivered');
+ok(wait_until($node,
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync applier'"),
+	'apply_worker off: the applier exits');
+ok(deliver(50, 'Off2'), 'apply_worker off: the dispatcher applies results itself');
+is(pid_of('applier'), '', 'and starts none');
+sql("ALTER SYSTEM RESET shipsync.apply_worker; SELECT pg_reload_conf()");
+usleep(300_000);
+ok(deliver(50, 'On'), 'apply_worker on again: delivered');
+like(pid_of('applier'), qr/^\d+$/, 'apply_worker on again: an applier runs');
+is(pid_of('dispatcher'), $dispatcher, 'the same dispatcher throughout');
+
+###########################################################################
+# 4. The dispatcher exits while its applier applies
+###########################################################################
+{
+	# a write-back that takes 4 s for one customer
+	sql(q{CREATE FUNCTION crm.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF NEW.customer = 'Slow' AND NEW.waybill_no IS NOT NULL THEN PERFORM pg_sleep(4); END IF;
+			RETURN NEW;
+		END $$;
+		CREATE TRIGGER slow BEFORE UPDATE ON crm.orders FOR EACH ROW EXECUTE FUNCTION crm.slow();});
+	sql("INSERT INTO crm.orders (customer) VALUES ('Slow')");
+	my $busy = "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync applier'"
+	  . " AND wait_event = 'PgSleep'";
+	ok($node->poll_query_until('postgres', $busy), 'the applier is applying the slow order');
+	my $old = pid_of('applier');
+	sql("SELECT pg_terminate_backend($dispatcher)");
+	ok( $node->poll_query_until('postgres',
+			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+			  . " AND pid <> $dispatcher AND query LIKE 'waiting for the applier of the previous dispatcher%'"),
+		'the next dispatcher waits for the applier of the one before');
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'Slow'"),
+		'the slow order is written back');
+	is( sql(q{SELECT attempts || ' ' || state FROM shipsync.outbox o JOIN crm.orders c
+			ON o.order_key = c.id::text WHERE c.customer = 'Slow'}),
+		'1 done', 'sent once, done');
+	ok(wait_until($node, "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $old"),
+		'the old applier exits');
+	sql("DROP TRIGGER slow ON crm.orders");
+	ok(deliver(50, 'Next'), 'the new dispatcher delivers');
+	$dispatcher = pid_of('dispatcher');
+}
+
+###########################################################################
+# 5. No worker slot for an applier (three: the logical replication
+# launcher, ours, and the dispatcher)
+###########################################################################
+$node->append_conf('postgresql.conf', "max_worker_processes = 3\n");
+$node->restart;
+$off = 0;
+ok(deliver(100, 'NoSlot'), 'no slot for an applier: orders are delivered');
+ok($node->log_contains(qr/no background worker slot for an applier; the dispatcher applies results itself/),
+	'the log says why there is no applier');
+is(pid_of('applier'), '', 'and there is none');
+
+is( sql("SELECT count(*) FROM shipsync.outbox WHERE state NOT IN ('done', 'dead')"),
+	'0', 'every intent is done (or dead, refused)');
+is(sim_get($sim, '/_sim/stats')->{duplicate_orders}, 0, 'no order shipped twice');
+$node->stop;
+done_testing();

@@ -21,10 +21,10 @@
  * applier at a time: results that complete meanwhile wait in the
  * dispatcher, serialized, and go as the next message -- the slower the
  * apply, the larger its batches.  Suspects of the quarantine (poison.c)
- * still go alone.  An intent's request slot (max_inflight) is given back
- * only when its result is acknowledged: results waiting to be applied
- * count against the provider's limit, so that a slow apply slows the
- * claims instead of piling results up in memory.  Intents of one order
+ * still go alone.  A provider with as many results waiting to be applied
+ * (here or at the applier) as its max_inflight claims nothing until some
+ * are acknowledged: a slow apply slows the claims instead of piling
+ * results up in memory, while the wire keeps its own max_inflight.  Intents of one order
  * stay in order: the next intent of an order cannot be claimed until the
  * result of the one before is committed (its outbox row is in flight until
  * then), and the acknowledgement, sent after that commit, is what tells
@@ -241,6 +241,32 @@ applier_note_done(const int32 *ps, int n, uint64 fresh)
 }
 
 /*
+ * Apply rs[0..nbatch) as one batch, then each of rs[nbatch..n) alone, each
+ * call recorded (poison.c) while it runs.  Returns the providers given new
+ * intents.
+ */
+static uint64
+applier_apply_split(ShipResult *rs, const int64 *ids, int nbatch, int n,
+					Binding *bs, int nb)
+{
+	uint64		fresh = 0;
+
+	if (nbatch > 0)
+	{
+		poison_applying(ids, nbatch);
+		fresh |= outbox_apply(rs, nbatch, bs, nb);
+		poison_applied(ids, nbatch);
+	}
+	for (int i = nbatch; i < n; i++)
+	{
+		poison_applying(&ids[i], 1);
+		fresh |= outbox_apply(&rs[i], 1, bs, nb);
+		poison_applied(&ids[i], 1);
+	}
+	return fresh;
+}
+
+/*
  * Apply rs[0..n) in this process: one batch, each but the suspects, which
  * go alone (poison.c).  The record of what is being applied is written
  * first and cleared once it is committed.
@@ -251,7 +277,7 @@ applier_apply_here(ShipResult *rs, int n, Binding *bs, int nb)
 	int64	   *ids = palloc(sizeof(int64) * Max(n, 1));
 	int32	   *ps = palloc(sizeof(int32) * Max(n, 1));
 	int			nbatch = 0;
-	uint64		fresh = 0;
+	volatile uint64 fresh = 0;	/* set in PG_TRY, read in PG_FINALLY */
 
 	/* suspects to the end of the array, the batch first */
 	for (int i = 0; i < n; i++)
@@ -267,19 +293,21 @@ applier_apply_here(ShipResult *rs, int n, Binding *bs, int nb)
 		ids[i] = rs[i].id;
 		ps[i] = rs[i].provider_id;
 	}
-	if (nbatch > 0)
+
+	/*
+	 * An error that escapes (outbox_apply() handles those of a result)
+	 * leaves these intents in flight until their lease expires; their
+	 * places among the results waiting are given back all the same.
+	 */
+	PG_TRY();
 	{
-		poison_applying(ids, nbatch);
-		fresh |= outbox_apply(rs, nbatch, bs, nb);
-		poison_applied(ids, nbatch);
+		fresh = applier_apply_split(rs, ids, nbatch, n, bs, nb);
 	}
-	for (int i = nbatch; i < n; i++)
+	PG_FINALLY();
 	{
-		poison_applying(&ids[i], 1);
-		fresh |= outbox_apply(&rs[i], 1, bs, nb);
-		poison_applied(&ids[i], 1);
+		applier_note_done(ps, n, fresh);
 	}
-	applier_note_done(ps, n, fresh);
+	PG_END_TRY();
 	pfree(ids);
 	pfree(ps);
 }

@@ -332,6 +332,7 @@ dispatcher_load_config(void)
 		if (old)
 		{
 			ps[i].inflight = old->inflight;
+			ps[i].unapplied = old->unapplied;
 			ps[i].oauth_refreshing = old->oauth_refreshing;
 
 			/*
@@ -651,8 +652,13 @@ dispatcher_claim(Provider *p, TimestampTz now, Claimed **out)
 		return 0;
 	if (p->oauth_client_id && !oauth_ready(p, now))
 		return 0;			/* a token fetch will wake us */
+	/*
+	 * At most max_inflight requests on the wire, and as many results
+	 * waiting to be applied: a slow apply slows the claims instead of
+	 * piling results up in memory (applier.c).
+	 */
 	room = p->max_inflight - p->inflight;
-	if (room <= 0)
+	if (room <= 0 || p->unapplied >= p->max_inflight)
 		return 0;
 	allowed = provider_tokens(p, now);
 	if (allowed <= 0)
@@ -813,7 +819,8 @@ dispatcher_timeout(TimestampTz now)
 			if (p->st->breaker == BREAKER_HALF_OPEN)
 				continue;
 		}
-		if (p->inflight >= p->max_inflight)
+		/* full: a completion wakes us, or the applier's acknowledgement */
+		if (p->inflight >= p->max_inflight || p->unapplied >= p->max_inflight)
 			continue;
 		if (p->rate_per_s > 0 && p->st->tokens < 1 && (p->maybe_work || p->next_due))
 		{
@@ -1087,10 +1094,10 @@ dispatcher_follow_up(Flight *f, TimestampTz now)
 }
 
 /*
- * Results applied (here or by the applier, applier.c): their request slots
- * are free again, and their providers and those given new intents
- * (registrations of new waybills) may have work: a slot is free, the next
- * intent of an order may be due.
+ * Results applied (here or by the applier, applier.c): their providers may
+ * claim again if they had as many waiting to be applied as max_inflight,
+ * and those and the providers given new intents (registrations of new
+ * waybills) may have work: the next intent of an order may be due.
  */
 static void
 dispatcher_applied(void)
@@ -1105,7 +1112,7 @@ dispatcher_applied(void)
 
 		if (p)
 		{
-			p->inflight--;
+			p->unapplied--;
 			p->maybe_work = true;
 		}
 	}
@@ -1167,7 +1174,12 @@ dispatcher_apply_done(TimestampTz now)
 		if (rs[i].error)
 			rs[i].error = dialect_excerpt(rs[i].error, strlen(rs[i].error));
 		if (p)
+		{
+			p->inflight--;
+			p->unapplied++;
+			p->maybe_work = true;	/* a slot is free; a blocked intent may be due */
 			health_record(p, &rs[i], now);
+		}
 	}
 
 	elog(DEBUG2, "pg_shipsync: %d results to apply, %d in flight", ndone, http_inflight(client));

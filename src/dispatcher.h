@@ -72,7 +72,8 @@ typedef struct Provider
 	bool		fee_pull;		/* options: fee_pull_after is set (feepull.c) */
 
 	/* runtime state, carried over reloads */
-	int			inflight;
+	int			inflight;		/* requests on the wire */
+	int			unapplied;		/* results answered, not yet applied */
 	ShipsyncProviderState *st;	/* breaker, hold, tokens, counters (health.c) */
 	TimestampTz next_due;		/* earliest known due retry, 0: unknown */
 	bool		maybe_work;		/* look for work at the next pass */

@@ -328,8 +328,8 @@ capture_build_info(Relation rel)
  * accepts every invalidation committed before it, and dropping or altering
  * the inbox invalidates it, which marks the cache stale.  So a cache still
  * valid once the lock is held proves the relation is there, and the
- * catalog probe that try_table_open() makes is needed only when the cache
- * is stale (it was a tenth of the capture's own cost).
+ * catalog probe that try_table_open() makes for every row is needed only
+ * when the cache is stale.
  */
 static Relation
 capture_open_inbox(void)
@@ -552,7 +552,12 @@ capture_enqueue(int32 binding_id, int32 provider_id, const char *key,
 	uuid.data[6] = (uuid.data[6] & 0x0f) | 0x40;	/* version 4 */
 	uuid.data[8] = (uuid.data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
 
-	/* the nulls of these columns were cleared when the cache was built */
+	/*
+	 * The nulls of these columns were cleared when the cache was built;
+	 * every value is set anew for each row (those of the last row point to
+	 * memory that is gone by now).  An invalidation accepted meanwhile only
+	 * marks the cache stale, so the arrays stay until the next open.
+	 */
 	values[oi->att_id - 1] = Int64GetDatum(shipsync_next_intent_id(oi->seqid));
 	values[oi->att_binding - 1] = Int32GetDatum(binding_id);
 	values[oi->att_provider - 1] = Int32GetDatum(provider_id);

@@ -101,6 +101,18 @@ SELECT shipsync.attach('loose', 'acme', key_column => 'ref') > 0 AS attached;
 INSERT INTO loose (ref) VALUES ('L-6');
 SELECT order_key, op FROM shipsync.inbox;
 
+-- an update compares the old and new rows column by column: a dropped
+-- column (which held a value in the old row) and a column added with a
+-- default (not stored in rows written before) count as unchanged; a new
+-- value of the added column is captured
+ALTER TABLE loose ADD COLUMN scratch text;
+INSERT INTO loose (ref, scratch) VALUES ('L-7', 'x');
+ALTER TABLE loose DROP COLUMN scratch;
+ALTER TABLE loose ADD COLUMN priority int DEFAULT 1;
+UPDATE loose SET ref = ref WHERE ref = 'L-7';
+UPDATE loose SET priority = 2 WHERE ref = 'L-7';
+SELECT order_key, op FROM shipsync.inbox WHERE order_key = 'L-7' ORDER BY id;
+
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA sales CASCADE;
 DROP OWNED BY shipsync_test_app;

@@ -690,40 +690,48 @@ capture_key(Relation rel, HeapTuple tuple, int keyattno, const char *keycol)
 }
 
 /*
- * True when the UPDATE changed some column other than the key and the
- * write-back columns (tgargs[3..]).
+ * True when the UPDATE changed some column other than the write-back
+ * columns (tgargs[3..]).
+ *
+ * Each row is deformed once: heap_getattr() per column walks the row from
+ * its start for every column past the first variable-width one, which made
+ * this check grow with the square of the table's width.  Column names are
+ * compared with the write-back columns only for the columns that changed.
  */
 static bool
 capture_row_changed(Relation rel, HeapTuple oldtup, HeapTuple newtup,
 					Trigger *tg)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
+	int			natts = desc->natts;
+	Datum	   *oldv = palloc(sizeof(Datum) * natts);
+	Datum	   *newv = palloc(sizeof(Datum) * natts);
+	bool	   *oldnull = palloc(sizeof(bool) * natts);
+	bool	   *newnull = palloc(sizeof(bool) * natts);
+	bool		changed = false;
 
-	for (int i = 0; i < desc->natts; i++)
+	heap_deform_tuple(oldtup, desc, oldv, oldnull);
+	heap_deform_tuple(newtup, desc, newv, newnull);
+	for (int i = 0; i < natts && !changed; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
-		bool		oldnull;
-		bool		newnull;
-		Datum		oldv;
-		Datum		newv;
-		bool		skip = false;
 
 		if (att->attisdropped)
 			continue;
+		if (oldnull[i] == newnull[i] &&
+			(oldnull[i] ||
+			 datumIsEqual(oldv[i], newv[i], att->attbyval, att->attlen)))
+			continue;			/* unchanged */
+		changed = true;
 		for (int a = 3; a < tg->tgnargs; a++)
 			if (strcmp(NameStr(att->attname), tg->tgargs[a]) == 0)
-				skip = true;
-		if (skip)
-			continue;
-
-		oldv = heap_getattr(oldtup, i + 1, desc, &oldnull);
-		newv = heap_getattr(newtup, i + 1, desc, &newnull);
-		if (oldnull != newnull)
-			return true;
-		if (!oldnull && !datumIsEqual(oldv, newv, att->attbyval, att->attlen))
-			return true;
+				changed = false;
 	}
-	return false;
+	pfree(oldv);
+	pfree(newv);
+	pfree(oldnull);
+	pfree(newnull);
+	return changed;
 }
 
 Datum

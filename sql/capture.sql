@@ -77,6 +77,42 @@ SELECT order_key, op, state FROM shipsync.claim(1, 100, 60000) ORDER BY id;
 SELECT count(*) AS left_in_inbox FROM shipsync.inbox;
 SELECT order_key, op, state FROM shipsync.outbox WHERE state = 'pending' ORDER BY id;
 
+-- capture keeps what it knows of the inbox for the life of the session,
+-- and follows it when it changes under the session: a column added, an
+-- index added (its entries are written), the extension dropped and created
+-- again (a new inbox)
+ALTER TABLE shipsync.inbox ADD COLUMN note text;
+INSERT INTO loose (ref) VALUES ('L-3');
+CREATE INDEX inbox_key_idx ON shipsync.inbox (order_key);
+INSERT INTO loose (ref) VALUES ('L-4');
+SET enable_seqscan = off;
+SET enable_bitmapscan = off;
+SELECT order_key, op, note FROM shipsync.inbox WHERE order_key IN ('L-3', 'L-4') ORDER BY order_key;
+RESET enable_seqscan;
+RESET enable_bitmapscan;
+DROP INDEX shipsync.inbox_key_idx;
+ALTER TABLE shipsync.inbox DROP COLUMN note;
+INSERT INTO loose (ref) VALUES ('L-5');
+SELECT order_key, op FROM shipsync.inbox WHERE order_key LIKE 'L-_' ORDER BY id;
+DROP EXTENSION pg_shipsync CASCADE;
+CREATE EXTENSION pg_shipsync;
+SELECT shipsync.create_provider('acme', 'generic', 'https://api.acme.example') > 0 AS created;
+SELECT shipsync.attach('loose', 'acme', key_column => 'ref') > 0 AS attached;
+INSERT INTO loose (ref) VALUES ('L-6');
+SELECT order_key, op FROM shipsync.inbox;
+
+-- an update compares the old and new rows column by column: a dropped
+-- column (which held a value in the old row) and a column added with a
+-- default (not stored in rows written before) count as unchanged; a new
+-- value of the added column is captured
+ALTER TABLE loose ADD COLUMN scratch text;
+INSERT INTO loose (ref, scratch) VALUES ('L-7', 'x');
+ALTER TABLE loose DROP COLUMN scratch;
+ALTER TABLE loose ADD COLUMN priority int DEFAULT 1;
+UPDATE loose SET ref = ref WHERE ref = 'L-7';
+UPDATE loose SET priority = 2 WHERE ref = 'L-7';
+SELECT order_key, op FROM shipsync.inbox WHERE order_key = 'L-7' ORDER BY id;
+
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA sales CASCADE;
 DROP OWNED BY shipsync_test_app;

@@ -29,12 +29,13 @@
  */
 #include "postgres.h"
 
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
-#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_sequence.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
@@ -42,6 +43,7 @@
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
+#include "storage/lmgr.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
 #include "fmgr.h"
@@ -177,12 +179,24 @@ shipsync_wake(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* What an intent asks for, as the inbox's op column spells it */
+typedef enum CaptureOp
+{
+	CAPTURE_CREATE,
+	CAPTURE_UPDATE,
+	CAPTURE_CANCEL,
+	CAPTURE_NOPS
+} CaptureOp;
+
+static const char *const capture_op_names[CAPTURE_NOPS] = {"create", "update", "cancel"};
+
 /*
  * What capture needs to insert an intent, built once per backend and kept
  * until a relcache invalidation of the inbox (the table altered, an index
  * added, the extension dropped) marks it stale: the column numbers, the
- * identity sequence, a slot.  The inbox has no index; should someone add
- * one, capture inserts into it through the executor.
+ * identity sequence, the arrays a row is formed from and the three
+ * operations as text.  The inbox has no index; should someone add one,
+ * capture inserts into it through the executor.
  */
 typedef struct InboxInfo
 {
@@ -199,7 +213,10 @@ typedef struct InboxInfo
 				att_idem,
 				att_created;
 	bool		has_indexes;
-	TupleTableSlot *slot;
+	int			natts;
+	Datum	   *values;			/* natts of them, all null but ours */
+	bool	   *nulls;
+	Datum		op_text[CAPTURE_NOPS];	/* "create", "update", "cancel" */
 } InboxInfo;
 
 static InboxInfo inbox_info;
@@ -252,9 +269,22 @@ capture_fill_info(Relation rel)
 	oi->att_idem = inbox_attnum(rel, "idempotency_key");
 	oi->att_created = inbox_attnum(rel, "created_at");
 
+	if (rel->rd_rel->relam != HEAP_TABLE_AM_OID)
+		elog(ERROR, "shipsync.inbox is not a heap table");
 	oi->has_indexes = RelationGetForm(rel)->relhasindex;
-	oi->slot = MakeSingleTupleTableSlot(CreateTupleDescCopy(RelationGetDescr(rel)),
-										&TTSOpsVirtual);
+	oi->natts = RelationGetDescr(rel)->natts;
+	oi->values = palloc0(sizeof(Datum) * oi->natts);
+	oi->nulls = palloc(sizeof(bool) * oi->natts);
+	memset(oi->nulls, true, sizeof(bool) * oi->natts);
+	oi->nulls[oi->att_id - 1] = false;
+	oi->nulls[oi->att_binding - 1] = false;
+	oi->nulls[oi->att_provider - 1] = false;
+	oi->nulls[oi->att_key - 1] = false;
+	oi->nulls[oi->att_op - 1] = false;
+	oi->nulls[oi->att_idem - 1] = false;
+	oi->nulls[oi->att_created - 1] = false;
+	for (int i = 0; i < CAPTURE_NOPS; i++)
+		oi->op_text[i] = CStringGetTextDatum(capture_op_names[i]);
 }
 
 /*
@@ -272,12 +302,9 @@ capture_build_info(Relation rel)
 		oi->cxt = AllocSetContextCreate(CacheMemoryContext, "pg_shipsync capture",
 										ALLOCSET_SMALL_SIZES);
 	else
-	{
-		if (oi->slot)
-			ExecDropSingleTupleTableSlot(oi->slot);
 		MemoryContextReset(oi->cxt);
-	}
-	oi->slot = NULL;
+	oi->values = NULL;
+	oi->nulls = NULL;
 	oi->valid = true;
 	old = MemoryContextSwitchTo(oi->cxt);
 	PG_TRY();
@@ -293,18 +320,37 @@ capture_build_info(Relation rel)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * Open shipsync.inbox with RowExclusiveLock and make sure the cache
+ * describes it.
+ *
+ * The known relation is locked first and opened after: taking the lock
+ * accepts every invalidation committed before it, and dropping or altering
+ * the inbox invalidates it, which marks the cache stale.  So a cache still
+ * valid once the lock is held proves the relation is there, and the
+ * catalog probe that try_table_open() makes for every row is needed only
+ * when the cache is stale.
+ */
 static Relation
 capture_open_inbox(void)
 {
 	Relation	rel = NULL;
+	Oid			known = inbox_info.relid;
 
 	if (!capture_inval_registered)
 	{
 		CacheRegisterRelcacheCallback(capture_relcache_callback, (Datum) 0);
 		capture_inval_registered = true;
 	}
-	if (OidIsValid(inbox_info.relid))
-		rel = try_table_open(inbox_info.relid, RowExclusiveLock);
+	if (OidIsValid(known))
+	{
+		LockRelationOid(known, RowExclusiveLock);
+		if (inbox_info.valid ||
+			SearchSysCacheExists1(RELOID, ObjectIdGetDatum(known)))
+			rel = table_open(known, NoLock);
+		else
+			UnlockRelationOid(known, RowExclusiveLock);
+	}
 	if (rel == NULL)
 	{
 		Oid			nsp = get_namespace_oid("shipsync", false);
@@ -444,24 +490,44 @@ shipsync_intent_id(PG_FUNCTION_ARGS)
 }
 
 /*
- * Insert one intent into shipsync.inbox: a direct heap insert, no parser,
- * planner or executor start per row, no index.  The id is an intent id
- * (intents keep it when they move to the outbox) and the idempotency
- * key is fixed here.  Only this function and the dispatcher write the
- * inbox, so nothing else needs to run.
+ * Should someone have indexed the inbox: insert the new row's index
+ * entries through the executor, as any insert would.
+ */
+static void
+capture_index_intent(Relation rel, HeapTuple tup)
+{
+	EState	   *estate = CreateExecutorState();
+	ResultRelInfo *rri = makeNode(ResultRelInfo);
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(rel),
+													&TTSOpsHeapTuple);
+
+	ExecStoreHeapTuple(tup, slot, false);
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+	if (rri->ri_NumIndices > 0)
+		list_free(ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL));
+	ExecCloseIndices(rri);
+	ExecDropSingleTupleTableSlot(slot);
+	FreeExecutorState(estate);
+}
+
+/*
+ * Insert one intent into shipsync.inbox: a row formed from the cached
+ * arrays and handed to heap_insert(), no parser, planner, executor start
+ * or tuple slot per row, no index.  The id is an intent id (intents keep
+ * it when they move to the outbox) and the idempotency key is fixed here.
+ * Only this function and the dispatcher write the inbox, so nothing else
+ * needs to run.
  */
 static void
 capture_enqueue(int32 binding_id, int32 provider_id, const char *key,
-				const char *op)
+				CaptureOp op)
 {
 	Relation	rel = capture_open_inbox();
-	InboxInfo *oi = &inbox_info;
-	TupleTableSlot *slot = oi->slot;
-	Datum	   *values;
-	bool	   *nulls;
-	int			natts = slot->tts_tupleDescriptor->natts;
-	pg_uuid_t  *uuid = palloc(sizeof(pg_uuid_t));
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	InboxInfo  *oi = &inbox_info;
+	Datum	   *values = oi->values;
+	pg_uuid_t	uuid;
+	HeapTuple	tup;
 
 	/*
 	 * The key must be unique, not secret: a per-backend generator seeded
@@ -480,41 +546,30 @@ capture_enqueue(int32 binding_id, int32 provider_id, const char *key,
 		uint64		hi = pg_prng_uint64(&capture_prng);
 		uint64		lo = pg_prng_uint64(&capture_prng);
 
-		memcpy(uuid->data, &hi, 8);
-		memcpy(uuid->data + 8, &lo, 8);
+		memcpy(uuid.data, &hi, 8);
+		memcpy(uuid.data + 8, &lo, 8);
 	}
-	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;	/* version 4 */
-	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
+	uuid.data[6] = (uuid.data[6] & 0x0f) | 0x40;	/* version 4 */
+	uuid.data[8] = (uuid.data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
 
-	ExecClearTuple(slot);
-	values = slot->tts_values;
-	nulls = slot->tts_isnull;
-	memset(nulls, true, sizeof(bool) * natts);
-#define SET(att, v) (values[(att) - 1] = (v), nulls[(att) - 1] = false)
-	SET(oi->att_id, Int64GetDatum(shipsync_next_intent_id(oi->seqid)));
-	SET(oi->att_binding, Int32GetDatum(binding_id));
-	SET(oi->att_provider, Int32GetDatum(provider_id));
-	SET(oi->att_key, CStringGetTextDatum(key));
-	SET(oi->att_op, CStringGetTextDatum(op));
-	SET(oi->att_idem, UUIDPGetDatum(uuid));
-	SET(oi->att_created, TimestampTzGetDatum(now));
-#undef SET
-	ExecStoreVirtualTuple(slot);
-	simple_table_tuple_insert(rel, slot);
+	/*
+	 * The nulls of these columns were cleared when the cache was built;
+	 * every value is set anew for each row (those of the last row point to
+	 * memory that is gone by now).  An invalidation accepted meanwhile only
+	 * marks the cache stale, so the arrays stay until the next open.
+	 */
+	values[oi->att_id - 1] = Int64GetDatum(shipsync_next_intent_id(oi->seqid));
+	values[oi->att_binding - 1] = Int32GetDatum(binding_id);
+	values[oi->att_provider - 1] = Int32GetDatum(provider_id);
+	values[oi->att_key - 1] = CStringGetTextDatum(key);
+	values[oi->att_op - 1] = oi->op_text[op];
+	values[oi->att_idem - 1] = UUIDPGetDatum(&uuid);
+	values[oi->att_created - 1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	tup = heap_form_tuple(RelationGetDescr(rel), values, oi->nulls);
+	heap_insert(rel, tup, GetCurrentCommandId(true), 0, NULL);
 
 	if (oi->has_indexes)
-	{
-		EState	   *estate = CreateExecutorState();
-		ResultRelInfo *rri = makeNode(ResultRelInfo);
-
-		InitResultRelInfo(rri, rel, 1, NULL, 0);
-		ExecOpenIndices(rri, false);
-		if (rri->ri_NumIndices > 0)
-			list_free(ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL));
-		ExecCloseIndices(rri);
-		FreeExecutorState(estate);
-	}
-	ExecClearTuple(slot);
+		capture_index_intent(rel, tup);
 	table_close(rel, NoLock);
 }
 
@@ -635,40 +690,48 @@ capture_key(Relation rel, HeapTuple tuple, int keyattno, const char *keycol)
 }
 
 /*
- * True when the UPDATE changed some column other than the key and the
- * write-back columns (tgargs[3..]).
+ * True when the UPDATE changed some column other than the write-back
+ * columns (tgargs[3..]).
+ *
+ * Each row is deformed once: heap_getattr() per column walks the row from
+ * its start for every column past the first variable-width one, which made
+ * this check grow with the square of the table's width.  Column names are
+ * compared with the write-back columns only for the columns that changed.
  */
 static bool
 capture_row_changed(Relation rel, HeapTuple oldtup, HeapTuple newtup,
 					Trigger *tg)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
+	int			natts = desc->natts;
+	Datum	   *oldv = palloc(sizeof(Datum) * natts);
+	Datum	   *newv = palloc(sizeof(Datum) * natts);
+	bool	   *oldnull = palloc(sizeof(bool) * natts);
+	bool	   *newnull = palloc(sizeof(bool) * natts);
+	bool		changed = false;
 
-	for (int i = 0; i < desc->natts; i++)
+	heap_deform_tuple(oldtup, desc, oldv, oldnull);
+	heap_deform_tuple(newtup, desc, newv, newnull);
+	for (int i = 0; i < natts && !changed; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
-		bool		oldnull;
-		bool		newnull;
-		Datum		oldv;
-		Datum		newv;
-		bool		skip = false;
 
 		if (att->attisdropped)
 			continue;
+		if (oldnull[i] == newnull[i] &&
+			(oldnull[i] ||
+			 datumIsEqual(oldv[i], newv[i], att->attbyval, att->attlen)))
+			continue;			/* unchanged */
+		changed = true;
 		for (int a = 3; a < tg->tgnargs; a++)
 			if (strcmp(NameStr(att->attname), tg->tgargs[a]) == 0)
-				skip = true;
-		if (skip)
-			continue;
-
-		oldv = heap_getattr(oldtup, i + 1, desc, &oldnull);
-		newv = heap_getattr(newtup, i + 1, desc, &newnull);
-		if (oldnull != newnull)
-			return true;
-		if (!oldnull && !datumIsEqual(oldv, newv, att->attbyval, att->attlen))
-			return true;
+				changed = false;
 	}
-	return false;
+	pfree(oldv);
+	pfree(newv);
+	pfree(oldnull);
+	pfree(newnull);
+	return changed;
 }
 
 Datum
@@ -728,23 +791,23 @@ shipsync_capture(PG_FUNCTION_ARGS)
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 		capture_enqueue(binding_id, provider_id,
 						capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol),
-						"create");
+						CAPTURE_CREATE);
 	else if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 		capture_enqueue(binding_id, provider_id,
 						capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol),
-						"cancel");
+						CAPTURE_CANCEL);
 	else
 	{
 		char	   *oldkey = capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol);
 		char	   *newkey = capture_key(rel, trigdata->tg_newtuple, keyattno, keycol);
 
 		if (strcmp(oldkey, newkey) == 0)
-			capture_enqueue(binding_id, provider_id, newkey, "update");
+			capture_enqueue(binding_id, provider_id, newkey, CAPTURE_UPDATE);
 		else
 		{
 			/* a renamed order: the old one goes away, the new one ships */
-			capture_enqueue(binding_id, provider_id, oldkey, "cancel");
-			capture_enqueue(binding_id, provider_id, newkey, "create");
+			capture_enqueue(binding_id, provider_id, oldkey, CAPTURE_CANCEL);
+			capture_enqueue(binding_id, provider_id, newkey, CAPTURE_CREATE);
 		}
 	}
 

@@ -731,6 +731,35 @@ applier_apply_message(const char *data, Size len)
 }
 
 /*
+ * Wait for the next message.  Every wake-up that brings none also reads
+ * the shared invalidation queue, in an empty transaction as an idle
+ * session does when signalled (PROCSIG_CATCHUP_INTERRUPT): a backend that
+ * never reads it keeps the queue full for everyone, and is reset when it
+ * overflows.  Blocking in shm_mq_receive() would never read it: that wait
+ * resets the latch the signal sets and waits on.
+ */
+static void
+applier_idle_wait(void)
+{
+	MemoryContext old = CurrentMemoryContext;
+
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
+					 WAIT_EVENT_MQ_RECEIVE);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		shipsync_set_nice();
+	}
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(old);
+}
+
+/*
  * The applier's entry point (bgw_function_name): attach to the queues of
  * the dispatcher that started it, then apply each message it sends and
  * acknowledge it, until the dispatcher goes.
@@ -772,7 +801,14 @@ shipsync_applier_main(Datum main_arg)
 		ApplierAck	ack;
 		MemoryContext old;
 
-		if (shm_mq_receive(in, &len, &data, false) != SHM_MQ_SUCCESS)
+		shm_mq_result res = shm_mq_receive(in, &len, &data, true);
+
+		if (res == SHM_MQ_WOULD_BLOCK)
+		{
+			applier_idle_wait();
+			continue;
+		}
+		if (res != SHM_MQ_SUCCESS)
 			break;				/* the dispatcher is gone */
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)

@@ -452,7 +452,8 @@ applier_lost(void)
 				 errdetail("The next dispatcher sends those intents again under the same keys; an intent whose result was being applied at two exits in a row is quarantined."),
 				 errhint("See the server log for why the applier exited.")));
 	ereport(LOG,
-			(errmsg("pg_shipsync dispatcher: its applier exited; the dispatcher applies results itself for now")));
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("pg_shipsync dispatcher: its applier exited; the dispatcher applies results itself for now")));
 }
 
 /*
@@ -687,24 +688,6 @@ applier_load_config(void)
 	worker_cfg_generation = gen;
 }
 
-/* At most every 250 ms: re-plan the statements whose tables doubled */
-static void
-applier_replan_grown(void)
-{
-	static TimestampTz last = 0;
-	TimestampTz now = GetCurrentTimestamp();
-	MemoryContext old = CurrentMemoryContext;
-
-	if (!TimestampDifferenceExceeds(last, now, 250))
-		return;
-	last = now;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	(void) shipsync_replan_grown();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(old);
-}
-
 /* Apply one message; returns its acknowledgement */
 static ApplierAck
 applier_apply_message(const char *data, Size len)
@@ -730,6 +713,19 @@ applier_apply_message(const char *data, Size len)
 	return ack;
 }
 
+/* Die if asked to; re-read the configuration files after a SIGHUP */
+static void
+applier_process_interrupts(void)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		shipsync_set_nice();
+	}
+}
+
 /*
  * Wait for the next message.  Every wake-up that brings none also reads
  * the shared invalidation queue, in an empty transaction as an idle
@@ -746,13 +742,7 @@ applier_idle_wait(void)
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
 					 WAIT_EVENT_MQ_RECEIVE);
 	ResetLatch(MyLatch);
-	CHECK_FOR_INTERRUPTS();
-	if (ConfigReloadPending)
-	{
-		ConfigReloadPending = false;
-		ProcessConfigFile(PGC_SIGHUP);
-		shipsync_set_nice();
-	}
+	applier_process_interrupts();
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	CommitTransactionCommand();
@@ -769,6 +759,8 @@ shipsync_applier_main(Datum main_arg)
 {
 	Oid			dbid = (Oid) strtoul(MyBgworkerEntry->bgw_extra, NULL, 10);
 	dsm_segment *seg;
+	shm_mq	   *mq;
+	shm_mq	   *back;
 	shm_mq_handle *in;
 	shm_mq_handle *out;
 	MemoryContext msg_cxt;
@@ -787,10 +779,12 @@ shipsync_applier_main(Datum main_arg)
 	if (seg == NULL)
 		proc_exit(0);
 	dsm_pin_mapping(seg);
-	shm_mq_set_receiver((shm_mq *) dsm_segment_address(seg), MyProc);
-	shm_mq_set_sender((shm_mq *) ((char *) dsm_segment_address(seg) + APPLIER_QUEUE_BYTES), MyProc);
-	in = shm_mq_attach((shm_mq *) dsm_segment_address(seg), seg, NULL);
-	out = shm_mq_attach((shm_mq *) ((char *) dsm_segment_address(seg) + APPLIER_QUEUE_BYTES), seg, NULL);
+	mq = (shm_mq *) dsm_segment_address(seg);
+	back = (shm_mq *) ((char *) dsm_segment_address(seg) + APPLIER_QUEUE_BYTES);
+	shm_mq_set_receiver(mq, MyProc);
+	shm_mq_set_sender(back, MyProc);
+	in = shm_mq_attach(mq, seg, NULL);
+	out = shm_mq_attach(back, seg, NULL);
 	msg_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync applier message",
 									ALLOCSET_DEFAULT_SIZES);
 
@@ -810,16 +804,10 @@ shipsync_applier_main(Datum main_arg)
 		}
 		if (res != SHM_MQ_SUCCESS)
 			break;				/* the dispatcher is gone */
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			shipsync_set_nice();
-		}
+		applier_process_interrupts();
 		old = MemoryContextSwitchTo(msg_cxt);
 		applier_load_config();
-		applier_replan_grown();
+		shipsync_replan_grown(GetCurrentTimestamp());
 		ack = applier_apply_message(data, len);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(msg_cxt);

@@ -233,27 +233,6 @@ dispatcher_extension_ready(void)
 }
 
 /*
- * At most every 250 ms: re-plan the saved statements whose tables have
- * doubled since they were planned (spi.c says why).  Restores the caller's
- * memory context.
- */
-static void
-dispatcher_replan_grown(TimestampTz now)
-{
-	static TimestampTz last = 0;
-	MemoryContext old = CurrentMemoryContext;
-
-	if (!TimestampDifferenceExceeds(last, now, 250))
-		return;
-	last = now;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	(void) shipsync_replan_grown();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(old);
-}
-
-/*
  * Reload postgresql.conf.  A change of shipsync.allowed_hosts is logged.
  * Token fetches that failed, or were refused by the allowlist, are tried
  * again at once: a DBA reloads after fixing what they lacked.
@@ -1403,7 +1382,7 @@ shipsync_dispatcher_main(Datum main_arg)
 		}
 		if (cfg_generation != pg_atomic_read_u64(&shipsync_shared->config_generation))
 			dispatcher_load_config();
-		dispatcher_replan_grown(now);
+		shipsync_replan_grown(now);
 		dispatcher_claim_all(now);
 		poller_send(client, providers, nproviders, now);
 		feepull_send(client, providers, nproviders, now);

@@ -758,7 +758,7 @@ extern PGDLLEXPORT void shipsync_reconcile_main(Datum main_arg);
  */
 extern SPIPlanPtr shipsync_prepare_saved(const char *sql, int nargs,
 										 const Oid *argtypes);
-extern int	shipsync_replan_grown(void);
+extern void shipsync_replan_grown(TimestampTz now);
 extern ErrorData *shipsync_subxact(void (*fn) (void *), void *arg);
 extern void shipsync_hold_extension(void);
 extern void shipsync_begin_tx(const char *activity, bool durable);

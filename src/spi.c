@@ -40,8 +40,8 @@
  *
  * So the dispatcher does for its plans what ANALYZE would do: the relations
  * every saved plan reads are noted here when it is prepared, and
- * shipsync_replan_grown(), called from the dispatcher's loop inside a
- * transaction, compares the size in blocks of each with its size when its
+ * shipsync_replan_grown(), called from the workers' loops at most every
+ * 250 ms, compares the size in blocks of each with its size when its
  * plans were last made.  (Relations, not plans, are kept: a plan may be
  * freed and made again when the configuration changes, a relation only
  * goes away with its table, and try_relation_open() then says so.)  A relation that has doubled (and is past a few pages) gets
@@ -176,20 +176,27 @@ spi_check_relation(SpiRelSize *entry)
 }
 
 /*
- * Invalidate, at the end of the current transaction, the cached plans of
- * every relation read by a saved plan that has doubled in size since they
- * were made.  The caller is inside a transaction.  Returns how many
- * relations were invalidated.
+ * At most every 250 ms: invalidate, in a transaction of its own, the
+ * cached plans of every relation read by a saved plan that has doubled in
+ * size since they were made.  For a worker's loop (the dispatcher's, the
+ * applier's), outside any transaction; restores the caller's memory
+ * context.
  */
-int
-shipsync_replan_grown(void)
+void
+shipsync_replan_grown(TimestampTz now)
 {
-	int			n = 0;
+	static TimestampTz last = 0;
+	MemoryContext old = CurrentMemoryContext;
 
+	if (!TimestampDifferenceExceeds(last, now, 250))
+		return;
+	last = now;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
 	for (int i = 0; i < spi_nsizes; i++)
-		if (spi_check_relation(&spi_sizes[i]))
-			n++;
-	return n;
+		(void) spi_check_relation(&spi_sizes[i]);
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(old);
 }
 
 /*

@@ -12,8 +12,9 @@
  * it), then hands the results to its applier and goes on claiming and
  * sending while they are applied.
  *
- * The applier is a dynamic background worker that the dispatcher starts
- * (bgw_notify_pid: the dispatcher) with a dynamic shared memory segment of
+ * The applier is a dynamic background worker that the dispatcher starts as
+ * it starts, so that it is ready (configuration loaded, plans prepared)
+ * before the first results of a burst (bgw_notify_pid: the dispatcher), with a dynamic shared memory segment of
  * two shm_mq queues: results go one way, one small acknowledgement per
  * message comes back.  One message is one outbox_apply() call, so one
  * transaction (or, if it fails, one subtransaction per result) exactly as
@@ -21,10 +22,12 @@
  * applier at a time: results that complete meanwhile wait in the
  * dispatcher, serialized, and go as the next message -- the slower the
  * apply, the larger its batches.  Suspects of the quarantine (poison.c)
- * still go alone.  A provider with as many results waiting to be applied
- * (here or at the applier) as its max_inflight claims nothing until some
- * are acknowledged: a slow apply slows the claims instead of piling
- * results up in memory, while the wire keeps its own max_inflight.  Intents of one order
+ * still go alone.  A provider with as many results waiting for the
+ * applier as its max_inflight (not counting the message it is applying)
+ * claims nothing until that message is acknowledged and the next one
+ * goes: the dispatcher sends the next requests while the last results are
+ * written, and a slow apply slows the claims instead of piling results
+ * up in memory, while the wire keeps its own max_inflight.  Intents of one order
  * stay in order: the next intent of an order cannot be claimed until the
  * result of the one before is committed (its outbox row is in flight until
  * then), and the acknowledgement, sent after that commit, is what tells
@@ -529,14 +532,13 @@ applier_drain_here(Binding *bs, int nb)
 }
 
 /*
- * The dispatcher's results rs[0..n), judged: to the applier, or applied
- * here when there is none (shipsync.apply_worker off, no worker slot, or
- * it exited less than APPLIER_RETRY_MS ago).  Their slots are given back
- * by applier_take() once they are applied.  The results are copied: the
- * caller may free them on return.
+ * Have an applier when shipsync.apply_worker says so (and the last one did
+ * not exit less than APPLIER_RETRY_MS ago), none when it says off.  Called
+ * by the dispatcher as it starts, so that the first results of a burst do
+ * not wait for a process to start, and before every hand-over.
  */
 void
-applier_submit(ShipResult *rs, int n, Binding *bs, int nb)
+applier_ensure(void)
 {
 	if (applier_cxt == NULL)
 		applier_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync applier queue",
@@ -549,6 +551,19 @@ applier_submit(ShipResult *rs, int n, Binding *bs, int nb)
 	if (applier_seg == NULL && shipsync_apply_worker &&
 		TimestampDifferenceExceeds(applier_down_at, GetCurrentTimestamp(), APPLIER_RETRY_MS))
 		(void) applier_start();
+}
+
+/*
+ * The dispatcher's results rs[0..n), judged: to the applier, or applied
+ * here when there is none (shipsync.apply_worker off, no worker slot, or
+ * it exited less than APPLIER_RETRY_MS ago).  Their slots are given back
+ * by applier_take() once they are applied.  The results are copied: the
+ * caller may free them on return.
+ */
+void
+applier_submit(ShipResult *rs, int n, Binding *bs, int nb)
+{
+	applier_ensure();
 	if (applier_seg == NULL)
 	{
 		applier_drain_here(bs, nb);
@@ -560,6 +575,21 @@ applier_submit(ShipResult *rs, int n, Binding *bs, int nb)
 	applier_pump();
 	if (applier_seg == NULL)
 		applier_drain_here(bs, nb);
+}
+
+/*
+ * How many of provider_id's results the applier is applying now: those do
+ * not hold its claims back (dispatcher.c), so that the next requests go
+ * out while the last ones are written.
+ */
+int
+applier_applying(int32 provider_id)
+{
+	int			n = 0;
+
+	for (int i = 0; at_applier && i < at_applier->n; i++)
+		n += (at_applier->providers[i] == provider_id);
+	return n;
 }
 
 /*
@@ -787,6 +817,10 @@ shipsync_applier_main(Datum main_arg)
 	out = shm_mq_attach(back, seg, NULL);
 	msg_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync applier message",
 									ALLOCSET_DEFAULT_SIZES);
+
+	/* ready before the first results come: configuration and plans */
+	applier_load_config();
+	outbox_apply_prepare();
 
 	for (;;)
 	{

@@ -209,6 +209,18 @@ prepare_apply_plans(void)
 	}
 }
 
+/*
+ * Prepare the plans of apply_defs ahead of the first results (the applier
+ * as it starts): the first batch of a burst then pays no planning.
+ */
+void
+outbox_apply_prepare(void)
+{
+	shipsync_begin_tx("preparing to apply results", false);
+	prepare_apply_plans();
+	shipsync_end_tx();
+}
+
 /* Run statement s over rows a, checking what it gives */
 static void
 apply_run(ApplyStmt s, ArgArrays *a)

@@ -610,6 +610,16 @@ dispatcher_drain(void)
 }
 
 /*
+ * Provider p's results answered and waiting to be applied, not counting
+ * those the applier is applying now
+ */
+static int
+provider_waiting(Provider *p)
+{
+	return p->unapplied - (p->unapplied > 0 ? applier_applying(p->id) : 0);
+}
+
+/*
  * Claim for provider p if it may have work, has room and tokens: the
  * intents to send (*out), not yet durable (dispatcher_claim_all()).
  */
@@ -633,11 +643,11 @@ dispatcher_claim(Provider *p, TimestampTz now, Claimed **out)
 		return 0;			/* a token fetch will wake us */
 	/*
 	 * At most max_inflight requests on the wire, and as many results
-	 * waiting to be applied: a slow apply slows the claims instead of
+	 * waiting for the applier: a slow apply slows the claims instead of
 	 * piling results up in memory (applier.c).
 	 */
 	room = p->max_inflight - p->inflight;
-	if (room <= 0 || p->unapplied >= p->max_inflight)
+	if (room <= 0 || provider_waiting(p) >= p->max_inflight)
 		return 0;
 	allowed = provider_tokens(p, now);
 	if (allowed <= 0)
@@ -799,7 +809,7 @@ dispatcher_timeout(TimestampTz now)
 				continue;
 		}
 		/* full: a completion wakes us, or the applier's acknowledgement */
-		if (p->inflight >= p->max_inflight || p->unapplied >= p->max_inflight)
+		if (p->inflight >= p->max_inflight || provider_waiting(p) >= p->max_inflight)
 			continue;
 		if (p->rate_per_s > 0 && p->st->tokens < 1 && (p->maybe_work || p->next_due))
 		{
@@ -1074,7 +1084,7 @@ dispatcher_follow_up(Flight *f, TimestampTz now)
 
 /*
  * Results applied (here or by the applier, applier.c): their providers may
- * claim again if they had as many waiting to be applied as max_inflight,
+ * claim again if they had as many waiting for the applier as max_inflight,
  * and those and the providers given new intents (registrations of new
  * waybills) may have work: the next intent of an order may be due.
  */
@@ -1161,7 +1171,6 @@ dispatcher_apply_done(TimestampTz now)
 		}
 	}
 
-	elog(DEBUG2, "pg_shipsync: %d results to apply, %d in flight", ndone, http_inflight(client));
 	applier_submit(rs, ndone, bindings, nbindings);
 	for (int i = 0; i < ndone; i++)
 		MemoryContextDelete(done[i]->cxt);
@@ -1174,26 +1183,36 @@ dispatcher_apply_done(TimestampTz now)
  * the burst left free back to the system, at most once a second.  Each
  * pooled handle holds some 80 kB of buffers, and glibc keeps the peak of a
  * burst (about 20 MB at 256 in flight): reused, not leaked, but it reads
- * as the dispatcher's private memory for good.
+ * as the dispatcher's private memory for good.  Returns the timeout of the
+ * sleep, shortened to come back when a release waits for its second: the
+ * heap is given back within a second of going idle, not at the next wake.
  */
-static void
+static long
 dispatcher_release_heap(long timeout, TimestampTz now)
 {
 	static TimestampTz released_at = 0;
 
-	if (timeout == 0 || http_inflight(client) > 0 ||
-		!TimestampDifferenceExceeds(released_at, now, 1000))
-		return;
+	if (timeout == 0 || http_inflight(client) > 0)
+		return timeout;
+	if (!TimestampDifferenceExceeds(released_at, now, 1000))
+	{
+		long		due = ms_until(TimestampTzPlusMilliseconds(released_at, 1000), now) + 1;
+
+		if (heap_dirty && (timeout < 0 || due < timeout))
+			timeout = due;
+		return timeout;
+	}
 	/* handles pooled by tracking polls or fee pulls count too */
 	if (http_release_idle(client))
 		heap_dirty = true;
 	if (!heap_dirty)
-		return;
+		return timeout;
 #ifdef __GLIBC__
 	(void) malloc_trim(0);
 #endif
 	released_at = now;
 	heap_dirty = false;
+	return timeout;
 }
 
 /*
@@ -1353,6 +1372,7 @@ shipsync_dispatcher_main(Datum main_arg)
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync dispatcher loop",
 									 ALLOCSET_DEFAULT_SIZES);
 	dispatcher_load_config();
+	applier_ensure();
 	last_full_look = GetCurrentTimestamp();
 
 	/*
@@ -1402,7 +1422,7 @@ shipsync_dispatcher_main(Datum main_arg)
 		timeout = Min(Min(dispatcher_timeout(now), poller_timeout(now)),
 					  Min(feepull_timeout(now),
 						  reconcile_timeout(providers, nproviders, now)));
-		dispatcher_release_heap(timeout, now);
+		timeout = dispatcher_release_heap(timeout, now);
 		http_wait(client, timeout, PG_WAIT_EXTENSION);
 
 		/*

@@ -294,10 +294,13 @@ extern const DialectRoutine aftership_dialect;
 
 /* in apply.c */
 extern uint64 outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);
+extern void outbox_apply_prepare(void);
 
 /* in applier.c */
 extern PGDLLEXPORT void shipsync_applier_main(Datum main_arg);
+extern void applier_ensure(void);
 extern void applier_submit(ShipResult *rs, int n, Binding *bs, int nb);
+extern int	applier_applying(int32 provider_id);
 extern int	applier_take(int32 **providers, uint64 *fresh, Binding *bs, int nb);
 extern void applier_wait_gone(void);
 

@@ -11,7 +11,11 @@
 # by more than 5 MB.  The total of its memory contexts is reported beside it
 # (pg_log_backend_memory_contexts), for the diagnosis when it fails.  The
 # same holds for the applier, which applies the dispatcher's results
-# (applier.c): it runs the transaction helpers on every batch too.
+# (applier.c): it runs the transaction helpers on every batch too.  Each
+# reading waits for the dispatcher to give a burst's heap back, which it
+# does within a second of going idle (read sooner, a reading could catch
+# the peak of the last burst); the last check is that second, with the
+# idle check at 60 s.
 use strict;
 use warnings;
 use FindBin;
@@ -97,7 +101,9 @@ sub deliver
 my $pid = dispatcher_pid();
 like($pid, qr/^\d+$/, 'the dispatcher runs');
 
+# the dispatcher gives a burst's heap back within a second of going idle
 ok(deliver(5000), '5,000 orders delivered');
+usleep(1_500_000);
 my $rss1 = rss_anon_kb($pid);
 my $top1 = top_context_bytes($pid);
 my $apid = applier_pid();
@@ -107,6 +113,7 @@ my $atop1 = top_context_bytes($apid);
 
 ok(deliver(15000), '20,000 orders delivered');
 is(dispatcher_pid(), $pid, 'the same dispatcher delivered them all');
+usleep(1_500_000);
 my $rss2 = rss_anon_kb($pid);
 my $top2 = top_context_bytes($pid);
 
@@ -124,6 +131,24 @@ diag("applier RssAnon: $arss1 kB after 5,000 orders, $arss2 kB after 20,000 (+$a
 	  . " memory contexts: $atop1 -> $atop2 bytes");
 cmp_ok($agrew, '<=', 5 * 1024,
 	'the applier\'s private memory grew by at most 5 MB from 5,000 to 20,000 orders');
+
+# Within a second of going idle, whatever the idle check: two bursts a
+# moment apart (the second one's release waits for the second after the
+# first's), then the heap is back where it was.
+sql("ALTER SYSTEM SET shipsync.idle_check_ms = '60s'; SELECT pg_reload_conf()");
+usleep(300_000);
+ok(deliver(250), 'a burst delivered at idle_check_ms 60s');
+ok(deliver(250), 'and another at once');
+my $rss3;
+for (my $i = 0; $i < 40; $i++)
+{
+	$rss3 = rss_anon_kb($pid);
+	last if $rss3 <= $rss2 + 1024;
+	usleep(50_000);
+}
+cmp_ok($rss3, '<=', $rss2 + 1024,
+	"the dispatcher gives the heap back within 2 s of going idle ($rss3 kB)");
+is(dispatcher_pid(), $pid, 'the same dispatcher throughout');
 
 is(sql("SELECT count(*) FROM shipsync.outbox WHERE state <> 'done'"),
 	'0', 'every intent is done');

@@ -573,11 +573,17 @@ dispatcher_send(Provider *p, Claimed *c)
  * once the transaction is listed and before it can be committed), so that
  * no prepared intent is missed and an idle check otherwise costs nothing
  * however large a paused provider's backlog in the inbox.
- * A drain moves at most DRAIN_CHUNK intents, so that completions of
+ * A drain moves at most drain_chunk intents, so that completions of
  * requests in flight are not held up; more left means drain again at
- * once.
+ * once, twice as many, up to DRAIN_MAX.  The first drain of a burst is
+ * small so that its first requests go out at once, and the claims, the
+ * wire and the applier work on them while the rest is moved; the chunks
+ * grow because each drain reads the whole inbox (it has no index), so
+ * that a backlog of a million rows is not read a thousand times.
  */
-#define DRAIN_CHUNK 20000
+#define DRAIN_FIRST 1024
+#define DRAIN_MAX 8192
+static int	drain_chunk = DRAIN_FIRST;
 static bool drain_all = true;
 static bool drain_unpaused = false;
 static bool twophase_watch = true;
@@ -601,9 +607,10 @@ dispatcher_drain(void)
 			return;
 		}
 	}
-	moved = outbox_drain_inbox(DRAIN_CHUNK, ids, drain_all ? -1 : nids);
-	drain_all = drain_all && moved >= DRAIN_CHUNK;
-	drain_unpaused = drain_unpaused && moved >= DRAIN_CHUNK;
+	moved = outbox_drain_inbox(drain_chunk, ids, drain_all ? -1 : nids);
+	drain_all = drain_all && moved >= drain_chunk;
+	drain_unpaused = drain_unpaused && moved >= drain_chunk;
+	drain_chunk = (moved >= drain_chunk) ? Min(drain_chunk * 2, DRAIN_MAX) : DRAIN_FIRST;
 	if (moved > 0)
 		for (int i = 0; i < nproviders; i++)
 			providers[i].maybe_work = true;

@@ -8,7 +8,9 @@
 #     it runs (a background worker must flush them itself);
 #   - an order committed by COMMIT PREPARED (which wakes no one) is still
 #     delivered, by the idle check;
-#   - many intents captured at once are all moved and delivered once.
+#   - many intents captured at once are all moved and delivered once,
+#     in chunks (the first small, so that the first requests go out at
+#     once), an order's update never before its create.
 use strict;
 use warnings;
 use FindBin;
@@ -74,6 +76,35 @@ is($st->{shipments}, 3101, 'burst: the carrier holds one shipment per order');
 is($st->{duplicate_orders}, 0, 'burst: none created twice');
 is($sql->("SELECT count(*) FROM shipsync.outbox WHERE state = 'done' AND op = 'create'"), 3101,
 	'burst: one done create intent per order');
+
+# 4. creates and updates of the same orders in one transaction, more than
+# one drain's worth: each update moves after its create (ids in order across
+# chunks), so it is coalesced into the create or sent after it, never alone
+my $before = sim_get($sim, '/_sim/stats');
+$sql->(q{BEGIN;
+	INSERT INTO crm.orders (customer) SELECT '周' || g FROM generate_series(1, 3000) g;
+	UPDATE crm.orders SET address = 'Room ' || id WHERE customer LIKE '周%' AND id % 2 = 0;
+	COMMIT;});
+ok( wait_until(
+		$node,
+		"SELECT NOT EXISTS (SELECT 1 FROM shipsync.outbox WHERE state IN ('pending', 'retrying', 'in_flight'))"
+		  . " AND NOT EXISTS (SELECT 1 FROM shipsync.inbox)", 60),
+	'creates and updates: all delivered');
+$st = sim_get($sim, '/_sim/stats');
+is($st->{shipments} - $before->{shipments}, 3000, 'creates and updates: 3,000 shipments');
+is($st->{duplicate_orders}, 0, 'creates and updates: none created twice');
+is( $sql->(q{SELECT count(*) FROM shipsync.outbox o JOIN crm.orders c ON o.order_key = c.id::text
+		WHERE c.customer LIKE '周%' AND o.op = 'update'
+		AND NOT (o.state = 'coalesced' OR (o.state = 'done' AND o.error_class IS NULL))}),
+	'0', 'creates and updates: each update coalesced into its create or sent');
+is( $st->{updates} - $before->{updates} + $sql->(q{SELECT count(*) FROM shipsync.outbox o
+		JOIN crm.orders c ON o.order_key = c.id::text
+		WHERE c.customer LIKE '周%' AND o.op = 'update' AND o.state = 'coalesced'}),
+	1500, 'creates and updates: the carrier saw each update, or its create carried it');
+is( $sql->(q{SELECT count(*) FROM shipsync.outbox u JOIN shipsync.outbox c
+		ON c.order_key = u.order_key AND c.op = 'create'
+		WHERE u.op = 'update' AND u.state = 'done' AND u.updated_at < c.done_at}),
+	'0', 'creates and updates: no update was done before its create');
 
 $node->stop;
 stop_sim($sim);

@@ -581,7 +581,7 @@ dispatcher_send(Provider *p, Claimed *c)
  * grow because each drain reads the whole inbox (it has no index), so
  * that a backlog of a million rows is not read a thousand times.
  */
-#define DRAIN_FIRST 1024
+#define DRAIN_FIRST 256			/* a claim's worth, at the default batch_size */
 #define DRAIN_MAX 8192
 static int	drain_chunk = DRAIN_FIRST;
 static bool drain_all = true;

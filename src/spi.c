@@ -100,12 +100,15 @@ static SpiRelSize *spi_size_entry(Oid relid, BlockNumber blocks);
 /*
  * A saved SPI plan of sql; the relations it reads are noted for
  * shipsync_replan_grown().  The caller is inside an SPI connection; ERROR
- * on failure.
+ * on failure.  With generic, always its generic plan: for a statement whose
+ * custom plan costs more to make than the statement to run (a dozen joined
+ * CTEs over a batch of one).
  */
 SPIPlanPtr
-shipsync_prepare_saved(const char *sql, int nargs, const Oid *argtypes)
+shipsync_prepare_saved_opt(const char *sql, int nargs, const Oid *argtypes, bool generic)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, (Oid *) argtypes);
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, (Oid *) argtypes,
+										  generic ? CURSOR_OPT_GENERIC_PLAN : 0);
 	ListCell   *ls;
 
 	if (plan == NULL)
@@ -123,6 +126,12 @@ shipsync_prepare_saved(const char *sql, int nargs, const Oid *argtypes)
 			(void) spi_size_entry(lfirst_oid(lr), InvalidBlockNumber);
 	}
 	return plan;
+}
+
+SPIPlanPtr
+shipsync_prepare_saved(const char *sql, int nargs, const Oid *argtypes)
+{
+	return shipsync_prepare_saved_opt(sql, nargs, argtypes, false);
 }
 
 /* The size entry of relid, made with planned_blocks = blocks if new */

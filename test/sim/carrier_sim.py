@@ -58,7 +58,7 @@ FAULT_TYPES = ("status", "slow", "reset_before", "reset_after",
                "forget",      # a create is answered 201, then forgotten
                "duplicate")   # a create records a second shipment too
 # What a hostile answer puts into one field of a good answer.
-HOSTILE_KINDS = ("long", "nul", "bad_utf8", "huge_number", "text")
+HOSTILE_KINDS = ("long", "nul", "bad_utf8", "huge_number", "text", "json")
 # Fields every rule may carry, and the extra fields of each fault type.
 COMMON_RULE_FIELDS = {"fault", "name", "rate", "first_attempts",
                       "match_order_ref", "path", "method", "count"}
@@ -202,6 +202,11 @@ class FaultRule:
                 raise ConfigError("%s: 'bytes' must be an integer in 1..64 MiB" % where)
             if not isinstance(self.text, str):
                 raise ConfigError("%s: 'text' must be a string" % where)
+            if self.kind == "json":
+                try:
+                    json.loads(self.text)
+                except ValueError:
+                    raise ConfigError("%s: 'text' must be JSON for kind json" % where)
 
         self.fired = 0   # how many times the rule fired; guarded by the state lock
 
@@ -834,7 +839,8 @@ def hostile_body(body, rule):
     send it: `long` (a string of rule.bytes bytes), `nul` (a NUL inside,
     written \\u0000), `bad_utf8` (bytes that are not UTF-8), `huge_number`
     (1e99999: valid JSON, out of any numeric's range; for field "fees", an
-    amount of "1e99999"), or `text` (rule.text as it is)."""
+    amount of "1e99999"), `text` (rule.text as it is), or `json` (the
+    JSON value rule.text holds, e.g. a fee list of another shape)."""
     obj = parse_json(body)
     if not isinstance(obj, dict):
         return body
@@ -846,6 +852,8 @@ def hostile_body(body, rule):
         obj[rule.field] = "SF1234\x005678"
     elif rule.kind == "text":
         obj[rule.field] = rule.text
+    elif rule.kind == "json":
+        obj[rule.field] = json.loads(rule.text)
     elif rule.kind == "bad_utf8":
         obj[rule.field] = marker
         raw = b"SF\xff\xfe\xc3(1234"

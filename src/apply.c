@@ -262,43 +262,62 @@ typedef struct ApplyBatch
 	ArgArrays  *tickets;
 } ApplyBatch;
 
-/* Save the plans of apply_defs, once per process */
-static void
-prepare_apply_plans(void)
+/*
+ * The saved plan of statement s, made at its first use in the process.
+ * Each on its own: one that cannot be prepared for a while (a function
+ * missing) fails only the applies that run it, and is tried again at the
+ * next; the last resort of an apply (the outbox state, the log row and the
+ * ticket) needs none of the others.
+ */
+static SPIPlanPtr
+apply_plan(ApplyStmt s)
 {
-	if (apply_plans[APPLY_NSTMTS - 1])
-		return;
-	for (int s = 0; s < APPLY_NSTMTS; s++)
+	if (apply_plans[s] == NULL)
 	{
 		Oid			types[APPLY_MAX_ARGS];
 
-		/* made in order: after an error, those before it are kept */
-		if (apply_plans[s])
-			continue;
 		for (int c = 0; c < apply_defs[s].nargs; c++)
 			types[c] = get_array_type(apply_defs[s].types[c]);
 		apply_plans[s] = shipsync_prepare_saved_opt(apply_defs[s].sql, apply_defs[s].nargs, types,
 													apply_defs[s].generic);
 	}
+	return apply_plans[s];
 }
 
 /*
  * Prepare the plans of apply_defs ahead of the first results (the applier
- * as it starts): the first batch of a burst then pays no planning.
+ * as it starts): the first batch of a burst then pays no planning.  One
+ * that cannot be prepared now is left to its first use, and said in the
+ * log.
  */
 void
 outbox_apply_prepare(void)
 {
-	shipsync_begin_tx("preparing to apply results", false);
-	prepare_apply_plans();
-	shipsync_end_tx();
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		shipsync_begin_tx("preparing to apply results", false);
+		for (int s = 0; s < APPLY_NSTMTS; s++)
+			(void) apply_plan(s);
+		shipsync_end_tx();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		EmitErrorReport();
+		FlushErrorState();
+		shipsync_abort_tx();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
 }
 
 /* Run statement s over rows a, checking what it gives */
 static void
 apply_run(ApplyStmt s, ArgArrays *a)
 {
-	int			rc = args_execute(apply_plans[s], a, false);
+	int			rc = args_execute(apply_plan(s), a, false);
 
 	if (rc != apply_defs[s].ok)
 		elog(ERROR, "%s failed: %s", apply_defs[s].what, SPI_result_code_string(rc));
@@ -547,7 +566,6 @@ apply_range(ShipResult *rs, int from, int to, Binding *bs, int nb)
 {
 	ApplyBatch	b;
 
-	prepare_apply_plans();
 	for (int s = 0; s < APPLY_NSTMTS; s++)
 		b.rows[s] = args_create(apply_defs[s].nargs, apply_defs[s].types, to - from);
 	b.tickets = outbox_tickets_create(to - from);

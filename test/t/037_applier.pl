@@ -10,7 +10,10 @@
 #      flight, and the order is sent once and written back;
 #   5. while it applies, the dispatcher goes on sending: up to
 #      max_inflight results wait for it, no more;
-#   6. no worker slot for it: the dispatcher applies results itself, and
+#   6. a statement of the apply that cannot be prepared for a while (a
+#      function renamed): the orders of that while end dead, and once it
+#      can, the next ones are applied;
+#   7. no worker slot for it: the dispatcher applies results itself, and
 #      says so.
 # (The applier killed while it applies, twice: 021_hostile.pl, poison.)
 use strict;
@@ -191,7 +194,30 @@ is(pid_of('dispatcher'), $dispatcher, 'the same dispatcher throughout');
 }
 
 ###########################################################################
-# 6. No worker slot for an applier (three: the logical replication
+# 6. A statement of the apply that cannot be prepared for a while: in new
+# processes, so that the applier's warm-up and then the dispatcher's first
+# apply fail to prepare it, with the statements before it prepared
+###########################################################################
+{
+	sql("ALTER FUNCTION shipsync._lock_fees(integer[], text[], boolean) RENAME TO _lock_fees_away");
+	sql("SELECT pg_terminate_backend($dispatcher)");
+	ok( wait_until($node,
+			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+			  . " AND pid <> $dispatcher"),
+		'a new dispatcher');
+	$dispatcher = pid_of('dispatcher');
+	sql("INSERT INTO crm.orders (customer) VALUES ('Unprepared')");
+	ok( wait_until($node,
+			"SELECT o.state = 'dead' FROM shipsync.outbox o JOIN crm.orders c ON o.order_key = c.id::text"
+			  . " WHERE c.customer = 'Unprepared'"),
+		'an order whose apply cannot be prepared ends dead');
+	sql("ALTER FUNCTION shipsync._lock_fees_away(integer[], text[], boolean) RENAME TO _lock_fees");
+	ok(deliver(20, 'Prepared'), 'once it can be, the next orders are applied');
+	is(pid_of('dispatcher'), $dispatcher, 'by the same dispatcher');
+}
+
+###########################################################################
+# 7. No worker slot for an applier (three: the logical replication
 # launcher, ours, and the dispatcher)
 ###########################################################################
 $node->append_conf('postgresql.conf', "max_worker_processes = 3\n");

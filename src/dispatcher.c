@@ -592,6 +592,7 @@ static void
 dispatcher_drain(void)
 {
 	uint64		moved;
+	bool		full;
 	int32	   *ids = NULL;
 	int			nids = 0;
 
@@ -608,9 +609,10 @@ dispatcher_drain(void)
 		}
 	}
 	moved = outbox_drain_inbox(drain_chunk, ids, drain_all ? -1 : nids);
-	drain_all = drain_all && moved >= drain_chunk;
-	drain_unpaused = drain_unpaused && moved >= drain_chunk;
-	drain_chunk = (moved >= drain_chunk) ? Min(drain_chunk * 2, DRAIN_MAX) : DRAIN_FIRST;
+	full = moved >= (uint64) drain_chunk;
+	drain_all = drain_all && full;
+	drain_unpaused = drain_unpaused && full;
+	drain_chunk = full ? Min(drain_chunk * 2, DRAIN_MAX) : DRAIN_FIRST;
 	if (moved > 0)
 		for (int i = 0; i < nproviders; i++)
 			providers[i].maybe_work = true;

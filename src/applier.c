@@ -13,10 +13,10 @@
  * sending while they are applied.
  *
  * The applier is a dynamic background worker that the dispatcher starts as
- * it starts, so that it is ready (configuration loaded, plans prepared)
- * before the first results of a burst (bgw_notify_pid: the dispatcher), with a dynamic shared memory segment of
- * two shm_mq queues: results go one way, one small acknowledgement per
- * message comes back.  One message is one outbox_apply() call, so one
+ * it starts (bgw_notify_pid: the dispatcher), so that it is ready
+ * (configuration loaded, plans prepared) before the first results of a
+ * burst.  It gets a dynamic shared memory segment of two shm_mq queues:
+ * results go one way, one small acknowledgement per message comes back.  One message is one outbox_apply() call, so one
  * transaction (or, if it fails, one subtransaction per result) exactly as
  * when the dispatcher applied them itself.  At most one message is at the
  * applier at a time: results that complete meanwhile wait in the

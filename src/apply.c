@@ -83,6 +83,17 @@ typedef struct ApplyPlanDef
  * _quote_totals() for the whole batch, joined by position in the arrays
  * (a per-row function call was set up anew for every answer).
  */
+/*
+ * The columns of a shipment created (APPLY_CREATE) and of one updated
+ * (APPLY_UPDATE): the statements after each share its rows.
+ */
+#define CREATE_ROW_TYPES \
+	{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, \
+	TEXTOID, TEXTOID, TEXTOID, INT8OID}
+#define UPDATE_ROW_TYPES \
+	{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, \
+	TEXTOID, INT8OID}
+
 static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 	[APPLY_OUTBOX] = {
 		"UPDATE shipsync.outbox o SET state = u.state,"
@@ -126,16 +137,14 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		" content_digest = EXCLUDED.content_digest, updated_at = pg_catalog.now()"
 		" RETURNING binding_id, order_key, provider_shipment_id, tracking_number, status,"
 		" label_url, fee_total", 12,
-		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-		TEXTOID, TEXTOID, TEXTOID, INT8OID},
+		CREATE_ROW_TYPES,
 		SPI_OK_INSERT_RETURNING, "recording shipments"
 	},
 	[APPLY_QUOTE_LOCKS] = {
 		"SELECT shipsync._lock_fees(pg_catalog.array_agg(u.pid), pg_catalog.array_agg(u.tn), false)"
 		" FROM unnest($3, $5, $9) AS u(pid, tn, fees)"
 		" WHERE u.tn IS NOT NULL AND u.fees IS NOT NULL HAVING pg_catalog.count(*) > 0", 12,
-		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-		TEXTOID, TEXTOID, TEXTOID, INT8OID},
+		CREATE_ROW_TYPES,
 		SPI_OK_SELECT, "taking the fee locks"
 	},
 	[APPLY_FIRST_QUOTES] = {
@@ -192,15 +201,13 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		"   FROM l JOIN ok USING (o) GROUP BY l.o, l.bid, l.k, l.pid"
 		"   RETURNING 1)"
 		" SELECT ok.o FROM ok", 12,
-		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-		TEXTOID, TEXTOID, TEXTOID, INT8OID},
+		CREATE_ROW_TYPES,
 		SPI_OK_SELECT, "recording first quotes", true
 	},
 	[APPLY_QUOTES] = {
 		"SELECT kind, n, binding_id, order_key, fee_total"
 		" FROM shipsync._record_quotes($1, $2, $3, $5, $9)", 12,
-		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-		TEXTOID, TEXTOID, TEXTOID, INT8OID},
+		CREATE_ROW_TYPES,
 		SPI_OK_SELECT, "recording quoted fees"
 	},
 	[APPLY_UPDATE] = {
@@ -218,15 +225,13 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		" WHERE s.binding_id = u.bid AND s.order_key = u.k AND s.provider_id = u.pid"
 		" RETURNING s.binding_id, s.order_key, s.provider_shipment_id, s.tracking_number,"
 		" s.status, s.label_url, s.fee_total", 10,
-		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-		TEXTOID, INT8OID},
+		UPDATE_ROW_TYPES,
 		SPI_OK_UPDATE_RETURNING, "updating shipments"
 	},
 	[APPLY_REQUOTES] = {
 		"SELECT kind, n, binding_id, order_key, fee_total"
 		" FROM shipsync._record_quotes($1, $2, $3, $4, $8)", 10,
-		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-		TEXTOID, INT8OID},
+		UPDATE_ROW_TYPES,
 		SPI_OK_SELECT, "recording quoted fees"
 	},
 	[APPLY_REGISTERED] = {

@@ -1180,6 +1180,7 @@ dispatcher_apply_done(TimestampTz now)
 		}
 	}
 
+	elog(DEBUG2, "pg_shipsync: %d results to apply, %d in flight", ndone, http_inflight(client));
 	applier_submit(rs, ndone, bindings, nbindings);
 	for (int i = 0; i < ndone; i++)
 		MemoryContextDelete(done[i]->cxt);

@@ -88,6 +88,8 @@ shipsync.databases = 'postgres, fresh'
 # (the 0.1 library does not know the parameter: a warning at its start)
 shipsync.allowed_hosts = '127.0.0.1'
 max_worker_processes = 16
+# no daily reconciliation in the middle of the test (ShipsyncTest.pm)
+shipsync.reconcile_at = ''
 });
 $node->start;
 

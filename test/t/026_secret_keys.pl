@@ -42,6 +42,8 @@ shipsync.databases = 'postgres'
 # unless shipsync.allowed_hosts allows it
 shipsync.allowed_hosts = '127.0.0.1'
 max_worker_processes = 16
+# no daily reconciliation in the middle of the test (ShipsyncTest.pm)
+shipsync.reconcile_at = ''
 });
 
 # 1. refused key files: the server does not start, and the log says why

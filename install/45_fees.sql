@@ -438,11 +438,12 @@ CREATE TRIGGER queue_fee_pull AFTER INSERT ON @extschema@.tracking_event
 CREATE FUNCTION @extschema@._fee_currency(options jsonb, dialect text)
 RETURNS text
 LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT coalesce(options->>'currency',
-		CASE dialect WHEN 'sf_express' THEN 'CNY' WHEN 'easypost' THEN 'USD' END)
-$$;
+-- A body in standard SQL, bound when created: it needs no pinned
+-- search_path, and without one (a SET clause) the planner inlines it into
+-- the calling statement instead of calling it, with a configuration change
+-- and a plan of its body, for every row (the apply calls it per batch).
+RETURN coalesce(options OPERATOR(pg_catalog.->>) 'currency',
+	CASE dialect WHEN 'sf_express' THEN 'CNY' WHEN 'easypost' THEN 'USD' END);
 
 /*
  * The locks of a transaction that writes the fee lines of these tracking

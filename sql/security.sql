@@ -21,7 +21,8 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 CREATE VIEW pg_temp.ext_functions AS
-SELECT p.oid, p.oid::regprocedure AS fn, p.prosecdef, p.proconfig, p.prolang, p.prorettype
+SELECT p.oid, p.oid::regprocedure AS fn, p.prosecdef, p.proconfig, p.prolang, p.prorettype,
+	p.prosqlbody IS NOT NULL AS standard_body
 FROM pg_proc p
 JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
 	AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
@@ -39,11 +40,16 @@ ORDER BY fn::text;
 -- (not vacuous: the definer functions there are)
 SELECT count(*) >= 10 AS several_definers FROM pg_temp.ext_functions WHERE prosecdef;
 
--- and so does every function in SQL or PL/pgSQL, definer or not
+-- and so does every function in SQL or PL/pgSQL, definer or not, but those
+-- whose body is in standard SQL: that is parsed and bound when the function
+-- is created, so no search_path of the caller's changes what it calls
 SELECT fn AS unpinned FROM pg_temp.ext_functions
 WHERE NOT coalesce(proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false)
   AND prolang IN (SELECT oid FROM pg_language WHERE lanname IN ('sql', 'plpgsql'))
+  AND NOT standard_body
 ORDER BY fn::text;
+-- those are internal, and not definers
+SELECT fn AS standard_body, prosecdef FROM pg_temp.ext_functions WHERE standard_body ORDER BY fn::text;
 
 -- nothing but _wake() is executable by PUBLIC, and no trigger function by
 -- anyone: attach() creates the triggers as the extension's owner

@@ -27,7 +27,9 @@
 #include "postgres.h"
 
 #include <ctype.h>
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -211,12 +213,47 @@ shipsync_wake_dispatcher(Oid dbid, uint64 providers, bool config_changed)
  * one that counts, so both are set.  Lowering either needs a privilege the
  * server does not have: it takes effect at the dispatcher's next start.
  */
+/*
+ * Set this process's session group's nice value, if the kernel groups
+ * sessions.  From an unprivileged process the kernel takes one such change
+ * per 100 ms on the whole machine, and refuses the others with EAGAIN: a
+ * dispatcher and its applier reload at the same moment, so the second of
+ * them waits its turn and tries again.
+ */
+static void
+set_group_nice(int want)
+{
+	char		buf[16];
+	int			len = snprintf(buf, sizeof(buf), "%d", want);
+	int			err = 0;
+
+	for (int attempt = 0; attempt < 10; attempt++)
+	{
+		int			fd = open("/proc/self/autogroup", O_WRONLY);
+		bool		done;
+
+		if (fd < 0)
+			return;				/* no autogroup */
+		done = write(fd, buf, len) == len;
+		err = errno;
+		close(fd);
+		if (done)
+			return;
+		if (err != EAGAIN)
+			break;
+		pg_usleep(110 * 1000L);
+	}
+	errno = err;
+	ereport(LOG,
+			(errmsg("pg_shipsync: could not set the nice value of this process's session group to %d", want),
+			 errdetail("Writing /proc/self/autogroup: %m. The process's own nice value is set.")));
+}
+
 void
 shipsync_set_nice(void)
 {
 	static int	applied = INT_MIN;
 	int			want = shipsync_dispatcher_nice;
-	FILE	   *f;
 
 	if (applied == INT_MIN)
 		applied = getpriority(PRIO_PROCESS, 0); /* the postmaster's */
@@ -231,13 +268,7 @@ shipsync_set_nice(void)
 		applied = want;			/* said once */
 		return;
 	}
-	f = fopen("/proc/self/autogroup", "w");
-	if (f != NULL)
-	{
-		/* absent without autogroup; a refusal leaves the process's value */
-		(void) fprintf(f, "%d", want);
-		(void) fclose(f);
-	}
+	set_group_nice(want);
 	applied = want;
 }
 

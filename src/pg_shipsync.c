@@ -245,7 +245,8 @@ set_group_nice(int want)
 	}
 	errno = err;
 	ereport(LOG,
-			(errmsg("pg_shipsync: could not set the nice value of this process's session group to %d", want),
+			(errcode_for_file_access(),
+			 errmsg("pg_shipsync: could not set the nice value of this process's session group to %d", want),
 			 errdetail("Writing /proc/self/autogroup: %m. The process's own nice value is set.")));
 }
 

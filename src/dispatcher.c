@@ -20,10 +20,13 @@
  *
  * OAuth2 (auth type oauth2): the provider's token is fetched by this
  * process from its token URL on the same multi handle, one fetch at a time,
- * and shared by every request of the provider; it is fetched again shortly
- * before it expires (the last tenth of its life, at most a minute), and
- * once when a request is refused with 401.  A 401 with a token that itself
- * replaced a refused one is an auth failure: dead, with a ticket.  No token
+ * and shared by every request of the provider.  Its life is counted from
+ * when it was asked for; it is fetched again from the last fifth of that
+ * (at most two minutes before its end) and no longer sent in the last tenth
+ * (at most 30 s).  A request refused with 401 stops the token: it is sent no
+ * more, and one new token is fetched (or the refresh in flight brings it).
+ * A 401 with a token asked for after such a refusal is an auth failure:
+ * dead, with a ticket.  No token
  * means no claim: intents wait, the fetch is retried with backoff (the
  * backoff outlives reloads of the configuration).  A token is fetched only
  * for a provider that is not paused and is attached to a table, or still
@@ -313,6 +316,7 @@ dispatcher_load_config(void)
 			ps[i].inflight = old->inflight;
 			ps[i].unapplied = old->unapplied;
 			ps[i].oauth_refreshing = old->oauth_refreshing;
+			ps[i].oauth_asked_at = old->oauth_asked_at;
 
 			/*
 			 * The token, and the backoff of failed fetches, while the
@@ -327,12 +331,13 @@ dispatcher_load_config(void)
 				same_text(ps[i].oauth_token_url, old->oauth_token_url))
 			{
 				ps[i].oauth_token = old->oauth_token;
-				ps[i].oauth_expires_at = old->oauth_expires_at;
+				ps[i].oauth_send_until = old->oauth_send_until;
 				ps[i].oauth_refresh_at = old->oauth_refresh_at;
 				ps[i].oauth_retry_at = old->oauth_retry_at;
 				ps[i].oauth_generation = old->oauth_generation;
 				ps[i].oauth_failures = old->oauth_failures;
 				ps[i].oauth_refused = old->oauth_refused;
+				ps[i].oauth_refused_at = old->oauth_refused_at;
 				ps[i].oauth_after_401 = old->oauth_after_401;
 				ps[i].oauth_forbidden = old->oauth_forbidden;
 				old->oauth_token = NULL;
@@ -434,6 +439,7 @@ oauth_fetch(Provider *p)
 	f->xfer.headers = h;
 	f->xfer.owner = f;
 	p->oauth_refreshing = true;
+	p->oauth_asked_at = GetCurrentTimestamp();
 	http_submit(client, &f->xfer);
 	MemoryContextSwitchTo(old);
 }
@@ -492,13 +498,28 @@ oauth_done(Flight *f, TimestampTz now)
 		pfree(p->oauth_token);
 	p->oauth_token = MemoryContextStrdup(TopMemoryContext, token);
 	free(token);
-	p->oauth_expires_at = TimestampTzPlusMilliseconds(now, expires_in * 1000);
-	p->oauth_refresh_at = TimestampTzPlusMilliseconds(now, expires_in * 1000 -
-													  Min(60000, expires_in * 100));
+
+	/*
+	 * The token endpoint counts expires_in from its answer, which reaches us
+	 * later: count it from when we asked.  The token is refreshed from the
+	 * last fifth of its life (at most two minutes before its end) and is no
+	 * longer sent in the last tenth (at most 30 s), so that a request sent
+	 * with it still reaches the carrier while it is valid there.
+	 */
+	p->oauth_send_until = TimestampTzPlusMilliseconds(p->oauth_asked_at, expires_in * 1000 -
+													  Min(30000, expires_in * 100));
+	p->oauth_refresh_at = TimestampTzPlusMilliseconds(p->oauth_asked_at, expires_in * 1000 -
+													  Min(120000, expires_in * 200));
 	p->oauth_generation++;
 	p->oauth_failures = 0;
 	p->oauth_retry_at = 0;
-	p->oauth_after_401 = p->oauth_refused;
+
+	/*
+	 * A token asked for after a refusal proves the credentials; one asked
+	 * for before it (a refresh meeting a revocation) may predate the
+	 * revocation, and a 401 on it earns one more fetch.
+	 */
+	p->oauth_after_401 = p->oauth_refused && p->oauth_asked_at >= p->oauth_refused_at;
 	p->oauth_refused = false;
 	elog(DEBUG1, "pg_shipsync: provider \"%s\" has a new OAuth2 token for %ld s", p->name, expires_in);
 }
@@ -510,7 +531,7 @@ oauth_done(Flight *f, TimestampTz now)
 static bool
 oauth_ready(Provider *p, TimestampTz now)
 {
-	bool		valid = p->oauth_token != NULL && !p->oauth_refused && now < p->oauth_expires_at;
+	bool		valid = p->oauth_token != NULL && !p->oauth_refused && now < p->oauth_send_until;
 
 	if (p->oauth_forbidden)
 		return true;			/* sent to fail: dispatcher_send() */
@@ -793,7 +814,7 @@ dispatcher_timeout(TimestampTz now)
 		if (p->paused || p->secret_error)
 			continue;
 		if (p->oauth_client_id && !p->oauth_forbidden &&
-			!(p->oauth_token && !p->oauth_refused && now < p->oauth_expires_at))
+			!(p->oauth_token && !p->oauth_refused && now < p->oauth_send_until))
 		{
 			/* no token: the fetch in flight wakes us, or its retry is due */
 			if (!p->in_use)

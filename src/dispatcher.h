@@ -80,13 +80,15 @@ typedef struct Provider
 
 	/* OAuth2: one token shared by every request, carried over reloads */
 	char	   *oauth_token;	/* in TopMemoryContext, or NULL */
-	TimestampTz oauth_expires_at;
-	TimestampTz oauth_refresh_at;	/* refresh from then on, before expiry */
+	TimestampTz oauth_send_until;	/* sent until then, some time before its end */
+	TimestampTz oauth_refresh_at;	/* refresh from then on, before that */
+	TimestampTz oauth_asked_at; /* when the fetch in flight was sent */
 	TimestampTz oauth_retry_at; /* after a failed fetch */
 	uint32		oauth_generation;	/* bumped by every new token */
 	int			oauth_failures;
 	bool		oauth_refreshing;	/* a fetch is in flight: one at a time */
 	bool		oauth_refused;	/* the token was refused (401): fetch anew */
+	TimestampTz oauth_refused_at;	/* when it was */
 	bool		oauth_after_401;	/* this token replaced a refused one */
 	char	   *oauth_forbidden;	/* token URL refused by shipsync.allowed_hosts:
 									 * why, in TopMemoryContext, until a reload */

@@ -121,9 +121,10 @@ generic_oauth_401(const DialectAnswer *a, Provider *p, ShipResult *r, ShipVerdic
 	HttpTransfer *t = a->t;
 
 	/*
-	 * The token was refused.  If it is still the current one, fetch another
-	 * once; the intent goes again with it.  If the current token itself
-	 * replaced a refused one, the credentials are wrong: stop.
+	 * The token was refused.  If it is still the current one, it is sent no
+	 * more: another is fetched once, or the fetch in flight brings it, and
+	 * the intent goes again with that.  If the current token itself replaced
+	 * a refused one, the credentials are wrong: stop.
 	 */
 	bool		current = a->oauth_current;
 
@@ -138,9 +139,10 @@ generic_oauth_401(const DialectAnswer *a, Provider *p, ShipResult *r, ShipVerdic
 							dialect_excerpt(t->response.data, t->response.len));
 		return false;
 	}
-	if (current && !p->oauth_refreshing)
+	if (current && !p->oauth_refused)
 	{
 		p->oauth_refused = true;
+		p->oauth_refused_at = a->now;
 		p->maybe_work = true;
 	}
 	v->outcome = SHIP_RETRY;

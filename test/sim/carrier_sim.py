@@ -764,42 +764,51 @@ class OAuthState:
         self.delay_s = delay_ms / 1000.0
         self.tokens = {}            # token -> expiry (monotonic)
         self.reject_all = False
+        self.revoke_at_fetch = False
         self.in_progress = 0
         self.stats = {"token_requests": 0, "tokens_issued": 0, "bad_client": 0,
                       "rejected_401": 0, "expired_used": 0, "max_concurrent_fetches": 0}
 
     def issue(self, authorization, body):
         """Answer a token request: (status, body bytes)."""
-        import base64
         with self.lock:
             self.stats["token_requests"] += 1
             self.in_progress += 1
             self.stats["max_concurrent_fetches"] = max(self.stats["max_concurrent_fetches"],
                                                        self.in_progress)
         try:
+            answer = self._answer(authorization, body)
+            # the token's life starts here; its answer reaches the client later
             if self.delay_s:
                 time.sleep(self.delay_s)
-            form = parse_qs(body.decode("utf-8", "replace"))
-            try:
-                scheme, _, cred = authorization.partition(" ")
-                user, _, password = base64.b64decode(cred).decode("utf-8").partition(":")
-            except (ValueError, UnicodeDecodeError):
-                scheme, user, password = "", "", ""
-            with self.lock:
-                if scheme.lower() != "basic" or unquote(user.replace("+", " ")) != self.client_id \
-                        or unquote(password.replace("+", " ")) != self.secret:
-                    self.stats["bad_client"] += 1
-                    return 401, dumps({"error": "invalid_client"})
-                if form.get("grant_type") != ["client_credentials"]:
-                    return 400, dumps({"error": "unsupported_grant_type"})
-                token = "tok_%d_%08x" % (self.stats["tokens_issued"] + 1, random.getrandbits(32))
-                self.tokens[token] = time.monotonic() + self.ttl
-                self.stats["tokens_issued"] += 1
-                return 200, dumps({"access_token": token, "token_type": "Bearer",
-                                   "expires_in": self.ttl})
+            return answer
         finally:
             with self.lock:
                 self.in_progress -= 1
+
+    def _answer(self, authorization, body):
+        import base64
+        form = parse_qs(body.decode("utf-8", "replace"))
+        try:
+            scheme, _, cred = authorization.partition(" ")
+            user, _, password = base64.b64decode(cred).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            scheme, user, password = "", "", ""
+        with self.lock:
+            if scheme.lower() != "basic" or unquote(user.replace("+", " ")) != self.client_id \
+                    or unquote(password.replace("+", " ")) != self.secret:
+                self.stats["bad_client"] += 1
+                return 401, dumps({"error": "invalid_client"})
+            if form.get("grant_type") != ["client_credentials"]:
+                return 400, dumps({"error": "unsupported_grant_type"})
+            if self.revoke_at_fetch:
+                self.tokens.clear()
+                self.revoke_at_fetch = False
+            token = "tok_%d_%08x" % (self.stats["tokens_issued"] + 1, random.getrandbits(32))
+            self.tokens[token] = time.monotonic() + self.ttl
+            self.stats["tokens_issued"] += 1
+            return 200, dumps({"access_token": token, "token_type": "Bearer",
+                               "expires_in": self.ttl})
 
     def valid(self, authorization):
         with self.lock:
@@ -821,8 +830,14 @@ class OAuthState:
             with self.lock:
                 handler._send(200, dumps(dict(self.stats)))
         elif path == "/_sim/oauth/revoke" and handler.command == "POST":
+            # {"at_next_fetch": true}: revoked when the next token is asked
+            # for, so that the revocation meets a refresh in flight
+            config = parse_json(body)
             with self.lock:
-                self.tokens.clear()
+                if isinstance(config, dict) and config.get("at_next_fetch"):
+                    self.revoke_at_fetch = True
+                else:
+                    self.tokens.clear()
             handler._send(200, dumps({"ok": True}))
         elif path == "/_sim/oauth/reject" and handler.command == "POST":
             config = parse_json(body)
@@ -1402,7 +1417,7 @@ def main(argv=None):
     parser.add_argument("--oauth2", metavar="CLIENT_ID:SECRET[:TTL]",
                         help="serve POST /oauth/token and require its bearer tokens")
     parser.add_argument("--oauth2-delay-ms", type=float, default=0,
-                        help="delay of every token answer")
+                        help="delay of every token answer; the token's life starts before it")
     parser.add_argument("--easypost", metavar="KEY", help="EasyPost API key for /v2/trackers")
     parser.add_argument("--aftership", metavar="KEY", help="AfterShip key for /trackings")
     parser.add_argument("--kuaidi100-key", metavar="KEY", help="Kuaidi100 key for /poll")

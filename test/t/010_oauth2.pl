@@ -1,7 +1,7 @@
 # OAuth2 client credentials for the generic dialect, end to end.
 #
 # The simulator runs an OAuth2 token endpoint (--oauth2 ID:SECRET:TTL) whose
-# tokens live 4 s, answers each token request after 300 ms, and refuses
+# tokens live 4 s, makes each token at once and answers 300 ms later, and refuses
 # carrier requests without a valid token.  Proves:
 #   1. one token is fetched and shared by every request of the provider;
 #   2. it is refreshed before it expires: no request carries an expired one;
@@ -9,7 +9,12 @@
 #      time, and every order is delivered;
 #   4. a carrier that refuses even the fresh token: dead with an auth ticket
 #      after one refresh, no storm;
-#   5. wrong client credentials: no token, nothing sent, intents wait.
+#   5. wrong client credentials: no token, nothing sent, intents wait;
+#   6. the token's life is counted from when it was asked for, not from its
+#      answer, and it is not sent near its end: a trickle across the ends of
+#      tokens' lives never carries one the carrier has ended;
+#   7. a token revoked while its refresh is in flight is not sent again:
+#      its intents wait for the new one.
 use strict;
 use warnings;
 use FindBin;
@@ -53,8 +58,9 @@ is($st->{tokens_issued}, 1, 'one token fetched, shared by every request');
 is($st->{max_concurrent_fetches}, 1, 'one fetch at a time');
 is($st->{rejected_401}, 0, 'no request went without a valid token');
 
-# 2. refreshed before expiry (4 s tokens: refreshed from 3.6 s on)
-sleep(3.7);
+# 2. refreshed before expiry (4 s tokens: refreshed from 3.2 s on, sent
+# until 3.6 s, counted from when the dispatcher asked)
+sleep(3.3);
 ok(deliver(101, 110), 'orders near the end of the token\'s life delivered');
 # the refresh runs beside the requests, which keep the old token meanwhile
 for (1 .. 50) { last if oauth()->{tokens_issued} >= 2; sleep(0.1); }
@@ -101,6 +107,49 @@ ok(oauth()->{bad_client} >= 1, 'the token endpoint refused the client');
 is(sim_get($sim, '/_sim/stats')->{requests}, $requests, 'nothing was sent to the carrier');
 ok($node->log_contains('could not get an OAuth2 token for provider "oa_bad"'),
 	'the server log says why');
+
+# 6. a steady trickle across the ends of tokens' lives.  The endpoint makes
+# each token 300 ms before its answer reaches the dispatcher, so a client
+# counting the 4 s from the answer would send a token the carrier has
+# already ended.  One order every 50 ms for 5 s crosses at least one end.
+$before = oauth();
+sql(q{DO $$ BEGIN
+		FOR i IN 1001 .. 1100 LOOP
+			INSERT INTO orders VALUES (i, 'trickle');
+			COMMIT;
+			PERFORM pg_sleep(0.05);
+		END LOOP;
+	END $$});
+ok(wait_until($node, "SELECT count(*) = 0 FROM orders WHERE id BETWEEN 1001 AND 1100 AND waybill_no IS NULL", 30),
+	'a trickle of a hundred orders over 5 s delivered');
+$st = oauth();
+ok($st->{tokens_issued} - $before->{tokens_issued} >= 1, 'the trickle outlived a token: a new one was fetched');
+is(($st->{expired_used} - $before->{expired_used}) . '|' . ($st->{rejected_401} - $before->{rejected_401}),
+	'0|0', 'no order of the trickle carried a token the carrier had ended');
+is(sql(q{SELECT count(*) FROM shipsync.outbox WHERE state = 'dead' AND order_key::int >= 1001}), 0,
+	'nothing of the trickle dead');
+
+# 7. the carrier revokes the token while its refresh is in flight: the first
+# 401 stops the old token, the orders wait the 300 ms for the new one instead
+# of going again and again with the refused one (max_attempts is 5)
+sim_post($sim, '/_sim/oauth/revoke', { at_next_fetch => JSON::PP::true });
+$before = oauth();
+sql(q{DO $$ BEGIN
+		FOR i IN 2001 .. 2100 LOOP
+			INSERT INTO orders VALUES (i, 'revoked meanwhile');
+			COMMIT;
+			PERFORM pg_sleep(0.05);
+		END LOOP;
+	END $$});
+ok(wait_until($node, "SELECT count(*) = 0 FROM orders WHERE id BETWEEN 2001 AND 2100 AND waybill_no IS NULL", 30),
+	'revoked during a refresh: a hundred orders delivered');
+$st = oauth();
+ok($st->{rejected_401} - $before->{rejected_401} >= 1, 'the carrier refused the revoked token');
+is(sql(q{SELECT count(*) FROM shipsync.outbox WHERE order_key::int >= 2001 AND (state = 'dead' OR attempts > 2)}), 0,
+	'no order went more than twice, none dead');
+is(sql(q{SELECT count(*) FROM shipsync.delivery_log d JOIN shipsync.outbox o ON o.id = d.outbox_id
+		 WHERE o.order_key::int >= 2001 AND d.error_class = 'auth_refresh'}),
+	$st->{rejected_401} - $before->{rejected_401}, 'each refusal logged once as auth_refresh');
 
 # render_request masks the token
 like(sql("SELECT array_to_string(headers, ';') FROM shipsync.render_request((SELECT id FROM shipsync.outbox WHERE order_key = '1'))"),

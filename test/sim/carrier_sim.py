@@ -329,6 +329,7 @@ class SimState:
         self.ledger = {}           # Idempotency-Key -> LedgerEntry
         self.attempts = {}         # Idempotency-Key -> requests seen with it
         self.key_refs = {}         # Idempotency-Key -> order_ref of its first request
+        self.arrivals = {}         # Idempotency-Key -> monotonic time of each request
         self.shipments = {}        # id -> record (dicts keep creation order)
         self.next_id = 1
         self.tracking_used = set()
@@ -388,10 +389,12 @@ class SimState:
             }
 
     def list_attempts(self):
-        """Every Idempotency-Key seen, with how many requests carried it and
-        the order_ref of the first one (None if it had none)."""
+        """Every Idempotency-Key seen, with how many requests carried it, the
+        order_ref of the first one (None if it had none) and when each
+        arrived (seconds on the simulator's monotonic clock)."""
         with self.lock:
-            return {key: {"requests": n, "order_ref": self.key_refs.get(key)}
+            return {key: {"requests": n, "order_ref": self.key_refs.get(key),
+                          "arrived": list(self.arrivals.get(key, ()))}
                     for key, n in self.attempts.items()}
 
     def list_shipments(self, order_ref=None):
@@ -433,6 +436,7 @@ class SimState:
                 attempt = self.attempts.get(key, 0) + 1
                 self.attempts[key] = attempt
                 self.key_refs.setdefault(key, order_ref)
+                self.arrivals.setdefault(key, []).append(time.monotonic())
             for rule in self.rules:
                 if not rule.applies(method, path, attempt, order_ref):
                     continue
@@ -787,7 +791,6 @@ class OAuthState:
                 self.in_progress -= 1
 
     def _answer(self, authorization, body):
-        import base64
         form = parse_qs(body.decode("utf-8", "replace"))
         try:
             scheme, _, cred = authorization.partition(" ")
@@ -1746,7 +1749,9 @@ def run_selftest(server, port):
     check([s["id"] for s in listing] == ["shp_%d" % i for i in range(1, 11)], "listing order")
     check(len(c.json("GET", "/_sim/shipments?order_ref=SO-1")) == 2, "order_ref filter")
     attempts = c.json("GET", "/_sim/attempts")
-    check(attempts["k-1"] == {"requests": 3, "order_ref": "SO-1"}, "attempts: %r" % attempts.get("k-1"))
+    k1 = attempts["k-1"]
+    check(k1["requests"] == 3 and k1["order_ref"] == "SO-1" and len(k1["arrived"]) == 3
+          and k1["arrived"] == sorted(k1["arrived"]), "attempts: %r" % k1)
     check(sum(a["requests"] for a in attempts.values()) <= stats["requests"], "attempts: more than requests")
 
     # Keep-alive with Nagle off: many small requests on one socket are fast.

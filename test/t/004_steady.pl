@@ -47,11 +47,13 @@ $node->safe_psql('postgres', q{
 # the claim by hand: the dispatcher's idle check may be moving the intent
 # from the inbox to the outbox at this moment, out of the claim's sight
 # until it commits; the claim is made as soon as the intent can be seen
-ok(wait_until($node, 'SELECT count(*) = 1 FROM shipsync.claim(1, 10, 200)', 30),
+# (a lease of 3 s: the sweep at every idle check must not end it before the
+# state is read, however slow the machine)
+ok(wait_until($node, 'SELECT count(*) = 1 FROM shipsync.claim(1, 10, 3000)', 30),
 	'the intent is claimed by hand');
-$node->safe_psql('postgres', "SELECT shipsync.resume('sim')");
 is($node->safe_psql('postgres', "SELECT state FROM shipsync.outbox ORDER BY id DESC LIMIT 1"),
 	'in_flight', 'an intent claimed by hand is in flight');
+$node->safe_psql('postgres', "SELECT shipsync.resume('sim')");
 ok( wait_until($node,
 		"SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'abandoned'", 30),
 	'after its lease expired, the dispatcher delivered it');

@@ -100,12 +100,14 @@ sql(qq{SELECT shipsync.create_provider('oa_bad', 'generic', '$sim->{url}', '{$co
 	CREATE TABLE orders_bad (LIKE orders INCLUDING ALL);
 	SELECT shipsync.attach('orders_bad', 'oa_bad', writeback => '{"tracking_number": "waybill_no"}');
 	INSERT INTO orders_bad VALUES (500, 'y');});
+ok(wait_until($node, "SELECT EXISTS (SELECT 1 FROM shipsync.outbox WHERE order_key = '500')", 30),
+	'wrong credentials: the intent reaches the outbox');
 sleep(1.5);
 is(sql("SELECT state || '|' || attempts FROM shipsync.outbox WHERE order_key = '500'"),
 	'pending|0', 'wrong credentials: the intent waits, never attempted');
 ok(oauth()->{bad_client} >= 1, 'the token endpoint refused the client');
 is(sim_get($sim, '/_sim/stats')->{requests}, $requests, 'nothing was sent to the carrier');
-ok($node->log_contains('could not get an OAuth2 token for provider "oa_bad"'),
+ok($node->wait_for_log(qr/could not get an OAuth2 token for provider "oa_bad"/),
 	'the server log says why');
 
 # 6. a steady trickle across the ends of tokens' lives.  The endpoint makes

@@ -191,6 +191,9 @@ is( sql(qq{SELECT l.error_class || ' ' || l.outcome FROM shipsync.delivery_log l
 	sql("INSERT INTO crm.once_orders (id, customer) VALUES ($id, 'Once')");
 	ok(wait_until($node, "SELECT state = 'in_flight' FROM shipsync.outbox WHERE order_key = '$id'", 30),
 		'restart: the intent is in flight');
+	# in_flight is committed before the request goes out: wait until the
+	# carrier holds it
+	for (1 .. 300) { last if fired()->[0] >= 1; usleep(100_000); }
 	my $old = dispatcher_pid();
 	sql("SELECT pg_terminate_backend($old)");
 	ok( wait_until($node,

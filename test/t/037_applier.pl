@@ -119,16 +119,19 @@ is(pid_of('dispatcher'), $dispatcher, 'the same dispatcher throughout');
 # 4. The dispatcher exits while its applier applies
 ###########################################################################
 {
-	# a write-back that takes 4 s for one customer
+	# a write-back that lasts, for one customer, until the test lets it go
+	# (an advisory lock this session holds)
+	my $gate = $node->background_psql('postgres');
+	$gate->query_safe('SELECT pg_advisory_lock(37004)');
 	sql(q{CREATE FUNCTION crm.slow() RETURNS trigger LANGUAGE plpgsql AS $$
 		BEGIN
-			IF NEW.customer = 'Slow' AND NEW.waybill_no IS NOT NULL THEN PERFORM pg_sleep(4); END IF;
+			IF NEW.customer = 'Slow' AND NEW.waybill_no IS NOT NULL THEN PERFORM pg_advisory_xact_lock(37004); END IF;
 			RETURN NEW;
 		END $$;
 		CREATE TRIGGER slow BEFORE UPDATE ON crm.orders FOR EACH ROW EXECUTE FUNCTION crm.slow();});
 	sql("INSERT INTO crm.orders (customer) VALUES ('Slow')");
 	my $busy = "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync applier'"
-	  . " AND wait_event = 'PgSleep'";
+	  . " AND wait_event = 'advisory'";
 	ok($node->poll_query_until('postgres', $busy), 'the applier is applying the slow order');
 	my $old = pid_of('applier');
 	sql("SELECT pg_terminate_backend($dispatcher)");
@@ -136,6 +139,8 @@ is(pid_of('dispatcher'), $dispatcher, 'the same dispatcher throughout');
 			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
 			  . " AND pid <> $dispatcher AND query LIKE 'waiting for the applier of the previous dispatcher%'"),
 		'the next dispatcher waits for the applier of the one before');
+	$gate->query_safe('SELECT pg_advisory_unlock(37004)');
+	$gate->quit;
 	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'Slow'"),
 		'the slow order is written back');
 	is( sql(q{SELECT attempts || ' ' || state FROM shipsync.outbox o JOIN crm.orders c
@@ -160,15 +165,18 @@ is(pid_of('dispatcher'), $dispatcher, 'the same dispatcher throughout');
 		SELECT shipsync.attach('crm.tight', 'tight', writeback => '{"tracking_number": "waybill_no"}');
 		CREATE FUNCTION crm.slow_tight() RETURNS trigger LANGUAGE plpgsql AS \$\$
 		BEGIN
-			IF NEW.customer LIKE 'Slow%' AND NEW.waybill_no IS NOT NULL THEN PERFORM pg_sleep(3); END IF;
+			IF NEW.customer LIKE 'Slow%' AND NEW.waybill_no IS NOT NULL THEN PERFORM pg_advisory_xact_lock(37005); END IF;
 			RETURN NEW;
 		END \$\$;
 		CREATE TRIGGER slow BEFORE UPDATE ON crm.tight FOR EACH ROW EXECUTE FUNCTION crm.slow_tight();});
-	# max_inflight (2) results of the provider at the applier, stuck
+	# max_inflight (2) results of the provider at the applier, stuck until
+	# the test lets them go
+	my $gate = $node->background_psql('postgres');
+	$gate->query_safe('SELECT pg_advisory_lock(37005)');
 	sql("INSERT INTO crm.tight (customer) VALUES ('Slow A'), ('Slow B')");
 	ok( $node->poll_query_until('postgres',
 			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync applier'"
-			  . " AND wait_event = 'PgSleep'"),
+			  . " AND wait_event = 'advisory'"),
 		'the applier is writing back the slow orders');
 	my $sent = sim_get($sim, '/_sim/stats')->{requests};
 	sql("INSERT INTO crm.tight (customer) SELECT 'During ' || g FROM generate_series(1, 6) g");
@@ -185,6 +193,8 @@ is(pid_of('dispatcher'), $dispatcher, 'the same dispatcher throughout');
 		'and no more while their results wait for the applier');
 	is(sql("SELECT count(*) FROM crm.tight WHERE waybill_no IS NOT NULL"), '0',
 		'nothing is written back before the slow orders are');
+	$gate->query_safe('SELECT pg_advisory_unlock(37005)');
+	$gate->quit;
 	ok(wait_until($node, "SELECT count(*) = 8 FROM crm.tight WHERE waybill_no IS NOT NULL"),
 		'then every order is written back');
 	is( sql(q{SELECT count(*) FROM shipsync.outbox o JOIN shipsync.binding b USING (binding_id)

@@ -97,6 +97,7 @@ typedef struct ApplierFixed
 	int32		kind;
 	bool		ship_ok;
 	bool		no_writeback;
+	bool		last_attempt;
 } ApplierFixed;
 
 /* Results serialized for one message, waiting in the dispatcher */
@@ -173,6 +174,7 @@ applier_put(StringInfo b, const ShipResult *r)
 	f.kind = (int32) r->kind;
 	f.ship_ok = r->ship_ok;
 	f.no_writeback = r->no_writeback;
+	f.last_attempt = r->last_attempt;
 	appendBinaryStringInfo(b, (char *) &f, sizeof(f));
 	put_str(b, r->order_key);
 	put_str(b, r->state);
@@ -210,6 +212,7 @@ applier_get(const char **p, ShipResult *r)
 	r->kind = (IntentKind) f.kind;
 	r->ship_ok = f.ship_ok;
 	r->no_writeback = f.no_writeback;
+	r->last_attempt = f.last_attempt;
 	r->order_key = get_str(p);
 	r->state = get_str(p);
 	r->outcome = get_str(p);

@@ -7,7 +7,8 @@
  *
  * One transaction per batch of completions, synchronous_commit = off: a
  * lost apply is re-sent under the same key and the carrier replays its
- * first answer.  Every statement is set-based: apply_collect() turns each
+ * first answer.  A batch with an attempt at max_attempts commits durably:
+ * that intent would not be sent again (apply_durable()).  Every statement is set-based: apply_collect() turns each
  * result into one row of each statement it needs (an ApplyBatch holds the
  * parallel arrays), and apply_execute() runs each statement once for the
  * whole batch through a saved plan of the table below.  The shipments
@@ -693,6 +694,21 @@ apply_new_work(const ShipResult *rs, int n, Binding *bs, int nb)
 }
 
 /*
+ * Must results [0, n) be committed durably?  An apply lost in a crash is
+ * made good by sending the intent again under its key, except for an
+ * attempt at max_attempts: after a restart that intent is dead, unsent, and
+ * the shipment the carrier made would be known only to the carrier.
+ */
+static bool
+apply_durable(const ShipResult *rs, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (rs[i].last_attempt)
+			return true;
+	return false;
+}
+
+/*
  * Apply results [0, n) in one transaction.  Returns false (rolled back,
  * the error logged) when it failed.
  */
@@ -704,7 +720,7 @@ apply_batch(ShipResult *rs, int n, Binding *bs, int nb)
 
 	PG_TRY();
 	{
-		shipsync_begin_tx("applying results", false);
+		shipsync_begin_tx("applying results", apply_durable(rs, n));
 		apply_range(rs, 0, n, bs, nb);
 		shipsync_end_tx();
 	}
@@ -743,7 +759,7 @@ outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
 		return 0;
 	if (!apply_batch(rs, n, bs, nb))
 	{
-		shipsync_begin_tx("applying results one by one", false);
+		shipsync_begin_tx("applying results one by one", apply_durable(rs, n));
 		for (int i = 0; i < n; i++)
 			apply_one(rs, i, bs, nb, cxt);
 		shipsync_end_tx();

@@ -1055,6 +1055,7 @@ dispatcher_judge(Flight *f, ShipResult *r, TimestampTz now)
 	MemoryContext old = MemoryContextSwitchTo(f->cxt);
 
 	judge_init(f, r);
+	r->last_attempt = p != NULL && f->c.attempt >= p->max_attempts;
 	if (!judge_text_ok(t, r, &v))
 		done = false;
 	else

@@ -137,6 +137,8 @@ typedef struct ShipResult
 {
 	int64		id;
 	int			attempt;
+	bool		last_attempt;	/* at max_attempts: if this apply were lost in a
+								 * crash, the intent would not be sent again */
 	int32		binding_id;
 	int32		provider_id;
 	char	   *order_key;

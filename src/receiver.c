@@ -1130,6 +1130,16 @@ recv_run_batch(void)
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		shipsync_hold_extension();
+
+		/*
+		 * A 2xx says the push is on disk, so that the sender never sends it
+		 * again: with synchronous_commit = off in the server's settings, this
+		 * transaction alone flushes its commit (as SET LOCAL would).  Any
+		 * stronger setting (on, remote_write, remote_apply) is kept.
+		 */
+		if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF)
+			(void) set_config_option("synchronous_commit", "local", PGC_SUSET, PGC_S_SESSION,
+									 GUC_ACTION_LOCAL, true, 0, false);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		PushActiveSnapshot(GetTransactionSnapshot());

@@ -8,10 +8,11 @@
  * One transaction per batch of completions, synchronous_commit = off: a
  * lost apply is re-sent under the same key and the carrier replays its
  * first answer.  A batch with an attempt at max_attempts commits durably:
- * that intent would not be sent again (apply_durable()).  Every statement is set-based: apply_collect() turns each
- * result into one row of each statement it needs (an ApplyBatch holds the
- * parallel arrays), and apply_execute() runs each statement once for the
- * whole batch through a saved plan of the table below.  The shipments
+ * that intent would not be sent again (apply_durable()).  Every statement
+ * is set-based: apply_collect() turns each result into one row of each
+ * statement it needs (an ApplyBatch holds the parallel arrays), and
+ * apply_execute() runs each statement once for the whole batch through a
+ * saved plan of the table below.  The shipments
  * recorded are written back onto the order rows (writeback.c: as the
  * table's owner, with capture suppressed: no echo); their answers' fees
  * become quote lines (fees.c) first, taking the fee locks before the order

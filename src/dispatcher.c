@@ -524,6 +524,13 @@ oauth_done(Flight *f, TimestampTz now)
 	elog(DEBUG1, "pg_shipsync: provider \"%s\" has a new OAuth2 token for %ld s", p->name, expires_in);
 }
 
+/* Is p's current token one to send: not refused, and not near its end? */
+static bool
+oauth_sendable(const Provider *p, TimestampTz now)
+{
+	return p->oauth_token != NULL && !p->oauth_refused && now < p->oauth_send_until;
+}
+
 /*
  * May p's requests go out now?  Starts a fetch when the token is missing,
  * refused or near its end; a token still valid keeps being used meanwhile.
@@ -531,7 +538,7 @@ oauth_done(Flight *f, TimestampTz now)
 static bool
 oauth_ready(Provider *p, TimestampTz now)
 {
-	bool		valid = p->oauth_token != NULL && !p->oauth_refused && now < p->oauth_send_until;
+	bool		valid = oauth_sendable(p, now);
 
 	if (p->oauth_forbidden)
 		return true;			/* sent to fail: dispatcher_send() */
@@ -814,7 +821,7 @@ dispatcher_timeout(TimestampTz now)
 		if (p->paused || p->secret_error)
 			continue;
 		if (p->oauth_client_id && !p->oauth_forbidden &&
-			!(p->oauth_token && !p->oauth_refused && now < p->oauth_send_until))
+			!oauth_sendable(p, now))
 		{
 			/* no token: the fetch in flight wakes us, or its retry is due */
 			if (!p->in_use)

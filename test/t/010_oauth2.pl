@@ -110,20 +110,29 @@ is(sim_get($sim, '/_sim/stats')->{requests}, $requests, 'nothing was sent to the
 ok($node->wait_for_log(qr/could not get an OAuth2 token for provider "oa_bad"/),
 	'the server log says why');
 
+# One order every 50 ms for 5 s, ids $lo to $lo + 99, each committed on
+# its own; true when all are delivered.
+sub trickle
+{
+	my ($lo, $customer) = @_;
+	my $hi = $lo + 99;
+	sql(qq{DO \$\$ BEGIN
+		FOR i IN $lo .. $hi LOOP
+			INSERT INTO orders VALUES (i, '$customer');
+			COMMIT;
+			PERFORM pg_sleep(0.05);
+		END LOOP;
+	END \$\$});
+	return wait_until($node,
+		"SELECT count(*) = 0 FROM orders WHERE id BETWEEN $lo AND $hi AND waybill_no IS NULL", 30);
+}
+
 # 6. a steady trickle across the ends of tokens' lives.  The endpoint makes
 # each token 300 ms before its answer reaches the dispatcher, so a client
 # counting the 4 s from the answer would send a token the carrier has
 # already ended.  One order every 50 ms for 5 s crosses at least one end.
 $before = oauth();
-sql(q{DO $$ BEGIN
-		FOR i IN 1001 .. 1100 LOOP
-			INSERT INTO orders VALUES (i, 'trickle');
-			COMMIT;
-			PERFORM pg_sleep(0.05);
-		END LOOP;
-	END $$});
-ok(wait_until($node, "SELECT count(*) = 0 FROM orders WHERE id BETWEEN 1001 AND 1100 AND waybill_no IS NULL", 30),
-	'a trickle of a hundred orders over 5 s delivered');
+ok(trickle(1001, 'trickle'), 'a trickle of a hundred orders over 5 s delivered');
 $st = oauth();
 ok($st->{tokens_issued} - $before->{tokens_issued} >= 1, 'the trickle outlived a token: a new one was fetched');
 is(($st->{expired_used} - $before->{expired_used}) . '|' . ($st->{rejected_401} - $before->{rejected_401}),
@@ -136,15 +145,7 @@ is(sql(q{SELECT count(*) FROM shipsync.outbox WHERE state = 'dead' AND order_key
 # of going again and again with the refused one (max_attempts is 5)
 sim_post($sim, '/_sim/oauth/revoke', { at_next_fetch => JSON::PP::true });
 $before = oauth();
-sql(q{DO $$ BEGIN
-		FOR i IN 2001 .. 2100 LOOP
-			INSERT INTO orders VALUES (i, 'revoked meanwhile');
-			COMMIT;
-			PERFORM pg_sleep(0.05);
-		END LOOP;
-	END $$});
-ok(wait_until($node, "SELECT count(*) = 0 FROM orders WHERE id BETWEEN 2001 AND 2100 AND waybill_no IS NULL", 30),
-	'revoked during a refresh: a hundred orders delivered');
+ok(trickle(2001, 'revoked meanwhile'), 'revoked during a refresh: a hundred orders delivered');
 $st = oauth();
 ok($st->{rejected_401} - $before->{rejected_401} >= 1, 'the carrier refused the revoked token');
 is(sql(q{SELECT count(*) FROM shipsync.outbox WHERE order_key::int >= 2001 AND (state = 'dead' OR attempts > 2)}), 0,

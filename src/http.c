@@ -214,27 +214,6 @@ http_header_cb(char *data, size_t size, size_t nmemb, void *userp)
 }
 
 /*
- * Hand libcurl the request body.  We deliberately give it no way to rewind
- * (no seek callback): when a reused keep-alive connection turns out dead
- * after the request went out, libcurl 7.88 would otherwise silently send
- * the same POST again on a new connection, hiding the failed attempt from
- * the delivery log and from the in-doubt handling.  Without a rewind it
- * fails with CURLE_SEND_FAIL_REWIND and we decide, with the same key.
- */
-static size_t
-http_read_cb(char *buffer, size_t size, size_t nitems, void *userp)
-{
-	HttpTransfer *t = (HttpTransfer *) userp;
-	size_t		room = size * nitems;
-	size_t		left = t->body_len - t->body_sent;
-	size_t		n = left < room ? left : room;
-
-	memcpy(buffer, t->body + t->body_sent, n);
-	t->body_sent += n;
-	return n;
-}
-
-/*
  * Abort a transfer when this process is asked to stop: libcurl calls this
  * while it works, so a slow carrier never delays a shutdown.
  */
@@ -336,6 +315,16 @@ http_opensocket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *ad
 /*
  * Before each request, on a new or a reused connection: judge its address
  * again (a keep-alive connection may predate a reload of the allowlist).
+ *
+ * And never let libcurl send a request a second time by itself.  When a
+ * reused keep-alive connection dies after the request went out, with no
+ * byte of answer, libcurl 7.88 sends the same request again on a new
+ * connection ("Connection died, retrying a fresh connect"), and the failed
+ * attempt never reaches us: the carrier may have seen two requests where
+ * the delivery log shows one.  That second request comes through here
+ * again; once a byte of the first was sent, it is stopped, and the attempt
+ * ends as a lost connection, in doubt, retried by the dispatcher under
+ * the same key and logged (http_collect()).
  */
 static int
 http_prereq_cb(void *clientp, char *primary_ip, char *local_ip,
@@ -344,6 +333,18 @@ http_prereq_cb(void *clientp, char *primary_ip, char *local_ip,
 	HttpTransfer *t = (HttpTransfer *) clientp;
 	ShipAddr	a;
 
+	if (t->prereq_seen)
+	{
+		long		sent = 0;
+
+		curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
+		if (sent > 0)
+		{
+			t->resend_refused = true;
+			return CURL_PREREQFUNC_ABORT;
+		}
+	}
+	t->prereq_seen = true;
 	http_tls_handshake_done(t);
 	if (primary_ip == NULL || !shipsync_addr_parse(primary_ip, &a))
 	{
@@ -623,6 +624,8 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	t->errbuf[0] = '\0';
 	t->refused_addr[0] = '\0';
 	t->allowed_tried = false;
+	t->prereq_seen = false;
+	t->resend_refused = false;
 	t->forbidden_host = false;
 	t->tls_refused = false;
 	t->cert_requested = false;
@@ -661,15 +664,16 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, "pg_shipsync/" SHIPSYNC_EXTVERSION);
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, t->method);
+	/*
+	 * The body from our memory, not copied, not through a read callback:
+	 * libcurl then sends a body under 64 kB with the headers, one write and
+	 * one segment instead of two.  A body lives until its transfer is done.
+	 */
 	if (t->body)
 	{
 		t->body_len = strlen(t->body);
-		t->body_sent = 0;
-		curl_easy_setopt(easy, CURLOPT_UPLOAD, 0L);
-		curl_easy_setopt(easy, CURLOPT_POST, 1L);
-		curl_easy_setopt(easy, CURLOPT_READFUNCTION, http_read_cb);
-		curl_easy_setopt(easy, CURLOPT_READDATA, t);
 		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) t->body_len);
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDS, t->body);
 	}
 	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, http_write_cb);
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, t);
@@ -728,6 +732,15 @@ http_collect(HttpClient *c)
 		curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &sent);
 		curl_easy_getinfo(easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
 		t->request_sent = sent > 0 || pretransfer > 0;
+		if (t->resend_refused)
+		{
+			/* what libcurl answers when it cannot send a body again */
+			t->curl_code = CURLE_SEND_FAIL_REWIND;
+			t->request_sent = true;
+			strlcpy(t->errbuf, "the connection was lost after the request was sent; "
+					"libcurl was stopped from sending it again by itself",
+					sizeof(t->errbuf));
+		}
 		if (t->errbuf[0] == '\0' && t->curl_code != CURLE_OK)
 			strlcpy(t->errbuf, curl_easy_strerror(t->curl_code), sizeof(t->errbuf));
 		http_note_forbidden(t);

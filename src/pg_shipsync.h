@@ -973,7 +973,6 @@ typedef struct HttpTransfer
 	char	   *url;
 	char	   *body;
 	size_t		body_len;
-	size_t		body_sent;		/* how much libcurl has read */
 	struct curl_slist *headers; /* freed by http.c at completion */
 	long		timeout_ms;
 	const HttpTls *tls;			/* NULL: defaults; read by http_submit() only */
@@ -998,6 +997,8 @@ typedef struct HttpTransfer
 	TimestampTz started;
 	struct HttpTransfer *next;
 	bool		allowed_tried;	/* a connection to an allowed address began */
+	bool		prereq_seen;	/* a request of this transfer was about to go */
+	bool		resend_refused; /* libcurl's own second send of it stopped */
 	bool		cert_requested; /* asked for a client certificate we lack */
 	ShipAddrKind refused_kind;	/* when refused_addr is set */
 	char		refused_addr[64];	/* an address refused for this transfer */

@@ -842,6 +842,17 @@ class OAuthState:
                 else:
                     self.tokens.clear()
             handler._send(200, dumps({"ok": True}))
+        elif path == "/_sim/oauth/ttl" and handler.command == "POST":
+            # {"ttl": S}: tokens made from now on live S seconds; those
+            # already made keep theirs
+            config = parse_json(body)
+            ttl = config.get("ttl") if isinstance(config, dict) else None
+            if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
+                handler._send(400, dumps({"error": "ttl must be a number of seconds above 0"}))
+            else:
+                with self.lock:
+                    self.ttl = ttl
+                handler._send(200, dumps({"ok": True, "ttl": ttl}))
         elif path == "/_sim/oauth/reject" and handler.command == "POST":
             config = parse_json(body)
             with self.lock:

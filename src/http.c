@@ -333,6 +333,7 @@ http_prereq_cb(void *clientp, char *primary_ip, char *local_ip,
 	HttpTransfer *t = (HttpTransfer *) clientp;
 	ShipAddr	a;
 
+	http_tls_handshake_done(t);
 	if (t->prereq_seen)
 	{
 		long		sent = 0;
@@ -345,7 +346,6 @@ http_prereq_cb(void *clientp, char *primary_ip, char *local_ip,
 		}
 	}
 	t->prereq_seen = true;
-	http_tls_handshake_done(t);
 	if (primary_ip == NULL || !shipsync_addr_parse(primary_ip, &a))
 	{
 		strlcpy(t->refused_addr, primary_ip ? primary_ip : "an unknown address",

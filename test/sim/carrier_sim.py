@@ -337,6 +337,7 @@ class SimState:
         self.by_status = {}
         self.faults_injected = {}
         self.replays = self.conflicts = self.mismatches = 0
+        self.expect_100 = 0        # requests that asked for 100 Continue
         self.seq = 0               # order of the last change, for listings
         self.listings = {}         # cursor prefix -> the shipments of one listing
         self.list_pages = 0
@@ -386,6 +387,7 @@ class SimState:
                 "cancelled": cancelled,
                 "updates": updates,
                 "list_pages": self.list_pages,
+                "expect_100": self.expect_100,
             }
 
     def list_attempts(self):
@@ -927,6 +929,14 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
         self._dispatch()
 
     do_POST = do_PATCH = do_PUT = do_DELETE = do_GET
+
+    def handle_expect_100(self):
+        # counted: a client that waits for 100 Continue before its body
+        # depends on the server to answer it (and one answering 417 makes
+        # libcurl send the request again by itself)
+        with self.server.state.lock:
+            self.server.state.expect_100 += 1
+        return super().handle_expect_100()
 
     def handle(self):
         # Clients hang up (timeouts) and we reset connections on purpose:
@@ -1752,7 +1762,7 @@ def run_selftest(server, port):
                             "reset_before": 1, "slow": 1, "status": 1},
         "shipments": 10, "keys": 10, "orders": 9, "duplicate_orders": 1,
         "replays": 6, "conflicts_409": 1, "mismatch_422": 1, "cancelled": 1, "updates": 1,
-        "list_pages": 0,
+        "list_pages": 0, "expect_100": 0,
     }
     check(stats == expected, "stats mismatch:\n got %s\nwant %s"
           % (json.dumps(stats, sort_keys=True), json.dumps(expected, sort_keys=True)))

@@ -136,6 +136,22 @@ my $orders_bid = sql("SELECT binding_id FROM shipsync.binding WHERE tbl = 'crm.o
 		"$cname|$caddr", 'happy: Chinese name and address arrive intact');
 }
 
+# A body over 1 MB goes at once, with the headers' "Expect:" (dialect.c).
+# Without it libcurl would ask for "Expect: 100-continue" above 1 MB and
+# wait; a server answering 417 would then get the request again from
+# libcurl itself, which the dispatcher refuses (http_prereq_cb()), so the
+# attempt would fail every time.
+{
+	orders_table('crm.orders_note', 'sim');
+	my $before = sim_get($sim, '/_sim/stats');
+	my $id = sql(q{INSERT INTO crm.orders_note (customer, phone, address)
+		VALUES ('Big Note', '+86 138 0000 9999', repeat('长', 600000)) RETURNING id});
+	ok(wait_waybills('crm.orders_note', $id, $id), 'a 1.8 MB request delivered');
+	my $st = sim_get($sim, '/_sim/stats');
+	is($st->{requests} - $before->{requests}, 1, 'the 1.8 MB request went once');
+	is($st->{expect_100}, 0, 'no request asked for 100 Continue');
+}
+
 ###########################################################################
 # 2. Each fault hits the first attempt of every key: still delivered once
 ###########################################################################

@@ -173,12 +173,21 @@ is(pid_of('dispatcher'), $dispatcher, 'the same dispatcher throughout');
 	# the test lets them go
 	my $gate = $node->background_psql('postgres');
 	$gate->query_safe('SELECT pg_advisory_lock(37005)');
+	my $base = sim_get($sim, '/_sim/stats')->{requests};
 	sql("INSERT INTO crm.tight (customer) VALUES ('Slow A'), ('Slow B')");
 	ok( $node->poll_query_until('postgres',
 			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync applier'"
 			  . " AND wait_event = 'advisory'"),
 		'the applier is writing back the slow orders');
+	# the applier can be stuck on the first answer while the second request
+	# has yet to reach the simulator: count from when it has both
+	for (my $i = 0; $i < 100; $i++)
+	{
+		last if sim_get($sim, '/_sim/stats')->{requests} - $base >= 2;
+		usleep(50_000);
+	}
 	my $sent = sim_get($sim, '/_sim/stats')->{requests};
+	is($sent - $base, 2, 'the carrier has both slow requests');
 	sql("INSERT INTO crm.tight (customer) SELECT 'During ' || g FROM generate_series(1, 6) g");
 	my $during;
 	for (my $i = 0; $i < 40; $i++)

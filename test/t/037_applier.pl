@@ -209,6 +209,13 @@ is(pid_of('dispatcher'), $dispatcher, 'the same dispatcher throughout');
 	is( sql(q{SELECT count(*) FROM shipsync.outbox o JOIN shipsync.binding b USING (binding_id)
 			WHERE b.tbl = 'crm.tight'::regclass AND (o.attempts, o.state) <> (1, 'done')}),
 		'0', 'each sent once, done');
+	# and the carrier got one request per intent: none sent again behind
+	# the dispatcher's back
+	my $seen = sim_get($sim, '/_sim/attempts');
+	my @twice = grep { ($seen->{$_} // { requests => 0 })->{requests} != 1 }
+	  split /\n/, sql(q{SELECT o.idempotency_key FROM shipsync.outbox o JOIN shipsync.binding b
+			USING (binding_id) WHERE b.tbl = 'crm.tight'::regclass});
+	is(scalar(@twice), 0, 'the carrier got one request per intent');
 	sql("DROP TRIGGER slow ON crm.tight");
 }
 

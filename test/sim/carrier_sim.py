@@ -418,6 +418,10 @@ class SimState:
         with self.lock:
             self.requests += 1
 
+    def note_expect_100(self):
+        with self.lock:
+            self.expect_100 += 1
+
     def note_status(self, status):
         with self.lock:
             key = str(status)
@@ -934,8 +938,7 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
         # counted: a client that waits for 100 Continue before its body
         # depends on the server to answer it (and one answering 417 makes
         # libcurl send the request again by itself)
-        with self.server.state.lock:
-            self.server.state.expect_100 += 1
+        self.server.state.note_expect_100()
         return super().handle_expect_100()
 
     def handle(self):

@@ -60,7 +60,8 @@
  * per provider (its option tls, in HttpTls) a CA bundle that replaces the
  * system's, a client certificate and key, TLS 1.3 at least, and pinned
  * public keys.  shipsync._check_tls() checks those PEM texts when the
- * provider is created.  libcurl 7.88 reuses a connection for another
+ * provider is created.  The system's CAs are parsed once and shared by the
+ * connections of the client (http_use_system_cas()), not once for each.  libcurl 7.88 reuses a connection for another
  * transfer when the certificates, CA bundle, versions and pins match, but
  * does not compare private keys: that a certificate comes with its own key
  * is therefore checked there, so that two providers with one certificate
@@ -455,6 +456,47 @@ http_note_tls_refused(HttpTransfer *t)
 }
 
 /*
+ * How long libcurl keeps the system's CA store it parsed: a CA added to or
+ * removed from the system's bundle is seen by new connections within this
+ * many seconds (and at once by a new dispatcher).
+ */
+#define HTTP_CA_CACHE_SECONDS 3600L
+
+/*
+ * A transfer trusting the system's CAs (no ca_bundle): libcurl's default CA
+ * file only.  libcurl as Debian builds it has a default CA file (the
+ * bundle) and a default CA directory; with both set it parses the whole
+ * bundle into a new store for every connection -- 140-odd certificates,
+ * about 30 ms of CPU and 0.8 MB held for the life of the connection -- and
+ * never uses the store it can share among the connections of one multi
+ * handle, which it keeps only for a CA file alone.  The directory holds
+ * the same certificates as the bundle (update-ca-certificates writes
+ * both).  Where libcurl was built with a directory and no file, the
+ * directory stays: it is read lazily, a certificate at a time.
+ */
+static CURLcode
+http_use_system_cas(CURL *easy)
+{
+	static int	has_cafile = -1;
+	CURLcode	rc;
+
+	if (has_cafile < 0)
+	{
+		const curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
+
+		has_cafile = vi->cainfo != NULL && vi->cainfo[0] != '\0';
+	}
+	if (!has_cafile)
+		return CURLE_OK;
+	rc = curl_easy_setopt(easy, CURLOPT_CAPATH, NULL);
+#if LIBCURL_VERSION_NUM >= 0x075700
+	if (rc == CURLE_OK)
+		rc = curl_easy_setopt(easy, CURLOPT_CA_CACHE_TIMEOUT, HTTP_CA_CACHE_SECONDS);
+#endif
+	return rc;
+}
+
+/*
  * Apply a provider's TLS options to a transfer.  Returns CURLE_OK, or the
  * code of an option this libcurl does not support.
  */
@@ -470,6 +512,12 @@ http_apply_tls(CURL *easy, HttpTransfer *t)
 		rc = curl_easy_setopt(easy, CURLOPT_SSL_CTX_FUNCTION, http_ssl_ctx_cb);
 		if (rc == CURLE_OK)
 			rc = curl_easy_setopt(easy, CURLOPT_SSL_CTX_DATA, t);
+		if (rc != CURLE_OK)
+			return rc;
+	}
+	if (tls == NULL || tls->ca_bundle == NULL)
+	{
+		rc = http_use_system_cas(easy);
 		if (rc != CURLE_OK)
 			return rc;
 	}

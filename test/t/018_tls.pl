@@ -188,5 +188,43 @@ refused('v13', ship('v13', $tls12, { ca_bundle => pem('ca.crt'), min_version => 
 is(sql(q{SELECT count(*) FROM shipsync.providers p WHERE p::text ~ 'PRIVATE KEY'}), '0',
 	'no view shows the client key');
 
+# ---- 6. the system's CA bundle is read once, not once per connection.
+# libcurl as Debian builds it has both a CA file (the bundle, 140-odd
+# certificates) and a CA directory; with both set it parses the whole
+# bundle into a new store for every connection (about 30 ms of CPU and
+# 0.8 MB each here) and its shared store is never used.  Two dozen orders
+# of a provider at the default (the system's CAs) to the private CA's
+# server: every connection is refused, as in section 1, and the
+# dispatcher reads the bundle's bytes from disk at most once meanwhile
+# (/proc/PID/io rchar; every earlier default connection above already had
+# it read), where it read them once per connection before.
+my $bundle = `curl-config --ca`;
+chomp $bundle;
+ok(-s $bundle, "libcurl's default CA bundle is there ($bundle)");
+my $bundle_size = -s $bundle;
+my $dispatcher = sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'});
+sub rchar
+{
+	my $io = PostgreSQL::Test::Utils::slurp_file("/proc/$dispatcher/io");
+	$io =~ /^rchar: (\d+)/m or die "no rchar in /proc/$dispatcher/io";
+	return $1;
+}
+sql(q{SELECT shipsync.create_provider('sysca', 'generic', '} . $good . q{',
+		'{"timeout_ms": 5000, "max_attempts": 3}');
+	CREATE TABLE t_sysca (id bigint PRIMARY KEY, customer text, waybill_no text);
+	SELECT shipsync.attach('t_sysca', 'sysca', writeback => '{"tracking_number": "waybill_no"}');});
+my $read_before = rchar();
+sql(q{INSERT INTO t_sysca SELECT g, 'c' || g FROM generate_series(1, 24) g});
+my $sysca = "FROM shipsync.outbox o JOIN shipsync.binding b USING (binding_id) WHERE b.tbl = 't_sysca'::regclass";
+ok(wait_until($node, "SELECT count(*) = 24 $sysca AND o.state = 'dead'", 60), 'the two dozen orders are refused');
+my $read = rchar() - $read_before;
+is(sql("SELECT count(*) $sysca AND o.error_class = 'tls' AND o.attempts = 1
+	AND o.last_error ~ 'unable to get local issuer certificate'"), '24',
+	'each at its first attempt, by the system\'s CAs, which do not have the private CA (nor learned it from ca_bundle above)');
+is(sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'}), $dispatcher,
+	'the same dispatcher throughout');
+cmp_ok($read, '<', 2 * $bundle_size,
+	"24 connections read the CA bundle ($bundle_size bytes) at most once: the dispatcher read $read bytes");
+
 $node->stop;
 done_testing();

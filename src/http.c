@@ -43,6 +43,8 @@
  * connections per host.  CURLOPT_NOSIGNAL keeps libcurl away from signals,
  * which belong to PostgreSQL here.
  *
+ * Host names: one lookup of a host:port at a time (HttpLookup below).
+ *
  * Outbound hosts: every connection passes the rule of hostcheck.c and
  * shipsync.allowed_hosts on the address libcurl actually connects to, so a
  * name that resolves (or rebinds) to an internal address is caught.  The
@@ -91,6 +93,35 @@
 
 #include "pg_shipsync.h"
 
+/*
+ * One lookup of a host name at a time.  libcurl 7.88 starts a lookup for
+ * every connection it opens to a name not in its DNS cache (entries live
+ * 60 s), even while another connection's lookup of the same name is under
+ * way: a burst after a quiet spell sent the system's resolver up to
+ * max_inflight queries at once.  So the first transfer that starts a
+ * lookup of host:port is its probe; any other that would start one
+ * meanwhile is stopped before it does (its resolver-start callback says
+ * no, before anything is sent), waits here, and starts again once the
+ * probe's lookup is over: the probe opened a socket (the name is cached
+ * now), or it ended before that, in which case the waiting transfers end
+ * the same way, unsent.  Transfers that find the name cached, or that go
+ * to an address, never wait.
+ */
+#define HTTP_MAX_LOOKUPS 16
+#define HTTP_LOOKUP_KEY 272		/* a host name (253), ':', a port */
+
+typedef struct HttpLookup
+{
+	bool		busy;			/* a lookup of key is under way */
+	bool		over;			/* ... and it is over: release the waiting */
+	bool		failed;			/* its probe ended before opening a socket */
+	HttpTransfer *probe;
+	int			curl_code;		/* when failed: how the probe ended */
+	char		errbuf[256];
+	char		key[HTTP_LOOKUP_KEY];
+	dlist_head	waiting;		/* transfers stopped before their own lookup */
+} HttpLookup;
+
 struct HttpClient
 {
 	MemoryContext cxt;
@@ -109,6 +140,9 @@ struct HttpClient
 
 	long		timer_ms;		/* -1: no timeout pending */
 	TimestampTz timer_set_at;
+
+	HttpLookup	lookups[HTTP_MAX_LOOKUPS];
+	bool		lookups_over;	/* some lookup is over: see http_release_lookups() */
 };
 
 static int
@@ -226,6 +260,7 @@ http_progress_cb(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
 }
 
 static void http_tls_handshake_done(HttpTransfer *t);
+static void http_lookup_done(HttpTransfer *t);
 
 /* ---------- outbound hosts ---------- */
 
@@ -301,6 +336,7 @@ http_opensocket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *ad
 	HttpTransfer *t = (HttpTransfer *) clientp;
 	ShipAddr	a;
 
+	http_lookup_done(t);
 	if (purpose != CURLSOCKTYPE_IPCXN || !shipsync_addr_from_sockaddr(&address->addr, &a))
 	{
 		strlcpy(t->refused_addr, "a non-IP address", sizeof(t->refused_addr));
@@ -355,6 +391,92 @@ http_prereq_cb(void *clientp, char *primary_ip, char *local_ip,
 		return CURL_PREREQFUNC_ABORT;
 	}
 	return http_address_allowed(t, &a) ? CURL_PREREQFUNC_OK : CURL_PREREQFUNC_ABORT;
+}
+
+/*
+ * host:port of url, as libcurl keys its DNS cache, into buf; false if the
+ * URL cannot be read or its host is an address (nothing to look up).  No
+ * PostgreSQL call.
+ */
+static bool
+http_lookup_key(const char *url, char *buf, size_t len)
+{
+	CURLU	   *u = curl_url();
+	char	   *host = NULL;
+	char	   *port = NULL;
+	ShipAddr	a;
+	bool		ok;
+
+	if (u == NULL)
+		return false;
+	ok = curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+		curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+		curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK &&
+		host[0] != '[' && !shipsync_addr_parse(host, &a) &&
+		snprintf(buf, len, "%s:%s", host, port) < (int) len;
+	curl_free(host);
+	curl_free(port);
+	curl_url_cleanup(u);
+	return ok;
+}
+
+/*
+ * libcurl is about to look up t's host (it is not in its DNS cache): go
+ * ahead if no lookup of it is under way, as its probe; else stop t before
+ * it starts one (non-zero: libcurl ends t with a resolving error, which
+ * http_collect() knows from lookup_wait) until that lookup is over.
+ */
+static int
+http_resolver_start_cb(void *resolver_state, void *reserved, void *userdata)
+{
+	HttpTransfer *t = (HttpTransfer *) userdata;
+	HttpClient *c = t->client;
+	char		key[HTTP_LOOKUP_KEY];
+	int			free_slot = -1;
+
+	if (!http_lookup_key(t->url, key, sizeof(key)))
+		return 0;
+	for (int i = 0; i < HTTP_MAX_LOOKUPS; i++)
+	{
+		HttpLookup *l = &c->lookups[i];
+
+		if (!l->busy)
+		{
+			if (free_slot < 0)
+				free_slot = i;
+			continue;
+		}
+		if (l->probe != t && strcmp(l->key, key) == 0)
+		{
+			t->lookup_wait = i;
+			return 1;
+		}
+	}
+	if (free_slot < 0)
+		return 0;				/* too many names at once: look it up */
+	c->lookups[free_slot].busy = true;
+	c->lookups[free_slot].over = false;
+	c->lookups[free_slot].failed = false;
+	c->lookups[free_slot].probe = t;
+	strlcpy(c->lookups[free_slot].key, key, HTTP_LOOKUP_KEY);
+	dlist_init(&c->lookups[free_slot].waiting);
+	t->lookup_probe = free_slot;
+	return 0;
+}
+
+/* t's lookup, if it was a probe, is over: the name is resolved, or t ended. */
+static void
+http_lookup_done(HttpTransfer *t)
+{
+	HttpLookup *l;
+
+	if (t->lookup_probe < 0)
+		return;
+	l = &t->client->lookups[t->lookup_probe];
+	t->lookup_probe = -1;
+	l->probe = NULL;
+	l->over = true;
+	t->client->lookups_over = true;
 }
 
 /*
@@ -677,6 +799,9 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	t->forbidden_host = false;
 	t->tls_refused = false;
 	t->cert_requested = false;
+	t->client = c;
+	t->lookup_probe = -1;
+	t->lookup_wait = -1;
 	t->started = GetCurrentTimestamp();
 
 	easy = http_easy_get(c);
@@ -709,6 +834,8 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, t);
 	curl_easy_setopt(easy, CURLOPT_PREREQFUNCTION, http_prereq_cb);
 	curl_easy_setopt(easy, CURLOPT_PREREQDATA, t);
+	curl_easy_setopt(easy, CURLOPT_RESOLVER_START_FUNCTION, http_resolver_start_cb);
+	curl_easy_setopt(easy, CURLOPT_RESOLVER_START_DATA, t);
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, "pg_shipsync/" SHIPSYNC_EXTVERSION);
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, t->method);
@@ -775,6 +902,14 @@ http_collect(HttpClient *c)
 		if (msg->msg != CURLMSG_DONE)
 			continue;
 		curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **) &t);
+		if (t->lookup_wait >= 0)
+		{
+			/* stopped before its lookup: waits for the probe's, unsent */
+			dlist_delete(&t->node);
+			curl_multi_remove_handle(c->multi, easy);
+			dlist_push_tail(&c->lookups[t->lookup_wait].waiting, &t->node);
+			continue;
+		}
 		t->curl_code = msg->data.result;
 		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &t->http_status);
 		curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &sent);
@@ -793,6 +928,16 @@ http_collect(HttpClient *c)
 			strlcpy(t->errbuf, curl_easy_strerror(t->curl_code), sizeof(t->errbuf));
 		http_note_forbidden(t);
 		http_note_tls_refused(t);
+		if (t->lookup_probe >= 0)
+		{
+			/* a probe that ended before its socket: the waiting end so */
+			HttpLookup *l = &c->lookups[t->lookup_probe];
+
+			l->failed = true;
+			l->curl_code = t->curl_code;
+			strlcpy(l->errbuf, t->errbuf, sizeof(l->errbuf));
+			http_lookup_done(t);
+		}
 		t->latency_ms = (double) (GetCurrentTimestamp() - t->started) / 1000.0;
 
 		dlist_delete(&t->node);
@@ -805,6 +950,58 @@ http_collect(HttpClient *c)
 
 		http_queue_done(c, t);
 	}
+}
+
+/*
+ * Start again, or end, the transfers that waited for a lookup now over.
+ * Returns whether any started again (libcurl then has work for its timer).
+ * Called after http_collect(), which has put every transfer stopped so far
+ * on its lookup's list.
+ */
+static bool
+http_release_lookups(HttpClient *c)
+{
+	bool		started = false;
+
+	if (!c->lookups_over)
+		return false;
+	c->lookups_over = false;
+	for (int i = 0; i < HTTP_MAX_LOOKUPS; i++)
+	{
+		HttpLookup *l = &c->lookups[i];
+
+		if (!l->busy || !l->over)
+			continue;
+		while (!dlist_is_empty(&l->waiting))
+		{
+			HttpTransfer *t = dlist_container(HttpTransfer, node,
+											  dlist_pop_head_node(&l->waiting));
+
+			t->lookup_wait = -1;
+			t->errbuf[0] = '\0';
+			if (!l->failed && curl_multi_add_handle(c->multi, t->easy) == CURLM_OK)
+			{
+				dlist_push_tail(&c->running, &t->node);
+				started = true;
+				continue;
+			}
+			/* the probe's lookup failed: so does this one, unsent */
+			t->curl_code = l->failed ? l->curl_code : CURLE_FAILED_INIT;
+			t->http_status = 0;
+			t->request_sent = false;
+			strlcpy(t->errbuf, l->failed ? l->errbuf : "could not start the transfer again",
+					sizeof(t->errbuf));
+			t->latency_ms = (double) (GetCurrentTimestamp() - t->started) / 1000.0;
+			http_easy_put(c, t->easy);
+			t->easy = NULL;
+			curl_slist_free_all(t->headers);
+			t->headers = NULL;
+			c->inflight--;
+			http_queue_done(c, t);
+		}
+		l->busy = false;
+	}
+	return started;
 }
 
 /* Milliseconds until libcurl's own timer fires, -1 if none */
@@ -870,6 +1067,13 @@ http_wait(HttpClient *c, long timeout_ms, uint32 wait_event_info)
 	}
 
 	http_collect(c);
+	/* transfers that waited for a lookup start now, not at the next wait */
+	while (http_release_lookups(c))
+	{
+		c->timer_ms = -1;
+		curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+		http_collect(c);
+	}
 }
 
 HttpTransfer *
@@ -897,6 +1101,22 @@ http_client_destroy(HttpClient *c)
 {
 	if (c == NULL || c->multi == NULL)
 		return;
+	for (int i = 0; i < HTTP_MAX_LOOKUPS; i++)
+	{
+		HttpLookup *l = &c->lookups[i];
+
+		while (l->busy && !dlist_is_empty(&l->waiting))
+		{
+			HttpTransfer *t = dlist_container(HttpTransfer, node,
+											  dlist_pop_head_node(&l->waiting));
+
+			curl_easy_cleanup(t->easy);
+			t->easy = NULL;
+			curl_slist_free_all(t->headers);
+			t->headers = NULL;
+		}
+		l->busy = false;
+	}
 	while (!dlist_is_empty(&c->running))
 	{
 		HttpTransfer *t = dlist_container(HttpTransfer, node,

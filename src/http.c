@@ -63,7 +63,8 @@
  * system's, a client certificate and key, TLS 1.3 at least, and pinned
  * public keys.  shipsync._check_tls() checks those PEM texts when the
  * provider is created.  The system's CAs are parsed once and shared by the
- * connections of the client (http_use_system_cas()), not once for each.  libcurl 7.88 reuses a connection for another
+ * connections of the client (http_use_system_cas()), not once for each.
+ * libcurl 7.88 reuses a connection for another
  * transfer when the certificates, CA bundle, versions and pins match, but
  * does not compare private keys: that a certificate comes with its own key
  * is therefore checked there, so that two providers with one certificate

@@ -116,7 +116,6 @@ typedef struct HttpLookup
 	bool		busy;			/* a lookup of key is under way */
 	bool		over;			/* ... and it is over: release the waiting */
 	bool		failed;			/* its probe ended before opening a socket */
-	HttpTransfer *probe;
 	int			curl_code;		/* when failed: how the probe ended */
 	char		errbuf[256];
 	char		key[HTTP_LOOKUP_KEY];
@@ -267,23 +266,32 @@ static void http_lookup_done(HttpTransfer *t);
 
 /*
  * The host of a URL as libcurl reads it (short IPv4 forms normalized, IPv6
- * in brackets), into buf; false if the URL cannot be read.  No PostgreSQL
- * call: libcurl's callbacks use it.
+ * in brackets), into buf, and its port (the scheme's by default) into
+ * *port unless port is NULL; false if the URL cannot be read.  No
+ * PostgreSQL call: libcurl's callbacks use it.
  */
 static bool
-http_url_host(const char *url, char *buf, size_t len)
+http_url_host(const char *url, char *buf, size_t len, long *port)
 {
 	CURLU	   *u = curl_url();
 	char	   *host = NULL;
+	char	   *portstr = NULL;
 	bool		ok;
 
 	if (u == NULL)
 		return false;
 	ok = curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-		curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK;
+		curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+		(port == NULL ||
+		 curl_url_get(u, CURLUPART_PORT, &portstr, CURLU_DEFAULT_PORT) == CURLUE_OK);
 	if (ok)
+	{
 		strlcpy(buf, host, len);
+		if (port)
+			*port = strtol(portstr, NULL, 10);
+	}
 	curl_free(host);
+	curl_free(portstr);
 	curl_url_cleanup(u);
 	return ok;
 }
@@ -306,7 +314,7 @@ http_host_allowed(const char *url, const char *host, const ShipAddr *a,
 		return false;
 	if (host == NULL)
 	{
-		if (!http_url_host(url, buf, sizeof(buf)))
+		if (!http_url_host(url, buf, sizeof(buf), NULL))
 			return false;
 		host = buf;
 	}
@@ -402,23 +410,14 @@ http_prereq_cb(void *clientp, char *primary_ip, char *local_ip,
 static bool
 http_lookup_key(const char *url, char *buf, size_t len)
 {
-	CURLU	   *u = curl_url();
-	char	   *host = NULL;
-	char	   *port = NULL;
+	char		host[HTTP_LOOKUP_KEY];
+	long		port;
 	ShipAddr	a;
-	bool		ok;
 
-	if (u == NULL)
+	if (!http_url_host(url, host, sizeof(host), &port) ||
+		host[0] == '[' || shipsync_addr_parse(host, &a))
 		return false;
-	ok = curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-		curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
-		curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK &&
-		host[0] != '[' && !shipsync_addr_parse(host, &a) &&
-		snprintf(buf, len, "%s:%s", host, port) < (int) len;
-	curl_free(host);
-	curl_free(port);
-	curl_url_cleanup(u);
-	return ok;
+	return snprintf(buf, len, "%s:%ld", host, port) < (int) len;
 }
 
 /*
@@ -447,7 +446,7 @@ http_resolver_start_cb(void *resolver_state, void *reserved, void *userdata)
 				free_slot = i;
 			continue;
 		}
-		if (l->probe != t && strcmp(l->key, key) == 0)
+		if (t->lookup_probe != i && strcmp(l->key, key) == 0)
 		{
 			t->lookup_wait = i;
 			return 1;
@@ -458,7 +457,6 @@ http_resolver_start_cb(void *resolver_state, void *reserved, void *userdata)
 	c->lookups[free_slot].busy = true;
 	c->lookups[free_slot].over = false;
 	c->lookups[free_slot].failed = false;
-	c->lookups[free_slot].probe = t;
 	strlcpy(c->lookups[free_slot].key, key, HTTP_LOOKUP_KEY);
 	dlist_init(&c->lookups[free_slot].waiting);
 	t->lookup_probe = free_slot;
@@ -475,7 +473,6 @@ http_lookup_done(HttpTransfer *t)
 		return;
 	l = &t->client->lookups[t->lookup_probe];
 	t->lookup_probe = -1;
-	l->probe = NULL;
 	l->over = true;
 	t->client->lookups_over = true;
 }
@@ -492,7 +489,7 @@ http_note_forbidden(HttpTransfer *t)
 	if (t->curl_code == CURLE_OK || t->refused_addr[0] == '\0' ||
 		(t->allowed_tried && t->curl_code != CURLE_ABORTED_BY_CALLBACK))
 		return;
-	if (!http_url_host(t->url, host, sizeof(host)))
+	if (!http_url_host(t->url, host, sizeof(host), NULL))
 		strlcpy(host, "?", sizeof(host));
 	t->forbidden_host = true;
 	snprintf(t->errbuf, sizeof(t->errbuf),
@@ -886,6 +883,32 @@ http_inflight(HttpClient *c)
 	return c->inflight;
 }
 
+/*
+ * Transfer t, out of the multi handle, is over: its handle back to the
+ * pool, its header list freed, and onto the done list.
+ */
+static void
+http_transfer_over(HttpClient *c, HttpTransfer *t)
+{
+	t->latency_ms = (double) (GetCurrentTimestamp() - t->started) / 1000.0;
+	http_easy_put(c, t->easy);
+	t->easy = NULL;
+	curl_slist_free_all(t->headers);
+	t->headers = NULL;
+	c->inflight--;
+	http_queue_done(c, t);
+}
+
+/* Free what an abandoned transfer holds (http_client_destroy()). */
+static void
+http_abandon(HttpTransfer *t)
+{
+	curl_easy_cleanup(t->easy);
+	t->easy = NULL;
+	curl_slist_free_all(t->headers);
+	t->headers = NULL;
+}
+
 /* Move finished transfers from libcurl to our done list. */
 static void
 http_collect(HttpClient *c)
@@ -939,17 +962,9 @@ http_collect(HttpClient *c)
 			strlcpy(l->errbuf, t->errbuf, sizeof(l->errbuf));
 			http_lookup_done(t);
 		}
-		t->latency_ms = (double) (GetCurrentTimestamp() - t->started) / 1000.0;
-
 		dlist_delete(&t->node);
 		curl_multi_remove_handle(c->multi, easy);
-		http_easy_put(c, easy);
-		t->easy = NULL;
-		curl_slist_free_all(t->headers);
-		t->headers = NULL;
-		c->inflight--;
-
-		http_queue_done(c, t);
+		http_transfer_over(c, t);
 	}
 }
 
@@ -992,13 +1007,7 @@ http_release_lookups(HttpClient *c)
 			t->request_sent = false;
 			strlcpy(t->errbuf, l->failed ? l->errbuf : "could not start the transfer again",
 					sizeof(t->errbuf));
-			t->latency_ms = (double) (GetCurrentTimestamp() - t->started) / 1000.0;
-			http_easy_put(c, t->easy);
-			t->easy = NULL;
-			curl_slist_free_all(t->headers);
-			t->headers = NULL;
-			c->inflight--;
-			http_queue_done(c, t);
+			http_transfer_over(c, t);
 		}
 		l->busy = false;
 	}
@@ -1107,15 +1116,8 @@ http_client_destroy(HttpClient *c)
 		HttpLookup *l = &c->lookups[i];
 
 		while (l->busy && !dlist_is_empty(&l->waiting))
-		{
-			HttpTransfer *t = dlist_container(HttpTransfer, node,
-											  dlist_pop_head_node(&l->waiting));
-
-			curl_easy_cleanup(t->easy);
-			t->easy = NULL;
-			curl_slist_free_all(t->headers);
-			t->headers = NULL;
-		}
+			http_abandon(dlist_container(HttpTransfer, node,
+										 dlist_pop_head_node(&l->waiting)));
 		l->busy = false;
 	}
 	while (!dlist_is_empty(&c->running))
@@ -1124,10 +1126,7 @@ http_client_destroy(HttpClient *c)
 										  dlist_pop_head_node(&c->running));
 
 		curl_multi_remove_handle(c->multi, t->easy);
-		curl_easy_cleanup(t->easy);
-		t->easy = NULL;
-		curl_slist_free_all(t->headers);
-		t->headers = NULL;
+		http_abandon(t);
 	}
 	c->inflight = 0;
 	(void) http_release_idle(c);
@@ -1201,7 +1200,7 @@ shipsync_check_host(PG_FUNCTION_ARGS)
 	ShipAddr	a;
 	ShipAddrKind kind;
 
-	if (!http_url_host(url, host, sizeof(host)))
+	if (!http_url_host(url, host, sizeof(host), NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("URL \"%s\" cannot be read", url),

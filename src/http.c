@@ -122,6 +122,49 @@ typedef struct HttpLookup
 	dlist_head	waiting;		/* transfers stopped before their own lookup */
 } HttpLookup;
 
+/*
+ * HTTP/2 from the first request of a burst.  libcurl learns that a carrier
+ * multiplexes only once a connection to it is up, so a burst that found no
+ * connection open started one connection and one TLS handshake per
+ * request, up to max_inflight, to a carrier that would have taken them as
+ * streams of one or two.  CURLOPT_PIPEWAIT makes a transfer wait for a
+ * connection being opened, and then share it, instead of opening its own;
+ * but to a carrier without HTTP/2, libcurl 7.88 then lets the waiting
+ * transfers go one per finished transfer: a burst queued behind one
+ * connection.  So PIPEWAIT is set only for the HTTPS peers (host:port)
+ * this client knows to speak HTTP/2, from the version of their answers.
+ * The first transfer to a peer not known is its probe; other transfers to
+ * that peer wait, not started, until the probe is over, and then start
+ * with PIPEWAIT if its answer came over HTTP/2, without it if not (or if
+ * it had no answer).  Released earlier, when the probe's handshake was
+ * over, they opened anywhere from 1 to 100 connections for 200 requests,
+ * from run to run: libcurl 7.88 does not yet count the new connection's
+ * streams right then.  A probe costs the first burst to a peer one
+ * request's time, once for the life of the dispatcher.  Plain http://
+ * never negotiates HTTP/2 here and is left alone.  A peer known to speak
+ * HTTP/2 that stops doing so is noted as its first answers come back;
+ * until then its transfers go one connection at a time.
+ */
+#define HTTP_MAX_PEERS 32
+
+typedef enum HttpPeerProto
+{
+	PEER_UNKNOWN,				/* no probe yet */
+	PEER_PROBING,				/* its probe is not over */
+	PEER_H1,
+	PEER_H2,
+} HttpPeerProto;
+
+typedef struct HttpPeer
+{
+	HttpPeerProto proto;
+	bool		over;			/* its probe is done: start the waiting */
+	int			refs;			/* transfers of it not over: never replaced */
+	uint64		last_used;		/* the least recently used is replaced */
+	char		key[HTTP_LOOKUP_KEY];	/* "" when the slot is free */
+	dlist_head	waiting;		/* transfers not started, waiting for the probe */
+} HttpPeer;
+
 struct HttpClient
 {
 	MemoryContext cxt;
@@ -143,6 +186,10 @@ struct HttpClient
 
 	HttpLookup	lookups[HTTP_MAX_LOOKUPS];
 	bool		lookups_over;	/* some lookup is over: see http_release_lookups() */
+
+	HttpPeer	peers[HTTP_MAX_PEERS];
+	bool		peers_over;		/* some probe is done: see http_release_peers() */
+	uint64		peer_clock;
 };
 
 static int
@@ -261,6 +308,7 @@ http_progress_cb(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
 
 static void http_tls_handshake_done(HttpTransfer *t);
 static void http_lookup_done(HttpTransfer *t);
+static void http_peer_learn(HttpTransfer *t, HttpPeerProto proto);
 
 /* ---------- outbound hosts ---------- */
 
@@ -674,6 +722,133 @@ http_apply_tls(CURL *easy, HttpTransfer *t)
 	return rc;
 }
 
+/* ---------- HTTP/2 peers ---------- */
+
+/*
+ * host:port of an https:// url into buf; false for another scheme or a URL
+ * that cannot be read.  No PostgreSQL call.
+ */
+static bool
+http_peer_key(const char *url, char *buf, size_t len)
+{
+	char		host[HTTP_LOOKUP_KEY];
+	long		port;
+
+	if (pg_strncasecmp(url, "https://", 8) != 0 ||
+		!http_url_host(url, host, sizeof(host), &port))
+		return false;
+	return snprintf(buf, len, "%s:%ld", host, port) < (int) len;
+}
+
+/*
+ * The slot of peer key: its own, else a free one, else the least recently
+ * used of those no transfer refers to; -1 if every slot is in use (the
+ * transfer then goes as if the peer were not known).
+ */
+static int
+http_peer_slot(HttpClient *c, const char *key)
+{
+	int			pick = -1;
+
+	for (int i = 0; i < HTTP_MAX_PEERS; i++)
+	{
+		HttpPeer   *p = &c->peers[i];
+
+		if (p->key[0] != '\0' && strcmp(p->key, key) == 0)
+			return i;
+		if (p->refs > 0)
+			continue;
+		if (pick < 0 || (c->peers[pick].key[0] != '\0' &&
+						 (p->key[0] == '\0' || p->last_used < c->peers[pick].last_used)))
+			pick = i;
+	}
+	if (pick >= 0)
+	{
+		HttpPeer   *p = &c->peers[pick];
+
+		strlcpy(p->key, key, HTTP_LOOKUP_KEY);
+		p->proto = PEER_UNKNOWN;
+		p->over = false;
+		dlist_init(&p->waiting);
+	}
+	return pick;
+}
+
+/*
+ * Route t (on easy, every other option set) by what its peer speaks:
+ * PIPEWAIT for a peer known to speak HTTP/2; t is the probe of a peer not
+ * known; or t waits for the probe under way, not started (true).
+ */
+static bool
+http_peer_route(HttpClient *c, HttpTransfer *t, CURL *easy)
+{
+	char		key[HTTP_LOOKUP_KEY];
+	HttpPeer   *p;
+
+	if (!http_peer_key(t->url, key, sizeof(key)) || (t->peer = http_peer_slot(c, key)) < 0)
+		return false;
+	p = &c->peers[t->peer];
+	p->refs++;
+	p->last_used = ++c->peer_clock;
+	switch (p->proto)
+	{
+		case PEER_H2:
+			curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
+			return false;
+		case PEER_H1:
+			return false;
+		case PEER_UNKNOWN:
+			p->proto = PEER_PROBING;
+			t->peer_probe = true;
+			return false;
+		case PEER_PROBING:
+			break;
+	}
+	dlist_push_tail(&p->waiting, &t->node);
+	return true;
+}
+
+/*
+ * t is over, answered over proto (PEER_UNKNOWN: no answer).  Its peer
+ * speaks that now.  A probe's peer is known either way: not to speak
+ * HTTP/2 unless the probe's answer came over it (a peer that fails does
+ * not hold every burst behind a probe again); the transfers waiting for it
+ * start at the next http_release_peers().
+ */
+static void
+http_peer_learn(HttpTransfer *t, HttpPeerProto proto)
+{
+	HttpPeer   *p;
+
+	if (t->peer < 0)
+		return;
+	p = &t->client->peers[t->peer];
+	if (t->peer_probe)
+	{
+		t->peer_probe = false;
+		p->proto = proto == PEER_H2 ? PEER_H2 : PEER_H1;
+		p->over = true;
+		t->client->peers_over = true;
+	}
+	else if (proto != PEER_UNKNOWN && p->proto != PEER_PROBING)
+		p->proto = proto;
+}
+
+/*
+ * t is over (or will not start): a probe without an answer is done all the
+ * same, and the peer may be replaced once no transfer refers to it.
+ */
+static void
+http_peer_release(HttpTransfer *t)
+{
+	if (t->peer < 0)
+		return;
+	if (t->peer_probe)
+		http_peer_learn(t, PEER_UNKNOWN);
+	t->client->peers[t->peer].refs--;
+	t->peer = -1;
+}
+
 /* Put a finished (or failed to start) transfer on the done list. */
 static void
 http_queue_done(HttpClient *c, HttpTransfer *t)
@@ -800,6 +975,8 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	t->client = c;
 	t->lookup_probe = -1;
 	t->lookup_wait = -1;
+	t->peer = -1;
+	t->peer_probe = false;
 	t->started = GetCurrentTimestamp();
 
 	easy = http_easy_get(c);
@@ -858,9 +1035,17 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_SSL_SESSIONID_CACHE, 0L);
 
 	rc = http_apply_tls(easy, t);
+	if (rc == CURLE_OK && http_peer_route(c, t, easy))
+	{
+		/* waits for its peer's probe, counted in flight */
+		c->inflight++;
+		c->peak = Max(c->peak, c->inflight);
+		return;
+	}
 	mrc = rc == CURLE_OK ? curl_multi_add_handle(c->multi, easy) : CURLM_OK;
 	if (rc != CURLE_OK || mrc != CURLM_OK)
 	{
+		http_peer_release(t);
 		http_easy_put(c, easy);
 		t->easy = NULL;
 		t->curl_code = rc != CURLE_OK ? rc : CURLE_FAILED_INIT;
@@ -891,6 +1076,7 @@ static void
 http_transfer_over(HttpClient *c, HttpTransfer *t)
 {
 	t->latency_ms = (double) (GetCurrentTimestamp() - t->started) / 1000.0;
+	http_peer_release(t);
 	http_easy_put(c, t->easy);
 	t->easy = NULL;
 	curl_slist_free_all(t->headers);
@@ -939,6 +1125,15 @@ http_collect(HttpClient *c)
 		curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &sent);
 		curl_easy_getinfo(easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
 		t->request_sent = sent > 0 || pretransfer > 0;
+		if (t->http_status > 0)
+		{
+			long		version = 0;
+
+			curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version);
+			http_peer_learn(t, version == CURL_HTTP_VERSION_2_0 ? PEER_H2 : PEER_H1);
+		}
+		else
+			http_peer_learn(t, PEER_UNKNOWN);
 		if (t->resend_refused)
 		{
 			/* what libcurl answers when it cannot send a body again */
@@ -1014,6 +1209,48 @@ http_release_lookups(HttpClient *c)
 	return started;
 }
 
+/*
+ * Start the transfers that waited for their peer's probe, now done: with
+ * PIPEWAIT when the peer speaks HTTP/2.  Returns whether any started.
+ */
+static bool
+http_release_peers(HttpClient *c)
+{
+	bool		started = false;
+
+	if (!c->peers_over)
+		return false;
+	c->peers_over = false;
+	for (int i = 0; i < HTTP_MAX_PEERS; i++)
+	{
+		HttpPeer   *p = &c->peers[i];
+
+		if (!p->over)
+			continue;
+		p->over = false;
+		while (!dlist_is_empty(&p->waiting))
+		{
+			HttpTransfer *t = dlist_container(HttpTransfer, node,
+											  dlist_pop_head_node(&p->waiting));
+
+			if (p->proto == PEER_H2)
+				curl_easy_setopt(t->easy, CURLOPT_PIPEWAIT, 1L);
+			if (curl_multi_add_handle(c->multi, t->easy) == CURLM_OK)
+			{
+				dlist_push_tail(&c->running, &t->node);
+				started = true;
+				continue;
+			}
+			t->curl_code = CURLE_FAILED_INIT;
+			t->http_status = 0;
+			t->request_sent = false;
+			strlcpy(t->errbuf, "could not start the transfer", sizeof(t->errbuf));
+			http_transfer_over(c, t);
+		}
+	}
+	return started;
+}
+
 /* Milliseconds until libcurl's own timer fires, -1 if none */
 static long
 http_timer_remaining(HttpClient *c)
@@ -1077,8 +1314,8 @@ http_wait(HttpClient *c, long timeout_ms, uint32 wait_event_info)
 	}
 
 	http_collect(c);
-	/* transfers that waited for a lookup start now, not at the next wait */
-	while (http_release_lookups(c))
+	/* transfers that waited for a lookup or a probe start now, not at the next wait */
+	while (http_release_lookups(c) | http_release_peers(c))
 	{
 		c->timer_ms = -1;
 		curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
@@ -1119,6 +1356,14 @@ http_client_destroy(HttpClient *c)
 			http_abandon(dlist_container(HttpTransfer, node,
 										 dlist_pop_head_node(&l->waiting)));
 		l->busy = false;
+	}
+	for (int i = 0; i < HTTP_MAX_PEERS; i++)
+	{
+		HttpPeer   *p = &c->peers[i];
+
+		while (p->key[0] != '\0' && !dlist_is_empty(&p->waiting))
+			http_abandon(dlist_container(HttpTransfer, node,
+										 dlist_pop_head_node(&p->waiting)));
 	}
 	while (!dlist_is_empty(&c->running))
 	{

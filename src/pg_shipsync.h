@@ -1003,6 +1003,8 @@ typedef struct HttpTransfer
 	struct HttpClient *client;
 	int			lookup_probe;	/* its lookup others wait for, or -1 */
 	int			lookup_wait;	/* the lookup it waits for, or -1 */
+	int			peer;			/* its HTTPS peer's slot, or -1 */
+	bool		peer_probe;		/* the first transfer to a peer not known */
 	ShipAddrKind refused_kind;	/* when refused_addr is set */
 	char		refused_addr[64];	/* an address refused for this transfer */
 } HttpTransfer;

@@ -45,6 +45,10 @@
  *
  * Host names: one lookup of a host:port at a time (HttpLookup below).
  *
+ * HTTP/2: the first request to an HTTPS host:port not yet known goes alone,
+ * and the rest follow its answer, multiplexed if it came over HTTP/2
+ * (HttpPeer below).
+ *
  * Outbound hosts: every connection passes the rule of hostcheck.c and
  * shipsync.allowed_hosts on the address libcurl actually connects to, so a
  * name that resolves (or rebinds) to an internal address is caught.  The
@@ -138,8 +142,8 @@ typedef struct HttpLookup
  * with PIPEWAIT if its answer came over HTTP/2, without it if not (or if
  * it had no answer).  Released earlier, when the probe's handshake was
  * over, they opened anywhere from 1 to 100 connections for 200 requests,
- * from run to run: libcurl 7.88 does not yet count the new connection's
- * streams right then.  A probe costs the first burst to a peer one
+ * from run to run (libcurl 7.88's choice of a connection to share is a
+ * race at that moment; we did not pin it down).  A probe costs the first burst to a peer one
  * request's time, once for the life of the dispatcher.  Plain http://
  * never negotiates HTTP/2 here and is left alone.  A peer known to speak
  * HTTP/2 that stops doing so is noted as its first answers come back;
@@ -952,47 +956,12 @@ http_client_create(MemoryContext cxt, long max_connections)
 }
 
 /*
- * Start one transfer.  The caller allocated t (zeroed) in a context that
- * lives until the transfer comes back from http_take_done(), and filled in
- * the request fields; t->headers passes to us.
+ * Every option of transfer t but its TLS, on easy, every time: the handle
+ * may have served another provider.
  */
-void
-http_submit(HttpClient *c, HttpTransfer *t)
+static void
+http_easy_options(CURL *easy, HttpTransfer *t)
 {
-	CURL	   *easy;
-	CURLMcode	mrc;
-	CURLcode	rc;
-
-	initStringInfo(&t->response);
-	t->errbuf[0] = '\0';
-	t->refused_addr[0] = '\0';
-	t->allowed_tried = false;
-	t->prereq_seen = false;
-	t->resend_refused = false;
-	t->forbidden_host = false;
-	t->tls_refused = false;
-	t->cert_requested = false;
-	t->client = c;
-	t->lookup_probe = -1;
-	t->lookup_wait = -1;
-	t->peer = -1;
-	t->peer_probe = false;
-	t->started = GetCurrentTimestamp();
-
-	easy = http_easy_get(c);
-	if (easy == NULL)
-	{
-		/* a resource failure is a retryable attempt, never a lost order */
-		t->curl_code = CURLE_OUT_OF_MEMORY;
-		strlcpy(t->errbuf, "could not create a libcurl handle", sizeof(t->errbuf));
-		curl_slist_free_all(t->headers);
-		t->headers = NULL;
-		http_queue_done(c, t);
-		return;
-	}
-	t->easy = easy;
-
-	/* every option, every time: the handle may have served another provider */
 	curl_easy_setopt(easy, CURLOPT_URL, t->url);
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, t);
@@ -1033,7 +1002,50 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
 	/* a reset keeps a handle's TLS sessions: resume none from another transfer */
 	curl_easy_setopt(easy, CURLOPT_SSL_SESSIONID_CACHE, 0L);
+}
 
+/*
+ * Start one transfer.  The caller allocated t (zeroed) in a context that
+ * lives until the transfer comes back from http_take_done(), and filled in
+ * the request fields; t->headers passes to us.
+ */
+void
+http_submit(HttpClient *c, HttpTransfer *t)
+{
+	CURL	   *easy;
+	CURLMcode	mrc;
+	CURLcode	rc;
+
+	initStringInfo(&t->response);
+	t->errbuf[0] = '\0';
+	t->refused_addr[0] = '\0';
+	t->allowed_tried = false;
+	t->prereq_seen = false;
+	t->resend_refused = false;
+	t->forbidden_host = false;
+	t->tls_refused = false;
+	t->cert_requested = false;
+	t->client = c;
+	t->lookup_probe = -1;
+	t->lookup_wait = -1;
+	t->peer = -1;
+	t->peer_probe = false;
+	t->started = GetCurrentTimestamp();
+
+	easy = http_easy_get(c);
+	if (easy == NULL)
+	{
+		/* a resource failure is a retryable attempt, never a lost order */
+		t->curl_code = CURLE_OUT_OF_MEMORY;
+		strlcpy(t->errbuf, "could not create a libcurl handle", sizeof(t->errbuf));
+		curl_slist_free_all(t->headers);
+		t->headers = NULL;
+		http_queue_done(c, t);
+		return;
+	}
+	t->easy = easy;
+
+	http_easy_options(easy, t);
 	rc = http_apply_tls(easy, t);
 	if (rc == CURLE_OK && http_peer_route(c, t, easy))
 	{

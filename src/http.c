@@ -45,9 +45,8 @@
  *
  * Host names: one lookup of a host:port at a time (HttpLookup below).
  *
- * HTTP/2: the first request to an HTTPS host:port not yet known goes alone,
- * and the rest follow its answer, multiplexed if it came over HTTP/2
- * (HttpPeer below).
+ * HTTP/2: requests to a carrier that speaks it go as streams of a few
+ * connections, opened one at a time (HttpPeer below).
  *
  * Outbound hosts: every connection passes the rule of hostcheck.c and
  * shipsync.allowed_hosts on the address libcurl actually connects to, so a
@@ -127,46 +126,59 @@ typedef struct HttpLookup
 } HttpLookup;
 
 /*
- * HTTP/2 from the first request of a burst.  libcurl learns that a carrier
- * multiplexes only once a connection to it is up, so a burst that found no
- * connection open started one connection and one TLS handshake per
- * request, up to max_inflight, to a carrier that would have taken them as
- * streams of one or two.  CURLOPT_PIPEWAIT makes a transfer wait for a
- * connection being opened, and then share it, instead of opening its own;
- * but to a carrier without HTTP/2, libcurl 7.88 then lets the waiting
- * transfers go one per finished transfer: a burst queued behind one
- * connection.  So PIPEWAIT is set only for the HTTPS peers (host:port)
- * this client knows to speak HTTP/2, from the version of their answers.
- * The first transfer to a peer not known is its probe; other transfers to
- * that peer wait, not started, until the probe is over, and then start
- * with PIPEWAIT if its answer came over HTTP/2, without it if not (or if
- * it had no answer).  Released earlier, when the probe's handshake was
- * over, they opened anywhere from 1 to 100 connections for 200 requests,
- * from run to run (libcurl 7.88's choice of a connection to share is a
- * race at that moment; we did not pin it down).  A probe costs the first burst to a peer one
- * request's time, once for the life of the dispatcher.  Plain http://
- * never negotiates HTTP/2 here and is left alone.  A peer known to speak
- * HTTP/2 that stops doing so is noted as its first answers come back;
- * until then its transfers go one connection at a time.
+ * HTTP/2 carriers get streams, not a connection per request.  libcurl
+ * learns that a carrier multiplexes only once a connection to it is up, so
+ * a burst that found no connection open started one connection and one
+ * TLS handshake per request, up to max_inflight.  And libcurl 7.88 never
+ * lets a transfer share a connection still being opened: once the
+ * connections up were full (100 streams each, libcurl's own limit), each
+ * further request of a burst opened one more.  CURLOPT_PIPEWAIT does not
+ * cure either: it waits for a connection being opened only while libcurl
+ * knows nothing of the host, and to a carrier without HTTP/2, libcurl then
+ * lets the waiting transfers go one per finished transfer.
+ *
+ * So this client keeps, per HTTPS peer (host:port), what it speaks and,
+ * when it is HTTP/2, how many streams each of its connections carries
+ * (each connection known by its local port, read as a request on it is
+ * about to go).  A transfer starts at once when the peer does not speak
+ * HTTP/2, or when a connection of the peer has a stream free (with
+ * PIPEWAIT, so that libcurl waits rather than open one).  Otherwise it
+ * opens a connection, as the peer's opener -- for a peer not yet known,
+ * its probe -- and later transfers wait, not started, until the opener's
+ * handshake is over: then they fill the new connection's streams, or all
+ * go at once if the server chose HTTP/1.1 (ALPN).  One connection is
+ * opened at a time per peer: 1,000 orders at once to nginx went over 1
+ * or 2 connections where they took 256.  What a peer speaks is read again from every
+ * answer, so a carrier that changes is followed.  A server that allows
+ * fewer than 100 streams on a connection gets the excess on connections
+ * of their own, as before.  Plain http:// never negotiates HTTP/2 here
+ * and is left alone.
  */
 #define HTTP_MAX_PEERS 32
+#define HTTP_PEER_CONNS 16
+#define HTTP_STREAMS_PER_CONN 100	/* libcurl 7.88's own limit (the default
+									 * of CURLMOPT_MAX_CONCURRENT_STREAMS) */
 
 typedef enum HttpPeerProto
 {
-	PEER_UNKNOWN,				/* no probe yet */
-	PEER_PROBING,				/* its probe is not over */
-	PEER_H1,
+	PEER_UNKNOWN,				/* no answer yet */
+	PEER_H1,					/* HTTP/1.1 over TLS */
 	PEER_H2,
 } HttpPeerProto;
 
 typedef struct HttpPeer
 {
 	HttpPeerProto proto;
-	bool		over;			/* its probe is done: start the waiting */
+	bool		opening;		/* a transfer of it is opening a connection */
+	bool		wake;			/* see http_release_peers() */
 	int			refs;			/* transfers of it not over: never replaced */
+	int			unplaced;		/* started to share a connection: which, not known yet */
+	int			nconns;
+	long		conn_port[HTTP_PEER_CONNS]; /* connections with our streams */
+	int			conn_streams[HTTP_PEER_CONNS];
 	uint64		last_used;		/* the least recently used is replaced */
 	char		key[HTTP_LOOKUP_KEY];	/* "" when the slot is free */
-	dlist_head	waiting;		/* transfers not started, waiting for the probe */
+	dlist_head	waiting;		/* transfers not started, waiting for a connection */
 } HttpPeer;
 
 struct HttpClient
@@ -192,7 +204,7 @@ struct HttpClient
 	bool		lookups_over;	/* some lookup is over: see http_release_lookups() */
 
 	HttpPeer	peers[HTTP_MAX_PEERS];
-	bool		peers_over;		/* some probe is done: see http_release_peers() */
+	bool		peers_wake;		/* some peer may start waiting transfers */
 	uint64		peer_clock;
 };
 
@@ -312,7 +324,7 @@ http_progress_cb(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
 
 static void http_tls_handshake_done(HttpTransfer *t);
 static void http_lookup_done(HttpTransfer *t);
-static void http_peer_learn(HttpTransfer *t, HttpPeerProto proto);
+static void http_peer_placed(HttpTransfer *t);
 
 /* ---------- outbound hosts ---------- */
 
@@ -432,6 +444,7 @@ http_prereq_cb(void *clientp, char *primary_ip, char *local_ip,
 	ShipAddr	a;
 
 	http_tls_handshake_done(t);
+	http_peer_placed(t);
 	if (t->prereq_seen)
 	{
 		long		sent = 0;
@@ -770,21 +783,54 @@ http_peer_slot(HttpClient *c, const char *key)
 	{
 		HttpPeer   *p = &c->peers[pick];
 
+		memset(p, 0, sizeof(HttpPeer));
 		strlcpy(p->key, key, HTTP_LOOKUP_KEY);
-		p->proto = PEER_UNKNOWN;
-		p->over = false;
 		dlist_init(&p->waiting);
 	}
 	return pick;
 }
 
+/* Streams free on the connections of p that carry ours */
+static int
+http_peer_free(const HttpPeer *p)
+{
+	int			n = -p->unplaced;
+
+	for (int i = 0; i < p->nconns; i++)
+		n += HTTP_STREAMS_PER_CONN - p->conn_streams[i];
+	return n;
+}
+
 /*
- * Route t (on easy, every other option set) by what its peer speaks:
- * PIPEWAIT for a peer known to speak HTTP/2; t is the probe of a peer not
- * known; or t waits for the probe under way, not started (true).
+ * May t start now?  Yes to a peer without HTTP/2; to one with a stream free
+ * (PIPEWAIT on its handle); or as the opener of a connection, when none is
+ * being opened.  No: it waits for the opener's handshake.
  */
 static bool
-http_peer_route(HttpClient *c, HttpTransfer *t, CURL *easy)
+http_peer_admit(HttpPeer *p, HttpTransfer *t)
+{
+	if (p->proto == PEER_H1)
+		return true;
+	if (p->proto == PEER_H2 && http_peer_free(p) > 0)
+	{
+		curl_easy_setopt(t->easy, CURLOPT_PIPEWAIT, 1L);
+		p->unplaced++;
+		t->peer_unplaced = true;
+		return true;
+	}
+	if (p->opening)
+		return false;
+	p->opening = true;
+	t->peer_opener = true;
+	return true;
+}
+
+/*
+ * Route t (on t->easy, every other option set) through its peer, if it
+ * goes to one; true when it must wait, not started.
+ */
+static bool
+http_peer_route(HttpClient *c, HttpTransfer *t)
 {
 	char		key[HTTP_LOOKUP_KEY];
 	HttpPeer   *p;
@@ -794,62 +840,138 @@ http_peer_route(HttpClient *c, HttpTransfer *t, CURL *easy)
 	p = &c->peers[t->peer];
 	p->refs++;
 	p->last_used = ++c->peer_clock;
-	switch (p->proto)
-	{
-		case PEER_H2:
-			curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
-			return false;
-		case PEER_H1:
-			return false;
-		case PEER_UNKNOWN:
-			p->proto = PEER_PROBING;
-			t->peer_probe = true;
-			return false;
-		case PEER_PROBING:
-			break;
-	}
+	if (http_peer_admit(p, t))
+		return false;
 	dlist_push_tail(&p->waiting, &t->node);
 	return true;
 }
 
+static void
+http_peer_wake(HttpTransfer *t)
+{
+	t->client->peers[t->peer].wake = true;
+	t->client->peers_wake = true;
+}
+
 /*
- * t is over, answered over proto (PEER_UNKNOWN: no answer).  Its peer
- * speaks that now.  A probe's peer is known either way: not to speak
- * HTTP/2 unless the probe's answer came over it (a peer that fails does
- * not hold every burst behind a probe again); the transfers waiting for it
- * start at the next http_release_peers().
+ * What the server of t's connection chose (ALPN), now that its handshake
+ * is over; PEER_UNKNOWN if that cannot be read (a TLS library other than
+ * OpenSSL).  No PostgreSQL call.
+ */
+static HttpPeerProto
+http_alpn(HttpTransfer *t)
+{
+	struct curl_tlssessioninfo *info = NULL;
+	const unsigned char *alpn = NULL;
+	unsigned int len = 0;
+
+	if (curl_easy_getinfo(t->easy, CURLINFO_TLS_SSL_PTR, &info) != CURLE_OK ||
+		info == NULL || info->backend != CURLSSLBACKEND_OPENSSL || info->internals == NULL)
+		return PEER_UNKNOWN;
+	SSL_get0_alpn_selected((SSL *) info->internals, &alpn, &len);
+	return len == 2 && memcmp(alpn, "h2", 2) == 0 ? PEER_H2 : PEER_H1;
+}
+
+/*
+ * t's request is about to go on a connection that is up (its handshake
+ * over): an opener tells what the peer speaks, and the stream is counted
+ * on its connection.  No PostgreSQL call (libcurl's callback).
  */
 static void
+http_peer_placed(HttpTransfer *t)
+{
+	HttpPeer   *p;
+	long		port = 0;
+	int			i;
+
+	if (t->peer < 0 || t->peer_port != 0)
+		return;
+	p = &t->client->peers[t->peer];
+	if (t->peer_opener)
+	{
+		HttpPeerProto proto = http_alpn(t);
+
+		p->proto = proto != PEER_UNKNOWN ? proto : p->proto == PEER_H2 ? PEER_H2 : PEER_H1;
+		t->peer_opener = false;
+		p->opening = false;
+		http_peer_wake(t);
+	}
+	if (t->peer_unplaced)
+	{
+		t->peer_unplaced = false;
+		p->unplaced--;
+	}
+	if (p->proto != PEER_H2 ||
+		curl_easy_getinfo(t->easy, CURLINFO_LOCAL_PORT, &port) != CURLE_OK || port <= 0)
+		return;
+	for (i = 0; i < p->nconns && p->conn_port[i] != port; i++)
+		;
+	if (i == p->nconns)
+	{
+		if (i == HTTP_PEER_CONNS)
+			return;				/* not counted: its streams look free */
+		p->conn_port[i] = port;
+		p->conn_streams[i] = 0;
+		p->nconns++;
+	}
+	p->conn_streams[i]++;
+	t->peer_port = port;
+}
+
+/* t's answer came over proto: what its peer speaks now */
+static void
 http_peer_learn(HttpTransfer *t, HttpPeerProto proto)
+{
+	if (t->peer >= 0)
+		t->client->peers[t->peer].proto = proto;
+}
+
+/*
+ * t is over (or will not start): its stream, or its place as the opener,
+ * is free for the transfers waiting; the peer may be replaced once no
+ * transfer refers to it.  An opener that ended before its handshake leaves
+ * a peer not known as not speaking HTTP/2 (a carrier that fails does not
+ * hold every burst behind one transfer); its answers will tell.
+ */
+static void
+http_peer_release(HttpTransfer *t)
 {
 	HttpPeer   *p;
 
 	if (t->peer < 0)
 		return;
 	p = &t->client->peers[t->peer];
-	if (t->peer_probe)
+	if (t->peer_opener)
 	{
-		t->peer_probe = false;
-		p->proto = proto == PEER_H2 ? PEER_H2 : PEER_H1;
-		p->over = true;
-		t->client->peers_over = true;
+		t->peer_opener = false;
+		p->opening = false;
+		if (p->proto == PEER_UNKNOWN)
+			p->proto = PEER_H1;
 	}
-	else if (proto != PEER_UNKNOWN && p->proto != PEER_PROBING)
-		p->proto = proto;
-}
-
-/*
- * t is over (or will not start): a probe without an answer is done all the
- * same, and the peer may be replaced once no transfer refers to it.
- */
-static void
-http_peer_release(HttpTransfer *t)
-{
-	if (t->peer < 0)
-		return;
-	if (t->peer_probe)
-		http_peer_learn(t, PEER_UNKNOWN);
-	t->client->peers[t->peer].refs--;
+	if (t->peer_unplaced)
+	{
+		t->peer_unplaced = false;
+		p->unplaced--;
+	}
+	if (t->peer_port != 0)
+	{
+		for (int i = 0; i < p->nconns; i++)
+		{
+			if (p->conn_port[i] != t->peer_port)
+				continue;
+			if (--p->conn_streams[i] == 0)
+			{
+				/* idle: libcurl may close it; counted again when used */
+				p->nconns--;
+				p->conn_port[i] = p->conn_port[p->nconns];
+				p->conn_streams[i] = p->conn_streams[p->nconns];
+			}
+			break;
+		}
+		t->peer_port = 0;
+	}
+	http_peer_wake(t);
+	p->refs--;
 	t->peer = -1;
 }
 
@@ -1029,7 +1151,9 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	t->lookup_probe = -1;
 	t->lookup_wait = -1;
 	t->peer = -1;
-	t->peer_probe = false;
+	t->peer_opener = false;
+	t->peer_unplaced = false;
+	t->peer_port = 0;
 	t->started = GetCurrentTimestamp();
 
 	easy = http_easy_get(c);
@@ -1047,7 +1171,7 @@ http_submit(HttpClient *c, HttpTransfer *t)
 
 	http_easy_options(easy, t);
 	rc = http_apply_tls(easy, t);
-	if (rc == CURLE_OK && http_peer_route(c, t, easy))
+	if (rc == CURLE_OK && http_peer_route(c, t))
 	{
 		/* waits for its peer's probe, counted in flight */
 		c->inflight++;
@@ -1144,8 +1268,6 @@ http_collect(HttpClient *c)
 			curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version);
 			http_peer_learn(t, version == CURL_HTTP_VERSION_2_0 ? PEER_H2 : PEER_H1);
 		}
-		else
-			http_peer_learn(t, PEER_UNKNOWN);
 		if (t->resend_refused)
 		{
 			/* what libcurl answers when it cannot send a body again */
@@ -1222,31 +1344,31 @@ http_release_lookups(HttpClient *c)
 }
 
 /*
- * Start the transfers that waited for their peer's probe, now done: with
- * PIPEWAIT when the peer speaks HTTP/2.  Returns whether any started.
+ * Start the transfers waiting for a connection of their peer, as far as
+ * its streams (or a new opener) allow.  Returns whether any started.
  */
 static bool
 http_release_peers(HttpClient *c)
 {
 	bool		started = false;
 
-	if (!c->peers_over)
+	if (!c->peers_wake)
 		return false;
-	c->peers_over = false;
+	c->peers_wake = false;
 	for (int i = 0; i < HTTP_MAX_PEERS; i++)
 	{
 		HttpPeer   *p = &c->peers[i];
 
-		if (!p->over)
+		if (!p->wake)
 			continue;
-		p->over = false;
+		p->wake = false;
 		while (!dlist_is_empty(&p->waiting))
 		{
-			HttpTransfer *t = dlist_container(HttpTransfer, node,
-											  dlist_pop_head_node(&p->waiting));
+			HttpTransfer *t = dlist_container(HttpTransfer, node, dlist_head_node(&p->waiting));
 
-			if (p->proto == PEER_H2)
-				curl_easy_setopt(t->easy, CURLOPT_PIPEWAIT, 1L);
+			if (!http_peer_admit(p, t))
+				break;
+			dlist_delete(&t->node);
 			if (curl_multi_add_handle(c->multi, t->easy) == CURLM_OK)
 			{
 				dlist_push_tail(&c->running, &t->node);
@@ -1326,7 +1448,7 @@ http_wait(HttpClient *c, long timeout_ms, uint32 wait_event_info)
 	}
 
 	http_collect(c);
-	/* transfers that waited for a lookup or a probe start now, not at the next wait */
+	/* transfers that waited for a lookup or a connection start now, not at the next wait */
 	while (http_release_lookups(c) | http_release_peers(c))
 	{
 		c->timer_ms = -1;

@@ -1004,7 +1004,9 @@ typedef struct HttpTransfer
 	int			lookup_probe;	/* its lookup others wait for, or -1 */
 	int			lookup_wait;	/* the lookup it waits for, or -1 */
 	int			peer;			/* its HTTPS peer's slot, or -1 */
-	bool		peer_probe;		/* the first transfer to a peer not known */
+	bool		peer_opener;	/* opens a connection others wait for */
+	bool		peer_unplaced;	/* started to share a connection, not yet on one */
+	long		peer_port;		/* local port of its HTTP/2 connection, or 0 */
 	ShipAddrKind refused_kind;	/* when refused_addr is set */
 	char		refused_addr[64];	/* an address refused for this transfer */
 } HttpTransfer;

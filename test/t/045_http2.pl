@@ -7,7 +7,10 @@
 #      one connection per request (libcurl learns that a carrier
 #      multiplexes only once a connection is up: before, 100 orders opened
 #      100 connections and as many TLS handshakes); so does the next burst
-#      once that connection has closed; each order is delivered once;
+#      once that connection has closed; 250 orders at once (more than the
+#      100 streams libcurl puts on a connection) go over 3 connections,
+#      opened one at a time, not one per request beyond the first 100;
+#      each order is delivered once;
 #   2. a burst to an HTTPS carrier without HTTP/2 still goes out at once,
 #      one connection per request in flight, not queued behind one
 #      connection (which is what waiting for multiplexing does to it);
@@ -151,6 +154,16 @@ my @again = @{ [ requests('h2.log') ] }[ 100 .. 199 ];
 is(connections(@again), 1, 'HTTP/2: a burst with no connection open waits for one and shares it');
 isnt($again[0][0], $h2[0][0], 'HTTP/2: ... a new one (the first had closed)');
 is(attempts('h2'), '200|200', 'HTTP/2: one attempt per order, again');
+
+# more than a connection's streams (libcurl's 100) at once: connections
+# are opened one at a time and filled, not one per request beyond the first
+sleep 2;
+sql(q{INSERT INTO t_h2 SELECT g, 'c' || g FROM generate_series(201, 450) g});
+ok(delivered('h2', 450, 90), 'HTTP/2: 250 more delivered at once');
+my @big = @{ [ requests('h2.log') ] }[ 200 .. 449 ];
+my $bigconns = connections(@big);
+cmp_ok($bigconns, '<=', 3, "HTTP/2: 250 orders at once over $bigconns connections (100 streams each), not 150");
+is(attempts('h2'), '450|450', 'HTTP/2: one attempt per order, 450 in all');
 
 # ---- 2. HTTPS without HTTP/2: every request of a burst on its own connection at once
 provider('h1', $h1port, '{"timeout_ms": 10000}');

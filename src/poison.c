@@ -171,31 +171,76 @@ poison_quarantine(Datum *ids, int n)
 }
 
 /*
+ * Of the intents ids[0..n), those still in flight, into ids (in place);
+ * returns how many.  The others' results were recorded (the death came
+ * after the apply's commit, before its record was cleared) or they were
+ * settled otherwise: they will not be applied again, so they are neither
+ * suspects nor to be quarantined.  Kept as suspects, their ids outlived
+ * them: after a TRUNCATE ... RESTART IDENTITY of the queue, a new intent
+ * that got one of them was applied as a suspect and quarantined at the
+ * next death (TAP 002 caught it, TAP 021 checks it).
+ */
+static int
+poison_in_flight(Datum *ids, int n)
+{
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		args[1];
+	int			kept = 0;
+
+	args[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	shipsync_begin_tx("reading what the previous dispatcher was applying", true);
+	if (SPI_execute_with_args("SELECT o.id FROM shipsync.outbox o"
+							  " WHERE o.id = ANY ($1) AND o.state = 'in_flight'",
+							  1, types, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the intents in flight failed");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		ids[kept++] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+	}
+	shipsync_end_tx();
+	return kept;
+}
+
+/*
  * At the start of a dispatcher, before the intents in flight are sent
- * again: read what the previous one was applying when it died; quarantine
- * the intents at their second death in a row, remember the others as
- * suspects.
+ * again: read what the previous one was applying when it died; of those
+ * still in flight, quarantine the intents at their second death in a row,
+ * remember the others as suspects.
  */
 void
 poison_startup(void)
 {
 	int			n;
 	PoisonEntry *entries = poison_open(&n);
+	Datum	   *ids;
 	Datum	   *poisoned;
+	int			nlive;
 	int			npoisoned = 0;
 	MemoryContext old;
 
 	if (n == 0)
 		return;
+	ids = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+		ids[i] = Int64GetDatum(entries[i].id);
+	nlive = poison_in_flight(ids, n);
 	ereport(LOG,
-			(errmsg("pg_shipsync: the previous dispatcher died while applying %d results; they are applied one by one",
-					n)));
-	poisoned = palloc(sizeof(Datum) * n);
+			(errmsg("pg_shipsync: the previous dispatcher died while applying %d results, %d of them still in flight; those are applied one by one",
+					n, nlive)));
+	poisoned = palloc(sizeof(Datum) * Max(nlive, 1));
 	old = MemoryContextSwitchTo(TopMemoryContext);
-	suspects = palloc(sizeof(int64) * n);
+	suspects = palloc(sizeof(int64) * Max(nlive, 1));
 	MemoryContextSwitchTo(old);
 	for (int i = 0; i < n; i++)
 	{
+		bool		live = false;
+
+		for (int k = 0; k < nlive && !live; k++)
+			live = DatumGetInt64(ids[k]) == entries[i].id;
+		if (!live)
+			continue;
 		if (entries[i].deaths + 1 >= POISON_DEATHS)
 			poisoned[npoisoned++] = Int64GetDatum(entries[i].id);
 		else
@@ -204,6 +249,7 @@ poison_startup(void)
 	if (npoisoned > 0)
 		(void) poison_quarantine(poisoned, npoisoned);
 	pfree(poisoned);
+	pfree(ids);
 	pfree(entries);
 }
 

@@ -17,7 +17,11 @@
 #   5. an ERROR outside the apply is reported, and the same dispatcher
 #      goes on;
 #   6. a result whose apply kills the applier (or the dispatcher) twice
-#      in a row is quarantined (poison), not sent a third time.
+#      in a row is quarantined (poison), not sent a third time;
+#   7. a result recorded as being applied when its dispatcher died, but
+#      applied already, names no suspect: a new intent that gets its id
+#      after TRUNCATE ... RESTART IDENTITY is not quarantined at its first
+#      death.
 use strict;
 use warnings;
 use FindBin;
@@ -291,6 +295,70 @@ is( sql(qq{SELECT l.error_class || ' ' || l.outcome FROM shipsync.delivery_log l
 	sql("INSERT INTO crm.orders (customer) VALUES ('After')");
 	ok( wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'After'", 60),
 		'poison: the next order is delivered');
+}
+
+###########################################################################
+# 6. A result already recorded when its dispatcher died names no suspect
+###########################################################################
+# The previous dispatcher died after the apply of intent 1 had committed,
+# before clearing its record (the record is written here, the server
+# stopped).  Intent 1 is done, so it is no suspect: kept as one, its id
+# outlived it, and after TRUNCATE ... RESTART IDENTITY the new intent 1 was
+# applied as a suspect and quarantined at its first death (TAP 002 hit it:
+# a kill -9 while intent 69 of the second run was being applied).
+{
+	sql(q{TRUNCATE shipsync.inbox, shipsync.outbox, shipsync.shipment, shipsync.delivery_log,
+		shipsync.exception_ticket RESTART IDENTITY});
+	my $dboid = sql(q{SELECT oid FROM pg_database WHERE datname = 'postgres'});
+	$node->stop('fast');
+	my $record = $node->data_dir . "/pg_shipsync/applying.$dboid";
+	open(my $fh, '>:raw', $record) or die "$record: $!";
+	# PoisonHeader {magic, n}, PoisonEntry {id, deaths, pad}
+	print $fh pack('VV', 0x53485053, 1) . pack('q<lL', 1, 0, 0);
+	close $fh;
+	my $off = -s $node->logfile;
+	$node->start;
+	ok($node->wait_for_log(qr/died while applying 1 results, 0 of them still in flight/, $off),
+		'recorded: the record is read, its intent no longer in flight');
+
+	# the next intent gets id 1; its apply hangs while this dispatcher
+	# lives (the crash that follows would undo any other mark), and the
+	# applier is killed
+	my $dispatcher = dispatcher_pid();
+	sql(qq{CREATE OR REPLACE FUNCTION crm.hang() RETURNS trigger LANGUAGE plpgsql AS \$\$
+		BEGIN
+			IF NEW.waybill_no = 'POISON-2'
+			   AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $dispatcher) THEN
+				PERFORM pg_sleep(600);
+			END IF;
+			RETURN NEW;
+		END \$\$;
+		CREATE TRIGGER hang BEFORE UPDATE ON crm.orders FOR EACH ROW EXECUTE FUNCTION crm.hang();});
+	my $id = next_id();
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'hostile', field => 'tracking_number', kind => 'text',
+			text => 'POISON-2', match_order_ref => "^$id\$" } ] });
+	sql("INSERT INTO crm.orders (id, customer) VALUES ($id, 'Reused id')");
+	is(sql("SELECT id FROM shipsync.outbox WHERE order_key = '$id'"), '1', 'recorded: the new intent has id 1');
+	my $hung = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync applier'"
+	  . " AND wait_event = 'PgSleep'";
+	ok($node->poll_query_until('postgres', "SELECT count(*) = 1 FROM ($hung) h"),
+		'recorded: the applier hangs applying intent 1');
+	$off = -s $node->logfile;
+	kill 'KILL', $node->safe_psql('postgres', $hung);
+	ok( $node->poll_query_until('postgres',
+			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+			  . " AND pid <> $dispatcher"),
+		'recorded: a new dispatcher runs');
+	ok($node->wait_for_log(qr/died while applying 1 results, 1 of them still in flight/, $off),
+		'recorded: it counts one death of intent 1');
+	ok(wait_until($node, "SELECT state <> 'in_flight' FROM shipsync.outbox WHERE id = 1", 60),
+		'recorded: intent 1 settles');
+	sql("DROP TRIGGER hang ON crm.orders");
+	is(sql("SELECT state || '|' || coalesce(error_class, '') FROM shipsync.outbox WHERE id = 1"),
+		'done|', 'recorded: one death is not two: intent 1 is delivered, not quarantined');
+	is(sql("SELECT count(*) FROM shipsync.exception_ticket WHERE kind = 'poison'"), 0,
+		'recorded: no poison ticket');
 }
 
 is(sim_get($sim, '/_sim/stats')->{duplicate_orders}, 0, 'no order shipped twice');

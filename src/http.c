@@ -468,19 +468,19 @@ http_prereq_cb(void *clientp, char *primary_ip, char *local_ip,
 }
 
 /*
- * host:port of url, as libcurl keys its DNS cache, into buf; false if the
- * URL cannot be read or its host is an address (nothing to look up).  No
- * PostgreSQL call.
+ * host:port of url, as libcurl keys its DNS cache and its connections,
+ * into buf; false if the URL cannot be read, or, with names_only, if its
+ * host is an address (nothing to look up).  No PostgreSQL call.
  */
 static bool
-http_lookup_key(const char *url, char *buf, size_t len)
+http_url_key(const char *url, char *buf, size_t len, bool names_only)
 {
 	char		host[HTTP_LOOKUP_KEY];
 	long		port;
 	ShipAddr	a;
 
 	if (!http_url_host(url, host, sizeof(host), &port) ||
-		host[0] == '[' || shipsync_addr_parse(host, &a))
+		(names_only && (host[0] == '[' || shipsync_addr_parse(host, &a))))
 		return false;
 	return snprintf(buf, len, "%s:%ld", host, port) < (int) len;
 }
@@ -499,7 +499,7 @@ http_resolver_start_cb(void *resolver_state, void *reserved, void *userdata)
 	char		key[HTTP_LOOKUP_KEY];
 	int			free_slot = -1;
 
-	if (!http_lookup_key(t->url, key, sizeof(key)))
+	if (!http_url_key(t->url, key, sizeof(key), true))
 		return 0;
 	for (int i = 0; i < HTTP_MAX_LOOKUPS; i++)
 	{
@@ -742,22 +742,6 @@ http_apply_tls(CURL *easy, HttpTransfer *t)
 /* ---------- HTTP/2 peers ---------- */
 
 /*
- * host:port of an https:// url into buf; false for another scheme or a URL
- * that cannot be read.  No PostgreSQL call.
- */
-static bool
-http_peer_key(const char *url, char *buf, size_t len)
-{
-	char		host[HTTP_LOOKUP_KEY];
-	long		port;
-
-	if (pg_strncasecmp(url, "https://", 8) != 0 ||
-		!http_url_host(url, host, sizeof(host), &port))
-		return false;
-	return snprintf(buf, len, "%s:%ld", host, port) < (int) len;
-}
-
-/*
  * The slot of peer key: its own, else a free one, else the least recently
  * used of those no transfer refers to; -1 if every slot is in use (the
  * transfer then goes as if the peer were not known).
@@ -835,7 +819,10 @@ http_peer_route(HttpClient *c, HttpTransfer *t)
 	char		key[HTTP_LOOKUP_KEY];
 	HttpPeer   *p;
 
-	if (!http_peer_key(t->url, key, sizeof(key)) || (t->peer = http_peer_slot(c, key)) < 0)
+	/* HTTPS only: plain http:// never negotiates HTTP/2 here */
+	if (pg_strncasecmp(t->url, "https://", 8) != 0 ||
+		!http_url_key(t->url, key, sizeof(key), false) ||
+		(t->peer = http_peer_slot(c, key)) < 0)
 		return false;
 	p = &c->peers[t->peer];
 	p->refs++;
@@ -1298,6 +1285,36 @@ http_collect(HttpClient *c)
 }
 
 /*
+ * End transfer t, which waited and was never started again, unsent (it is
+ * retried, never judged in doubt): code and why are its error.
+ */
+static void
+http_end_unsent(HttpClient *c, HttpTransfer *t, int code, const char *why)
+{
+	t->curl_code = code;
+	t->http_status = 0;
+	t->request_sent = false;
+	strlcpy(t->errbuf, why, sizeof(t->errbuf));
+	http_transfer_over(c, t);
+}
+
+/*
+ * Start transfer t, which waited off the multi handle; if libcurl will not
+ * take it, end it unsent.  Returns whether it started.
+ */
+static bool
+http_start_waiting(HttpClient *c, HttpTransfer *t)
+{
+	if (curl_multi_add_handle(c->multi, t->easy) != CURLM_OK)
+	{
+		http_end_unsent(c, t, CURLE_FAILED_INIT, "could not start the transfer again");
+		return false;
+	}
+	dlist_push_tail(&c->running, &t->node);
+	return true;
+}
+
+/*
  * Start again, or end, the transfers that waited for a lookup now over.
  * Returns whether any started again (libcurl then has work for its timer).
  * Called after http_collect(), which has put every transfer stopped so far
@@ -1324,19 +1341,11 @@ http_release_lookups(HttpClient *c)
 
 			t->lookup_wait = -1;
 			t->errbuf[0] = '\0';
-			if (!l->failed && curl_multi_add_handle(c->multi, t->easy) == CURLM_OK)
-			{
-				dlist_push_tail(&c->running, &t->node);
-				started = true;
-				continue;
-			}
-			/* the probe's lookup failed: so does this one, unsent */
-			t->curl_code = l->failed ? l->curl_code : CURLE_FAILED_INIT;
-			t->http_status = 0;
-			t->request_sent = false;
-			strlcpy(t->errbuf, l->failed ? l->errbuf : "could not start the transfer again",
-					sizeof(t->errbuf));
-			http_transfer_over(c, t);
+			if (l->failed)
+				/* the probe's lookup failed: so does this one, unsent */
+				http_end_unsent(c, t, l->curl_code, l->errbuf);
+			else
+				started |= http_start_waiting(c, t);
 		}
 		l->busy = false;
 	}
@@ -1369,17 +1378,7 @@ http_release_peers(HttpClient *c)
 			if (!http_peer_admit(p, t))
 				break;
 			dlist_delete(&t->node);
-			if (curl_multi_add_handle(c->multi, t->easy) == CURLM_OK)
-			{
-				dlist_push_tail(&c->running, &t->node);
-				started = true;
-				continue;
-			}
-			t->curl_code = CURLE_FAILED_INIT;
-			t->http_status = 0;
-			t->request_sent = false;
-			strlcpy(t->errbuf, "could not start the transfer", sizeof(t->errbuf));
-			http_transfer_over(c, t);
+			started |= http_start_waiting(c, t);
 		}
 	}
 	return started;

@@ -57,6 +57,25 @@ sub next_id { return sql("SELECT nextval('crm.orders_id_seq')"); }
 # How many requests hit each rule
 sub fired { return sim_get($sim, '/_sim/faults')->{fired}; }
 
+# The next order's answer carries tracking number $text, and its
+# write-back hangs (600 s) while SQL condition $while holds: returns the
+# order's id, not yet inserted
+sub hang_next_order
+{
+	my ($text, $while) = @_;
+	sql(qq{CREATE OR REPLACE FUNCTION crm.hang() RETURNS trigger LANGUAGE plpgsql AS \$\$
+		BEGIN
+			IF NEW.waybill_no = '$text' AND ($while) THEN PERFORM pg_sleep(600); END IF;
+			RETURN NEW;
+		END \$\$;
+		CREATE TRIGGER hang BEFORE UPDATE ON crm.orders FOR EACH ROW EXECUTE FUNCTION crm.hang();});
+	my $id = next_id();
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'hostile', field => 'tracking_number', kind => 'text',
+			text => $text, match_order_ref => "^$id\$" } ] });
+	return $id;
+}
+
 # One transaction: the orders of $values (SQL rows of id, customer,
 # address) and $n good ones of each provider, named "$tag N"
 sub commit_with_good
@@ -238,16 +257,7 @@ is( sql(qq{SELECT l.error_class || ' ' || l.outcome FROM shipsync.delivery_log l
 {
 	# a write-back that hangs on one tracking number: the dispatcher is
 	# killed while it applies that result
-	sql(q{CREATE FUNCTION crm.hang() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN
-			IF NEW.waybill_no = 'POISON-1' THEN PERFORM pg_sleep(600); END IF;
-			RETURN NEW;
-		END $$;
-		CREATE TRIGGER hang BEFORE UPDATE ON crm.orders FOR EACH ROW EXECUTE FUNCTION crm.hang();});
-	my $id = next_id();
-	sim_post($sim, '/_sim/faults',
-		{ rules => [ { fault => 'hostile', field => 'tracking_number', kind => 'text',
-			text => 'POISON-1', match_order_ref => "^$id\$" } ] });
+	my $id = hang_next_order('POISON-1', 'true');
 	sql("INSERT INTO crm.orders (id, customer) VALUES ($id, 'Poison')");
 
 	# The applier applies the dispatcher's results (applier.c).  First
@@ -325,19 +335,8 @@ is( sql(qq{SELECT l.error_class || ' ' || l.outcome FROM shipsync.delivery_log l
 	# lives (the crash that follows would undo any other mark), and the
 	# applier is killed
 	my $dispatcher = dispatcher_pid();
-	sql(qq{CREATE OR REPLACE FUNCTION crm.hang() RETURNS trigger LANGUAGE plpgsql AS \$\$
-		BEGIN
-			IF NEW.waybill_no = 'POISON-2'
-			   AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $dispatcher) THEN
-				PERFORM pg_sleep(600);
-			END IF;
-			RETURN NEW;
-		END \$\$;
-		CREATE TRIGGER hang BEFORE UPDATE ON crm.orders FOR EACH ROW EXECUTE FUNCTION crm.hang();});
-	my $id = next_id();
-	sim_post($sim, '/_sim/faults',
-		{ rules => [ { fault => 'hostile', field => 'tracking_number', kind => 'text',
-			text => 'POISON-2', match_order_ref => "^$id\$" } ] });
+	my $id = hang_next_order('POISON-2',
+		"EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $dispatcher)");
 	sql("INSERT INTO crm.orders (id, customer) VALUES ($id, 'Reused id')");
 	is(sql("SELECT id FROM shipsync.outbox WHERE order_key = '$id'"), '1', 'recorded: the new intent has id 1');
 	my $hung = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync applier'"

@@ -8,8 +8,8 @@
 #   4. a dispatcher that exits while its applier applies: the next one
 #      waits for that applier to finish before taking back what was in
 #      flight, and the order is sent once and written back;
-#   5. while it applies, the dispatcher goes on sending: up to
-#      max_inflight results wait for it, no more;
+#   5. while it applies, the dispatcher goes on sending, and stops
+#      claiming once max_inflight results wait for it;
 #   6. a statement of the apply that cannot be prepared for a while (a
 #      function renamed): the orders of that while end dead, and once it
 #      can, the next ones are applied;
@@ -188,18 +188,24 @@ is(pid_of('dispatcher'), $dispatcher, 'the same dispatcher throughout');
 	}
 	my $sent = sim_get($sim, '/_sim/stats')->{requests};
 	is($sent - $base, 2, 'the carrier has both slow requests');
+	# The dispatcher claims while fewer than max_inflight results wait
+	# and fewer than max_inflight requests are out; every answer of the
+	# hold then waits.  So at most 2 * max_inflight - 1 results wait:
+	# 3 of the 6.  How many of those go depends on when the dispatcher
+	# read the slow answers (reaching the carrier does not tell) and
+	# whether they went to the applier together: 1, 2 or 3.
 	sql("INSERT INTO crm.tight (customer) SELECT 'During ' || g FROM generate_series(1, 6) g");
-	my $during;
-	for (my $i = 0; $i < 40; $i++)
+	my $during = 0;
+	for (my $i = 0; $i < 100 && $during < 1; $i++)
 	{
-		$during = sim_get($sim, '/_sim/stats')->{requests} - $sent;
-		last if $during >= 2;
 		usleep(50_000);
+		$during = sim_get($sim, '/_sim/stats')->{requests} - $sent;
 	}
-	is($during, 2, 'meanwhile the dispatcher sends max_inflight more requests');
+	ok($during >= 1, 'meanwhile the dispatcher sends more requests');
 	usleep(1_000_000);
-	is(sim_get($sim, '/_sim/stats')->{requests} - $sent, 2,
-		'and no more while their results wait for the applier');
+	my $after = sim_get($sim, '/_sim/stats')->{requests} - $sent;
+	ok($after <= 3, 'and stops claiming once max_inflight results wait for the applier')
+	  or diag("$after of the 6 sent");
 	is(sql("SELECT count(*) FROM crm.tight WHERE waybill_no IS NOT NULL"), '0',
 		'nothing is written back before the slow orders are');
 	$gate->query_safe('SELECT pg_advisory_unlock(37005)');

@@ -312,14 +312,48 @@ http_header_cb(char *data, size_t size, size_t nmemb, void *userp)
 }
 
 /*
- * Abort a transfer when this process is asked to stop: libcurl calls this
- * while it works, so a slow carrier never delays a shutdown.
+ * Has t its whole answer?  A final status, and as many bytes of body as
+ * its Content-Length says (no content coding is asked for, so the bytes
+ * received are the bytes counted).  Without a Content-Length only the end
+ * of the stream says so, and only libcurl saw it.  No PostgreSQL call:
+ * the progress callback asks.
+ */
+static bool
+http_answer_whole(HttpTransfer *t)
+{
+	long		status = 0;
+	curl_off_t	length = -1;
+
+	return curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
+		status >= 200 &&
+		curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) == CURLE_OK &&
+		length >= 0 && (curl_off_t) t->response.len == length;
+}
+
+/*
+ * libcurl calls this while a transfer works.  Abort it when this process is
+ * asked to stop, so that a slow carrier never delays a shutdown.
+ *
+ * And end it when its answer is whole while our body is still being sent:
+ * a carrier may answer without reading the rest (its edge's 201, a 429).
+ * Over HTTP/2, libcurl 7.88 would go on sending into a stream window the
+ * server never opens again, spinning on the writable socket until
+ * timeout_ms, and the attempt, answered, would be judged a timeout and
+ * sent again.  The counters come first: this runs on every pass of
+ * libcurl over the transfer.
  */
 static int
 http_progress_cb(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
 				 curl_off_t ultotal, curl_off_t ulnow)
 {
-	return (QueryCancelPending || ProcDiePending) ? 1 : 0;
+	HttpTransfer *t = (HttpTransfer *) clientp;
+
+	if (QueryCancelPending || ProcDiePending)
+		return 1;
+	if (ulnow >= (curl_off_t) t->body_len || dlnow < dltotal || !http_answer_whole(t))
+		return 0;
+	t->answered_early = true;
+	return 1;
 }
 
 static void http_tls_handshake_done(HttpTransfer *t);
@@ -1108,6 +1142,7 @@ http_easy_options(CURL *easy, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, http_header_cb);
 	curl_easy_setopt(easy, CURLOPT_HEADERDATA, t);
 	curl_easy_setopt(easy, CURLOPT_XFERINFOFUNCTION, http_progress_cb);
+	curl_easy_setopt(easy, CURLOPT_XFERINFODATA, t);
 	curl_easy_setopt(easy, CURLOPT_NOPROGRESS, 0L);
 	/* a reset keeps a handle's TLS sessions: resume none from another transfer */
 	curl_easy_setopt(easy, CURLOPT_SSL_SESSIONID_CACHE, 0L);
@@ -1134,6 +1169,7 @@ http_submit(HttpClient *c, HttpTransfer *t)
 	t->forbidden_host = false;
 	t->tls_refused = false;
 	t->cert_requested = false;
+	t->answered_early = false;
 	t->client = c;
 	t->lookup_probe = -1;
 	t->lookup_wait = -1;
@@ -1244,6 +1280,9 @@ http_collect(HttpClient *c)
 			continue;
 		}
 		t->curl_code = msg->data.result;
+		/* ended by http_progress_cb() with its whole answer: that answer */
+		if (t->answered_early && t->curl_code == CURLE_ABORTED_BY_CALLBACK)
+			t->curl_code = CURLE_OK;
 		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &t->http_status);
 		curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &sent);
 		curl_easy_getinfo(easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);

@@ -1000,6 +1000,7 @@ typedef struct HttpTransfer
 	bool		prereq_seen;	/* a request of this transfer was about to go */
 	bool		resend_refused; /* libcurl's own second send of it stopped */
 	bool		cert_requested; /* asked for a client certificate we lack */
+	bool		answered_early; /* answered whole before our body was sent */
 	struct HttpClient *client;
 	int			lookup_probe;	/* its lookup others wait for, or -1 */
 	int			lookup_wait;	/* the lookup it waits for, or -1 */

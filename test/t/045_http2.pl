@@ -18,7 +18,15 @@
 #      body (a 429 from its edge), on streams sharing a connection: each
 #      answer is its attempt's answer (rate_limited, the Retry-After holds
 #      the provider), not a broken stream judged a lost connection and sent
-#      again at once.
+#      again at once;
+#   4. a carrier that creates the shipment and answers 201 before it has
+#      read a body larger than the stream's window (libcurl 7.88 would go
+#      on sending into a window never opened, spinning until timeout_ms,
+#      and the attempt would be judged a timeout and sent again): the
+#      answer is taken at once, on the first attempt, and the other
+#      streams of the connection (answered after their bodies are read)
+#      are not disturbed.  (Small bodies answered unread are libcurl's
+#      own race, docs/architecture.md: not tested here.)
 use strict;
 use warnings;
 use FindBin;
@@ -38,7 +46,7 @@ my $slow = start_sim(latency_ms => 400);
 END { local $?; stop_sim($_) for grep { $_ } ($sim, $slow); }
 
 # nginx: h2 and h1 over TLS in front of the simulators; early answers
-my ($h2port, $h1port, $earlyport) = map { PostgreSQL::Test::Cluster::get_free_port() } 1 .. 3;
+my ($h2port, $h1port, $earlyport, $eagerport) = map { PostgreSQL::Test::Cluster::get_free_port() } 1 .. 4;
 my $tls = "ssl_certificate $dir/server.crt; ssl_certificate_key $dir/server.key;";
 my $proxy = 'proxy_http_version 1.1; proxy_set_header Connection "";';
 open(my $conf, '>', "$dir/nginx.conf") or die;
@@ -71,6 +79,17 @@ http {
 		listen 127.0.0.1:$earlyport ssl http2; $tls
 		access_log $dir/early.log conn;
 		location / { add_header Retry-After 30 always; return 429 '{"error": "slow down"}'; }
+	}
+	server {
+		listen 127.0.0.1:$eagerport ssl http2; $tls
+		access_log $dir/eager.log conn;
+		location / {
+			default_type application/json;
+			if (\$http_content_length ~ "^[0-9]{6,}\$") {
+				return 201 '{"id": "shp_\$request_id", "tracking_number": "E\$request_id", "status": "pre_transit"}';
+			}
+			proxy_pass http://sim; $proxy
+		}
 	}
 }
 EOC
@@ -193,5 +212,40 @@ ok( sql(q{SELECT hold_until > now() + interval '20 seconds' FROM shipsync.provid
 sleep 2;
 is(scalar(requests('early.log')), 20, 'early answers: nothing sent again while held');
 is(connections(requests('early.log')), 1, 'early answers: the twenty went as streams of one connection');
+
+# ---- 4. a 201 before a body larger than the stream's window is read
+provider('eager', $eagerport, '{"timeout_ms": 5000, "max_attempts": 10}');
+my $eager_log = q{FROM shipsync.delivery_log l JOIN shipsync.provider p USING (provider_id) WHERE p.name = 'eager'};
+# 300 kB: nginx's window is 64 kB, and it never opens it for a body it
+# does not read
+sql(q{INSERT INTO t_eager VALUES (1, 'big', repeat('x', 300000))});
+ok(delivered('eager', 1, 30), 'a 201 before the body is read: delivered');
+is( sql(qq{SELECT string_agg(l.attempt || '|' || l.http_status || '|' || l.outcome || '|'
+			|| coalesce(l.error_class, '-'), ', ') $eager_log}),
+	'1|201|done|-', 'a 201 before the body is read: the first attempt has it for its answer');
+like(sql('SELECT waybill_no FROM t_eager WHERE id = 1'), qr/^E[0-9a-f]{32}$/,
+	"a 201 before the body is read: the carrier's waybill is written back");
+# large bodies among small ones, as streams of one connection: each large
+# one is answered unread, the small ones go to the simulator, which reads
+# them.  A large one's answer is taken as above when libcurl reads it
+# before the server resets the stream (the DATA that reached it after it
+# answered); otherwise libcurl 7.88 fails the stream at once, unanswered
+# (docs/architecture.md), and it is sent again.  Either way, no attempt
+# spins to its timeout, and ending a large one early breaks no other
+# stream of the connection.
+sql(q{INSERT INTO t_eager SELECT g, 'c' || g, repeat('x', CASE WHEN g % 10 = 0 THEN 300000 ELSE 3000 END)
+	FROM generate_series(2, 61) g});
+ok(delivered('eager', 61, 60), 'a 201 before the body is read, 6 of 60 streams: delivered');
+is(sql(q{SELECT count(*) FROM t_eager WHERE id > 1 AND waybill_no LIKE 'E%'}), '6',
+	'a 201 before the body is read: the six large ones answered unread');
+my $by_size = q{FROM shipsync.delivery_log l JOIN shipsync.outbox o ON o.id = l.outbox_id
+	JOIN shipsync.binding b USING (binding_id) JOIN t_eager e ON e.id::text = o.order_key
+	WHERE b.tbl = 't_eager'::regclass AND e.id > 1};
+is(sql(qq{SELECT count(*) || '|' || count(*) FILTER (WHERE l.outcome = 'done') $by_size AND e.id % 10 <> 0}),
+	'54|54', 'a 201 before the body is read: each small order of the connection sent once, done');
+is(sql(qq{SELECT count(*) $by_size AND l.error_class = 'timeout'}), '0',
+	'a 201 before the body is read: no attempt waits for its timeout');
+is(connections(@{ [ requests('eager.log') ] }[ 1 .. 60 ]), 1,
+	'a 201 before the body is read: one connection for the sixty');
 
 done_testing();

@@ -894,6 +894,28 @@ http_alpn(HttpTransfer *t)
 }
 
 /*
+ * t no longer opens a connection, nor waits to be placed on one: an
+ * opener's peer speaks proto from now on, and its waiting transfers may
+ * go.  No PostgreSQL call.
+ */
+static void
+http_peer_settle(HttpPeer *p, HttpTransfer *t, HttpPeerProto proto)
+{
+	if (t->peer_opener)
+	{
+		p->proto = proto;
+		p->opening = false;
+		t->peer_opener = false;
+		http_peer_wake(t);
+	}
+	if (t->peer_unplaced)
+	{
+		p->unplaced--;
+		t->peer_unplaced = false;
+	}
+}
+
+/*
  * t's request is about to go on a connection that is up (its handshake
  * over): an opener tells what the peer speaks, and the stream is counted
  * on its connection.  No PostgreSQL call (libcurl's callback).
@@ -912,16 +934,11 @@ http_peer_placed(HttpTransfer *t)
 	{
 		HttpPeerProto proto = http_alpn(t);
 
-		p->proto = proto != PEER_UNKNOWN ? proto : p->proto == PEER_H2 ? PEER_H2 : PEER_H1;
-		t->peer_opener = false;
-		p->opening = false;
-		http_peer_wake(t);
+		http_peer_settle(p, t, proto != PEER_UNKNOWN ? proto :
+						 p->proto == PEER_H2 ? PEER_H2 : PEER_H1);
 	}
-	if (t->peer_unplaced)
-	{
-		t->peer_unplaced = false;
-		p->unplaced--;
-	}
+	else
+		http_peer_settle(p, t, p->proto);
 	if (p->proto != PEER_H2 ||
 		curl_easy_getinfo(t->easy, CURLINFO_LOCAL_PORT, &port) != CURLE_OK || port <= 0)
 		return;
@@ -962,18 +979,7 @@ http_peer_release(HttpTransfer *t)
 	if (t->peer < 0)
 		return;
 	p = &t->client->peers[t->peer];
-	if (t->peer_opener)
-	{
-		t->peer_opener = false;
-		p->opening = false;
-		if (p->proto == PEER_UNKNOWN)
-			p->proto = PEER_H1;
-	}
-	if (t->peer_unplaced)
-	{
-		t->peer_unplaced = false;
-		p->unplaced--;
-	}
+	http_peer_settle(p, t, p->proto == PEER_UNKNOWN ? PEER_H1 : p->proto);
 	if (t->peer_port != 0)
 	{
 		for (int i = 0; i < p->nconns; i++)
@@ -1287,7 +1293,7 @@ http_collect(HttpClient *c)
 		curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &sent);
 		curl_easy_getinfo(easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
 		t->request_sent = sent > 0 || pretransfer > 0;
-		if (t->http_status > 0)
+		if (t->http_status > 0 && t->peer >= 0)
 		{
 			long		version = 0;
 

@@ -1,6 +1,7 @@
-# A backlog does not make every claim read it, nor every sweep of leases.  The claim walks the due
-# intents of a provider oldest first and stops at its limit, checking each
-# candidate against the earlier intents of its order.  With statistics that
+# A backlog does not make every claim read it, nor every sweep of leases.
+# The claim walks the due intents of a provider oldest first and stops at
+# its limit, checking each candidate against the earlier intents of its
+# order.  With statistics that
 # showed a backlog beside many intents done (the state of any queue after an
 # outage, and of the benchmark's inserts while delivering), the planner read
 # every due intent instead, checked each and sorted them, for every claim:

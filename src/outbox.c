@@ -993,7 +993,12 @@ claim_lock(ClaimState *s, int max_n)
 	s->store = args_create(9, claim_store_types, s->n);
 }
 
-/* 2. coalesce: the row rendered next then holds the updates' changes */
+/*
+ * 2. coalesce: the row rendered next then holds the updates' changes.  Not
+ * into a registration: it is for the tracking provider and renders the
+ * waybill, not the order row, so an update coalesced into it would never
+ * reach the shipping carrier (TAP 047).
+ */
 static void
 claim_coalesce(ClaimState *s)
 {
@@ -1004,7 +1009,8 @@ claim_coalesce(ClaimState *s)
 	{
 		int			r;
 
-		if (s->cs[i].rendered || strcmp(s->cs[i].op, "cancel") == 0)
+		if (s->cs[i].rendered || strcmp(s->cs[i].op, "cancel") == 0 ||
+			strcmp(s->cs[i].op, "register") == 0)
 			continue;
 		r = args_row(co);
 		args_set(co, r, 0, Int64GetDatum(s->cs[i].id));

@@ -697,7 +697,8 @@ dispatcher_claim(Provider *p, TimestampTz now, Claimed **out)
 	/*
 	 * A full claim may have left more.  An intent finished with nothing
 	 * to send may have unblocked the next intent of its order, and no
-	 * completion will come to say so: look again.
+	 * completion will come to say so: look again.  So after a render
+	 * failure, for the other bindings' intents it rolled back.
 	 */
 	p->maybe_work = (n + nskipped >= room) || nskipped > 0;
 	if (next_due > now)

@@ -214,7 +214,7 @@ outbox_requeue_in_flight(bool expired_only)
  */
 static const char *const lock_sql =
 "SELECT o.id, o.binding_id, o.order_key, o.op, o.request_method IS NOT NULL,"
-" o.idempotency_key"
+" o.idempotency_key, o.attempts"
 " FROM shipsync.outbox o"
 " WHERE o.provider_id = $1 AND o.state IN ('pending', 'retrying')"
 " AND o.next_attempt_at <= pg_catalog.now()"
@@ -987,6 +987,8 @@ claim_lock(ClaimState *s, int max_n)
 		c->op = get_text(tt->vals[i], tt->tupdesc, 4);
 		c->rendered = DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 5, &isnull));
 		c->idempotency_key = get_text(tt->vals[i], tt->tupdesc, 6);
+		/* the attempt this claim makes: a render failure counts it too */
+		c->attempt = DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 7, &isnull)) + 1;
 		c->provider_id = s->p->id;
 	}
 	MemoryContextSwitchTo(old);
@@ -1224,8 +1226,11 @@ outbox_claims_durable(void)
  *
  * When one binding's orders cannot be rendered (its table or its
  * cancel_when is broken), the claim is rolled back, those intents wait and
- * count an attempt (outbox_fail_binding()), and the others are left for the
- * next pass.
+ * count an attempt (outbox_fail_binding(): dead after max_attempts), and
+ * the others are left for the next claim, which the caller makes at once:
+ * *nskipped then counts the intents rolled back.  Without that, the others
+ * waited for the idle check, and were rolled back again with the broken
+ * binding's intents whenever those were due with them (TAP 048).
  */
 int
 outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
@@ -1272,6 +1277,7 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 		shipsync_abort_tx();
 		outbox_fail_binding(p, s->cs, s->n, s->failing_binding, edata->message);
 		FreeErrorData(edata);
+		*nskipped = s->n;
 		return 0;
 	}
 	PG_END_TRY();

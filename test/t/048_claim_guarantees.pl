@@ -1,0 +1,157 @@
+# What the claim guarantees about which intents go, and when, seen from
+# the rows it writes.
+#
+# A trigger of the test's own on shipsync.outbox notes every row version
+# the dispatcher writes (its state, whether it holds a request, its
+# transaction).  Proves:
+#   1. fresh orders go in one attempt each;
+#   2. an update captured with its create is coalesced into it, and the
+#      carrier gets the change with the create;
+#   3. an intent whose order has an intent open (its create in flight)
+#      waits, and is claimed only in a transaction after the create's
+#      answer was applied;
+#   4. intents due in the outbox go before newer ones: nothing newer is
+#      claimed in a transaction before theirs;
+#   5. a binding whose orders cannot be rendered (its table renamed) does
+#      not hold the others back: they are delivered at once; its intent is
+#      retried, and ends dead with the reason and a ticket after
+#      max_attempts.  Before the fix, the others waited for the idle check
+#      and were rolled back with it whenever they were due together, and
+#      the broken intent was retried forever at the first backoff: the
+#      claim did not know which attempt it was making.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ShipsyncTest;
+
+my $sim = start_sim();
+END { local $?; stop_sim($sim) if $sim; }
+my $node = shipsync_node('claim_at_drain');
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+setup_orders($node, $sim,
+	'{"timeout_ms": 2000, "backoff_base_ms": 50, "backoff_max_ms": 500, "max_attempts": 3}');
+my $pid = sql(q{SELECT provider_id FROM shipsync.provider WHERE name = 'sim'});
+sql(q{
+	CREATE TABLE public.seen (
+		id bigint, op text, order_key text, old_state text, new_state text,
+		has_request boolean, xid xid8 DEFAULT pg_current_xact_id());
+	CREATE FUNCTION public.note() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		INSERT INTO public.seen (id, op, order_key, old_state, new_state, has_request)
+		VALUES (NEW.id, NEW.op, NEW.order_key,
+			CASE WHEN TG_OP = 'UPDATE' THEN OLD.state END, NEW.state,
+			NEW.request_body IS NOT NULL);
+		RETURN NULL;
+	END $$;
+	CREATE TRIGGER note AFTER INSERT OR UPDATE ON shipsync.outbox
+		FOR EACH ROW EXECUTE FUNCTION public.note();
+});
+
+sub settled
+{
+	my ($keys) = @_;
+	return wait_until($node, qq{SELECT count(*) = 0 FROM shipsync.outbox
+		WHERE order_key IN ($keys) AND state IN ('pending', 'retrying', 'in_flight')}, 30);
+}
+
+# 1. fresh orders
+my $keys = join(',', map { "'$_'" } split /\n/, sql(q{
+	INSERT INTO crm.orders (customer, address)
+	SELECT 'c' || g, g || ' Main St' FROM generate_series(1, 20) g RETURNING id}));
+ok(settled($keys), 'fresh: all twenty delivered');
+is( sql(qq{SELECT count(*) FROM public.seen WHERE order_key IN ($keys)
+		AND new_state = 'in_flight' AND has_request}),
+	20, 'fresh: each intent went in flight once, with its stored request');
+is( sql(qq{SELECT string_agg(DISTINCT state || '|' || attempts, ',') FROM shipsync.outbox
+		WHERE order_key IN ($keys)}),
+	'done|1', 'fresh: done in one attempt');
+is(scalar @{ sim_get($sim, '/_sim/shipments') }, 20, 'fresh: the carrier has twenty shipments');
+
+# 2. an update captured with its create
+my $k2 = sql(q{BEGIN;
+	INSERT INTO crm.orders (customer, address) VALUES ('Two', '1 Old Rd') RETURNING id \gset
+	UPDATE crm.orders SET address = '2 New Rd' WHERE id = :id;
+	COMMIT; SELECT :id});
+ok(settled("'$k2'"), 'coalesced: settled');
+is( sql(qq{SELECT string_agg(op || ':' || state || ':'
+			|| coalesce((coalesced_into = (SELECT c.id FROM shipsync.outbox c
+				WHERE c.order_key = o.order_key AND c.op = 'create'))::text, '-'), ',' ORDER BY id)
+		FROM shipsync.outbox o WHERE order_key = '$k2'}),
+	'create:done:-,update:coalesced:true', 'coalesced: the update coalesced into the create');
+is( sql(qq{SELECT count(*) FROM public.seen WHERE order_key = '$k2' AND op = 'update'
+		AND new_state = 'in_flight'}),
+	0, 'coalesced: the update itself never went');
+my $ship2 = sim_get($sim, "/_sim/shipments?order_ref=$k2");
+is($ship2->[0]{updates}, 0, 'coalesced: the carrier saw no update');
+like(sim_get($sim, "/_sim/shipments/$ship2->[0]{id}")->{order}{address},
+	qr/2 New Rd/, 'coalesced: the carrier got the new address with the create');
+
+# 3. an intent whose order has its create in flight
+sim_post($sim, '/_sim/faults', { rules => [
+	{ fault => 'slow', ms => 1500, path => '/shipments', method => 'POST', count => 1 } ] });
+my $k3 = sql(q{INSERT INTO crm.orders (customer, address) VALUES ('Three', '3 Slow Ln') RETURNING id});
+ok( wait_until($node, qq{SELECT state = 'in_flight' FROM shipsync.outbox
+		WHERE order_key = '$k3' AND op = 'create'}, 10), 'open: the create is in flight');
+sql(qq{UPDATE crm.orders SET address = '4 Quick Ln' WHERE id = $k3});
+ok(settled("'$k3'"), 'open: settled');
+is( sql(qq{SELECT (SELECT min(xid::text::bigint) FROM public.seen WHERE order_key = '$k3'
+			AND op = 'update' AND new_state = 'in_flight')
+		> (SELECT xid::text::bigint FROM public.seen WHERE order_key = '$k3'
+			AND op = 'create' AND old_state = 'in_flight' AND new_state = 'done')}),
+	't', 'open: the update was claimed only after the create\'s answer was applied');
+is( sql(qq{SELECT count(*) FROM public.seen WHERE order_key = '$k3' AND op = 'update'
+		AND new_state = 'pending'}),
+	1, 'open: meanwhile it waited pending');
+is( sql(qq{SELECT request_body LIKE '%4 Quick Ln%' FROM shipsync.outbox
+		WHERE order_key = '$k3' AND op = 'update'}),
+	't', 'open: the update carries the change');
+
+# 4. a due backlog goes first
+sql(q{SELECT shipsync.pause('sim')});
+my $old = join(',', map { "'$_'" } split /\n/, sql(q{
+	INSERT INTO crm.orders (customer, address)
+	SELECT 'old' || g, g || ' Back St' FROM generate_series(1, 5) g RETURNING id}));
+sql(qq{SELECT count(*) FROM shipsync.claim($pid, 0, 60000)});
+is( sql(qq{SELECT count(*) FROM shipsync.outbox WHERE order_key IN ($old) AND state = 'pending'}),
+	5, 'backlog: five intents due in the outbox');
+my $new = join(',', map { "'$_'" } split /\n/, sql(q{
+	INSERT INTO crm.orders (customer, address)
+	SELECT 'new' || g, g || ' Front St' FROM generate_series(1, 3) g RETURNING id}));
+sql(q{SELECT shipsync.resume('sim')});
+ok(settled("$old,$new"), 'backlog: all eight delivered');
+is( sql(qq{SELECT (SELECT max(xid::text::bigint) FROM public.seen WHERE order_key IN ($old)
+			AND new_state = 'in_flight')
+		<= (SELECT min(xid::text::bigint) FROM public.seen WHERE order_key IN ($new)
+			AND new_state = 'in_flight')}),
+	't', 'backlog: no new intent was claimed before the backlog');
+
+# 5. a binding that cannot be rendered
+sql(q{CREATE TABLE crm.other (id bigint PRIMARY KEY, customer text);
+	SELECT shipsync.attach('crm.other', 'sim');
+	ALTER TABLE crm.other RENAME TO other_renamed});
+my $k5 = sql(q{BEGIN;
+	INSERT INTO crm.other_renamed VALUES (1, 'Broken');
+	INSERT INTO crm.orders (customer, address) VALUES ('Five', '5 Fine Ave') RETURNING id \gset
+	COMMIT; SELECT :id});
+ok(settled("'$k5'"), 'render failure: the other binding\'s order is delivered');
+is( sql(qq{SELECT state FROM shipsync.outbox WHERE order_key = '$k5'}), 'done',
+	'render failure: done');
+ok( wait_until($node, q{SELECT state = 'dead' FROM shipsync.outbox o
+		JOIN shipsync.binding b USING (binding_id)
+		WHERE b.tbl = 'crm.other_renamed'::regclass}, 30),
+	'render failure: the broken binding\'s intent ends dead');
+is( sql(q{SELECT error_class || '|' || attempts || '|' || (last_error LIKE '%does not exist%')::text
+		FROM shipsync.outbox o JOIN shipsync.binding b USING (binding_id)
+		WHERE b.tbl = 'crm.other_renamed'::regclass}),
+	'render_failed|3|true', 'render failure: after max_attempts, with its reason');
+is( sql(q{SELECT count(*) FROM shipsync.exception_ticket t JOIN shipsync.binding b USING (binding_id)
+		WHERE b.tbl = 'crm.other_renamed'::regclass AND t.kind = 'render_failed'}),
+	1, 'render failure: a render_failed ticket');
+is(sql(q{SELECT count(*) FROM shipsync.inbox}), 0, 'render failure: nothing left in the inbox');
+
+done_testing();

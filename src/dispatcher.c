@@ -697,8 +697,9 @@ dispatcher_claim(Provider *p, TimestampTz now, Claimed **out)
 	/*
 	 * A full claim may have left more.  An intent finished with nothing
 	 * to send may have unblocked the next intent of its order, and no
-	 * completion will come to say so: look again.  So after a render
-	 * failure, for the other bindings' intents it rolled back.
+	 * completion will come to say so: look again.  After a render
+	 * failure nskipped counts the intents rolled back: the other
+	 * bindings' among them can be claimed now (outbox_claim()).
 	 */
 	p->maybe_work = (n + nskipped >= room) || nskipped > 0;
 	if (next_due > now)

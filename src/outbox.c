@@ -1312,7 +1312,10 @@ outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb, const char *msg)
 
 		if (cl[i].binding_id != fb)
 			continue;
-		/* claim() already counted this attempt, but was rolled back */
+		/*
+		 * cl[i].attempt is the attempt this claim was making (claim_lock());
+		 * the rollback undid its mark, so fail_plan counts it here
+		 */
 		dead = cl[i].attempt >= p->max_attempts;
 		r = args_row(a);
 		args_set(a, r, 0, Int64GetDatum(cl[i].id));

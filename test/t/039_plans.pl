@@ -5,7 +5,10 @@
 # the generic one), some 600 µs of planning per order between the commit
 # and the waybill.  They now always run their generic plans (outbox.c,
 # apply.c), made once per process and again only when a table they read has
-# doubled (src/spi.c).
+# doubled (src/spi.c).  So does the statement that reads the order rows
+# from the user's table: left to the plan cache, it was planned anew for
+# every order at a trickle, and the first claims of a burst hash-joined the
+# whole orders table.
 #
 # pg_stat_statements counts plans and executions of every nested statement:
 # orders delivered and then updated one at a time must be executed by each
@@ -68,6 +71,7 @@ is($updated, 5, 'five of them updated one at a time');
 my %statements = (
 	'the claim, marking intents in flight' => 'UPDATE shipsync.outbox o SET state = CASE WHEN u.skip IS NULL',
 	'the claim, coalescing updates' => q{UPDATE shipsync.outbox e SET state = 'coalesced'},
+	'the claim, reading the order rows (as their owner)' => 'SELECT shipsync_u.shipsync_id, t.id IS NOT NULL AS found',
 	'the apply, recording states' => 'UPDATE shipsync.outbox o SET state = u.state',
 	'the apply, recording shipments created' =>
 	  'INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id, provider_shipment_id, tracking_number, label_url',

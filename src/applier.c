@@ -91,6 +91,7 @@ typedef struct ApplierFixed
 	TimestampTz next_at;
 	double		latency_ms;
 	int64		http_status;
+	int64		content_digest;
 	int32		attempt;
 	int32		binding_id;
 	int32		provider_id;
@@ -98,6 +99,7 @@ typedef struct ApplierFixed
 	bool		ship_ok;
 	bool		no_writeback;
 	bool		last_attempt;
+	bool		has_content_digest;
 } ApplierFixed;
 
 /* Results serialized for one message, waiting in the dispatcher */
@@ -175,6 +177,8 @@ applier_put(StringInfo b, const ShipResult *r)
 	f.ship_ok = r->ship_ok;
 	f.no_writeback = r->no_writeback;
 	f.last_attempt = r->last_attempt;
+	f.has_content_digest = r->has_content_digest;
+	f.content_digest = r->content_digest;
 	appendBinaryStringInfo(b, (char *) &f, sizeof(f));
 	put_str(b, r->order_key);
 	put_str(b, r->state);
@@ -213,6 +217,8 @@ applier_get(const char **p, ShipResult *r)
 	r->ship_ok = f.ship_ok;
 	r->no_writeback = f.no_writeback;
 	r->last_attempt = f.last_attempt;
+	r->has_content_digest = f.has_content_digest;
+	r->content_digest = f.content_digest;
 	r->order_key = get_str(p);
 	r->state = get_str(p);
 	r->outcome = get_str(p);

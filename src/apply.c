@@ -85,7 +85,9 @@ typedef struct ApplyPlanDef
  * answer does not repeat it), with no write-back.  A shipment created or
  * updated takes the content_digest of the intent whose answer it records
  * (the digest of the order row the request was rendered from, which
- * reconciliation compares), and its fees and estimate from one call of
+ * reconciliation compares; the claim read it back with the request, and
+ * it comes with the result rather than from a probe of the outbox per
+ * shipment), and its fees and estimate from one call of
  * _quote_totals() for the whole batch, joined by position in the arrays
  * (a per-row function call was set up anew for every answer).
  */
@@ -127,10 +129,9 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		" provider_shipment_id, tracking_number, label_url, status, raw_status, fees,"
 		" fee_total, request_digest, waybills, content_digest)"
 		" SELECT u.bid, u.k, u.pid, u.sid, u.tn, u.label, COALESCE(u.status, 'pending'),"
-		"   u.raw, f.fees, f.total, u.digest, u.waybills::jsonb,"
-		"   (SELECT o.content_digest FROM shipsync.outbox o WHERE o.id = u.oid)"
+		"   u.raw, f.fees, f.total, u.digest, u.waybills::jsonb, u.cdigest"
 		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) WITH ORDINALITY"
-		"   AS u(bid, k, pid, sid, tn, label, status, raw, fees, digest, waybills, oid, ord)"
+		"   AS u(bid, k, pid, sid, tn, label, status, raw, fees, digest, waybills, cdigest, ord)"
 		" LEFT JOIN shipsync._quote_totals($9, $3) f ON f.ord = u.ord"
 		" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
 		" provider_shipment_id = EXCLUDED.provider_shipment_id,"
@@ -222,11 +223,10 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		" label_url = COALESCE(u.label, s.label_url),"
 		" status = COALESCE(u.status, s.status), raw_status = COALESCE(u.raw, s.raw_status),"
 		" fees = COALESCE(f.fees, s.fees), fee_total = COALESCE(f.total, s.fee_total),"
-		" content_digest = COALESCE((SELECT o.content_digest FROM shipsync.outbox o"
-		"   WHERE o.id = u.oid), s.content_digest),"
+		" content_digest = COALESCE(u.cdigest, s.content_digest),"
 		" updated_at = pg_catalog.now()"
 		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) WITH ORDINALITY"
-		"   AS u(bid, k, pid, tn, label, status, raw, fees, unused, oid, ord)"
+		"   AS u(bid, k, pid, tn, label, status, raw, fees, unused, cdigest, ord)"
 		" LEFT JOIN shipsync._quote_totals($8, $3) f ON f.ord = u.ord"
 		" WHERE s.binding_id = u.bid AND s.order_key = u.k AND s.provider_id = u.pid"
 		" RETURNING s.binding_id, s.order_key, s.provider_shipment_id, s.tracking_number,"
@@ -429,7 +429,8 @@ apply_collect_created(ApplyBatch *b, const ShipResult *r, Binding *bs, int nb)
 	args_set_text(ca, c, 8, r->fees_body);
 	args_set_text(ca, c, 9, r->digest);
 	args_set_text(ca, c, 10, r->waybills);
-	args_set(ca, c, 11, Int64GetDatum(r->id));	/* its content_digest */
+	if (r->has_content_digest)
+		args_set(ca, c, 11, Int64GetDatum(r->content_digest));
 }
 
 /* A shipment updated or cancelled */
@@ -448,7 +449,8 @@ apply_collect_updated(ApplyBatch *b, const ShipResult *r)
 				  canonical_status(r->raw_status));
 	args_set_text(ua, u, 6, r->raw_status);
 	args_set_text(ua, u, 7, r->fees_body);
-	args_set(ua, u, 9, Int64GetDatum(r->id));	/* its content_digest */
+	if (r->has_content_digest)
+		args_set(ua, u, 9, Int64GetDatum(r->content_digest));
 }
 
 /* The rows of every statement result r needs */

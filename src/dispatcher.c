@@ -1047,6 +1047,8 @@ judge_init(Flight *f, ShipResult *r)
 	r->method = f->c.method;
 	r->url = f->c.url;
 	r->digest = f->c.digest;
+	r->has_content_digest = f->c.has_content_digest;
+	r->content_digest = f->c.content_digest;
 }
 
 /*

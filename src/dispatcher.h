@@ -127,6 +127,10 @@ typedef struct Claimed
 	char	   *body;
 	char	   *digest;
 	IntentKind	kind;
+	bool		has_content_digest; /* content_digest is known (not a cancel,
+									 * nor a request stored before 0.2) */
+	int64		content_digest; /* of the order row the request was rendered
+								 * from: outbox.content_digest */
 	bool		rendered;		/* request stored by an earlier attempt */
 	const char *skip_reason;	/* nothing to send: done with this reason */
 	bool		invalid;		/* skip_reason names missing mapped fields */
@@ -153,6 +157,8 @@ typedef struct ShipResult
 	char	   *method;
 	char	   *url;
 	char	   *digest;
+	bool		has_content_digest;
+	int64		content_digest; /* the intent's, for the shipment it records */
 	/* on success */
 	bool		ship_ok;
 	char	   *ship_id;

@@ -230,28 +230,48 @@ static const char *const lock_sql =
  * Mark locked intents in flight, in the same statement that stores the
  * requests rendered for them: one new row version per claimed intent.  An
  * intent with nothing to send (u.skip) is done with the reason.
+ *
+ * The dispatcher's mark returns what it does not know already: the
+ * content digest, and the stored request of an intent rendered by an
+ * earlier attempt (u.m is NULL).  A request rendered now is not read back:
+ * the whole row, body included, was formed and copied once more for every
+ * intent.  shipsync.claim() returns the whole outbox row.
  */
-static const char *const mark_sql =
-"UPDATE shipsync.outbox o SET"
-" state = CASE WHEN u.skip IS NULL THEN 'in_flight' WHEN u.inv THEN 'invalid' ELSE 'done' END,"
-" attempts = o.attempts + CASE WHEN u.skip IS NULL THEN 1 ELSE 0 END,"
-" lease_until = CASE WHEN u.skip IS NULL"
-"   THEN pg_catalog.now() + pg_catalog.make_interval(secs => $7 / 1000.0) END,"
-" updated_at = pg_catalog.now(),"
-" request_method = COALESCE(u.m, o.request_method),"
-" request_url = COALESCE(u.url, o.request_url),"
-" request_body = COALESCE(u.body, o.request_body),"
-" request_digest = COALESCE(u.digest, o.request_digest),"
-" request_kind = COALESCE(u.kind, o.request_kind),"
-" content_digest = COALESCE(u.cdigest, o.content_digest),"
-" last_error = COALESCE(u.skip, o.last_error),"
-" error_class = CASE WHEN u.skip IS NULL THEN o.error_class WHEN u.inv THEN 'invalid_order'"
-"   ELSE 'nothing_to_send' END,"
-" done_at = CASE WHEN u.skip IS NULL THEN NULL ELSE pg_catalog.now() END"
-" FROM unnest($1, $2, $3, $4, $5, $6, $8, $9, $10)"
-"   AS u(id, m, url, body, skip, digest, inv, cdigest, kind)"
+#define MARK_SQL \
+"UPDATE shipsync.outbox o SET" \
+" state = CASE WHEN u.skip IS NULL THEN 'in_flight' WHEN u.inv THEN 'invalid' ELSE 'done' END," \
+" attempts = o.attempts + CASE WHEN u.skip IS NULL THEN 1 ELSE 0 END," \
+" lease_until = CASE WHEN u.skip IS NULL" \
+"   THEN pg_catalog.now() + pg_catalog.make_interval(secs => $7 / 1000.0) END," \
+" updated_at = pg_catalog.now()," \
+" request_method = COALESCE(u.m, o.request_method)," \
+" request_url = COALESCE(u.url, o.request_url)," \
+" request_body = COALESCE(u.body, o.request_body)," \
+" request_digest = COALESCE(u.digest, o.request_digest)," \
+" request_kind = COALESCE(u.kind, o.request_kind)," \
+" content_digest = COALESCE(u.cdigest, o.content_digest)," \
+" last_error = COALESCE(u.skip, o.last_error)," \
+" error_class = CASE WHEN u.skip IS NULL THEN o.error_class WHEN u.inv THEN 'invalid_order'" \
+"   ELSE 'nothing_to_send' END," \
+" done_at = CASE WHEN u.skip IS NULL THEN NULL ELSE pg_catalog.now() END" \
+" FROM unnest($1, $2, $3, $4, $5, $6, $8, $9, $10)" \
+"   AS u(id, m, url, body, skip, digest, inv, cdigest, kind)" \
 " WHERE o.id = u.id"
-" RETURNING o.*";
+static const char *const mark_sql = MARK_SQL
+" RETURNING o.id, o.idempotency_key, o.attempts, o.content_digest,"
+" CASE WHEN u.m IS NULL THEN o.request_method END,"
+" CASE WHEN u.m IS NULL THEN o.request_url END,"
+" CASE WHEN u.m IS NULL THEN o.request_body END,"
+" CASE WHEN u.m IS NULL THEN o.request_digest END,"
+" CASE WHEN u.m IS NULL THEN o.request_kind END";
+static const char *const claim_mark_sql = MARK_SQL " RETURNING o.*";
+
+/* The columns of mark_sql's rows */
+enum
+{
+	MARK_ID = 1, MARK_IDEM, MARK_ATTEMPTS, MARK_CDIGEST, MARK_METHOD, MARK_URL,
+	MARK_BODY, MARK_DIGEST, MARK_KIND
+};
 
 /*
  * Take what the capture trigger wrote into the inbox into the outbox,
@@ -281,15 +301,8 @@ static const char *const drain_sql =
 static SPIPlanPtr drain_plan = NULL;
 static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr mark_plan = NULL;
+static SPIPlanPtr claim_mark_plan = NULL;
 static SPIPlanPtr coalesce_plan = NULL;
-static int	col_id,
-			col_idem,
-			col_attempts,
-			col_method,
-			col_url,
-			col_body,
-			col_digest,
-			col_kind;
 static SPIPlanPtr shiplookup_plan = NULL;
 static SPIPlanPtr reglookup_plan = NULL;
 static SPIPlanPtr nextdue_plan = NULL;
@@ -329,6 +342,7 @@ prepare_claim_plans(void)
 		TEXTARRAYOID, TEXTARRAYOID, INT4OID, BOOLARRAYOID, INT8ARRAYOID, TEXTARRAYOID};
 
 		mark_plan = shipsync_prepare_saved_opt(mark_sql, 10, t, true);
+		claim_mark_plan = shipsync_prepare_saved_opt(claim_mark_sql, 10, t, true);
 	}
 	{
 		Oid			t[3] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
@@ -640,7 +654,8 @@ render_store(ArgArrays *store, Claimed *c, Datum cdigest, bool cdigest_null)
 	args_set_text(store, s, 1, c->method);
 	args_set_text(store, s, 2, c->url);
 	args_set_text(store, s, 3, c->body);
-	args_set_text(store, s, 5, sha256_hex(c->body));
+	c->digest = sha256_hex(c->body);
+	args_set_text(store, s, 5, c->digest);
 	args_set_text(store, s, 7, intent_kind_names[c->kind]);
 	if (!cdigest_null && c->kind != INTENT_CANCEL)
 		args_set(store, s, 8, cdigest);
@@ -866,7 +881,7 @@ shipsync_claim(PG_FUNCTION_ARGS)
 			mp[8] = shipsync_make_array(ids, allnull, n, INT8OID);
 			mp[9] = shipsync_make_array(ids, allnull, n, TEXTOID);
 		}
-		rc = SPI_execute_plan(mark_plan, mp, NULL, false, 0);
+		rc = SPI_execute_plan(claim_mark_plan, mp, NULL, false, 0);
 		if (rc != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
 		for (uint64 i = 0; i < SPI_processed; i++)
@@ -1073,19 +1088,28 @@ claim_render(ClaimState *s)
 			args_set(s->store, args_row(s->store), 0, Int64GetDatum(s->cs[i].id));
 }
 
-/* An intent the mark statement returned, with its stored request */
+/*
+ * An intent the mark statement returned: its content digest, and the
+ * request stored by an earlier attempt, unless it was rendered now
+ */
 static void
 claim_take_request(Claimed *c, HeapTuple tup, TupleDesc desc)
 {
 	bool		isnull;
+	Datum		d;
 
-	c->idempotency_key = get_text(tup, desc, col_idem);
-	c->attempt = DatumGetInt32(SPI_getbinval(tup, desc, col_attempts, &isnull));
-	c->method = get_text(tup, desc, col_method);
-	c->url = get_text(tup, desc, col_url);
-	c->body = get_text(tup, desc, col_body);
-	c->digest = get_text(tup, desc, col_digest);
-	c->kind = intent_kind_of(get_text(tup, desc, col_kind));
+	c->idempotency_key = get_text(tup, desc, MARK_IDEM);
+	c->attempt = DatumGetInt32(SPI_getbinval(tup, desc, MARK_ATTEMPTS, &isnull));
+	d = SPI_getbinval(tup, desc, MARK_CDIGEST, &isnull);
+	c->has_content_digest = !isnull;
+	c->content_digest = isnull ? 0 : DatumGetInt64(d);
+	if (c->method != NULL)
+		return;					/* rendered by this claim */
+	c->method = get_text(tup, desc, MARK_METHOD);
+	c->url = get_text(tup, desc, MARK_URL);
+	c->body = get_text(tup, desc, MARK_BODY);
+	c->digest = get_text(tup, desc, MARK_DIGEST);
+	c->kind = intent_kind_of(get_text(tup, desc, MARK_KIND));
 }
 
 /*
@@ -1114,22 +1138,11 @@ claim_mark(ClaimState *s, int lease_ms)
 	if (rc != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "marking claimed intents failed: %s", SPI_result_code_string(rc));
 	tt = SPI_tuptable;
-	if (col_id == 0)
-	{
-		col_id = SPI_fnumber(tt->tupdesc, "id");
-		col_idem = SPI_fnumber(tt->tupdesc, "idempotency_key");
-		col_attempts = SPI_fnumber(tt->tupdesc, "attempts");
-		col_method = SPI_fnumber(tt->tupdesc, "request_method");
-		col_url = SPI_fnumber(tt->tupdesc, "request_url");
-		col_body = SPI_fnumber(tt->tupdesc, "request_body");
-		col_digest = SPI_fnumber(tt->tupdesc, "request_digest");
-		col_kind = SPI_fnumber(tt->tupdesc, "request_kind");
-	}
 	old = MemoryContextSwitchTo(s->keep);
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
 		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, col_id, &isnull));
+		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, MARK_ID, &isnull));
 
 		for (int i = 0; i < s->n; i++)
 			if (s->cs[i].id == id && !s->cs[i].skip_reason)

@@ -188,6 +188,14 @@ sub fault_phase
 	  or diag(sql(qq{SELECT string_agg(coalesce(l.error_class, '-') || '/' || l.outcome
 		|| '/' || coalesce(l.error, ''), '; ') FROM shipsync.delivery_log l
 		JOIN shipsync.outbox o ON o.id = l.outbox_id WHERE o.id > $before AND l.attempt = 1}));
+	# the retry's claim reads the request stored by the first attempt back,
+	# with the digest of the order row it was rendered from: the shipment
+	# records that digest (reconciliation compares it with the row later)
+	is( sql(qq{SELECT count(*) FROM shipsync.outbox o JOIN shipsync.shipment s
+		ON s.binding_id = o.binding_id AND s.order_key = o.order_key AND s.provider_id = o.provider_id
+		WHERE o.id > $before AND o.op = 'create' AND o.content_digest IS NOT NULL
+		AND s.content_digest = o.content_digest}),
+		$n, "$name: every shipment records the content digest of its stored request");
 	# libcurl must not resend behind our back: each request is an attempt
 	is( sql(qq{SELECT count(*) FROM shipsync.delivery_log l JOIN shipsync.outbox o ON o.id = l.outbox_id
 		WHERE o.id > $before}),

@@ -32,7 +32,8 @@
  * sign.c's (the requests we send) and signature.c's (the pushes we take).  Everything here is
  * plain C over OpenSSL's EVP interface, with no PostgreSQL header, so that
  * it is unit-tested against published known answers (test/unit) and
- * fuzzed alone.  It allocates nothing of its own: callers pass buffers of
+ * fuzzed alone.  It allocates nothing of its own (OpenSSL keeps the digest
+ * implementations fetched once per process): callers pass buffers of
  * the sizes the macros of pg_shipsync.h give, so the file depends on no
  * other of the extension (not even its out-of-memory hook).  Buffers here
  * that held a key or a plaintext are cleansed (OPENSSL_cleanse).
@@ -279,6 +280,29 @@ shipsync_secret_open(const unsigned char *key, const char *provider,
 /* ---------- digests and HMAC ---------- */
 
 /*
+ * The implementation of digest alg, fetched from OpenSSL's providers once
+ * per process.  Through EVP_sha256() and its kin, OpenSSL 3 looks the
+ * implementation up again at every EVP_DigestInit_ex(): a fifth of the
+ * instructions of hashing a request body.
+ */
+static const EVP_MD *
+digest_md(ShipDigest alg)
+{
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+	static EVP_MD *fetched[3];
+	static const char *const names[3] = {
+		[SHIPSYNC_MD5] = "MD5", [SHIPSYNC_SHA1] = "SHA1", [SHIPSYNC_SHA256] = "SHA256"
+	};
+
+	if (fetched[alg] == NULL)
+		fetched[alg] = EVP_MD_fetch(NULL, names[alg], NULL);
+	if (fetched[alg] != NULL)
+		return fetched[alg];
+#endif
+	return alg == SHIPSYNC_MD5 ? EVP_md5() : alg == SHIPSYNC_SHA1 ? EVP_sha1() : EVP_sha256();
+}
+
+/*
  * The digest alg (SHIPSYNC_MD5: 16 bytes, SHIPSYNC_SHA1: 20, SHIPSYNC_SHA256:
  * 32) of the n parts concatenated, into out; false only if OpenSSL fails.
  * MD5 and SHA-1 are here because carriers sign with them (Kuaidi100, SF
@@ -288,8 +312,7 @@ bool
 shipsync_digest(ShipDigest alg, int n, const void *const *parts, const size_t *lens,
 				unsigned char *out)
 {
-	const EVP_MD *md = alg == SHIPSYNC_MD5 ? EVP_md5() :
-		alg == SHIPSYNC_SHA1 ? EVP_sha1() : EVP_sha256();
+	const EVP_MD *md = digest_md(alg);
 	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
 	unsigned int len = 0;
 	bool		ok;
@@ -333,7 +356,7 @@ shipsync_hmac_sha256(const void *key, size_t keylen, const void *msg,
 
 	if (keylen > (size_t) INT32_MAX)
 		return false;
-	return HMAC(EVP_sha256(), key, (int) keylen, msg, msglen, out, &outlen) != NULL &&
+	return HMAC(digest_md(SHIPSYNC_SHA256), key, (int) keylen, msg, msglen, out, &outlen) != NULL &&
 		outlen == 32;
 }
 

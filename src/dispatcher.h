@@ -132,6 +132,7 @@ typedef struct Claimed
 	int64		content_digest; /* of the order row the request was rendered
 								 * from: outbox.content_digest */
 	bool		rendered;		/* request stored by an earlier attempt */
+	bool		later_update;	/* an update of the same order waits behind it */
 	const char *skip_reason;	/* nothing to send: done with this reason */
 	bool		invalid;		/* skip_reason names missing mapped fields */
 } Claimed;

@@ -285,7 +285,7 @@ static const char *const lock_sql =
 "   AS u(id, m, url, body, skip, digest, inv, cdigest, kind)" \
 " WHERE o.id = u.id"
 static const char *const mark_sql = MARK_SQL
-" RETURNING o.id, o.attempts, o.content_digest,"
+" RETURNING o.id, o.content_digest,"
 " CASE WHEN u.m IS NULL THEN o.request_method END,"
 " CASE WHEN u.m IS NULL THEN o.request_url END,"
 " CASE WHEN u.m IS NULL THEN o.request_body END,"
@@ -296,9 +296,12 @@ static const char *const claim_mark_sql = MARK_SQL " RETURNING o.*";
 /* The columns of mark_sql's rows */
 enum
 {
-	MARK_ID = 1, MARK_ATTEMPTS, MARK_CDIGEST, MARK_METHOD, MARK_URL,
-	MARK_BODY, MARK_DIGEST, MARK_KIND
+	MARK_ID = 1, MARK_CDIGEST, MARK_METHOD, MARK_URL, MARK_BODY, MARK_DIGEST, MARK_KIND
 };
+
+/* The types of the mark's parameters, $1..$10 */
+static const Oid mark_types[10] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+TEXTARRAYOID, TEXTARRAYOID, INT4OID, BOOLARRAYOID, INT8ARRAYOID, TEXTARRAYOID};
 
 /*
  * Take what the capture trigger wrote into the inbox into the outbox,
@@ -364,13 +367,7 @@ prepare_claim_plans(void)
 
 		lock_plan = shipsync_prepare_saved(lock_sql, 2, t);
 	}
-	{
-		Oid			t[10] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, INT4OID, BOOLARRAYOID, INT8ARRAYOID, TEXTARRAYOID};
-
-		mark_plan = shipsync_prepare_saved_opt(mark_sql, 10, t, true);
-		claim_mark_plan = shipsync_prepare_saved_opt(claim_mark_sql, 10, t, true);
-	}
+	mark_plan = shipsync_prepare_saved_opt(mark_sql, 10, mark_types, true);
 	{
 		Oid			t[3] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
 
@@ -908,6 +905,9 @@ shipsync_claim(PG_FUNCTION_ARGS)
 			mp[8] = shipsync_make_array(ids, allnull, n, INT8OID);
 			mp[9] = shipsync_make_array(ids, allnull, n, TEXTOID);
 		}
+		/* whole rows: prepared here, never in the dispatcher */
+		if (claim_mark_plan == NULL)
+			claim_mark_plan = shipsync_prepare_saved_opt(claim_mark_sql, 10, mark_types, true);
 		rc = SPI_execute_plan(claim_mark_plan, mp, NULL, false, 0);
 		if (rc != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "claim failed: %s", SPI_result_code_string(rc));
@@ -1120,7 +1120,8 @@ claim_render(ClaimState *s)
 
 /*
  * An intent the mark statement returned: its content digest, and the
- * request stored by an earlier attempt, unless it was rendered now
+ * request stored by an earlier attempt, unless it was rendered now (its
+ * key and attempt are the lock's)
  */
 static void
 claim_take_request(Claimed *c, HeapTuple tup, TupleDesc desc)
@@ -1128,7 +1129,6 @@ claim_take_request(Claimed *c, HeapTuple tup, TupleDesc desc)
 	bool		isnull;
 	Datum		d;
 
-	c->attempt = DatumGetInt32(SPI_getbinval(tup, desc, MARK_ATTEMPTS, &isnull));
 	d = SPI_getbinval(tup, desc, MARK_CDIGEST, &isnull);
 	c->has_content_digest = !isnull;
 	c->content_digest = isnull ? 0 : DatumGetInt64(d);

@@ -420,3 +420,11 @@ SELECT pg_temp.err($$INSERT INTO shipsync.fee_line (provider_id) VALUES (1)$$);
 RESET ROLE;
 SELECT action, object_kind, object_name, old_value, new_value
 FROM shipsync.audit_log WHERE object_kind IN ('fee_type_map', 'currency') ORDER BY audit_id;
+
+-- every fee_sum row has a fee line of its order, after pushes, parked
+-- lines matched, revisions and statements: the apply's first quotes look
+-- for an order's lines, not its sums (src/apply.c)
+SELECT count(*) > 0 AS some_sums,
+	   count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM shipsync.fee_line l
+			WHERE l.binding_id = s.binding_id AND l.order_key = s.order_key)) AS without_a_line
+FROM shipsync.fee_sum s;

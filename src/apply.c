@@ -191,9 +191,7 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		"   AND NOT EXISTS (SELECT 1 FROM shipsync.fee_line f"
 		"     WHERE f.provider_id = l.pid AND f.tracking_number = l.tn)"
 		"   AND NOT EXISTS (SELECT 1 FROM shipsync.fee_line f"
-		"     WHERE f.binding_id = l.bid AND f.order_key = l.k)"
-		"   AND NOT EXISTS (SELECT 1 FROM shipsync.fee_sum s"
-		"     WHERE s.binding_id = l.bid AND s.order_key = l.k)),"
+		"     WHERE f.binding_id = l.bid AND f.order_key = l.k)),"
 		" lines AS ("
 		"   INSERT INTO shipsync.fee_line (provider_id, tracking_number, fee_type, fee_key, quote,"
 		"     binding_id, order_key, raw_type, amount, currency, state, source, recorded_by)"
@@ -480,7 +478,11 @@ apply_collect(ApplyBatch *b, const ShipResult *r, Binding *bs, int nb)
  * statement: an answer whose tracking number and order have no fee line
  * yet, whose lines are each of a type (and key) of their own, in one
  * currency known to shipsync.currency, and the only answer of the batch
- * for its order and tracking number.  Its lines are inserted as
+ * for its order and tracking number.  (An order with no line has no
+ * fee_sum row either, so that is not probed: _fee_totals() makes an
+ * order's sums from its lines and deletes any that no line backs, and a
+ * line is never deleted nor moved from one order to another, only given
+ * one when a parked line finds its shipment.  TAP 038 checks it.)  Its lines are inserted as
  * _store_fees() would have made them, and its fee_sum row as _fee_totals()
  * would have (the shipment already carries the same total, from
  * _quote_totals()); anything else goes on to _record_quotes(), which knows

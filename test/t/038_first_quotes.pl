@@ -11,7 +11,9 @@
 #   2. the cases it must not take went to _record_quotes(), which made
 #      '#2' keys, 'XXX' currencies and the fee_currency_mixed ticket;
 #   3. _record_quotes() run again over every answer, on empty fee tables,
-#      makes exactly the rows that are there.
+#      makes exactly the rows that are there;
+#   4. no fee_sum row lacks a fee line of its order, which is what lets
+#      the one statement look for an order's lines and not its sums.
 use strict;
 use warnings;
 use FindBin;
@@ -131,6 +133,13 @@ is( sql(qq{BEGIN;
 		ROLLBACK;}),
 	(2 * 53 + 14) . ' lines; 0 differ; sums 0 differ; totals 0 differ',
 	'_record_quotes() makes the same lines, sums and totals from the same answers');
+
+# The first quotes statement looks for an order's fee lines, not for its
+# fee_sum rows: a sum exists only beside a line of its order
+is( sql("SELECT count(*) FROM shipsync.fee_sum s WHERE NOT EXISTS (SELECT 1 FROM shipsync.fee_line l"
+		  . " WHERE l.binding_id = s.binding_id AND l.order_key = s.order_key)"),
+	'0', 'no fee_sum row without a fee line of its order');
+isnt(sql("SELECT count(*) FROM shipsync.fee_sum"), '0', '(not vacuous: there are sums)');
 
 is(sim_get($sim, '/_sim/stats')->{duplicate_orders}, 0, 'no order shipped twice');
 $node->stop;

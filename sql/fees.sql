@@ -428,3 +428,25 @@ SELECT count(*) > 0 AS some_sums,
 	   count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM shipsync.fee_line l
 			WHERE l.binding_id = s.binding_id AND l.order_key = s.order_key)) AS without_a_line
 FROM shipsync.fee_sum s;
+
+-- the fee locks: up to 1,000 tracking numbers, one lock each under a
+-- shared lock of their provider; more than 1,000 different ones, the
+-- provider whole; many entries of few tracking numbers are few
+CREATE FUNCTION pg_temp.fee_locks() RETURNS TABLE (mode text, provider boolean, locks text)
+LANGUAGE sql AS $$
+	SELECT l.mode, l.classid = 1717920626,
+		   CASE WHEN count(*) > 900 THEN 'over 900' ELSE count(*)::text END
+	FROM pg_locks l WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid()
+	GROUP BY 1, 2 ORDER BY 1, 2 $$;
+BEGIN;
+SELECT shipsync._lock_fees('{424242}', ARRAY(SELECT 'LK' || g FROM generate_series(1, 1000) g), false);
+SELECT * FROM pg_temp.fee_locks();
+ROLLBACK;
+BEGIN;
+SELECT shipsync._lock_fees('{424242}', ARRAY(SELECT 'LK' || g FROM generate_series(1, 1001) g), false);
+SELECT * FROM pg_temp.fee_locks();
+ROLLBACK;
+BEGIN;
+SELECT shipsync._lock_fees('{424242}', array_fill('LK1'::text, ARRAY[1001]), false);
+SELECT * FROM pg_temp.fee_locks();
+ROLLBACK;

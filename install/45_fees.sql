@@ -462,7 +462,7 @@ AS $$
 BEGIN
 	-- no sort of the tracking numbers to count them when there cannot be
 	-- more than 1,000 (a batch of the apply: 4.5 thousand instructions an
-	-- answer, test/bench/apply-instructions)
+	-- answer, test/bench/statement-instructions)
 	IF whole OR (cardinality(tns) > 1000
 				 AND (SELECT count(DISTINCT t) > 1000 FROM unnest(tns) AS t)) THEN
 		PERFORM pg_advisory_xact_lock(1717920626, x.p)

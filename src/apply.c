@@ -482,9 +482,9 @@ apply_collect(ApplyBatch *b, const ShipResult *r, Binding *bs, int nb)
  * fee_sum row either, so that is not probed: _fee_totals() makes an
  * order's sums from its lines and deletes any that no line backs, and a
  * line is never deleted nor moved from one order to another, only given
- * one when a parked line finds its shipment.  TAP 038 checks it.)  Its lines are inserted as
- * _store_fees() would have made them, and its fee_sum row as _fee_totals()
- * would have (the shipment already carries the same total, from
+ * one when a parked line finds its shipment.  TAP 038 checks it.)  Its
+ * lines are inserted as _store_fees() would have made them, and its
+ * fee_sum row as _fee_totals() would have (the shipment already carries the same total, from
  * _quote_totals()); anything else goes on to _record_quotes(), which knows
  * every case.  _record_quotes() cost 1.9 ms for a single answer (a dozen
  * statements in four PL/pgSQL functions), most of an order's apply at a

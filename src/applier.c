@@ -771,15 +771,17 @@ applier_process_interrupts(void)
  * session does when signalled (PROCSIG_CATCHUP_INTERRUPT): a backend that
  * never reads it keeps the queue full for everyone, and is reset when it
  * overflows.  Blocking in shm_mq_receive() would never read it: that wait
- * resets the latch the signal sets and waits on.
+ * resets the latch the signal sets and waits on.  At most stats_wait_ms
+ * (when above 0): statistics wait to be flushed.
  */
 static void
-applier_idle_wait(void)
+applier_idle_wait(long stats_wait_ms)
 {
 	MemoryContext old = CurrentMemoryContext;
 
-	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
-					 WAIT_EVENT_MQ_RECEIVE);
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH |
+					 (stats_wait_ms > 0 ? WL_TIMEOUT : 0),
+					 stats_wait_ms > 0 ? stats_wait_ms : -1L, WAIT_EVENT_MQ_RECEIVE);
 	ResetLatch(MyLatch);
 	applier_process_interrupts();
 	SetCurrentStatementStartTimestamp();
@@ -803,6 +805,7 @@ shipsync_applier_main(Datum main_arg)
 	shm_mq_handle *in;
 	shm_mq_handle *out;
 	MemoryContext msg_cxt;
+	long		stats_wait_ms = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -842,7 +845,10 @@ shipsync_applier_main(Datum main_arg)
 
 		if (res == SHM_MQ_WOULD_BLOCK)
 		{
-			applier_idle_wait();
+			applier_idle_wait(stats_wait_ms);
+			/* what the last applies counted, once a second allows it */
+			if (stats_wait_ms > 0)
+				stats_wait_ms = pgstat_report_stat(false);
 			continue;
 		}
 		if (res != SHM_MQ_SUCCESS)
@@ -854,7 +860,14 @@ shipsync_applier_main(Datum main_arg)
 		ack = applier_apply_message(data, len);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(msg_cxt);
-		pgstat_report_stat(false);
+
+		/*
+		 * The table statistics of our applies are flushed at most once a
+		 * second; what is left is flushed when the applier goes idle and
+		 * that second is over (stats_wait_ms), or autovacuum would not hear
+		 * of the outbox's dead tuples until the next burst.
+		 */
+		stats_wait_ms = pgstat_report_stat(false);
 		if (shm_mq_send(out, sizeof(ack), &ack, false, true) != SHM_MQ_SUCCESS)
 			break;
 	}

@@ -469,6 +469,32 @@ shipsync_next_intent_id(Oid seqid)
 }
 
 /*
+ * The id shipsync_next_intent_id() would hand out next in this database,
+ * without taking it; 0 when not known (no block since the start, or no
+ * shared memory).  The dispatcher reads it to tell how many intents can be
+ * waiting in the inbox at most (outbox.c).
+ */
+int64
+shipsync_peek_intent_id(Oid seqid)
+{
+	ShipsyncShared *sh = shipsync_shared;
+	int64		next = 0;
+
+	if (sh == NULL)
+		return 0;
+	SpinLockAcquire(&sh->id_mutex);
+	for (int i = 0; i < SHIPSYNC_ID_BLOCKS; i++)
+		if (sh->id_blocks[i].dbid == MyDatabaseId &&
+			sh->id_blocks[i].seqid == seqid)
+		{
+			next = sh->id_blocks[i].next;
+			break;
+		}
+	SpinLockRelease(&sh->id_mutex);
+	return next;
+}
+
+/*
  * shipsync._intent_id(seq regclass): the default of shipsync.outbox.id.
  * It advances the sequence, so it asks for the rights nextval() would.
  */

@@ -315,6 +315,7 @@ dispatcher_load_config(void)
 		{
 			ps[i].inflight = old->inflight;
 			ps[i].unapplied = old->unapplied;
+			ps[i].inbox_from = old->inbox_from;
 			ps[i].oauth_refreshing = old->oauth_refreshing;
 			ps[i].oauth_asked_at = old->oauth_asked_at;
 
@@ -616,34 +617,95 @@ static bool drain_all = true;
 static bool drain_unpaused = false;
 static bool twophase_watch = true;
 
+/*
+ * While few intents can be in the inbox, they are taken rather than
+ * drained (dispatcher_take()): before the claims, within each provider's
+ * room, a create goes from the inbox straight into flight, rendered and
+ * stored in the transaction that moves it (outbox_take_inbox()), and a
+ * provider's intents beyond its room wait in the inbox for the next take,
+ * which a completion brings.  The outbox row is written once, not three
+ * times, and the claim's lock is not needed: about a hundred thousand
+ * instructions an intent.  But each take reads the whole inbox (it has no
+ * index), about a thousand instructions a row, so a take must send at
+ * least one row in TAKE_SHARE of those the inbox can hold: ids handed out
+ * since the smallest that may be left (inbox_low, or a provider's waiting
+ * intents).  More than TAKE_SHARE batches' worth is drained as above.
+ */
+#define TAKE_SHARE 32
+static int64 inbox_low = 0;		/* smallest id that may be in the inbox, but
+								 * the waiting intents; 0: not known */
+static bool inbox_waits = false;	/* intents wait there for room */
+
+/* The providers a drain or take moves: all, or those not paused (NULL) */
+static int32 *
+drain_scope(int *nids)
+{
+	int32	   *ids;
+
+	*nids = -1;
+	if (drain_all)
+		return NULL;
+	ids = palloc(sizeof(int32) * Max(nproviders, 1));
+	*nids = 0;
+	for (int i = 0; i < nproviders; i++)
+		if (!providers[i].paused)
+			ids[(*nids)++] = providers[i].id;
+	return ids;
+}
+
+/* After a drain or take that read (up to) limit rows: drain again? */
+static void
+drain_done(uint64 nread, bool full, bool waits)
+{
+	drain_all = drain_all && (full || waits);
+	drain_unpaused = drain_unpaused && (full || waits);
+	inbox_waits = waits && !full;
+	drain_chunk = full ? Min(drain_chunk * 2, DRAIN_MAX) : DRAIN_FIRST;
+}
+
 static void
 dispatcher_drain(void)
 {
 	uint64		moved;
-	bool		full;
-	int32	   *ids = NULL;
-	int			nids = 0;
+	int			nids;
+	int32	   *ids = drain_scope(&nids);
 
-	if (!drain_all)
+	if (nids == 0)
 	{
-		ids = palloc(sizeof(int32) * Max(nproviders, 1));
-		for (int i = 0; i < nproviders; i++)
-			if (!providers[i].paused)
-				ids[nids++] = providers[i].id;
-		if (nids == 0)
-		{
-			drain_unpaused = false;
-			return;
-		}
+		drain_unpaused = false;
+		return;
 	}
-	moved = outbox_drain_inbox(drain_chunk, ids, drain_all ? -1 : nids);
-	full = moved >= (uint64) drain_chunk;
-	drain_all = drain_all && full;
-	drain_unpaused = drain_unpaused && full;
-	drain_chunk = full ? Min(drain_chunk * 2, DRAIN_MAX) : DRAIN_FIRST;
+	moved = outbox_drain_inbox(drain_chunk, ids, nids, &inbox_low);
+	drain_done(moved, moved >= (uint64) drain_chunk, false);
 	if (moved > 0)
 		for (int i = 0; i < nproviders; i++)
+		{
 			providers[i].maybe_work = true;
+			if (moved < (uint64) drain_chunk)
+				providers[i].inbox_from = 0;
+		}
+}
+
+/* At most how many intents can be in the inbox; -1: not known */
+static int64
+inbox_bound(void)
+{
+	int64		next = outbox_intents_next();
+	int64		low = inbox_low;
+
+	for (int i = 0; i < nproviders; i++)
+		if (providers[i].inbox_from > 0 && providers[i].inbox_from < low)
+			low = providers[i].inbox_from;
+	return low > 0 && next > 0 ? Max(next - low, 0) : -1;
+}
+
+/* Whether the inbox is small enough to be taken rather than drained */
+static bool
+inbox_small(void)
+{
+	int64		n = inbox_bound();
+
+	return n >= 0 && n <= (int64) TAKE_SHARE * shipsync_batch_size;
 }
 
 /*
@@ -657,14 +719,33 @@ provider_waiting(Provider *p)
 }
 
 /*
+ * How many intents p may send now, at most limit: at most max_inflight
+ * requests on the wire, and as many results waiting for the applier (a
+ * slow apply slows the claims instead of piling results up in memory,
+ * applier.c), within its tokens.
+ */
+static int
+provider_room(Provider *p, TimestampTz now, int limit)
+{
+	int			room = p->max_inflight - p->inflight;
+	int			allowed;
+
+	if (room <= 0 || provider_waiting(p) >= p->max_inflight)
+		return 0;
+	allowed = provider_tokens(p, now);
+	if (allowed <= 0)
+		return 0;
+	return Min(room, Min(allowed, limit));
+}
+
+/*
  * Claim for provider p if it may have work, has room and tokens: the
  * intents to send (*out), not yet durable (dispatcher_claim_all()).
  */
 static int
-dispatcher_claim(Provider *p, TimestampTz now, Claimed **out)
+dispatcher_claim(Provider *p, TimestampTz now, int taken, Claimed **out)
 {
 	int			room;
-	int			allowed;
 	int			n;
 	Claimed    *cs;
 	TimestampTz next_due;
@@ -678,18 +759,9 @@ dispatcher_claim(Provider *p, TimestampTz now, Claimed **out)
 		return 0;
 	if (p->oauth_client_id && !oauth_ready(p, now))
 		return 0;			/* a token fetch will wake us */
-	/*
-	 * At most max_inflight requests on the wire, and as many results
-	 * waiting for the applier: a slow apply slows the claims instead of
-	 * piling results up in memory (applier.c).
-	 */
-	room = p->max_inflight - p->inflight;
-	if (room <= 0 || provider_waiting(p) >= p->max_inflight)
+	room = provider_room(p, now, limit) - taken;
+	if (room <= 0)
 		return 0;
-	allowed = provider_tokens(p, now);
-	if (allowed <= 0)
-		return 0;
-	room = Min(room, Min(allowed, limit));
 
 	n = outbox_claim(p, bindings, nbindings, room, p->timeout_ms + 60000,
 					 &cs, &next_due, &nskipped);
@@ -711,8 +783,122 @@ dispatcher_claim(Provider *p, TimestampTz now, Claimed **out)
 }
 
 /*
- * Claim for every provider that may have work and has room, make those
- * claims durable with one flush, then send them all.
+ * Whether p may send from the inbox now: not paused nor held, its breaker
+ * closed (a probe is claimed), and no OAuth2 token to wait for (the claim
+ * starts its fetch).  *limit: at most how many at once.
+ */
+static bool
+provider_takes(Provider *p, TimestampTz now, int *limit)
+{
+	*limit = shipsync_batch_size;
+	return !p->paused && !p->secret_error && !p->oauth_client_id &&
+		health_may_send(p, now, limit) && *limit == shipsync_batch_size;
+}
+
+/*
+ * Take from the inbox for the providers in scope, before the claims: the
+ * intents sent straight from the inbox are left in takes[i], for
+ * providers[i] (dispatcher_claim_all()).  Intents that must follow one in
+ * the outbox move there first, so that its claim sees the updates behind
+ * it (claim_coalesce()).  A provider with a retry due takes nothing: its
+ * claim goes first, and what it captured moves into the outbox behind it.
+ */
+static void
+dispatcher_take(TimestampTz now, InboxTake *takes)
+{
+	int			nids;
+	int32	   *scope = drain_scope(&nids);
+	int32	   *ids = palloc(sizeof(int32) * Max(nproviders, 1));
+	int			nread_ids = 0;
+	InboxTake  *t = palloc0(sizeof(InboxTake) * Max(nproviders, 1));
+	int		   *ti = palloc(sizeof(int) * Max(nproviders, 1));
+	int			nt = 0;
+	int			room = 0;
+	bool		others = false;
+	bool		waits = false;
+	bool		full;
+	uint64		nread;
+	int64		bound = inbox_bound();
+
+	for (int i = 0; i < nproviders; i++)
+	{
+		Provider   *p = &providers[i];
+		int			limit;
+		bool		in_scope = nids < 0;
+
+		for (int k = 0; k < nids && !in_scope; k++)
+			in_scope = scope[k] == p->id;
+		if (!in_scope)
+			continue;
+		t[nt].p = p;
+		t[nt].sends = provider_takes(p, now, &limit) &&
+			!(p->next_due != 0 && p->next_due <= now);
+		if (t[nt].sends)
+			t[nt].room = provider_room(p, now, limit);
+
+		/*
+		 * A take reads the whole inbox, about a thousand instructions a
+		 * row, and saves about a hundred thousand an intent it sends: it
+		 * is worth it when one row in TAKE_SHARE goes.  Less room than that
+		 * waits for the completions that make more; a provider that will
+		 * not have it (its rate, its limits) moves its intents into the
+		 * outbox, where its claims find them by index.
+		 */
+		if (t[nt].sends && t[nt].room * TAKE_SHARE < bound)
+		{
+			if (p->rate_per_s <= 0 && (p->inflight > 0 || provider_waiting(p) > 0) &&
+				Min(p->max_inflight, limit) * TAKE_SHARE >= bound)
+				t[nt].room = 0;
+			else
+			{
+				t[nt].sends = false;
+				t[nt].room = 0;
+			}
+		}
+		/* out of room: its intents wait in the inbox, unread */
+		if (t[nt].sends && t[nt].room == 0)
+		{
+			waits = true;
+			continue;
+		}
+		room += t[nt].room;
+		others = others || !t[nt].sends;
+		ids[nread_ids++] = p->id;
+		ti[nt++] = i;
+	}
+	if (room == 0)
+	{
+		/* nothing can go now: a completion brings room, unless none waits */
+		if (waits)
+			inbox_waits = true;
+		else
+			dispatcher_drain();
+		return;
+	}
+	/*
+	 * As many rows as there is room, so that the rows read beyond it are
+	 * few (they are read again by the next take); a drain's worth when
+	 * providers that cannot send move theirs.
+	 */
+	nread = outbox_take_inbox(others ? Max(drain_chunk, room) : room, ids, nread_ids,
+							  bindings, nbindings, t, nt, &full, &inbox_low);
+	for (int k = 0; k < nt; k++)
+	{
+		Provider   *p = t[k].p;
+
+		p->inbox_from = t[k].waits ? t[k].wait_from : 0;
+		if (t[k].moved || t[k].nskipped > 0)
+			p->maybe_work = true;	/* the claim takes what moved or was unblocked */
+		waits = waits || t[k].waits;
+		takes[ti[k]] = t[k];
+	}
+	drain_done(nread, full, waits);
+}
+
+/*
+ * Claim for every provider that may have work and has room, take what can
+ * go straight from a small inbox, make those claims durable with one
+ * flush, then send them all.
  */
 static void
 dispatcher_claim_all(TimestampTz now)
@@ -720,20 +906,22 @@ dispatcher_claim_all(TimestampTz now)
 	MemoryContext cxt = CurrentMemoryContext;
 	Claimed   **claimed = palloc0(sizeof(Claimed *) * Max(nproviders, 1));
 	int		   *nclaimed = palloc0(sizeof(int) * Max(nproviders, 1));
+	InboxTake  *takes = palloc0(sizeof(InboxTake) * Max(nproviders, 1));
 	ErrorData  *edata = NULL;
 
-	if (drain_all || drain_unpaused)
-		dispatcher_drain();
-
 	/*
-	 * A claim that fails (an error outbox_claim() does not handle itself)
-	 * must not strand the claims committed before it until their leases
-	 * expire: those are sent, then the error goes on to the loop.
+	 * A take or claim that fails (an error outbox_claim() does not handle
+	 * itself) must not strand the claims committed before it until their
+	 * leases expire: those are sent, then the error goes on to the loop.
 	 */
 	PG_TRY();
 	{
+		if ((drain_all || drain_unpaused) && inbox_small())
+			dispatcher_take(now, takes);
+		else if (drain_all || drain_unpaused)
+			dispatcher_drain();
 		for (int i = 0; i < nproviders; i++)
-			nclaimed[i] = dispatcher_claim(&providers[i], now, &claimed[i]);
+			nclaimed[i] = dispatcher_claim(&providers[i], now, takes[i].n, &claimed[i]);
 	}
 	PG_CATCH();
 	{
@@ -749,13 +937,16 @@ dispatcher_claim_all(TimestampTz now)
 	for (int i = 0; i < nproviders; i++)
 	{
 		Provider   *p = &providers[i];
-		int			n = nclaimed[i];
 
-		for (int k = 0; k < n; k++)
+		for (int k = 0; k < nclaimed[i]; k++)
 			dispatcher_send(p, &claimed[i][k]);
-		health_sent(p, claimed[i], n);
+		health_sent(p, claimed[i], nclaimed[i]);
+		for (int k = 0; k < takes[i].n; k++)
+			dispatcher_send(p, &takes[i].cs[k]);
+		if (takes[i].n > 0)
+			health_sent(p, takes[i].cs, takes[i].n);
 		if (p->rate_per_s > 0)
-			p->st->tokens -= n;
+			p->st->tokens -= nclaimed[i] + takes[i].n;
 	}
 	if (edata)
 		ReThrowError(edata);
@@ -814,7 +1005,7 @@ dispatcher_timeout(TimestampTz now)
 {
 	long		timeout = shipsync_idle_check_ms;
 
-	if (drain_all || drain_unpaused)
+	if ((drain_all || drain_unpaused) && !inbox_waits)
 		return 0;
 	for (int i = 0; i < nproviders; i++)
 	{
@@ -850,12 +1041,14 @@ dispatcher_timeout(TimestampTz now)
 		/* full: a completion wakes us, or the applier's acknowledgement */
 		if (p->inflight >= p->max_inflight || provider_waiting(p) >= p->max_inflight)
 			continue;
-		if (p->rate_per_s > 0 && p->st->tokens < 1 && (p->maybe_work || p->next_due))
+		if (p->rate_per_s > 0 && p->st->tokens < 1 &&
+			(p->maybe_work || p->next_due || p->inbox_from > 0))
 		{
 			timeout = Min(timeout, (long) ((1 - p->st->tokens) * 1000 / p->rate_per_s) + 1);
 			continue;
 		}
-		if (p->maybe_work)
+		/* room again for intents waiting in the inbox: take them */
+		if (p->maybe_work || (p->inbox_from > 0 && (drain_all || drain_unpaused)))
 			return 0;
 		if (p->next_due)
 			timeout = Min(timeout, ms_until(p->next_due, now));

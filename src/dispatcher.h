@@ -77,6 +77,8 @@ typedef struct Provider
 	ShipsyncProviderState *st;	/* breaker, hold, tokens, counters (health.c) */
 	TimestampTz next_due;		/* earliest known due retry, 0: unknown */
 	bool		maybe_work;		/* look for work at the next pass */
+	int64		inbox_from;		/* its intents from this id on wait in the
+								 * inbox for room (dispatcher_take()), 0: none */
 
 	/* OAuth2: one token shared by every request, carried over reloads */
 	char	   *oauth_token;	/* in TopMemoryContext, or NULL */
@@ -194,7 +196,28 @@ extern void outbox_claims_durable(void);
 extern int	outbox_claim(Provider *p, Binding *bs, int nb, int max_n,
 						 int lease_ms, Claimed **out, TimestampTz *next_due,
 						 int *nskipped);
-extern uint64 outbox_drain_inbox(int64 limit, const int32 *ids, int nids);
+extern uint64 outbox_drain_inbox(int64 limit, const int32 *ids, int nids,
+								 int64 *low);
+extern int64 outbox_intents_next(void);
+
+/* One provider's part in a take from the inbox (outbox_take_inbox()) */
+typedef struct InboxTake
+{
+	Provider   *p;
+	bool		sends;			/* in: it may send now, so that its intents
+								 * beyond its room may wait in the inbox */
+	int			room;			/* in: how many it may send now */
+	Claimed    *cs;				/* out: sent from the inbox, in flight */
+	int			n;
+	int			nskipped;		/* out: finished with nothing to send */
+	bool		moved;			/* out: intents of it now wait in the outbox */
+	bool		waits;			/* out: intents of it wait in the inbox */
+	int64		wait_from;		/* out: from this id on */
+} InboxTake;
+
+extern uint64 outbox_take_inbox(int64 limit, const int32 *ids, int nids,
+								Binding *bs, int nb, InboxTake *t, int nt,
+								bool *full, int64 *low);
 extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,
 								const char *msg);
 extern ArgArrays *outbox_tickets_create(int n);

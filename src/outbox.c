@@ -41,8 +41,10 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -681,7 +683,9 @@ render_store(ArgArrays *store, Claimed *c, Datum cdigest, bool cdigest_null)
 	c->digest = sha256_hex(c->body);
 	args_set_text(store, s, 5, c->digest);
 	args_set_text(store, s, 7, intent_kind_names[c->kind]);
-	if (!cdigest_null && c->kind != INTENT_CANCEL)
+	c->has_content_digest = !cdigest_null && c->kind != INTENT_CANCEL;
+	c->content_digest = c->has_content_digest ? DatumGetInt64(cdigest) : 0;
+	if (c->has_content_digest)
 		args_set(store, s, 8, cdigest);
 }
 
@@ -749,6 +753,31 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	}
 }
 
+/* shipsync.outbox_id_seq, looked up in a transaction of ours */
+static Oid	intent_seq = InvalidOid;
+
+static void
+find_intent_seq(void)
+{
+	Oid			nsp;
+
+	if (OidIsValid(intent_seq))
+		return;
+	nsp = get_namespace_oid("shipsync", true);
+	if (OidIsValid(nsp))
+		intent_seq = get_relname_relid("outbox_id_seq", nsp);
+}
+
+/*
+ * The next intent id to be handed out (shared memory), 0 when not known:
+ * every intent in the inbox has a smaller one.  Outside a transaction.
+ */
+int64
+outbox_intents_next(void)
+{
+	return OidIsValid(intent_seq) ? shipsync_peek_intent_id(intent_seq) : 0;
+}
+
 /*
  * Move up to limit intents (0: all) of the nids providers ids (nids < 0:
  * all providers) from the inbox; returns how many.
@@ -787,17 +816,29 @@ drain_inbox(int64 limit, const int32 *ids, int nids)
 /*
  * The dispatcher's drain, in a transaction of its own.  It need not be
  * durable: the intents are durable in the inbox, and a drain lost in a
- * crash moves them again.  Returns how many intents moved.
+ * crash moves them again.  Returns how many intents moved; *low is the
+ * smallest id that may be left in the inbox, 0 if not known.
  */
 uint64
-outbox_drain_inbox(int64 limit, const int32 *ids, int nids)
+outbox_drain_inbox(int64 limit, const int32 *ids, int nids, int64 *low)
 {
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	uint64		n;
+	int64		next;
 
 	shipsync_begin_tx("taking in captured intents", false);
 	prepare_claim_plans();
+	find_intent_seq();
+	next = outbox_intents_next();
+	/*
+	 * No id handed out since the server started: take one (a gap), so
+	 * that the ids from here on are known, and the next small burst is
+	 * taken rather than drained.
+	 */
+	if (next == 0 && OidIsValid(intent_seq) && shipsync_shared != NULL)
+		next = shipsync_next_intent_id(intent_seq) + 1;
 	n = drain_inbox(limit, ids, nids);
+	*low = (limit > 0 && n >= (uint64) limit) ? 0 : next;
 	shipsync_end_tx();
 	MemoryContextSwitchTo(caller_cxt);
 	return n;
@@ -1337,6 +1378,556 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 	MemoryContextSwitchTo(s->keep);
 	*out = s->cs;
 	return claim_sendable(s, nskipped);
+}
+
+/* ---------- the take: from the inbox straight into flight ---------- */
+
+/*
+ * A create captured just now, the only intent of its order, need not wait
+ * in the outbox to be claimed: the take renders it as it moves it, and
+ * inserts it in flight with its request, in one transaction that the
+ * dispatcher flushes before sending (outbox_claims_durable()).  The
+ * outbox row then has one version rather than three (pending, in flight,
+ * done), and the lock's two probes of the per-order index become one.
+ *
+ * Each take reads the inbox whole (it has no index), so the dispatcher
+ * takes only while few intents can be there, and leaves those beyond a
+ * provider's room in it (dispatcher.c); a larger backlog is drained.
+ */
+/* The inbox's first rows, oldest first: $1 of them, providers $2 (NULL: all) */
+static const char *const peek_sql =
+"SELECT i.id, i.binding_id, i.provider_id, i.order_key, i.op, i.idempotency_key"
+" FROM shipsync.inbox i WHERE $2::integer[] IS NULL OR i.provider_id = ANY ($2)"
+" ORDER BY i.id LIMIT $1";
+
+/* Which of these orders has an intent in the outbox that it must follow */
+static const char *const blocked_sql =
+"SELECT u.id FROM unnest($1, $2, $3) AS u(id, bid, k)"
+" WHERE EXISTS (SELECT 1 FROM shipsync.outbox e"
+"   WHERE e.binding_id = u.bid AND e.order_key = u.k"
+"   AND e.state IN ('pending', 'retrying', 'in_flight') AND e.op <> 'register')";
+
+/*
+ * Move the inbox's rows up to id $1 (of providers $2, NULL: all) into the
+ * outbox, but for the rows of providers $3 from their ids $4 on, which
+ * wait; the rows $5.. rendered are in flight (or done, or invalid) with
+ * their requests, the others pending as the drain leaves them.  Returns
+ * the rendered rows it moved: a row another transaction took meanwhile is
+ * not sent.
+ */
+static const char *const move_sql =
+"WITH d AS (DELETE FROM shipsync.inbox i"
+"   WHERE i.id <= $1 AND ($2::integer[] IS NULL OR i.provider_id = ANY ($2))"
+"   AND NOT (i.provider_id = ANY ($3)"
+"     AND i.id >= ($4)[pg_catalog.array_position($3, i.provider_id)])"
+"   RETURNING i.*),"
+" m AS (INSERT INTO shipsync.outbox (id, binding_id, provider_id, order_key, op,"
+"   idempotency_key, created_at, next_attempt_at, state, attempts, lease_until,"
+"   updated_at, done_at, request_method, request_url, request_body, request_digest,"
+"   request_kind, content_digest, last_error, error_class)"
+"   SELECT d.id, d.binding_id, d.provider_id, d.order_key, d.op, d.idempotency_key,"
+"   d.created_at, d.created_at,"
+"   CASE WHEN u.id IS NULL THEN 'pending' WHEN u.skip IS NULL THEN 'in_flight'"
+"     WHEN u.inv THEN 'invalid' ELSE 'done' END,"
+"   CASE WHEN u.id IS NOT NULL AND u.skip IS NULL THEN 1 ELSE 0 END,"
+"   CASE WHEN u.id IS NOT NULL AND u.skip IS NULL"
+"     THEN pg_catalog.now() + pg_catalog.make_interval(secs => u.lease / 1000.0) END,"
+"   CASE WHEN u.id IS NOT NULL THEN pg_catalog.now() END,"
+"   CASE WHEN u.skip IS NOT NULL THEN pg_catalog.now() END,"
+"   u.m, u.url, u.body, u.digest, u.kind, u.cdigest, u.skip,"
+"   CASE WHEN u.skip IS NULL THEN NULL WHEN u.inv THEN 'invalid_order'"
+"     ELSE 'nothing_to_send' END"
+"   FROM d LEFT JOIN unnest($5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+"     AS u(id, m, url, body, skip, digest, inv, kind, cdigest, lease) ON u.id = d.id"
+"   RETURNING id, state)"
+" SELECT m.id FROM m WHERE m.state <> 'pending'";
+
+/* The columns of peek_sql */
+enum
+{
+	PEEK_ID = 1, PEEK_BINDING, PEEK_PROVIDER, PEEK_KEY, PEEK_OP, PEEK_IDEMPOTENCY
+};
+
+/* A take's requests: the claim's (claim_store_types), then each one's lease */
+static const Oid take_store_types[10] = {INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+TEXTOID, BOOLOID, TEXTOID, INT8OID, INT4OID};
+#define TAKE_STORE_LEASE 9
+
+static SPIPlanPtr peek_plan = NULL;
+static SPIPlanPtr blocked_plan = NULL;
+static SPIPlanPtr move_plan = NULL;
+
+static void
+prepare_take_plans(void)
+{
+	if (move_plan)
+		return;
+	{
+		Oid			t[2] = {INT8OID, INT4ARRAYOID};
+
+		peek_plan = shipsync_prepare_saved_opt(peek_sql, 2, t, true);
+	}
+	{
+		Oid			t[3] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
+
+		blocked_plan = shipsync_prepare_saved_opt(blocked_sql, 3, t, true);
+	}
+	{
+		Oid			t[14] = {INT8OID, INT4ARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
+
+		for (int c = 0; c < 10; c++)
+			t[4 + c] = get_array_type(take_store_types[c]);
+		move_plan = shipsync_prepare_saved_opt(move_sql, 14, t, true);
+	}
+}
+
+/* The take of provider provider_id, or NULL */
+static InboxTake *
+take_find(InboxTake *t, int nt, int32 provider_id)
+{
+	for (int i = 0; i < nt; i++)
+		if (t[i].p->id == provider_id)
+			return &t[i];
+	return NULL;
+}
+
+static int
+cmp_uint64(const void *a, const void *b)
+{
+	uint64		x = *(const uint64 *) a;
+	uint64		y = *(const uint64 *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Whether h occurs more than once in sorted[0..n) */
+static bool
+hash_repeats(const uint64 *sorted, int n, uint64 h)
+{
+	int			lo = 0;
+	int			hi = n;
+
+	while (lo < hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+
+		if (sorted[mid] < h)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo + 1 < n && sorted[lo + 1] == h;
+}
+
+/* What one take carries from step to step */
+typedef struct TakeState
+{
+	InboxTake  *t;
+	int			nt;
+	Binding    *bs;
+	int			nb;
+	MemoryContext keep;
+	int			ncand;			/* candidates, by take: t[k].cs[0..n) */
+	int32	   *cut_pids;		/* providers whose later rows wait, and from where */
+	int64	   *cut_ids;
+	int			ncuts;
+	int64		maxid;			/* the last row read */
+	bool		rendering;		/* in render_binding(): a failure there is
+								 * the binding's, not the take's */
+} TakeState;
+
+/*
+ * 1. read the inbox's first rows and choose the intents that go straight
+ * into flight: a create, the only intent of its order among the rows read,
+ * while its provider has room.  Once a provider's room is used up, its
+ * later rows wait in the inbox for the next take with room.  Returns how
+ * many rows were read; *full if there may be more.
+ */
+static uint64
+take_choose(TakeState *ts, int64 limit, const int32 *ids, int nids, bool *full)
+{
+	Datum		params[2];
+	char		nulls[2] = "  ";
+	SPITupleTable *tt;
+	uint64		nrows;
+	uint64	   *hashes;
+	uint64	   *sorted;
+	int		   *left = palloc(sizeof(int) * Max(ts->nt, 1));
+	MemoryContext old;
+
+	params[0] = Int64GetDatum(limit);
+	if (nids < 0)
+	{
+		params[1] = (Datum) 0;
+		nulls[1] = 'n';
+	}
+	else
+	{
+		Datum	   *d = palloc(sizeof(Datum) * Max(nids, 1));
+
+		for (int i = 0; i < nids; i++)
+			d[i] = Int32GetDatum(ids[i]);
+		params[1] = PointerGetDatum(construct_array(d, nids, INT4OID, 4, true, TYPALIGN_INT));
+	}
+	if (SPI_execute_plan(peek_plan, params, nulls, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the inbox failed");
+	tt = SPI_tuptable;
+	nrows = SPI_processed;
+	*full = nrows >= (uint64) limit;
+	if (nrows == 0)
+		return 0;
+
+	hashes = palloc(sizeof(uint64) * nrows);
+	for (uint64 r = 0; r < nrows; r++)
+	{
+		bool		isnull;
+		int32		bid = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_BINDING, &isnull));
+		Datum		k = SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_KEY, &isnull);
+		text	   *kt = DatumGetTextPP(k);
+
+		hashes[r] = hash_bytes_extended((const unsigned char *) VARDATA_ANY(kt),
+										VARSIZE_ANY_EXHDR(kt), (uint64) (uint32) bid);
+	}
+	sorted = palloc(sizeof(uint64) * nrows);
+	memcpy(sorted, hashes, sizeof(uint64) * nrows);
+	qsort(sorted, nrows, sizeof(uint64), cmp_uint64);
+
+	for (int k = 0; k < ts->nt; k++)
+	{
+		left[k] = ts->t[k].room;
+		ts->t[k].cs = MemoryContextAllocZero(ts->keep, sizeof(Claimed) * (Max(ts->t[k].room, 0) + 1));
+	}
+	ts->cut_pids = palloc(sizeof(int32) * Max(ts->nt, 1));
+	ts->cut_ids = palloc(sizeof(int64) * Max(ts->nt, 1));
+	old = MemoryContextSwitchTo(ts->keep);
+	for (uint64 r = 0; r < nrows; r++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_ID, &isnull));
+		int32		pid = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_PROVIDER, &isnull));
+		InboxTake  *t = take_find(ts->t, ts->nt, pid);
+		int			k = t ? (int) (t - ts->t) : -1;
+		char	   *op;
+		Claimed    *c;
+
+		ts->maxid = id;
+		if (t == NULL || !t->sends)
+		{
+			if (t)
+				t->moved = true;
+			continue;
+		}
+		if (t->waits)
+			continue;			/* cut: it waits, with all after it */
+		if (left[k] <= 0)
+		{
+			t->waits = true;
+			t->wait_from = id;
+			ts->cut_pids[ts->ncuts] = pid;
+			ts->cut_ids[ts->ncuts++] = id;
+			continue;
+		}
+		op = get_text(tt->vals[r], tt->tupdesc, PEEK_OP);
+		if (strcmp(op, "create") != 0 || hash_repeats(sorted, (int) nrows, hashes[r]) ||
+			binding_find(ts->bs, ts->nb,
+						 DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_BINDING, &isnull))) == NULL)
+		{
+			t->moved = true;	/* the claim takes it, after what it follows */
+			continue;
+		}
+		left[k]--;
+		c = &t->cs[t->n++];
+		c->id = id;
+		c->binding_id = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_BINDING, &isnull));
+		c->provider_id = pid;
+		c->order_key = get_text(tt->vals[r], tt->tupdesc, PEEK_KEY);
+		c->op = op;
+		c->idempotency_key = get_text(tt->vals[r], tt->tupdesc, PEEK_IDEMPOTENCY);
+		c->attempt = 1;
+		ts->ncand++;
+	}
+	MemoryContextSwitchTo(old);
+	return nrows;
+}
+
+/*
+ * 2. a candidate whose order has an intent in the outbox (an earlier one
+ * still open, however old) follows it: it moves as pending.
+ */
+static void
+take_unblock(TakeState *ts)
+{
+	static const Oid types[3] = {INT8OID, INT4OID, TEXTOID};
+	ArgArrays  *a = args_create(3, types, ts->ncand);
+	SPITupleTable *tt;
+
+	for (int k = 0; k < ts->nt; k++)
+		for (int i = 0; i < ts->t[k].n; i++)
+		{
+			int			r = args_row(a);
+
+			args_set(a, r, 0, Int64GetDatum(ts->t[k].cs[i].id));
+			args_set(a, r, 1, Int32GetDatum(ts->t[k].cs[i].binding_id));
+			args_set_text(a, r, 2, ts->t[k].cs[i].order_key);
+		}
+	if (args_execute(blocked_plan, a, true) != SPI_OK_SELECT)
+		elog(ERROR, "looking for earlier intents failed");
+	tt = SPI_tuptable;
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
+
+		for (int k = 0; k < ts->nt; k++)
+		{
+			InboxTake  *t = &ts->t[k];
+
+			for (int i = 0; i < t->n; i++)
+				if (t->cs[i].id == id)
+				{
+					t->cs[i] = t->cs[--t->n];
+					t->moved = true;
+					ts->ncand--;
+					break;
+				}
+		}
+	}
+}
+
+/* 3. render the candidates, one statement per provider and binding */
+static void
+take_render(TakeState *ts, ArgArrays *store)
+{
+	for (int k = 0; k < ts->nt; k++)
+	{
+		InboxTake  *t = &ts->t[k];
+		int		   *idx = palloc(sizeof(int) * (t->n + 1));
+		bool	   *grouped = palloc0(sizeof(bool) * (t->n + 1));
+		int			lease_ms = t->p->timeout_ms + 60000;
+
+		for (int i = 0; i < t->n; i++)
+		{
+			int			n = 0;
+			int			first = store->n;
+
+			if (grouped[i])
+				continue;
+			for (int j = i; j < t->n; j++)
+				if (!grouped[j] && t->cs[j].binding_id == t->cs[i].binding_id)
+				{
+					idx[n++] = j;
+					grouped[j] = true;
+				}
+			ts->rendering = true;
+			render_binding(t->p, binding_find(ts->bs, ts->nb, t->cs[i].binding_id),
+						   t->cs, idx, n, store, ts->keep);
+			ts->rendering = false;
+			for (int r = first; r < store->n; r++)
+				args_set(store, r, TAKE_STORE_LEASE, Int32GetDatum(lease_ms));
+		}
+	}
+}
+
+/*
+ * 4. move the rows read, but those that wait; keep the candidates moved,
+ * in order, and open a ticket for each invalid one
+ */
+static void
+take_move(TakeState *ts, const int32 *ids, int nids, ArgArrays *store)
+{
+	Datum		params[14];
+	char		nulls[14];
+	SPITupleTable *tt;
+	int64	   *moved;
+	uint64		nmoved;
+	ArgArrays  *tickets = outbox_tickets_create(ts->ncand);
+	Datum	   *d;
+
+	memset(nulls, ' ', sizeof(nulls));
+	params[0] = Int64GetDatum(ts->maxid);
+	if (nids < 0)
+	{
+		params[1] = (Datum) 0;
+		nulls[1] = 'n';
+	}
+	else
+	{
+		d = palloc(sizeof(Datum) * Max(nids, 1));
+		for (int i = 0; i < nids; i++)
+			d[i] = Int32GetDatum(ids[i]);
+		params[1] = PointerGetDatum(construct_array(d, nids, INT4OID, 4, true, TYPALIGN_INT));
+	}
+	d = palloc(sizeof(Datum) * Max(ts->ncuts, 1));
+	for (int i = 0; i < ts->ncuts; i++)
+		d[i] = Int32GetDatum(ts->cut_pids[i]);
+	params[2] = shipsync_make_array(d, NULL, ts->ncuts, INT4OID);
+	d = palloc(sizeof(Datum) * Max(ts->ncuts, 1));
+	for (int i = 0; i < ts->ncuts; i++)
+		d[i] = Int64GetDatum(ts->cut_ids[i]);
+	params[3] = shipsync_make_array(d, NULL, ts->ncuts, INT8OID);
+	for (int c = 0; c < 10; c++)
+		params[4 + c] = shipsync_make_array(store->values[c], store->nulls[c], store->n,
+											store->types[c]);
+	if (SPI_execute_plan(move_plan, params, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "taking intents from the inbox failed");
+	tt = SPI_tuptable;
+	nmoved = SPI_processed;
+	moved = palloc(sizeof(int64) * Max(nmoved, 1));
+	for (uint64 r = 0; r < nmoved; r++)
+	{
+		bool		isnull;
+
+		moved[r] = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
+	}
+	qsort(moved, nmoved, sizeof(int64), cmp_int64);
+
+	for (int k = 0; k < ts->nt; k++)
+	{
+		InboxTake  *t = &ts->t[k];
+		int			nsend = 0;
+
+		for (int i = 0; i < t->n; i++)
+		{
+			Claimed    *c = &t->cs[i];
+
+			if (nmoved == 0 ||
+				bsearch(&c->id, moved, nmoved, sizeof(int64), cmp_int64) == NULL)
+				continue;		/* taken by another transaction: not ours */
+			if (c->skip_reason)
+			{
+				t->nskipped++;
+				if (c->invalid)
+					outbox_ticket_row(tickets, c->id, c->binding_id, c->order_key,
+									  t->p->id, c->skip_reason, "invalid_order");
+				continue;
+			}
+			t->cs[nsend++] = *c;
+		}
+		t->n = nsend;
+	}
+	outbox_open_tickets(tickets);
+}
+
+/*
+ * The dispatcher's take, in a transaction of its own: read up to limit of
+ * the inbox's first rows (providers ids, nids < 0: all), send the creates
+ * that can go at once within each take's room (t[k].cs, to be sent once
+ * outbox_claims_durable() has flushed), leave the rows of a provider out of
+ * room in the inbox from its first such row on (t[k].wait_from), and move
+ * the others into the outbox as pending.  A provider not in t moves all its
+ * rows, as the drain would.  Returns how many rows were read; *full if
+ * there may be more; *low is the smallest id that may be left in the inbox
+ * but the waiting rows, 0 if not known.
+ *
+ * When a binding's orders cannot be rendered, nothing is taken: the rows
+ * read are drained instead, and the claim meets the failure and records
+ * it (outbox_claim()).
+ */
+uint64
+outbox_take_inbox(int64 limit, const int32 *ids, int nids, Binding *bs, int nb,
+				  InboxTake *t, int nt, bool *full, int64 *low)
+{
+	TakeState  *ts = palloc0(sizeof(TakeState));
+	MemoryContext keep = CurrentMemoryContext;
+	uint64		nread = 0;
+	int64		next;
+
+	ts->t = t;
+	ts->nt = nt;
+	ts->bs = bs;
+	ts->nb = nb;
+	ts->keep = keep;
+	*full = false;
+	*low = 0;
+	for (int k = 0; k < nt; k++)
+	{
+		t[k].cs = NULL;
+		t[k].n = t[k].nskipped = 0;
+		t[k].moved = t[k].waits = false;
+		t[k].wait_from = 0;
+	}
+
+	PG_TRY();
+	{
+		shipsync_begin_tx("taking in captured intents", false);
+		prepare_claim_plans();
+		prepare_take_plans();
+		find_intent_seq();
+		/*
+		 * As the claim: pause() holds back what commits after it.  And
+		 * intents due in the outbox go first (TAP 048): their provider
+		 * takes nothing, what it captured moves in behind them.
+		 */
+		for (int k = 0; k < nt; k++)
+		{
+			TimestampTz due;
+
+			if (!t[k].sends)
+				continue;
+			if (claim_paused(t[k].p) ||
+				((due = claim_next_due(t[k].p)) != 0 && due <= GetCurrentTransactionStartTimestamp()))
+			{
+				t[k].sends = false;
+				t[k].room = 0;
+			}
+		}
+		next = outbox_intents_next();
+		nread = take_choose(ts, limit, ids, nids, full);
+		if (nread > 0)
+		{
+			ArgArrays  *store = args_create(10, take_store_types, ts->ncand);
+
+			if (ts->ncand > 0)
+				take_unblock(ts);
+			take_render(ts, store);
+			take_move(ts, ids, nids, store);
+		}
+		*low = *full ? ts->maxid + 1 : next;
+		shipsync_end_tx();
+		for (int k = 0; k < nt; k++)
+			if (t[k].n > 0)
+			{
+				claims_unflushed = Max(claims_unflushed, XactLastCommitEnd);
+				break;
+			}
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		if (!ts->rendering)
+			PG_RE_THROW();
+		MemoryContextSwitchTo(keep);
+		edata = CopyErrorData();
+		FlushErrorState();
+		shipsync_abort_tx();
+		ereport(LOG,
+				(errmsg("pg_shipsync: intents are drained rather than taken: %s",
+						edata->message)));
+		FreeErrorData(edata);
+		for (int k = 0; k < nt; k++)
+		{
+			t[k].n = t[k].nskipped = 0;
+			t[k].waits = false;
+			t[k].wait_from = 0;
+			t[k].moved = true;
+		}
+		nread = outbox_drain_inbox(limit, ids, nids, low);
+		*full = nread >= (uint64) limit;
+		return nread;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(keep);
+	return nread;
 }
 
 /*

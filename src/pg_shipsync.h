@@ -938,6 +938,7 @@ extern void capture_unsuppress(void);
 extern bool capture_suppressed(void);
 extern void shipsync_wake_at_commit(int32 provider_id, bool config_changed);
 extern int64 shipsync_next_intent_id(Oid seqid);
+extern int64 shipsync_peek_intent_id(Oid seqid);
 
 /* in security.c: a user's code run with that user's rights */
 typedef struct ShipsyncUserSave

@@ -18,7 +18,10 @@
 #      max_attempts.  Before the fix, the others waited for the idle check
 #      and were rolled back with it whenever they were due together, and
 #      the broken intent was retried forever at the first backoff: the
-#      claim did not know which attempt it was making.
+#      claim did not know which attempt it was making;
+#   6. while the inbox is small, a create with nothing before it goes
+#      from the inbox straight into flight: its outbox row is inserted in
+#      flight with its stored request, never pending, and sent once.
 use strict;
 use warnings;
 use FindBin;
@@ -155,5 +158,23 @@ is( sql(q{SELECT count(*) FROM shipsync.exception_ticket t JOIN shipsync.binding
 		WHERE b.tbl = 'crm.other_renamed'::regclass AND t.kind = 'render_failed'}),
 	1, 'render failure: a render_failed ticket');
 is(sql(q{SELECT count(*) FROM shipsync.inbox}), 0, 'render failure: nothing left in the inbox');
+
+# 6. taken straight from a small inbox
+my $k6 = join(',', map { "'$_'" } split /\n/, sql(q{
+	INSERT INTO crm.orders (customer, address)
+	SELECT 'six' || g, g || ' Direct Way' FROM generate_series(1, 3) g RETURNING id}));
+ok(settled($k6), 'taken: all three delivered');
+is( sql(qq{SELECT string_agg(DISTINCT coalesce(old_state, '-') || '>' || new_state || '|' || has_request, ',')
+		FROM public.seen WHERE order_key IN ($k6) AND op = 'create'
+		AND (old_state IS NULL OR new_state = 'in_flight')}),
+	'->in_flight|true', 'taken: each create was inserted in flight, with its request');
+is( sql(qq{SELECT count(*) FROM public.seen WHERE order_key IN ($k6) AND new_state = 'pending'}),
+	0, 'taken: none was ever pending');
+is( sql(qq{SELECT string_agg(DISTINCT state || '|' || attempts, ',') FROM shipsync.outbox
+		WHERE order_key IN ($k6)}),
+	'done|1', 'taken: done in one attempt');
+is( join(',', map { scalar @{ sim_get($sim, "/_sim/shipments?order_ref=$_") } }
+		  $k6 =~ /(\d+)/g),
+	'1,1,1', 'taken: the carrier has one shipment each');
 
 done_testing();

@@ -766,6 +766,21 @@ applier_process_interrupts(void)
 }
 
 /*
+ * Flush the table statistics of our applies, at most once a second; how
+ * long to wait before trying again when some are left (0: none).  What is
+ * left must be flushed once the applier goes idle, or autovacuum would not
+ * hear of the outbox's dead tuples until the next burst; PostgreSQL asks
+ * an idle session to try again in 10 s, we try every second.
+ */
+static long
+applier_report_stat(void)
+{
+	long		wait_ms = pgstat_report_stat(false);
+
+	return Min(wait_ms, 1000);
+}
+
+/*
  * Wait for the next message.  Every wake-up that brings none also reads
  * the shared invalidation queue, in an empty transaction as an idle
  * session does when signalled (PROCSIG_CATCHUP_INTERRUPT): a backend that
@@ -848,7 +863,7 @@ shipsync_applier_main(Datum main_arg)
 			applier_idle_wait(stats_wait_ms);
 			/* what the last applies counted, once a second allows it */
 			if (stats_wait_ms > 0)
-				stats_wait_ms = pgstat_report_stat(false);
+				stats_wait_ms = applier_report_stat();
 			continue;
 		}
 		if (res != SHM_MQ_SUCCESS)
@@ -861,13 +876,7 @@ shipsync_applier_main(Datum main_arg)
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(msg_cxt);
 
-		/*
-		 * The table statistics of our applies are flushed at most once a
-		 * second; what is left is flushed when the applier goes idle and
-		 * that second is over (stats_wait_ms), or autovacuum would not hear
-		 * of the outbox's dead tuples until the next burst.
-		 */
-		stats_wait_ms = pgstat_report_stat(false);
+		stats_wait_ms = applier_report_stat();
 		if (shm_mq_send(out, sizeof(ack), &ack, false, true) != SHM_MQ_SUCCESS)
 			break;
 	}

@@ -316,6 +316,7 @@ dispatcher_load_config(void)
 			ps[i].inflight = old->inflight;
 			ps[i].unapplied = old->unapplied;
 			ps[i].inbox_from = old->inbox_from;
+			ps[i].inbox_room = old->inbox_room;
 			ps[i].oauth_refreshing = old->oauth_refreshing;
 			ps[i].oauth_asked_at = old->oauth_asked_at;
 
@@ -887,6 +888,7 @@ dispatcher_take(TimestampTz now, InboxTake *takes)
 		Provider   *p = t[k].p;
 
 		p->inbox_from = t[k].waits ? t[k].wait_from : 0;
+		p->inbox_room = (int) Max(1, Min(bound / TAKE_SHARE, p->max_inflight));
 		if (t[k].moved || t[k].nskipped > 0)
 			p->maybe_work = true;	/* the claim takes what moved or was unblocked */
 		waits = waits || t[k].waits;
@@ -1048,7 +1050,9 @@ dispatcher_timeout(TimestampTz now)
 			continue;
 		}
 		/* room again for intents waiting in the inbox: take them */
-		if (p->maybe_work || (p->inbox_from > 0 && (drain_all || drain_unpaused)))
+		if (p->maybe_work ||
+			(p->inbox_from > 0 && (drain_all || drain_unpaused) &&
+			 p->max_inflight - p->inflight >= p->inbox_room))
 			return 0;
 		if (p->next_due)
 			timeout = Min(timeout, ms_until(p->next_due, now));

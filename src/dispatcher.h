@@ -79,6 +79,7 @@ typedef struct Provider
 	bool		maybe_work;		/* look for work at the next pass */
 	int64		inbox_from;		/* its intents from this id on wait in the
 								 * inbox for room (dispatcher_take()), 0: none */
+	int			inbox_room;		/* the room its next take needs */
 
 	/* OAuth2: one token shared by every request, carried over reloads */
 	char	   *oauth_token;	/* in TopMemoryContext, or NULL */

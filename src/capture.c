@@ -399,6 +399,16 @@ capture_open_inbox(void)
  * sequence.  Everything that inserts intents takes ids here: capture
  * directly, SQL through the outbox's column default, shipsync._intent_id().
  */
+/* The entry of sequence seqid of this database, or NULL; id_mutex held */
+static ShipsyncIdBlock *
+id_block_find(ShipsyncShared *sh, Oid seqid)
+{
+	for (int i = 0; i < SHIPSYNC_ID_BLOCKS; i++)
+		if (sh->id_blocks[i].dbid == MyDatabaseId && sh->id_blocks[i].seqid == seqid)
+			return &sh->id_blocks[i];
+	return NULL;
+}
+
 int64
 shipsync_next_intent_id(Oid seqid)
 {
@@ -416,13 +426,7 @@ shipsync_next_intent_id(Oid seqid)
 		HeapTuple	tup;
 
 		SpinLockAcquire(&sh->id_mutex);
-		for (int i = 0; i < SHIPSYNC_ID_BLOCKS; i++)
-			if (sh->id_blocks[i].dbid == MyDatabaseId &&
-				sh->id_blocks[i].seqid == seqid)
-			{
-				b = &sh->id_blocks[i];
-				break;
-			}
+		b = id_block_find(sh, seqid);
 		if (b == NULL)
 		{
 			for (int i = 0; i < SHIPSYNC_ID_BLOCKS && b == NULL; i++)
@@ -478,18 +482,14 @@ int64
 shipsync_peek_intent_id(Oid seqid)
 {
 	ShipsyncShared *sh = shipsync_shared;
-	int64		next = 0;
+	ShipsyncIdBlock *b;
+	int64		next;
 
 	if (sh == NULL)
 		return 0;
 	SpinLockAcquire(&sh->id_mutex);
-	for (int i = 0; i < SHIPSYNC_ID_BLOCKS; i++)
-		if (sh->id_blocks[i].dbid == MyDatabaseId &&
-			sh->id_blocks[i].seqid == seqid)
-		{
-			next = sh->id_blocks[i].next;
-			break;
-		}
+	b = id_block_find(sh, seqid);
+	next = b ? b->next : 0;
 	SpinLockRelease(&sh->id_mutex);
 	return next;
 }

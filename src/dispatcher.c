@@ -654,9 +654,9 @@ drain_scope(int *nids)
 	return ids;
 }
 
-/* After a drain or take that read (up to) limit rows: drain again? */
+/* After a drain or take that read a full chunk, or left intents waiting */
 static void
-drain_done(uint64 nread, bool full, bool waits)
+drain_done(bool full, bool waits)
 {
 	drain_all = drain_all && (full || waits);
 	drain_unpaused = drain_unpaused && (full || waits);
@@ -677,7 +677,7 @@ dispatcher_drain(void)
 		return;
 	}
 	moved = outbox_drain_inbox(drain_chunk, ids, nids, &inbox_low);
-	drain_done(moved, moved >= (uint64) drain_chunk, false);
+	drain_done(moved >= (uint64) drain_chunk, false);
 	if (moved > 0)
 		for (int i = 0; i < nproviders; i++)
 		{
@@ -807,8 +807,6 @@ provider_takes(Provider *p, TimestampTz now, int *limit)
 static void
 dispatcher_take(TimestampTz now, InboxTake *takes)
 {
-	int			nids;
-	int32	   *scope = drain_scope(&nids);
 	int32	   *ids = palloc(sizeof(int32) * Max(nproviders, 1));
 	int			nread_ids = 0;
 	InboxTake  *t = palloc0(sizeof(InboxTake) * Max(nproviders, 1));
@@ -818,19 +816,15 @@ dispatcher_take(TimestampTz now, InboxTake *takes)
 	bool		others = false;
 	bool		waits = false;
 	bool		full;
-	uint64		nread;
 	int64		bound = inbox_bound();
 
 	for (int i = 0; i < nproviders; i++)
 	{
 		Provider   *p = &providers[i];
 		int			limit;
-		bool		in_scope = nids < 0;
 
-		for (int k = 0; k < nids && !in_scope; k++)
-			in_scope = scope[k] == p->id;
-		if (!in_scope)
-			continue;
+		if (!drain_all && p->paused)
+			continue;			/* out of drain_scope() */
 		t[nt].p = p;
 		t[nt].sends = provider_takes(p, now, &limit) &&
 			!(p->next_due != 0 && p->next_due <= now);
@@ -881,20 +875,20 @@ dispatcher_take(TimestampTz now, InboxTake *takes)
 	 * few (they are read again by the next take); a drain's worth when
 	 * providers that cannot send move theirs.
 	 */
-	nread = outbox_take_inbox(others ? Max(drain_chunk, room) : room, ids, nread_ids,
-							  bindings, nbindings, t, nt, &full, &inbox_low);
+	(void) outbox_take_inbox(others ? Max(drain_chunk, room) : room, ids, nread_ids,
+							 bindings, nbindings, t, nt, &full, &inbox_low);
 	for (int k = 0; k < nt; k++)
 	{
 		Provider   *p = t[k].p;
 
-		p->inbox_from = t[k].waits ? t[k].wait_from : 0;
+		p->inbox_from = t[k].wait_from;
 		p->inbox_room = (int) Max(1, Min(bound / TAKE_SHARE, p->max_inflight));
 		if (t[k].moved || t[k].nskipped > 0)
 			p->maybe_work = true;	/* the claim takes what moved or was unblocked */
-		waits = waits || t[k].waits;
+		waits = waits || t[k].wait_from > 0;
 		takes[ti[k]] = t[k];
 	}
-	drain_done(nread, full, waits);
+	drain_done(full, waits);
 }
 
 /*

@@ -212,8 +212,8 @@ typedef struct InboxTake
 	int			n;
 	int			nskipped;		/* out: finished with nothing to send */
 	bool		moved;			/* out: intents of it now wait in the outbox */
-	bool		waits;			/* out: intents of it wait in the inbox */
-	int64		wait_from;		/* out: from this id on */
+	int64		wait_from;		/* out: its intents from this id on wait in
+								 * the inbox, 0: none */
 } InboxTake;
 
 extern uint64 outbox_take_inbox(int64 limit, const int32 *ids, int nids,

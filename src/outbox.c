@@ -1608,6 +1608,7 @@ take_choose(TakeState *ts, int64 limit, const int32 *ids, int nids, bool *full)
 		bool		isnull;
 		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_ID, &isnull));
 		int32		pid = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_PROVIDER, &isnull));
+		int32		bid;
 		InboxTake  *t = take_find(ts->t, ts->nt, pid);
 		int			k = t ? (int) (t - ts->t) : -1;
 		char	   *op;
@@ -1620,20 +1621,19 @@ take_choose(TakeState *ts, int64 limit, const int32 *ids, int nids, bool *full)
 				t->moved = true;
 			continue;
 		}
-		if (t->waits)
+		if (t->wait_from > 0)
 			continue;			/* cut: it waits, with all after it */
 		if (left[k] <= 0)
 		{
-			t->waits = true;
 			t->wait_from = id;
 			ts->cut_pids[ts->ncuts] = pid;
 			ts->cut_ids[ts->ncuts++] = id;
 			continue;
 		}
 		op = get_text(tt->vals[r], tt->tupdesc, PEEK_OP);
+		bid = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_BINDING, &isnull));
 		if (strcmp(op, "create") != 0 || hash_repeats(sorted, (int) nrows, hashes[r]) ||
-			binding_find(ts->bs, ts->nb,
-						 DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_BINDING, &isnull))) == NULL)
+			binding_find(ts->bs, ts->nb, bid) == NULL)
 		{
 			t->moved = true;	/* the claim takes it, after what it follows */
 			continue;
@@ -1641,7 +1641,7 @@ take_choose(TakeState *ts, int64 limit, const int32 *ids, int nids, bool *full)
 		left[k]--;
 		c = &t->cs[t->n++];
 		c->id = id;
-		c->binding_id = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_BINDING, &isnull));
+		c->binding_id = bid;
 		c->provider_id = pid;
 		c->order_key = get_text(tt->vals[r], tt->tupdesc, PEEK_KEY);
 		c->op = op;
@@ -1835,7 +1835,7 @@ outbox_take_inbox(int64 limit, const int32 *ids, int nids, Binding *bs, int nb,
 	{
 		t[k].cs = NULL;
 		t[k].n = t[k].nskipped = 0;
-		t[k].moved = t[k].waits = false;
+		t[k].moved = false;
 		t[k].wait_from = 0;
 	}
 
@@ -1900,7 +1900,6 @@ outbox_take_inbox(int64 limit, const int32 *ids, int nids, Binding *bs, int nb,
 		for (int k = 0; k < nt; k++)
 		{
 			t[k].n = t[k].nskipped = 0;
-			t[k].waits = false;
 			t[k].wait_from = 0;
 			t[k].moved = true;
 		}

@@ -619,23 +619,36 @@ static bool drain_unpaused = false;
 static bool twophase_watch = true;
 
 /*
- * While few intents can be in the inbox, they are taken rather than
- * drained (dispatcher_take()): before the claims, within each provider's
- * room, a create goes from the inbox straight into flight, rendered and
- * stored in the transaction that moves it (outbox_take_inbox()), and a
- * provider's intents beyond its room wait in the inbox for the next take,
- * which a completion brings.  The outbox row is written once, not three
- * times, and the claim's lock is not needed: about a hundred thousand
- * instructions an intent.  But each take reads the whole inbox (it has no
- * index), about a thousand instructions a row, so a take must send at
- * least one row in TAKE_SHARE of those the inbox can hold: ids handed out
- * since the smallest that may be left (inbox_low, or a provider's waiting
- * intents).  More than TAKE_SHARE batches' worth is drained as above.
+ * While the inbox can hold at most INBOX_READ_MAX intents, they are taken
+ * rather than drained (dispatcher_take()): before the claims, within each
+ * provider's room, a create goes from the inbox straight into flight,
+ * rendered and stored in the transaction that moves it
+ * (outbox_take_inbox()), and a provider's intents beyond its room wait in
+ * the inbox for the next take, which a completion brings.  The outbox row
+ * is written once, not three times, and the claim's lock is not needed:
+ * about a hundred thousand instructions an intent.
+ *
+ * A read of the inbox reads it whole (it has no index), about a thousand
+ * instructions a row, and the take keeps what it read, so that the takes
+ * after it walk the rows kept rather than read again.  While the inbox can
+ * hold at most TAKE_SHARE batches (ids handed out since the smallest that
+ * may be left: inbox_low, or a provider's waiting intents), the take reads
+ * it again whenever new intents were captured (inbox_new) and a provider
+ * with room finds nothing in what is kept; without rows kept, a read must
+ * then send at least one row in TAKE_SHARE.  A larger inbox is read at
+ * most once a second (BIG_READ_MS): a burst is read once and sent from
+ * what was kept, but when other intents are captured meanwhile for a
+ * provider with room, the inbox is drained as above, as it was before the
+ * take kept rows: reading tens of thousands of rows again for each of
+ * them would cost more than the claims they save.
  */
 #define TAKE_SHARE 32
+#define BIG_READ_MS 1000
 static int64 inbox_low = 0;		/* smallest id that may be in the inbox, but
 								 * the waiting intents; 0: not known */
 static bool inbox_waits = false;	/* intents wait there for room */
+static bool inbox_new = true;	/* intents captured since the take's read */
+static TimestampTz big_read_at = 0; /* the last read of a large inbox */
 
 /* The providers a drain or take moves: all, or those not paused (NULL) */
 static int32 *
@@ -671,6 +684,8 @@ dispatcher_drain(void)
 	int			nids;
 	int32	   *ids = drain_scope(&nids);
 
+	outbox_inbox_forget();
+
 	if (nids == 0)
 	{
 		drain_unpaused = false;
@@ -700,13 +715,29 @@ inbox_bound(void)
 	return low > 0 && next > 0 ? Max(next - low, 0) : -1;
 }
 
+/* Whether the inbox can hold more than TAKE_SHARE batches */
+static bool
+inbox_big(int64 bound)
+{
+	return bound > (int64) TAKE_SHARE * shipsync_batch_size;
+}
+
+/* Whether a large inbox may be read now */
+static bool
+big_read_allowed(TimestampTz now)
+{
+	return big_read_at == 0 || TimestampDifferenceExceeds(big_read_at, now, BIG_READ_MS);
+}
+
 /* Whether the inbox is small enough to be taken rather than drained */
 static bool
-inbox_small(void)
+inbox_small(TimestampTz now)
 {
 	int64		n = inbox_bound();
 
-	return n >= 0 && n <= (int64) TAKE_SHARE * shipsync_batch_size;
+	if (n < 0 || n > INBOX_READ_MAX)
+		return false;
+	return !inbox_big(n) || outbox_inbox_cached() || big_read_allowed(now);
 }
 
 /*
@@ -797,6 +828,32 @@ provider_takes(Provider *p, TimestampTz now, int *limit)
 }
 
 /*
+ * After a take: where each provider's rows wait from (*waits if any do),
+ * how much room makes the next take worth it, and whether a provider with
+ * room found nothing (returned)
+ */
+static bool
+take_noted(InboxTake *t, int nt, int64 bound, bool *waits)
+{
+	bool		cached = outbox_inbox_cached();
+	bool		starved = false;
+
+	for (int k = 0; k < nt; k++)
+	{
+		Provider   *p = t[k].p;
+
+		p->inbox_from = t[k].wait_from;
+		p->inbox_room = cached ? 1 : (int) Max(1, Min(bound / TAKE_SHARE, p->max_inflight));
+		if (t[k].moved || t[k].nskipped > 0)
+			p->maybe_work = true;	/* the claim takes what moved or was unblocked */
+		*waits = *waits || t[k].wait_from > 0;
+		starved = starved || (t[k].sends && t[k].room > 0 && t[k].n == 0 &&
+							  t[k].nskipped == 0 && !t[k].moved && t[k].wait_from == 0);
+	}
+	return starved;
+}
+
+/*
  * Take from the inbox for the providers in scope, before the claims: the
  * intents sent straight from the inbox are left in takes[i], for
  * providers[i] (dispatcher_claim_all()).  Intents that must follow one in
@@ -816,7 +873,10 @@ dispatcher_take(TimestampTz now, InboxTake *takes)
 	bool		others = false;
 	bool		waits = false;
 	bool		full;
+	bool		fresh;
+	bool		starved;
 	int64		bound = inbox_bound();
+	bool		cached = outbox_inbox_cached();
 
 	for (int i = 0; i < nproviders; i++)
 	{
@@ -832,14 +892,15 @@ dispatcher_take(TimestampTz now, InboxTake *takes)
 			t[nt].room = provider_room(p, now, limit);
 
 		/*
-		 * A take reads the whole inbox, about a thousand instructions a
+		 * A read of a small inbox costs about a thousand instructions a
 		 * row, and saves about a hundred thousand an intent it sends: it
 		 * is worth it when one row in TAKE_SHARE goes.  Less room than that
 		 * waits for the completions that make more; a provider that will
 		 * not have it (its rate, its limits) moves its intents into the
-		 * outbox, where its claims find them by index.
+		 * outbox, where its claims find them by index.  Rows kept cost
+		 * nothing to walk, and a large inbox is read once.
 		 */
-		if (t[nt].sends && t[nt].room * TAKE_SHARE < bound)
+		if (!cached && !inbox_big(bound) && t[nt].sends && t[nt].room * TAKE_SHARE < bound)
 		{
 			if (p->rate_per_s <= 0 && (p->inflight > 0 || provider_waiting(p) > 0) &&
 				Min(p->max_inflight, limit) * TAKE_SHARE >= bound)
@@ -876,19 +937,22 @@ dispatcher_take(TimestampTz now, InboxTake *takes)
 	 * providers that cannot send move theirs.
 	 */
 	(void) outbox_take_inbox(others ? Max(drain_chunk, room) : room, ids, nread_ids,
-							 bindings, nbindings, t, nt, &full, &inbox_low);
-	for (int k = 0; k < nt; k++)
+							 bindings, nbindings, t, nt,
+							 inbox_new && (!inbox_big(bound) || big_read_allowed(now)),
+							 &full, &inbox_low, &fresh);
+	if (fresh)
 	{
-		Provider   *p = t[k].p;
-
-		p->inbox_from = t[k].wait_from;
-		p->inbox_room = (int) Max(1, Min(bound / TAKE_SHARE, p->max_inflight));
-		if (t[k].moved || t[k].nskipped > 0)
-			p->maybe_work = true;	/* the claim takes what moved or was unblocked */
-		waits = waits || t[k].wait_from > 0;
-		takes[ti[k]] = t[k];
+		inbox_new = false;
+		if (inbox_big(bound))
+			big_read_at = now;
 	}
+	starved = take_noted(t, nt, bound, &waits);
+	for (int k = 0; k < nt; k++)
+		takes[ti[k]] = t[k];
 	drain_done(full, waits);
+	/* intents captured since a large inbox was read, for a provider with room */
+	if (starved && inbox_new && !full)
+		dispatcher_drain();
 }
 
 /*
@@ -912,7 +976,12 @@ dispatcher_claim_all(TimestampTz now)
 	 */
 	PG_TRY();
 	{
-		if ((drain_all || drain_unpaused) && inbox_small())
+		/*
+		 * Only the providers that are not paused (the idle check, for a
+		 * prepared transaction): drained, so that the rows the take keeps
+		 * are always read for every provider
+		 */
+		if (drain_all && inbox_small(now))
 			dispatcher_take(now, takes);
 		else if (drain_all || drain_unpaused)
 			dispatcher_drain();
@@ -979,6 +1048,7 @@ dispatcher_exchange_masks(TimestampTz now)
 		if (pending & SHIPSYNC_PROVIDER_BIT(providers[i].id))
 		{
 			providers[i].maybe_work = true;
+			inbox_new = true;
 			if (!providers[i].paused)
 				drain_all = true;
 			pending &= ~SHIPSYNC_PROVIDER_BIT(providers[i].id);
@@ -992,6 +1062,7 @@ dispatcher_exchange_masks(TimestampTz now)
 	{
 		cfg_generation = 0;
 		drain_all = true;
+		inbox_new = true;
 	}
 }
 
@@ -1439,6 +1510,11 @@ dispatcher_release_heap(long timeout, TimestampTz now)
 	/* handles pooled by tracking polls or fee pulls count too */
 	if (http_release_idle(client))
 		heap_dirty = true;
+	if (outbox_inbox_cached() && !inbox_waits)
+	{
+		outbox_inbox_forget();	/* no provider waits for room to take them */
+		heap_dirty = true;
+	}
 	if (!heap_dirty)
 		return timeout;
 #ifdef __GLIBC__
@@ -1469,6 +1545,7 @@ dispatcher_idle_check(TimestampTz now)
 		/* look first, drain after: a later snapshot than the look */
 		twophase_watch = outbox_prepared_exist();
 		drain_unpaused = true;
+		inbox_new = true;
 	}
 }
 

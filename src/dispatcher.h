@@ -218,7 +218,11 @@ typedef struct InboxTake
 
 extern uint64 outbox_take_inbox(int64 limit, const int32 *ids, int nids,
 								Binding *bs, int nb, InboxTake *t, int nt,
-								bool *full, int64 *low);
+								bool reread, bool *full, int64 *low, bool *fresh);
+/* The most rows of the inbox one read of the take keeps */
+#define INBOX_READ_MAX 32768
+extern bool outbox_inbox_cached(void);
+extern void outbox_inbox_forget(void);
 extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,
 								const char *msg);
 extern ArgArrays *outbox_tickets_create(int n);

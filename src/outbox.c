@@ -832,6 +832,7 @@ outbox_drain_inbox(int64 limit, const int32 *ids, int nids, int64 *low)
 	uint64		n;
 	int64		next;
 
+	outbox_inbox_forget();		/* what the take read is moved, or may be */
 	shipsync_begin_tx("taking in captured intents", false);
 	prepare_claim_plans();
 	find_intent_seq();
@@ -1396,13 +1397,20 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
  * outbox row then has one version rather than three (pending, in flight,
  * done), and the lock's two probes of the per-order index become one.
  *
- * Each take reads the inbox whole (it has no index), so the dispatcher
- * takes only while few intents can be there, and leaves those beyond a
- * provider's room in it (dispatcher.c); a larger backlog is drained.
+ * The inbox has no index, so a read of it reads it whole.  The take reads
+ * it once, in id order, and keeps what it read (the inbox as read, below):
+ * the takes after it walk those rows and move them by their row ids, so
+ * that a burst is read once however many takes send it.  Rows captured
+ * after the read are read when the rows kept cannot give a provider with
+ * room anything (dispatcher.c decides how often a large inbox may be read
+ * again).  Rows kept are only ever taken in id order, and an order's
+ * intents are captured and committed in id order (the next one's statement
+ * waits for the row lock of the one before), so that a row committed after
+ * the read never comes before a kept row of its order.
  */
 /* The inbox's first rows, oldest first: $1 of them, providers $2 (NULL: all) */
 static const char *const peek_sql =
-"SELECT i.id, i.binding_id, i.provider_id, i.order_key, i.op, i.idempotency_key"
+"SELECT i.id, i.binding_id, i.provider_id, i.order_key, i.op, i.idempotency_key, i.ctid"
 " FROM shipsync.inbox i WHERE $2::integer[] IS NULL OR i.provider_id = ANY ($2)"
 " ORDER BY i.id LIMIT $1";
 
@@ -1414,18 +1422,16 @@ static const char *const blocked_sql =
 "   AND e.state IN ('pending', 'retrying', 'in_flight') AND e.op <> 'register')";
 
 /*
- * Move the inbox's rows up to id $1 (of providers $2, NULL: all) into the
- * outbox, but for the rows of providers $3 from their ids $4 on, which
- * wait; the rows $5.. rendered are in flight (or done, or invalid) with
+ * Move the inbox's rows at row ids $1 that still have ids $2 into the
+ * outbox: the rows $3.. rendered are in flight (or done, or invalid) with
  * their requests, the others pending as the drain leaves them.  Returns
- * the rendered rows it moved: a row another transaction took meanwhile is
- * not sent.
+ * every row it moved, and whether it was rendered: a row another
+ * transaction took meanwhile is not sent, and a row id that now holds
+ * another row (the inbox vacuumed, the row id used again) matches no id.
  */
 static const char *const move_sql =
 "WITH d AS (DELETE FROM shipsync.inbox i"
-"   WHERE i.id <= $1 AND ($2::integer[] IS NULL OR i.provider_id = ANY ($2))"
-"   AND NOT (i.provider_id = ANY ($3)"
-"     AND i.id >= ($4)[pg_catalog.array_position($3, i.provider_id)])"
+"   WHERE i.ctid = ANY ($1) AND i.id = ANY ($2)"
 "   RETURNING i.*),"
 " m AS (INSERT INTO shipsync.outbox (id, binding_id, provider_id, order_key, op,"
 "   idempotency_key, created_at, next_attempt_at, state, attempts, lease_until,"
@@ -1443,15 +1449,16 @@ static const char *const move_sql =
 "   u.m, u.url, u.body, u.digest, u.kind, u.cdigest, u.skip,"
 "   CASE WHEN u.skip IS NULL THEN NULL WHEN u.inv THEN 'invalid_order'"
 "     ELSE 'nothing_to_send' END"
-"   FROM d LEFT JOIN unnest($5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+"   FROM d LEFT JOIN unnest($3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 "     AS u(id, m, url, body, skip, digest, inv, kind, cdigest, lease) ON u.id = d.id"
 "   RETURNING id, state)"
-" SELECT m.id FROM m WHERE m.state <> 'pending'";
+" SELECT m.id, m.state <> 'pending' FROM m";
 
 /* The columns of peek_sql */
 enum
 {
-	PEEK_ID = 1, PEEK_BINDING, PEEK_PROVIDER, PEEK_KEY, PEEK_OP, PEEK_IDEMPOTENCY
+	PEEK_ID = 1, PEEK_BINDING, PEEK_PROVIDER, PEEK_KEY, PEEK_OP, PEEK_IDEMPOTENCY,
+	PEEK_TID
 };
 
 /* A take's requests: the claim's (claim_store_types), then each one's lease */
@@ -1479,12 +1486,129 @@ prepare_take_plans(void)
 		blocked_plan = shipsync_prepare_saved_opt(blocked_sql, 3, t, true);
 	}
 	{
-		Oid			t[14] = {INT8OID, INT4ARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
+		Oid			t[12] = {TIDARRAYOID, INT8ARRAYOID};
 
 		for (int c = 0; c < 10; c++)
-			t[4 + c] = get_array_type(take_store_types[c]);
-		move_plan = shipsync_prepare_saved_opt(move_sql, 14, t, true);
+			t[2 + c] = get_array_type(take_store_types[c]);
+		move_plan = shipsync_prepare_saved_opt(move_sql, 12, t, true);
 	}
+}
+
+/*
+ * The inbox as the take last read it: its rows in id order, each with its
+ * row id, for the takes after the read to walk and move.  A row moved is
+ * marked gone.  Everything is forgotten when a move finds fewer rows than
+ * it was given (someone else moved or removed them: a drop of the order
+ * table, a TRUNCATE, a VACUUM FULL that gave them other row ids), when a
+ * take or drain fails or a drain moves rows, when every row is gone, and
+ * when the dispatcher goes idle.
+ */
+typedef struct InboxRow
+{
+	int64		id;
+	ItemPointerData tid;
+	int32		binding_id;
+	int32		provider_id;
+	uint64		hash;			/* of the order: its binding and key */
+	char	   *order_key;
+	char	   *op;
+	char	   *idempotency_key;
+	bool		gone;			/* moved into the outbox since the read */
+} InboxRow;
+
+static struct
+{
+	MemoryContext cxt;			/* NULL: nothing kept */
+	InboxRow   *rows;
+	int			n;
+	int			first;			/* rows before it are all gone */
+	int			left;			/* rows not gone */
+	uint64	   *sorted;			/* the rows' order hashes, sorted */
+	bool		truncated;		/* the read stopped at INBOX_READ_MAX rows */
+	int64		next;			/* outbox_intents_next() before the read */
+}			inbox;
+
+/* Whether the take keeps rows of the inbox it read */
+bool
+outbox_inbox_cached(void)
+{
+	return inbox.cxt != NULL;
+}
+
+/* Forget the rows the take read: the next take reads the inbox again */
+void
+outbox_inbox_forget(void)
+{
+	if (inbox.cxt)
+		MemoryContextDelete(inbox.cxt);
+	memset(&inbox, 0, sizeof(inbox));
+}
+
+static int
+cmp_uint64(const void *a, const void *b)
+{
+	uint64		x = *(const uint64 *) a;
+	uint64		y = *(const uint64 *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Read the inbox, at most INBOX_READ_MAX of its first rows, and keep them */
+static void
+inbox_read(void)
+{
+	Datum		params[2];
+	char		nulls[2] = " n";
+	SPITupleTable *tt;
+	uint64		n;
+	MemoryContext old;
+
+	outbox_inbox_forget();
+	inbox.next = outbox_intents_next();
+	params[0] = Int64GetDatum(INBOX_READ_MAX);
+	params[1] = (Datum) 0;
+	if (SPI_execute_plan(peek_plan, params, nulls, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the inbox failed");
+	tt = SPI_tuptable;
+	n = SPI_processed;
+	inbox.cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync inbox",
+									  ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(inbox.cxt);
+	inbox.rows = palloc0(sizeof(InboxRow) * Max(n, 1));
+	inbox.sorted = palloc(sizeof(uint64) * Max(n, 1));
+	for (uint64 r = 0; r < n; r++)
+	{
+		InboxRow   *row = &inbox.rows[r];
+		HeapTuple	tup = tt->vals[r];
+		bool		isnull;
+
+		row->id = DatumGetInt64(SPI_getbinval(tup, tt->tupdesc, PEEK_ID, &isnull));
+		row->tid = *(ItemPointer) DatumGetPointer(SPI_getbinval(tup, tt->tupdesc, PEEK_TID, &isnull));
+		row->binding_id = DatumGetInt32(SPI_getbinval(tup, tt->tupdesc, PEEK_BINDING, &isnull));
+		row->provider_id = DatumGetInt32(SPI_getbinval(tup, tt->tupdesc, PEEK_PROVIDER, &isnull));
+		row->order_key = get_text(tup, tt->tupdesc, PEEK_KEY);
+		row->op = get_text(tup, tt->tupdesc, PEEK_OP);
+		row->idempotency_key = get_text(tup, tt->tupdesc, PEEK_IDEMPOTENCY);
+		row->hash = hash_bytes_extended((const unsigned char *) row->order_key,
+										strlen(row->order_key), (uint64) (uint32) row->binding_id);
+		inbox.sorted[r] = row->hash;
+	}
+	qsort(inbox.sorted, n, sizeof(uint64), cmp_uint64);
+	MemoryContextSwitchTo(old);
+	inbox.n = inbox.left = (int) n;
+	inbox.truncated = n >= (uint64) INBOX_READ_MAX;
+}
+
+/* Whether provider pid is among ids (nids < 0: all) */
+static bool
+in_scope(int32 pid, const int32 *ids, int nids)
+{
+	if (nids < 0)
+		return true;
+	for (int i = 0; i < nids; i++)
+		if (ids[i] == pid)
+			return true;
+	return false;
 }
 
 /* The take of provider provider_id, or NULL */
@@ -1495,15 +1619,6 @@ take_find(InboxTake *t, int nt, int32 provider_id)
 		if (t[i].p->id == provider_id)
 			return &t[i];
 	return NULL;
-}
-
-static int
-cmp_uint64(const void *a, const void *b)
-{
-	uint64		x = *(const uint64 *) a;
-	uint64		y = *(const uint64 *) b;
-
-	return x < y ? -1 : x > y;
 }
 
 static int
@@ -1543,114 +1658,120 @@ typedef struct TakeState
 	int			nb;
 	MemoryContext keep;
 	int			ncand;			/* candidates, by take: t[k].cs[0..n) */
-	int32	   *cut_pids;		/* providers whose later rows wait, and from where */
-	int64	   *cut_ids;
-	int			ncuts;
-	int64		maxid;			/* the last row read */
+	int		   *move;			/* the rows it moves (inbox.rows[]), candidates too */
+	int			nmove;
+	bool		stale;			/* its move found fewer rows than it was given */
+	int64		maxid;			/* the last row walked */
 	bool		rendering;		/* in render_binding(): a failure there is
 								 * the binding's, not the take's */
 } TakeState;
 
 /*
- * 1. read the inbox's first rows and choose the intents that go straight
- * into flight: a create, the only intent of its order among the rows read,
- * while its provider has room.  Once a provider's room is used up, its
- * later rows wait in the inbox for the next take with room.  Returns how
- * many rows were read; *full if there may be more.
+ * 1. walk up to limit of the inbox's first rows kept (providers ids) and
+ * choose the intents that go straight into flight: a create, the only
+ * intent of its order among the rows read, while its provider has room.
+ * Once a provider's room is used up, its later rows wait in the inbox for
+ * the next take with room.  Returns how many rows were walked; *full if
+ * there may be more.
  */
 static uint64
 take_choose(TakeState *ts, int64 limit, const int32 *ids, int nids, bool *full)
 {
-	Datum		params[2];
-	char		nulls[2] = "  ";
-	SPITupleTable *tt;
-	uint64		nrows;
-	uint64	   *hashes;
-	uint64	   *sorted;
 	int		   *left = palloc(sizeof(int) * Max(ts->nt, 1));
+	uint64		nwalked = 0;
+	int			r;
 	MemoryContext old;
-
-	params[0] = Int64GetDatum(limit);
-	params[1] = providers_param(ids, nids, &nulls[1]);
-	if (SPI_execute_plan(peek_plan, params, nulls, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading the inbox failed");
-	tt = SPI_tuptable;
-	nrows = SPI_processed;
-	*full = nrows >= (uint64) limit;
-	if (nrows == 0)
-		return 0;
-
-	hashes = palloc(sizeof(uint64) * nrows);
-	for (uint64 r = 0; r < nrows; r++)
-	{
-		bool		isnull;
-		int32		bid = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_BINDING, &isnull));
-		Datum		k = SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_KEY, &isnull);
-		text	   *kt = DatumGetTextPP(k);
-
-		hashes[r] = hash_bytes_extended((const unsigned char *) VARDATA_ANY(kt),
-										VARSIZE_ANY_EXHDR(kt), (uint64) (uint32) bid);
-	}
-	sorted = palloc(sizeof(uint64) * nrows);
-	memcpy(sorted, hashes, sizeof(uint64) * nrows);
-	qsort(sorted, nrows, sizeof(uint64), cmp_uint64);
 
 	for (int k = 0; k < ts->nt; k++)
 	{
+		ts->t[k].cs = NULL;
+		ts->t[k].n = ts->t[k].nskipped = 0;
+		ts->t[k].moved = false;
+		ts->t[k].wait_from = 0;
 		left[k] = ts->t[k].room;
 		ts->t[k].cs = MemoryContextAllocZero(ts->keep, sizeof(Claimed) * (Max(ts->t[k].room, 0) + 1));
 	}
-	ts->cut_pids = palloc(sizeof(int32) * Max(ts->nt, 1));
-	ts->cut_ids = palloc(sizeof(int64) * Max(ts->nt, 1));
+	ts->ncand = ts->nmove = 0;
+	ts->maxid = 0;
+	ts->move = MemoryContextAlloc(ts->keep, sizeof(int) * Max(inbox.n - inbox.first, 1));
+	while (inbox.first < inbox.n && inbox.rows[inbox.first].gone)
+		inbox.first++;
 	old = MemoryContextSwitchTo(ts->keep);
-	for (uint64 r = 0; r < nrows; r++)
+	for (r = inbox.first; r < inbox.n && nwalked < (uint64) limit; r++)
 	{
-		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_ID, &isnull));
-		int32		pid = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_PROVIDER, &isnull));
-		int32		bid;
-		InboxTake  *t = take_find(ts->t, ts->nt, pid);
-		int			k = t ? (int) (t - ts->t) : -1;
-		char	   *op;
+		InboxRow   *row = &inbox.rows[r];
+		InboxTake  *t;
+		int			k;
 		Claimed    *c;
 
-		ts->maxid = id;
+		if (row->gone || !in_scope(row->provider_id, ids, nids))
+			continue;
+		nwalked++;
+		ts->maxid = row->id;
+		t = take_find(ts->t, ts->nt, row->provider_id);
+		k = t ? (int) (t - ts->t) : -1;
 		if (t == NULL || !t->sends)
 		{
 			if (t)
 				t->moved = true;
+			ts->move[ts->nmove++] = r;
 			continue;
 		}
 		if (t->wait_from > 0)
 			continue;			/* cut: it waits, with all after it */
 		if (left[k] <= 0)
 		{
-			t->wait_from = id;
-			ts->cut_pids[ts->ncuts] = pid;
-			ts->cut_ids[ts->ncuts++] = id;
+			t->wait_from = row->id;
 			continue;
 		}
-		op = get_text(tt->vals[r], tt->tupdesc, PEEK_OP);
-		bid = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc, PEEK_BINDING, &isnull));
-		if (strcmp(op, "create") != 0 || hash_repeats(sorted, (int) nrows, hashes[r]) ||
-			binding_find(ts->bs, ts->nb, bid) == NULL)
+		ts->move[ts->nmove++] = r;
+		if (strcmp(row->op, "create") != 0 ||
+			hash_repeats(inbox.sorted, inbox.n, row->hash) ||
+			binding_find(ts->bs, ts->nb, row->binding_id) == NULL)
 		{
 			t->moved = true;	/* the claim takes it, after what it follows */
 			continue;
 		}
 		left[k]--;
 		c = &t->cs[t->n++];
-		c->id = id;
-		c->binding_id = bid;
-		c->provider_id = pid;
-		c->order_key = get_text(tt->vals[r], tt->tupdesc, PEEK_KEY);
-		c->op = op;
-		c->idempotency_key = get_text(tt->vals[r], tt->tupdesc, PEEK_IDEMPOTENCY);
+		c->id = row->id;
+		c->binding_id = row->binding_id;
+		c->provider_id = row->provider_id;
+		c->order_key = pstrdup(row->order_key);
+		c->op = pstrdup(row->op);
+		c->idempotency_key = pstrdup(row->idempotency_key);
 		c->attempt = 1;
 		ts->ncand++;
 	}
 	MemoryContextSwitchTo(old);
-	return nrows;
+	*full = false;
+	if (nwalked >= (uint64) limit)
+	{
+		for (; r < inbox.n && !*full; r++)
+			*full = !inbox.rows[r].gone && in_scope(inbox.rows[r].provider_id, ids, nids);
+	}
+	else
+		*full = inbox.truncated;
+	return nwalked;
+}
+
+/*
+ * Whether a provider with room found nothing among the rows kept, walked
+ * to their end (not full): rows captured since the read may be its
+ */
+static bool
+take_starved(TakeState *ts, bool full)
+{
+	if (full)
+		return false;
+	for (int k = 0; k < ts->nt; k++)
+	{
+		InboxTake  *t = &ts->t[k];
+
+		if (t->sends && t->room > 0 && t->n == 0 && !t->moved && t->wait_from == 0)
+			return true;
+	}
+	return false;
 }
 
 /*
@@ -1732,44 +1853,43 @@ take_render(TakeState *ts, ArgArrays *store)
 }
 
 /*
- * 4. move the rows read, but those that wait; keep the candidates moved,
- * in order, and open a ticket for each invalid one
+ * 4. move the rows chosen (all walked but those that wait); keep the
+ * candidates moved, in order, and open a ticket for each invalid one
  */
 static void
-take_move(TakeState *ts, const int32 *ids, int nids, ArgArrays *store)
+take_move(TakeState *ts, ArgArrays *store)
 {
-	Datum		params[14];
-	char		nulls[14];
+	Datum		params[12];
+	char		nulls[12];
 	SPITupleTable *tt;
 	int64	   *moved;
-	uint64		nmoved;
+	uint64		nmoved = 0;
 	ArgArrays  *tickets = outbox_tickets_create(ts->ncand);
-	Datum	   *d;
+	Datum	   *tids = palloc(sizeof(Datum) * Max(ts->nmove, 1));
+	Datum	   *rids = palloc(sizeof(Datum) * Max(ts->nmove, 1));
 
 	memset(nulls, ' ', sizeof(nulls));
-	params[0] = Int64GetDatum(ts->maxid);
-	params[1] = providers_param(ids, nids, &nulls[1]);
-	d = palloc(sizeof(Datum) * Max(ts->ncuts, 1));
-	for (int i = 0; i < ts->ncuts; i++)
-		d[i] = Int32GetDatum(ts->cut_pids[i]);
-	params[2] = shipsync_make_array(d, NULL, ts->ncuts, INT4OID);
-	d = palloc(sizeof(Datum) * Max(ts->ncuts, 1));
-	for (int i = 0; i < ts->ncuts; i++)
-		d[i] = Int64GetDatum(ts->cut_ids[i]);
-	params[3] = shipsync_make_array(d, NULL, ts->ncuts, INT8OID);
+	for (int i = 0; i < ts->nmove; i++)
+	{
+		tids[i] = PointerGetDatum(&inbox.rows[ts->move[i]].tid);
+		rids[i] = Int64GetDatum(inbox.rows[ts->move[i]].id);
+	}
+	params[0] = shipsync_make_array(tids, NULL, ts->nmove, TIDOID);
+	params[1] = shipsync_make_array(rids, NULL, ts->nmove, INT8OID);
 	for (int c = 0; c < 10; c++)
-		params[4 + c] = shipsync_make_array(store->values[c], store->nulls[c], store->n,
+		params[2 + c] = shipsync_make_array(store->values[c], store->nulls[c], store->n,
 											store->types[c]);
 	if (SPI_execute_plan(move_plan, params, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "taking intents from the inbox failed");
 	tt = SPI_tuptable;
-	nmoved = SPI_processed;
-	moved = palloc(sizeof(int64) * Max(nmoved, 1));
-	for (uint64 r = 0; r < nmoved; r++)
+	ts->stale = SPI_processed != (uint64) ts->nmove;
+	moved = palloc(sizeof(int64) * Max(SPI_processed, 1));
+	for (uint64 r = 0; r < SPI_processed; r++)
 	{
 		bool		isnull;
 
-		moved[r] = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
+		if (DatumGetBool(SPI_getbinval(tt->vals[r], tt->tupdesc, 2, &isnull)))
+			moved[nmoved++] = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
 	}
 	qsort(moved, nmoved, sizeof(int64), cmp_int64);
 
@@ -1800,16 +1920,52 @@ take_move(TakeState *ts, const int32 *ids, int nids, ArgArrays *store)
 	outbox_open_tickets(tickets);
 }
 
+/* After the take's commit: its rows are gone from the inbox */
+static void
+take_done(TakeState *ts)
+{
+	for (int i = 0; i < ts->nmove; i++)
+		inbox.rows[ts->move[i]].gone = true;
+	inbox.left -= ts->nmove;
+	if (ts->stale || inbox.left <= 0)
+		outbox_inbox_forget();
+}
+
 /*
- * The dispatcher's take, in a transaction of its own: read up to limit of
- * the inbox's first rows (providers ids, nids < 0: all), send the creates
- * that can go at once within each take's room (t[k].cs, to be sent once
- * outbox_claims_durable() has flushed), leave the rows of a provider out of
- * room in the inbox from its first such row on (t[k].wait_from), and move
- * the others into the outbox as pending.  A provider not in t moves all its
- * rows, as the drain would.  Returns how many rows were read; *full if
- * there may be more; *low is the smallest id that may be left in the inbox
- * but the waiting rows, 0 if not known.
+ * As the claim: pause() holds back what commits after it.  And intents due
+ * in the outbox go first (TAP 048): their provider takes nothing, what it
+ * captured moves in behind them.
+ */
+static void
+take_hold_back(InboxTake *t, int nt)
+{
+	for (int k = 0; k < nt; k++)
+	{
+		TimestampTz due;
+
+		if (!t[k].sends)
+			continue;
+		if (claim_paused(t[k].p) ||
+			((due = claim_next_due(t[k].p)) != 0 && due <= GetCurrentTransactionStartTimestamp()))
+		{
+			t[k].sends = false;
+			t[k].room = 0;
+		}
+	}
+}
+
+/*
+ * The dispatcher's take, in a transaction of its own: walk up to limit of
+ * the inbox's first rows (providers ids, nids < 0: all), reading the inbox
+ * first when nothing of it is kept, or when reread and a provider with
+ * room finds nothing in what is kept (*fresh: it was read).  Send the
+ * creates that can go at once within each take's room (t[k].cs, to be sent
+ * once outbox_claims_durable() has flushed), leave the rows of a provider
+ * out of room in the inbox from its first such row on (t[k].wait_from),
+ * and move the others into the outbox as pending.  A provider not in t
+ * moves all its rows, as the drain would.  Returns how many rows were
+ * walked; *full if there may be more; *low is the smallest id that may be
+ * left in the inbox but the waiting rows, 0 if not known.
  *
  * When a binding's orders cannot be rendered, nothing is taken: the rows
  * read are drained instead, and the claim meets the failure and records
@@ -1817,12 +1973,12 @@ take_move(TakeState *ts, const int32 *ids, int nids, ArgArrays *store)
  */
 uint64
 outbox_take_inbox(int64 limit, const int32 *ids, int nids, Binding *bs, int nb,
-				  InboxTake *t, int nt, bool *full, int64 *low)
+				  InboxTake *t, int nt, bool reread, bool *full, int64 *low,
+				  bool *fresh)
 {
 	TakeState  *ts = palloc0(sizeof(TakeState));
 	MemoryContext keep = CurrentMemoryContext;
 	uint64		nread = 0;
-	int64		next;
 
 	ts->t = t;
 	ts->nt = nt;
@@ -1831,6 +1987,7 @@ outbox_take_inbox(int64 limit, const int32 *ids, int nids, Binding *bs, int nb,
 	ts->keep = keep;
 	*full = false;
 	*low = 0;
+	*fresh = false;
 	for (int k = 0; k < nt; k++)
 	{
 		t[k].cs = NULL;
@@ -1845,37 +2002,31 @@ outbox_take_inbox(int64 limit, const int32 *ids, int nids, Binding *bs, int nb,
 		prepare_claim_plans();
 		prepare_take_plans();
 		find_intent_seq();
-		/*
-		 * As the claim: pause() holds back what commits after it.  And
-		 * intents due in the outbox go first (TAP 048): their provider
-		 * takes nothing, what it captured moves in behind them.
-		 */
-		for (int k = 0; k < nt; k++)
+		take_hold_back(t, nt);
+		if (!outbox_inbox_cached())
 		{
-			TimestampTz due;
-
-			if (!t[k].sends)
-				continue;
-			if (claim_paused(t[k].p) ||
-				((due = claim_next_due(t[k].p)) != 0 && due <= GetCurrentTransactionStartTimestamp()))
-			{
-				t[k].sends = false;
-				t[k].room = 0;
-			}
+			inbox_read();
+			*fresh = true;
 		}
-		next = outbox_intents_next();
 		nread = take_choose(ts, limit, ids, nids, full);
-		if (nread > 0)
+		if (reread && !*fresh && take_starved(ts, *full))
+		{
+			inbox_read();
+			*fresh = true;
+			nread = take_choose(ts, limit, ids, nids, full);
+		}
+		if (ts->nmove > 0)
 		{
 			ArgArrays  *store = args_create(10, take_store_types, ts->ncand);
 
 			if (ts->ncand > 0)
 				take_unblock(ts);
 			take_render(ts, store);
-			take_move(ts, ids, nids, store);
+			take_move(ts, store);
 		}
-		*low = *full ? ts->maxid + 1 : next;
+		*low = *full ? ts->maxid + 1 : inbox.next;
 		shipsync_end_tx();
+		take_done(ts);
 		for (int k = 0; k < nt; k++)
 			if (t[k].n > 0)
 			{
@@ -1887,6 +2038,7 @@ outbox_take_inbox(int64 limit, const int32 *ids, int nids, Binding *bs, int nb,
 	{
 		ErrorData  *edata;
 
+		outbox_inbox_forget();
 		if (!ts->rendering)
 			PG_RE_THROW();
 		MemoryContextSwitchTo(keep);

@@ -3,17 +3,20 @@
 # provider paused), stopped and copied afresh for every single-user backend
 # run under callgrind.  Sourced after bin/lib.sh, not executed.
 
-# cg_setup NAME ARGS...: parse --keep DIR, build and install the extension,
-# and start a cluster in $work/snap (fsync off) with database bench.  Sets
-# keep, user, work, bindir; stops and removes it all at exit.
+# cg_setup NAME ARGS...: parse --keep DIR and --only NAME (repeatable), build
+# and install the extension, and start a cluster in $work/snap (fsync off)
+# with database bench.  Sets keep, only, user, work, bindir; stops and
+# removes it all at exit.
 cg_setup() {
 	local name=$1
 	shift
 	keep=
+	only=
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--keep) keep=${2:-}; shift ;;
-		*) echo "usage: $0 [--keep DIR]" >&2; exit 2 ;;
+		--only) only="$only ${2:-}"; shift ;;
+		*) echo "usage: $0 [--keep DIR] [--only NAME]..." >&2; exit 2 ;;
 		esac
 		shift
 	done

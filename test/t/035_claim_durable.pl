@@ -42,16 +42,7 @@ ok( wait_until($node,
 	'the dispatcher has looked at the inbox');
 
 # which states the versions of each outbox row had, in order
-$node->safe_psql('postgres', q{
-	CREATE TABLE public.versions (id bigint, state text, n bigserial);
-	CREATE FUNCTION public.note() RETURNS trigger LANGUAGE plpgsql AS $$
-	BEGIN
-		INSERT INTO public.versions (id, state) VALUES (NEW.id, NEW.state);
-		RETURN NULL;
-	END $$;
-	CREATE TRIGGER note AFTER INSERT OR UPDATE ON shipsync.outbox
-		FOR EACH ROW EXECUTE FUNCTION public.note();
-});
+note_outbox_versions($node);
 
 sub scenario
 {
@@ -88,7 +79,7 @@ sub scenario
 	);
 	is( $node->safe_psql(
 			'postgres',
-			"SELECT v.state FROM public.versions v JOIN shipsync.outbox o USING (id)"
+			"SELECT v.new_state FROM public.seen v JOIN shipsync.outbox o USING (id)"
 			  . " WHERE o.order_key = '$id' ORDER BY v.n LIMIT 1"),
 		$first_state, "$label: the intent's first row version was $first_state");
 	my $key = $node->safe_psql('postgres',

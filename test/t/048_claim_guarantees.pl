@@ -41,21 +41,7 @@ sub sql { return $node->safe_psql('postgres', $_[0]); }
 setup_orders($node, $sim,
 	'{"timeout_ms": 2000, "backoff_base_ms": 50, "backoff_max_ms": 500, "max_attempts": 3}');
 my $pid = sql(q{SELECT provider_id FROM shipsync.provider WHERE name = 'sim'});
-sql(q{
-	CREATE TABLE public.seen (
-		id bigint, op text, order_key text, old_state text, new_state text,
-		has_request boolean, xid xid8 DEFAULT pg_current_xact_id());
-	CREATE FUNCTION public.note() RETURNS trigger LANGUAGE plpgsql AS $$
-	BEGIN
-		INSERT INTO public.seen (id, op, order_key, old_state, new_state, has_request)
-		VALUES (NEW.id, NEW.op, NEW.order_key,
-			CASE WHEN TG_OP = 'UPDATE' THEN OLD.state END, NEW.state,
-			NEW.request_body IS NOT NULL);
-		RETURN NULL;
-	END $$;
-	CREATE TRIGGER note AFTER INSERT OR UPDATE ON shipsync.outbox
-		FOR EACH ROW EXECUTE FUNCTION public.note();
-});
+note_outbox_versions($node);
 
 sub settled
 {

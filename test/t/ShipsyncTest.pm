@@ -19,7 +19,7 @@ use Exporter 'import';
 our @EXPORT = qw(shipsync_node start_sim stop_sim sim_get sim_post wait_until
   setup_orders start_receiver flush_pushes receiver_node push_http sw_headers
   jdy_signed receiver_pid openssl test_ca test_certificate test_pin
-  setup_sf_orders run_reconcile);
+  setup_sf_orders run_reconcile note_outbox_versions);
 
 my $here = dirname(abs_path(__FILE__));
 my @started_sims;
@@ -164,6 +164,30 @@ sub setup_orders
 		SELECT shipsync.create_provider('sim', 'generic', '$sim->{url}', '$options');
 		SELECT shipsync.attach('crm.orders', 'sim', writeback => '{"tracking_number": "waybill_no",
 			"status": "ship_status", "fee_total": "fee", "label_url": "label"}');
+	});
+}
+
+# A trigger of the test's own on shipsync.outbox that notes every row
+# version written there, in order (n): its state before and after, whether
+# it holds a request, and its transaction.  In table public.seen.
+sub note_outbox_versions
+{
+	my ($node) = @_;
+	$node->safe_psql(
+		'postgres', q{
+		CREATE TABLE public.seen (
+			id bigint, op text, order_key text, old_state text, new_state text,
+			has_request boolean, xid xid8 DEFAULT pg_current_xact_id(), n bigserial);
+		CREATE FUNCTION public.note() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			INSERT INTO public.seen (id, op, order_key, old_state, new_state, has_request)
+			VALUES (NEW.id, NEW.op, NEW.order_key,
+				CASE WHEN TG_OP = 'UPDATE' THEN OLD.state END, NEW.state,
+				NEW.request_body IS NOT NULL);
+			RETURN NULL;
+		END $$;
+		CREATE TRIGGER note AFTER INSERT OR UPDATE ON shipsync.outbox
+			FOR EACH ROW EXECUTE FUNCTION public.note();
 	});
 }
 

@@ -317,6 +317,7 @@ dispatcher_load_config(void)
 			ps[i].unapplied = old->unapplied;
 			ps[i].inbox_from = old->inbox_from;
 			ps[i].inbox_room = old->inbox_room;
+			ps[i].inbox_new = old->inbox_new;
 			ps[i].oauth_refreshing = old->oauth_refreshing;
 			ps[i].oauth_asked_at = old->oauth_asked_at;
 
@@ -346,6 +347,8 @@ dispatcher_load_config(void)
 				old->oauth_forbidden = NULL;
 			}
 		}
+		else
+			ps[i].inbox_new = true; /* what it captured is not read yet */
 		ps[i].maybe_work = true;
 		ps[i].next_due = 0;
 		if (ps[i].secret_error)
@@ -633,8 +636,9 @@ static bool twophase_watch = true;
  * after it walk the rows kept rather than read again.  While the inbox can
  * hold at most TAKE_SHARE batches (ids handed out since the smallest that
  * may be left: inbox_low, or a provider's waiting intents), the take reads
- * it again whenever new intents were captured (inbox_new) and a provider
- * with room finds nothing in what is kept; without rows kept, a read must
+ * it again once what is kept is all taken, or sooner when a provider that
+ * captured since the read (inbox_new) and has room finds nothing in what is
+ * kept; without rows kept, a read must
  * then send at least one row in TAKE_SHARE.  A larger inbox is read at
  * most once a second (BIG_READ_MS): a burst is read once and sent from
  * what was kept, but when other intents are captured meanwhile for a
@@ -830,7 +834,7 @@ provider_takes(Provider *p, TimestampTz now, int *limit)
 /*
  * After a take: where each provider's rows wait from (*waits if any do),
  * how much room makes the next take worth it, and whether a provider with
- * room found nothing (returned)
+ * room that captured since the read found nothing (returned)
  */
 static bool
 take_noted(InboxTake *t, int nt, int64 bound, bool *waits)
@@ -847,7 +851,7 @@ take_noted(InboxTake *t, int nt, int64 bound, bool *waits)
 		if (t[k].moved || t[k].nskipped > 0)
 			p->maybe_work = true;	/* the claim takes what moved or was unblocked */
 		*waits = *waits || t[k].wait_from > 0;
-		starved = starved || (t[k].sends && t[k].room > 0 && t[k].n == 0 &&
+		starved = starved || (t[k].sends && t[k].room > 0 && p->inbox_new && t[k].n == 0 &&
 							  t[k].nskipped == 0 && !t[k].moved && t[k].wait_from == 0);
 	}
 	return starved;
@@ -943,6 +947,8 @@ dispatcher_take(TimestampTz now, InboxTake *takes)
 	if (fresh)
 	{
 		inbox_new = false;
+		for (int i = 0; i < nproviders; i++)
+			providers[i].inbox_new = false;
 		if (inbox_big(bound))
 			big_read_at = now;
 	}
@@ -950,6 +956,8 @@ dispatcher_take(TimestampTz now, InboxTake *takes)
 	for (int k = 0; k < nt; k++)
 		takes[ti[k]] = t[k];
 	drain_done(full, waits);
+	/* captured since the read, and not read yet: the next take reads them */
+	drain_all = drain_all || inbox_new;
 	/* intents captured since a large inbox was read, for a provider with room */
 	if (starved && inbox_new && !full)
 		dispatcher_drain();
@@ -1048,9 +1056,11 @@ dispatcher_exchange_masks(TimestampTz now)
 		if (pending & SHIPSYNC_PROVIDER_BIT(providers[i].id))
 		{
 			providers[i].maybe_work = true;
-			inbox_new = true;
 			if (!providers[i].paused)
+			{
 				drain_all = true;
+				inbox_new = providers[i].inbox_new = true;
+			}
 			pending &= ~SHIPSYNC_PROVIDER_BIT(providers[i].id);
 		}
 
@@ -1510,9 +1520,9 @@ dispatcher_release_heap(long timeout, TimestampTz now)
 	/* handles pooled by tracking polls or fee pulls count too */
 	if (http_release_idle(client))
 		heap_dirty = true;
-	if (outbox_inbox_cached() && !inbox_waits)
+	if (outbox_inbox_cached() && !drain_all && !drain_unpaused)
 	{
-		outbox_inbox_forget();	/* no provider waits for room to take them */
+		outbox_inbox_forget();	/* nothing more to take from them */
 		heap_dirty = true;
 	}
 	if (!heap_dirty)

@@ -80,6 +80,7 @@ typedef struct Provider
 	int64		inbox_from;		/* its intents from this id on wait in the
 								 * inbox for room (dispatcher_take()), 0: none */
 	int			inbox_room;		/* the room its next take needs */
+	bool		inbox_new;		/* it captured since the take's read */
 
 	/* OAuth2: one token shared by every request, carried over reloads */
 	char	   *oauth_token;	/* in TopMemoryContext, or NULL */

@@ -1756,8 +1756,8 @@ take_choose(TakeState *ts, int64 limit, const int32 *ids, int nids, bool *full)
 }
 
 /*
- * Whether a provider with room found nothing among the rows kept, walked
- * to their end (not full): rows captured since the read may be its
+ * Whether a provider with room that captured since the read found nothing
+ * among the rows kept, walked to their end (not full)
  */
 static bool
 take_starved(TakeState *ts, bool full)
@@ -1768,7 +1768,8 @@ take_starved(TakeState *ts, bool full)
 	{
 		InboxTake  *t = &ts->t[k];
 
-		if (t->sends && t->room > 0 && t->n == 0 && !t->moved && t->wait_from == 0)
+		if (t->sends && t->room > 0 && t->p->inbox_new && t->n == 0 && !t->moved &&
+			t->wait_from == 0)
 			return true;
 	}
 	return false;
@@ -1920,8 +1921,12 @@ take_move(TakeState *ts, ArgArrays *store)
 	outbox_open_tickets(tickets);
 }
 
-/* After the take's commit: its rows are gone from the inbox */
-static void
+/*
+ * After the take's commit: its rows are gone from the inbox.  Returns
+ * whether what was kept is stale (a move found fewer rows than it was
+ * given): what the inbox holds is then not known.
+ */
+static bool
 take_done(TakeState *ts)
 {
 	for (int i = 0; i < ts->nmove; i++)
@@ -1929,6 +1934,7 @@ take_done(TakeState *ts)
 	inbox.left -= ts->nmove;
 	if (ts->stale || inbox.left <= 0)
 		outbox_inbox_forget();
+	return ts->stale;
 }
 
 /*
@@ -2026,7 +2032,11 @@ outbox_take_inbox(int64 limit, const int32 *ids, int nids, Binding *bs, int nb,
 		}
 		*low = *full ? ts->maxid + 1 : inbox.next;
 		shipsync_end_tx();
-		take_done(ts);
+		if (take_done(ts))
+		{
+			*full = true;		/* rows may be left that nothing kept knows of */
+			*low = 0;
+		}
 		for (int k = 0; k < nt; k++)
 			if (t[k].n > 0)
 			{

@@ -633,25 +633,24 @@ static bool twophase_watch = true;
  *
  * A read of the inbox reads it whole (it has no index), about a thousand
  * instructions a row, and the take keeps what it read, so that the takes
- * after it walk the rows kept rather than read again.  While the inbox can
- * hold at most TAKE_SHARE batches (ids handed out since the smallest that
- * may be left: inbox_low, or a provider's waiting intents), the take reads
- * it again once what is kept is all taken, or sooner when a provider that
- * captured since the read (inbox_new) and has room finds nothing in what is
- * kept; without rows kept, a read must
- * then send at least one row in TAKE_SHARE.  A larger inbox is read at
- * most once a second (BIG_READ_MS): a burst is read once and sent from
- * what was kept, but when other intents are captured meanwhile for a
- * provider with room, the inbox is drained as above, as it was before the
- * take kept rows: reading tens of thousands of rows again for each of
- * them would cost more than the claims they save.
+ * after it walk the rows kept rather than read again.  The take reads it
+ * again once what is kept is all taken, or sooner when a provider that
+ * captured since the read (Provider.inbox_new) and has room finds nothing
+ * in what is kept.  While the inbox can hold at most TAKE_SHARE batches
+ * (ids handed out since the smallest that may be left: inbox_low, or a
+ * provider's waiting intents), that read is made at once; without rows
+ * kept, a read must then send at least one row in TAKE_SHARE.  A larger
+ * inbox is read at most once a second (BIG_READ_MS): a burst is read once
+ * and sent from what was kept, but when other intents are captured
+ * meanwhile for a provider with room, the inbox is drained as above, as it
+ * was before the take kept rows: reading tens of thousands of rows again
+ * for each of them would cost more than the claims they save.
  */
 #define TAKE_SHARE 32
 #define BIG_READ_MS 1000
 static int64 inbox_low = 0;		/* smallest id that may be in the inbox, but
 								 * the waiting intents; 0: not known */
 static bool inbox_waits = false;	/* intents wait there for room */
-static bool inbox_new = true;	/* intents captured since the take's read */
 static TimestampTz big_read_at = 0; /* the last read of a large inbox */
 
 /* The providers a drain or take moves: all, or those not paused (NULL) */
@@ -851,10 +850,19 @@ take_noted(InboxTake *t, int nt, int64 bound, bool *waits)
 		if (t[k].moved || t[k].nskipped > 0)
 			p->maybe_work = true;	/* the claim takes what moved or was unblocked */
 		*waits = *waits || t[k].wait_from > 0;
-		starved = starved || (t[k].sends && t[k].room > 0 && p->inbox_new && t[k].n == 0 &&
-							  t[k].nskipped == 0 && !t[k].moved && t[k].wait_from == 0);
+		starved = starved || outbox_take_found_nothing(&t[k]);
 	}
 	return starved;
+}
+
+/* Whether a provider captured since the take's read */
+static bool
+inbox_new(void)
+{
+	for (int i = 0; i < nproviders; i++)
+		if (providers[i].inbox_new)
+			return true;
+	return false;
 }
 
 /*
@@ -936,17 +944,15 @@ dispatcher_take(TimestampTz now, InboxTake *takes)
 		return;
 	}
 	/*
-	 * As many rows as there is room, so that the rows read beyond it are
-	 * few (they are read again by the next take); a drain's worth when
-	 * providers that cannot send move theirs.
+	 * As many rows as there is room, so that a take's transaction stays
+	 * short; a drain's worth when providers that cannot send move theirs.
 	 */
 	(void) outbox_take_inbox(others ? Max(drain_chunk, room) : room, ids, nread_ids,
 							 bindings, nbindings, t, nt,
-							 inbox_new && (!inbox_big(bound) || big_read_allowed(now)),
+							 inbox_new() && (!inbox_big(bound) || big_read_allowed(now)),
 							 &full, &inbox_low, &fresh);
 	if (fresh)
 	{
-		inbox_new = false;
 		for (int i = 0; i < nproviders; i++)
 			providers[i].inbox_new = false;
 		if (inbox_big(bound))
@@ -957,9 +963,9 @@ dispatcher_take(TimestampTz now, InboxTake *takes)
 		takes[ti[k]] = t[k];
 	drain_done(full, waits);
 	/* captured since the read, and not read yet: the next take reads them */
-	drain_all = drain_all || inbox_new;
+	drain_all = drain_all || inbox_new();
 	/* intents captured since a large inbox was read, for a provider with room */
-	if (starved && inbox_new && !full)
+	if (starved && !full)
 		dispatcher_drain();
 }
 
@@ -1059,7 +1065,7 @@ dispatcher_exchange_masks(TimestampTz now)
 			if (!providers[i].paused)
 			{
 				drain_all = true;
-				inbox_new = providers[i].inbox_new = true;
+				providers[i].inbox_new = true;
 			}
 			pending &= ~SHIPSYNC_PROVIDER_BIT(providers[i].id);
 		}
@@ -1070,9 +1076,8 @@ dispatcher_exchange_masks(TimestampTz now)
 	 */
 	if (pending != 0 && pending != ~UINT64CONST(0))
 	{
-		cfg_generation = 0;
+		cfg_generation = 0;		/* it captured: inbox_new once loaded */
 		drain_all = true;
-		inbox_new = true;
 	}
 }
 
@@ -1555,7 +1560,6 @@ dispatcher_idle_check(TimestampTz now)
 		/* look first, drain after: a later snapshot than the look */
 		twophase_watch = outbox_prepared_exist();
 		drain_unpaused = true;
-		inbox_new = true;
 	}
 }
 

@@ -222,6 +222,7 @@ extern uint64 outbox_take_inbox(int64 limit, const int32 *ids, int nids,
 								bool reread, bool *full, int64 *low, bool *fresh);
 /* The most rows of the inbox one read of the take keeps */
 #define INBOX_READ_MAX 32768
+extern bool outbox_take_found_nothing(const InboxTake *t);
 extern bool outbox_inbox_cached(void);
 extern void outbox_inbox_forget(void);
 extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,

@@ -1401,18 +1401,17 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
  * it once, in id order, and keeps what it read (the inbox as read, below):
  * the takes after it walk those rows and move them by their row ids, so
  * that a burst is read once however many takes send it.  Rows captured
- * after the read are read when the rows kept cannot give a provider with
- * room anything (dispatcher.c decides how often a large inbox may be read
- * again).  Rows kept are only ever taken in id order, and an order's
+ * after the read are read once the rows kept are all taken, or sooner
+ * when a provider that captured since finds nothing in them (dispatcher.c
+ * decides how often a large inbox may be read again).  Rows kept are only ever taken in id order, and an order's
  * intents are captured and committed in id order (the next one's statement
  * waits for the row lock of the one before), so that a row committed after
  * the read never comes before a kept row of its order.
  */
-/* The inbox's first rows, oldest first: $1 of them, providers $2 (NULL: all) */
+/* The inbox's first rows, oldest first: $1 of them */
 static const char *const peek_sql =
 "SELECT i.id, i.binding_id, i.provider_id, i.order_key, i.op, i.idempotency_key, i.ctid"
-" FROM shipsync.inbox i WHERE $2::integer[] IS NULL OR i.provider_id = ANY ($2)"
-" ORDER BY i.id LIMIT $1";
+" FROM shipsync.inbox i ORDER BY i.id LIMIT $1";
 
 /* Which of these orders has an intent in the outbox that it must follow */
 static const char *const blocked_sql =
@@ -1476,9 +1475,9 @@ prepare_take_plans(void)
 	if (move_plan)
 		return;
 	{
-		Oid			t[2] = {INT8OID, INT4ARRAYOID};
+		Oid			t[1] = {INT8OID};
 
-		peek_plan = shipsync_prepare_saved_opt(peek_sql, 2, t, true);
+		peek_plan = shipsync_prepare_saved_opt(peek_sql, 1, t, true);
 	}
 	{
 		Oid			t[3] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
@@ -1557,8 +1556,7 @@ cmp_uint64(const void *a, const void *b)
 static void
 inbox_read(void)
 {
-	Datum		params[2];
-	char		nulls[2] = " n";
+	Datum		params[1];
 	SPITupleTable *tt;
 	uint64		n;
 	MemoryContext old;
@@ -1566,8 +1564,7 @@ inbox_read(void)
 	outbox_inbox_forget();
 	inbox.next = outbox_intents_next();
 	params[0] = Int64GetDatum(INBOX_READ_MAX);
-	params[1] = (Datum) 0;
-	if (SPI_execute_plan(peek_plan, params, nulls, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(peek_plan, params, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading the inbox failed");
 	tt = SPI_tuptable;
 	n = SPI_processed;
@@ -1684,7 +1681,6 @@ take_choose(TakeState *ts, int64 limit, const int32 *ids, int nids, bool *full)
 
 	for (int k = 0; k < ts->nt; k++)
 	{
-		ts->t[k].cs = NULL;
 		ts->t[k].n = ts->t[k].nskipped = 0;
 		ts->t[k].moved = false;
 		ts->t[k].wait_from = 0;
@@ -1756,22 +1752,25 @@ take_choose(TakeState *ts, int64 limit, const int32 *ids, int nids, bool *full)
 }
 
 /*
- * Whether a provider with room that captured since the read found nothing
- * among the rows kept, walked to their end (not full)
+ * Whether t's provider, with room and having captured since the read,
+ * found nothing to send, move or wait for
  */
+bool
+outbox_take_found_nothing(const InboxTake *t)
+{
+	return t->sends && t->room > 0 && t->p->inbox_new && t->n == 0 &&
+		t->nskipped == 0 && !t->moved && t->wait_from == 0;
+}
+
+/* Whether one found nothing among the rows kept, walked to their end */
 static bool
 take_starved(TakeState *ts, bool full)
 {
 	if (full)
 		return false;
 	for (int k = 0; k < ts->nt; k++)
-	{
-		InboxTake  *t = &ts->t[k];
-
-		if (t->sends && t->room > 0 && t->p->inbox_new && t->n == 0 && !t->moved &&
-			t->wait_from == 0)
+		if (outbox_take_found_nothing(&ts->t[k]))
 			return true;
-	}
 	return false;
 }
 
@@ -1964,7 +1963,8 @@ take_hold_back(InboxTake *t, int nt)
  * The dispatcher's take, in a transaction of its own: walk up to limit of
  * the inbox's first rows (providers ids, nids < 0: all), reading the inbox
  * first when nothing of it is kept, or when reread and a provider with
- * room finds nothing in what is kept (*fresh: it was read).  Send the
+ * room that captured since finds nothing in what is kept (*fresh: it was
+ * read).  Send the
  * creates that can go at once within each take's room (t[k].cs, to be sent
  * once outbox_claims_durable() has flushed), leave the rows of a provider
  * out of room in the inbox from its first such row on (t[k].wait_from),
@@ -1994,13 +1994,6 @@ outbox_take_inbox(int64 limit, const int32 *ids, int nids, Binding *bs, int nb,
 	*full = false;
 	*low = 0;
 	*fresh = false;
-	for (int k = 0; k < nt; k++)
-	{
-		t[k].cs = NULL;
-		t[k].n = t[k].nskipped = 0;
-		t[k].moved = false;
-		t[k].wait_from = 0;
-	}
 
 	PG_TRY();
 	{

@@ -5,10 +5,10 @@
 # the generic one), some 600 µs of planning per order between the commit
 # and the waybill.  They now always run their generic plans (outbox.c,
 # apply.c), made once per process and again only when a table they read has
-# doubled (src/spi.c).  So does the statement that reads the order rows
-# from the user's table: left to the plan cache, it was planned anew for
-# every order at a trickle, and the first claims of a burst hash-joined the
-# whole orders table.
+# doubled (src/spi.c).  So do the statements that read the order rows
+# from the user's table and write the waybills back onto them: left to the
+# plan cache, each was planned anew for every order at a trickle, and the
+# first batches of a burst hash-joined the whole orders table.
 #
 # pg_stat_statements counts plans and executions of every nested statement:
 # orders delivered and then updated one at a time must be executed by each
@@ -83,7 +83,9 @@ my %statements = (
 	'the apply, recording shipments created' => [
 		'INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id, provider_shipment_id, tracking_number, label_url',
 		10 ],
-	'the apply, updating shipments' => [ 'UPDATE shipsync.shipment AS s SET tracking_number = COALESCE(u.tn', 5 ]);
+	'the apply, updating shipments' => [ 'UPDATE shipsync.shipment AS s SET tracking_number = COALESCE(u.tn', 5 ],
+	'the apply, writing the waybill back onto the order rows (as their owner)' =>
+	  [ 'UPDATE crm.orders AS t SET', 10 ]);
 for my $what (sort keys %statements)
 {
 	my ($like, $least) = @{ $statements{$what} };

@@ -111,6 +111,7 @@ static uint64 cfg_generation = 0;
 static HttpClient *client = NULL;
 static int	my_slot = -1;
 static bool heap_dirty = false;	/* requests went out since the last trim */
+static bool held_back = false;	/* yield.c: claiming nothing for now */
 
 static void
 dispatcher_release_slot(int code, Datum arg)
@@ -1057,7 +1058,8 @@ dispatcher_exchange_masks(TimestampTz now)
 		else
 			able |= SHIPSYNC_PROVIDER_BIT(p->id);
 	}
-	pending = shipsync_exchange_masks(my_slot, ~busy | able);
+	/* held back (yield.c): no commit wakes us until the hold is over */
+	pending = shipsync_exchange_masks(my_slot, held_back ? 0 : ~busy | able);
 	for (int i = 0; i < nproviders; i++)
 		if (pending & SHIPSYNC_PROVIDER_BIT(providers[i].id))
 		{
@@ -1716,6 +1718,7 @@ shipsync_dispatcher_main(Datum main_arg)
 		TimestampTz now;
 		MemoryContext old;
 		long		timeout;
+		long		held;
 
 		dispatcher_process_interrupts();
 		old = MemoryContextSwitchTo(loop_cxt);
@@ -1728,7 +1731,10 @@ shipsync_dispatcher_main(Datum main_arg)
 		if (cfg_generation != pg_atomic_read_u64(&shipsync_shared->config_generation))
 			dispatcher_load_config();
 		shipsync_replan_grown(now);
-		dispatcher_claim_all(now);
+		held = yield_wait_ms(now);
+		held_back = held > 0;
+		if (held == 0)
+			dispatcher_claim_all(now);
 		poller_send(client, providers, nproviders, now);
 		feepull_send(client, providers, nproviders, now);
 		reconcile_send(client, providers, nproviders, now);
@@ -1744,7 +1750,9 @@ shipsync_dispatcher_main(Datum main_arg)
 		pgstat_report_stat(false);
 		now = GetCurrentTimestamp();
 		dispatcher_exchange_masks(now);
-		timeout = Min(Min(dispatcher_timeout(now), poller_timeout(now)),
+		/* held back: nothing is claimed until then, whatever waits */
+		timeout = held > 0 ? held : dispatcher_timeout(now);
+		timeout = Min(Min(timeout, poller_timeout(now)),
 					  Min(feepull_timeout(now),
 						  reconcile_timeout(providers, nproviders, now)));
 		timeout = dispatcher_release_heap(timeout, now);

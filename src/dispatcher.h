@@ -177,6 +177,9 @@ typedef struct ShipResult
 	const char *ticket_kind;
 } ShipResult;
 
+/* in yield.c: holding back while the sessions want every core */
+extern long yield_wait_ms(TimestampTz now);
+
 /* in provider.c */
 extern void provider_load_config(MemoryContext cxt, Provider **providers,
 								 int *nproviders, Binding **bindings,

@@ -53,6 +53,7 @@ int			shipsync_max_response_bytes = 1024 * 1024;
 bool		shipsync_allow_insecure_http = false;
 int			shipsync_idle_check_ms = 10000;
 int			shipsync_dispatcher_nice = 0;
+int			shipsync_busy_cpu_percent = 2;
 bool		shipsync_apply_worker = true;
 char	   *shipsync_receiver_listen = NULL;
 char	   *shipsync_receiver_database = NULL;
@@ -598,6 +599,14 @@ _PG_init(void)
 							"0 competes as an equal; 19 takes only what the sessions leave. Raising it applies at once; lowering it at the next start of each dispatcher.",
 							&shipsync_dispatcher_nice,
 							0, 0, 19,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("shipsync.busy_cpu_percent",
+							"The share of one core each dispatcher keeps for delivery while the server's sessions keep the CPU full.",
+							"Its applier takes about as much again. When the CPU has room, delivery takes it; 100: delivery never holds back for the sessions.",
+							&shipsync_busy_cpu_percent,
+							2, 1, 100,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 

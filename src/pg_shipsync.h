@@ -689,6 +689,7 @@ extern int	shipsync_max_response_bytes;
 extern bool shipsync_allow_insecure_http;
 extern int	shipsync_idle_check_ms;
 extern int	shipsync_dispatcher_nice;
+extern int	shipsync_busy_cpu_percent;
 extern bool shipsync_apply_worker;
 extern char *shipsync_receiver_listen;
 extern char *shipsync_receiver_database;

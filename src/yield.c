@@ -1,0 +1,215 @@
+/*-------------------------------------------------------------------------
+ *
+ * yield.c
+ *		Delivery taking what the server's sessions leave of the CPU.
+ *
+ * A dispatcher draining a backlog is on the CPU all the time, and its
+ * applier most of it: two cores.  On a machine that has no more, the
+ * database's own sessions then got about a third of what they had (inserts
+ * while delivering read 0.36-0.41 of plain inserts on 2 cores).  A nice
+ * value does not fix that (docs/gucs.md, shipsync.dispatcher_nice): a
+ * niced process descheduled in the middle of a WAL insertion or holding a
+ * buffer lock makes the sessions wait for it, and at 19 the inserts still
+ * lost a fifth.  So the dispatcher holds back by itself, at a clean point
+ * of its loop, holding nothing: it claims no new work once it has used its
+ * share of one core, and its applier, which applies what was sent,
+ * follows.  Requests in flight finish and are applied meanwhile.
+ *
+ * The share is judged every 100 ms from the 100 ms before.  If sessions
+ * were running (on average at least half of one) and the machine had
+ * little idle CPU left (under 15%), the share drops to
+ * shipsync.busy_cpu_percent of one core, the floor that keeps orders
+ * moving however busy the server is.  Otherwise it grows by a tenth of a
+ * core each 100 ms, and with no session running it is a whole core at once:
+ * no limit, so a burst with nothing else running goes at full speed.  So
+ * delivery takes the room the sessions leave and gives it back as soon as
+ * they want it.  A session waiting for its client leaves the CPU idle, but
+ * filling that with delivery makes its next statement wait for a core,
+ * which a client waiting for each answer feels as fewer statements a
+ * second: hence 15% rather than none.
+ *
+ * Sessions running: client backends and WAL senders out of any wait event,
+ * sampled from the PGPROC array at most once a millisecond while the
+ * dispatcher is awake.  Idle sessions wait for their client, and a session
+ * waiting for a lock or an I/O does not want the CPU.  Background workers
+ * (ours, parallel workers, other extensions') and autovacuum are not
+ * sessions, nor is a slot whose process has exited (its pid stays, its
+ * latch is disowned).  The array is read without a lock: a torn or stale
+ * value only moves an estimate.  Idle CPU: /proc/stat; where it cannot be
+ * read the machine counts as idle, and nothing is held back.
+ *
+ * While it holds back, the dispatcher accepts no wake-up from commits
+ * (dispatcher.c): it looks again every 10 ms at most, and what was
+ * captured meanwhile is found then.
+ *
+ * The share is spent from a budget of this process's CPU time
+ * (CLOCK_THREAD_CPUTIME_ID), filled at the share's rate of wall-clock time
+ * and holding at most 20 ms.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+#include <time.h>
+
+#include "miscadmin.h"
+#include "storage/fd.h"
+#include "storage/proc.h"
+#include "utils/timestamp.h"
+
+#include "pg_shipsync.h"
+#include "dispatcher.h"
+
+#define YIELD_SAMPLE_US		1000	/* at most one sample a millisecond */
+#define YIELD_WINDOW_US		100000	/* the share is judged this often */
+#define YIELD_IDLE_MIN		0.15	/* below this idle share the machine is full */
+#define YIELD_RUNNING_MIN	0.5 /* sessions running on average, at least */
+#define YIELD_STEP			0.1 /* of a core: the share's growth a window */
+#define YIELD_BUDGET_MAX_US 20000.0 /* what a full budget holds */
+#define YIELD_WAIT_MAX_MS	10	/* look at the machine again after at most */
+
+static double yield_share = 1.0;	/* of one core; >= 1: no limit */
+static double yield_budget = YIELD_BUDGET_MAX_US;
+static double yield_cpu_last = -1.0;
+static TimestampTz yield_wall_last = 0;
+
+/* the window being observed */
+static TimestampTz yield_window_start = 0;
+static TimestampTz yield_last_sample = 0;
+static int	yield_samples = 0;
+static int	yield_running_sum = 0;
+static uint64 yield_idle_last = 0;
+static uint64 yield_total_last = 0;
+
+/* This thread's CPU time in microseconds */
+static double
+yield_cpu_us(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+		return 0.0;
+	return ts.tv_sec * 1000000.0 + ts.tv_nsec / 1000.0;
+}
+
+/* How many sessions are on the CPU now (see the file header) */
+static int
+yield_sessions_running(void)
+{
+	int			n = 0;
+
+	for (int i = 0; i < MaxBackends; i++)
+	{
+		PGPROC	   *proc = &ProcGlobal->allProcs[i];
+
+		/* a slot whose process exited keeps its pid: its latch is disowned */
+		if (proc->pid == 0 || proc->procLatch.owner_pid == 0 || proc == MyProc ||
+			proc->isBackgroundWorker || (proc->statusFlags & PROC_IS_AUTOVACUUM) != 0)
+			continue;
+		if (proc->wait_event_info == 0)
+			n++;
+	}
+	return n;
+}
+
+/*
+ * The machine's idle share of CPU time since the last call, from the first
+ * line of /proc/stat (idle and iowait against everything but the guest
+ * times, which user time already counts); 1 when it cannot be read.
+ */
+static double
+yield_machine_idle(void)
+{
+	FILE	   *f = AllocateFile("/proc/stat", "r");
+	unsigned long long v[8] = {0};
+	uint64		idle,
+				total = 0;
+	double		share = 1.0;
+
+	if (f == NULL)
+		return 1.0;
+	if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu",
+			   &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) != 8)
+	{
+		FreeFile(f);
+		return 1.0;
+	}
+	FreeFile(f);
+	for (int i = 0; i < 8; i++)
+		total += v[i];
+	idle = v[3] + v[4];
+	if (yield_total_last != 0 && total > yield_total_last)
+		share = (double) (idle - yield_idle_last) / (double) (total - yield_total_last);
+	yield_idle_last = idle;
+	yield_total_last = total;
+	return share;
+}
+
+/* At the end of a window: judge it, and set the share for the next */
+static void
+yield_judge_window(void)
+{
+	double		running = yield_samples > 0 ?
+		(double) yield_running_sum / yield_samples : 0.0;
+	double		idle = yield_machine_idle();
+	double		floor = shipsync_busy_cpu_percent / 100.0;
+	double		was = yield_share;
+
+	if (running < YIELD_RUNNING_MIN)
+		yield_share = 1.0;
+	else if (idle < YIELD_IDLE_MIN)
+		yield_share = floor;
+	else
+		yield_share = Min(1.0, yield_share + YIELD_STEP);
+	yield_samples = 0;
+	yield_running_sum = 0;
+
+	if (yield_share == floor && was > floor)
+		elog(DEBUG1, "pg_shipsync: sessions keep the CPU full (%.1f running, %.0f%% idle): delivery holds back to %d%% of one core",
+			 running, idle * 100, shipsync_busy_cpu_percent);
+	else if (yield_share >= 1.0 && was < 1.0)
+		elog(DEBUG1, "pg_shipsync: the CPU has room (%.1f sessions running, %.0f%% idle): delivery goes at full speed",
+			 running, idle * 100);
+}
+
+/*
+ * Note the time and CPU used since the last call, look at the sessions,
+ * and return how many milliseconds the dispatcher must wait before it
+ * claims anything new: 0 when it may claim now.  Called once per pass of
+ * the dispatcher's loop, before it claims.
+ */
+long
+yield_wait_ms(TimestampTz now)
+{
+	double		cpu = yield_cpu_us();
+	double		used = yield_cpu_last < 0 ? 0.0 : cpu - yield_cpu_last;
+	double		wall = yield_wall_last == 0 ? 0.0 : (double) (now - yield_wall_last);
+
+	yield_cpu_last = cpu;
+	yield_wall_last = now;
+	if (shipsync_busy_cpu_percent >= 100)
+		return 0;
+
+	if (now - yield_last_sample >= YIELD_SAMPLE_US)
+	{
+		yield_running_sum += yield_sessions_running();
+		yield_samples++;
+		yield_last_sample = now;
+	}
+	if (now - yield_window_start >= YIELD_WINDOW_US)
+	{
+		/* after a sleep, the idle time over it and the sessions now */
+		yield_judge_window();
+		yield_window_start = now;
+	}
+	if (yield_share >= 1.0)
+	{
+		yield_budget = YIELD_BUDGET_MAX_US;
+		return 0;
+	}
+	yield_budget = Min(yield_budget + wall * yield_share - used, YIELD_BUDGET_MAX_US);
+	if (yield_budget >= 0)
+		return 0;
+	return Min(YIELD_WAIT_MAX_MS, (long) ceil(-yield_budget / yield_share / 1000.0));
+}

@@ -1,0 +1,127 @@
+# Delivery takes what the server's sessions leave of the CPU (src/yield.c).
+# While sessions keep every core busy, a dispatcher claims nothing new once
+# it has used shipsync.busy_cpu_percent of one core, and its applier, which
+# applies what was sent, follows; when the CPU has room again it goes at
+# full speed.  Nothing waits forever: the share is a floor, and what was
+# held back is delivered once the sessions are done, each order once.
+#
+# The sessions here are CPU-bound queries, one more than the machine has
+# cores, so the machine is full on any runner.  What a held-back
+# dispatcher and its applier use is read from /proc (their user and system
+# time over three seconds): unthrottled, a backlog keeps the dispatcher
+# on the CPU for most of what the scheduler gives it, at least a fifth of
+# a core beside these sessions on two cores; held back to 2%, both stay
+# under a tenth.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+use ShipsyncTest;
+
+my $sim = start_sim();
+END { local $?; stop_sim($sim) if $sim; }
+my $node = shipsync_node('busy', 'shipsync.busy_cpu_percent = 2', 'log_min_messages = debug1');
+setup_orders($node, $sim);
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+my $cores = `getconf _NPROCESSORS_ONLN`;
+chomp $cores;
+my $ticks = `getconf CLK_TCK`;
+chomp $ticks;
+$cores = 1 unless $cores =~ /^\d+$/ && $cores > 0;
+$ticks = 100 unless $ticks =~ /^\d+$/ && $ticks > 0;
+
+sub worker_pid
+{
+	my ($type) = @_;
+	my $pid;
+	for (my $deadline = time() + 30; time() < $deadline; usleep(100_000))
+	{
+		$pid = sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync $type'");
+		return $pid if $pid;
+	}
+	die "no $type";
+}
+
+# user and system time of a process, in seconds
+sub cpu_of
+{
+	my ($pid) = @_;
+	my $stat = slurp_file("/proc/$pid/stat");
+	$stat =~ s/^.*\) //s;
+	my @f = split / /, $stat;
+	return ($f[11] + $f[12]) / $ticks;
+}
+
+# N orders captured while the provider is paused, then let go
+sub backlog
+{
+	my ($n) = @_;
+	sql("SELECT shipsync.pause('sim')");
+	sql("INSERT INTO crm.orders (customer, address)
+		 SELECT '客户 ' || g, '杭州市西湖区文三路 ' || g || ' 号' FROM generate_series(1, $n) g");
+	sql("SELECT shipsync.resume('sim')");
+}
+
+sub delivered { return sql('SELECT count(*) FROM crm.orders WHERE waybill_no IS NOT NULL'); }
+
+# 1. With no session running, a backlog goes at full speed: never held.
+my $offset = -s $node->logfile;
+backlog(2000);
+ok(wait_until($node, 'SELECT count(*) = 2000 FROM crm.orders WHERE waybill_no IS NOT NULL', 120),
+	'a backlog with no session running is delivered');
+unlike(slurp_file($node->logfile, $offset), qr/delivery holds back/,
+	'and the dispatcher never held back for it');
+
+# 2. Sessions keep every core busy: the dispatcher holds back to its floor.
+my @burners;
+for my $i (1 .. $cores + 1)
+{
+	push @burners,
+	  IPC::Run::start(
+		[ 'psql', '-X', '-q', '-d', $node->connstr('postgres') . ' application_name=burner',
+		  '-c', 'SELECT count(*) FROM generate_series(1, 100000000000)' ],
+		'>', \my $out, '2>', \my $err);
+}
+ok( wait_until($node,
+		"SELECT count(*) = $cores + 1 FROM pg_stat_activity WHERE application_name = 'burner' AND state = 'active'", 30),
+	($cores + 1) . ' sessions keep the ' . $cores . ' cores busy');
+
+$offset = -s $node->logfile;
+backlog(20000);
+ok($node->wait_for_log(qr/sessions keep the CPU full .*delivery holds back to 2% of one core/, $offset),
+	'the dispatcher sees the sessions and holds back to 2% of one core');
+my $dispatcher = worker_pid('dispatcher');
+my $applier = worker_pid('applier');
+my ($d0, $a0, $t0, $n0) = (cpu_of($dispatcher), cpu_of($applier), time(), delivered());
+sleep 3;
+my ($d1, $a1, $t1, $n1) = (cpu_of($dispatcher), cpu_of($applier), time(), delivered());
+my $dshare = ($d1 - $d0) / ($t1 - $t0);
+my $ashare = ($a1 - $a0) / ($t1 - $t0);
+cmp_ok($dshare, '<', 0.10, sprintf('held back, the dispatcher uses %.3f of a core', $dshare));
+cmp_ok($ashare, '<', 0.10, sprintf('and its applier %.3f', $ashare));
+cmp_ok($n1, '>', $n0, 'orders still go out meanwhile (' . ($n1 - $n0) . ' in those seconds)');
+cmp_ok($n1, '<', 22000, 'but not the whole backlog');
+
+# 3. The sessions end: full speed again, and everything is delivered once.
+$offset = -s $node->logfile;
+sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'burner'");
+$_->finish for @burners;
+ok($node->wait_for_log(qr/the CPU has room .*delivery goes at full speed/, $offset),
+	'once the sessions are done the dispatcher goes at full speed');
+ok(wait_until($node, 'SELECT count(*) = 22000 FROM crm.orders WHERE waybill_no IS NOT NULL', 180),
+	'the backlog held back is delivered');
+is( sql("SELECT count(*) FROM crm.orders o
+		 WHERE (SELECT count(*) FROM shipsync.shipment s WHERE s.order_key = o.id::text) <> 1"),
+	0, 'each order has exactly one shipment');
+is(sql("SELECT count(*) FROM shipsync.outbox WHERE state NOT IN ('done')"), 0,
+	'no intent is left behind or dead');
+
+$node->stop;
+done_testing();

@@ -111,7 +111,6 @@ static uint64 cfg_generation = 0;
 static HttpClient *client = NULL;
 static int	my_slot = -1;
 static bool heap_dirty = false;	/* requests went out since the last trim */
-static bool held_back = false;	/* yield.c: claiming nothing for now */
 
 static void
 dispatcher_release_slot(int code, Datum arg)
@@ -1034,10 +1033,11 @@ dispatcher_claim_all(TimestampTz now)
 
 /*
  * Which providers can take work now: commits for the others need not wake
- * us.  In exchange, learn which providers got work since we last looked.
+ * us; while held back (yield.c), none.  In exchange, learn which providers
+ * got work since we last looked.
  */
 static void
-dispatcher_exchange_masks(TimestampTz now)
+dispatcher_exchange_masks(TimestampTz now, bool held)
 {
 	uint64		busy = 0;
 	uint64		able = 0;
@@ -1059,7 +1059,7 @@ dispatcher_exchange_masks(TimestampTz now)
 			able |= SHIPSYNC_PROVIDER_BIT(p->id);
 	}
 	/* held back (yield.c): no commit wakes us until the hold is over */
-	pending = shipsync_exchange_masks(my_slot, held_back ? 0 : ~busy | able);
+	pending = shipsync_exchange_masks(my_slot, held ? 0 : ~busy | able);
 	for (int i = 0; i < nproviders; i++)
 		if (pending & SHIPSYNC_PROVIDER_BIT(providers[i].id))
 		{
@@ -1732,7 +1732,6 @@ shipsync_dispatcher_main(Datum main_arg)
 			dispatcher_load_config();
 		shipsync_replan_grown(now);
 		held = yield_wait_ms(now);
-		held_back = held > 0;
 		if (held == 0)
 			dispatcher_claim_all(now);
 		poller_send(client, providers, nproviders, now);
@@ -1749,7 +1748,7 @@ shipsync_dispatcher_main(Datum main_arg)
 		 */
 		pgstat_report_stat(false);
 		now = GetCurrentTimestamp();
-		dispatcher_exchange_masks(now);
+		dispatcher_exchange_masks(now, held > 0);
 		/* held back: nothing is claimed until then, whatever waits */
 		timeout = held > 0 ? held : dispatcher_timeout(now);
 		timeout = Min(Min(timeout, poller_timeout(now)),
@@ -1763,7 +1762,7 @@ shipsync_dispatcher_main(Datum main_arg)
 		 * point sets it again, so none is missed.
 		 */
 		ResetLatch(MyLatch);
-		dispatcher_exchange_masks(GetCurrentTimestamp());
+		dispatcher_exchange_masks(GetCurrentTimestamp(), held > 0);
 		dispatcher_process_interrupts();
 
 		dispatcher_apply_done(GetCurrentTimestamp());

@@ -153,19 +153,19 @@ yield_judge_window(void)
 	double		running = yield_samples > 0 ?
 		(double) yield_running_sum / yield_samples : 0.0;
 	double		idle = yield_machine_idle();
-	double		floor = shipsync_busy_cpu_percent / 100.0;
+	double		least = shipsync_busy_cpu_percent / 100.0;
 	double		was = yield_share;
 
 	if (running < YIELD_RUNNING_MIN)
 		yield_share = 1.0;
 	else if (idle < YIELD_IDLE_MIN)
-		yield_share = floor;
+		yield_share = least;
 	else
 		yield_share = Min(1.0, yield_share + YIELD_STEP);
 	yield_samples = 0;
 	yield_running_sum = 0;
 
-	if (yield_share == floor && was > floor)
+	if (yield_share == least && was > least)
 		elog(DEBUG1, "pg_shipsync: sessions keep the CPU full (%.1f running, %.0f%% idle): delivery holds back to %d%% of one core",
 			 running, idle * 100, shipsync_busy_cpu_percent);
 	else if (yield_share >= 1.0 && was < 1.0)

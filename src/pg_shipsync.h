@@ -785,6 +785,7 @@ extern int	args_row(ArgArrays *a);
 extern void args_set(ArgArrays *a, int row, int col, Datum v);
 extern void args_set_text(ArgArrays *a, int row, int col, const char *s);
 extern int	args_execute(SPIPlanPtr plan, ArgArrays *a, bool read_only);
+extern int	shipsync_execute_by_key(SPIPlanPtr plan, Datum *params, bool read_only);
 extern int	shipsync_execute_as_owner(Oid owner, SPIPlanPtr plan, ArgArrays *a,
 									  bool read_only);
 extern char *shipsync_quote_json(const char *s);

@@ -61,6 +61,8 @@
 #include "access/relation.h"
 #include "access/xact.h"
 #include "miscadmin.h"
+#include "nodes/plannodes.h"
+#include "optimizer/planner.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -323,17 +325,144 @@ args_set_text(ArgArrays *a, int row, int col, const char *s)
 		args_set(a, row, col, CStringGetTextDatum(s));
 }
 
+/* The arrays of a as parameters $1..$ncols, palloc'd */
+static Datum *
+args_params(ArgArrays *a)
+{
+	Datum	   *params = palloc(sizeof(Datum) * a->ncols);
+
+	for (int c = 0; c < a->ncols; c++)
+		params[c] = shipsync_make_array(a->values[c], a->nulls[c], a->n, a->types[c]);
+	return params;
+}
+
 /* Execute a saved plan with the arrays as its parameters $1..$ncols */
 int
 args_execute(SPIPlanPtr plan, ArgArrays *a, bool read_only)
 {
-	Datum	   *params = palloc(sizeof(Datum) * a->ncols);
+	Datum	   *params = args_params(a);
 	int			rc;
 
-	for (int c = 0; c < a->ncols; c++)
-		params[c] = shipsync_make_array(a->values[c], a->nulls[c], a->n, a->types[c]);
 	rc = SPI_execute_plan(plan, params, NULL, read_only, 0);
 	pfree(params);
+	return rc;
+}
+
+/*
+ * Planning by key.  The statements that read and write the user's order
+ * rows (the render, the write-back) join a batch of keys, unnest() of an
+ * array parameter, to the orders table by its key column.  Their generic
+ * plan counts on ten keys, and against a table of up to a couple of
+ * thousand rows (some 25 pages) ten probes of the key's index cost more
+ * than one sequential scan,
+ * so the planner hash-joins the whole table: every render and every
+ * write-back then reads every order of the table, a batch of one at a
+ * trickle as well as a batch of 256 in a burst, until the table has grown
+ * enough for a re-plan to choose the index.  So while such a statement
+ * runs, its own planning (not that of the user's triggers and row security
+ * it fires, whose texts differ) is done with hash and merge joins off:
+ * each key is looked up through the index.  When the plan made so scans a
+ * relation sequentially (no index leads with the key, or it cannot serve
+ * the statement's equality, or a policy reads a table of its own), it is
+ * made again as PostgreSQL would have made it.
+ */
+static planner_hook_type next_planner_hook = NULL;
+static bool by_key_hooked = false;
+static const char *by_key_query = NULL; /* the text of the statement running */
+
+static PlannedStmt *
+next_planner(Query *parse, const char *query_string, int options, ParamListInfo params)
+{
+	if (next_planner_hook)
+		return next_planner_hook(parse, query_string, options, params);
+	return standard_planner(parse, query_string, options, params);
+}
+
+/* Whether plan p, or one below it, scans a relation sequentially */
+static bool
+plan_scans_all(Plan *p)
+{
+	List	   *below = NIL;
+	ListCell   *lc;
+
+	if (p == NULL)
+		return false;
+	if (IsA(p, SeqScan) || IsA(p, SampleScan))
+		return true;
+	if (plan_scans_all(p->lefttree) || plan_scans_all(p->righttree))
+		return true;
+	if (IsA(p, Append))
+		below = ((Append *) p)->appendplans;
+	else if (IsA(p, MergeAppend))
+		below = ((MergeAppend *) p)->mergeplans;
+	else if (IsA(p, SubqueryScan))
+		return plan_scans_all(((SubqueryScan *) p)->subplan);
+	else if (IsA(p, CustomScan))
+		below = ((CustomScan *) p)->custom_plans;
+	foreach(lc, below)
+		if (plan_scans_all(lfirst(lc)))
+			return true;
+	return false;
+}
+
+static PlannedStmt *
+by_key_planner(Query *parse, const char *query_string, int options, ParamListInfo params)
+{
+	Query	   *again;
+	PlannedStmt *ps;
+	ListCell   *lc;
+	int			nest;
+	bool		scans_all = false;
+
+	if (by_key_query == NULL || query_string != by_key_query)
+		return next_planner(parse, query_string, options, params);
+	again = copyObject(parse);	/* the planner scribbles on its query */
+	nest = NewGUCNestLevel();
+	(void) set_config_option("enable_hashjoin", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_mergejoin", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	ps = next_planner(parse, query_string, options, params);
+	AtEOXact_GUC(true, nest);
+	scans_all = plan_scans_all(ps->planTree);
+	foreach(lc, ps->subplans)
+		scans_all = scans_all || plan_scans_all(lfirst(lc));
+	if (!scans_all)
+		return ps;
+	return next_planner(again, query_string, options, params);
+}
+
+/*
+ * Execute a saved plan of one statement that joins a batch of keys to the
+ * order rows by key, with params as $1..$n: planned by key (above) if it
+ * must be planned.  An error inside leaves the GUC nest level of the
+ * planning to the caller's (shipsync_restore_user()) or to the abort.
+ */
+int
+shipsync_execute_by_key(SPIPlanPtr plan, Datum *params, bool read_only)
+{
+	const char *outer = by_key_query;
+	List	   *sources = SPI_plan_get_plan_sources(plan);
+	volatile int rc = 0;
+
+	if (!by_key_hooked)
+	{
+		next_planner_hook = planner_hook;
+		planner_hook = by_key_planner;
+		by_key_hooked = true;
+	}
+	if (list_length(sources) != 1)
+		elog(ERROR, "a statement planned by key must be one statement");
+	by_key_query = ((CachedPlanSource *) linitial(sources))->query_string;
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, params, NULL, read_only, 0);
+	}
+	PG_FINALLY();
+	{
+		by_key_query = outer;
+	}
+	PG_END_TRY();
 	return rc;
 }
 
@@ -435,7 +564,8 @@ shipsync_abort_tx(void)
  * Run a statement with the rights of a CRM table's owner, so that the
  * user's row security, triggers and cancel_when run as the owner and never
  * as a superuser, in a restricted operation (see security.c).  The plan
- * takes the arrays of a as its parameters.
+ * takes the arrays of a as its parameters, and joins them to the table by
+ * key (shipsync_execute_by_key()).
  */
 int
 shipsync_execute_as_owner(Oid owner, SPIPlanPtr plan, ArgArrays *a, bool read_only)
@@ -446,7 +576,7 @@ shipsync_execute_as_owner(Oid owner, SPIPlanPtr plan, ArgArrays *a, bool read_on
 	shipsync_become_owner(owner, &save);
 	PG_TRY();
 	{
-		rc = args_execute(plan, a, read_only);
+		rc = shipsync_execute_by_key(plan, args_params(a), read_only);
 	}
 	PG_FINALLY();
 	{

@@ -8,7 +8,10 @@
 # doubled (src/spi.c).  So do the statements that read the order rows
 # from the user's table and write the waybills back onto them: left to the
 # plan cache, each was planned anew for every order at a trickle, and the
-# first batches of a burst hash-joined the whole orders table.
+# first batches of a burst hash-joined the whole orders table.  And those
+# two are planned by key (src/spi.c): on a table of a couple of thousand
+# rows, PostgreSQL's generic plan hash-joined the whole table for every
+# batch, a batch of one included, unless the key has no index.
 #
 # pg_stat_statements counts plans and executions of every nested statement:
 # orders delivered and then updated one at a time must be executed by each
@@ -28,8 +31,9 @@ my $sim = start_sim();
 END { local $?; stop_sim($sim) if $sim; }
 my $node = shipsync_node(
 	'plans',
-	"shared_preload_libraries = 'pg_shipsync, pg_stat_statements'",
+	"shared_preload_libraries = 'pg_shipsync, pg_stat_statements, auto_explain'",
 	'pg_stat_statements.track = all',
+	'auto_explain.log_min_duration = 0',
 	'pg_stat_statements.track_planning = on',
 	'autovacuum = off');
 setup_orders($node, $sim);
@@ -104,5 +108,86 @@ for my $what (sort keys %statements)
 is( sql(q{SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
 		WHERE query LIKE 'UPDATE shipsync.outbox e SET state = ''coalesced''%'}),
 	0, 'the claim, coalescing updates: not run while no later update waits');
+
+# An orders table of two thousand rows.  There, PostgreSQL's own generic
+# plan for the statements that read the order rows and write the waybills
+# back (a batch of keys from an array, estimated at ten, joined to the table
+# by its key) hash-joins a sequential scan of the whole table: cheaper on
+# paper than ten probes of the key's index, and every order at a trickle
+# then read the whole table twice.  They are planned by key (src/spi.c), so
+# each order reads a few buffers of the index and the table.  The rows are
+# added with the capture off, and analyzed, so that the plans are made
+# again for the table as it is.
+sql(q{SET session_replication_role = replica;
+	INSERT INTO crm.orders (customer, address)
+	SELECT '客户 ' || g, '杭州市西湖区文三路 ' || g || ' 号' FROM generate_series(1, 2000) g;
+	ANALYZE crm.orders});
+my $pages = sql(q{SELECT pg_relation_size('crm.orders') / current_setting('block_size')::int});
+cmp_ok($pages, '>=', 20, "the orders table has $pages pages");
+ok(deliver_one(100), 'an order into the larger table is delivered (its plans made again)');
+sql('SELECT pg_stat_statements_reset()');
+$delivered = 0;
+for my $i (101 .. 105)
+{
+	$delivered++ if deliver_one($i);
+}
+is($delivered, 5, 'five more orders delivered one at a time');
+for my $what (
+	'the take and the claim, reading the order rows (as their owner)',
+	'the apply, writing the waybill back onto the order rows (as their owner)')
+{
+	my $like = $statements{$what}[0];
+	$like =~ s/'/''/g;
+	my ($calls, $blocks) = split /\|/,
+	  sql("SELECT coalesce(sum(calls), 0), coalesce(sum(shared_blks_hit + shared_blks_read), 0)"
+		  . " FROM pg_stat_statements WHERE query LIKE '$like%'");
+	cmp_ok($calls, '>=', 5, "$what, larger table: run for every order");
+	cmp_ok($blocks / ($calls || 1), '<', 12,
+		"$what: a few buffers an order, not the table's $pages pages ($blocks in $calls runs)");
+}
+
+# A key with no index: planned by key, each key would be looked for by a
+# sequential scan of its own, so the plan PostgreSQL would make is kept (a
+# hash join reads the table once for the whole batch).  Ten orders
+# committed together are rendered and written back in a batch or two.
+sql(q{CREATE TABLE crm.refs (id bigserial PRIMARY KEY, ref text NOT NULL, customer text,
+		address text, waybill_no text);
+	SELECT shipsync.attach('crm.refs', 'sim', key_column => 'ref',
+		writeback => '{"tracking_number": "waybill_no"}');
+	SET session_replication_role = replica;
+	INSERT INTO crm.refs (ref, customer, address)
+	SELECT 'R' || g, '客户 ' || g, '杭州市西湖区文三路 ' || g || ' 号' FROM generate_series(1, 2000) g;
+	ANALYZE crm.refs});
+my $rpages = sql(q{SELECT pg_relation_size('crm.refs') / current_setting('block_size')::int});
+sql(q{INSERT INTO crm.refs (ref, customer) VALUES ('first', '客户')});
+ok(wait_until($node, q{SELECT waybill_no IS NOT NULL FROM crm.refs WHERE ref = 'first'}, 30),
+	'an order keyed by a column with no index is delivered');
+sql('SELECT pg_stat_statements_reset()');
+my $logoff = -s $node->logfile;
+sql(q{INSERT INTO crm.refs (ref, customer) SELECT 'batch' || g, '客户' FROM generate_series(1, 10) g});
+ok( wait_until(
+		$node, q{SELECT count(*) = 10 FROM crm.refs WHERE ref LIKE 'batch%' AND waybill_no IS NOT NULL},
+		30),
+	'ten orders committed together, keyed by a column with no index, are delivered');
+for my $stmt ([ 'reading the order rows', 'SELECT shipsync_u.shipsync_id, t.ref IS NOT NULL AS found' ],
+	[ 'writing the waybills back', 'UPDATE crm.refs AS t SET' ])
+{
+	my ($what, $like) = @$stmt;
+	my ($calls, $blocks) = split /\|/,
+	  sql("SELECT coalesce(sum(calls), 0), coalesce(sum(shared_blks_hit + shared_blks_read), 0)"
+		  . " FROM pg_stat_statements WHERE query LIKE '$like%'");
+	cmp_ok($calls, '>=', 1, "no index on the key, $what: run");
+	cmp_ok($blocks / ($calls || 1), '<', 3 * $rpages,
+		"no index on the key, $what: the table read about once a batch"
+		  . " ($blocks buffers in $calls runs, $rpages pages)");
+	# the plans, as auto_explain logged them: a nested loop over a
+	# materialized scan reads the table once too, but compares every key
+	# with every row
+	my @plans = grep { index($_, "Query Text: $like") >= 0 }
+	  split /LOG:  duration: /, slurp_file($node->logfile, $logoff);
+	ok(@plans > 0 && !grep({ !/Hash/ || /Nested Loop/ } @plans),
+		"no index on the key, $what: hash-joined, as PostgreSQL plans it ("
+		  . scalar(@plans) . ' plans logged)');
+}
 
 done_testing();

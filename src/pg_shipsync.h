@@ -396,6 +396,28 @@ extern char *shipsync_md5_upper_hex(const char *s);
 #define PII_ADDRESS 2
 #define PII_EMAIL	3
 
+/*
+ * in cpuroom.c: the idle share of the CPU this server may use (its CPUs,
+ * its control group's CPU quota)
+ */
+typedef struct CpuRoom CpuRoom;
+extern CpuRoom *shipsync_cpuroom_open(const char *root, const int *cpus, int ncpus);
+extern void shipsync_cpuroom_close(CpuRoom *r);
+extern double shipsync_cpuroom_idle(CpuRoom *r, double now_us);
+extern const char *shipsync_cpuroom_limit(const CpuRoom *r);
+
+/* The window over which the sessions running are averaged (cpuroom.c) */
+typedef struct RoomWindow
+{
+	int64_t		start_us;
+	int64_t		last_us;		/* the last sample */
+	int			samples;
+	int			running_sum;
+} RoomWindow;
+extern bool shipsync_window_due(RoomWindow *w, int64_t now_us);
+extern void shipsync_window_sample(RoomWindow *w, int64_t now_us, int running);
+extern bool shipsync_window_over(RoomWindow *w, int64_t now_us, double *running);
+
 /* in mask.c */
 extern int	shipsync_pii_kind(const char *name);
 extern char *shipsync_mask_pii(int kind, const char *value);

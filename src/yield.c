@@ -15,7 +15,8 @@
  * share of one core, and its applier, which applies what was sent,
  * follows.  Requests in flight finish and are applied meanwhile.
  *
- * The share is judged every 100 ms from the 100 ms before.  If sessions
+ * The share is judged every 100 ms from the 100 ms before, on at least
+ * 20 samples of the sessions (cpuroom.c, the window).  If sessions
  * were running (on average at least half of one) and the machine had
  * little idle CPU left (under 15%), the share drops to
  * shipsync.busy_cpu_percent of one core, the floor that keeps orders
@@ -35,8 +36,11 @@
  * (ours, parallel workers, other extensions') and autovacuum are not
  * sessions, nor is a slot whose process has exited (its pid stays, its
  * latch is disowned).  The array is read without a lock: a torn or stale
- * value only moves an estimate.  Idle CPU: /proc/stat; where it cannot be
- * read the machine counts as idle, and nothing is held back.
+ * value only moves an estimate.  Idle CPU: of the CPUs this server may run
+ * on, and of its control group's CPU quota if it has one, whichever has
+ * less (cpuroom.c: in a container the host's idle time says nothing of the
+ * container's quota); where neither can be read the CPU counts as idle,
+ * and nothing is held back.
  *
  * While it holds back, the dispatcher accepts no wake-up from commits
  * (dispatcher.c): it looks again every 10 ms at most, and what was
@@ -54,15 +58,12 @@
 #include <time.h>
 
 #include "miscadmin.h"
-#include "storage/fd.h"
 #include "storage/proc.h"
 #include "utils/timestamp.h"
 
 #include "pg_shipsync.h"
 #include "dispatcher.h"
 
-#define YIELD_SAMPLE_US		1000	/* at most one sample a millisecond */
-#define YIELD_WINDOW_US		100000	/* the share is judged this often */
 #define YIELD_IDLE_MIN		0.15	/* below this idle share the machine is full */
 #define YIELD_RUNNING_MIN	0.5 /* sessions running on average, at least */
 #define YIELD_STEP			0.1 /* of a core: the share's growth a window */
@@ -74,13 +75,8 @@ static double yield_budget = YIELD_BUDGET_MAX_US;
 static double yield_cpu_last = -1.0;
 static TimestampTz yield_wall_last = 0;
 
-/* the window being observed */
-static TimestampTz yield_window_start = 0;
-static TimestampTz yield_last_sample = 0;
-static int	yield_samples = 0;
-static int	yield_running_sum = 0;
-static uint64 yield_idle_last = 0;
-static uint64 yield_total_last = 0;
+static RoomWindow yield_window;	/* the window being observed */
+static CpuRoom *yield_room = NULL;	/* this server's CPUs and quota */
 
 /* This thread's CPU time in microseconds */
 static double
@@ -114,60 +110,45 @@ yield_sessions_running(void)
 }
 
 /*
- * The machine's idle share of CPU time since the last call, from the first
- * line of /proc/stat (idle and iowait against everything but the guest
- * times, which user time already counts); 1 when it cannot be read.
+ * The idle share of the CPU this server may use since the last call
+ * (cpuroom.c: its CPUs and its control group's quota); 1 when it cannot be
+ * read.
  */
 static double
-yield_machine_idle(void)
+yield_idle(TimestampTz now)
 {
-	FILE	   *f = AllocateFile("/proc/stat", "r");
-	unsigned long long v[8] = {0};
-	uint64		idle,
-				total = 0;
-	double		share = 1.0;
-
-	if (f == NULL)
-		return 1.0;
-	if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu",
-			   &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) != 8)
+	if (yield_room == NULL)
 	{
-		FreeFile(f);
+		yield_room = shipsync_cpuroom_open("", NULL, 0);
+		if (yield_room == NULL)
+			return 1.0;
+		(void) shipsync_cpuroom_idle(yield_room, (double) now);
+		elog(DEBUG1, "pg_shipsync: delivery watches the idle time of %s",
+			 shipsync_cpuroom_limit(yield_room));
 		return 1.0;
 	}
-	FreeFile(f);
-	for (int i = 0; i < 8; i++)
-		total += v[i];
-	idle = v[3] + v[4];
-	if (yield_total_last != 0 && total > yield_total_last)
-		share = (double) (idle - yield_idle_last) / (double) (total - yield_total_last);
-	yield_idle_last = idle;
-	yield_total_last = total;
-	return share;
+	return shipsync_cpuroom_idle(yield_room, (double) now);
 }
 
 /* At the end of a window: judge it, and set the share for the next */
 static void
-yield_judge_window(void)
+yield_judge_window(TimestampTz now, double running)
 {
-	double		running = yield_samples > 0 ?
-		(double) yield_running_sum / yield_samples : 0.0;
-	double		idle = yield_machine_idle();
+	double		idle;
 	double		least = shipsync_busy_cpu_percent / 100.0;
 	double		was = yield_share;
 
+	idle = yield_idle(now);
 	if (running < YIELD_RUNNING_MIN)
 		yield_share = 1.0;
 	else if (idle < YIELD_IDLE_MIN)
 		yield_share = least;
 	else
 		yield_share = Min(1.0, yield_share + YIELD_STEP);
-	yield_samples = 0;
-	yield_running_sum = 0;
 
 	if (yield_share == least && was > least)
-		elog(DEBUG1, "pg_shipsync: sessions keep the CPU full (%.1f running, %.0f%% idle): delivery holds back to %d%% of one core",
-			 running, idle * 100, shipsync_busy_cpu_percent);
+		elog(DEBUG1, "pg_shipsync: sessions keep the CPU full (%.1f running, %.0f%% idle of %s): delivery holds back to %d%% of one core",
+			 running, idle * 100, shipsync_cpuroom_limit(yield_room), shipsync_busy_cpu_percent);
 	else if (yield_share >= 1.0 && was < 1.0)
 		elog(DEBUG1, "pg_shipsync: the CPU has room (%.1f sessions running, %.0f%% idle): delivery goes at full speed",
 			 running, idle * 100);
@@ -185,24 +166,17 @@ yield_wait_ms(TimestampTz now)
 	double		cpu = yield_cpu_us();
 	double		used = yield_cpu_last < 0 ? 0.0 : cpu - yield_cpu_last;
 	double		wall = yield_wall_last == 0 ? 0.0 : (double) (now - yield_wall_last);
+	double		running;
 
 	yield_cpu_last = cpu;
 	yield_wall_last = now;
 	if (shipsync_busy_cpu_percent >= 100)
 		return 0;
 
-	if (now - yield_last_sample >= YIELD_SAMPLE_US)
-	{
-		yield_running_sum += yield_sessions_running();
-		yield_samples++;
-		yield_last_sample = now;
-	}
-	if (now - yield_window_start >= YIELD_WINDOW_US)
-	{
-		/* after a sleep, the idle time over it and the sessions now */
-		yield_judge_window();
-		yield_window_start = now;
-	}
+	if (shipsync_window_due(&yield_window, now))
+		shipsync_window_sample(&yield_window, now, yield_sessions_running());
+	if (shipsync_window_over(&yield_window, now, &running))
+		yield_judge_window(now, running);
 	if (yield_share >= 1.0)
 	{
 		yield_budget = YIELD_BUDGET_MAX_US;

@@ -1,8 +1,9 @@
 /*
  * test_parsers.c
  *		Unit tests of the carrier-response parser and the retry rules (and,
- *		through test_tracking.c and test_csv.c, signatures, tracking payloads,
- *		statement CSV and amounts).
+ *		through test_tracking.c, test_csv.c and test_cpuroom.c, signatures,
+ *		tracking payloads, statement CSV and amounts, and the idle CPU a
+ *		server may use).
  *
  * Prints TAP ("ok N - ...", "not ok N - ...") so bin/test can count it.
  */
@@ -341,10 +342,11 @@ test_shipment_list(void)
 	shipsync_free_shipment_list(&pg);
 }
 
-/* in test_tracking.c, test_hostcheck.c and test_csv.c */
+/* in test_tracking.c, test_hostcheck.c, test_csv.c and test_cpuroom.c */
 void		test_tracking(void (*check) (int, const char *));
 void		test_hostcheck(void (*check) (int, const char *));
 void		test_csv(void (*check) (int, const char *));
+void		test_cpuroom(void (*check) (int, const char *));
 
 int
 main(void)
@@ -361,6 +363,7 @@ main(void)
 	test_tracking(check);
 	test_hostcheck(check);
 	test_csv(check);
+	test_cpuroom(check);
 	curl_global_cleanup();
 	return unit_done();
 }

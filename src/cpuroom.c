@@ -36,13 +36,14 @@
  * The window: yield.c samples how many sessions are running, at most once
  * a millisecond, at each pass of the dispatcher's loop, and judges their
  * average and the idle share once a window is over: 100 ms and at least 20
- * samples.  While the dispatcher's passes are long (a burst) a window lasts
- * as long as 20 passes take.  With one or two samples a window, a session
- * seen starting up or running one short statement (a client polling for
- * its waybills) counted as a session running all the window long, and held
- * a burst back with nothing busy (TAP 050 caught it now and then).  The
- * samples from before a sleep of over a window are dropped: they say
- * nothing of now.
+ * samples, or a second, whatever it has.  While the dispatcher's passes are
+ * long (a burst) a window lasts as long as 20 passes take, up to a second.
+ * With one or two samples a window, a session seen starting up or running
+ * one short statement (a client polling for its waybills) counted as a
+ * session running all the window long, and held a burst back with nothing
+ * busy (TAP 050 caught it now and then).  The second is there for passes
+ * that are further apart still (a dispatcher waiting on slow carriers, or
+ * asleep): such a window is judged on its few samples rather than never.
  *
  * Plain C, no PostgreSQL: the unit tests (test/unit/test_cpuroom.c) give
  * it a directory standing for "/" with files of their own, and CPUs of
@@ -497,21 +498,13 @@ shipsync_cpuroom_limit(const CpuRoom *r)
 #define WINDOW_SAMPLE_US	1000	/* at most one sample a millisecond */
 #define WINDOW_US			100000	/* a window lasts at least this */
 #define WINDOW_SAMPLES		20		/* ... and takes at least this many */
+#define WINDOW_MAX_US		1000000 /* ... unless it has lasted this long */
 
-/*
- * Whether a sample of the sessions is due at now_us (a millisecond after the
- * last one).  First drops the samples taken before a sleep of over a window.
- */
+/* Whether a sample of the sessions is due at now_us (a millisecond after the last) */
 bool
 shipsync_window_due(RoomWindow *w, int64_t now_us)
 {
-	if (w->samples > 0 && now_us - w->last_us > WINDOW_US)
-	{
-		w->samples = 0;
-		w->running_sum = 0;
-		w->start_us = now_us;
-	}
-	if (w->samples == 0 && w->start_us == 0)
+	if (w->start_us == 0)
 		w->start_us = now_us;
 	return w->samples == 0 || now_us - w->last_us >= WINDOW_SAMPLE_US;
 }
@@ -532,7 +525,8 @@ shipsync_window_sample(RoomWindow *w, int64_t now_us, int running)
 bool
 shipsync_window_over(RoomWindow *w, int64_t now_us, double *running)
 {
-	if (now_us - w->start_us < WINDOW_US || w->samples < WINDOW_SAMPLES)
+	if (w->samples == 0 || now_us - w->start_us < WINDOW_US ||
+		(w->samples < WINDOW_SAMPLES && now_us - w->start_us < WINDOW_MAX_US))
 		return false;
 	*running = (double) w->running_sum / w->samples;
 	w->samples = 0;

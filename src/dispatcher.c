@@ -1673,6 +1673,35 @@ dispatcher_start(const char *dbname)
 }
 
 /*
+ * Claim and send what is due, and, unless delivery holds back for busy
+ * sessions (yield.c), the tracking polls, fee pulls and reconciliation
+ * pulls.  While it holds back, the floor's share goes to deliveries: the
+ * polls' answers are applied here, in the dispatcher, and polling 2,000
+ * shipments a second took more than the floor by itself.  The pulls are a
+ * safety net under pushes and a daily comparison; they wait for room.
+ */
+static void
+dispatcher_send_due(TimestampTz now, bool holding)
+{
+	dispatcher_claim_all(now);
+	if (holding)
+		return;
+	poller_send(client, providers, nproviders, now);
+	feepull_send(client, providers, nproviders, now);
+	reconcile_send(client, providers, nproviders, now);
+}
+
+/* How long the loop may wait for what dispatcher_send_due() sends */
+static long
+dispatcher_due_timeout(TimestampTz now, bool holding)
+{
+	if (holding)
+		return dispatcher_timeout(now);
+	return Min(Min(dispatcher_timeout(now), poller_timeout(now)),
+			   Min(feepull_timeout(now), reconcile_timeout(providers, nproviders, now)));
+}
+
+/*
  * The dispatcher's entry point (bgw_function_name): start, take back what a
  * previous dispatcher left in flight, then the loop of the file header.
  */
@@ -1733,10 +1762,7 @@ shipsync_dispatcher_main(Datum main_arg)
 		shipsync_replan_grown(now);
 		held = yield_wait_ms(now);
 		if (held == 0)
-			dispatcher_claim_all(now);
-		poller_send(client, providers, nproviders, now);
-		feepull_send(client, providers, nproviders, now);
-		reconcile_send(client, providers, nproviders, now);
+			dispatcher_send_due(now, yield_holding());
 
 		pgstat_report_activity(STATE_IDLE, NULL);
 
@@ -1749,11 +1775,8 @@ shipsync_dispatcher_main(Datum main_arg)
 		pgstat_report_stat(false);
 		now = GetCurrentTimestamp();
 		dispatcher_exchange_masks(now, held > 0);
-		/* held back: nothing is claimed until then, whatever waits */
-		timeout = held > 0 ? held : dispatcher_timeout(now);
-		timeout = Min(Min(timeout, poller_timeout(now)),
-					  Min(feepull_timeout(now),
-						  reconcile_timeout(providers, nproviders, now)));
+		/* held back: nothing is claimed nor pulled until then, whatever waits */
+		timeout = held > 0 ? held : yield_cap_timeout(dispatcher_due_timeout(now, yield_holding()));
 		timeout = dispatcher_release_heap(timeout, now);
 		http_wait(client, timeout, PG_WAIT_EXTENSION);
 

@@ -179,6 +179,8 @@ typedef struct ShipResult
 
 /* in yield.c: holding back while the sessions want every core */
 extern long yield_wait_ms(TimestampTz now);
+extern bool yield_holding(void);
+extern long yield_cap_timeout(long timeout);
 
 /* in provider.c */
 extern void provider_load_config(MemoryContext cxt, Provider **providers,

@@ -3,15 +3,22 @@
 # it has used shipsync.busy_cpu_percent of one core, and its applier, which
 # applies what was sent, follows; when the CPU has room again it goes at
 # full speed.  Nothing waits forever: the share is a floor, and what was
-# held back is delivered once the sessions are done, each order once.
+# held back is delivered once the sessions are done, each order once.  The
+# tracking poller, which runs in the dispatcher, waits for room meanwhile:
+# here it polls the 2,000 shipments of the first backlog every second, and
+# with its polls sent on while the claims were held, the dispatcher used
+# 0.45 of a core on them and sent no order at all in three seconds.
 #
 # The sessions here are CPU-bound queries, one more than the machine has
 # cores, so the machine is full on any runner.  What a held-back
 # dispatcher and its applier use is read from /proc (their user and system
 # time over three seconds): unthrottled, a backlog keeps the dispatcher
 # on the CPU for most of what the scheduler gives it, at least a fifth of
-# a core beside these sessions on two cores; held back to 2%, both stay
-# under a tenth.
+# a core beside these sessions on two cores (0.27 and 0.25; 0.45 for the
+# dispatcher with its polls); held back to 2%, each stays under 0.15: the
+# floor, plus the passes that look at the sessions every 10 ms, plus what
+# a claim costs beyond the second's worth of the floor the budget may owe
+# (src/yield.c).  Measured: 0.04 to 0.08 and 0.01 to 0.02.
 use strict;
 use warnings;
 use FindBin;
@@ -79,7 +86,23 @@ ok(wait_until($node, 'SELECT count(*) = 2000 FROM crm.orders WHERE waybill_no IS
 unlike(slurp_file($node->logfile, $offset), qr/delivery holds back/,
 	'and the dispatcher never held back for it');
 
-# 2. Sessions keep every core busy: the dispatcher holds back to its floor.
+# The tracking poller pulls the 2,000 shipments every second: requests to
+# the carrier beyond the shipments it creates.
+sub polls
+{
+	my $st = sim_get($sim, '/_sim/stats');
+	return $st->{requests} - $st->{shipments};
+}
+sql(q{UPDATE shipsync.provider SET options = options || '{"poll_interval_s": 1}' WHERE name = 'sim'});
+my $p0 = polls();
+for (my $deadline = time() + 30; time() < $deadline && polls() < $p0 + 100; usleep(100_000)) { }
+$p0 = polls();
+sleep 2;
+my $poll_rate = (polls() - $p0) / 2;
+cmp_ok($poll_rate, '>', 50, "the tracking of the delivered orders is polled ($poll_rate a second)");
+
+# 2. Sessions keep every core busy: the dispatcher holds back to its floor,
+# and polls nothing new either.
 my @burners;
 for my $i (1 .. $cores + 1)
 {
@@ -100,14 +123,18 @@ ok($node->wait_for_log(qr/sessions keep the CPU full .*delivery holds back to 2%
 my $dispatcher = worker_pid('dispatcher');
 my $applier = worker_pid('applier');
 my ($d0, $a0, $t0, $n0) = (cpu_of($dispatcher), cpu_of($applier), time(), delivered());
+my $q0 = polls();
 sleep 3;
 my ($d1, $a1, $t1, $n1) = (cpu_of($dispatcher), cpu_of($applier), time(), delivered());
+my $q1 = polls();
 my $dshare = ($d1 - $d0) / ($t1 - $t0);
 my $ashare = ($a1 - $a0) / ($t1 - $t0);
-cmp_ok($dshare, '<', 0.10, sprintf('held back, the dispatcher uses %.3f of a core', $dshare));
-cmp_ok($ashare, '<', 0.10, sprintf('and its applier %.3f', $ashare));
+cmp_ok($dshare, '<', 0.15, sprintf('held back, the dispatcher uses %.3f of a core', $dshare));
+cmp_ok($ashare, '<', 0.15, sprintf('and its applier %.3f', $ashare));
 cmp_ok($n1, '>', $n0, 'orders still go out meanwhile (' . ($n1 - $n0) . ' in those seconds)');
 cmp_ok($n1, '<', 22000, 'but not the whole backlog');
+# at most the polls in flight when it began to hold back (16 a provider)
+cmp_ok($q1 - $q0, '<=', 16, 'and the poller waits for room (' . ($q1 - $q0) . ' polls in those seconds)');
 
 # 3. The sessions end: full speed again, and everything is delivered once.
 $offset = -s $node->logfile;

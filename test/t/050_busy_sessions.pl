@@ -7,18 +7,18 @@
 # tracking poller, which runs in the dispatcher, waits for room meanwhile:
 # here it polls the 2,000 shipments of the first backlog every second, and
 # with its polls sent on while the claims were held, the dispatcher used
-# 0.45 of a core on them and sent no order at all in three seconds.
+# 0.45 of a core on them and sent no order at all in three seconds.  The
+# CPU is measured over six seconds: the budget may owe up to 40 ms when
+# the hold begins, some four seconds at 2% (src/yield.c).
 #
 # The sessions here are CPU-bound queries, one more than the machine has
 # cores, so the machine is full on any runner.  What a held-back
 # dispatcher and its applier use is read from /proc (their user and system
-# time over three seconds): unthrottled, a backlog keeps the dispatcher
+# time over six seconds): unthrottled, a backlog keeps the dispatcher
 # on the CPU for most of what the scheduler gives it, at least a fifth of
 # a core beside these sessions on two cores (0.27 and 0.25; 0.45 for the
-# dispatcher with its polls); held back to 2%, each stays under 0.15: the
-# floor, plus the passes that look at the sessions every 10 ms, plus what
-# a claim costs beyond the second's worth of the floor the budget may owe
-# (src/yield.c).  Measured: 0.04 to 0.08 and 0.01 to 0.02.
+# dispatcher with its polls); held back to 2%, both stay under a tenth
+# (measured: 0.03 and 0.01).
 use strict;
 use warnings;
 use FindBin;
@@ -124,13 +124,13 @@ my $dispatcher = worker_pid('dispatcher');
 my $applier = worker_pid('applier');
 my ($d0, $a0, $t0, $n0) = (cpu_of($dispatcher), cpu_of($applier), time(), delivered());
 my $q0 = polls();
-sleep 3;
+sleep 6;
 my ($d1, $a1, $t1, $n1) = (cpu_of($dispatcher), cpu_of($applier), time(), delivered());
 my $q1 = polls();
 my $dshare = ($d1 - $d0) / ($t1 - $t0);
 my $ashare = ($a1 - $a0) / ($t1 - $t0);
-cmp_ok($dshare, '<', 0.15, sprintf('held back, the dispatcher uses %.3f of a core', $dshare));
-cmp_ok($ashare, '<', 0.15, sprintf('and its applier %.3f', $ashare));
+cmp_ok($dshare, '<', 0.10, sprintf('held back, the dispatcher uses %.3f of a core', $dshare));
+cmp_ok($ashare, '<', 0.10, sprintf('and its applier %.3f', $ashare));
 cmp_ok($n1, '>', $n0, 'orders still go out meanwhile (' . ($n1 - $n0) . ' in those seconds)');
 cmp_ok($n1, '<', 22000, 'but not the whole backlog');
 # at most the polls in flight when it began to hold back (16 a provider)

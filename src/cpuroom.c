@@ -91,6 +91,7 @@ struct CpuRoom
 	unsigned long long total_last;
 	double		wall_us;		/* the last look; < 0: none yet */
 	char		limit[160];		/* what the last look found, for the log */
+	char		stat[ROOM_FILE];	/* /proc/stat as last read */
 };
 
 /* The file root + path into buf (NUL-terminated); false if unreadable */
@@ -356,18 +357,14 @@ shipsync_cpuroom_close(CpuRoom *r)
 static double
 room_cpus_idle(CpuRoom *r)
 {
-	char	   *stat = malloc(ROOM_FILE);
 	unsigned long long idle = 0,
 				total = 0;
 	double		share = -1;
 	int			seen = 0;
 
-	if (stat == NULL || !room_read(r, "/proc/stat", stat, ROOM_FILE))
-	{
-		free(stat);
+	if (!room_read(r, "/proc/stat", r->stat, sizeof(r->stat)))
 		return -1;
-	}
-	for (const char *line = stat; line != NULL; line = strchr(line, '\n'))
+	for (const char *line = r->stat; line != NULL; line = strchr(line, '\n'))
 	{
 		unsigned long long v[8];
 		int			cpu;
@@ -383,7 +380,6 @@ room_cpus_idle(CpuRoom *r)
 		idle += v[3] + v[4];
 		seen++;
 	}
-	free(stat);
 	if (seen == 0)
 		return -1;
 	if (r->total_last != 0 && total > r->total_last && idle >= r->idle_last)

@@ -1691,12 +1691,15 @@ dispatcher_send_due(TimestampTz now, bool holding)
 	reconcile_send(client, providers, nproviders, now);
 }
 
-/* How long the loop may wait for what dispatcher_send_due() sends */
+/*
+ * How long the loop may wait for what dispatcher_send_due() sends; while
+ * holding back, no longer than yield.c looks at the sessions again
+ */
 static long
 dispatcher_due_timeout(TimestampTz now, bool holding)
 {
 	if (holding)
-		return dispatcher_timeout(now);
+		return yield_cap_timeout(dispatcher_timeout(now));
 	return Min(Min(dispatcher_timeout(now), poller_timeout(now)),
 			   Min(feepull_timeout(now), reconcile_timeout(providers, nproviders, now)));
 }
@@ -1748,6 +1751,7 @@ shipsync_dispatcher_main(Datum main_arg)
 		MemoryContext old;
 		long		timeout;
 		long		held;
+		bool		holding;
 
 		dispatcher_process_interrupts();
 		old = MemoryContextSwitchTo(loop_cxt);
@@ -1761,8 +1765,9 @@ shipsync_dispatcher_main(Datum main_arg)
 			dispatcher_load_config();
 		shipsync_replan_grown(now);
 		held = yield_wait_ms(now);
+		holding = yield_holding();
 		if (held == 0)
-			dispatcher_send_due(now, yield_holding());
+			dispatcher_send_due(now, holding);
 
 		pgstat_report_activity(STATE_IDLE, NULL);
 
@@ -1776,7 +1781,7 @@ shipsync_dispatcher_main(Datum main_arg)
 		now = GetCurrentTimestamp();
 		dispatcher_exchange_masks(now, held > 0);
 		/* held back: nothing is claimed nor pulled until then, whatever waits */
-		timeout = held > 0 ? held : yield_cap_timeout(dispatcher_due_timeout(now, yield_holding()));
+		timeout = held > 0 ? held : dispatcher_due_timeout(now, holding);
 		timeout = dispatcher_release_heap(timeout, now);
 		http_wait(client, timeout, PG_WAIT_EXTENSION);
 

@@ -571,18 +571,20 @@ int
 shipsync_execute_as_owner(Oid owner, SPIPlanPtr plan, ArgArrays *a, bool read_only)
 {
 	ShipsyncUserSave save;
+	Datum	   *params = args_params(a);
 	volatile int rc = 0;
 
 	shipsync_become_owner(owner, &save);
 	PG_TRY();
 	{
-		rc = shipsync_execute_by_key(plan, args_params(a), read_only);
+		rc = shipsync_execute_by_key(plan, params, read_only);
 	}
 	PG_FINALLY();
 	{
 		shipsync_restore_user(&save);
 	}
 	PG_END_TRY();
+	pfree(params);
 	return rc;
 }
 

@@ -178,14 +178,14 @@ yield_judge_window(TimestampTz now, double running)
 }
 
 /*
- * The dispatcher's loop timeout: while delivery holds back, at most 10 ms,
+ * The dispatcher's loop timeout while delivery holds back: at most 10 ms,
  * so that the sessions are looked at often enough to end a window (20
  * samples) soon after they are done.
  */
 long
 yield_cap_timeout(long timeout)
 {
-	return yield_holding() ? Min(timeout, YIELD_WAIT_MAX_MS) : timeout;
+	return Min(timeout, YIELD_WAIT_MAX_MS);
 }
 
 /* Whether delivery holds back for busy sessions now (a share under a core) */

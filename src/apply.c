@@ -66,6 +66,11 @@ typedef struct ApplyPlanDef
 	Oid			types[APPLY_MAX_ARGS];	/* of the elements of $1..$nargs */
 	int			ok;				/* the SPI result it must give */
 	const char *what;			/* for the error message */
+	bool		generic;		/* always its generic plan (shipsync_prepare_saved_opt):
+								 * statements that find their rows by key, whose
+								 * plan cache would otherwise plan them anew for
+								 * every one-answer apply (a custom plan for one
+								 * element looks cheaper): 170 µs each */
 } ApplyPlanDef;
 
 /*
@@ -109,7 +114,7 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		" WHERE o.id = u.id AND o.state = (SELECT 'in_flight')"
 		" AND o.attempts = u.attempt", 7,
 		{INT8OID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID},
-		SPI_OK_UPDATE, "updating outbox states"
+		SPI_OK_UPDATE, "updating outbox states", true
 	},
 	[APPLY_LOG] = {
 		"INSERT INTO shipsync.delivery_log (outbox_id, attempt, provider_id, method,"
@@ -140,7 +145,7 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		" RETURNING binding_id, order_key, provider_shipment_id, tracking_number, status,"
 		" label_url, fee_total", 12,
 		CREATE_ROW_TYPES,
-		SPI_OK_INSERT_RETURNING, "recording shipments"
+		SPI_OK_INSERT_RETURNING, "recording shipments", true
 	},
 	[APPLY_QUOTE_LOCKS] = {
 		"SELECT shipsync._lock_fees(pg_catalog.array_agg(u.pid), pg_catalog.array_agg(u.tn), false)"
@@ -205,7 +210,7 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		"   RETURNING 1)"
 		" SELECT ok.o FROM ok", 12,
 		CREATE_ROW_TYPES,
-		SPI_OK_SELECT, "recording first quotes"
+		SPI_OK_SELECT, "recording first quotes", true
 	},
 	[APPLY_QUOTES] = {
 		"SELECT kind, n, binding_id, order_key, fee_total"
@@ -228,7 +233,7 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		" RETURNING s.binding_id, s.order_key, s.provider_shipment_id, s.tracking_number,"
 		" s.status, s.label_url, s.fee_total", 10,
 		UPDATE_ROW_TYPES,
-		SPI_OK_UPDATE_RETURNING, "updating shipments"
+		SPI_OK_UPDATE_RETURNING, "updating shipments", true
 	},
 	[APPLY_REQUOTES] = {
 		"SELECT kind, n, binding_id, order_key, fee_total"
@@ -274,11 +279,7 @@ typedef struct ApplyBatch
  * Each on its own: one that cannot be prepared for a while (a function
  * missing) fails only the applies that run it, and is tried again at the
  * next; the last resort of an apply (the outbox state, the log row and the
- * ticket) needs none of the others.  Each always runs its generic plan:
- * every statement reads a batch's rows from arrays and finds its rows by
- * key, so one plan serves any batch, while the plan cache would plan anew
- * for every one-answer apply (a custom plan for one element looks cheaper:
- * 170 µs each) and for the first five of any statement.
+ * ticket) needs none of the others.
  */
 static SPIPlanPtr
 apply_plan(ApplyStmt s)
@@ -290,17 +291,16 @@ apply_plan(ApplyStmt s)
 		for (int c = 0; c < apply_defs[s].nargs; c++)
 			types[c] = get_array_type(apply_defs[s].types[c]);
 		apply_plans[s] = shipsync_prepare_saved_opt(apply_defs[s].sql, apply_defs[s].nargs, types,
-													true);
+													apply_defs[s].generic);
 	}
 	return apply_plans[s];
 }
 
 /*
- * Prepare the plans of apply_defs, and make them, ahead of the first
- * results (the applier as it starts): the first batch of a burst then pays
- * no planning (prepared but not made, the first quotes alone were planned
- * for 6 ms in the first apply).  One that cannot be prepared now is left to
- * its first use, and said in the log.
+ * Prepare the plans of apply_defs ahead of the first results (the applier
+ * as it starts): the first batch of a burst then pays no planning.  One
+ * that cannot be prepared now is left to its first use, and said in the
+ * log.
  */
 void
 outbox_apply_prepare(void)
@@ -311,7 +311,7 @@ outbox_apply_prepare(void)
 	{
 		shipsync_begin_tx("preparing to apply results", false);
 		for (int s = 0; s < APPLY_NSTMTS; s++)
-			shipsync_plan_now(apply_plan(s));
+			(void) apply_plan(s);
 		shipsync_end_tx();
 	}
 	PG_CATCH();

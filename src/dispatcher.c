@@ -1732,7 +1732,6 @@ shipsync_dispatcher_main(Datum main_arg)
 									 ALLOCSET_DEFAULT_SIZES);
 	dispatcher_load_config();
 	applier_ensure();
-	outbox_claim_prepare();
 	last_full_look = GetCurrentTimestamp();
 
 	/*

@@ -198,7 +198,6 @@ extern void writeback_shipments(Binding *bs, int nb, SPITupleTable *tt,
 
 /* in outbox.c */
 extern void outbox_requeue_in_flight(bool expired_only);
-extern void outbox_claim_prepare(void);
 extern bool outbox_prepared_exist(void);
 extern void outbox_claims_durable(void);
 extern int	outbox_claim(Provider *p, Binding *bs, int nb, int max_n,

@@ -1529,41 +1529,6 @@ static struct
 	int64		next;			/* outbox_intents_next() before the read */
 }			inbox;
 
-/*
- * Prepare the claim's and the take's plans, and make those that always run
- * their generic plan, as the dispatcher starts: the first burst after a
- * start then waits for none of their planning (as the applier does for its
- * own, outbox_apply_prepare()).  The render is planned by key at its first
- * use.  Failing here is said in the log and left to the first use.
- */
-void
-outbox_claim_prepare(void)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-
-	PG_TRY();
-	{
-		shipsync_begin_tx("preparing to claim", false);
-		prepare_claim_plans();
-		prepare_take_plans();
-		shipsync_plan_now(mark_plan);
-		shipsync_plan_now(coalesce_plan);
-		shipsync_plan_now(peek_plan);
-		shipsync_plan_now(blocked_plan);
-		shipsync_plan_now(move_plan);
-		shipsync_end_tx();
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(cxt);
-		EmitErrorReport();
-		FlushErrorState();
-		shipsync_abort_tx();
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-}
-
 /* Whether the take keeps rows of the inbox it read */
 bool
 outbox_inbox_cached(void)

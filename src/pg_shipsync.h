@@ -783,7 +783,6 @@ extern SPIPlanPtr shipsync_prepare_saved(const char *sql, int nargs,
 										 const Oid *argtypes);
 extern SPIPlanPtr shipsync_prepare_saved_opt(const char *sql, int nargs,
 											 const Oid *argtypes, bool generic);
-extern void shipsync_plan_now(SPIPlanPtr plan);
 extern void shipsync_replan_grown(TimestampTz now);
 extern ErrorData *shipsync_subxact(void (*fn) (void *), void *arg);
 extern void shipsync_hold_extension(void);

@@ -136,30 +136,6 @@ shipsync_prepare_saved(const char *sql, int nargs, const Oid *argtypes)
 	return shipsync_prepare_saved_opt(sql, nargs, argtypes, false);
 }
 
-/*
- * Make the generic plan of a saved plan that always runs it (prepared
- * with generic) now, rather than at its first execution.  The workers do
- * it as they start, so that the first burst after a start does not wait
- * for their planning (the applier's statements took 10 ms and more, in
- * the middle of a burst of 1,000).  A plan that chooses between custom
- * and generic plans is left alone: its first executions plan anyway.  Not
- * for a statement planned by key (shipsync_execute_by_key()): made here,
- * its plan would be made without the planning it needs.
- */
-void
-shipsync_plan_now(SPIPlanPtr plan)
-{
-	List	   *sources = SPI_plan_get_plan_sources(plan);
-	CachedPlan *cplan;
-
-	if (list_length(sources) != 1 ||
-		!(((CachedPlanSource *) linitial(sources))->cursor_options & CURSOR_OPT_GENERIC_PLAN))
-		return;
-	cplan = SPI_plan_get_cached_plan(plan);
-	if (cplan != NULL)
-		ReleaseCachedPlan(cplan, CurrentResourceOwner);
-}
-
 /* The size entry of relid, made with planned_blocks = blocks if new */
 static SpiRelSize *
 spi_size_entry(Oid relid, BlockNumber blocks)

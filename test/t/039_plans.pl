@@ -47,53 +47,9 @@ sub deliver_one
 	return wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE id = $id", 30);
 }
 
-# The workers make their plans as they start, before any order comes: the
-# first burst after a start does not wait for them (prepared but not made,
-# the applier's first quotes alone were planned for 6 ms in the middle of a
-# burst of 1,000).  A new dispatcher and applier, counted from their start;
-# once both have made their plans (executed by nothing yet), the first
-# order: the statements that take it and apply its answer run without
-# being planned.  (The statements planned by key are made at their first
-# use, as the user they run as.)
+# the first order makes every plan; counting starts after it
+ok(deliver_one(0), 'the first order is delivered');
 sql('CREATE EXTENSION pg_stat_statements');
-my %made = (
-	'the applier' => 'UPDATE shipsync.outbox o SET state = u.state',
-	'the dispatcher' => 'WITH d AS (DELETE FROM shipsync.inbox i WHERE i.ctid');
-
-sub made_plans
-{
-	my ($who) = @_;
-	return wait_until($node,
-		"SELECT EXISTS (SELECT 1 FROM pg_stat_statements"
-		  . " WHERE regexp_replace(query, '\\s+', ' ', 'g') LIKE '$made{$who}%'"
-		  . " AND plans > 0 AND calls = 0)",
-		30);
-}
-# the workers of the node's start are done making theirs: whatever is
-# made after the reset is the new workers'
-ok(made_plans($_), "$_ made its plans as the node started") for sort keys %made;
-my $old = sql(q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'});
-sql("SELECT pg_stat_statements_reset(), pg_terminate_backend($old)");
-ok(made_plans($_), "$_ made its plans as it started again") for sort keys %made;
-sql('SELECT pg_stat_statements_reset()');
-ok(deliver_one(0), 'the first order after the start is delivered');
-for my $stmt (
-	[ 'the apply, recording states', 'UPDATE shipsync.outbox o SET state = u.state' ],
-	[ 'the apply, logging the attempt', 'INSERT INTO shipsync.delivery_log' ],
-	[ 'the apply, recording the shipment', 'INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id, provider_shipment_id' ],
-	[ 'the take or the claim, sending it',
-		q{WITH d AS (DELETE FROM shipsync.inbox i WHERE i.ctid%' OR q LIKE 'UPDATE shipsync.outbox o SET state = CASE WHEN u.skip IS NULL} ])
-{
-	my ($what, $like) = @$stmt;
-	my ($calls, $plans) = split /\|/,
-	  sql("SELECT coalesce(sum(calls), 0), coalesce(sum(plans), 0)"
-		  . " FROM (SELECT calls, plans, regexp_replace(query, '\\s+', ' ', 'g') AS q FROM pg_stat_statements) s"
-		  . " WHERE q LIKE '$like%'");
-	cmp_ok($calls, '>=', 1, "first order after a start, $what: run");
-	is($plans, 0, "first order after a start, $what: not planned then");
-}
-
-# every plan is made now; counting starts after the first order
 sql('SELECT pg_stat_statements_reset()');
 
 my $delivered = 0;

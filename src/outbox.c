@@ -83,7 +83,8 @@ sha256_hex(const char *s)
  * out directly: SPI_getvalue() looks the type's output function up in the
  * catalog cache and sets up an fmgr call for every value (1,300
  * instructions each, four per claimed intent).  So is a uuid (the
- * idempotency key), through uuid_out() itself.
+ * idempotency key), in the 37 bytes it needs: uuid_out() allocates 1 kB
+ * for it (shipsync_uuid_format()).
  */
 static char *
 get_text(HeapTuple tup, TupleDesc desc, int col)
@@ -97,8 +98,14 @@ get_text(HeapTuple tup, TupleDesc desc, int col)
 	d = SPI_getbinval(tup, desc, col, &isnull);
 	if (isnull)
 		return NULL;
-	return type == TEXTOID ? TextDatumGetCString(d) :
-		DatumGetCString(DirectFunctionCall1(uuid_out, d));
+	if (type == UUIDOID)
+	{
+		char	   *out = palloc(SHIPSYNC_UUID_TEXT_LEN);
+
+		shipsync_uuid_format(DatumGetUUIDP(d)->data, out);
+		return out;
+	}
+	return TextDatumGetCString(d);
 }
 
 /* ---------- recovery and configuration ---------- */

@@ -87,6 +87,8 @@ extern void shipsync_base64_encode(const unsigned char *in, size_t len, char *ou
 extern long shipsync_base64_decode(const char *in, size_t len, unsigned char *out);
 extern void shipsync_hex_encode(const unsigned char *in, size_t len, char *out,
 								bool upper);
+#define SHIPSYNC_UUID_TEXT_LEN 37	/* 36 characters and the NUL */
+extern void shipsync_uuid_format(const unsigned char *uuid, char *out);
 extern bool shipsync_secret_open(const unsigned char *key, const char *provider,
 								 const char *name, const unsigned char *sealed,
 								 size_t sealed_len, char *value);

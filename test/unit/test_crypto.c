@@ -264,9 +264,39 @@ test_keys(void)
 	check(strspn(id1, "0123456789abcdef") == SHIPSYNC_KEY_ID_LEN, "a key's id is lower-case hex");
 }
 
+/* As uuid_out() writes them (SELECT x::uuid::text in psql) */
+static void
+test_uuid_format(void)
+{
+	static const struct
+	{
+		const char *hex;
+		const char *text;
+	}			v[] = {
+		{"a0eebc999c0b4ef8bb6d6bb9bd380a11", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"},
+		{"00000000000000000000000000000000", "00000000-0000-0000-0000-000000000000"},
+		{"ffffffffffffffffffffffffffffffff", "ffffffff-ffff-ffff-ffff-ffffffffffff"},
+		{"4aac806891164bb5875e7c8a947a7300", "4aac8068-9116-4bb5-875e-7c8a947a7300"},
+	};
+
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+	{
+		size_t		len;
+		unsigned char *raw = unhex(v[i].hex, &len);
+		char		out[SHIPSYNC_UUID_TEXT_LEN + 1];
+
+		memset(out, 'x', sizeof(out));
+		shipsync_uuid_format(raw, out);
+		check(len == 16 && strcmp(out, v[i].text) == 0, v[i].text);
+		check(out[SHIPSYNC_UUID_TEXT_LEN] == 'x', "and not a byte past its 37");
+		free(raw);
+	}
+}
+
 int
 main(void)
 {
+	test_uuid_format();
 	test_gcm_vectors();
 	test_seal();
 	test_keys();

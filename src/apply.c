@@ -33,6 +33,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "pgstat.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -65,7 +66,7 @@ typedef struct ApplyPlanDef
 	int			nargs;
 	Oid			types[APPLY_MAX_ARGS];	/* of the elements of $1..$nargs */
 	int			ok;				/* the SPI result it must give */
-	const char *what;			/* for the error message */
+	const char *what;			/* for the error message and pg_stat_activity */
 	bool		generic;		/* always its generic plan (shipsync_prepare_saved_opt):
 								 * statements that find their rows by key, whose
 								 * plan cache would otherwise plan them anew for
@@ -329,7 +330,11 @@ outbox_apply_prepare(void)
 static void
 apply_run(ApplyStmt s, ArgArrays *a)
 {
-	int			rc = args_execute(apply_plan(s), a, false);
+	int			rc;
+
+	/* pg_stat_activity says which step of an apply runs */
+	pgstat_report_activity(STATE_RUNNING, apply_defs[s].what);
+	rc = args_execute(apply_plan(s), a, false);
 
 	if (rc != apply_defs[s].ok)
 		elog(ERROR, "%s failed: %s", apply_defs[s].what, SPI_result_code_string(rc));

@@ -48,6 +48,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "pgstat.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
@@ -130,6 +131,7 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
 	owner = ((Form_pg_class) GETSTRUCT(ctup))->relowner;
 	ReleaseSysCache(ctup);
 	plan = writeback_plan(binding_id, sql);
+	pgstat_report_activity(STATE_RUNNING, "writing results back onto the orders");
 
 	shipsync_become_owner(owner, &save);
 	capture_suppress();

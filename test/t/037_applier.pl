@@ -133,6 +133,9 @@ is(pid_of('dispatcher'), $dispatcher, 'the same dispatcher throughout');
 	my $busy = "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync applier'"
 	  . " AND wait_event = 'advisory'";
 	ok($node->poll_query_until('postgres', $busy), 'the applier is applying the slow order');
+	is( sql("SELECT query FROM pg_stat_activity WHERE backend_type = 'pg_shipsync applier'"),
+		'writing results back onto the orders',
+		'pg_stat_activity names the step of the apply the applier is in');
 	my $old = pid_of('applier');
 	sql("SELECT pg_terminate_backend($dispatcher)");
 	ok( $node->poll_query_until('postgres',

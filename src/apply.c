@@ -298,10 +298,12 @@ apply_plan(ApplyStmt s)
 }
 
 /*
- * Prepare the plans of apply_defs ahead of the first results (the applier
- * as it starts): the first batch of a burst then pays no planning.  One
- * that cannot be prepared now is left to its first use, and said in the
- * log.
+ * Prepare the statements of apply_defs ahead of the first results (the
+ * applier as it starts): parsed and analyzed now, so that one that cannot
+ * be prepared (a function missing) is said in the log at once and left to
+ * its first use.  Their plans are made at their first execution, for the
+ * tables as they are then (docs/architecture.md, "Prepared is not
+ * planned").
  */
 void
 outbox_apply_prepare(void)

@@ -58,10 +58,14 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
+#include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/xact.h"
 #include "miscadmin.h"
 #include "nodes/plannodes.h"
+#include "optimizer/plancat.h"
 #include "optimizer/planner.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
@@ -76,6 +80,7 @@
 #include "storage/lmgr.h"
 #include "executor/spi.h"
 #include "storage/bufmgr.h"
+#include "storage/bufpage.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/plancache.h"
@@ -361,14 +366,18 @@ args_execute(SPIPlanPtr plan, ArgArrays *a, bool read_only)
  * enough for a re-plan to choose the index.  So while such a statement
  * runs, its own planning (not that of the user's triggers and row security
  * it fires, whose texts differ) is done with hash and merge joins off:
- * each key is looked up through the index.  When the plan made so scans a
- * relation sequentially (no index leads with the key, or it cannot serve
- * the statement's equality, or a policy reads a table of its own), it is
- * made again as PostgreSQL would have made it.
+ * each key is looked up through the index.  When the plan made so reads a
+ * relation whole (no index leads with the key, or it cannot serve the
+ * statement's equality, or a policy reads a table of its own), it is made
+ * again as PostgreSQL would have made it.  A table whose statistics say it
+ * is empty while it has pages is counted at what its pages hold
+ * (by_key_relation_info()).
  */
 static planner_hook_type next_planner_hook = NULL;
+static get_relation_info_hook_type next_relation_info_hook = NULL;
 static bool by_key_hooked = false;
 static const char *by_key_query = NULL; /* the text of the statement running */
+static bool by_key_planning = false;	/* planning that statement now */
 
 static PlannedStmt *
 next_planner(Query *parse, const char *query_string, int options, ParamListInfo params)
@@ -378,7 +387,10 @@ next_planner(Query *parse, const char *query_string, int options, ParamListInfo 
 	return standard_planner(parse, query_string, options, params);
 }
 
-/* Whether plan p, or one below it, scans a relation sequentially */
+/*
+ * Whether plan p, or one below it, reads a whole relation: sequentially, or
+ * through an index with no condition (every entry in the index's order)
+ */
 static bool
 plan_scans_all(Plan *p)
 {
@@ -388,6 +400,10 @@ plan_scans_all(Plan *p)
 	if (p == NULL)
 		return false;
 	if (IsA(p, SeqScan) || IsA(p, SampleScan))
+		return true;
+	if ((IsA(p, IndexScan) && ((IndexScan *) p)->indexqual == NIL) ||
+		(IsA(p, IndexOnlyScan) && ((IndexOnlyScan *) p)->indexqual == NIL) ||
+		(IsA(p, BitmapIndexScan) && ((BitmapIndexScan *) p)->indexqual == NIL))
 		return true;
 	if (plan_scans_all(p->lefttree) || plan_scans_all(p->righttree))
 		return true;
@@ -405,6 +421,48 @@ plan_scans_all(Plan *p)
 	return false;
 }
 
+/*
+ * A table analyzed or vacuumed while its rows were not yet committed (the
+ * user's bulk INSERT, met by autovacuum's visit) is recorded with no rows
+ * on the pages it had then: reltuples 0, relpages above 0, and, if it was
+ * never analyzed with rows, no statistics of its columns either.  The
+ * planner then counts it empty however much it grows (its density is 0),
+ * until the next analyze, a naptime later.  Planned by key, the cheapest
+ * join with an "empty" orders table was to read it whole through its key's
+ * index, with no condition, comparing each row with every key of the
+ * batch: the write-back of a batch of 256 took 1.2 s against 10,000 rows,
+ * and a burst ran at 300 to 450 orders/s for a minute
+ * (docs/architecture.md, the twenty-third round).  So while a statement
+ * is planned by key, a table whose statistics give it fewer rows than
+ * pages counts as many rows as its pages hold at its columns' widths, as
+ * PostgreSQL counts a table never analyzed.  Too many is harmless here:
+ * the keys are looked up through the index either way.
+ */
+static void
+by_key_relation_info(PlannerInfo *root, Oid relid, bool inhparent, RelOptInfo *rel)
+{
+	int32		width;
+	double		density;
+	ListCell   *lc;
+
+	if (next_relation_info_hook)
+		next_relation_info_hook(root, relid, inhparent, rel);
+	if (!by_key_planning || inhparent || rel->pages == 0 || rel->tuples >= rel->pages ||
+		get_rel_relkind(relid) != RELKIND_RELATION)
+		return;
+	width = get_relation_data_width(relid, rel->attr_widths - rel->min_attr) +
+		MAXALIGN(SizeofHeapTupleHeader) + sizeof(ItemIdData);
+	density = (BLCKSZ - SizeOfPageHeaderData) / (double) Max(width, 1);
+	rel->tuples = rint(density * rel->pages);
+	foreach(lc, rel->indexlist)
+	{
+		IndexOptInfo *index = (IndexOptInfo *) lfirst(lc);
+
+		if (index->indpred == NIL)
+			index->tuples = rel->tuples;
+	}
+}
+
 static PlannedStmt *
 by_key_planner(Query *parse, const char *query_string, int options, ParamListInfo params)
 {
@@ -416,6 +474,8 @@ by_key_planner(Query *parse, const char *query_string, int options, ParamListInf
 
 	if (by_key_query == NULL || query_string != by_key_query)
 		return next_planner(parse, query_string, options, params);
+	/* cleared by shipsync_execute_by_key(), on an error too */
+	by_key_planning = true;
 	again = copyObject(parse);	/* the planner scribbles on its query */
 	nest = NewGUCNestLevel();
 	(void) set_config_option("enable_hashjoin", "off", PGC_USERSET, PGC_S_SESSION,
@@ -428,8 +488,13 @@ by_key_planner(Query *parse, const char *query_string, int options, ParamListInf
 	foreach(lc, ps->subplans)
 		scans_all = scans_all || plan_scans_all(lfirst(lc));
 	if (!scans_all)
+	{
+		by_key_planning = false;
 		return ps;
-	return next_planner(again, query_string, options, params);
+	}
+	ps = next_planner(again, query_string, options, params);
+	by_key_planning = false;
+	return ps;
 }
 
 /*
@@ -449,6 +514,8 @@ shipsync_execute_by_key(SPIPlanPtr plan, Datum *params, bool read_only)
 	{
 		next_planner_hook = planner_hook;
 		planner_hook = by_key_planner;
+		next_relation_info_hook = get_relation_info_hook;
+		get_relation_info_hook = by_key_relation_info;
 		by_key_hooked = true;
 	}
 	if (list_length(sources) != 1)
@@ -461,6 +528,7 @@ shipsync_execute_by_key(SPIPlanPtr plan, Datum *params, bool read_only)
 	PG_FINALLY();
 	{
 		by_key_query = outer;
+		by_key_planning = false;
 	}
 	PG_END_TRY();
 	return rc;

@@ -827,6 +827,8 @@ shipsync_applier_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
 	shipsync_pin_search_path();
+	/* a queue table analyzed in the middle of a take is not empty */
+	shipsync_distrust_empty_statistics();
 	pgstat_report_appname("pg_shipsync applier");
 	applier_claim_entry(dbid);
 	shipsync_set_nice();

@@ -1670,6 +1670,8 @@ dispatcher_start(const char *dbname)
 	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
 	/* a superuser session: immune to ALTER DATABASE ... SET search_path */
 	shipsync_pin_search_path();
+	/* a queue table analyzed in the middle of a take is not empty */
+	shipsync_distrust_empty_statistics();
 	pgstat_report_appname("pg_shipsync dispatcher");
 	dispatcher_claim_slot();
 	dispatcher_raise_fd_limit();

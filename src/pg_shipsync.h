@@ -786,6 +786,7 @@ extern SPIPlanPtr shipsync_prepare_saved(const char *sql, int nargs,
 extern SPIPlanPtr shipsync_prepare_saved_opt(const char *sql, int nargs,
 											 const Oid *argtypes, bool generic);
 extern void shipsync_replan_grown(TimestampTz now);
+extern void shipsync_distrust_empty_statistics(void);
 extern ErrorData *shipsync_subxact(void (*fn) (void *), void *arg);
 extern void shipsync_hold_extension(void);
 extern void shipsync_begin_tx(const char *activity, bool durable);

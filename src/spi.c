@@ -51,6 +51,11 @@
  * number of re-plans however large a burst, and a plan is never used on a
  * table more than twice the size it was made for.
  *
+ * Doubling does not help a table whose statistics say it is empty while
+ * it has pages (an analyze in the middle of a bulk insert): its density is
+ * 0, and every plan made again counts it empty.  Such a table is counted at
+ * what its pages hold (empty_relation_info(), below).
+ *
  * Memory: the size table lives in TopMemoryContext for the life of the
  * process; one entry per relation any saved plan ever read.
  *
@@ -371,13 +376,14 @@ args_execute(SPIPlanPtr plan, ArgArrays *a, bool read_only)
  * statement's equality, or a policy reads a table of its own), it is made
  * again as PostgreSQL would have made it.  A table whose statistics say it
  * is empty while it has pages is counted at what its pages hold
- * (by_key_relation_info()).
+ * (empty_relation_info()).
  */
 static planner_hook_type next_planner_hook = NULL;
 static get_relation_info_hook_type next_relation_info_hook = NULL;
 static bool by_key_hooked = false;
 static const char *by_key_query = NULL; /* the text of the statement running */
 static bool by_key_planning = false;	/* planning that statement now */
+static bool distrust_empty = false;	/* in every planning of this process */
 
 static PlannedStmt *
 next_planner(Query *parse, const char *query_string, int options, ParamListInfo params)
@@ -423,23 +429,26 @@ plan_scans_all(Plan *p)
 
 /*
  * A table analyzed or vacuumed while its rows were not yet committed (the
- * user's bulk INSERT, met by autovacuum's visit) is recorded with no rows
- * on the pages it had then: reltuples 0, relpages above 0, and, if it was
- * never analyzed with rows, no statistics of its columns either.  The
- * planner then counts it empty however much it grows (its density is 0),
- * until the next analyze, a naptime later.  Planned by key, the cheapest
- * join with an "empty" orders table was to read it whole through its key's
- * index, with no condition, comparing each row with every key of the
- * batch: the write-back of a batch of 256 took 1.2 s against 10,000 rows,
- * and a burst ran at 300 to 450 orders/s for a minute
- * (docs/architecture.md, the twenty-third round).  So while a statement
- * is planned by key, a table whose statistics give it fewer rows than
- * pages counts as many rows as its pages hold at its columns' widths, as
- * PostgreSQL counts a table never analyzed.  Too many is harmless here:
- * the keys are looked up through the index either way.
+ * user's bulk INSERT, or the take's move of thousands of intents into an
+ * outbox, met by autovacuum's visit) is recorded with no rows on the pages
+ * it had then: reltuples 0, relpages above 0, and, if it was never analyzed
+ * with rows, no statistics of its columns either.  The planner then counts
+ * it empty however much it grows (its density is 0), until the next
+ * analyze, a naptime later.  The cheapest join of a batch's keys with an
+ * "empty" table is to read it whole through its key's index, with no
+ * condition, comparing each row with every key of the batch: the
+ * write-back of a batch of 256 took 1.2 s against 10,000 rows, and a burst
+ * ran at 300 to 450 orders/s for a minute (docs/architecture.md, the
+ * twenty-third round).  The outbox's states, on an outbox so recorded, got
+ * the same plan.  So while a statement is planned by key, and in the
+ * dispatcher and its applier always (shipsync_distrust_empty_statistics()),
+ * a table whose statistics give it fewer rows than pages counts as many
+ * rows as its pages hold at its columns' widths, as PostgreSQL counts a
+ * table never analyzed.  Too many is harmless for these statements: they
+ * find their rows by key, through an index, or read the table whole anyway.
  */
 static void
-by_key_relation_info(PlannerInfo *root, Oid relid, bool inhparent, RelOptInfo *rel)
+empty_relation_info(PlannerInfo *root, Oid relid, bool inhparent, RelOptInfo *rel)
 {
 	int32		width;
 	double		density;
@@ -447,7 +456,8 @@ by_key_relation_info(PlannerInfo *root, Oid relid, bool inhparent, RelOptInfo *r
 
 	if (next_relation_info_hook)
 		next_relation_info_hook(root, relid, inhparent, rel);
-	if (!by_key_planning || inhparent || rel->pages == 0 || rel->tuples >= rel->pages ||
+	if (!(by_key_planning || distrust_empty) || inhparent || rel->pages == 0 ||
+		rel->tuples >= rel->pages ||
 		get_rel_relkind(relid) != RELKIND_RELATION)
 		return;
 	width = get_relation_data_width(relid, rel->attr_widths - rel->min_attr) +
@@ -497,6 +507,32 @@ by_key_planner(Query *parse, const char *query_string, int options, ParamListInf
 	return ps;
 }
 
+/* The planner hooks of this file, installed at the first need */
+static void
+spi_install_planner_hooks(void)
+{
+	if (by_key_hooked)
+		return;
+	next_planner_hook = planner_hook;
+	planner_hook = by_key_planner;
+	next_relation_info_hook = get_relation_info_hook;
+	get_relation_info_hook = empty_relation_info;
+	by_key_hooked = true;
+}
+
+/*
+ * From now on, every statement this process plans counts a table whose
+ * statistics say it has fewer rows than pages as its pages hold
+ * (empty_relation_info()): for the dispatcher and its applier, as they
+ * start, whose statements join batches to the queue's tables.
+ */
+void
+shipsync_distrust_empty_statistics(void)
+{
+	spi_install_planner_hooks();
+	distrust_empty = true;
+}
+
 /*
  * Execute a saved plan of one statement that joins a batch of keys to the
  * order rows by key, with params as $1..$n: planned by key (above) if it
@@ -510,14 +546,7 @@ shipsync_execute_by_key(SPIPlanPtr plan, Datum *params, bool read_only)
 	List	   *sources = SPI_plan_get_plan_sources(plan);
 	volatile int rc = 0;
 
-	if (!by_key_hooked)
-	{
-		next_planner_hook = planner_hook;
-		planner_hook = by_key_planner;
-		next_relation_info_hook = get_relation_info_hook;
-		get_relation_info_hook = by_key_relation_info;
-		by_key_hooked = true;
-	}
+	spi_install_planner_hooks();
 	if (list_length(sources) != 1)
 		elog(ERROR, "a statement planned by key must be one statement");
 	by_key_query = ((CachedPlanSource *) linitial(sources))->query_string;

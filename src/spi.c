@@ -380,7 +380,7 @@ args_execute(SPIPlanPtr plan, ArgArrays *a, bool read_only)
  */
 static planner_hook_type next_planner_hook = NULL;
 static get_relation_info_hook_type next_relation_info_hook = NULL;
-static bool by_key_hooked = false;
+static bool planner_hooked = false;
 static const char *by_key_query = NULL; /* the text of the statement running */
 static bool by_key_planning = false;	/* planning that statement now */
 static bool distrust_empty = false;	/* in every planning of this process */
@@ -497,12 +497,8 @@ by_key_planner(Query *parse, const char *query_string, int options, ParamListInf
 	scans_all = plan_scans_all(ps->planTree);
 	foreach(lc, ps->subplans)
 		scans_all = scans_all || plan_scans_all(lfirst(lc));
-	if (!scans_all)
-	{
-		by_key_planning = false;
-		return ps;
-	}
-	ps = next_planner(again, query_string, options, params);
+	if (scans_all)
+		ps = next_planner(again, query_string, options, params);
 	by_key_planning = false;
 	return ps;
 }
@@ -511,13 +507,13 @@ by_key_planner(Query *parse, const char *query_string, int options, ParamListInf
 static void
 spi_install_planner_hooks(void)
 {
-	if (by_key_hooked)
+	if (planner_hooked)
 		return;
 	next_planner_hook = planner_hook;
 	planner_hook = by_key_planner;
 	next_relation_info_hook = get_relation_info_hook;
 	get_relation_info_hook = empty_relation_info;
-	by_key_hooked = true;
+	planner_hooked = true;
 }
 
 /*

@@ -941,6 +941,12 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
         self.server.state.note_expect_100()
         return super().handle_expect_100()
 
+    def setup(self):
+        # --keepalive-timeout: a connection idle that long between requests
+        # is closed by the server, as nginx's keepalive_timeout does
+        self.timeout = self.server.keepalive_timeout
+        super().setup()
+
     def handle(self):
         # Clients hang up (timeouts) and we reset connections on purpose:
         # neither is worth a traceback.
@@ -1347,6 +1353,7 @@ class CarrierServer(http.server.ThreadingHTTPServer):
         self.track = track_sim.TrackState()
         self.token = token
         self.latency_s = max(0.0, latency_ms / 1000.0)
+        self.keepalive_timeout = None   # seconds; None: keep idle connections open
         self.log_fh = log_fh
         self._log_lock = threading.Lock()
         super().__init__((LISTEN_HOST, port), CarrierHandler)
@@ -1455,6 +1462,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, help="seed for fault rates and tracking numbers")
     parser.add_argument("--latency-ms", type=float, default=0,
                         help="fixed delay added to every carrier request")
+    parser.add_argument("--keepalive-timeout", type=float, metavar="S",
+                        help="close a keep-alive connection idle for S seconds between requests")
     parser.add_argument("--log", help="append one line per request to FILE ('-' = stderr)")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate chain")
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
@@ -1517,6 +1526,7 @@ def main(argv=None):
               file=sys.stderr)
         return 1
     port = server.server_address[1]
+    server.keepalive_timeout = args.keepalive_timeout
     server.track = track_sim.TrackState(args.easypost, args.aftership, args.kuaidi100_key)
 
     # SIGTERM/SIGINT only set a flag: server.shutdown() must not be called from

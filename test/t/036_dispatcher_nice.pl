@@ -34,10 +34,7 @@ sub dispatcher_pid
 # undef without autogroup
 sub nice_of
 {
-	my ($pid) = @_;
-	my $stat = slurp_file("/proc/$pid/stat");
-	$stat =~ s/^.*\) //s;
-	return (split / /, $stat)[16];
+	return (proc_stat($_[0]))[16];
 }
 sub group_nice_of
 {

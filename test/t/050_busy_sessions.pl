@@ -39,10 +39,7 @@ sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 my $cores = `getconf _NPROCESSORS_ONLN`;
 chomp $cores;
-my $ticks = `getconf CLK_TCK`;
-chomp $ticks;
 $cores = 1 unless $cores =~ /^\d+$/ && $cores > 0;
-$ticks = 100 unless $ticks =~ /^\d+$/ && $ticks > 0;
 
 sub worker_pid
 {
@@ -54,16 +51,6 @@ sub worker_pid
 		return $pid if $pid;
 	}
 	die "no $type";
-}
-
-# user and system time of a process, in seconds
-sub cpu_of
-{
-	my ($pid) = @_;
-	my $stat = slurp_file("/proc/$pid/stat");
-	$stat =~ s/^.*\) //s;
-	my @f = split / /, $stat;
-	return ($f[11] + $f[12]) / $ticks;
 }
 
 # N orders captured while the provider is paused, then let go
@@ -136,10 +123,10 @@ ok($node->wait_for_log(qr/sessions keep the CPU full .*delivery holds back to 2%
 	'the dispatcher sees the sessions and holds back to 2% of one core');
 my $dispatcher = worker_pid('dispatcher');
 my $applier = worker_pid('applier');
-my ($d0, $a0, $t0, $n0) = (cpu_of($dispatcher), cpu_of($applier), time(), delivered());
+my ($d0, $a0, $t0, $n0) = (cpu_seconds($dispatcher), cpu_seconds($applier), time(), delivered());
 my $q0 = polls();
 sleep 6;
-my ($d1, $a1, $t1, $n1) = (cpu_of($dispatcher), cpu_of($applier), time(), delivered());
+my ($d1, $a1, $t1, $n1) = (cpu_seconds($dispatcher), cpu_seconds($applier), time(), delivered());
 my $q1 = polls();
 my $dshare = ($d1 - $d0) / ($t1 - $t0);
 my $ashare = ($a1 - $a0) / ($t1 - $t0);

@@ -19,7 +19,7 @@ use Exporter 'import';
 our @EXPORT = qw(shipsync_node start_sim stop_sim sim_get sim_post wait_until
   setup_orders start_receiver flush_pushes receiver_node push_http sw_headers
   jdy_signed receiver_pid openssl test_ca test_certificate test_pin
-  setup_sf_orders run_reconcile note_outbox_versions);
+  setup_sf_orders run_reconcile note_outbox_versions proc_stat cpu_seconds);
 
 my $here = dirname(abs_path(__FILE__));
 my @started_sims;
@@ -125,6 +125,27 @@ sub sim_post
 		});
 	die "POST $path: $r->{status} $r->{content}" unless $r->{success};
 	return $r->{content} ? decode_json($r->{content}) : undef;
+}
+
+# The fields of /proc/PID/stat after the command in parentheses (the
+# state first): [11] and [12] are the user and system time in clock ticks,
+# [16] the nice value
+sub proc_stat
+{
+	my ($pid) = @_;
+	my $stat = PostgreSQL::Test::Utils::slurp_file("/proc/$pid/stat");
+	$stat =~ s/^.*\) //s;
+	return split / /, $stat;
+}
+
+# The CPU time of a process so far (user and system), in seconds
+my $clk_tck = `getconf CLK_TCK`;
+chomp $clk_tck;
+$clk_tck = 100 unless $clk_tck =~ /^\d+$/ && $clk_tck > 0;
+sub cpu_seconds
+{
+	my @f = proc_stat($_[0]);
+	return ($f[11] + $f[12]) / $clk_tck;
 }
 
 # Poll a SQL query until it returns 't'; returns true on success.

@@ -17,6 +17,12 @@
  * libcurl parks or reuses a keep-alive connection (PostgreSQL 15 cannot
  * remove an event from a set), which is every request.
  *
+ * A keep-alive connection between two requests stays in the epoll set
+ * ("parked"): libcurl stops watching it after every answer and watches it
+ * again for the next request on it, and taking it out and putting it back
+ * cost two epoll_ctl() calls a request, each a system call that is dear
+ * on a virtual machine (HttpSockets below).
+ *
  * Completed transfers are queued on a list the caller drains with
  * http_take_done() right after every wait, so each completion is applied as
  * soon as it finishes and never waits for a slower request of its batch.
@@ -166,6 +172,13 @@ typedef enum HttpPeerProto
 	PEER_H2,
 } HttpPeerProto;
 
+/* The sockets a client opened, by number (http_socket_cb) */
+typedef struct HttpSockets
+{
+	uint8	   *state;			/* SOCK_* bits, malloc'd */
+	int			n;
+} HttpSockets;
+
 typedef struct HttpPeer
 {
 	HttpPeerProto proto;
@@ -195,6 +208,7 @@ struct HttpClient
 	HttpTransfer *done_tail;
 
 	int			epfd;			/* epoll set of the sockets libcurl watches */
+	HttpSockets socks;			/* what is known of the sockets we opened */
 	WaitEventSet *wes;			/* latch, postmaster death, epfd */
 
 	long		timer_ms;		/* -1: no timeout pending */
@@ -208,39 +222,143 @@ struct HttpClient
 	uint64		peer_clock;
 };
 
+/*
+ * Parked keep-alive connections.  libcurl says CURL_POLL_REMOVE for a
+ * connection's socket after every answer, and CURL_POLL_IN for it again
+ * when the next request on it is sent: deleting it from the epoll set and
+ * adding it back were two of the five or six system calls of a request.
+ * A socket this client opened (http_opensocket_cb) and libcurl no longer
+ * watches stays in the set, for reading only, until libcurl watches it
+ * again (nothing to do when it wants the same events) or closes it
+ * (http_closesocket_cb; a closed socket leaves every epoll set by itself).
+ * An idle connection turns readable only when its server closes it or
+ * says something unasked: http_wait() then takes it out of the set, since
+ * nobody would read it and it would stay readable, and leaves the
+ * connection to libcurl, which checks a connection before it reuses one.
+ * Sockets that libcurl opens itself (its resolver's) are added and deleted
+ * as libcurl asks.
+ */
+#define SOCK_OURS		0x01	/* opened by http_opensocket_cb, not closed yet */
+#define SOCK_IN			0x02	/* in the epoll set, for reading */
+#define SOCK_OUT		0x04	/* in the epoll set, for writing */
+#define SOCK_WATCHED	0x08	/* libcurl watches it */
+#define SOCK_EVENTS		(SOCK_IN | SOCK_OUT)
+
+/* The state of socket fd if this client opened it, else NULL */
+static uint8 *
+http_sock(HttpClient *c, curl_socket_t fd)
+{
+	if (fd < 0 || fd >= c->socks.n || !(c->socks.state[fd] & SOCK_OURS))
+		return NULL;
+	return &c->socks.state[fd];
+}
+
+/*
+ * Note fd as opened by this client.  The table grows with the highest
+ * socket number; malloc, not palloc, since libcurl calls us: a socket that
+ * finds no room is treated as libcurl's own, added and deleted as asked.
+ */
+static void
+http_sock_opened(HttpClient *c, curl_socket_t fd)
+{
+	if (fd < 0)
+		return;
+	if (fd >= c->socks.n)
+	{
+		int			n = Max(c->socks.n * 2, 256);
+		uint8	   *state;
+
+		while (n <= fd)
+			n *= 2;
+		state = realloc(c->socks.state, n);
+		if (state == NULL)
+			return;
+		memset(state + c->socks.n, 0, n - c->socks.n);
+		c->socks.state = state;
+		c->socks.n = n;
+	}
+	c->socks.state[fd] = SOCK_OURS;
+}
+
+/* epoll_ctl() as libcurl's socket callback needs it; false: it failed */
+static bool
+http_epoll(HttpClient *c, int op, curl_socket_t fd, uint32 events)
+{
+	struct epoll_event ev;
+
+	memset(&ev, 0, sizeof(ev));
+	ev.events = events;
+	ev.data.fd = fd;
+	return epoll_ctl(c->epfd, op, fd, &ev) == 0;
+}
+
 static int
 http_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
 	HttpClient *c = (HttpClient *) userp;
-	struct epoll_event ev;
 	bool		known = socketp != NULL;
+	uint8	   *st = http_sock(c, fd);
+	uint8		want = 0;
+	uint32		events = 0;
 
 	if (what == CURL_POLL_REMOVE)
 	{
-		if (known)
+		if (st && (*st & SOCK_EVENTS) == SOCK_IN)
+			*st &= ~SOCK_WATCHED;	/* parked */
+		else if (st)
 		{
-			(void) epoll_ctl(c->epfd, EPOLL_CTL_DEL, fd, NULL);
-			curl_multi_assign(c->multi, fd, NULL);
+			if (*st & SOCK_EVENTS)
+				(void) epoll_ctl(c->epfd, EPOLL_CTL_DEL, fd, NULL);
+			*st = SOCK_OURS;
 		}
+		else if (known)
+			(void) epoll_ctl(c->epfd, EPOLL_CTL_DEL, fd, NULL);
+		if (known)
+			curl_multi_assign(c->multi, fd, NULL);
 		return 0;
 	}
 
-	memset(&ev, 0, sizeof(ev));
-	ev.data.fd = fd;
 	if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
-		ev.events |= EPOLLIN;
-	if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
-		ev.events |= EPOLLOUT;
-
-	if (epoll_ctl(c->epfd, known ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) != 0)
 	{
-		/* libcurl may hand us back a socket it had removed: try the other */
-		if (epoll_ctl(c->epfd, known ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev) != 0)
-			elog(LOG, "pg_shipsync: could not watch socket %d: %m", (int) fd);
+		want |= SOCK_IN;
+		events |= EPOLLIN;
 	}
+	if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+	{
+		want |= SOCK_OUT;
+		events |= EPOLLOUT;
+	}
+
+	if (st)
+	{
+		/* in the set already (watched, or parked) with these events: nothing to do */
+		if ((*st & SOCK_EVENTS) != want &&
+			!http_epoll(c, (*st & SOCK_EVENTS) ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, events) &&
+			!http_epoll(c, (*st & SOCK_EVENTS) ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, events))
+			elog(LOG, "pg_shipsync: could not watch socket %d: %m", (int) fd);
+		*st = SOCK_OURS | SOCK_WATCHED | want;
+	}
+	else if (!http_epoll(c, known ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, events) &&
+			 /* libcurl may hand us back a socket it had removed: try the other */
+			 !http_epoll(c, known ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, events))
+		elog(LOG, "pg_shipsync: could not watch socket %d: %m", (int) fd);
 	if (!known)
 		curl_multi_assign(c->multi, fd, (void *) c);
 	return 0;
+}
+
+/*
+ * libcurl closes a socket that http_opensocket_cb opened: it leaves the
+ * epoll set as it is closed, and its number may come back for another.
+ */
+static int
+http_closesocket_cb(void *clientp, curl_socket_t fd)
+{
+	HttpClient *c = (HttpClient *) clientp;
+
+	if (fd >= 0 && fd < c->socks.n)
+		c->socks.state[fd] = 0;
+	return close(fd);
 }
 
 static int
@@ -442,6 +560,7 @@ http_opensocket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *ad
 {
 	HttpTransfer *t = (HttpTransfer *) clientp;
 	ShipAddr	a;
+	curl_socket_t fd;
 
 	http_lookup_done(t);
 	if (purpose != CURLSOCKTYPE_IPCXN || !shipsync_addr_from_sockaddr(&address->addr, &a))
@@ -453,7 +572,9 @@ http_opensocket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *ad
 	if (!http_address_allowed(t, &a))
 		return CURL_SOCKET_BAD;
 	t->allowed_tried = true;
-	return socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+	fd = socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+	http_sock_opened(t->client, fd);
+	return fd;
 }
 
 /*
@@ -1125,6 +1246,8 @@ http_easy_options(CURL *easy, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_PROXY, "");
 	curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, http_opensocket_cb);
 	curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, t);
+	curl_easy_setopt(easy, CURLOPT_CLOSESOCKETFUNCTION, http_closesocket_cb);
+	curl_easy_setopt(easy, CURLOPT_CLOSESOCKETDATA, t->client);
 	curl_easy_setopt(easy, CURLOPT_PREREQFUNCTION, http_prereq_cb);
 	curl_easy_setopt(easy, CURLOPT_PREREQDATA, t);
 	curl_easy_setopt(easy, CURLOPT_RESOLVER_START_FUNCTION, http_resolver_start_cb);
@@ -1472,7 +1595,15 @@ http_wait(HttpClient *c, long timeout_ms, uint32 wait_event_info)
 		for (int i = 0; i < nready; i++)
 		{
 			int			mask = 0;
+			uint8	   *st = http_sock(c, ready[i].data.fd);
 
+			/* a parked connection its server closed, or spoke on unasked */
+			if (st && !(*st & SOCK_WATCHED))
+			{
+				(void) epoll_ctl(c->epfd, EPOLL_CTL_DEL, ready[i].data.fd, NULL);
+				*st = SOCK_OURS;
+				continue;
+			}
 			if (ready[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
 				mask |= CURL_CSELECT_IN;
 			if (ready[i].events & EPOLLOUT)
@@ -1560,6 +1691,9 @@ http_client_destroy(HttpClient *c)
 	c->wes = NULL;
 	close(c->epfd);
 	ReleaseExternalFD();
+	free(c->socks.state);
+	c->socks.state = NULL;
+	c->socks.n = 0;
 }
 
 /*

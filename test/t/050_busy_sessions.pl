@@ -104,6 +104,7 @@ cmp_ok($poll_rate, '>', 50, "the tracking of the delivered orders is polled ($po
 
 # 2. Sessions keep every core busy: the dispatcher holds back to its floor,
 # and polls nothing new either.
+$offset = -s $node->logfile;
 my @burners;
 for my $i (1 .. $cores + 1)
 {
@@ -117,7 +118,6 @@ ok( wait_until($node,
 		"SELECT count(*) = $cores + 1 FROM pg_stat_activity WHERE application_name = 'burner' AND state = 'active'", 30),
 	($cores + 1) . ' sessions keep the ' . $cores . ' cores busy');
 
-$offset = -s $node->logfile;
 backlog(20000);
 ok($node->wait_for_log(qr/sessions keep the CPU full .*delivery holds back to 2% of one core/, $offset),
 	'the dispatcher sees the sessions and holds back to 2% of one core');

@@ -40,6 +40,30 @@ setup_orders($node, $sim);
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
+# The plans auto_explain logged from byte offset on, of the statements
+# whose text contains each of the strings given
+sub logged_plans
+{
+	my ($offset, @texts) = @_;
+	my @plans = split /LOG:  duration: /, slurp_file($node->logfile, $offset);
+	for my $t (@texts)
+	{
+		@plans = grep { index($_, $t) >= 0 } @plans;
+	}
+	return @plans;
+}
+
+# N orders committed at once into crm.bulk; true once all TOTAL it holds
+# are written back within timeout seconds
+sub bulk_orders
+{
+	my ($n, $total, $timeout) = @_;
+	sql(qq{INSERT INTO crm.bulk (customer, address)
+		SELECT '客户 ' || g, '杭州市西湖区文三路 ' || g || ' 号' FROM generate_series(1, $n) g});
+	return wait_until($node, "SELECT count(*) = $total FROM crm.bulk WHERE waybill_no IS NOT NULL",
+		$timeout);
+}
+
 sub deliver_one
 {
 	my ($i) = @_;
@@ -187,8 +211,7 @@ for my $stmt ([ 'reading the order rows', 'SELECT shipsync_u.shipsync_id, t.ref 
 	# the plans, as auto_explain logged them: a nested loop over a
 	# materialized scan reads the table once too, but compares every key
 	# with every row
-	my @plans = grep { index($_, "Query Text: $like") >= 0 }
-	  split /LOG:  duration: /, slurp_file($node->logfile, $logoff);
+	my @plans = logged_plans($logoff, "Query Text: $like");
 	ok(@plans > 0 && !grep({ !/Hash/ || /Nested Loop/ } @plans),
 		"no index on the key, $what: hash-joined, as PostgreSQL plans it ("
 		  . scalar(@plans) . ' plans logged)');
@@ -222,17 +245,12 @@ for my $t ('crm.bulk', 'shipsync.outbox')
 		't', "$t reads as analyzed with pages and no rows, and no column statistics");
 }
 $logoff = -s $node->logfile;
-sql(q{INSERT INTO crm.bulk (customer, address)
-	SELECT '客户 ' || g, '杭州市西湖区文三路 ' || g || ' 号' FROM generate_series(1, 2000) g});
-ok( wait_until(
-		$node, q{SELECT count(*) = 2000 FROM crm.bulk WHERE waybill_no IS NOT NULL}, 120),
-	'2,000 orders committed at once into that table are delivered');
+ok(bulk_orders(2000, 2000, 120), '2,000 orders committed at once into that table are delivered');
 for my $stmt ([ 'reading the order rows', 'SELECT shipsync_u.shipsync_id, t.id IS NOT NULL AS found' ],
 	[ 'writing the waybills back', 'UPDATE crm.bulk AS t SET' ])
 {
 	my ($what, $like) = @$stmt;
-	my @plans = grep { index($_, "Query Text: $like") >= 0 && index($_, 'crm.bulk') >= 0 }
-	  split /LOG:  duration: /, slurp_file($node->logfile, $logoff);
+	my @plans = logged_plans($logoff, "Query Text: $like", 'crm.bulk');
 	# every key looked up through the index; never the whole table read
 	# with the keys compared in a join filter
 	ok( @plans > 0
@@ -256,13 +274,8 @@ sql(q{CREATE ROLE plan_probe;
 is(sql(q{SELECT reltuples = 0 AND relpages > 0 FROM pg_class WHERE oid = 'shipsync.outbox'::regclass}),
 	't', 'the outbox\'s statistics still say no rows on its pages');
 $logoff = -s $node->logfile;
-sql(q{INSERT INTO crm.bulk (customer, address)
-	SELECT '客户 ' || g, '杭州市西湖区文三路 ' || g || ' 号' FROM generate_series(1, 10) g});
-ok( wait_until(
-		$node, q{SELECT count(*) = 2010 FROM crm.bulk WHERE waybill_no IS NOT NULL}, 60),
-	'ten more orders into that table are delivered');
-my @states = grep { index($_, 'Query Text: UPDATE shipsync.outbox o SET state = u.state') >= 0 }
-  split /LOG:  duration: /, slurp_file($node->logfile, $logoff);
+ok(bulk_orders(10, 2010, 60), 'ten more orders into that table are delivered');
+my @states = logged_plans($logoff, 'Query Text: UPDATE shipsync.outbox o SET state = u.state');
 my @bad = grep { !/Index Cond: \(id = u\.id\)/ || /Join Filter: \(\(o\.id = u\.id\)/ } @states;
 ok(@states >= 1 && !@bad,
 	'an outbox analyzed empty, the apply\'s outbox states once it holds some 2,000 intents: each intent'

@@ -9,6 +9,11 @@ keep-alive connection, reconnecting after a connection error.  Writes one
 line per push to OUT: "N STATUS", STATUS being the HTTP status or "error"
 (no answer: refused, reset, closed).  With --only FILE, sends only the
 pushes whose numbers FILE lists (one per line): the resend of a test.
+With --until-fault EXTRA, COUNT is a budget, not a total: the pusher stops
+taking new numbers once EXTRA pushes have had their outcome after the first
+push that was not answered 2xx, so a test's fault always falls inside the
+stream however fast the pushes go (the numbers sent are still FIRST..
+FIRST+K-1 for some K, and OUT lists each of them).
 
     push_load.py --port P --provider trk --secret whsec_... --first 0
                  --count 1000 --threads 8 --out results.txt [--tls-ca ca.pem]
@@ -43,9 +48,12 @@ def signed(args, key, n):
                   "Content-Type": "application/json"}
 
 
-def worker(args, key, todo, results, lock):
+def worker(args, key, todo, results, lock, fault):
     conn = None
     while True:
+        with lock:
+            if fault["after"] is not None and fault["after"] >= args.until_fault:
+                break
         try:
             n = todo.get_nowait()
         except queue.Empty:
@@ -72,6 +80,10 @@ def worker(args, key, todo, results, lock):
             conn = None
         with lock:
             results.append((n, status))
+            if fault["after"] is not None:
+                fault["after"] += 1
+            elif not status.startswith("2"):
+                fault["after"] = 0
         if args.pause_ms:
             time.sleep(args.pause_ms / 1000.0)
 
@@ -88,6 +100,7 @@ def main():
     ap.add_argument("--shipments", type=int, default=1000)
     ap.add_argument("--tn-prefix", default="TRK")
     ap.add_argument("--pause-ms", type=int, default=0)
+    ap.add_argument("--until-fault", type=int, metavar="EXTRA")
     ap.add_argument("--tls-ca")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -104,7 +117,10 @@ def main():
             todo.put(n)
     results = []
     lock = threading.Lock()
-    threads = [threading.Thread(target=worker, args=(args, key, todo, results, lock))
+    fault = {"after": None}
+    if args.until_fault is None:
+        args.until_fault = float("inf")
+    threads = [threading.Thread(target=worker, args=(args, key, todo, results, lock, fault))
                for _ in range(args.threads)]
     for t in threads:
         t.start()

@@ -89,6 +89,18 @@ sub wait_settled
 		$timeout // 60);
 }
 
+# The outbox id of order $key of binding $bid.  Capture writes the intent
+# into the inbox; the dispatcher moves it into the outbox in a transaction
+# of its own after the insert commits, so wait for it there.
+sub outbox_id_of
+{
+	my ($bid, $key) = @_;
+	my $where = "binding_id = $bid AND order_key = '$key'";
+	wait_until($node, "SELECT EXISTS (SELECT 1 FROM shipsync.outbox WHERE $where)")
+	  or die "order $key of binding $bid never reached the outbox";
+	return sql("SELECT id FROM shipsync.outbox WHERE $where");
+}
+
 # A table like crm.orders (sharing its id sequence) attached to $provider.
 sub orders_table
 {
@@ -286,7 +298,7 @@ fault_phase(name => 'close', rule => { fault => 'close' }, class => 'connection_
 	sim_rules({ fault => 'status', status => 422, match_order_ref => "^$id\$" });
 	sql("INSERT INTO crm.orders (id, customer, address) VALUES ($id, 'Permanent', '1 Refused Road')");
 	$intents{'crm.orders'}++;
-	my $ob = sql("SELECT id FROM shipsync.outbox WHERE binding_id = $orders_bid AND order_key = '$id'");
+	my $ob = outbox_id_of($orders_bid, $id);
 	ok(wait_until($node, "SELECT state = 'dead' FROM shipsync.outbox WHERE id = $ob"),
 		'422: the intent ends dead');
 	is( sql("SELECT attempts || ' ' || error_class FROM shipsync.outbox WHERE id = $ob"),
@@ -317,7 +329,7 @@ fault_phase(name => 'close', rule => { fault => 'close' }, class => 'connection_
 	sim_rules({ fault => 'status', status => 500, match_order_ref => "^$id\$" });
 	sql("INSERT INTO crm.orders3 (id, customer, address) VALUES ($id, 'Unlucky', '3 Retry Lane')");
 	$intents{'crm.orders3'}++;
-	my $ob = sql("SELECT id FROM shipsync.outbox WHERE binding_id = $bid AND order_key = '$id'");
+	my $ob = outbox_id_of($bid, $id);
 	ok(wait_until($node, "SELECT state = 'dead' FROM shipsync.outbox WHERE id = $ob"),
 		'max_attempts: a persistent 500 ends dead');
 	is(sql("SELECT attempts FROM shipsync.outbox WHERE id = $ob"),

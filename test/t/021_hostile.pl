@@ -210,7 +210,7 @@ is( sql(qq{SELECT l.error_class || ' ' || l.outcome FROM shipsync.delivery_log l
 		SELECT shipsync.attach('crm.once_orders', 'once', writeback => '{"tracking_number": "waybill_no"}');});
 	my $id = next_id();
 	sim_post($sim, '/_sim/faults',
-		{ rules => [ { fault => 'slow', ms => 3000, match_order_ref => "^$id\$" } ] });
+		{ rules => [ { fault => 'slow', ms => 8000, match_order_ref => "^$id\$" } ] });
 	sql("INSERT INTO crm.once_orders (id, customer) VALUES ($id, 'Once')");
 	ok(wait_until($node, "SELECT state = 'in_flight' FROM shipsync.outbox WHERE order_key = '$id'", 30),
 		'restart: the intent is in flight');
@@ -229,7 +229,7 @@ is( sql(qq{SELECT l.error_class || ' ' || l.outcome FROM shipsync.delivery_log l
 		'1 interrupted', 'restart: after its one attempt, as interrupted');
 	like(sql(qq{SELECT last_error FROM shipsync.outbox WHERE order_key = '$id'}),
 		qr/^gave up after 1 attempts: the dispatcher stopped/, 'restart: last_error says why');
-	sleep(4);    # the slow answer of the first attempt is over
+	sleep(9);    # the slow answer of the first attempt is over
 	is(fired()->[0], 1, 'restart: the carrier got it once, never again');
 	$pid = dispatcher_pid();
 }
@@ -338,6 +338,9 @@ is( sql(qq{SELECT l.error_class || ' ' || l.outcome FROM shipsync.delivery_log l
 	my $id = hang_next_order('POISON-2',
 		"EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $dispatcher)");
 	sql("INSERT INTO crm.orders (id, customer) VALUES ($id, 'Reused id')");
+	# the dispatcher moves it from the inbox after the insert commits
+	ok(wait_until($node, "SELECT EXISTS (SELECT 1 FROM shipsync.outbox WHERE order_key = '$id')"),
+		'recorded: the new intent reaches the outbox');
 	is(sql("SELECT id FROM shipsync.outbox WHERE order_key = '$id'"), '1', 'recorded: the new intent has id 1');
 	my $hung = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync applier'"
 	  . " AND wait_event = 'PgSleep'";

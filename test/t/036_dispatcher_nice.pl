@@ -19,11 +19,13 @@ $node->safe_psql('postgres', 'CREATE EXTENSION pg_shipsync');
 
 sub dispatcher_pid
 {
+	my ($not) = @_;
 	my $pid;
+	my $other = $not ? " AND pid <> $not" : '';
 	for (my $deadline = time() + 30; time() < $deadline; usleep(100_000))
 	{
 		$pid = $node->safe_psql('postgres',
-			"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'");
+			"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'$other");
 		return $pid if $pid;
 	}
 	die 'no dispatcher';
@@ -45,11 +47,13 @@ sub group_nice_of
 my $grouped = -e '/proc/self/autogroup';
 
 # wait until the dispatcher's nice value is $want (it sets it at start and
-# at a reload, both asynchronous to us)
+# at a reload, both asynchronous to us); with $not, the dispatcher that
+# replaced that one (pg_terminate_backend() returns before it has exited,
+# and its pid can still be listed, then gone from /proc)
 sub nice_becomes
 {
-	my ($want) = @_;
-	my $pid = dispatcher_pid();
+	my ($want, $not) = @_;
+	my $pid = dispatcher_pid($not);
 	for (my $deadline = time() + 30; time() < $deadline; usleep(100_000))
 	{
 		return $pid if nice_of($pid) == $want
@@ -95,7 +99,7 @@ ok( $node->wait_for_log(
 is(nice_of($pid), 12, 'the running dispatcher keeps 12');
 
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
-my $new = nice_becomes(3);
+my $new = nice_becomes(3, $pid);
 ok($new && $new != $pid, 'the next dispatcher starts at the lowered value');
 
 $node->stop;

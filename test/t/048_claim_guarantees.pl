@@ -46,8 +46,10 @@ note_outbox_versions($node);
 sub settled
 {
 	my ($keys) = @_;
-	return wait_until($node, qq{SELECT count(*) = 0 FROM shipsync.outbox
-		WHERE order_key IN ($keys) AND state IN ('pending', 'retrying', 'in_flight')}, 30);
+	# captured intents wait in the inbox until the dispatcher moves them
+	return wait_until($node, qq{SELECT NOT EXISTS (SELECT 1 FROM shipsync.outbox
+		WHERE order_key IN ($keys) AND state IN ('pending', 'retrying', 'in_flight'))
+		AND NOT EXISTS (SELECT 1 FROM shipsync.inbox WHERE order_key IN ($keys))}, 30);
 }
 
 # 1. fresh orders

@@ -78,17 +78,6 @@ sub wait_waybills
 		$timeout // 60);
 }
 
-# Every intent of these orders has stopped (done, dead, coalesced...).
-sub wait_settled
-{
-	my ($keys_sql, $timeout) = @_;
-	return wait_until($node,
-		"SELECT NOT EXISTS (SELECT 1 FROM shipsync.outbox WHERE order_key IN ($keys_sql)"
-		  . " AND state IN ('pending', 'retrying', 'in_flight'))"
-		  . " AND NOT EXISTS (SELECT 1 FROM shipsync.inbox WHERE order_key IN ($keys_sql))",
-		$timeout // 60);
-}
-
 # The outbox id of order $key of binding $bid.  Capture writes the intent
 # into the inbox; the dispatcher moves it into the outbox in a transaction
 # of its own after the insert commits, so wait for it there.
@@ -379,7 +368,7 @@ fault_phase(name => 'close', rule => { fault => 'close' }, class => 'connection_
 	is(sim_get($sim, '/_sim/stats')->{requests}, $requests0, 'order: nothing sent while paused');
 
 	sql("SELECT shipsync.resume('sim')");
-	ok(wait_settled($keys), 'order: delivered after resume');
+	ok(wait_settled($node, $keys), 'order: delivered after resume');
 	my $ships = sim_get($sim, "/_sim/shipments?order_ref=$id");
 	is(scalar @$ships, 1, 'order: exactly one shipment');
 	is($ships->[0]{updates}, 0, 'order: with no update (the updates coalesced)');
@@ -398,7 +387,7 @@ fault_phase(name => 'close', rule => { fault => 'close' }, class => 'connection_
 	# a later update is a PATCH of the shipment
 	sql("UPDATE crm.orders SET address = '北京市海淀区 5 号' WHERE id = $id");
 	$intents{'crm.orders'}++;
-	ok(wait_settled($keys), 'order: the update is delivered');
+	ok(wait_settled($node, $keys), 'order: the update is delivered');
 	$ships = sim_get($sim, "/_sim/shipments?order_ref=$id");
 	is($ships->[0]{updates}, 1, 'order: the update reached the carrier as a PATCH');
 	$rec = sim_get($sim, "/_sim/shipments/$ships->[0]{id}");
@@ -408,7 +397,7 @@ fault_phase(name => 'close', rule => { fault => 'close' }, class => 'connection_
 	# a delete is a cancel
 	sql("DELETE FROM crm.orders WHERE id = $id");
 	$intents{'crm.orders'}++;
-	ok(wait_settled($keys), 'order: the delete is delivered');
+	ok(wait_settled($node, $keys), 'order: the delete is delivered');
 	$ships = sim_get($sim, "/_sim/shipments?order_ref=$id");
 	is(scalar(@$ships) . ' ' . $ships->[0]{status}, '1 cancelled', 'order: the shipment is cancelled');
 	is( sql(qq{SELECT status FROM shipsync.shipment
@@ -432,7 +421,7 @@ fault_phase(name => 'close', rule => { fault => 'close' }, class => 'connection_
 	$intents{'crm.orders'} += 3;
 	my $t0 = time();
 	sql("SELECT shipsync.resume('sim')");
-	ok(wait_settled("'$id'"), 'gone: every intent settles');
+	ok(wait_settled($node, "'$id'"), 'gone: every intent settles');
 	my $took = time() - $t0;
 	# claims are woken by commits and completions, not by the 10 s idle check
 	cmp_ok($took, '<', 5, sprintf('gone: settled without waiting for the idle check (%.1f s)', $took));
@@ -488,7 +477,7 @@ fault_phase(name => 'close', rule => { fault => 'close' }, class => 'connection_
 	my ($lo, $hi, $seven) = split /,/, (grep { /,/ } split /\n/, $r)[0];
 	$intents{'crm.wb'} += 20;
 	sql("SELECT shipsync.resume('sim')");
-	ok(wait_settled("SELECT id::text FROM crm.wb"), 'write-back: all 20 intents settle');
+	ok(wait_settled($node, "SELECT id::text FROM crm.wb"), 'write-back: all 20 intents settle');
 	is( sql("SELECT count(*) FROM crm.wb WHERE waybill_no ~ '^SIM[0-9]{12}\$' AND n <> 7"),
 		19, 'write-back: the 19 other orders got their waybill');
 	is(sql("SELECT waybill_no IS NULL FROM crm.wb WHERE n = 7"), 't',

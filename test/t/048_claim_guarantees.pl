@@ -43,20 +43,11 @@ setup_orders($node, $sim,
 my $pid = sql(q{SELECT provider_id FROM shipsync.provider WHERE name = 'sim'});
 note_outbox_versions($node);
 
-sub settled
-{
-	my ($keys) = @_;
-	# captured intents wait in the inbox until the dispatcher moves them
-	return wait_until($node, qq{SELECT NOT EXISTS (SELECT 1 FROM shipsync.outbox
-		WHERE order_key IN ($keys) AND state IN ('pending', 'retrying', 'in_flight'))
-		AND NOT EXISTS (SELECT 1 FROM shipsync.inbox WHERE order_key IN ($keys))}, 30);
-}
-
 # 1. fresh orders
 my $keys = join(',', map { "'$_'" } split /\n/, sql(q{
 	INSERT INTO crm.orders (customer, address)
 	SELECT 'c' || g, g || ' Main St' FROM generate_series(1, 20) g RETURNING id}));
-ok(settled($keys), 'fresh: all twenty delivered');
+ok(wait_settled($node, $keys, 30), 'fresh: all twenty delivered');
 is( sql(qq{SELECT count(*) FROM public.seen WHERE order_key IN ($keys)
 		AND new_state = 'in_flight' AND has_request}),
 	20, 'fresh: each intent went in flight once, with its stored request');
@@ -70,7 +61,7 @@ my $k2 = sql(q{BEGIN;
 	INSERT INTO crm.orders (customer, address) VALUES ('Two', '1 Old Rd') RETURNING id \gset
 	UPDATE crm.orders SET address = '2 New Rd' WHERE id = :id;
 	COMMIT; SELECT :id});
-ok(settled("'$k2'"), 'coalesced: settled');
+ok(wait_settled($node, "'$k2'", 30), 'coalesced: settled');
 is( sql(qq{SELECT string_agg(op || ':' || state || ':'
 			|| coalesce((coalesced_into = (SELECT c.id FROM shipsync.outbox c
 				WHERE c.order_key = o.order_key AND c.op = 'create'))::text, '-'), ',' ORDER BY id)
@@ -91,7 +82,7 @@ my $k3 = sql(q{INSERT INTO crm.orders (customer, address) VALUES ('Three', '3 Sl
 ok( wait_until($node, qq{SELECT state = 'in_flight' FROM shipsync.outbox
 		WHERE order_key = '$k3' AND op = 'create'}, 10), 'open: the create is in flight');
 sql(qq{UPDATE crm.orders SET address = '4 Quick Ln' WHERE id = $k3});
-ok(settled("'$k3'"), 'open: settled');
+ok(wait_settled($node, "'$k3'", 30), 'open: settled');
 is( sql(qq{SELECT (SELECT min(xid::text::bigint) FROM public.seen WHERE order_key = '$k3'
 			AND op = 'update' AND new_state = 'in_flight')
 		> (SELECT xid::text::bigint FROM public.seen WHERE order_key = '$k3'
@@ -116,7 +107,7 @@ my $new = join(',', map { "'$_'" } split /\n/, sql(q{
 	INSERT INTO crm.orders (customer, address)
 	SELECT 'new' || g, g || ' Front St' FROM generate_series(1, 3) g RETURNING id}));
 sql(q{SELECT shipsync.resume('sim')});
-ok(settled("$old,$new"), 'backlog: all eight delivered');
+ok(wait_settled($node, "$old,$new", 30), 'backlog: all eight delivered');
 is( sql(qq{SELECT (SELECT max(xid::text::bigint) FROM public.seen WHERE order_key IN ($old)
 			AND new_state = 'in_flight')
 		<= (SELECT min(xid::text::bigint) FROM public.seen WHERE order_key IN ($new)
@@ -131,7 +122,7 @@ my $k5 = sql(q{BEGIN;
 	INSERT INTO crm.other_renamed VALUES (1, 'Broken');
 	INSERT INTO crm.orders (customer, address) VALUES ('Five', '5 Fine Ave') RETURNING id \gset
 	COMMIT; SELECT :id});
-ok(settled("'$k5'"), 'render failure: the other binding\'s order is delivered at once');
+ok(wait_settled($node, "'$k5'", 30), 'render failure: the other binding\'s order is delivered at once');
 is( sql(qq{SELECT state FROM shipsync.outbox WHERE order_key = '$k5'}), 'done',
 	'render failure: done');
 ok( wait_until($node, q{SELECT state = 'dead' FROM shipsync.outbox o
@@ -151,7 +142,7 @@ is(sql(q{SELECT count(*) FROM shipsync.inbox}), 0, 'render failure: nothing left
 my $k6 = join(',', map { "'$_'" } split /\n/, sql(q{
 	INSERT INTO crm.orders (customer, address)
 	SELECT 'six' || g, g || ' Direct Way' FROM generate_series(1, 3) g RETURNING id}));
-ok(settled($k6), 'taken: all three delivered');
+ok(wait_settled($node, $k6, 30), 'taken: all three delivered');
 is( sql(qq{SELECT string_agg(DISTINCT coalesce(old_state, '-') || '>' || new_state || '|' || has_request, ',')
 		FROM public.seen WHERE order_key IN ($k6) AND op = 'create'
 		AND (old_state IS NULL OR new_state = 'in_flight')}),

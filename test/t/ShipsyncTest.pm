@@ -19,7 +19,8 @@ use Exporter 'import';
 our @EXPORT = qw(shipsync_node start_sim stop_sim sim_get sim_post wait_until
   setup_orders start_receiver flush_pushes receiver_node push_http sw_headers
   jdy_signed receiver_pid openssl test_ca test_certificate test_pin
-  setup_sf_orders run_reconcile note_outbox_versions proc_stat cpu_seconds);
+  setup_sf_orders run_reconcile note_outbox_versions proc_stat cpu_seconds
+  wait_settled);
 
 my $here = dirname(abs_path(__FILE__));
 my @started_sims;
@@ -161,6 +162,20 @@ sub wait_until
 		usleep(100_000);
 	}
 	return 0;
+}
+
+# Wait until the intents of the orders whose keys keys_sql lists (quoted,
+# comma-separated) are settled: none left in the inbox, where capture puts
+# them until the dispatcher moves them, and none in the outbox still to be
+# sent or answered.  Returns true on success.
+sub wait_settled
+{
+	my ($node, $keys_sql, $timeout) = @_;
+	return wait_until($node,
+		"SELECT NOT EXISTS (SELECT 1 FROM shipsync.outbox WHERE order_key IN ($keys_sql)"
+		  . " AND state IN ('pending', 'retrying', 'in_flight'))"
+		  . " AND NOT EXISTS (SELECT 1 FROM shipsync.inbox WHERE order_key IN ($keys_sql))",
+		$timeout // 60);
 }
 
 # The extension, a provider named 'sim' at the simulator, and crm.orders

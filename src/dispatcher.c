@@ -58,9 +58,6 @@
 #include "postgres.h"
 
 #include <sys/resource.h>
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 #include <curl/curl.h>
 
 #include "access/genam.h"
@@ -1501,6 +1498,23 @@ dispatcher_apply_done(TimestampTz now)
 }
 
 /*
+ * Put this dispatcher's heap in transparent huge pages (hugeheap.c) when
+ * shipsync.dispatcher_huge_pages allows it: once, as it starts, before its
+ * heap grows for work.
+ */
+static void
+dispatcher_prepare_heap(void)
+{
+	const char *why;
+
+	if (!shipsync_dispatcher_huge_pages)
+		return;
+	why = shipsync_hugeheap_prepare("/");
+	if (why != NULL)
+		elog(DEBUG1, "pg_shipsync: the dispatcher's heap stays in small pages: %s", why);
+}
+
+/*
  * A quiet second after a burst (nothing in flight, nothing to do at once,
  * and neither for HEAP_QUIET_MS): free the libcurl handles pooled for the
  * next transfers, and give the heap that the burst left free back to the
@@ -1519,7 +1533,8 @@ dispatcher_apply_done(TimestampTz now)
  * virtual machines we measure on, 6 to 15 us a page.  Given back once a
  * second, a burst of 20,000 had 3 releases and 10,000 faults in it, and
  * the dispatcher spent 129 us an order against 109 without them
- * (docs/architecture.md, the twenty-second round).
+ * (docs/architecture.md, the twenty-second round).  The heap's huge pages
+ * are given back the same way (hugeheap.c).
  */
 static long
 dispatcher_release_heap(long timeout, TimestampTz now)
@@ -1551,9 +1566,7 @@ dispatcher_release_heap(long timeout, TimestampTz now)
 	}
 	if (!heap_dirty)
 		return timeout;
-#ifdef __GLIBC__
-	(void) malloc_trim(0);
-#endif
+	shipsync_hugeheap_give_back();
 	elog(DEBUG1, "pg_shipsync: dispatcher gave its free heap back after %d ms idle",
 		 HEAP_QUIET_MS);
 	heap_dirty = false;
@@ -1740,6 +1753,7 @@ shipsync_dispatcher_main(Datum main_arg)
 	dbname[BGW_EXTRALEN - 1] = '\0';
 
 	dispatcher_start(dbname);
+	dispatcher_prepare_heap();
 
 	ereport(LOG, (errmsg("pg_shipsync dispatcher started for database \"%s\"", dbname)));
 	/* what a dead dispatcher was applying: quarantine, or apply alone */
@@ -1816,6 +1830,7 @@ shipsync_dispatcher_main(Datum main_arg)
 		dispatcher_apply_done(GetCurrentTimestamp());
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(loop_cxt);
+		shipsync_hugeheap_follow();
 		recover_failures = 0;
 	}
 }

@@ -55,6 +55,7 @@ int			shipsync_idle_check_ms = 10000;
 int			shipsync_dispatcher_nice = 0;
 int			shipsync_busy_cpu_percent = 2;
 bool		shipsync_apply_worker = true;
+bool		shipsync_dispatcher_huge_pages = true;
 char	   *shipsync_receiver_listen = NULL;
 char	   *shipsync_receiver_database = NULL;
 char	   *shipsync_receiver_ssl_cert_file = NULL;
@@ -614,6 +615,14 @@ _PG_init(void)
 							 "Apply the results of requests in a background worker of their own, beside each dispatcher.",
 							 "On, a burst's requests and its results use two processes (two cores); off, or when no worker slot is free, the dispatcher applies them itself.",
 							 &shipsync_apply_worker,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("shipsync.dispatcher_huge_pages",
+							 "Put the private heap of the dispatchers in transparent huge pages.",
+							 "Only where the kernel gives them to memory that asks (transparent_hugepage \"madvise\" or \"always\"). The server's shared memory is huge_pages'. Applies when each dispatcher next starts.",
+							 &shipsync_dispatcher_huge_pages,
 							 true,
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);

@@ -399,6 +399,13 @@ extern char *shipsync_md5_upper_hex(const char *s);
 #define PII_EMAIL	3
 
 /*
+ * in hugeheap.c: the dispatcher's heap in transparent huge pages
+ */
+extern const char *shipsync_hugeheap_prepare(const char *root);
+extern void shipsync_hugeheap_follow(void);
+extern void shipsync_hugeheap_give_back(void);
+
+/*
  * in cpuroom.c: the idle share of the CPU this server may use (its CPUs,
  * its control group's CPU quota)
  */
@@ -715,6 +722,7 @@ extern int	shipsync_idle_check_ms;
 extern int	shipsync_dispatcher_nice;
 extern int	shipsync_busy_cpu_percent;
 extern bool shipsync_apply_worker;
+extern bool shipsync_dispatcher_huge_pages;
 extern char *shipsync_receiver_listen;
 extern char *shipsync_receiver_database;
 extern char *shipsync_receiver_ssl_cert_file;

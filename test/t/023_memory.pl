@@ -16,7 +16,8 @@
 # does a second after going idle (read sooner, a reading could catch the
 # peak of the last burst); then that second is checked, with the idle
 # check at 60 s, and that a stream with moments of nothing in flight does
-# not count as idle.
+# not count as idle.  Last, the dispatcher's heap in huge pages where the
+# kernel offers them, and not with shipsync.dispatcher_huge_pages off.
 use strict;
 use warnings;
 use FindBin;
@@ -194,6 +195,63 @@ is($releases, 1, 'the heap is given back once, after the stream, never during it
 sql(q{BEGIN; UPDATE shipsync.provider SET rate_limit_per_s = 0 WHERE name = 'sim';
 	SELECT shipsync._wake(true); COMMIT;});
 sql("ALTER SYSTEM RESET log_min_messages; SELECT pg_reload_conf()");
+
+# The dispatcher's heap in transparent huge pages (hugeheap.c), where the
+# kernel gives them to memory that asks ("madvise", Debian's default, or
+# "always"): a new dispatcher's heap has an area the kernel may back with
+# 2 MB pages, and with shipsync.dispatcher_huge_pages off it has none (at
+# "madvise"; at "always" every area may, asked or not).  Eligibility, read
+# in /proc/PID/smaps, not the pages themselves: whether the kernel had a
+# free 2 MB page at a fault is not the dispatcher's doing.
+sub heap_eligible
+{
+	my ($pid) = @_;
+	my ($in_heap, $eligible) = (0, 0);
+	for (split /\n/, slurp_file("/proc/$pid/smaps"))
+	{
+		if (/^[0-9a-f]+-[0-9a-f]+ /) { $in_heap = /\[heap\]\s*$/ ? 1 : 0; }
+		elsif ($in_heap && /^THPeligible:\s+1/) { $eligible++; }
+	}
+	return $eligible;
+}
+
+sub new_dispatcher
+{
+	my $old = dispatcher_pid();
+	sql("SELECT pg_terminate_backend($old)");
+	ok(wait_until($node, q{SELECT count(*) = 1 FROM pg_stat_activity
+		WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'postgres'
+		  AND pid <> } . $old, 30), 'a new dispatcher started');
+	usleep(500_000);    # past its start, where the heap is prepared
+	return dispatcher_pid();
+}
+
+my $thp = -r '/sys/kernel/mm/transparent_hugepage/enabled'
+  ? (slurp_file('/sys/kernel/mm/transparent_hugepage/enabled') =~ /\[(\w+)\]/)[0]
+  : 'none';
+my $offered = $thp eq 'madvise' || $thp eq 'always';
+my $eligible = heap_eligible(new_dispatcher());
+if ($offered)
+{
+	cmp_ok($eligible, '>=', 1,
+		"transparent huge pages \"$thp\": the dispatcher's heap may have them");
+}
+else
+{
+	is($eligible, 0, "transparent huge pages \"$thp\": no heap area may have them");
+}
+sql("ALTER SYSTEM SET shipsync.dispatcher_huge_pages = off; SELECT pg_reload_conf()");
+$eligible = heap_eligible(new_dispatcher());
+if ($thp ne 'always')
+{
+	is($eligible, 0,
+		"transparent huge pages \"$thp\", shipsync.dispatcher_huge_pages off: no heap area may have them");
+}
+else
+{
+	cmp_ok($eligible, '>=', 1, 'transparent huge pages "always": the kernel offers them unasked');
+}
+sql("ALTER SYSTEM RESET shipsync.dispatcher_huge_pages; SELECT pg_reload_conf()");
 
 is(sql("SELECT count(*) FROM shipsync.outbox WHERE state <> 'done'"),
 	'0', 'every intent is done');

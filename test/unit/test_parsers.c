@@ -1,9 +1,10 @@
 /*
  * test_parsers.c
  *		Unit tests of the carrier-response parser and the retry rules (and,
- *		through test_tracking.c, test_csv.c and test_cpuroom.c, signatures,
- *		tracking payloads, statement CSV and amounts, and the idle CPU a
- *		server may use).
+ *		through test_tracking.c, test_csv.c, test_cpuroom.c and
+ *		test_hugeheap.c, signatures, tracking payloads, statement CSV and
+ *		amounts, the idle CPU a server may use, and the dispatcher's heap in
+ *		huge pages).
  *
  * Prints TAP ("ok N - ...", "not ok N - ...") so bin/test can count it.
  */
@@ -342,11 +343,12 @@ test_shipment_list(void)
 	shipsync_free_shipment_list(&pg);
 }
 
-/* in test_tracking.c, test_hostcheck.c, test_csv.c and test_cpuroom.c */
+/* in test_tracking.c, test_hostcheck.c, test_csv.c, test_cpuroom.c and test_hugeheap.c */
 void		test_tracking(void (*check) (int, const char *));
 void		test_hostcheck(void (*check) (int, const char *));
 void		test_csv(void (*check) (int, const char *));
 void		test_cpuroom(void (*check) (int, const char *));
+void		test_hugeheap(void (*check) (int, const char *));
 
 int
 main(void)
@@ -364,6 +366,7 @@ main(void)
 	test_hostcheck(check);
 	test_csv(check);
 	test_cpuroom(check);
+	test_hugeheap(check);
 	curl_global_cleanup();
 	return unit_done();
 }

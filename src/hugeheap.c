@@ -77,7 +77,7 @@
 #define HEAP_HUGE_PAGE		(2 * 1024 * 1024)
 
 static uintptr_t heap_page;		/* the system's page size; 0: not prepared */
-static uintptr_t heap_lo;		/* where the free top began when prepared */
+static uintptr_t heap_lo;		/* the lowest address advised */
 static uintptr_t heap_seen;		/* the break at the last look */
 
 /* the block that grows the heap: volatile, or the compiler drops the pair */
@@ -129,7 +129,7 @@ const char *
 shipsync_hugeheap_prepare(const char *root)
 {
 #if defined(__GLIBC__) && defined(MADV_HUGEPAGE) && defined(PR_GET_THP_DISABLE)
-	size_t		top;
+	struct mallinfo2 free_now;
 
 	if (heap_page != 0)
 		return "already prepared";
@@ -146,11 +146,12 @@ shipsync_hugeheap_prepare(const char *root)
 	/*
 	 * What the process's start left free at the top of the heap is advised
 	 * too: that is where its next blocks come from.  Then the heap is grown
-	 * by a block larger than that top, given straight back.
+	 * by a block larger than all its free memory (a smaller one could come
+	 * from a free block below the top), given straight back.
 	 */
-	top = mallinfo2().keepcost;
-	heap_lo = (uintptr_t) sbrk(0) - top;
-	heap_grow = malloc(top + HEAP_HUGE_PAGE);
+	free_now = mallinfo2();
+	heap_lo = (uintptr_t) sbrk(0) - free_now.keepcost;
+	heap_grow = malloc(free_now.fordblks + HEAP_HUGE_PAGE);
 	free(heap_grow);
 	heap_seen = heap_lo;
 	shipsync_hugeheap_follow();
@@ -176,7 +177,12 @@ shipsync_hugeheap_follow(void)
 	if (brk_now == (uintptr_t) -1 || brk_now == heap_seen)
 		return;
 	if (brk_now > heap_seen)
-		hugeheap_advise(heap_seen > heap_lo ? heap_seen : heap_lo, brk_now, MADV_HUGEPAGE);
+	{
+		/* after a trim below where it began, the heap regrows from there */
+		if (heap_seen < heap_lo)
+			heap_lo = heap_seen;
+		hugeheap_advise(heap_seen, brk_now, MADV_HUGEPAGE);
+	}
 	heap_seen = brk_now;
 #endif
 }

@@ -196,9 +196,61 @@ case_prepared(char *out)
 	shipsync_hugeheap_give_back();
 	out[5] = (uintptr_t) sbrk(0) < grown - CHUNKS / 2 * CHUNK;
 	out[6] = eligible((char *) first + FRESH / 2) == 0;
+
+	/* the next burst: the heap grows again from where it was given back */
+	free(first);
+	shipsync_hugeheap_give_back();
+	first = malloc(FRESH);
+	for (int i = 0; i < CHUNKS; i++)
+		blocks[i] = malloc(CHUNK);
+	shipsync_hugeheap_follow();
+	out[7] = eligible((char *) first + FRESH / 2) == 1 &&
+		eligible(blocks[CHUNKS - 1]) == 1;
+	for (int i = 0; i < CHUNKS; i++)
+		free(blocks[i]);
+	shipsync_hugeheap_give_back();
+	out[8] = eligible((char *) first + FRESH / 2) == 0;
 	free(first);
 	free(blocks);
-	return 7;
+	return 9;
+}
+
+/*
+ * Free heap under the top when prepared (kept from the top by one small
+ * block, freed after): prepare still grows the heap, and the trim then takes
+ * the break below the first address advised; the heap grown again from
+ * there is advised all the same.
+ */
+static int
+case_trimmed_below(char *out)
+{
+	/* volatile: a block allocated and freed unused is dead code to GCC */
+	void	   *volatile below[200];
+	void	   *volatile cap;
+	void	   *again;
+	uintptr_t	prepared_at;
+
+	for (int i = 0; i < 200; i++)
+		below[i] = malloc(CHUNK);
+	cap = malloc(4096);		/* beyond the tcache: freed, it joins its neighbours */
+	for (int i = 0; i < 200; i++)
+		free(below[i]);
+	prepared_at = (uintptr_t) sbrk(0);	/* the top, above cap */
+	out[0] = shipsync_hugeheap_prepare("/") == NULL;
+	out[3] = (uintptr_t) sbrk(0) > prepared_at;	/* grown, not served from below */
+	free(cap);
+	shipsync_hugeheap_give_back();
+	out[1] = (uintptr_t) sbrk(0) + FRESH < prepared_at;
+	again = malloc(FRESH);
+	for (int i = 0; i < 200; i++)
+		below[i] = malloc(CHUNK);
+	shipsync_hugeheap_follow();
+	out[2] = eligible((char *) again + FRESH / 2) == 1;
+	for (int i = 0; i < 200; i++)
+		free(below[i]);
+	free(again);
+	shipsync_hugeheap_give_back();
+	return 4;
 }
 
 void
@@ -235,7 +287,7 @@ test_hugeheap(void (*check) (int, const char *))
 	if (strcmp(setting, "madvise") == 0)
 		check(in_child(case_unprepared, f) == 1 && f[0],
 			  "hugeheap: unprepared, a fresh block is not eligible for huge pages (kernel at \"madvise\")");
-	check(in_child(case_prepared, f) == 7 && f[0],
+	check(in_child(case_prepared, f) == 9 && f[0],
 		  "hugeheap: prepare succeeds where the kernel offers huge pages");
 	check(f[1], "hugeheap: new heap allocated after prepare is eligible for huge pages");
 	if (strcmp(setting, "madvise") == 0)
@@ -243,4 +295,11 @@ test_hugeheap(void (*check) (int, const char *))
 	check(f[3] && f[4], "hugeheap: after follow, the grown heap and the first block are eligible");
 	check(f[5], "hugeheap: give_back returns the freed heap to the system");
 	check(f[6], "hugeheap: after give_back, what stays of the heap is no longer eligible");
+	check(f[7], "hugeheap: the heap grown again after give_back is eligible once followed");
+	check(f[8], "hugeheap: and given back again, it is no longer eligible");
+	check(in_child(case_trimmed_below, f) == 4 && f[0],
+		  "hugeheap: prepare succeeds with 12 MB free below the heap's top");
+	check(f[3], "hugeheap: and grows the heap, not served from the free block below");
+	check(f[1], "hugeheap: given back below where it was prepared");
+	check(f[2], "hugeheap: the heap grown again from below is eligible once followed");
 }

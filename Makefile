@@ -4,7 +4,7 @@ MODULE_big = pg_shipsync
 OBJS = \
 	src/pg_shipsync.o \
 	src/launcher.o \
-	src/dispatcher.o src/applier.o src/yield.o src/cpuroom.o src/hugeheap.o \
+	src/dispatcher.o src/applier.o src/yield.o src/cpuroom.o src/hugeheap.o src/prefault.o \
 	src/outbox.o src/apply.o \
 	src/http.o \
 	src/json.o \

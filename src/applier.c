@@ -62,6 +62,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/bufmgr.h"
 #include "storage/dsm.h"
 #include "storage/ipc.h"
 #include "storage/proc.h"
@@ -765,6 +766,45 @@ applier_process_interrupts(void)
 	}
 }
 
+/* the heap reserve of shipsync.prefault_memory: what a burst's applies grow */
+#define APPLIER_HEAP_RESERVE (16 * 1024 * 1024)
+static bool applier_prefaulting = false;	/* shared memory left to touch */
+
+/*
+ * As the applier starts, when shipsync.prefault_memory allows it: a heap
+ * reserve touched now, and the server's shared memory to touch in the idle
+ * moments to come, a step at a time (prefault.c).  A new applier's first
+ * burst otherwise paid a page fault for each page of both it touched first.
+ */
+static void
+applier_prefault_start(void)
+{
+	const char *why;
+
+	if (!shipsync_prefault_memory)
+		return;
+	why = shipsync_prefault_heap(APPLIER_HEAP_RESERVE);
+	if (why != NULL)
+		elog(DEBUG1, "pg_shipsync: the applier has no heap reserve: %s", why);
+	applier_prefaulting = shipsync_prefault_begin("/proc/self/maps", BufferBlocks) > 0;
+}
+
+/*
+ * Nothing to apply: touch the next step of the shared memory, if any is
+ * left.  Returns false when there was none (then wait).
+ */
+static bool
+applier_prefault_step(void)
+{
+	if (!applier_prefaulting)
+		return false;
+	applier_prefaulting = shipsync_prefault_step(SHIPSYNC_PREFAULT_STEP) > 0;
+	if (!applier_prefaulting)
+		elog(DEBUG1, "pg_shipsync: the applier has touched the server's shared memory");
+	applier_process_interrupts();
+	return true;
+}
+
 /*
  * Flush the table statistics of our applies, at most once a second; how
  * long to wait before trying again when some are left (0: none).  What is
@@ -832,6 +872,7 @@ shipsync_applier_main(Datum main_arg)
 	pgstat_report_appname("pg_shipsync applier");
 	applier_claim_entry(dbid);
 	shipsync_set_nice();
+	applier_prefault_start();
 
 	/* gone already (the dispatcher exited before we started): nothing to do */
 	seg = dsm_attach(DatumGetUInt32(main_arg));
@@ -862,6 +903,8 @@ shipsync_applier_main(Datum main_arg)
 
 		if (res == SHM_MQ_WOULD_BLOCK)
 		{
+			if (applier_prefault_step())
+				continue;
 			applier_idle_wait(stats_wait_ms);
 			/* what the last applies counted, once a second allows it */
 			if (stats_wait_ms > 0)

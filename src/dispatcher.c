@@ -73,6 +73,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/bufmgr.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
@@ -108,6 +109,7 @@ static uint64 cfg_generation = 0;
 static HttpClient *client = NULL;
 static int	my_slot = -1;
 static bool heap_dirty = false;	/* requests went out since the last trim */
+static bool prefaulting = false;	/* shared memory left to touch (prefault.c) */
 #define HEAP_QUIET_MS 1000		/* idle this long, the heap is given back */
 
 static void
@@ -1498,20 +1500,41 @@ dispatcher_apply_done(TimestampTz now)
 }
 
 /*
- * Put this dispatcher's heap in transparent huge pages (hugeheap.c) when
- * shipsync.dispatcher_huge_pages allows it: once, as it starts, before its
- * heap grows for work.
+ * As the dispatcher starts, before its heap grows for work: its heap in
+ * transparent huge pages (hugeheap.c) when shipsync.dispatcher_huge_pages
+ * allows it, and the server's shared memory to touch while it is idle
+ * (prefault.c) when shipsync.prefault_memory does.
  */
 static void
-dispatcher_prepare_heap(void)
+dispatcher_prepare_memory(void)
 {
 	const char *why;
 
-	if (!shipsync_dispatcher_huge_pages)
-		return;
-	why = shipsync_hugeheap_prepare("/");
-	if (why != NULL)
-		elog(DEBUG1, "pg_shipsync: the dispatcher's heap stays in small pages: %s", why);
+	if (shipsync_dispatcher_huge_pages)
+	{
+		why = shipsync_hugeheap_prepare("/");
+		if (why != NULL)
+			elog(DEBUG1, "pg_shipsync: the dispatcher's heap stays in small pages: %s", why);
+	}
+	prefaulting = shipsync_prefault_memory &&
+		shipsync_prefault_begin("/proc/self/maps", BufferBlocks) > 0;
+}
+
+/*
+ * With shared memory left to touch and nothing to do but wait (nothing in
+ * flight, nothing held back), touch the next step of it and look again at
+ * once: a commit arriving meanwhile waits one step, a megabyte.  Returns
+ * the timeout of the wait.
+ */
+static long
+dispatcher_prefault(long timeout, long held, bool holding)
+{
+	if (!prefaulting || timeout == 0 || held > 0 || holding || http_inflight(client) > 0)
+		return timeout;
+	prefaulting = shipsync_prefault_step(SHIPSYNC_PREFAULT_STEP) > 0;
+	if (!prefaulting)
+		elog(DEBUG1, "pg_shipsync: the dispatcher has touched the server's shared memory");
+	return 0;
 }
 
 /*
@@ -1753,7 +1776,7 @@ shipsync_dispatcher_main(Datum main_arg)
 	dbname[BGW_EXTRALEN - 1] = '\0';
 
 	dispatcher_start(dbname);
-	dispatcher_prepare_heap();
+	dispatcher_prepare_memory();
 
 	ereport(LOG, (errmsg("pg_shipsync dispatcher started for database \"%s\"", dbname)));
 	/* what a dead dispatcher was applying: quarantine, or apply alone */
@@ -1817,6 +1840,7 @@ shipsync_dispatcher_main(Datum main_arg)
 		/* held back: nothing is claimed nor pulled until then, whatever waits */
 		timeout = held > 0 ? held : dispatcher_due_timeout(now, holding);
 		timeout = dispatcher_release_heap(timeout, now);
+		timeout = dispatcher_prefault(timeout, held, holding);
 		http_wait(client, timeout, PG_WAIT_EXTENSION);
 
 		/*

@@ -56,6 +56,7 @@ int			shipsync_dispatcher_nice = 0;
 int			shipsync_busy_cpu_percent = 2;
 bool		shipsync_apply_worker = true;
 bool		shipsync_dispatcher_huge_pages = true;
+bool		shipsync_prefault_memory = true;
 char	   *shipsync_receiver_listen = NULL;
 char	   *shipsync_receiver_database = NULL;
 char	   *shipsync_receiver_ssl_cert_file = NULL;
@@ -623,6 +624,14 @@ _PG_init(void)
 							 "Put the private heap of the dispatchers in transparent huge pages.",
 							 "Only where the kernel gives them to memory that asks (transparent_hugepage \"madvise\" or \"always\"). The server's shared memory is huge_pages'. Applies when each dispatcher next starts.",
 							 &shipsync_dispatcher_huge_pages,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("shipsync.prefault_memory",
+							 "Have each dispatcher and applier touch the server's shared memory, and the applier a heap reserve, before their first burst needs them.",
+							 "The shared memory is read a megabyte at a time while the worker has nothing else to do; the applier's reserve is 16 MB of private memory. Applies when each worker next starts.",
+							 &shipsync_prefault_memory,
 							 true,
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);

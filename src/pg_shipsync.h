@@ -406,6 +406,14 @@ extern void shipsync_hugeheap_follow(void);
 extern void shipsync_hugeheap_give_back(void);
 
 /*
+ * in prefault.c: pages a worker will touch, touched ahead of its work
+ */
+#define SHIPSYNC_PREFAULT_STEP 256	/* pages a step: a megabyte of 4 kB pages */
+extern long shipsync_prefault_begin(const char *maps, const void *addr);
+extern long shipsync_prefault_step(long max_pages);
+extern const char *shipsync_prefault_heap(size_t bytes);
+
+/*
  * in cpuroom.c: the idle share of the CPU this server may use (its CPUs,
  * its control group's CPU quota)
  */
@@ -723,6 +731,7 @@ extern int	shipsync_dispatcher_nice;
 extern int	shipsync_busy_cpu_percent;
 extern bool shipsync_apply_worker;
 extern bool shipsync_dispatcher_huge_pages;
+extern bool shipsync_prefault_memory;
 extern char *shipsync_receiver_listen;
 extern char *shipsync_receiver_database;
 extern char *shipsync_receiver_ssl_cert_file;

@@ -16,8 +16,11 @@
 # does a second after going idle (read sooner, a reading could catch the
 # peak of the last burst); then that second is checked, with the idle
 # check at 60 s, and that a stream with moments of nothing in flight does
-# not count as idle.  Last, the dispatcher's heap in huge pages where the
+# not count as idle.  Then the dispatcher's heap in huge pages where the
 # kernel offers them, and not with shipsync.dispatcher_huge_pages off.
+# Last, the shared memory and the applier's heap reserve a new pair
+# touches ahead of its first burst, and not with shipsync.prefault_memory
+# off.
 use strict;
 use warnings;
 use FindBin;
@@ -252,6 +255,67 @@ else
 	cmp_ok($eligible, '>=', 1, 'transparent huge pages "always": the kernel offers them unasked');
 }
 sql("ALTER SYSTEM RESET shipsync.dispatcher_huge_pages; SELECT pg_reload_conf()");
+
+# The server's shared memory and the applier's heap reserve, touched ahead
+# of the first burst (prefault.c): while idle after they start, a new
+# dispatcher and its applier come to have the whole main shared memory
+# segment in their page tables (RssShmem of /proc/PID/status: at least
+# the server's shared_memory_size, less 5%), and the applier has 16 MB of
+# heap touched (RssAnon); with shipsync.prefault_memory off, neither
+# happens.  Orders committed while a new pair is still touching are
+# delivered all the same: the touching gives way to work.
+sub status_kb
+{
+	my ($pid, $field) = @_;
+	for (split /\n/, slurp_file("/proc/$pid/status"))
+	{
+		return $1 if /^$field:\s+(\d+)\s+kB/;
+	}
+	die "no $field in /proc/$pid/status";
+}
+my ($shm_mb) = sql('SHOW shared_memory_size') =~ /^(\d+)MB$/
+  or die 'shared_memory_size not in MB';
+my $shm_kb = $shm_mb * 1024;
+
+# RssShmem of pid once it reaches want kB (waiting up to 30 s), else its last
+sub shmem_reaches
+{
+	my ($pid, $want) = @_;
+	my $kb;
+	for (1 .. 300)
+	{
+		$kb = status_kb($pid, 'RssShmem');
+		return $kb if $kb >= $want;
+		usleep(100_000);
+	}
+	return $kb;
+}
+
+# orders committed as soon as a new dispatcher is up, while it touches
+my $before_new = dispatcher_pid();
+sql("SELECT pg_terminate_backend($before_new)");
+wait_until($node, q{SELECT count(*) = 1 FROM pg_stat_activity
+	WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'postgres'
+	  AND pid <> } . $before_new, 30);
+ok(deliver(250), 'orders committed while a new pair starts are delivered');
+my $d = new_dispatcher();
+my $a = applier_pid();
+cmp_ok(shmem_reaches($d, $shm_kb * 0.95), '>=', $shm_kb * 0.95,
+	"a new dispatcher touches the server's shared memory ($shm_mb MB) while idle");
+cmp_ok(shmem_reaches($a, $shm_kb * 0.95), '>=', $shm_kb * 0.95,
+	"and its applier too");
+cmp_ok(status_kb($a, 'RssAnon'), '>=', 16 * 1024, 'the applier has its 16 MB heap reserve');
+ok(deliver(250), 'a burst on the pair that touched it all is delivered');
+
+sql("ALTER SYSTEM SET shipsync.prefault_memory = off; SELECT pg_reload_conf()");
+$d = new_dispatcher();
+$a = applier_pid();
+usleep(2_000_000);    # as long as touching it all took above, and more
+cmp_ok(status_kb($d, 'RssShmem'), '<', $shm_kb / 2,
+	'shipsync.prefault_memory off: a new dispatcher leaves the shared memory alone');
+cmp_ok(status_kb($a, 'RssShmem'), '<', $shm_kb / 2, 'and so does its applier');
+cmp_ok(status_kb($a, 'RssAnon'), '<', 16 * 1024, 'which has no heap reserve');
+sql("ALTER SYSTEM RESET shipsync.prefault_memory; SELECT pg_reload_conf()");
 
 is(sql("SELECT count(*) FROM shipsync.outbox WHERE state <> 'done'"),
 	'0', 'every intent is done');

@@ -343,12 +343,13 @@ test_shipment_list(void)
 	shipsync_free_shipment_list(&pg);
 }
 
-/* in test_tracking.c, test_hostcheck.c, test_csv.c, test_cpuroom.c and test_hugeheap.c */
+/* in test_tracking.c, test_hostcheck.c, test_csv.c, test_cpuroom.c, test_hugeheap.c and test_prefault.c */
 void		test_tracking(void (*check) (int, const char *));
 void		test_hostcheck(void (*check) (int, const char *));
 void		test_csv(void (*check) (int, const char *));
 void		test_cpuroom(void (*check) (int, const char *));
 void		test_hugeheap(void (*check) (int, const char *));
+void		test_prefault(void (*check) (int, const char *));
 
 int
 main(void)
@@ -367,6 +368,7 @@ main(void)
 	test_csv(check);
 	test_cpuroom(check);
 	test_hugeheap(check);
+	test_prefault(check);
 	curl_global_cleanup();
 	return unit_done();
 }

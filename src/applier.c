@@ -791,18 +791,22 @@ applier_prefault_start(void)
 
 /*
  * Nothing to apply: touch the next step of the shared memory, if any is
- * left.  Returns false when there was none (then wait).
+ * left and no session is on the CPU (as the dispatcher does).  Returns 0
+ * when a step was touched (look at the queue again at once), -1 when none
+ * is left (wait as usual), else how long to wait before trying again.
  */
-static bool
+static long
 applier_prefault_step(void)
 {
 	if (!applier_prefaulting)
-		return false;
+		return -1;
+	if (yield_sessions_running() > 0)
+		return SHIPSYNC_PREFAULT_RETRY_MS;
 	applier_prefaulting = shipsync_prefault_step(SHIPSYNC_PREFAULT_STEP) > 0;
 	if (!applier_prefaulting)
 		elog(DEBUG1, "pg_shipsync: the applier has touched the server's shared memory");
 	applier_process_interrupts();
-	return true;
+	return 0;
 }
 
 /*
@@ -903,9 +907,12 @@ shipsync_applier_main(Datum main_arg)
 
 		if (res == SHM_MQ_WOULD_BLOCK)
 		{
-			if (applier_prefault_step())
+			long		touch = applier_prefault_step();
+
+			if (touch == 0)
 				continue;
-			applier_idle_wait(stats_wait_ms);
+			applier_idle_wait(touch < 0 ? stats_wait_ms :
+							  stats_wait_ms > 0 ? Min(stats_wait_ms, touch) : touch);
 			/* what the last applies counted, once a second allows it */
 			if (stats_wait_ms > 0)
 				stats_wait_ms = applier_report_stat();

@@ -1520,17 +1520,34 @@ dispatcher_prepare_memory(void)
 		shipsync_prefault_begin("/proc/self/maps", BufferBlocks) > 0;
 }
 
+/* Whether an order's request is on the wire, or its result not yet applied */
+static bool
+dispatcher_delivering(void)
+{
+	for (int i = 0; i < nproviders; i++)
+		if (providers[i].inflight > 0 || providers[i].unapplied > 0)
+			return true;
+	return false;
+}
+
 /*
- * With shared memory left to touch and nothing to do but wait (nothing in
- * flight, nothing held back), touch the next step of it and look again at
- * once: a commit arriving meanwhile waits one step, a megabyte.  Returns
+ * With shared memory left to touch and nothing to do but wait, touch the
+ * next step of it and look again at once: what arrives meanwhile waits one
+ * step, a megabyte.  Not while orders are being delivered (a request on
+ * the wire, a result not yet applied: their answers and hand-overs come
+ * first), nor held back; tracking polls and fee pulls in flight may wait a
+ * step.  Not while a session is on the CPU either: the touching would take
+ * a core from it, and make the CPU look full to yield.c's judging of the
+ * sessions' room; then look again in SHIPSYNC_PREFAULT_RETRY_MS.  Returns
  * the timeout of the wait.
  */
 static long
 dispatcher_prefault(long timeout, long held, bool holding)
 {
-	if (!prefaulting || timeout == 0 || held > 0 || holding || http_inflight(client) > 0)
+	if (!prefaulting || timeout == 0 || held > 0 || holding || dispatcher_delivering())
 		return timeout;
+	if (yield_sessions_running() > 0)
+		return timeout < 0 ? SHIPSYNC_PREFAULT_RETRY_MS : Min(timeout, SHIPSYNC_PREFAULT_RETRY_MS);
 	prefaulting = shipsync_prefault_step(SHIPSYNC_PREFAULT_STEP) > 0;
 	if (!prefaulting)
 		elog(DEBUG1, "pg_shipsync: the dispatcher has touched the server's shared memory");

@@ -181,6 +181,7 @@ typedef struct ShipResult
 extern long yield_wait_ms(TimestampTz now);
 extern bool yield_holding(void);
 extern long yield_cap_timeout(long timeout);
+extern int	yield_sessions_running(void);
 
 /* in provider.c */
 extern void provider_load_config(MemoryContext cxt, Provider **providers,

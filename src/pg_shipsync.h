@@ -409,6 +409,7 @@ extern void shipsync_hugeheap_give_back(void);
  * in prefault.c: pages a worker will touch, touched ahead of its work
  */
 #define SHIPSYNC_PREFAULT_STEP 256	/* pages a step: a megabyte of 4 kB pages */
+#define SHIPSYNC_PREFAULT_RETRY_MS 10	/* sessions on the CPU: look again after */
 extern long shipsync_prefault_begin(const char *maps, const void *addr);
 extern long shipsync_prefault_step(long max_pages);
 extern const char *shipsync_prefault_heap(size_t bytes);

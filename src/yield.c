@@ -112,8 +112,11 @@ yield_cpu_us(void)
 	return ts.tv_sec * 1000000.0 + ts.tv_nsec / 1000.0;
 }
 
-/* How many sessions are on the CPU now (see the file header) */
-static int
+/*
+ * How many sessions are on the CPU now (see the file header).  Also what
+ * the workers' touching ahead waits for (prefault.c): none.
+ */
+int
 yield_sessions_running(void)
 {
 	int			n = 0;

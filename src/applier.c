@@ -769,6 +769,7 @@ applier_process_interrupts(void)
 /* the heap reserve of shipsync.prefault_memory: what a burst's applies grow */
 #define APPLIER_HEAP_RESERVE (16 * 1024 * 1024)
 static bool applier_prefaulting = false;	/* shared memory left to touch */
+#define APPLIER_PREFAULT_QUIET_MS 200	/* no message this long: idle */
 
 /*
  * As the applier starts, when shipsync.prefault_memory allows it: a heap
@@ -791,15 +792,25 @@ applier_prefault_start(void)
 
 /*
  * Nothing to apply: touch the next step of the shared memory, if any is
- * left and no session is on the CPU (as the dispatcher does).  Returns 0
- * when a step was touched (look at the queue again at once), -1 when none
- * is left (wait as usual), else how long to wait before trying again.
+ * left, the dispatcher has sent nothing for APPLIER_PREFAULT_QUIET_MS
+ * (last_message; 0: nothing yet) and no session is on the CPU.  Between
+ * the batches of a burst the queue is empty for moments: touching then
+ * would take the CPU from the burst and from the sessions beside it.
+ * Returns 0 when a step was touched (look at the queue again at once), -1
+ * when none is left (wait as usual), else how long to wait before trying
+ * again.
  */
 static long
-applier_prefault_step(void)
+applier_prefault_step(TimestampTz last_message)
 {
+	long		quiet_ms;
+
 	if (!applier_prefaulting)
 		return -1;
+	quiet_ms = last_message == 0 ? APPLIER_PREFAULT_QUIET_MS :
+		(long) ((GetCurrentTimestamp() - last_message) / 1000);
+	if (quiet_ms < APPLIER_PREFAULT_QUIET_MS)
+		return APPLIER_PREFAULT_QUIET_MS - quiet_ms;
 	if (yield_sessions_running() > 0)
 		return SHIPSYNC_PREFAULT_RETRY_MS;
 	applier_prefaulting = shipsync_prefault_step(SHIPSYNC_PREFAULT_STEP) > 0;
@@ -865,6 +876,7 @@ shipsync_applier_main(Datum main_arg)
 	shm_mq_handle *out;
 	MemoryContext msg_cxt;
 	long		stats_wait_ms = 0;
+	TimestampTz last_message = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -907,7 +919,7 @@ shipsync_applier_main(Datum main_arg)
 
 		if (res == SHM_MQ_WOULD_BLOCK)
 		{
-			long		touch = applier_prefault_step();
+			long		touch = applier_prefault_step(last_message);
 
 			if (touch == 0)
 				continue;
@@ -921,6 +933,7 @@ shipsync_applier_main(Datum main_arg)
 		if (res != SHM_MQ_SUCCESS)
 			break;				/* the dispatcher is gone */
 		applier_process_interrupts();
+		last_message = GetCurrentTimestamp();
 		old = MemoryContextSwitchTo(msg_cxt);
 		applier_load_config();
 		shipsync_replan_grown(GetCurrentTimestamp());

@@ -31,12 +31,12 @@
 #include <unistd.h>
 
 #include "pg_shipsync.h"
+#include "unit.h"
 
 void		test_hugeheap(void (*check) (int, const char *));
 
 #define CHUNK		(64 * 1024)
 #define CHUNKS		640			/* 40 MB: more than the heap's reserve of 32 */
-#define MAX_FINDINGS 16
 #define FRESH		(4 * 1024 * 1024)	/* larger than any free block left: from the top */
 
 /* The kernel's transparent huge page setting: "always", "madvise", "never" or "" */
@@ -92,40 +92,6 @@ eligible(const void *addr)
 	}
 	fclose(f);
 	return found;
-}
-
-/*
- * Run a case in a child: it fills findings[] with 0s and 1s and returns how
- * many.  Returns the count here, -1 if the child failed.
- */
-static int
-in_child(int (*fn) (char *findings), char *findings)
-{
-	int			fds[2];
-	pid_t		pid;
-	int			status;
-	ssize_t		n;
-
-	if (pipe(fds) != 0)
-		return -1;
-	fflush(stdout);
-	pid = fork();
-	if (pid < 0)
-		return -1;
-	if (pid == 0)
-	{
-		char		mine[MAX_FINDINGS];
-		int			count = fn(mine);
-
-		close(fds[0]);
-		_exit(write(fds[1], mine, count) == count ? 0 : 1);
-	}
-	close(fds[1]);
-	n = read(fds[0], findings, MAX_FINDINGS);
-	close(fds[0]);
-	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		return -1;
-	return (int) n;
 }
 
 /* A directory standing for "/" whose kernel gives no huge pages */
@@ -257,14 +223,14 @@ void
 test_hugeheap(void (*check) (int, const char *))
 {
 	const char *setting = kernel_setting();
-	char		f[MAX_FINDINGS];
+	char		f[UNIT_MAX_FINDINGS];
 
 	if (mkdtemp(never_root) == NULL)
 	{
 		check(0, "hugeheap: a directory for a kernel without huge pages");
 		return;
 	}
-	check(in_child(case_never, f) == 2 && f[0] && f[1],
+	check(unit_in_child(case_never, f) == 2 && f[0] && f[1],
 		  "hugeheap: with transparent huge pages at \"never\", prepare says why and does not grow the heap");
 	for (int depth = 4; depth >= 0; depth--)
 	{
@@ -285,9 +251,9 @@ test_hugeheap(void (*check) (int, const char *))
 		return;
 	}
 	if (strcmp(setting, "madvise") == 0)
-		check(in_child(case_unprepared, f) == 1 && f[0],
+		check(unit_in_child(case_unprepared, f) == 1 && f[0],
 			  "hugeheap: unprepared, a fresh block is not eligible for huge pages (kernel at \"madvise\")");
-	check(in_child(case_prepared, f) == 9 && f[0],
+	check(unit_in_child(case_prepared, f) == 9 && f[0],
 		  "hugeheap: prepare succeeds where the kernel offers huge pages");
 	check(f[1], "hugeheap: new heap allocated after prepare is eligible for huge pages");
 	if (strcmp(setting, "madvise") == 0)
@@ -297,7 +263,7 @@ test_hugeheap(void (*check) (int, const char *))
 	check(f[6], "hugeheap: after give_back, what stays of the heap is no longer eligible");
 	check(f[7], "hugeheap: the heap grown again after give_back is eligible once followed");
 	check(f[8], "hugeheap: and given back again, it is no longer eligible");
-	check(in_child(case_trimmed_below, f) == 4 && f[0],
+	check(unit_in_child(case_trimmed_below, f) == 4 && f[0],
 		  "hugeheap: prepare succeeds with 12 MB free below the heap's top");
 	check(f[3], "hugeheap: and grows the heap, not served from the free block below");
 	check(f[1], "hugeheap: given back below where it was prepared");

@@ -33,10 +33,10 @@
 #include <unistd.h>
 
 #include "pg_shipsync.h"
+#include "unit.h"
 
 void		test_prefault(void (*check) (int, const char *));
 
-#define MAX_FINDINGS 16
 #define SEGMENT		(8 * 1024 * 1024)	/* the "server's shared memory" */
 #define RESERVE		(16 * 1024 * 1024)
 
@@ -97,40 +97,6 @@ minor_faults(void)
 
 	getrusage(RUSAGE_SELF, &ru);
 	return ru.ru_minflt;
-}
-
-/*
- * Run a case in a child: it fills findings[] with 0s and 1s and returns how
- * many.  Returns the count here, -1 if the child failed.
- */
-static int
-in_child(int (*fn) (char *findings), char *findings)
-{
-	int			fds[2];
-	pid_t		pid;
-	int			status;
-	ssize_t		n;
-
-	if (pipe(fds) != 0)
-		return -1;
-	fflush(stdout);
-	pid = fork();
-	if (pid < 0)
-		return -1;
-	if (pid == 0)
-	{
-		char		mine[MAX_FINDINGS];
-		int			count = fn(mine);
-
-		close(fds[0]);
-		_exit(write(fds[1], mine, count) == count ? 0 : 1);
-	}
-	close(fds[1]);
-	n = read(fds[0], findings, MAX_FINDINGS);
-	close(fds[0]);
-	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		return -1;
-	return (int) n;
 }
 
 /* A new process touches the shared segment step by step */
@@ -226,7 +192,7 @@ case_heap(char *out)
 void
 test_prefault(void (*check) (int, const char *))
 {
-	char		f[MAX_FINDINGS];
+	char		f[UNIT_MAX_FINDINGS];
 	int			n;
 
 	page = sysconf(_SC_PAGESIZE);
@@ -239,7 +205,7 @@ test_prefault(void (*check) (int, const char *))
 	for (long i = 0; i < SEGMENT / page; i++)
 		segment[i * page] = (char) (i % 127 + 1);
 
-	n = in_child(case_shared, f);
+	n = unit_in_child(case_shared, f);
 	check(n == 7 && f[0], "prefault: a new process has none of a shared segment in its page table");
 	check(n == 7 && f[1], "prefault: begin finds the mapping holding an address, and its size in pages");
 	check(n == 7 && f[2], "prefault: a step touches its pages and says how many are left");
@@ -248,14 +214,14 @@ test_prefault(void (*check) (int, const char *))
 	check(n == 7 && f[5], "prefault: a step after the end touches nothing");
 	check(n == 7 && f[6], "prefault: the segment holds what it held: touching only reads");
 
-	n = in_child(case_nothing, f);
+	n = unit_in_child(case_nothing, f);
 	check(n >= 3 && f[0] && f[1], "prefault: an address no mapping holds: nothing to touch");
 	check(n >= 3 && f[2], "prefault: a maps file that cannot be read: nothing to touch");
 	check(n == 6 && f[3], "prefault: the mapping is read from the line of maps that holds the address");
 	check(n == 6 && f[4], "prefault: a mapping's end is not in it");
 	check(n == 6 && f[5], "prefault: begin starts over on a new mapping");
 
-	n = in_child(case_heap, f);
+	n = unit_in_child(case_heap, f);
 	check(n == 5 && f[0], "prefault: the heap reserve is made (glibc takes the settings)");
 	check(n == 5 && f[1], "prefault: the reserve is resident private memory");
 	check(n == 5 && f[2], "prefault: a block of half the reserve, written whole, takes almost no page fault");

@@ -1826,6 +1826,7 @@ shipsync_dispatcher_main(Datum main_arg)
 		long		timeout;
 		long		held;
 		bool		holding;
+		bool		waiting;
 
 		dispatcher_process_interrupts();
 		old = MemoryContextSwitchTo(loop_cxt);
@@ -1858,6 +1859,8 @@ shipsync_dispatcher_main(Datum main_arg)
 		timeout = held > 0 ? held : dispatcher_due_timeout(now, holding);
 		timeout = dispatcher_release_heap(timeout, now);
 		timeout = dispatcher_prefault(timeout, held, holding);
+		/* held back with no order on the wire: this pass only waits */
+		waiting = held > 0 && !dispatcher_delivering();
 		http_wait(client, timeout, PG_WAIT_EXTENSION);
 
 		/*
@@ -1869,6 +1872,8 @@ shipsync_dispatcher_main(Datum main_arg)
 		dispatcher_process_interrupts();
 
 		dispatcher_apply_done(GetCurrentTimestamp());
+		if (waiting)
+			yield_forgive_pass();
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(loop_cxt);
 		shipsync_hugeheap_follow();

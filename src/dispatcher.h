@@ -180,6 +180,7 @@ typedef struct ShipResult
 /* in yield.c: holding back while the sessions want every core */
 extern long yield_wait_ms(TimestampTz now);
 extern bool yield_holding(void);
+extern void yield_forgive_pass(void);
 extern long yield_cap_timeout(long timeout);
 extern int	yield_sessions_running(void);
 

@@ -56,7 +56,7 @@ int			shipsync_dispatcher_nice = 0;
 int			shipsync_busy_cpu_percent = 2;
 bool		shipsync_apply_worker = true;
 bool		shipsync_dispatcher_huge_pages = true;
-bool		shipsync_prefault_memory = false;
+bool		shipsync_prefault_memory = true;
 char	   *shipsync_receiver_listen = NULL;
 char	   *shipsync_receiver_database = NULL;
 char	   *shipsync_receiver_ssl_cert_file = NULL;
@@ -632,7 +632,7 @@ _PG_init(void)
 							 "Have each dispatcher and applier touch the server's shared memory, and the applier a heap reserve, before their first burst needs them.",
 							 "The shared memory is read a megabyte at a time while the worker has nothing else to do; the applier's reserve is 16 MB of private memory. Applies when each worker next starts.",
 							 &shipsync_prefault_memory,
-							 false,
+							 true,
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
 

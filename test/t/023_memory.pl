@@ -291,8 +291,7 @@ sub shmem_reaches
 	return $kb;
 }
 
-# off by default (docs/gucs.md says why): on for these checks
-sql("ALTER SYSTEM SET shipsync.prefault_memory = on; SELECT pg_reload_conf()");
+is(sql('SHOW shipsync.prefault_memory'), 'on', 'shipsync.prefault_memory is on by default');
 # orders committed as soon as a new dispatcher is up, while it touches
 my $before_new = dispatcher_pid();
 sql("SELECT pg_terminate_backend($before_new)");

@@ -923,8 +923,9 @@ shipsync_applier_main(Datum main_arg)
 
 			if (touch == 0)
 				continue;
-			applier_idle_wait(touch < 0 ? stats_wait_ms :
-							  stats_wait_ms > 0 ? Min(stats_wait_ms, touch) : touch);
+			/* the touching's retry, when it comes before the statistics' */
+			applier_idle_wait(touch > 0 && (stats_wait_ms <= 0 || touch < stats_wait_ms) ?
+							  touch : stats_wait_ms);
 			/* what the last applies counted, once a second allows it */
 			if (stats_wait_ms > 0)
 				stats_wait_ms = applier_report_stat();

@@ -84,10 +84,10 @@ sub delivered { return sql('SELECT count(*) FROM crm.orders WHERE waybill_no IS 
 # here, and a window mixing that with the backlog's start read 0.4
 # running and 5% idle, near a hold (docs/architecture.md, "What a new
 # pair's first second looks like").
-for my $w ('dispatcher', 'applier')
+if (sql('SHOW shipsync.prefault_memory') eq 'on')
 {
-	$node->wait_for_log(qr/the $w has touched the server's shared memory/)
-	  if sql('SHOW shipsync.prefault_memory') eq 'on';
+	$node->wait_for_log(qr/the $_ has touched the server's shared memory/)
+	  for ('dispatcher', 'applier');
 }
 my $offset = -s $node->logfile;
 my $all_out = 'SELECT count(*) = 2000 FROM crm.orders WHERE waybill_no IS NOT NULL';

@@ -92,6 +92,29 @@ SELECT ord, fees IS NOT NULL AS parsed, total FROM shipsync._quote_totals(ARRAY[
 	'[{"type":"freight","amount":"10","currency":"CNY"},{"type":"refund","amount":"-2","currency":"CNY"}]',
 	NULL, '[]'], ARRAY[1, 1, 1, 1, 1, 1])
 ORDER BY ord;
+-- the edges, each read as the PL/pgSQL version before the C one read it:
+-- a line that is no object (no amount, the default currency), a number as
+-- currency, an amount as a JSON number or string, a nested currency, a
+-- refund written positive, an unknown provider (fees, no total), a body
+-- that is no array, no amounts
+SELECT ord, fees, total FROM shipsync._quote_totals(ARRAY[
+	'[{"type":"freight","amount":"12.50","currency":"CNY"}, 7]',
+	'[{"type":"freight","amount":2.5,"currency":156},{"amount":"1","currency":"156"}]',
+	'[{"type":"freight","amount":"10.00","currency":{"code":"CNY"}}]',
+	'[{"type":"refund","amount":"3","currency":"CNY"},{"type":"freight","amount":"10","currency":"CNY"}]',
+	'[{"type":"freight","amount":"1"}]',
+	'{"type":"freight","amount":"1"}',
+	'[{"type":"freight","currency":"CNY"}]',
+	'[{"type":"freight","amount":null,"currency":"CNY"},{"type":"freight","amount":"4.0","currency":"CNY"}]',
+	NULL], ARRAY[1, 1, 1, 1, 999, 1, 1, 1, 1])
+ORDER BY ord;
+SELECT ord, total FROM shipsync._quote_totals(ARRAY['[{"amount":"1"}]', NULL, '[{"amount":"2","currency":"XXX"}]'], NULL);
+SELECT ord, total FROM shipsync._quote_totals(NULL, ARRAY[1]);
+SELECT ord, total FROM shipsync._quote_totals(ARRAY['[{"amount":"5"}]', '[{"amount":"6"}]'], ARRAY[1]);
+-- an amount that is no number, or a body that is no JSON, is an error
+SELECT ord, total FROM shipsync._quote_totals(ARRAY['[{"type":"freight","amount":"12,50","currency":"CNY"}]'], ARRAY[1]);
+SELECT ord, total FROM shipsync._quote_totals(ARRAY['[{"type":"freight","amount":true,"currency":"CNY"}]'], ARRAY[1]);
+SELECT ord, total FROM shipsync._quote_totals(ARRAY['{"fees": '], ARRAY[1]);
 -- and what it records (the "fees" arrays of the answers, as the response
 -- parser passes them): orders 1-6 quoted 12.50 + 1.20 CNY, order 7 in
 -- EasyPost's shape without a currency (XXX), orders 8 and 9 not quoted

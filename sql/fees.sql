@@ -473,3 +473,16 @@ BEGIN;
 SELECT shipsync._lock_fees('{424242}', array_fill('LK1'::text, ARRAY[1001]), false);
 SELECT * FROM pg_temp.fee_locks();
 ROLLBACK;
+-- NULLs take no lock, and each key is taken once; whole takes the providers
+BEGIN;
+SELECT shipsync._lock_fees('{424242,NULL,424242,7}', ARRAY['LK1', NULL, 'LK2', 'LK1'], NULL);
+SELECT * FROM pg_temp.fee_locks();
+ROLLBACK;
+BEGIN;
+SELECT shipsync._lock_fees('{7,424242}', ARRAY['LK1'], true);
+SELECT * FROM pg_temp.fee_locks();
+ROLLBACK;
+BEGIN;
+SELECT shipsync._lock_fees(NULL, NULL, NULL);
+SELECT * FROM pg_temp.fee_locks();
+ROLLBACK;

@@ -35,6 +35,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -610,6 +611,136 @@ fees_read_json(FeeContext *c, FeeBatch *b, Jsonb *doc, FeeMap *m, const char *wh
 		on_bad(arg, i + 1, pr);
 	}
 	return true;
+}
+
+/* ---------- the fee locks ---------- */
+
+/* advisory lock classes: a provider's fee lines, and a tracking number's */
+#define FEE_LOCK_PROVIDER	1717920626
+#define FEE_LOCK_TRACKING	1717920627
+
+static int
+cmp_int32(const void *a, const void *b)
+{
+	int32		x = *(const int32 *) a;
+	int32		y = *(const int32 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/* x[0..n) sorted ascending, each value once; returns how many */
+static int
+distinct_int32(int32 *x, int n)
+{
+	int			m = 0;
+
+	if (n > 1)
+		qsort(x, n, sizeof(int32), cmp_int32);
+	for (int i = 0; i < n; i++)
+		if (m == 0 || x[m - 1] != x[i])
+			x[m++] = x[i];
+	return m;
+}
+
+/* texts by their bytes: equal under the default collation, which is deterministic */
+static int
+cmp_text_bytes(const void *a, const void *b)
+{
+	text	   *x = *(text *const *) a;
+	text	   *y = *(text *const *) b;
+	int			lx = VARSIZE_ANY_EXHDR(x);
+	int			ly = VARSIZE_ANY_EXHDR(y);
+	int			c = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(lx, ly));
+
+	return c != 0 ? c : (lx > ly) - (lx < ly);
+}
+
+/* More than 1,000 different texts among t[0..n) (sorts t) */
+static bool
+over_thousand_distinct(text **t, int n)
+{
+	int			d = 0;
+
+	if (n <= 1000)
+		return false;
+	qsort(t, n, sizeof(text *), cmp_text_bytes);
+	for (int i = 0; i < n && d <= 1000; i++)
+		d += i == 0 || cmp_text_bytes(&t[i - 1], &t[i]) != 0;
+	return d > 1000;
+}
+
+PG_FUNCTION_INFO_V1(shipsync_lock_fees);
+
+/*
+ * shipsync._lock_fees(pids integer[], tns text[], whole boolean): the
+ * locks of a transaction that writes the fee lines of these tracking
+ * numbers (install/45_fees.sql says why).  Whole, or more than 1,000
+ * different tracking numbers: each provider's lock, exclusive.  Otherwise
+ * each provider's lock shared, then each tracking number's (by its
+ * hashtext()) exclusive.  Each kind in ascending order of its keys, so
+ * that two writers never wait for each other in a circle; NULLs take no
+ * lock.  It was PL/pgSQL: 10.9 thousand instructions an answer in the
+ * apply, and the first batch of a new applier loaded the PL/pgSQL library
+ * for it (6 ms).
+ */
+Datum
+shipsync_lock_fees(PG_FUNCTION_ARGS)
+{
+	int32	   *pids = NULL;
+	text	  **tns = NULL;
+	int			np = 0,
+				nt = 0,
+				ntotal = 0;
+	bool		whole = !PG_ARGISNULL(2) && PG_GETARG_BOOL(2);
+
+	if (!PG_ARGISNULL(0))
+	{
+		Datum	   *d;
+		bool	   *nulls;
+		int			n;
+
+		deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), INT4OID, sizeof(int32), true,
+						  TYPALIGN_INT, &d, &nulls, &n);
+		pids = palloc(sizeof(int32) * Max(n, 1));
+		for (int i = 0; i < n; i++)
+			if (!nulls[i])
+				pids[np++] = DatumGetInt32(d[i]);
+	}
+	if (!PG_ARGISNULL(1))
+	{
+		Datum	   *d;
+		bool	   *nulls;
+
+		deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), TEXTOID, -1, false, TYPALIGN_INT,
+						  &d, &nulls, &ntotal);
+		tns = palloc(sizeof(text *) * Max(ntotal, 1));
+		for (int i = 0; i < ntotal; i++)
+			if (!nulls[i])
+				tns[nt++] = DatumGetTextPP(d[i]);
+	}
+	np = distinct_int32(pids, np);
+	if (whole || (ntotal > 1000 && over_thousand_distinct(tns, nt)))
+	{
+		for (int i = 0; i < np; i++)
+			DirectFunctionCall2(pg_advisory_xact_lock_int4,
+								Int32GetDatum(FEE_LOCK_PROVIDER), Int32GetDatum(pids[i]));
+		PG_RETURN_VOID();
+	}
+	for (int i = 0; i < np; i++)
+		DirectFunctionCall2(pg_advisory_xact_lock_shared_int4,
+							Int32GetDatum(FEE_LOCK_PROVIDER), Int32GetDatum(pids[i]));
+	{
+		int32	   *h = palloc(sizeof(int32) * Max(nt, 1));
+
+		for (int i = 0; i < nt; i++)
+			h[i] = DatumGetInt32(DirectFunctionCall1Coll(hashtext, DEFAULT_COLLATION_OID,
+														 PointerGetDatum(tns[i])));
+		nt = distinct_int32(h, nt);
+		for (int i = 0; i < nt; i++)
+			DirectFunctionCall2(pg_advisory_xact_lock_int4,
+								Int32GetDatum(FEE_LOCK_TRACKING), Int32GetDatum(h[i]));
+	}
+	PG_RETURN_VOID();
 }
 
 /* ---------- the quoted totals of a batch of answers ---------- */

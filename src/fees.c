@@ -745,45 +745,44 @@ shipsync_lock_fees(PG_FUNCTION_ARGS)
 
 /* ---------- the quoted totals of a batch of answers ---------- */
 
-/*
- * A member of a JSON object as ->> gives it: strings unquoted, numbers as
- * numeric prints them, true and false, a nested value as its JSON text;
- * NULL for a JSON null, a missing member, or an element that is no object.
- */
-static char *
-member_text(const JsonbValue *e, const char *key)
+/* Member key of JSON object e (an array element), or NULL: none, or e is no object */
+static JsonbValue *
+member(const JsonbValue *e, const char *key, JsonbValue *buf)
 {
-	JsonbValue	vbuf;
-	JsonbValue *v;
-
 	if (e->type != jbvBinary || !JsonContainerIsObject(e->val.binary.data))
 		return NULL;
-	v = getKeyJsonValueFromContainer(e->val.binary.data, key, strlen(key), &vbuf);
-	if (v == NULL || v->type == jbvNull)
+	return getKeyJsonValueFromContainer(e->val.binary.data, key, strlen(key), buf);
+}
+
+/*
+ * A member as ->> gives it: strings unquoted, numbers as numeric prints
+ * them, true and false, a nested value as its JSON text; NULL for none or
+ * a JSON null.
+ */
+static char *
+member_text(const JsonbValue *v)
+{
+	bool		container;
+
+	if (v == NULL)
 		return NULL;
 	if (v->type == jbvBinary)
 		return JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
-	{
-		bool		container;
-
-		return json_text(v, &container);
-	}
+	return json_text(v, &container);
 }
 
 /* A line's amount as (e->>'amount')::numeric would read it: NULL, or ERROR */
 static Datum
 member_amount(const JsonbValue *e, bool *isnull)
 {
-	JsonbValue	vbuf;
-	JsonbValue *v = NULL;
+	JsonbValue	buf;
+	JsonbValue *v = member(e, "amount", &buf);
 	char	   *s;
 
 	*isnull = false;
-	if (e->type == jbvBinary && JsonContainerIsObject(e->val.binary.data))
-		v = getKeyJsonValueFromContainer(e->val.binary.data, "amount", 6, &vbuf);
 	if (v != NULL && v->type == jbvNumeric)
 		return NumericGetDatum(v->val.numeric);	/* what numeric_out would print */
-	s = member_text(e, "amount");
+	s = member_text(v);
 	if (s == NULL)
 	{
 		*isnull = true;
@@ -859,7 +858,8 @@ quote_total(Jsonb *fj, const QuoteCurrency *qc, bool *isnull)
 	for (uint32 i = 0; i < n; i++)
 	{
 		JsonbValue *e = getIthJsonbValueFromContainer(list, i);
-		char	   *cur = member_text(e, "currency");
+		JsonbValue	buf;
+		char	   *cur = member_text(member(e, "currency", &buf));
 		char	   *type;
 		bool		nullamt;
 		Datum		amount = member_amount(e, &nullamt);
@@ -872,7 +872,7 @@ quote_total(Jsonb *fj, const QuoteCurrency *qc, bool *isnull)
 			same = false;
 		if (nullamt)
 			continue;
-		type = member_text(e, "type");
+		type = member_text(member(e, "type", &buf));
 		if (type != NULL && strcmp(type, "refund") == 0)
 			amount = DirectFunctionCall1(numeric_uminus, DirectFunctionCall1(numeric_abs, amount));
 		sum = summed ? DirectFunctionCall2(numeric_add, sum, amount) : amount;
@@ -930,9 +930,10 @@ shipsync_quote_totals(PG_FUNCTION_ARGS)
 			continue;
 		fj = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
 												CStringGetDatum(TextDatumGetCString(bodies[i]))));
-		for (int j = 0; i < np && !pnulls[i] && j < nq; j++)
-			if (qc[j].provider_id == DatumGetInt32(pids[i]))
-				q = &qc[j];
+		if (i < np && !pnulls[i])
+			for (int j = 0; j < nq && q == NULL; j++)
+				if (qc[j].provider_id == DatumGetInt32(pids[i]))
+					q = &qc[j];
 		values[0] = Int64GetDatum(i + 1);
 		values[1] = JsonbPGetDatum(fj);
 		values[2] = quote_total(fj, q, &nulls[2]);

@@ -1517,7 +1517,9 @@ dispatcher_prepare_memory(void)
 			elog(DEBUG1, "pg_shipsync: the dispatcher's heap stays in small pages: %s", why);
 	}
 	prefaulting = shipsync_prefault_memory &&
-		shipsync_prefault_begin("/proc/self/maps", BufferBlocks) > 0;
+		shipsync_prefault_begin("/proc/self/maps", BufferBlocks,
+								(size_t) NBuffers * BLCKSZ,
+								SHIPSYNC_PREFAULT_BUFFERS_MAX) > 0;
 }
 
 /* Whether an order's request is on the wire, or its result not yet applied */

@@ -410,7 +410,9 @@ extern void shipsync_hugeheap_give_back(void);
  */
 #define SHIPSYNC_PREFAULT_STEP 256	/* pages a step: a megabyte of 4 kB pages */
 #define SHIPSYNC_PREFAULT_RETRY_MS 10	/* sessions on the CPU: look again after */
-extern long shipsync_prefault_begin(const char *maps, const void *addr);
+#define SHIPSYNC_PREFAULT_BUFFERS_MAX ((size_t) 1024 * 1024 * 1024) /* of the shared buffers */
+extern long shipsync_prefault_begin(const char *maps, const void *pool, size_t pool_bytes,
+									size_t pool_most);
 extern long shipsync_prefault_step(long max_pages);
 extern const char *shipsync_prefault_heap(size_t bytes);
 

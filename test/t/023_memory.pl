@@ -318,6 +318,28 @@ cmp_ok(status_kb($a, 'RssShmem'), '<', $shm_kb / 2, 'and so does its applier');
 cmp_ok(status_kb($a, 'RssAnon'), '<', 16 * 1024, 'which has no heap reserve');
 sql("ALTER SYSTEM RESET shipsync.prefault_memory; SELECT pg_reload_conf()");
 
+# Of the shared buffers, only the first gigabyte is touched: the server
+# hands them out in order after a start, so the first bursts use the first
+# ones, and each page touched costs the worker CPU and page table for as
+# long as it lives (at shared_buffers = 64GB, a minute of CPU and 128 MB of
+# page tables each).  With 1.5 GB of buffers, the last half gigabyte stays
+# out of a new pair's page tables, and all the rest is in.
+$node->append_conf('postgresql.conf', "shared_buffers = 1536MB\nlog_min_messages = debug1");
+$node->restart;
+($shm_mb) = sql('SHOW shared_memory_size') =~ /^(\d+)MB$/
+  or die 'shared_memory_size not in MB';
+$shm_kb = $shm_mb * 1024;
+ok($node->wait_for_log(qr/the $_ has touched the server's shared memory/), "the $_ is done touching")
+  for ('dispatcher', 'applier');
+for my $w ([ 'dispatcher', dispatcher_pid() ], [ 'applier', applier_pid() ])
+{
+	my $kb = status_kb($w->[1], 'RssShmem');
+	cmp_ok($kb, '<=', $shm_kb - 512 * 1024 + 4 * 1024,
+		"with 1536 MB of shared buffers the $w->[0] leaves their last 512 MB alone ($kb kB of $shm_mb MB)");
+	cmp_ok($kb, '>=', ($shm_kb - 512 * 1024) * 0.95, "and has the rest");
+}
+ok(deliver(250), 'a burst beyond what was touched is delivered');
+
 is(sql("SELECT count(*) FROM shipsync.outbox WHERE state <> 'done'"),
 	'0', 'every intent is done');
 is(sim_get($sim, '/_sim/stats')->{duplicate_orders}, 0, 'no order shipped twice');

@@ -110,7 +110,7 @@ case_shared(char *out)
 
 	/* a worker starts with none of it in its page table */
 	out[0] = area_kb(segment, "Rss:") == 0;
-	out[1] = shipsync_prefault_begin("/proc/self/maps", segment + SEGMENT / 2) == pages;
+	out[1] = shipsync_prefault_begin("/proc/self/maps", segment + SEGMENT / 2, 0, 0) == pages;
 	left = shipsync_prefault_step(SHIPSYNC_PREFAULT_STEP);
 	out[2] = left == pages - SHIPSYNC_PREFAULT_STEP;
 	/* the step's pages are in (and the kernel may map a few around the last) */
@@ -134,9 +134,9 @@ case_nothing(char *out)
 	int			fd = mkstemp(path);
 	FILE	   *f = fd >= 0 ? fdopen(fd, "w") : NULL;
 
-	out[0] = shipsync_prefault_begin("/proc/self/maps", (void *) 16) == 0;
+	out[0] = shipsync_prefault_begin("/proc/self/maps", (void *) 16, 0, 0) == 0;
 	out[1] = shipsync_prefault_step(SHIPSYNC_PREFAULT_STEP) == 0;
-	out[2] = shipsync_prefault_begin("/nonexistent/maps", segment) == 0;
+	out[2] = shipsync_prefault_begin("/nonexistent/maps", segment, 0, 0) == 0;
 	if (f == NULL)
 		return 3;
 
@@ -149,14 +149,49 @@ case_nothing(char *out)
 		  "7f3a40000000-7f3a52000000 rw-s 00000000 00:01 5678 /dev/zero (deleted)\n"
 		  "7ffd10000000-7ffd10021000 rw-p 00000000 00:00 0 [stack]\n", f);
 	fclose(f);
-	out[3] = shipsync_prefault_begin(path, (void *) 0x7f3a48000000) ==
+	out[3] = shipsync_prefault_begin(path, (void *) 0x7f3a48000000, 0, 0) ==
 		(long) (0x12000000 / page);
-	out[4] = shipsync_prefault_begin(path, (void *) 0x7f3a52000000) == 0;
+	out[4] = shipsync_prefault_begin(path, (void *) 0x7f3a52000000, 0, 0) == 0;
 	unlink(path);
 	/* a begin on the real maps starts over */
-	out[5] = shipsync_prefault_begin("/proc/self/maps", segment) == SEGMENT / page &&
+	out[5] = shipsync_prefault_begin("/proc/self/maps", segment, 0, 0) == SEGMENT / page &&
 		shipsync_prefault_step(SEGMENT / page) == 0;
 	return 6;
+}
+
+/*
+ * Of the shared buffers (a pool inside the segment), only the first
+ * pool_most bytes are touched; the segment around the pool in full
+ */
+static int
+case_pool(char *out)
+{
+	long		mb = 1024 * 1024 / page;	/* pages a megabyte */
+	long		left;
+	long		rss;
+	long		steps = 0;
+
+	/* the pool: 4 MB from the segment's third megabyte; touched: its first */
+	out[0] = shipsync_prefault_begin("/proc/self/maps", segment + 2 * 1024 * 1024,
+									 4 * 1024 * 1024, 1024 * 1024) == 5 * mb;
+	/* the pages left count down past the part left out */
+	left = shipsync_prefault_step(3 * mb);
+	out[1] = left == 2 * mb;
+	left = shipsync_prefault_step(1);
+	out[2] = left == 2 * mb - 1;
+	while (left > 0 && steps++ < 1000)
+		left = shipsync_prefault_step(SHIPSYNC_PREFAULT_STEP);
+	/* 5 MB in, give or take the kernel's mapping around a fault at the two edges */
+	rss = area_kb(segment, "Rss:");
+	out[3] = rss >= 5 * 1024 && rss <= 5 * 1024 + 2 * 64;
+	out[4] = shipsync_prefault_step(SHIPSYNC_PREFAULT_STEP) == 0;
+	/* a pool no larger than the most: the whole segment */
+	out[5] = shipsync_prefault_begin("/proc/self/maps", segment + 2 * 1024 * 1024,
+									 4 * 1024 * 1024, 4 * 1024 * 1024) == SEGMENT / page;
+	/* a pool running past the mapping's end: left out up to that end */
+	out[6] = shipsync_prefault_begin("/proc/self/maps", segment + 6 * 1024 * 1024,
+									 64 * 1024 * 1024, 1024 * 1024) == 7 * mb;
+	return 7;
 }
 
 /* The heap reserve: touched, kept, used */
@@ -220,6 +255,15 @@ test_prefault(void (*check) (int, const char *))
 	check(n == 6 && f[3], "prefault: the mapping is read from the line of maps that holds the address");
 	check(n == 6 && f[4], "prefault: a mapping's end is not in it");
 	check(n == 6 && f[5], "prefault: begin starts over on a new mapping");
+
+	n = unit_in_child(case_pool, f);
+	check(n == 7 && f[0], "prefault: of a pool inside the mapping, only its first bytes count to touch");
+	check(n == 7 && f[1], "prefault: the steps jump over the part of the pool left out");
+	check(n == 7 && f[2], "prefault: and go on after it, a page at a time");
+	check(n == 7 && f[3], "prefault: once done, the part left out is not resident");
+	check(n == 7 && f[4], "prefault: nothing is left after the last step");
+	check(n == 7 && f[5], "prefault: a pool within its most is touched whole");
+	check(n == 7 && f[6], "prefault: a pool past the mapping's end is left out up to that end");
 
 	n = unit_in_child(case_heap, f);
 	check(n == 5 && f[0], "prefault: the heap reserve is made (glibc takes the settings)");

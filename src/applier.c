@@ -787,9 +787,7 @@ applier_prefault_start(void)
 	why = shipsync_prefault_heap(APPLIER_HEAP_RESERVE);
 	if (why != NULL)
 		elog(DEBUG1, "pg_shipsync: the applier has no heap reserve: %s", why);
-	applier_prefaulting = shipsync_prefault_begin("/proc/self/maps", BufferBlocks,
-								(size_t) NBuffers * BLCKSZ,
-								SHIPSYNC_PREFAULT_BUFFERS_MAX) > 0;
+	applier_prefaulting = prefault_server_begin();
 }
 
 /*

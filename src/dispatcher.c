@@ -1516,10 +1516,7 @@ dispatcher_prepare_memory(void)
 		if (why != NULL)
 			elog(DEBUG1, "pg_shipsync: the dispatcher's heap stays in small pages: %s", why);
 	}
-	prefaulting = shipsync_prefault_memory &&
-		shipsync_prefault_begin("/proc/self/maps", BufferBlocks,
-								(size_t) NBuffers * BLCKSZ,
-								SHIPSYNC_PREFAULT_BUFFERS_MAX) > 0;
+	prefaulting = shipsync_prefault_memory && prefault_server_begin();
 }
 
 /* Whether an order's request is on the wire, or its result not yet applied */

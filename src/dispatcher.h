@@ -10,6 +10,7 @@
 #define SHIPSYNC_DISPATCHER_H
 
 #include "executor/spi.h"
+#include "storage/bufmgr.h"
 #include "utils/timestamp.h"
 
 /* A dialect's operations (dialect.c has the table of them) */
@@ -183,6 +184,19 @@ extern bool yield_holding(void);
 extern void yield_forgive_pass(void);
 extern long yield_cap_timeout(long timeout);
 extern int	yield_sessions_running(void);
+
+/*
+ * The server's main shared memory segment, made the one the next
+ * shipsync_prefault_step() calls touch (prefault.c): all of it but the
+ * shared buffers past SHIPSYNC_PREFAULT_BUFFERS_MAX.  Whether any is left.
+ */
+static inline bool
+prefault_server_begin(void)
+{
+	return shipsync_prefault_begin("/proc/self/maps", BufferBlocks,
+								   (size_t) NBuffers * BLCKSZ,
+								   SHIPSYNC_PREFAULT_BUFFERS_MAX) > 0;
+}
 
 /* in provider.c */
 extern void provider_load_config(MemoryContext cxt, Provider **providers,

@@ -77,24 +77,29 @@
 static uintptr_t pf_next;		/* the next page to touch */
 static uintptr_t pf_end;		/* the end of the mapping */
 static uintptr_t pf_page;		/* the system's page size */
-static uintptr_t pf_skip_from;	/* pages not to touch: [from, to); */
-static uintptr_t pf_skip_to;	/* both 0 when none */
+static uintptr_t pf_skip_from;	/* pages not to touch: [from, to), */
+static uintptr_t pf_skip_to;	/* empty at pf_end when none */
 
 /* the reserve's block: volatile, or the compiler drops the malloc/free pair */
 static char *volatile pf_reserve;
 
-/* The pages left to touch from pf_next on */
+/* The pages left to touch from pf_next on (never inside the part left out) */
 static long
 prefault_left(void)
 {
-	uintptr_t	n;
+	uintptr_t	n = pf_end - pf_next;
 
-	if (pf_next >= pf_end)
-		return 0;
-	n = pf_end - pf_next;
-	if (pf_next < pf_skip_to)
-		n -= pf_skip_to - (pf_next > pf_skip_from ? pf_next : pf_skip_from);
+	if (pf_next < pf_skip_from)
+		n -= pf_skip_to - pf_skip_from;
 	return (long) (n / pf_page);
+}
+
+/* The page to touch after p */
+static uintptr_t
+prefault_after(uintptr_t p)
+{
+	p += pf_page;
+	return p == pf_skip_from ? pf_skip_to : p;
 }
 
 /*
@@ -133,6 +138,7 @@ shipsync_prefault_begin(const char *maps, const void *pool, size_t pool_bytes,
 		}
 	}
 	fclose(f);
+	pf_skip_from = pf_skip_to = pf_end;
 	if (pf_end > pf_next && pool_bytes > pool_most)
 	{
 		/* whole pages only, inside the mapping */
@@ -146,6 +152,8 @@ shipsync_prefault_begin(const char *maps, const void *pool, size_t pool_bytes,
 			pf_skip_from = from;
 			pf_skip_to = to;
 		}
+		if (pf_next == pf_skip_from)
+			pf_next = pf_skip_to;
 	}
 	return prefault_left();
 }
@@ -159,15 +167,11 @@ shipsync_prefault_begin(const char *maps, const void *pool, size_t pool_bytes,
 long
 shipsync_prefault_step(long max_pages)
 {
-	for (long i = 0; i < max_pages && pf_next < pf_end; i++, pf_next += pf_page)
+	for (long i = 0; i < max_pages && pf_next < pf_end; i++)
 	{
-		if (pf_skip_to != 0 && pf_next == pf_skip_from)
-			pf_next = pf_skip_to;
-		if (pf_next < pf_end)
-			(void) *(volatile const char *) pf_next;
+		(void) *(volatile const char *) pf_next;
+		pf_next = prefault_after(pf_next);
 	}
-	if (pf_skip_to != 0 && pf_next == pf_skip_from)
-		pf_next = pf_skip_to;
 	return prefault_left();
 }
 

@@ -115,6 +115,52 @@ SELECT ord, total FROM shipsync._quote_totals(ARRAY['[{"amount":"5"}]', '[{"amou
 SELECT ord, total FROM shipsync._quote_totals(ARRAY['[{"type":"freight","amount":"12,50","currency":"CNY"}]'], ARRAY[1]);
 SELECT ord, total FROM shipsync._quote_totals(ARRAY['[{"type":"freight","amount":true,"currency":"CNY"}]'], ARRAY[1]);
 SELECT ord, total FROM shipsync._quote_totals(ARRAY['{"fees": '], ARRAY[1]);
+-- the first quotes the apply records in one statement: the lines of the
+-- answers that qualify, everything else left to _record_quotes().  Taken:
+-- 1 (a refund counted against the estimate), 3 (a key; an unmapped code is
+-- other), 4 (gen has no default currency: the line says); left: 2 (a
+-- currency shipsync.currency does not know), 5 (two codes of one canonical
+-- type and key), 6 and 7 (one tracking number), 8 and 9 (one order),
+-- 10 (no currency and no default), 11 (two currencies), 12 (a line that
+-- is no object), 13 (a type that is no string), 14 (a key that is no
+-- string), 15 (an amount missing), 16 (an empty list), 17 (no list),
+-- 18 (no tracking number), 19 (an unknown provider), 20 (65 lines)
+WITH p AS (SELECT (SELECT provider_id FROM shipsync.provider WHERE name = 'gen') AS gen,
+				  (SELECT provider_id FROM shipsync.provider WHERE name = 'sf') AS sf)
+SELECT f.* FROM p, shipsync._first_quote_lines(
+	array_fill(1, ARRAY[20]),
+	ARRAY['o1', 'o2', 'o3', 'o4', 'o5', 'o6', 'o7', 'o8', 'o8', 'o10', 'o11', 'o12', 'o13',
+		  'o14', 'o15', 'o16', 'o17', 'o18', 'o19', 'o20'],
+	ARRAY[p.sf, p.sf, p.sf, p.gen, p.sf, p.sf, p.sf, p.sf, p.sf, p.gen, p.sf, p.sf, p.sf,
+		  p.sf, p.sf, p.sf, p.sf, p.sf, 999, p.sf],
+	ARRAY['T1', 'T2', 'T3', 'T4', 'T5', 'T6', 'T6', 'T8', 'T9', 'T10', 'T11', 'T12', 'T13',
+		  'T14', 'T15', 'T16', 'T17', NULL, 'T19', 'T20'],
+	ARRAY['[{"type":"freight","amount":"12.50","currency":"CNY"},{"type":"refund","amount":2}]',
+		  '[{"type":"freight","amount":"1","currency":"ZZZ"}]',
+		  '[{"type":"Freight","amount":1.50,"key":"x"},{"type":"weird_fee","amount":"1"}]',
+		  '[{"type":"freight","amount":"3.00","currency":"USD"}]',
+		  '[{"type":"freight","amount":"1"},{"type":"FREIGHT","amount":"1"}]',
+		  '[{"type":"freight","amount":"1"}]', '[{"type":"freight","amount":"1"}]',
+		  '[{"type":"freight","amount":"1"}]', '[{"type":"freight","amount":"1"}]',
+		  '[{"type":"freight","amount":"1"}]',
+		  '[{"type":"freight","amount":"1"},{"type":"insurance","amount":"1","currency":"USD"}]',
+		  '[{"type":"freight","amount":"1"}, 7]',
+		  '[{"type":5,"amount":"1"}]',
+		  '[{"type":"freight","amount":"1","key":7}]',
+		  '[{"type":"freight"}]', '[]', '{"type":"freight","amount":"1"}',
+		  '[{"type":"freight","amount":"1"}]', '[{"type":"freight","amount":"1"}]',
+		  (SELECT json_agg(json_build_object('type', 'freight', 'amount', g, 'key', g::text))::text
+		   FROM generate_series(1, 65) g)]) f
+ORDER BY f.ord, f.i;
+-- read as the statement read them: every body (one that is no JSON fails,
+-- even a repeat's), and every amount of an answer that is no repeat (one
+-- that is no number fails, even beside a currency that makes it left)
+SELECT count(*) FROM shipsync._first_quote_lines(ARRAY[1, 1], ARRAY['a', 'b'], ARRAY[1, 1],
+	ARRAY['T1', 'T2'], ARRAY['[{"type":"freight","amount":"1"}]',
+	'[{"type":"freight","amount":"1","currency":"ZZZ"},{"type":"freight","amount":"12,50"}]']);
+SELECT count(*) FROM shipsync._first_quote_lines(ARRAY[1, 1], ARRAY['a', 'a'], ARRAY[1, 1],
+	ARRAY['T1', 'T2'], ARRAY['[{"type":"freight","amount":"1"}]', '{"fees": ']);
+SELECT count(*) FROM shipsync._first_quote_lines(NULL, NULL, NULL, NULL, NULL);
 -- and what it records (the "fees" arrays of the answers, as the response
 -- parser passes them): orders 1-6 quoted 12.50 + 1.20 CNY, order 7 in
 -- EasyPost's shape without a currency (XXX), orders 8 and 9 not quoted

@@ -156,60 +156,30 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		SPI_OK_SELECT, "taking the fee locks"
 	},
 	[APPLY_FIRST_QUOTES] = {
-		"WITH a AS ("
-		"   SELECT u.o, u.bid, u.k, u.pid, u.tn, u.fees::jsonb AS j"
-		"   FROM unnest($1, $2, $3, $5, $9) WITH ORDINALITY AS u(bid, k, pid, tn, fees, o)"
-		"   WHERE u.tn IS NOT NULL AND u.fees IS NOT NULL),"
-		" once AS ("
-		"   SELECT a.* FROM a"
-		"   WHERE (a.pid, a.tn) NOT IN (SELECT x.pid, x.tn FROM a x"
-		"     GROUP BY x.pid, x.tn HAVING pg_catalog.count(*) > 1)"
-		"   AND (a.bid, a.k) NOT IN (SELECT x.bid, x.k FROM a x"
-		"     GROUP BY x.bid, x.k HAVING pg_catalog.count(*) > 1)),"
-		" d AS MATERIALIZED ("
-		"   SELECT p.provider_id, p.options, p.dialect,"
-		"     shipsync._fee_currency(p.options, p.dialect) AS cur"
-		"   FROM shipsync.provider p WHERE p.provider_id = ANY ($3)),"
-		" l AS ("
-		"   SELECT a.o, a.bid, a.k, a.pid, a.tn, e.i, e.f->>'type' AS code,"
-		"     (e.f->>'amount')::numeric AS amount, e.f->>'key' AS fkey, c.code AS cur,"
-		"     COALESCE(tm.fee_type, ft.name, 'other') AS fee_type,"
-		"     pg_catalog.jsonb_typeof(e.f) = 'object' AND e.f->>'type' IS NOT NULL AS valid"
-		"   FROM once a JOIN d p ON p.provider_id = a.pid"
-		"   CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(CASE WHEN pg_catalog.jsonb_typeof(a.j) = 'array'"
-		"     THEN a.j ELSE '[]' END) WITH ORDINALITY AS e(f, i)"
-		"   LEFT JOIN shipsync.currency c"
-		"     ON c.code = COALESCE(e.f->>'currency', p.cur)"
-		"   LEFT JOIN shipsync.fee_type_map tm"
-		"     ON tm.profile = COALESCE(p.options->>'profile', p.dialect) AND tm.code = e.f->>'type'"
-		"   LEFT JOIN shipsync.fee_type ft ON ft.name = pg_catalog.lower(e.f->>'type')),"
-		" ok AS ("
-		"   SELECT l.o, l.bid, l.k, l.pid, pg_catalog.min(l.cur) AS cur,"
-		"     pg_catalog.sum(CASE WHEN l.fee_type = 'refund' THEN -pg_catalog.abs(l.amount)"
-		"       ELSE l.amount END) AS estimated, pg_catalog.count(*) AS n"
-		"   FROM l GROUP BY l.o, l.bid, l.k, l.pid, l.tn"
-		"   HAVING pg_catalog.bool_and(l.valid AND l.cur IS NOT NULL)"
-		"   AND pg_catalog.min(l.cur) = pg_catalog.max(l.cur)"
-		"   AND l.o NOT IN (SELECT x.o FROM l x"
-		"     GROUP BY x.o, x.fee_type, COALESCE(x.fkey, '') HAVING pg_catalog.count(*) > 1)"
+		"WITH q AS MATERIALIZED ("
+		"   SELECT * FROM shipsync._first_quote_lines($1, $2, $3, $5, $9)),"
+		" ok AS MATERIALIZED ("
+		"   SELECT q.ord, q.binding_id, q.order_key, q.provider_id, q.currency, q.estimated, q.lines"
+		"   FROM q WHERE q.i = 1"
 		"   AND NOT EXISTS (SELECT 1 FROM shipsync.fee_line f"
-		"     WHERE f.provider_id = l.pid AND f.tracking_number = l.tn)"
+		"     WHERE f.provider_id = q.provider_id AND f.tracking_number = q.tracking_number)"
 		"   AND NOT EXISTS (SELECT 1 FROM shipsync.fee_line f"
-		"     WHERE f.binding_id = l.bid AND f.order_key = l.k)),"
+		"     WHERE f.binding_id = q.binding_id AND f.order_key = q.order_key)),"
 		" lines AS ("
 		"   INSERT INTO shipsync.fee_line (provider_id, tracking_number, fee_type, fee_key, quote,"
 		"     binding_id, order_key, raw_type, amount, currency, state, source, recorded_by)"
-		"   SELECT l.pid, l.tn, l.fee_type, COALESCE(l.fkey, ''), true, l.bid, l.k, l.code,"
-		"     l.amount, l.cur, 'estimated', 'create', 'dispatcher'"
-		"   FROM l JOIN ok USING (o) ORDER BY l.o, l.i"
+		"   SELECT q.provider_id, q.tracking_number, q.fee_type, q.fee_key, true, q.binding_id,"
+		"     q.order_key, q.raw_type, q.amount, q.currency, 'estimated', 'create', 'dispatcher'"
+		"   FROM q JOIN ok USING (ord) ORDER BY q.ord, q.i"
 		"   RETURNING 1),"
 		" sums AS ("
 		"   INSERT INTO shipsync.fee_sum (binding_id, order_key, provider_id, currency, estimated,"
 		"     charged, refunded, quote_lines, bill_lines, last_change)"
-		"   SELECT ok.bid, ok.k, ok.pid, ok.cur, ok.estimated, 0, 0, ok.n, 0, pg_catalog.now()"
+		"   SELECT ok.binding_id, ok.order_key, ok.provider_id, ok.currency, ok.estimated,"
+		"     0, 0, ok.lines, 0, pg_catalog.now()"
 		"   FROM ok"
 		"   RETURNING 1)"
-		" SELECT ok.o FROM ok", 12,
+		" SELECT ok.ord FROM ok", 12,
 		CREATE_ROW_TYPES,
 		SPI_OK_SELECT, "recording first quotes", true
 	},
@@ -496,11 +466,11 @@ apply_collect(ApplyBatch *b, const ShipResult *r, Binding *bs, int nb)
  * _quote_totals()); anything else goes on to _record_quotes(), which knows
  * every case.  _record_quotes() cost 1.9 ms for a single answer (a dozen
  * statements in four PL/pgSQL functions), most of an order's apply at a
- * trickle, and about half of the applier's time in a burst.  Its
- * "only answer" and "a type of its own" are hashed groupings of the
- * batch: windows sorted the batch twice by its text keys, and a count of
- * distinct (type, key) pairs sorted each answer's lines apart, about 10
- * thousand instructions an answer between them.
+ * trickle, and about half of the applier's time in a burst.  What can be
+ * decided from the batch alone (only answer, one currency, a type and key
+ * of its own) is read in C, shipsync._first_quote_lines() (fees.c), with
+ * one lookup of the types and currencies per batch; the statement keeps
+ * the look for lines already there and the two inserts.
  *
  * The fee locks of the tracking numbers come first, in a statement of
  * their own, so that the look for existing lines sees whatever committed

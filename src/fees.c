@@ -1235,6 +1235,8 @@ shipsync_first_quote_lines(PG_FUNCTION_ARGS)
 			fj = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
 													CStringGetDatum(TextDatumGetCString(d[4][r]))));
 			size = JB_ROOT_IS_ARRAY(fj) && !JB_ROOT_IS_SCALAR(fj) ? JsonContainerSize(&fj->root) : 0;
+			if (size > FIRST_QUOTE_LINES_MAX)
+				size = 0;		/* left whole; its lines are read, not kept */
 			while (nlines + (int) size > cap)
 			{
 				cap *= 2;

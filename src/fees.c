@@ -994,34 +994,36 @@ cmp_first_lookup_ptr(const void *a, const void *b)
 	return cmp_first_lookup(*(FirstLine *const *) a, *(FirstLine *const *) b);
 }
 
-/* Answers by (pid, tn) or by (bid, k), for finding a batch's repeats */
-static int	first_sort_by_order;
-
+/* Answers by (pid, tn), and by (bid, k): a batch's repeats sort together */
 static int
-cmp_first_answer(const void *a, const void *b)
+cmp_first_by_tracking(const void *a, const void *b)
 {
 	const FirstAnswer *x = *(FirstAnswer *const *) a;
 	const FirstAnswer *y = *(FirstAnswer *const *) b;
 
-	if (first_sort_by_order)
-	{
-		if (x->bid != y->bid)
-			return x->bid < y->bid ? -1 : 1;
-		return strcmp(x->k, y->k);
-	}
 	if (x->pid != y->pid)
 		return x->pid < y->pid ? -1 : 1;
 	return strcmp(x->tn, y->tn);
 }
 
-/* Leave out every answer that shares its (pid, tn), or its (bid, k), with another */
-static void
-first_drop_repeats(FirstAnswer **v, int n, bool by_order)
+static int
+cmp_first_by_order(const void *a, const void *b)
 {
-	first_sort_by_order = by_order;
-	qsort(v, n, sizeof(FirstAnswer *), cmp_first_answer);
+	const FirstAnswer *x = *(FirstAnswer *const *) a;
+	const FirstAnswer *y = *(FirstAnswer *const *) b;
+
+	if (x->bid != y->bid)
+		return x->bid < y->bid ? -1 : 1;
+	return strcmp(x->k, y->k);
+}
+
+/* Leave out every answer of v that cmp finds equal to another */
+static void
+first_drop_repeats(FirstAnswer **v, int n, int (*cmp) (const void *, const void *))
+{
+	qsort(v, n, sizeof(FirstAnswer *), cmp);
 	for (int i = 1; i < n; i++)
-		if (cmp_first_answer(&v[i - 1], &v[i]) == 0)
+		if (cmp(&v[i - 1], &v[i]) == 0)
 			v[i - 1]->taken = v[i]->taken = false;
 }
 
@@ -1212,8 +1214,8 @@ shipsync_first_quote_lines(PG_FUNCTION_ARGS)
 		ans[r].tn = TextDatumGetCString(d[3][r]);
 		byk[nanswers++] = &ans[r];
 	}
-	first_drop_repeats(byk, nanswers, false);
-	first_drop_repeats(byk, nanswers, true);
+	first_drop_repeats(byk, nanswers, cmp_first_by_tracking);
+	first_drop_repeats(byk, nanswers, cmp_first_by_order);
 
 	/* their lines, every amount read */
 	{

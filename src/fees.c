@@ -966,7 +966,7 @@ typedef struct FirstLine
 	char	   *cur;			/* ->>'currency', NULL: the provider's */
 	char	   *fkey;			/* ->>'key', '' for none */
 	Datum		amount;
-	int			lookup;			/* its (pid, code, cur) in FirstLookups */
+	int			lookup;			/* its (pid, code, cur) among first_lookup()'s */
 } FirstLine;
 
 /* An answer with more lines goes to _record_quotes(): the checks below are
@@ -1093,6 +1093,25 @@ first_lookup(FirstLine **u, int n, char **types, char **curs)
 }
 
 /*
+ * Member key of line e as a string into *out (NULL: none, or a JSON null);
+ * false when it is there and no string.
+ */
+static bool
+member_string(const JsonbValue *e, const char *key, char **out)
+{
+	JsonbValue	buf;
+	JsonbValue *v = member(e, key, &buf);
+
+	*out = NULL;
+	if (v == NULL || v->type == jbvNull)
+		return true;
+	if (v->type != jbvString)
+		return false;
+	*out = pnstrdup(v->val.string.val, v->val.string.len);
+	return true;
+}
+
+/*
  * Read answer a's fee list into lines; false (the answer left to
  * _record_quotes()) unless it is a list of 1 to FIRST_QUOTE_LINES_MAX
  * objects whose type, and currency and key when given, are strings and
@@ -1111,8 +1130,6 @@ first_read_lines(Jsonb *fj, FirstAnswer *a, FirstLine *lines)
 	for (uint32 i = 0; i < n; i++)
 	{
 		JsonbValue *e = getIthJsonbValueFromContainer(&fj->root, i);
-		JsonbValue	buf;
-		JsonbValue *v;
 		bool		nullamt;
 		Datum		amount = member_amount(e, &nullamt);
 		FirstLine  *l = &lines[i];
@@ -1125,23 +1142,11 @@ first_read_lines(Jsonb *fj, FirstAnswer *a, FirstLine *lines)
 		}
 		l->pid = a->pid;
 		l->amount = amount;
-		v = member(e, "type", &buf);
-		if (v == NULL || v->type != jbvString)
-			ok = false;
-		else
-			l->code = pnstrdup(v->val.string.val, v->val.string.len);
-		v = member(e, "currency", &buf);
-		l->cur = NULL;
-		if (v != NULL && v->type == jbvString)
-			l->cur = pnstrdup(v->val.string.val, v->val.string.len);
-		else if (v != NULL && v->type != jbvNull)
-			ok = false;
-		v = member(e, "key", &buf);
-		l->fkey = "";
-		if (v != NULL && v->type == jbvString)
-			l->fkey = pnstrdup(v->val.string.val, v->val.string.len);
-		else if (v != NULL && v->type != jbvNull)
-			ok = false;
+		ok = member_string(e, "type", &l->code) && l->code != NULL &&
+			member_string(e, "currency", &l->cur) &&
+			member_string(e, "key", &l->fkey);
+		if (ok && l->fkey == NULL)
+			l->fkey = "";
 	}
 	a->nlines = ok ? (int) n : 0;
 	return ok && n > 0;
@@ -1185,6 +1190,7 @@ shipsync_first_quote_lines(PG_FUNCTION_ARGS)
 	FirstLine **u;
 	int			nanswers = 0,
 				nlines = 0,
+				cap = 64,
 				nu = 0;
 	char	  **ltypes;
 	char	  **lcurs;
@@ -1217,38 +1223,35 @@ shipsync_first_quote_lines(PG_FUNCTION_ARGS)
 	first_drop_repeats(byk, nanswers, cmp_first_by_tracking);
 	first_drop_repeats(byk, nanswers, cmp_first_by_order);
 
-	/* their lines, every amount read */
+	/*
+	 * Their lines.  Every body is parsed, a repeat's too, and every amount
+	 * of the others read, as the statement's ::jsonb and ::numeric did: one
+	 * that is no JSON or no number fails here as it failed there.
+	 */
+	lines = palloc(sizeof(FirstLine) * cap);
+	for (int r = 0; r < n; r++)
 	{
-		int			cap = 64;
+		Jsonb	   *fj;
+		uint32		size;
 
-		lines = palloc(sizeof(FirstLine) * cap);
-		for (int r = 0; r < n; r++)
+		if (FQ_NULL(3) || FQ_NULL(4))
+			continue;
+		fj = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+												CStringGetDatum(TextDatumGetCString(d[4][r]))));
+		if (!ans[r].taken)
+			continue;
+		size = JB_ROOT_IS_ARRAY(fj) && !JB_ROOT_IS_SCALAR(fj) ? JsonContainerSize(&fj->root) : 0;
+		if (size > FIRST_QUOTE_LINES_MAX)
+			size = 0;			/* left whole; its lines are read, not kept */
+		while (nlines + (int) size > cap)
 		{
-			Jsonb	   *fj;
-			uint32		size;
-
-			if (!ans[r].taken)
-			{
-				/* its fees are read all the same: ::jsonb fails as it did */
-				if (!FQ_NULL(3) && !FQ_NULL(4))
-					(void) DirectFunctionCall1(jsonb_in, CStringGetDatum(TextDatumGetCString(d[4][r])));
-				continue;
-			}
-			fj = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-													CStringGetDatum(TextDatumGetCString(d[4][r]))));
-			size = JB_ROOT_IS_ARRAY(fj) && !JB_ROOT_IS_SCALAR(fj) ? JsonContainerSize(&fj->root) : 0;
-			if (size > FIRST_QUOTE_LINES_MAX)
-				size = 0;		/* left whole; its lines are read, not kept */
-			while (nlines + (int) size > cap)
-			{
-				cap *= 2;
-				lines = repalloc(lines, sizeof(FirstLine) * cap);
-			}
-			ans[r].first = nlines;
-			ans[r].taken = first_read_lines(fj, &ans[r], &lines[nlines]);
-			if (ans[r].taken)
-				nlines += ans[r].nlines;
+			cap *= 2;
+			lines = repalloc(lines, sizeof(FirstLine) * cap);
 		}
+		ans[r].first = nlines;
+		ans[r].taken = first_read_lines(fj, &ans[r], &lines[nlines]);
+		if (ans[r].taken)
+			nlines += ans[r].nlines;
 	}
 #undef FQ_NULL
 

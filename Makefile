@@ -3,7 +3,7 @@ PG_CONFIG ?= pg_config
 MODULE_big = pg_shipsync
 OBJS = \
 	src/pg_shipsync.o \
-	src/launcher.o \
+	src/launcher.o src/flush.o \
 	src/dispatcher.o src/applier.o src/yield.o src/cpuroom.o src/hugeheap.o src/prefault.o \
 	src/outbox.o src/apply.o \
 	src/http.o \

@@ -64,6 +64,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
@@ -969,6 +970,57 @@ dispatcher_take(TimestampTz now, InboxTake *takes)
 		dispatcher_drain();
 }
 
+#define FLUSH_WAIT_MS 50		/* the launcher's flush, at most; then our own */
+#define FLUSH_ALONE_MS 1000		/* and after a late one, ours for this long */
+
+static void dispatcher_apply_done(TimestampTz now);
+
+/*
+ * With requests on the wire, have the launcher flush the WAL up to this
+ * pass's claims (flush.c), and meanwhile reap answers and hand them to the
+ * applier: the flush then leaves neither the applier nor the carrier idle.
+ * Returns once the WAL is flushed that far, or after FLUSH_WAIT_MS; the
+ * caller flushes then (at once when the launcher has).  With nothing on
+ * the wire, no launcher, or a launcher late within the last FLUSH_ALONE_MS
+ * (it may be waiting for a lock), returns at once.
+ */
+static void
+dispatcher_await_flush(void)
+{
+	static TimestampTz alone_until = 0;
+	XLogRecPtr	lsn = outbox_claims_unflushed();
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz deadline = TimestampTzPlusMilliseconds(now, FLUSH_WAIT_MS);
+	volatile bool reset = false;
+
+	if (XLogRecPtrIsInvalid(lsn) || http_inflight(client) == 0 || now < alone_until ||
+		GetFlushRecPtr(NULL) >= lsn || !flush_ask(my_slot, lsn))
+		return;
+	PG_TRY();
+	{
+		while (GetFlushRecPtr(NULL) < lsn)
+		{
+			if ((now = GetCurrentTimestamp()) >= deadline)
+			{
+				alone_until = TimestampTzPlusMilliseconds(now, FLUSH_ALONE_MS);
+				break;
+			}
+			http_wait(client, ms_until(deadline, now), PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			reset = true;
+			dispatcher_apply_done(GetCurrentTimestamp());
+		}
+	}
+	PG_FINALLY();
+	{
+		flush_withdraw(my_slot);
+		/* a commit's wake-up reset here: the loop must still see it */
+		if (reset)
+			SetLatch(MyLatch);
+	}
+	PG_END_TRY();
+}
+
 /*
  * Claim for every provider that may have work and has room, take what can
  * go straight from a small inbox, make those claims durable with one
@@ -1012,6 +1064,21 @@ dispatcher_claim_all(TimestampTz now)
 	PG_END_TRY();
 
 	/* a first attempt goes out only once its stored request is on disk */
+	if (edata == NULL)
+	{
+		PG_TRY();
+		{
+			dispatcher_await_flush();
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			shipsync_abort_tx();
+		}
+		PG_END_TRY();
+	}
 	outbox_claims_durable();
 	for (int i = 0; i < nproviders; i++)
 	{

@@ -215,6 +215,7 @@ extern void writeback_shipments(Binding *bs, int nb, SPITupleTable *tt,
 /* in outbox.c */
 extern void outbox_requeue_in_flight(bool expired_only);
 extern bool outbox_prepared_exist(void);
+extern XLogRecPtr outbox_claims_unflushed(void);
 extern void outbox_claims_durable(void);
 extern int	outbox_claim(Provider *p, Binding *bs, int nb, int max_n,
 						 int lease_ms, Claimed **out, TimestampTz *next_due,

@@ -2,7 +2,8 @@
  *
  * launcher.c
  *		The launcher: one dispatcher per database of shipsync.databases,
- *		and the receiver of pushes when shipsync.receiver_listen is set.
+ *		the receiver of pushes when shipsync.receiver_listen is set, and
+ *		the WAL flushes the dispatchers ask for (flush.c).
  *
  * The launcher is a static background worker connected to no database (it
  * reads only the shared catalog pg_database).  Once a second, and whenever
@@ -23,6 +24,13 @@
  * connections, so that on a hot standby the receiver runs too and answers
  * 503 (a load balancer's health check sees it); dispatchers are registered
  * to start only once recovery is over.
+ *
+ * Whenever its latch is set, the launcher first flushes the WAL for the
+ * dispatchers that asked (flush.c): with requests on the wire, a
+ * dispatcher hands it the flush of its claims rather than sleep through
+ * it.  Nothing else the launcher does takes long, except reading
+ * pg_database when a dispatcher is to be started; a dispatcher whose
+ * answer is late flushes itself.
  *
  *-------------------------------------------------------------------------
  */
@@ -277,6 +285,7 @@ shipsync_launcher_main(Datum main_arg)
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync launcher",
 									 ALLOCSET_DEFAULT_SIZES);
 	ereport(LOG, (errmsg("pg_shipsync launcher started")));
+	flush_serve_begin();
 
 	for (;;)
 	{
@@ -289,6 +298,7 @@ shipsync_launcher_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		flush_serve();
 		old = MemoryContextSwitchTo(loop_cxt);
 		launcher_reconcile();
 		launcher_reconcile_receiver();

@@ -25,7 +25,7 @@
  * The claim commits without waiting for its WAL flush; the dispatcher
  * claims for every provider that has room, then calls
  * outbox_claims_durable(), which flushes once up to the last of those
- * commits, and only then sends.  So several providers' claims share one
+ * commits (or finds the launcher has, flush.c), and only then sends.  So several providers' claims share one
  * flush, and the guarantee is unchanged: a first attempt goes out only
  * once its stored request is on disk (a crash before the flush loses the
  * claim, never a request sent).
@@ -1313,9 +1313,20 @@ claim_sendable(ClaimState *s, int *nskipped)
 static XLogRecPtr claims_unflushed = InvalidXLogRecPtr;
 
 /*
+ * Where the WAL must be flushed up to before the claims committed since the
+ * last outbox_claims_durable() may be sent; invalid when there are none.
+ */
+XLogRecPtr
+outbox_claims_unflushed(void)
+{
+	return claims_unflushed;
+}
+
+/*
  * Make every claim committed since the last call durable: one WAL flush up
- * to the latest.  The dispatcher calls this before it sends anything that
- * outbox_claim() returned.
+ * to the latest (at once when another process has flushed that far).  The
+ * dispatcher calls this before it sends anything that outbox_claim()
+ * returned.
  */
 void
 outbox_claims_durable(void)

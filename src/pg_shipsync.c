@@ -104,6 +104,8 @@ shipsync_shmem_startup(void)
 		SpinLockInit(&shipsync_shared->mutex);
 		SpinLockInit(&shipsync_shared->id_mutex);
 		pg_atomic_init_u64(&shipsync_shared->config_generation, 1);
+		for (int i = 0; i < SHIPSYNC_MAX_DISPATCHERS; i++)
+			pg_atomic_init_u64(&shipsync_shared->slots[i].flush_wanted, 0);
 		shipsync_shared->health_lock = &(GetNamedLWLockTranche("pg_shipsync"))[0].lock;
 	}
 	LWLockRelease(AddinShmemInitLock);

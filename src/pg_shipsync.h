@@ -599,6 +599,7 @@ extern bool shipsync_amount_check(const char *s, char *out, const char **reason)
 
 #include "postgres.h"
 #include "access/htup.h"
+#include "access/xlogdefs.h"
 #include "lib/ilist.h"
 #include "lib/stringinfo.h"
 #include "datatype/timestamp.h"
@@ -621,6 +622,7 @@ typedef struct ShipsyncSlot
 	uint64		accepting;		/* providers that can take work now */
 	uint64		pending;		/* providers that got work since last look */
 	bool		prepared;		/* a transaction that captured was prepared */
+	pg_atomic_uint64 flush_wanted;	/* WAL position to flush (flush.c), 0: none */
 } ShipsyncSlot;
 
 /*
@@ -711,10 +713,11 @@ typedef struct ShipsyncProviderState
 
 typedef struct ShipsyncShared
 {
-	slock_t		mutex;			/* protects slots[] and appliers[] */
+	slock_t		mutex;			/* protects slots[], appliers[], flush_latch */
 	pg_atomic_uint64 config_generation; /* bumped when providers change */
 	ShipsyncSlot slots[SHIPSYNC_MAX_DISPATCHERS];
 	ShipsyncApplierSlot appliers[SHIPSYNC_MAX_DISPATCHERS];
+	Latch	   *flush_latch;	/* the launcher's, while it serves flushes */
 	slock_t		id_mutex;		/* protects the fields below */
 	uint64		id_epoch;
 	int			id_victim;		/* next entry to reuse when all are taken */
@@ -785,6 +788,12 @@ extern void audit_prune_if_due(TimestampTz now);
 
 /* in launcher.c */
 extern PGDLLEXPORT void shipsync_launcher_main(Datum main_arg);
+
+/* in flush.c: the dispatchers' claims flushed by the launcher */
+extern void flush_serve_begin(void);
+extern void flush_serve(void);
+extern bool flush_ask(int slot, XLogRecPtr lsn);
+extern void flush_withdraw(int slot);
 
 /* in dispatcher.c */
 extern PGDLLEXPORT void shipsync_dispatcher_main(Datum main_arg);

@@ -20,12 +20,12 @@
 # inbox straight into flight (src/dispatcher.c), its request stored by
 # the take.  A trigger of the test's own notes the state each version of
 # the outbox row had, to tell which way it went.
-# Then twice more, for orders claimed while another request is on the
-# wire, when the dispatcher hands the flush to the launcher (src/flush.c)
-# and reaps answers meanwhile: the launcher must have written the WAL of
-# those claims, and the last one must survive the immediate stop; and the
-# same with the launcher stopped (SIGSTOP), when the dispatcher flushes
-# itself after a short wait.
+# Then for orders claimed while another request is on the wire, when the
+# dispatcher hands the flush to the launcher (src/flush.c) and reaps
+# answers meanwhile: the launcher must have written the WAL of those
+# claims; and with the launcher stopped (SIGSTOP) the dispatcher must
+# flush itself after a short wait.  One order claimed each way hangs at
+# the carrier, and both claims must survive the immediate stop.
 use strict;
 use warnings;
 use FindBin;
@@ -118,98 +118,93 @@ ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE id = $
 # the next: taken from the inbox straight into flight
 scenario('taken', 'in_flight');
 
-# How many write() calls process pid has made (/proc/PID/io): the launcher
-# writes nothing but the WAL it flushes for the dispatcher.
-sub writes_of
-{
-	my ($pid) = @_;
-	my $io = PostgreSQL::Test::Utils::slurp_file("/proc/$pid/io");
-	$io =~ /^syscw:\s*(\d+)/m or die "no syscw in /proc/$pid/io";
-	return $1;
-}
-
 # Orders claimed while another request is on the wire: the dispatcher asks
 # the launcher for the flush (src/flush.c) and reaps answers meanwhile; or,
 # with the launcher stopped, flushes itself after a short wait.  Either
-# way the last order's request reaches the carrier only once its claim is
-# on disk: an immediate stop then must not lose it.
-sub wire_scenario
-{
-	my ($label, $base, $stop_launcher) = @_;
-	my ($slow, $last) = ($base, $base + 9);
+# way a request reaches the carrier only once its claim is on disk: the
+# immediate stop at the end must not lose the claims of the two orders
+# sent that way (one each way), whose requests hang at the carrier.
+my ($slow, $by_launcher, $by_dispatcher) = (1000, 1009, 1019);
+sim_post($sim, '/_sim/faults',
+	{ rules => [ { fault => 'slow', ms => 15000, first_attempts => 1,
+		match_order_ref => "^($slow|$by_launcher|$by_dispatcher)\$" } ] });
 
-	# the first request of these two hangs at the carrier for 15 s
-	sim_post($sim, '/_sim/faults',
-		{ rules => [ { fault => 'slow', ms => 15000, first_attempts => 1,
-			match_order_ref => "^($slow|$last)\$" } ] });
+# insert order $id and wait for its request to reach the carrier
+sub arrives
+{
+	my ($id, $what) = @_;
 	my $arrived0 = scalar keys %{ sim_get($sim, '/_sim/attempts') };
-	$node->safe_psql('postgres',
-		"INSERT INTO crm.orders (id, customer) VALUES ($slow, '慢单')");
+	$node->safe_psql('postgres', "INSERT INTO crm.orders (id, customer) VALUES ($id, '慢单')");
 	my $arrived = 0;
 	for (my $deadline = time() + 60; time() < $deadline; usleep(2_000))
 	{
 		$arrived = scalar(keys %{ sim_get($sim, '/_sim/attempts') }) - $arrived0;
 		last if $arrived;
 	}
-	is($arrived, 1, "$label: a request is on the wire");
+	is($arrived, 1, "on the wire: $what reached the carrier");
+}
 
-	my $launcher = $node->safe_psql('postgres',
-		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync launcher'");
-	like($launcher, qr/^\d+$/, "$label: the launcher runs");
-	kill 'STOP', $launcher if $stop_launcher;
-	my $writes0 = writes_of($launcher);
-	for my $id ($base + 1 .. $base + 5)
+# the launcher's count of write() calls (/proc/PID/io): it writes nothing
+# but the WAL it flushes for the dispatcher
+my $launcher = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync launcher'");
+like($launcher, qr/^\d+$/, 'on the wire: the launcher runs');
+sub launcher_writes
+{
+	my $io = PostgreSQL::Test::Utils::slurp_file("/proc/$launcher/io");
+	$io =~ /^syscw:\s*(\d+)/m or die "no syscw in /proc/$launcher/io";
+	return $1;
+}
+
+# five orders delivered while $slow hangs; returns how many writes the
+# launcher made meanwhile
+sub five_beside
+{
+	my ($first, $label) = @_;
+	my $writes0 = launcher_writes();
+	for my $id ($first .. $first + 4)
 	{
 		$node->safe_psql('postgres', "INSERT INTO crm.orders (id, customer) VALUES ($id, '快单')");
 		ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE id = $id", 30),
-			"$label: order $id is delivered while the first waits");
+			"on the wire, $label: order $id is delivered while another hangs");
 	}
-	my $writes = writes_of($launcher) - $writes0;
-	if ($stop_launcher)
-	{
-		is($writes, 0, "$label: the stopped launcher wrote nothing: the dispatcher flushed");
-	}
-	else
-	{
-		cmp_ok($writes, '>', 0, "$label: the launcher wrote the WAL of their claims");
-	}
-
-	$arrived0 = scalar keys %{ sim_get($sim, '/_sim/attempts') };
-	$node->safe_psql('postgres', "INSERT INTO crm.orders (id, customer) VALUES ($last, '末单')");
-	$arrived = 0;
-	for (my $deadline = time() + 60; time() < $deadline; usleep(2_000))
-	{
-		$arrived = scalar(keys %{ sim_get($sim, '/_sim/attempts') }) - $arrived0;
-		last if $arrived;
-	}
-	is($arrived, 1, "$label: the last order's request reached the carrier");
-	kill 'CONT', $launcher if $stop_launcher;
-	$node->stop('immediate');
-
-	$node->append_conf('postgresql.conf', "shipsync.databases = ''\n");
-	$node->start;
-	is( $node->safe_psql(
-			'postgres',
-			"SELECT string_agg(state || ' ' || attempts || ' ' || (request_body IS NOT NULL), ', ' ORDER BY order_key)"
-			  . " FROM shipsync.outbox WHERE order_key IN ('$slow', '$last')"),
-		'in_flight 1 true, in_flight 1 true',
-		"$label: both claims whose requests were sent survived the immediate stop");
-	$node->stop;
-
-	sim_post($sim, '/_sim/faults', { rules => [] });
-	$node->append_conf('postgresql.conf', "shipsync.databases = 'postgres'\n");
-	$node->start;
-	for my $id ($slow, $last)
-	{
-		ok( wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE id = $id", 90),
-			"$label: after the restart order $id is written back");
-		is(scalar @{ sim_get($sim, "/_sim/shipments?order_ref=$id") }, 1,
-			"$label: the carrier holds exactly one shipment of order $id");
-	}
+	return launcher_writes() - $writes0;
 }
 
-wire_scenario('launcher', 1000, 0);
-wire_scenario('launcher stopped', 2000, 1);
+arrives($slow, 'the first, slow request');
+cmp_ok(five_beside($slow + 1, 'launcher'), '>', 0,
+	'on the wire, launcher: the launcher wrote the WAL of their claims');
+arrives($by_launcher, 'an order claimed beside it');
+
+kill 'STOP', $launcher;
+is(five_beside($slow + 11, 'launcher stopped'), 0,
+	'on the wire, launcher stopped: it wrote nothing, the dispatcher flushed');
+arrives($by_dispatcher, 'an order claimed while the launcher is stopped');
+# a stopped process cannot obey the stop
+kill 'CONT', $launcher;
+$node->stop('immediate');
+
+$node->append_conf('postgresql.conf', "shipsync.databases = ''\n");
+$node->start;
+is( $node->safe_psql(
+		'postgres',
+		"SELECT string_agg(order_key || ' ' || state || ' ' || attempts || ' ' || (request_body IS NOT NULL), ', '"
+		  . " ORDER BY order_key) FROM shipsync.outbox"
+		  . " WHERE order_key IN ('$slow', '$by_launcher', '$by_dispatcher')"),
+	"$slow in_flight 1 true, $by_launcher in_flight 1 true, $by_dispatcher in_flight 1 true",
+	'on the wire: the claims whose requests were sent survived the immediate stop');
+$node->stop;
+
+sim_post($sim, '/_sim/faults', { rules => [] });
+$node->append_conf('postgresql.conf', "shipsync.databases = 'postgres'\n");
+$node->start;
+for my $id ($slow, $by_launcher, $by_dispatcher)
+{
+	ok( wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE id = $id", 90),
+		"on the wire: after the restart order $id is written back");
+	is(scalar @{ sim_get($sim, "/_sim/shipments?order_ref=$id") }, 1,
+		"on the wire: the carrier holds exactly one shipment of order $id");
+}
 
 $node->stop;
 stop_sim($sim);

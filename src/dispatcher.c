@@ -1053,6 +1053,8 @@ dispatcher_claim_all(TimestampTz now)
 			dispatcher_drain();
 		for (int i = 0; i < nproviders; i++)
 			nclaimed[i] = dispatcher_claim(&providers[i], now, takes[i].n, &claimed[i]);
+		/* answers reaped while the launcher flushes may fail too */
+		dispatcher_await_flush();
 	}
 	PG_CATCH();
 	{
@@ -1064,21 +1066,6 @@ dispatcher_claim_all(TimestampTz now)
 	PG_END_TRY();
 
 	/* a first attempt goes out only once its stored request is on disk */
-	if (edata == NULL)
-	{
-		PG_TRY();
-		{
-			dispatcher_await_flush();
-		}
-		PG_CATCH();
-		{
-			MemoryContextSwitchTo(cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			shipsync_abort_tx();
-		}
-		PG_END_TRY();
-	}
 	outbox_claims_durable();
 	for (int i = 0; i < nproviders; i++)
 	{

@@ -16,9 +16,9 @@
  *
  * So with requests on the wire the dispatcher asks the launcher for the
  * flush (flush_ask()), and while it waits it reaps answers and hands them
- * to the applier, until GetFlushRecPtr() has passed its
- * claims; only then does it send them.  With nothing on the
- * wire there is nothing to overlap: it flushes itself, at once, as before.
+ * to the applier, until GetFlushRecPtr() has passed its claims; only then
+ * does it send them.  With nothing on the wire there is nothing to
+ * overlap: it flushes itself, at once, as before.
  * The launcher is the one process of ours that lives as long as the server
  * and is idle nearly all the time; whenever its latch is set it serves
  * every request (flush_serve()).  PostgreSQL's WAL writer cannot be asked:
@@ -30,10 +30,10 @@
  * and cleared by the launcher once that position is flushed; the launcher
  * publishes its latch in the shared struct while it lives (under its
  * mutex).  Correctness never depends on the launcher: the dispatcher sends
- * nothing before GetFlushRecPtr() has passed its claims, and when the
- * launcher does not answer within FLUSH_WAIT_MS (there is none, or it is
- * reading pg_database behind a lock) the dispatcher flushes itself, which
- * costs nothing more when the launcher got there first.
+ * nothing before GetFlushRecPtr() has passed its claims; when there is no
+ * launcher, or it does not answer within FLUSH_WAIT_MS (dispatcher.c; it
+ * may be reading pg_database behind a lock), the dispatcher flushes
+ * itself, which costs nothing more when the launcher got there first.
  *
  *-------------------------------------------------------------------------
  */

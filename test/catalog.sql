@@ -34,10 +34,11 @@ line(l) AS (
 	FROM rel c
 	UNION ALL
 	-- columns in their order, dropped ones skipped
-	SELECT format('column %s #%s %s %s notnull=%s default=%s identity=%s generated=%s acl=%s comment=%s',
+	SELECT format('column %s #%s %s %s collation=%s notnull=%s default=%s identity=%s generated=%s acl=%s comment=%s',
 				  c.oid::regclass,
 				  pg_catalog.row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum),
 				  a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod),
+				  (SELECT co.collname FROM pg_catalog.pg_collation co WHERE co.oid = a.attcollation),
 				  a.attnotnull, pg_catalog.pg_get_expr(ad.adbin, ad.adrelid),
 				  a.attidentity, a.attgenerated, a.attacl,
 				  pg_catalog.col_description(c.oid, a.attnum))

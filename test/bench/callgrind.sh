@@ -3,20 +3,26 @@
 # provider paused), stopped and copied afresh for every single-user backend
 # run under callgrind.  Sourced after bin/lib.sh, not executed.
 
-# cg_setup NAME ARGS...: parse --keep DIR and --only NAME (repeatable), build
-# and install the extension, and start a cluster in $work/snap (fsync off)
-# with database bench.  Sets keep, only, user, work, bindir; stops and
-# removes it all at exit.
+# cg_setup NAME ARGS...: parse --keep DIR, --only NAME (repeatable) and
+# --icu LOCALE, build and install the extension, and start a cluster in
+# $work/snap (fsync off) with database bench: its collation is the
+# environment's locale, or with --icu the ICU locale named (en-US: text
+# compared as most servers compare it).  Sets keep, only, user, work,
+# bindir and collation (what the cluster compares text with, for the
+# report); stops and removes it all at exit.
 cg_setup() {
 	local name=$1
 	shift
 	keep=
 	only=
+	local icu=()
+	collation="the environment's locale (${LC_ALL:-${LC_COLLATE:-${LANG:-C}}})"
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--keep) keep=${2:-}; shift ;;
 		--only) only="$only ${2:-}"; shift ;;
-		*) echo "usage: $0 [--keep DIR] [--only NAME]..." >&2; exit 2 ;;
+		--icu) icu=(--locale-provider=icu "--icu-locale=${2:-}"); collation="ICU ${2:-}"; shift ;;
+		*) echo "usage: $0 [--keep DIR] [--icu LOCALE] [--only NAME]..." >&2; exit 2 ;;
 		esac
 		shift
 	done
@@ -27,7 +33,7 @@ cg_setup() {
 	chown "$user" "$work"
 	bindir=$(pg_config --bindir)
 	trap cg_cleanup EXIT
-	as_user "$user" "$bindir/initdb" -D "$work/snap" -A trust -U postgres >/dev/null || exit 1
+	as_user "$user" "$bindir/initdb" -D "$work/snap" -A trust -U postgres "${icu[@]}" >/dev/null || exit 1
 	cat >>"$work/snap/postgresql.conf" <<EOF
 listen_addresses = ''
 unix_socket_directories = '$work'

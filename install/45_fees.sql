@@ -269,13 +269,13 @@ COMMENT ON COLUMN @extschema@.statement.superseded_by IS 'The later statement of
 CREATE TABLE @extschema@.fee_line (
 	fee_line_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	provider_id		integer NOT NULL,
-	tracking_number text NOT NULL,
+	tracking_number text COLLATE "C" NOT NULL,
 	fee_type		text NOT NULL CHECK (fee_type IN ('freight', 'insurance', 'label', 'postage',
 						'fuel', 'cod', 'surcharge', 'tax', 'refund', 'other')),
 	fee_key			text NOT NULL DEFAULT '',
 	quote			boolean NOT NULL,
 	binding_id		integer,
-	order_key		text,
+	order_key		text COLLATE "C",
 	raw_type		text,
 	amount			numeric NOT NULL,
 	currency		text NOT NULL,
@@ -378,7 +378,7 @@ CREATE TRIGGER fee_line_revise BEFORE UPDATE ON @extschema@.fee_line
 -- shipment rather than every line.
 CREATE TABLE @extschema@.fee_sum (
 	binding_id		integer NOT NULL,
-	order_key		text NOT NULL,
+	order_key		text COLLATE "C" NOT NULL,
 	provider_id		integer NOT NULL,
 	currency		text NOT NULL,
 	estimated		numeric NOT NULL,
@@ -394,7 +394,7 @@ COMMENT ON TABLE @extschema@.fee_sum IS
 
 CREATE TABLE @extschema@.fee_pull (
 	binding_id		integer NOT NULL,
-	order_key		text NOT NULL,
+	order_key		text COLLATE "C" NOT NULL,
 	provider_id		integer NOT NULL,
 	pulls			integer NOT NULL DEFAULT 0,
 	last_pulled_at	timestamptz,

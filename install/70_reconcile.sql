@@ -59,8 +59,8 @@ CREATE TABLE @extschema@.carrier_snapshot (
 	run_id			bigint NOT NULL,
 	provider_id		integer NOT NULL,
 	shipment_id		text NOT NULL,
-	order_ref		text,
-	tracking_number text,
+	order_ref		text COLLATE "C",
+	tracking_number text COLLATE "C",
 	status			text,
 	canonical		text,
 	canonical_rank	integer,
@@ -89,7 +89,7 @@ COMMENT ON TABLE @extschema@.reconcile_state IS
 -- Orders seen without a shipment, until they have one.
 CREATE TABLE @extschema@.reconcile_seen (
 	binding_id		integer NOT NULL,
-	order_key		text NOT NULL,
+	order_key		text COLLATE "C" NOT NULL,
 	first_seen_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	PRIMARY KEY (binding_id, order_key)
 );
@@ -609,8 +609,15 @@ DECLARE
 	src text;
 BEGIN
 	SELECT x.* INTO b FROM @extschema@.binding x WHERE x.binding_id = bid;
-	SELECT format_type(a.atttypid, a.atttypmod) INTO keytype
+	-- the key's type, with the key column's own collation when it has one:
+	-- an order key of ours (COLLATE "C") cast to it then compares as the
+	-- column does, and can use its index
+	SELECT format_type(a.atttypid, a.atttypmod)
+		   || CASE WHEN co.oid IS NULL THEN '' ELSE format(' COLLATE %I.%I', cn.nspname, co.collname) END
+	  INTO keytype
 	  FROM pg_attribute a
+	  LEFT JOIN pg_collation co ON co.oid = a.attcollation
+	  LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
 	 WHERE a.attrelid = b.tbl AND a.attname = b.key_column AND a.attnum > 0 AND NOT a.attisdropped;
 	skip := ARRAY(SELECT w.value #>> '{}' FROM jsonb_each(b.writeback) w ORDER BY 1);
 	grace := coalesce((b.options->>'grace')::interval, interval '10 minutes');
@@ -624,7 +631,7 @@ BEGIN
 	eff := CASE WHEN trk IS NULL THEN 's.status'
 				ELSE 'CASE WHEN tr.status IS NOT NULL AND tr.status <> ''pending'' THEN tr.status ELSE s.status END' END;
 	tn_bad := CASE WHEN b.writeback ? 'tracking_number'
-				   THEN format('(s.tracking_number IS NOT NULL AND t.%I::text IS DISTINCT FROM s.tracking_number)',
+				   THEN format('(s.tracking_number IS NOT NULL AND t.%I::text COLLATE "C" IS DISTINCT FROM s.tracking_number)',
 							   b.writeback->>'tracking_number')
 				   ELSE 'false' END;
 	st_bad := CASE WHEN b.writeback ? 'status'
@@ -647,7 +654,7 @@ BEGIN
 		src := format('%s t', b.tbl);
 	ELSE
 		src := format($src$(SELECT DISTINCT c.k FROM (
-				SELECT t.%1$I::text AS k FROM %2$s t WHERE age(t.xmin) <= $4
+				SELECT t.%1$I::text COLLATE "C" AS k FROM %2$s t WHERE age(t.xmin) <= $4
 				UNION ALL
 				SELECT s.order_key FROM @extschema@.shipment s
 				 WHERE s.binding_id = $1 AND age(s.xmin) <= $4
@@ -672,7 +679,7 @@ BEGIN
 			SELECT i.order_key FROM @extschema@.inbox i WHERE i.binding_id = $1),
 		x AS MATERIALIZED (
 			SELECT y.* FROM (
-				SELECT t.%1$I::text AS k,
+				SELECT t.%1$I::text COLLATE "C" AS k,
 					   s.order_key IS NOT NULL AS shipped,
 					   s.provider_shipment_id AS s_id, s.tracking_number AS s_tn, %3$s AS s_status,
 					   s.content_digest AS s_digest,
@@ -684,10 +691,10 @@ BEGIN
 					   r.order_key IS NOT NULL AS seen
 				  FROM %2$s
 				  LEFT JOIN @extschema@.shipment s
-					ON s.binding_id = $1 AND s.provider_id = $3 AND s.order_key = t.%1$I::text
+					ON s.binding_id = $1 AND s.provider_id = $3 AND s.order_key = t.%1$I::text COLLATE "C"
 				  %9$s
 				  LEFT JOIN @extschema@.reconcile_seen r
-					ON r.binding_id = $1 AND r.order_key = t.%1$I::text) y
+					ON r.binding_id = $1 AND r.order_key = t.%1$I::text COLLATE "C") y
 			 WHERE NOT y.shipped OR y.tn_bad OR y.st_bad OR y.addr_bad),
 		seen AS (
 			INSERT INTO @extschema@.reconcile_seen (binding_id, order_key)
@@ -734,7 +741,7 @@ BEGIN
 		CASE WHEN b.writeback ? 'status' THEN format('t.%I::text', b.writeback->>'status') ELSE 'NULL::text' END,
 		born,
 		CASE WHEN trk IS NULL THEN ''
-			 ELSE format('LEFT JOIN @extschema@.shipment tr ON tr.binding_id = $1 AND tr.provider_id = %s AND tr.order_key = t.%I::text',
+			 ELSE format('LEFT JOIN @extschema@.shipment tr ON tr.binding_id = $1 AND tr.provider_id = %s AND tr.order_key = t.%I::text COLLATE "C"',
 						 trk, b.key_column) END,
 		b.writeback->>'tracking_number', b.writeback->>'status')
 	USING bid, skip, b.provider_id, hage, grace, b.tbl::text;

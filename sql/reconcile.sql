@@ -518,5 +518,46 @@ ALTER SYSTEM SET shipsync.reconcile_at = '3pm';
 ALTER SYSTEM SET shipsync.reconcile_interval = -1;
 \set VERBOSITY terse
 
+------------------------------------------------------------------------------
+-- Order keys and tracking numbers compare byte by byte (COLLATE "C") in
+-- every table of shipsync: one collation for all of them, so that a join of
+-- two of them, or of one with a key passed in, can use their indexes.  An
+-- order table whose key and write-back columns have a collation of their
+-- own (POSIX here) is compared with them all the same: the comparisons name
+-- the collation instead of leaving two to conflict.
+------------------------------------------------------------------------------
+SELECT c.relname, a.attname, co.collname
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid AND c.relkind = 'r'
+JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'shipsync'
+JOIN pg_collation co ON co.oid = a.attcollation
+WHERE a.attname IN ('order_key', 'tracking_number', 'order_ref') AND NOT a.attisdropped
+ORDER BY 1, 2;
+
+SELECT shipsync.create_provider('rc3', 'generic', 'http://127.0.0.1:9') AS rc3 \gset
+CREATE TABLE posix_orders (ref text COLLATE "POSIX" PRIMARY KEY, waybill text COLLATE "POSIX",
+	created timestamptz NOT NULL DEFAULT now() - interval '1 hour');
+SELECT shipsync.attach('posix_orders', 'rc3', writeback => '{"tracking_number": "waybill"}',
+	options => '{"grace": "10 minutes", "created_at_column": "created"}') AS pbid \gset
+INSERT INTO posix_orders (ref, waybill) VALUES ('P-1', 'TN-P-1'), ('P-2', 'wrong'), ('P-3', NULL);
+-- P-1 and P-2 shipped; P-3 never captured
+DELETE FROM shipsync.inbox WHERE binding_id = :pbid;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, provider_shipment_id,
+	tracking_number, status, created_at, updated_at)
+SELECT :pbid, ref, :rc3, 'shp_' || ref, 'TN-' || ref, 'pre_transit',
+	   now() - interval '1 hour', now() - interval '1 hour'
+FROM posix_orders WHERE ref IN ('P-1', 'P-2');
+SELECT pg_temp.crm_pass(false) AS prun \gset
+SELECT kind, order_key, tracking_number, detail - 'since' AS detail
+FROM shipsync.reconciliation WHERE "table" = 'posix_orders'::regclass ORDER BY kind, order_key;
+-- the next pass reads what changed since the last (its other statement)
+INSERT INTO posix_orders (ref) VALUES ('P-4');
+DELETE FROM shipsync.inbox WHERE binding_id = :pbid;
+UPDATE posix_orders SET waybill = 'TN-P-2' WHERE ref = 'P-2';
+SELECT pg_temp.crm_pass(false) AS prun \gset
+SELECT kind, order_key, tracking_number, detail - 'since' AS detail
+FROM shipsync.reconciliation WHERE "table" = 'posix_orders'::regclass ORDER BY kind, order_key;
+SELECT shipsync.pause('rc3');
+
 \c contrib_regression
 DROP DATABASE reconcile_regress;

@@ -39,7 +39,11 @@ use ShipsyncTest;
 my $sim = start_sim();
 my $node = shipsync_node('claimdur', 'wal_writer_delay = 10000ms',
 	'bgwriter_lru_maxpages = 0', 'autovacuum = off');
-setup_orders($node, $sim, '{"timeout_ms": 60000, "max_inflight": 4}');
+# the retries after each restart meet 409 (in progress) until the hanging
+# first attempt ends: short backoff, and attempts enough, so the order is
+# sent again as soon as the carrier lets it
+setup_orders($node, $sim, '{"timeout_ms": 60000, "max_inflight": 4,'
+	. ' "backoff_base_ms": 100, "backoff_max_ms": 500, "max_attempts": 1000}');
 
 # the dispatcher's first pass has read the inbox (empty): the first order
 # below is then the first capture it hears of since the start
@@ -54,9 +58,10 @@ sub scenario
 {
 	my ($label, $first_state) = @_;
 
-	# the first request of each key hangs at the carrier for 15 s
+	# the first request of each key hangs at the carrier for 5 s, long past
+	# the immediate stop that follows its arrival
 	sim_post($sim, '/_sim/faults',
-		{ rules => [ { fault => 'slow', ms => 15000, first_attempts => 1 } ] });
+		{ rules => [ { fault => 'slow', ms => 5000, first_attempts => 1 } ] });
 	my $arrived0 = scalar keys %{ sim_get($sim, '/_sim/attempts') };
 
 	# the order's commit flushes everything before it; the claim comes after
@@ -126,7 +131,7 @@ scenario('taken', 'in_flight');
 # sent that way (one each way), whose requests hang at the carrier.
 my ($slow, $by_launcher, $by_dispatcher) = (1000, 1009, 1019);
 sim_post($sim, '/_sim/faults',
-	{ rules => [ { fault => 'slow', ms => 15000, first_attempts => 1,
+	{ rules => [ { fault => 'slow', ms => 8000, first_attempts => 1,
 		match_order_ref => "^($slow|$by_launcher|$by_dispatcher)\$" } ] });
 
 # insert order $id and wait for its request to reach the carrier

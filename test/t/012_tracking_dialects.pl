@@ -177,7 +177,8 @@ for my $dialect (qw(easypost aftership kuaidi100 sf_express))
 
 	# a tracking number that never comes: the dispatcher expires it, with a ticket
 	$node->safe_psql('postgres',
-		q{UPDATE shipsync.provider SET options = options || '{"unmatched_ttl_s": 1}' WHERE name = 'early'});
+		q{BEGIN; UPDATE shipsync.provider SET options = options || '{"unmatched_ttl_s": 1}' WHERE name = 'early';
+		  SELECT shipsync._wake(true); COMMIT;});
 	$body = qq({"events": [{"id": "never-1", "tracking_number": "NEVER1", "status": "in_transit", "occurred_at": "2026-03-01T01:00:00Z"}]});
 	$ts = time();
 	is( $node->safe_psql(

@@ -115,8 +115,10 @@ sub tls_sim_post
 	  or die "POST $path: $err";
 }
 like(ship('ca_fees', $good, { ca_bundle => pem('ca.crt') }), qr/^done\|/, 'one more order to that carrier');
-sql(q{UPDATE shipsync.provider SET options = options || '{"poll_interval_s": 1, "fee_pull_after": "1 second"}'
-	WHERE name = 'ca_fees'});
+# _wake(true): the dispatcher reads the new options now, not at its next
+# idle check (shipsync.idle_check_ms, 10 s)
+sql(q{BEGIN; UPDATE shipsync.provider SET options = options || '{"poll_interval_s": 1, "fee_pull_after": "1 second"}'
+	WHERE name = 'ca_fees'; SELECT shipsync._wake(true); COMMIT;});
 sql(q{INSERT INTO t_ca_fees SELECT g, 'c' || g FROM generate_series(1001, 1008) g});
 ok(wait_until($node, q{SELECT count(*) = 9 FROM t_ca_fees WHERE waybill_no IS NOT NULL}, 30),
 	'its orders shipped');

@@ -113,7 +113,9 @@ sub polls
 	my $st = sim_get($sim, '/_sim/stats');
 	return $st->{requests} - $st->{shipments};
 }
-sql(q{UPDATE shipsync.provider SET options = options || '{"poll_interval_s": 1}' WHERE name = 'sim'});
+# _wake(true): read at once, not at the next idle check (10 s)
+sql(q{BEGIN; UPDATE shipsync.provider SET options = options || '{"poll_interval_s": 1}' WHERE name = 'sim';
+	SELECT shipsync._wake(true); COMMIT;});
 my $p0 = polls();
 for (my $deadline = time() + 30; time() < $deadline && polls() < $p0 + 100; usleep(100_000)) { }
 $p0 = polls();

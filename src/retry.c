@@ -384,8 +384,25 @@ shipsync_utf8_invalid_at(const char *text, size_t len)
 
 	while (i < len)
 	{
-		int			n = utf8_sequence(s + i, len - i);
+		int			n;
 
+		/*
+		 * ASCII eight bytes at a time: a carrier's answer is mostly ASCII,
+		 * and byte by byte this check cost the dispatcher 5,500 CPU
+		 * instructions an answer of 180 bytes.
+		 */
+		while (len - i >= 8)
+		{
+			uint64_t	w;
+
+			memcpy(&w, s + i, 8);
+			if (w & UINT64_C(0x8080808080808080))
+				break;
+			i += 8;
+		}
+		if (i == len)
+			break;
+		n = utf8_sequence(s + i, len - i);
 		if (n == 0)
 			return (long) i;
 		i += n;

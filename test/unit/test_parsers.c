@@ -111,6 +111,80 @@ test_storable(void)
 		  "a NUL in a member name is refused");
 }
 
+/*
+ * The UTF-8 check reads ASCII eight bytes at a time: a bad byte, or a good
+ * sequence, at every offset and alignment of a run of ASCII before and
+ * after it, is judged as byte by byte.
+ */
+static void
+test_utf8_offsets(void)
+{
+	char		buf[64];
+	int			wrong = 0;
+
+	for (int len = 1; len <= 40; len++)
+		for (int p = 0; p < len; p++)
+		{
+			memset(buf, 'a', len);
+			buf[p] = (char) 0xff;	/* never UTF-8 */
+			if (shipsync_utf8_invalid_at(buf, len) != p)
+				wrong++;
+			buf[p] = (char) 0x80;	/* a stray continuation byte */
+			if (shipsync_utf8_invalid_at(buf, len) != p)
+				wrong++;
+			if (p + 3 <= len)
+			{
+				memcpy(buf + p, "\xe4\xb8\xad", 3);	/* 中 */
+				if (shipsync_utf8_invalid_at(buf, len) != -1)
+					wrong++;
+				/* the same cut short at the end of the text */
+				if (shipsync_utf8_invalid_at(buf, p + 2) != p)
+					wrong++;
+			}
+		}
+	check(wrong == 0, "UTF-8: a bad byte or a good sequence at every offset of up to 40 bytes is judged right");
+	check(shipsync_utf8_invalid_at("", 0) == -1, "UTF-8: the empty text is valid");
+}
+
+/*
+ * One tokener serves every document up to 64 KB, reset before each: a
+ * document cut short, or with something after it, leaves nothing behind
+ * for the next, and a larger one gets a tokener of its own.
+ */
+static void
+test_tokener_reuse(void)
+{
+	ShipResponse r;
+	char		err[256];
+	const char *good = "{\"id\":\"shp_2\",\"tracking_number\":\"SF2\"}";
+	size_t		biglen = 70000;
+	char	   *big = malloc(biglen + 64);
+
+	check(!parse("{\"id\":\"shp_1\",\"tracking_num", 1, &r, err) &&
+		  strstr(err, "unexpected end of input") != NULL,
+		  "tokener: a document cut short is refused");
+	check(parse(good, 1, &r, err) && strcmp(r.id, "shp_2") == 0 &&
+		  strcmp(r.tracking_number, "SF2") == 0,
+		  "tokener: the next document after one cut short is read whole and alone");
+	shipsync_free_ship_response(&r);
+	check(!parse("{\"id\":\"a\",\"tracking_number\":\"b\"} {\"id\":", 1, &r, err) &&
+		  strstr(err, "not valid JSON") != NULL,
+		  "tokener: a second document after the first is refused");
+	check(parse(good, 1, &r, err) && strcmp(r.id, "shp_2") == 0,
+		  "tokener: the next document after that is read alone");
+	shipsync_free_ship_response(&r);
+	snprintf(big, 64, "{\"id\":\"shp_3\",\"tracking_number\":\"SF3\",\"x\":\"");
+	memset(big + strlen(big), 'x', biglen - strlen(big));
+	strcpy(big + biglen, "\"}");
+	check(parse(big, 1, &r, err) && strcmp(r.id, "shp_3") == 0,
+		  "tokener: a document over 64 KB is read");
+	shipsync_free_ship_response(&r);
+	check(parse(good, 1, &r, err) && strcmp(r.tracking_number, "SF2") == 0,
+		  "tokener: and the next small one after it");
+	shipsync_free_ship_response(&r);
+	free(big);
+}
+
 static void
 test_fee_ranges(void)
 {
@@ -357,6 +431,8 @@ main(void)
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	test_responses();
 	test_storable();
+	test_utf8_offsets();
+	test_tokener_reuse();
 	test_fee_ranges();
 	test_classify();
 	test_retry_after();

@@ -985,11 +985,18 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
 		!TRIGGER_FIRED_AFTER(td->tg_event))
 		elog(ERROR, "shipsync._match_parked() must be an AFTER ROW trigger");
+	/*
+	 * Looked first: in a burst every shipment of the apply's transaction
+	 * comes here, and finding the two columns by name was 1.5 thousand
+	 * CPU instructions a shipment.
+	 */
+	if (none_parked_in == MyProc->lxid)
+		return PointerGetDatum(NULL);
 	tup = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
 	desc = td->tg_relation->rd_att;
 	args[0] = SPI_getbinval(tup, desc, SPI_fnumber(desc, "provider_id"), &isnull1);
 	args[1] = SPI_getbinval(tup, desc, SPI_fnumber(desc, "tracking_number"), &isnull2);
-	if (isnull1 || isnull2 || none_parked_in == MyProc->lxid)
+	if (isnull1 || isnull2)
 		return PointerGetDatum(NULL);
 
 	if (SPI_connect() != SPI_OK_CONNECT)

@@ -299,11 +299,6 @@ fees_ok(struct json_object *fees, char *errbuf, size_t errlen)
 }
 
 /*
- * Parse text as strict JSON, all of it: the document, or NULL with the
- * reason in errbuf ("<what> is not valid JSON: ...", or without a subject
- * when what is NULL).  The caller owns the result (json_object_put).
- */
-/*
  * Documents up to this size are parsed with one tokener kept for the life
  * of the process, reset before each use: making and freeing a tokener was
  * 5 thousand of the dispatcher's CPU instructions an answer.  The tokener
@@ -313,6 +308,11 @@ fees_ok(struct json_object *fees, char *errbuf, size_t errlen)
  */
 #define PARSE_KEEP_TOKENER_MAX 65536
 
+/*
+ * Parse text as strict JSON, all of it: the document, or NULL with the
+ * reason in errbuf ("<what> is not valid JSON: ...", or without a subject
+ * when what is NULL).  The caller owns the result (json_object_put).
+ */
 static struct json_object *
 parse_strict_what(const char *text, size_t len, const char *what,
 				  char *errbuf, size_t errlen)
@@ -320,18 +320,22 @@ parse_strict_what(const char *text, size_t len, const char *what,
 	static struct json_tokener *kept = NULL;
 	struct json_tokener *tok;
 	struct json_object *root;
-	bool		ok;
 
 	if (len > (size_t) INT32_MAX)
 	{
 		snprintf(errbuf, errlen, "%s is too large", what ? what : "the document");
 		return NULL;
 	}
-	if (len <= PARSE_KEEP_TOKENER_MAX && kept != NULL)
-		json_tokener_reset(kept);
-	else if (len <= PARSE_KEEP_TOKENER_MAX)
-		kept = json_tokener_new();
-	tok = len <= PARSE_KEEP_TOKENER_MAX ? kept : json_tokener_new();
+	if (len > PARSE_KEEP_TOKENER_MAX)
+		tok = json_tokener_new();
+	else
+	{
+		if (kept == NULL)
+			kept = json_tokener_new();
+		else
+			json_tokener_reset(kept);
+		tok = kept;
+	}
 	if (tok == NULL)
 	{
 		snprintf(errbuf, errlen, "out of memory");
@@ -339,8 +343,7 @@ parse_strict_what(const char *text, size_t len, const char *what,
 	}
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
 	root = json_tokener_parse_ex(tok, text ? text : "", (int) len);
-	ok = root != NULL && json_tokener_get_parse_end(tok) == len;
-	if (!ok)
+	if (root == NULL || json_tokener_get_parse_end(tok) != len)
 	{
 		enum json_tokener_error jerr = json_tokener_get_error(tok);
 

@@ -161,6 +161,22 @@ SELECT count(*) FROM shipsync._first_quote_lines(ARRAY[1, 1], ARRAY['a', 'b'], A
 SELECT count(*) FROM shipsync._first_quote_lines(ARRAY[1, 1], ARRAY['a', 'a'], ARRAY[1, 1],
 	ARRAY['T1', 'T2'], ARRAY['[{"type":"freight","amount":"1"}]', '{"fees": ']);
 SELECT count(*) FROM shipsync._first_quote_lines(NULL, NULL, NULL, NULL, NULL);
+-- the lists _quote_totals() parsed are read again only where the text is
+-- the same: in one transaction, as the apply calls them, a first quote of
+-- another list at the same place (2: 7.00, not 9.00), or one that is no
+-- JSON (then an error), reads its own list
+BEGIN;
+SELECT ord, total FROM shipsync._quote_totals(ARRAY[
+	'[{"type":"freight","amount":"1.00","currency":"CNY"}]',
+	'[{"type":"freight","amount":"9.00","currency":"CNY"}]'], ARRAY[1, 1]) ORDER BY ord;
+SELECT ord, i, amount, estimated FROM shipsync._first_quote_lines(ARRAY[1, 1, 1], ARRAY['a', 'b', 'c'],
+	ARRAY[1, 1, 1], ARRAY['T1', 'T2', 'T3'], ARRAY[
+	'[{"type":"freight","amount":"1.00","currency":"CNY"}]',
+	'[{"type":"freight","amount":"7.00","currency":"CNY"}]',
+	'[{"type":"freight","amount":"3.00","currency":"CNY"}]']) ORDER BY ord, i;
+SELECT count(*) FROM shipsync._first_quote_lines(ARRAY[1, 1], ARRAY['a', 'b'], ARRAY[1, 1],
+	ARRAY['T1', 'T2'], ARRAY['[{"type":"freight","amount":"1.00","currency":"CNY"}]', '{"fees": ']);
+ROLLBACK;
 -- and what it records (the "fees" arrays of the answers, as the response
 -- parser passes them): orders 1-6 quoted 12.50 + 1.20 CNY, order 7 in
 -- EasyPost's shape without a currency (XXX), orders 8 and 9 not quoted

@@ -884,6 +884,72 @@ quote_total(Jsonb *fj, const QuoteCurrency *qc, bool *isnull)
 	return sum;
 }
 
+/*
+ * The fee lists the last _quote_totals() of this transaction parsed, by
+ * position, for _first_quote_lines(): the apply gives both the same
+ * answers ($9 of APPLY_CREATE and of APPLY_FIRST_QUOTES, src/apply.c), and
+ * parsing every list into a Jsonb twice cost 7.3 thousand instructions an
+ * order.  A list is taken from here only when its text is, byte for byte,
+ * the text parsed (jsonb_in() gives one text one Jsonb), so a call with
+ * other lists parses them as before.  The memory is the transaction's:
+ * when it goes, its reset callback forgets it.
+ */
+static struct
+{
+	MemoryContext cxt;			/* NULL: nothing kept */
+	MemoryContextCallback gone;
+	int			n;
+	char	  **texts;			/* [i]: its bytes, NULL: none parsed */
+	int		   *lens;
+	Jsonb	  **docs;
+}			parsed_fees;
+
+static void
+parsed_fees_gone(void *arg)
+{
+	parsed_fees.cxt = NULL;
+}
+
+/* Keep nothing but room for n lists parsed in this transaction */
+static void
+parsed_fees_reset(int n)
+{
+	if (parsed_fees.cxt != NULL)
+		MemoryContextDelete(parsed_fees.cxt);	/* clears parsed_fees.cxt */
+	parsed_fees.cxt = AllocSetContextCreate(TopTransactionContext, "pg_shipsync parsed fees",
+											ALLOCSET_SMALL_SIZES);
+	parsed_fees.gone.func = parsed_fees_gone;
+	MemoryContextRegisterResetCallback(parsed_fees.cxt, &parsed_fees.gone);
+	parsed_fees.n = n;
+	parsed_fees.texts = MemoryContextAllocZero(parsed_fees.cxt, sizeof(char *) * Max(n, 1));
+	parsed_fees.lens = MemoryContextAllocZero(parsed_fees.cxt, sizeof(int) * Max(n, 1));
+	parsed_fees.docs = MemoryContextAllocZero(parsed_fees.cxt, sizeof(Jsonb *) * Max(n, 1));
+}
+
+/* List i, of text t, parsed into doc */
+static void
+parsed_fees_keep(int i, text *t, Jsonb *doc)
+{
+	parsed_fees.lens[i] = VARSIZE_ANY_EXHDR(t);
+	parsed_fees.texts[i] = MemoryContextAlloc(parsed_fees.cxt, Max(parsed_fees.lens[i], 1));
+	memcpy(parsed_fees.texts[i], VARDATA_ANY(t), parsed_fees.lens[i]);
+	parsed_fees.docs[i] = MemoryContextAlloc(parsed_fees.cxt, VARSIZE(doc));
+	memcpy(parsed_fees.docs[i], doc, VARSIZE(doc));
+}
+
+/* The fee list body, the i-th of its batch, as jsonb_in() reads it */
+static Jsonb *
+fees_list_parse(int i, Datum body)
+{
+	text	   *t = DatumGetTextPP(body);
+
+	if (parsed_fees.cxt != NULL && i < parsed_fees.n && parsed_fees.texts[i] != NULL &&
+		parsed_fees.lens[i] == (int) VARSIZE_ANY_EXHDR(t) &&
+		memcmp(parsed_fees.texts[i], VARDATA_ANY(t), parsed_fees.lens[i]) == 0)
+		return parsed_fees.docs[i];
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text_to_cstring(t))));
+}
+
 PG_FUNCTION_INFO_V1(shipsync_quote_totals);
 
 /*
@@ -913,6 +979,7 @@ shipsync_quote_totals(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), TEXTOID, -1, false, TYPALIGN_INT,
 					  &bodies, &bnulls, &nb);
+	parsed_fees_reset(nb);
 	if (!PG_ARGISNULL(1))
 	{
 		deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), INT4OID, sizeof(int32), true,
@@ -930,6 +997,7 @@ shipsync_quote_totals(PG_FUNCTION_ARGS)
 			continue;
 		fj = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
 												CStringGetDatum(TextDatumGetCString(bodies[i]))));
+		parsed_fees_keep(i, DatumGetTextPP(bodies[i]), fj);
 		if (i < np && !pnulls[i])
 			for (int j = 0; j < nq && q == NULL; j++)
 				if (qc[j].provider_id == DatumGetInt32(pids[i]))
@@ -1236,8 +1304,7 @@ shipsync_first_quote_lines(PG_FUNCTION_ARGS)
 
 		if (FQ_NULL(3) || FQ_NULL(4))
 			continue;
-		fj = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-												CStringGetDatum(TextDatumGetCString(d[4][r]))));
+		fj = fees_list_parse(r, d[4][r]);
 		if (!ans[r].taken)
 			continue;
 		size = JB_ROOT_IS_ARRAY(fj) && !JB_ROOT_IS_SCALAR(fj) ? JsonContainerSize(&fj->root) : 0;

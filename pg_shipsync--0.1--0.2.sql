@@ -6265,3 +6265,18 @@ LANGUAGE C STABLE;
 COMMENT ON FUNCTION @extschema@._first_quote_lines(integer[], text[], integer[], text[], text[]) IS
 	'Internal (the dispatcher''s apply): the fee lines of the first quotes of a batch of created orders that the apply records in one statement, by position in the arrays; every other answer has no row and goes to _record_quotes().';
 REVOKE ALL ON FUNCTION @extschema@._first_quote_lines(integer[], text[], integer[], text[], text[]) FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- The rows of parallel arrays in one pass (issue 13)
+------------------------------------------------------------------------------
+-- unnest() of n arrays is n functions to PostgreSQL, each filling a tuple
+-- store of its own: the workers' set-based statements read their batches
+-- through this one instead.  ROWS 10 is what the planner assumes of
+-- unnest() of a parameter, so the plans stay as they were.
+CREATE FUNCTION @extschema@._rows(VARIADIC "any")
+RETURNS SETOF record
+LANGUAGE C IMMUTABLE PARALLEL SAFE COST 1 ROWS 10
+AS 'MODULE_PATHNAME', 'shipsync_rows';
+COMMENT ON FUNCTION @extschema@._rows(VARIADIC "any") IS
+	'Internal (the workers'' set-based statements): the rows of parallel arrays, as unnest() of several arrays gives them, in one pass; called with a column definition list of the arrays'' element types.';
+REVOKE ALL ON FUNCTION @extschema@._rows(VARIADIC "any") FROM PUBLIC;

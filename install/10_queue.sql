@@ -63,6 +63,17 @@ AS 'MODULE_PATHNAME', 'shipsync_intent_id';
 COMMENT ON FUNCTION @extschema@._intent_id(regclass) IS
 	'Internal: the next intent id of shipsync.outbox, in order across all backends.';
 
+-- unnest() of n arrays is n functions to PostgreSQL, each filling a tuple
+-- store of its own: the workers' set-based statements read their batches
+-- through this one instead (src/spi.c).  ROWS 10 is what the planner
+-- assumes of unnest() of a parameter, so the plans stay as they were.
+CREATE FUNCTION @extschema@._rows(VARIADIC "any")
+RETURNS SETOF record
+LANGUAGE C IMMUTABLE PARALLEL SAFE COST 1 ROWS 10
+AS 'MODULE_PATHNAME', 'shipsync_rows';
+COMMENT ON FUNCTION @extschema@._rows(VARIADIC "any") IS
+	'Internal (the workers'' set-based statements): the rows of parallel arrays, as unnest() of several arrays gives them, in one pass; called with a column definition list of the arrays'' element types.';
+
 CREATE TABLE @extschema@.outbox (
 	id				bigint NOT NULL DEFAULT @extschema@._intent_id('@extschema@.outbox_id_seq') PRIMARY KEY,
 	binding_id		integer NOT NULL,

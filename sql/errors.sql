@@ -154,6 +154,20 @@ FROM (SELECT binding_id, order_key FROM shipsync.inbox
 	  UNION ALL SELECT binding_id, order_key FROM shipsync.outbox) AS x
 WHERE binding_id <> 1 OR order_key <> '1';
 
+-- the rows of the workers' parallel arrays, as unnest() of several gives
+-- them: the longest array's length, NULL past a shorter one's end and for
+-- a NULL array; each array of its column's type, one array per column
+SELECT * FROM shipsync._rows(ARRAY[1, 2, 3]::int8[], ARRAY['a', NULL]::text[], NULL::bool[])
+	AS u(id int8, k text, ok bool);
+SELECT count(*) FROM shipsync._rows('{}'::int4[], '{}'::text[]) AS u(a int4, b text);
+-- numbered, as the apply reads them (ROWS FROM ... WITH ORDINALITY)
+SELECT * FROM ROWS FROM (shipsync._rows(ARRAY[5, 6]::int4[], ARRAY['x', 'y'])
+	AS (a int4, b text)) WITH ORDINALITY AS u(a, b, ord);
+SELECT pg_temp.err($$SELECT * FROM shipsync._rows(ARRAY[1]::int4[], ARRAY['a']) AS u(a int8, b text)$$);
+SELECT pg_temp.err($$SELECT * FROM shipsync._rows(ARRAY[1]::int4[]) AS u(a int4, b text)$$);
+SELECT pg_temp.err($$SELECT * FROM shipsync._rows(1, 2) AS u(a int4, b int4)$$);
+SELECT pg_temp.err($$SELECT * FROM shipsync._rows(VARIADIC ARRAY[ARRAY[1]]) AS u(a int4)$$);
+SELECT pg_temp.err($$SELECT shipsync._rows(ARRAY[1])$$);
 DROP EXTENSION pg_shipsync CASCADE;
 DROP ROLE shipsync_test_admin;
 DROP ROLE shipsync_test_reader;

@@ -110,8 +110,9 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		" last_status = u.http_status, error_class = u.eclass, last_error = u.err,"
 		" lease_until = NULL, updated_at = pg_catalog.now(),"
 		" done_at = CASE WHEN u.state IN ('done', 'dead') THEN pg_catalog.now() END"
-		" FROM unnest($1, $2, $3, $4, $5, $6, $7)"
-		"   AS u(id, attempt, state, next_at, http_status, eclass, err)"
+		" FROM shipsync._rows($1, $2, $3, $4, $5, $6, $7)"
+		"   AS u(id int8, attempt int4, state text, next_at timestamptz, http_status int4,"
+		"   eclass text, err text)"
 		" WHERE o.id = u.id AND o.state = (SELECT 'in_flight')"
 		" AND o.attempts = u.attempt", 7,
 		{INT8OID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID},
@@ -120,7 +121,10 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 	[APPLY_LOG] = {
 		"INSERT INTO shipsync.delivery_log (outbox_id, attempt, provider_id, method,"
 		" url, http_status, latency_ms, outcome, error_class, error, request_digest)"
-		" SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11,
+		" SELECT * FROM shipsync._rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+		"   AS u(outbox_id int8, attempt int4, provider_id int4, method text, url text,"
+		"   http_status int4, latency_ms float8, outcome text, error_class text, error text,"
+		"   request_digest text)", 11,
 		{INT8OID, INT4OID, INT4OID, TEXTOID, TEXTOID, INT4OID, FLOAT8OID, TEXTOID,
 		TEXTOID, TEXTOID, TEXTOID},
 		SPI_OK_INSERT, "writing the delivery log"
@@ -131,7 +135,9 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		" fee_total, request_digest, waybills, content_digest)"
 		" SELECT u.bid, u.k, u.pid, u.sid, u.tn, u.label, COALESCE(u.status, 'pending'),"
 		"   u.raw, f.fees, f.total, u.digest, u.waybills::jsonb, u.cdigest"
-		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) WITH ORDINALITY"
+		" FROM ROWS FROM (shipsync._rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+		"   AS (bid int4, k text, pid int4, sid text, tn text, label text, status text, raw text,"
+		"   fees text, digest text, waybills text, cdigest int8)) WITH ORDINALITY"
 		"   AS u(bid, k, pid, sid, tn, label, status, raw, fees, digest, waybills, cdigest, ord)"
 		" LEFT JOIN shipsync._quote_totals($9, $3) f ON f.ord = u.ord"
 		" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
@@ -197,7 +203,9 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		" fees = COALESCE(f.fees, s.fees), fee_total = COALESCE(f.total, s.fee_total),"
 		" content_digest = COALESCE(u.cdigest, s.content_digest),"
 		" updated_at = pg_catalog.now()"
-		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) WITH ORDINALITY"
+		" FROM ROWS FROM (shipsync._rows($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+		"   AS (bid int4, k text, pid int4, tn text, label text, status text, raw text, fees text,"
+		"   unused text, cdigest int8)) WITH ORDINALITY"
 		"   AS u(bid, k, pid, tn, label, status, raw, fees, unused, cdigest, ord)"
 		" LEFT JOIN shipsync._quote_totals($8, $3) f ON f.ord = u.ord"
 		" WHERE s.binding_id = u.bid AND s.order_key = u.k AND s.provider_id = u.pid"

@@ -290,8 +290,9 @@ static const char *const lock_sql =
 " error_class = CASE WHEN u.skip IS NULL THEN o.error_class WHEN u.inv THEN 'invalid_order'" \
 "   ELSE 'nothing_to_send' END," \
 " done_at = CASE WHEN u.skip IS NULL THEN NULL ELSE pg_catalog.now() END" \
-" FROM unnest($1, $2, $3, $4, $5, $6, $8, $9, $10)" \
-"   AS u(id, m, url, body, skip, digest, inv, cdigest, kind)" \
+" FROM shipsync._rows($1, $2, $3, $4, $5, $6, $8, $9, $10)" \
+"   AS u(id int8, m text, url text, body text, skip text, digest text, inv bool," \
+"   cdigest int8, kind text)" \
 " WHERE o.id = u.id"
 static const char *const mark_sql = MARK_SQL
 " RETURNING o.id, o.content_digest,"
@@ -1435,7 +1436,7 @@ static const char *const peek_sql =
 
 /* Which of these orders has an intent in the outbox that it must follow */
 static const char *const blocked_sql =
-"SELECT u.id FROM unnest($1, $2, $3) AS u(id, bid, k)"
+"SELECT u.id FROM shipsync._rows($1, $2, $3) AS u(id int8, bid int4, k text)"
 " WHERE EXISTS (SELECT 1 FROM shipsync.outbox e"
 "   WHERE e.binding_id = u.bid AND e.order_key = u.k"
 "   AND e.state IN ('pending', 'retrying', 'in_flight') AND e.op <> 'register')";
@@ -1472,8 +1473,9 @@ static const char *const move_sql =
 "   u.m, u.url, u.body, u.digest, u.kind, u.cdigest, u.skip,"
 "   CASE WHEN u.skip IS NULL THEN NULL WHEN u.inv THEN 'invalid_order'"
 "     ELSE 'nothing_to_send' END"
-"   FROM d LEFT JOIN unnest($3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-"     AS u(id, m, url, body, skip, digest, inv, kind, cdigest, lease) ON u.id = d.id"
+"   FROM d LEFT JOIN shipsync._rows($3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+"     AS u(id int8, m text, url text, body text, skip text, digest text, inv bool, kind text,"
+"     cdigest int8, lease int4) ON u.id = d.id"
 "   RETURNING id, state)"
 " SELECT m.id, m.state <> 'pending' FROM m";
 

@@ -5,7 +5,8 @@
  *		drain of the inbox, claim + render, and tickets.
  *
  * Every statement here is set-based: one statement per batch, its values
- * passed as arrays through saved SPI plans (UPDATE ... FROM unnest($1, ...)),
+ * passed as arrays through saved SPI plans (UPDATE ... FROM
+ * shipsync._rows($1, ...), src/spi.c),
  * never one statement per order.
  *
  * Claim + render (one transaction, made durable before anything is sent),

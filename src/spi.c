@@ -13,8 +13,9 @@
  * Set-based parameters: the dispatcher never runs one statement per order.
  * An ArgArrays holds one growable array per parameter; a batch appends a
  * row per order (args_row, args_set), and args_execute() passes each
- * column as an array, $1..$n, to a saved plan that reads them with
- * unnest().
+ * column as an array, $1..$n, to a saved plan that reads them as rows
+ * with shipsync._rows() (below), or with unnest() where a statement runs
+ * as a table's owner (the render, the write-back), who may not call it.
  *
  * Transactions: shipsync_begin_tx() and shipsync_end_tx() (or
  * shipsync_abort_tx() after an error) bracket a worker's own transaction,

@@ -62,7 +62,7 @@ burst(200, 'last burst');
 # the last burst is small: taken from the inbox, whose statement that
 # reads the outbox is the one looking for intents to follow
 my @claim = (plans($offset, 'UPDATE shipsync.outbox o SET state = CASE'),
-	plans($offset, 'SELECT u.id FROM unnest($1, $2, $3) AS u(id, bid, k)'));
+	plans($offset, 'SELECT u.id FROM shipsync._rows($1, $2, $3) AS u(id int8, bid int4, k text)'));
 my @writeback = plans($offset, 'UPDATE crm.orders AS t SET');
 cmp_ok(scalar(@claim), '>', 0, 'the claims and takes of the last burst were logged');
 cmp_ok(scalar(@writeback), '>', 0, 'the write-backs of the last burst were logged');

@@ -102,7 +102,7 @@ is($updated, 5, 'five of them updated one at a time');
 # many runs at least]
 my %statements = (
 	'the take, reading the inbox' => [ 'SELECT i.id, i.binding_id, i.provider_id, i.order_key, i.op', 15 ],
-	'the take, looking for intents to follow' => [ 'SELECT u.id FROM unnest($1, $2, $3) AS u(id, bid, k)', 10 ],
+	'the take, looking for intents to follow' => [ 'SELECT u.id FROM shipsync._rows($1, $2, $3) AS u(id int8, bid int4, k text)', 10 ],
 	'the take, moving intents in flight' => [ 'WITH d AS (DELETE FROM shipsync.inbox i', 15 ],
 	'the claim, marking updates in flight' => [ 'UPDATE shipsync.outbox o SET state = CASE WHEN u.skip IS NULL', 5 ],
 	'the take and the claim, reading the order rows (as their owner)' =>

@@ -156,7 +156,7 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 	},
 	[APPLY_QUOTE_LOCKS] = {
 		"SELECT shipsync._lock_fees(pg_catalog.array_agg(u.pid), pg_catalog.array_agg(u.tn), false)"
-		" FROM unnest($3, $5, $9) AS u(pid, tn, fees)"
+		" FROM shipsync._rows($3, $5, $9) AS u(pid int4, tn text, fees text)"
 		" WHERE u.tn IS NOT NULL AND u.fees IS NOT NULL HAVING pg_catalog.count(*) > 0", 12,
 		CREATE_ROW_TYPES,
 		SPI_OK_SELECT, "taking the fee locks"

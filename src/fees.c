@@ -995,8 +995,7 @@ shipsync_quote_totals(PG_FUNCTION_ARGS)
 
 		if (bnulls[i])
 			continue;
-		fj = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-												CStringGetDatum(TextDatumGetCString(bodies[i]))));
+		fj = fees_list_parse(i, bodies[i]);	/* nothing kept yet: parsed */
 		parsed_fees_keep(i, DatumGetTextPP(bodies[i]), fj);
 		if (i < np && !pnulls[i])
 			for (int j = 0; j < nq && q == NULL; j++)

@@ -22,7 +22,7 @@ OBJS = \
 	src/hostcheck.o \
 	src/mask.o src/privacy.o src/audit.o \
 	src/health.o src/poison.o \
-	src/digest.o src/reconcile.o src/recon_worker.o
+	src/digest.o src/body.o src/reconcile.o src/recon_worker.o
 
 EXTENSION = pg_shipsync
 # 0.1 is released and never changes; 0.2, the version under work, is built

@@ -1633,16 +1633,18 @@ BEGIN
 		cancel_when := @extschema@._cancel_when_sql(cancel_when);
 	END IF;
 
-	-- The row itself and its write-back columns: the dispatcher keeps the
-	-- row's digest (shipsync._row_digest), what reconciliation compares
-	-- the order with later.  Operators and types qualified: the dispatcher, render_request() and
+	-- The row itself and its write-back columns: the dispatcher prints the
+	-- request's body from the row (src/body.c: as json_build_object() and
+	-- row_to_json() would, with the type lookups once a batch rather than
+	-- once a column of every row) and keeps the row's digest
+	-- (shipsync._row_digest), what reconciliation compares the order with
+	-- later.  The row is t.*, never a bare t: a column named t would be
+	-- taken instead.  Operators and types qualified: the dispatcher, render_request() and
 	-- this function run these as the table's owner, each with a search_path
 	-- of its own.  (unnest of several arrays is grammar: pg_catalog's.)
 	render := format(
 		'SELECT shipsync_u.shipsync_id, t.%1$I IS NOT NULL AS found,'
-		' pg_catalog.json_build_object(''order_ref'', shipsync_u.shipsync_key,'
-		' ''order'', pg_catalog.row_to_json(t))::pg_catalog.text AS body,'
-		' %4$s AS is_cancel, t AS shipsync_row, %5$L::pg_catalog.text[] AS shipsync_skip'
+		' %4$s AS is_cancel, t.*::%2$s AS shipsync_row, %5$L::pg_catalog.text[] AS shipsync_skip'
 		' FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[])'
 		' AS shipsync_u(shipsync_id, shipsync_key)'
 		' LEFT JOIN %2$s AS t ON t.%1$I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%3$s',
@@ -4133,9 +4135,20 @@ COMMENT ON FUNCTION @extschema@._row_digest(record, text[]) IS
 -- the render statements of existing bindings read the row for its digest too
 UPDATE @extschema@.binding b
    SET render_sql = replace(b.render_sql, ' AS is_cancel FROM unnest(',
-		pg_catalog.format(' AS is_cancel, t AS shipsync_row, %L::pg_catalog.text[] AS shipsync_skip FROM unnest(',
+		pg_catalog.format(' AS is_cancel, t.*::%s AS shipsync_row, %L::pg_catalog.text[] AS shipsync_skip FROM unnest(',
+			(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
+			   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+			  WHERE c.oid = b.tbl),
 			ARRAY(SELECT w.value #>> '{}' FROM pg_catalog.jsonb_each(b.writeback) w ORDER BY 1)))
  WHERE b.render_sql NOT LIKE '%shipsync_row%';
+
+-- ... and no longer print the body, which the dispatcher prints from the
+-- row (src/body.c), byte for byte the same
+UPDATE @extschema@.binding b
+   SET render_sql = pg_catalog.regexp_replace(b.render_sql,
+		' pg_catalog\.json_build_object\(''order_ref'', shipsync_u\.shipsync_key, ''order'', '
+		'pg_catalog\.row_to_json\(t\)\)::(pg_catalog\.)?text AS body,', '')
+ WHERE b.render_sql LIKE '%AS body,%';
 
 -- retry() and requeue() with filters
 DROP FUNCTION @extschema@.requeue(text, text);
@@ -5148,7 +5161,7 @@ BEGIN
 					   s.content_digest AS s_digest,
 					   %4$s AS tn_bad, %5$s AS st_bad,
 					   (s.content_digest IS NOT NULL AND s.status <> 'cancelled'
-						AND @extschema@._row_digest(t, $2) <> s.content_digest) AS addr_bad,
+						AND @extschema@._row_digest(t.*, $2) <> s.content_digest) AS addr_bad,
 					   %6$s AS o_tn, %7$s AS o_status,
 					   coalesce(%8$s, r.first_seen_at) AS born,
 					   r.order_key IS NOT NULL AS seen

@@ -504,16 +504,18 @@ BEGIN
 		cancel_when := @extschema@._cancel_when_sql(cancel_when);
 	END IF;
 
-	-- The row itself and its write-back columns: the dispatcher keeps the
-	-- row's digest (shipsync._row_digest), what reconciliation compares
-	-- the order with later.  Operators and types qualified: the dispatcher, render_request() and
+	-- The row itself and its write-back columns: the dispatcher prints the
+	-- request's body from the row (src/body.c: as json_build_object() and
+	-- row_to_json() would, with the type lookups once a batch rather than
+	-- once a column of every row) and keeps the row's digest
+	-- (shipsync._row_digest), what reconciliation compares the order with
+	-- later.  The row is t.*, never a bare t: a column named t would be
+	-- taken instead.  Operators and types qualified: the dispatcher, render_request() and
 	-- this function run these as the table's owner, each with a search_path
 	-- of its own.  (unnest of several arrays is grammar: pg_catalog's.)
 	render := format(
 		'SELECT shipsync_u.shipsync_id, t.%1$I IS NOT NULL AS found,'
-		' pg_catalog.json_build_object(''order_ref'', shipsync_u.shipsync_key,'
-		' ''order'', pg_catalog.row_to_json(t))::pg_catalog.text AS body,'
-		' %4$s AS is_cancel, t AS shipsync_row, %5$L::pg_catalog.text[] AS shipsync_skip'
+		' %4$s AS is_cancel, t.*::%2$s AS shipsync_row, %5$L::pg_catalog.text[] AS shipsync_skip'
 		' FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[])'
 		' AS shipsync_u(shipsync_id, shipsync_key)'
 		' LEFT JOIN %2$s AS t ON t.%1$I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%3$s',

@@ -685,7 +685,7 @@ BEGIN
 					   s.content_digest AS s_digest,
 					   %4$s AS tn_bad, %5$s AS st_bad,
 					   (s.content_digest IS NOT NULL AND s.status <> 'cancelled'
-						AND @extschema@._row_digest(t, $2) <> s.content_digest) AS addr_bad,
+						AND @extschema@._row_digest(t.*, $2) <> s.content_digest) AS addr_bad,
 					   %6$s AS o_tn, %7$s AS o_status,
 					   coalesce(%8$s, r.first_seen_at) AS born,
 					   r.order_key IS NOT NULL AS seen

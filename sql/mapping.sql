@@ -219,4 +219,55 @@ SELECT shipsync.attach('mapshop.tracked', 'plain', options => '{"tracking_provid
 SELECT shipsync.attach('mapshop.tracked', 'plain', options => '{"tracking_provider": "mapped"}');
 SELECT shipsync.attach('mapshop.tracked', 'plain', options => '{"tracking_provider": "kd100"}') > 0 AS attached;
 
+-- The dispatcher prints that body itself, once per batch looking up each
+-- column's type (src/body.c): it must print every kind of column as
+-- json_build_object() and row_to_json() do, and run a type's cast to json
+-- as the table's owner, as the render statement does
+CREATE ROLE shipsync_test_shop;
+GRANT USAGE ON SCHEMA mapshop TO shipsync_test_shop;
+CREATE TYPE mapshop.mood AS ENUM ('calm', 'tense');
+CREATE TYPE mapshop.shade AS ENUM ('light', 'dark');
+CREATE FUNCTION mapshop.shade_json(mapshop.shade) RETURNS json LANGUAGE sql
+	AS $$ SELECT to_json(current_user || ':' || $1::text) $$;
+CREATE CAST (mapshop.shade AS json) WITH FUNCTION mapshop.shade_json(mapshop.shade);
+CREATE DOMAIN mapshop.code AS text CHECK (VALUE <> '');
+CREATE DOMAIN mapshop.qty AS numeric;
+CREATE TYPE mapshop.dims AS (l numeric, w numeric, note text, s mapshop.shade);
+CREATE TABLE mapshop.wide (id int PRIMARY KEY, gone text, t text, vc varchar(10), bp char(5),
+	i2 smallint, i8 bigint, n numeric, f4 real, f8 double precision, b boolean, d date,
+	ts timestamp, tstz timestamptz, tm time, iv interval, u uuid, j json, jb jsonb, ta text[],
+	ia int[], dm mapshop.dims, cd mapshop.code, q mapshop.qty, m mapshop.mood, s mapshop.shade,
+	r int4range, ba bytea, ip inet, "we""ird" text);
+ALTER TABLE mapshop.wide OWNER TO shipsync_test_shop;
+ALTER TABLE mapshop.wide DROP COLUMN gone;
+SELECT shipsync.attach('mapshop.wide', 'plain') > 0 AS attached;
+INSERT INTO mapshop.wide (id) VALUES (1);
+INSERT INTO mapshop.wide VALUES (2, E'quote" back\\ nl\n tab\t ctl\x01 张三 €', 'abc', 'ab', -3,
+	9007199254740993, 'NaN', 0.1, 'Infinity', true, 'infinity', '2026-11-27 08:21:07.123456',
+	'2026-11-27 08:21:07+08', '08:21', '1 day 2 hours', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+	'{"a": [1, 2.50]}', '{"b": 1, "a": "x"}', '{a,"b c",NULL}', '{{1,2},{3,4}}',
+	ROW(1.5, 2, 'x"y', 'light'), 'C-1', 12.50, 'calm', 'dark', '[1,5)', '\x00ff', '10.0.0.1/8', 'w');
+INSERT INTO mapshop.wide (id, n, f4, f8, b, d, tstz, ia, jb)
+	VALUES (3, 'Infinity', 'NaN', 1e300, false, '2026-02-28', '-infinity', '{}', 'null');
+-- added after the rows: their value is the default, kept in the catalog
+ALTER TABLE mapshop.wide ADD COLUMN later text DEFAULT 'filled';
+SET timezone = 'Asia/Shanghai';
+SET extra_float_digits = 0;
+SET ROLE shipsync_test_shop;
+CREATE TEMP TABLE wide_want AS
+SELECT w.id::text AS order_key, json_build_object('order_ref', w.id::text, 'order', row_to_json(w))::text AS body
+FROM mapshop.wide w;
+RESET ROLE;
+SELECT o.order_key, r.body = want.body AS same_as_row_to_json, r.body ~ 'shipsync_test_shop:dark' AS cast_as_owner
+FROM intents o JOIN wide_want want USING (order_key), shipsync.render_request(o.id) r
+WHERE o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.wide'::regclass)
+ORDER BY 1;
+RESET extra_float_digits;
+RESET timezone;
+SELECT shipsync.detach('mapshop.wide');
+DROP TABLE mapshop.wide;
+DROP TABLE wide_want;
+REVOKE USAGE ON SCHEMA mapshop FROM shipsync_test_shop;
+DROP ROLE shipsync_test_shop;
+
 DROP EXTENSION pg_shipsync CASCADE;

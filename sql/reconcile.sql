@@ -66,7 +66,7 @@ UPDATE shipsync.outbox SET state = 'dead', error_class = 'http_4xx', last_error 
 WHERE order_key = '9';
 
 -- the render statement reads the row, for the same digest
-SELECT render_sql LIKE '%t AS shipsync_row, ''{ship_status,waybill_no}''::pg_catalog.text[] AS shipsync_skip%' AS renders_row
+SELECT render_sql LIKE '%t.*::public.orders AS shipsync_row, ''{ship_status,waybill_no}''::pg_catalog.text[] AS shipsync_skip%' AS renders_row
 FROM shipsync.binding WHERE binding_id = :bid;
 
 -- planted on the CRM side: 2's written-back tracking number is wrong, 3's

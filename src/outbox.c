@@ -567,10 +567,20 @@ lookup_by_intent(SPIPlanPtr plan, const char *what, ArgArrays *la, int32 provide
 }
 
 /*
+ * The columns of a binding's render statement (attach(), install/20_api.sql):
+ * the intent, whether its order row exists, whether it matches cancel_when,
+ * the row, and the write-back columns its digest leaves out
+ */
+enum
+{
+	RENDER_ID = 1, RENDER_FOUND, RENDER_CANCEL, RENDER_ROW, RENDER_SKIP
+};
+
+/*
  * The digest of the order row of one row of a render statement
  * (_row_digest), computed here rather than by the statement: nothing of
- * ours runs as the owner.  Render statements made before 0.2 have no row
- * column: false.  *cache keeps the prepared digest across rows.
+ * ours runs as the owner.  False for an order that is gone.  *cache keeps
+ * the prepared digest across rows.
  */
 static bool
 render_row_digest(HeapTuple tup, TupleDesc desc, MemoryContext keep,
@@ -583,10 +593,8 @@ render_row_digest(HeapTuple tup, TupleDesc desc, MemoryContext keep,
 	HeapTupleHeader rec;
 	ArrayType  *sk;
 
-	if (desc->natts < 6)
-		return false;
-	row = SPI_getbinval(tup, desc, 5, &rnull);
-	skip = SPI_getbinval(tup, desc, 6, &snull);
+	row = SPI_getbinval(tup, desc, RENDER_ROW, &rnull);
+	skip = SPI_getbinval(tup, desc, RENDER_SKIP, &snull);
 	if (rnull || snull)
 		return false;
 	rec = DatumGetHeapTupleHeader(row);
@@ -597,6 +605,39 @@ render_row_digest(HeapTuple tup, TupleDesc desc, MemoryContext keep,
 										 HeapTupleHeaderGetTypMod(rec), sk, keep);
 	*out = Int64GetDatum(shipsync_digest_row(*cache, rec));
 	return true;
+}
+
+/*
+ * The generic bodies of the rows that render statement rows rows[0..n)
+ * read (row NULL: no row, the order is gone), printed as the table's
+ * owner, as the statement ran (body.c), into keep.
+ */
+static void
+render_bodies(Oid owner, Claimed *cs, int *idx, int n, HeapTuple *rows, TupleDesc desc,
+			  MemoryContext keep, char **body)
+{
+	BodyFormat *format = NULL;
+	ShipsyncUserSave save;
+
+	shipsync_become_owner(owner, &save);
+	PG_TRY();
+	{
+		for (int i = 0; i < n; i++)
+		{
+			bool		isnull = true;
+			Datum		row = (Datum) 0;
+
+			if (rows[i] == NULL)
+				continue;
+			row = SPI_getbinval(rows[i], desc, RENDER_ROW, &isnull);
+			body[i] = shipsync_order_body(&format, cs[idx[i]].order_key, row, isnull, keep);
+		}
+	}
+	PG_FINALLY();
+	{
+		shipsync_restore_user(&save);
+	}
+	PG_END_TRY();
 }
 
 /*
@@ -615,6 +656,8 @@ render_read_rows(Binding *b, Claimed *cs, int *idx, int n, MemoryContext keep,
 	Oid			rtypes[2] = {INT8OID, TEXTOID};
 	ArgArrays  *ra = args_create(2, rtypes, n);
 	SPITupleTable *tt;
+	HeapTuple  *rows;
+	Oid			owner;
 	int			rc;
 
 	for (int i = 0; i < n; i++)
@@ -648,28 +691,32 @@ render_read_rows(Binding *b, Claimed *cs, int *idx, int n, MemoryContext keep,
 	 * coalescing.  With the transaction's first snapshot, an order that
 	 * committed just before the lock would be claimed but not seen here.
 	 */
-	rc = shipsync_execute_as_owner(shipsync_table_owner(b->relid), b->render_plan, ra, false);
+	owner = shipsync_table_owner(b->relid);
+	rc = shipsync_execute_as_owner(owner, b->render_plan, ra, false);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "rendering orders failed: %s", SPI_result_code_string(rc));
 	/* SPI calls return in SPI's procedure context: keep what we send */
 	MemoryContextSwitchTo(keep);
 	tt = SPI_tuptable;
+	rows = palloc0(sizeof(HeapTuple) * Max(n, 1));
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
 		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, 1, &isnull));
+		int64		id = DatumGetInt64(SPI_getbinval(tt->vals[r], tt->tupdesc, RENDER_ID, &isnull));
 
 		for (int i = 0; i < n; i++)
 			if (cs[idx[i]].id == id)
 			{
-				found[i] = DatumGetBool(SPI_getbinval(tt->vals[r], tt->tupdesc, 2, &isnull));
-				body[i] = get_text(tt->vals[r], tt->tupdesc, 3);
-				is_cancel[i] = DatumGetBool(SPI_getbinval(tt->vals[r], tt->tupdesc, 4, &isnull));
+				rows[i] = tt->vals[r];
+				found[i] = DatumGetBool(SPI_getbinval(tt->vals[r], tt->tupdesc, RENDER_FOUND, &isnull));
+				is_cancel[i] = DatumGetBool(SPI_getbinval(tt->vals[r], tt->tupdesc, RENDER_CANCEL, &isnull));
 				cdigest_null[i] = !render_row_digest(tt->vals[r], tt->tupdesc, keep,
 													 &digest, &cdigest[i]);
 				break;
 			}
 	}
+	render_bodies(owner, cs, idx, n, rows, tt->tupdesc, keep, body);
+	pfree(rows);
 }
 
 /*

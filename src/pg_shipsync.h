@@ -845,6 +845,11 @@ extern int	shipsync_execute_as_owner(Oid owner, SPIPlanPtr plan, ArgArrays *a,
 extern char *shipsync_quote_json(const char *s);
 extern char *shipsync_url_escape(const char *s);
 
+/* in body.c: the generic body of an order row, as PostgreSQL's JSON prints it */
+typedef struct BodyFormat BodyFormat;
+extern char *shipsync_order_body(BodyFormat **format, const char *key, Datum row,
+								 bool row_null, MemoryContext cxt);
+
 /* in digest.c: the digest of an order row, write-back columns left out */
 typedef struct DigestCache DigestCache;
 extern DigestCache *shipsync_digest_prepare(Oid typid, int32 typmod,

@@ -28,7 +28,7 @@ DISPATCHER_PATH = {
     "dispatcher.c", "applier.c", "outbox.c", "apply.c", "writeback.c",
     "provider.c", "dialect.c", "spi.c", "http.c", "health.c", "poller.c",
     "feepull.c", "reconcile.c", "retry.c", "json.c", "mapping.c", "sign.c",
-    "poison.c", "digest.c",
+    "poison.c", "digest.c", "body.c",
 }
 
 

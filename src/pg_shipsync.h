@@ -838,6 +838,8 @@ extern ArgArrays *args_create(int ncols, const Oid *types, int cap);
 extern int	args_row(ArgArrays *a);
 extern void args_set(ArgArrays *a, int row, int col, Datum v);
 extern void args_set_text(ArgArrays *a, int row, int col, const char *s);
+extern void args_set_text_of(ArgArrays *a, int row, int col, HeapTuple tup,
+							 TupleDesc desc, int fnumber);
 extern int	args_execute(SPIPlanPtr plan, ArgArrays *a, bool read_only);
 extern int	shipsync_execute_by_key(SPIPlanPtr plan, Datum *params, bool read_only);
 extern int	shipsync_execute_as_owner(Oid owner, SPIPlanPtr plan, ArgArrays *a,

@@ -192,7 +192,7 @@ writeback_shipments(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
 			used[j] = true;
 			r = args_row(a);
 			for (int c = 0; c < 5; c++)
-				args_set_text(a, r, c, SPI_getvalue(tt->vals[j], tt->tupdesc, c + 2));
+				args_set_text_of(a, r, c, tt->vals[j], tt->tupdesc, c + 2);
 			fee = SPI_getbinval(tt->vals[j], tt->tupdesc, 7, &isnull);
 			if (!isnull)
 				args_set(a, r, 5, fee);

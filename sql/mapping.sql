@@ -264,6 +264,13 @@ WHERE o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapsh
 ORDER BY 1;
 RESET extra_float_digits;
 RESET timezone;
+-- a render statement that reads a bare t gets the column, which is no row:
+-- refused before anything reads it as one
+UPDATE shipsync.binding SET render_sql = replace(render_sql, 't.*::mapshop.wide AS', 't AS')
+WHERE tbl = 'mapshop.wide'::regclass;
+SELECT r.body FROM intents o, shipsync.render_request(o.id) r
+WHERE o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.wide'::regclass)
+AND o.order_key = '2';
 SELECT shipsync.detach('mapshop.wide');
 DROP TABLE mapshop.wide;
 DROP TABLE wide_want;

@@ -608,9 +608,9 @@ render_row_digest(HeapTuple tup, TupleDesc desc, MemoryContext keep,
 }
 
 /*
- * The generic bodies of the rows that render statement rows rows[0..n)
- * read (row NULL: no row, the order is gone), printed as the table's
- * owner, as the statement ran (body.c), into keep.
+ * The generic bodies of intents idx[0..n), from their rows rows[0..n) of
+ * the render statement (NULL: the statement returned none), printed as the
+ * table's owner, as the statement ran (body.c), into keep.
  */
 static void
 render_bodies(Oid owner, Claimed *cs, int *idx, int n, HeapTuple *rows, TupleDesc desc,
@@ -624,8 +624,8 @@ render_bodies(Oid owner, Claimed *cs, int *idx, int n, HeapTuple *rows, TupleDes
 	{
 		for (int i = 0; i < n; i++)
 		{
-			bool		isnull = true;
-			Datum		row = (Datum) 0;
+			bool		isnull;
+			Datum		row;
 
 			if (rows[i] == NULL)
 				continue;
@@ -698,6 +698,16 @@ render_read_rows(Binding *b, Claimed *cs, int *idx, int n, MemoryContext keep,
 	/* SPI calls return in SPI's procedure context: keep what we send */
 	MemoryContextSwitchTo(keep);
 	tt = SPI_tuptable;
+	/* its row is the table's row: anything else must not be read as one */
+	if (tt->tupdesc->natts != RENDER_SKIP ||
+		SPI_gettypeid(tt->tupdesc, RENDER_ROW) != get_rel_type_id(b->relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the render statement of binding %d does not read the rows of table %s",
+						b->id, quote_qualified_identifier(get_namespace_name(get_rel_namespace(b->relid)),
+														   get_rel_name(b->relid))),
+				 errdetail("Its columns are not those attach() makes."),
+				 errhint("Attach the table again: SELECT shipsync.attach(...).")));
 	rows = palloc0(sizeof(HeapTuple) * Max(n, 1));
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{

@@ -573,7 +573,8 @@ lookup_by_intent(SPIPlanPtr plan, const char *what, ArgArrays *la, int32 provide
  */
 enum
 {
-	RENDER_ID = 1, RENDER_FOUND, RENDER_CANCEL, RENDER_ROW, RENDER_SKIP
+	RENDER_ID = 1, RENDER_FOUND, RENDER_CANCEL, RENDER_ROW, RENDER_SKIP,
+	RENDER_NCOLS = RENDER_SKIP
 };
 
 /*
@@ -699,7 +700,7 @@ render_read_rows(Binding *b, Claimed *cs, int *idx, int n, MemoryContext keep,
 	MemoryContextSwitchTo(keep);
 	tt = SPI_tuptable;
 	/* its row is the table's row: anything else must not be read as one */
-	if (tt->tupdesc->natts != RENDER_SKIP ||
+	if (tt->tupdesc->natts != RENDER_NCOLS ||
 		SPI_gettypeid(tt->tupdesc, RENDER_ROW) != get_rel_type_id(b->relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -70,6 +70,10 @@ for my $case ([ 503, 'a retried' ], [ 400, 'a dead' ])
 			  . " WHERE o.order_key = '$id'", 'l.error'),
 		't', "$status: so is the delivery log's error");
 }
+# The 503 intent is still retrying, now against the 400: it ends dead (or
+# done, had a retry fallen between the reset and the new fault).  Wait for
+# that end, so that the tickets read below are all there will be.
+ok(wait_settled($node, "SELECT id::text FROM crm.orders"), 'every intent has ended');
 is(check_excerpt("shipsync.exception_ticket WHERE kind = 'dead_intent'", 'detail'),
 	't', 'and the ticket\'s detail');
 unlike(slurp_file($node->logfile), qr/^X-Injected/m, 'the server log has no line of the carrier\'s');
@@ -79,7 +83,21 @@ my $bid = sql(q{SELECT binding_id FROM shipsync.binding WHERE tbl = 'crm.orders'
 my $dead = sql(q{SELECT string_agg(format('{"event" : "dead_intent", "outbox_id" : %s, "ticket_id" : %s, "binding_id" : %s, "order_key" : "%s"}',
 	t.outbox_id, t.ticket_id, t.binding_id, t.order_key), ',' ORDER BY t.ticket_id)
 	FROM shipsync.exception_ticket t});
-my $heard = $listener->query_safe('SELECT 1');
+# A notification reaches the listener's session when its sender's commit
+# signals it, a moment after the ticket is visible: what the listener
+# prints from now until it has heard of n tickets (or 30 s have passed).
+sub hear
+{
+	my ($n) = @_;
+	my ($heard, $count) = ('', 0);
+	for (my $deadline = time() + 30; $count < $n && time() < $deadline;)
+	{
+		$heard .= $listener->query_safe('SELECT 1');
+		$count = () = $heard =~ /Asynchronous notification "shipsync"/g;
+	}
+	return $heard;
+}
+my $heard = hear(sql('SELECT count(*) FROM shipsync.exception_ticket'));
 my @payloads = $heard =~ /Asynchronous notification "shipsync" with payload "(.*?)" received/g;
 is(join(',', @payloads), $dead, 'a listener with no grant hears each dead intent: kind, intent, ticket, binding, order key');
 unlike($heard, qr/HTTP|bad|Injected|快|\\x/, 'and nothing of the error body');
@@ -94,7 +112,7 @@ sql(q{
 my $rbid = sql(q{SELECT binding_id FROM shipsync.binding WHERE tbl = 'crm.returns'::regclass});
 sql('DROP TABLE crm.returns');
 my ($ob, $tk) = split /\|/, sql(q{SELECT outbox_id, ticket_id FROM shipsync.exception_ticket WHERE kind = 'table_dropped'});
-$heard = $listener->query_safe('SELECT 1');
+$heard = hear(1);
 like($heard, qr/payload "\{"event" : "table_dropped", "outbox_id" : $ob, "ticket_id" : $tk, "binding_id" : $rbid, "order_key" : "7"\}"/,
 	'a dropped table\'s intent is announced with ids only');
 

@@ -41,7 +41,7 @@
  * under the same keys, applies the suspects alone and quarantines an
  * intent at the second death, as when the dispatcher itself dies applying.
  * If it exits with nothing to apply, the dispatcher applies results itself
- * and starts a new applier after APPLIER_RETRY_MS.  If the dispatcher
+ * and starts a new applier APPLIER_RETRY_MS later.  If the dispatcher
  * exits, the applier finishes what it received and exits when it finds the
  * queue detached; a new dispatcher waits for it (the applier's entry in
  * shared memory) before it takes back the intents left in flight, so that
@@ -543,9 +543,12 @@ applier_drain_here(Binding *bs, int nb)
 
 /*
  * Have an applier when shipsync.apply_worker says so (and the last one did
- * not exit less than APPLIER_RETRY_MS ago), none when it says off.  Called
- * by the dispatcher as it starts, so that the first results of a burst do
- * not wait for a process to start, and before every hand-over.
+ * not exit less than APPLIER_RETRY_MS ago), none when it says off (once it
+ * has acknowledged what it was given).  Called by the dispatcher as it
+ * starts, so that the first results of a burst do not wait for a process
+ * to start, before every hand-over, and on every pass of its loop after
+ * the applier's acknowledgement is taken (applier_take()), so that a
+ * reload of the setting takes effect with no results to hand over.
  */
 void
 applier_ensure(void)
@@ -606,7 +609,7 @@ applier_applying(int32 provider_id)
  * The results applied since the last call: their providers (*providers,
  * one per result, palloc'd in the caller's context) and the providers
  * given new intents (*fresh).  Returns how many.  Also moves the queue to
- * the applier along.
+ * the applier along, and follows shipsync.apply_worker (applier_ensure()).
  */
 int
 applier_take(int32 **providers, uint64 *fresh, Binding *bs, int nb)
@@ -615,6 +618,7 @@ applier_take(int32 **providers, uint64 *fresh, Binding *bs, int nb)
 
 	if (applier_seg)
 		applier_pump();
+	applier_ensure();
 	if (applier_seg == NULL && waiting_head)
 		applier_drain_here(bs, nb);
 	n = ndone;

@@ -64,7 +64,7 @@ COMMON_RULE_FIELDS = {"fault", "name", "rate", "first_attempts",
                       "match_order_ref", "path", "method", "count"}
 FAULT_FIELDS = {
     "status": {"status", "retry_after", "reset_header", "location", "body", "body_base64"},
-    "slow": {"ms"},
+    "slow": {"ms", "held"},
     "oversized": {"bytes"},
     "hostile": {"field", "kind", "bytes", "text"},
 }
@@ -170,6 +170,7 @@ class FaultRule:
         self.retry_after = self.reset_header = self.location = None
         self.body = None
         self.ms = 0
+        self.held = False
         self.bytes = DEFAULT_OVERSIZED_BYTES
         if fault == "status":
             self.status = spec.get("status", 503)
@@ -185,6 +186,9 @@ class FaultRule:
             self.ms = spec.get("ms")
             if not is_number(self.ms) or self.ms < 0:
                 raise ConfigError("%s: slow needs 'ms' (number >= 0)" % where)
+            self.held = spec.get("held", False)
+            if not isinstance(self.held, bool):
+                raise ConfigError("%s: 'held' must be true or false" % where)
         elif fault == "oversized":
             self.bytes = spec.get("bytes", DEFAULT_OVERSIZED_BYTES)
             if not is_int(self.bytes) or not 0 < self.bytes <= 1024 ** 3:
@@ -322,6 +326,10 @@ class SimState:
         self.lock = threading.Lock()
         self.seed = seed
         self.rules = list(rules)
+        # held answers (slow with "held"): each waits for a release made
+        # after it arrived, or its ms
+        self.releases = 0
+        self.released = threading.Condition(self.lock)
         self._clear()
 
     def _clear(self):
@@ -355,6 +363,18 @@ class SimState:
     def reset(self):
         with self.lock:
             self._clear()
+
+    def hold(self, seconds):
+        """Wait until the next release, or seconds."""
+        with self.lock:
+            seen = self.releases
+            self.released.wait_for(lambda: self.releases != seen, timeout=seconds)
+
+    def release(self):
+        """Let every held answer go."""
+        with self.lock:
+            self.releases += 1
+            self.released.notify_all()
 
     def set_rules(self, rules):
         with self.lock:
@@ -1160,10 +1180,13 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
         elif path == "/_sim/reset" and method == "POST":
             state.reset()
             self._send_json(200, {"ok": True})
+        elif path == "/_sim/release" and method == "POST":
+            state.release()
+            self._send_json(200, {"ok": True})
         elif path in ("/_sim/orphans", "/_sim/move") and method == "POST":
             self._records_control(path, body)
         elif path in ("/_sim/stats", "/_sim/shipments", "/_sim/attempts", "/_sim/faults",
-                      "/_sim/reset"):
+                      "/_sim/reset", "/_sim/release"):
             self._send(405, error_body("method not allowed"))
         else:
             self._send(404, error_body("not found"))
@@ -1285,9 +1308,13 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
                 else:
                     status, answer, headers = decision[1:]
 
-        # 3. The slow fault delays the answer (never while holding the lock).
+        # 3. The slow fault delays the answer (never while holding the lock;
+        #    a held one waits on a condition of it, which lets it go).
         if fault == "slow" and rule.ms > 0:
-            time.sleep(rule.ms / 1000.0)
+            if rule.held:
+                state.hold(rule.ms / 1000.0)
+            else:
+                time.sleep(rule.ms / 1000.0)
 
         # 4. Do the work: mutations complete the ledger entry, reads read.
         if entry is not None:
@@ -1810,6 +1837,34 @@ def run_selftest(server, port):
     again = c.json("POST", "/shipments", order("SO-1"), "k-1", expect=201)
     check(again["tracking_number"] == first_tracking, "seeded tracking numbers differ")
     c.json("POST", "/_sim/faults", {"rules": [{"fault": "nope"}]}, expect=400)
+
+    # A held answer waits for /_sim/release, not its 30 s; a release made
+    # before a request arrived does not let it go.
+    c.json("POST", "/_sim/faults", {"rules": [
+        {"fault": "slow", "ms": 30000, "held": True, "match_order_ref": "^HELD-"}]})
+    c.json("POST", "/_sim/release")
+    held = {}
+
+    def held_request():
+        try:
+            held["answer"] = c.call("POST", "/shipments", order("HELD-1"), "k-held", fresh=True)
+        except Exception as exc:     # reported by the main thread
+            held["error"] = exc
+
+    worker = threading.Thread(target=held_request)
+    worker.start()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and "k-held" not in state.ledger:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    check(worker.is_alive(), "a held answer went before its release")
+    c.json("POST", "/_sim/release")
+    worker.join(5)
+    check(not worker.is_alive(), "the release did not let the held answer go")
+    check("error" not in held and held.get("answer", (0,))[0] == 201,
+          "held request: %r" % held)
+    c.json("POST", "/_sim/faults", {"rules": [{"fault": "slow", "ms": 1, "held": 1}]}, expect=400)
+    c.json("POST", "/_sim/faults", {"rules": []})
     selftest_records(c)
     c.conn.close()
 

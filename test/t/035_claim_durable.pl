@@ -128,10 +128,12 @@ scenario('taken', 'in_flight');
 # with the launcher stopped, flushes itself after a short wait.  Either
 # way a request reaches the carrier only once its claim is on disk: the
 # immediate stop at the end must not lose the claims of the two orders
-# sent that way (one each way), whose requests hang at the carrier.
+# sent that way (one each way), whose requests hang at the carrier: held
+# there until the stop (50 s at most, within the provider's 60 s timeout),
+# however long the steps before it take.
 my ($slow, $by_launcher, $by_dispatcher) = (1000, 1009, 1019);
 sim_post($sim, '/_sim/faults',
-	{ rules => [ { fault => 'slow', ms => 8000, first_attempts => 1,
+	{ rules => [ { fault => 'slow', ms => 50000, held => JSON::PP::true, first_attempts => 1,
 		match_order_ref => "^($slow|$by_launcher|$by_dispatcher)\$" } ] });
 
 # insert order $id and wait for its request to reach the carrier
@@ -188,6 +190,7 @@ arrives($by_dispatcher, 'an order claimed while the launcher is stopped');
 # a stopped process cannot obey the stop
 kill 'CONT', $launcher;
 $node->stop('immediate');
+sim_post($sim, '/_sim/release', {});
 
 $node->append_conf('postgresql.conf', "shipsync.databases = ''\n");
 $node->start;

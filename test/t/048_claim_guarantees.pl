@@ -39,7 +39,7 @@ my $node = shipsync_node('claim_guarantees', "shipsync.idle_check_ms = 600000");
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 setup_orders($node, $sim,
-	'{"timeout_ms": 2000, "backoff_base_ms": 50, "backoff_max_ms": 500, "max_attempts": 3}');
+	'{"timeout_ms": 20000, "backoff_base_ms": 50, "backoff_max_ms": 500, "max_attempts": 3}');
 my $pid = sql(q{SELECT provider_id FROM shipsync.provider WHERE name = 'sim'});
 note_outbox_versions($node);
 
@@ -75,13 +75,18 @@ is($ship2->[0]{updates}, 0, 'coalesced: the carrier saw no update');
 like(sim_get($sim, "/_sim/shipments/$ship2->[0]{id}")->{order}{address},
 	qr/2 New Rd/, 'coalesced: the carrier got the new address with the create');
 
-# 3. an intent whose order has its create in flight
+# 3. an intent whose order has its create in flight: the carrier holds the
+# create's answer until the update has reached the outbox
 sim_post($sim, '/_sim/faults', { rules => [
-	{ fault => 'slow', ms => 1500, path => '/shipments', method => 'POST', count => 1 } ] });
+	{ fault => 'slow', ms => 15000, held => JSON::PP::true, path => '/shipments', method => 'POST',
+	  count => 1 } ] });
 my $k3 = sql(q{INSERT INTO crm.orders (customer, address) VALUES ('Three', '3 Slow Ln') RETURNING id});
 ok( wait_until($node, qq{SELECT state = 'in_flight' FROM shipsync.outbox
 		WHERE order_key = '$k3' AND op = 'create'}, 10), 'open: the create is in flight');
 sql(qq{UPDATE crm.orders SET address = '4 Quick Ln' WHERE id = $k3});
+ok( wait_until($node, qq{SELECT EXISTS (SELECT 1 FROM public.seen WHERE order_key = '$k3'
+		AND op = 'update' AND new_state = 'pending')}, 10), 'open: the update is in the outbox');
+sim_post($sim, '/_sim/release', {});
 ok(wait_settled($node, "'$k3'", 30), 'open: settled');
 is( sql(qq{SELECT (SELECT min(xid::text::bigint) FROM public.seen WHERE order_key = '$k3'
 			AND op = 'update' AND new_state = 'in_flight')

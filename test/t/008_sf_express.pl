@@ -213,9 +213,7 @@ ok(wait_until($node, "SELECT status = 'cancelled' FROM shipsync.shipment WHERE o
 is(intent('SO-003'), 'done|1|already_cancelled', '8037: done in one attempt');
 # an update of an order SF has: finished with the reason
 sql("UPDATE orders SET remark = 'ring twice' WHERE order_no = 'SO-004'");
-ok(wait_until($node, "SELECT count(*) = 0 FROM shipsync.outbox WHERE order_key = 'SO-004' AND state IN ('pending', 'retrying', 'in_flight')"
-		  . " AND NOT EXISTS (SELECT 1 FROM shipsync.inbox WHERE order_key = 'SO-004')", 30),
-	'update: settled');
+ok(wait_settled($node, "'SO-004'", 30), 'update: settled');
 like(sql("SELECT last_error FROM shipsync.outbox WHERE order_key = 'SO-004' AND op = 'update'"),
 	qr/cannot change an order/, 'update: SF has no order update, and the intent says so');
 

@@ -155,7 +155,13 @@ is(sql(q{SELECT count(*) FROM shipsync.outbox WHERE state = 'dead' AND order_key
 
 # 7. the carrier revokes the token while its refresh is in flight: the first
 # 401 stops the old token, the orders wait the 300 ms for the new one instead
-# of going again and again with the refused one (max_attempts is 5)
+# of going again and again with the refused one (max_attempts is 5).  The
+# trickle's orders must still carry the old token when its refresh starts:
+# a token older than 3.6 s is not sent, and the one the last trickle left
+# may be 3.2 s old, so one order first earns a new token (revoked at once:
+# a 401, then a fetch), and the refresh comes 3.2 s into the trickle.
+sim_post($sim, '/_sim/oauth/revoke', {});
+ok(deliver(1999, 1999), 'a revoked token: the next order earns a new one');
 sim_post($sim, '/_sim/oauth/revoke', { at_next_fetch => JSON::PP::true });
 $before = oauth();
 ok(trickle(2001, 'revoked meanwhile'), 'revoked during a refresh: a hundred orders delivered');

@@ -221,11 +221,13 @@ sub heap_eligible
 sub new_dispatcher
 {
 	my $old = dispatcher_pid();
+	my $off = -s $node->logfile;
 	sql("SELECT pg_terminate_backend($old)");
 	ok(wait_until($node, q{SELECT count(*) = 1 FROM pg_stat_activity
 		WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'postgres'
 		  AND pid <> } . $old, 30), 'a new dispatcher started');
-	usleep(500_000);    # past its start, where the heap is prepared
+	# past its start, where the heap is prepared before this line is logged
+	$node->wait_for_log(qr/pg_shipsync dispatcher started for database "postgres"/, $off);
 	return dispatcher_pid();
 }
 

@@ -42,9 +42,17 @@ $sql->("SELECT shipsync.create_provider('other', 'generic', '$sim->{url}')");
 $sql->("SELECT shipsync.pause('sim')");
 $sql->("INSERT INTO crm.orders (customer) SELECT '赵' || g FROM generate_series(1, 100) g");
 my $inbox_scans = "SELECT seq_scan FROM pg_stat_user_tables WHERE relid = 'shipsync.inbox'::regclass";
-usleep(2_500_000);    # the first idle checks, and the statistics flushed
+# Every idle check sweeps the expired leases through outbox_lease_idx: its
+# count grows only when the dispatcher flushes its statistics (at most once
+# a second), with every scan of the inbox made before.  So the counts are
+# read once checks made after the insert are published, and again after
+# five more.
+my $sweeps = "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelid = 'shipsync.outbox_lease_idx'::regclass";
+my $swept = $sql->($sweeps);
+ok(wait_until($node, "SELECT ($sweeps) >= $swept + 2", 30), 'paused: idle checks go on');
 my $scans = $sql->($inbox_scans);
-usleep(2_500_000);    # five more idle checks
+$swept = $sql->($sweeps);
+ok(wait_until($node, "SELECT ($sweeps) >= $swept + 5", 30), 'paused: five more idle checks');
 is($sql->($inbox_scans), $scans,
 	'paused: idle checks with nothing prepared do not read the inbox');
 is($sql->("SELECT count(*) FROM shipsync.inbox"), 100,

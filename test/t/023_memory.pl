@@ -221,6 +221,7 @@ sub heap_eligible
 sub new_dispatcher
 {
 	my $old = dispatcher_pid();
+	my $old_applier = applier_pid();
 	my $off = -s $node->logfile;
 	sql("SELECT pg_terminate_backend($old)");
 	ok(wait_until($node, q{SELECT count(*) = 1 FROM pg_stat_activity
@@ -228,6 +229,10 @@ sub new_dispatcher
 		  AND pid <> } . $old, 30), 'a new dispatcher started');
 	# past its start, where the heap is prepared before this line is logged
 	$node->wait_for_log(qr/pg_shipsync dispatcher started for database "postgres"/, $off);
+	# and its applier, which it starts once the old one has gone, later
+	ok(wait_until($node, qq{SELECT count(*) = 1 FROM pg_stat_activity
+		WHERE backend_type = 'pg_shipsync applier' AND datname = 'postgres'
+		  AND pid::text <> '$old_applier'}, 30), 'and its applier');
 	return dispatcher_pid();
 }
 

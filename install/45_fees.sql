@@ -500,15 +500,23 @@ $$;
  * bids/oks name the order when the caller knows it (create responses),
  * else the line is matched by its tracking number, or parked.  Lines of a
  * tracking number in this batch that were parked before are matched first.
- * Its locks are _lock_fees()'s (a statement takes its provider whole).  With
- * replaces, the lines of that earlier statement which this one does not
- * bill again are withdrawn (amount 0, adjusted).  Returns the counts, then
- * one row per order whose fee_total changed and is written back.
+ * Its locks are _lock_fees()'s (a statement takes its provider whole).
+ *
+ * A statement supersedes line by line: a line it bills takes its values
+ * (even one an earlier version already had: the later statement is the
+ * carrier's word), and one it bills unchanged is still marked as its own,
+ * so that a statement's lines add up to it.  With replaces, the lines of
+ * the earlier statements of its period and account which this one does
+ * not bill are withdrawn (amount 0, adjusted), except those of the
+ * waybills in held (its skipped lines'), and none at all when held has a
+ * NULL (a skipped line whose waybill could not be read).  Returns the
+ * counts, then one row per order whose fee_total changed and is written
+ * back.
  */
 CREATE FUNCTION @extschema@._store_fees(src text, stmt bigint, replaces bigint, who text,
 	pids integer[], bids integer[], oks text[], tns text[], codes text[], amounts numeric[],
 	currencies text[], fkeys text[], settlements text[], payers text[], weights numeric[],
-	states text[], ats timestamptz[])
+	states text[], ats timestamptz[], held text[] DEFAULT NULL)
 RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -585,8 +593,9 @@ BEGIN
 			recorded_by = EXCLUDED.recorded_by,
 			binding_id = coalesce(f.binding_id, EXCLUDED.binding_id),
 			order_key = coalesce(f.order_key, EXCLUDED.order_key)
-		-- a change, not older than what the line says now, and not a
-		-- notice seen before (a late duplicate of a revised line)
+		-- a change, not older than what the line says now, and, but from
+		-- a statement, not a notice seen before (a late duplicate of a
+		-- revised line); own below is the complement, for statements
 		WHERE (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
 			  IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency, EXCLUDED.state,
 								coalesce(EXCLUDED.settlement, f.settlement),
@@ -594,21 +603,52 @@ BEGIN
 								coalesce(EXCLUDED.billed_weight_kg, f.billed_weight_kg))
 		  AND (EXCLUDED.occurred_at IS NULL OR f.occurred_at IS NULL
 			   OR EXCLUDED.occurred_at >= f.occurred_at)
-		  AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line_history h
-						  WHERE h.fee_line_id = f.fee_line_id
-							AND (h.amount, h.currency, h.state, h.occurred_at)
-								IS NOT DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency,
-													  EXCLUDED.state, EXCLUDED.occurred_at))
+		  AND (src = 'statement'
+			   OR NOT EXISTS (SELECT 1 FROM @extschema@.fee_line_history h
+							  WHERE h.fee_line_id = f.fee_line_id
+								AND (h.amount, h.currency, h.state, h.occurred_at)
+									IS NOT DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency,
+														  EXCLUDED.state, EXCLUDED.occurred_at)))
 		RETURNING f.xmax = 0 AS inserted, f.binding_id, f.order_key),
-	-- a corrected statement: what the earlier one billed and this one does not
+	-- a statement's lines it bills as they are: its own from now on (no
+	-- revision: nothing they say changes), so that a later correction
+	-- withdraws them and "does the statement add up?" counts them.  After
+	-- up has run to its end (the one-time filter reads all of it): up
+	-- meeting a row own had changed in this command would be an error
+	own AS (
+		UPDATE @extschema@.fee_line f SET statement_id = stmt
+		  FROM keyed k
+		 WHERE (SELECT count(*) FROM up) >= 0
+		   AND src = 'statement' AND f.provider_id = k.pid AND f.tracking_number = k.tn
+		   AND f.fee_type = k.fee_type AND f.fee_key = k.k AND NOT f.quote
+		   AND f.statement_id IS DISTINCT FROM stmt
+		   AND NOT ((f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
+					IS DISTINCT FROM (k.amount, k.cur, coalesce(k.st, 'charged'),
+									  coalesce(k.settle, f.settlement),
+									  coalesce(k.payer, f.payer),
+									  coalesce(k.weight, f.billed_weight_kg))
+					AND (k.at IS NULL OR f.occurred_at IS NULL OR k.at >= f.occurred_at))
+		RETURNING 1),
+	-- a corrected statement: what an earlier statement of its period and
+	-- account billed and this one does not (neither among its lines nor,
+	-- held, among those it skipped)
 	wd AS (
 		UPDATE @extschema@.fee_line f
 		   SET amount = 0, state = 'adjusted', source = 'statement', statement_id = stmt,
 			   recorded_by = who
-		 WHERE replaces IS NOT NULL AND f.statement_id = replaces AND NOT f.quote
+		 WHERE replaces IS NOT NULL AND NOT f.quote
+		   AND f.statement_id IN (SELECT e.statement_id
+								  FROM @extschema@.statement e
+								  JOIN @extschema@.statement c ON c.statement_id = stmt
+								  WHERE e.provider_id = c.provider_id AND e.period = c.period
+									AND e.account IS NOT DISTINCT FROM c.account
+									AND e.statement_id <> stmt)
+		   AND (f.amount <> 0 OR f.state <> 'adjusted')
 		   AND NOT EXISTS (SELECT 1 FROM keyed k
 						   WHERE k.pid = f.provider_id AND k.tn = f.tracking_number
 							 AND k.fee_type = f.fee_type AND k.k = f.fee_key)
+		   AND (held IS NULL OR (array_position(held, NULL) IS NULL
+								 AND f.tracking_number <> ALL (held)))
 		RETURNING f.binding_id, f.order_key)
 	SELECT (SELECT count(*) FROM up WHERE up.inserted),
 		   (SELECT count(*) FROM up WHERE NOT up.inserted),
@@ -636,7 +676,8 @@ $$;
  * For the given orders, in a statement of its own (it sees the lines just
  * stored): their rows of fee_sum made again, and the fee_total rule -- the
  * bill's lines where the order has any, otherwise the quote's, net of
- * refunds, when they share one currency.  The shipment of the binding's
+ * refunds, when they share one currency (a bill and a quote in a currency
+ * count as one when they are in the same).  The shipment of the binding's
  * provider then carries the total, and the order rows whose binding writes
  * fee_total back are returned; an order whose lines mix currencies keeps
  * its total and gets one open ticket of kind fee_currency_mixed, resolved
@@ -698,12 +739,19 @@ BEGIN
 			   max(per.cur) FILTER (WHERE per.nb > 0) AS hi_b,
 			   min(per.cur) FILTER (WHERE per.nq > 0) AS lo_q,
 			   max(per.cur) FILTER (WHERE per.nq > 0) AS hi_q,
+			   -- quoted in a currency (XXX: the answer named none)
+			   min(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS lo_qc,
+			   max(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS hi_qc,
 			   sum(per.chg - per.ref) FILTER (WHERE per.nb > 0) AS tot_b,
 			   sum(per.est) FILTER (WHERE per.nq > 0) AS tot_q
 		FROM per GROUP BY per.b, per.k),
+	-- one currency: the bill's lines in one, and a quote in a currency in
+	-- that one too (a bill in dollars of a quote in yuan is no total)
 	tot AS (
 		SELECT ord.b, ord.k, bb.provider_id AS pid, bb.writeback ? 'fee_total' AS wb,
-			   CASE WHEN ord.billed THEN ord.lo_b = ord.hi_b ELSE ord.lo_q = ord.hi_q END AS one,
+			   CASE WHEN ord.billed
+					THEN ord.lo_b = ord.hi_b AND coalesce(ord.lo_qc = ord.lo_b AND ord.hi_qc = ord.lo_b, true)
+					ELSE ord.lo_q = ord.hi_q END AS one,
 			   CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total
 		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b),
 	sh AS (
@@ -1074,6 +1122,7 @@ AS $$
 				FROM @extschema@.fee_line l
 				LEFT JOIN @extschema@.statement st ON st.statement_id = l.statement_id
 				WHERE l.binding_id IS NULL AND NOT l.quote
+				  AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement')
 				GROUP BY l.provider_id, l.tracking_number, l.currency) u) r
 	GROUP BY r.provider_id, r.month, r.currency
 $$;
@@ -1131,6 +1180,8 @@ SELECT 'unknown_waybill', o.name, NULL, NULL, NULL, l.tracking_number, NULL, l.c
 FROM @extschema@.fee_line l
 JOIN opts o ON o.provider_id = l.provider_id
 WHERE l.binding_id IS NULL AND NOT l.quote
+  -- (a line a corrected statement withdrew is billed no more)
+  AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement')
 GROUP BY o.name, l.tracking_number, l.currency
 UNION ALL
 -- delivered longer than unbilled_after ago, and no bill line

@@ -548,3 +548,99 @@ BEGIN;
 SELECT shipsync._lock_fees(NULL, NULL, NULL);
 SELECT * FROM pg_temp.fee_locks();
 ROLLBACK;
+
+------------------------------------------------------------------------------
+-- Statements superseding statements: the newest statement of a period is
+-- the carrier's word, line by line, whatever the earlier ones said
+------------------------------------------------------------------------------
+SELECT shipsync.create_provider('gen2', 'generic', 'https://carrier2.example', '{"currency": "CNY"}') > 0 AS created;
+CREATE TABLE orders2 (id int PRIMARY KEY, waybill text, fee numeric(10,2));
+SELECT shipsync.attach('orders2', 'gen2', writeback => '{"tracking_number": "waybill", "fee_total": "fee"}') > 0 AS attached;
+SELECT shipsync.pause('gen2');
+INSERT INTO orders2 (id, waybill) SELECT g, 'W' || g FROM generate_series(1, 9) g;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, g::text, b.provider_id, 'W' || g, timestamptz '2026-05-10 12:00+00'
+FROM shipsync.binding b, generate_series(1, 9) g WHERE b.tbl = 'orders2'::regclass;
+-- a statement of gen2 for a month (lines after the header), its answer's counts
+CREATE FUNCTION pg_temp.bill(period text, lines text, opts jsonb DEFAULT '{}') RETURNS jsonb
+LANGUAGE sql AS $$
+	SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount\n' || lines,
+		options => opts || jsonb_build_object('period', period))
+		- '{provider,statement_id,supersedes,period,orders_changed,matched,unmatched}'::text[]
+$$;
+-- gen2's bill lines: what each says, and whether the newest statement of
+-- its period holds it
+CREATE FUNCTION pg_temp.billed(VARIADIC tns text[])
+RETURNS TABLE (tracking_number text, amount numeric, state text, revision int, newest boolean)
+LANGUAGE sql AS $$
+	SELECT l.tracking_number, l.amount, l.state, l.revision, s.superseded_by IS NULL
+	FROM shipsync.fee_line l LEFT JOIN shipsync.statement s USING (statement_id)
+	WHERE l.tracking_number = ANY (tns) AND NOT l.quote ORDER BY 1 $$;
+
+-- a line withdrawn and then billed again comes back, though it says what
+-- an earlier version said
+SELECT pg_temp.bill('2026-05', E'W1,freight,12.50\nW2,freight,12.50\n');
+SELECT pg_temp.bill('2026-05', E'W1,freight,12.50\n');
+SELECT * FROM pg_temp.billed('W1', 'W2');
+SELECT pg_temp.bill('2026-05', E'W2,freight,12.50\nW1,freight,12.50\n');
+SELECT * FROM pg_temp.billed('W1', 'W2');
+SELECT id, fee FROM orders2 WHERE id IN (1, 2) ORDER BY id;
+
+-- the same bill again in other bytes (CRLF) bills its lines unchanged, and
+-- holds them: a correction that drops one then withdraws it, and the
+-- newest statement adds up to its lines
+SELECT pg_temp.bill('2026-06', E'W3,freight,5.00\nW4,freight,6.00\n');
+SELECT pg_temp.bill('2026-06', E'W3,freight,5.00\r\nW4,freight,6.00\r\n');
+SELECT * FROM pg_temp.billed('W3', 'W4');
+SELECT pg_temp.bill('2026-06', E'W3,freight,5.00\n');
+SELECT * FROM pg_temp.billed('W3', 'W4');
+SELECT s.totals->>'CNY' AS statement_says,
+	   (SELECT sum(amount) FROM shipsync.fee_line l WHERE l.statement_id = s.statement_id) AS lines_from_it
+FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
+WHERE p.name = 'gen2' AND s.period = '2026-06-01' AND s.superseded_by IS NULL;
+SELECT id, fee FROM orders2 WHERE id IN (3, 4) ORDER BY id;
+
+-- a skipped line keeps what its waybill was billed; a correction without
+-- the waybill withdraws it, though the statement that billed it was not
+-- the one corrected; a skipped line whose waybill cannot be read keeps
+-- every line
+SELECT pg_temp.bill('2026-07', E'W5,freight,1234.50\nW6,freight,5.00\n');
+SELECT pg_temp.bill('2026-07', E'W5,freight,"1,234.50"\nW6,freight,5.00\n', '{"on_error": "skip"}');
+SELECT * FROM pg_temp.billed('W5', 'W6');
+SELECT pg_temp.bill('2026-07', E'W6,freight,5.00\n');
+SELECT * FROM pg_temp.billed('W5', 'W6');
+SELECT pg_temp.bill('2026-07', E'W6,freight,5.00\nW5,freight,1234.50\n');
+SELECT pg_temp.bill('2026-07', E'W6,freight,5.00\nW5;freight;1234.50\n', '{"on_error": "skip"}');
+SELECT * FROM pg_temp.billed('W5', 'W6');
+SELECT id, fee FROM orders2 WHERE id IN (5, 6) ORDER BY id;
+
+-- an unknown waybill a correction no longer bills is no difference, and
+-- counts in no settlement
+SELECT pg_temp.bill('2026-08', E'NOSUCH1,freight,9.00\nW7,freight,3.00\n');
+SELECT kind, tracking_number, billed FROM shipsync.fee_difference WHERE provider = 'gen2' AND kind = 'unknown_waybill';
+SELECT pg_temp.bill('2026-08', E'W7,freight,3.00\n');
+SELECT kind, tracking_number, billed FROM shipsync.fee_difference WHERE provider = 'gen2' AND kind = 'unknown_waybill';
+SELECT to_char(month, 'YYYY-MM') AS month, currency, charged, unknown_waybills FROM shipsync.settlement
+WHERE provider = 'gen2' AND month = '2026-08-01';
+
+-- spreadsheet leftovers: rows of empty fields are no lines, and a padded
+-- waybill is the waybill
+SELECT pg_temp.bill('2026-09', E'" W8 ",freight,7.00\n,,\r\n,,\r\n');
+SELECT * FROM pg_temp.billed('W8');
+SELECT id, fee FROM orders2 WHERE id = 8;
+
+-- a bill in another currency than the quote is no fee total: the order
+-- keeps its total and gets a ticket
+SELECT count(*) AS quote_rows FROM shipsync._store_fees('create', NULL, NULL, 'dispatcher',
+	ARRAY[(SELECT provider_id FROM shipsync.provider WHERE name = 'gen2')],
+	ARRAY[(SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders2'::regclass)],
+	ARRAY['9'], ARRAY['W9'], ARRAY['freight'], ARRAY[13.70], ARRAY['CNY'], ARRAY[NULL::text],
+	ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::numeric], ARRAY[NULL::text],
+	ARRAY[NULL::timestamptz]);
+SELECT o.fee, s.fee_total FROM orders2 o JOIN shipsync.shipment s ON s.tracking_number = o.waybill WHERE o.id = 9;
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,currency\nW9,freight,500.00,USD\n',
+	options => '{"period": "2026-10"}') ->> 'new' AS new;
+SELECT o.fee, s.fee_total FROM orders2 o JOIN shipsync.shipment s ON s.tracking_number = o.waybill WHERE o.id = 9;
+SELECT kind, order_key, detail, resolved_at IS NULL AS open FROM shipsync.exception_ticket
+WHERE kind = 'fee_currency_mixed' AND order_key = '9'
+  AND binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders2'::regclass);

@@ -290,6 +290,9 @@ fees_add_line(FeeContext *c, FeeBatch *b, char **v, FeeProblem *pr)
 	const char *cur = v[FEE_CURRENCY] ? v[FEE_CURRENCY] : c->default_currency;
 	int			r;
 
+	/* " SF123 " from a spreadsheet is SF123, as the shipment has it */
+	if (v[FEE_TRACKING_NUMBER])
+		shipsync_trim_in_place(v[FEE_TRACKING_NUMBER]);
 	if (v[FEE_TRACKING_NUMBER] == NULL || v[FEE_TRACKING_NUMBER][0] == '\0')
 		return bad(pr, FEE_TRACKING_NUMBER, "the tracking number is missing");
 	if (v[FEE_TYPE] == NULL || v[FEE_TYPE][0] == '\0')
@@ -1457,30 +1460,44 @@ store_execute(Datum *params, const char *nulls, bool bulk)
 }
 
 /*
- * Store a checked batch: _store_fees() in one statement, then the totals
- * onto the order rows.  src is create, push, pull or statement; stmt and
- * replaces are 0 outside statements.  SPI must be connected.
+ * Take the provider's fee lines whole for the transaction, as a statement
+ * does (_lock_fees() with whole): before an import reads which statement
+ * it supersedes, so that two imports of one period follow each other.
  */
 void
-fees_store(FeeBatch *b, const char *src, int64 stmt, int64 replaces, const char *who,
-		   FeeSummary *sum)
+fees_lock_provider(int32 provider_id)
 {
-	Datum		params[4 + NCOLS];
-	char		nulls[4 + NCOLS];
+	DirectFunctionCall2(pg_advisory_xact_lock_int4,
+						Int32GetDatum(FEE_LOCK_PROVIDER), Int32GetDatum(provider_id));
+}
+
+/*
+ * Store a checked batch: _store_fees() in one statement, then the totals
+ * onto the order rows.  src is create, push, pull or statement; stmt and
+ * replaces are 0 outside statements, held (the waybills of a statement's
+ * skipped lines, a NULL among them for one not read) NULL.  SPI must be
+ * connected.
+ */
+void
+fees_store(FeeBatch *b, const char *src, int64 stmt, int64 replaces, ArrayType *held,
+		   const char *who, FeeSummary *sum)
+{
+	Datum		params[5 + NCOLS];
+	char		nulls[5 + NCOLS];
 	SPITupleTable *tt;
 	uint64		nrows;
 
 	if (store_plan == NULL)
 	{
-		Oid			t[4 + NCOLS] = {TEXTOID, INT8OID, INT8OID, TEXTOID,
+		Oid			t[5 + NCOLS] = {TEXTOID, INT8OID, INT8OID, TEXTOID,
 			INT4ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 			NUMERICARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		NUMERICARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID};
+		NUMERICARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID};
 
 		store_plan = shipsync_prepare_saved(
 			"SELECT kind, n, binding_id, order_key, fee_total FROM shipsync._store_fees("
-			"$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-			4 + NCOLS, t);
+			"$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+			5 + NCOLS, t);
 	}
 	memset(nulls, ' ', sizeof(nulls));
 	params[0] = CStringGetTextDatum(src);
@@ -1491,6 +1508,8 @@ fees_store(FeeBatch *b, const char *src, int64 stmt, int64 replaces, const char 
 	params[3] = CStringGetTextDatum(who);
 	for (int c = 0; c < NCOLS; c++)
 		params[4 + c] = batch_array(b, c);
+	params[4 + NCOLS] = PointerGetDatum(held);
+	nulls[4 + NCOLS] = held ? ' ' : 'n';
 
 	if (store_execute(params, nulls, stmt != 0) != SPI_OK_SELECT)
 		elog(ERROR, "storing fee lines failed");
@@ -1590,7 +1609,7 @@ shipsync_ingest_fees(PG_FUNCTION_ARGS)
 				 errmsg("fee push for provider \"%s\" has an invalid line", p->name),
 				 errdetail("Fee %d, field %s: %s.", line, fee_field_names[pr.field], pr.message),
 				 errhint("Nothing of this push was stored; see docs/fees.md for the fields of a fee line.")));
-	fees_store(b, "push", 0, 0, GetUserNameFromId(GetSessionUserId(), false), &sum);
+	fees_store(b, "push", 0, 0, NULL, GetUserNameFromId(GetSessionUserId(), false), &sum);
 	reply = tracking_reply(p);
 	PG_RETURN_DATUM(fees_answer(cxt, p, &sum, reply ? psprintf(", \"reply\": %s", reply) : NULL));
 }
@@ -1616,7 +1635,7 @@ store_pulled(TrackProvider *p, Jsonb *doc, const char *what)
 				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
 				 errmsg("fees pulled from provider \"%s\" have an invalid line", p->name),
 				 errdetail("Fee %d, field %s: %s.", line, fee_field_names[pr.field], pr.message)));
-	fees_store(b, "pull", 0, 0, "dispatcher", &sum);
+	fees_store(b, "pull", 0, 0, NULL, "dispatcher", &sum);
 	return sum.n_new + sum.n_revised;
 }
 

@@ -1085,9 +1085,12 @@ static char *trim_text(const char *s);
 
 static bool is_space_at(const unsigned char *p, size_t *len);
 
-/* trim_text() without a copy */
-static void
-trim_in_place(char *s)
+/*
+ * trim_text() without a copy: the spaces around s, ASCII and those CRM
+ * data carries (U+3000, U+00A0), taken off in place.
+ */
+void
+shipsync_trim_in_place(char *s)
 {
 	const unsigned char *p = (const unsigned char *) s;
 	const unsigned char *start;
@@ -2178,7 +2181,7 @@ rule_value(const MapRule *r, const MapEnv *env, MapValue *out, Buf *errs)
 	}
 	if (r->xf == XF_TRIM && v.type != MV_RAW)
 	{
-		trim_in_place(v.s);
+		shipsync_trim_in_place(v.s);
 		v.type = MV_STRING;
 		*out = v;
 		goto got;

@@ -282,6 +282,7 @@ extern bool shipsync_path_parse(const char *text, MapPath *out,
 								char *errbuf, size_t errlen);
 extern void shipsync_path_free(MapPath *p);
 extern void shipsync_value_free(MapValue *v);
+extern void shipsync_trim_in_place(char *s);
 extern bool shipsync_row_index(const char *json, const char *member,
 							   MapRowIndex *idx);
 extern ShipMap *shipsync_map_compile(int n, const char *const *targets,
@@ -981,8 +982,9 @@ extern bool fees_read_json(FeeContext *c, FeeBatch *b, Jsonb *doc, FeeMap *m,
 						   int *bad_line, FeeProblem *pr);
 extern Datum fees_batch_field(FeeBatch *b, FeeField f);
 extern int	fees_write_totals(SPITupleTable *tt, uint64 nrows);
+extern void fees_lock_provider(int32 provider_id);
 extern void fees_store(FeeBatch *b, const char *src, int64 stmt, int64 replaces,
-					   const char *who, FeeSummary *sum);
+					   ArrayType *held, const char *who, FeeSummary *sum);
 extern Datum fees_answer(MemoryContext cxt, TrackProvider *p, FeeSummary *sum,
 						 const char *more);
 extern int64 fees_apply_pulled(const char *provider_name, const char *body, size_t len);

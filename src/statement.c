@@ -26,8 +26,13 @@
  *	   statement, set-based, the fee totals written back).
  *
  * The import runs as the extension's owner (SECURITY DEFINER) and takes
- * the provider's fee lines exclusively for its transaction (an advisory
- * lock in _store_fees): pushes and pulls of that provider wait for it.
+ * the provider's fee lines exclusively for its transaction (the advisory
+ * lock of _lock_fees(), taken before step 1): pushes and pulls of that
+ * provider wait for it, and so does another import, which then finds this
+ * one's statement to supersede or to be.  With on_error = skip, the
+ * waybills of the skipped lines keep what the earlier statement billed
+ * them (a skipped line may bill it still), and if a skipped line's waybill
+ * cannot be read, nothing is withdrawn.
  *
  *-------------------------------------------------------------------------
  */
@@ -61,6 +66,8 @@ typedef struct StatementErrors
 {
 	StringInfoData json;		/* [{"line", "column", "error"}, ...] */
 	int			n;
+	List	   *held;			/* their waybills, as read (char *) */
+	bool		held_unknown;	/* one whose waybill could not be read */
 } StatementErrors;
 
 static SPIPlanPtr digest_plan = NULL;
@@ -155,11 +162,14 @@ read_options(Jsonb *o, StatementOptions *so)
 
 /*
  * A bad line: an ERROR, or with on_error = skip an entry of the errors.
- * The column is the CSV column's name (or, for JSON, the field's).
+ * The column is the CSV column's name (or, for JSON, the field's); tn is
+ * the line's waybill where it could be read, else NULL: the lines an
+ * earlier statement billed for that waybill (for any, with NULL) are not
+ * withdrawn, since the skipped line may bill them still.
  */
 static void
 line_problem(TrackProvider *p, StatementErrors *errs, bool skip, int line,
-			 const char *column, const char *message)
+			 const char *column, const char *message, const char *tn)
 {
 	if (!skip)
 		ereport(ERROR,
@@ -178,6 +188,56 @@ line_problem(TrackProvider *p, StatementErrors *errs, bool skip, int line,
 	escape_json(&errs->json, message);
 	appendStringInfoChar(&errs->json, '}');
 	errs->n++;
+	if (tn == NULL)
+		errs->held_unknown = true;
+	else
+	{
+		char	   *t = pstrdup(tn);
+
+		shipsync_trim_in_place(t);
+		if (t[0] == '\0')
+			errs->held_unknown = true;
+		else
+			errs->held = lappend(errs->held, t);
+	}
+}
+
+/*
+ * The waybills of the skipped lines, for _store_fees(): NULL when none was
+ * skipped, a NULL among them when one's could not be read.
+ */
+static ArrayType *
+held_waybills(StatementErrors *errs)
+{
+	int			n = list_length(errs->held) + (errs->held_unknown ? 1 : 0);
+	Datum	   *d;
+	bool	   *isnull;
+	int			dims[1];
+	int			lbs[1] = {1};
+	ListCell   *lc;
+	int			i = 0;
+
+	if (errs->n == 0)
+		return NULL;
+	d = palloc(sizeof(Datum) * Max(n, 1));
+	isnull = palloc0(sizeof(bool) * Max(n, 1));
+	foreach(lc, errs->held)
+		d[i++] = CStringGetTextDatum((char *) lfirst(lc));
+	if (errs->held_unknown)
+		isnull[i++] = true;
+	dims[0] = i;
+	return construct_md_array(d, isnull, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT);
+}
+
+/* A row of nothing but empty fields (",,,", as spreadsheets end a sheet) */
+static bool
+blank_row(CsvReader *r)
+{
+	for (int i = 0; i < r->nfields; i++)
+		for (const char *c = r->fields[i]; *c; c++)
+			if (*c != ' ' && *c != '\t')
+				return false;
+	return true;
 }
 
 /*
@@ -293,10 +353,14 @@ read_csv(FeeContext *c, FeeBatch *b, const char *body, size_t len, StatementOpti
 			bool		ok = true;
 
 			CHECK_FOR_INTERRUPTS();
+			if (blank_row(&r))
+				continue;
 			if (r.nfields != ncols)
 			{
+				/* its fields may have moved: its waybill is not known */
 				line_problem(p, errs, so->skip, line, NULL,
-							 psprintf("%d fields where the header has %d", r.nfields, ncols));
+							 psprintf("%d fields where the header has %d", r.nfields, ncols),
+							 NULL);
 				continue;
 			}
 			for (int f = 0; f < FEE_NFIELDS && ok; f++)
@@ -312,7 +376,8 @@ read_csv(FeeContext *c, FeeBatch *b, const char *body, size_t len, StatementOpti
 			if (!ok)
 				line_problem(p, errs, so->skip, line,
 							 col[pr.field] >= 0 ? header[col[pr.field]] : fee_field_names[pr.field],
-							 pr.message);
+							 pr.message,
+							 pr.field == FEE_TRACKING_NUMBER ? NULL : v[FEE_TRACKING_NUMBER]);
 		}
 		if (rc < 0)
 			ereport(ERROR,
@@ -341,7 +406,9 @@ json_bad_line(void *arg, int line, FeeProblem *pr)
 {
 	JsonBad    *jb = (JsonBad *) arg;
 
-	line_problem(jb->p, jb->errs, jb->skip, line, fee_field_names[pr->field], pr->message);
+	/* (which waybill a bad fee object bills is not known) */
+	line_problem(jb->p, jb->errs, jb->skip, line, fee_field_names[pr->field], pr->message,
+				 NULL);
 }
 
 /*
@@ -367,7 +434,8 @@ already_imported(TrackProvider *p, text *body, char **digest)
 			" JOIN shipsync.provider p ON p.provider_id = $1"
 			" LEFT JOIN shipsync.statement s ON s.provider_id = $1 AND s.digest = d.digest", 2, t);
 	}
-	if (SPI_execute_plan(digest_plan, args, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+	/* not read-only: a snapshot taken now, after the provider's lock */
+	if (SPI_execute_plan(digest_plan, args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "looking up the statement's digest failed");
 	*digest = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
@@ -456,6 +524,12 @@ shipsync_import_statement(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	p = provider_lookup(pname);
+	/*
+	 * The provider's fee lines, whole, before anything is read: a second
+	 * import of the same period (or the same body) waits for this one and
+	 * then supersedes it (or is its duplicate).
+	 */
+	fees_lock_provider(p->id);
 	answer = already_imported(p, body, &digest);
 	if (answer != NULL)
 	{
@@ -470,6 +544,8 @@ shipsync_import_statement(PG_FUNCTION_ARGS)
 	initStringInfo(&errs.json);
 	appendStringInfoChar(&errs.json, '[');
 	errs.n = 0;
+	errs.held = NIL;
+	errs.held_unknown = false;
 	if (strcmp(format, "csv") == 0)
 		read_csv(c, b, VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), &so, &errs);
 	else
@@ -484,7 +560,8 @@ shipsync_import_statement(PG_FUNCTION_ARGS)
 							  json_bad_line, &jb, &line, &pr);
 	}
 	period = begin_statement(p, b, &so, format, digest, &errs, &id, &replaces, &totals);
-	fees_store(b, "statement", id, replaces, GetUserNameFromId(GetSessionUserId(), false), &sum);
+	fees_store(b, "statement", id, replaces, held_waybills(&errs),
+			   GetUserNameFromId(GetSessionUserId(), false), &sum);
 
 	PG_RETURN_DATUM(fees_answer(cxt, p, &sum,
 								psprintf(", \"statement_id\": " INT64_FORMAT ", \"period\": \"%s\""

@@ -6703,3 +6703,393 @@ JOIN opts o ON o.provider_id = l.provider_id
 WHERE NOT l.quote AND l.state = 'charged'
 GROUP BY o.name, l.tracking_number, l.fee_type, pg_catalog.lower(l.raw_type), l.currency
 HAVING pg_catalog.count(*) > 1;
+
+------------------------------------------------------------------------------
+-- What comes back lands right (review of tracking and write-back)
+------------------------------------------------------------------------------
+-- A shipment's status is folded from the events of its own waybill: an
+-- order shipped again under its key took the old waybill's last word
+-- (returned, delivered) as the new shipment's.
+CREATE OR REPLACE FUNCTION @extschema@._apply_tracking(pid integer, prof text, ttl_s integer,
+	keys text[], tns text[], raws text[], details text[], ats timestamptz[],
+	locs text[], descrs text[])
+RETURNS TABLE (kind text, binding_id integer, order_key text, tracking_number text,
+			   old_status text, new_status text, n bigint, tbl text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n_new bigint;
+	n_park bigint;
+	n_matched bigint;
+	n_expired bigint;
+	bids integer[];
+	oks text[];
+	has_parked boolean;
+BEGIN
+	n_expired := @extschema@._expire_unmatched(pid);
+
+	-- Serialise with every other transaction adding events for the same
+	-- tracking numbers of this provider: a transaction-level advisory lock
+	-- on (provider, hash of the tracking number), taken in one statement in
+	-- a fixed order, before any event is read or written.  The fold below, a
+	-- later statement with a snapshot of its own, then sees every event
+	-- committed before it.  (Row locks on the shipments did the same at the
+	-- cost of a WAL record and a dirtied page per shipment: 14% of ingest.)
+	has_parked := EXISTS (SELECT 1 FROM @extschema@.unmatched_event u WHERE u.provider_id = pid);
+	PERFORM pg_advisory_xact_lock(pid, x.h)
+	   FROM (SELECT DISTINCT hashtext(y.t) AS h
+			 FROM (SELECT unnest(tns) AS t
+				   UNION ALL
+				   SELECT u.tracking_number FROM @extschema@.unmatched_event u
+				   WHERE has_parked AND u.provider_id = pid) y
+			 ORDER BY 1) x;
+
+	-- parked events whose shipment has appeared
+	IF has_parked THEN
+	-- a tracking number given to several shipments (carriers recycle
+	-- them) goes to the newest
+	WITH ship AS (
+		SELECT DISTINCT ON (s.tracking_number) s.binding_id, s.order_key, s.tracking_number
+		FROM @extschema@.shipment s
+		WHERE s.provider_id = pid
+		  AND s.tracking_number IN (SELECT u.tracking_number FROM @extschema@.unmatched_event u
+									WHERE u.provider_id = pid)
+		ORDER BY s.tracking_number, s.created_at DESC),
+	moved AS (
+		DELETE FROM @extschema@.unmatched_event u USING ship
+		 WHERE u.provider_id = pid AND u.tracking_number = ship.tracking_number
+		RETURNING u.*, ship.binding_id, ship.order_key),
+	ins AS (
+		INSERT INTO @extschema@.tracking_event AS e (provider_id, event_key, tracking_number,
+			binding_id, order_key, occurred_at, status, raw_status, raw_detail, location,
+			description, received_at)
+		SELECT pid, m.event_key, m.tracking_number, m.binding_id, m.order_key, m.occurred_at,
+			   coalesce(mm.status, gc.name, 'unknown'),
+			   m.raw_status, m.raw_detail, m.location, m.description, m.received_at
+		FROM moved m
+		LEFT JOIN LATERAL (
+			SELECT sm.status FROM @extschema@.status_map sm
+			WHERE sm.profile = prof AND sm.raw_status IN (m.raw_status, m.raw_detail)
+			  AND (sm.pattern IS NULL OR coalesce(m.description, '') ~ sm.pattern)
+			ORDER BY sm.priority DESC, sm.pattern IS NOT NULL DESC, sm.raw_status = m.raw_status DESC
+			LIMIT 1) mm ON true
+		LEFT JOIN @extschema@.canonical_status gc ON prof = 'generic' AND gc.name = m.raw_status
+		ORDER BY m.received_at, m.occurred_at
+		ON CONFLICT (provider_id, event_key) DO NOTHING
+		RETURNING e.binding_id, e.order_key)
+	SELECT count(*), array_agg(ins.binding_id), array_agg(ins.order_key)
+	INTO n_matched, bids, oks FROM ins;
+	ELSE
+		n_matched := 0;
+	END IF;
+
+	-- this batch: known shipments get events, the others are parked
+	WITH ev AS (
+		SELECT u.*
+		FROM unnest(keys, tns, raws, details, ats, locs, descrs)
+			 WITH ORDINALITY AS u(k, tn, raw, det, at, loc, descr, ord)),
+	-- the map rows this batch can use, read once (none at all, usually, for
+	-- the generic profile)
+	cand AS MATERIALIZED (
+		SELECT sm.raw_status, sm.pattern, sm.status, sm.priority
+		FROM @extschema@.status_map sm
+		WHERE sm.profile = prof
+		  AND sm.raw_status IN (SELECT ev.raw FROM ev UNION SELECT ev.det FROM ev)),
+	ship AS (
+		SELECT DISTINCT ON (s.tracking_number) s.binding_id, s.order_key, s.tracking_number
+		FROM @extschema@.shipment s
+		WHERE s.provider_id = pid AND s.tracking_number IN (SELECT ev.tn FROM ev)
+		ORDER BY s.tracking_number, s.created_at DESC),
+	ins AS (
+		INSERT INTO @extschema@.tracking_event AS e (provider_id, event_key, tracking_number,
+			binding_id, order_key, occurred_at, status, raw_status, raw_detail, location,
+			description)
+		SELECT pid, ev.k, ev.tn, ship.binding_id, ship.order_key, ev.at,
+			   coalesce(mm.status, gc.name, 'unknown'),
+			   ev.raw, ev.det, ev.loc, ev.descr
+		FROM ev JOIN ship ON ship.tracking_number = ev.tn
+		LEFT JOIN LATERAL (
+			SELECT sm.status FROM cand sm
+			WHERE sm.raw_status IN (ev.raw, ev.det)
+			  AND (sm.pattern IS NULL OR coalesce(ev.descr, '') ~ sm.pattern)
+			ORDER BY sm.priority DESC, sm.pattern IS NOT NULL DESC, sm.raw_status = ev.raw DESC
+			LIMIT 1) mm ON true
+		LEFT JOIN @extschema@.canonical_status gc ON prof = 'generic' AND gc.name = ev.raw
+		ORDER BY ev.ord
+		ON CONFLICT (provider_id, event_key) DO NOTHING
+		RETURNING e.binding_id, e.order_key),
+	park AS (
+		INSERT INTO @extschema@.unmatched_event AS x (provider_id, event_key, tracking_number,
+			occurred_at, raw_status, raw_detail, location, description, expires_at)
+		SELECT pid, ev.k, ev.tn, ev.at, ev.raw, ev.det, ev.loc, ev.descr,
+			   now() + make_interval(secs => ttl_s)
+		FROM ev
+		WHERE NOT EXISTS (SELECT 1 FROM ship WHERE ship.tracking_number = ev.tn)
+		ORDER BY ev.ord
+		ON CONFLICT (provider_id, event_key) DO NOTHING
+		RETURNING 1)
+	SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM park),
+		   coalesce(bids, '{}') || coalesce((SELECT array_agg(ins.binding_id) FROM ins), '{}'),
+		   coalesce(oks, '{}') || coalesce((SELECT array_agg(ins.order_key) FROM ins), '{}')
+	INTO n_new, n_park, bids, oks;
+
+	kind := 'new'; n := n_new; RETURN NEXT;
+	kind := 'duplicate'; n := coalesce(array_length(keys, 1), 0) - n_new - n_park; RETURN NEXT;
+	kind := 'unmatched'; n := n_park; RETURN NEXT;
+	kind := 'matched'; n := n_matched; RETURN NEXT;
+	kind := 'expired'; n := n_expired; RETURN NEXT;
+	n := NULL;
+
+	-- the fold over each touched shipment's whole history, in event time:
+	-- the events of its waybill, not those of an earlier shipment of the
+	-- same order (deleted and inserted again, its key changed and changed
+	-- back), whose last word (returned, delivered) is not the new one's
+	RETURN QUERY
+	WITH touched AS (
+		SELECT DISTINCT t.bid, t.k FROM unnest(bids, oks) AS t(bid, k)),
+	-- one index scan per shipment, whatever the statistics say
+	f AS (
+		SELECT touched.bid AS binding_id, touched.k AS order_key, h.st
+		FROM touched
+		JOIN @extschema@.shipment s
+		  ON s.binding_id = touched.bid AND s.order_key = touched.k AND s.provider_id = pid
+		CROSS JOIN LATERAL (
+			SELECT @extschema@._status_fold(e.status, e.raw_status, c.rank, c.terminal,
+											c.recoverable ORDER BY e.occurred_at, e.event_id) AS st
+			FROM @extschema@.tracking_event e
+			JOIN @extschema@.canonical_status c ON c.name = e.status
+			WHERE e.binding_id = touched.bid AND e.order_key = touched.k
+			  AND e.tracking_number = s.tracking_number) h),
+	cur AS (
+		SELECT s.binding_id, s.order_key, s.status AS old, f.st[1] AS st, f.st[2] AS raw
+		FROM f JOIN @extschema@.shipment s
+		  ON s.binding_id = f.binding_id AND s.order_key = f.order_key AND s.provider_id = pid
+		LEFT JOIN @extschema@.canonical_status oc ON oc.name = s.status
+		WHERE f.st IS NOT NULL AND NOT coalesce(oc.terminal, false)),
+	upd AS (
+		UPDATE @extschema@.shipment s
+		   SET status = cur.st, raw_status = cur.raw, updated_at = now()
+		  FROM cur
+		 WHERE s.binding_id = cur.binding_id AND s.order_key = cur.order_key
+		   AND s.provider_id = pid
+		   AND (s.status IS DISTINCT FROM cur.st OR s.raw_status IS DISTINCT FROM cur.raw)
+		RETURNING s.binding_id, s.order_key, s.tracking_number, cur.old, s.status)
+	SELECT 'changed', upd.binding_id, upd.order_key, upd.tracking_number, upd.old, upd.status,
+		   NULL::bigint, b.tbl::text
+	FROM upd JOIN @extschema@.binding b ON b.binding_id = upd.binding_id
+	WHERE upd.old IS DISTINCT FROM upd.status;
+END
+$$;
+
+-- fee_total into a numeric or a text column only: an integer (or a float,
+-- or money) rounded the amount without a word, and a text column could
+-- not be attached though the documentation allowed it.
+CREATE OR REPLACE FUNCTION @extschema@.attach(tbl regclass, provider text, key_column name DEFAULT NULL,
+								   writeback jsonb DEFAULT NULL, options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	pid integer;
+	bid integer;
+	keycol name := key_column;
+	keytype text;
+	wb jsonb := coalesce(writeback, '{}');
+	opts jsonb := coalesce(options, '{}');
+	f text;
+	col text;
+	coltype text;
+	colcat "char";
+	colnumeric boolean;
+	sets text[] := '{}';
+	wbcols text[] := '{}';
+	render text;
+	wbsql text;
+	cancel_when text;
+	trigargs text;
+	relkind "char";
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT c.relkind INTO relkind FROM pg_class c WHERE c.oid = tbl;
+	IF relkind NOT IN ('r', 'p') THEN
+		RAISE EXCEPTION '"%" is not a table', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  HINT = 'Attach an ordinary or partitioned table.';
+	END IF;
+	IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'The dispatcher reads and writes the table with its owner''s rights.';
+	END IF;
+	SELECT p.provider_id INTO pid FROM @extschema@.provider p WHERE p.name = attach.provider;
+	IF pid IS NULL THEN
+		RAISE EXCEPTION 'provider "%" does not exist', coalesce(provider, '')
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Create it first with shipsync.create_provider().';
+	END IF;
+	IF EXISTS (SELECT 1 FROM @extschema@.binding b WHERE b.tbl = attach.tbl AND b.active) THEN
+		RAISE EXCEPTION 'table % is already attached', tbl
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Call shipsync.detach() first to attach it again.';
+	END IF;
+	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii', 'grace', 'created_at_column'], 'attach');
+	PERFORM @extschema@._check_attach_options(opts, pid);
+	PERFORM @extschema@._check_reconcile_options(opts, tbl);
+	IF current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
+		RAISE EXCEPTION 'database encoding % cannot be sent as JSON', current_setting('server_encoding')
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Carriers read JSON as UTF-8, and requests are rendered in the database encoding.',
+				  HINT = 'Keep the orders in a UTF8 database.';
+	END IF;
+
+	-- the key: given, or the single-column primary key
+	IF keycol IS NULL THEN
+		SELECT a.attname INTO keycol
+		FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+		WHERE i.indrelid = tbl AND i.indisprimary AND i.indnatts = 1;
+		IF keycol IS NULL THEN
+			RAISE EXCEPTION 'table % has no single-column primary key', tbl
+				USING ERRCODE = 'invalid_table_definition',
+					  HINT = 'Pass key_column => the column that identifies an order.';
+		END IF;
+	END IF;
+	SELECT format_type(a.atttypid, a.atttypmod) INTO keytype
+	FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = keycol AND a.attnum > 0 AND NOT a.attisdropped;
+	IF keytype IS NULL THEN
+		RAISE EXCEPTION 'column "%" of table % does not exist', keycol, tbl
+			USING ERRCODE = 'undefined_column',
+				  HINT = 'Pass key_column => the column that identifies an order.';
+	END IF;
+
+	-- write-back: shipment field -> order column
+	IF jsonb_typeof(wb) <> 'object' THEN
+		RAISE EXCEPTION 'writeback must be a JSON object of shipment fields to column names'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example {"tracking_number": "waybill_no"}.';
+	END IF;
+	FOR f, col IN SELECT key, value #>> '{}' FROM jsonb_each(wb) LOOP
+		IF f NOT IN ('tracking_number', 'status', 'provider_shipment_id', 'label_url', 'fee_total') THEN
+			RAISE EXCEPTION 'unknown write-back field "%"', f
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Write-back fields: tracking_number, status, provider_shipment_id, label_url, fee_total.';
+		END IF;
+		SELECT format_type(a.atttypid, a.atttypmod) INTO coltype
+		FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+		IF coltype IS NULL THEN
+			RAISE EXCEPTION 'write-back column "%" of table % does not exist', coalesce(col, ''), tbl
+				USING ERRCODE = 'undefined_column',
+					  HINT = 'Add the column first, or fix the writeback map.';
+		END IF;
+		IF col = keycol THEN
+			RAISE EXCEPTION 'the key column "%" cannot be a write-back column', col
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Write shipment fields into columns of their own.';
+		END IF;
+		-- a string type, or for fee_total numeric too (an integer, a float
+		-- or money would round or blur the amount without a word)
+		SELECT t.typcategory, t.oid = 'pg_catalog.numeric'::pg_catalog.regtype
+		INTO colcat, colnumeric
+		FROM pg_attribute a JOIN pg_type t
+			ON t.oid = coalesce(nullif(
+				(SELECT typbasetype FROM pg_type WHERE oid = a.atttypid), 0), a.atttypid)
+		WHERE a.attrelid = tbl AND a.attname = col;
+		IF colcat <> 'S' AND NOT (f = 'fee_total' AND colnumeric) THEN
+			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = CASE WHEN f = 'fee_total' THEN 'fee_total is an amount with decimals (12.50, 3.125): a column of this type would round it or lose its exact value.'
+								   ELSE format('%s is text.', f) END,
+					  HINT = CASE WHEN f = 'fee_total' THEN 'Use a numeric or text column.'
+								 ELSE 'Use a text or varchar column.' END;
+		END IF;
+		-- no explicit cast: assignment rules apply, so a tracking number too
+		-- long for a varchar(n) column fails loudly instead of being cut (a
+		-- fee_total into a string column is its text, as written)
+		sets := sets || format(CASE WHEN f = 'fee_total' AND colcat = 'S'
+									THEN '%I = COALESCE(shipsync_u.%I::pg_catalog.text, t.%I)'
+									ELSE '%I = COALESCE(shipsync_u.%I, t.%I)' END, col, f, col);
+		wbcols := wbcols || col;
+	END LOOP;
+
+	cancel_when := opts->>'cancel_when';
+	IF cancel_when IS NOT NULL AND cancel_when ~ ';' THEN
+		RAISE EXCEPTION 'option "cancel_when" must be one boolean expression'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example "status = ''cancelled''".';
+	END IF;
+	-- the restricted grammar, printed back with pg_catalog's operators:
+	-- no function, operator or cast of the caller's is ever planned here
+	IF cancel_when IS NOT NULL THEN
+		cancel_when := @extschema@._cancel_when_sql(cancel_when);
+	END IF;
+
+	-- The row itself and its write-back columns: the dispatcher prints the
+	-- request's body from the row (src/body.c: as json_build_object() and
+	-- row_to_json() would, with the type lookups once a batch rather than
+	-- once a column of every row) and keeps the row's digest
+	-- (shipsync._row_digest), what reconciliation compares the order with
+	-- later.  The row is t.*, never a bare t: a column named t would be
+	-- taken instead.  Operators and types qualified: the dispatcher, render_request() and
+	-- this function run these as the table's owner, each with a search_path
+	-- of its own.  (unnest of several arrays is grammar: pg_catalog's.)
+	render := format(
+		'SELECT shipsync_u.shipsync_id, t.%1$I IS NOT NULL AS found,'
+		' %4$s AS is_cancel, t.*::%2$s AS shipsync_row, %5$L::pg_catalog.text[] AS shipsync_skip'
+		' FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[])'
+		' AS shipsync_u(shipsync_id, shipsync_key)'
+		' LEFT JOIN %2$s AS t ON t.%1$I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%3$s',
+		keycol, tbl, keytype,
+		CASE WHEN cancel_when IS NULL THEN 'false'
+			 ELSE format('COALESCE((%s), false)', cancel_when) END,
+		ARRAY(SELECT c FROM unnest(wbcols) AS c ORDER BY 1));
+
+	IF array_length(sets, 1) > 0 THEN
+		wbsql := format(
+			'UPDATE %s AS t SET %s'
+			' FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[],'
+			' $4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.numeric[])'
+			' AS shipsync_u(shipsync_key, provider_shipment_id, tracking_number, status, label_url, fee_total)'
+			' WHERE t.%I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%s',
+			tbl, array_to_string(sets, ', '), keycol, keytype);
+	END IF;
+
+	-- prove both statements against the table now, not in the dispatcher,
+	-- and with the rights the dispatcher will have: the table owner's
+	BEGIN
+		PERFORM @extschema@._explain_as_owner(tbl, render, '{int8[], text[]}');
+		IF wbsql IS NOT NULL THEN
+			PERFORM @extschema@._explain_as_owner(tbl, wbsql,
+				'{text[], text[], text[], text[], text[], numeric[]}');
+		END IF;
+	EXCEPTION WHEN OTHERS THEN
+		RAISE EXCEPTION 'cannot attach table %: %', tbl, SQLERRM
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Check option cancel_when and the writeback columns'' types.';
+	END;
+
+	INSERT INTO @extschema@.binding AS b (tbl, provider_id, key_column, writeback, options, render_sql, writeback_sql)
+	VALUES (attach.tbl, pid, keycol, wb, opts, render, wbsql)
+	ON CONFLICT ON CONSTRAINT binding_tbl_key DO UPDATE
+	   SET provider_id = EXCLUDED.provider_id, key_column = EXCLUDED.key_column,
+		   writeback = EXCLUDED.writeback, options = EXCLUDED.options,
+		   render_sql = EXCLUDED.render_sql, writeback_sql = EXCLUDED.writeback_sql,
+		   active = true, created_at = now(), created_by = session_user
+	RETURNING b.binding_id INTO bid;
+
+	trigargs := array_to_string(ARRAY(SELECT quote_literal(x)
+		FROM unnest(ARRAY[bid::text, pid::text, keycol::text] || wbcols) x), ', ');
+	EXECUTE format('CREATE TRIGGER shipsync_capture AFTER INSERT OR UPDATE OR DELETE ON %s'
+				   ' FOR EACH ROW EXECUTE FUNCTION @extschema@.capture(%s)', tbl, trigargs);
+	IF opts->>'validate' = 'reject' THEN
+		EXECUTE format('CREATE TRIGGER shipsync_validate AFTER INSERT OR UPDATE ON %s'
+					   ' FOR EACH ROW EXECUTE FUNCTION @extschema@._validate(%L)', tbl, bid);
+	END IF;
+	PERFORM @extschema@._wake(true);
+	RETURN bid;
+END
+$$;
+ALTER FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) SET shipsync.audit_action = 'attach';

@@ -388,6 +388,8 @@ DECLARE
 	f text;
 	col text;
 	coltype text;
+	colcat "char";
+	colnumeric boolean;
 	sets text[] := '{}';
 	wbcols text[] := '{}';
 	render text;
@@ -474,21 +476,28 @@ BEGIN
 				USING ERRCODE = 'invalid_parameter_value',
 					  HINT = 'Write shipment fields into columns of their own.';
 		END IF;
-		IF (SELECT t.typcategory FROM pg_attribute a JOIN pg_type t
-				ON t.oid = coalesce(nullif(
-					(SELECT typbasetype FROM pg_type WHERE oid = a.atttypid), 0), a.atttypid)
-			WHERE a.attrelid = tbl AND a.attname = col)
-		   NOT IN ('S', CASE WHEN f = 'fee_total' THEN 'N' ELSE 'S' END) THEN
+		-- a string type, or for fee_total numeric too (an integer, a float
+		-- or money would round or blur the amount without a word)
+		SELECT t.typcategory, t.oid = 'pg_catalog.numeric'::pg_catalog.regtype
+		INTO colcat, colnumeric
+		FROM pg_attribute a JOIN pg_type t
+			ON t.oid = coalesce(nullif(
+				(SELECT typbasetype FROM pg_type WHERE oid = a.atttypid), 0), a.atttypid)
+		WHERE a.attrelid = tbl AND a.attname = col;
+		IF colcat <> 'S' AND NOT (f = 'fee_total' AND colnumeric) THEN
 			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
 				USING ERRCODE = 'datatype_mismatch',
-					  DETAIL = CASE WHEN f = 'fee_total' THEN 'fee_total is a numeric amount.'
+					  DETAIL = CASE WHEN f = 'fee_total' THEN 'fee_total is an amount with decimals (12.50, 3.125): a column of this type would round it or lose its exact value.'
 								   ELSE format('%s is text.', f) END,
 					  HINT = CASE WHEN f = 'fee_total' THEN 'Use a numeric or text column.'
 								 ELSE 'Use a text or varchar column.' END;
 		END IF;
 		-- no explicit cast: assignment rules apply, so a tracking number too
-		-- long for a varchar(n) column fails loudly instead of being cut
-		sets := sets || format('%I = COALESCE(shipsync_u.%I, t.%I)', col, f, col);
+		-- long for a varchar(n) column fails loudly instead of being cut (a
+		-- fee_total into a string column is its text, as written)
+		sets := sets || format(CASE WHEN f = 'fee_total' AND colcat = 'S'
+									THEN '%I = COALESCE(shipsync_u.%I::pg_catalog.text, t.%I)'
+									ELSE '%I = COALESCE(shipsync_u.%I, t.%I)' END, col, f, col);
 		wbcols := wbcols || col;
 	END LOOP;
 

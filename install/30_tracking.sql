@@ -372,19 +372,26 @@ BEGIN
 	kind := 'expired'; n := n_expired; RETURN NEXT;
 	n := NULL;
 
-	-- the fold over each touched shipment's whole history, in event time
+	-- the fold over each touched shipment's whole history, in event time:
+	-- the events of its waybill, not those of an earlier shipment of the
+	-- same order (deleted and inserted again, its key changed and changed
+	-- back), whose last word (returned, delivered) is not the new one's
 	RETURN QUERY
 	WITH touched AS (
 		SELECT DISTINCT t.bid, t.k FROM unnest(bids, oks) AS t(bid, k)),
 	-- one index scan per shipment, whatever the statistics say
 	f AS (
 		SELECT touched.bid AS binding_id, touched.k AS order_key, h.st
-		FROM touched CROSS JOIN LATERAL (
+		FROM touched
+		JOIN @extschema@.shipment s
+		  ON s.binding_id = touched.bid AND s.order_key = touched.k AND s.provider_id = pid
+		CROSS JOIN LATERAL (
 			SELECT @extschema@._status_fold(e.status, e.raw_status, c.rank, c.terminal,
 											c.recoverable ORDER BY e.occurred_at, e.event_id) AS st
 			FROM @extschema@.tracking_event e
 			JOIN @extschema@.canonical_status c ON c.name = e.status
-			WHERE e.binding_id = touched.bid AND e.order_key = touched.k) h),
+			WHERE e.binding_id = touched.bid AND e.order_key = touched.k
+			  AND e.tracking_number = s.tracking_number) h),
 	cur AS (
 		SELECT s.binding_id, s.order_key, s.status AS old, f.st[1] AS st, f.st[2] AS raw
 		FROM f JOIN @extschema@.shipment s

@@ -113,6 +113,24 @@ UPDATE loose SET ref = ref WHERE ref = 'L-7';
 UPDATE loose SET priority = 2 WHERE ref = 'L-7';
 SELECT order_key, op FROM shipsync.inbox WHERE order_key = 'L-7' ORDER BY id;
 
+-- a partitioned table: the triggers attach() makes are cloned onto each
+-- partition, one created after attach() too, and capture (and validation)
+-- take a partition's rows as the table's; another table's rows are not
+CREATE TABLE parted (id int NOT NULL, region text NOT NULL, receiver_name text) PARTITION BY LIST (region);
+CREATE TABLE parted_north PARTITION OF parted FOR VALUES IN ('north');
+SELECT shipsync.attach('parted', 'acme', key_column => 'id', options => '{"validate": "reject"}') > 0 AS attached;
+CREATE TABLE parted_south PARTITION OF parted FOR VALUES IN ('south');
+INSERT INTO parted VALUES (1, 'north', 'Li'), (2, 'south', 'Wang');
+UPDATE parted SET receiver_name = 'Zhao' WHERE id = 2;
+DELETE FROM parted WHERE id = 1;
+SELECT order_key, op FROM shipsync.inbox WHERE order_key IN ('1', '2') ORDER BY id;
+CREATE TABLE not_parted (id int NOT NULL, region text NOT NULL, receiver_name text);
+SELECT binding_id AS parted_binding FROM shipsync.binding WHERE tbl = 'parted'::regclass \gset
+SELECT format('CREATE TRIGGER shipsync_capture AFTER INSERT ON not_parted FOR EACH ROW EXECUTE FUNCTION shipsync.capture(%L, %L, %L)',
+	:parted_binding, (SELECT provider_id FROM shipsync.binding WHERE binding_id = :parted_binding), 'id') \gexec
+INSERT INTO not_parted VALUES (3, 'north', 'Sun');
+DROP TABLE not_parted, parted;
+
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA sales CASCADE;
 DROP OWNED BY shipsync_test_app;

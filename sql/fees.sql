@@ -644,3 +644,15 @@ SELECT o.fee, s.fee_total FROM orders2 o JOIN shipsync.shipment s ON s.tracking_
 SELECT kind, order_key, detail, resolved_at IS NULL AS open FROM shipsync.exception_ticket
 WHERE kind = 'fee_currency_mixed' AND order_key = '9'
   AND binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders2'::regclass);
+
+-- fee_total goes into a numeric column or, as written, a text one; an
+-- integer column would round it, and is refused
+CREATE TABLE orders3 (id int PRIMARY KEY, waybill text, fee integer, fee_text text);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders3', 'gen2', writeback => '{"fee_total": "fee"}')$$);
+SELECT shipsync.attach('orders3', 'gen2', writeback => '{"tracking_number": "waybill", "fee_total": "fee_text"}') > 0 AS attached;
+INSERT INTO orders3 (id) VALUES (1);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, '1', b.provider_id, 'X31', timestamptz '2026-05-10 12:00+00'
+FROM shipsync.binding b WHERE b.tbl = 'orders3'::regclass;
+SELECT pg_temp.bill('2026-11', E'X31,freight,13.70\n') ->> 'new' AS new;
+SELECT id, fee_text FROM orders3;

@@ -320,3 +320,26 @@ SELECT count(*) AS parked_left FROM shipsync.unmatched_event;
 SELECT at AT TIME ZONE 'UTC' AS at_utc, kind, detail->>'status' AS status, detail->>'raw_status' AS raw
 FROM shipsync.trace('crm.orders', '4') WHERE kind = 'tracking';
 SELECT array_agg(DISTINCT kind ORDER BY kind) AS kinds FROM shipsync.trace('crm.orders', '4');
+
+------------------------------------------------------------------------------
+-- An order shipped again under its key (deleted and inserted again, its key
+-- changed and changed back): its shipment row is reused for the new
+-- waybill, and only that waybill's events move it, not the old one's
+-- last word
+------------------------------------------------------------------------------
+INSERT INTO crm.orders (id) VALUES (40);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number)
+SELECT b.binding_id, '40', p.provider_id, 'OLD40' FROM shipsync.binding b, shipsync.provider p WHERE p.name = 'gen';
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('r40-a', 'OLD40', 'in_transit', '2026-03-01T01:00:00Z'),
+	pg_temp.ev('r40-b', 'OLD40', 'returned', '2026-03-02T01:00:00Z')))->'shipments_changed' AS changed;
+SELECT s.tracking_number, s.status, o.ship_status FROM shipsync.shipment s
+JOIN crm.orders o ON o.id::text = s.order_key WHERE s.order_key = '40';
+-- the create of the order shipped again, as the dispatcher's apply records it
+UPDATE shipsync.shipment SET tracking_number = 'NEW40', status = 'pre_transit', raw_status = NULL
+WHERE order_key = '40';
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('r40-c', 'NEW40', 'in_transit', '2026-03-05T01:00:00Z')))->'shipments_changed' AS changed;
+SELECT s.tracking_number, s.status, o.ship_status FROM shipsync.shipment s
+JOIN crm.orders o ON o.id::text = s.order_key WHERE s.order_key = '40';
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('r40-d', 'NEW40', 'delivered', '2026-03-06T01:00:00Z')))->'shipments_changed' AS changed;
+SELECT s.tracking_number, s.status, o.ship_status FROM shipsync.shipment s
+JOIN crm.orders o ON o.id::text = s.order_key WHERE s.order_key = '40';

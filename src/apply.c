@@ -92,6 +92,10 @@ typedef struct ApplyPlanDef
  * _quote_totals() for the whole batch, joined by position in the arrays
  * (a per-row function call was set up anew for every answer).
  */
+/* whether shipment s has a terminal status now */
+#define APPLY_TERMINAL \
+	"COALESCE((SELECT c.terminal FROM shipsync.canonical_status c WHERE c.name = s.status), false)"
+
 /*
  * The columns of a shipment created (APPLY_CREATE) and of one updated
  * (APPLY_UPDATE): the statements after each share its rows.
@@ -199,7 +203,10 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		"UPDATE shipsync.shipment AS s SET"
 		" tracking_number = COALESCE(u.tn, s.tracking_number),"
 		" label_url = COALESCE(u.label, s.label_url),"
-		" status = COALESCE(u.status, s.status), raw_status = COALESCE(u.raw, s.raw_status),"
+		/* a terminal status stays: an update's or a cancel's answer about a delivered parcel */
+		" status = CASE WHEN " APPLY_TERMINAL " THEN s.status ELSE COALESCE(u.status, s.status) END,"
+		" raw_status = CASE WHEN " APPLY_TERMINAL " THEN s.raw_status"
+		"   ELSE COALESCE(u.raw, s.raw_status) END,"
 		" fees = COALESCE(f.fees, s.fees), fee_total = COALESCE(f.total, s.fee_total),"
 		" content_digest = COALESCE(u.cdigest, s.content_digest),"
 		" updated_at = pg_catalog.now()"

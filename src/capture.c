@@ -35,6 +35,7 @@
 #include "access/xact.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_sequence.h"
 #include "catalog/pg_type.h"
@@ -599,6 +600,27 @@ capture_enqueue(int32 binding_id, int32 provider_id, const char *key,
 	table_close(rel, NoLock);
 }
 
+/*
+ * Whether rel is the attached table relid, or one of its partitions: the
+ * row triggers attach() makes on a partitioned table are cloned onto each
+ * partition and fire with the partition's relation.
+ */
+bool
+capture_table_is(Relation rel, Oid relid)
+{
+	List	   *ancestors;
+	bool		under;
+
+	if (RelationGetRelid(rel) == relid)
+		return true;
+	if (!OidIsValid(relid) || !rel->rd_rel->relispartition)
+		return false;
+	ancestors = get_partition_ancestors(RelationGetRelid(rel));
+	under = list_member_oid(ancestors, relid);
+	list_free(ancestors);
+	return under;
+}
+
 static void
 capture_check_binding(int32 binding_id, int32 provider_id, Relation rel)
 {
@@ -660,7 +682,7 @@ capture_check_binding(int32 binding_id, int32 provider_id, Relation rel)
 											SPI_tuptable->tupdesc, 2, &isnull));
 	SPI_finish();
 	SetUserIdAndSecContext(save_userid, save_sec);
-	if (boundrel != relid || boundprov != provider_id)
+	if (!capture_table_is(rel, boundrel) || boundprov != provider_id)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("table \"%s\" is not attached to pg_shipsync binding %d",

@@ -1001,6 +1001,7 @@ extern void writeback_orders_all(int32 *bids, Datum *keys, Datum *statuses,
 extern void capture_suppress(void);
 extern void capture_unsuppress(void);
 extern bool capture_suppressed(void);
+extern bool capture_table_is(Relation rel, Oid relid);
 extern void shipsync_wake_at_commit(int32 provider_id, bool config_changed);
 extern int64 shipsync_next_intent_id(Oid seqid);
 extern int64 shipsync_peek_intent_id(Oid seqid);

@@ -236,7 +236,7 @@ shipsync_validate(PG_FUNCTION_ARGS)
 	binding_id = pg_strtoint32(td->tg_trigger->tgargs[0]);
 	vc = validate_lookup(binding_id);
 	/* a trigger made by hand, on a table that is not the binding's */
-	if (vc->relid != RelationGetRelid(td->tg_relation))
+	if (!capture_table_is(td->tg_relation, vc->relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("table \"%s\" is not attached to pg_shipsync binding %d",

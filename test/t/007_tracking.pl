@@ -215,6 +215,23 @@ unlike($out, qr/delivered|in_transit|$tn/, 'the payload holds no status and no t
 is($node->safe_psql('postgres', "SELECT ship_status FROM crm.orders WHERE id = $key"),
 	'delivered', 'and written onto the order row in the same transaction');
 
+# 5b. a delivered parcel stays delivered: the answer to an update of the
+# order (the simulator answers with the status of its own record, which
+# its clock has not moved yet) does not move a terminal status back
+$node->safe_psql('postgres', "UPDATE crm.orders SET customer = customer || ' (paid)' WHERE id = $key");
+ok( wait_until(
+		$node,
+		qq{SELECT count(*) = 1 FROM shipsync.outbox WHERE order_key = '$key' AND op = 'update' AND state = 'done'},
+		60),
+	'the update of a delivered order is sent');
+is( $node->safe_psql(
+		'postgres',
+		qq{SELECT s.status || ' ' || o.ship_status FROM shipsync.shipment s
+		   JOIN crm.orders o ON o.id::text = s.order_key AND s.provider_id = (SELECT provider_id FROM shipsync.provider WHERE name = 'sim')
+		   WHERE o.id = $key}),
+	'delivered delivered',
+	'and its answer leaves the shipment and the order row delivered');
+
 # 6. trace() shows the order's tracking events in time order
 is( $node->safe_psql(
 		'postgres', qq{SELECT count(*) FROM shipsync.trace('crm.orders', '$key') WHERE kind = 'tracking'}),

@@ -361,6 +361,16 @@ dispatcher_load_config(void)
 	}
 	/* breaker, hold and tokens: in shared memory, kept across restarts */
 	health_attach(ps, np, GetCurrentTimestamp());
+	for (int i = 0; i < np; i++)
+	{
+		Provider   *old = find_provider(ps[i].id);
+
+		/* paused, or just resumed (an answer in flight held it meanwhile) */
+		if ((ps[i].paused || (old && old->paused)) && health_end_hold(&ps[i]))
+			ereport(LOG,
+					(errmsg("pg_shipsync: provider \"%s\" was paused: the wait its carrier asked for is over",
+							ps[i].name)));
+	}
 	for (int i = 0; i < nproviders; i++)
 	{
 		if (providers[i].oauth_token)

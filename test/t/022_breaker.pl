@@ -16,7 +16,8 @@
 #   7. a wait the carrier asks for is capped at a day, whatever
 #      X-RateLimit-Reset says (a Unix time years away, one in milliseconds,
 #      a number past any date): the hold and the retry come within the
-#      day, and the outbox stays readable and dumpable.
+#      day, and the outbox stays readable and dumpable; a pause and a
+#      resume of the provider end its hold.
 use strict;
 use warnings;
 use FindBin;
@@ -277,6 +278,16 @@ is($closed, 1, 'close: logged once');
 	is("$rc $err", '0 ', 'wait: every row of the outbox can be read');
 	my $dump = $node->basedir . '/wait.sql';
 	$node->command_ok([ 'pg_dump', '-f', $dump, 'postgres' ], 'wait: the database can be dumped');
+
+	# a DBA who wants to send before then: pause, resume, retry
+	sql(q{SELECT shipsync.pause('wait_years')});
+	ok( wait_until($node,
+			"SELECT hold_until IS NULL FROM shipsync.provider_health WHERE provider = 'wait_years'", 30),
+		'wait: a paused provider is held no longer');
+	sql(qq{SELECT shipsync.resume('wait_years');
+		SELECT shipsync.retry(id) FROM shipsync.outbox WHERE order_key = '$id{years}'});
+	ok( wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.wait_years WHERE id = $id{years}", 30),
+		'wait: resumed and retried, the order is delivered at once');
 }
 
 $node->stop;

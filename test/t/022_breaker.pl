@@ -17,7 +17,10 @@
 #      X-RateLimit-Reset says (a Unix time years away, one in milliseconds,
 #      a number past any date): the hold and the retry come within the
 #      day, and the outbox stays readable and dumpable; a pause and a
-#      resume of the provider end its hold.
+#      resume of the provider end its hold;
+#   8. an answer with a header line longer than libcurl takes is the
+#      carrier's fault, not this server's: a transport failure the
+#      breaker counts, and no "out of resources" in the log.
 use strict;
 use warnings;
 use FindBin;
@@ -288,6 +291,35 @@ is($closed, 1, 'close: logged once');
 		SELECT shipsync.retry(id) FROM shipsync.outbox WHERE order_key = '$id{years}'});
 	ok( wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.wait_years WHERE id = $id{years}", 30),
 		'wait: resumed and retried, the order is delivered at once');
+}
+
+###########################################################################
+# 8. A header line longer than libcurl takes
+###########################################################################
+{
+	sql(qq{SELECT shipsync.create_provider('bighdr', 'generic', '$sim->{url}',
+			'{"timeout_ms": 5000, "max_attempts": 1000, "backoff_base_ms": 20, "backoff_max_ms": 50,
+			  "breaker_failures": 2, "breaker_cooldown_ms": 1000}');
+		CREATE TABLE crm.bighdr (LIKE crm.orders INCLUDING ALL);
+		SELECT shipsync.attach('crm.bighdr', 'bighdr', writeback => '{"tracking_number": "waybill_no"}');});
+	my $id = sql("SELECT nextval('crm.orders_id_seq')");
+	# 200 KB: libcurl 7.88 refuses a header line over 100 KB as out of memory
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'big_header', bytes => 200 * 1024, match_order_ref => "^$id\$" } ] });
+	my $off = -s $node->logfile;
+	sql("INSERT INTO crm.bighdr (id, customer) VALUES ($id, 'Big header')");
+	# the breaker opens on the second failure, logged before a third goes
+	ok(wait_until($node, "SELECT attempts >= 3 FROM shipsync.outbox WHERE order_key = '$id'", 30),
+		'big header: tried again');
+	like(sql("SELECT error_class || ': ' || last_error FROM shipsync.outbox WHERE order_key = '$id'"),
+		qr/^transport: .*header line/, 'big header: a transport failure that says what was wrong');
+	my $log = slurp_file($node->logfile, $off);
+	unlike($log, qr/out of resources sending intent/, 'big header: the log does not blame this server');
+	like($log, qr/circuit breaker of provider "bighdr" opened after 2 consecutive failures/,
+		'big header: the breaker counts it');
+	sim_post($sim, '/_sim/faults', { rules => [] });
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.bighdr WHERE id = $id", 30),
+		'big header: delivered once the answer is whole');
 }
 
 $node->stop;

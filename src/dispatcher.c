@@ -361,6 +361,16 @@ dispatcher_load_config(void)
 	}
 	/* breaker, hold and tokens: in shared memory, kept across restarts */
 	health_attach(ps, np, GetCurrentTimestamp());
+	for (int i = 0; i < np; i++)
+	{
+		Provider   *old = find_provider(ps[i].id);
+
+		/* paused, or just resumed (an answer in flight held it meanwhile) */
+		if ((ps[i].paused || (old && old->paused)) && health_end_hold(&ps[i]))
+			ereport(LOG,
+					(errmsg("pg_shipsync: provider \"%s\" was paused: the wait its carrier asked for is over",
+							ps[i].name)));
+	}
 	for (int i = 0; i < nproviders; i++)
 	{
 		if (providers[i].oauth_token)
@@ -1340,23 +1350,17 @@ judge_retry_or_dead(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v,
 }
 
 /*
- * The wait a failed answer asked for, in ms: Retry-After, else (on a 429
- * or 503) X-RateLimit-Reset, as seconds, an HTTP date or a Unix time; -1
- * when it asked for none.
+ * The wait a failed answer asked for, in ms (at most a day, retry.c):
+ * Retry-After, else (on a 429 or 503) X-RateLimit-Reset, as seconds, an
+ * HTTP date or a Unix time; -1 when it asked for none.
  */
 static long
 judge_wait_asked(HttpTransfer *t)
 {
-	long		delay = shipsync_parse_retry_after(t->retry_after, (time_t) time(NULL));
-	long		reset = shipsync_parse_retry_after(t->ratelimit_reset, (time_t) time(NULL));
+	time_t		now = time(NULL);
+	long		delay = shipsync_parse_wait(t->retry_after, false, now);
+	long		reset = shipsync_parse_wait(t->ratelimit_reset, true, now);
 
-	/* X-RateLimit-Reset may be a Unix time rather than seconds */
-	if (t->ratelimit_reset && reset > 86400L * 1000 - 1)
-	{
-		long		epoch = strtol(t->ratelimit_reset, NULL, 10);
-
-		reset = epoch > (long) time(NULL) ? (epoch - (long) time(NULL)) * 1000 : 0;
-	}
 	if (delay < 0 && reset >= 0 && (t->http_status == 429 || t->http_status == 503))
 		delay = reset;
 	return delay;

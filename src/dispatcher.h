@@ -382,6 +382,7 @@ extern void health_poll_answered(int32 provider_id, const char *name,
 extern TimestampTz health_wake_at(Provider *p, TimestampTz now);
 extern void health_sent(Provider *p, const Claimed *cs, int n);
 extern void health_hold(Provider *p, TimestampTz until);
+extern bool health_end_hold(Provider *p);
 extern void health_record(Provider *p, const ShipResult *r, TimestampTz now);
 
 /* in poller.c: the tracking poller, driven by the dispatcher's loop */

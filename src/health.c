@@ -14,6 +14,10 @@
  * taken, a provider's state is kept in this process only (a WARNING says
  * so once) and is lost with it.
  *
+ * The hold: a 429 or 503 that asked to wait (at most a day, retry.c)
+ * holds every intent of the provider until then; a provider seen paused
+ * has its hold ended, so that pause() and resume() send again at once.
+ *
  * The breaker: breaker_failures consecutive attempts whose error class is a
  * breaker class (transport failures and 5xx, see retry.c) open it: nothing
  * is sent to the provider for breaker_cooldown_ms, its intents wait (they
@@ -233,6 +237,23 @@ health_hold(Provider *p, TimestampTz until)
 	if (until > p->st->hold_until)
 		p->st->hold_until = until;
 	LWLockRelease(shipsync_shared->health_lock);
+}
+
+/*
+ * End p's hold, if it has one: a DBA paused the provider (pause() and
+ * resume() are how they send before the carrier's time).  Returns whether
+ * there was a hold.
+ */
+bool
+health_end_hold(Provider *p)
+{
+	bool		held;
+
+	LWLockAcquire(shipsync_shared->health_lock, LW_EXCLUSIVE);
+	held = p->st->hold_until != 0;
+	p->st->hold_until = 0;
+	LWLockRelease(shipsync_shared->health_lock);
+	return held;
 }
 
 /* The histogram bucket of a latency */

@@ -1357,6 +1357,27 @@ http_inflight(HttpClient *c)
 }
 
 /*
+ * libcurl 7.88 fails with CURLE_OUT_OF_MEMORY when a header line of the
+ * answer is longer than it takes (CURL_MAX_HTTP_HEADER, 100 kB), which is
+ * the carrier's doing, not this server's: once the answer's first bytes
+ * have come, that failure is an unreadable answer (class transport, which
+ * the breaker counts), and says so.  Before them it stays a resource
+ * failure of ours.
+ */
+static void
+http_note_unreadable_header(HttpTransfer *t, CURL *easy)
+{
+	curl_off_t	first_byte = 0;
+
+	curl_easy_getinfo(easy, CURLINFO_STARTTRANSFER_TIME_T, &first_byte);
+	if (first_byte <= 0)
+		return;
+	t->curl_code = CURLE_WEIRD_SERVER_REPLY;
+	strlcpy(t->errbuf, "the answer's header could not be read: a header line is longer "
+			"than the 100 kB libcurl takes", sizeof(t->errbuf));
+}
+
+/*
  * Transfer t, out of the multi handle, is over: its handle back to the
  * pool, its header list freed, and onto the done list.
  */
@@ -1423,6 +1444,8 @@ http_collect(HttpClient *c)
 			curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version);
 			http_peer_learn(t, version == CURL_HTTP_VERSION_2_0 ? PEER_H2 : PEER_H1);
 		}
+		if (t->curl_code == CURLE_OUT_OF_MEMORY)
+			http_note_unreadable_header(t, easy);
 		if (t->resend_refused)
 		{
 			/* what libcurl answers when it cannot send a body again */

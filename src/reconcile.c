@@ -543,7 +543,7 @@ pull_failed(Pull *pl, Provider *p, HttpTransfer *t, const char *msg, TimestampTz
 		return;
 	}
 	if (t->curl_code == CURLE_OK && (t->http_status == 429 || t->http_status == 503))
-		delay = shipsync_parse_retry_after(t->retry_after, (time_t) time(NULL));
+		delay = shipsync_parse_wait(t->retry_after, false, time(NULL));
 	if (delay >= 0 && p)
 		health_hold(p, TimestampTzPlusMilliseconds(now, delay));
 	if (delay < 0)

@@ -21,7 +21,8 @@
  *	- a 2xx whose body cannot be read is transient (the carrier replays its
  *	  first answer to the same key);
  *	- backoff is exponential with full jitter, capped; Retry-After (seconds
- *	  or an HTTP date) overrides it.
+ *	  or an HTTP date) overrides it, and so does X-RateLimit-Reset on a 429
+ *	  or 503: any wait a carrier asks for is capped at one day.
  *
  *-------------------------------------------------------------------------
  */
@@ -203,16 +204,26 @@ shipsync_tls_alert(int curl_code, const char *errbuf)
 	return routines != NULL && strstr(routines, " alert ") != NULL;
 }
 
+#define WAIT_MAX_S		86400		/* the longest wait a carrier may ask for */
+#define WAIT_DIGITS_MAX	1000000000000000LL	/* 10^15: larger numbers read as it */
+#define WAIT_EPOCH_MS	100000000000LL	/* 10^11: a Unix time from here on is in ms */
+
 /*
- * Delay in milliseconds asked by a Retry-After (or rate-limit reset) value:
- * delta-seconds or an HTTP date.  Returns -1 when the value is absent or
- * unreadable, 0 for a date in the past.  Capped at one day.
+ * The wait, in milliseconds, that a carrier asked for in a Retry-After or
+ * (reset) an X-RateLimit-Reset header: -1 when value is absent or
+ * unreadable, else between 0 (a time past) and one day, whatever it says.
+ * Retry-After is delta-seconds or an HTTP date.  X-RateLimit-Reset is
+ * seconds too when below a day, else a Unix time: in seconds, or in
+ * milliseconds from 10^11 on (as seconds, the year 5138), or an HTTP date.
+ * Numbers of any length are read without overflow: the digits beyond 10^15
+ * only make the wait the longest.
  */
 long
-shipsync_parse_retry_after(const char *value, time_t now)
+shipsync_parse_wait(const char *value, bool reset, time_t now)
 {
 	const char *p;
-	long		secs = 0;
+	long long	n = 0;
+	long long	secs;
 	time_t		when;
 
 	if (value == NULL)
@@ -224,8 +235,8 @@ shipsync_parse_retry_after(const char *value, time_t now)
 
 	for (p = value; isdigit((unsigned char) *p); p++)
 	{
-		if (secs <= 86400)
-			secs = secs * 10 + (*p - '0');
+		if (n < WAIT_DIGITS_MAX)
+			n = n * 10 + (*p - '0');
 	}
 	if (p != value)
 	{
@@ -233,19 +244,23 @@ shipsync_parse_retry_after(const char *value, time_t now)
 			p++;
 		if (*p != '\0')
 			return -1;
-		if (secs > 86400)
-			secs = 86400;
-		return secs * 1000;
+		if (!reset || n < WAIT_MAX_S)
+			secs = n;
+		else
+			secs = (n >= WAIT_EPOCH_MS ? n / 1000 : n) - (long long) now;
 	}
-
-	when = curl_getdate(value, NULL);
-	if (when == (time_t) -1)
-		return -1;
-	if (when <= now)
-		return 0;
-	if (when - now > 86400)
-		return 86400L * 1000;
-	return (long) (when - now) * 1000;
+	else
+	{
+		when = curl_getdate(value, NULL);
+		if (when == (time_t) -1)
+			return -1;
+		secs = (long long) when - (long long) now;
+	}
+	if (secs < 0)
+		secs = 0;
+	if (secs > WAIT_MAX_S)
+		secs = WAIT_MAX_S;
+	return (long) secs * 1000;
 }
 
 /*

@@ -793,18 +793,22 @@ shipsync_execute_as_owner(Oid owner, SPIPlanPtr plan, ArgArrays *a, bool read_on
 
 /*
  * s percent-encoded for a URL path segment: everything but the unreserved
- * characters of RFC 3986 (ASCII letters, digits, "-", "_", ".", "~").
+ * characters of RFC 3986 (ASCII letters, digits, "-", "_", ".", "~").  A
+ * segment of "." or ".." is a dot segment, which libcurl removes with the
+ * one before it (RFC 3986, 5.2.4): its dots are encoded too (%2E), so that
+ * an id the carrier chose stays one segment, sent as request_url says.
  */
 char *
 shipsync_url_escape(const char *s)
 {
 	StringInfoData buf;
+	bool		dots = strcmp(s, ".") == 0 || strcmp(s, "..") == 0;
 
 	initStringInfo(&buf);
 	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
 	{
 		if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-			*p == '-' || *p == '_' || *p == '.' || *p == '~')
+			*p == '-' || *p == '_' || (*p == '.' && !dots) || *p == '~')
 			appendStringInfoChar(&buf, (char) *p);
 		else
 			appendStringInfo(&buf, "%%%02X", *p);

@@ -10,7 +10,8 @@
  * pushes (the webhook secret): the stored body holds placeholders that
  * kuaidi100_sign() replaces when the request goes, so that neither is ever
  * stored in the outbox (which readers may see) nor shown by
- * render_request().  Pushes are forms too: param, signed by sign =
+ * render_request().  Only the values of members "key" and "salt" are
+ * replaced: a waybill that reads like a placeholder stays a waybill.  Pushes are forms too: param, signed by sign =
  * UPPER(MD5(param + salt)), answered with Kuaidi100's success body.
  *
  *-------------------------------------------------------------------------
@@ -60,15 +61,28 @@ kuaidi100_register(Provider *p, Claimed *c, const char *tracking_number)
 /*
  * A stored Kuaidi100 subscription with a secret put in place of its
  * placeholder (JSON-escaped, then form-encoded, as the rest of param).
+ *
+ * The placeholder is found with the member it is the value of, form-encoded
+ * as the body is: "key":"__SHIPSYNC_KUAIDI100_KEY__".  The quotes around the
+ * colon are JSON's own, which no string value can hold unescaped: a waybill
+ * (the shipping carrier's text) that reads like a placeholder is a string
+ * value, so it is never taken for one and is sent as it came.
  */
 static char *
-kuaidi100_fill(const char *body, const char *placeholder, const char *secret)
+kuaidi100_fill(const char *body, const char *member, const char *placeholder,
+			   const char *secret)
 {
-	const char *at = strstr(body, placeholder);
+	char	   *json = psprintf("\"%s\":\"%s\"", member, placeholder);
+	char	   *needle = shipsync_urlencode_form(json);
+	const char *at = strstr(body, needle);
+	/* where the value begins: past the encoded "member":" */
+	size_t		skip = strlen(needle) - strlen(placeholder) - strlen("%22");
 	StringInfoData esc;
 	char	   *enc;
 	char	   *out;
 
+	free(needle);
+	pfree(json);
 	if (at == NULL)
 		return pstrdup(body);
 	initStringInfo(&esc);
@@ -76,8 +90,8 @@ kuaidi100_fill(const char *body, const char *placeholder, const char *secret)
 	/* without the quotes escape_json adds: the placeholder sits inside them */
 	esc.data[esc.len - 1] = '\0';
 	enc = shipsync_urlencode_form(esc.data + 1);
-	out = psprintf("%.*s%s%s", (int) (at - body), body, enc,
-				   at + strlen(placeholder));
+	out = psprintf("%.*s%s%s", (int) (at + skip - body), body, enc,
+				   at + skip + strlen(placeholder));
 	free(enc);
 	return out;
 }
@@ -87,9 +101,9 @@ static struct curl_slist *
 kuaidi100_sign(Provider *p, Claimed *c, struct curl_slist *h)
 {
 	if (c->body && p->kd_key)
-		c->body = kuaidi100_fill(c->body, KUAIDI100_KEY, p->kd_key);
+		c->body = kuaidi100_fill(c->body, "key", KUAIDI100_KEY, p->kd_key);
 	if (c->body && p->tr_salt)
-		c->body = kuaidi100_fill(c->body, KUAIDI100_SALT, p->tr_salt);
+		c->body = kuaidi100_fill(c->body, "salt", KUAIDI100_SALT, p->tr_salt);
 	return h;
 }
 

@@ -192,7 +192,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				shipsync_free_ship_response(&r);
 			break;
 		case 2:
-			(void) shipsync_parse_retry_after(s, (time_t) 1700000000);
+			{
+				/* whatever the carrier says: no wait, or one of a day at most */
+				long		wait = shipsync_parse_wait(s, (data[0] / 12) % 2 == 0,
+													   (time_t) 1700000000);
+
+				if (wait < -1 || wait > 86400L * 1000)
+					abort();
+			}
 			(void) shipsync_is_decimal(s);
 			{
 				ShipAllowList *l = shipsync_allowlist_parse(s, err, sizeof(err));

@@ -50,10 +50,11 @@ import track_sim  # tracking registrations: /v2/trackers, /trackings, /poll
 
 LISTEN_HOST = "127.0.0.1"              # the only address we ever bind
 DEFAULT_OVERSIZED_BYTES = 8 * 1024 * 1024
+DEFAULT_BIG_HEADER_BYTES = 200 * 1024  # twice libcurl's limit of a header line
 MAX_BODY_BYTES = 64 * 1024 * 1024      # refuse request bodies above this
 
 FAULT_TYPES = ("status", "slow", "reset_before", "reset_after",
-               "malformed", "oversized", "close", "hostile",
+               "malformed", "oversized", "big_header", "close", "hostile",
                # faults of the carrier's own records (reconciliation):
                "forget",      # a create is answered 201, then forgotten
                "duplicate")   # a create records a second shipment too
@@ -66,6 +67,7 @@ FAULT_FIELDS = {
     "status": {"status", "retry_after", "reset_header", "location", "body", "body_base64"},
     "slow": {"ms", "held"},
     "oversized": {"bytes"},
+    "big_header": {"bytes"},
     "hostile": {"field", "kind", "bytes", "text"},
 }
 
@@ -189,8 +191,9 @@ class FaultRule:
             self.held = spec.get("held", False)
             if not isinstance(self.held, bool):
                 raise ConfigError("%s: 'held' must be true or false" % where)
-        elif fault == "oversized":
-            self.bytes = spec.get("bytes", DEFAULT_OVERSIZED_BYTES)
+        elif fault in ("oversized", "big_header"):
+            self.bytes = spec.get("bytes", DEFAULT_OVERSIZED_BYTES if fault == "oversized"
+                                  else DEFAULT_BIG_HEADER_BYTES)
             if not is_int(self.bytes) or not 0 < self.bytes <= 1024 ** 3:
                 raise ConfigError("%s: 'bytes' must be an integer in 1..1 GiB" % where)
         elif fault == "hostile":
@@ -338,6 +341,7 @@ class SimState:
         self.attempts = {}         # Idempotency-Key -> requests seen with it
         self.key_refs = {}         # Idempotency-Key -> order_ref of its first request
         self.arrivals = {}         # Idempotency-Key -> monotonic time of each request
+        self.paths = {}            # Idempotency-Key -> "METHOD path" of each request, as sent
         self.shipments = {}        # id -> record (dicts keep creation order)
         self.next_id = 1
         self.tracking_used = set()
@@ -412,11 +416,13 @@ class SimState:
 
     def list_attempts(self):
         """Every Idempotency-Key seen, with how many requests carried it, the
-        order_ref of the first one (None if it had none) and when each
-        arrived (seconds on the simulator's monotonic clock)."""
+        order_ref of the first one (None if it had none), when each
+        arrived (seconds on the simulator's monotonic clock) and its method
+        and path as they came, percent-encoding and all."""
         with self.lock:
             return {key: {"requests": n, "order_ref": self.key_refs.get(key),
-                          "arrived": list(self.arrivals.get(key, ()))}
+                          "arrived": list(self.arrivals.get(key, ())),
+                          "paths": list(self.paths.get(key, ()))}
                     for key, n in self.attempts.items()}
 
     def list_shipments(self, order_ref=None):
@@ -463,6 +469,7 @@ class SimState:
                 self.attempts[key] = attempt
                 self.key_refs.setdefault(key, order_ref)
                 self.arrivals.setdefault(key, []).append(time.monotonic())
+                self.paths.setdefault(key, []).append("%s %s" % (method, path))
             for rule in self.rules:
                 if not rule.applies(method, path, attempt, order_ref):
                     continue
@@ -1352,6 +1359,8 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
             answer = answer[:max(1, len(answer) // 2)]   # cut: no longer valid JSON
         elif fault == "hostile" and 200 <= status < 300:
             answer = hostile_body(answer, rule)
+        elif fault == "big_header":
+            headers = list(headers) + [("X-Padding", "a" * rule.bytes)]
         elif fault == "oversized":
             self._send_padded(status, oversize_parts(answer, rule.bytes), headers)
             self._log(status, key, rule)
@@ -1864,6 +1873,18 @@ def run_selftest(server, port):
     check("error" not in held and held.get("answer", (0,))[0] == 201,
           "held request: %r" % held)
     c.json("POST", "/_sim/faults", {"rules": [{"fault": "slow", "ms": 1, "held": 1}]}, expect=400)
+
+    # big_header: recorded, answered with one long header line; the
+    # attempts list each request's method and path as they came
+    c.json("POST", "/_sim/faults", {"rules": [
+        {"fault": "big_header", "bytes": 3000, "match_order_ref": "^BIGH-"}]})
+    status, resp, _ = c.call("POST", "/shipments", order("BIGH-1"), "k-bigh")
+    check(status == 201 and len(resp.getheader("X-Padding") or "") == 3000,
+          "big_header: %r %r" % (status, len(resp.getheader("X-Padding") or "")))
+    check(len(c.json("GET", "/_sim/shipments?order_ref=BIGH-1")) == 1, "big_header: not recorded")
+    c.call("PATCH", "/shipments/%2E%2E", dumps({"order_ref": "X"}), "k-dots")
+    check(c.json("GET", "/_sim/attempts")["k-dots"]["paths"] == ["PATCH /shipments/%2E%2E"],
+          "attempts: paths %r" % c.json("GET", "/_sim/attempts")["k-dots"])
     c.json("POST", "/_sim/faults", {"rules": []})
     selftest_records(c)
     c.conn.close()

@@ -12,7 +12,10 @@
 #   3. refused credentials: dead with an auth ticket, not retried, and the
 #      shipping side goes on;
 #   4. a transient error is retried;
-#   5. the Kuaidi100 key is never stored in the outbox.
+#   5. the Kuaidi100 key is never stored in the outbox;
+#   6. a waybill that reads like one of the Kuaidi100 placeholders (the
+#      shipping carrier chose it) is sent as it is: the key and the salt go
+#      where they belong, and a push signed with that salt is accepted.
 use strict;
 use warnings;
 use FindBin;
@@ -144,7 +147,12 @@ ok(wait_until($node, q{SELECT count(*) = 1 FROM shipsync.shipment s JOIN shipsyn
 my ($chain_reg) = grep { $_->{dialect} eq 'kuaidi100' && $_->{number} eq
 	  sql("SELECT waybill_no FROM o_chain WHERE id = 50") } @{ sim_get($sim, '/_sim/track/registrations') };
 is($chain_reg->{salt}, 's4lt', 'chain: the subscription carries webhook_secret as its salt');
-my $summary = sql(q{
+# A Kuaidi100 push of "delivered" for the waybill of row $id of $table,
+# signed with $salt: what ingest_tracking() says it changed
+sub push_delivered
+{
+	my ($table, $id, $salt) = @_;
+	return sql(qq{
 	WITH p AS (
 		SELECT json_build_object('status', 'polling', 'lastResult', json_build_object(
 			'state', '3', 'ischeck', '1', 'com', 'shunfeng', 'nu', waybill_no,
@@ -154,17 +162,53 @@ my $summary = sql(q{
 				json_build_object('context', '快件已揽收', 'time', '2026-11-26 18:00:00',
 					'ftime', '2026-11-26 18:00:00', 'status', '揽收', 'areaName', '深圳市')))
 		)::text AS param
-		FROM o_chain WHERE id = 50),
+		FROM $table WHERE id = $id),
 	f AS (
-		SELECT 'param=' || (SELECT string_agg(CASE WHEN c ~ '^[A-Za-z0-9._~-]$' THEN c
-				ELSE upper(regexp_replace(encode(convert_to(c, 'UTF8'), 'hex'), '(..)', '%\1', 'g')) END,
+		SELECT 'param=' || (SELECT string_agg(CASE WHEN c ~ '^[A-Za-z0-9._~-]\$' THEN c
+				ELSE upper(regexp_replace(encode(convert_to(c, 'UTF8'), 'hex'), '(..)', '%\\1', 'g')) END,
 				'' ORDER BY n) FROM regexp_split_to_table(param, '') WITH ORDINALITY AS t(c, n))
-			|| '&sign=' || upper(md5(param || 's4lt')) AS body
+			|| '&sign=' || upper(md5(param || '$salt')) AS body
 		FROM p)
 	SELECT shipsync.ingest_tracking('kd', body)->>'shipments_changed' FROM f});
-is($summary, '1', 'chain: the kuaidi100 push changed one shipment');
+}
+is(push_delivered('o_chain', 50, 's4lt'), '1', 'chain: the kuaidi100 push changed one shipment');
 is(sql("SELECT ship_status FROM o_chain WHERE id = 50"), 'delivered',
 	'chain: the order row says delivered');
+
+# 6. waybills that read like the placeholders, as the shipping carrier
+# answered them
+sql(q{CREATE TABLE o_ph (id bigint PRIMARY KEY, customer text, waybill_no text, ship_status text);
+	SELECT shipsync.attach('o_ph', 'ship',
+		writeback => '{"tracking_number": "waybill_no", "status": "ship_status"}',
+		options => '{"tracking_provider": "kd"}');});
+my %placeholder = (70 => '__SHIPSYNC_KUAIDI100_KEY__', 71 => '__SHIPSYNC_KUAIDI100_SALT__');
+sim_post($sim, '/_sim/faults', { rules => [ map {
+	{ fault => 'hostile', field => 'tracking_number', kind => 'text', text => $placeholder{$_},
+	  path => '^/shipments$', match_order_ref => "^$_\$" } } sort keys %placeholder ] });
+sql("INSERT INTO o_ph VALUES (70, 'c70'), (71, 'c71')");
+ok( wait_until($node, q{SELECT count(*) = 2 FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'kd' AND o.op = 'register' AND o.order_key IN ('70', '71') AND o.state IN ('done', 'dead')}, 30),
+	'placeholder waybills: both registrations ended');
+$regs = sim_get($sim, '/_sim/track/registrations');
+for my $id (sort keys %placeholder)
+{
+	my $number = $placeholder{$id};
+	is( sql(qq{SELECT o.state || '|' || s.tracking_number FROM shipsync.outbox o
+			JOIN shipsync.provider p USING (provider_id)
+			LEFT JOIN shipsync.shipment s ON s.provider_id = o.provider_id AND s.order_key = o.order_key
+			WHERE p.name = 'kd' AND o.op = 'register' AND o.order_key = '$id'}),
+		"done|$number", "placeholder waybill $number: registered, the key accepted");
+	my ($reg) = grep { $_->{dialect} eq 'kuaidi100' && $_->{number} eq $number } @$regs;
+	is(($reg ? $reg->{salt} : 'no registration of that number') // 'no salt', 's4lt',
+		"placeholder waybill $number: Kuaidi100 got the number as it is, and the salt");
+	is($reg && $reg->{salt} ? push_delivered('o_ph', $id, $reg->{salt}) : 'no salt to sign with', '1',
+		"placeholder waybill $number: a push signed with that salt is accepted");
+}
+is(join(',', map { $_->{number} } grep { $_->{dialect} eq 'kuaidi100' && ($_->{number} eq 'kd-key-1' || $_->{number} eq 's4lt') } @$regs),
+	'', 'no secret was registered as a waybill');
+is( sql(q{SELECT count(*) FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'kd' AND (o.request_body LIKE '%kd-key-1%' OR o.request_body LIKE '%s4lt%')}),
+	0, 'placeholder waybills: neither secret is stored in the outbox');
 
 $node->stop;
 done_testing();

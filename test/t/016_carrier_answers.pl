@@ -8,7 +8,9 @@
 # characters of valid UTF-8, never the raw body, and the server log gets no
 # line of the carrier's making.  A role with no shipsync grant listening on
 # the channel hears kinds and ids (dead_intent, table_dropped), never the
-# error, and cannot read the details.
+# error, and cannot read the details.  A shipment id of ".." or "." is
+# sent as one segment of the URL (%2E%2E), not taken by libcurl for the
+# parent of /shipments, and request_url says what was sent.
 use strict;
 use warnings;
 use FindBin;
@@ -145,6 +147,39 @@ like(sql(qq{SELECT tracking_number FROM shipsync.shipment WHERE binding_id = $gb
 	qr/^SIM\d{12}$/, 'dropped in flight: its shipment is recorded');
 is(sql(qq{SELECT count(*) FROM shipsync.exception_ticket WHERE binding_id = $gbid AND kind <> 'table_dropped'}),
 	0, 'dropped in flight: no writeback_failed ticket');
+
+# a shipment id that is a dot segment: its update and cancel go to that
+# shipment's URL, not to {base}/ and {base}/cancel, as request_url says
+# (provider sim, paused above, sends again)
+sim_post($sim, '/_sim/reset');
+sql(q{SELECT shipsync.resume('sim')});
+for my $dots ('..', '.')
+{
+	my $id = sql("SELECT nextval('crm.orders_id_seq')");
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'hostile', field => 'id', kind => 'text', text => $dots,
+			path => '^/shipments$', match_order_ref => "^$id\$" } ] });
+	sql("INSERT INTO crm.orders (id, customer) VALUES ($id, 'dots')");
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE id = $id", 30),
+		"id '$dots': created");
+	sql("UPDATE crm.orders SET address = 'elsewhere' WHERE id = $id");
+	ok(wait_until($node, "SELECT state IN ('done', 'dead') FROM shipsync.outbox"
+			  . " WHERE order_key = '$id' AND op = 'update'", 30), "id '$dots': updated");
+	sql("DELETE FROM crm.orders WHERE id = $id");
+	ok(wait_until($node, "SELECT state IN ('done', 'dead') FROM shipsync.outbox"
+			  . " WHERE order_key = '$id' AND op = 'cancel'", 30), "id '$dots': cancelled");
+	my $seen = sim_get($sim, '/_sim/attempts');
+	my $enc = $dots eq '..' ? '%2E%2E' : '%2E';
+	for my $op ([ 'update', "PATCH /shipments/$enc" ], [ 'cancel', "POST /shipments/$enc/cancel" ])
+	{
+		my ($key, $url) = split /\|/, sql(qq{SELECT idempotency_key, request_url FROM shipsync.outbox
+			WHERE order_key = '$id' AND op = '$op->[0]'});
+		my $paths = join(', ', @{ $seen->{$key}{paths} // [] });
+		is($paths, $op->[1], "id '$dots': the carrier got the $op->[0] at the shipment's URL");
+		my ($path) = $op->[1] =~ m{ (/.*)$};
+		is($url, $sim->{url} . $path, "id '$dots': request_url is the $op->[0]'s URL as sent");
+	}
+}
 
 $node->stop;
 done_testing();

@@ -12,7 +12,15 @@
 #   5. provider_health counts requests, successes and failures by class,
 #      and has latency percentiles and the last error;
 #   6. an open breaker with no intent left to probe with lets the tracking
-#      poller through after its cooldown, and an answered poll closes it.
+#      poller through after its cooldown, and an answered poll closes it;
+#   7. a wait the carrier asks for is capped at a day, whatever
+#      X-RateLimit-Reset says (a Unix time years away, one in milliseconds,
+#      a number past any date): the hold and the retry come within the
+#      day, and the outbox stays readable and dumpable; a pause and a
+#      resume of the provider end its hold;
+#   8. an answer with a header line longer than libcurl takes is the
+#      carrier's fault, not this server's: a transport failure the
+#      breaker counts, and no "out of resources" in the log.
 use strict;
 use warnings;
 use FindBin;
@@ -227,6 +235,91 @@ is($closed, 1, 'close: logged once');
 		'polls: after the cooldown, an answered poll closes the breaker');
 	ok($node->wait_for_log(qr/circuit breaker of provider "polled" closed/, $off),
 		'polls: and the log says so');
+}
+
+###########################################################################
+# 7. A carrier's wait is capped at a day
+###########################################################################
+{
+	# one provider each, so that each hold is its own: a hold only grows
+	my $now = int(time());
+	my %reset = (
+		years => $now + 10 * 365 * 86400,    # a Unix time ten years away
+		huge => '10000000000000000',         # past any timestamp, as seconds or ms
+		overflow => '9200000000000000',      # read as seconds, it overflowed
+		ms => ($now + 3600) * 1000);         # an hour away, in milliseconds
+	my (%id, @rules);
+	for my $w (sort keys %reset)
+	{
+		sql(qq{SELECT shipsync.create_provider('wait_$w', 'generic', '$sim->{url}',
+				'{"timeout_ms": 5000, "max_attempts": 3}');
+			CREATE TABLE crm.wait_$w (LIKE crm.orders INCLUDING ALL);
+			SELECT shipsync.attach('crm.wait_$w', 'wait_$w', writeback => '{"tracking_number": "waybill_no"}');});
+		$id{$w} = sql("SELECT nextval('crm.orders_id_seq')");
+		push @rules, { fault => 'status', status => 429, reset_header => "$reset{$w}",
+			match_order_ref => "^$id{$w}\$", first_attempts => 1 };
+	}
+	sim_post($sim, '/_sim/faults', { rules => \@rules });
+	sql(join('', map { "INSERT INTO crm.wait_$_ (id, customer) VALUES ($id{$_}, 'Wait $_');" } sort keys %id));
+	my $keys = join(', ', map { "'$id{$_}'" } sort keys %id);
+	ok( wait_until($node, "SELECT count(*) = 4 FROM shipsync.outbox WHERE order_key IN ($keys)"
+			  . " AND state IN ('retrying', 'done', 'dead')", 30),
+		'wait: each 429 is answered');
+	for my $w (sort keys %id)
+	{
+		my $least = $w eq 'ms' ? '50 minutes' : '23 hours';
+		is( sql(qq{SELECT state || '|' || (next_attempt_at > now() + interval '$least')
+				|| '|' || (next_attempt_at <= now() + interval '1 day 1 minute')
+				FROM shipsync.outbox WHERE order_key = '$id{$w}'}),
+			'retrying|true|true', "wait ($w, X-RateLimit-Reset: $reset{$w}): retried after $least, within a day");
+		is( sql(qq{SELECT (hold_until > now() + interval '$least')
+				|| '|' || (hold_until <= now() + interval '1 day 1 minute')
+				FROM shipsync.provider_health WHERE provider = 'wait_$w'}),
+			'true|true', "wait ($w): the provider is held as long, no longer");
+	}
+	my ($rc, $out, $err) = $node->psql('postgres', 'SELECT * FROM shipsync.outbox');
+	is("$rc $err", '0 ', 'wait: every row of the outbox can be read');
+	my $dump = $node->basedir . '/wait.sql';
+	$node->command_ok([ 'pg_dump', '-f', $dump, 'postgres' ], 'wait: the database can be dumped');
+
+	# a DBA who wants to send before then: pause, resume, retry
+	sql(q{SELECT shipsync.pause('wait_years')});
+	ok( wait_until($node,
+			"SELECT hold_until IS NULL FROM shipsync.provider_health WHERE provider = 'wait_years'", 30),
+		'wait: a paused provider is held no longer');
+	sql(qq{SELECT shipsync.resume('wait_years');
+		SELECT shipsync.retry(id) FROM shipsync.outbox WHERE order_key = '$id{years}'});
+	ok( wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.wait_years WHERE id = $id{years}", 30),
+		'wait: resumed and retried, the order is delivered at once');
+}
+
+###########################################################################
+# 8. A header line longer than libcurl takes
+###########################################################################
+{
+	sql(qq{SELECT shipsync.create_provider('bighdr', 'generic', '$sim->{url}',
+			'{"timeout_ms": 5000, "max_attempts": 1000, "backoff_base_ms": 20, "backoff_max_ms": 50,
+			  "breaker_failures": 2, "breaker_cooldown_ms": 1000}');
+		CREATE TABLE crm.bighdr (LIKE crm.orders INCLUDING ALL);
+		SELECT shipsync.attach('crm.bighdr', 'bighdr', writeback => '{"tracking_number": "waybill_no"}');});
+	my $id = sql("SELECT nextval('crm.orders_id_seq')");
+	# 200 KB: libcurl 7.88 refuses a header line over 100 KB as out of memory
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'big_header', bytes => 200 * 1024, match_order_ref => "^$id\$" } ] });
+	my $off = -s $node->logfile;
+	sql("INSERT INTO crm.bighdr (id, customer) VALUES ($id, 'Big header')");
+	# the breaker opens on the second failure, logged before a third goes
+	ok(wait_until($node, "SELECT attempts >= 3 FROM shipsync.outbox WHERE order_key = '$id'", 30),
+		'big header: tried again');
+	like(sql("SELECT error_class || ': ' || last_error FROM shipsync.outbox WHERE order_key = '$id'"),
+		qr/^transport: .*header line/, 'big header: a transport failure that says what was wrong');
+	my $log = slurp_file($node->logfile, $off);
+	unlike($log, qr/out of resources sending intent/, 'big header: the log does not blame this server');
+	like($log, qr/circuit breaker of provider "bighdr" opened after 2 consecutive failures/,
+		'big header: the breaker counts it');
+	sim_post($sim, '/_sim/faults', { rules => [] });
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.bighdr WHERE id = $id", 30),
+		'big header: delivered once the answer is whole');
 }
 
 $node->stop;

@@ -282,17 +282,52 @@ test_retry_after(void)
 {
 	time_t		now = 1700000000;	/* Tue, 14 Nov 2023 22:13:20 GMT */
 
-	check(shipsync_parse_retry_after("120", now) == 120000, "Retry-After in seconds");
-	check(shipsync_parse_retry_after(" 0 ", now) == 0, "Retry-After 0 with spaces");
-	check(shipsync_parse_retry_after("Tue, 14 Nov 2023 22:13:50 GMT", now) == 30000,
+	check(shipsync_parse_wait("120", false, now) == 120000, "Retry-After in seconds");
+	check(shipsync_parse_wait(" 0 ", false, now) == 0, "Retry-After 0 with spaces");
+	check(shipsync_parse_wait("Tue, 14 Nov 2023 22:13:50 GMT", false, now) == 30000,
 		  "Retry-After as an HTTP date");
-	check(shipsync_parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now) == 0,
+	check(shipsync_parse_wait("Tue, 14 Nov 2023 22:00:00 GMT", false, now) == 0,
 		  "an HTTP date in the past means now");
-	check(shipsync_parse_retry_after("999999999", now) == 86400000L, "Retry-After is capped at a day");
-	check(shipsync_parse_retry_after("soon", now) == -1, "an unreadable Retry-After is ignored");
-	check(shipsync_parse_retry_after("1.5", now) == -1, "a fractional Retry-After is ignored");
-	check(shipsync_parse_retry_after(NULL, now) == -1, "no Retry-After");
-	check(shipsync_parse_retry_after("", now) == -1, "an empty Retry-After");
+	check(shipsync_parse_wait("999999999", false, now) == 86400000L, "Retry-After is capped at a day");
+	check(shipsync_parse_wait("Fri, 01 Jan 2100 00:00:00 GMT", false, now) == 86400000L,
+		  "so is a date years away");
+	check(shipsync_parse_wait("99999999999999999999999999999999", false, now) == 86400000L,
+		  "a Retry-After of 32 digits is a day, not an overflow");
+	check(shipsync_parse_wait("soon", false, now) == -1, "an unreadable Retry-After is ignored");
+	check(shipsync_parse_wait("1.5", false, now) == -1, "a fractional Retry-After is ignored");
+	check(shipsync_parse_wait(NULL, false, now) == -1, "no Retry-After");
+	check(shipsync_parse_wait("", false, now) == -1, "an empty Retry-After");
+	check(shipsync_parse_wait("1700000000", false, now) == 86400000L,
+		  "a Retry-After is never a Unix time");
+}
+
+static void
+test_ratelimit_reset(void)
+{
+	time_t		now = 1700000000;
+
+	check(shipsync_parse_wait("30", true, now) == 30000, "X-RateLimit-Reset in seconds");
+	check(shipsync_parse_wait("86399", true, now) == 86399000L, "seconds up to a day");
+	check(shipsync_parse_wait("1700000045", true, now) == 45000, "a Unix time");
+	check(shipsync_parse_wait("1600000000", true, now) == 0, "a Unix time past means now");
+	check(shipsync_parse_wait("86400", true, now) == 0, "86400 is a Unix time, in 1970");
+	check(shipsync_parse_wait("1700000045000", true, now) == 45000, "a Unix time in milliseconds");
+	check(shipsync_parse_wait("1700000000999", true, now) == 0, "a millisecond time within this second");
+	check(shipsync_parse_wait("4102444800", true, now) == 86400000L,
+		  "a Unix time in 2100 is capped at a day");
+	check(shipsync_parse_wait("4102444800000", true, now) == 86400000L,
+		  "so is one in milliseconds");
+	check(shipsync_parse_wait("9200000000000000", true, now) == 86400000L,
+		  "a time past the last timestamp is a day");
+	check(shipsync_parse_wait("10000000000000000", true, now) == 86400000L, "so is 10^16");
+	check(shipsync_parse_wait("99999999999999999999999999999999", true, now) == 86400000L,
+		  "so are 32 digits");
+	check(shipsync_parse_wait("Fri, 01 Jan 2100 00:00:00 GMT", true, now) == 86400000L,
+		  "an HTTP date years away is capped at a day");
+	check(shipsync_parse_wait("Tue, 14 Nov 2023 22:13:50 GMT", true, now) == 30000,
+		  "an HTTP date");
+	check(shipsync_parse_wait("-5", true, now) == -1, "a negative reset is ignored");
+	check(shipsync_parse_wait("12abc", true, now) == -1, "digits then text are ignored");
 }
 
 static void
@@ -436,6 +471,7 @@ main(void)
 	test_fee_ranges();
 	test_classify();
 	test_retry_after();
+	test_ratelimit_reset();
 	test_backoff();
 	test_excerpt();
 	test_shipment_list();

@@ -1357,13 +1357,8 @@ judge_retry_or_dead(Flight *f, Provider *p, ShipResult *r, ShipVerdict *v,
 static long
 judge_wait_asked(HttpTransfer *t)
 {
-	time_t		now = time(NULL);
-	long		delay = shipsync_parse_wait(t->retry_after, false, now);
-	long		reset = shipsync_parse_wait(t->ratelimit_reset, true, now);
-
-	if (delay < 0 && reset >= 0 && (t->http_status == 429 || t->http_status == 503))
-		delay = reset;
-	return delay;
+	return shipsync_wait_asked(t->http_status, t->retry_after, t->ratelimit_reset,
+							   time(NULL));
 }
 
 /* r as the start of the result of flight f: who, what, how long */

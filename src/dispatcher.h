@@ -382,6 +382,8 @@ extern void health_poll_answered(int32 provider_id, const char *name,
 extern TimestampTz health_wake_at(Provider *p, TimestampTz now);
 extern void health_sent(Provider *p, const Claimed *cs, int n);
 extern void health_hold(Provider *p, TimestampTz until);
+extern void health_poll_hold(int32 provider_id, const char *name, TimestampTz until,
+							 long delay_ms);
 extern bool health_end_hold(Provider *p);
 extern void health_record(Provider *p, const ShipResult *r, TimestampTz now);
 

@@ -196,6 +196,32 @@ health_poll_answered(int32 provider_id, const char *name, TimestampTz now)
 }
 
 /*
+ * A tracking poll of provider provider_id (named name) was answered 429 or
+ * 503 with a wait: nothing is sent to it, polls or deliveries, before
+ * until, as for a delivery's answer (health_hold).
+ */
+void
+health_poll_hold(int32 provider_id, const char *name, TimestampTz until, long delay_ms)
+{
+	ShipsyncProviderState *st = shipsync_provider_state(MyDatabaseId, provider_id);
+	bool		longer = false;
+
+	if (st == NULL)
+		return;
+	LWLockAcquire(shipsync_shared->health_lock, LW_EXCLUSIVE);
+	if (until > st->hold_until)
+	{
+		longer = true;
+		st->hold_until = until;
+	}
+	LWLockRelease(shipsync_shared->health_lock);
+	if (longer)
+		ereport(LOG,
+				(errmsg("pg_shipsync: provider \"%s\" asked a tracking poll to wait %ld ms; sending to it is paused until then",
+						name, delay_ms)));
+}
+
+/*
  * When p may send again, if it is blocked by a hold or the breaker's
  * cooldown; 0 when it is not blocked by those, or only a probe's answer
  * can unblock it.

@@ -152,6 +152,8 @@ extern ShipVerdict shipsync_classify(int curl_code, long http_status,
 									 bool request_sent, bool body_ok);
 extern bool shipsync_tls_alert(int curl_code, const char *errbuf);
 extern long shipsync_parse_wait(const char *value, bool reset, time_t now);
+extern long shipsync_wait_asked(long http_status, const char *retry_after,
+								const char *ratelimit_reset, time_t now);
 extern long shipsync_backoff_ms(int attempt, long base_ms, long max_ms,
 								double random01);
 extern const char *shipsync_sf_error_class(int cls);

@@ -264,6 +264,24 @@ shipsync_parse_wait(const char *value, bool reset, time_t now)
 }
 
 /*
+ * The wait, in milliseconds, an answer of status http_status asked for
+ * (at most a day): Retry-After, else on a 429 or a 503 X-RateLimit-Reset;
+ * -1 when it asked for none.  A delivery's answer and a tracking poll's
+ * are read alike.
+ */
+long
+shipsync_wait_asked(long http_status, const char *retry_after,
+					const char *ratelimit_reset, time_t now)
+{
+	long		delay = shipsync_parse_wait(retry_after, false, now);
+	long		reset = shipsync_parse_wait(ratelimit_reset, true, now);
+
+	if (delay < 0 && reset >= 0 && (http_status == 429 || http_status == 503))
+		delay = reset;
+	return delay;
+}
+
+/*
  * Full-jitter exponential backoff: uniform in [0, min(max, base * 2^(n-1))].
  * attempt counts from 1; random01 is uniform in [0, 1).
  */

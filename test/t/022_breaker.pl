@@ -322,5 +322,28 @@ is($closed, 1, 'close: logged once');
 		'big header: delivered once the answer is whole');
 }
 
+###########################################################################
+# 9. A tracking poll asked to wait holds the provider
+###########################################################################
+{
+	# provider polled (section 6) polls its shipment every second
+	my $sid = sql(q{SELECT s.provider_shipment_id FROM shipsync.shipment s
+		JOIN crm.polled_orders o ON o.id::text = s.order_key WHERE o.customer = 'Polled'});
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'status', status => 429, retry_after => '120', method => 'GET',
+					   path => "^/shipments/$sid/events\$", name => 'poll_429' } ] });
+	ok( wait_until($node, "SELECT hold_until > now() + interval '100 s' FROM shipsync.provider_health"
+			  . " WHERE provider = 'polled'", 30),
+		'poll asked to wait: the provider is held as long as the carrier asked');
+	my $fired = sub {
+		my $f = sim_get($sim, '/_sim/faults');
+		return $f->{fired}[0];
+	};
+	my $before = $fired->();
+	sleep 4;    # four poll intervals
+	is($fired->(), $before, 'poll asked to wait: no poll is sent meanwhile');
+	sim_post($sim, '/_sim/faults', { rules => [] });
+}
+
 $node->stop;
 done_testing();

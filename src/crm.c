@@ -31,7 +31,9 @@
  *	   required field missing, a value a transform cannot read, or no value
  *	   for the key column is SS400;
  *	5. write the row as the table's owner (a security-restricted
- *	   operation), its values converted by jsonb_populate_record: a create
+ *	   operation, the table's deferrable constraints set IMMEDIATE for the
+ *	   push's writes: see security.c), its values converted by
+ *	   jsonb_populate_record: a create
  *	   inserts unless the key exists (an older create arriving late changes
  *	   nothing), an update or an Outbound Message upserts the mapped
  *	   columns only when they differ, a remove deletes.  The capture
@@ -85,6 +87,7 @@ typedef struct CrmSource
 	char	   *name;
 	char	   *kind;
 	char	   *tbl;			/* the table, quoted and qualified as needed */
+	Oid			relid;
 	Oid			owner;
 	char	   *key_column;
 	char	   *profile;
@@ -179,7 +182,8 @@ crm_load_source(const char *name)
 			"SELECT s.crm_source_id, s.name, s.kind, s.tbl::text, c.relowner,"
 			" s.key_column::text, s.profile,"
 			" pg_catalog.date_part('epoch', s.dedup_ttl)::bigint,"
-			" s.options->>'organization_id', s.options->>'sobject_type', s.options::text"
+			" s.options->>'organization_id', s.options->>'sobject_type', s.options::text,"
+			" s.tbl::oid"
 			" FROM shipsync.crm_source s"
 			" LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.tbl"
 			" WHERE s.name OPERATOR(pg_catalog.=) $1", 1, t);
@@ -210,6 +214,7 @@ crm_load_source(const char *name)
 	s->organization_id = SPI_getvalue(tup, desc, 9);
 	s->sobject_type = SPI_getvalue(tup, desc, 10);
 	s->options = SPI_getvalue(tup, desc, 11);
+	s->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 12, &isnull));
 	return s;
 }
 
@@ -820,6 +825,7 @@ shipsync_ingest_crm(PG_FUNCTION_ARGS)
 	CrmSource  *s;
 	CrmMallocs *m;
 	CrmRecord  *recs;
+	ShipsyncConstraints *immediate;
 	CrmCounts	c = {0};
 	List	   *cols = NIL;
 	char	   *sql[3] = {NULL, NULL, NULL};
@@ -842,6 +848,7 @@ shipsync_ingest_crm(PG_FUNCTION_ARGS)
 	m->map = crm_load_map(s);
 	m->options = shipsync_json_parse(s->options, strlen(s->options), err, sizeof(err));
 	crm_expire_deliveries(s);
+	immediate = shipsync_constraints_immediate(s->relid, s->owner);
 	for (int i = 0; i < n; i++)
 	{
 		char	   *row;
@@ -864,6 +871,7 @@ shipsync_ingest_crm(PG_FUNCTION_ARGS)
 		elog(DEBUG1, "pg_shipsync: CRM source \"%s\": %s of record %d", s->name,
 			 crm_op_names[recs[i].op], i + 1);
 	}
+	shipsync_constraints_restore(immediate);
 	MemoryContextSwitchTo(cxt);
 	result = crm_summary(s, &c);
 	SPI_finish();

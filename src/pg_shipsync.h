@@ -1016,6 +1016,17 @@ extern void shipsync_restore_user(const ShipsyncUserSave *save);
 extern Oid	shipsync_table_owner(Oid relid);
 extern void shipsync_pin_search_path(void);
 
+/* the deferrable constraints a write sets IMMEDIATE, to set back after it */
+typedef struct ShipsyncConstraints
+{
+	Oid			owner;			/* who sets them */
+	List	   *names;			/* RangeVars, as SET CONSTRAINTS takes */
+	List	   *initdeferred;	/* of each, whether INITIALLY DEFERRED */
+} ShipsyncConstraints;
+
+extern ShipsyncConstraints *shipsync_constraints_immediate(Oid relid, Oid owner);
+extern void shipsync_constraints_restore(ShipsyncConstraints *c);
+
 /*
  * A provider's TLS options (its option tls), as http_submit() applies them
  * to each transfer (libcurl copies them: they need not outlive the call).

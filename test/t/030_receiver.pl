@@ -282,6 +282,47 @@ my $nokey = '{"type": "order.created", "data": {"customer": "no id"}}';
 is(push_http($port, 'POST', '/crm/zoho', sw_headers($SECRET, 'z3', $nokey), $nokey)->{status},
 	400, 'a record the map cannot read: 400');
 
+# ---- a Django table: every foreign key DEFERRABLE INITIALLY DEFERRED ---------
+# The CRM write and the write-back run as the table's owner in a restricted
+# operation, which may leave no deferred trigger behind: the table's
+# deferrable constraints are checked at the end of the write instead
+# (pushes once failed with 500 "cannot fire deferred trigger within
+# security-restricted operation").
+q1(qq{
+	CREATE TABLE crm.shop_customer (id bigint PRIMARY KEY);
+	INSERT INTO crm.shop_customer VALUES (1);
+	CREATE TABLE crm.ship_state (code text PRIMARY KEY);
+	INSERT INTO crm.ship_state VALUES ('in_transit');
+	CREATE TABLE crm.dj_order (id bigserial PRIMARY KEY, crm_id text UNIQUE, customer text,
+		customer_ref bigint REFERENCES crm.shop_customer DEFERRABLE INITIALLY DEFERRED,
+		waybill_no text, ship_status text REFERENCES crm.ship_state DEFERRABLE INITIALLY DEFERRED);
+	INSERT INTO shipsync.field_map (profile, direction, target_path, source, transform, required) VALUES
+		('dj', 'crm_in', 'crm_id', 'id', 'identity', true),
+		('dj', 'crm_in', 'customer', 'customer', 'trim', true),
+		('dj', 'crm_in', 'customer_ref', 'ref', 'identity', false);
+	SELECT shipsync.create_crm_source('dj', 'generic', 'crm.dj_order', '{"secret": "$SECRET", "key_column": "crm_id"}');
+	SELECT shipsync.attach('crm.dj_order', 'trk', writeback => '{"tracking_number": "waybill_no", "status": "ship_status"}');
+});
+my $dj = '{"type": "order.created", "data": {"id": "DJ-1", "customer": "Django", "ref": 1}}';
+$r = push_http($port, 'POST', '/crm/dj', sw_headers($SECRET, 'dj1', $dj), $dj);
+is($r->{status}, 200, 'a CRM push onto a table with a deferred foreign key: 200');
+is(q1(q{SELECT customer || '/' || customer_ref FROM crm.dj_order WHERE crm_id = 'DJ-1'}), 'Django/1',
+	'its row is written');
+(my $djbad = $dj) =~ s/"DJ-1"/"DJ-2"/;
+$djbad =~ s/"ref": 1/"ref": 99/;
+$r = push_http($port, 'POST', '/crm/dj', sw_headers($SECRET, 'dj2', $djbad), $djbad);
+is($r->{status}, 400, 'a record breaking the deferred foreign key: 400');
+is(q1(q{SELECT count(*) FROM crm.dj_order WHERE crm_id = 'DJ-2'}), '0', 'and not written');
+q1(q{INSERT INTO crm.dj_order (crm_id, customer, customer_ref) VALUES ('DJ-W', 'written back', 1);
+	INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number)
+	SELECT b.binding_id, o.id::text, p.provider_id, 'DJTRK1'
+	FROM shipsync.binding b JOIN crm.dj_order o ON o.crm_id = 'DJ-W', shipsync.provider p
+	WHERE b.tbl = 'crm.dj_order'::regclass AND p.name = 'trk'});
+my $djev = '{"events": [{"id": "dj-e1", "tracking_number": "DJTRK1", "status": "in_transit", "occurred_at": "2026-03-01T08:00:00Z"}]}';
+$r = push_http($port, 'POST', '/tracking/trk', sw_headers($SECRET, 'dj-m1', $djev), $djev);
+is($r->{status}, 200, 'a tracking push written back onto a deferred foreign key column: 200');
+is(q1(q{SELECT ship_status FROM crm.dj_order WHERE crm_id = 'DJ-W'}), 'in_transit', 'the status is on the row');
+
 # ---- body limits ---------------------------------------------------------------
 my $big = '{"events": [], "pad": "' . ('x' x 70000) . '"}';
 $r = push_http($port, 'POST', '/tracking/trk', sw_headers($SECRET, 'big', $big), $big);

@@ -25,7 +25,10 @@
  *	3. drop a delivery seen within dedup_ttl (the X-JDY-DeliverId, the
  *	   webhook-id, each notification Id), recorded in shipsync.crm_delivery
  *	   in the same transaction: a concurrent copy waits on its key and then
- *	   counts as a duplicate;
+ *	   counts as a duplicate.  简道云 does not sign its X-JDY-DeliverId, so
+ *	   a 简道云 push is also known by its signature (over nonce, body and
+ *	   timestamp), kept as long as its timestamp is taken: a captured push
+ *	   sent again under another DeliverId is a duplicate too;
  *	4. read each record through the crm_in rows of the source's profile
  *	   (mapping.c, the same paths and transforms as every field map): a
  *	   required field missing, a value a transform cannot read, or no value
@@ -104,6 +107,7 @@ typedef struct CrmRecord
 {
 	CrmOp		op;
 	char	   *delivery_id;
+	char	   *signed_id;		/* a signed key of the push, or NULL */
 	ShipJson   *doc;			/* the record: malloc'd, freed by the owner */
 } CrmRecord;
 
@@ -377,6 +381,11 @@ crm_read_jiandaoyun(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 		crm_bad_payload(s, "has no X-JDY-DeliverId header", NULL);
 	*recs = palloc0(sizeof(CrmRecord));
 	crm_read_json(s, m, body, len, "op", ops, delivery, *recs);
+	/* verified: 40 hex digits, taken in either case */
+	(*recs)->signed_id = psprintf("jdy-signature:%s",
+								  shipsync_header_value(headers, "x-jdy-signature"));
+	for (char *p = (*recs)->signed_id; *p; p++)
+		*p = pg_ascii_tolower((unsigned char) *p);
 	return 1;
 }
 
@@ -721,11 +730,11 @@ crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCo
 }
 
 /*
- * Record a delivery id for the source; false if it was seen within
- * dedup_ttl (a concurrent transaction holding it is waited for).
+ * Record a delivery id for the source, kept ttl_s seconds; false if it was
+ * seen (a concurrent transaction holding it is waited for).
  */
 static bool
-crm_first_delivery(CrmSource *s, const char *delivery_id)
+crm_first_delivery(CrmSource *s, const char *delivery_id, int64 ttl_s)
 {
 	static SPIPlanPtr plan = NULL;
 	Datum		args[3];
@@ -741,7 +750,7 @@ crm_first_delivery(CrmSource *s, const char *delivery_id)
 	}
 	args[0] = Int32GetDatum(s->id);
 	args[1] = CStringGetTextDatum(delivery_id);
-	args[2] = Int64GetDatum(s->ttl_s);
+	args[2] = Int64GetDatum(ttl_s);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "recording a CRM delivery failed");
 	return SPI_processed == 1;
@@ -854,7 +863,15 @@ shipsync_ingest_crm(PG_FUNCTION_ARGS)
 		char	   *row;
 
 		c.records++;
-		if (!crm_first_delivery(s, recs[i].delivery_id))
+
+		/*
+		 * The signed key first, so that a replay records nothing of its
+		 * unsigned delivery id.  It is kept while a push of its timestamp
+		 * is taken: dedup_ttl back, and up to WEBHOOK_TOLERANCE_S ahead.
+		 */
+		if ((recs[i].signed_id != NULL &&
+			 !crm_first_delivery(s, recs[i].signed_id, s->ttl_s + WEBHOOK_TOLERANCE_S)) ||
+			!crm_first_delivery(s, recs[i].delivery_id, s->ttl_s))
 		{
 			c.duplicate++;
 			continue;

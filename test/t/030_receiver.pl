@@ -249,6 +249,32 @@ q1(q{SELECT shipsync.set_secret('jdy', 'previous_webhook_secret', NULL)});
 is(push_http($port, 'POST', "/crm/jdy$q", $jh, $upd)->{status}, 401,
 	'signed with the previous secret once the rotation ended: 401');
 
+# 简道云 does not sign X-JDY-DeliverId: a captured push sent again under
+# another one is known by its signature, and changes nothing (an old update
+# once reverted the order, and brought back a removed one)
+(my $v1 = $upd) =~ s/养三权厂/OLD-ADDR/;
+(my $v2 = $upd) =~ s/养三权厂/NEW-ADDR/;
+my ($q1, $h1) = jdy_signed('test-secret-2', $v1, 'dl-11');
+is(push_http($port, 'POST', "/crm/jdy$q1", $h1, $v1)->{status}, 200, '简道云 update v1: 200');
+my ($q2, $h2) = jdy_signed('test-secret-2', $v2, 'dl-12');
+is(push_http($port, 'POST', "/crm/jdy$q2", $h2, $v2)->{status}, 200, '简道云 update v2: 200');
+$r = push_http($port, 'POST', "/crm/jdy$q1", { %$h1, 'X-JDY-DeliverId' => 'dl-forged-1' }, $v1);
+is($r->{status}, 200, 'update v1 replayed under a new X-JDY-DeliverId: 200');
+is(decode_json($r->{content})->{duplicate}, 1, 'as a duplicate');
+$r = push_http($port, 'POST', "/crm/jdy$q1",
+	{ %$h1, 'X-JDY-DeliverId' => 'dl-forged-2', 'X-JDY-Signature' => uc($h1->{'X-JDY-Signature'}) }, $v1);
+is(decode_json($r->{content})->{duplicate}, 1, 'and with its signature in capitals');
+is(q1(q{SELECT customer FROM crm.orders WHERE crm_id = '5a3765a091646d77aef8e054'}), 'NEW-ADDR',
+	'the order keeps the newer update');
+(my $rm2 = $v2) =~ s/data_update/data_remove/;
+my ($q3, $h3) = jdy_signed('test-secret-2', $rm2, 'dl-13');
+is(decode_json(push_http($port, 'POST', "/crm/jdy$q3", $h3, $rm2)->{content})->{deleted}, 1,
+	'简道云 data_remove: deleted');
+$r = push_http($port, 'POST', "/crm/jdy$q2", { %$h2, 'X-JDY-DeliverId' => 'dl-forged-3' }, $v2);
+is(decode_json($r->{content})->{duplicate}, 1, 'update v2 replayed after the remove: a duplicate');
+is(q1(q{SELECT count(*) FROM crm.orders WHERE crm_id = '5a3765a091646d77aef8e054'}), '0',
+	'the removed order stays removed');
+
 # ---- Salesforce Outbound Messages: the published requests ------------------
 my $ack = qr{<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse>};
 my $contacts = slurp_raw("$vectors/salesforce_outbound_message_contact_aspnetcore.xml");

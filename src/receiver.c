@@ -826,7 +826,10 @@ recv_pending(RecvRequest *r, int status, const char *content_type, const char *b
 
 /*
  * An ingest function's error: its SQLSTATE decides the HTTP status; the
- * message is the answer, the detail goes to the log line only.
+ * message is the answer, never the detail.  The detail goes to the log
+ * line, unless the error is a data exception or a constraint's (classes 22
+ * and 23), whose details quote the row ("Failing row contains (...)", "Key
+ * (...)=(...)"): an order's names, phones and addresses.
  */
 static void
 recv_pending_error(RecvRequest *r, const char *sqlstate, const char *message,
@@ -867,8 +870,10 @@ recv_pending_error(RecvRequest *r, const char *sqlstate, const char *message,
 		appendStringInfoString(&buf, "}\n");
 		recv_pending(r, status, "application/json", buf.data);
 	}
-	r->pending_reason = detail ? MemoryContextStrdup(r->cxt, psprintf("%s: %s", message, detail)) :
-		MemoryContextStrdup(r->cxt, message);
+	if (detail != NULL && strncmp(sqlstate, "22", 2) != 0 && strncmp(sqlstate, "23", 2) != 0)
+		r->pending_reason = MemoryContextStrdup(r->cxt, psprintf("%s: %s", message, detail));
+	else
+		r->pending_reason = MemoryContextStrdup(r->cxt, message);
 }
 
 typedef void (*RecvStep) (RecvRequest **reqs, int n);
@@ -921,7 +926,8 @@ recv_step_tracking(RecvRequest **reqs, int n)
 		Oid			t[3] = {TEXTOID, TEXTARRAYOID, JSONBARRAYOID};
 
 		plan = shipsync_prepare_saved(
-			"SELECT ord, sqlstate, message, coalesce(result->'reply', result)::text"
+			"SELECT ord, sqlstate, message, coalesce(result->'reply', result)::text,"
+			" result->>'detail'"
 			" FROM shipsync._ingest_tracking_batch($1, $2, $3)", 3, t);
 	}
 	for (int i = 0; i < n; i++)
@@ -946,7 +952,8 @@ recv_step_tracking(RecvRequest **reqs, int n)
 			elog(ERROR, "unexpected push ordinal %d", ord);
 		r = reqs[ord - 1];
 		if (sqlstate != NULL)
-			recv_pending_error(r, sqlstate, SPI_getvalue(tt->vals[k], tt->tupdesc, 3), NULL);
+			recv_pending_error(r, sqlstate, SPI_getvalue(tt->vals[k], tt->tupdesc, 3),
+							   SPI_getvalue(tt->vals[k], tt->tupdesc, 5));
 		else
 			recv_pending(r, MHD_HTTP_OK, "application/json",
 						 SPI_getvalue(tt->vals[k], tt->tupdesc, 4));

@@ -129,6 +129,8 @@ my $h = sw_headers($SECRET, 'msg_2', $ev);    # signed for another body
 $r = push_http($port, 'POST', '/tracking/trk', $h, $forged);
 is($r->{status}, 401, 'a forged push: 401');
 is(decode_json($r->{content})->{sqlstate}, 'SS401', 'SQLSTATE SS401 in the answer');
+is(decode_json($r->{content})->{error}, 'tracking push for provider "trk" failed its signature check',
+	'the error\'s message, without its detail');
 $r = push_http($port, 'POST', '/tracking/trk', { 'Content-Type' => 'application/json' }, $ev);
 is($r->{status}, 401, 'an unsigned push: 401');
 $r = push_http($port, 'POST', '/tracking/trk', sw_headers('whsec_c2VjcmV0', 'msg_3', $forged), $forged);
@@ -177,6 +179,27 @@ is($r->{status}, 200, 'an SF route push: 200');
 is($r->{content}, '{"return_msg": "成功", "return_code": "0000"}', 'answered with the body SF expects');
 is(q1(q{SELECT string_agg(ship_status, ',' ORDER BY id) FROM crm.orders}), 'in_transit,in_transit,in_transit',
 	'both pushes moved their orders');
+
+# a write-back the order table refuses: 500, and neither the answer nor the
+# log quotes the row (its detail "Failing row contains (...)" holds the
+# customer's name, phone and address)
+q1(q{ALTER TABLE crm.orders ADD CONSTRAINT st_ok CHECK (ship_status IS DISTINCT FROM 'delivered') NOT VALID});
+# (the phone made by repeat(), so that the log of this very statement does not hold it)
+q1(q{UPDATE crm.orders SET customer = 'Zhang San ' || repeat('7', 11) WHERE id = 1});
+my $refused = '{"events": [{"id": "e-chk", "tracking_number": "TRK1", "status": "delivered", "occurred_at": "2026-03-01T09:00:00Z"}]}';
+$r = push_http($port, 'POST', '/tracking/trk', sw_headers($SECRET, 'msg_chk', $refused), $refused);
+is($r->{status}, 500, 'a write-back the table\'s CHECK refuses: 500');
+like($r->{content}, qr/violates check constraint \\"st_ok\\"/, 'the answer says which constraint');
+unlike($r->{content}, qr/Failing row|77777777777/, 'and does not quote the row');
+my $logged = 0;
+for (1 .. 100)
+{
+	last if ($logged = slurp_file($node->logfile) =~ /refused a request \(500 error\).*"st_ok"/);
+	usleep(100_000);
+}
+ok($logged, 'the receiver logged the refusal');
+unlike(slurp_file($node->logfile), qr/Failing row|77777777777/, 'without quoting the row');
+q1(q{ALTER TABLE crm.orders DROP CONSTRAINT st_ok});
 
 # ---- unknown routes, methods ------------------------------------------------
 is(push_http($port, 'POST', '/tracking/nobody', sw_headers($SECRET, 'm', $ev), $ev)->{status},

@@ -743,6 +743,7 @@ extern char *shipsync_receiver_database;
 extern char *shipsync_receiver_ssl_cert_file;
 extern char *shipsync_receiver_ssl_key_file;
 extern int	shipsync_receiver_max_connections;
+extern int	shipsync_receiver_max_connections_per_ip;
 extern int	shipsync_max_push_bytes;
 extern int	shipsync_receiver_rate_limit;
 extern int	shipsync_receiver_header_timeout_ms;

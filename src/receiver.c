@@ -34,6 +34,11 @@
  * (shipsync.receiver_rate_limit), 503 with Retry-After while the database
  * is in recovery, the extension is missing or the queue holds
  * shipsync.receiver_queue_size requests (back-pressure instead of memory).
+ * At most shipsync.receiver_max_connections are open (MHD stops accepting
+ * at the limit: more wait in the kernel's listen queue), and at most
+ * shipsync.receiver_max_connections_per_ip from one address (MHD closes
+ * more as it accepts them), so that one client's slow sockets cannot take
+ * every connection.
  * Slow clients are cut off: a connection whose request headers take longer
  * than shipsync.receiver_header_timeout_ms, or whose body takes longer than
  * shipsync.receiver_body_timeout_ms, is shut down (its socket, so that MHD
@@ -1335,6 +1340,10 @@ recv_start_daemon(char *errbuf, size_t errlen)
 	}
 	opts[k++] = (struct MHD_OptionItem) {MHD_OPTION_SOCK_ADDR, 0, &ss};
 	opts[k++] = (struct MHD_OptionItem) {MHD_OPTION_CONNECTION_LIMIT, shipsync_receiver_max_connections, NULL};
+	/* one address cannot hold them all with slow sockets; MHD closes more */
+	if (shipsync_receiver_max_connections_per_ip > 0)
+		opts[k++] = (struct MHD_OptionItem) {MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+		shipsync_receiver_max_connections_per_ip, NULL};
 	/* a backstop for connections that stop moving; sweeps cut sooner */
 	opts[k++] = (struct MHD_OptionItem) {MHD_OPTION_CONNECTION_TIMEOUT, idle_s, NULL};
 	opts[k++] = (struct MHD_OptionItem) {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) recv_completed, NULL};

@@ -10,6 +10,7 @@ use FindBin;
 use lib $FindBin::RealBin;
 use Digest::MD5 qw(md5_hex);
 use HTTP::Tiny;
+use IO::Select;
 use IO::Socket::INET;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
@@ -491,6 +492,63 @@ my $log = slurp_file($node->logfile);
 my $lines = () = $log =~ /pg_shipsync receiver refused a request \(401 signature\)/g;
 cmp_ok($lines, '<=', 2, "401s of the last minute logged at most once (plus a summary): $lines");
 unlike($log, qr/WARNING:  pg_shipsync: rejected a tracking push/, 'no WARNING per rejected push from the receiver');
+
+# ---- one client address cannot take every connection ---------------------------
+# A client holding shipsync.receiver_max_connections_per_ip slow sockets
+# gets its next ones closed as they are accepted; another address is still
+# answered at once (without the limit, the slow sockets fill
+# shipsync.receiver_max_connections and everyone else waits in the listen
+# queue until the header time limit, here 20 s, cuts them off).
+$node->append_conf('postgresql.conf', qq{
+shipsync.receiver_max_connections = 16
+shipsync.receiver_max_connections_per_ip = 4
+shipsync.receiver_header_timeout_ms = 20000
+});
+$node->restart;
+ok(wait_until_http($port, '/healthz', 200), 'the receiver is back with a per-address limit');
+my @slow;
+for (1 .. 4)
+{
+	my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10) or die "connect: $!";
+	print $s "POST /tracking/trk HTTP/1.1\r\n";
+	push @slow, $s;
+}
+my @extra;
+for (1 .. 20)
+{
+	my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10) or die "connect: $!";
+	push @extra, $s;
+}
+# each is closed by the receiver: readable, and at its end (or reset)
+my %closed;
+my $sel = IO::Select->new(@extra);
+my $t0 = time();
+while (keys(%closed) < @extra && time() - $t0 < 5)
+{
+	for my $s ($sel->can_read(0.2))
+	{
+		my $n = sysread($s, my $buf, 1);
+		$closed{ fileno($s) } = 1 if !$n;
+		$sel->remove($s);
+	}
+}
+is(scalar(keys %closed), 20, 'connections over the per-address limit are closed at once');
+push @slow, @extra;
+my $other = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", LocalAddr => '127.0.0.2', Timeout => 10)
+  or die "connect from 127.0.0.2: $!";
+$t0 = time();
+print $other "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+my $healthz = '';
+eval {
+	local $SIG{ALRM} = sub { die "timeout\n" };
+	alarm(15);
+	while (sysread($other, my $buf, 4096)) { $healthz .= $buf; }
+	alarm(0);
+};
+alarm(0);
+like($healthz, qr{^HTTP/1\.1 200 }, 'another address is answered while they hold theirs');
+cmp_ok(time() - $t0, '<', 5, 'at once, not after the header time limit');
+close($_) for @slow, $other;
 
 $node->stop;
 done_testing();

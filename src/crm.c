@@ -340,9 +340,20 @@ crm_read_json(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 			  const char *delivery_id, CrmRecord *rec)
 {
 	char		err[256];
-	ShipJson   *doc = crm_keep(m, shipsync_json_parse(body, len, err, sizeof(err)));
+	ShipJson   *doc;
 	char	   *op;
 
+	/*
+	 * A string's \u0000 would be read as the end of a C string: a key
+	 * "A\u0000B" would write order "A".  Refused, with lone surrogates and
+	 * numbers out of numeric's range, as in a carrier's answer.
+	 */
+	if (!shipsync_check_response_text(body, len, err, sizeof(err)))
+	{
+		err[0] = pg_toupper((unsigned char) err[0]);
+		crm_bad_payload(s, "holds a value that cannot be stored", psprintf("%s.", err));
+	}
+	doc = crm_keep(m, shipsync_json_parse(body, len, err, sizeof(err)));
 	if (doc == NULL)
 		crm_bad_payload(s, "is not JSON", err);
 	op = crm_member_string(doc, opname);

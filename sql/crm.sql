@@ -149,6 +149,10 @@ SELECT pg_temp.err($$SELECT shipsync.ingest_crm('zoho', '{}', pg_temp.sw('e1', '
 SELECT pg_temp.err($$SELECT shipsync.ingest_crm('zoho', 'not json', pg_temp.sw('e1', 'not json'))$$);
 SELECT pg_temp.err($$SELECT shipsync.ingest_crm('zoho', '{"data": {}}', pg_temp.sw('e1', '{"data": {}}'))$$);
 SELECT pg_temp.err($$SELECT shipsync.ingest_crm('zoho', '{"type": "order.created"}', pg_temp.sw('e1', '{"type": "order.created"}'))$$);
+-- a NUL escaped in a string would end the C string: "Z-4\u0000X" would write order Z-4
+SELECT pg_temp.err($$SELECT shipsync.ingest_crm('zoho', b, pg_temp.sw('e1', b))
+	FROM (SELECT '{"type": "order.created", "data": {"id": "Z-4\u0000X", "contact": {"name": "赵六"}}}'::text AS b) x$$);
+SELECT count(*) AS cut_short FROM crm.orders WHERE crm_id = 'Z-4';
 -- records the map cannot read: required missing, a malformed value, no key
 SELECT pg_temp.err($$SELECT pg_temp.push('zoho', 'e2', 'order.created', '{"id": "Z-3"}')$$);
 SELECT pg_temp.err($$SELECT pg_temp.push('zoho', 'e3', 'order.created', '{"id": "Z-3", "contact": {"name": "赵六"}, "total": "lots"}')$$);

@@ -25,13 +25,18 @@
  *	3. drop a delivery seen within dedup_ttl (the X-JDY-DeliverId, the
  *	   webhook-id, each notification Id), recorded in shipsync.crm_delivery
  *	   in the same transaction: a concurrent copy waits on its key and then
- *	   counts as a duplicate;
+ *	   counts as a duplicate.  简道云 does not sign its X-JDY-DeliverId, so
+ *	   a 简道云 push is also known by its signature (over nonce, body and
+ *	   timestamp), kept as long as its timestamp is taken: a captured push
+ *	   sent again under another DeliverId is a duplicate too;
  *	4. read each record through the crm_in rows of the source's profile
  *	   (mapping.c, the same paths and transforms as every field map): a
  *	   required field missing, a value a transform cannot read, or no value
  *	   for the key column is SS400;
  *	5. write the row as the table's owner (a security-restricted
- *	   operation), its values converted by jsonb_populate_record: a create
+ *	   operation, the table's deferrable constraints set IMMEDIATE for the
+ *	   push's writes: see security.c), its values converted by
+ *	   jsonb_populate_record: a create
  *	   inserts unless the key exists (an older create arriving late changes
  *	   nothing), an update or an Outbound Message upserts the mapped
  *	   columns only when they differ, a remove deletes.  The capture
@@ -85,6 +90,7 @@ typedef struct CrmSource
 	char	   *name;
 	char	   *kind;
 	char	   *tbl;			/* the table, quoted and qualified as needed */
+	Oid			relid;
 	Oid			owner;
 	char	   *key_column;
 	char	   *profile;
@@ -101,6 +107,7 @@ typedef struct CrmRecord
 {
 	CrmOp		op;
 	char	   *delivery_id;
+	char	   *signed_id;		/* a signed key of the push, or NULL */
 	ShipJson   *doc;			/* the record: malloc'd, freed by the owner */
 } CrmRecord;
 
@@ -179,7 +186,8 @@ crm_load_source(const char *name)
 			"SELECT s.crm_source_id, s.name, s.kind, s.tbl::text, c.relowner,"
 			" s.key_column::text, s.profile,"
 			" pg_catalog.date_part('epoch', s.dedup_ttl)::bigint,"
-			" s.options->>'organization_id', s.options->>'sobject_type', s.options::text"
+			" s.options->>'organization_id', s.options->>'sobject_type', s.options::text,"
+			" s.tbl::oid"
 			" FROM shipsync.crm_source s"
 			" LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.tbl"
 			" WHERE s.name OPERATOR(pg_catalog.=) $1", 1, t);
@@ -210,6 +218,7 @@ crm_load_source(const char *name)
 	s->organization_id = SPI_getvalue(tup, desc, 9);
 	s->sobject_type = SPI_getvalue(tup, desc, 10);
 	s->options = SPI_getvalue(tup, desc, 11);
+	s->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 12, &isnull));
 	return s;
 }
 
@@ -331,9 +340,20 @@ crm_read_json(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 			  const char *delivery_id, CrmRecord *rec)
 {
 	char		err[256];
-	ShipJson   *doc = crm_keep(m, shipsync_json_parse(body, len, err, sizeof(err)));
+	ShipJson   *doc;
 	char	   *op;
 
+	/*
+	 * A string's \u0000 would be read as the end of a C string: a key
+	 * "A\u0000B" would write order "A".  Refused, with lone surrogates and
+	 * numbers out of numeric's range, as in a carrier's answer.
+	 */
+	if (!shipsync_check_response_text(body, len, err, sizeof(err)))
+	{
+		err[0] = pg_toupper((unsigned char) err[0]);
+		crm_bad_payload(s, "holds a value that cannot be stored", psprintf("%s.", err));
+	}
+	doc = crm_keep(m, shipsync_json_parse(body, len, err, sizeof(err)));
 	if (doc == NULL)
 		crm_bad_payload(s, "is not JSON", err);
 	op = crm_member_string(doc, opname);
@@ -372,6 +392,11 @@ crm_read_jiandaoyun(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 		crm_bad_payload(s, "has no X-JDY-DeliverId header", NULL);
 	*recs = palloc0(sizeof(CrmRecord));
 	crm_read_json(s, m, body, len, "op", ops, delivery, *recs);
+	/* verified: 40 hex digits, taken in either case */
+	(*recs)->signed_id = psprintf("jdy-signature:%s",
+								  shipsync_header_value(headers, "x-jdy-signature"));
+	for (char *p = (*recs)->signed_id; *p; p++)
+		*p = pg_ascii_tolower((unsigned char) *p);
 	return 1;
 }
 
@@ -716,11 +741,11 @@ crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCo
 }
 
 /*
- * Record a delivery id for the source; false if it was seen within
- * dedup_ttl (a concurrent transaction holding it is waited for).
+ * Record a delivery id for the source, kept ttl_s seconds; false if it was
+ * seen (a concurrent transaction holding it is waited for).
  */
 static bool
-crm_first_delivery(CrmSource *s, const char *delivery_id)
+crm_first_delivery(CrmSource *s, const char *delivery_id, int64 ttl_s)
 {
 	static SPIPlanPtr plan = NULL;
 	Datum		args[3];
@@ -736,7 +761,7 @@ crm_first_delivery(CrmSource *s, const char *delivery_id)
 	}
 	args[0] = Int32GetDatum(s->id);
 	args[1] = CStringGetTextDatum(delivery_id);
-	args[2] = Int64GetDatum(s->ttl_s);
+	args[2] = Int64GetDatum(ttl_s);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "recording a CRM delivery failed");
 	return SPI_processed == 1;
@@ -820,6 +845,7 @@ shipsync_ingest_crm(PG_FUNCTION_ARGS)
 	CrmSource  *s;
 	CrmMallocs *m;
 	CrmRecord  *recs;
+	ShipsyncConstraints *immediate;
 	CrmCounts	c = {0};
 	List	   *cols = NIL;
 	char	   *sql[3] = {NULL, NULL, NULL};
@@ -842,12 +868,21 @@ shipsync_ingest_crm(PG_FUNCTION_ARGS)
 	m->map = crm_load_map(s);
 	m->options = shipsync_json_parse(s->options, strlen(s->options), err, sizeof(err));
 	crm_expire_deliveries(s);
+	immediate = shipsync_constraints_immediate(s->relid, s->owner);
 	for (int i = 0; i < n; i++)
 	{
 		char	   *row;
 
 		c.records++;
-		if (!crm_first_delivery(s, recs[i].delivery_id))
+
+		/*
+		 * The signed key first, so that a replay records nothing of its
+		 * unsigned delivery id.  It is kept while a push of its timestamp
+		 * is taken: dedup_ttl back, and up to WEBHOOK_TOLERANCE_S ahead.
+		 */
+		if ((recs[i].signed_id != NULL &&
+			 !crm_first_delivery(s, recs[i].signed_id, s->ttl_s + WEBHOOK_TOLERANCE_S)) ||
+			!crm_first_delivery(s, recs[i].delivery_id, s->ttl_s))
 		{
 			c.duplicate++;
 			continue;
@@ -864,6 +899,7 @@ shipsync_ingest_crm(PG_FUNCTION_ARGS)
 		elog(DEBUG1, "pg_shipsync: CRM source \"%s\": %s of record %d", s->name,
 			 crm_op_names[recs[i].op], i + 1);
 	}
+	shipsync_constraints_restore(immediate);
 	MemoryContextSwitchTo(cxt);
 	result = crm_summary(s, &c);
 	SPI_finish();

@@ -62,6 +62,7 @@ char	   *shipsync_receiver_database = NULL;
 char	   *shipsync_receiver_ssl_cert_file = NULL;
 char	   *shipsync_receiver_ssl_key_file = NULL;
 int			shipsync_receiver_max_connections = 256;
+int			shipsync_receiver_max_connections_per_ip = 32;
 int			shipsync_max_push_bytes = 1024 * 1024;
 int			shipsync_receiver_rate_limit = 0;
 int			shipsync_receiver_header_timeout_ms = 10000;
@@ -478,9 +479,16 @@ define_receiver_gucs(void)
 							   NULL, NULL, NULL);
 	DefineCustomIntVariable("shipsync.receiver_max_connections",
 							"Most connections the receiver holds open at once.",
-							"More are closed as soon as they are accepted.",
+							"More wait in the kernel's listen queue until one closes.",
 							&shipsync_receiver_max_connections,
 							256, 1, 65536,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("shipsync.receiver_max_connections_per_ip",
+							"Most connections the receiver holds open at once from one client address; 0: no limit.",
+							"More from that address are closed as soon as they are accepted.",
+							&shipsync_receiver_max_connections_per_ip,
+							32, 0, 65536,
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("shipsync.max_push_bytes",

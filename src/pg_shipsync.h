@@ -746,6 +746,7 @@ extern char *shipsync_receiver_database;
 extern char *shipsync_receiver_ssl_cert_file;
 extern char *shipsync_receiver_ssl_key_file;
 extern int	shipsync_receiver_max_connections;
+extern int	shipsync_receiver_max_connections_per_ip;
 extern int	shipsync_max_push_bytes;
 extern int	shipsync_receiver_rate_limit;
 extern int	shipsync_receiver_header_timeout_ms;
@@ -1020,6 +1021,17 @@ extern void shipsync_become_owner(Oid owner, ShipsyncUserSave *save);
 extern void shipsync_restore_user(const ShipsyncUserSave *save);
 extern Oid	shipsync_table_owner(Oid relid);
 extern void shipsync_pin_search_path(void);
+
+/* the deferrable constraints a write sets IMMEDIATE, to set back after it */
+typedef struct ShipsyncConstraints
+{
+	Oid			owner;			/* who sets them */
+	List	   *names;			/* RangeVars, as SET CONSTRAINTS takes */
+	List	   *initdeferred;	/* of each, whether INITIALLY DEFERRED */
+} ShipsyncConstraints;
+
+extern ShipsyncConstraints *shipsync_constraints_immediate(Oid relid, Oid owner);
+extern void shipsync_constraints_restore(ShipsyncConstraints *c);
 
 /*
  * A provider's TLS options (its option tls), as http_submit() applies them

@@ -34,6 +34,11 @@
  * (shipsync.receiver_rate_limit), 503 with Retry-After while the database
  * is in recovery, the extension is missing or the queue holds
  * shipsync.receiver_queue_size requests (back-pressure instead of memory).
+ * At most shipsync.receiver_max_connections are open (MHD stops accepting
+ * at the limit: more wait in the kernel's listen queue), and at most
+ * shipsync.receiver_max_connections_per_ip from one address (MHD closes
+ * more as it accepts them), so that one client's slow sockets cannot take
+ * every connection.
  * Slow clients are cut off: a connection whose request headers take longer
  * than shipsync.receiver_header_timeout_ms, or whose body takes longer than
  * shipsync.receiver_body_timeout_ms, is shut down (its socket, so that MHD
@@ -826,7 +831,10 @@ recv_pending(RecvRequest *r, int status, const char *content_type, const char *b
 
 /*
  * An ingest function's error: its SQLSTATE decides the HTTP status; the
- * message is the answer, the detail goes to the log line only.
+ * message is the answer, never the detail.  The detail goes to the log
+ * line, unless the error is a data exception or a constraint's (classes 22
+ * and 23), whose details quote the row ("Failing row contains (...)", "Key
+ * (...)=(...)"): an order's names, phones and addresses.
  */
 static void
 recv_pending_error(RecvRequest *r, const char *sqlstate, const char *message,
@@ -867,8 +875,10 @@ recv_pending_error(RecvRequest *r, const char *sqlstate, const char *message,
 		appendStringInfoString(&buf, "}\n");
 		recv_pending(r, status, "application/json", buf.data);
 	}
-	r->pending_reason = detail ? MemoryContextStrdup(r->cxt, psprintf("%s: %s", message, detail)) :
-		MemoryContextStrdup(r->cxt, message);
+	if (detail != NULL && strncmp(sqlstate, "22", 2) != 0 && strncmp(sqlstate, "23", 2) != 0)
+		r->pending_reason = MemoryContextStrdup(r->cxt, psprintf("%s: %s", message, detail));
+	else
+		r->pending_reason = MemoryContextStrdup(r->cxt, message);
 }
 
 typedef void (*RecvStep) (RecvRequest **reqs, int n);
@@ -921,7 +931,8 @@ recv_step_tracking(RecvRequest **reqs, int n)
 		Oid			t[3] = {TEXTOID, TEXTARRAYOID, JSONBARRAYOID};
 
 		plan = shipsync_prepare_saved(
-			"SELECT ord, sqlstate, message, coalesce(result->'reply', result)::text"
+			"SELECT ord, sqlstate, message, coalesce(result->'reply', result)::text,"
+			" result->>'detail'"
 			" FROM shipsync._ingest_tracking_batch($1, $2, $3)", 3, t);
 	}
 	for (int i = 0; i < n; i++)
@@ -946,7 +957,8 @@ recv_step_tracking(RecvRequest **reqs, int n)
 			elog(ERROR, "unexpected push ordinal %d", ord);
 		r = reqs[ord - 1];
 		if (sqlstate != NULL)
-			recv_pending_error(r, sqlstate, SPI_getvalue(tt->vals[k], tt->tupdesc, 3), NULL);
+			recv_pending_error(r, sqlstate, SPI_getvalue(tt->vals[k], tt->tupdesc, 3),
+							   SPI_getvalue(tt->vals[k], tt->tupdesc, 5));
 		else
 			recv_pending(r, MHD_HTTP_OK, "application/json",
 						 SPI_getvalue(tt->vals[k], tt->tupdesc, 4));
@@ -1328,6 +1340,10 @@ recv_start_daemon(char *errbuf, size_t errlen)
 	}
 	opts[k++] = (struct MHD_OptionItem) {MHD_OPTION_SOCK_ADDR, 0, &ss};
 	opts[k++] = (struct MHD_OptionItem) {MHD_OPTION_CONNECTION_LIMIT, shipsync_receiver_max_connections, NULL};
+	/* one address cannot hold them all with slow sockets; MHD closes more */
+	if (shipsync_receiver_max_connections_per_ip > 0)
+		opts[k++] = (struct MHD_OptionItem) {MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+		shipsync_receiver_max_connections_per_ip, NULL};
 	/* a backstop for connections that stop moving; sweeps cut sooner */
 	opts[k++] = (struct MHD_OptionItem) {MHD_OPTION_CONNECTION_TIMEOUT, idle_s, NULL};
 	opts[k++] = (struct MHD_OptionItem) {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t) recv_completed, NULL};

@@ -16,6 +16,26 @@
  * back, so a set_config('search_path', ..., false) made by a trigger ends
  * with the statement instead of steering the extension's next statements.
  *
+ * A restricted operation may not leave deferred trigger events behind
+ * (afterTriggerMarkEvents: "cannot fire deferred trigger within
+ * security-restricted operation"), and a Django table makes every foreign
+ * key DEFERRABLE INITIALLY DEFERRED.  PostgreSQL's own comment there says
+ * how it could be allowed: a SET CONSTRAINTS ... IMMEDIATE in effect before
+ * the end of the restricted operation.  So before a write onto such a
+ * table, shipsync_constraints_immediate() sets the deferrable constraints
+ * whose triggers are on that table IMMEDIATE (by name, as SET CONSTRAINTS
+ * does; never ALL, which would also fire the extension's own deferred
+ * trigger on shipsync.shipment ahead of its turn): their checks then run at
+ * the end of the write, as the owner, inside the restricted operation.  The
+ * SET CONSTRAINTS itself runs as the owner in a restricted operation too:
+ * events of those constraints that the caller's transaction had deferred
+ * fire at that moment, and they run the table's own constraint code, which
+ * must never run as the privileged caller.  shipsync_constraints_restore()
+ * sets them back to their declared default for the rest of the
+ * transaction (a SET CONSTRAINTS of the caller's own on them is not
+ * restored).  A constraint in a schema the owner may not use (a foreign
+ * key of another owner's table referencing this one) is left alone.
+ *
  * The extension's own statements rely on search_path = pg_catalog, pg_temp:
  * every SECURITY DEFINER function pins it in its proconfig, and the
  * dispatcher pins it for its session at start (shipsync_pin_search_path),
@@ -29,9 +49,17 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/table.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_constraint.h"
+#include "commands/trigger.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/parsenodes.h"
+#include "utils/acl.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/syscache.h"
 
 #include "pg_shipsync.h"
@@ -61,6 +89,111 @@ shipsync_restore_user(const ShipsyncUserSave *save)
 {
 	AtEOXact_GUC(false, save->nestlevel);
 	SetUserIdAndSecContext(save->userid, save->sec_context);
+}
+
+/*
+ * The deferrable constraints with a trigger on table relid, as the
+ * RangeVars SET CONSTRAINTS takes (their schema and name), with the
+ * default of each in *initdeferred (booleans as integers).  Only those in
+ * a schema owner may use.  Takes the lock the write is about to take.
+ */
+static List *
+constraints_deferrable_on(Oid relid, Oid owner, List **initdeferred)
+{
+	Relation	rel = try_table_open(relid, RowExclusiveLock);
+	List	   *seen = NIL;
+	List	   *names = NIL;
+
+	*initdeferred = NIL;
+	if (rel == NULL)
+		return NIL;
+	for (int i = 0; rel->trigdesc != NULL && i < rel->trigdesc->numtriggers; i++)
+	{
+		Trigger    *tg = &rel->trigdesc->triggers[i];
+		HeapTuple	tup;
+		Form_pg_constraint con;
+
+		if (!tg->tgdeferrable || !OidIsValid(tg->tgconstraint) ||
+			list_member_oid(seen, tg->tgconstraint))
+			continue;
+		seen = lappend_oid(seen, tg->tgconstraint);
+		tup = SearchSysCache1(CONSTROID, ObjectIdGetDatum(tg->tgconstraint));
+		if (!HeapTupleIsValid(tup))
+			continue;
+		con = (Form_pg_constraint) GETSTRUCT(tup);
+		if (pg_namespace_aclcheck(con->connamespace, owner, ACL_USAGE) == ACLCHECK_OK)
+		{
+			names = lappend(names, makeRangeVar(get_namespace_name(con->connamespace),
+												pstrdup(NameStr(con->conname)), -1));
+			*initdeferred = lappend_int(*initdeferred, con->condeferred);
+		}
+		ReleaseSysCache(tup);
+	}
+	table_close(rel, NoLock);
+	list_free(seen);
+	return names;
+}
+
+/* SET CONSTRAINTS names IMMEDIATE or DEFERRED, as owner, restricted */
+static void
+constraints_set(List *names, bool deferred, Oid owner)
+{
+	ConstraintsSetStmt stmt = {.type = T_ConstraintsSetStmt};
+	ShipsyncUserSave save;
+
+	stmt.constraints = names;
+	stmt.deferred = deferred;
+	shipsync_become_owner(owner, &save);
+	PG_TRY();
+	{
+		AfterTriggerSetState(&stmt);
+	}
+	PG_FINALLY();
+	{
+		shipsync_restore_user(&save);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Before writing table relid as its owner (shipsync_become_owner()): make
+ * its deferrable constraints IMMEDIATE, so that their checks run at the end
+ * of the write, inside the restricted operation (see the file header).
+ * Returns what shipsync_constraints_restore() takes after the write.
+ * Nothing for a table without such a constraint, or one that no longer
+ * exists.
+ */
+ShipsyncConstraints *
+shipsync_constraints_immediate(Oid relid, Oid owner)
+{
+	ShipsyncConstraints *c = palloc0(sizeof(ShipsyncConstraints));
+
+	c->owner = owner;
+	c->names = constraints_deferrable_on(relid, owner, &c->initdeferred);
+	if (c->names != NIL)
+		constraints_set(c->names, false, owner);
+	return c;
+}
+
+/*
+ * After the write: the constraints shipsync_constraints_immediate() set
+ * IMMEDIATE are back to their declared default for the rest of the
+ * transaction.  Not needed on error: the (sub)transaction's abort restores
+ * the state.
+ */
+void
+shipsync_constraints_restore(ShipsyncConstraints *c)
+{
+	List	   *deferred = NIL;
+	ListCell   *ln,
+			   *ld;
+
+	forboth(ln, c->names, ld, c->initdeferred)
+		if (lfirst_int(ld))
+			deferred = lappend(deferred, lfirst(ln));
+	if (deferred != NIL)
+		constraints_set(deferred, true, c->owner);
+	list_free(deferred);
 }
 
 /* The owner of a relation; ERROR when it does not exist. */

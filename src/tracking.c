@@ -753,7 +753,8 @@ typedef struct PushOutcome
 {
 	EventBatch *events;			/* read and verified; NULL: failed */
 	char		sqlstate[6];	/* of the failure, "" when it went in */
-	char	   *message;		/* errmsg, and errdetail after ": " */
+	char	   *message;		/* errmsg: what the sender is told */
+	char	   *detail;			/* errdetail, or NULL: for the log */
 } PushOutcome;
 
 /* One step of a batch, run by shipsync_subxact() */
@@ -795,7 +796,8 @@ batch_step(TrackProvider *p, const char *body, size_t len, Jsonb *headers,
 	if (e == NULL)
 		return true;
 	strlcpy(o->sqlstate, unpack_sql_state(e->sqlerrcode), sizeof(o->sqlstate));
-	o->message = e->detail ? psprintf("%s: %s", e->message, e->detail) : pstrdup(e->message);
+	o->message = pstrdup(e->message);
+	o->detail = e->detail ? pstrdup(e->detail) : NULL;
 	o->events = NULL;
 	FreeErrorData(e);
 	return false;
@@ -811,8 +813,10 @@ PG_FUNCTION_INFO_V1(shipsync_ingest_tracking_batch);
  * the events of all the others are then stored and folded by one
  * _apply_tracking (the per-call cost of a push of one event is mostly that
  * statement's), and only if that fails, push by push.  One row per push:
- * its ordinal, and the SQLSTATE and message of its failure or its result
- * ({"provider", "events"} and the "reply" of kuaidi100 and sf_express).
+ * its ordinal, and the SQLSTATE and message of its failure (with its
+ * detail, if any, as the result {"detail"}: the receiver logs it but never
+ * answers it) or its result ({"provider", "events"} and the "reply" of
+ * kuaidi100 and sf_express).
  */
 Datum
 shipsync_ingest_tracking_batch(PG_FUNCTION_ARGS)
@@ -901,7 +905,11 @@ shipsync_ingest_tracking_batch(PG_FUNCTION_ARGS)
 		{
 			values[1] = CStringGetTextDatum(o[i].sqlstate);
 			values[2] = CStringGetTextDatum(o[i].message ? o[i].message : "");
-			nulls[3] = true;
+			if (o[i].detail != NULL)
+				values[3] = DirectFunctionCall1(jsonb_in, CStringGetDatum(
+					psprintf("{\"detail\": %s}", shipsync_quote_json(o[i].detail))));
+			else
+				nulls[3] = true;
 		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}

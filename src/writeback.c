@@ -14,7 +14,9 @@
  *
  * The statement runs with the rights of the table's owner, never of a
  * superuser, in a restricted operation (security.c), so the user's row
- * security, triggers and constraints apply as to the owner; and with
+ * security, triggers and constraints apply as to the owner (its deferrable
+ * constraints set IMMEDIATE for the statement, checked at its end, since a
+ * restricted operation cannot leave them deferred); and with
  * capture suppressed (capture.c), so that the rows we write enqueue no
  * intent: no echo.
  *
@@ -123,6 +125,7 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
 	Oid			owner;
 	SPIPlanPtr volatile plan;
 	ShipsyncUserSave save;
+	ShipsyncConstraints *immediate;
 	volatile int rc = 0;
 
 	ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
@@ -133,6 +136,7 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
 	plan = writeback_plan(binding_id, sql);
 	pgstat_report_activity(STATE_RUNNING, "writing results back onto the orders");
 
+	immediate = shipsync_constraints_immediate(relid, owner);
 	shipsync_become_owner(owner, &save);
 	capture_suppress();
 	PG_TRY();
@@ -145,6 +149,7 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
 		shipsync_restore_user(&save);
 	}
 	PG_END_TRY();
+	shipsync_constraints_restore(immediate);
 	if (rc != SPI_OK_UPDATE)
 		elog(ERROR, "write-back of %s failed: %s", what, SPI_result_code_string(rc));
 }

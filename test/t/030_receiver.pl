@@ -10,6 +10,7 @@ use FindBin;
 use lib $FindBin::RealBin;
 use Digest::MD5 qw(md5_hex);
 use HTTP::Tiny;
+use IO::Select;
 use IO::Socket::INET;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
@@ -129,6 +130,8 @@ my $h = sw_headers($SECRET, 'msg_2', $ev);    # signed for another body
 $r = push_http($port, 'POST', '/tracking/trk', $h, $forged);
 is($r->{status}, 401, 'a forged push: 401');
 is(decode_json($r->{content})->{sqlstate}, 'SS401', 'SQLSTATE SS401 in the answer');
+is(decode_json($r->{content})->{error}, 'tracking push for provider "trk" failed its signature check',
+	'the error\'s message, without its detail');
 $r = push_http($port, 'POST', '/tracking/trk', { 'Content-Type' => 'application/json' }, $ev);
 is($r->{status}, 401, 'an unsigned push: 401');
 $r = push_http($port, 'POST', '/tracking/trk', sw_headers('whsec_c2VjcmV0', 'msg_3', $forged), $forged);
@@ -177,6 +180,27 @@ is($r->{status}, 200, 'an SF route push: 200');
 is($r->{content}, '{"return_msg": "成功", "return_code": "0000"}', 'answered with the body SF expects');
 is(q1(q{SELECT string_agg(ship_status, ',' ORDER BY id) FROM crm.orders}), 'in_transit,in_transit,in_transit',
 	'both pushes moved their orders');
+
+# a write-back the order table refuses: 500, and neither the answer nor the
+# log quotes the row (its detail "Failing row contains (...)" holds the
+# customer's name, phone and address)
+q1(q{ALTER TABLE crm.orders ADD CONSTRAINT st_ok CHECK (ship_status IS DISTINCT FROM 'delivered') NOT VALID});
+# (the phone made by repeat(), so that the log of this very statement does not hold it)
+q1(q{UPDATE crm.orders SET customer = 'Zhang San ' || repeat('7', 11) WHERE id = 1});
+my $refused = '{"events": [{"id": "e-chk", "tracking_number": "TRK1", "status": "delivered", "occurred_at": "2026-03-01T09:00:00Z"}]}';
+$r = push_http($port, 'POST', '/tracking/trk', sw_headers($SECRET, 'msg_chk', $refused), $refused);
+is($r->{status}, 500, 'a write-back the table\'s CHECK refuses: 500');
+like($r->{content}, qr/violates check constraint \\"st_ok\\"/, 'the answer says which constraint');
+unlike($r->{content}, qr/Failing row|77777777777/, 'and does not quote the row');
+my $logged = 0;
+for (1 .. 100)
+{
+	last if ($logged = slurp_file($node->logfile) =~ /refused a request \(500 error\).*"st_ok"/);
+	usleep(100_000);
+}
+ok($logged, 'the receiver logged the refusal');
+unlike(slurp_file($node->logfile), qr/Failing row|77777777777/, 'without quoting the row');
+q1(q{ALTER TABLE crm.orders DROP CONSTRAINT st_ok});
 
 # ---- unknown routes, methods ------------------------------------------------
 is(push_http($port, 'POST', '/tracking/nobody', sw_headers($SECRET, 'm', $ev), $ev)->{status},
@@ -249,6 +273,32 @@ q1(q{SELECT shipsync.set_secret('jdy', 'previous_webhook_secret', NULL)});
 is(push_http($port, 'POST', "/crm/jdy$q", $jh, $upd)->{status}, 401,
 	'signed with the previous secret once the rotation ended: 401');
 
+# 简道云 does not sign X-JDY-DeliverId: a captured push sent again under
+# another one is known by its signature, and changes nothing (an old update
+# once reverted the order, and brought back a removed one)
+(my $v1 = $upd) =~ s/养三权厂/OLD-ADDR/;
+(my $v2 = $upd) =~ s/养三权厂/NEW-ADDR/;
+my ($q1, $h1) = jdy_signed('test-secret-2', $v1, 'dl-11');
+is(push_http($port, 'POST', "/crm/jdy$q1", $h1, $v1)->{status}, 200, '简道云 update v1: 200');
+my ($q2, $h2) = jdy_signed('test-secret-2', $v2, 'dl-12');
+is(push_http($port, 'POST', "/crm/jdy$q2", $h2, $v2)->{status}, 200, '简道云 update v2: 200');
+$r = push_http($port, 'POST', "/crm/jdy$q1", { %$h1, 'X-JDY-DeliverId' => 'dl-forged-1' }, $v1);
+is($r->{status}, 200, 'update v1 replayed under a new X-JDY-DeliverId: 200');
+is(decode_json($r->{content})->{duplicate}, 1, 'as a duplicate');
+$r = push_http($port, 'POST', "/crm/jdy$q1",
+	{ %$h1, 'X-JDY-DeliverId' => 'dl-forged-2', 'X-JDY-Signature' => uc($h1->{'X-JDY-Signature'}) }, $v1);
+is(decode_json($r->{content})->{duplicate}, 1, 'and with its signature in capitals');
+is(q1(q{SELECT customer FROM crm.orders WHERE crm_id = '5a3765a091646d77aef8e054'}), 'NEW-ADDR',
+	'the order keeps the newer update');
+(my $rm2 = $v2) =~ s/data_update/data_remove/;
+my ($q3, $h3) = jdy_signed('test-secret-2', $rm2, 'dl-13');
+is(decode_json(push_http($port, 'POST', "/crm/jdy$q3", $h3, $rm2)->{content})->{deleted}, 1,
+	'简道云 data_remove: deleted');
+$r = push_http($port, 'POST', "/crm/jdy$q2", { %$h2, 'X-JDY-DeliverId' => 'dl-forged-3' }, $v2);
+is(decode_json($r->{content})->{duplicate}, 1, 'update v2 replayed after the remove: a duplicate');
+is(q1(q{SELECT count(*) FROM crm.orders WHERE crm_id = '5a3765a091646d77aef8e054'}), '0',
+	'the removed order stays removed');
+
 # ---- Salesforce Outbound Messages: the published requests ------------------
 my $ack = qr{<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse>};
 my $contacts = slurp_raw("$vectors/salesforce_outbound_message_contact_aspnetcore.xml");
@@ -281,6 +331,47 @@ is(push_http($port, 'POST', '/crm/zoho', sw_headers($SECRET, 'z2', $zoho), $zoho
 my $nokey = '{"type": "order.created", "data": {"customer": "no id"}}';
 is(push_http($port, 'POST', '/crm/zoho', sw_headers($SECRET, 'z3', $nokey), $nokey)->{status},
 	400, 'a record the map cannot read: 400');
+
+# ---- a Django table: every foreign key DEFERRABLE INITIALLY DEFERRED ---------
+# The CRM write and the write-back run as the table's owner in a restricted
+# operation, which may leave no deferred trigger behind: the table's
+# deferrable constraints are checked at the end of the write instead
+# (pushes once failed with 500 "cannot fire deferred trigger within
+# security-restricted operation").
+q1(qq{
+	CREATE TABLE crm.shop_customer (id bigint PRIMARY KEY);
+	INSERT INTO crm.shop_customer VALUES (1);
+	CREATE TABLE crm.ship_state (code text PRIMARY KEY);
+	INSERT INTO crm.ship_state VALUES ('in_transit');
+	CREATE TABLE crm.dj_order (id bigserial PRIMARY KEY, crm_id text UNIQUE, customer text,
+		customer_ref bigint REFERENCES crm.shop_customer DEFERRABLE INITIALLY DEFERRED,
+		waybill_no text, ship_status text REFERENCES crm.ship_state DEFERRABLE INITIALLY DEFERRED);
+	INSERT INTO shipsync.field_map (profile, direction, target_path, source, transform, required) VALUES
+		('dj', 'crm_in', 'crm_id', 'id', 'identity', true),
+		('dj', 'crm_in', 'customer', 'customer', 'trim', true),
+		('dj', 'crm_in', 'customer_ref', 'ref', 'identity', false);
+	SELECT shipsync.create_crm_source('dj', 'generic', 'crm.dj_order', '{"secret": "$SECRET", "key_column": "crm_id"}');
+	SELECT shipsync.attach('crm.dj_order', 'trk', writeback => '{"tracking_number": "waybill_no", "status": "ship_status"}');
+});
+my $dj = '{"type": "order.created", "data": {"id": "DJ-1", "customer": "Django", "ref": 1}}';
+$r = push_http($port, 'POST', '/crm/dj', sw_headers($SECRET, 'dj1', $dj), $dj);
+is($r->{status}, 200, 'a CRM push onto a table with a deferred foreign key: 200');
+is(q1(q{SELECT customer || '/' || customer_ref FROM crm.dj_order WHERE crm_id = 'DJ-1'}), 'Django/1',
+	'its row is written');
+(my $djbad = $dj) =~ s/"DJ-1"/"DJ-2"/;
+$djbad =~ s/"ref": 1/"ref": 99/;
+$r = push_http($port, 'POST', '/crm/dj', sw_headers($SECRET, 'dj2', $djbad), $djbad);
+is($r->{status}, 400, 'a record breaking the deferred foreign key: 400');
+is(q1(q{SELECT count(*) FROM crm.dj_order WHERE crm_id = 'DJ-2'}), '0', 'and not written');
+q1(q{INSERT INTO crm.dj_order (crm_id, customer, customer_ref) VALUES ('DJ-W', 'written back', 1);
+	INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number)
+	SELECT b.binding_id, o.id::text, p.provider_id, 'DJTRK1'
+	FROM shipsync.binding b JOIN crm.dj_order o ON o.crm_id = 'DJ-W', shipsync.provider p
+	WHERE b.tbl = 'crm.dj_order'::regclass AND p.name = 'trk'});
+my $djev = '{"events": [{"id": "dj-e1", "tracking_number": "DJTRK1", "status": "in_transit", "occurred_at": "2026-03-01T08:00:00Z"}]}';
+$r = push_http($port, 'POST', '/tracking/trk', sw_headers($SECRET, 'dj-m1', $djev), $djev);
+is($r->{status}, 200, 'a tracking push written back onto a deferred foreign key column: 200');
+is(q1(q{SELECT ship_status FROM crm.dj_order WHERE crm_id = 'DJ-W'}), 'in_transit', 'the status is on the row');
 
 # ---- body limits ---------------------------------------------------------------
 my $big = '{"events": [], "pad": "' . ('x' x 70000) . '"}';
@@ -401,6 +492,63 @@ my $log = slurp_file($node->logfile);
 my $lines = () = $log =~ /pg_shipsync receiver refused a request \(401 signature\)/g;
 cmp_ok($lines, '<=', 2, "401s of the last minute logged at most once (plus a summary): $lines");
 unlike($log, qr/WARNING:  pg_shipsync: rejected a tracking push/, 'no WARNING per rejected push from the receiver');
+
+# ---- one client address cannot take every connection ---------------------------
+# A client holding shipsync.receiver_max_connections_per_ip slow sockets
+# gets its next ones closed as they are accepted; another address is still
+# answered at once (without the limit, the slow sockets fill
+# shipsync.receiver_max_connections and everyone else waits in the listen
+# queue until the header time limit, here 20 s, cuts them off).
+$node->append_conf('postgresql.conf', qq{
+shipsync.receiver_max_connections = 16
+shipsync.receiver_max_connections_per_ip = 4
+shipsync.receiver_header_timeout_ms = 20000
+});
+$node->restart;
+ok(wait_until_http($port, '/healthz', 200), 'the receiver is back with a per-address limit');
+my @slow;
+for (1 .. 4)
+{
+	my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10) or die "connect: $!";
+	print $s "POST /tracking/trk HTTP/1.1\r\n";
+	push @slow, $s;
+}
+my @extra;
+for (1 .. 20)
+{
+	my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10) or die "connect: $!";
+	push @extra, $s;
+}
+# each is closed by the receiver: readable, and at its end (or reset)
+my %closed;
+my $sel = IO::Select->new(@extra);
+my $t0 = time();
+while (keys(%closed) < @extra && time() - $t0 < 5)
+{
+	for my $s ($sel->can_read(0.2))
+	{
+		my $n = sysread($s, my $buf, 1);
+		$closed{ fileno($s) } = 1 if !$n;
+		$sel->remove($s);
+	}
+}
+is(scalar(keys %closed), 20, 'connections over the per-address limit are closed at once');
+push @slow, @extra;
+my $other = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", LocalAddr => '127.0.0.2', Timeout => 10)
+  or die "connect from 127.0.0.2: $!";
+$t0 = time();
+print $other "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+my $healthz = '';
+eval {
+	local $SIG{ALRM} = sub { die "timeout\n" };
+	alarm(15);
+	while (sysread($other, my $buf, 4096)) { $healthz .= $buf; }
+	alarm(0);
+};
+alarm(0);
+like($healthz, qr{^HTTP/1\.1 200 }, 'another address is answered while they hold theirs');
+cmp_ok(time() - $t0, '<', 5, 'at once, not after the header time limit');
+close($_) for @slow, $other;
 
 $node->stop;
 done_testing();

@@ -36,7 +36,7 @@ for my $i (1 .. 60)
 	if ($i % 5 == 0)
 	{
 		push @bodies, "not json $i";
-		push @want, qr/^$i SS400 tracking push for provider "p" \S.* -$/;
+		push @want, qr/^$i SS400 tracking push for provider "p" \S.* (-|\{"detail": ".*"\})$/;
 		next;
 	}
 	my @routes = map {

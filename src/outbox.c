@@ -240,18 +240,29 @@ outbox_requeue_in_flight(bool expired_only)
  * inserts went on).  An inequality is guessed to keep a third, and the
  * ordered walk, which stops at the limit, wins at any size (TAP 046).
  *
- * The last column says whether a later update of the same order waits:
+ * The eighth column says whether a later update of the same order waits:
  * only then is there anything to coalesce (claim_coalesce()).  It is
  * computed for the rows returned only, one probe of the per-order index
  * each; the coalescing statement, run for every create of a burst to find
  * nothing, cost about five times that.
+ *
+ * The last says whether a stored create is stale: the order has a live
+ * shipment at this provider now, made by another intent since the create
+ * was rendered (a create gone dead, then an update of the order rendered
+ * as a create and delivered, then the dead create retried or requeued).
+ * Sent as stored, it would make the carrier ship the order twice; it is
+ * rendered again instead, as an update of that shipment.  Only stored
+ * creates are probed (retries), one probe of the shipment's key each.
  */
 static const char *const lock_sql =
 "SELECT o.id, o.binding_id, o.order_key, o.op, o.request_method IS NOT NULL,"
 " o.idempotency_key, o.attempts,"
 " EXISTS (SELECT 1 FROM shipsync.outbox l"
 "   WHERE l.binding_id = o.binding_id AND l.order_key = o.order_key AND l.id > o.id"
-"   AND l.state IN ('pending', 'retrying', 'in_flight') AND l.op = 'update')"
+"   AND l.state IN ('pending', 'retrying', 'in_flight') AND l.op = 'update'),"
+" CASE WHEN o.request_kind = 'create' THEN EXISTS (SELECT 1 FROM shipsync.shipment s"
+"   WHERE s.binding_id = o.binding_id AND s.order_key = o.order_key"
+"   AND s.provider_id = o.provider_id AND s.status <> 'cancelled') ELSE false END"
 " FROM shipsync.outbox o"
 " WHERE o.provider_id = $1 AND o.state IN ('pending', 'retrying')"
 " AND o.next_attempt_at <= pg_catalog.now()"
@@ -1160,6 +1171,15 @@ claim_lock(ClaimState *s, int max_n)
 		c->attempt = DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 7, &isnull)) + 1;
 		c->later_update = DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 8, &isnull));
 		c->provider_id = s->p->id;
+		if (c->rendered && DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 9, &isnull)))
+		{
+			/* a stale create (lock_sql): an update of the shipment now */
+			c->rendered = false;
+			c->op = "update";
+			ereport(LOG,
+					(errmsg("pg_shipsync: intent %lld of order %s is a create stored before the order's shipment was made; it is sent as an update of that shipment",
+							(long long) c->id, c->order_key)));
+		}
 	}
 	MemoryContextSwitchTo(old);
 	s->store = args_create(9, claim_store_types, s->n);

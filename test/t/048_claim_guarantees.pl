@@ -21,7 +21,13 @@
 #      claim did not know which attempt it was making;
 #   6. while the inbox is small, a create with nothing before it goes
 #      from the inbox straight into flight: its outbox row is inserted in
-#      flight with its stored request, never pending, and sent once.
+#      flight with its stored request, never pending, and sent once;
+#   7. a stored create whose order got its shipment meanwhile is sent as
+#      an update of it: a create gone dead (401), the update of the order
+#      behind it rendered as a create and gone dead too, both requeued
+#      as docs/troubleshooting.md says; and a create gone dead (422),
+#      its order fixed and shipped by the update, the create retried.
+#      Before the fix, each sequence made the carrier ship the order twice.
 use strict;
 use warnings;
 use FindBin;
@@ -29,6 +35,7 @@ use lib $FindBin::RealBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use JSON::PP;
 use ShipsyncTest;
 
 my $sim = start_sim();
@@ -160,5 +167,46 @@ is( sql(qq{SELECT string_agg(DISTINCT state || '|' || attempts, ',') FROM shipsy
 is( join(',', map { scalar @{ sim_get($sim, "/_sim/shipments?order_ref=$_") } }
 		  $k6 =~ /(\d+)/g),
 	'1,1,1', 'taken: the carrier has one shipment each');
+
+# 7. stale stored creates
+sub shipments_of { return scalar @{ sim_get($sim, "/_sim/shipments?order_ref=$_[0]") }; }
+{
+	my $id = sql(q{SELECT nextval('crm.orders_id_seq')});
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'status', status => 401, match_order_ref => "^$id\$" } ] });
+	sql(qq{INSERT INTO crm.orders (id, customer, address) VALUES ($id, 'seven', '7 Old Road')});
+	ok(wait_until($node, "SELECT state = 'dead' FROM shipsync.outbox WHERE order_key = '$id' AND op = 'create'", 30),
+		'stale: the create is dead (401)');
+	sql(qq{UPDATE crm.orders SET address = '7 New Road' WHERE id = $id});
+	ok( wait_until($node, "SELECT state = 'dead' AND request_kind = 'create' FROM shipsync.outbox"
+			  . " WHERE order_key = '$id' AND op = 'update'", 30),
+		'stale: the update, with no shipment yet, was rendered as a create and is dead too');
+	sim_post($sim, '/_sim/faults', { rules => [] });
+	sql(q{SELECT shipsync.requeue('sim')});
+	ok( wait_until($node, "SELECT count(*) = 2 FROM shipsync.outbox WHERE order_key = '$id' AND state = 'done'", 30),
+		'stale: both requeued intents are done');
+	is(shipments_of($id), 1, 'stale: the carrier shipped the order once');
+	is( sql(qq{SELECT request_method || ' ' || request_kind FROM shipsync.outbox
+			WHERE order_key = '$id' AND op = 'update'}),
+		'PATCH update', 'stale: the second went as an update of the shipment');
+	my ($shp) = @{ sim_get($sim, "/_sim/shipments?order_ref=$id") };
+	like(encode_json(sim_get($sim, "/_sim/shipments/$shp->{id}")), qr/7 New Road/,
+		'stale: and the carrier has the order as it is now');
+}
+{
+	my $id = sql(q{SELECT nextval('crm.orders_id_seq')});
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'status', status => 422, match_order_ref => "^$id\$", count => 1 } ] });
+	sql(qq{INSERT INTO crm.orders (id, customer, address) VALUES ($id, 'eight', '8 Bad Road')});
+	ok(wait_until($node, "SELECT state = 'dead' FROM shipsync.outbox WHERE order_key = '$id' AND op = 'create'", 30),
+		'stale retry: the create is dead (422)');
+	sql(qq{UPDATE crm.orders SET address = '8 Good Road' WHERE id = $id});
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE id = $id", 30),
+		'stale retry: the fixed order is shipped by its update');
+	sql(qq{SELECT shipsync.retry(id) FROM shipsync.outbox WHERE order_key = '$id' AND op = 'create'});
+	ok( wait_until($node, "SELECT count(*) = 2 FROM shipsync.outbox WHERE order_key = '$id' AND state = 'done'", 30),
+		'stale retry: the retried create is done');
+	is(shipments_of($id), 1, 'stale retry: the carrier shipped the order once');
+}
 
 done_testing();

@@ -695,19 +695,27 @@ BEGIN
 	RETURN QUERY
 	WITH t AS (
 		SELECT DISTINCT x.b, x.k FROM unnest(tb, tk) AS x(b, k) WHERE x.b IS NOT NULL),
+	-- a quote counts while it is the quote of the order's shipment: an
+	-- order shipped again under its key (its shipment row now holds
+	-- another waybill) is quoted once, not twice; bills all count
 	per AS MATERIALIZED (
 		SELECT l.binding_id AS b, l.order_key AS k, l.provider_id AS pid, l.currency AS cur,
 			   coalesce(sum(CASE WHEN l.fee_type = 'refund' THEN -abs(l.amount) ELSE l.amount END)
-					FILTER (WHERE l.quote), 0) AS est,
+					FILTER (WHERE l.quote AND q.current), 0) AS est,
 			   coalesce(sum(l.amount) FILTER (WHERE NOT l.quote AND l.state <> 'refunded'
 											  AND l.fee_type <> 'refund'), 0) AS chg,
 			   coalesce(sum(abs(l.amount)) FILTER (WHERE NOT l.quote
 					AND (l.state = 'refunded' OR l.fee_type = 'refund')), 0) AS ref,
-			   count(*) FILTER (WHERE l.quote) AS nq,
+			   count(*) FILTER (WHERE l.quote AND q.current) AS nq,
 			   count(*) FILTER (WHERE NOT l.quote) AS nb,
 			   max(l.recorded_at) AS last
 		FROM @extschema@.fee_line l
 		JOIN t ON l.binding_id = t.b AND l.order_key = t.k
+		CROSS JOIN LATERAL (
+			SELECT NOT l.quote OR coalesce(
+				(SELECT s.tracking_number FROM @extschema@.shipment s
+				  WHERE s.binding_id = l.binding_id AND s.order_key = l.order_key
+					AND s.provider_id = l.provider_id) = l.tracking_number, true) AS current) q
 		GROUP BY l.binding_id, l.order_key, l.provider_id, l.currency),
 	kept AS (
 		INSERT INTO @extschema@.fee_sum AS fs (binding_id, order_key, provider_id, currency,

@@ -656,3 +656,22 @@ SELECT b.binding_id, '1', b.provider_id, 'X31', timestamptz '2026-05-10 12:00+00
 FROM shipsync.binding b WHERE b.tbl = 'orders3'::regclass;
 SELECT pg_temp.bill('2026-11', E'X31,freight,13.70\n') ->> 'new' AS new;
 SELECT id, fee_text FROM orders3;
+
+-- an order shipped again under its key: its shipment row holds the new
+-- waybill, and the old waybill's quote is no longer its quote
+CREATE FUNCTION pg_temp.quote(k text, tn text, amount numeric) RETURNS bigint LANGUAGE sql AS $$
+	SELECT count(*) FROM shipsync._store_fees('create', NULL, NULL, 'dispatcher',
+		ARRAY[(SELECT provider_id FROM shipsync.provider WHERE name = 'gen2')],
+		ARRAY[(SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders2'::regclass)],
+		ARRAY[k], ARRAY[tn], ARRAY['freight'], ARRAY[amount], ARRAY['CNY'], ARRAY[NULL::text],
+		ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::numeric], ARRAY[NULL::text],
+		ARRAY[NULL::timestamptz]) $$;
+INSERT INTO orders2 (id) VALUES (10);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, '10', b.provider_id, 'W10A', timestamptz '2026-05-10 12:00+00'
+FROM shipsync.binding b WHERE b.tbl = 'orders2'::regclass;
+SELECT pg_temp.quote('10', 'W10A', 13.70) > 0 AS quoted;
+UPDATE shipsync.shipment SET tracking_number = 'W10B' WHERE tracking_number = 'W10A';
+SELECT pg_temp.quote('10', 'W10B', 13.70) > 0 AS quoted_again;
+SELECT s.fee_total, f.estimated, f.quote_lines FROM shipsync.shipment s
+JOIN shipsync.fee_sum f USING (binding_id, order_key, provider_id) WHERE s.tracking_number = 'W10B';

@@ -371,6 +371,51 @@ COMMENT ON FUNCTION @extschema@.resume(text) IS
 -- Public API: bindings
 ------------------------------------------------------------------------------
 
+/*
+ * attach()'s option adopt: the binding of a detached table of the same
+ * provider that tbl replaces (rebuilt, restored, made partitioned), or
+ * NULL.  The replaced table, if it is still there, must be the caller's.
+ */
+CREATE FUNCTION @extschema@._check_adopt(opts jsonb, pid integer, tbl regclass)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	old @extschema@.binding;
+BEGIN
+	IF NOT opts ? 'adopt' OR jsonb_typeof(opts->'adopt') = 'null' THEN
+		RETURN NULL;
+	END IF;
+	IF jsonb_typeof(opts->'adopt') <> 'number' OR (opts->>'adopt') !~ '^[0-9]{1,9}$' THEN
+		RAISE EXCEPTION 'option "adopt" must be a binding id'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given is %s.', opts->'adopt'),
+				  HINT = 'For example {"adopt": 3}: see SELECT binding_id, tbl, active FROM shipsync.binding.';
+	END IF;
+	SELECT * INTO old FROM @extschema@.binding b WHERE b.binding_id = (opts->>'adopt')::integer;
+	IF NOT FOUND OR old.active OR old.provider_id <> pid OR old.tbl = tbl
+	   OR old.options ? 'adopted_by' THEN
+		RAISE EXCEPTION 'binding % cannot be adopted by table %', opts->>'adopt', tbl
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = CASE WHEN NOT FOUND THEN 'There is no such binding.'
+								WHEN old.active THEN 'Its table is attached: detach it first.'
+								WHEN old.provider_id <> pid THEN 'It is a binding of another provider.'
+								WHEN old.tbl = tbl THEN 'It is this table''s own binding.'
+								ELSE format('Binding %s adopted it already.', old.options->>'adopted_by') END,
+				  HINT = 'Adopt the detached binding of the table this one replaces, of the same provider.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = old.tbl
+			   AND NOT pg_has_role(session_user, c.relowner, 'USAGE')) THEN
+		RAISE EXCEPTION 'must be owner of table %, whose binding % is to be adopted', old.tbl, old.binding_id
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+	RETURN old.binding_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._check_adopt(jsonb, integer, regclass) IS
+	'Internal (attach()): the binding that option adopt names, checked: detached, of the same provider, another table''s, not adopted yet, and the caller''s if its table is still there.';
+
 CREATE FUNCTION @extschema@.attach(tbl regclass, provider text, key_column name DEFAULT NULL,
 								   writeback jsonb DEFAULT NULL, options jsonb DEFAULT '{}')
 RETURNS integer
@@ -397,6 +442,8 @@ DECLARE
 	cancel_when text;
 	trigargs text;
 	relkind "char";
+	adopt integer;
+	gone record;
 BEGIN
 	IF tbl IS NULL THEN
 		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -423,7 +470,8 @@ BEGIN
 			USING ERRCODE = 'duplicate_object',
 				  HINT = 'Call shipsync.detach() first to attach it again.';
 	END IF;
-	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii', 'grace', 'created_at_column'], 'attach');
+	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii', 'grace', 'created_at_column', 'adopt'], 'attach');
+	adopt := @extschema@._check_adopt(opts, pid, tbl);
 	PERFORM @extschema@._check_attach_options(opts, pid);
 	PERFORM @extschema@._check_reconcile_options(opts, tbl);
 	IF current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
@@ -566,6 +614,41 @@ BEGIN
 		   active = true, created_at = now(), created_by = session_user
 	RETURNING b.binding_id INTO bid;
 
+	-- the table replaces the one of binding adopt: what pg_shipsync knows
+	-- of its orders (shipments, intents, events, fees, tickets) is this
+	-- binding's now, so an order shipped before is updated, not created
+	-- again.  Otherwise, a binding of this provider with shipments whose
+	-- table is gone is said: were this table its successor, every update
+	-- of an order shipped before would ship it again.
+	IF adopt IS NOT NULL THEN
+		UPDATE @extschema@.shipment x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.outbox x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.inbox x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.tracking_event x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.fee_line x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.fee_sum x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.fee_pull x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.exception_ticket x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.binding x SET options = x.options || jsonb_build_object('adopted_by', bid)
+		 WHERE x.binding_id = adopt;
+	ELSE
+		FOR gone IN
+			SELECT b.binding_id, b.tbl::oid AS relid
+			FROM @extschema@.binding b
+			WHERE b.provider_id = pid AND NOT b.active AND b.binding_id <> bid
+			  AND NOT b.options ? 'adopted_by'
+			  AND NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = b.tbl)
+			  AND EXISTS (SELECT 1 FROM @extschema@.shipment x WHERE x.binding_id = b.binding_id)
+		LOOP
+			RAISE WARNING 'binding % of provider "%" has shipments, and its table (oid %) is gone',
+				gone.binding_id, provider, gone.relid
+				USING DETAIL = format('Table %s is binding %s: an update of an order shipped under binding %s would be sent as a create.',
+									  tbl, bid, gone.binding_id),
+					  HINT = format('If %s replaces that table, detach it and attach it again with options {"adopt": %s}.',
+									tbl, gone.binding_id);
+		END LOOP;
+	END IF;
+
 	trigargs := array_to_string(ARRAY(SELECT quote_literal(x)
 		FROM unnest(ARRAY[bid::text, pid::text, keycol::text] || wbcols) x), ', ');
 	EXECUTE format('CREATE TRIGGER shipsync_capture AFTER INSERT OR UPDATE OR DELETE ON %s'
@@ -579,7 +662,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) IS
-	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered), pii (which columns of the generic body are personal: {"column": "name"|"phone"|"address"|"email"|null}), grace (reconciliation: how old an order without a shipment must be to be not_sent, default 10 minutes), created_at_column (the column that tells an order''s age).';
+	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered), pii (which columns of the generic body are personal: {"column": "name"|"phone"|"address"|"email"|null}), grace (reconciliation: how old an order without a shipment must be to be not_sent, default 10 minutes), created_at_column (the column that tells an order''s age), adopt (the binding of a table this one replaces: its shipments, intents, events, fees and tickets become this binding''s).';
 
 CREATE FUNCTION @extschema@.detach(tbl regclass)
 RETURNS void

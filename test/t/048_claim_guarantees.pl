@@ -27,7 +27,12 @@
 #      behind it rendered as a create and gone dead too, both requeued
 #      as docs/troubleshooting.md says; and a create gone dead (422),
 #      its order fixed and shipped by the update, the create retried.
-#      Before the fix, each sequence made the carrier ship the order twice.
+#      Before the fix, each sequence made the carrier ship the order twice;
+#   8. a table rebuilt under its name (a copy swapped in) and attached
+#      again adopts the old table's binding: an update of an order
+#      shipped before is sent as an update of its shipment.  Attached
+#      without adopt, a warning says which binding it may replace.
+#      Before the fix, the update was a create: the order shipped twice.
 use strict;
 use warnings;
 use FindBin;
@@ -207,6 +212,37 @@ sub shipments_of { return scalar @{ sim_get($sim, "/_sim/shipments?order_ref=$_[
 	ok( wait_until($node, "SELECT count(*) = 2 FROM shipsync.outbox WHERE order_key = '$id' AND state = 'done'", 30),
 		'stale retry: the retried create is done');
 	is(shipments_of($id), 1, 'stale retry: the carrier shipped the order once');
+}
+
+# 8. a rebuilt table adopts its binding
+{
+	sql(q{CREATE TABLE crm.rebuilt (LIKE crm.orders INCLUDING ALL);
+		SELECT shipsync.attach('crm.rebuilt', 'sim', writeback => '{"tracking_number": "waybill_no"}')});
+	my $old = sql(q{SELECT binding_id FROM shipsync.binding WHERE tbl = 'crm.rebuilt'::regclass});
+	my $id = sql(q{INSERT INTO crm.rebuilt (customer, address) VALUES ('nine', '9 First St') RETURNING id});
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.rebuilt WHERE id = $id", 30),
+		'rebuilt: the order is shipped');
+	my $waybill = sql("SELECT waybill_no FROM crm.rebuilt WHERE id = $id");
+	sql(q{SELECT shipsync.detach('crm.rebuilt');
+		ALTER TABLE crm.rebuilt RENAME TO rebuilt_old;
+		CREATE TABLE crm.rebuilt (LIKE crm.rebuilt_old INCLUDING ALL);
+		INSERT INTO crm.rebuilt SELECT * FROM crm.rebuilt_old;
+		DROP TABLE crm.rebuilt_old;});
+	my ($rc, $out, $err) = $node->psql('postgres', q{BEGIN;
+		SELECT shipsync.attach('crm.rebuilt', 'sim', writeback => '{"tracking_number": "waybill_no"}');
+		ROLLBACK;});
+	like($err, qr/WARNING:  binding $old of provider "sim" has shipments, and its table \(oid \d+\) is gone.*HINT:  If crm.rebuilt replaces that table, detach it and attach it again with options \{"adopt": $old\}/s,
+		'rebuilt: attached without adopt, a warning names the binding it may replace');
+	sql(qq{SELECT shipsync.attach('crm.rebuilt', 'sim', writeback => '{"tracking_number": "waybill_no"}',
+			options => '{"adopt": $old}')});
+	sql(qq{UPDATE crm.rebuilt SET address = '9 Second St' WHERE id = $id});
+	ok( wait_until($node, "SELECT state = 'done' FROM shipsync.outbox WHERE order_key = '$id' AND op = 'update'"
+			  . " AND binding_id <> $old", 30),
+		'rebuilt: the update is sent');
+	is( sql(qq{SELECT request_method FROM shipsync.outbox WHERE order_key = '$id' AND op = 'update'}),
+		'PATCH', 'rebuilt: as an update of the shipment');
+	is(shipments_of($id), 1, 'rebuilt: the carrier shipped the order once');
+	is(sql("SELECT waybill_no FROM crm.rebuilt WHERE id = $id"), $waybill, 'rebuilt: the order keeps its waybill');
 }
 
 done_testing();

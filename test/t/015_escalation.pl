@@ -17,7 +17,10 @@
 #   5. the owner of an order table (in no shipsync role) gives its key
 #      column a domain whose check runs its code: the CRM pass of every
 #      shipsync.reconcile_interval, a reconcile() run and resync() cast
-#      keys to it as its owner, never as a superuser.
+#      keys to it as its owner, never as a superuser;
+#   6. that database owner's search_path again, against the reconcile
+#      worker: a run that fails records its failure with pg_catalog's
+#      operators.
 # Every attack fails with a clear error, and rolsuper stays false.
 use strict;
 use warnings;
@@ -102,11 +105,11 @@ my $bid = $node->safe_psql('postgres',
 # = on bigint, integer and text in schema %1$s: it escalates role %2$s when
 # it runs as a superuser, and records who ran it.
 my $evil_operators = q{
-	CREATE TABLE %1$s.calls (who name, super boolean);
+	CREATE TABLE %1$s.calls (who name, super boolean, app text);
 	GRANT INSERT ON %1$s.calls TO PUBLIC;
 	CREATE FUNCTION %1$s.eq(a bigint, b bigint) RETURNS boolean LANGUAGE plpgsql AS $f$
 	BEGIN
-		INSERT INTO %1$s.calls SELECT current_user, r.rolsuper
+		INSERT INTO %1$s.calls SELECT current_user, r.rolsuper, pg_catalog.current_setting('application_name')
 		FROM pg_catalog.pg_roles r WHERE r.rolname = current_user;
 		IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
 			EXECUTE 'ALTER ROLE %2$s SUPERUSER';
@@ -383,6 +386,27 @@ is($node->safe_psql('postgres',
 is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT who || '/' || super, ', ') FROM crm.calls}),
 	'crmowner/false', 'nobody ran it as anyone else');
 is(rolsuper('crmowner'), 'f', 'the table owner stays who it was');
+
+# ---------------------------------------------------------------------------
+# 6. the database owner's search_path against the reconcile worker
+# ---------------------------------------------------------------------------
+
+# the key column renamed: every CRM pass of shopdb fails, and the worker
+# records why
+($rc, $out, $err) = as_role('dbowner', 'db-secret',
+	q{ALTER TABLE dbo.orders RENAME COLUMN id TO order_id}, 'shopdb');
+is($rc, 0, 'the database owner breaks its table\'s reconciliation') or diag($err);
+# (qualified: this session of the harness's superuser takes the database's
+# search_path too)
+ok(wait_until($node,
+		q{SELECT count(*) >= 2 FROM shipsync.reconcile_run
+		  WHERE state OPERATOR(pg_catalog.=) 'failed' AND error IS NOT NULL},
+		60, 'shopdb'),
+	'the reconcile worker records failed runs');
+is($node->safe_psql('shopdb', 'SELECT count(*) FROM dbo.calls WHERE super'), '0',
+	'without running the database owner\'s operators as a superuser')
+  or diag($node->safe_psql('shopdb', 'SELECT who, super, app, count(*) FROM dbo.calls GROUP BY 1, 2, 3'));
+is(rolsuper('dbowner'), 'f', 'the database owner stays who it was');
 
 $node->stop;
 done_testing();

@@ -6913,3 +6913,42 @@ BEGIN
 	RETURN n;
 END
 $$;
+
+------------------------------------------------------------------------------
+-- No digest of unmasked personal data for readers
+------------------------------------------------------------------------------
+-- shipsync_reader saw request_digest, the SHA-256 of the unmasked request
+-- body, beside the masked body (intents), and again in shipment and
+-- delivery_log: trying the few characters a mask hides against it gave the
+-- name and phone back in under a second.  content_digest, a digest of the
+-- whole order row, gives them back the same way.  Readers now get NULL for
+-- both in intents (install/80_security.sql) and no longer read those
+-- columns of shipment and delivery_log (install/90_privileges.sql);
+-- operators and admins read everything as before.
+CREATE OR REPLACE VIEW @extschema@.intents AS
+SELECT o.id, o.binding_id, o.provider_id, o.order_key, o.op, o.idempotency_key, o.state,
+	   o.attempts, o.next_attempt_at, o.lease_until, o.created_at, o.updated_at, o.done_at,
+	   o.request_method, o.request_url,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_body
+			ELSE @extschema@._mask_body(o.request_body, r.paths, r.kinds, b.options->'pii')
+	   END AS request_body,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_digest END AS request_digest,
+	   o.last_status, o.error_class, o.last_error, o.coalesced_into,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.content_digest END AS content_digest,
+	   o.request_kind
+FROM @extschema@.outbox o
+LEFT JOIN @extschema@._pii_rules r ON r.provider_id = o.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id = o.binding_id;
+COMMENT ON VIEW @extschema@.intents IS
+	'The outbox as its readers may see it: every column of shipsync.outbox, with the personal values of request_body masked, and request_digest and content_digest (digests of the unmasked body and order row) NULL, unless the reader is a member of shipsync_operator. shipsync_reader reads this view, not the table.';
+REVOKE SELECT ON @extschema@.shipment, @extschema@.delivery_log FROM shipsync_reader;
+-- Shipments and attempts but their digests: request_digest is the SHA-256
+-- of a request body whose personal values readers see masked, and
+-- content_digest a digest of the order row; both can be matched against
+-- the few characters a mask hides (the view intents gives readers NULL)
+GRANT SELECT (shipment_id, binding_id, order_key, provider_id, provider_shipment_id,
+	tracking_number, label_url, status, raw_status, fees, fee_total, created_at, updated_at,
+	waybills) ON @extschema@.shipment TO shipsync_reader;
+GRANT SELECT (id, outbox_id, attempt, provider_id, at, method, url, http_status, latency_ms,
+	outcome, error_class, error) ON @extschema@.delivery_log TO shipsync_reader;
+GRANT SELECT ON @extschema@.shipment, @extschema@.delivery_log TO shipsync_operator;

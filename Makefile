@@ -16,7 +16,7 @@ OBJS = \
 	src/dialects/generic.o src/dialects/sf_express.o src/dialects/kuaidi100.o \
 	src/dialects/easypost.o src/dialects/aftership.o src/dialects/shared.o \
 	src/spi.o src/provider.o src/writeback.o \
-	src/security.o src/filter.o \
+	src/security.o src/filter.o src/asowner.o \
 	src/crm.o src/receiver.o \
 	src/crypto.o src/secret.o src/redact.o \
 	src/hostcheck.o \

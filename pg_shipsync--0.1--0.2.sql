@@ -7187,3 +7187,662 @@ $$;
 COMMENT ON FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) IS
 	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered), pii (which columns of the generic body are personal: {"column": "name"|"phone"|"address"|"email"|null}), grace (reconciliation: how old an order without a shipment must be to be not_sent, default 10 minutes), created_at_column (the column that tells an order''s age), adopt (the binding of a table this one replaces: its shipments, intents, events, fees and tickets become this binding''s).';
 ALTER FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) SET shipsync.audit_action = 'attach';
+
+------------------------------------------------------------------------------
+-- Order tables read by reconciliation and resync() only as their owner
+------------------------------------------------------------------------------
+-- _reconcile_crm() and _reconcile_carrier() run as the reconcile worker's
+-- bootstrap superuser, and resync() as the extension's owner: they read the
+-- order tables and cast order keys to the key column's type themselves, so
+-- the check of a domain the table's owner gave its key column (or any other
+-- code of the owner's reached there) ran as a superuser, every
+-- shipsync.reconcile_interval.  They now read order tables only through
+-- _select_as_owner(), which runs the statement as the table's owner in a
+-- restricted operation (install/15_filter.sql, install/70_reconcile.sql).
+CREATE FUNCTION @extschema@._select_as_owner(tbl regclass, stmt text, keys text[], n integer)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'shipsync_select_as_owner'
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._select_as_owner(regclass, text, text[], integer) IS
+	'Internal: the rows of a SELECT over an order table built by the extension, run as the table''s owner in a restricted operation ($1 = keys, $2 = n): reconciliation and resync() read order tables only through it.';
+REVOKE ALL ON FUNCTION @extschema@._select_as_owner(regclass, text, text[], integer) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@._reconcile_tables()
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning
+AS $$
+BEGIN
+	CREATE TEMP TABLE IF NOT EXISTS recon_found (
+		kind			text NOT NULL,
+		provider_id		integer,
+		binding_id		integer,
+		order_key		text,
+		subject			text,
+		tracking_number text,
+		chk				text NOT NULL,
+		facts			jsonb,
+		detail			text);
+	CREATE UNIQUE INDEX IF NOT EXISTS recon_found_key ON pg_temp.recon_found
+		(kind, (coalesce(provider_id, 0)), (coalesce(binding_id, 0)),
+		 (coalesce(order_key, '')), (coalesce(subject, '')));
+	-- per provider: the rows of the full join of its snapshot and our
+	-- shipments that may hold a discrepancy
+	CREATE TEMP TABLE IF NOT EXISTS recon_pair (
+		provider_id		integer NOT NULL,
+		c_id			text,
+		c_ref			text,
+		c_tn			text,
+		c_status		text,
+		c_canon			text,
+		c_rank			integer,
+		c_at			timestamptz,
+		binding_id		integer,
+		order_key		text,
+		s_id			text,
+		s_tn			text,
+		s_status		text,
+		s_rank			integer,
+		s_terminal		boolean,
+		s_updated		timestamptz);
+	-- order references of the carrier's that no shipment of ours explains
+	CREATE TEMP TABLE IF NOT EXISTS recon_ref (
+		provider_id		integer NOT NULL,
+		ref				text NOT NULL,
+		binding_id		integer,
+		PRIMARY KEY (provider_id, ref));
+	CREATE TEMP TABLE IF NOT EXISTS recon_dup (
+		provider_id		integer NOT NULL,
+		order_ref		text NOT NULL,
+		ids				text[],
+		tns				text[]);
+	CREATE TEMP TABLE IF NOT EXISTS recon_prepared (run_id bigint);
+	-- the order rows of one binding, as its owner read them (_reconcile_crm)
+	CREATE TEMP TABLE IF NOT EXISTS recon_orders (
+		k				text COLLATE "C",
+		o_tn			text,
+		o_status		text,
+		born			timestamptz,
+		digest			bigint);
+	TRUNCATE pg_temp.recon_found, pg_temp.recon_pair, pg_temp.recon_ref, pg_temp.recon_dup,
+		pg_temp.recon_prepared, pg_temp.recon_orders;
+END
+$$;
+
+/*
+ * The CRM side of one binding: orders without a shipment and nothing on its
+ * way (not_sent), written-back columns that differ from the shipment
+ * (tracking_mismatch, status_mismatch), orders changed since their request
+ * was sent (address_changed_after_send).  A full pass reads every order; an
+ * incremental one, the orders changed since the last pass (their xmin is
+ * not older than the horizon then saved), those whose shipment or stopped
+ * intents changed, those with open tickets or tickets resolved since (a
+ * problem resolved by hand but still there is reopened at once), and those
+ * still waiting for a shipment (shipsync.reconcile_seen).
+ *
+ * The order table is read, and keys are cast to its key's type, only as
+ * the table's owner (_select_as_owner): this function runs as a superuser,
+ * and a domain's check, a type's functions or a row security policy of the
+ * owner's must not.  The owner's statement returns each order's key, its
+ * write-back columns, when it was made and the row itself; the rest is
+ * joined here.
+ */
+CREATE OR REPLACE FUNCTION @extschema@._reconcile_crm(bid integer, full_pass boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b record;
+	keytype text;
+	skip text[];
+	grace interval;
+	born text;
+	trk integer;
+	st record;
+	h xid8;
+	hage integer;
+	eff text;
+	tn_bad text;
+	st_bad text;
+	src text;
+	orders text;
+	ks text[];
+	gone text[];
+BEGIN
+	SELECT x.* INTO b FROM @extschema@.binding x WHERE x.binding_id = bid;
+	-- the key's type, with the key column's own collation when it has one:
+	-- an order key of ours (COLLATE "C") cast to it then compares as the
+	-- column does, and can use its index
+	SELECT format_type(a.atttypid, a.atttypmod)
+		   || CASE WHEN co.oid IS NULL THEN '' ELSE format(' COLLATE %I.%I', cn.nspname, co.collname) END
+	  INTO keytype
+	  FROM pg_attribute a
+	  LEFT JOIN pg_collation co ON co.oid = a.attcollation
+	  LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
+	 WHERE a.attrelid = b.tbl AND a.attname = b.key_column AND a.attnum > 0 AND NOT a.attisdropped;
+	skip := ARRAY(SELECT w.value #>> '{}' FROM jsonb_each(b.writeback) w ORDER BY 1);
+	grace := coalesce((b.options->>'grace')::interval, interval '10 minutes');
+	born := CASE WHEN b.options ? 'created_at_column'
+					 THEN format('t.%I::timestamptz', b.options->>'created_at_column')
+				 WHEN current_setting('track_commit_timestamp')::boolean
+					 THEN 'pg_xact_commit_timestamp(t.xmin)'
+				 ELSE 'NULL::timestamptz' END;
+	SELECT p.provider_id INTO trk FROM @extschema@.provider p WHERE p.name = b.options->>'tracking_provider';
+	-- the status written back is the tracking provider's once it reports one
+	eff := CASE WHEN trk IS NULL THEN 's.status'
+				ELSE 'CASE WHEN tr.status IS NOT NULL AND tr.status <> ''pending'' THEN tr.status ELSE s.status END' END;
+	tn_bad := CASE WHEN b.writeback ? 'tracking_number'
+				   THEN '(s.tracking_number IS NOT NULL AND t.o_tn COLLATE "C" IS DISTINCT FROM s.tracking_number)'
+				   ELSE 'false' END;
+	st_bad := CASE WHEN b.writeback ? 'status'
+				   THEN format('(s.order_key IS NOT NULL AND t.o_status IS DISTINCT FROM %s)', eff)
+				   ELSE 'false' END;
+
+	-- where the last pass stopped; rows of transactions from h on are read
+	-- again by the next one
+	INSERT INTO @extschema@.reconcile_state (binding_id) VALUES (bid) ON CONFLICT DO NOTHING;
+	SELECT x.* INTO st FROM @extschema@.reconcile_state x WHERE x.binding_id = bid FOR UPDATE;
+	h := pg_snapshot_xmin(pg_current_snapshot());
+	IF st.horizon IS NOT NULL THEN
+		hage := age(((st.horizon::text::numeric % 4294967296)::text)::xid);
+	END IF;
+	-- an horizon 2^30 transactions old is too old to compare xids with
+	full_pass := full_pass OR hage IS NULL OR hage < 0 OR hage > 1073741824;
+
+	IF full_pass THEN
+		src := format('%s t', b.tbl);
+	ELSE
+		-- the orders whose side of ours changed: the owner's statement adds
+		-- the rows changed since ($2) and reads the rows of both ($1)
+		ks := ARRAY(
+			SELECT s.order_key FROM @extschema@.shipment s
+			 WHERE s.binding_id = bid AND age(s.xmin) <= hage
+			UNION
+			SELECT o.order_key FROM @extschema@.outbox o
+			 WHERE o.binding_id = bid AND (o.state IN ('dead', 'invalid') OR o.error_class = 'nothing_to_send')
+			   AND age(o.xmin) <= hage
+			UNION
+			SELECT x.order_key FROM @extschema@.exception_ticket x
+			 WHERE x.binding_id = bid AND x.order_key IS NOT NULL
+			   AND (x.resolved_at IS NULL OR age(x.xmin) <= hage)
+			UNION
+			SELECT r.order_key FROM @extschema@.reconcile_seen r WHERE r.binding_id = bid);
+		src := format($src$(SELECT DISTINCT c.k FROM (
+				SELECT t.%1$I::text COLLATE "C" AS k FROM %2$s t WHERE age(t.xmin) <= $2
+				UNION ALL
+				SELECT u.k FROM unnest($1) AS u(k)) c) c
+			JOIN %2$s t ON t.%1$I = c.k::%3$s$src$, b.key_column, b.tbl, keytype);
+	END IF;
+	-- what the comparison needs of each order row, read as the table's owner
+	orders := format('SELECT t.%I::text, %s, %s, %s, t.*::%s FROM %s',
+		b.key_column,
+		CASE WHEN b.writeback ? 'tracking_number' THEN format('t.%I::text', b.writeback->>'tracking_number') ELSE 'NULL::text' END,
+		CASE WHEN b.writeback ? 'status' THEN format('t.%I::text', b.writeback->>'status') ELSE 'NULL::text' END,
+		born, b.tbl, src);
+	-- kept, with each row's digest, for the comparison's joins (ANALYZEd:
+	-- a full pass reads a million orders, an incremental one a few)
+	TRUNCATE pg_temp.recon_orders;
+	EXECUTE format($o$
+		INSERT INTO pg_temp.recon_orders (k, o_tn, o_status, born, digest)
+		SELECT t.k, t.o_tn, t.o_status, t.born, @extschema@._row_digest(t.r, $2)
+		  FROM @extschema@._select_as_owner($1, $3, $4, $5)
+			   AS t(k text COLLATE "C", o_tn text, o_status text, born timestamptz, r %s)
+	$o$, b.tbl)
+	USING b.tbl, skip, orders, ks, hage;
+	ANALYZE pg_temp.recon_orders;
+
+	EXECUTE format($q$
+		WITH act AS MATERIALIZED (
+			SELECT o.order_key FROM @extschema@.outbox o
+			 WHERE o.binding_id = $1 AND o.state IN ('pending', 'retrying', 'in_flight')
+			UNION
+			SELECT i.order_key FROM @extschema@.inbox i WHERE i.binding_id = $1),
+		x AS MATERIALIZED (
+			SELECT y.* FROM (
+				SELECT t.k,
+					   s.order_key IS NOT NULL AS shipped,
+					   s.provider_shipment_id AS s_id, s.tracking_number AS s_tn, %1$s AS s_status,
+					   s.content_digest AS s_digest,
+					   %2$s AS tn_bad, %3$s AS st_bad,
+					   (s.content_digest IS NOT NULL AND s.status <> 'cancelled'
+						AND t.digest <> s.content_digest) AS addr_bad,
+					   t.o_tn, t.o_status,
+					   coalesce(t.born, r.first_seen_at) AS born,
+					   r.order_key IS NOT NULL AS seen
+				  FROM pg_temp.recon_orders t
+				  LEFT JOIN @extschema@.shipment s
+					ON s.binding_id = $1 AND s.provider_id = $2 AND s.order_key = t.k
+				  %4$s
+				  LEFT JOIN @extschema@.reconcile_seen r
+					ON r.binding_id = $1 AND r.order_key = t.k) y
+			 WHERE NOT y.shipped OR y.tn_bad OR y.st_bad OR y.addr_bad),
+		seen AS (
+			INSERT INTO @extschema@.reconcile_seen (binding_id, order_key)
+			SELECT $1, x.k FROM x WHERE NOT x.shipped AND NOT x.seen
+			ON CONFLICT DO NOTHING)
+		INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
+			chk, facts, detail)
+		SELECT f.kind, $2, $1, x.k, x.s_tn, 'crm', f.facts, f.detail
+		  FROM x
+		  LEFT JOIN LATERAL (
+			  SELECT o.id, o.state, o.error_class, o.last_error FROM @extschema@.outbox o
+			   WHERE NOT x.shipped AND o.binding_id = $1 AND o.order_key = x.k
+				 AND (o.state IN ('dead', 'invalid') OR o.error_class = 'nothing_to_send')
+			   ORDER BY o.id DESC LIMIT 1) so ON true
+		 CROSS JOIN LATERAL (VALUES
+			('not_sent',
+			 NOT x.shipped AND x.born < now() - $3 AND x.k NOT IN (SELECT act.order_key FROM act)
+			 AND so.error_class IS DISTINCT FROM 'nothing_to_send',
+			 jsonb_build_object('check', 'crm',
+				'reason', coalesce(so.state, 'not_captured'), 'outbox_id', so.id,
+				'last_error', so.last_error, 'since', x.born),
+			 format('order %%s of %%s has no shipment and nothing on its way (%%s)', x.k, $4,
+				CASE so.state WHEN 'dead' THEN 'its intent is dead: ' || coalesce(so.last_error, '')
+							  WHEN 'invalid' THEN 'its intent is invalid: ' || coalesce(so.last_error, '')
+							  ELSE 'no intent was captured' END)),
+			('tracking_mismatch', x.shipped AND x.tn_bad,
+			 jsonb_build_object('check', 'crm', 'column', %5$L, 'order', x.o_tn, 'shipment', x.s_tn),
+			 format('order %%s of %%s: column %%s holds %%s, the shipment''s tracking number is %%s',
+				x.k, $4, %5$L, coalesce(x.o_tn, 'NULL'), x.s_tn)),
+			('status_mismatch', x.shipped AND x.st_bad,
+			 jsonb_build_object('check', 'crm', 'column', %6$L, 'order', x.o_status, 'shipment', x.s_status),
+			 format('order %%s of %%s: column %%s holds %%s, the shipment''s status is %%s',
+				x.k, $4, %6$L, coalesce(x.o_status, 'NULL'), x.s_status)),
+			('address_changed_after_send',
+			 x.shipped AND x.addr_bad AND x.k NOT IN (SELECT act.order_key FROM act),
+			 jsonb_build_object('check', 'crm', 'shipment_id', x.s_id),
+			 format('order %%s of %%s changed after its shipment %%s was sent, and no update is on its way',
+				x.k, $4, coalesce(x.s_id, '')))
+		 ) AS f(kind, hit, facts, detail)
+		 WHERE f.hit
+		ON CONFLICT DO NOTHING
+	$q$, eff, tn_bad, st_bad,
+		CASE WHEN trk IS NULL THEN ''
+			 ELSE format('LEFT JOIN @extschema@.shipment tr ON tr.binding_id = $1 AND tr.provider_id = %s AND tr.order_key = t.k',
+						 trk) END,
+		b.writeback->>'tracking_number', b.writeback->>'status')
+	USING bid, b.provider_id, grace, b.tbl::text;
+
+	-- orders no longer waiting: shipped, or gone (whose keys the owner's
+	-- table no longer holds)
+	ks := ARRAY(SELECT r.order_key FROM @extschema@.reconcile_seen r WHERE r.binding_id = bid);
+	IF cardinality(ks) > 0 THEN
+		gone := ARRAY(SELECT g.k FROM @extschema@._select_as_owner(b.tbl, format(
+				'SELECT u.k FROM unnest($1) AS u(k) WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE t.%I = u.k::%s)',
+				b.tbl, b.key_column, keytype), ks, NULL) AS g(k text));
+		DELETE FROM @extschema@.reconcile_seen r
+		 WHERE r.binding_id = bid
+		   AND (EXISTS (SELECT 1 FROM @extschema@.shipment s
+						 WHERE s.binding_id = bid AND s.provider_id = b.provider_id
+						   AND s.order_key = r.order_key)
+				OR r.order_key = ANY (gone));
+	END IF;
+
+	UPDATE @extschema@.reconcile_state x
+	   SET horizon = h, pass_at = now(),
+		   full_at = CASE WHEN full_pass THEN now() ELSE x.full_at END
+	 WHERE x.binding_id = bid;
+END
+$$;
+
+/*
+ * The carrier's side of one provider, from the pairs _reconcile_prepare
+ * kept: shipments of ours its list lacks, tracking numbers and statuses
+ * that differ (statuses re-read: the worker has applied what it could),
+ * shipments of its for orders we do not have or cancelled, and orders it
+ * holds twice.  Order references no shipment of ours explains are looked up
+ * in the provider's tables, one statement per table, as the table's owner
+ * (_select_as_owner): by the table's key index where a reference can be a
+ * key of its type, else a hash join.
+ */
+CREATE OR REPLACE FUNCTION @extschema@._reconcile_carrier(run bigint, pid integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b record;
+	keyexpr text;
+	refs text[];
+BEGIN
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
+		chk, facts, detail)
+	SELECT 'missing_at_carrier', pid, x.binding_id, x.order_key, x.s_tn, 'carrier',
+		   jsonb_build_object('check', 'carrier', 'shipment_id', x.s_id, 'tracking_number', x.s_tn,
+			   'status', x.s_status, 'updated_at', x.s_updated),
+		   format('the carrier''s list has no shipment %s (tracking number %s) of order %s',
+			   x.s_id, coalesce(x.s_tn, 'none'), x.order_key)
+	  FROM pg_temp.recon_pair x
+	 WHERE x.provider_id = pid AND x.c_id IS NULL
+	ON CONFLICT DO NOTHING;
+
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
+		chk, facts, detail)
+	SELECT 'tracking_mismatch', pid, x.binding_id, x.order_key, x.s_tn, 'carrier',
+		   jsonb_build_object('check', 'carrier', 'shipment_id', x.s_id, 'ours', x.s_tn, 'carrier', x.c_tn),
+		   format('shipment %s of order %s: our tracking number is %s, the carrier''s %s',
+			   x.s_id, x.order_key, coalesce(x.s_tn, 'none'), x.c_tn)
+	  FROM pg_temp.recon_pair x
+	 WHERE x.provider_id = pid AND x.c_id IS NOT NULL AND x.s_id IS NOT NULL
+	   AND x.c_tn IS NOT NULL AND x.c_tn IS DISTINCT FROM x.s_tn
+	ON CONFLICT DO NOTHING;
+
+	-- still behind after the carrier's statuses were applied: they could not be
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
+		chk, facts, detail)
+	SELECT 'status_mismatch', pid, x.binding_id, x.order_key, s.tracking_number, 'carrier',
+		   jsonb_build_object('check', 'carrier', 'shipment_id', x.s_id, 'ours', s.status,
+			   'carrier', x.c_status, 'carrier_canonical', x.c_canon),
+		   format('shipment %s of order %s is %s here and %s (%s) at the carrier, which could not be applied',
+			   x.s_id, x.order_key, s.status, x.c_canon, x.c_status)
+	  FROM pg_temp.recon_pair x
+	  JOIN @extschema@.shipment s
+		ON s.binding_id = x.binding_id AND s.order_key = x.order_key AND s.provider_id = pid
+	  JOIN @extschema@.canonical_status cs ON cs.name = s.status
+	 WHERE x.provider_id = pid AND x.c_id IS NOT NULL AND x.s_id IS NOT NULL
+	   AND x.c_canon <> 'unknown' AND x.c_rank > cs.rank
+	ON CONFLICT DO NOTHING;
+
+	-- live at the carrier, cancelled here
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, subject,
+		tracking_number, chk, facts, detail)
+	SELECT 'orphan_at_carrier', pid, x.binding_id, x.order_key, x.c_id, x.c_tn, 'carrier',
+		   jsonb_build_object('check', 'carrier', 'shipment_id', x.c_id, 'order_ref', x.c_ref,
+			   'tracking_number', x.c_tn, 'status', x.c_status, 'reason', 'order_cancelled'),
+		   format('the carrier''s shipment %s is %s, but order %s was cancelled',
+			   x.c_id, coalesce(x.c_status, 'live'), x.order_key)
+	  FROM pg_temp.recon_pair x
+	 WHERE x.provider_id = pid AND x.c_id IS NOT NULL AND x.s_id IS NOT NULL
+	   AND x.s_status = 'cancelled' AND x.c_canon IS DISTINCT FROM 'cancelled'
+	ON CONFLICT DO NOTHING;
+
+	-- orders held twice (or more), cancelled shipments aside: one shipment
+	-- of an order at most is ours, so every other one is among the pairs
+	-- without a shipment of ours, and only their references are counted
+	INSERT INTO pg_temp.recon_dup (provider_id, order_ref, ids, tns)
+	SELECT pid, c.order_ref, array_agg(c.shipment_id ORDER BY c.shipment_id),
+		   array_agg(c.tracking_number ORDER BY c.shipment_id)
+	  FROM @extschema@.carrier_snapshot c
+	 WHERE c.run_id = run AND c.provider_id = pid
+	   AND c.canonical IS DISTINCT FROM 'cancelled'
+	   AND c.order_ref IN (SELECT x.c_ref FROM pg_temp.recon_pair x
+							WHERE x.provider_id = pid AND x.s_id IS NULL AND x.c_ref IS NOT NULL
+							  AND x.c_canon IS DISTINCT FROM 'cancelled')
+	 GROUP BY c.order_ref
+	HAVING count(*) > 1;
+
+	-- which orders do the unexplained references name?
+	INSERT INTO pg_temp.recon_ref (provider_id, ref)
+	SELECT pid, x.c_ref FROM pg_temp.recon_pair x
+	 WHERE x.provider_id = pid AND x.s_id IS NULL AND x.c_ref IS NOT NULL
+	   AND x.c_canon IS DISTINCT FROM 'cancelled'
+	UNION
+	SELECT pid, d.order_ref FROM pg_temp.recon_dup d WHERE d.provider_id = pid
+	ON CONFLICT DO NOTHING;
+	IF FOUND THEN
+		ANALYZE pg_temp.recon_ref;
+		FOR b IN SELECT x.binding_id, x.tbl, x.key_column, a.atttypid AS keytype
+				   FROM @extschema@.binding x
+				   JOIN pg_attribute a ON a.attrelid = x.tbl AND a.attname = x.key_column
+				  WHERE x.provider_id = pid AND x.active ORDER BY x.binding_id LOOP
+			-- a reference that can be a key of the column's type is looked up
+			-- as one (the table's own index finds it: there are few); the
+			-- key's text must still be the reference
+			keyexpr := CASE b.keytype
+				WHEN 'int2'::regtype THEN 'CASE WHEN f.ref ~ ''^-?[0-9]{1,5}$'' AND f.ref::numeric BETWEEN -32768 AND 32767 THEN f.ref::int2 END'
+				WHEN 'int4'::regtype THEN 'CASE WHEN f.ref ~ ''^-?[0-9]{1,10}$'' AND f.ref::numeric BETWEEN -2147483648 AND 2147483647 THEN f.ref::int4 END'
+				WHEN 'int8'::regtype THEN 'CASE WHEN f.ref ~ ''^-?[0-9]{1,19}$'' AND f.ref::numeric BETWEEN -9223372036854775808 AND 9223372036854775807 THEN f.ref::int8 END'
+				WHEN 'text'::regtype THEN 'f.ref'
+				WHEN 'varchar'::regtype THEN 'f.ref::varchar'
+				WHEN 'uuid'::regtype THEN 'CASE WHEN f.ref ~ ''^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'' THEN f.ref::uuid END'
+				END;
+			refs := ARRAY(SELECT f.ref FROM pg_temp.recon_ref f
+						   WHERE f.provider_id = pid AND f.binding_id IS NULL);
+			EXIT WHEN cardinality(refs) = 0;
+			UPDATE pg_temp.recon_ref f SET binding_id = b.binding_id
+			  FROM @extschema@._select_as_owner(b.tbl, format(
+					   'SELECT f.ref FROM unnest($1) AS f(ref) JOIN %s t ON f.ref = t.%I::text%s',
+					   b.tbl, b.key_column,
+					   CASE WHEN keyexpr IS NOT NULL THEN format(' AND t.%I = %s', b.key_column, keyexpr) ELSE '' END),
+				   refs, NULL) AS o(ref text)
+			 WHERE f.provider_id = pid AND f.binding_id IS NULL AND f.ref = o.ref;
+		END LOOP;
+	END IF;
+
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, subject,
+		tracking_number, chk, facts, detail)
+	SELECT 'orphan_at_carrier', pid, NULL, x.c_ref, x.c_id, x.c_tn, 'carrier',
+		   jsonb_build_object('check', 'carrier', 'shipment_id', x.c_id, 'order_ref', x.c_ref,
+			   'tracking_number', x.c_tn, 'status', x.c_status, 'reason', 'no_order'),
+		   format('the carrier''s shipment %s (tracking number %s) is for order %s, which no attached table holds',
+			   x.c_id, coalesce(x.c_tn, 'none'), coalesce(x.c_ref, 'none'))
+	  FROM pg_temp.recon_pair x
+	 WHERE x.provider_id = pid AND x.c_id IS NOT NULL AND x.s_id IS NULL
+	   AND x.c_canon IS DISTINCT FROM 'cancelled'
+	   AND NOT EXISTS (SELECT 1 FROM pg_temp.recon_ref f
+						WHERE f.provider_id = pid AND f.ref = x.c_ref AND f.binding_id IS NOT NULL)
+	ON CONFLICT DO NOTHING;
+
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, chk, facts, detail)
+	SELECT 'duplicate_at_carrier', pid, f.binding_id, d.order_ref, 'carrier',
+		   jsonb_build_object('check', 'carrier', 'shipment_ids', d.ids, 'tracking_numbers', d.tns),
+		   format('the carrier holds %s shipments for order %s: %s',
+			   cardinality(d.ids), d.order_ref, array_to_string(d.ids, ', '))
+	  FROM pg_temp.recon_dup d
+	  LEFT JOIN pg_temp.recon_ref f ON f.provider_id = pid AND f.ref = d.order_ref
+	 WHERE d.provider_id = pid
+	ON CONFLICT DO NOTHING;
+END
+$$;
+
+/*
+ * Compare a run whose pulls are over, and record its outcome.  The worker
+ * calls _reconcile_prepare first (and applies what it returns) in the same
+ * transaction; called alone, this prepares itself and applies nothing.
+ */
+CREATE OR REPLACE FUNCTION @extschema@._reconcile_compare(run bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	bids integer[];
+	pids integer[];
+	sbids integer[];
+	b integer;
+	p integer;
+	m record;
+	failed text;
+BEGIN
+	-- (two tests: the second is parsed only once the table exists)
+	IF to_regclass('pg_temp.recon_prepared') IS NULL THEN
+		PERFORM @extschema@._reconcile_prepare(run);
+	ELSIF NOT EXISTS (SELECT 1 FROM pg_temp.recon_prepared x WHERE x.run_id = run) THEN
+		PERFORM @extschema@._reconcile_prepare(run);
+	END IF;
+	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run FOR UPDATE;
+
+	-- the bindings compared: all for a crm pass, else those of the providers chosen
+	SELECT coalesce(array_agg(x.binding_id ORDER BY x.binding_id), '{}') INTO bids
+	  FROM @extschema@.binding x
+	 WHERE x.active
+	   AND (r.kind = 'crm' OR x.provider_id IN (SELECT c.key::integer FROM jsonb_each(r.pulls) c));
+	SELECT coalesce(array_agg(c.key::integer ORDER BY c.key::integer), '{}') INTO pids
+	  FROM jsonb_each(r.pulls) c WHERE c.value->>'state' = 'done';
+	SELECT string_agg(format('the pull of provider %s failed: %s', c.value->>'provider', c.value->>'error'), '; ')
+	  INTO failed
+	  FROM jsonb_each(r.pulls) c WHERE c.value->>'state' = 'failed';
+
+	FOREACH p IN ARRAY pids LOOP
+		PERFORM @extschema@._reconcile_carrier(run, p);
+	END LOOP;
+	FOREACH b IN ARRAY bids LOOP
+		PERFORM @extschema@._reconcile_crm(b, r.kind = 'full');
+	END LOOP;
+	-- stuck and fees: thresholds are days and bills monthly, so a CRM-side
+	-- pass looks hourly
+	SELECT coalesce(array_agg(s.binding_id ORDER BY s.binding_id), '{}') INTO sbids
+	  FROM @extschema@.reconcile_state s
+	 WHERE s.binding_id = ANY (bids)
+	   AND (r.kind = 'full' OR s.stuck_at IS NULL OR s.stuck_at < now() - interval '1 hour');
+	PERFORM @extschema@._reconcile_stuck(sbids);
+	PERFORM @extschema@._reconcile_fees(sbids);
+	UPDATE @extschema@.reconcile_state s SET stuck_at = now() WHERE s.binding_id = ANY (sbids);
+	SELECT * INTO m FROM @extschema@._reconcile_merge(run, bids, pids, sbids);
+
+	-- the snapshots of earlier runs of these providers are of no more use
+	DELETE FROM @extschema@.carrier_snapshot c WHERE c.provider_id = ANY (pids) AND c.run_id < run;
+	TRUNCATE pg_temp.recon_found, pg_temp.recon_pair, pg_temp.recon_ref, pg_temp.recon_dup,
+		pg_temp.recon_prepared, pg_temp.recon_orders;
+
+	UPDATE @extschema@.reconcile_run x
+	   SET state = CASE WHEN failed IS NULL THEN 'done' ELSE 'failed' END,
+		   error = failed, opened = m.opened, reopened = m.reopened, closed = m.closed,
+		   finished_at = clock_timestamp()
+	 WHERE x.run_id = run;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.resync(tbl regclass, keys text[] DEFAULT NULL, kind text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b record;
+	keytype text;
+	ks text[];
+	n bigint;
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT x.* INTO b FROM @extschema@.binding x
+	 WHERE x.tbl OPERATOR(pg_catalog.=) resync.tbl AND x.active;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'table % is not attached', tbl
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'See SELECT tbl FROM shipsync.binding WHERE active.';
+	END IF;
+	IF keys IS NULL AND kind IS NULL THEN
+		RAISE EXCEPTION 'resync needs order keys, a kind of discrepancy, or both'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example shipsync.resync(''crm.orders'', kind => ''not_sent'').';
+	END IF;
+	IF kind IS NOT NULL AND kind OPERATOR(pg_catalog.<>) ALL (ARRAY['not_sent', 'missing_at_carrier',
+			'tracking_mismatch', 'status_mismatch', 'address_changed_after_send', 'stuck']) THEN
+		RAISE EXCEPTION 'cannot resync orders by discrepancy kind "%"', kind
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Orders can be sent again for the kinds not_sent, missing_at_carrier, tracking_mismatch, status_mismatch, address_changed_after_send and stuck.',
+				  HINT = CASE kind WHEN 'fee_mismatch'
+							  THEN 'A fee difference is settled with the carrier (a corrected statement, a dispute), not by sending the order again.'
+							  ELSE 'An orphan or a duplicate at the carrier has no order of ours to send: cancel it at the carrier.' END;
+	END IF;
+
+	-- the orders: those given, those with an open discrepancy of the kind, or both
+	ks := ARRAY(SELECT DISTINCT k FROM unnest(keys) AS k WHERE k IS NOT NULL);
+	IF kind IS NOT NULL THEN
+		ks := ARRAY(SELECT DISTINCT x.order_key FROM @extschema@.exception_ticket x
+					 WHERE x.binding_id OPERATOR(pg_catalog.=) b.binding_id
+					   AND x.kind OPERATOR(pg_catalog.=) resync.kind AND x.resolved_at IS NULL
+					   AND x.order_key IS NOT NULL
+					   AND (keys IS NULL OR x.order_key OPERATOR(pg_catalog.=) ANY (ks)));
+	END IF;
+	-- that exist (the keys are compared as the key column's type, by the
+	-- table's owner: a domain's check is the owner's code)
+	SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO keytype
+	  FROM pg_catalog.pg_attribute a
+	 WHERE a.attrelid OPERATOR(pg_catalog.=) b.tbl AND a.attname OPERATOR(pg_catalog.=) b.key_column;
+	BEGIN
+		ks := ARRAY(SELECT o.k FROM @extschema@._select_as_owner(b.tbl,
+				pg_catalog.format('SELECT t.%1$I::pg_catalog.text FROM %2$s t'
+								  ' WHERE t.%1$I OPERATOR(pg_catalog.=) ANY ($1::%3$s[])',
+								  b.key_column, b.tbl, keytype),
+				ks, NULL) AS o(k text));
+	EXCEPTION WHEN data_exception THEN
+		RAISE EXCEPTION 'the order keys given are not all of type %', keytype
+			USING ERRCODE = 'invalid_text_representation',
+				  DETAIL = format('%s.', SQLERRM),
+				  HINT = format('Give the values of column %I of %s, as text.', b.key_column, b.tbl);
+	END;
+
+	-- a create where there is no live shipment (or the carrier lost it: a
+	-- new idempotency key, so a carrier that remembers keys creates it
+	-- again), an update where there is one; orders with an intent on its
+	-- way are left to it
+	WITH o AS (
+		SELECT k,
+			   s.status IS NULL OR s.status OPERATOR(pg_catalog.=) 'cancelled'
+			   OR EXISTS (SELECT 1 FROM @extschema@.exception_ticket x
+						   WHERE x.binding_id OPERATOR(pg_catalog.=) b.binding_id
+							 AND x.order_key OPERATOR(pg_catalog.=) k
+							 AND x.kind OPERATOR(pg_catalog.=) 'missing_at_carrier'
+							 AND x.resolved_at IS NULL) AS create_it
+		  FROM unnest(ks) AS k
+		  LEFT JOIN @extschema@.shipment s
+			ON s.binding_id OPERATOR(pg_catalog.=) b.binding_id AND s.order_key OPERATOR(pg_catalog.=) k
+		   AND s.provider_id OPERATOR(pg_catalog.=) b.provider_id
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.outbox x
+							WHERE x.binding_id OPERATOR(pg_catalog.=) b.binding_id
+							  AND x.order_key OPERATOR(pg_catalog.=) k
+							  AND x.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'retrying', 'in_flight']))
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.inbox i
+							WHERE i.binding_id OPERATOR(pg_catalog.=) b.binding_id
+							  AND i.order_key OPERATOR(pg_catalog.=) k)),
+	ins AS (
+		INSERT INTO @extschema@.outbox (binding_id, provider_id, order_key, op)
+		SELECT b.binding_id, b.provider_id, o.k, CASE WHEN o.create_it THEN 'create' ELSE 'update' END
+		  FROM o ORDER BY o.k
+		RETURNING 1)
+	SELECT pg_catalog.count(*) INTO n FROM ins;
+	PERFORM @extschema@._audit('resync', 'binding', b.tbl::text,
+		pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('keys', keys, 'kind', kind)),
+		pg_catalog.jsonb_build_object('enqueued', n));
+	PERFORM @extschema@._wake(false);
+	RETURN n;
+END
+$$;
+
+------------------------------------------------------------------------------
+-- No digest of unmasked personal data for readers
+------------------------------------------------------------------------------
+-- shipsync_reader saw request_digest, the SHA-256 of the unmasked request
+-- body, beside the masked body (intents), and again in shipment and
+-- delivery_log: trying the few characters a mask hides against it gave the
+-- name and phone back in under a second.  content_digest, a digest of the
+-- whole order row, gives them back the same way.  Readers now get NULL for
+-- both in intents (install/80_security.sql) and no longer read those
+-- columns of shipment and delivery_log (install/90_privileges.sql);
+-- operators and admins read everything as before.
+CREATE OR REPLACE VIEW @extschema@.intents AS
+SELECT o.id, o.binding_id, o.provider_id, o.order_key, o.op, o.idempotency_key, o.state,
+	   o.attempts, o.next_attempt_at, o.lease_until, o.created_at, o.updated_at, o.done_at,
+	   o.request_method, o.request_url,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_body
+			ELSE @extschema@._mask_body(o.request_body, r.paths, r.kinds, b.options->'pii')
+	   END AS request_body,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_digest END AS request_digest,
+	   o.last_status, o.error_class, o.last_error, o.coalesced_into,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.content_digest END AS content_digest,
+	   o.request_kind
+FROM @extschema@.outbox o
+LEFT JOIN @extschema@._pii_rules r ON r.provider_id = o.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id = o.binding_id;
+COMMENT ON VIEW @extschema@.intents IS
+	'The outbox as its readers may see it: every column of shipsync.outbox, with the personal values of request_body masked, and request_digest and content_digest (digests of the unmasked body and order row) NULL, unless the reader is a member of shipsync_operator. shipsync_reader reads this view, not the table.';
+REVOKE SELECT ON @extschema@.shipment, @extschema@.delivery_log FROM shipsync_reader;
+-- Shipments and attempts but their digests: request_digest is the SHA-256
+-- of a request body whose personal values readers see masked, and
+-- content_digest a digest of the order row; both can be matched against
+-- the few characters a mask hides (the view intents gives readers NULL)
+GRANT SELECT (shipment_id, binding_id, order_key, provider_id, provider_shipment_id,
+	tracking_number, label_url, status, raw_status, fees, fee_total, created_at, updated_at,
+	waybills) ON @extschema@.shipment TO shipsync_reader;
+GRANT SELECT (id, outbox_id, attempt, provider_id, at, method, url, http_status, latency_ms,
+	outcome, error_class, error) ON @extschema@.delivery_log TO shipsync_reader;
+GRANT SELECT ON @extschema@.shipment, @extschema@.delivery_log TO shipsync_operator;

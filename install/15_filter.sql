@@ -1,8 +1,9 @@
 -- install/15_filter.sql: Expressions users hand to the extension
 -- (cancel_when), and the check of the statements built around them.
 -- A part of pg_shipsync--0.2.sql (see the Makefile); every privilege is
--- granted in 90_privileges.sql (these are granted to no one: attach()
--- calls them as the extension's owner).
+-- granted in 90_privileges.sql (these are granted to no one: attach(),
+-- reconciliation and resync() call them as the extension's owner or the
+-- reconcile worker's superuser).
 
 CREATE FUNCTION @extschema@._cancel_when_sql(expr text)
 RETURNS text
@@ -19,3 +20,11 @@ LANGUAGE C VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@._explain_as_owner(regclass, text, regtype[]) IS
 	'Internal: EXPLAIN a statement built by attach() as the owner of its table, in a restricted operation, each parameter an empty array of its type.';
+
+CREATE FUNCTION @extschema@._select_as_owner(tbl regclass, stmt text, keys text[], n integer)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'shipsync_select_as_owner'
+LANGUAGE C VOLATILE
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._select_as_owner(regclass, text, text[], integer) IS
+	'Internal: the rows of a SELECT over an order table built by the extension, run as the table''s owner in a restricted operation ($1 = keys, $2 = n): reconciliation and resync() read order tables only through it.';

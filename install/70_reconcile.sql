@@ -496,8 +496,15 @@ BEGIN
 		ids				text[],
 		tns				text[]);
 	CREATE TEMP TABLE IF NOT EXISTS recon_prepared (run_id bigint);
+	-- the order rows of one binding, as its owner read them (_reconcile_crm)
+	CREATE TEMP TABLE IF NOT EXISTS recon_orders (
+		k				text COLLATE "C",
+		o_tn			text,
+		o_status		text,
+		born			timestamptz,
+		digest			bigint);
 	TRUNCATE pg_temp.recon_found, pg_temp.recon_pair, pg_temp.recon_ref, pg_temp.recon_dup,
-		pg_temp.recon_prepared;
+		pg_temp.recon_prepared, pg_temp.recon_orders;
 END
 $$;
 COMMENT ON FUNCTION @extschema@._reconcile_tables() IS
@@ -587,6 +594,13 @@ COMMENT ON FUNCTION @extschema@._reconcile_prepare(bigint) IS
  * intents changed, those with open tickets or tickets resolved since (a
  * problem resolved by hand but still there is reopened at once), and those
  * still waiting for a shipment (shipsync.reconcile_seen).
+ *
+ * The order table is read, and keys are cast to its key's type, only as
+ * the table's owner (_select_as_owner): this function runs as a superuser,
+ * and a domain's check, a type's functions or a row security policy of the
+ * owner's must not.  The owner's statement returns each order's key, its
+ * write-back columns, when it was made and the row itself; the rest is
+ * joined here.
  */
 CREATE FUNCTION @extschema@._reconcile_crm(bid integer, full_pass boolean)
 RETURNS void
@@ -607,6 +621,9 @@ DECLARE
 	tn_bad text;
 	st_bad text;
 	src text;
+	orders text;
+	ks text[];
+	gone text[];
 BEGIN
 	SELECT x.* INTO b FROM @extschema@.binding x WHERE x.binding_id = bid;
 	-- the key's type, with the key column's own collation when it has one:
@@ -631,12 +648,10 @@ BEGIN
 	eff := CASE WHEN trk IS NULL THEN 's.status'
 				ELSE 'CASE WHEN tr.status IS NOT NULL AND tr.status <> ''pending'' THEN tr.status ELSE s.status END' END;
 	tn_bad := CASE WHEN b.writeback ? 'tracking_number'
-				   THEN format('(s.tracking_number IS NOT NULL AND t.%I::text COLLATE "C" IS DISTINCT FROM s.tracking_number)',
-							   b.writeback->>'tracking_number')
+				   THEN '(s.tracking_number IS NOT NULL AND t.o_tn COLLATE "C" IS DISTINCT FROM s.tracking_number)'
 				   ELSE 'false' END;
 	st_bad := CASE WHEN b.writeback ? 'status'
-				   THEN format('(s.order_key IS NOT NULL AND t.%I::text IS DISTINCT FROM %s)',
-							   b.writeback->>'status', eff)
+				   THEN format('(s.order_key IS NOT NULL AND t.o_status IS DISTINCT FROM %s)', eff)
 				   ELSE 'false' END;
 
 	-- where the last pass stopped; rows of transactions from h on are read
@@ -653,23 +668,44 @@ BEGIN
 	IF full_pass THEN
 		src := format('%s t', b.tbl);
 	ELSE
+		-- the orders whose side of ours changed: the owner's statement adds
+		-- the rows changed since ($2) and reads the rows of both ($1)
+		ks := ARRAY(
+			SELECT s.order_key FROM @extschema@.shipment s
+			 WHERE s.binding_id = bid AND age(s.xmin) <= hage
+			UNION
+			SELECT o.order_key FROM @extschema@.outbox o
+			 WHERE o.binding_id = bid AND (o.state IN ('dead', 'invalid') OR o.error_class = 'nothing_to_send')
+			   AND age(o.xmin) <= hage
+			UNION
+			SELECT x.order_key FROM @extschema@.exception_ticket x
+			 WHERE x.binding_id = bid AND x.order_key IS NOT NULL
+			   AND (x.resolved_at IS NULL OR age(x.xmin) <= hage)
+			UNION
+			SELECT r.order_key FROM @extschema@.reconcile_seen r WHERE r.binding_id = bid);
 		src := format($src$(SELECT DISTINCT c.k FROM (
-				SELECT t.%1$I::text COLLATE "C" AS k FROM %2$s t WHERE age(t.xmin) <= $4
+				SELECT t.%1$I::text COLLATE "C" AS k FROM %2$s t WHERE age(t.xmin) <= $2
 				UNION ALL
-				SELECT s.order_key FROM @extschema@.shipment s
-				 WHERE s.binding_id = $1 AND age(s.xmin) <= $4
-				UNION ALL
-				SELECT o.order_key FROM @extschema@.outbox o
-				 WHERE o.binding_id = $1 AND (o.state IN ('dead', 'invalid') OR o.error_class = 'nothing_to_send')
-				   AND age(o.xmin) <= $4
-				UNION ALL
-				SELECT x.order_key FROM @extschema@.exception_ticket x
-				 WHERE x.binding_id = $1 AND x.order_key IS NOT NULL
-				   AND (x.resolved_at IS NULL OR age(x.xmin) <= $4)
-				UNION ALL
-				SELECT r.order_key FROM @extschema@.reconcile_seen r WHERE r.binding_id = $1) c) c
+				SELECT u.k FROM unnest($1) AS u(k)) c) c
 			JOIN %2$s t ON t.%1$I = c.k::%3$s$src$, b.key_column, b.tbl, keytype);
 	END IF;
+	-- what the comparison needs of each order row, read as the table's owner
+	orders := format('SELECT t.%I::text, %s, %s, %s, t.*::%s FROM %s',
+		b.key_column,
+		CASE WHEN b.writeback ? 'tracking_number' THEN format('t.%I::text', b.writeback->>'tracking_number') ELSE 'NULL::text' END,
+		CASE WHEN b.writeback ? 'status' THEN format('t.%I::text', b.writeback->>'status') ELSE 'NULL::text' END,
+		born, b.tbl, src);
+	-- kept, with each row's digest, for the comparison's joins (ANALYZEd:
+	-- a full pass reads a million orders, an incremental one a few)
+	TRUNCATE pg_temp.recon_orders;
+	EXECUTE format($o$
+		INSERT INTO pg_temp.recon_orders (k, o_tn, o_status, born, digest)
+		SELECT t.k, t.o_tn, t.o_status, t.born, @extschema@._row_digest(t.r, $2)
+		  FROM @extschema@._select_as_owner($1, $3, $4, $5)
+			   AS t(k text COLLATE "C", o_tn text, o_status text, born timestamptz, r %s)
+	$o$, b.tbl)
+	USING b.tbl, skip, orders, ks, hage;
+	ANALYZE pg_temp.recon_orders;
 
 	EXECUTE format($q$
 		WITH act AS MATERIALIZED (
@@ -679,22 +715,22 @@ BEGIN
 			SELECT i.order_key FROM @extschema@.inbox i WHERE i.binding_id = $1),
 		x AS MATERIALIZED (
 			SELECT y.* FROM (
-				SELECT t.%1$I::text COLLATE "C" AS k,
+				SELECT t.k,
 					   s.order_key IS NOT NULL AS shipped,
-					   s.provider_shipment_id AS s_id, s.tracking_number AS s_tn, %3$s AS s_status,
+					   s.provider_shipment_id AS s_id, s.tracking_number AS s_tn, %1$s AS s_status,
 					   s.content_digest AS s_digest,
-					   %4$s AS tn_bad, %5$s AS st_bad,
+					   %2$s AS tn_bad, %3$s AS st_bad,
 					   (s.content_digest IS NOT NULL AND s.status <> 'cancelled'
-						AND @extschema@._row_digest(t.*, $2) <> s.content_digest) AS addr_bad,
-					   %6$s AS o_tn, %7$s AS o_status,
-					   coalesce(%8$s, r.first_seen_at) AS born,
+						AND t.digest <> s.content_digest) AS addr_bad,
+					   t.o_tn, t.o_status,
+					   coalesce(t.born, r.first_seen_at) AS born,
 					   r.order_key IS NOT NULL AS seen
-				  FROM %2$s
+				  FROM pg_temp.recon_orders t
 				  LEFT JOIN @extschema@.shipment s
-					ON s.binding_id = $1 AND s.provider_id = $3 AND s.order_key = t.%1$I::text COLLATE "C"
-				  %9$s
+					ON s.binding_id = $1 AND s.provider_id = $2 AND s.order_key = t.k
+				  %4$s
 				  LEFT JOIN @extschema@.reconcile_seen r
-					ON r.binding_id = $1 AND r.order_key = t.%1$I::text COLLATE "C") y
+					ON r.binding_id = $1 AND r.order_key = t.k) y
 			 WHERE NOT y.shipped OR y.tn_bad OR y.st_bad OR y.addr_bad),
 		seen AS (
 			INSERT INTO @extschema@.reconcile_seen (binding_id, order_key)
@@ -702,7 +738,7 @@ BEGIN
 			ON CONFLICT DO NOTHING)
 		INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
 			chk, facts, detail)
-		SELECT f.kind, $3, $1, x.k, x.s_tn, 'crm', f.facts, f.detail
+		SELECT f.kind, $2, $1, x.k, x.s_tn, 'crm', f.facts, f.detail
 		  FROM x
 		  LEFT JOIN LATERAL (
 			  SELECT o.id, o.state, o.error_class, o.last_error FROM @extschema@.outbox o
@@ -711,50 +747,52 @@ BEGIN
 			   ORDER BY o.id DESC LIMIT 1) so ON true
 		 CROSS JOIN LATERAL (VALUES
 			('not_sent',
-			 NOT x.shipped AND x.born < now() - $5 AND x.k NOT IN (SELECT act.order_key FROM act)
+			 NOT x.shipped AND x.born < now() - $3 AND x.k NOT IN (SELECT act.order_key FROM act)
 			 AND so.error_class IS DISTINCT FROM 'nothing_to_send',
 			 jsonb_build_object('check', 'crm',
 				'reason', coalesce(so.state, 'not_captured'), 'outbox_id', so.id,
 				'last_error', so.last_error, 'since', x.born),
-			 format('order %%s of %%s has no shipment and nothing on its way (%%s)', x.k, $6,
+			 format('order %%s of %%s has no shipment and nothing on its way (%%s)', x.k, $4,
 				CASE so.state WHEN 'dead' THEN 'its intent is dead: ' || coalesce(so.last_error, '')
 							  WHEN 'invalid' THEN 'its intent is invalid: ' || coalesce(so.last_error, '')
 							  ELSE 'no intent was captured' END)),
 			('tracking_mismatch', x.shipped AND x.tn_bad,
-			 jsonb_build_object('check', 'crm', 'column', %10$L, 'order', x.o_tn, 'shipment', x.s_tn),
+			 jsonb_build_object('check', 'crm', 'column', %5$L, 'order', x.o_tn, 'shipment', x.s_tn),
 			 format('order %%s of %%s: column %%s holds %%s, the shipment''s tracking number is %%s',
-				x.k, $6, %10$L, coalesce(x.o_tn, 'NULL'), x.s_tn)),
+				x.k, $4, %5$L, coalesce(x.o_tn, 'NULL'), x.s_tn)),
 			('status_mismatch', x.shipped AND x.st_bad,
-			 jsonb_build_object('check', 'crm', 'column', %11$L, 'order', x.o_status, 'shipment', x.s_status),
+			 jsonb_build_object('check', 'crm', 'column', %6$L, 'order', x.o_status, 'shipment', x.s_status),
 			 format('order %%s of %%s: column %%s holds %%s, the shipment''s status is %%s',
-				x.k, $6, %11$L, coalesce(x.o_status, 'NULL'), x.s_status)),
+				x.k, $4, %6$L, coalesce(x.o_status, 'NULL'), x.s_status)),
 			('address_changed_after_send',
 			 x.shipped AND x.addr_bad AND x.k NOT IN (SELECT act.order_key FROM act),
 			 jsonb_build_object('check', 'crm', 'shipment_id', x.s_id),
 			 format('order %%s of %%s changed after its shipment %%s was sent, and no update is on its way',
-				x.k, $6, coalesce(x.s_id, '')))
+				x.k, $4, coalesce(x.s_id, '')))
 		 ) AS f(kind, hit, facts, detail)
 		 WHERE f.hit
 		ON CONFLICT DO NOTHING
-	$q$, b.key_column, src, eff, tn_bad, st_bad,
-		CASE WHEN b.writeback ? 'tracking_number' THEN format('t.%I::text', b.writeback->>'tracking_number') ELSE 'NULL::text' END,
-		CASE WHEN b.writeback ? 'status' THEN format('t.%I::text', b.writeback->>'status') ELSE 'NULL::text' END,
-		born,
+	$q$, eff, tn_bad, st_bad,
 		CASE WHEN trk IS NULL THEN ''
-			 ELSE format('LEFT JOIN @extschema@.shipment tr ON tr.binding_id = $1 AND tr.provider_id = %s AND tr.order_key = t.%I::text COLLATE "C"',
-						 trk, b.key_column) END,
+			 ELSE format('LEFT JOIN @extschema@.shipment tr ON tr.binding_id = $1 AND tr.provider_id = %s AND tr.order_key = t.k',
+						 trk) END,
 		b.writeback->>'tracking_number', b.writeback->>'status')
-	USING bid, skip, b.provider_id, hage, grace, b.tbl::text;
+	USING bid, b.provider_id, grace, b.tbl::text;
 
-	-- orders no longer waiting: shipped, or gone
-	EXECUTE format($d$
+	-- orders no longer waiting: shipped, or gone (whose keys the owner's
+	-- table no longer holds)
+	ks := ARRAY(SELECT r.order_key FROM @extschema@.reconcile_seen r WHERE r.binding_id = bid);
+	IF cardinality(ks) > 0 THEN
+		gone := ARRAY(SELECT g.k FROM @extschema@._select_as_owner(b.tbl, format(
+				'SELECT u.k FROM unnest($1) AS u(k) WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE t.%I = u.k::%s)',
+				b.tbl, b.key_column, keytype), ks, NULL) AS g(k text));
 		DELETE FROM @extschema@.reconcile_seen r
-		 WHERE r.binding_id = $1
+		 WHERE r.binding_id = bid
 		   AND (EXISTS (SELECT 1 FROM @extschema@.shipment s
-						 WHERE s.binding_id = $1 AND s.provider_id = $2 AND s.order_key = r.order_key)
-				OR NOT EXISTS (SELECT 1 FROM %s t WHERE t.%I = r.order_key::%s))
-	$d$, b.tbl, b.key_column, keytype)
-	USING bid, b.provider_id;
+						 WHERE s.binding_id = bid AND s.provider_id = b.provider_id
+						   AND s.order_key = r.order_key)
+				OR r.order_key = ANY (gone));
+	END IF;
 
 	UPDATE @extschema@.reconcile_state x
 	   SET horizon = h, pass_at = now(),
@@ -771,8 +809,9 @@ COMMENT ON FUNCTION @extschema@._reconcile_crm(integer, boolean) IS
  * that differ (statuses re-read: the worker has applied what it could),
  * shipments of its for orders we do not have or cancelled, and orders it
  * holds twice.  Order references no shipment of ours explains are looked up
- * in the provider's tables, one statement per table: by the table's key
- * index where a reference can be a key of its type, else a hash join.
+ * in the provider's tables, one statement per table, as the table's owner
+ * (_select_as_owner): by the table's key index where a reference can be a
+ * key of its type, else a hash join.
  */
 CREATE FUNCTION @extschema@._reconcile_carrier(run bigint, pid integer)
 RETURNS void
@@ -782,6 +821,7 @@ AS $$
 DECLARE
 	b record;
 	keyexpr text;
+	refs text[];
 BEGIN
 	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
 		chk, facts, detail)
@@ -874,11 +914,16 @@ BEGIN
 				WHEN 'varchar'::regtype THEN 'f.ref::varchar'
 				WHEN 'uuid'::regtype THEN 'CASE WHEN f.ref ~ ''^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'' THEN f.ref::uuid END'
 				END;
-			EXECUTE format('UPDATE pg_temp.recon_ref f SET binding_id = $1 FROM %s t'
-						   ' WHERE f.provider_id = $2 AND f.binding_id IS NULL AND f.ref = t.%I::text%s',
-						   b.tbl, b.key_column,
-						   CASE WHEN keyexpr IS NOT NULL THEN format(' AND t.%I = %s', b.key_column, keyexpr) ELSE '' END)
-			USING b.binding_id, pid;
+			refs := ARRAY(SELECT f.ref FROM pg_temp.recon_ref f
+						   WHERE f.provider_id = pid AND f.binding_id IS NULL);
+			EXIT WHEN cardinality(refs) = 0;
+			UPDATE pg_temp.recon_ref f SET binding_id = b.binding_id
+			  FROM @extschema@._select_as_owner(b.tbl, format(
+					   'SELECT f.ref FROM unnest($1) AS f(ref) JOIN %s t ON f.ref = t.%I::text%s',
+					   b.tbl, b.key_column,
+					   CASE WHEN keyexpr IS NOT NULL THEN format(' AND t.%I = %s', b.key_column, keyexpr) ELSE '' END),
+				   refs, NULL) AS o(ref text)
+			 WHERE f.provider_id = pid AND f.binding_id IS NULL AND f.ref = o.ref;
 		END LOOP;
 	END IF;
 
@@ -1267,7 +1312,7 @@ BEGIN
 	-- the snapshots of earlier runs of these providers are of no more use
 	DELETE FROM @extschema@.carrier_snapshot c WHERE c.provider_id = ANY (pids) AND c.run_id < run;
 	TRUNCATE pg_temp.recon_found, pg_temp.recon_pair, pg_temp.recon_ref, pg_temp.recon_dup,
-		pg_temp.recon_prepared;
+		pg_temp.recon_prepared, pg_temp.recon_orders;
 
 	UPDATE @extschema@.reconcile_run x
 	   SET state = CASE WHEN failed IS NULL THEN 'done' ELSE 'failed' END,
@@ -1410,14 +1455,17 @@ BEGIN
 					   AND x.order_key IS NOT NULL
 					   AND (keys IS NULL OR x.order_key OPERATOR(pg_catalog.=) ANY (ks)));
 	END IF;
-	-- that exist (the keys are compared as the key column's type)
+	-- that exist (the keys are compared as the key column's type, by the
+	-- table's owner: a domain's check is the owner's code)
 	SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO keytype
 	  FROM pg_catalog.pg_attribute a
 	 WHERE a.attrelid OPERATOR(pg_catalog.=) b.tbl AND a.attname OPERATOR(pg_catalog.=) b.key_column;
 	BEGIN
-		EXECUTE format('SELECT coalesce(array_agg(t.%1$I::text), ''{}'') FROM %2$s t'
-					   ' WHERE t.%1$I OPERATOR(pg_catalog.=) ANY ($1::%3$s[])', b.key_column, b.tbl, keytype)
-		   INTO ks USING ks;
+		ks := ARRAY(SELECT o.k FROM @extschema@._select_as_owner(b.tbl,
+				pg_catalog.format('SELECT t.%1$I::pg_catalog.text FROM %2$s t'
+								  ' WHERE t.%1$I OPERATOR(pg_catalog.=) ANY ($1::%3$s[])',
+								  b.key_column, b.tbl, keytype),
+				ks, NULL) AS o(k text));
 	EXCEPTION WHEN data_exception THEN
 		RAISE EXCEPTION 'the order keys given are not all of type %', keytype
 			USING ERRCODE = 'invalid_text_representation',

@@ -67,6 +67,9 @@ GROUP BY p.provider_id;
 COMMENT ON VIEW @extschema@._pii_rules IS
 	'Internal: per provider, the target paths its profile''s field map marks personal, and their kinds.';
 
+-- The digests are of the whole body and of the whole order row, personal
+-- values included: beside the masked body, the few characters a mask hides
+-- are found by trying them against the digest.  A reader gets NULL.
 CREATE VIEW @extschema@.intents AS
 SELECT o.id, o.binding_id, o.provider_id, o.order_key, o.op, o.idempotency_key, o.state,
 	   o.attempts, o.next_attempt_at, o.lease_until, o.created_at, o.updated_at, o.done_at,
@@ -74,13 +77,15 @@ SELECT o.id, o.binding_id, o.provider_id, o.order_key, o.op, o.idempotency_key, 
 	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_body
 			ELSE @extschema@._mask_body(o.request_body, r.paths, r.kinds, b.options->'pii')
 	   END AS request_body,
-	   o.request_digest, o.last_status, o.error_class, o.last_error, o.coalesced_into,
-	   o.content_digest, o.request_kind
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_digest END AS request_digest,
+	   o.last_status, o.error_class, o.last_error, o.coalesced_into,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.content_digest END AS content_digest,
+	   o.request_kind
 FROM @extschema@.outbox o
 LEFT JOIN @extschema@._pii_rules r ON r.provider_id = o.provider_id
 LEFT JOIN @extschema@.binding b ON b.binding_id = o.binding_id;
 COMMENT ON VIEW @extschema@.intents IS
-	'The outbox as its readers may see it: every column of shipsync.outbox, with the personal values of request_body masked unless the reader is a member of shipsync_operator. shipsync_reader reads this view, not the table.';
+	'The outbox as its readers may see it: every column of shipsync.outbox, with the personal values of request_body masked, and request_digest and content_digest (digests of the unmasked body and order row) NULL, unless the reader is a member of shipsync_operator. shipsync_reader reads this view, not the table.';
 
 ------------------------------------------------------------------------------
 -- The audit log

@@ -34,8 +34,9 @@
  *	   required field missing, a value a transform cannot read, or no value
  *	   for the key column is SS400;
  *	5. write the row as the table's owner (a security-restricted
- *	   operation, the table's deferrable constraints set IMMEDIATE for the
- *	   push's writes: see security.c), its values converted by
+ *	   operation with a GUC nest level of its own, rolled back after it,
+ *	   the table's deferrable constraints set IMMEDIATE for the push's
+ *	   writes: see security.c), its values converted by
  *	   jsonb_populate_record: a create
  *	   inserts unless the key exists (an older create arriving late changes
  *	   nothing), an update or an Outbound Message upserts the mapped
@@ -678,23 +679,25 @@ crm_statement(CrmSource *s, CrmOp op, List *cols)
 
 /*
  * Run one record's statement as the table's owner, in a security-restricted
- * operation, with capture on: the trigger ships what it writes.  A value
- * the column cannot take or a constraint it breaks is SS400.
+ * operation and a GUC nest level of its own (shipsync_become_owner()), with
+ * capture on: the trigger ships what it writes.  The nest level is rolled
+ * back on success and on error, so a trigger of the owner's that calls
+ * set_config('search_path', ..., false) does not change the search_path
+ * of the session that called ingest_crm() (an operator's, or the
+ * receiver's).  A value the column cannot take or a constraint it breaks
+ * is SS400.
  */
 static void
 crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCounts *c)
 {
 	Oid			argtypes[1] = {JSONBOID};
 	Datum		args[1];
-	Oid			save_userid;
-	int			save_sec;
+	ShipsyncUserSave save;
 	volatile int rc = 0;
 	MemoryContext cxt = CurrentMemoryContext;
 
 	args[0] = DirectFunctionCall1(jsonb_in, CStringGetDatum(row));
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(s->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
+	shipsync_become_owner(s->owner, &save);
 	PG_TRY();
 	{
 		rc = SPI_execute_with_args(sql, 1, argtypes, args, NULL, false, 0);
@@ -704,7 +707,7 @@ crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCo
 		ErrorData  *e;
 		int			cls;
 
-		SetUserIdAndSecContext(save_userid, save_sec);
+		shipsync_restore_user(&save);
 		MemoryContextSwitchTo(cxt);
 		e = CopyErrorData();
 		cls = ERRCODE_TO_CATEGORY(e->sqlerrcode);
@@ -716,7 +719,7 @@ crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCo
 								 e->detail ? " " : "", e->detail ? e->detail : ""));
 	}
 	PG_END_TRY();
-	SetUserIdAndSecContext(save_userid, save_sec);
+	shipsync_restore_user(&save);
 	if (op == CRM_DELETE)
 	{
 		if (rc != SPI_OK_DELETE)

@@ -280,6 +280,8 @@ shipsync_launcher_main(Datum main_arg)
 
 	/* no database: we read only pg_database */
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	/* as every worker of ours, though no database's settings reach it */
+	shipsync_pin_search_path();
 	pgstat_report_appname("pg_shipsync launcher");
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync launcher",

@@ -122,7 +122,7 @@ compare_run(int64 run)
 	MemoryContextSwitchTo(cxt);
 }
 
-/* The run failed: say why in its row. */
+/* The run failed: say why in its row (qualified, whatever the path). */
 static void
 record_failure(int64 run, const char *message)
 {
@@ -133,7 +133,8 @@ record_failure(int64 run, const char *message)
 	a[0] = Int64GetDatum(run);
 	a[1] = CStringGetTextDatum(message);
 	if (SPI_execute_with_args("UPDATE shipsync.reconcile_run SET state = 'failed', error = $2,"
-							  " finished_at = now() WHERE run_id = $1 AND state = 'comparing'",
+							  " finished_at = pg_catalog.now() WHERE run_id OPERATOR(pg_catalog.=) $1"
+							  " AND state OPERATOR(pg_catalog.=) 'comparing'",
 							  2, t, a, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "recording a failed reconciliation run failed");
 	shipsync_end_tx();
@@ -154,6 +155,8 @@ shipsync_reconcile_main(Datum main_arg)
 	dbid = (Oid) strtoul(MyBgworkerEntry->bgw_extra, &end, 10);
 	run = (int64) strtoll(end, NULL, 10);
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+	/* a superuser session: no ALTER DATABASE ... SET search_path steers it */
+	shipsync_pin_search_path();
 	pgstat_report_appname("pg_shipsync reconcile");
 	SetConfigOption("application_name", "pg_shipsync reconcile", PGC_USERSET, PGC_S_SESSION);
 	/* a few big hash joins: compiling them would cost more than it saves */

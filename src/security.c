@@ -37,12 +37,13 @@
  * key of another owner's table referencing this one) is left alone.
  *
  * The extension's own statements rely on search_path = pg_catalog, pg_temp:
- * every SECURITY DEFINER function pins it in its proconfig, and the
- * dispatcher pins it for its session at start (shipsync_pin_search_path),
- * so that ALTER DATABASE or ALTER ROLE ... SET search_path by a database
- * owner cannot put operators of theirs in front of pg_catalog's.  The
- * temporary schema, last in that path, is never searched for functions or
- * operators.
+ * every SECURITY DEFINER function pins it in its proconfig, and every
+ * background worker (launcher, dispatcher, applier, reconcile worker,
+ * receiver) pins it for its session right after it connects
+ * (shipsync_pin_search_path), so that ALTER DATABASE or ALTER ROLE ... SET
+ * search_path by a database owner cannot put operators of theirs in front
+ * of pg_catalog's.  The temporary schema, last in that path, is never
+ * searched for functions or operators.
  *
  *-------------------------------------------------------------------------
  */
@@ -214,7 +215,8 @@ shipsync_table_owner(Oid relid)
 
 /*
  * Pin this session's search_path for good, whatever ALTER DATABASE or
- * ALTER ROLE ... SET gave it: for the dispatcher, right after it connects.
+ * ALTER ROLE ... SET gave it: for a background worker, right after it
+ * connects.
  * PGC_S_OVERRIDE also makes it the value RESET returns to.
  */
 void

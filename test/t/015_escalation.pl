@@ -13,7 +13,14 @@
 #   3. the owner of an attached table makes its trigger change search_path
 #      while the dispatcher (a superuser session) writes back onto its rows;
 #   4. the owner of a database sets a hostile search_path on it with
-#      ALTER DATABASE ... SET: the dispatcher of that database is immune.
+#      ALTER DATABASE ... SET: the dispatcher of that database is immune;
+#   5. the owner of an order table (in no shipsync role) gives its key
+#      column a domain whose check runs its code: the CRM pass of every
+#      shipsync.reconcile_interval, a reconcile() run and resync() cast
+#      keys to it as its owner, never as a superuser;
+#   6. that database owner's search_path again, against the reconcile
+#      worker: a run that fails records its failure with pg_catalog's
+#      operators.
 # Every attack fails with a clear error, and rolsuper stays false.
 use strict;
 use warnings;
@@ -26,8 +33,10 @@ use ShipsyncTest;
 
 my $sim = start_sim();
 END { local $?; stop_sim($sim) if $sim; }
+# (no CRM pass until section 5 sets its interval: a dispatcher started with
+# the default waits out 300 s before it looks at a shorter one)
 my $node = shipsync_node('escalation', "listen_addresses = '127.0.0.1'",
-	"password_encryption = 'scram-sha-256'");
+	"password_encryption = 'scram-sha-256'", "shipsync.reconcile_interval = 0");
 my $port = $node->port;
 
 # the harness's superuser over the Unix socket; every other role over TCP,
@@ -96,11 +105,11 @@ my $bid = $node->safe_psql('postgres',
 # = on bigint, integer and text in schema %1$s: it escalates role %2$s when
 # it runs as a superuser, and records who ran it.
 my $evil_operators = q{
-	CREATE TABLE %1$s.calls (who name, super boolean);
+	CREATE TABLE %1$s.calls (who name, super boolean, app text);
 	GRANT INSERT ON %1$s.calls TO PUBLIC;
 	CREATE FUNCTION %1$s.eq(a bigint, b bigint) RETURNS boolean LANGUAGE plpgsql AS $f$
 	BEGIN
-		INSERT INTO %1$s.calls SELECT current_user, r.rolsuper
+		INSERT INTO %1$s.calls SELECT current_user, r.rolsuper, pg_catalog.current_setting('application_name')
 		FROM pg_catalog.pg_roles r WHERE r.rolname = current_user;
 		IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
 			EXECUTE 'ALTER ROLE %2$s SUPERUSER';
@@ -277,6 +286,126 @@ ok(wait_until($node, 'SELECT count(*) = 2 FROM dbo.orders WHERE waybill_no IS NO
 	'the dispatcher of that database delivers');
 is($node->safe_psql('shopdb', 'SELECT count(*) FROM dbo.calls WHERE super'), '0',
 	'without running the database owner\'s operators as a superuser');
+is(rolsuper('dbowner'), 'f', 'the database owner stays who it was');
+
+# ---------------------------------------------------------------------------
+# 5. a table owner's domain, cast to by reconciliation and resync()
+# ---------------------------------------------------------------------------
+
+# The owner of two order tables, in no shipsync role (the admin may attach
+# its tables).  The check of its key domain records who ran it, and from
+# which session (the reconcile worker by its application_name), and makes
+# the owner a superuser if it ran as one.
+$node->safe_psql('postgres', q{
+	CREATE ROLE crmowner LOGIN PASSWORD 'crm-secret';
+	CREATE SCHEMA crm AUTHORIZATION crmowner;
+	GRANT crmowner TO shopadmin;
+});
+($rc, $out, $err) = as_role('crmowner', 'crm-secret', q{
+	GRANT USAGE ON SCHEMA crm TO PUBLIC;
+	CREATE TABLE crm.calls (who name, super boolean, app text);
+	GRANT INSERT ON crm.calls TO PUBLIC;
+	CREATE FUNCTION crm.key_ok(k bigint) RETURNS boolean LANGUAGE plpgsql AS $f$
+	BEGIN
+		INSERT INTO crm.calls SELECT current_user, r.rolsuper, pg_catalog.current_setting('application_name')
+		FROM pg_catalog.pg_roles r WHERE r.rolname = current_user;
+		IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+			EXECUTE 'ALTER ROLE crmowner SUPERUSER';
+		END IF;
+		RETURN k IS NOT NULL;
+	END $f$;
+	CREATE DOMAIN crm.order_id AS bigint CHECK (crm.key_ok(VALUE));
+	CREATE TABLE crm.orders (id crm.order_id PRIMARY KEY, customer text, waybill_no text);
+	CREATE TABLE crm.later (id bigint PRIMARY KEY, customer text, waybill_no text);
+});
+is($rc, 0, 'a plain table owner keys a table with a domain whose check runs its code') or diag($err);
+($rc, $out, $err) = as_role('shopadmin', 'shop-secret', q{
+	SELECT shipsync.attach('crm.orders', 'sim', writeback => '{"tracking_number": "waybill_no"}',
+		options => '{"grace": "0 seconds"}');
+	SELECT shipsync.attach('crm.later', 'sim', writeback => '{"tracking_number": "waybill_no"}',
+		options => '{"grace": "0 seconds"}');
+});
+is($rc, 0, 'the admin attaches both tables') or diag($err);
+# the second table gets the domain after attach(), by its owner alone; in
+# each, an order the capture never saw, for reconciliation to find
+($rc, $out, $err) = as_role('crmowner', 'crm-secret', q{
+	ALTER TABLE crm.later ALTER COLUMN id TYPE crm.order_id;
+	INSERT INTO crm.orders VALUES (1, 'a'), (2, 'b');
+	INSERT INTO crm.later VALUES (1, 'a'), (2, 'b');
+	ALTER TABLE crm.orders DISABLE TRIGGER shipsync_capture;
+	ALTER TABLE crm.later DISABLE TRIGGER shipsync_capture;
+	INSERT INTO crm.orders VALUES (99, 'never captured');
+	INSERT INTO crm.later VALUES (99, 'never captured');
+	ALTER TABLE crm.orders ENABLE TRIGGER shipsync_capture;
+	ALTER TABLE crm.later ENABLE TRIGGER shipsync_capture;
+});
+is($rc, 0, 'the owner alters the key of an attached table to the domain') or diag($err);
+ok(wait_until($node, q{SELECT count(*) = 4 FROM (SELECT id FROM crm.orders WHERE waybill_no IS NOT NULL
+		UNION ALL SELECT id FROM crm.later WHERE waybill_no IS NOT NULL) o}),
+	'the captured orders of both tables are delivered');
+
+# the CRM pass every second
+$node->safe_psql('postgres', q{
+	ALTER SYSTEM SET shipsync.reconcile_interval = '1s';
+	SELECT pg_reload_conf();
+});
+my $not_sent = q{SELECT count(*) = 2 FROM shipsync.exception_ticket x
+	JOIN shipsync.binding b ON b.binding_id = x.binding_id
+	WHERE x.kind = 'not_sent' AND x.order_key = '99' AND x.resolved_at IS NULL
+	  AND b.tbl IN ('crm.orders'::regclass, 'crm.later'::regclass)};
+ok(wait_until($node, $not_sent, 60),
+	'the CRM pass reads both tables (the order never captured is not_sent)');
+my $passes = $node->safe_psql('postgres',
+	q{SELECT count(*) FROM shipsync.reconcile_run WHERE kind = 'crm' AND state = 'done'});
+ok(wait_until($node, "SELECT count(*) >= $passes + 2 FROM shipsync.reconcile_run WHERE kind = 'crm' AND state = 'done'", 60),
+	'incremental passes follow, and end well');
+
+($rc, $out, $err) = as_role('shopadmin', 'shop-secret', q{SELECT shipsync.reconcile('sim')});
+is($rc, 0, 'the admin starts a reconciliation run') or diag($err);
+ok(wait_until($node, "SELECT state = 'done' FROM shipsync.reconcile_run WHERE run_id = $out", 120),
+	'the run compares both tables and ends well');
+
+($rc, $out, $err) = as_role('shopadmin', 'shop-secret', q{
+	SET application_name = 'resync';
+	SELECT shipsync.resync('crm.orders', ARRAY['99']);
+	SELECT shipsync.resync('crm.later', ARRAY['99']);
+});
+is($rc, 0, 'resync() takes keys of the domain') or diag($err);
+is($out, "1\n1", '... and sends the order again');
+ok(wait_until($node, q{SELECT count(*) = 2 FROM (SELECT id FROM crm.orders WHERE id = 99 AND waybill_no IS NOT NULL
+		UNION ALL SELECT id FROM crm.later WHERE id = 99 AND waybill_no IS NOT NULL) o}),
+	'... which is delivered');
+
+is($node->safe_psql('postgres',
+		q{SELECT count(*) > 0 FROM crm.calls WHERE app = 'pg_shipsync reconcile'}
+		  . q{ AND who = 'crmowner' AND NOT super}),
+	't', 'the reconcile worker ran the domain\'s check as the table\'s owner');
+is($node->safe_psql('postgres',
+		q{SELECT count(*) > 0 FROM crm.calls WHERE app = 'resync' AND who = 'crmowner' AND NOT super}),
+	't', 'so did resync()');
+is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT who || '/' || super, ', ') FROM crm.calls}),
+	'crmowner/false', 'nobody ran it as anyone else');
+is(rolsuper('crmowner'), 'f', 'the table owner stays who it was');
+
+# ---------------------------------------------------------------------------
+# 6. the database owner's search_path against the reconcile worker
+# ---------------------------------------------------------------------------
+
+# the key column renamed: every CRM pass of shopdb fails, and the worker
+# records why
+($rc, $out, $err) = as_role('dbowner', 'db-secret',
+	q{ALTER TABLE dbo.orders RENAME COLUMN id TO order_id}, 'shopdb');
+is($rc, 0, 'the database owner breaks its table\'s reconciliation') or diag($err);
+# (qualified: this session of the harness's superuser takes the database's
+# search_path too)
+ok(wait_until($node,
+		q{SELECT count(*) >= 2 FROM shipsync.reconcile_run
+		  WHERE state OPERATOR(pg_catalog.=) 'failed' AND error IS NOT NULL},
+		60, 'shopdb'),
+	'the reconcile worker records failed runs');
+is($node->safe_psql('shopdb', 'SELECT count(*) FROM dbo.calls WHERE super'), '0',
+	'without running the database owner\'s operators as a superuser')
+  or diag($node->safe_psql('shopdb', 'SELECT who, super, app, count(*) FROM dbo.calls GROUP BY 1, 2, 3'));
 is(rolsuper('dbowner'), 'f', 'the database owner stays who it was');
 
 $node->stop;

@@ -257,6 +257,7 @@ sub refused
 my %allowed_ops = (
 	read => [qw(read)],
 	'read (masked)' => [qw(read)],
+	'read (no digests)' => [qw(read)],
 	write => [qw(insert update delete)],
 	call => [qw(call)],
 	'call (masked)' => [qw(call)],
@@ -343,6 +344,57 @@ my $views = ok_as('bi', q{
 	SELECT string_agg(DISTINCT v, ',') || E'\n' || string_agg(t, E'\n') FROM seen});
 like($views, qr/shipsync\.intents/, 'the reader reads the views and tables it may');
 unlike($views, $personal, 'none of them holds a personal value');
+
+# Nor a digest of one: beside the masked body, the SHA-256 of the whole body
+# (or the digest of the order row it was rendered from) lets the reader try
+# the few characters the mask hides until one matches.
+(my $personal_sql = $personal) =~ s/^\(\?\^:|\)$//g;
+$personal_sql =~ s/\\\@/@/g;
+my $digests = sql(qq{SELECT string_agg(d, ',' ORDER BY d) FROM (
+	SELECT encode(sha256(convert_to(o.request_body, 'UTF8')), 'hex') AS d FROM shipsync.outbox o
+	 WHERE o.request_body ~ '$personal_sql'
+	UNION
+	SELECT o.content_digest::text FROM shipsync.outbox o
+	 WHERE o.request_body ~ '$personal_sql' AND o.content_digest IS NOT NULL) x});
+cmp_ok(scalar(split /,/, $digests), '>=', 4, 'the bodies with personal values and their rows have digests');
+my $hits = ok_as('bi', qq{
+	CREATE TEMP TABLE hits (col text, n bigint);
+	DO \$\$
+	DECLARE
+		c record;
+		n bigint;
+		cols integer := 0;
+	BEGIN
+		FOR c IN SELECT a.attrelid::regclass AS rel, a.attname
+				   FROM pg_attribute a JOIN pg_class r ON r.oid = a.attrelid
+				  WHERE r.relnamespace = 'shipsync'::regnamespace AND r.relkind IN ('r', 'v', 'm')
+					AND a.attnum > 0 AND NOT a.attisdropped
+					AND has_column_privilege(a.attrelid, a.attnum, 'SELECT') LOOP
+			EXECUTE format('SELECT count(*) FROM %s t WHERE t.%I::text = ANY (%L::text[])',
+						   c.rel, c.attname, '{$digests}') INTO n;
+			cols := cols + 1;
+			IF n > 0 THEN
+				INSERT INTO hits VALUES (c.rel || '.' || c.attname, n);
+			END IF;
+		END LOOP;
+		INSERT INTO hits VALUES ('columns read', cols);
+	END \$\$;
+	SELECT string_agg(col || ' ' || n, ', ' ORDER BY col) FROM hits});
+like($hits, qr/^columns read \d{3,}$/,
+	'no column the reader may read holds the digest of a body or a row with personal values');
+is(ok_as('bi', q{SELECT count(*) FROM shipsync.intents WHERE request_digest IS NOT NULL OR content_digest IS NOT NULL}),
+	'0', 'the reader sees the digests of shipsync.intents as NULL');
+for my $t ('shipment', 'delivery_log')
+{
+	($rc, $out, $err) = as_role('bi', "SELECT request_digest FROM shipsync.$t");
+	like($err, qr/permission denied for table $t/, "the reader cannot read the digests of shipsync.$t");
+	is(ok_as('bi', "SELECT count(*) > 0 FROM shipsync.$t WHERE provider_id IS NOT NULL"), 't',
+		"... but reads its other columns");
+	is(ok_as('ops', "SELECT count(*) > 0 FROM shipsync.$t WHERE request_digest IS NOT NULL"), 't',
+		"the operator reads the digests of shipsync.$t");
+}
+is(ok_as('ops', q{SELECT count(*) > 0 FROM shipsync.intents WHERE request_digest IS NOT NULL AND content_digest IS NOT NULL}),
+	't', 'the operator sees the digests of shipsync.intents');
 
 # ---------- 3. tampering ----------
 

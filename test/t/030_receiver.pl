@@ -373,6 +373,75 @@ $r = push_http($port, 'POST', '/tracking/trk', sw_headers($SECRET, 'dj-m1', $dje
 is($r->{status}, 200, 'a tracking push written back onto a deferred foreign key column: 200');
 is(q1(q{SELECT ship_status FROM crm.dj_order WHERE crm_id = 'DJ-W'}), 'in_transit', 'the status is on the row');
 
+# ---- a CRM table's trigger that sets search_path -------------------------------
+# The owner of a CRM table (a plain login role) has a BEFORE INSERT trigger
+# that sets search_path to its own schema for the session, where = (text,
+# text) and ->> (jsonb, text) record who ran them.  The record is written as
+# the owner in a GUC nest level of its own: neither an operator's session
+# that calls ingest_crm() nor the receiver's keeps that search_path.
+$node->safe_psql('postgres', q{
+	CREATE ROLE crmo LOGIN;
+	CREATE ROLE opr LOGIN IN ROLE shipsync_operator;
+	CREATE SCHEMA crmo AUTHORIZATION crmo;
+});
+my ($rc, $out, $err);
+$rc = $node->psql('postgres', q{
+	GRANT USAGE ON SCHEMA crmo TO PUBLIC;
+	CREATE TABLE crmo.calls (who name, pid integer);
+	GRANT INSERT ON crmo.calls TO PUBLIC;
+	CREATE FUNCTION crmo.eq(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $f$
+	BEGIN
+		INSERT INTO crmo.calls VALUES (current_user, pg_catalog.pg_backend_pid());
+		RETURN a OPERATOR(pg_catalog.=) b;
+	END $f$;
+	CREATE OPERATOR crmo.= (LEFTARG = text, RIGHTARG = text, FUNCTION = crmo.eq);
+	CREATE FUNCTION crmo.get(j jsonb, k text) RETURNS text LANGUAGE plpgsql AS $f$
+	BEGIN
+		INSERT INTO crmo.calls VALUES (current_user, pg_catalog.pg_backend_pid());
+		RETURN j OPERATOR(pg_catalog.->>) k;
+	END $f$;
+	CREATE OPERATOR crmo.->> (LEFTARG = jsonb, RIGHTARG = text, FUNCTION = crmo.get);
+	CREATE FUNCTION crmo.steer() RETURNS trigger LANGUAGE plpgsql AS $f$
+	BEGIN
+		PERFORM pg_catalog.set_config('search_path', 'crmo, pg_catalog', false);
+		RETURN NEW;
+	END $f$;
+	CREATE TABLE crmo.orders (crm_id text PRIMARY KEY, customer text);
+	CREATE TRIGGER steer BEFORE INSERT ON crmo.orders FOR EACH ROW EXECUTE FUNCTION crmo.steer();
+}, connstr => $node->connstr('postgres') . ' user=crmo', stdout => \$out, stderr => \$err,
+	on_error_stop => 1);
+is($rc, 0, 'the owner of a CRM table steers search_path from its trigger') or diag($err);
+$node->safe_psql('postgres', qq{
+	INSERT INTO shipsync.field_map (profile, direction, target_path, source, transform, required) VALUES
+		('crmo', 'crm_in', 'crm_id', 'id', 'identity', true),
+		('crmo', 'crm_in', 'customer', 'customer', 'trim', true);
+	SELECT shipsync.create_crm_source('crmo', 'generic', 'crmo.orders', '{"secret": "$SECRET"}');
+});
+
+my $crmo = '{"type": "order.created", "data": {"id": "CR-1", "customer": "from an operator"}}';
+my $crmo_headers = encode_json(sw_headers($SECRET, 'c1', $crmo));
+$rc = $node->psql('postgres', qq{
+	SHOW search_path;
+	SELECT shipsync.ingest_crm('crmo', '$crmo', '$crmo_headers') IS NOT NULL;
+	SHOW search_path;
+	SELECT 'x'::text = 'x'::text;
+}, connstr => $node->connstr('postgres') . ' user=opr', stdout => \$out, stderr => \$err,
+	on_error_stop => 1);
+is($rc, 0, 'an operator calls ingest_crm() on that table') or diag($err);
+is($out, qq{"\$user", public\nt\n"\$user", public\nt}, 'its session keeps its search_path');
+is(q1(q{SELECT customer FROM crmo.orders WHERE crm_id = 'CR-1'}), 'from an operator',
+	'and the record is written');
+
+$crmo = '{"type": "order.created", "data": {"id": "CR-2", "customer": "pushed"}}';
+$r = push_http($port, 'POST', '/crm/crmo', sw_headers($SECRET, 'c2', $crmo), $crmo);
+is($r->{status}, 200, 'a push to that table through the receiver: 200');
+$zoho = '{"type": "order.created", "data": {"id": "ZC-9", "customer": "after"}}';
+$r = push_http($port, 'POST', '/crm/zoho', sw_headers($SECRET, 'z9', $zoho), $zoho);
+is($r->{status}, 200, 'the receiver\'s next push: 200');
+is(q1(q{SELECT count(*) FROM crmo.orders WHERE crm_id = 'CR-2'}), '1', 'the pushed record is written');
+is(q1(q{SELECT coalesce(string_agg(who || ' (' || pid || ')', ', '), 'none') FROM crmo.calls}), 'none',
+	'neither the operator\'s session nor the receiver ran the owner\'s operators');
+
 # ---- body limits ---------------------------------------------------------------
 my $big = '{"events": [], "pad": "' . ('x' x 70000) . '"}';
 $r = push_http($port, 'POST', '/tracking/trk', sw_headers($SECRET, 'big', $big), $big);

@@ -92,9 +92,16 @@ typedef struct ApplyPlanDef
  * _quote_totals() for the whole batch, joined by position in the arrays
  * (a per-row function call was set up anew for every answer).
  */
-/* whether shipment s has a terminal status now */
-#define APPLY_TERMINAL \
-	"COALESCE((SELECT c.terminal FROM shipsync.canonical_status c WHERE c.name = s.status), false)"
+/*
+ * Whether an update's or a cancel's answer leaves shipment s's status as
+ * it is: s's status is terminal and the answer's is not (a carrier's stale
+ * record of a delivered parcel moves nothing back; its word that the
+ * parcel was returned, not delivered, does: reconciliation's resync).
+ */
+#define APPLY_KEEPS_STATUS \
+	"(COALESCE((SELECT c.terminal FROM shipsync.canonical_status c WHERE c.name = s.status), false)" \
+	" AND NOT COALESCE((SELECT c.terminal FROM shipsync.canonical_status c" \
+	"   WHERE c.name = u.status), false))"
 
 /*
  * The columns of a shipment created (APPLY_CREATE) and of one updated
@@ -203,9 +210,8 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		"UPDATE shipsync.shipment AS s SET"
 		" tracking_number = COALESCE(u.tn, s.tracking_number),"
 		" label_url = COALESCE(u.label, s.label_url),"
-		/* a terminal status stays: an update's or a cancel's answer about a delivered parcel */
-		" status = CASE WHEN " APPLY_TERMINAL " THEN s.status ELSE COALESCE(u.status, s.status) END,"
-		" raw_status = CASE WHEN " APPLY_TERMINAL " THEN s.raw_status"
+		" status = CASE WHEN " APPLY_KEEPS_STATUS " THEN s.status ELSE COALESCE(u.status, s.status) END,"
+		" raw_status = CASE WHEN " APPLY_KEEPS_STATUS " THEN s.raw_status"
 		"   ELSE COALESCE(u.raw, s.raw_status) END,"
 		" fees = COALESCE(f.fees, s.fees), fee_total = COALESCE(f.total, s.fee_total),"
 		" content_digest = COALESCE(u.cdigest, s.content_digest),"

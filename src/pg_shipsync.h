@@ -999,6 +999,8 @@ extern void writeback_orders(int32 binding_id, Datum *keys, Datum *statuses,
 							 Datum *fee_totals, int n);
 extern void writeback_orders_all(int32 *bids, Datum *keys, Datum *statuses,
 								 Datum *fee_totals, int n);
+extern void writeback_statuses(int32 provider_id, int32 *bids, Datum *keys,
+							   Datum *statuses, int n);
 
 /* in capture.c */
 extern void capture_suppress(void);

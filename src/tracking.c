@@ -27,7 +27,10 @@
  *	5. each status change is written onto the order row through the
  *	   binding's write-back statement, as the table's owner, with capture
  *	   suppressed (no echo), and announced on channel shipsync -- all in
- *	   the caller's transaction, with the events.
+ *	   the caller's transaction, with the events.  An order whose row
+ *	   refuses its status (a constraint, a trigger) is left as it was,
+ *	   with a writeback_failed ticket, and the rest goes on
+ *	   (writeback_statuses() in writeback.c).
  *
  * The receiver of pushes (receiver.c) calls _ingest_tracking_batch()
  * instead, with every push of one provider it has at hand: each push goes
@@ -538,7 +541,7 @@ tracking_apply_batch(TrackProvider *p, EventBatch *b, TrackSummary *sum)
 	}
 	sum->n_changed += nchanged;
 
-	writeback_orders_all(c_bid, c_key, c_status, NULL, nchanged);
+	writeback_statuses(p->id, c_bid, c_key, c_status, nchanged);
 	for (int i = 0; i < nchanged; i++)
 		Async_Notify("shipsync", c_notify[i]);
 }

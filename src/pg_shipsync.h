@@ -752,6 +752,7 @@ extern int	shipsync_receiver_rate_limit;
 extern int	shipsync_receiver_header_timeout_ms;
 extern int	shipsync_receiver_body_timeout_ms;
 extern int	shipsync_receiver_queue_size;
+extern int	shipsync_receiver_lock_timeout_ms;
 extern char *shipsync_allowed_hosts;
 extern const ShipAllowList *shipsync_allowlist;
 extern int	shipsync_audit_retention;

@@ -875,13 +875,24 @@ shipsync_ingest_tracking_batch(PG_FUNCTION_ARGS)
 					   hnulls[i] ? NULL : DatumGetJsonbP(hdrs[i]), NULL, &o[i]))
 			good[i] = o[i].events;
 	}
-	/* together, or one by one when that fails */
+	/*
+	 * Together, or one by one when that fails; a push alone is not tried
+	 * twice (a lock it waited for would be waited for again, another
+	 * shipsync.receiver_lock_timeout).
+	 */
 	for (int i = 0; i < n; i++)
 		ngood += good[i] != NULL;
 	if (ngood > 0 && !batch_step(p, NULL, 0, NULL, batch_concat(good, n), &whole))
 		for (int i = 0; i < n; i++)
-			if (good[i] && !batch_step(p, NULL, 0, NULL, good[i], &o[i]))
-				good[i] = NULL;
+		{
+			if (good[i] == NULL)
+				continue;
+			if (ngood == 1)
+				o[i] = whole;
+			else if (batch_step(p, NULL, 0, NULL, good[i], &o[i]))
+				continue;
+			good[i] = NULL;
+		}
 
 	/*
 	 * The rows are made before SPI_finish(): the events read, the messages

@@ -343,3 +343,40 @@ JOIN crm.orders o ON o.id::text = s.order_key WHERE s.order_key = '40';
 SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('r40-d', 'NEW40', 'delivered', '2026-03-06T01:00:00Z')))->'shipments_changed' AS changed;
 SELECT s.tracking_number, s.status, o.ship_status FROM shipsync.shipment s
 JOIN crm.orders o ON o.id::text = s.order_key WHERE s.order_key = '40';
+
+------------------------------------------------------------------------------
+-- One order's row refusing its status fails that order's write-back alone:
+-- a trigger of the user's raising for order 52 once refused the whole push
+-- (nothing stored, no ticket, the carrier retrying for ever).  Now the push
+-- is taken, both shipments' statuses are stored, order 51's row is written,
+-- and order 52 has a writeback_failed ticket naming the error, not its
+-- detail (which may quote the row)
+------------------------------------------------------------------------------
+INSERT INTO crm.orders (id) VALUES (51), (52);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number)
+SELECT b.binding_id, v.k, p.provider_id, v.tn FROM shipsync.binding b, shipsync.provider p,
+	(VALUES ('51', 'W51'), ('52', 'W52')) AS v(k, tn) WHERE p.name = 'gen';
+CREATE FUNCTION crm.refuse_archived() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.id = 52 THEN
+		RAISE EXCEPTION 'order % is archived', NEW.id
+			USING DETAIL = 'Failing row contains (52, Zhang San).';
+	END IF;
+	RETURN NEW;
+END
+$$;
+CREATE TRIGGER refuse_archived BEFORE UPDATE ON crm.orders
+	FOR EACH ROW EXECUTE FUNCTION crm.refuse_archived();
+SELECT pg_temp.push('gen', jsonb_build_array(
+	pg_temp.ev('wb-1', 'W51', 'in_transit', '2026-03-01T01:00:00Z'),
+	pg_temp.ev('wb-2', 'W52', 'in_transit', '2026-03-01T01:00:00Z')))->'shipments_changed' AS changed;
+SELECT s.order_key, s.status, o.ship_status FROM shipsync.shipment s
+JOIN crm.orders o ON o.id::text = s.order_key WHERE s.order_key IN ('51', '52') ORDER BY 1;
+SELECT count(*) AS events_stored FROM shipsync.tracking_event WHERE event_key IN ('wb-1', 'wb-2');
+SELECT kind, order_key, provider_id = (SELECT provider_id FROM shipsync.provider WHERE name = 'gen') AS of_gen,
+	outbox_id, detail FROM shipsync.exception_ticket WHERE kind = 'writeback_failed';
+-- the same again: the same ticket, seen again, not a second one
+SELECT pg_temp.push('gen', jsonb_build_array(
+	pg_temp.ev('wb-3', 'W52', 'delivered', '2026-03-02T01:00:00Z')))->'shipments_changed' AS changed;
+SELECT count(*) AS writeback_tickets FROM shipsync.exception_ticket WHERE kind = 'writeback_failed';
+DROP TRIGGER refuse_archived ON crm.orders;

@@ -513,14 +513,18 @@ outbox_tickets_create(int n)
 	return args_create(6, ticket_types, n);
 }
 
-/* One ticket of kind about intent id, with detail */
+/*
+ * One ticket of kind about intent id (0: about no intent, as a write-back
+ * of tracking is), with detail
+ */
 void
 outbox_ticket_row(ArgArrays *d, int64 id, int32 binding_id, const char *order_key,
 				  int32 provider_id, const char *detail, const char *kind)
 {
 	int			k = args_row(d);
 
-	args_set(d, k, 0, Int64GetDatum(id));
+	if (id != 0)
+		args_set(d, k, 0, Int64GetDatum(id));
 	args_set(d, k, 1, Int32GetDatum(binding_id));
 	args_set_text(d, k, 2, order_key);
 	args_set(d, k, 3, Int32GetDatum(provider_id));

@@ -68,6 +68,7 @@ int			shipsync_receiver_rate_limit = 0;
 int			shipsync_receiver_header_timeout_ms = 10000;
 int			shipsync_receiver_body_timeout_ms = 30000;
 int			shipsync_receiver_queue_size = 1024;
+int			shipsync_receiver_lock_timeout_ms = 1000;
 char	   *shipsync_allowed_hosts = NULL;
 const ShipAllowList *shipsync_allowlist = NULL;
 int			shipsync_audit_retention = 400 * 24 * 60;	/* minutes */
@@ -525,6 +526,13 @@ define_receiver_gucs(void)
 							&shipsync_receiver_queue_size,
 							1024, 1, 65536,
 							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("shipsync.receiver_lock_timeout",
+							"Longest wait of a push for a lock held by another session; the push is then answered 503 with Retry-After.",
+							"0 leaves the server's lock_timeout in force.",
+							&shipsync_receiver_lock_timeout_ms,
+							1000, 0, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 }
 

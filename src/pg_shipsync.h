@@ -752,6 +752,7 @@ extern int	shipsync_receiver_rate_limit;
 extern int	shipsync_receiver_header_timeout_ms;
 extern int	shipsync_receiver_body_timeout_ms;
 extern int	shipsync_receiver_queue_size;
+extern int	shipsync_receiver_lock_timeout_ms;
 extern char *shipsync_allowed_hosts;
 extern const ShipAllowList *shipsync_allowlist;
 extern int	shipsync_audit_retention;
@@ -999,6 +1000,8 @@ extern void writeback_orders(int32 binding_id, Datum *keys, Datum *statuses,
 							 Datum *fee_totals, int n);
 extern void writeback_orders_all(int32 *bids, Datum *keys, Datum *statuses,
 								 Datum *fee_totals, int n);
+extern void writeback_statuses(int32 provider_id, int32 *bids, Datum *keys,
+							   Datum *statuses, int n);
 
 /* in capture.c */
 extern void capture_suppress(void);

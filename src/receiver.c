@@ -27,7 +27,12 @@
  * subtransaction of its own.  Only when the transaction has committed are
  * the answers set and the connections resumed, so a 2xx always means the
  * push is durable; a failed commit, a server shutting down or a crash
- * answers 503 or drops the connection, and the sender tries again.
+ * answers 503 or drops the connection, and the sender tries again.  A lock
+ * another session holds (an order row being edited) is waited for at most
+ * shipsync.receiver_lock_timeout: that push alone then fails, 503 with
+ * Retry-After, and the batch goes on; between the steps of a long batch
+ * MHD_run() is called again, so that /healthz is answered and new requests
+ * queued while the batch waits, not after it.
  *
  * Refusals before the database: 404 for an unknown route, 405 for a wrong
  * method, 413 for a body over the limit, 429 over the per-client rate
@@ -61,6 +66,7 @@
 
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -103,6 +109,13 @@
 #define RECV_BATCH_MAX			256
 /* how often connections are checked against the time limits */
 #define RECV_SWEEP_MS			100
+/*
+ * how often MHD is served between the steps of a long batch, and at most
+ * how many rounds (accepting a connection, reading its request, sending
+ * the answer may each take one)
+ */
+#define RECV_SERVE_MS			100
+#define RECV_SERVE_ROUNDS		8
 /* how often the readiness of the database is looked at again */
 #define RECV_READY_CHECK_MS		5000
 #define RECV_LOG_INTERVAL_MS	60000
@@ -197,6 +210,7 @@ typedef struct RecvRate
 } RecvRate;
 
 static struct MHD_Daemon *recv_daemon = NULL;
+static int	recv_epoll_fd = -1;		/* MHD's: readable when it has work */
 static MemoryContext recv_cxt = NULL;
 static dlist_head recv_conns = DLIST_STATIC_INIT(recv_conns);
 static dlist_head recv_queue = DLIST_STATIC_INIT(recv_queue);
@@ -1033,8 +1047,47 @@ recv_step_fees(RecvRequest **reqs, int n)
 }
 
 /*
+ * Let MHD serve what came while a batch is in the database: /healthz is
+ * answered, and new requests are queued for the next batch (the callbacks
+ * only collect; the batch's own connections are suspended).  Called
+ * between the steps of a batch, in its transaction and outside any
+ * subtransaction, at most every RECV_SERVE_MS, so that a step held by a
+ * lock (up to shipsync.receiver_lock_timeout) delays /healthz by that
+ * step, not by the whole batch.  An ERROR in a callback must not unwind
+ * through MHD: without an exception stack it becomes FATAL, as it does in
+ * the main loop.
+ */
+static void
+recv_serve_between(TimestampTz *last)
+{
+	sigjmp_buf *save_stack = PG_exception_stack;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (!TimestampDifferenceExceeds(*last, now, RECV_SERVE_MS))
+		return;
+	PG_exception_stack = NULL;
+	for (int i = 0; i < RECV_SERVE_ROUNDS; i++)
+	{
+		MHD_UNSIGNED_LONG_LONG ms;
+		struct pollfd pfd = {recv_epoll_fd, POLLIN, 0};
+
+		MHD_run(recv_daemon);
+		if (poll(&pfd, 1, 0) <= 0 &&
+			!(MHD_get_timeout(recv_daemon, &ms) == MHD_YES && ms == 0))
+			break;
+	}
+	PG_exception_stack = save_stack;
+	*last = GetCurrentTimestamp();
+}
+
+/*
  * Every request of a batch, as shipsync_ingest: tracking pushes grouped by
- * provider, the others one by one, each group in a subtransaction.
+ * provider, the others one by one, each group in a subtransaction.  A
+ * lock held by another session (an order row being edited) is waited for
+ * at most shipsync.receiver_lock_timeout: then the group's push fails
+ * alone with lock_not_available, answered 503 with Retry-After, and the
+ * rest of the batch goes on.  The setting is the batch's own, at a GUC
+ * nest level of its own, undone once the pushes are in.
  */
 static void
 recv_ingest(RecvRequest **reqs, int n)
@@ -1043,7 +1096,13 @@ recv_ingest(RecvRequest **reqs, int n)
 	int			save_sec;
 	bool	   *done = palloc0(sizeof(bool) * n);
 	RecvRequest **group = palloc(sizeof(RecvRequest *) * n);
+	int			nest = NewGUCNestLevel();
+	TimestampTz served = GetCurrentTimestamp();
 
+	if (shipsync_receiver_lock_timeout_ms > 0)
+		(void) set_config_option("lock_timeout",
+								 psprintf("%d", shipsync_receiver_lock_timeout_ms),
+								 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(recv_ingest_role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 	for (int i = 0; i < n; i++)
@@ -1052,6 +1111,7 @@ recv_ingest(RecvRequest **reqs, int n)
 
 		if (done[i])
 			continue;
+		recv_serve_between(&served);
 		if (reqs[i]->route != ROUTE_TRACKING)
 		{
 			recv_subxact(reqs[i]->route == ROUTE_CRM ? recv_step_crm : recv_step_fees,
@@ -1068,6 +1128,7 @@ recv_ingest(RecvRequest **reqs, int n)
 		recv_subxact(recv_step_tracking, group, k);
 	}
 	SetUserIdAndSecContext(save_userid, save_sec);
+	AtEOXact_GUC(true, nest);
 }
 
 /*
@@ -1502,9 +1563,8 @@ shipsync_receiver_main(Datum main_arg)
 	wes = CreateWaitEventSet(TopMemoryContext, 3);
 	AddWaitEventToSet(wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(wes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-	AddWaitEventToSet(wes, WL_SOCKET_READABLE,
-					  MHD_get_daemon_info(recv_daemon, MHD_DAEMON_INFO_EPOLL_FD)->epoll_fd,
-					  NULL, NULL);
+	recv_epoll_fd = MHD_get_daemon_info(recv_daemon, MHD_DAEMON_INFO_EPOLL_FD)->epoll_fd;
+	AddWaitEventToSet(wes, WL_SOCKET_READABLE, recv_epoll_fd, NULL, NULL);
 	for (;;)
 	{
 		WaitEvent	ev[3];

@@ -27,7 +27,10 @@
  *	5. each status change is written onto the order row through the
  *	   binding's write-back statement, as the table's owner, with capture
  *	   suppressed (no echo), and announced on channel shipsync -- all in
- *	   the caller's transaction, with the events.
+ *	   the caller's transaction, with the events.  An order whose row
+ *	   refuses its status (a constraint, a trigger) is left as it was,
+ *	   with a writeback_failed ticket, and the rest goes on
+ *	   (writeback_statuses() in writeback.c).
  *
  * The receiver of pushes (receiver.c) calls _ingest_tracking_batch()
  * instead, with every push of one provider it has at hand: each push goes
@@ -538,7 +541,7 @@ tracking_apply_batch(TrackProvider *p, EventBatch *b, TrackSummary *sum)
 	}
 	sum->n_changed += nchanged;
 
-	writeback_orders_all(c_bid, c_key, c_status, NULL, nchanged);
+	writeback_statuses(p->id, c_bid, c_key, c_status, nchanged);
 	for (int i = 0; i < nchanged; i++)
 		Async_Notify("shipsync", c_notify[i]);
 }
@@ -872,13 +875,24 @@ shipsync_ingest_tracking_batch(PG_FUNCTION_ARGS)
 					   hnulls[i] ? NULL : DatumGetJsonbP(hdrs[i]), NULL, &o[i]))
 			good[i] = o[i].events;
 	}
-	/* together, or one by one when that fails */
+	/*
+	 * Together, or one by one when that fails; a push alone is not tried
+	 * twice (a lock it waited for would be waited for again, another
+	 * shipsync.receiver_lock_timeout).
+	 */
 	for (int i = 0; i < n; i++)
 		ngood += good[i] != NULL;
 	if (ngood > 0 && !batch_step(p, NULL, 0, NULL, batch_concat(good, n), &whole))
 		for (int i = 0; i < n; i++)
-			if (good[i] && !batch_step(p, NULL, 0, NULL, good[i], &o[i]))
-				good[i] = NULL;
+		{
+			if (good[i] == NULL)
+				continue;
+			if (ngood == 1)
+				o[i] = whole;
+			else if (batch_step(p, NULL, 0, NULL, good[i], &o[i]))
+				continue;
+			good[i] = NULL;
+		}
 
 	/*
 	 * The rows are made before SPI_finish(): the events read, the messages

@@ -27,7 +27,15 @@
  * inactive and its waiting intents dead, each with a ticket).  The shipment,
  * status or fee total is recorded in the shipsync tables all the same.  A
  * statement that fails raises the error: the caller's slow path decides
- * what it costs (one intent dead with writeback_failed, one push refused).
+ * what it costs (one intent dead with writeback_failed, one fee push
+ * refused).  Tracking statuses go through writeback_statuses(), which
+ * isolates the failure itself: each binding's statement in a
+ * subtransaction, then order by order, so that one order whose row refuses
+ * its status gets a writeback_failed ticket and the push, the poll or the
+ * match of parked events that brought it is kept, events, shipment
+ * statuses and the other orders' rows with it.  An error a retry can get
+ * past (lock_timeout, a deadlock) is raised as it is, for the sender to
+ * try again.
  *
  * Plans: one saved plan per binding, in TopMemoryContext for the life of
  * the process, made again when the statement text changes (attach() run
@@ -280,4 +288,108 @@ writeback_orders_all(int32 *bids, Datum *keys, Datum *statuses, Datum *fee_total
 			}
 		writeback_orders(bid, k_keys, statuses ? k_vals : NULL, statuses ? NULL : k_vals, k);
 	}
+}
+
+
+/* One binding's write-back of statuses, for shipsync_subxact() */
+typedef struct WritebackStep
+{
+	int32		binding_id;
+	Datum	   *keys;
+	Datum	   *statuses;
+	int			n;
+} WritebackStep;
+
+static void
+writeback_step_run(void *arg)
+{
+	WritebackStep *st = (WritebackStep *) arg;
+
+	writeback_orders(st->binding_id, st->keys, st->statuses, NULL, st->n);
+}
+
+/*
+ * Run a step in a subtransaction.  NULL when it went through; else its
+ * error, unless the error is one that a retry of the whole can get past (a
+ * lock wait over lock_timeout, a deadlock or serialization failure, a
+ * cancel, a shortage of resources): that one is raised again, so that the
+ * caller fails as a whole and its sender tries again later, rather than
+ * an order being ticketed for another session's lock.
+ */
+static ErrorData *
+writeback_try(WritebackStep *st)
+{
+	ErrorData  *e = shipsync_subxact(writeback_step_run, st);
+	int			cls;
+
+	if (e == NULL)
+		return NULL;
+	cls = ERRCODE_TO_CATEGORY(e->sqlerrcode);
+	if (cls == ERRCODE_TRANSACTION_ROLLBACK || cls == ERRCODE_INSUFFICIENT_RESOURCES ||
+		cls == ERRCODE_OPERATOR_INTERVENTION || cls == ERRCODE_SYSTEM_ERROR ||
+		e->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
+		ReThrowError(e);
+	return e;
+}
+
+/*
+ * Write new tracking statuses of provider provider_id onto the order rows:
+ * writeback_orders_all() for statuses, except that one order's failing
+ * write-back (a constraint, a value too long, a trigger of the user's
+ * raising) fails that order alone.  Each binding's statement runs in a
+ * subtransaction; when it fails, its orders are written one by one, each
+ * in its own, and each that still fails is left as it was and gets a
+ * ticket of kind writeback_failed naming the error's message (never its
+ * detail, which may quote the row: "Failing row contains (...)").  The
+ * caller's events and shipment statuses stay.  bids, keys and statuses
+ * have n entries; bids is overwritten.  SPI must be connected.
+ */
+void
+writeback_statuses(int32 provider_id, int32 *bids, Datum *keys, Datum *statuses, int n)
+{
+	ArgArrays  *tickets = NULL;
+
+	for (int i = 0; i < n; i++)
+	{
+		WritebackStep st;
+		ErrorData  *e;
+
+		if (bids[i] < 0)
+			continue;
+		st.binding_id = bids[i];
+		st.keys = palloc(sizeof(Datum) * n);
+		st.statuses = palloc(sizeof(Datum) * n);
+		st.n = 0;
+		for (int j = i; j < n; j++)
+			if (bids[j] == st.binding_id)
+			{
+				st.keys[st.n] = keys[j];
+				st.statuses[st.n] = statuses[j];
+				st.n++;
+				bids[j] = -1;
+			}
+		if ((e = writeback_try(&st)) == NULL)
+			continue;
+		for (int j = 0; j < st.n; j++)
+		{
+			WritebackStep one = {st.binding_id, &st.keys[j], &st.statuses[j], 1};
+			ErrorData  *e1 = st.n == 1 ? e : writeback_try(&one);
+			char	   *key;
+
+			if (e1 == NULL)
+				continue;
+			key = TextDatumGetCString(st.keys[j]);
+			ereport(WARNING,
+					(errcode(e1->sqlerrcode),
+					 errmsg("pg_shipsync: the write-back of the tracking status of order %s failed: %s",
+							key, e1->message)));
+			if (tickets == NULL)
+				tickets = outbox_tickets_create(n);
+			outbox_ticket_row(tickets, 0, st.binding_id, key, provider_id,
+							  psprintf("write-back of the tracking status failed: %s", e1->message),
+							  "writeback_failed");
+		}
+	}
+	if (tickets != NULL)
+		outbox_open_tickets(tickets);
 }

@@ -675,3 +675,13 @@ UPDATE shipsync.shipment SET tracking_number = 'W10B' WHERE tracking_number = 'W
 SELECT pg_temp.quote('10', 'W10B', 13.70) > 0 AS quoted_again;
 SELECT s.fee_total, f.estimated, f.quote_lines FROM shipsync.shipment s
 JOIN shipsync.fee_sum f USING (binding_id, order_key, provider_id) WHERE s.tracking_number = 'W10B';
+
+-- an order whose row refuses its fee total keeps its row and gets a
+-- ticket; the statement's lines and the other orders' totals stay
+ALTER TABLE orders2 ADD CONSTRAINT fee_small CHECK (fee < 100) NOT VALID;
+SELECT pg_temp.bill('2026-12', E'W3,freight,500.00\nW8,freight,8.00\n') - 'totals' AS answer;
+SELECT id, fee FROM orders2 WHERE id IN (3, 8) ORDER BY id;
+SELECT tracking_number, amount FROM shipsync.fee_line WHERE tracking_number IN ('W3', 'W8') AND NOT quote ORDER BY 1;
+SELECT kind, order_key, provider_id IS NULL AS no_provider, detail, resolved_at IS NULL AS open
+FROM shipsync.exception_ticket
+WHERE kind = 'writeback_failed' AND binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders2'::regclass);

@@ -1395,10 +1395,11 @@ shipsync_first_quote_lines(PG_FUNCTION_ARGS)
 
 /*
  * Write the fee totals _store_fees() (or _record_quotes()) returned onto
- * the order rows, one statement per binding.  The rows are (kind, n,
- * binding_id, order_key, fee_total); those of kind writeback are written.
- * Returns how many orders.  The tuple table is read before anything else
- * runs.
+ * the order rows, one statement per binding: an order whose row refuses
+ * its total is left as it was, with a writeback_failed ticket, and the
+ * lines stay (writeback_values()).  The rows are (kind, n, binding_id,
+ * order_key, fee_total); those of kind writeback are written.  Returns how
+ * many orders.  The tuple table is read before anything else runs.
  */
 int
 fees_write_totals(SPITupleTable *tt, uint64 nrows)
@@ -1421,7 +1422,7 @@ fees_write_totals(SPITupleTable *tt, uint64 nrows)
 		tot[n] = datumCopy(SPI_getbinval(tup, tt->tupdesc, 5, &isnull), false, -1);
 		n++;
 	}
-	writeback_orders_all(bid, key, NULL, tot, n);
+	writeback_values(0, bid, key, tot, true, n);
 	return n;
 }
 

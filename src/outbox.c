@@ -515,7 +515,7 @@ outbox_tickets_create(int n)
 
 /*
  * One ticket of kind about intent id (0: about no intent, as a write-back
- * of tracking is), with detail
+ * of tracking is), with detail; provider_id 0 names none
  */
 void
 outbox_ticket_row(ArgArrays *d, int64 id, int32 binding_id, const char *order_key,
@@ -527,7 +527,8 @@ outbox_ticket_row(ArgArrays *d, int64 id, int32 binding_id, const char *order_ke
 		args_set(d, k, 0, Int64GetDatum(id));
 	args_set(d, k, 1, Int32GetDatum(binding_id));
 	args_set_text(d, k, 2, order_key);
-	args_set(d, k, 3, Int32GetDatum(provider_id));
+	if (provider_id != 0)
+		args_set(d, k, 3, Int32GetDatum(provider_id));
 	args_set_text(d, k, 4, detail);
 	args_set_text(d, k, 5, kind);
 }

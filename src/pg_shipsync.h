@@ -998,10 +998,8 @@ extern int64 fees_apply_sf_answer(const char *provider_name, const char *body, s
 /* in writeback.c: statuses and fee totals onto the order rows */
 extern void writeback_orders(int32 binding_id, Datum *keys, Datum *statuses,
 							 Datum *fee_totals, int n);
-extern void writeback_orders_all(int32 *bids, Datum *keys, Datum *statuses,
-								 Datum *fee_totals, int n);
-extern void writeback_statuses(int32 provider_id, int32 *bids, Datum *keys,
-							   Datum *statuses, int n);
+extern void writeback_values(int32 provider_id, int32 *bids, Datum *keys,
+							 Datum *values, bool fee, int n);
 
 /* in capture.c */
 extern void capture_suppress(void);

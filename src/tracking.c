@@ -30,7 +30,7 @@
  *	   the caller's transaction, with the events.  An order whose row
  *	   refuses its status (a constraint, a trigger) is left as it was,
  *	   with a writeback_failed ticket, and the rest goes on
- *	   (writeback_statuses() in writeback.c).
+ *	   (writeback_values() in writeback.c).
  *
  * The receiver of pushes (receiver.c) calls _ingest_tracking_batch()
  * instead, with every push of one provider it has at hand: each push goes
@@ -541,7 +541,7 @@ tracking_apply_batch(TrackProvider *p, EventBatch *b, TrackSummary *sum)
 	}
 	sum->n_changed += nchanged;
 
-	writeback_statuses(p->id, c_bid, c_key, c_status, nchanged);
+	writeback_values(p->id, c_bid, c_key, c_status, false, nchanged);
 	for (int i = 0; i < nchanged; i++)
 		Async_Notify("shipsync", c_notify[i]);
 }

@@ -27,13 +27,14 @@
  * inactive and its waiting intents dead, each with a ticket).  The shipment,
  * status or fee total is recorded in the shipsync tables all the same.  A
  * statement that fails raises the error: the caller's slow path decides
- * what it costs (one intent dead with writeback_failed, one fee push
- * refused).  Tracking statuses go through writeback_statuses(), which
- * isolates the failure itself: each binding's statement in a
- * subtransaction, then order by order, so that one order whose row refuses
- * its status gets a writeback_failed ticket and the push, the poll or the
- * match of parked events that brought it is kept, events, shipment
- * statuses and the other orders' rows with it.  An error a retry can get
+ * what it costs (one intent dead with writeback_failed).  Tracking
+ * statuses and fee totals go through writeback_values(), which isolates
+ * the failure itself: each binding's statement in a subtransaction, then
+ * order by order, so that one order whose row refuses its status or its
+ * fee total gets a writeback_failed ticket and the push, the poll, the
+ * statement or the match of parked events that brought it is kept,
+ * events, shipment statuses, fee lines and the other orders' rows with
+ * it.  An error a retry can get
  * past (lock_timeout, a deadlock) is raised as it is, for the sender to
  * try again.
  *
@@ -259,44 +260,13 @@ writeback_orders(int32 binding_id, Datum *keys, Datum *statuses, Datum *fee_tota
 				  statuses ? "tracking status" : "fee totals");
 }
 
-/*
- * writeback_orders() for orders of several bindings: one statement per
- * binding.  bids, keys and statuses or fee_totals (one of them may be
- * NULL) have n entries; bids is overwritten.
- */
-void
-writeback_orders_all(int32 *bids, Datum *keys, Datum *statuses, Datum *fee_totals, int n)
-{
-	for (int i = 0; i < n; i++)
-	{
-		Datum	   *k_keys;
-		Datum	   *k_vals;
-		int			k = 0;
-		int32		bid = bids[i];
-
-		if (bid < 0)
-			continue;
-		k_keys = palloc(sizeof(Datum) * n);
-		k_vals = palloc(sizeof(Datum) * n);
-		for (int j = i; j < n; j++)
-			if (bids[j] == bid)
-			{
-				k_keys[k] = keys[j];
-				k_vals[k] = statuses ? statuses[j] : fee_totals[j];
-				k++;
-				bids[j] = -1;
-			}
-		writeback_orders(bid, k_keys, statuses ? k_vals : NULL, statuses ? NULL : k_vals, k);
-	}
-}
-
-
-/* One binding's write-back of statuses, for shipsync_subxact() */
+/* One binding's write-back of statuses or fee totals, for shipsync_subxact() */
 typedef struct WritebackStep
 {
 	int32		binding_id;
 	Datum	   *keys;
-	Datum	   *statuses;
+	Datum	   *statuses;		/* or NULL */
+	Datum	   *fee_totals;		/* or NULL */
 	int			n;
 } WritebackStep;
 
@@ -305,7 +275,7 @@ writeback_step_run(void *arg)
 {
 	WritebackStep *st = (WritebackStep *) arg;
 
-	writeback_orders(st->binding_id, st->keys, st->statuses, NULL, st->n);
+	writeback_orders(st->binding_id, st->keys, st->statuses, st->fee_totals, st->n);
 }
 
 /*
@@ -333,21 +303,23 @@ writeback_try(WritebackStep *st)
 }
 
 /*
- * Write new tracking statuses of provider provider_id onto the order rows:
- * writeback_orders_all() for statuses, except that one order's failing
- * write-back (a constraint, a value too long, a trigger of the user's
- * raising) fails that order alone.  Each binding's statement runs in a
- * subtransaction; when it fails, its orders are written one by one, each
- * in its own, and each that still fails is left as it was and gets a
- * ticket of kind writeback_failed naming the error's message (never its
- * detail, which may quote the row: "Failing row contains (...)").  The
- * caller's events and shipment statuses stay.  bids, keys and statuses
- * have n entries; bids is overwritten.  SPI must be connected.
+ * Write new tracking statuses (values are statuses) or fee totals (values
+ * are totals, fee) of provider provider_id (0: not known) onto the order
+ * rows, grouped by binding, such that one order's failing write-back (a
+ * constraint, a value too long, a trigger of the user's raising) fails
+ * that order alone.  Each binding's statement runs in a subtransaction;
+ * when it fails, its orders are written one by one, each in its own, and
+ * each that still fails is left as it was and gets a ticket of kind
+ * writeback_failed naming the error's message (never its detail, which
+ * may quote the row: "Failing row contains (...)").  The caller's events,
+ * shipment statuses and fee lines stay.  bids, keys and values have n
+ * entries; bids is overwritten.  SPI must be connected.
  */
 void
-writeback_statuses(int32 provider_id, int32 *bids, Datum *keys, Datum *statuses, int n)
+writeback_values(int32 provider_id, int32 *bids, Datum *keys, Datum *values, bool fee, int n)
 {
 	ArgArrays  *tickets = NULL;
+	const char *what = fee ? "fee total" : "tracking status";
 
 	for (int i = 0; i < n; i++)
 	{
@@ -358,13 +330,14 @@ writeback_statuses(int32 provider_id, int32 *bids, Datum *keys, Datum *statuses,
 			continue;
 		st.binding_id = bids[i];
 		st.keys = palloc(sizeof(Datum) * n);
-		st.statuses = palloc(sizeof(Datum) * n);
+		st.statuses = fee ? NULL : palloc(sizeof(Datum) * n);
+		st.fee_totals = fee ? palloc(sizeof(Datum) * n) : NULL;
 		st.n = 0;
 		for (int j = i; j < n; j++)
 			if (bids[j] == st.binding_id)
 			{
 				st.keys[st.n] = keys[j];
-				st.statuses[st.n] = statuses[j];
+				(fee ? st.fee_totals : st.statuses)[st.n] = values[j];
 				st.n++;
 				bids[j] = -1;
 			}
@@ -372,7 +345,8 @@ writeback_statuses(int32 provider_id, int32 *bids, Datum *keys, Datum *statuses,
 			continue;
 		for (int j = 0; j < st.n; j++)
 		{
-			WritebackStep one = {st.binding_id, &st.keys[j], &st.statuses[j], 1};
+			WritebackStep one = {st.binding_id, &st.keys[j],
+				fee ? NULL : &st.statuses[j], fee ? &st.fee_totals[j] : NULL, 1};
 			ErrorData  *e1 = st.n == 1 ? e : writeback_try(&one);
 			char	   *key;
 
@@ -381,12 +355,12 @@ writeback_statuses(int32 provider_id, int32 *bids, Datum *keys, Datum *statuses,
 			key = TextDatumGetCString(st.keys[j]);
 			ereport(WARNING,
 					(errcode(e1->sqlerrcode),
-					 errmsg("pg_shipsync: the write-back of the tracking status of order %s failed: %s",
-							key, e1->message)));
+					 errmsg("pg_shipsync: the write-back of the %s of order %s failed: %s",
+							what, key, e1->message)));
 			if (tickets == NULL)
 				tickets = outbox_tickets_create(n);
 			outbox_ticket_row(tickets, 0, st.binding_id, key, provider_id,
-							  psprintf("write-back of the tracking status failed: %s", e1->message),
+							  psprintf("write-back of the %s failed: %s", what, e1->message),
 							  "writeback_failed");
 		}
 	}

@@ -75,6 +75,17 @@ typedef struct ApplyPlanDef
 } ApplyPlanDef;
 
 /*
+ * Whether an update's or a cancel's answer leaves shipment s's status as
+ * it is: s's status is terminal and the answer's is not (a carrier's stale
+ * record of a delivered parcel moves nothing back; its word that the
+ * parcel was returned, not delivered, does: reconciliation's resync).
+ */
+#define APPLY_KEEPS_STATUS \
+	"(COALESCE((SELECT c.terminal FROM shipsync.canonical_status c WHERE c.name = s.status), false)" \
+	" AND NOT COALESCE((SELECT c.terminal FROM shipsync.canonical_status c" \
+	"   WHERE c.name = u.status), false))"
+
+/*
  * The statements.  "state = (SELECT 'in_flight')" in APPLY_OUTBOX, not a
  * constant: with a constant, the planner may read the in-flight rows
  * through the partial per-order index and hash them, trusting statistics
@@ -92,17 +103,6 @@ typedef struct ApplyPlanDef
  * _quote_totals() for the whole batch, joined by position in the arrays
  * (a per-row function call was set up anew for every answer).
  */
-/*
- * Whether an update's or a cancel's answer leaves shipment s's status as
- * it is: s's status is terminal and the answer's is not (a carrier's stale
- * record of a delivered parcel moves nothing back; its word that the
- * parcel was returned, not delivered, does: reconciliation's resync).
- */
-#define APPLY_KEEPS_STATUS \
-	"(COALESCE((SELECT c.terminal FROM shipsync.canonical_status c WHERE c.name = s.status), false)" \
-	" AND NOT COALESCE((SELECT c.terminal FROM shipsync.canonical_status c" \
-	"   WHERE c.name = u.status), false))"
-
 /*
  * The columns of a shipment created (APPLY_CREATE) and of one updated
  * (APPLY_UPDATE): the statements after each share its rows.

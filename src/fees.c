@@ -725,8 +725,7 @@ shipsync_lock_fees(PG_FUNCTION_ARGS)
 	if (whole || (ntotal > 1000 && over_thousand_distinct(tns, nt)))
 	{
 		for (int i = 0; i < np; i++)
-			DirectFunctionCall2(pg_advisory_xact_lock_int4,
-								Int32GetDatum(FEE_LOCK_PROVIDER), Int32GetDatum(pids[i]));
+			fees_lock_provider(pids[i]);
 		PG_RETURN_VOID();
 	}
 	for (int i = 0; i < np; i++)

@@ -195,6 +195,20 @@ health_poll_answered(int32 provider_id, const char *name, TimestampTz now)
 		ereport(LOG, (errmsg_internal("%s", msg)));
 }
 
+/* Hold st until then, unless it is held longer already; whether it grew */
+static bool
+hold_raise(ShipsyncProviderState *st, TimestampTz until)
+{
+	bool		longer;
+
+	LWLockAcquire(shipsync_shared->health_lock, LW_EXCLUSIVE);
+	longer = until > st->hold_until;
+	if (longer)
+		st->hold_until = until;
+	LWLockRelease(shipsync_shared->health_lock);
+	return longer;
+}
+
 /*
  * A tracking poll of provider provider_id (named name) was answered 429 or
  * 503 with a wait: nothing is sent to it, polls or deliveries, before
@@ -204,18 +218,8 @@ void
 health_poll_hold(int32 provider_id, const char *name, TimestampTz until, long delay_ms)
 {
 	ShipsyncProviderState *st = shipsync_provider_state(MyDatabaseId, provider_id);
-	bool		longer = false;
 
-	if (st == NULL)
-		return;
-	LWLockAcquire(shipsync_shared->health_lock, LW_EXCLUSIVE);
-	if (until > st->hold_until)
-	{
-		longer = true;
-		st->hold_until = until;
-	}
-	LWLockRelease(shipsync_shared->health_lock);
-	if (longer)
+	if (st != NULL && hold_raise(st, until))
 		ereport(LOG,
 				(errmsg("pg_shipsync: provider \"%s\" asked a tracking poll to wait %ld ms; sending to it is paused until then",
 						name, delay_ms)));
@@ -259,10 +263,7 @@ health_sent(Provider *p, const Claimed *cs, int n)
 void
 health_hold(Provider *p, TimestampTz until)
 {
-	LWLockAcquire(shipsync_shared->health_lock, LW_EXCLUSIVE);
-	if (until > p->st->hold_until)
-		p->st->hold_until = until;
-	LWLockRelease(shipsync_shared->health_lock);
+	(void) hold_raise(p->st, until);
 }
 
 /*

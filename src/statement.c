@@ -209,24 +209,19 @@ line_problem(TrackProvider *p, StatementErrors *errs, bool skip, int line,
 static ArrayType *
 held_waybills(StatementErrors *errs)
 {
-	int			n = list_length(errs->held) + (errs->held_unknown ? 1 : 0);
-	Datum	   *d;
-	bool	   *isnull;
-	int			dims[1];
-	int			lbs[1] = {1};
+	int			n = list_length(errs->held) + 1;
+	Datum	   *d = palloc(sizeof(Datum) * n);
+	bool	   *isnull = palloc0(sizeof(bool) * n);
 	ListCell   *lc;
 	int			i = 0;
 
 	if (errs->n == 0)
 		return NULL;
-	d = palloc(sizeof(Datum) * Max(n, 1));
-	isnull = palloc0(sizeof(bool) * Max(n, 1));
 	foreach(lc, errs->held)
 		d[i++] = CStringGetTextDatum((char *) lfirst(lc));
 	if (errs->held_unknown)
 		isnull[i++] = true;
-	dims[0] = i;
-	return construct_md_array(d, isnull, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT);
+	return DatumGetArrayTypeP(shipsync_make_array(d, isnull, i, TEXTOID));
 }
 
 /* A row of nothing but empty fields (",,,", as spreadsheets end a sheet) */

@@ -34,9 +34,8 @@
  * fee total gets a writeback_failed ticket and the push, the poll, the
  * statement or the match of parked events that brought it is kept,
  * events, shipment statuses, fee lines and the other orders' rows with
- * it.  An error a retry can get
- * past (lock_timeout, a deadlock) is raised as it is, for the sender to
- * try again.
+ * it.  An error a retry can get past (lock_timeout, a deadlock) is raised
+ * as it is, for the sender to try again.
  *
  * Plans: one saved plan per binding, in TopMemoryContext for the life of
  * the process, made again when the statement text changes (attach() run

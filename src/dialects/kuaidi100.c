@@ -11,8 +11,9 @@
  * kuaidi100_sign() replaces when the request goes, so that neither is ever
  * stored in the outbox (which readers may see) nor shown by
  * render_request().  Only the values of members "key" and "salt" are
- * replaced: a waybill that reads like a placeholder stays a waybill.  Pushes are forms too: param, signed by sign =
- * UPPER(MD5(param + salt)), answered with Kuaidi100's success body.
+ * replaced: a waybill that reads like a placeholder stays a waybill.
+ * Pushes are forms too: param, signed by sign = UPPER(MD5(param + salt)),
+ * answered with Kuaidi100's success body.
  *
  *-------------------------------------------------------------------------
  */

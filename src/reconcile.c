@@ -31,7 +31,8 @@
  *
  * A failed request is sent again after a backoff (RECON_MAX_FAILURES in a
  * row fail the provider's pull: the run compares the others and fails).  A
- * 429 or 503 with Retry-After holds the provider, as for deliveries.
+ * wait the carrier asks for (Retry-After, or X-RateLimit-Reset on a 429 or
+ * 503) holds the provider, as for deliveries.
  *
  * State: the pulls in flight live in this process only; the runs and their
  * progress live in shipsync.reconcile_run.  After a restart a pulling run
@@ -521,9 +522,10 @@ search_flush(Pull *pl, bool done)
 }
 
 /*
- * A request of the pull failed: wait (the carrier's Retry-After, which also
- * holds the provider, or a backoff) and try again; after RECON_MAX_FAILURES
- * in a row the pull fails.
+ * A request of the pull failed: wait (as long as the carrier asked, by
+ * Retry-After or, on a 429 or 503, X-RateLimit-Reset, which also holds the
+ * provider; else a backoff) and try again; after RECON_MAX_FAILURES in a
+ * row the pull fails.
  */
 static void
 pull_failed(Pull *pl, Provider *p, HttpTransfer *t, const char *msg, TimestampTz now)
@@ -542,8 +544,9 @@ pull_failed(Pull *pl, Provider *p, HttpTransfer *t, const char *msg, TimestampTz
 				 errdetail("%s", msg)));
 		return;
 	}
-	if (t->curl_code == CURLE_OK && (t->http_status == 429 || t->http_status == 503))
-		delay = shipsync_parse_wait(t->retry_after, false, time(NULL));
+	if (t->curl_code == CURLE_OK)
+		delay = shipsync_wait_asked(t->http_status, t->retry_after, t->ratelimit_reset,
+									time(NULL));
 	if (delay >= 0 && p)
 		health_hold(p, TimestampTzPlusMilliseconds(now, delay));
 	if (delay < 0)

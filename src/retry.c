@@ -266,8 +266,8 @@ shipsync_parse_wait(const char *value, bool reset, time_t now)
 /*
  * The wait, in milliseconds, an answer of status http_status asked for
  * (at most a day): Retry-After, else on a 429 or a 503 X-RateLimit-Reset;
- * -1 when it asked for none.  A delivery's answer and a tracking poll's
- * are read alike.
+ * -1 when it asked for none.  A delivery's answer, a tracking poll's and a
+ * reconciliation pull's are read alike.
  */
 long
 shipsync_wait_asked(long http_status, const char *retry_after,

@@ -20,7 +20,10 @@
 #      resume of the provider end its hold;
 #   8. an answer with a header line longer than libcurl takes is the
 #      carrier's fault, not this server's: a transport failure the
-#      breaker counts, and no "out of resources" in the log.
+#      breaker counts, and no "out of resources" in the log;
+#   9. a tracking poll answered 429 with Retry-After holds the provider;
+#  10. so does a reconciliation pull answered 429 with X-RateLimit-Reset
+#      alone, as deliveries and polls are.
 use strict;
 use warnings;
 use FindBin;
@@ -342,6 +345,31 @@ is($closed, 1, 'close: logged once');
 	my $before = $fired->();
 	sleep 4;    # four poll intervals
 	is($fired->(), $before, 'poll asked to wait: no poll is sent meanwhile');
+	sim_post($sim, '/_sim/faults', { rules => [] });
+}
+
+###########################################################################
+# 10. A reconciliation pull asked to wait by X-RateLimit-Reset alone
+###########################################################################
+{
+	sql(qq{SELECT shipsync.create_provider('recwait', 'generic', '$sim->{url}',
+			'{"timeout_ms": 5000, "max_attempts": 1000}');
+		CREATE TABLE crm.recwait (LIKE crm.orders INCLUDING ALL);
+		SELECT shipsync.attach('crm.recwait', 'recwait', writeback => '{"tracking_number": "waybill_no"}');});
+	my $id = sql("SELECT nextval('crm.orders_id_seq')");
+	sql("INSERT INTO crm.recwait (id, customer) VALUES ($id, 'Reconciled')");
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.recwait WHERE id = $id", 30),
+		'pull asked to wait: an order shipped to compare');
+	my $reset = int(time()) + 120;
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'status', status => 429, reset_header => "$reset", method => 'GET',
+					   path => '^/shipments$', name => 'list_429' } ] });
+	my $run = sql(q{SELECT shipsync.reconcile('recwait')});
+	ok( wait_until($node, "SELECT hold_until > now() + interval '100 s' FROM shipsync.provider_health"
+			  . " WHERE provider = 'recwait'", 30),
+		'pull asked to wait by X-RateLimit-Reset: the provider is held until then');
+	is(sql("SELECT state FROM shipsync.reconcile_run WHERE run_id = $run"), 'pulling',
+		'pull asked to wait: the run waits, it has not failed');
 	sim_post($sim, '/_sim/faults', { rules => [] });
 }
 

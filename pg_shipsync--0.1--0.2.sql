@@ -7199,14 +7199,36 @@ ALTER FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) SET shipsy
 -- shipsync.reconcile_interval.  They now read order tables only through
 -- _select_as_owner(), which runs the statement as the table's owner in a
 -- restricted operation (install/15_filter.sql, install/70_reconcile.sql).
+CREATE FUNCTION @extschema@._select_as_owner_rows(internal)
+RETURNS internal
+AS 'MODULE_PATHNAME', 'shipsync_select_as_owner_rows'
+LANGUAGE C STABLE STRICT
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._select_as_owner_rows(internal) IS
+	'Internal: the planner support function of _select_as_owner() and _select_digests_as_owner(): as many rows as keys given, else as the table holds.';
+
 CREATE FUNCTION @extschema@._select_as_owner(tbl regclass, stmt text, keys text[], n integer)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'shipsync_select_as_owner'
 LANGUAGE C VOLATILE
+SUPPORT @extschema@._select_as_owner_rows
 SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION @extschema@._select_as_owner(regclass, text, text[], integer) IS
 	'Internal: the rows of a SELECT over an order table built by the extension, run as the table''s owner in a restricted operation ($1 = keys, $2 = n): reconciliation and resync() read order tables only through it.';
+REVOKE ALL ON FUNCTION @extschema@._select_as_owner_rows(internal) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@._select_as_owner(regclass, text, text[], integer) FROM PUBLIC;
+-- The CRM pass digests each row as the owner's statement yields it, rather
+-- than keeping the whole row to digest afterwards.
+CREATE FUNCTION @extschema@._select_digests_as_owner(tbl regclass, stmt text, keys text[], n integer,
+	skip text[])
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'shipsync_select_digests_as_owner'
+LANGUAGE C VOLATILE
+SUPPORT @extschema@._select_as_owner_rows
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION @extschema@._select_digests_as_owner(regclass, text, text[], integer, text[]) IS
+	'Internal: _select_as_owner() whose statement''s last column is an order row, returned as its digest (_row_digest(row, skip)), computed as the owner: reconciliation''s CRM pass.';
+REVOKE ALL ON FUNCTION @extschema@._select_digests_as_owner(regclass, text, text[], integer, text[]) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION @extschema@._reconcile_tables()
 RETURNS void
@@ -7311,6 +7333,7 @@ DECLARE
 	orders text;
 	ks text[];
 	gone text[];
+	from_rows text;
 BEGIN
 	SELECT x.* INTO b FROM @extschema@.binding x WHERE x.binding_id = bid;
 	-- the key's type, with the key column's own collation when it has one:
@@ -7382,17 +7405,23 @@ BEGIN
 		CASE WHEN b.writeback ? 'tracking_number' THEN format('t.%I::text', b.writeback->>'tracking_number') ELSE 'NULL::text' END,
 		CASE WHEN b.writeback ? 'status' THEN format('t.%I::text', b.writeback->>'status') ELSE 'NULL::text' END,
 		born, b.tbl, src);
-	-- kept, with each row's digest, for the comparison's joins (ANALYZEd:
-	-- a full pass reads a million orders, an incremental one a few)
-	TRUNCATE pg_temp.recon_orders;
-	EXECUTE format($o$
+	-- each row with its digest, made as the rows are read (a whole row is
+	-- never kept).  A full pass joins them as they come, planned for as many
+	-- rows as the table holds (the function's support estimates it); an
+	-- incremental one keeps them first, and ANALYZEs them: a few orders
+	-- changed since the last pass, or a bulk import of a million
+	IF full_pass THEN
+		from_rows := $r$@extschema@._select_digests_as_owner($5, $6, $7, $8, $9)
+			AS t(k text COLLATE "C", o_tn text, o_status text, born timestamptz, digest bigint)$r$;
+	ELSE
+		TRUNCATE pg_temp.recon_orders;
 		INSERT INTO pg_temp.recon_orders (k, o_tn, o_status, born, digest)
-		SELECT t.k, t.o_tn, t.o_status, t.born, @extschema@._row_digest(t.r, $2)
-		  FROM @extschema@._select_as_owner($1, $3, $4, $5)
-			   AS t(k text COLLATE "C", o_tn text, o_status text, born timestamptz, r %s)
-	$o$, b.tbl)
-	USING b.tbl, skip, orders, ks, hage;
-	ANALYZE pg_temp.recon_orders;
+		SELECT t.k, t.o_tn, t.o_status, t.born, t.digest
+		  FROM @extschema@._select_digests_as_owner(b.tbl, orders, ks, hage, skip)
+			   AS t(k text COLLATE "C", o_tn text, o_status text, born timestamptz, digest bigint);
+		ANALYZE pg_temp.recon_orders;
+		from_rows := 'pg_temp.recon_orders t';
+	END IF;
 
 	EXECUTE format($q$
 		WITH act AS MATERIALIZED (
@@ -7412,7 +7441,7 @@ BEGIN
 					   t.o_tn, t.o_status,
 					   coalesce(t.born, r.first_seen_at) AS born,
 					   r.order_key IS NOT NULL AS seen
-				  FROM pg_temp.recon_orders t
+				  FROM %7$s
 				  LEFT JOIN @extschema@.shipment s
 					ON s.binding_id = $1 AND s.provider_id = $2 AND s.order_key = t.k
 				  %4$s
@@ -7463,8 +7492,8 @@ BEGIN
 		CASE WHEN trk IS NULL THEN ''
 			 ELSE format('LEFT JOIN @extschema@.shipment tr ON tr.binding_id = $1 AND tr.provider_id = %s AND tr.order_key = t.k',
 						 trk) END,
-		b.writeback->>'tracking_number', b.writeback->>'status')
-	USING bid, b.provider_id, grace, b.tbl::text;
+		b.writeback->>'tracking_number', b.writeback->>'status', from_rows)
+	USING bid, b.provider_id, grace, b.tbl::text, b.tbl, orders, ks, hage, skip;
 
 	-- orders no longer waiting: shipped, or gone (whose keys the owner's
 	-- table no longer holds)

@@ -624,6 +624,7 @@ DECLARE
 	orders text;
 	ks text[];
 	gone text[];
+	from_rows text;
 BEGIN
 	SELECT x.* INTO b FROM @extschema@.binding x WHERE x.binding_id = bid;
 	-- the key's type, with the key column's own collation when it has one:
@@ -695,17 +696,23 @@ BEGIN
 		CASE WHEN b.writeback ? 'tracking_number' THEN format('t.%I::text', b.writeback->>'tracking_number') ELSE 'NULL::text' END,
 		CASE WHEN b.writeback ? 'status' THEN format('t.%I::text', b.writeback->>'status') ELSE 'NULL::text' END,
 		born, b.tbl, src);
-	-- kept, with each row's digest, for the comparison's joins (ANALYZEd:
-	-- a full pass reads a million orders, an incremental one a few)
-	TRUNCATE pg_temp.recon_orders;
-	EXECUTE format($o$
+	-- each row with its digest, made as the rows are read (a whole row is
+	-- never kept).  A full pass joins them as they come, planned for as many
+	-- rows as the table holds (the function's support estimates it); an
+	-- incremental one keeps them first, and ANALYZEs them: a few orders
+	-- changed since the last pass, or a bulk import of a million
+	IF full_pass THEN
+		from_rows := $r$@extschema@._select_digests_as_owner($5, $6, $7, $8, $9)
+			AS t(k text COLLATE "C", o_tn text, o_status text, born timestamptz, digest bigint)$r$;
+	ELSE
+		TRUNCATE pg_temp.recon_orders;
 		INSERT INTO pg_temp.recon_orders (k, o_tn, o_status, born, digest)
-		SELECT t.k, t.o_tn, t.o_status, t.born, @extschema@._row_digest(t.r, $2)
-		  FROM @extschema@._select_as_owner($1, $3, $4, $5)
-			   AS t(k text COLLATE "C", o_tn text, o_status text, born timestamptz, r %s)
-	$o$, b.tbl)
-	USING b.tbl, skip, orders, ks, hage;
-	ANALYZE pg_temp.recon_orders;
+		SELECT t.k, t.o_tn, t.o_status, t.born, t.digest
+		  FROM @extschema@._select_digests_as_owner(b.tbl, orders, ks, hage, skip)
+			   AS t(k text COLLATE "C", o_tn text, o_status text, born timestamptz, digest bigint);
+		ANALYZE pg_temp.recon_orders;
+		from_rows := 'pg_temp.recon_orders t';
+	END IF;
 
 	EXECUTE format($q$
 		WITH act AS MATERIALIZED (
@@ -725,7 +732,7 @@ BEGIN
 					   t.o_tn, t.o_status,
 					   coalesce(t.born, r.first_seen_at) AS born,
 					   r.order_key IS NOT NULL AS seen
-				  FROM pg_temp.recon_orders t
+				  FROM %7$s
 				  LEFT JOIN @extschema@.shipment s
 					ON s.binding_id = $1 AND s.provider_id = $2 AND s.order_key = t.k
 				  %4$s
@@ -776,8 +783,8 @@ BEGIN
 		CASE WHEN trk IS NULL THEN ''
 			 ELSE format('LEFT JOIN @extschema@.shipment tr ON tr.binding_id = $1 AND tr.provider_id = %s AND tr.order_key = t.k',
 						 trk) END,
-		b.writeback->>'tracking_number', b.writeback->>'status')
-	USING bid, b.provider_id, grace, b.tbl::text;
+		b.writeback->>'tracking_number', b.writeback->>'status', from_rows)
+	USING bid, b.provider_id, grace, b.tbl::text, b.tbl, orders, ks, hage, skip;
 
 	-- orders no longer waiting: shipped, or gone (whose keys the owner's
 	-- table no longer holds)

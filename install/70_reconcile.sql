@@ -452,11 +452,14 @@ SET search_path = pg_catalog, pg_temp
 SET client_min_messages = warning
 AS $$
 BEGIN
+	-- order_key is "C" as the ledger's is: merging probes this table's key
+	-- with the ledger's keys, which an index of another collation cannot
+	-- serve (a full scan of the findings for every open ticket)
 	CREATE TEMP TABLE IF NOT EXISTS recon_found (
 		kind			text NOT NULL,
 		provider_id		integer,
 		binding_id		integer,
-		order_key		text,
+		order_key		text COLLATE "C",
 		subject			text,
 		tracking_number text,
 		chk				text NOT NULL,

@@ -118,6 +118,7 @@ static BackgroundWorkerHandle *worker = NULL;
 static int64 worker_run = 0;
 static TimestampTz daily_due = 0;
 static TimestampTz crm_due = 0;
+static int	crm_due_interval_s = 0;	/* the interval crm_due was counted with */
 static ReconFlight *finished = NULL;
 static HttpClient *recon_client = NULL;	/* the dispatcher's */
 
@@ -230,7 +231,10 @@ reconcile_load(TimestampTz now)
 	if (isnull)
 		daily_due = 0;
 	if (crm || crm_due == 0)
+	{
 		crm_due = TimestampTzPlusMilliseconds(now, (int64) Max(shipsync_reconcile_interval_s, 1) * 1000);
+		crm_due_interval_s = shipsync_reconcile_interval_s;
+	}
 
 	if (SPI_execute("SELECT run_id, state, x.key::integer, x.value->>'mode',"
 					" to_char(window_start AT TIME ZONE 'UTC', '" RECON_TIME_FORMAT "'),"
@@ -937,9 +941,21 @@ reconcile_timeout(Provider *providers, int nproviders, TimestampTz now)
 	return timeout;
 }
 
-/* The dispatcher read its configuration again: so do we, at the next pass. */
+/*
+ * The dispatcher read its configuration again: so do we, at the next pass.
+ * A new shipsync.reconcile_interval counts from the last CRM-side pass, not
+ * from the time the old one made due: an hour shortened to a minute does
+ * not wait out the hour.
+ */
 void
 reconcile_invalidate(void)
 {
 	loaded = false;
+	if (crm_due != 0 && crm_due_interval_s != shipsync_reconcile_interval_s)
+	{
+		crm_due = TimestampTzPlusMilliseconds(crm_due,
+											  ((int64) Max(shipsync_reconcile_interval_s, 1) -
+											   Max(crm_due_interval_s, 1)) * 1000);
+		crm_due_interval_s = shipsync_reconcile_interval_s;
+	}
 }

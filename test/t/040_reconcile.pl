@@ -18,7 +18,8 @@
 #      the next run closes their tickets by itself (and the dead intents'
 #      tickets with them); a ticket resolved by hand while its problem
 #      persists is reopened, and counted;
-#   3. the CRM-side pass runs every shipsync.reconcile_interval and closes
+#   3. the CRM-side pass runs every shipsync.reconcile_interval (a shorter
+#      one set by a reload counts from the last pass) and closes
 #      what it no longer sees; the daily run starts at shipsync.reconcile_at.
 use strict;
 use warnings;
@@ -209,11 +210,23 @@ is( sql(q{SELECT string_agg(event, ',' ORDER BY at, event) FROM shipsync.ticket_
 # 3. the schedules: the CRM-side pass, and the daily run
 ###########################################################################
 sql(q{ALTER SYSTEM SET shipsync.reconcile_interval = '1s'; SELECT pg_reload_conf()});
+ok( wait_until($node,
+		q{SELECT count(*) >= 1 FROM shipsync.reconcile_run WHERE kind = 'crm' AND trigger = 'interval'
+		  AND state = 'done'}, 60),
+	'CRM-side pass: turned on, the passes come');
+# an hour: the passes stop (none started for three seconds) ...
+sql(q{ALTER SYSTEM SET shipsync.reconcile_interval = '1h'; SELECT pg_reload_conf()});
+ok( wait_until($node,
+		q{SELECT max(started_at) < now() - interval '3 s' FROM shipsync.reconcile_run
+		  WHERE kind = 'crm' AND trigger = 'interval'}, 60),
+	'CRM-side pass: an interval of an hour, no pass meanwhile');
+# ... and a second again counts from the last pass, not from the hour's due time
+sql(q{ALTER SYSTEM SET shipsync.reconcile_interval = '1s'; SELECT pg_reload_conf()});
 sql(q{SET session_replication_role = replica;
 	UPDATE crm.orders SET waybill_no = 'TAMPERED' WHERE id = 80});
 ok( wait_until($node,
 		q{SELECT count(*) = 1 FROM shipsync.reconciliation WHERE kind = 'tracking_mismatch' AND order_key = '80'}, 60),
-	'CRM-side pass: finds a column changed behind the dispatcher');
+	'CRM-side pass: finds a column changed behind the dispatcher, the interval shortened by a reload');
 is( sql(q{SELECT count(*) > 0 FROM shipsync.reconcile_run WHERE kind = 'crm' AND trigger = 'interval'
 		AND state = 'done' AND pages = 0}),
 	't', 'CRM-side pass: runs of its own, with no pull');

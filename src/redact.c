@@ -12,12 +12,14 @@
  * statement that failed (the STATEMENT line, log_min_error_statement).  A function cannot
  * rely on its callers to avoid literals, so an emit_log_hook looks at each
  * message before it is written.  When the statement being logged, or the
- * one being run, calls a secret-taking function (redact_calls[] below), it
+ * one being run, calls a secret-taking function (redact_calls[] below), or
+ * EXECUTEs a prepared statement that calls one, it
  *
  *	- replaces the values of bind parameters by a note saying why,
  *	- blanks the contents of every string literal, escape string and
- *	  dollar-quoted string in a logged statement (quotes kept, contents
- *	  replaced by ***), so the log still says which call ran,
+ *	  dollar-quoted string in a logged statement and in the PREPARE its
+ *	  DETAIL quotes (quotes kept, contents replaced by ***), so the log
+ *	  still says which call ran,
  *	- keeps the STATEMENT line out of the messages of that statement, and
  *	- drops the DETAIL and CONTEXT of an input syntax error raised while it
  *	  runs (a mistyped JSON literal of options is echoed there).
@@ -35,7 +37,9 @@
 
 #include <ctype.h>
 
+#include "commands/prepare.h"
 #include "lib/stringinfo.h"
+#include "parser/scansup.h"
 #include "tcop/tcopprot.h"
 #include "utils/elog.h"
 
@@ -73,6 +77,85 @@ calls_secret_function(const char *sql)
 		if (contains_ci(sql, redact_calls[i]))
 			return true;
 	return false;
+}
+
+/* An identifier's character (scan.l's ident_cont) */
+static bool
+is_ident_char(char c)
+{
+	return isalnum((unsigned char) c) || c == '_' || c == '$' || IS_HIGHBIT_SET(c);
+}
+
+/*
+ * The name of the prepared statement that an EXECUTE whose keyword ends at
+ * p runs (quoted or folded to lower case, as the parser does), or NULL if
+ * no name follows.  palloc'd.
+ */
+static char *
+executed_name(const char *p)
+{
+	const char *start;
+
+	while (isspace((unsigned char) *p))
+		p++;
+	if (*p == '"')
+	{
+		StringInfoData name;
+
+		initStringInfo(&name);
+		for (p++; *p && !(*p == '"' && p[1] != '"'); p++)
+		{
+			if (*p == '"')
+				p++;
+			appendStringInfoChar(&name, *p);
+		}
+		return name.len > 0 ? name.data : NULL;
+	}
+	for (start = p; is_ident_char(*p); p++)
+		;
+	if (p == start)
+		return NULL;
+	return downcase_truncate_identifier(start, (int) (p - start), false);
+}
+
+/*
+ * Whether SQL text sql runs, with EXECUTE (alone, or in EXPLAIN or CREATE
+ * TABLE AS), a prepared statement of this session that calls one of the
+ * secret-taking functions: the arguments of the EXECUTE are then that
+ * call's.  Each word "execute" followed by a name is looked up; a name that
+ * is no prepared statement costs a hash probe.
+ */
+static bool
+executes_secret_statement(const char *sql)
+{
+	const char *p;
+
+	if (sql == NULL)
+		return false;
+	for (p = sql; *p; p++)
+	{
+		PreparedStatement *ps;
+		char	   *name;
+
+		if (pg_strncasecmp(p, "execute", 7) != 0 ||
+			(p > sql && is_ident_char(p[-1])) || is_ident_char(p[7]))
+			continue;
+		name = executed_name(p + 7);
+		if (name == NULL)
+			continue;
+		ps = FetchPreparedStatement(name, false);
+		pfree(name);
+		if (ps != NULL && calls_secret_function(ps->plansource->query_string))
+			return true;
+	}
+	return false;
+}
+
+/* Whether running SQL text sql passes secrets: it calls or EXECUTEs a call */
+static bool
+passes_secrets(const char *sql)
+{
+	return calls_secret_function(sql) || executes_secret_statement(sql);
 }
 
 /*
@@ -196,19 +279,31 @@ redact_parameters(char *text)
 	return psprintf("%.*sparameters: %s", (int) (at - text), text, redact_note);
 }
 
+/*
+ * A DETAIL that quotes a call (the PREPARE of an EXECUTE that log_statement
+ * logs) with its literals blanked, and its bind parameters dropped
+ */
+static char *
+redact_detail(char *text)
+{
+	if (text != NULL && calls_secret_function(text))
+		text = redact_literals(text);
+	return redact_parameters(text);
+}
+
 static void
 redact_emit_log(ErrorData *edata)
 {
-	bool		running = calls_secret_function(debug_query_string);
+	bool		running = passes_secrets(debug_query_string);
 	bool		logging = edata->message && logs_statement(edata->message) &&
-		calls_secret_function(edata->message);
+		passes_secrets(edata->message);
 
 	if (running || logging)
 	{
 		if (logging)
 			edata->message = redact_literals(edata->message);
-		edata->detail = redact_parameters(edata->detail);
-		edata->detail_log = redact_parameters(edata->detail_log);
+		edata->detail = redact_detail(edata->detail);
+		edata->detail_log = redact_detail(edata->detail_log);
 		edata->context = redact_parameters(edata->context);
 		if (running)
 		{

@@ -3,7 +3,8 @@
 # word, Kuaidi100 key, webhook secrets and the previous one, a secret
 # static header, a TLS client key) and CRM sources with their signing
 # secrets, given inline to create_provider() and create_crm_source() and
-# through bind parameters to them and set_secret(), some calls failing;
+# through bind parameters to them and set_secret(), some calls failing,
+# and through EXECUTE of prepared calls;
 # orders delivered through the simulators (which check each credential),
 # failed, registered for tracking and tracked by pushes, CRM pushes signed
 # with the current and the previous secret of a source and a forged one;
@@ -48,7 +49,9 @@ my %secret = (
 	crm_jdy => 'JDY-LEAK-16',
 	crm_generic => whsec('CRMWH-LEAK-17'),
 	crm_jdy_new => 'JDY-LEAK-18',
-	crm_failed => 'CRMFAILED-LEAK-19');
+	crm_failed => 'CRMFAILED-LEAK-19',
+	prepared_param => 'PREPPARAM-LEAK-20',
+	prepared_literal => 'PREPLIT-LEAK-21');
 # a TLS client key, for a simulator that requires a client certificate
 my $certs = PostgreSQL::Test::Utils::tempdir();
 test_ca($certs);
@@ -114,6 +117,18 @@ like($err, qr/provider "leak_sf" already exists/, 'a failing create_provider() c
 ($ret, $out, $err) = $node->psql('postgres', qq{SELECT shipsync.create_provider('leak_x', 'generic',
 	'https://x.example', '{"auth": {"type": "bearer", "token": $secret{malformed}}}')});
 like($err, qr/invalid input syntax for type json/, 'a call with malformed JSON options');
+
+# a secret in the text of another statement than the one the log shows:
+# EXECUTE of a prepared call (its arguments, the PREPARE quoted in its
+# DETAIL, the STATEMENT of its error)
+($ret, $out, $err) = $node->psql('postgres', qq{
+	PREPARE put_secret(text, text, text) AS SELECT shipsync.set_secret(\$1, \$2, \$3);
+	EXECUTE put_secret('leak_bearer', 'no_such_secret', '$secret{prepared_param}');});
+like($err, qr/provider "leak_bearer" has no secret "no_such_secret"/, 'a failing EXECUTE of a prepared set_secret()');
+($ret, $out, $err) = $node->psql('postgres', qq{
+	PREPARE put_literal AS SELECT shipsync.set_secret('leak_bearer', 'no_such_secret', '$secret{prepared_literal}');
+	EXECUTE put_literal;});
+like($err, qr/has no secret "no_such_secret"/, 'a failing EXECUTE of a prepared set_secret() with literals');
 
 # and a failing statement that passes no secret
 $node->psql('postgres', 'SELECT 1 / 0 AS other_statement');
@@ -330,12 +345,14 @@ like($log, qr/LOG:  statement: \s*SELECT shipsync.create_provider\('\*\*\*', '\*
 like($log, qr/LOG:  execute <unnamed>: SELECT shipsync.set_secret\(\$1, \$2, \$3\);?\n.*DETAIL:  parameters: \(redacted by pg_shipsync: the statement passes secrets\)/,
 	'bind parameters of set_secret() are redacted');
 like($log, qr/ERROR:  provider "leak_bearer" has no secret "no_such_secret"/, 'the failed set_secret() is logged');
-unlike($log, qr/STATEMENT:  [^\n]*(create_provider|create_crm_source|set_secret)/,
+unlike($log, qr/STATEMENT:  [^\n]*(create_provider|create_crm_source|set_secret|EXECUTE put_)/,
 	'no STATEMENT line of a secret-taking call');
 like($log, qr/LOG:  statement: \s*SELECT shipsync.create_crm_source\('\*\*\*', '\*\*\*',\s+'\*\*\*', '\*\*\*'\)/,
 	'create_crm_source() calls are logged with their literals blanked');
 like($log, qr/LOG:  execute <unnamed>: SELECT shipsync.create_crm_source\(\$1, '\*\*\*', '\*\*\*', CAST\(\$2 AS jsonb\)\);?\n.*DETAIL:  parameters: \(redacted by pg_shipsync: the statement passes secrets\)/,
 	'and their bind parameters redacted');
+like($log, qr/LOG:  statement: EXECUTE put_secret\('\*\*\*', '\*\*\*', '\*\*\*'\);?\n.*DETAIL:  prepare: PREPARE put_secret/,
+	'an EXECUTE of a prepared call is logged with its arguments blanked');
 like($log, qr/ERROR:  division by zero\n.*STATEMENT:  SELECT 1 \/ 0 AS other_statement/,
 	'while another failed statement keeps its STATEMENT line');
 

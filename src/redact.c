@@ -20,6 +20,9 @@
  *	  dollar-quoted string in a logged statement and in the PREPARE its
  *	  DETAIL quotes (quotes kept, contents replaced by ***), so the log
  *	  still says which call ran,
+ *	- blanks what a CONTEXT echoes of the input of the calls (the literals
+ *	  of a call a DO block or a function makes, bind parameters, the JSON
+ *	  read up to an error),
  *	- keeps the STATEMENT line out of the messages of that statement, and
  *	- drops the DETAIL and CONTEXT of an input syntax error raised while it
  *	  runs (a mistyped JSON literal of options is echoed there).
@@ -180,11 +183,13 @@ dollar_tag_len(const char *s)
  * and escape strings ('it''s', E'\''), dollar-quoted strings, whatever
  * their prefix (E, U&, B, X).  When in doubt it blanks more: a backslash
  * counts as an escape in every string, and an unterminated literal is
- * blanked to the end.  Comments and quoted identifiers are copied.
- * palloc'd.
+ * blanked to the end.  Comments are copied, and so are quoted identifiers
+ * when identifiers is true.  A CONTEXT line quotes a statement between
+ * double quotes (SQL statement "SELECT ...('...')"): there identifiers is
+ * false, and a double quote is a character like another.  palloc'd.
  */
 static char *
-redact_literals(const char *sql)
+redact_literals(const char *sql, bool identifiers)
 {
 	StringInfoData out;
 	const char *p = sql;
@@ -210,7 +215,7 @@ redact_literals(const char *sql)
 			appendBinaryStringInfo(&out, p, n);
 			p += n;
 		}
-		else if (*p == '"')
+		else if (*p == '"' && identifiers)
 		{
 			const char *e = strchr(p + 1, '"');
 			size_t		n = e ? (size_t) (e + 1 - p) : strlen(p);
@@ -287,8 +292,158 @@ static char *
 redact_detail(char *text)
 {
 	if (text != NULL && calls_secret_function(text))
-		text = redact_literals(text);
+		text = redact_literals(text, true);
 	return redact_parameters(text);
+}
+
+/*
+ * The end of the argument list of a call whose "(" is at open: its
+ * matching ")", or the end of the text.  Parentheses inside string
+ * literals and dollar-quoted strings do not count.
+ */
+static const char *
+call_arguments_end(const char *open)
+{
+	const char *p = open;
+	int			depth = 0;
+
+	while (*p)
+	{
+		size_t		tag;
+
+		if (*p == '\'')
+		{
+			for (p++; *p && !(*p == '\'' && p[1] != '\''); p++)
+				if ((*p == '\\' && p[1]) || (*p == '\'' && p[1] == '\''))
+					p++;
+			if (*p)
+				p++;
+			continue;
+		}
+		if ((tag = dollar_tag_len(p)) > 0 && !is_ident_char(p[-1]))
+		{
+			const char *e;
+
+			for (e = p + tag; *e && strncmp(e, p, tag) != 0; e++)
+				;
+			p = *e ? e + tag : e;
+			continue;
+		}
+		if (*p == '(')
+			depth++;
+		else if (*p == ')' && --depth == 0)
+			return p;
+		p++;
+	}
+	return p;
+}
+
+/*
+ * text with the literals blanked in the arguments of every call of a
+ * secret-taking function it quotes (SQL statement "SELECT
+ * shipsync.set_secret('***', '***', '***')", a call in a DO block or a
+ * function), and nothing else: the statements of the extension's own
+ * functions quoted beside it keep their literals.  palloc'd, or text.
+ */
+static char *
+redact_call_arguments(char *text)
+{
+	StringInfoData out;
+	const char *copied = text;
+	const char *p;
+
+	if (!calls_secret_function(text))
+		return text;
+	initStringInfo(&out);
+	for (p = text; *p; p++)
+	{
+		for (int i = 0; redact_calls[i]; i++)
+		{
+			size_t		n = strlen(redact_calls[i]);
+			const char *q = p + n;
+			const char *end;
+
+			if (pg_strncasecmp(p, redact_calls[i], n) != 0)
+				continue;
+			if (*q == '"')
+				q++;
+			while (isspace((unsigned char) *q))
+				q++;
+			if (*q != '(')
+				continue;
+			end = call_arguments_end(q);
+			appendBinaryStringInfo(&out, copied, (int) (q + 1 - copied));
+			appendStringInfoString(&out, redact_literals(pnstrdup(q + 1, end - (q + 1)), false));
+			copied = end;
+			p = *end ? end : end - 1;
+			break;
+		}
+	}
+	appendStringInfoString(&out, copied);
+	return out.data;
+}
+
+/*
+ * text with the JSON that an error's CONTEXT echoes ("JSON data, line 1:
+ * {\"auth\": ...", read up to a \u0000 in a token) left out.  palloc'd,
+ * or text.
+ */
+static char *
+redact_json_echo(char *text)
+{
+	StringInfoData out;
+	const char *p;
+	const char *at;
+
+	if (strstr(text, "JSON data, line ") == NULL)
+		return text;
+	initStringInfo(&out);
+	for (p = text; (at = strstr(p, "JSON data, line ")) != NULL;)
+	{
+		const char *colon = strchr(at, ':');
+		const char *eol;
+
+		if (colon == NULL)
+			break;
+		appendBinaryStringInfo(&out, p, (int) (colon + 1 - p));
+		appendStringInfo(&out, " %s", redact_note);
+		eol = strchr(colon, '\n');
+		p = eol ? eol : colon + strlen(colon);
+	}
+	appendStringInfoString(&out, p);
+	return out.data;
+}
+
+/*
+ * text with the value of a bind parameter being read when the error came
+ * left out: "unnamed portal parameter $4 = '...'", the last line of the
+ * CONTEXT (the outermost).  palloc'd, or text.
+ */
+static char *
+redact_bind_parameter(char *text)
+{
+	const char *at = strstr(text, " parameter $");
+
+	if (at == NULL || (at = strstr(at, " = ")) == NULL)
+		return text;
+	return psprintf("%.*s = %s", (int) (at - text), text, redact_note);
+}
+
+/*
+ * A CONTEXT with what it echoes of a call's input blanked: the literals of
+ * the calls it quotes, the values of bind parameters (at execution,
+ * "parameters: $1 = '...'", and while they are read, "unnamed portal
+ * parameter $4 = '...'"), and the JSON read up to an error.
+ */
+static char *
+redact_context(char *text)
+{
+	if (text == NULL)
+		return NULL;
+	text = redact_parameters(text);
+	text = redact_bind_parameter(text);
+	text = redact_json_echo(text);
+	return redact_call_arguments(text);
 }
 
 static void
@@ -297,14 +452,15 @@ redact_emit_log(ErrorData *edata)
 	bool		running = passes_secrets(debug_query_string);
 	bool		logging = edata->message && logs_statement(edata->message) &&
 		passes_secrets(edata->message);
+	bool		quoting = edata->context && calls_secret_function(edata->context);
 
-	if (running || logging)
+	if (running || logging || quoting)
 	{
 		if (logging)
-			edata->message = redact_literals(edata->message);
+			edata->message = redact_literals(edata->message, true);
 		edata->detail = redact_detail(edata->detail);
 		edata->detail_log = redact_detail(edata->detail_log);
-		edata->context = redact_parameters(edata->context);
+		edata->context = redact_context(edata->context);
 		if (running)
 		{
 			edata->hide_stmt = true;

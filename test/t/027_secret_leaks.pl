@@ -4,7 +4,8 @@
 # static header, a TLS client key) and CRM sources with their signing
 # secrets, given inline to create_provider() and create_crm_source() and
 # through bind parameters to them and set_secret(), some calls failing,
-# and through EXECUTE of prepared calls;
+# through EXECUTE of prepared calls and in DO blocks, and with a \u0000 in
+# JSON options;
 # orders delivered through the simulators (which check each credential),
 # failed, registered for tracking and tracked by pushes, CRM pushes signed
 # with the current and the previous secret of a source and a forged one;
@@ -51,7 +52,10 @@ my %secret = (
 	crm_jdy_new => 'JDY-LEAK-18',
 	crm_failed => 'CRMFAILED-LEAK-19',
 	prepared_param => 'PREPPARAM-LEAK-20',
-	prepared_literal => 'PREPLIT-LEAK-21');
+	prepared_literal => 'PREPLIT-LEAK-21',
+	do_block => 'DOBLOCK-LEAK-22',
+	json_nul => 'JSONNUL-LEAK-23',
+	json_nul_bound => 'JSONNULBIND-LEAK-24');
 # a TLS client key, for a simulator that requires a client certificate
 my $certs = PostgreSQL::Test::Utils::tempdir();
 test_ca($certs);
@@ -118,9 +122,11 @@ like($err, qr/provider "leak_sf" already exists/, 'a failing create_provider() c
 	'https://x.example', '{"auth": {"type": "bearer", "token": $secret{malformed}}}')});
 like($err, qr/invalid input syntax for type json/, 'a call with malformed JSON options');
 
-# a secret in the text of another statement than the one the log shows:
+# secrets in the text of another statement than the one the log shows:
 # EXECUTE of a prepared call (its arguments, the PREPARE quoted in its
-# DETAIL, the STATEMENT of its error)
+# DETAIL, the STATEMENT of its error), a call inside a DO block (the
+# CONTEXT of its error quotes the call), and a \u0000 in the options (the
+# CONTEXT echoes the JSON up to it)
 ($ret, $out, $err) = $node->psql('postgres', qq{
 	PREPARE put_secret(text, text, text) AS SELECT shipsync.set_secret(\$1, \$2, \$3);
 	EXECUTE put_secret('leak_bearer', 'no_such_secret', '$secret{prepared_param}');});
@@ -129,6 +135,12 @@ like($err, qr/provider "leak_bearer" has no secret "no_such_secret"/, 'a failing
 	PREPARE put_literal AS SELECT shipsync.set_secret('leak_bearer', 'no_such_secret', '$secret{prepared_literal}');
 	EXECUTE put_literal;});
 like($err, qr/has no secret "no_such_secret"/, 'a failing EXECUTE of a prepared set_secret() with literals');
+($ret, $out, $err) = $node->psql('postgres', qq{DO \$\$BEGIN
+	PERFORM shipsync.set_secret('leak_bearer', 'no_such_secret', '$secret{do_block}'); END\$\$});
+like($err, qr/has no secret "no_such_secret"/, 'a failing set_secret() in a DO block');
+($ret, $out, $err) = $node->psql('postgres', qq{SELECT shipsync.create_provider('leak_nul', 'generic',
+	'https://x.example', '{"auth": {"type": "bearer", "token": "$secret{json_nul}\\u0000"}}')});
+like($err, qr/unsupported Unicode escape sequence/, 'a call with \\u0000 in its JSON options');
 
 # and a failing statement that passes no secret
 $node->psql('postgres', 'SELECT 1 / 0 AS other_statement');
@@ -159,6 +171,10 @@ ok(!pgbench('SELECT shipsync.set_secret(:p, :n, :v);',
 ok(pgbench('SELECT shipsync.set_secret(:p, :n, :v);',
 		p => 'leak_tls', n => 'client_key', v => $pem{'client.key'}),
 	'set_secret() with bind parameters: the TLS client key');
+ok(!pgbench('SELECT shipsync.create_provider(:name, :dialect, :url, CAST(:opts AS jsonb));',
+		name => 'leak_nul2', dialect => 'generic', url => 'https://x.example',
+		opts => qq({"auth": {"type": "bearer", "token": "$secret{json_nul_bound}\\u0000"}})),
+	'a bind parameter with \\u0000 in its JSON options');
 
 # CRM sources: a 简道云 one given its secret inline, a generic one through
 # bind parameters, a failing call, and a rotation through set_secret()
@@ -353,6 +369,10 @@ like($log, qr/LOG:  execute <unnamed>: SELECT shipsync.create_crm_source\(\$1, '
 	'and their bind parameters redacted');
 like($log, qr/LOG:  statement: EXECUTE put_secret\('\*\*\*', '\*\*\*', '\*\*\*'\);?\n.*DETAIL:  prepare: PREPARE put_secret/,
 	'an EXECUTE of a prepared call is logged with its arguments blanked');
+like($log, qr/CONTEXT:  .*\n\tSQL statement "SELECT shipsync.set_secret\('\*\*\*', '\*\*\*', '\*\*\*'\)"\n\tPL\/pgSQL function inline_code_block/,
+	'the CONTEXT of an error in a DO block quotes its call blanked');
+like($log, qr/CONTEXT:  JSON data, line 1: \(redacted by pg_shipsync: the statement passes secrets\)/,
+	'the JSON that the CONTEXT of an error echoes is blanked');
 like($log, qr/ERROR:  division by zero\n.*STATEMENT:  SELECT 1 \/ 0 AS other_statement/,
 	'while another failed statement keeps its STATEMENT line');
 

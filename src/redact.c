@@ -17,9 +17,10 @@
  *
  *	- replaces the values of bind parameters by a note saying why,
  *	- blanks the contents of every string literal, escape string and
- *	  dollar-quoted string in a logged statement and in the PREPARE its
- *	  DETAIL quotes (quotes kept, contents replaced by ***), so the log
- *	  still says which call ran,
+ *	  dollar-quoted string in a logged statement, in the PREPARE its
+ *	  DETAIL quotes and in the plans auto_explain logs while the statement
+ *	  runs (quotes kept, contents replaced by ***), so the log still says
+ *	  which call ran,
  *	- blanks what a CONTEXT echoes of the input of the calls (the literals
  *	  of a call a DO block or a function makes, bind parameters, the JSON
  *	  read up to an error),
@@ -451,13 +452,20 @@ redact_emit_log(ErrorData *edata)
 {
 	bool		running = passes_secrets(debug_query_string);
 	bool		logging = edata->message && logs_statement(edata->message) &&
-		passes_secrets(edata->message);
+		(running || passes_secrets(edata->message));
 	bool		quoting = edata->context && calls_secret_function(edata->context);
 
 	if (running || logging || quoting)
 	{
+		/*
+		 * A statement, or a plan auto_explain logs: the plan of each
+		 * statement the call runs (log_nested_statements) shows its
+		 * arguments as constants (log_verbose), and in JSON or YAML the
+		 * statement itself is a string between double quotes.
+		 */
 		if (logging)
-			edata->message = redact_literals(edata->message, true);
+			edata->message = redact_literals(edata->message,
+											 strstr(edata->message, "  plan:\n") == NULL);
 		edata->detail = redact_detail(edata->detail);
 		edata->detail_log = redact_detail(edata->detail_log);
 		edata->context = redact_context(edata->context);

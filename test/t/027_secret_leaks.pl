@@ -4,8 +4,9 @@
 # static header, a TLS client key) and CRM sources with their signing
 # secrets, given inline to create_provider() and create_crm_source() and
 # through bind parameters to them and set_secret(), some calls failing,
-# through EXECUTE of prepared calls and in DO blocks, and with a \u0000 in
-# JSON options;
+# through EXECUTE of prepared calls and in DO blocks, with a \u0000 in
+# JSON options, and with auto_explain logging the plans of the statements
+# they run;
 # orders delivered through the simulators (which check each credential),
 # failed, registered for tracking and tracked by pushes, CRM pushes signed
 # with the current and the previous secret of a source and a forged one;
@@ -55,7 +56,8 @@ my %secret = (
 	prepared_literal => 'PREPLIT-LEAK-21',
 	do_block => 'DOBLOCK-LEAK-22',
 	json_nul => 'JSONNUL-LEAK-23',
-	json_nul_bound => 'JSONNULBIND-LEAK-24');
+	json_nul_bound => 'JSONNULBIND-LEAK-24',
+	auto_explain => 'EXPLAIN-LEAK-25');
 # a TLS client key, for a simulator that requires a client certificate
 my $certs = PostgreSQL::Test::Utils::tempdir();
 test_ca($certs);
@@ -141,6 +143,19 @@ like($err, qr/has no secret "no_such_secret"/, 'a failing set_secret() in a DO b
 ($ret, $out, $err) = $node->psql('postgres', qq{SELECT shipsync.create_provider('leak_nul', 'generic',
 	'https://x.example', '{"auth": {"type": "bearer", "token": "$secret{json_nul}\\u0000"}}')});
 like($err, qr/unsupported Unicode escape sequence/, 'a call with \\u0000 in its JSON options');
+# the plans of the statements a call runs, with their constants
+# (auto_explain.log_verbose and log_nested_statements): the arguments of
+# the call are constants there; in text and in JSON, where the statement
+# is a JSON string
+sql(qq{SELECT shipsync.create_provider('leak_dummy', 'generic', 'https://x.example',
+	'{"auth": {"type": "bearer", "token": "unused"}}')});
+($ret, $out, $err) = $node->psql('postgres', qq{LOAD 'auto_explain';
+	SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
+	SET auto_explain.log_verbose = on;
+	SELECT shipsync.set_secret('leak_dummy', 'token', '$secret{auto_explain}');
+	SET auto_explain.log_format = json;
+	SELECT shipsync.set_secret('leak_dummy', 'token', '$secret{auto_explain}');});
+is($ret, 0, 'set_secret() with auto_explain logging the plans of its statements');
 
 # and a failing statement that passes no secret
 $node->psql('postgres', 'SELECT 1 / 0 AS other_statement');
@@ -373,6 +388,8 @@ like($log, qr/CONTEXT:  .*\n\tSQL statement "SELECT shipsync.set_secret\('\*\*\*
 	'the CONTEXT of an error in a DO block quotes its call blanked');
 like($log, qr/CONTEXT:  JSON data, line 1: \(redacted by pg_shipsync: the statement passes secrets\)/,
 	'the JSON that the CONTEXT of an error echoes is blanked');
+like($log, qr/Output: shipsync._check_wire\(format\('\*\*\*'::text, '\*\*\*'::text\), '\*\*\*'::text, false\)/,
+	'the plans auto_explain logs have their constants blanked');
 like($log, qr/ERROR:  division by zero\n.*STATEMENT:  SELECT 1 \/ 0 AS other_statement/,
 	'while another failed statement keeps its STATEMENT line');
 

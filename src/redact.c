@@ -20,7 +20,8 @@
  *	  dollar-quoted string in a logged statement, in the PREPARE its
  *	  DETAIL quotes and in the plans auto_explain logs while the statement
  *	  runs (quotes kept, contents replaced by ***), so the log still says
- *	  which call ran,
+ *	  which call ran; and in any DETAIL that quotes such a call, as a
+ *	  deadlock report quotes the statements of the sessions involved,
  *	- blanks what a CONTEXT echoes of the input of the calls (the literals
  *	  of a call a DO block or a function makes, bind parameters, the JSON
  *	  read up to an error),
@@ -286,8 +287,10 @@ redact_parameters(char *text)
 }
 
 /*
- * A DETAIL that quotes a call (the PREPARE of an EXECUTE that log_statement
- * logs) with its literals blanked, and its bind parameters dropped
+ * A DETAIL that quotes a call with its literals blanked (the PREPARE of an
+ * EXECUTE that log_statement logs; the statement of another session that
+ * a deadlock report quotes, whichever session met the deadlock), and its
+ * bind parameters dropped
  */
 static char *
 redact_detail(char *text)
@@ -453,7 +456,8 @@ redact_emit_log(ErrorData *edata)
 	bool		running = passes_secrets(debug_query_string);
 	bool		logging = edata->message && logs_statement(edata->message) &&
 		(running || passes_secrets(edata->message));
-	bool		quoting = edata->context && calls_secret_function(edata->context);
+	bool		quoting = calls_secret_function(edata->context) ||
+		calls_secret_function(edata->detail) || calls_secret_function(edata->detail_log);
 
 	if (running || logging || quoting)
 	{

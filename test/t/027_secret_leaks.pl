@@ -5,8 +5,8 @@
 # secrets, given inline to create_provider() and create_crm_source() and
 # through bind parameters to them and set_secret(), some calls failing,
 # through EXECUTE of prepared calls and in DO blocks, with a \u0000 in
-# JSON options, and with auto_explain logging the plans of the statements
-# they run;
+# JSON options, with auto_explain logging the plans of the statements
+# they run, and waiting in a deadlock that another session reports;
 # orders delivered through the simulators (which check each credential),
 # failed, registered for tracking and tracked by pushes, CRM pushes signed
 # with the current and the previous secret of a source and a forged one;
@@ -57,7 +57,8 @@ my %secret = (
 	do_block => 'DOBLOCK-LEAK-22',
 	json_nul => 'JSONNUL-LEAK-23',
 	json_nul_bound => 'JSONNULBIND-LEAK-24',
-	auto_explain => 'EXPLAIN-LEAK-25');
+	auto_explain => 'EXPLAIN-LEAK-25',
+	deadlock => 'DEADLOCK-LEAK-26');
 # a TLS client key, for a simulator that requires a client certificate
 my $certs = PostgreSQL::Test::Utils::tempdir();
 test_ca($certs);
@@ -156,6 +157,27 @@ sql(qq{SELECT shipsync.create_provider('leak_dummy', 'generic', 'https://x.examp
 	SET auto_explain.log_format = json;
 	SELECT shipsync.set_secret('leak_dummy', 'token', '$secret{auto_explain}');});
 is($ret, 0, 'set_secret() with auto_explain logging the plans of its statements');
+# a deadlock: the server logs, in the DETAIL of the session it fails, the
+# statement of the session it waits for, here a secret-taking call
+sql('CREATE TABLE deadlock_row (id int PRIMARY KEY); INSERT INTO deadlock_row VALUES (1)');
+my $caller = $node->background_psql('postgres');
+my $victim = $node->background_psql('postgres', on_error_stop => 0);
+$caller->query_safe('BEGIN; UPDATE deadlock_row SET id = 1');
+$victim->query_safe(q{BEGIN; SELECT shipsync.pause('leak_dummy')});
+# sent without waiting for its end
+$caller->{stdin} .= qq{SELECT shipsync.set_secret('leak_dummy', 'token', '$secret{deadlock}');\n};
+$caller->{run}->pump_nb;
+ok(wait_until($node, q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'}),
+	'a secret-taking call waits for a lock');
+# past the caller's deadlock_timeout, so that the second waiter finds the deadlock
+sleep(2);
+my ($victim_out, $victim_ret) = $victim->query('UPDATE deadlock_row SET id = 1');
+like($victim->{stderr}, qr/deadlock detected/, 'the session waiting for it meets a deadlock');
+$victim->{stderr} = '';
+$victim->query_safe('ROLLBACK');
+$caller->query_safe('COMMIT');
+$caller->quit;
+$victim->quit;
 
 # and a failing statement that passes no secret
 $node->psql('postgres', 'SELECT 1 / 0 AS other_statement');
@@ -390,6 +412,8 @@ like($log, qr/CONTEXT:  JSON data, line 1: \(redacted by pg_shipsync: the statem
 	'the JSON that the CONTEXT of an error echoes is blanked');
 like($log, qr/Output: shipsync._check_wire\(format\('\*\*\*'::text, '\*\*\*'::text\), '\*\*\*'::text, false\)/,
 	'the plans auto_explain logs have their constants blanked');
+like($log, qr/DETAIL:  Process \d+ waits .*\n(\t.*\n)*\tProcess \d+: SELECT shipsync.set_secret\('\*\*\*', '\*\*\*', '\*\*\*'\)/,
+	'a deadlock report quotes the call of the other session blanked');
 like($log, qr/ERROR:  division by zero\n.*STATEMENT:  SELECT 1 \/ 0 AS other_statement/,
 	'while another failed statement keeps its STATEMENT line');
 

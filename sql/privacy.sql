@@ -15,6 +15,19 @@ SELECT k, v, shipsync.mask_pii(v, k) AS masked FROM (VALUES
 	('address', '深圳市南山区科技园10栋'), ('address', '12 Main St, Springfield'),
 	('address', 'Baker Street'),
 	('email', 'zhang.san@example.com'), ('email', 'nobody')) AS t(k, v);
+-- what follows an address's domain (a second address, a remark) is no
+-- domain, and a word with a digit in it (a phone after a name) no family
+-- name: both are masked, never shown
+SELECT k, v, shipsync.mask_pii(v, k) AS masked FROM (VALUES
+	('email', 'zhang.san@example.com; li.si@example.org'),
+	('email', 'zhang.san@example.com，li.si@example.org'),
+	('email', 'zhang@example.com (phone 13812345678)'),
+	('email', 'Zhang San <zhang.san@example.com>'),
+	('email', '张三@例子.中国'),
+	('name', 'Jane Doe 13812345678'),
+	('name', 'Jane Doe (13812345678)'),
+	('name', 'Jane 13812345678 Doe'),
+	('name', 'Madonna 13812345678')) AS t(k, v);
 SELECT shipsync.mask_pii(NULL, 'phone') IS NULL AS null_stays_null;
 SELECT shipsync.mask_pii('x', 'passport');
 

@@ -11,7 +11,8 @@
  *
  *	 name		the family name stays: 张三 -> 张*, John Smith -> J*** Smith
  *				(one star per hidden character; a name written in CJK
- *				characters keeps its first, any other keeps its last word)
+ *				characters keeps its first, any other keeps its last word
+ *				with no digit, and a word with a digit is stars whole)
  *	 phone		the first three and the last four digits stay, at least four
  *				digits are hidden: 138****5678; +86 and 0086 are dropped
  *				first; anything that is not a phone number is ***
@@ -19,7 +20,8 @@
  *				小区 or 社区) or after the first comma, whichever comes
  *				first: 深圳市南山区*** ; neither: ***
  *	 email		the first character of the local part and the domain:
- *				z***@example.com ; no @: ***
+ *				z***@example.com ; no @: *** ; anything after the domain
+ *				(a second address) is ***
  *
  * Values are UTF-8 (the SQL entry points convert from and to the database
  * encoding); a byte that does not start a well-formed sequence counts as
@@ -114,6 +116,31 @@ is_cjk_code(unsigned int c)
 		(c >= 0xF900 && c <= 0xFAFF) || (c >= 0x20000 && c <= 0x3FFFF);
 }
 
+/* A digit, ASCII or full-width */
+static bool
+is_digit_code(unsigned int c)
+{
+	return (c >= '0' && c <= '9') || (c >= 0xFF10 && c <= 0xFF19);
+}
+
+/*
+ * A character a domain name holds: an ASCII letter, digit, dot or hyphen,
+ * or a letter of another script (an internationalised name), which is any
+ * other character but white space and punctuation (Latin-1's, general,
+ * CJK and full-width: the separators of a list of addresses, ，；、).
+ */
+static bool
+is_domain_code(unsigned int c)
+{
+	if (c < 0x80)
+		return isalnum((int) c) || c == '.' || c == '-';
+	return !(is_space_code(c) || (c >= 0xA0 && c <= 0xBF) ||
+			 (c >= 0x2000 && c <= 0x206F) || (c >= 0x3000 && c <= 0x303F) ||
+			 (c >= 0xFE30 && c <= 0xFE6F) ||
+			 (c >= 0xFF00 && c <= 0xFF65 && !is_digit_code(c) &&
+			  !(c >= 0xFF21 && c <= 0xFF3A) && !(c >= 0xFF41 && c <= 0xFF5A)));
+}
+
 /* s without leading and trailing white space: *len set, start returned */
 static const unsigned char *
 u8_trim(const char *str, size_t *len)
@@ -190,7 +217,44 @@ buf_done(MaskBuf *b)
 
 /* ---------- the four kinds ---------- */
 
-/* 张三 -> 张*, John Smith -> J*** Smith, Madonna -> M****** */
+/*
+ * The word at p (up to white space or end) and whether a digit is in it;
+ * returns its end, *chars set to its length in characters.
+ */
+static const unsigned char *
+name_word(const unsigned char *p, const unsigned char *end, int *chars, bool *digit)
+{
+	*chars = 0;
+	*digit = false;
+	while (p < end)
+	{
+		int			n = u8_len(p);
+		unsigned int c = u8_code(p, n);
+
+		if (is_space_code(c))
+			break;
+		if (is_digit_code(c))
+			*digit = true;
+		p += n;
+		(*chars)++;
+	}
+	return p;
+}
+
+/* p past the white space at it */
+static const unsigned char *
+skip_spaces(const unsigned char *p, const unsigned char *end)
+{
+	while (p < end && is_space_code(u8_code(p, u8_len(p))))
+		p += u8_len(p);
+	return p;
+}
+
+/*
+ * 张三 -> 张*, John Smith -> J*** Smith, Madonna -> M******.  The family
+ * name kept is the last word with no digit in it: a word with one (a
+ * phone written after the name) is no name, and is stars whole.
+ */
 static char *
 mask_name(const unsigned char *s, size_t len)
 {
@@ -203,12 +267,9 @@ mask_name(const unsigned char *s, size_t len)
 	for (const unsigned char *p = s; p < end;)
 	{
 		int			n = u8_len(p);
-		unsigned int c = u8_code(p, n);
 
-		if (is_cjk_code(c))
+		if (is_cjk_code(u8_code(p, n)))
 			cjk = true;
-		if (is_space_code(c))
-			last_word = p + n;
 		nchars++;
 		p += n;
 	}
@@ -227,31 +288,43 @@ mask_name(const unsigned char *s, size_t len)
 		return buf_done(&b);
 	}
 
-	/* each word but the last as its initial and stars; the last one whole */
 	for (const unsigned char *p = s; p < end;)
 	{
-		const unsigned char *w = p;
-		int			chars = 0;
+		int			chars;
+		bool		digit;
+		const unsigned char *e = name_word(p, end, &chars, &digit);
 
-		while (p < end && !is_space_code(u8_code(p, u8_len(p))))
-		{
-			p += u8_len(p);
-			chars++;
-		}
+		if (!digit)
+			last_word = p;
+		p = skip_spaces(e, end);
+	}
+
+	/*
+	 * each word but the family name as its initial and stars, or only stars
+	 * when it has a digit; the family name whole
+	 */
+	for (const unsigned char *p = s; p < end;)
+	{
+		int			chars;
+		bool		digit;
+		const unsigned char *w = p;
+
+		p = name_word(p, end, &chars, &digit);
 		if (chars > 0)
 		{
 			if (b.len > 0)
 				buf_add(&b, " ", 1);
 			if (w == last_word && last_word != s)
 				buf_add(&b, w, p - w);
+			else if (digit)
+				buf_stars(&b, chars);
 			else
 			{
 				buf_add(&b, w, u8_len(w));
 				buf_stars(&b, chars - 1);
 			}
 		}
-		while (p < end && is_space_code(u8_code(p, u8_len(p))))
-			p += u8_len(p);
+		p = skip_spaces(p, end);
 	}
 	return buf_done(&b);
 }
@@ -349,18 +422,30 @@ mask_address(const unsigned char *s, size_t len)
 	return strdup("***");
 }
 
-/* zhang.san@example.com -> z***@example.com */
+/*
+ * zhang.san@example.com -> z***@example.com.  The domain ends at the first
+ * character no domain holds: what follows (a second address, a remark)
+ * is *** whatever it is.
+ */
 static char *
 mask_email(const unsigned char *s, size_t len)
 {
 	const unsigned char *at = memchr(s, '@', len);
+	const unsigned char *end = s + len;
+	const unsigned char *d;
 	MaskBuf		b = {0};
 
-	if (at == NULL || at == s || at == s + len - 1)
+	if (at == NULL || at == s || at == end - 1)
+		return strdup("***");
+	for (d = at + 1; d < end && is_domain_code(u8_code(d, u8_len(d))); d += u8_len(d))
+		;
+	if (d == at + 1)
 		return strdup("***");
 	buf_add(&b, s, u8_len(s) <= at - s ? u8_len(s) : 1);
 	buf_str(&b, "***");
-	buf_add(&b, at, (s + len) - at);
+	buf_add(&b, at, d - at);
+	if (d < end)
+		buf_str(&b, "***");
 	return buf_done(&b);
 }
 

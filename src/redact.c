@@ -12,12 +12,19 @@
  * statement that failed (the STATEMENT line, log_min_error_statement).  A function cannot
  * rely on its callers to avoid literals, so an emit_log_hook looks at each
  * message before it is written.  When the statement being logged, or the
- * one being run, calls a secret-taking function (redact_calls[] below), it
+ * one being run, calls a secret-taking function (redact_calls[] below), or
+ * EXECUTEs a prepared statement that calls one, it
  *
  *	- replaces the values of bind parameters by a note saying why,
  *	- blanks the contents of every string literal, escape string and
- *	  dollar-quoted string in a logged statement (quotes kept, contents
- *	  replaced by ***), so the log still says which call ran,
+ *	  dollar-quoted string in a logged statement, in the PREPARE its
+ *	  DETAIL quotes and in the plans auto_explain logs while the statement
+ *	  runs (quotes kept, contents replaced by ***), so the log still says
+ *	  which call ran; and in any DETAIL that quotes such a call, as a
+ *	  deadlock report quotes the statements of the sessions involved,
+ *	- blanks what a CONTEXT echoes of the input of the calls (the literals
+ *	  of a call a DO block or a function makes, bind parameters, the JSON
+ *	  read up to an error),
  *	- keeps the STATEMENT line out of the messages of that statement, and
  *	- drops the DETAIL and CONTEXT of an input syntax error raised while it
  *	  runs (a mistyped JSON literal of options is echoed there).
@@ -35,7 +42,9 @@
 
 #include <ctype.h>
 
+#include "commands/prepare.h"
 #include "lib/stringinfo.h"
+#include "parser/scansup.h"
 #include "tcop/tcopprot.h"
 #include "utils/elog.h"
 
@@ -75,6 +84,85 @@ calls_secret_function(const char *sql)
 	return false;
 }
 
+/* An identifier's character (scan.l's ident_cont) */
+static bool
+is_ident_char(char c)
+{
+	return isalnum((unsigned char) c) || c == '_' || c == '$' || IS_HIGHBIT_SET(c);
+}
+
+/*
+ * The name of the prepared statement that an EXECUTE whose keyword ends at
+ * p runs (quoted or folded to lower case, as the parser does), or NULL if
+ * no name follows.  palloc'd.
+ */
+static char *
+executed_name(const char *p)
+{
+	const char *start;
+
+	while (isspace((unsigned char) *p))
+		p++;
+	if (*p == '"')
+	{
+		StringInfoData name;
+
+		initStringInfo(&name);
+		for (p++; *p && !(*p == '"' && p[1] != '"'); p++)
+		{
+			if (*p == '"')
+				p++;
+			appendStringInfoChar(&name, *p);
+		}
+		return name.len > 0 ? name.data : NULL;
+	}
+	for (start = p; is_ident_char(*p); p++)
+		;
+	if (p == start)
+		return NULL;
+	return downcase_truncate_identifier(start, (int) (p - start), false);
+}
+
+/*
+ * Whether SQL text sql runs, with EXECUTE (alone, or in EXPLAIN or CREATE
+ * TABLE AS), a prepared statement of this session that calls one of the
+ * secret-taking functions: the arguments of the EXECUTE are then that
+ * call's.  Each word "execute" followed by a name is looked up; a name that
+ * is no prepared statement costs a hash probe.
+ */
+static bool
+executes_secret_statement(const char *sql)
+{
+	const char *p;
+
+	if (sql == NULL)
+		return false;
+	for (p = sql; *p; p++)
+	{
+		PreparedStatement *ps;
+		char	   *name;
+
+		if (pg_strncasecmp(p, "execute", 7) != 0 ||
+			(p > sql && is_ident_char(p[-1])) || is_ident_char(p[7]))
+			continue;
+		name = executed_name(p + 7);
+		if (name == NULL)
+			continue;
+		ps = FetchPreparedStatement(name, false);
+		pfree(name);
+		if (ps != NULL && calls_secret_function(ps->plansource->query_string))
+			return true;
+	}
+	return false;
+}
+
+/* Whether running SQL text sql passes secrets: it calls or EXECUTEs a call */
+static bool
+passes_secrets(const char *sql)
+{
+	return calls_secret_function(sql) || executes_secret_statement(sql);
+}
+
 /*
  * The length of a dollar-quote tag ($$ or $name$) starting at s, or 0 if
  * s does not start one (a $1 parameter, say).
@@ -97,11 +185,13 @@ dollar_tag_len(const char *s)
  * and escape strings ('it''s', E'\''), dollar-quoted strings, whatever
  * their prefix (E, U&, B, X).  When in doubt it blanks more: a backslash
  * counts as an escape in every string, and an unterminated literal is
- * blanked to the end.  Comments and quoted identifiers are copied.
- * palloc'd.
+ * blanked to the end.  Comments are copied, and so are quoted identifiers
+ * when identifiers is true.  A CONTEXT line quotes a statement between
+ * double quotes (SQL statement "SELECT ...('...')"): there identifiers is
+ * false, and a double quote is a character like another.  palloc'd.
  */
 static char *
-redact_literals(const char *sql)
+redact_literals(const char *sql, bool identifiers)
 {
 	StringInfoData out;
 	const char *p = sql;
@@ -127,7 +217,7 @@ redact_literals(const char *sql)
 			appendBinaryStringInfo(&out, p, n);
 			p += n;
 		}
-		else if (*p == '"')
+		else if (*p == '"' && identifiers)
 		{
 			const char *e = strchr(p + 1, '"');
 			size_t		n = e ? (size_t) (e + 1 - p) : strlen(p);
@@ -196,20 +286,193 @@ redact_parameters(char *text)
 	return psprintf("%.*sparameters: %s", (int) (at - text), text, redact_note);
 }
 
+/*
+ * A DETAIL that quotes a call with its literals blanked (the PREPARE of an
+ * EXECUTE that log_statement logs; the statement of another session that
+ * a deadlock report quotes, whichever session met the deadlock), and its
+ * bind parameters dropped
+ */
+static char *
+redact_detail(char *text)
+{
+	if (text != NULL && calls_secret_function(text))
+		text = redact_literals(text, true);
+	return redact_parameters(text);
+}
+
+/*
+ * The end of the argument list of a call whose "(" is at open: its
+ * matching ")", or the end of the text.  Parentheses inside string
+ * literals and dollar-quoted strings do not count.
+ */
+static const char *
+call_arguments_end(const char *open)
+{
+	const char *p = open;
+	int			depth = 0;
+
+	while (*p)
+	{
+		size_t		tag;
+
+		if (*p == '\'')
+		{
+			for (p++; *p && !(*p == '\'' && p[1] != '\''); p++)
+				if ((*p == '\\' && p[1]) || (*p == '\'' && p[1] == '\''))
+					p++;
+			if (*p)
+				p++;
+			continue;
+		}
+		if ((tag = dollar_tag_len(p)) > 0 && !is_ident_char(p[-1]))
+		{
+			const char *e;
+
+			for (e = p + tag; *e && strncmp(e, p, tag) != 0; e++)
+				;
+			p = *e ? e + tag : e;
+			continue;
+		}
+		if (*p == '(')
+			depth++;
+		else if (*p == ')' && --depth == 0)
+			return p;
+		p++;
+	}
+	return p;
+}
+
+/*
+ * text with the literals blanked in the arguments of every call of a
+ * secret-taking function it quotes (SQL statement "SELECT
+ * shipsync.set_secret('***', '***', '***')", a call in a DO block or a
+ * function), and nothing else: the statements of the extension's own
+ * functions quoted beside it keep their literals.  palloc'd, or text.
+ */
+static char *
+redact_call_arguments(char *text)
+{
+	StringInfoData out;
+	const char *copied = text;
+	const char *p;
+
+	if (!calls_secret_function(text))
+		return text;
+	initStringInfo(&out);
+	for (p = text; *p; p++)
+	{
+		for (int i = 0; redact_calls[i]; i++)
+		{
+			size_t		n = strlen(redact_calls[i]);
+			const char *q = p + n;
+			const char *end;
+
+			if (pg_strncasecmp(p, redact_calls[i], n) != 0)
+				continue;
+			if (*q == '"')
+				q++;
+			while (isspace((unsigned char) *q))
+				q++;
+			if (*q != '(')
+				continue;
+			end = call_arguments_end(q);
+			appendBinaryStringInfo(&out, copied, (int) (q + 1 - copied));
+			appendStringInfoString(&out, redact_literals(pnstrdup(q + 1, end - (q + 1)), false));
+			copied = end;
+			p = *end ? end : end - 1;
+			break;
+		}
+	}
+	appendStringInfoString(&out, copied);
+	return out.data;
+}
+
+/*
+ * text with the JSON that an error's CONTEXT echoes ("JSON data, line 1:
+ * {\"auth\": ...", read up to a \u0000 in a token) left out.  palloc'd,
+ * or text.
+ */
+static char *
+redact_json_echo(char *text)
+{
+	StringInfoData out;
+	const char *p;
+	const char *at;
+
+	if (strstr(text, "JSON data, line ") == NULL)
+		return text;
+	initStringInfo(&out);
+	for (p = text; (at = strstr(p, "JSON data, line ")) != NULL;)
+	{
+		const char *colon = strchr(at, ':');
+		const char *eol;
+
+		if (colon == NULL)
+			break;
+		appendBinaryStringInfo(&out, p, (int) (colon + 1 - p));
+		appendStringInfo(&out, " %s", redact_note);
+		eol = strchr(colon, '\n');
+		p = eol ? eol : colon + strlen(colon);
+	}
+	appendStringInfoString(&out, p);
+	return out.data;
+}
+
+/*
+ * text with the value of a bind parameter being read when the error came
+ * left out: "unnamed portal parameter $4 = '...'", the last line of the
+ * CONTEXT (the outermost).  palloc'd, or text.
+ */
+static char *
+redact_bind_parameter(char *text)
+{
+	const char *at = strstr(text, " parameter $");
+
+	if (at == NULL || (at = strstr(at, " = ")) == NULL)
+		return text;
+	return psprintf("%.*s = %s", (int) (at - text), text, redact_note);
+}
+
+/*
+ * A CONTEXT with what it echoes of a call's input blanked: the literals of
+ * the calls it quotes, the values of bind parameters (at execution,
+ * "parameters: $1 = '...'", and while they are read, "unnamed portal
+ * parameter $4 = '...'"), and the JSON read up to an error.
+ */
+static char *
+redact_context(char *text)
+{
+	if (text == NULL)
+		return NULL;
+	text = redact_parameters(text);
+	text = redact_bind_parameter(text);
+	text = redact_json_echo(text);
+	return redact_call_arguments(text);
+}
+
 static void
 redact_emit_log(ErrorData *edata)
 {
-	bool		running = calls_secret_function(debug_query_string);
+	bool		running = passes_secrets(debug_query_string);
 	bool		logging = edata->message && logs_statement(edata->message) &&
-		calls_secret_function(edata->message);
+		(running || passes_secrets(edata->message));
+	bool		quoting = calls_secret_function(edata->context) ||
+		calls_secret_function(edata->detail) || calls_secret_function(edata->detail_log);
 
-	if (running || logging)
+	if (running || logging || quoting)
 	{
+		/*
+		 * A statement, or a plan auto_explain logs: the plan of each
+		 * statement the call runs (log_nested_statements) shows its
+		 * arguments as constants (log_verbose), and in JSON or YAML the
+		 * statement itself is a string between double quotes.
+		 */
 		if (logging)
-			edata->message = redact_literals(edata->message);
-		edata->detail = redact_parameters(edata->detail);
-		edata->detail_log = redact_parameters(edata->detail_log);
-		edata->context = redact_parameters(edata->context);
+			edata->message = redact_literals(edata->message,
+											 strstr(edata->message, "  plan:\n") == NULL);
+		edata->detail = redact_detail(edata->detail);
+		edata->detail_log = redact_detail(edata->detail_log);
+		edata->context = redact_context(edata->context);
 		if (running)
 		{
 			edata->hide_stmt = true;

@@ -3,7 +3,10 @@
 # word, Kuaidi100 key, webhook secrets and the previous one, a secret
 # static header, a TLS client key) and CRM sources with their signing
 # secrets, given inline to create_provider() and create_crm_source() and
-# through bind parameters to them and set_secret(), some calls failing;
+# through bind parameters to them and set_secret(), some calls failing,
+# through EXECUTE of prepared calls and in DO blocks, with a \u0000 in
+# JSON options, with auto_explain logging the plans of the statements
+# they run, and waiting in a deadlock that another session reports;
 # orders delivered through the simulators (which check each credential),
 # failed, registered for tracking and tracked by pushes, CRM pushes signed
 # with the current and the previous secret of a source and a forged one;
@@ -48,7 +51,14 @@ my %secret = (
 	crm_jdy => 'JDY-LEAK-16',
 	crm_generic => whsec('CRMWH-LEAK-17'),
 	crm_jdy_new => 'JDY-LEAK-18',
-	crm_failed => 'CRMFAILED-LEAK-19');
+	crm_failed => 'CRMFAILED-LEAK-19',
+	prepared_param => 'PREPPARAM-LEAK-20',
+	prepared_literal => 'PREPLIT-LEAK-21',
+	do_block => 'DOBLOCK-LEAK-22',
+	json_nul => 'JSONNUL-LEAK-23',
+	json_nul_bound => 'JSONNULBIND-LEAK-24',
+	auto_explain => 'EXPLAIN-LEAK-25',
+	deadlock => 'DEADLOCK-LEAK-26');
 # a TLS client key, for a simulator that requires a client certificate
 my $certs = PostgreSQL::Test::Utils::tempdir();
 test_ca($certs);
@@ -115,6 +125,60 @@ like($err, qr/provider "leak_sf" already exists/, 'a failing create_provider() c
 	'https://x.example', '{"auth": {"type": "bearer", "token": $secret{malformed}}}')});
 like($err, qr/invalid input syntax for type json/, 'a call with malformed JSON options');
 
+# secrets in the text of another statement than the one the log shows:
+# EXECUTE of a prepared call (its arguments, the PREPARE quoted in its
+# DETAIL, the STATEMENT of its error), a call inside a DO block (the
+# CONTEXT of its error quotes the call), and a \u0000 in the options (the
+# CONTEXT echoes the JSON up to it)
+($ret, $out, $err) = $node->psql('postgres', qq{
+	PREPARE put_secret(text, text, text) AS SELECT shipsync.set_secret(\$1, \$2, \$3);
+	EXECUTE put_secret('leak_bearer', 'no_such_secret', '$secret{prepared_param}');});
+like($err, qr/provider "leak_bearer" has no secret "no_such_secret"/, 'a failing EXECUTE of a prepared set_secret()');
+($ret, $out, $err) = $node->psql('postgres', qq{
+	PREPARE put_literal AS SELECT shipsync.set_secret('leak_bearer', 'no_such_secret', '$secret{prepared_literal}');
+	EXECUTE put_literal;});
+like($err, qr/has no secret "no_such_secret"/, 'a failing EXECUTE of a prepared set_secret() with literals');
+($ret, $out, $err) = $node->psql('postgres', qq{DO \$\$BEGIN
+	PERFORM shipsync.set_secret('leak_bearer', 'no_such_secret', '$secret{do_block}'); END\$\$});
+like($err, qr/has no secret "no_such_secret"/, 'a failing set_secret() in a DO block');
+($ret, $out, $err) = $node->psql('postgres', qq{SELECT shipsync.create_provider('leak_nul', 'generic',
+	'https://x.example', '{"auth": {"type": "bearer", "token": "$secret{json_nul}\\u0000"}}')});
+like($err, qr/unsupported Unicode escape sequence/, 'a call with \\u0000 in its JSON options');
+# the plans of the statements a call runs, with their constants
+# (auto_explain.log_verbose and log_nested_statements): the arguments of
+# the call are constants there; in text and in JSON, where the statement
+# is a JSON string
+sql(qq{SELECT shipsync.create_provider('leak_dummy', 'generic', 'https://x.example',
+	'{"auth": {"type": "bearer", "token": "unused"}}')});
+($ret, $out, $err) = $node->psql('postgres', qq{LOAD 'auto_explain';
+	SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;
+	SET auto_explain.log_verbose = on;
+	SELECT shipsync.set_secret('leak_dummy', 'token', '$secret{auto_explain}');
+	SET auto_explain.log_format = json;
+	SELECT shipsync.set_secret('leak_dummy', 'token', '$secret{auto_explain}');});
+is($ret, 0, 'set_secret() with auto_explain logging the plans of its statements');
+# a deadlock: the server logs, in the DETAIL of the session it fails, the
+# statement of the session it waits for, here a secret-taking call
+sql('CREATE TABLE deadlock_row (id int PRIMARY KEY); INSERT INTO deadlock_row VALUES (1)');
+my $caller = $node->background_psql('postgres');
+my $victim = $node->background_psql('postgres', on_error_stop => 0);
+$caller->query_safe('BEGIN; UPDATE deadlock_row SET id = 1');
+$victim->query_safe(q{BEGIN; SELECT shipsync.pause('leak_dummy')});
+# sent without waiting for its end
+$caller->{stdin} .= qq{SELECT shipsync.set_secret('leak_dummy', 'token', '$secret{deadlock}');\n};
+$caller->{run}->pump_nb;
+ok(wait_until($node, q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'}),
+	'a secret-taking call waits for a lock');
+# past the caller's deadlock_timeout, so that the second waiter finds the deadlock
+sleep(2);
+my ($victim_out, $victim_ret) = $victim->query('UPDATE deadlock_row SET id = 1');
+like($victim->{stderr}, qr/deadlock detected/, 'the session waiting for it meets a deadlock');
+$victim->{stderr} = '';
+$victim->query_safe('ROLLBACK');
+$caller->query_safe('COMMIT');
+$caller->quit;
+$victim->quit;
+
 # and a failing statement that passes no secret
 $node->psql('postgres', 'SELECT 1 / 0 AS other_statement');
 
@@ -144,6 +208,10 @@ ok(!pgbench('SELECT shipsync.set_secret(:p, :n, :v);',
 ok(pgbench('SELECT shipsync.set_secret(:p, :n, :v);',
 		p => 'leak_tls', n => 'client_key', v => $pem{'client.key'}),
 	'set_secret() with bind parameters: the TLS client key');
+ok(!pgbench('SELECT shipsync.create_provider(:name, :dialect, :url, CAST(:opts AS jsonb));',
+		name => 'leak_nul2', dialect => 'generic', url => 'https://x.example',
+		opts => qq({"auth": {"type": "bearer", "token": "$secret{json_nul_bound}\\u0000"}})),
+	'a bind parameter with \\u0000 in its JSON options');
 
 # CRM sources: a 简道云 one given its secret inline, a generic one through
 # bind parameters, a failing call, and a rotation through set_secret()
@@ -330,12 +398,22 @@ like($log, qr/LOG:  statement: \s*SELECT shipsync.create_provider\('\*\*\*', '\*
 like($log, qr/LOG:  execute <unnamed>: SELECT shipsync.set_secret\(\$1, \$2, \$3\);?\n.*DETAIL:  parameters: \(redacted by pg_shipsync: the statement passes secrets\)/,
 	'bind parameters of set_secret() are redacted');
 like($log, qr/ERROR:  provider "leak_bearer" has no secret "no_such_secret"/, 'the failed set_secret() is logged');
-unlike($log, qr/STATEMENT:  [^\n]*(create_provider|create_crm_source|set_secret)/,
+unlike($log, qr/STATEMENT:  [^\n]*(create_provider|create_crm_source|set_secret|EXECUTE put_)/,
 	'no STATEMENT line of a secret-taking call');
 like($log, qr/LOG:  statement: \s*SELECT shipsync.create_crm_source\('\*\*\*', '\*\*\*',\s+'\*\*\*', '\*\*\*'\)/,
 	'create_crm_source() calls are logged with their literals blanked');
 like($log, qr/LOG:  execute <unnamed>: SELECT shipsync.create_crm_source\(\$1, '\*\*\*', '\*\*\*', CAST\(\$2 AS jsonb\)\);?\n.*DETAIL:  parameters: \(redacted by pg_shipsync: the statement passes secrets\)/,
 	'and their bind parameters redacted');
+like($log, qr/LOG:  statement: EXECUTE put_secret\('\*\*\*', '\*\*\*', '\*\*\*'\);?\n.*DETAIL:  prepare: PREPARE put_secret/,
+	'an EXECUTE of a prepared call is logged with its arguments blanked');
+like($log, qr/CONTEXT:  .*\n\tSQL statement "SELECT shipsync.set_secret\('\*\*\*', '\*\*\*', '\*\*\*'\)"\n\tPL\/pgSQL function inline_code_block/,
+	'the CONTEXT of an error in a DO block quotes its call blanked');
+like($log, qr/CONTEXT:  JSON data, line 1: \(redacted by pg_shipsync: the statement passes secrets\)/,
+	'the JSON that the CONTEXT of an error echoes is blanked');
+like($log, qr/Output: shipsync._check_wire\(format\('\*\*\*'::text, '\*\*\*'::text\), '\*\*\*'::text, false\)/,
+	'the plans auto_explain logs have their constants blanked');
+like($log, qr/DETAIL:  Process \d+ waits .*\n(\t.*\n)*\tProcess \d+: SELECT shipsync.set_secret\('\*\*\*', '\*\*\*', '\*\*\*'\)/,
+	'a deadlock report quotes the call of the other session blanked');
 like($log, qr/ERROR:  division by zero\n.*STATEMENT:  SELECT 1 \/ 0 AS other_statement/,
 	'while another failed statement keeps its STATEMENT line');
 

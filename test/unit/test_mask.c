@@ -47,6 +47,12 @@ test_values(void)
 		  masks(PII_NAME, "Łukasz Żółć", "Ł***** Żółć") &&
 		  masks(PII_NAME, "Анна Иванова", "А*** Иванова"),
 		  "name: other scripts keep the last word and the initials of the others");
+	check(masks(PII_NAME, "Jane Doe 13812345678", "J*** Doe ***********") &&
+		  masks(PII_NAME, "Jane Doe (13812345678)", "J*** Doe *************") &&
+		  masks(PII_NAME, "Jane 13812345678 Doe", "J*** *********** Doe") &&
+		  masks(PII_NAME, "Jane Doe １３８", "J*** Doe ***") &&
+		  masks(PII_NAME, "Madonna 13812345678", "M****** ***********"),
+		  "name: a word with a digit is no family name, and is stars whole");
 	check(masks(PII_NAME, "", "") && masks(PII_NAME, "   ", "") &&
 		  masks(PII_NAME, NULL, NULL) && masks(PII_PHONE, NULL, NULL) &&
 		  masks(PII_ADDRESS, NULL, NULL) && masks(PII_EMAIL, NULL, NULL),
@@ -90,6 +96,15 @@ test_values(void)
 		  masks(PII_EMAIL, "@example.com", "***") &&
 		  masks(PII_EMAIL, "zhang@", "***"),
 		  "email: first character of the local part, then the domain; otherwise ***");
+	check(masks(PII_EMAIL, "zhang.san@example.com; li.si@example.org", "z***@example.com***") &&
+		  masks(PII_EMAIL, "zhang.san@example.com li.si@example.org", "z***@example.com***") &&
+		  masks(PII_EMAIL, "zhang@example.com，li@example.org", "z***@example.com***") &&
+		  masks(PII_EMAIL, "zhang@example.com\u3001li@example.org", "z***@example.com***") &&
+		  masks(PII_EMAIL, "zhang@example.com (13812345678)", "z***@example.com***") &&
+		  masks(PII_EMAIL, "Zhang San <zhang.san@example.com>", "Z***@example.com***") &&
+		  masks(PII_EMAIL, "zhang@ example.com", "***") &&
+		  masks(PII_EMAIL, "zhang@ＥＸ.com", "z***@ＥＸ.com"),
+		  "email: the domain ends where a domain cannot go on; what follows is ***");
 
 	check(masks(PII_NAME, "\xe5\xbc\xa0\xff\xe4", "\xe5\xbc\xa0**") &&
 		  masks(PII_ADDRESS, "\xe5\x8c", "***") &&

@@ -533,6 +533,14 @@ JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'shipsync'
 JOIN pg_collation co ON co.oid = a.attcollation
 WHERE a.attname IN ('order_key', 'tracking_number', 'order_ref') AND NOT a.attisdropped
 ORDER BY 1, 2;
+-- So are the findings a comparison merges into the ledger: the merge probes
+-- their key index with the ledger's keys, which an index in the default
+-- collation cannot serve (it read every finding for every open ticket)
+SELECT shipsync._reconcile_tables();
+SELECT a.attname, co.collname
+FROM pg_attribute a
+JOIN pg_collation co ON co.oid = a.attcollation
+WHERE a.attrelid = 'pg_temp.recon_found'::regclass AND a.attname = 'order_key';
 
 SELECT shipsync.create_provider('rc3', 'generic', 'http://127.0.0.1:9') AS rc3 \gset
 CREATE TABLE posix_orders (ref text COLLATE "POSIX" PRIMARY KEY, waybill text COLLATE "POSIX",

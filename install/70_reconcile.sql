@@ -1105,6 +1105,10 @@ DECLARE
 	fpids integer[] := @extschema@._reconcile_fee_providers(sbids);
 BEGIN
 	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run;
+	-- the findings are joined with the tickets below: planned knowing how
+	-- many there are (the table is filled by many statements, never read
+	-- before)
+	ANALYZE pg_temp.recon_found;
 
 	-- still there: refresh what changed, and when it was seen (hourly)
 	UPDATE @extschema@.exception_ticket x
@@ -1180,17 +1184,23 @@ BEGIN
 	  INTO opened FROM i;
 
 	-- gone: resolved, with why (resolved_by: who compares, reconcile in the worker)
+	-- (the open tickets not found are picked first, on their own: joined
+	-- with the conditions below, whose selectivity the planner cannot
+	-- guess, the findings were scanned once for every open ticket)
 	WITH c AS (
 		UPDATE @extschema@.exception_ticket x
 		   SET resolved_at = now(), run_id = run,
 			   resolution = format('no longer seen (reconciliation run %s)', run)
-		 WHERE x.resolved_at IS NULL
-		   AND NOT EXISTS (
-			   SELECT 1 FROM pg_temp.recon_found f
-				WHERE x.kind = f.kind AND coalesce(x.provider_id, 0) = coalesce(f.provider_id, 0)
-				  AND coalesce(x.binding_id, 0) = coalesce(f.binding_id, 0)
-				  AND coalesce(x.order_key, '') = coalesce(f.order_key, '')
-				  AND coalesce(x.subject, '') = coalesce(f.subject, ''))
+		 WHERE x.ticket_id = ANY (ARRAY(
+				   SELECT o.ticket_id FROM @extschema@.exception_ticket o
+					WHERE o.resolved_at IS NULL
+					  AND NOT EXISTS (
+						  SELECT 1 FROM pg_temp.recon_found f
+						   WHERE o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
+							 AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
+							 AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
+							 AND coalesce(o.subject, '') = coalesce(f.subject, ''))))
+		   AND x.resolved_at IS NULL
 		   AND (
 			   -- the CRM side of the bindings compared
 			   (x.binding_id = ANY (bids)

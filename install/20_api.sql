@@ -416,6 +416,31 @@ $$;
 COMMENT ON FUNCTION @extschema@._check_adopt(jsonb, integer, regclass) IS
 	'Internal (attach()): the binding that option adopt names, checked: detached, of the same provider, another table''s, not adopted yet, and the caller''s if its table is still there.';
 
+/*
+ * The type an order key (text) is cast to, to find its row: the key
+ * column's base type, without a length or precision.  The statements that
+ * cast it are made once, at attach(): a key column widened afterwards
+ * (varchar(5) to varchar(10), a domain to its base type) would otherwise
+ * have a longer key cut to the old length, and find another order's row.
+ */
+CREATE FUNCTION @extschema@._key_type(tbl regclass, col name)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH RECURSIVE d(typid, depth) AS (
+		SELECT a.atttypid, 0 FROM pg_attribute a
+		 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+		UNION ALL
+		SELECT t.typbasetype, d.depth + 1 FROM d JOIN pg_type t ON t.oid = d.typid
+		 WHERE t.typtype = 'd')
+	-- a typmod of -1 given: "bit" and "char" keep no length of one
+	SELECT format_type(d.typid, -1) FROM d ORDER BY d.depth DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION @extschema@._key_type(regclass, name) IS
+	'Internal (attach(), reconciliation, resync()): the type order keys are cast to, the key column''s base type without a length, so that a key column widened after attach() never has a key cut to another order''s.';
+
 CREATE FUNCTION @extschema@.attach(tbl regclass, provider text, key_column name DEFAULT NULL,
 								   writeback jsonb DEFAULT NULL, options jsonb DEFAULT '{}')
 RETURNS integer
@@ -492,8 +517,7 @@ BEGIN
 					  HINT = 'Pass key_column => the column that identifies an order.';
 		END IF;
 	END IF;
-	SELECT format_type(a.atttypid, a.atttypmod) INTO keytype
-	FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = keycol AND a.attnum > 0 AND NOT a.attisdropped;
+	keytype := @extschema@._key_type(tbl, keycol);
 	IF keytype IS NULL THEN
 		RAISE EXCEPTION 'column "%" of table % does not exist', keycol, tbl
 			USING ERRCODE = 'undefined_column',

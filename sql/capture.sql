@@ -131,6 +131,36 @@ SELECT format('CREATE TRIGGER shipsync_capture AFTER INSERT ON not_parted FOR EA
 INSERT INTO not_parted VALUES (3, 'north', 'Sun');
 DROP TABLE not_parted, parted;
 
+-- a key column widened after attach(), as such and through a domain: an
+-- intent's key is cast to the column's base type without its length, so
+-- a longer key is never cut to another order's key, neither to render
+-- the order nor to write its waybill back
+CREATE DOMAIN short_ref AS varchar(5);
+CREATE TABLE widened (ref varchar(5) PRIMARY KEY, address text, waybill text);
+CREATE TABLE widened_d (ref short_ref PRIMARY KEY, address text, waybill text);
+SELECT shipsync.attach('widened', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+SELECT shipsync.attach('widened_d', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+INSERT INTO widened VALUES ('ABCDE', 'first customer');
+INSERT INTO widened_d VALUES ('ABCDE', 'first customer');
+ALTER TABLE widened ALTER ref TYPE varchar(10);
+ALTER TABLE widened_d ALTER ref TYPE varchar(10);
+INSERT INTO widened VALUES ('ABCDEFGH', 'second customer');
+INSERT INTO widened_d VALUES ('ABCDEFGH', 'second customer');
+SELECT b.tbl, i.order_key, r.body
+  FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id), shipsync.render_request(i.id) r
+ WHERE b.tbl IN ('widened'::regclass, 'widened_d'::regclass) ORDER BY i.id;
+\set ECHO none
+SELECT format('PREPARE wb_%s AS %s', b.tbl, b.writeback_sql) FROM shipsync.binding b
+ WHERE b.tbl IN ('widened'::regclass, 'widened_d'::regclass) \gexec
+\set ECHO all
+EXECUTE wb_widened('{ABCDEFGH}', '{NULL}', '{SF-2}', '{NULL}', '{NULL}', '{NULL}');
+EXECUTE wb_widened_d('{ABCDEFGH}', '{NULL}', '{SF-2}', '{NULL}', '{NULL}', '{NULL}');
+SELECT 'widened' AS tbl, * FROM widened UNION ALL SELECT 'widened_d', * FROM widened_d ORDER BY 1, 2;
+DEALLOCATE wb_widened;
+DEALLOCATE wb_widened_d;
+DROP TABLE widened, widened_d;
+DROP DOMAIN short_ref;
+
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA sales CASCADE;
 DROP OWNED BY shipsync_test_app;

@@ -623,10 +623,14 @@ BEGIN
 			PERFORM @extschema@._explain_as_owner(tbl, wbsql,
 				'{text[], text[], text[], text[], text[], numeric[]}');
 		END IF;
-	EXCEPTION WHEN OTHERS THEN
-		RAISE EXCEPTION 'cannot attach table %: %', tbl, SQLERRM
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Check option cancel_when and the writeback columns'' types.';
+	EXCEPTION
+		-- row security forced on the owner: its own error says what to do
+		WHEN object_not_in_prerequisite_state THEN
+			RAISE;
+		WHEN OTHERS THEN
+			RAISE EXCEPTION 'cannot attach table %: %', tbl, SQLERRM
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Check option cancel_when and the writeback columns'' types.';
 	END;
 
 	INSERT INTO @extschema@.binding AS b (tbl, provider_id, key_column, writeback, options, render_sql, writeback_sql)

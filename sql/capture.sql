@@ -161,6 +161,34 @@ DEALLOCATE wb_widened_d;
 DROP TABLE widened, widened_d;
 DROP DOMAIN short_ref;
 
+-- row-level security forced on the table's owner: pg_shipsync reads and
+-- writes orders as the owner, and an order its policies hide is not a
+-- deleted one.  attach() refuses such a table; forced after attach(), its
+-- orders fail to render and to be read, with an error saying why, instead
+-- of being taken for gone and never sent
+CREATE ROLE shipsync_test_owner;
+GRANT USAGE ON SCHEMA sales TO shipsync_test_owner;
+CREATE TABLE tenanted (id int PRIMARY KEY, tenant text NOT NULL, address text, waybill text);
+ALTER TABLE tenanted OWNER TO shipsync_test_owner;
+ALTER TABLE tenanted ENABLE ROW LEVEL SECURITY;
+CREATE POLICY by_tenant ON tenanted USING (tenant = current_setting('app.tenant', true));
+SELECT shipsync.attach('tenanted', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+INSERT INTO tenanted VALUES (1, 'north', 'Nanshan');
+ALTER TABLE tenanted FORCE ROW LEVEL SECURITY;
+SELECT r.body FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id), shipsync.render_request(i.id) r
+ WHERE b.tbl = 'tenanted'::regclass;
+SELECT shipsync.resync('tenanted', keys => '{1}') AS enqueued;
+SELECT shipsync.detach('tenanted');
+SELECT shipsync.attach('tenanted', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+-- not forced: the owner sees every row
+ALTER TABLE tenanted NO FORCE ROW LEVEL SECURITY;
+SELECT shipsync.attach('tenanted', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+SELECT r.body FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id), shipsync.render_request(i.id) r
+ WHERE b.tbl = 'tenanted'::regclass;
+DROP TABLE tenanted;
+REVOKE USAGE ON SCHEMA sales FROM shipsync_test_owner;
+DROP ROLE shipsync_test_owner;
+
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA sales CASCADE;
 DROP OWNED BY shipsync_test_app;

@@ -64,6 +64,7 @@ shipsync_select_as_owner(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		elog(ERROR, "a statement to run as a table's owner needs its table and its text");
 	owner = shipsync_table_owner(PG_GETARG_OID(0));
+	shipsync_check_owner_sees_all(PG_GETARG_OID(0), owner);
 	stmt = text_to_cstring(PG_GETARG_TEXT_PP(1));
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);

@@ -460,6 +460,7 @@ DECLARE
 	coltype text;
 	colcat "char";
 	colnumeric boolean;
+	colscale integer;
 	sets text[] := '{}';
 	wbcols text[] := '{}';
 	render text;
@@ -550,12 +551,23 @@ BEGIN
 		END IF;
 		-- a string type, or for fee_total numeric too (an integer, a float
 		-- or money would round or blur the amount without a word)
-		SELECT t.typcategory, t.oid = 'pg_catalog.numeric'::pg_catalog.regtype
-		INTO colcat, colnumeric
+		SELECT t.typcategory, t.oid = 'pg_catalog.numeric'::pg_catalog.regtype,
+			   -- a numeric's declared scale, the column's or its domain's
+			   -- (typmod: precision << 16 | scale, 11 bits signed, + 4)
+			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END
+		INTO colcat, colnumeric, colscale
 		FROM pg_attribute a JOIN pg_type t
 			ON t.oid = coalesce(nullif(
 				(SELECT typbasetype FROM pg_type WHERE oid = a.atttypid), 0), a.atttypid)
+		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
+				ELSE (SELECT d.typtypmod FROM pg_type d WHERE d.oid = a.atttypid) END) AS tm(m)
 		WHERE a.attrelid = tbl AND a.attname = col;
+		IF f = 'fee_total' AND colnumeric AND colscale < 2 THEN
+			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = format('fee_total is an amount with decimals (12.50, 3.125): a numeric of scale %s would round it.', colscale),
+					  HINT = 'Use a numeric column of at least two decimals, numeric without a scale, or a text column.';
+		END IF;
 		IF colcat <> 'S' AND NOT (f = 'fee_total' AND colnumeric) THEN
 			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
 				USING ERRCODE = 'datatype_mismatch',

@@ -189,6 +189,40 @@ DROP TABLE tenanted;
 REVOKE USAGE ON SCHEMA sales FROM shipsync_test_owner;
 DROP ROLE shipsync_test_owner;
 
+-- a key of a date type is the same text whatever the session's DateStyle
+-- (ISO): 07/12/2026, written by a session of SQL, DMY, was read back as
+-- July 12th, another order's key, and that order was sent in its place;
+-- resync() takes keys as the session writes them, and queues them as ISO
+CREATE TABLE dated (d date PRIMARY KEY, customer text);
+SELECT shipsync.attach('dated', 'acme') > 0 AS attached;
+INSERT INTO dated VALUES ('2026-07-12', 'July');
+SET DateStyle = 'SQL, DMY';
+INSERT INTO dated VALUES ('2026-12-07', 'December');
+RESET DateStyle;
+SELECT i.order_key, r.body FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id),
+	shipsync.render_request(i.id) r WHERE b.tbl = 'dated'::regclass ORDER BY i.id;
+SELECT count(*) > 0 AS claimed FROM shipsync.claim(1, 100, 60000);
+UPDATE shipsync.outbox o SET state = 'done' FROM shipsync.binding b
+ WHERE b.binding_id = o.binding_id AND b.tbl = 'dated'::regclass;
+SET DateStyle = 'SQL, DMY';
+SELECT shipsync.resync('dated', keys => ARRAY['07/12/2026']) AS enqueued;
+RESET DateStyle;
+SELECT o.order_key, o.op, o.state FROM shipsync.outbox o JOIN shipsync.binding b USING (binding_id)
+ WHERE b.tbl = 'dated'::regclass ORDER BY o.id;
+DROP TABLE dated;
+-- and a timestamptz key is the same text whatever the session's TimeZone
+-- (UTC): the update of an order written in another zone was another order
+CREATE TABLE stamped (at timestamptz PRIMARY KEY, customer text);
+SELECT shipsync.attach('stamped', 'acme') > 0 AS attached;
+SET TimeZone = 'Asia/Shanghai';
+INSERT INTO stamped VALUES ('2026-12-07 18:00:00+08', 'Shanghai');
+SET TimeZone = 'America/New_York';
+UPDATE stamped SET customer = 'New York';
+RESET TimeZone;
+SELECT i.order_key, i.op FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id)
+ WHERE b.tbl = 'stamped'::regclass ORDER BY i.id;
+DROP TABLE stamped;
+
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA sales CASCADE;
 DROP OWNED BY shipsync_test_app;

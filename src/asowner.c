@@ -85,6 +85,8 @@ shipsync_select_as_owner(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	shipsync_become_owner(owner, &save);
+	/* keys read as text are the text capture gives them */
+	shipsync_keys_as_iso();
 	PG_TRY();
 	{
 		/* planned as the owner too: planning may run its IMMUTABLE functions */

@@ -1023,6 +1023,7 @@ extern void shipsync_restore_user(const ShipsyncUserSave *save);
 extern Oid	shipsync_table_owner(Oid relid);
 extern void shipsync_check_owner_sees_all(Oid relid, Oid owner);
 extern void shipsync_pin_search_path(void);
+extern void shipsync_keys_as_iso(void);
 
 /* the deferrable constraints a write sets IMMEDIATE, to set back after it */
 typedef struct ShipsyncConstraints

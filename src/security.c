@@ -245,6 +245,26 @@ shipsync_table_owner(Oid relid)
 }
 
 /*
+ * Print dates, times and intervals as ISO 8601 (DateStyle ISO, the order
+ * of day and month kept for reading; IntervalStyle postgres; TimeZone UTC)
+ * until the current GUC nest level ends: the caller has made one.  An
+ * order key of such a type is its text as written this way, whatever the
+ * session's settings: "07/12/2026" of a session of SQL, DMY was read back
+ * by the dispatcher, of ISO, MDY, as July 12th, another order's key; and
+ * one timestamptz was two keys in sessions of two time zones.
+ */
+void
+shipsync_keys_as_iso(void)
+{
+	(void) set_config_option("datestyle", "ISO", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("timezone", "UTC", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+/*
  * Pin this session's search_path for good, whatever ALTER DATABASE or
  * ALTER ROLE ... SET gave it: for a background worker, right after it
  * connects.

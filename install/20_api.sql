@@ -470,6 +470,9 @@ DECLARE
 	relkind "char";
 	adopt integer;
 	gone record;
+	oldwb jsonb;
+	oldskip text[];
+	newskip text[];
 BEGIN
 	IF tbl IS NULL THEN
 		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -645,6 +648,7 @@ BEGIN
 					  HINT = 'Check option cancel_when and the writeback columns'' types.';
 	END;
 
+	SELECT x.writeback INTO oldwb FROM @extschema@.binding x WHERE x.tbl = attach.tbl;
 	INSERT INTO @extschema@.binding AS b (tbl, provider_id, key_column, writeback, options, render_sql, writeback_sql)
 	VALUES (attach.tbl, pid, keycol, wb, opts, render, wbsql)
 	ON CONFLICT ON CONSTRAINT binding_tbl_key DO UPDATE
@@ -687,6 +691,28 @@ BEGIN
 					  HINT = format('If %s replaces that table, detach it and attach it again with options {"adopt": %s}.',
 									tbl, gone.binding_id);
 		END LOOP;
+	END IF;
+
+	-- attached again with other write-back columns: the digests of the
+	-- orders shipped (shipment.content_digest) left the old ones out, and
+	-- every order whose old column holds a value would read as changed
+	-- since it was sent (address_changed_after_send).  The digest of an
+	-- order unchanged since is made again without the new columns; an
+	-- order changed since keeps its digest, and is still told.  The rows
+	-- are read as the table's owner, as reconciliation reads them.
+	oldskip := ARRAY(SELECT w.value #>> '{}' FROM jsonb_each(oldwb) w ORDER BY 1);
+	newskip := ARRAY(SELECT c FROM unnest(wbcols) AS c ORDER BY 1);
+	IF oldwb IS NOT NULL AND oldskip IS DISTINCT FROM newskip
+	   AND EXISTS (SELECT 1 FROM @extschema@.shipment x
+				   WHERE x.binding_id = bid AND x.content_digest IS NOT NULL) THEN
+		EXECUTE format($d$
+			UPDATE @extschema@.shipment s
+			   SET content_digest = @extschema@._row_digest(t.r, $2)
+			  FROM @extschema@._select_as_owner($1, $4, NULL, NULL) AS t(k text COLLATE "C", r %s)
+			 WHERE s.binding_id = $5 AND s.order_key = t.k
+			   AND s.content_digest = @extschema@._row_digest(t.r, $3)$d$, tbl)
+		USING tbl, newskip, oldskip,
+			  format('SELECT t.%I::pg_catalog.text, t.*::%s FROM %s t', keycol, tbl, tbl), bid;
 	END IF;
 
 	trigargs := array_to_string(ARRAY(SELECT quote_literal(x)

@@ -589,6 +589,33 @@ AND order_key = 'P-5';
 SELECT shipsync.detach('forced_orders');
 DROP TABLE forced_orders;
 DROP ROLE shipsync_rc_owner;
+
+------------------------------------------------------------------------------
+-- A write-back map changed by attaching the table again: the digests of
+-- the orders shipped left out the old write-back columns, so every order
+-- whose old column held a value became address_changed_after_send.
+-- attach() now carries the digests of orders unchanged since over to the
+-- new columns; an order changed since stays flagged.
+------------------------------------------------------------------------------
+CREATE TABLE remapped (ref text PRIMARY KEY, address text, waybill text,
+	created timestamptz NOT NULL DEFAULT now() - interval '1 hour');
+SELECT shipsync.attach('remapped', 'rc3', writeback => '{"tracking_number": "waybill"}',
+	options => '{"grace": "10 minutes", "created_at_column": "created"}') AS mbid \gset
+INSERT INTO remapped (ref, address) VALUES ('M-1', '1 Elm St'), ('M-2', '2 Elm St');
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, provider_shipment_id,
+	tracking_number, status, content_digest, created_at, updated_at)
+SELECT :mbid, m.ref, :rc3, 'shp_' || m.ref, 'TN-' || m.ref, 'pre_transit',
+	   shipsync._row_digest(m, '{waybill}'), now() - interval '1 hour', now() - interval '1 hour'
+FROM remapped m;
+UPDATE remapped SET waybill = 'TN-' || ref;
+UPDATE remapped SET address = '22 Elm St' WHERE ref = 'M-2';
+DELETE FROM shipsync.inbox WHERE binding_id = :mbid;
+SELECT shipsync.detach('remapped');
+SELECT shipsync.attach('remapped', 'rc3',
+	options => '{"grace": "10 minutes", "created_at_column": "created"}') = :mbid AS same_binding;
+SELECT pg_temp.crm_pass(false) AS mrun \gset
+SELECT kind, order_key FROM shipsync.reconciliation WHERE "table" = 'remapped'::regclass
+ORDER BY 1, 2;
 SELECT shipsync.pause('rc3');
 
 \c contrib_regression

@@ -9319,3 +9319,82 @@ BEGIN
 END
 $$;
 ALTER FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) SET shipsync.audit_action = 'attach';
+
+------------------------------------------------------------------------------
+-- One table that cannot be read no longer stops a reconciliation pass
+------------------------------------------------------------------------------
+-- A table whose key column was renamed after attach() failed every pass,
+-- so no table was compared; now it is left out, and the run fails naming it.
+CREATE OR REPLACE FUNCTION @extschema@._reconcile_compare(run bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	bids integer[];
+	pids integer[];
+	sbids integer[];
+	b integer;
+	p integer;
+	m record;
+	failed text;
+BEGIN
+	-- (two tests: the second is parsed only once the table exists)
+	IF to_regclass('pg_temp.recon_prepared') IS NULL THEN
+		PERFORM @extschema@._reconcile_prepare(run);
+	ELSIF NOT EXISTS (SELECT 1 FROM pg_temp.recon_prepared x WHERE x.run_id = run) THEN
+		PERFORM @extschema@._reconcile_prepare(run);
+	END IF;
+	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run FOR UPDATE;
+
+	-- the bindings compared: all for a crm pass, else those of the providers chosen
+	SELECT coalesce(array_agg(x.binding_id ORDER BY x.binding_id), '{}') INTO bids
+	  FROM @extschema@.binding x
+	 WHERE x.active
+	   AND (r.kind = 'crm' OR x.provider_id IN (SELECT c.key::integer FROM jsonb_each(r.pulls) c));
+	SELECT coalesce(array_agg(c.key::integer ORDER BY c.key::integer), '{}') INTO pids
+	  FROM jsonb_each(r.pulls) c WHERE c.value->>'state' = 'done';
+	SELECT string_agg(format('the pull of provider %s failed: %s', c.value->>'provider', c.value->>'error'), '; ')
+	  INTO failed
+	  FROM jsonb_each(r.pulls) c WHERE c.value->>'state' = 'failed';
+
+	FOREACH p IN ARRAY pids LOOP
+		PERFORM @extschema@._reconcile_carrier(run, p);
+	END LOOP;
+	FOREACH b IN ARRAY bids LOOP
+		BEGIN
+			PERFORM @extschema@._reconcile_crm(b, r.kind = 'full');
+		EXCEPTION WHEN OTHERS THEN
+			-- a table that cannot be read (row security forced on its
+			-- owner, its key column renamed since attach()): none of its
+			-- tickets is judged; the other tables are compared, and the
+			-- run fails, naming it
+			bids := array_remove(bids, b);
+			failed := concat_ws('; ', failed, format('table %s: %s',
+				(SELECT x.tbl FROM @extschema@.binding x WHERE x.binding_id = b), SQLERRM));
+		END;
+	END LOOP;
+	-- stuck and fees: thresholds are days and bills monthly, so a CRM-side
+	-- pass looks hourly
+	SELECT coalesce(array_agg(s.binding_id ORDER BY s.binding_id), '{}') INTO sbids
+	  FROM @extschema@.reconcile_state s
+	 WHERE s.binding_id = ANY (bids)
+	   AND (r.kind = 'full' OR s.stuck_at IS NULL OR s.stuck_at < now() - interval '1 hour');
+	PERFORM @extschema@._reconcile_stuck(sbids);
+	PERFORM @extschema@._reconcile_fees(sbids);
+	UPDATE @extschema@.reconcile_state s SET stuck_at = now() WHERE s.binding_id = ANY (sbids);
+	SELECT * INTO m FROM @extschema@._reconcile_merge(run, bids, pids, sbids);
+
+	-- the snapshots of earlier runs of these providers are of no more use
+	DELETE FROM @extschema@.carrier_snapshot c WHERE c.provider_id = ANY (pids) AND c.run_id < run;
+	TRUNCATE pg_temp.recon_found, pg_temp.recon_pair, pg_temp.recon_ref, pg_temp.recon_dup,
+		pg_temp.recon_prepared, pg_temp.recon_orders;
+
+	UPDATE @extschema@.reconcile_run x
+	   SET state = CASE WHEN failed IS NULL THEN 'done' ELSE 'failed' END,
+		   error = failed, opened = m.opened, reopened = m.reopened, closed = m.closed,
+		   finished_at = clock_timestamp()
+	 WHERE x.run_id = run;
+END
+$$;

@@ -1299,12 +1299,14 @@ BEGIN
 	FOREACH b IN ARRAY bids LOOP
 		BEGIN
 			PERFORM @extschema@._reconcile_crm(b, r.kind = 'full');
-		EXCEPTION WHEN object_not_in_prerequisite_state THEN
-			-- row security forced on the table's owner (_select_as_owner()):
-			-- its orders cannot all be read, so none of its tickets is
-			-- judged; the other tables are compared, and the run fails
+		EXCEPTION WHEN OTHERS THEN
+			-- a table that cannot be read (row security forced on its
+			-- owner, its key column renamed since attach()): none of its
+			-- tickets is judged; the other tables are compared, and the
+			-- run fails, naming it
 			bids := array_remove(bids, b);
-			failed := concat_ws('; ', failed, SQLERRM);
+			failed := concat_ws('; ', failed, format('table %s: %s',
+				(SELECT x.tbl FROM @extschema@.binding x WHERE x.binding_id = b), SQLERRM));
 		END;
 	END LOOP;
 	-- stuck and fees: thresholds are days and bills monthly, so a CRM-side

@@ -616,6 +616,25 @@ SELECT shipsync.attach('remapped', 'rc3',
 SELECT pg_temp.crm_pass(false) AS mrun \gset
 SELECT kind, order_key FROM shipsync.reconciliation WHERE "table" = 'remapped'::regclass
 ORDER BY 1, 2;
+
+------------------------------------------------------------------------------
+-- An attached table whose key column was renamed cannot be compared; it
+-- used to fail the whole pass, so that no table was compared until it was
+-- attached again.  Now the pass leaves it out, ends failed naming it, and
+-- compares the others (P-6, a new order of another table, is seen).
+------------------------------------------------------------------------------
+CREATE TABLE renamed (ref text PRIMARY KEY, created timestamptz NOT NULL DEFAULT now() - interval '1 hour');
+SELECT shipsync.attach('renamed', 'rc3',
+	options => '{"grace": "10 minutes", "created_at_column": "created"}') > 0 AS attached;
+ALTER TABLE renamed RENAME COLUMN ref TO order_ref;
+INSERT INTO posix_orders (ref) VALUES ('P-6');
+DELETE FROM shipsync.inbox WHERE order_key = 'P-6';
+SELECT pg_temp.crm_pass(false) AS rrun \gset
+SELECT state, error FROM shipsync.reconcile_run WHERE run_id = :rrun;
+SELECT kind, order_key FROM shipsync.reconciliation WHERE "table" = 'posix_orders'::regclass
+AND order_key = 'P-6';
+SELECT shipsync.detach('renamed');
+DROP TABLE renamed;
 SELECT shipsync.pause('rc3');
 
 \c contrib_regression

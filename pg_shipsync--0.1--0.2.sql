@@ -7888,3 +7888,740 @@ GRANT SELECT (shipment_id, binding_id, order_key, provider_id, provider_shipment
 GRANT SELECT (id, outbox_id, attempt, provider_id, at, method, url, http_status, latency_ms,
 	outcome, error_class, error) ON @extschema@.delivery_log TO shipsync_reader;
 GRANT SELECT ON @extschema@.shipment, @extschema@.delivery_log TO shipsync_operator;
+
+------------------------------------------------------------------------------
+-- Order keys cast to the key column's base type, without a length
+------------------------------------------------------------------------------
+-- attach() made its render and write-back statements cast an order key to
+-- the key column's type as it was then, with its length: once the column
+-- was widened (varchar(5) to varchar(10)), a longer key was cut to five
+-- characters and found another order's row, which was sent to the carrier
+-- in its place, and that order got the other's waybill.  Keys are now cast
+-- to the column's base type without a length (_key_type()), there and in
+-- reconciliation and resync(); existing statements are rewritten.
+CREATE FUNCTION @extschema@._key_type(tbl regclass, col name)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH RECURSIVE d(typid, depth) AS (
+		SELECT a.atttypid, 0 FROM pg_attribute a
+		 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+		UNION ALL
+		SELECT t.typbasetype, d.depth + 1 FROM d JOIN pg_type t ON t.oid = d.typid
+		 WHERE t.typtype = 'd')
+	-- a typmod of -1 given: "bit" and "char" keep no length of one
+	SELECT format_type(d.typid, -1) FROM d ORDER BY d.depth DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION @extschema@._key_type(regclass, name) IS
+	'Internal (attach(), reconciliation, resync()): the type order keys are cast to, the key column''s base type without a length, so that a key column widened after attach() never has a key cut to another order''s.';
+REVOKE ALL ON FUNCTION @extschema@._key_type(regclass, name) FROM PUBLIC;
+-- (attach() as it ends up: the last section that changes it, below)
+CREATE OR REPLACE FUNCTION @extschema@._reconcile_crm(bid integer, full_pass boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b record;
+	keytype text;
+	skip text[];
+	grace interval;
+	born text;
+	trk integer;
+	st record;
+	h xid8;
+	hage integer;
+	eff text;
+	tn_bad text;
+	st_bad text;
+	src text;
+	orders text;
+	ks text[];
+	gone text[];
+	from_rows text;
+BEGIN
+	SELECT x.* INTO b FROM @extschema@.binding x WHERE x.binding_id = bid;
+	-- the key's type (its base type, without a length: _key_type()), with the
+	-- key column's own collation when it has one: an order key of ours
+	-- (COLLATE "C") cast to it then compares as the column does, and can use
+	-- its index
+	SELECT @extschema@._key_type(b.tbl, b.key_column)
+		   || CASE WHEN co.oid IS NULL THEN '' ELSE format(' COLLATE %I.%I', cn.nspname, co.collname) END
+	  INTO keytype
+	  FROM pg_attribute a
+	  LEFT JOIN pg_collation co ON co.oid = a.attcollation
+	  LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
+	 WHERE a.attrelid = b.tbl AND a.attname = b.key_column AND a.attnum > 0 AND NOT a.attisdropped;
+	skip := ARRAY(SELECT w.value #>> '{}' FROM jsonb_each(b.writeback) w ORDER BY 1);
+	grace := coalesce((b.options->>'grace')::interval, interval '10 minutes');
+	born := CASE WHEN b.options ? 'created_at_column'
+					 THEN format('t.%I::timestamptz', b.options->>'created_at_column')
+				 WHEN current_setting('track_commit_timestamp')::boolean
+					 THEN 'pg_xact_commit_timestamp(t.xmin)'
+				 ELSE 'NULL::timestamptz' END;
+	SELECT p.provider_id INTO trk FROM @extschema@.provider p WHERE p.name = b.options->>'tracking_provider';
+	-- the status written back is the tracking provider's once it reports one
+	eff := CASE WHEN trk IS NULL THEN 's.status'
+				ELSE 'CASE WHEN tr.status IS NOT NULL AND tr.status <> ''pending'' THEN tr.status ELSE s.status END' END;
+	tn_bad := CASE WHEN b.writeback ? 'tracking_number'
+				   THEN '(s.tracking_number IS NOT NULL AND t.o_tn COLLATE "C" IS DISTINCT FROM s.tracking_number)'
+				   ELSE 'false' END;
+	st_bad := CASE WHEN b.writeback ? 'status'
+				   THEN format('(s.order_key IS NOT NULL AND t.o_status IS DISTINCT FROM %s)', eff)
+				   ELSE 'false' END;
+
+	-- where the last pass stopped; rows of transactions from h on are read
+	-- again by the next one
+	INSERT INTO @extschema@.reconcile_state (binding_id) VALUES (bid) ON CONFLICT DO NOTHING;
+	SELECT x.* INTO st FROM @extschema@.reconcile_state x WHERE x.binding_id = bid FOR UPDATE;
+	h := pg_snapshot_xmin(pg_current_snapshot());
+	IF st.horizon IS NOT NULL THEN
+		hage := age(((st.horizon::text::numeric % 4294967296)::text)::xid);
+	END IF;
+	-- an horizon 2^30 transactions old is too old to compare xids with
+	full_pass := full_pass OR hage IS NULL OR hage < 0 OR hage > 1073741824;
+
+	IF full_pass THEN
+		src := format('%s t', b.tbl);
+	ELSE
+		-- the orders whose side of ours changed: the owner's statement adds
+		-- the rows changed since ($2) and reads the rows of both ($1)
+		ks := ARRAY(
+			SELECT s.order_key FROM @extschema@.shipment s
+			 WHERE s.binding_id = bid AND age(s.xmin) <= hage
+			UNION
+			SELECT o.order_key FROM @extschema@.outbox o
+			 WHERE o.binding_id = bid AND (o.state IN ('dead', 'invalid') OR o.error_class = 'nothing_to_send')
+			   AND age(o.xmin) <= hage
+			UNION
+			SELECT x.order_key FROM @extschema@.exception_ticket x
+			 WHERE x.binding_id = bid AND x.order_key IS NOT NULL
+			   AND (x.resolved_at IS NULL OR age(x.xmin) <= hage)
+			UNION
+			SELECT r.order_key FROM @extschema@.reconcile_seen r WHERE r.binding_id = bid);
+		src := format($src$(SELECT DISTINCT c.k FROM (
+				SELECT t.%1$I::text COLLATE "C" AS k FROM %2$s t WHERE age(t.xmin) <= $2
+				UNION ALL
+				SELECT u.k FROM unnest($1) AS u(k)) c) c
+			JOIN %2$s t ON t.%1$I = c.k::%3$s$src$, b.key_column, b.tbl, keytype);
+	END IF;
+	-- what the comparison needs of each order row, read as the table's owner
+	orders := format('SELECT t.%I::text, %s, %s, %s, t.*::%s FROM %s',
+		b.key_column,
+		CASE WHEN b.writeback ? 'tracking_number' THEN format('t.%I::text', b.writeback->>'tracking_number') ELSE 'NULL::text' END,
+		CASE WHEN b.writeback ? 'status' THEN format('t.%I::text', b.writeback->>'status') ELSE 'NULL::text' END,
+		born, b.tbl, src);
+	-- each row with its digest, made as the rows are read (a whole row is
+	-- never kept).  A full pass joins them as they come, planned for as many
+	-- rows as the table holds (the function's support estimates it); an
+	-- incremental one keeps them first, and ANALYZEs them: a few orders
+	-- changed since the last pass, or a bulk import of a million
+	IF full_pass THEN
+		from_rows := $r$@extschema@._select_digests_as_owner($5, $6, $7, $8, $9)
+			AS t(k text COLLATE "C", o_tn text, o_status text, born timestamptz, digest bigint)$r$;
+	ELSE
+		TRUNCATE pg_temp.recon_orders;
+		INSERT INTO pg_temp.recon_orders (k, o_tn, o_status, born, digest)
+		SELECT t.k, t.o_tn, t.o_status, t.born, t.digest
+		  FROM @extschema@._select_digests_as_owner(b.tbl, orders, ks, hage, skip)
+			   AS t(k text COLLATE "C", o_tn text, o_status text, born timestamptz, digest bigint);
+		ANALYZE pg_temp.recon_orders;
+		from_rows := 'pg_temp.recon_orders t';
+	END IF;
+
+	EXECUTE format($q$
+		WITH act AS MATERIALIZED (
+			SELECT o.order_key FROM @extschema@.outbox o
+			 WHERE o.binding_id = $1 AND o.state IN ('pending', 'retrying', 'in_flight')
+			UNION
+			SELECT i.order_key FROM @extschema@.inbox i WHERE i.binding_id = $1),
+		x AS MATERIALIZED (
+			SELECT y.* FROM (
+				SELECT t.k,
+					   s.order_key IS NOT NULL AS shipped,
+					   s.provider_shipment_id AS s_id, s.tracking_number AS s_tn, %1$s AS s_status,
+					   s.content_digest AS s_digest,
+					   %2$s AS tn_bad, %3$s AS st_bad,
+					   (s.content_digest IS NOT NULL AND s.status <> 'cancelled'
+						AND t.digest <> s.content_digest) AS addr_bad,
+					   t.o_tn, t.o_status,
+					   coalesce(t.born, r.first_seen_at) AS born,
+					   r.order_key IS NOT NULL AS seen
+				  FROM %7$s
+				  LEFT JOIN @extschema@.shipment s
+					ON s.binding_id = $1 AND s.provider_id = $2 AND s.order_key = t.k
+				  %4$s
+				  LEFT JOIN @extschema@.reconcile_seen r
+					ON r.binding_id = $1 AND r.order_key = t.k) y
+			 WHERE NOT y.shipped OR y.tn_bad OR y.st_bad OR y.addr_bad),
+		seen AS (
+			INSERT INTO @extschema@.reconcile_seen (binding_id, order_key)
+			SELECT $1, x.k FROM x WHERE NOT x.shipped AND NOT x.seen
+			ON CONFLICT DO NOTHING)
+		INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
+			chk, facts, detail)
+		SELECT f.kind, $2, $1, x.k, x.s_tn, 'crm', f.facts, f.detail
+		  FROM x
+		  LEFT JOIN LATERAL (
+			  SELECT o.id, o.state, o.error_class, o.last_error FROM @extschema@.outbox o
+			   WHERE NOT x.shipped AND o.binding_id = $1 AND o.order_key = x.k
+				 AND (o.state IN ('dead', 'invalid') OR o.error_class = 'nothing_to_send')
+			   ORDER BY o.id DESC LIMIT 1) so ON true
+		 CROSS JOIN LATERAL (VALUES
+			('not_sent',
+			 NOT x.shipped AND x.born < now() - $3 AND x.k NOT IN (SELECT act.order_key FROM act)
+			 AND so.error_class IS DISTINCT FROM 'nothing_to_send',
+			 jsonb_build_object('check', 'crm',
+				'reason', coalesce(so.state, 'not_captured'), 'outbox_id', so.id,
+				'last_error', so.last_error, 'since', x.born),
+			 format('order %%s of %%s has no shipment and nothing on its way (%%s)', x.k, $4,
+				CASE so.state WHEN 'dead' THEN 'its intent is dead: ' || coalesce(so.last_error, '')
+							  WHEN 'invalid' THEN 'its intent is invalid: ' || coalesce(so.last_error, '')
+							  ELSE 'no intent was captured' END)),
+			('tracking_mismatch', x.shipped AND x.tn_bad,
+			 jsonb_build_object('check', 'crm', 'column', %5$L, 'order', x.o_tn, 'shipment', x.s_tn),
+			 format('order %%s of %%s: column %%s holds %%s, the shipment''s tracking number is %%s',
+				x.k, $4, %5$L, coalesce(x.o_tn, 'NULL'), x.s_tn)),
+			('status_mismatch', x.shipped AND x.st_bad,
+			 jsonb_build_object('check', 'crm', 'column', %6$L, 'order', x.o_status, 'shipment', x.s_status),
+			 format('order %%s of %%s: column %%s holds %%s, the shipment''s status is %%s',
+				x.k, $4, %6$L, coalesce(x.o_status, 'NULL'), x.s_status)),
+			('address_changed_after_send',
+			 x.shipped AND x.addr_bad AND x.k NOT IN (SELECT act.order_key FROM act),
+			 jsonb_build_object('check', 'crm', 'shipment_id', x.s_id),
+			 format('order %%s of %%s changed after its shipment %%s was sent, and no update is on its way',
+				x.k, $4, coalesce(x.s_id, '')))
+		 ) AS f(kind, hit, facts, detail)
+		 WHERE f.hit
+		ON CONFLICT DO NOTHING
+	$q$, eff, tn_bad, st_bad,
+		CASE WHEN trk IS NULL THEN ''
+			 ELSE format('LEFT JOIN @extschema@.shipment tr ON tr.binding_id = $1 AND tr.provider_id = %s AND tr.order_key = t.k',
+						 trk) END,
+		b.writeback->>'tracking_number', b.writeback->>'status', from_rows)
+	USING bid, b.provider_id, grace, b.tbl::text, b.tbl, orders, ks, hage, skip;
+
+	-- orders no longer waiting: shipped, or gone (whose keys the owner's
+	-- table no longer holds)
+	ks := ARRAY(SELECT r.order_key FROM @extschema@.reconcile_seen r WHERE r.binding_id = bid);
+	IF cardinality(ks) > 0 THEN
+		gone := ARRAY(SELECT g.k FROM @extschema@._select_as_owner(b.tbl, format(
+				'SELECT u.k FROM unnest($1) AS u(k) WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE t.%I = u.k::%s)',
+				b.tbl, b.key_column, keytype), ks, NULL) AS g(k text));
+		DELETE FROM @extschema@.reconcile_seen r
+		 WHERE r.binding_id = bid
+		   AND (EXISTS (SELECT 1 FROM @extschema@.shipment s
+						 WHERE s.binding_id = bid AND s.provider_id = b.provider_id
+						   AND s.order_key = r.order_key)
+				OR r.order_key = ANY (gone));
+	END IF;
+
+	UPDATE @extschema@.reconcile_state x
+	   SET horizon = h, pass_at = now(),
+		   full_at = CASE WHEN full_pass THEN now() ELSE x.full_at END
+	 WHERE x.binding_id = bid;
+END
+$$;
+CREATE OR REPLACE FUNCTION @extschema@.resync(tbl regclass, keys text[] DEFAULT NULL, kind text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b record;
+	keytype text;
+	ks text[];
+	n bigint;
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT x.* INTO b FROM @extschema@.binding x
+	 WHERE x.tbl OPERATOR(pg_catalog.=) resync.tbl AND x.active;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'table % is not attached', tbl
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'See SELECT tbl FROM shipsync.binding WHERE active.';
+	END IF;
+	IF keys IS NULL AND kind IS NULL THEN
+		RAISE EXCEPTION 'resync needs order keys, a kind of discrepancy, or both'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example shipsync.resync(''crm.orders'', kind => ''not_sent'').';
+	END IF;
+	IF kind IS NOT NULL AND kind OPERATOR(pg_catalog.<>) ALL (ARRAY['not_sent', 'missing_at_carrier',
+			'tracking_mismatch', 'status_mismatch', 'address_changed_after_send', 'stuck']) THEN
+		RAISE EXCEPTION 'cannot resync orders by discrepancy kind "%"', kind
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Orders can be sent again for the kinds not_sent, missing_at_carrier, tracking_mismatch, status_mismatch, address_changed_after_send and stuck.',
+				  HINT = CASE kind WHEN 'fee_mismatch'
+							  THEN 'A fee difference is settled with the carrier (a corrected statement, a dispute), not by sending the order again.'
+							  ELSE 'An orphan or a duplicate at the carrier has no order of ours to send: cancel it at the carrier.' END;
+	END IF;
+
+	-- the orders: those given, those with an open discrepancy of the kind, or both
+	ks := ARRAY(SELECT DISTINCT k FROM unnest(keys) AS k WHERE k IS NOT NULL);
+	IF kind IS NOT NULL THEN
+		ks := ARRAY(SELECT DISTINCT x.order_key FROM @extschema@.exception_ticket x
+					 WHERE x.binding_id OPERATOR(pg_catalog.=) b.binding_id
+					   AND x.kind OPERATOR(pg_catalog.=) resync.kind AND x.resolved_at IS NULL
+					   AND x.order_key IS NOT NULL
+					   AND (keys IS NULL OR x.order_key OPERATOR(pg_catalog.=) ANY (ks)));
+	END IF;
+	-- that exist (the keys are compared as the key column's type, by the
+	-- table's owner: a domain's check is the owner's code)
+	keytype := @extschema@._key_type(b.tbl, b.key_column);
+	BEGIN
+		ks := ARRAY(SELECT o.k FROM @extschema@._select_as_owner(b.tbl,
+				pg_catalog.format('SELECT t.%1$I::pg_catalog.text FROM %2$s t'
+								  ' WHERE t.%1$I OPERATOR(pg_catalog.=) ANY ($1::%3$s[])',
+								  b.key_column, b.tbl, keytype),
+				ks, NULL) AS o(k text));
+	EXCEPTION WHEN data_exception THEN
+		RAISE EXCEPTION 'the order keys given are not all of type %', keytype
+			USING ERRCODE = 'invalid_text_representation',
+				  DETAIL = format('%s.', SQLERRM),
+				  HINT = format('Give the values of column %I of %s, as text.', b.key_column, b.tbl);
+	END;
+
+	-- a create where there is no live shipment (or the carrier lost it: a
+	-- new idempotency key, so a carrier that remembers keys creates it
+	-- again), an update where there is one; orders with an intent on its
+	-- way are left to it
+	WITH o AS (
+		SELECT k,
+			   s.status IS NULL OR s.status OPERATOR(pg_catalog.=) 'cancelled'
+			   OR EXISTS (SELECT 1 FROM @extschema@.exception_ticket x
+						   WHERE x.binding_id OPERATOR(pg_catalog.=) b.binding_id
+							 AND x.order_key OPERATOR(pg_catalog.=) k
+							 AND x.kind OPERATOR(pg_catalog.=) 'missing_at_carrier'
+							 AND x.resolved_at IS NULL) AS create_it
+		  FROM unnest(ks) AS k
+		  LEFT JOIN @extschema@.shipment s
+			ON s.binding_id OPERATOR(pg_catalog.=) b.binding_id AND s.order_key OPERATOR(pg_catalog.=) k
+		   AND s.provider_id OPERATOR(pg_catalog.=) b.provider_id
+		 WHERE NOT EXISTS (SELECT 1 FROM @extschema@.outbox x
+							WHERE x.binding_id OPERATOR(pg_catalog.=) b.binding_id
+							  AND x.order_key OPERATOR(pg_catalog.=) k
+							  AND x.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'retrying', 'in_flight']))
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.inbox i
+							WHERE i.binding_id OPERATOR(pg_catalog.=) b.binding_id
+							  AND i.order_key OPERATOR(pg_catalog.=) k)),
+	ins AS (
+		INSERT INTO @extschema@.outbox (binding_id, provider_id, order_key, op)
+		SELECT b.binding_id, b.provider_id, o.k, CASE WHEN o.create_it THEN 'create' ELSE 'update' END
+		  FROM o ORDER BY o.k
+		RETURNING 1)
+	SELECT pg_catalog.count(*) INTO n FROM ins;
+	PERFORM @extschema@._audit('resync', 'binding', b.tbl::text,
+		pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('keys', keys, 'kind', kind)),
+		pg_catalog.jsonb_build_object('enqueued', n));
+	PERFORM @extschema@._wake(false);
+	RETURN n;
+END
+$$;
+
+UPDATE @extschema@.binding b
+   SET render_sql = pg_catalog.regexp_replace(b.render_sql, '(shipsync_u\.shipsync_key::).*$',
+			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column)),
+	   writeback_sql = pg_catalog.regexp_replace(b.writeback_sql, '(shipsync_u\.shipsync_key::).*$',
+			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column))
+ WHERE @extschema@._key_type(b.tbl, b.key_column) IS NOT NULL;
+
+------------------------------------------------------------------------------
+-- Row-level security forced on an order table's owner is an error
+------------------------------------------------------------------------------
+-- Orders are read and written as the table's owner.  With FORCE ROW LEVEL
+-- SECURITY (and an owner without BYPASSRLS), an order the policies hid
+-- read as deleted: its create ended "nothing to send", its write-back
+-- wrote nothing, and reconciliation closed its tickets, all without a
+-- word.  The C functions that act as the owner now refuse such a table
+-- (SQLSTATE 55000); attach() lets that error through as it is, and a
+-- reconciliation pass leaves the table out and fails, comparing the others.
+-- (attach() as it ends up: the last section that changes it, below)
+-- (_reconcile_compare() as it ends up: the last section that changes it, below)
+
+------------------------------------------------------------------------------
+-- fee_total refused into a numeric of fewer than two decimals
+------------------------------------------------------------------------------
+-- attach() refused integer, float and money columns for fee_total, which
+-- would round it, but took numeric(8,0) (and numeric(8,1), and domains of
+-- them): a bill of 13.70 was written as 14.  They are refused now.
+-- (attach() as it ends up: the last section that changes it, below)
+
+------------------------------------------------------------------------------
+-- attach() with other write-back columns carries the content digests over
+------------------------------------------------------------------------------
+-- The digest of a shipped order leaves its binding's write-back columns
+-- out.  A table attached again with other write-back columns had every
+-- order whose old write-back column held a value reported as
+-- address_changed_after_send.  attach() now makes the digests of the
+-- orders unchanged since they were sent again without the new columns.
+CREATE OR REPLACE FUNCTION @extschema@.attach(tbl regclass, provider text, key_column name DEFAULT NULL,
+								   writeback jsonb DEFAULT NULL, options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	pid integer;
+	bid integer;
+	keycol name := key_column;
+	keytype text;
+	wb jsonb := coalesce(writeback, '{}');
+	opts jsonb := coalesce(options, '{}');
+	f text;
+	col text;
+	coltype text;
+	colcat "char";
+	colnumeric boolean;
+	colscale integer;
+	sets text[] := '{}';
+	wbcols text[] := '{}';
+	render text;
+	wbsql text;
+	cancel_when text;
+	trigargs text;
+	relkind "char";
+	adopt integer;
+	gone record;
+	oldwb jsonb;
+	oldskip text[];
+	newskip text[];
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT c.relkind INTO relkind FROM pg_class c WHERE c.oid = tbl;
+	IF relkind NOT IN ('r', 'p') THEN
+		RAISE EXCEPTION '"%" is not a table', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  HINT = 'Attach an ordinary or partitioned table.';
+	END IF;
+	IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'The dispatcher reads and writes the table with its owner''s rights.';
+	END IF;
+	SELECT p.provider_id INTO pid FROM @extschema@.provider p WHERE p.name = attach.provider;
+	IF pid IS NULL THEN
+		RAISE EXCEPTION 'provider "%" does not exist', coalesce(provider, '')
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Create it first with shipsync.create_provider().';
+	END IF;
+	IF EXISTS (SELECT 1 FROM @extschema@.binding b WHERE b.tbl = attach.tbl AND b.active) THEN
+		RAISE EXCEPTION 'table % is already attached', tbl
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Call shipsync.detach() first to attach it again.';
+	END IF;
+	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii', 'grace', 'created_at_column', 'adopt'], 'attach');
+	adopt := @extschema@._check_adopt(opts, pid, tbl);
+	PERFORM @extschema@._check_attach_options(opts, pid);
+	PERFORM @extschema@._check_reconcile_options(opts, tbl);
+	IF current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
+		RAISE EXCEPTION 'database encoding % cannot be sent as JSON', current_setting('server_encoding')
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Carriers read JSON as UTF-8, and requests are rendered in the database encoding.',
+				  HINT = 'Keep the orders in a UTF8 database.';
+	END IF;
+
+	-- the key: given, or the single-column primary key
+	IF keycol IS NULL THEN
+		SELECT a.attname INTO keycol
+		FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+		WHERE i.indrelid = tbl AND i.indisprimary AND i.indnatts = 1;
+		IF keycol IS NULL THEN
+			RAISE EXCEPTION 'table % has no single-column primary key', tbl
+				USING ERRCODE = 'invalid_table_definition',
+					  HINT = 'Pass key_column => the column that identifies an order.';
+		END IF;
+	END IF;
+	keytype := @extschema@._key_type(tbl, keycol);
+	IF keytype IS NULL THEN
+		RAISE EXCEPTION 'column "%" of table % does not exist', keycol, tbl
+			USING ERRCODE = 'undefined_column',
+				  HINT = 'Pass key_column => the column that identifies an order.';
+	END IF;
+
+	-- write-back: shipment field -> order column
+	IF jsonb_typeof(wb) <> 'object' THEN
+		RAISE EXCEPTION 'writeback must be a JSON object of shipment fields to column names'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example {"tracking_number": "waybill_no"}.';
+	END IF;
+	FOR f, col IN SELECT key, value #>> '{}' FROM jsonb_each(wb) LOOP
+		IF f NOT IN ('tracking_number', 'status', 'provider_shipment_id', 'label_url', 'fee_total') THEN
+			RAISE EXCEPTION 'unknown write-back field "%"', f
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Write-back fields: tracking_number, status, provider_shipment_id, label_url, fee_total.';
+		END IF;
+		SELECT format_type(a.atttypid, a.atttypmod) INTO coltype
+		FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+		IF coltype IS NULL THEN
+			RAISE EXCEPTION 'write-back column "%" of table % does not exist', coalesce(col, ''), tbl
+				USING ERRCODE = 'undefined_column',
+					  HINT = 'Add the column first, or fix the writeback map.';
+		END IF;
+		IF col = keycol THEN
+			RAISE EXCEPTION 'the key column "%" cannot be a write-back column', col
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Write shipment fields into columns of their own.';
+		END IF;
+		-- a string type, or for fee_total numeric too (an integer, a float
+		-- or money would round or blur the amount without a word)
+		SELECT t.typcategory, t.oid = 'pg_catalog.numeric'::pg_catalog.regtype,
+			   -- a numeric's declared scale, the column's or its domain's
+			   -- (typmod: precision << 16 | scale, 11 bits signed, + 4)
+			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END
+		INTO colcat, colnumeric, colscale
+		FROM pg_attribute a JOIN pg_type t
+			ON t.oid = coalesce(nullif(
+				(SELECT typbasetype FROM pg_type WHERE oid = a.atttypid), 0), a.atttypid)
+		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
+				ELSE (SELECT d.typtypmod FROM pg_type d WHERE d.oid = a.atttypid) END) AS tm(m)
+		WHERE a.attrelid = tbl AND a.attname = col;
+		IF f = 'fee_total' AND colnumeric AND colscale < 2 THEN
+			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = format('fee_total is an amount with decimals (12.50, 3.125): a numeric of scale %s would round it.', colscale),
+					  HINT = 'Use a numeric column of at least two decimals, numeric without a scale, or a text column.';
+		END IF;
+		IF colcat <> 'S' AND NOT (f = 'fee_total' AND colnumeric) THEN
+			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = CASE WHEN f = 'fee_total' THEN 'fee_total is an amount with decimals (12.50, 3.125): a column of this type would round it or lose its exact value.'
+								   ELSE format('%s is text.', f) END,
+					  HINT = CASE WHEN f = 'fee_total' THEN 'Use a numeric or text column.'
+								 ELSE 'Use a text or varchar column.' END;
+		END IF;
+		-- no explicit cast: assignment rules apply, so a tracking number too
+		-- long for a varchar(n) column fails loudly instead of being cut (a
+		-- fee_total into a string column is its text, as written)
+		sets := sets || format(CASE WHEN f = 'fee_total' AND colcat = 'S'
+									THEN '%I = COALESCE(shipsync_u.%I::pg_catalog.text, t.%I)'
+									ELSE '%I = COALESCE(shipsync_u.%I, t.%I)' END, col, f, col);
+		wbcols := wbcols || col;
+	END LOOP;
+
+	cancel_when := opts->>'cancel_when';
+	IF cancel_when IS NOT NULL AND cancel_when ~ ';' THEN
+		RAISE EXCEPTION 'option "cancel_when" must be one boolean expression'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example "status = ''cancelled''".';
+	END IF;
+	-- the restricted grammar, printed back with pg_catalog's operators:
+	-- no function, operator or cast of the caller's is ever planned here
+	IF cancel_when IS NOT NULL THEN
+		cancel_when := @extschema@._cancel_when_sql(cancel_when);
+	END IF;
+
+	-- The row itself and its write-back columns: the dispatcher prints the
+	-- request's body from the row (src/body.c: as json_build_object() and
+	-- row_to_json() would, with the type lookups once a batch rather than
+	-- once a column of every row) and keeps the row's digest
+	-- (shipsync._row_digest), what reconciliation compares the order with
+	-- later.  The row is t.*, never a bare t: a column named t would be
+	-- taken instead.  Operators and types qualified: the dispatcher, render_request() and
+	-- this function run these as the table's owner, each with a search_path
+	-- of its own.  (unnest of several arrays is grammar: pg_catalog's.)
+	render := format(
+		'SELECT shipsync_u.shipsync_id, t.%1$I IS NOT NULL AS found,'
+		' %4$s AS is_cancel, t.*::%2$s AS shipsync_row, %5$L::pg_catalog.text[] AS shipsync_skip'
+		' FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[])'
+		' AS shipsync_u(shipsync_id, shipsync_key)'
+		' LEFT JOIN %2$s AS t ON t.%1$I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%3$s',
+		keycol, tbl, keytype,
+		CASE WHEN cancel_when IS NULL THEN 'false'
+			 ELSE format('COALESCE((%s), false)', cancel_when) END,
+		ARRAY(SELECT c FROM unnest(wbcols) AS c ORDER BY 1));
+
+	IF array_length(sets, 1) > 0 THEN
+		wbsql := format(
+			'UPDATE %s AS t SET %s'
+			' FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[],'
+			' $4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.numeric[])'
+			' AS shipsync_u(shipsync_key, provider_shipment_id, tracking_number, status, label_url, fee_total)'
+			' WHERE t.%I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%s',
+			tbl, array_to_string(sets, ', '), keycol, keytype);
+	END IF;
+
+	-- prove both statements against the table now, not in the dispatcher,
+	-- and with the rights the dispatcher will have: the table owner's
+	BEGIN
+		PERFORM @extschema@._explain_as_owner(tbl, render, '{int8[], text[]}');
+		IF wbsql IS NOT NULL THEN
+			PERFORM @extschema@._explain_as_owner(tbl, wbsql,
+				'{text[], text[], text[], text[], text[], numeric[]}');
+		END IF;
+	EXCEPTION
+		-- row security forced on the owner: its own error says what to do
+		WHEN object_not_in_prerequisite_state THEN
+			RAISE;
+		WHEN OTHERS THEN
+			RAISE EXCEPTION 'cannot attach table %: %', tbl, SQLERRM
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Check option cancel_when and the writeback columns'' types.';
+	END;
+
+	SELECT x.writeback INTO oldwb FROM @extschema@.binding x WHERE x.tbl = attach.tbl;
+	INSERT INTO @extschema@.binding AS b (tbl, provider_id, key_column, writeback, options, render_sql, writeback_sql)
+	VALUES (attach.tbl, pid, keycol, wb, opts, render, wbsql)
+	ON CONFLICT ON CONSTRAINT binding_tbl_key DO UPDATE
+	   SET provider_id = EXCLUDED.provider_id, key_column = EXCLUDED.key_column,
+		   writeback = EXCLUDED.writeback, options = EXCLUDED.options,
+		   render_sql = EXCLUDED.render_sql, writeback_sql = EXCLUDED.writeback_sql,
+		   active = true, created_at = now(), created_by = session_user
+	RETURNING b.binding_id INTO bid;
+
+	-- the table replaces the one of binding adopt: what pg_shipsync knows
+	-- of its orders (shipments, intents, events, fees, tickets) is this
+	-- binding's now, so an order shipped before is updated, not created
+	-- again.  Otherwise, a binding of this provider with shipments whose
+	-- table is gone is said: were this table its successor, every update
+	-- of an order shipped before would ship it again.
+	IF adopt IS NOT NULL THEN
+		UPDATE @extschema@.shipment x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.outbox x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.inbox x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.tracking_event x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.fee_line x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.fee_sum x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.fee_pull x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.exception_ticket x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.binding x SET options = x.options || jsonb_build_object('adopted_by', bid)
+		 WHERE x.binding_id = adopt;
+	ELSE
+		FOR gone IN
+			SELECT b.binding_id, b.tbl::oid AS relid
+			FROM @extschema@.binding b
+			WHERE b.provider_id = pid AND NOT b.active AND b.binding_id <> bid
+			  AND NOT b.options ? 'adopted_by'
+			  AND NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = b.tbl)
+			  AND EXISTS (SELECT 1 FROM @extschema@.shipment x WHERE x.binding_id = b.binding_id)
+		LOOP
+			RAISE WARNING 'binding % of provider "%" has shipments, and its table (oid %) is gone',
+				gone.binding_id, provider, gone.relid
+				USING DETAIL = format('Table %s is binding %s: an update of an order shipped under binding %s would be sent as a create.',
+									  tbl, bid, gone.binding_id),
+					  HINT = format('If %s replaces that table, detach it and attach it again with options {"adopt": %s}.',
+									tbl, gone.binding_id);
+		END LOOP;
+	END IF;
+
+	-- attached again with other write-back columns: the digests of the
+	-- orders shipped (shipment.content_digest) left the old ones out, and
+	-- every order whose old column holds a value would read as changed
+	-- since it was sent (address_changed_after_send).  The digest of an
+	-- order unchanged since is made again without the new columns; an
+	-- order changed since keeps its digest, and is still told.  The rows
+	-- are read as the table's owner, as reconciliation reads them.
+	oldskip := ARRAY(SELECT w.value #>> '{}' FROM jsonb_each(oldwb) w ORDER BY 1);
+	newskip := ARRAY(SELECT c FROM unnest(wbcols) AS c ORDER BY 1);
+	IF oldwb IS NOT NULL AND oldskip IS DISTINCT FROM newskip
+	   AND EXISTS (SELECT 1 FROM @extschema@.shipment x
+				   WHERE x.binding_id = bid AND x.content_digest IS NOT NULL) THEN
+		EXECUTE format($d$
+			UPDATE @extschema@.shipment s
+			   SET content_digest = @extschema@._row_digest(t.r, $2)
+			  FROM @extschema@._select_as_owner($1, $4, NULL, NULL) AS t(k text COLLATE "C", r %s)
+			 WHERE s.binding_id = $5 AND s.order_key = t.k
+			   AND s.content_digest = @extschema@._row_digest(t.r, $3)$d$, tbl)
+		USING tbl, newskip, oldskip,
+			  format('SELECT t.%I::pg_catalog.text, t.*::%s FROM %s t', keycol, tbl, tbl), bid;
+	END IF;
+
+	trigargs := array_to_string(ARRAY(SELECT quote_literal(x)
+		FROM unnest(ARRAY[bid::text, pid::text, keycol::text] || wbcols) x), ', ');
+	EXECUTE format('CREATE TRIGGER shipsync_capture AFTER INSERT OR UPDATE OR DELETE ON %s'
+				   ' FOR EACH ROW EXECUTE FUNCTION @extschema@.capture(%s)', tbl, trigargs);
+	IF opts->>'validate' = 'reject' THEN
+		EXECUTE format('CREATE TRIGGER shipsync_validate AFTER INSERT OR UPDATE ON %s'
+					   ' FOR EACH ROW EXECUTE FUNCTION @extschema@._validate(%L)', tbl, bid);
+	END IF;
+	PERFORM @extschema@._wake(true);
+	RETURN bid;
+END
+$$;
+ALTER FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) SET shipsync.audit_action = 'attach';
+
+------------------------------------------------------------------------------
+-- One table that cannot be read no longer stops a reconciliation pass
+------------------------------------------------------------------------------
+-- A table whose key column was renamed after attach() failed every pass,
+-- so no table was compared; now it is left out, and the run fails naming it.
+CREATE OR REPLACE FUNCTION @extschema@._reconcile_compare(run bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	bids integer[];
+	pids integer[];
+	sbids integer[];
+	b integer;
+	p integer;
+	m record;
+	failed text;
+BEGIN
+	-- (two tests: the second is parsed only once the table exists)
+	IF to_regclass('pg_temp.recon_prepared') IS NULL THEN
+		PERFORM @extschema@._reconcile_prepare(run);
+	ELSIF NOT EXISTS (SELECT 1 FROM pg_temp.recon_prepared x WHERE x.run_id = run) THEN
+		PERFORM @extschema@._reconcile_prepare(run);
+	END IF;
+	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run FOR UPDATE;
+
+	-- the bindings compared: all for a crm pass, else those of the providers chosen
+	SELECT coalesce(array_agg(x.binding_id ORDER BY x.binding_id), '{}') INTO bids
+	  FROM @extschema@.binding x
+	 WHERE x.active
+	   AND (r.kind = 'crm' OR x.provider_id IN (SELECT c.key::integer FROM jsonb_each(r.pulls) c));
+	SELECT coalesce(array_agg(c.key::integer ORDER BY c.key::integer), '{}') INTO pids
+	  FROM jsonb_each(r.pulls) c WHERE c.value->>'state' = 'done';
+	SELECT string_agg(format('the pull of provider %s failed: %s', c.value->>'provider', c.value->>'error'), '; ')
+	  INTO failed
+	  FROM jsonb_each(r.pulls) c WHERE c.value->>'state' = 'failed';
+
+	FOREACH p IN ARRAY pids LOOP
+		PERFORM @extschema@._reconcile_carrier(run, p);
+	END LOOP;
+	FOREACH b IN ARRAY bids LOOP
+		BEGIN
+			PERFORM @extschema@._reconcile_crm(b, r.kind = 'full');
+		EXCEPTION WHEN OTHERS THEN
+			-- a table that cannot be read (row security forced on its
+			-- owner, its key column renamed since attach()): none of its
+			-- tickets is judged; the other tables are compared, and the
+			-- run fails, naming it
+			bids := array_remove(bids, b);
+			failed := concat_ws('; ', failed, format('table %s: %s',
+				(SELECT x.tbl FROM @extschema@.binding x WHERE x.binding_id = b), SQLERRM));
+		END;
+	END LOOP;
+	-- stuck and fees: thresholds are days and bills monthly, so a CRM-side
+	-- pass looks hourly
+	SELECT coalesce(array_agg(s.binding_id ORDER BY s.binding_id), '{}') INTO sbids
+	  FROM @extschema@.reconcile_state s
+	 WHERE s.binding_id = ANY (bids)
+	   AND (r.kind = 'full' OR s.stuck_at IS NULL OR s.stuck_at < now() - interval '1 hour');
+	PERFORM @extschema@._reconcile_stuck(sbids);
+	PERFORM @extschema@._reconcile_fees(sbids);
+	UPDATE @extschema@.reconcile_state s SET stuck_at = now() WHERE s.binding_id = ANY (sbids);
+	SELECT * INTO m FROM @extschema@._reconcile_merge(run, bids, pids, sbids);
+
+	-- the snapshots of earlier runs of these providers are of no more use
+	DELETE FROM @extschema@.carrier_snapshot c WHERE c.provider_id = ANY (pids) AND c.run_id < run;
+	TRUNCATE pg_temp.recon_found, pg_temp.recon_pair, pg_temp.recon_ref, pg_temp.recon_dup,
+		pg_temp.recon_prepared, pg_temp.recon_orders;
+
+	UPDATE @extschema@.reconcile_run x
+	   SET state = CASE WHEN failed IS NULL THEN 'done' ELSE 'failed' END,
+		   error = failed, opened = m.opened, reopened = m.reopened, closed = m.closed,
+		   finished_at = clock_timestamp()
+	 WHERE x.run_id = run;
+END
+$$;

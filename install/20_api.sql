@@ -416,6 +416,31 @@ $$;
 COMMENT ON FUNCTION @extschema@._check_adopt(jsonb, integer, regclass) IS
 	'Internal (attach()): the binding that option adopt names, checked: detached, of the same provider, another table''s, not adopted yet, and the caller''s if its table is still there.';
 
+/*
+ * The type an order key (text) is cast to, to find its row: the key
+ * column's base type, without a length or precision.  The statements that
+ * cast it are made once, at attach(): a key column widened afterwards
+ * (varchar(5) to varchar(10), a domain to its base type) would otherwise
+ * have a longer key cut to the old length, and find another order's row.
+ */
+CREATE FUNCTION @extschema@._key_type(tbl regclass, col name)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH RECURSIVE d(typid, depth) AS (
+		SELECT a.atttypid, 0 FROM pg_attribute a
+		 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+		UNION ALL
+		SELECT t.typbasetype, d.depth + 1 FROM d JOIN pg_type t ON t.oid = d.typid
+		 WHERE t.typtype = 'd')
+	-- a typmod of -1 given: "bit" and "char" keep no length of one
+	SELECT format_type(d.typid, -1) FROM d ORDER BY d.depth DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION @extschema@._key_type(regclass, name) IS
+	'Internal (attach(), reconciliation, resync()): the type order keys are cast to, the key column''s base type without a length, so that a key column widened after attach() never has a key cut to another order''s.';
+
 CREATE FUNCTION @extschema@.attach(tbl regclass, provider text, key_column name DEFAULT NULL,
 								   writeback jsonb DEFAULT NULL, options jsonb DEFAULT '{}')
 RETURNS integer
@@ -435,6 +460,7 @@ DECLARE
 	coltype text;
 	colcat "char";
 	colnumeric boolean;
+	colscale integer;
 	sets text[] := '{}';
 	wbcols text[] := '{}';
 	render text;
@@ -444,6 +470,9 @@ DECLARE
 	relkind "char";
 	adopt integer;
 	gone record;
+	oldwb jsonb;
+	oldskip text[];
+	newskip text[];
 BEGIN
 	IF tbl IS NULL THEN
 		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -492,8 +521,7 @@ BEGIN
 					  HINT = 'Pass key_column => the column that identifies an order.';
 		END IF;
 	END IF;
-	SELECT format_type(a.atttypid, a.atttypmod) INTO keytype
-	FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = keycol AND a.attnum > 0 AND NOT a.attisdropped;
+	keytype := @extschema@._key_type(tbl, keycol);
 	IF keytype IS NULL THEN
 		RAISE EXCEPTION 'column "%" of table % does not exist', keycol, tbl
 			USING ERRCODE = 'undefined_column',
@@ -526,12 +554,23 @@ BEGIN
 		END IF;
 		-- a string type, or for fee_total numeric too (an integer, a float
 		-- or money would round or blur the amount without a word)
-		SELECT t.typcategory, t.oid = 'pg_catalog.numeric'::pg_catalog.regtype
-		INTO colcat, colnumeric
+		SELECT t.typcategory, t.oid = 'pg_catalog.numeric'::pg_catalog.regtype,
+			   -- a numeric's declared scale, the column's or its domain's
+			   -- (typmod: precision << 16 | scale, 11 bits signed, + 4)
+			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END
+		INTO colcat, colnumeric, colscale
 		FROM pg_attribute a JOIN pg_type t
 			ON t.oid = coalesce(nullif(
 				(SELECT typbasetype FROM pg_type WHERE oid = a.atttypid), 0), a.atttypid)
+		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
+				ELSE (SELECT d.typtypmod FROM pg_type d WHERE d.oid = a.atttypid) END) AS tm(m)
 		WHERE a.attrelid = tbl AND a.attname = col;
+		IF f = 'fee_total' AND colnumeric AND colscale < 2 THEN
+			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = format('fee_total is an amount with decimals (12.50, 3.125): a numeric of scale %s would round it.', colscale),
+					  HINT = 'Use a numeric column of at least two decimals, numeric without a scale, or a text column.';
+		END IF;
 		IF colcat <> 'S' AND NOT (f = 'fee_total' AND colnumeric) THEN
 			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
 				USING ERRCODE = 'datatype_mismatch',
@@ -599,12 +638,17 @@ BEGIN
 			PERFORM @extschema@._explain_as_owner(tbl, wbsql,
 				'{text[], text[], text[], text[], text[], numeric[]}');
 		END IF;
-	EXCEPTION WHEN OTHERS THEN
-		RAISE EXCEPTION 'cannot attach table %: %', tbl, SQLERRM
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'Check option cancel_when and the writeback columns'' types.';
+	EXCEPTION
+		-- row security forced on the owner: its own error says what to do
+		WHEN object_not_in_prerequisite_state THEN
+			RAISE;
+		WHEN OTHERS THEN
+			RAISE EXCEPTION 'cannot attach table %: %', tbl, SQLERRM
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Check option cancel_when and the writeback columns'' types.';
 	END;
 
+	SELECT x.writeback INTO oldwb FROM @extschema@.binding x WHERE x.tbl = attach.tbl;
 	INSERT INTO @extschema@.binding AS b (tbl, provider_id, key_column, writeback, options, render_sql, writeback_sql)
 	VALUES (attach.tbl, pid, keycol, wb, opts, render, wbsql)
 	ON CONFLICT ON CONSTRAINT binding_tbl_key DO UPDATE
@@ -647,6 +691,28 @@ BEGIN
 					  HINT = format('If %s replaces that table, detach it and attach it again with options {"adopt": %s}.',
 									tbl, gone.binding_id);
 		END LOOP;
+	END IF;
+
+	-- attached again with other write-back columns: the digests of the
+	-- orders shipped (shipment.content_digest) left the old ones out, and
+	-- every order whose old column holds a value would read as changed
+	-- since it was sent (address_changed_after_send).  The digest of an
+	-- order unchanged since is made again without the new columns; an
+	-- order changed since keeps its digest, and is still told.  The rows
+	-- are read as the table's owner, as reconciliation reads them.
+	oldskip := ARRAY(SELECT w.value #>> '{}' FROM jsonb_each(oldwb) w ORDER BY 1);
+	newskip := ARRAY(SELECT c FROM unnest(wbcols) AS c ORDER BY 1);
+	IF oldwb IS NOT NULL AND oldskip IS DISTINCT FROM newskip
+	   AND EXISTS (SELECT 1 FROM @extschema@.shipment x
+				   WHERE x.binding_id = bid AND x.content_digest IS NOT NULL) THEN
+		EXECUTE format($d$
+			UPDATE @extschema@.shipment s
+			   SET content_digest = @extschema@._row_digest(t.r, $2)
+			  FROM @extschema@._select_as_owner($1, $4, NULL, NULL) AS t(k text COLLATE "C", r %s)
+			 WHERE s.binding_id = $5 AND s.order_key = t.k
+			   AND s.content_digest = @extschema@._row_digest(t.r, $3)$d$, tbl)
+		USING tbl, newskip, oldskip,
+			  format('SELECT t.%I::pg_catalog.text, t.*::%s FROM %s t', keycol, tbl, tbl), bid;
 	END IF;
 
 	trigargs := array_to_string(ARRAY(SELECT quote_literal(x)

@@ -630,10 +630,11 @@ DECLARE
 	from_rows text;
 BEGIN
 	SELECT x.* INTO b FROM @extschema@.binding x WHERE x.binding_id = bid;
-	-- the key's type, with the key column's own collation when it has one:
-	-- an order key of ours (COLLATE "C") cast to it then compares as the
-	-- column does, and can use its index
-	SELECT format_type(a.atttypid, a.atttypmod)
+	-- the key's type (its base type, without a length: _key_type()), with the
+	-- key column's own collation when it has one: an order key of ours
+	-- (COLLATE "C") cast to it then compares as the column does, and can use
+	-- its index
+	SELECT @extschema@._key_type(b.tbl, b.key_column)
 		   || CASE WHEN co.oid IS NULL THEN '' ELSE format(' COLLATE %I.%I', cn.nspname, co.collname) END
 	  INTO keytype
 	  FROM pg_attribute a
@@ -1316,7 +1317,17 @@ BEGIN
 		PERFORM @extschema@._reconcile_carrier(run, p);
 	END LOOP;
 	FOREACH b IN ARRAY bids LOOP
-		PERFORM @extschema@._reconcile_crm(b, r.kind = 'full');
+		BEGIN
+			PERFORM @extschema@._reconcile_crm(b, r.kind = 'full');
+		EXCEPTION WHEN OTHERS THEN
+			-- a table that cannot be read (row security forced on its
+			-- owner, its key column renamed since attach()): none of its
+			-- tickets is judged; the other tables are compared, and the
+			-- run fails, naming it
+			bids := array_remove(bids, b);
+			failed := concat_ws('; ', failed, format('table %s: %s',
+				(SELECT x.tbl FROM @extschema@.binding x WHERE x.binding_id = b), SQLERRM));
+		END;
 	END LOOP;
 	-- stuck and fees: thresholds are days and bills monthly, so a CRM-side
 	-- pass looks hourly
@@ -1477,9 +1488,7 @@ BEGIN
 	END IF;
 	-- that exist (the keys are compared as the key column's type, by the
 	-- table's owner: a domain's check is the owner's code)
-	SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO keytype
-	  FROM pg_catalog.pg_attribute a
-	 WHERE a.attrelid OPERATOR(pg_catalog.=) b.tbl AND a.attname OPERATOR(pg_catalog.=) b.key_column;
+	keytype := @extschema@._key_type(b.tbl, b.key_column);
 	BEGIN
 		ks := ARRAY(SELECT o.k FROM @extschema@._select_as_owner(b.tbl,
 				pg_catalog.format('SELECT t.%1$I::pg_catalog.text FROM %2$s t'

@@ -131,6 +131,98 @@ SELECT format('CREATE TRIGGER shipsync_capture AFTER INSERT ON not_parted FOR EA
 INSERT INTO not_parted VALUES (3, 'north', 'Sun');
 DROP TABLE not_parted, parted;
 
+-- a key column widened after attach(), as such and through a domain: an
+-- intent's key is cast to the column's base type without its length, so
+-- a longer key is never cut to another order's key, neither to render
+-- the order nor to write its waybill back
+CREATE DOMAIN short_ref AS varchar(5);
+CREATE TABLE widened (ref varchar(5) PRIMARY KEY, address text, waybill text);
+CREATE TABLE widened_d (ref short_ref PRIMARY KEY, address text, waybill text);
+SELECT shipsync.attach('widened', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+SELECT shipsync.attach('widened_d', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+INSERT INTO widened VALUES ('ABCDE', 'first customer');
+INSERT INTO widened_d VALUES ('ABCDE', 'first customer');
+ALTER TABLE widened ALTER ref TYPE varchar(10);
+ALTER TABLE widened_d ALTER ref TYPE varchar(10);
+INSERT INTO widened VALUES ('ABCDEFGH', 'second customer');
+INSERT INTO widened_d VALUES ('ABCDEFGH', 'second customer');
+SELECT b.tbl, i.order_key, r.body
+  FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id), shipsync.render_request(i.id) r
+ WHERE b.tbl IN ('widened'::regclass, 'widened_d'::regclass) ORDER BY i.id;
+\set ECHO none
+SELECT format('PREPARE wb_%s AS %s', b.tbl, b.writeback_sql) FROM shipsync.binding b
+ WHERE b.tbl IN ('widened'::regclass, 'widened_d'::regclass) \gexec
+\set ECHO all
+EXECUTE wb_widened('{ABCDEFGH}', '{NULL}', '{SF-2}', '{NULL}', '{NULL}', '{NULL}');
+EXECUTE wb_widened_d('{ABCDEFGH}', '{NULL}', '{SF-2}', '{NULL}', '{NULL}', '{NULL}');
+SELECT 'widened' AS tbl, * FROM widened UNION ALL SELECT 'widened_d', * FROM widened_d ORDER BY 1, 2;
+DEALLOCATE wb_widened;
+DEALLOCATE wb_widened_d;
+DROP TABLE widened, widened_d;
+DROP DOMAIN short_ref;
+
+-- row-level security forced on the table's owner: pg_shipsync reads and
+-- writes orders as the owner, and an order its policies hide is not a
+-- deleted one.  attach() refuses such a table; forced after attach(), its
+-- orders fail to render and to be read, with an error saying why, instead
+-- of being taken for gone and never sent
+CREATE ROLE shipsync_test_owner;
+GRANT USAGE ON SCHEMA sales TO shipsync_test_owner;
+CREATE TABLE tenanted (id int PRIMARY KEY, tenant text NOT NULL, address text, waybill text);
+ALTER TABLE tenanted OWNER TO shipsync_test_owner;
+ALTER TABLE tenanted ENABLE ROW LEVEL SECURITY;
+CREATE POLICY by_tenant ON tenanted USING (tenant = current_setting('app.tenant', true));
+SELECT shipsync.attach('tenanted', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+INSERT INTO tenanted VALUES (1, 'north', 'Nanshan');
+ALTER TABLE tenanted FORCE ROW LEVEL SECURITY;
+SELECT r.body FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id), shipsync.render_request(i.id) r
+ WHERE b.tbl = 'tenanted'::regclass;
+SELECT shipsync.resync('tenanted', keys => '{1}') AS enqueued;
+SELECT shipsync.detach('tenanted');
+SELECT shipsync.attach('tenanted', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+-- not forced: the owner sees every row
+ALTER TABLE tenanted NO FORCE ROW LEVEL SECURITY;
+SELECT shipsync.attach('tenanted', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+SELECT r.body FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id), shipsync.render_request(i.id) r
+ WHERE b.tbl = 'tenanted'::regclass;
+DROP TABLE tenanted;
+REVOKE USAGE ON SCHEMA sales FROM shipsync_test_owner;
+DROP ROLE shipsync_test_owner;
+
+-- a key of a date type is the same text whatever the session's DateStyle
+-- (ISO): 07/12/2026, written by a session of SQL, DMY, was read back as
+-- July 12th, another order's key, and that order was sent in its place;
+-- resync() takes keys as the session writes them, and queues them as ISO
+CREATE TABLE dated (d date PRIMARY KEY, customer text);
+SELECT shipsync.attach('dated', 'acme') > 0 AS attached;
+INSERT INTO dated VALUES ('2026-07-12', 'July');
+SET DateStyle = 'SQL, DMY';
+INSERT INTO dated VALUES ('2026-12-07', 'December');
+RESET DateStyle;
+SELECT i.order_key, r.body FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id),
+	shipsync.render_request(i.id) r WHERE b.tbl = 'dated'::regclass ORDER BY i.id;
+SELECT count(*) > 0 AS claimed FROM shipsync.claim(1, 100, 60000);
+UPDATE shipsync.outbox o SET state = 'done' FROM shipsync.binding b
+ WHERE b.binding_id = o.binding_id AND b.tbl = 'dated'::regclass;
+SET DateStyle = 'SQL, DMY';
+SELECT shipsync.resync('dated', keys => ARRAY['07/12/2026']) AS enqueued;
+RESET DateStyle;
+SELECT o.order_key, o.op, o.state FROM shipsync.outbox o JOIN shipsync.binding b USING (binding_id)
+ WHERE b.tbl = 'dated'::regclass ORDER BY o.id;
+DROP TABLE dated;
+-- and a timestamptz key is the same text whatever the session's TimeZone
+-- (UTC): the update of an order written in another zone was another order
+CREATE TABLE stamped (at timestamptz PRIMARY KEY, customer text);
+SELECT shipsync.attach('stamped', 'acme') > 0 AS attached;
+SET TimeZone = 'Asia/Shanghai';
+INSERT INTO stamped VALUES ('2026-12-07 18:00:00+08', 'Shanghai');
+SET TimeZone = 'America/New_York';
+UPDATE stamped SET customer = 'New York';
+RESET TimeZone;
+SELECT i.order_key, i.op FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id)
+ WHERE b.tbl = 'stamped'::regclass ORDER BY i.id;
+DROP TABLE stamped;
+
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA sales CASCADE;
 DROP OWNED BY shipsync_test_app;

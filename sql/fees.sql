@@ -656,6 +656,22 @@ SELECT b.binding_id, '1', b.provider_id, 'X31', timestamptz '2026-05-10 12:00+00
 FROM shipsync.binding b WHERE b.tbl = 'orders3'::regclass;
 SELECT pg_temp.bill('2026-11', E'X31,freight,13.70\n') ->> 'new' AS new;
 SELECT id, fee_text FROM orders3;
+-- so would a numeric column of fewer than two decimals, declared or
+-- through a domain (13.70 was written as 14), and is refused too; a
+-- numeric of two decimals is taken
+CREATE DOMAIN whole_amount AS numeric(8,0);
+CREATE TABLE orders4 (id int PRIMARY KEY, waybill text, fee numeric(8,0), fee_dime numeric(8,1),
+	fee_dom whole_amount, fee_cents numeric(10,2));
+SELECT pg_temp.err($$SELECT shipsync.attach('orders4', 'gen2', writeback => '{"tracking_number": "waybill", "fee_total": "fee"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders4', 'gen2', writeback => '{"fee_total": "fee_dime"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.attach('orders4', 'gen2', writeback => '{"fee_total": "fee_dom"}')$$);
+SELECT shipsync.attach('orders4', 'gen2', writeback => '{"tracking_number": "waybill", "fee_total": "fee_cents"}') > 0 AS attached;
+INSERT INTO orders4 (id) VALUES (1);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, '1', b.provider_id, 'X41', timestamptz '2026-05-10 12:00+00'
+FROM shipsync.binding b WHERE b.tbl = 'orders4'::regclass;
+SELECT pg_temp.bill('2027-01', E'X41,freight,13.70\n') ->> 'new' AS new;
+SELECT id, fee, fee_cents FROM orders4;
 
 -- an order shipped again under its key: its shipment row holds the new
 -- waybill, and the old waybill's quote is no longer its quote

@@ -380,3 +380,25 @@ SELECT pg_temp.push('gen', jsonb_build_array(
 	pg_temp.ev('wb-3', 'W52', 'delivered', '2026-03-02T01:00:00Z')))->'shipments_changed' AS changed;
 SELECT count(*) AS writeback_tickets FROM shipsync.exception_ticket WHERE kind = 'writeback_failed';
 DROP TRIGGER refuse_archived ON crm.orders;
+
+------------------------------------------------------------------------------
+-- Row-level security forced on the table's owner, as whom the write-back
+-- runs: an order its policies hide was written nothing, without a ticket.
+-- Now its write-back fails, and the ticket says why
+------------------------------------------------------------------------------
+CREATE ROLE shipsync_test_rls_owner;
+GRANT USAGE ON SCHEMA crm TO shipsync_test_rls_owner;
+ALTER TABLE crm.orders OWNER TO shipsync_test_rls_owner;
+ALTER TABLE crm.orders ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+CREATE POLICY none_seen ON crm.orders USING (false);
+SELECT pg_temp.push('gen', jsonb_build_array(
+	pg_temp.ev('rls-1', 'W51', 'delivered', '2026-03-03T01:00:00Z')))->'shipments_changed' AS changed;
+SELECT s.order_key, s.status, o.ship_status FROM shipsync.shipment s
+JOIN crm.orders o ON o.id::text = s.order_key WHERE s.order_key = '51';
+SELECT kind, order_key, detail FROM shipsync.exception_ticket
+WHERE kind = 'writeback_failed' AND order_key = '51';
+DROP POLICY none_seen ON crm.orders;
+ALTER TABLE crm.orders NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;
+ALTER TABLE crm.orders OWNER TO CURRENT_USER;
+REVOKE USAGE ON SCHEMA crm FROM shipsync_test_rls_owner;
+DROP ROLE shipsync_test_rls_owner;

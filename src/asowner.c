@@ -178,6 +178,7 @@ select_as_owner(FunctionCallInfo fcinfo, ArrayType *skip)
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		elog(ERROR, "a statement to run as a table's owner needs its table and its text");
 	owner = shipsync_table_owner(PG_GETARG_OID(0));
+	shipsync_check_owner_sees_all(PG_GETARG_OID(0), owner);
 	stmt = text_to_cstring(PG_GETARG_TEXT_PP(1));
 
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
@@ -210,6 +211,8 @@ select_as_owner(FunctionCallInfo fcinfo, ArrayType *skip)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	shipsync_become_owner(owner, &save);
+	/* keys read as text are the text capture gives them */
+	shipsync_keys_as_iso();
 	PG_TRY();
 	{
 		/* planned as the owner too: planning may run its IMMUTABLE functions */

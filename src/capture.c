@@ -51,6 +51,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
@@ -701,12 +702,17 @@ capture_check_binding(int32 binding_id, int32 provider_id, Relation rel)
  * The key as text, through the key type's output function; the function
  * of the last key type is kept (a type's output function never changes),
  * where SPI_getvalue() would look it up in the syscache for every row.
+ * A date, time or interval is printed as ISO 8601, in UTC, whatever the
+ * session's DateStyle, IntervalStyle and TimeZone (shipsync_keys_as_iso()):
+ * the dispatcher reads the key back with its own settings, and
+ * reconciliation and resync() print keys the same way.
  */
 static char *
 capture_key(Relation rel, HeapTuple tuple, int keyattno, const char *keycol)
 {
 	static Oid	out_type = InvalidOid;
 	static FmgrInfo out_fn;
+	static bool out_styled;
 	TupleDesc	desc = RelationGetDescr(rel);
 	Oid			typid = TupleDescAttr(desc, keyattno - 1)->atttypid;
 	bool		isnull;
@@ -719,13 +725,27 @@ capture_key(Relation rel, HeapTuple tuple, int keyattno, const char *keycol)
 		{
 			Oid			fn;
 			bool		isvarlena;
+			char		category;
+			bool		preferred;
 
 			out_type = InvalidOid;
 			getTypeOutputInfo(typid, &fn, &isvarlena);
 			fmgr_info_cxt(fn, &out_fn, TopMemoryContext);
+			get_type_category_preferred(getBaseType(typid), &category, &preferred);
+			out_styled = (category == TYPCATEGORY_DATETIME ||
+						  category == TYPCATEGORY_TIMESPAN);
 			out_type = typid;
 		}
-		key = OutputFunctionCall(&out_fn, d);
+		if (out_styled)
+		{
+			int			nest = NewGUCNestLevel();
+
+			shipsync_keys_as_iso();
+			key = OutputFunctionCall(&out_fn, d);
+			AtEOXact_GUC(false, nest);
+		}
+		else
+			key = OutputFunctionCall(&out_fn, d);
 	}
 	if (key == NULL)
 		ereport(ERROR,

@@ -347,6 +347,7 @@ shipsync_explain_as_owner(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	shipsync_check_owner_sees_all(relid, shipsync_table_owner(relid));
 	shipsync_become_owner(shipsync_table_owner(relid), &save);
 	PG_TRY();
 	{

@@ -709,6 +709,7 @@ render_read_rows(Binding *b, Claimed *cs, int *idx, int n, MemoryContext keep,
 	 * committed just before the lock would be claimed but not seen here.
 	 */
 	owner = shipsync_table_owner(b->relid);
+	shipsync_check_owner_sees_all(b->relid, owner);
 	rc = shipsync_execute_as_owner(owner, b->render_plan, ra, false);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "rendering orders failed: %s", SPI_result_code_string(rc));

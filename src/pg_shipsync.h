@@ -1021,7 +1021,9 @@ typedef struct ShipsyncUserSave
 extern void shipsync_become_owner(Oid owner, ShipsyncUserSave *save);
 extern void shipsync_restore_user(const ShipsyncUserSave *save);
 extern Oid	shipsync_table_owner(Oid relid);
+extern void shipsync_check_owner_sees_all(Oid relid, Oid owner);
 extern void shipsync_pin_search_path(void);
+extern void shipsync_keys_as_iso(void);
 
 /* the deferrable constraints a write sets IMMEDIATE, to set back after it */
 typedef struct ShipsyncConstraints

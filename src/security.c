@@ -58,9 +58,11 @@
 #include "nodes/makefuncs.h"
 #include "nodes/parsenodes.h"
 #include "utils/acl.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/syscache.h"
 
 #include "pg_shipsync.h"
@@ -197,6 +199,35 @@ shipsync_constraints_restore(ShipsyncConstraints *c)
 	list_free(deferred);
 }
 
+/*
+ * ERROR unless the owner of order table relid sees every row of it.
+ * Orders are read and written as the table's owner, and an order its row
+ * security hides from the owner reads as an order deleted: its create
+ * would end as "nothing to send", its write-back would write nothing, and
+ * reconciliation would not see it, all without a word.  The owner is
+ * exempt from the table's policies unless the table has FORCE ROW LEVEL
+ * SECURITY and the owner is no superuser and has no BYPASSRLS.
+ */
+void
+shipsync_check_owner_sees_all(Oid relid, Oid owner)
+{
+	char	   *owner_name;
+	char	   *tbl;
+
+	if (check_enable_rls(relid, owner, true) != RLS_ENABLED)
+		return;
+	owner_name = GetUserNameFromId(owner, false);
+	tbl = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+									 get_rel_name(relid));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("row-level security may hide orders of table %s from its owner %s",
+					tbl, owner_name),
+			 errdetail("pg_shipsync reads and writes the orders as the table's owner, and the table has FORCE ROW LEVEL SECURITY: an order hidden from the owner would be taken for a deleted one, and never sent."),
+			 errhint("ALTER TABLE %s NO FORCE ROW LEVEL SECURITY, or give role %s the BYPASSRLS attribute.",
+					 tbl, quote_identifier(owner_name))));
+}
+
 /* The owner of a relation; ERROR when it does not exist. */
 Oid
 shipsync_table_owner(Oid relid)
@@ -211,6 +242,26 @@ shipsync_table_owner(Oid relid)
 	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
 	return owner;
+}
+
+/*
+ * Print dates, times and intervals as ISO 8601 (DateStyle ISO, the order
+ * of day and month kept for reading; IntervalStyle postgres; TimeZone UTC)
+ * until the current GUC nest level ends: the caller has made one.  An
+ * order key of such a type is its text as written this way, whatever the
+ * session's settings: "07/12/2026" of a session of SQL, DMY was read back
+ * by the dispatcher, of ISO, MDY, as July 12th, another order's key; and
+ * one timestamptz was two keys in sessions of two time zones.
+ */
+void
+shipsync_keys_as_iso(void)
+{
+	(void) set_config_option("datestyle", "ISO", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("timezone", "UTC", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 }
 
 /*

@@ -18,7 +18,9 @@
  * constraints set IMMEDIATE for the statement, checked at its end, since a
  * restricted operation cannot leave them deferred); and with
  * capture suppressed (capture.c), so that the rows we write enqueue no
- * intent: no echo.
+ * intent: no echo.  A table whose row security is forced on an owner
+ * without BYPASSRLS is refused (shipsync_check_owner_sees_all()): an
+ * order hidden from the owner would be written nothing, without a word.
  *
  * A binding without a write-back statement, a binding that no longer
  * exists, or an order table that no longer exists is written nothing, and
@@ -141,6 +143,7 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
 		return;					/* dropped: its bindings are inactive */
 	owner = ((Form_pg_class) GETSTRUCT(ctup))->relowner;
 	ReleaseSysCache(ctup);
+	shipsync_check_owner_sees_all(relid, owner);
 	plan = writeback_plan(binding_id, sql);
 	pgstat_report_activity(STATE_RUNNING, "writing results back onto the orders");
 

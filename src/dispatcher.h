@@ -382,8 +382,9 @@ extern void health_poll_answered(int32 provider_id, const char *name,
 extern TimestampTz health_wake_at(Provider *p, TimestampTz now);
 extern void health_sent(Provider *p, const Claimed *cs, int n);
 extern void health_hold(Provider *p, TimestampTz until);
-extern void health_poll_hold(int32 provider_id, const char *name, TimestampTz until,
-							 long delay_ms);
+extern void health_poll_result(int32 provider_id, const char *name, const char *what,
+							   bool answered, long http_status, const char *retry_after,
+							   const char *ratelimit_reset);
 extern bool health_end_hold(Provider *p);
 extern void health_record(Provider *p, const ShipResult *r, TimestampTz now);
 

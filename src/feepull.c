@@ -22,7 +22,8 @@
  * tracking polls, at most FEE_PULL_INFLIGHT per provider and within its
  * token bucket, pause, Retry-After holds and an open circuit breaker's
  * cooldown (health.c: an answered pull closes it, as a tracking poll
- * does; failed pulls do not open it).  Each answer is applied in
+ * does; failed pulls do not open it; a 429 or 503 asking to wait holds the
+ * provider).  Each answer is applied in
  * its own subtransaction (fees.c stores it as a pull); failures are summed
  * up in one LOG line per provider and round.
  *
@@ -404,8 +405,10 @@ feepull_apply(void)
 		ErrorData  *e;
 		char	   *error = NULL;
 
-		if (t->curl_code == CURLE_OK && t->http_status > 0 && t->http_status < 500)
-			health_poll_answered(f->provider_id, f->provider_name, GetCurrentTimestamp());
+		/* asked to wait: no pull (and no delivery) before then */
+		health_poll_result(f->provider_id, f->provider_name, "fee pull",
+						   t->curl_code == CURLE_OK, t->http_status, t->retry_after,
+						   t->ratelimit_reset);
 		e = shipsync_subxact(feepull_apply_one, f);
 
 		if (e)

@@ -210,19 +210,38 @@ hold_raise(ShipsyncProviderState *st, TimestampTz until)
 }
 
 /*
- * A tracking poll of provider provider_id (named name) was answered 429 or
- * 503 with a wait: nothing is sent to it, polls or deliveries, before
- * until, as for a delivery's answer (health_hold).
+ * A tracking poll or a fee pull (what) of provider provider_id, named
+ * name, ended; answered is whether an HTTP answer came.  A 429 or 503
+ * asking to wait (shipsync_wait_asked: Retry-After, X-RateLimit-Reset)
+ * holds the provider, polls, pulls and deliveries alike, as a delivery's
+ * answer does (health_hold); any other answer below 500 closes its breaker
+ * (health_poll_answered).  A failed transfer counts for nothing.
  */
 void
-health_poll_hold(int32 provider_id, const char *name, TimestampTz until, long delay_ms)
+health_poll_result(int32 provider_id, const char *name, const char *what,
+				   bool answered, long http_status, const char *retry_after,
+				   const char *ratelimit_reset)
 {
-	ShipsyncProviderState *st = shipsync_provider_state(MyDatabaseId, provider_id);
+	TimestampTz now = GetCurrentTimestamp();
 
-	if (st != NULL && hold_raise(st, until))
-		ereport(LOG,
-				(errmsg("pg_shipsync: provider \"%s\" asked a tracking poll to wait %ld ms; sending to it is paused until then",
-						name, delay_ms)));
+	if (!answered || http_status <= 0)
+		return;
+	if (http_status == 429 || http_status == 503)
+	{
+		long		delay = shipsync_wait_asked(http_status, retry_after, ratelimit_reset,
+												time(NULL));
+		ShipsyncProviderState *st;
+
+		if (delay < 0)
+			return;
+		st = shipsync_provider_state(MyDatabaseId, provider_id);
+		if (st != NULL && hold_raise(st, TimestampTzPlusMilliseconds(now, delay)))
+			ereport(LOG,
+					(errmsg("pg_shipsync: provider \"%s\" asked a %s to wait %ld ms; sending to it is paused until then",
+							name, what, delay)));
+	}
+	else if (http_status < 500)
+		health_poll_answered(provider_id, name, now);
 }
 
 /*

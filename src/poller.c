@@ -389,19 +389,10 @@ poller_apply(void)
 		ErrorData  *e;
 
 		poller_count(f, NULL);
-		if (t->curl_code == CURLE_OK && (t->http_status == 429 || t->http_status == 503))
-		{
-			/* asked to wait: no poll (and no delivery) before then */
-			long		delay = shipsync_wait_asked(t->http_status, t->retry_after,
-													t->ratelimit_reset, time(NULL));
-
-			if (delay >= 0)
-				health_poll_hold(f->provider_id, f->provider_name,
-								 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay),
-								 delay);
-		}
-		else if (t->curl_code == CURLE_OK && t->http_status > 0 && t->http_status < 500)
-			health_poll_answered(f->provider_id, f->provider_name, GetCurrentTimestamp());
+		/* asked to wait: no poll (and no delivery) before then */
+		health_poll_result(f->provider_id, f->provider_name, "tracking poll",
+						   t->curl_code == CURLE_OK, t->http_status, t->retry_after,
+						   t->ratelimit_reset);
 		if (t->curl_code != CURLE_OK || t->http_status < 200 || t->http_status >= 300)
 		{
 			poller_count(f, psprintf("GET %s: %s", t->url,

@@ -23,7 +23,8 @@
 #      breaker counts, and no "out of resources" in the log;
 #   9. a tracking poll answered 429 with Retry-After holds the provider;
 #  10. so does a reconciliation pull answered 429 with X-RateLimit-Reset
-#      alone, as deliveries and polls are.
+#      alone, as deliveries and polls are;
+#  11. and a fee pull answered 429 with Retry-After.
 use strict;
 use warnings;
 use FindBin;
@@ -370,6 +371,40 @@ is($closed, 1, 'close: logged once');
 		'pull asked to wait by X-RateLimit-Reset: the provider is held until then');
 	is(sql("SELECT state FROM shipsync.reconcile_run WHERE run_id = $run"), 'pulling',
 		'pull asked to wait: the run waits, it has not failed');
+	sim_post($sim, '/_sim/faults', { rules => [] });
+}
+
+###########################################################################
+# 11. A fee pull asked to wait holds the provider
+###########################################################################
+{
+	my $key = 'MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
+	sql(qq{SELECT shipsync.create_provider('feewait', 'generic', '$sim->{url}',
+			'{"timeout_ms": 5000, "max_attempts": 1000, "fee_pull_after": "1 second",
+			  "webhook_secret": "whsec_$key"}');
+		CREATE TABLE crm.feewait (LIKE crm.orders INCLUDING ALL);
+		SELECT shipsync.attach('crm.feewait', 'feewait', writeback => '{"tracking_number": "waybill_no"}');});
+	my $id = sql("SELECT nextval('crm.orders_id_seq')");
+	sql("INSERT INTO crm.feewait (id, customer) VALUES ($id, 'Billed')");
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.feewait WHERE id = $id", 30),
+		'fee pull asked to wait: an order shipped');
+	my ($sid, $tn) = split(/\|/, sql(qq{SELECT provider_shipment_id || '|' || tracking_number
+		FROM shipsync.shipment WHERE order_key = '$id'}));
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'status', status => 429, retry_after => '120', method => 'GET',
+					   path => "^/shipments/$sid/fees\$", name => 'fees_429' } ] });
+	# its delivery, as the carrier pushes it: the fee pull is due a second later
+	my $ts = int(time());
+	my $at = sql(q{SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')});
+	my $body = qq({"events": [{"id": "fw-$id", "tracking_number": "$tn", "status": "delivered", "occurred_at": "$at"}]});
+	sql(qq{SELECT shipsync.ingest_tracking('feewait', \$b\$$body\$b\$, jsonb_build_object(
+		'webhook-id', 'fw-$id', 'webhook-timestamp', '$ts',
+		'webhook-signature', 'v1,' || encode(shipsync._hmac_sha256(decode('$key', 'base64'),
+			convert_to('fw-$id.$ts.' || \$b\$$body\$b\$, 'UTF8')), 'base64')))});
+	ok( wait_until($node, "SELECT hold_until > now() + interval '100 s' FROM shipsync.provider_health"
+			  . " WHERE provider = 'feewait'", 30),
+		'fee pull asked to wait: the provider is held as long as the carrier asked')
+	  or diag sql(q{SELECT pulls || ' ' || coalesce(last_result, '') FROM shipsync.fee_pull});
 	sim_post($sim, '/_sim/faults', { rules => [] });
 }
 

@@ -1781,7 +1781,7 @@ dispatcher_start(const char *dbname)
 
 	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
 	/* a superuser session: immune to ALTER DATABASE ... SET search_path */
-	shipsync_pin_search_path();
+	shipsync_pin_worker_session(true);
 	/* a queue table analyzed in the middle of a take is not empty */
 	shipsync_distrust_empty_statistics();
 	pgstat_report_appname("pg_shipsync dispatcher");

@@ -1022,6 +1022,7 @@ extern void shipsync_become_owner(Oid owner, ShipsyncUserSave *save);
 extern void shipsync_restore_user(const ShipsyncUserSave *save);
 extern Oid	shipsync_table_owner(Oid relid);
 extern void shipsync_pin_search_path(void);
+extern void shipsync_pin_worker_session(bool writer);
 
 /* the deferrable constraints a write sets IMMEDIATE, to set back after it */
 typedef struct ShipsyncConstraints

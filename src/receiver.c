@@ -1542,7 +1542,7 @@ shipsync_receiver_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(shipsync_receiver_database, NULL, 0);
 	/* a superuser session: no ALTER DATABASE ... SET search_path steers it */
-	shipsync_pin_search_path();
+	shipsync_pin_worker_session(false);
 	pgstat_report_appname("pg_shipsync receiver");
 	recv_prev_log_hook = emit_log_hook;
 	emit_log_hook = recv_log_hook;

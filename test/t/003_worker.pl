@@ -8,7 +8,8 @@ use lib $FindBin::RealBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time);
+use Time::HiRes qw(time usleep);
+use JSON::PP;
 use ShipsyncTest;
 
 my $sim = start_sim();
@@ -68,6 +69,75 @@ ok( wait_until($node,
 		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
 		  . " AND datname = 'third'", 20),
 	'a reload stops the dispatcher of a database left out');
+
+# Settings of the database (or of the role the workers connect as) that
+# would change how their transactions behave do not reach them: with these
+# the dispatcher failed every pass (read-only, or serialization failures),
+# write-backs of orders another session held for a moment went dead
+# (lock_timeout), and the extension's own triggers did not fire (replica).
+# The test's own sessions set them back for themselves.
+my $own = "SET default_transaction_read_only = off; SET lock_timeout = 0;"
+  . " SET session_replication_role = origin; SET default_transaction_isolation = 'read committed';";
+$node->safe_psql('postgres', q{
+	ALTER DATABASE later SET default_transaction_read_only = on;
+	ALTER DATABASE later SET default_transaction_isolation = 'serializable';
+	ALTER DATABASE later SET session_replication_role = replica;
+	ALTER DATABASE later SET lock_timeout = '50ms';});
+$pid = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'later'");
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+ok( wait_until($node,
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+		  . " AND datname = 'later' AND pid <> $pid", 20),
+	'a dispatcher under the database settings runs');
+my $log_at = -s $node->logfile;
+$node->safe_psql('later', "$own INSERT INTO crm.orders (customer) VALUES ('settings 1'), ('settings 2')");
+ok(wait_until($node, "$own SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL", 30, 'later'),
+	'read-only and serializable database defaults: orders are still delivered');
+unlike(slurp_file($node->logfile, $log_at),
+	qr/read-only transaction|could not serialize|goes on after an error/,
+	'and the dispatcher does not fail');
+
+# replica: the ticket of a refused order gets its history row
+sim_post($sim, '/_sim/faults',
+	{ rules => [ { fault => 'status', status => 422, match_order_ref => '.', count => 1 } ] });
+$node->safe_psql('later', "$own INSERT INTO crm.orders (customer) VALUES ('settings refused')");
+ok( wait_until($node,
+		"$own SELECT count(*) = 1 FROM shipsync.exception_ticket t JOIN crm.orders o"
+		  . " ON o.id::text = t.order_key WHERE o.customer = 'settings refused'", 30, 'later'),
+	'session_replication_role = replica: the refused order has its ticket');
+is( $node->safe_psql('later',
+		"$own SELECT count(*) FROM shipsync.ticket_event e JOIN shipsync.exception_ticket t USING (ticket_id)"
+		  . " JOIN crm.orders o ON o.id::text = t.order_key"
+		  . " WHERE o.customer = 'settings refused' AND e.event = 'opened'"),
+	'1', 'and its history says it was opened');
+sim_post($sim, '/_sim/faults', { rules => [] });
+
+# lock_timeout: an order row held by another session for longer than it
+# is written back when the session lets go, not given up
+# (the answer is held back by the simulator, under the provider's
+# timeout_ms of 2 s, while the row is taken)
+my $holder = $node->background_psql('later');
+$holder->query_safe($own);
+sim_post($sim, '/_sim/faults', { rules => [ { fault => 'slow', ms => 20000, held => JSON::PP::true } ] });
+$node->safe_psql('later', "$own INSERT INTO crm.orders (customer) VALUES ('settings held')");
+ok( wait_until($node,
+		"$own SELECT count(*) = 1 FROM shipsync.outbox WHERE state = 'in_flight'", 30, 'later'),
+	'an order is on the wire');
+$holder->query_safe("BEGIN");
+$holder->query_safe("SELECT id FROM crm.orders WHERE customer = 'settings held' FOR UPDATE");
+sim_post($sim, '/_sim/release');
+sim_post($sim, '/_sim/faults', { rules => [] });
+# the answer is in, and the write-back meets the held row
+usleep(1_000_000);
+$holder->query_safe("COMMIT");
+$holder->quit;
+ok( wait_until($node,
+		"$own SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'settings held'", 30, 'later'),
+	'lock_timeout = 50ms: the held order is written back once let go');
+is($node->safe_psql('later', "$own SELECT count(*) FROM shipsync.outbox WHERE state = 'dead' AND error_class = 'writeback_failed'"),
+	'0', 'and no intent died of the wait');
+$node->safe_psql('postgres', 'ALTER DATABASE later RESET ALL');
 
 # a clean shutdown stops everything
 $node->stop;

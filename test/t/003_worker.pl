@@ -14,7 +14,7 @@ use ShipsyncTest;
 
 my $sim = start_sim();
 # a long idle check: only the commit-time latch can explain quick delivery
-my $node = shipsync_node('worker', "shipsync.databases = 'postgres, later'",
+my ($node, $recv_port) = receiver_node('worker', "shipsync.databases = 'postgres, later'",
 	"shipsync.idle_check_ms = 600000");
 
 ok( wait_until($node,
@@ -138,6 +138,47 @@ ok( wait_until($node,
 is($node->safe_psql('later', "$own SELECT count(*) FROM shipsync.outbox WHERE state = 'dead' AND error_class = 'writeback_failed'"),
 	'0', 'and no intent died of the wait');
 $node->safe_psql('postgres', 'ALTER DATABASE later RESET ALL');
+
+# A launcher terminated (or failed) leaves its workers running: the one
+# started after it adopts them.  It started a second dispatcher every
+# second, which exited at once ("a pg_shipsync dispatcher already runs in
+# this database"), and a second receiver that could not listen; and a
+# database then left out of shipsync.databases kept its dispatcher.
+my %before = map { split /\|/ } split /\n/, $node->safe_psql('postgres',
+	"SELECT backend_type || coalesce(' ' || datname, ''), pid FROM pg_stat_activity"
+	  . " WHERE backend_type IN ('pg_shipsync dispatcher', 'pg_shipsync receiver', 'pg_shipsync launcher')");
+ok($before{'pg_shipsync receiver postgres'} && $before{'pg_shipsync dispatcher later'},
+	'a receiver and dispatchers run');
+$log_at = -s $node->logfile;
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($before{'pg_shipsync launcher'})");
+ok( wait_until($node,
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync launcher'"
+		  . " AND pid <> $before{'pg_shipsync launcher'}", 20),
+	'the launcher is started again');
+usleep(3_000_000);
+my $log = slurp_file($node->logfile, $log_at);
+unlike($log, qr/already runs in this database/, 'the new launcher starts no second dispatcher');
+unlike($log, qr/receiver cannot listen/, 'nor a second receiver');
+is( join(', ', sort split /\n/, $node->safe_psql('postgres',
+		"SELECT backend_type || coalesce(' ' || datname, '') || ' ' || pid"
+		  . " FROM pg_stat_activity WHERE backend_type IN ('pg_shipsync dispatcher', 'pg_shipsync receiver')")),
+	join(', ', map { "$_ $before{$_}" } sort grep { !/launcher/ } keys %before),
+	'the workers of the launcher before it go on');
+$node->safe_psql('later', "INSERT INTO crm.orders (customer) VALUES ('adopted')");
+ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'adopted'", 20, 'later'),
+	'and deliver');
+$node->safe_psql('postgres', "ALTER SYSTEM SET shipsync.databases = 'postgres'");
+$node->reload;
+ok( wait_until($node,
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+		  . " AND datname = 'later'", 20),
+	'a reload stops the adopted dispatcher of a database left out');
+$node->safe_psql('postgres', "ALTER SYSTEM SET shipsync.databases = 'postgres, later'");
+$node->reload;
+ok( wait_until($node,
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+		  . " AND datname = 'later'", 20),
+	'and listed again, it gets one');
 
 # a clean shutdown stops everything
 $node->stop;

@@ -68,6 +68,8 @@ typedef struct LauncherEntry
 	Oid			dbid;			/* InvalidOid until the database is found */
 	BackgroundWorkerHandle *handle;
 	TimestampTz last_start;
+	int			no_slot;		/* starts refused in a row: no worker slot */
+	TimestampTz no_slot_said;	/* when the log last said so */
 	bool		listed;			/* still in shipsync.databases */
 	bool		stopped;		/* just terminated through its handle */
 } LauncherEntry;
@@ -113,6 +115,21 @@ launcher_database_exists(const char *dbname, Oid *dbid)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(caller);	/* the commit left TopMemoryContext */
 	return exists;
+}
+
+/*
+ * How long after its last start a worker is started again: a second, or,
+ * while no background worker slot is free, twice as long at each refusal,
+ * up to a minute.
+ */
+#define LAUNCHER_NO_SLOT_MAX_MS 60000
+
+static int
+launcher_retry_ms(const LauncherEntry *e)
+{
+	if (e->no_slot == 0)
+		return 1000;
+	return Min(1000 << Min(e->no_slot, 6), LAUNCHER_NO_SLOT_MAX_MS);
 }
 
 static bool
@@ -222,12 +239,30 @@ launcher_start_worker(LauncherEntry *e, bool receiver)
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	ok = RegisterDynamicBackgroundWorker(&worker, &e->handle);
 	MemoryContextSwitchTo(old);
-	if (!ok)
+	if (ok)
+	{
+		e->no_slot = 0;
+		return;
+	}
+
+	/*
+	 * Every slot of max_worker_processes is taken: try again after 2, 4, 8
+	 * ... seconds, up to a minute, and say so at the first refusal and then
+	 * at most once a minute.
+	 */
+	e->no_slot++;
+	if (e->no_slot == 1 ||
+		TimestampDifferenceExceeds(e->no_slot_said, e->last_start, LAUNCHER_NO_SLOT_MAX_MS))
+	{
+		e->no_slot_said = e->last_start;
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("could not start the pg_shipsync %s for database \"%s\"",
 						receiver ? "receiver" : "dispatcher", e->dbname),
+				 errdetail("All %d background worker slots (max_worker_processes) are taken; %d attempts so far, the next in %d s.",
+						   max_worker_processes, e->no_slot, launcher_retry_ms(e) / 1000),
 				 errhint("Raise max_worker_processes.")));
+	}
 }
 
 /*
@@ -244,7 +279,7 @@ launcher_reconcile_receiver(void)
 	strlcpy(e->dbname, shipsync_receiver_database, NAMEDATALEN);
 	if (launcher_worker_alive(e))
 		return;
-	if (!TimestampDifferenceExceeds(e->last_start, GetCurrentTimestamp(), 1000))
+	if (!TimestampDifferenceExceeds(e->last_start, GetCurrentTimestamp(), launcher_retry_ms(e)))
 		return;
 	if (launcher_running_pid(InvalidOid) != 0)
 		return;					/* started by the launcher before us */
@@ -319,7 +354,7 @@ launcher_reconcile(void)
 		}
 		if (launcher_worker_alive(e))
 			continue;
-		if (!TimestampDifferenceExceeds(e->last_start, now, 1000))
+		if (!TimestampDifferenceExceeds(e->last_start, now, launcher_retry_ms(e)))
 			continue;
 		if (!launcher_database_exists(e->dbname, &e->dbid))
 			continue;

@@ -184,5 +184,18 @@ ok( wait_until($node,
 $node->stop;
 ok(1, 'the server stops with the workers running');
 
+# No background worker slot for a dispatcher (max_worker_processes taken by
+# the launcher and PostgreSQL's own): the launcher says so, and tries again
+# less and less often, not every second (two warnings a second, for ever)
+my $full = shipsync_node('full', 'max_worker_processes = 2');
+ok( $full->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync launcher'"),
+	'a launcher runs in a server with no slot left');
+usleep(8_000_000);
+my $said = () = slurp_file($full->logfile) =~ /could not start the pg_shipsync dispatcher/g;
+cmp_ok($said, '>=', 1, 'the launcher says it could not start the dispatcher');
+cmp_ok($said, '<=', 2, "and does not repeat it every second ($said times in 8 s)");
+$full->stop;
+
 stop_sim($sim);
 done_testing();

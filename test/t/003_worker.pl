@@ -180,6 +180,32 @@ ok( wait_until($node,
 		  . " AND datname = 'later'", 20),
 	'and listed again, it gets one');
 
+# pg_cancel_backend() of the dispatcher with requests on the wire: the
+# cancelled statement is not a failure to wait out.  Three cancels in a
+# row paused it 1 + 2 + 4 s, while the answers waited unread: every
+# request on the wire timed out (timeout_ms is 2 s), was counted against
+# the carrier (its breaker opened) and was sent again.
+sim_post($sim, '/_sim/faults', { rules => [ { fault => 'slow', ms => 300 } ] });
+my $sent = sim_get($sim, '/_sim/stats')->{requests};
+$log_at = -s $node->logfile;
+$node->safe_psql('later', "INSERT INTO crm.orders (customer) SELECT 'cancel ' || g FROM generate_series(1, 100) g");
+ok( wait_until($node, "SELECT count(*) > 0 FROM shipsync.outbox WHERE state = 'in_flight'", 20, 'later'),
+	'requests are on the wire');
+for (1 .. 3)
+{
+	$node->safe_psql('postgres',
+		"SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'later'");
+	usleep(300_000);
+}
+ok( wait_until($node,
+		"SELECT count(*) = 0 FROM crm.orders WHERE customer LIKE 'cancel %' AND waybill_no IS NULL", 60, 'later'),
+	'cancelled three times, the dispatcher delivers every order');
+is(sim_get($sim, '/_sim/stats')->{requests} - $sent, 100, 'each sent once');
+is( $node->safe_psql('later', "SELECT coalesce(failures_5m->>'timeout', '0') FROM shipsync.provider_health"),
+	'0', 'and no answer waited until it timed out');
+unlike(slurp_file($node->logfile, $log_at), qr/goes on after an error/, 'the dispatcher did not pause');
+sim_post($sim, '/_sim/faults', { rules => [] });
+
 # a clean shutdown stops everything
 $node->stop;
 ok(1, 'the server stops with the workers running');

@@ -206,6 +206,32 @@ is( $node->safe_psql('later', "SELECT coalesce(failures_5m->>'timeout', '0') FRO
 unlike(slurp_file($node->logfile, $log_at), qr/goes on after an error/, 'the dispatcher did not pause');
 sim_post($sim, '/_sim/faults', { rules => [] });
 
+# ... nor does a cancel abort the transfers on the wire: a cancel that came
+# with the answers aborted every transfer ("Callback aborted"), counted as
+# the carrier's failures, and sent again
+sim_post($sim, '/_sim/faults', { rules => [ { fault => 'slow', ms => 1500, held => JSON::PP::true } ] });
+$sent = sim_get($sim, '/_sim/stats')->{requests};
+$node->safe_psql('later', "INSERT INTO crm.orders (customer) SELECT 'held ' || g FROM generate_series(1, 20) g");
+ok( wait_until($node, "SELECT count(*) = 20 FROM shipsync.outbox WHERE state = 'in_flight'", 20, 'later'),
+	'twenty requests wait for their answers');
+# the cancel and the answers reach the dispatcher together: stopped while
+# the simulator answers and the cancel is sent, then let go
+$pid = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'later'");
+my $failed = $node->safe_psql('later', "SELECT coalesce(failures_5m->>'transport', '0') FROM shipsync.provider_health");
+kill 'STOP', $pid;
+sim_post($sim, '/_sim/release');
+sim_post($sim, '/_sim/faults', { rules => [] });
+usleep(300_000);
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+kill 'CONT', $pid;
+ok( wait_until($node,
+		"SELECT count(*) = 0 FROM crm.orders WHERE customer LIKE 'held %' AND waybill_no IS NULL", 30, 'later'),
+	'cancelled while waiting, the dispatcher delivers every order');
+is(sim_get($sim, '/_sim/stats')->{requests} - $sent, 20, 'each sent once');
+is( $node->safe_psql('later', "SELECT coalesce(failures_5m->>'transport', '0') FROM shipsync.provider_health"),
+	$failed, 'and no transfer was aborted');
+
 # a clean shutdown stops everything
 $node->stop;
 ok(1, 'the server stops with the workers running');

@@ -1,6 +1,9 @@
 # Worker life: the launcher waits for databases and the extension, a commit
 # wakes the dispatcher at once, SIGHUP adds a database, the launcher
-# restarts a dispatcher that died.
+# restarts a dispatcher that died; database settings do not reach the
+# workers; a restarted launcher adopts the running workers; a cancel of the
+# dispatcher neither pauses it nor aborts its transfers; with no worker
+# slot, the launcher backs off.
 use strict;
 use warnings;
 use FindBin;

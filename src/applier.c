@@ -49,7 +49,7 @@
  * intent.  With shipsync.apply_worker off, or no worker slot free
  * (max_worker_processes), the dispatcher applies the results itself.
  *
- * The applier acts for its dispatcher: the same pinned search_path, the
+ * The applier acts for its dispatcher: the same pinned session settings, the
  * same niceness, the same audit actor ("dispatcher", audit.c), the same
  * configuration (reloaded when its generation in shared memory moves).
  *
@@ -884,9 +884,11 @@ shipsync_applier_main(Datum main_arg)
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
+	/* no statement to cancel: one that escaped would exit, its message unapplied */
+	pqsignal(SIGINT, SIG_IGN);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
-	shipsync_pin_search_path();
+	shipsync_pin_worker_session(true);
 	/* a queue table analyzed in the middle of a take is not empty */
 	shipsync_distrust_empty_statistics();
 	pgstat_report_appname("pg_shipsync applier");

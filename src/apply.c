@@ -760,13 +760,11 @@ apply_batch(ShipResult *rs, int n, Binding *bs, int nb)
  * are applied.  Returns the providers given new intents (registrations of
  * new waybills): the dispatcher looks for their work.
  */
-uint64
-outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
+static void
+apply_held(ShipResult *rs, int n, Binding *bs, int nb)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 
-	if (n == 0)
-		return 0;
 	if (!apply_batch(rs, n, bs, nb))
 	{
 		shipsync_begin_tx("applying results one by one", apply_durable(rs, n));
@@ -775,5 +773,30 @@ outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
 		shipsync_end_tx();
 		MemoryContextSwitchTo(cxt);
 	}
+}
+
+uint64
+outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
+{
+	if (n == 0)
+		return 0;
+
+	/*
+	 * A cancel (pg_cancel_backend() of the applier, or of the dispatcher
+	 * applying itself) waits until the results are applied: taken for the
+	 * failure of the batch, then of the write-back at hand, it left an
+	 * order the carrier had shipped dead (writeback_failed), or, escaping,
+	 * results unapplied and sent again.
+	 */
+	HOLD_CANCEL_INTERRUPTS();
+	PG_TRY();
+	{
+		apply_held(rs, n, bs, nb);
+	}
+	PG_FINALLY();
+	{
+		RESUME_CANCEL_INTERRUPTS();
+	}
+	PG_END_TRY();
 	return apply_new_work(rs, n, bs, nb);
 }

@@ -1698,7 +1698,8 @@ dispatcher_idle_check(TimestampTz now)
 /*
  * After an ERROR escaped a pass of the loop: report it, roll back, and wait
  * a moment (doubling up to a minute while passes keep failing) so that a
- * persistent failure neither spins nor kills the worker.
+ * persistent failure neither spins nor kills the worker; after a cancel,
+ * go on at once.
  */
 static int	recover_failures = 0;	/* passes that failed in a row */
 static bool recover_checking = false;	/* looking for the extension */
@@ -1707,11 +1708,13 @@ static void
 dispatcher_recover(MemoryContext loop_cxt)
 {
 	long		pause_ms;
+	bool		cancelled;
 
 	/* the frames the error's context callbacks lived in are gone */
 	error_context_stack = NULL;
 	HOLD_INTERRUPTS();
 	EmitErrorReport();
+	cancelled = geterrcode() == ERRCODE_QUERY_CANCELED;
 	AbortOutOfAnyTransaction();
 	LWLockReleaseAll();
 	pgstat_report_wait_end();
@@ -1743,6 +1746,20 @@ dispatcher_recover(MemoryContext loop_cxt)
 		}
 	}
 	recover_checking = false;
+
+	/*
+	 * pg_cancel_backend(): the statement it stopped is no failure of the
+	 * pass to wait out.  A pause here leaves the answers of the requests on
+	 * the wire unread until they time out, counted against the carrier
+	 * (its breaker opens) and sent again.
+	 */
+	if (cancelled)
+	{
+		ereport(LOG,
+				(errmsg("pg_shipsync: a statement of the dispatcher was cancelled; it goes on at once")));
+		cfg_generation = 0;
+		return;
+	}
 
 	recover_failures = Min(recover_failures + 1, 7);
 	pause_ms = 1000L << (recover_failures - 1);
@@ -1781,7 +1798,7 @@ dispatcher_start(const char *dbname)
 
 	BackgroundWorkerInitializeConnection(dbname, NULL, 0);
 	/* a superuser session: immune to ALTER DATABASE ... SET search_path */
-	shipsync_pin_search_path();
+	shipsync_pin_worker_session(true);
 	/* a queue table analyzed in the middle of a take is not empty */
 	shipsync_distrust_empty_statistics();
 	pgstat_report_appname("pg_shipsync dispatcher");

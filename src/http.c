@@ -466,7 +466,13 @@ http_progress_cb(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
 {
 	HttpTransfer *t = (HttpTransfer *) clientp;
 
-	if (QueryCancelPending || ProcDiePending)
+	/*
+	 * A shutdown ends the transfers; a cancel does not (it stops a
+	 * statement, at the next CHECK_FOR_INTERRUPTS()): aborted, every
+	 * request on the wire counted as the carrier's failure, opened its
+	 * breaker and was sent again.
+	 */
+	if (ProcDiePending)
 		return 1;
 	if (ulnow >= (curl_off_t) t->body_len || dlnow < dltotal || !http_answer_whole(t))
 		return 0;

@@ -16,7 +16,10 @@
  *
  * Dispatchers are registered with BGW_NEVER_RESTART: the launcher restarts
  * them itself, at most once a second per database, so a dispatcher that
- * fails at once does not spin.
+ * fails at once does not spin.  A launcher started again (terminated, or
+ * failed) has no handle on the workers of the one before it: it adopts
+ * those it finds in shared memory (the dispatchers' slots, the receiver's
+ * pid), and stops an adopted dispatcher whose database leaves the list.
  *
  * The receiver of pushes (receiver.c) is started the same way when
  * shipsync.receiver_listen is set, for shipsync.receiver_database once it
@@ -62,9 +65,13 @@
 typedef struct LauncherEntry
 {
 	char		dbname[NAMEDATALEN];
+	Oid			dbid;			/* InvalidOid until the database is found */
 	BackgroundWorkerHandle *handle;
 	TimestampTz last_start;
+	int			no_slot;		/* starts refused in a row: no worker slot */
+	TimestampTz no_slot_said;	/* when the log last said so */
 	bool		listed;			/* still in shipsync.databases */
+	bool		stopped;		/* just terminated through its handle */
 } LauncherEntry;
 
 static LauncherEntry launcher_entries[SHIPSYNC_MAX_DISPATCHERS];
@@ -77,7 +84,7 @@ static LauncherEntry launcher_receiver;
  * would need the opclass catalogs of some database.
  */
 static bool
-launcher_database_exists(const char *dbname)
+launcher_database_exists(const char *dbname, Oid *dbid)
 {
 	bool		exists = false;
 	Relation	rel;
@@ -85,6 +92,7 @@ launcher_database_exists(const char *dbname)
 	HeapTuple	tup;
 	MemoryContext caller = CurrentMemoryContext;
 
+	*dbid = InvalidOid;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -97,6 +105,7 @@ launcher_database_exists(const char *dbname)
 		if (strcmp(NameStr(db->datname), dbname) == 0)
 		{
 			exists = db->datallowconn;
+			*dbid = db->oid;
 			break;
 		}
 	}
@@ -106,6 +115,21 @@ launcher_database_exists(const char *dbname)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(caller);	/* the commit left TopMemoryContext */
 	return exists;
+}
+
+/*
+ * How long after its last start a worker is started again: a second, or,
+ * while no background worker slot is free, twice as long at each refusal,
+ * up to a minute.
+ */
+#define LAUNCHER_NO_SLOT_MAX_MS 60000
+
+static int
+launcher_retry_ms(const LauncherEntry *e)
+{
+	if (e->no_slot == 0)
+		return 1000;
+	return Min(1000 << Min(e->no_slot, 6), LAUNCHER_NO_SLOT_MAX_MS);
 }
 
 static bool
@@ -118,6 +142,66 @@ launcher_worker_alive(LauncherEntry *e)
 		return false;
 	st = GetBackgroundWorkerPid(e->handle, &pid);
 	return st == BGWH_STARTED || st == BGWH_NOT_YET_STARTED;
+}
+
+/*
+ * The pid of the dispatcher running in database dbid, or with InvalidOid
+ * of the receiver, as they publish it in shared memory; 0 when none runs.
+ * A launcher that was terminated or failed leaves its workers running, and
+ * the one started after it has no handle on them: it adopts them, rather
+ * than starting a second one every second (which exited at once, the
+ * dispatcher finding its database taken, the receiver its port).
+ */
+static pid_t
+launcher_running_pid(Oid dbid)
+{
+	pid_t		pid = 0;
+
+	SpinLockAcquire(&shipsync_shared->mutex);
+	if (!OidIsValid(dbid))
+		pid = shipsync_shared->receiver_pid;
+	else
+		for (int i = 0; i < SHIPSYNC_MAX_DISPATCHERS; i++)
+			if (shipsync_shared->slots[i].dbid == dbid)
+				pid = shipsync_shared->slots[i].pid;
+	SpinLockRelease(&shipsync_shared->mutex);
+	return pid;
+}
+
+/*
+ * Terminate the dispatchers that run in a database no longer listed and
+ * that we have no handle on (started by the launcher before us); ours are
+ * terminated through their handles (stopped).
+ */
+static void
+launcher_stop_unlisted(void)
+{
+	pid_t		stop[SHIPSYNC_MAX_DISPATCHERS];
+	int			nstop = 0;
+
+	SpinLockAcquire(&shipsync_shared->mutex);
+	for (int i = 0; i < SHIPSYNC_MAX_DISPATCHERS; i++)
+	{
+		ShipsyncSlot *slot = &shipsync_shared->slots[i];
+		bool		ours = false;
+
+		if (!OidIsValid(slot->dbid) || slot->pid == 0)
+			continue;
+		for (int j = 0; j < launcher_nentries && !ours; j++)
+			ours = (launcher_entries[j].listed || launcher_entries[j].stopped) &&
+				launcher_entries[j].dbid == slot->dbid;
+		if (!ours)
+			stop[nstop++] = slot->pid;
+	}
+	SpinLockRelease(&shipsync_shared->mutex);
+
+	for (int i = 0; i < nstop; i++)
+	{
+		ereport(LOG,
+				(errmsg("pg_shipsync launcher: stopping the dispatcher with PID %d, whose database is not in shipsync.databases",
+						(int) stop[i])));
+		(void) kill(stop[i], SIGTERM);
+	}
 }
 
 /*
@@ -155,12 +239,30 @@ launcher_start_worker(LauncherEntry *e, bool receiver)
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	ok = RegisterDynamicBackgroundWorker(&worker, &e->handle);
 	MemoryContextSwitchTo(old);
-	if (!ok)
+	if (ok)
+	{
+		e->no_slot = 0;
+		return;
+	}
+
+	/*
+	 * Every slot of max_worker_processes is taken: try again after 2, 4, 8
+	 * ... seconds, up to a minute, and say so at the first refusal and then
+	 * at most once a minute.
+	 */
+	e->no_slot++;
+	if (e->no_slot == 1 ||
+		TimestampDifferenceExceeds(e->no_slot_said, e->last_start, LAUNCHER_NO_SLOT_MAX_MS))
+	{
+		e->no_slot_said = e->last_start;
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("could not start the pg_shipsync %s for database \"%s\"",
 						receiver ? "receiver" : "dispatcher", e->dbname),
+				 errdetail("All %d background worker slots (max_worker_processes) are taken; %d attempts so far, the next in %d s.",
+						   max_worker_processes, e->no_slot, launcher_retry_ms(e) / 1000),
 				 errhint("Raise max_worker_processes.")));
+	}
 }
 
 /*
@@ -177,9 +279,11 @@ launcher_reconcile_receiver(void)
 	strlcpy(e->dbname, shipsync_receiver_database, NAMEDATALEN);
 	if (launcher_worker_alive(e))
 		return;
-	if (!TimestampDifferenceExceeds(e->last_start, GetCurrentTimestamp(), 1000))
+	if (!TimestampDifferenceExceeds(e->last_start, GetCurrentTimestamp(), launcher_retry_ms(e)))
 		return;
-	if (!launcher_database_exists(e->dbname))
+	if (launcher_running_pid(InvalidOid) != 0)
+		return;					/* started by the launcher before us */
+	if (!launcher_database_exists(e->dbname, &e->dbid))
 		return;
 	launcher_start_worker(e, true);
 }
@@ -204,7 +308,7 @@ launcher_reconcile(void)
 	}
 
 	for (int i = 0; i < launcher_nentries; i++)
-		launcher_entries[i].listed = false;
+		launcher_entries[i].listed = launcher_entries[i].stopped = false;
 
 	foreach(lc, names)
 	{
@@ -244,17 +348,25 @@ launcher_reconcile(void)
 				TerminateBackgroundWorker(e->handle);
 				pfree(e->handle);
 				e->handle = NULL;
+				e->stopped = true;
 			}
 			continue;
 		}
 		if (launcher_worker_alive(e))
 			continue;
-		if (!TimestampDifferenceExceeds(e->last_start, now, 1000))
+		if (!TimestampDifferenceExceeds(e->last_start, now, launcher_retry_ms(e)))
 			continue;
-		if (!launcher_database_exists(e->dbname))
+		if (!launcher_database_exists(e->dbname, &e->dbid))
 			continue;
+		if (launcher_running_pid(e->dbid) != 0)
+		{
+			/* started by the launcher before us: looked at again in a second */
+			e->last_start = now;
+			continue;
+		}
 		launcher_start_worker(e, false);
 	}
+	launcher_stop_unlisted();
 
 	/* drop entries no longer listed and no longer running */
 	for (int i = 0; i < launcher_nentries;)

@@ -716,10 +716,12 @@ typedef struct ShipsyncProviderState
 
 typedef struct ShipsyncShared
 {
-	slock_t		mutex;			/* protects slots[], appliers[], flush_latch */
+	slock_t		mutex;			/* protects slots[], appliers[], receiver_pid,
+								 * flush_latch */
 	pg_atomic_uint64 config_generation; /* bumped when providers change */
 	ShipsyncSlot slots[SHIPSYNC_MAX_DISPATCHERS];
 	ShipsyncApplierSlot appliers[SHIPSYNC_MAX_DISPATCHERS];
+	pid_t		receiver_pid;	/* the receiver's, while it lives; 0: none */
 	Latch	   *flush_latch;	/* the launcher's, while it serves flushes */
 	slock_t		id_mutex;		/* protects the fields below */
 	uint64		id_epoch;
@@ -1024,6 +1026,7 @@ extern Oid	shipsync_table_owner(Oid relid);
 extern void shipsync_check_owner_sees_all(Oid relid, Oid owner);
 extern void shipsync_pin_search_path(void);
 extern void shipsync_keys_as_iso(void);
+extern void shipsync_pin_worker_session(bool writer);
 
 /* the deferrable constraints a write sets IMMEDIATE, to set back after it */
 typedef struct ShipsyncConstraints

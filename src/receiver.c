@@ -1500,6 +1500,25 @@ recv_stop(void)
 	ereport(LOG, (errmsg("pg_shipsync receiver stopped")));
 }
 
+/* A restarted launcher finds us here, and starts no second receiver */
+static void
+recv_release_pid(int code, Datum arg)
+{
+	SpinLockAcquire(&shipsync_shared->mutex);
+	if (shipsync_shared->receiver_pid == MyProcPid)
+		shipsync_shared->receiver_pid = 0;
+	SpinLockRelease(&shipsync_shared->mutex);
+}
+
+static void
+recv_claim_pid(void)
+{
+	SpinLockAcquire(&shipsync_shared->mutex);
+	shipsync_shared->receiver_pid = MyProcPid;
+	SpinLockRelease(&shipsync_shared->mutex);
+	on_shmem_exit(recv_release_pid, 0);
+}
+
 /* Start listening, waiting out a busy port or a bad setting */
 static void
 recv_listen(void)
@@ -1542,8 +1561,9 @@ shipsync_receiver_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(shipsync_receiver_database, NULL, 0);
 	/* a superuser session: no ALTER DATABASE ... SET search_path steers it */
-	shipsync_pin_search_path();
+	shipsync_pin_worker_session(false);
 	pgstat_report_appname("pg_shipsync receiver");
+	recv_claim_pid();
 	recv_prev_log_hook = emit_log_hook;
 	emit_log_hook = recv_log_hook;
 

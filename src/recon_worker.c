@@ -156,7 +156,7 @@ shipsync_reconcile_main(Datum main_arg)
 	run = (int64) strtoll(end, NULL, 10);
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
 	/* a superuser session: no ALTER DATABASE ... SET search_path steers it */
-	shipsync_pin_search_path();
+	shipsync_pin_worker_session(true);
 	pgstat_report_appname("pg_shipsync reconcile");
 	SetConfigOption("application_name", "pg_shipsync reconcile", PGC_USERSET, PGC_S_SESSION);
 	/* a few big hash joins: compiling them would cost more than it saves */

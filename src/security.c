@@ -45,6 +45,16 @@
  * of pg_catalog's.  The temporary schema, last in that path, is never
  * searched for functions or operators.
  *
+ * The workers connected to a database pin more than that
+ * (shipsync_pin_worker_session): the settings of a database or a role
+ * that change how their transactions behave.  default_transaction_read_only
+ * or a serializable default failed every pass of the dispatcher (it
+ * exited and was started again, every second, sending again what was in
+ * flight), a lock_timeout made the write-back of an order another session
+ * held for a moment give up for good (writeback_failed), and
+ * session_replication_role = replica kept the extension's own triggers
+ * (ticket history and folding, parked events, fee pulls) from firing.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -274,4 +284,28 @@ void
 shipsync_pin_search_path(void)
 {
 	SetConfigOption("search_path", SHIPSYNC_SEARCH_PATH, PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+/*
+ * Pin, for a background worker connected to a database, the search_path
+ * and the settings its transactions depend on, whatever ALTER DATABASE or
+ * ALTER ROLE ... SET gave the session.  At PGC_S_OVERRIDE, as the
+ * search_path: above every database and role setting, and what RESET
+ * returns to; a SET of our own (a function's SET clause, the receiver's
+ * lock timeout) still applies.  The receiver (writer false) keeps the
+ * server's default_transaction_read_only, which its /healthz reports, and
+ * lock_timeout, which shipsync.receiver_lock_timeout = 0 leaves to the
+ * server.
+ */
+void
+shipsync_pin_worker_session(bool writer)
+{
+	shipsync_pin_search_path();
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("session_replication_role", "origin", PGC_SUSET, PGC_S_OVERRIDE);
+	if (writer)
+	{
+		SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
+		SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	}
 }

@@ -1,6 +1,9 @@
 # Worker life: the launcher waits for databases and the extension, a commit
 # wakes the dispatcher at once, SIGHUP adds a database, the launcher
-# restarts a dispatcher that died.
+# restarts a dispatcher that died; database settings do not reach the
+# workers; a restarted launcher adopts the running workers; a cancel of the
+# dispatcher neither pauses it nor aborts its transfers; with no worker
+# slot, the launcher backs off.
 use strict;
 use warnings;
 use FindBin;
@@ -8,12 +11,13 @@ use lib $FindBin::RealBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time);
+use Time::HiRes qw(time usleep);
+use JSON::PP;
 use ShipsyncTest;
 
 my $sim = start_sim();
 # a long idle check: only the commit-time latch can explain quick delivery
-my $node = shipsync_node('worker', "shipsync.databases = 'postgres, later'",
+my ($node, $recv_port) = receiver_node('worker', "shipsync.databases = 'postgres, later'",
 	"shipsync.idle_check_ms = 600000");
 
 ok( wait_until($node,
@@ -69,9 +73,184 @@ ok( wait_until($node,
 		  . " AND datname = 'third'", 20),
 	'a reload stops the dispatcher of a database left out');
 
+# Settings of the database (or of the role the workers connect as) that
+# would change how their transactions behave do not reach them: with these
+# the dispatcher failed every pass (read-only, or serialization failures),
+# write-backs of orders another session held for a moment went dead
+# (lock_timeout), and the extension's own triggers did not fire (replica).
+# The test's own sessions set them back for themselves.
+my $own = "SET default_transaction_read_only = off; SET lock_timeout = 0;"
+  . " SET session_replication_role = origin; SET default_transaction_isolation = 'read committed';";
+$node->safe_psql('postgres', q{
+	ALTER DATABASE later SET default_transaction_read_only = on;
+	ALTER DATABASE later SET default_transaction_isolation = 'serializable';
+	ALTER DATABASE later SET session_replication_role = replica;
+	ALTER DATABASE later SET lock_timeout = '50ms';});
+$pid = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'later'");
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+ok( wait_until($node,
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+		  . " AND datname = 'later' AND pid <> $pid", 20),
+	'a dispatcher under the database settings runs');
+my $log_at = -s $node->logfile;
+$node->safe_psql('later', "$own INSERT INTO crm.orders (customer) VALUES ('settings 1'), ('settings 2')");
+ok(wait_until($node, "$own SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL", 30, 'later'),
+	'read-only and serializable database defaults: orders are still delivered');
+unlike(slurp_file($node->logfile, $log_at),
+	qr/read-only transaction|could not serialize|goes on after an error/,
+	'and the dispatcher does not fail');
+
+# replica: the ticket of a refused order gets its history row
+sim_post($sim, '/_sim/faults',
+	{ rules => [ { fault => 'status', status => 422, match_order_ref => '.', count => 1 } ] });
+$node->safe_psql('later', "$own INSERT INTO crm.orders (customer) VALUES ('settings refused')");
+ok( wait_until($node,
+		"$own SELECT count(*) = 1 FROM shipsync.exception_ticket t JOIN crm.orders o"
+		  . " ON o.id::text = t.order_key WHERE o.customer = 'settings refused'", 30, 'later'),
+	'session_replication_role = replica: the refused order has its ticket');
+is( $node->safe_psql('later',
+		"$own SELECT count(*) FROM shipsync.ticket_event e JOIN shipsync.exception_ticket t USING (ticket_id)"
+		  . " JOIN crm.orders o ON o.id::text = t.order_key"
+		  . " WHERE o.customer = 'settings refused' AND e.event = 'opened'"),
+	'1', 'and its history says it was opened');
+sim_post($sim, '/_sim/faults', { rules => [] });
+
+# lock_timeout: an order row held by another session for longer than it
+# is written back when the session lets go, not given up
+# (the answer is held back by the simulator, under the provider's
+# timeout_ms of 2 s, while the row is taken)
+my $holder = $node->background_psql('later');
+$holder->query_safe($own);
+sim_post($sim, '/_sim/faults', { rules => [ { fault => 'slow', ms => 20000, held => JSON::PP::true } ] });
+$node->safe_psql('later', "$own INSERT INTO crm.orders (customer) VALUES ('settings held')");
+ok( wait_until($node,
+		"$own SELECT count(*) = 1 FROM shipsync.outbox WHERE state = 'in_flight'", 30, 'later'),
+	'an order is on the wire');
+$holder->query_safe("BEGIN");
+$holder->query_safe("SELECT id FROM crm.orders WHERE customer = 'settings held' FOR UPDATE");
+sim_post($sim, '/_sim/release');
+sim_post($sim, '/_sim/faults', { rules => [] });
+# the answer is in, and the write-back meets the held row
+usleep(1_000_000);
+$holder->query_safe("COMMIT");
+$holder->quit;
+ok( wait_until($node,
+		"$own SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'settings held'", 30, 'later'),
+	'lock_timeout = 50ms: the held order is written back once let go');
+is($node->safe_psql('later', "$own SELECT count(*) FROM shipsync.outbox WHERE state = 'dead' AND error_class = 'writeback_failed'"),
+	'0', 'and no intent died of the wait');
+$node->safe_psql('postgres', 'ALTER DATABASE later RESET ALL');
+
+# A launcher terminated (or failed) leaves its workers running: the one
+# started after it adopts them.  It started a second dispatcher every
+# second, which exited at once ("a pg_shipsync dispatcher already runs in
+# this database"), and a second receiver that could not listen; and a
+# database then left out of shipsync.databases kept its dispatcher.
+my %before = map { split /\|/ } split /\n/, $node->safe_psql('postgres',
+	"SELECT backend_type || coalesce(' ' || datname, ''), pid FROM pg_stat_activity"
+	  . " WHERE backend_type IN ('pg_shipsync dispatcher', 'pg_shipsync receiver', 'pg_shipsync launcher')");
+ok($before{'pg_shipsync receiver postgres'} && $before{'pg_shipsync dispatcher later'},
+	'a receiver and dispatchers run');
+$log_at = -s $node->logfile;
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($before{'pg_shipsync launcher'})");
+ok( wait_until($node,
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync launcher'"
+		  . " AND pid <> $before{'pg_shipsync launcher'}", 20),
+	'the launcher is started again');
+usleep(3_000_000);
+my $log = slurp_file($node->logfile, $log_at);
+unlike($log, qr/already runs in this database/, 'the new launcher starts no second dispatcher');
+unlike($log, qr/receiver cannot listen/, 'nor a second receiver');
+is( join(', ', sort split /\n/, $node->safe_psql('postgres',
+		"SELECT backend_type || coalesce(' ' || datname, '') || ' ' || pid"
+		  . " FROM pg_stat_activity WHERE backend_type IN ('pg_shipsync dispatcher', 'pg_shipsync receiver')")),
+	join(', ', map { "$_ $before{$_}" } sort grep { !/launcher/ } keys %before),
+	'the workers of the launcher before it go on');
+$node->safe_psql('later', "INSERT INTO crm.orders (customer) VALUES ('adopted')");
+ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'adopted'", 20, 'later'),
+	'and deliver');
+$node->safe_psql('postgres', "ALTER SYSTEM SET shipsync.databases = 'postgres'");
+$node->reload;
+ok( wait_until($node,
+		"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+		  . " AND datname = 'later'", 20),
+	'a reload stops the adopted dispatcher of a database left out');
+$node->safe_psql('postgres', "ALTER SYSTEM SET shipsync.databases = 'postgres, later'");
+$node->reload;
+ok( wait_until($node,
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+		  . " AND datname = 'later'", 20),
+	'and listed again, it gets one');
+
+# pg_cancel_backend() of the dispatcher with requests on the wire: the
+# cancelled statement is not a failure to wait out.  Three cancels in a
+# row paused it 1 + 2 + 4 s, while the answers waited unread: every
+# request on the wire timed out (timeout_ms is 2 s), was counted against
+# the carrier (its breaker opened) and was sent again.
+sim_post($sim, '/_sim/faults', { rules => [ { fault => 'slow', ms => 300 } ] });
+my $sent = sim_get($sim, '/_sim/stats')->{requests};
+$log_at = -s $node->logfile;
+$node->safe_psql('later', "INSERT INTO crm.orders (customer) SELECT 'cancel ' || g FROM generate_series(1, 100) g");
+ok( wait_until($node, "SELECT count(*) > 0 FROM shipsync.outbox WHERE state = 'in_flight'", 20, 'later'),
+	'requests are on the wire');
+for (1 .. 3)
+{
+	$node->safe_psql('postgres',
+		"SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'later'");
+	usleep(300_000);
+}
+ok( wait_until($node,
+		"SELECT count(*) = 0 FROM crm.orders WHERE customer LIKE 'cancel %' AND waybill_no IS NULL", 60, 'later'),
+	'cancelled three times, the dispatcher delivers every order');
+is(sim_get($sim, '/_sim/stats')->{requests} - $sent, 100, 'each sent once');
+is( $node->safe_psql('later', "SELECT coalesce(failures_5m->>'timeout', '0') FROM shipsync.provider_health"),
+	'0', 'and no answer waited until it timed out');
+unlike(slurp_file($node->logfile, $log_at), qr/goes on after an error/, 'the dispatcher did not pause');
+sim_post($sim, '/_sim/faults', { rules => [] });
+
+# ... nor does a cancel abort the transfers on the wire: a cancel that came
+# with the answers aborted every transfer ("Callback aborted"), counted as
+# the carrier's failures, and sent again
+sim_post($sim, '/_sim/faults', { rules => [ { fault => 'slow', ms => 1500, held => JSON::PP::true } ] });
+$sent = sim_get($sim, '/_sim/stats')->{requests};
+$node->safe_psql('later', "INSERT INTO crm.orders (customer) SELECT 'held ' || g FROM generate_series(1, 20) g");
+ok( wait_until($node, "SELECT count(*) = 20 FROM shipsync.outbox WHERE state = 'in_flight'", 20, 'later'),
+	'twenty requests wait for their answers');
+# the cancel and the answers reach the dispatcher together: stopped while
+# the simulator answers and the cancel is sent, then let go
+$pid = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'later'");
+my $failed = $node->safe_psql('later', "SELECT coalesce(failures_5m->>'transport', '0') FROM shipsync.provider_health");
+kill 'STOP', $pid;
+sim_post($sim, '/_sim/release');
+sim_post($sim, '/_sim/faults', { rules => [] });
+usleep(300_000);
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+kill 'CONT', $pid;
+ok( wait_until($node,
+		"SELECT count(*) = 0 FROM crm.orders WHERE customer LIKE 'held %' AND waybill_no IS NULL", 30, 'later'),
+	'cancelled while waiting, the dispatcher delivers every order');
+is(sim_get($sim, '/_sim/stats')->{requests} - $sent, 20, 'each sent once');
+is( $node->safe_psql('later', "SELECT coalesce(failures_5m->>'transport', '0') FROM shipsync.provider_health"),
+	$failed, 'and no transfer was aborted');
+
 # a clean shutdown stops everything
 $node->stop;
 ok(1, 'the server stops with the workers running');
+
+# No background worker slot for a dispatcher (max_worker_processes taken by
+# the launcher and PostgreSQL's own): the launcher says so, and tries again
+# less and less often, not every second (two warnings a second, for ever)
+my $full = shipsync_node('full', 'max_worker_processes = 2');
+ok( $full->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync launcher'"),
+	'a launcher runs in a server with no slot left');
+usleep(8_000_000);
+my $said = () = slurp_file($full->logfile) =~ /could not start the pg_shipsync dispatcher/g;
+cmp_ok($said, '>=', 1, 'the launcher says it could not start the dispatcher');
+cmp_ok($said, '<=', 2, "and does not repeat it every second ($said times in 8 s)");
+$full->stop;
 
 stop_sim($sim);
 done_testing();

@@ -14,7 +14,10 @@
 #      function renamed): the orders of that while end dead, and once it
 #      can, the next ones are applied;
 #   7. no worker slot for it: the dispatcher applies results itself, and
-#      says so.
+#      says so;
+#   8. pg_cancel_backend() of whoever applies (the applier, or the
+#      dispatcher applying itself), in the middle of a write-back: every
+#      order is still written back, none dead, each sent once.
 # (The applier killed while it applies, twice: 021_hostile.pl, poison.)
 use strict;
 use warnings;
@@ -253,6 +256,45 @@ is(pid_of('dispatcher'), $dispatcher, 'the same dispatcher throughout');
 }
 
 ###########################################################################
+# 8. Cancelled while it writes back (a slow trigger): the cancel failed the
+# batch, then the write-back of the order at hand, which went dead
+# ("write-back failed: canceling statement due to user request") though
+# the carrier had shipped it; cancelled twice, the applier also had an
+# intent quarantined (poison).  Run here with the applier, and in 7 with
+# the dispatcher applying itself.
+###########################################################################
+sql(q{CREATE FUNCTION crm.slow_wb() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		IF NEW.customer LIKE 'Cancel%' AND NEW.waybill_no IS NOT NULL THEN PERFORM pg_sleep(0.3); END IF;
+		RETURN NEW;
+	END $$;
+	CREATE TRIGGER slow_wb BEFORE UPDATE ON crm.orders FOR EACH ROW EXECUTE FUNCTION crm.slow_wb();});
+
+sub cancel_while_applying
+{
+	my ($tag, $who) = @_;
+	my $before = sim_get($sim, '/_sim/stats')->{requests};
+	sql("INSERT INTO crm.orders (customer) SELECT '$tag ' || g FROM generate_series(1, 6) g");
+	for (1 .. 2)
+	{
+		ok( wait_until($node,
+				"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync $who'"
+				  . " AND wait_event = 'PgSleep'", 20),
+			"$tag: the $who writes back");
+		sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_shipsync $who'");
+		usleep(400_000);
+	}
+	ok( wait_until($node,
+			"SELECT count(*) = 6 FROM crm.orders WHERE customer LIKE '$tag %' AND waybill_no IS NOT NULL", 30),
+		"$tag: cancelled twice, the $who writes every order back");
+	is( sql("SELECT string_agg(o.state || ' ' || coalesce(o.last_error, ''), ', ') FROM shipsync.outbox o"
+			  . " JOIN crm.orders c ON o.order_key = c.id::text WHERE c.customer LIKE '$tag %' AND o.state <> 'done'"),
+		'', "$tag: no intent dead");
+	is(sim_get($sim, '/_sim/stats')->{requests} - $before, 6, "$tag: each sent once");
+}
+cancel_while_applying('Cancel applier', 'applier');
+
+###########################################################################
 # 7. No worker slot for an applier (three: the logical replication
 # launcher, ours, and the dispatcher)
 ###########################################################################
@@ -263,6 +305,7 @@ ok(deliver(100, 'NoSlot'), 'no slot for an applier: orders are delivered');
 ok($node->log_contains(qr/no background worker slot for an applier; the dispatcher applies results itself/),
 	'the log says why there is no applier');
 is(pid_of('applier'), '', 'and there is none');
+cancel_while_applying('Cancel dispatcher', 'dispatcher');
 
 is( sql("SELECT count(*) FROM shipsync.outbox WHERE state NOT IN ('done', 'dead')"),
 	'0', 'every intent is done (or dead, refused)');

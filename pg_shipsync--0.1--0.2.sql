@@ -7846,3 +7846,67 @@ GRANT SELECT (shipment_id, binding_id, order_key, provider_id, provider_shipment
 GRANT SELECT (id, outbox_id, attempt, provider_id, at, method, url, http_status, latency_ms,
 	outcome, error_class, error) ON @extschema@.delivery_log TO shipsync_reader;
 GRANT SELECT ON @extschema@.shipment, @extschema@.delivery_log TO shipsync_operator;
+
+------------------------------------------------------------------------------
+-- No foreign key between two of the extension's dumped tables
+------------------------------------------------------------------------------
+-- pg_dump dumps the rows of binding and provider, crm_delivery and
+-- crm_source as data only; CREATE EXTENSION makes their foreign keys before
+-- any row comes back, and pg_restore -j loads tables side by side in any
+-- order: a binding loaded before its provider was refused, and every INSERT
+-- into the attached table failed after the restore.  Triggers keep what the
+-- keys kept (install/10_queue.sql, install/60_crm.sql).
+ALTER TABLE @extschema@.binding DROP CONSTRAINT binding_provider_id_fkey;
+ALTER TABLE @extschema@.crm_delivery DROP CONSTRAINT crm_delivery_crm_source_id_fkey;
+CREATE FUNCTION @extschema@._provider_in_use()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	bid integer;
+BEGIN
+	IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+		SELECT b.binding_id INTO bid FROM @extschema@.binding b LIMIT 1;
+	ELSE
+		SELECT b.binding_id INTO bid FROM @extschema@.binding b
+		 WHERE b.provider_id OPERATOR(pg_catalog.=) OLD.provider_id LIMIT 1;
+	END IF;
+	IF bid IS NOT NULL AND TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+		RAISE EXCEPTION 'cannot truncate shipsync.provider: binding % names one of its providers', bid
+			USING ERRCODE = 'foreign_key_violation',
+				  HINT = 'Delete the bindings first, as the extension''s owner.';
+	ELSIF bid IS NOT NULL THEN
+		RAISE EXCEPTION 'provider "%" is still named by binding %', OLD.name, bid
+			USING ERRCODE = 'foreign_key_violation',
+				  DETAIL = 'A binding keeps its provider, attached or detached: its shipments and intents are that provider''s.',
+				  HINT = 'Delete the provider''s bindings first, as the extension''s owner.';
+	END IF;
+	IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+		RETURN NULL;
+	END IF;
+	RETURN OLD;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._provider_in_use() IS
+	'Internal: refuses to delete (or truncate) a provider that a binding names, as a foreign key would; the extension''s dumped tables have none, so that pg_restore -j can load them in any order.';
+CREATE TRIGGER provider_in_use BEFORE DELETE ON @extschema@.provider
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._provider_in_use();
+CREATE TRIGGER provider_in_use_truncate BEFORE TRUNCATE ON @extschema@.provider
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._provider_in_use();
+CREATE FUNCTION @extschema@._drop_deliveries()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM @extschema@.crm_delivery d
+	 WHERE d.crm_source_id OPERATOR(pg_catalog.=) OLD.crm_source_id;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._drop_deliveries() IS
+	'Internal: deletes the deliveries of a deleted CRM source, as ON DELETE CASCADE would; the extension''s dumped tables have no foreign key between them, so that pg_restore -j can load them in any order.';
+CREATE TRIGGER crm_source_drop_deliveries AFTER DELETE ON @extschema@.crm_source
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._drop_deliveries();
+REVOKE ALL ON FUNCTION @extschema@._provider_in_use(), @extschema@._drop_deliveries() FROM PUBLIC;

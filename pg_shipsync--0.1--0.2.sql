@@ -7910,3 +7910,49 @@ COMMENT ON FUNCTION @extschema@._drop_deliveries() IS
 CREATE TRIGGER crm_source_drop_deliveries AFTER DELETE ON @extschema@.crm_source
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._drop_deliveries();
 REVOKE ALL ON FUNCTION @extschema@._provider_in_use(), @extschema@._drop_deliveries() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- A restore records nothing in the audit log
+------------------------------------------------------------------------------
+-- The audit triggers recorded every row a restore loaded into an audited
+-- table as an insert by the restoring role, with ids from the audit
+-- sequence, which the restore then set back to the dump's value: a log
+-- holding fewer ids than the audited tables hold rows (after an update
+-- from 0.1, or a pruning) came back with those rows, and the changes made
+-- after the restore took their ids and were dropped by ON CONFLICT.
+CREATE OR REPLACE FUNCTION @extschema@._audit_row()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v record;
+BEGIN
+	IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) '@extschema@'
+	   OR NOT TG_TABLE_NAME OPERATOR(pg_catalog.=) ANY
+		   (ARRAY['provider', 'secret', 'binding', 'field_map', 'status_map', 'crm_source',
+				  'fee_type_map', 'currency', 'stuck_after']) THEN
+		RAISE EXCEPTION 'shipsync._audit_row() audits the tables of pg_shipsync only'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('It fired on %I.%I.', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+	END IF;
+	-- What a restore loads is no one's change, as what the extension's
+	-- scripts seed is not: a superuser session with check_function_bodies
+	-- off is pg_dump's script or pg_restore (both turn it off; only a
+	-- superuser creates the extension, and a superuser could disable these
+	-- triggers anyway).  Recorded, those rows took ids from a sequence the
+	-- restore then set back, and the changes made after it were dropped.
+	IF NOT pg_catalog.current_setting('check_function_bodies')::boolean
+	   AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+			 WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER) THEN
+		RETURN NULL;
+	END IF;
+	SELECT * INTO v FROM @extschema@._audit_values(TG_OP, TG_ARGV[1], TG_ARGV[2]::jsonb,
+		to_jsonb(OLD), to_jsonb(NEW));
+	PERFORM @extschema@._audit(
+		coalesce(nullif(current_setting('shipsync.audit_action', true), ''), lower(TG_OP)),
+		TG_ARGV[0], v.object_name, v.old_value, v.new_value);
+	RETURN NULL;
+END
+$$;

@@ -7956,3 +7956,63 @@ BEGIN
 	RETURN NULL;
 END
 $$;
+-- A DBA's changes of built-in mapping rows survive pg_dump
+------------------------------------------------------------------------------
+-- status_map, fee_type_map and currency dump only their rows that are not
+-- built in; an UPDATE of a built-in row (docs/tracking.md: "Changing a
+-- mapping is an INSERT or UPDATE of status_map") stayed built in, and a
+-- restore brought the seed back.  Rows written from now on are the
+-- writer's own (install/30_tracking.sql, install/45_fees.sql).  Built-in
+-- rows changed before the update cannot be told from the seeds here and
+-- stay as they are.
+CREATE FUNCTION @extschema@._builtin_row()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+		IF OLD.builtin AND pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.=) 1 THEN
+			RAISE EXCEPTION 'a built-in row of shipsync.% cannot be deleted', TG_TABLE_NAME
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  DETAIL = 'Built-in rows come with the extension and are created again when a dump is restored.',
+					  HINT = CASE TG_TABLE_NAME
+						WHEN 'status_map' THEN 'Update it instead (status ''unknown'' maps its raw status to nothing): an updated row is yours, and pg_dump keeps it.'
+						WHEN 'fee_type_map' THEN 'Update its fee_type instead: an updated row is yours, and pg_dump keeps it.'
+						ELSE 'Built-in currencies stay.' END;
+		END IF;
+		RETURN OLD;
+	END IF;
+	NEW.builtin := false;
+	IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+		CASE TG_TABLE_NAME
+		WHEN 'status_map' THEN
+			DELETE FROM @extschema@.status_map m
+			 WHERE m.builtin AND m.profile OPERATOR(pg_catalog.=) NEW.profile
+			   AND m.raw_status OPERATOR(pg_catalog.=) NEW.raw_status
+			   AND coalesce(m.pattern, '') OPERATOR(pg_catalog.=) coalesce(NEW.pattern, '');
+		WHEN 'fee_type_map' THEN
+			DELETE FROM @extschema@.fee_type_map m
+			 WHERE m.builtin AND m.profile OPERATOR(pg_catalog.=) NEW.profile
+			   AND m.code OPERATOR(pg_catalog.=) NEW.code;
+		ELSE
+			DELETE FROM @extschema@.currency c
+			 WHERE c.builtin AND c.code OPERATOR(pg_catalog.=) NEW.code;
+		END CASE;
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._builtin_row() IS
+	'Internal: a row written to status_map, fee_type_map or currency is the writer''s own (builtin false, dumped by pg_dump): an updated built-in row becomes one, an inserted row takes the place of the built-in row of its key, and a built-in row cannot be deleted.';
+CREATE TRIGGER status_map_builtin BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.status_map
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._builtin_row();
+CREATE TRIGGER fee_type_map_builtin BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.fee_type_map
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._builtin_row();
+CREATE TRIGGER currency_builtin BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.currency
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._builtin_row();
+COMMENT ON COLUMN @extschema@.status_map.builtin IS
+	'Seeded by the extension (not dumped by pg_dump, created again on restore). A row you update, or insert with a built-in row''s key in its place, is yours (false) and dumped; built-in rows cannot be deleted.';
+COMMENT ON COLUMN @extschema@.fee_type_map.builtin IS
+	'Seeded by the extension (not dumped by pg_dump, created again on restore). Add rows for your codes beside them; a row you update, or insert with a built-in row''s key in its place, is yours (false) and dumped; built-in rows cannot be deleted.';
+REVOKE ALL ON FUNCTION @extschema@._builtin_row() FROM PUBLIC;

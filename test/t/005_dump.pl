@@ -22,6 +22,26 @@ ok(wait_until($node, 'SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NU
 $node->safe_psql('postgres', q{SELECT shipsync.copy_profile('sf_express', 'sf_mine');
 	UPDATE shipsync.field_map SET transform = 'upper' WHERE profile = 'sf_mine' AND target_path = 'remark'});
 
+# a DBA's changes of built-in mapping rows (docs/tracking.md: "Changing a
+# mapping is an INSERT or UPDATE of status_map"): an update, a row of the
+# same key inserted in place of the built-in one, a built-in fee type
+# mapped anew.  pg_dump leaves built-in rows out, so each of these must
+# have become the DBA's own row, and come back.
+my $mine = q{SELECT string_agg(t, ', ' ORDER BY t) FROM (
+	SELECT profile || ':' || raw_status || coalesce('/' || pattern, '') || '->' || status AS t
+	  FROM shipsync.status_map
+	 WHERE profile = 'sf_express' AND raw_status IN ('44', '80', '36')
+	UNION ALL
+	SELECT profile || ':' || code || '->' || fee_type FROM shipsync.fee_type_map
+	 WHERE profile = 'easypost' AND code = 'LabelFee') x};
+$node->safe_psql('postgres', q{
+	UPDATE shipsync.status_map SET status = 'in_transit' WHERE profile = 'sf_express' AND raw_status = '44';
+	INSERT INTO shipsync.status_map (profile, raw_status, status) VALUES ('sf_express', '80', 'available_for_pickup');
+	UPDATE shipsync.fee_type_map SET fee_type = 'postage' WHERE profile = 'easypost' AND code = 'LabelFee'});
+my $mine_before = $node->safe_psql('postgres', $mine);
+is($mine_before, 'easypost:LabelFee->postage, sf_express:36->in_transit, sf_express:44->in_transit, sf_express:80->available_for_pickup',
+	'the DBA\'s mappings are in place');
+
 my $counts = q{SELECT (SELECT count(*) FROM shipsync.provider) || '/' ||
 	(SELECT count(*) FROM shipsync.binding) || '/' ||
 	(SELECT count(*) FROM shipsync.outbox) || '/' ||
@@ -45,6 +65,8 @@ is( $node->safe_psql('restored',
 		count(*) FILTER (WHERE profile = 'sf_mine' AND target_path = 'remark' AND transform = 'upper')
 		FROM shipsync.field_map}),
 	'42/42/1', 'field maps: the built-in profile once, the user\'s own profile with its change');
+is($node->safe_psql('restored', $mine), $mine_before,
+	'built-in status and fee type mappings the DBA changed come back changed');
 is( $node->safe_psql('restored',
 		'SELECT count(*) FROM crm.orders o JOIN shipsync.shipment s ON s.order_key = o.id::text'
 		  . ' WHERE s.tracking_number = o.waybill_no'),

@@ -8016,3 +8016,52 @@ COMMENT ON COLUMN @extschema@.status_map.builtin IS
 COMMENT ON COLUMN @extschema@.fee_type_map.builtin IS
 	'Seeded by the extension (not dumped by pg_dump, created again on restore). Add rows for your codes beside them; a row you update, or insert with a built-in row''s key in its place, is yours (false) and dumped; built-in rows cannot be deleted.';
 REVOKE ALL ON FUNCTION @extschema@._builtin_row() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- A dump of a database updated from 0.1 restores its own field maps
+------------------------------------------------------------------------------
+-- 0.1 numbered a database's own field_map rows right after its 28 seeds;
+-- this update adds its seeds after them, while a fresh install (the
+-- CREATE EXTENSION of a restore) seeds all of them first, taking the ids
+-- the own rows come back with: the restore failed on field_map_pkey.  A
+-- row inserted with a taken id gets the next free one.
+CREATE OR REPLACE FUNCTION @extschema@._field_map_check()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.seeded THEN
+		RAISE EXCEPTION 'profile "%" is built in and read-only', OLD.profile
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'Its rows come with the extension and are created again on restore.',
+				  HINT = format('Copy it with shipsync.copy_profile(%L, ''my_profile''), change the copy, and set option "profile" of the provider.', OLD.profile);
+	END IF;
+	IF TG_OP = 'DELETE' THEN
+		RETURN OLD;
+	END IF;
+	-- only the extension script seeds, before this trigger exists
+	NEW.seeded := false;
+	PERFORM @extschema@._map_check(NEW.target_path, CASE WHEN NEW.direction <> 'statement' THEN NEW.source END, NEW.transform, NEW.arg::text);
+	NEW.updated_at := now();
+	NEW.updated_by := @extschema@._actor();
+	-- fee and statement rows name fee fields; a statement row's source is
+	-- a CSV column's name, not a path (so it is not compiled above)
+	IF NEW.direction IN ('fee', 'statement') THEN
+		PERFORM @extschema@._check_fee_map_row(NEW.direction, NEW.target_path, NEW.source);
+	END IF;
+	-- A row restored from a dump whose id a seed of this install took: a
+	-- database updated from an older version numbered its own rows before
+	-- the seeds its update added, and a fresh install (a restore's CREATE
+	-- EXTENSION) seeds them first.  The next free id, as nextval would
+	-- have given it (and after a restore set the sequence back, nextval's
+	-- own ids skip the rows renumbered so).
+	IF TG_OP = 'INSERT' THEN
+		WHILE EXISTS (SELECT 1 FROM @extschema@.field_map m
+					   WHERE m.field_map_id OPERATOR(pg_catalog.=) NEW.field_map_id) LOOP
+			NEW.field_map_id := pg_catalog.nextval('@extschema@.field_map_field_map_id_seq');
+		END LOOP;
+	END IF;
+	RETURN NEW;
+END
+$$;

@@ -8065,3 +8065,70 @@ BEGIN
 	RETURN NEW;
 END
 $$;
+
+------------------------------------------------------------------------------
+-- A restore keeps the tickets as they were
+------------------------------------------------------------------------------
+-- The fold of a new ticket into its problem's ticket also folded the rows
+-- a restore loads: an updated 0.1 database keeps several tickets of one
+-- problem (0.1 opened one per dead intent; the update resolved the older
+-- ones), and its restore reopened the oldest and dropped the others.
+CREATE OR REPLACE FUNCTION @extschema@._ticket_fold()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t record;
+BEGIN
+	-- a restore loads tickets as they were, several of one problem too (0.1
+	-- opened one per dead intent): folded, a resolved one was reopened and
+	-- the others lost.  A restore is a superuser session with
+	-- check_function_bodies off, as pg_dump's scripts and pg_restore set it
+	-- (_audit_row() in 80_security.sql tells it the same way).
+	IF NOT pg_catalog.current_setting('check_function_bodies')::boolean
+	   AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+			 WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER) THEN
+		RETURN NEW;
+	END IF;
+	-- one writer per problem at a time, so that two transactions cannot
+	-- both find no open ticket and both open one
+	PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync ticket', NEW.kind,
+		NEW.provider_id, NEW.binding_id, NEW.order_key, NEW.subject), 0));
+	SELECT x.ticket_id, x.resolved_at INTO t
+	  FROM @extschema@.exception_ticket x
+	 WHERE x.kind OPERATOR(pg_catalog.=) NEW.kind
+	   AND coalesce(x.provider_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.provider_id, 0)
+	   AND coalesce(x.binding_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.binding_id, 0)
+	   AND coalesce(x.order_key, '') OPERATOR(pg_catalog.=) coalesce(NEW.order_key, '')
+	   AND coalesce(x.subject, '') OPERATOR(pg_catalog.=) coalesce(NEW.subject, '')
+	 ORDER BY x.resolved_at IS NULL DESC, x.ticket_id DESC
+	 LIMIT 1;
+	IF NOT FOUND THEN
+		NEW.last_seen_at := coalesce(NEW.last_seen_at, NEW.opened_at);
+		RETURN NEW;
+	END IF;
+	UPDATE @extschema@.exception_ticket x
+	   SET detail = NEW.detail,
+		   outbox_id = coalesce(NEW.outbox_id, x.outbox_id),
+		   tracking_number = coalesce(NEW.tracking_number, x.tracking_number),
+		   facts = coalesce(NEW.facts, x.facts),
+		   last_seen_at = pg_catalog.now(),
+		   resolved_at = NULL,
+		   resolved_by = NULL,
+		   resolution = NULL,
+		   acknowledged_at = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_at END,
+		   acknowledged_by = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_by END,
+		   acknowledgement = CASE WHEN t.resolved_at IS NULL THEN x.acknowledgement END,
+		   reopen_count = x.reopen_count OPERATOR(pg_catalog.+)
+			   CASE WHEN t.resolved_at IS NULL THEN 0 ELSE 1 END,
+		   reopened_at = CASE WHEN t.resolved_at IS NULL THEN x.reopened_at ELSE pg_catalog.now() END
+	 WHERE x.ticket_id OPERATOR(pg_catalog.=) t.ticket_id;
+	IF t.resolved_at IS NOT NULL THEN
+		PERFORM pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object('event', 'ticket_reopened',
+			'ticket_id', t.ticket_id, 'kind', NEW.kind, 'binding_id', NEW.binding_id,
+			'order_key', NEW.order_key)::text);
+	END IF;
+	RETURN NULL;
+END
+$$;

@@ -195,6 +195,10 @@ like($dump, qr/COPY shipsync\.secret /, 'the dump carries shipsync.secret (ciphe
 # them all first: the restore failed on field_map_pkey)
 my $own_maps = q{SELECT count(*) || ':' || string_agg(DISTINCT profile, ',')
 	FROM shipsync.field_map WHERE NOT seeded};
+# and the tickets 0.1 left (two for one problem, the older resolved by the
+# update) come back as they are, none folded into another
+my $tickets = q{SELECT string_agg(ticket_id || ':' || kind || ':' || coalesce(order_key, '-') || ':'
+	|| (resolved_at IS NULL) || ':' || reopen_count, ',' ORDER BY ticket_id) FROM shipsync.exception_ticket};
 $node->safe_psql('postgres', 'CREATE DATABASE upgraded_restored');
 my $dumpfile = "$tmp/upgraded.sql";
 PostgreSQL::Test::Utils::append_to_file($dumpfile, $dump);
@@ -204,6 +208,8 @@ IPC::Run::run([ "$inst_bin/psql", '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', $du
 is($rerr, '', 'the dump of the upgraded database restores');
 is($node->safe_psql('upgraded_restored', $own_maps), $node->safe_psql('postgres', $own_maps),
 	'with the own field maps of 0.1');
+is($node->safe_psql('upgraded_restored', $tickets), $node->safe_psql('postgres', $tickets),
+	'and every ticket, open and resolved, as it was');
 is( $node->safe_psql('postgres', q{SELECT string_agg(provider || ':' || name, ',' ORDER BY provider, name) FROM shipsync.secrets}),
 	'kd:key,kd:webhook_secret,tok:token,tok:webhook_secret', 'each credential was moved into shipsync.secret');
 is( $node->safe_psql('postgres', q{SELECT string_agg(name || ' ' || coalesce(auth::text, '-'), ', ' ORDER BY name)

@@ -7716,6 +7716,18 @@ REVOKE ALL ON FUNCTION @extschema@._key_type(regclass, name) FROM PUBLIC;
 -- (attach() as it ends up: the last section that changes it, below)
 CREATE OR REPLACE FUNCTION @extschema@._reconcile_crm(bid integer, full_pass boolean)
 RETURNS void
+-- No foreign key between two of the extension's dumped tables
+------------------------------------------------------------------------------
+-- pg_dump dumps the rows of binding and provider, crm_delivery and
+-- crm_source as data only; CREATE EXTENSION makes their foreign keys before
+-- any row comes back, and pg_restore -j loads tables side by side in any
+-- order: a binding loaded before its provider was refused, and every INSERT
+-- into the attached table failed after the restore.  Triggers keep what the
+-- keys kept (install/10_queue.sql, install/60_crm.sql).
+ALTER TABLE @extschema@.binding DROP CONSTRAINT binding_provider_id_fkey;
+ALTER TABLE @extschema@.crm_delivery DROP CONSTRAINT crm_delivery_crm_source_id_fkey;
+CREATE FUNCTION @extschema@._provider_in_use()
+RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -8350,6 +8362,217 @@ ALTER FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) SET shipsy
 -- so no table was compared; now it is left out, and the run fails naming it.
 CREATE OR REPLACE FUNCTION @extschema@._reconcile_compare(run bigint)
 RETURNS void
+	bid integer;
+BEGIN
+	IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+		SELECT b.binding_id INTO bid FROM @extschema@.binding b LIMIT 1;
+	ELSE
+		SELECT b.binding_id INTO bid FROM @extschema@.binding b
+		 WHERE b.provider_id OPERATOR(pg_catalog.=) OLD.provider_id LIMIT 1;
+	END IF;
+	IF bid IS NOT NULL AND TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+		RAISE EXCEPTION 'cannot truncate shipsync.provider: binding % names one of its providers', bid
+			USING ERRCODE = 'foreign_key_violation',
+				  HINT = 'Delete the bindings first, as the extension''s owner.';
+	ELSIF bid IS NOT NULL THEN
+		RAISE EXCEPTION 'provider "%" is still named by binding %', OLD.name, bid
+			USING ERRCODE = 'foreign_key_violation',
+				  DETAIL = 'A binding keeps its provider, attached or detached: its shipments and intents are that provider''s.',
+				  HINT = 'Delete the provider''s bindings first, as the extension''s owner.';
+	END IF;
+	IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+		RETURN NULL;
+	END IF;
+	RETURN OLD;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._provider_in_use() IS
+	'Internal: refuses to delete (or truncate) a provider that a binding names, as a foreign key would; the extension''s dumped tables have none, so that pg_restore -j can load them in any order.';
+CREATE TRIGGER provider_in_use BEFORE DELETE ON @extschema@.provider
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._provider_in_use();
+CREATE TRIGGER provider_in_use_truncate BEFORE TRUNCATE ON @extschema@.provider
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._provider_in_use();
+CREATE FUNCTION @extschema@._drop_deliveries()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM @extschema@.crm_delivery d
+	 WHERE d.crm_source_id OPERATOR(pg_catalog.=) OLD.crm_source_id;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._drop_deliveries() IS
+	'Internal: deletes the deliveries of a deleted CRM source, as ON DELETE CASCADE would; the extension''s dumped tables have no foreign key between them, so that pg_restore -j can load them in any order.';
+CREATE TRIGGER crm_source_drop_deliveries AFTER DELETE ON @extschema@.crm_source
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._drop_deliveries();
+REVOKE ALL ON FUNCTION @extschema@._provider_in_use(), @extschema@._drop_deliveries() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- A restore records nothing in the audit log
+------------------------------------------------------------------------------
+-- The audit triggers recorded every row a restore loaded into an audited
+-- table as an insert by the restoring role, with ids from the audit
+-- sequence, which the restore then set back to the dump's value: a log
+-- holding fewer ids than the audited tables hold rows (after an update
+-- from 0.1, or a pruning) came back with those rows, and the changes made
+-- after the restore took their ids and were dropped by ON CONFLICT.
+CREATE OR REPLACE FUNCTION @extschema@._audit_row()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v record;
+BEGIN
+	IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) '@extschema@'
+	   OR NOT TG_TABLE_NAME OPERATOR(pg_catalog.=) ANY
+		   (ARRAY['provider', 'secret', 'binding', 'field_map', 'status_map', 'crm_source',
+				  'fee_type_map', 'currency', 'stuck_after']) THEN
+		RAISE EXCEPTION 'shipsync._audit_row() audits the tables of pg_shipsync only'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('It fired on %I.%I.', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+	END IF;
+	-- What a restore loads is no one's change, as what the extension's
+	-- scripts seed is not: a superuser session with check_function_bodies
+	-- off is pg_dump's script or pg_restore (both turn it off; only a
+	-- superuser creates the extension, and a superuser could disable these
+	-- triggers anyway).  Recorded, those rows took ids from a sequence the
+	-- restore then set back, and the changes made after it were dropped.
+	IF NOT pg_catalog.current_setting('check_function_bodies')::boolean
+	   AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+			 WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER) THEN
+		RETURN NULL;
+	END IF;
+	SELECT * INTO v FROM @extschema@._audit_values(TG_OP, TG_ARGV[1], TG_ARGV[2]::jsonb,
+		to_jsonb(OLD), to_jsonb(NEW));
+	PERFORM @extschema@._audit(
+		coalesce(nullif(current_setting('shipsync.audit_action', true), ''), lower(TG_OP)),
+		TG_ARGV[0], v.object_name, v.old_value, v.new_value);
+	RETURN NULL;
+END
+$$;
+-- A DBA's changes of built-in mapping rows survive pg_dump
+------------------------------------------------------------------------------
+-- status_map, fee_type_map and currency dump only their rows that are not
+-- built in; an UPDATE of a built-in row (docs/tracking.md: "Changing a
+-- mapping is an INSERT or UPDATE of status_map") stayed built in, and a
+-- restore brought the seed back.  Rows written from now on are the
+-- writer's own (install/30_tracking.sql, install/45_fees.sql).  Built-in
+-- rows changed before the update cannot be told from the seeds here and
+-- stay as they are.
+CREATE FUNCTION @extschema@._builtin_row()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+		IF OLD.builtin AND pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.=) 1 THEN
+			RAISE EXCEPTION 'a built-in row of shipsync.% cannot be deleted', TG_TABLE_NAME
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  DETAIL = 'Built-in rows come with the extension and are created again when a dump is restored.',
+					  HINT = CASE TG_TABLE_NAME
+						WHEN 'status_map' THEN 'Update it instead (status ''unknown'' maps its raw status to nothing): an updated row is yours, and pg_dump keeps it.'
+						WHEN 'fee_type_map' THEN 'Update its fee_type instead: an updated row is yours, and pg_dump keeps it.'
+						ELSE 'Built-in currencies stay.' END;
+		END IF;
+		RETURN OLD;
+	END IF;
+	NEW.builtin := false;
+	IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+		CASE TG_TABLE_NAME
+		WHEN 'status_map' THEN
+			DELETE FROM @extschema@.status_map m
+			 WHERE m.builtin AND m.profile OPERATOR(pg_catalog.=) NEW.profile
+			   AND m.raw_status OPERATOR(pg_catalog.=) NEW.raw_status
+			   AND coalesce(m.pattern, '') OPERATOR(pg_catalog.=) coalesce(NEW.pattern, '');
+		WHEN 'fee_type_map' THEN
+			DELETE FROM @extschema@.fee_type_map m
+			 WHERE m.builtin AND m.profile OPERATOR(pg_catalog.=) NEW.profile
+			   AND m.code OPERATOR(pg_catalog.=) NEW.code;
+		ELSE
+			DELETE FROM @extschema@.currency c
+			 WHERE c.builtin AND c.code OPERATOR(pg_catalog.=) NEW.code;
+		END CASE;
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._builtin_row() IS
+	'Internal: a row written to status_map, fee_type_map or currency is the writer''s own (builtin false, dumped by pg_dump): an updated built-in row becomes one, an inserted row takes the place of the built-in row of its key, and a built-in row cannot be deleted.';
+CREATE TRIGGER status_map_builtin BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.status_map
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._builtin_row();
+CREATE TRIGGER fee_type_map_builtin BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.fee_type_map
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._builtin_row();
+CREATE TRIGGER currency_builtin BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.currency
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._builtin_row();
+COMMENT ON COLUMN @extschema@.status_map.builtin IS
+	'Seeded by the extension (not dumped by pg_dump, created again on restore). A row you update, or insert with a built-in row''s key in its place, is yours (false) and dumped; built-in rows cannot be deleted.';
+COMMENT ON COLUMN @extschema@.fee_type_map.builtin IS
+	'Seeded by the extension (not dumped by pg_dump, created again on restore). Add rows for your codes beside them; a row you update, or insert with a built-in row''s key in its place, is yours (false) and dumped; built-in rows cannot be deleted.';
+REVOKE ALL ON FUNCTION @extschema@._builtin_row() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- A dump of a database updated from 0.1 restores its own field maps
+------------------------------------------------------------------------------
+-- 0.1 numbered a database's own field_map rows right after its 28 seeds;
+-- this update adds its seeds after them, while a fresh install (the
+-- CREATE EXTENSION of a restore) seeds all of them first, taking the ids
+-- the own rows come back with: the restore failed on field_map_pkey.  A
+-- row inserted with a taken id gets the next free one.
+CREATE OR REPLACE FUNCTION @extschema@._field_map_check()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.seeded THEN
+		RAISE EXCEPTION 'profile "%" is built in and read-only', OLD.profile
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'Its rows come with the extension and are created again on restore.',
+				  HINT = format('Copy it with shipsync.copy_profile(%L, ''my_profile''), change the copy, and set option "profile" of the provider.', OLD.profile);
+	END IF;
+	IF TG_OP = 'DELETE' THEN
+		RETURN OLD;
+	END IF;
+	-- only the extension script seeds, before this trigger exists
+	NEW.seeded := false;
+	PERFORM @extschema@._map_check(NEW.target_path, CASE WHEN NEW.direction <> 'statement' THEN NEW.source END, NEW.transform, NEW.arg::text);
+	NEW.updated_at := now();
+	NEW.updated_by := @extschema@._actor();
+	-- fee and statement rows name fee fields; a statement row's source is
+	-- a CSV column's name, not a path (so it is not compiled above)
+	IF NEW.direction IN ('fee', 'statement') THEN
+		PERFORM @extschema@._check_fee_map_row(NEW.direction, NEW.target_path, NEW.source);
+	END IF;
+	-- A row restored from a dump whose id a seed of this install took: a
+	-- database updated from an older version numbered its own rows before
+	-- the seeds its update added, and a fresh install (a restore's CREATE
+	-- EXTENSION) seeds them first.  The next free id, as nextval would
+	-- have given it (and after a restore set the sequence back, nextval's
+	-- own ids skip the rows renumbered so).
+	IF TG_OP = 'INSERT' THEN
+		WHILE EXISTS (SELECT 1 FROM @extschema@.field_map m
+					   WHERE m.field_map_id OPERATOR(pg_catalog.=) NEW.field_map_id) LOOP
+			NEW.field_map_id := pg_catalog.nextval('@extschema@.field_map_field_map_id_seq');
+		END LOOP;
+	END IF;
+	RETURN NEW;
+END
+$$;
+
+------------------------------------------------------------------------------
+-- A restore keeps the tickets as they were
+------------------------------------------------------------------------------
+-- The fold of a new ticket into its problem's ticket also folded the rows
+-- a restore loads: an updated 0.1 database keeps several tickets of one
+-- problem (0.1 opened one per dead intent; the update resolved the older
+-- ones), and its restore reopened the oldest and dropped the others.
+CREATE OR REPLACE FUNCTION @extschema@._ticket_fold()
+RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -8419,5 +8642,56 @@ BEGIN
 		   error = failed, opened = m.opened, reopened = m.reopened, closed = m.closed,
 		   finished_at = clock_timestamp()
 	 WHERE x.run_id = run;
+	t record;
+BEGIN
+	-- a restore loads tickets as they were, several of one problem too (0.1
+	-- opened one per dead intent): folded, a resolved one was reopened and
+	-- the others lost.  A restore is a superuser session with
+	-- check_function_bodies off, as pg_dump's scripts and pg_restore set it
+	-- (_audit_row() in 80_security.sql tells it the same way).
+	IF NOT pg_catalog.current_setting('check_function_bodies')::boolean
+	   AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+			 WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER) THEN
+		RETURN NEW;
+	END IF;
+	-- one writer per problem at a time, so that two transactions cannot
+	-- both find no open ticket and both open one
+	PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync ticket', NEW.kind,
+		NEW.provider_id, NEW.binding_id, NEW.order_key, NEW.subject), 0));
+	SELECT x.ticket_id, x.resolved_at INTO t
+	  FROM @extschema@.exception_ticket x
+	 WHERE x.kind OPERATOR(pg_catalog.=) NEW.kind
+	   AND coalesce(x.provider_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.provider_id, 0)
+	   AND coalesce(x.binding_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.binding_id, 0)
+	   AND coalesce(x.order_key, '') OPERATOR(pg_catalog.=) coalesce(NEW.order_key, '')
+	   AND coalesce(x.subject, '') OPERATOR(pg_catalog.=) coalesce(NEW.subject, '')
+	 ORDER BY x.resolved_at IS NULL DESC, x.ticket_id DESC
+	 LIMIT 1;
+	IF NOT FOUND THEN
+		NEW.last_seen_at := coalesce(NEW.last_seen_at, NEW.opened_at);
+		RETURN NEW;
+	END IF;
+	UPDATE @extschema@.exception_ticket x
+	   SET detail = NEW.detail,
+		   outbox_id = coalesce(NEW.outbox_id, x.outbox_id),
+		   tracking_number = coalesce(NEW.tracking_number, x.tracking_number),
+		   facts = coalesce(NEW.facts, x.facts),
+		   last_seen_at = pg_catalog.now(),
+		   resolved_at = NULL,
+		   resolved_by = NULL,
+		   resolution = NULL,
+		   acknowledged_at = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_at END,
+		   acknowledged_by = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_by END,
+		   acknowledgement = CASE WHEN t.resolved_at IS NULL THEN x.acknowledgement END,
+		   reopen_count = x.reopen_count OPERATOR(pg_catalog.+)
+			   CASE WHEN t.resolved_at IS NULL THEN 0 ELSE 1 END,
+		   reopened_at = CASE WHEN t.resolved_at IS NULL THEN x.reopened_at ELSE pg_catalog.now() END
+	 WHERE x.ticket_id OPERATOR(pg_catalog.=) t.ticket_id;
+	IF t.resolved_at IS NOT NULL THEN
+		PERFORM pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object('event', 'ticket_reopened',
+			'ticket_id', t.ticket_id, 'kind', NEW.kind, 'binding_id', NEW.binding_id,
+			'order_key', NEW.order_key)::text);
+	END IF;
+	RETURN NULL;
 END
 $$;

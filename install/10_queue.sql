@@ -33,7 +33,7 @@ COMMENT ON TABLE @extschema@.provider IS
 CREATE TABLE @extschema@.binding (
 	binding_id		integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	tbl				regclass NOT NULL UNIQUE,
-	provider_id		integer NOT NULL REFERENCES @extschema@.provider,
+	provider_id		integer NOT NULL,
 	key_column		name NOT NULL,
 	writeback		jsonb NOT NULL DEFAULT '{}',
 	options			jsonb NOT NULL DEFAULT '{}',
@@ -45,6 +45,51 @@ CREATE TABLE @extschema@.binding (
 );
 COMMENT ON TABLE @extschema@.binding IS
 	'Which CRM table is attached to which provider, its key column and its write-back map. Written by shipsync.attach() and shipsync.detach().';
+
+-- No foreign key between two of the extension's dumped tables (binding to
+-- provider here, crm_delivery to crm_source in 60_crm.sql): pg_dump dumps
+-- their rows as data only, CREATE EXTENSION makes their constraints before
+-- any row comes back, and pg_restore -j loads tables side by side in any
+-- order, so a key refused the rows of whichever table came first (a
+-- binding before its provider: the binding lost, every INSERT into the
+-- attached table failed).  What the key kept, a trigger keeps: a provider
+-- that a binding names cannot be deleted.
+CREATE FUNCTION @extschema@._provider_in_use()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	bid integer;
+BEGIN
+	IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+		SELECT b.binding_id INTO bid FROM @extschema@.binding b LIMIT 1;
+	ELSE
+		SELECT b.binding_id INTO bid FROM @extschema@.binding b
+		 WHERE b.provider_id OPERATOR(pg_catalog.=) OLD.provider_id LIMIT 1;
+	END IF;
+	IF bid IS NOT NULL AND TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+		RAISE EXCEPTION 'cannot truncate shipsync.provider: binding % names one of its providers', bid
+			USING ERRCODE = 'foreign_key_violation',
+				  HINT = 'Delete the bindings first, as the extension''s owner.';
+	ELSIF bid IS NOT NULL THEN
+		RAISE EXCEPTION 'provider "%" is still named by binding %', OLD.name, bid
+			USING ERRCODE = 'foreign_key_violation',
+				  DETAIL = 'A binding keeps its provider, attached or detached: its shipments and intents are that provider''s.',
+				  HINT = 'Delete the provider''s bindings first, as the extension''s owner.';
+	END IF;
+	IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+		RETURN NULL;
+	END IF;
+	RETURN OLD;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._provider_in_use() IS
+	'Internal: refuses to delete (or truncate) a provider that a binding names, as a foreign key would; the extension''s dumped tables have none, so that pg_restore -j can load them in any order.';
+CREATE TRIGGER provider_in_use BEFORE DELETE ON @extschema@.provider
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._provider_in_use();
+CREATE TRIGGER provider_in_use_truncate BEFORE TRUNCATE ON @extschema@.provider
+	FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._provider_in_use();
 
 -- No foreign keys and no CHECK constraints on the outbox: capture must cost
 -- one narrow insert (a CHECK is re-read from its stored form by every

@@ -91,7 +91,7 @@ CREATE UNIQUE INDEX status_map_key ON @extschema@.status_map
 COMMENT ON TABLE @extschema@.status_map IS
 	'Provider raw status to canonical status, per profile (the provider option profile, else its dialect). A row matches an event whose raw status or sub-status (AfterShip subtag, EasyPost status_detail, Kuaidi100 status text) is raw_status and, when pattern is set, whose description matches that regular expression; the highest priority wins, then a row with a pattern. Profile generic needs no rows for the canonical names. Unmapped: unknown, raw status kept.';
 COMMENT ON COLUMN @extschema@.status_map.builtin IS
-	'Seeded by the extension (not dumped by pg_dump). Add rows of higher priority rather than editing these.';
+	'Seeded by the extension (not dumped by pg_dump, created again on restore). A row you update, or insert with a built-in row''s key in its place, is yours (false) and dumped; built-in rows cannot be deleted.';
 
 INSERT INTO @extschema@.status_map (profile, raw_status, pattern, status, priority, builtin)
 SELECT m.profile, m.raw_status, m.pattern, m.status, m.priority, true
@@ -151,6 +151,58 @@ FROM (VALUES
 	('sf_express', '44', NULL, 'out_for_delivery', 0),
 	('sf_express', '80', NULL, 'delivered', 0)
 ) AS m(profile, raw_status, pattern, status, priority);
+
+-- Built-in rows (status_map here, fee_type_map and currency in
+-- 45_fees.sql) are not dumped: CREATE EXTENSION seeds them again on
+-- restore.  A row a DBA writes is therefore always the DBA's own: an
+-- update of a built-in row makes it so (pg_dump keeps it from then on),
+-- and an own row inserted with a built-in row's key takes that row's
+-- place, which is also how a restore brings the own row back after the
+-- seeds.  A built-in row cannot be deleted: the restore would bring it
+-- back.  Seeds of a later version are written before these triggers see
+-- them, or with the triggers disabled.
+CREATE FUNCTION @extschema@._builtin_row()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+		IF OLD.builtin AND pg_catalog.pg_trigger_depth() OPERATOR(pg_catalog.=) 1 THEN
+			RAISE EXCEPTION 'a built-in row of shipsync.% cannot be deleted', TG_TABLE_NAME
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  DETAIL = 'Built-in rows come with the extension and are created again when a dump is restored.',
+					  HINT = CASE TG_TABLE_NAME
+						WHEN 'status_map' THEN 'Update it instead (status ''unknown'' maps its raw status to nothing): an updated row is yours, and pg_dump keeps it.'
+						WHEN 'fee_type_map' THEN 'Update its fee_type instead: an updated row is yours, and pg_dump keeps it.'
+						ELSE 'Built-in currencies stay.' END;
+		END IF;
+		RETURN OLD;
+	END IF;
+	NEW.builtin := false;
+	IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+		CASE TG_TABLE_NAME
+		WHEN 'status_map' THEN
+			DELETE FROM @extschema@.status_map m
+			 WHERE m.builtin AND m.profile OPERATOR(pg_catalog.=) NEW.profile
+			   AND m.raw_status OPERATOR(pg_catalog.=) NEW.raw_status
+			   AND coalesce(m.pattern, '') OPERATOR(pg_catalog.=) coalesce(NEW.pattern, '');
+		WHEN 'fee_type_map' THEN
+			DELETE FROM @extschema@.fee_type_map m
+			 WHERE m.builtin AND m.profile OPERATOR(pg_catalog.=) NEW.profile
+			   AND m.code OPERATOR(pg_catalog.=) NEW.code;
+		ELSE
+			DELETE FROM @extschema@.currency c
+			 WHERE c.builtin AND c.code OPERATOR(pg_catalog.=) NEW.code;
+		END CASE;
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._builtin_row() IS
+	'Internal: a row written to status_map, fee_type_map or currency is the writer''s own (builtin false, dumped by pg_dump): an updated built-in row becomes one, an inserted row takes the place of the built-in row of its key, and a built-in row cannot be deleted.';
+CREATE TRIGGER status_map_builtin BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.status_map
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._builtin_row();
 
 CREATE TABLE @extschema@.tracking_event (
 	event_id		bigint GENERATED ALWAYS AS IDENTITY,

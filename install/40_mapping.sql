@@ -246,6 +246,18 @@ BEGIN
 	IF NEW.direction IN ('fee', 'statement') THEN
 		PERFORM @extschema@._check_fee_map_row(NEW.direction, NEW.target_path, NEW.source);
 	END IF;
+	-- A row restored from a dump whose id a seed of this install took: a
+	-- database updated from an older version numbered its own rows before
+	-- the seeds its update added, and a fresh install (a restore's CREATE
+	-- EXTENSION) seeds them first.  The next free id, as nextval would
+	-- have given it (and after a restore set the sequence back, nextval's
+	-- own ids skip the rows renumbered so).
+	IF TG_OP = 'INSERT' THEN
+		WHILE EXISTS (SELECT 1 FROM @extschema@.field_map m
+					   WHERE m.field_map_id OPERATOR(pg_catalog.=) NEW.field_map_id) LOOP
+			NEW.field_map_id := pg_catalog.nextval('@extschema@.field_map_field_map_id_seq');
+		END LOOP;
+	END IF;
 	RETURN NEW;
 END
 $$;

@@ -125,7 +125,7 @@ CREATE TABLE @extschema@.fee_type_map (
 COMMENT ON TABLE @extschema@.fee_type_map IS
 	'A carrier''s fee code to a canonical fee type, per profile (the provider option profile, else its dialect). A code without a row is read as the canonical type of that name (freight, Freight), else other.';
 COMMENT ON COLUMN @extschema@.fee_type_map.builtin IS
-	'Seeded by the extension (not dumped by pg_dump). Add rows for your codes beside them.';
+	'Seeded by the extension (not dumped by pg_dump, created again on restore). Add rows for your codes beside them; a row you update, or insert with a built-in row''s key in its place, is yours (false) and dumped; built-in rows cannot be deleted.';
 INSERT INTO @extschema@.fee_type_map (profile, code, fee_type, builtin)
 SELECT m.profile, m.code, m.fee_type, true
 FROM (VALUES
@@ -159,6 +159,9 @@ FROM (VALUES
 	('sf_express', '退款', 'refund'),
 	('sf_express', '其他费用', 'other')
 ) AS m(profile, code, fee_type);
+-- a row written here is the writer's own (_builtin_row(), 30_tracking.sql)
+CREATE TRIGGER fee_type_map_builtin BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.fee_type_map
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._builtin_row();
 
 CREATE TABLE @extschema@.currency (
 	code			text PRIMARY KEY CHECK (code ~ '^[A-Z]{3}$'),
@@ -232,6 +235,8 @@ FROM (VALUES
 	('YER', 'Yemeni Rial'), ('ZAR', 'Rand'), ('ZMW', 'Zambian Kwacha'),
 	('ZWL', 'Zimbabwe Dollar')
 ) AS c(code, name);
+CREATE TRIGGER currency_builtin BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.currency
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._builtin_row();
 
 CREATE TABLE @extschema@.statement (
 	statement_id	bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -32,6 +32,16 @@ AS $$
 DECLARE
 	t record;
 BEGIN
+	-- a restore loads tickets as they were, several of one problem too (0.1
+	-- opened one per dead intent): folded, a resolved one was reopened and
+	-- the others lost.  A restore is a superuser session with
+	-- check_function_bodies off, as pg_dump's scripts and pg_restore set it
+	-- (_audit_row() in 80_security.sql tells it the same way).
+	IF NOT pg_catalog.current_setting('check_function_bodies')::boolean
+	   AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+			 WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER) THEN
+		RETURN NEW;
+	END IF;
 	-- one writer per problem at a time, so that two transactions cannot
 	-- both find no open ticket and both open one
 	PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync ticket', NEW.kind,

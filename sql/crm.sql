@@ -185,8 +185,12 @@ SELECT shipsync.create_crm_source('gone', 'generic', 'crm.gone', '{"secret": "wh
 DROP TABLE crm.gone;
 SELECT pg_temp.err($$SELECT pg_temp.push('gone', 'e9', 'order.created', '{"id": "Z-5"}')$$);
 SELECT count(*) AS gone_secrets FROM shipsync.secret WHERE provider = 'gone';
+INSERT INTO shipsync.crm_delivery (crm_source_id, delivery_id, expires_at)
+SELECT crm_source_id, 'd-gone', now() + interval '1 day' FROM shipsync.crm_source WHERE name = 'gone';
 SELECT shipsync.drop_crm_source('gone');
 SELECT pg_temp.err($$SELECT shipsync.drop_crm_source('gone')$$);
+-- its deliveries go with it (a trigger: no foreign key, see TAP 005)
+SELECT count(*) AS gone_deliveries FROM shipsync.crm_delivery WHERE delivery_id = 'd-gone';
 -- a dropped source takes its secret with it
 SELECT count(*) AS gone_secrets FROM shipsync.secret WHERE provider = 'gone';
 

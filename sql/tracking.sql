@@ -274,6 +274,25 @@ SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t8-1', 'T8', 'in_transi
 -- a status_map row of the generic profile maps a raw status of its own
 INSERT INTO shipsync.status_map (profile, raw_status, status) VALUES ('generic', 'lost_in_space', 'exception');
 SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('t8-3', 'T8', 'lost_in_space', '2026-03-01T03:00:00Z')));
+-- built-in rows are not dumped: a row a DBA writes becomes the DBA's own
+-- (dumped), an inserted row takes the place of the built-in row of its
+-- key, and a built-in row cannot be deleted (TAP 005 restores them)
+BEGIN;
+UPDATE shipsync.status_map SET status = 'in_transit' WHERE profile = 'sf_express' AND raw_status = '44';
+INSERT INTO shipsync.status_map (profile, raw_status, status) VALUES ('sf_express', '80', 'available_for_pickup');
+INSERT INTO shipsync.fee_type_map (profile, code, fee_type) VALUES ('easypost', 'LabelFee', 'postage');
+UPDATE shipsync.currency SET name = 'Renminbi' WHERE code = 'CNY';
+SELECT profile, raw_status, status, builtin FROM shipsync.status_map
+ WHERE profile = 'sf_express' AND raw_status IN ('44', '80', '50') ORDER BY raw_status;
+SELECT profile, code, fee_type, builtin FROM shipsync.fee_type_map WHERE profile = 'easypost' AND code = 'LabelFee';
+SELECT code, name, builtin FROM shipsync.currency WHERE code = 'CNY';
+SELECT pg_temp.err($$DELETE FROM shipsync.status_map WHERE profile = 'sf_express' AND raw_status = '50'$$);
+SELECT pg_temp.err($$DELETE FROM shipsync.fee_type_map WHERE profile = 'easypost' AND code = 'PostageFee'$$);
+SELECT pg_temp.err($$DELETE FROM shipsync.currency WHERE code = 'USD'$$);
+-- the DBA's own rows may go
+DELETE FROM shipsync.status_map WHERE profile = 'sf_express' AND raw_status = '80';
+SELECT count(*) AS sf_80_rows FROM shipsync.status_map WHERE profile = 'sf_express' AND raw_status = '80';
+ROLLBACK;
 
 SELECT s.order_key, s.tracking_number, s.status, s.raw_status, o.ship_status AS written_back,
 	   (SELECT string_agg(e.status || '@' || to_char(e.occurred_at AT TIME ZONE 'UTC', 'HH24'), ' ' ORDER BY e.occurred_at)

@@ -292,6 +292,25 @@ same_text(const char *a, const char *b)
 }
 
 /*
+ * A provider whose secrets cannot be opened sends nothing: say so when that
+ * starts or its reason changes, not at every load (the providers are read
+ * again at every idle check: a restore beside another key logged it every
+ * shipsync.idle_check_ms for as long as it lasted).
+ */
+static void
+warn_secret_error(const Provider *p, const Provider *old)
+{
+	if (p->secret_error == NULL ||
+		(old && same_text(old->secret_error, p->secret_error)))
+		return;
+	ereport(WARNING,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("pg_shipsync: nothing is sent to provider \"%s\": %s",
+					p->name, p->secret_error),
+			 errhint("Check shipsync.secret_key_file and shipsync.previous_secret_key_file and restart, or set the secret again with shipsync.set_secret(); its intents wait.")));
+}
+
+/*
  * (Re)load providers and bindings, keeping each provider's runtime state.
  */
 static void
@@ -352,12 +371,7 @@ dispatcher_load_config(void)
 			ps[i].inbox_new = true; /* what it captured is not read yet */
 		ps[i].maybe_work = true;
 		ps[i].next_due = 0;
-		if (ps[i].secret_error)
-			ereport(WARNING,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("pg_shipsync: nothing is sent to provider \"%s\": %s",
-							ps[i].name, ps[i].secret_error),
-					 errhint("Check shipsync.secret_key_file and shipsync.previous_secret_key_file and restart, or set the secret again with shipsync.set_secret(); its intents wait.")));
+		warn_secret_error(&ps[i], old);
 	}
 	/* breaker, hold and tokens: in shared memory, kept across restarts */
 	health_attach(ps, np, GetCurrentTimestamp());

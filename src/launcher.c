@@ -21,6 +21,13 @@
  * those it finds in shared memory (the dispatchers' slots, the receiver's
  * pid), and stops an adopted dispatcher whose database leaves the list.
  *
+ * A database that a DBA's command holds (DROP DATABASE, ALTER DATABASE ...
+ * RENAME, CREATE DATABASE ... TEMPLATE: each locks the database and then
+ * waits up to 5 s for its other sessions to leave) is let go: the launcher
+ * looks at each served database's lock once a second, stops our workers
+ * connected to it (the dispatcher, its applier, a comparison, the
+ * receiver) and starts none there until the command is over.
+ *
  * The receiver of pushes (receiver.c) is started the same way when
  * shipsync.receiver_listen is set, for shipsync.receiver_database once it
  * exists.  The launcher starts as soon as the server accepts read-only
@@ -51,8 +58,10 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lock.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/backend_status.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -72,6 +81,7 @@ typedef struct LauncherEntry
 	TimestampTz no_slot_said;	/* when the log last said so */
 	bool		listed;			/* still in shipsync.databases */
 	bool		stopped;		/* just terminated through its handle */
+	bool		let_go;			/* its workers were stopped for a DBA's command */
 } LauncherEntry;
 
 static LauncherEntry launcher_entries[SHIPSYNC_MAX_DISPATCHERS];
@@ -142,6 +152,77 @@ launcher_worker_alive(LauncherEntry *e)
 		return false;
 	st = GetBackgroundWorkerPid(e->handle, &pid);
 	return st == BGWH_STARTED || st == BGWH_NOT_YET_STARTED;
+}
+
+/*
+ * Does a DBA's command hold the database?  DROP DATABASE and ALTER DATABASE
+ * ... RENAME lock it in AccessExclusiveLock, CREATE DATABASE ... TEMPLATE
+ * in ShareLock, before they wait for its sessions to leave; a session
+ * connecting takes RowExclusiveLock, which conflicts with both.  A session
+ * lock tried without waiting: no transaction needed.
+ */
+static bool
+launcher_database_held(Oid dbid)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, dbid, 0);
+	if (LockAcquireExtended(&tag, RowExclusiveLock, true, true, false, NULL) ==
+		LOCKACQUIRE_NOT_AVAIL)
+		return true;
+	LockRelease(&tag, RowExclusiveLock, true);
+	return false;
+}
+
+/*
+ * Stop every pg_shipsync worker connected to the database (those the
+ * dispatcher started too: its applier, a comparison), as
+ * pg_terminate_backend() would; returns how many were signalled.
+ */
+static int
+launcher_stop_workers(Oid dbid)
+{
+	int			n = 0;
+	int			nbackends = pgstat_fetch_stat_numbackends();
+
+	for (int i = 1; i <= nbackends; i++)
+	{
+		LocalPgBackendStatus *l = pgstat_fetch_stat_local_beentry(i);
+		const char *type;
+
+		if (l == NULL || l->backendStatus.st_databaseid != dbid ||
+			l->backendStatus.st_backendType != B_BG_WORKER)
+			continue;
+		type = GetBackgroundWorkerTypeByPid(l->backendStatus.st_procpid);
+		if (type != NULL && strncmp(type, "pg_shipsync ", 12) == 0 &&
+			kill(l->backendStatus.st_procpid, SIGTERM) == 0)
+			n++;
+	}
+	pgstat_clear_backend_activity_snapshot();
+	return n;
+}
+
+/*
+ * Let go of e's database while a DBA's command holds it; true while it
+ * does (nothing is to be started there).
+ */
+static bool
+launcher_let_go(LauncherEntry *e)
+{
+	int			n;
+
+	if (!OidIsValid(e->dbid) || !launcher_database_held(e->dbid))
+	{
+		e->let_go = false;
+		return false;
+	}
+	n = launcher_stop_workers(e->dbid);
+	if (n > 0 && !e->let_go)
+		ereport(LOG,
+				(errmsg("pg_shipsync: database \"%s\" is held by a DBA's command (dropped, renamed or copied): its %d pg_shipsync workers stop until it is over",
+						e->dbname, n)));
+	e->let_go = true;
+	return true;
 }
 
 /*
@@ -277,14 +358,14 @@ launcher_reconcile_receiver(void)
 	if (shipsync_receiver_listen == NULL || shipsync_receiver_listen[0] == '\0')
 		return;
 	strlcpy(e->dbname, shipsync_receiver_database, NAMEDATALEN);
-	if (launcher_worker_alive(e))
+	if (launcher_let_go(e) || launcher_worker_alive(e))
 		return;
 	if (!TimestampDifferenceExceeds(e->last_start, GetCurrentTimestamp(), launcher_retry_ms(e)))
 		return;
+	if (!launcher_database_exists(e->dbname, &e->dbid) || launcher_let_go(e))
+		return;
 	if (launcher_running_pid(InvalidOid) != 0)
 		return;					/* started by the launcher before us */
-	if (!launcher_database_exists(e->dbname, &e->dbid))
-		return;
 	launcher_start_worker(e, true);
 }
 
@@ -352,11 +433,11 @@ launcher_reconcile(void)
 			}
 			continue;
 		}
-		if (launcher_worker_alive(e))
+		if (launcher_let_go(e) || launcher_worker_alive(e))
 			continue;
 		if (!TimestampDifferenceExceeds(e->last_start, now, launcher_retry_ms(e)))
 			continue;
-		if (!launcher_database_exists(e->dbname, &e->dbid))
+		if (!launcher_database_exists(e->dbname, &e->dbid) || launcher_let_go(e))
 			continue;
 		if (launcher_running_pid(e->dbid) != 0)
 		{

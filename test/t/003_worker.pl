@@ -2,8 +2,9 @@
 # wakes the dispatcher at once, SIGHUP adds a database, the launcher
 # restarts a dispatcher that died; database settings do not reach the
 # workers; a restarted launcher adopts the running workers; a cancel of the
-# dispatcher neither pauses it nor aborts its transfers; with no worker
-# slot, the launcher backs off.
+# dispatcher neither pauses it nor aborts its transfers; a served
+# database's owner can rename, copy and drop it (the workers let go); with
+# no worker slot, the launcher backs off.
 use strict;
 use warnings;
 use FindBin;
@@ -234,6 +235,38 @@ ok( wait_until($node,
 is(sim_get($sim, '/_sim/stats')->{requests} - $sent, 20, 'each sent once');
 is( $node->safe_psql('later', "SELECT coalesce(failures_5m->>'transport', '0') FROM shipsync.provider_health"),
 	$failed, 'and no transfer was aborted');
+
+# A served database's owner (no superuser) renames it, copies it and
+# drops it: the workers connected to it let go while the DBA's command
+# holds the database (its lock), and are not started again meanwhile.
+# Before, each of these failed after 5 s with "database is being accessed
+# by other users", and WITH (FORCE) was refused to its owner ("must be a
+# member of the role whose process is being terminated").
+$node->safe_psql('postgres', q{CREATE ROLE shop_owner LOGIN CREATEDB;
+	CREATE DATABASE shop OWNER shop_owner});
+$node->safe_psql('postgres', "ALTER SYSTEM SET shipsync.databases = 'postgres, later, shop'");
+$node->reload;
+setup_orders($node, $sim, undef, 'shop');
+$node->safe_psql('shop', "INSERT INTO crm.orders (customer) VALUES ('赵六')");
+ok(wait_until($node, "SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL", 20, 'shop'),
+	'shop is served');
+for my $cmd ('ALTER DATABASE shop RENAME TO shop_old', 'ALTER DATABASE shop_old RENAME TO shop',
+	'CREATE DATABASE shop_copy TEMPLATE shop', 'DROP DATABASE shop_copy')
+{
+	# the dispatcher of shop, back after the rename
+	ok(wait_until($node, "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = "
+			. "'pg_shipsync dispatcher' AND datname = 'shop'", 20), "shop has a dispatcher before: $cmd")
+	  if $cmd !~ /shop_old RENAME/;
+	my ($rc, $out, $err) = $node->psql('postgres', $cmd, extra_params => [ '-U', 'shop_owner' ]);
+	is($rc . $err, '0', "its owner: $cmd");
+}
+$node->safe_psql('shop', "INSERT INTO crm.orders (customer) VALUES ('钱七')");
+ok(wait_until($node, "SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL", 20, 'shop'),
+	'shop is served again after them');
+my ($rc, $out, $err) = $node->psql('postgres', 'DROP DATABASE shop', extra_params => [ '-U', 'shop_owner' ]);
+is($rc . $err, '0', 'its owner drops it');
+is($node->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'pg_shipsync%'"
+		. " AND datname = 'shop'"), '0', 'no worker is left in it');
 
 # a clean shutdown stops everything
 $node->stop;

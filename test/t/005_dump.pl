@@ -22,6 +22,26 @@ ok(wait_until($node, 'SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NU
 $node->safe_psql('postgres', q{SELECT shipsync.copy_profile('sf_express', 'sf_mine');
 	UPDATE shipsync.field_map SET transform = 'upper' WHERE profile = 'sf_mine' AND target_path = 'remark'});
 
+# a DBA's changes of built-in mapping rows (docs/tracking.md: "Changing a
+# mapping is an INSERT or UPDATE of status_map"): an update, a row of the
+# same key inserted in place of the built-in one, a built-in fee type
+# mapped anew.  pg_dump leaves built-in rows out, so each of these must
+# have become the DBA's own row, and come back.
+my $mine = q{SELECT string_agg(t, ', ' ORDER BY t) FROM (
+	SELECT profile || ':' || raw_status || coalesce('/' || pattern, '') || '->' || status AS t
+	  FROM shipsync.status_map
+	 WHERE profile = 'sf_express' AND raw_status IN ('44', '80', '36')
+	UNION ALL
+	SELECT profile || ':' || code || '->' || fee_type FROM shipsync.fee_type_map
+	 WHERE profile = 'easypost' AND code = 'LabelFee') x};
+$node->safe_psql('postgres', q{
+	UPDATE shipsync.status_map SET status = 'in_transit' WHERE profile = 'sf_express' AND raw_status = '44';
+	INSERT INTO shipsync.status_map (profile, raw_status, status) VALUES ('sf_express', '80', 'available_for_pickup');
+	UPDATE shipsync.fee_type_map SET fee_type = 'postage' WHERE profile = 'easypost' AND code = 'LabelFee'});
+my $mine_before = $node->safe_psql('postgres', $mine);
+is($mine_before, 'easypost:LabelFee->postage, sf_express:36->in_transit, sf_express:44->in_transit, sf_express:80->available_for_pickup',
+	'the DBA\'s mappings are in place');
+
 my $counts = q{SELECT (SELECT count(*) FROM shipsync.provider) || '/' ||
 	(SELECT count(*) FROM shipsync.binding) || '/' ||
 	(SELECT count(*) FROM shipsync.outbox) || '/' ||
@@ -45,6 +65,8 @@ is( $node->safe_psql('restored',
 		count(*) FILTER (WHERE profile = 'sf_mine' AND target_path = 'remark' AND transform = 'upper')
 		FROM shipsync.field_map}),
 	'42/42/1', 'field maps: the built-in profile once, the user\'s own profile with its change');
+is($node->safe_psql('restored', $mine), $mine_before,
+	'built-in status and fee type mappings the DBA changed come back changed');
 is( $node->safe_psql('restored',
 		'SELECT count(*) FROM crm.orders o JOIN shipsync.shipment s ON s.order_key = o.id::text'
 		  . ' WHERE s.tracking_number = o.waybill_no'),
@@ -56,6 +78,63 @@ ok(wait_until($node, 'SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NU
 	'a new order in the restored database is delivered');
 is($node->safe_psql('restored', "SELECT max(id) > 20 FROM shipsync.outbox"), 't',
 	'its intent continues the restored numbering');
+
+# A custom-format dump restored by parallel jobs: pg_restore -j loads the
+# tables' data side by side, the extension's tables with their constraints
+# already there (CREATE EXTENSION made them), so no order between two of
+# them may matter (a binding loaded before its provider was refused, and
+# every INSERT into the attached table failed).  The CRM sources and their
+# deliveries too.
+$node->safe_psql('postgres', q{
+	CREATE TABLE crm.pushed (id text PRIMARY KEY, customer text);
+	SELECT shipsync.create_crm_source('crm_j', 'jiandaoyun', 'crm.pushed', '{"secret": "test-secret"}');
+	INSERT INTO shipsync.crm_delivery (crm_source_id, delivery_id, expires_at)
+	SELECT crm_source_id, 'd' || g, now() + interval '1 day'
+	FROM shipsync.crm_source, generate_series(1, 3) g});
+my $counts_j = "SELECT ($counts) || '/' || (SELECT count(*) FROM shipsync.crm_source) || '/'"
+  . " || (SELECT count(*) FROM shipsync.crm_delivery)";
+my $before_j = $node->safe_psql('postgres', $counts_j);
+my $archive = $node->basedir . '/dump.custom';
+$node->command_ok([ 'pg_dump', '-Fc', '-f', $archive, 'postgres' ], 'pg_dump -Fc');
+$node->safe_psql('postgres', 'CREATE DATABASE restored_j');
+my ($jout, $jerr) = ('', '');
+IPC::Run::run([ 'pg_restore', '-j', '4', '-d', $node->connstr('restored_j'), $archive ],
+	'>', \$jout, '2>', \$jerr);
+is($jerr, '', 'pg_restore -j 4 reports no error');
+is($node->safe_psql('restored_j', $counts_j), $before_j,
+	'pg_restore -j 4: every shipsync table came back, bindings and CRM deliveries too');
+my ($rc, $out, $err) = $node->psql('restored_j', "INSERT INTO crm.orders (customer) VALUES ('并行恢复后')");
+is($rc . $err, '0', 'an order inserted after a parallel restore is captured');
+
+
+# The audit log across a restore: a database whose audit log holds fewer
+# ids than its audited tables hold rows (one updated from 0.1, whose rows
+# were never audited, or whose log was pruned; here: emptied, its sequence
+# set back).  The restore must record nothing of its own (the rows it loads
+# are the dump's, not anyone's change), and a change made after the
+# restore must be in the log.
+$node->safe_psql('postgres', 'CREATE DATABASE audited');
+my $aud = $node->connstr('audited');
+$node->safe_psql('audited', q{
+	CREATE EXTENSION pg_shipsync;
+	SELECT shipsync.create_provider('p1', 'generic', 'https://carrier.example');
+	SELECT shipsync.copy_profile('sf_express', 'sf_audit');
+	DELETE FROM shipsync.audit_log;
+	SELECT setval('shipsync.audit_log_audit_id_seq', 1, false);
+	SELECT shipsync.pause('p1')});
+my $log = q{SELECT count(*) || ':' || coalesce(string_agg(action, ',' ORDER BY audit_id), '')
+	FROM shipsync.audit_log};
+is($node->safe_psql('audited', $log), '1:pause', 'one action in the log before the dump');
+my $adump = $node->basedir . '/audited.sql';
+$node->command_ok([ 'pg_dump', '-f', $adump, 'audited' ], 'pg_dump of the audited database');
+$node->safe_psql('postgres', 'CREATE DATABASE audited_r');
+$node->command_ok([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', $adump, 'audited_r' ],
+	'its restore');
+is($node->safe_psql('audited_r', $log), '1:pause', 'the restore recorded nothing of its own');
+$node->safe_psql('audited_r', q{SELECT shipsync.resume('p1');
+	UPDATE shipsync.field_map SET transform = 'upper' WHERE profile = 'sf_audit' AND target_path = 'remark'});
+is($node->safe_psql('audited_r', $log), '3:pause,resume,update',
+	'what is changed after the restore is in the log');
 
 $node->stop;
 stop_sim($sim);

@@ -127,6 +127,11 @@ ok(wait_until($node, q{SELECT count(*) = 1 FROM shipsync.outbox o JOIN shipsync.
 	WHERE p.name = 'kd' AND o.state = 'done'}), '0.1 delivers with a token and subscribes at Kuaidi100');
 ok(wait_until($node, q{SELECT count(*) = 1 FROM shipsync.outbox WHERE state = 'dead'}),
 	'0.1 gives up on a dead carrier');
+# retried by hand, it dies again: 0.1 opens a second ticket for the order
+$node->safe_psql('postgres', q{SELECT shipsync.retry(id) FROM shipsync.outbox WHERE state = 'dead'});
+ok(wait_until($node, q{SELECT count(*) = 2 FROM shipsync.exception_ticket
+	WHERE order_key = '1' AND kind = (SELECT kind FROM shipsync.exception_ticket WHERE order_key = '1' LIMIT 1)}),
+	'0.1 opened a second ticket when the retried intent died again');
 # what 0.1 holds, leaving out the orders captured after the restart
 my $data = q{SELECT (SELECT count(*) FROM shipsync.provider) || '/' ||
 	(SELECT count(*) FROM shipsync.binding) || '/' ||
@@ -185,6 +190,26 @@ cmp_ok(length($dump), '>', 10000, 'the upgraded database dumps');
 is(join(',', grep { index($dump, $_) >= 0 } @credentials), '',
 	'after the update, no credential of 0.1 is in plain text anywhere in the dump');
 like($dump, qr/COPY shipsync\.secret /, 'the dump carries shipsync.secret (ciphertext)');
+# that dump restores (0.1 numbered the own field-map rows right after its
+# seeds, the update added its seeds after them, and a fresh install seeds
+# them all first: the restore failed on field_map_pkey)
+my $own_maps = q{SELECT count(*) || ':' || string_agg(DISTINCT profile, ',')
+	FROM shipsync.field_map WHERE NOT seeded};
+# and the tickets 0.1 left (two for one problem, the older resolved by the
+# update) come back as they are, none folded into another
+my $tickets = q{SELECT string_agg(ticket_id || ':' || kind || ':' || coalesce(order_key, '-') || ':'
+	|| (resolved_at IS NULL) || ':' || reopen_count, ',' ORDER BY ticket_id) FROM shipsync.exception_ticket};
+$node->safe_psql('postgres', 'CREATE DATABASE upgraded_restored');
+my $dumpfile = "$tmp/upgraded.sql";
+PostgreSQL::Test::Utils::append_to_file($dumpfile, $dump);
+my ($rout, $rerr) = ('', '');
+IPC::Run::run([ "$inst_bin/psql", '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', $dumpfile, '-d',
+	$node->connstr('upgraded_restored') ], '>', \$rout, '2>', \$rerr);
+is($rerr, '', 'the dump of the upgraded database restores');
+is($node->safe_psql('upgraded_restored', $own_maps), $node->safe_psql('postgres', $own_maps),
+	'with the own field maps of 0.1');
+is($node->safe_psql('upgraded_restored', $tickets), $node->safe_psql('postgres', $tickets),
+	'and every ticket, open and resolved, as it was');
 is( $node->safe_psql('postgres', q{SELECT string_agg(provider || ':' || name, ',' ORDER BY provider, name) FROM shipsync.secrets}),
 	'kd:key,kd:webhook_secret,tok:token,tok:webhook_secret', 'each credential was moved into shipsync.secret');
 is( $node->safe_psql('postgres', q{SELECT string_agg(name || ' ' || coalesce(auth::text, '-'), ', ' ORDER BY name)

@@ -138,6 +138,14 @@ sleep(1.5);
 is(sql("SELECT pending FROM shipsync.queue_status WHERE provider = 'p'"), '1',
 	'and the intent waits');
 is(sim_get($sim, '/_sim/stats')->{requests}, $requests, 'nothing was sent without its credentials');
+# said once, not at every idle check (the dispatcher reads its providers
+# again at each one, every shipsync.idle_check_ms): a restore beside
+# another key must not fill the log with two lines every 10 s per provider
+$node->safe_psql('postgres', q{ALTER SYSTEM SET shipsync.idle_check_ms = '200ms'; SELECT pg_reload_conf()});
+sleep(2.5);
+my @said = slurp_file($node->logfile, $offset) =~ /WARNING:  pg_shipsync: nothing is sent to provider "p"/g;
+is(scalar(@said), 1, 'the dispatcher said it once, through a reload and a dozen idle checks');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET shipsync.idle_check_ms; SELECT pg_reload_conf()});
 my ($ret, $out, $err) = $node->psql('postgres', 'SELECT shipsync.rotate_key()');
 like($err, qr/ERROR:  cannot rotate the secret key: a secret cannot be opened\nDETAIL:  secret "[a-z_]+" of provider "p" was sealed with key $id_a.*\nHINT:  Set shipsync.previous_secret_key_file/,
 	'rotate_key() refuses, naming the secret and what to do');

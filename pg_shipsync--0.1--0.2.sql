@@ -7716,18 +7716,6 @@ REVOKE ALL ON FUNCTION @extschema@._key_type(regclass, name) FROM PUBLIC;
 -- (attach() as it ends up: the last section that changes it, below)
 CREATE OR REPLACE FUNCTION @extschema@._reconcile_crm(bid integer, full_pass boolean)
 RETURNS void
--- No foreign key between two of the extension's dumped tables
-------------------------------------------------------------------------------
--- pg_dump dumps the rows of binding and provider, crm_delivery and
--- crm_source as data only; CREATE EXTENSION makes their foreign keys before
--- any row comes back, and pg_restore -j loads tables side by side in any
--- order: a binding loaded before its provider was refused, and every INSERT
--- into the attached table failed after the restore.  Triggers keep what the
--- keys kept (install/10_queue.sql, install/60_crm.sql).
-ALTER TABLE @extschema@.binding DROP CONSTRAINT binding_provider_id_fkey;
-ALTER TABLE @extschema@.crm_delivery DROP CONSTRAINT crm_delivery_crm_source_id_fkey;
-CREATE FUNCTION @extschema@._provider_in_use()
-RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -8362,6 +8350,96 @@ ALTER FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) SET shipsy
 -- so no table was compared; now it is left out, and the run fails naming it.
 CREATE OR REPLACE FUNCTION @extschema@._reconcile_compare(run bigint)
 RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	bids integer[];
+	pids integer[];
+	sbids integer[];
+	b integer;
+	p integer;
+	m record;
+	failed text;
+BEGIN
+	-- (two tests: the second is parsed only once the table exists)
+	IF to_regclass('pg_temp.recon_prepared') IS NULL THEN
+		PERFORM @extschema@._reconcile_prepare(run);
+	ELSIF NOT EXISTS (SELECT 1 FROM pg_temp.recon_prepared x WHERE x.run_id = run) THEN
+		PERFORM @extschema@._reconcile_prepare(run);
+	END IF;
+	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run FOR UPDATE;
+
+	-- the bindings compared: all for a crm pass, else those of the providers chosen
+	SELECT coalesce(array_agg(x.binding_id ORDER BY x.binding_id), '{}') INTO bids
+	  FROM @extschema@.binding x
+	 WHERE x.active
+	   AND (r.kind = 'crm' OR x.provider_id IN (SELECT c.key::integer FROM jsonb_each(r.pulls) c));
+	SELECT coalesce(array_agg(c.key::integer ORDER BY c.key::integer), '{}') INTO pids
+	  FROM jsonb_each(r.pulls) c WHERE c.value->>'state' = 'done';
+	SELECT string_agg(format('the pull of provider %s failed: %s', c.value->>'provider', c.value->>'error'), '; ')
+	  INTO failed
+	  FROM jsonb_each(r.pulls) c WHERE c.value->>'state' = 'failed';
+
+	FOREACH p IN ARRAY pids LOOP
+		PERFORM @extschema@._reconcile_carrier(run, p);
+	END LOOP;
+	FOREACH b IN ARRAY bids LOOP
+		BEGIN
+			PERFORM @extschema@._reconcile_crm(b, r.kind = 'full');
+		EXCEPTION WHEN OTHERS THEN
+			-- a table that cannot be read (row security forced on its
+			-- owner, its key column renamed since attach()): none of its
+			-- tickets is judged; the other tables are compared, and the
+			-- run fails, naming it
+			bids := array_remove(bids, b);
+			failed := concat_ws('; ', failed, format('table %s: %s',
+				(SELECT x.tbl FROM @extschema@.binding x WHERE x.binding_id = b), SQLERRM));
+		END;
+	END LOOP;
+	-- stuck and fees: thresholds are days and bills monthly, so a CRM-side
+	-- pass looks hourly
+	SELECT coalesce(array_agg(s.binding_id ORDER BY s.binding_id), '{}') INTO sbids
+	  FROM @extschema@.reconcile_state s
+	 WHERE s.binding_id = ANY (bids)
+	   AND (r.kind = 'full' OR s.stuck_at IS NULL OR s.stuck_at < now() - interval '1 hour');
+	PERFORM @extschema@._reconcile_stuck(sbids);
+	PERFORM @extschema@._reconcile_fees(sbids);
+	UPDATE @extschema@.reconcile_state s SET stuck_at = now() WHERE s.binding_id = ANY (sbids);
+	SELECT * INTO m FROM @extschema@._reconcile_merge(run, bids, pids, sbids);
+
+	-- the snapshots of earlier runs of these providers are of no more use
+	DELETE FROM @extschema@.carrier_snapshot c WHERE c.provider_id = ANY (pids) AND c.run_id < run;
+	TRUNCATE pg_temp.recon_found, pg_temp.recon_pair, pg_temp.recon_ref, pg_temp.recon_dup,
+		pg_temp.recon_prepared, pg_temp.recon_orders;
+
+	UPDATE @extschema@.reconcile_run x
+	   SET state = CASE WHEN failed IS NULL THEN 'done' ELSE 'failed' END,
+		   error = failed, opened = m.opened, reopened = m.reopened, closed = m.closed,
+		   finished_at = clock_timestamp()
+	 WHERE x.run_id = run;
+END
+$$;
+
+
+------------------------------------------------------------------------------
+-- No foreign key between two of the extension's dumped tables
+------------------------------------------------------------------------------
+-- pg_dump dumps the rows of binding and provider, crm_delivery and
+-- crm_source as data only; CREATE EXTENSION makes their foreign keys before
+-- any row comes back, and pg_restore -j loads tables side by side in any
+-- order: a binding loaded before its provider was refused, and every INSERT
+-- into the attached table failed after the restore.  Triggers keep what the
+-- keys kept (install/10_queue.sql, install/60_crm.sql).
+ALTER TABLE @extschema@.binding DROP CONSTRAINT binding_provider_id_fkey;
+ALTER TABLE @extschema@.crm_delivery DROP CONSTRAINT crm_delivery_crm_source_id_fkey;
+CREATE FUNCTION @extschema@._provider_in_use()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
 	bid integer;
 BEGIN
 	IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
@@ -8577,71 +8655,6 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	r record;
-	bids integer[];
-	pids integer[];
-	sbids integer[];
-	b integer;
-	p integer;
-	m record;
-	failed text;
-BEGIN
-	-- (two tests: the second is parsed only once the table exists)
-	IF to_regclass('pg_temp.recon_prepared') IS NULL THEN
-		PERFORM @extschema@._reconcile_prepare(run);
-	ELSIF NOT EXISTS (SELECT 1 FROM pg_temp.recon_prepared x WHERE x.run_id = run) THEN
-		PERFORM @extschema@._reconcile_prepare(run);
-	END IF;
-	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run FOR UPDATE;
-
-	-- the bindings compared: all for a crm pass, else those of the providers chosen
-	SELECT coalesce(array_agg(x.binding_id ORDER BY x.binding_id), '{}') INTO bids
-	  FROM @extschema@.binding x
-	 WHERE x.active
-	   AND (r.kind = 'crm' OR x.provider_id IN (SELECT c.key::integer FROM jsonb_each(r.pulls) c));
-	SELECT coalesce(array_agg(c.key::integer ORDER BY c.key::integer), '{}') INTO pids
-	  FROM jsonb_each(r.pulls) c WHERE c.value->>'state' = 'done';
-	SELECT string_agg(format('the pull of provider %s failed: %s', c.value->>'provider', c.value->>'error'), '; ')
-	  INTO failed
-	  FROM jsonb_each(r.pulls) c WHERE c.value->>'state' = 'failed';
-
-	FOREACH p IN ARRAY pids LOOP
-		PERFORM @extschema@._reconcile_carrier(run, p);
-	END LOOP;
-	FOREACH b IN ARRAY bids LOOP
-		BEGIN
-			PERFORM @extschema@._reconcile_crm(b, r.kind = 'full');
-		EXCEPTION WHEN OTHERS THEN
-			-- a table that cannot be read (row security forced on its
-			-- owner, its key column renamed since attach()): none of its
-			-- tickets is judged; the other tables are compared, and the
-			-- run fails, naming it
-			bids := array_remove(bids, b);
-			failed := concat_ws('; ', failed, format('table %s: %s',
-				(SELECT x.tbl FROM @extschema@.binding x WHERE x.binding_id = b), SQLERRM));
-		END;
-	END LOOP;
-	-- stuck and fees: thresholds are days and bills monthly, so a CRM-side
-	-- pass looks hourly
-	SELECT coalesce(array_agg(s.binding_id ORDER BY s.binding_id), '{}') INTO sbids
-	  FROM @extschema@.reconcile_state s
-	 WHERE s.binding_id = ANY (bids)
-	   AND (r.kind = 'full' OR s.stuck_at IS NULL OR s.stuck_at < now() - interval '1 hour');
-	PERFORM @extschema@._reconcile_stuck(sbids);
-	PERFORM @extschema@._reconcile_fees(sbids);
-	UPDATE @extschema@.reconcile_state s SET stuck_at = now() WHERE s.binding_id = ANY (sbids);
-	SELECT * INTO m FROM @extschema@._reconcile_merge(run, bids, pids, sbids);
-
-	-- the snapshots of earlier runs of these providers are of no more use
-	DELETE FROM @extschema@.carrier_snapshot c WHERE c.provider_id = ANY (pids) AND c.run_id < run;
-	TRUNCATE pg_temp.recon_found, pg_temp.recon_pair, pg_temp.recon_ref, pg_temp.recon_dup,
-		pg_temp.recon_prepared, pg_temp.recon_orders;
-
-	UPDATE @extschema@.reconcile_run x
-	   SET state = CASE WHEN failed IS NULL THEN 'done' ELSE 'failed' END,
-		   error = failed, opened = m.opened, reopened = m.reopened, closed = m.closed,
-		   finished_at = clock_timestamp()
-	 WHERE x.run_id = run;
 	t record;
 BEGIN
 	-- a restore loads tickets as they were, several of one problem too (0.1

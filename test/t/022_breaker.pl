@@ -349,17 +349,25 @@ is($closed, 1, 'close: logged once');
 	sim_post($sim, '/_sim/faults', { rules => [] });
 }
 
+# A provider $name (options $options) of its own, with a table crm.$name,
+# and one order shipped through it: its id
+sub shipped_order
+{
+	my ($name, $options, $what) = @_;
+	sql(qq{SELECT shipsync.create_provider('$name', 'generic', '$sim->{url}', '$options');
+		CREATE TABLE crm.$name (LIKE crm.orders INCLUDING ALL);
+		SELECT shipsync.attach('crm.$name', '$name', writeback => '{"tracking_number": "waybill_no"}');});
+	my $id = sql("SELECT nextval('crm.orders_id_seq')");
+	sql("INSERT INTO crm.$name (id, customer) VALUES ($id, 'Shipped')");
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.$name WHERE id = $id", 30), $what);
+	return $id;
+}
+
 ###########################################################################
 # 10. A reconciliation pull asked to wait by X-RateLimit-Reset alone
 ###########################################################################
 {
-	sql(qq{SELECT shipsync.create_provider('recwait', 'generic', '$sim->{url}',
-			'{"timeout_ms": 5000, "max_attempts": 1000}');
-		CREATE TABLE crm.recwait (LIKE crm.orders INCLUDING ALL);
-		SELECT shipsync.attach('crm.recwait', 'recwait', writeback => '{"tracking_number": "waybill_no"}');});
-	my $id = sql("SELECT nextval('crm.orders_id_seq')");
-	sql("INSERT INTO crm.recwait (id, customer) VALUES ($id, 'Reconciled')");
-	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.recwait WHERE id = $id", 30),
+	shipped_order('recwait', '{"timeout_ms": 5000, "max_attempts": 1000}',
 		'pull asked to wait: an order shipped to compare');
 	my $reset = int(time()) + 120;
 	sim_post($sim, '/_sim/faults',
@@ -379,14 +387,8 @@ is($closed, 1, 'close: logged once');
 ###########################################################################
 {
 	my $key = 'MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
-	sql(qq{SELECT shipsync.create_provider('feewait', 'generic', '$sim->{url}',
-			'{"timeout_ms": 5000, "max_attempts": 1000, "fee_pull_after": "1 second",
-			  "webhook_secret": "whsec_$key"}');
-		CREATE TABLE crm.feewait (LIKE crm.orders INCLUDING ALL);
-		SELECT shipsync.attach('crm.feewait', 'feewait', writeback => '{"tracking_number": "waybill_no"}');});
-	my $id = sql("SELECT nextval('crm.orders_id_seq')");
-	sql("INSERT INTO crm.feewait (id, customer) VALUES ($id, 'Billed')");
-	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.feewait WHERE id = $id", 30),
+	my $id = shipped_order('feewait', qq({"timeout_ms": 5000, "max_attempts": 1000,
+			"fee_pull_after": "1 second", "webhook_secret": "whsec_$key"}),
 		'fee pull asked to wait: an order shipped');
 	my ($sid, $tn) = split(/\|/, sql(qq{SELECT provider_shipment_id || '|' || tracking_number
 		FROM shipsync.shipment WHERE order_key = '$id'}));

@@ -23,7 +23,9 @@
 #      breaker counts, and no "out of resources" in the log;
 #   9. a tracking poll answered 429 with Retry-After holds the provider;
 #  10. so does a reconciliation pull answered 429 with X-RateLimit-Reset
-#      alone, as deliveries and polls are.
+#      alone, as deliveries and polls are;
+#  11. a shipment list that gives back a next_cursor it already gave
+#      fails the pull instead of asking for the same pages for ever.
 use strict;
 use warnings;
 use FindBin;
@@ -370,6 +372,27 @@ is($closed, 1, 'close: logged once');
 		'pull asked to wait by X-RateLimit-Reset: the provider is held until then');
 	is(sql("SELECT state FROM shipsync.reconcile_run WHERE run_id = $run"), 'pulling',
 		'pull asked to wait: the run waits, it has not failed');
+	sim_post($sim, '/_sim/faults', { rules => [] });
+}
+
+###########################################################################
+# 11. A list whose next_cursor comes back: the pull fails, it does not loop
+###########################################################################
+{
+	sql(qq{SELECT shipsync.create_provider('recloop', 'generic', '$sim->{url}',
+			'{"timeout_ms": 5000, "max_attempts": 1000}');
+		CREATE TABLE crm.recloop (LIKE crm.orders INCLUDING ALL);
+		SELECT shipsync.attach('crm.recloop', 'recloop', writeback => '{"tracking_number": "waybill_no"}');});
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'status', status => 200, method => 'GET', path => '^/shipments$',
+					   body => '{"shipments": [], "next_cursor": "c1"}', name => 'list_loop' } ] });
+	my $run = sql(q{SELECT shipsync.reconcile('recloop')});
+	ok(wait_until($node, "SELECT state IN ('done', 'failed') FROM shipsync.reconcile_run WHERE run_id = $run", 30),
+		'repeated cursor: the run ends');
+	is(sql("SELECT state || '|' || pages FROM shipsync.reconcile_run WHERE run_id = $run"), 'failed|2',
+		'repeated cursor: the run failed after the page that repeated the cursor');
+	like(sql("SELECT error FROM shipsync.reconcile_run WHERE run_id = $run"),
+		qr/next_cursor "c1" it already gave/, 'repeated cursor: the error says why');
 	sim_post($sim, '/_sim/faults', { rules => [] });
 }
 

@@ -771,9 +771,11 @@ parse_kuaidi100(struct json_object *root, TrackEventList *l, char *errbuf, size_
 	const char *com;
 	const char *state;
 	const char *newest = NULL;
+	bool		aborted;
 	size_t		n;
 	char		key[512];
 
+	aborted = str_member(root, "status") && strcmp(str_member(root, "status"), "abort") == 0;
 	nu = nonempty(str_member(last, "nu"));
 	if (last == NULL || nu == NULL)
 	{
@@ -809,12 +811,17 @@ parse_kuaidi100(struct json_object *root, TrackEventList *l, char *errbuf, size_
 					   str_member(d, "areaName"), context))
 			return false;
 	}
-	if (n == 0 && state)
+	/*
+	 * A state with no history to put it on is refused, but for the abort of
+	 * a subscription that never found the waybill ("3天查询无记录": its data
+	 * is empty), whose content is the abort itself.
+	 */
+	if (n == 0 && state && !aborted)
 	{
 		snprintf(errbuf, errlen, "param has a state but no history in \"data\"");
 		return false;
 	}
-	if (str_member(root, "status") && strcmp(str_member(root, "status"), "abort") == 0)
+	if (aborted)
 	{
 		snprintf(key, sizeof(key), "%s/%s/abort/%s", com ? com : "", nu, newest ? newest : "");
 		if (!add_event(l, key, nu, "abort", NULL, NULL, NULL, str_member(root, "message")))

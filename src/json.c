@@ -1802,6 +1802,16 @@ shipsync_tracker_answer_aftership(const char *body, size_t len, long http_status
 		cls = TRACK_OK;		/* already tracked: what we wanted */
 	else if (code == 401 || http_status == 401 || http_status == 403)
 		cls = TRACK_AUTH;
+	else if (http_status >= 200 && http_status < 300)
+	{
+		/*
+		 * A failure inside a 2xx, told by meta.code: AfterShip's own rate
+		 * limit and server errors (and a 2xx without meta: unreadable) are
+		 * retried; its 4xx and 4xxx refusals are not.
+		 */
+		cls = code == 0 || code == 429 || (code >= 500 && code < 600) ?
+			TRACK_RETRY : TRACK_PERMANENT;
+	}
 	else
 		cls = TRACK_HTTP;
 	if (cls != TRACK_OK && meta)
@@ -1811,6 +1821,8 @@ shipsync_tracker_answer_aftership(const char *body, size_t len, long http_status
 		snprintf(errbuf, errlen, "AfterShip %d: %s", code, m ? m : "");
 		free(m);
 	}
+	else if (cls != TRACK_OK)
+		snprintf(errbuf, errlen, "AfterShip answer has no \"meta\"");
 	json_object_put(root);
 	return cls;
 }

@@ -64,7 +64,7 @@
 #define RECON_SEARCH_INFLIGHT 16	/* sf_express lookups in flight per pull */
 #define RECON_SEARCH_BATCH 256		/* orders read per query to look up */
 #define RECON_MAX_FAILURES 5		/* failed requests in a row fail the pull */
-#define RECON_TIME_FORMAT "YYYY-MM-DD\"T\"HH24:MI:SS.USOF"
+#define RECON_TIME_FORMAT "YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\""	/* of a UTC time */
 
 typedef enum PullMode
 {

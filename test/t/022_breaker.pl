@@ -393,6 +393,9 @@ is($closed, 1, 'close: logged once');
 		'repeated cursor: the run failed after the page that repeated the cursor');
 	like(sql("SELECT error FROM shipsync.reconcile_run WHERE run_id = $run"),
 		qr/next_cursor "c1" it already gave/, 'repeated cursor: the error says why');
+	like(sql("SELECT error FROM shipsync.reconcile_run WHERE run_id = $run"),
+		qr/updated_since=\d{4}-\d\d-\d\dT\d\d%3A\d\d%3A\d\d\.\d{6}Z&/,
+		'list: updated_since is RFC 3339 in UTC, with Z');
 	sim_post($sim, '/_sim/faults', { rules => [] });
 }
 

@@ -217,6 +217,12 @@ WHERE p.name <> 'gen'
 ORDER BY p.name, e.occurred_at, e.event_id;
 SELECT order_key, p.name, status, raw_status FROM shipsync.shipment s JOIN shipsync.provider p USING (provider_id)
 WHERE p.name <> 'gen' ORDER BY order_key::int;
+-- the abort of a subscription that never found the waybill ("3天查询无记录":
+-- a state, an empty history, as Kuaidi100 sends it) is its expiry message
+\set k100_abort '{"status":"abort","billstatus":"","message":"3天查询无记录","autoCheck":"0","comOld":"","comNew":"","lastResult":{"message":"快递公司参数异常：单号不存在或者已经过期","nu":"YT6074326614455","ischeck":"0","condition":"","com":"yuantong","status":"201","state":"0","data":[]}}'
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('k100', %L)->>'new'$$, pg_temp.k100(:'k100_abort')));
+SELECT shipsync.ingest_tracking('k100', pg_temp.k100(:'k100_abort'))->'duplicate' AS abort_again;
+SELECT status, raw_status FROM shipsync.shipment WHERE tracking_number = 'YT6074326614455';
 
 ------------------------------------------------------------------------------
 -- Payload errors: SS400, nothing stored

@@ -771,9 +771,11 @@ parse_kuaidi100(struct json_object *root, TrackEventList *l, char *errbuf, size_
 	const char *com;
 	const char *state;
 	const char *newest = NULL;
+	bool		aborted;
 	size_t		n;
 	char		key[512];
 
+	aborted = str_member(root, "status") && strcmp(str_member(root, "status"), "abort") == 0;
 	nu = nonempty(str_member(last, "nu"));
 	if (last == NULL || nu == NULL)
 	{
@@ -809,12 +811,17 @@ parse_kuaidi100(struct json_object *root, TrackEventList *l, char *errbuf, size_
 					   str_member(d, "areaName"), context))
 			return false;
 	}
-	if (n == 0 && state)
+	/*
+	 * A state with no history to put it on is refused, but for the abort of
+	 * a subscription that never found the waybill ("3天查询无记录": its data
+	 * is empty), whose content is the abort itself.
+	 */
+	if (n == 0 && state && !aborted)
 	{
 		snprintf(errbuf, errlen, "param has a state but no history in \"data\"");
 		return false;
 	}
-	if (str_member(root, "status") && strcmp(str_member(root, "status"), "abort") == 0)
+	if (aborted)
 	{
 		snprintf(key, sizeof(key), "%s/%s/abort/%s", com ? com : "", nu, newest ? newest : "");
 		if (!add_event(l, key, nu, "abort", NULL, NULL, NULL, str_member(root, "message")))
@@ -1795,6 +1802,16 @@ shipsync_tracker_answer_aftership(const char *body, size_t len, long http_status
 		cls = TRACK_OK;		/* already tracked: what we wanted */
 	else if (code == 401 || http_status == 401 || http_status == 403)
 		cls = TRACK_AUTH;
+	else if (http_status >= 200 && http_status < 300)
+	{
+		/*
+		 * A failure inside a 2xx, told by meta.code: AfterShip's own rate
+		 * limit and server errors (and a 2xx without meta: unreadable) are
+		 * retried; its 4xx and 4xxx refusals are not.
+		 */
+		cls = code == 0 || code == 429 || (code >= 500 && code < 600) ?
+			TRACK_RETRY : TRACK_PERMANENT;
+	}
 	else
 		cls = TRACK_HTTP;
 	if (cls != TRACK_OK && meta)
@@ -1804,6 +1821,8 @@ shipsync_tracker_answer_aftership(const char *body, size_t len, long http_status
 		snprintf(errbuf, errlen, "AfterShip %d: %s", code, m ? m : "");
 		free(m);
 	}
+	else if (cls != TRACK_OK)
+		snprintf(errbuf, errlen, "AfterShip answer has no \"meta\"");
 	json_object_put(root);
 	return cls;
 }

@@ -48,6 +48,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -63,7 +64,7 @@
 #define RECON_SEARCH_INFLIGHT 16	/* sf_express lookups in flight per pull */
 #define RECON_SEARCH_BATCH 256		/* orders read per query to look up */
 #define RECON_MAX_FAILURES 5		/* failed requests in a row fail the pull */
-#define RECON_TIME_FORMAT "YYYY-MM-DD\"T\"HH24:MI:SS.USOF"
+#define RECON_TIME_FORMAT "YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\""	/* of a UTC time */
 
 typedef enum PullMode
 {
@@ -80,6 +81,8 @@ typedef struct Pull
 	char	   *since;			/* the window, as RFC 3339 text */
 	char	   *until;
 	char	   *cursor;			/* list: the next page; NULL: the first */
+	uint64	   *cursors;		/* list: hashes of the cursors given so far */
+	int			ncursors;
 	char	  **queue;			/* search: orders to look up next */
 	int			nqueue;
 	int32		after_binding;	/* search: where the next query starts */
@@ -162,7 +165,11 @@ compact_pulls(void)
 	for (int i = 0; i < npulls; i++)
 	{
 		if (pulls[i].over && pulls[i].inflight == 0)
+		{
+			if (pulls[i].cursors)
+				pfree(pulls[i].cursors);
 			continue;
+		}
 		if (k != i)
 			pulls[k] = pulls[i];
 		k++;
@@ -604,6 +611,27 @@ send_next_page(HttpClient *client, Provider *p, Pull *pl, TimestampTz now)
 		p->st->tokens -= 1;
 }
 
+/*
+ * Whether a list's next_cursor is one it gave before in this pull, which
+ * would have the same pages asked for again and again: remembered (by a
+ * 64-bit hash, in recon_cxt) when it is new.
+ */
+static bool
+cursor_seen(Pull *pl, const char *cursor)
+{
+	uint64		h = hash_bytes_extended((const unsigned char *) cursor, (int) strlen(cursor), 0);
+
+	for (int i = 0; i < pl->ncursors; i++)
+		if (pl->cursors[i] == h)
+			return true;
+	if (pl->ncursors % 64 == 0)
+		pl->cursors = pl->cursors == NULL ?
+			MemoryContextAlloc(recon_cxt, sizeof(uint64) * 64) :
+			repalloc(pl->cursors, sizeof(uint64) * (pl->ncursors + 64));
+	pl->cursors[pl->ncursors++] = h;
+	return false;
+}
+
 /* A page of a generic carrier's list came back */
 static void
 apply_page(Pull *pl, Provider *p, HttpTransfer *t, TimestampTz now)
@@ -622,6 +650,19 @@ apply_page(Pull *pl, Provider *p, HttpTransfer *t, TimestampTz now)
 	{
 		shipsync_free_shipment_list(&page);
 		pull_failed(pl, p, t, psprintf("GET %s: the answer is not a shipment list: %s", t->url, err), now);
+		return;
+	}
+	/* a carrier that hands out a cursor again would be asked for ever */
+	if (page.next_cursor && cursor_seen(pl, page.next_cursor))
+	{
+		char	   *msg = psprintf("GET %s: the carrier gave a next_cursor \"%s\" it already gave in this pull: its list would never end",
+								   t->url, dialect_excerpt(page.next_cursor, strlen(page.next_cursor)));
+
+		shipsync_free_shipment_list(&page);
+		record_pull(pl, 1, 0, NULL, NULL, NULL, NULL, NULL, NULL, false, msg);
+		ereport(LOG,
+				(errmsg("pg_shipsync: the reconciliation pull of provider \"%s\" failed", p ? p->name : "?"),
+				 errdetail("%s", msg)));
 		return;
 	}
 	/* out of json.c's malloc'd memory at once */

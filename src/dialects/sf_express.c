@@ -126,6 +126,25 @@ sf_render(Provider *p, Claimed *c, bool found, const char *generic_body,
 }
 
 /*
+ * 8037 (already cancelled) finishes a cancel; to a create (or to the search
+ * after its 8016) it says SF holds the orderId as cancelled: no order was
+ * made, and sending the same orderId again cannot make one.  Dead, with a
+ * ticket; frees sf.
+ */
+static void
+sf_cancelled_create(const DialectAnswer *a, SfResponse *sf, ShipResult *r, ShipVerdict *v)
+{
+	v->outcome = SHIP_DEAD;
+	v->in_doubt = false;
+	v->hold_provider = false;
+	v->error_class = r->error_class = "business_error";
+	r->error = psprintf("SF Express %s: %s (order %s is cancelled at SF: a create with the same orderId cannot succeed)",
+						sf->code ? sf->code : "8037", sf->message ? sf->message : "",
+						a->c->order_key);
+	shipsync_free_sf_response(sf);
+}
+
+/*
  * Judge an SF Express answer.  Returns true when r is complete (done);
  * otherwise sets *v and r->error for the common retry-or-dead tail.
  * Business errors come inside a 200 (shipsync_sf_classify in retry.c).
@@ -155,6 +174,12 @@ sf_judge(const DialectAnswer *a, Provider *p, ShipResult *r, ShipVerdict *v)
 		*v = shipsync_classify(CURLE_OK, t->http_status, true, false);
 		r->error_class = v->error_class;
 		r->error = psprintf("HTTP %ld: %s", t->http_status, err);
+		return false;
+	}
+	if (sf.cls == SF_ALREADY_CANCELLED && a->c->kind != INTENT_CANCEL)
+	{
+		shipsync_json_free(doc);
+		sf_cancelled_create(a, &sf, r, v);
 		return false;
 	}
 	if (sf.cls == SF_OK || sf.cls == SF_ALREADY_CANCELLED)

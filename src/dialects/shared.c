@@ -275,6 +275,10 @@ dialect_judge_tracker(const DialectAnswer *a, Provider *p, ShipResult *r, ShipVe
 	}
 	free(id);
 	free(status);
+	/* a 2xx a reader could not call a success is no success either */
+	if (cls == TRACK_HTTP && t->curl_code == CURLE_OK && !t->too_large &&
+		t->http_status >= 200 && t->http_status < 300)
+		cls = TRACK_RETRY;
 	if (cls == TRACK_HTTP)
 	{
 		*v = http_classify(t, true);

@@ -85,6 +85,7 @@ LIST_SNAPSHOTS = 16                    # listings kept for their cursors
 # Routes of the carrier API: /shipments/{id}, /shipments/{id}/cancel, ...
 _SHIPMENT_PATH = re.compile(r"^/shipments/([^/]+)(/cancel|/events|/fees)?$")
 _NOT_JSON = object()   # stands for "the body did not parse as JSON"
+_RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)$")
 
 
 # --------------------------------------------------------------------------
@@ -667,6 +668,10 @@ class SimState:
             else:
                 since = q.get("updated_since", [None])[0]
                 try:
+                    # RFC 3339 only, as a strict carrier reads it: an offset
+                    # is Z or +HH:MM ("+00" alone is not one)
+                    if since and not _RFC3339.match(since):
+                        raise ValueError(since)
                     since_ts = (datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
                                 if since else 0)
                 except ValueError:

@@ -170,6 +170,19 @@ ok(wait_state('DATA-1', "'dead'"), 'data error: dead');
 is(intent('DATA-1'), 'dead|1|business_error', 'data error: not retried');
 is(sql("SELECT count(*) FROM shipsync.exception_ticket WHERE order_key = 'DATA-1' AND kind = 'dead_intent'"),
 	1, 'data error: a ticket');
+# 8037 (already cancelled) ends a cancel, but to a create it is a refusal:
+# the order was not created, so it is neither done nor given a shipment
+sf_rules({ fault => 'data_error', code => '8037', match_order_id => '^CANC-1$',
+		service => 'EXP_RECE_CREATE_ORDER' });
+insert_order('CANC-1');
+ok(wait_state('CANC-1', "'dead', 'done'"), '8037 to a create: settled');
+is(intent('CANC-1'), 'dead|1|business_error', '8037 to a create: dead, not done');
+is(sql("SELECT count(*) FROM shipsync.shipment WHERE order_key = 'CANC-1'"), 0,
+	'8037 to a create: no shipment recorded without a waybill');
+is(sql("SELECT count(*) FROM shipsync.exception_ticket WHERE order_key = 'CANC-1' AND kind = 'dead_intent'"),
+	1, '8037 to a create: a ticket');
+like(sql("SELECT last_error FROM shipsync.outbox WHERE order_key = 'CANC-1'"), qr/8037.*cancelled at SF/,
+	'8037 to a create: the error says the order is cancelled at SF');
 # and the gateway's own failure is retried
 sf_rules({ fault => 'gateway_error', count => 1, code => 'A1099', match_order_id => '^GW-1$' });
 insert_order('GW-1');

@@ -11,7 +11,8 @@
 #      AfterShip 4003, Kuaidi100 501) is a success;
 #   3. refused credentials: dead with an auth ticket, not retried, and the
 #      shipping side goes on;
-#   4. a transient error is retried;
+#   4. a transient error is retried, also inside a 2xx (AfterShip's
+#      meta.code); a refusal inside a 2xx is a business error;
 #   5. the Kuaidi100 key is never stored in the outbox;
 #   6. a waybill that reads like one of the Kuaidi100 placeholders (the
 #      shipping carrier chose it) is sent as it is: the key and the salt go
@@ -133,6 +134,23 @@ ok(registered('kd', 6) && registered('as', 6), 'after a 500 inside a 200 and a 5
 is( sql(q{SELECT string_agg(p.name || ':' || o.attempts, ',' ORDER BY p.name) FROM shipsync.outbox o
 		JOIN shipsync.provider p USING (provider_id) WHERE o.op = 'register' AND o.order_key = '6'}),
 	'as:2,kd:2', 'each on its second attempt');
+# AfterShip's failure inside a 2xx, by its meta.code: a 503 is retried, a
+# 4xxx refusal is a business error (dead, never taken for a success)
+sim_post($sim, '/_sim/track/faults', { rules => [
+	{ dialect => 'aftership', status => 200, count => 1,
+	  body => { meta => { code => 503, message => 'Service Unavailable' }, data => {} } },
+	{ dialect => 'aftership', status => 200, count => 1,
+	  body => { meta => { code => 4005, message => 'The value of `tracking_number` is invalid.' }, data => {} } } ] });
+sql("INSERT INTO o_as VALUES (7, 'c7')");
+ok(wait_until($node, q{SELECT state IN ('done', 'dead') FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'as' AND o.op = 'register' AND o.order_key = '7'}, 30), 'aftership failure in a 2xx: settled');
+is( sql(q{SELECT o.state || '|' || o.attempts || '|' || coalesce(o.error_class, '') FROM shipsync.outbox o
+		JOIN shipsync.provider p USING (provider_id) WHERE p.name = 'as' AND o.op = 'register' AND o.order_key = '7'}),
+	'dead|2|business_error', 'aftership: a 503 in a 200 retried, then a 4005 in a 200 dead as a business error');
+is( sql(q{SELECT string_agg(coalesce(l.error_class, 'ok'), ',' ORDER BY l.attempt) FROM shipsync.delivery_log l
+		WHERE l.outbox_id = (SELECT o.id FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+			WHERE p.name = 'as' AND o.op = 'register' AND o.order_key = '7')}),
+	'business_retry,business_error', 'aftership failure in a 2xx: logged as business_retry, then business_error');
 
 # 5. the whole chain: shipped by 'ship', registered at Kuaidi100, whose
 # signed push (the salt is kd's webhook_secret, sent with the

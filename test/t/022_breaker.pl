@@ -24,7 +24,9 @@
 #   9. a tracking poll answered 429 with Retry-After holds the provider;
 #  10. so does a reconciliation pull answered 429 with X-RateLimit-Reset
 #      alone, as deliveries and polls are;
-#  11. and a fee pull answered 429 with Retry-After.
+#  11. and a fee pull answered 429 with Retry-After;
+#  12. a shipment list that gives back a next_cursor it already gave
+#      fails the pull instead of asking for the same pages for ever.
 use strict;
 use warnings;
 use FindBin;
@@ -407,6 +409,30 @@ sub shipped_order
 			  . " WHERE provider = 'feewait'", 30),
 		'fee pull asked to wait: the provider is held as long as the carrier asked')
 	  or diag sql(q{SELECT pulls || ' ' || coalesce(last_result, '') FROM shipsync.fee_pull});
+	sim_post($sim, '/_sim/faults', { rules => [] });
+}
+
+###########################################################################
+# 12. A list whose next_cursor comes back: the pull fails, it does not loop
+###########################################################################
+{
+	sql(qq{SELECT shipsync.create_provider('recloop', 'generic', '$sim->{url}',
+			'{"timeout_ms": 5000, "max_attempts": 1000}');
+		CREATE TABLE crm.recloop (LIKE crm.orders INCLUDING ALL);
+		SELECT shipsync.attach('crm.recloop', 'recloop', writeback => '{"tracking_number": "waybill_no"}');});
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'status', status => 200, method => 'GET', path => '^/shipments$',
+					   body => '{"shipments": [], "next_cursor": "c1"}', name => 'list_loop' } ] });
+	my $run = sql(q{SELECT shipsync.reconcile('recloop')});
+	ok(wait_until($node, "SELECT state IN ('done', 'failed') FROM shipsync.reconcile_run WHERE run_id = $run", 30),
+		'repeated cursor: the run ends');
+	is(sql("SELECT state || '|' || pages FROM shipsync.reconcile_run WHERE run_id = $run"), 'failed|2',
+		'repeated cursor: the run failed after the page that repeated the cursor');
+	like(sql("SELECT error FROM shipsync.reconcile_run WHERE run_id = $run"),
+		qr/next_cursor "c1" it already gave/, 'repeated cursor: the error says why');
+	like(sql("SELECT error FROM shipsync.reconcile_run WHERE run_id = $run"),
+		qr/updated_since=\d{4}-\d\d-\d\dT\d\d%3A\d\d%3A\d\d\.\d{6}Z&/,
+		'list: updated_since is RFC 3339 in UTC, with Z');
 	sim_post($sim, '/_sim/faults', { rules => [] });
 }
 

@@ -588,6 +588,11 @@ test_trackers(void)
 		  track("aftership", "{\"meta\":{\"code\":401,\"message\":\"Invalid API key.\"},\"data\":{}}", 401, TRACK_AUTH, NULL) &&
 		  track("aftership", "{\"meta\":{\"code\":4001}}", 400, TRACK_HTTP, NULL),
 		  "AfterShip: created, 4003 already exists is a success (with HTTP 400), 401 auth");
+	check(track("aftership", "{\"meta\":{\"code\":503,\"message\":\"Service Unavailable\"},\"data\":{}}", 200, TRACK_RETRY, NULL) &&
+		  track("aftership", "{\"meta\":{\"code\":429}}", 200, TRACK_RETRY, NULL) &&
+		  track("aftership", "{\"data\":{\"tracking\":{\"id\":\"as1\"}}}", 201, TRACK_RETRY, "as1") &&
+		  track("aftership", "{\"meta\":{\"code\":4005,\"message\":\"invalid\"},\"data\":{}}", 200, TRACK_PERMANENT, NULL),
+		  "AfterShip: a failure inside a 2xx by meta.code: 429 and 5xx retried, 4xxx permanent, no meta retried");
 	check(track("kuaidi100", "{\"result\":true,\"returnCode\":\"200\",\"message\":\"提交成功\"}", 200, TRACK_OK, NULL) &&
 		  track("kuaidi100", "{\"result\":false,\"returnCode\":\"501\",\"message\":\"重复订阅\"}", 200, TRACK_OK, NULL) &&
 		  track("kuaidi100", "{\"result\":false,\"returnCode\":\"600\"}", 200, TRACK_AUTH, NULL) &&

@@ -218,6 +218,22 @@ SELECT pg_temp.err($$SELECT shipsync.ingest_crm('sf', '<a><b/></a>')$$);
 SELECT r->>'duplicate' AS duplicates FROM shipsync.ingest_crm('sf', replace(:'contacts', '012345678901234', '012345678901234AAA')) r;
 
 ------------------------------------------------------------------------------
+-- numbers as record ids: json-c reads an integer beyond 64 bits as the
+-- nearest end of that range, so both of these would write order
+-- 18446744073709551615; they are refused, and nothing is written
+------------------------------------------------------------------------------
+SELECT pg_temp.err($$SELECT pg_temp.push('zoho', 'big1', 'order.created', '{"id": 99999999999999999999, "contact": {"name": "first"}}')$$);
+SELECT pg_temp.err($$SELECT pg_temp.push('zoho', 'big2', 'order.created', '{"id": 99999999999999999998, "contact": {"name": "second"}}')$$);
+SELECT pg_temp.err($$SELECT pg_temp.push('zoho', 'big3', 'order.updated', '{"contact": {"name": "third"}, "id": -9223372036854775809}')$$);
+SELECT crm_id, customer FROM crm.orders WHERE crm_id ~ '^-?[0-9]{19,}';
+-- the ends of the range, and longer numbers with a fraction, are read as sent
+SELECT pg_temp.push('zoho', 'big4', 'order.created', '{"id": 18446744073709551615, "contact": {"name": "fourth"}}')->'inserted';
+SELECT pg_temp.push('zoho', 'big5', 'order.created', '{"id": -9223372036854775808, "contact": {"name": "fifth"}}')->'inserted';
+SELECT pg_temp.push('zoho', 'big6', 'order.created', '{"id": 99999999999999999999.5, "contact": {"name": "sixth"}}')->'inserted';
+SELECT crm_id, customer FROM crm.orders WHERE crm_id ~ '^-?[0-9]{19,}' ORDER BY crm_id;
+DELETE FROM crm.orders WHERE crm_id ~ '^-?[0-9]{19,}';
+
+------------------------------------------------------------------------------
 -- privileges: the secret is the owner's alone
 ------------------------------------------------------------------------------
 SET ROLE shipsync_admin;

@@ -347,9 +347,12 @@ crm_read_json(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 	/*
 	 * A string's \u0000 would be read as the end of a C string: a key
 	 * "A\u0000B" would write order "A".  Refused, with lone surrogates and
-	 * numbers out of numeric's range, as in a carrier's answer.
+	 * numbers out of numeric's range, as in a carrier's answer, and
+	 * integers beyond 64 bits, which json-c reads as the nearest end of
+	 * that range: ids 99999999999999999998 and 99999999999999999999 would
+	 * both write order 18446744073709551615.
 	 */
-	if (!shipsync_check_response_text(body, len, err, sizeof(err)))
+	if (!shipsync_check_push_text(body, len, err, sizeof(err)))
 	{
 		err[0] = pg_toupper((unsigned char) err[0]);
 		crm_bad_payload(s, "holds a value that cannot be stored", psprintf("%s.", err));

@@ -18,7 +18,8 @@
  *	   a WARNING naming the source and the reason, never the secret, and
  *	   an ERROR with SQLSTATE SS401;
  *	2. split it into records: the "data" object of a 简道云 or generic
- *	   push with the operation its "op" or "type" names, or each
+ *	   push with the operation its "op" or "type" names (a 简道云
+ *	   data_recover, a record restored, is written as an update), or each
  *	   Notification's sObject of an Outbound Message (parsed by
  *	   PostgreSQL's xpath() in shipsync._salesforce_notifications, an
  *	   upsert each);
@@ -84,6 +85,13 @@ typedef enum CrmOp
 } CrmOp;
 
 static const char *const crm_op_names[] = {"create", "update", "delete", "ignore"};
+
+/* An operation a JSON push names, and what it does; lists end with NULL */
+typedef struct CrmOpName
+{
+	const char *name;
+	CrmOp		op;
+} CrmOpName;
 
 typedef struct CrmSource
 {
@@ -333,11 +341,11 @@ crm_member_string(ShipJson *doc, const char *name)
 /*
  * 简道云 and generic pushes: one JSON object with the operation in member
  * opname and the record in member "data".  The operation's name maps to a
- * CrmOp through names[] (create, update, delete); any other is ignored.
+ * CrmOp through names[]; any other is ignored.
  */
 static void
 crm_read_json(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
-			  const char *opname, const char *const names[3],
+			  const char *opname, const CrmOpName *names,
 			  const char *delivery_id, CrmRecord *rec)
 {
 	char		err[256];
@@ -365,9 +373,9 @@ crm_read_json(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 		crm_bad_payload(s, psprintf("has no \"%s\"", opname),
 						psprintf("A %s push is {\"%s\": ..., \"data\": {...}}.", s->kind, opname));
 	rec->op = CRM_IGNORE;
-	for (int i = 0; i < 3; i++)
-		if (strcmp(op, names[i]) == 0)
-			rec->op = (CrmOp) i;
+	for (const CrmOpName *o = names; o->name != NULL; o++)
+		if (strcmp(op, o->name) == 0)
+			rec->op = o->op;
 	rec->delivery_id = pstrdup(delivery_id);
 	rec->doc = crm_keep(m, shipsync_json_member_doc(doc, "data"));
 	if (rec->op != CRM_IGNORE && !shipsync_json_is_object(rec->doc))
@@ -379,7 +387,15 @@ static int
 crm_read_jiandaoyun(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 					Jsonb *headers, Jsonb *query, CrmRecord **recs)
 {
-	static const char *const ops[3] = {"data_create", "data_update", "data_remove"};
+	/*
+	 * data_recover restores a record from 简道云's recycle bin, whole: its
+	 * order was deleted by the data_remove before, so it is written again
+	 * as an update would (inserted, or updated if it is still there).
+	 */
+	static const CrmOpName ops[] = {
+		{"data_create", CRM_CREATE}, {"data_update", CRM_UPSERT},
+		{"data_recover", CRM_UPSERT}, {"data_remove", CRM_DELETE}, {NULL, CRM_IGNORE}
+	};
 	char	   *ts = shipsync_header_value(query, "timestamp");
 	char	   *delivery;
 	long long	t;
@@ -409,7 +425,10 @@ static int
 crm_read_generic(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 				 Jsonb *headers, CrmRecord **recs)
 {
-	static const char *const ops[3] = {"order.created", "order.updated", "order.deleted"};
+	static const CrmOpName ops[] = {
+		{"order.created", CRM_CREATE}, {"order.updated", CRM_UPSERT},
+		{"order.deleted", CRM_DELETE}, {NULL, CRM_IGNORE}
+	};
 	char	   *id = shipsync_header_value(headers, "webhook-id");
 
 	crm_verify(s, body, len, headers, NULL);

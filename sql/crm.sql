@@ -234,6 +234,37 @@ SELECT crm_id, customer FROM crm.orders WHERE crm_id ~ '^-?[0-9]{19,}' ORDER BY 
 DELETE FROM crm.orders WHERE crm_id ~ '^-?[0-9]{19,}';
 
 ------------------------------------------------------------------------------
+-- versions: a push retried after a newer one (its first try answered 503)
+-- does not revert the order, with option version_column
+------------------------------------------------------------------------------
+CREATE TABLE crm.versioned (crm_id text PRIMARY KEY, customer text, modified timestamptz, doc json);
+INSERT INTO shipsync.field_map (profile, direction, target_path, source, required) VALUES
+	('zv', 'crm_in', 'crm_id', 'id', true), ('zv', 'crm_in', 'customer', 'name', true),
+	('zv', 'crm_in', 'modified', 'Modified_Time', false);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'generic', 'crm.versioned', '{"secret": "whsec_AAAA", "profile": "zv", "version_column": "nosuch"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'generic', 'crm.versioned', '{"secret": "whsec_AAAA", "profile": "zv", "version_column": "crm_id"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'generic', 'crm.versioned', '{"secret": "whsec_AAAA", "profile": "zv", "version_column": "doc"}')$$);
+SELECT shipsync.create_crm_source('zv', 'generic', 'crm.versioned',
+	'{"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "version_column": "modified"}') > 0 AS created;
+SELECT options FROM shipsync.crm_sources WHERE name = 'zv';
+SELECT pg_temp.push('zv', 'v1', 'order.created', '{"id": "V-1", "name": "first", "Modified_Time": "2026-03-01T10:00:00+08:00"}')->'inserted' AS inserted;
+SELECT pg_temp.push('zv', 'v3', 'order.updated', '{"id": "V-1", "name": "third", "Modified_Time": "2026-03-01T10:10:00+08:00"}')->'updated' AS updated;
+-- the second edit's push, retried, comes after the third: older, so unchanged
+SELECT pg_temp.push('zv', 'v2', 'order.updated', '{"id": "V-1", "name": "second", "Modified_Time": "2026-03-01T10:05:00+08:00"}') - 'source' - 'kind' AS summary;
+SELECT crm_id, customer, modified AT TIME ZONE 'UTC' AS modified_utc FROM crm.versioned;
+-- the same version is written (a correction within the same instant), and
+-- so is a record without a version, which keeps the row's: the older
+-- update retried once more still changes nothing
+SELECT pg_temp.push('zv', 'v4', 'order.updated', '{"id": "V-1", "name": "third, fixed", "Modified_Time": "2026-03-01T02:10:00Z"}')->'updated' AS updated;
+SELECT pg_temp.push('zv', 'v5', 'order.updated', '{"id": "V-1", "name": "no version"}')->'updated' AS updated;
+SELECT pg_temp.push('zv', 'v2-again', 'order.updated', '{"id": "V-1", "name": "second", "Modified_Time": "2026-03-01T10:05:00+08:00"}')->'unchanged' AS unchanged;
+SELECT crm_id, customer, modified AT TIME ZONE 'UTC' AS modified_utc FROM crm.versioned;
+-- a profile whose crm_in rows do not write the version column cannot be read
+DELETE FROM shipsync.field_map WHERE profile = 'zv' AND target_path = 'modified';
+SELECT pg_temp.err($$SELECT pg_temp.push('zv', 'v6', 'order.updated', '{"id": "V-1", "name": "unmapped"}')$$);
+SELECT shipsync.drop_crm_source('zv');
+
+------------------------------------------------------------------------------
 -- privileges: the secret is the owner's alone
 ------------------------------------------------------------------------------
 SET ROLE shipsync_admin;

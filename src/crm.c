@@ -106,6 +106,7 @@ typedef struct CrmSource
 	int64		ttl_s;
 	char	   *organization_id;
 	char	   *sobject_type;
+	char	   *version_column; /* an update must not go back on it, or NULL */
 	char	   *options;		/* JSON text, for option: sources */
 	char	   *secret;			/* webhook_secret, opened when verifying */
 	char	   *previous_secret;	/* previous_webhook_secret, in a rotation */
@@ -196,7 +197,7 @@ crm_load_source(const char *name)
 			" s.key_column::text, s.profile,"
 			" pg_catalog.date_part('epoch', s.dedup_ttl)::bigint,"
 			" s.options->>'organization_id', s.options->>'sobject_type', s.options::text,"
-			" s.tbl::oid"
+			" s.tbl::oid, s.options->>'version_column'"
 			" FROM shipsync.crm_source s"
 			" LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.tbl"
 			" WHERE s.name OPERATOR(pg_catalog.=) $1", 1, t);
@@ -228,6 +229,7 @@ crm_load_source(const char *name)
 	s->sobject_type = SPI_getvalue(tup, desc, 10);
 	s->options = SPI_getvalue(tup, desc, 11);
 	s->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 12, &isnull));
+	s->version_column = SPI_getvalue(tup, desc, 13);
 	return s;
 }
 
@@ -650,9 +652,34 @@ crm_map_record(CrmSource *s, CrmMallocs *m, CrmRecord *rec, int i, List **cols)
 }
 
 /*
+ * The source's version column must be one of the columns its map writes:
+ * otherwise every push would compare the row's version with null.
+ */
+static void
+crm_check_version_mapped(CrmSource *s, List *cols)
+{
+	ListCell   *lc;
+
+	foreach(lc, cols)
+		if (strcmp(strVal(lfirst(lc)), s->version_column) == 0)
+			return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("no crm_in row of profile \"%s\" writes column \"%s\", the version column of CRM source \"%s\"",
+					s->profile, s->version_column, s->name),
+			 errdetail("An update is compared with the row by the version its record carries."),
+			 errhint("Insert a crm_in row (profile '%s', target_path '%s', source the record's modification time).",
+					 s->profile, s->version_column)));
+}
+
+/*
  * The statement writing one record of op, its row as $1 jsonb.  An
  * insert or upsert answers one row, true when it inserted; an upsert that
- * changes nothing and an ignored create answer none.
+ * changes nothing and an ignored create answer none.  With a version
+ * column, an upsert whose record is older than the row changes nothing
+ * either (a push retried after a newer one): both known, the record's
+ * must be at least the row's; a record without a version is written and
+ * keeps the row's.
  */
 static char *
 crm_statement(CrmSource *s, CrmOp op, List *cols)
@@ -666,6 +693,8 @@ crm_statement(CrmSource *s, CrmOp op, List *cols)
 	ListCell   *lc;
 	const char *key = quote_identifier(s->key_column);
 
+	if (s->version_column != NULL)
+		crm_check_version_mapped(s, cols);
 	if (op == CRM_DELETE)
 		return psprintf("DELETE FROM %s AS t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r"
 						" WHERE t.%s OPERATOR(pg_catalog.=) r.%s", s->tbl, s->tbl, key, key);
@@ -683,7 +712,11 @@ crm_statement(CrmSource *s, CrmOp op, List *cols)
 		if (strcmp(strVal(lfirst(lc)), s->key_column) == 0)
 			continue;
 		appendStringInfo(&set, "%s%s", set.len ? ", " : "", c);
-		appendStringInfo(&ex, "%sEXCLUDED.%s", ex.len ? ", " : "", c);
+		/* a record without a version keeps the row's */
+		if (s->version_column && strcmp(strVal(lfirst(lc)), s->version_column) == 0)
+			appendStringInfo(&ex, "%sCOALESCE(EXCLUDED.%s, t.%s)", ex.len ? ", " : "", c, c);
+		else
+			appendStringInfo(&ex, "%sEXCLUDED.%s", ex.len ? ", " : "", c);
 		appendStringInfo(&old, "%st.%s", old.len ? ", " : "", c);
 	}
 	initStringInfo(&sql);
@@ -693,8 +726,17 @@ crm_statement(CrmSource *s, CrmOp op, List *cols)
 	if (op == CRM_CREATE || set.len == 0)
 		appendStringInfoString(&sql, " DO NOTHING");
 	else
+	{
 		appendStringInfo(&sql, " DO UPDATE SET (%s) = ROW(%s) WHERE ROW(%s) IS DISTINCT FROM ROW(%s)",
 						 set.data, ex.data, old.data, ex.data);
+		if (s->version_column != NULL)
+		{
+			const char *v = quote_identifier(s->version_column);
+
+			appendStringInfo(&sql, " AND (t.%s IS NULL OR EXCLUDED.%s IS NULL"
+							 " OR EXCLUDED.%s OPERATOR(pg_catalog.>=) t.%s)", v, v, v, v);
+		}
+	}
 	appendStringInfoString(&sql, " RETURNING t.xmax::text OPERATOR(pg_catalog.=) '0'");
 	return sql.data;
 }

@@ -265,6 +265,15 @@ SELECT pg_temp.err($$SELECT pg_temp.push('zv', 'v6', 'order.updated', '{"id": "V
 SELECT shipsync.drop_crm_source('zv');
 
 ------------------------------------------------------------------------------
+-- a value too long for an index of the table (here the key's unique one)
+-- is a record the table cannot take: SS400, as a constraint it breaks
+------------------------------------------------------------------------------
+SELECT pg_temp.err(format($$SELECT pg_temp.push('zoho', 'long1', 'order.created', %L)$$,
+	jsonb_build_object('id', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 300) i),
+					   'contact', jsonb_build_object('name', 'long'))));
+SELECT count(*) AS long_keys FROM crm.orders WHERE length(crm_id) > 1000;
+
+------------------------------------------------------------------------------
 -- privileges: the secret is the owner's alone
 ------------------------------------------------------------------------------
 SET ROLE shipsync_admin;

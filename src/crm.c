@@ -43,7 +43,8 @@
  *	   nothing), an update or an Outbound Message upserts the mapped
  *	   columns only when they differ, a remove deletes.  The capture
  *	   trigger sees an ordinary write and ships it.  A value the column
- *	   cannot take (22xxx) or a constraint it breaks (23xxx) is SS400.
+ *	   cannot take (22xxx), a constraint it breaks (23xxx) or a value too
+ *	   long for one of its indexes (54000) is SS400.
  *
  * Everything happens in the caller's transaction: one failing record
  * fails the whole push.  ingest_crm() runs as the extension's owner
@@ -748,8 +749,9 @@ crm_statement(CrmSource *s, CrmOp op, List *cols)
  * back on success and on error, so a trigger of the owner's that calls
  * set_config('search_path', ..., false) does not change the search_path
  * of the session that called ingest_crm() (an operator's, or the
- * receiver's).  A value the column cannot take or a constraint it breaks
- * is SS400.
+ * receiver's).  A value the column cannot take, a constraint it breaks or
+ * a value too long for an index of the table (54000) is SS400: sent again,
+ * the record would fail again.
  */
 static void
 crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCounts *c)
@@ -775,7 +777,9 @@ crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCo
 		MemoryContextSwitchTo(cxt);
 		e = CopyErrorData();
 		cls = ERRCODE_TO_CATEGORY(e->sqlerrcode);
-		if (cls != ERRCODE_DATA_EXCEPTION && cls != ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION)
+		/* a value too long for an index of the table is one it cannot take */
+		if (cls != ERRCODE_DATA_EXCEPTION && cls != ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION &&
+			e->sqlerrcode != ERRCODE_PROGRAM_LIMIT_EXCEEDED)
 			PG_RE_THROW();
 		FlushErrorState();
 		crm_bad_payload(s, psprintf("has a record table %s cannot take", s->tbl),

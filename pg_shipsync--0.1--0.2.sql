@@ -8799,3 +8799,74 @@ $$;
 COMMENT ON FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) IS
 	'Register a CRM that pushes orders into table tbl, reached by the receiver at /crm/{name}. Kinds: jiandaoyun (简道云 data push, X-JDY-Signature), salesforce_om (Salesforce Outbound Messages, checked by OrganizationId), generic (Standard Webhooks-signed JSON). Options: secret (jiandaoyun and generic), organization_id and sobject_type (salesforce_om), profile (the crm_in field-map profile, by default the source name), key_column (the column matched to the CRM record id, by default the primary key; it needs a unique index), dedup_ttl (how long delivery ids are remembered, default 7 days), version_column (a column a crm_in row writes the record''s modification time into: an update older than the row''s changes nothing).';
 ALTER FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) SET shipsync.audit_action = 'create_crm_source';
+
+------------------------------------------------------------------------------
+-- Salesforce Outbound Messages: a document type declaration is SS400
+------------------------------------------------------------------------------
+/*
+ * A Salesforce Outbound Message (SOAP 1.1) as rows: its OrganizationId, and
+ * per Notification its Id, the sObject's type (without the "sf:" prefix)
+ * and the sObject's fields as a JSON object (xsi:nil fields are null).
+ * Parsed by PostgreSQL's xpath(); its text results come XML-escaped (&, <,
+ * > and CR), which is undone here.  A body that is not such a message
+ * raises SS400; so does one with a document type declaration, which
+ * Salesforce never sends: its entities are kept in the parsed document
+ * and failed the reading of each notification (2200M, a 500 of the
+ * receiver), and its default attributes could add what the body does not
+ * say.
+ */
+CREATE OR REPLACE FUNCTION @extschema@._salesforce_notifications(body text)
+RETURNS TABLE (organization_id text, notification_id text, sobject_type text, record jsonb)
+LANGUAGE plpgsql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ns text[] := ARRAY[ARRAY['s', 'http://schemas.xmlsoap.org/soap/envelope/'],
+					   ARRAY['om', 'http://soap.sforce.com/2005/09/outbound'],
+					   ARRAY['xsi', 'http://www.w3.org/2001/XMLSchema-instance']];
+	doc xml;
+	n xml;
+	found_any boolean := false;
+BEGIN
+	IF pg_catalog.strpos(body, '<!DOCTYPE') OPERATOR(pg_catalog.>) 0 THEN
+		RAISE EXCEPTION 'the body is not a Salesforce Outbound Message'
+			USING ERRCODE = 'SS400',
+				  DETAIL = 'It has a document type declaration (<!DOCTYPE ...>), which Outbound Messages never have.';
+	END IF;
+	BEGIN
+		doc := XMLPARSE(DOCUMENT pg_catalog.regexp_replace(body, '^\uFEFF', ''));
+	EXCEPTION WHEN OTHERS THEN
+		RAISE EXCEPTION 'the body is not an XML document'
+			USING ERRCODE = 'SS400', DETAIL = SQLERRM;
+	END;
+	organization_id := (pg_catalog.xpath('/s:Envelope/s:Body/om:notifications/om:OrganizationId/text()', doc, ns))[1]::text;
+	IF organization_id IS NULL THEN
+		RAISE EXCEPTION 'the body is not a Salesforce Outbound Message'
+			USING ERRCODE = 'SS400',
+				  DETAIL = 'It has no soapenv:Envelope/soapenv:Body/notifications/OrganizationId.';
+	END IF;
+	FOREACH n IN ARRAY pg_catalog.xpath('/s:Envelope/s:Body/om:notifications/om:Notification', doc, ns) LOOP
+		found_any := true;
+		notification_id := (pg_catalog.xpath('/om:Notification/om:Id/text()', n, ns))[1]::text;
+		sobject_type := pg_catalog.regexp_replace(
+			(pg_catalog.xpath('/om:Notification/om:sObject/@xsi:type', n, ns))[1]::text, '^[^:]*:', '');
+		SELECT pg_catalog.jsonb_object_agg(
+				   (pg_catalog.xpath('local-name(/*)', f))[1]::text,
+				   CASE WHEN (pg_catalog.xpath('/*/@xsi:nil', f, ns))[1]::text OPERATOR(pg_catalog.=) 'true' THEN NULL
+						ELSE pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
+							 (pg_catalog.xpath('string(/*)', f))[1]::text,
+							 '&lt;', '<'), '&gt;', '>'), '&#x0d;', E'\r'), '&amp;', '&') END)
+		INTO record
+		FROM pg_catalog.unnest(pg_catalog.xpath('/om:Notification/om:sObject/*', n, ns)) AS f;
+		IF notification_id IS NULL OR record IS NULL THEN
+			RAISE EXCEPTION 'a notification of the Outbound Message has no Id or no sObject'
+				USING ERRCODE = 'SS400';
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+	IF NOT found_any THEN
+		RAISE EXCEPTION 'the Outbound Message has no Notification'
+			USING ERRCODE = 'SS400';
+	END IF;
+END
+$$;

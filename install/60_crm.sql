@@ -397,7 +397,11 @@ COMMENT ON VIEW @extschema@.crm_sources IS
  * and the sObject's fields as a JSON object (xsi:nil fields are null).
  * Parsed by PostgreSQL's xpath(); its text results come XML-escaped (&, <,
  * > and CR), which is undone here.  A body that is not such a message
- * raises SS400.
+ * raises SS400; so does one with a document type declaration, which
+ * Salesforce never sends: its entities are kept in the parsed document
+ * and failed the reading of each notification (2200M, a 500 of the
+ * receiver), and its default attributes could add what the body does not
+ * say.
  */
 CREATE FUNCTION @extschema@._salesforce_notifications(body text)
 RETURNS TABLE (organization_id text, notification_id text, sobject_type text, record jsonb)
@@ -412,6 +416,11 @@ DECLARE
 	n xml;
 	found_any boolean := false;
 BEGIN
+	IF pg_catalog.strpos(body, '<!DOCTYPE') OPERATOR(pg_catalog.>) 0 THEN
+		RAISE EXCEPTION 'the body is not a Salesforce Outbound Message'
+			USING ERRCODE = 'SS400',
+				  DETAIL = 'It has a document type declaration (<!DOCTYPE ...>), which Outbound Messages never have.';
+	END IF;
 	BEGIN
 		doc := XMLPARSE(DOCUMENT pg_catalog.regexp_replace(body, '^\uFEFF', ''));
 	EXCEPTION WHEN OTHERS THEN

@@ -214,6 +214,10 @@ SELECT pg_temp.err(format($$SELECT shipsync.ingest_crm('sf', %L)$$, replace(:'co
 SELECT pg_temp.err(format($$SELECT shipsync.ingest_crm('sf', %L)$$, replace(replace(:'contacts', 'sf:Contact', 'sf:Lead'), '04l1I', '05l1I')));
 SELECT pg_temp.err($$SELECT shipsync.ingest_crm('sf', '<notxml')$$);
 SELECT pg_temp.err($$SELECT shipsync.ingest_crm('sf', '<a><b/></a>')$$);
+-- a document type declaration, which Salesforce never sends: its entities
+-- and default attributes are not read, and the push is a 400, not a 500
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_crm('sf', %L)$$,
+	'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e "Injected">]>' || replace(:'contacts', 'Black', '&e;')));
 -- an 18-character organization id matches its 15-character form
 SELECT r->>'duplicate' AS duplicates FROM shipsync.ingest_crm('sf', replace(:'contacts', '012345678901234', '012345678901234AAA')) r;
 

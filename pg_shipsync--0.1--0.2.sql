@@ -8870,3 +8870,21 @@ BEGIN
 	END IF;
 END
 $$;
+
+------------------------------------------------------------------------------
+-- CRM sources: removed records are remembered for dedup_ttl, so that a
+-- create or update retried after its record's remove does not bring the
+-- order back (src/crm.c)
+------------------------------------------------------------------------------
+CREATE TABLE @extschema@.crm_removed (
+	crm_source_id	integer NOT NULL REFERENCES @extschema@.crm_source ON DELETE CASCADE,
+	record_key		text NOT NULL,
+	version			jsonb,
+	removed_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	expires_at		timestamptz NOT NULL,
+	PRIMARY KEY (crm_source_id, record_key)
+);
+CREATE INDEX crm_removed_expiry_idx ON @extschema@.crm_removed (crm_source_id, expires_at);
+COMMENT ON TABLE @extschema@.crm_removed IS
+	'Records removed by a CRM source with option version_column, kept for its dedup_ttl: the record''s key and version. A create or update of such a record not newer than its remove (a retry of a push sent before it) does not bring the order back; a 简道云 data_recover does.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_removed', '');

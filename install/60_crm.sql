@@ -43,6 +43,18 @@ CREATE INDEX crm_delivery_expiry_idx ON @extschema@.crm_delivery (crm_source_id,
 COMMENT ON TABLE @extschema@.crm_delivery IS
 	'Deliveries of CRM pushes already applied, kept for the source''s dedup_ttl: the 简道云 X-JDY-DeliverId, the Salesforce notification Id, the Standard Webhooks webhook-id. A delivery seen again is acknowledged and changes nothing.';
 
+CREATE TABLE @extschema@.crm_removed (
+	crm_source_id	integer NOT NULL REFERENCES @extschema@.crm_source ON DELETE CASCADE,
+	record_key		text NOT NULL,
+	version			jsonb,
+	removed_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	expires_at		timestamptz NOT NULL,
+	PRIMARY KEY (crm_source_id, record_key)
+);
+CREATE INDEX crm_removed_expiry_idx ON @extschema@.crm_removed (crm_source_id, expires_at);
+COMMENT ON TABLE @extschema@.crm_removed IS
+	'Records removed by a CRM source with option version_column, kept for its dedup_ttl: the record''s key and version. A create or update of such a record not newer than its remove (a retry of a push sent before it) does not bring the order back; a 简道云 data_recover does.';
+
 -- Provider and CRM source names share one namespace: a CRM source's name
 -- stands in place of a provider's in the secret store (shipsync.secret's
 -- provider column).  Two transactions taking one name, one for a provider
@@ -486,4 +498,5 @@ COMMENT ON FUNCTION @extschema@._ingest_tracking_batch(text, text[], jsonb[]) IS
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_source', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_delivery', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_removed', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_source_crm_source_id_seq', '');

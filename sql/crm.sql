@@ -269,6 +269,32 @@ SELECT pg_temp.err($$SELECT pg_temp.push('zv', 'v6', 'order.updated', '{"id": "V
 SELECT shipsync.drop_crm_source('zv');
 
 ------------------------------------------------------------------------------
+-- removes: a create or update sent before its record's remove and arriving
+-- after it (a retry) does not bring the order back; a newer one does
+------------------------------------------------------------------------------
+INSERT INTO shipsync.field_map (profile, direction, target_path, source, required) VALUES
+	('zr', 'crm_in', 'crm_id', 'id', true), ('zr', 'crm_in', 'customer', 'name', true),
+	('zr', 'crm_in', 'modified', 'Modified_Time', false);
+SELECT shipsync.create_crm_source('zr', 'generic', 'crm.versioned',
+	'{"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "version_column": "modified"}') > 0 AS created;
+SELECT pg_temp.push('zr', 'r1', 'order.created', '{"id": "R-1", "name": "placed", "Modified_Time": "2026-03-01T10:00:00Z"}')->'inserted' AS inserted;
+SELECT pg_temp.push('zr', 'r2', 'order.deleted', '{"id": "R-1", "name": "placed", "Modified_Time": "2026-03-01T10:05:00Z"}')->'deleted' AS deleted;
+-- an edit made before the remove, its push retried after it: the order stays removed
+SELECT pg_temp.push('zr', 'r3', 'order.updated', '{"id": "R-1", "name": "edited", "Modified_Time": "2026-03-01T10:03:00Z"}') - 'source' - 'kind' AS summary;
+SELECT count(*) AS r1_rows FROM crm.versioned WHERE crm_id = 'R-1';
+-- restored in the CRM and edited after the remove: written
+SELECT pg_temp.push('zr', 'r4', 'order.updated', '{"id": "R-1", "name": "restored", "Modified_Time": "2026-03-01T11:00:00Z"}')->'inserted' AS inserted;
+-- the remove of a record never seen, before its create: the create stays out
+SELECT pg_temp.push('zr', 'r5', 'order.deleted', '{"id": "R-2", "name": "placed", "Modified_Time": "2026-03-01T10:05:00Z"}')->'unchanged' AS unchanged;
+SELECT pg_temp.push('zr', 'r6', 'order.created', '{"id": "R-2", "name": "placed", "Modified_Time": "2026-03-01T10:00:00Z"}')->'unchanged' AS unchanged;
+SELECT crm_id, customer FROM crm.versioned WHERE crm_id LIKE 'R-%' ORDER BY crm_id;
+SELECT r.record_key, r.version FROM shipsync.crm_removed r JOIN shipsync.crm_source c USING (crm_source_id)
+WHERE c.name = 'zr' ORDER BY 1;
+SELECT shipsync.drop_crm_source('zr');
+SELECT count(*) AS removed_left FROM shipsync.crm_removed r
+WHERE NOT EXISTS (SELECT FROM shipsync.crm_source c WHERE c.crm_source_id = r.crm_source_id);
+
+------------------------------------------------------------------------------
 -- a value too long for an index of the table (here the key's unique one)
 -- is a record the table cannot take: SS400, as a constraint it breaks
 ------------------------------------------------------------------------------

@@ -92,6 +92,7 @@ typedef struct CrmOpName
 {
 	const char *name;
 	CrmOp		op;
+	bool		restore;		/* a record brought back after its remove */
 } CrmOpName;
 
 typedef struct CrmSource
@@ -117,6 +118,7 @@ typedef struct CrmSource
 typedef struct CrmRecord
 {
 	CrmOp		op;
+	bool		restore;		/* 简道云 data_recover: its remove is undone */
 	char	   *delivery_id;
 	char	   *signed_id;		/* a signed key of the push, or NULL */
 	ShipJson   *doc;			/* the record: malloc'd, freed by the owner */
@@ -378,7 +380,10 @@ crm_read_json(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 	rec->op = CRM_IGNORE;
 	for (const CrmOpName *o = names; o->name != NULL; o++)
 		if (strcmp(op, o->name) == 0)
+		{
 			rec->op = o->op;
+			rec->restore = o->restore;
+		}
 	rec->delivery_id = pstrdup(delivery_id);
 	rec->doc = crm_keep(m, shipsync_json_member_doc(doc, "data"));
 	if (rec->op != CRM_IGNORE && !shipsync_json_is_object(rec->doc))
@@ -396,8 +401,9 @@ crm_read_jiandaoyun(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 	 * as an update would (inserted, or updated if it is still there).
 	 */
 	static const CrmOpName ops[] = {
-		{"data_create", CRM_CREATE}, {"data_update", CRM_UPSERT},
-		{"data_recover", CRM_UPSERT}, {"data_remove", CRM_DELETE}, {NULL, CRM_IGNORE}
+		{"data_create", CRM_CREATE, false}, {"data_update", CRM_UPSERT, false},
+		{"data_recover", CRM_UPSERT, true}, {"data_remove", CRM_DELETE, false},
+		{NULL, CRM_IGNORE, false}
 	};
 	char	   *ts = shipsync_header_value(query, "timestamp");
 	char	   *delivery;
@@ -429,8 +435,8 @@ crm_read_generic(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 				 Jsonb *headers, CrmRecord **recs)
 {
 	static const CrmOpName ops[] = {
-		{"order.created", CRM_CREATE}, {"order.updated", CRM_UPSERT},
-		{"order.deleted", CRM_DELETE}, {NULL, CRM_IGNORE}
+		{"order.created", CRM_CREATE, false}, {"order.updated", CRM_UPSERT, false},
+		{"order.deleted", CRM_DELETE, false}, {NULL, CRM_IGNORE, false}
 	};
 	char	   *id = shipsync_header_value(headers, "webhook-id");
 
@@ -619,7 +625,8 @@ crm_free_read(char **fields, MapValue *values, int n)
  * *cols (the same for every record of a call).
  */
 static char *
-crm_map_record(CrmSource *s, CrmMallocs *m, CrmRecord *rec, int i, List **cols)
+crm_map_record(CrmSource *s, CrmMallocs *m, CrmRecord *rec, int i, List **cols,
+			   char **keyp)
 {
 	MapEnv		env = {0};
 	char	  **fields = NULL;
@@ -649,6 +656,7 @@ crm_map_record(CrmSource *s, CrmMallocs *m, CrmRecord *rec, int i, List **cols)
 		crm_bad_payload(s, psprintf("has a record without a value for key column \"%s\"", s->key_column),
 						psprintf("Record %d maps no value to %s; a crm_in row of profile \"%s\" must read the CRM's record id into it.",
 								 i + 1, s->key_column, s->profile));
+	*keyp = key;
 	return json;
 }
 
@@ -743,30 +751,33 @@ crm_statement(CrmSource *s, CrmOp op, List *cols)
 }
 
 /*
- * Run one record's statement as the table's owner, in a security-restricted
- * operation and a GUC nest level of its own (shipsync_become_owner()), with
- * capture on: the trigger ships what it writes.  The nest level is rolled
- * back on success and on error, so a trigger of the owner's that calls
+ * Run sql, with the row of record i as $1 jsonb (and $2 jsonb, arg2, if
+ * given), as the table's owner, in a security-restricted operation and a
+ * GUC nest level of its own (shipsync_become_owner()), with capture on:
+ * the trigger ships what it writes.  The nest level is rolled back on
+ * success and on error, so a trigger of the owner's that calls
  * set_config('search_path', ..., false) does not change the search_path
  * of the session that called ingest_crm() (an operator's, or the
  * receiver's).  A value the column cannot take, a constraint it breaks or
- * a value too long for an index of the table (54000) is SS400: sent again,
- * the record would fail again.
+ * a value too long for an index of the table (54000) is SS400: sent
+ * again, the record would fail again.  Returns SPI's result code.
  */
-static void
-crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCounts *c)
+static int
+crm_as_owner(CrmSource *s, const char *sql, const char *row, const char *arg2, int i)
 {
-	Oid			argtypes[1] = {JSONBOID};
-	Datum		args[1];
+	Oid			argtypes[2] = {JSONBOID, JSONBOID};
+	Datum		args[2];
 	ShipsyncUserSave save;
 	volatile int rc = 0;
 	MemoryContext cxt = CurrentMemoryContext;
 
 	args[0] = DirectFunctionCall1(jsonb_in, CStringGetDatum(row));
+	if (arg2)
+		args[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(arg2));
 	shipsync_become_owner(s->owner, &save);
 	PG_TRY();
 	{
-		rc = SPI_execute_with_args(sql, 1, argtypes, args, NULL, false, 0);
+		rc = SPI_execute_with_args(sql, arg2 ? 2 : 1, argtypes, args, NULL, false, 0);
 	}
 	PG_CATCH();
 	{
@@ -788,6 +799,15 @@ crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCo
 	}
 	PG_END_TRY();
 	shipsync_restore_user(&save);
+	return rc;
+}
+
+/* Write record i with its statement (crm_statement()), counting what it did */
+static void
+crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCounts *c)
+{
+	int			rc = crm_as_owner(s, sql, row, NULL, i);
+
 	if (op == CRM_DELETE)
 	{
 		if (rc != SPI_OK_DELETE)
@@ -838,11 +858,12 @@ crm_first_delivery(CrmSource *s, const char *delivery_id, int64 ttl_s)
 	return SPI_processed == 1;
 }
 
-/* Forget the source's deliveries whose dedup_ttl is over */
+/* Forget the source's deliveries and removed records whose dedup_ttl is over */
 static void
 crm_expire_deliveries(CrmSource *s)
 {
 	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr removed = NULL;
 	Datum		arg = Int32GetDatum(s->id);
 
 	if (plan == NULL)
@@ -852,9 +873,146 @@ crm_expire_deliveries(CrmSource *s)
 		plan = shipsync_prepare_saved(
 			"DELETE FROM shipsync.crm_delivery WHERE crm_source_id OPERATOR(pg_catalog.=) $1"
 			" AND expires_at OPERATOR(pg_catalog.<) pg_catalog.now()", 1, t);
+		removed = shipsync_prepare_saved(
+			"DELETE FROM shipsync.crm_removed WHERE crm_source_id OPERATOR(pg_catalog.=) $1"
+			" AND expires_at OPERATOR(pg_catalog.<) pg_catalog.now()", 1, t);
 	}
-	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_DELETE)
+	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_DELETE ||
+		SPI_execute_plan(removed, &arg, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "expiring CRM deliveries failed");
+}
+
+/*
+ * Whether the source removed the record with this key within dedup_ttl;
+ * its version then goes to *version (jsonb text, NULL if none was known).
+ */
+static bool
+crm_removed_lookup(CrmSource *s, const char *key, char **version)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[2];
+
+	if (plan == NULL)
+	{
+		Oid			t[2] = {INT4OID, TEXTOID};
+
+		plan = shipsync_prepare_saved(
+			"SELECT version::text FROM shipsync.crm_removed"
+			" WHERE crm_source_id OPERATOR(pg_catalog.=) $1 AND record_key OPERATOR(pg_catalog.=) $2"
+			" FOR UPDATE", 2, t);
+	}
+	args[0] = Int32GetDatum(s->id);
+	args[1] = CStringGetTextDatum(key);
+	if (SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "looking up a removed CRM record failed");
+	*version = SPI_processed ? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : NULL;
+	return SPI_processed > 0;
+}
+
+/*
+ * Remember (version not NULL or NULL: jsonb text) or forget (forget) the
+ * remove of the record with this key, for dedup_ttl.
+ */
+static void
+crm_removed_set(CrmSource *s, const char *key, const char *version, bool forget)
+{
+	static SPIPlanPtr put = NULL;
+	static SPIPlanPtr del = NULL;
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+
+	if (put == NULL)
+	{
+		Oid			t[4] = {INT4OID, TEXTOID, JSONBOID, INT8OID};
+
+		put = shipsync_prepare_saved(
+			"INSERT INTO shipsync.crm_removed AS x (crm_source_id, record_key, version, expires_at)"
+			" VALUES ($1, $2, $3, pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $4))"
+			" ON CONFLICT (crm_source_id, record_key) DO UPDATE SET version = EXCLUDED.version,"
+			" removed_at = EXCLUDED.removed_at, expires_at = EXCLUDED.expires_at", 4, t);
+		del = shipsync_prepare_saved(
+			"DELETE FROM shipsync.crm_removed"
+			" WHERE crm_source_id OPERATOR(pg_catalog.=) $1 AND record_key OPERATOR(pg_catalog.=) $2", 2, t);
+	}
+	args[0] = Int32GetDatum(s->id);
+	args[1] = CStringGetTextDatum(key);
+	if (forget)
+	{
+		if (SPI_execute_plan(del, args, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "forgetting a removed CRM record failed");
+		return;
+	}
+	if (version)
+		args[2] = DirectFunctionCall1(jsonb_in, CStringGetDatum(version));
+	else
+		nulls[2] = 'n';
+	args[3] = Int64GetDatum(s->ttl_s);
+	if (SPI_execute_plan(put, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "remembering a removed CRM record failed");
+}
+
+/*
+ * The version of record i's row, as jsonb text read through the table's
+ * row type (as its owner: a domain's check is the owner's code), or NULL.
+ */
+static char *
+crm_row_version(CrmSource *s, const char *row, int i)
+{
+	const char *v = quote_identifier(s->version_column);
+	char	   *sql = psprintf("SELECT pg_catalog.to_jsonb(r.%s)::text"
+							   " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r", v, s->tbl);
+
+	if (crm_as_owner(s, sql, row, NULL, i) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "reading the version of a CRM record failed");
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/*
+ * Whether record i (row) is newer than the version its key was removed at
+ * (jsonb text): 1 if it is, 0 if not, -1 when one of them is not known.
+ */
+static int
+crm_newer_than_removed(CrmSource *s, const char *row, const char *removed, int i)
+{
+	const char *v = quote_identifier(s->version_column);
+	StringInfoData old;
+	char	   *sql;
+	bool		isnull;
+	bool		newer;
+
+	initStringInfo(&old);
+	appendStringInfoChar(&old, '{');
+	escape_json(&old, s->version_column);
+	appendStringInfo(&old, ": %s}", removed);
+	sql = psprintf("SELECT r.%s OPERATOR(pg_catalog.>) o.%s"
+				   " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r,"
+				   " pg_catalog.jsonb_populate_record(NULL::%s, $2) AS o", v, v, s->tbl, s->tbl);
+	if (crm_as_owner(s, sql, row, old.data, i) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "comparing the version of a CRM record failed");
+	newer = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return isnull ? -1 : newer;
+}
+
+/*
+ * Whether record i, a create or update of key, comes after its remove and
+ * must not bring the order back: the remove is remembered (for dedup_ttl)
+ * and the record is not newer than the removed version.  Without both
+ * versions it is written, as before: a late push cannot be told from a
+ * record restored in the CRM (a 简道云 restore is not always pushed).  A
+ * 简道云 data_recover, and a newer record, undo the remove.
+ */
+static bool
+crm_after_remove(CrmSource *s, CrmRecord *rec, const char *key, const char *row, int i)
+{
+	char	   *removed;
+
+	if (s->version_column == NULL || !crm_removed_lookup(s, key, &removed))
+		return false;
+	if (!rec->restore && removed != NULL &&
+		crm_newer_than_removed(s, row, removed, i) == 0)
+		return true;
+	crm_removed_set(s, key, NULL, true);
+	return false;
 }
 
 /* Step 2: the records of the push, verified */
@@ -943,6 +1101,7 @@ shipsync_ingest_crm(PG_FUNCTION_ARGS)
 	for (int i = 0; i < n; i++)
 	{
 		char	   *row;
+		char	   *key;
 
 		c.records++;
 
@@ -963,10 +1122,17 @@ shipsync_ingest_crm(PG_FUNCTION_ARGS)
 			c.ignored++;
 			continue;
 		}
-		row = crm_map_record(s, m, &recs[i], i, &cols);
+		row = crm_map_record(s, m, &recs[i], i, &cols, &key);
+		if (recs[i].op != CRM_DELETE && crm_after_remove(s, &recs[i], key, row, i))
+		{
+			c.unchanged++;
+			continue;
+		}
 		if (sql[recs[i].op] == NULL)
 			sql[recs[i].op] = crm_statement(s, recs[i].op, cols);
 		crm_write(s, sql[recs[i].op], row, i, recs[i].op, &c);
+		if (recs[i].op == CRM_DELETE && s->version_column != NULL)
+			crm_removed_set(s, key, crm_row_version(s, row, i), false);
 		elog(DEBUG1, "pg_shipsync: CRM source \"%s\": %s of record %d", s->name,
 			 crm_op_names[recs[i].op], i + 1);
 	}

@@ -8708,3 +8708,267 @@ BEGIN
 	RETURN NULL;
 END
 $$;
+
+
+------------------------------------------------------------------------------
+-- CRM sources: option version_column, so that an older update (a push
+-- retried after a newer one) does not revert an order
+------------------------------------------------------------------------------
+COMMENT ON COLUMN @extschema@.crm_source.options IS
+	'The options given to create_crm_source() other than the secret: organization_id and sobject_type for salesforce_om, version_column.';
+CREATE OR REPLACE FUNCTION @extschema@.create_crm_source(name text, kind text, tbl regclass,
+											  options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	opts jsonb := coalesce(options, '{}');
+	keycol name;
+	ttl interval;
+	id integer;
+	relkind "char";
+	k text;
+	vtype oid;
+	allowed text[] := ARRAY['profile', 'key_column', 'dedup_ttl', 'secret', 'version_column'];
+BEGIN
+	IF name IS NULL OR name OPERATOR(pg_catalog.!~) '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid CRM source name "%"', coalesce(name, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A CRM source name is 1 to 63 letters, digits, "_", "." or "-"; it is the last part of the receiver''s URL /crm/{name}.',
+				  HINT = 'For example ''jdy'' or ''salesforce-eu''.';
+	END IF;
+	IF kind IS NULL OR kind OPERATOR(pg_catalog.<>) ALL (ARRAY['jiandaoyun', 'salesforce_om', 'generic']) THEN
+		RAISE EXCEPTION 'unknown CRM source kind "%"', coalesce(kind, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'The kinds are jiandaoyun (简道云 data push), salesforce_om (Salesforce Outbound Messages) and generic (Standard Webhooks-signed JSON).',
+				  HINT = 'See docs/receiver.md.';
+	END IF;
+	IF kind OPERATOR(pg_catalog.=) 'salesforce_om' THEN
+		allowed := ARRAY['profile', 'key_column', 'dedup_ttl', 'organization_id', 'sobject_type', 'version_column'];
+	END IF;
+	PERFORM @extschema@._check_options(opts, allowed, 'CRM source');
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT c.relkind INTO relkind FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tbl;
+	IF relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['r', 'p']::"char"[]) THEN
+		RAISE EXCEPTION '"%" is not a table', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  HINT = 'Name an ordinary or partitioned table.';
+	END IF;
+	IF NOT pg_catalog.pg_has_role(session_user,
+			(SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tbl), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'Pushes of the source are written into the table with its owner''s rights.';
+	END IF;
+
+	-- options of each kind
+	FOREACH k IN ARRAY ARRAY['profile', 'key_column', 'dedup_ttl', 'secret', 'organization_id', 'sobject_type', 'version_column'] LOOP
+		IF opts ? k AND (pg_catalog.jsonb_typeof(opts->k) OPERATOR(pg_catalog.<>) 'string'
+						 OR opts->>k OPERATOR(pg_catalog.=) '') THEN
+			RAISE EXCEPTION 'option "%" must be a non-empty string', k
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = CASE WHEN k OPERATOR(pg_catalog.=) 'secret'
+								  THEN 'Give the secret the CRM signs its pushes with.' ELSE 'Give a string.' END;
+		END IF;
+	END LOOP;
+	IF kind OPERATOR(pg_catalog.<>) 'salesforce_om' AND NOT opts ? 'secret' THEN
+		RAISE EXCEPTION 'a CRM source of kind % needs option "secret"', kind
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Pushes are accepted only when their signature can be checked.',
+				  HINT = CASE kind WHEN 'jiandaoyun' THEN 'Give the secret of the 简道云 data push (数据推送 → 密钥).'
+								   ELSE 'Give the whsec_ secret of the sender''s Standard Webhooks signature.' END;
+	END IF;
+	IF opts ? 'secret' THEN
+		PERFORM @extschema@._check_crm_secret(kind, opts->>'secret', 'option "secret"');
+	END IF;
+	IF kind OPERATOR(pg_catalog.=) 'salesforce_om'
+	   AND coalesce(opts->>'organization_id', '') OPERATOR(pg_catalog.!~) '^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$' THEN
+		RAISE EXCEPTION 'a CRM source of kind salesforce_om needs option "organization_id"'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Outbound Messages are not signed: the OrganizationId of each message must be the organization''s id (15 or 18 characters).',
+				  HINT = 'Salesforce shows it under Setup → Company Information; add mTLS or an IP allowlist at the proxy as well.';
+	END IF;
+	IF opts ? 'profile' AND (opts->>'profile') OPERATOR(pg_catalog.!~) '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid profile name "%"', opts->>'profile'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A profile name is 1 to 63 letters, digits, "_", "." or "-".';
+	END IF;
+	BEGIN
+		ttl := coalesce(opts->>'dedup_ttl', '7 days')::interval;
+	EXCEPTION WHEN OTHERS THEN
+		ttl := NULL;
+	END;
+	IF ttl IS NULL OR ttl OPERATOR(pg_catalog.<) interval '1 minute' OR ttl OPERATOR(pg_catalog.>) interval '1 year' THEN
+		RAISE EXCEPTION 'option "dedup_ttl" must be an interval between 1 minute and 1 year'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = pg_catalog.format('The value given is %s.', opts->'dedup_ttl'),
+				  HINT = 'For example ''7 days'': at least as long as the CRM goes on retrying a push.';
+	END IF;
+
+	-- the key: given, or the single-column primary key; unique, for upserts
+	keycol := opts->>'key_column';
+	IF keycol IS NULL THEN
+		SELECT a.attname INTO keycol
+		FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+		WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisprimary AND i.indnatts OPERATOR(pg_catalog.=) 1;
+		IF keycol IS NULL THEN
+			RAISE EXCEPTION 'table % has no single-column primary key', tbl
+				USING ERRCODE = 'invalid_table_definition',
+					  HINT = 'Give option "key_column": the column that holds the CRM''s record id.';
+		END IF;
+	END IF;
+	IF NOT EXISTS (
+		SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+		WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisunique AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
+		  AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname OPERATOR(pg_catalog.=) keycol) THEN
+		RAISE EXCEPTION 'column "%" of table % has no unique index of its own', keycol, tbl
+			USING ERRCODE = 'invalid_table_definition',
+				  DETAIL = 'A push is written with INSERT ... ON CONFLICT on the key column.',
+				  HINT = pg_catalog.format('Add one: ALTER TABLE %s ADD UNIQUE (%I).', tbl, keycol);
+	END IF;
+	-- the version: a column an update or upsert must not go back on, of a
+	-- type pg_catalog's >= compares (a domain's base type)
+	IF opts ? 'version_column' THEN
+		SELECT CASE WHEN t.typbasetype OPERATOR(pg_catalog.=) 0::oid THEN t.oid ELSE t.typbasetype END INTO vtype
+		FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+		WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) (opts->>'version_column')::name
+		  AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped;
+		IF vtype IS NULL THEN
+			RAISE EXCEPTION 'option "version_column" names column "%", which table % does not have', opts->>'version_column', tbl
+				USING ERRCODE = 'undefined_column',
+					  HINT = 'Name the column a crm_in row writes the record''s last modification time into.';
+		END IF;
+		IF (opts->>'version_column')::name OPERATOR(pg_catalog.=) keycol THEN
+			RAISE EXCEPTION 'option "version_column" must not be the key column'
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Name the column a crm_in row writes the record''s last modification time into.';
+		END IF;
+		IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_operator o
+					   WHERE o.oprname OPERATOR(pg_catalog.=) '>='
+						 AND o.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace
+						 AND o.oprleft OPERATOR(pg_catalog.=) vtype AND o.oprright OPERATOR(pg_catalog.=) vtype) THEN
+			RAISE EXCEPTION 'column "%" of table % cannot hold versions', opts->>'version_column', tbl
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = pg_catalog.format('Its type %s has no >= operator of pg_catalog to compare two versions with.',
+												 vtype::pg_catalog.regtype),
+					  HINT = 'Use a timestamptz, timestamp, date, number or text column.';
+		END IF;
+	END IF;
+	PERFORM @extschema@._check_crm_map(coalesce(opts->>'profile', name), tbl);
+
+	INSERT INTO @extschema@.crm_source AS s (name, kind, tbl, key_column, profile, dedup_ttl, options)
+	VALUES (name, kind, tbl, keycol, coalesce(opts->>'profile', name), ttl,
+			opts OPERATOR(pg_catalog.-) ARRAY['secret', 'profile', 'key_column', 'dedup_ttl'])
+	RETURNING s.crm_source_id INTO id;
+	-- the secret, encrypted under the source's name; nothing left under
+	-- that name before (the name was free) may pass for a previous secret
+	DELETE FROM @extschema@.secret x WHERE x.provider OPERATOR(pg_catalog.=) create_crm_source.name;
+	IF opts ? 'secret' THEN
+		PERFORM @extschema@._secret_put(create_crm_source.name, 'webhook_secret', opts->>'secret');
+	END IF;
+	RETURN id;
+EXCEPTION
+	WHEN unique_violation THEN
+		RAISE EXCEPTION 'CRM source "%" already exists', create_crm_source.name
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Choose another name, or drop the source first with shipsync.drop_crm_source().';
+END
+$$;
+COMMENT ON FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) IS
+	'Register a CRM that pushes orders into table tbl, reached by the receiver at /crm/{name}. Kinds: jiandaoyun (简道云 data push, X-JDY-Signature), salesforce_om (Salesforce Outbound Messages, checked by OrganizationId), generic (Standard Webhooks-signed JSON). Options: secret (jiandaoyun and generic), organization_id and sobject_type (salesforce_om), profile (the crm_in field-map profile, by default the source name), key_column (the column matched to the CRM record id, by default the primary key; it needs a unique index), dedup_ttl (how long delivery ids are remembered, default 7 days), version_column (a column a crm_in row writes the record''s modification time into: an update older than the row''s changes nothing).';
+ALTER FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) SET shipsync.audit_action = 'create_crm_source';
+
+------------------------------------------------------------------------------
+-- Salesforce Outbound Messages: a document type declaration is SS400
+------------------------------------------------------------------------------
+/*
+ * A Salesforce Outbound Message (SOAP 1.1) as rows: its OrganizationId, and
+ * per Notification its Id, the sObject's type (without the "sf:" prefix)
+ * and the sObject's fields as a JSON object (xsi:nil fields are null).
+ * Parsed by PostgreSQL's xpath(); its text results come XML-escaped (&, <,
+ * > and CR), which is undone here.  A body that is not such a message
+ * raises SS400; so does one with a document type declaration, which
+ * Salesforce never sends: its entities are kept in the parsed document
+ * and failed the reading of each notification (2200M, a 500 of the
+ * receiver), and its default attributes could add what the body does not
+ * say.
+ */
+CREATE OR REPLACE FUNCTION @extschema@._salesforce_notifications(body text)
+RETURNS TABLE (organization_id text, notification_id text, sobject_type text, record jsonb)
+LANGUAGE plpgsql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ns text[] := ARRAY[ARRAY['s', 'http://schemas.xmlsoap.org/soap/envelope/'],
+					   ARRAY['om', 'http://soap.sforce.com/2005/09/outbound'],
+					   ARRAY['xsi', 'http://www.w3.org/2001/XMLSchema-instance']];
+	doc xml;
+	n xml;
+	found_any boolean := false;
+BEGIN
+	IF pg_catalog.strpos(body, '<!DOCTYPE') OPERATOR(pg_catalog.>) 0 THEN
+		RAISE EXCEPTION 'the body is not a Salesforce Outbound Message'
+			USING ERRCODE = 'SS400',
+				  DETAIL = 'It has a document type declaration (<!DOCTYPE ...>), which Outbound Messages never have.';
+	END IF;
+	BEGIN
+		doc := XMLPARSE(DOCUMENT pg_catalog.regexp_replace(body, '^\uFEFF', ''));
+	EXCEPTION WHEN OTHERS THEN
+		RAISE EXCEPTION 'the body is not an XML document'
+			USING ERRCODE = 'SS400', DETAIL = SQLERRM;
+	END;
+	organization_id := (pg_catalog.xpath('/s:Envelope/s:Body/om:notifications/om:OrganizationId/text()', doc, ns))[1]::text;
+	IF organization_id IS NULL THEN
+		RAISE EXCEPTION 'the body is not a Salesforce Outbound Message'
+			USING ERRCODE = 'SS400',
+				  DETAIL = 'It has no soapenv:Envelope/soapenv:Body/notifications/OrganizationId.';
+	END IF;
+	FOREACH n IN ARRAY pg_catalog.xpath('/s:Envelope/s:Body/om:notifications/om:Notification', doc, ns) LOOP
+		found_any := true;
+		notification_id := (pg_catalog.xpath('/om:Notification/om:Id/text()', n, ns))[1]::text;
+		sobject_type := pg_catalog.regexp_replace(
+			(pg_catalog.xpath('/om:Notification/om:sObject/@xsi:type', n, ns))[1]::text, '^[^:]*:', '');
+		SELECT pg_catalog.jsonb_object_agg(
+				   (pg_catalog.xpath('local-name(/*)', f))[1]::text,
+				   CASE WHEN (pg_catalog.xpath('/*/@xsi:nil', f, ns))[1]::text OPERATOR(pg_catalog.=) 'true' THEN NULL
+						ELSE pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
+							 (pg_catalog.xpath('string(/*)', f))[1]::text,
+							 '&lt;', '<'), '&gt;', '>'), '&#x0d;', E'\r'), '&amp;', '&') END)
+		INTO record
+		FROM pg_catalog.unnest(pg_catalog.xpath('/om:Notification/om:sObject/*', n, ns)) AS f;
+		IF notification_id IS NULL OR record IS NULL THEN
+			RAISE EXCEPTION 'a notification of the Outbound Message has no Id or no sObject'
+				USING ERRCODE = 'SS400';
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+	IF NOT found_any THEN
+		RAISE EXCEPTION 'the Outbound Message has no Notification'
+			USING ERRCODE = 'SS400';
+	END IF;
+END
+$$;
+
+------------------------------------------------------------------------------
+-- CRM sources: removed records are remembered for dedup_ttl, so that a
+-- create or update retried after its record's remove does not bring the
+-- order back (src/crm.c)
+------------------------------------------------------------------------------
+CREATE TABLE @extschema@.crm_removed (
+	crm_source_id	integer NOT NULL REFERENCES @extschema@.crm_source ON DELETE CASCADE,
+	record_key		text NOT NULL,
+	version			jsonb,
+	removed_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	expires_at		timestamptz NOT NULL,
+	PRIMARY KEY (crm_source_id, record_key)
+);
+CREATE INDEX crm_removed_expiry_idx ON @extschema@.crm_removed (crm_source_id, expires_at);
+COMMENT ON TABLE @extschema@.crm_removed IS
+	'Records removed by a CRM source with option version_column, kept for its dedup_ttl: the record''s key and version. A create or update of such a record not newer than its remove (a retry of a push sent before it) does not bring the order back; a 简道云 data_recover does.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_removed', '');

@@ -30,7 +30,7 @@ CREATE TABLE @extschema@.crm_source (
 COMMENT ON TABLE @extschema@.crm_source IS
 	'A CRM that pushes orders in: its kind (jiandaoyun, salesforce_om, generic), the orders table its pushes write, the key column matched to the CRM''s record id, and the field-map profile (direction crm_in) from a pushed record to columns. The signing secret is not here: it is encrypted in shipsync.secret, under the source''s name.';
 COMMENT ON COLUMN @extschema@.crm_source.options IS
-	'The options given to create_crm_source() other than the secret: organization_id and sobject_type for salesforce_om.';
+	'The options given to create_crm_source() other than the secret: organization_id and sobject_type for salesforce_om, version_column.';
 
 CREATE TABLE @extschema@.crm_delivery (
 	crm_source_id	integer NOT NULL,
@@ -42,6 +42,18 @@ CREATE TABLE @extschema@.crm_delivery (
 CREATE INDEX crm_delivery_expiry_idx ON @extschema@.crm_delivery (crm_source_id, expires_at);
 COMMENT ON TABLE @extschema@.crm_delivery IS
 	'Deliveries of CRM pushes already applied, kept for the source''s dedup_ttl: the 简道云 X-JDY-DeliverId, the Salesforce notification Id, the Standard Webhooks webhook-id. A delivery seen again is acknowledged and changes nothing.';
+
+CREATE TABLE @extschema@.crm_removed (
+	crm_source_id	integer NOT NULL REFERENCES @extschema@.crm_source ON DELETE CASCADE,
+	record_key		text NOT NULL,
+	version			jsonb,
+	removed_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	expires_at		timestamptz NOT NULL,
+	PRIMARY KEY (crm_source_id, record_key)
+);
+CREATE INDEX crm_removed_expiry_idx ON @extschema@.crm_removed (crm_source_id, expires_at);
+COMMENT ON TABLE @extschema@.crm_removed IS
+	'Records removed by a CRM source with option version_column, kept for its dedup_ttl: the record''s key and version. A create or update of such a record not newer than its remove (a retry of a push sent before it) does not bring the order back; a 简道云 data_recover does.';
 
 -- Provider and CRM source names share one namespace: a CRM source's name
 -- stands in place of a provider's in the secret store (shipsync.secret's
@@ -193,7 +205,8 @@ DECLARE
 	id integer;
 	relkind "char";
 	k text;
-	allowed text[] := ARRAY['profile', 'key_column', 'dedup_ttl', 'secret'];
+	vtype oid;
+	allowed text[] := ARRAY['profile', 'key_column', 'dedup_ttl', 'secret', 'version_column'];
 BEGIN
 	IF name IS NULL OR name OPERATOR(pg_catalog.!~) '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
 		RAISE EXCEPTION 'invalid CRM source name "%"', coalesce(name, '')
@@ -208,7 +221,7 @@ BEGIN
 				  HINT = 'See docs/receiver.md.';
 	END IF;
 	IF kind OPERATOR(pg_catalog.=) 'salesforce_om' THEN
-		allowed := ARRAY['profile', 'key_column', 'dedup_ttl', 'organization_id', 'sobject_type'];
+		allowed := ARRAY['profile', 'key_column', 'dedup_ttl', 'organization_id', 'sobject_type', 'version_column'];
 	END IF;
 	PERFORM @extschema@._check_options(opts, allowed, 'CRM source');
 	IF tbl IS NULL THEN
@@ -228,7 +241,7 @@ BEGIN
 	END IF;
 
 	-- options of each kind
-	FOREACH k IN ARRAY ARRAY['profile', 'key_column', 'dedup_ttl', 'secret', 'organization_id', 'sobject_type'] LOOP
+	FOREACH k IN ARRAY ARRAY['profile', 'key_column', 'dedup_ttl', 'secret', 'organization_id', 'sobject_type', 'version_column'] LOOP
 		IF opts ? k AND (pg_catalog.jsonb_typeof(opts->k) OPERATOR(pg_catalog.<>) 'string'
 						 OR opts->>k OPERATOR(pg_catalog.=) '') THEN
 			RAISE EXCEPTION 'option "%" must be a non-empty string', k
@@ -294,6 +307,34 @@ BEGIN
 				  DETAIL = 'A push is written with INSERT ... ON CONFLICT on the key column.',
 				  HINT = pg_catalog.format('Add one: ALTER TABLE %s ADD UNIQUE (%I).', tbl, keycol);
 	END IF;
+	-- the version: a column an update or upsert must not go back on, of a
+	-- type pg_catalog's >= compares (a domain's base type)
+	IF opts ? 'version_column' THEN
+		SELECT CASE WHEN t.typbasetype OPERATOR(pg_catalog.=) 0::oid THEN t.oid ELSE t.typbasetype END INTO vtype
+		FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+		WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) (opts->>'version_column')::name
+		  AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped;
+		IF vtype IS NULL THEN
+			RAISE EXCEPTION 'option "version_column" names column "%", which table % does not have', opts->>'version_column', tbl
+				USING ERRCODE = 'undefined_column',
+					  HINT = 'Name the column a crm_in row writes the record''s last modification time into.';
+		END IF;
+		IF (opts->>'version_column')::name OPERATOR(pg_catalog.=) keycol THEN
+			RAISE EXCEPTION 'option "version_column" must not be the key column'
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Name the column a crm_in row writes the record''s last modification time into.';
+		END IF;
+		IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_operator o
+					   WHERE o.oprname OPERATOR(pg_catalog.=) '>='
+						 AND o.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace
+						 AND o.oprleft OPERATOR(pg_catalog.=) vtype AND o.oprright OPERATOR(pg_catalog.=) vtype) THEN
+			RAISE EXCEPTION 'column "%" of table % cannot hold versions', opts->>'version_column', tbl
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = pg_catalog.format('Its type %s has no >= operator of pg_catalog to compare two versions with.',
+												 vtype::pg_catalog.regtype),
+					  HINT = 'Use a timestamptz, timestamp, date, number or text column.';
+		END IF;
+	END IF;
 	PERFORM @extschema@._check_crm_map(coalesce(opts->>'profile', name), tbl);
 
 	INSERT INTO @extschema@.crm_source AS s (name, kind, tbl, key_column, profile, dedup_ttl, options)
@@ -315,7 +356,7 @@ EXCEPTION
 END
 $$;
 COMMENT ON FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) IS
-	'Register a CRM that pushes orders into table tbl, reached by the receiver at /crm/{name}. Kinds: jiandaoyun (简道云 data push, X-JDY-Signature), salesforce_om (Salesforce Outbound Messages, checked by OrganizationId), generic (Standard Webhooks-signed JSON). Options: secret (jiandaoyun and generic), organization_id and sobject_type (salesforce_om), profile (the crm_in field-map profile, by default the source name), key_column (the column matched to the CRM record id, by default the primary key; it needs a unique index), dedup_ttl (how long delivery ids are remembered, default 7 days).';
+	'Register a CRM that pushes orders into table tbl, reached by the receiver at /crm/{name}. Kinds: jiandaoyun (简道云 data push, X-JDY-Signature), salesforce_om (Salesforce Outbound Messages, checked by OrganizationId), generic (Standard Webhooks-signed JSON). Options: secret (jiandaoyun and generic), organization_id and sobject_type (salesforce_om), profile (the crm_in field-map profile, by default the source name), key_column (the column matched to the CRM record id, by default the primary key; it needs a unique index), dedup_ttl (how long delivery ids are remembered, default 7 days), version_column (a column a crm_in row writes the record''s modification time into: an update older than the row''s changes nothing).';
 
 CREATE FUNCTION @extschema@.drop_crm_source(name text)
 RETURNS void
@@ -386,7 +427,11 @@ COMMENT ON VIEW @extschema@.crm_sources IS
  * and the sObject's fields as a JSON object (xsi:nil fields are null).
  * Parsed by PostgreSQL's xpath(); its text results come XML-escaped (&, <,
  * > and CR), which is undone here.  A body that is not such a message
- * raises SS400.
+ * raises SS400; so does one with a document type declaration, which
+ * Salesforce never sends: its entities are kept in the parsed document
+ * and failed the reading of each notification (2200M, a 500 of the
+ * receiver), and its default attributes could add what the body does not
+ * say.
  */
 CREATE FUNCTION @extschema@._salesforce_notifications(body text)
 RETURNS TABLE (organization_id text, notification_id text, sobject_type text, record jsonb)
@@ -401,6 +446,11 @@ DECLARE
 	n xml;
 	found_any boolean := false;
 BEGIN
+	IF pg_catalog.strpos(body, '<!DOCTYPE') OPERATOR(pg_catalog.>) 0 THEN
+		RAISE EXCEPTION 'the body is not a Salesforce Outbound Message'
+			USING ERRCODE = 'SS400',
+				  DETAIL = 'It has a document type declaration (<!DOCTYPE ...>), which Outbound Messages never have.';
+	END IF;
 	BEGIN
 		doc := XMLPARSE(DOCUMENT pg_catalog.regexp_replace(body, '^\uFEFF', ''));
 	EXCEPTION WHEN OTHERS THEN
@@ -466,4 +516,5 @@ COMMENT ON FUNCTION @extschema@._ingest_tracking_batch(text, text[], jsonb[]) IS
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_source', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_delivery', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_removed', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_source_crm_source_id_seq', '');

@@ -218,8 +218,94 @@ SELECT pg_temp.err(format($$SELECT shipsync.ingest_crm('sf', %L)$$, replace(:'co
 SELECT pg_temp.err(format($$SELECT shipsync.ingest_crm('sf', %L)$$, replace(replace(:'contacts', 'sf:Contact', 'sf:Lead'), '04l1I', '05l1I')));
 SELECT pg_temp.err($$SELECT shipsync.ingest_crm('sf', '<notxml')$$);
 SELECT pg_temp.err($$SELECT shipsync.ingest_crm('sf', '<a><b/></a>')$$);
+-- a document type declaration, which Salesforce never sends: its entities
+-- and default attributes are not read, and the push is a 400, not a 500
+SELECT pg_temp.err(format($$SELECT shipsync.ingest_crm('sf', %L)$$,
+	'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e "Injected">]>' || replace(:'contacts', 'Black', '&e;')));
 -- an 18-character organization id matches its 15-character form
 SELECT r->>'duplicate' AS duplicates FROM shipsync.ingest_crm('sf', replace(:'contacts', '012345678901234', '012345678901234AAA')) r;
+
+------------------------------------------------------------------------------
+-- numbers as record ids: json-c reads an integer beyond 64 bits as the
+-- nearest end of that range, so both of these would write order
+-- 18446744073709551615; they are refused, and nothing is written
+------------------------------------------------------------------------------
+SELECT pg_temp.err($$SELECT pg_temp.push('zoho', 'big1', 'order.created', '{"id": 99999999999999999999, "contact": {"name": "first"}}')$$);
+SELECT pg_temp.err($$SELECT pg_temp.push('zoho', 'big2', 'order.created', '{"id": 99999999999999999998, "contact": {"name": "second"}}')$$);
+SELECT pg_temp.err($$SELECT pg_temp.push('zoho', 'big3', 'order.updated', '{"contact": {"name": "third"}, "id": -9223372036854775809}')$$);
+SELECT crm_id, customer FROM crm.orders WHERE crm_id ~ '^-?[0-9]{19,}';
+-- the ends of the range, and longer numbers with a fraction, are read as sent
+SELECT pg_temp.push('zoho', 'big4', 'order.created', '{"id": 18446744073709551615, "contact": {"name": "fourth"}}')->'inserted';
+SELECT pg_temp.push('zoho', 'big5', 'order.created', '{"id": -9223372036854775808, "contact": {"name": "fifth"}}')->'inserted';
+SELECT pg_temp.push('zoho', 'big6', 'order.created', '{"id": 99999999999999999999.5, "contact": {"name": "sixth"}}')->'inserted';
+SELECT crm_id, customer FROM crm.orders WHERE crm_id ~ '^-?[0-9]{19,}' ORDER BY crm_id;
+DELETE FROM crm.orders WHERE crm_id ~ '^-?[0-9]{19,}';
+
+------------------------------------------------------------------------------
+-- versions: a push retried after a newer one (its first try answered 503)
+-- does not revert the order, with option version_column
+------------------------------------------------------------------------------
+CREATE TABLE crm.versioned (crm_id text PRIMARY KEY, customer text, modified timestamptz, doc json);
+INSERT INTO shipsync.field_map (profile, direction, target_path, source, required) VALUES
+	('zv', 'crm_in', 'crm_id', 'id', true), ('zv', 'crm_in', 'customer', 'name', true),
+	('zv', 'crm_in', 'modified', 'Modified_Time', false);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'generic', 'crm.versioned', '{"secret": "whsec_AAAA", "profile": "zv", "version_column": "nosuch"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'generic', 'crm.versioned', '{"secret": "whsec_AAAA", "profile": "zv", "version_column": "crm_id"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'generic', 'crm.versioned', '{"secret": "whsec_AAAA", "profile": "zv", "version_column": "doc"}')$$);
+SELECT shipsync.create_crm_source('zv', 'generic', 'crm.versioned',
+	'{"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "version_column": "modified"}') > 0 AS created;
+SELECT options FROM shipsync.crm_sources WHERE name = 'zv';
+SELECT pg_temp.push('zv', 'v1', 'order.created', '{"id": "V-1", "name": "first", "Modified_Time": "2026-03-01T10:00:00+08:00"}')->'inserted' AS inserted;
+SELECT pg_temp.push('zv', 'v3', 'order.updated', '{"id": "V-1", "name": "third", "Modified_Time": "2026-03-01T10:10:00+08:00"}')->'updated' AS updated;
+-- the second edit's push, retried, comes after the third: older, so unchanged
+SELECT pg_temp.push('zv', 'v2', 'order.updated', '{"id": "V-1", "name": "second", "Modified_Time": "2026-03-01T10:05:00+08:00"}') - 'source' - 'kind' AS summary;
+SELECT crm_id, customer, modified AT TIME ZONE 'UTC' AS modified_utc FROM crm.versioned;
+-- the same version is written (a correction within the same instant), and
+-- so is a record without a version, which keeps the row's: the older
+-- update retried once more still changes nothing
+SELECT pg_temp.push('zv', 'v4', 'order.updated', '{"id": "V-1", "name": "third, fixed", "Modified_Time": "2026-03-01T02:10:00Z"}')->'updated' AS updated;
+SELECT pg_temp.push('zv', 'v5', 'order.updated', '{"id": "V-1", "name": "no version"}')->'updated' AS updated;
+SELECT pg_temp.push('zv', 'v2-again', 'order.updated', '{"id": "V-1", "name": "second", "Modified_Time": "2026-03-01T10:05:00+08:00"}')->'unchanged' AS unchanged;
+SELECT crm_id, customer, modified AT TIME ZONE 'UTC' AS modified_utc FROM crm.versioned;
+-- a profile whose crm_in rows do not write the version column cannot be read
+DELETE FROM shipsync.field_map WHERE profile = 'zv' AND target_path = 'modified';
+SELECT pg_temp.err($$SELECT pg_temp.push('zv', 'v6', 'order.updated', '{"id": "V-1", "name": "unmapped"}')$$);
+SELECT shipsync.drop_crm_source('zv');
+
+------------------------------------------------------------------------------
+-- removes: a create or update sent before its record's remove and arriving
+-- after it (a retry) does not bring the order back; a newer one does
+------------------------------------------------------------------------------
+INSERT INTO shipsync.field_map (profile, direction, target_path, source, required) VALUES
+	('zr', 'crm_in', 'crm_id', 'id', true), ('zr', 'crm_in', 'customer', 'name', true),
+	('zr', 'crm_in', 'modified', 'Modified_Time', false);
+SELECT shipsync.create_crm_source('zr', 'generic', 'crm.versioned',
+	'{"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "version_column": "modified"}') > 0 AS created;
+SELECT pg_temp.push('zr', 'r1', 'order.created', '{"id": "R-1", "name": "placed", "Modified_Time": "2026-03-01T10:00:00Z"}')->'inserted' AS inserted;
+SELECT pg_temp.push('zr', 'r2', 'order.deleted', '{"id": "R-1", "name": "placed", "Modified_Time": "2026-03-01T10:05:00Z"}')->'deleted' AS deleted;
+-- an edit made before the remove, its push retried after it: the order stays removed
+SELECT pg_temp.push('zr', 'r3', 'order.updated', '{"id": "R-1", "name": "edited", "Modified_Time": "2026-03-01T10:03:00Z"}') - 'source' - 'kind' AS summary;
+SELECT count(*) AS r1_rows FROM crm.versioned WHERE crm_id = 'R-1';
+-- restored in the CRM and edited after the remove: written
+SELECT pg_temp.push('zr', 'r4', 'order.updated', '{"id": "R-1", "name": "restored", "Modified_Time": "2026-03-01T11:00:00Z"}')->'inserted' AS inserted;
+-- the remove of a record never seen, before its create: the create stays out
+SELECT pg_temp.push('zr', 'r5', 'order.deleted', '{"id": "R-2", "name": "placed", "Modified_Time": "2026-03-01T10:05:00Z"}')->'unchanged' AS unchanged;
+SELECT pg_temp.push('zr', 'r6', 'order.created', '{"id": "R-2", "name": "placed", "Modified_Time": "2026-03-01T10:00:00Z"}')->'unchanged' AS unchanged;
+SELECT crm_id, customer FROM crm.versioned WHERE crm_id LIKE 'R-%' ORDER BY crm_id;
+SELECT r.record_key, r.version FROM shipsync.crm_removed r JOIN shipsync.crm_source c USING (crm_source_id)
+WHERE c.name = 'zr' ORDER BY 1;
+SELECT shipsync.drop_crm_source('zr');
+SELECT count(*) AS removed_left FROM shipsync.crm_removed r
+WHERE NOT EXISTS (SELECT FROM shipsync.crm_source c WHERE c.crm_source_id = r.crm_source_id);
+
+------------------------------------------------------------------------------
+-- a value too long for an index of the table (here the key's unique one)
+-- is a record the table cannot take: SS400, as a constraint it breaks
+------------------------------------------------------------------------------
+SELECT pg_temp.err(format($$SELECT pg_temp.push('zoho', 'long1', 'order.created', %L)$$,
+	jsonb_build_object('id', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 300) i),
+					   'contact', jsonb_build_object('name', 'long'))));
+SELECT count(*) AS long_keys FROM crm.orders WHERE length(crm_id) > 1000;
 
 ------------------------------------------------------------------------------
 -- privileges: the secret is the owner's alone

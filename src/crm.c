@@ -18,7 +18,8 @@
  *	   a WARNING naming the source and the reason, never the secret, and
  *	   an ERROR with SQLSTATE SS401;
  *	2. split it into records: the "data" object of a 简道云 or generic
- *	   push with the operation its "op" or "type" names, or each
+ *	   push with the operation its "op" or "type" names (a 简道云
+ *	   data_recover, a record restored, is written as an update), or each
  *	   Notification's sObject of an Outbound Message (parsed by
  *	   PostgreSQL's xpath() in shipsync._salesforce_notifications, an
  *	   upsert each);
@@ -42,7 +43,8 @@
  *	   nothing), an update or an Outbound Message upserts the mapped
  *	   columns only when they differ, a remove deletes.  The capture
  *	   trigger sees an ordinary write and ships it.  A value the column
- *	   cannot take (22xxx) or a constraint it breaks (23xxx) is SS400.
+ *	   cannot take (22xxx), a constraint it breaks (23xxx) or a value too
+ *	   long for one of its indexes (54000) is SS400.
  *
  * Everything happens in the caller's transaction: one failing record
  * fails the whole push.  ingest_crm() runs as the extension's owner
@@ -85,6 +87,14 @@ typedef enum CrmOp
 
 static const char *const crm_op_names[] = {"create", "update", "delete", "ignore"};
 
+/* An operation a JSON push names, and what it does; lists end with NULL */
+typedef struct CrmOpName
+{
+	const char *name;
+	CrmOp		op;
+	bool		restore;		/* a record brought back after its remove */
+} CrmOpName;
+
 typedef struct CrmSource
 {
 	int32		id;
@@ -98,6 +108,7 @@ typedef struct CrmSource
 	int64		ttl_s;
 	char	   *organization_id;
 	char	   *sobject_type;
+	char	   *version_column; /* an update must not go back on it, or NULL */
 	char	   *options;		/* JSON text, for option: sources */
 	char	   *secret;			/* webhook_secret, opened when verifying */
 	char	   *previous_secret;	/* previous_webhook_secret, in a rotation */
@@ -107,6 +118,7 @@ typedef struct CrmSource
 typedef struct CrmRecord
 {
 	CrmOp		op;
+	bool		restore;		/* 简道云 data_recover: its remove is undone */
 	char	   *delivery_id;
 	char	   *signed_id;		/* a signed key of the push, or NULL */
 	ShipJson   *doc;			/* the record: malloc'd, freed by the owner */
@@ -188,7 +200,7 @@ crm_load_source(const char *name)
 			" s.key_column::text, s.profile,"
 			" pg_catalog.date_part('epoch', s.dedup_ttl)::bigint,"
 			" s.options->>'organization_id', s.options->>'sobject_type', s.options::text,"
-			" s.tbl::oid"
+			" s.tbl::oid, s.options->>'version_column'"
 			" FROM shipsync.crm_source s"
 			" LEFT JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.tbl"
 			" WHERE s.name OPERATOR(pg_catalog.=) $1", 1, t);
@@ -220,6 +232,7 @@ crm_load_source(const char *name)
 	s->sobject_type = SPI_getvalue(tup, desc, 10);
 	s->options = SPI_getvalue(tup, desc, 11);
 	s->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 12, &isnull));
+	s->version_column = SPI_getvalue(tup, desc, 13);
 	return s;
 }
 
@@ -333,11 +346,11 @@ crm_member_string(ShipJson *doc, const char *name)
 /*
  * 简道云 and generic pushes: one JSON object with the operation in member
  * opname and the record in member "data".  The operation's name maps to a
- * CrmOp through names[] (create, update, delete); any other is ignored.
+ * CrmOp through names[]; any other is ignored.
  */
 static void
 crm_read_json(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
-			  const char *opname, const char *const names[3],
+			  const char *opname, const CrmOpName *names,
 			  const char *delivery_id, CrmRecord *rec)
 {
 	char		err[256];
@@ -347,9 +360,12 @@ crm_read_json(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 	/*
 	 * A string's \u0000 would be read as the end of a C string: a key
 	 * "A\u0000B" would write order "A".  Refused, with lone surrogates and
-	 * numbers out of numeric's range, as in a carrier's answer.
+	 * numbers out of numeric's range, as in a carrier's answer, and
+	 * integers beyond 64 bits, which json-c reads as the nearest end of
+	 * that range: ids 99999999999999999998 and 99999999999999999999 would
+	 * both write order 18446744073709551615.
 	 */
-	if (!shipsync_check_response_text(body, len, err, sizeof(err)))
+	if (!shipsync_check_push_text(body, len, err, sizeof(err)))
 	{
 		err[0] = pg_toupper((unsigned char) err[0]);
 		crm_bad_payload(s, "holds a value that cannot be stored", psprintf("%s.", err));
@@ -362,9 +378,12 @@ crm_read_json(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 		crm_bad_payload(s, psprintf("has no \"%s\"", opname),
 						psprintf("A %s push is {\"%s\": ..., \"data\": {...}}.", s->kind, opname));
 	rec->op = CRM_IGNORE;
-	for (int i = 0; i < 3; i++)
-		if (strcmp(op, names[i]) == 0)
-			rec->op = (CrmOp) i;
+	for (const CrmOpName *o = names; o->name != NULL; o++)
+		if (strcmp(op, o->name) == 0)
+		{
+			rec->op = o->op;
+			rec->restore = o->restore;
+		}
 	rec->delivery_id = pstrdup(delivery_id);
 	rec->doc = crm_keep(m, shipsync_json_member_doc(doc, "data"));
 	if (rec->op != CRM_IGNORE && !shipsync_json_is_object(rec->doc))
@@ -376,7 +395,16 @@ static int
 crm_read_jiandaoyun(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 					Jsonb *headers, Jsonb *query, CrmRecord **recs)
 {
-	static const char *const ops[3] = {"data_create", "data_update", "data_remove"};
+	/*
+	 * data_recover restores a record from 简道云's recycle bin, whole: its
+	 * order was deleted by the data_remove before, so it is written again
+	 * as an update would (inserted, or updated if it is still there).
+	 */
+	static const CrmOpName ops[] = {
+		{"data_create", CRM_CREATE, false}, {"data_update", CRM_UPSERT, false},
+		{"data_recover", CRM_UPSERT, true}, {"data_remove", CRM_DELETE, false},
+		{NULL, CRM_IGNORE, false}
+	};
 	char	   *ts = shipsync_header_value(query, "timestamp");
 	char	   *delivery;
 	long long	t;
@@ -406,7 +434,10 @@ static int
 crm_read_generic(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 				 Jsonb *headers, CrmRecord **recs)
 {
-	static const char *const ops[3] = {"order.created", "order.updated", "order.deleted"};
+	static const CrmOpName ops[] = {
+		{"order.created", CRM_CREATE, false}, {"order.updated", CRM_UPSERT, false},
+		{"order.deleted", CRM_DELETE, false}, {NULL, CRM_IGNORE, false}
+	};
 	char	   *id = shipsync_header_value(headers, "webhook-id");
 
 	crm_verify(s, body, len, headers, NULL);
@@ -594,7 +625,8 @@ crm_free_read(char **fields, MapValue *values, int n)
  * *cols (the same for every record of a call).
  */
 static char *
-crm_map_record(CrmSource *s, CrmMallocs *m, CrmRecord *rec, int i, List **cols)
+crm_map_record(CrmSource *s, CrmMallocs *m, CrmRecord *rec, int i, List **cols,
+			   char **keyp)
 {
 	MapEnv		env = {0};
 	char	  **fields = NULL;
@@ -624,13 +656,39 @@ crm_map_record(CrmSource *s, CrmMallocs *m, CrmRecord *rec, int i, List **cols)
 		crm_bad_payload(s, psprintf("has a record without a value for key column \"%s\"", s->key_column),
 						psprintf("Record %d maps no value to %s; a crm_in row of profile \"%s\" must read the CRM's record id into it.",
 								 i + 1, s->key_column, s->profile));
+	*keyp = key;
 	return json;
+}
+
+/*
+ * The source's version column must be one of the columns its map writes:
+ * otherwise every push would compare the row's version with null.
+ */
+static void
+crm_check_version_mapped(CrmSource *s, List *cols)
+{
+	ListCell   *lc;
+
+	foreach(lc, cols)
+		if (strcmp(strVal(lfirst(lc)), s->version_column) == 0)
+			return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("no crm_in row of profile \"%s\" writes column \"%s\", the version column of CRM source \"%s\"",
+					s->profile, s->version_column, s->name),
+			 errdetail("An update is compared with the row by the version its record carries."),
+			 errhint("Insert a crm_in row (profile '%s', target_path '%s', source the record's modification time).",
+					 s->profile, s->version_column)));
 }
 
 /*
  * The statement writing one record of op, its row as $1 jsonb.  An
  * insert or upsert answers one row, true when it inserted; an upsert that
- * changes nothing and an ignored create answer none.
+ * changes nothing and an ignored create answer none.  With a version
+ * column, an upsert whose record is older than the row changes nothing
+ * either (a push retried after a newer one): both known, the record's
+ * must be at least the row's; a record without a version is written and
+ * keeps the row's.
  */
 static char *
 crm_statement(CrmSource *s, CrmOp op, List *cols)
@@ -644,6 +702,8 @@ crm_statement(CrmSource *s, CrmOp op, List *cols)
 	ListCell   *lc;
 	const char *key = quote_identifier(s->key_column);
 
+	if (s->version_column != NULL)
+		crm_check_version_mapped(s, cols);
 	if (op == CRM_DELETE)
 		return psprintf("DELETE FROM %s AS t USING pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r"
 						" WHERE t.%s OPERATOR(pg_catalog.=) r.%s", s->tbl, s->tbl, key, key);
@@ -661,7 +721,11 @@ crm_statement(CrmSource *s, CrmOp op, List *cols)
 		if (strcmp(strVal(lfirst(lc)), s->key_column) == 0)
 			continue;
 		appendStringInfo(&set, "%s%s", set.len ? ", " : "", c);
-		appendStringInfo(&ex, "%sEXCLUDED.%s", ex.len ? ", " : "", c);
+		/* a record without a version keeps the row's */
+		if (s->version_column && strcmp(strVal(lfirst(lc)), s->version_column) == 0)
+			appendStringInfo(&ex, "%sCOALESCE(EXCLUDED.%s, t.%s)", ex.len ? ", " : "", c, c);
+		else
+			appendStringInfo(&ex, "%sEXCLUDED.%s", ex.len ? ", " : "", c);
 		appendStringInfo(&old, "%st.%s", old.len ? ", " : "", c);
 	}
 	initStringInfo(&sql);
@@ -671,36 +735,49 @@ crm_statement(CrmSource *s, CrmOp op, List *cols)
 	if (op == CRM_CREATE || set.len == 0)
 		appendStringInfoString(&sql, " DO NOTHING");
 	else
+	{
 		appendStringInfo(&sql, " DO UPDATE SET (%s) = ROW(%s) WHERE ROW(%s) IS DISTINCT FROM ROW(%s)",
 						 set.data, ex.data, old.data, ex.data);
+		if (s->version_column != NULL)
+		{
+			const char *v = quote_identifier(s->version_column);
+
+			appendStringInfo(&sql, " AND (t.%s IS NULL OR EXCLUDED.%s IS NULL"
+							 " OR EXCLUDED.%s OPERATOR(pg_catalog.>=) t.%s)", v, v, v, v);
+		}
+	}
 	appendStringInfoString(&sql, " RETURNING t.xmax::text OPERATOR(pg_catalog.=) '0'");
 	return sql.data;
 }
 
 /*
- * Run one record's statement as the table's owner, in a security-restricted
- * operation and a GUC nest level of its own (shipsync_become_owner()), with
- * capture on: the trigger ships what it writes.  The nest level is rolled
- * back on success and on error, so a trigger of the owner's that calls
+ * Run sql, with the row of record i as $1 jsonb (and $2 jsonb, arg2, if
+ * given), as the table's owner, in a security-restricted operation and a
+ * GUC nest level of its own (shipsync_become_owner()), with capture on:
+ * the trigger ships what it writes.  The nest level is rolled back on
+ * success and on error, so a trigger of the owner's that calls
  * set_config('search_path', ..., false) does not change the search_path
  * of the session that called ingest_crm() (an operator's, or the
- * receiver's).  A value the column cannot take or a constraint it breaks
- * is SS400.
+ * receiver's).  A value the column cannot take, a constraint it breaks or
+ * a value too long for an index of the table (54000) is SS400: sent
+ * again, the record would fail again.  Returns SPI's result code.
  */
-static void
-crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCounts *c)
+static int
+crm_as_owner(CrmSource *s, const char *sql, const char *row, const char *arg2, int i)
 {
-	Oid			argtypes[1] = {JSONBOID};
-	Datum		args[1];
+	Oid			argtypes[2] = {JSONBOID, JSONBOID};
+	Datum		args[2];
 	ShipsyncUserSave save;
 	volatile int rc = 0;
 	MemoryContext cxt = CurrentMemoryContext;
 
 	args[0] = DirectFunctionCall1(jsonb_in, CStringGetDatum(row));
+	if (arg2)
+		args[1] = DirectFunctionCall1(jsonb_in, CStringGetDatum(arg2));
 	shipsync_become_owner(s->owner, &save);
 	PG_TRY();
 	{
-		rc = SPI_execute_with_args(sql, 1, argtypes, args, NULL, false, 0);
+		rc = SPI_execute_with_args(sql, arg2 ? 2 : 1, argtypes, args, NULL, false, 0);
 	}
 	PG_CATCH();
 	{
@@ -711,7 +788,9 @@ crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCo
 		MemoryContextSwitchTo(cxt);
 		e = CopyErrorData();
 		cls = ERRCODE_TO_CATEGORY(e->sqlerrcode);
-		if (cls != ERRCODE_DATA_EXCEPTION && cls != ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION)
+		/* a value too long for an index of the table is one it cannot take */
+		if (cls != ERRCODE_DATA_EXCEPTION && cls != ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION &&
+			e->sqlerrcode != ERRCODE_PROGRAM_LIMIT_EXCEEDED)
 			PG_RE_THROW();
 		FlushErrorState();
 		crm_bad_payload(s, psprintf("has a record table %s cannot take", s->tbl),
@@ -720,6 +799,15 @@ crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCo
 	}
 	PG_END_TRY();
 	shipsync_restore_user(&save);
+	return rc;
+}
+
+/* Write record i with its statement (crm_statement()), counting what it did */
+static void
+crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCounts *c)
+{
+	int			rc = crm_as_owner(s, sql, row, NULL, i);
+
 	if (op == CRM_DELETE)
 	{
 		if (rc != SPI_OK_DELETE)
@@ -770,11 +858,12 @@ crm_first_delivery(CrmSource *s, const char *delivery_id, int64 ttl_s)
 	return SPI_processed == 1;
 }
 
-/* Forget the source's deliveries whose dedup_ttl is over */
+/* Forget the source's deliveries and removed records whose dedup_ttl is over */
 static void
 crm_expire_deliveries(CrmSource *s)
 {
 	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr removed = NULL;
 	Datum		arg = Int32GetDatum(s->id);
 
 	if (plan == NULL)
@@ -784,9 +873,146 @@ crm_expire_deliveries(CrmSource *s)
 		plan = shipsync_prepare_saved(
 			"DELETE FROM shipsync.crm_delivery WHERE crm_source_id OPERATOR(pg_catalog.=) $1"
 			" AND expires_at OPERATOR(pg_catalog.<) pg_catalog.now()", 1, t);
+		removed = shipsync_prepare_saved(
+			"DELETE FROM shipsync.crm_removed WHERE crm_source_id OPERATOR(pg_catalog.=) $1"
+			" AND expires_at OPERATOR(pg_catalog.<) pg_catalog.now()", 1, t);
 	}
-	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_DELETE)
+	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_DELETE ||
+		SPI_execute_plan(removed, &arg, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "expiring CRM deliveries failed");
+}
+
+/*
+ * Whether the source removed the record with this key within dedup_ttl;
+ * its version then goes to *version (jsonb text, NULL if none was known).
+ */
+static bool
+crm_removed_lookup(CrmSource *s, const char *key, char **version)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[2];
+
+	if (plan == NULL)
+	{
+		Oid			t[2] = {INT4OID, TEXTOID};
+
+		plan = shipsync_prepare_saved(
+			"SELECT version::text FROM shipsync.crm_removed"
+			" WHERE crm_source_id OPERATOR(pg_catalog.=) $1 AND record_key OPERATOR(pg_catalog.=) $2"
+			" FOR UPDATE", 2, t);
+	}
+	args[0] = Int32GetDatum(s->id);
+	args[1] = CStringGetTextDatum(key);
+	if (SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "looking up a removed CRM record failed");
+	*version = SPI_processed ? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : NULL;
+	return SPI_processed > 0;
+}
+
+/*
+ * Remember (version not NULL or NULL: jsonb text) or forget (forget) the
+ * remove of the record with this key, for dedup_ttl.
+ */
+static void
+crm_removed_set(CrmSource *s, const char *key, const char *version, bool forget)
+{
+	static SPIPlanPtr put = NULL;
+	static SPIPlanPtr del = NULL;
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+
+	if (put == NULL)
+	{
+		Oid			t[4] = {INT4OID, TEXTOID, JSONBOID, INT8OID};
+
+		put = shipsync_prepare_saved(
+			"INSERT INTO shipsync.crm_removed AS x (crm_source_id, record_key, version, expires_at)"
+			" VALUES ($1, $2, $3, pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $4))"
+			" ON CONFLICT (crm_source_id, record_key) DO UPDATE SET version = EXCLUDED.version,"
+			" removed_at = EXCLUDED.removed_at, expires_at = EXCLUDED.expires_at", 4, t);
+		del = shipsync_prepare_saved(
+			"DELETE FROM shipsync.crm_removed"
+			" WHERE crm_source_id OPERATOR(pg_catalog.=) $1 AND record_key OPERATOR(pg_catalog.=) $2", 2, t);
+	}
+	args[0] = Int32GetDatum(s->id);
+	args[1] = CStringGetTextDatum(key);
+	if (forget)
+	{
+		if (SPI_execute_plan(del, args, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "forgetting a removed CRM record failed");
+		return;
+	}
+	if (version)
+		args[2] = DirectFunctionCall1(jsonb_in, CStringGetDatum(version));
+	else
+		nulls[2] = 'n';
+	args[3] = Int64GetDatum(s->ttl_s);
+	if (SPI_execute_plan(put, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "remembering a removed CRM record failed");
+}
+
+/*
+ * The version of record i's row, as jsonb text read through the table's
+ * row type (as its owner: a domain's check is the owner's code), or NULL.
+ */
+static char *
+crm_row_version(CrmSource *s, const char *row, int i)
+{
+	const char *v = quote_identifier(s->version_column);
+	char	   *sql = psprintf("SELECT pg_catalog.to_jsonb(r.%s)::text"
+							   " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r", v, s->tbl);
+
+	if (crm_as_owner(s, sql, row, NULL, i) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "reading the version of a CRM record failed");
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+}
+
+/*
+ * Whether record i (row) is newer than the version its key was removed at
+ * (jsonb text): 1 if it is, 0 if not, -1 when one of them is not known.
+ */
+static int
+crm_newer_than_removed(CrmSource *s, const char *row, const char *removed, int i)
+{
+	const char *v = quote_identifier(s->version_column);
+	StringInfoData old;
+	char	   *sql;
+	bool		isnull;
+	bool		newer;
+
+	initStringInfo(&old);
+	appendStringInfoChar(&old, '{');
+	escape_json(&old, s->version_column);
+	appendStringInfo(&old, ": %s}", removed);
+	sql = psprintf("SELECT r.%s OPERATOR(pg_catalog.>) o.%s"
+				   " FROM pg_catalog.jsonb_populate_record(NULL::%s, $1) AS r,"
+				   " pg_catalog.jsonb_populate_record(NULL::%s, $2) AS o", v, v, s->tbl, s->tbl);
+	if (crm_as_owner(s, sql, row, old.data, i) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "comparing the version of a CRM record failed");
+	newer = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return isnull ? -1 : newer;
+}
+
+/*
+ * Whether record i, a create or update of key, comes after its remove and
+ * must not bring the order back: the remove is remembered (for dedup_ttl)
+ * and the record is not newer than the removed version.  Without both
+ * versions it is written, as before: a late push cannot be told from a
+ * record restored in the CRM (a 简道云 restore is not always pushed).  A
+ * 简道云 data_recover, and a newer record, undo the remove.
+ */
+static bool
+crm_after_remove(CrmSource *s, CrmRecord *rec, const char *key, const char *row, int i)
+{
+	char	   *removed;
+
+	if (s->version_column == NULL || !crm_removed_lookup(s, key, &removed))
+		return false;
+	if (!rec->restore && removed != NULL &&
+		crm_newer_than_removed(s, row, removed, i) == 0)
+		return true;
+	crm_removed_set(s, key, NULL, true);
+	return false;
 }
 
 /* Step 2: the records of the push, verified */
@@ -875,6 +1101,7 @@ shipsync_ingest_crm(PG_FUNCTION_ARGS)
 	for (int i = 0; i < n; i++)
 	{
 		char	   *row;
+		char	   *key;
 
 		c.records++;
 
@@ -895,10 +1122,17 @@ shipsync_ingest_crm(PG_FUNCTION_ARGS)
 			c.ignored++;
 			continue;
 		}
-		row = crm_map_record(s, m, &recs[i], i, &cols);
+		row = crm_map_record(s, m, &recs[i], i, &cols, &key);
+		if (recs[i].op != CRM_DELETE && crm_after_remove(s, &recs[i], key, row, i))
+		{
+			c.unchanged++;
+			continue;
+		}
 		if (sql[recs[i].op] == NULL)
 			sql[recs[i].op] = crm_statement(s, recs[i].op, cols);
 		crm_write(s, sql[recs[i].op], row, i, recs[i].op, &c);
+		if (recs[i].op == CRM_DELETE && s->version_column != NULL)
+			crm_removed_set(s, key, crm_row_version(s, row, i), false);
 		elog(DEBUG1, "pg_shipsync: CRM source \"%s\": %s of record %d", s->name,
 			 crm_op_names[recs[i].op], i + 1);
 	}

@@ -157,17 +157,49 @@ is_member_name(const char *body, size_t end, size_t len)
 }
 
 /*
- * Whether a carrier's answer can be stored as it is: its text valid UTF-8,
- * no string holding NUL (\u0000) or a lone UTF-16 surrogate escape, and
- * every number one that PostgreSQL's numeric (hence jsonb) accepts.  This
- * only lexes strings and numbers; the strict parse judges the structure.
- * A carrier replays the same answer to the same idempotency key, so an
- * answer refused here is refused for good.  On false, errbuf says what and
- * where (the member name, when the offending value is a member's).
+ * Whether the JSON number s (len characters) is an integer that json-c
+ * does not read exactly: json-c keeps an integer in 64 bits, and one
+ * beyond -9223372036854775808 .. 18446744073709551615 becomes the nearest
+ * end of that range, silently.  A number with a fraction or an exponent
+ * is a double, which json-c keeps with its text: never one.
  */
-bool
-shipsync_check_response_text(const char *body, size_t len,
-							 char *errbuf, size_t errlen)
+static bool
+integer_clamped(const char *s, size_t len)
+{
+	bool		neg = len > 0 && s[0] == '-';
+	const char *limit = neg ? "9223372036854775808" : "18446744073709551615";
+	size_t		limlen = strlen(limit);
+
+	if (memchr(s, '.', len) || memchr(s, 'e', len) || memchr(s, 'E', len))
+		return false;
+	if (neg)
+	{
+		s++;
+		len--;
+	}
+	while (len > 1 && s[0] == '0')
+	{
+		s++;
+		len--;
+	}
+	if (len != limlen)
+		return len > limlen;
+	return strncmp(s, limit, len) > 0;
+}
+
+/*
+ * Whether a carrier's answer (or, exact_integers, a CRM push) can be
+ * stored as it is: its text valid UTF-8, no string holding NUL (\u0000) or
+ * a lone UTF-16 surrogate escape, and every number one that PostgreSQL's
+ * numeric (hence jsonb) accepts; with exact_integers, no integer json-c
+ * would read as another (integer_clamped()).  This only lexes strings and
+ * numbers; the strict parse judges the structure.  On false, errbuf says
+ * what and where (the member name, when the offending value is a
+ * member's).
+ */
+static bool
+check_text(const char *body, size_t len, bool exact_integers,
+		   char *errbuf, size_t errlen)
 {
 	long		bad = shipsync_utf8_invalid_at(body, len);
 	const char *key = NULL;		/* the last member name seen */
@@ -225,11 +257,45 @@ shipsync_check_response_text(const char *body, size_t len,
 						 key ? "\" " : "", body + start);
 				return false;
 			}
+			if (exact_integers && integer_clamped(body + start, i - start))
+			{
+				snprintf(errbuf, errlen, "%s%.*s%sholds an integer beyond 64 bits (%.*s%s), which would be read as another number: send it as a string",
+						 key ? "\"" : "the push ", key ? keylen : 0, key ? key : "",
+						 key ? "\" " : "", (int) Min(i - start, 40), body + start,
+						 i - start > 40 ? "..." : "");
+				return false;
+			}
 		}
 		else
 			i++;
 	}
 	return true;
+}
+
+/*
+ * Whether a carrier's answer can be stored as it is (check_text()).  A
+ * carrier replays the same answer to the same idempotency key, so an
+ * answer refused here is refused for good.
+ */
+bool
+shipsync_check_response_text(const char *body, size_t len,
+							 char *errbuf, size_t errlen)
+{
+	return check_text(body, len, false, errbuf, errlen);
+}
+
+/*
+ * Whether a CRM push can be read as it is: as a carrier's answer, and
+ * without an integer beyond 64 bits, which json-c would read as the
+ * nearest end of that range: record ids 99999999999999999998 and
+ * 99999999999999999999 would both have written the order with key
+ * 18446744073709551615.
+ */
+bool
+shipsync_check_push_text(const char *body, size_t len,
+						 char *errbuf, size_t errlen)
+{
+	return check_text(body, len, true, errbuf, errlen);
 }
 
 static char *

@@ -117,6 +117,8 @@ extern void shipsync_free_ship_response(ShipResponse *r);
 extern bool shipsync_is_decimal(const char *s);
 extern bool shipsync_check_response_text(const char *body, size_t len,
 										 char *errbuf, size_t errlen);
+extern bool shipsync_check_push_text(const char *body, size_t len,
+									 char *errbuf, size_t errlen);
 
 /* Outcome classes of one HTTP attempt (in retry.c) */
 typedef enum ShipOutcome

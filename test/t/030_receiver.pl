@@ -391,6 +391,14 @@ $r = push_http($port, 'POST', "/crm/jdy$q2", { %$h2, 'X-JDY-DeliverId' => 'dl-fo
 is(decode_json($r->{content})->{duplicate}, 1, 'update v2 replayed after the remove: a duplicate');
 is(q1(q{SELECT count(*) FROM crm.orders WHERE crm_id = '5a3765a091646d77aef8e054'}), '0',
 	'the removed order stays removed');
+# restored from 简道云's recycle bin (data_recover, the whole record): the
+# order comes back, and its capture ships it again
+(my $rec = $v2) =~ s/data_update/data_recover/;
+my ($q4, $h4) = jdy_signed('test-secret-2', $rec, 'dl-14');
+is(decode_json(push_http($port, 'POST', "/crm/jdy$q4", $h4, $rec)->{content})->{inserted}, 1,
+	'简道云 data_recover: inserted');
+is(q1(q{SELECT customer FROM crm.orders WHERE crm_id = '5a3765a091646d77aef8e054'}), 'NEW-ADDR',
+	'the recovered order is back as it was');
 
 # ---- Salesforce Outbound Messages: the published requests ------------------
 my $ack = qr{<notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound"><Ack>true</Ack></notificationsResponse>};

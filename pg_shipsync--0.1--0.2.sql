@@ -8860,3 +8860,117 @@ EXCEPTION
 END
 $$;
 ALTER FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) SET shipsync.audit_action = 'create_crm_source';
+
+------------------------------------------------------------------------------
+-- Tickets opened by the thousand take no lock each
+------------------------------------------------------------------------------
+-- _ticket_fold() took an advisory lock per ticket; DROP TABLE of a table
+-- with tens of thousands of waiting intents, and as many unknown tracking
+-- numbers expiring at once, filled the server's lock table ("out of
+-- shared memory"): the table could not be dropped, and every push of the
+-- provider failed.  Those two kinds have one writer each, which
+-- serializes itself.
+CREATE OR REPLACE FUNCTION @extschema@._ticket_fold()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t record;
+BEGIN
+	-- a restore loads tickets as they were, several of one problem too (0.1
+	-- opened one per dead intent): folded, a resolved one was reopened and
+	-- the others lost.  A restore is a superuser session with
+	-- check_function_bodies off, as pg_dump's scripts and pg_restore set it
+	-- (_audit_row() in 80_security.sql tells it the same way).
+	IF NOT pg_catalog.current_setting('check_function_bodies')::boolean
+	   AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+			 WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER) THEN
+		RETURN NEW;
+	END IF;
+	-- one writer per problem at a time, so that two transactions cannot
+	-- both find no open ticket and both open one.  The kinds opened by the
+	-- thousand in one statement have one writer each, which serializes
+	-- itself: _on_drop() (the dropped table's binding row) and
+	-- _expire_unmatched() (a lock per provider).  A lock per ticket there
+	-- filled the server's lock table ("out of shared memory").
+	IF NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['table_dropped', 'unmatched_expired']) THEN
+		PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync ticket', NEW.kind,
+			NEW.provider_id, NEW.binding_id, NEW.order_key, NEW.subject), 0));
+	END IF;
+	SELECT x.ticket_id, x.resolved_at INTO t
+	  FROM @extschema@.exception_ticket x
+	 WHERE x.kind OPERATOR(pg_catalog.=) NEW.kind
+	   AND coalesce(x.provider_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.provider_id, 0)
+	   AND coalesce(x.binding_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.binding_id, 0)
+	   AND coalesce(x.order_key, '') OPERATOR(pg_catalog.=) coalesce(NEW.order_key, '')
+	   AND coalesce(x.subject, '') OPERATOR(pg_catalog.=) coalesce(NEW.subject, '')
+	 ORDER BY x.resolved_at IS NULL DESC, x.ticket_id DESC
+	 LIMIT 1;
+	IF NOT FOUND THEN
+		NEW.last_seen_at := coalesce(NEW.last_seen_at, NEW.opened_at);
+		RETURN NEW;
+	END IF;
+	UPDATE @extschema@.exception_ticket x
+	   SET detail = NEW.detail,
+		   outbox_id = coalesce(NEW.outbox_id, x.outbox_id),
+		   tracking_number = coalesce(NEW.tracking_number, x.tracking_number),
+		   facts = coalesce(NEW.facts, x.facts),
+		   last_seen_at = pg_catalog.now(),
+		   resolved_at = NULL,
+		   resolved_by = NULL,
+		   resolution = NULL,
+		   acknowledged_at = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_at END,
+		   acknowledged_by = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_by END,
+		   acknowledgement = CASE WHEN t.resolved_at IS NULL THEN x.acknowledgement END,
+		   reopen_count = x.reopen_count OPERATOR(pg_catalog.+)
+			   CASE WHEN t.resolved_at IS NULL THEN 0 ELSE 1 END,
+		   reopened_at = CASE WHEN t.resolved_at IS NULL THEN x.reopened_at ELSE pg_catalog.now() END
+	 WHERE x.ticket_id OPERATOR(pg_catalog.=) t.ticket_id;
+	IF t.resolved_at IS NOT NULL THEN
+		PERFORM pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object('event', 'ticket_reopened',
+			'ticket_id', t.ticket_id, 'kind', NEW.kind, 'binding_id', NEW.binding_id,
+			'order_key', NEW.order_key)::text);
+	END IF;
+	RETURN NULL;
+END
+$$;
+CREATE OR REPLACE FUNCTION @extschema@._expire_unmatched(pid integer)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	pids integer[];
+BEGIN
+	-- the only writer of unmatched_expired tickets, one transaction at a
+	-- time per provider (_ticket_fold() takes no lock per ticket of this
+	-- kind).  A provider whose events another transaction is expiring is
+	-- left to it (the next call takes what is left): a push never waits
+	-- here, holding the locks of its tracking numbers
+	pids := ARRAY(SELECT e.provider_id
+					FROM (SELECT DISTINCT u.provider_id FROM @extschema@.unmatched_event u
+						   WHERE u.expires_at <= now() AND (pid IS NULL OR u.provider_id = pid)) e
+				   WHERE pg_try_advisory_xact_lock(
+							 hashtextextended('shipsync unmatched_expired|' || e.provider_id, 0)));
+	IF cardinality(pids) = 0 THEN
+		RETURN 0;
+	END IF;
+	WITH d AS (
+		DELETE FROM @extschema@.unmatched_event u
+		 WHERE u.expires_at <= now() AND u.provider_id = ANY (pids)
+		RETURNING u.*),
+	-- one ticket per tracking number (the ledger folds events of the same one)
+	t AS (
+		INSERT INTO @extschema@.exception_ticket (kind, provider_id, subject, tracking_number, detail)
+		SELECT 'unmatched_expired', d.provider_id, d.tracking_number, d.tracking_number,
+			   format('tracking event %s of provider %s for unknown tracking number %s (raw status %s) found no shipment within unmatched_ttl_s = %s',
+					  d.event_key, p.name, d.tracking_number, coalesce(d.raw_status, 'none'),
+					  coalesce(p.options->>'unmatched_ttl_s', '604800'))
+		FROM d JOIN @extschema@.provider p ON p.provider_id = d.provider_id
+		RETURNING 1)
+	SELECT count(*) INTO n FROM d;
+	RETURN n;
+END
+$$;

@@ -247,6 +247,16 @@ SELECT i.order_key, i.op FROM shipsync.inbox i JOIN shipsync.binding b USING (bi
  WHERE b.tbl = 'stamped'::regclass ORDER BY i.id;
 DROP TABLE stamped;
 
+-- DROP TABLE of a table with a backlog: every waiting intent dead with its
+-- table_dropped ticket (a lock taken per ticket filled the server's lock
+-- table: "out of shared memory", and the table could not be dropped)
+CREATE TABLE backlog (id int PRIMARY KEY, customer text);
+SELECT shipsync.attach('backlog', 'acme') AS backlog_binding \gset
+INSERT INTO backlog SELECT g, 'c' FROM generate_series(1, 30000) g;
+DROP TABLE backlog;
+SELECT state, error_class, count(*) FROM shipsync.outbox WHERE binding_id = :backlog_binding GROUP BY 1, 2;
+SELECT kind, count(*) FROM shipsync.exception_ticket WHERE binding_id = :backlog_binding GROUP BY 1;
+
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA sales CASCADE;
 DROP OWNED BY shipsync_test_app;

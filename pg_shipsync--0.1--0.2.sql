@@ -8716,6 +8716,108 @@ $$;
 ------------------------------------------------------------------------------
 COMMENT ON COLUMN @extschema@.crm_source.options IS
 	'The options given to create_crm_source() other than the secret: organization_id and sobject_type for salesforce_om, version_column.';
+-- (create_crm_source() as it ends up: a later section replaces it, below)
+COMMENT ON FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) IS
+	'Register a CRM that pushes orders into table tbl, reached by the receiver at /crm/{name}. Kinds: jiandaoyun (简道云 data push, X-JDY-Signature), salesforce_om (Salesforce Outbound Messages, checked by OrganizationId), generic (Standard Webhooks-signed JSON). Options: secret (jiandaoyun and generic), organization_id and sobject_type (salesforce_om), profile (the crm_in field-map profile, by default the source name), key_column (the column matched to the CRM record id, by default the primary key; it needs a unique index), dedup_ttl (how long delivery ids are remembered, default 7 days), version_column (a column a crm_in row writes the record''s modification time into: an update older than the row''s changes nothing).';
+ALTER FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) SET shipsync.audit_action = 'create_crm_source';
+
+------------------------------------------------------------------------------
+-- Salesforce Outbound Messages: a document type declaration is SS400
+------------------------------------------------------------------------------
+/*
+ * A Salesforce Outbound Message (SOAP 1.1) as rows: its OrganizationId, and
+ * per Notification its Id, the sObject's type (without the "sf:" prefix)
+ * and the sObject's fields as a JSON object (xsi:nil fields are null).
+ * Parsed by PostgreSQL's xpath(); its text results come XML-escaped (&, <,
+ * > and CR), which is undone here.  A body that is not such a message
+ * raises SS400; so does one with a document type declaration, which
+ * Salesforce never sends: its entities are kept in the parsed document
+ * and failed the reading of each notification (2200M, a 500 of the
+ * receiver), and its default attributes could add what the body does not
+ * say.
+ */
+CREATE OR REPLACE FUNCTION @extschema@._salesforce_notifications(body text)
+RETURNS TABLE (organization_id text, notification_id text, sobject_type text, record jsonb)
+LANGUAGE plpgsql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ns text[] := ARRAY[ARRAY['s', 'http://schemas.xmlsoap.org/soap/envelope/'],
+					   ARRAY['om', 'http://soap.sforce.com/2005/09/outbound'],
+					   ARRAY['xsi', 'http://www.w3.org/2001/XMLSchema-instance']];
+	doc xml;
+	n xml;
+	found_any boolean := false;
+BEGIN
+	IF pg_catalog.strpos(body, '<!DOCTYPE') OPERATOR(pg_catalog.>) 0 THEN
+		RAISE EXCEPTION 'the body is not a Salesforce Outbound Message'
+			USING ERRCODE = 'SS400',
+				  DETAIL = 'It has a document type declaration (<!DOCTYPE ...>), which Outbound Messages never have.';
+	END IF;
+	BEGIN
+		doc := XMLPARSE(DOCUMENT pg_catalog.regexp_replace(body, '^\uFEFF', ''));
+	EXCEPTION WHEN OTHERS THEN
+		RAISE EXCEPTION 'the body is not an XML document'
+			USING ERRCODE = 'SS400', DETAIL = SQLERRM;
+	END;
+	organization_id := (pg_catalog.xpath('/s:Envelope/s:Body/om:notifications/om:OrganizationId/text()', doc, ns))[1]::text;
+	IF organization_id IS NULL THEN
+		RAISE EXCEPTION 'the body is not a Salesforce Outbound Message'
+			USING ERRCODE = 'SS400',
+				  DETAIL = 'It has no soapenv:Envelope/soapenv:Body/notifications/OrganizationId.';
+	END IF;
+	FOREACH n IN ARRAY pg_catalog.xpath('/s:Envelope/s:Body/om:notifications/om:Notification', doc, ns) LOOP
+		found_any := true;
+		notification_id := (pg_catalog.xpath('/om:Notification/om:Id/text()', n, ns))[1]::text;
+		sobject_type := pg_catalog.regexp_replace(
+			(pg_catalog.xpath('/om:Notification/om:sObject/@xsi:type', n, ns))[1]::text, '^[^:]*:', '');
+		SELECT pg_catalog.jsonb_object_agg(
+				   (pg_catalog.xpath('local-name(/*)', f))[1]::text,
+				   CASE WHEN (pg_catalog.xpath('/*/@xsi:nil', f, ns))[1]::text OPERATOR(pg_catalog.=) 'true' THEN NULL
+						ELSE pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
+							 (pg_catalog.xpath('string(/*)', f))[1]::text,
+							 '&lt;', '<'), '&gt;', '>'), '&#x0d;', E'\r'), '&amp;', '&') END)
+		INTO record
+		FROM pg_catalog.unnest(pg_catalog.xpath('/om:Notification/om:sObject/*', n, ns)) AS f;
+		IF notification_id IS NULL OR record IS NULL THEN
+			RAISE EXCEPTION 'a notification of the Outbound Message has no Id or no sObject'
+				USING ERRCODE = 'SS400';
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+	IF NOT found_any THEN
+		RAISE EXCEPTION 'the Outbound Message has no Notification'
+			USING ERRCODE = 'SS400';
+	END IF;
+END
+$$;
+
+------------------------------------------------------------------------------
+-- CRM sources: removed records are remembered for dedup_ttl, so that a
+-- create or update retried after its record's remove does not bring the
+-- order back (src/crm.c)
+------------------------------------------------------------------------------
+CREATE TABLE @extschema@.crm_removed (
+	crm_source_id	integer NOT NULL REFERENCES @extschema@.crm_source ON DELETE CASCADE,
+	record_key		text NOT NULL,
+	version			jsonb,
+	removed_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	expires_at		timestamptz NOT NULL,
+	PRIMARY KEY (crm_source_id, record_key)
+);
+CREATE INDEX crm_removed_expiry_idx ON @extschema@.crm_removed (crm_source_id, expires_at);
+COMMENT ON TABLE @extschema@.crm_removed IS
+	'Records removed by a CRM source with option version_column, kept for its dedup_ttl: the record''s key and version. A create or update of such a record not newer than its remove (a retry of a push sent before it) does not bring the order back; a 简道云 data_recover does.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_removed', '');
+
+
+------------------------------------------------------------------------------
+-- create_crm_source() names a key column the table does not have
+------------------------------------------------------------------------------
+-- A key_column the table lacks was reported as a column without a unique
+-- index of its own, with a hint to add one on the missing column.  It is
+-- now "column ... does not exist" (undefined_column), as in attach().
+-- CREATE OR REPLACE resets the function's settings: audit_action again.
 CREATE OR REPLACE FUNCTION @extschema@.create_crm_source(name text, kind text, tbl regclass,
 											  options jsonb DEFAULT '{}')
 RETURNS integer
@@ -8823,6 +8925,14 @@ BEGIN
 		END IF;
 	END IF;
 	IF NOT EXISTS (
+		SELECT 1 FROM pg_catalog.pg_attribute a
+		WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) keycol
+		  AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped) THEN
+		RAISE EXCEPTION 'column "%" of table % does not exist', keycol, tbl
+			USING ERRCODE = 'undefined_column',
+				  HINT = 'Give option "key_column": the column that holds the CRM''s record id.';
+	END IF;
+	IF NOT EXISTS (
 		SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
 		  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
 		WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisunique AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
@@ -8880,95 +8990,118 @@ EXCEPTION
 				  HINT = 'Choose another name, or drop the source first with shipsync.drop_crm_source().';
 END
 $$;
-COMMENT ON FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) IS
-	'Register a CRM that pushes orders into table tbl, reached by the receiver at /crm/{name}. Kinds: jiandaoyun (简道云 data push, X-JDY-Signature), salesforce_om (Salesforce Outbound Messages, checked by OrganizationId), generic (Standard Webhooks-signed JSON). Options: secret (jiandaoyun and generic), organization_id and sobject_type (salesforce_om), profile (the crm_in field-map profile, by default the source name), key_column (the column matched to the CRM record id, by default the primary key; it needs a unique index), dedup_ttl (how long delivery ids are remembered, default 7 days), version_column (a column a crm_in row writes the record''s modification time into: an update older than the row''s changes nothing).';
 ALTER FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) SET shipsync.audit_action = 'create_crm_source';
 
 ------------------------------------------------------------------------------
--- Salesforce Outbound Messages: a document type declaration is SS400
+-- Tickets opened by the thousand take no lock each
 ------------------------------------------------------------------------------
-/*
- * A Salesforce Outbound Message (SOAP 1.1) as rows: its OrganizationId, and
- * per Notification its Id, the sObject's type (without the "sf:" prefix)
- * and the sObject's fields as a JSON object (xsi:nil fields are null).
- * Parsed by PostgreSQL's xpath(); its text results come XML-escaped (&, <,
- * > and CR), which is undone here.  A body that is not such a message
- * raises SS400; so does one with a document type declaration, which
- * Salesforce never sends: its entities are kept in the parsed document
- * and failed the reading of each notification (2200M, a 500 of the
- * receiver), and its default attributes could add what the body does not
- * say.
- */
-CREATE OR REPLACE FUNCTION @extschema@._salesforce_notifications(body text)
-RETURNS TABLE (organization_id text, notification_id text, sobject_type text, record jsonb)
-LANGUAGE plpgsql IMMUTABLE STRICT
+-- _ticket_fold() took an advisory lock per ticket; DROP TABLE of a table
+-- with tens of thousands of waiting intents, and as many unknown tracking
+-- numbers expiring at once, filled the server's lock table ("out of
+-- shared memory"): the table could not be dropped, and every push of the
+-- provider failed.  Those two kinds have one writer each, which
+-- serializes itself.
+CREATE OR REPLACE FUNCTION @extschema@._ticket_fold()
+RETURNS trigger
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-	ns text[] := ARRAY[ARRAY['s', 'http://schemas.xmlsoap.org/soap/envelope/'],
-					   ARRAY['om', 'http://soap.sforce.com/2005/09/outbound'],
-					   ARRAY['xsi', 'http://www.w3.org/2001/XMLSchema-instance']];
-	doc xml;
-	n xml;
-	found_any boolean := false;
+	t record;
 BEGIN
-	IF pg_catalog.strpos(body, '<!DOCTYPE') OPERATOR(pg_catalog.>) 0 THEN
-		RAISE EXCEPTION 'the body is not a Salesforce Outbound Message'
-			USING ERRCODE = 'SS400',
-				  DETAIL = 'It has a document type declaration (<!DOCTYPE ...>), which Outbound Messages never have.';
+	-- a restore loads tickets as they were, several of one problem too (0.1
+	-- opened one per dead intent): folded, a resolved one was reopened and
+	-- the others lost.  A restore is a superuser session with
+	-- check_function_bodies off, as pg_dump's scripts and pg_restore set it
+	-- (_audit_row() in 80_security.sql tells it the same way).
+	IF NOT pg_catalog.current_setting('check_function_bodies')::boolean
+	   AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r
+			 WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER) THEN
+		RETURN NEW;
 	END IF;
-	BEGIN
-		doc := XMLPARSE(DOCUMENT pg_catalog.regexp_replace(body, '^\uFEFF', ''));
-	EXCEPTION WHEN OTHERS THEN
-		RAISE EXCEPTION 'the body is not an XML document'
-			USING ERRCODE = 'SS400', DETAIL = SQLERRM;
-	END;
-	organization_id := (pg_catalog.xpath('/s:Envelope/s:Body/om:notifications/om:OrganizationId/text()', doc, ns))[1]::text;
-	IF organization_id IS NULL THEN
-		RAISE EXCEPTION 'the body is not a Salesforce Outbound Message'
-			USING ERRCODE = 'SS400',
-				  DETAIL = 'It has no soapenv:Envelope/soapenv:Body/notifications/OrganizationId.';
+	-- one writer per problem at a time, so that two transactions cannot
+	-- both find no open ticket and both open one.  The kinds opened by the
+	-- thousand in one statement have one writer each, which serializes
+	-- itself: _on_drop() (the dropped table's binding row) and
+	-- _expire_unmatched() (a lock per provider).  A lock per ticket there
+	-- filled the server's lock table ("out of shared memory").
+	IF NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['table_dropped', 'unmatched_expired']) THEN
+		PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync ticket', NEW.kind,
+			NEW.provider_id, NEW.binding_id, NEW.order_key, NEW.subject), 0));
 	END IF;
-	FOREACH n IN ARRAY pg_catalog.xpath('/s:Envelope/s:Body/om:notifications/om:Notification', doc, ns) LOOP
-		found_any := true;
-		notification_id := (pg_catalog.xpath('/om:Notification/om:Id/text()', n, ns))[1]::text;
-		sobject_type := pg_catalog.regexp_replace(
-			(pg_catalog.xpath('/om:Notification/om:sObject/@xsi:type', n, ns))[1]::text, '^[^:]*:', '');
-		SELECT pg_catalog.jsonb_object_agg(
-				   (pg_catalog.xpath('local-name(/*)', f))[1]::text,
-				   CASE WHEN (pg_catalog.xpath('/*/@xsi:nil', f, ns))[1]::text OPERATOR(pg_catalog.=) 'true' THEN NULL
-						ELSE pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
-							 (pg_catalog.xpath('string(/*)', f))[1]::text,
-							 '&lt;', '<'), '&gt;', '>'), '&#x0d;', E'\r'), '&amp;', '&') END)
-		INTO record
-		FROM pg_catalog.unnest(pg_catalog.xpath('/om:Notification/om:sObject/*', n, ns)) AS f;
-		IF notification_id IS NULL OR record IS NULL THEN
-			RAISE EXCEPTION 'a notification of the Outbound Message has no Id or no sObject'
-				USING ERRCODE = 'SS400';
-		END IF;
-		RETURN NEXT;
-	END LOOP;
-	IF NOT found_any THEN
-		RAISE EXCEPTION 'the Outbound Message has no Notification'
-			USING ERRCODE = 'SS400';
+	SELECT x.ticket_id, x.resolved_at INTO t
+	  FROM @extschema@.exception_ticket x
+	 WHERE x.kind OPERATOR(pg_catalog.=) NEW.kind
+	   AND coalesce(x.provider_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.provider_id, 0)
+	   AND coalesce(x.binding_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.binding_id, 0)
+	   AND coalesce(x.order_key, '') OPERATOR(pg_catalog.=) coalesce(NEW.order_key, '')
+	   AND coalesce(x.subject, '') OPERATOR(pg_catalog.=) coalesce(NEW.subject, '')
+	 ORDER BY x.resolved_at IS NULL DESC, x.ticket_id DESC
+	 LIMIT 1;
+	IF NOT FOUND THEN
+		NEW.last_seen_at := coalesce(NEW.last_seen_at, NEW.opened_at);
+		RETURN NEW;
 	END IF;
+	UPDATE @extschema@.exception_ticket x
+	   SET detail = NEW.detail,
+		   outbox_id = coalesce(NEW.outbox_id, x.outbox_id),
+		   tracking_number = coalesce(NEW.tracking_number, x.tracking_number),
+		   facts = coalesce(NEW.facts, x.facts),
+		   last_seen_at = pg_catalog.now(),
+		   resolved_at = NULL,
+		   resolved_by = NULL,
+		   resolution = NULL,
+		   acknowledged_at = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_at END,
+		   acknowledged_by = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_by END,
+		   acknowledgement = CASE WHEN t.resolved_at IS NULL THEN x.acknowledgement END,
+		   reopen_count = x.reopen_count OPERATOR(pg_catalog.+)
+			   CASE WHEN t.resolved_at IS NULL THEN 0 ELSE 1 END,
+		   reopened_at = CASE WHEN t.resolved_at IS NULL THEN x.reopened_at ELSE pg_catalog.now() END
+	 WHERE x.ticket_id OPERATOR(pg_catalog.=) t.ticket_id;
+	IF t.resolved_at IS NOT NULL THEN
+		PERFORM pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object('event', 'ticket_reopened',
+			'ticket_id', t.ticket_id, 'kind', NEW.kind, 'binding_id', NEW.binding_id,
+			'order_key', NEW.order_key)::text);
+	END IF;
+	RETURN NULL;
 END
 $$;
-
-------------------------------------------------------------------------------
--- CRM sources: removed records are remembered for dedup_ttl, so that a
--- create or update retried after its record's remove does not bring the
--- order back (src/crm.c)
-------------------------------------------------------------------------------
-CREATE TABLE @extschema@.crm_removed (
-	crm_source_id	integer NOT NULL REFERENCES @extschema@.crm_source ON DELETE CASCADE,
-	record_key		text NOT NULL,
-	version			jsonb,
-	removed_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	expires_at		timestamptz NOT NULL,
-	PRIMARY KEY (crm_source_id, record_key)
-);
-CREATE INDEX crm_removed_expiry_idx ON @extschema@.crm_removed (crm_source_id, expires_at);
-COMMENT ON TABLE @extschema@.crm_removed IS
-	'Records removed by a CRM source with option version_column, kept for its dedup_ttl: the record''s key and version. A create or update of such a record not newer than its remove (a retry of a push sent before it) does not bring the order back; a 简道云 data_recover does.';
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.crm_removed', '');
+CREATE OR REPLACE FUNCTION @extschema@._expire_unmatched(pid integer)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+	pids integer[];
+BEGIN
+	-- the only writer of unmatched_expired tickets, one transaction at a
+	-- time per provider (_ticket_fold() takes no lock per ticket of this
+	-- kind).  A provider whose events another transaction is expiring is
+	-- left to it (the next call takes what is left): a push never waits
+	-- here, holding the locks of its tracking numbers
+	pids := ARRAY(SELECT e.provider_id
+					FROM (SELECT DISTINCT u.provider_id FROM @extschema@.unmatched_event u
+						   WHERE u.expires_at <= now() AND (pid IS NULL OR u.provider_id = pid)) e
+				   WHERE pg_try_advisory_xact_lock(
+							 hashtextextended('shipsync unmatched_expired|' || e.provider_id, 0)));
+	IF cardinality(pids) = 0 THEN
+		RETURN 0;
+	END IF;
+	WITH d AS (
+		DELETE FROM @extschema@.unmatched_event u
+		 WHERE u.expires_at <= now() AND u.provider_id = ANY (pids)
+		RETURNING u.*),
+	-- one ticket per tracking number (the ledger folds events of the same one)
+	t AS (
+		INSERT INTO @extschema@.exception_ticket (kind, provider_id, subject, tracking_number, detail)
+		SELECT 'unmatched_expired', d.provider_id, d.tracking_number, d.tracking_number,
+			   format('tracking event %s of provider %s for unknown tracking number %s (raw status %s) found no shipment within unmatched_ttl_s = %s',
+					  d.event_key, p.name, d.tracking_number, coalesce(d.raw_status, 'none'),
+					  coalesce(p.options->>'unmatched_ttl_s', '604800'))
+		FROM d JOIN @extschema@.provider p ON p.provider_id = d.provider_id
+		RETURNING 1)
+	SELECT count(*) INTO n FROM d;
+	RETURN n;
+END
+$$;

@@ -268,10 +268,24 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	n bigint;
+	pids integer[];
 BEGIN
+	-- the only writer of unmatched_expired tickets, one transaction at a
+	-- time per provider (_ticket_fold() takes no lock per ticket of this
+	-- kind).  A provider whose events another transaction is expiring is
+	-- left to it (the next call takes what is left): a push never waits
+	-- here, holding the locks of its tracking numbers
+	pids := ARRAY(SELECT e.provider_id
+					FROM (SELECT DISTINCT u.provider_id FROM @extschema@.unmatched_event u
+						   WHERE u.expires_at <= now() AND (pid IS NULL OR u.provider_id = pid)) e
+				   WHERE pg_try_advisory_xact_lock(
+							 hashtextextended('shipsync unmatched_expired|' || e.provider_id, 0)));
+	IF cardinality(pids) = 0 THEN
+		RETURN 0;
+	END IF;
 	WITH d AS (
 		DELETE FROM @extschema@.unmatched_event u
-		 WHERE u.expires_at <= now() AND (pid IS NULL OR u.provider_id = pid)
+		 WHERE u.expires_at <= now() AND u.provider_id = ANY (pids)
 		RETURNING u.*),
 	-- one ticket per tracking number (the ledger folds events of the same one)
 	t AS (

@@ -298,6 +298,14 @@ BEGIN
 		END IF;
 	END IF;
 	IF NOT EXISTS (
+		SELECT 1 FROM pg_catalog.pg_attribute a
+		WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) keycol
+		  AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped) THEN
+		RAISE EXCEPTION 'column "%" of table % does not exist', keycol, tbl
+			USING ERRCODE = 'undefined_column',
+				  HINT = 'Give option "key_column": the column that holds the CRM''s record id.';
+	END IF;
+	IF NOT EXISTS (
 		SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
 		  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
 		WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisunique AND i.indnkeyatts OPERATOR(pg_catalog.=) 1

@@ -43,9 +43,15 @@ BEGIN
 		RETURN NEW;
 	END IF;
 	-- one writer per problem at a time, so that two transactions cannot
-	-- both find no open ticket and both open one
-	PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync ticket', NEW.kind,
-		NEW.provider_id, NEW.binding_id, NEW.order_key, NEW.subject), 0));
+	-- both find no open ticket and both open one.  The kinds opened by the
+	-- thousand in one statement have one writer each, which serializes
+	-- itself: _on_drop() (the dropped table's binding row) and
+	-- _expire_unmatched() (a lock per provider).  A lock per ticket there
+	-- filled the server's lock table ("out of shared memory").
+	IF NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['table_dropped', 'unmatched_expired']) THEN
+		PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync ticket', NEW.kind,
+			NEW.provider_id, NEW.binding_id, NEW.order_key, NEW.subject), 0));
+	END IF;
 	SELECT x.ticket_id, x.resolved_at INTO t
 	  FROM @extschema@.exception_ticket x
 	 WHERE x.kind OPERATOR(pg_catalog.=) NEW.kind

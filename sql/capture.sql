@@ -124,12 +124,36 @@ INSERT INTO parted VALUES (1, 'north', 'Li'), (2, 'south', 'Wang');
 UPDATE parted SET receiver_name = 'Zhao' WHERE id = 2;
 DELETE FROM parted WHERE id = 1;
 SELECT order_key, op FROM shipsync.inbox WHERE order_key IN ('1', '2') ORDER BY id;
+-- an UPDATE that moves a row to another partition, which the server runs
+-- as a DELETE and an INSERT, is an update of the order (not a cancel of its
+-- shipment and a second one); with its key changed too, the old key is
+-- cancelled and the new one created; a move that failed half-way (a
+-- trigger of the new partition refused it) and was rolled back to a
+-- savepoint leaves nothing behind for a later insert to pair with
+UPDATE parted SET region = 'north' WHERE id = 2;
+UPDATE parted SET region = 'south', id = 4 WHERE id = 2;
+CREATE FUNCTION refuse_fail() RETURNS trigger LANGUAGE plpgsql AS
+$$BEGIN IF NEW.receiver_name = 'fail' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NULL; END$$;
+CREATE TRIGGER a_refuse AFTER INSERT ON parted FOR EACH ROW EXECUTE FUNCTION refuse_fail();
+BEGIN;
+SAVEPOINT s;
+UPDATE parted SET region = 'north', receiver_name = 'fail' WHERE id = 4;
+ROLLBACK TO SAVEPOINT s;
+INSERT INTO parted VALUES (5, 'north', 'Qian');
+COMMIT;
+-- a row moved into a partition whose capture is disabled: its order is
+-- cancelled as the transaction commits, as a DELETE would be
+ALTER TABLE parted_north DISABLE TRIGGER shipsync_capture;
+UPDATE parted SET region = 'north' WHERE id = 4;
+ALTER TABLE parted_north ENABLE TRIGGER shipsync_capture;
+SELECT order_key, op FROM shipsync.inbox WHERE order_key IN ('2', '4', '5') ORDER BY id;
 CREATE TABLE not_parted (id int NOT NULL, region text NOT NULL, receiver_name text);
 SELECT binding_id AS parted_binding FROM shipsync.binding WHERE tbl = 'parted'::regclass \gset
 SELECT format('CREATE TRIGGER shipsync_capture AFTER INSERT ON not_parted FOR EACH ROW EXECUTE FUNCTION shipsync.capture(%L, %L, %L)',
 	:parted_binding, (SELECT provider_id FROM shipsync.binding WHERE binding_id = :parted_binding), 'id') \gexec
 INSERT INTO not_parted VALUES (3, 'north', 'Sun');
 DROP TABLE not_parted, parted;
+DROP FUNCTION refuse_fail();
 
 -- a key column widened after attach(), as such and through a domain: an
 -- intent's key is cast to the column's base type without its length, so
@@ -222,6 +246,16 @@ RESET TimeZone;
 SELECT i.order_key, i.op FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id)
  WHERE b.tbl = 'stamped'::regclass ORDER BY i.id;
 DROP TABLE stamped;
+
+-- DROP TABLE of a table with a backlog: every waiting intent dead with its
+-- table_dropped ticket (a lock taken per ticket filled the server's lock
+-- table: "out of shared memory", and the table could not be dropped)
+CREATE TABLE backlog (id int PRIMARY KEY, customer text);
+SELECT shipsync.attach('backlog', 'acme') AS backlog_binding \gset
+INSERT INTO backlog SELECT g, 'c' FROM generate_series(1, 30000) g;
+DROP TABLE backlog;
+SELECT state, error_class, count(*) FROM shipsync.outbox WHERE binding_id = :backlog_binding GROUP BY 1, 2;
+SELECT kind, count(*) FROM shipsync.exception_ticket WHERE binding_id = :backlog_binding GROUP BY 1;
 
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA sales CASCADE;

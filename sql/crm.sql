@@ -87,6 +87,9 @@ SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'salesforce_om', 'cr
 SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.orders', '{"secret": "s", "dedup_ttl": "soon"}')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.orders', '{"secret": "s", "dedup_ttl": "2 years"}')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.orders', '{"secret": "s", "key_column": "customer"}')$$);
+-- a key column the table does not have is named as such (it was said to
+-- lack a unique index, with a hint to add one on the missing column)
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.orders', '{"secret": "s", "key_column": "no_such_column"}')$$);
 SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.orders', '{"secret": "s", "profile": "bad profile"}')$$);
 CREATE VIEW crm.v AS SELECT * FROM crm.orders;
 SELECT pg_temp.err($$SELECT shipsync.create_crm_source('x', 'jiandaoyun', 'crm.v', '{"secret": "s"}')$$);

@@ -338,6 +338,14 @@ UPDATE shipsync.unmatched_event SET expires_at = now() - interval '1 second';
 SELECT shipsync.expire_unmatched() AS expired;
 SELECT kind, detail FROM shipsync.exception_ticket WHERE kind = 'unmatched_expired' ORDER BY detail;
 SELECT count(*) AS parked_left FROM shipsync.unmatched_event;
+-- thousands of unknown tracking numbers expiring at once: one ticket each
+-- (a lock taken per ticket filled the server's lock table, "out of shared
+-- memory", and every push of the provider failed with it from then on)
+INSERT INTO shipsync.unmatched_event (provider_id, event_key, tracking_number, occurred_at, raw_status, expires_at)
+SELECT p.provider_id, 'bulk-' || g, 'BULK' || g, now(), 'in_transit', now() - interval '1 second'
+  FROM shipsync.provider p, generate_series(1, 30000) g WHERE p.name = 'gen';
+SELECT shipsync.expire_unmatched() AS expired;
+SELECT count(*) AS tickets FROM shipsync.exception_ticket WHERE kind = 'unmatched_expired' AND subject LIKE 'BULK%';
 
 ------------------------------------------------------------------------------
 -- trace(): tracking events in the order's timeline

@@ -19,6 +19,14 @@
  * write-back columns enqueues nothing, and writes made by the dispatcher
  * itself (capture_suppress()) never enqueue: no echo.
  *
+ * An UPDATE that moves a row to another partition reaches the trigger as a
+ * DELETE on the old partition and then an INSERT on the new one.  The
+ * DELETE of a moved row (its ctid says so) is held back, and the INSERT of
+ * the same key pairs with it: an update, as for any other UPDATE.  A held
+ * DELETE that no INSERT pairs with (the key changed as well) is a cancel,
+ * enqueued by the next INSERT of that table or, at the latest, before
+ * the transaction commits.
+ *
  * Waking the dispatcher: the first capture in a backend registers one
  * transaction callback for the life of the backend (never one per
  * transaction); a capture sets a flag, and at COMMIT the callback sets the
@@ -114,11 +122,34 @@ static bool capture_callback_registered = false;
 static uint64 capture_providers = 0;	/* bits of providers enqueued for */
 static bool capture_config_changed = false;
 
+/*
+ * A row moved out of a partition, held until the INSERT of its new
+ * partition pairs with it (see the header).  In TopTransactionContext; the
+ * subtransaction that captured it, so that a rolled-back savepoint drops
+ * it.
+ */
+typedef struct CaptureMoved
+{
+	int32		binding_id;
+	int32		provider_id;
+	char	   *key;
+	TupleDesc	desc;
+	HeapTuple	tuple;
+	SubTransactionId subid;
+} CaptureMoved;
+static List *capture_moved = NIL;
+
+static void capture_flush_moved(int32 binding_id);
+
 static void
 capture_xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			capture_flush_moved(0);
+			break;
 		case XACT_EVENT_COMMIT:
 			if (capture_config_changed && shipsync_shared)
 				pg_atomic_fetch_add_u64(&shipsync_shared->config_generation, 1);
@@ -147,6 +178,38 @@ capture_xact_callback(XactEvent event, void *arg)
 		default:
 			break;
 	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE ||
+		event == XACT_EVENT_ABORT)
+		capture_moved = NIL;	/* its memory goes with the transaction's */
+}
+
+/* A rolled-back savepoint drops the moves it captured, and its children's */
+static void
+capture_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						 SubTransactionId parentSubid, void *arg)
+{
+	ListCell   *lc;
+
+	if (event != SUBXACT_EVENT_ABORT_SUB)
+		return;
+	foreach(lc, capture_moved)
+	{
+		CaptureMoved *m = (CaptureMoved *) lfirst(lc);
+
+		if (m->subid >= mySubid)
+			capture_moved = foreach_delete_current(capture_moved, lc);
+	}
+}
+
+static void
+capture_register_callbacks(void)
+{
+	if (!capture_callback_registered)
+	{
+		RegisterXactCallback(capture_xact_callback, NULL);
+		RegisterSubXactCallback(capture_subxact_callback, NULL);
+		capture_callback_registered = true;
+	}
 }
 
 /*
@@ -157,11 +220,7 @@ capture_xact_callback(XactEvent event, void *arg)
 void
 shipsync_wake_at_commit(int32 provider_id, bool config_changed)
 {
-	if (!capture_callback_registered)
-	{
-		RegisterXactCallback(capture_xact_callback, NULL);
-		capture_callback_registered = true;
-	}
+	capture_register_callbacks();
 	if (provider_id > 0)
 		capture_providers |= SHIPSYNC_PROVIDER_BIT(provider_id);
 	else
@@ -758,8 +817,9 @@ capture_key(Relation rel, HeapTuple tuple, int keyattno, const char *keycol)
 }
 
 /*
- * True when the UPDATE changed some column other than the write-back
- * columns (tgargs[3..]).
+ * True when the row changed some column other than the write-back columns
+ * (tgargs[3..]).  The old row is another partition's when a row moved: its
+ * columns are then found by name.
  *
  * Each row is deformed once: heap_getattr() per column walks the row from
  * its start for every column past the first variable-width one, which made
@@ -767,28 +827,37 @@ capture_key(Relation rel, HeapTuple tuple, int keyattno, const char *keycol)
  * compared with the write-back columns only for the columns that changed.
  */
 static bool
-capture_row_changed(Relation rel, HeapTuple oldtup, HeapTuple newtup,
-					Trigger *tg)
+capture_row_changed(TupleDesc odesc, HeapTuple oldtup,
+					TupleDesc desc, HeapTuple newtup, Trigger *tg)
 {
-	TupleDesc	desc = RelationGetDescr(rel);
 	int			natts = desc->natts;
-	Datum	   *oldv = palloc(sizeof(Datum) * natts);
+	Datum	   *oldv = palloc(sizeof(Datum) * odesc->natts);
 	Datum	   *newv = palloc(sizeof(Datum) * natts);
-	bool	   *oldnull = palloc(sizeof(bool) * natts);
+	bool	   *oldnull = palloc(sizeof(bool) * odesc->natts);
 	bool	   *newnull = palloc(sizeof(bool) * natts);
 	bool		changed = false;
 
-	heap_deform_tuple(oldtup, desc, oldv, oldnull);
+	heap_deform_tuple(oldtup, odesc, oldv, oldnull);
 	heap_deform_tuple(newtup, desc, newv, newnull);
 	for (int i = 0; i < natts && !changed; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
+		int			j = i;
 
 		if (att->attisdropped)
 			continue;
-		if (oldnull[i] == newnull[i] &&
-			(oldnull[i] ||
-			 datumIsEqual(oldv[i], newv[i], att->attbyval, att->attlen)))
+		if (odesc != desc)
+		{
+			for (j = 0; j < odesc->natts; j++)
+				if (!TupleDescAttr(odesc, j)->attisdropped &&
+					strcmp(NameStr(TupleDescAttr(odesc, j)->attname),
+						   NameStr(att->attname)) == 0)
+					break;
+		}
+		if (j < odesc->natts &&
+			oldnull[j] == newnull[i] &&
+			(oldnull[j] ||
+			 datumIsEqual(oldv[j], newv[i], att->attbyval, att->attlen)))
 			continue;			/* unchanged */
 		changed = true;
 		for (int a = 3; a < tg->tgnargs; a++)
@@ -800,6 +869,85 @@ capture_row_changed(Relation rel, HeapTuple oldtup, HeapTuple newtup,
 	pfree(oldnull);
 	pfree(newnull);
 	return changed;
+}
+
+static void
+capture_free_moved(CaptureMoved *m)
+{
+	pfree(m->key);
+	heap_freetuple(m->tuple);
+	FreeTupleDesc(m->desc);
+	pfree(m);
+}
+
+/* The DELETE of a row moved to another partition: held (see the header) */
+static void
+capture_hold_moved(Relation rel, HeapTuple tuple, int32 binding_id,
+				   int32 provider_id, const char *key)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	CaptureMoved *m = palloc(sizeof(CaptureMoved));
+
+	m->binding_id = binding_id;
+	m->provider_id = provider_id;
+	m->key = pstrdup(key);
+	m->desc = CreateTupleDescCopy(RelationGetDescr(rel));
+	m->tuple = heap_copytuple(tuple);
+	m->subid = GetCurrentSubTransactionId();
+	capture_moved = lappend(capture_moved, m);
+	MemoryContextSwitchTo(oldcxt);
+	capture_register_callbacks();
+}
+
+/*
+ * The held moves of one binding (0: every binding) that no INSERT paired
+ * with: each is a cancel of its old key.
+ */
+static void
+capture_flush_moved(int32 binding_id)
+{
+	ListCell   *lc;
+
+	foreach(lc, capture_moved)
+	{
+		CaptureMoved *m = (CaptureMoved *) lfirst(lc);
+
+		if (binding_id != 0 && m->binding_id != binding_id)
+			continue;
+		capture_moved = foreach_delete_current(capture_moved, lc);
+		capture_enqueue(m->binding_id, m->provider_id, m->key, CAPTURE_CANCEL);
+		shipsync_wake_at_commit(m->provider_id, false);
+		capture_free_moved(m);
+	}
+}
+
+/*
+ * An INSERT: the new half of a moved row when a held DELETE of the same
+ * binding and key pairs with it (an update, unless only write-back columns
+ * changed), else a create.
+ */
+static void
+capture_insert(Relation rel, HeapTuple tuple, int32 binding_id,
+			   int32 provider_id, const char *key, Trigger *tg)
+{
+	ListCell   *lc;
+
+	foreach(lc, capture_moved)
+	{
+		CaptureMoved *m = (CaptureMoved *) lfirst(lc);
+
+		if (m->binding_id != binding_id || strcmp(m->key, key) != 0)
+			continue;
+		capture_moved = foreach_delete_current(capture_moved, lc);
+		if (capture_row_changed(m->desc, m->tuple, RelationGetDescr(rel),
+								tuple, tg))
+			capture_enqueue(binding_id, provider_id, key, CAPTURE_UPDATE);
+		capture_free_moved(m);
+		return;
+	}
+	/* a move whose key changed too: the old key goes away, as below */
+	capture_flush_moved(binding_id);
+	capture_enqueue(binding_id, provider_id, key, CAPTURE_CREATE);
 }
 
 Datum
@@ -851,15 +999,20 @@ shipsync_capture(PG_FUNCTION_ARGS)
 				 errhint("Attach the table again with shipsync.attach().")));
 
 	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) &&
-		!capture_row_changed(rel, trigdata->tg_trigtuple, trigdata->tg_newtuple, tg))
+		!capture_row_changed(RelationGetDescr(rel), trigdata->tg_trigtuple,
+							 RelationGetDescr(rel), trigdata->tg_newtuple, tg))
 		return PointerGetDatum(rettuple);
 
 	capture_check_binding(binding_id, provider_id, rel);
 
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
-		capture_enqueue(binding_id, provider_id,
-						capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol),
-						CAPTURE_CREATE);
+		capture_insert(rel, trigdata->tg_trigtuple, binding_id, provider_id,
+					   capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol),
+					   tg);
+	else if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event) &&
+			 HeapTupleHeaderIndicatesMovedPartitions(trigdata->tg_trigtuple->t_data))
+		capture_hold_moved(rel, trigdata->tg_trigtuple, binding_id, provider_id,
+						   capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol));
 	else if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 		capture_enqueue(binding_id, provider_id,
 						capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol),

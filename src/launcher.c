@@ -51,6 +51,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -60,11 +61,14 @@
 #include "storage/latch.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
+#include "storage/sinvaladt.h"
 #include "tcop/tcopprot.h"
+#include "utils/acl.h"
 #include "utils/backend_status.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
@@ -155,23 +159,79 @@ launcher_worker_alive(LauncherEntry *e)
 }
 
 /*
+ * May the role complete a command that drops, renames or copies the
+ * database: a superuser, a member of its owner, or a role with CREATEDB
+ * when it is a template (any such role may copy it)?  Needs a transaction
+ * (shared catalogs only).
+ */
+static bool
+launcher_role_may_hold(Oid roleid, Oid dbid)
+{
+	HeapTuple	tup;
+	Form_pg_database db;
+	bool		may;
+
+	if (superuser_arg(roleid))
+		return true;
+	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dbid));
+	if (!HeapTupleIsValid(tup))
+		return true;			/* gone: dropped */
+	db = (Form_pg_database) GETSTRUCT(tup);
+	may = has_privs_of_role(roleid, db->datdba);
+	if (!may && db->datistemplate)
+	{
+		HeapTuple	role = SearchSysCache1(AUTHOID, ObjectIdGetDatum(roleid));
+
+		if (HeapTupleIsValid(role))
+		{
+			may = ((Form_pg_authid) GETSTRUCT(role))->rolcreatedb;
+			ReleaseSysCache(role);
+		}
+	}
+	ReleaseSysCache(tup);
+	return may;
+}
+
+/*
  * Does a DBA's command hold the database?  DROP DATABASE and ALTER DATABASE
  * ... RENAME lock it in AccessExclusiveLock, CREATE DATABASE ... TEMPLATE
  * in ShareLock, before they wait for its sessions to leave; a session
  * connecting takes RowExclusiveLock, which conflicts with both.  A session
- * lock tried without waiting: no transaction needed.
+ * lock tried without waiting.
+ *
+ * Each of these commands takes the lock before it checks that its role may
+ * run it: any role that may connect somewhere takes it, for an instant, by
+ * trying (DROP DATABASE shop, refused "must be owner").  Only a holder
+ * whose role may complete the command counts (launcher_role_may_hold; the
+ * role a session logged in as), else trying in a loop stopped our workers
+ * again and again.
  */
 static bool
 launcher_database_held(Oid dbid)
 {
 	LOCKTAG		tag;
+	VirtualTransactionId *holders;
+	bool		held = false;
 
 	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, dbid, 0);
-	if (LockAcquireExtended(&tag, RowExclusiveLock, true, true, false, NULL) ==
+	if (LockAcquireExtended(&tag, RowExclusiveLock, true, true, false, NULL) !=
 		LOCKACQUIRE_NOT_AVAIL)
-		return true;
-	LockRelease(&tag, RowExclusiveLock, true);
-	return false;
+	{
+		LockRelease(&tag, RowExclusiveLock, true);
+		return false;
+	}
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	holders = GetLockConflicts(&tag, RowExclusiveLock, NULL);
+	for (int i = 0; !held && VirtualTransactionIdIsValid(holders[i]); i++)
+	{
+		PGPROC	   *proc = BackendIdGetProc(holders[i].backendId);
+
+		held = proc != NULL && launcher_role_may_hold(proc->roleId, dbid);
+	}
+	CommitTransactionCommand();
+	return held;
 }
 
 /*

@@ -263,6 +263,31 @@ for my $cmd ('ALTER DATABASE shop RENAME TO shop_old', 'ALTER DATABASE shop_old 
 $node->safe_psql('shop', "INSERT INTO crm.orders (customer) VALUES ('钱七')");
 ok(wait_until($node, "SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL", 20, 'shop'),
 	'shop is served again after them');
+# A role that may not drop, rename or copy shop (no owner, no CREATEDB)
+# tries to, over and over: each try takes the database's lock before it
+# is refused.  The workers stay: before, the launcher took a refused try
+# for a DBA's command and terminated the dispatcher and its applier (two
+# times in 6 s, what was on the wire sent again when they came back).
+$node->safe_psql('postgres', 'CREATE ROLE mallory LOGIN');
+my $dispatcher_sql = "SELECT pid FROM pg_stat_activity WHERE backend_type = "
+  . "'pg_shipsync dispatcher' AND datname = 'shop'";
+ok(wait_until($node, "SELECT count(*) = 1 FROM ($dispatcher_sql) d", 20), 'shop has a dispatcher');
+my $dispatcher = $node->safe_psql('postgres', $dispatcher_sql);
+$log_at = -s $node->logfile;
+my $tries = q{DO $$ DECLARE t timestamptz := clock_timestamp(); BEGIN
+	WHILE clock_timestamp() < t + interval '8 s' LOOP
+		BEGIN EXECUTE 'ALTER DATABASE shop RENAME TO shop_stolen';
+		EXCEPTION WHEN insufficient_privilege THEN NULL; END;
+	END LOOP; END $$};
+my @tries = map {
+	IPC::Run::start([ 'psql', '-X', '-q', '-U', 'mallory', '-d', $node->connstr('postgres'), '-c', $tries ],
+		'>', \my $o, '2>', \my $e)
+} 1 .. 2;
+$_->finish for @tries;
+is($node->safe_psql('postgres', $dispatcher_sql), $dispatcher,
+	'refused tries to rename shop leave its dispatcher running');
+unlike(slurp_file($node->logfile, $log_at), qr/is held by a DBA's command/,
+	'and the launcher does not take them for a DBA\'s command');
 my ($rc, $out, $err) = $node->psql('postgres', 'DROP DATABASE shop', extra_params => [ '-U', 'shop_owner' ]);
 is($rc . $err, '0', 'its owner drops it');
 is($node->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'pg_shipsync%'"

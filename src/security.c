@@ -303,6 +303,13 @@ shipsync_pin_worker_session(bool writer)
 	shipsync_pin_search_path();
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("session_replication_role", "origin", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Our triggers take a superuser session with check_function_bodies off
+	 * for a restore (the ledger's fold, the audit): ours never is one, and
+	 * a database's owner may turn it off for every session of it.
+	 */
+	SetConfigOption("check_function_bodies", "on", PGC_SUSET, PGC_S_OVERRIDE);
 	if (writer)
 	{
 		SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);

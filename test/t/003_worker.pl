@@ -81,12 +81,14 @@ ok( wait_until($node,
 # (lock_timeout), and the extension's own triggers did not fire (replica).
 # The test's own sessions set them back for themselves.
 my $own = "SET default_transaction_read_only = off; SET lock_timeout = 0;"
-  . " SET session_replication_role = origin; SET default_transaction_isolation = 'read committed';";
+  . " SET session_replication_role = origin; SET default_transaction_isolation = 'read committed';"
+  . " SET check_function_bodies = on;";
 $node->safe_psql('postgres', q{
 	ALTER DATABASE later SET default_transaction_read_only = on;
 	ALTER DATABASE later SET default_transaction_isolation = 'serializable';
 	ALTER DATABASE later SET session_replication_role = replica;
-	ALTER DATABASE later SET lock_timeout = '50ms';});
+	ALTER DATABASE later SET lock_timeout = '50ms';
+	ALTER DATABASE later SET check_function_bodies = off;});
 $pid = $node->safe_psql('postgres',
 	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'later'");
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
@@ -115,6 +117,25 @@ is( $node->safe_psql('later',
 		  . " JOIN crm.orders o ON o.id::text = t.order_key"
 		  . " WHERE o.customer = 'settings refused' AND e.event = 'opened'"),
 	'1', 'and its history says it was opened');
+# check_function_bodies off (which the database's owner may set): the
+# workers' sessions, a superuser's, were taken for a restore, whose
+# tickets are loaded as they were.  The same order refused again opened a
+# second ticket of the problem beside the open one: "duplicate key value
+# violates unique constraint exception_ticket_open_key", and the intent
+# ended writeback_failed
+$log_at = -s $node->logfile;
+sim_post($sim, '/_sim/faults',
+	{ rules => [ { fault => 'status', status => 422, match_order_ref => '.', count => 1 } ] });
+$node->safe_psql('later', "$own UPDATE crm.orders SET address = 'again' WHERE customer = 'settings refused'");
+ok( wait_until($node,
+		"$own SELECT count(*) = 0 FROM shipsync.outbox x JOIN crm.orders o ON o.id::text = x.order_key"
+		  . " WHERE o.customer = 'settings refused' AND x.state NOT IN ('dead', 'done')", 30, 'later'),
+	'check_function_bodies = off: the order refused again is done with');
+is( $node->safe_psql('later',
+		"$own SELECT string_agg(t.kind || ' ' || t.reopen_count, ', ') FROM shipsync.exception_ticket t"
+		  . " JOIN crm.orders o ON o.id::text = t.order_key WHERE o.customer = 'settings refused'"),
+	'dead_intent 0', 'and its ticket is the one of its first refusal');
+unlike(slurp_file($node->logfile, $log_at), qr/exception_ticket_open_key/, 'no second ticket was tried');
 sim_post($sim, '/_sim/faults', { rules => [] });
 
 # lock_timeout: an order row held by another session for longer than it

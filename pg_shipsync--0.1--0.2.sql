@@ -9105,3 +9105,29 @@ BEGIN
 	RETURN n;
 END
 $$;
+
+
+------------------------------------------------------------------------------
+-- crm_removed has no foreign key to crm_source either
+------------------------------------------------------------------------------
+-- Added beside the removal of the other foreign keys between dumped tables,
+-- it refused the removed records that pg_restore -j loaded before their
+-- source ("violates foreign key constraint crm_removed_crm_source_id_fkey"),
+-- and the removes were forgotten.  The trigger that deletes a dropped
+-- source's deliveries deletes its removed records too.
+ALTER TABLE @extschema@.crm_removed DROP CONSTRAINT crm_removed_crm_source_id_fkey;
+CREATE OR REPLACE FUNCTION @extschema@._drop_deliveries()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	DELETE FROM @extschema@.crm_delivery d
+	 WHERE d.crm_source_id OPERATOR(pg_catalog.=) OLD.crm_source_id;
+	DELETE FROM @extschema@.crm_removed r
+	 WHERE r.crm_source_id OPERATOR(pg_catalog.=) OLD.crm_source_id;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._drop_deliveries() IS
+	'Internal: deletes the deliveries and removed records of a deleted CRM source, as ON DELETE CASCADE would; the extension''s dumped tables have no foreign key between them, so that pg_restore -j can load them in any order.';

@@ -43,8 +43,9 @@ CREATE INDEX crm_delivery_expiry_idx ON @extschema@.crm_delivery (crm_source_id,
 COMMENT ON TABLE @extschema@.crm_delivery IS
 	'Deliveries of CRM pushes already applied, kept for the source''s dedup_ttl: the 简道云 X-JDY-DeliverId, the Salesforce notification Id, the Standard Webhooks webhook-id. A delivery seen again is acknowledged and changes nothing.';
 
+-- no foreign key to crm_source: see _drop_deliveries() below
 CREATE TABLE @extschema@.crm_removed (
-	crm_source_id	integer NOT NULL REFERENCES @extschema@.crm_source ON DELETE CASCADE,
+	crm_source_id	integer NOT NULL,
 	record_key		text NOT NULL,
 	version			jsonb,
 	removed_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -397,8 +398,8 @@ COMMENT ON FUNCTION @extschema@.drop_crm_source(text) IS
 CREATE TRIGGER crm_source_drop_secrets AFTER DELETE ON @extschema@.crm_source
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._drop_secrets();
 
--- A source's deliveries go with it (no foreign key: see _provider_in_use()
--- in 10_queue.sql)
+-- A source's deliveries and removed records go with it (no foreign key:
+-- see _provider_in_use() in 10_queue.sql)
 CREATE FUNCTION @extschema@._drop_deliveries()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -407,11 +408,13 @@ AS $$
 BEGIN
 	DELETE FROM @extschema@.crm_delivery d
 	 WHERE d.crm_source_id OPERATOR(pg_catalog.=) OLD.crm_source_id;
+	DELETE FROM @extschema@.crm_removed r
+	 WHERE r.crm_source_id OPERATOR(pg_catalog.=) OLD.crm_source_id;
 	RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION @extschema@._drop_deliveries() IS
-	'Internal: deletes the deliveries of a deleted CRM source, as ON DELETE CASCADE would; the extension''s dumped tables have no foreign key between them, so that pg_restore -j can load them in any order.';
+	'Internal: deletes the deliveries and removed records of a deleted CRM source, as ON DELETE CASCADE would; the extension''s dumped tables have no foreign key between them, so that pg_restore -j can load them in any order.';
 CREATE TRIGGER crm_source_drop_deliveries AFTER DELETE ON @extschema@.crm_source
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._drop_deliveries();
 

@@ -10,6 +10,15 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use ShipsyncTest;
 
+# a command's standard output; dies if it fails
+sub run_log_out
+{
+	my ($cmd) = @_;
+	my ($out, $err) = ('', '');
+	IPC::Run::run($cmd, '>', \$out, '2>', \$err) or die "@$cmd failed: $err";
+	return $out;
+}
+
 my $sim = start_sim();
 my $node = shipsync_node('dump', "shipsync.databases = 'postgres, restored'");
 setup_orders($node, $sim);
@@ -84,15 +93,20 @@ is($node->safe_psql('restored', "SELECT max(id) > 20 FROM shipsync.outbox"), 't'
 # already there (CREATE EXTENSION made them), so no order between two of
 # them may matter (a binding loaded before its provider was refused, and
 # every INSERT into the attached table failed).  The CRM sources and their
-# deliveries too.
+# deliveries too, and their removed records (a row of crm_removed loaded
+# before its source was refused by a foreign key: "violates foreign key
+# constraint crm_removed_crm_source_id_fkey", and the removes forgotten).
 $node->safe_psql('postgres', q{
 	CREATE TABLE crm.pushed (id text PRIMARY KEY, customer text);
 	SELECT shipsync.create_crm_source('crm_j', 'jiandaoyun', 'crm.pushed', '{"secret": "test-secret"}');
 	INSERT INTO shipsync.crm_delivery (crm_source_id, delivery_id, expires_at)
 	SELECT crm_source_id, 'd' || g, now() + interval '1 day'
+	FROM shipsync.crm_source, generate_series(1, 3) g;
+	INSERT INTO shipsync.crm_removed (crm_source_id, record_key, version, expires_at)
+	SELECT crm_source_id, 'r' || g, '"2026-03-01T10:00:00+00:00"', now() + interval '1 day'
 	FROM shipsync.crm_source, generate_series(1, 3) g});
 my $counts_j = "SELECT ($counts) || '/' || (SELECT count(*) FROM shipsync.crm_source) || '/'"
-  . " || (SELECT count(*) FROM shipsync.crm_delivery)";
+  . " || (SELECT count(*) FROM shipsync.crm_delivery) || '/' || (SELECT count(*) FROM shipsync.crm_removed)";
 my $before_j = $node->safe_psql('postgres', $counts_j);
 my $archive = $node->basedir . '/dump.custom';
 $node->command_ok([ 'pg_dump', '-Fc', '-f', $archive, 'postgres' ], 'pg_dump -Fc');
@@ -102,7 +116,23 @@ IPC::Run::run([ 'pg_restore', '-j', '4', '-d', $node->connstr('restored_j'), $ar
 	'>', \$jout, '2>', \$jerr);
 is($jerr, '', 'pg_restore -j 4 reports no error');
 is($node->safe_psql('restored_j', $counts_j), $before_j,
-	'pg_restore -j 4: every shipsync table came back, bindings and CRM deliveries too');
+	'pg_restore -j 4: every shipsync table came back, bindings, CRM deliveries and removed records too');
+# the order pg_restore -j happens to load them in, made certain: the
+# removed records before their source (the archive's list, rearranged)
+my @list = grep { !/TABLE DATA shipsync crm_removed / } split /\n/,
+  run_log_out([ 'pg_restore', '-l', $archive ]);
+my ($removed_data) = grep { /TABLE DATA shipsync crm_removed / } split /\n/,
+  run_log_out([ 'pg_restore', '-l', $archive ]);
+my ($at) = grep { $list[$_] =~ /TABLE DATA shipsync / } 0 .. $#list;
+splice(@list, $at, 0, $removed_data);
+my $listfile = $node->basedir . '/dump.list';
+PostgreSQL::Test::Utils::append_to_file($listfile, join("\n", @list) . "\n");
+$node->safe_psql('postgres', 'CREATE DATABASE restored_l');
+my ($lout, $lerr) = ('', '');
+IPC::Run::run([ 'pg_restore', '-L', $listfile, '-d', $node->connstr('restored_l'), $archive ],
+	'>', \$lout, '2>', \$lerr);
+is($lerr, '', 'removed CRM records loaded before their source: no error');
+is($node->safe_psql('restored_l', $counts_j), $before_j, 'and every row came back');
 my ($rc, $out, $err) = $node->psql('restored_j', "INSERT INTO crm.orders (customer) VALUES ('并行恢复后')");
 is($rc . $err, '0', 'an order inserted after a parallel restore is captured');
 

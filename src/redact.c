@@ -92,6 +92,48 @@ is_ident_char(char c)
 }
 
 /*
+ * p past white space and comments (a double dash to the end of the line, a
+ * slash-star comment to its star-slash, nested, as the parser reads them):
+ * what may separate EXECUTE from the statement's name.
+ */
+static const char *
+skip_blanks(const char *p)
+{
+	for (;;)
+	{
+		if (isspace((unsigned char) *p))
+			p++;
+		else if (p[0] == '-' && p[1] == '-')
+		{
+			while (*p && *p != '\n')
+				p++;
+		}
+		else if (p[0] == '/' && p[1] == '*')
+		{
+			int			depth = 0;
+
+			do
+			{
+				if (p[0] == '/' && p[1] == '*')
+				{
+					depth++;
+					p += 2;
+				}
+				else if (p[0] == '*' && p[1] == '/')
+				{
+					depth--;
+					p += 2;
+				}
+				else
+					p++;
+			} while (*p && depth > 0);
+		}
+		else
+			return p;
+	}
+}
+
+/*
  * The name of the prepared statement that an EXECUTE whose keyword ends at
  * p runs (quoted or folded to lower case, as the parser does), or NULL if
  * no name follows.  palloc'd.
@@ -101,8 +143,7 @@ executed_name(const char *p)
 {
 	const char *start;
 
-	while (isspace((unsigned char) *p))
-		p++;
+	p = skip_blanks(p);
 	if (*p == '"')
 	{
 		StringInfoData name;

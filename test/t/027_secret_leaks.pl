@@ -58,7 +58,8 @@ my %secret = (
 	json_nul => 'JSONNUL-LEAK-23',
 	json_nul_bound => 'JSONNULBIND-LEAK-24',
 	auto_explain => 'EXPLAIN-LEAK-25',
-	deadlock => 'DEADLOCK-LEAK-26');
+	deadlock => 'DEADLOCK-LEAK-26',
+	prepared_comment => 'PREPCOMMENT-LEAK-27');
 # a TLS client key, for a simulator that requires a client certificate
 my $certs = PostgreSQL::Test::Utils::tempdir();
 test_ca($certs);
@@ -134,6 +135,12 @@ like($err, qr/invalid input syntax for type json/, 'a call with malformed JSON o
 	PREPARE put_secret(text, text, text) AS SELECT shipsync.set_secret(\$1, \$2, \$3);
 	EXECUTE put_secret('leak_bearer', 'no_such_secret', '$secret{prepared_param}');});
 like($err, qr/provider "leak_bearer" has no secret "no_such_secret"/, 'a failing EXECUTE of a prepared set_secret()');
+# a comment, not a space, after EXECUTE
+($ret, $out, $err) = $node->psql('postgres', qq{
+	PREPARE put_secret2(text, text, text) AS SELECT shipsync.set_secret(\$1, \$2, \$3);
+	EXECUTE/**/put_secret2('leak_bearer', 'no_such_secret', '$secret{prepared_comment}');});
+like($err, qr/provider "leak_bearer" has no secret "no_such_secret"/,
+	'a failing EXECUTE of a prepared set_secret(), a comment before its name');
 ($ret, $out, $err) = $node->psql('postgres', qq{
 	PREPARE put_literal AS SELECT shipsync.set_secret('leak_bearer', 'no_such_secret', '$secret{prepared_literal}');
 	EXECUTE put_literal;});

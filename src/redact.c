@@ -222,6 +222,35 @@ dollar_tag_len(const char *s)
 }
 
 /*
+ * The end of the string literal whose opening quote is at p: just past its
+ * closing quote, or the end of the text.  A backslash escapes the next
+ * character whatever the string's kind: taking a standard string's final
+ * backslash for an escape only blanks more, never less.
+ */
+static const char *
+quoted_end(const char *p)
+{
+	for (p++; *p && !(*p == '\'' && p[1] != '\''); p++)
+		if ((*p == '\\' && p[1]) || (*p == '\'' && p[1] == '\''))
+			p++;
+	return *p ? p + 1 : p;
+}
+
+/*
+ * The closing tag of the dollar-quoted string whose opening tag, tag bytes
+ * long, is at p; the end of the text when there is none.
+ */
+static const char *
+dollar_quote_close(const char *p, size_t tag)
+{
+	const char *e;
+
+	for (e = p + tag; *e && strncmp(e, p, tag) != 0; e++)
+		;
+	return e;
+}
+
+/*
  * sql with the contents of its string literals replaced by ***: standard
  * and escape strings ('it''s', E'\''), dollar-quoted strings, whatever
  * their prefix (E, U&, B, X).  When in doubt it blanks more: a backslash
@@ -268,30 +297,15 @@ redact_literals(const char *sql, bool identifiers)
 		}
 		else if (*p == '\'')
 		{
-			/*
-			 * A backslash escapes the next character whatever the string's
-			 * kind: taking a standard string's final backslash for an escape
-			 * only blanks more, never less.
-			 */
-			p++;
-			while (*p && !(*p == '\'' && p[1] != '\''))
-			{
-				if ((*p == '\\' && p[1]) || (*p == '\'' && p[1] == '\''))
-					p++;
-				p++;
-			}
 			appendStringInfoString(&out, "'***'");
-			if (*p)
-				p++;
+			p = quoted_end(p);
 		}
 		else if ((tag = dollar_tag_len(p)) > 0 && !(p > sql && (isalnum((unsigned char) p[-1]) || p[-1] == '_')))
 		{
-			const char *e;
+			const char *e = dollar_quote_close(p, tag);
 
 			appendBinaryStringInfo(&out, p, tag);
 			appendStringInfoString(&out, "***");
-			for (e = p + tag; *e && strncmp(e, p, tag) != 0; e++)
-				;
 			if (*e)
 				appendBinaryStringInfo(&out, e, tag);
 			p = *e ? e + tag : e;
@@ -358,19 +372,13 @@ call_arguments_end(const char *open)
 
 		if (*p == '\'')
 		{
-			for (p++; *p && !(*p == '\'' && p[1] != '\''); p++)
-				if ((*p == '\\' && p[1]) || (*p == '\'' && p[1] == '\''))
-					p++;
-			if (*p)
-				p++;
+			p = quoted_end(p);
 			continue;
 		}
 		if ((tag = dollar_tag_len(p)) > 0 && !is_ident_char(p[-1]))
 		{
-			const char *e;
+			const char *e = dollar_quote_close(p, tag);
 
-			for (e = p + tag; *e && strncmp(e, p, tag) != 0; e++)
-				;
 			p = *e ? e + tag : e;
 			continue;
 		}

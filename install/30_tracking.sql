@@ -218,12 +218,21 @@ CREATE TABLE @extschema@.tracking_event (
 	location		text,
 	description		text,
 	received_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	piece			text,
 	-- the dedup key is the primary key: one index less per event
 	PRIMARY KEY (provider_id, event_key)
 );
 CREATE INDEX tracking_event_order_idx ON @extschema@.tracking_event (binding_id, order_key, occurred_at);
 COMMENT ON TABLE @extschema@.tracking_event IS
 	'One row per tracking event received for a known shipment, unique per provider and event key (duplicates are dropped): event time, canonical status, and the provider''s raw status and sub-status beside it. Out-of-order events are kept; the shipment''s status is folded from them in event-time order.';
+
+COMMENT ON COLUMN @extschema@.tracking_event.piece IS
+	'NULL for an event of the shipment''s tracking number (its main waybill); for another waybill of a multi-piece shipment (SF Express: shipment.waybills), its kind: child (waybillType 2), return (3), or "waybill type N". Only the main waybill''s events move the shipment''s status.';
+
+-- the other waybills of multi-piece shipments (SF Express child and return
+-- waybills, shipment.waybills), so that their route pushes find the order
+CREATE INDEX shipment_waybills_idx ON @extschema@.shipment USING gin (waybills jsonb_path_ops)
+	WHERE waybills IS NOT NULL;
 
 CREATE TABLE @extschema@.unmatched_event (
 	provider_id		integer NOT NULL,
@@ -301,6 +310,21 @@ BEGIN
 END
 $$;
 
+-- The kind of waybill number tn among a shipment's waybills (SF Express
+-- waybillNoInfoList): child (waybillType 2), return (3), main (1, when it
+-- is not the tracking number), else "waybill type N".
+CREATE FUNCTION @extschema@._waybill_piece(waybills jsonb, tn text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+BEGIN ATOMIC
+	SELECT CASE w.t WHEN '1' THEN 'main' WHEN '2' THEN 'child' WHEN '3' THEN 'return'
+				ELSE 'waybill type ' || coalesce(w.t, 'unknown') END
+	FROM (SELECT x ->> 'waybillType' AS t
+		  FROM jsonb_array_elements(
+				   CASE jsonb_typeof(waybills) WHEN 'array' THEN waybills ELSE '[]'::jsonb END) x
+		  WHERE x ->> 'waybillNo' = tn LIMIT 1) w;
+END;
+
 /*
  * Store one batch of events of a provider and move its shipments' statuses.
  * Called by ingest_tracking() and the poller (src/tracking.c), which write
@@ -346,24 +370,38 @@ BEGIN
 	IF has_parked THEN
 	-- a tracking number given to several shipments (carriers recycle
 	-- them) goes to the newest
-	WITH ship AS (
-		SELECT DISTINCT ON (s.tracking_number) s.binding_id, s.order_key, s.tracking_number
+	WITH main AS (
+		SELECT DISTINCT ON (s.tracking_number) s.binding_id, s.order_key, s.tracking_number,
+			   NULL::text AS piece
 		FROM @extschema@.shipment s
 		WHERE s.provider_id = pid
 		  AND s.tracking_number IN (SELECT u.tracking_number FROM @extschema@.unmatched_event u
 									WHERE u.provider_id = pid)
 		ORDER BY s.tracking_number, s.created_at DESC),
+	-- or another waybill of a multi-piece shipment (SF: child, return)
+	pc AS (
+		SELECT DISTINCT ON (t.tn) s.binding_id, s.order_key, t.tn AS tracking_number,
+			   @extschema@._waybill_piece(s.waybills, t.tn) AS piece
+		FROM (SELECT DISTINCT u.tracking_number AS tn FROM @extschema@.unmatched_event u
+			  WHERE u.provider_id = pid
+				AND NOT EXISTS (SELECT 1 FROM main WHERE main.tracking_number = u.tracking_number)) t
+		JOIN @extschema@.shipment s
+		  ON s.provider_id = pid AND s.waybills IS NOT NULL
+		 AND s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
+		ORDER BY t.tn, s.created_at DESC),
+	ship AS (
+		SELECT * FROM main UNION ALL SELECT * FROM pc),
 	moved AS (
 		DELETE FROM @extschema@.unmatched_event u USING ship
 		 WHERE u.provider_id = pid AND u.tracking_number = ship.tracking_number
-		RETURNING u.*, ship.binding_id, ship.order_key),
+		RETURNING u.*, ship.binding_id, ship.order_key, ship.piece),
 	ins AS (
 		INSERT INTO @extschema@.tracking_event AS e (provider_id, event_key, tracking_number,
 			binding_id, order_key, occurred_at, status, raw_status, raw_detail, location,
-			description, received_at)
+			description, received_at, piece)
 		SELECT pid, m.event_key, m.tracking_number, m.binding_id, m.order_key, m.occurred_at,
 			   coalesce(mm.status, gc.name, 'unknown'),
-			   m.raw_status, m.raw_detail, m.location, m.description, m.received_at
+			   m.raw_status, m.raw_detail, m.location, m.description, m.received_at, m.piece
 		FROM moved m
 		LEFT JOIN LATERAL (
 			SELECT sm.status FROM @extschema@.status_map sm
@@ -393,18 +431,33 @@ BEGIN
 		FROM @extschema@.status_map sm
 		WHERE sm.profile = prof
 		  AND sm.raw_status IN (SELECT ev.raw FROM ev UNION SELECT ev.det FROM ev)),
-	ship AS (
-		SELECT DISTINCT ON (s.tracking_number) s.binding_id, s.order_key, s.tracking_number
+	main AS (
+		SELECT DISTINCT ON (s.tracking_number) s.binding_id, s.order_key, s.tracking_number,
+			   NULL::text AS piece
 		FROM @extschema@.shipment s
 		WHERE s.provider_id = pid AND s.tracking_number IN (SELECT ev.tn FROM ev)
 		ORDER BY s.tracking_number, s.created_at DESC),
+	-- a number no shipment has as its tracking number may be another
+	-- waybill of a multi-piece shipment (SF: child, return): the order's
+	-- event, tagged with the piece, which moves no status
+	pc AS (
+		SELECT DISTINCT ON (t.tn) s.binding_id, s.order_key, t.tn AS tracking_number,
+			   @extschema@._waybill_piece(s.waybills, t.tn) AS piece
+		FROM (SELECT DISTINCT ev.tn FROM ev
+			  WHERE NOT EXISTS (SELECT 1 FROM main WHERE main.tracking_number = ev.tn)) t
+		JOIN @extschema@.shipment s
+		  ON s.provider_id = pid AND s.waybills IS NOT NULL
+		 AND s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
+		ORDER BY t.tn, s.created_at DESC),
+	ship AS (
+		SELECT * FROM main UNION ALL SELECT * FROM pc),
 	ins AS (
 		INSERT INTO @extschema@.tracking_event AS e (provider_id, event_key, tracking_number,
 			binding_id, order_key, occurred_at, status, raw_status, raw_detail, location,
-			description)
+			description, piece)
 		SELECT pid, ev.k, ev.tn, ship.binding_id, ship.order_key, ev.at,
 			   coalesce(mm.status, gc.name, 'unknown'),
-			   ev.raw, ev.det, ev.loc, ev.descr
+			   ev.raw, ev.det, ev.loc, ev.descr, ship.piece
 		FROM ev JOIN ship ON ship.tracking_number = ev.tn
 		LEFT JOIN LATERAL (
 			SELECT sm.status FROM cand sm
@@ -487,7 +540,7 @@ RETURNS trigger
 AS 'MODULE_PATHNAME', 'shipsync_match_parked'
 LANGUAGE C;
 CREATE CONSTRAINT TRIGGER shipsync_match_parked
-	AFTER INSERT OR UPDATE OF tracking_number ON @extschema@.shipment
+	AFTER INSERT OR UPDATE OF tracking_number, waybills ON @extschema@.shipment
 	DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW WHEN (NEW.tracking_number IS NOT NULL)
 	EXECUTE FUNCTION @extschema@._match_parked();

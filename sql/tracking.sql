@@ -435,3 +435,44 @@ ALTER TABLE crm.orders NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;
 ALTER TABLE crm.orders OWNER TO CURRENT_USER;
 REVOKE USAGE ON SCHEMA crm FROM shipsync_test_rls_owner;
 DROP ROLE shipsync_test_rls_owner;
+
+------------------------------------------------------------------------------
+-- SF Express pieces: a multi-piece order's child waybill (waybillType 2) and
+-- its return waybill (3), as the create's answer gave them (shipment.waybills).
+-- Their route pushes are the order's, tagged with the piece; only the main
+-- waybill moves the order's status: a child delivered, or the return
+-- parcel's own progress, does not make the order delivered
+------------------------------------------------------------------------------
+INSERT INTO crm.orders (id) VALUES (60), (61);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, provider_shipment_id, tracking_number, waybills)
+SELECT b.binding_id, '60', p.provider_id, '60', 'SF6000000000001',
+	'[{"waybillNo": "SF6000000000001", "waybillType": 1}, {"waybillNo": "SF6000000000002", "waybillType": 2},
+	  {"waybillNo": "SF6000000000003", "waybillType": 3}]'
+FROM shipsync.binding b, shipsync.provider p WHERE b.tbl = 'crm.orders'::regclass AND p.name = 'sf_open';
+CREATE FUNCTION pg_temp.sf_route(id text, mailno text, op text, at text) RETURNS text
+LANGUAGE sql AS $$
+	SELECT jsonb_build_object('Body', jsonb_build_object('WaybillRoute', jsonb_build_array(
+		jsonb_build_object('id', id, 'mailno', mailno, 'opCode', op, 'acceptTime', at,
+						   'orderid', '60', 'remark', 'r'))))::text $$;
+SELECT shipsync.ingest_tracking('sf_open', pg_temp.sf_route('p-m1', 'SF6000000000001', '50', '2026-04-01 09:00:00')) - 'reply' AS main_picked_up;
+SELECT shipsync.ingest_tracking('sf_open', pg_temp.sf_route('p-c1', 'SF6000000000002', '80', '2026-04-02 09:00:00')) - 'reply' AS child_delivered;
+SELECT shipsync.ingest_tracking('sf_open', pg_temp.sf_route('p-r1', 'SF6000000000003', '80', '2026-04-03 09:00:00')) - 'reply' AS return_delivered;
+SELECT e.event_key, e.tracking_number, e.piece, e.status FROM shipsync.tracking_event e
+WHERE e.order_key = '60' ORDER BY e.occurred_at;
+SELECT count(*) AS pieces_parked FROM shipsync.unmatched_event WHERE tracking_number LIKE 'SF60%';
+SELECT s.status, o.ship_status FROM shipsync.shipment s JOIN crm.orders o ON o.id::text = s.order_key
+WHERE s.order_key = '60';
+-- the main waybill delivered: now the order is
+SELECT shipsync.ingest_tracking('sf_open', pg_temp.sf_route('p-m2', 'SF6000000000001', '80', '2026-04-02 10:00:00'))->'shipments_changed' AS main_delivered;
+SELECT s.status, o.ship_status FROM shipsync.shipment s JOIN crm.orders o ON o.id::text = s.order_key
+WHERE s.order_key = '60';
+-- a child's route pushed before the create's answer was applied: parked,
+-- then the order's when the shipment records its waybills
+SELECT shipsync.ingest_tracking('sf_open', pg_temp.sf_route('p-c2', 'SF6100000000002', '30', '2026-04-01 09:00:00'))->'unmatched' AS early_child;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, provider_shipment_id, tracking_number, waybills)
+SELECT b.binding_id, '61', p.provider_id, '61', 'SF6100000000001',
+	'[{"waybillNo": "SF6100000000001", "waybillType": 1}, {"waybillNo": "SF6100000000002", "waybillType": 2}]'
+FROM shipsync.binding b, shipsync.provider p WHERE b.tbl = 'crm.orders'::regclass AND p.name = 'sf_open';
+SELECT e.event_key, e.order_key, e.piece, e.status FROM shipsync.tracking_event e WHERE e.event_key = 'p-c2';
+SELECT count(*) AS still_parked FROM shipsync.unmatched_event WHERE tracking_number LIKE 'SF61%';
+SELECT s.status FROM shipsync.shipment s WHERE s.order_key = '61';

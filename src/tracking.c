@@ -985,8 +985,8 @@ PG_FUNCTION_INFO_V1(shipsync_match_parked);
 
 /*
  * shipsync._match_parked(): deferred constraint trigger on shipsync.shipment.
- * When a shipment gets a tracking number that parked events are waiting
- * for, they are matched at the end of the transaction that recorded it --
+ * When a shipment gets a tracking number (or, multi-piece, waybills) that
+ * parked events are waiting for, they are matched at the end of the transaction that recorded it --
  * after the dispatcher's own write-back of the create, which they then
  * overrule -- and their statuses are applied and written back like a push.
  */
@@ -1000,9 +1000,11 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 	static LocalTransactionId none_parked_in = InvalidLocalTransactionId;
 	HeapTuple	tup;
 	TupleDesc	desc;
-	Datum		args[2];
+	Datum		args[3];
+	char		nulls[3] = {' ', ' ', ' '};
 	bool		isnull1,
-				isnull2;
+				isnull2,
+				isnull3;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
 		!TRIGGER_FIRED_AFTER(td->tg_event))
@@ -1018,8 +1020,12 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 	desc = td->tg_relation->rd_att;
 	args[0] = SPI_getbinval(tup, desc, SPI_fnumber(desc, "provider_id"), &isnull1);
 	args[1] = SPI_getbinval(tup, desc, SPI_fnumber(desc, "tracking_number"), &isnull2);
+	/* and the other waybills of a multi-piece shipment (SF: child, return) */
+	args[2] = SPI_getbinval(tup, desc, SPI_fnumber(desc, "waybills"), &isnull3);
 	if (isnull1 || isnull2)
 		return PointerGetDatum(NULL);
+	if (isnull3)
+		nulls[2] = 'n';
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -1042,14 +1048,18 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 	}
 	if (probe_plan == NULL)
 	{
-		Oid			t[2] = {INT4OID, TEXTOID};
+		Oid			t[3] = {INT4OID, TEXTOID, JSONBOID};
 
 		probe_plan = shipsync_prepare_saved(
 			"SELECT p.name FROM shipsync.unmatched_event u"
 			" JOIN shipsync.provider p ON p.provider_id = u.provider_id"
-			" WHERE u.provider_id = $1 AND u.tracking_number = $2 LIMIT 1", 2, t);
+			" WHERE u.provider_id = $1 AND u.tracking_number IN"
+			"  (SELECT $2 UNION ALL"
+			"   SELECT w->>'waybillNo' FROM jsonb_array_elements("
+			"     CASE jsonb_typeof($3) WHEN 'array' THEN $3 ELSE '[]' END) w)"
+			" LIMIT 1", 3, t);
 	}
-	if (SPI_execute_plan(probe_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(probe_plan, args, nulls, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "looking for parked tracking events failed");
 	if (SPI_processed > 0)
 	{

@@ -476,3 +476,11 @@ FROM shipsync.binding b, shipsync.provider p WHERE b.tbl = 'crm.orders'::regclas
 SELECT e.event_key, e.order_key, e.piece, e.status FROM shipsync.tracking_event e WHERE e.event_key = 'p-c2';
 SELECT count(*) AS still_parked FROM shipsync.unmatched_event WHERE tracking_number LIKE 'SF61%';
 SELECT s.status FROM shipsync.shipment s WHERE s.order_key = '61';
+
+------------------------------------------------------------------------------
+-- A route id beyond 64 bits is refused (SS400), not read as another id:
+-- json-c read 18446744073709551617 and ...618 both as 18446744073709551615,
+-- so the second event was dropped as a duplicate of the first
+------------------------------------------------------------------------------
+SELECT pg_temp.err($$SELECT shipsync.ingest_tracking('sf_open', '{"Body": {"WaybillRoute": [{"mailno": "SF6000000000001", "acceptTime": "2026-04-01 11:00:00", "opCode": "30", "id": 18446744073709551617}]}}')$$);
+SELECT count(*) AS clamped_keys FROM shipsync.tracking_event WHERE event_key = '18446744073709551615';

@@ -260,7 +260,7 @@ check_text(const char *body, size_t len, bool exact_integers,
 			if (exact_integers && integer_clamped(body + start, i - start))
 			{
 				snprintf(errbuf, errlen, "%s%.*s%sholds an integer beyond 64 bits (%.*s%s), which would be read as another number: send it as a string",
-						 key ? "\"" : "the push ", key ? keylen : 0, key ? key : "",
+						 key ? "\"" : "the response ", key ? keylen : 0, key ? key : "",
 						 key ? "\" " : "", (int) Min(i - start, 40), body + start,
 						 i - start > 40 ? "..." : "");
 				return false;
@@ -281,7 +281,39 @@ bool
 shipsync_check_response_text(const char *body, size_t len,
 							 char *errbuf, size_t errlen)
 {
-	return check_text(body, len, false, errbuf, errlen);
+	return check_text(body, len, true, errbuf, errlen);
+}
+
+/*
+ * Whether text holds a run of 19 digits or more: the only way to an
+ * integer json-c would read as another (integer_clamped()).  A cheap look
+ * first, so that a push without one is lexed once, by json-c.
+ */
+static bool
+long_digit_run(const char *text, size_t len)
+{
+	int			run = 0;
+
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned) (text[i] - '0') < 10)
+		{
+			if (++run >= 19)
+				return true;
+		}
+		else
+			run = 0;
+	return false;
+}
+
+/*
+ * A carrier's push or pull (tracking, a shipment list) holding an integer
+ * beyond 64 bits is refused as its answer to a create is: json-c would
+ * read route ids 18446744073709551617 and 18446744073709551618 as one.
+ */
+static bool
+carrier_integers_ok(const char *text, size_t len, char *errbuf, size_t errlen)
+{
+	return !long_digit_run(text, len) || check_text(text, len, true, errbuf, errlen);
 }
 
 /*
@@ -946,6 +978,8 @@ parse_tracking_with(bool (*parse) (struct json_object *, TrackEventList *, char 
 
 	memset(out, 0, sizeof(*out));
 	errbuf[0] = '\0';
+	if (!carrier_integers_ok(body, len, errbuf, errlen))
+		return false;
 	root = parse_strict_what(body, len, "the body", errbuf, errlen);
 	if (root == NULL)
 		return false;
@@ -1024,6 +1058,8 @@ shipsync_parse_shipment_list(const char *body, size_t len, ShipListPage *out,
 
 	memset(out, 0, sizeof(*out));
 	errbuf[0] = '\0';
+	if (!carrier_integers_ok(body, len, errbuf, errlen))
+		return false;
 	root = parse_strict_what(body, len, "the body", errbuf, errlen);
 	if (root == NULL)
 		return false;

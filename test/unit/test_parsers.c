@@ -109,6 +109,29 @@ test_storable(void)
 		  "an exponent of 1001 is refused");
 	check(!storable("{\"a\\u0000\":1}", err) && strstr(err, "member name") != NULL,
 		  "a NUL in a member name is refused");
+	/* json-c reads an integer beyond 64 bits as the nearest end of the range */
+	check(!storable("{\"id\":\"S1\",\"fees\":[{\"type\":\"freight\",\"amount\":18446744073709551617}]}", err) &&
+		  strstr(err, "\"amount\" holds an integer beyond 64 bits") != NULL,
+		  "a fee amount beyond 64 bits is refused, naming the member");
+	check(!storable("[-9223372036854775809]", err) && strstr(err, "the response holds an integer") != NULL,
+		  "an integer below the 64-bit range is refused");
+	check(storable("{\"a\":18446744073709551615,\"b\":-9223372036854775808,\"c\":\"99999999999999999999\",\"d\":1e400}", err),
+		  "the ends of the 64-bit range, a long number in a string, a decimal: storable");
+}
+
+/* A tracking push whose route id is beyond 64 bits is not read as another id */
+static void
+test_tracking_big_integers(void)
+{
+	const char *b = "{\"Body\":{\"WaybillRoute\":[{\"mailno\":\"SF1\",\"acceptTime\":\"2024-05-01 11:00:00\","
+		"\"opCode\":\"30\",\"id\":18446744073709551617}]}}";
+	TrackEventList l;
+	char		err[256];
+	bool		ok = shipsync_parse_tracking_sf_express(b, strlen(b), &l, err, sizeof(err));
+
+	check(!ok && strstr(err, "\"id\" holds an integer beyond 64 bits") != NULL,
+		  "an SF route id beyond 64 bits is refused, not read as 18446744073709551615");
+	shipsync_free_tracking(&l);
 }
 
 /*
@@ -466,6 +489,7 @@ main(void)
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	test_responses();
 	test_storable();
+	test_tracking_big_integers();
 	test_utf8_offsets();
 	test_tokener_reuse();
 	test_fee_ranges();

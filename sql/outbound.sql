@@ -27,6 +27,15 @@ FROM unnest(ARRAY['https://167772165', 'https://0xa.0.0.5', 'https://10.0.0.5.',
 	'https://[fe80::1%25eth0]/', 'https://100.100.100.200', 'https://0.0.0.0:5432', 'https://224.0.0.1',
 	'https://255.255.255.255', 'http://127.0.0.2:5432', 'http://127.2:5432', 'http://[::1]:5432',
 	'https://[64:ff9b::a9fe:a9fe]', 'https://172.16.0.1', 'https://192.168.1.1']) AS url;
+-- a host name is judged whole: one longer than a host name may be (253
+-- characters, a final dot aside) is refused, never cut to a prefix that a
+-- pattern of the list could match ("*.carrier.example" for this one, whose
+-- name ends in .localhost: loopback, resolved by libcurl itself)
+SELECT pg_temp.err(format('SELECT shipsync.create_provider(%L, %L, %L)', 'long', 'generic',
+	'http://' || repeat('a.', 120) || 'carrier.example.localhost:9'));
+SELECT length(h) AS host_length, pg_temp.err(format('SELECT shipsync._check_host(%L)', 'https://' || h || '/v1')) AS checked
+FROM unnest(ARRAY[repeat('a.', 119) || 'carrier.example', repeat('a.', 119) || 'carrier.example.',
+	repeat('a.', 119) || 'xcarrier.example']) AS h;
 -- the same rule for an OAuth2 token_url and for tracking providers
 SELECT pg_temp.err($$SELECT shipsync.create_provider('oa', 'generic', 'https://api.example',
 	'{"auth": {"type": "oauth2", "token_url": "https://169.254.169.254/token", "client_id": "c", "client_secret": "s"}}')$$);

@@ -489,7 +489,11 @@ static void http_peer_placed(HttpTransfer *t);
 /*
  * The host of a URL as libcurl reads it (short IPv4 forms normalized, IPv6
  * in brackets), into buf, and its port (the scheme's by default) into
- * *port unless port is NULL; false if the URL cannot be read.  No
+ * *port unless port is NULL; false if the URL cannot be read, or if its
+ * host does not fit in buf: a host is judged whole or not at all, since
+ * the first 255 characters of a longer name can end with a name of
+ * shipsync.allowed_hosts while the whole name is another host's (one
+ * ending in .localhost, which libcurl resolves to loopback itself).  No
  * PostgreSQL call: libcurl's callbacks use it.
  */
 static bool
@@ -506,6 +510,8 @@ http_url_host(const char *url, char *buf, size_t len, long *port)
 		curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
 		(port == NULL ||
 		 curl_url_get(u, CURLUPART_PORT, &portstr, CURLU_DEFAULT_PORT) == CURLUE_OK);
+	if (ok)
+		ok = strlen(host) < len;
 	if (ok)
 	{
 		strlcpy(buf, host, len);
@@ -715,12 +721,15 @@ http_note_forbidden(HttpTransfer *t)
 	if (t->curl_code == CURLE_OK || t->refused_addr[0] == '\0' ||
 		(t->allowed_tried && t->curl_code != CURLE_ABORTED_BY_CALLBACK))
 		return;
-	if (!http_url_host(t->url, host, sizeof(host), NULL))
-		strlcpy(host, "?", sizeof(host));
 	t->forbidden_host = true;
-	snprintf(t->errbuf, sizeof(t->errbuf),
-			 "refused to connect to %s (%s) for host \"%s\": not allowed by shipsync.allowed_hosts",
-			 t->refused_addr, shipsync_addr_kind_name(t->refused_kind), host);
+	if (!http_url_host(t->url, host, sizeof(host), NULL))
+		snprintf(t->errbuf, sizeof(t->errbuf),
+				 "refused to connect to %s (%s): the URL's host name is longer than %d characters, so shipsync.allowed_hosts cannot allow it",
+				 t->refused_addr, shipsync_addr_kind_name(t->refused_kind), (int) sizeof(host) - 1);
+	else
+		snprintf(t->errbuf, sizeof(t->errbuf),
+				 "refused to connect to %s (%s) for host \"%s\": not allowed by shipsync.allowed_hosts",
+				 t->refused_addr, shipsync_addr_kind_name(t->refused_kind), host);
 }
 
 /* ---------- TLS ---------- */
@@ -1771,31 +1780,43 @@ http_classify(const HttpTransfer *t, bool body_ok)
 
 PG_FUNCTION_INFO_V1(shipsync_check_host);
 
+/* The longest host name (RFC 1035: 255 octets on the wire), a final dot aside */
+#define HTTP_MAX_HOST_NAME 253
+
 /*
  * shipsync._check_host(url text): refuse a URL whose host is an internal
- * address that shipsync.allowed_hosts does not allow.  Host names pass:
- * what they resolve to is judged when connecting, every time.
+ * address that shipsync.allowed_hosts does not allow, or a name longer
+ * than a host name may be (the dispatcher could not judge it whole).  Host
+ * names pass: what they resolve to is judged when connecting, every time.
  */
 Datum
 shipsync_check_host(PG_FUNCTION_ARGS)
 {
 	char	   *url = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char		host[256];
-	char		literal[256];
+	size_t		size = strlen(url) + 1; /* the host is never longer */
+	char	   *host = palloc(size);
+	char	   *literal;
 	size_t		len;
 	ShipAddr	a;
 	ShipAddrKind kind;
 
-	if (!http_url_host(url, host, sizeof(host), NULL))
+	if (!http_url_host(url, host, size, NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("URL \"%s\" cannot be read", url),
 				 errhint("For example https://api.carrier.example/v1.")));
 	/* "10.0.0.5." is an address too */
-	strlcpy(literal, host, sizeof(literal));
+	literal = pstrdup(host);
 	len = strlen(literal);
 	if (len > 1 && literal[len - 1] == '.')
-		literal[len - 1] = '\0';
+		literal[--len] = '\0';
+	if (len > HTTP_MAX_HOST_NAME)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("the host name of the URL has %zu characters, more than a host name may have (%d)",
+						len, HTTP_MAX_HOST_NAME),
+				 errdetail("shipsync.allowed_hosts judges a host name whole, and no name that long can be resolved by DNS."),
+				 errhint("Give the carrier's host name.")));
 	if (!shipsync_addr_parse(literal, &a) || http_host_allowed(url, host, &a, &kind))
 		PG_RETURN_VOID();
 	ereport(ERROR,

@@ -17,7 +17,11 @@
 #   5. after a SIGHUP to a CIDR: the refused intent, retried, is delivered;
 #   6. OAuth2 tokens are fetched only for providers attached and not
 #      paused, and a failing token URL is retried with backoff, not at
-#      every reload of the configuration.
+#      every reload of the configuration;
+#   7. a host name is judged whole: with only a pattern in the list, a
+#      host longer than a host name may be, whose first 255 characters
+#      match the pattern but whose whole name is a loopback one, is
+#      refused at connect, and nothing reaches the loopback listener.
 use strict;
 use warnings;
 use FindBin;
@@ -219,6 +223,23 @@ sleep(6);
 my $fetches = tokens()->{bad_client} - $bad_before;
 cmp_ok($fetches, '>=', 1, 'the refusing token URL was tried');
 cmp_ok($fetches, '<=', 4, "and backed off: $fetches fetches in 6 s, not one per idle check");
+
+# ---- 7. a host name is judged whole, not by a prefix.  The list holds a
+# pattern only.  A row changed by hand (create_provider() refuses such a
+# host) whose host has more characters than a host name may: its first
+# 255 end in .carrier.example, the whole name in .localhost, which
+# libcurl resolves to loopback itself.
+set_allowed('*.carrier.example');
+my $prefix = join('.', ('a' x 60) x 3, 'a' x 56) . '.carrier.example';
+die 'the prefix has ' . length($prefix) . ' characters' unless length($prefix) == 255;
+sql(qq{SELECT shipsync.create_provider('long', 'generic', 'https://gw.carrier.example', '{$common}');
+	UPDATE shipsync.provider SET base_url = 'http://$prefix.localhost:$t1' WHERE name = 'long';
+	CREATE TABLE t_long (id bigint PRIMARY KEY, customer text, waybill_no text);
+	SELECT shipsync.attach('t_long', 'long');});
+$r = ship('t_long', 11);
+like($r, qr/^dead\|forbidden_host\|1\|refused to connect to (127\.0\.0\.1|::1) \(a loopback address\): the URL's host name is longer than 255 characters/,
+	'a host name too long for the list is refused at connect, not judged by its first 255 characters');
+ok(!defined $trap{'127.0.0.1'}->accept, 'no connection reached the loopback listener behind it');
 
 $node->stop;
 done_testing();

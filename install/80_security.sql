@@ -28,6 +28,13 @@ LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@._in_extension_script() IS
 	'Internal: true while CREATE EXTENSION or ALTER EXTENSION UPDATE runs; what those scripts seed is not audited.';
 
+CREATE FUNCTION @extschema@._restoring()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'shipsync_restoring'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@._restoring() IS
+	'Internal: true in a restore''s session (a superuser''s with check_function_bodies off, as pg_dump''s scripts and pg_restore set it), never in the extension''s workers: what it loads is neither audited nor folded into open tickets.';
+
 ------------------------------------------------------------------------------
 -- Personal data, masked for shipsync_reader (src/mask.c, src/privacy.c)
 ------------------------------------------------------------------------------
@@ -240,9 +247,8 @@ BEGIN
 	-- superuser creates the extension, and a superuser could disable these
 	-- triggers anyway).  Recorded, those rows took ids from a sequence the
 	-- restore then set back, and the changes made after it were dropped.
-	IF NOT pg_catalog.current_setting('check_function_bodies')::boolean
-	   AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r
-			 WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER) THEN
+	-- Never a worker's session, whose table owners' code may turn it off.
+	IF @extschema@._restoring() THEN
 		RETURN NULL;
 	END IF;
 	SELECT * INTO v FROM @extschema@._audit_values(TG_OP, TG_ARGV[1], TG_ARGV[2]::jsonb,

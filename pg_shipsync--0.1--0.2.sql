@@ -9251,3 +9251,14 @@ BEGIN
 	RETURN NULL;
 END
 $$;
+
+
+------------------------------------------------------------------------------
+-- import_statement() is audited
+------------------------------------------------------------------------------
+-- A person's change of what orders cost (a corrected statement revises and
+-- withdraws bill lines) left no audit row; src/statement.c writes one now.
+COMMENT ON TABLE @extschema@.audit_log IS
+	'Every change of providers, secrets, bindings, field maps, status maps, fee type maps, currencies and stuck thresholds, and every state-changing call (attach, detach, pause, resume, retry, requeue, set_secret, rotate_key, ack, resolve, reconcile, resync, import_statement): when, by whom, and the values before and after, secrets shown as "(set)" or "(changed)". Only the extension''s owner may change or delete rows; the dispatcher prunes rows older than shipsync.audit_retention.';
+COMMENT ON COLUMN @extschema@.audit_log.object_name IS
+	'provider: its name; binding: the table; field_map: profile/direction/target_path; status_map: profile/raw_status/pattern; fee_type_map: profile/code; currency: its code; stuck_after: the status; intent: its id; ticket: its id; statement: provider/period(/account).';

@@ -124,6 +124,23 @@ SELECT action, "session_user" = session_user AS session_user_recorded, "current_
 FROM shipsync.audit_log WHERE audit_id > :mark;
 SELECT max(audit_id) AS mark FROM shipsync.audit_log \gset
 
+-- an operator imports a statement, then its correction, which revises
+-- what an order costs: each audited with what it did; the same body again
+-- changes nothing and is not
+SET SESSION AUTHORIZATION shipsync_test_ops;
+SELECT shipsync.import_statement('gen', E'Waybill;Fee;Cost;Cur\nT1;freight;12.50;CNY\n',
+	options => '{"delimiter": ";", "period": "2026-03", "account": "A-1", "columns": {"tracking_number": "Waybill", "type": "Fee", "amount": "Cost", "currency": "Cur"}}')
+	->> 'statement_id' AS statement;
+SELECT shipsync.import_statement('gen', E'Waybill;Fee;Cost;Cur\nT1;freight;99.00;CNY\n',
+	options => '{"delimiter": ";", "period": "2026-03", "account": "A-1", "columns": {"tracking_number": "Waybill", "type": "Fee", "amount": "Cost", "currency": "Cur"}}')
+	->> 'supersedes' AS supersedes;
+SELECT shipsync.import_statement('gen', E'Waybill;Fee;Cost;Cur\nT1;freight;99.00;CNY\n',
+	options => '{"delimiter": ";", "period": "2026-03", "account": "A-1", "columns": {"tracking_number": "Waybill", "type": "Fee", "amount": "Cost", "currency": "Cur"}}')
+	->> 'statement_id' AS again;
+RESET SESSION AUTHORIZATION;
+SELECT * FROM pg_temp.audit(:mark);
+SELECT max(audit_id) AS mark FROM shipsync.audit_log \gset
+
 -- detached, attached again, and dropped by its owner, who has no right on
 -- the extension's tables: its binding made inactive, audited
 SET SESSION AUTHORIZATION shipsync_test_boss;

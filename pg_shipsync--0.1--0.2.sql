@@ -9262,3 +9262,13 @@ COMMENT ON TABLE @extschema@.audit_log IS
 	'Every change of providers, secrets, bindings, field maps, status maps, fee type maps, currencies and stuck thresholds, and every state-changing call (attach, detach, pause, resume, retry, requeue, set_secret, rotate_key, ack, resolve, reconcile, resync, import_statement): when, by whom, and the values before and after, secrets shown as "(set)" or "(changed)". Only the extension''s owner may change or delete rows; the dispatcher prunes rows older than shipsync.audit_retention.';
 COMMENT ON COLUMN @extschema@.audit_log.object_name IS
 	'provider: its name; binding: the table; field_map: profile/direction/target_path; status_map: profile/raw_status/pattern; fee_type_map: profile/code; currency: its code; stuck_after: the status; intent: its id; ticket: its id; statement: provider/period(/account).';
+
+
+------------------------------------------------------------------------------
+-- Nor does a table owner's code make a superuser's session pass for one
+------------------------------------------------------------------------------
+-- A DBA's session taking a CRM push by hand ran the table's trigger as its
+-- owner; a SET check_function_bodies = off there left its changes
+-- unaudited.  _restoring() (C) is false while such code runs.
+COMMENT ON FUNCTION @extschema@._restoring() IS
+	'Internal: true in a restore''s session (a superuser''s with check_function_bodies off, as pg_dump''s scripts and pg_restore set it), never in the extension''s workers nor while a table owner''s code runs as that owner: what it loads is neither audited nor folded into open tickets.';

@@ -33,7 +33,7 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'shipsync_restoring'
 LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@._restoring() IS
-	'Internal: true in a restore''s session (a superuser''s with check_function_bodies off, as pg_dump''s scripts and pg_restore set it), never in the extension''s workers: what it loads is neither audited nor folded into open tickets.';
+	'Internal: true in a restore''s session (a superuser''s with check_function_bodies off, as pg_dump''s scripts and pg_restore set it), never in the extension''s workers nor while a table owner''s code runs as that owner: what it loads is neither audited nor folded into open tickets.';
 
 ------------------------------------------------------------------------------
 -- Personal data, masked for shipsync_reader (src/mask.c, src/privacy.c)

@@ -22,8 +22,8 @@
  *				functions: shipsync_become_owner()), that owner
  *	 _restoring()	whether the session is a restore's (pg_dump's script,
  *				pg_restore): a superuser's with check_function_bodies off,
- *				never one of the extension's workers, whatever code they
- *				run turns off
+ *				never one of the extension's workers nor a table owner's
+ *				code, whatever that code turns off
  *	 _in_extension_script()	whether CREATE EXTENSION or ALTER EXTENSION
  *				UPDATE is running: what the scripts seed is not audited
  *
@@ -120,14 +120,16 @@ shipsync_caller(PG_FUNCTION_ARGS)
  * shipsync._restoring(): the session is a restore's, whose rows are loaded
  * as they were, unaudited and unfolded: a superuser's with
  * check_function_bodies off, as pg_dump's scripts and pg_restore set it.
- * Never a worker of ours: their sessions are a superuser's, and the code of
- * a table's owner they run (a trigger with SET check_function_bodies = off)
+ * Never a worker of ours, and never while a table owner's code runs: the
+ * workers' sessions are a superuser's, as is a DBA's who takes a CRM push
+ * by hand, and that code (a trigger with SET check_function_bodies = off)
  * would make them pass for one.
  */
 Datum
 shipsync_restoring(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(!check_function_bodies && worker_actor() == NULL &&
+				   !OidIsValid(shipsync_acting_owner()) &&
 				   superuser_arg(GetSessionUserId()));
 }
 

@@ -9371,3 +9371,144 @@ CREATE CONSTRAINT TRIGGER shipsync_match_parked
 	DEFERRABLE INITIALLY DEFERRED
 	FOR EACH ROW WHEN (NEW.tracking_number IS NOT NULL)
 	EXECUTE FUNCTION @extschema@._match_parked();
+
+
+------------------------------------------------------------------------------
+-- A worker's session never passes for a restore; a table owner's changes
+-- are the owner's
+------------------------------------------------------------------------------
+-- The audit and the ledger's fold skipped a superuser session with
+-- check_function_bodies off, taken for a restore; the code of a table's
+-- owner that a worker runs (a trigger of the write-back) could turn it off
+-- and make its own changes of audited tables unaudited.  _restoring()
+-- tells a restore, never a worker; _caller() (C) names the table's owner
+-- while its code runs.
+CREATE FUNCTION @extschema@._restoring()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'shipsync_restoring'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@._restoring() IS
+	'Internal: true in a restore''s session (a superuser''s with check_function_bodies off, as pg_dump''s scripts and pg_restore set it), never in the extension''s workers: what it loads is neither audited nor folded into open tickets.';
+REVOKE ALL ON FUNCTION @extschema@._restoring() FROM PUBLIC;
+CREATE OR REPLACE FUNCTION @extschema@._audit_row()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v record;
+BEGIN
+	IF TG_TABLE_SCHEMA OPERATOR(pg_catalog.<>) '@extschema@'
+	   OR NOT TG_TABLE_NAME OPERATOR(pg_catalog.=) ANY
+		   (ARRAY['provider', 'secret', 'binding', 'field_map', 'status_map', 'crm_source',
+				  'fee_type_map', 'currency', 'stuck_after']) THEN
+		RAISE EXCEPTION 'shipsync._audit_row() audits the tables of pg_shipsync only'
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = format('It fired on %I.%I.', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+	END IF;
+	-- What a restore loads is no one's change, as what the extension's
+	-- scripts seed is not: a superuser session with check_function_bodies
+	-- off is pg_dump's script or pg_restore (both turn it off; only a
+	-- superuser creates the extension, and a superuser could disable these
+	-- triggers anyway).  Recorded, those rows took ids from a sequence the
+	-- restore then set back, and the changes made after it were dropped.
+	-- Never a worker's session, whose table owners' code may turn it off.
+	IF @extschema@._restoring() THEN
+		RETURN NULL;
+	END IF;
+	SELECT * INTO v FROM @extschema@._audit_values(TG_OP, TG_ARGV[1], TG_ARGV[2]::jsonb,
+		to_jsonb(OLD), to_jsonb(NEW));
+	PERFORM @extschema@._audit(
+		coalesce(nullif(current_setting('shipsync.audit_action', true), ''), lower(TG_OP)),
+		TG_ARGV[0], v.object_name, v.old_value, v.new_value);
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._audit_row() IS
+	'Internal: the audit trigger of the tables provider, secret, binding, field_map, status_map, crm_source, fee_type_map, currency and stuck_after.';
+CREATE OR REPLACE FUNCTION @extschema@._ticket_fold()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t record;
+BEGIN
+	-- a restore loads tickets as they were, several of one problem too (0.1
+	-- opened one per dead intent): folded, a resolved one was reopened and
+	-- the others lost.  A restore is a superuser session with
+	-- check_function_bodies off, as pg_dump's scripts and pg_restore set it
+	-- (_restoring() in 80_security.sql, as _audit_row() tells it; never
+	-- a worker's session, whose table owners' code may turn it off).
+	IF @extschema@._restoring() THEN
+		RETURN NEW;
+	END IF;
+	-- one writer per problem at a time, so that two transactions cannot
+	-- both find no open ticket and both open one.  The kinds opened by the
+	-- thousand in one statement have one writer each, which serializes
+	-- itself: _on_drop() (the dropped table's binding row) and
+	-- _expire_unmatched() (a lock per provider).  A lock per ticket there
+	-- filled the server's lock table ("out of shared memory").
+	IF NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['table_dropped', 'unmatched_expired']) THEN
+		PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync ticket', NEW.kind,
+			NEW.provider_id, NEW.binding_id, NEW.order_key, NEW.subject), 0));
+	END IF;
+	SELECT x.ticket_id, x.resolved_at INTO t
+	  FROM @extschema@.exception_ticket x
+	 WHERE x.kind OPERATOR(pg_catalog.=) NEW.kind
+	   AND coalesce(x.provider_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.provider_id, 0)
+	   AND coalesce(x.binding_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.binding_id, 0)
+	   AND coalesce(x.order_key, '') OPERATOR(pg_catalog.=) coalesce(NEW.order_key, '')
+	   AND coalesce(x.subject, '') OPERATOR(pg_catalog.=) coalesce(NEW.subject, '')
+	 ORDER BY x.resolved_at IS NULL DESC, x.ticket_id DESC
+	 LIMIT 1;
+	IF NOT FOUND THEN
+		NEW.last_seen_at := coalesce(NEW.last_seen_at, NEW.opened_at);
+		RETURN NEW;
+	END IF;
+	UPDATE @extschema@.exception_ticket x
+	   SET detail = NEW.detail,
+		   outbox_id = coalesce(NEW.outbox_id, x.outbox_id),
+		   tracking_number = coalesce(NEW.tracking_number, x.tracking_number),
+		   facts = coalesce(NEW.facts, x.facts),
+		   last_seen_at = pg_catalog.now(),
+		   resolved_at = NULL,
+		   resolved_by = NULL,
+		   resolution = NULL,
+		   acknowledged_at = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_at END,
+		   acknowledged_by = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_by END,
+		   acknowledgement = CASE WHEN t.resolved_at IS NULL THEN x.acknowledgement END,
+		   reopen_count = x.reopen_count OPERATOR(pg_catalog.+)
+			   CASE WHEN t.resolved_at IS NULL THEN 0 ELSE 1 END,
+		   reopened_at = CASE WHEN t.resolved_at IS NULL THEN x.reopened_at ELSE pg_catalog.now() END
+	 WHERE x.ticket_id OPERATOR(pg_catalog.=) t.ticket_id;
+	IF t.resolved_at IS NOT NULL THEN
+		PERFORM pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object('event', 'ticket_reopened',
+			'ticket_id', t.ticket_id, 'kind', NEW.kind, 'binding_id', NEW.binding_id,
+			'order_key', NEW.order_key)::text);
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+
+------------------------------------------------------------------------------
+-- import_statement() is audited
+------------------------------------------------------------------------------
+-- A person's change of what orders cost (a corrected statement revises and
+-- withdraws bill lines) left no audit row; src/statement.c writes one now.
+COMMENT ON TABLE @extschema@.audit_log IS
+	'Every change of providers, secrets, bindings, field maps, status maps, fee type maps, currencies and stuck thresholds, and every state-changing call (attach, detach, pause, resume, retry, requeue, set_secret, rotate_key, ack, resolve, reconcile, resync, import_statement): when, by whom, and the values before and after, secrets shown as "(set)" or "(changed)". Only the extension''s owner may change or delete rows; the dispatcher prunes rows older than shipsync.audit_retention.';
+COMMENT ON COLUMN @extschema@.audit_log.object_name IS
+	'provider: its name; binding: the table; field_map: profile/direction/target_path; status_map: profile/raw_status/pattern; fee_type_map: profile/code; currency: its code; stuck_after: the status; intent: its id; ticket: its id; statement: provider/period(/account).';
+
+
+------------------------------------------------------------------------------
+-- Nor does a table owner's code make a superuser's session pass for one
+------------------------------------------------------------------------------
+-- A DBA's session taking a CRM push by hand ran the table's trigger as its
+-- owner; a SET check_function_bodies = off there left its changes
+-- unaudited.  _restoring() (C) is false while such code runs.
+COMMENT ON FUNCTION @extschema@._restoring() IS
+	'Internal: true in a restore''s session (a superuser''s with check_function_bodies off, as pg_dump''s scripts and pg_restore set it), never in the extension''s workers nor while a table owner''s code runs as that owner: what it loads is neither audited nor folded into open tickets.';

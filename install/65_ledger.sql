@@ -36,10 +36,9 @@ BEGIN
 	-- opened one per dead intent): folded, a resolved one was reopened and
 	-- the others lost.  A restore is a superuser session with
 	-- check_function_bodies off, as pg_dump's scripts and pg_restore set it
-	-- (_audit_row() in 80_security.sql tells it the same way).
-	IF NOT pg_catalog.current_setting('check_function_bodies')::boolean
-	   AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r
-			 WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER) THEN
+	-- (_restoring() in 80_security.sql, as _audit_row() tells it; never
+	-- a worker's session, whose table owners' code may turn it off).
+	IF @extschema@._restoring() THEN
 		RETURN NEW;
 	END IF;
 	-- one writer per problem at a time, so that two transactions cannot

@@ -28,6 +28,13 @@ LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@._in_extension_script() IS
 	'Internal: true while CREATE EXTENSION or ALTER EXTENSION UPDATE runs; what those scripts seed is not audited.';
 
+CREATE FUNCTION @extschema@._restoring()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'shipsync_restoring'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@._restoring() IS
+	'Internal: true in a restore''s session (a superuser''s with check_function_bodies off, as pg_dump''s scripts and pg_restore set it), never in the extension''s workers nor while a table owner''s code runs as that owner: what it loads is neither audited nor folded into open tickets.';
+
 ------------------------------------------------------------------------------
 -- Personal data, masked for shipsync_reader (src/mask.c, src/privacy.c)
 ------------------------------------------------------------------------------
@@ -105,7 +112,7 @@ CREATE TABLE @extschema@.audit_log (
 CREATE INDEX audit_log_at_idx ON @extschema@.audit_log USING brin (at);
 CREATE INDEX audit_log_object_idx ON @extschema@.audit_log (object_kind, object_name, at);
 COMMENT ON TABLE @extschema@.audit_log IS
-	'Every change of providers, secrets, bindings, field maps, status maps, fee type maps, currencies and stuck thresholds, and every state-changing call (attach, detach, pause, resume, retry, requeue, set_secret, rotate_key, ack, resolve, reconcile, resync): when, by whom, and the values before and after, secrets shown as "(set)" or "(changed)". Only the extension''s owner may change or delete rows; the dispatcher prunes rows older than shipsync.audit_retention.';
+	'Every change of providers, secrets, bindings, field maps, status maps, fee type maps, currencies and stuck thresholds, and every state-changing call (attach, detach, pause, resume, retry, requeue, set_secret, rotate_key, ack, resolve, reconcile, resync, import_statement): when, by whom, and the values before and after, secrets shown as "(set)" or "(changed)". Only the extension''s owner may change or delete rows; the dispatcher prunes rows older than shipsync.audit_retention.';
 COMMENT ON COLUMN @extschema@.audit_log."session_user" IS
 	'The session user, or the extension''s own worker (dispatcher).';
 COMMENT ON COLUMN @extschema@.audit_log."current_user" IS
@@ -113,7 +120,7 @@ COMMENT ON COLUMN @extschema@.audit_log."current_user" IS
 COMMENT ON COLUMN @extschema@.audit_log.action IS
 	'The function called (attach, pause, ...), or insert, update, delete or truncate for a change made directly to the table.';
 COMMENT ON COLUMN @extschema@.audit_log.object_name IS
-	'provider: its name; binding: the table; field_map: profile/direction/target_path; status_map: profile/raw_status/pattern; fee_type_map: profile/code; currency: its code; stuck_after: the status; intent: its id; ticket: its id.';
+	'provider: its name; binding: the table; field_map: profile/direction/target_path; status_map: profile/raw_status/pattern; fee_type_map: profile/code; currency: its code; stuck_after: the status; intent: its id; ticket: its id; statement: provider/period(/account).';
 COMMENT ON COLUMN @extschema@.audit_log.old_value IS
 	'An insert: null; a delete: the whole row; an update: the columns that changed, as they were.';
 COMMENT ON COLUMN @extschema@.audit_log.new_value IS
@@ -240,9 +247,8 @@ BEGIN
 	-- superuser creates the extension, and a superuser could disable these
 	-- triggers anyway).  Recorded, those rows took ids from a sequence the
 	-- restore then set back, and the changes made after it were dropped.
-	IF NOT pg_catalog.current_setting('check_function_bodies')::boolean
-	   AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r
-			 WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER) THEN
+	-- Never a worker's session, whose table owners' code may turn it off.
+	IF @extschema@._restoring() THEN
 		RETURN NULL;
 	END IF;
 	SELECT * INTO v FROM @extschema@._audit_values(TG_OP, TG_ARGV[1], TG_ARGV[2]::jsonb,

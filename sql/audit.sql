@@ -124,6 +124,53 @@ SELECT action, "session_user" = session_user AS session_user_recorded, "current_
 FROM shipsync.audit_log WHERE audit_id > :mark;
 SELECT max(audit_id) AS mark FROM shipsync.audit_log \gset
 
+-- an operator imports a statement, then its correction, which revises
+-- what an order costs: each audited with what it did; the same body again
+-- changes nothing and is not
+SET SESSION AUTHORIZATION shipsync_test_ops;
+SELECT shipsync.import_statement('gen', E'Waybill;Fee;Cost;Cur\nT1;freight;12.50;CNY\n',
+	options => '{"delimiter": ";", "period": "2026-03", "account": "A-1", "columns": {"tracking_number": "Waybill", "type": "Fee", "amount": "Cost", "currency": "Cur"}}')
+	->> 'statement_id' AS statement;
+SELECT shipsync.import_statement('gen', E'Waybill;Fee;Cost;Cur\nT1;freight;99.00;CNY\n',
+	options => '{"delimiter": ";", "period": "2026-03", "account": "A-1", "columns": {"tracking_number": "Waybill", "type": "Fee", "amount": "Cost", "currency": "Cur"}}')
+	->> 'supersedes' AS supersedes;
+SELECT shipsync.import_statement('gen', E'Waybill;Fee;Cost;Cur\nT1;freight;99.00;CNY\n',
+	options => '{"delimiter": ";", "period": "2026-03", "account": "A-1", "columns": {"tracking_number": "Waybill", "type": "Fee", "amount": "Cost", "currency": "Cur"}}')
+	->> 'statement_id' AS again;
+RESET SESSION AUTHORIZATION;
+SELECT * FROM pg_temp.audit(:mark);
+SELECT max(audit_id) AS mark FROM shipsync.audit_log \gset
+
+-- A table owner's code that the extension runs as the owner (here a
+-- trigger of the table a CRM push writes into, the push taken in a
+-- superuser's session) makes the owner's changes: audited as the owner's,
+-- even when that code turns check_function_bodies off, which made the
+-- session pass for a restore's
+SET SESSION AUTHORIZATION shipsync_test_boss;
+CREATE FUNCTION shop.note_push() RETURNS trigger LANGUAGE plpgsql
+SET check_function_bodies = off AS $$
+BEGIN
+	INSERT INTO shipsync.status_map (profile, raw_status, status)
+	VALUES ('generic', 'PUSHED_' || NEW.crm_id, 'delivered');
+	RETURN NEW;
+END $$;
+CREATE TRIGGER note_push BEFORE INSERT ON shop.crm_orders
+	FOR EACH ROW EXECUTE FUNCTION shop.note_push();
+SELECT shipsync.create_crm_source('zoho', 'generic', 'shop.crm_orders',
+	'{"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "key_column": "crm_id"}') > 0 AS created;
+RESET SESSION AUTHORIZATION;
+SELECT max(audit_id) AS mark FROM shipsync.audit_log \gset
+SELECT shipsync.ingest_crm('zoho', b, jsonb_build_object('Webhook-Id', 'msg_1',
+		'Webhook-Timestamp', ts::text, 'Webhook-Signature', 'v1,' || encode(shipsync._hmac_sha256(
+			decode('MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'base64'),
+			convert_to('msg_1.' || ts || '.' || b, 'UTF8')), 'base64'))) ->> 'inserted' AS inserted
+FROM (SELECT '{"type": "order.created", "data": {"id": "c1"}}'::text AS b,
+			 extract(epoch FROM now())::bigint AS ts) x;
+SELECT action, kind, name, who FROM pg_temp.audit(:mark);
+SELECT shipsync.drop_crm_source('zoho');
+DELETE FROM shipsync.status_map WHERE raw_status = 'PUSHED_c1';
+SELECT max(audit_id) AS mark FROM shipsync.audit_log \gset
+
 -- detached, attached again, and dropped by its owner, who has no right on
 -- the extension's tables: its binding made inactive, audited
 SET SESSION AUTHORIZATION shipsync_test_boss;

@@ -16,7 +16,14 @@
  *				their session user is merely the bootstrap superuser
  *	 _caller()	the role the session acts as (after SET ROLE), which is
  *				current_user outside any SECURITY DEFINER function: inside
- *				one, current_user is only the function's owner
+ *				one, current_user is only the function's owner; while the
+ *				code of a table's owner runs (its triggers, fired by a
+ *				worker's write-back or by one of the extension's
+ *				functions: shipsync_become_owner()), that owner
+ *	 _restoring()	whether the session is a restore's (pg_dump's script,
+ *				pg_restore): a superuser's with check_function_bodies off,
+ *				never one of the extension's workers nor a table owner's
+ *				code, whatever that code turns off
  *	 _in_extension_script()	whether CREATE EXTENSION or ALTER EXTENSION
  *				UPDATE is running: what the scripts seed is not audited
  *
@@ -36,6 +43,7 @@
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
 #include "pg_shipsync.h"
@@ -44,6 +52,7 @@
 PG_FUNCTION_INFO_V1(shipsync_actor);
 PG_FUNCTION_INFO_V1(shipsync_caller);
 PG_FUNCTION_INFO_V1(shipsync_in_extension_script);
+PG_FUNCTION_INFO_V1(shipsync_restoring);
 
 #define AUDIT_PRUNE_INTERVAL_MS (3600 * 1000)
 
@@ -94,11 +103,34 @@ shipsync_actor(PG_FUNCTION_ARGS)
 	return name_datum(GetUserNameFromId(GetSessionUserId(), false));
 }
 
-/* shipsync._caller(): the role the session acts as, whatever function runs */
+/*
+ * shipsync._caller(): the role the session acts as, whatever function
+ * runs; while a table owner's code runs, that owner, whose change it is
+ * (the worker or the caller of the extension's function only ran it).
+ */
 Datum
 shipsync_caller(PG_FUNCTION_ARGS)
 {
-	return name_datum(GetUserNameFromId(GetOuterUserId(), false));
+	Oid			owner = shipsync_acting_owner();
+
+	return name_datum(GetUserNameFromId(OidIsValid(owner) ? owner : GetOuterUserId(), false));
+}
+
+/*
+ * shipsync._restoring(): the session is a restore's, whose rows are loaded
+ * as they were, unaudited and unfolded: a superuser's with
+ * check_function_bodies off, as pg_dump's scripts and pg_restore set it.
+ * Never a worker of ours, and never while a table owner's code runs: the
+ * workers' sessions are a superuser's, as is a DBA's who takes a CRM push
+ * by hand, and that code (a trigger with SET check_function_bodies = off)
+ * would make them pass for one.
+ */
+Datum
+shipsync_restoring(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(!check_function_bodies && worker_actor() == NULL &&
+				   !OidIsValid(shipsync_acting_owner()) &&
+				   superuser_arg(GetSessionUserId()));
 }
 
 /* shipsync._in_extension_script(): CREATE or ALTER EXTENSION is running */

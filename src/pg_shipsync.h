@@ -1020,10 +1020,12 @@ typedef struct ShipsyncUserSave
 	Oid			userid;
 	int			sec_context;
 	int			nestlevel;
+	Oid			acting;			/* shipsync_acting_owner() before */
 } ShipsyncUserSave;
 
 extern void shipsync_become_owner(Oid owner, ShipsyncUserSave *save);
 extern void shipsync_restore_user(const ShipsyncUserSave *save);
+extern Oid	shipsync_acting_owner(void);
 extern Oid	shipsync_table_owner(Oid relid);
 extern void shipsync_check_owner_sees_all(Oid relid, Oid owner);
 extern void shipsync_pin_search_path(void);

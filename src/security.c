@@ -86,10 +86,18 @@
  * (PG_FINALLY): an error that reaches transaction or subtransaction abort is
  * also cleaned up there.
  */
+/*
+ * The owner shipsync_become_owner() runs as now, whose code runs: what
+ * that code changes is that owner's doing, whoever's session it runs in.
+ */
+static Oid	acting_owner = InvalidOid;
+
 void
 shipsync_become_owner(Oid owner, ShipsyncUserSave *save)
 {
 	GetUserIdAndSecContext(&save->userid, &save->sec_context);
+	save->acting = acting_owner;
+	acting_owner = owner;
 	SetUserIdAndSecContext(owner, save->sec_context |
 						   SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
@@ -102,6 +110,20 @@ shipsync_restore_user(const ShipsyncUserSave *save)
 {
 	AtEOXact_GUC(false, save->nestlevel);
 	SetUserIdAndSecContext(save->userid, save->sec_context);
+	acting_owner = save->acting;
+}
+
+/*
+ * The table owner whose code runs now (inside shipsync_become_owner()), or
+ * InvalidOid: the role the audit records as acting (shipsync._caller()),
+ * also inside the extension's SECURITY DEFINER functions that code calls.
+ * Only inside the restricted operation the switch started: one an error
+ * ended before shipsync_restore_user() is not taken for a later one.
+ */
+Oid
+shipsync_acting_owner(void)
+{
+	return InSecurityRestrictedOperation() ? acting_owner : InvalidOid;
 }
 
 /*

@@ -483,6 +483,35 @@ begin_statement(TrackProvider *p, FeeBatch *b, StatementOptions *so, const char 
 }
 
 /*
+ * The audit row of an import that stored a statement: a person's change of
+ * what orders cost.  Its object is the provider's period (and account), its
+ * old value the statement it supersedes, its new value the answer.
+ */
+static Datum
+audit_statement(const char *provider, const char *period, const char *account,
+				int64 replaces, Datum answer)
+{
+	Oid			t[4] = {TEXTOID, TEXTOID, INT8OID, JSONBOID};
+	Datum		args[4];
+	char		nulls[4] = "    ";
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	args[0] = CStringGetTextDatum(provider);
+	args[1] = CStringGetTextDatum(account ? psprintf("%s/%s", period, account) : period);
+	args[2] = Int64GetDatum(replaces);
+	nulls[2] = replaces ? ' ' : 'n';
+	args[3] = answer;
+	if (SPI_execute_with_args("SELECT shipsync._audit('import_statement', 'statement',"
+							  " pg_catalog.concat_ws('/', $1, $2), CASE WHEN $3 IS NOT NULL"
+							  " THEN pg_catalog.jsonb_build_object('statement_id', $3) END, $4)",
+							  4, t, args, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "auditing the statement failed");
+	SPI_finish();
+	return answer;
+}
+
+/*
  * shipsync.import_statement(provider text, body text, format text,
  *							 options jsonb)
  */
@@ -558,11 +587,17 @@ shipsync_import_statement(PG_FUNCTION_ARGS)
 	fees_store(b, "statement", id, replaces, held_waybills(&errs),
 			   GetUserNameFromId(GetSessionUserId(), false), &sum);
 
-	PG_RETURN_DATUM(fees_answer(cxt, p, &sum,
-								psprintf(", \"statement_id\": " INT64_FORMAT ", \"period\": \"%s\""
-										 ", \"withdrawn\": " INT64_FORMAT ", \"skipped\": %d"
-										 ", \"totals\": %s%s", id, period, sum.n_withdrawn,
-										 errs.n, totals,
-										 replaces ? psprintf(", \"supersedes\": " INT64_FORMAT,
-															 replaces) : "")));
+	/* what the audit row names, out of SPI's memory, which the answer ends */
+	pname = MemoryContextStrdup(cxt, p->name);
+	period = MemoryContextStrdup(cxt, period);
+	PG_RETURN_DATUM(audit_statement(pname, period, so.account, replaces,
+									fees_answer(cxt, p, &sum,
+												psprintf(", \"statement_id\": " INT64_FORMAT
+														 ", \"period\": \"%s\""
+														 ", \"withdrawn\": " INT64_FORMAT
+														 ", \"skipped\": %d"
+														 ", \"totals\": %s%s", id, period,
+														 sum.n_withdrawn, errs.n, totals,
+														 replaces ? psprintf(", \"supersedes\": " INT64_FORMAT,
+																			 replaces) : ""))));
 }

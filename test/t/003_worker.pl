@@ -164,6 +164,52 @@ is($node->safe_psql('later', "$own SELECT count(*) FROM shipsync.outbox WHERE st
 	'0', 'and no intent died of the wait');
 $node->safe_psql('postgres', 'ALTER DATABASE later RESET ALL');
 
+# A table's owner whose code a worker runs (here a trigger the write-back
+# fires) is who makes the changes that code makes.  An admin's trigger
+# that turned check_function_bodies off made the worker's session, a
+# superuser's, pass for a restore: its change of a status map was not
+# audited at all; without that, it was audited as the worker's own, the
+# bootstrap superuser acting, the admin nowhere.
+$node->safe_psql('later', q{
+	CREATE ROLE audit_boss IN ROLE shipsync_admin;
+	GRANT USAGE, CREATE ON SCHEMA crm TO audit_boss;
+	CREATE TABLE crm.boss_orders (id bigserial PRIMARY KEY, customer text NOT NULL, waybill_no text);
+	ALTER TABLE crm.boss_orders OWNER TO audit_boss;
+	SET ROLE audit_boss;
+	SELECT shipsync.attach('crm.boss_orders', 'sim', writeback => '{"tracking_number": "waybill_no"}');
+	CREATE FUNCTION crm.hidden() RETURNS trigger LANGUAGE plpgsql
+	SET check_function_bodies = off AS $$
+	BEGIN
+		INSERT INTO shipsync.status_map (profile, raw_status, status)
+		VALUES ('generic', 'HIDDEN_' || NEW.customer, 'delivered');
+		RETURN NEW;
+	END $$;
+	CREATE FUNCTION crm.seen() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		INSERT INTO shipsync.status_map (profile, raw_status, status)
+		VALUES ('generic', 'SEEN_' || NEW.customer, 'delivered');
+		RETURN NEW;
+	END $$;
+	CREATE TRIGGER hidden BEFORE UPDATE ON crm.boss_orders FOR EACH ROW EXECUTE FUNCTION crm.hidden();
+	CREATE TRIGGER seen BEFORE UPDATE ON crm.boss_orders FOR EACH ROW EXECUTE FUNCTION crm.seen();
+	RESET ROLE;
+	INSERT INTO crm.boss_orders (customer) VALUES ('boss');});
+ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.boss_orders", 30, 'later'),
+	'an admin\'s order is written back, its triggers fired by the applier');
+is( $node->safe_psql('later',
+		"SELECT string_agg(concat_ws(' ', a.\"session_user\", a.\"current_user\", a.action, a.object_name), ', '"
+		  . " ORDER BY a.object_name) FROM shipsync.audit_log a"
+		  . " WHERE a.object_kind = 'status_map' AND a.object_name LIKE 'generic/%\\_boss/'"),
+	'dispatcher audit_boss insert generic/HIDDEN_boss/, dispatcher audit_boss insert generic/SEEN_boss/',
+	'the status maps its triggers wrote are audited, as the admin\'s, in the worker\'s session');
+$node->safe_psql('later', q{
+	SELECT shipsync.detach('crm.boss_orders');
+	DROP TABLE crm.boss_orders;
+	DROP FUNCTION crm.hidden(), crm.seen();
+	DELETE FROM shipsync.status_map WHERE raw_status LIKE '%\_boss';
+	REVOKE ALL ON SCHEMA crm FROM audit_boss;
+	DROP ROLE audit_boss;});
+
 # A launcher terminated (or failed) leaves its workers running: the one
 # started after it adopts them.  It started a second dispatcher every
 # second, which exited at once ("a pg_shipsync dispatcher already runs in

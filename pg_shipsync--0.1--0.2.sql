@@ -9131,3 +9131,251 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._drop_deliveries() IS
 	'Internal: deletes the deliveries and removed records of a deleted CRM source, as ON DELETE CASCADE would; the extension''s dumped tables have no foreign key between them, so that pg_restore -j can load them in any order.';
+
+
+------------------------------------------------------------------------------
+-- A recycled waybill number bills its new order, not the old one's line
+------------------------------------------------------------------------------
+-- A fee line was one per provider, waybill, type, key and quote: the bill
+-- of a parcel under a number the carrier had given an older parcel
+-- revised the old order's line (its statement no longer added up, its
+-- fee_total became the new parcel's, the new order stayed unbilled).  The
+-- order is part of the identity now, and _store_fees() looks for the line
+-- of the order it bills.
+ALTER TABLE @extschema@.fee_line
+	DROP CONSTRAINT fee_line_provider_id_tracking_number_fee_type_fee_key_quote_key,
+	ADD CONSTRAINT fee_line_identity UNIQUE NULLS NOT DISTINCT
+		(provider_id, tracking_number, fee_type, fee_key, quote, binding_id, order_key);
+COMMENT ON TABLE @extschema@.fee_line IS
+	'One fee a carrier quoted or billed, unique per provider, tracking number, fee type, the carrier''s line key, quote or bill, and order (a recycled waybill number bills its new order). Amounts are numeric as the carrier wrote them, never float. A change keeps the previous version in shipsync.fee_line_history; the same line received again changes nothing. binding_id and order_key are NULL while no shipment has the tracking number (parked).';
+
+CREATE OR REPLACE FUNCTION @extschema@._store_fees(src text, stmt bigint, replaces bigint, who text,
+	pids integer[], bids integer[], oks text[], tns text[], codes text[], amounts numeric[],
+	currencies text[], fkeys text[], settlements text[], payers text[], weights numeric[],
+	states text[], ats timestamptz[], held text[] DEFAULT NULL)
+RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	n_in bigint := coalesce(array_length(tns, 1), 0);
+	n_new bigint;
+	n_rev bigint;
+	n_park bigint;
+	n_matched bigint := 0;
+	n_withdrawn bigint := 0;
+	tb integer[];
+	tk text[];
+BEGIN
+	PERFORM @extschema@._lock_fees(pids, tns, src = 'statement');
+
+	SELECT m.n, m.tb, m.tk INTO n_matched, tb, tk
+	FROM @extschema@._match_parked_fees(pids, tns) m;
+
+	WITH inc AS (
+		SELECT u.ord, u.pid, u.bid, u.ok, u.tn, u.code, u.amount, u.cur, u.fkey, u.settle,
+			   u.payer, u.weight, u.st, u.at,
+			   coalesce(tm.fee_type, ft.name, 'other') AS fee_type
+		FROM unnest(pids, bids, oks, tns, codes, amounts, currencies, fkeys, settlements, payers,
+					weights, states, ats)
+			 WITH ORDINALITY AS u(pid, bid, ok, tn, code, amount, cur, fkey, settle, payer,
+								  weight, st, at, ord)
+		JOIN @extschema@.provider p ON p.provider_id = u.pid
+		LEFT JOIN @extschema@.fee_type_map tm
+			   ON tm.profile = coalesce(p.options->>'profile', p.dialect) AND tm.code = u.code
+		LEFT JOIN @extschema@.fee_type ft ON ft.name = lower(u.code)),
+	-- a line without a key of the carrier: the first of its type in this
+	-- notice has key '', the next '#2', ...; the same line twice: the last.
+	-- Grouped and sorted bytewise (COLLATE "C"): the groups are the same
+	-- under any deterministic collation, and a statement sorts 100,000
+	-- lines here twice, where strcoll() cost more than the rest of the sort
+	keyed AS (
+		SELECT DISTINCT ON (y.pid, y.tn COLLATE "C", y.fee_type COLLATE "C", y.k COLLATE "C") y.*
+		FROM (SELECT inc.*,
+					 CASE WHEN inc.fkey IS NOT NULL THEN inc.fkey
+						  WHEN row_number() OVER w = 1 THEN ''
+						  ELSE '#' || row_number() OVER w END AS k
+			  FROM inc
+			  WINDOW w AS (PARTITION BY inc.pid, inc.tn COLLATE "C", inc.fee_type COLLATE "C", inc.fkey IS NULL
+						   ORDER BY inc.ord)) y
+		ORDER BY y.pid, y.tn COLLATE "C", y.fee_type COLLATE "C", y.k COLLATE "C", y.ord DESC),
+	ship AS (
+		SELECT DISTINCT ON (s.provider_id, s.tracking_number) s.provider_id, s.tracking_number,
+			   s.binding_id, s.order_key
+		FROM @extschema@.shipment s
+		WHERE (s.provider_id, s.tracking_number) IN
+			  (SELECT keyed.pid, keyed.tn FROM keyed WHERE keyed.bid IS NULL)
+		ORDER BY s.provider_id, s.tracking_number, s.created_at DESC),
+	-- each line's order: the caller's, else the newest shipment's of its
+	-- waybill (a recycled number is the new parcel's), else none (parked);
+	-- part of the line's identity
+	kt AS (
+		SELECT k.*, coalesce(k.bid, ship.binding_id) AS tb, coalesce(k.ok, ship.order_key) AS tok
+		FROM keyed k
+		LEFT JOIN ship ON ship.provider_id = k.pid AND ship.tracking_number = k.tn),
+	up AS (
+		INSERT INTO @extschema@.fee_line AS f (provider_id, tracking_number, fee_type, fee_key,
+			quote, binding_id, order_key, raw_type, amount, currency, settlement, payer,
+			billed_weight_kg, state, source, statement_id, occurred_at, recorded_by)
+		SELECT k.pid, k.tn, k.fee_type, k.k, src = 'create', k.tb, k.tok,
+			   k.code, k.amount, k.cur, k.settle, k.payer, k.weight,
+			   coalesce(k.st, CASE WHEN src = 'create' THEN 'estimated' ELSE 'charged' END),
+			   src, stmt, k.at, who
+		FROM kt k
+		ORDER BY k.ord
+		ON CONFLICT ON CONSTRAINT fee_line_identity DO UPDATE SET
+			raw_type = EXCLUDED.raw_type, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
+			settlement = coalesce(EXCLUDED.settlement, f.settlement),
+			payer = coalesce(EXCLUDED.payer, f.payer),
+			billed_weight_kg = coalesce(EXCLUDED.billed_weight_kg, f.billed_weight_kg),
+			state = EXCLUDED.state, source = EXCLUDED.source, statement_id = EXCLUDED.statement_id,
+			occurred_at = coalesce(EXCLUDED.occurred_at, f.occurred_at),
+			recorded_by = EXCLUDED.recorded_by,
+			binding_id = coalesce(f.binding_id, EXCLUDED.binding_id),
+			order_key = coalesce(f.order_key, EXCLUDED.order_key)
+		-- a change, not older than what the line says now, and, but from
+		-- a statement, not a notice seen before (a late duplicate of a
+		-- revised line); own below is the complement, for statements
+		WHERE (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
+			  IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency, EXCLUDED.state,
+								coalesce(EXCLUDED.settlement, f.settlement),
+								coalesce(EXCLUDED.payer, f.payer),
+								coalesce(EXCLUDED.billed_weight_kg, f.billed_weight_kg))
+		  AND (EXCLUDED.occurred_at IS NULL OR f.occurred_at IS NULL
+			   OR EXCLUDED.occurred_at >= f.occurred_at)
+		  AND (src = 'statement'
+			   OR NOT EXISTS (SELECT 1 FROM @extschema@.fee_line_history h
+							  WHERE h.fee_line_id = f.fee_line_id
+								AND (h.amount, h.currency, h.state, h.occurred_at)
+									IS NOT DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency,
+														  EXCLUDED.state, EXCLUDED.occurred_at)))
+		RETURNING f.xmax = 0 AS inserted, f.binding_id, f.order_key),
+	-- a statement's lines it bills as they are: its own from now on (no
+	-- revision: nothing they say changes), so that a later correction
+	-- withdraws them and "does the statement add up?" counts them.  After
+	-- up has run to its end (the one-time filter reads all of it): up
+	-- meeting a row own had changed in this command would be an error
+	own AS (
+		UPDATE @extschema@.fee_line f SET statement_id = stmt
+		  FROM kt k
+		 WHERE (SELECT count(*) FROM up) >= 0
+		   AND src = 'statement' AND f.provider_id = k.pid AND f.tracking_number = k.tn
+		   AND f.fee_type = k.fee_type AND f.fee_key = k.k AND NOT f.quote
+		   AND f.binding_id IS NOT DISTINCT FROM k.tb AND f.order_key IS NOT DISTINCT FROM k.tok
+		   AND f.statement_id IS DISTINCT FROM stmt
+		   AND NOT ((f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
+					IS DISTINCT FROM (k.amount, k.cur, coalesce(k.st, 'charged'),
+									  coalesce(k.settle, f.settlement),
+									  coalesce(k.payer, f.payer),
+									  coalesce(k.weight, f.billed_weight_kg))
+					AND (k.at IS NULL OR f.occurred_at IS NULL OR k.at >= f.occurred_at))
+		RETURNING 1),
+	-- a corrected statement: what an earlier statement of its period and
+	-- account billed and this one does not (neither among its lines nor,
+	-- held, among those it skipped)
+	wd AS (
+		UPDATE @extschema@.fee_line f
+		   SET amount = 0, state = 'adjusted', source = 'statement', statement_id = stmt,
+			   recorded_by = who
+		 WHERE replaces IS NOT NULL AND NOT f.quote
+		   AND f.statement_id IN (SELECT e.statement_id
+								  FROM @extschema@.statement e
+								  JOIN @extschema@.statement c ON c.statement_id = stmt
+								  WHERE e.provider_id = c.provider_id AND e.period = c.period
+									AND e.account IS NOT DISTINCT FROM c.account
+									AND e.statement_id <> stmt)
+		   AND (f.amount <> 0 OR f.state <> 'adjusted')
+		   AND NOT EXISTS (SELECT 1 FROM kt k
+						   WHERE k.pid = f.provider_id AND k.tn = f.tracking_number
+							 AND k.fee_type = f.fee_type AND k.k = f.fee_key
+							 AND k.tb IS NOT DISTINCT FROM f.binding_id
+							 AND k.tok IS NOT DISTINCT FROM f.order_key)
+		   AND (held IS NULL OR (array_position(held, NULL) IS NULL
+								 AND f.tracking_number <> ALL (held)))
+		RETURNING f.binding_id, f.order_key)
+	SELECT (SELECT count(*) FROM up WHERE up.inserted),
+		   (SELECT count(*) FROM up WHERE NOT up.inserted),
+		   (SELECT count(*) FROM up WHERE up.binding_id IS NULL),
+		   (SELECT count(*) FROM wd),
+		   coalesce(tb, '{}') || coalesce((SELECT array_agg(x.binding_id) FROM
+				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd) x), '{}'),
+		   coalesce(tk, '{}') || coalesce((SELECT array_agg(x.order_key) FROM
+				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd) x), '{}')
+	INTO n_new, n_rev, n_park, n_withdrawn, tb, tk;
+
+	kind := 'new'; n := n_new; RETURN NEXT;
+	kind := 'revised'; n := n_rev; RETURN NEXT;
+	kind := 'duplicate'; n := n_in - n_new - n_rev; RETURN NEXT;
+	kind := 'unmatched'; n := n_park; RETURN NEXT;
+	kind := 'matched'; n := n_matched; RETURN NEXT;
+	kind := 'withdrawn'; n := n_withdrawn; RETURN NEXT;
+	n := NULL;
+
+	RETURN QUERY SELECT * FROM @extschema@._fee_totals(tb, tk);
+END
+$$;
+
+CREATE OR REPLACE VIEW @extschema@.fee_difference AS
+WITH opts AS (
+	SELECT p.provider_id, p.name,
+		   coalesce(@extschema@._decimal_or_null(p.options->'fee_tolerance'->'abs'), 0.01) AS tol_abs,
+		   coalesce(@extschema@._decimal_or_null(p.options->'fee_tolerance'->'pct'), 0) AS tol_pct,
+		   coalesce(@extschema@._interval_or_null(p.options->>'unbilled_after'), interval '45 days') AS unbilled_after
+	FROM @extschema@.provider p)
+-- the bill differs from the quote beyond the tolerance
+SELECT 'amount_mismatch'::text AS kind, o.name AS provider, f.binding_id, b.tbl, f.order_key,
+	   s.tracking_number, NULL::text AS fee_type, f.currency, f.estimated,
+	   f.charged - f.refunded AS billed, f.charged - f.refunded - f.estimated AS difference,
+	   pg_catalog.format('billed %s %s against a quote of %s', f.charged - f.refunded, f.currency,
+						 f.estimated) AS detail
+FROM @extschema@.fee_sum f
+JOIN opts o ON o.provider_id = f.provider_id
+JOIN @extschema@.binding b ON b.binding_id = f.binding_id
+JOIN @extschema@.shipment s
+  ON s.binding_id = f.binding_id AND s.order_key = f.order_key AND s.provider_id = f.provider_id
+WHERE f.quote_lines > 0 AND f.bill_lines > 0
+  AND pg_catalog.abs(f.charged - f.refunded - f.estimated)
+	  OPERATOR(pg_catalog.>) GREATEST(o.tol_abs, o.tol_pct / 100 * pg_catalog.abs(f.estimated))
+UNION ALL
+-- billed waybills that no shipment matches
+SELECT 'unknown_waybill', o.name, NULL, NULL, NULL, l.tracking_number, NULL, l.currency, NULL,
+	   pg_catalog.sum(CASE WHEN l.state = 'refunded' OR l.fee_type = 'refund'
+						   THEN -pg_catalog.abs(l.amount) ELSE l.amount END),
+	   NULL,
+	   pg_catalog.format('%s bill lines for a waybill no shipment has', pg_catalog.count(*))
+FROM @extschema@.fee_line l
+JOIN opts o ON o.provider_id = l.provider_id
+WHERE l.binding_id IS NULL AND NOT l.quote
+  -- (a line a corrected statement withdrew is billed no more)
+  AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement')
+GROUP BY o.name, l.tracking_number, l.currency
+UNION ALL
+-- delivered longer than unbilled_after ago, and no bill line
+SELECT 'unbilled', o.name, s.binding_id, b.tbl, s.order_key, s.tracking_number, NULL, NULL,
+	   NULL, NULL, NULL,
+	   pg_catalog.format('delivered at %s, not billed after %s', d.at, o.unbilled_after)
+FROM (SELECT e.binding_id, e.order_key, pg_catalog.min(e.occurred_at) AS at
+	  FROM @extschema@.tracking_event e
+	  WHERE e.status = 'delivered'
+	  GROUP BY e.binding_id, e.order_key) d
+JOIN @extschema@.binding b ON b.binding_id = d.binding_id
+JOIN @extschema@.shipment s
+  ON s.binding_id = d.binding_id AND s.order_key = d.order_key AND s.provider_id = b.provider_id
+JOIN opts o ON o.provider_id = s.provider_id
+WHERE d.at OPERATOR(pg_catalog.<) pg_catalog.now() - o.unbilled_after
+  AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
+				  WHERE l.binding_id = s.binding_id AND l.order_key = s.order_key
+					AND l.provider_id = s.provider_id AND NOT l.quote)
+UNION ALL
+-- one waybill charged twice for one fee (the same type, under the same code)
+SELECT 'duplicate_charge', o.name, pg_catalog.min(l.binding_id), NULL, pg_catalog.min(l.order_key),
+	   l.tracking_number, l.fee_type, l.currency, NULL, pg_catalog.sum(l.amount), NULL,
+	   pg_catalog.format('%s charged lines of %s (keys %s)', pg_catalog.count(*), pg_catalog.min(l.raw_type),
+						 pg_catalog.string_agg(pg_catalog.quote_literal(l.fee_key), ', ' ORDER BY l.fee_key))
+FROM @extschema@.fee_line l
+JOIN opts o ON o.provider_id = l.provider_id
+WHERE NOT l.quote AND l.state = 'charged'
+GROUP BY o.name, l.tracking_number, l.binding_id, l.order_key, l.fee_type,
+	pg_catalog.lower(l.raw_type), l.currency
+HAVING pg_catalog.count(*) > 1;

@@ -295,13 +295,17 @@ CREATE TABLE @extschema@.fee_line (
 	recorded_by		text NOT NULL,
 	revision		integer NOT NULL DEFAULT 1,
 	CHECK (quote = (state = 'estimated')),
-	UNIQUE (provider_id, tracking_number, fee_type, fee_key, quote)
+	-- the order is part of a line's identity: a carrier that gives a
+	-- waybill number again (recycled) bills the new parcel's order, never
+	-- the old one's line; a parked line (no order) is one of its kind too
+	CONSTRAINT fee_line_identity UNIQUE NULLS NOT DISTINCT
+		(provider_id, tracking_number, fee_type, fee_key, quote, binding_id, order_key)
 );
 CREATE INDEX fee_line_order_idx ON @extschema@.fee_line (binding_id, order_key);
 CREATE INDEX fee_line_parked_idx ON @extschema@.fee_line (provider_id, tracking_number)
 	WHERE binding_id IS NULL;
 COMMENT ON TABLE @extschema@.fee_line IS
-	'One fee a carrier quoted or billed, unique per provider, tracking number, fee type, the carrier''s line key and quote or bill. Amounts are numeric as the carrier wrote them, never float. A change keeps the previous version in shipsync.fee_line_history; the same line received again changes nothing. binding_id and order_key are NULL while no shipment has the tracking number (parked).';
+	'One fee a carrier quoted or billed, unique per provider, tracking number, fee type, the carrier''s line key, quote or bill, and order (a recycled waybill number bills its new order). Amounts are numeric as the carrier wrote them, never float. A change keeps the previous version in shipsync.fee_line_history; the same line received again changes nothing. binding_id and order_key are NULL while no shipment has the tracking number (parked).';
 COMMENT ON COLUMN @extschema@.fee_line.fee_type IS 'Canonical: freight, insurance, label, postage, fuel, cod, surcharge, tax, refund, other (shipsync.fee_type_map).';
 COMMENT ON COLUMN @extschema@.fee_line.fee_key IS 'The carrier''s own key of the line; empty when it gives none (a second line of the same type in one notice is #2, a third #3).';
 COMMENT ON COLUMN @extschema@.fee_line.quote IS 'True for the fees of a create response (state estimated); a bill never overwrites them.';
@@ -576,19 +580,24 @@ BEGIN
 		WHERE (s.provider_id, s.tracking_number) IN
 			  (SELECT keyed.pid, keyed.tn FROM keyed WHERE keyed.bid IS NULL)
 		ORDER BY s.provider_id, s.tracking_number, s.created_at DESC),
+	-- each line's order: the caller's, else the newest shipment's of its
+	-- waybill (a recycled number is the new parcel's), else none (parked);
+	-- part of the line's identity
+	kt AS (
+		SELECT k.*, coalesce(k.bid, ship.binding_id) AS tb, coalesce(k.ok, ship.order_key) AS tok
+		FROM keyed k
+		LEFT JOIN ship ON ship.provider_id = k.pid AND ship.tracking_number = k.tn),
 	up AS (
 		INSERT INTO @extschema@.fee_line AS f (provider_id, tracking_number, fee_type, fee_key,
 			quote, binding_id, order_key, raw_type, amount, currency, settlement, payer,
 			billed_weight_kg, state, source, statement_id, occurred_at, recorded_by)
-		SELECT k.pid, k.tn, k.fee_type, k.k, src = 'create',
-			   coalesce(k.bid, ship.binding_id), coalesce(k.ok, ship.order_key),
+		SELECT k.pid, k.tn, k.fee_type, k.k, src = 'create', k.tb, k.tok,
 			   k.code, k.amount, k.cur, k.settle, k.payer, k.weight,
 			   coalesce(k.st, CASE WHEN src = 'create' THEN 'estimated' ELSE 'charged' END),
 			   src, stmt, k.at, who
-		FROM keyed k
-		LEFT JOIN ship ON ship.provider_id = k.pid AND ship.tracking_number = k.tn
+		FROM kt k
 		ORDER BY k.ord
-		ON CONFLICT (provider_id, tracking_number, fee_type, fee_key, quote) DO UPDATE SET
+		ON CONFLICT ON CONSTRAINT fee_line_identity DO UPDATE SET
 			raw_type = EXCLUDED.raw_type, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
 			settlement = coalesce(EXCLUDED.settlement, f.settlement),
 			payer = coalesce(EXCLUDED.payer, f.payer),
@@ -622,10 +631,11 @@ BEGIN
 	-- meeting a row own had changed in this command would be an error
 	own AS (
 		UPDATE @extschema@.fee_line f SET statement_id = stmt
-		  FROM keyed k
+		  FROM kt k
 		 WHERE (SELECT count(*) FROM up) >= 0
 		   AND src = 'statement' AND f.provider_id = k.pid AND f.tracking_number = k.tn
 		   AND f.fee_type = k.fee_type AND f.fee_key = k.k AND NOT f.quote
+		   AND f.binding_id IS NOT DISTINCT FROM k.tb AND f.order_key IS NOT DISTINCT FROM k.tok
 		   AND f.statement_id IS DISTINCT FROM stmt
 		   AND NOT ((f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
 					IS DISTINCT FROM (k.amount, k.cur, coalesce(k.st, 'charged'),
@@ -649,9 +659,11 @@ BEGIN
 									AND e.account IS NOT DISTINCT FROM c.account
 									AND e.statement_id <> stmt)
 		   AND (f.amount <> 0 OR f.state <> 'adjusted')
-		   AND NOT EXISTS (SELECT 1 FROM keyed k
+		   AND NOT EXISTS (SELECT 1 FROM kt k
 						   WHERE k.pid = f.provider_id AND k.tn = f.tracking_number
-							 AND k.fee_type = f.fee_type AND k.k = f.fee_key)
+							 AND k.fee_type = f.fee_type AND k.k = f.fee_key
+							 AND k.tb IS NOT DISTINCT FROM f.binding_id
+							 AND k.tok IS NOT DISTINCT FROM f.order_key)
 		   AND (held IS NULL OR (array_position(held, NULL) IS NULL
 								 AND f.tracking_number <> ALL (held)))
 		RETURNING f.binding_id, f.order_key)
@@ -1222,7 +1234,8 @@ SELECT 'duplicate_charge', o.name, pg_catalog.min(l.binding_id), NULL, pg_catalo
 FROM @extschema@.fee_line l
 JOIN opts o ON o.provider_id = l.provider_id
 WHERE NOT l.quote AND l.state = 'charged'
-GROUP BY o.name, l.tracking_number, l.fee_type, pg_catalog.lower(l.raw_type), l.currency
+GROUP BY o.name, l.tracking_number, l.binding_id, l.order_key, l.fee_type,
+	pg_catalog.lower(l.raw_type), l.currency
 HAVING pg_catalog.count(*) > 1;
 COMMENT ON VIEW @extschema@.fee_difference IS
 	'One row per fee discrepancy, with its kind: amount_mismatch (a shipment''s bill differs from its quote by more than the provider''s fee_tolerance), unknown_waybill (billed, but no shipment has the waybill), unbilled (delivered longer than unbilled_after ago, no bill line), duplicate_charge (one waybill charged twice for one fee: the same type under the same carrier''s code).';

@@ -701,3 +701,34 @@ SELECT tracking_number, amount FROM shipsync.fee_line WHERE tracking_number IN (
 SELECT kind, order_key, provider_id IS NULL AS no_provider, detail, resolved_at IS NULL AS open
 FROM shipsync.exception_ticket
 WHERE kind = 'writeback_failed' AND binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders2'::regclass);
+
+-- a waybill number the carrier gives again a year later (recycled): the
+-- new parcel's quote and bill are the new order's, and the old order keeps
+-- what its own statement billed
+CREATE TABLE orders5 (id int PRIMARY KEY, waybill text, fee numeric(10,2));
+SELECT shipsync.attach('orders5', 'gen2', writeback => '{"tracking_number": "waybill", "fee_total": "fee"}') > 0 AS attached;
+INSERT INTO orders5 (id) VALUES (1), (2);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, '1', b.provider_id, 'R1', timestamptz '2025-03-10 12:00+00'
+FROM shipsync.binding b WHERE b.tbl = 'orders5'::regclass;
+SELECT pg_temp.bill('2025-03', E'R1,freight,10.00\n') ->> 'new' AS new;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, '2', b.provider_id, 'R1', timestamptz '2026-03-10 12:00+00'
+FROM shipsync.binding b WHERE b.tbl = 'orders5'::regclass;
+SELECT count(*) > 0 AS quoted FROM shipsync._store_fees('create', NULL, NULL, 'dispatcher',
+	ARRAY[(SELECT provider_id FROM shipsync.provider WHERE name = 'gen2')],
+	ARRAY[(SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders5'::regclass)],
+	ARRAY['2'], ARRAY['R1'], ARRAY['freight'], ARRAY[11.00], ARRAY['CNY'], ARRAY[NULL::text],
+	ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::numeric], ARRAY[NULL::text],
+	ARRAY[NULL::timestamptz]);
+SELECT pg_temp.bill('2026-03', E'R1,freight,12.00\n') - 'totals' AS answer;
+SELECT id, fee FROM orders5 ORDER BY id;
+SELECT order_key, quote, amount, revision FROM shipsync.fee_line WHERE tracking_number = 'R1'
+ORDER BY order_key, quote;
+SELECT to_char(s.period, 'YYYY-MM') AS period, s.totals->>'CNY' AS statement_says,
+	   (SELECT sum(amount) FROM shipsync.fee_line l WHERE l.statement_id = s.statement_id) AS lines_from_it
+FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
+WHERE p.name = 'gen2' AND s.period IN ('2025-03-01', '2026-03-01') ORDER BY 1;
+SELECT to_char(month, 'YYYY-MM') AS month, currency, shipments, estimated, charged, unbilled
+FROM shipsync.settlement WHERE provider = 'gen2' AND month IN ('2025-03-01', '2026-03-01') ORDER BY 1;
+SELECT kind, order_key, estimated, billed FROM shipsync.fee_difference WHERE tracking_number = 'R1' ORDER BY 1, 2;

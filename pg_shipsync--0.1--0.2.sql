@@ -9379,3 +9379,238 @@ WHERE NOT l.quote AND l.state = 'charged'
 GROUP BY o.name, l.tracking_number, l.binding_id, l.order_key, l.fee_type,
 	pg_catalog.lower(l.raw_type), l.currency
 HAVING pg_catalog.count(*) > 1;
+
+
+------------------------------------------------------------------------------
+-- A bill line a corrected statement withdrew is no bill line
+------------------------------------------------------------------------------
+-- The withdrawn line (amount 0, adjusted) still counted: its order stayed
+-- billed, its fee_total became 0 instead of its quote, fee_difference
+-- listed an amount_mismatch of 0 against the quote, and the settlement
+-- did not count the shipment as unbilled.
+CREATE OR REPLACE FUNCTION @extschema@._fee_totals(tb integer[], tk text[])
+RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	-- one join and one aggregate for all the orders (a statement touches
+	-- tens of thousands), min <> max for "more than one currency"
+	RETURN QUERY
+	WITH t AS (
+		SELECT DISTINCT x.b, x.k FROM unnest(tb, tk) AS x(b, k) WHERE x.b IS NOT NULL),
+	-- a quote counts while it is the quote of the order's shipment: an
+	-- order shipped again under its key (its shipment row now holds
+	-- another waybill) is quoted once, not twice; bills all count
+	per AS MATERIALIZED (
+		SELECT l.binding_id AS b, l.order_key AS k, l.provider_id AS pid, l.currency AS cur,
+			   coalesce(sum(CASE WHEN l.fee_type = 'refund' THEN -abs(l.amount) ELSE l.amount END)
+					FILTER (WHERE l.quote AND q.current), 0) AS est,
+			   coalesce(sum(l.amount) FILTER (WHERE NOT l.quote AND l.state <> 'refunded'
+											  AND l.fee_type <> 'refund'), 0) AS chg,
+			   coalesce(sum(abs(l.amount)) FILTER (WHERE NOT l.quote
+					AND (l.state = 'refunded' OR l.fee_type = 'refund')), 0) AS ref,
+			   count(*) FILTER (WHERE l.quote AND q.current) AS nq,
+			   count(*) FILTER (WHERE NOT l.quote) AS nb,
+			   max(l.recorded_at) AS last
+		FROM @extschema@.fee_line l
+		JOIN t ON l.binding_id = t.b AND l.order_key = t.k
+		-- (a line a corrected statement withdrew is billed no more: no
+		-- bill line, so its order is unbilled again and takes its quote)
+		CROSS JOIN LATERAL (SELECT NOT l.quote AND l.state = 'adjusted' AND l.amount = 0
+									AND l.source = 'statement' AS withdrawn) w
+		CROSS JOIN LATERAL (
+			SELECT NOT l.quote OR coalesce(
+				(SELECT s.tracking_number FROM @extschema@.shipment s
+				  WHERE s.binding_id = l.binding_id AND s.order_key = l.order_key
+					AND s.provider_id = l.provider_id) = l.tracking_number, true) AS current) q
+		WHERE NOT w.withdrawn
+		GROUP BY l.binding_id, l.order_key, l.provider_id, l.currency),
+	kept AS (
+		INSERT INTO @extschema@.fee_sum AS fs (binding_id, order_key, provider_id, currency,
+			estimated, charged, refunded, quote_lines, bill_lines, last_change)
+		SELECT per.b, per.k, per.pid, per.cur, per.est, per.chg, per.ref, per.nq, per.nb, per.last
+		FROM per
+		ON CONFLICT ON CONSTRAINT fee_sum_pkey DO UPDATE SET
+			estimated = EXCLUDED.estimated, charged = EXCLUDED.charged,
+			refunded = EXCLUDED.refunded, quote_lines = EXCLUDED.quote_lines,
+			bill_lines = EXCLUDED.bill_lines, last_change = EXCLUDED.last_change
+		WHERE (fs.estimated, fs.charged, fs.refunded, fs.quote_lines, fs.bill_lines, fs.last_change)
+			  IS DISTINCT FROM (EXCLUDED.estimated, EXCLUDED.charged, EXCLUDED.refunded,
+								EXCLUDED.quote_lines, EXCLUDED.bill_lines, EXCLUDED.last_change)
+		RETURNING 1),
+	-- a sum whose provider and currency no line has any more; looked up
+	-- in fee_line by its order index, not in per: an anti-join against the
+	-- CTE scanned all of per for every sum (the planner cannot hash a
+	-- generic plan's guess of one row), 8,000 comparisons a batch of 128
+	gone AS (
+		DELETE FROM @extschema@.fee_sum fs USING t
+		 WHERE fs.binding_id = t.b AND fs.order_key = t.k
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
+						   WHERE l.binding_id = fs.binding_id AND l.order_key = fs.order_key
+							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency
+							 AND NOT (NOT l.quote AND l.state = 'adjusted' AND l.amount = 0
+									  AND l.source = 'statement'))
+		RETURNING 1),
+	ord AS (
+		SELECT per.b, per.k, sum(per.nb) > 0 AS billed,
+			   min(per.cur) FILTER (WHERE per.nb > 0) AS lo_b,
+			   max(per.cur) FILTER (WHERE per.nb > 0) AS hi_b,
+			   min(per.cur) FILTER (WHERE per.nq > 0) AS lo_q,
+			   max(per.cur) FILTER (WHERE per.nq > 0) AS hi_q,
+			   -- quoted in a currency (XXX: the answer named none)
+			   min(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS lo_qc,
+			   max(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS hi_qc,
+			   sum(per.chg - per.ref) FILTER (WHERE per.nb > 0) AS tot_b,
+			   sum(per.est) FILTER (WHERE per.nq > 0) AS tot_q
+		FROM per GROUP BY per.b, per.k),
+	-- one currency: the bill's lines in one, and a quote in a currency in
+	-- that one too (a bill in dollars of a quote in yuan is no total)
+	tot AS (
+		SELECT ord.b, ord.k, bb.provider_id AS pid, bb.writeback ? 'fee_total' AS wb,
+			   CASE WHEN ord.billed
+					THEN ord.lo_b = ord.hi_b AND coalesce(ord.lo_qc = ord.lo_b AND ord.hi_qc = ord.lo_b, true)
+					ELSE ord.lo_q = ord.hi_q END AS one,
+			   CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total
+		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b
+		UNION ALL
+		-- an order whose every line was withdrawn costs nothing now
+		SELECT t.b, t.k, bb.provider_id, bb.writeback ? 'fee_total', true, 0
+		FROM t JOIN @extschema@.binding bb ON bb.binding_id = t.b
+		WHERE NOT EXISTS (SELECT 1 FROM per WHERE per.b = t.b AND per.k = t.k)
+		  AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
+					  WHERE l.binding_id = t.b AND l.order_key = t.k)),
+	sh AS (
+		UPDATE @extschema@.shipment s SET fee_total = tot.total, updated_at = now()
+		  FROM tot
+		 WHERE tot.one AND s.binding_id = tot.b AND s.order_key = tot.k
+		   AND s.provider_id = tot.pid AND s.fee_total IS DISTINCT FROM tot.total
+		RETURNING s.binding_id, s.order_key, s.fee_total, tot.wb),
+	mixed AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, detail)
+		SELECT 'fee_currency_mixed', tot.b, tot.k, tot.pid,
+			   format('the fees of order %s are in %s: its fee_total is left as it was', tot.k,
+					  (SELECT string_agg(DISTINCT per.cur, ', ') FROM per
+					   WHERE per.b = tot.b AND per.k = tot.k))
+		FROM tot
+		WHERE NOT tot.one
+		  AND NOT EXISTS (SELECT 1 FROM @extschema@.exception_ticket x
+						  WHERE x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
+							AND x.order_key = tot.k AND x.resolved_at IS NULL)
+		RETURNING 1),
+	agreed AS (
+		UPDATE @extschema@.exception_ticket x SET resolved_at = now()
+		  FROM tot
+		 WHERE tot.one AND x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
+		   AND x.order_key = tot.k AND x.resolved_at IS NULL
+		RETURNING 1)
+	-- (kept, gone, mixed and agreed run whether or not they are read)
+	SELECT 'writeback'::text, NULL::bigint, sh.binding_id, sh.order_key, sh.fee_total
+	FROM sh WHERE sh.wb;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._choose_fee_pulls(pid integer, max_n integer)
+RETURNS TABLE (binding_id integer, order_key text, provider_shipment_id text, tracking_number text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	UPDATE @extschema@.fee_pull fp SET next_pull_at = 'infinity', last_result = 'billed'
+	 WHERE fp.provider_id = pid AND fp.next_pull_at <= now()
+	   AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
+				   WHERE l.binding_id = fp.binding_id AND l.order_key = fp.order_key
+					 AND l.provider_id = pid AND NOT l.quote
+					 AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement'));
+	RETURN QUERY
+	WITH picked AS (
+		SELECT fp.binding_id, fp.order_key FROM @extschema@.fee_pull fp
+		WHERE fp.provider_id = pid AND fp.next_pull_at <= now()
+		ORDER BY fp.next_pull_at
+		LIMIT max_n
+		FOR UPDATE SKIP LOCKED),
+	lease AS (
+		UPDATE @extschema@.fee_pull fp SET next_pull_at = now() + interval '10 minutes'
+		  FROM picked
+		 WHERE fp.binding_id = picked.binding_id AND fp.order_key = picked.order_key
+		   AND fp.provider_id = pid
+		RETURNING fp.binding_id, fp.order_key)
+	SELECT s.binding_id, s.order_key, s.provider_shipment_id, s.tracking_number
+	FROM lease
+	JOIN @extschema@.shipment s
+	  ON s.binding_id = lease.binding_id AND s.order_key = lease.order_key AND s.provider_id = pid
+	JOIN @extschema@.provider p ON p.provider_id = pid
+	WHERE CASE WHEN p.dialect = 'sf_express' THEN s.tracking_number
+			   ELSE s.provider_shipment_id END IS NOT NULL;
+END
+$$;
+
+CREATE OR REPLACE VIEW @extschema@.fee_difference AS
+WITH opts AS (
+	SELECT p.provider_id, p.name,
+		   coalesce(@extschema@._decimal_or_null(p.options->'fee_tolerance'->'abs'), 0.01) AS tol_abs,
+		   coalesce(@extschema@._decimal_or_null(p.options->'fee_tolerance'->'pct'), 0) AS tol_pct,
+		   coalesce(@extschema@._interval_or_null(p.options->>'unbilled_after'), interval '45 days') AS unbilled_after
+	FROM @extschema@.provider p)
+-- the bill differs from the quote beyond the tolerance
+SELECT 'amount_mismatch'::text AS kind, o.name AS provider, f.binding_id, b.tbl, f.order_key,
+	   s.tracking_number, NULL::text AS fee_type, f.currency, f.estimated,
+	   f.charged - f.refunded AS billed, f.charged - f.refunded - f.estimated AS difference,
+	   pg_catalog.format('billed %s %s against a quote of %s', f.charged - f.refunded, f.currency,
+						 f.estimated) AS detail
+FROM @extschema@.fee_sum f
+JOIN opts o ON o.provider_id = f.provider_id
+JOIN @extschema@.binding b ON b.binding_id = f.binding_id
+JOIN @extschema@.shipment s
+  ON s.binding_id = f.binding_id AND s.order_key = f.order_key AND s.provider_id = f.provider_id
+WHERE f.quote_lines > 0 AND f.bill_lines > 0
+  AND pg_catalog.abs(f.charged - f.refunded - f.estimated)
+	  OPERATOR(pg_catalog.>) GREATEST(o.tol_abs, o.tol_pct / 100 * pg_catalog.abs(f.estimated))
+UNION ALL
+-- billed waybills that no shipment matches
+SELECT 'unknown_waybill', o.name, NULL, NULL, NULL, l.tracking_number, NULL, l.currency, NULL,
+	   pg_catalog.sum(CASE WHEN l.state = 'refunded' OR l.fee_type = 'refund'
+						   THEN -pg_catalog.abs(l.amount) ELSE l.amount END),
+	   NULL,
+	   pg_catalog.format('%s bill lines for a waybill no shipment has', pg_catalog.count(*))
+FROM @extschema@.fee_line l
+JOIN opts o ON o.provider_id = l.provider_id
+WHERE l.binding_id IS NULL AND NOT l.quote
+  -- (a line a corrected statement withdrew is billed no more)
+  AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement')
+GROUP BY o.name, l.tracking_number, l.currency
+UNION ALL
+-- delivered longer than unbilled_after ago, and no bill line
+SELECT 'unbilled', o.name, s.binding_id, b.tbl, s.order_key, s.tracking_number, NULL, NULL,
+	   NULL, NULL, NULL,
+	   pg_catalog.format('delivered at %s, not billed after %s', d.at, o.unbilled_after)
+FROM (SELECT e.binding_id, e.order_key, pg_catalog.min(e.occurred_at) AS at
+	  FROM @extschema@.tracking_event e
+	  WHERE e.status = 'delivered'
+	  GROUP BY e.binding_id, e.order_key) d
+JOIN @extschema@.binding b ON b.binding_id = d.binding_id
+JOIN @extschema@.shipment s
+  ON s.binding_id = d.binding_id AND s.order_key = d.order_key AND s.provider_id = b.provider_id
+JOIN opts o ON o.provider_id = s.provider_id
+WHERE d.at OPERATOR(pg_catalog.<) pg_catalog.now() - o.unbilled_after
+  AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
+				  WHERE l.binding_id = s.binding_id AND l.order_key = s.order_key
+					AND l.provider_id = s.provider_id AND NOT l.quote
+					AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement'))
+UNION ALL
+-- one waybill charged twice for one fee (the same type, under the same code)
+SELECT 'duplicate_charge', o.name, pg_catalog.min(l.binding_id), NULL, pg_catalog.min(l.order_key),
+	   l.tracking_number, l.fee_type, l.currency, NULL, pg_catalog.sum(l.amount), NULL,
+	   pg_catalog.format('%s charged lines of %s (keys %s)', pg_catalog.count(*), pg_catalog.min(l.raw_type),
+						 pg_catalog.string_agg(pg_catalog.quote_literal(l.fee_key), ', ' ORDER BY l.fee_key))
+FROM @extschema@.fee_line l
+JOIN opts o ON o.provider_id = l.provider_id
+WHERE NOT l.quote AND l.state = 'charged'
+GROUP BY o.name, l.tracking_number, l.binding_id, l.order_key, l.fee_type,
+	pg_catalog.lower(l.raw_type), l.currency
+HAVING pg_catalog.count(*) > 1;
+COMMENT ON TABLE @extschema@.fee_sum IS
+	'The fee lines of each shipment (provider, binding, order) summed per currency, kept with the lines: estimated (the quote, net of refunds), charged (the bill, refunds left out), refunded (positive), how many quote and bill lines, and when the latest changed. Lines of waybills no shipment has, and lines a corrected statement withdrew, are not in it.';
+COMMENT ON COLUMN @extschema@.order_fees.lines IS 'Fee lines, quote and bill (a line a corrected statement withdrew is none).';

@@ -399,7 +399,7 @@ CREATE TABLE @extschema@.fee_sum (
 	PRIMARY KEY (binding_id, order_key, provider_id, currency)
 );
 COMMENT ON TABLE @extschema@.fee_sum IS
-	'The fee lines of each shipment (provider, binding, order) summed per currency, kept with the lines: estimated (the quote, net of refunds), charged (the bill, refunds left out), refunded (positive), how many quote and bill lines, and when the latest changed. Lines of waybills no shipment has are not in it.';
+	'The fee lines of each shipment (provider, binding, order) summed per currency, kept with the lines: estimated (the quote, net of refunds), charged (the bill, refunds left out), refunded (positive), how many quote and bill lines, and when the latest changed. Lines of waybills no shipment has, and lines a corrected statement withdrew, are not in it.';
 
 CREATE TABLE @extschema@.fee_pull (
 	binding_id		integer NOT NULL,
@@ -728,11 +728,16 @@ BEGIN
 			   max(l.recorded_at) AS last
 		FROM @extschema@.fee_line l
 		JOIN t ON l.binding_id = t.b AND l.order_key = t.k
+		-- (a line a corrected statement withdrew is billed no more: no
+		-- bill line, so its order is unbilled again and takes its quote)
+		CROSS JOIN LATERAL (SELECT NOT l.quote AND l.state = 'adjusted' AND l.amount = 0
+									AND l.source = 'statement' AS withdrawn) w
 		CROSS JOIN LATERAL (
 			SELECT NOT l.quote OR coalesce(
 				(SELECT s.tracking_number FROM @extschema@.shipment s
 				  WHERE s.binding_id = l.binding_id AND s.order_key = l.order_key
 					AND s.provider_id = l.provider_id) = l.tracking_number, true) AS current) q
+		WHERE NOT w.withdrawn
 		GROUP BY l.binding_id, l.order_key, l.provider_id, l.currency),
 	kept AS (
 		INSERT INTO @extschema@.fee_sum AS fs (binding_id, order_key, provider_id, currency,
@@ -756,7 +761,9 @@ BEGIN
 		 WHERE fs.binding_id = t.b AND fs.order_key = t.k
 		   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
 						   WHERE l.binding_id = fs.binding_id AND l.order_key = fs.order_key
-							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency)
+							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency
+							 AND NOT (NOT l.quote AND l.state = 'adjusted' AND l.amount = 0
+									  AND l.source = 'statement'))
 		RETURNING 1),
 	ord AS (
 		SELECT per.b, per.k, sum(per.nb) > 0 AS billed,
@@ -778,7 +785,14 @@ BEGIN
 					THEN ord.lo_b = ord.hi_b AND coalesce(ord.lo_qc = ord.lo_b AND ord.hi_qc = ord.lo_b, true)
 					ELSE ord.lo_q = ord.hi_q END AS one,
 			   CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total
-		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b),
+		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b
+		UNION ALL
+		-- an order whose every line was withdrawn costs nothing now
+		SELECT t.b, t.k, bb.provider_id, bb.writeback ? 'fee_total', true, 0
+		FROM t JOIN @extschema@.binding bb ON bb.binding_id = t.b
+		WHERE NOT EXISTS (SELECT 1 FROM per WHERE per.b = t.b AND per.k = t.k)
+		  AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
+					  WHERE l.binding_id = t.b AND l.order_key = t.k)),
 	sh AS (
 		UPDATE @extschema@.shipment s SET fee_total = tot.total, updated_at = now()
 		  FROM tot
@@ -988,7 +1002,8 @@ BEGIN
 	 WHERE fp.provider_id = pid AND fp.next_pull_at <= now()
 	   AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
 				   WHERE l.binding_id = fp.binding_id AND l.order_key = fp.order_key
-					 AND l.provider_id = pid AND NOT l.quote);
+					 AND l.provider_id = pid AND NOT l.quote
+					 AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement'));
 	RETURN QUERY
 	WITH picked AS (
 		SELECT fp.binding_id, fp.order_key FROM @extschema@.fee_pull fp
@@ -1103,7 +1118,7 @@ COMMENT ON COLUMN @extschema@.order_fees.estimated IS 'The quote: the fees of th
 COMMENT ON COLUMN @extschema@.order_fees.charged IS 'The bill: charged and adjusted lines, refunds left out.';
 COMMENT ON COLUMN @extschema@.order_fees.refunded IS 'The bill''s refunds (state refunded or type refund), as a positive amount.';
 COMMENT ON COLUMN @extschema@.order_fees.net IS 'charged - refunded when the order has any bill line, else estimated.';
-COMMENT ON COLUMN @extschema@.order_fees.lines IS 'Fee lines, quote and bill.';
+COMMENT ON COLUMN @extschema@.order_fees.lines IS 'Fee lines, quote and bill (a line a corrected statement withdrew is none).';
 COMMENT ON COLUMN @extschema@.order_fees.last_change IS 'When the latest of these lines was recorded or revised.';
 
 -- The rows of shipsync.settlement, grouped by provider id: one pass over
@@ -1224,7 +1239,8 @@ JOIN opts o ON o.provider_id = s.provider_id
 WHERE d.at OPERATOR(pg_catalog.<) pg_catalog.now() - o.unbilled_after
   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
 				  WHERE l.binding_id = s.binding_id AND l.order_key = s.order_key
-					AND l.provider_id = s.provider_id AND NOT l.quote)
+					AND l.provider_id = s.provider_id AND NOT l.quote
+					AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement'))
 UNION ALL
 -- one waybill charged twice for one fee (the same type, under the same code)
 SELECT 'duplicate_charge', o.name, pg_catalog.min(l.binding_id), NULL, pg_catalog.min(l.order_key),

@@ -732,3 +732,24 @@ WHERE p.name = 'gen2' AND s.period IN ('2025-03-01', '2026-03-01') ORDER BY 1;
 SELECT to_char(month, 'YYYY-MM') AS month, currency, shipments, estimated, charged, unbilled
 FROM shipsync.settlement WHERE provider = 'gen2' AND month IN ('2025-03-01', '2026-03-01') ORDER BY 1;
 SELECT kind, order_key, estimated, billed FROM shipsync.fee_difference WHERE tracking_number = 'R1' ORDER BY 1, 2;
+
+-- a bill line a correction withdrew is billed no more: its order is
+-- unbilled again, its fee_total the quote's, and no bill differs from it
+INSERT INTO orders5 (id) VALUES (3), (4);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, g::text, b.provider_id, 'R' || g, timestamptz '2026-04-10 12:00+00'
+FROM shipsync.binding b, generate_series(3, 4) g WHERE b.tbl = 'orders5'::regclass;
+SELECT count(*) > 0 AS quoted FROM shipsync._store_fees('create', NULL, NULL, 'dispatcher',
+	ARRAY[(SELECT provider_id FROM shipsync.provider WHERE name = 'gen2')],
+	ARRAY[(SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders5'::regclass)],
+	ARRAY['3'], ARRAY['R3'], ARRAY['freight'], ARRAY[13.70], ARRAY['CNY'], ARRAY[NULL::text],
+	ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::numeric], ARRAY[NULL::text],
+	ARRAY[NULL::timestamptz]);
+SELECT pg_temp.bill('2026-04', E'R3,freight,15.00\nR4,freight,5.00\n') - 'totals' AS answer;
+SELECT pg_temp.bill('2026-04', E'R4,freight,5.00\n') - 'totals' AS answer;
+SELECT id, fee FROM orders5 WHERE id IN (3, 4) ORDER BY id;
+SELECT order_key, currency, estimated, charged, refunded, net FROM shipsync.order_fees
+WHERE tbl = 'orders5'::regclass AND order_key IN ('3', '4') ORDER BY 1;
+SELECT kind, order_key, estimated, billed FROM shipsync.fee_difference WHERE tracking_number IN ('R3', 'R4');
+SELECT to_char(month, 'YYYY-MM') AS month, currency, shipments, estimated, charged, unbilled
+FROM shipsync.settlement WHERE provider = 'gen2' AND month = '2026-04-01' ORDER BY 2;

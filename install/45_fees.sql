@@ -816,10 +816,35 @@ BEGIN
 		  FROM tot
 		 WHERE tot.one AND x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
 		   AND x.order_key = tot.k AND x.resolved_at IS NULL
-		RETURNING 1)
-	-- (kept, gone, mixed and agreed run whether or not they are read)
+		RETURNING 1),
+	-- a total with more decimals than the order's numeric column holds
+	-- (1.005 into a numeric(10,2)): never written rounded (the binding's
+	-- write-back statement leaves the column), and the order gets a ticket
+	scale AS (
+		SELECT sh.binding_id, sh.order_key, sh.fee_total, a.attname, a.atttypid, tm.m,
+			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END AS s
+		FROM sh
+		JOIN @extschema@.binding bb ON bb.binding_id = sh.binding_id
+		JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid = bb.tbl AND a.attname = bb.writeback->>'fee_total' AND NOT a.attisdropped
+		JOIN pg_catalog.pg_type ty
+		  ON ty.oid = coalesce(nullif((SELECT d.typbasetype FROM pg_catalog.pg_type d
+									   WHERE d.oid = a.atttypid), 0), a.atttypid)
+		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
+				ELSE (SELECT d.typtypmod FROM pg_catalog.pg_type d WHERE d.oid = a.atttypid) END) tm(m)
+		WHERE sh.wb AND ty.oid = 'pg_catalog.numeric'::pg_catalog.regtype),
+	unfit AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
+		SELECT 'writeback_failed', scale.binding_id, scale.order_key,
+			   format('write-back of the fee total failed: %s has more decimals than column %I (%s) holds; it was left as it was, not rounded',
+					  scale.fee_total, scale.attname, pg_catalog.format_type(scale.atttypid, scale.m))
+		FROM scale
+		WHERE scale.s IS NOT NULL AND pg_catalog.round(scale.fee_total, scale.s) <> scale.fee_total
+		RETURNING exception_ticket.binding_id, exception_ticket.order_key)
+	-- (kept, gone, mixed, agreed and unfit run whether or not they are read)
 	SELECT 'writeback'::text, NULL::bigint, sh.binding_id, sh.order_key, sh.fee_total
-	FROM sh WHERE sh.wb;
+	FROM sh WHERE sh.wb
+	  AND NOT EXISTS (SELECT 1 FROM unfit u WHERE u.binding_id = sh.binding_id AND u.order_key = sh.order_key);
 END
 $$;
 

@@ -753,3 +753,15 @@ WHERE tbl = 'orders5'::regclass AND order_key IN ('3', '4') ORDER BY 1;
 SELECT kind, order_key, estimated, billed FROM shipsync.fee_difference WHERE tracking_number IN ('R3', 'R4');
 SELECT to_char(month, 'YYYY-MM') AS month, currency, shipments, estimated, charged, unbilled
 FROM shipsync.settlement WHERE provider = 'gen2' AND month = '2026-04-01' ORDER BY 2;
+
+-- an amount with more decimals than a numeric(p,2) column holds (a
+-- dinar's fils, a rate per kg) is never written rounded: the order keeps
+-- its column and gets a ticket; what is written is what is summed
+SELECT pg_temp.bill('2027-02', E'X41,freight,13.705\n') ->> 'revised' AS revised;
+SELECT o.id, o.fee_cents, s.fee_total FROM orders4 o
+JOIN shipsync.shipment s ON s.tracking_number = 'X41' ORDER BY o.id;
+SELECT kind, order_key, detail, resolved_at IS NULL AS open FROM shipsync.exception_ticket
+WHERE kind = 'writeback_failed' AND binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders4'::regclass);
+-- trailing zeros fit: 13.71000 is written as 13.71
+SELECT pg_temp.bill('2027-02', E'X41,freight,13.71000\n') ->> 'revised' AS revised;
+SELECT id, fee_cents FROM orders4 ORDER BY id;

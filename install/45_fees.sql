@@ -538,6 +538,7 @@ DECLARE
 	n_park bigint;
 	n_matched bigint := 0;
 	n_withdrawn bigint := 0;
+	twice text;
 	tb integer[];
 	tk text[];
 BEGIN
@@ -573,6 +574,18 @@ BEGIN
 			  WINDOW w AS (PARTITION BY inc.pid, inc.tn COLLATE "C", inc.fee_type COLLATE "C", inc.fkey IS NULL
 						   ORDER BY inc.ord)) y
 		ORDER BY y.pid, y.tn COLLATE "C", y.fee_type COLLATE "C", y.k COLLATE "C", y.ord DESC),
+	-- a statement billing one carrier's line (its key) twice: refused
+	-- below, since keyed keeps one of them and the statement's total
+	-- counts both (a push sending a line again is the same line again)
+	dup AS (
+		SELECT pg_catalog.format('Waybill %s, fee type %s, key %s: %s lines, of %s.', i.tn, i.fee_type,
+					pg_catalog.quote_literal(i.fkey), count(*),
+					string_agg(i.amount::text || ' ' || coalesce(i.cur, ''), ', ' ORDER BY i.ord)) AS msg
+		FROM inc i
+		WHERE src = 'statement' AND i.fkey IS NOT NULL
+		GROUP BY i.pid, i.tn, i.fee_type, i.fkey
+		HAVING count(*) > 1
+		LIMIT 1),
 	ship AS (
 		SELECT DISTINCT ON (s.provider_id, s.tracking_number) s.provider_id, s.tracking_number,
 			   s.binding_id, s.order_key
@@ -667,7 +680,7 @@ BEGIN
 		   AND (held IS NULL OR (array_position(held, NULL) IS NULL
 								 AND f.tracking_number <> ALL (held)))
 		RETURNING f.binding_id, f.order_key)
-	SELECT (SELECT count(*) FROM up WHERE up.inserted),
+	SELECT (SELECT dup.msg FROM dup), (SELECT count(*) FROM up WHERE up.inserted),
 		   (SELECT count(*) FROM up WHERE NOT up.inserted),
 		   (SELECT count(*) FROM up WHERE up.binding_id IS NULL),
 		   (SELECT count(*) FROM wd),
@@ -675,7 +688,13 @@ BEGIN
 				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd) x), '{}'),
 		   coalesce(tk, '{}') || coalesce((SELECT array_agg(x.order_key) FROM
 				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd) x), '{}')
-	INTO n_new, n_rev, n_park, n_withdrawn, tb, tk;
+	INTO twice, n_new, n_rev, n_park, n_withdrawn, tb, tk;
+	IF twice IS NOT NULL THEN
+		RAISE EXCEPTION 'statement of provider "%" bills one line twice',
+			(SELECT p.name FROM @extschema@.provider p WHERE p.provider_id = pids[1])
+			USING ERRCODE = 'SS400', DETAIL = twice,
+				  HINT = 'Nothing of this statement was stored. A carrier''s key names one line of a waybill''s fee type: fix the statement, or leave the key column out to store every line as its own.';
+	END IF;
 
 	kind := 'new'; n := n_new; RETURN NEXT;
 	kind := 'revised'; n := n_rev; RETURN NEXT;

@@ -765,3 +765,17 @@ WHERE kind = 'writeback_failed' AND binding_id = (SELECT binding_id FROM shipsyn
 -- trailing zeros fit: 13.71000 is written as 13.71
 SELECT pg_temp.bill('2027-02', E'X41,freight,13.71000\n') ->> 'revised' AS revised;
 SELECT id, fee_cents FROM orders4 ORDER BY id;
+
+-- a statement that bills one carrier's line (waybill, type and key) twice
+-- is refused: it kept the last, and its total counted both; two lines
+-- without a key are two lines, and it adds up to them
+SELECT pg_temp.err($$SELECT shipsync.import_statement('gen2',
+	E'tracking_number,type,amount,key\nW4,freight,5.00,K1\nW4,freight,7.00,K1\n', options => '{"period": "2027-03"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.import_statement('gen2',
+	E'tracking_number,type,amount,key\nW4,freight,5.00,K1\nW4,Freight,5.00,K1\n', options => '{"period": "2027-03"}')$$);
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,key\nW4,freight,5.00,K1\nW4,freight,7.00,K2\nW4,freight,1.00,\nW4,freight,1.00,\n',
+	options => '{"period": "2027-03"}') - '{provider,statement_id,period,supersedes}'::text[] AS answer;
+SELECT s.totals->>'CNY' AS statement_says, s.lines,
+	   (SELECT sum(amount) FROM shipsync.fee_line l WHERE l.statement_id = s.statement_id) AS lines_from_it
+FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
+WHERE p.name = 'gen2' AND s.period = '2027-03-01' AND s.superseded_by IS NULL;

@@ -641,7 +641,10 @@ BEGIN
 	-- revision: nothing they say changes), so that a later correction
 	-- withdraws them and "does the statement add up?" counts them.  After
 	-- up has run to its end (the one-time filter reads all of it): up
-	-- meeting a row own had changed in this command would be an error
+	-- meeting a row own had changed in this command would be an error.
+	-- Not a line the current statement of another month (or account)
+	-- bills: that one bills it still, and this one listing it again is
+	-- what "does it add up?" should show
 	own AS (
 		UPDATE @extschema@.fee_line f SET statement_id = stmt
 		  FROM kt k
@@ -650,6 +653,10 @@ BEGIN
 		   AND f.fee_type = k.fee_type AND f.fee_key = k.k AND NOT f.quote
 		   AND f.binding_id IS NOT DISTINCT FROM k.tb AND f.order_key IS NOT DISTINCT FROM k.tok
 		   AND f.statement_id IS DISTINCT FROM stmt
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.statement e
+						   JOIN @extschema@.statement c ON c.statement_id = stmt
+						   WHERE e.statement_id = f.statement_id AND e.superseded_by IS NULL
+							 AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account))
 		   AND NOT ((f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
 					IS DISTINCT FROM (k.amount, k.cur, coalesce(k.st, 'charged'),
 									  coalesce(k.settle, f.settlement),
@@ -659,11 +666,23 @@ BEGIN
 		RETURNING 1),
 	-- a corrected statement: what an earlier statement of its period and
 	-- account billed and this one does not (neither among its lines nor,
-	-- held, among those it skipped)
+	-- held, among those it skipped) is withdrawn (0, adjusted), or, when
+	-- the current statement of another month or account billed it before
+	-- (the carrier listed it in both), goes back to what that one says
 	wd AS (
 		UPDATE @extschema@.fee_line f
-		   SET amount = 0, state = 'adjusted', source = 'statement', statement_id = stmt,
-			   recorded_by = who
+		   SET (amount, currency, state, statement_id) =
+			   (SELECT coalesce(b.amount, 0), coalesce(b.currency, f.currency),
+					   coalesce(b.state, 'adjusted'), coalesce(b.statement_id, stmt)
+				FROM (SELECT 1) one
+				LEFT JOIN (SELECT h.amount, h.currency, h.state, h.statement_id
+						   FROM @extschema@.fee_line_history h
+						   JOIN @extschema@.statement e ON e.statement_id = h.statement_id
+						   JOIN @extschema@.statement c ON c.statement_id = stmt
+						   WHERE h.fee_line_id = f.fee_line_id AND e.superseded_by IS NULL
+							 AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account)
+						   ORDER BY h.revision DESC LIMIT 1) b ON true),
+			   source = 'statement', recorded_by = who
 		 WHERE replaces IS NOT NULL AND NOT f.quote
 		   AND f.statement_id IN (SELECT e.statement_id
 								  FROM @extschema@.statement e

@@ -779,3 +779,32 @@ SELECT s.totals->>'CNY' AS statement_says, s.lines,
 	   (SELECT sum(amount) FROM shipsync.fee_line l WHERE l.statement_id = s.statement_id) AS lines_from_it
 FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
 WHERE p.name = 'gen2' AND s.period = '2027-03-01' AND s.superseded_by IS NULL;
+
+-- a line two months' statements bill (the carrier listed it again): a
+-- correction of the later month that drops it gives it back to the
+-- earlier month's statement, which still bills it, rather than to 0
+INSERT INTO orders5 (id) VALUES (5), (6), (7);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, g::text, b.provider_id, 'R' || g, timestamptz '2027-04-10 12:00+00'
+FROM shipsync.binding b, generate_series(5, 7) g WHERE b.tbl = 'orders5'::regclass;
+SELECT pg_temp.bill('2027-04', E'R5,freight,3.00\nR6,freight,4.00\n') - 'totals' AS answer;
+SELECT pg_temp.bill('2027-05', E'R5,freight,3.50\nR7,freight,5.00\n') - 'totals' AS answer;
+SELECT pg_temp.bill('2027-05', E'R7,freight,5.00\n') - 'totals' AS answer;
+SELECT to_char(s.period, 'YYYY-MM') AS period, s.totals->>'CNY' AS statement_says,
+	   (SELECT sum(amount) FROM shipsync.fee_line l WHERE l.statement_id = s.statement_id) AS lines_from_it
+FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
+WHERE p.name = 'gen2' AND s.period IN ('2027-04-01', '2027-05-01') AND s.superseded_by IS NULL ORDER BY 1;
+SELECT tracking_number, amount, state, revision FROM shipsync.fee_line WHERE tracking_number = 'R5';
+SELECT id, fee FROM orders5 WHERE id = 5;
+-- listed again unchanged, it stays the earlier month's (the later one
+-- does not add up: it bills what another month billed), and a correction
+-- of the later month leaves it
+SELECT pg_temp.bill('2027-05', E'R7,freight,5.00\nR6,freight,4.00\n') - 'totals' AS answer;
+SELECT pg_temp.bill('2027-05', E'R7,freight,5.00\nR6,freight,4.00\n\n') - 'totals' AS answer;
+SELECT to_char(s.period, 'YYYY-MM') AS period, s.totals->>'CNY' AS statement_says,
+	   (SELECT sum(amount) FROM shipsync.fee_line l WHERE l.statement_id = s.statement_id) AS lines_from_it
+FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
+WHERE p.name = 'gen2' AND s.period IN ('2027-04-01', '2027-05-01') AND s.superseded_by IS NULL ORDER BY 1;
+SELECT pg_temp.bill('2027-05', E'R7,freight,5.00\r\n') - 'totals' AS answer;
+SELECT tracking_number, amount, state FROM shipsync.fee_line WHERE tracking_number = 'R6';
+SELECT id, fee FROM orders5 WHERE id = 6;

@@ -622,7 +622,8 @@ BEGIN
 			order_key = coalesce(f.order_key, EXCLUDED.order_key)
 		-- a change, not older than what the line says now, and, but from
 		-- a statement, not a notice seen before (a late duplicate of a
-		-- revised line); own below is the complement, for statements
+		-- revised line); own below takes, for statements, the lines they
+		-- bill as they are
 		WHERE (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
 			  IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency, EXCLUDED.state,
 								coalesce(EXCLUDED.settlement, f.settlement),
@@ -657,12 +658,13 @@ BEGIN
 						   JOIN @extschema@.statement c ON c.statement_id = stmt
 						   WHERE e.statement_id = f.statement_id AND e.superseded_by IS NULL
 							 AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account))
-		   AND NOT ((f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
-					IS DISTINCT FROM (k.amount, k.cur, coalesce(k.st, 'charged'),
-									  coalesce(k.settle, f.settlement),
-									  coalesce(k.payer, f.payer),
-									  coalesce(k.weight, f.billed_weight_kg))
-					AND (k.at IS NULL OR f.occurred_at IS NULL OR k.at >= f.occurred_at))
+		   -- (what it says: a line older than the line's current version,
+		   -- which up left as it was, is not the statement's)
+		   AND NOT (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
+				   IS DISTINCT FROM (k.amount, k.cur, coalesce(k.st, 'charged'),
+									 coalesce(k.settle, f.settlement),
+									 coalesce(k.payer, f.payer),
+									 coalesce(k.weight, f.billed_weight_kg))
 		RETURNING 1),
 	-- a corrected statement: what an earlier statement of its period and
 	-- account billed and this one does not (neither among its lines nor,

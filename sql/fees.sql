@@ -808,3 +808,22 @@ WHERE p.name = 'gen2' AND s.period IN ('2027-04-01', '2027-05-01') AND s.superse
 SELECT pg_temp.bill('2027-05', E'R7,freight,5.00\r\n') - 'totals' AS answer;
 SELECT tracking_number, amount, state FROM shipsync.fee_line WHERE tracking_number = 'R6';
 SELECT id, fee FROM orders5 WHERE id = 6;
+
+-- a statement line older than what a later notice billed changes nothing,
+-- and is not the statement's: its lines are what it says
+INSERT INTO orders5 (id) VALUES (8);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, '8', b.provider_id, 'R8', timestamptz '2027-06-10 12:00+00'
+FROM shipsync.binding b WHERE b.tbl = 'orders5'::regclass;
+SELECT count(*) > 0 AS pushed FROM shipsync._store_fees('push', NULL, NULL, 'carrier',
+	ARRAY[(SELECT provider_id FROM shipsync.provider WHERE name = 'gen2')],
+	ARRAY[NULL::int], ARRAY[NULL::text], ARRAY['R8'], ARRAY['freight'], ARRAY[9.00], ARRAY['CNY'],
+	ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::numeric], ARRAY[NULL::text],
+	ARRAY[timestamptz '2027-06-20 10:00+00']);
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,occurred_at\nR8,freight,8.00,2027-06-05T10:00:00Z\n',
+	options => '{"period": "2027-06"}') - '{provider,statement_id,period,totals}'::text[] AS answer;
+SELECT s.totals->>'CNY' AS statement_says,
+	   (SELECT sum(amount) FROM shipsync.fee_line l WHERE l.statement_id = s.statement_id) AS lines_from_it
+FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
+WHERE p.name = 'gen2' AND s.period = '2027-06-01' AND s.superseded_by IS NULL;
+SELECT tracking_number, amount, source, statement_id IS NULL AS no_statement FROM shipsync.fee_line WHERE tracking_number = 'R8';

@@ -10613,10 +10613,12 @@ BEGIN
 		   AND f.fee_type = k.fee_type AND f.fee_key = k.k AND NOT f.quote
 		   AND f.binding_id IS NOT DISTINCT FROM k.tb AND f.order_key IS NOT DISTINCT FROM k.tok
 		   AND f.statement_id IS DISTINCT FROM stmt
-		   AND NOT EXISTS (SELECT 1 FROM @extschema@.statement e
-						   JOIN @extschema@.statement c ON c.statement_id = stmt
-						   WHERE e.statement_id = f.statement_id AND e.superseded_by IS NULL
-							 AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account))
+		   AND (f.statement_id IS NULL
+				OR f.statement_id NOT IN (SELECT e.statement_id
+										  FROM @extschema@.statement e
+										  JOIN @extschema@.statement c ON c.statement_id = stmt
+										  WHERE e.provider_id = c.provider_id AND e.superseded_by IS NULL
+											AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account)))
 		   -- (what it says: a line older than the line's current version,
 		   -- which up left as it was, is not the statement's)
 		   AND NOT (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)

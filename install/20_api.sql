@@ -581,10 +581,16 @@ BEGIN
 		END IF;
 		-- no explicit cast: assignment rules apply, so a tracking number too
 		-- long for a varchar(n) column fails loudly instead of being cut (a
-		-- fee_total into a string column is its text, as written)
-		sets := sets || format(CASE WHEN f = 'fee_total' AND colcat = 'S'
-									THEN '%I = COALESCE(shipsync_u.%I::pg_catalog.text, t.%I)'
-									ELSE '%I = COALESCE(shipsync_u.%I, t.%I)' END, col, f, col);
+		-- fee_total into a string column is its text, as written; into a
+		-- numeric of scale s only when it has no more decimals than s, never
+		-- rounded: _fee_totals() tickets the order whose total does not fit)
+		sets := sets || CASE WHEN f = 'fee_total' AND colcat = 'S'
+							 THEN format('%I = COALESCE(shipsync_u.%I::pg_catalog.text, t.%I)', col, f, col)
+							 WHEN f = 'fee_total' AND colscale IS NOT NULL
+							 THEN format('%1$I = COALESCE(CASE WHEN pg_catalog.round(shipsync_u.fee_total, %2$s)'
+										 ' OPERATOR(pg_catalog.=) shipsync_u.fee_total THEN shipsync_u.fee_total END, t.%1$I)',
+										 col, colscale)
+							 ELSE format('%I = COALESCE(shipsync_u.%I, t.%I)', col, f, col) END;
 		wbcols := wbcols || col;
 	END LOOP;
 

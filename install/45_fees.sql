@@ -295,13 +295,17 @@ CREATE TABLE @extschema@.fee_line (
 	recorded_by		text NOT NULL,
 	revision		integer NOT NULL DEFAULT 1,
 	CHECK (quote = (state = 'estimated')),
-	UNIQUE (provider_id, tracking_number, fee_type, fee_key, quote)
+	-- the order is part of a line's identity: a carrier that gives a
+	-- waybill number again (recycled) bills the new parcel's order, never
+	-- the old one's line; a parked line (no order) is one of its kind too
+	CONSTRAINT fee_line_identity UNIQUE NULLS NOT DISTINCT
+		(provider_id, tracking_number, fee_type, fee_key, quote, binding_id, order_key)
 );
 CREATE INDEX fee_line_order_idx ON @extschema@.fee_line (binding_id, order_key);
 CREATE INDEX fee_line_parked_idx ON @extschema@.fee_line (provider_id, tracking_number)
 	WHERE binding_id IS NULL;
 COMMENT ON TABLE @extschema@.fee_line IS
-	'One fee a carrier quoted or billed, unique per provider, tracking number, fee type, the carrier''s line key and quote or bill. Amounts are numeric as the carrier wrote them, never float. A change keeps the previous version in shipsync.fee_line_history; the same line received again changes nothing. binding_id and order_key are NULL while no shipment has the tracking number (parked).';
+	'One fee a carrier quoted or billed, unique per provider, tracking number, fee type, the carrier''s line key, quote or bill, and order (a recycled waybill number bills its new order). Amounts are numeric as the carrier wrote them, never float. A change keeps the previous version in shipsync.fee_line_history; the same line received again changes nothing. binding_id and order_key are NULL while no shipment has the tracking number (parked).';
 COMMENT ON COLUMN @extschema@.fee_line.fee_type IS 'Canonical: freight, insurance, label, postage, fuel, cod, surcharge, tax, refund, other (shipsync.fee_type_map).';
 COMMENT ON COLUMN @extschema@.fee_line.fee_key IS 'The carrier''s own key of the line; empty when it gives none (a second line of the same type in one notice is #2, a third #3).';
 COMMENT ON COLUMN @extschema@.fee_line.quote IS 'True for the fees of a create response (state estimated); a bill never overwrites them.';
@@ -395,7 +399,7 @@ CREATE TABLE @extschema@.fee_sum (
 	PRIMARY KEY (binding_id, order_key, provider_id, currency)
 );
 COMMENT ON TABLE @extschema@.fee_sum IS
-	'The fee lines of each shipment (provider, binding, order) summed per currency, kept with the lines: estimated (the quote, net of refunds), charged (the bill, refunds left out), refunded (positive), how many quote and bill lines, and when the latest changed. Lines of waybills no shipment has are not in it.';
+	'The fee lines of each shipment (provider, binding, order) summed per currency, kept with the lines: estimated (the quote, net of refunds), charged (the bill, refunds left out), refunded (positive), how many quote and bill lines, and when the latest changed. Lines of waybills no shipment has, and lines a corrected statement withdrew, are not in it.';
 
 CREATE TABLE @extschema@.fee_pull (
 	binding_id		integer NOT NULL,
@@ -534,6 +538,7 @@ DECLARE
 	n_park bigint;
 	n_matched bigint := 0;
 	n_withdrawn bigint := 0;
+	twice text;
 	tb integer[];
 	tk text[];
 BEGIN
@@ -569,6 +574,18 @@ BEGIN
 			  WINDOW w AS (PARTITION BY inc.pid, inc.tn COLLATE "C", inc.fee_type COLLATE "C", inc.fkey IS NULL
 						   ORDER BY inc.ord)) y
 		ORDER BY y.pid, y.tn COLLATE "C", y.fee_type COLLATE "C", y.k COLLATE "C", y.ord DESC),
+	-- a statement billing one carrier's line (its key) twice: refused
+	-- below, since keyed keeps one of them and the statement's total
+	-- counts both (a push sending a line again is the same line again)
+	dup AS (
+		SELECT pg_catalog.format('Waybill %s, fee type %s, key %s: %s lines, of %s.', i.tn, i.fee_type,
+					pg_catalog.quote_literal(i.fkey), count(*),
+					string_agg(i.amount::text || ' ' || coalesce(i.cur, ''), ', ' ORDER BY i.ord)) AS msg
+		FROM inc i
+		WHERE src = 'statement' AND i.fkey IS NOT NULL
+		GROUP BY i.pid, i.tn, i.fee_type, i.fkey
+		HAVING count(*) > 1
+		LIMIT 1),
 	ship AS (
 		SELECT DISTINCT ON (s.provider_id, s.tracking_number) s.provider_id, s.tracking_number,
 			   s.binding_id, s.order_key
@@ -576,19 +593,24 @@ BEGIN
 		WHERE (s.provider_id, s.tracking_number) IN
 			  (SELECT keyed.pid, keyed.tn FROM keyed WHERE keyed.bid IS NULL)
 		ORDER BY s.provider_id, s.tracking_number, s.created_at DESC),
+	-- each line's order: the caller's, else the newest shipment's of its
+	-- waybill (a recycled number is the new parcel's), else none (parked);
+	-- part of the line's identity
+	kt AS (
+		SELECT k.*, coalesce(k.bid, ship.binding_id) AS tb, coalesce(k.ok, ship.order_key) AS tok
+		FROM keyed k
+		LEFT JOIN ship ON ship.provider_id = k.pid AND ship.tracking_number = k.tn),
 	up AS (
 		INSERT INTO @extschema@.fee_line AS f (provider_id, tracking_number, fee_type, fee_key,
 			quote, binding_id, order_key, raw_type, amount, currency, settlement, payer,
 			billed_weight_kg, state, source, statement_id, occurred_at, recorded_by)
-		SELECT k.pid, k.tn, k.fee_type, k.k, src = 'create',
-			   coalesce(k.bid, ship.binding_id), coalesce(k.ok, ship.order_key),
+		SELECT k.pid, k.tn, k.fee_type, k.k, src = 'create', k.tb, k.tok,
 			   k.code, k.amount, k.cur, k.settle, k.payer, k.weight,
 			   coalesce(k.st, CASE WHEN src = 'create' THEN 'estimated' ELSE 'charged' END),
 			   src, stmt, k.at, who
-		FROM keyed k
-		LEFT JOIN ship ON ship.provider_id = k.pid AND ship.tracking_number = k.tn
+		FROM kt k
 		ORDER BY k.ord
-		ON CONFLICT (provider_id, tracking_number, fee_type, fee_key, quote) DO UPDATE SET
+		ON CONFLICT ON CONSTRAINT fee_line_identity DO UPDATE SET
 			raw_type = EXCLUDED.raw_type, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
 			settlement = coalesce(EXCLUDED.settlement, f.settlement),
 			payer = coalesce(EXCLUDED.payer, f.payer),
@@ -600,7 +622,8 @@ BEGIN
 			order_key = coalesce(f.order_key, EXCLUDED.order_key)
 		-- a change, not older than what the line says now, and, but from
 		-- a statement, not a notice seen before (a late duplicate of a
-		-- revised line); own below is the complement, for statements
+		-- revised line); own below takes, for statements, the lines they
+		-- bill as they are
 		WHERE (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
 			  IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency, EXCLUDED.state,
 								coalesce(EXCLUDED.settlement, f.settlement),
@@ -619,28 +642,51 @@ BEGIN
 	-- revision: nothing they say changes), so that a later correction
 	-- withdraws them and "does the statement add up?" counts them.  After
 	-- up has run to its end (the one-time filter reads all of it): up
-	-- meeting a row own had changed in this command would be an error
+	-- meeting a row own had changed in this command would be an error.
+	-- Not a line the current statement of another month (or account)
+	-- bills: that one bills it still, and this one listing it again is
+	-- what "does it add up?" should show
 	own AS (
 		UPDATE @extschema@.fee_line f SET statement_id = stmt
-		  FROM keyed k
+		  FROM kt k
 		 WHERE (SELECT count(*) FROM up) >= 0
 		   AND src = 'statement' AND f.provider_id = k.pid AND f.tracking_number = k.tn
 		   AND f.fee_type = k.fee_type AND f.fee_key = k.k AND NOT f.quote
+		   AND f.binding_id IS NOT DISTINCT FROM k.tb AND f.order_key IS NOT DISTINCT FROM k.tok
 		   AND f.statement_id IS DISTINCT FROM stmt
-		   AND NOT ((f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
-					IS DISTINCT FROM (k.amount, k.cur, coalesce(k.st, 'charged'),
-									  coalesce(k.settle, f.settlement),
-									  coalesce(k.payer, f.payer),
-									  coalesce(k.weight, f.billed_weight_kg))
-					AND (k.at IS NULL OR f.occurred_at IS NULL OR k.at >= f.occurred_at))
+		   AND (f.statement_id IS NULL
+				OR f.statement_id NOT IN (SELECT e.statement_id
+										  FROM @extschema@.statement e
+										  JOIN @extschema@.statement c ON c.statement_id = stmt
+										  WHERE e.provider_id = c.provider_id AND e.superseded_by IS NULL
+											AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account)))
+		   -- (what it says: a line older than the line's current version,
+		   -- which up left as it was, is not the statement's)
+		   AND NOT (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
+				   IS DISTINCT FROM (k.amount, k.cur, coalesce(k.st, 'charged'),
+									 coalesce(k.settle, f.settlement),
+									 coalesce(k.payer, f.payer),
+									 coalesce(k.weight, f.billed_weight_kg))
 		RETURNING 1),
 	-- a corrected statement: what an earlier statement of its period and
 	-- account billed and this one does not (neither among its lines nor,
-	-- held, among those it skipped)
+	-- held, among those it skipped) is withdrawn (0, adjusted), or, when
+	-- the current statement of another month or account billed it before
+	-- (the carrier listed it in both), goes back to what that one says
 	wd AS (
 		UPDATE @extschema@.fee_line f
-		   SET amount = 0, state = 'adjusted', source = 'statement', statement_id = stmt,
-			   recorded_by = who
+		   SET (amount, currency, state, statement_id) =
+			   (SELECT coalesce(b.amount, 0), coalesce(b.currency, f.currency),
+					   coalesce(b.state, 'adjusted'), coalesce(b.statement_id, stmt)
+				FROM (SELECT 1) one
+				LEFT JOIN (SELECT h.amount, h.currency, h.state, h.statement_id
+						   FROM @extschema@.fee_line_history h
+						   JOIN @extschema@.statement e ON e.statement_id = h.statement_id
+						   JOIN @extschema@.statement c ON c.statement_id = stmt
+						   WHERE h.fee_line_id = f.fee_line_id AND e.superseded_by IS NULL
+							 AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account)
+						   ORDER BY h.revision DESC LIMIT 1) b ON true),
+			   source = 'statement', recorded_by = who
 		 WHERE replaces IS NOT NULL AND NOT f.quote
 		   AND f.statement_id IN (SELECT e.statement_id
 								  FROM @extschema@.statement e
@@ -649,13 +695,15 @@ BEGIN
 									AND e.account IS NOT DISTINCT FROM c.account
 									AND e.statement_id <> stmt)
 		   AND (f.amount <> 0 OR f.state <> 'adjusted')
-		   AND NOT EXISTS (SELECT 1 FROM keyed k
+		   AND NOT EXISTS (SELECT 1 FROM kt k
 						   WHERE k.pid = f.provider_id AND k.tn = f.tracking_number
-							 AND k.fee_type = f.fee_type AND k.k = f.fee_key)
+							 AND k.fee_type = f.fee_type AND k.k = f.fee_key
+							 AND k.tb IS NOT DISTINCT FROM f.binding_id
+							 AND k.tok IS NOT DISTINCT FROM f.order_key)
 		   AND (held IS NULL OR (array_position(held, NULL) IS NULL
 								 AND f.tracking_number <> ALL (held)))
 		RETURNING f.binding_id, f.order_key)
-	SELECT (SELECT count(*) FROM up WHERE up.inserted),
+	SELECT (SELECT dup.msg FROM dup), (SELECT count(*) FROM up WHERE up.inserted),
 		   (SELECT count(*) FROM up WHERE NOT up.inserted),
 		   (SELECT count(*) FROM up WHERE up.binding_id IS NULL),
 		   (SELECT count(*) FROM wd),
@@ -663,7 +711,13 @@ BEGIN
 				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd) x), '{}'),
 		   coalesce(tk, '{}') || coalesce((SELECT array_agg(x.order_key) FROM
 				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd) x), '{}')
-	INTO n_new, n_rev, n_park, n_withdrawn, tb, tk;
+	INTO twice, n_new, n_rev, n_park, n_withdrawn, tb, tk;
+	IF twice IS NOT NULL THEN
+		RAISE EXCEPTION 'statement of provider "%" bills one line twice',
+			(SELECT p.name FROM @extschema@.provider p WHERE p.provider_id = pids[1])
+			USING ERRCODE = 'SS400', DETAIL = twice,
+				  HINT = 'Nothing of this statement was stored. A carrier''s key names one line of a waybill''s fee type: fix the statement, or leave the key column out to store every line as its own.';
+	END IF;
 
 	kind := 'new'; n := n_new; RETURN NEXT;
 	kind := 'revised'; n := n_rev; RETURN NEXT;
@@ -716,11 +770,16 @@ BEGIN
 			   max(l.recorded_at) AS last
 		FROM @extschema@.fee_line l
 		JOIN t ON l.binding_id = t.b AND l.order_key = t.k
+		-- (a line a corrected statement withdrew is billed no more: no
+		-- bill line, so its order is unbilled again and takes its quote)
+		CROSS JOIN LATERAL (SELECT NOT l.quote AND l.state = 'adjusted' AND l.amount = 0
+									AND l.source = 'statement' AS withdrawn) w
 		CROSS JOIN LATERAL (
 			SELECT NOT l.quote OR coalesce(
 				(SELECT s.tracking_number FROM @extschema@.shipment s
 				  WHERE s.binding_id = l.binding_id AND s.order_key = l.order_key
 					AND s.provider_id = l.provider_id) = l.tracking_number, true) AS current) q
+		WHERE NOT w.withdrawn
 		GROUP BY l.binding_id, l.order_key, l.provider_id, l.currency),
 	kept AS (
 		INSERT INTO @extschema@.fee_sum AS fs (binding_id, order_key, provider_id, currency,
@@ -744,7 +803,9 @@ BEGIN
 		 WHERE fs.binding_id = t.b AND fs.order_key = t.k
 		   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
 						   WHERE l.binding_id = fs.binding_id AND l.order_key = fs.order_key
-							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency)
+							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency
+							 AND NOT (NOT l.quote AND l.state = 'adjusted' AND l.amount = 0
+									  AND l.source = 'statement'))
 		RETURNING 1),
 	ord AS (
 		SELECT per.b, per.k, sum(per.nb) > 0 AS billed,
@@ -766,7 +827,14 @@ BEGIN
 					THEN ord.lo_b = ord.hi_b AND coalesce(ord.lo_qc = ord.lo_b AND ord.hi_qc = ord.lo_b, true)
 					ELSE ord.lo_q = ord.hi_q END AS one,
 			   CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total
-		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b),
+		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b
+		UNION ALL
+		-- an order whose every line was withdrawn costs nothing now
+		SELECT t.b, t.k, bb.provider_id, bb.writeback ? 'fee_total', true, 0
+		FROM t JOIN @extschema@.binding bb ON bb.binding_id = t.b
+		WHERE NOT EXISTS (SELECT 1 FROM per WHERE per.b = t.b AND per.k = t.k)
+		  AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
+					  WHERE l.binding_id = t.b AND l.order_key = t.k)),
 	sh AS (
 		UPDATE @extschema@.shipment s SET fee_total = tot.total, updated_at = now()
 		  FROM tot
@@ -790,10 +858,35 @@ BEGIN
 		  FROM tot
 		 WHERE tot.one AND x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
 		   AND x.order_key = tot.k AND x.resolved_at IS NULL
-		RETURNING 1)
-	-- (kept, gone, mixed and agreed run whether or not they are read)
+		RETURNING 1),
+	-- a total with more decimals than the order's numeric column holds
+	-- (1.005 into a numeric(10,2)): never written rounded (the binding's
+	-- write-back statement leaves the column), and the order gets a ticket
+	scale AS (
+		SELECT sh.binding_id, sh.order_key, sh.fee_total, a.attname, a.atttypid, tm.m,
+			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END AS s
+		FROM sh
+		JOIN @extschema@.binding bb ON bb.binding_id = sh.binding_id
+		JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid = bb.tbl AND a.attname = bb.writeback->>'fee_total' AND NOT a.attisdropped
+		JOIN pg_catalog.pg_type ty
+		  ON ty.oid = coalesce(nullif((SELECT d.typbasetype FROM pg_catalog.pg_type d
+									   WHERE d.oid = a.atttypid), 0), a.atttypid)
+		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
+				ELSE (SELECT d.typtypmod FROM pg_catalog.pg_type d WHERE d.oid = a.atttypid) END) tm(m)
+		WHERE sh.wb AND ty.oid = 'pg_catalog.numeric'::pg_catalog.regtype),
+	unfit AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
+		SELECT 'writeback_failed', scale.binding_id, scale.order_key,
+			   format('write-back of the fee total failed: %s has more decimals than column %I (%s) holds; it was left as it was, not rounded',
+					  scale.fee_total, scale.attname, pg_catalog.format_type(scale.atttypid, scale.m))
+		FROM scale
+		WHERE scale.s IS NOT NULL AND pg_catalog.round(scale.fee_total, scale.s) <> scale.fee_total
+		RETURNING exception_ticket.binding_id, exception_ticket.order_key)
+	-- (kept, gone, mixed, agreed and unfit run whether or not they are read)
 	SELECT 'writeback'::text, NULL::bigint, sh.binding_id, sh.order_key, sh.fee_total
-	FROM sh WHERE sh.wb;
+	FROM sh WHERE sh.wb
+	  AND NOT EXISTS (SELECT 1 FROM unfit u WHERE u.binding_id = sh.binding_id AND u.order_key = sh.order_key);
 END
 $$;
 
@@ -976,7 +1069,8 @@ BEGIN
 	 WHERE fp.provider_id = pid AND fp.next_pull_at <= now()
 	   AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
 				   WHERE l.binding_id = fp.binding_id AND l.order_key = fp.order_key
-					 AND l.provider_id = pid AND NOT l.quote);
+					 AND l.provider_id = pid AND NOT l.quote
+					 AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement'));
 	RETURN QUERY
 	WITH picked AS (
 		SELECT fp.binding_id, fp.order_key FROM @extschema@.fee_pull fp
@@ -1091,7 +1185,7 @@ COMMENT ON COLUMN @extschema@.order_fees.estimated IS 'The quote: the fees of th
 COMMENT ON COLUMN @extschema@.order_fees.charged IS 'The bill: charged and adjusted lines, refunds left out.';
 COMMENT ON COLUMN @extschema@.order_fees.refunded IS 'The bill''s refunds (state refunded or type refund), as a positive amount.';
 COMMENT ON COLUMN @extschema@.order_fees.net IS 'charged - refunded when the order has any bill line, else estimated.';
-COMMENT ON COLUMN @extschema@.order_fees.lines IS 'Fee lines, quote and bill.';
+COMMENT ON COLUMN @extschema@.order_fees.lines IS 'Fee lines, quote and bill (a line a corrected statement withdrew is none).';
 COMMENT ON COLUMN @extschema@.order_fees.last_change IS 'When the latest of these lines was recorded or revised.';
 
 -- The rows of shipsync.settlement, grouped by provider id: one pass over
@@ -1212,7 +1306,8 @@ JOIN opts o ON o.provider_id = s.provider_id
 WHERE d.at OPERATOR(pg_catalog.<) pg_catalog.now() - o.unbilled_after
   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
 				  WHERE l.binding_id = s.binding_id AND l.order_key = s.order_key
-					AND l.provider_id = s.provider_id AND NOT l.quote)
+					AND l.provider_id = s.provider_id AND NOT l.quote
+					AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement'))
 UNION ALL
 -- one waybill charged twice for one fee (the same type, under the same code)
 SELECT 'duplicate_charge', o.name, pg_catalog.min(l.binding_id), NULL, pg_catalog.min(l.order_key),
@@ -1222,7 +1317,8 @@ SELECT 'duplicate_charge', o.name, pg_catalog.min(l.binding_id), NULL, pg_catalo
 FROM @extschema@.fee_line l
 JOIN opts o ON o.provider_id = l.provider_id
 WHERE NOT l.quote AND l.state = 'charged'
-GROUP BY o.name, l.tracking_number, l.fee_type, pg_catalog.lower(l.raw_type), l.currency
+GROUP BY o.name, l.tracking_number, l.binding_id, l.order_key, l.fee_type,
+	pg_catalog.lower(l.raw_type), l.currency
 HAVING pg_catalog.count(*) > 1;
 COMMENT ON VIEW @extschema@.fee_difference IS
 	'One row per fee discrepancy, with its kind: amount_mismatch (a shipment''s bill differs from its quote by more than the provider''s fee_tolerance), unknown_waybill (billed, but no shipment has the waybill), unbilled (delivered longer than unbilled_after ago, no bill line), duplicate_charge (one waybill charged twice for one fee: the same type under the same carrier''s code).';

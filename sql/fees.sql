@@ -701,3 +701,129 @@ SELECT tracking_number, amount FROM shipsync.fee_line WHERE tracking_number IN (
 SELECT kind, order_key, provider_id IS NULL AS no_provider, detail, resolved_at IS NULL AS open
 FROM shipsync.exception_ticket
 WHERE kind = 'writeback_failed' AND binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders2'::regclass);
+
+-- a waybill number the carrier gives again a year later (recycled): the
+-- new parcel's quote and bill are the new order's, and the old order keeps
+-- what its own statement billed
+CREATE TABLE orders5 (id int PRIMARY KEY, waybill text, fee numeric(10,2));
+SELECT shipsync.attach('orders5', 'gen2', writeback => '{"tracking_number": "waybill", "fee_total": "fee"}') > 0 AS attached;
+INSERT INTO orders5 (id) VALUES (1), (2);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, '1', b.provider_id, 'R1', timestamptz '2025-03-10 12:00+00'
+FROM shipsync.binding b WHERE b.tbl = 'orders5'::regclass;
+SELECT pg_temp.bill('2025-03', E'R1,freight,10.00\n') ->> 'new' AS new;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, '2', b.provider_id, 'R1', timestamptz '2026-03-10 12:00+00'
+FROM shipsync.binding b WHERE b.tbl = 'orders5'::regclass;
+SELECT count(*) > 0 AS quoted FROM shipsync._store_fees('create', NULL, NULL, 'dispatcher',
+	ARRAY[(SELECT provider_id FROM shipsync.provider WHERE name = 'gen2')],
+	ARRAY[(SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders5'::regclass)],
+	ARRAY['2'], ARRAY['R1'], ARRAY['freight'], ARRAY[11.00], ARRAY['CNY'], ARRAY[NULL::text],
+	ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::numeric], ARRAY[NULL::text],
+	ARRAY[NULL::timestamptz]);
+SELECT pg_temp.bill('2026-03', E'R1,freight,12.00\n') - 'totals' AS answer;
+SELECT id, fee FROM orders5 ORDER BY id;
+SELECT order_key, quote, amount, revision FROM shipsync.fee_line WHERE tracking_number = 'R1'
+ORDER BY order_key, quote;
+SELECT to_char(s.period, 'YYYY-MM') AS period, s.totals->>'CNY' AS statement_says,
+	   (SELECT sum(amount) FROM shipsync.fee_line l WHERE l.statement_id = s.statement_id) AS lines_from_it
+FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
+WHERE p.name = 'gen2' AND s.period IN ('2025-03-01', '2026-03-01') ORDER BY 1;
+SELECT to_char(month, 'YYYY-MM') AS month, currency, shipments, estimated, charged, unbilled
+FROM shipsync.settlement WHERE provider = 'gen2' AND month IN ('2025-03-01', '2026-03-01') ORDER BY 1;
+SELECT kind, order_key, estimated, billed FROM shipsync.fee_difference WHERE tracking_number = 'R1' ORDER BY 1, 2;
+
+-- a bill line a correction withdrew is billed no more: its order is
+-- unbilled again, its fee_total the quote's, and no bill differs from it
+INSERT INTO orders5 (id) VALUES (3), (4);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, g::text, b.provider_id, 'R' || g, timestamptz '2026-04-10 12:00+00'
+FROM shipsync.binding b, generate_series(3, 4) g WHERE b.tbl = 'orders5'::regclass;
+SELECT count(*) > 0 AS quoted FROM shipsync._store_fees('create', NULL, NULL, 'dispatcher',
+	ARRAY[(SELECT provider_id FROM shipsync.provider WHERE name = 'gen2')],
+	ARRAY[(SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders5'::regclass)],
+	ARRAY['3'], ARRAY['R3'], ARRAY['freight'], ARRAY[13.70], ARRAY['CNY'], ARRAY[NULL::text],
+	ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::numeric], ARRAY[NULL::text],
+	ARRAY[NULL::timestamptz]);
+SELECT pg_temp.bill('2026-04', E'R3,freight,15.00\nR4,freight,5.00\n') - 'totals' AS answer;
+SELECT pg_temp.bill('2026-04', E'R4,freight,5.00\n') - 'totals' AS answer;
+SELECT id, fee FROM orders5 WHERE id IN (3, 4) ORDER BY id;
+SELECT order_key, currency, estimated, charged, refunded, net FROM shipsync.order_fees
+WHERE tbl = 'orders5'::regclass AND order_key IN ('3', '4') ORDER BY 1;
+SELECT kind, order_key, estimated, billed FROM shipsync.fee_difference WHERE tracking_number IN ('R3', 'R4');
+SELECT to_char(month, 'YYYY-MM') AS month, currency, shipments, estimated, charged, unbilled
+FROM shipsync.settlement WHERE provider = 'gen2' AND month = '2026-04-01' ORDER BY 2;
+
+-- an amount with more decimals than a numeric(p,2) column holds (a
+-- dinar's fils, a rate per kg) is never written rounded: the order keeps
+-- its column and gets a ticket; what is written is what is summed
+SELECT pg_temp.bill('2027-02', E'X41,freight,13.705\n') ->> 'revised' AS revised;
+SELECT o.id, o.fee_cents, s.fee_total FROM orders4 o
+JOIN shipsync.shipment s ON s.tracking_number = 'X41' ORDER BY o.id;
+SELECT kind, order_key, detail, resolved_at IS NULL AS open FROM shipsync.exception_ticket
+WHERE kind = 'writeback_failed' AND binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders4'::regclass);
+-- trailing zeros fit: 13.71000 is written as 13.71
+SELECT pg_temp.bill('2027-02', E'X41,freight,13.71000\n') ->> 'revised' AS revised;
+SELECT id, fee_cents FROM orders4 ORDER BY id;
+
+-- a statement that bills one carrier's line (waybill, type and key) twice
+-- is refused: it kept the last, and its total counted both; two lines
+-- without a key are two lines, and it adds up to them
+SELECT pg_temp.err($$SELECT shipsync.import_statement('gen2',
+	E'tracking_number,type,amount,key\nW4,freight,5.00,K1\nW4,freight,7.00,K1\n', options => '{"period": "2027-03"}')$$);
+SELECT pg_temp.err($$SELECT shipsync.import_statement('gen2',
+	E'tracking_number,type,amount,key\nW4,freight,5.00,K1\nW4,Freight,5.00,K1\n', options => '{"period": "2027-03"}')$$);
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,key\nW4,freight,5.00,K1\nW4,freight,7.00,K2\nW4,freight,1.00,\nW4,freight,1.00,\n',
+	options => '{"period": "2027-03"}') - '{provider,statement_id,period,supersedes}'::text[] AS answer;
+SELECT s.totals->>'CNY' AS statement_says, s.lines,
+	   (SELECT sum(amount) FROM shipsync.fee_line l WHERE l.statement_id = s.statement_id) AS lines_from_it
+FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
+WHERE p.name = 'gen2' AND s.period = '2027-03-01' AND s.superseded_by IS NULL;
+
+-- a line two months' statements bill (the carrier listed it again): a
+-- correction of the later month that drops it gives it back to the
+-- earlier month's statement, which still bills it, rather than to 0
+INSERT INTO orders5 (id) VALUES (5), (6), (7);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, g::text, b.provider_id, 'R' || g, timestamptz '2027-04-10 12:00+00'
+FROM shipsync.binding b, generate_series(5, 7) g WHERE b.tbl = 'orders5'::regclass;
+SELECT pg_temp.bill('2027-04', E'R5,freight,3.00\nR6,freight,4.00\n') - 'totals' AS answer;
+SELECT pg_temp.bill('2027-05', E'R5,freight,3.50\nR7,freight,5.00\n') - 'totals' AS answer;
+SELECT pg_temp.bill('2027-05', E'R7,freight,5.00\n') - 'totals' AS answer;
+SELECT to_char(s.period, 'YYYY-MM') AS period, s.totals->>'CNY' AS statement_says,
+	   (SELECT sum(amount) FROM shipsync.fee_line l WHERE l.statement_id = s.statement_id) AS lines_from_it
+FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
+WHERE p.name = 'gen2' AND s.period IN ('2027-04-01', '2027-05-01') AND s.superseded_by IS NULL ORDER BY 1;
+SELECT tracking_number, amount, state, revision FROM shipsync.fee_line WHERE tracking_number = 'R5';
+SELECT id, fee FROM orders5 WHERE id = 5;
+-- listed again unchanged, it stays the earlier month's (the later one
+-- does not add up: it bills what another month billed), and a correction
+-- of the later month leaves it
+SELECT pg_temp.bill('2027-05', E'R7,freight,5.00\nR6,freight,4.00\n') - 'totals' AS answer;
+SELECT pg_temp.bill('2027-05', E'R7,freight,5.00\nR6,freight,4.00\n\n') - 'totals' AS answer;
+SELECT to_char(s.period, 'YYYY-MM') AS period, s.totals->>'CNY' AS statement_says,
+	   (SELECT sum(amount) FROM shipsync.fee_line l WHERE l.statement_id = s.statement_id) AS lines_from_it
+FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
+WHERE p.name = 'gen2' AND s.period IN ('2027-04-01', '2027-05-01') AND s.superseded_by IS NULL ORDER BY 1;
+SELECT pg_temp.bill('2027-05', E'R7,freight,5.00\r\n') - 'totals' AS answer;
+SELECT tracking_number, amount, state FROM shipsync.fee_line WHERE tracking_number = 'R6';
+SELECT id, fee FROM orders5 WHERE id = 6;
+
+-- a statement line older than what a later notice billed changes nothing,
+-- and is not the statement's: its lines are what it says
+INSERT INTO orders5 (id) VALUES (8);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, '8', b.provider_id, 'R8', timestamptz '2027-06-10 12:00+00'
+FROM shipsync.binding b WHERE b.tbl = 'orders5'::regclass;
+SELECT count(*) > 0 AS pushed FROM shipsync._store_fees('push', NULL, NULL, 'carrier',
+	ARRAY[(SELECT provider_id FROM shipsync.provider WHERE name = 'gen2')],
+	ARRAY[NULL::int], ARRAY[NULL::text], ARRAY['R8'], ARRAY['freight'], ARRAY[9.00], ARRAY['CNY'],
+	ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::numeric], ARRAY[NULL::text],
+	ARRAY[timestamptz '2027-06-20 10:00+00']);
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,occurred_at\nR8,freight,8.00,2027-06-05T10:00:00Z\n',
+	options => '{"period": "2027-06"}') - '{provider,statement_id,period,totals}'::text[] AS answer;
+SELECT s.totals->>'CNY' AS statement_says,
+	   (SELECT sum(amount) FROM shipsync.fee_line l WHERE l.statement_id = s.statement_id) AS lines_from_it
+FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
+WHERE p.name = 'gen2' AND s.period = '2027-06-01' AND s.superseded_by IS NULL;
+SELECT tracking_number, amount, source, statement_id IS NULL AS no_statement FROM shipsync.fee_line WHERE tracking_number = 'R8';

@@ -148,10 +148,20 @@ my $max = $node->safe_psql('postgres', 'SELECT max(id) FROM shipsync.outbox');
 $data =~ s/:max/$max/g;
 my $before = $node->safe_psql('postgres', $data);
 
-# the new build, restarted, updated
-$node->stop;
+# the new build, installed while the server runs; an update before the
+# restart (docs/upgrading.md, step 2) failed on a C function of 0.2 that
+# the library of 0.1, still loaded, lacks ("could not find function
+# shipsync_cancel_when_sql"): now it says to restart
 run_or_die('make', '-s', '-C', $top, 'with_llvm=no', "PG_CONFIG=$pg_config", "DESTDIR=$inst",
 	'install');
+my ($rc, $update_out, $update_err) = $node->psql('postgres', 'ALTER EXTENSION pg_shipsync UPDATE');
+like( $update_err,
+	qr/ERROR:  the server runs a library of pg_shipsync other than 0\.2.*\n.*\nHINT:  Restart PostgreSQL/,
+	'an update before the restart is refused, saying to restart first');
+is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'pg_shipsync'}),
+	'0.1', 'and changes nothing');
+# restarted, updated
+$node->stop;
 my $log_offset = -s $node->logfile;
 $node->start;
 # the new library leaves a 0.1 schema alone until it is updated

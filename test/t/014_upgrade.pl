@@ -171,6 +171,17 @@ $node->safe_psql('postgres', "INSERT INTO crm.orders (customer) VALUES ('升级�
 sleep(1);
 is($node->safe_psql('postgres', "SELECT waybill_no IS NULL FROM crm.orders WHERE customer = '升级中'"),
 	't', 'an order captured before the update waits');
+# the functions of 0.1 that call the library's C functions meanwhile: those
+# that read the tables as 0.2 makes them failed on what 0.1 lacks
+# ("relation shipsync.secret does not exist", "column o.request_kind does
+# not exist"); now they say why
+for my $call (q{SELECT shipsync.ingest_tracking('tok', '{}')}, 'SELECT * FROM shipsync.claim(1, 1)')
+{
+	my ($rc, $out, $err) = $node->psql('postgres', $call);
+	like( $err,
+		qr/ERROR:  extension pg_shipsync is at version 0\.1 in this database, the library at 0\.2\n(.*\n)?HINT:  Run ALTER EXTENSION pg_shipsync UPDATE/,
+		"before the update, $call says to update");
+}
 
 # A dump of the 0.1 database names no version in its CREATE EXTENSION:
 # restored as it is, it made 0.2 and filled it with the rows of 0.1, the

@@ -2,6 +2,39 @@
 
 \echo Use "ALTER EXTENSION pg_shipsync UPDATE TO '0.2'" to load this file. \quit
 
+-- First, out of the order of the sections below (each appended at the end
+-- as 0.2 grew): every one of them that creates a C function needs the
+-- library of 0.2 loaded, so this check (install/00_library.sql) comes
+-- before them all.
+
+-- Installing a new version replaces the library on disk, but a server
+-- that was not restarted (docs/upgrading.md, step 2) still runs the one it
+-- loaded at its start, which lacks this version's C functions: the script
+-- failed on the first of them ("could not find function ... in file").
+-- The check leaves nothing behind.
+DO $library$
+DECLARE
+	loaded text;
+BEGIN
+	BEGIN
+		CREATE FUNCTION @extschema@._library_version() RETURNS text
+			AS 'MODULE_PATHNAME', 'shipsync_library_version' LANGUAGE C STRICT;
+		loaded := @extschema@._library_version();
+		DROP FUNCTION @extschema@._library_version();
+	EXCEPTION
+		WHEN undefined_function THEN
+			loaded := NULL;		-- a library older than this check
+	END;
+	IF loaded IS DISTINCT FROM '0.2' THEN
+		RAISE EXCEPTION 'the server runs a library of pg_shipsync other than 0.2%',
+			CASE WHEN loaded IS NOT NULL THEN format(' (%s)', loaded) ELSE '' END
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'Installing a version replaces the library on disk; the server keeps the library it loaded at its start until it is restarted.',
+				  HINT = 'Restart PostgreSQL, then run this statement again.';
+	END IF;
+END
+$library$;
+
 -- 0.2's install script grants every privilege in one place, after one
 -- REVOKE that covers every function; 0.1 revoked function by function.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
@@ -11070,3 +11103,47 @@ BEGIN
 	RETURN QUERY SELECT * FROM @extschema@._fee_totals(tb, tk);
 END
 $$;
+
+
+------------------------------------------------------------------------------
+-- The rows of a 0.1 dump restored as it is are refused
+------------------------------------------------------------------------------
+-- A dump of a database whose extension is at 0.1 says CREATE EXTENSION
+-- with no version: restored into a server with this version installed, it
+-- made this version and filled it with the rows of 0.1, which it cannot
+-- use (the bindings' statements of 0.1: every order failed to render, and
+-- died; credentials in plain text).  Such rows are refused, saying how to
+-- restore that dump (docs/upgrading.md).
+CREATE FUNCTION @extschema@._refuse_rows_of_0_1()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	what text;
+BEGIN
+	-- one test a table: an expression naming a column the other lacks fails
+	IF TG_TABLE_NAME = 'binding' THEN
+		IF strpos(NEW.render_sql, ' AS shipsync_row, ') = 0 THEN
+			what := format('binding %s of table %s was made by pg_shipsync 0.1', NEW.binding_id, NEW.tbl);
+		END IF;
+	ELSIF coalesce(NEW.auth ?| @extschema@._secret_fields(NEW.auth->>'type'), false)
+		  OR coalesce(NEW.options ?| ARRAY['webhook_secret', 'previous_webhook_secret'], false) THEN
+		what := format('provider "%s" holds its credentials in plain text, as pg_shipsync 0.1 kept them', NEW.name);
+	END IF;
+	IF what IS NOT NULL THEN
+		RAISE EXCEPTION '%', what
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'A dump of a database whose extension is at version 0.1 restores into version 0.1 only: its CREATE EXTENSION names no version and made the version installed, which cannot use the rows of 0.1.',
+				  HINT = 'Restore the dump into a new database in which CREATE EXTENSION pg_shipsync VERSION ''0.1'' has run, then run ALTER EXTENSION pg_shipsync UPDATE there.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._refuse_rows_of_0_1() IS
+	'Internal: refuses a row of shipsync.binding or shipsync.provider in the form pg_shipsync 0.1 kept it (a binding''s statements of 0.1, credentials in plain text), as a dump of a 0.1 database restored as it is would write it.';
+CREATE TRIGGER provider_not_of_0_1 BEFORE INSERT ON @extschema@.provider
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._refuse_rows_of_0_1();
+CREATE TRIGGER binding_not_of_0_1 BEFORE INSERT ON @extschema@.binding
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._refuse_rows_of_0_1();
+REVOKE ALL ON FUNCTION @extschema@._refuse_rows_of_0_1() FROM PUBLIC;

@@ -193,33 +193,15 @@ static bool
 dispatcher_extension_ready(void)
 {
 	static char *reported = NULL;
-	Relation	rel;
-	SysScanDesc scan;
-	ScanKeyData key;
-	HeapTuple	tup;
-	char	   *version = NULL;
+	char	   *version;
 	bool		ready;
 	MemoryContext caller = CurrentMemoryContext;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
-				F_NAMEEQ, CStringGetDatum("pg_shipsync"));
-	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-	{
-		bool		isnull;
-		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
-									 RelationGetDescr(rel), &isnull);
-
-		if (!isnull)
-			version = MemoryContextStrdup(TopMemoryContext,
-										  TextDatumGetCString(d));
-	}
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
+	version = shipsync_extension_version();
+	if (version)
+		version = MemoryContextStrdup(TopMemoryContext, version);
 
 	ready = version != NULL && strcmp(version, SHIPSYNC_EXTVERSION) == 0;
 	if (!ready && version != NULL &&

@@ -1003,6 +1003,7 @@ shipsync_claim(PG_FUNCTION_ARGS)
 				 errmsg("max_n and lease_ms must not be negative"),
 				 errhint("Pass how many intents to claim and for how many milliseconds.")));
 
+	shipsync_require_extension_version("shipsync.claim()");
 	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(rc));
 	prepare_claim_plans();

@@ -37,11 +37,14 @@
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 
 #include "pg_shipsync.h"
 
 PG_MODULE_MAGIC;
+
+PG_FUNCTION_INFO_V1(shipsync_library_version);
 
 void		_PG_init(void);
 
@@ -699,4 +702,17 @@ _PG_init(void)
 	shmem_startup_hook = shipsync_shmem_startup;
 
 	shipsync_register_launcher();
+}
+
+/*
+ * The version of this library.  The install and update scripts call it
+ * first, through a function they create and drop again: the package of a
+ * new version replaces the library on disk, but a server that was not
+ * restarted still runs the one it loaded at its start, and the scripts
+ * failed on their first C function, naming only its symbol.
+ */
+Datum
+shipsync_library_version(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(SHIPSYNC_EXTVERSION));
 }

@@ -827,6 +827,8 @@ extern void shipsync_replan_grown(TimestampTz now);
 extern void shipsync_distrust_empty_statistics(void);
 extern ErrorData *shipsync_subxact(void (*fn) (void *), void *arg);
 extern void shipsync_hold_extension(void);
+extern char *shipsync_extension_version(void);
+extern void shipsync_require_extension_version(const char *fn);
 extern void shipsync_begin_tx(const char *activity, bool durable);
 extern void shipsync_end_tx(void);
 extern void shipsync_abort_tx(void);

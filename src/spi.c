@@ -66,8 +66,10 @@
 
 #include <math.h>
 
+#include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "miscadmin.h"
 #include "nodes/plannodes.h"
@@ -75,6 +77,7 @@
 #include "optimizer/planner.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
@@ -696,6 +699,63 @@ shipsync_hold_extension(void)
 
 	if (OidIsValid(ext))
 		LockDatabaseObject(ExtensionRelationId, ext, 0, AccessShareLock);
+}
+
+/*
+ * The version of extension pg_shipsync in this database (its extversion),
+ * palloc'd in the current context; NULL when it is not installed.  In a
+ * transaction.
+ */
+char *
+shipsync_extension_version(void)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tup;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("pg_shipsync"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
+/*
+ * Refuse to run fn, a C function SQL calls, where the extension is at
+ * another version than this library.  Between the restart with a new
+ * library and ALTER EXTENSION ... UPDATE, the SQL functions of the old
+ * version call the new C functions, which read the tables as this version
+ * makes them: they failed on what the old version lacks ("relation
+ * shipsync.secret does not exist"), their statement in the message.
+ */
+void
+shipsync_require_extension_version(const char *fn)
+{
+	char	   *version = shipsync_extension_version();
+
+	if (version != NULL && strcmp(version, SHIPSYNC_EXTVERSION) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension pg_shipsync is at version %s in this database, the library at %s",
+						version, SHIPSYNC_EXTVERSION),
+				 errdetail("%s works on the tables of version %s.", fn, SHIPSYNC_EXTVERSION),
+				 errhint("Run ALTER EXTENSION pg_shipsync UPDATE in this database.")));
+	if (version)
+		pfree(version);
 }
 
 /*

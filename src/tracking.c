@@ -674,6 +674,7 @@ shipsync_ingest_tracking(PG_FUNCTION_ARGS)
 	const char *reply;
 	MemoryContext cxt = CurrentMemoryContext;
 
+	shipsync_require_extension_version("shipsync.ingest_tracking()");
 	body_t = shipsync_push_args(fcinfo, "provider", "tracking push for provider",
 								"Pass the request body exactly as received.", &pname);
 

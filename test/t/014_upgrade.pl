@@ -148,10 +148,20 @@ my $max = $node->safe_psql('postgres', 'SELECT max(id) FROM shipsync.outbox');
 $data =~ s/:max/$max/g;
 my $before = $node->safe_psql('postgres', $data);
 
-# the new build, restarted, updated
-$node->stop;
+# the new build, installed while the server runs; an update before the
+# restart (docs/upgrading.md, step 2) failed on a C function of 0.2 that
+# the library of 0.1, still loaded, lacks ("could not find function
+# shipsync_cancel_when_sql"): now it says to restart
 run_or_die('make', '-s', '-C', $top, 'with_llvm=no', "PG_CONFIG=$pg_config", "DESTDIR=$inst",
 	'install');
+my ($rc, $update_out, $update_err) = $node->psql('postgres', 'ALTER EXTENSION pg_shipsync UPDATE');
+like( $update_err,
+	qr/ERROR:  the server runs a library of pg_shipsync other than 0\.2.*\n.*\nHINT:  Restart PostgreSQL/,
+	'an update before the restart is refused, saying to restart first');
+is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'pg_shipsync'}),
+	'0.1', 'and changes nothing');
+# restarted, updated
+$node->stop;
 my $log_offset = -s $node->logfile;
 $node->start;
 # the new library leaves a 0.1 schema alone until it is updated
@@ -161,6 +171,50 @@ $node->safe_psql('postgres', "INSERT INTO crm.orders (customer) VALUES ('升级�
 sleep(1);
 is($node->safe_psql('postgres', "SELECT waybill_no IS NULL FROM crm.orders WHERE customer = '升级中'"),
 	't', 'an order captured before the update waits');
+# the functions of 0.1 that call the library's C functions meanwhile: those
+# that read the tables as 0.2 makes them failed on what 0.1 lacks
+# ("relation shipsync.secret does not exist", "column o.request_kind does
+# not exist"); now they say why
+for my $call (q{SELECT shipsync.ingest_tracking('tok', '{}')}, 'SELECT * FROM shipsync.claim(1, 1)')
+{
+	my ($rc, $out, $err) = $node->psql('postgres', $call);
+	like( $err,
+		qr/ERROR:  extension pg_shipsync is at version 0\.1 in this database, the library at 0\.2\n(.*\n)?HINT:  Run ALTER EXTENSION pg_shipsync UPDATE/,
+		"before the update, $call says to update");
+}
+
+# A dump of the 0.1 database names no version in its CREATE EXTENSION:
+# restored as it is, it made 0.2 and filled it with the rows of 0.1, the
+# bindings' statements of 0.1 (every order of them failed to render, and
+# died) and the credentials in plain text, without an error.  Now refused,
+# saying how; restored into CREATE EXTENSION ... VERSION '0.1' and updated,
+# it is a 0.2 install like any other (checked after the update below).
+my $dump01 = "$tmp/v01.sql";
+run_or_die("$inst_bin/pg_dump", '-f', $dump01, '-d', $node->connstr('postgres'));
+sub restore01
+{
+	my ($db) = @_;
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ "$inst_bin/psql", '-X', '-q', '-f', $dump01, '-d', $node->connstr($db) ],
+		'>', \$out, '2>', \$err);
+	return $err;
+}
+$node->safe_psql('postgres', 'CREATE DATABASE dump01_as_is');
+my $as_is = restore01('dump01_as_is');
+like($as_is, qr/binding 1 of table crm\.orders was made by pg_shipsync 0\.1/,
+	'a 0.1 dump restored as it is: its bindings are refused');
+like($as_is, qr/provider "tok" holds its credentials in plain text, as pg_shipsync 0\.1 kept them/,
+	'and its providers with credentials in plain text');
+like($as_is, qr/CREATE EXTENSION pg_shipsync VERSION '0\.1'/, 'saying how to restore it');
+is($node->safe_psql('dump01_as_is', q{SELECT (SELECT count(*) FROM shipsync.binding) || '/'
+	|| (SELECT count(*) FROM shipsync.provider WHERE name = 'tok')}),
+	'0/0', 'no binding of 0.1 is left to fail, no credential in plain text');
+$node->safe_psql('postgres', 'CREATE DATABASE dump01_restored');
+$node->safe_psql('dump01_restored', q{CREATE EXTENSION pg_shipsync VERSION '0.1'});
+is( join("\n", grep { /ERROR/ && !/schema "shipsync" already exists/ } split /\n/,
+		restore01('dump01_restored')),
+	'', 'restored into CREATE EXTENSION ... VERSION \'0.1\': no error but the schema that exists');
+
 $node->safe_psql('postgres', 'ALTER EXTENSION pg_shipsync UPDATE');
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'pg_shipsync'}),
 	'0.2', 'updated to 0.2');
@@ -183,6 +237,16 @@ is(scalar(@only_fresh) + scalar(@only_upgraded), 0,
 	  . "\nonly after the upgrade:\n  " . join("\n  ", @only_upgraded));
 
 is($node->safe_psql('postgres', $data), $before, 'every row of 0.1 is still there');
+
+# the dump of 0.1 restored as docs/upgrading.md says, then updated: what a
+# fresh install holds, its rows and credentials as the update makes them
+$node->safe_psql('dump01_restored', 'ALTER EXTENSION pg_shipsync UPDATE');
+my %in_restored = map { $_ => 1 } split /\n/, run_or_die(@catalog, '-d', $node->connstr('dump01_restored'));
+is(join("\n", grep { !$in_restored{$_} } split /\n/, $fresh), '',
+	'a 0.1 dump restored into 0.1 and updated equals a fresh 0.2 install');
+is($node->safe_psql('dump01_restored', $data), $before, 'with every row of 0.1');
+is( $node->safe_psql('dump01_restored', q{SELECT string_agg(provider || ':' || name, ',' ORDER BY provider, name) FROM shipsync.secrets}),
+	'kd:key,kd:webhook_secret,tok:token,tok:webhook_secret', 'and its credentials encrypted');
 
 # no credential of 0.1 is left in plain text: not in any table's dump
 my $dump = run_or_die("$inst_bin/pg_dump", '-d', $node->connstr('postgres'));

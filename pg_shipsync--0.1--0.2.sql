@@ -9131,3 +9131,41 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._drop_deliveries() IS
 	'Internal: deletes the deliveries and removed records of a deleted CRM source, as ON DELETE CASCADE would; the extension''s dumped tables have no foreign key between them, so that pg_restore -j can load them in any order.';
+
+
+------------------------------------------------------------------------------
+-- An integer key column widened after attach() no longer holds orders up
+------------------------------------------------------------------------------
+-- Keys were cast to the key column's type as it was at attach(): once an
+-- int column became bigint (or a smallint an int), a key beyond the old
+-- range failed to cast ("value "3000000000" is out of range for type
+-- integer"), and every order rendered in the same batch waited with it,
+-- for good.  Keys of an integer column are cast to bigint now (of a real,
+-- to double precision); existing statements are rewritten.
+CREATE OR REPLACE FUNCTION @extschema@._key_type(tbl regclass, col name)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH RECURSIVE d(typid, depth) AS (
+		SELECT a.atttypid, 0 FROM pg_attribute a
+		 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+		UNION ALL
+		SELECT t.typbasetype, d.depth + 1 FROM d JOIN pg_type t ON t.oid = d.typid
+		 WHERE t.typtype = 'd')
+	-- a typmod of -1 given: "bit" and "char" keep no length of one
+	SELECT CASE WHEN d.typid IN ('int2'::regtype, 'int4'::regtype) THEN 'bigint'
+				WHEN d.typid = 'float4'::regtype THEN 'double precision'
+				ELSE format_type(d.typid, -1) END
+	  FROM d ORDER BY d.depth DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION @extschema@._key_type(regclass, name) IS
+	'Internal (attach(), reconciliation, resync()): the type order keys are cast to, the key column''s base type without a length (bigint for any integer, double precision for real), so that a key column widened after attach() never has a key cut to another order''s nor fails to cast one.';
+
+UPDATE @extschema@.binding b
+   SET render_sql = pg_catalog.regexp_replace(b.render_sql, '(shipsync_u\.shipsync_key::).*$',
+			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column)),
+	   writeback_sql = pg_catalog.regexp_replace(b.writeback_sql, '(shipsync_u\.shipsync_key::).*$',
+			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column))
+ WHERE @extschema@._key_type(b.tbl, b.key_column) IS NOT NULL;

@@ -54,6 +54,23 @@ INSERT INTO loose (ref) VALUES ('L-1');
 SELECT o.order_key, o.op FROM shipsync.inbox o JOIN shipsync.binding b USING (binding_id)
 WHERE b.tbl = 'loose'::regclass;
 
+-- nor empty: a carrier takes no order without a reference.  A row the
+-- table had before attach() with a null or empty key is given one by an
+-- update, which creates its order; nothing was ever sent for the row
+-- without a key, so nothing is cancelled, and deleting it captures nothing
+CREATE TABLE keyless (n int PRIMARY KEY, ref text, address text);
+INSERT INTO keyless VALUES (1, NULL, 'a'), (2, '', 'b'), (3, '', 'c');
+SELECT shipsync.attach('keyless', 'acme', key_column => 'ref') > 0 AS attached;
+INSERT INTO keyless VALUES (4, '', 'd');
+UPDATE keyless SET address = 'b2' WHERE n = 2;
+UPDATE keyless SET ref = 'K-1' WHERE n = 1;
+UPDATE keyless SET ref = 'K-2' WHERE n = 2;
+DELETE FROM keyless WHERE n = 3;
+UPDATE keyless SET ref = '' WHERE n = 1;
+SELECT o.order_key, o.op FROM shipsync.inbox o JOIN shipsync.binding b USING (binding_id)
+WHERE b.tbl = 'keyless'::regclass ORDER BY o.id;
+DROP TABLE keyless;
+
 -- after detach, changes are no longer captured; captured intents stay
 SELECT shipsync.detach('orders');
 INSERT INTO orders VALUES ('SO-6', 'after detach');

@@ -251,17 +251,35 @@ INSERT INTO mapshop.wide (id, n, f4, f8, b, d, tstz, ia, jb)
 	VALUES (3, 'Infinity', 'NaN', 1e300, false, '2026-02-28', '-infinity', '{}', 'null');
 -- added after the rows: their value is the default, kept in the catalog
 ALTER TABLE mapshop.wide ADD COLUMN later text DEFAULT 'filled';
-SET timezone = 'Asia/Shanghai';
-SET extra_float_digits = 0;
+-- the body is printed with the dispatcher's settings (TimeZone UTC,
+-- DateStyle ISO, IntervalStyle postgres, extra_float_digits 1,
+-- bytea_output hex), whatever the caller's: render_request() shows what
+-- is sent
+SET timezone = 'UTC';
+SET datestyle = 'ISO, MDY';
+SET intervalstyle = 'postgres';
+SET extra_float_digits = 1;
+SET bytea_output = 'hex';
 SET ROLE shipsync_test_shop;
 CREATE TEMP TABLE wide_want AS
 SELECT w.id::text AS order_key, json_build_object('order_ref', w.id::text, 'order', row_to_json(w))::text AS body
 FROM mapshop.wide w;
 RESET ROLE;
+SET timezone = 'Asia/Shanghai';
+SET datestyle = 'SQL, DMY';
+SET intervalstyle = 'iso_8601';
+SET extra_float_digits = 0;
+SET bytea_output = 'escape';
 SELECT o.order_key, r.body = want.body AS same_as_row_to_json, r.body ~ 'shipsync_test_shop:dark' AS cast_as_owner
 FROM intents o JOIN wide_want want USING (order_key), shipsync.render_request(o.id) r
 WHERE o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.wide'::regclass)
 ORDER BY 1;
+-- the caller's settings are its own again
+SELECT current_setting('timezone') AS timezone, current_setting('extra_float_digits') AS extra_float_digits,
+	current_setting('bytea_output') AS bytea_output;
+RESET bytea_output;
+RESET intervalstyle;
+RESET datestyle;
 RESET extra_float_digits;
 RESET timezone;
 -- a render statement that reads a bare t gets the column, which is no row:

@@ -1028,6 +1028,7 @@ extern Oid	shipsync_table_owner(Oid relid);
 extern void shipsync_check_owner_sees_all(Oid relid, Oid owner);
 extern void shipsync_pin_search_path(void);
 extern void shipsync_keys_as_iso(void);
+extern void shipsync_body_settings(void);
 extern void shipsync_pin_worker_session(bool writer);
 
 /* the deferrable constraints a write sets IMMEDIATE, to set back after it */

@@ -295,4 +295,25 @@ DROP TABLE wide_want;
 REVOKE USAGE ON SCHEMA mapshop FROM shipsync_test_shop;
 DROP ROLE shipsync_test_shop;
 
+-- a column whose name is no bare path name (a quote, a backslash, a space,
+-- a dot) is named in double quotes, a quote in it doubled, as in SQL; a
+-- target member the same way
+INSERT INTO shipsync.field_map (profile, direction, position, target_path, source) VALUES
+	('quoted_json', 'out', 1, 'ref', 'meta:order_key'),
+	('quoted_json', 'out', 2, 'name', '"full""name"'),
+	('quoted_json', 'out', 3, 'path', '"back\slash"'),
+	('quoted_json', 'out', 4, 'to."Customer Name"', '"Customer Name"'),
+	('quoted_json', 'out', 5, 'dotted', '"a.b"'),
+	('quoted_json', 'out', 6, 'bare_dotted', 'a.b');
+INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('quoted_json', 'out', 'x', '"open');
+SELECT shipsync.create_provider('quoted', 'generic', 'https://api.example/v1', '{"profile": "quoted_json"}');
+CREATE TABLE mapshop.quoted (id int PRIMARY KEY, "full""name" text, "back\slash" text, "Customer Name" text, "a.b" text);
+SELECT shipsync.attach('mapshop.quoted', 'quoted') > 0 AS attached;
+INSERT INTO mapshop.quoted VALUES (1, 'Quote', 'Back', 'Space', 'Dot');
+SELECT r.body FROM intents o, shipsync.render_request(o.id) r
+WHERE o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.quoted'::regclass);
+SELECT shipsync.detach('mapshop.quoted');
+DROP TABLE mapshop.quoted;
+DELETE FROM shipsync.field_map WHERE profile = 'quoted_json';
+
 DROP EXTENSION pg_shipsync CASCADE;

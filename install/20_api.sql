@@ -731,6 +731,19 @@ BEGIN
 		EXECUTE format('CREATE TRIGGER shipsync_validate AFTER INSERT OR UPDATE ON %s'
 					   ' FOR EACH ROW EXECUTE FUNCTION @extschema@._validate(%L)', tbl, bid);
 	END IF;
+	-- no dispatcher serves this database: its orders would be captured and
+	-- wait, with nothing in the log to say why.  An empty list (nothing is
+	-- served anywhere) is taken as meant.  (col, free again: the list.)
+	col := coalesce(pg_catalog.current_setting('shipsync.databases', true), '');
+	IF pg_catalog.btrim(col) <> ''
+	   AND NOT pg_catalog.current_database() = ANY (ARRAY(
+			SELECT pg_catalog.btrim(pg_catalog.btrim(x), '"')
+			  FROM pg_catalog.regexp_split_to_table(col, ',') AS x)) THEN
+		RAISE WARNING 'database "%" is not in shipsync.databases', pg_catalog.current_database()
+			USING DETAIL = format('Its orders are captured, and none is sent until a dispatcher serves it (shipsync.databases is %L).', col),
+				  HINT = format('ALTER SYSTEM SET shipsync.databases = %L; SELECT pg_reload_conf();',
+								col || ', ' || quote_ident(pg_catalog.current_database()));
+	END IF;
 	PERFORM @extschema@._wake(true);
 	RETURN bid;
 END

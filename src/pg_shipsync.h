@@ -830,6 +830,7 @@ extern void shipsync_hold_extension(void);
 extern void shipsync_begin_tx(const char *activity, bool durable);
 extern void shipsync_end_tx(void);
 extern void shipsync_abort_tx(void);
+extern bool shipsync_exit_if_dropped(void);
 
 /* A growable set of parallel arrays for one statement's parameters */
 typedef struct ArgArrays

@@ -418,10 +418,15 @@ COMMENT ON FUNCTION @extschema@._check_adopt(jsonb, integer, regclass) IS
 
 /*
  * The type an order key (text) is cast to, to find its row: the key
- * column's base type, without a length or precision.  The statements that
- * cast it are made once, at attach(): a key column widened afterwards
- * (varchar(5) to varchar(10), a domain to its base type) would otherwise
- * have a longer key cut to the old length, and find another order's row.
+ * column's base type, without a length or precision, and bigint for any
+ * integer (double precision for real).  The statements that cast it are
+ * made once, at attach(): a key column widened afterwards (varchar(5) to
+ * varchar(10), a domain to its base type) would otherwise have a longer
+ * key cut to the old length, and find another order's row; an integer
+ * widened (int to bigint, smallint to int) had a key beyond the old range
+ * fail to cast, and every order rendered with it wait.  An int or smallint
+ * column compared with a bigint still uses its index (the integer
+ * operators are one family).
  */
 CREATE FUNCTION @extschema@._key_type(tbl regclass, col name)
 RETURNS text
@@ -436,10 +441,13 @@ AS $$
 		SELECT t.typbasetype, d.depth + 1 FROM d JOIN pg_type t ON t.oid = d.typid
 		 WHERE t.typtype = 'd')
 	-- a typmod of -1 given: "bit" and "char" keep no length of one
-	SELECT format_type(d.typid, -1) FROM d ORDER BY d.depth DESC LIMIT 1
+	SELECT CASE WHEN d.typid IN ('int2'::regtype, 'int4'::regtype) THEN 'bigint'
+				WHEN d.typid = 'float4'::regtype THEN 'double precision'
+				ELSE format_type(d.typid, -1) END
+	  FROM d ORDER BY d.depth DESC LIMIT 1
 $$;
 COMMENT ON FUNCTION @extschema@._key_type(regclass, name) IS
-	'Internal (attach(), reconciliation, resync()): the type order keys are cast to, the key column''s base type without a length, so that a key column widened after attach() never has a key cut to another order''s.';
+	'Internal (attach(), reconciliation, resync()): the type order keys are cast to, the key column''s base type without a length (bigint for any integer, double precision for real), so that a key column widened after attach() never has a key cut to another order''s nor fails to cast one.';
 
 CREATE FUNCTION @extschema@.attach(tbl regclass, provider text, key_column name DEFAULT NULL,
 								   writeback jsonb DEFAULT NULL, options jsonb DEFAULT '{}')
@@ -728,6 +736,19 @@ BEGIN
 	IF opts->>'validate' = 'reject' THEN
 		EXECUTE format('CREATE TRIGGER shipsync_validate AFTER INSERT OR UPDATE ON %s'
 					   ' FOR EACH ROW EXECUTE FUNCTION @extschema@._validate(%L)', tbl, bid);
+	END IF;
+	-- no dispatcher serves this database: its orders would be captured and
+	-- wait, with nothing in the log to say why.  An empty list (nothing is
+	-- served anywhere) is taken as meant.  (col, free again: the list.)
+	col := coalesce(pg_catalog.current_setting('shipsync.databases', true), '');
+	IF pg_catalog.btrim(col) <> ''
+	   AND NOT pg_catalog.current_database() = ANY (ARRAY(
+			SELECT pg_catalog.btrim(pg_catalog.btrim(x), '"')
+			  FROM pg_catalog.regexp_split_to_table(col, ',') AS x)) THEN
+		RAISE WARNING 'database "%" is not in shipsync.databases', pg_catalog.current_database()
+			USING DETAIL = format('Its orders are captured, and none is sent until a dispatcher serves it (shipsync.databases is %L).', col),
+				  HINT = format('ALTER SYSTEM SET shipsync.databases = %L; SELECT pg_reload_conf();',
+								col || ', ' || quote_ident(pg_catalog.current_database()));
 	END IF;
 	PERFORM @extschema@._wake(true);
 	RETURN bid;

@@ -54,6 +54,23 @@ INSERT INTO loose (ref) VALUES ('L-1');
 SELECT o.order_key, o.op FROM shipsync.inbox o JOIN shipsync.binding b USING (binding_id)
 WHERE b.tbl = 'loose'::regclass;
 
+-- nor empty: a carrier takes no order without a reference.  A row the
+-- table had before attach() with a null or empty key is given one by an
+-- update, which creates its order; nothing was ever sent for the row
+-- without a key, so nothing is cancelled, and deleting it captures nothing
+CREATE TABLE keyless (n int PRIMARY KEY, ref text, address text);
+INSERT INTO keyless VALUES (1, NULL, 'a'), (2, '', 'b'), (3, '', 'c');
+SELECT shipsync.attach('keyless', 'acme', key_column => 'ref') > 0 AS attached;
+INSERT INTO keyless VALUES (4, '', 'd');
+UPDATE keyless SET address = 'b2' WHERE n = 2;
+UPDATE keyless SET ref = 'K-1' WHERE n = 1;
+UPDATE keyless SET ref = 'K-2' WHERE n = 2;
+DELETE FROM keyless WHERE n = 3;
+UPDATE keyless SET ref = '' WHERE n = 1;
+SELECT o.order_key, o.op FROM shipsync.inbox o JOIN shipsync.binding b USING (binding_id)
+WHERE b.tbl = 'keyless'::regclass ORDER BY o.id;
+DROP TABLE keyless;
+
 -- after detach, changes are no longer captured; captured intents stay
 SELECT shipsync.detach('orders');
 INSERT INTO orders VALUES ('SO-6', 'after detach');
@@ -184,6 +201,31 @@ DEALLOCATE wb_widened;
 DEALLOCATE wb_widened_d;
 DROP TABLE widened, widened_d;
 DROP DOMAIN short_ref;
+
+-- an integer key column widened after attach() (smallint to int, int to
+-- bigint): a key beyond the old type's range renders and is written back,
+-- and the orders rendered with it are not held up
+CREATE TABLE widened_i (id int PRIMARY KEY, address text, waybill text);
+CREATE TABLE widened_s (id smallint PRIMARY KEY, address text, waybill text);
+SELECT shipsync.attach('widened_i', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+SELECT shipsync.attach('widened_s', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+ALTER TABLE widened_i ALTER id TYPE bigint;
+ALTER TABLE widened_s ALTER id TYPE int;
+INSERT INTO widened_i VALUES (7, 'small'), (3000000000, 'beyond int');
+INSERT INTO widened_s VALUES (7, 'small'), (40000, 'beyond smallint');
+SELECT b.tbl, i.order_key, r.body
+  FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id), shipsync.render_request(i.id) r
+ WHERE b.tbl IN ('widened_i'::regclass, 'widened_s'::regclass) ORDER BY i.id;
+\set ECHO none
+SELECT format('PREPARE wb_%s AS %s', b.tbl, b.writeback_sql) FROM shipsync.binding b
+ WHERE b.tbl IN ('widened_i'::regclass, 'widened_s'::regclass) \gexec
+\set ECHO all
+EXECUTE wb_widened_i('{3000000000}', '{NULL}', '{SF-3}', '{NULL}', '{NULL}', '{NULL}');
+EXECUTE wb_widened_s('{40000}', '{NULL}', '{SF-4}', '{NULL}', '{NULL}', '{NULL}');
+SELECT 'widened_i' AS tbl, * FROM widened_i UNION ALL SELECT 'widened_s', * FROM widened_s ORDER BY 1, 2;
+DEALLOCATE wb_widened_i;
+DEALLOCATE wb_widened_s;
+DROP TABLE widened_i, widened_s;
 
 -- row-level security forced on the table's owner: pg_shipsync reads and
 -- writes orders as the owner, and an order its policies hide is not a

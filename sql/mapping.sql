@@ -251,17 +251,35 @@ INSERT INTO mapshop.wide (id, n, f4, f8, b, d, tstz, ia, jb)
 	VALUES (3, 'Infinity', 'NaN', 1e300, false, '2026-02-28', '-infinity', '{}', 'null');
 -- added after the rows: their value is the default, kept in the catalog
 ALTER TABLE mapshop.wide ADD COLUMN later text DEFAULT 'filled';
-SET timezone = 'Asia/Shanghai';
-SET extra_float_digits = 0;
+-- the body is printed with the dispatcher's settings (TimeZone UTC,
+-- DateStyle ISO, IntervalStyle postgres, extra_float_digits 1,
+-- bytea_output hex), whatever the caller's: render_request() shows what
+-- is sent
+SET timezone = 'UTC';
+SET datestyle = 'ISO, MDY';
+SET intervalstyle = 'postgres';
+SET extra_float_digits = 1;
+SET bytea_output = 'hex';
 SET ROLE shipsync_test_shop;
 CREATE TEMP TABLE wide_want AS
 SELECT w.id::text AS order_key, json_build_object('order_ref', w.id::text, 'order', row_to_json(w))::text AS body
 FROM mapshop.wide w;
 RESET ROLE;
+SET timezone = 'Asia/Shanghai';
+SET datestyle = 'SQL, DMY';
+SET intervalstyle = 'iso_8601';
+SET extra_float_digits = 0;
+SET bytea_output = 'escape';
 SELECT o.order_key, r.body = want.body AS same_as_row_to_json, r.body ~ 'shipsync_test_shop:dark' AS cast_as_owner
 FROM intents o JOIN wide_want want USING (order_key), shipsync.render_request(o.id) r
 WHERE o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.wide'::regclass)
 ORDER BY 1;
+-- the caller's settings are its own again
+SELECT current_setting('timezone') AS timezone, current_setting('extra_float_digits') AS extra_float_digits,
+	current_setting('bytea_output') AS bytea_output;
+RESET bytea_output;
+RESET intervalstyle;
+RESET datestyle;
 RESET extra_float_digits;
 RESET timezone;
 -- a render statement that reads a bare t gets the column, which is no row:
@@ -276,5 +294,26 @@ DROP TABLE mapshop.wide;
 DROP TABLE wide_want;
 REVOKE USAGE ON SCHEMA mapshop FROM shipsync_test_shop;
 DROP ROLE shipsync_test_shop;
+
+-- a column whose name is no bare path name (a quote, a backslash, a space,
+-- a dot) is named in double quotes, a quote in it doubled, as in SQL; a
+-- target member the same way
+INSERT INTO shipsync.field_map (profile, direction, position, target_path, source) VALUES
+	('quoted_json', 'out', 1, 'ref', 'meta:order_key'),
+	('quoted_json', 'out', 2, 'name', '"full""name"'),
+	('quoted_json', 'out', 3, 'path', '"back\slash"'),
+	('quoted_json', 'out', 4, 'to."Customer Name"', '"Customer Name"'),
+	('quoted_json', 'out', 5, 'dotted', '"a.b"'),
+	('quoted_json', 'out', 6, 'bare_dotted', 'a.b');
+INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('quoted_json', 'out', 'x', '"open');
+SELECT shipsync.create_provider('quoted', 'generic', 'https://api.example/v1', '{"profile": "quoted_json"}');
+CREATE TABLE mapshop.quoted (id int PRIMARY KEY, "full""name" text, "back\slash" text, "Customer Name" text, "a.b" text);
+SELECT shipsync.attach('mapshop.quoted', 'quoted') > 0 AS attached;
+INSERT INTO mapshop.quoted VALUES (1, 'Quote', 'Back', 'Space', 'Dot');
+SELECT r.body FROM intents o, shipsync.render_request(o.id) r
+WHERE o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.quoted'::regclass);
+SELECT shipsync.detach('mapshop.quoted');
+DROP TABLE mapshop.quoted;
+DELETE FROM shipsync.field_map WHERE profile = 'quoted_json';
 
 DROP EXTENSION pg_shipsync CASCADE;

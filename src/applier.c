@@ -450,7 +450,9 @@ applier_free_group(ApplyGroup *g)
 
 /*
  * The applier exited.  With a message of ours unapplied, this dispatcher
- * exits too, leaving the record of it (poison.c) to the next one.
+ * exits too, leaving the record of it (poison.c) to the next one; quietly
+ * when the applier exited because the extension was dropped under the
+ * batch: there is nothing left to apply it to.
  */
 static void
 applier_lost(void)
@@ -458,6 +460,8 @@ applier_lost(void)
 	int			n = at_applier ? at_applier->n : 0;
 
 	applier_forget();
+	if (n > 0)
+		(void) shipsync_exit_if_dropped();
 	if (n > 0)
 		ereport(FATAL,
 				(errcode(ERRCODE_ADMIN_SHUTDOWN),

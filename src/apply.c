@@ -311,9 +311,12 @@ outbox_apply_prepare(void)
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(cxt);
+		shipsync_abort_tx();
+		/* DROP EXTENSION as we started: no failure of ours, we exit */
+		(void) shipsync_exit_if_dropped();
+		MemoryContextSwitchTo(cxt);
 		EmitErrorReport();
 		FlushErrorState();
-		shipsync_abort_tx();
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
@@ -742,6 +745,9 @@ apply_batch(ShipResult *rs, int n, Binding *bs, int nb)
 		edata = CopyErrorData();
 		FlushErrorState();
 		shipsync_abort_tx();
+		/* DROP EXTENSION under the batch: nothing is left to apply it to */
+		(void) shipsync_exit_if_dropped();
+		MemoryContextSwitchTo(cxt);
 		ereport(LOG,
 				(errmsg("pg_shipsync: a batch of %d results failed, applying them one by one", n),
 				 errdetail("%s", edata->message)));

@@ -29,8 +29,10 @@
  * on a table of every such class.
  *
  * The caller prints as the table's owner, as the render statement ran: a
- * cast function is the owner's code, and output functions read settings
- * (TimeZone, extra_float_digits) that the owner's role may set.
+ * cast function is the owner's code.  Output functions read settings
+ * (TimeZone, extra_float_digits): the caller pins them
+ * (shipsync_body_settings()), so that render_request() in a user's session
+ * prints what the dispatcher sends.
  *
  *-------------------------------------------------------------------------
  */

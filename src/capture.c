@@ -765,9 +765,15 @@ capture_check_binding(int32 binding_id, int32 provider_id, Relation rel)
  * session's DateStyle, IntervalStyle and TimeZone (shipsync_keys_as_iso()):
  * the dispatcher reads the key back with its own settings, and
  * reconciliation and resync() print keys the same way.
+ *
+ * A null or empty key names no order: a new row's (old false) is refused,
+ * as a carrier takes no order without a reference; an old row's (old true:
+ * a row deleted, or given a key by an update) gives NULL, since nothing
+ * was ever sent for it and there is nothing to cancel.
  */
 static char *
-capture_key(Relation rel, HeapTuple tuple, int keyattno, const char *keycol)
+capture_key(Relation rel, HeapTuple tuple, int keyattno, const char *keycol,
+			bool old)
 {
 	static Oid	out_type = InvalidOid;
 	static FmgrInfo out_fn;
@@ -806,12 +812,21 @@ capture_key(Relation rel, HeapTuple tuple, int keyattno, const char *keycol)
 		else
 			key = OutputFunctionCall(&out_fn, d);
 	}
+	if (old && (key == NULL || key[0] == '\0'))
+		return NULL;
 	if (key == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NOT_NULL_VIOLATION),
 				 errmsg("order key column \"%s\" of table \"%s\" is null",
 						keycol, RelationGetRelationName(rel)),
 				 errdetail("pg_shipsync identifies each order by its key."),
+				 errhint("Give every row a key, or attach the table with another key_column.")));
+	if (key[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("order key column \"%s\" of table \"%s\" is empty",
+						keycol, RelationGetRelationName(rel)),
+				 errdetail("pg_shipsync identifies each order by its key, and sends it as the order's reference, which a carrier requires."),
 				 errhint("Give every row a key, or attach the table with another key_column.")));
 	return key;
 }
@@ -1007,27 +1022,31 @@ shipsync_capture(PG_FUNCTION_ARGS)
 
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
 		capture_insert(rel, trigdata->tg_trigtuple, binding_id, provider_id,
-					   capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol),
+					   capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol, false),
 					   tg);
-	else if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event) &&
-			 HeapTupleHeaderIndicatesMovedPartitions(trigdata->tg_trigtuple->t_data))
-		capture_hold_moved(rel, trigdata->tg_trigtuple, binding_id, provider_id,
-						   capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol));
 	else if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
-		capture_enqueue(binding_id, provider_id,
-						capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol),
-						CAPTURE_CANCEL);
+	{
+		char	   *oldkey = capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol, true);
+
+		if (oldkey == NULL)
+			return PointerGetDatum(rettuple);	/* never sent: nothing to cancel */
+		if (HeapTupleHeaderIndicatesMovedPartitions(trigdata->tg_trigtuple->t_data))
+			capture_hold_moved(rel, trigdata->tg_trigtuple, binding_id, provider_id, oldkey);
+		else
+			capture_enqueue(binding_id, provider_id, oldkey, CAPTURE_CANCEL);
+	}
 	else
 	{
-		char	   *oldkey = capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol);
-		char	   *newkey = capture_key(rel, trigdata->tg_newtuple, keyattno, keycol);
+		char	   *oldkey = capture_key(rel, trigdata->tg_trigtuple, keyattno, keycol, true);
+		char	   *newkey = capture_key(rel, trigdata->tg_newtuple, keyattno, keycol, false);
 
-		if (strcmp(oldkey, newkey) == 0)
+		if (oldkey != NULL && strcmp(oldkey, newkey) == 0)
 			capture_enqueue(binding_id, provider_id, newkey, CAPTURE_UPDATE);
 		else
 		{
 			/* a renamed order: the old one goes away, the new one ships */
-			capture_enqueue(binding_id, provider_id, oldkey, CAPTURE_CANCEL);
+			if (oldkey != NULL)
+				capture_enqueue(binding_id, provider_id, oldkey, CAPTURE_CANCEL);
 			capture_enqueue(binding_id, provider_id, newkey, CAPTURE_CREATE);
 		}
 	}

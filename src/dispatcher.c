@@ -1699,6 +1699,39 @@ dispatcher_idle_check(TimestampTz now)
  */
 static int	recover_failures = 0;	/* passes that failed in a row */
 static bool recover_checking = false;	/* looking for the extension */
+static ErrorData *recover_deferred = NULL;	/* thrown again, to be reported */
+
+/*
+ * An error of an object missing, which is what a DROP EXTENSION between
+ * two statements of a pass gives ("relation "shipsync.provider" does not
+ * exist"): not reported until the extension is known to be there.  When it
+ * is gone, the worker exits with a LOG line saying so
+ * (shipsync_exit_if_dropped()); else the error is thrown again, and
+ * reported as any other.
+ */
+static void
+recover_missing_object(MemoryContext loop_cxt)
+{
+	int			code = geterrcode();
+
+	if (recover_deferred != NULL || recover_checking ||
+		(code != ERRCODE_UNDEFINED_TABLE && code != ERRCODE_UNDEFINED_FUNCTION &&
+		 code != ERRCODE_UNDEFINED_OBJECT && code != ERRCODE_UNDEFINED_COLUMN &&
+		 code != ERRCODE_INVALID_SCHEMA_NAME))
+		return;
+	MemoryContextSwitchTo(TopMemoryContext);
+	recover_deferred = CopyErrorData();
+	AbortOutOfAnyTransaction();
+	LWLockReleaseAll();
+	pgstat_report_wait_end();
+	FlushErrorState();
+	MemoryContextReset(loop_cxt);
+	RESUME_INTERRUPTS();
+	recover_checking = true;
+	(void) shipsync_exit_if_dropped();
+	recover_checking = false;
+	ReThrowError(recover_deferred);
+}
 
 static void
 dispatcher_recover(MemoryContext loop_cxt)
@@ -1709,6 +1742,7 @@ dispatcher_recover(MemoryContext loop_cxt)
 	/* the frames the error's context callbacks lived in are gone */
 	error_context_stack = NULL;
 	HOLD_INTERRUPTS();
+	recover_missing_object(loop_cxt);
 	EmitErrorReport();
 	cancelled = geterrcode() == ERRCODE_QUERY_CANCELED;
 	AbortOutOfAnyTransaction();
@@ -1716,6 +1750,9 @@ dispatcher_recover(MemoryContext loop_cxt)
 	pgstat_report_wait_end();
 	MemoryContextSwitchTo(TopMemoryContext);
 	FlushErrorState();
+	if (recover_deferred)
+		FreeErrorData(recover_deferred);
+	recover_deferred = NULL;
 	MemoryContextReset(loop_cxt);
 	RESUME_INTERRUPTS();
 

@@ -475,6 +475,25 @@ bad:
 	return NULL;
 }
 
+/*
+ * Whether the key of member i of a scanned row is name: compared as it is,
+ * or decoded when it holds an escape (a column named full"name or back\slash
+ * is "full\"name" and "back\\slash" in JSON)
+ */
+static bool
+flat_key_is(const MapRowIndex *idx, int i, const char *name, size_t nl)
+{
+	char	   *key;
+	bool		same;
+
+	if (memchr(idx->key[i], '\\', idx->keylen[i]) == NULL)
+		return idx->keylen[i] == (int) nl && memcmp(idx->key[i], name, nl) == 0;
+	key = unescape_json(idx->key[i], idx->keylen[i]);
+	same = key != NULL && strcmp(key, name) == 0;
+	free(key);
+	return same;
+}
+
 /* The value of column `name` in a scanned row, typed like json_to_value() */
 static void
 flat_value(const MapRowIndex *idx, const char *name, MapValue *v)
@@ -488,8 +507,7 @@ flat_value(const MapRowIndex *idx, const char *name, MapValue *v)
 		const char *val;
 		int			len;
 
-		/* column names with escapes in their JSON form are not found here */
-		if (idx->keylen[i] != (int) nl || memcmp(idx->key[i], name, nl) != 0)
+		if (!flat_key_is(idx, i, name, nl))
 			continue;
 		val = idx->val[i];
 		len = idx->vallen[i];
@@ -620,8 +638,46 @@ path_parse_bracket(const char *text, const char *p, MapSeg *seg,
 }
 
 /*
+ * A name in double quotes, p at its opening quote: any characters, a quote
+ * in it doubled (as in SQL: "full""name").  Returns what follows it, with
+ * the name in *name, or NULL with a message.
+ */
+static const char *
+path_parse_quoted(const char *text, const char *p, char **name,
+				  char *errbuf, size_t errlen)
+{
+	const char *start = p++;
+	char	   *out = xcalloc(strlen(p) + 1, 1);
+	size_t		n = 0;
+
+	for (;;)
+	{
+		if (*p == '\0')
+		{
+			set_err(errbuf, errlen, "unterminated quoted name at offset %d", (int) (start - text));
+			free(out);
+			return NULL;
+		}
+		if (*p == '"' && p[1] != '"')
+			break;
+		if (*p == '"')
+			p++;				/* a doubled quote is one */
+		out[n++] = *p++;
+	}
+	if (n == 0)
+	{
+		set_err(errbuf, errlen, "empty quoted name at offset %d", (int) (start - text));
+		free(out);
+		return NULL;
+	}
+	*name = out;
+	return p + 1;
+}
+
+/*
  * Parse "a.b[k=v].c[2]" into steps.  A filter value may be quoted with
- * double quotes (then it is always a string, and may hold ] . or =).
+ * double quotes (then it is always a string, and may hold ] . or =); so
+ * may a name ("Customer Name", "full""name"), which then holds anything.
  */
 bool
 shipsync_path_parse(const char *text, MapPath *out, char *errbuf, size_t errlen)
@@ -656,14 +712,23 @@ shipsync_path_parse(const char *text, MapPath *out, char *errbuf, size_t errlen)
 		}
 		seg = &out->segs[out->nsegs];
 		memset(seg, 0, sizeof(*seg));
-		while (*p && path_name_char((unsigned char) *p))
-			p++;
-		if (p == start)
+		if (*p == '"')
 		{
-			set_err(errbuf, errlen, "expected a name at offset %d", (int) (start - text));
-			goto fail;
+			p = path_parse_quoted(text, p, &seg->name, errbuf, errlen);
+			if (p == NULL)
+				goto fail;
 		}
-		seg->name = xstrndup(start, p - start);
+		else
+		{
+			while (*p && path_name_char((unsigned char) *p))
+				p++;
+			if (p == start)
+			{
+				set_err(errbuf, errlen, "expected a name at offset %d", (int) (start - text));
+				goto fail;
+			}
+			seg->name = xstrndup(start, p - start);
+		}
 		out->nsegs++;
 		if (*p == '[')
 		{
@@ -1924,8 +1989,15 @@ compile_source(MapRule *r, const char *src, char *errbuf, size_t errlen)
 	}
 	/* a column, or for inbound rules a path into the response */
 	r->src_kind = SRC_COLUMN;
-	r->src = xstrdup(src);
-	return shipsync_path_parse(src, &r->src_path, errbuf, errlen);
+	if (!shipsync_path_parse(src, &r->src_path, errbuf, errlen))
+		return false;
+	/* a column named in quotes is the name they hold */
+	if (src[0] == '"' && r->src_path.nsegs == 1 &&
+		r->src_path.segs[0].kind == MAPSEG_PLAIN)
+		r->src = xstrdup(r->src_path.segs[0].name);
+	else
+		r->src = xstrdup(src);
+	return true;
 }
 
 /*

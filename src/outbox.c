@@ -635,7 +635,10 @@ render_bodies(Oid owner, Claimed *cs, int *idx, int n, HeapTuple *rows, TupleDes
 {
 	BodyFormat *format = NULL;
 	ShipsyncUserSave save;
+	int			nest = NewGUCNestLevel();
 
+	/* the dispatcher's settings, in render_request() too: see security.c */
+	shipsync_body_settings();
 	shipsync_become_owner(owner, &save);
 	PG_TRY();
 	{
@@ -653,6 +656,7 @@ render_bodies(Oid owner, Claimed *cs, int *idx, int n, HeapTuple *rows, TupleDes
 	PG_FINALLY();
 	{
 		shipsync_restore_user(&save);
+		AtEOXact_GUC(false, nest);
 	}
 	PG_END_TRY();
 }

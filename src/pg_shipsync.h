@@ -832,6 +832,7 @@ extern void shipsync_require_extension_version(const char *fn);
 extern void shipsync_begin_tx(const char *activity, bool durable);
 extern void shipsync_end_tx(void);
 extern void shipsync_abort_tx(void);
+extern bool shipsync_exit_if_dropped(void);
 
 /* A growable set of parallel arrays for one statement's parameters */
 typedef struct ArgArrays
@@ -1032,6 +1033,7 @@ extern Oid	shipsync_table_owner(Oid relid);
 extern void shipsync_check_owner_sees_all(Oid relid, Oid owner);
 extern void shipsync_pin_search_path(void);
 extern void shipsync_keys_as_iso(void);
+extern void shipsync_body_settings(void);
 extern void shipsync_pin_worker_session(bool writer);
 
 /* the deferrable constraints a write sets IMMEDIATE, to set back after it */

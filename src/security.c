@@ -297,6 +297,25 @@ shipsync_keys_as_iso(void)
 }
 
 /*
+ * Print order bodies as the dispatcher sends them, whatever the session's
+ * settings, until the current GUC nest level ends (the caller has made
+ * one): dates, times and intervals as shipsync_keys_as_iso() prints keys
+ * (a timestamptz in UTC), floats in their shortest exact form
+ * (extra_float_digits 1) and bytea in hex.  render_request() previews the
+ * body in the caller's session, the dispatcher prints it in its own: both
+ * print it this way, so that what is previewed is what is sent.
+ */
+void
+shipsync_body_settings(void)
+{
+	shipsync_keys_as_iso();
+	(void) set_config_option("extra_float_digits", "1", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("bytea_output", "hex", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+/*
  * Pin this session's search_path for good, whatever ALTER DATABASE or
  * ALTER ROLE ... SET gave it: for a background worker, right after it
  * connects.

@@ -76,6 +76,7 @@
 #include "optimizer/plancat.h"
 #include "optimizer/planner.h"
 #include "pgstat.h"
+#include "postmaster/bgworker.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
@@ -85,7 +86,9 @@
 #include "utils/array.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_extension.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
+#include "storage/ipc.h"
 #include "storage/lmgr.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -821,6 +824,39 @@ shipsync_abort_tx(void)
 	tx_caller_cxt = NULL;
 	if (caller)
 		MemoryContextSwitchTo(caller);
+}
+
+/*
+ * After a failure, outside a transaction: when the extension is no longer
+ * in this database (DROP EXTENSION, between two transactions of ours or
+ * under a batch on the wire), say so with one LOG line and end this worker
+ * (the launcher starts a dispatcher again, which waits for CREATE
+ * EXTENSION as at the start); the failure, an object the drop took away,
+ * is not worth reporting.  Returns false when the extension is there.
+ */
+bool
+shipsync_exit_if_dropped(void)
+{
+	const char *who = MyBgworkerEntry ? strrchr(MyBgworkerEntry->bgw_type, ' ') : NULL;
+	char	   *db;
+	bool		dropped;
+
+	if (MyBgworkerEntry == NULL || IsTransactionState())
+		return false;			/* a worker's, between its transactions */
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	dropped = !OidIsValid(get_extension_oid("pg_shipsync", true));
+	db = dropped ? get_database_name(MyDatabaseId) : NULL;
+	if (dropped)
+		ereport(LOG,
+				(errmsg("pg_shipsync: the extension was dropped from database \"%s\"; the %s exits",
+						db ? db : "?", who ? who + 1 : "worker")));
+	CommitTransactionCommand();
+	if (!dropped)
+		return false;
+	/* the dispatcher exits as when it finds the extension gone, the applier as at its end */
+	proc_exit(who && strcmp(who + 1, "applier") == 0 ? 0 : 1);
+	return true;				/* not reached */
 }
 
 /*

@@ -74,6 +74,26 @@ ok( wait_until($node,
 		  . " AND datname = 'third'", 20),
 	'a reload stops the dispatcher of a database left out');
 
+# attach() in a database no dispatcher serves says so: its orders would be
+# captured and never sent, with nothing in the log
+{
+	my ($ret, $out, $err) = $node->psql('third', q{
+		CREATE EXTENSION pg_shipsync;
+		CREATE TABLE orders (id int PRIMARY KEY, waybill_no text);
+		SELECT shipsync.create_provider('sim', 'generic', 'http://127.0.0.1:9');
+		SELECT shipsync.attach('orders', 'sim');
+	});
+	is($ret, 0, 'attach() in a database that is not served succeeds');
+	like($err, qr/WARNING:  database "third" is not in shipsync\.databases/,
+		'... with a warning that its orders are not sent');
+	like($err, qr/HINT:  .*ALTER SYSTEM SET shipsync\.databases/, '... and a hint to list it');
+	($ret, $out, $err) = $node->psql('later', q{
+		CREATE TABLE orders2 (id int PRIMARY KEY, waybill_no text);
+		SELECT shipsync.attach('orders2', 'sim');
+	});
+	unlike($err, qr/WARNING/, 'attach() in a served database warns of nothing');
+}
+
 # Settings of the database (or of the role the workers connect as) that
 # would change how their transactions behave do not reach them: with these
 # the dispatcher failed every pass (read-only, or serialization failures),

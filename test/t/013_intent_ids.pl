@@ -118,5 +118,30 @@ for my $i (1 .. 20)
 my $log = slurp_file($node->logfile, $log_at);
 unlike($log, qr/deadlock detected/, 'twenty drops and re-creations during the workers\' passes: no deadlock');
 
+# 7. DROP EXTENSION in the middle of a batch (requests on the wire, their
+# answers applied after the drop): the workers end quietly, saying why,
+# with no error or warning about the objects the drop took away
+{
+	my $sim = start_sim(latency_ms => 1500);
+	$sql->("ALTER SYSTEM RESET shipsync.idle_check_ms");
+	$sql->("SELECT pg_reload_conf()");
+	$sql->("DROP EXTENSION pg_shipsync CASCADE");
+	$sql->($setup);
+	$sql->("SELECT shipsync.create_provider('sim', 'generic', '$sim->{url}', '{\"timeout_ms\": 10000}')");
+	$sql->("SELECT shipsync.detach('crm.orders')");
+	$sql->("SELECT shipsync.attach('crm.orders', 'sim', writeback => '{\"tracking_number\": \"waybill_no\"}')");
+	$log_at = -s $node->logfile;
+	$sql->("INSERT INTO crm.orders (customer) SELECT 'mid-batch' FROM generate_series(1, 50)");
+	ok( wait_until($node, "SELECT count(*) > 0 FROM shipsync.outbox WHERE state = 'in_flight'", 20),
+		'a batch is on the wire');
+	$sql->("DROP EXTENSION pg_shipsync CASCADE");
+	usleep(4_000_000);			# the answers come (1.5 s) and are applied
+	$log = slurp_file($node->logfile, $log_at);
+	like($log, qr/LOG:  pg_shipsync: the extension was dropped from database "postgres"; the (dispatcher|applier) exits/,
+		'DROP EXTENSION mid-batch: the log says the extension was dropped');
+	my @noise = grep { /\b(ERROR|WARNING|FATAL):/ } split /\n/, $log;
+	is(join("\n", @noise), '', 'DROP EXTENSION mid-batch: no error or warning from the workers');
+}
+
 $node->stop;
 done_testing();

@@ -188,6 +188,16 @@ test_paths(void)
 	check(!shipsync_path_parse("a[=1]", &p, err, sizeof(err)), "a filter without a key is refused");
 	check(!shipsync_path_parse("", &p, err, sizeof(err)), "an empty path is refused");
 	check(!shipsync_path_parse("a[\"x", &p, err, sizeof(err)), "garbage in brackets is refused");
+	check(shipsync_path_parse("\"full\"\"name\".\"Customer Name\"[0].\"back\\slash\"", &p, err, sizeof(err)) &&
+		  p.nsegs == 3 && strcmp(p.segs[0].name, "full\"name") == 0 &&
+		  strcmp(p.segs[1].name, "Customer Name") == 0 && p.segs[1].kind == MAPSEG_INDEX &&
+		  strcmp(p.segs[2].name, "back\\slash") == 0,
+		  "quoted names hold anything, a doubled quote is one");
+	shipsync_path_free(&p);
+	check(!shipsync_path_parse("\"open", &p, err, sizeof(err)) && strstr(err, "unterminated"),
+		  "an unterminated quoted name is refused");
+	check(!shipsync_path_parse("a.\"\"", &p, err, sizeof(err)) && strstr(err, "empty quoted name at offset 2"),
+		  "an empty quoted name is refused with its offset");
 }
 
 static void

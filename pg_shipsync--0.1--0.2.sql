@@ -10041,8 +10041,7 @@ COMMENT ON COLUMN @extschema@.order_fees.lines IS 'Fee lines, quote and bill (a 
 -- said what no line summed to.  attach() now writes a total into a
 -- numeric of scale s only when it has no more decimals, and _fee_totals()
 -- gives an order whose total does not fit a writeback_failed ticket.
--- Bindings attached before keep their write-back statement until attached
--- again.
+-- Bindings attached before get the new assignment in a section below.
 CREATE OR REPLACE FUNCTION @extschema@.attach(tbl regclass, provider text, key_column name DEFAULT NULL,
 								   writeback jsonb DEFAULT NULL, options jsonb DEFAULT '{}')
 RETURNS integer
@@ -11337,10 +11336,16 @@ BEGIN
 		END IF;
 		-- no explicit cast: assignment rules apply, so a tracking number too
 		-- long for a varchar(n) column fails loudly instead of being cut (a
-		-- fee_total into a string column is its text, as written)
-		sets := sets || format(CASE WHEN f = 'fee_total' AND colcat = 'S'
-									THEN '%I = COALESCE(shipsync_u.%I::pg_catalog.text, t.%I)'
-									ELSE '%I = COALESCE(shipsync_u.%I, t.%I)' END, col, f, col);
+		-- fee_total into a string column is its text, as written; into a
+		-- numeric of scale s only when it has no more decimals than s, never
+		-- rounded: _fee_totals() tickets the order whose total does not fit)
+		sets := sets || CASE WHEN f = 'fee_total' AND colcat = 'S'
+							 THEN format('%I = COALESCE(shipsync_u.%I::pg_catalog.text, t.%I)', col, f, col)
+							 WHEN f = 'fee_total' AND colscale IS NOT NULL
+							 THEN format('%1$I = COALESCE(CASE WHEN pg_catalog.round(shipsync_u.fee_total, %2$s)'
+										 ' OPERATOR(pg_catalog.=) shipsync_u.fee_total THEN shipsync_u.fee_total END, t.%1$I)',
+										 col, colscale)
+							 ELSE format('%I = COALESCE(shipsync_u.%I, t.%I)', col, f, col) END;
 		wbcols := wbcols || col;
 	END LOOP;
 
@@ -11497,3 +11502,35 @@ BEGIN
 END
 $$;
 ALTER FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) SET shipsync.audit_action = 'attach';
+
+------------------------------------------------------------------------------
+-- fee_total into a numeric of scale s, in bindings attached before
+------------------------------------------------------------------------------
+-- The section above changed attach(); the bindings it made before (0.1's
+-- among them) kept the assignment that rounds a total of 13.705 into a
+-- numeric(10,2) as 13.71.  Their write-back statements get attach()'s
+-- assignment now, the same text a new attach() writes.
+UPDATE @extschema@.binding b
+   SET writeback_sql = pg_catalog.replace(b.writeback_sql,
+		pg_catalog.format('%I = COALESCE(shipsync_u.%I, t.%I)', w.col, 'fee_total', w.col),
+		pg_catalog.format('%1$I = COALESCE(CASE WHEN pg_catalog.round(shipsync_u.fee_total, %2$s)'
+						  ' OPERATOR(pg_catalog.=) shipsync_u.fee_total THEN shipsync_u.fee_total END, t.%1$I)',
+						  w.col, w.scale))
+  FROM (SELECT x.binding_id, a.attname AS col,
+			   (((tm.m OPERATOR(pg_catalog.-) 4) OPERATOR(pg_catalog.&) 2047)
+				OPERATOR(pg_catalog.#) 1024) OPERATOR(pg_catalog.-) 1024 AS scale
+		  FROM @extschema@.binding x
+		  JOIN pg_catalog.pg_attribute a
+			ON a.attrelid OPERATOR(pg_catalog.=) x.tbl
+		   AND a.attname OPERATOR(pg_catalog.=) (x.writeback OPERATOR(pg_catalog.->>) 'fee_total')
+		   AND NOT a.attisdropped
+		  JOIN pg_catalog.pg_type t
+			ON t.oid OPERATOR(pg_catalog.=) coalesce(nullif(
+				(SELECT d.typbasetype FROM pg_catalog.pg_type d WHERE d.oid OPERATOR(pg_catalog.=) a.atttypid), 0),
+				a.atttypid)
+		 CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod OPERATOR(pg_catalog.>=) 0 THEN a.atttypmod
+				ELSE (SELECT d.typtypmod FROM pg_catalog.pg_type d WHERE d.oid OPERATOR(pg_catalog.=) a.atttypid) END) AS tm(m)
+		 WHERE t.oid OPERATOR(pg_catalog.=) 'pg_catalog.numeric'::pg_catalog.regtype
+		   AND tm.m OPERATOR(pg_catalog.>=) 4) w
+ WHERE b.binding_id OPERATOR(pg_catalog.=) w.binding_id
+   AND b.writeback_sql IS NOT NULL;

@@ -100,6 +100,9 @@ $node->safe_psql('postgres', q{
 	SELECT shipsync.create_provider('gone', 'generic', 'http://127.0.0.1:9',
 		'{"timeout_ms": 500, "max_attempts": 1}');
 	CREATE TABLE crm.returns (id int PRIMARY KEY, customer text, waybill_no text);
+	-- a quote total into a numeric(10,2): 0.1's write-back rounds it
+	CREATE TABLE crm.billed (id int PRIMARY KEY, customer text, waybill_no text, fee numeric(10,2));
+	SELECT shipsync.attach('crm.billed', 'gone', writeback => '{"tracking_number": "waybill_no", "fee_total": "fee"}');
 	SELECT shipsync.attach('crm.returns', 'gone', writeback => '{"tracking_number": "waybill_no"}');
 	INSERT INTO crm.returns VALUES (1, '退货');
 	INSERT INTO crm.orders (customer) SELECT '客户' || g FROM generate_series(1, 50) g;
@@ -237,6 +240,22 @@ is(scalar(@only_fresh) + scalar(@only_upgraded), 0,
 	  . "\nonly after the upgrade:\n  " . join("\n  ", @only_upgraded));
 
 is($node->safe_psql('postgres', $data), $before, 'every row of 0.1 is still there');
+
+# every binding of 0.1 reads and writes its table with the statements
+# attach() makes in 0.2 (attached again in a transaction rolled back): the
+# update rewrote them, and a fee total is not written rounded any more
+my $statements = q{SELECT string_agg(b.tbl::text || ':' || md5(b.render_sql) || ':'
+	|| coalesce(md5(b.writeback_sql), '-'), ',' ORDER BY b.tbl::text) FROM shipsync.binding b WHERE b.active};
+my $reattached = $node->safe_psql('postgres', qq{
+	BEGIN;
+	SELECT count(shipsync.attach(b.tbl, p.name, b.key_column, b.writeback, b.options - 'adopted_by'))
+	  FROM shipsync.binding b JOIN shipsync.provider p USING (provider_id) WHERE b.active \\gset
+	$statements;
+	ROLLBACK;});
+is($node->safe_psql('postgres', $statements), $reattached,
+	'each binding of 0.1 has the statements attach() makes in 0.2');
+like($node->safe_psql('postgres', q{SELECT writeback_sql FROM shipsync.binding WHERE tbl = 'crm.billed'::regclass}),
+	qr/round\(shipsync_u\.fee_total, 2\)/, 'the fee total of crm.billed is written only when it fits two decimals');
 
 # the dump of 0.1 restored as docs/upgrading.md says, then updated: what a
 # fresh install holds, its rows and credentials as the update makes them

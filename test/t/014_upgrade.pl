@@ -159,7 +159,7 @@ run_or_die('make', '-s', '-C', $top, 'with_llvm=no', "PG_CONFIG=$pg_config", "DE
 	'install');
 my ($rc, $update_out, $update_err) = $node->psql('postgres', 'ALTER EXTENSION pg_shipsync UPDATE');
 like( $update_err,
-	qr/ERROR:  the server runs a library of pg_shipsync other than 0\.2.*\n.*\nHINT:  Restart PostgreSQL/,
+	qr/ERROR:  the server runs a library of pg_shipsync older than 0\.2.*\n.*\nHINT:  Restart PostgreSQL/,
 	'an update before the restart is refused, saying to restart first');
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'pg_shipsync'}),
 	'0.1', 'and changes nothing');

@@ -248,8 +248,10 @@ my $statements = q{SELECT string_agg(b.tbl::text || ':' || md5(b.render_sql) || 
 	|| coalesce(md5(b.writeback_sql), '-'), ',' ORDER BY b.tbl::text) FROM shipsync.binding b WHERE b.active};
 my $reattached = $node->safe_psql('postgres', qq{
 	BEGIN;
-	SELECT count(shipsync.attach(b.tbl, p.name, b.key_column, b.writeback, b.options - 'adopted_by'))
-	  FROM shipsync.binding b JOIN shipsync.provider p USING (provider_id) WHERE b.active \\gset
+	CREATE TEMP TABLE was AS SELECT b.tbl, p.name, b.key_column, b.writeback, b.options - 'adopted_by' AS options
+	  FROM shipsync.binding b JOIN shipsync.provider p USING (provider_id) WHERE b.active;
+	SELECT count(shipsync.detach(tbl)) FROM was \\gset
+	SELECT count(shipsync.attach(tbl, name, key_column, writeback, options)) FROM was \\gset
 	$statements;
 	ROLLBACK;});
 is($node->safe_psql('postgres', $statements), $reattached,

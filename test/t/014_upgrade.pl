@@ -242,10 +242,19 @@ is(scalar(@only_fresh) + scalar(@only_upgraded), 0,
 is($node->safe_psql('postgres', $data), $before, 'every row of 0.1 is still there');
 
 # every binding of 0.1 reads and writes its table with the statements
-# attach() makes in 0.2 (attached again in a transaction rolled back): the
-# update rewrote them, and a fee total is not written rounded any more
-my $statements = q{SELECT string_agg(b.tbl::text || ':' || md5(b.render_sql) || ':'
-	|| coalesce(md5(b.writeback_sql), '-'), ',' ORDER BY b.tbl::text) FROM shipsync.binding b WHERE b.active};
+# attach() makes in 0.2 (attached again in a transaction rolled back), but
+# for the qualified names of 0.2 (the workers run them with search_path
+# pg_catalog, pg_temp: docs/upgrading.md): the update rewrote them, and a
+# fee total is not written rounded any more
+my $unqualified = sub {
+	my $x = shift;
+	return "pg_catalog.regexp_replace(pg_catalog.regexp_replace($x, "
+	  . q{'OPERATOR\(pg_catalog\.=\)', '=', 'g'), '::pg_catalog\.(text|numeric)\[\]', '::\1[]', 'g')};
+};
+my $statements = q{SELECT string_agg(b.tbl::text || ':' || md5(}
+  . $unqualified->(q{replace(b.render_sql, '$1::pg_catalog.int8[]', '$1::bigint[]')})
+  . q{) || ':' || coalesce(md5(} . $unqualified->('b.writeback_sql')
+  . q{), '-'), ',' ORDER BY b.tbl::text) FROM shipsync.binding b WHERE b.active};
 my $reattached = $node->safe_psql('postgres', qq{
 	BEGIN;
 	CREATE TEMP TABLE was AS SELECT b.tbl, p.name, b.key_column, b.writeback, b.options - 'adopted_by' AS options

@@ -11534,3 +11534,79 @@ UPDATE @extschema@.binding b
 		   AND tm.m OPERATOR(pg_catalog.>=) 4) w
  WHERE b.binding_id OPERATOR(pg_catalog.=) w.binding_id
    AND b.writeback_sql IS NOT NULL;
+
+------------------------------------------------------------------------------
+-- A piece's delivery is not the order's, for fees either
+------------------------------------------------------------------------------
+-- The delivery of an SF child or return waybill (tracking_event.piece)
+-- queued the order's fee pull, and counted as the order's delivery in
+-- fee_difference's unbilled shipments (a return parcel back at the sender
+-- made an undelivered order "delivered without a bill").
+DROP TRIGGER queue_fee_pull ON @extschema@.tracking_event;
+CREATE TRIGGER queue_fee_pull AFTER INSERT ON @extschema@.tracking_event
+	FOR EACH ROW WHEN (NEW.status = 'delivered' AND NEW.piece IS NULL)
+	EXECUTE FUNCTION @extschema@._queue_fee_pull();
+CREATE OR REPLACE VIEW @extschema@.fee_difference AS
+WITH opts AS (
+	SELECT p.provider_id, p.name,
+		   coalesce(@extschema@._decimal_or_null(p.options->'fee_tolerance'->'abs'), 0.01) AS tol_abs,
+		   coalesce(@extschema@._decimal_or_null(p.options->'fee_tolerance'->'pct'), 0) AS tol_pct,
+		   coalesce(@extschema@._interval_or_null(p.options->>'unbilled_after'), interval '45 days') AS unbilled_after
+	FROM @extschema@.provider p)
+-- the bill differs from the quote beyond the tolerance
+SELECT 'amount_mismatch'::text AS kind, o.name AS provider, f.binding_id, b.tbl, f.order_key,
+	   s.tracking_number, NULL::text AS fee_type, f.currency, f.estimated,
+	   f.charged - f.refunded AS billed, f.charged - f.refunded - f.estimated AS difference,
+	   pg_catalog.format('billed %s %s against a quote of %s', f.charged - f.refunded, f.currency,
+						 f.estimated) AS detail
+FROM @extschema@.fee_sum f
+JOIN opts o ON o.provider_id = f.provider_id
+JOIN @extschema@.binding b ON b.binding_id = f.binding_id
+JOIN @extschema@.shipment s
+  ON s.binding_id = f.binding_id AND s.order_key = f.order_key AND s.provider_id = f.provider_id
+WHERE f.quote_lines > 0 AND f.bill_lines > 0
+  AND pg_catalog.abs(f.charged - f.refunded - f.estimated)
+	  OPERATOR(pg_catalog.>) GREATEST(o.tol_abs, o.tol_pct / 100 * pg_catalog.abs(f.estimated))
+UNION ALL
+-- billed waybills that no shipment matches
+SELECT 'unknown_waybill', o.name, NULL, NULL, NULL, l.tracking_number, NULL, l.currency, NULL,
+	   pg_catalog.sum(CASE WHEN l.state = 'refunded' OR l.fee_type = 'refund'
+						   THEN -pg_catalog.abs(l.amount) ELSE l.amount END),
+	   NULL,
+	   pg_catalog.format('%s bill lines for a waybill no shipment has', pg_catalog.count(*))
+FROM @extschema@.fee_line l
+JOIN opts o ON o.provider_id = l.provider_id
+WHERE l.binding_id IS NULL AND NOT l.quote
+  -- (a line a corrected statement withdrew is billed no more)
+  AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement')
+GROUP BY o.name, l.tracking_number, l.currency
+UNION ALL
+-- delivered longer than unbilled_after ago, and no bill line
+SELECT 'unbilled', o.name, s.binding_id, b.tbl, s.order_key, s.tracking_number, NULL, NULL,
+	   NULL, NULL, NULL,
+	   pg_catalog.format('delivered at %s, not billed after %s', d.at, o.unbilled_after)
+FROM (SELECT e.binding_id, e.order_key, pg_catalog.min(e.occurred_at) AS at
+	  FROM @extschema@.tracking_event e
+	  WHERE e.status = 'delivered' AND e.piece IS NULL
+	  GROUP BY e.binding_id, e.order_key) d
+JOIN @extschema@.binding b ON b.binding_id = d.binding_id
+JOIN @extschema@.shipment s
+  ON s.binding_id = d.binding_id AND s.order_key = d.order_key AND s.provider_id = b.provider_id
+JOIN opts o ON o.provider_id = s.provider_id
+WHERE d.at OPERATOR(pg_catalog.<) pg_catalog.now() - o.unbilled_after
+  AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
+				  WHERE l.binding_id = s.binding_id AND l.order_key = s.order_key
+					AND l.provider_id = s.provider_id AND NOT l.quote
+					AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement'))
+UNION ALL
+-- one waybill charged twice for one fee (the same type, under the same code)
+SELECT 'duplicate_charge', o.name, pg_catalog.min(l.binding_id), NULL, pg_catalog.min(l.order_key),
+	   l.tracking_number, l.fee_type, l.currency, NULL, pg_catalog.sum(l.amount), NULL,
+	   pg_catalog.format('%s charged lines of %s (keys %s)', pg_catalog.count(*), pg_catalog.min(l.raw_type),
+						 pg_catalog.string_agg(pg_catalog.quote_literal(l.fee_key), ', ' ORDER BY l.fee_key))
+FROM @extschema@.fee_line l
+JOIN opts o ON o.provider_id = l.provider_id
+WHERE NOT l.quote AND l.state = 'charged'
+GROUP BY o.name, l.tracking_number, l.binding_id, l.order_key, l.fee_type,
+	pg_catalog.lower(l.raw_type), l.currency
+HAVING pg_catalog.count(*) > 1;

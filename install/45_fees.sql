@@ -420,7 +420,9 @@ CREATE INDEX tracking_event_delivered_idx ON @extschema@.tracking_event (occurre
 	WHERE status = 'delivered';
 
 -- A delivered event queues the fee pull of its order's shipment, when the
--- shipping provider pulls fees.  Only delivered events call it.
+-- shipping provider pulls fees.  Only delivered events of the main waybill
+-- call it (a child or return parcel of a multi-piece shipment is no
+-- delivery of the order).
 CREATE FUNCTION @extschema@._queue_fee_pull()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -439,7 +441,7 @@ BEGIN
 END
 $$;
 CREATE TRIGGER queue_fee_pull AFTER INSERT ON @extschema@.tracking_event
-	FOR EACH ROW WHEN (NEW.status = 'delivered')
+	FOR EACH ROW WHEN (NEW.status = 'delivered' AND NEW.piece IS NULL)
 	EXECUTE FUNCTION @extschema@._queue_fee_pull();
 
 -- The default currency of a provider's fee lines: option currency, else
@@ -1297,7 +1299,7 @@ SELECT 'unbilled', o.name, s.binding_id, b.tbl, s.order_key, s.tracking_number, 
 	   pg_catalog.format('delivered at %s, not billed after %s', d.at, o.unbilled_after)
 FROM (SELECT e.binding_id, e.order_key, pg_catalog.min(e.occurred_at) AS at
 	  FROM @extschema@.tracking_event e
-	  WHERE e.status = 'delivered'
+	  WHERE e.status = 'delivered' AND e.piece IS NULL
 	  GROUP BY e.binding_id, e.order_key) d
 JOIN @extschema@.binding b ON b.binding_id = d.binding_id
 JOIN @extschema@.shipment s

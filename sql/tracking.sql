@@ -454,18 +454,47 @@ LANGUAGE sql AS $$
 	SELECT jsonb_build_object('Body', jsonb_build_object('WaybillRoute', jsonb_build_array(
 		jsonb_build_object('id', id, 'mailno', mailno, 'opCode', op, 'acceptTime', at,
 						   'orderid', '60', 'remark', 'r'))))::text $$;
+-- (the binding's provider pulls fees after a delivery and lists shipments
+-- delivered a day ago without a bill: a piece's delivery is neither)
+UPDATE shipsync.provider SET options = options || '{"fee_pull_after": "2 days", "unbilled_after": "1 day"}'
+WHERE name = 'gen';
 SELECT shipsync.ingest_tracking('sf_open', pg_temp.sf_route('p-m1', 'SF6000000000001', '50', '2026-04-01 09:00:00')) - 'reply' AS main_picked_up;
 SELECT shipsync.ingest_tracking('sf_open', pg_temp.sf_route('p-c1', 'SF6000000000002', '80', '2026-04-02 09:00:00')) - 'reply' AS child_delivered;
 SELECT shipsync.ingest_tracking('sf_open', pg_temp.sf_route('p-r1', 'SF6000000000003', '80', '2026-04-03 09:00:00')) - 'reply' AS return_delivered;
 SELECT e.event_key, e.tracking_number, e.piece, e.status FROM shipsync.tracking_event e
 WHERE e.order_key = '60' ORDER BY e.occurred_at;
 SELECT count(*) AS pieces_parked FROM shipsync.unmatched_event WHERE tracking_number LIKE 'SF60%';
+SELECT count(*) AS fee_pulls_queued FROM shipsync.fee_pull WHERE order_key = '60';
 SELECT s.status, o.ship_status FROM shipsync.shipment s JOIN crm.orders o ON o.id::text = s.order_key
 WHERE s.order_key = '60';
 -- the main waybill delivered: now the order is
 SELECT shipsync.ingest_tracking('sf_open', pg_temp.sf_route('p-m2', 'SF6000000000001', '80', '2026-04-02 10:00:00'))->'shipments_changed' AS main_delivered;
 SELECT s.status, o.ship_status FROM shipsync.shipment s JOIN crm.orders o ON o.id::text = s.order_key
 WHERE s.order_key = '60';
+SELECT count(*) AS fee_pulls_queued FROM shipsync.fee_pull WHERE order_key = '60';
+DELETE FROM shipsync.fee_pull WHERE order_key = '60';
+-- nor is a delivered return parcel a shipment delivered without a bill
+INSERT INTO crm.orders (id) VALUES (62);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, provider_shipment_id, tracking_number, waybills)
+SELECT b.binding_id, '62', b.provider_id, '62', 'GW6200000001',
+	'[{"waybillNo": "GW6200000001", "waybillType": 1}, {"waybillNo": "GW6200000003", "waybillType": 3}]'
+FROM shipsync.binding b WHERE b.tbl = 'crm.orders'::regclass;
+INSERT INTO shipsync.tracking_event (provider_id, event_key, tracking_number, binding_id, order_key,
+									 occurred_at, status, piece)
+SELECT s.provider_id, 'p-r62', 'GW6200000003', s.binding_id, s.order_key, now() - interval '3 days',
+	   'delivered', 'return'
+FROM shipsync.shipment s WHERE s.order_key = '62';
+SELECT count(*) AS unbilled FROM shipsync.fee_difference WHERE kind = 'unbilled' AND order_key = '62';
+INSERT INTO shipsync.tracking_event (provider_id, event_key, tracking_number, binding_id, order_key,
+									 occurred_at, status)
+SELECT s.provider_id, 'p-m62', 'GW6200000001', s.binding_id, s.order_key, now() - interval '2 days', 'delivered'
+FROM shipsync.shipment s WHERE s.order_key = '62';
+SELECT count(*) AS unbilled,
+	   bool_and(strpos(detail, (SELECT occurred_at::text FROM shipsync.tracking_event
+								 WHERE event_key = 'p-m62')) > 0) AS since_main_delivered
+FROM shipsync.fee_difference WHERE kind = 'unbilled' AND order_key = '62';
+DELETE FROM shipsync.fee_pull WHERE order_key = '62';
+UPDATE shipsync.provider SET options = options - 'fee_pull_after' - 'unbilled_after' WHERE name = 'gen';
 -- a child's route pushed before the create's answer was applied: parked,
 -- then the order's when the shipment records its waybills
 SELECT shipsync.ingest_tracking('sf_open', pg_temp.sf_route('p-c2', 'SF6100000000002', '30', '2026-04-01 09:00:00'))->'unmatched' AS early_child;

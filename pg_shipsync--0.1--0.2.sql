@@ -12158,3 +12158,40 @@ WHERE NOT l.quote AND l.state = 'charged'
 GROUP BY o.name, l.tracking_number, l.binding_id, l.order_key, l.fee_type,
 	pg_catalog.lower(l.raw_type), l.currency
 HAVING pg_catalog.count(*) > 1;
+
+
+------------------------------------------------------------------------------
+-- A real key column is read back as real again
+------------------------------------------------------------------------------
+-- Keys of a real column were cast to double precision (with the integer
+-- widening above): a key printed as 1.1 is no real's value as a double,
+-- so the order was taken for deleted ("the order row no longer exists")
+-- and its intent ended done, never sent.  They are cast to real again, as
+-- before; existing statements are rewritten.
+CREATE OR REPLACE FUNCTION @extschema@._key_type(tbl regclass, col name)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH RECURSIVE d(typid, depth) AS (
+		SELECT a.atttypid, 0 FROM pg_attribute a
+		 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+		UNION ALL
+		SELECT t.typbasetype, d.depth + 1 FROM d JOIN pg_type t ON t.oid = d.typid
+		 WHERE t.typtype = 'd')
+	-- a typmod of -1 given: "bit" and "char" keep no length of one
+	SELECT CASE WHEN d.typid IN ('int2'::regtype, 'int4'::regtype) THEN 'bigint'
+				ELSE format_type(d.typid, -1) END
+	  FROM d ORDER BY d.depth DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION @extschema@._key_type(regclass, name) IS
+	'Internal (attach(), reconciliation, resync()): the type order keys are cast to, the key column''s base type without a length (bigint for any integer), so that a key column widened after attach() never has a key cut to another order''s nor fails to cast one.';
+
+UPDATE @extschema@.binding b
+   SET render_sql = pg_catalog.regexp_replace(b.render_sql, '(shipsync_u\.shipsync_key::).*$',
+			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column)),
+	   writeback_sql = pg_catalog.regexp_replace(b.writeback_sql, '(shipsync_u\.shipsync_key::).*$',
+			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column))
+ WHERE @extschema@._key_type(b.tbl, b.key_column) IS NOT NULL
+   AND b.render_sql LIKE '%shipsync\_u.shipsync\_key::double precision';

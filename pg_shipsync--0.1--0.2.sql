@@ -12195,3 +12195,50 @@ UPDATE @extschema@.binding b
 			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column))
  WHERE @extschema@._key_type(b.tbl, b.key_column) IS NOT NULL
    AND b.render_sql LIKE '%shipsync\_u.shipsync\_key::double precision';
+
+
+------------------------------------------------------------------------------
+-- A credential written into shipsync.provider by hand is refused
+------------------------------------------------------------------------------
+-- The extension's owner may UPDATE shipsync.provider.  A credential put
+-- there (options webhook_secret, auth token) was kept in plain text and
+-- never used, and a dump of the database then failed to restore the whole
+-- provider table, saying the dump was 0.1's.  Such an update is refused,
+-- naming set_secret().
+CREATE OR REPLACE FUNCTION @extschema@._refuse_rows_of_0_1()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	what text;
+BEGIN
+	-- one test a table: an expression naming a column the other lacks fails
+	IF TG_TABLE_NAME = 'binding' THEN
+		IF strpos(NEW.render_sql, ' AS shipsync_row, ') = 0 THEN
+			what := format('binding %s of table %s was made by pg_shipsync 0.1', NEW.binding_id, NEW.tbl);
+		END IF;
+	ELSIF coalesce(NEW.auth ?| @extschema@._secret_fields(NEW.auth->>'type'), false)
+		  OR coalesce(NEW.options ?| ARRAY['webhook_secret', 'previous_webhook_secret'], false) THEN
+		what := format('provider "%s" holds its credentials in plain text, as pg_shipsync 0.1 kept them', NEW.name);
+		IF TG_OP = 'UPDATE' THEN
+			RAISE EXCEPTION 'provider "%" cannot hold a credential in plain text', NEW.name
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Credentials (auth values, webhook_secret, previous_webhook_secret) are kept encrypted in shipsync.secret: one written into shipsync.provider is never used, and a dump holding it is refused on restore.',
+					  HINT = 'Give it with shipsync.set_secret(provider, name, value).';
+		END IF;
+	END IF;
+	IF what IS NOT NULL THEN
+		RAISE EXCEPTION '%', what
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'A dump of a database whose extension is at version 0.1 restores into version 0.1 only: its CREATE EXTENSION names no version and made the version installed, which cannot use the rows of 0.1.',
+				  HINT = 'Restore the dump into a new database in which CREATE EXTENSION pg_shipsync VERSION ''0.1'' has run, then run ALTER EXTENSION pg_shipsync UPDATE there.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._refuse_rows_of_0_1() IS
+	'Internal: refuses a row of shipsync.binding or shipsync.provider in the form pg_shipsync 0.1 kept it (a binding''s statements of 0.1, credentials in plain text), as a dump of a 0.1 database restored as it is would write it, and a provider updated to hold a credential in plain text.';
+DROP TRIGGER provider_not_of_0_1 ON @extschema@.provider;
+CREATE TRIGGER provider_not_of_0_1 BEFORE INSERT OR UPDATE OF auth, options ON @extschema@.provider
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._refuse_rows_of_0_1();

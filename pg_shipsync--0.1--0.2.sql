@@ -10521,3 +10521,635 @@ WHERE NOT l.quote AND l.state = 'charged'
 GROUP BY o.name, l.tracking_number, l.binding_id, l.order_key, l.fee_type,
 	pg_catalog.lower(l.raw_type), l.currency
 HAVING pg_catalog.count(*) > 1;
+
+
+------------------------------------------------------------------------------
+-- A fee billed at 0.00 adjusted is billed; only a withdrawn line is not
+------------------------------------------------------------------------------
+-- A line a corrected statement withdrew (amount 0, state adjusted) was
+-- told by those values alone, so a fee the carrier itself billed at 0.00
+-- adjusted (waived) was taken for withdrawn: no bill line, its order's
+-- fee_total the quote's, the line left out of order_fees and counted as
+-- unbilled.  fee_line.withdrawn (and fee_line_history.withdrawn) says it
+-- now; 0.1 withdrew nothing, so every line starts false.
+ALTER TABLE @extschema@.fee_line ADD COLUMN withdrawn boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN @extschema@.fee_line.withdrawn IS 'True for a bill line a corrected statement of its period no longer lists (amount 0, state adjusted): no bill line any more. A line the carrier bills at 0 (a waived fee) is false: billed, at 0.';
+ALTER TABLE @extschema@.fee_line_history ADD COLUMN withdrawn boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN @extschema@.fee_line_history.withdrawn IS 'The version was a withdrawal (shipsync.fee_line.withdrawn).';
+
+CREATE OR REPLACE FUNCTION @extschema@._fee_line_revise()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO @extschema@.fee_line_history (fee_line_id, revision, raw_type, amount, currency,
+		settlement, payer, billed_weight_kg, state, source, statement_id, occurred_at,
+		recorded_at, recorded_by, superseded_at, superseded_by, superseded_source, withdrawn)
+	VALUES (OLD.fee_line_id, OLD.revision, OLD.raw_type, OLD.amount, OLD.currency,
+		OLD.settlement, OLD.payer, OLD.billed_weight_kg, OLD.state, OLD.source, OLD.statement_id,
+		OLD.occurred_at, OLD.recorded_at, OLD.recorded_by, now(), NEW.recorded_by, NEW.source,
+		OLD.withdrawn);
+	NEW.revision := OLD.revision + 1;
+	NEW.recorded_at := now();
+	RETURN NEW;
+END
+$$;
+DROP TRIGGER fee_line_revise ON @extschema@.fee_line;
+CREATE TRIGGER fee_line_revise BEFORE UPDATE ON @extschema@.fee_line
+	FOR EACH ROW
+	WHEN ((OLD.amount, OLD.currency, OLD.state, OLD.settlement, OLD.payer, OLD.billed_weight_kg,
+		   OLD.withdrawn)
+		  IS DISTINCT FROM (NEW.amount, NEW.currency, NEW.state, NEW.settlement, NEW.payer,
+							NEW.billed_weight_kg, NEW.withdrawn))
+	EXECUTE FUNCTION @extschema@._fee_line_revise();
+
+CREATE OR REPLACE FUNCTION @extschema@._store_fees(src text, stmt bigint, replaces bigint, who text,
+	pids integer[], bids integer[], oks text[], tns text[], codes text[], amounts numeric[],
+	currencies text[], fkeys text[], settlements text[], payers text[], weights numeric[],
+	states text[], ats timestamptz[], held text[] DEFAULT NULL)
+RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	n_in bigint := coalesce(array_length(tns, 1), 0);
+	n_new bigint;
+	n_rev bigint;
+	n_park bigint;
+	n_matched bigint := 0;
+	n_withdrawn bigint := 0;
+	twice text;
+	tb integer[];
+	tk text[];
+BEGIN
+	PERFORM @extschema@._lock_fees(pids, tns, src = 'statement');
+
+	SELECT m.n, m.tb, m.tk INTO n_matched, tb, tk
+	FROM @extschema@._match_parked_fees(pids, tns) m;
+
+	WITH inc AS (
+		SELECT u.ord, u.pid, u.bid, u.ok, u.tn, u.code, u.amount, u.cur, u.fkey, u.settle,
+			   u.payer, u.weight, u.st, u.at,
+			   coalesce(tm.fee_type, ft.name, 'other') AS fee_type
+		FROM unnest(pids, bids, oks, tns, codes, amounts, currencies, fkeys, settlements, payers,
+					weights, states, ats)
+			 WITH ORDINALITY AS u(pid, bid, ok, tn, code, amount, cur, fkey, settle, payer,
+								  weight, st, at, ord)
+		JOIN @extschema@.provider p ON p.provider_id = u.pid
+		LEFT JOIN @extschema@.fee_type_map tm
+			   ON tm.profile = coalesce(p.options->>'profile', p.dialect) AND tm.code = u.code
+		LEFT JOIN @extschema@.fee_type ft ON ft.name = lower(u.code)),
+	-- a line without a key of the carrier: the first of its type in this
+	-- notice has key '', the next '#2', ...; the same line twice: the last.
+	-- Grouped and sorted bytewise (COLLATE "C"): the groups are the same
+	-- under any deterministic collation, and a statement sorts 100,000
+	-- lines here twice, where strcoll() cost more than the rest of the sort
+	keyed AS (
+		SELECT DISTINCT ON (y.pid, y.tn COLLATE "C", y.fee_type COLLATE "C", y.k COLLATE "C") y.*
+		FROM (SELECT inc.*,
+					 CASE WHEN inc.fkey IS NOT NULL THEN inc.fkey
+						  WHEN row_number() OVER w = 1 THEN ''
+						  ELSE '#' || row_number() OVER w END AS k
+			  FROM inc
+			  WINDOW w AS (PARTITION BY inc.pid, inc.tn COLLATE "C", inc.fee_type COLLATE "C", inc.fkey IS NULL
+						   ORDER BY inc.ord)) y
+		ORDER BY y.pid, y.tn COLLATE "C", y.fee_type COLLATE "C", y.k COLLATE "C", y.ord DESC),
+	-- a statement billing one carrier's line (its key) twice: refused
+	-- below, since keyed keeps one of them and the statement's total
+	-- counts both (a push sending a line again is the same line again)
+	dup AS (
+		SELECT pg_catalog.format('Waybill %s, fee type %s, key %s: %s lines, of %s.', i.tn, i.fee_type,
+					pg_catalog.quote_literal(i.fkey), count(*),
+					string_agg(i.amount::text || ' ' || coalesce(i.cur, ''), ', ' ORDER BY i.ord)) AS msg
+		FROM inc i
+		WHERE src = 'statement' AND i.fkey IS NOT NULL
+		GROUP BY i.pid, i.tn, i.fee_type, i.fkey
+		HAVING count(*) > 1
+		LIMIT 1),
+	ship AS (
+		SELECT DISTINCT ON (s.provider_id, s.tracking_number) s.provider_id, s.tracking_number,
+			   s.binding_id, s.order_key
+		FROM @extschema@.shipment s
+		WHERE (s.provider_id, s.tracking_number) IN
+			  (SELECT keyed.pid, keyed.tn FROM keyed WHERE keyed.bid IS NULL)
+		ORDER BY s.provider_id, s.tracking_number, s.created_at DESC),
+	-- each line's order: the caller's, else the newest shipment's of its
+	-- waybill (a recycled number is the new parcel's), else none (parked);
+	-- part of the line's identity
+	kt AS (
+		SELECT k.*, coalesce(k.bid, ship.binding_id) AS tb, coalesce(k.ok, ship.order_key) AS tok
+		FROM keyed k
+		LEFT JOIN ship ON ship.provider_id = k.pid AND ship.tracking_number = k.tn),
+	up AS (
+		INSERT INTO @extschema@.fee_line AS f (provider_id, tracking_number, fee_type, fee_key,
+			quote, binding_id, order_key, raw_type, amount, currency, settlement, payer,
+			billed_weight_kg, state, source, statement_id, occurred_at, recorded_by)
+		SELECT k.pid, k.tn, k.fee_type, k.k, src = 'create', k.tb, k.tok,
+			   k.code, k.amount, k.cur, k.settle, k.payer, k.weight,
+			   coalesce(k.st, CASE WHEN src = 'create' THEN 'estimated' ELSE 'charged' END),
+			   src, stmt, k.at, who
+		FROM kt k
+		ORDER BY k.ord
+		ON CONFLICT ON CONSTRAINT fee_line_identity DO UPDATE SET
+			raw_type = EXCLUDED.raw_type, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
+			settlement = coalesce(EXCLUDED.settlement, f.settlement),
+			payer = coalesce(EXCLUDED.payer, f.payer),
+			billed_weight_kg = coalesce(EXCLUDED.billed_weight_kg, f.billed_weight_kg),
+			state = EXCLUDED.state, source = EXCLUDED.source, statement_id = EXCLUDED.statement_id,
+			occurred_at = coalesce(EXCLUDED.occurred_at, f.occurred_at),
+			recorded_by = EXCLUDED.recorded_by, withdrawn = false,
+			binding_id = coalesce(f.binding_id, EXCLUDED.binding_id),
+			order_key = coalesce(f.order_key, EXCLUDED.order_key)
+		-- a change, not older than what the line says now, and, but from
+		-- a statement, not a notice seen before (a late duplicate of a
+		-- revised line); own below takes, for statements, the lines they
+		-- bill as they are
+		WHERE (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
+			  IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency, EXCLUDED.state,
+								coalesce(EXCLUDED.settlement, f.settlement),
+								coalesce(EXCLUDED.payer, f.payer),
+								coalesce(EXCLUDED.billed_weight_kg, f.billed_weight_kg))
+		  AND (EXCLUDED.occurred_at IS NULL OR f.occurred_at IS NULL
+			   OR EXCLUDED.occurred_at >= f.occurred_at)
+		  AND (src = 'statement'
+			   OR NOT EXISTS (SELECT 1 FROM @extschema@.fee_line_history h
+							  WHERE h.fee_line_id = f.fee_line_id
+								AND (h.amount, h.currency, h.state, h.occurred_at)
+									IS NOT DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency,
+														  EXCLUDED.state, EXCLUDED.occurred_at)))
+		RETURNING f.xmax = 0 AS inserted, f.binding_id, f.order_key),
+	-- a statement's lines it bills as they are: its own from now on (no
+	-- revision: nothing they say changes), so that a later correction
+	-- withdraws them and "does the statement add up?" counts them.  After
+	-- up has run to its end (the one-time filter reads all of it): up
+	-- meeting a row own had changed in this command would be an error.
+	-- Not a line the current statement of another month (or account)
+	-- bills: that one bills it still, and this one listing it again is
+	-- what "does it add up?" should show
+	own AS (
+		UPDATE @extschema@.fee_line f SET statement_id = stmt, withdrawn = false
+		  FROM kt k
+		 WHERE (SELECT count(*) FROM up) >= 0
+		   AND src = 'statement' AND f.provider_id = k.pid AND f.tracking_number = k.tn
+		   AND f.fee_type = k.fee_type AND f.fee_key = k.k AND NOT f.quote
+		   AND f.binding_id IS NOT DISTINCT FROM k.tb AND f.order_key IS NOT DISTINCT FROM k.tok
+		   AND f.statement_id IS DISTINCT FROM stmt
+		   AND (f.statement_id IS NULL
+				OR f.statement_id NOT IN (SELECT e.statement_id
+										  FROM @extschema@.statement e
+										  JOIN @extschema@.statement c ON c.statement_id = stmt
+										  WHERE e.provider_id = c.provider_id AND e.superseded_by IS NULL
+											AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account)))
+		   -- (what it says: a line older than the line's current version,
+		   -- which up left as it was, is not the statement's)
+		   AND NOT (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
+				   IS DISTINCT FROM (k.amount, k.cur, coalesce(k.st, 'charged'),
+									 coalesce(k.settle, f.settlement),
+									 coalesce(k.payer, f.payer),
+									 coalesce(k.weight, f.billed_weight_kg))
+		RETURNING f.fee_line_id, f.binding_id, f.order_key),
+	-- of those, the lines a correction had withdrawn: billed again, so
+	-- their orders' totals change (fee_line read here is as it was before)
+	back AS (
+		SELECT own.binding_id, own.order_key FROM own
+		JOIN @extschema@.fee_line x ON x.fee_line_id = own.fee_line_id
+		WHERE x.withdrawn AND own.binding_id IS NOT NULL),
+	-- a corrected statement: what an earlier statement of its period and
+	-- account billed and this one does not (neither among its lines nor,
+	-- held, among those it skipped) is withdrawn (0, adjusted), or, when
+	-- the current statement of another month or account billed it before
+	-- (the carrier listed it in both), goes back to what that one says
+	wd AS (
+		UPDATE @extschema@.fee_line f
+		   SET (amount, currency, state, statement_id, withdrawn) =
+			   (SELECT coalesce(b.amount, 0), coalesce(b.currency, f.currency),
+					   coalesce(b.state, 'adjusted'), coalesce(b.statement_id, stmt),
+					   coalesce(b.withdrawn, true)
+				FROM (SELECT 1) one
+				LEFT JOIN (SELECT h.amount, h.currency, h.state, h.statement_id, h.withdrawn
+						   FROM @extschema@.fee_line_history h
+						   JOIN @extschema@.statement e ON e.statement_id = h.statement_id
+						   JOIN @extschema@.statement c ON c.statement_id = stmt
+						   WHERE h.fee_line_id = f.fee_line_id AND e.superseded_by IS NULL
+							 AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account)
+						   ORDER BY h.revision DESC LIMIT 1) b ON true),
+			   source = 'statement', recorded_by = who
+		 WHERE replaces IS NOT NULL AND NOT f.quote
+		   AND f.statement_id IN (SELECT e.statement_id
+								  FROM @extschema@.statement e
+								  JOIN @extschema@.statement c ON c.statement_id = stmt
+								  WHERE e.provider_id = c.provider_id AND e.period = c.period
+									AND e.account IS NOT DISTINCT FROM c.account
+									AND e.statement_id <> stmt)
+		   AND NOT f.withdrawn
+		   AND NOT EXISTS (SELECT 1 FROM kt k
+						   WHERE k.pid = f.provider_id AND k.tn = f.tracking_number
+							 AND k.fee_type = f.fee_type AND k.k = f.fee_key
+							 AND k.tb IS NOT DISTINCT FROM f.binding_id
+							 AND k.tok IS NOT DISTINCT FROM f.order_key)
+		   AND (held IS NULL OR (array_position(held, NULL) IS NULL
+								 AND f.tracking_number <> ALL (held)))
+		RETURNING f.binding_id, f.order_key)
+	SELECT (SELECT dup.msg FROM dup), (SELECT count(*) FROM up WHERE up.inserted),
+		   (SELECT count(*) FROM up WHERE NOT up.inserted),
+		   (SELECT count(*) FROM up WHERE up.binding_id IS NULL),
+		   (SELECT count(*) FROM wd),
+		   coalesce(tb, '{}') || coalesce((SELECT array_agg(x.binding_id) FROM
+				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd
+				 UNION ALL SELECT back.binding_id, back.order_key FROM back) x), '{}'),
+		   coalesce(tk, '{}') || coalesce((SELECT array_agg(x.order_key) FROM
+				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd
+				 UNION ALL SELECT back.binding_id, back.order_key FROM back) x), '{}')
+	INTO twice, n_new, n_rev, n_park, n_withdrawn, tb, tk;
+	IF twice IS NOT NULL THEN
+		RAISE EXCEPTION 'statement of provider "%" bills one line twice',
+			(SELECT p.name FROM @extschema@.provider p WHERE p.provider_id = pids[1])
+			USING ERRCODE = 'SS400', DETAIL = twice,
+				  HINT = 'Nothing of this statement was stored. A carrier''s key names one line of a waybill''s fee type: fix the statement, or leave the key column out to store every line as its own.';
+	END IF;
+
+	kind := 'new'; n := n_new; RETURN NEXT;
+	kind := 'revised'; n := n_rev; RETURN NEXT;
+	kind := 'duplicate'; n := n_in - n_new - n_rev; RETURN NEXT;
+	kind := 'unmatched'; n := n_park; RETURN NEXT;
+	kind := 'matched'; n := n_matched; RETURN NEXT;
+	kind := 'withdrawn'; n := n_withdrawn; RETURN NEXT;
+	n := NULL;
+
+	RETURN QUERY SELECT * FROM @extschema@._fee_totals(tb, tk);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._fee_totals(tb integer[], tk text[])
+RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	-- one join and one aggregate for all the orders (a statement touches
+	-- tens of thousands), min <> max for "more than one currency"
+	RETURN QUERY
+	WITH t AS (
+		SELECT DISTINCT x.b, x.k FROM unnest(tb, tk) AS x(b, k) WHERE x.b IS NOT NULL),
+	-- a quote counts while it is the quote of the order's shipment: an
+	-- order shipped again under its key (its shipment row now holds
+	-- another waybill) is quoted once, not twice; bills all count
+	per AS MATERIALIZED (
+		SELECT l.binding_id AS b, l.order_key AS k, l.provider_id AS pid, l.currency AS cur,
+			   coalesce(sum(CASE WHEN l.fee_type = 'refund' THEN -abs(l.amount) ELSE l.amount END)
+					FILTER (WHERE l.quote AND q.current), 0) AS est,
+			   coalesce(sum(l.amount) FILTER (WHERE NOT l.quote AND l.state <> 'refunded'
+											  AND l.fee_type <> 'refund'), 0) AS chg,
+			   coalesce(sum(abs(l.amount)) FILTER (WHERE NOT l.quote
+					AND (l.state = 'refunded' OR l.fee_type = 'refund')), 0) AS ref,
+			   count(*) FILTER (WHERE l.quote AND q.current) AS nq,
+			   count(*) FILTER (WHERE NOT l.quote) AS nb,
+			   max(l.recorded_at) AS last
+		FROM @extschema@.fee_line l
+		JOIN t ON l.binding_id = t.b AND l.order_key = t.k
+		-- (a line a corrected statement withdrew is billed no more: no
+		-- bill line, so its order is unbilled again and takes its quote)
+		CROSS JOIN LATERAL (
+			SELECT NOT l.quote OR coalesce(
+				(SELECT s.tracking_number FROM @extschema@.shipment s
+				  WHERE s.binding_id = l.binding_id AND s.order_key = l.order_key
+					AND s.provider_id = l.provider_id) = l.tracking_number, true) AS current) q
+		WHERE NOT l.withdrawn
+		GROUP BY l.binding_id, l.order_key, l.provider_id, l.currency),
+	kept AS (
+		INSERT INTO @extschema@.fee_sum AS fs (binding_id, order_key, provider_id, currency,
+			estimated, charged, refunded, quote_lines, bill_lines, last_change)
+		SELECT per.b, per.k, per.pid, per.cur, per.est, per.chg, per.ref, per.nq, per.nb, per.last
+		FROM per
+		ON CONFLICT ON CONSTRAINT fee_sum_pkey DO UPDATE SET
+			estimated = EXCLUDED.estimated, charged = EXCLUDED.charged,
+			refunded = EXCLUDED.refunded, quote_lines = EXCLUDED.quote_lines,
+			bill_lines = EXCLUDED.bill_lines, last_change = EXCLUDED.last_change
+		WHERE (fs.estimated, fs.charged, fs.refunded, fs.quote_lines, fs.bill_lines, fs.last_change)
+			  IS DISTINCT FROM (EXCLUDED.estimated, EXCLUDED.charged, EXCLUDED.refunded,
+								EXCLUDED.quote_lines, EXCLUDED.bill_lines, EXCLUDED.last_change)
+		RETURNING 1),
+	-- a sum whose provider and currency no line has any more; looked up
+	-- in fee_line by its order index, not in per: an anti-join against the
+	-- CTE scanned all of per for every sum (the planner cannot hash a
+	-- generic plan's guess of one row), 8,000 comparisons a batch of 128
+	gone AS (
+		DELETE FROM @extschema@.fee_sum fs USING t
+		 WHERE fs.binding_id = t.b AND fs.order_key = t.k
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
+						   WHERE l.binding_id = fs.binding_id AND l.order_key = fs.order_key
+							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency
+							 AND NOT l.withdrawn)
+		RETURNING 1),
+	ord AS (
+		SELECT per.b, per.k, sum(per.nb) > 0 AS billed,
+			   min(per.cur) FILTER (WHERE per.nb > 0) AS lo_b,
+			   max(per.cur) FILTER (WHERE per.nb > 0) AS hi_b,
+			   min(per.cur) FILTER (WHERE per.nq > 0) AS lo_q,
+			   max(per.cur) FILTER (WHERE per.nq > 0) AS hi_q,
+			   -- quoted in a currency (XXX: the answer named none)
+			   min(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS lo_qc,
+			   max(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS hi_qc,
+			   sum(per.chg - per.ref) FILTER (WHERE per.nb > 0) AS tot_b,
+			   sum(per.est) FILTER (WHERE per.nq > 0) AS tot_q
+		FROM per GROUP BY per.b, per.k),
+	-- one currency: the bill's lines in one, and a quote in a currency in
+	-- that one too (a bill in dollars of a quote in yuan is no total)
+	tot AS (
+		SELECT ord.b, ord.k, bb.provider_id AS pid, bb.writeback ? 'fee_total' AS wb,
+			   CASE WHEN ord.billed
+					THEN ord.lo_b = ord.hi_b AND coalesce(ord.lo_qc = ord.lo_b AND ord.hi_qc = ord.lo_b, true)
+					ELSE ord.lo_q = ord.hi_q END AS one,
+			   CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total
+		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b
+		UNION ALL
+		-- an order whose every line was withdrawn costs nothing now
+		SELECT t.b, t.k, bb.provider_id, bb.writeback ? 'fee_total', true, 0
+		FROM t JOIN @extschema@.binding bb ON bb.binding_id = t.b
+		WHERE NOT EXISTS (SELECT 1 FROM per WHERE per.b = t.b AND per.k = t.k)
+		  AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
+					  WHERE l.binding_id = t.b AND l.order_key = t.k)),
+	sh AS (
+		UPDATE @extschema@.shipment s SET fee_total = tot.total, updated_at = now()
+		  FROM tot
+		 WHERE tot.one AND s.binding_id = tot.b AND s.order_key = tot.k
+		   AND s.provider_id = tot.pid AND s.fee_total IS DISTINCT FROM tot.total
+		RETURNING s.binding_id, s.order_key, s.fee_total, tot.wb),
+	mixed AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, detail)
+		SELECT 'fee_currency_mixed', tot.b, tot.k, tot.pid,
+			   format('the fees of order %s are in %s: its fee_total is left as it was', tot.k,
+					  (SELECT string_agg(DISTINCT per.cur, ', ') FROM per
+					   WHERE per.b = tot.b AND per.k = tot.k))
+		FROM tot
+		WHERE NOT tot.one
+		  AND NOT EXISTS (SELECT 1 FROM @extschema@.exception_ticket x
+						  WHERE x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
+							AND x.order_key = tot.k AND x.resolved_at IS NULL)
+		RETURNING 1),
+	agreed AS (
+		UPDATE @extschema@.exception_ticket x SET resolved_at = now()
+		  FROM tot
+		 WHERE tot.one AND x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
+		   AND x.order_key = tot.k AND x.resolved_at IS NULL
+		RETURNING 1),
+	-- a total with more decimals than the order's numeric column holds
+	-- (1.005 into a numeric(10,2)): never written rounded (the binding's
+	-- write-back statement leaves the column), and the order gets a ticket
+	scale AS (
+		SELECT sh.binding_id, sh.order_key, sh.fee_total, a.attname, a.atttypid, tm.m,
+			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END AS s
+		FROM sh
+		JOIN @extschema@.binding bb ON bb.binding_id = sh.binding_id
+		JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid = bb.tbl AND a.attname = bb.writeback->>'fee_total' AND NOT a.attisdropped
+		JOIN pg_catalog.pg_type ty
+		  ON ty.oid = coalesce(nullif((SELECT d.typbasetype FROM pg_catalog.pg_type d
+									   WHERE d.oid = a.atttypid), 0), a.atttypid)
+		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
+				ELSE (SELECT d.typtypmod FROM pg_catalog.pg_type d WHERE d.oid = a.atttypid) END) tm(m)
+		WHERE sh.wb AND ty.oid = 'pg_catalog.numeric'::pg_catalog.regtype),
+	unfit AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
+		SELECT 'writeback_failed', scale.binding_id, scale.order_key,
+			   format('write-back of the fee total failed: %s has more decimals than column %I (%s) holds; it was left as it was, not rounded',
+					  scale.fee_total, scale.attname, pg_catalog.format_type(scale.atttypid, scale.m))
+		FROM scale
+		WHERE scale.s IS NOT NULL AND pg_catalog.round(scale.fee_total, scale.s) <> scale.fee_total
+		RETURNING exception_ticket.binding_id, exception_ticket.order_key)
+	-- (kept, gone, mixed, agreed and unfit run whether or not they are read)
+	SELECT 'writeback'::text, NULL::bigint, sh.binding_id, sh.order_key, sh.fee_total
+	FROM sh WHERE sh.wb
+	  AND NOT EXISTS (SELECT 1 FROM unfit u WHERE u.binding_id = sh.binding_id AND u.order_key = sh.order_key);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._choose_fee_pulls(pid integer, max_n integer)
+RETURNS TABLE (binding_id integer, order_key text, provider_shipment_id text, tracking_number text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	UPDATE @extschema@.fee_pull fp SET next_pull_at = 'infinity', last_result = 'billed'
+	 WHERE fp.provider_id = pid AND fp.next_pull_at <= now()
+	   AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
+				   WHERE l.binding_id = fp.binding_id AND l.order_key = fp.order_key
+					 AND l.provider_id = pid AND NOT l.quote
+					 AND NOT l.withdrawn);
+	RETURN QUERY
+	WITH picked AS (
+		SELECT fp.binding_id, fp.order_key FROM @extschema@.fee_pull fp
+		WHERE fp.provider_id = pid AND fp.next_pull_at <= now()
+		ORDER BY fp.next_pull_at
+		LIMIT max_n
+		FOR UPDATE SKIP LOCKED),
+	lease AS (
+		UPDATE @extschema@.fee_pull fp SET next_pull_at = now() + interval '10 minutes'
+		  FROM picked
+		 WHERE fp.binding_id = picked.binding_id AND fp.order_key = picked.order_key
+		   AND fp.provider_id = pid
+		RETURNING fp.binding_id, fp.order_key)
+	SELECT s.binding_id, s.order_key, s.provider_shipment_id, s.tracking_number
+	FROM lease
+	JOIN @extschema@.shipment s
+	  ON s.binding_id = lease.binding_id AND s.order_key = lease.order_key AND s.provider_id = pid
+	JOIN @extschema@.provider p ON p.provider_id = pid
+	WHERE CASE WHEN p.dialect = 'sf_express' THEN s.tracking_number
+			   ELSE s.provider_shipment_id END IS NOT NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._settlement()
+RETURNS TABLE (provider_id integer, month date, currency text, shipments bigint,
+			   estimated numeric, charged numeric, refunded numeric, unbilled bigint,
+			   unknown_waybills bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'
+AS $$
+	SELECT r.provider_id, r.month, r.currency, sum(r.shipments)::bigint, sum(r.estimated),
+		   sum(r.charged), sum(r.refunded), sum(r.unbilled)::bigint, sum(r.unknown)::bigint
+	FROM (-- shipments, by the month they were created: with their sums per
+		  -- currency, or (those of a shipping provider) without any
+		  SELECT s.provider_id, date_trunc('month', s.created_at)::date AS month,
+				 f.currency, 1 AS shipments, coalesce(f.estimated, 0) AS estimated,
+				 coalesce(f.charged, 0) AS charged, coalesce(f.refunded, 0) AS refunded,
+				 CASE WHEN coalesce(f.bill_lines, 0) = 0 AND s.status <> 'cancelled'
+					  THEN 1 ELSE 0 END AS unbilled,
+				 0 AS unknown
+		  FROM @extschema@.shipment s
+		  JOIN @extschema@.binding b ON b.binding_id = s.binding_id
+		  LEFT JOIN @extschema@.fee_sum f
+			ON f.binding_id = s.binding_id AND f.order_key = s.order_key
+		   AND f.provider_id = s.provider_id
+		  WHERE f.binding_id IS NOT NULL OR s.provider_id = b.provider_id
+		  UNION ALL
+		  -- billed waybills no shipment has: by the statement's month, else the line's
+		  SELECT u.provider_id, u.month, u.currency, 0, 0, u.charged, u.refunded, 0, 1
+		  FROM (SELECT l.provider_id, l.tracking_number, l.currency,
+					   min(coalesce(st.period, date_trunc('month',
+						   coalesce(l.occurred_at, l.recorded_at))::date)) AS month,
+					   coalesce(sum(l.amount) FILTER (WHERE l.state <> 'refunded'
+						   AND l.fee_type <> 'refund'), 0) AS charged,
+					   coalesce(sum(abs(l.amount)) FILTER (WHERE
+						   l.state = 'refunded' OR l.fee_type = 'refund'), 0) AS refunded
+				FROM @extschema@.fee_line l
+				LEFT JOIN @extschema@.statement st ON st.statement_id = l.statement_id
+				WHERE l.binding_id IS NULL AND NOT l.quote
+				  AND NOT l.withdrawn
+				GROUP BY l.provider_id, l.tracking_number, l.currency) u) r
+	GROUP BY r.provider_id, r.month, r.currency
+$$;
+
+CREATE OR REPLACE VIEW @extschema@.fee_difference AS
+WITH opts AS (
+	SELECT p.provider_id, p.name,
+		   coalesce(@extschema@._decimal_or_null(p.options->'fee_tolerance'->'abs'), 0.01) AS tol_abs,
+		   coalesce(@extschema@._decimal_or_null(p.options->'fee_tolerance'->'pct'), 0) AS tol_pct,
+		   coalesce(@extschema@._interval_or_null(p.options->>'unbilled_after'), interval '45 days') AS unbilled_after
+	FROM @extschema@.provider p)
+-- the bill differs from the quote beyond the tolerance
+SELECT 'amount_mismatch'::text AS kind, o.name AS provider, f.binding_id, b.tbl, f.order_key,
+	   s.tracking_number, NULL::text AS fee_type, f.currency, f.estimated,
+	   f.charged - f.refunded AS billed, f.charged - f.refunded - f.estimated AS difference,
+	   pg_catalog.format('billed %s %s against a quote of %s', f.charged - f.refunded, f.currency,
+						 f.estimated) AS detail
+FROM @extschema@.fee_sum f
+JOIN opts o ON o.provider_id = f.provider_id
+JOIN @extschema@.binding b ON b.binding_id = f.binding_id
+JOIN @extschema@.shipment s
+  ON s.binding_id = f.binding_id AND s.order_key = f.order_key AND s.provider_id = f.provider_id
+WHERE f.quote_lines > 0 AND f.bill_lines > 0
+  AND pg_catalog.abs(f.charged - f.refunded - f.estimated)
+	  OPERATOR(pg_catalog.>) GREATEST(o.tol_abs, o.tol_pct / 100 * pg_catalog.abs(f.estimated))
+UNION ALL
+-- billed waybills that no shipment matches
+SELECT 'unknown_waybill', o.name, NULL, NULL, NULL, l.tracking_number, NULL, l.currency, NULL,
+	   pg_catalog.sum(CASE WHEN l.state = 'refunded' OR l.fee_type = 'refund'
+						   THEN -pg_catalog.abs(l.amount) ELSE l.amount END),
+	   NULL,
+	   pg_catalog.format('%s bill lines for a waybill no shipment has', pg_catalog.count(*))
+FROM @extschema@.fee_line l
+JOIN opts o ON o.provider_id = l.provider_id
+WHERE l.binding_id IS NULL AND NOT l.quote
+  -- (a line a corrected statement withdrew is billed no more)
+  AND NOT l.withdrawn
+GROUP BY o.name, l.tracking_number, l.currency
+UNION ALL
+-- delivered longer than unbilled_after ago, and no bill line
+SELECT 'unbilled', o.name, s.binding_id, b.tbl, s.order_key, s.tracking_number, NULL, NULL,
+	   NULL, NULL, NULL,
+	   pg_catalog.format('delivered at %s, not billed after %s', d.at, o.unbilled_after)
+FROM (SELECT e.binding_id, e.order_key, pg_catalog.min(e.occurred_at) AS at
+	  FROM @extschema@.tracking_event e
+	  WHERE e.status = 'delivered' AND e.piece IS NULL
+	  GROUP BY e.binding_id, e.order_key) d
+JOIN @extschema@.binding b ON b.binding_id = d.binding_id
+JOIN @extschema@.shipment s
+  ON s.binding_id = d.binding_id AND s.order_key = d.order_key AND s.provider_id = b.provider_id
+JOIN opts o ON o.provider_id = s.provider_id
+WHERE d.at OPERATOR(pg_catalog.<) pg_catalog.now() - o.unbilled_after
+  AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
+				  WHERE l.binding_id = s.binding_id AND l.order_key = s.order_key
+					AND l.provider_id = s.provider_id AND NOT l.quote
+					AND NOT l.withdrawn)
+UNION ALL
+-- one waybill charged twice for one fee (the same type, under the same code)
+SELECT 'duplicate_charge', o.name, pg_catalog.min(l.binding_id), NULL, pg_catalog.min(l.order_key),
+	   l.tracking_number, l.fee_type, l.currency, NULL, pg_catalog.sum(l.amount), NULL,
+	   pg_catalog.format('%s charged lines of %s (keys %s)', pg_catalog.count(*), pg_catalog.min(l.raw_type),
+						 pg_catalog.string_agg(pg_catalog.quote_literal(l.fee_key), ', ' ORDER BY l.fee_key))
+FROM @extschema@.fee_line l
+JOIN opts o ON o.provider_id = l.provider_id
+WHERE NOT l.quote AND l.state = 'charged'
+GROUP BY o.name, l.tracking_number, l.binding_id, l.order_key, l.fee_type,
+	pg_catalog.lower(l.raw_type), l.currency
+HAVING pg_catalog.count(*) > 1;
+
+
+------------------------------------------------------------------------------
+-- A real key column is read back as real again
+------------------------------------------------------------------------------
+-- Keys of a real column were cast to double precision (with the integer
+-- widening above): a key printed as 1.1 is no real's value as a double,
+-- so the order was taken for deleted ("the order row no longer exists")
+-- and its intent ended done, never sent.  They are cast to real again, as
+-- before; existing statements are rewritten.
+CREATE OR REPLACE FUNCTION @extschema@._key_type(tbl regclass, col name)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH RECURSIVE d(typid, depth) AS (
+		SELECT a.atttypid, 0 FROM pg_attribute a
+		 WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+		UNION ALL
+		SELECT t.typbasetype, d.depth + 1 FROM d JOIN pg_type t ON t.oid = d.typid
+		 WHERE t.typtype = 'd')
+	-- a typmod of -1 given: "bit" and "char" keep no length of one
+	SELECT CASE WHEN d.typid IN ('int2'::regtype, 'int4'::regtype) THEN 'bigint'
+				ELSE format_type(d.typid, -1) END
+	  FROM d ORDER BY d.depth DESC LIMIT 1
+$$;
+COMMENT ON FUNCTION @extschema@._key_type(regclass, name) IS
+	'Internal (attach(), reconciliation, resync()): the type order keys are cast to, the key column''s base type without a length (bigint for any integer), so that a key column widened after attach() never has a key cut to another order''s nor fails to cast one.';
+
+UPDATE @extschema@.binding b
+   SET render_sql = pg_catalog.regexp_replace(b.render_sql, '(shipsync_u\.shipsync_key::).*$',
+			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column)),
+	   writeback_sql = pg_catalog.regexp_replace(b.writeback_sql, '(shipsync_u\.shipsync_key::).*$',
+			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column))
+ WHERE @extschema@._key_type(b.tbl, b.key_column) IS NOT NULL
+   AND b.render_sql LIKE '%shipsync\_u.shipsync\_key::double precision';
+
+
+------------------------------------------------------------------------------
+-- A credential written into shipsync.provider by hand is refused
+------------------------------------------------------------------------------
+-- The extension's owner may UPDATE shipsync.provider.  A credential put
+-- there (options webhook_secret, auth token) was kept in plain text and
+-- never used, and a dump of the database then failed to restore the whole
+-- provider table, saying the dump was 0.1's.  Such an update is refused,
+-- naming set_secret().
+CREATE OR REPLACE FUNCTION @extschema@._refuse_rows_of_0_1()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	what text;
+BEGIN
+	-- one test a table: an expression naming a column the other lacks fails
+	IF TG_TABLE_NAME = 'binding' THEN
+		IF strpos(NEW.render_sql, ' AS shipsync_row, ') = 0 THEN
+			what := format('binding %s of table %s was made by pg_shipsync 0.1', NEW.binding_id, NEW.tbl);
+		END IF;
+	ELSIF coalesce(NEW.auth ?| @extschema@._secret_fields(NEW.auth->>'type'), false)
+		  OR coalesce(NEW.options ?| ARRAY['webhook_secret', 'previous_webhook_secret'], false) THEN
+		what := format('provider "%s" holds its credentials in plain text, as pg_shipsync 0.1 kept them', NEW.name);
+		IF TG_OP = 'UPDATE' THEN
+			RAISE EXCEPTION 'provider "%" cannot hold a credential in plain text', NEW.name
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Credentials (auth values, webhook_secret, previous_webhook_secret) are kept encrypted in shipsync.secret: one written into shipsync.provider is never used, and a dump holding it is refused on restore.',
+					  HINT = 'Give it with shipsync.set_secret(provider, name, value).';
+		END IF;
+	END IF;
+	IF what IS NOT NULL THEN
+		RAISE EXCEPTION '%', what
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'A dump of a database whose extension is at version 0.1 restores into version 0.1 only: its CREATE EXTENSION names no version and made the version installed, which cannot use the rows of 0.1.',
+				  HINT = 'Restore the dump into a new database in which CREATE EXTENSION pg_shipsync VERSION ''0.1'' has run, then run ALTER EXTENSION pg_shipsync UPDATE there.';
+	END IF;
+	RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._refuse_rows_of_0_1() IS
+	'Internal: refuses a row of shipsync.binding or shipsync.provider in the form pg_shipsync 0.1 kept it (a binding''s statements of 0.1, credentials in plain text), as a dump of a 0.1 database restored as it is would write it, and a provider updated to hold a credential in plain text.';
+DROP TRIGGER provider_not_of_0_1 ON @extschema@.provider;
+CREATE TRIGGER provider_not_of_0_1 BEFORE INSERT OR UPDATE OF auth, options ON @extschema@.provider
+	FOR EACH ROW EXECUTE FUNCTION @extschema@._refuse_rows_of_0_1();

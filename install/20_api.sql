@@ -419,14 +419,16 @@ COMMENT ON FUNCTION @extschema@._check_adopt(jsonb, integer, regclass) IS
 /*
  * The type an order key (text) is cast to, to find its row: the key
  * column's base type, without a length or precision, and bigint for any
- * integer (double precision for real).  The statements that cast it are
- * made once, at attach(): a key column widened afterwards (varchar(5) to
+ * integer.  The statements that cast it are made once, at attach(): a key
+ * column widened afterwards (varchar(5) to
  * varchar(10), a domain to its base type) would otherwise have a longer
  * key cut to the old length, and find another order's row; an integer
  * widened (int to bigint, smallint to int) had a key beyond the old range
  * fail to cast, and every order rendered with it wait.  An int or smallint
  * column compared with a bigint still uses its index (the integer
- * operators are one family).
+ * operators are one family).  A real stays real: its keys are printed as
+ * real (1.1), and 1.1 read as double precision is no real's value, so the
+ * order was taken for deleted.
  */
 CREATE FUNCTION @extschema@._key_type(tbl regclass, col name)
 RETURNS text
@@ -442,12 +444,11 @@ AS $$
 		 WHERE t.typtype = 'd')
 	-- a typmod of -1 given: "bit" and "char" keep no length of one
 	SELECT CASE WHEN d.typid IN ('int2'::regtype, 'int4'::regtype) THEN 'bigint'
-				WHEN d.typid = 'float4'::regtype THEN 'double precision'
 				ELSE format_type(d.typid, -1) END
 	  FROM d ORDER BY d.depth DESC LIMIT 1
 $$;
 COMMENT ON FUNCTION @extschema@._key_type(regclass, name) IS
-	'Internal (attach(), reconciliation, resync()): the type order keys are cast to, the key column''s base type without a length (bigint for any integer, double precision for real), so that a key column widened after attach() never has a key cut to another order''s nor fails to cast one.';
+	'Internal (attach(), reconciliation, resync()): the type order keys are cast to, the key column''s base type without a length (bigint for any integer), so that a key column widened after attach() never has a key cut to another order''s nor fails to cast one.';
 
 CREATE FUNCTION @extschema@.attach(tbl regclass, provider text, key_column name DEFAULT NULL,
 								   writeback jsonb DEFAULT NULL, options jsonb DEFAULT '{}')

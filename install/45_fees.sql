@@ -294,6 +294,10 @@ CREATE TABLE @extschema@.fee_line (
 	recorded_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	recorded_by		text NOT NULL,
 	revision		integer NOT NULL DEFAULT 1,
+	-- a line a corrected statement of its period no longer lists: billed
+	-- no more (amount 0, state adjusted); told apart from a line the
+	-- carrier itself bills at 0.00 adjusted (a waived fee), which is billed
+	withdrawn		boolean NOT NULL DEFAULT false,
 	CHECK (quote = (state = 'estimated')),
 	-- the order is part of a line's identity: a carrier that gives a
 	-- waybill number again (recycled) bills the new parcel's order, never
@@ -322,6 +326,7 @@ COMMENT ON COLUMN @extschema@.fee_line.tracking_number IS 'The waybill the fee i
 COMMENT ON COLUMN @extschema@.fee_line.binding_id IS 'The attached table of the order; NULL while the line is parked (no shipment has its tracking number yet).';
 COMMENT ON COLUMN @extschema@.fee_line.order_key IS 'The order, as the key column''s value in text; NULL while parked.';
 COMMENT ON COLUMN @extschema@.fee_line.settlement IS 'monthly (on account) or cash, when the carrier says.';
+COMMENT ON COLUMN @extschema@.fee_line.withdrawn IS 'True for a bill line a corrected statement of its period no longer lists (amount 0, state adjusted): no bill line any more. A line the carrier bills at 0 (a waived fee) is false: billed, at 0.';
 COMMENT ON COLUMN @extschema@.fee_line.payer IS 'sender, receiver or third_party, when the carrier says.';
 COMMENT ON COLUMN @extschema@.fee_line.billed_weight_kg IS 'The weight the carrier billed, in kg, when it says.';
 COMMENT ON COLUMN @extschema@.fee_line.statement_id IS 'The statement this version came from (source statement).';
@@ -346,6 +351,7 @@ CREATE TABLE @extschema@.fee_line_history (
 	superseded_at	timestamptz NOT NULL,
 	superseded_by	text NOT NULL,
 	superseded_source text NOT NULL,
+	withdrawn		boolean NOT NULL DEFAULT false,
 	PRIMARY KEY (fee_line_id, revision)
 );
 COMMENT ON TABLE @extschema@.fee_line_history IS
@@ -355,6 +361,7 @@ COMMENT ON COLUMN @extschema@.fee_line_history.revision IS 'The version''s revis
 COMMENT ON COLUMN @extschema@.fee_line_history.superseded_at IS 'When the next version replaced it.';
 COMMENT ON COLUMN @extschema@.fee_line_history.superseded_by IS 'Who or what recorded the next version.';
 COMMENT ON COLUMN @extschema@.fee_line_history.superseded_source IS 'Where the next version came from: create, push, pull or statement.';
+COMMENT ON COLUMN @extschema@.fee_line_history.withdrawn IS 'The version was a withdrawal (shipsync.fee_line.withdrawn).';
 
 -- The previous version of a changed line goes to the history; the new one
 -- gets the next revision.  Only changes of what the line says count.
@@ -366,10 +373,11 @@ AS $$
 BEGIN
 	INSERT INTO @extschema@.fee_line_history (fee_line_id, revision, raw_type, amount, currency,
 		settlement, payer, billed_weight_kg, state, source, statement_id, occurred_at,
-		recorded_at, recorded_by, superseded_at, superseded_by, superseded_source)
+		recorded_at, recorded_by, superseded_at, superseded_by, superseded_source, withdrawn)
 	VALUES (OLD.fee_line_id, OLD.revision, OLD.raw_type, OLD.amount, OLD.currency,
 		OLD.settlement, OLD.payer, OLD.billed_weight_kg, OLD.state, OLD.source, OLD.statement_id,
-		OLD.occurred_at, OLD.recorded_at, OLD.recorded_by, now(), NEW.recorded_by, NEW.source);
+		OLD.occurred_at, OLD.recorded_at, OLD.recorded_by, now(), NEW.recorded_by, NEW.source,
+		OLD.withdrawn);
 	NEW.revision := OLD.revision + 1;
 	NEW.recorded_at := now();
 	RETURN NEW;
@@ -377,8 +385,10 @@ END
 $$;
 CREATE TRIGGER fee_line_revise BEFORE UPDATE ON @extschema@.fee_line
 	FOR EACH ROW
-	WHEN ((OLD.amount, OLD.currency, OLD.state, OLD.settlement, OLD.payer, OLD.billed_weight_kg)
-		  IS DISTINCT FROM (NEW.amount, NEW.currency, NEW.state, NEW.settlement, NEW.payer, NEW.billed_weight_kg))
+	WHEN ((OLD.amount, OLD.currency, OLD.state, OLD.settlement, OLD.payer, OLD.billed_weight_kg,
+		   OLD.withdrawn)
+		  IS DISTINCT FROM (NEW.amount, NEW.currency, NEW.state, NEW.settlement, NEW.payer,
+							NEW.billed_weight_kg, NEW.withdrawn))
 	EXECUTE FUNCTION @extschema@._fee_line_revise();
 
 -- What settlement and the other views add up: one row per shipment
@@ -619,7 +629,7 @@ BEGIN
 			billed_weight_kg = coalesce(EXCLUDED.billed_weight_kg, f.billed_weight_kg),
 			state = EXCLUDED.state, source = EXCLUDED.source, statement_id = EXCLUDED.statement_id,
 			occurred_at = coalesce(EXCLUDED.occurred_at, f.occurred_at),
-			recorded_by = EXCLUDED.recorded_by,
+			recorded_by = EXCLUDED.recorded_by, withdrawn = false,
 			binding_id = coalesce(f.binding_id, EXCLUDED.binding_id),
 			order_key = coalesce(f.order_key, EXCLUDED.order_key)
 		-- a change, not older than what the line says now, and, but from
@@ -649,7 +659,7 @@ BEGIN
 	-- bills: that one bills it still, and this one listing it again is
 	-- what "does it add up?" should show
 	own AS (
-		UPDATE @extschema@.fee_line f SET statement_id = stmt
+		UPDATE @extschema@.fee_line f SET statement_id = stmt, withdrawn = false
 		  FROM kt k
 		 WHERE (SELECT count(*) FROM up) >= 0
 		   AND src = 'statement' AND f.provider_id = k.pid AND f.tracking_number = k.tn
@@ -669,7 +679,13 @@ BEGIN
 									 coalesce(k.settle, f.settlement),
 									 coalesce(k.payer, f.payer),
 									 coalesce(k.weight, f.billed_weight_kg))
-		RETURNING 1),
+		RETURNING f.fee_line_id, f.binding_id, f.order_key),
+	-- of those, the lines a correction had withdrawn: billed again, so
+	-- their orders' totals change (fee_line read here is as it was before)
+	back AS (
+		SELECT own.binding_id, own.order_key FROM own
+		JOIN @extschema@.fee_line x ON x.fee_line_id = own.fee_line_id
+		WHERE x.withdrawn AND own.binding_id IS NOT NULL),
 	-- a corrected statement: what an earlier statement of its period and
 	-- account billed and this one does not (neither among its lines nor,
 	-- held, among those it skipped) is withdrawn (0, adjusted), or, when
@@ -677,11 +693,12 @@ BEGIN
 	-- (the carrier listed it in both), goes back to what that one says
 	wd AS (
 		UPDATE @extschema@.fee_line f
-		   SET (amount, currency, state, statement_id) =
+		   SET (amount, currency, state, statement_id, withdrawn) =
 			   (SELECT coalesce(b.amount, 0), coalesce(b.currency, f.currency),
-					   coalesce(b.state, 'adjusted'), coalesce(b.statement_id, stmt)
+					   coalesce(b.state, 'adjusted'), coalesce(b.statement_id, stmt),
+					   coalesce(b.withdrawn, true)
 				FROM (SELECT 1) one
-				LEFT JOIN (SELECT h.amount, h.currency, h.state, h.statement_id
+				LEFT JOIN (SELECT h.amount, h.currency, h.state, h.statement_id, h.withdrawn
 						   FROM @extschema@.fee_line_history h
 						   JOIN @extschema@.statement e ON e.statement_id = h.statement_id
 						   JOIN @extschema@.statement c ON c.statement_id = stmt
@@ -696,7 +713,7 @@ BEGIN
 								  WHERE e.provider_id = c.provider_id AND e.period = c.period
 									AND e.account IS NOT DISTINCT FROM c.account
 									AND e.statement_id <> stmt)
-		   AND (f.amount <> 0 OR f.state <> 'adjusted')
+		   AND NOT f.withdrawn
 		   AND NOT EXISTS (SELECT 1 FROM kt k
 						   WHERE k.pid = f.provider_id AND k.tn = f.tracking_number
 							 AND k.fee_type = f.fee_type AND k.k = f.fee_key
@@ -710,9 +727,11 @@ BEGIN
 		   (SELECT count(*) FROM up WHERE up.binding_id IS NULL),
 		   (SELECT count(*) FROM wd),
 		   coalesce(tb, '{}') || coalesce((SELECT array_agg(x.binding_id) FROM
-				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd) x), '{}'),
+				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd
+				 UNION ALL SELECT back.binding_id, back.order_key FROM back) x), '{}'),
 		   coalesce(tk, '{}') || coalesce((SELECT array_agg(x.order_key) FROM
-				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd) x), '{}')
+				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd
+				 UNION ALL SELECT back.binding_id, back.order_key FROM back) x), '{}')
 	INTO twice, n_new, n_rev, n_park, n_withdrawn, tb, tk;
 	IF twice IS NOT NULL THEN
 		RAISE EXCEPTION 'statement of provider "%" bills one line twice',
@@ -774,14 +793,12 @@ BEGIN
 		JOIN t ON l.binding_id = t.b AND l.order_key = t.k
 		-- (a line a corrected statement withdrew is billed no more: no
 		-- bill line, so its order is unbilled again and takes its quote)
-		CROSS JOIN LATERAL (SELECT NOT l.quote AND l.state = 'adjusted' AND l.amount = 0
-									AND l.source = 'statement' AS withdrawn) w
 		CROSS JOIN LATERAL (
 			SELECT NOT l.quote OR coalesce(
 				(SELECT s.tracking_number FROM @extschema@.shipment s
 				  WHERE s.binding_id = l.binding_id AND s.order_key = l.order_key
 					AND s.provider_id = l.provider_id) = l.tracking_number, true) AS current) q
-		WHERE NOT w.withdrawn
+		WHERE NOT l.withdrawn
 		GROUP BY l.binding_id, l.order_key, l.provider_id, l.currency),
 	kept AS (
 		INSERT INTO @extschema@.fee_sum AS fs (binding_id, order_key, provider_id, currency,
@@ -806,8 +823,7 @@ BEGIN
 		   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
 						   WHERE l.binding_id = fs.binding_id AND l.order_key = fs.order_key
 							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency
-							 AND NOT (NOT l.quote AND l.state = 'adjusted' AND l.amount = 0
-									  AND l.source = 'statement'))
+							 AND NOT l.withdrawn)
 		RETURNING 1),
 	ord AS (
 		SELECT per.b, per.k, sum(per.nb) > 0 AS billed,
@@ -1072,7 +1088,7 @@ BEGIN
 	   AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
 				   WHERE l.binding_id = fp.binding_id AND l.order_key = fp.order_key
 					 AND l.provider_id = pid AND NOT l.quote
-					 AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement'));
+					 AND NOT l.withdrawn);
 	RETURN QUERY
 	WITH picked AS (
 		SELECT fp.binding_id, fp.order_key FROM @extschema@.fee_pull fp
@@ -1231,7 +1247,7 @@ AS $$
 				FROM @extschema@.fee_line l
 				LEFT JOIN @extschema@.statement st ON st.statement_id = l.statement_id
 				WHERE l.binding_id IS NULL AND NOT l.quote
-				  AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement')
+				  AND NOT l.withdrawn
 				GROUP BY l.provider_id, l.tracking_number, l.currency) u) r
 	GROUP BY r.provider_id, r.month, r.currency
 $$;
@@ -1290,7 +1306,7 @@ FROM @extschema@.fee_line l
 JOIN opts o ON o.provider_id = l.provider_id
 WHERE l.binding_id IS NULL AND NOT l.quote
   -- (a line a corrected statement withdrew is billed no more)
-  AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement')
+  AND NOT l.withdrawn
 GROUP BY o.name, l.tracking_number, l.currency
 UNION ALL
 -- delivered longer than unbilled_after ago, and no bill line
@@ -1309,7 +1325,7 @@ WHERE d.at OPERATOR(pg_catalog.<) pg_catalog.now() - o.unbilled_after
   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
 				  WHERE l.binding_id = s.binding_id AND l.order_key = s.order_key
 					AND l.provider_id = s.provider_id AND NOT l.quote
-					AND NOT (l.state = 'adjusted' AND l.amount = 0 AND l.source = 'statement'))
+					AND NOT l.withdrawn)
 UNION ALL
 -- one waybill charged twice for one fee (the same type, under the same code)
 SELECT 'duplicate_charge', o.name, pg_catalog.min(l.binding_id), NULL, pg_catalog.min(l.order_key),

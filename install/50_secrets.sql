@@ -239,7 +239,10 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.secret', '');
 -- made this version and filled it with the rows of 0.1, which it cannot
 -- use (the bindings' statements of 0.1: every order failed to render, and
 -- died; credentials in plain text).  Such rows are refused, saying how to
--- restore that dump (docs/upgrading.md).
+-- restore that dump (docs/upgrading.md).  A provider updated by hand (the
+-- extension's owner may) is refused such a credential too: never used
+-- (the secrets are read from shipsync.secret), it made the dump of this
+-- version refused as one of 0.1.
 CREATE FUNCTION @extschema@._refuse_rows_of_0_1()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -256,6 +259,12 @@ BEGIN
 	ELSIF coalesce(NEW.auth ?| @extschema@._secret_fields(NEW.auth->>'type'), false)
 		  OR coalesce(NEW.options ?| ARRAY['webhook_secret', 'previous_webhook_secret'], false) THEN
 		what := format('provider "%s" holds its credentials in plain text, as pg_shipsync 0.1 kept them', NEW.name);
+		IF TG_OP = 'UPDATE' THEN
+			RAISE EXCEPTION 'provider "%" cannot hold a credential in plain text', NEW.name
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Credentials (auth values, webhook_secret, previous_webhook_secret) are kept encrypted in shipsync.secret: one written into shipsync.provider is never used, and a dump holding it is refused on restore.',
+					  HINT = 'Give it with shipsync.set_secret(provider, name, value).';
+		END IF;
 	END IF;
 	IF what IS NOT NULL THEN
 		RAISE EXCEPTION '%', what
@@ -267,8 +276,8 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@._refuse_rows_of_0_1() IS
-	'Internal: refuses a row of shipsync.binding or shipsync.provider in the form pg_shipsync 0.1 kept it (a binding''s statements of 0.1, credentials in plain text), as a dump of a 0.1 database restored as it is would write it.';
-CREATE TRIGGER provider_not_of_0_1 BEFORE INSERT ON @extschema@.provider
+	'Internal: refuses a row of shipsync.binding or shipsync.provider in the form pg_shipsync 0.1 kept it (a binding''s statements of 0.1, credentials in plain text), as a dump of a 0.1 database restored as it is would write it, and a provider updated to hold a credential in plain text.';
+CREATE TRIGGER provider_not_of_0_1 BEFORE INSERT OR UPDATE OF auth, options ON @extschema@.provider
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._refuse_rows_of_0_1();
 CREATE TRIGGER binding_not_of_0_1 BEFORE INSERT ON @extschema@.binding
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._refuse_rows_of_0_1();

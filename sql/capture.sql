@@ -227,6 +227,24 @@ DEALLOCATE wb_widened_i;
 DEALLOCATE wb_widened_s;
 DROP TABLE widened_i, widened_s;
 
+-- a real key column: its keys are printed as real (1.1), and read back as
+-- real, not as double precision (1.1 is no real's value): the order is
+-- found, not taken for deleted
+CREATE TABLE real_key (id real PRIMARY KEY, address text, waybill text);
+SELECT shipsync.attach('real_key', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+INSERT INTO real_key VALUES (1.1, 'one point one'), (2.5, 'two and a half');
+SELECT i.order_key, r.body
+  FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id), shipsync.render_request(i.id) r
+ WHERE b.tbl = 'real_key'::regclass ORDER BY i.id;
+\set ECHO none
+SELECT format('PREPARE wb_real_key AS %s', b.writeback_sql) FROM shipsync.binding b
+ WHERE b.tbl = 'real_key'::regclass \gexec
+\set ECHO all
+EXECUTE wb_real_key('{1.1}', '{NULL}', '{SF-11}', '{NULL}', '{NULL}', '{NULL}');
+SELECT * FROM real_key ORDER BY id;
+DEALLOCATE wb_real_key;
+DROP TABLE real_key;
+
 -- row-level security forced on the table's owner: pg_shipsync reads and
 -- writes orders as the owner, and an order its policies hide is not a
 -- deleted one.  attach() refuses such a table; forced after attach(), its

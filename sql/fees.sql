@@ -827,3 +827,33 @@ SELECT s.totals->>'CNY' AS statement_says,
 FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
 WHERE p.name = 'gen2' AND s.period = '2027-06-01' AND s.superseded_by IS NULL;
 SELECT tracking_number, amount, source, statement_id IS NULL AS no_statement FROM shipsync.fee_line WHERE tracking_number = 'R8';
+
+-- a fee the carrier's statement waives (0.00, state adjusted) is billed, at
+-- 0: the order's fee_total is 0, not its quote, and it is not unbilled.
+-- Only a line a correction withdrew is no bill line; listed again, as the
+-- same 0.00 adjusted, it is billed once more
+INSERT INTO orders5 (id) VALUES (9), (10);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, g::text, b.provider_id, 'R' || g, timestamptz '2027-07-10 12:00+00'
+FROM shipsync.binding b, generate_series(9, 10) g WHERE b.tbl = 'orders5'::regclass;
+SELECT count(*) > 0 AS quoted FROM shipsync._store_fees('create', NULL, NULL, 'dispatcher',
+	ARRAY[(SELECT provider_id FROM shipsync.provider WHERE name = 'gen2')],
+	ARRAY[(SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders5'::regclass)],
+	ARRAY['9'], ARRAY['R9'], ARRAY['freight'], ARRAY[13.70], ARRAY['CNY'], ARRAY[NULL::text],
+	ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::numeric], ARRAY[NULL::text],
+	ARRAY[NULL::timestamptz]);
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,state\nR9,freight,0.00,adjusted\nR10,freight,0.00,adjusted\n',
+	options => '{"period": "2027-07"}') - '{provider,statement_id,period,totals,supersedes}'::text[] AS answer;
+SELECT id, fee FROM orders5 WHERE id IN (9, 10) ORDER BY id;
+SELECT order_key, estimated, charged, net, lines FROM shipsync.order_fees
+WHERE tbl = 'orders5'::regclass AND order_key IN ('9', '10') ORDER BY 1;
+-- withdrawn by a correction, then listed again as it was
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,state\nR10,freight,0.00,adjusted\n',
+	options => '{"period": "2027-07"}') ->> 'withdrawn' AS withdrawn;
+SELECT order_key, estimated, charged, net, lines FROM shipsync.order_fees
+WHERE tbl = 'orders5'::regclass AND order_key = '9';
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,state\r\nR9,freight,0.00,adjusted\r\nR10,freight,0.00,adjusted\r\n',
+	options => '{"period": "2027-07"}') ->> 'withdrawn' AS withdrawn;
+SELECT order_key, estimated, charged, net, lines FROM shipsync.order_fees
+WHERE tbl = 'orders5'::regclass AND order_key = '9';
+SELECT id, fee FROM orders5 WHERE id = 9;

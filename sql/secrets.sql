@@ -201,6 +201,14 @@ SELECT pg_temp.err($$SELECT shipsync.set_secret('zoho', 'webhook_secret', 'whsec
 RESET SESSION AUTHORIZATION;
 SELECT name, set_by = current_user AS set_by_me FROM shipsync.secrets WHERE provider = 'zoho';
 
+-- a credential written into a provider row by hand (the extension's owner
+-- may UPDATE shipsync.provider) is refused: it would be ignored, and the
+-- row would not restore from a dump; other options change as they did
+SELECT pg_temp.err($$UPDATE shipsync.provider SET options = options || '{"webhook_secret": "whsec_plain"}' WHERE name = 'bearer'$$);
+SELECT pg_temp.err($$UPDATE shipsync.provider SET auth = auth || '{"token": "plain"}' WHERE name = 'bearer'$$);
+UPDATE shipsync.provider SET options = options || '{"profile": "generic"}' WHERE name = 'bearer';
+SELECT auth, options FROM shipsync.provider WHERE name = 'bearer';
+
 -- a dropped provider takes its secrets with it, and a dropped CRM source
 DELETE FROM shipsync.provider WHERE name = 'oa';
 SELECT count(*) AS oa_secrets FROM shipsync.secret WHERE provider = 'oa';

@@ -10703,3 +10703,45 @@ COMMENT ON FUNCTION @extschema@._refuse_rows_of_0_1() IS
 DROP TRIGGER provider_not_of_0_1 ON @extschema@.provider;
 CREATE TRIGGER provider_not_of_0_1 BEFORE INSERT OR UPDATE OF auth, options ON @extschema@.provider
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._refuse_rows_of_0_1();
+
+------------------------------------------------------------------------------
+-- A child parcel moving does not hide a stuck main parcel
+------------------------------------------------------------------------------
+-- The stuck check took the order's latest tracking event of any waybill:
+-- a multi-piece order whose main parcel had not moved for weeks was not
+-- stuck while a child or the return parcel moved.
+CREATE OR REPLACE FUNCTION @extschema@._reconcile_stuck(bids integer[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
+		chk, facts, detail)
+	SELECT 'stuck', s.provider_id, s.binding_id, s.order_key, s.tracking_number, 'stuck',
+		   jsonb_build_object('check', 'stuck', 'status', s.status, 'last_event_at', ev.at,
+			   'threshold', sa.after),
+		   format('shipment %s of order %s has been %s with no tracking event since %s (threshold %s)',
+			   coalesce(s.provider_shipment_id, ''), s.order_key, s.status, ev.at, sa.after)
+	  FROM @extschema@.shipment s
+	  JOIN @extschema@.binding b ON b.binding_id = s.binding_id
+	  LEFT JOIN @extschema@.provider tp ON tp.name = b.options->>'tracking_provider'
+	  JOIN (SELECT DISTINCT ON (x.status) x.status, x.after, now() - x.after AS before
+			  FROM @extschema@.stuck_after x
+			 ORDER BY x.status, x.builtin) sa ON sa.status = s.status
+	 CROSS JOIN LATERAL (
+		 SELECT greatest(s.created_at,
+						 (SELECT max(e.occurred_at) FROM @extschema@.tracking_event e
+						   WHERE e.binding_id = s.binding_id AND e.order_key = s.order_key
+							 AND e.piece IS NULL)) AS at) ev
+	 WHERE s.binding_id = ANY (bids)
+	   AND s.updated_at < sa.before
+	   AND ((s.provider_id = b.provider_id
+			 AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment t
+							  WHERE t.binding_id = s.binding_id AND t.order_key = s.order_key
+								AND t.provider_id = tp.provider_id AND t.status <> 'pending'))
+			OR (s.provider_id = tp.provider_id AND s.status <> 'pending'))
+	   AND ev.at < sa.before
+	ON CONFLICT DO NOTHING;
+END
+$$;

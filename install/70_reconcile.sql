@@ -969,7 +969,9 @@ COMMENT ON FUNCTION @extschema@._reconcile_carrier(bigint, integer) IS
 /*
  * Shipments in a non-terminal status with no tracking event for longer than
  * its threshold (shipsync.stuck_after).  Where a tracking provider follows
- * the order, its shipment row is the one that moves.
+ * the order, its shipment row is the one that moves.  The events of another
+ * piece of a multi-piece shipment (SF child and return waybills) are not
+ * the shipment's: its main parcel can be stuck while a child moves.
  */
 CREATE FUNCTION @extschema@._reconcile_stuck(bids integer[])
 RETURNS void
@@ -993,7 +995,8 @@ BEGIN
 	 CROSS JOIN LATERAL (
 		 SELECT greatest(s.created_at,
 						 (SELECT max(e.occurred_at) FROM @extschema@.tracking_event e
-						   WHERE e.binding_id = s.binding_id AND e.order_key = s.order_key)) AS at) ev
+						   WHERE e.binding_id = s.binding_id AND e.order_key = s.order_key
+							 AND e.piece IS NULL)) AS at) ev
 	 WHERE s.binding_id = ANY (bids)
 	   AND s.updated_at < sa.before
 	   AND ((s.provider_id = b.provider_id

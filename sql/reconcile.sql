@@ -228,6 +228,10 @@ UPDATE shipsync.shipment SET status = 'in_transit', updated_at = now() - interva
 INSERT INTO shipsync.tracking_event (provider_id, event_key, tracking_number, binding_id, order_key,
 	occurred_at, status)
 VALUES (:rc, 'e5', 'TN5', :bid, '5', now() - interval '1 day', 'in_transit');
+-- (a child parcel of order 1 moving is no news of its main parcel)
+INSERT INTO shipsync.tracking_event (provider_id, event_key, tracking_number, binding_id, order_key,
+	occurred_at, status, piece)
+VALUES (:rc, 'e1c', 'TN1-C', :bid, '1', now() - interval '1 day', 'in_transit', 'child');
 SET session_replication_role = replica;
 UPDATE orders SET ship_status = 'in_transit' WHERE id IN (1, 5);
 RESET session_replication_role;

@@ -10745,3 +10745,13 @@ BEGIN
 	ON CONFLICT DO NOTHING;
 END
 $$;
+
+------------------------------------------------------------------------------
+-- Personal data judged on the role whose code runs
+------------------------------------------------------------------------------
+-- shipsync._pii_visible() (src/privacy.c) judged on the session's role: a
+-- reader's trigger that the dispatcher's write-back fired as the table's
+-- owner, or a reader's materialized view a superuser refreshed, read every
+-- order whole.  The C function changed; its comment says so.
+COMMENT ON FUNCTION @extschema@._pii_visible() IS
+	'Internal: whether the role whose code runs sees personal values whole (shipsync_operator and above, superusers): the role the session acts as, or, inside a security-restricted operation, the owner whose code it runs (a table owner''s trigger the dispatcher fires, a materialized view a superuser refreshes).';

@@ -58,7 +58,7 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'shipsync_pii_visible'
 LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@._pii_visible() IS
-	'Internal: whether the role the session acts as sees personal values whole (shipsync_operator and above, superusers).';
+	'Internal: whether the role whose code runs sees personal values whole (shipsync_operator and above, superusers): the role the session acts as, or, inside a security-restricted operation, the owner whose code it runs (a table owner''s trigger the dispatcher fires, a materialized view a superuser refreshes).';
 
 -- The personal target paths of each provider's profile, as the field map
 -- marks them now.

@@ -18,7 +18,9 @@
  *				first; anything that is not a phone number is ***
  *	 address	cut after the district (the first 区, 县 or 旗, but not
  *				小区 or 社区) or after the first comma, whichever comes
- *				first: 深圳市南山区*** ; neither: ***
+ *				first: 深圳市南山区*** ; neither, or a part kept that is
+ *				not region names only (省, 市, 区, ...: 张三 13812345678
+ *				深圳市南山区, 12 Main St,): ***
  *	 email		the first character of the local part and the domain:
  *				z***@example.com ; no @: *** ; anything after the domain
  *				(a second address) is ***
@@ -395,7 +397,65 @@ ends_district(const unsigned char *start, const unsigned char *p, unsigned int c
 	return c == 0x53BF || c == 0x65D7;	/* 县, 旗 */
 }
 
-/* 深圳市南山区科技园 -> 深圳市南山区***, 12 Main St, Springfield -> 12 Main St,*** */
+/* Does c end the name of a region: 省, 市, 区, 县, 旗, 州 or 盟 */
+static bool
+ends_region(unsigned int c)
+{
+	return c == 0x7701 || c == 0x5E02 || c == 0x533A || c == 0x53BF ||
+		c == 0x65D7 || c == 0x5DDE || c == 0x76DF;
+}
+
+/* A CJK ideograph: no digit, letter or punctuation */
+static bool
+is_ideograph_code(unsigned int c)
+{
+	return (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x4E00 && c <= 0x9FFF) ||
+		(c >= 0xF900 && c <= 0xFAFF) || (c >= 0x20000 && c <= 0x3FFFF);
+}
+
+/*
+ * Does s (len bytes) read as region names only: words of CJK ideographs,
+ * apart by white space, each ending in 省, 市, 区, 县, 旗, 州 or 盟
+ * (广东省深圳市南山区, 广东省 深圳市 南山区)?  A name, a phone, an ID
+ * number, an e-mail address or a street (张三 13812345678 广东省深圳市
+ * 南山区, 12 Main St) does not.
+ */
+static bool
+reads_as_region(const unsigned char *s, size_t len)
+{
+	const unsigned char *end = s + len;
+	unsigned int last = 0;		/* the last character of the word, 0 between */
+	bool		any = false;
+
+	for (const unsigned char *p = s; p < end;)
+	{
+		int			n = u8_len(p);
+		unsigned int c = u8_code(p, n);
+
+		if (is_space_code(c))
+		{
+			if (last != 0 && !ends_region(last))
+				return false;
+			last = 0;
+		}
+		else if (!is_ideograph_code(c))
+			return false;
+		else
+		{
+			last = c;
+			any = true;
+		}
+		p += n;
+	}
+	return any && (last == 0 || ends_region(last));
+}
+
+/*
+ * 深圳市南山区科技园 -> 深圳市南山区***, 广东省深圳市，南山区 -> 广东省深圳市，***.
+ * What is kept must read as region names: anything else before the cut (a
+ * name, a phone, a street: 张三 13812345678 深圳市南山区, 12 Main St,
+ * Springfield) makes the whole value ***.
+ */
 static char *
 mask_address(const unsigned char *s, size_t len)
 {
@@ -409,9 +469,12 @@ mask_address(const unsigned char *s, size_t len)
 	{
 		int			n = u8_len(p);
 		unsigned int c = u8_code(p, n);
+		bool		comma = c == ',' || c == 0xFF0C;
 
-		if (c == ',' || c == 0xFF0C || ends_district(s, p, c, prev))
+		if (comma || ends_district(s, p, c, prev))
 		{
+			if (!reads_as_region(s, (comma ? p : p + n) - s))
+				break;
 			buf_add(&b, s, (p + n) - s);
 			buf_str(&b, "***");
 			return buf_done(&b);

@@ -23,7 +23,10 @@
  * shipsync_admin), and superusers, judged on the role the session acts as
  * (after SET ROLE) and not on the owner of a SECURITY DEFINER function
  * that happens to be running: a reader calling render_request() gets the
- * masked body although the function runs as the extension's owner.
+ * masked body although the function runs as the extension's owner.  Inside
+ * a security-restricted operation, on the owner whose code runs (a table
+ * owner's trigger the dispatcher fires, a materialized view a superuser
+ * refreshes), never on the privileged session that runs it.
  *
  * mask.c does the masking on UTF-8; values are converted from and to the
  * database encoding here.
@@ -282,15 +285,41 @@ shipsync_mask_body(PG_FUNCTION_ARGS)
 }
 
 /*
- * shipsync._pii_visible(): whether the role the session acts as sees
- * personal values whole (it has the privileges of shipsync_operator).
+ * The role whose code runs now, on whom seeing personal values is judged;
+ * InvalidOid: no one may.  The role the session acts as, but inside a
+ * security-restricted operation the owner whose code it runs: the table
+ * owner's code that the extension runs as that owner (a trigger its
+ * write-back fires, in the dispatcher's superuser session), or, in one of
+ * PostgreSQL's own (REFRESH MATERIALIZED VIEW, an index build, autovacuum's
+ * ANALYZE), the object's owner, the current user.  Judged on the session,
+ * a reader's trigger or materialized view that a superuser's session ran
+ * read every order whole.  A SECURITY DEFINER function called inside one of
+ * PostgreSQL's (the extension's render_request()) hides that owner: no one.
+ */
+static Oid
+pii_judged_role(void)
+{
+	Oid			owner = shipsync_acting_owner();
+
+	if (OidIsValid(owner))
+		return owner;
+	if (InSecurityRestrictedOperation())
+		return InLocalUserIdChange() ? InvalidOid : GetUserId();
+	return GetOuterUserId();
+}
+
+/*
+ * shipsync._pii_visible(): whether the role whose code runs sees personal
+ * values whole (it has the privileges of shipsync_operator).
  */
 Datum
 shipsync_pii_visible(PG_FUNCTION_ARGS)
 {
 	Oid			operator_role = get_role_oid("shipsync_operator", true);
-	Oid			who = GetOuterUserId();
+	Oid			who = pii_judged_role();
 
+	if (!OidIsValid(who))
+		PG_RETURN_BOOL(false);
 	PG_RETURN_BOOL(superuser_arg(who) ||
 				   (OidIsValid(operator_role) && has_privs_of_role(who, operator_role)));
 }

@@ -309,7 +309,9 @@ my $bodies_bi = ok_as('bi', q{SELECT string_agg(request_body, E'\n' ORDER BY id)
 unlike($bodies_bi, $personal, 'the reader sees no personal value in the request bodies of shipsync.intents');
 like($bodies_bi, qr/"customer":"张\*".*"phone":"138\*\*\*\*5678".*"address":"深圳市南山区\*\*\*".*"email":"z\*\*\*\@example.com"/,
 	'but their masks');
-like($bodies_bi, qr/"customer":"J\*\*\* Smith".*"address":"Flat 3,\*\*\*"/, 'Latin names and addresses too');
+# (an address keeps its region only: a street line before the first comma
+# is no region, and the whole address is ***)
+like($bodies_bi, qr/"customer":"J\*\*\* Smith".*"address":"\*\*\*"/, 'Latin names and addresses too');
 my ($rc, $out, $err) = as_role('bi', 'SELECT count(*) FROM shipsync.outbox');
 like($err, qr/permission denied for table outbox/, 'the reader cannot read the outbox itself');
 for my $role (qw(ops boss))
@@ -344,6 +346,40 @@ my $views = ok_as('bi', q{
 	SELECT string_agg(DISTINCT v, ',') || E'\n' || string_agg(t, E'\n') FROM seen});
 like($views, qr/shipsync\.intents/, 'the reader reads the views and tables it may');
 unlike($views, $personal, 'none of them holds a personal value');
+
+# A reader's code that a more privileged session runs as the reader: the
+# trigger of a table it owns, fired by the dispatcher's write-back (run as
+# the table's owner inside the superuser's session), and its materialized
+# view, refreshed by a superuser (PostgreSQL runs the query as the view's
+# owner).  Either used to be judged on the session's superuser and saw
+# every order of every table whole.
+sql(q{CREATE ROLE shopbi LOGIN PASSWORD 'shopbi-pw' IN ROLE shipsync_reader;
+	CREATE SCHEMA shopbi AUTHORIZATION shopbi;});
+$password{shopbi} = 'shopbi-pw';
+ok_as('shopbi', q{
+	CREATE TABLE shopbi.orders (id int PRIMARY KEY, item text, waybill text);
+	CREATE TABLE shopbi.seen (visible boolean, bodies text);
+	CREATE FUNCTION shopbi.look() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		INSERT INTO shopbi.seen SELECT shipsync._pii_visible(), string_agg(request_body, E'\n')
+		FROM shipsync.intents;
+		RETURN NEW;
+	END $$;
+	CREATE TRIGGER look BEFORE UPDATE ON shopbi.orders FOR EACH ROW EXECUTE FUNCTION shopbi.look();
+	CREATE MATERIALIZED VIEW shopbi.bodies AS SELECT id, request_body FROM shipsync.intents;
+});
+sql(q{SELECT shipsync.attach('shopbi.orders', 'sim', writeback => '{"tracking_number": "waybill"}')});
+ok_as('shopbi', q{INSERT INTO shopbi.orders VALUES (1, 'a lamp', NULL)});
+ok(wait_until($node, 'SELECT count(*) > 0 FROM shopbi.seen'),
+	"the write-back of the reader's own order ran its trigger");
+my $seen = ok_as('shopbi', q{SELECT string_agg(visible::text || ' ' || bodies, E'\n') FROM shopbi.seen});
+like($seen, qr/^false .*"customer":"张\*"/s,
+	"the reader's trigger, run by the dispatcher as its owner, sees the masks");
+unlike($seen, $personal, '... and no personal value');
+sql('REFRESH MATERIALIZED VIEW shopbi.bodies');
+my $mv = ok_as('shopbi', q{SELECT string_agg(request_body, E'\n' ORDER BY id) FROM shopbi.bodies});
+like($mv, qr/"customer":"张\*"/, "a superuser's refresh of the reader's materialized view stores the masks");
+unlike($mv, $personal, '... and no personal value');
 
 # Nor a digest of one: beside the masked body, the SHA-256 of the whole body
 # (or the digest of the order row it was rendered from) lets the reader try

@@ -80,10 +80,19 @@ test_values(void)
 		  masks(PII_ADDRESS, "江苏省宿迁市沭阳县胡集镇", "江苏省宿迁市沭阳县***") &&
 		  masks(PII_ADDRESS, "内蒙古自治区锡林郭勒盟正蓝旗上都镇", "内蒙古自治区***") &&
 		  masks(PII_ADDRESS, "阳光小区5栋301", "***") &&
-		  masks(PII_ADDRESS, "幸福社区东门，3号楼", "幸福社区东门，***"),
+		  masks(PII_ADDRESS, "广东省深圳市，南山区科技园", "广东省深圳市，***") &&
+		  masks(PII_ADDRESS, "广东省 深圳市 南山区 科技园路1号", "广东省 深圳市 南山区***"),
 		  "address: cut after the district (not 小区 or 社区), or after the first comma");
-	check(masks(PII_ADDRESS, "12 Main St, Springfield, IL", "12 Main St,***") &&
-		  masks(PII_ADDRESS, "Flat 3, 深圳市南山区", "Flat 3,***") &&
+	check(masks(PII_ADDRESS, "张三 13812345678 广东省深圳市南山区科技园路1号", "***") &&
+		  masks(PII_ADDRESS, "收货人:张三 手机:13812345678 地址:广东省深圳市南山区", "***") &&
+		  masks(PII_ADDRESS, "440301199001011234 深圳市南山区", "***") &&
+		  masks(PII_ADDRESS, "zhang@example.com 深圳市南山区", "***") &&
+		  masks(PII_ADDRESS, "张三，13812345678，深圳市南山区", "***") &&
+		  masks(PII_ADDRESS, "张三、深圳市南山区", "***") &&
+		  masks(PII_ADDRESS, "幸福社区东门，3号楼", "***") &&
+		  masks(PII_ADDRESS, "12 Main St, Springfield, IL", "***"),
+		  "address: a part kept that is not region names only (a name, a phone, a street) is *** whole");
+	check(masks(PII_ADDRESS, "Flat 3, 深圳市南山区", "***") &&
 		  masks(PII_ADDRESS, "221B Baker Street", "***") &&
 		  masks(PII_ADDRESS, "区", "***") &&
 		  masks(PII_ADDRESS, "", ""),
@@ -205,7 +214,7 @@ test_documents(void)
 					 "\"phone\":null,\"address\":\"1 High St, Leeds\",\"waybill_no\":\"SF1\"}}",
 					 0, NULL, NULL,
 					 "{\"order_ref\":\"1\",\"order\":{\"id\":1,\"customer\":\"J*** Smith\","
-					 "\"phone\":null,\"address\":\"1 High St,***\",\"waybill_no\":\"SF1\"}}"),
+					 "\"phone\":null,\"address\":\"***\",\"waybill_no\":\"SF1\"}}"),
 		  "document: the generic body's order members by the column convention; null stays null");
 	check(json_masks("{\"order_ref\":\"1\",\"order\":{\"id\":1}}", 0, NULL, NULL, NULL) &&
 		  json_masks("{\"a\":{\"b\":\"x\"}}", 1, (const char *const[]) {"a.c"},

@@ -51,7 +51,8 @@
  * or a serializable default failed every pass of the dispatcher (it
  * exited and was started again, every second, sending again what was in
  * flight), a lock_timeout made the write-back of an order another session
- * held for a moment give up for good (writeback_failed), and
+ * held for a moment give up for good (writeback_failed; the write-back
+ * has a wait of its own, shipsync.writeback_lock_timeout, writeback.c), and
  * session_replication_role = replica kept the extension's own triggers
  * (ticket history and folding, parked events, fee pulls) from firing.
  *

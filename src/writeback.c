@@ -60,10 +60,15 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "libpq/pqsignal.h"
+#include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/latch.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
+#include "utils/timeout.h"
 
 #include "pg_shipsync.h"
 #include "dispatcher.h"
@@ -121,15 +126,92 @@ writeback_plan(int32 binding_id, const char *sql)
 	return plan;
 }
 
+/* What writeback_wait_begin() changed, for writeback_wait_end() */
+typedef struct WritebackWait
+{
+	int			nest;			/* GUC nest level of lock_timeout, or -1 */
+	pqsigfunc	sigint;			/* the SIGINT handler it replaced */
+	uint32		holdoff;		/* QueryCancelHoldoffCount it replaced */
+	bool		cancel_pending; /* a cancel held off before it */
+} WritebackWait;
+
+/*
+ * SIGINT while a write-back waits (writeback_wait_begin()): the lock
+ * timeout's own signal (LockTimeoutHandler() sends SIGINT to the process
+ * once its indicator is set) is a cancel; another's pg_cancel_backend()
+ * is not.
+ */
+static void
+writeback_sigint(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	if (get_timeout_indicator(LOCK_TIMEOUT, false))
+	{
+		QueryCancelPending = true;
+		InterruptPending = true;
+		SetLatch(MyLatch);
+	}
+	errno = save_errno;
+}
+
+/*
+ * Limit the waits of the next statement for a lock to ms (none: 0), over
+ * the workers' pinned lock_timeout of 0 (shipsync_pin_worker_session()),
+ * at a GUC nest level of its own and at PGC_S_SESSION, above the pin
+ * (PGC_S_OVERRIDE would make it the session's default, which no nest
+ * level undoes).  A lock timeout is raised as a cancel
+ * is: the timeout signals SIGINT, which the applier ignores, and the
+ * apply holds cancels off (outbox_apply(): a pg_cancel_backend() must not
+ * fail a write-back).  So for the statement SIGINT is writeback_sigint(),
+ * which takes the lock timeout's alone, and cancels are let through (a
+ * cancel already held off is held again after it).
+ */
+static void
+writeback_wait_begin(WritebackWait *w, int ms)
+{
+	w->nest = -1;
+	if (ms <= 0)
+		return;
+	w->nest = NewGUCNestLevel();
+	(void) set_config_option("lock_timeout", psprintf("%d", ms),
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	w->sigint = pqsignal(SIGINT, writeback_sigint);
+	w->cancel_pending = QueryCancelPending;
+	QueryCancelPending = false;
+	w->holdoff = QueryCancelHoldoffCount;
+	QueryCancelHoldoffCount = 0;
+}
+
+/* Undo writeback_wait_begin(), whether the statement went through or not */
+static void
+writeback_wait_end(WritebackWait *w)
+{
+	if (w->nest < 0)
+		return;
+	QueryCancelHoldoffCount = w->holdoff;
+	if (w->cancel_pending)
+	{
+		QueryCancelPending = true;
+		InterruptPending = true;
+	}
+	pqsignal(SIGINT, w->sigint);
+	AtEOXact_GUC(true, w->nest);
+	w->nest = -1;
+}
+
 /*
  * Run the write-back statement sql of binding binding_id on table relid
  * with params ($1..$6), as the table's owner, with capture suppressed.
  * Nothing when the table no longer exists (see the file header).  what
- * names the fields for the error message.  SPI must be connected.
+ * names the fields for the error message.  lock_timeout_ms > 0: a row
+ * another session holds is waited for that long at most, then the
+ * statement fails with lock_not_available (writeback_wait_begin()).  SPI
+ * must be connected.
  */
 static void
 writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
-			  const char *what)
+			  const char *what, int lock_timeout_ms)
 {
 	HeapTuple	ctup;
 	Oid			owner;
@@ -137,6 +219,7 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
 	ShipsyncUserSave save;
 	ShipsyncConstraints *immediate;
 	volatile int rc = 0;
+	WritebackWait wait;
 
 	ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 	if (!HeapTupleIsValid(ctup))
@@ -148,6 +231,7 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
 	pgstat_report_activity(STATE_RUNNING, "writing results back onto the orders");
 
 	immediate = shipsync_constraints_immediate(relid, owner);
+	writeback_wait_begin(&wait, lock_timeout_ms);
 	shipsync_become_owner(owner, &save);
 	capture_suppress();
 	PG_TRY();
@@ -158,6 +242,7 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
 	{
 		capture_unsuppress();
 		shipsync_restore_user(&save);
+		writeback_wait_end(&wait);
 	}
 	PG_END_TRY();
 	shipsync_constraints_restore(immediate);
@@ -170,7 +255,11 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
  * gave when apply recorded shipments (binding_id, order_key,
  * provider_shipment_id, tracking_number, status, label_url, fee_total):
  * one statement per binding of bs.  The rows of tt are copied first: the
- * next statement reuses SPI_tuptable.
+ * next statement reuses SPI_tuptable.  An order row another session holds
+ * is waited for at most shipsync.writeback_lock_timeout: without a limit,
+ * one order row held in a user's open transaction held the results of
+ * every order of every table behind it (apply.c then sends that order
+ * again later).
  */
 void
 writeback_shipments(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
@@ -217,7 +306,8 @@ writeback_shipments(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
 			continue;
 		for (int c = 0; c < WRITEBACK_NARGS; c++)
 			params[c] = shipsync_make_array(a->values[c], a->nulls[c], a->n, a->types[c]);
-		writeback_run(b->id, b->relid, b->writeback_sql, params, "shipments");
+		writeback_run(b->id, b->relid, b->writeback_sql, params, "shipments",
+					  shipsync_writeback_lock_timeout_ms);
 	}
 }
 
@@ -259,7 +349,7 @@ writeback_orders(int32 binding_id, Datum *keys, Datum *statuses, Datum *fee_tota
 	params[5] = shipsync_make_array(fee_totals ? fee_totals : keys,
 									fee_totals ? NULL : nulls, n, NUMERICOID);
 	writeback_run(binding_id, relid, sql, params,
-				  statuses ? "tracking status" : "fee totals");
+				  statuses ? "tracking status" : "fee totals", 0);
 }
 
 /* One binding's write-back of statuses or fee totals, for shipsync_subxact() */

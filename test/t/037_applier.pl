@@ -17,7 +17,9 @@
 #      says so;
 #   8. pg_cancel_backend() of whoever applies (the applier, or the
 #      dispatcher applying itself), in the middle of a write-back: every
-#      order is still written back, none dead, each sent once.
+#      order is still written back, none dead, each sent once;
+#   9. an order row locked by the user's open transaction holds up that
+#      order alone: the others are written back, it is sent again later.
 # (The applier killed while it applies, twice: 021_hostile.pl, poison.)
 use strict;
 use warnings;
@@ -293,6 +295,52 @@ sub cancel_while_applying
 	is(sim_get($sim, '/_sim/stats')->{requests} - $before, 6, "$tag: each sent once");
 }
 cancel_while_applying('Cancel applier', 'applier');
+
+###########################################################################
+# 9. A row lock on one order, held by the user's open transaction: the
+# applier waited for it with no limit, the results of every other order of
+# every table waited behind it, and once the intents' leases ran out the
+# dispatcher waited too (its sweep of expired leases met the outbox rows
+# the applier had locked): nothing was sent or written back until that
+# transaction ended.  Now the write-back waits at most
+# shipsync.writeback_lock_timeout; that order alone is sent again later
+# (same key: the carrier answers as before), the others are written back.
+###########################################################################
+{
+	sql(q{CREATE TABLE crm.more (id bigint PRIMARY KEY, customer text, waybill_no text);
+		SELECT shipsync.attach('crm.more', 'sim', writeback => '{"tracking_number": "waybill_no"}');
+		SELECT shipsync.pause('sim');
+		INSERT INTO crm.orders (customer) VALUES ('Locked');
+		INSERT INTO crm.orders (customer) SELECT 'Unlocked ' || g FROM generate_series(1, 5) g;
+		-- keys of their own (crm.tight has 900001 on): the carrier tells orders apart by key
+		INSERT INTO crm.more SELECT 800000 + g, 'More ' || g FROM generate_series(1, 5) g;});
+	my $before = sim_get($sim, '/_sim/stats')->{requests};
+	my $holder = $node->background_psql('postgres');
+	$holder->query_safe("BEGIN; SELECT 1 FROM crm.orders WHERE customer = 'Locked' FOR UPDATE");
+	sql("SELECT shipsync.resume('sim')");
+	ok( wait_until($node,
+			"SELECT (SELECT count(*) FROM crm.orders WHERE customer LIKE 'Unlocked %' AND waybill_no IS NOT NULL)"
+			  . " + (SELECT count(*) FROM crm.more WHERE waybill_no IS NOT NULL) = 10", 20),
+		'row lock: the other orders, of this table and of another, are written back meanwhile');
+	is( sql("SELECT o.state || ' ' || o.error_class || ' ' || (o.last_error LIKE '%locked%')::text"
+			  . " FROM shipsync.outbox o JOIN crm.orders c ON o.order_key = c.id::text"
+			  . " WHERE o.binding_id = 1 AND c.customer = 'Locked' AND o.op = 'create'"),
+		'retrying order_locked true', 'row lock: the locked order is to be sent again, and says why');
+	is( sql("SELECT count(*) FROM shipsync.exception_ticket t JOIN crm.orders c ON t.order_key = c.id::text"
+			  . " WHERE t.binding_id = 1 AND c.customer = 'Locked'"),
+		'0', 'row lock: no ticket for it');
+	$holder->query_safe('COMMIT');
+	$holder->quit;
+	ok( wait_until($node,
+			"SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'Locked'", 30),
+		'row lock: once the lock is gone, the locked order is written back');
+	is( sql("SELECT count(*) FROM shipsync.outbox o JOIN crm.orders c ON o.order_key = c.id::text"
+			  . " WHERE o.binding_id = 1 AND c.customer = 'Locked' AND o.state <> 'done'"),
+		'0', 'row lock: its intent is done');
+	cmp_ok(sim_get($sim, '/_sim/stats')->{requests} - $before, '>=', 12,
+		'row lock: the locked order was sent again');
+	sql("SELECT shipsync.detach('crm.more')");
+}
 
 ###########################################################################
 # 7. No worker slot for an applier (three: the logical replication

@@ -85,6 +85,9 @@ typedef struct WritebackPlan
 
 static WritebackPlan *wb_plans = NULL;
 static int	n_wb_plans = 0;
+
+/* writeback_orders()'s wait for a held order row in ms, 0: no limit */
+static int	orders_lock_timeout_ms = 0;
 static SPIPlanPtr binding_plan = NULL;
 
 static const Oid writeback_types[WRITEBACK_NARGS] = {
@@ -349,7 +352,36 @@ writeback_orders(int32 binding_id, Datum *keys, Datum *statuses, Datum *fee_tota
 	params[5] = shipsync_make_array(fee_totals ? fee_totals : keys,
 									fee_totals ? NULL : nulls, n, NUMERICOID);
 	writeback_run(binding_id, relid, sql, params,
-				  statuses ? "tracking status" : "fee totals", 0);
+				  statuses ? "tracking status" : "fee totals", orders_lock_timeout_ms);
+}
+
+/*
+ * Run fn(arg) with the waits of writeback_orders() for an order row
+ * another session holds limited to shipsync.writeback_lock_timeout: the
+ * dispatcher's own applies of what it pulled (tracking polls, fee pulls),
+ * each in a subtransaction of its own, which then fails alone with
+ * lock_not_available (writeback_try() raises it again) and is pulled again
+ * at the next round.  Without the limit, a polled status of one order
+ * whose row a user's open transaction held stopped the dispatcher, and
+ * with it every claim and send of the database, until that transaction
+ * ended.  Other callers (ingest_tracking(), statements, the receiver with
+ * its own lock_timeout) wait as their session says.
+ */
+void
+writeback_bounded(void (*fn) (void *), void *arg)
+{
+	int			save = orders_lock_timeout_ms;
+
+	orders_lock_timeout_ms = shipsync_writeback_lock_timeout_ms;
+	PG_TRY();
+	{
+		fn(arg);
+	}
+	PG_FINALLY();
+	{
+		orders_lock_timeout_ms = save;
+	}
+	PG_END_TRY();
 }
 
 /* One binding's write-back of statuses or fee totals, for shipsync_subxact() */

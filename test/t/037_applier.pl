@@ -19,7 +19,8 @@
 #      dispatcher applying itself), in the middle of a write-back: every
 #      order is still written back, none dead, each sent once;
 #   9. an order row locked by the user's open transaction holds up that
-#      order alone: the others are written back, it is sent again later.
+#      order alone: the others are written back, it is sent again later;
+#  10. and so does a polled status of it: the dispatcher goes on.
 # (The applier killed while it applies, twice: 021_hostile.pl, poison.)
 use strict;
 use warnings;
@@ -339,7 +340,45 @@ cancel_while_applying('Cancel applier', 'applier');
 		'0', 'row lock: its intent is done');
 	cmp_ok(sim_get($sim, '/_sim/stats')->{requests} - $before, '>=', 12,
 		'row lock: the locked order was sent again');
-	sql("SELECT shipsync.detach('crm.more')");
+}
+
+###########################################################################
+# 10. The same, met by the tracking poller: a polled status of an order
+# whose row the user's open transaction holds.  The dispatcher applies what
+# it polls, and waited for the row with no limit: nothing was claimed or
+# sent meanwhile.  Now that answer alone waits for the next round.
+###########################################################################
+{
+	my $tsim = start_sim(seed => 10);
+	sql(qq{CREATE TABLE crm.polled (id bigint PRIMARY KEY, customer text, waybill_no text, ship_status text);
+		SELECT shipsync.create_provider('polled', 'generic', '$tsim->{url}', '{"poll_interval_s": 1}');
+		SELECT shipsync.attach('crm.polled', 'polled',
+			writeback => '{"tracking_number": "waybill_no", "status": "ship_status"}');
+		INSERT INTO crm.polled VALUES (700001, 'Polled', NULL, NULL);});
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.polled", 20),
+		'poll: the polled order is shipped');
+	# no pushes: its statuses come by the poller alone
+	sim_post($tsim, '/_sim/tracking/config',
+		{ url => 'http://127.0.0.1:9/none', dialect => 'generic', secret => 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+		  seed => 10, drop => 1.0 });
+	my $holder = $node->background_psql('postgres');
+	$holder->query_safe("BEGIN; SELECT 1 FROM crm.polled FOR UPDATE");
+	sim_post($tsim, '/_sim/tracking/advance', { steps => 9 });
+	ok( wait_until($node,
+			"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+			  . " AND wait_event_type = 'Lock'", 20),
+		'poll: the dispatcher meets the held row');
+	sql("INSERT INTO crm.more VALUES (800100, 'Polled meanwhile')");
+	ok( wait_until($node,
+			"SELECT waybill_no IS NOT NULL FROM crm.more WHERE id = 800100", 20),
+		'poll: an order of another table is sent and written back meanwhile');
+	$holder->query_safe('COMMIT');
+	$holder->quit;
+	ok( wait_until($node,
+			"SELECT ship_status IS DISTINCT FROM 'pre_transit' FROM crm.polled", 30),
+		'poll: once the lock is gone, the polled status is written back');
+	sql("SELECT shipsync.pause('polled'); SELECT shipsync.detach('crm.more')");
+	stop_sim($tsim);
 }
 
 ###########################################################################

@@ -638,8 +638,8 @@ apply_warn(const ShipResult *r, const char *what, const ErrorData *edata)
 
 /*
  * Whether a result that failed with error e is to be sent again later
- * rather than given up: its order row was held by another session for
- * longer than shipsync.writeback_lock_timeout (writeback.c), or a deadlock
+ * rather than given up: its order row or table was held by another session
+ * for longer than shipsync.writeback_lock_timeout (writeback.c), or a deadlock
  * or serialization failure met it.  Then r becomes a retry, as a
  * transient failure of the carrier would be: nothing recorded but its
  * outbox state and log row, due again after a backoff (1 s, doubling, at
@@ -664,7 +664,7 @@ apply_later(ShipResult *r, const ErrorData *e)
 	r->ship_ok = false;
 	r->ticket_kind = NULL;
 	r->error_class = "order_locked";
-	r->error = psprintf("the order row is locked by another transaction, sent again in %ld ms: %s",
+	r->error = psprintf("the order row or its table is locked by another transaction, sent again in %ld ms: %s",
 						delay, e->message);
 	return true;
 }

@@ -1032,6 +1032,17 @@ extern void shipsync_pin_search_path(void);
 extern void shipsync_keys_as_iso(void);
 extern void shipsync_pin_worker_session(bool writer);
 
+/* A bounded wait for locks (security.c), and what it changed to undo */
+typedef struct ShipsyncLockWait
+{
+	int			nest;			/* GUC nest level of lock_timeout, or -1 */
+	pqsigfunc	sigint;			/* the SIGINT handler it replaced */
+	uint32		holdoff;		/* QueryCancelHoldoffCount it replaced */
+	bool		cancel_pending; /* a cancel held off before it */
+} ShipsyncLockWait;
+extern void shipsync_lock_wait_begin(ShipsyncLockWait *w, int ms);
+extern void shipsync_lock_wait_end(ShipsyncLockWait *w);
+
 /* the deferrable constraints a write sets IMMEDIATE, to set back after it */
 typedef struct ShipsyncConstraints
 {

@@ -60,15 +60,11 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
-#include "libpq/pqsignal.h"
-#include "miscadmin.h"
 #include "pgstat.h"
-#include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
-#include "utils/timeout.h"
 
 #include "pg_shipsync.h"
 #include "dispatcher.h"
@@ -97,9 +93,10 @@ static const Oid writeback_types[WRITEBACK_NARGS] = {
 
 /*
  * The saved plan of a binding's write-back statement, kept for the session
- * and made again when attach() changed the statement.
+ * and made again when attach() changed the statement.  Not inlined into
+ * writeback_execute(), whose PG_TRY would see its variables clobbered.
  */
-static SPIPlanPtr
+static pg_noinline SPIPlanPtr
 writeback_plan(int32 binding_id, const char *sql)
 {
 	WritebackPlan *w = NULL;
@@ -129,112 +126,21 @@ writeback_plan(int32 binding_id, const char *sql)
 	return plan;
 }
 
-/* What writeback_wait_begin() changed, for writeback_wait_end() */
-typedef struct WritebackWait
-{
-	int			nest;			/* GUC nest level of lock_timeout, or -1 */
-	pqsigfunc	sigint;			/* the SIGINT handler it replaced */
-	uint32		holdoff;		/* QueryCancelHoldoffCount it replaced */
-	bool		cancel_pending; /* a cancel held off before it */
-} WritebackWait;
-
 /*
- * SIGINT while a write-back waits (writeback_wait_begin()): the lock
- * timeout's own signal (LockTimeoutHandler() sends SIGINT to the process
- * once its indicator is set) is a cancel; another's pg_cancel_backend()
- * is not.
+ * Run binding binding_id's write-back statement sql (its saved plan, made
+ * here when it is new) with params as owner, with capture suppressed, and
+ * the deferrable constraints of table relid set immediate (*immediate:
+ * what shipsync_constraints_restore() takes after).
  */
-static void
-writeback_sigint(SIGNAL_ARGS)
+static int
+writeback_execute(int32 binding_id, const char *sql, Datum *params, Oid relid,
+				  Oid owner, ShipsyncConstraints **immediate)
 {
-	int			save_errno = errno;
-
-	if (get_timeout_indicator(LOCK_TIMEOUT, false))
-	{
-		QueryCancelPending = true;
-		InterruptPending = true;
-		SetLatch(MyLatch);
-	}
-	errno = save_errno;
-}
-
-/*
- * Limit the waits of the next statement for a lock to ms (none: 0), over
- * the workers' pinned lock_timeout of 0 (shipsync_pin_worker_session()),
- * at a GUC nest level of its own and at PGC_S_SESSION, above the pin
- * (PGC_S_OVERRIDE would make it the session's default, which no nest
- * level undoes).  A lock timeout is raised as a cancel
- * is: the timeout signals SIGINT, which the applier ignores, and the
- * apply holds cancels off (outbox_apply(): a pg_cancel_backend() must not
- * fail a write-back).  So for the statement SIGINT is writeback_sigint(),
- * which takes the lock timeout's alone, and cancels are let through (a
- * cancel already held off is held again after it).
- */
-static void
-writeback_wait_begin(WritebackWait *w, int ms)
-{
-	w->nest = -1;
-	if (ms <= 0)
-		return;
-	w->nest = NewGUCNestLevel();
-	(void) set_config_option("lock_timeout", psprintf("%d", ms),
-							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	w->sigint = pqsignal(SIGINT, writeback_sigint);
-	w->cancel_pending = QueryCancelPending;
-	QueryCancelPending = false;
-	w->holdoff = QueryCancelHoldoffCount;
-	QueryCancelHoldoffCount = 0;
-}
-
-/* Undo writeback_wait_begin(), whether the statement went through or not */
-static void
-writeback_wait_end(WritebackWait *w)
-{
-	if (w->nest < 0)
-		return;
-	QueryCancelHoldoffCount = w->holdoff;
-	if (w->cancel_pending)
-	{
-		QueryCancelPending = true;
-		InterruptPending = true;
-	}
-	pqsignal(SIGINT, w->sigint);
-	AtEOXact_GUC(true, w->nest);
-	w->nest = -1;
-}
-
-/*
- * Run the write-back statement sql of binding binding_id on table relid
- * with params ($1..$6), as the table's owner, with capture suppressed.
- * Nothing when the table no longer exists (see the file header).  what
- * names the fields for the error message.  lock_timeout_ms > 0: a row
- * another session holds is waited for that long at most, then the
- * statement fails with lock_not_available (writeback_wait_begin()).  SPI
- * must be connected.
- */
-static void
-writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
-			  const char *what, int lock_timeout_ms)
-{
-	HeapTuple	ctup;
-	Oid			owner;
-	SPIPlanPtr volatile plan;
+	SPIPlanPtr	plan = writeback_plan(binding_id, sql);
 	ShipsyncUserSave save;
-	ShipsyncConstraints *immediate;
 	volatile int rc = 0;
-	WritebackWait wait;
 
-	ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(ctup))
-		return;					/* dropped: its bindings are inactive */
-	owner = ((Form_pg_class) GETSTRUCT(ctup))->relowner;
-	ReleaseSysCache(ctup);
-	shipsync_check_owner_sees_all(relid, owner);
-	plan = writeback_plan(binding_id, sql);
-	pgstat_report_activity(STATE_RUNNING, "writing results back onto the orders");
-
-	immediate = shipsync_constraints_immediate(relid, owner);
-	writeback_wait_begin(&wait, lock_timeout_ms);
+	*immediate = shipsync_constraints_immediate(relid, owner);
 	shipsync_become_owner(owner, &save);
 	capture_suppress();
 	PG_TRY();
@@ -245,7 +151,51 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
 	{
 		capture_unsuppress();
 		shipsync_restore_user(&save);
-		writeback_wait_end(&wait);
+	}
+	PG_END_TRY();
+	return rc;
+}
+
+/*
+ * Run the write-back statement sql of binding binding_id on table relid
+ * with params ($1..$6), as the table's owner, with capture suppressed.
+ * Nothing when the table no longer exists (see the file header).  what
+ * names the fields for the error message.  lock_timeout_ms > 0: a row
+ * or the table another session holds (an uncommitted UPDATE, an ALTER
+ * TABLE) is waited for that long at most, then the statement fails with
+ * lock_not_available (shipsync_lock_wait_begin()).
+ * SPI must be connected.
+ */
+static void
+writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
+			  const char *what, int lock_timeout_ms)
+{
+	HeapTuple	ctup;
+	Oid			owner;
+	ShipsyncConstraints *volatile immediate = NULL;
+	volatile int rc = 0;
+	ShipsyncLockWait wait;
+
+	ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(ctup))
+		return;					/* dropped: its bindings are inactive */
+	owner = ((Form_pg_class) GETSTRUCT(ctup))->relowner;
+	ReleaseSysCache(ctup);
+	shipsync_check_owner_sees_all(relid, owner);
+	pgstat_report_activity(STATE_RUNNING, "writing results back onto the orders");
+
+	/* the lock of the table too: the plan and the constraints' look take it */
+	shipsync_lock_wait_begin(&wait, lock_timeout_ms);
+	PG_TRY();
+	{
+		ShipsyncConstraints *c;
+
+		rc = writeback_execute(binding_id, sql, params, relid, owner, &c);
+		immediate = c;
+	}
+	PG_FINALLY();
+	{
+		shipsync_lock_wait_end(&wait);
 	}
 	PG_END_TRY();
 	shipsync_constraints_restore(immediate);

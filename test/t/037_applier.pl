@@ -20,7 +20,9 @@
 #      order is still written back, none dead, each sent once;
 #   9. an order row locked by the user's open transaction holds up that
 #      order alone: the others are written back, it is sent again later;
-#  10. and so does a polled status of it: the dispatcher goes on.
+#  10. and so does a polled status of it: the dispatcher goes on;
+#  11. a table held by a migration in an open transaction holds up its
+#      own orders alone.
 # (The applier killed while it applies, twice: 021_hostile.pl, poison.)
 use strict;
 use warnings;
@@ -377,8 +379,53 @@ cancel_while_applying('Cancel applier', 'applier');
 	ok( wait_until($node,
 			"SELECT ship_status IS DISTINCT FROM 'pre_transit' FROM crm.polled", 30),
 		'poll: once the lock is gone, the polled status is written back');
-	sql("SELECT shipsync.pause('polled'); SELECT shipsync.detach('crm.more')");
+	sql("SELECT shipsync.pause('polled')");
 	stop_sim($tsim);
+}
+
+###########################################################################
+# 11. A table of orders to send held by a migration in an open transaction
+# (ALTER TABLE; VACUUM FULL and LOCK TABLE hold it as much): the dispatcher
+# waited for it to render them, and sent nothing of any table meanwhile.
+# Now those orders wait, no attempt counted, and the others go.
+###########################################################################
+{
+	sql(q{SELECT shipsync.pause('sim');
+		INSERT INTO crm.more VALUES (800200, 'Migrated');});
+	my $holder = $node->background_psql('postgres');
+	$holder->query_safe("BEGIN; ALTER TABLE crm.more ADD COLUMN note text DEFAULT 'x'");
+	sql(q{SELECT shipsync.resume('sim');
+		INSERT INTO crm.orders (customer) VALUES ('Beside the migration');});
+	ok( wait_until($node,
+			"SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'Beside the migration'", 20),
+		'table lock: an order of another table is sent and written back meanwhile');
+	is( sql("SELECT state || ' ' || attempts || ' ' || error_class FROM shipsync.outbox"
+			  . " WHERE order_key = '800200' AND op = 'create'"),
+		'pending 0 table_locked', 'table lock: the order of the held table waits, no attempt counted');
+	$holder->query_safe('COMMIT');
+	$holder->quit;
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.more WHERE id = 800200", 30),
+		'table lock: once the table is let go, its order is sent and written back');
+
+	# an answer that comes while its table is held: the applier waited for
+	# the table before the write-back, every other result behind it
+	sim_post($sim, '/_sim/faults', { rules => [ { fault => 'slow', ms => 20000, held => JSON::PP::true } ] });
+	sql("INSERT INTO crm.more VALUES (800300, 'Answered meanwhile')");
+	ok(wait_until($node, "SELECT state = 'in_flight' FROM shipsync.outbox WHERE order_key = '800300'", 20),
+		'table lock: an order of the table is on the wire');
+	$holder = $node->background_psql('postgres');
+	$holder->query_safe("BEGIN; ALTER TABLE crm.more ADD COLUMN note2 text");
+	sim_post($sim, '/_sim/release');
+	sim_post($sim, '/_sim/faults', { rules => [] });
+	sql("INSERT INTO crm.orders (customer) VALUES ('Beside the migration again')");
+	ok( wait_until($node,
+			"SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'Beside the migration again'", 20),
+		'table lock: its answer waits, and an order of another table is written back meanwhile');
+	$holder->query_safe('COMMIT');
+	$holder->quit;
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.more WHERE id = 800300", 30),
+		'table lock: once the table is let go, the answer is written back');
+	sql("SELECT shipsync.detach('crm.more')");
 }
 
 ###########################################################################

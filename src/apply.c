@@ -32,6 +32,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
@@ -639,8 +640,42 @@ apply_warn(const ShipResult *r, const char *what, const ErrorData *edata)
 }
 
 /*
+ * Whether a result that failed with error e is to be sent again later
+ * rather than given up: its order row or table was held by another session
+ * for longer than shipsync.writeback_lock_timeout (writeback.c), or a deadlock
+ * or serialization failure met it.  Then r becomes a retry, as a
+ * transient failure of the carrier would be: nothing recorded but its
+ * outbox state and log row, due again after a backoff (1 s, doubling, at
+ * most a minute, jittered), and sent under its key, which the carrier
+ * answers as before.  Not at its last attempt: it would not be sent again.
+ */
+static bool
+apply_later(ShipResult *r, const ErrorData *e)
+{
+	long		delay;
+
+	if (r->last_attempt ||
+		(e->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE &&
+		 e->sqlerrcode != ERRCODE_T_R_DEADLOCK_DETECTED &&
+		 e->sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE))
+		return false;
+	delay = Max(1000, shipsync_backoff_ms(r->attempt, 1000, 60000,
+										  pg_prng_double(&pg_global_prng_state)));
+	r->state = "retrying";
+	r->outcome = "retry";
+	r->next_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
+	r->ship_ok = false;
+	r->ticket_kind = NULL;
+	r->error_class = "order_locked";
+	r->error = psprintf("the order row or its table is locked by another transaction, sent again in %ld ms: %s",
+						delay, e->message);
+	return true;
+}
+
+/*
  * The slow path for one result, each try in its own subtransaction: as it
- * is; then dead (writeback_failed) with its shipment recorded but the order
+ * is; then, if another session held its order row, retrying (apply_later());
+ * else dead (writeback_failed) with its shipment recorded but the order
  * row left alone; then dead (apply_failed) with nothing but its outbox
  * state, log row and ticket.  Only when even that fails (the outbox itself
  * cannot be written) is the error raised.
@@ -657,19 +692,25 @@ apply_one(ShipResult *rs, int i, Binding *bs, int nb, MemoryContext cxt)
 		return;
 	apply_warn(r, "applying", first);
 
-	/* record the shipment and the failure, without the write-back */
-	r->no_writeback = true;
-	r->state = "dead";
-	r->outcome = "dead";
-	r->next_at = 0;
-	r->error_class = "writeback_failed";
-	r->ticket_kind = "writeback_failed";
-	r->error = psprintf("write-back failed: %s", first->message);
+	if (!apply_later(r, first))
+	{
+		/* record the shipment and the failure, without the write-back */
+		r->no_writeback = true;
+		r->state = "dead";
+		r->outcome = "dead";
+		r->next_at = 0;
+		r->error_class = "writeback_failed";
+		r->ticket_kind = "writeback_failed";
+		r->error = psprintf("write-back failed: %s", first->message);
+	}
 	if ((second = apply_in_subxact(rs, i, bs, nb, cxt)) == NULL)
 		return;
 
 	/* not even the shipment: the intent's own state, log and ticket only */
 	apply_warn(r, "recording", second);
+	r->state = "dead";
+	r->outcome = "dead";
+	r->next_at = 0;
 	r->ship_ok = false;
 	r->error_class = "apply_failed";
 	r->ticket_kind = "apply_failed";

@@ -248,7 +248,7 @@ extern bool outbox_take_found_nothing(const InboxTake *t);
 extern bool outbox_inbox_cached(void);
 extern void outbox_inbox_forget(void);
 extern void outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb,
-								const char *msg);
+								const char *msg, bool locked);
 extern ArgArrays *outbox_tickets_create(int n);
 extern void outbox_ticket_row(ArgArrays *d, int64 id, int32 binding_id,
 							  const char *order_key, int32 provider_id,

@@ -372,15 +372,26 @@ feepull_count(PullFlight *f, const char *error)
 		pp->first_error = MemoryContextStrdup(pull_cxt, error);
 }
 
-/* Read and record one answer (in its own subtransaction) */
+/* Read and record one answer */
 static void
-feepull_apply_one(void *arg)
+feepull_apply_read(void *arg)
 {
 	PullFlight *f = (PullFlight *) arg;
 	bool		again;
 	char	   *result = feepull_read(f, &again);
 
 	feepull_record(f, result, again);
+}
+
+/*
+ * Read and record one answer (in its own subtransaction), waiting at most
+ * shipsync.writeback_lock_timeout for an order row another session holds
+ * (writeback_bounded()): then it is a failed pull, asked again later.
+ */
+static void
+feepull_apply_one(void *arg)
+{
+	writeback_bounded(feepull_apply_read, arg);
 }
 
 /*

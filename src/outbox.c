@@ -458,7 +458,9 @@ prepare_claim_plans(void)
 		TEXTARRAYOID, TEXTARRAYOID};
 
 		fail_plan = shipsync_prepare_saved(
-			"UPDATE shipsync.outbox o SET attempts = o.attempts + 1, state = u.state,"
+			"UPDATE shipsync.outbox o"
+			" SET attempts = o.attempts + (u.state IS NOT NULL)::int4,"
+			" state = COALESCE(u.state, o.state),"
 			" next_attempt_at = COALESCE(u.next_at, o.next_attempt_at),"
 			" error_class = u.eclass, last_error = u.err, updated_at = pg_catalog.now(),"
 			" done_at = CASE WHEN u.state = 'dead' THEN pg_catalog.now() END"
@@ -662,6 +664,64 @@ render_bodies(Oid owner, Claimed *cs, int *idx, int n, HeapTuple *rows, TupleDes
 }
 
 /*
+ * Run binding b's render statement (prepared here the first time) over ra
+ * as the table's owner (*owner); returns SPI's code.  In the dispatcher, a lock
+ * another session holds on the table (an ALTER TABLE, a VACUUM FULL, a
+ * LOCK TABLE in an open transaction) is waited for at most
+ * shipsync.writeback_lock_timeout: then lock_not_available, and the
+ * binding's intents wait (outbox_fail_binding()).  Without the limit the
+ * dispatcher waited for it, and sent nothing of any table meanwhile.
+ */
+static int
+render_execute(Binding *b, ArgArrays *ra, Oid *owner)
+{
+	Oid			types[2] = {INT8ARRAYOID, TEXTARRAYOID};
+	ShipsyncLockWait wait;
+	volatile int rc = 0;
+
+	shipsync_lock_wait_begin(&wait, IsBackgroundWorker ? shipsync_writeback_lock_timeout_ms : 0);
+	PG_TRY();
+	{
+		/*
+		 * Always the generic plan, made again when the table doubles
+		 * (spi.c).  Left to the plan cache, the first five claims of each
+		 * binding, and every claim of one order, got custom plans.  For a
+		 * batch of 256 keys against an orders table of a few thousand to
+		 * some 60,000 rows, the custom plan hash-joins the whole table,
+		 * forming the whole row (t) of every order it holds: 13.7 ms a
+		 * claim at 20,000 rows, against 1 ms through the key's index.  And
+		 * a claim of one order planned the statement anew every time.  The
+		 * generic plan is made by key (shipsync_execute_as_owner()):
+		 * PostgreSQL's own, counting on ten keys, hash-joins a table of up
+		 * to a couple of thousand rows.
+		 */
+		if (b->render_plan == NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			b->render_plan = shipsync_prepare_saved_opt(b->render_sql, 2, types, true);
+			MemoryContextSwitchTo(old);
+		}
+
+		/*
+		 * read_only = false: a fresh snapshot, taken after the lock and the
+		 * coalescing.  With the transaction's first snapshot, an order that
+		 * committed just before the lock would be claimed but not seen
+		 * here.
+		 */
+		*owner = shipsync_table_owner(b->relid);
+		shipsync_check_owner_sees_all(b->relid, *owner);
+		rc = shipsync_execute_as_owner(*owner, b->render_plan, ra, false);
+	}
+	PG_FINALLY();
+	{
+		shipsync_lock_wait_end(&wait);
+	}
+	PG_END_TRY();
+	return rc;
+}
+
+/*
  * The current order rows of intents idx[0..n) of binding b, read as the
  * table's owner through the binding's render statement: whether each row
  * still exists, its generic body, whether it matches cancel_when, and its
@@ -673,7 +733,6 @@ render_read_rows(Binding *b, Claimed *cs, int *idx, int n, MemoryContext keep,
 				 bool *cdigest_null)
 {
 	DigestCache *digest = NULL;
-	Oid			types[2] = {INT8ARRAYOID, TEXTARRAYOID};
 	Oid			rtypes[2] = {INT8OID, TEXTOID};
 	ArgArrays  *ra = args_create(2, rtypes, n);
 	SPITupleTable *tt;
@@ -688,33 +747,7 @@ render_read_rows(Binding *b, Claimed *cs, int *idx, int n, MemoryContext keep,
 		args_set(ra, r, 0, Int64GetDatum(cs[idx[i]].id));
 		args_set_text(ra, r, 1, cs[idx[i]].order_key);
 	}
-	/*
-	 * Always the generic plan, made again when the table doubles (spi.c).
-	 * Left to the plan cache, the first five claims of each binding, and
-	 * every claim of one order, got custom plans.  For a batch of 256 keys
-	 * against an orders table of a few thousand to some 60,000 rows, the
-	 * custom plan hash-joins the whole table, forming the whole row (t) of
-	 * every order it holds: 13.7 ms a claim at 20,000 rows, against 1 ms
-	 * through the key's index.  And a claim of one order planned the
-	 * statement anew every time.  The generic plan is made by key
-	 * (shipsync_execute_as_owner()): PostgreSQL's own, counting on ten
-	 * keys, hash-joins a table of up to a couple of thousand rows.
-	 */
-	if (b->render_plan == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-		b->render_plan = shipsync_prepare_saved_opt(b->render_sql, 2, types, true);
-		MemoryContextSwitchTo(old);
-	}
-	/*
-	 * read_only = false: a fresh snapshot, taken after the lock and the
-	 * coalescing.  With the transaction's first snapshot, an order that
-	 * committed just before the lock would be claimed but not seen here.
-	 */
-	owner = shipsync_table_owner(b->relid);
-	shipsync_check_owner_sees_all(b->relid, owner);
-	rc = shipsync_execute_as_owner(owner, b->render_plan, ra, false);
+	rc = render_execute(b, ra, &owner);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "rendering orders failed: %s", SPI_result_code_string(rc));
 	/* SPI calls return in SPI's procedure context: keep what we send */
@@ -1437,7 +1470,8 @@ outbox_claims_durable(void)
  *
  * When one binding's orders cannot be rendered (its table or its
  * cancel_when is broken), the claim is rolled back, those intents wait and
- * count an attempt (outbox_fail_binding(): dead after max_attempts), and
+ * count an attempt (outbox_fail_binding(): dead after max_attempts; not
+ * when another session held the table: they only wait), and
  * the others are left for the next claim, which the caller makes at once:
  * *nskipped then counts the intents rolled back.  Without that, the others
  * waited for the idle check, and were rolled back again with the broken
@@ -1486,7 +1520,8 @@ outbox_claim(Provider *p, Binding *bs, int nb, int max_n, int lease_ms,
 		edata = CopyErrorData();
 		FlushErrorState();
 		shipsync_abort_tx();
-		outbox_fail_binding(p, s->cs, s->n, s->failing_binding, edata->message);
+		outbox_fail_binding(p, s->cs, s->n, s->failing_binding, edata->message,
+							edata->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE);
 		FreeErrorData(edata);
 		*nskipped = s->n;
 		return 0;
@@ -2183,17 +2218,66 @@ outbox_take_inbox(int64 limit, const int32 *ids, int nids, Binding *bs, int nb,
 	return nread;
 }
 
+/* How long intents wait when their table was locked (outbox_wait_binding()) */
+#define TABLE_LOCKED_WAIT_MS 5000
+
+/*
+ * The intents of binding fb in claimed[] could not be rendered because
+ * another session held their table: not their failure.  They keep their
+ * state and their attempts, and are due again in TABLE_LOCKED_WAIT_MS,
+ * so that the dispatcher goes on with the other tables meanwhile, and
+ * waits for the lock at most once in that time.
+ */
+static void
+outbox_wait_binding(Claimed *cl, int ncl, int fb, const char *msg)
+{
+	Oid			types[5] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID};
+	ArgArrays  *a = args_create(5, types, ncl);
+	TimestampTz due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), TABLE_LOCKED_WAIT_MS);
+	char	   *err = psprintf("the order table is locked by another transaction, tried again in %d s: %s",
+							   TABLE_LOCKED_WAIT_MS / 1000, msg);
+
+	ereport(LOG,
+			(errmsg("pg_shipsync: orders of binding %d wait for their table: %s", fb, msg)));
+	shipsync_begin_tx("recording a locked table", false);
+	prepare_claim_plans();
+	for (int i = 0; i < ncl; i++)
+	{
+		int			r;
+
+		if (cl[i].binding_id != fb)
+			continue;
+		r = args_row(a);
+		args_set(a, r, 0, Int64GetDatum(cl[i].id));
+		args_set(a, r, 2, TimestampTzGetDatum(due));
+		args_set_text(a, r, 3, "table_locked");
+		args_set_text(a, r, 4, err);
+	}
+	if (a->n > 0 && args_execute(fail_plan, a, false) != SPI_OK_UPDATE)
+		elog(ERROR, "recording a locked table failed");
+	shipsync_end_tx();
+}
+
 /*
  * Record a render failure for the intents of binding fb in claimed[]: they
- * become retrying (or dead once out of attempts) with the error.
+ * become retrying (or dead once out of attempts) with the error.  locked:
+ * the failure was a lock another session held on the table longer than
+ * shipsync.writeback_lock_timeout (render_execute()); then they keep their
+ * state and attempts, and wait TABLE_LOCKED_WAIT_MS (table_locked).
  */
 void
-outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb, const char *msg)
+outbox_fail_binding(Provider *p, Claimed *cl, int ncl, int fb, const char *msg,
+					bool locked)
 {
 	Oid			types[5] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID};
 	ArgArrays  *a;
 	ArgArrays  *d;
 
+	if (locked)
+	{
+		outbox_wait_binding(cl, ncl, fb, msg);
+		return;
+	}
 	ereport(WARNING,
 			(errcode(ERRCODE_DATA_EXCEPTION),
 			 errmsg("pg_shipsync: orders of binding %d cannot be rendered: %s", fb, msg)));

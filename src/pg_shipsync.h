@@ -743,6 +743,7 @@ extern int	shipsync_idle_check_ms;
 extern int	shipsync_dispatcher_nice;
 extern int	shipsync_busy_cpu_percent;
 extern bool shipsync_apply_worker;
+extern int	shipsync_writeback_lock_timeout_ms;
 extern bool shipsync_dispatcher_huge_pages;
 extern bool shipsync_prefault_memory;
 extern char *shipsync_receiver_listen;
@@ -1003,6 +1004,7 @@ extern int64 fees_apply_sf_answer(const char *provider_name, const char *body, s
 								  char **code);
 
 /* in writeback.c: statuses and fee totals onto the order rows */
+extern void writeback_bounded(void (*fn) (void *), void *arg);
 extern void writeback_orders(int32 binding_id, Datum *keys, Datum *statuses,
 							 Datum *fee_totals, int n);
 extern void writeback_values(int32 provider_id, int32 *bids, Datum *keys,
@@ -1035,6 +1037,17 @@ extern void shipsync_pin_search_path(void);
 extern void shipsync_keys_as_iso(void);
 extern void shipsync_body_settings(void);
 extern void shipsync_pin_worker_session(bool writer);
+
+/* A bounded wait for locks (security.c), and what it changed to undo */
+typedef struct ShipsyncLockWait
+{
+	int			nest;			/* GUC nest level of lock_timeout, or -1 */
+	pqsigfunc	sigint;			/* the SIGINT handler it replaced */
+	uint32		holdoff;		/* QueryCancelHoldoffCount it replaced */
+	bool		cancel_pending; /* a cancel held off before it */
+} ShipsyncLockWait;
+extern void shipsync_lock_wait_begin(ShipsyncLockWait *w, int ms);
+extern void shipsync_lock_wait_end(ShipsyncLockWait *w);
 
 /* the deferrable constraints a write sets IMMEDIATE, to set back after it */
 typedef struct ShipsyncConstraints

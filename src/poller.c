@@ -356,14 +356,25 @@ poller_count(PollFlight *f, const char *error)
 		pp->first_error = MemoryContextStrdup(poll_cxt, error);
 }
 
-/* Apply one poll's answer (in its own subtransaction) */
+/* Apply one poll's answer */
 static void
-poller_apply_one(void *arg)
+poller_apply_pulled(void *arg)
 {
 	PollFlight *f = (PollFlight *) arg;
 
 	f->changed = tracking_apply_pulled(f->provider_name, f->xfer.response.data,
 									   f->xfer.response.len);
+}
+
+/*
+ * Apply one poll's answer (in its own subtransaction), waiting at most
+ * shipsync.writeback_lock_timeout for an order row another session holds
+ * (writeback_bounded()): then it is pulled again at the next round.
+ */
+static void
+poller_apply_one(void *arg)
+{
+	writeback_bounded(poller_apply_pulled, arg);
 }
 
 /*

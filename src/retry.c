@@ -74,6 +74,8 @@ const ShipErrorClass shipsync_error_classes[] = {
 	/* this side: the intent, not the carrier */
 	{"render_failed", false},
 	{"writeback_failed", false},
+	{"order_locked", false},	/* its row held by another session: sent again */
+	{"table_locked", false},	/* its table held by another session: waits */
 	{"apply_failed", false},	/* even the shipment could not be recorded */
 	{"poison", false},			/* the dispatcher died applying it, twice */
 	{"interrupted", false},		/* in flight when the dispatcher stopped */

@@ -64,12 +64,14 @@
 #include <unistd.h>
 
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 
 #include <openssl/crypto.h>
 
@@ -525,6 +527,9 @@ secret_open_webhook(const char *provider, const char *pushes,
 
 /* ---------- SQL functions ---------- */
 
+/* advisory lock class of a rotation of one secret (fees.c has its own) */
+#define SECRET_LOCK_CLASS	1717920628
+
 /*
  * shipsync._secret_put(provider, name, value, keep_previous_as): seal and
  * store one secret.  With keep_previous_as, the value stored under name
@@ -553,7 +558,24 @@ shipsync_secret_put(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(3))
 	{
 		char	   *keep = text_to_cstring(PG_GETARG_TEXT_PP(3));
-		char	   *old = secret_fetch(provider, name);
+		char	   *old;
+
+		/*
+		 * Two rotations at once: the second waits for the first, then
+		 * keeps the value the first stored (read in a snapshot taken after
+		 * the wait), as one after the other would.  Without it, both kept
+		 * the value before them, and the first's new secret was lost
+		 * outright (name_race's sibling, test/specs/secret_race.spec).
+		 */
+		DirectFunctionCall2(pg_advisory_xact_lock_int4,
+							Int32GetDatum(SECRET_LOCK_CLASS),
+							Int32GetDatum((int32) hash_bytes((const unsigned char *) provider,
+															 strlen(provider))
+										  ^ (int32) hash_bytes((const unsigned char *) name,
+															   strlen(name))));
+		PushActiveSnapshot(GetTransactionSnapshot());
+		old = secret_fetch(provider, name);
+		PopActiveSnapshot();
 
 		if (old)
 		{

@@ -51,13 +51,16 @@
  * or a serializable default failed every pass of the dispatcher (it
  * exited and was started again, every second, sending again what was in
  * flight), a lock_timeout made the write-back of an order another session
- * held for a moment give up for good (writeback_failed), and
+ * held for a moment give up for good (writeback_failed; the write-back
+ * has a wait of its own, shipsync.writeback_lock_timeout, writeback.c), and
  * session_replication_role = replica kept the extension's own triggers
  * (ticket history and folding, parked events, fee pulls) from firing.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+
+#include <signal.h>
 
 #include "access/htup_details.h"
 #include "access/table.h"
@@ -67,6 +70,7 @@
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/parsenodes.h"
+#include "storage/latch.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -74,6 +78,7 @@
 #include "utils/rel.h"
 #include "utils/rls.h"
 #include "utils/syscache.h"
+#include "utils/timeout.h"
 
 #include "pg_shipsync.h"
 
@@ -356,4 +361,73 @@ shipsync_pin_worker_session(bool writer)
 		SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 		SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 	}
+}
+
+/*
+ * SIGINT while a bounded lock wait is in force (shipsync_lock_wait_begin()):
+ * the lock timeout's own signal (LockTimeoutHandler() sends SIGINT to the
+ * process once its indicator is set) is a cancel; another's
+ * pg_cancel_backend() is not.
+ */
+static void
+lock_wait_sigint(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	if (get_timeout_indicator(LOCK_TIMEOUT, false))
+	{
+		QueryCancelPending = true;
+		InterruptPending = true;
+		SetLatch(MyLatch);
+	}
+	errno = save_errno;
+}
+
+/*
+ * Limit the waits of the statements that follow for a lock to ms (none:
+ * 0), until shipsync_lock_wait_end(), over the workers' pinned lock_timeout
+ * of 0 (shipsync_pin_worker_session()), at a GUC nest level of its own and
+ * at PGC_S_SESSION, above the pin (PGC_S_OVERRIDE would make it the
+ * session's default, which no nest level undoes).
+ * The workers' reads and writes of the user's order tables go through it
+ * (shipsync.writeback_lock_timeout): a row or a table another session
+ * holds then fails that statement with lock_not_available, where it held
+ * every order of every table behind it.  A lock timeout is raised as a
+ * cancel is: the timeout signals SIGINT, which the applier ignores, and
+ * the apply holds cancels off (outbox_apply(): a pg_cancel_backend() must
+ * not fail a write-back).  So meanwhile SIGINT is lock_wait_sigint(), which
+ * takes the lock timeout's alone, and cancels are let through (a cancel
+ * already held off is held again after it).
+ */
+void
+shipsync_lock_wait_begin(ShipsyncLockWait *w, int ms)
+{
+	w->nest = -1;
+	if (ms <= 0)
+		return;
+	w->nest = NewGUCNestLevel();
+	(void) set_config_option("lock_timeout", psprintf("%d", ms),
+							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	w->sigint = pqsignal(SIGINT, lock_wait_sigint);
+	w->cancel_pending = QueryCancelPending;
+	QueryCancelPending = false;
+	w->holdoff = QueryCancelHoldoffCount;
+	QueryCancelHoldoffCount = 0;
+}
+
+/* Undo shipsync_lock_wait_begin(), whether the statements went through or not */
+void
+shipsync_lock_wait_end(ShipsyncLockWait *w)
+{
+	if (w->nest < 0)
+		return;
+	QueryCancelHoldoffCount = w->holdoff;
+	if (w->cancel_pending)
+	{
+		QueryCancelPending = true;
+		InterruptPending = true;
+	}
+	pqsignal(SIGINT, w->sigint);
+	AtEOXact_GUC(true, w->nest);
+	w->nest = -1;
 }

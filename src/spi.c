@@ -173,16 +173,27 @@ spi_size_entry(Oid relid, BlockNumber blocks)
 	return &spi_sizes[spi_nsizes++];
 }
 
-/* Compare one relation with its size at planning; invalidate if doubled */
+/*
+ * Compare one relation with its size at planning; invalidate if doubled.
+ * A relation another session holds (an order table under ALTER TABLE or
+ * VACUUM FULL in an open transaction) is looked at next time: waiting for
+ * it here held the worker's loop, every table's deliveries with it.
+ */
 static bool
 spi_check_relation(SpiRelSize *entry)
 {
-	Relation	rel = try_relation_open(entry->relid, AccessShareLock);
+	Relation	rel;
 	BlockNumber blocks;
 	bool		grown = false;
 
+	if (!ConditionalLockRelationOid(entry->relid, AccessShareLock))
+		return false;
+	rel = try_relation_open(entry->relid, NoLock);
 	if (rel == NULL)
+	{
+		UnlockRelationOid(entry->relid, AccessShareLock);
 		return false;			/* dropped */
+	}
 	if (!RELKIND_HAS_STORAGE(rel->rd_rel->relkind))
 	{
 		relation_close(rel, AccessShareLock);

@@ -62,6 +62,7 @@
 #include "executor/spi.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 
@@ -80,6 +81,9 @@ typedef struct WritebackPlan
 
 static WritebackPlan *wb_plans = NULL;
 static int	n_wb_plans = 0;
+
+/* writeback_orders()'s wait for a held order row in ms, 0: no limit */
+static int	orders_lock_timeout_ms = 0;
 static SPIPlanPtr binding_plan = NULL;
 
 static const Oid writeback_types[WRITEBACK_NARGS] = {
@@ -89,9 +93,10 @@ static const Oid writeback_types[WRITEBACK_NARGS] = {
 
 /*
  * The saved plan of a binding's write-back statement, kept for the session
- * and made again when attach() changed the statement.
+ * and made again when attach() changed the statement.  Not inlined into
+ * writeback_execute(), whose PG_TRY would see its variables clobbered.
  */
-static SPIPlanPtr
+static pg_noinline SPIPlanPtr
 writeback_plan(int32 binding_id, const char *sql)
 {
 	WritebackPlan *w = NULL;
@@ -122,32 +127,20 @@ writeback_plan(int32 binding_id, const char *sql)
 }
 
 /*
- * Run the write-back statement sql of binding binding_id on table relid
- * with params ($1..$6), as the table's owner, with capture suppressed.
- * Nothing when the table no longer exists (see the file header).  what
- * names the fields for the error message.  SPI must be connected.
+ * Run binding binding_id's write-back statement sql (its saved plan, made
+ * here when it is new) with params as owner, with capture suppressed, and
+ * the deferrable constraints of table relid set immediate (*immediate:
+ * what shipsync_constraints_restore() takes after).
  */
-static void
-writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
-			  const char *what)
+static int
+writeback_execute(int32 binding_id, const char *sql, Datum *params, Oid relid,
+				  Oid owner, ShipsyncConstraints **immediate)
 {
-	HeapTuple	ctup;
-	Oid			owner;
-	SPIPlanPtr volatile plan;
+	SPIPlanPtr	plan = writeback_plan(binding_id, sql);
 	ShipsyncUserSave save;
-	ShipsyncConstraints *immediate;
 	volatile int rc = 0;
 
-	ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	if (!HeapTupleIsValid(ctup))
-		return;					/* dropped: its bindings are inactive */
-	owner = ((Form_pg_class) GETSTRUCT(ctup))->relowner;
-	ReleaseSysCache(ctup);
-	shipsync_check_owner_sees_all(relid, owner);
-	plan = writeback_plan(binding_id, sql);
-	pgstat_report_activity(STATE_RUNNING, "writing results back onto the orders");
-
-	immediate = shipsync_constraints_immediate(relid, owner);
+	*immediate = shipsync_constraints_immediate(relid, owner);
 	shipsync_become_owner(owner, &save);
 	capture_suppress();
 	PG_TRY();
@@ -160,6 +153,51 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
 		shipsync_restore_user(&save);
 	}
 	PG_END_TRY();
+	return rc;
+}
+
+/*
+ * Run the write-back statement sql of binding binding_id on table relid
+ * with params ($1..$6), as the table's owner, with capture suppressed.
+ * Nothing when the table no longer exists (see the file header).  what
+ * names the fields for the error message.  lock_timeout_ms > 0: a row
+ * or the table another session holds (an uncommitted UPDATE, an ALTER
+ * TABLE) is waited for that long at most, then the statement fails with
+ * lock_not_available (shipsync_lock_wait_begin()).
+ * SPI must be connected.
+ */
+static void
+writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
+			  const char *what, int lock_timeout_ms)
+{
+	HeapTuple	ctup;
+	Oid			owner;
+	ShipsyncConstraints *volatile immediate = NULL;
+	volatile int rc = 0;
+	ShipsyncLockWait wait;
+
+	ctup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(ctup))
+		return;					/* dropped: its bindings are inactive */
+	owner = ((Form_pg_class) GETSTRUCT(ctup))->relowner;
+	ReleaseSysCache(ctup);
+	shipsync_check_owner_sees_all(relid, owner);
+	pgstat_report_activity(STATE_RUNNING, "writing results back onto the orders");
+
+	/* the lock of the table too: the plan and the constraints' look take it */
+	shipsync_lock_wait_begin(&wait, lock_timeout_ms);
+	PG_TRY();
+	{
+		ShipsyncConstraints *c;
+
+		rc = writeback_execute(binding_id, sql, params, relid, owner, &c);
+		immediate = c;
+	}
+	PG_FINALLY();
+	{
+		shipsync_lock_wait_end(&wait);
+	}
+	PG_END_TRY();
 	shipsync_constraints_restore(immediate);
 	if (rc != SPI_OK_UPDATE)
 		elog(ERROR, "write-back of %s failed: %s", what, SPI_result_code_string(rc));
@@ -170,7 +208,11 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
  * gave when apply recorded shipments (binding_id, order_key,
  * provider_shipment_id, tracking_number, status, label_url, fee_total):
  * one statement per binding of bs.  The rows of tt are copied first: the
- * next statement reuses SPI_tuptable.
+ * next statement reuses SPI_tuptable.  An order row another session holds
+ * is waited for at most shipsync.writeback_lock_timeout: without a limit,
+ * one order row held in a user's open transaction held the results of
+ * every order of every table behind it (apply.c then sends that order
+ * again later).
  */
 void
 writeback_shipments(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
@@ -217,7 +259,8 @@ writeback_shipments(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
 			continue;
 		for (int c = 0; c < WRITEBACK_NARGS; c++)
 			params[c] = shipsync_make_array(a->values[c], a->nulls[c], a->n, a->types[c]);
-		writeback_run(b->id, b->relid, b->writeback_sql, params, "shipments");
+		writeback_run(b->id, b->relid, b->writeback_sql, params, "shipments",
+					  shipsync_writeback_lock_timeout_ms);
 	}
 }
 
@@ -259,7 +302,36 @@ writeback_orders(int32 binding_id, Datum *keys, Datum *statuses, Datum *fee_tota
 	params[5] = shipsync_make_array(fee_totals ? fee_totals : keys,
 									fee_totals ? NULL : nulls, n, NUMERICOID);
 	writeback_run(binding_id, relid, sql, params,
-				  statuses ? "tracking status" : "fee totals");
+				  statuses ? "tracking status" : "fee totals", orders_lock_timeout_ms);
+}
+
+/*
+ * Run fn(arg) with the waits of writeback_orders() for an order row
+ * another session holds limited to shipsync.writeback_lock_timeout: the
+ * dispatcher's own applies of what it pulled (tracking polls, fee pulls),
+ * each in a subtransaction of its own, which then fails alone with
+ * lock_not_available (writeback_try() raises it again) and is pulled again
+ * at the next round.  Without the limit, a polled status of one order
+ * whose row a user's open transaction held stopped the dispatcher, and
+ * with it every claim and send of the database, until that transaction
+ * ended.  Other callers (ingest_tracking(), statements, the receiver with
+ * its own lock_timeout) wait as their session says.
+ */
+void
+writeback_bounded(void (*fn) (void *), void *arg)
+{
+	int			save = orders_lock_timeout_ms;
+
+	orders_lock_timeout_ms = shipsync_writeback_lock_timeout_ms;
+	PG_TRY();
+	{
+		fn(arg);
+	}
+	PG_FINALLY();
+	{
+		orders_lock_timeout_ms = save;
+	}
+	PG_END_TRY();
 }
 
 /* One binding's write-back of statuses or fee totals, for shipsync_subxact() */

@@ -17,7 +17,12 @@
 #      says so;
 #   8. pg_cancel_backend() of whoever applies (the applier, or the
 #      dispatcher applying itself), in the middle of a write-back: every
-#      order is still written back, none dead, each sent once.
+#      order is still written back, none dead, each sent once;
+#   9. an order row locked by the user's open transaction holds up that
+#      order alone: the others are written back, it is sent again later;
+#  10. and so does a polled status of it: the dispatcher goes on;
+#  11. a table held by a migration in an open transaction holds up its
+#      own orders alone.
 # (The applier killed while it applies, twice: 021_hostile.pl, poison.)
 use strict;
 use warnings;
@@ -293,6 +298,135 @@ sub cancel_while_applying
 	is(sim_get($sim, '/_sim/stats')->{requests} - $before, 6, "$tag: each sent once");
 }
 cancel_while_applying('Cancel applier', 'applier');
+
+###########################################################################
+# 9. A row lock on one order, held by the user's open transaction: the
+# applier waited for it with no limit, the results of every other order of
+# every table waited behind it, and once the intents' leases ran out the
+# dispatcher waited too (its sweep of expired leases met the outbox rows
+# the applier had locked): nothing was sent or written back until that
+# transaction ended.  Now the write-back waits at most
+# shipsync.writeback_lock_timeout; that order alone is sent again later
+# (same key: the carrier answers as before), the others are written back.
+###########################################################################
+{
+	sql(q{CREATE TABLE crm.more (id bigint PRIMARY KEY, customer text, waybill_no text);
+		SELECT shipsync.attach('crm.more', 'sim', writeback => '{"tracking_number": "waybill_no"}');
+		SELECT shipsync.pause('sim');
+		INSERT INTO crm.orders (customer) VALUES ('Locked');
+		INSERT INTO crm.orders (customer) SELECT 'Unlocked ' || g FROM generate_series(1, 5) g;
+		-- keys of their own (crm.tight has 900001 on): the carrier tells orders apart by key
+		INSERT INTO crm.more SELECT 800000 + g, 'More ' || g FROM generate_series(1, 5) g;});
+	my $before = sim_get($sim, '/_sim/stats')->{requests};
+	my $holder = $node->background_psql('postgres');
+	$holder->query_safe("BEGIN; SELECT 1 FROM crm.orders WHERE customer = 'Locked' FOR UPDATE");
+	sql("SELECT shipsync.resume('sim')");
+	ok( wait_until($node,
+			"SELECT (SELECT count(*) FROM crm.orders WHERE customer LIKE 'Unlocked %' AND waybill_no IS NOT NULL)"
+			  . " + (SELECT count(*) FROM crm.more WHERE waybill_no IS NOT NULL) = 10", 20),
+		'row lock: the other orders, of this table and of another, are written back meanwhile');
+	is( sql("SELECT o.state || ' ' || o.error_class || ' ' || (o.last_error LIKE '%locked%')::text"
+			  . " FROM shipsync.outbox o JOIN crm.orders c ON o.order_key = c.id::text"
+			  . " WHERE o.binding_id = 1 AND c.customer = 'Locked' AND o.op = 'create'"),
+		'retrying order_locked true', 'row lock: the locked order is to be sent again, and says why');
+	is( sql("SELECT count(*) FROM shipsync.exception_ticket t JOIN crm.orders c ON t.order_key = c.id::text"
+			  . " WHERE t.binding_id = 1 AND c.customer = 'Locked'"),
+		'0', 'row lock: no ticket for it');
+	$holder->query_safe('COMMIT');
+	$holder->quit;
+	ok( wait_until($node,
+			"SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'Locked'", 30),
+		'row lock: once the lock is gone, the locked order is written back');
+	is( sql("SELECT count(*) FROM shipsync.outbox o JOIN crm.orders c ON o.order_key = c.id::text"
+			  . " WHERE o.binding_id = 1 AND c.customer = 'Locked' AND o.state <> 'done'"),
+		'0', 'row lock: its intent is done');
+	cmp_ok(sim_get($sim, '/_sim/stats')->{requests} - $before, '>=', 12,
+		'row lock: the locked order was sent again');
+}
+
+###########################################################################
+# 10. The same, met by the tracking poller: a polled status of an order
+# whose row the user's open transaction holds.  The dispatcher applies what
+# it polls, and waited for the row with no limit: nothing was claimed or
+# sent meanwhile.  Now that answer alone waits for the next round.
+###########################################################################
+{
+	my $tsim = start_sim(seed => 10);
+	sql(qq{CREATE TABLE crm.polled (id bigint PRIMARY KEY, customer text, waybill_no text, ship_status text);
+		SELECT shipsync.create_provider('polled', 'generic', '$tsim->{url}', '{"poll_interval_s": 1}');
+		SELECT shipsync.attach('crm.polled', 'polled',
+			writeback => '{"tracking_number": "waybill_no", "status": "ship_status"}');
+		INSERT INTO crm.polled VALUES (700001, 'Polled', NULL, NULL);});
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.polled", 20),
+		'poll: the polled order is shipped');
+	# no pushes: its statuses come by the poller alone
+	sim_post($tsim, '/_sim/tracking/config',
+		{ url => 'http://127.0.0.1:9/none', dialect => 'generic', secret => 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+		  seed => 10, drop => 1.0 });
+	my $holder = $node->background_psql('postgres');
+	$holder->query_safe("BEGIN; SELECT 1 FROM crm.polled FOR UPDATE");
+	sim_post($tsim, '/_sim/tracking/advance', { steps => 9 });
+	ok( wait_until($node,
+			"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+			  . " AND wait_event_type = 'Lock'", 20),
+		'poll: the dispatcher meets the held row');
+	sql("INSERT INTO crm.more VALUES (800100, 'Polled meanwhile')");
+	ok( wait_until($node,
+			"SELECT waybill_no IS NOT NULL FROM crm.more WHERE id = 800100", 20),
+		'poll: an order of another table is sent and written back meanwhile');
+	$holder->query_safe('COMMIT');
+	$holder->quit;
+	ok( wait_until($node,
+			"SELECT ship_status IS DISTINCT FROM 'pre_transit' FROM crm.polled", 30),
+		'poll: once the lock is gone, the polled status is written back');
+	sql("SELECT shipsync.pause('polled')");
+	stop_sim($tsim);
+}
+
+###########################################################################
+# 11. A table of orders to send held by a migration in an open transaction
+# (ALTER TABLE; VACUUM FULL and LOCK TABLE hold it as much): the dispatcher
+# waited for it to render them, and sent nothing of any table meanwhile.
+# Now those orders wait, no attempt counted, and the others go.
+###########################################################################
+{
+	sql(q{SELECT shipsync.pause('sim');
+		INSERT INTO crm.more VALUES (800200, 'Migrated');});
+	my $holder = $node->background_psql('postgres');
+	$holder->query_safe("BEGIN; ALTER TABLE crm.more ADD COLUMN note text DEFAULT 'x'");
+	sql(q{SELECT shipsync.resume('sim');
+		INSERT INTO crm.orders (customer) VALUES ('Beside the migration');});
+	ok( wait_until($node,
+			"SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'Beside the migration'", 20),
+		'table lock: an order of another table is sent and written back meanwhile');
+	is( sql("SELECT state || ' ' || attempts || ' ' || error_class FROM shipsync.outbox"
+			  . " WHERE order_key = '800200' AND op = 'create'"),
+		'pending 0 table_locked', 'table lock: the order of the held table waits, no attempt counted');
+	$holder->query_safe('COMMIT');
+	$holder->quit;
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.more WHERE id = 800200", 30),
+		'table lock: once the table is let go, its order is sent and written back');
+
+	# an answer that comes while its table is held: the applier waited for
+	# the table before the write-back, every other result behind it
+	sim_post($sim, '/_sim/faults', { rules => [ { fault => 'slow', ms => 20000, held => JSON::PP::true } ] });
+	sql("INSERT INTO crm.more VALUES (800300, 'Answered meanwhile')");
+	ok(wait_until($node, "SELECT state = 'in_flight' FROM shipsync.outbox WHERE order_key = '800300'", 20),
+		'table lock: an order of the table is on the wire');
+	$holder = $node->background_psql('postgres');
+	$holder->query_safe("BEGIN; ALTER TABLE crm.more ADD COLUMN note2 text");
+	sim_post($sim, '/_sim/release');
+	sim_post($sim, '/_sim/faults', { rules => [] });
+	sql("INSERT INTO crm.orders (customer) VALUES ('Beside the migration again')");
+	ok( wait_until($node,
+			"SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'Beside the migration again'", 20),
+		'table lock: its answer waits, and an order of another table is written back meanwhile');
+	$holder->query_safe('COMMIT');
+	$holder->quit;
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.more WHERE id = 800300", 30),
+		'table lock: once the table is let go, the answer is written back');
+	sql("SELECT shipsync.detach('crm.more')");
+}
 
 ###########################################################################
 # 7. No worker slot for an applier (three: the logical replication

@@ -642,7 +642,7 @@ apply_warn(const ShipResult *r, const char *what, const ErrorData *edata)
 /*
  * Whether a result that failed with error e is to be sent again later
  * rather than given up: its order row or table was held by another session
- * for longer than shipsync.writeback_lock_timeout (writeback.c), or a deadlock
+ * for longer than shipsync.order_lock_timeout (writeback.c), or a deadlock
  * or serialization failure met it.  Then r becomes a retry, as a
  * transient failure of the carrier would be: nothing recorded but its
  * outbox state and log row, due again after a backoff (1 s, doubling, at

@@ -385,7 +385,7 @@ feepull_apply_read(void *arg)
 
 /*
  * Read and record one answer (in its own subtransaction), waiting at most
- * shipsync.writeback_lock_timeout for an order row another session holds
+ * shipsync.order_lock_timeout for an order row another session holds
  * (writeback_bounded()): then it is a failed pull, asked again later.
  */
 static void

@@ -668,7 +668,7 @@ render_bodies(Oid owner, Claimed *cs, int *idx, int n, HeapTuple *rows, TupleDes
  * as the table's owner (*owner); returns SPI's code.  In the dispatcher, a lock
  * another session holds on the table (an ALTER TABLE, a VACUUM FULL, a
  * LOCK TABLE in an open transaction) is waited for at most
- * shipsync.writeback_lock_timeout: then lock_not_available, and the
+ * shipsync.order_lock_timeout: then lock_not_available, and the
  * binding's intents wait (outbox_fail_binding()).  Without the limit the
  * dispatcher waited for it, and sent nothing of any table meanwhile.
  */
@@ -679,7 +679,7 @@ render_execute(Binding *b, ArgArrays *ra, Oid *owner)
 	ShipsyncLockWait wait;
 	volatile int rc = 0;
 
-	shipsync_lock_wait_begin(&wait, IsBackgroundWorker ? shipsync_writeback_lock_timeout_ms : 0);
+	shipsync_lock_wait_begin(&wait, IsBackgroundWorker ? shipsync_order_lock_timeout_ms : 0);
 	PG_TRY();
 	{
 		/*
@@ -2262,7 +2262,7 @@ outbox_wait_binding(Claimed *cl, int ncl, int fb, const char *msg)
  * Record a render failure for the intents of binding fb in claimed[]: they
  * become retrying (or dead once out of attempts) with the error.  locked:
  * the failure was a lock another session held on the table longer than
- * shipsync.writeback_lock_timeout (render_execute()); then they keep their
+ * shipsync.order_lock_timeout (render_execute()); then they keep their
  * state and attempts, and wait TABLE_LOCKED_WAIT_MS (table_locked).
  */
 void

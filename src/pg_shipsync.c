@@ -58,7 +58,7 @@ int			shipsync_idle_check_ms = 10000;
 int			shipsync_dispatcher_nice = 0;
 int			shipsync_busy_cpu_percent = 2;
 bool		shipsync_apply_worker = true;
-int			shipsync_writeback_lock_timeout_ms = 1000;
+int			shipsync_order_lock_timeout_ms = 1000;
 bool		shipsync_dispatcher_huge_pages = true;
 bool		shipsync_prefault_memory = true;
 char	   *shipsync_receiver_listen = NULL;
@@ -642,10 +642,10 @@ _PG_init(void)
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
 
-	DefineCustomIntVariable("shipsync.writeback_lock_timeout",
+	DefineCustomIntVariable("shipsync.order_lock_timeout",
 							"Longest wait of a delivery's write-back for an order row another session holds; that order is then sent again later.",
 							"The other results go on meanwhile. 0 waits as long as the other session holds the row, and every result waits behind it.",
-							&shipsync_writeback_lock_timeout_ms,
+							&shipsync_order_lock_timeout_ms,
 							1000, 0, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);

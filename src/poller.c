@@ -368,7 +368,7 @@ poller_apply_pulled(void *arg)
 
 /*
  * Apply one poll's answer (in its own subtransaction), waiting at most
- * shipsync.writeback_lock_timeout for an order row another session holds
+ * shipsync.order_lock_timeout for an order row another session holds
  * (writeback_bounded()): then it is pulled again at the next round.
  */
 static void

@@ -52,7 +52,7 @@
  * exited and was started again, every second, sending again what was in
  * flight), a lock_timeout made the write-back of an order another session
  * held for a moment give up for good (writeback_failed; the write-back
- * has a wait of its own, shipsync.writeback_lock_timeout, writeback.c), and
+ * has a wait of its own, shipsync.order_lock_timeout, writeback.c), and
  * session_replication_role = replica kept the extension's own triggers
  * (ticket history and folding, parked events, fee pulls) from firing.
  *
@@ -390,7 +390,7 @@ lock_wait_sigint(SIGNAL_ARGS)
  * at PGC_S_SESSION, above the pin (PGC_S_OVERRIDE would make it the
  * session's default, which no nest level undoes).
  * The workers' reads and writes of the user's order tables go through it
- * (shipsync.writeback_lock_timeout): a row or a table another session
+ * (shipsync.order_lock_timeout): a row or a table another session
  * holds then fails that statement with lock_not_available, where it held
  * every order of every table behind it.  A lock timeout is raised as a
  * cancel is: the timeout signals SIGINT, which the applier ignores, and

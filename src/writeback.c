@@ -209,7 +209,7 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
  * provider_shipment_id, tracking_number, status, label_url, fee_total):
  * one statement per binding of bs.  The rows of tt are copied first: the
  * next statement reuses SPI_tuptable.  An order row another session holds
- * is waited for at most shipsync.writeback_lock_timeout: without a limit,
+ * is waited for at most shipsync.order_lock_timeout: without a limit,
  * one order row held in a user's open transaction held the results of
  * every order of every table behind it (apply.c then sends that order
  * again later).
@@ -260,7 +260,7 @@ writeback_shipments(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
 		for (int c = 0; c < WRITEBACK_NARGS; c++)
 			params[c] = shipsync_make_array(a->values[c], a->nulls[c], a->n, a->types[c]);
 		writeback_run(b->id, b->relid, b->writeback_sql, params, "shipments",
-					  shipsync_writeback_lock_timeout_ms);
+					  shipsync_order_lock_timeout_ms);
 	}
 }
 
@@ -307,7 +307,7 @@ writeback_orders(int32 binding_id, Datum *keys, Datum *statuses, Datum *fee_tota
 
 /*
  * Run fn(arg) with the waits of writeback_orders() for an order row
- * another session holds limited to shipsync.writeback_lock_timeout: the
+ * another session holds limited to shipsync.order_lock_timeout: the
  * dispatcher's own applies of what it pulled (tracking polls, fee pulls),
  * each in a subtransaction of its own, which then fails alone with
  * lock_not_available (writeback_try() raises it again) and is pulled again
@@ -322,7 +322,7 @@ writeback_bounded(void (*fn) (void *), void *arg)
 {
 	int			save = orders_lock_timeout_ms;
 
-	orders_lock_timeout_ms = shipsync_writeback_lock_timeout_ms;
+	orders_lock_timeout_ms = shipsync_order_lock_timeout_ms;
 	PG_TRY();
 	{
 		fn(arg);

@@ -306,7 +306,7 @@ cancel_while_applying('Cancel applier', 'applier');
 # dispatcher waited too (its sweep of expired leases met the outbox rows
 # the applier had locked): nothing was sent or written back until that
 # transaction ended.  Now the write-back waits at most
-# shipsync.writeback_lock_timeout; that order alone is sent again later
+# shipsync.order_lock_timeout; that order alone is sent again later
 # (same key: the carrier answers as before), the others are written back.
 ###########################################################################
 {

@@ -729,7 +729,23 @@ applier_load_config(void)
 		return;
 	cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync applier config",
 								ALLOCSET_DEFAULT_SIZES);
-	provider_load_config(cxt, &ps, &np, &worker_bindings, &worker_nbindings);
+	PG_TRY();
+	{
+		provider_load_config(cxt, &ps, &np, &worker_bindings, &worker_nbindings);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		shipsync_abort_tx();
+		/* DROP EXTENSION moved the configuration: no failure, the end */
+		(void) shipsync_exit_if_dropped();
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
 	if (worker_cfg_cxt)
 		MemoryContextDelete(worker_cfg_cxt);
 	worker_cfg_cxt = cxt;

@@ -645,5 +645,63 @@ SELECT shipsync.detach('renamed');
 DROP TABLE renamed;
 SELECT shipsync.pause('rc3');
 
+------------------------------------------------------------------------------
+-- A fee total an order row did not take (a constraint refused it, or it
+-- has more decimals than the column): its writeback_failed ticket has no
+-- provider, and no pass ever closed it.  The hourly look keeps it open
+-- while the row differs from the shipment's fee_total, and closes it once
+-- the row holds it (written by hand, or by a later bill that fits), or the
+-- order is gone.
+------------------------------------------------------------------------------
+SELECT shipsync.create_provider('rcf', 'generic', 'http://127.0.0.1:9', '{"currency": "CNY"}') AS rcf \gset
+SELECT shipsync.pause('rcf');
+CREATE TABLE billed (id int PRIMARY KEY, fee numeric(10,2),
+	created timestamptz NOT NULL DEFAULT now() - interval '1 hour');
+SELECT shipsync.attach('billed', 'rcf', writeback => '{"fee_total": "fee"}',
+	options => '{"created_at_column": "created"}') AS fbid \gset
+INSERT INTO billed (id) VALUES (1), (2), (3);
+DELETE FROM shipsync.inbox WHERE binding_id = :fbid;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, provider_shipment_id,
+	tracking_number, status, created_at, updated_at)
+SELECT :fbid, g::text, :rcf, 'shp_B' || g, 'B' || g, 'delivered', now() - interval '1 hour', now() - interval '1 hour'
+FROM generate_series(1, 3) g;
+ALTER TABLE billed ADD CONSTRAINT fee_small CHECK (fee < 100) NOT VALID;
+SET client_min_messages = error;
+SELECT shipsync.import_statement('rcf', E'tracking_number,type,amount\nB1,freight,500.00\nB2,freight,13.705\nB3,freight,700.00\n',
+	options => '{"period": "2026-05"}') ->> 'new' AS new;
+RESET client_min_messages;
+CREATE FUNCTION pg_temp.fee_tickets(bid integer)
+RETURNS TABLE (order_key text, open boolean, reopen_count integer, resolution text)
+LANGUAGE sql AS $$
+	SELECT t.order_key, t.resolved_at IS NULL, t.reopen_count,
+		   regexp_replace(t.resolution, 'run \d+', 'run N')
+	FROM shipsync.exception_ticket t
+	WHERE t.kind = 'writeback_failed' AND t.binding_id = bid ORDER BY 1 $$;
+SELECT * FROM pg_temp.fee_tickets(:fbid);
+-- still there: the hourly look leaves them open
+SELECT pg_temp.crm_pass(true) > 0 AS passed;
+SELECT * FROM pg_temp.fee_tickets(:fbid);
+-- repaired: 1 written by hand, 2 billed again in cents (written), 3 deleted
+ALTER TABLE billed DROP CONSTRAINT fee_small;
+UPDATE billed SET fee = 500 WHERE id = 1;
+DELETE FROM shipsync.inbox WHERE binding_id = :fbid;
+SELECT shipsync.import_statement('rcf', E'tracking_number,type,amount\nB1,freight,500.00\nB2,freight,13.71\nB3,freight,700.00\n',
+	options => '{"period": "2026-05"}') ->> 'revised' AS revised;
+DELETE FROM billed WHERE id = 3;
+SELECT id, fee FROM billed ORDER BY id;
+-- an incremental pass that does not look at fees judges none of them
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+SELECT * FROM pg_temp.fee_tickets(:fbid);
+SELECT pg_temp.crm_pass(true) > 0 AS passed;
+SELECT * FROM pg_temp.fee_tickets(:fbid);
+-- a row that refuses its total again reopens its ticket
+ALTER TABLE billed ADD CONSTRAINT fee_small CHECK (fee < 100) NOT VALID;
+SET client_min_messages = error;
+SELECT shipsync.import_statement('rcf', E'tracking_number,type,amount\nB1,freight,600.00\nB2,freight,13.71\n',
+	options => '{"period": "2026-06"}') ->> 'new' AS new;
+RESET client_min_messages;
+SELECT * FROM pg_temp.fee_tickets(:fbid);
+SELECT shipsync.pause('rcf');
+
 \c contrib_regression
 DROP DATABASE reconcile_regress;

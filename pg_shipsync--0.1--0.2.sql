@@ -11850,3 +11850,30 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._reconcile_merge(bigint, integer[], integer[], integer[]) IS
 	'Internal: opens, refreshes and reopens the tickets of a run''s findings, and resolves those it no longer sees.';
+
+------------------------------------------------------------------------------
+-- A restore no longer records every ticket's opening a second time
+------------------------------------------------------------------------------
+-- The history (ticket_event) is dumped with the tickets; the trigger that
+-- records a ticket's opening fired for the restored tickets too, so that
+-- each was opened twice and ticket_summary counted it twice.
+CREATE OR REPLACE FUNCTION @extschema@._ticket_opened()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- a restore loads the history as it was, beside the tickets: recorded
+	-- again, every ticket was opened twice (as _ticket_fold() tells a
+	-- restore)
+	IF @extschema@._restoring() THEN
+		RETURN NULL;
+	END IF;
+	INSERT INTO @extschema@.ticket_event (ticket_id, at, event, actor)
+	SELECT n.ticket_id, n.opened_at, 'opened', @extschema@._actor() FROM new_tickets n;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._ticket_opened() IS
+	'Internal: records the opening of new tickets in shipsync.ticket_event (as the extension''s owner: whoever may change a ticket cannot write its history).';

@@ -123,6 +123,12 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	-- a restore loads the history as it was, beside the tickets: recorded
+	-- again, every ticket was opened twice (as _ticket_fold() tells a
+	-- restore)
+	IF @extschema@._restoring() THEN
+		RETURN NULL;
+	END IF;
 	INSERT INTO @extschema@.ticket_event (ticket_id, at, event, actor)
 	SELECT n.ticket_id, n.opened_at, 'opened', @extschema@._actor() FROM new_tickets n;
 	RETURN NULL;

@@ -11877,3 +11877,84 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._ticket_opened() IS
 	'Internal: records the opening of new tickets in shipsync.ticket_event (as the extension''s owner: whoever may change a ticket cannot write its history).';
+
+------------------------------------------------------------------------------
+-- A statement's fee tickets no longer take a lock each
+------------------------------------------------------------------------------
+-- The fold took a lock per ticket, held to the end of the transaction: a
+-- statement whose orders' totals the rows do not take (or in another
+-- currency) opened one ticket per order, and with some tens of thousands
+-- the import failed, "out of shared memory".
+CREATE OR REPLACE FUNCTION @extschema@._ticket_fold()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t record;
+BEGIN
+	-- a restore loads tickets as they were, several of one problem too (0.1
+	-- opened one per dead intent): folded, a resolved one was reopened and
+	-- the others lost.  A restore is a superuser session with
+	-- check_function_bodies off, as pg_dump's scripts and pg_restore set it
+	-- (_restoring() in 80_security.sql, as _audit_row() tells it; never
+	-- a worker's session, whose table owners' code may turn it off).
+	IF @extschema@._restoring() THEN
+		RETURN NEW;
+	END IF;
+	-- one writer per problem at a time, so that two transactions cannot
+	-- both find no open ticket and both open one.  The kinds opened by the
+	-- thousand in one statement have one writer each, which serializes
+	-- itself: _on_drop() (the dropped table's binding row) and
+	-- _expire_unmatched() (a lock per provider).  A lock per ticket there
+	-- filled the server's lock table ("out of shared memory").  So did the
+	-- fee functions' (fee_currency_mixed, and writeback_failed without a
+	-- provider: a fee total the row did not take), a ticket for each order
+	-- of a month's statement: theirs is one lock per order table.
+	IF NEW.kind OPERATOR(pg_catalog.=) 'fee_currency_mixed'
+	   OR (NEW.kind OPERATOR(pg_catalog.=) 'writeback_failed' AND NEW.provider_id IS NULL) THEN
+		PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync fee ticket',
+			NEW.binding_id), 0));
+	ELSIF NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['table_dropped', 'unmatched_expired']) THEN
+		PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync ticket', NEW.kind,
+			NEW.provider_id, NEW.binding_id, NEW.order_key, NEW.subject), 0));
+	END IF;
+	SELECT x.ticket_id, x.resolved_at INTO t
+	  FROM @extschema@.exception_ticket x
+	 WHERE x.kind OPERATOR(pg_catalog.=) NEW.kind
+	   AND coalesce(x.provider_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.provider_id, 0)
+	   AND coalesce(x.binding_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.binding_id, 0)
+	   AND coalesce(x.order_key, '') OPERATOR(pg_catalog.=) coalesce(NEW.order_key, '')
+	   AND coalesce(x.subject, '') OPERATOR(pg_catalog.=) coalesce(NEW.subject, '')
+	 ORDER BY x.resolved_at IS NULL DESC, x.ticket_id DESC
+	 LIMIT 1;
+	IF NOT FOUND THEN
+		NEW.last_seen_at := coalesce(NEW.last_seen_at, NEW.opened_at);
+		RETURN NEW;
+	END IF;
+	UPDATE @extschema@.exception_ticket x
+	   SET detail = NEW.detail,
+		   outbox_id = coalesce(NEW.outbox_id, x.outbox_id),
+		   tracking_number = coalesce(NEW.tracking_number, x.tracking_number),
+		   facts = coalesce(NEW.facts, x.facts),
+		   last_seen_at = pg_catalog.now(),
+		   resolved_at = NULL,
+		   resolved_by = NULL,
+		   resolution = NULL,
+		   acknowledged_at = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_at END,
+		   acknowledged_by = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_by END,
+		   acknowledgement = CASE WHEN t.resolved_at IS NULL THEN x.acknowledgement END,
+		   reopen_count = x.reopen_count OPERATOR(pg_catalog.+)
+			   CASE WHEN t.resolved_at IS NULL THEN 0 ELSE 1 END,
+		   reopened_at = CASE WHEN t.resolved_at IS NULL THEN x.reopened_at ELSE pg_catalog.now() END
+	 WHERE x.ticket_id OPERATOR(pg_catalog.=) t.ticket_id;
+	IF t.resolved_at IS NOT NULL THEN
+		PERFORM pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object('event', 'ticket_reopened',
+			'ticket_id', t.ticket_id, 'kind', NEW.kind, 'binding_id', NEW.binding_id,
+			'order_key', NEW.order_key)::text);
+	END IF;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._ticket_fold() IS
+	'Internal: a ticket inserted for a problem that already has one refreshes the open ticket, or reopens the last resolved one (reopen_count + 1), instead of adding a second.';

@@ -46,8 +46,15 @@ BEGIN
 	-- thousand in one statement have one writer each, which serializes
 	-- itself: _on_drop() (the dropped table's binding row) and
 	-- _expire_unmatched() (a lock per provider).  A lock per ticket there
-	-- filled the server's lock table ("out of shared memory").
-	IF NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['table_dropped', 'unmatched_expired']) THEN
+	-- filled the server's lock table ("out of shared memory").  So did the
+	-- fee functions' (fee_currency_mixed, and writeback_failed without a
+	-- provider: a fee total the row did not take), a ticket for each order
+	-- of a month's statement: theirs is one lock per order table.
+	IF NEW.kind OPERATOR(pg_catalog.=) 'fee_currency_mixed'
+	   OR (NEW.kind OPERATOR(pg_catalog.=) 'writeback_failed' AND NEW.provider_id IS NULL) THEN
+		PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync fee ticket',
+			NEW.binding_id), 0));
+	ELSIF NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['table_dropped', 'unmatched_expired']) THEN
 		PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync ticket', NEW.kind,
 			NEW.provider_id, NEW.binding_id, NEW.order_key, NEW.subject), 0));
 	END IF;

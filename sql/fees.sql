@@ -766,6 +766,40 @@ WHERE kind = 'writeback_failed' AND binding_id = (SELECT binding_id FROM shipsyn
 SELECT pg_temp.bill('2027-02', E'X41,freight,13.71000\n') ->> 'revised' AS revised;
 SELECT id, fee_cents FROM orders4 ORDER BY id;
 
+-- a month's statement whose every total the orders' rows do not take (a
+-- fils more than the column holds, then a check of the CRM's): one ticket
+-- per order, and not one lock per ticket.  The ledger's fold took one for
+-- each, to the end of the statement's transaction: with some tens of
+-- thousands the import failed, "out of shared memory"
+SELECT shipsync.create_provider('gen6', 'generic', 'https://carrier6.example', '{"currency": "CNY"}') > 0 AS created;
+SELECT shipsync.pause('gen6');
+CREATE FUNCTION pg_temp.bill6(amount text) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT shipsync.import_statement('gen6', E'tracking_number,type,amount\n'
+		|| (SELECT string_agg('Y' || g || ',freight,' || amount, E'\n') FROM generate_series(1, 1200) g),
+		options => '{"period": "2027-04"}') $$;
+CREATE TABLE orders6 (id int PRIMARY KEY, fee numeric(10,2));
+SELECT shipsync.attach('orders6', 'gen6', writeback => '{"fee_total": "fee"}') > 0 AS attached;
+INSERT INTO orders6 (id) SELECT g FROM generate_series(1, 1200) g;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, g::text, b.provider_id, 'Y' || g, timestamptz '2026-05-10 12:00+00'
+FROM shipsync.binding b, generate_series(1, 1200) g WHERE b.tbl = 'orders6'::regclass;
+BEGIN;
+SELECT pg_temp.bill6('2.125') ->> 'new' AS new;
+SELECT * FROM pg_temp.fee_locks();
+COMMIT;
+ALTER TABLE orders6 ADD CONSTRAINT fee_small CHECK (fee < 1) NOT VALID;
+BEGIN;
+SET LOCAL client_min_messages = error;
+SELECT pg_temp.bill6('2.50') ->> 'revised' AS revised;
+SELECT * FROM pg_temp.fee_locks();
+COMMIT;
+SELECT count(*) AS tickets, count(DISTINCT order_key) AS orders, sum(reopen_count) AS reopened,
+	   count(*) FILTER (WHERE detail LIKE '%fee_small%') AS refused
+FROM shipsync.exception_ticket
+WHERE kind = 'writeback_failed' AND binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders6'::regclass);
+SELECT shipsync.detach('orders6');
+SELECT shipsync.pause('gen6');
+
 -- a statement that bills one carrier's line (waybill, type and key) twice
 -- is refused: it kept the last, and its total counted both; two lines
 -- without a key are two lines, and it adds up to them

@@ -12113,3 +12113,35 @@ BEGIN
 	  AND (sh.binding_id, sh.order_key) NOT IN (SELECT u.binding_id, u.order_key FROM unfit u);
 END
 $$;
+
+------------------------------------------------------------------------------
+-- open_tickets' last note is one given since the ticket was (re)opened
+------------------------------------------------------------------------------
+-- A reopening clears the acknowledgement and both notes, but the view
+-- showed the note of the resolution before it on the ticket open again.
+CREATE OR REPLACE VIEW @extschema@.open_tickets AS
+SELECT t.ticket_id,
+	   t.kind,
+	   CASE WHEN t.acknowledged_at IS NULL THEN 'open' ELSE 'acknowledged' END AS state,
+	   pg_catalog.now() OPERATOR(pg_catalog.-) coalesce(t.reopened_at, t.opened_at) AS age,
+	   p.name AS provider,
+	   b.tbl AS "table",
+	   t.order_key,
+	   t.tracking_number,
+	   t.subject,
+	   t.opened_at,
+	   t.reopen_count,
+	   t.last_seen_at,
+	   t.acknowledged_by,
+	   -- (given since the ticket was last (re)opened: a reopening clears
+	   -- the notes of before)
+	   (SELECT e.note FROM @extschema@.ticket_event e
+		 WHERE e.ticket_id OPERATOR(pg_catalog.=) t.ticket_id AND e.note IS NOT NULL
+		   AND e.at OPERATOR(pg_catalog.>=) coalesce(t.reopened_at, t.opened_at)
+		 ORDER BY e.at DESC LIMIT 1) AS last_note,
+	   t.detail
+FROM @extschema@.exception_ticket t
+LEFT JOIN @extschema@.provider p ON p.provider_id OPERATOR(pg_catalog.=) t.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id OPERATOR(pg_catalog.=) t.binding_id
+WHERE t.resolved_at IS NULL;
+COMMENT ON COLUMN @extschema@.open_tickets.last_note IS 'The last note given with shipsync.ack() or shipsync.resolve() since the ticket was (re)opened.';

@@ -194,8 +194,11 @@ SELECT t.ticket_id,
 	   t.reopen_count,
 	   t.last_seen_at,
 	   t.acknowledged_by,
+	   -- (given since the ticket was last (re)opened: a reopening clears
+	   -- the notes of before)
 	   (SELECT e.note FROM @extschema@.ticket_event e
 		 WHERE e.ticket_id OPERATOR(pg_catalog.=) t.ticket_id AND e.note IS NOT NULL
+		   AND e.at OPERATOR(pg_catalog.>=) coalesce(t.reopened_at, t.opened_at)
 		 ORDER BY e.at DESC LIMIT 1) AS last_note,
 	   t.detail
 FROM @extschema@.exception_ticket t
@@ -217,7 +220,7 @@ COMMENT ON COLUMN @extschema@.open_tickets.opened_at IS 'When the ticket was fir
 COMMENT ON COLUMN @extschema@.open_tickets.reopen_count IS 'How many times it came back after being resolved.';
 COMMENT ON COLUMN @extschema@.open_tickets.last_seen_at IS 'When the problem was last seen.';
 COMMENT ON COLUMN @extschema@.open_tickets.acknowledged_by IS 'Who acknowledged it, if anyone.';
-COMMENT ON COLUMN @extschema@.open_tickets.last_note IS 'The last note given with shipsync.ack() or shipsync.resolve().';
+COMMENT ON COLUMN @extschema@.open_tickets.last_note IS 'The last note given with shipsync.ack() or shipsync.resolve() since the ticket was (re)opened.';
 COMMENT ON COLUMN @extschema@.open_tickets.detail IS 'What happened, in words.';
 
 CREATE VIEW @extschema@.ticket_summary AS

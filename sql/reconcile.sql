@@ -270,13 +270,18 @@ SELECT shipsync.ack(:t1);
 SELECT acknowledgement, resolution, resolved_by = session_user AS by_me
 FROM shipsync.exception_ticket WHERE ticket_id = :t1;
 -- but the column still says lost: the next pass reopens it, the notes go
+-- (open_tickets' last note too: it showed the resolution's, "the
+-- warehouse found it", on the ticket open again)
 SELECT pg_temp.crm_pass(false) AS crm_h3 \gset
 SELECT reopened FROM shipsync.reconcile_run WHERE run_id = :crm_h3;
-SELECT t.reopen_count, o.state, t.acknowledgement, t.resolution, t.acknowledged_by
+SELECT t.reopen_count, o.state, t.acknowledgement, t.resolution, t.acknowledged_by, o.last_note
 FROM shipsync.exception_ticket t JOIN shipsync.open_tickets o USING (ticket_id)
 WHERE ticket_id = :t1;
 SELECT event, actor = session_user AS by_me, note FROM shipsync.ticket_event
 WHERE ticket_id = :t1 ORDER BY at, event;
+-- acknowledged again: its note is the last one
+SELECT shipsync.ack(:t1, 'asking again');
+SELECT state, last_note FROM shipsync.open_tickets WHERE ticket_id = :t1;
 -- fixed: the next pass resolves it, saying why
 SET session_replication_role = replica;
 UPDATE orders SET ship_status = 'pre_transit' WHERE id = 3;

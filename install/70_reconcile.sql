@@ -1154,7 +1154,8 @@ COMMENT ON FUNCTION @extschema@._reconcile_fee_written(integer[]) IS
  * providers), on the carrier side what the snapshots of the providers it
  * pulled cover (pids).  The tickets of dead, invalid and refused intents are
  * resolved too once their order reached the carrier as it is now, or the
- * intent itself was delivered, and those of fee totals an order row did not
+ * intent itself was delivered, or the order was cancelled or deleted since
+ * and that cancel is done, and those of fee totals an order row did not
  * take once it holds its total (_reconcile_fee_written).  Returns the counts.
  */
 CREATE FUNCTION @extschema@._reconcile_merge(run bigint, bids integer[], pids integer[],
@@ -1307,7 +1308,15 @@ BEGIN
 								   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
 													WHERE s.binding_id = o.binding_id AND s.order_key = o.order_key
 													  AND s.provider_id = o.provider_id
-													  AND s.status <> 'cancelled')))))
+													  AND s.status <> 'cancelled'))
+							   -- a create or update made moot: the order was
+							   -- cancelled or deleted since, and that cancel is
+							   -- done (sent, or nothing to cancel)
+							   OR (o.op IN ('create', 'update')
+								   AND EXISTS (SELECT 1 FROM @extschema@.outbox c
+												WHERE c.binding_id = o.binding_id AND c.order_key = o.order_key
+												  AND c.provider_id = o.provider_id AND c.op = 'cancel'
+												  AND c.state = 'done' AND c.id > o.id)))))
 			   -- the carrier side of the providers pulled, as far as the snapshot covers
 			   OR (x.provider_id = ANY (pids) AND x.kind = 'missing_at_carrier'
 				   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s

@@ -708,5 +708,38 @@ RESET client_min_messages;
 SELECT * FROM pg_temp.fee_tickets(:fbid);
 SELECT shipsync.pause('rcf');
 
+------------------------------------------------------------------------------
+-- The dispatcher's ticket of an order deleted since: its intent is moot
+-- once a later cancel of the order is done (the cancel of an order never
+-- shipped is done with nothing to send).  It stayed open forever, beside
+-- the order's not_sent, which closed.
+------------------------------------------------------------------------------
+CREATE TABLE gone_orders (id int PRIMARY KEY,
+	created timestamptz NOT NULL DEFAULT now() - interval '1 hour');
+SELECT shipsync.attach('gone_orders', 'rcf', options => '{"created_at_column": "created"}') AS gbid \gset
+INSERT INTO gone_orders (id) VALUES (1), (2);
+INSERT INTO shipsync.outbox (id, binding_id, provider_id, order_key, op, idempotency_key, created_at,
+	state, error_class, last_error, done_at)
+SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at,
+	   'dead', 'http_4xx', 'HTTP 422: refused', now()
+FROM shipsync.inbox WHERE binding_id = :gbid;
+DELETE FROM shipsync.inbox WHERE binding_id = :gbid;
+INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+SELECT 'dead_intent', binding_id, order_key, provider_id, id, last_error
+FROM shipsync.outbox WHERE binding_id = :gbid;
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+-- 1 is deleted: its cancel, as the dispatcher ends it
+DELETE FROM gone_orders WHERE id = 1;
+INSERT INTO shipsync.outbox (id, binding_id, provider_id, order_key, op, idempotency_key, created_at,
+	state, error_class, last_error, done_at)
+SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at,
+	   'done', 'nothing_to_send', 'no shipment to cancel', now()
+FROM shipsync.inbox WHERE binding_id = :gbid;
+DELETE FROM shipsync.inbox WHERE binding_id = :gbid;
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+SELECT kind, order_key, resolved_at IS NULL AS open, regexp_replace(resolution, 'run \d+', 'run N') AS resolution
+FROM shipsync.exception_ticket WHERE binding_id = :gbid ORDER BY kind, order_key;
+SELECT shipsync.detach('gone_orders');
+
 \c contrib_regression
 DROP DATABASE reconcile_regress;

@@ -1156,7 +1156,9 @@ COMMENT ON FUNCTION @extschema@._reconcile_fee_written(integer[]) IS
  * resolved too once their order reached the carrier as it is now, or the
  * intent itself was delivered, or the order was cancelled or deleted since
  * and that cancel is done, and those of fee totals an order row did not
- * take once it holds its total (_reconcile_fee_written).  Returns the counts.
+ * take once it holds its total (_reconcile_fee_written); the CRM-side
+ * tickets of tables no longer attached are resolved, saying so.  Returns
+ * the counts.
  */
 CREATE FUNCTION @extschema@._reconcile_merge(run bigint, bids integer[], pids integer[],
 	sbids integer[], OUT opened integer, OUT reopened integer, OUT closed integer)
@@ -1343,6 +1345,21 @@ BEGIN
 										WHERE c.run_id = run AND c.provider_id = x.provider_id)))
 		RETURNING 1)
 	SELECT count(*) INTO closed FROM c;
+
+	-- the CRM side of tables no longer attached (detached, or dropped): no
+	-- pass compares them again.  (A table attached again keeps its binding,
+	-- active again, and its tickets.)
+	WITH d AS (
+		UPDATE @extschema@.exception_ticket x
+		   SET resolved_at = now(), run_id = run,
+			   resolution = format('its table is no longer attached (reconciliation run %s)', run)
+		 WHERE x.resolved_at IS NULL AND x.binding_id IS NOT NULL
+		   AND (x.kind IN ('not_sent', 'address_changed_after_send', 'stuck', 'fee_mismatch')
+				OR (x.kind IN ('tracking_mismatch', 'status_mismatch') AND x.facts->>'check' = 'crm'))
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.binding b
+							WHERE b.binding_id = x.binding_id AND b.active)
+		RETURNING 1)
+	SELECT closed + count(*) INTO closed FROM d;
 END
 $$;
 COMMENT ON FUNCTION @extschema@._reconcile_merge(bigint, integer[], integer[], integer[]) IS

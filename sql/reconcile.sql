@@ -741,5 +741,29 @@ SELECT kind, order_key, resolved_at IS NULL AS open, regexp_replace(resolution, 
 FROM shipsync.exception_ticket WHERE binding_id = :gbid ORDER BY kind, order_key;
 SELECT shipsync.detach('gone_orders');
 
+------------------------------------------------------------------------------
+-- The CRM-side tickets of a table no longer attached: no pass compares it
+-- again, and they stayed open forever.  A pass resolves them, saying why;
+-- a table attached again before it (to change its write-back map) keeps
+-- them as they are.
+------------------------------------------------------------------------------
+CREATE TABLE left_orders (id int PRIMARY KEY,
+	created timestamptz NOT NULL DEFAULT now() - interval '1 hour');
+SELECT shipsync.attach('left_orders', 'rcf', options => '{"created_at_column": "created"}') AS lbid \gset
+INSERT INTO left_orders (id) VALUES (1);
+DELETE FROM shipsync.inbox WHERE binding_id = :lbid;
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+SELECT ticket_id AS lt FROM shipsync.exception_ticket WHERE binding_id = :lbid AND kind = 'not_sent' \gset
+SELECT shipsync.ack(:lt, 'the warehouse holds it');
+SELECT shipsync.detach('left_orders');
+SELECT shipsync.attach('left_orders', 'rcf', options => '{"created_at_column": "created"}') = :lbid AS same_binding;
+DELETE FROM shipsync.inbox WHERE binding_id = :lbid;
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+SELECT kind, state, reopen_count, last_note FROM shipsync.open_tickets WHERE ticket_id = :lt;
+SELECT shipsync.detach('left_orders');
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+SELECT kind, order_key, resolved_at IS NULL AS open, regexp_replace(resolution, 'run \d+', 'run N') AS resolution
+FROM shipsync.exception_ticket WHERE binding_id = :lbid ORDER BY kind, order_key;
+
 \c contrib_regression
 DROP DATABASE reconcile_regress;

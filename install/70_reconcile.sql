@@ -1176,6 +1176,16 @@ BEGIN
 	-- many there are (the table is filled by many statements, never read
 	-- before)
 	ANALYZE pg_temp.recon_found;
+	-- and so is the ledger, when it changed much since its statistics (a
+	-- flood of tickets: a carrier down, a statement of unknown waybills,
+	-- opened by the pass before, the next autovacuum not come yet):
+	-- planned on those of before, every finding was probed against every
+	-- open ticket of its kind (50,000: five minutes)
+	IF (SELECT s.n_mod_since_analyze > greatest(1000, c.reltuples / 5)
+		  FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+		 WHERE s.relid = '@extschema@.exception_ticket'::regclass) THEN
+		ANALYZE @extschema@.exception_ticket;
+	END IF;
 
 	-- still there: refresh what changed, and when it was seen (hourly)
 	UPDATE @extschema@.exception_ticket x

@@ -46,8 +46,15 @@ BEGIN
 	-- thousand in one statement have one writer each, which serializes
 	-- itself: _on_drop() (the dropped table's binding row) and
 	-- _expire_unmatched() (a lock per provider).  A lock per ticket there
-	-- filled the server's lock table ("out of shared memory").
-	IF NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['table_dropped', 'unmatched_expired']) THEN
+	-- filled the server's lock table ("out of shared memory").  So did the
+	-- fee functions' (fee_currency_mixed, and writeback_failed without a
+	-- provider: a fee total the row did not take), a ticket for each order
+	-- of a month's statement: theirs is one lock per order table.
+	IF NEW.kind OPERATOR(pg_catalog.=) 'fee_currency_mixed'
+	   OR (NEW.kind OPERATOR(pg_catalog.=) 'writeback_failed' AND NEW.provider_id IS NULL) THEN
+		PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync fee ticket',
+			NEW.binding_id), 0));
+	ELSIF NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['table_dropped', 'unmatched_expired']) THEN
 		PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync ticket', NEW.kind,
 			NEW.provider_id, NEW.binding_id, NEW.order_key, NEW.subject), 0));
 	END IF;
@@ -123,6 +130,12 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	-- a restore loads the history as it was, beside the tickets: recorded
+	-- again, every ticket was opened twice (as _ticket_fold() tells a
+	-- restore)
+	IF @extschema@._restoring() THEN
+		RETURN NULL;
+	END IF;
 	INSERT INTO @extschema@.ticket_event (ticket_id, at, event, actor)
 	SELECT n.ticket_id, n.opened_at, 'opened', @extschema@._actor() FROM new_tickets n;
 	RETURN NULL;
@@ -181,8 +194,11 @@ SELECT t.ticket_id,
 	   t.reopen_count,
 	   t.last_seen_at,
 	   t.acknowledged_by,
+	   -- (given since the ticket was last (re)opened: a reopening clears
+	   -- the notes of before)
 	   (SELECT e.note FROM @extschema@.ticket_event e
 		 WHERE e.ticket_id OPERATOR(pg_catalog.=) t.ticket_id AND e.note IS NOT NULL
+		   AND e.at OPERATOR(pg_catalog.>=) coalesce(t.reopened_at, t.opened_at)
 		 ORDER BY e.at DESC LIMIT 1) AS last_note,
 	   t.detail
 FROM @extschema@.exception_ticket t
@@ -204,7 +220,7 @@ COMMENT ON COLUMN @extschema@.open_tickets.opened_at IS 'When the ticket was fir
 COMMENT ON COLUMN @extschema@.open_tickets.reopen_count IS 'How many times it came back after being resolved.';
 COMMENT ON COLUMN @extschema@.open_tickets.last_seen_at IS 'When the problem was last seen.';
 COMMENT ON COLUMN @extschema@.open_tickets.acknowledged_by IS 'Who acknowledged it, if anyone.';
-COMMENT ON COLUMN @extschema@.open_tickets.last_note IS 'The last note given with shipsync.ack() or shipsync.resolve().';
+COMMENT ON COLUMN @extschema@.open_tickets.last_note IS 'The last note given with shipsync.ack() or shipsync.resolve() since the ticket was (re)opened.';
 COMMENT ON COLUMN @extschema@.open_tickets.detail IS 'What happened, in words.';
 
 CREATE VIEW @extschema@.ticket_summary AS

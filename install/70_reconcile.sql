@@ -1086,6 +1086,67 @@ COMMENT ON FUNCTION @extschema@._reconcile_fees(integer[]) IS
 	'Internal: finds the rows of shipsync.fee_difference of the given bindings'' orders, and of their providers'' bills for waybills no shipment has (fee_mismatch).';
 
 /*
+ * The fee totals order rows did not take (writeback_failed tickets without
+ * a provider: _fee_totals() and writeback_values() open them, the
+ * tracking write-back's carry its provider) whose problem is gone, among
+ * the bindings looked at for fees (sbids): the row holds its shipment's
+ * fee_total now (written by hand, or by a later total that fitted), or
+ * the order is gone.  Rows are read as the table's owner
+ * (_select_as_owner); a table that cannot be read leaves its tickets as
+ * they are.  Returns the tickets' ids.
+ */
+CREATE FUNCTION @extschema@._reconcile_fee_written(sbids integer[])
+RETURNS bigint[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b record;
+	ids bigint[] := '{}';
+BEGIN
+	FOR b IN
+		SELECT bb.binding_id, bb.tbl, bb.key_column, bb.provider_id,
+			   bb.writeback->>'fee_total' AS col,
+			   array_agg(DISTINCT x.order_key) AS ks
+		  FROM @extschema@.exception_ticket x
+		  JOIN @extschema@.binding bb ON bb.binding_id = x.binding_id
+		 WHERE x.kind = 'writeback_failed' AND x.provider_id IS NULL AND x.resolved_at IS NULL
+		   AND x.order_key IS NOT NULL AND x.binding_id = ANY (sbids)
+		   AND bb.writeback ? 'fee_total'
+		 GROUP BY bb.binding_id, bb.tbl, bb.key_column, bb.provider_id, bb.writeback->>'fee_total'
+	LOOP
+		BEGIN
+			ids := ids || ARRAY(
+				SELECT x.ticket_id
+				  FROM @extschema@._select_as_owner(b.tbl, format(
+						'SELECT u.k, t.%1$I::text, t.%2$I IS NOT NULL FROM unnest($1) AS u(k)'
+						' LEFT JOIN %3$s t ON t.%2$I = u.k::%4$s',
+						b.col, b.key_column, b.tbl, @extschema@._key_type(b.tbl, b.key_column)),
+						b.ks, NULL) AS o(k text, v text, present boolean)
+				  JOIN @extschema@.exception_ticket x
+					ON x.kind = 'writeback_failed' AND x.provider_id IS NULL AND x.resolved_at IS NULL
+				   AND x.binding_id = b.binding_id AND x.order_key = o.k
+				  LEFT JOIN @extschema@.shipment s
+					ON s.binding_id = b.binding_id AND s.order_key = o.k AND s.provider_id = b.provider_id
+				 WHERE NOT o.present
+					OR (s.order_key IS NOT NULL
+						AND CASE WHEN o.v IS NULL THEN s.fee_total IS NULL
+								 WHEN btrim(o.v) ~ '^[-+]?[0-9]+(\.[0-9]*)?$'
+									 THEN btrim(o.v)::numeric = s.fee_total
+								 ELSE false END));
+		EXCEPTION WHEN OTHERS THEN
+			-- (its column renamed or dropped since attach(), row security
+			-- forced on its owner: judged again at the next look)
+			NULL;
+		END;
+	END LOOP;
+	RETURN ids;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._reconcile_fee_written(integer[]) IS
+	'Internal: the open writeback_failed tickets of fee totals, among the given bindings, whose order row now holds its shipment''s fee_total, or is gone.';
+
+/*
  * Findings into tickets: an open ticket of the same problem is refreshed, a
  * resolved one reopened (reopen_count + 1), else one is opened; then every
  * open ticket this run could judge and did not see again is resolved by
@@ -1096,7 +1157,11 @@ COMMENT ON FUNCTION @extschema@._reconcile_fees(integer[]) IS
  * providers), on the carrier side what the snapshots of the providers it
  * pulled cover (pids).  The tickets of dead, invalid and refused intents are
  * resolved too once their order reached the carrier as it is now, or the
- * intent itself was delivered.  Returns the counts.
+ * intent itself was delivered, or the order was cancelled or deleted since
+ * and that cancel is done, and those of fee totals an order row did not
+ * take once it holds its total (_reconcile_fee_written); the CRM-side
+ * tickets of tables no longer attached are resolved, saying so.  Returns
+ * the counts.
  */
 CREATE FUNCTION @extschema@._reconcile_merge(run bigint, bids integer[], pids integer[],
 	sbids integer[], OUT opened integer, OUT reopened integer, OUT closed integer)
@@ -1107,12 +1172,23 @@ DECLARE
 	r record;
 	n integer;
 	fpids integer[] := @extschema@._reconcile_fee_providers(sbids);
+	fee_written bigint[] := @extschema@._reconcile_fee_written(sbids);
 BEGIN
 	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run;
 	-- the findings are joined with the tickets below: planned knowing how
 	-- many there are (the table is filled by many statements, never read
 	-- before)
 	ANALYZE pg_temp.recon_found;
+	-- and so is the ledger, when it changed much since its statistics (a
+	-- flood of tickets: a carrier down, a statement of unknown waybills,
+	-- opened by the pass before, the next autovacuum not come yet):
+	-- planned on those of before, every finding was probed against every
+	-- open ticket of its kind (50,000: five minutes)
+	IF (SELECT s.n_mod_since_analyze > greatest(1000, c.reltuples / 5)
+		  FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+		 WHERE s.relid = '@extschema@.exception_ticket'::regclass) THEN
+		ANALYZE @extschema@.exception_ticket;
+	END IF;
 
 	-- still there: refresh what changed, and when it was seen (hourly)
 	UPDATE @extschema@.exception_ticket x
@@ -1217,6 +1293,8 @@ BEGIN
 				   AND (x.binding_id = ANY (sbids)
 						OR (x.binding_id IS NULL
 							AND x.provider_id = ANY (fpids))))
+			   -- a fee total an order row did not take, now held (or the order gone)
+			   OR x.ticket_id = ANY (fee_written)
 			   -- a write-back that failed, now matching
 			   OR (x.binding_id = ANY (bids) AND x.kind = 'writeback_failed'
 				   AND EXISTS (SELECT 1 FROM @extschema@.shipment s
@@ -1245,7 +1323,15 @@ BEGIN
 								   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
 													WHERE s.binding_id = o.binding_id AND s.order_key = o.order_key
 													  AND s.provider_id = o.provider_id
-													  AND s.status <> 'cancelled')))))
+													  AND s.status <> 'cancelled'))
+							   -- a create or update made moot: the order was
+							   -- cancelled or deleted since, and that cancel is
+							   -- done (sent, or nothing to cancel)
+							   OR (o.op IN ('create', 'update')
+								   AND EXISTS (SELECT 1 FROM @extschema@.outbox c
+												WHERE c.binding_id = o.binding_id AND c.order_key = o.order_key
+												  AND c.provider_id = o.provider_id AND c.op = 'cancel'
+												  AND c.state = 'done' AND c.id > o.id)))))
 			   -- the carrier side of the providers pulled, as far as the snapshot covers
 			   OR (x.provider_id = ANY (pids) AND x.kind = 'missing_at_carrier'
 				   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
@@ -1272,6 +1358,21 @@ BEGIN
 										WHERE c.run_id = run AND c.provider_id = x.provider_id)))
 		RETURNING 1)
 	SELECT count(*) INTO closed FROM c;
+
+	-- the CRM side of tables no longer attached (detached, or dropped): no
+	-- pass compares them again.  (A table attached again keeps its binding,
+	-- active again, and its tickets.)
+	WITH d AS (
+		UPDATE @extschema@.exception_ticket x
+		   SET resolved_at = now(), run_id = run,
+			   resolution = format('its table is no longer attached (reconciliation run %s)', run)
+		 WHERE x.resolved_at IS NULL AND x.binding_id IS NOT NULL
+		   AND (x.kind IN ('not_sent', 'address_changed_after_send', 'stuck', 'fee_mismatch')
+				OR (x.kind IN ('tracking_mismatch', 'status_mismatch') AND x.facts->>'check' = 'crm'))
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.binding b
+							WHERE b.binding_id = x.binding_id AND b.active)
+		RETURNING 1)
+	SELECT closed + count(*) INTO closed FROM d;
 END
 $$;
 COMMENT ON FUNCTION @extschema@._reconcile_merge(bigint, integer[], integer[], integer[]) IS

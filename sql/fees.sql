@@ -766,6 +766,74 @@ WHERE kind = 'writeback_failed' AND binding_id = (SELECT binding_id FROM shipsyn
 SELECT pg_temp.bill('2027-02', E'X41,freight,13.71000\n') ->> 'revised' AS revised;
 SELECT id, fee_cents FROM orders4 ORDER BY id;
 
+-- a month's statement whose every total the orders' rows do not take (a
+-- fils more than the column holds, then a check of the CRM's): one ticket
+-- per order, and not one lock per ticket.  The ledger's fold took one for
+-- each, to the end of the statement's transaction: with some tens of
+-- thousands the import failed, "out of shared memory"
+SELECT shipsync.create_provider('gen6', 'generic', 'https://carrier6.example', '{"currency": "CNY"}') > 0 AS created;
+SELECT shipsync.pause('gen6');
+CREATE FUNCTION pg_temp.bill6(amount text) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT shipsync.import_statement('gen6', E'tracking_number,type,amount\n'
+		|| (SELECT string_agg('Y' || g || ',freight,' || amount, E'\n') FROM generate_series(1, 1200) g),
+		options => '{"period": "2027-04"}') $$;
+CREATE TABLE orders6 (id int PRIMARY KEY, fee numeric(10,2));
+SELECT shipsync.attach('orders6', 'gen6', writeback => '{"fee_total": "fee"}') > 0 AS attached;
+INSERT INTO orders6 (id) SELECT g FROM generate_series(1, 1200) g;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, g::text, b.provider_id, 'Y' || g, timestamptz '2026-05-10 12:00+00'
+FROM shipsync.binding b, generate_series(1, 1200) g WHERE b.tbl = 'orders6'::regclass;
+BEGIN;
+SELECT pg_temp.bill6('2.125') ->> 'new' AS new;
+SELECT * FROM pg_temp.fee_locks();
+COMMIT;
+ALTER TABLE orders6 ADD CONSTRAINT fee_small CHECK (fee < 1) NOT VALID;
+BEGIN;
+SET LOCAL client_min_messages = error;
+SELECT pg_temp.bill6('2.50') ->> 'revised' AS revised;
+SELECT * FROM pg_temp.fee_locks();
+COMMIT;
+SELECT count(*) AS tickets, count(DISTINCT order_key) AS orders, sum(reopen_count) AS reopened,
+	   count(*) FILTER (WHERE detail LIKE '%fee_small%') AS refused
+FROM shipsync.exception_ticket
+WHERE kind = 'writeback_failed' AND binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders6'::regclass);
+SELECT shipsync.detach('orders6');
+SELECT shipsync.pause('gen6');
+
+-- and a statement of as many totals the rows do not take costs about what
+-- one whose totals are written costs: the orders written were those not
+-- ticketed, found by comparing every order with every ticketed one (6,000
+-- of each: 36 million comparisons, twenty times the statement; 60,000
+-- took five minutes)
+SELECT shipsync.create_provider('gen7', 'generic', 'https://carrier7.example', '{"currency": "CNY"}') > 0 AS created;
+SELECT shipsync.create_provider('gen8', 'generic', 'https://carrier8.example', '{"currency": "CNY"}') > 0 AS created;
+SELECT shipsync.pause('gen7'), shipsync.pause('gen8');
+CREATE TABLE orders7 (id int PRIMARY KEY, fee numeric(10,2));
+CREATE TABLE orders8 (id int PRIMARY KEY, fee numeric(10,2));
+SELECT shipsync.attach('orders7', 'gen7', writeback => '{"fee_total": "fee"}') > 0 AS attached;
+SELECT shipsync.attach('orders8', 'gen8', writeback => '{"fee_total": "fee"}') > 0 AS attached;
+INSERT INTO orders7 (id) SELECT g FROM generate_series(1, 6000) g;
+INSERT INTO orders8 (id) SELECT g FROM generate_series(1, 6000) g;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, g::text, b.provider_id, 'Z' || g, timestamptz '2026-05-10 12:00+00'
+FROM shipsync.binding b, generate_series(1, 6000) g WHERE b.tbl IN ('orders7'::regclass, 'orders8'::regclass);
+CREATE FUNCTION pg_temp.bill_took(provider text, amount text) RETURNS interval LANGUAGE plpgsql AS $$
+DECLARE
+	t timestamptz := clock_timestamp();
+BEGIN
+	PERFORM shipsync.import_statement(provider, E'tracking_number,type,amount\n'
+		|| (SELECT string_agg('Z' || g || ',freight,' || amount, E'\n') FROM generate_series(1, 6000) g),
+		options => '{"period": "2027-05"}');
+	RETURN clock_timestamp() - t;
+END $$;
+SELECT pg_temp.bill_took('gen7', '2.50') AS written \gset
+SELECT pg_temp.bill_took('gen8', '2.505') AS ticketed \gset
+SELECT extract(epoch FROM :'ticketed'::interval) < 4 * extract(epoch FROM :'written'::interval) + 0.5 AS about_as_long,
+	   (SELECT count(*) FROM orders7 WHERE fee = 2.50) AS written,
+	   (SELECT count(*) FROM shipsync.exception_ticket t JOIN shipsync.binding b USING (binding_id)
+		 WHERE b.tbl = 'orders8'::regclass AND t.kind = 'writeback_failed') AS ticketed;
+SELECT shipsync.detach('orders7'), shipsync.detach('orders8');
+
 -- a statement that bills one carrier's line (waybill, type and key) twice
 -- is refused: it kept the last, and its total counted both; two lines
 -- without a key are two lines, and it adds up to them

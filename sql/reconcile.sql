@@ -274,13 +274,18 @@ SELECT shipsync.ack(:t1);
 SELECT acknowledgement, resolution, resolved_by = session_user AS by_me
 FROM shipsync.exception_ticket WHERE ticket_id = :t1;
 -- but the column still says lost: the next pass reopens it, the notes go
+-- (open_tickets' last note too: it showed the resolution's, "the
+-- warehouse found it", on the ticket open again)
 SELECT pg_temp.crm_pass(false) AS crm_h3 \gset
 SELECT reopened FROM shipsync.reconcile_run WHERE run_id = :crm_h3;
-SELECT t.reopen_count, o.state, t.acknowledgement, t.resolution, t.acknowledged_by
+SELECT t.reopen_count, o.state, t.acknowledgement, t.resolution, t.acknowledged_by, o.last_note
 FROM shipsync.exception_ticket t JOIN shipsync.open_tickets o USING (ticket_id)
 WHERE ticket_id = :t1;
 SELECT event, actor = session_user AS by_me, note FROM shipsync.ticket_event
 WHERE ticket_id = :t1 ORDER BY at, event;
+-- acknowledged again: its note is the last one
+SELECT shipsync.ack(:t1, 'asking again');
+SELECT state, last_note FROM shipsync.open_tickets WHERE ticket_id = :t1;
 -- fixed: the next pass resolves it, saying why
 SET session_replication_role = replica;
 UPDATE orders SET ship_status = 'pre_transit' WHERE id = 3;
@@ -648,6 +653,155 @@ AND order_key = 'P-6';
 SELECT shipsync.detach('renamed');
 DROP TABLE renamed;
 SELECT shipsync.pause('rc3');
+
+------------------------------------------------------------------------------
+-- A fee total an order row did not take (a constraint refused it, or it
+-- has more decimals than the column): its writeback_failed ticket has no
+-- provider, and no pass ever closed it.  The hourly look keeps it open
+-- while the row differs from the shipment's fee_total, and closes it once
+-- the row holds it (written by hand, or by a later bill that fits), or the
+-- order is gone.
+------------------------------------------------------------------------------
+SELECT shipsync.create_provider('rcf', 'generic', 'http://127.0.0.1:9', '{"currency": "CNY"}') AS rcf \gset
+SELECT shipsync.pause('rcf');
+CREATE TABLE billed (id int PRIMARY KEY, fee numeric(10,2),
+	created timestamptz NOT NULL DEFAULT now() - interval '1 hour');
+SELECT shipsync.attach('billed', 'rcf', writeback => '{"fee_total": "fee"}',
+	options => '{"created_at_column": "created"}') AS fbid \gset
+INSERT INTO billed (id) VALUES (1), (2), (3);
+DELETE FROM shipsync.inbox WHERE binding_id = :fbid;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, provider_shipment_id,
+	tracking_number, status, created_at, updated_at)
+SELECT :fbid, g::text, :rcf, 'shp_B' || g, 'B' || g, 'delivered', now() - interval '1 hour', now() - interval '1 hour'
+FROM generate_series(1, 3) g;
+ALTER TABLE billed ADD CONSTRAINT fee_small CHECK (fee < 100) NOT VALID;
+SET client_min_messages = error;
+SELECT shipsync.import_statement('rcf', E'tracking_number,type,amount\nB1,freight,500.00\nB2,freight,13.705\nB3,freight,700.00\n',
+	options => '{"period": "2026-05"}') ->> 'new' AS new;
+RESET client_min_messages;
+CREATE FUNCTION pg_temp.fee_tickets(bid integer)
+RETURNS TABLE (order_key text, open boolean, reopen_count integer, resolution text)
+LANGUAGE sql AS $$
+	SELECT t.order_key, t.resolved_at IS NULL, t.reopen_count,
+		   regexp_replace(t.resolution, 'run \d+', 'run N')
+	FROM shipsync.exception_ticket t
+	WHERE t.kind = 'writeback_failed' AND t.binding_id = bid ORDER BY 1 $$;
+SELECT * FROM pg_temp.fee_tickets(:fbid);
+-- still there: the hourly look leaves them open
+SELECT pg_temp.crm_pass(true) > 0 AS passed;
+SELECT * FROM pg_temp.fee_tickets(:fbid);
+-- repaired: 1 written by hand, 2 billed again in cents (written), 3 deleted
+ALTER TABLE billed DROP CONSTRAINT fee_small;
+UPDATE billed SET fee = 500 WHERE id = 1;
+DELETE FROM shipsync.inbox WHERE binding_id = :fbid;
+SELECT shipsync.import_statement('rcf', E'tracking_number,type,amount\nB1,freight,500.00\nB2,freight,13.71\nB3,freight,700.00\n',
+	options => '{"period": "2026-05"}') ->> 'revised' AS revised;
+DELETE FROM billed WHERE id = 3;
+SELECT id, fee FROM billed ORDER BY id;
+-- an incremental pass that does not look at fees judges none of them
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+SELECT * FROM pg_temp.fee_tickets(:fbid);
+SELECT pg_temp.crm_pass(true) > 0 AS passed;
+SELECT * FROM pg_temp.fee_tickets(:fbid);
+-- a row that refuses its total again reopens its ticket
+ALTER TABLE billed ADD CONSTRAINT fee_small CHECK (fee < 100) NOT VALID;
+SET client_min_messages = error;
+SELECT shipsync.import_statement('rcf', E'tracking_number,type,amount\nB1,freight,600.00\nB2,freight,13.71\n',
+	options => '{"period": "2026-06"}') ->> 'new' AS new;
+RESET client_min_messages;
+SELECT * FROM pg_temp.fee_tickets(:fbid);
+SELECT shipsync.pause('rcf');
+
+------------------------------------------------------------------------------
+-- The dispatcher's ticket of an order deleted since: its intent is moot
+-- once a later cancel of the order is done (the cancel of an order never
+-- shipped is done with nothing to send).  It stayed open forever, beside
+-- the order's not_sent, which closed.
+------------------------------------------------------------------------------
+CREATE TABLE gone_orders (id int PRIMARY KEY,
+	created timestamptz NOT NULL DEFAULT now() - interval '1 hour');
+SELECT shipsync.attach('gone_orders', 'rcf', options => '{"created_at_column": "created"}') AS gbid \gset
+INSERT INTO gone_orders (id) VALUES (1), (2);
+INSERT INTO shipsync.outbox (id, binding_id, provider_id, order_key, op, idempotency_key, created_at,
+	state, error_class, last_error, done_at)
+SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at,
+	   'dead', 'http_4xx', 'HTTP 422: refused', now()
+FROM shipsync.inbox WHERE binding_id = :gbid;
+DELETE FROM shipsync.inbox WHERE binding_id = :gbid;
+INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+SELECT 'dead_intent', binding_id, order_key, provider_id, id, last_error
+FROM shipsync.outbox WHERE binding_id = :gbid;
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+-- 1 is deleted: its cancel, as the dispatcher ends it
+DELETE FROM gone_orders WHERE id = 1;
+INSERT INTO shipsync.outbox (id, binding_id, provider_id, order_key, op, idempotency_key, created_at,
+	state, error_class, last_error, done_at)
+SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at,
+	   'done', 'nothing_to_send', 'no shipment to cancel', now()
+FROM shipsync.inbox WHERE binding_id = :gbid;
+DELETE FROM shipsync.inbox WHERE binding_id = :gbid;
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+SELECT kind, order_key, resolved_at IS NULL AS open, regexp_replace(resolution, 'run \d+', 'run N') AS resolution
+FROM shipsync.exception_ticket WHERE binding_id = :gbid ORDER BY kind, order_key;
+SELECT shipsync.detach('gone_orders');
+
+------------------------------------------------------------------------------
+-- The CRM-side tickets of a table no longer attached: no pass compares it
+-- again, and they stayed open forever.  A pass resolves them, saying why;
+-- a table attached again before it (to change its write-back map) keeps
+-- them as they are.
+------------------------------------------------------------------------------
+CREATE TABLE left_orders (id int PRIMARY KEY,
+	created timestamptz NOT NULL DEFAULT now() - interval '1 hour');
+SELECT shipsync.attach('left_orders', 'rcf', options => '{"created_at_column": "created"}') AS lbid \gset
+INSERT INTO left_orders (id) VALUES (1);
+DELETE FROM shipsync.inbox WHERE binding_id = :lbid;
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+SELECT ticket_id AS lt FROM shipsync.exception_ticket WHERE binding_id = :lbid AND kind = 'not_sent' \gset
+SELECT shipsync.ack(:lt, 'the warehouse holds it');
+SELECT shipsync.detach('left_orders');
+SELECT shipsync.attach('left_orders', 'rcf', options => '{"created_at_column": "created"}') = :lbid AS same_binding;
+DELETE FROM shipsync.inbox WHERE binding_id = :lbid;
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+SELECT kind, state, reopen_count, last_note FROM shipsync.open_tickets WHERE ticket_id = :lt;
+SELECT shipsync.detach('left_orders');
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+SELECT kind, order_key, resolved_at IS NULL AS open, regexp_replace(resolution, 'run \d+', 'run N') AS resolution
+FROM shipsync.exception_ticket WHERE binding_id = :lbid ORDER BY kind, order_key;
+
+------------------------------------------------------------------------------
+-- A flood of tickets (a statement of 4,000 waybills no shipment has): the
+-- pass after the one that opened them, planned on the ledger's statistics
+-- of before, probed every finding against every open ticket of its kind
+-- (16 million comparisons; 50,000 took five minutes).  The merge now
+-- analyzes a ledger that changed much since its statistics.
+------------------------------------------------------------------------------
+SELECT shipsync.create_provider('rcu', 'generic', 'http://127.0.0.1:9', '{"currency": "CNY"}') AS rcu \gset
+SELECT shipsync.pause('rcu');
+CREATE TABLE flood_orders (id int PRIMARY KEY,
+	created timestamptz NOT NULL DEFAULT now() - interval '1 hour');
+SELECT shipsync.attach('flood_orders', 'rcu', options => '{"created_at_column": "created"}') > 0 AS attached;
+SELECT shipsync.import_statement('rcu', E'tracking_number,type,amount\n'
+	|| (SELECT string_agg('UNKNOWN' || g || ',freight,1.00', E'\n') FROM generate_series(1, 4000) g),
+	options => '{"period": "2026-05"}') ->> 'unmatched' AS unknown;
+CREATE FUNCTION pg_temp.pass_took() RETURNS interval LANGUAGE plpgsql AS $$
+DECLARE
+	t timestamptz := clock_timestamp();
+BEGIN
+	PERFORM pg_temp.crm_pass(true);
+	RETURN clock_timestamp() - t;
+END $$;
+SELECT pg_temp.pass_took() AS first \gset
+SELECT count(*) AS open_unknown FROM shipsync.exception_ticket
+WHERE provider_id = :rcu AND kind = 'fee_mismatch' AND resolved_at IS NULL;
+SELECT pg_stat_force_next_flush();
+SELECT pg_temp.pass_took() AS second \gset
+SELECT extract(epoch FROM :'second'::interval) < 3 * extract(epoch FROM :'first'::interval) + 0.5 AS about_as_long,
+	   (SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables
+		 WHERE relid = 'shipsync.exception_ticket'::regclass) AS ledger_analyzed,
+	   (SELECT count(*) FROM shipsync.exception_ticket
+		 WHERE provider_id = :rcu AND kind = 'fee_mismatch' AND resolved_at IS NULL) AS still_open;
+SELECT shipsync.detach('flood_orders');
 
 \c contrib_regression
 DROP DATABASE reconcile_regress;

@@ -61,6 +61,20 @@ my $counts = q{SELECT (SELECT count(*) FROM shipsync.provider) || '/' ||
 	(SELECT sum(estimated) FROM shipsync.order_fees)};
 my $before = $node->safe_psql('postgres', $counts);
 
+# the ledger's history: a restore loads it as it was, and adds nothing (the
+# trigger that records a ticket's opening recorded every restored ticket
+# again: ticket_summary counted each opened twice)
+$node->safe_psql('postgres', q{
+	INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id, detail)
+	SELECT 'dead_intent', b.binding_id, k, b.provider_id, 'HTTP 422: refused'
+	  FROM shipsync.binding b, unnest(ARRAY['1', '2']) k;
+	SELECT shipsync.resolve(min(ticket_id), 'sent by hand') FROM shipsync.exception_ticket});
+my $history = q{SELECT (SELECT string_agg(event || ' ' || n, ', ' ORDER BY event)
+	  FROM (SELECT event, count(*) AS n FROM shipsync.ticket_event GROUP BY event) e) || ' / ' ||
+	(SELECT string_agg(kind || ' ' || opened || ' ' || resolved, ', ' ORDER BY kind) FROM shipsync.ticket_summary)};
+my $history_before = $node->safe_psql('postgres', $history);
+is($history_before, 'opened 2, resolved 1 / dead_intent 2 1', 'two tickets opened, one resolved');
+
 my $dump = $node->basedir . '/dump.sql';
 $node->command_ok([ 'pg_dump', '-f', $dump, 'postgres' ], 'pg_dump');
 $node->safe_psql('postgres', 'CREATE DATABASE restored');
@@ -68,6 +82,8 @@ $node->command_ok([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', $dump, 'r
 	'restore');
 like($before, qr{/40/20/274(\.0+)?$}, "the quotes of the orders are fee lines (12.50 + 1.20 each), summed: $before");
 is($node->safe_psql('restored', $counts), $before, 'every shipsync table came back, the fee lines and their sums too');
+is($node->safe_psql('restored', $history), $history_before,
+	'the ledger\'s history came back as it was, each opening once');
 is( $node->safe_psql('restored',
 		q{SELECT count(*) FILTER (WHERE profile = 'sf_express' AND seeded) || '/' ||
 		count(*) FILTER (WHERE profile = 'sf_mine' AND NOT seeded) || '/' ||

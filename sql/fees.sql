@@ -800,11 +800,10 @@ WHERE kind = 'writeback_failed' AND binding_id = (SELECT binding_id FROM shipsyn
 SELECT shipsync.detach('orders6');
 SELECT shipsync.pause('gen6');
 
--- and a statement of as many totals the rows do not take costs about what
--- one whose totals are written costs: the orders written were those not
--- ticketed, found by comparing every order with every ticketed one (6,000
--- of each: 36 million comparisons, twenty times the statement; 60,000
--- took five minutes)
+-- and a statement of as many totals the rows do not take: each order is
+-- ticketed, the other table's are written (the orders written were those
+-- not ticketed, found by comparing every order with every ticketed one:
+-- 60,000 took five minutes; test/bench/run --only fees times it)
 SELECT shipsync.create_provider('gen7', 'generic', 'https://carrier7.example', '{"currency": "CNY"}') > 0 AS created;
 SELECT shipsync.create_provider('gen8', 'generic', 'https://carrier8.example', '{"currency": "CNY"}') > 0 AS created;
 SELECT shipsync.pause('gen7'), shipsync.pause('gen8');
@@ -828,8 +827,7 @@ BEGIN
 END $$;
 SELECT pg_temp.bill_took('gen7', '2.50') AS written \gset
 SELECT pg_temp.bill_took('gen8', '2.505') AS ticketed \gset
-SELECT extract(epoch FROM :'ticketed'::interval) < 4 * extract(epoch FROM :'written'::interval) + 0.5 AS about_as_long,
-	   (SELECT count(*) FROM orders7 WHERE fee = 2.50) AS written,
+SELECT (SELECT count(*) FROM orders7 WHERE fee = 2.50) AS written,
 	   (SELECT count(*) FROM shipsync.exception_ticket t JOIN shipsync.binding b USING (binding_id)
 		 WHERE b.tbl = 'orders8'::regclass AND t.kind = 'writeback_failed') AS ticketed;
 SELECT shipsync.detach('orders7'), shipsync.detach('orders8');

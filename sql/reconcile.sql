@@ -796,8 +796,7 @@ SELECT count(*) AS open_unknown FROM shipsync.exception_ticket
 WHERE provider_id = :rcu AND kind = 'fee_mismatch' AND resolved_at IS NULL;
 SELECT pg_stat_force_next_flush();
 SELECT pg_temp.pass_took() AS second \gset
-SELECT extract(epoch FROM :'second'::interval) < 3 * extract(epoch FROM :'first'::interval) + 0.5 AS about_as_long,
-	   (SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables
+SELECT (SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables
 		 WHERE relid = 'shipsync.exception_ticket'::regclass) AS ledger_analyzed,
 	   (SELECT count(*) FROM shipsync.exception_ticket
 		 WHERE provider_id = :rcu AND kind = 'fee_mismatch' AND resolved_at IS NULL) AS still_open;

@@ -9200,206 +9200,7 @@ BEGIN ATOMIC
 END;
 REVOKE ALL ON FUNCTION @extschema@._waybill_piece(jsonb, text) FROM PUBLIC;
 
-CREATE OR REPLACE FUNCTION @extschema@._apply_tracking(pid integer, prof text, ttl_s integer,
-	keys text[], tns text[], raws text[], details text[], ats timestamptz[],
-	locs text[], descrs text[])
-RETURNS TABLE (kind text, binding_id integer, order_key text, tracking_number text,
-			   old_status text, new_status text, n bigint, tbl text)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	n_new bigint;
-	n_park bigint;
-	n_matched bigint;
-	n_expired bigint;
-	bids integer[];
-	oks text[];
-	has_parked boolean;
-BEGIN
-	n_expired := @extschema@._expire_unmatched(pid);
-
-	-- Serialise with every other transaction adding events for the same
-	-- tracking numbers of this provider: a transaction-level advisory lock
-	-- on (provider, hash of the tracking number), taken in one statement in
-	-- a fixed order, before any event is read or written.  The fold below, a
-	-- later statement with a snapshot of its own, then sees every event
-	-- committed before it.  (Row locks on the shipments did the same at the
-	-- cost of a WAL record and a dirtied page per shipment: 14% of ingest.)
-	has_parked := EXISTS (SELECT 1 FROM @extschema@.unmatched_event u WHERE u.provider_id = pid);
-	PERFORM pg_advisory_xact_lock(pid, x.h)
-	   FROM (SELECT DISTINCT hashtext(y.t) AS h
-			 FROM (SELECT unnest(tns) AS t
-				   UNION ALL
-				   SELECT u.tracking_number FROM @extschema@.unmatched_event u
-				   WHERE has_parked AND u.provider_id = pid) y
-			 ORDER BY 1) x;
-
-	-- parked events whose shipment has appeared
-	IF has_parked THEN
-	-- a tracking number given to several shipments (carriers recycle
-	-- them) goes to the newest
-	WITH main AS (
-		SELECT DISTINCT ON (s.tracking_number) s.binding_id, s.order_key, s.tracking_number,
-			   NULL::text AS piece
-		FROM @extschema@.shipment s
-		WHERE s.provider_id = pid
-		  AND s.tracking_number IN (SELECT u.tracking_number FROM @extschema@.unmatched_event u
-									WHERE u.provider_id = pid)
-		ORDER BY s.tracking_number, s.created_at DESC),
-	-- or another waybill of a multi-piece shipment (SF: child, return)
-	pc AS (
-		SELECT DISTINCT ON (t.tn) s.binding_id, s.order_key, t.tn AS tracking_number,
-			   @extschema@._waybill_piece(s.waybills, t.tn) AS piece
-		FROM (SELECT DISTINCT u.tracking_number AS tn FROM @extschema@.unmatched_event u
-			  WHERE u.provider_id = pid
-				AND NOT EXISTS (SELECT 1 FROM main WHERE main.tracking_number = u.tracking_number)) t
-		JOIN @extschema@.shipment s
-		  ON s.provider_id = pid AND s.waybills IS NOT NULL
-		 AND s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
-		ORDER BY t.tn, s.created_at DESC),
-	ship AS (
-		SELECT * FROM main UNION ALL SELECT * FROM pc),
-	moved AS (
-		DELETE FROM @extschema@.unmatched_event u USING ship
-		 WHERE u.provider_id = pid AND u.tracking_number = ship.tracking_number
-		RETURNING u.*, ship.binding_id, ship.order_key, ship.piece),
-	ins AS (
-		INSERT INTO @extschema@.tracking_event AS e (provider_id, event_key, tracking_number,
-			binding_id, order_key, occurred_at, status, raw_status, raw_detail, location,
-			description, received_at, piece)
-		SELECT pid, m.event_key, m.tracking_number, m.binding_id, m.order_key, m.occurred_at,
-			   coalesce(mm.status, gc.name, 'unknown'),
-			   m.raw_status, m.raw_detail, m.location, m.description, m.received_at, m.piece
-		FROM moved m
-		LEFT JOIN LATERAL (
-			SELECT sm.status FROM @extschema@.status_map sm
-			WHERE sm.profile = prof AND sm.raw_status IN (m.raw_status, m.raw_detail)
-			  AND (sm.pattern IS NULL OR coalesce(m.description, '') ~ sm.pattern)
-			ORDER BY sm.priority DESC, sm.pattern IS NOT NULL DESC, sm.raw_status = m.raw_status DESC
-			LIMIT 1) mm ON true
-		LEFT JOIN @extschema@.canonical_status gc ON prof = 'generic' AND gc.name = m.raw_status
-		ORDER BY m.received_at, m.occurred_at
-		ON CONFLICT (provider_id, event_key) DO NOTHING
-		RETURNING e.binding_id, e.order_key)
-	SELECT count(*), array_agg(ins.binding_id), array_agg(ins.order_key)
-	INTO n_matched, bids, oks FROM ins;
-	ELSE
-		n_matched := 0;
-	END IF;
-
-	-- this batch: known shipments get events, the others are parked
-	WITH ev AS (
-		SELECT u.*
-		FROM unnest(keys, tns, raws, details, ats, locs, descrs)
-			 WITH ORDINALITY AS u(k, tn, raw, det, at, loc, descr, ord)),
-	-- the map rows this batch can use, read once (none at all, usually, for
-	-- the generic profile)
-	cand AS MATERIALIZED (
-		SELECT sm.raw_status, sm.pattern, sm.status, sm.priority
-		FROM @extschema@.status_map sm
-		WHERE sm.profile = prof
-		  AND sm.raw_status IN (SELECT ev.raw FROM ev UNION SELECT ev.det FROM ev)),
-	main AS (
-		SELECT DISTINCT ON (s.tracking_number) s.binding_id, s.order_key, s.tracking_number,
-			   NULL::text AS piece
-		FROM @extschema@.shipment s
-		WHERE s.provider_id = pid AND s.tracking_number IN (SELECT ev.tn FROM ev)
-		ORDER BY s.tracking_number, s.created_at DESC),
-	-- a number no shipment has as its tracking number may be another
-	-- waybill of a multi-piece shipment (SF: child, return): the order's
-	-- event, tagged with the piece, which moves no status
-	pc AS (
-		SELECT DISTINCT ON (t.tn) s.binding_id, s.order_key, t.tn AS tracking_number,
-			   @extschema@._waybill_piece(s.waybills, t.tn) AS piece
-		FROM (SELECT DISTINCT ev.tn FROM ev
-			  WHERE NOT EXISTS (SELECT 1 FROM main WHERE main.tracking_number = ev.tn)) t
-		JOIN @extschema@.shipment s
-		  ON s.provider_id = pid AND s.waybills IS NOT NULL
-		 AND s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
-		ORDER BY t.tn, s.created_at DESC),
-	ship AS (
-		SELECT * FROM main UNION ALL SELECT * FROM pc),
-	ins AS (
-		INSERT INTO @extschema@.tracking_event AS e (provider_id, event_key, tracking_number,
-			binding_id, order_key, occurred_at, status, raw_status, raw_detail, location,
-			description, piece)
-		SELECT pid, ev.k, ev.tn, ship.binding_id, ship.order_key, ev.at,
-			   coalesce(mm.status, gc.name, 'unknown'),
-			   ev.raw, ev.det, ev.loc, ev.descr, ship.piece
-		FROM ev JOIN ship ON ship.tracking_number = ev.tn
-		LEFT JOIN LATERAL (
-			SELECT sm.status FROM cand sm
-			WHERE sm.raw_status IN (ev.raw, ev.det)
-			  AND (sm.pattern IS NULL OR coalesce(ev.descr, '') ~ sm.pattern)
-			ORDER BY sm.priority DESC, sm.pattern IS NOT NULL DESC, sm.raw_status = ev.raw DESC
-			LIMIT 1) mm ON true
-		LEFT JOIN @extschema@.canonical_status gc ON prof = 'generic' AND gc.name = ev.raw
-		ORDER BY ev.ord
-		ON CONFLICT (provider_id, event_key) DO NOTHING
-		RETURNING e.binding_id, e.order_key),
-	park AS (
-		INSERT INTO @extschema@.unmatched_event AS x (provider_id, event_key, tracking_number,
-			occurred_at, raw_status, raw_detail, location, description, expires_at)
-		SELECT pid, ev.k, ev.tn, ev.at, ev.raw, ev.det, ev.loc, ev.descr,
-			   now() + make_interval(secs => ttl_s)
-		FROM ev
-		WHERE NOT EXISTS (SELECT 1 FROM ship WHERE ship.tracking_number = ev.tn)
-		ORDER BY ev.ord
-		ON CONFLICT (provider_id, event_key) DO NOTHING
-		RETURNING 1)
-	SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM park),
-		   coalesce(bids, '{}') || coalesce((SELECT array_agg(ins.binding_id) FROM ins), '{}'),
-		   coalesce(oks, '{}') || coalesce((SELECT array_agg(ins.order_key) FROM ins), '{}')
-	INTO n_new, n_park, bids, oks;
-
-	kind := 'new'; n := n_new; RETURN NEXT;
-	kind := 'duplicate'; n := coalesce(array_length(keys, 1), 0) - n_new - n_park; RETURN NEXT;
-	kind := 'unmatched'; n := n_park; RETURN NEXT;
-	kind := 'matched'; n := n_matched; RETURN NEXT;
-	kind := 'expired'; n := n_expired; RETURN NEXT;
-	n := NULL;
-
-	-- the fold over each touched shipment's whole history, in event time:
-	-- the events of its waybill, not those of an earlier shipment of the
-	-- same order (deleted and inserted again, its key changed and changed
-	-- back), whose last word (returned, delivered) is not the new one's
-	RETURN QUERY
-	WITH touched AS (
-		SELECT DISTINCT t.bid, t.k FROM unnest(bids, oks) AS t(bid, k)),
-	-- one index scan per shipment, whatever the statistics say
-	f AS (
-		SELECT touched.bid AS binding_id, touched.k AS order_key, h.st
-		FROM touched
-		JOIN @extschema@.shipment s
-		  ON s.binding_id = touched.bid AND s.order_key = touched.k AND s.provider_id = pid
-		CROSS JOIN LATERAL (
-			SELECT @extschema@._status_fold(e.status, e.raw_status, c.rank, c.terminal,
-											c.recoverable ORDER BY e.occurred_at, e.event_id) AS st
-			FROM @extschema@.tracking_event e
-			JOIN @extschema@.canonical_status c ON c.name = e.status
-			WHERE e.binding_id = touched.bid AND e.order_key = touched.k
-			  AND e.tracking_number = s.tracking_number) h),
-	cur AS (
-		SELECT s.binding_id, s.order_key, s.status AS old, f.st[1] AS st, f.st[2] AS raw
-		FROM f JOIN @extschema@.shipment s
-		  ON s.binding_id = f.binding_id AND s.order_key = f.order_key AND s.provider_id = pid
-		LEFT JOIN @extschema@.canonical_status oc ON oc.name = s.status
-		WHERE f.st IS NOT NULL AND NOT coalesce(oc.terminal, false)),
-	upd AS (
-		UPDATE @extschema@.shipment s
-		   SET status = cur.st, raw_status = cur.raw, updated_at = now()
-		  FROM cur
-		 WHERE s.binding_id = cur.binding_id AND s.order_key = cur.order_key
-		   AND s.provider_id = pid
-		   AND (s.status IS DISTINCT FROM cur.st OR s.raw_status IS DISTINCT FROM cur.raw)
-		RETURNING s.binding_id, s.order_key, s.tracking_number, cur.old, s.status)
-	SELECT 'changed', upd.binding_id, upd.order_key, upd.tracking_number, upd.old, upd.status,
-		   NULL::bigint, b.tbl::text
-	FROM upd JOIN @extschema@.binding b ON b.binding_id = upd.binding_id
-	WHERE upd.old IS DISTINCT FROM upd.status;
-END
-$$;
+-- (_apply_tracking() as it ends up: the last section that changes it, below)
 
 
 DROP TRIGGER shipsync_match_parked ON @extschema@.shipment;
@@ -9464,70 +9265,7 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._audit_row() IS
 	'Internal: the audit trigger of the tables provider, secret, binding, field_map, status_map, crm_source, fee_type_map, currency and stuck_after.';
-CREATE OR REPLACE FUNCTION @extschema@._ticket_fold()
-RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	t record;
-BEGIN
-	-- a restore loads tickets as they were, several of one problem too (0.1
-	-- opened one per dead intent): folded, a resolved one was reopened and
-	-- the others lost.  A restore is a superuser session with
-	-- check_function_bodies off, as pg_dump's scripts and pg_restore set it
-	-- (_restoring() in 80_security.sql, as _audit_row() tells it; never
-	-- a worker's session, whose table owners' code may turn it off).
-	IF @extschema@._restoring() THEN
-		RETURN NEW;
-	END IF;
-	-- one writer per problem at a time, so that two transactions cannot
-	-- both find no open ticket and both open one.  The kinds opened by the
-	-- thousand in one statement have one writer each, which serializes
-	-- itself: _on_drop() (the dropped table's binding row) and
-	-- _expire_unmatched() (a lock per provider).  A lock per ticket there
-	-- filled the server's lock table ("out of shared memory").
-	IF NEW.kind OPERATOR(pg_catalog.<>) ALL (ARRAY['table_dropped', 'unmatched_expired']) THEN
-		PERFORM pg_advisory_xact_lock(hashtextextended(concat_ws('|', 'shipsync ticket', NEW.kind,
-			NEW.provider_id, NEW.binding_id, NEW.order_key, NEW.subject), 0));
-	END IF;
-	SELECT x.ticket_id, x.resolved_at INTO t
-	  FROM @extschema@.exception_ticket x
-	 WHERE x.kind OPERATOR(pg_catalog.=) NEW.kind
-	   AND coalesce(x.provider_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.provider_id, 0)
-	   AND coalesce(x.binding_id, 0) OPERATOR(pg_catalog.=) coalesce(NEW.binding_id, 0)
-	   AND coalesce(x.order_key, '') OPERATOR(pg_catalog.=) coalesce(NEW.order_key, '')
-	   AND coalesce(x.subject, '') OPERATOR(pg_catalog.=) coalesce(NEW.subject, '')
-	 ORDER BY x.resolved_at IS NULL DESC, x.ticket_id DESC
-	 LIMIT 1;
-	IF NOT FOUND THEN
-		NEW.last_seen_at := coalesce(NEW.last_seen_at, NEW.opened_at);
-		RETURN NEW;
-	END IF;
-	UPDATE @extschema@.exception_ticket x
-	   SET detail = NEW.detail,
-		   outbox_id = coalesce(NEW.outbox_id, x.outbox_id),
-		   tracking_number = coalesce(NEW.tracking_number, x.tracking_number),
-		   facts = coalesce(NEW.facts, x.facts),
-		   last_seen_at = pg_catalog.now(),
-		   resolved_at = NULL,
-		   resolved_by = NULL,
-		   resolution = NULL,
-		   acknowledged_at = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_at END,
-		   acknowledged_by = CASE WHEN t.resolved_at IS NULL THEN x.acknowledged_by END,
-		   acknowledgement = CASE WHEN t.resolved_at IS NULL THEN x.acknowledgement END,
-		   reopen_count = x.reopen_count OPERATOR(pg_catalog.+)
-			   CASE WHEN t.resolved_at IS NULL THEN 0 ELSE 1 END,
-		   reopened_at = CASE WHEN t.resolved_at IS NULL THEN x.reopened_at ELSE pg_catalog.now() END
-	 WHERE x.ticket_id OPERATOR(pg_catalog.=) t.ticket_id;
-	IF t.resolved_at IS NOT NULL THEN
-		PERFORM pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object('event', 'ticket_reopened',
-			'ticket_id', t.ticket_id, 'kind', NEW.kind, 'binding_id', NEW.binding_id,
-			'order_key', NEW.order_key)::text);
-	END IF;
-	RETURN NULL;
-END
-$$;
+-- (_ticket_fold() as it ends up: the last section that changes it, below)
 
 
 ------------------------------------------------------------------------------
@@ -10332,150 +10070,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION @extschema@._fee_totals(tb integer[], tk text[])
-RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-	-- one join and one aggregate for all the orders (a statement touches
-	-- tens of thousands), min <> max for "more than one currency"
-	RETURN QUERY
-	WITH t AS (
-		SELECT DISTINCT x.b, x.k FROM unnest(tb, tk) AS x(b, k) WHERE x.b IS NOT NULL),
-	-- a quote counts while it is the quote of the order's shipment: an
-	-- order shipped again under its key (its shipment row now holds
-	-- another waybill) is quoted once, not twice; bills all count
-	per AS MATERIALIZED (
-		SELECT l.binding_id AS b, l.order_key AS k, l.provider_id AS pid, l.currency AS cur,
-			   coalesce(sum(CASE WHEN l.fee_type = 'refund' THEN -abs(l.amount) ELSE l.amount END)
-					FILTER (WHERE l.quote AND q.current), 0) AS est,
-			   coalesce(sum(l.amount) FILTER (WHERE NOT l.quote AND l.state <> 'refunded'
-											  AND l.fee_type <> 'refund'), 0) AS chg,
-			   coalesce(sum(abs(l.amount)) FILTER (WHERE NOT l.quote
-					AND (l.state = 'refunded' OR l.fee_type = 'refund')), 0) AS ref,
-			   count(*) FILTER (WHERE l.quote AND q.current) AS nq,
-			   count(*) FILTER (WHERE NOT l.quote) AS nb,
-			   max(l.recorded_at) AS last
-		FROM @extschema@.fee_line l
-		JOIN t ON l.binding_id = t.b AND l.order_key = t.k
-		-- (a line a corrected statement withdrew is billed no more: no
-		-- bill line, so its order is unbilled again and takes its quote)
-		CROSS JOIN LATERAL (
-			SELECT NOT l.quote OR coalesce(
-				(SELECT s.tracking_number FROM @extschema@.shipment s
-				  WHERE s.binding_id = l.binding_id AND s.order_key = l.order_key
-					AND s.provider_id = l.provider_id) = l.tracking_number, true) AS current) q
-		WHERE NOT l.withdrawn
-		GROUP BY l.binding_id, l.order_key, l.provider_id, l.currency),
-	kept AS (
-		INSERT INTO @extschema@.fee_sum AS fs (binding_id, order_key, provider_id, currency,
-			estimated, charged, refunded, quote_lines, bill_lines, last_change)
-		SELECT per.b, per.k, per.pid, per.cur, per.est, per.chg, per.ref, per.nq, per.nb, per.last
-		FROM per
-		ON CONFLICT ON CONSTRAINT fee_sum_pkey DO UPDATE SET
-			estimated = EXCLUDED.estimated, charged = EXCLUDED.charged,
-			refunded = EXCLUDED.refunded, quote_lines = EXCLUDED.quote_lines,
-			bill_lines = EXCLUDED.bill_lines, last_change = EXCLUDED.last_change
-		WHERE (fs.estimated, fs.charged, fs.refunded, fs.quote_lines, fs.bill_lines, fs.last_change)
-			  IS DISTINCT FROM (EXCLUDED.estimated, EXCLUDED.charged, EXCLUDED.refunded,
-								EXCLUDED.quote_lines, EXCLUDED.bill_lines, EXCLUDED.last_change)
-		RETURNING 1),
-	-- a sum whose provider and currency no line has any more; looked up
-	-- in fee_line by its order index, not in per: an anti-join against the
-	-- CTE scanned all of per for every sum (the planner cannot hash a
-	-- generic plan's guess of one row), 8,000 comparisons a batch of 128
-	gone AS (
-		DELETE FROM @extschema@.fee_sum fs USING t
-		 WHERE fs.binding_id = t.b AND fs.order_key = t.k
-		   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
-						   WHERE l.binding_id = fs.binding_id AND l.order_key = fs.order_key
-							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency
-							 AND NOT l.withdrawn)
-		RETURNING 1),
-	ord AS (
-		SELECT per.b, per.k, sum(per.nb) > 0 AS billed,
-			   min(per.cur) FILTER (WHERE per.nb > 0) AS lo_b,
-			   max(per.cur) FILTER (WHERE per.nb > 0) AS hi_b,
-			   min(per.cur) FILTER (WHERE per.nq > 0) AS lo_q,
-			   max(per.cur) FILTER (WHERE per.nq > 0) AS hi_q,
-			   -- quoted in a currency (XXX: the answer named none)
-			   min(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS lo_qc,
-			   max(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS hi_qc,
-			   sum(per.chg - per.ref) FILTER (WHERE per.nb > 0) AS tot_b,
-			   sum(per.est) FILTER (WHERE per.nq > 0) AS tot_q
-		FROM per GROUP BY per.b, per.k),
-	-- one currency: the bill's lines in one, and a quote in a currency in
-	-- that one too (a bill in dollars of a quote in yuan is no total)
-	tot AS (
-		SELECT ord.b, ord.k, bb.provider_id AS pid, bb.writeback ? 'fee_total' AS wb,
-			   CASE WHEN ord.billed
-					THEN ord.lo_b = ord.hi_b AND coalesce(ord.lo_qc = ord.lo_b AND ord.hi_qc = ord.lo_b, true)
-					ELSE ord.lo_q = ord.hi_q END AS one,
-			   CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total
-		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b
-		UNION ALL
-		-- an order whose every line was withdrawn costs nothing now
-		SELECT t.b, t.k, bb.provider_id, bb.writeback ? 'fee_total', true, 0
-		FROM t JOIN @extschema@.binding bb ON bb.binding_id = t.b
-		WHERE NOT EXISTS (SELECT 1 FROM per WHERE per.b = t.b AND per.k = t.k)
-		  AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
-					  WHERE l.binding_id = t.b AND l.order_key = t.k)),
-	sh AS (
-		UPDATE @extschema@.shipment s SET fee_total = tot.total, updated_at = now()
-		  FROM tot
-		 WHERE tot.one AND s.binding_id = tot.b AND s.order_key = tot.k
-		   AND s.provider_id = tot.pid AND s.fee_total IS DISTINCT FROM tot.total
-		RETURNING s.binding_id, s.order_key, s.fee_total, tot.wb),
-	mixed AS (
-		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, detail)
-		SELECT 'fee_currency_mixed', tot.b, tot.k, tot.pid,
-			   format('the fees of order %s are in %s: its fee_total is left as it was', tot.k,
-					  (SELECT string_agg(DISTINCT per.cur, ', ') FROM per
-					   WHERE per.b = tot.b AND per.k = tot.k))
-		FROM tot
-		WHERE NOT tot.one
-		  AND NOT EXISTS (SELECT 1 FROM @extschema@.exception_ticket x
-						  WHERE x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
-							AND x.order_key = tot.k AND x.resolved_at IS NULL)
-		RETURNING 1),
-	agreed AS (
-		UPDATE @extschema@.exception_ticket x SET resolved_at = now()
-		  FROM tot
-		 WHERE tot.one AND x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
-		   AND x.order_key = tot.k AND x.resolved_at IS NULL
-		RETURNING 1),
-	-- a total with more decimals than the order's numeric column holds
-	-- (1.005 into a numeric(10,2)): never written rounded (the binding's
-	-- write-back statement leaves the column), and the order gets a ticket
-	scale AS (
-		SELECT sh.binding_id, sh.order_key, sh.fee_total, a.attname, a.atttypid, tm.m,
-			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END AS s
-		FROM sh
-		JOIN @extschema@.binding bb ON bb.binding_id = sh.binding_id
-		JOIN pg_catalog.pg_attribute a
-		  ON a.attrelid = bb.tbl AND a.attname = bb.writeback->>'fee_total' AND NOT a.attisdropped
-		JOIN pg_catalog.pg_type ty
-		  ON ty.oid = coalesce(nullif((SELECT d.typbasetype FROM pg_catalog.pg_type d
-									   WHERE d.oid = a.atttypid), 0), a.atttypid)
-		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
-				ELSE (SELECT d.typtypmod FROM pg_catalog.pg_type d WHERE d.oid = a.atttypid) END) tm(m)
-		WHERE sh.wb AND ty.oid = 'pg_catalog.numeric'::pg_catalog.regtype),
-	unfit AS (
-		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
-		SELECT 'writeback_failed', scale.binding_id, scale.order_key,
-			   format('write-back of the fee total failed: %s has more decimals than column %I (%s) holds; it was left as it was, not rounded',
-					  scale.fee_total, scale.attname, pg_catalog.format_type(scale.atttypid, scale.m))
-		FROM scale
-		WHERE scale.s IS NOT NULL AND pg_catalog.round(scale.fee_total, scale.s) <> scale.fee_total
-		RETURNING exception_ticket.binding_id, exception_ticket.order_key)
-	-- (kept, gone, mixed, agreed and unfit run whether or not they are read)
-	SELECT 'writeback'::text, NULL::bigint, sh.binding_id, sh.order_key, sh.fee_total
-	FROM sh WHERE sh.wb
-	  AND NOT EXISTS (SELECT 1 FROM unfit u WHERE u.binding_id = sh.binding_id AND u.order_key = sh.order_key);
-END
-$$;
+-- (_fee_totals() as it ends up: the last section that changes it, below)
 
 CREATE OR REPLACE FUNCTION @extschema@._choose_fee_pulls(pid integer, max_n integer)
 RETURNS TABLE (binding_id integer, order_key text, provider_shipment_id text, tracking_number text)
@@ -10814,185 +10409,7 @@ $$;
 COMMENT ON FUNCTION @extschema@._reconcile_fee_written(integer[]) IS
 	'Internal: the open writeback_failed tickets of fee totals, among the given bindings, whose order row now holds its shipment''s fee_total, or is gone.';
 REVOKE ALL ON FUNCTION @extschema@._reconcile_fee_written(integer[]) FROM PUBLIC;
-CREATE OR REPLACE FUNCTION @extschema@._reconcile_merge(run bigint, bids integer[], pids integer[],
-	sbids integer[], OUT opened integer, OUT reopened integer, OUT closed integer)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	r record;
-	n integer;
-	fpids integer[] := @extschema@._reconcile_fee_providers(sbids);
-	fee_written bigint[] := @extschema@._reconcile_fee_written(sbids);
-BEGIN
-	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run;
-	-- the findings are joined with the tickets below: planned knowing how
-	-- many there are (the table is filled by many statements, never read
-	-- before)
-	ANALYZE pg_temp.recon_found;
-
-	-- still there: refresh what changed, and when it was seen (hourly)
-	UPDATE @extschema@.exception_ticket x
-	   SET facts = f.facts, detail = f.detail,
-		   tracking_number = coalesce(f.tracking_number, x.tracking_number),
-		   last_seen_at = now(), run_id = run
-	  FROM pg_temp.recon_found f
-	 WHERE x.resolved_at IS NULL
-	   AND x.kind = f.kind AND coalesce(x.provider_id, 0) = coalesce(f.provider_id, 0)
-	   AND coalesce(x.binding_id, 0) = coalesce(f.binding_id, 0)
-	   AND coalesce(x.order_key, '') = coalesce(f.order_key, '')
-	   AND coalesce(x.subject, '') = coalesce(f.subject, '')
-	   AND (x.facts IS DISTINCT FROM f.facts OR x.last_seen_at IS NULL
-			OR x.last_seen_at < now() - interval '1 hour');
-
-	-- back after a resolution: reopen the last ticket of the problem
-	WITH k AS (
-		SELECT DISTINCT ON (f.kind, coalesce(f.provider_id, 0), coalesce(f.binding_id, 0),
-							coalesce(f.order_key, ''), coalesce(f.subject, ''))
-			   x.ticket_id, f.facts, f.detail, f.tracking_number
-		  FROM pg_temp.recon_found f
-		  JOIN @extschema@.exception_ticket x
-			ON x.kind = f.kind AND coalesce(x.provider_id, 0) = coalesce(f.provider_id, 0)
-		   AND coalesce(x.binding_id, 0) = coalesce(f.binding_id, 0)
-		   AND coalesce(x.order_key, '') = coalesce(f.order_key, '')
-		   AND coalesce(x.subject, '') = coalesce(f.subject, '')
-		 WHERE NOT EXISTS (
-			   SELECT 1 FROM @extschema@.exception_ticket o
-				WHERE o.resolved_at IS NULL
-				  AND o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
-				  AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
-				  AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
-				  AND coalesce(o.subject, '') = coalesce(f.subject, ''))
-		 ORDER BY f.kind, coalesce(f.provider_id, 0), coalesce(f.binding_id, 0),
-				  coalesce(f.order_key, ''), coalesce(f.subject, ''), x.ticket_id DESC),
-	u AS (
-		UPDATE @extschema@.exception_ticket x
-		   SET resolved_at = NULL, resolved_by = NULL, resolution = NULL,
-			   acknowledged_at = NULL, acknowledged_by = NULL, acknowledgement = NULL,
-			   reopen_count = x.reopen_count + 1, reopened_at = now(),
-			   facts = k.facts, detail = k.detail,
-			   tracking_number = coalesce(k.tracking_number, x.tracking_number),
-			   last_seen_at = now(), run_id = run
-		  FROM k WHERE x.ticket_id = k.ticket_id
-		RETURNING x.ticket_id, x.kind, x.binding_id, x.order_key)
-	SELECT count(pg_notify('shipsync', json_build_object('event', 'ticket_reopened',
-			   'ticket_id', u.ticket_id, 'kind', u.kind, 'binding_id', u.binding_id,
-			   'order_key', u.order_key)::text))
-	  INTO reopened FROM u;
-
-	-- new problems
-	WITH i AS (
-		INSERT INTO @extschema@.exception_ticket AS x (kind, provider_id, binding_id, order_key,
-			subject, tracking_number, detail, facts, last_seen_at, run_id)
-		SELECT f.kind, f.provider_id, f.binding_id, f.order_key, f.subject, f.tracking_number,
-			   f.detail, f.facts, now(), run
-		  FROM pg_temp.recon_found f
-		 WHERE NOT EXISTS (
-			   SELECT 1 FROM @extschema@.exception_ticket o
-				WHERE o.resolved_at IS NULL
-				  AND o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
-				  AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
-				  AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
-				  AND coalesce(o.subject, '') = coalesce(f.subject, ''))
-		 ORDER BY f.kind, f.binding_id, f.order_key, f.subject
-		ON CONFLICT (kind, (coalesce(provider_id, 0)), (coalesce(binding_id, 0)),
-					 (coalesce(order_key, '')), (coalesce(subject, '')))
-			WHERE resolved_at IS NULL DO NOTHING
-		RETURNING x.ticket_id, x.kind, x.binding_id, x.order_key)
-	SELECT count(pg_notify('shipsync', json_build_object('event', 'ticket_opened',
-			   'ticket_id', i.ticket_id, 'kind', i.kind, 'binding_id', i.binding_id,
-			   'order_key', i.order_key)::text))
-	  INTO opened FROM i;
-
-	-- gone: resolved, with why (resolved_by: who compares, reconcile in the worker)
-	-- (the open tickets not found are picked first, on their own: joined
-	-- with the conditions below, whose selectivity the planner cannot
-	-- guess, the findings were scanned once for every open ticket)
-	WITH c AS (
-		UPDATE @extschema@.exception_ticket x
-		   SET resolved_at = now(), run_id = run,
-			   resolution = format('no longer seen (reconciliation run %s)', run)
-		 WHERE x.ticket_id = ANY (ARRAY(
-				   SELECT o.ticket_id FROM @extschema@.exception_ticket o
-					WHERE o.resolved_at IS NULL
-					  AND NOT EXISTS (
-						  SELECT 1 FROM pg_temp.recon_found f
-						   WHERE o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
-							 AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
-							 AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
-							 AND coalesce(o.subject, '') = coalesce(f.subject, ''))))
-		   AND x.resolved_at IS NULL
-		   AND (
-			   -- the CRM side of the bindings compared
-			   (x.binding_id = ANY (bids)
-				AND (x.kind IN ('not_sent', 'address_changed_after_send')
-					 OR (x.kind IN ('tracking_mismatch', 'status_mismatch')
-						 AND x.facts->>'check' = 'crm')))
-			   OR (x.binding_id = ANY (sbids) AND x.kind = 'stuck')
-			   -- the fees of those bindings' orders, and their providers' unknown waybills
-			   OR (x.kind = 'fee_mismatch'
-				   AND (x.binding_id = ANY (sbids)
-						OR (x.binding_id IS NULL
-							AND x.provider_id = ANY (fpids))))
-			   -- a fee total an order row did not take, now held (or the order gone)
-			   OR x.ticket_id = ANY (fee_written)
-			   -- a write-back that failed, now matching
-			   OR (x.binding_id = ANY (bids) AND x.kind = 'writeback_failed'
-				   AND EXISTS (SELECT 1 FROM @extschema@.shipment s
-								WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
-								  AND s.provider_id = x.provider_id)
-				   AND NOT EXISTS (SELECT 1 FROM pg_temp.recon_found f
-									WHERE f.binding_id = x.binding_id AND f.order_key = x.order_key
-									  AND f.kind IN ('tracking_mismatch', 'status_mismatch')))
-			   -- an intent that stopped, now delivered or made moot
-			   OR (x.binding_id = ANY (bids)
-				   AND x.kind IN ('dead_intent', 'invalid_order', 'auth_failed', 'render_failed',
-								  'forbidden_host', 'tls_failed', 'apply_failed', 'poison')
-				   AND EXISTS (
-					   SELECT 1 FROM @extschema@.outbox o
-						WHERE o.id = x.outbox_id
-						  AND (o.state = 'done'
-							   OR (o.op IN ('create', 'update')
-								   AND EXISTS (SELECT 1 FROM @extschema@.shipment s
-												WHERE s.binding_id = o.binding_id AND s.order_key = o.order_key
-												  AND s.provider_id = o.provider_id AND s.status <> 'cancelled'
-												  AND s.updated_at > x.opened_at)
-								   AND NOT EXISTS (SELECT 1 FROM pg_temp.recon_found f
-													WHERE f.binding_id = o.binding_id AND f.order_key = o.order_key
-													  AND f.kind IN ('not_sent', 'address_changed_after_send')))
-							   OR (o.op = 'cancel'
-								   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
-													WHERE s.binding_id = o.binding_id AND s.order_key = o.order_key
-													  AND s.provider_id = o.provider_id
-													  AND s.status <> 'cancelled')))))
-			   -- the carrier side of the providers pulled, as far as the snapshot covers
-			   OR (x.provider_id = ANY (pids) AND x.kind = 'missing_at_carrier'
-				   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
-									WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
-									  AND s.provider_id = x.provider_id AND s.status <> 'cancelled'
-									  AND (s.updated_at < r.window_start OR s.updated_at >= r.window_end)
-									  AND NOT EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
-													   WHERE c.run_id = run AND c.provider_id = s.provider_id
-														 AND c.shipment_id = s.provider_shipment_id)))
-			   OR (x.provider_id = ANY (pids) AND x.kind IN ('tracking_mismatch', 'status_mismatch')
-				   AND x.facts->>'check' = 'carrier'
-				   AND (EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
-								 WHERE c.run_id = run AND c.provider_id = x.provider_id
-								   AND c.shipment_id = x.facts->>'shipment_id')
-						OR NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
-										WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
-										  AND s.provider_id = x.provider_id)))
-			   OR (x.provider_id = ANY (pids) AND x.kind = 'orphan_at_carrier'
-				   AND EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
-								WHERE c.run_id = run AND c.provider_id = x.provider_id
-								  AND c.shipment_id = x.subject))
-			   OR (x.provider_id = ANY (pids) AND x.kind = 'duplicate_at_carrier'
-				   AND x.order_key IN (SELECT c.order_ref FROM @extschema@.carrier_snapshot c
-										WHERE c.run_id = run AND c.provider_id = x.provider_id)))
-		RETURNING 1)
-	SELECT count(*) INTO closed FROM c;
-END
-$$;
+-- (_reconcile_merge() as it ends up: the last section that changes it, below)
 COMMENT ON FUNCTION @extschema@._reconcile_merge(bigint, integer[], integer[], integer[]) IS
 	'Internal: opens, refreshes and reopens the tickets of a run''s findings, and resolves those it no longer sees.';
 
@@ -11138,14 +10555,12 @@ BEGIN
 		JOIN t ON l.binding_id = t.b AND l.order_key = t.k
 		-- (a line a corrected statement withdrew is billed no more: no
 		-- bill line, so its order is unbilled again and takes its quote)
-		CROSS JOIN LATERAL (SELECT NOT l.quote AND l.state = 'adjusted' AND l.amount = 0
-									AND l.source = 'statement' AS withdrawn) w
 		CROSS JOIN LATERAL (
 			SELECT NOT l.quote OR coalesce(
 				(SELECT s.tracking_number FROM @extschema@.shipment s
 				  WHERE s.binding_id = l.binding_id AND s.order_key = l.order_key
 					AND s.provider_id = l.provider_id) = l.tracking_number, true) AS current) q
-		WHERE NOT w.withdrawn
+		WHERE NOT l.withdrawn
 		GROUP BY l.binding_id, l.order_key, l.provider_id, l.currency),
 	kept AS (
 		INSERT INTO @extschema@.fee_sum AS fs (binding_id, order_key, provider_id, currency,
@@ -11170,8 +10585,7 @@ BEGIN
 		   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
 						   WHERE l.binding_id = fs.binding_id AND l.order_key = fs.order_key
 							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency
-							 AND NOT (NOT l.quote AND l.state = 'adjusted' AND l.amount = 0
-									  AND l.source = 'statement'))
+							 AND NOT l.withdrawn)
 		RETURNING 1),
 	ord AS (
 		SELECT per.b, per.k, sum(per.nb) > 0 AS billed,
@@ -11298,193 +10712,7 @@ COMMENT ON COLUMN @extschema@.open_tickets.last_note IS 'The last note given wit
 -- Its intent is moot once a later cancel of the order is done (the cancel
 -- of an order never shipped is done with nothing to send); it stayed open
 -- forever, beside the order's not_sent, which closed.
-CREATE OR REPLACE FUNCTION @extschema@._reconcile_merge(run bigint, bids integer[], pids integer[],
-	sbids integer[], OUT opened integer, OUT reopened integer, OUT closed integer)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	r record;
-	n integer;
-	fpids integer[] := @extschema@._reconcile_fee_providers(sbids);
-	fee_written bigint[] := @extschema@._reconcile_fee_written(sbids);
-BEGIN
-	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run;
-	-- the findings are joined with the tickets below: planned knowing how
-	-- many there are (the table is filled by many statements, never read
-	-- before)
-	ANALYZE pg_temp.recon_found;
-
-	-- still there: refresh what changed, and when it was seen (hourly)
-	UPDATE @extschema@.exception_ticket x
-	   SET facts = f.facts, detail = f.detail,
-		   tracking_number = coalesce(f.tracking_number, x.tracking_number),
-		   last_seen_at = now(), run_id = run
-	  FROM pg_temp.recon_found f
-	 WHERE x.resolved_at IS NULL
-	   AND x.kind = f.kind AND coalesce(x.provider_id, 0) = coalesce(f.provider_id, 0)
-	   AND coalesce(x.binding_id, 0) = coalesce(f.binding_id, 0)
-	   AND coalesce(x.order_key, '') = coalesce(f.order_key, '')
-	   AND coalesce(x.subject, '') = coalesce(f.subject, '')
-	   AND (x.facts IS DISTINCT FROM f.facts OR x.last_seen_at IS NULL
-			OR x.last_seen_at < now() - interval '1 hour');
-
-	-- back after a resolution: reopen the last ticket of the problem
-	WITH k AS (
-		SELECT DISTINCT ON (f.kind, coalesce(f.provider_id, 0), coalesce(f.binding_id, 0),
-							coalesce(f.order_key, ''), coalesce(f.subject, ''))
-			   x.ticket_id, f.facts, f.detail, f.tracking_number
-		  FROM pg_temp.recon_found f
-		  JOIN @extschema@.exception_ticket x
-			ON x.kind = f.kind AND coalesce(x.provider_id, 0) = coalesce(f.provider_id, 0)
-		   AND coalesce(x.binding_id, 0) = coalesce(f.binding_id, 0)
-		   AND coalesce(x.order_key, '') = coalesce(f.order_key, '')
-		   AND coalesce(x.subject, '') = coalesce(f.subject, '')
-		 WHERE NOT EXISTS (
-			   SELECT 1 FROM @extschema@.exception_ticket o
-				WHERE o.resolved_at IS NULL
-				  AND o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
-				  AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
-				  AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
-				  AND coalesce(o.subject, '') = coalesce(f.subject, ''))
-		 ORDER BY f.kind, coalesce(f.provider_id, 0), coalesce(f.binding_id, 0),
-				  coalesce(f.order_key, ''), coalesce(f.subject, ''), x.ticket_id DESC),
-	u AS (
-		UPDATE @extschema@.exception_ticket x
-		   SET resolved_at = NULL, resolved_by = NULL, resolution = NULL,
-			   acknowledged_at = NULL, acknowledged_by = NULL, acknowledgement = NULL,
-			   reopen_count = x.reopen_count + 1, reopened_at = now(),
-			   facts = k.facts, detail = k.detail,
-			   tracking_number = coalesce(k.tracking_number, x.tracking_number),
-			   last_seen_at = now(), run_id = run
-		  FROM k WHERE x.ticket_id = k.ticket_id
-		RETURNING x.ticket_id, x.kind, x.binding_id, x.order_key)
-	SELECT count(pg_notify('shipsync', json_build_object('event', 'ticket_reopened',
-			   'ticket_id', u.ticket_id, 'kind', u.kind, 'binding_id', u.binding_id,
-			   'order_key', u.order_key)::text))
-	  INTO reopened FROM u;
-
-	-- new problems
-	WITH i AS (
-		INSERT INTO @extschema@.exception_ticket AS x (kind, provider_id, binding_id, order_key,
-			subject, tracking_number, detail, facts, last_seen_at, run_id)
-		SELECT f.kind, f.provider_id, f.binding_id, f.order_key, f.subject, f.tracking_number,
-			   f.detail, f.facts, now(), run
-		  FROM pg_temp.recon_found f
-		 WHERE NOT EXISTS (
-			   SELECT 1 FROM @extschema@.exception_ticket o
-				WHERE o.resolved_at IS NULL
-				  AND o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
-				  AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
-				  AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
-				  AND coalesce(o.subject, '') = coalesce(f.subject, ''))
-		 ORDER BY f.kind, f.binding_id, f.order_key, f.subject
-		ON CONFLICT (kind, (coalesce(provider_id, 0)), (coalesce(binding_id, 0)),
-					 (coalesce(order_key, '')), (coalesce(subject, '')))
-			WHERE resolved_at IS NULL DO NOTHING
-		RETURNING x.ticket_id, x.kind, x.binding_id, x.order_key)
-	SELECT count(pg_notify('shipsync', json_build_object('event', 'ticket_opened',
-			   'ticket_id', i.ticket_id, 'kind', i.kind, 'binding_id', i.binding_id,
-			   'order_key', i.order_key)::text))
-	  INTO opened FROM i;
-
-	-- gone: resolved, with why (resolved_by: who compares, reconcile in the worker)
-	-- (the open tickets not found are picked first, on their own: joined
-	-- with the conditions below, whose selectivity the planner cannot
-	-- guess, the findings were scanned once for every open ticket)
-	WITH c AS (
-		UPDATE @extschema@.exception_ticket x
-		   SET resolved_at = now(), run_id = run,
-			   resolution = format('no longer seen (reconciliation run %s)', run)
-		 WHERE x.ticket_id = ANY (ARRAY(
-				   SELECT o.ticket_id FROM @extschema@.exception_ticket o
-					WHERE o.resolved_at IS NULL
-					  AND NOT EXISTS (
-						  SELECT 1 FROM pg_temp.recon_found f
-						   WHERE o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
-							 AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
-							 AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
-							 AND coalesce(o.subject, '') = coalesce(f.subject, ''))))
-		   AND x.resolved_at IS NULL
-		   AND (
-			   -- the CRM side of the bindings compared
-			   (x.binding_id = ANY (bids)
-				AND (x.kind IN ('not_sent', 'address_changed_after_send')
-					 OR (x.kind IN ('tracking_mismatch', 'status_mismatch')
-						 AND x.facts->>'check' = 'crm')))
-			   OR (x.binding_id = ANY (sbids) AND x.kind = 'stuck')
-			   -- the fees of those bindings' orders, and their providers' unknown waybills
-			   OR (x.kind = 'fee_mismatch'
-				   AND (x.binding_id = ANY (sbids)
-						OR (x.binding_id IS NULL
-							AND x.provider_id = ANY (fpids))))
-			   -- a fee total an order row did not take, now held (or the order gone)
-			   OR x.ticket_id = ANY (fee_written)
-			   -- a write-back that failed, now matching
-			   OR (x.binding_id = ANY (bids) AND x.kind = 'writeback_failed'
-				   AND EXISTS (SELECT 1 FROM @extschema@.shipment s
-								WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
-								  AND s.provider_id = x.provider_id)
-				   AND NOT EXISTS (SELECT 1 FROM pg_temp.recon_found f
-									WHERE f.binding_id = x.binding_id AND f.order_key = x.order_key
-									  AND f.kind IN ('tracking_mismatch', 'status_mismatch')))
-			   -- an intent that stopped, now delivered or made moot
-			   OR (x.binding_id = ANY (bids)
-				   AND x.kind IN ('dead_intent', 'invalid_order', 'auth_failed', 'render_failed',
-								  'forbidden_host', 'tls_failed', 'apply_failed', 'poison')
-				   AND EXISTS (
-					   SELECT 1 FROM @extschema@.outbox o
-						WHERE o.id = x.outbox_id
-						  AND (o.state = 'done'
-							   OR (o.op IN ('create', 'update')
-								   AND EXISTS (SELECT 1 FROM @extschema@.shipment s
-												WHERE s.binding_id = o.binding_id AND s.order_key = o.order_key
-												  AND s.provider_id = o.provider_id AND s.status <> 'cancelled'
-												  AND s.updated_at > x.opened_at)
-								   AND NOT EXISTS (SELECT 1 FROM pg_temp.recon_found f
-													WHERE f.binding_id = o.binding_id AND f.order_key = o.order_key
-													  AND f.kind IN ('not_sent', 'address_changed_after_send')))
-							   OR (o.op = 'cancel'
-								   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
-													WHERE s.binding_id = o.binding_id AND s.order_key = o.order_key
-													  AND s.provider_id = o.provider_id
-													  AND s.status <> 'cancelled'))
-							   -- a create or update made moot: the order was
-							   -- cancelled or deleted since, and that cancel is
-							   -- done (sent, or nothing to cancel)
-							   OR (o.op IN ('create', 'update')
-								   AND EXISTS (SELECT 1 FROM @extschema@.outbox c
-												WHERE c.binding_id = o.binding_id AND c.order_key = o.order_key
-												  AND c.provider_id = o.provider_id AND c.op = 'cancel'
-												  AND c.state = 'done' AND c.id > o.id)))))
-			   -- the carrier side of the providers pulled, as far as the snapshot covers
-			   OR (x.provider_id = ANY (pids) AND x.kind = 'missing_at_carrier'
-				   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
-									WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
-									  AND s.provider_id = x.provider_id AND s.status <> 'cancelled'
-									  AND (s.updated_at < r.window_start OR s.updated_at >= r.window_end)
-									  AND NOT EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
-													   WHERE c.run_id = run AND c.provider_id = s.provider_id
-														 AND c.shipment_id = s.provider_shipment_id)))
-			   OR (x.provider_id = ANY (pids) AND x.kind IN ('tracking_mismatch', 'status_mismatch')
-				   AND x.facts->>'check' = 'carrier'
-				   AND (EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
-								 WHERE c.run_id = run AND c.provider_id = x.provider_id
-								   AND c.shipment_id = x.facts->>'shipment_id')
-						OR NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
-										WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
-										  AND s.provider_id = x.provider_id)))
-			   OR (x.provider_id = ANY (pids) AND x.kind = 'orphan_at_carrier'
-				   AND EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
-								WHERE c.run_id = run AND c.provider_id = x.provider_id
-								  AND c.shipment_id = x.subject))
-			   OR (x.provider_id = ANY (pids) AND x.kind = 'duplicate_at_carrier'
-				   AND x.order_key IN (SELECT c.order_ref FROM @extschema@.carrier_snapshot c
-										WHERE c.run_id = run AND c.provider_id = x.provider_id)))
-		RETURNING 1)
-	SELECT count(*) INTO closed FROM c;
-END
-$$;
+-- (_reconcile_merge() as it ends up: the last section that changes it, below)
 COMMENT ON FUNCTION @extschema@._reconcile_merge(bigint, integer[], integer[], integer[]) IS
 	'Internal: opens, refreshes and reopens the tickets of a run''s findings, and resolves those it no longer sees.';
 
@@ -11494,208 +10722,7 @@ COMMENT ON FUNCTION @extschema@._reconcile_merge(bigint, integer[], integer[], i
 -- No pass compares a detached (or dropped) table again: its not_sent,
 -- address_changed_after_send, stuck, fee_mismatch and CRM-side mismatch
 -- tickets stayed open forever.
-CREATE OR REPLACE FUNCTION @extschema@._reconcile_merge(run bigint, bids integer[], pids integer[],
-	sbids integer[], OUT opened integer, OUT reopened integer, OUT closed integer)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-	r record;
-	n integer;
-	fpids integer[] := @extschema@._reconcile_fee_providers(sbids);
-	fee_written bigint[] := @extschema@._reconcile_fee_written(sbids);
-BEGIN
-	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run;
-	-- the findings are joined with the tickets below: planned knowing how
-	-- many there are (the table is filled by many statements, never read
-	-- before)
-	ANALYZE pg_temp.recon_found;
-
-	-- still there: refresh what changed, and when it was seen (hourly)
-	UPDATE @extschema@.exception_ticket x
-	   SET facts = f.facts, detail = f.detail,
-		   tracking_number = coalesce(f.tracking_number, x.tracking_number),
-		   last_seen_at = now(), run_id = run
-	  FROM pg_temp.recon_found f
-	 WHERE x.resolved_at IS NULL
-	   AND x.kind = f.kind AND coalesce(x.provider_id, 0) = coalesce(f.provider_id, 0)
-	   AND coalesce(x.binding_id, 0) = coalesce(f.binding_id, 0)
-	   AND coalesce(x.order_key, '') = coalesce(f.order_key, '')
-	   AND coalesce(x.subject, '') = coalesce(f.subject, '')
-	   AND (x.facts IS DISTINCT FROM f.facts OR x.last_seen_at IS NULL
-			OR x.last_seen_at < now() - interval '1 hour');
-
-	-- back after a resolution: reopen the last ticket of the problem
-	WITH k AS (
-		SELECT DISTINCT ON (f.kind, coalesce(f.provider_id, 0), coalesce(f.binding_id, 0),
-							coalesce(f.order_key, ''), coalesce(f.subject, ''))
-			   x.ticket_id, f.facts, f.detail, f.tracking_number
-		  FROM pg_temp.recon_found f
-		  JOIN @extschema@.exception_ticket x
-			ON x.kind = f.kind AND coalesce(x.provider_id, 0) = coalesce(f.provider_id, 0)
-		   AND coalesce(x.binding_id, 0) = coalesce(f.binding_id, 0)
-		   AND coalesce(x.order_key, '') = coalesce(f.order_key, '')
-		   AND coalesce(x.subject, '') = coalesce(f.subject, '')
-		 WHERE NOT EXISTS (
-			   SELECT 1 FROM @extschema@.exception_ticket o
-				WHERE o.resolved_at IS NULL
-				  AND o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
-				  AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
-				  AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
-				  AND coalesce(o.subject, '') = coalesce(f.subject, ''))
-		 ORDER BY f.kind, coalesce(f.provider_id, 0), coalesce(f.binding_id, 0),
-				  coalesce(f.order_key, ''), coalesce(f.subject, ''), x.ticket_id DESC),
-	u AS (
-		UPDATE @extschema@.exception_ticket x
-		   SET resolved_at = NULL, resolved_by = NULL, resolution = NULL,
-			   acknowledged_at = NULL, acknowledged_by = NULL, acknowledgement = NULL,
-			   reopen_count = x.reopen_count + 1, reopened_at = now(),
-			   facts = k.facts, detail = k.detail,
-			   tracking_number = coalesce(k.tracking_number, x.tracking_number),
-			   last_seen_at = now(), run_id = run
-		  FROM k WHERE x.ticket_id = k.ticket_id
-		RETURNING x.ticket_id, x.kind, x.binding_id, x.order_key)
-	SELECT count(pg_notify('shipsync', json_build_object('event', 'ticket_reopened',
-			   'ticket_id', u.ticket_id, 'kind', u.kind, 'binding_id', u.binding_id,
-			   'order_key', u.order_key)::text))
-	  INTO reopened FROM u;
-
-	-- new problems
-	WITH i AS (
-		INSERT INTO @extschema@.exception_ticket AS x (kind, provider_id, binding_id, order_key,
-			subject, tracking_number, detail, facts, last_seen_at, run_id)
-		SELECT f.kind, f.provider_id, f.binding_id, f.order_key, f.subject, f.tracking_number,
-			   f.detail, f.facts, now(), run
-		  FROM pg_temp.recon_found f
-		 WHERE NOT EXISTS (
-			   SELECT 1 FROM @extschema@.exception_ticket o
-				WHERE o.resolved_at IS NULL
-				  AND o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
-				  AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
-				  AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
-				  AND coalesce(o.subject, '') = coalesce(f.subject, ''))
-		 ORDER BY f.kind, f.binding_id, f.order_key, f.subject
-		ON CONFLICT (kind, (coalesce(provider_id, 0)), (coalesce(binding_id, 0)),
-					 (coalesce(order_key, '')), (coalesce(subject, '')))
-			WHERE resolved_at IS NULL DO NOTHING
-		RETURNING x.ticket_id, x.kind, x.binding_id, x.order_key)
-	SELECT count(pg_notify('shipsync', json_build_object('event', 'ticket_opened',
-			   'ticket_id', i.ticket_id, 'kind', i.kind, 'binding_id', i.binding_id,
-			   'order_key', i.order_key)::text))
-	  INTO opened FROM i;
-
-	-- gone: resolved, with why (resolved_by: who compares, reconcile in the worker)
-	-- (the open tickets not found are picked first, on their own: joined
-	-- with the conditions below, whose selectivity the planner cannot
-	-- guess, the findings were scanned once for every open ticket)
-	WITH c AS (
-		UPDATE @extschema@.exception_ticket x
-		   SET resolved_at = now(), run_id = run,
-			   resolution = format('no longer seen (reconciliation run %s)', run)
-		 WHERE x.ticket_id = ANY (ARRAY(
-				   SELECT o.ticket_id FROM @extschema@.exception_ticket o
-					WHERE o.resolved_at IS NULL
-					  AND NOT EXISTS (
-						  SELECT 1 FROM pg_temp.recon_found f
-						   WHERE o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
-							 AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
-							 AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
-							 AND coalesce(o.subject, '') = coalesce(f.subject, ''))))
-		   AND x.resolved_at IS NULL
-		   AND (
-			   -- the CRM side of the bindings compared
-			   (x.binding_id = ANY (bids)
-				AND (x.kind IN ('not_sent', 'address_changed_after_send')
-					 OR (x.kind IN ('tracking_mismatch', 'status_mismatch')
-						 AND x.facts->>'check' = 'crm')))
-			   OR (x.binding_id = ANY (sbids) AND x.kind = 'stuck')
-			   -- the fees of those bindings' orders, and their providers' unknown waybills
-			   OR (x.kind = 'fee_mismatch'
-				   AND (x.binding_id = ANY (sbids)
-						OR (x.binding_id IS NULL
-							AND x.provider_id = ANY (fpids))))
-			   -- a fee total an order row did not take, now held (or the order gone)
-			   OR x.ticket_id = ANY (fee_written)
-			   -- a write-back that failed, now matching
-			   OR (x.binding_id = ANY (bids) AND x.kind = 'writeback_failed'
-				   AND EXISTS (SELECT 1 FROM @extschema@.shipment s
-								WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
-								  AND s.provider_id = x.provider_id)
-				   AND NOT EXISTS (SELECT 1 FROM pg_temp.recon_found f
-									WHERE f.binding_id = x.binding_id AND f.order_key = x.order_key
-									  AND f.kind IN ('tracking_mismatch', 'status_mismatch')))
-			   -- an intent that stopped, now delivered or made moot
-			   OR (x.binding_id = ANY (bids)
-				   AND x.kind IN ('dead_intent', 'invalid_order', 'auth_failed', 'render_failed',
-								  'forbidden_host', 'tls_failed', 'apply_failed', 'poison')
-				   AND EXISTS (
-					   SELECT 1 FROM @extschema@.outbox o
-						WHERE o.id = x.outbox_id
-						  AND (o.state = 'done'
-							   OR (o.op IN ('create', 'update')
-								   AND EXISTS (SELECT 1 FROM @extschema@.shipment s
-												WHERE s.binding_id = o.binding_id AND s.order_key = o.order_key
-												  AND s.provider_id = o.provider_id AND s.status <> 'cancelled'
-												  AND s.updated_at > x.opened_at)
-								   AND NOT EXISTS (SELECT 1 FROM pg_temp.recon_found f
-													WHERE f.binding_id = o.binding_id AND f.order_key = o.order_key
-													  AND f.kind IN ('not_sent', 'address_changed_after_send')))
-							   OR (o.op = 'cancel'
-								   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
-													WHERE s.binding_id = o.binding_id AND s.order_key = o.order_key
-													  AND s.provider_id = o.provider_id
-													  AND s.status <> 'cancelled'))
-							   -- a create or update made moot: the order was
-							   -- cancelled or deleted since, and that cancel is
-							   -- done (sent, or nothing to cancel)
-							   OR (o.op IN ('create', 'update')
-								   AND EXISTS (SELECT 1 FROM @extschema@.outbox c
-												WHERE c.binding_id = o.binding_id AND c.order_key = o.order_key
-												  AND c.provider_id = o.provider_id AND c.op = 'cancel'
-												  AND c.state = 'done' AND c.id > o.id)))))
-			   -- the carrier side of the providers pulled, as far as the snapshot covers
-			   OR (x.provider_id = ANY (pids) AND x.kind = 'missing_at_carrier'
-				   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
-									WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
-									  AND s.provider_id = x.provider_id AND s.status <> 'cancelled'
-									  AND (s.updated_at < r.window_start OR s.updated_at >= r.window_end)
-									  AND NOT EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
-													   WHERE c.run_id = run AND c.provider_id = s.provider_id
-														 AND c.shipment_id = s.provider_shipment_id)))
-			   OR (x.provider_id = ANY (pids) AND x.kind IN ('tracking_mismatch', 'status_mismatch')
-				   AND x.facts->>'check' = 'carrier'
-				   AND (EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
-								 WHERE c.run_id = run AND c.provider_id = x.provider_id
-								   AND c.shipment_id = x.facts->>'shipment_id')
-						OR NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
-										WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
-										  AND s.provider_id = x.provider_id)))
-			   OR (x.provider_id = ANY (pids) AND x.kind = 'orphan_at_carrier'
-				   AND EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
-								WHERE c.run_id = run AND c.provider_id = x.provider_id
-								  AND c.shipment_id = x.subject))
-			   OR (x.provider_id = ANY (pids) AND x.kind = 'duplicate_at_carrier'
-				   AND x.order_key IN (SELECT c.order_ref FROM @extschema@.carrier_snapshot c
-										WHERE c.run_id = run AND c.provider_id = x.provider_id)))
-		RETURNING 1)
-	SELECT count(*) INTO closed FROM c;
-
-	-- the CRM side of tables no longer attached (detached, or dropped): no
-	-- pass compares them again.  (A table attached again keeps its binding,
-	-- active again, and its tickets.)
-	WITH d AS (
-		UPDATE @extschema@.exception_ticket x
-		   SET resolved_at = now(), run_id = run,
-			   resolution = format('its table is no longer attached (reconciliation run %s)', run)
-		 WHERE x.resolved_at IS NULL AND x.binding_id IS NOT NULL
-		   AND (x.kind IN ('not_sent', 'address_changed_after_send', 'stuck', 'fee_mismatch')
-				OR (x.kind IN ('tracking_mismatch', 'status_mismatch') AND x.facts->>'check' = 'crm'))
-		   AND NOT EXISTS (SELECT 1 FROM @extschema@.binding b
-							WHERE b.binding_id = x.binding_id AND b.active)
-		RETURNING 1)
-	SELECT closed + count(*) INTO closed FROM d;
-END
-$$;
+-- (_reconcile_merge() as it ends up: the last section that changes it, below)
 COMMENT ON FUNCTION @extschema@._reconcile_merge(bigint, integer[], integer[], integer[]) IS
 	'Internal: opens, refreshes and reopens the tickets of a run''s findings, and resolves those it no longer sees.';
 
@@ -11918,3 +10945,222 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._reconcile_merge(bigint, integer[], integer[], integer[]) IS
 	'Internal: opens, refreshes and reopens the tickets of a run''s findings, and resolves those it no longer sees.';
+
+------------------------------------------------------------------------------
+-- The tracking apply is never JIT-compiled, and looks up pieces one by one
+------------------------------------------------------------------------------
+-- The lookup of SF child and return waybills made the batch statement's
+-- plan cost more than jit_above_cost on paper: every ingest_tracking()
+-- call, and every push through the receiver, compiled it (40 ms for 100
+-- events that take 4).  And the lookup, a join, could read every
+-- multi-piece shipment of the provider for a batch with one unknown
+-- number: each number is looked up through the waybills' index on its own.
+CREATE OR REPLACE FUNCTION @extschema@._apply_tracking(pid integer, prof text, ttl_s integer,
+	keys text[], tns text[], raws text[], details text[], ats timestamptz[],
+	locs text[], descrs text[])
+RETURNS TABLE (kind text, binding_id integer, order_key text, tracking_number text,
+			   old_status text, new_status text, n bigint, tbl text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+-- (its plans cost enough on paper for JIT, 40 ms a call to save microseconds)
+SET jit = off
+AS $$
+DECLARE
+	n_new bigint;
+	n_park bigint;
+	n_matched bigint;
+	n_expired bigint;
+	bids integer[];
+	oks text[];
+	has_parked boolean;
+BEGIN
+	n_expired := @extschema@._expire_unmatched(pid);
+
+	-- Serialise with every other transaction adding events for the same
+	-- tracking numbers of this provider: a transaction-level advisory lock
+	-- on (provider, hash of the tracking number), taken in one statement in
+	-- a fixed order, before any event is read or written.  The fold below, a
+	-- later statement with a snapshot of its own, then sees every event
+	-- committed before it.  (Row locks on the shipments did the same at the
+	-- cost of a WAL record and a dirtied page per shipment: 14% of ingest.)
+	has_parked := EXISTS (SELECT 1 FROM @extschema@.unmatched_event u WHERE u.provider_id = pid);
+	PERFORM pg_advisory_xact_lock(pid, x.h)
+	   FROM (SELECT DISTINCT hashtext(y.t) AS h
+			 FROM (SELECT unnest(tns) AS t
+				   UNION ALL
+				   SELECT u.tracking_number FROM @extschema@.unmatched_event u
+				   WHERE has_parked AND u.provider_id = pid) y
+			 ORDER BY 1) x;
+
+	-- parked events whose shipment has appeared
+	IF has_parked THEN
+	-- a tracking number given to several shipments (carriers recycle
+	-- them) goes to the newest
+	WITH main AS (
+		SELECT DISTINCT ON (s.tracking_number) s.binding_id, s.order_key, s.tracking_number,
+			   NULL::text AS piece
+		FROM @extschema@.shipment s
+		WHERE s.provider_id = pid
+		  AND s.tracking_number IN (SELECT u.tracking_number FROM @extschema@.unmatched_event u
+									WHERE u.provider_id = pid)
+		ORDER BY s.tracking_number, s.created_at DESC),
+	-- or another waybill of a multi-piece shipment (SF: child, return)
+	-- (each number looked up through the waybills' index on its own: a
+	-- join let the planner read every multi-piece shipment for each batch)
+	pc AS (
+		SELECT p.binding_id, p.order_key, t.tn AS tracking_number, p.piece
+		FROM (SELECT DISTINCT u.tracking_number AS tn FROM @extschema@.unmatched_event u
+			  WHERE u.provider_id = pid
+				AND NOT EXISTS (SELECT 1 FROM main WHERE main.tracking_number = u.tracking_number)) t
+		CROSS JOIN LATERAL (
+			SELECT s.binding_id, s.order_key, @extschema@._waybill_piece(s.waybills, t.tn) AS piece
+			FROM @extschema@.shipment s
+			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
+			  AND s.waybills IS NOT NULL AND s.provider_id = pid
+			ORDER BY s.created_at DESC
+			LIMIT 1) p),
+	ship AS (
+		SELECT * FROM main UNION ALL SELECT * FROM pc),
+	moved AS (
+		DELETE FROM @extschema@.unmatched_event u USING ship
+		 WHERE u.provider_id = pid AND u.tracking_number = ship.tracking_number
+		RETURNING u.*, ship.binding_id, ship.order_key, ship.piece),
+	ins AS (
+		INSERT INTO @extschema@.tracking_event AS e (provider_id, event_key, tracking_number,
+			binding_id, order_key, occurred_at, status, raw_status, raw_detail, location,
+			description, received_at, piece)
+		SELECT pid, m.event_key, m.tracking_number, m.binding_id, m.order_key, m.occurred_at,
+			   coalesce(mm.status, gc.name, 'unknown'),
+			   m.raw_status, m.raw_detail, m.location, m.description, m.received_at, m.piece
+		FROM moved m
+		LEFT JOIN LATERAL (
+			SELECT sm.status FROM @extschema@.status_map sm
+			WHERE sm.profile = prof AND sm.raw_status IN (m.raw_status, m.raw_detail)
+			  AND (sm.pattern IS NULL OR coalesce(m.description, '') ~ sm.pattern)
+			ORDER BY sm.priority DESC, sm.pattern IS NOT NULL DESC, sm.raw_status = m.raw_status DESC
+			LIMIT 1) mm ON true
+		LEFT JOIN @extschema@.canonical_status gc ON prof = 'generic' AND gc.name = m.raw_status
+		ORDER BY m.received_at, m.occurred_at
+		ON CONFLICT (provider_id, event_key) DO NOTHING
+		RETURNING e.binding_id, e.order_key)
+	SELECT count(*), array_agg(ins.binding_id), array_agg(ins.order_key)
+	INTO n_matched, bids, oks FROM ins;
+	ELSE
+		n_matched := 0;
+	END IF;
+
+	-- this batch: known shipments get events, the others are parked
+	WITH ev AS (
+		SELECT u.*
+		FROM unnest(keys, tns, raws, details, ats, locs, descrs)
+			 WITH ORDINALITY AS u(k, tn, raw, det, at, loc, descr, ord)),
+	-- the map rows this batch can use, read once (none at all, usually, for
+	-- the generic profile)
+	cand AS MATERIALIZED (
+		SELECT sm.raw_status, sm.pattern, sm.status, sm.priority
+		FROM @extschema@.status_map sm
+		WHERE sm.profile = prof
+		  AND sm.raw_status IN (SELECT ev.raw FROM ev UNION SELECT ev.det FROM ev)),
+	main AS (
+		SELECT DISTINCT ON (s.tracking_number) s.binding_id, s.order_key, s.tracking_number,
+			   NULL::text AS piece
+		FROM @extschema@.shipment s
+		WHERE s.provider_id = pid AND s.tracking_number IN (SELECT ev.tn FROM ev)
+		ORDER BY s.tracking_number, s.created_at DESC),
+	-- a number no shipment has as its tracking number may be another
+	-- waybill of a multi-piece shipment (SF: child, return): the order's
+	-- event, tagged with the piece, which moves no status
+	-- (each looked up through the waybills' index on its own, as above)
+	pc AS (
+		SELECT p.binding_id, p.order_key, t.tn AS tracking_number, p.piece
+		FROM (SELECT DISTINCT ev.tn FROM ev
+			  WHERE NOT EXISTS (SELECT 1 FROM main WHERE main.tracking_number = ev.tn)) t
+		CROSS JOIN LATERAL (
+			SELECT s.binding_id, s.order_key, @extschema@._waybill_piece(s.waybills, t.tn) AS piece
+			FROM @extschema@.shipment s
+			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
+			  AND s.waybills IS NOT NULL AND s.provider_id = pid
+			ORDER BY s.created_at DESC
+			LIMIT 1) p),
+	ship AS (
+		SELECT * FROM main UNION ALL SELECT * FROM pc),
+	ins AS (
+		INSERT INTO @extschema@.tracking_event AS e (provider_id, event_key, tracking_number,
+			binding_id, order_key, occurred_at, status, raw_status, raw_detail, location,
+			description, piece)
+		SELECT pid, ev.k, ev.tn, ship.binding_id, ship.order_key, ev.at,
+			   coalesce(mm.status, gc.name, 'unknown'),
+			   ev.raw, ev.det, ev.loc, ev.descr, ship.piece
+		FROM ev JOIN ship ON ship.tracking_number = ev.tn
+		LEFT JOIN LATERAL (
+			SELECT sm.status FROM cand sm
+			WHERE sm.raw_status IN (ev.raw, ev.det)
+			  AND (sm.pattern IS NULL OR coalesce(ev.descr, '') ~ sm.pattern)
+			ORDER BY sm.priority DESC, sm.pattern IS NOT NULL DESC, sm.raw_status = ev.raw DESC
+			LIMIT 1) mm ON true
+		LEFT JOIN @extschema@.canonical_status gc ON prof = 'generic' AND gc.name = ev.raw
+		ORDER BY ev.ord
+		ON CONFLICT (provider_id, event_key) DO NOTHING
+		RETURNING e.binding_id, e.order_key),
+	park AS (
+		INSERT INTO @extschema@.unmatched_event AS x (provider_id, event_key, tracking_number,
+			occurred_at, raw_status, raw_detail, location, description, expires_at)
+		SELECT pid, ev.k, ev.tn, ev.at, ev.raw, ev.det, ev.loc, ev.descr,
+			   now() + make_interval(secs => ttl_s)
+		FROM ev
+		WHERE NOT EXISTS (SELECT 1 FROM ship WHERE ship.tracking_number = ev.tn)
+		ORDER BY ev.ord
+		ON CONFLICT (provider_id, event_key) DO NOTHING
+		RETURNING 1)
+	SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM park),
+		   coalesce(bids, '{}') || coalesce((SELECT array_agg(ins.binding_id) FROM ins), '{}'),
+		   coalesce(oks, '{}') || coalesce((SELECT array_agg(ins.order_key) FROM ins), '{}')
+	INTO n_new, n_park, bids, oks;
+
+	kind := 'new'; n := n_new; RETURN NEXT;
+	kind := 'duplicate'; n := coalesce(array_length(keys, 1), 0) - n_new - n_park; RETURN NEXT;
+	kind := 'unmatched'; n := n_park; RETURN NEXT;
+	kind := 'matched'; n := n_matched; RETURN NEXT;
+	kind := 'expired'; n := n_expired; RETURN NEXT;
+	n := NULL;
+
+	-- the fold over each touched shipment's whole history, in event time:
+	-- the events of its waybill, not those of an earlier shipment of the
+	-- same order (deleted and inserted again, its key changed and changed
+	-- back), whose last word (returned, delivered) is not the new one's
+	RETURN QUERY
+	WITH touched AS (
+		SELECT DISTINCT t.bid, t.k FROM unnest(bids, oks) AS t(bid, k)),
+	-- one index scan per shipment, whatever the statistics say
+	f AS (
+		SELECT touched.bid AS binding_id, touched.k AS order_key, h.st
+		FROM touched
+		JOIN @extschema@.shipment s
+		  ON s.binding_id = touched.bid AND s.order_key = touched.k AND s.provider_id = pid
+		CROSS JOIN LATERAL (
+			SELECT @extschema@._status_fold(e.status, e.raw_status, c.rank, c.terminal,
+											c.recoverable ORDER BY e.occurred_at, e.event_id) AS st
+			FROM @extschema@.tracking_event e
+			JOIN @extschema@.canonical_status c ON c.name = e.status
+			WHERE e.binding_id = touched.bid AND e.order_key = touched.k
+			  AND e.tracking_number = s.tracking_number) h),
+	cur AS (
+		SELECT s.binding_id, s.order_key, s.status AS old, f.st[1] AS st, f.st[2] AS raw
+		FROM f JOIN @extschema@.shipment s
+		  ON s.binding_id = f.binding_id AND s.order_key = f.order_key AND s.provider_id = pid
+		LEFT JOIN @extschema@.canonical_status oc ON oc.name = s.status
+		WHERE f.st IS NOT NULL AND NOT coalesce(oc.terminal, false)),
+	upd AS (
+		UPDATE @extschema@.shipment s
+		   SET status = cur.st, raw_status = cur.raw, updated_at = now()
+		  FROM cur
+		 WHERE s.binding_id = cur.binding_id AND s.order_key = cur.order_key
+		   AND s.provider_id = pid
+		   AND (s.status IS DISTINCT FROM cur.st OR s.raw_status IS DISTINCT FROM cur.raw)
+		RETURNING s.binding_id, s.order_key, s.tracking_number, cur.old, s.status)
+	SELECT 'changed', upd.binding_id, upd.order_key, upd.tracking_number, upd.old, upd.status,
+		   NULL::bigint, b.tbl::text
+	FROM upd JOIN @extschema@.binding b ON b.binding_id = upd.binding_id
+	WHERE upd.old IS DISTINCT FROM upd.status;
+END
+$$;

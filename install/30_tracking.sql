@@ -338,6 +338,8 @@ RETURNS TABLE (kind text, binding_id integer, order_key text, tracking_number te
 			   old_status text, new_status text, n bigint, tbl text)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+-- (its plans cost enough on paper for JIT, 40 ms a call to save microseconds)
+SET jit = off
 AS $$
 DECLARE
 	n_new bigint;
@@ -379,16 +381,20 @@ BEGIN
 									WHERE u.provider_id = pid)
 		ORDER BY s.tracking_number, s.created_at DESC),
 	-- or another waybill of a multi-piece shipment (SF: child, return)
+	-- (each number looked up through the waybills' index on its own: a
+	-- join let the planner read every multi-piece shipment for each batch)
 	pc AS (
-		SELECT DISTINCT ON (t.tn) s.binding_id, s.order_key, t.tn AS tracking_number,
-			   @extschema@._waybill_piece(s.waybills, t.tn) AS piece
+		SELECT p.binding_id, p.order_key, t.tn AS tracking_number, p.piece
 		FROM (SELECT DISTINCT u.tracking_number AS tn FROM @extschema@.unmatched_event u
 			  WHERE u.provider_id = pid
 				AND NOT EXISTS (SELECT 1 FROM main WHERE main.tracking_number = u.tracking_number)) t
-		JOIN @extschema@.shipment s
-		  ON s.provider_id = pid AND s.waybills IS NOT NULL
-		 AND s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
-		ORDER BY t.tn, s.created_at DESC),
+		CROSS JOIN LATERAL (
+			SELECT s.binding_id, s.order_key, @extschema@._waybill_piece(s.waybills, t.tn) AS piece
+			FROM @extschema@.shipment s
+			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
+			  AND s.waybills IS NOT NULL AND s.provider_id = pid
+			ORDER BY s.created_at DESC
+			LIMIT 1) p),
 	ship AS (
 		SELECT * FROM main UNION ALL SELECT * FROM pc),
 	moved AS (
@@ -440,15 +446,18 @@ BEGIN
 	-- a number no shipment has as its tracking number may be another
 	-- waybill of a multi-piece shipment (SF: child, return): the order's
 	-- event, tagged with the piece, which moves no status
+	-- (each looked up through the waybills' index on its own, as above)
 	pc AS (
-		SELECT DISTINCT ON (t.tn) s.binding_id, s.order_key, t.tn AS tracking_number,
-			   @extschema@._waybill_piece(s.waybills, t.tn) AS piece
+		SELECT p.binding_id, p.order_key, t.tn AS tracking_number, p.piece
 		FROM (SELECT DISTINCT ev.tn FROM ev
 			  WHERE NOT EXISTS (SELECT 1 FROM main WHERE main.tracking_number = ev.tn)) t
-		JOIN @extschema@.shipment s
-		  ON s.provider_id = pid AND s.waybills IS NOT NULL
-		 AND s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
-		ORDER BY t.tn, s.created_at DESC),
+		CROSS JOIN LATERAL (
+			SELECT s.binding_id, s.order_key, @extschema@._waybill_piece(s.waybills, t.tn) AS piece
+			FROM @extschema@.shipment s
+			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
+			  AND s.waybills IS NOT NULL AND s.provider_id = pid
+			ORDER BY s.created_at DESC
+			LIMIT 1) p),
 	ship AS (
 		SELECT * FROM main UNION ALL SELECT * FROM pc),
 	ins AS (

@@ -301,14 +301,21 @@ AS $$
 DECLARE
 	n bigint;
 BEGIN
+	-- at most 10,000 rows a call, the oldest first: a first pruning of a
+	-- long log (2 million rows: 20 s) held the dispatcher's loop, so it
+	-- comes back for the rest at its next idle checks (audit.c)
 	DELETE FROM @extschema@.audit_log a
-	 WHERE a.at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) retention);
+	 WHERE a.audit_id OPERATOR(pg_catalog.=) ANY (ARRAY(
+			SELECT x.audit_id FROM @extschema@.audit_log x
+			 WHERE x.at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) retention)
+			 ORDER BY x.audit_id
+			 LIMIT 10000));
 	GET DIAGNOSTICS n = ROW_COUNT;
 	RETURN n;
 END
 $$;
 COMMENT ON FUNCTION @extschema@._prune_audit(interval) IS
-	'Internal: delete the audit rows older than retention; the dispatcher calls it with shipsync.audit_retention.';
+	'Internal: delete at most 10,000 of the audit rows older than retention, the oldest first, and return how many; the dispatcher calls it with shipsync.audit_retention until fewer are left.';
 
 ------------------------------------------------------------------------------
 -- The "who" columns: set by the server, never taken from the caller

@@ -215,6 +215,15 @@ VALUES (now() - interval '401 days', 'x', 'x', 'ancient', 'test'),
 	   (now() - interval '399 days', 'x', 'x', 'old', 'test');
 SELECT shipsync._prune_audit('400 days') AS pruned;
 SELECT action FROM shipsync.audit_log WHERE object_kind = 'test';
+-- ... 10,000 at a time, the oldest first (one DELETE of a long log held the
+-- dispatcher's loop: 2 million rows took 20 s)
+INSERT INTO shipsync.audit_log (at, "session_user", "current_user", action, object_kind)
+SELECT now() - interval '500 days' + make_interval(secs => g), 'x', 'x', 'ancient ' || g, 'test'
+FROM generate_series(1, 10005) g;
+SELECT shipsync._prune_audit('400 days') AS pruned;
+SELECT min(action) AS left_first FROM shipsync.audit_log WHERE object_kind = 'test';
+SELECT shipsync._prune_audit('400 days') AS pruned;
+SELECT shipsync._prune_audit('400 days') AS pruned;
 
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA shop CASCADE;

@@ -29,7 +29,9 @@
  *
  * The audit log is pruned by the dispatcher of each database: rows older
  * than shipsync.audit_retention go at the first idle check after start,
- * after the setting changes, and then once an hour.  The DELETE runs in
+ * after the setting changes, and then once an hour; 10,000 at a time, the
+ * rest at the next idle checks, so that a long log never holds the
+ * dispatcher's loop for long.  The DELETE runs in
  * shipsync._prune_audit(), a SECURITY DEFINER function, so that it runs as
  * the extension's owner, the only role its guard trigger lets delete.
  *
@@ -55,6 +57,7 @@ PG_FUNCTION_INFO_V1(shipsync_in_extension_script);
 PG_FUNCTION_INFO_V1(shipsync_restoring);
 
 #define AUDIT_PRUNE_INTERVAL_MS (3600 * 1000)
+#define AUDIT_PRUNE_STEP 10000	/* rows _prune_audit() deletes at most a call */
 
 static Datum
 name_datum(const char *s)
@@ -154,6 +157,8 @@ audit_prune_if_due(TimestampTz now)
 	Oid			argtypes[1] = {INT4OID};
 	Datum		args[1];
 	int			rc;
+	int64		pruned;
+	bool		isnull;
 
 	if (shipsync_audit_retention <= 0)
 		return;
@@ -165,10 +170,13 @@ audit_prune_if_due(TimestampTz now)
 	args[0] = Int32GetDatum(shipsync_audit_retention);
 	rc = SPI_execute_with_args("SELECT shipsync._prune_audit(pg_catalog.make_interval(mins => $1))",
 							   1, argtypes, args, NULL, false, 1);
-	if (rc != SPI_OK_SELECT)
+	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "pruning the audit log failed: %s", SPI_result_code_string(rc));
+	pruned = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	shipsync_end_tx();
 	MemoryContextSwitchTo(cxt);
-	last_prune = now;
+	/* a full step: more are due, at the next idle check */
+	if (isnull || pruned < AUDIT_PRUNE_STEP)
+		last_prune = now;
 	last_retention = shipsync_audit_retention;
 }

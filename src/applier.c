@@ -461,13 +461,14 @@ applier_lost(void)
 
 	applier_forget();
 	if (n > 0)
+	{
 		(void) shipsync_exit_if_dropped();
-	if (n > 0)
 		ereport(FATAL,
 				(errcode(ERRCODE_ADMIN_SHUTDOWN),
 				 errmsg("pg_shipsync dispatcher: its applier exited while applying %d results", n),
 				 errdetail("The next dispatcher sends those intents again under the same keys; an intent whose result was being applied at two exits in a row is quarantined."),
 				 errhint("See the server log for why the applier exited.")));
+	}
 	ereport(LOG,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("pg_shipsync dispatcher: its applier exited; the dispatcher applies results itself for now")));

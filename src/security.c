@@ -402,11 +402,14 @@ lock_wait_sigint(SIGNAL_ARGS)
 void
 shipsync_lock_wait_begin(ShipsyncLockWait *w, int ms)
 {
+	char		value[16];
+
 	w->nest = -1;
 	if (ms <= 0)
 		return;
+	snprintf(value, sizeof(value), "%d", ms);
 	w->nest = NewGUCNestLevel();
-	(void) set_config_option("lock_timeout", psprintf("%d", ms),
+	(void) set_config_option("lock_timeout", value,
 							 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	w->sigint = pqsignal(SIGINT, lock_wait_sigint);
 	w->cancel_pending = QueryCancelPending;

@@ -11195,3 +11195,75 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@._prune_audit(interval) IS
 	'Internal: delete at most 10,000 of the audit rows older than retention, the oldest first, and return how many; the dispatcher calls it with shipsync.audit_retention until fewer are left.';
+
+------------------------------------------------------------------------------
+-- A statement's identity: its body, format and options
+------------------------------------------------------------------------------
+-- The same body imported with other options (another account, month or
+-- column map) was answered as a duplicate of the first import: a second
+-- account's bill of the same bytes was never stored.  The options are kept
+-- with the statement and are part of what makes an import the same again.
+ALTER TABLE @extschema@.statement ADD COLUMN options jsonb NOT NULL DEFAULT '{}';
+ALTER TABLE @extschema@.statement DROP CONSTRAINT statement_provider_id_digest_key;
+ALTER TABLE @extschema@.statement ADD CONSTRAINT statement_provider_id_digest_format_options_key
+	UNIQUE (provider_id, digest, format, options);
+COMMENT ON TABLE @extschema@.statement IS
+	'One imported carrier statement (monthly bill), written by shipsync.import_statement(): provider, month, account, who imported it when, how many lines were stored, the totals per currency as billed, and the SHA-256 of the body (the same body again, in the same format and with the same options, is a no-op). A later statement of the same provider, period and account supersedes the earlier one line by line.';
+COMMENT ON COLUMN @extschema@.statement.digest IS 'Hex SHA-256 of the body as given: importing the same body again, in the same format and with the same options, changes nothing.';
+COMMENT ON COLUMN @extschema@.statement.options IS 'The options it was imported with (columns, period, account, on_error, delimiter): part of what makes an import the same again, as they change what the body says.';
+DROP FUNCTION @extschema@._begin_statement(integer, text, text, text, text, text, text[], numeric[],
+	timestamptz[], jsonb);
+CREATE FUNCTION @extschema@._begin_statement(pid integer, period_text text, acct text, fmt text,
+	body_digest text, tz text, curs text[], amounts numeric[], ats timestamptz[], errs jsonb,
+	opts jsonb, OUT statement_id bigint, OUT replaces bigint, OUT period date, OUT totals jsonb)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	lo date;
+	hi date;
+	nmissing bigint;
+	p date;
+	old bigint;
+	tot jsonb;
+	id bigint;
+BEGIN
+	IF period_text IS NOT NULL THEN
+		p := to_date(period_text || '-01', 'YYYY-MM-DD');
+	ELSE
+		SELECT min(date_trunc('month', a AT TIME ZONE tz))::date,
+			   max(date_trunc('month', a AT TIME ZONE tz))::date,
+			   count(*) FILTER (WHERE a IS NULL)
+		INTO lo, hi, nmissing FROM unnest(ats) AS a;
+		IF lo IS NULL OR lo <> hi OR nmissing > 0 THEN
+			RAISE EXCEPTION 'the month this statement bills is not known'
+				USING ERRCODE = 'SS400',
+					  DETAIL = CASE WHEN lo IS NULL THEN 'Its lines have no times.'
+									WHEN lo <> hi THEN format('Its lines fall in %s to %s.',
+										to_char(lo, 'YYYY-MM'), to_char(hi, 'YYYY-MM'))
+									ELSE format('%s of its lines have no time.', nmissing) END,
+					  HINT = 'Pass it in the options, for example {"period": "2026-03"}.';
+		END IF;
+		p := lo;
+	END IF;
+	SELECT s.statement_id INTO old FROM @extschema@.statement s
+	 WHERE s.provider_id = pid AND s.period = p AND s.account IS NOT DISTINCT FROM acct
+	   AND s.superseded_by IS NULL
+	 ORDER BY s.statement_id DESC LIMIT 1;
+	SELECT coalesce(jsonb_object_agg(x.cur, x.total::text), '{}') INTO tot
+	FROM (SELECT u.cur, sum(u.amount) AS total FROM unnest(curs, amounts) AS u(cur, amount)
+		  GROUP BY u.cur) x;
+	INSERT INTO @extschema@.statement AS s (provider_id, period, account, format, digest, lines,
+		totals, errors, supersedes, options)
+	VALUES (pid, p, acct, fmt, body_digest, coalesce(cardinality(curs), 0), tot, errs, old,
+		coalesce(opts, '{}'))
+	RETURNING s.statement_id INTO id;
+	UPDATE @extschema@.statement s SET superseded_by = id WHERE s.statement_id = old;
+	statement_id := id;
+	replaces := old;
+	period := p;
+	totals := tot;
+END
+$$;
+REVOKE ALL ON FUNCTION @extschema@._begin_statement(integer, text, text, text, text, text, text[],
+	numeric[], timestamptz[], jsonb, jsonb) FROM PUBLIC;

@@ -252,14 +252,19 @@ CREATE TABLE @extschema@.statement (
 	errors			jsonb NOT NULL DEFAULT '[]',
 	supersedes		bigint,
 	superseded_by	bigint,
-	UNIQUE (provider_id, digest)
+	options			jsonb NOT NULL DEFAULT '{}',
+	-- the same body imported with other options (another account, month,
+	-- column map) is another statement, not a duplicate of the first
+	CONSTRAINT statement_provider_id_digest_format_options_key
+		UNIQUE (provider_id, digest, format, options)
 );
 CREATE INDEX statement_period_idx ON @extschema@.statement (provider_id, period, account);
 COMMENT ON TABLE @extschema@.statement IS
-	'One imported carrier statement (monthly bill), written by shipsync.import_statement(): provider, month, account, who imported it when, how many lines were stored, the totals per currency as billed, and the SHA-256 of the body (the same body again is a no-op). A later statement of the same provider, period and account supersedes the earlier one line by line.';
+	'One imported carrier statement (monthly bill), written by shipsync.import_statement(): provider, month, account, who imported it when, how many lines were stored, the totals per currency as billed, and the SHA-256 of the body (the same body again, in the same format and with the same options, is a no-op). A later statement of the same provider, period and account supersedes the earlier one line by line.';
 COMMENT ON COLUMN @extschema@.statement.period IS 'The first day of the month billed.';
 COMMENT ON COLUMN @extschema@.statement.account IS 'The account billed (options.account, e.g. an SF monthly card), when a provider bills several: statements of different accounts never supersede each other.';
-COMMENT ON COLUMN @extschema@.statement.digest IS 'Hex SHA-256 of the body as given: importing the same body again changes nothing.';
+COMMENT ON COLUMN @extschema@.statement.digest IS 'Hex SHA-256 of the body as given: importing the same body again, in the same format and with the same options, changes nothing.';
+COMMENT ON COLUMN @extschema@.statement.options IS 'The options it was imported with (columns, period, account, on_error, delimiter): part of what makes an import the same again, as they change what the body says.';
 COMMENT ON COLUMN @extschema@.statement.lines IS 'Lines of the statement stored (revisions and unchanged lines included; skipped lines are in errors).';
 COMMENT ON COLUMN @extschema@.statement.totals IS 'Sum of the stored lines'' amounts per currency, as billed: {"CNY": "1234.50"}.';
 COMMENT ON COLUMN @extschema@.statement.errors IS 'With options on_error = skip: the lines left out, [{"line", "column", "error"}].';
@@ -919,7 +924,7 @@ $$;
  */
 CREATE FUNCTION @extschema@._begin_statement(pid integer, period_text text, acct text, fmt text,
 	body_digest text, tz text, curs text[], amounts numeric[], ats timestamptz[], errs jsonb,
-	OUT statement_id bigint, OUT replaces bigint, OUT period date, OUT totals jsonb)
+	opts jsonb, OUT statement_id bigint, OUT replaces bigint, OUT period date, OUT totals jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -958,8 +963,9 @@ BEGIN
 	FROM (SELECT u.cur, sum(u.amount) AS total FROM unnest(curs, amounts) AS u(cur, amount)
 		  GROUP BY u.cur) x;
 	INSERT INTO @extschema@.statement AS s (provider_id, period, account, format, digest, lines,
-		totals, errors, supersedes)
-	VALUES (pid, p, acct, fmt, body_digest, coalesce(cardinality(curs), 0), tot, errs, old)
+		totals, errors, supersedes, options)
+	VALUES (pid, p, acct, fmt, body_digest, coalesce(cardinality(curs), 0), tot, errs, old,
+		coalesce(opts, '{}'))
 	RETURNING s.statement_id INTO id;
 	UPDATE @extschema@.statement s SET superseded_by = id WHERE s.statement_id = old;
 	statement_id := id;

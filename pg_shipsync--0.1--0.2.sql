@@ -11267,3 +11267,49 @@ END
 $$;
 REVOKE ALL ON FUNCTION @extschema@._begin_statement(integer, text, text, text, text, text, text[],
 	numeric[], timestamptz[], jsonb, jsonb) FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- A quote total the order's column cannot hold gets a ticket
+------------------------------------------------------------------------------
+-- The dispatcher's apply writes an order's first quote total with its
+-- shipment; one with more decimals than a numeric(p,s) column holds was
+-- left out without a ticket (only a bill's total had one).
+/*
+ * The quote totals the dispatcher's apply wrote back with the shipments
+ * (src/apply.c: one element per shipment with a fee_total) that have more
+ * decimals than the order's numeric column holds: the write-back left the
+ * column as it was, and the order gets the writeback_failed ticket a bill's
+ * total gets in _fee_totals() (closed, as that one, by the hourly look at
+ * fees of a reconciliation pass once the column holds the shipment's
+ * fee_total).  Returns how many orders.
+ */
+CREATE FUNCTION @extschema@._quote_totals_unfit(bids integer[], oks text[], totals numeric[])
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH scale AS (
+		SELECT u.b, u.k, u.tot, a.attname, a.atttypid, tm.m,
+			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END AS s
+		FROM unnest(bids, oks, totals) AS u(b, k, tot)
+		JOIN @extschema@.binding bb
+		  ON bb.binding_id = u.b AND bb.active AND bb.writeback ? 'fee_total'
+		JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid = bb.tbl AND a.attname = bb.writeback->>'fee_total' AND NOT a.attisdropped
+		JOIN pg_catalog.pg_type ty
+		  ON ty.oid = coalesce(nullif((SELECT d.typbasetype FROM pg_catalog.pg_type d
+									   WHERE d.oid = a.atttypid), 0), a.atttypid)
+		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
+				ELSE (SELECT d.typtypmod FROM pg_catalog.pg_type d WHERE d.oid = a.atttypid) END) tm(m)
+		WHERE u.tot IS NOT NULL AND ty.oid = 'pg_catalog.numeric'::pg_catalog.regtype),
+	unfit AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
+		SELECT 'writeback_failed', scale.b, scale.k,
+			   format('write-back of the fee total failed: %s has more decimals than column %I (%s) holds; it was left as it was, not rounded',
+					  scale.tot, scale.attname, pg_catalog.format_type(scale.atttypid, scale.m))
+		FROM scale
+		WHERE scale.s IS NOT NULL AND pg_catalog.round(scale.tot, scale.s) <> scale.tot
+		RETURNING 1)
+	SELECT count(*) FROM unfit
+$$;
+REVOKE ALL ON FUNCTION @extschema@._quote_totals_unfit(integer[], text[], numeric[]) FROM PUBLIC;

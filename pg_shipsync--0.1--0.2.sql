@@ -11313,3 +11313,233 @@ AS $$
 	SELECT count(*) FROM unfit
 $$;
 REVOKE ALL ON FUNCTION @extschema@._quote_totals_unfit(integer[], text[], numeric[]) FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Write-back tickets no pass would judge again are resolved
+------------------------------------------------------------------------------
+-- The writeback_failed tickets of a table detached or dropped, and the fee
+-- total tickets of a table whose write-back map no longer has fee_total,
+-- stayed open for good: no pass judged them again.
+CREATE OR REPLACE FUNCTION @extschema@._reconcile_merge(run bigint, bids integer[], pids integer[],
+	sbids integer[], OUT opened integer, OUT reopened integer, OUT closed integer)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+	n integer;
+	fpids integer[] := @extschema@._reconcile_fee_providers(sbids);
+	fee_written bigint[] := @extschema@._reconcile_fee_written(sbids);
+BEGIN
+	SELECT x.* INTO r FROM @extschema@.reconcile_run x WHERE x.run_id = run;
+	-- the findings are joined with the tickets below: planned knowing how
+	-- many there are (the table is filled by many statements, never read
+	-- before)
+	ANALYZE pg_temp.recon_found;
+	-- and so is the ledger, when it changed much since its statistics (a
+	-- flood of tickets: a carrier down, a statement of unknown waybills,
+	-- opened by the pass before, the next autovacuum not come yet):
+	-- planned on those of before, every finding was probed against every
+	-- open ticket of its kind (50,000: five minutes)
+	IF (SELECT s.n_mod_since_analyze > greatest(1000, c.reltuples / 5)
+		  FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+		 WHERE s.relid = '@extschema@.exception_ticket'::regclass) THEN
+		ANALYZE @extschema@.exception_ticket;
+	END IF;
+
+	-- still there: refresh what changed, and when it was seen (hourly)
+	UPDATE @extschema@.exception_ticket x
+	   SET facts = f.facts, detail = f.detail,
+		   tracking_number = coalesce(f.tracking_number, x.tracking_number),
+		   last_seen_at = now(), run_id = run
+	  FROM pg_temp.recon_found f
+	 WHERE x.resolved_at IS NULL
+	   AND x.kind = f.kind AND coalesce(x.provider_id, 0) = coalesce(f.provider_id, 0)
+	   AND coalesce(x.binding_id, 0) = coalesce(f.binding_id, 0)
+	   AND coalesce(x.order_key, '') = coalesce(f.order_key, '')
+	   AND coalesce(x.subject, '') = coalesce(f.subject, '')
+	   AND (x.facts IS DISTINCT FROM f.facts OR x.last_seen_at IS NULL
+			OR x.last_seen_at < now() - interval '1 hour');
+
+	-- back after a resolution: reopen the last ticket of the problem
+	WITH k AS (
+		SELECT DISTINCT ON (f.kind, coalesce(f.provider_id, 0), coalesce(f.binding_id, 0),
+							coalesce(f.order_key, ''), coalesce(f.subject, ''))
+			   x.ticket_id, f.facts, f.detail, f.tracking_number
+		  FROM pg_temp.recon_found f
+		  JOIN @extschema@.exception_ticket x
+			ON x.kind = f.kind AND coalesce(x.provider_id, 0) = coalesce(f.provider_id, 0)
+		   AND coalesce(x.binding_id, 0) = coalesce(f.binding_id, 0)
+		   AND coalesce(x.order_key, '') = coalesce(f.order_key, '')
+		   AND coalesce(x.subject, '') = coalesce(f.subject, '')
+		 WHERE NOT EXISTS (
+			   SELECT 1 FROM @extschema@.exception_ticket o
+				WHERE o.resolved_at IS NULL
+				  AND o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
+				  AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
+				  AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
+				  AND coalesce(o.subject, '') = coalesce(f.subject, ''))
+		 ORDER BY f.kind, coalesce(f.provider_id, 0), coalesce(f.binding_id, 0),
+				  coalesce(f.order_key, ''), coalesce(f.subject, ''), x.ticket_id DESC),
+	u AS (
+		UPDATE @extschema@.exception_ticket x
+		   SET resolved_at = NULL, resolved_by = NULL, resolution = NULL,
+			   acknowledged_at = NULL, acknowledged_by = NULL, acknowledgement = NULL,
+			   reopen_count = x.reopen_count + 1, reopened_at = now(),
+			   facts = k.facts, detail = k.detail,
+			   tracking_number = coalesce(k.tracking_number, x.tracking_number),
+			   last_seen_at = now(), run_id = run
+		  FROM k WHERE x.ticket_id = k.ticket_id
+		RETURNING x.ticket_id, x.kind, x.binding_id, x.order_key)
+	SELECT count(pg_notify('shipsync', json_build_object('event', 'ticket_reopened',
+			   'ticket_id', u.ticket_id, 'kind', u.kind, 'binding_id', u.binding_id,
+			   'order_key', u.order_key)::text))
+	  INTO reopened FROM u;
+
+	-- new problems
+	WITH i AS (
+		INSERT INTO @extschema@.exception_ticket AS x (kind, provider_id, binding_id, order_key,
+			subject, tracking_number, detail, facts, last_seen_at, run_id)
+		SELECT f.kind, f.provider_id, f.binding_id, f.order_key, f.subject, f.tracking_number,
+			   f.detail, f.facts, now(), run
+		  FROM pg_temp.recon_found f
+		 WHERE NOT EXISTS (
+			   SELECT 1 FROM @extschema@.exception_ticket o
+				WHERE o.resolved_at IS NULL
+				  AND o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
+				  AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
+				  AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
+				  AND coalesce(o.subject, '') = coalesce(f.subject, ''))
+		 ORDER BY f.kind, f.binding_id, f.order_key, f.subject
+		ON CONFLICT (kind, (coalesce(provider_id, 0)), (coalesce(binding_id, 0)),
+					 (coalesce(order_key, '')), (coalesce(subject, '')))
+			WHERE resolved_at IS NULL DO NOTHING
+		RETURNING x.ticket_id, x.kind, x.binding_id, x.order_key)
+	SELECT count(pg_notify('shipsync', json_build_object('event', 'ticket_opened',
+			   'ticket_id', i.ticket_id, 'kind', i.kind, 'binding_id', i.binding_id,
+			   'order_key', i.order_key)::text))
+	  INTO opened FROM i;
+
+	-- gone: resolved, with why (resolved_by: who compares, reconcile in the worker)
+	-- (the open tickets not found are picked first, on their own: joined
+	-- with the conditions below, whose selectivity the planner cannot
+	-- guess, the findings were scanned once for every open ticket)
+	WITH c AS (
+		UPDATE @extschema@.exception_ticket x
+		   SET resolved_at = now(), run_id = run,
+			   resolution = format('no longer seen (reconciliation run %s)', run)
+		 WHERE x.ticket_id = ANY (ARRAY(
+				   SELECT o.ticket_id FROM @extschema@.exception_ticket o
+					WHERE o.resolved_at IS NULL
+					  AND NOT EXISTS (
+						  SELECT 1 FROM pg_temp.recon_found f
+						   WHERE o.kind = f.kind AND coalesce(o.provider_id, 0) = coalesce(f.provider_id, 0)
+							 AND coalesce(o.binding_id, 0) = coalesce(f.binding_id, 0)
+							 AND coalesce(o.order_key, '') = coalesce(f.order_key, '')
+							 AND coalesce(o.subject, '') = coalesce(f.subject, ''))))
+		   AND x.resolved_at IS NULL
+		   AND (
+			   -- the CRM side of the bindings compared
+			   (x.binding_id = ANY (bids)
+				AND (x.kind IN ('not_sent', 'address_changed_after_send')
+					 OR (x.kind IN ('tracking_mismatch', 'status_mismatch')
+						 AND x.facts->>'check' = 'crm')))
+			   OR (x.binding_id = ANY (sbids) AND x.kind = 'stuck')
+			   -- the fees of those bindings' orders, and their providers' unknown waybills
+			   OR (x.kind = 'fee_mismatch'
+				   AND (x.binding_id = ANY (sbids)
+						OR (x.binding_id IS NULL
+							AND x.provider_id = ANY (fpids))))
+			   -- a fee total an order row did not take, now held (or the order gone)
+			   OR x.ticket_id = ANY (fee_written)
+			   -- a write-back that failed, now matching
+			   OR (x.binding_id = ANY (bids) AND x.kind = 'writeback_failed'
+				   AND EXISTS (SELECT 1 FROM @extschema@.shipment s
+								WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
+								  AND s.provider_id = x.provider_id)
+				   AND NOT EXISTS (SELECT 1 FROM pg_temp.recon_found f
+									WHERE f.binding_id = x.binding_id AND f.order_key = x.order_key
+									  AND f.kind IN ('tracking_mismatch', 'status_mismatch')))
+			   -- an intent that stopped, now delivered or made moot
+			   OR (x.binding_id = ANY (bids)
+				   AND x.kind IN ('dead_intent', 'invalid_order', 'auth_failed', 'render_failed',
+								  'forbidden_host', 'tls_failed', 'apply_failed', 'poison')
+				   AND EXISTS (
+					   SELECT 1 FROM @extschema@.outbox o
+						WHERE o.id = x.outbox_id
+						  AND (o.state = 'done'
+							   OR (o.op IN ('create', 'update')
+								   AND EXISTS (SELECT 1 FROM @extschema@.shipment s
+												WHERE s.binding_id = o.binding_id AND s.order_key = o.order_key
+												  AND s.provider_id = o.provider_id AND s.status <> 'cancelled'
+												  AND s.updated_at > x.opened_at)
+								   AND NOT EXISTS (SELECT 1 FROM pg_temp.recon_found f
+													WHERE f.binding_id = o.binding_id AND f.order_key = o.order_key
+													  AND f.kind IN ('not_sent', 'address_changed_after_send')))
+							   OR (o.op = 'cancel'
+								   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
+													WHERE s.binding_id = o.binding_id AND s.order_key = o.order_key
+													  AND s.provider_id = o.provider_id
+													  AND s.status <> 'cancelled'))
+							   -- a create or update made moot: the order was
+							   -- cancelled or deleted since, and that cancel is
+							   -- done (sent, or nothing to cancel)
+							   OR (o.op IN ('create', 'update')
+								   AND EXISTS (SELECT 1 FROM @extschema@.outbox c
+												WHERE c.binding_id = o.binding_id AND c.order_key = o.order_key
+												  AND c.provider_id = o.provider_id AND c.op = 'cancel'
+												  AND c.state = 'done' AND c.id > o.id)))))
+			   -- the carrier side of the providers pulled, as far as the snapshot covers
+			   OR (x.provider_id = ANY (pids) AND x.kind = 'missing_at_carrier'
+				   AND NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
+									WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
+									  AND s.provider_id = x.provider_id AND s.status <> 'cancelled'
+									  AND (s.updated_at < r.window_start OR s.updated_at >= r.window_end)
+									  AND NOT EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
+													   WHERE c.run_id = run AND c.provider_id = s.provider_id
+														 AND c.shipment_id = s.provider_shipment_id)))
+			   OR (x.provider_id = ANY (pids) AND x.kind IN ('tracking_mismatch', 'status_mismatch')
+				   AND x.facts->>'check' = 'carrier'
+				   AND (EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
+								 WHERE c.run_id = run AND c.provider_id = x.provider_id
+								   AND c.shipment_id = x.facts->>'shipment_id')
+						OR NOT EXISTS (SELECT 1 FROM @extschema@.shipment s
+										WHERE s.binding_id = x.binding_id AND s.order_key = x.order_key
+										  AND s.provider_id = x.provider_id)))
+			   OR (x.provider_id = ANY (pids) AND x.kind = 'orphan_at_carrier'
+				   AND EXISTS (SELECT 1 FROM @extschema@.carrier_snapshot c
+								WHERE c.run_id = run AND c.provider_id = x.provider_id
+								  AND c.shipment_id = x.subject))
+			   OR (x.provider_id = ANY (pids) AND x.kind = 'duplicate_at_carrier'
+				   AND x.order_key IN (SELECT c.order_ref FROM @extschema@.carrier_snapshot c
+										WHERE c.run_id = run AND c.provider_id = x.provider_id)))
+		RETURNING 1)
+	SELECT count(*) INTO closed FROM c;
+
+	-- the CRM side of tables no longer attached (detached, or dropped): no
+	-- pass compares them again, nor looks at their write-backs.  (A table
+	-- attached again keeps its binding, active again, and its tickets.)  A
+	-- fee total a row did not take is moot too once the table's write-back
+	-- map has no fee_total: nothing writes it any more, and the hourly look
+	-- judges only the tables that have one.
+	WITH d AS (
+		UPDATE @extschema@.exception_ticket x
+		   SET resolved_at = now(), run_id = run,
+			   resolution = CASE WHEN EXISTS (SELECT 1 FROM @extschema@.binding b
+											   WHERE b.binding_id = x.binding_id AND b.active)
+				   THEN format('its table no longer writes back fee_total (reconciliation run %s)', run)
+				   ELSE format('its table is no longer attached (reconciliation run %s)', run) END
+		 WHERE x.resolved_at IS NULL AND x.binding_id IS NOT NULL
+		   AND (((x.kind IN ('not_sent', 'address_changed_after_send', 'stuck', 'fee_mismatch',
+							 'writeback_failed')
+				  OR (x.kind IN ('tracking_mismatch', 'status_mismatch') AND x.facts->>'check' = 'crm'))
+				 AND NOT EXISTS (SELECT 1 FROM @extschema@.binding b
+								  WHERE b.binding_id = x.binding_id AND b.active))
+				OR (x.kind = 'writeback_failed' AND x.provider_id IS NULL
+					AND EXISTS (SELECT 1 FROM @extschema@.binding b
+								 WHERE b.binding_id = x.binding_id AND b.active
+								   AND NOT b.writeback ? 'fee_total')))
+		RETURNING 1)
+	SELECT closed + count(*) INTO closed FROM d;
+END
+$$;

@@ -710,6 +710,15 @@ SELECT shipsync.import_statement('rcf', E'tracking_number,type,amount\nB1,freigh
 	options => '{"period": "2026-06"}') ->> 'new' AS new;
 RESET client_min_messages;
 SELECT * FROM pg_temp.fee_tickets(:fbid);
+-- attached again without fee_total in its write-back map: the total is
+-- written no more, so its ticket is moot (it was never judged again, and
+-- stayed open for good)
+SELECT shipsync.detach('billed');
+SELECT shipsync.attach('billed', 'rcf', writeback => '{}',
+	options => '{"created_at_column": "created"}') = :fbid AS same_binding;
+DELETE FROM shipsync.inbox WHERE binding_id = :fbid;
+SELECT pg_temp.crm_pass(true) > 0 AS passed;
+SELECT * FROM pg_temp.fee_tickets(:fbid);
 SELECT shipsync.pause('rcf');
 
 ------------------------------------------------------------------------------
@@ -764,10 +773,16 @@ SELECT shipsync.attach('left_orders', 'rcf', options => '{"created_at_column": "
 DELETE FROM shipsync.inbox WHERE binding_id = :lbid;
 SELECT pg_temp.crm_pass(false) > 0 AS passed;
 SELECT kind, state, reopen_count, last_note FROM shipsync.open_tickets WHERE ticket_id = :lt;
+-- (a fee total its row refused, and a write-back of the dispatcher's that
+-- failed: no pass judges them once the table is detached)
+INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id, detail)
+VALUES ('writeback_failed', :lbid, '1', NULL, 'write-back of the fee total failed: a test'),
+	   ('writeback_failed', :lbid, '1', :rcf, 'write-back failed: a test');
 SELECT shipsync.detach('left_orders');
 SELECT pg_temp.crm_pass(false) > 0 AS passed;
-SELECT kind, order_key, resolved_at IS NULL AS open, regexp_replace(resolution, 'run \d+', 'run N') AS resolution
-FROM shipsync.exception_ticket WHERE binding_id = :lbid ORDER BY kind, order_key;
+SELECT kind, order_key, provider_id IS NULL AS fee, resolved_at IS NULL AS open,
+	   regexp_replace(resolution, 'run \d+', 'run N') AS resolution
+FROM shipsync.exception_ticket WHERE binding_id = :lbid ORDER BY kind, order_key, 3;
 
 ------------------------------------------------------------------------------
 -- A flood of tickets (a statement of 4,000 waybills no shipment has): the

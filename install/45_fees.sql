@@ -877,7 +877,8 @@ BEGIN
 							AND x.order_key = tot.k AND x.resolved_at IS NULL)
 		RETURNING 1),
 	agreed AS (
-		UPDATE @extschema@.exception_ticket x SET resolved_at = now()
+		UPDATE @extschema@.exception_ticket x SET resolved_at = now(),
+			   resolution = 'its fee lines are in one currency again'
 		  FROM tot
 		 WHERE tot.one AND x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
 		   AND x.order_key = tot.k AND x.resolved_at IS NULL

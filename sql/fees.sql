@@ -336,7 +336,7 @@ WHERE kind = 'fee_currency_mixed';
 -- the carrier corrects the tax into CNY: one currency again, total written, ticket resolved
 SELECT pg_temp.push('[{"tracking_number": "T5", "type": "tax", "amount": "13.00", "currency": "CNY"}]');
 SELECT id, fee FROM orders WHERE id = 5;
-SELECT kind, order_key, resolved_at IS NULL AS open FROM shipsync.exception_ticket
+SELECT kind, order_key, resolved_at IS NULL AS open, resolution FROM shipsync.exception_ticket
 WHERE kind = 'fee_currency_mixed';
 
 ------------------------------------------------------------------------------

@@ -314,9 +314,11 @@ INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id,
 VALUES ('dead_intent', :bid, '1', :rc, :ob2, 'HTTP 500: second');
 SELECT count(*) AS tickets, max(detail) AS detail, max(outbox_id) = :ob2 AS latest_intent
 FROM shipsync.exception_ticket WHERE kind = 'dead_intent';
--- retry() resolves it; dying again reopens it
+-- retry() resolves it, saying so in the ledger's history; dying again reopens it
 SELECT shipsync.retry(:ob2);
-SELECT resolved_at IS NOT NULL AS resolved FROM shipsync.exception_ticket WHERE kind = 'dead_intent';
+SELECT resolved_at IS NOT NULL AS resolved, resolution FROM shipsync.exception_ticket WHERE kind = 'dead_intent';
+SELECT e.note FROM shipsync.ticket_event e JOIN shipsync.exception_ticket t USING (ticket_id)
+WHERE t.kind = 'dead_intent' AND e.event = 'resolved';
 UPDATE shipsync.outbox SET state = 'dead' WHERE id = :ob2;
 INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
 VALUES ('dead_intent', :bid, '1', :rc, :ob2, 'HTTP 500: third');
@@ -339,7 +341,12 @@ VALUES (:bid, :rc, '1', 'update', 'dead', 3, 'http_5xx', now() - interval '2 hou
 	   (:bid, :rc, '3', 'update', 'dead', 1, 'http_4xx', now()),
 	   (:bid, :rc, '4', 'update', 'invalid', 0, 'invalid_order', now()),
 	   (:bid, :rc2, '5', 'update', 'dead', 2, 'timeout', now());
+INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+SELECT 'dead_intent', binding_id, order_key, provider_id, id, 'HTTP 503'
+FROM shipsync.outbox WHERE error_class = 'http_5xx' AND order_key = '2';
 SELECT shipsync.requeue('rc', error_class => 'http_5xx', since => now() - interval '1 hour') AS recent_5xx;
+SELECT t.resolved_at IS NOT NULL AS resolved, t.resolution FROM shipsync.exception_ticket t
+JOIN shipsync.outbox o ON o.id = t.outbox_id WHERE o.error_class = 'http_5xx' AND o.order_key = '2';
 SELECT shipsync.retry('rc', 'invalid') AS invalid;
 SELECT shipsync.retry(NULL::text, error_class => 'timeout') AS timeouts;
 SELECT shipsync.requeue('rc') AS rest_of_dead;

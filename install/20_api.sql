@@ -814,7 +814,8 @@ BEGIN
 		   attempts = 0, next_attempt_at = now(), done_at = NULL, updated_at = now()
 	 WHERE o.id = retry.outbox_id;
 	UPDATE @extschema@.exception_ticket t
-	   SET resolved_at = now(), resolved_by = session_user
+	   SET resolved_at = now(), resolved_by = session_user,
+		   resolution = format('intent %s sent again by retry()', retry.outbox_id)
 	 WHERE t.outbox_id = retry.outbox_id AND t.resolved_at IS NULL;
 	PERFORM @extschema@._audit('retry', 'intent', retry.outbox_id::text,
 		pg_catalog.jsonb_build_object('state', st),
@@ -876,7 +877,8 @@ BEGIN
 		RETURNING o.id),
 	t AS (
 		UPDATE @extschema@.exception_ticket t
-		   SET resolved_at = pg_catalog.now(), resolved_by = SESSION_USER
+		   SET resolved_at = pg_catalog.now(), resolved_by = SESSION_USER,
+			   resolution = pg_catalog.format('intent %s sent again by %s()', q.id, action)
 		  FROM q WHERE t.outbox_id OPERATOR(pg_catalog.=) q.id AND t.resolved_at IS NULL)
 	SELECT pg_catalog.count(*) INTO n FROM q;
 	PERFORM @extschema@._audit(action, 'provider', coalesce(_requeue.provider, '*'),

@@ -252,14 +252,19 @@ CREATE TABLE @extschema@.statement (
 	errors			jsonb NOT NULL DEFAULT '[]',
 	supersedes		bigint,
 	superseded_by	bigint,
-	UNIQUE (provider_id, digest)
+	options			jsonb NOT NULL DEFAULT '{}',
+	-- the same body imported with other options (another account, month,
+	-- column map) is another statement, not a duplicate of the first
+	CONSTRAINT statement_provider_id_digest_format_options_key
+		UNIQUE (provider_id, digest, format, options)
 );
 CREATE INDEX statement_period_idx ON @extschema@.statement (provider_id, period, account);
 COMMENT ON TABLE @extschema@.statement IS
-	'One imported carrier statement (monthly bill), written by shipsync.import_statement(): provider, month, account, who imported it when, how many lines were stored, the totals per currency as billed, and the SHA-256 of the body (the same body again is a no-op). A later statement of the same provider, period and account supersedes the earlier one line by line.';
+	'One imported carrier statement (monthly bill), written by shipsync.import_statement(): provider, month, account, who imported it when, how many lines were stored, the totals per currency as billed, and the SHA-256 of the body (the same body again, in the same format and with the same options, is a no-op). A later statement of the same provider, period and account supersedes the earlier one line by line.';
 COMMENT ON COLUMN @extschema@.statement.period IS 'The first day of the month billed.';
 COMMENT ON COLUMN @extschema@.statement.account IS 'The account billed (options.account, e.g. an SF monthly card), when a provider bills several: statements of different accounts never supersede each other.';
-COMMENT ON COLUMN @extschema@.statement.digest IS 'Hex SHA-256 of the body as given: importing the same body again changes nothing.';
+COMMENT ON COLUMN @extschema@.statement.digest IS 'Hex SHA-256 of the body as given: importing the same body again, in the same format and with the same options, changes nothing.';
+COMMENT ON COLUMN @extschema@.statement.options IS 'The options it was imported with (columns, period, account, on_error, delimiter): part of what makes an import the same again, as they change what the body says.';
 COMMENT ON COLUMN @extschema@.statement.lines IS 'Lines of the statement stored (revisions and unchanged lines included; skipped lines are in errors).';
 COMMENT ON COLUMN @extschema@.statement.totals IS 'Sum of the stored lines'' amounts per currency, as billed: {"CNY": "1234.50"}.';
 COMMENT ON COLUMN @extschema@.statement.errors IS 'With options on_error = skip: the lines left out, [{"line", "column", "error"}].';
@@ -872,7 +877,8 @@ BEGIN
 							AND x.order_key = tot.k AND x.resolved_at IS NULL)
 		RETURNING 1),
 	agreed AS (
-		UPDATE @extschema@.exception_ticket x SET resolved_at = now()
+		UPDATE @extschema@.exception_ticket x SET resolved_at = now(),
+			   resolution = 'its fee lines are in one currency again'
 		  FROM tot
 		 WHERE tot.one AND x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
 		   AND x.order_key = tot.k AND x.resolved_at IS NULL
@@ -912,6 +918,45 @@ END
 $$;
 
 /*
+ * The quote totals the dispatcher's apply wrote back with the shipments
+ * (src/apply.c: one element per shipment with a fee_total) that have more
+ * decimals than the order's numeric column holds: the write-back left the
+ * column as it was, and the order gets the writeback_failed ticket a bill's
+ * total gets in _fee_totals() (closed, as that one, by the hourly look at
+ * fees of a reconciliation pass once the column holds the shipment's
+ * fee_total).  Returns how many orders.
+ */
+CREATE FUNCTION @extschema@._quote_totals_unfit(bids integer[], oks text[], totals numeric[])
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	WITH scale AS (
+		SELECT u.b, u.k, u.tot, a.attname, a.atttypid, tm.m,
+			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END AS s
+		FROM unnest(bids, oks, totals) AS u(b, k, tot)
+		JOIN @extschema@.binding bb
+		  ON bb.binding_id = u.b AND bb.active AND bb.writeback ? 'fee_total'
+		JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid = bb.tbl AND a.attname = bb.writeback->>'fee_total' AND NOT a.attisdropped
+		JOIN pg_catalog.pg_type ty
+		  ON ty.oid = coalesce(nullif((SELECT d.typbasetype FROM pg_catalog.pg_type d
+									   WHERE d.oid = a.atttypid), 0), a.atttypid)
+		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
+				ELSE (SELECT d.typtypmod FROM pg_catalog.pg_type d WHERE d.oid = a.atttypid) END) tm(m)
+		WHERE u.tot IS NOT NULL AND ty.oid = 'pg_catalog.numeric'::pg_catalog.regtype),
+	unfit AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
+		SELECT 'writeback_failed', scale.b, scale.k,
+			   format('write-back of the fee total failed: %s has more decimals than column %I (%s) holds; it was left as it was, not rounded',
+					  scale.tot, scale.attname, pg_catalog.format_type(scale.atttypid, scale.m))
+		FROM scale
+		WHERE scale.s IS NOT NULL AND pg_catalog.round(scale.tot, scale.s) <> scale.tot
+		RETURNING 1)
+	SELECT count(*) FROM unfit
+$$;
+
+/*
  * The row of a statement being imported (src/statement.c): its period
  * (given as YYYY-MM, else the one month all its lines fall in, in the
  * provider's time zone), its totals per currency as billed, and the
@@ -919,7 +964,7 @@ $$;
  */
 CREATE FUNCTION @extschema@._begin_statement(pid integer, period_text text, acct text, fmt text,
 	body_digest text, tz text, curs text[], amounts numeric[], ats timestamptz[], errs jsonb,
-	OUT statement_id bigint, OUT replaces bigint, OUT period date, OUT totals jsonb)
+	opts jsonb, OUT statement_id bigint, OUT replaces bigint, OUT period date, OUT totals jsonb)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -958,8 +1003,9 @@ BEGIN
 	FROM (SELECT u.cur, sum(u.amount) AS total FROM unnest(curs, amounts) AS u(cur, amount)
 		  GROUP BY u.cur) x;
 	INSERT INTO @extschema@.statement AS s (provider_id, period, account, format, digest, lines,
-		totals, errors, supersedes)
-	VALUES (pid, p, acct, fmt, body_digest, coalesce(cardinality(curs), 0), tot, errs, old)
+		totals, errors, supersedes, options)
+	VALUES (pid, p, acct, fmt, body_digest, coalesce(cardinality(curs), 0), tot, errs, old,
+		coalesce(opts, '{}'))
 	RETURNING s.statement_id INTO id;
 	UPDATE @extschema@.statement s SET superseded_by = id WHERE s.statement_id = old;
 	statement_id := id;

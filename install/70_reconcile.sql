@@ -1360,17 +1360,28 @@ BEGIN
 	SELECT count(*) INTO closed FROM c;
 
 	-- the CRM side of tables no longer attached (detached, or dropped): no
-	-- pass compares them again.  (A table attached again keeps its binding,
-	-- active again, and its tickets.)
+	-- pass compares them again, nor looks at their write-backs.  (A table
+	-- attached again keeps its binding, active again, and its tickets.)  A
+	-- fee total a row did not take is moot too once the table's write-back
+	-- map has no fee_total: nothing writes it any more, and the hourly look
+	-- judges only the tables that have one.
 	WITH d AS (
 		UPDATE @extschema@.exception_ticket x
 		   SET resolved_at = now(), run_id = run,
-			   resolution = format('its table is no longer attached (reconciliation run %s)', run)
+			   resolution = CASE WHEN EXISTS (SELECT 1 FROM @extschema@.binding b
+											   WHERE b.binding_id = x.binding_id AND b.active)
+				   THEN format('its table no longer writes back fee_total (reconciliation run %s)', run)
+				   ELSE format('its table is no longer attached (reconciliation run %s)', run) END
 		 WHERE x.resolved_at IS NULL AND x.binding_id IS NOT NULL
-		   AND (x.kind IN ('not_sent', 'address_changed_after_send', 'stuck', 'fee_mismatch')
-				OR (x.kind IN ('tracking_mismatch', 'status_mismatch') AND x.facts->>'check' = 'crm'))
-		   AND NOT EXISTS (SELECT 1 FROM @extschema@.binding b
-							WHERE b.binding_id = x.binding_id AND b.active)
+		   AND (((x.kind IN ('not_sent', 'address_changed_after_send', 'stuck', 'fee_mismatch',
+							 'writeback_failed')
+				  OR (x.kind IN ('tracking_mismatch', 'status_mismatch') AND x.facts->>'check' = 'crm'))
+				 AND NOT EXISTS (SELECT 1 FROM @extschema@.binding b
+								  WHERE b.binding_id = x.binding_id AND b.active))
+				OR (x.kind = 'writeback_failed' AND x.provider_id IS NULL
+					AND EXISTS (SELECT 1 FROM @extschema@.binding b
+								 WHERE b.binding_id = x.binding_id AND b.active
+								   AND NOT b.writeback ? 'fee_total')))
 		RETURNING 1)
 	SELECT closed + count(*) INTO closed FROM d;
 END

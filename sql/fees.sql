@@ -336,7 +336,7 @@ WHERE kind = 'fee_currency_mixed';
 -- the carrier corrects the tax into CNY: one currency again, total written, ticket resolved
 SELECT pg_temp.push('[{"tracking_number": "T5", "type": "tax", "amount": "13.00", "currency": "CNY"}]');
 SELECT id, fee FROM orders WHERE id = 5;
-SELECT kind, order_key, resolved_at IS NULL AS open FROM shipsync.exception_ticket
+SELECT kind, order_key, resolved_at IS NULL AS open, resolution FROM shipsync.exception_ticket
 WHERE kind = 'fee_currency_mixed';
 
 ------------------------------------------------------------------------------
@@ -923,3 +923,18 @@ SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,state\r\n
 SELECT order_key, estimated, charged, net, lines FROM shipsync.order_fees
 WHERE tbl = 'orders5'::regclass AND order_key = '9';
 SELECT id, fee FROM orders5 WHERE id = 9;
+
+-- The same body imported with other options is another statement: the
+-- options say which account and month it bills and how its columns read.
+-- Answered as a duplicate of the first, the second account's bill was lost
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount\nA1,freight,3.00\n',
+	options => '{"period": "2027-08", "account": "card-1"}') - '{provider,statement_id,totals}'::text[] AS first;
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount\nA1,freight,3.00\n',
+	options => '{"period": "2027-08", "account": "card-2"}') - '{provider,statement_id,totals}'::text[] AS other_account;
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount\nA1,freight,3.00\n',
+	options => '{"period": "2027-09", "account": "card-1"}') - '{provider,statement_id,totals}'::text[] AS other_month;
+-- the same body with the same options (written in another order) is the same statement
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount\nA1,freight,3.00\n',
+	options => '{"account": "card-1", "period": "2027-09"}') ->> 'duplicate' AS same_again;
+SELECT s.period, s.account, s.lines, s.options FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
+WHERE p.name = 'gen2' AND s.period >= '2027-08-01' ORDER BY s.statement_id;

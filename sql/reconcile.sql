@@ -314,9 +314,11 @@ INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id,
 VALUES ('dead_intent', :bid, '1', :rc, :ob2, 'HTTP 500: second');
 SELECT count(*) AS tickets, max(detail) AS detail, max(outbox_id) = :ob2 AS latest_intent
 FROM shipsync.exception_ticket WHERE kind = 'dead_intent';
--- retry() resolves it; dying again reopens it
+-- retry() resolves it, saying so in the ledger's history; dying again reopens it
 SELECT shipsync.retry(:ob2);
-SELECT resolved_at IS NOT NULL AS resolved FROM shipsync.exception_ticket WHERE kind = 'dead_intent';
+SELECT resolved_at IS NOT NULL AS resolved, resolution FROM shipsync.exception_ticket WHERE kind = 'dead_intent';
+SELECT e.note FROM shipsync.ticket_event e JOIN shipsync.exception_ticket t USING (ticket_id)
+WHERE t.kind = 'dead_intent' AND e.event = 'resolved';
 UPDATE shipsync.outbox SET state = 'dead' WHERE id = :ob2;
 INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
 VALUES ('dead_intent', :bid, '1', :rc, :ob2, 'HTTP 500: third');
@@ -339,7 +341,12 @@ VALUES (:bid, :rc, '1', 'update', 'dead', 3, 'http_5xx', now() - interval '2 hou
 	   (:bid, :rc, '3', 'update', 'dead', 1, 'http_4xx', now()),
 	   (:bid, :rc, '4', 'update', 'invalid', 0, 'invalid_order', now()),
 	   (:bid, :rc2, '5', 'update', 'dead', 2, 'timeout', now());
+INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+SELECT 'dead_intent', binding_id, order_key, provider_id, id, 'HTTP 503'
+FROM shipsync.outbox WHERE error_class = 'http_5xx' AND order_key = '2';
 SELECT shipsync.requeue('rc', error_class => 'http_5xx', since => now() - interval '1 hour') AS recent_5xx;
+SELECT t.resolved_at IS NOT NULL AS resolved, t.resolution FROM shipsync.exception_ticket t
+JOIN shipsync.outbox o ON o.id = t.outbox_id WHERE o.error_class = 'http_5xx' AND o.order_key = '2';
 SELECT shipsync.retry('rc', 'invalid') AS invalid;
 SELECT shipsync.retry(NULL::text, error_class => 'timeout') AS timeouts;
 SELECT shipsync.requeue('rc') AS rest_of_dead;
@@ -710,6 +717,15 @@ SELECT shipsync.import_statement('rcf', E'tracking_number,type,amount\nB1,freigh
 	options => '{"period": "2026-06"}') ->> 'new' AS new;
 RESET client_min_messages;
 SELECT * FROM pg_temp.fee_tickets(:fbid);
+-- attached again without fee_total in its write-back map: the total is
+-- written no more, so its ticket is moot (it was never judged again, and
+-- stayed open for good)
+SELECT shipsync.detach('billed');
+SELECT shipsync.attach('billed', 'rcf', writeback => '{}',
+	options => '{"created_at_column": "created"}') = :fbid AS same_binding;
+DELETE FROM shipsync.inbox WHERE binding_id = :fbid;
+SELECT pg_temp.crm_pass(true) > 0 AS passed;
+SELECT * FROM pg_temp.fee_tickets(:fbid);
 SELECT shipsync.pause('rcf');
 
 ------------------------------------------------------------------------------
@@ -764,10 +780,16 @@ SELECT shipsync.attach('left_orders', 'rcf', options => '{"created_at_column": "
 DELETE FROM shipsync.inbox WHERE binding_id = :lbid;
 SELECT pg_temp.crm_pass(false) > 0 AS passed;
 SELECT kind, state, reopen_count, last_note FROM shipsync.open_tickets WHERE ticket_id = :lt;
+-- (a fee total its row refused, and a write-back of the dispatcher's that
+-- failed: no pass judges them once the table is detached)
+INSERT INTO shipsync.exception_ticket (kind, binding_id, order_key, provider_id, detail)
+VALUES ('writeback_failed', :lbid, '1', NULL, 'write-back of the fee total failed: a test'),
+	   ('writeback_failed', :lbid, '1', :rcf, 'write-back failed: a test');
 SELECT shipsync.detach('left_orders');
 SELECT pg_temp.crm_pass(false) > 0 AS passed;
-SELECT kind, order_key, resolved_at IS NULL AS open, regexp_replace(resolution, 'run \d+', 'run N') AS resolution
-FROM shipsync.exception_ticket WHERE binding_id = :lbid ORDER BY kind, order_key;
+SELECT kind, order_key, provider_id IS NULL AS fee, resolved_at IS NULL AS open,
+	   regexp_replace(resolution, 'run \d+', 'run N') AS resolution
+FROM shipsync.exception_ticket WHERE binding_id = :lbid ORDER BY kind, order_key, 3;
 
 ------------------------------------------------------------------------------
 -- A flood of tickets (a statement of 4,000 waybills no shipment has): the

@@ -553,6 +553,7 @@ apply_with_quotes(bool no_writeback, Binding *bs, int nb, ApplyStmt quotes, ArgA
 	if (no_writeback)
 		return;
 	writeback_shipments(bs, nb, shipped, nshipped);
+	fees_ticket_unfit_quotes(shipped, nshipped);
 	(void) fees_write_totals(totals, ntotals);
 }
 

@@ -1426,6 +1426,51 @@ fees_write_totals(SPITupleTable *tt, uint64 nrows)
 }
 
 /*
+ * The quote totals written back with shipments (the rows apply recorded:
+ * binding_id, order_key, ..., fee_total in column 7) that the order's
+ * numeric column cannot hold without rounding: the write-back left the
+ * column as it was, and each such order gets a writeback_failed ticket,
+ * as a bill's total does (shipsync._quote_totals_unfit()).  Shipments
+ * without a fee_total are not asked about.
+ */
+void
+fees_ticket_unfit_quotes(SPITupleTable *tt, uint64 nrows)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum	   *bid = palloc(sizeof(Datum) * (nrows + 1));
+	Datum	   *key = palloc(sizeof(Datum) * (nrows + 1));
+	Datum	   *tot = palloc(sizeof(Datum) * (nrows + 1));
+	Datum		args[3];
+	int			n = 0;
+
+	for (uint64 i = 0; i < nrows; i++)
+	{
+		bool		isnull;
+		Datum		v = SPI_getbinval(tt->vals[i], tt->tupdesc, 7, &isnull);
+
+		if (isnull)
+			continue;
+		tot[n] = v;
+		bid[n] = SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull);
+		key[n] = CStringGetTextDatum(SPI_getvalue(tt->vals[i], tt->tupdesc, 2));
+		n++;
+	}
+	if (n == 0)
+		return;
+	if (plan == NULL)
+	{
+		Oid			t[3] = {INT4ARRAYOID, TEXTARRAYOID, NUMERICARRAYOID};
+
+		plan = shipsync_prepare_saved("SELECT shipsync._quote_totals_unfit($1, $2, $3)", 3, t);
+	}
+	args[0] = shipsync_make_array(bid, NULL, n, INT4OID);
+	args[1] = shipsync_make_array(key, NULL, n, TEXTOID);
+	args[2] = shipsync_make_array(tot, NULL, n, NUMERICOID);
+	if (SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "ticketing the quote totals the order rows cannot hold failed");
+}
+
+/*
  * Run _store_fees() with the plans its batch wants, as a function's SET
  * clause would.  Pushes, pulls and create answers are small batches:
  * generic plans, made once per session (planning its statements anew cost

@@ -994,6 +994,7 @@ extern bool fees_read_json(FeeContext *c, FeeBatch *b, Jsonb *doc, FeeMap *m,
 						   int *bad_line, FeeProblem *pr);
 extern Datum fees_batch_field(FeeBatch *b, FeeField f);
 extern int	fees_write_totals(SPITupleTable *tt, uint64 nrows);
+extern void fees_ticket_unfit_quotes(SPITupleTable *tt, uint64 nrows);
 extern void fees_lock_provider(int32 provider_id);
 extern void fees_store(FeeBatch *b, const char *src, int64 stmt, int64 replaces,
 					   ArrayType *held, const char *who, FeeSummary *sum);

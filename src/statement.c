@@ -407,17 +407,21 @@ json_bad_line(void *arg, int line, FeeProblem *pr)
 }
 
 /*
- * The statement this body already is, as the answer of an import, or NULL.
- * Sets *digest to the body's hex SHA-256.
+ * The statement this body already is, as the answer of an import, or NULL:
+ * the same body in the same format with the same options (another account,
+ * month or column map makes another statement of the same bytes).  Sets
+ * *digest to the body's hex SHA-256.
  */
 static char *
-already_imported(TrackProvider *p, text *body, char **digest)
+already_imported(TrackProvider *p, text *body, const char *format, Datum options,
+				 char **digest)
 {
-	Datum		args[2] = {Int32GetDatum(p->id), PointerGetDatum(body)};
+	Datum		args[4] = {Int32GetDatum(p->id), PointerGetDatum(body),
+	CStringGetTextDatum(format), options};
 
 	if (digest_plan == NULL)
 	{
-		Oid			t[2] = {INT4OID, TEXTOID};
+		Oid			t[4] = {INT4OID, TEXTOID, TEXTOID, JSONBOID};
 
 		digest_plan = shipsync_prepare_saved(
 			"SELECT d.digest, CASE WHEN s.statement_id IS NOT NULL THEN"
@@ -427,7 +431,8 @@ already_imported(TrackProvider *p, text *body, char **digest)
 			"  'skipped', pg_catalog.jsonb_array_length(s.errors))::text END"
 			" FROM (SELECT pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to($2, 'UTF8')), 'hex') AS digest) d"
 			" JOIN shipsync.provider p ON p.provider_id = $1"
-			" LEFT JOIN shipsync.statement s ON s.provider_id = $1 AND s.digest = d.digest", 2, t);
+			" LEFT JOIN shipsync.statement s ON s.provider_id = $1 AND s.digest = d.digest"
+			"  AND s.format = $3 AND s.options = $4", 4, t);
 	}
 	/* not read-only: a snapshot taken now, after the provider's lock */
 	if (SPI_execute_plan(digest_plan, args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
@@ -443,22 +448,22 @@ already_imported(TrackProvider *p, text *body, char **digest)
  */
 static char *
 begin_statement(TrackProvider *p, FeeBatch *b, StatementOptions *so, const char *format,
-				const char *digest, StatementErrors *errs, int64 *id, int64 *replaces,
-				char **totals)
+				const char *digest, Datum options, StatementErrors *errs, int64 *id,
+				int64 *replaces, char **totals)
 {
-	Datum		args[10];
-	char		nulls[10] = "          ";
+	Datum		args[11];
+	char		nulls[11] = "           ";
 	bool		isnull;
 	Datum		v;
 
 	if (begin_plan == NULL)
 	{
-		Oid			t[10] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
-		NUMERICARRAYOID, TIMESTAMPTZARRAYOID, JSONBOID};
+		Oid			t[11] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
+		NUMERICARRAYOID, TIMESTAMPTZARRAYOID, JSONBOID, JSONBOID};
 
 		begin_plan = shipsync_prepare_saved(
 			"SELECT statement_id, replaces, pg_catalog.to_char(period, 'YYYY-MM'), totals::text"
-			" FROM shipsync._begin_statement($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", 10, t);
+			" FROM shipsync._begin_statement($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)", 11, t);
 	}
 	args[0] = Int32GetDatum(p->id);
 	args[1] = so->period ? CStringGetTextDatum(so->period) : (Datum) 0;
@@ -473,6 +478,7 @@ begin_statement(TrackProvider *p, FeeBatch *b, StatementOptions *so, const char 
 	args[8] = fees_batch_field(b, FEE_OCCURRED_AT);
 	appendStringInfoChar(&errs->json, ']');
 	args[9] = DirectFunctionCall1(jsonb_in, CStringGetDatum(errs->json.data));
+	args[10] = options;
 	if (SPI_execute_plan(begin_plan, args, nulls, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "recording the statement failed");
 	*id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -528,6 +534,7 @@ shipsync_import_statement(PG_FUNCTION_ARGS)
 	FeeSummary	sum = {0};
 	StatementErrors errs;
 	char	   *digest;
+	Datum		options;
 	char	   *answer;
 	char	   *period;
 	char	   *totals;
@@ -544,6 +551,8 @@ shipsync_import_statement(PG_FUNCTION_ARGS)
 				 errmsg("unknown statement format \"%s\"", format),
 				 errhint("Statements are csv or json.")));
 	read_options(PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), &so);
+	options = PG_ARGISNULL(3) ? DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"))
+		: PG_GETARG_DATUM(3);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -554,7 +563,7 @@ shipsync_import_statement(PG_FUNCTION_ARGS)
 	 * then supersedes it (or is its duplicate).
 	 */
 	fees_lock_provider(p->id);
-	answer = already_imported(p, body, &digest);
+	answer = already_imported(p, body, format, options, &digest);
 	if (answer != NULL)
 	{
 		MemoryContextSwitchTo(cxt);
@@ -583,7 +592,7 @@ shipsync_import_statement(PG_FUNCTION_ARGS)
 							  fees_map_load(p->profile, "fee"), "statement",
 							  json_bad_line, &jb, &line, &pr);
 	}
-	period = begin_statement(p, b, &so, format, digest, &errs, &id, &replaces, &totals);
+	period = begin_statement(p, b, &so, format, digest, options, &errs, &id, &replaces, &totals);
 	fees_store(b, "statement", id, replaces, held_waybills(&errs),
 			   GetUserNameFromId(GetSessionUserId(), false), &sum);
 

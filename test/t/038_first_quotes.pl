@@ -141,6 +141,31 @@ is( sql("SELECT count(*) FROM shipsync.fee_sum s WHERE NOT EXISTS (SELECT 1 FROM
 	'0', 'no fee_sum row without a fee line of its order');
 isnt(sql("SELECT count(*) FROM shipsync.fee_sum"), '0', '(not vacuous: there are sums)');
 
+# A first quote whose total has more decimals than the order's column
+# holds is not written, by either path, and the order gets a ticket, as a
+# bill's total does (the column was left empty without a word)
+sql(q{CREATE TABLE crm.orders2 (id text PRIMARY KEY, customer text NOT NULL, phone text,
+		address text, waybill_no text, ship_status text, fee numeric(10,2), label text);
+	SELECT shipsync.attach('crm.orders2', 'sim', writeback => '{"tracking_number": "waybill_no",
+		"status": "ship_status", "fee_total": "fee", "label_url": "label"}')});
+sim_post($sim, '/_sim/faults', { rules => [
+	{ fault => 'hostile', field => 'fees', kind => 'json', match_order_ref => '^Q1$',
+	  text => '[{"type":"freight","amount":"13.705","currency":"CNY"}]' },
+	{ fault => 'hostile', field => 'fees', kind => 'json', match_order_ref => '^Q2$',
+	  text => '[{"type":"freight","amount":"13.705","currency":"CNY"},{"type":"freight","amount":"1","currency":"CNY"}]' },
+	{ fault => 'hostile', field => 'fees', kind => 'json', match_order_ref => '^Q3$',
+	  text => '[{"type":"freight","amount":"13.70","currency":"CNY"}]' } ] });
+sql("INSERT INTO crm.orders2 (id, customer) VALUES ('Q1', 'q'), ('Q2', 'q'), ('Q3', 'q')");
+ok(wait_until($node, "SELECT count(*) = 3 FROM crm.orders2 WHERE waybill_no IS NOT NULL"),
+	'the three orders of a numeric(10,2) column are shipped');
+is( sql(q{SELECT string_agg(o.id || ':' || coalesce(o.fee::text, '-') || ':' || s.fee_total
+			|| ':' || coalesce((SELECT string_agg(x.kind, ',') FROM shipsync.exception_ticket x
+				WHERE x.order_key = o.id AND x.resolved_at IS NULL AND x.detail LIKE '%more decimals%'), '-'), ' '
+			ORDER BY o.id)
+		FROM crm.orders2 o JOIN shipsync.shipment s ON s.order_key = o.id}),
+	'Q1:-:13.705:writeback_failed Q2:-:14.705:writeback_failed Q3:13.70:13.70:-',
+	'a quote total the column cannot hold is left out, with a writeback_failed ticket');
+
 is(sim_get($sim, '/_sim/stats')->{duplicate_orders}, 0, 'no order shipped twice');
 $node->stop;
 done_testing();

@@ -1,0 +1,44 @@
+# Databases whose encoding is not UTF8.  One cluster: an SQL_ASCII
+# database (attach() takes it: its bytes go out as they are), whose orders
+# may hold bytes that are not UTF-8 (GBK written by an old CRM).
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ShipsyncTest;
+
+my $node = shipsync_node('encoding', "shipsync.databases = 'sqlascii'");
+$node->safe_psql('postgres', q{
+	CREATE DATABASE sqlascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
+});
+
+# ---- SQL_ASCII: an order that is not UTF-8 is invalid, never sent --------
+my $sim = start_sim();
+setup_orders($node, $sim, undef, 'sqlascii');
+$node->safe_psql('sqlascii', q{
+	INSERT INTO crm.orders (customer, phone, address) VALUES ('张三', '13800138000', '北京市朝阳区');
+	INSERT INTO crm.orders (customer, phone, address)
+		VALUES (convert_from('\xd5c5c8fd', 'SQL_ASCII'), '13800138001', 'GBK');
+	INSERT INTO crm.orders (customer, phone, address) VALUES ('王五', '13800138002', '上海市');
+});
+ok(wait_until($node, q{SELECT count(*) = 3 FROM shipsync.outbox WHERE state IN ('done', 'dead', 'invalid')},
+	60, 'sqlascii'), 'the three orders are settled');
+is($node->safe_psql('sqlascii', q{SELECT string_agg(order_key || ' ' || state || ' ' || coalesce(error_class, '-'), ', ' ORDER BY order_key)
+	FROM shipsync.outbox}),
+	'1 done -, 2 invalid invalid_order, 3 done -', 'the order holding GBK bytes is invalid, the others delivered');
+like($node->safe_psql('sqlascii', q{SELECT last_error FROM shipsync.outbox WHERE order_key = '2'}),
+	qr/not valid UTF-8/, '... its error says the row is not UTF-8');
+is($node->safe_psql('sqlascii', q{SELECT kind FROM shipsync.exception_ticket WHERE order_key = '2'}),
+	'invalid_order', '... with an invalid_order ticket (no auth_failed, no dead_intent)');
+is(sim_get($sim, '/_sim/stats')->{requests}, 2, 'the carrier got the two UTF-8 orders only');
+my ($rc, $out, $err) = $node->psql('sqlascii', q{SELECT * FROM shipsync.render_request(
+	(SELECT id FROM shipsync.outbox WHERE order_key = '2'))});
+like($err, qr/has nothing to send\nDETAIL:  It would not be sent: the order row is not valid UTF-8/,
+	'render_request() says it is not sent, and why');
+
+stop_sim($sim);
+$node->stop;
+done_testing();

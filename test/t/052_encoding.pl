@@ -1,6 +1,7 @@
 # Databases whose encoding is not UTF8.  One cluster: an SQL_ASCII
 # database (attach() takes it: its bytes go out as they are), whose orders
-# may hold bytes that are not UTF-8 (GBK written by an old CRM).
+# may hold bytes that are not UTF-8 (GBK written by an old CRM): such an
+# order is invalid and never sent, and the masks take its bytes.
 use strict;
 use warnings;
 use FindBin;
@@ -38,6 +39,20 @@ my ($rc, $out, $err) = $node->psql('sqlascii', q{SELECT * FROM shipsync.render_r
 	(SELECT id FROM shipsync.outbox WHERE order_key = '2'))});
 like($err, qr/has nothing to send\nDETAIL:  It would not be sent: the order row is not valid UTF-8/,
 	'render_request() says it is not sent, and why');
+
+# ---- SQL_ASCII: masks take bytes that are not UTF-8 ---------------------
+is(($node->psql('sqlascii', q{SELECT shipsync.mask_pii(convert_from('\xd5c5c8fd', 'SQL_ASCII'), 'name') IS NOT NULL}))[1],
+	't', 'mask_pii() of a value that is not UTF-8 in SQL_ASCII');
+$node->safe_psql('sqlascii', q{
+	CREATE ROLE rdr IN ROLE shipsync_reader;
+	UPDATE shipsync.outbox SET request_body = convert_from('\x7b226f72646572223a7b22637573746f6d6572223a22d5c5c8fd227d7d', 'SQL_ASCII')
+	WHERE order_key = '1';
+});
+($rc, $out, $err) = $node->psql('sqlascii', q{SET ROLE rdr;
+	SELECT string_agg(order_key || ' ' || (position(convert_from('\xc8fd', 'SQL_ASCII') IN request_body) = 0), ', ' ORDER BY order_key)
+	FROM shipsync.intents WHERE request_body IS NOT NULL});
+is($err, '', 'a reader reads shipsync.intents with a request body that is not UTF-8');
+is($out, '1 true, 3 true', '... masked: its name is not shown');
 
 stop_sim($sim);
 $node->stop;

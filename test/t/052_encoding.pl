@@ -1,7 +1,9 @@
 # Databases whose encoding is not UTF8.  One cluster: an SQL_ASCII
 # database (attach() takes it: its bytes go out as they are), whose orders
 # may hold bytes that are not UTF-8 (GBK written by an old CRM): such an
-# order is invalid and never sent, and the masks take its bytes.
+# order is invalid and never sent, and the masks take its bytes.  An EUC_CN
+# database: CREATE EXTENSION works (its Chinese text converted), attach()
+# refuses it with a clear error.
 use strict;
 use warnings;
 use FindBin;
@@ -14,6 +16,7 @@ use ShipsyncTest;
 my $node = shipsync_node('encoding', "shipsync.databases = 'sqlascii'");
 $node->safe_psql('postgres', q{
 	CREATE DATABASE sqlascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
+	CREATE DATABASE euc ENCODING 'EUC_CN' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
 });
 
 # ---- SQL_ASCII: an order that is not UTF-8 is invalid, never sent --------
@@ -53,6 +56,26 @@ $node->safe_psql('sqlascii', q{
 	FROM shipsync.intents WHERE request_body IS NOT NULL});
 is($err, '', 'a reader reads shipsync.intents with a request body that is not UTF-8');
 is($out, '1 true, 3 true', '... masked: its name is not shown');
+
+# ---- EUC_CN: the extension installs, its Chinese text as it is meant -----
+($rc, $out, $err) = $node->psql('euc', 'CREATE EXTENSION pg_shipsync');
+is($rc, 0, 'CREATE EXTENSION in an EUC_CN database') or diag($err);
+is(($node->psql('euc', q{SET client_encoding = 'UTF8';
+	SELECT count(*) FROM shipsync.status_map
+	WHERE profile = 'kuaidi100' AND raw_status IN ('在途', '签收')}))[1],
+	'2', 'the Kuaidi100 status names are Chinese in EUC_CN, not mojibake');
+($rc, $out, $err) = $node->psql('euc', q{
+	CREATE TABLE orders (id int PRIMARY KEY, customer text);
+	SELECT shipsync.create_provider('sim', 'generic', 'http://127.0.0.1:9');
+	SELECT shipsync.attach('orders', 'sim');
+});
+like($err, qr/database encoding EUC_CN cannot be sent as JSON/, 'attach() refuses EUC_CN, saying why');
+
+# LATIN1 cannot hold the Chinese text: refused, rather than installed with
+# the Kuaidi100 statuses in mojibake (matching no event)
+$node->safe_psql('postgres', q{CREATE DATABASE lat ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0});
+($rc, $out, $err) = $node->psql('lat', 'CREATE EXTENSION pg_shipsync');
+like($err, qr/has no equivalent in encoding "LATIN1"/, 'CREATE EXTENSION in LATIN1 fails, installing no mojibake');
 
 stop_sim($sim);
 $node->stop;

@@ -3,7 +3,8 @@
 # may hold bytes that are not UTF-8 (GBK written by an old CRM): such an
 # order is invalid and never sent, and the masks take its bytes.  An EUC_CN
 # database: CREATE EXTENSION works (its Chinese text converted), attach()
-# refuses it with a clear error.
+# refuses it with a clear error; as the receiver's database, it answers
+# 503 and says why.
 use strict;
 use warnings;
 use FindBin;
@@ -13,7 +14,9 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use ShipsyncTest;
 
-my $node = shipsync_node('encoding', "shipsync.databases = 'sqlascii'");
+my $SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
+my ($node, $port) = receiver_node('encoding',
+	"shipsync.databases = 'sqlascii'", "shipsync.receiver_database = 'euc'");
 $node->safe_psql('postgres', q{
 	CREATE DATABASE sqlascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
 	CREATE DATABASE euc ENCODING 'EUC_CN' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
@@ -76,6 +79,36 @@ like($err, qr/database encoding EUC_CN cannot be sent as JSON/, 'attach() refuse
 $node->safe_psql('postgres', q{CREATE DATABASE lat ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0});
 ($rc, $out, $err) = $node->psql('lat', 'CREATE EXTENSION pg_shipsync');
 like($err, qr/has no equivalent in encoding "LATIN1"/, 'CREATE EXTENSION in LATIN1 fails, installing no mojibake');
+
+# ---- the receiver in EUC_CN: 503 and the reason, nothing taken ----------
+# (pushes are UTF-8 signed over their bytes: read as EUC_CN, most Chinese
+# was refused 400, which a sender takes as final, and the rest stored as
+# mojibake)
+$node->safe_psql('euc', qq{
+	CREATE TABLE crm_orders (crm_id text PRIMARY KEY, customer text);
+	INSERT INTO shipsync.field_map (profile, direction, position, target_path, source, transform, arg, "default", required) VALUES
+		('zoho', 'crm_in', 1, 'crm_id', 'id', 'identity', NULL, NULL, true),
+		('zoho', 'crm_in', 2, 'customer', 'contact.name', 'trim', NULL, NULL, true);
+	SELECT shipsync.create_crm_source('zoho', 'generic', 'crm_orders', '{"secret": "$SECRET", "key_column": "crm_id"}');
+});
+my $health;
+for (1 .. 100)
+{
+	$health = push_http($port, 'GET', '/healthz');
+	last if $health->{status} == 503 && $health->{content} =~ /encoding/;
+	select(undef, undef, undef, 0.1);
+}
+is($health->{status}, 503, '/healthz of a receiver whose database is EUC_CN: 503');
+like($health->{content}, qr/database "euc" is in encoding EUC_CN/, '... saying the encoding is why');
+my $n = 0;
+for my $name ('张三', 'Zo' . "\xc3\xab")
+{
+	$n++;
+	my $body = qq({"type": "order.created", "data": {"id": "c$n", "contact": {"name": "$name"}}});
+	my $r = push_http($port, 'POST', '/crm/zoho', sw_headers($SECRET, "msg_$n", $body), $body);
+	is($r->{status}, 503, "push $n is answered 503 (sent again later)");
+}
+is($node->safe_psql('euc', 'SELECT count(*) FROM crm_orders'), '0', 'nothing stored garbled');
 
 stop_sim($sim);
 $node->stop;

@@ -1,7 +1,8 @@
 # Databases whose encoding is not UTF8.  One cluster: an SQL_ASCII
 # database (attach() takes it: its bytes go out as they are), whose orders
 # may hold bytes that are not UTF-8 (GBK written by an old CRM): such an
-# order is invalid and never sent, and the masks take its bytes.  An EUC_CN
+# order is invalid and never sent, the masks take its bytes, and a fee push
+# escaping its Chinese as \uXXXX is read.  An EUC_CN
 # database: CREATE EXTENSION works (its Chinese text converted), attach()
 # refuses it with a clear error; as the receiver's database, it answers
 # 503 and says why.
@@ -59,6 +60,20 @@ $node->safe_psql('sqlascii', q{
 	FROM shipsync.intents WHERE request_body IS NOT NULL});
 is($err, '', 'a reader reads shipsync.intents with a request body that is not UTF-8');
 is($out, '1 true, 3 true', '... masked: its name is not shown');
+
+# ---- SQL_ASCII: a fee push escaping its Chinese (\uXXXX) is read --------
+$node->safe_psql('sqlascii', q{SELECT shipsync.set_secret('sim', 'webhook_secret', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw')});
+my $tn = $node->safe_psql('sqlascii', q{SELECT waybill_no FROM crm.orders WHERE id = 1});
+my $fee = qq({"fees": [{"tracking_number": "$tn", "type": "\\u8fd0\\u8d39 \\ud83d\\ude9a", "amount": "12.00", "currency": "CNY"},
+	{"tracking_number": "$tn", "type": "a\\\\u8fd0", "amount": "1.00", "currency": "CNY"}]});
+($rc, $out, $err) = $node->psql('sqlascii', qq{SELECT shipsync.ingest_fees('sim', '$fee',
+	'{"webhook-id": "msg_f1", "webhook-timestamp": "@{[ time() ]}", "webhook-signature": "@{[
+	sw_headers($SECRET, 'msg_f1', $fee)->{'webhook-signature'} ]}"}') ->> 'lines'});
+is($err, '', 'a fee push with \\u escapes of Chinese and an emoji is taken in SQL_ASCII');
+is($node->safe_psql('sqlascii', qq{SELECT encode(convert_to(raw_type, 'SQL_ASCII'), 'hex') FROM shipsync.fee_line WHERE tracking_number = '$tn' AND NOT quote AND raw_type NOT LIKE 'a%'}),
+	'e8bf90e8b4b920f09f9a9a', '... its fee name stored in UTF-8, as a UTF8 database stores it');
+is($node->safe_psql('sqlascii', qq{SELECT count(*) FROM shipsync.fee_line WHERE tracking_number = '$tn' AND raw_type = 'a\\u8fd0'}),
+	'1', '... an escaped backslash before u stays one');
 
 # ---- EUC_CN: the extension installs, its Chinese text as it is meant -----
 ($rc, $out, $err) = $node->psql('euc', 'CREATE EXTENSION pg_shipsync');

@@ -40,6 +40,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -431,6 +432,98 @@ fees_transform(const FeeRule *r, FeeField f, char *raw, char **out, FeeProblem *
 
 /* ---------- JSON payloads ---------- */
 
+/* The value of the four hex digits at p, or -1 (stops at a NUL) */
+static int
+hex4(const char *p)
+{
+	int			v = 0;
+
+	for (int i = 0; i < 4; i++)
+	{
+		char		c = p[i];
+		int			d;
+
+		if (c >= '0' && c <= '9')
+			d = c - '0';
+		else if (c >= 'a' && c <= 'f')
+			d = c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			d = c - 'A' + 10;
+		else
+			return -1;
+		v = v * 16 + d;
+	}
+	return v;
+}
+
+/*
+ * s with each \u escape of a character beyond ASCII (a surrogate pair as
+ * one) written as its UTF-8 bytes; every other escape, and a lone
+ * surrogate (which jsonb_in() refuses anyway), as it is.
+ */
+static char *
+utf8_escapes_decoded(const char *s)
+{
+	StringInfoData out;
+
+	initStringInfo(&out);
+	while (*s)
+	{
+		int			cp;
+		int			n = 6;
+		unsigned char u[8];
+
+		if (s[0] != '\\' || s[1] != 'u' || (cp = hex4(s + 2)) < 0x80)
+		{
+			/* a character, or an escape that stays: both its characters */
+			appendStringInfoChar(&out, *s++);
+			if (s[-1] == '\\' && *s)
+				appendStringInfoChar(&out, *s++);
+			continue;
+		}
+		if (cp >= 0xD800 && cp <= 0xDBFF)
+		{
+			int			lo = (s[6] == '\\' && s[7] == 'u') ? hex4(s + 8) : -1;
+
+			if (lo >= 0xDC00 && lo <= 0xDFFF)
+			{
+				cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+				n = 12;
+			}
+			else
+				cp = -1;
+		}
+		else if (cp >= 0xDC00 && cp <= 0xDFFF)
+			cp = -1;
+		if (cp < 0)
+		{
+			appendBinaryStringInfo(&out, s, 6);
+			s += 6;
+			continue;
+		}
+		unicode_to_utf8((pg_wchar) cp, u);
+		appendBinaryStringInfo(&out, (char *) u, pg_utf_mblen(u));
+		s += n;
+	}
+	return out.data;
+}
+
+/*
+ * jsonb_in() of s.  In an SQL_ASCII database PostgreSQL refuses a \u
+ * escape of a character beyond ASCII ("conversion between UTF8 and
+ * SQL_ASCII is not supported"), and carriers' encoders write them
+ * (EasyPost, Python's json.dumps, Jackson's escapeNonAscii): a fee push
+ * naming its fee 运费 that way was refused as not JSON.  There they are
+ * written as their UTF-8 bytes first, what a UTF8 database stores.
+ */
+static Jsonb *
+fees_jsonb_in(char *s)
+{
+	if (GetDatabaseEncoding() == PG_SQL_ASCII && strstr(s, "\\u") != NULL)
+		s = utf8_escapes_decoded(s);
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(s)));
+}
+
 /*
  * The jsonb of a payload; a body that is not JSON is SS400, naming the
  * source (fee push, fee pull, statement).
@@ -444,7 +537,7 @@ fees_parse_json(const char *text, size_t len, const char *what, TrackProvider *p
 
 	PG_TRY();
 	{
-		doc = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(s)));
+		doc = fees_jsonb_in(s);
 	}
 	PG_CATCH();
 	{
@@ -491,7 +584,7 @@ json_path(JsonbContainer *c, const char *path, JsonbValue *out)
 
 			if (s[0] != '{' && s[0] != '[')
 				return false;
-			j = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(s)));
+			j = fees_jsonb_in(s);
 			cur.type = jbvBinary;
 			cur.val.binary.data = &j->root;
 		}
@@ -949,7 +1042,7 @@ fees_list_parse(int i, Datum body)
 		parsed_fees.lens[i] == (int) VARSIZE_ANY_EXHDR(t) &&
 		memcmp(parsed_fees.texts[i], VARDATA_ANY(t), parsed_fees.lens[i]) == 0)
 		return parsed_fees.docs[i];
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text_to_cstring(t))));
+	return fees_jsonb_in(text_to_cstring(t));
 }
 
 PG_FUNCTION_INFO_V1(shipsync_quote_totals);

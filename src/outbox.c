@@ -49,6 +49,7 @@
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/array.h"
@@ -813,6 +814,34 @@ render_store(ArgArrays *store, Claimed *c, Datum cdigest, bool cdigest_null)
 }
 
 /*
+ * Carriers read UTF-8, and the body goes out in the database's encoding
+ * (attach() takes UTF8 and SQL_ASCII): in an SQL_ASCII database (or one
+ * restored into another encoding) an order row may hold bytes that are not
+ * UTF-8, GBK written by an old CRM say.  Sent, a carrier answers 400 (not
+ * JSON), a signed dialect a signature error that reads as bad credentials
+ * (SF Express A1006), or takes an address in mojibake.  Such an order is
+ * invalid instead, before anything is sent: c->skip_reason says so.
+ * text is the generic body (before the dialect's render) or the request.
+ */
+static bool
+render_not_utf8(Claimed *c, const char *text, const char *what)
+{
+	long		bad;
+
+	if (text == NULL || GetDatabaseEncoding() == PG_UTF8)
+		return false;
+	bad = shipsync_utf8_invalid_at(text, strlen(text));
+	if (bad < 0)
+		return false;
+	c->invalid = true;
+	c->skip_reason = psprintf("the %s is not valid UTF-8 (byte %ld): database encoding %s;"
+							  " carriers read UTF-8, store the order's text as UTF-8",
+							  what, bad + 1, GetDatabaseEncodingName());
+	c->method = c->url = c->body = NULL;
+	return true;
+}
+
+/*
  * Render the intents of one binding that were never sent: the provider's
  * dialect decides the request of each (create, update or cancel) from the
  * current order row and the shipment known so far (dialect.c); a
@@ -865,13 +894,19 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		if (strcmp(c->op, "register") != 0 && p->dialect->tracking)
 			c->skip_reason = "a tracking provider only registers waybills";
 		else if (strcmp(c->op, "register") != 0)
-			p->dialect->render(p, c, found[i], body[i], shipid[i], cancel);
+		{
+			/* a cancel sends the order's key alone: checked below */
+			if (cancel || !render_not_utf8(c, body[i], "order row"))
+				p->dialect->render(p, c, found[i], body[i], shipid[i], cancel);
+		}
 		else if (regtn[i] == NULL)
 			c->skip_reason = "no waybill to register";
 		else if (p->dialect->render_register == NULL)
 			c->skip_reason = "the provider is not a tracking provider";
 		else
 			p->dialect->render_register(p, c, regtn[i]);
+		if (!c->skip_reason && !render_not_utf8(c, c->url, "request's URL"))
+			(void) render_not_utf8(c, c->body, "request");
 		render_store(store, c, cdigest[i], cdigest_null[i]);
 	}
 }

@@ -49,14 +49,32 @@ PG_FUNCTION_INFO_V1(shipsync_mask_pii_sql);
 PG_FUNCTION_INFO_V1(shipsync_mask_body);
 PG_FUNCTION_INFO_V1(shipsync_pii_visible);
 
-/* Text in the database encoding to a UTF-8 C string */
+/*
+ * Text in the database encoding to a UTF-8 C string.  An SQL_ASCII
+ * database's text is bytes, maybe not UTF-8 (GBK an old CRM wrote):
+ * PostgreSQL's "conversion" would only check them, and an error here made
+ * a reader's shipsync.intents fail for every row because of one.  They go
+ * to mask.c as they are, which counts a byte that is not UTF-8 as one
+ * character (and a body that is not JSON is masked whole).
+ */
 static char *
 to_utf8(text *t)
 {
 	char	   *s = text_to_cstring(t);
 
+	if (GetDatabaseEncoding() == PG_SQL_ASCII)
+		return s;
 	/* without a conversion, s itself comes back: terminated */
 	return pg_server_to_any(s, strlen(s), PG_UTF8);
+}
+
+/* UTF-8 (from to_utf8(), masked) back to the database encoding */
+static text *
+utf8_to_text(char *s)
+{
+	if (GetDatabaseEncoding() == PG_SQL_ASCII)
+		return cstring_to_text(s);
+	return cstring_to_text(pg_any_to_server(s, strlen(s), PG_UTF8));
 }
 
 /* A malloc'd UTF-8 string to text in the database encoding, freeing it */
@@ -66,7 +84,7 @@ from_utf8_malloced(char *s)
 	char	   *copy = pstrdup(s);
 
 	free(s);
-	return cstring_to_text(pg_any_to_server(copy, strlen(copy), PG_UTF8));
+	return utf8_to_text(copy);
 }
 
 /*
@@ -281,7 +299,7 @@ shipsync_mask_body(PG_FUNCTION_ARGS)
 	PG_END_TRY();
 	if (masked == NULL)
 		PG_RETURN_TEXT_P(body);
-	PG_RETURN_TEXT_P(cstring_to_text(pg_any_to_server(masked, strlen(masked), PG_UTF8)));
+	PG_RETURN_TEXT_P(utf8_to_text(masked));
 }
 
 /*

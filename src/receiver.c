@@ -506,7 +506,7 @@ recv_begin(RecvRequest *r, const char *url, const char *method)
 typedef struct RecvValues
 {
 	StringInfoData buf;
-	bool		bad;			/* one is not text in the database encoding */
+	bool		bad;			/* one is not UTF-8 text */
 } RecvValues;
 
 /* MHD_KeyValueIterator: one header or query parameter into the object */
@@ -514,10 +514,9 @@ static enum MHD_Result
 recv_collect(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
 	RecvValues *v = (RecvValues *) cls;
-	int			enc = GetDatabaseEncoding();
 
-	if (!pg_verify_mbstr(enc, key, strlen(key), true) ||
-		(value && !pg_verify_mbstr(enc, value, strlen(value), true)))
+	if (!pg_verify_mbstr(PG_UTF8, key, strlen(key), true) ||
+		(value && !pg_verify_mbstr(PG_UTF8, value, strlen(value), true)))
 	{
 		v->bad = true;
 		return MHD_NO;
@@ -531,8 +530,7 @@ recv_collect(void *cls, enum MHD_ValueKind kind, const char *key, const char *va
 
 /*
  * Headers (or the query) as a JSON object, names as sent; a repeated
- * header keeps its last value.  NULL if one is not text in the database
- * encoding.
+ * header keeps its last value.  NULL if one is not UTF-8 text.
  */
 static char *
 recv_values_json(struct MHD_Connection *conn, enum MHD_ValueKind kind)
@@ -561,11 +559,12 @@ recv_complete(RecvRequest *r)
 					psprintf("the body is over shipsync.max_push_bytes = %d", shipsync_max_push_bytes), 0);
 		return;
 	}
+	/* UTF-8, in an SQL_ASCII database too (its text is any bytes) */
 	if (memchr(r->body, '\0', r->len) != NULL ||
-		!pg_verify_mbstr(GetDatabaseEncoding(), r->body, (int) r->len, true))
+		!pg_verify_mbstr(PG_UTF8, r->body, (int) r->len, true))
 	{
 		recv_refuse(r, RC_BAD_REQUEST, MHD_HTTP_BAD_REQUEST,
-					"the body is not text in the database encoding", 0);
+					"the body is not UTF-8 text", 0);
 		return;
 	}
 	old = MemoryContextSwitchTo(r->cxt);
@@ -575,7 +574,7 @@ recv_complete(RecvRequest *r)
 	if (r->headers == NULL || r->query == NULL)
 	{
 		recv_refuse(r, RC_BAD_REQUEST, MHD_HTTP_BAD_REQUEST,
-					"a header or query parameter is not text in the database encoding", 0);
+					"a header or query parameter is not UTF-8 text", 0);
 		return;
 	}
 	MHD_suspend_connection(r->conn);
@@ -785,7 +784,19 @@ recv_check_ready_in_tx(void)
 	if (SPI_processed > 0)
 		version = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	recv_ingest_role = get_role_oid("shipsync_ingest", true);
-	if (version == NULL)
+	/*
+	 * Pushes are UTF-8, signed over their bytes, and go to the functions
+	 * as they came: in another encoding (EUC_CN, LATIN1) they were read as
+	 * its characters, mojibake stored (an e with diaeresis as a Chinese
+	 * character in EUC_CN) or most Chinese refused 400, which a sender
+	 * takes as final.  503 until the receiver's database is a UTF8 one.
+	 */
+	if (GetDatabaseEncoding() != PG_UTF8 && GetDatabaseEncoding() != PG_SQL_ASCII)
+		snprintf(recv_not_ready, sizeof(recv_not_ready),
+				 "database \"%s\" is in encoding %s: pushes are UTF-8 and signed over their bytes,"
+				 " and cannot be stored there as they came; use a UTF8 database (shipsync.receiver_database)",
+				 shipsync_receiver_database, GetDatabaseEncodingName());
+	else if (version == NULL)
 		snprintf(recv_not_ready, sizeof(recv_not_ready),
 				 "extension pg_shipsync is not installed in database \"%s\"",
 				 shipsync_receiver_database);

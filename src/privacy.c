@@ -55,9 +55,11 @@ PG_FUNCTION_INFO_V1(shipsync_pii_visible);
  * PostgreSQL's "conversion" would only check them, and an error here made
  * a reader's shipsync.intents fail for every row because of one.  They go
  * to mask.c as they are, which counts a byte that is not UTF-8 as one
- * character (and a body that is not JSON is masked whole).
+ * character (and a body that is not JSON is masked whole).  Not inlined:
+ * inside shipsync_mask_body() gcc takes its local for one live across that
+ * function's PG_TRY (-Wclobbered).
  */
-static char *
+static pg_noinline char *
 to_utf8(text *t)
 {
 	char	   *s = text_to_cstring(t);

@@ -503,9 +503,18 @@ BEGIN
 			USING ERRCODE = 'undefined_object',
 				  HINT = 'Create it first with shipsync.create_provider().';
 	END IF;
+	-- the lock CREATE TRIGGER takes below, taken before the check: a second
+	-- attach() of the table waits here for the first, then sees its binding
+	-- (each statement reads what was committed before it) and says so,
+	-- rather than failing on the first one's trigger
+	EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', tbl);
 	IF EXISTS (SELECT 1 FROM @extschema@.binding b WHERE b.tbl = attach.tbl AND b.active) THEN
 		RAISE EXCEPTION 'table % is already attached', tbl
 			USING ERRCODE = 'duplicate_object',
+				  DETAIL = format('Binding %s captures its orders for provider "%s".',
+								  (SELECT b.binding_id FROM @extschema@.binding b WHERE b.tbl = attach.tbl),
+								  (SELECT p.name FROM @extschema@.binding b JOIN @extschema@.provider p USING (provider_id)
+								    WHERE b.tbl = attach.tbl)),
 				  HINT = 'Call shipsync.detach() first to attach it again.';
 	END IF;
 	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii', 'grace', 'created_at_column', 'adopt'], 'attach');

@@ -45,7 +45,7 @@ SHLIB_LINK += $(shell pkg-config --libs libcurl json-c openssl libmicrohttpd)
 # pg_regress and isolation run against a temporary instance that preloads us
 REGRESS = api errors capture mapping outbound tracking security crm secrets privacy audit fees reconcile
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/regress.conf
-ISOLATION = claim_race tracking_race name_race statement_race secret_race
+ISOLATION = claim_race tracking_race name_race statement_race secret_race attach_race
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-instance=./tmp_check_iso --temp-config=$(srcdir)/test/regress.conf
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl

@@ -14,6 +14,13 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@._wake(boolean) IS
 	'Internal: wake this database''s dispatcher when the current transaction commits.';
 
+CREATE FUNCTION @extschema@._database_listed()
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'shipsync_database_listed'
+LANGUAGE C STABLE;
+COMMENT ON FUNCTION @extschema@._database_listed() IS
+	'Internal (attach()): whether the current database is in shipsync.databases, read as the launcher reads it (a name in double quotes may hold commas and quotes); null when the list is not valid.';
+
 CREATE FUNCTION @extschema@._row_digest(r record, skip text[])
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'shipsync_row_digest'
@@ -503,9 +510,18 @@ BEGIN
 			USING ERRCODE = 'undefined_object',
 				  HINT = 'Create it first with shipsync.create_provider().';
 	END IF;
+	-- the lock CREATE TRIGGER takes below, taken before the check: a second
+	-- attach() of the table waits here for the first, then sees its binding
+	-- (each statement reads what was committed before it) and says so,
+	-- rather than failing on the first one's trigger
+	EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', tbl);
 	IF EXISTS (SELECT 1 FROM @extschema@.binding b WHERE b.tbl = attach.tbl AND b.active) THEN
 		RAISE EXCEPTION 'table % is already attached', tbl
 			USING ERRCODE = 'duplicate_object',
+				  DETAIL = format('Binding %s captures its orders for provider "%s".',
+								  (SELECT b.binding_id FROM @extschema@.binding b WHERE b.tbl = attach.tbl),
+								  (SELECT p.name FROM @extschema@.binding b JOIN @extschema@.provider p USING (provider_id)
+								    WHERE b.tbl = attach.tbl)),
 				  HINT = 'Call shipsync.detach() first to attach it again.';
 	END IF;
 	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii', 'grace', 'created_at_column', 'adopt'], 'attach');
@@ -740,14 +756,14 @@ BEGIN
 	END IF;
 	-- no dispatcher serves this database: its orders would be captured and
 	-- wait, with nothing in the log to say why.  An empty list (nothing is
-	-- served anywhere) is taken as meant.  (col, free again: the list.)
+	-- served anywhere) is taken as meant.  The list read as the launcher
+	-- reads it (a quoted name may hold a comma).  (col, free again: the list.)
 	col := coalesce(pg_catalog.current_setting('shipsync.databases', true), '');
-	IF pg_catalog.btrim(col) <> ''
-	   AND NOT pg_catalog.current_database() = ANY (ARRAY(
-			SELECT pg_catalog.btrim(pg_catalog.btrim(x), '"')
-			  FROM pg_catalog.regexp_split_to_table(col, ',') AS x)) THEN
+	IF pg_catalog.btrim(col) <> '' AND NOT coalesce(@extschema@._database_listed(), false) THEN
 		RAISE WARNING 'database "%" is not in shipsync.databases', pg_catalog.current_database()
-			USING DETAIL = format('Its orders are captured, and none is sent until a dispatcher serves it (shipsync.databases is %L).', col),
+			USING DETAIL = CASE WHEN @extschema@._database_listed() IS NULL
+							   THEN format('Its orders are captured, and none is sent: shipsync.databases (%L) is not a valid list, and no database is served.', col)
+							   ELSE format('Its orders are captured, and none is sent until a dispatcher serves it (shipsync.databases is %L).', col) END,
 				  HINT = format('ALTER SYSTEM SET shipsync.databases = %L; SELECT pg_reload_conf();',
 								col || ', ' || quote_ident(pg_catalog.current_database()));
 	END IF;

@@ -306,10 +306,15 @@ INSERT INTO shipsync.field_map (profile, direction, position, target_path, sourc
 	('quoted_json', 'out', 5, 'dotted', '"a.b"'),
 	('quoted_json', 'out', 6, 'bare_dotted', 'a.b');
 INSERT INTO shipsync.field_map (profile, direction, target_path, source) VALUES ('quoted_json', 'out', 'x', '"open');
+-- ... also in a concat template, where the quotes let a name hold a "}"
+INSERT INTO shipsync.field_map (profile, direction, position, target_path, source, transform, arg) VALUES
+	('quoted_json', 'out', 7, 'note', NULL, 'concat',
+	 '{"template": "<{\"Nick}name\"}> <{\"Customer Name\"}> <{\"full\"\"name\"}> <{\"x}\"\"}\"}>"}');
 SELECT shipsync.create_provider('quoted', 'generic', 'https://api.example/v1', '{"profile": "quoted_json"}');
-CREATE TABLE mapshop.quoted (id int PRIMARY KEY, "full""name" text, "back\slash" text, "Customer Name" text, "a.b" text);
+CREATE TABLE mapshop.quoted (id int PRIMARY KEY, "full""name" text, "back\slash" text, "Customer Name" text, "a.b" text,
+	"Nick}name" text, "x}""}" text);
 SELECT shipsync.attach('mapshop.quoted', 'quoted') > 0 AS attached;
-INSERT INTO mapshop.quoted VALUES (1, 'Quote', 'Back', 'Space', 'Dot');
+INSERT INTO mapshop.quoted VALUES (1, 'Quote', 'Back', 'Space', 'Dot', 'Brace', 'Both');
 SELECT r.body FROM intents o, shipsync.render_request(o.id) r
 WHERE o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.quoted'::regclass);
 SELECT shipsync.detach('mapshop.quoted');

@@ -189,10 +189,12 @@ dispatcher_raise_fd_limit(void)
  * run yet) is left alone: the new code must not work an old schema.  Says
  * why once per wait, in the log; the update script wakes us.
  */
+static char *ext_version_seen = NULL;	/* at the last check; NULL: none */
+
 static bool
 dispatcher_extension_ready(void)
 {
-	static char *reported = NULL;
+	char	   *reported = ext_version_seen;
 	char	   *version;
 	bool		ready;
 	MemoryContext caller = CurrentMemoryContext;
@@ -214,8 +216,28 @@ dispatcher_extension_ready(void)
 	MemoryContextSwitchTo(caller);	/* the commit left TopMemoryContext */
 	if (reported)
 		pfree(reported);
-	reported = version;
+	ext_version_seen = version;
 	return ready;
+}
+
+/*
+ * The extension is not the one this dispatcher served (checked outside a
+ * transaction): exit, and the next dispatcher waits for it as at the
+ * start.  Dropped, the log says it is gone; there at another version
+ * (dropped and created again with VERSION '0.1'), the check has said it
+ * waits and to update, which is the first and only word of it.
+ */
+static void
+dispatcher_exit_unless_ready(void)
+{
+	if (dispatcher_extension_ready())
+		return;
+	if (ext_version_seen == NULL)
+		/* outside a transaction: the name the launcher gave us */
+		ereport(LOG,
+				(errmsg("pg_shipsync: the extension is gone from database \"%.*s\"; the dispatcher exits",
+						BGW_EXTRALEN, MyBgworkerEntry->bgw_extra)));
+	proc_exit(1);
 }
 
 /*
@@ -1729,6 +1751,8 @@ recover_missing_object(MemoryContext loop_cxt)
 	RESUME_INTERRUPTS();
 	recover_checking = true;
 	(void) shipsync_exit_if_dropped();
+	/* created again at another version: the error is no news either */
+	dispatcher_exit_unless_ready();
 	recover_checking = false;
 	ReThrowError(recover_deferred);
 }
@@ -1764,19 +1788,9 @@ dispatcher_recover(MemoryContext loop_cxt)
 	 */
 	if (!recover_checking)
 	{
-		bool		ready;
-
 		recover_checking = true;
-		ready = dispatcher_extension_ready();
+		dispatcher_exit_unless_ready();
 		recover_checking = false;
-		if (!ready)
-		{
-			/* outside a transaction: the name the launcher gave us */
-			ereport(LOG,
-					(errmsg("pg_shipsync: the extension is gone from database \"%.*s\"; the dispatcher exits",
-							BGW_EXTRALEN, MyBgworkerEntry->bgw_extra)));
-			proc_exit(1);
-		}
 	}
 	recover_checking = false;
 

@@ -53,6 +53,8 @@
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
+#include "fmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -73,6 +75,8 @@
 #include "utils/varlena.h"
 
 #include "pg_shipsync.h"
+
+PG_FUNCTION_INFO_V1(shipsync_database_listed);
 
 /* What the launcher knows about one listed database */
 typedef struct LauncherEntry
@@ -430,17 +434,58 @@ launcher_reconcile_receiver(void)
 }
 
 /*
+ * The names of shipsync.databases, as the launcher serves them: a name in
+ * double quotes may hold commas and quotes (doubled), and no name is
+ * folded to lower case (SplitGUCList()).  The one parse of the list: the
+ * launcher's and attach()'s (shipsync._database_listed()).  False when
+ * the list is not valid; *names is then NIL.  The names point into *raw,
+ * palloc'd: the caller frees both.
+ */
+bool
+shipsync_database_names(char **raw, List **names)
+{
+	*raw = pstrdup(shipsync_databases ? shipsync_databases : "");
+	*names = NIL;
+	if (SplitGUCList(*raw, ',', names))
+		return true;
+	list_free(*names);
+	*names = NIL;
+	return false;
+}
+
+/*
+ * shipsync._database_listed(): is the current database in
+ * shipsync.databases, as the launcher reads it?  NULL when the list is
+ * not valid (the launcher then serves no database).
+ */
+Datum
+shipsync_database_listed(PG_FUNCTION_ARGS)
+{
+	char	   *raw;
+	List	   *names;
+	ListCell   *lc;
+	char	   *db = get_database_name(MyDatabaseId);
+
+	if (!shipsync_database_names(&raw, &names))
+		PG_RETURN_NULL();
+	foreach(lc, names)
+		if (db != NULL && strcmp((const char *) lfirst(lc), db) == 0)
+			PG_RETURN_BOOL(true);
+	PG_RETURN_BOOL(false);
+}
+
+/*
  * Bring the set of dispatchers in line with shipsync.databases.
  */
 static void
 launcher_reconcile(void)
 {
-	char	   *raw = pstrdup(shipsync_databases ? shipsync_databases : "");
+	char	   *raw;
 	List	   *names = NIL;
 	ListCell   *lc;
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (!SplitGUCList(raw, ',', &names))
+	if (!shipsync_database_names(&raw, &names))
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

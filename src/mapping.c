@@ -2150,6 +2150,27 @@ source_value(const MapRule *r, const MapEnv *env, MapValue *v)
 	}
 }
 
+/*
+ * The "}" that closes the part of a template opened at p ("{"), or NULL.
+ * A column named in double quotes ({"Nick}name"}, a quote in it doubled)
+ * may hold a "}": the one that closes the part follows its closing quote.
+ */
+static const char *
+template_part_end(const char *p)
+{
+	const char *q = p + 1;
+
+	if (*q == '"')
+	{
+		for (q++; *q; q++)
+			if (*q == '"' && *++q != '"')
+				break;
+		if (*q == '\0')
+			return NULL;
+	}
+	return strchr(q, '}');
+}
+
 /* Expand "{a} {option:b.c}" against the row; NULL when every part is null */
 static char *
 expand_template(const char *tpl, const MapEnv *env)
@@ -2161,7 +2182,7 @@ expand_template(const char *tpl, const MapEnv *env)
 	{
 		if (*p == '{')
 		{
-			const char *e = strchr(p, '}');
+			const char *e = template_part_end(p);
 			MapRule		r;
 			MapValue	v;
 			char		err[64];

@@ -798,6 +798,7 @@ extern void audit_prune_if_due(TimestampTz now);
 
 /* in launcher.c */
 extern PGDLLEXPORT void shipsync_launcher_main(Datum main_arg);
+extern bool shipsync_database_names(char **raw, List **names);
 
 /* in flush.c: the dispatchers' claims flushed by the launcher */
 extern void flush_serve_begin(void);

@@ -92,6 +92,30 @@ ok( wait_until($node,
 		SELECT shipsync.attach('orders2', 'sim');
 	});
 	unlike($err, qr/WARNING/, 'attach() in a served database warns of nothing');
+
+	# a name in double quotes may hold a comma: the launcher serves "a,b",
+	# and attach() there reads the list as the launcher does (it split it
+	# at every comma, and warned that "a,b" was not served)
+	$node->safe_psql('postgres', 'CREATE DATABASE "a,b"');
+	$node->safe_psql('postgres', q{ALTER SYSTEM SET shipsync.databases = 'postgres, later, "a,b"'});
+	$node->reload;
+	ok( wait_until($node,
+			"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher'"
+			  . " AND datname = 'a,b'", 20),
+		'a listed name in double quotes holding a comma is served');
+	($ret, $out, $err) = $node->psql('a,b', q{
+		CREATE EXTENSION pg_shipsync;
+		CREATE TABLE orders (id int PRIMARY KEY, waybill_no text);
+		SELECT shipsync.create_provider('sim', 'generic', 'http://127.0.0.1:9');
+		SELECT shipsync.attach('orders', 'sim');
+	});
+	is($ret . $err, '0', 'attach() in database "a,b", served, warns of nothing');
+	$node->safe_psql('postgres', "ALTER SYSTEM SET shipsync.databases = 'postgres, later'");
+	$node->reload;
+	ok( wait_until($node,
+			"SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = 'a,b'", 20),
+		'... and left out again, it is not');
+	$node->safe_psql('postgres', 'DROP DATABASE "a,b"');
 }
 
 # Settings of the database (or of the role the workers connect as) that

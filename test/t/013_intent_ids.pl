@@ -143,5 +143,28 @@ unlike($log, qr/deadlock detected/, 'twenty drops and re-creations during the wo
 	is(join("\n", @noise), '', 'DROP EXTENSION mid-batch: no error or warning from the workers');
 }
 
+# 8. dropped and created again at version 0.1 (the library is 0.2's): the
+# dispatcher's first word is that it waits for ALTER EXTENSION ... UPDATE,
+# with no error about the objects 0.1 lacks and no "gone" (before: the
+# error, then "the extension is gone", then the next one's word to update)
+{
+	$sql->($setup);
+	ok( wait_until($node, "SELECT count(*) = 1 FROM pg_stat_activity"
+			  . " WHERE backend_type = 'pg_shipsync dispatcher' AND wait_event = 'Extension'", 20),
+		'0.2 again: a dispatcher waits for work');
+	$log_at = -s $node->logfile;
+	$sql->("DROP EXTENSION pg_shipsync CASCADE; CREATE EXTENSION pg_shipsync VERSION '0.1'");
+	ok($node->wait_for_log(qr/waits: the extension is at version 0\.1, the library at 0\.2/, $log_at),
+		'0.1 created over 0.2: the dispatcher says it waits for the update');
+	usleep(3_000_000);
+	my @said = grep { /(ERROR|WARNING|FATAL):|LOG:  pg_shipsync/ }
+	  split /\n/, slurp_file($node->logfile, $log_at);
+	like($said[0] // '', qr/LOG:  pg_shipsync dispatcher for database "postgres" waits: the extension is at version 0\.1/,
+		'... as its first word');
+	is(join("\n", grep { /ERROR:|gone from database/ } @said), '',
+		'... with no error and no word of the extension being gone');
+	$sql->("DROP EXTENSION pg_shipsync");
+}
+
 $node->stop;
 done_testing();

@@ -218,9 +218,36 @@ is( join("\n", grep { /ERROR/ && !/schema "shipsync" already exists/ } split /\n
 		restore01('dump01_restored')),
 	'', 'restored into CREATE EXTENSION ... VERSION \'0.1\': no error but the schema that exists');
 
+# Orders keep coming in during the update: the locks an order's capture
+# waits for (on the inbox, which it writes; on shipsync.binding, which a
+# session's first capture reads) are taken by the script's last commands.
+# They were taken by its first, and every order insert waited for the
+# whole update (12 s with a million intents).  Each command of the script
+# notes whether such a lock is held.
+$node->safe_psql('postgres', q{
+	CREATE TABLE public.update_locks (n serial, held boolean);
+	CREATE FUNCTION public.note_update_locks() RETURNS event_trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		INSERT INTO public.update_locks (held) SELECT EXISTS (
+			SELECT 1 FROM pg_locks l
+			 WHERE l.pid = pg_backend_pid() AND l.granted AND l.locktype = 'relation'
+			   AND ((l.relation = 'shipsync.inbox'::regclass
+					 AND l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock'))
+				 OR (l.relation = 'shipsync.binding'::regclass AND l.mode = 'AccessExclusiveLock')));
+	END $$;
+	CREATE EVENT TRIGGER note_update_locks ON ddl_command_end EXECUTE FUNCTION public.note_update_locks();
+});
 $node->safe_psql('postgres', 'ALTER EXTENSION pg_shipsync UPDATE');
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'pg_shipsync'}),
 	'0.2', 'updated to 0.2');
+my ($commands, $locked) = split /\|/,
+  $node->safe_psql('postgres', 'SELECT count(*), count(*) FILTER (WHERE held) FROM public.update_locks');
+cmp_ok($commands, '>', 100, "the update's commands were noted ($commands)");
+# the binding's, the inbox's, and ALTER EXTENSION's own end
+cmp_ok($locked, '<=', 3,
+	"an order waits only for the update's last commands ($locked of $commands with the inbox or binding locked)");
+$node->safe_psql('postgres', q{DROP EVENT TRIGGER note_update_locks;
+	DROP FUNCTION public.note_update_locks(); DROP TABLE public.update_locks});
 is($node->safe_psql('postgres', 'SELECT count(*) FROM shipsync.audit_log'), '0',
 	'what the update script changed is not audited');
 

@@ -325,6 +325,41 @@ BEGIN ATOMIC
 		  WHERE x ->> 'waybillNo' = tn LIMIT 1) w;
 END;
 
+-- The waybills of an order a tracking provider (tpid) registers, in the
+-- order they are registered: the main one (the tracking number of the
+-- order's newest shipment at another provider), then each other waybill
+-- of a multi-piece shipment (SF Express: child, return) as the carrier
+-- listed them (piece: its element of shipment.waybills).  registered: the
+-- provider's own shipment of the order records it (its tracking number,
+-- or for a piece, its waybills).  The applier enqueues one registration
+-- per row, and each renders and records the first one not registered.
+CREATE FUNCTION @extschema@._registration_waybills(bid integer, ok text, tpid integer)
+RETURNS TABLE (waybill text, piece jsonb, registered boolean, ord bigint)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+	SELECT w.no, w.e,
+		   coalesce(t.tracking_number = c.tracking_number
+					AND (w.e IS NULL
+						 OR t.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', w.no))), false),
+		   w.ord
+	FROM (SELECT x.tracking_number, x.waybills FROM @extschema@.shipment x
+		  WHERE x.binding_id = _registration_waybills.bid AND x.order_key = _registration_waybills.ok
+			AND x.provider_id <> _registration_waybills.tpid AND x.tracking_number IS NOT NULL
+		  ORDER BY x.updated_at DESC LIMIT 1) c
+	CROSS JOIN LATERAL (
+		SELECT c.tracking_number AS no, NULL::jsonb AS e, 0::bigint AS ord
+		UNION ALL
+		SELECT a.e ->> 'waybillNo', a.e, a.i
+		FROM jsonb_array_elements(
+				 CASE jsonb_typeof(c.waybills) WHEN 'array' THEN c.waybills ELSE '[]'::jsonb END)
+			 WITH ORDINALITY AS a(e, i)
+		WHERE jsonb_typeof(a.e -> 'waybillNo') = 'string' AND a.e ->> 'waybillNo' <> c.tracking_number) w
+	LEFT JOIN @extschema@.shipment t
+	  ON t.binding_id = _registration_waybills.bid AND t.order_key = _registration_waybills.ok
+	 AND t.provider_id = _registration_waybills.tpid
+	ORDER BY w.ord;
+END;
+
 /*
  * Store one batch of events of a provider and move its shipments' statuses.
  * Called by ingest_tracking() and the poller (src/tracking.c), which write

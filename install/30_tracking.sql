@@ -325,6 +325,25 @@ BEGIN ATOMIC
 		  WHERE x ->> 'waybillNo' = tn LIMIT 1) w;
 END;
 
+-- The shipment of provider pid of which tn is another waybill (SF Express:
+-- child, return; shipment.waybills), with the piece's kind: the newest
+-- such shipment.  The tracking apply's lookup of pieces, for parked events
+-- and for a batch, each number on its own through the waybills' index (a
+-- join let the planner read every multi-piece shipment of the provider for
+-- each batch); inlined into the caller's plan (plain SQL, its arguments
+-- columns: no plan of its own to make at each call).
+CREATE FUNCTION @extschema@._piece_shipment(pid integer, tn text)
+RETURNS TABLE (binding_id integer, order_key text, piece text)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+	SELECT s.binding_id, s.order_key, @extschema@._waybill_piece(s.waybills, _piece_shipment.tn)
+	FROM @extschema@.shipment s
+	WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', _piece_shipment.tn))
+	  AND s.waybills IS NOT NULL AND s.provider_id = _piece_shipment.pid
+	ORDER BY s.created_at DESC
+	LIMIT 1;
+END;
+
 -- The waybills of an order a tracking provider (tpid) registers, in the
 -- order they are registered: the main one (the tracking number of the
 -- order's newest shipment at another provider), then each other waybill
@@ -416,20 +435,12 @@ BEGIN
 									WHERE u.provider_id = pid)
 		ORDER BY s.tracking_number, s.created_at DESC),
 	-- or another waybill of a multi-piece shipment (SF: child, return)
-	-- (each number looked up through the waybills' index on its own: a
-	-- join let the planner read every multi-piece shipment for each batch)
 	pc AS (
 		SELECT p.binding_id, p.order_key, t.tn AS tracking_number, p.piece
 		FROM (SELECT DISTINCT u.tracking_number AS tn FROM @extschema@.unmatched_event u
 			  WHERE u.provider_id = pid
 				AND NOT EXISTS (SELECT 1 FROM main WHERE main.tracking_number = u.tracking_number)) t
-		CROSS JOIN LATERAL (
-			SELECT s.binding_id, s.order_key, @extschema@._waybill_piece(s.waybills, t.tn) AS piece
-			FROM @extschema@.shipment s
-			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
-			  AND s.waybills IS NOT NULL AND s.provider_id = pid
-			ORDER BY s.created_at DESC
-			LIMIT 1) p),
+		CROSS JOIN LATERAL @extschema@._piece_shipment(pid, t.tn) p),
 	ship AS (
 		SELECT * FROM main UNION ALL SELECT * FROM pc),
 	moved AS (
@@ -481,18 +492,11 @@ BEGIN
 	-- a number no shipment has as its tracking number may be another
 	-- waybill of a multi-piece shipment (SF: child, return): the order's
 	-- event, tagged with the piece, which moves no status
-	-- (each looked up through the waybills' index on its own, as above)
 	pc AS (
 		SELECT p.binding_id, p.order_key, t.tn AS tracking_number, p.piece
 		FROM (SELECT DISTINCT ev.tn FROM ev
 			  WHERE NOT EXISTS (SELECT 1 FROM main WHERE main.tracking_number = ev.tn)) t
-		CROSS JOIN LATERAL (
-			SELECT s.binding_id, s.order_key, @extschema@._waybill_piece(s.waybills, t.tn) AS piece
-			FROM @extschema@.shipment s
-			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
-			  AND s.waybills IS NOT NULL AND s.provider_id = pid
-			ORDER BY s.created_at DESC
-			LIMIT 1) p),
+		CROSS JOIN LATERAL @extschema@._piece_shipment(pid, t.tn) p),
 	ship AS (
 		SELECT * FROM main UNION ALL SELECT * FROM pc),
 	ins AS (

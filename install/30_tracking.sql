@@ -325,6 +325,60 @@ BEGIN ATOMIC
 		  WHERE x ->> 'waybillNo' = tn LIMIT 1) w;
 END;
 
+-- The shipment of provider pid of which tn is another waybill (SF Express:
+-- child, return; shipment.waybills), with the piece's kind: the newest
+-- such shipment.  The tracking apply's lookup of pieces, for parked events
+-- and for a batch, each number on its own through the waybills' index (a
+-- join let the planner read every multi-piece shipment of the provider for
+-- each batch); inlined into the caller's plan (plain SQL, its arguments
+-- columns: no plan of its own to make at each call).
+CREATE FUNCTION @extschema@._piece_shipment(pid integer, tn text)
+RETURNS TABLE (binding_id integer, order_key text, piece text)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+	SELECT s.binding_id, s.order_key, @extschema@._waybill_piece(s.waybills, _piece_shipment.tn)
+	FROM @extschema@.shipment s
+	WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', _piece_shipment.tn))
+	  AND s.waybills IS NOT NULL AND s.provider_id = _piece_shipment.pid
+	ORDER BY s.created_at DESC
+	LIMIT 1;
+END;
+
+-- The waybills of an order a tracking provider (tpid) registers, in the
+-- order they are registered: the main one (the tracking number of the
+-- order's newest shipment at another provider), then each other waybill
+-- of a multi-piece shipment (SF Express: child, return) as the carrier
+-- listed them (piece: its element of shipment.waybills).  registered: the
+-- provider's own shipment of the order records it (its tracking number,
+-- or for a piece, its waybills).  The applier enqueues one registration
+-- per row, and each renders and records the first one not registered.
+CREATE FUNCTION @extschema@._registration_waybills(bid integer, ok text, tpid integer)
+RETURNS TABLE (waybill text, piece jsonb, registered boolean, ord bigint)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+	SELECT w.no, w.e,
+		   coalesce(t.tracking_number = c.tracking_number
+					AND (w.e IS NULL
+						 OR t.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', w.no))), false),
+		   w.ord
+	FROM (SELECT x.tracking_number, x.waybills FROM @extschema@.shipment x
+		  WHERE x.binding_id = _registration_waybills.bid AND x.order_key = _registration_waybills.ok
+			AND x.provider_id <> _registration_waybills.tpid AND x.tracking_number IS NOT NULL
+		  ORDER BY x.updated_at DESC LIMIT 1) c
+	CROSS JOIN LATERAL (
+		SELECT c.tracking_number AS no, NULL::jsonb AS e, 0::bigint AS ord
+		UNION ALL
+		SELECT a.e ->> 'waybillNo', a.e, a.i
+		FROM jsonb_array_elements(
+				 CASE jsonb_typeof(c.waybills) WHEN 'array' THEN c.waybills ELSE '[]'::jsonb END)
+			 WITH ORDINALITY AS a(e, i)
+		WHERE jsonb_typeof(a.e -> 'waybillNo') = 'string' AND a.e ->> 'waybillNo' <> c.tracking_number) w
+	LEFT JOIN @extschema@.shipment t
+	  ON t.binding_id = _registration_waybills.bid AND t.order_key = _registration_waybills.ok
+	 AND t.provider_id = _registration_waybills.tpid
+	ORDER BY w.ord;
+END;
+
 /*
  * Store one batch of events of a provider and move its shipments' statuses.
  * Called by ingest_tracking() and the poller (src/tracking.c), which write
@@ -381,20 +435,12 @@ BEGIN
 									WHERE u.provider_id = pid)
 		ORDER BY s.tracking_number, s.created_at DESC),
 	-- or another waybill of a multi-piece shipment (SF: child, return)
-	-- (each number looked up through the waybills' index on its own: a
-	-- join let the planner read every multi-piece shipment for each batch)
 	pc AS (
 		SELECT p.binding_id, p.order_key, t.tn AS tracking_number, p.piece
 		FROM (SELECT DISTINCT u.tracking_number AS tn FROM @extschema@.unmatched_event u
 			  WHERE u.provider_id = pid
 				AND NOT EXISTS (SELECT 1 FROM main WHERE main.tracking_number = u.tracking_number)) t
-		CROSS JOIN LATERAL (
-			SELECT s.binding_id, s.order_key, @extschema@._waybill_piece(s.waybills, t.tn) AS piece
-			FROM @extschema@.shipment s
-			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
-			  AND s.waybills IS NOT NULL AND s.provider_id = pid
-			ORDER BY s.created_at DESC
-			LIMIT 1) p),
+		CROSS JOIN LATERAL @extschema@._piece_shipment(pid, t.tn) p),
 	ship AS (
 		SELECT * FROM main UNION ALL SELECT * FROM pc),
 	moved AS (
@@ -446,18 +492,11 @@ BEGIN
 	-- a number no shipment has as its tracking number may be another
 	-- waybill of a multi-piece shipment (SF: child, return): the order's
 	-- event, tagged with the piece, which moves no status
-	-- (each looked up through the waybills' index on its own, as above)
 	pc AS (
 		SELECT p.binding_id, p.order_key, t.tn AS tracking_number, p.piece
 		FROM (SELECT DISTINCT ev.tn FROM ev
 			  WHERE NOT EXISTS (SELECT 1 FROM main WHERE main.tracking_number = ev.tn)) t
-		CROSS JOIN LATERAL (
-			SELECT s.binding_id, s.order_key, @extschema@._waybill_piece(s.waybills, t.tn) AS piece
-			FROM @extschema@.shipment s
-			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
-			  AND s.waybills IS NOT NULL AND s.provider_id = pid
-			ORDER BY s.created_at DESC
-			LIMIT 1) p),
+		CROSS JOIN LATERAL @extschema@._piece_shipment(pid, t.tn) p),
 	ship AS (
 		SELECT * FROM main UNION ALL SELECT * FROM pc),
 	ins AS (

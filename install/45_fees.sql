@@ -504,11 +504,27 @@ BEGIN
 		FROM unnest(pids, tns) AS u(pid, tn)
 		JOIN @extschema@.fee_line f ON f.binding_id IS NULL AND f.provider_id = u.pid
 		 AND f.tracking_number = u.tn),
-	ship AS (
+	main AS (
 		SELECT DISTINCT ON (s.provider_id, s.tracking_number) s.provider_id, s.tracking_number,
 			   s.binding_id, s.order_key
 		FROM @extschema@.shipment s JOIN want w USING (provider_id, tracking_number)
 		ORDER BY s.provider_id, s.tracking_number, s.created_at DESC),
+	-- or another waybill of a multi-piece shipment (SF: child, return):
+	-- its fee is the order's (each looked up through the waybills' index)
+	ship AS (
+		SELECT main.* FROM main
+		UNION ALL
+		SELECT w.provider_id, w.tracking_number, p.binding_id, p.order_key
+		FROM want w
+		CROSS JOIN LATERAL (
+			SELECT s.binding_id, s.order_key FROM @extschema@.shipment s
+			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', w.tracking_number))
+			  AND s.waybills IS NOT NULL AND s.provider_id = w.provider_id
+			ORDER BY s.created_at DESC
+			LIMIT 1) p
+		WHERE NOT EXISTS (SELECT 1 FROM main
+						  WHERE main.provider_id = w.provider_id
+							AND main.tracking_number = w.tracking_number)),
 	m AS (
 		UPDATE @extschema@.fee_line f SET binding_id = ship.binding_id, order_key = ship.order_key
 		  FROM ship
@@ -603,13 +619,31 @@ BEGIN
 		GROUP BY i.pid, i.tn, i.fee_type, i.fkey
 		HAVING count(*) > 1
 		LIMIT 1),
-	ship AS (
+	main AS (
 		SELECT DISTINCT ON (s.provider_id, s.tracking_number) s.provider_id, s.tracking_number,
 			   s.binding_id, s.order_key
 		FROM @extschema@.shipment s
 		WHERE (s.provider_id, s.tracking_number) IN
 			  (SELECT keyed.pid, keyed.tn FROM keyed WHERE keyed.bid IS NULL)
 		ORDER BY s.provider_id, s.tracking_number, s.created_at DESC),
+	-- a waybill no shipment has as its tracking number may be another
+	-- waybill of a multi-piece shipment (SF: child, return): its fee is the
+	-- order's, the line keeping the piece's number (each looked up through
+	-- the waybills' index on its own)
+	ship AS (
+		SELECT main.* FROM main
+		UNION ALL
+		SELECT t.pid, t.tn, p.binding_id, p.order_key
+		FROM (SELECT DISTINCT keyed.pid, keyed.tn FROM keyed
+			  WHERE keyed.bid IS NULL
+				AND NOT EXISTS (SELECT 1 FROM main
+								WHERE main.provider_id = keyed.pid AND main.tracking_number = keyed.tn)) t
+		CROSS JOIN LATERAL (
+			SELECT s.binding_id, s.order_key FROM @extschema@.shipment s
+			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
+			  AND s.waybills IS NOT NULL AND s.provider_id = t.pid
+			ORDER BY s.created_at DESC
+			LIMIT 1) p),
 	-- each line's order: the caller's, else the newest shipment's of its
 	-- waybill (a recycled number is the new parcel's), else none (parked);
 	-- part of the line's identity
@@ -1109,8 +1143,12 @@ BEGIN
 	FROM (SELECT DISTINCT f.provider_id, f.tracking_number
 		  FROM @extschema@.fee_line f
 		  WHERE f.binding_id IS NULL
-			AND EXISTS (SELECT 1 FROM @extschema@.shipment s
-						WHERE s.provider_id = f.provider_id AND s.tracking_number = f.tracking_number)) x;
+			AND (EXISTS (SELECT 1 FROM @extschema@.shipment s
+						 WHERE s.provider_id = f.provider_id AND s.tracking_number = f.tracking_number)
+				 -- or a piece of a multi-piece shipment (SF: child, return)
+				 OR EXISTS (SELECT 1 FROM @extschema@.shipment s
+							WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', f.tracking_number))
+							  AND s.waybills IS NOT NULL AND s.provider_id = f.provider_id))) x;
 	IF tns IS NULL THEN
 		RETURN;
 	END IF;

@@ -938,3 +938,34 @@ SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount\nA1,freig
 	options => '{"account": "card-1", "period": "2027-09"}') ->> 'duplicate' AS same_again;
 SELECT s.period, s.account, s.lines, s.options FROM shipsync.statement s JOIN shipsync.provider p USING (provider_id)
 WHERE p.name = 'gen2' AND s.period >= '2027-08-01' ORDER BY s.statement_id;
+-- SF Express multi-piece shipments: a bill line for a child waybill
+-- (waybillType 2) or the return waybill (3) is the order's fee, not an
+-- unknown waybill; the line keeps the piece's waybill (tracking_number).
+-- Matched when billed, and when parked before the shipment recorded them
+CREATE TABLE orders_pieces (id int PRIMARY KEY, fee numeric(10,2));
+SELECT shipsync.attach('orders_pieces', 'sf_open', writeback => '{"fee_total": "fee"}') > 0 AS attached;
+INSERT INTO orders_pieces (id) VALUES (1), (2);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, waybills, created_at)
+SELECT b.binding_id, '1', b.provider_id, 'SF8800000000001',
+	'[{"waybillNo": "SF8800000000001", "waybillType": 1}, {"waybillNo": "SF8800000000002", "waybillType": 2},
+	  {"waybillNo": "SF8800000000003", "waybillType": 3}]', timestamptz '2027-08-02 10:00+00'
+FROM shipsync.binding b WHERE b.tbl = 'orders_pieces'::regclass;
+SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种\nSF8800000000001,运费,23.00,CNY\nSF8800000000002,运费,12.00,CNY\nSF8800000000003,运费,8.00,CNY\nSF8899999999999,运费,5.00,CNY\n',
+	options => '{"period": "2027-08"}') - '{provider,statement_id,period,supersedes}'::text[] AS answer;
+SELECT tracking_number, order_key, amount FROM shipsync.fee_line WHERE tracking_number LIKE 'SF88%' ORDER BY 1;
+SELECT id, fee FROM orders_pieces ORDER BY id;
+SELECT kind, tracking_number FROM shipsync.fee_difference WHERE tracking_number LIKE 'SF88%' ORDER BY 1, 2;
+-- a child's bill parked before the shipment recorded its waybills
+SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种\nSF8800000000012,运费,7.00,CNY\n',
+	options => '{"period": "2027-09"}') ->> 'unmatched' AS parked;
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, waybills, created_at)
+SELECT b.binding_id, '2', b.provider_id, 'SF8800000000011',
+	'[{"waybillNo": "SF8800000000011", "waybillType": 1}, {"waybillNo": "SF8800000000012", "waybillType": 2}]',
+	timestamptz '2027-09-02 10:00+00'
+FROM shipsync.binding b WHERE b.tbl = 'orders_pieces'::regclass;
+SELECT kind, n, order_key, fee_total FROM shipsync._match_parked_fees_all() ORDER BY 1;
+SELECT tracking_number, order_key, amount FROM shipsync.fee_line WHERE tracking_number = 'SF8800000000012';
+-- and a push of it again: the order's line, revised in place
+SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种\nSF8800000000012,运费,7.50,CNY\n',
+	options => '{"period": "2027-09"}') - '{provider,statement_id,period,supersedes,totals}'::text[] AS answer;
+SELECT tracking_number, order_key, amount FROM shipsync.fee_line WHERE tracking_number = 'SF8800000000012';

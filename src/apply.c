@@ -234,25 +234,45 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		UPDATE_ROW_TYPES,
 		SPI_OK_SELECT, "recording quoted fees"
 	},
+	/*
+	 * The registration of the main waybill is the tracking provider's
+	 * shipment; that of a piece (the first not registered, as rendered)
+	 * adds the piece to its waybills, so that the provider's events of the
+	 * piece are the order's
+	 */
 	[APPLY_REGISTERED] = {
 		"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
-		" provider_shipment_id, tracking_number, raw_status, request_digest)"
+		" provider_shipment_id, tracking_number, raw_status, request_digest, waybills)"
 		" SELECT u.bid, u.k, u.pid, u.sid,"
-		"   COALESCE(u.tn, (SELECT x.tracking_number FROM shipsync.shipment x"
-		"     WHERE x.binding_id = u.bid AND x.order_key = u.k AND x.provider_id <> u.pid"
-		"     AND x.tracking_number IS NOT NULL ORDER BY x.updated_at DESC LIMIT 1)),"
-		"   u.raw, u.digest"
+		"   CASE WHEN n.piece IS NULL THEN COALESCE(u.tn, m.tn) ELSE m.tn END,"
+		"   u.raw, u.digest,"
+		"   CASE WHEN n.piece IS NOT NULL THEN pg_catalog.jsonb_build_array(n.piece) END"
 		" FROM unnest($1, $2, $3, $4, $5, $6, $7) AS u(bid, k, pid, sid, tn, raw, digest)"
+		" LEFT JOIN LATERAL (SELECT x.tracking_number AS tn FROM shipsync.shipment x"
+		"   WHERE x.binding_id = u.bid AND x.order_key = u.k AND x.provider_id <> u.pid"
+		"   AND x.tracking_number IS NOT NULL ORDER BY x.updated_at DESC LIMIT 1) m ON true"
+		" LEFT JOIN LATERAL (SELECT w.piece FROM shipsync._registration_waybills(u.bid, u.k, u.pid) w"
+		"   WHERE NOT w.registered ORDER BY w.ord LIMIT 1) n ON true"
 		" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
-		" provider_shipment_id = COALESCE(EXCLUDED.provider_shipment_id, s.provider_shipment_id),"
-		" tracking_number = EXCLUDED.tracking_number, raw_status = EXCLUDED.raw_status,"
-		" request_digest = EXCLUDED.request_digest, updated_at = pg_catalog.now()", 7,
+		" provider_shipment_id = CASE WHEN EXCLUDED.waybills IS NULL THEN"
+		"   COALESCE(EXCLUDED.provider_shipment_id, s.provider_shipment_id) ELSE s.provider_shipment_id END,"
+		" tracking_number = EXCLUDED.tracking_number,"
+		" raw_status = CASE WHEN EXCLUDED.waybills IS NULL THEN EXCLUDED.raw_status ELSE s.raw_status END,"
+		" request_digest = CASE WHEN EXCLUDED.waybills IS NULL THEN EXCLUDED.request_digest"
+		"   ELSE s.request_digest END,"
+		" waybills = CASE WHEN EXCLUDED.waybills IS NOT NULL"
+		"   THEN COALESCE(s.waybills, '[]') || EXCLUDED.waybills"
+		"   WHEN s.tracking_number = EXCLUDED.tracking_number THEN s.waybills END,"
+		" updated_at = pg_catalog.now()", 7,
 		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
 		SPI_OK_INSERT, "recording registrations"
 	},
+	/* one registration per waybill: the main one, and each piece */
 	[APPLY_REGISTER] = {
 		"INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op)"
-		" SELECT u.bid, u.tp, u.k, 'register' FROM unnest($1, $2, $3) AS u(bid, tp, k)", 3,
+		" SELECT u.bid, u.tp, u.k, 'register' FROM unnest($1, $2, $3) AS u(bid, tp, k)"
+		" CROSS JOIN LATERAL pg_catalog.generate_series(1, GREATEST(1,"
+		"   (SELECT pg_catalog.count(*) FROM shipsync._registration_waybills(u.bid, u.k, u.tp))))", 3,
 		{INT4OID, INT4OID, TEXTOID},
 		SPI_OK_INSERT, "enqueueing registrations"
 	},

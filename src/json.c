@@ -1255,7 +1255,9 @@ json_to_value(struct json_object *v, MapValue *out)
 
 /*
  * A string member holding a JSON object or array: decode it, once per
- * document (later paths through the same string reuse the result).
+ * document (later paths through the same string reuse the result).  One
+ * that the document itself could not hold (an integer beyond 64 bits, a
+ * NUL: check_text()) is not decoded: a path through it reads nothing.
  */
 static struct json_object *
 descend_string(ShipJson *doc, struct json_object *v)
@@ -1273,6 +1275,13 @@ descend_string(ShipJson *doc, struct json_object *v)
 	while (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n')
 		s++;
 	if ((*s != '{' && *s != '[') || doc->ndecoded == SHIPJSON_MAX_DECODED)
+		return v;
+	/*
+	 * checked as the document around it was (check_text()): json-c would
+	 * read an integer beyond 64 bits in it as the nearest end of the range
+	 */
+	if (!check_text(json_object_get_string(v), (size_t) json_object_get_string_len(v),
+					true, err, sizeof(err)))
 		return v;
 	d = parse_strict(json_object_get_string(v),
 					 (size_t) json_object_get_string_len(v), err, sizeof(err));
@@ -1683,13 +1692,19 @@ shipsync_parse_sf_doc(ShipJson *doc, bool search, SfResponse *out,
 
 		if (decoded == data)
 		{
-			char		why[128];
+			const char *t = json_object_get_string(data);
+			size_t		tlen = (size_t) json_object_get_string_len(data);
+			char		why[256];
 
-			/* not decodable: say why */
+			/* not decodable, or not storable as it is: say why */
 			why[0] = '\0';
-			json_object_put(parse_strict(json_object_get_string(data),
-										 (size_t) json_object_get_string_len(data), why, sizeof(why)));
-			snprintf(errbuf, errlen, "apiResultData is %s", why[0] ? why : "not a JSON object");
+			if (!check_text(t, tlen, true, why, sizeof(why)))
+				snprintf(errbuf, errlen, "apiResultData: %s", why);
+			else
+			{
+				json_object_put(parse_strict(t, tlen, why, sizeof(why)));
+				snprintf(errbuf, errlen, "apiResultData is %s", why[0] ? why : "not a JSON object");
+			}
 			shipsync_free_sf_response(out);
 			return false;
 		}

@@ -420,12 +420,15 @@ prepare_claim_plans(void)
 		Oid			t[4] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4OID};
 
 		/* the waybill a registration is about: the shipping provider's */
+		/*
+		 * the first waybill of the order not registered yet: the main one,
+		 * then each piece of a multi-piece shipment (one intent each)
+		 */
 		reglookup_plan = shipsync_prepare_saved(
-			"SELECT u.id, s.tracking_number"
+			"SELECT u.id, r.waybill"
 			" FROM unnest($1, $2, $3) AS u(id, bid, k),"
-			" LATERAL (SELECT x.tracking_number FROM shipsync.shipment x"
-			"   WHERE x.binding_id = u.bid AND x.order_key = u.k AND x.provider_id <> $4"
-			"   AND x.tracking_number IS NOT NULL ORDER BY x.updated_at DESC LIMIT 1) AS s", 4, t);
+			" LATERAL (SELECT w.waybill FROM shipsync._registration_waybills(u.bid, u.k, $4) w"
+			"   WHERE NOT w.registered ORDER BY w.ord LIMIT 1) AS r", 4, t);
 	}
 	{
 		Oid			t[1] = {INT4OID};

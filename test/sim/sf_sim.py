@@ -26,6 +26,12 @@ Fault rules (POST /_sim/sf/faults {"rules": [...]}), each
   gateway_error apiResultCode `code` (default A1099) with no apiResultData
   object_result apiResultData as an object instead of a JSON string
 
+Multi-piece orders: an order's parcelQty N (2 to 5) gives it N - 1 child
+waybills (waybillType 2). POST /_sim/sf/pieces {"rules": [{"match_order_id":
+REGEX, "children": N?, "return": true?}]} gives the orders whose orderId
+matches N child waybills and, with return, a return waybill (waybillType
+3, SF's 签回单), whatever their parcelQty; {"rules": []} ends that.
+
 Inspection: GET /_sim/sf/stats, GET /_sim/sf/orders[?orderId=], POST
 /_sim/sf/cancel?orderId= (cancel at SF's side), POST /_sim/sf/forget?orderId=
 (SF loses the order: a search no longer finds it), POST /_sim/sf/fees (which
@@ -102,6 +108,7 @@ class SfState:
         self.seed = seed
         self.partners = dict(partners or DEFAULT_PARTNERS)
         self.rules = []
+        self.piece_rules = []       # [(compiled orderId regex, children, return waybill)]
         self.reset()
 
     def reset(self):
@@ -162,7 +169,32 @@ class SfState:
     @staticmethod
     def waybill_list(rec):
         return [{"waybillType": 1, "waybillNo": rec["waybill"]}] + \
-               [{"waybillType": 2, "waybillNo": w} for w in rec["children"]]
+               [{"waybillType": 2, "waybillNo": w} for w in rec["children"]] + \
+               ([{"waybillType": 3, "waybillNo": rec["return"]}] if rec.get("return") else [])
+
+    def set_pieces(self, config):
+        """POST /_sim/sf/pieces: which orders get child and return waybills."""
+        if not isinstance(config, dict) or not isinstance(config.get("rules"), list):
+            raise ValueError('sf pieces config must be {"rules": [...]}')
+        rules = []
+        for spec in config["rules"]:
+            if not isinstance(spec, dict):
+                raise ValueError("a pieces rule must be an object")
+            children = spec.get("children", 0)
+            if not isinstance(children, int) or not 0 <= children <= 4:
+                raise ValueError("children must be an integer from 0 to 4")
+            rules.append((re.compile(spec.get("match_order_id") or ""), children,
+                          bool(spec.get("return"))))
+        with self.lock:
+            self.piece_rules = rules
+
+    def pieces_of(self, order_id, msg):
+        """(children, return waybill?) of a new order: a pieces rule, else parcelQty."""
+        for regex, children, ret in self.piece_rules:
+            if regex.search(order_id):
+                return children, ret
+        parcels = msg.get("parcelQty")
+        return (parcels - 1 if isinstance(parcels, int) and 1 < parcels <= 5 else 0), False
 
     def handle(self, body):
         """Process one request body; returns (answer bytes, reset_after)."""
@@ -217,9 +249,10 @@ class SfState:
                 rec = {"orderId": order_id, "waybill": self.new_waybill(), "children": [],
                        "msgData": msg, "requestID": field["requestID"], "cancelled": False,
                        "creates": 1}
-                parcels = msg.get("parcelQty")
-                if isinstance(parcels, int) and 1 < parcels <= 5:
-                    rec["children"] = [self.new_waybill() for _ in range(parcels - 1)]
+                children, ret = self.pieces_of(order_id, msg)
+                rec["children"] = [self.new_waybill() for _ in range(children)]
+                if ret:
+                    rec["return"] = self.new_waybill()
                 self.orders[order_id] = rec
                 self.stats["orders_created"] += 1
                 answer = self.envelope({"success": True, "errorCode": "S0000", "errorMsg": None,
@@ -314,6 +347,13 @@ def handle_sim(handler, state, path, query, body):
             handler._send(400, dumps({"error": str(exc)}))
         else:
             handler._send(200, dumps({"ok": True}))
+    elif path == "/_sim/sf/pieces" and method == "POST":
+        try:
+            state.set_pieces(json.loads(body or b"null"))
+        except (ValueError, re.error) as exc:
+            handler._send(400, dumps({"error": str(exc)}))
+        else:
+            handler._send(200, dumps({"ok": True}))
     elif path == "/_sim/sf/cancel" and method == "POST":
         ids = parse_qs(query).get("orderId")
         ok = bool(ids) and state.cancel_at_sf(ids[0])
@@ -338,6 +378,7 @@ def handle_sim(handler, state, path, query, body):
     elif path == "/_sim/sf/reset" and method == "POST":
         with state.lock:
             state.rules = []
+            state.piece_rules = []
             state.reset()
         handler._send(200, dumps({"ok": True}))
     else:

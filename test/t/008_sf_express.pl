@@ -15,7 +15,12 @@
 #   7. cancel: EXP_RECE_UPDATE_ORDER dealType 2, and 8037 (already
 #      cancelled) is a success;
 #   8. a changed field map applies to the next order, without a restart;
-#   9. apiResultData as a JSON string and as an object both work.
+#   9. apiResultData as a JSON string and as an object both work;
+#  10. a multi-piece order (a child and a return waybill): every waybill
+#      registered at the binding's tracking provider (Kuaidi100), whose
+#      pushes of a piece, as SF's own route pushes of the return parcel,
+#      are the order's events tagged with the piece; only the main
+#      waybill moves the order's status.
 use strict;
 use warnings;
 use FindBin;
@@ -28,7 +33,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use ShipsyncTest;
 
-my $sim = start_sim();
+my $sim = start_sim(args => [ '--kuaidi100-key', 'kd-key-1' ]);
 END { local $?; stop_sim($sim) if $sim; }
 my $node = shipsync_node('sf_express');
 
@@ -255,6 +260,74 @@ my $rr = sql("SELECT method || ' ' || url || ' ' || array_to_string(headers, ';'
 like($rr, qr{^POST \Q$sf_url\E .*Content-Type: application/x-www-form-urlencoded}, 'render_request: the stored SF request');
 unlike(sql("SELECT string_agg(r.body || array_to_string(r.headers, ''), '') FROM shipsync.outbox o, shipsync.render_request(o.id) r WHERE o.state = 'done' AND o.op = 'create'"),
 	qr/\Q$checkword\E/, 'render_request: the check word appears nowhere');
+
+###########################################################################
+# 10. a multi-piece order: registered piece by piece, pushes of the pieces
+###########################################################################
+sim_post($sim, '/_sim/sf/pieces',
+	{ rules => [ { match_order_id => '^MP-', children => 1, return => JSON::PP::true } ] });
+sql(qq{SELECT shipsync.create_provider('kd', 'kuaidi100', '$sim->{url}', '{$common, "company": "shunfeng",
+		"callback_url": "https://shop.example/hooks/kuaidi100", "webhook_secret": "s4lt",
+		"auth": {"type": "kuaidi100", "customer": "CUST1", "key": "kd-key-1"}}');
+	UPDATE shipsync.provider SET options = options || '{"accept_unsigned_pushes": true}' WHERE name = 'sf';
+	CREATE TABLE orders_mp (LIKE orders INCLUDING ALL);
+	SELECT shipsync.attach('orders_mp', 'sf', writeback => '{"tracking_number": "waybill", "status": "ship_status"}',
+		options => '{"tracking_provider": "kd"}');
+	INSERT INTO orders_mp (order_no, receiver_name, receiver_phone, receiver_province, receiver_city,
+		receiver_district, receiver_address, cargo_name, quantity, weight_kg, amount, remark)
+	VALUES ('MP-1', '郭襄阳', '189 6382 8829', '湖北省', '襄阳市', '襄城区', '湖北省襄阳市襄城区环城东路1号',
+		'君宝牌地毯', 2, 6.6, 308, '');});
+ok( wait_until($node, q{SELECT count(*) FILTER (WHERE o.state = 'done') = 3 AND count(*) = 3
+		FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'kd' AND o.op = 'register' AND o.order_key = 'MP-1'}, 30),
+	'pieces: three registrations at the tracking provider, done');
+my $mp = sf_get('orders?orderId=MP-1')->[0];
+my ($mp_main, $mp_child, $mp_ret) = ($mp->{waybill}, $mp->{children}[0], $mp->{return} // 'none');
+is( sql(q{SELECT string_agg(w->>'waybillType', ',' ORDER BY o) FROM shipsync.shipment s
+		JOIN shipsync.provider p USING (provider_id), jsonb_array_elements(s.waybills) WITH ORDINALITY AS a(w, o)
+		WHERE p.name = 'sf' AND s.order_key = 'MP-1'}),
+	'1,2,3', 'pieces: the shipment keeps the main, child and return waybills SF gave');
+is( join(',', sort map { $_->{number} } grep { $_->{dialect} eq 'kuaidi100' }
+		@{ sim_get($sim, '/_sim/track/registrations') }),
+	join(',', sort ($mp_main, $mp_child, $mp_ret)), 'pieces: Kuaidi100 holds a subscription for each waybill');
+is( sql(q{SELECT s.tracking_number || '|' || (SELECT string_agg((w->>'waybillNo') || ':' || (w->>'waybillType'), ','
+			ORDER BY w->>'waybillType') FROM jsonb_array_elements(s.waybills) w)
+		FROM shipsync.shipment s JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'kd' AND s.order_key = 'MP-1'}),
+	"$mp_main|$mp_child:2,$mp_ret:3", "pieces: the tracking provider's shipment records the pieces it registered");
+
+# A Kuaidi100 push (signed with the subscription's salt) of one event of
+# $number: what ingest_tracking() answered
+sub kd_push
+{
+	my ($number, $state, $status, $at) = @_;
+	my $param = encode_json({ status => 'polling', lastResult => {
+		state => $state, ischeck => ($state eq '3' ? '1' : '0'), com => 'shunfeng', nu => $number,
+		data => [ { context => $status, time => $at, ftime => $at, status => $status } ] } });
+	(my $enc = $param) =~ s/([^A-Za-z0-9._~-])/sprintf('%%%02X', ord($1))/ge;
+	my $sign = uc(sql("SELECT md5(convert_from('\\x" . unpack('H*', $param) . "', 'UTF8') || 's4lt')"));
+	return decode_json(sql("SELECT shipsync.ingest_tracking('kd', 'param=$enc&sign=$sign')"));
+}
+my $r = kd_push($mp_child, '3', '签收', '2026-11-27 10:05:00');
+is($r->{new} . '|' . $r->{unmatched} . '|' . $r->{shipments_changed}, '1|0|0',
+	"pieces: Kuaidi100's push of the child is stored, not parked, and moves no status");
+is( sql(qq{SELECT e.piece || '|' || e.status || '|' || e.order_key FROM shipsync.tracking_event e
+		JOIN shipsync.provider p USING (provider_id) WHERE p.name = 'kd' AND e.tracking_number = '$mp_child'}),
+	'child|delivered|MP-1', "pieces: the child's delivery is the order's event, tagged child");
+my $route = encode_json({ Body => { WaybillRoute => [ { id => 'mp-r1', mailno => $mp_ret, orderid => 'MP-1',
+	opCode => '80', acceptTime => '2026-11-28 09:00:00', remark => 'returned to sender' } ] } });
+$r = decode_json(sql("SELECT shipsync.ingest_tracking('sf', convert_from('\\x" . unpack('H*', $route) . "', 'UTF8'))"));
+is($r->{new} . '|' . $r->{unmatched} . '|' . $r->{shipments_changed}, '1|0|0',
+	"pieces: SF's route push of the return waybill is stored and moves no status");
+is( sql(qq{SELECT e.piece || '|' || e.raw_status || '|' || e.order_key FROM shipsync.tracking_event e
+		JOIN shipsync.provider p USING (provider_id) WHERE p.name = 'sf' AND e.tracking_number = '$mp_ret'}),
+	'return|80|MP-1', 'pieces: the return parcel back at the sender (opCode 80) is the order\'s event, tagged return');
+isnt(sql("SELECT coalesce(ship_status, '') FROM orders_mp WHERE order_no = 'MP-1'"), 'delivered',
+	'pieces: neither piece made the order delivered');
+$r = kd_push($mp_main, '3', '签收', '2026-11-27 11:00:00');
+is($r->{shipments_changed}, 1, "pieces: Kuaidi100's push of the main waybill changes the shipment");
+is(sql("SELECT ship_status FROM orders_mp WHERE order_no = 'MP-1'"), 'delivered',
+	'pieces: the main waybill delivered: the order row says so');
 
 $node->stop;
 done_testing();

@@ -135,6 +135,61 @@ test_tracking_big_integers(void)
 }
 
 /*
+ * SF wraps its answer in a JSON string (apiResultData): an integer beyond
+ * 64 bits inside it is refused as one in the answer itself is, not read
+ * as the nearest end of the range (the waybill list is stored as read)
+ */
+static void
+test_sf_wrapped_big_integers(void)
+{
+	const char *b = "{\"apiResultCode\":\"A1000\",\"apiResultData\":\"{\\\"success\\\":true,"
+		"\\\"errorCode\\\":\\\"S0000\\\",\\\"msgData\\\":{\\\"orderId\\\":\\\"1\\\","
+		"\\\"waybillNoInfoList\\\":[{\\\"waybillType\\\":1,\\\"waybillNo\\\":\\\"SF1\\\"},"
+		"{\\\"waybillType\\\":18446744073709551617,\\\"waybillNo\\\":\\\"SF2\\\"}]}}\"}";
+	const char *plain = "{\"apiResultCode\":\"A1000\",\"apiResultData\":\"{\\\"success\\\":true,"
+		"\\\"errorCode\\\":\\\"S0000\\\",\\\"msgData\\\":{\\\"orderId\\\":\\\"1\\\","
+		"\\\"waybillNoInfoList\\\":[{\\\"waybillType\\\":1,\\\"waybillNo\\\":\\\"SF1\\\"},"
+		"{\\\"waybillType\\\":18446744073709551615,\\\"waybillNo\\\":\\\"SF2\\\"}]}}\"}";
+	SfResponse	r;
+	char		err[256];
+	bool		ok;
+	ShipJson   *doc;
+	MapPath		p;
+	MapValue	mv;
+	char	   *v;
+
+	err[0] = '\0';
+	ok = shipsync_parse_sf_response(b, strlen(b), false, &r, err, sizeof(err));
+	if (ok)
+		printf("#   read as: %s\n", r.waybills ? r.waybills : "(no waybills)");
+	check(!ok && strstr(err, "apiResultData") != NULL &&
+		  strstr(err, "\"waybillType\" holds an integer beyond 64 bits") != NULL,
+		  "an integer beyond 64 bits inside SF's apiResultData string is refused, naming the member");
+	if (ok)
+		shipsync_free_sf_response(&r);
+	ok = shipsync_parse_sf_response(plain, strlen(plain), false, &r, err, sizeof(err));
+	check(ok && r.waybills && strstr(r.waybills, "18446744073709551615") != NULL,
+		  "the end of the 64-bit range inside apiResultData is read");
+	if (ok)
+		shipsync_free_sf_response(&r);
+
+	/* an inbound map's path through the string reads nothing rather than another number */
+	doc = shipsync_json_parse(b, strlen(b), err, sizeof(err));
+	v = NULL;
+	if (doc && shipsync_path_parse("apiResultData.msgData.waybillNoInfoList[1].waybillType", &p, err, sizeof(err)))
+	{
+		if (shipsync_json_get(doc, &p, &mv))
+			v = mv.s;
+		shipsync_path_free(&p);
+	}
+	if (v)
+		printf("#   path read: %s\n", v);
+	check(doc && v == NULL, "a path through a JSON string holding an integer beyond 64 bits reads no clamped number");
+	free(v);
+	shipsync_json_free(doc);
+}
+
+/*
  * The UTF-8 check reads ASCII eight bytes at a time: a bad byte, or a good
  * sequence, at every offset and alignment of a run of ASCII before and
  * after it, is judged as byte by byte.
@@ -490,6 +545,7 @@ main(void)
 	test_responses();
 	test_storable();
 	test_tracking_big_integers();
+	test_sf_wrapped_big_integers();
 	test_utf8_offsets();
 	test_tokener_reuse();
 	test_fee_ranges();

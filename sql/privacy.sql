@@ -42,6 +42,23 @@ SELECT v, shipsync.mask_pii(v, 'address') AS masked FROM (VALUES
 	('广东省深圳市，南山区科技园路1号')) AS t(v);
 SELECT shipsync.mask_pii(NULL, 'phone') IS NULL AS null_stays_null;
 SELECT shipsync.mask_pii('x', 'passport');
+-- an ID number (a national ID card's, a passport's) keeps at most its last
+-- four characters, and nothing when it is shorter than eight
+SELECT v, shipsync.mask_pii(v, 'id_number') AS masked FROM (VALUES
+	('440301199001011234'), ('E12345678'), ('1234567'), ('4403 0119 9001 0112 34'),
+	('44030119900101123X')) AS t(v);
+-- the column convention reads the words of camelCase, PascalCase and
+-- snake_case names, and a number at their end (phone2): a CRM's
+-- receiverPhone is as personal as receiver_phone; ID numbers are a kind of
+-- their own; a boolean, an id or a word that only starts like one is not
+SELECT key, value FROM jsonb_each(shipsync._mask_body('{"order": {
+	"receiverPhone": "13812345678", "ReceiverPhone": "13812345678", "phone2": "13812345678",
+	"mobileNo": "13812345678", "mobile_no": "13812345678", "TEL": "13812345678",
+	"receiverName": "John Smith", "ShipToAddress": "1 High St, Leeds", "EMail": "john@example.com",
+	"idCard": "440301199001011234", "id_card": "440301199001011234", "IDCard": "440301199001011234",
+	"id_number": "440301199001011234", "passport": "E12345678", "passportNo": "E12345678",
+	"phone_verified": true, "telemetry": "ok", "orderIdNo": "A1234567", "hotelName": "Grand",
+	"customerId": 42, "cargoName": "rug"}}', NULL, NULL, NULL)::jsonb->'order') ORDER BY key;
 
 -- the built-in profile marks the sender's and the receiver's name, phone
 -- and address

@@ -150,6 +150,23 @@ test_columns(void)
 		  shipsync_pii_column_kind("") == PII_NONE &&
 		  shipsync_pii_column_kind(NULL) == PII_NONE,
 		  "column convention: ids, cargo and other columns are not personal");
+	check(shipsync_pii_column_kind("receiverPhone") == PII_PHONE &&
+		  shipsync_pii_column_kind("ReceiverPhone") == PII_PHONE &&
+		  shipsync_pii_column_kind("phone2") == PII_PHONE &&
+		  shipsync_pii_column_kind("mobileNo") == PII_PHONE &&
+		  shipsync_pii_column_kind("receiverName") == PII_NAME &&
+		  shipsync_pii_column_kind("EMail") == PII_EMAIL &&
+		  shipsync_pii_column_kind("idCard") == PII_ID_NUMBER &&
+		  shipsync_pii_column_kind("IDCard") == PII_ID_NUMBER &&
+		  shipsync_pii_column_kind("id_number") == PII_ID_NUMBER &&
+		  shipsync_pii_column_kind("passportNo") == PII_ID_NUMBER &&
+		  shipsync_pii_column_kind("orderIdNo") == PII_NONE &&
+		  shipsync_pii_column_kind("customerId") == PII_NONE &&
+		  shipsync_pii_column_kind("hotelName") == PII_NONE,
+		  "column convention: camelCase, PascalCase, a number at the end, ID numbers");
+	check(masks(PII_ID_NUMBER, "440301199001011234", "**************1234") &&
+		  masks(PII_ID_NUMBER, "1234567", "*******"),
+		  "id_number: the last four characters of eight or more");
 }
 
 static char *

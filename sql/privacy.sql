@@ -40,6 +40,13 @@ SELECT v, shipsync.mask_pii(v, 'address') AS masked FROM (VALUES
 	('John Smith, 12 Main St'),
 	('广东省 深圳市 南山区 科技园路1号'),
 	('广东省深圳市，南山区科技园路1号')) AS t(v);
+-- free text (kind text): every run of seven digits or more (a phone, an
+-- ID number; spaces, hyphens and dots inside it count) keeps its last four
+SELECT v, shipsync.mask_pii(v, 'text') AS masked FROM (VALUES
+	('送货前电话13912345678，身份证44030119900101123X'),
+	('call +86 139-1234-5678 or ０２０-８７６５-４３２１ after 6pm, gate 12'),
+	('leave at door 3, order 2026-12-07'),
+	('')) AS t(v);
 SELECT shipsync.mask_pii(NULL, 'phone') IS NULL AS null_stays_null;
 SELECT shipsync.mask_pii('x', 'passport');
 -- an ID number (a national ID card's, a passport's) keeps at most its last
@@ -95,7 +102,8 @@ CREATE SCHEMA shop;
 CREATE TABLE shop.sf_orders (
 	order_no text PRIMARY KEY,
 	receiver_name text, receiver_phone text, receiver_province text, receiver_city text,
-	receiver_district text, receiver_address text, cargo_name text, weight_kg numeric
+	receiver_district text, receiver_address text, cargo_name text, weight_kg numeric,
+	remark text
 );
 SELECT shipsync.attach('shop.sf_orders', 'sf') > 0 AS attached;
 -- the generic body carries every column: option pii says which are
@@ -112,7 +120,8 @@ SELECT shipsync.attach('shop.bad', 'gen', options => '{"pii": {"id": "passport"}
 SELECT shipsync.attach('shop.bad', 'gen', options => '{"pii": ["id"]}');
 
 INSERT INTO shop.sf_orders VALUES ('SF-1', '郭襄', '+86 189 6382 8829', '湖北省', '襄阳市', '襄城区',
-	'湖北省襄阳市襄城区环城东路122号', '地毯', 6.6);
+	'湖北省襄阳市襄城区环城东路122号', '地毯', 6.6,
+	'送货前电话13912345678，或 139-8765-4321，身份证440301199001011234，3号门');
 INSERT INTO shop.orders VALUES (1, 'John Smith', '13812345678', '1 High St, Leeds',
 	'john@example.com', '020-8765-4321', 'Mary Jones', '扫地机器人');
 INSERT INTO shop.mapped VALUES (7, '李雷', 'lilei@example.cn', '北京');
@@ -144,6 +153,7 @@ END $$;
 CREATE FUNCTION pg_temp.personal() RETURNS text LANGUAGE sql AS $$
 	SELECT '郭襄|189 6382 8829|18963828829|环城东路|John|13812345678|john@|8765-4321|Leeds'
 		|| '|020-8765|Mary|李雷|lilei@|张三丰|170-0680-5888|17006805888|公园路'
+		|| '|13912345678|139-8765|4403011990'
 $$;
 GRANT EXECUTE ON FUNCTION pg_temp.msg_data(text), pg_temp.personal() TO PUBLIC;
 -- trace() names the table: its reader needs to see the schema
@@ -154,6 +164,10 @@ SET SESSION AUTHORIZATION shipsync_test_bi;
 SELECT shipsync._pii_visible() AS sees_personal_data;
 SELECT order_key, request_body FROM shipsync.intents WHERE order_key IN ('1', '7') ORDER BY id;
 SELECT order_key, jsonb_pretty(pg_temp.msg_data(request_body)->'contactInfoList') AS contacts
+FROM shipsync.intents WHERE order_key = 'SF-1';
+-- the remark, free text a customer or a clerk wrote, has its phone and ID
+-- numbers masked (kind text)
+SELECT pg_temp.msg_data(request_body)->'remark' AS remark
 FROM shipsync.intents WHERE order_key = 'SF-1';
 SELECT count(*) FROM shipsync.outbox;
 -- render_request() masks the same way

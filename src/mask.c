@@ -27,6 +27,9 @@
  *	 id_number	an ID card's or a passport's number: the last four
  *				characters stay, the rest are stars
  *				(**************1234); shorter than eight: stars whole
+ *	 text		free text (a remark): each run of seven digits or more (a
+ *				phone, an ID number) keeps its last four digits, the rest
+ *				as written: 电话*******5678; a date (2026-12-07) stays
  *
  * Values are UTF-8 (the SQL entry points convert from and to the database
  * encoding); a byte that does not start a well-formed sequence counts as
@@ -50,7 +53,8 @@
 
 #include "pg_shipsync.h"
 
-static const char *const pii_names[] = {"name", "phone", "address", "email", "id_number"};
+static const char *const pii_names[] = {"name", "phone", "address", "email", "id_number",
+"text"};
 
 /* The kind named name ("phone"), or PII_NONE */
 int
@@ -549,6 +553,86 @@ mask_id_number(const unsigned char *s, size_t len)
 }
 
 /*
+ * The run of digits at p: digits (ASCII or full-width) with one space,
+ * hyphen or dot between two of them.  Returns its end; *digits and
+ * *date set when it reads as a date (2026-12-07, 07.12.2026).
+ */
+static const unsigned char *
+digit_run(const unsigned char *p, const unsigned char *end, int *digits, bool *date)
+{
+	int			groups[3] = {0};
+	int			ngroups = 1;
+
+	*digits = 0;
+	while (p < end)
+	{
+		int			n = u8_len(p);
+		unsigned int c = u8_code(p, n);
+
+		if (is_digit_code(c))
+		{
+			(*digits)++;
+			if (ngroups <= 3)
+				groups[ngroups - 1]++;
+			p += n;
+			continue;
+		}
+		if ((c == ' ' || c == '-' || c == '.' || c == 0xFF0D) && p + n < end &&
+			is_digit_code(u8_code(p + n, u8_len(p + n))) && *digits > 0)
+		{
+			ngroups++;
+			p += n;
+			continue;
+		}
+		break;
+	}
+	*date = ngroups == 3 &&
+		((groups[0] == 4 && groups[1] <= 2 && groups[2] <= 2) ||
+		 (groups[0] <= 2 && groups[1] <= 2 && groups[2] == 4));
+	return p;
+}
+
+/*
+ * 送货前电话13912345678 -> 送货前电话*******5678: in free text, a run of
+ * seven digits or more keeps its last four, separators kept; the rest of
+ * the text, shorter runs and dates as written.
+ */
+static char *
+mask_text(const unsigned char *s, size_t len)
+{
+	const unsigned char *end = s + len;
+	MaskBuf		b = {0};
+
+	for (const unsigned char *p = s; p < end;)
+	{
+		int			n = u8_len(p);
+		int			digits;
+		bool		date;
+		const unsigned char *e;
+		int			seen = 0;
+
+		if (!is_digit_code(u8_code(p, n)))
+		{
+			buf_add(&b, p, n);
+			p += n;
+			continue;
+		}
+		e = digit_run(p, end, &digits, &date);
+		for (; p < e; p += n)
+		{
+			n = u8_len(p);
+			if (digits < 7 || date || !is_digit_code(u8_code(p, n)))
+				buf_add(&b, p, n);
+			else if (seen++ < digits - 4)
+				buf_stars(&b, 1);
+			else
+				buf_add(&b, p, n);
+		}
+	}
+	return buf_done(&b);
+}
+
+/*
  * value masked as a personal value of kind (PII_NAME, ...), malloc'd; NULL
  * for a NULL value.  An unknown kind masks the whole value.
  */
@@ -578,6 +662,9 @@ shipsync_mask_pii(int kind, const char *value)
 			break;
 		case PII_ID_NUMBER:
 			r = mask_id_number(s, len);
+			break;
+		case PII_TEXT:
+			r = mask_text(s, len);
 			break;
 		default:
 			r = strdup(len ? "***" : "");
@@ -694,6 +781,9 @@ id_number_words(const char *const *words, const size_t *lens, int nwords, int i,
  *	 name		one of customer, contact, consignee, recipient, receiver,
  *				sender, buyer, surname, name; or a name ending in name whose
  *				first word is one of those or full, first, last, given, family
+ *	 text		else, a word remark, remarks, note, notes, comment, comments,
+ *				memo, instruction, instructions (free text: its phone and ID
+ *				numbers masked)
  * Until 0.2's fix the words were split at "_" alone: receiverPhone, phone2
  * and idCard were not personal.
  */
@@ -707,6 +797,8 @@ shipsync_pii_column_kind(const char *column)
 	"receiver", "sender", "buyer", "surname", "name", NULL};
 	static const char *const name_prefix[] = {"customer", "contact", "consignee", "recipient",
 	"receiver", "sender", "buyer", "full", "first", "last", "given", "family", NULL};
+	static const char *const text[] = {"remark", "remarks", "note", "notes", "comment",
+	"comments", "memo", "instruction", "instructions", NULL};
 	char		lower[128];		/* column names are shorter (NAMEDATALEN) */
 	const char *words[16];
 	size_t		lens[16];
@@ -736,5 +828,8 @@ shipsync_pii_column_kind(const char *column)
 	if (nwords == 2 && word_is(words[1], lens[1], "name") &&
 		word_in(words[0], lens[0], name_prefix))
 		return PII_NAME;
+	for (int i = 0; i < nwords; i++)
+		if (word_in(words[i], lens[i], text))
+			return PII_TEXT;
 	return PII_NONE;
 }

@@ -403,6 +403,7 @@ extern char *shipsync_md5_upper_hex(const char *s);
 #define PII_ADDRESS 2
 #define PII_EMAIL	3
 #define PII_ID_NUMBER 4
+#define PII_TEXT	5
 
 /*
  * in hugeheap.c: the dispatcher's heap in transparent huge pages

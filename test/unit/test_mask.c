@@ -167,6 +167,12 @@ test_columns(void)
 	check(masks(PII_ID_NUMBER, "440301199001011234", "**************1234") &&
 		  masks(PII_ID_NUMBER, "1234567", "*******"),
 		  "id_number: the last four characters of eight or more");
+	check(masks(PII_TEXT, "电话13912345678，3号门", "电话*******5678，3号门") &&
+		  masks(PII_TEXT, "call 139-1234-5678", "call ***-****-5678") &&
+		  masks(PII_TEXT, "on 2026-12-07, door 12", "on 2026-12-07, door 12") &&
+		  shipsync_pii_column_kind("deliveryRemark") == PII_TEXT &&
+		  shipsync_pii_column_kind("notes") == PII_TEXT,
+		  "text: runs of seven digits or more keep their last four");
 }
 
 static char *

@@ -11323,3 +11323,11 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.mask_pii(text, text) IS
 	'A personal value masked as shipsync_reader sees it; kind is name (张三: 张*, John Smith: J*** Smith), phone (138****5678), address (cut after the district or the first comma: 深圳市南山区***), email (z***@example.com), id_number (an ID card''s or a passport''s: **************1234) or text (free text: every run of seven digits or more keeps its last four: 电话*******5678).';
+
+------------------------------------------------------------------------------
+-- Readers no longer read the label's link
+------------------------------------------------------------------------------
+-- shipsync.shipment.label_url is the carrier's label, and a label link that
+-- needs no login prints the receiver's whole name, phone and address:
+-- shipsync_reader read it.  Operators and admins still do.
+REVOKE SELECT (label_url) ON @extschema@.shipment FROM shipsync_reader;

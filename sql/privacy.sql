@@ -170,6 +170,11 @@ FROM shipsync.intents WHERE order_key = 'SF-1';
 SELECT pg_temp.msg_data(request_body)->'remark' AS remark
 FROM shipsync.intents WHERE order_key = 'SF-1';
 SELECT count(*) FROM shipsync.outbox;
+-- nor the label's link: a carrier's label printed without a login shows
+-- the whole name, phone and address
+SELECT has_column_privilege('shipsync.shipment', 'label_url', 'SELECT') AS reads_label_url,
+	   has_column_privilege('shipsync.shipment', 'tracking_number', 'SELECT') AS reads_tracking_number;
+SELECT label_url FROM shipsync.shipment;
 -- render_request() masks the same way
 SELECT i.order_key, r.body = i.request_body AS same_as_the_view,
 	   r.body ~ pg_temp.personal() AS personal
@@ -201,6 +206,7 @@ SELECT shipsync._pii_visible() AS sees_personal_data;
 SELECT order_key, request_body FROM shipsync.intents WHERE order_key IN ('1', '7') ORDER BY id;
 SELECT count(*) FILTER (WHERE o.request_body = i.request_body) AS whole, count(*) AS intents
 FROM shipsync.outbox o JOIN shipsync.intents i USING (id);
+SELECT has_column_privilege('shipsync.shipment', 'label_url', 'SELECT') AS reads_label_url;
 SELECT r.body ~ pg_temp.personal() AS personal
 FROM shipsync.intents i, shipsync.render_request(i.id) r WHERE i.order_key = 'SF-1';
 RESET SESSION AUTHORIZATION;

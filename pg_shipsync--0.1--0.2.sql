@@ -11331,3 +11331,7 @@ COMMENT ON FUNCTION @extschema@.mask_pii(text, text) IS
 -- needs no login prints the receiver's whole name, phone and address:
 -- shipsync_reader read it.  Operators and admins still do.
 REVOKE SELECT (label_url) ON @extschema@.shipment FROM shipsync_reader;
+
+-- attach()'s comment names the kinds id_number and text of option pii
+COMMENT ON FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) IS
+	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered), pii (which columns of the generic body are personal: {"column": "name"|"phone"|"address"|"email"|"id_number"|"text"|null}), grace (reconciliation: how old an order without a shipment must be to be not_sent, default 10 minutes), created_at_column (the column that tells an order''s age), adopt (the binding of a table this one replaces: its shipments, intents, events, fees and tickets become this binding''s).';

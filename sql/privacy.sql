@@ -66,6 +66,12 @@ SELECT key, value FROM jsonb_each(shipsync._mask_body('{"order": {
 	"id_number": "440301199001011234", "passport": "E12345678", "passportNo": "E12345678",
 	"phone_verified": true, "telemetry": "ok", "orderIdNo": "A1234567", "hotelName": "Grand",
 	"customerId": 42, "cargoName": "rug"}}', NULL, NULL, NULL)::jsonb->'order') ORDER BY key;
+-- and inside a json, jsonb or composite column, at any depth: a CRM's
+-- shipping jsonb holds the receiver's phone as well as a column would
+SELECT shipsync._mask_body('{"order": {"id": 1, "shipping": {"receiver_phone": "13812345678",
+	"receiver": {"fullName": "John Smith", "idCard": "440301199001011234"},
+	"addresses": [{"street": "1 High St", "city": "Leeds"}], "weight": 2.5}, "item": "rug"}}',
+	NULL, NULL, '{"city": "address"}')::jsonb->'order' AS nested;
 
 -- the built-in profile marks the sender's and the receiver's name, phone
 -- and address

@@ -250,6 +250,15 @@ test_documents(void)
 	check(!shipsync_json_mask("{\"a\":", 5, 0, NULL, NULL, "order", member_cb, mask_cb, NULL, &out) &&
 		  out == NULL,
 		  "document: not JSON is refused");
+	{
+		const char *doc = "{\"order\":{\"ship\":{\"to\":[{\"receiverPhone\":\"13812345678\"}]}}}";
+		char	   *nested = NULL;
+
+		check(shipsync_json_mask(doc, strlen(doc), 0, NULL, NULL, "order", member_cb, mask_cb, NULL, &nested) &&
+			  nested != NULL && strstr(nested, "138****5678") != NULL && strstr(nested, "13812345678") == NULL,
+			  "document: a personal member inside a json column of the order is masked");
+		free(nested);
+	}
 }
 
 void

@@ -13027,6 +13027,146 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- ID numbers, a kind of personal value of their own
+------------------------------------------------------------------------------
+-- The column convention of the generic body read receiver_phone but not
+-- receiverPhone, phone2 or idCard, and had no kind for an ID card's or a
+-- passport's number: readers saw them whole.  field_map.pii and attach's
+-- option pii now take id_number (src/mask.c reads the column names).
+ALTER TABLE @extschema@.field_map DROP CONSTRAINT field_map_pii_check;
+ALTER TABLE @extschema@.field_map ADD CONSTRAINT field_map_pii_check CHECK (pii IS NULL OR
+	(pii IN ('name', 'phone', 'address', 'email', 'id_number') AND direction = 'out'));
+COMMENT ON COLUMN @extschema@.field_map.pii IS
+	'Outbound rows: the value is personal, of kind name, phone, address, email or id_number; shipsync_reader sees it masked in request bodies and render_request(). NULL: not personal.';
+CREATE OR REPLACE FUNCTION @extschema@._check_attach_options(opts jsonb, provider_id integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d text;
+BEGIN
+	SELECT p.dialect INTO d FROM @extschema@.provider p WHERE p.provider_id = _check_attach_options.provider_id;
+	IF d IN ('easypost', 'aftership', 'kuaidi100') THEN
+		RAISE EXCEPTION 'provider of dialect % tracks shipments, it does not create them', d
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Attach the table to a shipping provider, and name this one in option "tracking_provider".';
+	END IF;
+	IF opts ? 'tracking_provider' THEN
+		SELECT p.dialect INTO d FROM @extschema@.provider p WHERE p.name = opts->>'tracking_provider';
+		IF d IS NULL THEN
+			RAISE EXCEPTION 'tracking provider "%" does not exist', opts->>'tracking_provider'
+				USING ERRCODE = 'undefined_object',
+					  HINT = 'Create it first with shipsync.create_provider().';
+		END IF;
+		IF d NOT IN ('easypost', 'aftership', 'kuaidi100') THEN
+			RAISE EXCEPTION 'provider "%" is not a tracking provider', opts->>'tracking_provider'
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Its dialect is %s; tracking dialects are easypost, aftership and kuaidi100.', d),
+					  HINT = 'Name a provider of a tracking dialect.';
+		END IF;
+	END IF;
+	IF opts ? 'validate' AND (jsonb_typeof(opts->'validate') <> 'string'
+		OR opts->>'validate' NOT IN ('invalid', 'reject')) THEN
+		RAISE EXCEPTION 'option "validate" must be "invalid" or "reject"'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given is %s.', opts->'validate'),
+				  HINT = 'Use invalid (the default) to keep the order and mark its intent invalid, or reject to make the INSERT fail.';
+	END IF;
+	IF opts ? 'pii' AND (jsonb_typeof(opts->'pii') <> 'object' OR EXISTS (
+		SELECT 1 FROM jsonb_each(opts->'pii') AS c(col, kind)
+		WHERE jsonb_typeof(c.kind) <> 'null'
+		  AND (jsonb_typeof(c.kind) <> 'string' OR c.kind #>> '{}' NOT IN ('name', 'phone', 'address', 'email', 'id_number')))) THEN
+		RAISE EXCEPTION 'option "pii" must map column names to name, phone, address, email, id_number or null'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given is %s.', opts->'pii'),
+				  HINT = 'For example {"receiver": "name", "tel": "phone", "name": null}: null marks a column the usual names would take as personal as not personal.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.mask_pii(text, text) IS
+	'A personal value masked as shipsync_reader sees it; kind is name (张三: 张*, John Smith: J*** Smith), phone (138****5678), address (cut after the district or the first comma: 深圳市南山区***), email (z***@example.com) or id_number (an ID card''s or a passport''s: **************1234).';
+
+------------------------------------------------------------------------------
+-- Free text, a kind of personal value: the SF Express remark
+------------------------------------------------------------------------------
+-- The built-in profile sf_express sends the order's remark, free text that
+-- often holds a phone or an ID number, and readers saw it whole in
+-- shipsync.intents and render_request().  The kind text masks every run of
+-- seven digits or more in it; the built-in row is marked (copies of the
+-- profile made before are the admin's to mark).
+ALTER TABLE @extschema@.field_map DROP CONSTRAINT field_map_pii_check;
+ALTER TABLE @extschema@.field_map ADD CONSTRAINT field_map_pii_check CHECK (pii IS NULL OR
+	(pii IN ('name', 'phone', 'address', 'email', 'id_number', 'text') AND direction = 'out'));
+COMMENT ON COLUMN @extschema@.field_map.pii IS
+	'Outbound rows: the value is personal, of kind name, phone, address, email, id_number or text (free text: its phone and ID numbers are masked); shipsync_reader sees it masked in request bodies and render_request(). NULL: not personal.';
+ALTER TABLE @extschema@.field_map DISABLE TRIGGER field_map_check;
+UPDATE @extschema@.field_map SET pii = 'text'
+ WHERE seeded AND profile = 'sf_express' AND direction = 'out' AND target_path = 'remark'
+   AND pii IS NULL;
+ALTER TABLE @extschema@.field_map ENABLE TRIGGER field_map_check;
+CREATE OR REPLACE FUNCTION @extschema@._check_attach_options(opts jsonb, provider_id integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	d text;
+BEGIN
+	SELECT p.dialect INTO d FROM @extschema@.provider p WHERE p.provider_id = _check_attach_options.provider_id;
+	IF d IN ('easypost', 'aftership', 'kuaidi100') THEN
+		RAISE EXCEPTION 'provider of dialect % tracks shipments, it does not create them', d
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Attach the table to a shipping provider, and name this one in option "tracking_provider".';
+	END IF;
+	IF opts ? 'tracking_provider' THEN
+		SELECT p.dialect INTO d FROM @extschema@.provider p WHERE p.name = opts->>'tracking_provider';
+		IF d IS NULL THEN
+			RAISE EXCEPTION 'tracking provider "%" does not exist', opts->>'tracking_provider'
+				USING ERRCODE = 'undefined_object',
+					  HINT = 'Create it first with shipsync.create_provider().';
+		END IF;
+		IF d NOT IN ('easypost', 'aftership', 'kuaidi100') THEN
+			RAISE EXCEPTION 'provider "%" is not a tracking provider', opts->>'tracking_provider'
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = format('Its dialect is %s; tracking dialects are easypost, aftership and kuaidi100.', d),
+					  HINT = 'Name a provider of a tracking dialect.';
+		END IF;
+	END IF;
+	IF opts ? 'validate' AND (jsonb_typeof(opts->'validate') <> 'string'
+		OR opts->>'validate' NOT IN ('invalid', 'reject')) THEN
+		RAISE EXCEPTION 'option "validate" must be "invalid" or "reject"'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given is %s.', opts->'validate'),
+				  HINT = 'Use invalid (the default) to keep the order and mark its intent invalid, or reject to make the INSERT fail.';
+	END IF;
+	IF opts ? 'pii' AND (jsonb_typeof(opts->'pii') <> 'object' OR EXISTS (
+		SELECT 1 FROM jsonb_each(opts->'pii') AS c(col, kind)
+		WHERE jsonb_typeof(c.kind) <> 'null'
+		  AND (jsonb_typeof(c.kind) <> 'string' OR c.kind #>> '{}' NOT IN ('name', 'phone', 'address', 'email', 'id_number', 'text')))) THEN
+		RAISE EXCEPTION 'option "pii" must map column names to name, phone, address, email, id_number, text or null'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given is %s.', opts->'pii'),
+				  HINT = 'For example {"receiver": "name", "tel": "phone", "name": null}: null marks a column the usual names would take as personal as not personal.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.mask_pii(text, text) IS
+	'A personal value masked as shipsync_reader sees it; kind is name (张三: 张*, John Smith: J*** Smith), phone (138****5678), address (cut after the district or the first comma: 深圳市南山区***), email (z***@example.com), id_number (an ID card''s or a passport''s: **************1234) or text (free text: every run of seven digits or more keeps its last four: 电话*******5678).';
+
+------------------------------------------------------------------------------
+-- Readers no longer read the label's link
+------------------------------------------------------------------------------
+-- shipsync.shipment.label_url is the carrier's label, and a label link that
+-- needs no login prints the receiver's whole name, phone and address:
+-- shipsync_reader read it.  Operators and admins still do.
+REVOKE SELECT (label_url) ON @extschema@.shipment FROM shipsync_reader;
+
+-- attach()'s comment names the kinds id_number and text of option pii
+COMMENT ON FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) IS
+	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered), pii (which columns of the generic body are personal: {"column": "name"|"phone"|"address"|"email"|"id_number"|"text"|null}), grace (reconciliation: how old an order without a shipment must be to be not_sent, default 10 minutes), created_at_column (the column that tells an order''s age), adopt (the binding of a table this one replaces: its shipments, intents, events, fees and tickets become this binding''s).';
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

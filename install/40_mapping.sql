@@ -26,7 +26,7 @@ CREATE TABLE @extschema@.field_map (
 	pii				text,
 	UNIQUE (profile, direction, target_path),
 	CONSTRAINT field_map_pii_check CHECK (pii IS NULL OR
-		(pii IN ('name', 'phone', 'address', 'email') AND direction = 'out'))
+		(pii IN ('name', 'phone', 'address', 'email', 'id_number', 'text') AND direction = 'out'))
 );
 COMMENT ON TABLE @extschema@.field_map IS
 	'Declarative field maps per profile. Outbound rows (direction out) build the request from CRM columns, constants (const:), provider options (option:path) and the intent (meta:order_key, meta:idempotency_key); inbound rows (in) read canonical fields out of responses; crm_in rows turn a record a CRM pushed (ingest_crm()) into the columns of an orders table; fee rows (fee) read the lines of fee pushes, pulls and JSON statements, and statement rows (statement) name the CSV columns of a statement. Paths are dotted with [k=v] filters. A change applies to the next request.';
@@ -35,7 +35,7 @@ COMMENT ON COLUMN @extschema@.field_map.target_path IS
 COMMENT ON COLUMN @extschema@.field_map.transform IS
 	'identity, trim, upper, lower, concat, default, lookup, to_number, unit, timestamp, parse_time or phone; arg holds its argument as JSON.';
 COMMENT ON COLUMN @extschema@.field_map.pii IS
-	'Outbound rows: the value is personal, of kind name, phone, address or email; shipsync_reader sees it masked in request bodies and render_request(). NULL: not personal.';
+	'Outbound rows: the value is personal, of kind name, phone, address, email, id_number or text (free text: its phone and ID numbers are masked); shipsync_reader sees it masked in request bodies and render_request(). NULL: not personal.';
 COMMENT ON COLUMN @extschema@.field_map.seeded IS
 	'A row of a built-in profile, created with the extension and read-only: copy the profile with shipsync.copy_profile() to change it.';
 
@@ -189,8 +189,8 @@ BEGIN
 	IF opts ? 'pii' AND (jsonb_typeof(opts->'pii') <> 'object' OR EXISTS (
 		SELECT 1 FROM jsonb_each(opts->'pii') AS c(col, kind)
 		WHERE jsonb_typeof(c.kind) <> 'null'
-		  AND (jsonb_typeof(c.kind) <> 'string' OR c.kind #>> '{}' NOT IN ('name', 'phone', 'address', 'email')))) THEN
-		RAISE EXCEPTION 'option "pii" must map column names to name, phone, address, email or null'
+		  AND (jsonb_typeof(c.kind) <> 'string' OR c.kind #>> '{}' NOT IN ('name', 'phone', 'address', 'email', 'id_number', 'text')))) THEN
+		RAISE EXCEPTION 'option "pii" must map column names to name, phone, address, email, id_number, text or null'
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = format('The value given is %s.', opts->'pii'),
 				  HINT = 'For example {"receiver": "name", "tel": "phone", "name": null}: null marks a column the usual names would take as personal as not personal.';
@@ -352,6 +352,9 @@ UPDATE @extschema@.field_map
 			 WHEN 'mobile' THEN 'phone' ELSE 'address' END
  WHERE seeded AND profile = 'sf_express' AND direction = 'out'
    AND target_path ~ '^contactInfoList\[contactType=[12]\]\.(contact|mobile|address)$';
+-- and the remark, free text that often holds a phone or an ID number
+UPDATE @extschema@.field_map SET pii = 'text'
+ WHERE seeded AND profile = 'sf_express' AND direction = 'out' AND target_path = 'remark';
 
 -- the triggers come after the seeds: seeded rows are read-only from here on
 CREATE TRIGGER field_map_check BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.field_map

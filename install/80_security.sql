@@ -44,7 +44,7 @@ RETURNS text
 AS 'MODULE_PATHNAME', 'shipsync_mask_pii_sql'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.mask_pii(text, text) IS
-	'A personal value masked as shipsync_reader sees it; kind is name (张三: 张*, John Smith: J*** Smith), phone (138****5678), address (cut after the district or the first comma: 深圳市南山区***) or email (z***@example.com).';
+	'A personal value masked as shipsync_reader sees it; kind is name (张三: 张*, John Smith: J*** Smith), phone (138****5678), address (cut after the district or the first comma: 深圳市南山区***), email (z***@example.com), id_number (an ID card''s or a passport''s: **************1234) or text (free text: every run of seven digits or more keeps its last four: 电话*******5678).';
 
 CREATE FUNCTION @extschema@._mask_body(body text, paths text[], kinds text[], columns jsonb)
 RETURNS text

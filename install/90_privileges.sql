@@ -16,9 +16,11 @@ GRANT SELECT ON @extschema@.queue_status, @extschema@.providers, @extschema@.int
 -- Shipments and attempts but their digests: request_digest is the SHA-256
 -- of a request body whose personal values readers see masked, and
 -- content_digest a digest of the order row; both can be matched against
--- the few characters a mask hides (the view intents gives readers NULL)
+-- the few characters a mask hides (the view intents gives readers NULL).
+-- Nor label_url: a carrier's label link that needs no login prints the
+-- receiver's whole name, phone and address.
 GRANT SELECT (shipment_id, binding_id, order_key, provider_id, provider_shipment_id,
-	tracking_number, label_url, status, raw_status, fees, fee_total, created_at, updated_at,
+	tracking_number, status, raw_status, fees, fee_total, created_at, updated_at,
 	waybills) ON @extschema@.shipment TO shipsync_reader;
 GRANT SELECT (id, outbox_id, attempt, provider_id, at, method, url, http_status, latency_ms,
 	outcome, error_class, error) ON @extschema@.delivery_log TO shipsync_reader;

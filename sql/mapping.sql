@@ -282,6 +282,29 @@ RESET intervalstyle;
 RESET datestyle;
 RESET extra_float_digits;
 RESET timezone;
+-- and a money column by the lc_monetary of the database (the
+-- dispatcher's), not by the caller's SET: a type's cast shows the setting
+CREATE TYPE mapshop.probe AS ENUM ('m');
+CREATE FUNCTION mapshop.probe_json(mapshop.probe) RETURNS json LANGUAGE sql
+	AS $$ SELECT to_json(current_setting('lc_monetary')) $$;
+CREATE CAST (mapshop.probe AS json) WITH FUNCTION mapshop.probe_json(mapshop.probe);
+CREATE TABLE mapshop.priced (id int PRIMARY KEY, p mapshop.probe);
+SELECT shipsync.attach('mapshop.priced', 'plain') > 0 AS attached;
+INSERT INTO mapshop.priced VALUES (1, 'm');
+SELECT CASE WHEN reset_val = 'POSIX' THEN 'C' ELSE 'POSIX' END AS other_monetary
+FROM pg_settings WHERE name = 'lc_monetary' \gset
+SET lc_monetary = :'other_monetary';
+SELECT r.body::json->'order'->>'p' = (SELECT reset_val FROM pg_settings WHERE name = 'lc_monetary')
+	   AS by_the_databases_lc_monetary
+FROM intents o, shipsync.render_request(o.id) r
+WHERE o.binding_id = (SELECT binding_id FROM shipsync.binding WHERE tbl = 'mapshop.priced'::regclass);
+SELECT current_setting('lc_monetary') = :'other_monetary' AS callers_own_again;
+RESET lc_monetary;
+SELECT shipsync.detach('mapshop.priced');
+DROP TABLE mapshop.priced;
+DROP CAST (mapshop.probe AS json);
+DROP FUNCTION mapshop.probe_json(mapshop.probe);
+DROP TYPE mapshop.probe;
 -- a render statement that reads a bare t gets the column, which is no row:
 -- refused before anything reads it as one
 UPDATE shipsync.binding SET render_sql = replace(render_sql, 't.*::mapshop.wide AS', 't AS')

@@ -40,8 +40,38 @@ SELECT v, shipsync.mask_pii(v, 'address') AS masked FROM (VALUES
 	('John Smith, 12 Main St'),
 	('广东省 深圳市 南山区 科技园路1号'),
 	('广东省深圳市，南山区科技园路1号')) AS t(v);
+-- free text (kind text): every run of seven digits or more (a phone, an
+-- ID number; spaces, hyphens and dots inside it count) keeps its last four
+SELECT v, shipsync.mask_pii(v, 'text') AS masked FROM (VALUES
+	('送货前电话13912345678，身份证44030119900101123X'),
+	('call +86 139-1234-5678 or ０２０-８７６５-４３２１ after 6pm, gate 12'),
+	('leave at door 3, order 2026-12-07'),
+	('')) AS t(v);
 SELECT shipsync.mask_pii(NULL, 'phone') IS NULL AS null_stays_null;
 SELECT shipsync.mask_pii('x', 'passport');
+-- an ID number (a national ID card's, a passport's) keeps at most its last
+-- four characters, and nothing when it is shorter than eight
+SELECT v, shipsync.mask_pii(v, 'id_number') AS masked FROM (VALUES
+	('440301199001011234'), ('E12345678'), ('1234567'), ('4403 0119 9001 0112 34'),
+	('44030119900101123X')) AS t(v);
+-- the column convention reads the words of camelCase, PascalCase and
+-- snake_case names, and a number at their end (phone2): a CRM's
+-- receiverPhone is as personal as receiver_phone; ID numbers are a kind of
+-- their own; a boolean, an id or a word that only starts like one is not
+SELECT key, value FROM jsonb_each(shipsync._mask_body('{"order": {
+	"receiverPhone": "13812345678", "ReceiverPhone": "13812345678", "phone2": "13812345678",
+	"mobileNo": "13812345678", "mobile_no": "13812345678", "TEL": "13812345678",
+	"receiverName": "John Smith", "ShipToAddress": "1 High St, Leeds", "EMail": "john@example.com",
+	"idCard": "440301199001011234", "id_card": "440301199001011234", "IDCard": "440301199001011234",
+	"id_number": "440301199001011234", "passport": "E12345678", "passportNo": "E12345678",
+	"phone_verified": true, "telemetry": "ok", "orderIdNo": "A1234567", "hotelName": "Grand",
+	"customerId": 42, "cargoName": "rug"}}', NULL, NULL, NULL)::jsonb->'order') ORDER BY key;
+-- and inside a json, jsonb or composite column, at any depth: a CRM's
+-- shipping jsonb holds the receiver's phone as well as a column would
+SELECT shipsync._mask_body('{"order": {"id": 1, "shipping": {"receiver_phone": "13812345678",
+	"receiver": {"fullName": "John Smith", "idCard": "440301199001011234"},
+	"addresses": [{"street": "1 High St", "city": "Leeds"}], "weight": 2.5}, "item": "rug"}}',
+	NULL, NULL, '{"city": "address"}')::jsonb->'order' AS nested;
 
 -- the built-in profile marks the sender's and the receiver's name, phone
 -- and address
@@ -78,7 +108,8 @@ CREATE SCHEMA shop;
 CREATE TABLE shop.sf_orders (
 	order_no text PRIMARY KEY,
 	receiver_name text, receiver_phone text, receiver_province text, receiver_city text,
-	receiver_district text, receiver_address text, cargo_name text, weight_kg numeric
+	receiver_district text, receiver_address text, cargo_name text, weight_kg numeric,
+	remark text
 );
 SELECT shipsync.attach('shop.sf_orders', 'sf') > 0 AS attached;
 -- the generic body carries every column: option pii says which are
@@ -95,7 +126,8 @@ SELECT shipsync.attach('shop.bad', 'gen', options => '{"pii": {"id": "passport"}
 SELECT shipsync.attach('shop.bad', 'gen', options => '{"pii": ["id"]}');
 
 INSERT INTO shop.sf_orders VALUES ('SF-1', '郭襄', '+86 189 6382 8829', '湖北省', '襄阳市', '襄城区',
-	'湖北省襄阳市襄城区环城东路122号', '地毯', 6.6);
+	'湖北省襄阳市襄城区环城东路122号', '地毯', 6.6,
+	'送货前电话13912345678，或 139-8765-4321，身份证440301199001011234，3号门');
 INSERT INTO shop.orders VALUES (1, 'John Smith', '13812345678', '1 High St, Leeds',
 	'john@example.com', '020-8765-4321', 'Mary Jones', '扫地机器人');
 INSERT INTO shop.mapped VALUES (7, '李雷', 'lilei@example.cn', '北京');
@@ -127,6 +159,7 @@ END $$;
 CREATE FUNCTION pg_temp.personal() RETURNS text LANGUAGE sql AS $$
 	SELECT '郭襄|189 6382 8829|18963828829|环城东路|John|13812345678|john@|8765-4321|Leeds'
 		|| '|020-8765|Mary|李雷|lilei@|张三丰|170-0680-5888|17006805888|公园路'
+		|| '|13912345678|139-8765|4403011990'
 $$;
 GRANT EXECUTE ON FUNCTION pg_temp.msg_data(text), pg_temp.personal() TO PUBLIC;
 -- trace() names the table: its reader needs to see the schema
@@ -138,7 +171,16 @@ SELECT shipsync._pii_visible() AS sees_personal_data;
 SELECT order_key, request_body FROM shipsync.intents WHERE order_key IN ('1', '7') ORDER BY id;
 SELECT order_key, jsonb_pretty(pg_temp.msg_data(request_body)->'contactInfoList') AS contacts
 FROM shipsync.intents WHERE order_key = 'SF-1';
+-- the remark, free text a customer or a clerk wrote, has its phone and ID
+-- numbers masked (kind text)
+SELECT pg_temp.msg_data(request_body)->'remark' AS remark
+FROM shipsync.intents WHERE order_key = 'SF-1';
 SELECT count(*) FROM shipsync.outbox;
+-- nor the label's link: a carrier's label printed without a login shows
+-- the whole name, phone and address
+SELECT has_column_privilege('shipsync.shipment', 'label_url', 'SELECT') AS reads_label_url,
+	   has_column_privilege('shipsync.shipment', 'tracking_number', 'SELECT') AS reads_tracking_number;
+SELECT label_url FROM shipsync.shipment;
 -- render_request() masks the same way
 SELECT i.order_key, r.body = i.request_body AS same_as_the_view,
 	   r.body ~ pg_temp.personal() AS personal
@@ -170,6 +212,7 @@ SELECT shipsync._pii_visible() AS sees_personal_data;
 SELECT order_key, request_body FROM shipsync.intents WHERE order_key IN ('1', '7') ORDER BY id;
 SELECT count(*) FILTER (WHERE o.request_body = i.request_body) AS whole, count(*) AS intents
 FROM shipsync.outbox o JOIN shipsync.intents i USING (id);
+SELECT has_column_privilege('shipsync.shipment', 'label_url', 'SELECT') AS reads_label_url;
 SELECT r.body ~ pg_temp.personal() AS personal
 FROM shipsync.intents i, shipsync.render_request(i.id) r WHERE i.order_key = 'SF-1';
 RESET SESSION AUTHORIZATION;

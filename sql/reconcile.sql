@@ -68,6 +68,11 @@ WHERE order_key = '9';
 -- the render statement reads the row, for the same digest
 SELECT render_sql LIKE '%t.*::public.orders AS shipsync_row, ''{ship_status,waybill_no}''::pg_catalog.text[] AS shipsync_skip%' AS renders_row
 FROM shipsync.binding WHERE binding_id = :bid;
+-- a money column is digested as its amount (the integer of cents it holds),
+-- as a bigint of that amount is, never as it prints: lc_monetary (ALTER
+-- DATABASE ... SET lc_monetary, a session's SET) changes no order
+SELECT shipsync._row_digest(m, '{}') = shipsync._row_digest(b, '{}') AS money_as_its_amount
+FROM (SELECT 1234.56::money AS amount) m, (SELECT 123456::bigint AS amount) b;
 
 -- planted on the CRM side: 2's written-back tracking number is wrong, 3's
 -- status column too, 4's address changed after sending (triggers off: no

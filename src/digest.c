@@ -17,7 +17,11 @@
  *	- each value is hashed in binary form by its type's extended hash
  *	  function (found through the type cache, which knows arrays, records
  *	  and ranges), so it depends on no setting such as TimeZone or
- *	  DateStyle; a type without one is hashed through its output function;
+ *	  DateStyle; money, which has none, as the int8 of minor units it holds
+ *	  (its output follows lc_monetary: a database's ALTER DATABASE ... SET
+ *	  lc_monetary made every order with a money column "changed after it
+ *	  was sent"); another type without one is hashed through its output
+ *	  function;
  *	- a column is hashed with its name and only when it is not NULL, so that
  *	  adding a nullable column to the table changes no digest; renaming or
  *	  dropping a column, or changing its type, does;
@@ -108,6 +112,7 @@ shipsync_digest_prepare(Oid typid, int32 typmod, ArrayType *skip, MemoryContext 
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		DigestColumn *col = &c->cols[i];
 		TypeCacheEntry *tce;
+		bool		money;
 
 		col->skip = att->attisdropped ||
 			digest_skipped(NameStr(att->attname), names, nulls, nnames);
@@ -116,7 +121,9 @@ shipsync_digest_prepare(Oid typid, int32 typmod, ArrayType *skip, MemoryContext 
 		col->name_hash = hash_bytes_extended((const unsigned char *) NameStr(att->attname),
 											 strlen(NameStr(att->attname)), 0);
 		col->collation = att->attcollation;
-		tce = lookup_type_cache(att->atttypid, TYPECACHE_HASH_EXTENDED_PROC_FINFO);
+		money = getBaseType(att->atttypid) == CASHOID;
+		tce = lookup_type_cache(money ? INT8OID : att->atttypid,
+								TYPECACHE_HASH_EXTENDED_PROC_FINFO);
 		if (OidIsValid(tce->hash_extended_proc_finfo.fn_oid))
 		{
 			col->binary = true;

@@ -1453,6 +1453,36 @@ mask_path(MaskWalk *w, struct json_object *parent, const char *key, size_t idx,
 	}
 }
 
+/*
+ * Inside v, a member of the order object that is not personal itself (a
+ * json, jsonb or composite column), mask the members that member_kind
+ * marks personal, at any depth (the parser bounds it): a CRM's shipping
+ * jsonb holds a receiver_phone as a column would.
+ */
+static void
+mask_members(MaskWalk *w, struct json_object *v, ShipMemberKindFn member_kind, void *arg)
+{
+	if (json_object_is_type(v, json_type_array))
+	{
+		for (size_t i = 0; i < json_object_array_length(v); i++)
+			mask_members(w, json_object_array_get_idx(v, i), member_kind, arg);
+		return;
+	}
+	if (!json_object_is_type(v, json_type_object))
+		return;
+	{
+		json_object_object_foreach(v, k, member)
+		{
+			int			kind = member_kind(k, arg);
+
+			if (kind != PII_NONE)
+				mask_in_place(w, v, k, 0, member, kind);
+			else
+				mask_members(w, member, member_kind, arg);
+		}
+	}
+}
+
 /* See pg_shipsync.h */
 bool
 shipsync_json_mask(const char *text, size_t len, int npaths, const MapPath *paths,
@@ -1482,6 +1512,8 @@ shipsync_json_mask(const char *text, size_t len, int npaths, const MapPath *path
 
 			if (kind != PII_NONE)
 				mask_in_place(&w, obj, k, 0, member, kind);
+			else
+				mask_members(&w, member, member_kind, arg);
 		}
 	}
 	if (w.changed)

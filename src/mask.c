@@ -24,6 +24,12 @@
  *	 email		the first character of the local part and the domain:
  *				z***@example.com ; no @: *** ; anything after the domain
  *				(a second address) is ***
+ *	 id_number	an ID card's or a passport's number: the last four
+ *				characters stay, the rest are stars
+ *				(**************1234); shorter than eight: stars whole
+ *	 text		free text (a remark): each run of seven digits or more (a
+ *				phone, an ID number) keeps its last four digits, the rest
+ *				as written: 电话*******5678; a date (2026-12-07) stays
  *
  * Values are UTF-8 (the SQL entry points convert from and to the database
  * encoding); a byte that does not start a well-formed sequence counts as
@@ -47,7 +53,8 @@
 
 #include "pg_shipsync.h"
 
-static const char *const pii_names[] = {"name", "phone", "address", "email"};
+static const char *const pii_names[] = {"name", "phone", "address", "email", "id_number",
+"text"};
 
 /* The kind named name ("phone"), or PII_NONE */
 int
@@ -513,6 +520,119 @@ mask_email(const unsigned char *s, size_t len)
 }
 
 /*
+ * 440301199001011234 -> **************1234, E12345678 -> *****5678: the last
+ * four characters that are not white space stay when there are at least
+ * eight, every other one is a star (white space kept).
+ */
+static char *
+mask_id_number(const unsigned char *s, size_t len)
+{
+	const unsigned char *end = s + len;
+	int			nchars = 0;
+	int			seen = 0;
+	MaskBuf		b = {0};
+
+	for (const unsigned char *p = s; p < end; p += u8_len(p))
+		if (!is_space_code(u8_code(p, u8_len(p))))
+			nchars++;
+	for (const unsigned char *p = s; p < end;)
+	{
+		int			n = u8_len(p);
+
+		if (is_space_code(u8_code(p, n)))
+			buf_add(&b, p, n);
+		else if (nchars >= 8 && seen >= nchars - 4)
+			buf_add(&b, p, n);
+		else
+			buf_stars(&b, 1);
+		if (!is_space_code(u8_code(p, n)))
+			seen++;
+		p += n;
+	}
+	return buf_done(&b);
+}
+
+/*
+ * The run of digits at p: digits (ASCII or full-width) with one space,
+ * hyphen or dot between two of them.  Returns its end; *digits and
+ * *date set when it reads as a date (2026-12-07, 07.12.2026).
+ */
+static const unsigned char *
+digit_run(const unsigned char *p, const unsigned char *end, int *digits, bool *date)
+{
+	int			groups[3] = {0};
+	int			ngroups = 1;
+
+	*digits = 0;
+	while (p < end)
+	{
+		int			n = u8_len(p);
+		unsigned int c = u8_code(p, n);
+
+		if (is_digit_code(c))
+		{
+			(*digits)++;
+			if (ngroups <= 3)
+				groups[ngroups - 1]++;
+			p += n;
+			continue;
+		}
+		if ((c == ' ' || c == '-' || c == '.' || c == 0xFF0D) && p + n < end &&
+			is_digit_code(u8_code(p + n, u8_len(p + n))) && *digits > 0)
+		{
+			ngroups++;
+			p += n;
+			continue;
+		}
+		break;
+	}
+	*date = ngroups == 3 &&
+		((groups[0] == 4 && groups[1] <= 2 && groups[2] <= 2) ||
+		 (groups[0] <= 2 && groups[1] <= 2 && groups[2] == 4));
+	return p;
+}
+
+/*
+ * 送货前电话13912345678 -> 送货前电话*******5678: in free text, a run of
+ * seven digits or more keeps its last four, separators kept; the rest of
+ * the text, shorter runs and dates as written.
+ */
+static char *
+mask_text(const unsigned char *s, size_t len)
+{
+	const unsigned char *end = s + len;
+	MaskBuf		b = {0};
+
+	for (const unsigned char *p = s; p < end;)
+	{
+		int			n = u8_len(p);
+		int			digits;
+		bool		date;
+		const unsigned char *e;
+		int			seen = 0;
+
+		if (!is_digit_code(u8_code(p, n)))
+		{
+			buf_add(&b, p, n);
+			p += n;
+			continue;
+		}
+		e = digit_run(p, end, &digits, &date);
+		for (; p < e; p += n)
+		{
+			n = u8_len(p);
+			if (digits < 7 || date || !is_digit_code(u8_code(p, n)))
+				buf_add(&b, p, n);
+			else if (seen++ < digits - 4)
+				buf_stars(&b, 1);
+			else
+				buf_add(&b, p, n);
+		}
+	}
+	return buf_done(&b);
+}
+
+/*
  * value masked as a personal value of kind (PII_NAME, ...), malloc'd; NULL
  * for a NULL value.  An unknown kind masks the whole value.
  */
@@ -540,6 +660,12 @@ shipsync_mask_pii(int kind, const char *value)
 		case PII_EMAIL:
 			r = len ? mask_email(s, len) : strdup("");
 			break;
+		case PII_ID_NUMBER:
+			r = mask_id_number(s, len);
+			break;
+		case PII_TEXT:
+			r = mask_text(s, len);
+			break;
 		default:
 			r = strdup(len ? "***" : "");
 			break;
@@ -560,16 +686,106 @@ word_in(const char *w, size_t n, const char *const *list)
 	return false;
 }
 
+static bool
+word_is(const char *w, size_t n, const char *word)
+{
+	return strlen(word) == n && strncmp(word, w, n) == 0;
+}
+
+/*
+ * Split column into lower-case words (into lower, at most max of them): at
+ * "_", "-", ".", " ", where a lower-case letter or a digit meets an
+ * upper-case one (receiverPhone), where an upper-case run meets a word
+ * (IDCard: ID, Card) and where letters meet digits (phone2, address_line1).
+ * Words of digits alone are left out.  Returns the number of words.
+ */
+static int
+column_words(const char *column, char *lower, const char **words, size_t *lens, int max)
+{
+	size_t		n = strlen(column);
+	int			nwords = 0;
+	size_t		o = 0;
+	size_t		start = 0;
+
+	for (size_t i = 0; i <= n; i++)
+	{
+		unsigned char c = (unsigned char) column[i];
+		unsigned char prev = i > 0 ? (unsigned char) column[i - 1] : 0;
+		unsigned char next = c ? (unsigned char) column[i + 1] : 0;
+		bool		sep = c == '\0' || c == '_' || c == '-' || c == '.' || c == ' ';
+		bool		cut = sep;
+
+		if (!sep && o > start)
+			cut = (isupper(c) && (islower(prev) || isdigit(prev))) ||
+				(isupper(c) && isupper(prev) && islower(next)) ||
+				(isdigit(c) != 0) != (isdigit(prev) != 0);
+		if (cut && o > start)
+		{
+			bool		digits = true;
+
+			for (size_t k = start; k < o; k++)
+				digits = digits && isdigit((unsigned char) lower[k]);
+			if (!digits && nwords < max)
+			{
+				words[nwords] = lower + start;
+				lens[nwords++] = o - start;
+			}
+			lower[o++] = '\0';
+			start = o;
+		}
+		else if (cut)
+			start = o;
+		if (!sep)
+			lower[o++] = (char) tolower(c);
+	}
+	return nwords;
+}
+
+/*
+ * Are the words from i on an ID number's (id_card, idCard, id_number,
+ * passport, passportNo, national_id, ssn)?  An "id" followed by number or
+ * no counts only as the first word or after a person's word
+ * (customer_id_number): orderIdNo is an order's.
+ */
+static bool
+id_number_words(const char *const *words, const size_t *lens, int nwords, int i,
+				const char *const *person)
+{
+	static const char *const whole[] = {"passport", "idcard", "ssn", "nric", "sfz", NULL};
+	static const char *const after_id[] = {"card", "number", "no", "num", "nr", NULL};
+
+	if (word_in(words[i], lens[i], whole) ||
+		(word_is(words[i], lens[i], "identity") && i + 1 < nwords &&
+		 word_in(words[i + 1], lens[i + 1], after_id)) ||
+		(word_is(words[i], lens[i], "national") && i + 1 < nwords &&
+		 word_is(words[i + 1], lens[i + 1], "id")))
+		return true;
+	if (!word_is(words[i], lens[i], "id") || i + 1 >= nwords ||
+		!word_in(words[i + 1], lens[i + 1], after_id))
+		return false;
+	return word_is(words[i + 1], lens[i + 1], "card") || i == 0 ||
+		word_in(words[i - 1], lens[i - 1], person);
+}
+
 /*
  * The kind of a column by its name alone, or PII_NONE: what the generic
  * dialect's default body masks when the binding's option pii names no
- * kinds.  The name is split into words at "_" (case ignored):
- *	 email		a word email or e_mail
+ * kinds.  The name is split into words (column_words(): snake_case,
+ * camelCase, PascalCase, a number at the end; case ignored):
+ *	 email		a word email, or e then mail
  *	 phone		a word phone, mobile, tel, telephone, cellphone
  *	 address	a word address, addr, street
+ *	 id_number	a word passport, idcard, ssn, nric or sfz; id then card; id
+ *				then number, no or num as the first words or after a
+ *				person's word; identity then card or number; national id
  *	 name		one of customer, contact, consignee, recipient, receiver,
- *				sender, buyer, surname, name; or a name ending in _name whose
+ *				sender, buyer, surname, name; or a name ending in name whose
  *				first word is one of those or full, first, last, given, family
+ *	 text		else, a word remark, remarks, note, notes, comment, comments,
+ *				memo, instruction, instructions (free text: its phone and ID
+ *				numbers masked)
+ * Until 0.2's fix the words were split at "_" alone: receiverPhone, phone2
+ * and idCard were not personal.
  */
 int
 shipsync_pii_column_kind(const char *column)
@@ -581,34 +797,25 @@ shipsync_pii_column_kind(const char *column)
 	"receiver", "sender", "buyer", "surname", "name", NULL};
 	static const char *const name_prefix[] = {"customer", "contact", "consignee", "recipient",
 	"receiver", "sender", "buyer", "full", "first", "last", "given", "family", NULL};
-	char		lower[64];		/* column names are shorter (NAMEDATALEN) */
+	static const char *const text[] = {"remark", "remarks", "note", "notes", "comment",
+	"comments", "memo", "instruction", "instructions", NULL};
+	char		lower[128];		/* column names are shorter (NAMEDATALEN) */
 	const char *words[16];
 	size_t		lens[16];
-	int			nwords = 0;
+	int			nwords;
 	int			kind = PII_NONE;
-	size_t		n;
 
-	if (column == NULL || (n = strlen(column)) == 0 || n >= sizeof(lower))
+	if (column == NULL || column[0] == '\0' || strlen(column) >= sizeof(lower) / 2)
 		return PII_NONE;
-	for (size_t i = 0; i <= n; i++)
-		lower[i] = (char) tolower((unsigned char) column[i]);
-	for (const char *p = lower; *p && nwords < 16;)
-	{
-		const char *w = p;
-
-		while (*p && *p != '_')
-			p++;
-		words[nwords] = w;
-		lens[nwords++] = (size_t) (p - w);
-		if (*p == '_')
-			p++;
-	}
+	nwords = column_words(column, lower, words, lens, 16);
 	for (int i = 0; i < nwords; i++)
 	{
 		if (word_in(words[i], lens[i], email) ||
-			(i + 1 < nwords && lens[i] == 1 && words[i][0] == 'e' &&
-			 lens[i + 1] == 4 && strncmp(words[i + 1], "mail", 4) == 0))
+			(i + 1 < nwords && word_is(words[i], lens[i], "e") &&
+			 word_is(words[i + 1], lens[i + 1], "mail")))
 			return PII_EMAIL;
+		if (id_number_words(words, lens, nwords, i, person))
+			return PII_ID_NUMBER;
 		if (word_in(words[i], lens[i], phone))
 			kind = PII_PHONE;
 		else if (word_in(words[i], lens[i], address) && kind != PII_PHONE)
@@ -618,8 +825,11 @@ shipsync_pii_column_kind(const char *column)
 		return kind;
 	if (nwords == 1 && word_in(words[0], lens[0], person))
 		return PII_NAME;
-	if (nwords == 2 && lens[1] == 4 && strncmp(words[1], "name", 4) == 0 &&
+	if (nwords == 2 && word_is(words[1], lens[1], "name") &&
 		word_in(words[0], lens[0], name_prefix))
 		return PII_NAME;
+	for (int i = 0; i < nwords; i++)
+		if (word_in(words[i], lens[i], text))
+			return PII_TEXT;
 	return PII_NONE;
 }

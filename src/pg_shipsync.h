@@ -402,6 +402,8 @@ extern char *shipsync_md5_upper_hex(const char *s);
 #define PII_PHONE	1
 #define PII_ADDRESS 2
 #define PII_EMAIL	3
+#define PII_ID_NUMBER 4
+#define PII_TEXT	5
 
 /*
  * in hugeheap.c: the dispatcher's heap in transparent huge pages
@@ -451,7 +453,8 @@ extern int	shipsync_pii_column_kind(const char *column);
 /*
  * Masking personal values inside a JSON document (json.c): the values at
  * paths, and the members of one object of the root (the order row of the
- * generic body) whose names member_kind() says are personal.  mask()
+ * generic body) whose names member_kind() says are personal, and so the
+ * members of the objects inside its other members, at any depth.  mask()
  * returns a malloc'd replacement for a value of a kind.  False when text is
  * not JSON; *out is the masked document (malloc'd), or NULL when nothing in
  * it was personal.

@@ -103,7 +103,7 @@ shipsync_mask_pii_sql(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown kind of personal value \"%s\"", kind_name),
-				 errhint("The kinds are name, phone, address and email.")));
+				 errhint("The kinds are name, phone, address, email, id_number and text.")));
 	PG_RETURN_TEXT_P(from_utf8_malloced(shipsync_mask_pii(kind,
 														  to_utf8(PG_GETARG_TEXT_PP(0)))));
 }

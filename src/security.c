@@ -306,7 +306,8 @@ shipsync_keys_as_iso(void)
  * settings, until the current GUC nest level ends (the caller has made
  * one): dates, times and intervals as shipsync_keys_as_iso() prints keys
  * (a timestamptz in UTC), floats in their shortest exact form
- * (extra_float_digits 1) and bytea in hex.  render_request() previews the
+ * (extra_float_digits 1), bytea in hex and money by the lc_monetary the
+ * session started with (the database's).  render_request() previews the
  * body in the caller's session, the dispatcher prints it in its own: both
  * print it this way, so that what is previewed is what is sent.
  */
@@ -318,6 +319,16 @@ shipsync_body_settings(void)
 							 GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("bytea_output", "hex", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+
+	/*
+	 * money prints by lc_monetary, and its amount means what that locale's
+	 * fraction digits say: no setting prints every database's money right.
+	 * The dispatcher prints it by the database's (its session never sets
+	 * one); a caller's SET lc_monetary is undone here, so that
+	 * render_request() shows what is sent.
+	 */
+	(void) set_config_option("lc_monetary", GetConfigOptionResetString("lc_monetary"),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 }
 
 /*

@@ -431,6 +431,12 @@ for my $t ('shipment', 'delivery_log')
 }
 is(ok_as('ops', q{SELECT count(*) > 0 FROM shipsync.intents WHERE request_digest IS NOT NULL AND content_digest IS NOT NULL}),
 	't', 'the operator sees the digests of shipsync.intents');
+# Nor the label's link: a carrier's label that needs no login prints the
+# receiver's whole name, phone and address
+($rc, $out, $err) = as_role('bi', 'SELECT label_url FROM shipsync.shipment');
+like($err, qr/permission denied for table shipment/, 'the reader cannot read the label links');
+is(ok_as('ops', 'SELECT count(label_url) >= 0 FROM shipsync.shipment'), 't',
+	'the operator reads the label links');
 
 # ---------- 3. tampering ----------
 

@@ -150,6 +150,29 @@ test_columns(void)
 		  shipsync_pii_column_kind("") == PII_NONE &&
 		  shipsync_pii_column_kind(NULL) == PII_NONE,
 		  "column convention: ids, cargo and other columns are not personal");
+	check(shipsync_pii_column_kind("receiverPhone") == PII_PHONE &&
+		  shipsync_pii_column_kind("ReceiverPhone") == PII_PHONE &&
+		  shipsync_pii_column_kind("phone2") == PII_PHONE &&
+		  shipsync_pii_column_kind("mobileNo") == PII_PHONE &&
+		  shipsync_pii_column_kind("receiverName") == PII_NAME &&
+		  shipsync_pii_column_kind("EMail") == PII_EMAIL &&
+		  shipsync_pii_column_kind("idCard") == PII_ID_NUMBER &&
+		  shipsync_pii_column_kind("IDCard") == PII_ID_NUMBER &&
+		  shipsync_pii_column_kind("id_number") == PII_ID_NUMBER &&
+		  shipsync_pii_column_kind("passportNo") == PII_ID_NUMBER &&
+		  shipsync_pii_column_kind("orderIdNo") == PII_NONE &&
+		  shipsync_pii_column_kind("customerId") == PII_NONE &&
+		  shipsync_pii_column_kind("hotelName") == PII_NONE,
+		  "column convention: camelCase, PascalCase, a number at the end, ID numbers");
+	check(masks(PII_ID_NUMBER, "440301199001011234", "**************1234") &&
+		  masks(PII_ID_NUMBER, "1234567", "*******"),
+		  "id_number: the last four characters of eight or more");
+	check(masks(PII_TEXT, "电话13912345678，3号门", "电话*******5678，3号门") &&
+		  masks(PII_TEXT, "call 139-1234-5678", "call ***-****-5678") &&
+		  masks(PII_TEXT, "on 2026-12-07, door 12", "on 2026-12-07, door 12") &&
+		  shipsync_pii_column_kind("deliveryRemark") == PII_TEXT &&
+		  shipsync_pii_column_kind("notes") == PII_TEXT,
+		  "text: runs of seven digits or more keep their last four");
 }
 
 static char *
@@ -227,6 +250,15 @@ test_documents(void)
 	check(!shipsync_json_mask("{\"a\":", 5, 0, NULL, NULL, "order", member_cb, mask_cb, NULL, &out) &&
 		  out == NULL,
 		  "document: not JSON is refused");
+	{
+		const char *doc = "{\"order\":{\"ship\":{\"to\":[{\"receiverPhone\":\"13812345678\"}]}}}";
+		char	   *nested = NULL;
+
+		check(shipsync_json_mask(doc, strlen(doc), 0, NULL, NULL, "order", member_cb, mask_cb, NULL, &nested) &&
+			  nested != NULL && strstr(nested, "138****5678") != NULL && strstr(nested, "13812345678") == NULL,
+			  "document: a personal member inside a json column of the order is masked");
+		free(nested);
+	}
 }
 
 void

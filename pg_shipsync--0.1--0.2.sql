@@ -11794,3 +11794,26 @@ BEGIN
 	  AND (sh.binding_id, sh.order_key) NOT IN (SELECT u.binding_id, u.order_key FROM unfit u);
 END
 $$;
+
+------------------------------------------------------------------------------
+-- Currencies know their minor units: a fee line's amount with more
+-- decimals than its currency has (JPY 1500.5) is refused
+------------------------------------------------------------------------------
+ALTER TABLE @extschema@.currency
+	ADD COLUMN minor_units smallint CHECK (minor_units BETWEEN 0 AND 4);
+COMMENT ON COLUMN @extschema@.currency.minor_units IS
+	'ISO 4217''s minor unit: how many decimals an amount in this currency may have (0 for JPY, 2 for CNY, 3 for KWD). A bill line with more (JPY 1500.5) is refused; a quote with more gets no fee_total. NULL: not checked (ISO gives none, as for XXX and XAU, or a currency an admin added without it).';
+-- (the built-in rows stay built-in and unaudited, as a fresh install seeds them)
+ALTER TABLE @extschema@.currency DISABLE TRIGGER currency_builtin;
+ALTER TABLE @extschema@.currency DISABLE TRIGGER shipsync_audit;
+UPDATE @extschema@.currency c SET minor_units = CASE
+	WHEN c.code IN ('BIF', 'CLP', 'DJF', 'GNF', 'ISK', 'JPY', 'KMF', 'KRW', 'PYG', 'RWF', 'UGX',
+					'UYI', 'VND', 'VUV', 'XAF', 'XOF', 'XPF') THEN 0
+	WHEN c.code IN ('BHD', 'IQD', 'JOD', 'KWD', 'LYD', 'OMR', 'TND') THEN 3
+	WHEN c.code IN ('CLF', 'UYW') THEN 4
+	WHEN c.code IN ('XAG', 'XAU', 'XBA', 'XBB', 'XBC', 'XBD', 'XDR', 'XPD', 'XPT', 'XSU', 'XTS',
+					'XUA', 'XXX') THEN NULL
+	ELSE 2 END
+WHERE c.builtin;
+ALTER TABLE @extschema@.currency ENABLE TRIGGER shipsync_audit;
+ALTER TABLE @extschema@.currency ENABLE TRIGGER currency_builtin;

@@ -166,10 +166,15 @@ CREATE TRIGGER fee_type_map_builtin BEFORE INSERT OR UPDATE OR DELETE ON @extsch
 CREATE TABLE @extschema@.currency (
 	code			text PRIMARY KEY CHECK (code ~ '^[A-Z]{3}$'),
 	name			text NOT NULL,
-	builtin			boolean NOT NULL DEFAULT false
+	builtin			boolean NOT NULL DEFAULT false,
+	-- ISO 4217's minor unit: the decimals an amount in it may have (0 for
+	-- JPY, 3 for KWD); NULL where ISO gives none (XXX, XAU, XDR, ...)
+	minor_units		smallint CHECK (minor_units BETWEEN 0 AND 4)
 );
 COMMENT ON TABLE @extschema@.currency IS
 	'The ISO 4217 currencies a fee line may be in (seeded from Debian''s iso-codes). A line in any other currency is refused. XXX, "no currency", is what a quote without a currency is recorded in when its provider has no option currency.';
+COMMENT ON COLUMN @extschema@.currency.minor_units IS
+	'ISO 4217''s minor unit: how many decimals an amount in this currency may have (0 for JPY, 2 for CNY, 3 for KWD). A bill line with more (JPY 1500.5) is refused; a quote with more gets no fee_total. NULL: not checked (ISO gives none, as for XXX and XAU, or a currency an admin added without it).';
 INSERT INTO @extschema@.currency (code, name, builtin)
 SELECT c.code, c.name, true
 FROM (VALUES
@@ -235,6 +240,17 @@ FROM (VALUES
 	('YER', 'Yemeni Rial'), ('ZAR', 'Rand'), ('ZMW', 'Zambian Kwacha'),
 	('ZWL', 'Zimbabwe Dollar')
 ) AS c(code, name);
+-- ISO 4217's minor units (list one): 2 unless listed here, none for the
+-- funds, metals and codes for testing or no currency
+UPDATE @extschema@.currency c SET minor_units = CASE
+	WHEN c.code IN ('BIF', 'CLP', 'DJF', 'GNF', 'ISK', 'JPY', 'KMF', 'KRW', 'PYG', 'RWF', 'UGX',
+					'UYI', 'VND', 'VUV', 'XAF', 'XOF', 'XPF') THEN 0
+	WHEN c.code IN ('BHD', 'IQD', 'JOD', 'KWD', 'LYD', 'OMR', 'TND') THEN 3
+	WHEN c.code IN ('CLF', 'UYW') THEN 4
+	WHEN c.code IN ('XAG', 'XAU', 'XBA', 'XBB', 'XBC', 'XBD', 'XDR', 'XPD', 'XPT', 'XSU', 'XTS',
+					'XUA', 'XXX') THEN NULL
+	ELSE 2 END
+WHERE c.builtin;
 CREATE TRIGGER currency_builtin BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.currency
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._builtin_row();
 

@@ -193,7 +193,10 @@ fees_context(TrackProvider *p)
 		currency_plan = shipsync_prepare_saved(
 			"SELECT (SELECT pg_catalog.array_agg(c.code ORDER BY c.code COLLATE \"C\")"
 			"   FROM shipsync.currency c),"
-			" shipsync._fee_currency(p.options, p.dialect)"
+			" shipsync._fee_currency(p.options, p.dialect),"
+			" (SELECT pg_catalog.array_agg(COALESCE(c.minor_units, -1)::integer"
+			"                              ORDER BY c.code COLLATE \"C\")"
+			"   FROM shipsync.currency c)"
 			" FROM shipsync.provider p WHERE p.provider_id = $1", 1, t);
 	}
 	if (SPI_execute_plan(currency_plan, &arg, NULL, true, 1) != SPI_OK_SELECT ||
@@ -213,15 +216,29 @@ fees_context(TrackProvider *p)
 			c->currencies[i] = TextDatumGetCString(elems[i]);
 		c->ncurrencies = n;
 		c->default_currency = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		c->minor_units = palloc(sizeof(int) * Max(n, 1));
+		a = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+		if (!isnull)
+		{
+			int			m;
+
+			deconstruct_array(DatumGetArrayTypeP(a), INT4OID, sizeof(int32), true,
+							  TYPALIGN_INT, &elems, NULL, &m);
+			for (int i = 0; i < n && i < m; i++)
+				c->minor_units[i] = DatumGetInt32(elems[i]);
+		}
 	}
 	c->provider = p;
 	return c;
 }
 
-static bool
+/* The place of a currency in c->currencies, -1 when it is none of them */
+static int
 known_currency(FeeContext *c, const char *code)
 {
-	return bsearch(&code, c->currencies, c->ncurrencies, sizeof(char *), cmp_str) != NULL;
+	char	  **hit = bsearch(&code, c->currencies, c->ncurrencies, sizeof(char *), cmp_str);
+
+	return hit ? (int) (hit - c->currencies) : -1;
 }
 
 static bool
@@ -262,7 +279,7 @@ bad(FeeProblem *pr, FeeField f, char *fmt,...)
 
 /* A decimal read strictly; false with the problem set */
 static bool
-read_decimal(FeeField f, const char *s, Datum *out, FeeProblem *pr)
+read_decimal(FeeField f, const char *s, Datum *out, int *decimals, FeeProblem *pr)
 {
 	char	   *norm = palloc(strlen(s) + 1);
 	const char *why;
@@ -271,6 +288,8 @@ read_decimal(FeeField f, const char *s, Datum *out, FeeProblem *pr)
 		return bad(pr, f, "\"%s\" %s; amounts are written with digits and at most one decimal point, without spaces, thousands separators or currency signs", s, why);
 	*out = DirectFunctionCall3(numeric_in, CStringGetDatum(norm),
 							   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	if (decimals)
+		*decimals = shipsync_amount_decimals(norm);
 	return true;
 }
 
@@ -288,6 +307,8 @@ fees_add_line(FeeContext *c, FeeBatch *b, char **v, FeeProblem *pr)
 	Datum		weight = (Datum) 0;
 	Datum		at = (Datum) 0;
 	const char *cur = v[FEE_CURRENCY] ? v[FEE_CURRENCY] : c->default_currency;
+	int			decimals = 0;
+	int			ci;
 	int			r;
 
 	/* " SF123 " from a spreadsheet is SF123, as the shipment has it */
@@ -303,14 +324,18 @@ fees_add_line(FeeContext *c, FeeBatch *b, char **v, FeeProblem *pr)
 					   SHIPSYNC_MAX_ID_BYTES);
 	if (v[FEE_AMOUNT] == NULL)
 		return bad(pr, FEE_AMOUNT, "the amount is missing");
-	if (!read_decimal(FEE_AMOUNT, v[FEE_AMOUNT], &amount, pr))
+	if (!read_decimal(FEE_AMOUNT, v[FEE_AMOUNT], &amount, &decimals, pr))
 		return false;
 	if (cur == NULL || cur[0] == '\0')
 		return bad(pr, FEE_CURRENCY, "the currency is missing and provider \"%s\" has no option currency",
 				   c->provider->name);
-	if (!known_currency(c, cur))
+	if ((ci = known_currency(c, cur)) < 0)
 		return bad(pr, FEE_CURRENCY, "unknown currency \"%s\": not an ISO 4217 code of shipsync.currency%s",
 				   cur, strcmp(cur, "RMB") == 0 ? " (the renminbi is CNY)" : "");
+	/* JPY 1500.5: no such amount, whatever the carrier meant */
+	if (c->minor_units[ci] >= 0 && decimals > c->minor_units[ci])
+		return bad(pr, FEE_AMOUNT, "\"%s\" has %d decimal%s where %s has %d (ISO 4217's minor unit, shipsync.currency.minor_units)",
+				   v[FEE_AMOUNT], decimals, decimals == 1 ? "" : "s", cur, c->minor_units[ci]);
 	if (v[FEE_SETTLEMENT] && !one_of(v[FEE_SETTLEMENT], settlements))
 		return bad(pr, FEE_SETTLEMENT, "settlement \"%s\" is neither monthly nor cash", v[FEE_SETTLEMENT]);
 	if (v[FEE_PAYER] && !one_of(v[FEE_PAYER], payers))
@@ -320,7 +345,7 @@ fees_add_line(FeeContext *c, FeeBatch *b, char **v, FeeProblem *pr)
 				   strcmp(v[FEE_STATE], "estimated") == 0 ? " (estimates come from create responses only)" : "");
 	if (v[FEE_WEIGHT])
 	{
-		if (!read_decimal(FEE_WEIGHT, v[FEE_WEIGHT], &weight, pr))
+		if (!read_decimal(FEE_WEIGHT, v[FEE_WEIGHT], &weight, NULL, pr))
 			return false;
 		if (v[FEE_WEIGHT][0] == '-')
 			return bad(pr, FEE_WEIGHT, "the billed weight \"%s\" is negative", v[FEE_WEIGHT]);

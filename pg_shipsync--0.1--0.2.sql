@@ -11817,3 +11817,58 @@ UPDATE @extschema@.currency c SET minor_units = CASE
 WHERE c.builtin;
 ALTER TABLE @extschema@.currency ENABLE TRIGGER shipsync_audit;
 ALTER TABLE @extschema@.currency ENABLE TRIGGER currency_builtin;
+
+------------------------------------------------------------------------------
+-- settlement: a shipment billed in another currency than its quote's is
+-- no unbilled shipment of the quote's currency
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION @extschema@._settlement()
+RETURNS TABLE (provider_id integer, month date, currency text, shipments bigint,
+			   estimated numeric, charged numeric, refunded numeric, unbilled bigint,
+			   unknown_waybills bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'
+AS $$
+	SELECT r.provider_id, r.month, r.currency, sum(r.shipments)::bigint, sum(r.estimated),
+		   sum(r.charged), sum(r.refunded), sum(r.unbilled)::bigint, sum(r.unknown)::bigint
+	FROM (-- shipments, by the month they were created: with their sums per
+		  -- currency, or (those of a shipping provider) without any
+		  SELECT s.provider_id, date_trunc('month', s.created_at)::date AS month,
+				 f.currency, 1 AS shipments, coalesce(f.estimated, 0) AS estimated,
+				 coalesce(f.charged, 0) AS charged, coalesce(f.refunded, 0) AS refunded,
+				 -- (no bill line in any currency: one billed in dollars only
+				 -- is no unbilled shipment of its quote's yuan)
+				 CASE WHEN coalesce(f.bill_lines, 0) = 0 AND s.status <> 'cancelled'
+						   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_sum g
+										   WHERE g.binding_id = s.binding_id
+											 AND g.order_key = s.order_key
+											 AND g.provider_id = s.provider_id
+											 AND g.bill_lines > 0)
+					  THEN 1 ELSE 0 END AS unbilled,
+				 0 AS unknown
+		  FROM @extschema@.shipment s
+		  JOIN @extschema@.binding b ON b.binding_id = s.binding_id
+		  LEFT JOIN @extschema@.fee_sum f
+			ON f.binding_id = s.binding_id AND f.order_key = s.order_key
+		   AND f.provider_id = s.provider_id
+		  WHERE f.binding_id IS NOT NULL OR s.provider_id = b.provider_id
+		  UNION ALL
+		  -- billed waybills no shipment has: by the statement's month, else the line's
+		  SELECT u.provider_id, u.month, u.currency, 0, 0, u.charged, u.refunded, 0, 1
+		  FROM (SELECT l.provider_id, l.tracking_number, l.currency,
+					   min(coalesce(st.period, date_trunc('month',
+						   coalesce(l.occurred_at, l.recorded_at))::date)) AS month,
+					   coalesce(sum(l.amount) FILTER (WHERE l.state <> 'refunded'
+						   AND l.fee_type <> 'refund'), 0) AS charged,
+					   coalesce(sum(abs(l.amount)) FILTER (WHERE
+						   l.state = 'refunded' OR l.fee_type = 'refund'), 0) AS refunded
+				FROM @extschema@.fee_line l
+				LEFT JOIN @extschema@.statement st ON st.statement_id = l.statement_id
+				WHERE l.binding_id IS NULL AND NOT l.quote
+				  AND NOT l.withdrawn
+				GROUP BY l.provider_id, l.tracking_number, l.currency) u) r
+	GROUP BY r.provider_id, r.month, r.currency
+$$;
+COMMENT ON FUNCTION @extschema@._settlement() IS
+	'Internal: the rows of shipsync.settlement by provider id.';

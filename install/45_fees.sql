@@ -1290,7 +1290,14 @@ AS $$
 		  SELECT s.provider_id, date_trunc('month', s.created_at)::date AS month,
 				 f.currency, 1 AS shipments, coalesce(f.estimated, 0) AS estimated,
 				 coalesce(f.charged, 0) AS charged, coalesce(f.refunded, 0) AS refunded,
+				 -- (no bill line in any currency: one billed in dollars only
+				 -- is no unbilled shipment of its quote's yuan)
 				 CASE WHEN coalesce(f.bill_lines, 0) = 0 AND s.status <> 'cancelled'
+						   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_sum g
+										   WHERE g.binding_id = s.binding_id
+											 AND g.order_key = s.order_key
+											 AND g.provider_id = s.provider_id
+											 AND g.bill_lines > 0)
 					  THEN 1 ELSE 0 END AS unbilled,
 				 0 AS unknown
 		  FROM @extschema@.shipment s

@@ -971,3 +971,19 @@ SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币�
 	options => '{"period": "2025-11", "on_error": "skip"}') - '{statement_id,provider}'::text[] AS answer;
 SELECT lines, totals, errors FROM shipsync.statement WHERE period = '2025-11-01';
 ROLLBACK;
+
+-- a shipment billed in another currency than its quote's has a bill line:
+-- it is no unbilled shipment of the settlement, in no currency's row
+-- (the quote's row counted it unbilled, as no line of that row was a bill)
+BEGIN;
+INSERT INTO orders2 (id, waybill) VALUES (50, 'U50'), (51, 'U51');
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, g::text, b.provider_id, 'U' || g, timestamptz '2028-01-10 12:00+00'
+FROM shipsync.binding b, generate_series(50, 51) g WHERE b.tbl = 'orders2'::regclass;
+SELECT pg_temp.quote('50', 'U50', 20.00) > 0 AS quoted, pg_temp.quote('51', 'U51', 5.00) > 0 AS quoted;
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,currency\nU50,freight,3.00,USD\n',
+	options => '{"period": "2028-01"}') ->> 'new' AS new;
+SELECT currency, shipments, estimated, charged, unbilled FROM shipsync.settlement
+WHERE provider = 'gen2' AND month = '2028-01-01' ORDER BY currency;
+SELECT kind, tracking_number FROM shipsync.fee_difference WHERE tracking_number LIKE 'U5_' ORDER BY 2;
+ROLLBACK;

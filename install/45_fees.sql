@@ -782,7 +782,8 @@ $$;
  * provider then carries the total, and the order rows whose binding writes
  * fee_total back are returned; an order whose lines mix currencies keeps
  * its total and gets one open ticket of kind fee_currency_mixed, resolved
- * when they agree again.
+ * when they agree again; so does an order whose total has more decimals
+ * than its currency has (a quote of JPY 1500.5).
  */
 CREATE FUNCTION @extschema@._fee_totals(tb integer[], tk text[])
 RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
@@ -860,16 +861,22 @@ BEGIN
 		FROM per GROUP BY per.b, per.k),
 	-- one currency: the bill's lines in one, and a quote in a currency in
 	-- that one too (a bill in dollars of a quote in yuan is no total)
+	-- and a total its currency can have (a quote of JPY 1500.5 is none:
+	-- bill lines with more decimals than their currency has are refused)
 	tot AS (
 		SELECT ord.b, ord.k, bb.provider_id AS pid, bb.writeback ? 'fee_total' AS wb,
-			   CASE WHEN ord.billed
-					THEN ord.lo_b = ord.hi_b AND coalesce(ord.lo_qc = ord.lo_b AND ord.hi_qc = ord.lo_b, true)
-					ELSE ord.lo_q = ord.hi_q END AS one,
-			   CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total
+			   x.agree AND coalesce(pg_catalog.round(x.total, cu.minor_units) = x.total, true) AS one,
+			   x.agree, x.total, x.cur, cu.minor_units AS minor
 		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b
+		CROSS JOIN LATERAL (SELECT CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total,
+								   CASE WHEN ord.billed THEN ord.lo_b ELSE ord.lo_q END AS cur,
+								   CASE WHEN ord.billed
+										THEN ord.lo_b = ord.hi_b AND coalesce(ord.lo_qc = ord.lo_b AND ord.hi_qc = ord.lo_b, true)
+										ELSE ord.lo_q = ord.hi_q END AS agree) x
+		LEFT JOIN @extschema@.currency cu ON cu.code = x.cur
 		UNION ALL
 		-- an order whose every line was withdrawn costs nothing now
-		SELECT t.b, t.k, bb.provider_id, bb.writeback ? 'fee_total', true, 0
+		SELECT t.b, t.k, bb.provider_id, bb.writeback ? 'fee_total', true, true, 0, NULL, NULL
 		FROM t JOIN @extschema@.binding bb ON bb.binding_id = t.b
 		WHERE NOT EXISTS (SELECT 1 FROM per WHERE per.b = t.b AND per.k = t.k)
 		  AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
@@ -883,9 +890,12 @@ BEGIN
 	mixed AS (
 		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, detail)
 		SELECT 'fee_currency_mixed', tot.b, tot.k, tot.pid,
-			   format('the fees of order %s are in %s: its fee_total is left as it was', tot.k,
-					  (SELECT string_agg(DISTINCT per.cur, ', ') FROM per
-					   WHERE per.b = tot.b AND per.k = tot.k))
+			   CASE WHEN tot.agree
+				   THEN format('the fees of order %s come to %s %s, more decimals than %s has (%s): its fee_total is left as it was',
+							   tot.k, tot.total, tot.cur, tot.cur, tot.minor)
+				   ELSE format('the fees of order %s are in %s: its fee_total is left as it was', tot.k,
+							   (SELECT string_agg(DISTINCT per.cur, ', ') FROM per
+								WHERE per.b = tot.b AND per.k = tot.k)) END
 		FROM tot
 		WHERE NOT tot.one
 		  AND NOT EXISTS (SELECT 1 FROM @extschema@.exception_ticket x

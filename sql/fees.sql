@@ -987,3 +987,34 @@ SELECT currency, shipments, estimated, charged, unbilled FROM shipsync.settlemen
 WHERE provider = 'gen2' AND month = '2028-01-01' ORDER BY currency;
 SELECT kind, tracking_number FROM shipsync.fee_difference WHERE tracking_number LIKE 'U5_' ORDER BY 2;
 ROLLBACK;
+
+-- a quote whose total its currency cannot have (JPY 1500.5, as a carrier
+-- answering in sen would): no estimate for the apply, no first quote of
+-- the one statement, and no fee_total: the order keeps its own and gets a
+-- ticket saying why; JPY 1500.00 is a total, as two lines of 0.5 adding
+-- up to a whole yen
+SELECT ord, total FROM shipsync._quote_totals(ARRAY[
+	'[{"type":"freight","amount":"1500.5","currency":"JPY"}]',
+	'[{"type":"freight","amount":"1500.00","currency":"JPY"}]',
+	'[{"type":"freight","amount":"0.5","currency":"JPY"},{"type":"fuel","amount":"0.5","currency":"JPY"}]',
+	'[{"type":"freight","amount":"12.505","currency":"CNY"}]'], ARRAY[1, 1, 1, 1]) ORDER BY ord;
+SELECT ord, i, amount, estimated FROM shipsync._first_quote_lines(ARRAY[1, 1, 1], ARRAY['a', 'b', 'c'],
+	ARRAY[1, 1, 1], ARRAY['J1', 'J2', 'J3'], ARRAY[
+	'[{"type":"freight","amount":"1500.5","currency":"JPY"}]',
+	'[{"type":"freight","amount":"1500.00","currency":"JPY"}]',
+	'[{"type":"freight","amount":"0.5","currency":"JPY"},{"type":"fuel","amount":"0.5","currency":"JPY"}]']) ORDER BY ord, i;
+BEGIN;
+INSERT INTO orders2 (id, waybill) VALUES (52, 'U52');
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, '52', b.provider_id, 'U52', timestamptz '2028-01-10 12:00+00'
+FROM shipsync.binding b WHERE b.tbl = 'orders2'::regclass;
+SELECT kind, n, fee_total FROM shipsync._record_quotes(
+	ARRAY[(SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders2'::regclass)], ARRAY['52'],
+	ARRAY[(SELECT provider_id FROM shipsync.provider WHERE name = 'gen2')], ARRAY['U52'],
+	ARRAY['[{"type":"freight","amount":"1500.5","currency":"JPY"}]'])
+WHERE kind IN ('new', 'writeback');
+SELECT s.fee_total, o.fee FROM shipsync.shipment s JOIN orders2 o ON o.id::text = s.order_key
+WHERE s.tracking_number = 'U52';
+SELECT kind, detail, resolved_at IS NULL AS open FROM shipsync.exception_ticket
+WHERE order_key = '52' AND kind = 'fee_currency_mixed';
+ROLLBACK;

@@ -862,6 +862,66 @@ quote_currencies(Datum pids, int *n)
 }
 
 /*
+ * The currencies of shipsync.currency that have a minor unit, with it,
+ * sorted by code: a quote's total with more decimals than its currency has
+ * is no total (_fee_totals() judges it so too)
+ */
+typedef struct MinorUnits
+{
+	int			n;
+	char	  **codes;
+	int		   *units;
+} MinorUnits;
+
+static SPIPlanPtr minor_units_plan = NULL;
+
+static MinorUnits *
+minor_units_read(void)
+{
+	MinorUnits *mu;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (minor_units_plan == NULL)
+		minor_units_plan = shipsync_prepare_saved_opt(
+			"SELECT c.code, c.minor_units::integer FROM shipsync.currency c"
+			" WHERE c.minor_units IS NOT NULL ORDER BY c.code COLLATE \"C\"", 0, NULL, true);
+	if (SPI_execute_plan(minor_units_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the currencies' minor units failed");
+	mu = MemoryContextAlloc(cxt, sizeof(MinorUnits));
+	mu->n = (int) SPI_processed;
+	mu->codes = MemoryContextAlloc(cxt, sizeof(char *) * Max(mu->n, 1));
+	mu->units = MemoryContextAlloc(cxt, sizeof(int) * Max(mu->n, 1));
+	for (int i = 0; i < mu->n; i++)
+	{
+		bool		isnull;
+
+		mu->codes[i] = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[i],
+															 SPI_tuptable->tupdesc, 1));
+		mu->units[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+												   SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	SPI_finish();
+	return mu;
+}
+
+/* Whether an amount fits its currency's minor unit (or it has none) */
+static bool
+minor_units_fit(const MinorUnits *mu, const char *cur, Datum amount)
+{
+	char	  **hit;
+
+	if (mu == NULL || cur == NULL)
+		return true;
+	hit = bsearch(&cur, mu->codes, mu->n, sizeof(char *), cmp_str);
+	if (hit == NULL)
+		return true;
+	return shipsync_amount_decimals(DatumGetCString(DirectFunctionCall1(numeric_out, amount)))
+		<= mu->units[hit - mu->codes];
+}
+
+/*
  * One answer's quoted total: the sum of its lines' amounts (a refund's
  * counted against it) when every line is in the same currency, a line
  * without one in the provider's default (else XXX); NULL when they differ,
@@ -869,7 +929,7 @@ quote_currencies(Datum pids, int *n)
  * amount is read, so that one that is no number is an error here too.
  */
 static Datum
-quote_total(Jsonb *fj, const QuoteCurrency *qc, bool *isnull)
+quote_total(Jsonb *fj, const QuoteCurrency *qc, const MinorUnits *mu, bool *isnull)
 {
 	JsonbContainer *list = &fj->root;
 	Datum		sum = (Datum) 0;
@@ -905,7 +965,7 @@ quote_total(Jsonb *fj, const QuoteCurrency *qc, bool *isnull)
 		sum = summed ? DirectFunctionCall2(numeric_add, sum, amount) : amount;
 		summed = true;
 	}
-	if (qc == NULL || one == NULL || !same || !summed)
+	if (qc == NULL || one == NULL || !same || !summed || !minor_units_fit(mu, one, sum))
 		return (Datum) 0;
 	*isnull = false;
 	return sum;
@@ -1000,6 +1060,7 @@ shipsync_quote_totals(PG_FUNCTION_ARGS)
 				np = 0,
 				nq = 0;
 	QuoteCurrency *qc = NULL;
+	MinorUnits *mu = NULL;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (PG_ARGISNULL(0))
@@ -1012,6 +1073,7 @@ shipsync_quote_totals(PG_FUNCTION_ARGS)
 		deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), INT4OID, sizeof(int32), true,
 						  TYPALIGN_INT, &pids, &pnulls, &np);
 		qc = quote_currencies(PG_GETARG_DATUM(1), &nq);
+		mu = minor_units_read();
 	}
 	for (int i = 0; i < nb; i++)
 	{
@@ -1030,7 +1092,7 @@ shipsync_quote_totals(PG_FUNCTION_ARGS)
 					q = &qc[j];
 		values[0] = Int64GetDatum(i + 1);
 		values[1] = JsonbPGetDatum(fj);
-		values[2] = quote_total(fj, q, &nulls[2]);
+		values[2] = quote_total(fj, q, mu, &nulls[2]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
@@ -1128,7 +1190,7 @@ first_drop_repeats(FirstAnswer **v, int n, int (*cmp) (const void *, const void 
  * not there leaves its lookups' type NULL.
  */
 static const char *const first_lookup_sql =
-"SELECT u.ord, COALESCE(tm.fee_type, ft.name, 'other'), c.code"
+"SELECT u.ord, COALESCE(tm.fee_type, ft.name, 'other'), c.code, c.minor_units::integer"
 " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
 "   WITH ORDINALITY AS u(pid, code, cur, ord)"
 " JOIN shipsync.provider p ON p.provider_id OPERATOR(pg_catalog.=) u.pid"
@@ -1142,7 +1204,7 @@ static const char *const first_lookup_sql =
 static SPIPlanPtr first_lookup_plan = NULL;
 
 static void
-first_lookup(FirstLine **u, int n, char **types, char **curs)
+first_lookup(FirstLine **u, int n, char **types, char **curs, int *minor)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	Oid			t[3] = {INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
@@ -1159,6 +1221,7 @@ first_lookup(FirstLine **u, int n, char **types, char **curs)
 		curnull[i] = u[i]->cur == NULL;
 		cur[i] = curnull[i] ? (Datum) 0 : CStringGetTextDatum(u[i]->cur);
 		types[i] = curs[i] = NULL;
+		minor[i] = -1;
 	}
 	args[0] = shipsync_make_array(pids, NULL, n, INT4OID);
 	args[1] = shipsync_make_array(codes, NULL, n, TEXTOID);
@@ -1182,6 +1245,12 @@ first_lookup(FirstLine **u, int n, char **types, char **curs)
 			continue;
 		types[ord - 1] = MemoryContextStrdup(cxt, type);
 		curs[ord - 1] = code ? MemoryContextStrdup(cxt, code) : NULL;
+		if (code)
+		{
+			Datum		m = SPI_getbinval(tup, desc, 4, &isnull);
+
+			minor[ord - 1] = isnull ? -1 : DatumGetInt32(m);
+		}
 	}
 	SPI_finish();
 }
@@ -1288,6 +1357,7 @@ shipsync_first_quote_lines(PG_FUNCTION_ARGS)
 				nu = 0;
 	char	  **ltypes;
 	char	  **lcurs;
+	int		   *lminor;
 
 	InitMaterializedSRF(fcinfo, 0);
 	for (int c = 0; c < 5; c++)
@@ -1361,8 +1431,9 @@ shipsync_first_quote_lines(PG_FUNCTION_ARGS)
 	}
 	ltypes = palloc(sizeof(char *) * Max(nu, 1));
 	lcurs = palloc(sizeof(char *) * Max(nu, 1));
+	lminor = palloc(sizeof(int) * Max(nu, 1));
 	if (nu > 0)
-		first_lookup(u, nu, ltypes, lcurs);
+		first_lookup(u, nu, ltypes, lcurs, lminor);
 
 	for (int r = 0; r < n; r++)
 	{
@@ -1391,6 +1462,11 @@ shipsync_first_quote_lines(PG_FUNCTION_ARGS)
 				amt = DirectFunctionCall1(numeric_uminus, DirectFunctionCall1(numeric_abs, amt));
 			est = i == 0 ? amt : DirectFunctionCall2(numeric_add, est, amt);
 		}
+		/* a total its currency cannot have (JPY 1500.5): to _record_quotes() */
+		if (a->taken && a->nlines > 0 && lminor[l[0].lookup] >= 0 &&
+			shipsync_amount_decimals(DatumGetCString(DirectFunctionCall1(numeric_out, est)))
+			> lminor[l[0].lookup])
+			a->taken = false;
 		for (int i = 0; i < a->nlines && a->taken; i++)
 		{
 			Datum		values[13];

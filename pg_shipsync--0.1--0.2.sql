@@ -13167,6 +13167,246 @@ COMMENT ON FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) IS
 	'Attach a CRM table to a provider: installs the capture trigger. writeback maps tracking_number, status, provider_shipment_id, label_url, fee_total to columns; options: cancel_when (a boolean SQL expression over the row), validate (invalid, the default: an order missing required mapped fields becomes an invalid intent with a ticket; reject: its INSERT or UPDATE fails), tracking_provider (a provider of a tracking dialect where every new waybill is registered), pii (which columns of the generic body are personal: {"column": "name"|"phone"|"address"|"email"|"id_number"|"text"|null}), grace (reconciliation: how old an order without a shipment must be to be not_sent, default 10 minutes), created_at_column (the column that tells an order''s age), adopt (the binding of a table this one replaces: its shipments, intents, events, fees and tickets become this binding''s).';
 
 ------------------------------------------------------------------------------
+-- Currencies know their minor units: a fee line's amount with more
+-- decimals than its currency has (JPY 1500.5) is refused
+------------------------------------------------------------------------------
+ALTER TABLE @extschema@.currency
+	ADD COLUMN minor_units smallint CHECK (minor_units BETWEEN 0 AND 4);
+COMMENT ON COLUMN @extschema@.currency.minor_units IS
+	'ISO 4217''s minor unit: how many decimals an amount in this currency may have (0 for JPY, 2 for CNY, 3 for KWD). A bill line with more (JPY 1500.5) is refused; a quote with more gets no fee_total. NULL: not checked (ISO gives none, as for XXX and XAU, or a currency an admin added without it).';
+-- (the built-in rows stay built-in and unaudited, as a fresh install seeds them)
+ALTER TABLE @extschema@.currency DISABLE TRIGGER currency_builtin;
+ALTER TABLE @extschema@.currency DISABLE TRIGGER shipsync_audit;
+UPDATE @extschema@.currency c SET minor_units = CASE
+	WHEN c.code IN ('BIF', 'CLP', 'DJF', 'GNF', 'ISK', 'JPY', 'KMF', 'KRW', 'PYG', 'RWF', 'UGX',
+					'UYI', 'VND', 'VUV', 'XAF', 'XOF', 'XPF') THEN 0
+	WHEN c.code IN ('BHD', 'IQD', 'JOD', 'KWD', 'LYD', 'OMR', 'TND') THEN 3
+	WHEN c.code IN ('CLF', 'UYW') THEN 4
+	WHEN c.code IN ('XAG', 'XAU', 'XBA', 'XBB', 'XBC', 'XBD', 'XDR', 'XPD', 'XPT', 'XSU', 'XTS',
+					'XUA', 'XXX') THEN NULL
+	ELSE 2 END
+WHERE c.builtin;
+ALTER TABLE @extschema@.currency ENABLE TRIGGER shipsync_audit;
+ALTER TABLE @extschema@.currency ENABLE TRIGGER currency_builtin;
+
+------------------------------------------------------------------------------
+-- settlement: a shipment billed in another currency than its quote's is
+-- no unbilled shipment of the quote's currency
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION @extschema@._settlement()
+RETURNS TABLE (provider_id integer, month date, currency text, shipments bigint,
+			   estimated numeric, charged numeric, refunded numeric, unbilled bigint,
+			   unknown_waybills bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'
+AS $$
+	SELECT r.provider_id, r.month, r.currency, sum(r.shipments)::bigint, sum(r.estimated),
+		   sum(r.charged), sum(r.refunded), sum(r.unbilled)::bigint, sum(r.unknown)::bigint
+	FROM (-- shipments, by the month they were created: with their sums per
+		  -- currency, or (those of a shipping provider) without any
+		  SELECT s.provider_id, date_trunc('month', s.created_at)::date AS month,
+				 f.currency, 1 AS shipments, coalesce(f.estimated, 0) AS estimated,
+				 coalesce(f.charged, 0) AS charged, coalesce(f.refunded, 0) AS refunded,
+				 -- (no bill line in any currency: one billed in dollars only
+				 -- is no unbilled shipment of its quote's yuan)
+				 CASE WHEN coalesce(f.bill_lines, 0) = 0 AND s.status <> 'cancelled'
+						   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_sum g
+										   WHERE g.binding_id = s.binding_id
+											 AND g.order_key = s.order_key
+											 AND g.provider_id = s.provider_id
+											 AND g.bill_lines > 0)
+					  THEN 1 ELSE 0 END AS unbilled,
+				 0 AS unknown
+		  FROM @extschema@.shipment s
+		  JOIN @extschema@.binding b ON b.binding_id = s.binding_id
+		  LEFT JOIN @extschema@.fee_sum f
+			ON f.binding_id = s.binding_id AND f.order_key = s.order_key
+		   AND f.provider_id = s.provider_id
+		  WHERE f.binding_id IS NOT NULL OR s.provider_id = b.provider_id
+		  UNION ALL
+		  -- billed waybills no shipment has: by the statement's month, else the line's
+		  SELECT u.provider_id, u.month, u.currency, 0, 0, u.charged, u.refunded, 0, 1
+		  FROM (SELECT l.provider_id, l.tracking_number, l.currency,
+					   min(coalesce(st.period, date_trunc('month',
+						   coalesce(l.occurred_at, l.recorded_at))::date)) AS month,
+					   coalesce(sum(l.amount) FILTER (WHERE l.state <> 'refunded'
+						   AND l.fee_type <> 'refund'), 0) AS charged,
+					   coalesce(sum(abs(l.amount)) FILTER (WHERE
+						   l.state = 'refunded' OR l.fee_type = 'refund'), 0) AS refunded
+				FROM @extschema@.fee_line l
+				LEFT JOIN @extschema@.statement st ON st.statement_id = l.statement_id
+				WHERE l.binding_id IS NULL AND NOT l.quote
+				  AND NOT l.withdrawn
+				GROUP BY l.provider_id, l.tracking_number, l.currency) u) r
+	GROUP BY r.provider_id, r.month, r.currency
+$$;
+COMMENT ON FUNCTION @extschema@._settlement() IS
+	'Internal: the rows of shipsync.settlement by provider id.';
+
+------------------------------------------------------------------------------
+-- A quote's total with more decimals than its currency has (JPY 1500.5) is
+-- no fee_total: the order keeps its own and gets a fee_currency_mixed ticket
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION @extschema@._fee_totals(tb integer[], tk text[])
+RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	-- one join and one aggregate for all the orders (a statement touches
+	-- tens of thousands), min <> max for "more than one currency"
+	RETURN QUERY
+	WITH t AS (
+		SELECT DISTINCT x.b, x.k FROM unnest(tb, tk) AS x(b, k) WHERE x.b IS NOT NULL),
+	-- a quote counts while it is the quote of the order's shipment: an
+	-- order shipped again under its key (its shipment row now holds
+	-- another waybill) is quoted once, not twice; bills all count
+	per AS MATERIALIZED (
+		SELECT l.binding_id AS b, l.order_key AS k, l.provider_id AS pid, l.currency AS cur,
+			   coalesce(sum(CASE WHEN l.fee_type = 'refund' THEN -abs(l.amount) ELSE l.amount END)
+					FILTER (WHERE l.quote AND q.current), 0) AS est,
+			   coalesce(sum(l.amount) FILTER (WHERE NOT l.quote AND l.state <> 'refunded'
+											  AND l.fee_type <> 'refund'), 0) AS chg,
+			   coalesce(sum(abs(l.amount)) FILTER (WHERE NOT l.quote
+					AND (l.state = 'refunded' OR l.fee_type = 'refund')), 0) AS ref,
+			   count(*) FILTER (WHERE l.quote AND q.current) AS nq,
+			   count(*) FILTER (WHERE NOT l.quote) AS nb,
+			   max(l.recorded_at) AS last
+		FROM @extschema@.fee_line l
+		JOIN t ON l.binding_id = t.b AND l.order_key = t.k
+		-- (a line a corrected statement withdrew is billed no more: no
+		-- bill line, so its order is unbilled again and takes its quote)
+		CROSS JOIN LATERAL (
+			SELECT NOT l.quote OR coalesce(
+				(SELECT s.tracking_number FROM @extschema@.shipment s
+				  WHERE s.binding_id = l.binding_id AND s.order_key = l.order_key
+					AND s.provider_id = l.provider_id) = l.tracking_number, true) AS current) q
+		WHERE NOT l.withdrawn
+		GROUP BY l.binding_id, l.order_key, l.provider_id, l.currency),
+	kept AS (
+		INSERT INTO @extschema@.fee_sum AS fs (binding_id, order_key, provider_id, currency,
+			estimated, charged, refunded, quote_lines, bill_lines, last_change)
+		SELECT per.b, per.k, per.pid, per.cur, per.est, per.chg, per.ref, per.nq, per.nb, per.last
+		FROM per
+		ON CONFLICT ON CONSTRAINT fee_sum_pkey DO UPDATE SET
+			estimated = EXCLUDED.estimated, charged = EXCLUDED.charged,
+			refunded = EXCLUDED.refunded, quote_lines = EXCLUDED.quote_lines,
+			bill_lines = EXCLUDED.bill_lines, last_change = EXCLUDED.last_change
+		WHERE (fs.estimated, fs.charged, fs.refunded, fs.quote_lines, fs.bill_lines, fs.last_change)
+			  IS DISTINCT FROM (EXCLUDED.estimated, EXCLUDED.charged, EXCLUDED.refunded,
+								EXCLUDED.quote_lines, EXCLUDED.bill_lines, EXCLUDED.last_change)
+		RETURNING 1),
+	-- a sum whose provider and currency no line has any more; looked up
+	-- in fee_line by its order index, not in per: an anti-join against the
+	-- CTE scanned all of per for every sum (the planner cannot hash a
+	-- generic plan's guess of one row), 8,000 comparisons a batch of 128
+	gone AS (
+		DELETE FROM @extschema@.fee_sum fs USING t
+		 WHERE fs.binding_id = t.b AND fs.order_key = t.k
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
+						   WHERE l.binding_id = fs.binding_id AND l.order_key = fs.order_key
+							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency
+							 AND NOT l.withdrawn)
+		RETURNING 1),
+	ord AS (
+		SELECT per.b, per.k, sum(per.nb) > 0 AS billed,
+			   min(per.cur) FILTER (WHERE per.nb > 0) AS lo_b,
+			   max(per.cur) FILTER (WHERE per.nb > 0) AS hi_b,
+			   min(per.cur) FILTER (WHERE per.nq > 0) AS lo_q,
+			   max(per.cur) FILTER (WHERE per.nq > 0) AS hi_q,
+			   -- quoted in a currency (XXX: the answer named none)
+			   min(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS lo_qc,
+			   max(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS hi_qc,
+			   sum(per.chg - per.ref) FILTER (WHERE per.nb > 0) AS tot_b,
+			   sum(per.est) FILTER (WHERE per.nq > 0) AS tot_q
+		FROM per GROUP BY per.b, per.k),
+	-- one currency: the bill's lines in one, and a quote in a currency in
+	-- that one too (a bill in dollars of a quote in yuan is no total)
+	-- and a total its currency can have (a quote of JPY 1500.5 is none:
+	-- bill lines with more decimals than their currency has are refused)
+	tot AS (
+		SELECT ord.b, ord.k, bb.provider_id AS pid, bb.writeback ? 'fee_total' AS wb,
+			   x.agree AND coalesce(pg_catalog.round(x.total, cu.minor_units) = x.total, true) AS one,
+			   x.agree, x.total, x.cur, cu.minor_units AS minor
+		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b
+		CROSS JOIN LATERAL (SELECT CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total,
+								   CASE WHEN ord.billed THEN ord.lo_b ELSE ord.lo_q END AS cur,
+								   CASE WHEN ord.billed
+										THEN ord.lo_b = ord.hi_b AND coalesce(ord.lo_qc = ord.lo_b AND ord.hi_qc = ord.lo_b, true)
+										ELSE ord.lo_q = ord.hi_q END AS agree) x
+		LEFT JOIN @extschema@.currency cu ON cu.code = x.cur
+		UNION ALL
+		-- an order whose every line was withdrawn costs nothing now
+		SELECT t.b, t.k, bb.provider_id, bb.writeback ? 'fee_total', true, true, 0, NULL, NULL
+		FROM t JOIN @extschema@.binding bb ON bb.binding_id = t.b
+		WHERE NOT EXISTS (SELECT 1 FROM per WHERE per.b = t.b AND per.k = t.k)
+		  AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
+					  WHERE l.binding_id = t.b AND l.order_key = t.k)),
+	sh AS (
+		UPDATE @extschema@.shipment s SET fee_total = tot.total, updated_at = now()
+		  FROM tot
+		 WHERE tot.one AND s.binding_id = tot.b AND s.order_key = tot.k
+		   AND s.provider_id = tot.pid AND s.fee_total IS DISTINCT FROM tot.total
+		RETURNING s.binding_id, s.order_key, s.fee_total, tot.wb),
+	mixed AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, detail)
+		SELECT 'fee_currency_mixed', tot.b, tot.k, tot.pid,
+			   CASE WHEN tot.agree
+				   THEN format('the fees of order %s come to %s %s, more decimals than %s has (%s): its fee_total is left as it was',
+							   tot.k, tot.total, tot.cur, tot.cur, tot.minor)
+				   ELSE format('the fees of order %s are in %s: its fee_total is left as it was', tot.k,
+							   (SELECT string_agg(DISTINCT per.cur, ', ') FROM per
+								WHERE per.b = tot.b AND per.k = tot.k)) END
+		FROM tot
+		WHERE NOT tot.one
+		  AND NOT EXISTS (SELECT 1 FROM @extschema@.exception_ticket x
+						  WHERE x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
+							AND x.order_key = tot.k AND x.resolved_at IS NULL)
+		RETURNING 1),
+	agreed AS (
+		UPDATE @extschema@.exception_ticket x SET resolved_at = now(),
+			   resolution = 'its fee lines are in one currency again'
+		  FROM tot
+		 WHERE tot.one AND x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
+		   AND x.order_key = tot.k AND x.resolved_at IS NULL
+		RETURNING 1),
+	-- a total with more decimals than the order's numeric column holds
+	-- (1.005 into a numeric(10,2)): never written rounded (the binding's
+	-- write-back statement leaves the column), and the order gets a ticket
+	scale AS (
+		SELECT sh.binding_id, sh.order_key, sh.fee_total, a.attname, a.atttypid, tm.m,
+			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END AS s
+		FROM sh
+		JOIN @extschema@.binding bb ON bb.binding_id = sh.binding_id
+		JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid = bb.tbl AND a.attname = bb.writeback->>'fee_total' AND NOT a.attisdropped
+		JOIN pg_catalog.pg_type ty
+		  ON ty.oid = coalesce(nullif((SELECT d.typbasetype FROM pg_catalog.pg_type d
+									   WHERE d.oid = a.atttypid), 0), a.atttypid)
+		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
+				ELSE (SELECT d.typtypmod FROM pg_catalog.pg_type d WHERE d.oid = a.atttypid) END) tm(m)
+		WHERE sh.wb AND ty.oid = 'pg_catalog.numeric'::pg_catalog.regtype),
+	unfit AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
+		SELECT 'writeback_failed', scale.binding_id, scale.order_key,
+			   format('write-back of the fee total failed: %s has more decimals than column %I (%s) holds; it was left as it was, not rounded',
+					  scale.fee_total, scale.attname, pg_catalog.format_type(scale.atttypid, scale.m))
+		FROM scale
+		WHERE scale.s IS NOT NULL AND pg_catalog.round(scale.fee_total, scale.s) <> scale.fee_total
+		RETURNING exception_ticket.binding_id, exception_ticket.order_key)
+	-- (kept, gone, mixed, agreed and unfit run whether or not they are read;
+	-- the orders ticketed are hashed once: estimated at a few rows, an anti
+	-- join compared every order written with every one ticketed, 36 million
+	-- comparisons for a statement of 6,000 of each.  No key is NULL.)
+	SELECT 'writeback'::text, NULL::bigint, sh.binding_id, sh.order_key, sh.fee_total
+	FROM sh WHERE sh.wb
+	  AND (sh.binding_id, sh.order_key) NOT IN (SELECT u.binding_id, u.order_key FROM unfit u);
+END
+$$;
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

@@ -166,10 +166,15 @@ CREATE TRIGGER fee_type_map_builtin BEFORE INSERT OR UPDATE OR DELETE ON @extsch
 CREATE TABLE @extschema@.currency (
 	code			text PRIMARY KEY CHECK (code ~ '^[A-Z]{3}$'),
 	name			text NOT NULL,
-	builtin			boolean NOT NULL DEFAULT false
+	builtin			boolean NOT NULL DEFAULT false,
+	-- ISO 4217's minor unit: the decimals an amount in it may have (0 for
+	-- JPY, 3 for KWD); NULL where ISO gives none (XXX, XAU, XDR, ...)
+	minor_units		smallint CHECK (minor_units BETWEEN 0 AND 4)
 );
 COMMENT ON TABLE @extschema@.currency IS
 	'The ISO 4217 currencies a fee line may be in (seeded from Debian''s iso-codes). A line in any other currency is refused. XXX, "no currency", is what a quote without a currency is recorded in when its provider has no option currency.';
+COMMENT ON COLUMN @extschema@.currency.minor_units IS
+	'ISO 4217''s minor unit: how many decimals an amount in this currency may have (0 for JPY, 2 for CNY, 3 for KWD). A bill line with more (JPY 1500.5) is refused; a quote with more gets no fee_total. NULL: not checked (ISO gives none, as for XXX and XAU, or a currency an admin added without it).';
 INSERT INTO @extschema@.currency (code, name, builtin)
 SELECT c.code, c.name, true
 FROM (VALUES
@@ -235,6 +240,17 @@ FROM (VALUES
 	('YER', 'Yemeni Rial'), ('ZAR', 'Rand'), ('ZMW', 'Zambian Kwacha'),
 	('ZWL', 'Zimbabwe Dollar')
 ) AS c(code, name);
+-- ISO 4217's minor units (list one): 2 unless listed here, none for the
+-- funds, metals and codes for testing or no currency
+UPDATE @extschema@.currency c SET minor_units = CASE
+	WHEN c.code IN ('BIF', 'CLP', 'DJF', 'GNF', 'ISK', 'JPY', 'KMF', 'KRW', 'PYG', 'RWF', 'UGX',
+					'UYI', 'VND', 'VUV', 'XAF', 'XOF', 'XPF') THEN 0
+	WHEN c.code IN ('BHD', 'IQD', 'JOD', 'KWD', 'LYD', 'OMR', 'TND') THEN 3
+	WHEN c.code IN ('CLF', 'UYW') THEN 4
+	WHEN c.code IN ('XAG', 'XAU', 'XBA', 'XBB', 'XBC', 'XBD', 'XDR', 'XPD', 'XPT', 'XSU', 'XTS',
+					'XUA', 'XXX') THEN NULL
+	ELSE 2 END
+WHERE c.builtin;
 CREATE TRIGGER currency_builtin BEFORE INSERT OR UPDATE OR DELETE ON @extschema@.currency
 	FOR EACH ROW EXECUTE FUNCTION @extschema@._builtin_row();
 
@@ -800,7 +816,8 @@ $$;
  * provider then carries the total, and the order rows whose binding writes
  * fee_total back are returned; an order whose lines mix currencies keeps
  * its total and gets one open ticket of kind fee_currency_mixed, resolved
- * when they agree again.
+ * when they agree again; so does an order whose total has more decimals
+ * than its currency has (a quote of JPY 1500.5).
  */
 CREATE FUNCTION @extschema@._fee_totals(tb integer[], tk text[])
 RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
@@ -878,16 +895,22 @@ BEGIN
 		FROM per GROUP BY per.b, per.k),
 	-- one currency: the bill's lines in one, and a quote in a currency in
 	-- that one too (a bill in dollars of a quote in yuan is no total)
+	-- and a total its currency can have (a quote of JPY 1500.5 is none:
+	-- bill lines with more decimals than their currency has are refused)
 	tot AS (
 		SELECT ord.b, ord.k, bb.provider_id AS pid, bb.writeback ? 'fee_total' AS wb,
-			   CASE WHEN ord.billed
-					THEN ord.lo_b = ord.hi_b AND coalesce(ord.lo_qc = ord.lo_b AND ord.hi_qc = ord.lo_b, true)
-					ELSE ord.lo_q = ord.hi_q END AS one,
-			   CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total
+			   x.agree AND coalesce(pg_catalog.round(x.total, cu.minor_units) = x.total, true) AS one,
+			   x.agree, x.total, x.cur, cu.minor_units AS minor
 		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b
+		CROSS JOIN LATERAL (SELECT CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total,
+								   CASE WHEN ord.billed THEN ord.lo_b ELSE ord.lo_q END AS cur,
+								   CASE WHEN ord.billed
+										THEN ord.lo_b = ord.hi_b AND coalesce(ord.lo_qc = ord.lo_b AND ord.hi_qc = ord.lo_b, true)
+										ELSE ord.lo_q = ord.hi_q END AS agree) x
+		LEFT JOIN @extschema@.currency cu ON cu.code = x.cur
 		UNION ALL
 		-- an order whose every line was withdrawn costs nothing now
-		SELECT t.b, t.k, bb.provider_id, bb.writeback ? 'fee_total', true, 0
+		SELECT t.b, t.k, bb.provider_id, bb.writeback ? 'fee_total', true, true, 0, NULL, NULL
 		FROM t JOIN @extschema@.binding bb ON bb.binding_id = t.b
 		WHERE NOT EXISTS (SELECT 1 FROM per WHERE per.b = t.b AND per.k = t.k)
 		  AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
@@ -901,9 +924,12 @@ BEGIN
 	mixed AS (
 		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, detail)
 		SELECT 'fee_currency_mixed', tot.b, tot.k, tot.pid,
-			   format('the fees of order %s are in %s: its fee_total is left as it was', tot.k,
-					  (SELECT string_agg(DISTINCT per.cur, ', ') FROM per
-					   WHERE per.b = tot.b AND per.k = tot.k))
+			   CASE WHEN tot.agree
+				   THEN format('the fees of order %s come to %s %s, more decimals than %s has (%s): its fee_total is left as it was',
+							   tot.k, tot.total, tot.cur, tot.cur, tot.minor)
+				   ELSE format('the fees of order %s are in %s: its fee_total is left as it was', tot.k,
+							   (SELECT string_agg(DISTINCT per.cur, ', ') FROM per
+								WHERE per.b = tot.b AND per.k = tot.k)) END
 		FROM tot
 		WHERE NOT tot.one
 		  AND NOT EXISTS (SELECT 1 FROM @extschema@.exception_ticket x
@@ -1312,7 +1338,14 @@ AS $$
 		  SELECT s.provider_id, date_trunc('month', s.created_at)::date AS month,
 				 f.currency, 1 AS shipments, coalesce(f.estimated, 0) AS estimated,
 				 coalesce(f.charged, 0) AS charged, coalesce(f.refunded, 0) AS refunded,
+				 -- (no bill line in any currency: one billed in dollars only
+				 -- is no unbilled shipment of its quote's yuan)
 				 CASE WHEN coalesce(f.bill_lines, 0) = 0 AND s.status <> 'cancelled'
+						   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_sum g
+										   WHERE g.binding_id = s.binding_id
+											 AND g.order_key = s.order_key
+											 AND g.provider_id = s.provider_id
+											 AND g.bill_lines > 0)
 					  THEN 1 ELSE 0 END AS unbilled,
 				 0 AS unknown
 		  FROM @extschema@.shipment s

@@ -253,6 +253,27 @@ SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", 
 -- currency, words and times
 SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "12.50", "currency": "RMB"}]}');
 SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "12.50"}]}');
+-- an amount with more decimals than its currency has (ISO 4217's minor
+-- unit): JPY and KRW have none, KWD three; trailing zeros are no decimals,
+-- and a currency without a minor unit (XAU) or added without one is not
+-- checked
+SELECT code, minor_units FROM shipsync.currency
+WHERE code IN ('CNY', 'USD', 'JPY', 'KRW', 'VND', 'CLP', 'ISK', 'KWD', 'BHD', 'TND', 'CLF', 'XAU', 'XXX')
+ORDER BY code;
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1500.5", "currency": "JPY"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": 1500.5, "currency": "JPY"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "12000.25", "currency": "KRW"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1.2345", "currency": "KWD"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "12.505", "currency": "CNY"}]}');
+BEGIN;
+INSERT INTO shipsync.currency (code, name) VALUES ('XZZ', 'a currency of ours');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "MINOR1", "type": "freight", "amount": "1500.00", "currency": "JPY"},
+	{"tracking_number": "MINOR1", "type": "fuel", "amount": "1.234", "currency": "KWD"},
+	{"tracking_number": "MINOR1", "type": "tax", "amount": "12.50000", "currency": "USD"},
+	{"tracking_number": "MINOR1", "type": "label", "amount": "0.123456", "currency": "XAU"},
+	{"tracking_number": "MINOR1", "type": "other", "amount": "0.123456", "currency": "XZZ"}]}');
+SELECT fee_type, amount, currency FROM shipsync.fee_line WHERE tracking_number = 'MINOR1' ORDER BY 1;
+ROLLBACK;
 SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "settlement": "weekly"}]}');
 SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "payer": "shop"}]}');
 SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "state": "estimated"}]}');
@@ -396,6 +417,9 @@ SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', E'运单号,费
 SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种\nSF2003,运费,9.00,CNY\nSF2004,"运费,9.00,CNY\n', options => '{"period": "2026-03"}')$$);
 SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,币种\nSF2003,运费,CNY\n', options => '{"period": "2026-03"}')$$);
 SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种\nSF2003,运费,9.00,HKX\n', options => '{"period": "2026-03"}')$$);
+-- an amount its currency cannot have: an error naming the line (with
+-- on_error = skip, a line of the statement's errors: at the end)
+SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种\nSF2003,运费,9.00,CNY\nSF2004,运费,1500.5,JPY\n', options => '{"period": "2026-03"}')$$);
 SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种,寄件时间\nSF2003,运费,9.00,CNY,2026-03-31 23:00:00\nSF2004,运费,9.00,CNY,2026-04-01 09:00:00\n')$$);
 SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', '')$$);
 SELECT pg_temp.err($$SELECT shipsync.import_statement('sf_open', 'a,b', 'xml')$$);
@@ -755,9 +779,10 @@ SELECT to_char(month, 'YYYY-MM') AS month, currency, shipments, estimated, charg
 FROM shipsync.settlement WHERE provider = 'gen2' AND month = '2026-04-01' ORDER BY 2;
 
 -- an amount with more decimals than a numeric(p,2) column holds (a
--- dinar's fils, a rate per kg) is never written rounded: the order keeps
--- its column and gets a ticket; what is written is what is summed
-SELECT pg_temp.bill('2027-02', E'X41,freight,13.705\n') ->> 'revised' AS revised;
+-- dinar's fils) is never written rounded: the order keeps its column and
+-- gets a ticket; what is written is what is summed
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,currency\nX41,freight,13.705,KWD\n',
+	options => '{"period": "2027-02"}') ->> 'revised' AS revised;
 SELECT o.id, o.fee_cents, s.fee_total FROM orders4 o
 JOIN shipsync.shipment s ON s.tracking_number = 'X41' ORDER BY o.id;
 SELECT kind, order_key, detail, resolved_at IS NULL AS open FROM shipsync.exception_ticket
@@ -771,7 +796,7 @@ SELECT id, fee_cents FROM orders4 ORDER BY id;
 -- per order, and not one lock per ticket.  The ledger's fold took one for
 -- each, to the end of the statement's transaction: with some tens of
 -- thousands the import failed, "out of shared memory"
-SELECT shipsync.create_provider('gen6', 'generic', 'https://carrier6.example', '{"currency": "CNY"}') > 0 AS created;
+SELECT shipsync.create_provider('gen6', 'generic', 'https://carrier6.example', '{"currency": "KWD"}') > 0 AS created;
 SELECT shipsync.pause('gen6');
 CREATE FUNCTION pg_temp.bill6(amount text) RETURNS jsonb LANGUAGE sql AS $$
 	SELECT shipsync.import_statement('gen6', E'tracking_number,type,amount\n'
@@ -805,7 +830,7 @@ SELECT shipsync.pause('gen6');
 -- not ticketed, found by comparing every order with every ticketed one:
 -- 60,000 took five minutes; test/bench/run --only fees times it)
 SELECT shipsync.create_provider('gen7', 'generic', 'https://carrier7.example', '{"currency": "CNY"}') > 0 AS created;
-SELECT shipsync.create_provider('gen8', 'generic', 'https://carrier8.example', '{"currency": "CNY"}') > 0 AS created;
+SELECT shipsync.create_provider('gen8', 'generic', 'https://carrier8.example', '{"currency": "KWD"}') > 0 AS created;
 SELECT shipsync.pause('gen7'), shipsync.pause('gen8');
 CREATE TABLE orders7 (id int PRIMARY KEY, fee numeric(10,2));
 CREATE TABLE orders8 (id int PRIMARY KEY, fee numeric(10,2));
@@ -969,3 +994,59 @@ SELECT tracking_number, order_key, amount FROM shipsync.fee_line WHERE tracking_
 SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种\nSF8800000000012,运费,7.50,CNY\n',
 	options => '{"period": "2027-09"}') - '{provider,statement_id,period,supersedes,totals}'::text[] AS answer;
 SELECT tracking_number, order_key, amount FROM shipsync.fee_line WHERE tracking_number = 'SF8800000000012';
+
+
+-- a statement's line whose amount its currency cannot have (JPY 1500.5),
+-- with on_error = skip: left out, and the statement's errors say why
+BEGIN;
+SELECT shipsync.import_statement('sf_open', E'运单号,费用类型,金额,币种\nMINOR2,运费,1500,JPY\nMINOR3,运费,1500.5,JPY\n',
+	options => '{"period": "2025-11", "on_error": "skip"}') - '{statement_id,provider}'::text[] AS answer;
+SELECT lines, totals, errors FROM shipsync.statement WHERE period = '2025-11-01';
+ROLLBACK;
+
+-- a shipment billed in another currency than its quote's has a bill line:
+-- it is no unbilled shipment of the settlement, in no currency's row
+-- (the quote's row counted it unbilled, as no line of that row was a bill)
+BEGIN;
+INSERT INTO orders2 (id, waybill) VALUES (50, 'U50'), (51, 'U51');
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, g::text, b.provider_id, 'U' || g, timestamptz '2028-01-10 12:00+00'
+FROM shipsync.binding b, generate_series(50, 51) g WHERE b.tbl = 'orders2'::regclass;
+SELECT pg_temp.quote('50', 'U50', 20.00) > 0 AS quoted, pg_temp.quote('51', 'U51', 5.00) > 0 AS quoted;
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,currency\nU50,freight,3.00,USD\n',
+	options => '{"period": "2028-01"}') ->> 'new' AS new;
+SELECT currency, shipments, estimated, charged, unbilled FROM shipsync.settlement
+WHERE provider = 'gen2' AND month = '2028-01-01' ORDER BY currency;
+SELECT kind, tracking_number FROM shipsync.fee_difference WHERE tracking_number LIKE 'U5_' ORDER BY 2;
+ROLLBACK;
+
+-- a quote whose total its currency cannot have (JPY 1500.5, as a carrier
+-- answering in sen would): no estimate for the apply, no first quote of
+-- the one statement, and no fee_total: the order keeps its own and gets a
+-- ticket saying why; JPY 1500.00 is a total, as two lines of 0.5 adding
+-- up to a whole yen
+SELECT ord, total FROM shipsync._quote_totals(ARRAY[
+	'[{"type":"freight","amount":"1500.5","currency":"JPY"}]',
+	'[{"type":"freight","amount":"1500.00","currency":"JPY"}]',
+	'[{"type":"freight","amount":"0.5","currency":"JPY"},{"type":"fuel","amount":"0.5","currency":"JPY"}]',
+	'[{"type":"freight","amount":"12.505","currency":"CNY"}]'], ARRAY[1, 1, 1, 1]) ORDER BY ord;
+SELECT ord, i, amount, estimated FROM shipsync._first_quote_lines(ARRAY[1, 1, 1], ARRAY['a', 'b', 'c'],
+	ARRAY[1, 1, 1], ARRAY['J1', 'J2', 'J3'], ARRAY[
+	'[{"type":"freight","amount":"1500.5","currency":"JPY"}]',
+	'[{"type":"freight","amount":"1500.00","currency":"JPY"}]',
+	'[{"type":"freight","amount":"0.5","currency":"JPY"},{"type":"fuel","amount":"0.5","currency":"JPY"}]']) ORDER BY ord, i;
+BEGIN;
+INSERT INTO orders2 (id, waybill) VALUES (52, 'U52');
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, created_at)
+SELECT b.binding_id, '52', b.provider_id, 'U52', timestamptz '2028-01-10 12:00+00'
+FROM shipsync.binding b WHERE b.tbl = 'orders2'::regclass;
+SELECT kind, n, fee_total FROM shipsync._record_quotes(
+	ARRAY[(SELECT binding_id FROM shipsync.binding WHERE tbl = 'orders2'::regclass)], ARRAY['52'],
+	ARRAY[(SELECT provider_id FROM shipsync.provider WHERE name = 'gen2')], ARRAY['U52'],
+	ARRAY['[{"type":"freight","amount":"1500.5","currency":"JPY"}]'])
+WHERE kind IN ('new', 'writeback');
+SELECT s.fee_total, o.fee FROM shipsync.shipment s JOIN orders2 o ON o.id::text = s.order_key
+WHERE s.tracking_number = 'U52';
+SELECT kind, detail, resolved_at IS NULL AS open FROM shipsync.exception_ticket
+WHERE order_key = '52' AND kind = 'fee_currency_mixed';
+ROLLBACK;

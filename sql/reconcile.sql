@@ -674,7 +674,7 @@ SELECT shipsync.pause('rc3');
 -- the row holds it (written by hand, or by a later bill that fits), or the
 -- order is gone.
 ------------------------------------------------------------------------------
-SELECT shipsync.create_provider('rcf', 'generic', 'http://127.0.0.1:9', '{"currency": "CNY"}') AS rcf \gset
+SELECT shipsync.create_provider('rcf', 'generic', 'http://127.0.0.1:9', '{"currency": "KWD"}') AS rcf \gset
 SELECT shipsync.pause('rcf');
 CREATE TABLE billed (id int PRIMARY KEY, fee numeric(10,2),
 	created timestamptz NOT NULL DEFAULT now() - interval '1 hour');

@@ -194,7 +194,10 @@ fees_context(TrackProvider *p)
 		currency_plan = shipsync_prepare_saved(
 			"SELECT (SELECT pg_catalog.array_agg(c.code ORDER BY c.code COLLATE \"C\")"
 			"   FROM shipsync.currency c),"
-			" shipsync._fee_currency(p.options, p.dialect)"
+			" shipsync._fee_currency(p.options, p.dialect),"
+			" (SELECT pg_catalog.array_agg(COALESCE(c.minor_units, -1)::integer"
+			"                              ORDER BY c.code COLLATE \"C\")"
+			"   FROM shipsync.currency c)"
 			" FROM shipsync.provider p WHERE p.provider_id = $1", 1, t);
 	}
 	if (SPI_execute_plan(currency_plan, &arg, NULL, true, 1) != SPI_OK_SELECT ||
@@ -214,15 +217,29 @@ fees_context(TrackProvider *p)
 			c->currencies[i] = TextDatumGetCString(elems[i]);
 		c->ncurrencies = n;
 		c->default_currency = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		c->minor_units = palloc(sizeof(int) * Max(n, 1));
+		a = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+		if (!isnull)
+		{
+			int			m;
+
+			deconstruct_array(DatumGetArrayTypeP(a), INT4OID, sizeof(int32), true,
+							  TYPALIGN_INT, &elems, NULL, &m);
+			for (int i = 0; i < n && i < m; i++)
+				c->minor_units[i] = DatumGetInt32(elems[i]);
+		}
 	}
 	c->provider = p;
 	return c;
 }
 
-static bool
+/* The place of a currency in c->currencies, -1 when it is none of them */
+static int
 known_currency(FeeContext *c, const char *code)
 {
-	return bsearch(&code, c->currencies, c->ncurrencies, sizeof(char *), cmp_str) != NULL;
+	char	  **hit = bsearch(&code, c->currencies, c->ncurrencies, sizeof(char *), cmp_str);
+
+	return hit ? (int) (hit - c->currencies) : -1;
 }
 
 static bool
@@ -263,7 +280,7 @@ bad(FeeProblem *pr, FeeField f, char *fmt,...)
 
 /* A decimal read strictly; false with the problem set */
 static bool
-read_decimal(FeeField f, const char *s, Datum *out, FeeProblem *pr)
+read_decimal(FeeField f, const char *s, Datum *out, int *decimals, FeeProblem *pr)
 {
 	char	   *norm = palloc(strlen(s) + 1);
 	const char *why;
@@ -272,6 +289,8 @@ read_decimal(FeeField f, const char *s, Datum *out, FeeProblem *pr)
 		return bad(pr, f, "\"%s\" %s; amounts are written with digits and at most one decimal point, without spaces, thousands separators or currency signs", s, why);
 	*out = DirectFunctionCall3(numeric_in, CStringGetDatum(norm),
 							   ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	if (decimals)
+		*decimals = shipsync_amount_decimals(norm);
 	return true;
 }
 
@@ -289,6 +308,8 @@ fees_add_line(FeeContext *c, FeeBatch *b, char **v, FeeProblem *pr)
 	Datum		weight = (Datum) 0;
 	Datum		at = (Datum) 0;
 	const char *cur = v[FEE_CURRENCY] ? v[FEE_CURRENCY] : c->default_currency;
+	int			decimals = 0;
+	int			ci;
 	int			r;
 
 	/* " SF123 " from a spreadsheet is SF123, as the shipment has it */
@@ -304,14 +325,18 @@ fees_add_line(FeeContext *c, FeeBatch *b, char **v, FeeProblem *pr)
 					   SHIPSYNC_MAX_ID_BYTES);
 	if (v[FEE_AMOUNT] == NULL)
 		return bad(pr, FEE_AMOUNT, "the amount is missing");
-	if (!read_decimal(FEE_AMOUNT, v[FEE_AMOUNT], &amount, pr))
+	if (!read_decimal(FEE_AMOUNT, v[FEE_AMOUNT], &amount, &decimals, pr))
 		return false;
 	if (cur == NULL || cur[0] == '\0')
 		return bad(pr, FEE_CURRENCY, "the currency is missing and provider \"%s\" has no option currency",
 				   c->provider->name);
-	if (!known_currency(c, cur))
+	if ((ci = known_currency(c, cur)) < 0)
 		return bad(pr, FEE_CURRENCY, "unknown currency \"%s\": not an ISO 4217 code of shipsync.currency%s",
 				   cur, strcmp(cur, "RMB") == 0 ? " (the renminbi is CNY)" : "");
+	/* JPY 1500.5: no such amount, whatever the carrier meant */
+	if (c->minor_units[ci] >= 0 && decimals > c->minor_units[ci])
+		return bad(pr, FEE_AMOUNT, "\"%s\" has %d decimal%s where %s has %d (ISO 4217's minor unit, shipsync.currency.minor_units)",
+				   v[FEE_AMOUNT], decimals, decimals == 1 ? "" : "s", cur, c->minor_units[ci]);
 	if (v[FEE_SETTLEMENT] && !one_of(v[FEE_SETTLEMENT], settlements))
 		return bad(pr, FEE_SETTLEMENT, "settlement \"%s\" is neither monthly nor cash", v[FEE_SETTLEMENT]);
 	if (v[FEE_PAYER] && !one_of(v[FEE_PAYER], payers))
@@ -321,7 +346,7 @@ fees_add_line(FeeContext *c, FeeBatch *b, char **v, FeeProblem *pr)
 				   strcmp(v[FEE_STATE], "estimated") == 0 ? " (estimates come from create responses only)" : "");
 	if (v[FEE_WEIGHT])
 	{
-		if (!read_decimal(FEE_WEIGHT, v[FEE_WEIGHT], &weight, pr))
+		if (!read_decimal(FEE_WEIGHT, v[FEE_WEIGHT], &weight, NULL, pr))
 			return false;
 		if (v[FEE_WEIGHT][0] == '-')
 			return bad(pr, FEE_WEIGHT, "the billed weight \"%s\" is negative", v[FEE_WEIGHT]);
@@ -930,6 +955,66 @@ quote_currencies(Datum pids, int *n)
 }
 
 /*
+ * The currencies of shipsync.currency that have a minor unit, with it,
+ * sorted by code: a quote's total with more decimals than its currency has
+ * is no total (_fee_totals() judges it so too)
+ */
+typedef struct MinorUnits
+{
+	int			n;
+	char	  **codes;
+	int		   *units;
+} MinorUnits;
+
+static SPIPlanPtr minor_units_plan = NULL;
+
+static MinorUnits *
+minor_units_read(void)
+{
+	MinorUnits *mu;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (minor_units_plan == NULL)
+		minor_units_plan = shipsync_prepare_saved_opt(
+			"SELECT c.code, c.minor_units::integer FROM shipsync.currency c"
+			" WHERE c.minor_units IS NOT NULL ORDER BY c.code COLLATE \"C\"", 0, NULL, true);
+	if (SPI_execute_plan(minor_units_plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the currencies' minor units failed");
+	mu = MemoryContextAlloc(cxt, sizeof(MinorUnits));
+	mu->n = (int) SPI_processed;
+	mu->codes = MemoryContextAlloc(cxt, sizeof(char *) * Max(mu->n, 1));
+	mu->units = MemoryContextAlloc(cxt, sizeof(int) * Max(mu->n, 1));
+	for (int i = 0; i < mu->n; i++)
+	{
+		bool		isnull;
+
+		mu->codes[i] = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[i],
+															 SPI_tuptable->tupdesc, 1));
+		mu->units[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+												   SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	SPI_finish();
+	return mu;
+}
+
+/* Whether an amount fits its currency's minor unit (or it has none) */
+static bool
+minor_units_fit(const MinorUnits *mu, const char *cur, Datum amount)
+{
+	char	  **hit;
+
+	if (mu == NULL || cur == NULL)
+		return true;
+	hit = bsearch(&cur, mu->codes, mu->n, sizeof(char *), cmp_str);
+	if (hit == NULL)
+		return true;
+	return shipsync_amount_decimals(DatumGetCString(DirectFunctionCall1(numeric_out, amount)))
+		<= mu->units[hit - mu->codes];
+}
+
+/*
  * One answer's quoted total: the sum of its lines' amounts (a refund's
  * counted against it) when every line is in the same currency, a line
  * without one in the provider's default (else XXX); NULL when they differ,
@@ -937,7 +1022,7 @@ quote_currencies(Datum pids, int *n)
  * amount is read, so that one that is no number is an error here too.
  */
 static Datum
-quote_total(Jsonb *fj, const QuoteCurrency *qc, bool *isnull)
+quote_total(Jsonb *fj, const QuoteCurrency *qc, const MinorUnits *mu, bool *isnull)
 {
 	JsonbContainer *list = &fj->root;
 	Datum		sum = (Datum) 0;
@@ -973,7 +1058,7 @@ quote_total(Jsonb *fj, const QuoteCurrency *qc, bool *isnull)
 		sum = summed ? DirectFunctionCall2(numeric_add, sum, amount) : amount;
 		summed = true;
 	}
-	if (qc == NULL || one == NULL || !same || !summed)
+	if (qc == NULL || one == NULL || !same || !summed || !minor_units_fit(mu, one, sum))
 		return (Datum) 0;
 	*isnull = false;
 	return sum;
@@ -1068,6 +1153,7 @@ shipsync_quote_totals(PG_FUNCTION_ARGS)
 				np = 0,
 				nq = 0;
 	QuoteCurrency *qc = NULL;
+	MinorUnits *mu = NULL;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (PG_ARGISNULL(0))
@@ -1080,6 +1166,7 @@ shipsync_quote_totals(PG_FUNCTION_ARGS)
 		deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), INT4OID, sizeof(int32), true,
 						  TYPALIGN_INT, &pids, &pnulls, &np);
 		qc = quote_currencies(PG_GETARG_DATUM(1), &nq);
+		mu = minor_units_read();
 	}
 	for (int i = 0; i < nb; i++)
 	{
@@ -1098,7 +1185,7 @@ shipsync_quote_totals(PG_FUNCTION_ARGS)
 					q = &qc[j];
 		values[0] = Int64GetDatum(i + 1);
 		values[1] = JsonbPGetDatum(fj);
-		values[2] = quote_total(fj, q, &nulls[2]);
+		values[2] = quote_total(fj, q, mu, &nulls[2]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
@@ -1196,7 +1283,7 @@ first_drop_repeats(FirstAnswer **v, int n, int (*cmp) (const void *, const void 
  * not there leaves its lookups' type NULL.
  */
 static const char *const first_lookup_sql =
-"SELECT u.ord, COALESCE(tm.fee_type, ft.name, 'other'), c.code"
+"SELECT u.ord, COALESCE(tm.fee_type, ft.name, 'other'), c.code, c.minor_units::integer"
 " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
 "   WITH ORDINALITY AS u(pid, code, cur, ord)"
 " JOIN shipsync.provider p ON p.provider_id OPERATOR(pg_catalog.=) u.pid"
@@ -1210,7 +1297,7 @@ static const char *const first_lookup_sql =
 static SPIPlanPtr first_lookup_plan = NULL;
 
 static void
-first_lookup(FirstLine **u, int n, char **types, char **curs)
+first_lookup(FirstLine **u, int n, char **types, char **curs, int *minor)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	Oid			t[3] = {INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
@@ -1227,6 +1314,7 @@ first_lookup(FirstLine **u, int n, char **types, char **curs)
 		curnull[i] = u[i]->cur == NULL;
 		cur[i] = curnull[i] ? (Datum) 0 : CStringGetTextDatum(u[i]->cur);
 		types[i] = curs[i] = NULL;
+		minor[i] = -1;
 	}
 	args[0] = shipsync_make_array(pids, NULL, n, INT4OID);
 	args[1] = shipsync_make_array(codes, NULL, n, TEXTOID);
@@ -1250,6 +1338,12 @@ first_lookup(FirstLine **u, int n, char **types, char **curs)
 			continue;
 		types[ord - 1] = MemoryContextStrdup(cxt, type);
 		curs[ord - 1] = code ? MemoryContextStrdup(cxt, code) : NULL;
+		if (code)
+		{
+			Datum		m = SPI_getbinval(tup, desc, 4, &isnull);
+
+			minor[ord - 1] = isnull ? -1 : DatumGetInt32(m);
+		}
 	}
 	SPI_finish();
 }
@@ -1356,6 +1450,7 @@ shipsync_first_quote_lines(PG_FUNCTION_ARGS)
 				nu = 0;
 	char	  **ltypes;
 	char	  **lcurs;
+	int		   *lminor;
 
 	InitMaterializedSRF(fcinfo, 0);
 	for (int c = 0; c < 5; c++)
@@ -1429,8 +1524,9 @@ shipsync_first_quote_lines(PG_FUNCTION_ARGS)
 	}
 	ltypes = palloc(sizeof(char *) * Max(nu, 1));
 	lcurs = palloc(sizeof(char *) * Max(nu, 1));
+	lminor = palloc(sizeof(int) * Max(nu, 1));
 	if (nu > 0)
-		first_lookup(u, nu, ltypes, lcurs);
+		first_lookup(u, nu, ltypes, lcurs, lminor);
 
 	for (int r = 0; r < n; r++)
 	{
@@ -1459,6 +1555,11 @@ shipsync_first_quote_lines(PG_FUNCTION_ARGS)
 				amt = DirectFunctionCall1(numeric_uminus, DirectFunctionCall1(numeric_abs, amt));
 			est = i == 0 ? amt : DirectFunctionCall2(numeric_add, est, amt);
 		}
+		/* a total its currency cannot have (JPY 1500.5): to _record_quotes() */
+		if (a->taken && a->nlines > 0 && lminor[l[0].lookup] >= 0 &&
+			shipsync_amount_decimals(DatumGetCString(DirectFunctionCall1(numeric_out, est)))
+			> lminor[l[0].lookup])
+			a->taken = false;
 		for (int i = 0; i < a->nlines && a->taken; i++)
 		{
 			Datum		values[13];

@@ -166,3 +166,21 @@ shipsync_amount_check(const char *s, char *out, const char **reason)
 	}
 	return true;
 }
+
+/*
+ * How many decimals of a decimal's text (as shipsync_amount_check() left
+ * it) are significant: "1500.50" has 1, "1500.00" none
+ */
+int
+shipsync_amount_decimals(const char *norm)
+{
+	const char *dot = strchr(norm, '.');
+	int			n = 0;
+
+	if (dot == NULL)
+		return 0;
+	for (int i = 1; dot[i] >= '0' && dot[i] <= '9'; i++)
+		if (dot[i] != '0')
+			n = i;
+	return n;
+}

@@ -602,6 +602,7 @@ extern void shipsync_csv_free(CsvReader *r);
 
 /* in money.c */
 extern bool shipsync_amount_check(const char *s, char *out, const char **reason);
+extern int	shipsync_amount_decimals(const char *norm);
 
 #ifndef SHIPSYNC_PLAIN_C
 
@@ -955,6 +956,7 @@ typedef struct FeeContext
 	TrackProvider *provider;
 	char	   *default_currency;	/* option currency, or the dialect's, or NULL */
 	char	  **currencies;		/* shipsync.currency, sorted */
+	int		   *minor_units;	/* of each: its decimals, -1 when unchecked */
 	int			ncurrencies;
 } FeeContext;
 

@@ -142,7 +142,7 @@ is( sql("SELECT count(*) FROM shipsync.fee_sum s WHERE NOT EXISTS (SELECT 1 FROM
 isnt(sql("SELECT count(*) FROM shipsync.fee_sum"), '0', '(not vacuous: there are sums)');
 
 # A first quote whose total has more decimals than the order's column
-# holds is not written, by either path, and the order gets a ticket, as a
+# holds (a dinar's fils: KWD has three) is not written, by either path, and the order gets a ticket, as a
 # bill's total does (the column was left empty without a word)
 sql(q{CREATE TABLE crm.orders2 (id text PRIMARY KEY, customer text NOT NULL, phone text,
 		address text, waybill_no text, ship_status text, fee numeric(10,2), label text);
@@ -150,9 +150,9 @@ sql(q{CREATE TABLE crm.orders2 (id text PRIMARY KEY, customer text NOT NULL, pho
 		"status": "ship_status", "fee_total": "fee", "label_url": "label"}')});
 sim_post($sim, '/_sim/faults', { rules => [
 	{ fault => 'hostile', field => 'fees', kind => 'json', match_order_ref => '^Q1$',
-	  text => '[{"type":"freight","amount":"13.705","currency":"CNY"}]' },
+	  text => '[{"type":"freight","amount":"13.705","currency":"KWD"}]' },
 	{ fault => 'hostile', field => 'fees', kind => 'json', match_order_ref => '^Q2$',
-	  text => '[{"type":"freight","amount":"13.705","currency":"CNY"},{"type":"freight","amount":"1","currency":"CNY"}]' },
+	  text => '[{"type":"freight","amount":"13.705","currency":"KWD"},{"type":"freight","amount":"1","currency":"KWD"}]' },
 	{ fault => 'hostile', field => 'fees', kind => 'json', match_order_ref => '^Q3$',
 	  text => '[{"type":"freight","amount":"13.70","currency":"CNY"}]' } ] });
 sql("INSERT INTO crm.orders2 (id, customer) VALUES ('Q1', 'q'), ('Q2', 'q'), ('Q3', 'q')");

@@ -419,10 +419,10 @@ prepare_claim_plans(void)
 	{
 		Oid			t[4] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4OID};
 
-		/* the waybill a registration is about: the shipping provider's */
 		/*
-		 * the first waybill of the order not registered yet: the main one,
-		 * then each piece of a multi-piece shipment (one intent each)
+		 * the waybill a registration is about, the shipping provider's: the
+		 * first of the order not registered yet, the main one, then each
+		 * piece of a multi-piece shipment (one intent each)
 		 */
 		reglookup_plan = shipsync_prepare_saved(
 			"SELECT u.id, r.waybill"

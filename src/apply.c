@@ -102,7 +102,14 @@ typedef struct ApplyPlanDef
  * it comes with the result rather than from a probe of the outbox per
  * shipment), and its fees and estimate from one call of
  * _quote_totals() for the whole batch, joined by position in the arrays
- * (a per-row function call was set up anew for every answer).
+ * (a per-row function call was set up anew for every answer).  An answer
+ * also lands on an intent the sweep of expired leases took back
+ * (retrying, lease_expired) while it was still on the wire -- its
+ * dispatcher held up longer than the lease by a lock on its tables -- as
+ * long as that attempt is still the last (o.attempts = u.attempt: not sent
+ * again since); otherwise its shipment was recorded while the intent
+ * stayed retrying, and the next attempt went as an update under the
+ * create's key, which the carrier refuses (TAP 004).
  */
 /*
  * The columns of a shipment created (APPLY_CREATE) and of one updated
@@ -125,8 +132,9 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		" FROM shipsync._rows($1, $2, $3, $4, $5, $6, $7)"
 		"   AS u(id int8, attempt int4, state text, next_at timestamptz, http_status int4,"
 		"   eclass text, err text)"
-		" WHERE o.id = u.id AND o.state = (SELECT 'in_flight')"
-		" AND o.attempts = u.attempt", 7,
+		" WHERE o.id = u.id AND o.attempts = u.attempt"
+		" AND (o.state = (SELECT 'in_flight')"
+		"   OR (o.state = (SELECT 'retrying') AND o.error_class = (SELECT 'lease_expired')))", 7,
 		{INT8OID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID},
 		SPI_OK_UPDATE, "updating outbox states", true
 	},

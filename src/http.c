@@ -95,6 +95,7 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
 #include "storage/fd.h"
 #include "storage/latch.h"
 #include "utils/builtins.h"
@@ -220,7 +221,25 @@ struct HttpClient
 	HttpPeer	peers[HTTP_MAX_PEERS];
 	bool		peers_wake;		/* some peer may start waiting transfers */
 	uint64		peer_clock;
+
+	/* the process away from its sockets (HTTP_STALL_MS below) */
+	TimestampTz left_at;		/* when the last http_wait() returned */
+	TimestampTz stall_from;		/* the last long absence, or 0 */
+	TimestampTz stall_to;
+	int			stall_timeouts; /* transfers it timed out, not yet logged */
 };
+
+/*
+ * A process that does not come back to http_wait() for this long (it
+ * waited for a lock a DBA's LOCK TABLE, VACUUM FULL or CLUSTER held on one
+ * of the extension's tables, or ran a slow statement) may leave answers
+ * unread in its sockets.  libcurl checks a transfer's timeout before it
+ * reads: an answer that came back in time is then a timeout.  A transfer
+ * whose deadline passed during such an absence is marked stalled
+ * (http_classify() says dispatcher_stalled, which the breaker does not
+ * count) and the absence is logged once.
+ */
+#define HTTP_STALL_MS	1000
 
 /*
  * Parked keep-alive connections.  libcurl says CURL_POLL_REMOVE for a
@@ -1419,6 +1438,50 @@ http_abandon(HttpTransfer *t)
 	t->headers = NULL;
 }
 
+/* Note how long the caller was away from http_wait() (HTTP_STALL_MS) */
+static void
+http_note_absence(HttpClient *c)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (c->left_at != 0 && now - c->left_at >= (TimestampTz) HTTP_STALL_MS * 1000)
+	{
+		c->stall_from = c->left_at;
+		c->stall_to = now;
+	}
+}
+
+/*
+ * Did transfer t, timed out, reach its deadline (connecting or whole)
+ * while the process was away from its sockets?  Its answer may be unread.
+ */
+static bool
+http_timed_out_away(HttpClient *c, const HttpTransfer *t)
+{
+	long		connect_ms = t->timeout_ms < 10000 ? t->timeout_ms : 10000L;
+	TimestampTz whole = TimestampTzPlusMilliseconds(t->started, t->timeout_ms);
+	TimestampTz connect = TimestampTzPlusMilliseconds(t->started, connect_ms);
+
+	if (t->curl_code != CURLE_OPERATION_TIMEDOUT || c->stall_from == 0)
+		return false;
+	return (whole >= c->stall_from && whole <= c->stall_to) ||
+		(connect >= c->stall_from && connect <= c->stall_to);
+}
+
+/* Log once the transfers an absence of the process timed out */
+static void
+http_log_absence(HttpClient *c)
+{
+	if (c->stall_timeouts == 0)
+		return;
+	ereport(LOG,
+			(errmsg("%s did not read the network for %ld ms (it waited for the database: a lock another session held on one of the extension's tables, or a slow statement); %d requests in flight timed out meanwhile and are tried again",
+					MyBgworkerEntry ? MyBgworkerEntry->bgw_type : "pg_shipsync",
+					(long) ((c->stall_to - c->stall_from) / 1000), c->stall_timeouts),
+			 errhint("Look for what held the lock in pg_stat_activity, or set log_lock_waits = on.")));
+	c->stall_timeouts = 0;
+}
+
 /* Move finished transfers from libcurl to our done list. */
 static void
 http_collect(HttpClient *c)
@@ -1472,6 +1535,14 @@ http_collect(HttpClient *c)
 		}
 		if (t->errbuf[0] == '\0' && t->curl_code != CURLE_OK)
 			strlcpy(t->errbuf, curl_easy_strerror(t->curl_code), sizeof(t->errbuf));
+		if (http_timed_out_away(c, t))
+		{
+			t->stalled = true;
+			c->stall_timeouts++;
+			snprintf(t->errbuf, sizeof(t->errbuf),
+					 "no answer read within the timeout of %ld ms: this server did not read the network for %ld ms meanwhile (it waited for the database)",
+					 t->timeout_ms, (long) ((c->stall_to - c->stall_from) / 1000));
+		}
 		http_note_forbidden(t);
 		http_note_tls_refused(t);
 		if (t->lookup_probe >= 0)
@@ -1615,6 +1686,7 @@ http_wait(HttpClient *c, long timeout_ms, uint32 wait_event_info)
 	long		curl_ms;
 	int			running;
 
+	http_note_absence(c);
 	/* a timer of 0 means "call me now": no need to sleep */
 	curl_ms = http_timer_remaining(c);
 	if (curl_ms >= 0 && (timeout_ms < 0 || curl_ms < timeout_ms))
@@ -1668,6 +1740,8 @@ http_wait(HttpClient *c, long timeout_ms, uint32 wait_event_info)
 		curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
 		http_collect(c);
 	}
+	http_log_absence(c);
+	c->left_at = GetCurrentTimestamp();
 }
 
 HttpTransfer *
@@ -1771,6 +1845,13 @@ http_classify(const HttpTransfer *t, bool body_ok)
 	if (t->tls_refused)
 	{
 		v.error_class = "tls";
+		return v;
+	}
+	if (t->stalled)
+	{
+		/* our absence, not the carrier's silence: in doubt, not counted */
+		v = shipsync_classify(t->curl_code, t->http_status, t->request_sent, body_ok);
+		v.error_class = "dispatcher_stalled";
 		return v;
 	}
 	return shipsync_classify(t->curl_code, t->http_status, t->request_sent, body_ok);

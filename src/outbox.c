@@ -182,7 +182,9 @@ static const char *const requeue_sql =
  * at once.  Later (expired_only = true), only those whose lease ran out:
  * claimed by someone who is gone (a claim made by hand, a dispatcher that
  * hung).  This dispatcher's own leases outlast its requests' timeouts, so it
- * never takes back its own.  outbox_lease_idx holds only the intents in
+ * takes back its own only when it was held up for longer than a lease (a
+ * lock on its tables for more than a minute): the answer that comes later
+ * is still applied, as long as the intent was not sent again (apply.c).  outbox_lease_idx holds only the intents in
  * flight, so the sweep reads neither the history nor a paused provider's
  * backlog.
  */

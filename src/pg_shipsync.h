@@ -1105,6 +1105,7 @@ typedef struct HttpTransfer
 	char	   *ratelimit_reset;	/* X-RateLimit-Reset value, or NULL */
 	char		errbuf[256];
 	double		latency_ms;
+	bool		stalled;		/* timed out while its process did not read */
 
 	/* private */
 	void	   *easy;

@@ -80,6 +80,7 @@ const ShipErrorClass shipsync_error_classes[] = {
 	{"poison", false},			/* the dispatcher died applying it, twice */
 	{"interrupted", false},		/* in flight when the dispatcher stopped */
 	{"lease_expired", false},
+	{"dispatcher_stalled", false},	/* timed out while it waited for a lock */
 	/* kept last: whatever is not in this table */
 	{"other", false},
 };

@@ -2,7 +2,12 @@
 # committed order is sent, none is taken for deleted.  (An order committing
 # between the claim transaction's first snapshot and its lock statement was
 # once claimed but rendered as missing.)  Also checks the commit-to-waybill
-# path under concurrent writers.
+# path under concurrent writers.  And the answer of an attempt whose lease
+# ran out while it was on the wire (its dispatcher held up longer than the
+# lease by a DBA's lock on the outbox) is applied when it comes, before the
+# intent is sent again: it used to be recorded as a shipment while the
+# intent stayed retrying, and sent again as an update under the create's
+# key, which the carrier refused (422): dead, with a ticket.
 use strict;
 use warnings;
 use FindBin;
@@ -67,6 +72,37 @@ is( $node->safe_psql('postgres',
 		"SELECT count(*) FROM pg_stat_user_indexes WHERE indexrelname = 'outbox_order_idx' AND idx_scan > 0"
 		  . " AND relid = 'shipsync.outbox'::regclass"),
 	1, 'claims use the per-order index (statistics are flushed)');
+
+# the answer of an attempt whose lease ran out on the wire: the dispatcher
+# held up by a lock for longer than the lease (timeout_ms + 60 s) is
+# played here by moving the lease back; nothing is sent again meanwhile
+# (the provider paused), then the answer comes
+sim_post($sim, '/_sim/faults', { rules => [ { fault => 'slow', ms => 30000, held => JSON::PP::true } ] });
+$node->safe_psql('postgres', "INSERT INTO crm.orders (customer) VALUES ('late answer')");
+my $late = q{(SELECT id::text FROM crm.orders WHERE customer = 'late answer')};
+ok(wait_until($node, "SELECT state = 'in_flight' FROM shipsync.outbox WHERE order_key = $late", 30),
+	'late answer: on the wire');
+my $before = sim_get($sim, '/_sim/stats')->{requests};
+$node->safe_psql('postgres', qq{SELECT shipsync.pause('sim');
+	UPDATE shipsync.outbox SET lease_until = now() - interval '1 s' WHERE order_key = $late});
+ok( wait_until($node, "SELECT state = 'retrying' AND error_class = 'lease_expired'"
+		  . " FROM shipsync.outbox WHERE order_key = $late", 30),
+	'late answer: the sweep took it back');
+sim_post($sim, '/_sim/release');
+sim_post($sim, '/_sim/faults', { rules => [] });
+ok( wait_until($node, "SELECT count(*) = 1 FROM shipsync.delivery_log d JOIN shipsync.outbox o"
+		  . " ON o.id = d.outbox_id WHERE o.order_key = $late", 30),
+	'late answer: its answer came');
+$node->safe_psql('postgres', "SELECT shipsync.resume('sim')");
+ok(wait_settled($node, $late, 30), 'late answer: settled');
+is( $node->safe_psql('postgres', "SELECT state || ' ' || attempts || ' ' || coalesce(error_class, '')"
+		  . " FROM shipsync.outbox WHERE order_key = $late"),
+	'done 1 ', 'late answer: the intent is done with its one attempt, not sent again');
+is($node->safe_psql('postgres', "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'late answer'"),
+	't', 'late answer: written back');
+is(sim_get($sim, '/_sim/stats')->{requests}, $before, 'late answer: no second request');
+is($node->safe_psql('postgres', "SELECT count(*) FROM shipsync.exception_ticket WHERE order_key = $late"),
+	'0', 'late answer: no ticket');
 
 $node->stop;
 stop_sim($sim);

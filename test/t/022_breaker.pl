@@ -26,7 +26,11 @@
 #      alone, as deliveries and polls are;
 #  11. and a fee pull answered 429 with Retry-After;
 #  12. a shipment list that gives back a next_cursor it already gave
-#      fails the pull instead of asking for the same pages for ever.
+#      fails the pull instead of asking for the same pages for ever;
+#  13. answers that came back while the dispatcher waited for a lock on
+#      its own tables (a DBA's LOCK TABLE, VACUUM FULL, CLUSTER) are not
+#      the carrier's timeouts: no breaker opened, no timeout counted, the
+#      wait logged, every order delivered once.
 use strict;
 use warnings;
 use FindBin;
@@ -434,6 +438,55 @@ sub shipped_order
 		qr/updated_since=\d{4}-\d\d-\d\dT\d\d%3A\d\d%3A\d\d\.\d{6}Z&/,
 		'list: updated_since is RFC 3339 in UTC, with Z');
 	sim_post($sim, '/_sim/faults', { rules => [] });
+}
+
+###########################################################################
+# 13. A lock on the outbox while answers come back: not the carrier's fault
+###########################################################################
+{
+	sql(qq{SELECT shipsync.create_provider('stall', 'generic', '$sim->{url}',
+			'{"timeout_ms": 1000, "max_attempts": 1000, "backoff_base_ms": 20, "backoff_max_ms": 50,
+			  "breaker_failures": 3, "breaker_cooldown_ms": 60000}');
+		CREATE TABLE crm.stall (LIKE crm.orders INCLUDING ALL);
+		SELECT shipsync.attach('crm.stall', 'stall', writeback => '{"tracking_number": "waybill_no"}');});
+	my $log_at = -s $node->logfile;
+	my $before = sim_get($sim, '/_sim/stats')->{shipments};
+	sim_post($sim, '/_sim/faults', { rules => [ { fault => 'slow', ms => 20000, held => JSON::PP::true } ] });
+	sql(q{INSERT INTO crm.stall (customer) SELECT 'stall ' || g FROM generate_series(1, 5) g});
+	ok(wait_until($node, "SELECT count(*) = 5 FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)"
+			  . " WHERE p.name = 'stall' AND o.state = 'in_flight'", 30),
+		'stall: five requests on the wire');
+	# a DBA's maintenance takes the outbox; the next capture sends the
+	# dispatcher to it, where it waits
+	my $dba = $node->background_psql('postgres');
+	$dba->query_safe('BEGIN');
+	$dba->query_safe('LOCK TABLE shipsync.outbox IN ACCESS EXCLUSIVE MODE');
+	sql(q{INSERT INTO crm.stall (customer) VALUES ('stall 6')});
+	ok(wait_until($node, q{SELECT wait_event_type = 'Lock' FROM pg_stat_activity
+			WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'postgres'}, 30),
+		'stall: the dispatcher waits for the lock');
+	# the carrier answers at once; the answers wait in the socket buffers
+	# beyond the provider's timeout of 1 s
+	sim_post($sim, '/_sim/release');
+	sim_post($sim, '/_sim/faults', { rules => [] });
+	sleep(2);
+	$dba->query_safe('COMMIT');
+	$dba->quit;
+	ok( wait_until($node, "SELECT count(*) = 6 FROM crm.stall WHERE waybill_no IS NOT NULL", 30),
+		'stall: every order delivered once the lock is gone');
+	is(sim_get($sim, '/_sim/stats')->{shipments} - $before, 6, 'stall: each shipped once');
+	is( sql(q{SELECT count(*) FROM shipsync.delivery_log d JOIN shipsync.provider p USING (provider_id)
+			WHERE p.name = 'stall' AND d.error_class = 'timeout'}),
+		'0', 'stall: no attempt counted as a timeout of the carrier');
+	is( sql(q{SELECT string_agg(DISTINCT d.error_class, ',') FROM shipsync.delivery_log d
+			JOIN shipsync.provider p USING (provider_id) WHERE p.name = 'stall' AND d.error_class IS NOT NULL}),
+		'dispatcher_stalled', 'stall: the attempts the wait cost say so');
+	is(sql(q{SELECT breaker FROM shipsync.provider_health WHERE provider = 'stall'}),
+		'closed', 'stall: the breaker stays closed');
+	my $log = slurp_file($node->logfile, $log_at);
+	unlike($log, qr/circuit breaker of provider "stall" opened/, 'stall: no opening of the breaker logged');
+	like($log, qr/pg_shipsync dispatcher did not read the network for \d+ ms \(it waited for the database/,
+		'stall: the wait is logged');
 }
 
 $node->stop;

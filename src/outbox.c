@@ -184,9 +184,9 @@ static const char *const requeue_sql =
  * hung).  This dispatcher's own leases outlast its requests' timeouts, so it
  * takes back its own only when it was held up for longer than a lease (a
  * lock on its tables for more than a minute): the answer that comes later
- * is still applied, as long as the intent was not sent again (apply.c).  outbox_lease_idx holds only the intents in
- * flight, so the sweep reads neither the history nor a paused provider's
- * backlog.
+ * is still applied, as long as the intent was not sent again (apply.c).
+ * outbox_lease_idx holds only the intents in flight, so the sweep reads
+ * neither the history nor a paused provider's backlog.
  */
 void
 outbox_requeue_in_flight(bool expired_only)

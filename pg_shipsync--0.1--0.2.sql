@@ -13407,6 +13407,71 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- Each registration at a tracking provider about its own waybill
+------------------------------------------------------------------------------
+-- Each registration of an SF multi-piece order rendered and recorded the
+-- first waybill not registered yet: the main one's registration dead, the
+-- next registered the main again and a piece never; a dead one retried
+-- re-sent the main's stored request and recorded a piece.  The applier
+-- now enqueues each with its waybill (outbox.waybill), rendered and
+-- recorded as it is; a piece counts as registered without the main.
+-- Registrations enqueued before keep the old choice.
+ALTER TABLE @extschema@.outbox ADD COLUMN waybill text;
+COMMENT ON COLUMN @extschema@.outbox.waybill IS 'For a registration (op register): the waybill it registers at the tracking provider, the main one or a piece of a multi-piece shipment, given when it was enqueued; what its request names and its success records, whatever became of the other registrations of the order.';
+CREATE OR REPLACE VIEW @extschema@.intents AS
+SELECT o.id, o.binding_id, o.provider_id, o.order_key, o.op, o.idempotency_key, o.state,
+	   o.attempts, o.next_attempt_at, o.lease_until, o.created_at, o.updated_at, o.done_at,
+	   o.request_method, o.request_url,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_body
+			ELSE @extschema@._mask_body(o.request_body, r.paths, r.kinds, b.options->'pii')
+	   END AS request_body,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_digest END AS request_digest,
+	   o.last_status, o.error_class, o.last_error, o.coalesced_into,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.content_digest END AS content_digest,
+	   o.request_kind, o.waybill
+FROM @extschema@.outbox o
+LEFT JOIN @extschema@._pii_rules r ON r.provider_id = o.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id = o.binding_id;
+
+-- The waybills of an order a tracking provider (tpid) registers, in the
+-- order they are registered: the main one (the tracking number of the
+-- order's newest shipment at another provider), then each other waybill
+-- of a multi-piece shipment (SF Express: child, return) as the carrier
+-- listed them (piece: its element of shipment.waybills).  registered: the
+-- provider's own shipment of the order records it (its tracking number,
+-- or for a piece, its waybills: a piece may be registered while the main
+-- one is not, whose registration failed).  The applier enqueues one
+-- registration per row, each about its own waybill (outbox.waybill): it
+-- renders and records that one, whatever became of the others.
+CREATE OR REPLACE FUNCTION @extschema@._registration_waybills(bid integer, ok text, tpid integer)
+RETURNS TABLE (waybill text, piece jsonb, registered boolean, ord bigint)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+	SELECT w.no, w.e,
+		   coalesce(CASE WHEN w.e IS NULL THEN t.tracking_number = c.tracking_number
+						 ELSE coalesce(t.tracking_number = c.tracking_number, true)
+							  AND t.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', w.no)) END,
+					false),
+		   w.ord
+	FROM (SELECT x.tracking_number, x.waybills FROM @extschema@.shipment x
+		  WHERE x.binding_id = _registration_waybills.bid AND x.order_key = _registration_waybills.ok
+			AND x.provider_id <> _registration_waybills.tpid AND x.tracking_number IS NOT NULL
+		  ORDER BY x.updated_at DESC LIMIT 1) c
+	CROSS JOIN LATERAL (
+		SELECT c.tracking_number AS no, NULL::jsonb AS e, 0::bigint AS ord
+		UNION ALL
+		SELECT a.e ->> 'waybillNo', a.e, a.i
+		FROM jsonb_array_elements(
+				 CASE jsonb_typeof(c.waybills) WHEN 'array' THEN c.waybills ELSE '[]'::jsonb END)
+			 WITH ORDINALITY AS a(e, i)
+		WHERE jsonb_typeof(a.e -> 'waybillNo') = 'string' AND a.e ->> 'waybillNo' <> c.tracking_number) w
+	LEFT JOIN @extschema@.shipment t
+	  ON t.binding_id = _registration_waybills.bid AND t.order_key = _registration_waybills.ok
+	 AND t.provider_id = _registration_waybills.tpid
+	ORDER BY w.ord;
+END;
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

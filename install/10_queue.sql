@@ -142,7 +142,8 @@ CREATE TABLE @extschema@.outbox (
 	last_error		text,
 	coalesced_into	bigint,
 	content_digest	bigint,
-	request_kind	text CHECK (request_kind IN ('create', 'update', 'cancel', 'register'))
+	request_kind	text CHECK (request_kind IN ('create', 'update', 'cancel', 'register')),
+	waybill			text
 );
 ALTER SEQUENCE @extschema@.outbox_id_seq OWNED BY @extschema@.outbox.id;
 COMMENT ON TABLE @extschema@.outbox IS
@@ -151,6 +152,7 @@ COMMENT ON COLUMN @extschema@.outbox.idempotency_key IS 'Sent as Idempotency-Key
 COMMENT ON COLUMN @extschema@.outbox.coalesced_into IS 'For a coalesced update: the intent whose request already carried this change.';
 COMMENT ON COLUMN @extschema@.outbox.content_digest IS 'A digest of the order row this request was rendered from, without the binding''s write-back columns (shipsync._row_digest); copied onto the shipment when the request succeeds.';
 COMMENT ON COLUMN @extschema@.outbox.request_kind IS 'What the stored request does at the carrier (create, update, cancel or register), decided when it was rendered and stored with it: how its answer is applied.';
+COMMENT ON COLUMN @extschema@.outbox.waybill IS 'For a registration (op register): the waybill it registers at the tracking provider, the main one or a piece of a multi-piece shipment, given when it was enqueued; what its request names and its success records, whatever became of the other registrations of the order.';
 
 /*
  * What the capture trigger writes, in the user's transaction: a heap with no

@@ -13472,6 +13472,124 @@ BEGIN ATOMIC
 END;
 
 ------------------------------------------------------------------------------
+-- A dropped table by name in open_tickets and reconciliation
+------------------------------------------------------------------------------
+-- Their "table" (a regclass) shows a bare oid once the table is dropped,
+-- and a regclass cannot show a name that is gone.  _on_drop() keeps the
+-- name in dropped_table, and both views end with table_name, the name as
+-- text ("table" stays a regclass: WHERE "table" = 'orders'::regclass keeps
+-- working).  A table of its own: a column of binding would lock it before
+-- the last section.
+CREATE TABLE @extschema@.dropped_table (
+	binding_id		integer PRIMARY KEY,
+	name			text NOT NULL,
+	dropped_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE @extschema@.dropped_table IS
+	'The name each attached table had when it was dropped (schema-qualified), by binding: binding.tbl then shows a bare oid. Written by DROP TABLE''s event trigger; read by the views open_tickets and reconciliation (table_name).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.dropped_table', '');
+GRANT SELECT ON @extschema@.dropped_table TO shipsync_reader;
+CREATE OR REPLACE FUNCTION @extschema@._on_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET shipsync.audit_action = 'table_dropped'
+AS $$
+DECLARE
+	r record;
+	n bigint;
+BEGIN
+	FOR r IN SELECT x.objid, x.object_identity FROM pg_catalog.pg_event_trigger_dropped_objects() x
+			 WHERE x.object_type OPERATOR(pg_catalog.=) 'table' LOOP
+		WITH mv AS (
+			DELETE FROM @extschema@.inbox i USING @extschema@.binding bb
+			WHERE bb.tbl OPERATOR(pg_catalog.=) r.objid
+			  AND i.binding_id OPERATOR(pg_catalog.=) bb.binding_id
+			RETURNING i.*)
+		INSERT INTO @extschema@.outbox (id, binding_id, provider_id, order_key, op,
+			idempotency_key, created_at, next_attempt_at)
+		SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at, created_at
+		FROM mv;
+		-- (the name kept in dropped_table: once dropped, tbl shows a bare oid)
+		WITH b AS (
+			UPDATE @extschema@.binding SET active = false
+			 WHERE tbl OPERATOR(pg_catalog.=) r.objid RETURNING binding_id),
+		k AS (
+			INSERT INTO @extschema@.dropped_table (binding_id, name)
+			SELECT b.binding_id, r.object_identity FROM b
+			ON CONFLICT (binding_id) DO UPDATE SET name = EXCLUDED.name, dropped_at = EXCLUDED.dropped_at),
+		d AS (
+			UPDATE @extschema@.outbox o
+			   SET state = 'dead', last_error = 'the order table was dropped',
+				   error_class = 'table_dropped', done_at = pg_catalog.now(), updated_at = pg_catalog.now()
+			  FROM b WHERE o.binding_id OPERATOR(pg_catalog.=) b.binding_id
+			   AND o.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'retrying'])
+			RETURNING o.id, o.binding_id, o.order_key, o.provider_id),
+		t AS (
+			INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+			SELECT 'table_dropped', d.binding_id, d.order_key, d.provider_id, d.id, 'the order table was dropped'
+			FROM d
+			RETURNING ticket_id, outbox_id, binding_id, order_key)
+		-- kinds and ids only: any role may LISTEN (docs/security.md)
+		SELECT pg_catalog.count(pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object('event', 'table_dropped',
+			'outbox_id', t.outbox_id, 'ticket_id', t.ticket_id, 'binding_id', t.binding_id,
+			'order_key', t.order_key)::text))
+		INTO n FROM t;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._on_drop() IS
+	'Internal: the event trigger of DROP TABLE: a dropped attached table''s binding becomes inactive, its name is kept in dropped_table and its waiting intents die.';
+CREATE OR REPLACE VIEW @extschema@.open_tickets AS
+SELECT t.ticket_id,
+	   t.kind,
+	   CASE WHEN t.acknowledged_at IS NULL THEN 'open' ELSE 'acknowledged' END AS state,
+	   pg_catalog.now() OPERATOR(pg_catalog.-) coalesce(t.reopened_at, t.opened_at) AS age,
+	   p.name AS provider,
+	   b.tbl AS "table",
+	   t.order_key,
+	   t.tracking_number,
+	   t.subject,
+	   t.opened_at,
+	   t.reopen_count,
+	   t.last_seen_at,
+	   t.acknowledged_by,
+	   -- (given since the ticket was last (re)opened: a reopening clears
+	   -- the notes of before)
+	   (SELECT e.note FROM @extschema@.ticket_event e
+		 WHERE e.ticket_id OPERATOR(pg_catalog.=) t.ticket_id AND e.note IS NOT NULL
+		   AND e.at OPERATOR(pg_catalog.>=) coalesce(t.reopened_at, t.opened_at)
+		 ORDER BY e.at DESC LIMIT 1) AS last_note,
+	   t.detail,
+	   -- (a regclass shows a dropped table as a bare oid)
+	   coalesce(d.name, b.tbl::text) AS table_name
+FROM @extschema@.exception_ticket t
+LEFT JOIN @extschema@.provider p ON p.provider_id OPERATOR(pg_catalog.=) t.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id OPERATOR(pg_catalog.=) t.binding_id
+LEFT JOIN @extschema@.dropped_table d ON d.binding_id OPERATOR(pg_catalog.=) t.binding_id
+WHERE t.resolved_at IS NULL;
+COMMENT ON COLUMN @extschema@.open_tickets.table_name IS 'The name of the table, as text: that of a dropped table as it was when dropped (schema-qualified), where "table" shows a bare oid.';
+CREATE OR REPLACE VIEW @extschema@.reconciliation AS
+SELECT t.kind,
+	   p.name AS provider,
+	   b.tbl AS "table",
+	   t.order_key,
+	   t.tracking_number,
+	   coalesce(t.reopened_at, t.opened_at) AS detected_at,
+	   t.facts AS detail,
+	   t.ticket_id,
+	   -- (a regclass shows a dropped table as a bare oid)
+	   coalesce(d.name, b.tbl::text) AS table_name
+FROM @extschema@.exception_ticket t
+LEFT JOIN @extschema@.provider p ON p.provider_id OPERATOR(pg_catalog.=) t.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id OPERATOR(pg_catalog.=) t.binding_id
+LEFT JOIN @extschema@.dropped_table d ON d.binding_id OPERATOR(pg_catalog.=) t.binding_id
+WHERE t.resolved_at IS NULL
+  AND t.kind OPERATOR(pg_catalog.=) ANY (@extschema@._reconcile_kinds());
+COMMENT ON COLUMN @extschema@.reconciliation.table_name IS 'The name of the table, as text: that of a dropped table as it was when dropped (schema-qualified), where "table" shows a bare oid.';
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

@@ -13407,6 +13407,189 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- Each registration at a tracking provider about its own waybill
+------------------------------------------------------------------------------
+-- Each registration of an SF multi-piece order rendered and recorded the
+-- first waybill not registered yet: the main one's registration dead, the
+-- next registered the main again and a piece never; a dead one retried
+-- re-sent the main's stored request and recorded a piece.  The applier
+-- now enqueues each with its waybill (outbox.waybill), rendered and
+-- recorded as it is; a piece counts as registered without the main.
+-- Registrations enqueued before keep the old choice.
+ALTER TABLE @extschema@.outbox ADD COLUMN waybill text;
+COMMENT ON COLUMN @extschema@.outbox.waybill IS 'For a registration (op register): the waybill it registers at the tracking provider, the main one or a piece of a multi-piece shipment, given when it was enqueued; what its request names and its success records, whatever became of the other registrations of the order.';
+CREATE OR REPLACE VIEW @extschema@.intents AS
+SELECT o.id, o.binding_id, o.provider_id, o.order_key, o.op, o.idempotency_key, o.state,
+	   o.attempts, o.next_attempt_at, o.lease_until, o.created_at, o.updated_at, o.done_at,
+	   o.request_method, o.request_url,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_body
+			ELSE @extschema@._mask_body(o.request_body, r.paths, r.kinds, b.options->'pii')
+	   END AS request_body,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_digest END AS request_digest,
+	   o.last_status, o.error_class, o.last_error, o.coalesced_into,
+	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.content_digest END AS content_digest,
+	   o.request_kind, o.waybill
+FROM @extschema@.outbox o
+LEFT JOIN @extschema@._pii_rules r ON r.provider_id = o.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id = o.binding_id;
+
+-- The waybills of an order a tracking provider (tpid) registers, in the
+-- order they are registered: the main one (the tracking number of the
+-- order's newest shipment at another provider), then each other waybill
+-- of a multi-piece shipment (SF Express: child, return) as the carrier
+-- listed them (piece: its element of shipment.waybills).  registered: the
+-- provider's own shipment of the order records it (its tracking number,
+-- or for a piece, its waybills: a piece may be registered while the main
+-- one is not, whose registration failed).  The applier enqueues one
+-- registration per row, each about its own waybill (outbox.waybill): it
+-- renders and records that one, whatever became of the others.
+CREATE OR REPLACE FUNCTION @extschema@._registration_waybills(bid integer, ok text, tpid integer)
+RETURNS TABLE (waybill text, piece jsonb, registered boolean, ord bigint)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+	SELECT w.no, w.e,
+		   coalesce(CASE WHEN w.e IS NULL THEN t.tracking_number = c.tracking_number
+						 ELSE coalesce(t.tracking_number = c.tracking_number, true)
+							  AND t.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', w.no)) END,
+					false),
+		   w.ord
+	FROM (SELECT x.tracking_number, x.waybills FROM @extschema@.shipment x
+		  WHERE x.binding_id = _registration_waybills.bid AND x.order_key = _registration_waybills.ok
+			AND x.provider_id <> _registration_waybills.tpid AND x.tracking_number IS NOT NULL
+		  ORDER BY x.updated_at DESC LIMIT 1) c
+	CROSS JOIN LATERAL (
+		SELECT c.tracking_number AS no, NULL::jsonb AS e, 0::bigint AS ord
+		UNION ALL
+		SELECT a.e ->> 'waybillNo', a.e, a.i
+		FROM jsonb_array_elements(
+				 CASE jsonb_typeof(c.waybills) WHEN 'array' THEN c.waybills ELSE '[]'::jsonb END)
+			 WITH ORDINALITY AS a(e, i)
+		WHERE jsonb_typeof(a.e -> 'waybillNo') = 'string' AND a.e ->> 'waybillNo' <> c.tracking_number) w
+	LEFT JOIN @extschema@.shipment t
+	  ON t.binding_id = _registration_waybills.bid AND t.order_key = _registration_waybills.ok
+	 AND t.provider_id = _registration_waybills.tpid
+	ORDER BY w.ord;
+END;
+
+------------------------------------------------------------------------------
+-- A dropped table by name in open_tickets and reconciliation
+------------------------------------------------------------------------------
+-- Their "table" (a regclass) shows a bare oid once the table is dropped,
+-- and a regclass cannot show a name that is gone.  _on_drop() keeps the
+-- name in dropped_table, and both views end with table_name, the name as
+-- text ("table" stays a regclass: WHERE "table" = 'orders'::regclass keeps
+-- working).  A table of its own: a column of binding would lock it before
+-- the last section.
+CREATE TABLE @extschema@.dropped_table (
+	binding_id		integer PRIMARY KEY,
+	name			text NOT NULL,
+	dropped_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE @extschema@.dropped_table IS
+	'The name each attached table had when it was dropped (schema-qualified), by binding: binding.tbl then shows a bare oid. Written by DROP TABLE''s event trigger; read by the views open_tickets and reconciliation (table_name).';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.dropped_table', '');
+GRANT SELECT ON @extschema@.dropped_table TO shipsync_reader;
+CREATE OR REPLACE FUNCTION @extschema@._on_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET shipsync.audit_action = 'table_dropped'
+AS $$
+DECLARE
+	r record;
+	n bigint;
+BEGIN
+	FOR r IN SELECT x.objid, x.object_identity FROM pg_catalog.pg_event_trigger_dropped_objects() x
+			 WHERE x.object_type OPERATOR(pg_catalog.=) 'table' LOOP
+		WITH mv AS (
+			DELETE FROM @extschema@.inbox i USING @extschema@.binding bb
+			WHERE bb.tbl OPERATOR(pg_catalog.=) r.objid
+			  AND i.binding_id OPERATOR(pg_catalog.=) bb.binding_id
+			RETURNING i.*)
+		INSERT INTO @extschema@.outbox (id, binding_id, provider_id, order_key, op,
+			idempotency_key, created_at, next_attempt_at)
+		SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at, created_at
+		FROM mv;
+		-- (the name kept in dropped_table: once dropped, tbl shows a bare oid)
+		WITH b AS (
+			UPDATE @extschema@.binding SET active = false
+			 WHERE tbl OPERATOR(pg_catalog.=) r.objid RETURNING binding_id),
+		k AS (
+			INSERT INTO @extschema@.dropped_table (binding_id, name)
+			SELECT b.binding_id, r.object_identity FROM b
+			ON CONFLICT (binding_id) DO UPDATE SET name = EXCLUDED.name, dropped_at = EXCLUDED.dropped_at),
+		d AS (
+			UPDATE @extschema@.outbox o
+			   SET state = 'dead', last_error = 'the order table was dropped',
+				   error_class = 'table_dropped', done_at = pg_catalog.now(), updated_at = pg_catalog.now()
+			  FROM b WHERE o.binding_id OPERATOR(pg_catalog.=) b.binding_id
+			   AND o.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'retrying'])
+			RETURNING o.id, o.binding_id, o.order_key, o.provider_id),
+		t AS (
+			INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+			SELECT 'table_dropped', d.binding_id, d.order_key, d.provider_id, d.id, 'the order table was dropped'
+			FROM d
+			RETURNING ticket_id, outbox_id, binding_id, order_key)
+		-- kinds and ids only: any role may LISTEN (docs/security.md)
+		SELECT pg_catalog.count(pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object('event', 'table_dropped',
+			'outbox_id', t.outbox_id, 'ticket_id', t.ticket_id, 'binding_id', t.binding_id,
+			'order_key', t.order_key)::text))
+		INTO n FROM t;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._on_drop() IS
+	'Internal: the event trigger of DROP TABLE: a dropped attached table''s binding becomes inactive, its name is kept in dropped_table and its waiting intents die.';
+CREATE OR REPLACE VIEW @extschema@.open_tickets AS
+SELECT t.ticket_id,
+	   t.kind,
+	   CASE WHEN t.acknowledged_at IS NULL THEN 'open' ELSE 'acknowledged' END AS state,
+	   pg_catalog.now() OPERATOR(pg_catalog.-) coalesce(t.reopened_at, t.opened_at) AS age,
+	   p.name AS provider,
+	   b.tbl AS "table",
+	   t.order_key,
+	   t.tracking_number,
+	   t.subject,
+	   t.opened_at,
+	   t.reopen_count,
+	   t.last_seen_at,
+	   t.acknowledged_by,
+	   -- (given since the ticket was last (re)opened: a reopening clears
+	   -- the notes of before)
+	   (SELECT e.note FROM @extschema@.ticket_event e
+		 WHERE e.ticket_id OPERATOR(pg_catalog.=) t.ticket_id AND e.note IS NOT NULL
+		   AND e.at OPERATOR(pg_catalog.>=) coalesce(t.reopened_at, t.opened_at)
+		 ORDER BY e.at DESC LIMIT 1) AS last_note,
+	   t.detail,
+	   -- (a regclass shows a dropped table as a bare oid)
+	   coalesce(d.name, b.tbl::text) AS table_name
+FROM @extschema@.exception_ticket t
+LEFT JOIN @extschema@.provider p ON p.provider_id OPERATOR(pg_catalog.=) t.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id OPERATOR(pg_catalog.=) t.binding_id
+LEFT JOIN @extschema@.dropped_table d ON d.binding_id OPERATOR(pg_catalog.=) t.binding_id
+WHERE t.resolved_at IS NULL;
+COMMENT ON COLUMN @extschema@.open_tickets.table_name IS 'The name of the table, as text: that of a dropped table as it was when dropped (schema-qualified), where "table" shows a bare oid.';
+CREATE OR REPLACE VIEW @extschema@.reconciliation AS
+SELECT t.kind,
+	   p.name AS provider,
+	   b.tbl AS "table",
+	   t.order_key,
+	   t.tracking_number,
+	   coalesce(t.reopened_at, t.opened_at) AS detected_at,
+	   t.facts AS detail,
+	   t.ticket_id,
+	   -- (a regclass shows a dropped table as a bare oid)
+	   coalesce(d.name, b.tbl::text) AS table_name
+FROM @extschema@.exception_ticket t
+LEFT JOIN @extschema@.provider p ON p.provider_id OPERATOR(pg_catalog.=) t.provider_id
+LEFT JOIN @extschema@.binding b ON b.binding_id OPERATOR(pg_catalog.=) t.binding_id
+LEFT JOIN @extschema@.dropped_table d ON d.binding_id OPERATOR(pg_catalog.=) t.binding_id
+WHERE t.resolved_at IS NULL
+  AND t.kind OPERATOR(pg_catalog.=) ANY (@extschema@._reconcile_kinds());
+COMMENT ON COLUMN @extschema@.reconciliation.table_name IS 'The name of the table, as text: that of a dropped table as it was when dropped (schema-qualified), where "table" shows a bare oid.';
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

@@ -46,6 +46,20 @@ CREATE TABLE @extschema@.binding (
 COMMENT ON TABLE @extschema@.binding IS
 	'Which CRM table is attached to which provider, its key column and its write-back map. Written by shipsync.attach() and shipsync.detach().';
 
+-- The name an attached table had when it was dropped: binding.tbl, a
+-- regclass, then shows a bare oid.  Kept by _on_drop() (the event
+-- trigger's object_identity), shown by open_tickets and reconciliation.
+-- A table of its own: binding is locked by every order insert's first
+-- capture, and the update to 0.2 takes its lock last (a column added to it
+-- held the orders while the views were replaced).
+CREATE TABLE @extschema@.dropped_table (
+	binding_id		integer PRIMARY KEY,
+	name			text NOT NULL,
+	dropped_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE @extschema@.dropped_table IS
+	'The name each attached table had when it was dropped (schema-qualified), by binding: binding.tbl then shows a bare oid. Written by DROP TABLE''s event trigger; read by the views open_tickets and reconciliation (table_name).';
+
 -- No foreign key between two of the extension's dumped tables (binding to
 -- provider here, crm_delivery to crm_source in 60_crm.sql): pg_dump dumps
 -- their rows as data only, CREATE EXTENSION makes their constraints before
@@ -142,7 +156,8 @@ CREATE TABLE @extschema@.outbox (
 	last_error		text,
 	coalesced_into	bigint,
 	content_digest	bigint,
-	request_kind	text CHECK (request_kind IN ('create', 'update', 'cancel', 'register'))
+	request_kind	text CHECK (request_kind IN ('create', 'update', 'cancel', 'register')),
+	waybill			text
 );
 ALTER SEQUENCE @extschema@.outbox_id_seq OWNED BY @extschema@.outbox.id;
 COMMENT ON TABLE @extschema@.outbox IS
@@ -151,6 +166,7 @@ COMMENT ON COLUMN @extschema@.outbox.idempotency_key IS 'Sent as Idempotency-Key
 COMMENT ON COLUMN @extschema@.outbox.coalesced_into IS 'For a coalesced update: the intent whose request already carried this change.';
 COMMENT ON COLUMN @extschema@.outbox.content_digest IS 'A digest of the order row this request was rendered from, without the binding''s write-back columns (shipsync._row_digest); copied onto the shipment when the request succeeds.';
 COMMENT ON COLUMN @extschema@.outbox.request_kind IS 'What the stored request does at the carrier (create, update, cancel or register), decided when it was rendered and stored with it: how its answer is applied.';
+COMMENT ON COLUMN @extschema@.outbox.waybill IS 'For a registration (op register): the waybill it registers at the tracking provider, the main one or a piece of a multi-piece shipment, given when it was enqueued; what its request names and its success records, whatever became of the other registrations of the order.';
 
 /*
  * What the capture trigger writes, in the user's transaction: a heap with no
@@ -325,6 +341,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.inbox', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.shipment', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.delivery_log', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.exception_ticket', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.dropped_table', '');
 -- and their identity sequences, one statement each (each call updates the
 -- extension's catalog row)
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.provider_provider_id_seq', '');

@@ -950,7 +950,7 @@ DECLARE
 	r record;
 	n bigint;
 BEGIN
-	FOR r IN SELECT x.objid FROM pg_catalog.pg_event_trigger_dropped_objects() x
+	FOR r IN SELECT x.objid, x.object_identity FROM pg_catalog.pg_event_trigger_dropped_objects() x
 			 WHERE x.object_type OPERATOR(pg_catalog.=) 'table' LOOP
 		WITH mv AS (
 			DELETE FROM @extschema@.inbox i USING @extschema@.binding bb
@@ -961,9 +961,14 @@ BEGIN
 			idempotency_key, created_at, next_attempt_at)
 		SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at, created_at
 		FROM mv;
+		-- (the name kept in dropped_table: once dropped, tbl shows a bare oid)
 		WITH b AS (
 			UPDATE @extschema@.binding SET active = false
 			 WHERE tbl OPERATOR(pg_catalog.=) r.objid RETURNING binding_id),
+		k AS (
+			INSERT INTO @extschema@.dropped_table (binding_id, name)
+			SELECT b.binding_id, r.object_identity FROM b
+			ON CONFLICT (binding_id) DO UPDATE SET name = EXCLUDED.name, dropped_at = EXCLUDED.dropped_at),
 		d AS (
 			UPDATE @extschema@.outbox o
 			   SET state = 'dead', last_error = 'the order table was dropped',
@@ -985,5 +990,5 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@._on_drop() IS
-	'Internal: the event trigger of DROP TABLE: a dropped attached table''s binding becomes inactive and its waiting intents dead.';
+	'Internal: the event trigger of DROP TABLE: a dropped attached table''s binding becomes inactive, its name is kept in dropped_table and its waiting intents die.';
 CREATE EVENT TRIGGER shipsync_on_drop ON sql_drop EXECUTE FUNCTION @extschema@._on_drop();

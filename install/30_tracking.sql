@@ -350,16 +350,19 @@ END;
 -- of a multi-piece shipment (SF Express: child, return) as the carrier
 -- listed them (piece: its element of shipment.waybills).  registered: the
 -- provider's own shipment of the order records it (its tracking number,
--- or for a piece, its waybills).  The applier enqueues one registration
--- per row, and each renders and records the first one not registered.
+-- or for a piece, its waybills: a piece may be registered while the main
+-- one is not, whose registration failed).  The applier enqueues one
+-- registration per row, each about its own waybill (outbox.waybill): it
+-- renders and records that one, whatever became of the others.
 CREATE FUNCTION @extschema@._registration_waybills(bid integer, ok text, tpid integer)
 RETURNS TABLE (waybill text, piece jsonb, registered boolean, ord bigint)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
 	SELECT w.no, w.e,
-		   coalesce(t.tracking_number = c.tracking_number
-					AND (w.e IS NULL
-						 OR t.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', w.no))), false),
+		   coalesce(CASE WHEN w.e IS NULL THEN t.tracking_number = c.tracking_number
+						 ELSE coalesce(t.tracking_number = c.tracking_number, true)
+							  AND t.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', w.no)) END,
+					false),
 		   w.ord
 	FROM (SELECT x.tracking_number, x.waybills FROM @extschema@.shipment x
 		  WHERE x.binding_id = _registration_waybills.bid AND x.order_key = _registration_waybills.ok

@@ -200,10 +200,13 @@ SELECT t.ticket_id,
 		 WHERE e.ticket_id OPERATOR(pg_catalog.=) t.ticket_id AND e.note IS NOT NULL
 		   AND e.at OPERATOR(pg_catalog.>=) coalesce(t.reopened_at, t.opened_at)
 		 ORDER BY e.at DESC LIMIT 1) AS last_note,
-	   t.detail
+	   t.detail,
+	   -- (a regclass shows a dropped table as a bare oid)
+	   coalesce(d.name, b.tbl::text) AS table_name
 FROM @extschema@.exception_ticket t
 LEFT JOIN @extschema@.provider p ON p.provider_id OPERATOR(pg_catalog.=) t.provider_id
 LEFT JOIN @extschema@.binding b ON b.binding_id OPERATOR(pg_catalog.=) t.binding_id
+LEFT JOIN @extschema@.dropped_table d ON d.binding_id OPERATOR(pg_catalog.=) t.binding_id
 WHERE t.resolved_at IS NULL;
 COMMENT ON VIEW @extschema@.open_tickets IS
 	'Every ticket not resolved, open or acknowledged: its kind, how long since it was (re)opened, the order and provider it is about, and the last note given.';
@@ -218,6 +221,7 @@ COMMENT ON COLUMN @extschema@.open_tickets.tracking_number IS 'The tracking numb
 COMMENT ON COLUMN @extschema@.open_tickets.subject IS 'What it is about when that is not an order: the carrier''s shipment id or a tracking number.';
 COMMENT ON COLUMN @extschema@.open_tickets.opened_at IS 'When the ticket was first opened.';
 COMMENT ON COLUMN @extschema@.open_tickets.reopen_count IS 'How many times it came back after being resolved.';
+COMMENT ON COLUMN @extschema@.open_tickets.table_name IS 'The name of the table, as text: that of a dropped table as it was when dropped (schema-qualified), where "table" shows a bare oid.';
 COMMENT ON COLUMN @extschema@.open_tickets.last_seen_at IS 'When the problem was last seen.';
 COMMENT ON COLUMN @extschema@.open_tickets.acknowledged_by IS 'Who acknowledged it, if anyone.';
 COMMENT ON COLUMN @extschema@.open_tickets.last_note IS 'The last note given with shipsync.ack() or shipsync.resolve() since the ticket was (re)opened.';

@@ -1668,10 +1668,13 @@ SELECT t.kind,
 	   t.tracking_number,
 	   coalesce(t.reopened_at, t.opened_at) AS detected_at,
 	   t.facts AS detail,
-	   t.ticket_id
+	   t.ticket_id,
+	   -- (a regclass shows a dropped table as a bare oid)
+	   coalesce(d.name, b.tbl::text) AS table_name
 FROM @extschema@.exception_ticket t
 LEFT JOIN @extschema@.provider p ON p.provider_id OPERATOR(pg_catalog.=) t.provider_id
 LEFT JOIN @extschema@.binding b ON b.binding_id OPERATOR(pg_catalog.=) t.binding_id
+LEFT JOIN @extschema@.dropped_table d ON d.binding_id OPERATOR(pg_catalog.=) t.binding_id
 WHERE t.resolved_at IS NULL
   AND t.kind OPERATOR(pg_catalog.=) ANY (@extschema@._reconcile_kinds());
 COMMENT ON VIEW @extschema@.reconciliation IS
@@ -1684,6 +1687,7 @@ COMMENT ON COLUMN @extschema@.reconciliation.tracking_number IS 'The tracking nu
 COMMENT ON COLUMN @extschema@.reconciliation.detected_at IS 'When it was found (or found again, after having been resolved).';
 COMMENT ON COLUMN @extschema@.reconciliation.detail IS 'The facts, as JSON: check (crm, carrier, stuck or fees) and both sides'' values (fee_mismatch: the fee_difference row''s fee_kind and amounts).';
 COMMENT ON COLUMN @extschema@.reconciliation.ticket_id IS 'Its ticket in shipsync.exception_ticket, for shipsync.ack() and shipsync.resolve().';
+COMMENT ON COLUMN @extschema@.reconciliation.table_name IS 'The name of the table, as text: that of a dropped table as it was when dropped (schema-qualified), where "table" shows a bare oid.';
 
 CREATE VIEW @extschema@.reconciliation_summary AS
 WITH d AS (

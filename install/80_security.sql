@@ -87,7 +87,7 @@ SELECT o.id, o.binding_id, o.provider_id, o.order_key, o.op, o.idempotency_key, 
 	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.request_digest END AS request_digest,
 	   o.last_status, o.error_class, o.last_error, o.coalesced_into,
 	   CASE WHEN (SELECT @extschema@._pii_visible()) THEN o.content_digest END AS content_digest,
-	   o.request_kind
+	   o.request_kind, o.waybill
 FROM @extschema@.outbox o
 LEFT JOIN @extschema@._pii_rules r ON r.provider_id = o.provider_id
 LEFT JOIN @extschema@.binding b ON b.binding_id = o.binding_id;

@@ -11,7 +11,7 @@ GRANT USAGE ON SCHEMA @extschema@ TO shipsync_reader;
 GRANT EXECUTE ON FUNCTION @extschema@._wake(boolean) TO PUBLIC;
 GRANT SELECT ON @extschema@.queue_status, @extschema@.providers, @extschema@.intents,
 	@extschema@.inbox,
-	@extschema@.binding,
+	@extschema@.binding, @extschema@.dropped_table,
 	@extschema@.exception_ticket TO shipsync_reader;
 -- Shipments and attempts but their digests: request_digest is the SHA-256
 -- of a request body whose personal values readers see masked, and

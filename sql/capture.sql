@@ -316,6 +316,9 @@ INSERT INTO backlog SELECT g, 'c' FROM generate_series(1, 30000) g;
 DROP TABLE backlog;
 SELECT state, error_class, count(*) FROM shipsync.outbox WHERE binding_id = :backlog_binding GROUP BY 1, 2;
 SELECT kind, count(*) FROM shipsync.exception_ticket WHERE binding_id = :backlog_binding GROUP BY 1;
+-- the tickets name the table as it was, not by a bare oid
+SELECT o.table_name, count(*) FROM shipsync.open_tickets o
+  JOIN shipsync.exception_ticket t USING (ticket_id) WHERE t.binding_id = :backlog_binding GROUP BY 1;
 
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA sales CASCADE;

@@ -243,44 +243,58 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		SPI_OK_SELECT, "recording quoted fees"
 	},
 	/*
-	 * The registration of the main waybill is the tracking provider's
-	 * shipment; that of a piece (the first not registered, as rendered)
-	 * adds the piece to its waybills, so that the provider's events of the
-	 * piece are the order's
+	 * What the intent registered (outbox.waybill; before 0.2, the first
+	 * waybill not registered): the main waybill is the tracking provider's
+	 * shipment's tracking number; a piece is added to its waybills (once),
+	 * so that the provider's events of the piece are the order's, the
+	 * tracking number staying what it was (none while the main one's
+	 * registration has not succeeded).  A waybill the order's shipment no
+	 * longer lists (created again since) is not recorded.
 	 */
 	[APPLY_REGISTERED] = {
 		"INSERT INTO shipsync.shipment AS s (binding_id, order_key, provider_id,"
 		" provider_shipment_id, tracking_number, raw_status, request_digest, waybills)"
 		" SELECT u.bid, u.k, u.pid, u.sid,"
-		"   CASE WHEN n.piece IS NULL THEN COALESCE(u.tn, m.tn) ELSE m.tn END,"
+		"   CASE WHEN n.piece IS NULL THEN COALESCE(u.tn, o.waybill, m.tn) END,"
 		"   u.raw, u.digest,"
 		"   CASE WHEN n.piece IS NOT NULL THEN pg_catalog.jsonb_build_array(n.piece) END"
-		" FROM unnest($1, $2, $3, $4, $5, $6, $7) AS u(bid, k, pid, sid, tn, raw, digest)"
+		" FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) AS u(bid, k, pid, sid, tn, raw, digest, id)"
+		" LEFT JOIN shipsync.outbox o ON o.id = u.id"
 		" LEFT JOIN LATERAL (SELECT x.tracking_number AS tn FROM shipsync.shipment x"
 		"   WHERE x.binding_id = u.bid AND x.order_key = u.k AND x.provider_id <> u.pid"
 		"   AND x.tracking_number IS NOT NULL ORDER BY x.updated_at DESC LIMIT 1) m ON true"
-		" LEFT JOIN LATERAL (SELECT w.piece FROM shipsync._registration_waybills(u.bid, u.k, u.pid) w"
-		"   WHERE NOT w.registered ORDER BY w.ord LIMIT 1) n ON true"
+		" LEFT JOIN LATERAL (SELECT w.piece, true AS hit"
+		"   FROM shipsync._registration_waybills(u.bid, u.k, u.pid) w"
+		"   WHERE CASE WHEN o.waybill IS NULL THEN NOT w.registered ELSE w.waybill = o.waybill END"
+		"   ORDER BY w.ord LIMIT 1) n ON true"
+		/* a waybill the order's shipment no longer has is none of its own */
+		" WHERE o.waybill IS NULL OR n.hit"
 		" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
 		" provider_shipment_id = CASE WHEN EXCLUDED.waybills IS NULL THEN"
 		"   COALESCE(EXCLUDED.provider_shipment_id, s.provider_shipment_id) ELSE s.provider_shipment_id END,"
-		" tracking_number = EXCLUDED.tracking_number,"
+		" tracking_number = CASE WHEN EXCLUDED.waybills IS NULL THEN EXCLUDED.tracking_number"
+		"   ELSE s.tracking_number END,"
 		" raw_status = CASE WHEN EXCLUDED.waybills IS NULL THEN EXCLUDED.raw_status ELSE s.raw_status END,"
 		" request_digest = CASE WHEN EXCLUDED.waybills IS NULL THEN EXCLUDED.request_digest"
 		"   ELSE s.request_digest END,"
-		" waybills = CASE WHEN EXCLUDED.waybills IS NOT NULL"
-		"   THEN COALESCE(s.waybills, '[]') || EXCLUDED.waybills"
-		"   WHEN s.tracking_number = EXCLUDED.tracking_number THEN s.waybills END,"
-		" updated_at = pg_catalog.now()", 7,
-		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
+		" waybills = CASE WHEN EXCLUDED.waybills IS NOT NULL THEN CASE WHEN s.waybills @> EXCLUDED.waybills"
+		"   THEN s.waybills ELSE COALESCE(s.waybills, '[]') || EXCLUDED.waybills END"
+		"   WHEN s.tracking_number IS NULL OR s.tracking_number = EXCLUDED.tracking_number"
+		"   THEN s.waybills END,"
+		" updated_at = pg_catalog.now()", 8,
+		{INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID},
 		SPI_OK_INSERT, "recording registrations"
 	},
-	/* one registration per waybill: the main one, and each piece */
+	/*
+	 * one registration per waybill, each about its own: the main one, and
+	 * each piece (one with no waybill yet finds none when it renders)
+	 */
 	[APPLY_REGISTER] = {
-		"INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op)"
-		" SELECT u.bid, u.tp, u.k, 'register' FROM unnest($1, $2, $3) AS u(bid, tp, k)"
-		" CROSS JOIN LATERAL pg_catalog.generate_series(1, GREATEST(1,"
-		"   (SELECT pg_catalog.count(*) FROM shipsync._registration_waybills(u.bid, u.k, u.tp))))", 3,
+		"INSERT INTO shipsync.outbox (binding_id, provider_id, order_key, op, waybill)"
+		" SELECT u.bid, u.tp, u.k, 'register', w.waybill FROM unnest($1, $2, $3) AS u(bid, tp, k)"
+		" LEFT JOIN LATERAL (SELECT r.waybill, r.ord FROM"
+		"   shipsync._registration_waybills(u.bid, u.k, u.tp) r) w ON true"
+		" ORDER BY u.bid, u.k, w.ord", 3,
 		{INT4OID, INT4OID, TEXTOID},
 		SPI_OK_INSERT, "enqueueing registrations"
 	},
@@ -430,6 +444,7 @@ apply_collect_registered(ApplyBatch *b, const ShipResult *r)
 	args_set_text(ga, c, 4, r->tracking_number);
 	args_set_text(ga, c, 5, r->raw_status);
 	args_set_text(ga, c, 6, r->digest);
+	args_set(ga, c, 7, Int64GetDatum(r->id));
 }
 
 /* A shipment created; the registration of its waybill, if the binding has one */

@@ -422,15 +422,17 @@ prepare_claim_plans(void)
 		Oid			t[4] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, INT4OID};
 
 		/*
-		 * the waybill a registration is about, the shipping provider's: the
-		 * first of the order not registered yet, the main one, then each
-		 * piece of a multi-piece shipment (one intent each)
+		 * the waybill the registration was enqueued for (the main one, or
+		 * a piece of a multi-piece shipment); one enqueued before 0.2 has
+		 * none: the first waybill of the order not registered yet
 		 */
 		reglookup_plan = shipsync_prepare_saved(
 			"SELECT u.id, r.waybill"
 			" FROM unnest($1, $2, $3) AS u(id, bid, k),"
-			" LATERAL (SELECT w.waybill FROM shipsync._registration_waybills(u.bid, u.k, $4) w"
-			"   WHERE NOT w.registered ORDER BY w.ord LIMIT 1) AS r", 4, t);
+			" LATERAL (SELECT COALESCE((SELECT o.waybill FROM shipsync.outbox o WHERE o.id = u.id),"
+			"   (SELECT w.waybill FROM shipsync._registration_waybills(u.bid, u.k, $4) w"
+			"     WHERE NOT w.registered ORDER BY w.ord LIMIT 1)) AS waybill) AS r"
+			" WHERE r.waybill IS NOT NULL", 4, t);
 	}
 	{
 		Oid			t[1] = {INT4OID};

@@ -1023,8 +1023,11 @@ shipsync_match_parked(PG_FUNCTION_ARGS)
 	args[1] = SPI_getbinval(tup, desc, SPI_fnumber(desc, "tracking_number"), &isnull2);
 	/* and the other waybills of a multi-piece shipment (SF: child, return) */
 	args[2] = SPI_getbinval(tup, desc, SPI_fnumber(desc, "waybills"), &isnull3);
-	if (isnull1 || isnull2)
+	/* (a tracking provider's record may hold pieces and no main waybill) */
+	if (isnull1 || (isnull2 && isnull3))
 		return PointerGetDatum(NULL);
+	if (isnull2)
+		nulls[1] = 'n';
 	if (isnull3)
 		nulls[2] = 'n';
 

@@ -329,5 +329,60 @@ is($r->{shipments_changed}, 1, "pieces: Kuaidi100's push of the main waybill cha
 is(sql("SELECT ship_status FROM orders_mp WHERE order_no = 'MP-1'"), 'delivered',
 	'pieces: the main waybill delivered: the order row says so');
 
+###########################################################################
+# 11. registrations that fail: each stays about its own waybill
+###########################################################################
+# Kuaidi100 refuses the first subscription of MP-2 (the main waybill's)
+# for good: the child's and the return's registrations still register
+# them, not the main again; the DBA's retry() of the dead one re-sends the
+# main's subscription, and what is recorded is the main, not a piece.
+sim_post($sim, '/_sim/track/faults', { rules => [ { dialect => 'kuaidi100', status => 200, count => 1,
+	body => { result => JSON::PP::false, returnCode => '700', message => '订阅参数错误' } } ] });
+sql(q{INSERT INTO orders_mp (order_no, receiver_name, receiver_phone, receiver_province, receiver_city,
+		receiver_district, receiver_address, cargo_name, quantity, weight_kg, amount, remark)
+	VALUES ('MP-2', '郭襄阳', '189 6382 8829', '湖北省', '襄阳市', '襄城区', '湖北省襄阳市襄城区环城东路2号',
+		'君宝牌地毯', 2, 6.6, 308, '')});
+ok( wait_until($node, q{SELECT count(*) FILTER (WHERE o.state IN ('done', 'dead')) = 3 AND count(*) = 3
+		FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'kd' AND o.op = 'register' AND o.order_key = 'MP-2'}, 30),
+	'failed registration: the three registrations of MP-2 are settled');
+my $mp2 = sf_get('orders?orderId=MP-2')->[0];
+my ($mp2_main, $mp2_child, $mp2_ret) = ($mp2->{waybill}, $mp2->{children}[0], $mp2->{return} // 'none');
+sub kd_numbers
+{
+	my %mine = map { $_ => 1 } @_;
+	return join(',', sort grep { $mine{$_} } map { $_->{number} }
+		grep { $_->{dialect} eq 'kuaidi100' } @{ sim_get($sim, '/_sim/track/registrations') });
+}
+is( sql(q{SELECT string_agg(o.state, ',' ORDER BY o.id) FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'kd' AND o.op = 'register' AND o.order_key = 'MP-2'}),
+	'dead,done,done', 'failed registration: the main\'s registration is dead, the pieces\' done');
+is( kd_numbers($mp2_main, $mp2_child, $mp2_ret), join(',', sort ($mp2_child, $mp2_ret)),
+	'failed registration: the pieces were registered, not the main again');
+is( sql(q{SELECT coalesce(s.tracking_number, '-') || '|' || (SELECT string_agg((w->>'waybillNo') || ':' || (w->>'waybillType'), ','
+			ORDER BY w->>'waybillType') FROM jsonb_array_elements(s.waybills) w)
+		FROM shipsync.shipment s JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'kd' AND s.order_key = 'MP-2'}),
+	"-|$mp2_child:2,$mp2_ret:3", 'failed registration: the record holds the pieces, not the main');
+# Kuaidi100 has no subscription of the main waybill: an event of it (as
+# if pushed) is parked, and matched once its registration is recorded
+$r = kd_push($mp2_main, '0', '揽收', '2026-11-29 08:00:00');
+is($r->{new} . '|' . $r->{unmatched}, '0|1', 'failed registration: an event of the unregistered main waybill is parked');
+sql(q{SELECT shipsync.retry(o.id) FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'kd' AND o.op = 'register' AND o.order_key = 'MP-2' AND o.state = 'dead'});
+ok( wait_until($node, q{SELECT count(*) FILTER (WHERE o.state = 'done') = 3
+		FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'kd' AND o.op = 'register' AND o.order_key = 'MP-2'}, 30),
+	'failed registration: retried, the main\'s registration is done');
+is( kd_numbers($mp2_main, $mp2_child, $mp2_ret), join(',', sort ($mp2_main, $mp2_child, $mp2_ret)),
+	'failed registration: Kuaidi100 holds a subscription for each waybill of MP-2');
+is( sql(q{SELECT coalesce(s.tracking_number, '-') || '|' || (SELECT string_agg((w->>'waybillNo') || ':' || (w->>'waybillType'), ','
+			ORDER BY w->>'waybillType') FROM jsonb_array_elements(s.waybills) w)
+		FROM shipsync.shipment s JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'kd' AND s.order_key = 'MP-2'}),
+	"$mp2_main|$mp2_child:2,$mp2_ret:3", 'failed registration: the retried main is recorded as the main');
+ok( wait_until($node, qq{SELECT count(*) = 1 FROM shipsync.tracking_event e JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'kd' AND e.tracking_number = '$mp2_main' AND e.order_key = 'MP-2' AND e.piece IS NULL}, 10),
+	'failed registration: the parked event of the main waybill is the order\'s once it is registered');
 $node->stop;
 done_testing();

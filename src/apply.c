@@ -109,7 +109,12 @@ typedef struct ApplyPlanDef
  * long as that attempt is still the last (o.attempts = u.attempt: not sent
  * again since); otherwise its shipment was recorded while the intent
  * stayed retrying, and the next attempt went as an update under the
- * create's key, which the carrier refuses (TAP 004).
+ * create's key, which the carrier refuses (TAP 004).  So does one the
+ * sweep gave up on at max_attempts (dead, lease_expired: "its answer is
+ * unknown"), which otherwise stayed dead beside the shipment its answer
+ * made; its dead_intent ticket is resolved by the next reconciliation
+ * pass, as that of any stopped intent now done.  (retry() and requeue()
+ * reset attempts: an answer from before them matches no intent.)
  */
 /*
  * The columns of a shipment created (APPLY_CREATE) and of one updated
@@ -134,7 +139,8 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		"   eclass text, err text)"
 		" WHERE o.id = u.id AND o.attempts = u.attempt"
 		" AND (o.state = (SELECT 'in_flight')"
-		"   OR (o.state = (SELECT 'retrying') AND o.error_class = (SELECT 'lease_expired')))", 7,
+		"   OR ((o.state = (SELECT 'retrying') OR o.state = (SELECT 'dead'))"
+		"     AND o.error_class = (SELECT 'lease_expired')))", 7,
 		{INT8OID, INT4OID, TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID},
 		SPI_OK_UPDATE, "updating outbox states", true
 	},

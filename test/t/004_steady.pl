@@ -7,7 +7,8 @@
 # lease by a DBA's lock on the outbox) is applied when it comes, before the
 # intent is sent again: it used to be recorded as a shipment while the
 # intent stayed retrying, and sent again as an update under the create's
-# key, which the carrier refused (422): dead, with a ticket.
+# key, which the carrier refused (422): dead, with a ticket.  At the last
+# attempt, the intent the sweep gave up on is done when the answer comes.
 use strict;
 use warnings;
 use FindBin;
@@ -103,6 +104,38 @@ is($node->safe_psql('postgres', "SELECT waybill_no IS NOT NULL FROM crm.orders W
 is(sim_get($sim, '/_sim/stats')->{requests}, $before, 'late answer: no second request');
 is($node->safe_psql('postgres', "SELECT count(*) FROM shipsync.exception_ticket WHERE order_key = $late"),
 	'0', 'late answer: no ticket');
+
+# the same at the last attempt (max_attempts): the sweep makes it dead
+# (lease_expired, "its answer is unknown"), and the answer that comes
+# makes it done; it used to stay dead beside the shipment its answer made
+$node->safe_psql('postgres', q{UPDATE shipsync.provider SET max_attempts = 1, timeout_ms = 20000 WHERE name = 'sim';
+	SELECT shipsync._wake(true)});
+sim_post($sim, '/_sim/faults', { rules => [ { fault => 'slow', ms => 30000, held => JSON::PP::true } ] });
+$node->safe_psql('postgres', "INSERT INTO crm.orders (customer) VALUES ('late last answer')");
+my $last = q{(SELECT id::text FROM crm.orders WHERE customer = 'late last answer')};
+ok(wait_until($node, "SELECT state = 'in_flight' FROM shipsync.outbox WHERE order_key = $last", 30),
+	'late last answer: on the wire');
+$node->safe_psql('postgres', qq{SELECT shipsync.pause('sim');
+	UPDATE shipsync.outbox SET lease_until = now() - interval '1 s' WHERE order_key = $last});
+ok( wait_until($node, "SELECT state = 'dead' AND error_class = 'lease_expired'"
+		  . " FROM shipsync.outbox WHERE order_key = $last", 30),
+	'late last answer: the sweep gave up on it');
+sim_post($sim, '/_sim/release');
+sim_post($sim, '/_sim/faults', { rules => [] });
+ok( wait_until($node, "SELECT count(*) = 1 FROM shipsync.delivery_log d JOIN shipsync.outbox o"
+		  . " ON o.id = d.outbox_id WHERE o.order_key = $last", 30),
+	'late last answer: its answer came');
+$node->safe_psql('postgres', "SELECT shipsync.resume('sim')");
+is($node->safe_psql('postgres', "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'late last answer'"),
+	't', 'late last answer: written back');
+is( $node->safe_psql('postgres', "SELECT state || ' ' || attempts || ' ' || coalesce(error_class, '')"
+		  . " FROM shipsync.outbox WHERE order_key = $last"),
+	'done 1 ', 'late last answer: the intent is done, not dead beside its shipment');
+my (undef, $ended) = run_reconcile($node, 'sim');
+ok($ended, 'late last answer: a reconciliation pass ran');
+is( $node->safe_psql('postgres', "SELECT string_agg(kind || ' ' || (resolved_at IS NOT NULL), ',')"
+		  . " FROM shipsync.exception_ticket WHERE order_key = $last"),
+	'dead_intent true', 'late last answer: the sweep\'s ticket is resolved by reconciliation');
 
 $node->stop;
 stop_sim($sim);

@@ -41,11 +41,15 @@ SELECT v, shipsync.mask_pii(v, 'address') AS masked FROM (VALUES
 	('广东省 深圳市 南山区 科技园路1号'),
 	('广东省深圳市，南山区科技园路1号')) AS t(v);
 -- free text (kind text): every run of seven digits or more (a phone, an
--- ID number; spaces, hyphens and dots inside it count) keeps its last four
+-- ID number; spaces, ideographic spaces, hyphens and dots inside it count)
+-- keeps its last four
 SELECT v, shipsync.mask_pii(v, 'text') AS masked FROM (VALUES
 	('送货前电话13912345678，身份证44030119900101123X'),
 	('call +86 139-1234-5678 or ０２０-８７６５-４３２１ after 6pm, gate 12'),
 	('leave at door 3, order 2026-12-07'),
+	-- typed in full-width mode: full-width digits, ideographic spaces (U+3000)
+	('电话：１３９　１２３４　５６７８，身份证１１０１０５　１９４９１２３１　００２Ｘ'),
+	('送达　２０２６　１２　０７'),
 	('')) AS t(v);
 SELECT shipsync.mask_pii(NULL, 'phone') IS NULL AS null_stays_null;
 SELECT shipsync.mask_pii('x', 'passport');

@@ -554,7 +554,9 @@ mask_id_number(const unsigned char *s, size_t len)
 
 /*
  * The run of digits at p: digits (ASCII or full-width) with one space,
- * hyphen or dot between two of them.  Returns its end; *digits and
+ * hyphen or dot between two of them, the full-width ones too (typed in
+ * full-width mode, １３９　１２３４　５６７８ has ideographic spaces, U+3000:
+ * not counted, it was shown whole).  Returns its end; *digits and
  * *date set when it reads as a date (2026-12-07, 07.12.2026).
  */
 static const unsigned char *
@@ -577,7 +579,7 @@ digit_run(const unsigned char *p, const unsigned char *end, int *digits, bool *d
 			p += n;
 			continue;
 		}
-		if ((c == ' ' || c == '-' || c == '.' || c == 0xFF0D) && p + n < end &&
+		if ((c == ' ' || c == '-' || c == '.' || c == 0x3000 || c == 0xFF0D) && p + n < end &&
 			is_digit_code(u8_code(p + n, u8_len(p + n))) && *digits > 0)
 		{
 			ngroups++;

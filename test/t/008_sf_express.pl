@@ -384,5 +384,32 @@ is( sql(q{SELECT coalesce(s.tracking_number, '-') || '|' || (SELECT string_agg((
 ok( wait_until($node, qq{SELECT count(*) = 1 FROM shipsync.tracking_event e JOIN shipsync.provider p USING (provider_id)
 		WHERE p.name = 'kd' AND e.tracking_number = '$mp2_main' AND e.order_key = 'MP-2' AND e.piece IS NULL}, 10),
 	'failed registration: the parked event of the main waybill is the order\'s once it is registered');
+# the tracking provider down when a multi-piece order shipped: its three
+# registrations dead; retried (retry('kd'), the documented repair), each
+# registers its own waybill once (each registration is enqueued with its
+# waybill, so that its stored request and its record agree)
+sim_post($sim, '/_sim/track/faults', { rules => [ { dialect => 'kuaidi100', status => 400, count => 3 } ] });
+sql(q{INSERT INTO orders_mp (order_no, receiver_name, receiver_phone, receiver_province, receiver_city,
+		receiver_district, receiver_address, cargo_name, quantity, weight_kg, amount, remark)
+	VALUES ('MP-3', '郭襄阳', '189 6382 8829', '湖北省', '襄阳市', '襄城区', '湖北省襄阳市襄城区环城东路3号',
+		'君宝牌地毯', 2, 6.6, 308, '')});
+my $kd_mp3 = q{FROM shipsync.outbox o JOIN shipsync.provider p USING (provider_id)
+	WHERE p.name = 'kd' AND o.op = 'register' AND o.order_key = 'MP-3'};
+ok(wait_until($node, "SELECT count(*) FILTER (WHERE o.state = 'dead') = 3 AND count(*) = 3 $kd_mp3", 30),
+	'provider down: the three registrations of MP-3 dead');
+is(sql("SELECT shipsync.retry('kd')"), 3, 'provider down: the three retried');
+ok(wait_until($node, "SELECT count(*) FILTER (WHERE o.state = 'done') = 3 $kd_mp3", 30),
+	'provider down: the three done');
+my $mp3 = sf_get('orders?orderId=MP-3')->[0];
+my ($mp3_main, $mp3_child, $mp3_ret) = ($mp3->{waybill}, $mp3->{children}[0], $mp3->{return});
+is( kd_numbers($mp3_main, $mp3_child, $mp3_ret), join(',', sort ($mp3_main, $mp3_child, $mp3_ret)),
+	'provider down: Kuaidi100 holds a subscription for each waybill of MP-3 once retried');
+is( sql("SELECT count(*) $kd_mp3 AND o.error_class = 'already_registered'"), 0,
+	'provider down: no waybill registered twice');
+is( sql(q{SELECT coalesce(s.tracking_number, '-') || '|' || (SELECT string_agg((w->>'waybillNo') || ':' || (w->>'waybillType'), ','
+			ORDER BY w->>'waybillType') FROM jsonb_array_elements(s.waybills) w)
+		FROM shipsync.shipment s JOIN shipsync.provider p USING (provider_id)
+		WHERE p.name = 'kd' AND s.order_key = 'MP-3'}),
+	"$mp3_main|$mp3_child:2,$mp3_ret:3", 'provider down: the record holds what was registered');
 $node->stop;
 done_testing();

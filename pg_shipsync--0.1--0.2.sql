@@ -11281,19 +11281,24 @@ REVOKE ALL ON FUNCTION @extschema@._begin_statement(integer, text, text, text, t
  * column as it was, and the order gets the writeback_failed ticket a bill's
  * total gets in _fee_totals() (closed, as that one, by the hourly look at
  * fees of a reconciliation pass once the column holds the shipment's
- * fee_total).  Returns how many orders.
+ * fee_total).  Returns how many orders.  PL/pgSQL for its cached plan: it
+ * runs for every applied batch with a quote, and planned at each call (a
+ * SQL function's body is) it took 0.5 ms a batch.
  */
 CREATE FUNCTION @extschema@._quote_totals_unfit(bids integer[], oks text[], totals numeric[])
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-	WITH scale AS (
-		SELECT u.b, u.k, u.tot, a.attname, a.atttypid, tm.m,
+DECLARE
+	n bigint;
+BEGIN
+	-- the column's scale once per binding (materialized: inlined, the
+	-- catalogs were read for each total), then each total against it
+	WITH col AS MATERIALIZED (
+		SELECT bb.binding_id AS b, a.attname, a.atttypid, tm.m,
 			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END AS s
-		FROM unnest(bids, oks, totals) AS u(b, k, tot)
-		JOIN @extschema@.binding bb
-		  ON bb.binding_id = u.b AND bb.active AND bb.writeback ? 'fee_total'
+		FROM @extschema@.binding bb
 		JOIN pg_catalog.pg_attribute a
 		  ON a.attrelid = bb.tbl AND a.attname = bb.writeback->>'fee_total' AND NOT a.attisdropped
 		JOIN pg_catalog.pg_type ty
@@ -11301,16 +11306,18 @@ AS $$
 									   WHERE d.oid = a.atttypid), 0), a.atttypid)
 		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
 				ELSE (SELECT d.typtypmod FROM pg_catalog.pg_type d WHERE d.oid = a.atttypid) END) tm(m)
-		WHERE u.tot IS NOT NULL AND ty.oid = 'pg_catalog.numeric'::pg_catalog.regtype),
-	unfit AS (
-		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
-		SELECT 'writeback_failed', scale.b, scale.k,
-			   format('write-back of the fee total failed: %s has more decimals than column %I (%s) holds; it was left as it was, not rounded',
-					  scale.tot, scale.attname, pg_catalog.format_type(scale.atttypid, scale.m))
-		FROM scale
-		WHERE scale.s IS NOT NULL AND pg_catalog.round(scale.tot, scale.s) <> scale.tot
-		RETURNING 1)
-	SELECT count(*) FROM unfit
+		WHERE bb.binding_id = ANY (bids) AND bb.active AND bb.writeback ? 'fee_total'
+		  AND ty.oid = 'pg_catalog.numeric'::pg_catalog.regtype)
+	INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
+	SELECT 'writeback_failed', u.b, u.k,
+		   format('write-back of the fee total failed: %s has more decimals than column %I (%s) holds; it was left as it was, not rounded',
+				  u.tot, col.attname, pg_catalog.format_type(col.atttypid, col.m))
+	FROM unnest(bids, oks, totals) AS u(b, k, tot)
+	JOIN col ON col.b = u.b
+	WHERE col.s IS NOT NULL AND u.tot IS NOT NULL AND pg_catalog.round(u.tot, col.s) <> u.tot;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
 $$;
 REVOKE ALL ON FUNCTION @extschema@._quote_totals_unfit(integer[], text[], numeric[]) FROM PUBLIC;
 

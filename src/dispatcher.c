@@ -409,6 +409,7 @@ dispatcher_load_config(void)
 	bindings = bs;
 	nbindings = nb;
 	cfg_generation = gen;
+	writeback_forget_plans(bindings, nbindings);
 	poller_invalidate();
 	feepull_invalidate();
 	reconcile_invalidate();

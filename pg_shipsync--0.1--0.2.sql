@@ -13597,6 +13597,397 @@ WHERE t.resolved_at IS NULL
 COMMENT ON COLUMN @extschema@.reconciliation.table_name IS 'The name of the table, as text: that of a dropped table as it was when dropped (schema-qualified), where "table" shows a bare oid.';
 
 ------------------------------------------------------------------------------
+-- queue_status and provider_health read the inbox once, not once (twice)
+-- per provider: 50 providers and a backlog of a million took seconds
+------------------------------------------------------------------------------
+CREATE OR REPLACE VIEW @extschema@.queue_status AS
+SELECT p.name AS provider,
+	   p.paused,
+	   pg_catalog.count(*) FILTER (WHERE o.state = 'pending')
+		   + coalesce(i.n, 0) AS pending,
+	   pg_catalog.count(*) FILTER (WHERE o.state = 'in_flight') AS in_flight,
+	   pg_catalog.count(*) FILTER (WHERE o.state = 'retrying') AS retrying,
+	   pg_catalog.count(*) FILTER (WHERE o.state = 'dead') AS dead,
+	   pg_catalog.count(*) FILTER (WHERE o.state = 'invalid') AS invalid,
+	   pg_catalog.now() - LEAST(pg_catalog.min(o.created_at)
+		   FILTER (WHERE o.state IN ('pending', 'retrying', 'in_flight')),
+		   i.oldest) AS oldest_pending_age
+FROM @extschema@.provider p
+-- the inbox has no index: read once for all providers, not once each
+LEFT JOIN (SELECT i.provider_id, pg_catalog.count(*) AS n,
+				  pg_catalog.min(i.created_at) AS oldest
+		   FROM @extschema@.inbox i GROUP BY i.provider_id) i
+	   ON i.provider_id = p.provider_id
+LEFT JOIN @extschema@.outbox o
+	   ON o.provider_id = p.provider_id
+	  AND o.state IN ('pending', 'in_flight', 'retrying', 'dead', 'invalid')
+GROUP BY p.provider_id, p.name, p.paused, i.n, i.oldest;
+
+CREATE OR REPLACE VIEW @extschema@.provider_health AS
+SELECT p.name AS provider,
+	   p.paused,
+	   coalesce(h.breaker, 'closed') AS breaker,
+	   h.breaker_since,
+	   h.hold_until,
+	   coalesce(h.requests_5m, 0) AS requests_5m,
+	   coalesce(h.successes_5m, 0) AS successes_5m,
+	   coalesce(h.failures_5m, '{}') AS failures_5m,
+	   coalesce(h.requests_1h, 0) AS requests_1h,
+	   coalesce(h.successes_1h, 0) AS successes_1h,
+	   coalesce(h.failures_1h, '{}') AS failures_1h,
+	   h.latency_p50_ms,
+	   h.latency_p95_ms,
+	   h.latency_p99_ms,
+	   h.last_success_at,
+	   h.last_error_class,
+	   h.last_error,
+	   h.last_error_at,
+	   coalesce(h.in_flight, 0) AS in_flight,
+	   pg_catalog.now() - LEAST(
+		   (SELECT pg_catalog.min(o.created_at) FROM @extschema@.outbox o
+			WHERE o.provider_id = p.provider_id
+			  AND o.state IN ('pending', 'retrying', 'in_flight')),
+		   i.oldest) AS oldest_pending_age
+FROM @extschema@.provider p
+LEFT JOIN @extschema@._provider_health() h ON h.provider_id = p.provider_id
+-- the inbox has no index: read once for all providers, not once each
+LEFT JOIN (SELECT i.provider_id, pg_catalog.min(i.created_at) AS oldest
+		   FROM @extschema@.inbox i GROUP BY i.provider_id) i
+	   ON i.provider_id = p.provider_id;
+
+------------------------------------------------------------------------------
+-- attach() warns once of the bindings whose tables are gone with shipments,
+-- not once each: the log grew as the square of the tenants' tables dropped
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION @extschema@.attach(tbl regclass, provider text, key_column name DEFAULT NULL,
+								   writeback jsonb DEFAULT NULL, options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	pid integer;
+	bid integer;
+	keycol name := key_column;
+	keytype text;
+	wb jsonb := coalesce(writeback, '{}');
+	opts jsonb := coalesce(options, '{}');
+	f text;
+	col text;
+	coltype text;
+	colcat "char";
+	colnumeric boolean;
+	colscale integer;
+	sets text[] := '{}';
+	wbcols text[] := '{}';
+	render text;
+	wbsql text;
+	cancel_when text;
+	trigargs text;
+	relkind "char";
+	adopt integer;
+	gone integer[];
+	oldwb jsonb;
+	oldskip text[];
+	newskip text[];
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT c.relkind INTO relkind FROM pg_class c WHERE c.oid = tbl;
+	IF relkind NOT IN ('r', 'p') THEN
+		RAISE EXCEPTION '"%" is not a table', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  HINT = 'Attach an ordinary or partitioned table.';
+	END IF;
+	IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'The dispatcher reads and writes the table with its owner''s rights.';
+	END IF;
+	SELECT p.provider_id INTO pid FROM @extschema@.provider p WHERE p.name = attach.provider;
+	IF pid IS NULL THEN
+		RAISE EXCEPTION 'provider "%" does not exist', coalesce(provider, '')
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Create it first with shipsync.create_provider().';
+	END IF;
+	-- the lock CREATE TRIGGER takes below, taken before the check: a second
+	-- attach() of the table waits here for the first, then sees its binding
+	-- (each statement reads what was committed before it) and says so,
+	-- rather than failing on the first one's trigger
+	EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', tbl);
+	IF EXISTS (SELECT 1 FROM @extschema@.binding b WHERE b.tbl = attach.tbl AND b.active) THEN
+		RAISE EXCEPTION 'table % is already attached', tbl
+			USING ERRCODE = 'duplicate_object',
+				  DETAIL = format('Binding %s captures its orders for provider "%s".',
+								  (SELECT b.binding_id FROM @extschema@.binding b WHERE b.tbl = attach.tbl),
+								  (SELECT p.name FROM @extschema@.binding b JOIN @extschema@.provider p USING (provider_id)
+								    WHERE b.tbl = attach.tbl)),
+				  HINT = 'Call shipsync.detach() first to attach it again.';
+	END IF;
+	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii', 'grace', 'created_at_column', 'adopt'], 'attach');
+	adopt := @extschema@._check_adopt(opts, pid, tbl);
+	PERFORM @extschema@._check_attach_options(opts, pid);
+	PERFORM @extschema@._check_reconcile_options(opts, tbl);
+	IF current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
+		RAISE EXCEPTION 'database encoding % cannot be sent as JSON', current_setting('server_encoding')
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Carriers read JSON as UTF-8, and requests are rendered in the database encoding.',
+				  HINT = 'Keep the orders in a UTF8 database.';
+	END IF;
+
+	-- the key: given, or the single-column primary key
+	IF keycol IS NULL THEN
+		SELECT a.attname INTO keycol
+		FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+		WHERE i.indrelid = tbl AND i.indisprimary AND i.indnatts = 1;
+		IF keycol IS NULL THEN
+			RAISE EXCEPTION 'table % has no single-column primary key', tbl
+				USING ERRCODE = 'invalid_table_definition',
+					  HINT = 'Pass key_column => the column that identifies an order.';
+		END IF;
+	END IF;
+	keytype := @extschema@._key_type(tbl, keycol);
+	IF keytype IS NULL THEN
+		RAISE EXCEPTION 'column "%" of table % does not exist', keycol, tbl
+			USING ERRCODE = 'undefined_column',
+				  HINT = 'Pass key_column => the column that identifies an order.';
+	END IF;
+
+	-- write-back: shipment field -> order column
+	IF jsonb_typeof(wb) <> 'object' THEN
+		RAISE EXCEPTION 'writeback must be a JSON object of shipment fields to column names'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example {"tracking_number": "waybill_no"}.';
+	END IF;
+	FOR f, col IN SELECT key, value #>> '{}' FROM jsonb_each(wb) LOOP
+		IF f NOT IN ('tracking_number', 'status', 'provider_shipment_id', 'label_url', 'fee_total') THEN
+			RAISE EXCEPTION 'unknown write-back field "%"', f
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Write-back fields: tracking_number, status, provider_shipment_id, label_url, fee_total.';
+		END IF;
+		SELECT format_type(a.atttypid, a.atttypmod) INTO coltype
+		FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+		IF coltype IS NULL THEN
+			RAISE EXCEPTION 'write-back column "%" of table % does not exist', coalesce(col, ''), tbl
+				USING ERRCODE = 'undefined_column',
+					  HINT = 'Add the column first, or fix the writeback map.';
+		END IF;
+		IF col = keycol THEN
+			RAISE EXCEPTION 'the key column "%" cannot be a write-back column', col
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Write shipment fields into columns of their own.';
+		END IF;
+		-- a string type, or for fee_total numeric too (an integer, a float
+		-- or money would round or blur the amount without a word)
+		SELECT t.typcategory, t.oid = 'pg_catalog.numeric'::pg_catalog.regtype,
+			   -- a numeric's declared scale, the column's or its domain's
+			   -- (typmod: precision << 16 | scale, 11 bits signed, + 4)
+			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END
+		INTO colcat, colnumeric, colscale
+		FROM pg_attribute a JOIN pg_type t
+			ON t.oid = coalesce(nullif(
+				(SELECT typbasetype FROM pg_type WHERE oid = a.atttypid), 0), a.atttypid)
+		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
+				ELSE (SELECT d.typtypmod FROM pg_type d WHERE d.oid = a.atttypid) END) AS tm(m)
+		WHERE a.attrelid = tbl AND a.attname = col;
+		IF f = 'fee_total' AND colnumeric AND colscale < 2 THEN
+			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = format('fee_total is an amount with decimals (12.50, 3.125): a numeric of scale %s would round it.', colscale),
+					  HINT = 'Use a numeric column of at least two decimals, numeric without a scale, or a text column.';
+		END IF;
+		IF colcat <> 'S' AND NOT (f = 'fee_total' AND colnumeric) THEN
+			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = CASE WHEN f = 'fee_total' THEN 'fee_total is an amount with decimals (12.50, 3.125): a column of this type would round it or lose its exact value.'
+								   ELSE format('%s is text.', f) END,
+					  HINT = CASE WHEN f = 'fee_total' THEN 'Use a numeric or text column.'
+								 ELSE 'Use a text or varchar column.' END;
+		END IF;
+		-- no explicit cast: assignment rules apply, so a tracking number too
+		-- long for a varchar(n) column fails loudly instead of being cut (a
+		-- fee_total into a string column is its text, as written; into a
+		-- numeric of scale s only when it has no more decimals than s, never
+		-- rounded: _fee_totals() tickets the order whose total does not fit)
+		sets := sets || CASE WHEN f = 'fee_total' AND colcat = 'S'
+							 THEN format('%I = COALESCE(shipsync_u.%I::pg_catalog.text, t.%I)', col, f, col)
+							 WHEN f = 'fee_total' AND colscale IS NOT NULL
+							 THEN format('%1$I = COALESCE(CASE WHEN pg_catalog.round(shipsync_u.fee_total, %2$s)'
+										 ' OPERATOR(pg_catalog.=) shipsync_u.fee_total THEN shipsync_u.fee_total END, t.%1$I)',
+										 col, colscale)
+							 ELSE format('%I = COALESCE(shipsync_u.%I, t.%I)', col, f, col) END;
+		wbcols := wbcols || col;
+	END LOOP;
+
+	cancel_when := opts->>'cancel_when';
+	IF cancel_when IS NOT NULL AND cancel_when ~ ';' THEN
+		RAISE EXCEPTION 'option "cancel_when" must be one boolean expression'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example "status = ''cancelled''".';
+	END IF;
+	-- the restricted grammar, printed back with pg_catalog's operators:
+	-- no function, operator or cast of the caller's is ever planned here
+	IF cancel_when IS NOT NULL THEN
+		cancel_when := @extschema@._cancel_when_sql(cancel_when);
+	END IF;
+
+	-- The row itself and its write-back columns: the dispatcher prints the
+	-- request's body from the row (src/body.c: as json_build_object() and
+	-- row_to_json() would, with the type lookups once a batch rather than
+	-- once a column of every row) and keeps the row's digest
+	-- (shipsync._row_digest), what reconciliation compares the order with
+	-- later.  The row is t.*, never a bare t: a column named t would be
+	-- taken instead.  Operators and types qualified: the dispatcher, render_request() and
+	-- this function run these as the table's owner, each with a search_path
+	-- of its own.  (unnest of several arrays is grammar: pg_catalog's.)
+	render := format(
+		'SELECT shipsync_u.shipsync_id, t.%1$I IS NOT NULL AS found,'
+		' %4$s AS is_cancel, t.*::%2$s AS shipsync_row, %5$L::pg_catalog.text[] AS shipsync_skip'
+		' FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[])'
+		' AS shipsync_u(shipsync_id, shipsync_key)'
+		' LEFT JOIN %2$s AS t ON t.%1$I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%3$s',
+		keycol, tbl, keytype,
+		CASE WHEN cancel_when IS NULL THEN 'false'
+			 ELSE format('COALESCE((%s), false)', cancel_when) END,
+		ARRAY(SELECT c FROM unnest(wbcols) AS c ORDER BY 1));
+
+	IF array_length(sets, 1) > 0 THEN
+		wbsql := format(
+			'UPDATE %s AS t SET %s'
+			' FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[],'
+			' $4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.numeric[])'
+			' AS shipsync_u(shipsync_key, provider_shipment_id, tracking_number, status, label_url, fee_total)'
+			' WHERE t.%I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%s',
+			tbl, array_to_string(sets, ', '), keycol, keytype);
+	END IF;
+
+	-- prove both statements against the table now, not in the dispatcher,
+	-- and with the rights the dispatcher will have: the table owner's
+	BEGIN
+		PERFORM @extschema@._explain_as_owner(tbl, render, '{int8[], text[]}');
+		IF wbsql IS NOT NULL THEN
+			PERFORM @extschema@._explain_as_owner(tbl, wbsql,
+				'{text[], text[], text[], text[], text[], numeric[]}');
+		END IF;
+	EXCEPTION
+		-- row security forced on the owner: its own error says what to do
+		WHEN object_not_in_prerequisite_state THEN
+			RAISE;
+		WHEN OTHERS THEN
+			RAISE EXCEPTION 'cannot attach table %: %', tbl, SQLERRM
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Check option cancel_when and the writeback columns'' types.';
+	END;
+
+	SELECT x.writeback INTO oldwb FROM @extschema@.binding x WHERE x.tbl = attach.tbl;
+	INSERT INTO @extschema@.binding AS b (tbl, provider_id, key_column, writeback, options, render_sql, writeback_sql)
+	VALUES (attach.tbl, pid, keycol, wb, opts, render, wbsql)
+	ON CONFLICT ON CONSTRAINT binding_tbl_key DO UPDATE
+	   SET provider_id = EXCLUDED.provider_id, key_column = EXCLUDED.key_column,
+		   writeback = EXCLUDED.writeback, options = EXCLUDED.options,
+		   render_sql = EXCLUDED.render_sql, writeback_sql = EXCLUDED.writeback_sql,
+		   active = true, created_at = now(), created_by = session_user
+	RETURNING b.binding_id INTO bid;
+
+	-- the table replaces the one of binding adopt: what pg_shipsync knows
+	-- of its orders (shipments, intents, events, fees, tickets) is this
+	-- binding's now, so an order shipped before is updated, not created
+	-- again.  Otherwise, a binding of this provider with shipments whose
+	-- table is gone is said: were this table its successor, every update
+	-- of an order shipped before would ship it again.
+	IF adopt IS NOT NULL THEN
+		UPDATE @extschema@.shipment x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.outbox x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.inbox x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.tracking_event x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.fee_line x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.fee_sum x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.fee_pull x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.exception_ticket x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.binding x SET options = x.options || jsonb_build_object('adopted_by', bid)
+		 WHERE x.binding_id = adopt;
+	ELSE
+		-- in one warning, however many: a warning each, at every attach,
+		-- grew the log as the square of the tenants' tables dropped
+		SELECT pg_catalog.array_agg(b.binding_id ORDER BY b.binding_id DESC) INTO gone
+		FROM @extschema@.binding b
+		WHERE b.provider_id = pid AND NOT b.active AND b.binding_id <> bid
+		  AND NOT b.options ? 'adopted_by'
+		  AND NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = b.tbl)
+		  AND EXISTS (SELECT 1 FROM @extschema@.shipment x WHERE x.binding_id = b.binding_id);
+		IF pg_catalog.cardinality(gone) = 1 THEN
+			RAISE WARNING 'binding % of provider "%" has shipments, and its table (oid %) is gone',
+				gone[1], provider, (SELECT b.tbl::oid FROM @extschema@.binding b WHERE b.binding_id = gone[1])
+				USING DETAIL = format('Table %s is binding %s: an update of an order shipped under binding %s would be sent as a create.',
+									  tbl, bid, gone[1]),
+					  HINT = format('If %s replaces that table, detach it and attach it again with options {"adopt": %s}.',
+									tbl, gone[1]);
+		ELSIF pg_catalog.cardinality(gone) > 1 THEN
+			RAISE WARNING '% bindings of provider "%" have shipments, and their tables are gone',
+				pg_catalog.cardinality(gone), provider
+				USING DETAIL = format('Table %s is binding %s: an update of an order shipped under one of bindings %s would be sent as a create.',
+									  tbl, bid,
+									  pg_catalog.array_to_string(gone[1:10], ', ')
+									  || CASE WHEN pg_catalog.cardinality(gone) > 10
+											  THEN format(' or %s more', pg_catalog.cardinality(gone) - 10)
+											  ELSE '' END),
+					  HINT = format('If %s replaces one of those tables, detach it and attach it again with options {"adopt": <its binding_id>}; SELECT binding_id, created_at FROM shipsync.binding WHERE NOT active lists them.',
+									tbl);
+		END IF;
+	END IF;
+
+	-- attached again with other write-back columns: the digests of the
+	-- orders shipped (shipment.content_digest) left the old ones out, and
+	-- every order whose old column holds a value would read as changed
+	-- since it was sent (address_changed_after_send).  The digest of an
+	-- order unchanged since is made again without the new columns; an
+	-- order changed since keeps its digest, and is still told.  The rows
+	-- are read as the table's owner, as reconciliation reads them.
+	oldskip := ARRAY(SELECT w.value #>> '{}' FROM jsonb_each(oldwb) w ORDER BY 1);
+	newskip := ARRAY(SELECT c FROM unnest(wbcols) AS c ORDER BY 1);
+	IF oldwb IS NOT NULL AND oldskip IS DISTINCT FROM newskip
+	   AND EXISTS (SELECT 1 FROM @extschema@.shipment x
+				   WHERE x.binding_id = bid AND x.content_digest IS NOT NULL) THEN
+		EXECUTE format($d$
+			UPDATE @extschema@.shipment s
+			   SET content_digest = @extschema@._row_digest(t.r, $2)
+			  FROM @extschema@._select_as_owner($1, $4, NULL, NULL) AS t(k text COLLATE "C", r %s)
+			 WHERE s.binding_id = $5 AND s.order_key = t.k
+			   AND s.content_digest = @extschema@._row_digest(t.r, $3)$d$, tbl)
+		USING tbl, newskip, oldskip,
+			  format('SELECT t.%I::pg_catalog.text, t.*::%s FROM %s t', keycol, tbl, tbl), bid;
+	END IF;
+
+	trigargs := array_to_string(ARRAY(SELECT quote_literal(x)
+		FROM unnest(ARRAY[bid::text, pid::text, keycol::text] || wbcols) x), ', ');
+	EXECUTE format('CREATE TRIGGER shipsync_capture AFTER INSERT OR UPDATE OR DELETE ON %s'
+				   ' FOR EACH ROW EXECUTE FUNCTION @extschema@.capture(%s)', tbl, trigargs);
+	IF opts->>'validate' = 'reject' THEN
+		EXECUTE format('CREATE TRIGGER shipsync_validate AFTER INSERT OR UPDATE ON %s'
+					   ' FOR EACH ROW EXECUTE FUNCTION @extschema@._validate(%L)', tbl, bid);
+	END IF;
+	-- no dispatcher serves this database: its orders would be captured and
+	-- wait, with nothing in the log to say why.  An empty list (nothing is
+	-- served anywhere) is taken as meant.  The list read as the launcher
+	-- reads it (a quoted name may hold a comma).  (col, free again: the list.)
+	col := coalesce(pg_catalog.current_setting('shipsync.databases', true), '');
+	IF pg_catalog.btrim(col) <> '' AND NOT coalesce(@extschema@._database_listed(), false) THEN
+		RAISE WARNING 'database "%" is not in shipsync.databases', pg_catalog.current_database()
+			USING DETAIL = CASE WHEN @extschema@._database_listed() IS NULL
+							   THEN format('Its orders are captured, and none is sent: shipsync.databases (%L) is not a valid list, and no database is served.', col)
+							   ELSE format('Its orders are captured, and none is sent until a dispatcher serves it (shipsync.databases is %L).', col) END,
+				  HINT = format('ALTER SYSTEM SET shipsync.databases = %L; SELECT pg_reload_conf();',
+								col || ', ' || quote_ident(pg_catalog.current_database()));
+	END IF;
+	PERFORM @extschema@._wake(true);
+	RETURN bid;
+END
+$$;
+ALTER FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) SET shipsync.audit_action = 'attach';
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

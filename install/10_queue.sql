@@ -302,21 +302,24 @@ CREATE VIEW @extschema@.queue_status AS
 SELECT p.name AS provider,
 	   p.paused,
 	   pg_catalog.count(*) FILTER (WHERE o.state = 'pending')
-		   + coalesce((SELECT pg_catalog.count(*) FROM @extschema@.inbox i
-					   WHERE i.provider_id = p.provider_id), 0) AS pending,
+		   + coalesce(i.n, 0) AS pending,
 	   pg_catalog.count(*) FILTER (WHERE o.state = 'in_flight') AS in_flight,
 	   pg_catalog.count(*) FILTER (WHERE o.state = 'retrying') AS retrying,
 	   pg_catalog.count(*) FILTER (WHERE o.state = 'dead') AS dead,
 	   pg_catalog.count(*) FILTER (WHERE o.state = 'invalid') AS invalid,
 	   pg_catalog.now() - LEAST(pg_catalog.min(o.created_at)
 		   FILTER (WHERE o.state IN ('pending', 'retrying', 'in_flight')),
-		   (SELECT pg_catalog.min(i.created_at) FROM @extschema@.inbox i
-			WHERE i.provider_id = p.provider_id)) AS oldest_pending_age
+		   i.oldest) AS oldest_pending_age
 FROM @extschema@.provider p
+-- the inbox has no index: read once for all providers, not once each
+LEFT JOIN (SELECT i.provider_id, pg_catalog.count(*) AS n,
+				  pg_catalog.min(i.created_at) AS oldest
+		   FROM @extschema@.inbox i GROUP BY i.provider_id) i
+	   ON i.provider_id = p.provider_id
 LEFT JOIN @extschema@.outbox o
 	   ON o.provider_id = p.provider_id
 	  AND o.state IN ('pending', 'in_flight', 'retrying', 'dead', 'invalid')
-GROUP BY p.provider_id, p.name, p.paused;
+GROUP BY p.provider_id, p.name, p.paused, i.n, i.oldest;
 COMMENT ON VIEW @extschema@.queue_status IS
 	'Per provider: intents pending, in flight, retrying, dead and invalid, and the age of the oldest one not yet delivered.';
 

@@ -485,7 +485,7 @@ DECLARE
 	trigargs text;
 	relkind "char";
 	adopt integer;
-	gone record;
+	gone integer[];
 	oldwb jsonb;
 	oldskip text[];
 	newskip text[];
@@ -707,21 +707,33 @@ BEGIN
 		UPDATE @extschema@.binding x SET options = x.options || jsonb_build_object('adopted_by', bid)
 		 WHERE x.binding_id = adopt;
 	ELSE
-		FOR gone IN
-			SELECT b.binding_id, b.tbl::oid AS relid
-			FROM @extschema@.binding b
-			WHERE b.provider_id = pid AND NOT b.active AND b.binding_id <> bid
-			  AND NOT b.options ? 'adopted_by'
-			  AND NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = b.tbl)
-			  AND EXISTS (SELECT 1 FROM @extschema@.shipment x WHERE x.binding_id = b.binding_id)
-		LOOP
+		-- in one warning, however many: a warning each, at every attach,
+		-- grew the log as the square of the tenants' tables dropped
+		SELECT pg_catalog.array_agg(b.binding_id ORDER BY b.binding_id DESC) INTO gone
+		FROM @extschema@.binding b
+		WHERE b.provider_id = pid AND NOT b.active AND b.binding_id <> bid
+		  AND NOT b.options ? 'adopted_by'
+		  AND NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = b.tbl)
+		  AND EXISTS (SELECT 1 FROM @extschema@.shipment x WHERE x.binding_id = b.binding_id);
+		IF pg_catalog.cardinality(gone) = 1 THEN
 			RAISE WARNING 'binding % of provider "%" has shipments, and its table (oid %) is gone',
-				gone.binding_id, provider, gone.relid
+				gone[1], provider, (SELECT b.tbl::oid FROM @extschema@.binding b WHERE b.binding_id = gone[1])
 				USING DETAIL = format('Table %s is binding %s: an update of an order shipped under binding %s would be sent as a create.',
-									  tbl, bid, gone.binding_id),
+									  tbl, bid, gone[1]),
 					  HINT = format('If %s replaces that table, detach it and attach it again with options {"adopt": %s}.',
-									tbl, gone.binding_id);
-		END LOOP;
+									tbl, gone[1]);
+		ELSIF pg_catalog.cardinality(gone) > 1 THEN
+			RAISE WARNING '% bindings of provider "%" have shipments, and their tables are gone',
+				pg_catalog.cardinality(gone), provider
+				USING DETAIL = format('Table %s is binding %s: an update of an order shipped under one of bindings %s would be sent as a create.',
+									  tbl, bid,
+									  pg_catalog.array_to_string(gone[1:10], ', ')
+									  || CASE WHEN pg_catalog.cardinality(gone) > 10
+											  THEN format(' or %s more', pg_catalog.cardinality(gone) - 10)
+											  ELSE '' END),
+					  HINT = format('If %s replaces one of those tables, detach it and attach it again with options {"adopt": <its binding_id>}; SELECT binding_id, created_at FROM shipsync.binding WHERE NOT active lists them.',
+									tbl);
+		END IF;
 	END IF;
 
 	-- attached again with other write-back columns: the digests of the

@@ -43,10 +43,13 @@ SELECT p.name AS provider,
 		   (SELECT pg_catalog.min(o.created_at) FROM @extschema@.outbox o
 			WHERE o.provider_id = p.provider_id
 			  AND o.state IN ('pending', 'retrying', 'in_flight')),
-		   (SELECT pg_catalog.min(i.created_at) FROM @extschema@.inbox i
-			WHERE i.provider_id = p.provider_id)) AS oldest_pending_age
+		   i.oldest) AS oldest_pending_age
 FROM @extschema@.provider p
-LEFT JOIN @extschema@._provider_health() h ON h.provider_id = p.provider_id;
+LEFT JOIN @extschema@._provider_health() h ON h.provider_id = p.provider_id
+-- the inbox has no index: read once for all providers, not once each
+LEFT JOIN (SELECT i.provider_id, pg_catalog.min(i.created_at) AS oldest
+		   FROM @extschema@.inbox i GROUP BY i.provider_id) i
+	   ON i.provider_id = p.provider_id;
 COMMENT ON VIEW @extschema@.provider_health IS
 	'One row per provider: paused, circuit breaker and Retry-After hold, attempts over the last 5 minutes and the last hour, latency percentiles, the last success and error, requests in flight and the age of the oldest intent not yet delivered. Kept in shared memory by the dispatcher: a restarted dispatcher keeps it, a restarted server starts it afresh.';
 COMMENT ON COLUMN @extschema@.provider_health.provider IS 'The provider''s name.';

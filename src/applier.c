@@ -751,6 +751,7 @@ applier_load_config(void)
 		MemoryContextDelete(worker_cfg_cxt);
 	worker_cfg_cxt = cxt;
 	worker_cfg_generation = gen;
+	writeback_forget_plans(worker_bindings, worker_nbindings);
 }
 
 /* Apply one message; returns its acknowledgement */

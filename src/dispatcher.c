@@ -409,6 +409,7 @@ dispatcher_load_config(void)
 	bindings = bs;
 	nbindings = nb;
 	cfg_generation = gen;
+	writeback_forget_plans(bindings, nbindings);
 	poller_invalidate();
 	feepull_invalidate();
 	reconcile_invalidate();
@@ -627,9 +628,10 @@ dispatcher_send(Provider *p, Claimed *c)
  * Captured intents wait in shipsync.inbox until we move them into the
  * outbox.  We drain when a commit told us of new intents for a provider
  * that can take work (drain_all: everything, paused providers' too, so the
- * inbox stays small), and at the idle check while a transaction that
- * captured may be prepared (only the providers that are not paused: its
- * COMMIT PREPARED wakes no one).  twophase_watch starts true and stays so
+ * inbox stays small, but behind the others': dispatcher_drain_sendable()),
+ * and at the idle check while a transaction that captured may be prepared
+ * (only the providers that are not paused: its COMMIT PREPARED wakes no
+ * one).  twophase_watch starts true and stays so
  * while pg_prepared_xacts lists a transaction of this database; PREPARE of
  * a capturing transaction sets it again (shipsync_note_prepared(), called
  * once the transaction is listed and before it can be committed), so that
@@ -648,6 +650,7 @@ dispatcher_send(Provider *p, Claimed *c)
 static int	drain_chunk = DRAIN_FIRST;
 static bool drain_all = true;
 static bool drain_unpaused = false;
+static bool sendable_moved = false; /* drain_all: what can be sent is moved */
 static bool twophase_watch = true;
 
 /*
@@ -732,6 +735,53 @@ dispatcher_drain(void)
 			if (moved < (uint64) drain_chunk)
 				providers[i].inbox_from = 0;
 		}
+}
+
+/*
+ * A drain of everything while a provider is paused moves the intents of
+ * the providers that can send first: in id order, one commit of another
+ * provider's waited for the whole backlog of a paused one to be moved
+ * ahead of it (a million intents: 20 s).  Drains the intents of the
+ * providers not paused, a chunk, and returns true; false, without a read,
+ * when none is paused or none can send.  Until a chunk comes back short,
+ * the next pass does this first again; then the drains of everything go
+ * on, and a commit of a provider that can send
+ * (dispatcher_exchange_masks()) puts its intents first again.  The rows
+ * of the paused providers stay where they were: inbox_low is left alone.
+ */
+static bool
+dispatcher_drain_sendable(void)
+{
+	int32	   *ids = palloc(sizeof(int32) * Max(nproviders, 1));
+	int			nids = 0;
+	bool		paused = false;
+	int64		low;
+	uint64		moved;
+	bool		full;
+
+	for (int i = 0; i < nproviders; i++)
+		if (providers[i].paused)
+			paused = true;
+		else
+			ids[nids++] = providers[i].id;
+	sendable_moved = true;
+	if (!paused || nids == 0)
+		return false;
+	moved = outbox_drain_inbox(drain_chunk, ids, nids, &low);
+	full = moved >= (uint64) drain_chunk;
+	if (full)
+	{
+		sendable_moved = false;
+		drain_chunk = Min(drain_chunk * 2, DRAIN_MAX);
+	}
+	for (int i = 0; i < nproviders; i++)
+		if (!providers[i].paused)
+		{
+			providers[i].maybe_work = providers[i].maybe_work || moved > 0;
+			if (!full)
+				providers[i].inbox_from = 0;
+		}
+	return true;
 }
 
 /* At most how many intents can be in the inbox; -1: not known */
@@ -1077,6 +1127,8 @@ dispatcher_claim_all(TimestampTz now)
 		 */
 		if (drain_all && inbox_small(now))
 			dispatcher_take(now, takes);
+		else if (drain_all && !sendable_moved && dispatcher_drain_sendable())
+			;					/* the rest at the next pass, at once */
 		else if (drain_all || drain_unpaused)
 			dispatcher_drain();
 		for (int i = 0; i < nproviders; i++)
@@ -1149,6 +1201,7 @@ dispatcher_exchange_masks(TimestampTz now, bool held)
 			if (!providers[i].paused)
 			{
 				drain_all = true;
+				sendable_moved = false;
 				providers[i].inbox_new = true;
 			}
 			pending &= ~SHIPSYNC_PROVIDER_BIT(providers[i].id);

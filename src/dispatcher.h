@@ -106,6 +106,7 @@ typedef struct Binding
 	char	   *render_sql;
 	char	   *writeback_sql;
 	int32		tracking_provider_id;	/* option tracking_provider, or 0 */
+	bool		active;			/* attached (binding.active) */
 	SPIPlanPtr	render_plan;	/* saved lazily, freed at reload */
 } Binding;
 
@@ -208,6 +209,8 @@ extern const char *provider_secret(const Provider *p, const char *name);
 extern int	provider_tokens(Provider *p, TimestampTz now);
 extern Binding *binding_find(Binding *bs, int nb, int32 id);
 
+/* in writeback.c: the saved plans of bindings no longer attached, freed */
+extern void writeback_forget_plans(const Binding *bs, int nb);
 /* in writeback.c: the shipments apply recorded, onto the order rows */
 extern void writeback_shipments(Binding *bs, int nb, SPITupleTable *tt,
 								uint64 nrows);

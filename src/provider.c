@@ -81,7 +81,8 @@ provider_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 
 	rc = SPI_execute("SELECT b.binding_id, b.tbl::oid, b.render_sql, b.writeback_sql,"
 					 " (SELECT p.provider_id FROM shipsync.provider p"
-					 "   WHERE p.name = b.options->>'tracking_provider')"
+					 "   WHERE p.name = b.options->>'tracking_provider'),"
+					 " b.active"
 					 " FROM shipsync.binding b ORDER BY b.binding_id", true, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "loading bindings failed");
@@ -101,6 +102,7 @@ provider_load_config(MemoryContext cxt, Provider **providers, int *nproviders,
 		bs[i].tracking_provider_id = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
 		if (isnull)
 			bs[i].tracking_provider_id = 0;
+		bs[i].active = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
 	}
 	MemoryContextSwitchTo(old);
 	*bindings = bs;

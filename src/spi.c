@@ -58,7 +58,8 @@
  * what its pages hold (empty_relation_info(), below).
  *
  * Memory: the size table lives in TopMemoryContext for the life of the
- * process; one entry per relation any saved plan ever read.
+ * process; one entry per relation a saved plan read, forgotten once the
+ * relation is dropped.
  *
  *-------------------------------------------------------------------------
  */
@@ -180,7 +181,7 @@ spi_size_entry(Oid relid, BlockNumber blocks)
  * it here held the worker's loop, every table's deliveries with it.
  */
 static bool
-spi_check_relation(SpiRelSize *entry)
+spi_check_relation(SpiRelSize *entry, bool *dropped)
 {
 	Relation	rel;
 	BlockNumber blocks;
@@ -192,7 +193,8 @@ spi_check_relation(SpiRelSize *entry)
 	if (rel == NULL)
 	{
 		UnlockRelationOid(entry->relid, AccessShareLock);
-		return false;			/* dropped */
+		*dropped = true;
+		return false;
 	}
 	if (!RELKIND_HAS_STORAGE(rel->rd_rel->relkind))
 	{
@@ -233,8 +235,17 @@ shipsync_replan_grown(TimestampTz now)
 	last = now;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	for (int i = 0; i < spi_nsizes; i++)
-		(void) spi_check_relation(&spi_sizes[i]);
+	for (int i = 0; i < spi_nsizes;)
+	{
+		bool		dropped = false;
+
+		(void) spi_check_relation(&spi_sizes[i], &dropped);
+		/* forgotten: a tenant's table dropped, one after another, for ever */
+		if (dropped)
+			spi_sizes[i] = spi_sizes[--spi_nsizes];
+		else
+			i++;
+	}
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(old);
 }

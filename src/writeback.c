@@ -39,9 +39,10 @@
  * it.  An error a retry can get past (lock_timeout, a deadlock) is raised
  * as it is, for the sender to try again.
  *
- * Plans: one saved plan per binding, in TopMemoryContext for the life of
- * the process, made again when the statement text changes (attach() run
- * again); PostgreSQL's plan cache re-plans it when the table changes, and
+ * Plans: one saved plan per binding, in TopMemoryContext, made again when
+ * the statement text changes (attach() run again) and freed when a
+ * configuration loaded finds its binding no longer attached
+ * (writeback_forget_plans()); PostgreSQL's plan cache re-plans it when the table changes, and
  * src/spi.c when the table has doubled.  It is always the generic plan,
  * which finds the rows by key through the table's index: left to the plan
  * cache, the first five runs of a process (and five after every re-plan)
@@ -124,6 +125,40 @@ writeback_plan(int32 binding_id, const char *sql)
 	w->sql = MemoryContextStrdup(TopMemoryContext, sql);
 	w->plan = plan;
 	return plan;
+}
+
+/*
+ * Free the saved write-back plans of the bindings that bs (the
+ * configuration just loaded) no longer has attached: detached, their table
+ * dropped.  A tenant's table dropped and another attached, again and again,
+ * kept a plan (some 40 kB) for each binding ever written, for the life of
+ * the worker.  A binding written again later (a result of a detached table
+ * still in flight, or the table attached again) has its plan made anew.
+ */
+void
+writeback_forget_plans(const Binding *bs, int nb)
+{
+	int			kept = 0;
+
+	for (int i = 0; i < n_wb_plans; i++)
+	{
+		bool		attached = false;
+
+		for (int k = 0; k < nb; k++)
+			if (bs[k].id == wb_plans[i].binding_id)
+			{
+				attached = bs[k].active;
+				break;
+			}
+		if (!attached)
+		{
+			SPI_freeplan(wb_plans[i].plan);
+			pfree(wb_plans[i].sql);
+			continue;
+		}
+		wb_plans[kept++] = wb_plans[i];
+	}
+	n_wb_plans = kept;
 }
 
 /*

@@ -12,7 +12,10 @@
 #     delivered, by the idle check;
 #   - many intents captured at once are all moved and delivered once,
 #     in chunks (the first small, so that the first requests go out at
-#     once), an order's update never before its create.
+#     once), an order's update never before its create;
+#   - a paused provider's backlog, moved into the outbox when another
+#     provider's commit drains the inbox, does not hold that provider's
+#     orders back.
 use strict;
 use warnings;
 use FindBin;
@@ -125,6 +128,41 @@ is( $sql->(q{SELECT count(*) FROM shipsync.outbox u JOIN shipsync.outbox c
 		ON c.order_key = u.order_key AND c.op = 'create'
 		WHERE u.op = 'update' AND u.state = 'done' AND u.updated_at < c.done_at}),
 	'0', 'creates and updates: no update was done before its create');
+
+# 5. a paused provider's backlog does not hold the other providers' orders:
+# a commit for a provider that can send drains the inbox, paused
+# providers' intents too (so that the inbox, which has no index, stays
+# small), but the intents that can be sent move first.  They moved in id
+# order, behind the whole backlog: with a million intents of one paused
+# carrier in the inbox, the next order of every other carrier waited 20 s
+# for them to be moved.  Here 200,000: the other provider's order is
+# delivered while the backlog is still being moved.
+$sql->("SELECT shipsync.pause('sim')");
+$sql->(q{CREATE TABLE crm.other_orders (id bigint PRIMARY KEY, waybill_no text);
+	SELECT shipsync.attach('crm.other_orders', 'other',
+		writeback => '{"tracking_number": "waybill_no"}');});
+$sql->("INSERT INTO crm.orders (customer) SELECT '吴' || g FROM generate_series(1, 200000) g");
+is($sql->("SELECT count(*) FROM shipsync.inbox"), 200000, 'backlog: 200,000 intents of the paused provider wait in the inbox');
+$sql->("INSERT INTO crm.other_orders VALUES (900001)");
+my $left;
+for (my $i = 0; $i < 3000; $i++)
+{
+	my ($wb, $n) = split /\|/, $sql->(q{SELECT waybill_no IS NOT NULL,
+		(SELECT count(*) FROM shipsync.inbox) FROM crm.other_orders});
+	if ($wb eq 't')
+	{
+		$left = $n;
+		last;
+	}
+	usleep(10_000);
+}
+ok(defined $left, 'backlog: the other provider\'s order is delivered');
+cmp_ok($left // 0, '>', 0,
+	'backlog: before the paused provider\'s backlog is all moved (' . ($left // 'none') . ' left in the inbox)');
+ok(wait_until($node, "SELECT count(*) = 0 FROM shipsync.inbox", 120),
+	'backlog: then it is moved into the outbox all the same');
+is($sql->("SELECT count(*) FROM shipsync.outbox WHERE state = 'pending'"), 200000,
+	'backlog: all of it pending there, nothing of it sent');
 
 $node->stop;
 stop_sim($sim);

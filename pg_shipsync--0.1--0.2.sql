@@ -13988,6 +13988,498 @@ $$;
 ALTER FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) SET shipsync.audit_action = 'attach';
 
 ------------------------------------------------------------------------------
+-- The numeric column a binding writes fee_total back into, read in one place
+------------------------------------------------------------------------------
+-- _fee_totals() (a bill's total) and _quote_totals_unfit() (a quote's) each
+-- read the binding's fee_total column and its scale from the catalogs with
+-- the same joins: _fee_total_column() is that lookup, and both join it.
+CREATE FUNCTION @extschema@._fee_total_column()
+RETURNS TABLE (binding_id integer, active boolean, attname name, atttypid oid, typmod integer, scale integer)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+	SELECT bb.binding_id, bb.active, a.attname, a.atttypid, tm.m,
+		   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END
+	FROM @extschema@.binding bb
+	JOIN pg_catalog.pg_attribute a
+	  ON a.attrelid = bb.tbl AND a.attname = bb.writeback->>'fee_total' AND NOT a.attisdropped
+	JOIN pg_catalog.pg_type ty
+	  ON ty.oid = coalesce(nullif((SELECT d.typbasetype FROM pg_catalog.pg_type d
+								   WHERE d.oid = a.atttypid), 0), a.atttypid)
+	CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
+			ELSE (SELECT d.typtypmod FROM pg_catalog.pg_type d WHERE d.oid = a.atttypid) END) tm(m)
+	WHERE ty.oid = 'pg_catalog.numeric'::pg_catalog.regtype;
+END;
+REVOKE ALL ON FUNCTION @extschema@._fee_total_column() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION @extschema@._fee_totals(tb integer[], tk text[])
+RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	-- one join and one aggregate for all the orders (a statement touches
+	-- tens of thousands), min <> max for "more than one currency"
+	RETURN QUERY
+	WITH t AS (
+		SELECT DISTINCT x.b, x.k FROM unnest(tb, tk) AS x(b, k) WHERE x.b IS NOT NULL),
+	-- a quote counts while it is the quote of the order's shipment: an
+	-- order shipped again under its key (its shipment row now holds
+	-- another waybill) is quoted once, not twice; bills all count
+	per AS MATERIALIZED (
+		SELECT l.binding_id AS b, l.order_key AS k, l.provider_id AS pid, l.currency AS cur,
+			   coalesce(sum(CASE WHEN l.fee_type = 'refund' THEN -abs(l.amount) ELSE l.amount END)
+					FILTER (WHERE l.quote AND q.current), 0) AS est,
+			   coalesce(sum(l.amount) FILTER (WHERE NOT l.quote AND l.state <> 'refunded'
+											  AND l.fee_type <> 'refund'), 0) AS chg,
+			   coalesce(sum(abs(l.amount)) FILTER (WHERE NOT l.quote
+					AND (l.state = 'refunded' OR l.fee_type = 'refund')), 0) AS ref,
+			   count(*) FILTER (WHERE l.quote AND q.current) AS nq,
+			   count(*) FILTER (WHERE NOT l.quote) AS nb,
+			   max(l.recorded_at) AS last
+		FROM @extschema@.fee_line l
+		JOIN t ON l.binding_id = t.b AND l.order_key = t.k
+		-- (a line a corrected statement withdrew is billed no more: no
+		-- bill line, so its order is unbilled again and takes its quote)
+		CROSS JOIN LATERAL (
+			SELECT NOT l.quote OR coalesce(
+				(SELECT s.tracking_number FROM @extschema@.shipment s
+				  WHERE s.binding_id = l.binding_id AND s.order_key = l.order_key
+					AND s.provider_id = l.provider_id) = l.tracking_number, true) AS current) q
+		WHERE NOT l.withdrawn
+		GROUP BY l.binding_id, l.order_key, l.provider_id, l.currency),
+	kept AS (
+		INSERT INTO @extschema@.fee_sum AS fs (binding_id, order_key, provider_id, currency,
+			estimated, charged, refunded, quote_lines, bill_lines, last_change)
+		SELECT per.b, per.k, per.pid, per.cur, per.est, per.chg, per.ref, per.nq, per.nb, per.last
+		FROM per
+		ON CONFLICT ON CONSTRAINT fee_sum_pkey DO UPDATE SET
+			estimated = EXCLUDED.estimated, charged = EXCLUDED.charged,
+			refunded = EXCLUDED.refunded, quote_lines = EXCLUDED.quote_lines,
+			bill_lines = EXCLUDED.bill_lines, last_change = EXCLUDED.last_change
+		WHERE (fs.estimated, fs.charged, fs.refunded, fs.quote_lines, fs.bill_lines, fs.last_change)
+			  IS DISTINCT FROM (EXCLUDED.estimated, EXCLUDED.charged, EXCLUDED.refunded,
+								EXCLUDED.quote_lines, EXCLUDED.bill_lines, EXCLUDED.last_change)
+		RETURNING 1),
+	-- a sum whose provider and currency no line has any more; looked up
+	-- in fee_line by its order index, not in per: an anti-join against the
+	-- CTE scanned all of per for every sum (the planner cannot hash a
+	-- generic plan's guess of one row), 8,000 comparisons a batch of 128
+	gone AS (
+		DELETE FROM @extschema@.fee_sum fs USING t
+		 WHERE fs.binding_id = t.b AND fs.order_key = t.k
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
+						   WHERE l.binding_id = fs.binding_id AND l.order_key = fs.order_key
+							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency
+							 AND NOT l.withdrawn)
+		RETURNING 1),
+	ord AS (
+		SELECT per.b, per.k, sum(per.nb) > 0 AS billed,
+			   min(per.cur) FILTER (WHERE per.nb > 0) AS lo_b,
+			   max(per.cur) FILTER (WHERE per.nb > 0) AS hi_b,
+			   min(per.cur) FILTER (WHERE per.nq > 0) AS lo_q,
+			   max(per.cur) FILTER (WHERE per.nq > 0) AS hi_q,
+			   -- quoted in a currency (XXX: the answer named none)
+			   min(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS lo_qc,
+			   max(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS hi_qc,
+			   sum(per.chg - per.ref) FILTER (WHERE per.nb > 0) AS tot_b,
+			   sum(per.est) FILTER (WHERE per.nq > 0) AS tot_q
+		FROM per GROUP BY per.b, per.k),
+	-- one currency: the bill's lines in one, and a quote in a currency in
+	-- that one too (a bill in dollars of a quote in yuan is no total)
+	-- and a total its currency can have (a quote of JPY 1500.5 is none:
+	-- bill lines with more decimals than their currency has are refused)
+	tot AS (
+		SELECT ord.b, ord.k, bb.provider_id AS pid, bb.writeback ? 'fee_total' AS wb,
+			   x.agree AND coalesce(pg_catalog.round(x.total, cu.minor_units) = x.total, true) AS one,
+			   x.agree, x.total, x.cur, cu.minor_units AS minor
+		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b
+		CROSS JOIN LATERAL (SELECT CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total,
+								   CASE WHEN ord.billed THEN ord.lo_b ELSE ord.lo_q END AS cur,
+								   CASE WHEN ord.billed
+										THEN ord.lo_b = ord.hi_b AND coalesce(ord.lo_qc = ord.lo_b AND ord.hi_qc = ord.lo_b, true)
+										ELSE ord.lo_q = ord.hi_q END AS agree) x
+		LEFT JOIN @extschema@.currency cu ON cu.code = x.cur
+		UNION ALL
+		-- an order whose every line was withdrawn costs nothing now
+		SELECT t.b, t.k, bb.provider_id, bb.writeback ? 'fee_total', true, true, 0, NULL, NULL
+		FROM t JOIN @extschema@.binding bb ON bb.binding_id = t.b
+		WHERE NOT EXISTS (SELECT 1 FROM per WHERE per.b = t.b AND per.k = t.k)
+		  AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
+					  WHERE l.binding_id = t.b AND l.order_key = t.k)),
+	sh AS (
+		UPDATE @extschema@.shipment s SET fee_total = tot.total, updated_at = now()
+		  FROM tot
+		 WHERE tot.one AND s.binding_id = tot.b AND s.order_key = tot.k
+		   AND s.provider_id = tot.pid AND s.fee_total IS DISTINCT FROM tot.total
+		RETURNING s.binding_id, s.order_key, s.fee_total, tot.wb),
+	mixed AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, detail)
+		SELECT 'fee_currency_mixed', tot.b, tot.k, tot.pid,
+			   CASE WHEN tot.agree
+				   THEN format('the fees of order %s come to %s %s, more decimals than %s has (%s): its fee_total is left as it was',
+							   tot.k, tot.total, tot.cur, tot.cur, tot.minor)
+				   ELSE format('the fees of order %s are in %s: its fee_total is left as it was', tot.k,
+							   (SELECT string_agg(DISTINCT per.cur, ', ') FROM per
+								WHERE per.b = tot.b AND per.k = tot.k)) END
+		FROM tot
+		WHERE NOT tot.one
+		  AND NOT EXISTS (SELECT 1 FROM @extschema@.exception_ticket x
+						  WHERE x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
+							AND x.order_key = tot.k AND x.resolved_at IS NULL)
+		RETURNING 1),
+	agreed AS (
+		UPDATE @extschema@.exception_ticket x SET resolved_at = now(),
+			   resolution = 'its fee lines are in one currency again'
+		  FROM tot
+		 WHERE tot.one AND x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
+		   AND x.order_key = tot.k AND x.resolved_at IS NULL
+		RETURNING 1),
+	-- a total with more decimals than the order's numeric column holds
+	-- (1.005 into a numeric(10,2)): never written rounded (the binding's
+	-- write-back statement leaves the column), and the order gets a ticket
+	scale AS (
+		SELECT sh.binding_id, sh.order_key, sh.fee_total, c.attname, c.atttypid, c.typmod AS m,
+			   c.scale AS s
+		FROM sh
+		JOIN @extschema@._fee_total_column() c ON c.binding_id = sh.binding_id
+		WHERE sh.wb),
+	unfit AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
+		SELECT 'writeback_failed', scale.binding_id, scale.order_key,
+			   format('write-back of the fee total failed: %s has more decimals than column %I (%s) holds; it was left as it was, not rounded',
+					  scale.fee_total, scale.attname, pg_catalog.format_type(scale.atttypid, scale.m))
+		FROM scale
+		WHERE scale.s IS NOT NULL AND pg_catalog.round(scale.fee_total, scale.s) <> scale.fee_total
+		RETURNING exception_ticket.binding_id, exception_ticket.order_key)
+	-- (kept, gone, mixed, agreed and unfit run whether or not they are read;
+	-- the orders ticketed are hashed once: estimated at a few rows, an anti
+	-- join compared every order written with every one ticketed, 36 million
+	-- comparisons for a statement of 6,000 of each.  No key is NULL.)
+	SELECT 'writeback'::text, NULL::bigint, sh.binding_id, sh.order_key, sh.fee_total
+	FROM sh WHERE sh.wb
+	  AND (sh.binding_id, sh.order_key) NOT IN (SELECT u.binding_id, u.order_key FROM unfit u);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._quote_totals_unfit(bids integer[], oks text[], totals numeric[])
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	-- the columns of the batch's bindings once (materialized: inlined, the
+	-- catalogs were read for each total), then each total against its own
+	WITH col AS MATERIALIZED (
+		SELECT c.binding_id AS b, c.attname, c.atttypid, c.typmod AS m, c.scale AS s
+		FROM @extschema@._fee_total_column() c
+		WHERE c.binding_id = ANY (bids) AND c.active)
+	INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
+	SELECT 'writeback_failed', u.b, u.k,
+		   format('write-back of the fee total failed: %s has more decimals than column %I (%s) holds; it was left as it was, not rounded',
+				  u.tot, col.attname, pg_catalog.format_type(col.atttypid, col.m))
+	FROM unnest(bids, oks, totals) AS u(b, k, tot)
+	JOIN col ON col.b = u.b
+	WHERE col.s IS NOT NULL AND u.tot IS NOT NULL AND pg_catalog.round(u.tot, col.s) <> u.tot;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$$;
+
+------------------------------------------------------------------------------
+-- Fee lines of a multi-piece shipment's waybills: the numbers left for the
+-- pieces' lookup are a set difference
+------------------------------------------------------------------------------
+-- _store_fees() and _match_parked_fees() took the numbers that are no
+-- shipment's tracking number with a NOT EXISTS against the CTE of those
+-- that are, which the planner ran as a loop over that CTE for each line: a
+-- statement of 100,000 lines, every one of them an order's, ran for
+-- minutes (4.7 s before).  EXCEPT is hashed or sorted.
+CREATE OR REPLACE FUNCTION @extschema@._match_parked_fees(pids integer[], tns text[],
+	OUT n bigint, OUT tb integer[], OUT tk text[])
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	WITH want AS (
+		SELECT DISTINCT f.provider_id, f.tracking_number
+		FROM unnest(pids, tns) AS u(pid, tn)
+		JOIN @extschema@.fee_line f ON f.binding_id IS NULL AND f.provider_id = u.pid
+		 AND f.tracking_number = u.tn),
+	main AS (
+		SELECT DISTINCT ON (s.provider_id, s.tracking_number) s.provider_id, s.tracking_number,
+			   s.binding_id, s.order_key
+		FROM @extschema@.shipment s JOIN want w USING (provider_id, tracking_number)
+		ORDER BY s.provider_id, s.tracking_number, s.created_at DESC),
+	-- or another waybill of a multi-piece shipment (SF: child, return):
+	-- its fee is the order's (each looked up through the waybills' index)
+	ship AS (
+		SELECT main.* FROM main
+		UNION ALL
+		SELECT w.provider_id, w.tracking_number, p.binding_id, p.order_key
+		-- (a set difference, hashed or sorted: a NOT EXISTS against main was
+		-- planned as a loop over main for each number)
+		FROM (SELECT want.provider_id, want.tracking_number FROM want
+			  EXCEPT
+			  SELECT main.provider_id, main.tracking_number FROM main) w
+		CROSS JOIN LATERAL (
+			SELECT s.binding_id, s.order_key FROM @extschema@.shipment s
+			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', w.tracking_number))
+			  AND s.waybills IS NOT NULL AND s.provider_id = w.provider_id
+			ORDER BY s.created_at DESC
+			LIMIT 1) p),
+	m AS (
+		UPDATE @extschema@.fee_line f SET binding_id = ship.binding_id, order_key = ship.order_key
+		  FROM ship
+		 WHERE f.binding_id IS NULL AND f.provider_id = ship.provider_id
+		   AND f.tracking_number = ship.tracking_number
+		RETURNING f.binding_id, f.order_key)
+	SELECT count(*), coalesce(array_agg(m.binding_id), '{}'), coalesce(array_agg(m.order_key), '{}')
+	INTO n, tb, tk FROM m;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._store_fees(src text, stmt bigint, replaces bigint, who text,
+	pids integer[], bids integer[], oks text[], tns text[], codes text[], amounts numeric[],
+	currencies text[], fkeys text[], settlements text[], payers text[], weights numeric[],
+	states text[], ats timestamptz[], held text[] DEFAULT NULL)
+RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	n_in bigint := coalesce(array_length(tns, 1), 0);
+	n_new bigint;
+	n_rev bigint;
+	n_park bigint;
+	n_matched bigint := 0;
+	n_withdrawn bigint := 0;
+	twice text;
+	tb integer[];
+	tk text[];
+BEGIN
+	PERFORM @extschema@._lock_fees(pids, tns, src = 'statement');
+
+	SELECT m.n, m.tb, m.tk INTO n_matched, tb, tk
+	FROM @extschema@._match_parked_fees(pids, tns) m;
+
+	WITH inc AS (
+		SELECT u.ord, u.pid, u.bid, u.ok, u.tn, u.code, u.amount, u.cur, u.fkey, u.settle,
+			   u.payer, u.weight, u.st, u.at,
+			   coalesce(tm.fee_type, ft.name, 'other') AS fee_type
+		FROM unnest(pids, bids, oks, tns, codes, amounts, currencies, fkeys, settlements, payers,
+					weights, states, ats)
+			 WITH ORDINALITY AS u(pid, bid, ok, tn, code, amount, cur, fkey, settle, payer,
+								  weight, st, at, ord)
+		JOIN @extschema@.provider p ON p.provider_id = u.pid
+		LEFT JOIN @extschema@.fee_type_map tm
+			   ON tm.profile = coalesce(p.options->>'profile', p.dialect) AND tm.code = u.code
+		LEFT JOIN @extschema@.fee_type ft ON ft.name = lower(u.code)),
+	-- a line without a key of the carrier: the first of its type in this
+	-- notice has key '', the next '#2', ...; the same line twice: the last.
+	-- Grouped and sorted bytewise (COLLATE "C"): the groups are the same
+	-- under any deterministic collation, and a statement sorts 100,000
+	-- lines here twice, where strcoll() cost more than the rest of the sort
+	keyed AS (
+		SELECT DISTINCT ON (y.pid, y.tn COLLATE "C", y.fee_type COLLATE "C", y.k COLLATE "C") y.*
+		FROM (SELECT inc.*,
+					 CASE WHEN inc.fkey IS NOT NULL THEN inc.fkey
+						  WHEN row_number() OVER w = 1 THEN ''
+						  ELSE '#' || row_number() OVER w END AS k
+			  FROM inc
+			  WINDOW w AS (PARTITION BY inc.pid, inc.tn COLLATE "C", inc.fee_type COLLATE "C", inc.fkey IS NULL
+						   ORDER BY inc.ord)) y
+		ORDER BY y.pid, y.tn COLLATE "C", y.fee_type COLLATE "C", y.k COLLATE "C", y.ord DESC),
+	-- a statement billing one carrier's line (its key) twice: refused
+	-- below, since keyed keeps one of them and the statement's total
+	-- counts both (a push sending a line again is the same line again)
+	dup AS (
+		SELECT pg_catalog.format('Waybill %s, fee type %s, key %s: %s lines, of %s.', i.tn, i.fee_type,
+					pg_catalog.quote_literal(i.fkey), count(*),
+					string_agg(i.amount::text || ' ' || coalesce(i.cur, ''), ', ' ORDER BY i.ord)) AS msg
+		FROM inc i
+		WHERE src = 'statement' AND i.fkey IS NOT NULL
+		GROUP BY i.pid, i.tn, i.fee_type, i.fkey
+		HAVING count(*) > 1
+		LIMIT 1),
+	main AS (
+		SELECT DISTINCT ON (s.provider_id, s.tracking_number) s.provider_id, s.tracking_number,
+			   s.binding_id, s.order_key
+		FROM @extschema@.shipment s
+		WHERE (s.provider_id, s.tracking_number) IN
+			  (SELECT keyed.pid, keyed.tn FROM keyed WHERE keyed.bid IS NULL)
+		ORDER BY s.provider_id, s.tracking_number, s.created_at DESC),
+	-- a waybill no shipment has as its tracking number may be another
+	-- waybill of a multi-piece shipment (SF: child, return): its fee is the
+	-- order's, the line keeping the piece's number (each looked up through
+	-- the waybills' index on its own)
+	ship AS (
+		SELECT main.* FROM main
+		UNION ALL
+		SELECT t.pid, t.tn, p.binding_id, p.order_key
+		-- (a set difference, hashed or sorted: a NOT EXISTS against main
+		-- was planned as a loop over main for each line, and a statement of
+		-- 100,000 lines ran for minutes)
+		FROM (SELECT keyed.pid, keyed.tn FROM keyed WHERE keyed.bid IS NULL
+			  EXCEPT
+			  SELECT main.provider_id, main.tracking_number FROM main) t
+		CROSS JOIN LATERAL (
+			SELECT s.binding_id, s.order_key FROM @extschema@.shipment s
+			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
+			  AND s.waybills IS NOT NULL AND s.provider_id = t.pid
+			ORDER BY s.created_at DESC
+			LIMIT 1) p),
+	-- each line's order: the caller's, else the newest shipment's of its
+	-- waybill (a recycled number is the new parcel's), else none (parked);
+	-- part of the line's identity
+	kt AS (
+		SELECT k.*, coalesce(k.bid, ship.binding_id) AS tb, coalesce(k.ok, ship.order_key) AS tok
+		FROM keyed k
+		LEFT JOIN ship ON ship.provider_id = k.pid AND ship.tracking_number = k.tn),
+	up AS (
+		INSERT INTO @extschema@.fee_line AS f (provider_id, tracking_number, fee_type, fee_key,
+			quote, binding_id, order_key, raw_type, amount, currency, settlement, payer,
+			billed_weight_kg, state, source, statement_id, occurred_at, recorded_by)
+		SELECT k.pid, k.tn, k.fee_type, k.k, src = 'create', k.tb, k.tok,
+			   k.code, k.amount, k.cur, k.settle, k.payer, k.weight,
+			   coalesce(k.st, CASE WHEN src = 'create' THEN 'estimated' ELSE 'charged' END),
+			   src, stmt, k.at, who
+		FROM kt k
+		ORDER BY k.ord
+		ON CONFLICT ON CONSTRAINT fee_line_identity DO UPDATE SET
+			raw_type = EXCLUDED.raw_type, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
+			settlement = coalesce(EXCLUDED.settlement, f.settlement),
+			payer = coalesce(EXCLUDED.payer, f.payer),
+			billed_weight_kg = coalesce(EXCLUDED.billed_weight_kg, f.billed_weight_kg),
+			state = EXCLUDED.state, source = EXCLUDED.source, statement_id = EXCLUDED.statement_id,
+			occurred_at = coalesce(EXCLUDED.occurred_at, f.occurred_at),
+			recorded_by = EXCLUDED.recorded_by, withdrawn = false,
+			binding_id = coalesce(f.binding_id, EXCLUDED.binding_id),
+			order_key = coalesce(f.order_key, EXCLUDED.order_key)
+		-- a change, not older than what the line says now, and, but from
+		-- a statement, not a notice seen before (a late duplicate of a
+		-- revised line); own below takes, for statements, the lines they
+		-- bill as they are
+		WHERE (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
+			  IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency, EXCLUDED.state,
+								coalesce(EXCLUDED.settlement, f.settlement),
+								coalesce(EXCLUDED.payer, f.payer),
+								coalesce(EXCLUDED.billed_weight_kg, f.billed_weight_kg))
+		  AND (EXCLUDED.occurred_at IS NULL OR f.occurred_at IS NULL
+			   OR EXCLUDED.occurred_at >= f.occurred_at)
+		  AND (src = 'statement'
+			   OR NOT EXISTS (SELECT 1 FROM @extschema@.fee_line_history h
+							  WHERE h.fee_line_id = f.fee_line_id
+								AND (h.amount, h.currency, h.state, h.occurred_at)
+									IS NOT DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency,
+														  EXCLUDED.state, EXCLUDED.occurred_at)))
+		RETURNING f.xmax = 0 AS inserted, f.binding_id, f.order_key),
+	-- a statement's lines it bills as they are: its own from now on (no
+	-- revision: nothing they say changes), so that a later correction
+	-- withdraws them and "does the statement add up?" counts them.  After
+	-- up has run to its end (the one-time filter reads all of it): up
+	-- meeting a row own had changed in this command would be an error.
+	-- Not a line the current statement of another month (or account)
+	-- bills: that one bills it still, and this one listing it again is
+	-- what "does it add up?" should show
+	own AS (
+		UPDATE @extschema@.fee_line f SET statement_id = stmt, withdrawn = false
+		  FROM kt k
+		 WHERE (SELECT count(*) FROM up) >= 0
+		   AND src = 'statement' AND f.provider_id = k.pid AND f.tracking_number = k.tn
+		   AND f.fee_type = k.fee_type AND f.fee_key = k.k AND NOT f.quote
+		   AND f.binding_id IS NOT DISTINCT FROM k.tb AND f.order_key IS NOT DISTINCT FROM k.tok
+		   AND f.statement_id IS DISTINCT FROM stmt
+		   AND (f.statement_id IS NULL
+				OR f.statement_id NOT IN (SELECT e.statement_id
+										  FROM @extschema@.statement e
+										  JOIN @extschema@.statement c ON c.statement_id = stmt
+										  WHERE e.provider_id = c.provider_id AND e.superseded_by IS NULL
+											AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account)))
+		   -- (what it says: a line older than the line's current version,
+		   -- which up left as it was, is not the statement's)
+		   AND NOT (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
+				   IS DISTINCT FROM (k.amount, k.cur, coalesce(k.st, 'charged'),
+									 coalesce(k.settle, f.settlement),
+									 coalesce(k.payer, f.payer),
+									 coalesce(k.weight, f.billed_weight_kg))
+		RETURNING f.fee_line_id, f.binding_id, f.order_key),
+	-- of those, the lines a correction had withdrawn: billed again, so
+	-- their orders' totals change (fee_line read here is as it was before)
+	back AS (
+		SELECT own.binding_id, own.order_key FROM own
+		JOIN @extschema@.fee_line x ON x.fee_line_id = own.fee_line_id
+		WHERE x.withdrawn AND own.binding_id IS NOT NULL),
+	-- a corrected statement: what an earlier statement of its period and
+	-- account billed and this one does not (neither among its lines nor,
+	-- held, among those it skipped) is withdrawn (0, adjusted), or, when
+	-- the current statement of another month or account billed it before
+	-- (the carrier listed it in both), goes back to what that one says
+	wd AS (
+		UPDATE @extschema@.fee_line f
+		   SET (amount, currency, state, statement_id, withdrawn) =
+			   (SELECT coalesce(b.amount, 0), coalesce(b.currency, f.currency),
+					   coalesce(b.state, 'adjusted'), coalesce(b.statement_id, stmt),
+					   coalesce(b.withdrawn, true)
+				FROM (SELECT 1) one
+				LEFT JOIN (SELECT h.amount, h.currency, h.state, h.statement_id, h.withdrawn
+						   FROM @extschema@.fee_line_history h
+						   JOIN @extschema@.statement e ON e.statement_id = h.statement_id
+						   JOIN @extschema@.statement c ON c.statement_id = stmt
+						   WHERE h.fee_line_id = f.fee_line_id AND e.superseded_by IS NULL
+							 AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account)
+						   ORDER BY h.revision DESC LIMIT 1) b ON true),
+			   source = 'statement', recorded_by = who
+		 WHERE replaces IS NOT NULL AND NOT f.quote
+		   AND f.statement_id IN (SELECT e.statement_id
+								  FROM @extschema@.statement e
+								  JOIN @extschema@.statement c ON c.statement_id = stmt
+								  WHERE e.provider_id = c.provider_id AND e.period = c.period
+									AND e.account IS NOT DISTINCT FROM c.account
+									AND e.statement_id <> stmt)
+		   AND NOT f.withdrawn
+		   AND NOT EXISTS (SELECT 1 FROM kt k
+						   WHERE k.pid = f.provider_id AND k.tn = f.tracking_number
+							 AND k.fee_type = f.fee_type AND k.k = f.fee_key
+							 AND k.tb IS NOT DISTINCT FROM f.binding_id
+							 AND k.tok IS NOT DISTINCT FROM f.order_key)
+		   AND (held IS NULL OR (array_position(held, NULL) IS NULL
+								 AND f.tracking_number <> ALL (held)))
+		RETURNING f.binding_id, f.order_key)
+	SELECT (SELECT dup.msg FROM dup), (SELECT count(*) FROM up WHERE up.inserted),
+		   (SELECT count(*) FROM up WHERE NOT up.inserted),
+		   (SELECT count(*) FROM up WHERE up.binding_id IS NULL),
+		   (SELECT count(*) FROM wd),
+		   coalesce(tb, '{}') || coalesce((SELECT array_agg(x.binding_id) FROM
+				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd
+				 UNION ALL SELECT back.binding_id, back.order_key FROM back) x), '{}'),
+		   coalesce(tk, '{}') || coalesce((SELECT array_agg(x.order_key) FROM
+				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd
+				 UNION ALL SELECT back.binding_id, back.order_key FROM back) x), '{}')
+	INTO twice, n_new, n_rev, n_park, n_withdrawn, tb, tk;
+	IF twice IS NOT NULL THEN
+		RAISE EXCEPTION 'statement of provider "%" bills one line twice',
+			(SELECT p.name FROM @extschema@.provider p WHERE p.provider_id = pids[1])
+			USING ERRCODE = 'SS400', DETAIL = twice,
+				  HINT = 'Nothing of this statement was stored. A carrier''s key names one line of a waybill''s fee type: fix the statement, or leave the key column out to store every line as its own.';
+	END IF;
+
+	kind := 'new'; n := n_new; RETURN NEXT;
+	kind := 'revised'; n := n_rev; RETURN NEXT;
+	kind := 'duplicate'; n := n_in - n_new - n_rev; RETURN NEXT;
+	kind := 'unmatched'; n := n_park; RETURN NEXT;
+	kind := 'matched'; n := n_matched; RETURN NEXT;
+	kind := 'withdrawn'; n := n_withdrawn; RETURN NEXT;
+	n := NULL;
+
+	RETURN QUERY SELECT * FROM @extschema@._fee_totals(tb, tk);
+END
+$$;
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

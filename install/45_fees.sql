@@ -531,16 +531,17 @@ BEGIN
 		SELECT main.* FROM main
 		UNION ALL
 		SELECT w.provider_id, w.tracking_number, p.binding_id, p.order_key
-		FROM want w
+		-- (a set difference, hashed or sorted: a NOT EXISTS against main was
+		-- planned as a loop over main for each number)
+		FROM (SELECT want.provider_id, want.tracking_number FROM want
+			  EXCEPT
+			  SELECT main.provider_id, main.tracking_number FROM main) w
 		CROSS JOIN LATERAL (
 			SELECT s.binding_id, s.order_key FROM @extschema@.shipment s
 			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', w.tracking_number))
 			  AND s.waybills IS NOT NULL AND s.provider_id = w.provider_id
 			ORDER BY s.created_at DESC
-			LIMIT 1) p
-		WHERE NOT EXISTS (SELECT 1 FROM main
-						  WHERE main.provider_id = w.provider_id
-							AND main.tracking_number = w.tracking_number)),
+			LIMIT 1) p),
 	m AS (
 		UPDATE @extschema@.fee_line f SET binding_id = ship.binding_id, order_key = ship.order_key
 		  FROM ship
@@ -650,10 +651,12 @@ BEGIN
 		SELECT main.* FROM main
 		UNION ALL
 		SELECT t.pid, t.tn, p.binding_id, p.order_key
-		FROM (SELECT DISTINCT keyed.pid, keyed.tn FROM keyed
-			  WHERE keyed.bid IS NULL
-				AND NOT EXISTS (SELECT 1 FROM main
-								WHERE main.provider_id = keyed.pid AND main.tracking_number = keyed.tn)) t
+		-- (a set difference, hashed or sorted: a NOT EXISTS against main
+		-- was planned as a loop over main for each line, and a statement of
+		-- 100,000 lines ran for minutes)
+		FROM (SELECT keyed.pid, keyed.tn FROM keyed WHERE keyed.bid IS NULL
+			  EXCEPT
+			  SELECT main.provider_id, main.tracking_number FROM main) t
 		CROSS JOIN LATERAL (
 			SELECT s.binding_id, s.order_key FROM @extschema@.shipment s
 			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
@@ -808,6 +811,31 @@ END
 $$;
 
 /*
+ * The numeric column each binding writes fee_total back into, with its
+ * typmod and scale (NULL: a numeric without one): a total with more
+ * decimals than the column holds is never written rounded (the binding's
+ * write-back statement leaves the column) and its order gets a
+ * writeback_failed ticket, from _fee_totals() for a bill's total and from
+ * _quote_totals_unfit() for a quote's.
+ */
+CREATE FUNCTION @extschema@._fee_total_column()
+RETURNS TABLE (binding_id integer, active boolean, attname name, atttypid oid, typmod integer, scale integer)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+	SELECT bb.binding_id, bb.active, a.attname, a.atttypid, tm.m,
+		   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END
+	FROM @extschema@.binding bb
+	JOIN pg_catalog.pg_attribute a
+	  ON a.attrelid = bb.tbl AND a.attname = bb.writeback->>'fee_total' AND NOT a.attisdropped
+	JOIN pg_catalog.pg_type ty
+	  ON ty.oid = coalesce(nullif((SELECT d.typbasetype FROM pg_catalog.pg_type d
+								   WHERE d.oid = a.atttypid), 0), a.atttypid)
+	CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
+			ELSE (SELECT d.typtypmod FROM pg_catalog.pg_type d WHERE d.oid = a.atttypid) END) tm(m)
+	WHERE ty.oid = 'pg_catalog.numeric'::pg_catalog.regtype;
+END;
+
+/*
  * For the given orders, in a statement of its own (it sees the lines just
  * stored): their rows of fee_sum made again, and the fee_total rule -- the
  * bill's lines where the order has any, otherwise the quote's, net of
@@ -947,18 +975,11 @@ BEGIN
 	-- (1.005 into a numeric(10,2)): never written rounded (the binding's
 	-- write-back statement leaves the column), and the order gets a ticket
 	scale AS (
-		SELECT sh.binding_id, sh.order_key, sh.fee_total, a.attname, a.atttypid, tm.m,
-			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END AS s
+		SELECT sh.binding_id, sh.order_key, sh.fee_total, c.attname, c.atttypid, c.typmod AS m,
+			   c.scale AS s
 		FROM sh
-		JOIN @extschema@.binding bb ON bb.binding_id = sh.binding_id
-		JOIN pg_catalog.pg_attribute a
-		  ON a.attrelid = bb.tbl AND a.attname = bb.writeback->>'fee_total' AND NOT a.attisdropped
-		JOIN pg_catalog.pg_type ty
-		  ON ty.oid = coalesce(nullif((SELECT d.typbasetype FROM pg_catalog.pg_type d
-									   WHERE d.oid = a.atttypid), 0), a.atttypid)
-		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
-				ELSE (SELECT d.typtypmod FROM pg_catalog.pg_type d WHERE d.oid = a.atttypid) END) tm(m)
-		WHERE sh.wb AND ty.oid = 'pg_catalog.numeric'::pg_catalog.regtype),
+		JOIN @extschema@._fee_total_column() c ON c.binding_id = sh.binding_id
+		WHERE sh.wb),
 	unfit AS (
 		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
 		SELECT 'writeback_failed', scale.binding_id, scale.order_key,
@@ -996,21 +1017,12 @@ AS $$
 DECLARE
 	n bigint;
 BEGIN
-	-- the column's scale once per binding (materialized: inlined, the
-	-- catalogs were read for each total), then each total against it
+	-- the columns of the batch's bindings once (materialized: inlined, the
+	-- catalogs were read for each total), then each total against its own
 	WITH col AS MATERIALIZED (
-		SELECT bb.binding_id AS b, a.attname, a.atttypid, tm.m,
-			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END AS s
-		FROM @extschema@.binding bb
-		JOIN pg_catalog.pg_attribute a
-		  ON a.attrelid = bb.tbl AND a.attname = bb.writeback->>'fee_total' AND NOT a.attisdropped
-		JOIN pg_catalog.pg_type ty
-		  ON ty.oid = coalesce(nullif((SELECT d.typbasetype FROM pg_catalog.pg_type d
-									   WHERE d.oid = a.atttypid), 0), a.atttypid)
-		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
-				ELSE (SELECT d.typtypmod FROM pg_catalog.pg_type d WHERE d.oid = a.atttypid) END) tm(m)
-		WHERE bb.binding_id = ANY (bids) AND bb.active AND bb.writeback ? 'fee_total'
-		  AND ty.oid = 'pg_catalog.numeric'::pg_catalog.regtype)
+		SELECT c.binding_id AS b, c.attname, c.atttypid, c.typmod AS m, c.scale AS s
+		FROM @extschema@._fee_total_column() c
+		WHERE c.binding_id = ANY (bids) AND c.active)
 	INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
 	SELECT 'writeback_failed', u.b, u.k,
 		   format('write-back of the fee total failed: %s has more decimals than column %I (%s) holds; it was left as it was, not rounded',

@@ -14189,14 +14189,15 @@ END
 $$;
 
 ------------------------------------------------------------------------------
--- Fee lines of a multi-piece shipment's waybills: the numbers left for the
--- pieces' lookup are a set difference
+-- Fee lines of a multi-piece shipment's waybills: looked up line by line,
+-- for the lines no shipment's tracking number matches only
 ------------------------------------------------------------------------------
--- _store_fees() and _match_parked_fees() took the numbers that are no
--- shipment's tracking number with a NOT EXISTS against the CTE of those
--- that are, which the planner ran as a loop over that CTE for each line: a
--- statement of 100,000 lines, every one of them an order's, ran for
--- minutes (4.7 s before).  EXCEPT is hashed or sorted.
+-- _store_fees() and _match_parked_fees() added the pieces' rows to those of
+-- the shipments' tracking numbers as a UNION, which the planner, once the
+-- shipments were analyzed, guessed at two rows and joined to the lines in
+-- a loop: a statement of 100,000 lines, every one an order's, ran for
+-- minutes (4.7 s before).  The lines join the tracking numbers as before,
+-- and only those left without one look among the pieces.
 CREATE OR REPLACE FUNCTION @extschema@._match_parked_fees(pids integer[], tns text[],
 	OUT n bigint, OUT tb integer[], OUT tk text[])
 LANGUAGE plpgsql
@@ -14213,23 +14214,25 @@ BEGIN
 			   s.binding_id, s.order_key
 		FROM @extschema@.shipment s JOIN want w USING (provider_id, tracking_number)
 		ORDER BY s.provider_id, s.tracking_number, s.created_at DESC),
-	-- or another waybill of a multi-piece shipment (SF: child, return):
-	-- its fee is the order's (each looked up through the waybills' index)
+	-- else another waybill of a multi-piece shipment (SF: child, return):
+	-- its fee is the order's, looked up through the waybills' index for a
+	-- number no shipment has as its tracking number only.  (The pieces'
+	-- rows added to main's, as a UNION, were a set the planner guessed at
+	-- two rows and joined in a loop: quadratic in the lines.)
 	ship AS (
-		SELECT main.* FROM main
-		UNION ALL
-		SELECT w.provider_id, w.tracking_number, p.binding_id, p.order_key
-		-- (a set difference, hashed or sorted: a NOT EXISTS against main was
-		-- planned as a loop over main for each number)
-		FROM (SELECT want.provider_id, want.tracking_number FROM want
-			  EXCEPT
-			  SELECT main.provider_id, main.tracking_number FROM main) w
-		CROSS JOIN LATERAL (
+		SELECT w.provider_id, w.tracking_number,
+			   coalesce(main.binding_id, p.binding_id) AS binding_id,
+			   coalesce(main.order_key, p.order_key) AS order_key
+		FROM want w
+		LEFT JOIN main ON main.provider_id = w.provider_id AND main.tracking_number = w.tracking_number
+		LEFT JOIN LATERAL (
 			SELECT s.binding_id, s.order_key FROM @extschema@.shipment s
-			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', w.tracking_number))
+			WHERE main.provider_id IS NULL
+			  AND s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', w.tracking_number))
 			  AND s.waybills IS NOT NULL AND s.provider_id = w.provider_id
 			ORDER BY s.created_at DESC
-			LIMIT 1) p),
+			LIMIT 1) p ON true
+		WHERE main.provider_id IS NOT NULL OR p.binding_id IS NOT NULL),
 	m AS (
 		UPDATE @extschema@.fee_line f SET binding_id = ship.binding_id, order_key = ship.order_key
 		  FROM ship
@@ -14312,33 +14315,28 @@ BEGIN
 		WHERE (s.provider_id, s.tracking_number) IN
 			  (SELECT keyed.pid, keyed.tn FROM keyed WHERE keyed.bid IS NULL)
 		ORDER BY s.provider_id, s.tracking_number, s.created_at DESC),
-	-- a waybill no shipment has as its tracking number may be another
-	-- waybill of a multi-piece shipment (SF: child, return): its fee is the
-	-- order's, the line keeping the piece's number (each looked up through
-	-- the waybills' index on its own)
-	ship AS (
-		SELECT main.* FROM main
-		UNION ALL
-		SELECT t.pid, t.tn, p.binding_id, p.order_key
-		-- (a set difference, hashed or sorted: a NOT EXISTS against main
-		-- was planned as a loop over main for each line, and a statement of
-		-- 100,000 lines ran for minutes)
-		FROM (SELECT keyed.pid, keyed.tn FROM keyed WHERE keyed.bid IS NULL
-			  EXCEPT
-			  SELECT main.provider_id, main.tracking_number FROM main) t
-		CROSS JOIN LATERAL (
-			SELECT s.binding_id, s.order_key FROM @extschema@.shipment s
-			WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', t.tn))
-			  AND s.waybills IS NOT NULL AND s.provider_id = t.pid
-			ORDER BY s.created_at DESC
-			LIMIT 1) p),
 	-- each line's order: the caller's, else the newest shipment's of its
-	-- waybill (a recycled number is the new parcel's), else none (parked);
-	-- part of the line's identity
+	-- waybill (a recycled number is the new parcel's), else, for a waybill
+	-- no shipment has as its tracking number, the shipment that lists it
+	-- among the other waybills of a multi-piece shipment (SF: child,
+	-- return; the line keeps the piece's number), looked up through the
+	-- waybills' index for those lines only; else none (parked).  Part of
+	-- the line's identity.  (The pieces' rows added to main's, as a UNION,
+	-- were a set the planner guessed at two rows once the shipments were
+	-- analyzed, and joined in a loop: a statement of 100,000 lines ran for
+	-- minutes.)
 	kt AS (
-		SELECT k.*, coalesce(k.bid, ship.binding_id) AS tb, coalesce(k.ok, ship.order_key) AS tok
+		SELECT k.*, coalesce(k.bid, main.binding_id, pc.binding_id) AS tb,
+			   coalesce(k.ok, main.order_key, pc.order_key) AS tok
 		FROM keyed k
-		LEFT JOIN ship ON ship.provider_id = k.pid AND ship.tracking_number = k.tn),
+		LEFT JOIN main ON main.provider_id = k.pid AND main.tracking_number = k.tn
+		LEFT JOIN LATERAL (
+			SELECT s.binding_id, s.order_key FROM @extschema@.shipment s
+			WHERE k.bid IS NULL AND main.provider_id IS NULL
+			  AND s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', k.tn))
+			  AND s.waybills IS NOT NULL AND s.provider_id = k.pid
+			ORDER BY s.created_at DESC
+			LIMIT 1) pc ON true),
 	up AS (
 		INSERT INTO @extschema@.fee_line AS f (provider_id, tracking_number, fee_type, fee_key,
 			quote, binding_id, order_key, raw_type, amount, currency, settlement, payer,

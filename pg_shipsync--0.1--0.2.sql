@@ -14197,7 +14197,8 @@ $$;
 -- shipments were analyzed, guessed at two rows and joined to the lines in
 -- a loop: a statement of 100,000 lines, every one an order's, ran for
 -- minutes (4.7 s before).  The lines join the tracking numbers as before,
--- and only those left without one look among the pieces.
+-- and only those left without one look among the pieces, through
+-- _piece_shipment(), the lookup tracking uses.
 CREATE OR REPLACE FUNCTION @extschema@._match_parked_fees(pids integer[], tns text[],
 	OUT n bigint, OUT tb integer[], OUT tk text[])
 LANGUAGE plpgsql
@@ -14226,12 +14227,9 @@ BEGIN
 		FROM want w
 		LEFT JOIN main ON main.provider_id = w.provider_id AND main.tracking_number = w.tracking_number
 		LEFT JOIN LATERAL (
-			SELECT s.binding_id, s.order_key FROM @extschema@.shipment s
-			WHERE main.provider_id IS NULL
-			  AND s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', w.tracking_number))
-			  AND s.waybills IS NOT NULL AND s.provider_id = w.provider_id
-			ORDER BY s.created_at DESC
-			LIMIT 1) p ON true
+			SELECT ps.binding_id, ps.order_key
+			FROM @extschema@._piece_shipment(w.provider_id, w.tracking_number) ps
+			WHERE main.provider_id IS NULL) p ON true
 		WHERE main.provider_id IS NOT NULL OR p.binding_id IS NOT NULL),
 	m AS (
 		UPDATE @extschema@.fee_line f SET binding_id = ship.binding_id, order_key = ship.order_key
@@ -14331,12 +14329,8 @@ BEGIN
 		FROM keyed k
 		LEFT JOIN main ON main.provider_id = k.pid AND main.tracking_number = k.tn
 		LEFT JOIN LATERAL (
-			SELECT s.binding_id, s.order_key FROM @extschema@.shipment s
-			WHERE k.bid IS NULL AND main.provider_id IS NULL
-			  AND s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', k.tn))
-			  AND s.waybills IS NOT NULL AND s.provider_id = k.pid
-			ORDER BY s.created_at DESC
-			LIMIT 1) pc ON true),
+			SELECT ps.binding_id, ps.order_key FROM @extschema@._piece_shipment(k.pid, k.tn) ps
+			WHERE k.bid IS NULL AND main.provider_id IS NULL) pc ON true),
 	up AS (
 		INSERT INTO @extschema@.fee_line AS f (provider_id, tracking_number, fee_type, fee_key,
 			quote, binding_id, order_key, raw_type, amount, currency, settlement, payer,
@@ -14474,6 +14468,35 @@ BEGIN
 	n := NULL;
 
 	RETURN QUERY SELECT * FROM @extschema@._fee_totals(tb, tk);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._match_parked_fees_all()
+RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+	pids integer[];
+	tns text[];
+	m record;
+BEGIN
+	SELECT array_agg(x.provider_id), array_agg(x.tracking_number) INTO pids, tns
+	FROM (SELECT DISTINCT f.provider_id, f.tracking_number
+		  FROM @extschema@.fee_line f
+		  WHERE f.binding_id IS NULL
+			AND (EXISTS (SELECT 1 FROM @extschema@.shipment s
+						 WHERE s.provider_id = f.provider_id AND s.tracking_number = f.tracking_number)
+				 -- or a piece of a multi-piece shipment (SF: child, return)
+				 OR EXISTS (SELECT 1 FROM @extschema@._piece_shipment(f.provider_id, f.tracking_number)))) x;
+	IF tns IS NULL THEN
+		RETURN;
+	END IF;
+	PERFORM @extschema@._lock_fees(pids, tns, false);
+	SELECT * INTO m FROM @extschema@._match_parked_fees(pids, tns);
+	RETURN QUERY SELECT * FROM @extschema@._fee_totals(m.tb, m.tk);
 END
 $$;
 

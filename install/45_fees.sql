@@ -537,12 +537,9 @@ BEGIN
 		FROM want w
 		LEFT JOIN main ON main.provider_id = w.provider_id AND main.tracking_number = w.tracking_number
 		LEFT JOIN LATERAL (
-			SELECT s.binding_id, s.order_key FROM @extschema@.shipment s
-			WHERE main.provider_id IS NULL
-			  AND s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', w.tracking_number))
-			  AND s.waybills IS NOT NULL AND s.provider_id = w.provider_id
-			ORDER BY s.created_at DESC
-			LIMIT 1) p ON true
+			SELECT ps.binding_id, ps.order_key
+			FROM @extschema@._piece_shipment(w.provider_id, w.tracking_number) ps
+			WHERE main.provider_id IS NULL) p ON true
 		WHERE main.provider_id IS NOT NULL OR p.binding_id IS NOT NULL),
 	m AS (
 		UPDATE @extschema@.fee_line f SET binding_id = ship.binding_id, order_key = ship.order_key
@@ -661,12 +658,8 @@ BEGIN
 		FROM keyed k
 		LEFT JOIN main ON main.provider_id = k.pid AND main.tracking_number = k.tn
 		LEFT JOIN LATERAL (
-			SELECT s.binding_id, s.order_key FROM @extschema@.shipment s
-			WHERE k.bid IS NULL AND main.provider_id IS NULL
-			  AND s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', k.tn))
-			  AND s.waybills IS NOT NULL AND s.provider_id = k.pid
-			ORDER BY s.created_at DESC
-			LIMIT 1) pc ON true),
+			SELECT ps.binding_id, ps.order_key FROM @extschema@._piece_shipment(k.pid, k.tn) ps
+			WHERE k.bid IS NULL AND main.provider_id IS NULL) pc ON true),
 	up AS (
 		INSERT INTO @extschema@.fee_line AS f (provider_id, tracking_number, fee_type, fee_key,
 			quote, binding_id, order_key, raw_type, amount, currency, settlement, payer,
@@ -1188,9 +1181,7 @@ BEGIN
 			AND (EXISTS (SELECT 1 FROM @extschema@.shipment s
 						 WHERE s.provider_id = f.provider_id AND s.tracking_number = f.tracking_number)
 				 -- or a piece of a multi-piece shipment (SF: child, return)
-				 OR EXISTS (SELECT 1 FROM @extschema@.shipment s
-							WHERE s.waybills @> jsonb_build_array(jsonb_build_object('waybillNo', f.tracking_number))
-							  AND s.waybills IS NOT NULL AND s.provider_id = f.provider_id))) x;
+				 OR EXISTS (SELECT 1 FROM @extschema@._piece_shipment(f.provider_id, f.tracking_number)))) x;
 	IF tns IS NULL THEN
 		RETURN;
 	END IF;

@@ -616,6 +616,7 @@ DECLARE
 	skip text[];
 	grace interval;
 	born text;
+	born_type regtype;
 	trk integer;
 	st record;
 	h xid8;
@@ -643,7 +644,17 @@ BEGIN
 	 WHERE a.attrelid = b.tbl AND a.attname = b.key_column AND a.attnum > 0 AND NOT a.attisdropped;
 	skip := ARRAY(SELECT w.value #>> '{}' FROM jsonb_each(b.writeback) w ORDER BY 1);
 	grace := coalesce((b.options->>'grace')::interval, interval '10 minutes');
-	born := CASE WHEN b.options ? 'created_at_column'
+	-- a timestamp or date column holds the order's local time: read in this
+	-- session's time zone (the reconciliation worker's is the database's, the
+	-- one the CRM's sessions write it in), not in the UTC the owner's
+	-- statement runs in
+	SELECT a.atttypid INTO born_type FROM pg_attribute a
+	 WHERE a.attrelid = b.tbl AND a.attname = b.options->>'created_at_column'
+	   AND a.attnum > 0 AND NOT a.attisdropped;
+	born := CASE WHEN b.options ? 'created_at_column' AND born_type IN ('timestamp'::regtype, 'date'::regtype)
+					 THEN format('(t.%I::timestamp AT TIME ZONE %L)', b.options->>'created_at_column',
+								 current_setting('TimeZone'))
+				 WHEN b.options ? 'created_at_column'
 					 THEN format('t.%I::timestamptz', b.options->>'created_at_column')
 				 WHEN current_setting('track_commit_timestamp')::boolean
 					 THEN 'pg_xact_commit_timestamp(t.xmin)'

@@ -829,5 +829,33 @@ SELECT (SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables
 		 WHERE provider_id = :rcu AND kind = 'fee_mismatch' AND resolved_at IS NULL) AS still_open;
 SELECT shipsync.detach('flood_orders');
 
+------------------------------------------------------------------------------
+-- created_at_column of type timestamp or date: the order's local time, read
+-- in the time zone of the session comparing (the reconciliation worker's:
+-- the database's), not in UTC: an order never captured an hour ago
+-- in Shanghai is not_sent, one of a minute ago is within its grace.
+------------------------------------------------------------------------------
+SET TimeZone = 'Asia/Shanghai';
+CREATE TABLE local_orders (id int PRIMARY KEY, created timestamp NOT NULL);
+CREATE TABLE dated_orders (id int PRIMARY KEY, created date NOT NULL);
+SELECT shipsync.attach('local_orders', 'rc2', options => '{"created_at_column": "created"}') > 0 AS attached;
+SELECT shipsync.attach('dated_orders', 'rc2', options => '{"created_at_column": "created"}') > 0 AS attached;
+SET session_replication_role = replica;	-- never captured
+INSERT INTO local_orders VALUES (1, localtimestamp - interval '1 hour'), (2, localtimestamp - interval '1 minute');
+-- yesterday: older than its grace, whatever the hour
+INSERT INTO dated_orders VALUES (1, current_date - 1);
+RESET session_replication_role;
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+SELECT r.table_name, r.order_key, r.detail->>'reason' AS reason,
+	   (r.detail->>'since')::timestamptz = CASE r.table_name
+		   WHEN 'local_orders' THEN (SELECT l.created::timestamptz FROM local_orders l WHERE l.id::text = r.order_key)
+		   ELSE (SELECT d.created::timestamptz FROM dated_orders d WHERE d.id::text = r.order_key) END AS since_is_created
+FROM shipsync.reconciliation r
+WHERE r.kind = 'not_sent' AND r.table_name IN ('local_orders', 'dated_orders')
+ORDER BY 1, 2;
+SELECT shipsync.detach('local_orders');
+SELECT shipsync.detach('dated_orders');
+RESET TimeZone;
+
 \c contrib_regression
 DROP DATABASE reconcile_regress;

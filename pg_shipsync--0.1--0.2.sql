@@ -14723,6 +14723,59 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- The daily reconciliation run at the clock's time on a day the clocks change
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION @extschema@._reconcile_schedule(at_minute integer, crm boolean)
+RETURNS timestamptz
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	today timestamptz;
+	last_daily timestamptz;
+BEGIN
+	PERFORM pg_advisory_xact_lock(hashtext('shipsync reconcile'));
+	IF crm AND EXISTS (SELECT 1 FROM @extschema@.binding b WHERE b.active)
+	   AND NOT EXISTS (SELECT 1 FROM @extschema@.reconcile_run x
+					    WHERE x.kind = 'crm' AND x.state IN ('pending', 'pulling', 'comparing')) THEN
+		INSERT INTO @extschema@.reconcile_run (kind, trigger, window_start, requested_by)
+		VALUES ('crm', 'interval', now(), 'reconcile');
+	END IF;
+	IF at_minute IS NULL OR at_minute < 0 THEN
+		RETURN NULL;
+	END IF;
+	-- the time of the clock, today: midnight plus the minutes is another
+	-- time on a day the clocks change (12:30 for 11:30 when they went
+	-- forward at 02:00; 00:30 tomorrow for 23:30, a day without its run)
+	today := (date_trunc('day', localtimestamp) + make_interval(mins => at_minute))
+			 AT TIME ZONE current_setting('TimeZone');
+	IF now() < today THEN
+		RETURN today;
+	END IF;
+	SELECT max(x.started_at) INTO last_daily FROM @extschema@.reconcile_run x
+	 WHERE x.trigger = 'daily';
+	-- the very first daily run starts within the hour after its time (not
+	-- at once when the extension is installed at noon); a day missed later
+	-- (the server was down) is caught up once
+	IF (last_daily IS NULL AND now() < today + interval '1 hour') OR last_daily < today THEN
+		IF EXISTS (SELECT 1 FROM @extschema@.reconcile_run x
+					WHERE x.kind = 'full' AND x.provider_id IS NULL
+					  AND x.state IN ('pending', 'pulling', 'comparing')) THEN
+			RETURN now() + interval '1 minute';
+		END IF;
+		IF EXISTS (SELECT 1 FROM @extschema@.binding b
+					 JOIN @extschema@.provider p ON p.provider_id = b.provider_id
+					WHERE b.active AND NOT p.paused) THEN
+			INSERT INTO @extschema@.reconcile_run (kind, trigger, window_start, requested_by)
+			VALUES ('full', 'daily', now() - interval '2 days', 'reconcile');
+		END IF;
+	END IF;
+	RETURN (date_trunc('day', localtimestamp) + interval '1 day' + make_interval(mins => at_minute))
+		   AT TIME ZONE current_setting('TimeZone');
+END
+$$;
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

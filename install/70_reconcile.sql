@@ -242,7 +242,11 @@ BEGIN
 	IF at_minute IS NULL OR at_minute < 0 THEN
 		RETURN NULL;
 	END IF;
-	today := date_trunc('day', now()) + make_interval(mins => at_minute);
+	-- the time of the clock, today: midnight plus the minutes is another
+	-- time on a day the clocks change (12:30 for 11:30 when they went
+	-- forward at 02:00; 00:30 tomorrow for 23:30, a day without its run)
+	today := (date_trunc('day', localtimestamp) + make_interval(mins => at_minute))
+			 AT TIME ZONE current_setting('TimeZone');
 	IF now() < today THEN
 		RETURN today;
 	END IF;
@@ -264,7 +268,8 @@ BEGIN
 			VALUES ('full', 'daily', now() - interval '2 days', 'reconcile');
 		END IF;
 	END IF;
-	RETURN today + interval '1 day';
+	RETURN (date_trunc('day', localtimestamp) + interval '1 day' + make_interval(mins => at_minute))
+		   AT TIME ZONE current_setting('TimeZone');
 END
 $$;
 COMMENT ON FUNCTION @extschema@._reconcile_schedule(integer, boolean) IS

@@ -498,6 +498,36 @@ WHERE trigger = 'daily';
 SELECT shipsync._reconcile_schedule(:m - 90, false) > now() AS next_later;
 SELECT count(*) AS daily, count(*) FILTER (WHERE state = 'pending') AS pending
 FROM shipsync.reconcile_run WHERE trigger = 'daily';
+-- across a change of the clocks the time is the clock's: in a zone whose
+-- clocks went forward an hour at 02:00 today (a POSIX rule, its offset
+-- chosen so that it is 12:00 there now), 11:30 was half an hour ago: the
+-- run starts, and the next is at 11:30 tomorrow; 23:30 is tonight.  (Midnight
+-- plus the minutes of the time is 12:30 and, for 23:30, 00:30 tomorrow: on
+-- such a day a run set after 23:00 was never started.)
+CREATE TEMP TABLE daily_before AS
+SELECT run_id, state, started_at FROM shipsync.reconcile_run WHERE trigger = 'daily';
+UPDATE shipsync.reconcile_run SET state = 'done', started_at = now() - interval '2 days'
+WHERE trigger = 'daily';
+SELECT set_config('TimeZone', pg_catalog.format('XST%s%s:%sXDT,%s/2,%s/2',
+		   CASE WHEN w < 0 THEN '-' ELSE '+' END, abs(w) / 60, lpad((abs(w) % 60)::text, 2, '0'),
+		   n, (n + 180) % 365), false) IS NOT NULL AS zone_set
+FROM (SELECT (extract(hour FROM u) * 60 + extract(minute FROM u))::integer - 660 AS w,
+			 extract(doy FROM u)::integer - 1 AS n
+	  FROM (SELECT now() AT TIME ZONE 'UTC' AS u) x) y;
+SELECT to_char(localtimestamp, 'HH24') AS local_hour, extract(timezone_hour FROM now())
+	   - extract(timezone_hour FROM now() - interval '12 hours') AS clocks_forward;
+SELECT to_char(x AT TIME ZONE current_setting('TimeZone'), 'HH24:MI') AS next_at,
+	   (x AT TIME ZONE current_setting('TimeZone'))::date - localtimestamp::date AS in_days
+FROM shipsync._reconcile_schedule(11 * 60 + 30, false) AS x;
+SELECT count(*) AS started FROM shipsync.reconcile_run
+WHERE trigger = 'daily' AND run_id NOT IN (SELECT run_id FROM daily_before);
+SELECT to_char(x AT TIME ZONE current_setting('TimeZone'), 'HH24:MI') AS next_at,
+	   (x AT TIME ZONE current_setting('TimeZone'))::date - localtimestamp::date AS in_days
+FROM shipsync._reconcile_schedule(23 * 60 + 30, false) AS x;
+DELETE FROM shipsync.reconcile_run
+WHERE trigger = 'daily' AND run_id NOT IN (SELECT run_id FROM daily_before);
+UPDATE shipsync.reconcile_run r SET state = d.state, started_at = d.started_at
+FROM daily_before d WHERE d.run_id = r.run_id;
 RESET TimeZone;
 
 ------------------------------------------------------------------------------

@@ -14776,6 +14776,76 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- A time of a carrier's list without a zone is the provider's (option
+-- timezone), not the dispatcher's session's
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION @extschema@._reconcile_page(run bigint, pid integer, requests integer,
+	ids text[], refs text[], tns text[], statuses text[], updated text[],
+	fees text[], done boolean)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	prof text;
+	tz text;
+	n bigint;
+	p jsonb;
+BEGIN
+	-- the provider's zone, of its times without one (option timezone, else
+	-- its dialect's: Asia/Shanghai for kuaidi100 and sf_express, as in
+	-- src/dialects/)
+	SELECT coalesce(x.options->>'profile', x.dialect),
+		   coalesce(x.options->>'timezone',
+					CASE WHEN x.dialect IN ('kuaidi100', 'sf_express') THEN 'Asia/Shanghai' ELSE 'UTC' END)
+	  INTO prof, tz
+	  FROM @extschema@.provider x WHERE x.provider_id = pid;
+	-- (each raw status is mapped once, not once per shipment; a shipment
+	-- listed twice keeps its first row)
+	WITH u AS (
+		SELECT u.* FROM unnest(ids, refs, tns, statuses, updated, fees) AS u(id, ref, tn, st, at, fees)
+		 WHERE u.id IS NOT NULL),
+	m AS (
+		SELECT d.st, cs.name, cs.rank
+		  FROM (SELECT DISTINCT u.st FROM u WHERE u.st IS NOT NULL) d
+		  LEFT JOIN LATERAL (
+			  SELECT sm.status FROM @extschema@.status_map sm
+			   WHERE sm.profile = prof AND sm.raw_status = d.st AND sm.pattern IS NULL
+			   ORDER BY sm.priority DESC LIMIT 1) x ON true
+		  LEFT JOIN @extschema@.canonical_status cs
+			ON cs.name = coalesce(x.status, CASE WHEN prof = 'generic' THEN lower(d.st) END)),
+	ins AS (
+		INSERT INTO @extschema@.carrier_snapshot AS c (run_id, provider_id, shipment_id, order_ref,
+			tracking_number, status, canonical, canonical_rank, updated_at, fees)
+		SELECT run, pid, u.id, u.ref, u.tn, u.st,
+			   CASE WHEN u.st IS NOT NULL THEN coalesce(m.name, 'unknown') END,
+			   CASE WHEN u.st IS NOT NULL THEN coalesce(m.rank, -1) END,
+			   -- a time without a zone is the provider's, not this session's
+			   CASE WHEN u.at ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+					THEN u.at::timestamp AT TIME ZONE tz ELSE u.at::timestamptz END,
+			   u.fees::jsonb
+		  FROM u LEFT JOIN m ON m.st = u.st
+		ON CONFLICT (run_id, provider_id, shipment_id) DO NOTHING
+		RETURNING 1)
+	SELECT count(*) INTO n FROM ins;
+
+	UPDATE @extschema@.reconcile_run x
+	   SET pages = x.pages + requests,
+		   shipments_seen = x.shipments_seen + n,
+		   pulls = jsonb_set(x.pulls, ARRAY[pid::text], (x.pulls->(pid::text)) || jsonb_build_object(
+			   'pages', coalesce((x.pulls->(pid::text)->>'pages')::integer, 0) + requests,
+			   'rows', coalesce((x.pulls->(pid::text)->>'rows')::bigint, 0) + n,
+			   'state', CASE WHEN done THEN 'done' ELSE 'pulling' END))
+	 WHERE x.run_id = run AND x.state = 'pulling' AND x.pulls ? (pid::text)
+	RETURNING x.pulls INTO p;
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	RETURN @extschema@._reconcile_pulled(run, p);
+END
+$$;
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

@@ -347,10 +347,17 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	prof text;
+	tz text;
 	n bigint;
 	p jsonb;
 BEGIN
-	SELECT coalesce(x.options->>'profile', x.dialect) INTO prof
+	-- the provider's zone, of its times without one (option timezone, else
+	-- its dialect's: Asia/Shanghai for kuaidi100 and sf_express, as in
+	-- src/dialects/)
+	SELECT coalesce(x.options->>'profile', x.dialect),
+		   coalesce(x.options->>'timezone',
+					CASE WHEN x.dialect IN ('kuaidi100', 'sf_express') THEN 'Asia/Shanghai' ELSE 'UTC' END)
+	  INTO prof, tz
 	  FROM @extschema@.provider x WHERE x.provider_id = pid;
 	-- (each raw status is mapped once, not once per shipment; a shipment
 	-- listed twice keeps its first row)
@@ -372,7 +379,10 @@ BEGIN
 		SELECT run, pid, u.id, u.ref, u.tn, u.st,
 			   CASE WHEN u.st IS NOT NULL THEN coalesce(m.name, 'unknown') END,
 			   CASE WHEN u.st IS NOT NULL THEN coalesce(m.rank, -1) END,
-			   u.at::timestamptz, u.fees::jsonb
+			   -- a time without a zone is the provider's, not this session's
+			   CASE WHEN u.at ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+					THEN u.at::timestamp AT TIME ZONE tz ELSE u.at::timestamptz END,
+			   u.fees::jsonb
 		  FROM u LEFT JOIN m ON m.st = u.st
 		ON CONFLICT (run_id, provider_id, shipment_id) DO NOTHING
 		RETURNING 1)

@@ -887,5 +887,27 @@ SELECT shipsync.detach('local_orders');
 SELECT shipsync.detach('dated_orders');
 RESET TimeZone;
 
+------------------------------------------------------------------------------
+-- A time of a carrier's list without a zone is read in the provider's option
+-- timezone, as its pushes' times are, whatever the session's (the
+-- dispatcher's: the database's); one with a zone is that time
+------------------------------------------------------------------------------
+SELECT shipsync.create_provider('rctz', 'generic', 'http://127.0.0.1:9', '{"timezone": "Asia/Shanghai"}') AS rctz \gset
+CREATE TABLE tz_orders (id int PRIMARY KEY);
+SELECT shipsync.attach('tz_orders', 'rctz') > 0 AS attached;
+-- (the runs before, over)
+UPDATE shipsync.reconcile_run SET state = 'failed' WHERE state IN ('pending', 'pulling', 'comparing');
+SET TimeZone = 'America/New_York';
+SELECT shipsync.reconcile('rctz', now() - interval '2 days') AS tzrun \gset
+SELECT count(*) AS pulls FROM shipsync._reconcile_start(:tzrun);
+SELECT shipsync._reconcile_page(:tzrun, :rctz, 1, ARRAY['tz_1', 'tz_2', 'tz_3', 'tz_4'],
+	ARRAY['x1', 'x2', 'x3', 'x4'], ARRAY['TZ1', 'TZ2', 'TZ3', 'TZ4'],
+	ARRAY['in_transit', 'in_transit', 'in_transit', 'in_transit'],
+	ARRAY['2026-03-01 08:30:00', '2026-03-01T08:30:00Z', '2026-03-01', '2026-03-01T08:30:00.5+08:00'],
+	NULL, true);
+SELECT shipment_id, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS') AS utc
+FROM shipsync.carrier_snapshot WHERE run_id = :tzrun ORDER BY 1;
+RESET TimeZone;
+
 \c contrib_regression
 DROP DATABASE reconcile_regress;

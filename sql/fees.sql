@@ -1056,6 +1056,11 @@ ROLLBACK;
 -- with on_error = skip keeps its other lines
 SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "occurred_at": "2026-03-05 10:00:00+16"}]}');
 SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "occurred_at": "2026-03-05T10:00:00+08:99"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "occurred_at": "0000-03-05 10:00:00Z"}]}') ~ '^SS400' AS year_zero_refused;
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "occurred_at": "2026-03-05 23:59:60.5"}]}') ~ '^SS400' AS leap_fraction_refused;
+-- (a leap second itself, an offset of 15:59 and 2028-02-29 are times)
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "occurred_at": "2026-03-05 23:59:60"},
+	{"tracking_number": "T1", "type": "freight", "amount": "x", "currency": "CNY", "occurred_at": "2028-02-29T10:00:00-15:59"}]}') ~ 'Fee 2, field amount' AS others_read;
 BEGIN;
 SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,occurred_at\nW91,freight,5.00,2026-09-01 10:00:00+16\nW92,freight,6.00,2026-09-02 10:00:00+08:00\n',
 	options => '{"period": "2026-09", "on_error": "skip"}') ?& ARRAY['lines'] AS imported;

@@ -242,7 +242,11 @@ BEGIN
 	IF at_minute IS NULL OR at_minute < 0 THEN
 		RETURN NULL;
 	END IF;
-	today := date_trunc('day', now()) + make_interval(mins => at_minute);
+	-- the time of the clock, today: midnight plus the minutes is another
+	-- time on a day the clocks change (12:30 for 11:30 when they went
+	-- forward at 02:00; 00:30 tomorrow for 23:30, a day without its run)
+	today := (date_trunc('day', localtimestamp) + make_interval(mins => at_minute))
+			 AT TIME ZONE current_setting('TimeZone');
 	IF now() < today THEN
 		RETURN today;
 	END IF;
@@ -264,7 +268,8 @@ BEGIN
 			VALUES ('full', 'daily', now() - interval '2 days', 'reconcile');
 		END IF;
 	END IF;
-	RETURN today + interval '1 day';
+	RETURN (date_trunc('day', localtimestamp) + interval '1 day' + make_interval(mins => at_minute))
+		   AT TIME ZONE current_setting('TimeZone');
 END
 $$;
 COMMENT ON FUNCTION @extschema@._reconcile_schedule(integer, boolean) IS
@@ -342,10 +347,17 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	prof text;
+	tz text;
 	n bigint;
 	p jsonb;
 BEGIN
-	SELECT coalesce(x.options->>'profile', x.dialect) INTO prof
+	-- the provider's zone, of its times without one (option timezone, else
+	-- its dialect's: Asia/Shanghai for kuaidi100 and sf_express, as in
+	-- src/dialects/)
+	SELECT coalesce(x.options->>'profile', x.dialect),
+		   coalesce(x.options->>'timezone',
+					CASE WHEN x.dialect IN ('kuaidi100', 'sf_express') THEN 'Asia/Shanghai' ELSE 'UTC' END)
+	  INTO prof, tz
 	  FROM @extschema@.provider x WHERE x.provider_id = pid;
 	-- (each raw status is mapped once, not once per shipment; a shipment
 	-- listed twice keeps its first row)
@@ -367,7 +379,10 @@ BEGIN
 		SELECT run, pid, u.id, u.ref, u.tn, u.st,
 			   CASE WHEN u.st IS NOT NULL THEN coalesce(m.name, 'unknown') END,
 			   CASE WHEN u.st IS NOT NULL THEN coalesce(m.rank, -1) END,
-			   u.at::timestamptz, u.fees::jsonb
+			   -- a time without a zone is the provider's, not this session's
+			   CASE WHEN u.at ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+					THEN u.at::timestamp AT TIME ZONE tz ELSE u.at::timestamptz END,
+			   u.fees::jsonb
 		  FROM u LEFT JOIN m ON m.st = u.st
 		ON CONFLICT (run_id, provider_id, shipment_id) DO NOTHING
 		RETURNING 1)
@@ -616,6 +631,7 @@ DECLARE
 	skip text[];
 	grace interval;
 	born text;
+	born_type regtype;
 	trk integer;
 	st record;
 	h xid8;
@@ -643,7 +659,17 @@ BEGIN
 	 WHERE a.attrelid = b.tbl AND a.attname = b.key_column AND a.attnum > 0 AND NOT a.attisdropped;
 	skip := ARRAY(SELECT w.value #>> '{}' FROM jsonb_each(b.writeback) w ORDER BY 1);
 	grace := coalesce((b.options->>'grace')::interval, interval '10 minutes');
-	born := CASE WHEN b.options ? 'created_at_column'
+	-- a timestamp or date column holds the order's local time: read in this
+	-- session's time zone (the reconciliation worker's is the database's, the
+	-- one the CRM's sessions write it in), not in the UTC the owner's
+	-- statement runs in
+	SELECT a.atttypid INTO born_type FROM pg_attribute a
+	 WHERE a.attrelid = b.tbl AND a.attname = b.options->>'created_at_column'
+	   AND a.attnum > 0 AND NOT a.attisdropped;
+	born := CASE WHEN b.options ? 'created_at_column' AND born_type IN ('timestamp'::regtype, 'date'::regtype)
+					 THEN format('(t.%I::timestamp AT TIME ZONE %L)', b.options->>'created_at_column',
+								 current_setting('TimeZone'))
+				 WHEN b.options ? 'created_at_column'
 					 THEN format('t.%I::timestamptz', b.options->>'created_at_column')
 				 WHEN current_setting('track_commit_timestamp')::boolean
 					 THEN 'pg_xact_commit_timestamp(t.xmin)'

@@ -1050,3 +1050,20 @@ WHERE s.tracking_number = 'U52';
 SELECT kind, detail, resolved_at IS NULL AS open FROM shipsync.exception_ticket
 WHERE order_key = '52' AND kind = 'fee_currency_mixed';
 ROLLBACK;
+
+-- a time whose UTC offset is out of range (+16, minutes 99) is a bad time
+-- like any other: the push is refused naming its field, and a statement
+-- with on_error = skip keeps its other lines
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "occurred_at": "2026-03-05 10:00:00+16"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "occurred_at": "2026-03-05T10:00:00+08:99"}]}');
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "occurred_at": "0000-03-05 10:00:00Z"}]}') ~ '^SS400' AS year_zero_refused;
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "occurred_at": "2026-03-05 23:59:60.5"}]}') ~ '^SS400' AS leap_fraction_refused;
+-- (a leap second itself, an offset of 15:59 and 2028-02-29 are times)
+SELECT pg_temp.push_err('{"fees": [{"tracking_number": "T1", "type": "freight", "amount": "1", "currency": "CNY", "occurred_at": "2026-03-05 23:59:60"},
+	{"tracking_number": "T1", "type": "freight", "amount": "x", "currency": "CNY", "occurred_at": "2028-02-29T10:00:00-15:59"}]}') ~ 'Fee 2, field amount' AS others_read;
+BEGIN;
+SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,occurred_at\nW91,freight,5.00,2026-09-01 10:00:00+16\nW92,freight,6.00,2026-09-02 10:00:00+08:00\n',
+	options => '{"period": "2026-09", "on_error": "skip"}') ?& ARRAY['lines'] AS imported;
+SELECT s.lines, s.errors FROM shipsync.statement s
+JOIN shipsync.provider p USING (provider_id) WHERE p.name = 'gen2' AND s.period = '2026-09-01' AND s.superseded_by IS NULL;
+ROLLBACK;

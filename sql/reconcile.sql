@@ -498,6 +498,36 @@ WHERE trigger = 'daily';
 SELECT shipsync._reconcile_schedule(:m - 90, false) > now() AS next_later;
 SELECT count(*) AS daily, count(*) FILTER (WHERE state = 'pending') AS pending
 FROM shipsync.reconcile_run WHERE trigger = 'daily';
+-- across a change of the clocks the time is the clock's: in a zone whose
+-- clocks went forward an hour at 02:00 today (a POSIX rule, its offset
+-- chosen so that it is 12:00 there now), 11:30 was half an hour ago: the
+-- run starts, and the next is at 11:30 tomorrow; 23:30 is tonight.  (Midnight
+-- plus the minutes of the time is 12:30 and, for 23:30, 00:30 tomorrow: on
+-- such a day a run set after 23:00 was never started.)
+CREATE TEMP TABLE daily_before AS
+SELECT run_id, state, started_at FROM shipsync.reconcile_run WHERE trigger = 'daily';
+UPDATE shipsync.reconcile_run SET state = 'done', started_at = now() - interval '2 days'
+WHERE trigger = 'daily';
+SELECT set_config('TimeZone', pg_catalog.format('XST%s%s:%sXDT,%s/2,%s/2',
+		   CASE WHEN w < 0 THEN '-' ELSE '+' END, abs(w) / 60, lpad((abs(w) % 60)::text, 2, '0'),
+		   n, (n + 180) % 365), false) IS NOT NULL AS zone_set
+FROM (SELECT (extract(hour FROM u) * 60 + extract(minute FROM u))::integer - 660 AS w,
+			 extract(doy FROM u)::integer - 1 AS n
+	  FROM (SELECT now() AT TIME ZONE 'UTC' AS u) x) y;
+SELECT to_char(localtimestamp, 'HH24') AS local_hour, extract(timezone_hour FROM now())
+	   - extract(timezone_hour FROM now() - interval '12 hours') AS clocks_forward;
+SELECT to_char(x AT TIME ZONE current_setting('TimeZone'), 'HH24:MI') AS next_at,
+	   (x AT TIME ZONE current_setting('TimeZone'))::date - localtimestamp::date AS in_days
+FROM shipsync._reconcile_schedule(11 * 60 + 30, false) AS x;
+SELECT count(*) AS started FROM shipsync.reconcile_run
+WHERE trigger = 'daily' AND run_id NOT IN (SELECT run_id FROM daily_before);
+SELECT to_char(x AT TIME ZONE current_setting('TimeZone'), 'HH24:MI') AS next_at,
+	   (x AT TIME ZONE current_setting('TimeZone'))::date - localtimestamp::date AS in_days
+FROM shipsync._reconcile_schedule(23 * 60 + 30, false) AS x;
+DELETE FROM shipsync.reconcile_run
+WHERE trigger = 'daily' AND run_id NOT IN (SELECT run_id FROM daily_before);
+UPDATE shipsync.reconcile_run r SET state = d.state, started_at = d.started_at
+FROM daily_before d WHERE d.run_id = r.run_id;
 RESET TimeZone;
 
 ------------------------------------------------------------------------------
@@ -828,6 +858,56 @@ SELECT (SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables
 	   (SELECT count(*) FROM shipsync.exception_ticket
 		 WHERE provider_id = :rcu AND kind = 'fee_mismatch' AND resolved_at IS NULL) AS still_open;
 SELECT shipsync.detach('flood_orders');
+
+------------------------------------------------------------------------------
+-- created_at_column of type timestamp or date: the order's local time, read
+-- in the time zone of the session comparing (the reconciliation worker's:
+-- the database's), not in UTC: an order never captured an hour ago
+-- in Shanghai is not_sent, one of a minute ago is within its grace.
+------------------------------------------------------------------------------
+SET TimeZone = 'Asia/Shanghai';
+CREATE TABLE local_orders (id int PRIMARY KEY, created timestamp NOT NULL);
+CREATE TABLE dated_orders (id int PRIMARY KEY, created date NOT NULL);
+SELECT shipsync.attach('local_orders', 'rc2', options => '{"created_at_column": "created"}') > 0 AS attached;
+SELECT shipsync.attach('dated_orders', 'rc2', options => '{"created_at_column": "created"}') > 0 AS attached;
+SET session_replication_role = replica;	-- never captured
+INSERT INTO local_orders VALUES (1, localtimestamp - interval '1 hour'), (2, localtimestamp - interval '1 minute');
+-- yesterday: older than its grace, whatever the hour
+INSERT INTO dated_orders VALUES (1, current_date - 1);
+RESET session_replication_role;
+SELECT pg_temp.crm_pass(false) > 0 AS passed;
+SELECT r.table_name, r.order_key, r.detail->>'reason' AS reason,
+	   (r.detail->>'since')::timestamptz = CASE r.table_name
+		   WHEN 'local_orders' THEN (SELECT l.created::timestamptz FROM local_orders l WHERE l.id::text = r.order_key)
+		   ELSE (SELECT d.created::timestamptz FROM dated_orders d WHERE d.id::text = r.order_key) END AS since_is_created
+FROM shipsync.reconciliation r
+WHERE r.kind = 'not_sent' AND r.table_name IN ('local_orders', 'dated_orders')
+ORDER BY 1, 2;
+SELECT shipsync.detach('local_orders');
+SELECT shipsync.detach('dated_orders');
+RESET TimeZone;
+
+------------------------------------------------------------------------------
+-- A time of a carrier's list without a zone is read in the provider's option
+-- timezone, as its pushes' times are, whatever the session's (the
+-- dispatcher's: the database's); one with a zone is that time
+------------------------------------------------------------------------------
+SELECT shipsync.create_provider('rctz', 'generic', 'http://127.0.0.1:9', '{"timezone": "Asia/Shanghai"}') AS rctz \gset
+CREATE TABLE tz_orders (id int PRIMARY KEY);
+SELECT shipsync.attach('tz_orders', 'rctz') > 0 AS attached;
+-- (the runs before, over)
+UPDATE shipsync.reconcile_run SET state = 'failed' WHERE state IN ('pending', 'pulling', 'comparing');
+SET TimeZone = 'America/New_York';
+SELECT shipsync.reconcile('rctz', now() - interval '2 days') AS tzrun \gset
+SELECT count(*) AS pulls FROM shipsync._reconcile_start(:tzrun);
+SELECT shipsync._reconcile_page(:tzrun, :rctz, 1, ARRAY['tz_1', 'tz_2', 'tz_3', 'tz_4'],
+	ARRAY['x1', 'x2', 'x3', 'x4'], ARRAY['TZ1', 'TZ2', 'TZ3', 'TZ4'],
+	ARRAY['in_transit', 'in_transit', 'in_transit', 'in_transit'],
+	ARRAY['2026-03-01 08:30:00', '2026-03-01T08:30:00Z', '2026-03-01', '2026-03-01T08:30:00.5+08:00'],
+	NULL, true);
+SELECT shipment_id, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS') AS utc
+FROM shipsync.carrier_snapshot WHERE run_id = :tzrun ORDER BY 1;
+RESET TimeZone;
 
 \c contrib_regression
 DROP DATABASE reconcile_regress;

@@ -277,7 +277,10 @@ verify_push(TrackProvider *p, const char *what, Jsonb *headers, const char *body
 /*
  * True if s is an ISO 8601 date and time as carriers send them:
  * YYYY-MM-DD[(T| )HH:MM[:SS[.frac]]][Z|(+|-)HH[[:]MM]]; *zoned says
- * whether it carries a zone.
+ * whether it carries a zone.  Only what PostgreSQL's input functions take:
+ * a year from 1, a leap second without a fraction, an offset of at most
+ * 15:59 (a time they refuse was an ERROR of theirs, not a bad time: it
+ * failed a whole statement imported with on_error = skip).
  */
 static bool
 time_text_ok(const char *s, bool *zoned)
@@ -287,6 +290,7 @@ time_text_ok(const char *s, bool *zoned)
 	int			year,
 				month,
 				day;
+	bool		leap = false;
 
 	*zoned = false;
 	for (const char *f = fmt; *f; f++)
@@ -295,7 +299,7 @@ time_text_ok(const char *s, bool *zoned)
 	year = atoi(s);
 	month = atoi(s + 5);
 	day = atoi(s + 8);
-	if (month < 1 || month > 12 || day < 1 || day > mdays[month - 1] ||
+	if (year < 1 || month < 1 || month > 12 || day < 1 || day > mdays[month - 1] ||
 		(month == 2 && day == 29 &&
 		 !(year % 4 == 0 && (year % 100 != 0 || year % 400 == 0))))
 		return false;
@@ -313,6 +317,7 @@ time_text_ok(const char *s, bool *zoned)
 			if (!isdigit((unsigned char) s[1]) || !isdigit((unsigned char) s[2]) ||
 				atoi(s + 1) > 60)
 				return false;
+			leap = atoi(s + 1) == 60;
 			s += 3;
 			if (*s == '.')
 			{
@@ -320,7 +325,11 @@ time_text_ok(const char *s, bool *zoned)
 				if (!isdigit((unsigned char) *s))
 					return false;
 				while (isdigit((unsigned char) *s))
+				{
+					if (leap && *s != '0')
+						return false;
 					s++;
+				}
 			}
 		}
 	}
@@ -333,13 +342,18 @@ time_text_ok(const char *s, bool *zoned)
 	{
 		*zoned = true;
 		s++;
-		if (!isdigit((unsigned char) s[0]) || !isdigit((unsigned char) s[1]))
+		if (!isdigit((unsigned char) s[0]) || !isdigit((unsigned char) s[1]) ||
+			(s[0] - '0') * 10 + (s[1] - '0') > 15)
 			return false;
 		s += 2;
 		if (*s == ':')
 			s++;
 		if (isdigit((unsigned char) s[0]) && isdigit((unsigned char) s[1]))
+		{
+			if ((s[0] - '0') * 10 + (s[1] - '0') > 59)
+				return false;
 			s += 2;
+		}
 	}
 	return *s == '\0';
 }

@@ -15422,6 +15422,28 @@ $$;
 ALTER FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) SET shipsync.audit_action = 'create_crm_source';
 
 ------------------------------------------------------------------------------
+-- expire_unmatched() is audited, as retry() is (ingest_tracking() too, in
+-- the library)
+------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION @extschema@.expire_unmatched()
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint := @extschema@._expire_unmatched(NULL);
+BEGIN
+	-- audited as retry() is (the dispatcher and the pushes call
+	-- _expire_unmatched() itself, and are not)
+	PERFORM @extschema@._audit('expire_unmatched', 'provider', '*', NULL,
+							   pg_catalog.jsonb_build_object('expired', n));
+	RETURN n;
+END
+$$;
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

@@ -47,6 +47,48 @@ GRANT EXECUTE ON FUNCTION @extschema@._wake(boolean) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@._validate() TO PUBLIC;
 
 ------------------------------------------------------------------------------
+-- A view (or rule) of the user's over a column whose type the update changes
+-- below stops it (PostgreSQL: "cannot alter type of a column used by a view
+-- or rule", naming one view and saying nothing of what to do): said first,
+-- every such view named, and what to do.  Nothing is changed yet.
+------------------------------------------------------------------------------
+DO $views$
+DECLARE
+	views text;
+BEGIN
+	SELECT pg_catalog.string_agg(DISTINCT r.ev_class::pg_catalog.regclass::text, ', ') INTO views
+	FROM pg_catalog.pg_depend d
+	JOIN pg_catalog.pg_rewrite r ON r.oid OPERATOR(pg_catalog.=) d.objid
+	JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) d.refobjid
+								  AND a.attnum OPERATOR(pg_catalog.=) d.refobjsubid
+	WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+	  AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+	  AND r.ev_class OPERATOR(pg_catalog.<>) d.refobjid
+	  AND (d.refobjid, a.attname) IN (
+		  (pg_catalog.to_regclass('@extschema@.outbox'), 'order_key'),
+		  (pg_catalog.to_regclass('@extschema@.inbox'), 'order_key'),
+		  (pg_catalog.to_regclass('@extschema@.shipment'), 'order_key'),
+		  (pg_catalog.to_regclass('@extschema@.shipment'), 'tracking_number'),
+		  (pg_catalog.to_regclass('@extschema@.exception_ticket'), 'order_key'),
+		  (pg_catalog.to_regclass('@extschema@.tracking_event'), 'order_key'),
+		  (pg_catalog.to_regclass('@extschema@.tracking_event'), 'tracking_number'),
+		  (pg_catalog.to_regclass('@extschema@.unmatched_event'), 'tracking_number'))
+	  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+					  WHERE e.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+						AND e.objid OPERATOR(pg_catalog.=) r.ev_class
+						AND e.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+						AND e.deptype OPERATOR(pg_catalog.=) 'e');
+	IF views IS NOT NULL THEN
+		RAISE EXCEPTION 'views of yours read columns of pg_shipsync whose type this update changes: %', views
+			USING ERRCODE = 'dependent_objects_still_exist',
+				  DETAIL = 'The update makes the order keys and tracking numbers of shipsync.outbox, inbox, shipment, exception_ticket, tracking_event and unmatched_event COLLATE "C", which PostgreSQL does not do under a view or rule. Nothing was changed.',
+				  HINT = pg_catalog.format('Keep their definitions (SELECT pg_get_viewdef(%L::regclass, true)), drop them, run ALTER EXTENSION pg_shipsync UPDATE again, then create them again with their grants (docs/upgrading.md).',
+										   pg_catalog.split_part(views, ', ', 1));
+	END IF;
+END
+$views$;
+
+------------------------------------------------------------------------------
 -- Order keys and tracking numbers compare byte by byte (COLLATE "C"), before
 -- any view of 0.2 reads them: they are identifiers, never sorted for people,
 -- and under the database's collation every look into their indexes paid for

@@ -47,6 +47,48 @@ GRANT EXECUTE ON FUNCTION @extschema@._wake(boolean) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@._validate() TO PUBLIC;
 
 ------------------------------------------------------------------------------
+-- A view (or rule) of the user's over a column whose type the update changes
+-- below stops it (PostgreSQL: "cannot alter type of a column used by a view
+-- or rule", naming one view and saying nothing of what to do): said first,
+-- every such view named, and what to do.  Nothing is changed yet.
+------------------------------------------------------------------------------
+DO $views$
+DECLARE
+	views text;
+BEGIN
+	SELECT pg_catalog.string_agg(DISTINCT r.ev_class::pg_catalog.regclass::text, ', ') INTO views
+	FROM pg_catalog.pg_depend d
+	JOIN pg_catalog.pg_rewrite r ON r.oid OPERATOR(pg_catalog.=) d.objid
+	JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) d.refobjid
+								  AND a.attnum OPERATOR(pg_catalog.=) d.refobjsubid
+	WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+	  AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+	  AND r.ev_class OPERATOR(pg_catalog.<>) d.refobjid
+	  AND (d.refobjid, a.attname) IN (
+		  (pg_catalog.to_regclass('@extschema@.outbox'), 'order_key'),
+		  (pg_catalog.to_regclass('@extschema@.inbox'), 'order_key'),
+		  (pg_catalog.to_regclass('@extschema@.shipment'), 'order_key'),
+		  (pg_catalog.to_regclass('@extschema@.shipment'), 'tracking_number'),
+		  (pg_catalog.to_regclass('@extschema@.exception_ticket'), 'order_key'),
+		  (pg_catalog.to_regclass('@extschema@.tracking_event'), 'order_key'),
+		  (pg_catalog.to_regclass('@extschema@.tracking_event'), 'tracking_number'),
+		  (pg_catalog.to_regclass('@extschema@.unmatched_event'), 'tracking_number'))
+	  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e
+					  WHERE e.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+						AND e.objid OPERATOR(pg_catalog.=) r.ev_class
+						AND e.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+						AND e.deptype OPERATOR(pg_catalog.=) 'e');
+	IF views IS NOT NULL THEN
+		RAISE EXCEPTION 'views of yours read columns of pg_shipsync whose type this update changes: %', views
+			USING ERRCODE = 'dependent_objects_still_exist',
+				  DETAIL = 'The update makes the order keys and tracking numbers of shipsync.outbox, inbox, shipment, exception_ticket, tracking_event and unmatched_event COLLATE "C", which PostgreSQL does not do under a view or rule. Nothing was changed.',
+				  HINT = pg_catalog.format('Keep their definitions (SELECT pg_get_viewdef(%L::regclass, true)), drop them, run ALTER EXTENSION pg_shipsync UPDATE again, then create them again with their grants (docs/upgrading.md).',
+										   pg_catalog.split_part(views, ', ', 1));
+	END IF;
+END
+$views$;
+
+------------------------------------------------------------------------------
 -- Order keys and tracking numbers compare byte by byte (COLLATE "C"), before
 -- any view of 0.2 reads them: they are identifiers, never sorted for people,
 -- and under the database's collation every look into their indexes paid for
@@ -14842,6 +14884,950 @@ BEGIN
 		RETURN NULL;
 	END IF;
 	RETURN @extschema@._reconcile_pulled(run, p);
+END
+$$;
+
+------------------------------------------------------------------------------
+
+-- attach() and the fee totals name the columns of their ON CONFLICT, not
+-- the constraints: an index a DBA renamed broke them
+------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION @extschema@.attach(tbl regclass, provider text, key_column name DEFAULT NULL,
+								   writeback jsonb DEFAULT NULL, options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	pid integer;
+	bid integer;
+	keycol name := key_column;
+	keytype text;
+	wb jsonb := coalesce(writeback, '{}');
+	opts jsonb := coalesce(options, '{}');
+	f text;
+	col text;
+	coltype text;
+	colcat "char";
+	colnumeric boolean;
+	colscale integer;
+	sets text[] := '{}';
+	wbcols text[] := '{}';
+	render text;
+	wbsql text;
+	cancel_when text;
+	trigargs text;
+	relkind "char";
+	adopt integer;
+	gone integer[];
+	oldwb jsonb;
+	oldskip text[];
+	newskip text[];
+BEGIN
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT c.relkind INTO relkind FROM pg_class c WHERE c.oid = tbl;
+	IF relkind NOT IN ('r', 'p') THEN
+		RAISE EXCEPTION '"%" is not a table', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  HINT = 'Attach an ordinary or partitioned table.';
+	END IF;
+	IF NOT pg_has_role(session_user, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'The dispatcher reads and writes the table with its owner''s rights.';
+	END IF;
+	SELECT p.provider_id INTO pid FROM @extschema@.provider p WHERE p.name = attach.provider;
+	IF pid IS NULL THEN
+		RAISE EXCEPTION 'provider "%" does not exist', coalesce(provider, '')
+			USING ERRCODE = 'undefined_object',
+				  HINT = 'Create it first with shipsync.create_provider().';
+	END IF;
+	-- the lock CREATE TRIGGER takes below, taken before the check: a second
+	-- attach() of the table waits here for the first, then sees its binding
+	-- (each statement reads what was committed before it) and says so,
+	-- rather than failing on the first one's trigger
+	EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', tbl);
+	IF EXISTS (SELECT 1 FROM @extschema@.binding b WHERE b.tbl = attach.tbl AND b.active) THEN
+		RAISE EXCEPTION 'table % is already attached', tbl
+			USING ERRCODE = 'duplicate_object',
+				  DETAIL = format('Binding %s captures its orders for provider "%s".',
+								  (SELECT b.binding_id FROM @extschema@.binding b WHERE b.tbl = attach.tbl),
+								  (SELECT p.name FROM @extschema@.binding b JOIN @extschema@.provider p USING (provider_id)
+								    WHERE b.tbl = attach.tbl)),
+				  HINT = 'Call shipsync.detach() first to attach it again.';
+	END IF;
+	PERFORM @extschema@._check_options(opts, ARRAY['cancel_when', 'validate', 'tracking_provider', 'pii', 'grace', 'created_at_column', 'adopt'], 'attach');
+	adopt := @extschema@._check_adopt(opts, pid, tbl);
+	PERFORM @extschema@._check_attach_options(opts, pid);
+	PERFORM @extschema@._check_reconcile_options(opts, tbl);
+	IF current_setting('server_encoding') NOT IN ('UTF8', 'SQL_ASCII') THEN
+		RAISE EXCEPTION 'database encoding % cannot be sent as JSON', current_setting('server_encoding')
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Carriers read JSON as UTF-8, and requests are rendered in the database encoding.',
+				  HINT = 'Keep the orders in a UTF8 database.';
+	END IF;
+
+	-- the key: given, or the single-column primary key
+	IF keycol IS NULL THEN
+		SELECT a.attname INTO keycol
+		FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+		WHERE i.indrelid = tbl AND i.indisprimary AND i.indnatts = 1;
+		IF keycol IS NULL THEN
+			RAISE EXCEPTION 'table % has no single-column primary key', tbl
+				USING ERRCODE = 'invalid_table_definition',
+					  HINT = 'Pass key_column => the column that identifies an order.';
+		END IF;
+	END IF;
+	keytype := @extschema@._key_type(tbl, keycol);
+	IF keytype IS NULL THEN
+		RAISE EXCEPTION 'column "%" of table % does not exist', keycol, tbl
+			USING ERRCODE = 'undefined_column',
+				  HINT = 'Pass key_column => the column that identifies an order.';
+	END IF;
+
+	-- write-back: shipment field -> order column
+	IF jsonb_typeof(wb) <> 'object' THEN
+		RAISE EXCEPTION 'writeback must be a JSON object of shipment fields to column names'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example {"tracking_number": "waybill_no"}.';
+	END IF;
+	FOR f, col IN SELECT key, value #>> '{}' FROM jsonb_each(wb) LOOP
+		IF f NOT IN ('tracking_number', 'status', 'provider_shipment_id', 'label_url', 'fee_total') THEN
+			RAISE EXCEPTION 'unknown write-back field "%"', f
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'Write-back fields: tracking_number, status, provider_shipment_id, label_url, fee_total.';
+		END IF;
+		SELECT format_type(a.atttypid, a.atttypmod) INTO coltype
+		FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+		IF coltype IS NULL THEN
+			RAISE EXCEPTION 'write-back column "%" of table % does not exist', coalesce(col, ''), tbl
+				USING ERRCODE = 'undefined_column',
+					  HINT = 'Add the column first, or fix the writeback map.';
+		END IF;
+		IF col = keycol THEN
+			RAISE EXCEPTION 'the key column "%" cannot be a write-back column', col
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Write shipment fields into columns of their own.';
+		END IF;
+		-- a string type, or for fee_total numeric too (an integer, a float
+		-- or money would round or blur the amount without a word)
+		SELECT t.typcategory, t.oid = 'pg_catalog.numeric'::pg_catalog.regtype,
+			   -- a numeric's declared scale, the column's or its domain's
+			   -- (typmod: precision << 16 | scale, 11 bits signed, + 4)
+			   CASE WHEN tm.m >= 4 THEN (((tm.m - 4) & 2047) # 1024) - 1024 END
+		INTO colcat, colnumeric, colscale
+		FROM pg_attribute a JOIN pg_type t
+			ON t.oid = coalesce(nullif(
+				(SELECT typbasetype FROM pg_type WHERE oid = a.atttypid), 0), a.atttypid)
+		CROSS JOIN LATERAL (SELECT CASE WHEN a.atttypmod >= 0 THEN a.atttypmod
+				ELSE (SELECT d.typtypmod FROM pg_type d WHERE d.oid = a.atttypid) END) AS tm(m)
+		WHERE a.attrelid = tbl AND a.attname = col;
+		IF f = 'fee_total' AND colnumeric AND colscale < 2 THEN
+			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = format('fee_total is an amount with decimals (12.50, 3.125): a numeric of scale %s would round it.', colscale),
+					  HINT = 'Use a numeric column of at least two decimals, numeric without a scale, or a text column.';
+		END IF;
+		IF colcat <> 'S' AND NOT (f = 'fee_total' AND colnumeric) THEN
+			RAISE EXCEPTION 'write-back column "%" has type %, which cannot hold %', col, coltype, f
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = CASE WHEN f = 'fee_total' THEN 'fee_total is an amount with decimals (12.50, 3.125): a column of this type would round it or lose its exact value.'
+								   ELSE format('%s is text.', f) END,
+					  HINT = CASE WHEN f = 'fee_total' THEN 'Use a numeric or text column.'
+								 ELSE 'Use a text or varchar column.' END;
+		END IF;
+		-- no explicit cast: assignment rules apply, so a tracking number too
+		-- long for a varchar(n) column fails loudly instead of being cut (a
+		-- fee_total into a string column is its text, as written; into a
+		-- numeric of scale s only when it has no more decimals than s, never
+		-- rounded: _fee_totals() tickets the order whose total does not fit)
+		sets := sets || CASE WHEN f = 'fee_total' AND colcat = 'S'
+							 THEN format('%I = COALESCE(shipsync_u.%I::pg_catalog.text, t.%I)', col, f, col)
+							 WHEN f = 'fee_total' AND colscale IS NOT NULL
+							 THEN format('%1$I = COALESCE(CASE WHEN pg_catalog.round(shipsync_u.fee_total, %2$s)'
+										 ' OPERATOR(pg_catalog.=) shipsync_u.fee_total THEN shipsync_u.fee_total END, t.%1$I)',
+										 col, colscale)
+							 ELSE format('%I = COALESCE(shipsync_u.%I, t.%I)', col, f, col) END;
+		wbcols := wbcols || col;
+	END LOOP;
+
+	cancel_when := opts->>'cancel_when';
+	IF cancel_when IS NOT NULL AND cancel_when ~ ';' THEN
+		RAISE EXCEPTION 'option "cancel_when" must be one boolean expression'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'For example "status = ''cancelled''".';
+	END IF;
+	-- the restricted grammar, printed back with pg_catalog's operators:
+	-- no function, operator or cast of the caller's is ever planned here
+	IF cancel_when IS NOT NULL THEN
+		cancel_when := @extschema@._cancel_when_sql(cancel_when);
+	END IF;
+
+	-- The row itself and its write-back columns: the dispatcher prints the
+	-- request's body from the row (src/body.c: as json_build_object() and
+	-- row_to_json() would, with the type lookups once a batch rather than
+	-- once a column of every row) and keeps the row's digest
+	-- (shipsync._row_digest), what reconciliation compares the order with
+	-- later.  The row is t.*, never a bare t: a column named t would be
+	-- taken instead.  Operators and types qualified: the dispatcher, render_request() and
+	-- this function run these as the table's owner, each with a search_path
+	-- of its own.  (unnest of several arrays is grammar: pg_catalog's.)
+	render := format(
+		'SELECT shipsync_u.shipsync_id, t.%1$I IS NOT NULL AS found,'
+		' %4$s AS is_cancel, t.*::%2$s AS shipsync_row, %5$L::pg_catalog.text[] AS shipsync_skip'
+		' FROM unnest($1::pg_catalog.int8[], $2::pg_catalog.text[])'
+		' AS shipsync_u(shipsync_id, shipsync_key)'
+		' LEFT JOIN %2$s AS t ON t.%1$I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%3$s',
+		keycol, tbl, keytype,
+		CASE WHEN cancel_when IS NULL THEN 'false'
+			 ELSE format('COALESCE((%s), false)', cancel_when) END,
+		ARRAY(SELECT c FROM unnest(wbcols) AS c ORDER BY 1));
+
+	IF array_length(sets, 1) > 0 THEN
+		wbsql := format(
+			'UPDATE %s AS t SET %s'
+			' FROM unnest($1::pg_catalog.text[], $2::pg_catalog.text[], $3::pg_catalog.text[],'
+			' $4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.numeric[])'
+			' AS shipsync_u(shipsync_key, provider_shipment_id, tracking_number, status, label_url, fee_total)'
+			' WHERE t.%I OPERATOR(pg_catalog.=) shipsync_u.shipsync_key::%s',
+			tbl, array_to_string(sets, ', '), keycol, keytype);
+	END IF;
+
+	-- prove both statements against the table now, not in the dispatcher,
+	-- and with the rights the dispatcher will have: the table owner's
+	BEGIN
+		PERFORM @extschema@._explain_as_owner(tbl, render, '{int8[], text[]}');
+		IF wbsql IS NOT NULL THEN
+			PERFORM @extschema@._explain_as_owner(tbl, wbsql,
+				'{text[], text[], text[], text[], text[], numeric[]}');
+		END IF;
+	EXCEPTION
+		-- row security forced on the owner: its own error says what to do
+		WHEN object_not_in_prerequisite_state THEN
+			RAISE;
+		WHEN OTHERS THEN
+			RAISE EXCEPTION 'cannot attach table %: %', tbl, SQLERRM
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Check option cancel_when and the writeback columns'' types.';
+	END;
+
+	SELECT x.writeback INTO oldwb FROM @extschema@.binding x WHERE x.tbl = attach.tbl;
+	-- the conflict named by its column, not by the constraint (a DBA may
+	-- rename the index), in dynamic SQL: column tbl is also a parameter
+	EXECUTE $i$
+		INSERT INTO @extschema@.binding AS b (tbl, provider_id, key_column, writeback, options, render_sql, writeback_sql)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (tbl) DO UPDATE
+		   SET provider_id = EXCLUDED.provider_id, key_column = EXCLUDED.key_column,
+			   writeback = EXCLUDED.writeback, options = EXCLUDED.options,
+			   render_sql = EXCLUDED.render_sql, writeback_sql = EXCLUDED.writeback_sql,
+			   active = true, created_at = now(), created_by = session_user
+		RETURNING b.binding_id$i$
+		INTO bid USING attach.tbl, pid, keycol, wb, opts, render, wbsql;
+
+	-- the table replaces the one of binding adopt: what pg_shipsync knows
+	-- of its orders (shipments, intents, events, fees, tickets) is this
+	-- binding's now, so an order shipped before is updated, not created
+	-- again.  Otherwise, a binding of this provider with shipments whose
+	-- table is gone is said: were this table its successor, every update
+	-- of an order shipped before would ship it again.
+	IF adopt IS NOT NULL THEN
+		UPDATE @extschema@.shipment x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.outbox x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.inbox x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.tracking_event x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.fee_line x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.fee_sum x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.fee_pull x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.exception_ticket x SET binding_id = bid WHERE x.binding_id = adopt;
+		UPDATE @extschema@.binding x SET options = x.options || jsonb_build_object('adopted_by', bid)
+		 WHERE x.binding_id = adopt;
+	ELSE
+		-- in one warning, however many: a warning each, at every attach,
+		-- grew the log as the square of the tenants' tables dropped
+		SELECT pg_catalog.array_agg(b.binding_id ORDER BY b.binding_id DESC) INTO gone
+		FROM @extschema@.binding b
+		WHERE b.provider_id = pid AND NOT b.active AND b.binding_id <> bid
+		  AND NOT b.options ? 'adopted_by'
+		  AND NOT EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = b.tbl)
+		  AND EXISTS (SELECT 1 FROM @extschema@.shipment x WHERE x.binding_id = b.binding_id);
+		IF pg_catalog.cardinality(gone) = 1 THEN
+			RAISE WARNING 'binding % of provider "%" has shipments, and its table (oid %) is gone',
+				gone[1], provider, (SELECT b.tbl::oid FROM @extschema@.binding b WHERE b.binding_id = gone[1])
+				USING DETAIL = format('Table %s is binding %s: an update of an order shipped under binding %s would be sent as a create.',
+									  tbl, bid, gone[1]),
+					  HINT = format('If %s replaces that table, detach it and attach it again with options {"adopt": %s}.',
+									tbl, gone[1]);
+		ELSIF pg_catalog.cardinality(gone) > 1 THEN
+			RAISE WARNING '% bindings of provider "%" have shipments, and their tables are gone',
+				pg_catalog.cardinality(gone), provider
+				USING DETAIL = format('Table %s is binding %s: an update of an order shipped under one of bindings %s would be sent as a create.',
+									  tbl, bid,
+									  pg_catalog.array_to_string(gone[1:10], ', ')
+									  || CASE WHEN pg_catalog.cardinality(gone) > 10
+											  THEN format(' or %s more', pg_catalog.cardinality(gone) - 10)
+											  ELSE '' END),
+					  HINT = format('If %s replaces one of those tables, detach it and attach it again with options {"adopt": <its binding_id>}; SELECT binding_id, created_at FROM shipsync.binding WHERE NOT active lists them.',
+									tbl);
+		END IF;
+	END IF;
+
+	-- attached again with other write-back columns: the digests of the
+	-- orders shipped (shipment.content_digest) left the old ones out, and
+	-- every order whose old column holds a value would read as changed
+	-- since it was sent (address_changed_after_send).  The digest of an
+	-- order unchanged since is made again without the new columns; an
+	-- order changed since keeps its digest, and is still told.  The rows
+	-- are read as the table's owner, as reconciliation reads them.
+	oldskip := ARRAY(SELECT w.value #>> '{}' FROM jsonb_each(oldwb) w ORDER BY 1);
+	newskip := ARRAY(SELECT c FROM unnest(wbcols) AS c ORDER BY 1);
+	IF oldwb IS NOT NULL AND oldskip IS DISTINCT FROM newskip
+	   AND EXISTS (SELECT 1 FROM @extschema@.shipment x
+				   WHERE x.binding_id = bid AND x.content_digest IS NOT NULL) THEN
+		EXECUTE format($d$
+			UPDATE @extschema@.shipment s
+			   SET content_digest = @extschema@._row_digest(t.r, $2)
+			  FROM @extschema@._select_as_owner($1, $4, NULL, NULL) AS t(k text COLLATE "C", r %s)
+			 WHERE s.binding_id = $5 AND s.order_key = t.k
+			   AND s.content_digest = @extschema@._row_digest(t.r, $3)$d$, tbl)
+		USING tbl, newskip, oldskip,
+			  format('SELECT t.%I::pg_catalog.text, t.*::%s FROM %s t', keycol, tbl, tbl), bid;
+	END IF;
+
+	trigargs := array_to_string(ARRAY(SELECT quote_literal(x)
+		FROM unnest(ARRAY[bid::text, pid::text, keycol::text] || wbcols) x), ', ');
+	EXECUTE format('CREATE TRIGGER shipsync_capture AFTER INSERT OR UPDATE OR DELETE ON %s'
+				   ' FOR EACH ROW EXECUTE FUNCTION @extschema@.capture(%s)', tbl, trigargs);
+	IF opts->>'validate' = 'reject' THEN
+		EXECUTE format('CREATE TRIGGER shipsync_validate AFTER INSERT OR UPDATE ON %s'
+					   ' FOR EACH ROW EXECUTE FUNCTION @extschema@._validate(%L)', tbl, bid);
+	END IF;
+	-- no dispatcher serves this database: its orders would be captured and
+	-- wait, with nothing in the log to say why.  An empty list (nothing is
+	-- served anywhere) is taken as meant.  The list read as the launcher
+	-- reads it (a quoted name may hold a comma).  (col, free again: the list.)
+	col := coalesce(pg_catalog.current_setting('shipsync.databases', true), '');
+	IF pg_catalog.btrim(col) <> '' AND NOT coalesce(@extschema@._database_listed(), false) THEN
+		RAISE WARNING 'database "%" is not in shipsync.databases', pg_catalog.current_database()
+			USING DETAIL = CASE WHEN @extschema@._database_listed() IS NULL
+							   THEN format('Its orders are captured, and none is sent: shipsync.databases (%L) is not a valid list, and no database is served.', col)
+							   ELSE format('Its orders are captured, and none is sent until a dispatcher serves it (shipsync.databases is %L).', col) END,
+				  HINT = format('ALTER SYSTEM SET shipsync.databases = %L; SELECT pg_reload_conf();',
+								col || ', ' || quote_ident(pg_catalog.current_database()));
+	END IF;
+	PERFORM @extschema@._wake(true);
+	RETURN bid;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._store_fees(src text, stmt bigint, replaces bigint, who text,
+	pids integer[], bids integer[], oks text[], tns text[], codes text[], amounts numeric[],
+	currencies text[], fkeys text[], settlements text[], payers text[], weights numeric[],
+	states text[], ats timestamptz[], held text[] DEFAULT NULL)
+RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+	n_in bigint := coalesce(array_length(tns, 1), 0);
+	n_new bigint;
+	n_rev bigint;
+	n_park bigint;
+	n_matched bigint := 0;
+	n_withdrawn bigint := 0;
+	twice text;
+	tb integer[];
+	tk text[];
+BEGIN
+	PERFORM @extschema@._lock_fees(pids, tns, src = 'statement');
+
+	SELECT m.n, m.tb, m.tk INTO n_matched, tb, tk
+	FROM @extschema@._match_parked_fees(pids, tns) m;
+
+	WITH inc AS (
+		SELECT u.ord, u.pid, u.bid, u.ok, u.tn, u.code, u.amount, u.cur, u.fkey, u.settle,
+			   u.payer, u.weight, u.st, u.at,
+			   coalesce(tm.fee_type, ft.name, 'other') AS fee_type
+		FROM unnest(pids, bids, oks, tns, codes, amounts, currencies, fkeys, settlements, payers,
+					weights, states, ats)
+			 WITH ORDINALITY AS u(pid, bid, ok, tn, code, amount, cur, fkey, settle, payer,
+								  weight, st, at, ord)
+		JOIN @extschema@.provider p ON p.provider_id = u.pid
+		LEFT JOIN @extschema@.fee_type_map tm
+			   ON tm.profile = coalesce(p.options->>'profile', p.dialect) AND tm.code = u.code
+		LEFT JOIN @extschema@.fee_type ft ON ft.name = lower(u.code)),
+	-- a line without a key of the carrier: the first of its type in this
+	-- notice has key '', the next '#2', ...; the same line twice: the last.
+	-- Grouped and sorted bytewise (COLLATE "C"): the groups are the same
+	-- under any deterministic collation, and a statement sorts 100,000
+	-- lines here twice, where strcoll() cost more than the rest of the sort
+	keyed AS (
+		SELECT DISTINCT ON (y.pid, y.tn COLLATE "C", y.fee_type COLLATE "C", y.k COLLATE "C") y.*
+		FROM (SELECT inc.*,
+					 CASE WHEN inc.fkey IS NOT NULL THEN inc.fkey
+						  WHEN row_number() OVER w = 1 THEN ''
+						  ELSE '#' || row_number() OVER w END AS k
+			  FROM inc
+			  WINDOW w AS (PARTITION BY inc.pid, inc.tn COLLATE "C", inc.fee_type COLLATE "C", inc.fkey IS NULL
+						   ORDER BY inc.ord)) y
+		ORDER BY y.pid, y.tn COLLATE "C", y.fee_type COLLATE "C", y.k COLLATE "C", y.ord DESC),
+	-- a statement billing one carrier's line (its key) twice: refused
+	-- below, since keyed keeps one of them and the statement's total
+	-- counts both (a push sending a line again is the same line again)
+	dup AS (
+		SELECT pg_catalog.format('Waybill %s, fee type %s, key %s: %s lines, of %s.', i.tn, i.fee_type,
+					pg_catalog.quote_literal(i.fkey), count(*),
+					string_agg(i.amount::text || ' ' || coalesce(i.cur, ''), ', ' ORDER BY i.ord)) AS msg
+		FROM inc i
+		WHERE src = 'statement' AND i.fkey IS NOT NULL
+		GROUP BY i.pid, i.tn, i.fee_type, i.fkey
+		HAVING count(*) > 1
+		LIMIT 1),
+	main AS (
+		SELECT DISTINCT ON (s.provider_id, s.tracking_number) s.provider_id, s.tracking_number,
+			   s.binding_id, s.order_key
+		FROM @extschema@.shipment s
+		WHERE (s.provider_id, s.tracking_number) IN
+			  (SELECT keyed.pid, keyed.tn FROM keyed WHERE keyed.bid IS NULL)
+		ORDER BY s.provider_id, s.tracking_number, s.created_at DESC),
+	-- each line's order: the caller's, else the newest shipment's of its
+	-- waybill (a recycled number is the new parcel's), else, for a waybill
+	-- no shipment has as its tracking number, the shipment that lists it
+	-- among the other waybills of a multi-piece shipment (SF: child,
+	-- return; the line keeps the piece's number), looked up through the
+	-- waybills' index for those lines only; else none (parked).  Part of
+	-- the line's identity.  (The pieces' rows added to main's, as a UNION,
+	-- were a set the planner guessed at two rows once the shipments were
+	-- analyzed, and joined in a loop: a statement of 100,000 lines ran for
+	-- minutes.)
+	kt AS (
+		SELECT k.*, coalesce(k.bid, main.binding_id, pc.binding_id) AS tb,
+			   coalesce(k.ok, main.order_key, pc.order_key) AS tok
+		FROM keyed k
+		LEFT JOIN main ON main.provider_id = k.pid AND main.tracking_number = k.tn
+		LEFT JOIN LATERAL (
+			SELECT ps.binding_id, ps.order_key FROM @extschema@._piece_shipment(k.pid, k.tn) ps
+			WHERE k.bid IS NULL AND main.provider_id IS NULL) pc ON true),
+	up AS (
+		INSERT INTO @extschema@.fee_line AS f (provider_id, tracking_number, fee_type, fee_key,
+			quote, binding_id, order_key, raw_type, amount, currency, settlement, payer,
+			billed_weight_kg, state, source, statement_id, occurred_at, recorded_by)
+		SELECT k.pid, k.tn, k.fee_type, k.k, src = 'create', k.tb, k.tok,
+			   k.code, k.amount, k.cur, k.settle, k.payer, k.weight,
+			   coalesce(k.st, CASE WHEN src = 'create' THEN 'estimated' ELSE 'charged' END),
+			   src, stmt, k.at, who
+		FROM kt k
+		ORDER BY k.ord
+		ON CONFLICT (provider_id, tracking_number, fee_type, fee_key, quote, binding_id, order_key) DO UPDATE SET
+			raw_type = EXCLUDED.raw_type, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
+			settlement = coalesce(EXCLUDED.settlement, f.settlement),
+			payer = coalesce(EXCLUDED.payer, f.payer),
+			billed_weight_kg = coalesce(EXCLUDED.billed_weight_kg, f.billed_weight_kg),
+			state = EXCLUDED.state, source = EXCLUDED.source, statement_id = EXCLUDED.statement_id,
+			occurred_at = coalesce(EXCLUDED.occurred_at, f.occurred_at),
+			recorded_by = EXCLUDED.recorded_by, withdrawn = false,
+			binding_id = coalesce(f.binding_id, EXCLUDED.binding_id),
+			order_key = coalesce(f.order_key, EXCLUDED.order_key)
+		-- a change, not older than what the line says now, and, but from
+		-- a statement, not a notice seen before (a late duplicate of a
+		-- revised line); own below takes, for statements, the lines they
+		-- bill as they are
+		WHERE (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
+			  IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency, EXCLUDED.state,
+								coalesce(EXCLUDED.settlement, f.settlement),
+								coalesce(EXCLUDED.payer, f.payer),
+								coalesce(EXCLUDED.billed_weight_kg, f.billed_weight_kg))
+		  AND (EXCLUDED.occurred_at IS NULL OR f.occurred_at IS NULL
+			   OR EXCLUDED.occurred_at >= f.occurred_at)
+		  AND (src = 'statement'
+			   OR NOT EXISTS (SELECT 1 FROM @extschema@.fee_line_history h
+							  WHERE h.fee_line_id = f.fee_line_id
+								AND (h.amount, h.currency, h.state, h.occurred_at)
+									IS NOT DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency,
+														  EXCLUDED.state, EXCLUDED.occurred_at)))
+		RETURNING f.xmax = 0 AS inserted, f.binding_id, f.order_key),
+	-- a statement's lines it bills as they are: its own from now on (no
+	-- revision: nothing they say changes), so that a later correction
+	-- withdraws them and "does the statement add up?" counts them.  After
+	-- up has run to its end (the one-time filter reads all of it): up
+	-- meeting a row own had changed in this command would be an error.
+	-- Not a line the current statement of another month (or account)
+	-- bills: that one bills it still, and this one listing it again is
+	-- what "does it add up?" should show
+	own AS (
+		UPDATE @extschema@.fee_line f SET statement_id = stmt, withdrawn = false
+		  FROM kt k
+		 WHERE (SELECT count(*) FROM up) >= 0
+		   AND src = 'statement' AND f.provider_id = k.pid AND f.tracking_number = k.tn
+		   AND f.fee_type = k.fee_type AND f.fee_key = k.k AND NOT f.quote
+		   AND f.binding_id IS NOT DISTINCT FROM k.tb AND f.order_key IS NOT DISTINCT FROM k.tok
+		   AND f.statement_id IS DISTINCT FROM stmt
+		   AND (f.statement_id IS NULL
+				OR f.statement_id NOT IN (SELECT e.statement_id
+										  FROM @extschema@.statement e
+										  JOIN @extschema@.statement c ON c.statement_id = stmt
+										  WHERE e.provider_id = c.provider_id AND e.superseded_by IS NULL
+											AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account)))
+		   -- (what it says: a line older than the line's current version,
+		   -- which up left as it was, is not the statement's)
+		   AND NOT (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
+				   IS DISTINCT FROM (k.amount, k.cur, coalesce(k.st, 'charged'),
+									 coalesce(k.settle, f.settlement),
+									 coalesce(k.payer, f.payer),
+									 coalesce(k.weight, f.billed_weight_kg))
+		RETURNING f.fee_line_id, f.binding_id, f.order_key),
+	-- of those, the lines a correction had withdrawn: billed again, so
+	-- their orders' totals change (fee_line read here is as it was before)
+	back AS (
+		SELECT own.binding_id, own.order_key FROM own
+		JOIN @extschema@.fee_line x ON x.fee_line_id = own.fee_line_id
+		WHERE x.withdrawn AND own.binding_id IS NOT NULL),
+	-- a corrected statement: what an earlier statement of its period and
+	-- account billed and this one does not (neither among its lines nor,
+	-- held, among those it skipped) is withdrawn (0, adjusted), or, when
+	-- the current statement of another month or account billed it before
+	-- (the carrier listed it in both), goes back to what that one says
+	wd AS (
+		UPDATE @extschema@.fee_line f
+		   SET (amount, currency, state, statement_id, withdrawn) =
+			   (SELECT coalesce(b.amount, 0), coalesce(b.currency, f.currency),
+					   coalesce(b.state, 'adjusted'), coalesce(b.statement_id, stmt),
+					   coalesce(b.withdrawn, true)
+				FROM (SELECT 1) one
+				LEFT JOIN (SELECT h.amount, h.currency, h.state, h.statement_id, h.withdrawn
+						   FROM @extschema@.fee_line_history h
+						   JOIN @extschema@.statement e ON e.statement_id = h.statement_id
+						   JOIN @extschema@.statement c ON c.statement_id = stmt
+						   WHERE h.fee_line_id = f.fee_line_id AND e.superseded_by IS NULL
+							 AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account)
+						   ORDER BY h.revision DESC LIMIT 1) b ON true),
+			   source = 'statement', recorded_by = who
+		 WHERE replaces IS NOT NULL AND NOT f.quote
+		   AND f.statement_id IN (SELECT e.statement_id
+								  FROM @extschema@.statement e
+								  JOIN @extschema@.statement c ON c.statement_id = stmt
+								  WHERE e.provider_id = c.provider_id AND e.period = c.period
+									AND e.account IS NOT DISTINCT FROM c.account
+									AND e.statement_id <> stmt)
+		   AND NOT f.withdrawn
+		   AND NOT EXISTS (SELECT 1 FROM kt k
+						   WHERE k.pid = f.provider_id AND k.tn = f.tracking_number
+							 AND k.fee_type = f.fee_type AND k.k = f.fee_key
+							 AND k.tb IS NOT DISTINCT FROM f.binding_id
+							 AND k.tok IS NOT DISTINCT FROM f.order_key)
+		   AND (held IS NULL OR (array_position(held, NULL) IS NULL
+								 AND f.tracking_number <> ALL (held)))
+		RETURNING f.binding_id, f.order_key)
+	SELECT (SELECT dup.msg FROM dup), (SELECT count(*) FROM up WHERE up.inserted),
+		   (SELECT count(*) FROM up WHERE NOT up.inserted),
+		   (SELECT count(*) FROM up WHERE up.binding_id IS NULL),
+		   (SELECT count(*) FROM wd),
+		   coalesce(tb, '{}') || coalesce((SELECT array_agg(x.binding_id) FROM
+				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd
+				 UNION ALL SELECT back.binding_id, back.order_key FROM back) x), '{}'),
+		   coalesce(tk, '{}') || coalesce((SELECT array_agg(x.order_key) FROM
+				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd
+				 UNION ALL SELECT back.binding_id, back.order_key FROM back) x), '{}')
+	INTO twice, n_new, n_rev, n_park, n_withdrawn, tb, tk;
+	IF twice IS NOT NULL THEN
+		RAISE EXCEPTION 'statement of provider "%" bills one line twice',
+			(SELECT p.name FROM @extschema@.provider p WHERE p.provider_id = pids[1])
+			USING ERRCODE = 'SS400', DETAIL = twice,
+				  HINT = 'Nothing of this statement was stored. A carrier''s key names one line of a waybill''s fee type: fix the statement, or leave the key column out to store every line as its own.';
+	END IF;
+
+	kind := 'new'; n := n_new; RETURN NEXT;
+	kind := 'revised'; n := n_rev; RETURN NEXT;
+	kind := 'duplicate'; n := n_in - n_new - n_rev; RETURN NEXT;
+	kind := 'unmatched'; n := n_park; RETURN NEXT;
+	kind := 'matched'; n := n_matched; RETURN NEXT;
+	kind := 'withdrawn'; n := n_withdrawn; RETURN NEXT;
+	n := NULL;
+
+	RETURN QUERY SELECT * FROM @extschema@._fee_totals(tb, tk);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._fee_totals(tb integer[], tk text[])
+RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+	-- one join and one aggregate for all the orders (a statement touches
+	-- tens of thousands), min <> max for "more than one currency"
+	RETURN QUERY
+	WITH t AS (
+		SELECT DISTINCT x.b, x.k FROM unnest(tb, tk) AS x(b, k) WHERE x.b IS NOT NULL),
+	-- a quote counts while it is the quote of the order's shipment: an
+	-- order shipped again under its key (its shipment row now holds
+	-- another waybill) is quoted once, not twice; bills all count
+	per AS MATERIALIZED (
+		SELECT l.binding_id AS b, l.order_key AS k, l.provider_id AS pid, l.currency AS cur,
+			   coalesce(sum(CASE WHEN l.fee_type = 'refund' THEN -abs(l.amount) ELSE l.amount END)
+					FILTER (WHERE l.quote AND q.current), 0) AS est,
+			   coalesce(sum(l.amount) FILTER (WHERE NOT l.quote AND l.state <> 'refunded'
+											  AND l.fee_type <> 'refund'), 0) AS chg,
+			   coalesce(sum(abs(l.amount)) FILTER (WHERE NOT l.quote
+					AND (l.state = 'refunded' OR l.fee_type = 'refund')), 0) AS ref,
+			   count(*) FILTER (WHERE l.quote AND q.current) AS nq,
+			   count(*) FILTER (WHERE NOT l.quote) AS nb,
+			   max(l.recorded_at) AS last
+		FROM @extschema@.fee_line l
+		JOIN t ON l.binding_id = t.b AND l.order_key = t.k
+		-- (a line a corrected statement withdrew is billed no more: no
+		-- bill line, so its order is unbilled again and takes its quote)
+		CROSS JOIN LATERAL (
+			SELECT NOT l.quote OR coalesce(
+				(SELECT s.tracking_number FROM @extschema@.shipment s
+				  WHERE s.binding_id = l.binding_id AND s.order_key = l.order_key
+					AND s.provider_id = l.provider_id) = l.tracking_number, true) AS current) q
+		WHERE NOT l.withdrawn
+		GROUP BY l.binding_id, l.order_key, l.provider_id, l.currency),
+	kept AS (
+		INSERT INTO @extschema@.fee_sum AS fs (binding_id, order_key, provider_id, currency,
+			estimated, charged, refunded, quote_lines, bill_lines, last_change)
+		SELECT per.b, per.k, per.pid, per.cur, per.est, per.chg, per.ref, per.nq, per.nb, per.last
+		FROM per
+		ON CONFLICT (binding_id, order_key, provider_id, currency) DO UPDATE SET
+			estimated = EXCLUDED.estimated, charged = EXCLUDED.charged,
+			refunded = EXCLUDED.refunded, quote_lines = EXCLUDED.quote_lines,
+			bill_lines = EXCLUDED.bill_lines, last_change = EXCLUDED.last_change
+		WHERE (fs.estimated, fs.charged, fs.refunded, fs.quote_lines, fs.bill_lines, fs.last_change)
+			  IS DISTINCT FROM (EXCLUDED.estimated, EXCLUDED.charged, EXCLUDED.refunded,
+								EXCLUDED.quote_lines, EXCLUDED.bill_lines, EXCLUDED.last_change)
+		RETURNING 1),
+	-- a sum whose provider and currency no line has any more; looked up
+	-- in fee_line by its order index, not in per: an anti-join against the
+	-- CTE scanned all of per for every sum (the planner cannot hash a
+	-- generic plan's guess of one row), 8,000 comparisons a batch of 128
+	gone AS (
+		DELETE FROM @extschema@.fee_sum fs USING t
+		 WHERE fs.binding_id = t.b AND fs.order_key = t.k
+		   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_line l
+						   WHERE l.binding_id = fs.binding_id AND l.order_key = fs.order_key
+							 AND l.provider_id = fs.provider_id AND l.currency = fs.currency
+							 AND NOT l.withdrawn)
+		RETURNING 1),
+	ord AS (
+		SELECT per.b, per.k, sum(per.nb) > 0 AS billed,
+			   min(per.cur) FILTER (WHERE per.nb > 0) AS lo_b,
+			   max(per.cur) FILTER (WHERE per.nb > 0) AS hi_b,
+			   min(per.cur) FILTER (WHERE per.nq > 0) AS lo_q,
+			   max(per.cur) FILTER (WHERE per.nq > 0) AS hi_q,
+			   -- quoted in a currency (XXX: the answer named none)
+			   min(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS lo_qc,
+			   max(per.cur) FILTER (WHERE per.nq > 0 AND per.cur <> 'XXX') AS hi_qc,
+			   sum(per.chg - per.ref) FILTER (WHERE per.nb > 0) AS tot_b,
+			   sum(per.est) FILTER (WHERE per.nq > 0) AS tot_q
+		FROM per GROUP BY per.b, per.k),
+	-- one currency: the bill's lines in one, and a quote in a currency in
+	-- that one too (a bill in dollars of a quote in yuan is no total)
+	-- and a total its currency can have (a quote of JPY 1500.5 is none:
+	-- bill lines with more decimals than their currency has are refused)
+	tot AS (
+		SELECT ord.b, ord.k, bb.provider_id AS pid, bb.writeback ? 'fee_total' AS wb,
+			   x.agree AND coalesce(pg_catalog.round(x.total, cu.minor_units) = x.total, true) AS one,
+			   x.agree, x.total, x.cur, cu.minor_units AS minor
+		FROM ord JOIN @extschema@.binding bb ON bb.binding_id = ord.b
+		CROSS JOIN LATERAL (SELECT CASE WHEN ord.billed THEN ord.tot_b ELSE ord.tot_q END AS total,
+								   CASE WHEN ord.billed THEN ord.lo_b ELSE ord.lo_q END AS cur,
+								   CASE WHEN ord.billed
+										THEN ord.lo_b = ord.hi_b AND coalesce(ord.lo_qc = ord.lo_b AND ord.hi_qc = ord.lo_b, true)
+										ELSE ord.lo_q = ord.hi_q END AS agree) x
+		LEFT JOIN @extschema@.currency cu ON cu.code = x.cur
+		UNION ALL
+		-- an order whose every line was withdrawn costs nothing now
+		SELECT t.b, t.k, bb.provider_id, bb.writeback ? 'fee_total', true, true, 0, NULL, NULL
+		FROM t JOIN @extschema@.binding bb ON bb.binding_id = t.b
+		WHERE NOT EXISTS (SELECT 1 FROM per WHERE per.b = t.b AND per.k = t.k)
+		  AND EXISTS (SELECT 1 FROM @extschema@.fee_line l
+					  WHERE l.binding_id = t.b AND l.order_key = t.k)),
+	sh AS (
+		UPDATE @extschema@.shipment s SET fee_total = tot.total, updated_at = now()
+		  FROM tot
+		 WHERE tot.one AND s.binding_id = tot.b AND s.order_key = tot.k
+		   AND s.provider_id = tot.pid AND s.fee_total IS DISTINCT FROM tot.total
+		RETURNING s.binding_id, s.order_key, s.fee_total, tot.wb),
+	mixed AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, detail)
+		SELECT 'fee_currency_mixed', tot.b, tot.k, tot.pid,
+			   CASE WHEN tot.agree
+				   THEN format('the fees of order %s come to %s %s, more decimals than %s has (%s): its fee_total is left as it was',
+							   tot.k, tot.total, tot.cur, tot.cur, tot.minor)
+				   ELSE format('the fees of order %s are in %s: its fee_total is left as it was', tot.k,
+							   (SELECT string_agg(DISTINCT per.cur, ', ') FROM per
+								WHERE per.b = tot.b AND per.k = tot.k)) END
+		FROM tot
+		WHERE NOT tot.one
+		  AND NOT EXISTS (SELECT 1 FROM @extschema@.exception_ticket x
+						  WHERE x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
+							AND x.order_key = tot.k AND x.resolved_at IS NULL)
+		RETURNING 1),
+	agreed AS (
+		UPDATE @extschema@.exception_ticket x SET resolved_at = now(),
+			   resolution = 'its fee lines are in one currency again'
+		  FROM tot
+		 WHERE tot.one AND x.kind = 'fee_currency_mixed' AND x.binding_id = tot.b
+		   AND x.order_key = tot.k AND x.resolved_at IS NULL
+		RETURNING 1),
+	-- a total with more decimals than the order's numeric column holds
+	-- (1.005 into a numeric(10,2)): never written rounded (the binding's
+	-- write-back statement leaves the column), and the order gets a ticket
+	scale AS (
+		SELECT sh.binding_id, sh.order_key, sh.fee_total, c.attname, c.atttypid, c.typmod AS m,
+			   c.scale AS s
+		FROM sh
+		JOIN @extschema@._fee_total_column() c ON c.binding_id = sh.binding_id
+		WHERE sh.wb),
+	unfit AS (
+		INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, detail)
+		SELECT 'writeback_failed', scale.binding_id, scale.order_key,
+			   format('write-back of the fee total failed: %s has more decimals than column %I (%s) holds; it was left as it was, not rounded',
+					  scale.fee_total, scale.attname, pg_catalog.format_type(scale.atttypid, scale.m))
+		FROM scale
+		WHERE scale.s IS NOT NULL AND pg_catalog.round(scale.fee_total, scale.s) <> scale.fee_total
+		RETURNING exception_ticket.binding_id, exception_ticket.order_key)
+	-- (kept, gone, mixed, agreed and unfit run whether or not they are read;
+	-- the orders ticketed are hashed once: estimated at a few rows, an anti
+	-- join compared every order written with every one ticketed, 36 million
+	-- comparisons for a statement of 6,000 of each.  No key is NULL.)
+	SELECT 'writeback'::text, NULL::bigint, sh.binding_id, sh.order_key, sh.fee_total
+	FROM sh WHERE sh.wb
+	  AND (sh.binding_id, sh.order_key) NOT IN (SELECT u.binding_id, u.order_key FROM unfit u);
+END
+$$;
+
+ALTER FUNCTION @extschema@.attach(regclass, text, name, jsonb, jsonb) SET shipsync.audit_action = 'attach';
+
+------------------------------------------------------------------------------
+-- create_crm_source() refuses a database whose encoding the receiver
+-- refuses, and warns of one the receiver does not serve
+------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION @extschema@.create_crm_source(name text, kind text, tbl regclass,
+											  options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	opts jsonb := coalesce(options, '{}');
+	keycol name;
+	ttl interval;
+	id integer;
+	relkind "char";
+	k text;
+	vtype oid;
+	allowed text[] := ARRAY['profile', 'key_column', 'dedup_ttl', 'secret', 'version_column'];
+BEGIN
+	IF name IS NULL OR name OPERATOR(pg_catalog.!~) '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid CRM source name "%"', coalesce(name, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A CRM source name is 1 to 63 letters, digits, "_", "." or "-"; it is the last part of the receiver''s URL /crm/{name}.',
+				  HINT = 'For example ''jdy'' or ''salesforce-eu''.';
+	END IF;
+	IF kind IS NULL OR kind OPERATOR(pg_catalog.<>) ALL (ARRAY['jiandaoyun', 'salesforce_om', 'generic']) THEN
+		RAISE EXCEPTION 'unknown CRM source kind "%"', coalesce(kind, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'The kinds are jiandaoyun (简道云 data push), salesforce_om (Salesforce Outbound Messages) and generic (Standard Webhooks-signed JSON).',
+				  HINT = 'See docs/receiver.md.';
+	END IF;
+	IF kind OPERATOR(pg_catalog.=) 'salesforce_om' THEN
+		allowed := ARRAY['profile', 'key_column', 'dedup_ttl', 'organization_id', 'sobject_type', 'version_column'];
+	END IF;
+	PERFORM @extschema@._check_options(opts, allowed, 'CRM source');
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	-- pushes are UTF-8, signed over their bytes: the receiver answers every
+	-- one 503 in another encoding, for good (TAP 053)
+	IF pg_catalog.current_setting('server_encoding') OPERATOR(pg_catalog.<>) ALL (ARRAY['UTF8', 'SQL_ASCII']) THEN
+		RAISE EXCEPTION 'database encoding % cannot take CRM pushes', pg_catalog.current_setting('server_encoding')
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Pushes are UTF-8 and signed over their bytes: the receiver answers every push 503 in a database of another encoding.',
+				  HINT = 'Keep the orders and the CRM sources in a UTF8 database, and make it shipsync.receiver_database.';
+	END IF;
+	SELECT c.relkind INTO relkind FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tbl;
+	IF relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['r', 'p']::"char"[]) THEN
+		RAISE EXCEPTION '"%" is not a table', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  HINT = 'Name an ordinary or partitioned table.';
+	END IF;
+	IF NOT pg_catalog.pg_has_role(session_user,
+			(SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tbl), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'Pushes of the source are written into the table with its owner''s rights.';
+	END IF;
+
+	-- options of each kind
+	FOREACH k IN ARRAY ARRAY['profile', 'key_column', 'dedup_ttl', 'secret', 'organization_id', 'sobject_type', 'version_column'] LOOP
+		IF opts ? k AND (pg_catalog.jsonb_typeof(opts->k) OPERATOR(pg_catalog.<>) 'string'
+						 OR opts->>k OPERATOR(pg_catalog.=) '') THEN
+			RAISE EXCEPTION 'option "%" must be a non-empty string', k
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = CASE WHEN k OPERATOR(pg_catalog.=) 'secret'
+								  THEN 'Give the secret the CRM signs its pushes with.' ELSE 'Give a string.' END;
+		END IF;
+	END LOOP;
+	IF kind OPERATOR(pg_catalog.<>) 'salesforce_om' AND NOT opts ? 'secret' THEN
+		RAISE EXCEPTION 'a CRM source of kind % needs option "secret"', kind
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Pushes are accepted only when their signature can be checked.',
+				  HINT = CASE kind WHEN 'jiandaoyun' THEN 'Give the secret of the 简道云 data push (数据推送 → 密钥).'
+								   ELSE 'Give the whsec_ secret of the sender''s Standard Webhooks signature.' END;
+	END IF;
+	IF opts ? 'secret' THEN
+		PERFORM @extschema@._check_crm_secret(kind, opts->>'secret', 'option "secret"');
+	END IF;
+	IF kind OPERATOR(pg_catalog.=) 'salesforce_om'
+	   AND coalesce(opts->>'organization_id', '') OPERATOR(pg_catalog.!~) '^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$' THEN
+		RAISE EXCEPTION 'a CRM source of kind salesforce_om needs option "organization_id"'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Outbound Messages are not signed: the OrganizationId of each message must be the organization''s id (15 or 18 characters).',
+				  HINT = 'Salesforce shows it under Setup → Company Information; add mTLS or an IP allowlist at the proxy as well.';
+	END IF;
+	IF opts ? 'profile' AND (opts->>'profile') OPERATOR(pg_catalog.!~) '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid profile name "%"', opts->>'profile'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A profile name is 1 to 63 letters, digits, "_", "." or "-".';
+	END IF;
+	BEGIN
+		ttl := coalesce(opts->>'dedup_ttl', '7 days')::interval;
+	EXCEPTION WHEN OTHERS THEN
+		ttl := NULL;
+	END;
+	IF ttl IS NULL OR ttl OPERATOR(pg_catalog.<) interval '1 minute' OR ttl OPERATOR(pg_catalog.>) interval '1 year' THEN
+		RAISE EXCEPTION 'option "dedup_ttl" must be an interval between 1 minute and 1 year'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = pg_catalog.format('The value given is %s.', opts->'dedup_ttl'),
+				  HINT = 'For example ''7 days'': at least as long as the CRM goes on retrying a push.';
+	END IF;
+
+	-- the key: given, or the single-column primary key; unique, for upserts
+	keycol := opts->>'key_column';
+	IF keycol IS NULL THEN
+		SELECT a.attname INTO keycol
+		FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+		WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisprimary AND i.indnatts OPERATOR(pg_catalog.=) 1;
+		IF keycol IS NULL THEN
+			RAISE EXCEPTION 'table % has no single-column primary key', tbl
+				USING ERRCODE = 'invalid_table_definition',
+					  HINT = 'Give option "key_column": the column that holds the CRM''s record id.';
+		END IF;
+	END IF;
+	IF NOT EXISTS (
+		SELECT 1 FROM pg_catalog.pg_attribute a
+		WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) keycol
+		  AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped) THEN
+		RAISE EXCEPTION 'column "%" of table % does not exist', keycol, tbl
+			USING ERRCODE = 'undefined_column',
+				  HINT = 'Give option "key_column": the column that holds the CRM''s record id.';
+	END IF;
+	IF NOT EXISTS (
+		SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+		WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisunique AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
+		  AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname OPERATOR(pg_catalog.=) keycol) THEN
+		RAISE EXCEPTION 'column "%" of table % has no unique index of its own', keycol, tbl
+			USING ERRCODE = 'invalid_table_definition',
+				  DETAIL = 'A push is written with INSERT ... ON CONFLICT on the key column.',
+				  HINT = pg_catalog.format('Add one: ALTER TABLE %s ADD UNIQUE (%I).', tbl, keycol);
+	END IF;
+	-- the version: a column an update or upsert must not go back on, of a
+	-- type pg_catalog's >= compares (a domain's base type)
+	IF opts ? 'version_column' THEN
+		SELECT CASE WHEN t.typbasetype OPERATOR(pg_catalog.=) 0::oid THEN t.oid ELSE t.typbasetype END INTO vtype
+		FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+		WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) (opts->>'version_column')::name
+		  AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped;
+		IF vtype IS NULL THEN
+			RAISE EXCEPTION 'option "version_column" names column "%", which table % does not have', opts->>'version_column', tbl
+				USING ERRCODE = 'undefined_column',
+					  HINT = 'Name the column a crm_in row writes the record''s last modification time into.';
+		END IF;
+		IF (opts->>'version_column')::name OPERATOR(pg_catalog.=) keycol THEN
+			RAISE EXCEPTION 'option "version_column" must not be the key column'
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Name the column a crm_in row writes the record''s last modification time into.';
+		END IF;
+		IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_operator o
+					   WHERE o.oprname OPERATOR(pg_catalog.=) '>='
+						 AND o.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace
+						 AND o.oprleft OPERATOR(pg_catalog.=) vtype AND o.oprright OPERATOR(pg_catalog.=) vtype) THEN
+			RAISE EXCEPTION 'column "%" of table % cannot hold versions', opts->>'version_column', tbl
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = pg_catalog.format('Its type %s has no >= operator of pg_catalog to compare two versions with.',
+												 vtype::pg_catalog.regtype),
+					  HINT = 'Use a timestamptz, timestamp, date, number or text column.';
+		END IF;
+	END IF;
+	PERFORM @extschema@._check_crm_map(coalesce(opts->>'profile', name), tbl);
+
+	INSERT INTO @extschema@.crm_source AS s (name, kind, tbl, key_column, profile, dedup_ttl, options)
+	VALUES (name, kind, tbl, keycol, coalesce(opts->>'profile', name), ttl,
+			opts OPERATOR(pg_catalog.-) ARRAY['secret', 'profile', 'key_column', 'dedup_ttl'])
+	RETURNING s.crm_source_id INTO id;
+	-- the secret, encrypted under the source's name; nothing left under
+	-- that name before (the name was free) may pass for a previous secret
+	DELETE FROM @extschema@.secret x WHERE x.provider OPERATOR(pg_catalog.=) create_crm_source.name;
+	IF opts ? 'secret' THEN
+		PERFORM @extschema@._secret_put(create_crm_source.name, 'webhook_secret', opts->>'secret');
+	END IF;
+	-- the receiver takes pushes for one database: a source made in another
+	-- is unknown to it, and every push to /crm/{name} answered 404 (which
+	-- a CRM takes as final).  No receiver at all (receiver_listen empty) is
+	-- taken as meant, as attach() takes an empty shipsync.databases.
+	IF coalesce(pg_catalog.current_setting('shipsync.receiver_listen', true), '') OPERATOR(pg_catalog.<>) ''
+	   AND pg_catalog.current_setting('shipsync.receiver_database', true)
+		   IS DISTINCT FROM pg_catalog.current_database()::text THEN
+		RAISE WARNING 'the receiver does not serve database "%"', pg_catalog.current_database()
+			USING DETAIL = pg_catalog.format('It takes pushes for database %s (shipsync.receiver_database): there, CRM source "%s" does not exist, and a push to /crm/%s is answered 404.',
+					pg_catalog.quote_ident(pg_catalog.current_setting('shipsync.receiver_database', true)),
+					create_crm_source.name, create_crm_source.name),
+				  HINT = pg_catalog.format('Create the source in database %s, or ALTER SYSTEM SET shipsync.receiver_database = %L and restart the server.',
+					pg_catalog.quote_ident(pg_catalog.current_setting('shipsync.receiver_database', true)),
+					pg_catalog.current_database());
+	END IF;
+	RETURN id;
+EXCEPTION
+	WHEN unique_violation THEN
+		RAISE EXCEPTION 'CRM source "%" already exists', create_crm_source.name
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Choose another name, or drop the source first with shipsync.drop_crm_source().';
+END
+$$;
+
+ALTER FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) SET shipsync.audit_action = 'create_crm_source';
+
+------------------------------------------------------------------------------
+-- expire_unmatched() is audited, as retry() is (ingest_tracking() too, in
+-- the library)
+------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION @extschema@.expire_unmatched()
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint := @extschema@._expire_unmatched(NULL);
+BEGIN
+	-- audited as retry() is (the dispatcher and the pushes call
+	-- _expire_unmatched() itself, and are not)
+	PERFORM @extschema@._audit('expire_unmatched', 'provider', '*', NULL,
+							   pg_catalog.jsonb_build_object('expired', n));
+	RETURN n;
 END
 $$;
 

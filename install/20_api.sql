@@ -680,14 +680,18 @@ BEGIN
 	END;
 
 	SELECT x.writeback INTO oldwb FROM @extschema@.binding x WHERE x.tbl = attach.tbl;
-	INSERT INTO @extschema@.binding AS b (tbl, provider_id, key_column, writeback, options, render_sql, writeback_sql)
-	VALUES (attach.tbl, pid, keycol, wb, opts, render, wbsql)
-	ON CONFLICT ON CONSTRAINT binding_tbl_key DO UPDATE
-	   SET provider_id = EXCLUDED.provider_id, key_column = EXCLUDED.key_column,
-		   writeback = EXCLUDED.writeback, options = EXCLUDED.options,
-		   render_sql = EXCLUDED.render_sql, writeback_sql = EXCLUDED.writeback_sql,
-		   active = true, created_at = now(), created_by = session_user
-	RETURNING b.binding_id INTO bid;
+	-- the conflict named by its column, not by the constraint (a DBA may
+	-- rename the index), in dynamic SQL: column tbl is also a parameter
+	EXECUTE $i$
+		INSERT INTO @extschema@.binding AS b (tbl, provider_id, key_column, writeback, options, render_sql, writeback_sql)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (tbl) DO UPDATE
+		   SET provider_id = EXCLUDED.provider_id, key_column = EXCLUDED.key_column,
+			   writeback = EXCLUDED.writeback, options = EXCLUDED.options,
+			   render_sql = EXCLUDED.render_sql, writeback_sql = EXCLUDED.writeback_sql,
+			   active = true, created_at = now(), created_by = session_user
+		RETURNING b.binding_id$i$
+		INTO bid USING attach.tbl, pid, keycol, wb, opts, render, wbsql;
 
 	-- the table replaces the one of binding adopt: what pg_shipsync knows
 	-- of its orders (shipments, intents, events, fees, tickets) is this

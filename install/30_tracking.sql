@@ -606,10 +606,20 @@ COMMENT ON FUNCTION @extschema@.ingest_tracking(text, text, jsonb) IS
 
 CREATE FUNCTION @extschema@.expire_unmatched()
 RETURNS bigint
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT @extschema@._expire_unmatched(NULL) $$;
+AS $$
+DECLARE
+	n bigint := @extschema@._expire_unmatched(NULL);
+BEGIN
+	-- audited as retry() is (the dispatcher and the pushes call
+	-- _expire_unmatched() itself, and are not)
+	PERFORM @extschema@._audit('expire_unmatched', 'provider', '*', NULL,
+							   pg_catalog.jsonb_build_object('expired', n));
+	RETURN n;
+END
+$$;
 COMMENT ON FUNCTION @extschema@.expire_unmatched() IS
 	'Drop the parked tracking events whose time is up (provider option unmatched_ttl_s), opening one exception ticket of kind unmatched_expired per tracking number; returns how many events were dropped. ingest_tracking() does this for its provider at every call.';
 

@@ -670,7 +670,7 @@ BEGIN
 			   src, stmt, k.at, who
 		FROM kt k
 		ORDER BY k.ord
-		ON CONFLICT ON CONSTRAINT fee_line_identity DO UPDATE SET
+		ON CONFLICT (provider_id, tracking_number, fee_type, fee_key, quote, binding_id, order_key) DO UPDATE SET
 			raw_type = EXCLUDED.raw_type, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
 			settlement = coalesce(EXCLUDED.settlement, f.settlement),
 			payer = coalesce(EXCLUDED.payer, f.payer),
@@ -879,7 +879,7 @@ BEGIN
 			estimated, charged, refunded, quote_lines, bill_lines, last_change)
 		SELECT per.b, per.k, per.pid, per.cur, per.est, per.chg, per.ref, per.nq, per.nb, per.last
 		FROM per
-		ON CONFLICT ON CONSTRAINT fee_sum_pkey DO UPDATE SET
+		ON CONFLICT (binding_id, order_key, provider_id, currency) DO UPDATE SET
 			estimated = EXCLUDED.estimated, charged = EXCLUDED.charged,
 			refunded = EXCLUDED.refunded, quote_lines = EXCLUDED.quote_lines,
 			bill_lines = EXCLUDED.bill_lines, last_change = EXCLUDED.last_change

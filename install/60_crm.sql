@@ -228,6 +228,14 @@ BEGIN
 	IF tbl IS NULL THEN
 		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
+	-- pushes are UTF-8, signed over their bytes: the receiver answers every
+	-- one 503 in another encoding, for good (TAP 053)
+	IF pg_catalog.current_setting('server_encoding') OPERATOR(pg_catalog.<>) ALL (ARRAY['UTF8', 'SQL_ASCII']) THEN
+		RAISE EXCEPTION 'database encoding % cannot take CRM pushes', pg_catalog.current_setting('server_encoding')
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Pushes are UTF-8 and signed over their bytes: the receiver answers every push 503 in a database of another encoding.',
+				  HINT = 'Keep the orders and the CRM sources in a UTF8 database, and make it shipsync.receiver_database.';
+	END IF;
 	SELECT c.relkind INTO relkind FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tbl;
 	IF relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['r', 'p']::"char"[]) THEN
 		RAISE EXCEPTION '"%" is not a table', tbl
@@ -355,6 +363,21 @@ BEGIN
 	DELETE FROM @extschema@.secret x WHERE x.provider OPERATOR(pg_catalog.=) create_crm_source.name;
 	IF opts ? 'secret' THEN
 		PERFORM @extschema@._secret_put(create_crm_source.name, 'webhook_secret', opts->>'secret');
+	END IF;
+	-- the receiver takes pushes for one database: a source made in another
+	-- is unknown to it, and every push to /crm/{name} answered 404 (which
+	-- a CRM takes as final).  No receiver at all (receiver_listen empty) is
+	-- taken as meant, as attach() takes an empty shipsync.databases.
+	IF coalesce(pg_catalog.current_setting('shipsync.receiver_listen', true), '') OPERATOR(pg_catalog.<>) ''
+	   AND pg_catalog.current_setting('shipsync.receiver_database', true)
+		   IS DISTINCT FROM pg_catalog.current_database()::text THEN
+		RAISE WARNING 'the receiver does not serve database "%"', pg_catalog.current_database()
+			USING DETAIL = pg_catalog.format('It takes pushes for database %s (shipsync.receiver_database): there, CRM source "%s" does not exist, and a push to /crm/%s is answered 404.',
+					pg_catalog.quote_ident(pg_catalog.current_setting('shipsync.receiver_database', true)),
+					create_crm_source.name, create_crm_source.name),
+				  HINT = pg_catalog.format('Create the source in database %s, or ALTER SYSTEM SET shipsync.receiver_database = %L and restart the server.',
+					pg_catalog.quote_ident(pg_catalog.current_setting('shipsync.receiver_database', true)),
+					pg_catalog.current_database());
 	END IF;
 	RETURN id;
 EXCEPTION

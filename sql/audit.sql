@@ -100,6 +100,24 @@ SELECT kind, order_key, acknowledged_at IS NOT NULL AS acknowledged, acknowledge
 FROM shipsync.exception_ticket ORDER BY ticket_id;
 SELECT max(audit_id) AS mark FROM shipsync.audit_log \gset
 
+-- an operator feeds a tracking push by hand (a waybill of the carrier's
+-- portal) and expires parked events: both change shipments and tickets,
+-- both audited, who and what they did (never the push's body)
+\set tp '{"events": [{"id": "e1", "tracking_number": "TX1", "status": "delivered", "occurred_at": "2026-03-01T10:00:00Z"}]}'
+SELECT jsonb_build_object('Webhook-Id', 'msg_1', 'Webhook-Timestamp', ts::text,
+	'Webhook-Signature', 'v1,' || encode(shipsync._hmac_sha256(decode('MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'base64'),
+		convert_to('msg_1.' || ts || '.' || :'tp', 'UTF8')), 'base64')) AS th
+FROM (SELECT extract(epoch FROM now())::bigint AS ts) x \gset
+SET SESSION AUTHORIZATION shipsync_test_ops;
+SELECT shipsync.ingest_tracking('gen', :'tp', :'th') ->> 'unmatched' AS unmatched;
+RESET SESSION AUTHORIZATION;
+UPDATE shipsync.unmatched_event SET expires_at = now() - interval '1 minute' WHERE tracking_number = 'TX1';
+SET SESSION AUTHORIZATION shipsync_test_ops;
+SELECT shipsync.expire_unmatched() AS expired;
+RESET SESSION AUTHORIZATION;
+SELECT * FROM pg_temp.audit(:mark);
+SELECT max(audit_id) AS mark FROM shipsync.audit_log \gset
+
 -- a credential replaced by an admin: its ciphertext "(changed)"; the
 -- owner's own changes: audited, stamped by the server, only what changed
 SET SESSION AUTHORIZATION shipsync_test_boss;

@@ -269,6 +269,23 @@ ALTER TABLE tenanted NO FORCE ROW LEVEL SECURITY;
 SELECT shipsync.attach('tenanted', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
 SELECT r.body FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id), shipsync.render_request(i.id) r
  WHERE b.tbl = 'tenanted'::regclass;
+-- forced, and a policy of the owner's lets it see and write every row
+-- (the tenants' policy for the application, one for the owner): taken
+CREATE POLICY owner_all ON tenanted TO shipsync_test_owner USING (true) WITH CHECK (true);
+ALTER TABLE tenanted FORCE ROW LEVEL SECURITY;
+SELECT shipsync.detach('tenanted');
+SELECT shipsync.attach('tenanted', 'acme', writeback => '{"tracking_number": "waybill"}') > 0 AS attached;
+SELECT r.body FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id), shipsync.render_request(i.id) r
+ WHERE b.tbl = 'tenanted'::regclass;
+-- ... but not beside a restrictive policy that may hide rows from it, nor
+-- with one that lets it read every row but not write one back
+CREATE POLICY north_only ON tenanted AS RESTRICTIVE USING (tenant = 'north');
+SELECT r.body FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id), shipsync.render_request(i.id) r
+ WHERE b.tbl = 'tenanted'::regclass;
+DROP POLICY north_only ON tenanted;
+ALTER POLICY owner_all ON tenanted USING (true) WITH CHECK (false);
+SELECT r.body FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id), shipsync.render_request(i.id) r
+ WHERE b.tbl = 'tenanted'::regclass;
 DROP TABLE tenanted;
 REVOKE USAGE ON SCHEMA sales FROM shipsync_test_owner;
 DROP ROLE shipsync_test_owner;

@@ -1067,3 +1067,33 @@ SELECT shipsync.import_statement('gen2', E'tracking_number,type,amount,occurred_
 SELECT s.lines, s.errors FROM shipsync.statement s
 JOIN shipsync.provider p USING (provider_id) WHERE p.name = 'gen2' AND s.period = '2026-09-01' AND s.superseded_by IS NULL;
 ROLLBACK;
+
+-- A DBA renames the extension's indexes (to a naming scheme of theirs):
+-- attach() and the fee totals still work in a new session, naming the
+-- columns, not the constraints
+ALTER INDEX shipsync.binding_tbl_key RENAME TO binding_tbl_uq;
+ALTER INDEX shipsync.fee_sum_pkey RENAME TO fee_sum_pk;
+ALTER INDEX shipsync.fee_line_identity RENAME TO fee_line_uq;
+\c
+SET client_min_messages = warning;
+CREATE FUNCTION pg_temp.push(lines jsonb) RETURNS jsonb LANGUAGE sql AS $$
+	SELECT shipsync.ingest_fees('gen', b, h)
+	FROM (SELECT jsonb_build_object('fees', lines)::text AS b,
+				 extract(epoch FROM now())::bigint AS ts) x,
+		 LATERAL (SELECT jsonb_build_object('Webhook-Id', 'msg_' || md5(b), 'Webhook-Timestamp', ts::text,
+			'Webhook-Signature', 'v1,' || encode(shipsync._hmac_sha256(
+				decode('MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'base64'),
+				convert_to('msg_' || md5(b) || '.' || ts || '.' || b, 'UTF8')), 'base64')) AS h) y
+$$;
+CREATE TABLE orders_renamed (id int PRIMARY KEY, waybill text, fee numeric(10,2));
+SELECT shipsync.attach('orders_renamed', 'gen', writeback => '{"tracking_number": "waybill", "fee_total": "fee"}') > 0 AS attached;
+SELECT shipsync.detach('orders_renamed');
+SELECT shipsync.attach('orders_renamed', 'gen', writeback => '{"tracking_number": "waybill"}') > 0 AS attached_again;
+SELECT pg_temp.push('[{"tracking_number": "T9", "type": "fuel", "amount": "2.00", "currency": "CNY"}]')->>'new' AS new;
+SELECT pg_temp.push('[{"tracking_number": "T9", "type": "fuel", "amount": "2.50", "currency": "CNY"}]')->>'revised' AS revised;
+SELECT amount, revision FROM shipsync.fee_line WHERE tracking_number = 'T9' AND fee_type = 'fuel';
+SELECT s.charged, s.bill_lines FROM shipsync.fee_sum s JOIN shipsync.fee_line f USING (binding_id, order_key, provider_id)
+WHERE f.tracking_number = 'T9' AND f.fee_type = 'fuel' AND s.currency = 'CNY';
+ALTER INDEX shipsync.binding_tbl_uq RENAME TO binding_tbl_key;
+ALTER INDEX shipsync.fee_sum_pk RENAME TO fee_sum_pkey;
+ALTER INDEX shipsync.fee_line_uq RENAME TO fee_line_identity;

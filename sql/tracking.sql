@@ -430,6 +430,18 @@ SELECT s.order_key, s.status, o.ship_status FROM shipsync.shipment s
 JOIN crm.orders o ON o.id::text = s.order_key WHERE s.order_key = '51';
 SELECT kind, order_key, detail FROM shipsync.exception_ticket
 WHERE kind = 'writeback_failed' AND order_key = '51';
+-- a policy of the owner's that lets it see and write every row: the
+-- write-back is done
+CREATE POLICY owner_all ON crm.orders TO shipsync_test_rls_owner USING (true);
+INSERT INTO crm.orders (id) VALUES (53);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number)
+SELECT b.binding_id, '53', p.provider_id, 'W53' FROM shipsync.binding b, shipsync.provider p
+WHERE p.name = 'gen' AND b.tbl = 'crm.orders'::regclass;
+SELECT pg_temp.push('gen', jsonb_build_array(
+	pg_temp.ev('rls-2', 'W53', 'in_transit', '2026-03-04T01:00:00Z')))->'shipments_changed' AS changed;
+SELECT s.order_key, s.status, o.ship_status FROM shipsync.shipment s
+JOIN crm.orders o ON o.id::text = s.order_key WHERE s.order_key = '53';
+DROP POLICY owner_all ON crm.orders;
 DROP POLICY none_seen ON crm.orders;
 ALTER TABLE crm.orders NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;
 ALTER TABLE crm.orders OWNER TO CURRENT_USER;

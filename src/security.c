@@ -70,6 +70,7 @@
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/parsenodes.h"
+#include "rewrite/rowsecurity.h"
 #include "storage/latch.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -236,6 +237,78 @@ shipsync_constraints_restore(ShipsyncConstraints *c)
 	list_free(deferred);
 }
 
+/* Whether a policy's USING or WITH CHECK expression e is the constant true
+ * (or, when absent_ok, absent) */
+static bool
+rls_expr_is_true(Expr *e, bool absent_ok)
+{
+	if (e == NULL)
+		return absent_ok;
+	return IsA(e, Const) && !((Const *) e)->constisnull &&
+		DatumGetBool(((Const *) e)->constvalue);
+}
+
+/* Whether policy p applies to role's commands cmd (as check_role_for_policy) */
+static bool
+rls_policy_applies(RowSecurityPolicy *p, Oid role, char cmd)
+{
+	Oid		   *roles = (Oid *) ARR_DATA_PTR(p->roles);
+	int			n = ARR_DIMS(p->roles)[0];
+
+	if (p->polcmd != '*' && p->polcmd != cmd)
+		return false;
+	if (n > 0 && roles[0] == ACL_ID_PUBLIC)
+		return true;
+	for (int i = 0; i < n; i++)
+		if (has_privs_of_role(role, roles[i]))
+			return true;
+	return false;
+}
+
+/*
+ * Whether the row security policies of relid let owner read every row
+ * (SELECT) and write every row back (UPDATE, its new row included): a
+ * permissive policy with USING (true) for each, the UPDATE one's WITH
+ * CHECK true or absent, and no restrictive policy for either that says
+ * anything but true.  Only constant true is taken: an expression that is
+ * true of every row today (tenant IS NOT NULL) may not be tomorrow.
+ */
+static bool
+rls_owner_policies_see_all(Oid relid, Oid owner)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	RowSecurityDesc *rsdesc = rel->rd_rsdesc;
+	bool		reads_all = false;
+	bool		writes_all = false;
+	bool		restricted = false;
+	ListCell   *lc;
+
+	if (rsdesc != NULL)
+		foreach(lc, rsdesc->policies)
+		{
+			RowSecurityPolicy *p = (RowSecurityPolicy *) lfirst(lc);
+			bool		sel = rls_policy_applies(p, owner, ACL_SELECT_CHR);
+			bool		upd = rls_policy_applies(p, owner, ACL_UPDATE_CHR);
+
+			if (!sel && !upd)
+				continue;
+			if (!p->permissive)
+			{
+				if (!rls_expr_is_true(p->qual, true) ||
+					!rls_expr_is_true(p->with_check_qual, true))
+					restricted = true;
+				continue;
+			}
+			if (sel && rls_expr_is_true(p->qual, false))
+				reads_all = true;
+			if (upd && rls_expr_is_true(p->qual, false) &&
+				rls_expr_is_true(p->with_check_qual, true))
+				writes_all = true;
+		}
+	table_close(rel, AccessShareLock);
+	return reads_all && writes_all && !restricted;
+}
+
 /*
  * ERROR unless the owner of order table relid sees every row of it.
  * Orders are read and written as the table's owner, and an order its row
@@ -243,7 +316,8 @@ shipsync_constraints_restore(ShipsyncConstraints *c)
  * would end as "nothing to send", its write-back would write nothing, and
  * reconciliation would not see it, all without a word.  The owner is
  * exempt from the table's policies unless the table has FORCE ROW LEVEL
- * SECURITY and the owner is no superuser and has no BYPASSRLS.
+ * SECURITY and the owner is no superuser and has no BYPASSRLS; then its
+ * policies must let it read and write every row.
  */
 void
 shipsync_check_owner_sees_all(Oid relid, Oid owner)
@@ -253,6 +327,8 @@ shipsync_check_owner_sees_all(Oid relid, Oid owner)
 
 	if (check_enable_rls(relid, owner, true) != RLS_ENABLED)
 		return;
+	if (rls_owner_policies_see_all(relid, owner))
+		return;
 	owner_name = GetUserNameFromId(owner, false);
 	tbl = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 									 get_rel_name(relid));
@@ -260,9 +336,9 @@ shipsync_check_owner_sees_all(Oid relid, Oid owner)
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("row-level security may hide orders of table %s from its owner %s",
 					tbl, owner_name),
-			 errdetail("pg_shipsync reads and writes the orders as the table's owner, and the table has FORCE ROW LEVEL SECURITY: an order hidden from the owner would be taken for a deleted one, and never sent."),
-			 errhint("ALTER TABLE %s NO FORCE ROW LEVEL SECURITY, or give role %s the BYPASSRLS attribute.",
-					 tbl, quote_identifier(owner_name))));
+			 errdetail("pg_shipsync reads and writes the orders as the table's owner, and the table has FORCE ROW LEVEL SECURITY, without a policy that lets the owner read and write every row: an order hidden from the owner would be taken for a deleted one, and never sent."),
+			 errhint("CREATE POLICY shipsync_owner ON %s TO %s USING (true) (and no restrictive policy for the owner), ALTER TABLE %s NO FORCE ROW LEVEL SECURITY, or give role %s the BYPASSRLS attribute.",
+					 tbl, quote_identifier(owner_name), tbl, quote_identifier(owner_name))));
 }
 
 /* The owner of a relation; ERROR when it does not exist. */

@@ -673,6 +673,29 @@ tracking_read_push(TrackProvider *p, const char *body, size_t len,
 }
 
 /*
+ * Record a call of ingest_tracking() in shipsync.audit_log, as retry() and
+ * the other functions that change data are recorded: who fed events to
+ * which provider, and what they changed (summary, the function's result
+ * so far: a JSON object still open).  Never the body, which holds the
+ * customers' addresses.  The receiver's pushes take
+ * _ingest_tracking_batch(), and are not recorded here (the sender's signed
+ * data, by the thousand an hour).  The caller is connected to SPI.
+ */
+static void
+tracking_audit_call(const char *pname, const char *summary)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		args[2];
+
+	args[0] = CStringGetTextDatum(pname);
+	args[1] = CStringGetTextDatum(psprintf("%s}", summary));
+	if (SPI_execute_with_args("SELECT shipsync._audit('ingest_tracking', 'provider', $1, NULL,"
+							  " $2::pg_catalog.jsonb - 'provider')",
+							  2, types, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "recording ingest_tracking() in shipsync.audit_log failed");
+}
+
+/*
  * shipsync.ingest_tracking(provider text, body text, headers jsonb)
  */
 Datum
@@ -709,6 +732,7 @@ shipsync_ingest_tracking(PG_FUNCTION_ARGS)
 	append_count(&out, "matched", sum.n_matched);
 	append_count(&out, "expired", sum.n_expired);
 	append_count(&out, "shipments_changed", sum.n_changed);
+	tracking_audit_call(p->name, out.data);
 	reply = tracking_reply(p);
 	if (reply)
 		appendStringInfo(&out, ", \"reply\": %s", reply);

@@ -297,6 +297,23 @@ like($node->safe_psql('postgres', q{SELECT writeback_sql FROM shipsync.binding W
 
 # the dump of 0.1 restored as docs/upgrading.md says, then updated: what a
 # fresh install holds, its rows and credentials as the update makes them
+# a user's views over columns the update changes the type of stopped it
+# with PostgreSQL's own error, naming one view and saying nothing of what
+# to do: now every such view is named, with what to do, and nothing done
+$node->safe_psql('dump01_restored', q{
+	CREATE SCHEMA report;
+	CREATE VIEW report.open_orders AS SELECT order_key, state FROM shipsync.outbox;
+	CREATE VIEW report.waybills AS SELECT tracking_number FROM shipsync.shipment;
+	CREATE VIEW report.providers AS SELECT name FROM shipsync.provider;
+});
+($rc, $update_out, $update_err) = $node->psql('dump01_restored', 'ALTER EXTENSION pg_shipsync UPDATE');
+like($update_err, qr/ERROR:  views of yours read columns of pg_shipsync whose type this update changes: report\.open_orders, report\.waybills
+DETAIL:  .*Nothing was changed\.
+HINT:  Keep their definitions \(SELECT pg_get_viewdef\('report\.open_orders'::regclass, true\)\), drop them, run ALTER EXTENSION pg_shipsync UPDATE again/,
+	'views of the user over changed columns stop the update, every one named, saying what to do');
+is($node->safe_psql('dump01_restored', q{SELECT extversion FROM pg_extension WHERE extname = 'pg_shipsync'}),
+	'0.1', 'and nothing is changed');
+$node->safe_psql('dump01_restored', 'DROP SCHEMA report CASCADE');
 $node->safe_psql('dump01_restored', 'ALTER EXTENSION pg_shipsync UPDATE');
 my %in_restored = map { $_ => 1 } split /\n/, run_or_die(@catalog, '-d', $node->connstr('dump01_restored'));
 is(join("\n", grep { !$in_restored{$_} } split /\n/, $fresh), '',

@@ -75,6 +75,17 @@ is($node->safe_psql('sqlascii', qq{SELECT encode(convert_to(raw_type, 'SQL_ASCII
 is($node->safe_psql('sqlascii', qq{SELECT count(*) FROM shipsync.fee_line WHERE tracking_number = '$tn' AND raw_type = 'a\\u8fd0'}),
 	'1', '... an escaped backslash before u stays one');
 
+# ---- a CRM source where the receiver does not take pushes: said ----------
+# (the receiver serves 'euc', where the source is unknown)
+($rc, $out, $err) = $node->psql('sqlascii', qq{
+	CREATE TABLE crm_in_orders (crm_id text PRIMARY KEY, customer text);
+	SELECT shipsync.create_crm_source('zoho_ascii', 'generic', 'crm_in_orders', '{"secret": "$SECRET"}') > 0});
+is($out, 't', 'create_crm_source() in a database the receiver does not serve creates it');
+like($err, qr/WARNING:  the receiver does not serve database "sqlascii"
+DETAIL:  It takes pushes for database euc \(shipsync.receiver_database\): there, CRM source "zoho_ascii" does not exist, and a push to \/crm\/zoho_ascii is answered 404.
+HINT:  Create the source in database euc, or ALTER SYSTEM SET shipsync.receiver_database = 'sqlascii' and restart the server./,
+	'... and warns that the receiver serves another database, and what to do');
+
 # ---- EUC_CN: the extension installs, its Chinese text as it is meant -----
 ($rc, $out, $err) = $node->psql('euc', 'CREATE EXTENSION pg_shipsync');
 is($rc, 0, 'CREATE EXTENSION in an EUC_CN database') or diag($err);
@@ -104,8 +115,15 @@ $node->safe_psql('euc', qq{
 	INSERT INTO shipsync.field_map (profile, direction, position, target_path, source, transform, arg, "default", required) VALUES
 		('zoho', 'crm_in', 1, 'crm_id', 'id', 'identity', NULL, NULL, true),
 		('zoho', 'crm_in', 2, 'customer', 'contact.name', 'trim', NULL, NULL, true);
-	SELECT shipsync.create_crm_source('zoho', 'generic', 'crm_orders', '{"secret": "$SECRET", "key_column": "crm_id"}');
 });
+# a CRM source there would be answered 503 for good: refused, saying why
+($rc, $out, $err) = $node->psql('euc', qq{
+	SELECT shipsync.create_crm_source('zoho', 'generic', 'crm_orders', '{"secret": "$SECRET", "key_column": "crm_id"}')});
+like($err, qr/ERROR:  database encoding EUC_CN cannot take CRM pushes
+DETAIL:  Pushes are UTF-8 and signed over their bytes: the receiver answers every push 503 in a database of another encoding.
+HINT:  Keep the orders and the CRM sources in a UTF8 database, and make it shipsync.receiver_database./,
+	'create_crm_source() refuses an EUC_CN database, saying why');
+is($node->safe_psql('euc', 'SELECT count(*) FROM shipsync.crm_source'), '0', '... and creates no source');
 my $health;
 for (1 .. 100)
 {

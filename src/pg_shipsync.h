@@ -1012,6 +1012,7 @@ extern int64 fees_apply_sf_answer(const char *provider_name, const char *body, s
 
 /* in writeback.c: statuses and fee totals onto the order rows */
 extern void writeback_bounded(void (*fn) (void *), void *arg);
+extern void writeback_forget_detached(void);
 extern void writeback_orders(int32 binding_id, Datum *keys, Datum *statuses,
 							 Datum *fee_totals, int n);
 extern void writeback_values(int32 provider_id, int32 *bids, Datum *keys,

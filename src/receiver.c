@@ -767,7 +767,9 @@ recv_sweep(TimestampTz now)
 
 /*
  * Whether pushes can be taken: the extension at this library's version,
- * the role shipsync_ingest.  In a transaction, SPI connected.
+ * the role shipsync_ingest.  Then, every RECV_READY_CHECK_MS, the saved
+ * write-back plans of bindings no longer attached are freed (writeback.c).
+ * In a transaction, SPI connected.
  */
 static void
 recv_check_ready_in_tx(void)
@@ -808,6 +810,14 @@ recv_check_ready_in_tx(void)
 		snprintf(recv_not_ready, sizeof(recv_not_ready), "role shipsync_ingest does not exist");
 	else
 		recv_ready = true;
+
+	/*
+	 * The write-back plans of bindings detached or dropped since (each
+	 * some 30 kB): where tenants' tables come and go, kept for the
+	 * receiver's life, they grew it without bound.
+	 */
+	if (recv_ready)
+		writeback_forget_detached();
 }
 
 /* The same in a transaction of its own, when idle */

@@ -545,6 +545,13 @@ typedef enum SigResult
 /* Standard Webhooks: a timestamp may be at most 5 minutes off now */
 #define WEBHOOK_TOLERANCE_S 300
 
+/*
+ * The receiver's wait for a lock, in ms, once a wait of the same batch has
+ * run out: the lock is taken as still held, and the pushes it holds back
+ * fail at once instead of each waiting shipsync.receiver_lock_timeout.
+ */
+#define RECV_LOCK_HELD_MS 10
+
 /* in signature.c */
 extern SigResult shipsync_verify_standard_webhooks(const char *secret,
 												   const char *msg_id,

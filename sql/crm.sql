@@ -323,5 +323,22 @@ SELECT pg_temp.err($$SELECT * FROM shipsync.crm_sources$$);
 SELECT pg_temp.err($$SELECT shipsync.create_crm_source('y', 'jiandaoyun', 'crm.orders'::text::regclass, '{"secret": "s"}')$$);
 RESET ROLE;
 
+------------------------------------------------------------------------------
+-- a captured generic push replayed after dedup_ttl
+------------------------------------------------------------------------------
+-- A signed push is taken for 5 minutes either side of its timestamp: its
+-- webhook-id is remembered at least that long, whatever dedup_ttl.  With
+-- dedup_ttl 1 minute, a push captured and replayed after that minute (the
+-- expiry aged here, as if it had passed) was taken again: an old update
+-- written over a newer one.
+SELECT shipsync.create_crm_source('zshort', 'generic', 'crm.orders',
+	'{"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "key_column": "crm_id", "profile": "zoho", "dedup_ttl": "1 minute"}') > 0 AS created;
+SELECT pg_temp.push('zshort', 'evt_r1', 'order.updated', '{"id": "Z-9", "contact": {"name": "old name"}}') ->> 'inserted' AS inserted;
+SELECT pg_temp.push('zshort', 'evt_r2', 'order.updated', '{"id": "Z-9", "contact": {"name": "new name"}}') ->> 'updated' AS updated;
+UPDATE shipsync.crm_delivery d SET expires_at = expires_at - interval '1 minute'
+FROM shipsync.crm_source s WHERE s.crm_source_id = d.crm_source_id AND s.name = 'zshort';
+SELECT pg_temp.push('zshort', 'evt_r1', 'order.updated', '{"id": "Z-9", "contact": {"name": "old name"}}') ->> 'duplicate' AS replay_duplicate;
+SELECT customer FROM crm.orders WHERE crm_id = 'Z-9';
+
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA crm CASCADE;

@@ -120,6 +120,7 @@ typedef struct CrmRecord
 	CrmOp		op;
 	bool		restore;		/* 简道云 data_recover: its remove is undone */
 	char	   *delivery_id;
+	int64		keep_s;			/* how long delivery_id is remembered */
 	char	   *signed_id;		/* a signed key of the push, or NULL */
 	ShipJson   *doc;			/* the record: malloc'd, freed by the owner */
 } CrmRecord;
@@ -443,6 +444,15 @@ crm_read_generic(CrmSource *s, CrmMallocs *m, const char *body, size_t len,
 	crm_verify(s, body, len, headers, NULL);
 	*recs = palloc0(sizeof(CrmRecord));
 	crm_read_json(s, m, body, len, "type", ops, id, *recs);
+
+	/*
+	 * The webhook-id is signed, and the signature taken while the
+	 * webhook-timestamp is within WEBHOOK_TOLERANCE_S of now, either side:
+	 * up to twice that after it came.  Forgotten sooner (a dedup_ttl of a
+	 * few minutes), a push captured and sent again was taken again, an old
+	 * update written over a newer one.
+	 */
+	(*recs)->keep_s = Max(s->ttl_s, 2 * WEBHOOK_TOLERANCE_S);
 	return 1;
 }
 
@@ -1112,7 +1122,8 @@ shipsync_ingest_crm(PG_FUNCTION_ARGS)
 		 */
 		if ((recs[i].signed_id != NULL &&
 			 !crm_first_delivery(s, recs[i].signed_id, s->ttl_s + WEBHOOK_TOLERANCE_S)) ||
-			!crm_first_delivery(s, recs[i].delivery_id, s->ttl_s))
+			!crm_first_delivery(s, recs[i].delivery_id,
+								Max(s->ttl_s, recs[i].keep_s)))
 		{
 			c.duplicate++;
 			continue;

@@ -545,6 +545,13 @@ typedef enum SigResult
 /* Standard Webhooks: a timestamp may be at most 5 minutes off now */
 #define WEBHOOK_TOLERANCE_S 300
 
+/*
+ * The receiver's wait for a lock, in ms, once a wait of the same batch has
+ * run out: the lock is taken as still held, and the pushes it holds back
+ * fail at once instead of each waiting shipsync.receiver_lock_timeout.
+ */
+#define RECV_LOCK_HELD_MS 10
+
 /* in signature.c */
 extern SigResult shipsync_verify_standard_webhooks(const char *secret,
 												   const char *msg_id,
@@ -1012,6 +1019,7 @@ extern int64 fees_apply_sf_answer(const char *provider_name, const char *body, s
 
 /* in writeback.c: statuses and fee totals onto the order rows */
 extern void writeback_bounded(void (*fn) (void *), void *arg);
+extern void writeback_forget_detached(void);
 extern void writeback_orders(int32 binding_id, Datum *keys, Datum *statuses,
 							 Datum *fee_totals, int n);
 extern void writeback_values(int32 provider_id, int32 *bids, Datum *keys,

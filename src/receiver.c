@@ -87,6 +87,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -223,6 +224,8 @@ static char recv_not_ready[256] = "the receiver is starting";
 static TimestampTz recv_ready_checked = 0;
 static volatile sig_atomic_t recv_shutdown = false;
 static volatile sig_atomic_t recv_in_tx = false;
+/* a push of the batch at hand waited for a lock until lock_timeout */
+static bool recv_lock_ran_out = false;
 
 /* ---------- logging: once per class per minute ---------- */
 
@@ -767,7 +770,9 @@ recv_sweep(TimestampTz now)
 
 /*
  * Whether pushes can be taken: the extension at this library's version,
- * the role shipsync_ingest.  In a transaction, SPI connected.
+ * the role shipsync_ingest.  Then, every RECV_READY_CHECK_MS, the saved
+ * write-back plans of bindings no longer attached are freed (writeback.c).
+ * In a transaction, SPI connected.
  */
 static void
 recv_check_ready_in_tx(void)
@@ -808,6 +813,14 @@ recv_check_ready_in_tx(void)
 		snprintf(recv_not_ready, sizeof(recv_not_ready), "role shipsync_ingest does not exist");
 	else
 		recv_ready = true;
+
+	/*
+	 * The write-back plans of bindings detached or dropped since (each
+	 * some 30 kB): where tenants' tables come and go, kept for the
+	 * receiver's life, they grew it without bound.
+	 */
+	if (recv_ready)
+		writeback_forget_detached();
 }
 
 /* The same in a transaction of its own, when idle */
@@ -878,6 +891,8 @@ recv_pending_error(RecvRequest *r, const char *sqlstate, const char *message,
 	else if (strncmp(sqlstate, "40", 2) == 0 || strncmp(sqlstate, "53", 2) == 0 ||
 			 strcmp(sqlstate, "55P03") == 0 || strcmp(sqlstate, "57014") == 0)
 		status = MHD_HTTP_SERVICE_UNAVAILABLE, r->pending_class = RC_UNAVAILABLE;
+	if (strcmp(sqlstate, "55P03") == 0)
+		recv_lock_ran_out = true;
 	initStringInfo(&buf);
 	if (recv_is_soap(r))
 	{
@@ -1092,12 +1107,31 @@ recv_serve_between(TimestampTz *last)
 }
 
 /*
+ * Once a push of the batch has waited for a lock until lock_timeout ran
+ * out, the lock is taken as still held: the rest of the batch waits for a
+ * lock at most RECV_LOCK_HELD_MS, so that each push the lock holds back
+ * fails at once (503, sent again later) rather than after another
+ * shipsync.receiver_lock_timeout.  A table under ALTER TABLE in an open
+ * transaction cost a batch of 256 CRM pushes four minutes, every other
+ * table's pushes waiting behind it.  The next batch waits the whole
+ * timeout again.  Called between the steps, at the batch's GUC nest level.
+ */
+static void
+recv_lock_still_held(void)
+{
+	if (recv_lock_ran_out && LockTimeout > RECV_LOCK_HELD_MS)
+		(void) set_config_option("lock_timeout", CppAsString2(RECV_LOCK_HELD_MS),
+								 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+}
+
+/*
  * Every request of a batch, as shipsync_ingest: tracking pushes grouped by
  * provider, the others one by one, each group in a subtransaction.  A
  * lock held by another session (an order row being edited) is waited for
  * at most shipsync.receiver_lock_timeout: then the group's push fails
  * alone with lock_not_available, answered 503 with Retry-After, and the
- * rest of the batch goes on.  The setting is the batch's own, at a GUC
+ * rest of the batch goes on, waiting for a lock at most RECV_LOCK_HELD_MS
+ * (recv_lock_still_held()).  The setting is the batch's own, at a GUC
  * nest level of its own, undone once the pushes are in.
  */
 static void
@@ -1114,6 +1148,7 @@ recv_ingest(RecvRequest **reqs, int n)
 		(void) set_config_option("lock_timeout",
 								 psprintf("%d", shipsync_receiver_lock_timeout_ms),
 								 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	recv_lock_ran_out = false;
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(recv_ingest_role, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 	for (int i = 0; i < n; i++)
@@ -1123,6 +1158,7 @@ recv_ingest(RecvRequest **reqs, int n)
 		if (done[i])
 			continue;
 		recv_serve_between(&served);
+		recv_lock_still_held();
 		if (reqs[i]->route != ROUTE_TRACKING)
 		{
 			recv_subxact(reqs[i]->route == ROUTE_CRM ? recv_step_crm : recv_step_fees,

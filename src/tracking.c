@@ -72,6 +72,7 @@
 #include "utils/array.h"
 #include "utils/fmgrprotos.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -845,6 +846,41 @@ batch_step(TrackProvider *p, const char *body, size_t len, Jsonb *headers,
 	return false;
 }
 
+/*
+ * The pushes of good[0..n-1] (ngood of them not NULL) applied one by one
+ * after applying them together failed with *whole; a push that fails gets
+ * its outcome in o[] and leaves good[].  When the whole ran out of time
+ * waiting for a lock (lock_not_available: an order row or the order table
+ * held by another session), that lock is taken as still held: the pushes
+ * wait for a lock at most RECV_LOCK_HELD_MS each, so that those it holds
+ * back fail at once and the others go through.  Waiting the whole
+ * lock_timeout again for each, a batch of 256 pushes onto a table under
+ * ALTER TABLE held the receiver, every other table's pushes with it, for
+ * over four minutes.
+ */
+static void
+batch_one_by_one(TrackProvider *p, EventBatch **good, PushOutcome *o, int n,
+				 int ngood, PushOutcome *whole)
+{
+	int			nest = NewGUCNestLevel();
+
+	if (strcmp(whole->sqlstate, "55P03") == 0 && ngood > 1 &&
+		(LockTimeout == 0 || LockTimeout > RECV_LOCK_HELD_MS))
+		(void) set_config_option("lock_timeout", CppAsString2(RECV_LOCK_HELD_MS),
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	for (int i = 0; i < n; i++)
+	{
+		if (good[i] == NULL)
+			continue;
+		if (ngood == 1)
+			o[i] = *whole;
+		else if (batch_step(p, NULL, 0, NULL, good[i], &o[i]))
+			continue;
+		good[i] = NULL;
+	}
+	AtEOXact_GUC(true, nest);
+}
+
 PG_FUNCTION_INFO_V1(shipsync_ingest_tracking_batch);
 
 /*
@@ -922,16 +958,7 @@ shipsync_ingest_tracking_batch(PG_FUNCTION_ARGS)
 	for (int i = 0; i < n; i++)
 		ngood += good[i] != NULL;
 	if (ngood > 0 && !batch_step(p, NULL, 0, NULL, batch_concat(good, n), &whole))
-		for (int i = 0; i < n; i++)
-		{
-			if (good[i] == NULL)
-				continue;
-			if (ngood == 1)
-				o[i] = whole;
-			else if (batch_step(p, NULL, 0, NULL, good[i], &o[i]))
-				continue;
-			good[i] = NULL;
-		}
+		batch_one_by_one(p, good, o, n, ngood, &whole);
 
 	/*
 	 * The rows are made before SPI_finish(): the events read, the messages

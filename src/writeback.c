@@ -42,7 +42,8 @@
  * Plans: one saved plan per binding, in TopMemoryContext, made again when
  * the statement text changes (attach() run again) and freed when a
  * configuration loaded finds its binding no longer attached
- * (writeback_forget_plans()); PostgreSQL's plan cache re-plans it when the table changes, and
+ * (writeback_forget_plans(); the receiver, which loads no configuration,
+ * looks at shipsync.binding: writeback_forget_detached()); PostgreSQL's plan cache re-plans it when the table changes, and
  * src/spi.c when the table has doubled.  It is always the generic plan,
  * which finds the rows by key through the table's index: left to the plan
  * cache, the first five runs of a process (and five after every re-plan)
@@ -62,6 +63,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "pgstat.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -127,6 +129,29 @@ writeback_plan(int32 binding_id, const char *sql)
 	return plan;
 }
 
+/* Free the saved plans whose binding is not one of ids[0..n-1] */
+static void
+writeback_keep_plans(const int32 *ids, int n)
+{
+	int			kept = 0;
+
+	for (int i = 0; i < n_wb_plans; i++)
+	{
+		bool		attached = false;
+
+		for (int k = 0; k < n && !attached; k++)
+			attached = ids[k] == wb_plans[i].binding_id;
+		if (!attached)
+		{
+			SPI_freeplan(wb_plans[i].plan);
+			pfree(wb_plans[i].sql);
+			continue;
+		}
+		wb_plans[kept++] = wb_plans[i];
+	}
+	n_wb_plans = kept;
+}
+
 /*
  * Free the saved write-back plans of the bindings that bs (the
  * configuration just loaded) no longer has attached: detached, their table
@@ -138,27 +163,60 @@ writeback_plan(int32 binding_id, const char *sql)
 void
 writeback_forget_plans(const Binding *bs, int nb)
 {
-	int			kept = 0;
+	int32	   *ids = palloc(sizeof(int32) * Max(nb, 1));
+	int			n = 0;
 
-	for (int i = 0; i < n_wb_plans; i++)
+	for (int k = 0; k < nb; k++)
+		if (bs[k].active)
+			ids[n++] = bs[k].id;
+	writeback_keep_plans(ids, n);
+	pfree(ids);
+}
+
+/*
+ * The same for a process that loads no configuration (the receiver, which
+ * writes tracking statuses and fee totals back through writeback_orders()
+ * for as long as it runs): the bindings still attached are read from
+ * shipsync.binding.  Nothing to do, and no query, while no plan is kept.
+ * SPI must be connected, in a transaction.
+ */
+void
+writeback_forget_detached(void)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum	   *held;
+	Datum		arg;
+	int32	   *ids;
+	int			n;
+
+	if (n_wb_plans == 0)
+		return;
+	if (plan == NULL)
 	{
-		bool		attached = false;
+		Oid			t[1] = {INT4ARRAYOID};
 
-		for (int k = 0; k < nb; k++)
-			if (bs[k].id == wb_plans[i].binding_id)
-			{
-				attached = bs[k].active;
-				break;
-			}
-		if (!attached)
-		{
-			SPI_freeplan(wb_plans[i].plan);
-			pfree(wb_plans[i].sql);
-			continue;
-		}
-		wb_plans[kept++] = wb_plans[i];
+		plan = shipsync_prepare_saved(
+			"SELECT binding_id FROM shipsync.binding"
+			" WHERE active AND binding_id OPERATOR(pg_catalog.=) ANY ($1)", 1, t);
 	}
-	n_wb_plans = kept;
+	held = palloc(sizeof(Datum) * n_wb_plans);
+	for (int i = 0; i < n_wb_plans; i++)
+		held[i] = Int32GetDatum(wb_plans[i].binding_id);
+	arg = PointerGetDatum(construct_array(held, n_wb_plans, INT4OID, sizeof(int32),
+										  true, TYPALIGN_INT));
+	if (SPI_execute_plan(plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "looking up the attached bindings failed");
+	n = (int) SPI_processed;
+	ids = palloc(sizeof(int32) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	writeback_keep_plans(ids, n);
+	pfree(ids);
+	pfree(held);
 }
 
 /*

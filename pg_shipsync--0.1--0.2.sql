@@ -14501,6 +14501,68 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- settlement is never JIT-compiled, and looks up a shipment's other
+-- currencies only for a currency quoted alone
+------------------------------------------------------------------------------
+-- The check that a shipment quoted in one currency is billed in none other
+-- was costed for every shipment, and put settlement's plan past
+-- jit_optimize_above_cost (the view took twice as long as before the check,
+-- most of it compiling); hashed, it also read every billed sum as soon as
+-- one shipment had no bill.
+CREATE OR REPLACE FUNCTION @extschema@._settlement()
+RETURNS TABLE (provider_id integer, month date, currency text, shipments bigint,
+			   estimated numeric, charged numeric, refunded numeric, unbilled bigint,
+			   unknown_waybills bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'
+SET jit = off
+AS $$
+	SELECT r.provider_id, r.month, r.currency, sum(r.shipments)::bigint, sum(r.estimated),
+		   sum(r.charged), sum(r.refunded), sum(r.unbilled)::bigint, sum(r.unknown)::bigint
+	FROM (-- shipments, by the month they were created: with their sums per
+		  -- currency, or (those of a shipping provider) without any
+		  SELECT s.provider_id, date_trunc('month', s.created_at)::date AS month,
+				 f.currency, 1 AS shipments, coalesce(f.estimated, 0) AS estimated,
+				 coalesce(f.charged, 0) AS charged, coalesce(f.refunded, 0) AS refunded,
+				 -- no bill line in any currency (one billed in dollars only is
+				 -- no unbilled shipment of its quote's yuan): the other
+				 -- currencies' sums are looked up, in the index, only for a
+				 -- currency with quote lines alone (a probe that cannot be
+				 -- hashed: hashed, it read every billed sum for any one of them)
+				 CASE WHEN s.status = 'cancelled' OR f.bill_lines > 0 THEN 0
+					  WHEN f.binding_id IS NULL THEN 1
+					  WHEN (SELECT g.bill_lines FROM @extschema@.fee_sum g
+							WHERE g.binding_id = s.binding_id AND g.order_key = s.order_key
+							  AND g.provider_id = s.provider_id AND g.bill_lines > 0
+							LIMIT 1) IS NULL THEN 1
+					  ELSE 0 END AS unbilled,
+				 0 AS unknown
+		  FROM @extschema@.shipment s
+		  JOIN @extschema@.binding b ON b.binding_id = s.binding_id
+		  LEFT JOIN @extschema@.fee_sum f
+			ON f.binding_id = s.binding_id AND f.order_key = s.order_key
+		   AND f.provider_id = s.provider_id
+		  WHERE f.binding_id IS NOT NULL OR s.provider_id = b.provider_id
+		  UNION ALL
+		  -- billed waybills no shipment has: by the statement's month, else the line's
+		  SELECT u.provider_id, u.month, u.currency, 0, 0, u.charged, u.refunded, 0, 1
+		  FROM (SELECT l.provider_id, l.tracking_number, l.currency,
+					   min(coalesce(st.period, date_trunc('month',
+						   coalesce(l.occurred_at, l.recorded_at))::date)) AS month,
+					   coalesce(sum(l.amount) FILTER (WHERE l.state <> 'refunded'
+						   AND l.fee_type <> 'refund'), 0) AS charged,
+					   coalesce(sum(abs(l.amount)) FILTER (WHERE
+						   l.state = 'refunded' OR l.fee_type = 'refund'), 0) AS refunded
+				FROM @extschema@.fee_line l
+				LEFT JOIN @extschema@.statement st ON st.statement_id = l.statement_id
+				WHERE l.binding_id IS NULL AND NOT l.quote
+				  AND NOT l.withdrawn
+				GROUP BY l.provider_id, l.tracking_number, l.currency) u) r
+	GROUP BY r.provider_id, r.month, r.currency
+$$;
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

@@ -1329,7 +1329,10 @@ COMMENT ON COLUMN @extschema@.order_fees.last_change IS 'When the latest of thes
 -- The rows of shipsync.settlement, grouped by provider id: one pass over
 -- the shipments (joined to their sums), then the waybills no shipment has.
 -- A function, for the memory to hash a million shipments whatever the
--- session's work_mem (with 4MB they spilled to disk, twice as slow).
+-- session's work_mem (with 4MB they spilled to disk, twice as slow), and
+-- never JIT-compiled: the probe below is costed for every shipment, though
+-- only those quoted and not billed in a currency reach it, and put the
+-- plan past jit_optimize_above_cost (compiling took longer than the rest).
 CREATE FUNCTION @extschema@._settlement()
 RETURNS TABLE (provider_id integer, month date, currency text, shipments bigint,
 			   estimated numeric, charged numeric, refunded numeric, unbilled bigint,
@@ -1337,6 +1340,7 @@ RETURNS TABLE (provider_id integer, month date, currency text, shipments bigint,
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 SET work_mem = '64MB'
+SET jit = off
 AS $$
 	SELECT r.provider_id, r.month, r.currency, sum(r.shipments)::bigint, sum(r.estimated),
 		   sum(r.charged), sum(r.refunded), sum(r.unbilled)::bigint, sum(r.unknown)::bigint
@@ -1345,15 +1349,18 @@ AS $$
 		  SELECT s.provider_id, date_trunc('month', s.created_at)::date AS month,
 				 f.currency, 1 AS shipments, coalesce(f.estimated, 0) AS estimated,
 				 coalesce(f.charged, 0) AS charged, coalesce(f.refunded, 0) AS refunded,
-				 -- (no bill line in any currency: one billed in dollars only
-				 -- is no unbilled shipment of its quote's yuan)
-				 CASE WHEN coalesce(f.bill_lines, 0) = 0 AND s.status <> 'cancelled'
-						   AND NOT EXISTS (SELECT 1 FROM @extschema@.fee_sum g
-										   WHERE g.binding_id = s.binding_id
-											 AND g.order_key = s.order_key
-											 AND g.provider_id = s.provider_id
-											 AND g.bill_lines > 0)
-					  THEN 1 ELSE 0 END AS unbilled,
+				 -- no bill line in any currency (one billed in dollars only is
+				 -- no unbilled shipment of its quote's yuan): the other
+				 -- currencies' sums are looked up, in the index, only for a
+				 -- currency with quote lines alone (a probe that cannot be
+				 -- hashed: hashed, it read every billed sum for any one of them)
+				 CASE WHEN s.status = 'cancelled' OR f.bill_lines > 0 THEN 0
+					  WHEN f.binding_id IS NULL THEN 1
+					  WHEN (SELECT g.bill_lines FROM @extschema@.fee_sum g
+							WHERE g.binding_id = s.binding_id AND g.order_key = s.order_key
+							  AND g.provider_id = s.provider_id AND g.bill_lines > 0
+							LIMIT 1) IS NULL THEN 1
+					  ELSE 0 END AS unbilled,
 				 0 AS unknown
 		  FROM @extschema@.shipment s
 		  JOIN @extschema@.binding b ON b.binding_id = s.binding_id

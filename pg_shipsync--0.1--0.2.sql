@@ -15832,6 +15832,308 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+
+-- settlement and the statement's store are never JIT-compiled; settlement
+-- looks up a shipment's other currencies only for a currency quoted alone,
+-- the store the pieces' shipment only for a line without a shipment
+------------------------------------------------------------------------------
+-- The check that a shipment quoted in one currency is billed in none other
+-- was costed for every shipment, and put settlement's plan past
+-- jit_optimize_above_cost (the view took twice as long as before the check,
+-- most of it compiling); hashed, it also read every billed sum as soon as
+-- one shipment had no bill.  _store_fees()'s statement, costed at 2,600 a
+-- line for the pieces' lookup, was compiled for every big statement (13 of
+-- the 19 s of a 40,000-line import), and that lookup ran for every line:
+-- its condition, pulled up into the join, was tested after it.
+CREATE OR REPLACE FUNCTION @extschema@._settlement()
+RETURNS TABLE (provider_id integer, month date, currency text, shipments bigint,
+			   estimated numeric, charged numeric, refunded numeric, unbilled bigint,
+			   unknown_waybills bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET work_mem = '64MB'
+SET jit = off
+AS $$
+	SELECT r.provider_id, r.month, r.currency, sum(r.shipments)::bigint, sum(r.estimated),
+		   sum(r.charged), sum(r.refunded), sum(r.unbilled)::bigint, sum(r.unknown)::bigint
+	FROM (-- shipments, by the month they were created: with their sums per
+		  -- currency, or (those of a shipping provider) without any
+		  SELECT s.provider_id, date_trunc('month', s.created_at)::date AS month,
+				 f.currency, 1 AS shipments, coalesce(f.estimated, 0) AS estimated,
+				 coalesce(f.charged, 0) AS charged, coalesce(f.refunded, 0) AS refunded,
+				 -- no bill line in any currency (one billed in dollars only is
+				 -- no unbilled shipment of its quote's yuan): the other
+				 -- currencies' sums are looked up, in the index, only for a
+				 -- currency with quote lines alone (a probe that cannot be
+				 -- hashed: hashed, it read every billed sum for any one of them)
+				 CASE WHEN s.status = 'cancelled' OR f.bill_lines > 0 THEN 0
+					  WHEN f.binding_id IS NULL THEN 1
+					  WHEN (SELECT g.bill_lines FROM @extschema@.fee_sum g
+							WHERE g.binding_id = s.binding_id AND g.order_key = s.order_key
+							  AND g.provider_id = s.provider_id AND g.bill_lines > 0
+							LIMIT 1) IS NULL THEN 1
+					  ELSE 0 END AS unbilled,
+				 0 AS unknown
+		  FROM @extschema@.shipment s
+		  JOIN @extschema@.binding b ON b.binding_id = s.binding_id
+		  LEFT JOIN @extschema@.fee_sum f
+			ON f.binding_id = s.binding_id AND f.order_key = s.order_key
+		   AND f.provider_id = s.provider_id
+		  WHERE f.binding_id IS NOT NULL OR s.provider_id = b.provider_id
+		  UNION ALL
+		  -- billed waybills no shipment has: by the statement's month, else the line's
+		  SELECT u.provider_id, u.month, u.currency, 0, 0, u.charged, u.refunded, 0, 1
+		  FROM (SELECT l.provider_id, l.tracking_number, l.currency,
+					   min(coalesce(st.period, date_trunc('month',
+						   coalesce(l.occurred_at, l.recorded_at))::date)) AS month,
+					   coalesce(sum(l.amount) FILTER (WHERE l.state <> 'refunded'
+						   AND l.fee_type <> 'refund'), 0) AS charged,
+					   coalesce(sum(abs(l.amount)) FILTER (WHERE
+						   l.state = 'refunded' OR l.fee_type = 'refund'), 0) AS refunded
+				FROM @extschema@.fee_line l
+				LEFT JOIN @extschema@.statement st ON st.statement_id = l.statement_id
+				WHERE l.binding_id IS NULL AND NOT l.quote
+				  AND NOT l.withdrawn
+				GROUP BY l.provider_id, l.tracking_number, l.currency) u) r
+	GROUP BY r.provider_id, r.month, r.currency
+$$;
+CREATE OR REPLACE FUNCTION @extschema@._store_fees(src text, stmt bigint, replaces bigint, who text,
+	pids integer[], bids integer[], oks text[], tns text[], codes text[], amounts numeric[],
+	currencies text[], fkeys text[], settlements text[], payers text[], weights numeric[],
+	states text[], ats timestamptz[], held text[] DEFAULT NULL)
+RETURNS TABLE (kind text, n bigint, binding_id integer, order_key text, fee_total numeric)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+-- (its one statement guesses a few hundred lines and a probe of the pieces'
+-- index for each at 2,600 on paper: past jit_optimize_above_cost, a
+-- statement of 40,000 lines spent 13 of its 19 s compiling it)
+SET jit = off
+AS $$
+#variable_conflict use_column
+DECLARE
+	n_in bigint := coalesce(array_length(tns, 1), 0);
+	n_new bigint;
+	n_rev bigint;
+	n_park bigint;
+	n_matched bigint := 0;
+	n_withdrawn bigint := 0;
+	twice text;
+	tb integer[];
+	tk text[];
+BEGIN
+	PERFORM @extschema@._lock_fees(pids, tns, src = 'statement');
+
+	SELECT m.n, m.tb, m.tk INTO n_matched, tb, tk
+	FROM @extschema@._match_parked_fees(pids, tns) m;
+
+	WITH inc AS (
+		SELECT u.ord, u.pid, u.bid, u.ok, u.tn, u.code, u.amount, u.cur, u.fkey, u.settle,
+			   u.payer, u.weight, u.st, u.at,
+			   coalesce(tm.fee_type, ft.name, 'other') AS fee_type
+		FROM unnest(pids, bids, oks, tns, codes, amounts, currencies, fkeys, settlements, payers,
+					weights, states, ats)
+			 WITH ORDINALITY AS u(pid, bid, ok, tn, code, amount, cur, fkey, settle, payer,
+								  weight, st, at, ord)
+		JOIN @extschema@.provider p ON p.provider_id = u.pid
+		LEFT JOIN @extschema@.fee_type_map tm
+			   ON tm.profile = coalesce(p.options->>'profile', p.dialect) AND tm.code = u.code
+		LEFT JOIN @extschema@.fee_type ft ON ft.name = lower(u.code)),
+	-- a line without a key of the carrier: the first of its type in this
+	-- notice has key '', the next '#2', ...; the same line twice: the last.
+	-- Grouped and sorted bytewise (COLLATE "C"): the groups are the same
+	-- under any deterministic collation, and a statement sorts 100,000
+	-- lines here twice, where strcoll() cost more than the rest of the sort
+	keyed AS (
+		SELECT DISTINCT ON (y.pid, y.tn COLLATE "C", y.fee_type COLLATE "C", y.k COLLATE "C") y.*
+		FROM (SELECT inc.*,
+					 CASE WHEN inc.fkey IS NOT NULL THEN inc.fkey
+						  WHEN row_number() OVER w = 1 THEN ''
+						  ELSE '#' || row_number() OVER w END AS k
+			  FROM inc
+			  WINDOW w AS (PARTITION BY inc.pid, inc.tn COLLATE "C", inc.fee_type COLLATE "C", inc.fkey IS NULL
+						   ORDER BY inc.ord)) y
+		ORDER BY y.pid, y.tn COLLATE "C", y.fee_type COLLATE "C", y.k COLLATE "C", y.ord DESC),
+	-- a statement billing one carrier's line (its key) twice: refused
+	-- below, since keyed keeps one of them and the statement's total
+	-- counts both (a push sending a line again is the same line again)
+	dup AS (
+		SELECT pg_catalog.format('Waybill %s, fee type %s, key %s: %s lines, of %s.', i.tn, i.fee_type,
+					pg_catalog.quote_literal(i.fkey), count(*),
+					string_agg(i.amount::text || ' ' || coalesce(i.cur, ''), ', ' ORDER BY i.ord)) AS msg
+		FROM inc i
+		WHERE src = 'statement' AND i.fkey IS NOT NULL
+		GROUP BY i.pid, i.tn, i.fee_type, i.fkey
+		HAVING count(*) > 1
+		LIMIT 1),
+	main AS (
+		SELECT DISTINCT ON (s.provider_id, s.tracking_number) s.provider_id, s.tracking_number,
+			   s.binding_id, s.order_key
+		FROM @extschema@.shipment s
+		WHERE (s.provider_id, s.tracking_number) IN
+			  (SELECT keyed.pid, keyed.tn FROM keyed WHERE keyed.bid IS NULL)
+		ORDER BY s.provider_id, s.tracking_number, s.created_at DESC),
+	-- each line's order: the caller's, else the newest shipment's of its
+	-- waybill (a recycled number is the new parcel's), else, for a waybill
+	-- no shipment has as its tracking number, the shipment that lists it
+	-- among the other waybills of a multi-piece shipment (SF: child,
+	-- return; the line keeps the piece's number), looked up through the
+	-- waybills' index for those lines only; else none (parked).  Part of
+	-- the line's identity.  (The pieces' rows added to main's, as a UNION,
+	-- were a set the planner guessed at two rows once the shipments were
+	-- analyzed, and joined in a loop: a statement of 100,000 lines ran for
+	-- minutes.)
+	kt AS (
+		SELECT k.*, coalesce(k.bid, main.binding_id, pc.binding_id) AS tb,
+			   coalesce(k.ok, main.order_key, pc.order_key) AS tok
+		FROM keyed k
+		LEFT JOIN main ON main.provider_id = k.pid AND main.tracking_number = k.tn
+		-- (OFFSET 0 keeps the subquery whole, its condition a filter of
+		-- each line before the lookup: pulled up into the join, it was
+		-- tested after the lookup, run for every line of a statement)
+		LEFT JOIN LATERAL (
+			SELECT ps.binding_id, ps.order_key FROM @extschema@._piece_shipment(k.pid, k.tn) ps
+			WHERE k.bid IS NULL AND main.provider_id IS NULL OFFSET 0) pc ON true),
+	up AS (
+		INSERT INTO @extschema@.fee_line AS f (provider_id, tracking_number, fee_type, fee_key,
+			quote, binding_id, order_key, raw_type, amount, currency, settlement, payer,
+			billed_weight_kg, state, source, statement_id, occurred_at, recorded_by)
+		SELECT k.pid, k.tn, k.fee_type, k.k, src = 'create', k.tb, k.tok,
+			   k.code, k.amount, k.cur, k.settle, k.payer, k.weight,
+			   coalesce(k.st, CASE WHEN src = 'create' THEN 'estimated' ELSE 'charged' END),
+			   src, stmt, k.at, who
+		FROM kt k
+		ORDER BY k.ord
+		ON CONFLICT (provider_id, tracking_number, fee_type, fee_key, quote, binding_id, order_key) DO UPDATE SET
+			raw_type = EXCLUDED.raw_type, amount = EXCLUDED.amount, currency = EXCLUDED.currency,
+			settlement = coalesce(EXCLUDED.settlement, f.settlement),
+			payer = coalesce(EXCLUDED.payer, f.payer),
+			billed_weight_kg = coalesce(EXCLUDED.billed_weight_kg, f.billed_weight_kg),
+			state = EXCLUDED.state, source = EXCLUDED.source, statement_id = EXCLUDED.statement_id,
+			occurred_at = coalesce(EXCLUDED.occurred_at, f.occurred_at),
+			recorded_by = EXCLUDED.recorded_by, withdrawn = false,
+			binding_id = coalesce(f.binding_id, EXCLUDED.binding_id),
+			order_key = coalesce(f.order_key, EXCLUDED.order_key)
+		-- a change, not older than what the line says now, and, but from
+		-- a statement, not a notice seen before (a late duplicate of a
+		-- revised line); own below takes, for statements, the lines they
+		-- bill as they are
+		WHERE (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
+			  IS DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency, EXCLUDED.state,
+								coalesce(EXCLUDED.settlement, f.settlement),
+								coalesce(EXCLUDED.payer, f.payer),
+								coalesce(EXCLUDED.billed_weight_kg, f.billed_weight_kg))
+		  AND (EXCLUDED.occurred_at IS NULL OR f.occurred_at IS NULL
+			   OR EXCLUDED.occurred_at >= f.occurred_at)
+		  AND (src = 'statement'
+			   OR NOT EXISTS (SELECT 1 FROM @extschema@.fee_line_history h
+							  WHERE h.fee_line_id = f.fee_line_id
+								AND (h.amount, h.currency, h.state, h.occurred_at)
+									IS NOT DISTINCT FROM (EXCLUDED.amount, EXCLUDED.currency,
+														  EXCLUDED.state, EXCLUDED.occurred_at)))
+		RETURNING f.xmax = 0 AS inserted, f.binding_id, f.order_key),
+	-- a statement's lines it bills as they are: its own from now on (no
+	-- revision: nothing they say changes), so that a later correction
+	-- withdraws them and "does the statement add up?" counts them.  After
+	-- up has run to its end (the one-time filter reads all of it): up
+	-- meeting a row own had changed in this command would be an error.
+	-- Not a line the current statement of another month (or account)
+	-- bills: that one bills it still, and this one listing it again is
+	-- what "does it add up?" should show
+	own AS (
+		UPDATE @extschema@.fee_line f SET statement_id = stmt, withdrawn = false
+		  FROM kt k
+		 WHERE (SELECT count(*) FROM up) >= 0
+		   AND src = 'statement' AND f.provider_id = k.pid AND f.tracking_number = k.tn
+		   AND f.fee_type = k.fee_type AND f.fee_key = k.k AND NOT f.quote
+		   AND f.binding_id IS NOT DISTINCT FROM k.tb AND f.order_key IS NOT DISTINCT FROM k.tok
+		   AND f.statement_id IS DISTINCT FROM stmt
+		   AND (f.statement_id IS NULL
+				OR f.statement_id NOT IN (SELECT e.statement_id
+										  FROM @extschema@.statement e
+										  JOIN @extschema@.statement c ON c.statement_id = stmt
+										  WHERE e.provider_id = c.provider_id AND e.superseded_by IS NULL
+											AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account)))
+		   -- (what it says: a line older than the line's current version,
+		   -- which up left as it was, is not the statement's)
+		   AND NOT (f.amount, f.currency, f.state, f.settlement, f.payer, f.billed_weight_kg)
+				   IS DISTINCT FROM (k.amount, k.cur, coalesce(k.st, 'charged'),
+									 coalesce(k.settle, f.settlement),
+									 coalesce(k.payer, f.payer),
+									 coalesce(k.weight, f.billed_weight_kg))
+		RETURNING f.fee_line_id, f.binding_id, f.order_key),
+	-- of those, the lines a correction had withdrawn: billed again, so
+	-- their orders' totals change (fee_line read here is as it was before)
+	back AS (
+		SELECT own.binding_id, own.order_key FROM own
+		JOIN @extschema@.fee_line x ON x.fee_line_id = own.fee_line_id
+		WHERE x.withdrawn AND own.binding_id IS NOT NULL),
+	-- a corrected statement: what an earlier statement of its period and
+	-- account billed and this one does not (neither among its lines nor,
+	-- held, among those it skipped) is withdrawn (0, adjusted), or, when
+	-- the current statement of another month or account billed it before
+	-- (the carrier listed it in both), goes back to what that one says
+	wd AS (
+		UPDATE @extschema@.fee_line f
+		   SET (amount, currency, state, statement_id, withdrawn) =
+			   (SELECT coalesce(b.amount, 0), coalesce(b.currency, f.currency),
+					   coalesce(b.state, 'adjusted'), coalesce(b.statement_id, stmt),
+					   coalesce(b.withdrawn, true)
+				FROM (SELECT 1) one
+				LEFT JOIN (SELECT h.amount, h.currency, h.state, h.statement_id, h.withdrawn
+						   FROM @extschema@.fee_line_history h
+						   JOIN @extschema@.statement e ON e.statement_id = h.statement_id
+						   JOIN @extschema@.statement c ON c.statement_id = stmt
+						   WHERE h.fee_line_id = f.fee_line_id AND e.superseded_by IS NULL
+							 AND (e.period, e.account) IS DISTINCT FROM (c.period, c.account)
+						   ORDER BY h.revision DESC LIMIT 1) b ON true),
+			   source = 'statement', recorded_by = who
+		 WHERE replaces IS NOT NULL AND NOT f.quote
+		   AND f.statement_id IN (SELECT e.statement_id
+								  FROM @extschema@.statement e
+								  JOIN @extschema@.statement c ON c.statement_id = stmt
+								  WHERE e.provider_id = c.provider_id AND e.period = c.period
+									AND e.account IS NOT DISTINCT FROM c.account
+									AND e.statement_id <> stmt)
+		   AND NOT f.withdrawn
+		   AND NOT EXISTS (SELECT 1 FROM kt k
+						   WHERE k.pid = f.provider_id AND k.tn = f.tracking_number
+							 AND k.fee_type = f.fee_type AND k.k = f.fee_key
+							 AND k.tb IS NOT DISTINCT FROM f.binding_id
+							 AND k.tok IS NOT DISTINCT FROM f.order_key)
+		   AND (held IS NULL OR (array_position(held, NULL) IS NULL
+								 AND f.tracking_number <> ALL (held)))
+		RETURNING f.binding_id, f.order_key)
+	SELECT (SELECT dup.msg FROM dup), (SELECT count(*) FROM up WHERE up.inserted),
+		   (SELECT count(*) FROM up WHERE NOT up.inserted),
+		   (SELECT count(*) FROM up WHERE up.binding_id IS NULL),
+		   (SELECT count(*) FROM wd),
+		   coalesce(tb, '{}') || coalesce((SELECT array_agg(x.binding_id) FROM
+				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd
+				 UNION ALL SELECT back.binding_id, back.order_key FROM back) x), '{}'),
+		   coalesce(tk, '{}') || coalesce((SELECT array_agg(x.order_key) FROM
+				(SELECT up.binding_id, up.order_key FROM up UNION ALL SELECT wd.binding_id, wd.order_key FROM wd
+				 UNION ALL SELECT back.binding_id, back.order_key FROM back) x), '{}')
+	INTO twice, n_new, n_rev, n_park, n_withdrawn, tb, tk;
+	IF twice IS NOT NULL THEN
+		RAISE EXCEPTION 'statement of provider "%" bills one line twice',
+			(SELECT p.name FROM @extschema@.provider p WHERE p.provider_id = pids[1])
+			USING ERRCODE = 'SS400', DETAIL = twice,
+				  HINT = 'Nothing of this statement was stored. A carrier''s key names one line of a waybill''s fee type: fix the statement, or leave the key column out to store every line as its own.';
+	END IF;
+
+	kind := 'new'; n := n_new; RETURN NEXT;
+	kind := 'revised'; n := n_rev; RETURN NEXT;
+	kind := 'duplicate'; n := n_in - n_new - n_rev; RETURN NEXT;
+	kind := 'unmatched'; n := n_park; RETURN NEXT;
+	kind := 'matched'; n := n_matched; RETURN NEXT;
+	kind := 'withdrawn'; n := n_withdrawn; RETURN NEXT;
+	n := NULL;
+
+	RETURN QUERY SELECT * FROM @extschema@._fee_totals(tb, tk);
+END
+$$;
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

@@ -468,6 +468,22 @@ http_answer_whole(HttpTransfer *t)
 }
 
 /*
+ * A UTF-8 byte order mark before t's answer, dropped: RFC 8259 (8.1) lets
+ * a reader ignore one, and the .NET and Java stacks of many carriers send
+ * it.  Kept, it made every parser refuse the answer as not JSON, and a
+ * create the carrier had made was sent again until max_attempts.
+ */
+static void
+http_drop_bom(HttpTransfer *t)
+{
+	if (t->response.len >= 3 && memcmp(t->response.data, "\xEF\xBB\xBF", 3) == 0)
+	{
+		t->response.len -= 3;
+		memmove(t->response.data, t->response.data + 3, t->response.len + 1);
+	}
+}
+
+/*
  * libcurl calls this while a transfer works.  Abort it when this process is
  * asked to stop, so that a slow carrier never delays a shutdown.
  *
@@ -1511,6 +1527,7 @@ http_collect(HttpClient *c)
 		/* ended by http_progress_cb() with its whole answer: that answer */
 		if (t->answered_early && t->curl_code == CURLE_ABORTED_BY_CALLBACK)
 			t->curl_code = CURLE_OK;
+		http_drop_bom(t);
 		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &t->http_status);
 		curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &sent);
 		curl_easy_getinfo(easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);

@@ -1,0 +1,48 @@
+# How a carrier's answer is framed: the bytes around the JSON.
+#
+# Sloppy servers put a UTF-8 byte order mark before the JSON (.NET and
+# Java stacks of many Chinese carriers), compress the answer though it was
+# not asked for, or name a charset.  The shipment they answer about exists
+# at the carrier: an answer pg_shipsync cannot read is retried under the
+# same key until max_attempts and the order never gets its waybill.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use MIME::Base64 qw(encode_base64);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ShipsyncTest;
+
+my $sim = start_sim();
+END { local $?; stop_sim($sim) if $sim; }
+my $node = shipsync_node('answer_bytes');
+setup_orders($node, $sim,
+	'{"timeout_ms": 2000, "backoff_base_ms": 50, "backoff_max_ms": 200, "max_attempts": 3}');
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+my $answer = '{"id":"shp_x1","tracking_number":"SF1234567890","status":"pre_transit",'
+  . '"fees":[{"type":"freight","amount":"12.50","currency":"CNY"}]}';
+
+# The next order is answered 201 with these bytes (and headers): its state,
+# its last error and the waybill written back.
+sub create_answered
+{
+	my ($bytes, %rule) = @_;
+	sim_post($sim, '/_sim/reset');
+	sim_post($sim, '/_sim/faults',
+		{ rules => [ { fault => 'status', status => 201, path => '^/shipments$',
+			body_base64 => encode_base64($bytes, ''), %rule } ] });
+	my $id = sql("INSERT INTO crm.orders (customer) VALUES ('x') RETURNING id");
+	wait_settled($node, "'$id'");
+	return sql("SELECT o.state || ' | ' || coalesce(o.last_error, '') || ' | ' || coalesce(c.waybill_no, '')"
+		  . " FROM shipsync.outbox o JOIN crm.orders c ON c.id::text = o.order_key"
+		  . " WHERE o.order_key = '$id' AND o.op = 'create'");
+}
+
+like(create_answered("\xEF\xBB\xBF$answer"), qr/^done \|  \| SF1234567890$/,
+	'a UTF-8 byte order mark before the JSON: the shipment is recorded');
+
+done_testing();

@@ -450,21 +450,25 @@ http_header_cb(char *data, size_t size, size_t nmemb, void *userp)
 
 /*
  * Has t its whole answer?  A final status, and as many bytes of body as
- * its Content-Length says (no content coding is asked for, so the bytes
- * received are the bytes counted).  Without a Content-Length only the end
- * of the stream says so, and only libcurl saw it.  No PostgreSQL call:
- * the progress callback asks.
+ * its Content-Length says.  Those are the bytes received (libcurl's
+ * download size), not the bytes kept: a body compressed though not asked
+ * for is kept decoded (http_easy_options()), and its Content-Length counts
+ * it compressed.  Without a Content-Length only the end of the stream says
+ * so, and only libcurl saw it.  No PostgreSQL call: the progress callback
+ * asks.
  */
 static bool
 http_answer_whole(HttpTransfer *t)
 {
 	long		status = 0;
 	curl_off_t	length = -1;
+	curl_off_t	received = -1;
 
 	return curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
 		status >= 200 &&
 		curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) == CURLE_OK &&
-		length >= 0 && (curl_off_t) t->response.len == length;
+		curl_easy_getinfo(t->easy, CURLINFO_SIZE_DOWNLOAD_T, &received) == CURLE_OK &&
+		length >= 0 && received == length;
 }
 
 /*
@@ -1303,6 +1307,16 @@ http_easy_options(CURL *easy, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_RESOLVER_START_FUNCTION, http_resolver_start_cb);
 	curl_easy_setopt(easy, CURLOPT_RESOLVER_START_DATA, t);
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, "pg_shipsync/" SHIPSYNC_EXTVERSION);
+	/*
+	 * No content coding is asked for ("Accept-Encoding: identity"), but an
+	 * answer compressed all the same (gzip, deflate, br, zstd) is decoded:
+	 * kept compressed it was refused as text that is not UTF-8, and the
+	 * shipment the carrier made was lost.  http_write_cb() counts the
+	 * decoded bytes against shipsync.max_response_bytes, so a compression
+	 * bomb ends as response_too_large; a coding libcurl does not know, or
+	 * a body that does not decode, fails the attempt (transport).
+	 */
+	curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "identity");
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, t->method);
 	/*

@@ -9,6 +9,8 @@ use strict;
 use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
+use IO::Compress::Deflate qw(deflate $DeflateError);
+use IO::Compress::Gzip qw(gzip $GzipError);
 use MIME::Base64 qw(encode_base64);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -44,5 +46,26 @@ sub create_answered
 
 like(create_answered("\xEF\xBB\xBF$answer"), qr/^done \|  \| SF1234567890$/,
 	'a UTF-8 byte order mark before the JSON: the shipment is recorded');
+
+my $gz;
+gzip(\$answer => \$gz) or die $GzipError;
+like(create_answered($gz, content_encoding => 'gzip'), qr/^done \|  \| SF1234567890$/,
+	'an answer compressed though not asked for: the shipment is recorded');
+
+my $deflated;
+deflate(\$answer => \$deflated) or die $DeflateError;
+like(create_answered($deflated, content_encoding => 'deflate'),
+	qr/^done \|  \| SF1234567890$/, 'so is one deflated');
+
+# A compression bomb: 8 kB on the wire, 8 MB decoded.  The limit of
+# shipsync.max_response_bytes (1 MB) holds for the decoded answer.
+my $bomb;
+gzip(\('{"id":"' . ('0' x (8 * 1024 * 1024)) . '"}') => \$bomb) or die $GzipError;
+cmp_ok(length($bomb), '<', 64 * 1024, 'the bomb is small on the wire');
+like(create_answered($bomb, content_encoding => 'gzip'),
+	qr/^dead \| gave up after 3 attempts: .* \| $/,
+	'a compression bomb is an answer too large, as decoded');
+is(sql("SELECT count(*) FROM shipsync.delivery_log WHERE error_class = 'response_too_large'"),
+	'3', 'each of its attempts too large');
 
 done_testing();

@@ -83,6 +83,7 @@
  */
 #include "postgres.h"
 
+#include <iconv.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -423,6 +424,11 @@ http_header_cb(char *data, size_t size, size_t nmemb, void *userp)
 		target = &t->ratelimit_reset;
 		skip = 18;
 	}
+	else if (n > 13 && pg_strncasecmp(data, "Content-Type:", 13) == 0)
+	{
+		target = &t->content_type;
+		skip = 13;
+	}
 
 	if (target)
 	{
@@ -469,6 +475,107 @@ http_answer_whole(HttpTransfer *t)
 		curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) == CURLE_OK &&
 		curl_easy_getinfo(t->easy, CURLINFO_SIZE_DOWNLOAD_T, &received) == CURLE_OK &&
 		length >= 0 && received == length;
+}
+
+/*
+ * The charset t's Content-Type names (charset=GBK, charset="gb18030"),
+ * into named (empty when none, or one too long to be a charset's name),
+ * and the iconv name of the charsets an answer is read in when its bytes
+ * are not UTF-8: the Chinese ones (GBK, GB2312 and their kin are read as
+ * GB18030, their superset, as the WHATWG Encoding standard does; Big5 as
+ * Big5-HKSCS) and Latin-1 (as windows-1252).  NULL for any other.
+ */
+static const char *
+http_charset(const HttpTransfer *t, char *named, size_t namedlen)
+{
+	static const struct
+	{
+		const char *name;
+		const char *iconv;
+	}			known[] = {
+		{"gbk", "GB18030"}, {"gb2312", "GB18030"}, {"gb18030", "GB18030"},
+		{"cp936", "GB18030"}, {"x-gbk", "GB18030"}, {"euc-cn", "GB18030"},
+		{"csgb2312", "GB18030"}, {"big5", "BIG5-HKSCS"},
+		{"big5-hkscs", "BIG5-HKSCS"}, {"cn-big5", "BIG5-HKSCS"},
+		{"iso-8859-1", "CP1252"}, {"latin1", "CP1252"},
+		{"windows-1252", "CP1252"},
+	};
+	const char *p = t->content_type;
+	size_t		n;
+
+	named[0] = '\0';
+	while (p && *p && pg_strncasecmp(p, "charset=", 8) != 0)
+		p++;
+	if (p == NULL || *p == '\0')
+		return NULL;
+	p += 8;
+	if (*p == '"')
+		p++;
+	n = strcspn(p, "\"; \t");
+	if (n == 0 || n >= namedlen)
+		return NULL;
+	memcpy(named, p, n);
+	named[n] = '\0';
+	for (int i = 0; i < (int) lengthof(known); i++)
+		if (pg_strcasecmp(named, known[i].name) == 0)
+			return known[i].iconv;
+	return NULL;
+}
+
+/*
+ * An answer whose bytes are not UTF-8, in a charset its Content-Type
+ * names (a Chinese carrier's GBK), read as that charset and kept as UTF-8.
+ * Kept as it came, every parser refused it as text that is not UTF-8, and
+ * the shipment the carrier had made was lost.  Bytes that are UTF-8 stay
+ * as they are whatever the label says (UTF-8 sent as "GBK" is a common
+ * mistake).  Bytes that are not of the charset either, or of one not read
+ * here, stay too, and t->charset names it for the refusal's message.
+ * Conversion happens before any parser sees the bytes: a GBK character may
+ * end in 0x5C, a backslash to a JSON parser.
+ */
+static void
+http_decode_charset(HttpTransfer *t)
+{
+	char		named[sizeof(t->charset)];
+	const char *from;
+	iconv_t		cd;
+	char	   *in = t->response.data;
+	size_t		inleft = (size_t) t->response.len;
+	char	   *out;
+	char	   *op;
+	size_t		outsize = 3 * inleft + 1;	/* GB18030, Big5, CP1252 */
+	size_t		outleft = outsize;
+
+	if (t->curl_code != CURLE_OK || t->response.len == 0 ||
+		shipsync_utf8_invalid_at(t->response.data, t->response.len) < 0)
+		return;
+	from = http_charset(t, named, sizeof(named));
+	if (pg_strcasecmp(named, "utf-8") == 0 || pg_strcasecmp(named, "utf8") == 0)
+		return;
+	strlcpy(t->charset, named, sizeof(t->charset));
+	if (from == NULL || (cd = iconv_open("UTF-8", from)) == (iconv_t) -1)
+		return;
+	out = op = MemoryContextAlloc(GetMemoryChunkContext(t->response.data), outsize);
+	if (iconv(cd, &in, &inleft, &op, &outleft) == (size_t) -1 || inleft > 0)
+		pfree(out);
+	else if ((size_t) (op - out) > (size_t) shipsync_max_response_bytes)
+	{
+		pfree(out);
+		t->too_large = true;
+		t->curl_code = CURLE_WRITE_ERROR;
+		snprintf(t->errbuf, sizeof(t->errbuf),
+				 "the answer, read as %s, is larger than shipsync.max_response_bytes", named);
+	}
+	else
+	{
+		pfree(t->response.data);
+		t->response.data = out;
+		t->response.len = (int) (op - out);
+		t->response.maxlen = (int) outsize;
+		t->response.data[t->response.len] = '\0';
+		t->charset[0] = '\0';
+	}
+	iconv_close(cd);
 }
 
 /*
@@ -1542,6 +1649,7 @@ http_collect(HttpClient *c)
 		if (t->answered_early && t->curl_code == CURLE_ABORTED_BY_CALLBACK)
 			t->curl_code = CURLE_OK;
 		http_drop_bom(t);
+		http_decode_charset(t);
 		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &t->http_status);
 		curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &sent);
 		curl_easy_getinfo(easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);

@@ -1103,6 +1103,9 @@ typedef struct HttpTransfer
 	StringInfoData response;
 	char	   *retry_after;	/* Retry-After header value, or NULL */
 	char	   *ratelimit_reset;	/* X-RateLimit-Reset value, or NULL */
+	char	   *content_type;	/* Content-Type value, or NULL */
+	char		charset[32];	/* the charset Content-Type names, when the
+								 * body is not UTF-8 and was not read as it */
 	char		errbuf[256];
 	double		latency_ms;
 	bool		stalled;		/* timed out while its process did not read */

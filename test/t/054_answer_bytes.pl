@@ -68,4 +68,33 @@ like(create_answered($bomb, content_encoding => 'gzip'),
 is(sql("SELECT count(*) FROM shipsync.delivery_log WHERE error_class = 'response_too_large'"),
 	'3', 'each of its attempts too large');
 
+# A Chinese carrier's answer in GBK, said so in its Content-Type: 運 is
+# DF 5C there, its second byte a backslash.
+# (this file is UTF-8 without "use utf8": its literals are UTF-8 bytes, as
+# psql's answers are)
+use Encode qw(decode encode);
+my $gbk = encode('gbk', decode('UTF-8', '{"id":"shp_x2","tracking_number":"SF1234567891","status":"運輸中，已揽收"}'));
+like(create_answered($gbk, content_type => 'application/json; charset=GBK'),
+	qr/^done \|  \| SF1234567891$/, 'an answer in GBK, said so: the shipment is recorded');
+is(sql("SELECT raw_status FROM shipsync.shipment WHERE tracking_number = 'SF1234567891'"),
+	'運輸中，已揽收', 'its status read as the carrier wrote it');
+# (Encode has no GB18030 without HanExtra: 已签收 and U+20000, by hand)
+like(create_answered('{"id":"shp_x3","tracking_number":"SF1234567892","status":"'
+		  . "\xd2\xd1\xc7\xa9\xca\xd5\x95\x32\x82\x36" . '"}',
+		content_type => 'application/json;charset="gb18030"'),
+	qr/^done \|  \| SF1234567892$/, 'so is one in GB18030');
+is(sql("SELECT raw_status FROM shipsync.shipment WHERE tracking_number = 'SF1234567892'"),
+	'已签收𠀀', 'with a character beyond the BMP');
+# UTF-8 sent under a GBK label (a common misconfiguration) is read as UTF-8
+like(create_answered('{"id":"shp_x4","tracking_number":"SF1234567893","status":"已揽收"}',
+		content_type => 'application/json; charset=GBK'),
+	qr/^done \|  \| SF1234567893$/, 'UTF-8 labelled GBK');
+is(sql("SELECT raw_status FROM shipsync.shipment WHERE tracking_number = 'SF1234567893'"),
+	'已揽收', 'read as UTF-8, not as mojibake');
+# bytes that are not GBK either: refused, as before, saying which charset
+like(create_answered("{\"id\":\"shp_x5\",\"tracking_number\":\"SF1234567894\",\"status\":\"\xff\xff\"}",
+		content_type => 'application/json; charset=GBK'),
+	qr/^dead \| HTTP 201: the answer is refused: the response is not valid UTF-8 \(byte \d+\), nor text pg_shipsync reads in the charset its Content-Type names \("GBK"\) \| $/,
+	'bytes that are not GBK either: refused, naming the charset');
+
 done_testing();

@@ -57,6 +57,15 @@ deflate(\$answer => \$deflated) or die $DeflateError;
 like(create_answered($deflated, content_encoding => 'deflate'),
 	qr/^done \|  \| SF1234567890$/, 'so is one deflated');
 
+# A label that is not the body's coding ("Content-Encoding: UTF-8" is a
+# common mistake for a charset): the body is read as it came, as it always
+# was.  One compressed in a coding not decoded here is refused, saying so.
+like(create_answered($answer, content_encoding => 'UTF-8'),
+	qr/^done \|  \| SF1234567890$/, 'a plain answer labelled with a coding it is not in');
+like(create_answered($gz, content_encoding => 'br'),
+	qr/^dead \| HTTP 201: the answer is refused: the response is not valid UTF-8 \(byte \d+\); its Content-Encoding \("br"\) is not gzip or deflate, the codings pg_shipsync decodes, or the body is not in it \| $/,
+	'a coding not decoded here: refused, naming it');
+
 # A compression bomb: 8 kB on the wire, 8 MB decoded.  The limit of
 # shipsync.max_response_bytes (1 MB) holds for the decoded answer.
 my $bomb;

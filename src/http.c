@@ -639,11 +639,12 @@ http_decode_charset(HttpTransfer *t)
 	size_t		outsize = 3 * inleft + 1;	/* GB18030, Big5, CP1252 */
 	size_t		outleft = outsize;
 
-	if (t->curl_code != CURLE_OK || t->response.len == 0 ||
-		shipsync_utf8_invalid_at(t->response.data, t->response.len) < 0)
+	if (t->curl_code != CURLE_OK || t->response.len == 0)
 		return;
 	from = http_charset(t, named, sizeof(named));
-	if (pg_strcasecmp(named, "utf-8") == 0 || pg_strcasecmp(named, "utf8") == 0)
+	if (named[0] == '\0' || pg_strcasecmp(named, "utf-8") == 0 ||
+		pg_strcasecmp(named, "utf8") == 0 ||
+		shipsync_utf8_invalid_at(t->response.data, t->response.len) < 0)
 		return;
 	strlcpy(t->charset, named, sizeof(t->charset));
 	if (from == NULL || (cd = iconv_open("UTF-8", from)) == (iconv_t) -1)

@@ -1336,7 +1336,16 @@ judge_text_ok(HttpTransfer *t, ShipResult *r, ShipVerdict *v)
 		return true;
 	if (shipsync_check_response_text(t->response.data, t->response.len, err, sizeof(err)))
 		return true;
-	dialect_refuse(r, v, t->http_status, err);
+	if (t->coding[0] != '\0')
+		dialect_refuse(r, v, t->http_status,
+					   psprintf("%s; its Content-Encoding (\"%s\") is not gzip or deflate, the codings pg_shipsync decodes, or the body is not in it",
+								err, t->coding));
+	else if (t->charset[0] != '\0')
+		dialect_refuse(r, v, t->http_status,
+					   psprintf("%s, nor text pg_shipsync reads in the charset its Content-Type names (\"%s\")",
+								err, t->charset));
+	else
+		dialect_refuse(r, v, t->http_status, err);
 	return false;
 }
 

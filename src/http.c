@@ -83,9 +83,11 @@
  */
 #include "postgres.h"
 
+#include <iconv.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <curl/curl.h>
 #include <openssl/err.h>
@@ -423,6 +425,16 @@ http_header_cb(char *data, size_t size, size_t nmemb, void *userp)
 		target = &t->ratelimit_reset;
 		skip = 18;
 	}
+	else if (n > 13 && pg_strncasecmp(data, "Content-Type:", 13) == 0)
+	{
+		target = &t->content_type;
+		skip = 13;
+	}
+	else if (n > 17 && pg_strncasecmp(data, "Content-Encoding:", 17) == 0)
+	{
+		target = &t->content_encoding;
+		skip = 17;
+	}
 
 	if (target)
 	{
@@ -450,21 +462,230 @@ http_header_cb(char *data, size_t size, size_t nmemb, void *userp)
 
 /*
  * Has t its whole answer?  A final status, and as many bytes of body as
- * its Content-Length says (no content coding is asked for, so the bytes
- * received are the bytes counted).  Without a Content-Length only the end
- * of the stream says so, and only libcurl saw it.  No PostgreSQL call:
- * the progress callback asks.
+ * its Content-Length says: the bytes received (libcurl's download size;
+ * libcurl decodes nothing, http_decode_coding() does once the answer is
+ * whole).  Without a Content-Length only the end of the stream says so,
+ * and only libcurl saw it.  No PostgreSQL call: the progress callback
+ * asks.
  */
 static bool
 http_answer_whole(HttpTransfer *t)
 {
 	long		status = 0;
 	curl_off_t	length = -1;
+	curl_off_t	received = -1;
 
 	return curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
 		status >= 200 &&
 		curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length) == CURLE_OK &&
-		length >= 0 && (curl_off_t) t->response.len == length;
+		curl_easy_getinfo(t->easy, CURLINFO_SIZE_DOWNLOAD_T, &received) == CURLE_OK &&
+		length >= 0 && received == length;
+}
+
+/*
+ * Inflate t's answer (gzip or zlib with wbits 15 + 32, raw deflate with
+ * -15) into out, at most shipsync.max_response_bytes of it.  Returns
+ * Z_STREAM_END when whole, Z_MEM_ERROR when larger than that, or another
+ * zlib code when the body is not of the coding.
+ */
+static int
+http_inflate(HttpTransfer *t, int wbits, StringInfo out)
+{
+	z_stream	z;
+	size_t		cap = (size_t) shipsync_max_response_bytes;
+	int			rc;
+
+	memset(&z, 0, sizeof(z));
+	if (inflateInit2(&z, wbits) != Z_OK)
+		return Z_MEM_ERROR;
+	z.next_in = (Bytef *) t->response.data;
+	z.avail_in = (uInt) t->response.len;
+	out->len = 0;
+	do
+	{
+		if (out->maxlen - out->len < 2 && (size_t) out->len <= cap)
+			enlargeStringInfo(out, Min(Max(out->len, 65536), (int) cap + 1 - out->len + 1));
+		z.next_out = (Bytef *) out->data + out->len;
+		z.avail_out = (uInt) Min((size_t) (out->maxlen - out->len - 1), cap + 1 - out->len);
+		rc = inflate(&z, Z_NO_FLUSH);
+		out->len = (int) z.total_out;
+		if ((size_t) out->len > cap)
+			rc = Z_MEM_ERROR;
+	} while (rc == Z_OK);
+	if (rc == Z_BUF_ERROR && z.avail_in == 0)
+		rc = Z_DATA_ERROR;		/* cut short */
+	inflateEnd(&z);
+	out->data[out->len] = '\0';
+	return rc;
+}
+
+/*
+ * t's answer decoded when its Content-Encoding says gzip (x-gzip) or
+ * deflate: a carrier, or its CDN, may compress though not asked to, and
+ * kept compressed the answer was refused as text that is not UTF-8, the
+ * shipment the carrier had made lost.  The decoded answer is held to
+ * shipsync.max_response_bytes like any (a compression bomb is
+ * response_too_large).  A body that is not of its coding (a label set by
+ * mistake, "Content-Encoding: UTF-8" among them) or of one not decoded
+ * here (br, zstd) is kept as it came, and t->coding names the coding for
+ * the message if the body is refused.
+ */
+static void
+http_decode_coding(HttpTransfer *t)
+{
+	const char *v = t->content_encoding;
+	StringInfoData out;
+	int			rc;
+
+	if (t->curl_code != CURLE_OK || v == NULL || v[0] == '\0' ||
+		pg_strcasecmp(v, "identity") == 0 || t->response.len == 0)
+		return;
+	strlcpy(t->coding, v, sizeof(t->coding));
+	if (pg_strcasecmp(v, "gzip") != 0 && pg_strcasecmp(v, "x-gzip") != 0 &&
+		pg_strcasecmp(v, "deflate") != 0)
+		return;
+	out.data = MemoryContextAlloc(GetMemoryChunkContext(t->response.data), 65536);
+	out.maxlen = 65536;
+	out.len = 0;
+	out.cursor = 0;
+	rc = http_inflate(t, 15 + 32, &out);
+	if (rc == Z_DATA_ERROR && pg_strcasecmp(v, "deflate") == 0)
+		rc = http_inflate(t, -15, &out);	/* deflate without zlib's frame */
+	if (rc == Z_STREAM_END)
+	{
+		pfree(t->response.data);
+		t->response = out;
+		t->coding[0] = '\0';
+		return;
+	}
+	pfree(out.data);
+	if (rc == Z_MEM_ERROR)
+	{
+		t->too_large = true;
+		t->curl_code = CURLE_WRITE_ERROR;
+		snprintf(t->errbuf, sizeof(t->errbuf),
+				 "the answer, decoded (Content-Encoding: %s), is larger than shipsync.max_response_bytes",
+				 t->coding);
+		t->coding[0] = '\0';
+	}
+}
+
+/*
+ * The charset t's Content-Type names (charset=GBK, charset="gb18030"),
+ * into named (empty when none, or one too long to be a charset's name),
+ * and the iconv name of the charsets an answer is read in when its bytes
+ * are not UTF-8: the Chinese ones (GBK, GB2312 and their kin are read as
+ * GB18030, their superset, as the WHATWG Encoding standard does; Big5 as
+ * Big5-HKSCS) and Latin-1 (as windows-1252).  NULL for any other.
+ */
+static const char *
+http_charset(const HttpTransfer *t, char *named, size_t namedlen)
+{
+	static const struct
+	{
+		const char *name;
+		const char *iconv;
+	}			known[] = {
+		{"gbk", "GB18030"}, {"gb2312", "GB18030"}, {"gb18030", "GB18030"},
+		{"cp936", "GB18030"}, {"x-gbk", "GB18030"}, {"euc-cn", "GB18030"},
+		{"csgb2312", "GB18030"}, {"big5", "BIG5-HKSCS"},
+		{"big5-hkscs", "BIG5-HKSCS"}, {"cn-big5", "BIG5-HKSCS"},
+		{"iso-8859-1", "CP1252"}, {"latin1", "CP1252"},
+		{"windows-1252", "CP1252"},
+	};
+	const char *p = t->content_type;
+	size_t		n;
+
+	named[0] = '\0';
+	while (p && *p && pg_strncasecmp(p, "charset=", 8) != 0)
+		p++;
+	if (p == NULL || *p == '\0')
+		return NULL;
+	p += 8;
+	if (*p == '"')
+		p++;
+	n = strcspn(p, "\"; \t");
+	if (n == 0 || n >= namedlen)
+		return NULL;
+	memcpy(named, p, n);
+	named[n] = '\0';
+	for (int i = 0; i < (int) lengthof(known); i++)
+		if (pg_strcasecmp(named, known[i].name) == 0)
+			return known[i].iconv;
+	return NULL;
+}
+
+/*
+ * An answer whose bytes are not UTF-8, in a charset its Content-Type
+ * names (a Chinese carrier's GBK), read as that charset and kept as UTF-8.
+ * Kept as it came, every parser refused it as text that is not UTF-8, and
+ * the shipment the carrier had made was lost.  Bytes that are UTF-8 stay
+ * as they are whatever the label says (UTF-8 sent as "GBK" is a common
+ * mistake).  Bytes that are not of the charset either, or of one not read
+ * here, stay too, and t->charset names it for the refusal's message.
+ * Conversion happens before any parser sees the bytes: a GBK character may
+ * end in 0x5C, a backslash to a JSON parser.
+ */
+static void
+http_decode_charset(HttpTransfer *t)
+{
+	char		named[sizeof(t->charset)];
+	const char *from;
+	iconv_t		cd;
+	char	   *in = t->response.data;
+	size_t		inleft = (size_t) t->response.len;
+	char	   *out;
+	char	   *op;
+	size_t		outsize = 3 * inleft + 1;	/* GB18030, Big5, CP1252 */
+	size_t		outleft = outsize;
+
+	if (t->curl_code != CURLE_OK || t->response.len == 0)
+		return;
+	from = http_charset(t, named, sizeof(named));
+	if (named[0] == '\0' || pg_strcasecmp(named, "utf-8") == 0 ||
+		pg_strcasecmp(named, "utf8") == 0 ||
+		shipsync_utf8_invalid_at(t->response.data, t->response.len) < 0)
+		return;
+	strlcpy(t->charset, named, sizeof(t->charset));
+	if (from == NULL || (cd = iconv_open("UTF-8", from)) == (iconv_t) -1)
+		return;
+	out = op = MemoryContextAlloc(GetMemoryChunkContext(t->response.data), outsize);
+	if (iconv(cd, &in, &inleft, &op, &outleft) == (size_t) -1 || inleft > 0)
+		pfree(out);
+	else if ((size_t) (op - out) > (size_t) shipsync_max_response_bytes)
+	{
+		pfree(out);
+		t->too_large = true;
+		t->curl_code = CURLE_WRITE_ERROR;
+		snprintf(t->errbuf, sizeof(t->errbuf),
+				 "the answer, read as %s, is larger than shipsync.max_response_bytes", named);
+	}
+	else
+	{
+		pfree(t->response.data);
+		t->response.data = out;
+		t->response.len = (int) (op - out);
+		t->response.maxlen = (int) outsize;
+		t->response.data[t->response.len] = '\0';
+		t->charset[0] = '\0';
+	}
+	iconv_close(cd);
+}
+
+/*
+ * A UTF-8 byte order mark before t's answer, dropped: RFC 8259 (8.1) lets
+ * a reader ignore one, and the .NET and Java stacks of many carriers send
+ * it.  Kept, it made every parser refuse the answer as not JSON, and a
+ * create the carrier had made was sent again until max_attempts.
+ */
+static void
+http_drop_bom(HttpTransfer *t)
+{
+	if (t->response.len >= 3 && memcmp(t->response.data, "\xEF\xBB\xBF", 3) == 0)
+	{
+		t->response.len -= 3;
+		memmove(t->response.data, t->response.data + 3, t->response.len + 1);
+	}
 }
 
 /*
@@ -1287,6 +1508,14 @@ http_easy_options(CURL *easy, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_RESOLVER_START_FUNCTION, http_resolver_start_cb);
 	curl_easy_setopt(easy, CURLOPT_RESOLVER_START_DATA, t);
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, "pg_shipsync/" SHIPSYNC_EXTVERSION);
+	/*
+	 * No content coding is asked for ("Accept-Encoding: identity"), and
+	 * libcurl decodes none: an answer compressed all the same is decoded by
+	 * http_decode_coding(), which keeps a body labelled with a coding it is
+	 * not in (libcurl would fail the transfer).
+	 */
+	curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "identity");
+	curl_easy_setopt(easy, CURLOPT_HTTP_CONTENT_DECODING, 0L);
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
 	curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, t->method);
 	/*
@@ -1511,6 +1740,9 @@ http_collect(HttpClient *c)
 		/* ended by http_progress_cb() with its whole answer: that answer */
 		if (t->answered_early && t->curl_code == CURLE_ABORTED_BY_CALLBACK)
 			t->curl_code = CURLE_OK;
+		http_decode_coding(t);
+		http_drop_bom(t);
+		http_decode_charset(t);
 		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &t->http_status);
 		curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &sent);
 		curl_easy_getinfo(easy, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);

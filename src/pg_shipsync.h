@@ -1111,6 +1111,12 @@ typedef struct HttpTransfer
 	StringInfoData response;
 	char	   *retry_after;	/* Retry-After header value, or NULL */
 	char	   *ratelimit_reset;	/* X-RateLimit-Reset value, or NULL */
+	char	   *content_type;	/* Content-Type value, or NULL */
+	char	   *content_encoding;	/* Content-Encoding value, or NULL */
+	char		coding[32];		/* a Content-Encoding not decoded (unknown,
+								 * or the body is not of it) */
+	char		charset[32];	/* the charset Content-Type names, when the
+								 * body is not UTF-8 and was not read as it */
 	char		errbuf[256];
 	double		latency_ms;
 	bool		stalled;		/* timed out while its process did not read */

@@ -22,6 +22,7 @@ import base64
 import binascii
 import faulthandler
 import gc
+import gzip
 import hashlib
 import hmac
 import http.client
@@ -64,7 +65,8 @@ HOSTILE_KINDS = ("long", "nul", "bad_utf8", "huge_number", "text", "json")
 COMMON_RULE_FIELDS = {"fault", "name", "rate", "first_attempts",
                       "match_order_ref", "path", "method", "count"}
 FAULT_FIELDS = {
-    "status": {"status", "retry_after", "reset_header", "location", "body", "body_base64"},
+    "status": {"status", "retry_after", "reset_header", "location", "body", "body_base64",
+               "content_type", "content_encoding"},
     "slow": {"ms", "held"},
     "oversized": {"bytes"},
     "big_header": {"bytes"},
@@ -171,6 +173,7 @@ class FaultRule:
         # Parameters of the individual fault types.
         self.status = 503
         self.retry_after = self.reset_header = self.location = None
+        self.content_type = self.content_encoding = None
         self.body = None
         self.ms = 0
         self.held = False
@@ -185,6 +188,8 @@ class FaultRule:
             self.reset_header = self._optional_header(spec, "reset_header", where)
             self.body = self._optional_body(spec, where)
             self.location = self._optional_header(spec, "location", where)
+            self.content_type = self._optional_header(spec, "content_type", where)
+            self.content_encoding = self._optional_header(spec, "content_encoding", where)
         elif fault == "slow":
             self.ms = spec.get("ms")
             if not is_number(self.ms) or self.ms < 0:
@@ -1015,9 +1020,10 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
             phrase = "error"
         self._send(code, error_body(message or phrase))
 
-    def _send(self, status, body, headers=(), carrier=False):
+    def _send(self, status, body, headers=(), carrier=False,
+              content_type="application/json"):
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in headers:
             self.send_header(name, value)
@@ -1271,6 +1277,8 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
                 headers.append(("X-RateLimit-Reset", rule.reset_header))
             if rule.location is not None:
                 headers.append(("Location", rule.location))
+            if rule.content_encoding is not None:
+                headers.append(("Content-Encoding", rule.content_encoding))
             try:
                 phrase = HTTPStatus(rule.status).phrase.lower()
             except ValueError:
@@ -1278,7 +1286,8 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
             body = rule.body
             if body is None:
                 body = dumps({"error": phrase, "simulated": True})
-            self._send(rule.status, body, headers, carrier=True)
+            self._send(rule.status, body, headers, carrier=True,
+                       content_type=rule.content_type or "application/json")
             self._log(rule.status, key, rule)
             return
         if fault == "reset_before":
@@ -1740,6 +1749,9 @@ def run_selftest(server, port):
     c.json("POST", "/_sim/faults", {"rules": [
         {"fault": "status", "status": 503, "retry_after": "1",
          "reset_header": "1700000000", "match_order_ref": "^F503-", "first_attempts": 1},
+        {"fault": "status", "status": 201, "body_base64": "H4sIAAAAAAACA6uuBQBDv6ajAgAAAA==",
+         "content_type": "application/json; charset=GBK", "content_encoding": "gzip",
+         "match_order_ref": "^FGZ-", "first_attempts": 1},
         {"fault": "reset_before", "match_order_ref": "^FRB-", "first_attempts": 1},
         {"fault": "reset_after", "match_order_ref": "^FRA-", "first_attempts": 1},
         {"fault": "malformed", "match_order_ref": "^FMAL-", "first_attempts": 1},
@@ -1756,6 +1768,11 @@ def run_selftest(server, port):
     check(recorded("F503-1") == [], "503 fault recorded a shipment")
     status, resp, _ = c.call("POST", "/shipments", order("F503-1"), "k-503")
     check(status == 201 and resp.getheader("Idempotent-Replayed") is None, "retry after 503")
+
+    status, resp, data = c.call("POST", "/shipments", order("FGZ-1"), "k-gz")
+    check(status == 201 and resp.getheader("Content-Encoding") == "gzip"
+          and resp.getheader("Content-Type") == "application/json; charset=GBK"
+          and gzip.decompress(data) == b"{}", "status fault's content type and coding")
 
     c.expect_reset("/shipments", order("FRB-1"), "k-rb")
     check(recorded("FRB-1") == [], "reset_before recorded a shipment")
@@ -1809,11 +1826,11 @@ def run_selftest(server, port):
 
     stats = c.json("GET", "/_sim/stats")
     expected = {
-        "requests": 33,
-        "by_status": {"200": 6, "201": 14, "400": 3, "401": 1, "404": 3,
+        "requests": 34,
+        "by_status": {"200": 6, "201": 15, "400": 3, "401": 1, "404": 3,
                       "409": 1, "422": 1, "503": 1},
         "faults_injected": {"close": 1, "malformed": 1, "oversized": 1, "reset_after": 1,
-                            "reset_before": 1, "slow": 1, "status": 1},
+                            "reset_before": 1, "slow": 1, "status": 2},
         "shipments": 10, "keys": 10, "orders": 9, "duplicate_orders": 1,
         "replays": 6, "conflicts_409": 1, "mismatch_422": 1, "cancelled": 1, "updates": 1,
         "list_pages": 0, "expect_100": 0,
@@ -1845,7 +1862,7 @@ def run_selftest(server, port):
     stats = c.json("GET", "/_sim/stats")
     check(stats["requests"] == 0 and stats["shipments"] == 0 and stats["by_status"] == {},
           "reset did not clear: %r" % stats)
-    check(len(c.json("GET", "/_sim/faults")["rules"]) == 6, "reset dropped the rules")
+    check(len(c.json("GET", "/_sim/faults")["rules"]) == 7, "reset dropped the rules")
     c.json("POST", "/_sim/faults", {"rules": [{"fault": "status", "status": 500, "count": 1}]})
     c.json("POST", "/shipments", order("SO-1"), "k-1", expect=500)
     again = c.json("POST", "/shipments", order("SO-1"), "k-1", expect=201)

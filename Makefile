@@ -35,12 +35,12 @@ DATA = pg_shipsync--0.1.sql pg_shipsync--0.1--0.2.sql
 DATA_built = pg_shipsync--$(EXTVERSION).sql
 PGFILEDESC = "pg_shipsync - CRM orders to logistics providers"
 
-PG_CPPFLAGS += -I$(srcdir)/src $(shell pkg-config --cflags libcurl json-c openssl libmicrohttpd zlib)
+PG_CPPFLAGS += -I$(srcdir)/src $(shell pkg-config --cflags libcurl json-c openssl libmicrohttpd)
 # PostgreSQL's headers as system headers: -Wextra then judges our code only.
 # Unused parameters are the norm in callbacks (fmgr, libcurl, shmem exit).
 PG_CPPFLAGS += -isystem $(shell $(PG_CONFIG) --includedir-server)
 PG_CFLAGS += -Wno-unused-parameter -Wno-missing-field-initializers
-SHLIB_LINK += $(shell pkg-config --libs libcurl json-c openssl libmicrohttpd zlib)
+SHLIB_LINK += $(shell pkg-config --libs libcurl json-c openssl libmicrohttpd)
 
 # pg_regress and isolation run against a temporary instance that preloads us
 REGRESS = api errors capture mapping outbound tracking security crm secrets privacy audit fees reconcile

@@ -2,7 +2,7 @@
 # unprivileged user that runs PostgreSQL.  Sourced, not executed.
 
 SHIPSYNC_PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-client-15 \
-libcurl4-openssl-dev libjson-c-dev libssl-dev libmicrohttpd-dev zlib1g-dev ca-certificates pkg-config \
+libcurl4-openssl-dev libjson-c-dev libssl-dev libmicrohttpd-dev ca-certificates pkg-config \
 make gcc libipc-run-perl python3"
 # test/sanitize/run: clang-16's ASan runtime is the one that works inside
 # the server (gcc-12's and clang-14's hang it at start); valgrind for the

@@ -1338,7 +1338,7 @@ judge_text_ok(HttpTransfer *t, ShipResult *r, ShipVerdict *v)
 		return true;
 	if (t->coding[0] != '\0')
 		dialect_refuse(r, v, t->http_status,
-					   psprintf("%s; its Content-Encoding (\"%s\") is not gzip or deflate, the codings pg_shipsync decodes, or the body is not in it",
+					   psprintf("%s; it came compressed (Content-Encoding \"%s\") though none was asked for (Accept-Encoding: identity), and pg_shipsync decodes none",
 								err, t->coding));
 	else if (t->charset[0] != '\0')
 		dialect_refuse(r, v, t->http_status,

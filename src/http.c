@@ -87,7 +87,6 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <curl/curl.h>
 #include <openssl/err.h>
@@ -463,8 +462,7 @@ http_header_cb(char *data, size_t size, size_t nmemb, void *userp)
 /*
  * Has t its whole answer?  A final status, and as many bytes of body as
  * its Content-Length says: the bytes received (libcurl's download size;
- * libcurl decodes nothing, http_decode_coding() does once the answer is
- * whole).  Without a Content-Length only the end of the stream says so,
+ * nothing is decoded).  Without a Content-Length only the end of the stream says so,
  * and only libcurl saw it.  No PostgreSQL call: the progress callback
  * asks.
  */
@@ -483,91 +481,23 @@ http_answer_whole(HttpTransfer *t)
 }
 
 /*
- * Inflate t's answer (gzip or zlib with wbits 15 + 32, raw deflate with
- * -15) into out, at most shipsync.max_response_bytes of it.  Returns
- * Z_STREAM_END when whole, Z_MEM_ERROR when larger than that, or another
- * zlib code when the body is not of the coding.
- */
-static int
-http_inflate(HttpTransfer *t, int wbits, StringInfo out)
-{
-	z_stream	z;
-	size_t		cap = (size_t) shipsync_max_response_bytes;
-	int			rc;
-
-	memset(&z, 0, sizeof(z));
-	if (inflateInit2(&z, wbits) != Z_OK)
-		return Z_MEM_ERROR;
-	z.next_in = (Bytef *) t->response.data;
-	z.avail_in = (uInt) t->response.len;
-	out->len = 0;
-	do
-	{
-		if (out->maxlen - out->len < 2 && (size_t) out->len <= cap)
-			enlargeStringInfo(out, Min(Max(out->len, 65536), (int) cap + 1 - out->len + 1));
-		z.next_out = (Bytef *) out->data + out->len;
-		z.avail_out = (uInt) Min((size_t) (out->maxlen - out->len - 1), cap + 1 - out->len);
-		rc = inflate(&z, Z_NO_FLUSH);
-		out->len = (int) z.total_out;
-		if ((size_t) out->len > cap)
-			rc = Z_MEM_ERROR;
-	} while (rc == Z_OK);
-	if (rc == Z_BUF_ERROR && z.avail_in == 0)
-		rc = Z_DATA_ERROR;		/* cut short */
-	inflateEnd(&z);
-	out->data[out->len] = '\0';
-	return rc;
-}
-
-/*
- * t's answer decoded when its Content-Encoding says gzip (x-gzip) or
- * deflate: a carrier, or its CDN, may compress though not asked to, and
- * kept compressed the answer was refused as text that is not UTF-8, the
- * shipment the carrier had made lost.  The decoded answer is held to
- * shipsync.max_response_bytes like any (a compression bomb is
- * response_too_large).  A body that is not of its coding (a label set by
- * mistake, "Content-Encoding: UTF-8" among them) or of one not decoded
- * here (br, zstd) is kept as it came, and t->coding names the coding for
- * the message if the body is refused.
+ * The content coding t's answer came in, when it names one (not identity)
+ * though none was asked for: kept as it came, it is read as any answer
+ * (a label set by mistake, "Content-Encoding: UTF-8" among them, is read
+ * as the plain body it is), and t->coding names the coding for the
+ * message if the body is refused.  pg_shipsync decodes none: libcurl's
+ * decoding fails the whole transfer on a mislabelled body, and the
+ * project takes no compression library of its own (docs/wire-contract.md).
  */
 static void
-http_decode_coding(HttpTransfer *t)
+http_note_coding(HttpTransfer *t)
 {
 	const char *v = t->content_encoding;
-	StringInfoData out;
-	int			rc;
 
 	if (t->curl_code != CURLE_OK || v == NULL || v[0] == '\0' ||
 		pg_strcasecmp(v, "identity") == 0 || t->response.len == 0)
 		return;
 	strlcpy(t->coding, v, sizeof(t->coding));
-	if (pg_strcasecmp(v, "gzip") != 0 && pg_strcasecmp(v, "x-gzip") != 0 &&
-		pg_strcasecmp(v, "deflate") != 0)
-		return;
-	out.data = MemoryContextAlloc(GetMemoryChunkContext(t->response.data), 65536);
-	out.maxlen = 65536;
-	out.len = 0;
-	out.cursor = 0;
-	rc = http_inflate(t, 15 + 32, &out);
-	if (rc == Z_DATA_ERROR && pg_strcasecmp(v, "deflate") == 0)
-		rc = http_inflate(t, -15, &out);	/* deflate without zlib's frame */
-	if (rc == Z_STREAM_END)
-	{
-		pfree(t->response.data);
-		t->response = out;
-		t->coding[0] = '\0';
-		return;
-	}
-	pfree(out.data);
-	if (rc == Z_MEM_ERROR)
-	{
-		t->too_large = true;
-		t->curl_code = CURLE_WRITE_ERROR;
-		snprintf(t->errbuf, sizeof(t->errbuf),
-				 "the answer, decoded (Content-Encoding: %s), is larger than shipsync.max_response_bytes",
-				 t->coding);
-		t->coding[0] = '\0';
-	}
 }
 
 /*
@@ -1509,10 +1439,11 @@ http_easy_options(CURL *easy, HttpTransfer *t)
 	curl_easy_setopt(easy, CURLOPT_RESOLVER_START_DATA, t);
 	curl_easy_setopt(easy, CURLOPT_USERAGENT, "pg_shipsync/" SHIPSYNC_EXTVERSION);
 	/*
-	 * No content coding is asked for ("Accept-Encoding: identity"), and
-	 * libcurl decodes none: an answer compressed all the same is decoded by
-	 * http_decode_coding(), which keeps a body labelled with a coding it is
-	 * not in (libcurl would fail the transfer).
+	 * No content coding is asked for ("Accept-Encoding: identity": with no
+	 * Accept-Encoding at all a server may choose any), and libcurl decodes
+	 * none: an answer compressed all the same is refused, naming its coding
+	 * (http_note_coding()), and a body labelled with a coding it is not in
+	 * is read as it came (libcurl would fail the transfer).
 	 */
 	curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "identity");
 	curl_easy_setopt(easy, CURLOPT_HTTP_CONTENT_DECODING, 0L);
@@ -1740,7 +1671,7 @@ http_collect(HttpClient *c)
 		/* ended by http_progress_cb() with its whole answer: that answer */
 		if (t->answered_early && t->curl_code == CURLE_ABORTED_BY_CALLBACK)
 			t->curl_code = CURLE_OK;
-		http_decode_coding(t);
+		http_note_coding(t);
 		http_drop_bom(t);
 		http_decode_charset(t);
 		curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &t->http_status);

@@ -1113,8 +1113,8 @@ typedef struct HttpTransfer
 	char	   *ratelimit_reset;	/* X-RateLimit-Reset value, or NULL */
 	char	   *content_type;	/* Content-Type value, or NULL */
 	char	   *content_encoding;	/* Content-Encoding value, or NULL */
-	char		coding[32];		/* a Content-Encoding not decoded (unknown,
-								 * or the body is not of it) */
+	char		coding[32];		/* the Content-Encoding an answer came in,
+								 * though none was asked for (not decoded) */
 	char		charset[32];	/* the charset Content-Type names, when the
 								 * body is not UTF-8 and was not read as it */
 	char		errbuf[256];

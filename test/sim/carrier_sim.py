@@ -356,6 +356,7 @@ class SimState:
         self.faults_injected = {}
         self.replays = self.conflicts = self.mismatches = 0
         self.expect_100 = 0        # requests that asked for 100 Continue
+        self.no_identity = 0       # carrier requests without "Accept-Encoding: identity"
         self.seq = 0               # order of the last change, for listings
         self.listings = {}         # cursor prefix -> the shipments of one listing
         self.list_pages = 0
@@ -418,6 +419,7 @@ class SimState:
                 "updates": updates,
                 "list_pages": self.list_pages,
                 "expect_100": self.expect_100,
+                "no_identity": self.no_identity,
             }
 
     def list_attempts(self):
@@ -449,6 +451,13 @@ class SimState:
     def note_request(self):
         with self.lock:
             self.requests += 1
+
+    def note_accept_encoding(self, value):
+        """A carrier request's Accept-Encoding: without "identity" alone, a
+        server may compress its answer (RFC 9110, 12.5.3)."""
+        if (value or "").strip().lower() != "identity":
+            with self.lock:
+                self.no_identity += 1
 
     def note_expect_100(self):
         with self.lock:
@@ -1256,6 +1265,7 @@ class CarrierHandler(http.server.BaseHTTPRequestHandler):
     def _handle_carrier(self, path, body, query=""):
         srv, state, method = self.server, self.server.state, self.command
         state.note_request()
+        state.note_accept_encoding(self.headers.get("Accept-Encoding"))
         if srv.latency_s > 0:
             time.sleep(srv.latency_s)
 
@@ -1833,7 +1843,7 @@ def run_selftest(server, port):
                             "reset_before": 1, "slow": 1, "status": 2},
         "shipments": 10, "keys": 10, "orders": 9, "duplicate_orders": 1,
         "replays": 6, "conflicts_409": 1, "mismatch_422": 1, "cancelled": 1, "updates": 1,
-        "list_pages": 0, "expect_100": 0,
+        "list_pages": 0, "expect_100": 0, "no_identity": 0,
     }
     check(stats == expected, "stats mismatch:\n got %s\nwant %s"
           % (json.dumps(stats, sort_keys=True), json.dumps(expected, sort_keys=True)))

@@ -14501,6 +14501,16 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- A replica identity for the tables without a primary key: a publication
+-- FOR ALL TABLES (a DBA's logical replication of the orders' database)
+-- refused the dispatcher's every DELETE of the inbox, and no order was sent
+------------------------------------------------------------------------------
+
+-- (the inbox's in the last section: it locks the inbox)
+ALTER TABLE @extschema@.status_map REPLICA IDENTITY FULL;
+ALTER TABLE @extschema@.ticket_event REPLICA IDENTITY FULL;
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The
@@ -14508,6 +14518,8 @@ $$;
 -- session's first capture reads the binding: an ACCESS EXCLUSIVE lock on
 -- either, taken first, held every order insert for the whole update
 -- (12 s with a million intents).  Taken last, they are held for these
--- two statements and the commit.  (Keep them last.)
+-- two statements and the commit.  (Keep them last.)  The inbox's replica
+-- identity (see above) is set by the same statement as its column.
 ALTER TABLE @extschema@.binding DROP CONSTRAINT binding_provider_id_fkey;
-ALTER TABLE @extschema@.inbox ALTER COLUMN order_key TYPE text COLLATE "C";
+ALTER TABLE @extschema@.inbox ALTER COLUMN order_key TYPE text COLLATE "C",
+	REPLICA IDENTITY FULL;

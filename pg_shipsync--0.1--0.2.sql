@@ -14511,6 +14511,64 @@ ALTER TABLE @extschema@.status_map REPLICA IDENTITY FULL;
 ALTER TABLE @extschema@.ticket_event REPLICA IDENTITY FULL;
 
 ------------------------------------------------------------------------------
+-- Table inheritance: an attached table's children are refused
+------------------------------------------------------------------------------
+-- Table inheritance: a row inserted into a child table fires the child's
+-- triggers, never its parent's, so the orders of a parent's children were
+-- never captured, and nothing said so.  Refused when the parent is
+-- attached (its capture trigger created) and when an attached table is
+-- given a child (CREATE TABLE … INHERITS, ALTER TABLE … INHERIT): the
+-- inheritance made by this transaction's command, not one made before.
+-- A partition is no such child: its parent's row triggers are cloned
+-- onto it.  SECURITY DEFINER: whoever creates a table reads no binding of
+-- their own right; it only reads.
+CREATE FUNCTION @extschema@._on_table_ddl()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	SELECT x.parent::pg_catalog.regclass AS parent, x.child::pg_catalog.regclass AS child, x.attaching
+	INTO r
+	FROM (SELECT i.inhparent AS parent, i.inhrelid AS child, false AS attaching
+		  FROM pg_catalog.pg_event_trigger_ddl_commands() c
+		  JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) c.objid
+		  WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+			AND pg_catalog.age(i.xmin) OPERATOR(pg_catalog.<=) 0
+		  UNION ALL
+		  SELECT i.inhparent, i.inhrelid, true
+		  FROM pg_catalog.pg_event_trigger_ddl_commands() c
+		  JOIN pg_catalog.pg_trigger t ON t.oid OPERATOR(pg_catalog.=) c.objid
+		  JOIN pg_catalog.pg_inherits i ON i.inhparent OPERATOR(pg_catalog.=) t.tgrelid
+		  WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
+			AND t.tgname OPERATOR(pg_catalog.=) 'shipsync_capture') x
+	JOIN pg_catalog.pg_class k ON k.oid OPERATOR(pg_catalog.=) x.child AND NOT k.relispartition
+	JOIN @extschema@.binding b ON b.tbl OPERATOR(pg_catalog.=) x.parent AND b.active
+	LIMIT 1;
+	IF r.attaching THEN
+		RAISE EXCEPTION 'cannot attach table %: table % inherits from it', r.parent, r.child
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'A row inserted into a child table fires no trigger of its parent: the orders of its children would never be sent.',
+				  HINT = 'Attach each child table on its own, or make the table a partitioned table.';
+	ELSIF NOT r.attaching THEN
+		RAISE EXCEPTION 'table % cannot inherit from table %, which is attached to pg_shipsync', r.child, r.parent
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'A row inserted into a child table fires no trigger of its parent: its orders would never be sent.',
+				  HINT = 'Attach the table on its own, or make the parent a partitioned table and this one its partition.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._on_table_ddl() IS
+	'Internal: the event trigger of CREATE TABLE, ALTER TABLE and CREATE TRIGGER: an attached table gets no child table by inheritance, and a table with such children is not attached (a child''s rows fire no trigger of its parent, so its orders would never be sent).';
+CREATE EVENT TRIGGER shipsync_on_table_ddl ON ddl_command_end
+	WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE TRIGGER')
+	EXECUTE FUNCTION @extschema@._on_table_ddl();
+REVOKE ALL ON FUNCTION @extschema@._on_table_ddl() FROM PUBLIC;
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

@@ -1012,8 +1012,9 @@ CREATE EVENT TRIGGER shipsync_on_drop ON sql_drop EXECUTE FUNCTION @extschema@._
 -- given a child (CREATE TABLE … INHERITS, ALTER TABLE … INHERIT): the
 -- inheritance made by this transaction's command, not one made before.
 -- A partition is no such child: its parent's row triggers are cloned
--- onto it.  SECURITY DEFINER: whoever creates a table reads no binding of
--- their own right; it only reads.
+-- onto it.
+-- SECURITY DEFINER: whoever creates a table reads no binding of their
+-- own right; it only reads.
 CREATE FUNCTION @extschema@._on_table_ddl()
 RETURNS event_trigger
 LANGUAGE plpgsql
@@ -1036,9 +1037,17 @@ BEGIN
 		  JOIN pg_catalog.pg_trigger t ON t.oid OPERATOR(pg_catalog.=) c.objid
 		  JOIN pg_catalog.pg_inherits i ON i.inhparent OPERATOR(pg_catalog.=) t.tgrelid
 		  WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
-			AND t.tgname OPERATOR(pg_catalog.=) 'shipsync_capture') x
+			AND t.tgname OPERATOR(pg_catalog.=) 'shipsync_capture'
+			-- made by attach() (which sets this), not restored by pg_restore:
+			-- a dump of a table attached before this check is restored whole
+			AND pg_catalog.current_setting('shipsync.audit_action', true)
+				OPERATOR(pg_catalog.=) 'attach') x
 	JOIN pg_catalog.pg_class k ON k.oid OPERATOR(pg_catalog.=) x.child AND NOT k.relispartition
 	JOIN @extschema@.binding b ON b.tbl OPERATOR(pg_catalog.=) x.parent AND b.active
+	-- a child made after the parent was attached, not by a pg_restore
+	-- --single-transaction of a dump that holds both (its binding rows
+	-- are loaded by the same transaction)
+	WHERE x.attaching OR pg_catalog.age(b.xmin) OPERATOR(pg_catalog.>) 0
 	LIMIT 1;
 	IF r.attaching THEN
 		RAISE EXCEPTION 'cannot attach table %: table % inherits from it', r.parent, r.child

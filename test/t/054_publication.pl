@@ -9,7 +9,9 @@
 #     out of the inbox (which has no index, so no primary key), and it
 #     failed at every pass, so that no order was sent at all;
 #   - an administrator can still change a status mapping
-#     (shipsync.status_map has no primary key either).
+#     (shipsync.status_map has no primary key either);
+#   - a dump of a table attached with inheritance children before
+#     attach() refused them restores, in one transaction too.
 use strict;
 use warnings;
 use FindBin;
@@ -21,7 +23,7 @@ use ShipsyncTest;
 
 my $sim = start_sim();
 END { local $?; stop_sim($sim) if $sim; }
-my $node = shipsync_node('publication', "wal_level = logical");
+my $node = shipsync_node('publication', { allows_streaming => 'logical' });
 setup_orders($node, $sim);
 my $sql = sub { $node->safe_psql('postgres', $_[0]) };
 
@@ -56,6 +58,31 @@ is($sql->(q{
 	  AND c.relreplident = 'd'
 	  AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)}),
 	'', 'every table of the extension has a replica identity');
+
+# 4. a table attached with inheritance children before attach() refused
+# them (the event trigger off, here) still restores, in one transaction
+# too: the refusal is of a child made after its parent was attached
+$sql->("CREATE DATABASE old_shape");
+$node->safe_psql('old_shape', qq{
+	CREATE EXTENSION pg_shipsync;
+	SELECT shipsync.create_provider('sim', 'generic', '$sim->{url}');
+	CREATE TABLE parent (id int PRIMARY KEY, customer text);
+	SELECT shipsync.attach('parent', 'sim');
+	ALTER EVENT TRIGGER shipsync_on_table_ddl DISABLE;
+	CREATE TABLE child (id int PRIMARY KEY, customer text);
+	ALTER TABLE child INHERIT parent;
+	ALTER EVENT TRIGGER shipsync_on_table_ddl ENABLE;
+});
+my $dump = PostgreSQL::Test::Utils::tempdir() . '/old_shape.sql';
+$node->command_ok([ 'pg_dump', '-d', $node->connstr('old_shape'), '-f', $dump ], 'old shape: dumped');
+$sql->("CREATE DATABASE old_shape_restored");
+$node->command_ok(
+	[ 'psql', '-X', '-q', '-d', $node->connstr('old_shape_restored'), '--single-transaction',
+	  '-v', 'ON_ERROR_STOP=1', '-f', $dump ],
+	'old shape: restored in one transaction');
+is($node->safe_psql('old_shape_restored',
+		"SELECT count(*) FROM pg_trigger WHERE tgname = 'shipsync_capture' AND tgrelid = 'parent'::regclass"),
+	'1', 'old shape: with its capture trigger');
 
 $node->stop;
 done_testing();

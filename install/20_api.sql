@@ -1013,6 +1013,11 @@ CREATE EVENT TRIGGER shipsync_on_drop ON sql_drop EXECUTE FUNCTION @extschema@._
 -- inheritance made by this transaction's command, not one made before.
 -- A partition is no such child: its parent's row triggers are cloned
 -- onto it.
+-- Logical replication into an attached table (a subscription created or
+-- refreshed, or the table attached): the rows it applies fire no trigger
+-- (session_replication_role = replica), so its orders are not captured
+-- here.  Said in a warning: sending them from the publisher is as right
+-- as sending them from here.
 -- SECURITY DEFINER: whoever creates a table reads no binding of their
 -- own right; it only reads.
 CREATE FUNCTION @extschema@._on_table_ddl()
@@ -1060,10 +1065,30 @@ BEGIN
 				  DETAIL = 'A row inserted into a child table fires no trigger of its parent: its orders would never be sent.',
 				  HINT = 'Attach the table on its own, or make the parent a partitioned table and this one its partition.';
 	END IF;
+
+	FOR r IN
+		SELECT DISTINCT s.subname, b.tbl
+		FROM pg_catalog.pg_event_trigger_ddl_commands() c
+		LEFT JOIN pg_catalog.pg_trigger t
+			ON c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
+		   AND t.oid OPERATOR(pg_catalog.=) c.objid
+		   AND t.tgname OPERATOR(pg_catalog.=) 'shipsync_capture'
+		JOIN pg_catalog.pg_subscription_rel sr
+			ON (c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_subscription'::pg_catalog.regclass
+				AND sr.srsubid OPERATOR(pg_catalog.=) c.objid)
+			OR sr.srrelid OPERATOR(pg_catalog.=) t.tgrelid
+		JOIN pg_catalog.pg_subscription s ON s.oid OPERATOR(pg_catalog.=) sr.srsubid
+		JOIN @extschema@.binding b ON b.tbl OPERATOR(pg_catalog.=) sr.srrelid AND b.active
+		ORDER BY 1, 2
+	LOOP
+		RAISE WARNING 'subscription "%" replicates into table %, which is attached to pg_shipsync', r.subname, r.tbl
+			USING DETAIL = 'Rows that logical replication applies fire no trigger: the orders it brings are not captured, and are not sent from this database.',
+				  HINT = format('Send them from the database where they are inserted; or, if this database is to send them, ALTER TABLE %s ENABLE ALWAYS TRIGGER shipsync_capture (never on both sides: each would send every order).', r.tbl);
+	END LOOP;
 END
 $$;
 COMMENT ON FUNCTION @extschema@._on_table_ddl() IS
-	'Internal: the event trigger of CREATE TABLE, ALTER TABLE and CREATE TRIGGER: an attached table gets no child table by inheritance, and a table with such children is not attached (a child''s rows fire no trigger of its parent, so its orders would never be sent).';
+	'Internal: the event trigger of CREATE TABLE, ALTER TABLE, CREATE TRIGGER, CREATE and ALTER SUBSCRIPTION: an attached table gets no child table by inheritance, and a table with such children is not attached (a child''s rows fire no trigger of its parent, so its orders would never be sent); logical replication into an attached table is warned of (the rows it applies fire no trigger).';
 CREATE EVENT TRIGGER shipsync_on_table_ddl ON ddl_command_end
-	WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE TRIGGER')
+	WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE TRIGGER', 'CREATE SUBSCRIPTION', 'ALTER SUBSCRIPTION')
 	EXECUTE FUNCTION @extschema@._on_table_ddl();

@@ -10,6 +10,10 @@
 #     failed at every pass, so that no order was sent at all;
 #   - an administrator can still change a status mapping
 #     (shipsync.status_map has no primary key either);
+#   - the other way round, a subscription that replicates orders into an
+#     attached table is warned of: the rows it applies fire no trigger, so
+#     those orders are not captured, and nothing said so; the trigger
+#     enabled ALWAYS, as the warning's hint says, sends them;
 #   - a dump of a table attached with inheritance children before
 #     attach() refused them restores, in one transaction too.
 use strict;
@@ -59,7 +63,52 @@ is($sql->(q{
 	  AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)}),
 	'', 'every table of the extension has a replica identity');
 
-# 4. a table attached with inheritance children before attach() refused
+# 4. a subscription into an attached table
+$sql->("CREATE DATABASE crm_app");
+$node->safe_psql('crm_app', q{
+	CREATE SCHEMA crm;
+	CREATE TABLE crm.orders (id bigint PRIMARY KEY, customer text NOT NULL, phone text,
+		address text, waybill_no text, ship_status text, fee numeric, label text);
+	CREATE PUBLICATION app_orders FOR TABLE crm.orders;
+	SELECT pg_create_logical_replication_slot('app_orders', 'pgoutput');
+});
+(my $connstr = $node->connstr('crm_app')) =~ s/'/''/g;
+($ret, $out, $err) = $node->psql('postgres',
+	"CREATE SUBSCRIPTION app_orders CONNECTION '$connstr' PUBLICATION app_orders"
+	  . " WITH (create_slot = false, copy_data = false)");
+is($ret, 0, 'subscribed') or diag($err);
+like($err,
+	qr/WARNING:  subscription "app_orders" replicates into table crm\.orders, which is attached to pg_shipsync/,
+	'subscribing to an attached table warns');
+like($err, qr/HINT: .*ENABLE ALWAYS TRIGGER shipsync_capture/, 'and says how to send its orders from here');
+
+my $intents = sub {
+	$sql->("SELECT (SELECT count(*) FROM shipsync.inbox WHERE order_key = '$_[0]')"
+		  . " + (SELECT count(*) FROM shipsync.outbox WHERE order_key = '$_[0]')");
+};
+$node->safe_psql('crm_app', "INSERT INTO crm.orders (id, customer) VALUES (9001, 'replicated')");
+ok(wait_until($node, "SELECT count(*) = 1 FROM crm.orders WHERE id = 9001", 30),
+	'subscribed: the order is replicated');
+is($intents->('9001'), '0', 'subscribed: a replicated order is not captured (as the warning said)');
+
+$sql->("ALTER TABLE crm.orders ENABLE ALWAYS TRIGGER shipsync_capture");
+$node->safe_psql('crm_app', "INSERT INTO crm.orders (id, customer) VALUES (9002, 'replicated')");
+ok(wait_until($node, "SELECT count(*) = 1 FROM crm.orders WHERE id = 9002 AND waybill_no IS NOT NULL", 30),
+	'subscribed: with the trigger enabled always, a replicated order is sent');
+is($intents->('9002'), '1', 'subscribed: once');
+
+# attaching a table a subscription replicates into warns too
+$sql->("SELECT shipsync.detach('crm.orders')");
+($ret, $out, $err) = $node->psql('postgres',
+	"SELECT shipsync.attach('crm.orders', 'sim', writeback => '{\"tracking_number\": \"waybill_no\"}') > 0");
+is($out, 't', 'attached again');
+like($err,
+	qr/WARNING:  subscription "app_orders" replicates into table crm\.orders, which is attached to pg_shipsync/,
+	'attaching a table a subscription replicates into warns');
+
+$sql->("DROP SUBSCRIPTION app_orders");
+
+# 5. a table attached with inheritance children before attach() refused
 # them (the event trigger off, here) still restores, in one transaction
 # too: the refusal is of a child made after its parent was attached
 $sql->("CREATE DATABASE old_shape");

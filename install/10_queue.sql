@@ -189,6 +189,10 @@ CREATE TABLE @extschema@.inbox (
 	created_at		timestamptz NOT NULL
 ) WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000,
 		autovacuum_vacuum_insert_threshold = -1);
+-- no index, so no primary key: a publication FOR ALL TABLES (a DBA's
+-- logical replication of the orders' database) would refuse the
+-- dispatcher's every DELETE of what it moves, and no order would be sent
+ALTER TABLE @extschema@.inbox REPLICA IDENTITY FULL;
 COMMENT ON TABLE @extschema@.inbox IS
 	'Intents just captured, not yet taken into shipsync.outbox by the dispatcher (it does so within milliseconds of the commit, or when a paused provider is resumed). No index: capture costs the user one small heap insert. shipsync.queue_status and shipsync.trace() count these as pending.';
 

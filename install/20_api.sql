@@ -1008,3 +1008,91 @@ $$;
 COMMENT ON FUNCTION @extschema@._on_drop() IS
 	'Internal: the event trigger of DROP TABLE: a dropped attached table''s binding becomes inactive, its name is kept in dropped_table and its waiting intents die.';
 CREATE EVENT TRIGGER shipsync_on_drop ON sql_drop EXECUTE FUNCTION @extschema@._on_drop();
+
+-- Table inheritance: a row inserted into a child table fires the child's
+-- triggers, never its parent's, so the orders of a parent's children were
+-- never captured, and nothing said so.  Refused when the parent is
+-- attached (its capture trigger created) and when an attached table is
+-- given a child (CREATE TABLE … INHERITS, ALTER TABLE … INHERIT): the
+-- inheritance made by this transaction's command, not one made before.
+-- A partition is no such child: its parent's row triggers are cloned
+-- onto it.
+-- Logical replication into an attached table (a subscription created or
+-- refreshed, or the table attached): the rows it applies fire no trigger
+-- (session_replication_role = replica), so its orders are not captured
+-- here.  Said in a warning: sending them from the publisher is as right
+-- as sending them from here.
+-- SECURITY DEFINER: whoever creates a table reads no binding of their
+-- own right; it only reads.
+CREATE FUNCTION @extschema@._on_table_ddl()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r record;
+BEGIN
+	SELECT x.parent::pg_catalog.regclass AS parent, x.child::pg_catalog.regclass AS child, x.attaching
+	INTO r
+	FROM (SELECT i.inhparent AS parent, i.inhrelid AS child, false AS attaching
+		  FROM pg_catalog.pg_event_trigger_ddl_commands() c
+		  JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) c.objid
+		  WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+			AND pg_catalog.age(i.xmin) OPERATOR(pg_catalog.<=) 0
+		  UNION ALL
+		  SELECT i.inhparent, i.inhrelid, true
+		  FROM pg_catalog.pg_event_trigger_ddl_commands() c
+		  JOIN pg_catalog.pg_trigger t ON t.oid OPERATOR(pg_catalog.=) c.objid
+		  JOIN pg_catalog.pg_inherits i ON i.inhparent OPERATOR(pg_catalog.=) t.tgrelid
+		  WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
+			AND t.tgname OPERATOR(pg_catalog.=) 'shipsync_capture'
+			-- made by attach() (which sets this), not restored by pg_restore:
+			-- a dump of a table attached before this check is restored whole
+			AND pg_catalog.current_setting('shipsync.audit_action', true)
+				OPERATOR(pg_catalog.=) 'attach') x
+	JOIN pg_catalog.pg_class k ON k.oid OPERATOR(pg_catalog.=) x.child AND NOT k.relispartition
+	JOIN @extschema@.binding b ON b.tbl OPERATOR(pg_catalog.=) x.parent AND b.active
+	-- a child made after the parent was attached, not by a pg_restore
+	-- --single-transaction of a dump that holds both (its binding rows
+	-- are loaded by the same transaction)
+	WHERE x.attaching OR pg_catalog.age(b.xmin) OPERATOR(pg_catalog.>) 0
+	LIMIT 1;
+	IF r.attaching THEN
+		RAISE EXCEPTION 'cannot attach table %: table % inherits from it', r.parent, r.child
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'A row inserted into a child table fires no trigger of its parent: the orders of its children would never be sent.',
+				  HINT = 'Attach each child table on its own, or make the table a partitioned table.';
+	ELSIF NOT r.attaching THEN
+		RAISE EXCEPTION 'table % cannot inherit from table %, which is attached to pg_shipsync', r.child, r.parent
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'A row inserted into a child table fires no trigger of its parent: its orders would never be sent.',
+				  HINT = 'Attach the table on its own, or make the parent a partitioned table and this one its partition.';
+	END IF;
+
+	FOR r IN
+		SELECT DISTINCT s.subname, b.tbl
+		FROM pg_catalog.pg_event_trigger_ddl_commands() c
+		LEFT JOIN pg_catalog.pg_trigger t
+			ON c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
+		   AND t.oid OPERATOR(pg_catalog.=) c.objid
+		   AND t.tgname OPERATOR(pg_catalog.=) 'shipsync_capture'
+		JOIN pg_catalog.pg_subscription_rel sr
+			ON (c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_subscription'::pg_catalog.regclass
+				AND sr.srsubid OPERATOR(pg_catalog.=) c.objid)
+			OR sr.srrelid OPERATOR(pg_catalog.=) t.tgrelid
+		JOIN pg_catalog.pg_subscription s ON s.oid OPERATOR(pg_catalog.=) sr.srsubid
+		JOIN @extschema@.binding b ON b.tbl OPERATOR(pg_catalog.=) sr.srrelid AND b.active
+		ORDER BY 1, 2
+	LOOP
+		RAISE WARNING 'subscription "%" replicates into table %, which is attached to pg_shipsync', r.subname, r.tbl
+			USING DETAIL = 'Rows that logical replication applies fire no trigger: the orders it brings are not captured, and are not sent from this database.',
+				  HINT = format('Send them from the database where they are inserted; or, if this database is to send them, ALTER TABLE %s ENABLE ALWAYS TRIGGER shipsync_capture (never on both sides: each would send every order).', r.tbl);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._on_table_ddl() IS
+	'Internal: the event trigger of CREATE TABLE, ALTER TABLE, CREATE TRIGGER, CREATE and ALTER SUBSCRIPTION: an attached table gets no child table by inheritance, and a table with such children is not attached (a child''s rows fire no trigger of its parent, so its orders would never be sent); logical replication into an attached table is warned of (the rows it applies fire no trigger).';
+CREATE EVENT TRIGGER shipsync_on_table_ddl ON ddl_command_end
+	WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE TRIGGER', 'CREATE SUBSCRIPTION', 'ALTER SUBSCRIPTION')
+	EXECUTE FUNCTION @extschema@._on_table_ddl();

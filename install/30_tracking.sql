@@ -88,6 +88,9 @@ CREATE TABLE @extschema@.status_map (
 );
 CREATE UNIQUE INDEX status_map_key ON @extschema@.status_map
 	(profile, raw_status, (coalesce(pattern, '')));
+-- its key is an expression, which cannot be a replica identity: without
+-- one, a publication FOR ALL TABLES refuses every change of a mapping
+ALTER TABLE @extschema@.status_map REPLICA IDENTITY FULL;
 COMMENT ON TABLE @extschema@.status_map IS
 	'Provider raw status to canonical status, per profile (the provider option profile, else its dialect). A row matches an event whose raw status or sub-status (AfterShip subtag, EasyPost status_detail, Kuaidi100 status text) is raw_status and, when pattern is set, whose description matches that regular expression; the highest priority wins, then a row with a pattern. Profile generic needs no rows for the canonical names. Unmapped: unknown, raw status kept.';
 COMMENT ON COLUMN @extschema@.status_map.builtin IS

@@ -114,6 +114,9 @@ CREATE TABLE @extschema@.ticket_event (
 );
 CREATE INDEX ticket_event_ticket_idx ON @extschema@.ticket_event (ticket_id, at);
 CREATE INDEX ticket_event_at_idx ON @extschema@.ticket_event USING brin (at);
+-- no primary key: a replica identity of its own, for a publication FOR
+-- ALL TABLES (see shipsync.inbox)
+ALTER TABLE @extschema@.ticket_event REPLICA IDENTITY FULL;
 COMMENT ON TABLE @extschema@.ticket_event IS
 	'The history of the exception ledger: one row per step of a ticket (opened, acknowledged, resolved, reopened), with when, who (a user''s session user, or the extension''s own worker: dispatcher, reconcile) and the note given. Written by triggers on shipsync.exception_ticket; the daily summaries are computed from it.';
 COMMENT ON COLUMN @extschema@.ticket_event.event IS 'opened, acknowledged, resolved or reopened.';

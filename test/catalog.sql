@@ -28,8 +28,8 @@ fn AS (
 ),
 line(l) AS (
 	-- relations: kind, options, privileges, comment
-	SELECT format('relation %s kind=%s persistence=%s options=%s acl=%s comment=%s',
-				  c.oid::regclass, c.relkind, c.relpersistence, c.reloptions,
+	SELECT format('relation %s kind=%s persistence=%s replident=%s options=%s acl=%s comment=%s',
+				  c.oid::regclass, c.relkind, c.relpersistence, c.relreplident, c.reloptions,
 				  c.relacl, pg_catalog.obj_description(c.oid, 'pg_class'))
 	FROM rel c
 	UNION ALL

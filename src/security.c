@@ -283,12 +283,16 @@ shipsync_table_owner(Oid relid)
 
 /*
  * Print dates, times and intervals as ISO 8601 (DateStyle ISO, the order
- * of day and month kept for reading; IntervalStyle postgres; TimeZone UTC)
- * until the current GUC nest level ends: the caller has made one.  An
+ * of day and month kept for reading; IntervalStyle postgres; TimeZone UTC),
+ * floats in their shortest exact form (extra_float_digits 1) and bytea in
+ * hex until the current GUC nest level ends: the caller has made one.  An
  * order key of such a type is its text as written this way, whatever the
  * session's settings: "07/12/2026" of a session of SQL, DMY was read back
- * by the dispatcher, of ISO, MDY, as July 12th, another order's key; and
- * one timestamptz was two keys in sessions of two time zones.
+ * by the dispatcher, of ISO, MDY, as July 12th, another order's key; one
+ * timestamptz was two keys in sessions of two time zones; a real 1234567
+ * of a session of extra_float_digits 0 was "1.23457e+06", no row's key
+ * (the order taken for deleted, never sent); and a bytea key of a session
+ * of bytea_output escape was another key than the same order's in hex.
  */
 void
 shipsync_keys_as_iso(void)
@@ -299,14 +303,18 @@ shipsync_keys_as_iso(void)
 							 GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("extra_float_digits", "1", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("bytea_output", "hex", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 }
 
 /*
  * Print order bodies as the dispatcher sends them, whatever the session's
  * settings, until the current GUC nest level ends (the caller has made
- * one): dates, times and intervals as shipsync_keys_as_iso() prints keys
- * (a timestamptz in UTC), floats in their shortest exact form
- * (extra_float_digits 1), bytea in hex and money by the lc_monetary the
+ * one): dates, times, intervals, floats and bytea as shipsync_keys_as_iso()
+ * prints keys (a timestamptz in UTC, floats in their shortest exact form,
+ * bytea in hex), and money by the lc_monetary the
  * session started with (the database's).  render_request() previews the
  * body in the caller's session, the dispatcher prints it in its own: both
  * print it this way, so that what is previewed is what is sent.
@@ -315,10 +323,6 @@ void
 shipsync_body_settings(void)
 {
 	shipsync_keys_as_iso();
-	(void) set_config_option("extra_float_digits", "1", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("bytea_output", "hex", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
 
 	/*
 	 * money prints by lc_monetary, and its amount means what that locale's

@@ -348,8 +348,8 @@ shipsync_pin_search_path(void)
 }
 
 /*
- * Pin, for a background worker connected to a database, the search_path
- * and the settings its transactions depend on, whatever ALTER DATABASE or
+ * Pin, for a background worker connected to a database, the search_path,
+ * the settings its transactions depend on and jit (off), whatever ALTER DATABASE or
  * ALTER ROLE ... SET gave the session.  At PGC_S_OVERRIDE, as the
  * search_path: above every database and role setting, and what RESET
  * returns to; a SET of our own (a function's SET clause, the receiver's
@@ -371,6 +371,16 @@ shipsync_pin_worker_session(bool writer)
 	 * a database's owner may turn it off for every session of it.
 	 */
 	SetConfigOption("check_function_bodies", "on", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Our statements are small and run again and again: JIT never pays
+	 * for them, and a database's jit = on with low thresholds (set for its
+	 * reports) compiled every claim, apply and write-back, each time.  The
+	 * dispatcher then left the network unread for seconds at a time, its
+	 * requests timing out and its breaker opening: 100 orders were not
+	 * delivered in five minutes.
+	 */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	if (writer)
 	{
 		SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);

@@ -6,7 +6,9 @@
 # through bind parameters to them and set_secret(), some calls failing,
 # through EXECUTE of prepared calls and in DO blocks, with a \u0000 in
 # JSON options, with auto_explain logging the plans of the statements
-# they run, and waiting in a deadlock that another session reports;
+# they run, and waiting in a deadlock that another session reports; some
+# in sessions whose messages are German (lc_messages), when the system
+# can make that locale;
 # orders delivered through the simulators (which check each credential),
 # failed, registered for tracking and tracked by pushes, CRM pushes signed
 # with the current and the previous secret of a source and a forged one;

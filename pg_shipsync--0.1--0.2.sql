@@ -28,7 +28,7 @@ BEGIN
 	-- a later library runs this script too, when an update to a later
 	-- version goes through 0.2: only an older one is refused
 	IF loaded IS NULL
-	   OR pg_catalog.string_to_array(pg_catalog.substring(loaded, '^[0-9]+(?:\.[0-9]+)*'), '.')::pg_catalog.int4[]
+	   OR pg_catalog.string_to_array(pg_catalog.substring(loaded, E'^[0-9]+(?:\\.[0-9]+)*'), '.')::pg_catalog.int4[]
 		  OPERATOR(pg_catalog.<) ARRAY[0, 2] THEN
 		RAISE EXCEPTION 'the server runs a library of pg_shipsync older than 0.2%',
 			CASE WHEN loaded IS NOT NULL THEN format(' (%s)', loaded) ELSE '' END
@@ -354,7 +354,7 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF value ~ '[\x01-\x1f\x7f-\x9f]' THEN
+	IF value ~ E'[\\x01-\\x1f\\x7f-\\x9f]' THEN
 		RAISE EXCEPTION '% contains a control character', what
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'Carriage returns, line feeds and other control characters would end a header line or a URL and start another of the sender''s choosing.',
@@ -429,13 +429,13 @@ DECLARE
 BEGIN
 	FOR p IN
 		SELECT x.name FROM @extschema@.provider x
-		WHERE x.base_url ~ '[\x01-\x1f\x7f-\x9f]|^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@'
+		WHERE x.base_url ~ E'[\\x01-\\x1f\\x7f-\\x9f]|^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@'
 		   OR x.auth->>'token_url' ~ '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@'
-		   OR x.options->>'callback_url' ~ '[\x01-\x1f\x7f-\x9f]|^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@'
+		   OR x.options->>'callback_url' ~ E'[\\x01-\\x1f\\x7f-\\x9f]|^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@'
 		   OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_each_text(COALESCE(x.auth, '{}')) e
-					  WHERE e.value ~ '[\x01-\x1f\x7f-\x9f]')
+					  WHERE e.value ~ E'[\\x01-\\x1f\\x7f-\\x9f]')
 		   OR EXISTS (SELECT 1 FROM pg_catalog.jsonb_each_text(x.headers) e
-					  WHERE e.value ~ '[\x01-\x1f\x7f-\x9f]'
+					  WHERE e.value ~ E'[\\x01-\\x1f\\x7f-\\x9f]'
 						 OR lower(e.key) IN ('authorization', 'transfer-encoding'))
 		ORDER BY x.name
 	LOOP
@@ -779,7 +779,7 @@ BEGIN
 						AND (SELECT count(*) FROM jsonb_object_keys(opts->'headers'->h)) = 1
 					   THEN opts->'headers'->h->'secret' ELSE opts->'headers'->h END;
 			IF h !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR jsonb_typeof(hv) IS DISTINCT FROM 'string'
-			   OR (hv #>> '{}') ~ '[\x01-\x1f\x7f-\x9f]' THEN
+			   OR (hv #>> '{}') ~ E'[\\x01-\\x1f\\x7f-\\x9f]' THEN
 				RAISE EXCEPTION 'invalid header "%"', h
 					USING ERRCODE = 'invalid_parameter_value',
 						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks or other control characters.',
@@ -926,10 +926,10 @@ $move$;
 -- their bodies: a placeholder takes its place, filled in when sending.
 UPDATE @extschema@.outbox o
    SET request_body = pg_catalog.regexp_replace(o.request_body,
-		'(%22salt%22%3A%22).*?(%22%2C%22resultv2%22)', '\1__SHIPSYNC_KUAIDI100_SALT__\2')
+		'(%22salt%22%3A%22).*?(%22%2C%22resultv2%22)', E'\\1__SHIPSYNC_KUAIDI100_SALT__\\2')
   FROM @extschema@.provider p
  WHERE p.provider_id = o.provider_id AND p.dialect = 'kuaidi100' AND o.op = 'register'
-   AND o.request_body LIKE '%\%22salt\%22\%3A\%22%';
+   AND o.request_body LIKE E'%\\%22salt\\%22\\%3A\\%22%';
 
 ------------------------------------------------------------------------------
 -- 0.2: the receiver of pushes and CRM sources (issue 16)
@@ -1332,7 +1332,7 @@ DECLARE
 	found_any boolean := false;
 BEGIN
 	BEGIN
-		doc := XMLPARSE(DOCUMENT pg_catalog.regexp_replace(body, '^\uFEFF', ''));
+		doc := XMLPARSE(DOCUMENT pg_catalog.regexp_replace(body, E'^\\uFEFF', ''));
 	EXCEPTION WHEN OTHERS THEN
 		RAISE EXCEPTION 'the body is not an XML document'
 			USING ERRCODE = 'SS400', DETAIL = SQLERRM;
@@ -1455,7 +1455,7 @@ BEGIN
 	IF jsonb_typeof(tls) <> 'object' THEN
 		RAISE EXCEPTION 'option "tls" must be a JSON object'
 			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'For example {"ca_bundle": "-----BEGIN CERTIFICATE-----\n...", "min_version": "1.3"}.';
+				  HINT = E'For example {"ca_bundle": "-----BEGIN CERTIFICATE-----\\n...", "min_version": "1.3"}.';
 	END IF;
 	PERFORM @extschema@._check_options(tls,
 		ARRAY['ca_bundle', 'client_cert', 'client_key', 'min_version', 'pinned_public_key'], 'tls');
@@ -1492,7 +1492,7 @@ AS $$
 DECLARE
 	host text;
 BEGIN
-	IF base_url IS NULL OR base_url !~* '^https?://[^/?#\s]+(/[^?#\s]*)?$' THEN
+	IF base_url IS NULL OR base_url !~* E'^https?://[^/?#\\s]+(/[^?#\\s]*)?$' THEN
 		RAISE EXCEPTION 'invalid base_url "%"', coalesce(base_url, '')
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'A base URL is http:// or https://, a host and an optional path, without query or fragment.',
@@ -1502,11 +1502,11 @@ BEGIN
 	-- (names are judged when connecting); how: https, but for loopback
 	PERFORM @extschema@._check_host(base_url);
 	IF base_url ~* '^http://' THEN
-		host := lower(substring(base_url from '^http://(?:[^@/]*@)?(\[[^\]]*\]|[^:/]*)'));
+		host := lower(substring(base_url from E'^http://(?:[^@/]*@)?(\\[[^\\]]*\\]|[^:/]*)'));
 		-- loopback: localhost and *.localhost (RFC 6761: libcurl resolves
 		-- them to loopback itself), 127.0.0.0/8, ::1
 		IF host NOT IN ('127.0.0.1', 'localhost', '[::1]')
-		   AND host !~ '^127\.\d+\.\d+\.\d+$' AND host !~ '\.localhost$'
+		   AND host !~ E'^127\\.\\d+\\.\\d+\\.\\d+$' AND host !~ E'\\.localhost$'
 		   AND NOT coalesce(current_setting('shipsync.allow_insecure_http', true), 'off')::boolean THEN
 			RAISE EXCEPTION 'plain http:// is refused for host "%"', host
 				USING ERRCODE = 'insufficient_privilege',
@@ -1551,7 +1551,7 @@ UPDATE @extschema@.field_map
    SET pii = CASE split_part(target_path, '.', 2) WHEN 'contact' THEN 'name'
 			 WHEN 'mobile' THEN 'phone' ELSE 'address' END
  WHERE seeded AND profile = 'sf_express' AND direction = 'out'
-   AND target_path ~ '^contactInfoList\[contactType=[12]\]\.(contact|mobile|address)$';
+   AND target_path ~ E'^contactInfoList\\[contactType=[12]\\]\\.(contact|mobile|address)$';
 ALTER TABLE @extschema@.field_map ENABLE TRIGGER field_map_check;
 
 -- changed functions: pause/resume, retry and requeue audit; attach takes
@@ -2720,7 +2720,7 @@ BEGIN
 						AND (SELECT count(*) FROM jsonb_object_keys(opts->'headers'->h)) = 1
 					   THEN opts->'headers'->h->'secret' ELSE opts->'headers'->h END;
 			IF h !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR jsonb_typeof(hv) IS DISTINCT FROM 'string'
-			   OR (hv #>> '{}') ~ '[\x01-\x1f\x7f-\x9f]' THEN
+			   OR (hv #>> '{}') ~ E'[\\x01-\\x1f\\x7f-\\x9f]' THEN
 				RAISE EXCEPTION 'invalid header "%"', h
 					USING ERRCODE = 'invalid_parameter_value',
 						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks or other control characters.',
@@ -2875,7 +2875,7 @@ LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT CASE WHEN jsonb_typeof(v) = 'number' THEN (v #>> '{}')::numeric
-				WHEN jsonb_typeof(v) = 'string' AND (v #>> '{}') ~ '^[0-9]+(\.[0-9]+)?$'
+				WHEN jsonb_typeof(v) = 'string' AND (v #>> '{}') ~ E'^[0-9]+(\\.[0-9]+)?$'
 				THEN (v #>> '{}')::numeric END
 $$;
 
@@ -4190,8 +4190,8 @@ COMMENT ON COLUMN @extschema@.exception_ticket.run_id IS 'The reconciliation run
 
 -- parked events that expired: what they were about
 UPDATE @extschema@.exception_ticket t
-   SET subject = substring(t.detail from 'unknown tracking number (\S+) '),
-	   tracking_number = substring(t.detail from 'unknown tracking number (\S+) ')
+   SET subject = substring(t.detail from E'unknown tracking number (\\S+) '),
+	   tracking_number = substring(t.detail from E'unknown tracking number (\\S+) ')
  WHERE t.kind = 'unmatched_expired';
 -- 0.1 opened a ticket per dead intent: keep the newest open one of each
 -- problem (kind and order), the older ones are resolved into it
@@ -4225,8 +4225,8 @@ UPDATE @extschema@.binding b
 -- row (src/body.c), byte for byte the same
 UPDATE @extschema@.binding b
    SET render_sql = pg_catalog.regexp_replace(b.render_sql,
-		' pg_catalog\.json_build_object\(''order_ref'', shipsync_u\.shipsync_key, ''order'', '
-		'pg_catalog\.row_to_json\(t\)\)::(pg_catalog\.)?text AS body,', '')
+		E' pg_catalog\\.json_build_object\\(''order_ref'', shipsync_u\\.shipsync_key, ''order'', '
+		'pg_catalog\\.row_to_json\\(t\\)\\)::(pg_catalog\\.)?text AS body,', '')
  WHERE b.render_sql LIKE '%AS body,%';
 
 -- retry() and requeue() with filters
@@ -8099,10 +8099,10 @@ END
 $$;
 
 UPDATE @extschema@.binding b
-   SET render_sql = pg_catalog.regexp_replace(b.render_sql, '(shipsync_u\.shipsync_key::).*$',
-			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column)),
-	   writeback_sql = pg_catalog.regexp_replace(b.writeback_sql, '(shipsync_u\.shipsync_key::).*$',
-			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column))
+   SET render_sql = pg_catalog.regexp_replace(b.render_sql, E'(shipsync_u\\.shipsync_key::).*$',
+			E'\\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column)),
+	   writeback_sql = pg_catalog.regexp_replace(b.writeback_sql, E'(shipsync_u\\.shipsync_key::).*$',
+			E'\\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column))
  WHERE @extschema@._key_type(b.tbl, b.key_column) IS NOT NULL;
 
 ------------------------------------------------------------------------------
@@ -8834,7 +8834,7 @@ BEGIN
 				  DETAIL = 'It has a document type declaration (<!DOCTYPE ...>), which Outbound Messages never have.';
 	END IF;
 	BEGIN
-		doc := XMLPARSE(DOCUMENT pg_catalog.regexp_replace(body, '^\uFEFF', ''));
+		doc := XMLPARSE(DOCUMENT pg_catalog.regexp_replace(body, E'^\\uFEFF', ''));
 	EXCEPTION WHEN OTHERS THEN
 		RAISE EXCEPTION 'the body is not an XML document'
 			USING ERRCODE = 'SS400', DETAIL = SQLERRM;
@@ -9487,10 +9487,10 @@ COMMENT ON FUNCTION @extschema@._key_type(regclass, name) IS
 	'Internal (attach(), reconciliation, resync()): the type order keys are cast to, the key column''s base type without a length (bigint for any integer, double precision for real), so that a key column widened after attach() never has a key cut to another order''s nor fails to cast one.';
 
 UPDATE @extschema@.binding b
-   SET render_sql = pg_catalog.regexp_replace(b.render_sql, '(shipsync_u\.shipsync_key::).*$',
-			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column)),
-	   writeback_sql = pg_catalog.regexp_replace(b.writeback_sql, '(shipsync_u\.shipsync_key::).*$',
-			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column))
+   SET render_sql = pg_catalog.regexp_replace(b.render_sql, E'(shipsync_u\\.shipsync_key::).*$',
+			E'\\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column)),
+	   writeback_sql = pg_catalog.regexp_replace(b.writeback_sql, E'(shipsync_u\\.shipsync_key::).*$',
+			E'\\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column))
  WHERE @extschema@._key_type(b.tbl, b.key_column) IS NOT NULL;
 
 
@@ -10287,12 +10287,12 @@ COMMENT ON FUNCTION @extschema@._key_type(regclass, name) IS
 	'Internal (attach(), reconciliation, resync()): the type order keys are cast to, the key column''s base type without a length (bigint for any integer), so that a key column widened after attach() never has a key cut to another order''s nor fails to cast one.';
 
 UPDATE @extschema@.binding b
-   SET render_sql = pg_catalog.regexp_replace(b.render_sql, '(shipsync_u\.shipsync_key::).*$',
-			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column)),
-	   writeback_sql = pg_catalog.regexp_replace(b.writeback_sql, '(shipsync_u\.shipsync_key::).*$',
-			'\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column))
+   SET render_sql = pg_catalog.regexp_replace(b.render_sql, E'(shipsync_u\\.shipsync_key::).*$',
+			E'\\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column)),
+	   writeback_sql = pg_catalog.regexp_replace(b.writeback_sql, E'(shipsync_u\\.shipsync_key::).*$',
+			E'\\1' OPERATOR(pg_catalog.||) @extschema@._key_type(b.tbl, b.key_column))
  WHERE @extschema@._key_type(b.tbl, b.key_column) IS NOT NULL
-   AND b.render_sql LIKE '%shipsync\_u.shipsync\_key::double precision';
+   AND b.render_sql LIKE E'%shipsync\\_u.shipsync\\_key::double precision';
 
 
 ------------------------------------------------------------------------------
@@ -10436,7 +10436,7 @@ BEGIN
 				 WHERE NOT o.present
 					OR (s.order_key IS NOT NULL
 						AND CASE WHEN o.v IS NULL THEN s.fee_total IS NULL
-								 WHEN btrim(o.v) ~ '^[-+]?[0-9]+(\.[0-9]*)?$'
+								 WHEN btrim(o.v) ~ E'^[-+]?[0-9]+(\\.[0-9]*)?$'
 									 THEN btrim(o.v)::numeric = s.fee_total
 								 ELSE false END));
 		EXCEPTION WHEN OTHERS THEN

@@ -24,7 +24,7 @@ BEGIN
 	-- a later library runs this script too, when an update to a later
 	-- version goes through 0.2: only an older one is refused
 	IF loaded IS NULL
-	   OR pg_catalog.string_to_array(pg_catalog.substring(loaded, '^[0-9]+(?:\.[0-9]+)*'), '.')::pg_catalog.int4[]
+	   OR pg_catalog.string_to_array(pg_catalog.substring(loaded, E'^[0-9]+(?:\\.[0-9]+)*'), '.')::pg_catalog.int4[]
 		  OPERATOR(pg_catalog.<) ARRAY[0, 2] THEN
 		RAISE EXCEPTION 'the server runs a library of pg_shipsync older than 0.2%',
 			CASE WHEN loaded IS NOT NULL THEN format(' (%s)', loaded) ELSE '' END

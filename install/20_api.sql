@@ -116,7 +116,7 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-	IF value ~ '[\x01-\x1f\x7f-\x9f]' THEN
+	IF value ~ E'[\\x01-\\x1f\\x7f-\\x9f]' THEN
 		RAISE EXCEPTION '% contains a control character', what
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'Carriage returns, line feeds and other control characters would end a header line or a URL and start another of the sender''s choosing.',
@@ -189,7 +189,7 @@ AS $$
 DECLARE
 	host text;
 BEGIN
-	IF base_url IS NULL OR base_url !~* '^https?://[^/?#\s]+(/[^?#\s]*)?$' THEN
+	IF base_url IS NULL OR base_url !~* E'^https?://[^/?#\\s]+(/[^?#\\s]*)?$' THEN
 		RAISE EXCEPTION 'invalid base_url "%"', coalesce(base_url, '')
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'A base URL is http:// or https://, a host and an optional path, without query or fragment.',
@@ -199,11 +199,11 @@ BEGIN
 	-- (names are judged when connecting); how: https, but for loopback
 	PERFORM @extschema@._check_host(base_url);
 	IF base_url ~* '^http://' THEN
-		host := lower(substring(base_url from '^http://(?:[^@/]*@)?(\[[^\]]*\]|[^:/]*)'));
+		host := lower(substring(base_url from E'^http://(?:[^@/]*@)?(\\[[^\\]]*\\]|[^:/]*)'));
 		-- loopback: localhost and *.localhost (RFC 6761: libcurl resolves
 		-- them to loopback itself), 127.0.0.0/8, ::1
 		IF host NOT IN ('127.0.0.1', 'localhost', '[::1]')
-		   AND host !~ '^127\.\d+\.\d+\.\d+$' AND host !~ '\.localhost$'
+		   AND host !~ E'^127\\.\\d+\\.\\d+\\.\\d+$' AND host !~ E'\\.localhost$'
 		   AND NOT coalesce(current_setting('shipsync.allow_insecure_http', true), 'off')::boolean THEN
 			RAISE EXCEPTION 'plain http:// is refused for host "%"', host
 				USING ERRCODE = 'insufficient_privilege',
@@ -271,7 +271,7 @@ BEGIN
 						AND (SELECT count(*) FROM jsonb_object_keys(opts->'headers'->h)) = 1
 					   THEN opts->'headers'->h->'secret' ELSE opts->'headers'->h END;
 			IF h !~ '^[A-Za-z0-9!#$%&''*+.^_`|~-]+$' OR jsonb_typeof(hv) IS DISTINCT FROM 'string'
-			   OR (hv #>> '{}') ~ '[\x01-\x1f\x7f-\x9f]' THEN
+			   OR (hv #>> '{}') ~ E'[\\x01-\\x1f\\x7f-\\x9f]' THEN
 				RAISE EXCEPTION 'invalid header "%"', h
 					USING ERRCODE = 'invalid_parameter_value',
 						  DETAIL = 'Header names are HTTP tokens and values are strings without line breaks or other control characters.',

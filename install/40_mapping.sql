@@ -351,7 +351,7 @@ UPDATE @extschema@.field_map
    SET pii = CASE split_part(target_path, '.', 2) WHEN 'contact' THEN 'name'
 			 WHEN 'mobile' THEN 'phone' ELSE 'address' END
  WHERE seeded AND profile = 'sf_express' AND direction = 'out'
-   AND target_path ~ '^contactInfoList\[contactType=[12]\]\.(contact|mobile|address)$';
+   AND target_path ~ E'^contactInfoList\\[contactType=[12]\\]\\.(contact|mobile|address)$';
 -- and the remark, free text that often holds a phone or an ID number
 UPDATE @extschema@.field_map SET pii = 'text'
  WHERE seeded AND profile = 'sf_express' AND direction = 'out' AND target_path = 'remark';

@@ -93,7 +93,7 @@ LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT CASE WHEN jsonb_typeof(v) = 'number' THEN (v #>> '{}')::numeric
-				WHEN jsonb_typeof(v) = 'string' AND (v #>> '{}') ~ '^[0-9]+(\.[0-9]+)?$'
+				WHEN jsonb_typeof(v) = 'string' AND (v #>> '{}') ~ E'^[0-9]+(\\.[0-9]+)?$'
 				THEN (v #>> '{}')::numeric END
 $$;
 

@@ -40,7 +40,7 @@ BEGIN
 	IF jsonb_typeof(tls) <> 'object' THEN
 		RAISE EXCEPTION 'option "tls" must be a JSON object'
 			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'For example {"ca_bundle": "-----BEGIN CERTIFICATE-----\n...", "min_version": "1.3"}.';
+				  HINT = E'For example {"ca_bundle": "-----BEGIN CERTIFICATE-----\\n...", "min_version": "1.3"}.';
 	END IF;
 	PERFORM @extschema@._check_options(tls,
 		ARRAY['ca_bundle', 'client_cert', 'client_key', 'min_version', 'pinned_public_key'], 'tls');

@@ -486,7 +486,7 @@ BEGIN
 				  DETAIL = 'It has a document type declaration (<!DOCTYPE ...>), which Outbound Messages never have.';
 	END IF;
 	BEGIN
-		doc := XMLPARSE(DOCUMENT pg_catalog.regexp_replace(body, '^\uFEFF', ''));
+		doc := XMLPARSE(DOCUMENT pg_catalog.regexp_replace(body, E'^\\uFEFF', ''));
 	EXCEPTION WHEN OTHERS THEN
 		RAISE EXCEPTION 'the body is not an XML document'
 			USING ERRCODE = 'SS400', DETAIL = SQLERRM;

@@ -1157,7 +1157,7 @@ BEGIN
 				 WHERE NOT o.present
 					OR (s.order_key IS NOT NULL
 						AND CASE WHEN o.v IS NULL THEN s.fee_total IS NULL
-								 WHEN btrim(o.v) ~ '^[-+]?[0-9]+(\.[0-9]*)?$'
+								 WHEN btrim(o.v) ~ E'^[-+]?[0-9]+(\\.[0-9]*)?$'
 									 THEN btrim(o.v)::numeric = s.fee_total
 								 ELSE false END));
 		EXCEPTION WHEN OTHERS THEN

@@ -141,3 +141,37 @@ SELECT shipsync.attach('crm.tenant', 'local') > 0 AS attached;
 DROP TABLE crm.tenant;
 
 DROP EXTENSION pg_shipsync CASCADE;
+
+-- A database of standard_conforming_strings = off (an old application's
+-- ALTER DATABASE ... SET): the extension's literals mean what they say
+-- there too.  Its backslashes were escapes there: create_provider() and
+-- set_secret() failed on "invalid byte sequence for encoding "UTF8": 0x9f"
+-- ('\x9f' of the control-character check), an https:// host holding an "s"
+-- was an invalid base_url ('\s' was "s"), CREATE EXTENSION left the SF
+-- Express profile's sender and receiver fields unmarked as personal data,
+-- and ALTER EXTENSION ... UPDATE failed
+CREATE DATABASE api_scs_regress;
+ALTER DATABASE api_scs_regress SET standard_conforming_strings = off;
+\c api_scs_regress
+SET client_min_messages = warning;
+CREATE EXTENSION pg_shipsync;
+RESET client_min_messages;
+SHOW standard_conforming_strings;
+SELECT count(*) FILTER (WHERE pii IS NOT NULL) AS sf_personal_fields
+FROM shipsync.field_map WHERE profile = 'sf_express' AND direction = 'out' AND seeded;
+SELECT shipsync.create_provider('sf_scs', 'generic', 'https://api.sf-express.com/v1',
+	'{"headers": {"X-Shop": "east"}, "auth": {"type": "bearer", "token": "tok-1"}}') > 0 AS created;
+SELECT shipsync.set_secret('sf_scs', 'token', 'tok-2');
+SELECT shipsync.create_provider('bad_scs', 'generic', 'https://api.example.com/v1',
+	E'{"headers": {"X-Shop": "a\\nb"}}');
+SELECT shipsync._decimal_or_null('"12x50"') AS not_a_decimal, shipsync._decimal_or_null('"12.50"') AS decimal;
+DROP EXTENSION pg_shipsync CASCADE;
+SET client_min_messages = warning;
+CREATE EXTENSION pg_shipsync VERSION '0.1';
+ALTER EXTENSION pg_shipsync UPDATE TO '0.2';
+RESET client_min_messages;
+SELECT extversion FROM pg_extension WHERE extname = 'pg_shipsync';
+SELECT count(*) FILTER (WHERE pii IS NOT NULL) AS sf_personal_fields
+FROM shipsync.field_map WHERE profile = 'sf_express' AND direction = 'out' AND seeded;
+\c contrib_regression
+DROP DATABASE api_scs_regress;

@@ -323,6 +323,29 @@ RESET TimeZone;
 SELECT i.order_key, i.op FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id)
  WHERE b.tbl = 'stamped'::regclass ORDER BY i.id;
 DROP TABLE stamped;
+-- a real key is the same text whatever the session's extra_float_digits
+-- (its shortest exact form): 1234567, written by a session of 0 (an old
+-- application's ALTER DATABASE or ALTER ROLE ... SET), was "1.23457e+06",
+-- no row's key: the order was taken for deleted and never sent
+CREATE TABLE real_digits (id real PRIMARY KEY, customer text);
+SELECT shipsync.attach('real_digits', 'acme') > 0 AS attached;
+SET extra_float_digits = 0;
+INSERT INTO real_digits VALUES (1234567, 'seven digits');
+RESET extra_float_digits;
+SELECT i.order_key, r.body FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id),
+	shipsync.render_request(i.id) r WHERE b.tbl = 'real_digits'::regclass ORDER BY i.id;
+DROP TABLE real_digits;
+-- and a bytea key whatever the session's bytea_output (hex): the update of
+-- an order made by a session of escape was another order, created again
+CREATE TABLE bytes_keyed (id bytea PRIMARY KEY, customer text);
+SELECT shipsync.attach('bytes_keyed', 'acme') > 0 AS attached;
+INSERT INTO bytes_keyed VALUES ('ord1', 'hex');
+SET bytea_output = 'escape';
+UPDATE bytes_keyed SET customer = 'escape';
+RESET bytea_output;
+SELECT i.order_key, i.op FROM shipsync.inbox i JOIN shipsync.binding b USING (binding_id)
+ WHERE b.tbl = 'bytes_keyed'::regclass ORDER BY i.id;
+DROP TABLE bytes_keyed;
 
 -- DROP TABLE of a table with a backlog: every waiting intent dead with its
 -- table_dropped ticket (a lock taken per ticket filled the server's lock

@@ -73,6 +73,27 @@ FROM shipsync.binding WHERE binding_id = :bid;
 -- DATABASE ... SET lc_monetary, a session's SET) changes no order
 SELECT shipsync._row_digest(m, '{}') = shipsync._row_digest(b, '{}') AS money_as_its_amount
 FROM (SELECT 1234.56::money AS amount) m, (SELECT 123456::bigint AS amount) b;
+-- a value of a type without a hash function (a point, a row type holding
+-- json) is digested as the dispatcher prints it, whatever the session's
+-- extra_float_digits, DateStyle, TimeZone: the reconcile worker digests the
+-- row with the database's (ALTER DATABASE ... SET extra_float_digits = 0),
+-- and every order with a point was address_changed_after_send
+CREATE TYPE digest_meta AS (j json, at timestamptz);
+SELECT shipsync._row_digest(p, '{}') AS point_digest, shipsync._row_digest(m, '{}') AS meta_digest
+FROM (SELECT point(0.1::float8 + 0.2::float8, 1) AS loc) p,
+	 (SELECT ROW('{"a": 1}', '2026-12-07 10:00:00+00')::digest_meta AS meta) m \gset
+SET extra_float_digits = 0;
+SET DateStyle = 'SQL, DMY';
+SET TimeZone = 'Asia/Tokyo';
+SELECT shipsync._row_digest(p, '{}') = :point_digest AS point_as_sent,
+	   shipsync._row_digest(m, '{}') = :meta_digest AS row_as_sent,
+	   current_setting('extra_float_digits') AS own_digits
+FROM (SELECT point(0.1::float8 + 0.2::float8, 1) AS loc) p,
+	 (SELECT ROW('{"a": 1}', '2026-12-07 10:00:00+00')::digest_meta AS meta) m;
+RESET extra_float_digits;
+RESET DateStyle;
+RESET TimeZone;
+DROP TYPE digest_meta;
 
 -- planted on the CRM side: 2's written-back tracking number is wrong, 3's
 -- status column too, 4's address changed after sending (triggers off: no

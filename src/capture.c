@@ -761,10 +761,11 @@ capture_check_binding(int32 binding_id, int32 provider_id, Relation rel)
  * The key as text, through the key type's output function; the function
  * of the last key type is kept (a type's output function never changes),
  * where SPI_getvalue() would look it up in the syscache for every row.
- * A date, time or interval is printed as ISO 8601, in UTC, whatever the
- * session's DateStyle, IntervalStyle and TimeZone (shipsync_keys_as_iso()):
- * the dispatcher reads the key back with its own settings, and
- * reconciliation and resync() print keys the same way.
+ * A date, time or interval is printed as ISO 8601, in UTC, a float in its
+ * shortest exact form and a bytea in hex, whatever the session's DateStyle,
+ * IntervalStyle, TimeZone, extra_float_digits and bytea_output
+ * (shipsync_keys_as_iso()): the dispatcher reads the key back with its own
+ * settings, and reconciliation and resync() print keys the same way.
  *
  * A null or empty key names no order: a new row's (old false) is refused,
  * as a carrier takes no order without a reference; an old row's (old true:
@@ -798,7 +799,10 @@ capture_key(Relation rel, HeapTuple tuple, int keyattno, const char *keycol,
 			fmgr_info_cxt(fn, &out_fn, TopMemoryContext);
 			get_type_category_preferred(getBaseType(typid), &category, &preferred);
 			out_styled = (category == TYPCATEGORY_DATETIME ||
-						  category == TYPCATEGORY_TIMESPAN);
+						  category == TYPCATEGORY_TIMESPAN ||
+						  getBaseType(typid) == FLOAT4OID ||
+						  getBaseType(typid) == FLOAT8OID ||
+						  getBaseType(typid) == BYTEAOID);
 			out_type = typid;
 		}
 		if (out_styled)

@@ -20,8 +20,10 @@
  *	  DateStyle; money, which has none, as the int8 of minor units it holds
  *	  (its output follows lc_monetary: a database's ALTER DATABASE ... SET
  *	  lc_monetary made every order with a money column "changed after it
- *	  was sent"); another type without one is hashed through its output
- *	  function;
+ *	  was sent"); another type without one (a point, a row type holding
+ *	  json) is hashed through its output function, printed as bodies are
+ *	  (shipsync_body_settings(): extra_float_digits 1, DateStyle ISO,
+ *	  TimeZone UTC, ...) whatever the session's settings;
  *	- a column is hashed with its name and only when it is not NULL, so that
  *	  adding a nullable column to the table changes no digest; renaming or
  *	  dropping a column, or changing its type, does;
@@ -45,6 +47,7 @@
 #include "funcapi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/typcache.h"
 
@@ -67,6 +70,7 @@ struct DigestCache
 	Oid			typid;
 	int32		typmod;
 	ArrayType  *skip;			/* the skip list the cache was made for */
+	bool		printed;		/* a column is hashed through its output */
 	int			natts;
 	DigestColumn cols[FLEXIBLE_ARRAY_MEMBER];
 };
@@ -136,6 +140,7 @@ shipsync_digest_prepare(Oid typid, int32 typmod, ArrayType *skip, MemoryContext 
 
 			getTypeOutputInfo(att->atttypid, &out, &varlena);
 			fmgr_info_cxt(out, &col->proc, cxt);
+			c->printed = true;
 		}
 	}
 	ReleaseTupleDesc(desc);
@@ -160,6 +165,7 @@ shipsync_digest_row(DigestCache *c, HeapTupleHeader rec)
 	bool	   *isnull;
 	uint64		h = UINT64CONST(0x5368697053796e63);	/* "ShipSync" */
 	TupleDesc	desc;
+	int			nest = -1;
 
 	tuple.t_len = HeapTupleHeaderGetDatumLength(rec);
 	ItemPointerSetInvalid(&tuple.t_self);
@@ -171,6 +177,20 @@ shipsync_digest_row(DigestCache *c, HeapTupleHeader rec)
 	heap_deform_tuple(&tuple, desc, values, isnull);
 	ReleaseTupleDesc(desc);
 
+	/*
+	 * A value hashed through its output is printed as the dispatcher prints
+	 * bodies, whatever the session's settings: the dispatcher digests what
+	 * it renders with those settings, reconciliation (its worker, with the
+	 * database's settings, or a caller's session) digests the row again.
+	 * A point printed with a database's extra_float_digits of 0 was
+	 * another digest than the one sent: every such order was
+	 * address_changed_after_send.
+	 */
+	if (c->printed)
+	{
+		nest = NewGUCNestLevel();
+		shipsync_body_settings();
+	}
 	for (int i = 0; i < c->natts; i++)
 	{
 		DigestColumn *col = &c->cols[i];
@@ -191,6 +211,8 @@ shipsync_digest_row(DigestCache *c, HeapTupleHeader rec)
 		h = hash_combine64(h, col->name_hash);
 		h = hash_combine64(h, v);
 	}
+	if (nest >= 0)
+		AtEOXact_GUC(true, nest);
 	pfree(values);
 	pfree(isnull);
 	return (int64) h;

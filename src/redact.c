@@ -316,29 +316,110 @@ redact_literals(const char *sql, bool identifiers)
 	return out.data;
 }
 
-/* A message that logs a statement's text (log_statement and friends) */
+/*
+ * The server's own message msgid as the session's lc_messages words it:
+ * the piece'th run of text between its format directives (%s, %d, ...),
+ * palloc'd ("" when it has no such piece).  The messages the hook looks
+ * for are matched in English and in this wording: a server of lc_messages
+ * de_DE logged "Anweisung: SELECT shipsync.set_secret(...)" and
+ * "DETAIL:  Parameter: $1 = '...'", which the English alone never matched,
+ * with every secret in them.
+ */
+static char *
+translated_piece(const char *msgid, int piece)
+{
+#ifdef ENABLE_NLS
+	const char *s = dgettext(PG_TEXTDOMAIN("postgres"), msgid);
+#else
+	const char *s = msgid;
+#endif
+	StringInfoData out;
+	int			n = 0;
+
+	initStringInfo(&out);
+	for (; *s; s++)
+	{
+		if (s[0] == '%' && s[1] == '%')
+		{
+			if (n == piece)
+				appendStringInfoChar(&out, '%');
+			s++;
+		}
+		else if (*s == '%')
+		{
+			if (n++ == piece)
+				break;
+			/* flags, width, precision and length; the for's s++ skips the conversion */
+			for (s++; *s && strchr("0123456789.-+ #lhzjtqL", *s); s++)
+				;
+			if (*s == '\0')
+				break;
+		}
+		else if (n == piece)
+			appendStringInfoChar(&out, *s);
+	}
+	return out.data;
+}
+
+/* Where text holds english, or else the translated piece of msgid; its length in *len */
+static const char *
+find_marker(const char *text, const char *english, const char *msgid, int piece, int *len)
+{
+	const char *at = strstr(text, english);
+	char	   *marker;
+
+	*len = strlen(english);
+	if (at != NULL)
+		return at;
+	marker = translated_piece(msgid, piece);
+	*len = strlen(marker);
+	return *len > 0 && strcmp(marker, english) != 0 ? strstr(text, marker) : NULL;
+}
+
+/*
+ * A message that logs a statement's text (log_statement and friends): by
+ * its text, or by its id, the message as written in English, whatever
+ * lc_messages made of its text ("Anweisung: ..."); an EXECUTE's is
+ * "%s %s%s%s: %s", its first word ("execute") translated on its own.
+ */
 static bool
-logs_statement(const char *msg)
+logs_statement(const char *msg, const char *id)
 {
 	static const char *const starts[] = {
 		"statement: ", "duration: ", "execute ", "bind ", "parse ", NULL
 	};
 
 	for (int i = 0; starts[i]; i++)
-		if (strncmp(msg, starts[i], strlen(starts[i])) == 0)
+		if (strncmp(msg, starts[i], strlen(starts[i])) == 0 ||
+			(id != NULL && strncmp(id, starts[i], strlen(starts[i])) == 0))
 			return true;
-	return false;
+	return id != NULL && strcmp(id, "%s %s%s%s: %s") == 0;
 }
 
 /* Drop the bind parameters' values out of a DETAIL or CONTEXT text */
 static char *
 redact_parameters(char *text)
 {
-	char	   *at;
+	/* how the server words them: at execution, and in an error's CONTEXT */
+	static const struct
+	{
+		const char *msgid;
+		int			piece;
+	}			words[] = {
+		{"parameters: %s", 0},
+		{"unnamed portal with parameters: %s", 0},
+		{"portal \"%s\" with parameters: %s", 1},
+	};
+	const char *at = NULL;
+	int			len = 0;
 
-	if (text == NULL || (at = strstr(text, "parameters: ")) == NULL)
+	if (text == NULL)
 		return text;
-	return psprintf("%.*sparameters: %s", (int) (at - text), text, redact_note);
+	for (int i = 0; at == NULL && i < (int) lengthof(words); i++)
+		at = find_marker(text, "parameters: ", words[i].msgid, words[i].piece, &len);
+	if (at == NULL)
+		return text;
+	return psprintf("%.*s%s", (int) (at + len - text), text, redact_note);
 }
 
 /*
@@ -447,11 +528,12 @@ redact_json_echo(char *text)
 	StringInfoData out;
 	const char *p;
 	const char *at;
+	int			len;
 
-	if (strstr(text, "JSON data, line ") == NULL)
+	if (find_marker(text, "JSON data, line ", "JSON data, line %d: %s%s%s", 0, &len) == NULL)
 		return text;
 	initStringInfo(&out);
-	for (p = text; (at = strstr(p, "JSON data, line ")) != NULL;)
+	for (p = text; (at = find_marker(p, "JSON data, line ", "JSON data, line %d: %s%s%s", 0, &len)) != NULL;)
 	{
 		const char *colon = strchr(at, ':');
 		const char *eol;
@@ -475,11 +557,14 @@ redact_json_echo(char *text)
 static char *
 redact_bind_parameter(char *text)
 {
-	const char *at = strstr(text, " parameter $");
+	int			len;
+	const char *at = find_marker(text, " parameter $", "unnamed portal parameter $%d = %s", 0, &len);
 
-	if (at == NULL || (at = strstr(at, " = ")) == NULL)
+	if (at == NULL)
+		at = find_marker(text, " parameter $", "portal \"%s\" parameter $%d = %s", 1, &len);
+	if (at == NULL || (at = find_marker(at + len, " = ", "unnamed portal parameter $%d = %s", 1, &len)) == NULL)
 		return text;
-	return psprintf("%.*s = %s", (int) (at - text), text, redact_note);
+	return psprintf("%.*s%s", (int) (at + len - text), text, redact_note);
 }
 
 /*
@@ -503,7 +588,8 @@ static void
 redact_emit_log(ErrorData *edata)
 {
 	bool		running = passes_secrets(debug_query_string);
-	bool		logging = edata->message && logs_statement(edata->message) &&
+	bool		logging = edata->message &&
+		logs_statement(edata->message, edata->message_id) &&
 		(running || passes_secrets(edata->message));
 	bool		quoting = calls_secret_function(edata->context) ||
 		calls_secret_function(edata->detail) || calls_secret_function(edata->detail_log);
@@ -518,7 +604,8 @@ redact_emit_log(ErrorData *edata)
 		 */
 		if (logging)
 			edata->message = redact_literals(edata->message,
-											 strstr(edata->message, "  plan:\n") == NULL);
+											 strstr(edata->message_id ? edata->message_id : edata->message,
+													"  plan:\n") == NULL);
 		edata->detail = redact_detail(edata->detail);
 		edata->detail_log = redact_detail(edata->detail_log);
 		edata->context = redact_context(edata->context);

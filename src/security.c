@@ -359,12 +359,16 @@ shipsync_table_owner(Oid relid)
 
 /*
  * Print dates, times and intervals as ISO 8601 (DateStyle ISO, the order
- * of day and month kept for reading; IntervalStyle postgres; TimeZone UTC)
- * until the current GUC nest level ends: the caller has made one.  An
+ * of day and month kept for reading; IntervalStyle postgres; TimeZone UTC),
+ * floats in their shortest exact form (extra_float_digits 1) and bytea in
+ * hex until the current GUC nest level ends: the caller has made one.  An
  * order key of such a type is its text as written this way, whatever the
  * session's settings: "07/12/2026" of a session of SQL, DMY was read back
- * by the dispatcher, of ISO, MDY, as July 12th, another order's key; and
- * one timestamptz was two keys in sessions of two time zones.
+ * by the dispatcher, of ISO, MDY, as July 12th, another order's key; one
+ * timestamptz was two keys in sessions of two time zones; a real 1234567
+ * of a session of extra_float_digits 0 was "1.23457e+06", no row's key
+ * (the order taken for deleted, never sent); and a bytea key of a session
+ * of bytea_output escape was another key than the same order's in hex.
  */
 void
 shipsync_keys_as_iso(void)
@@ -375,14 +379,18 @@ shipsync_keys_as_iso(void)
 							 GUC_ACTION_SAVE, true, 0, false);
 	(void) set_config_option("intervalstyle", "postgres", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("extra_float_digits", "1", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("bytea_output", "hex", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 }
 
 /*
  * Print order bodies as the dispatcher sends them, whatever the session's
  * settings, until the current GUC nest level ends (the caller has made
- * one): dates, times and intervals as shipsync_keys_as_iso() prints keys
- * (a timestamptz in UTC), floats in their shortest exact form
- * (extra_float_digits 1), bytea in hex and money by the lc_monetary the
+ * one): dates, times, intervals, floats and bytea as shipsync_keys_as_iso()
+ * prints keys (a timestamptz in UTC, floats in their shortest exact form,
+ * bytea in hex), and money by the lc_monetary the
  * session started with (the database's).  render_request() previews the
  * body in the caller's session, the dispatcher prints it in its own: both
  * print it this way, so that what is previewed is what is sent.
@@ -391,10 +399,6 @@ void
 shipsync_body_settings(void)
 {
 	shipsync_keys_as_iso();
-	(void) set_config_option("extra_float_digits", "1", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("bytea_output", "hex", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
 
 	/*
 	 * money prints by lc_monetary, and its amount means what that locale's
@@ -420,8 +424,8 @@ shipsync_pin_search_path(void)
 }
 
 /*
- * Pin, for a background worker connected to a database, the search_path
- * and the settings its transactions depend on, whatever ALTER DATABASE or
+ * Pin, for a background worker connected to a database, the search_path,
+ * the settings its transactions depend on and jit (off), whatever ALTER DATABASE or
  * ALTER ROLE ... SET gave the session.  At PGC_S_OVERRIDE, as the
  * search_path: above every database and role setting, and what RESET
  * returns to; a SET of our own (a function's SET clause, the receiver's
@@ -443,6 +447,16 @@ shipsync_pin_worker_session(bool writer)
 	 * a database's owner may turn it off for every session of it.
 	 */
 	SetConfigOption("check_function_bodies", "on", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Our statements are small and run again and again: JIT never pays
+	 * for them, and a database's jit = on with low thresholds (set for its
+	 * reports) compiled every claim, apply and write-back, each time.  The
+	 * dispatcher then left the network unread for seconds at a time, its
+	 * requests timing out and its breaker opening: 100 orders were not
+	 * delivered in five minutes.
+	 */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	if (writer)
 	{
 		SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);

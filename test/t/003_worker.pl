@@ -126,13 +126,32 @@ ok( wait_until($node,
 # The test's own sessions set them back for themselves.
 my $own = "SET default_transaction_read_only = off; SET lock_timeout = 0;"
   . " SET session_replication_role = origin; SET default_transaction_isolation = 'read committed';"
-  . " SET check_function_bodies = on;";
+  . " SET check_function_bodies = on; SET jit = off;";
 $node->safe_psql('postgres', q{
 	ALTER DATABASE later SET default_transaction_read_only = on;
 	ALTER DATABASE later SET default_transaction_isolation = 'serializable';
 	ALTER DATABASE later SET session_replication_role = replica;
 	ALTER DATABASE later SET lock_timeout = '50ms';
-	ALTER DATABASE later SET check_function_bodies = off;});
+	ALTER DATABASE later SET check_function_bodies = off;
+	ALTER DATABASE later SET jit = on;
+	ALTER DATABASE later SET jit_above_cost = 0;
+	ALTER DATABASE later SET jit_inline_above_cost = 0;
+	ALTER DATABASE later SET jit_optimize_above_cost = 0;});
+# jit = on with no threshold (a database tuned for its reports): the
+# workers compiled each of their statements, every time; the dispatcher
+# left the network unread for seconds ("did not read the network for
+# 9377 ms"), its requests timed out and its breaker opened.  A trigger on
+# the orders, which the applier's write-back fires, notes its session's jit
+$node->safe_psql('later', $own . q{
+	CREATE TABLE crm.jit_seen (jit text);
+	CREATE FUNCTION crm.note_jit() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		IF NEW.waybill_no IS DISTINCT FROM OLD.waybill_no THEN
+			INSERT INTO crm.jit_seen VALUES (current_setting('jit'));
+		END IF;
+		RETURN NEW;
+	END $$;
+	CREATE TRIGGER note_jit BEFORE UPDATE ON crm.orders FOR EACH ROW EXECUTE FUNCTION crm.note_jit();});
 $pid = $node->safe_psql('postgres',
 	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'later'");
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
@@ -147,6 +166,10 @@ ok(wait_until($node, "$own SELECT count(*) = 0 FROM crm.orders WHERE waybill_no 
 unlike(slurp_file($node->logfile, $log_at),
 	qr/read-only transaction|could not serialize|goes on after an error/,
 	'and the dispatcher does not fail');
+is($node->safe_psql('later', "$own SELECT string_agg(DISTINCT jit, ', ') FROM crm.jit_seen"),
+	'off', 'jit = on with no threshold: the workers run their statements without JIT');
+$node->safe_psql('later',
+	"$own DROP TRIGGER note_jit ON crm.orders; DROP FUNCTION crm.note_jit(); DROP TABLE crm.jit_seen");
 
 # replica: the ticket of a refused order gets its history row
 sim_post($sim, '/_sim/faults',

@@ -6,7 +6,9 @@
 # through bind parameters to them and set_secret(), some calls failing,
 # through EXECUTE of prepared calls and in DO blocks, with a \u0000 in
 # JSON options, with auto_explain logging the plans of the statements
-# they run, and waiting in a deadlock that another session reports;
+# they run, and waiting in a deadlock that another session reports; some
+# in sessions whose messages are German (lc_messages), when the system
+# can make that locale;
 # orders delivered through the simulators (which check each credential),
 # failed, registered for tracking and tracked by pushes, CRM pushes signed
 # with the current and the previous secret of a source and a forged one;
@@ -59,7 +61,11 @@ my %secret = (
 	json_nul_bound => 'JSONNULBIND-LEAK-24',
 	auto_explain => 'EXPLAIN-LEAK-25',
 	deadlock => 'DEADLOCK-LEAK-26',
-	prepared_comment => 'PREPCOMMENT-LEAK-27');
+	prepared_comment => 'PREPCOMMENT-LEAK-27',
+	german_inline => 'GERMAN-LEAK-28',
+	german_bound => 'GERMANBIND-LEAK-29',
+	german_failed => 'GERMANFAIL-LEAK-30',
+	german_json => 'GERMANJSON-LEAK-31');
 # a TLS client key, for a simulator that requires a client certificate
 my $certs = PostgreSQL::Test::Utils::tempdir();
 test_ca($certs);
@@ -80,6 +86,13 @@ my $sim_d = start_sim(args => [ '--require-header', "X-Api-Key:$secret{api_key}"
 my $sim_e = start_sim(args => [ '--tls-cert', "$certs/server.crt", '--tls-key', "$certs/server.key",
 		'--tls-client-ca', "$certs/ca.crt" ], seed => 5);
 END { local $?; stop_sim($_) for grep { $_ } ($sim_a, $sim_b, $sim_c, $sim_d, $sim_e); }
+
+# a locale whose messages are German (lc_messages, as initdb sets it from
+# a German environment), made here if the system has none: the server
+# finds it through LOCPATH
+my $locales = PostgreSQL::Test::Utils::tempdir();
+system("localedef -i de_DE -f UTF-8 '$locales/de_DE.UTF-8' >/dev/null 2>&1");
+$ENV{LOCPATH} = $locales;
 
 my $node = shipsync_node('leaks', 'log_statement = all', 'log_min_messages = debug1',
 	'log_parameter_max_length_on_error = -1', 'log_min_error_statement = error');
@@ -238,6 +251,31 @@ like($err, qr/CRM source "leak_jdy" already exists/, 'a failing create_crm_sourc
 ok(pgbench('SELECT shipsync.set_secret(:p, :n, :v);',
 		p => 'leak_jdy', n => 'webhook_secret', v => $secret{crm_jdy_new}),
 	'set_secret() of a CRM source with bind parameters: a new secret');
+
+# A server whose messages are German: its log lines are worded so
+# ("Anweisung: ...", "DETAIL:  Parameter: ...", "JSON-Daten, Zeile 1: ..."),
+# and none of them was redacted, every secret in them
+my $de_err = '';
+my $german = $node->psql('postgres', "SET lc_messages = 'de_DE.UTF-8'; SELECT 1 / 0", stderr => \$de_err) == 3
+  && $de_err =~ /Division durch Null/;
+SKIP:
+{
+	skip 'no German locale or messages on this system', 4 unless $german;
+	($ret, $out, $err) = $node->psql('postgres', qq{SET lc_messages = 'de_DE.UTF-8';
+		SELECT shipsync.create_provider('leak_de', 'generic', 'https://x.example',
+			'{"auth": {"type": "bearer", "token": "$secret{german_inline}"}}');
+		SELECT shipsync.create_provider('leak_de2', 'generic', 'https://x.example',
+			'{"auth": {"type": "bearer", "token": "$secret{german_json}\\u0000"}}');});
+	like($err, qr/Unicode-Escape-Sequenz/, 'in German: a call given its secret inline, one failing on its JSON');
+	local $ENV{PGOPTIONS} = '-c lc_messages=de_DE.UTF-8';
+	ok(pgbench('SELECT shipsync.set_secret(:p, :n, :v);', p => 'leak_de', n => 'token', v => $secret{german_bound}),
+		'in German: set_secret() with bind parameters');
+	ok(!pgbench('SELECT shipsync.set_secret(:p, :n, :v);', p => 'leak_de', n => 'no_such_secret',
+			v => $secret{german_failed}),
+		'in German: a failing set_secret() with bind parameters');
+	like(slurp_file($node->logfile), qr/Anweisung: SELECT shipsync.set_secret\(\$1, \$2, \$3\)|Ausführen <unnamed>: SELECT shipsync.set_secret/,
+		'the German log recorded the calls');
+}
 
 # 3. deliveries with every credential; the simulators check each one
 sql(qq{

@@ -380,7 +380,7 @@ BEGIN
 			   CASE WHEN u.st IS NOT NULL THEN coalesce(m.name, 'unknown') END,
 			   CASE WHEN u.st IS NOT NULL THEN coalesce(m.rank, -1) END,
 			   -- a time without a zone is the provider's, not this session's
-			   CASE WHEN u.at ~ '^\d{4}-\d\d-\d\d([Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+			   CASE WHEN u.at ~ E'^\\d{4}-\\d\\d-\\d\\d([Tt ]\\d\\d:\\d\\d(:\\d\\d(\\.\\d+)?)?)?$'
 					THEN u.at::timestamp AT TIME ZONE tz ELSE u.at::timestamptz END,
 			   u.fees::jsonb
 		  FROM u LEFT JOIN m ON m.st = u.st

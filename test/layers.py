@@ -13,6 +13,13 @@ column 0, the name at column 0 above): none may be over LIMIT lines, and
 none of a file on the dispatcher's path (DISPATCHER_PATH: what runs for
 every request, from claim to apply) over PATH_LIMIT.  Prints each one over.
 
+Last, the SQL of install/ and the update script: no string literal holding
+a backslash is a plain one ('...'); it must be an escape string (E'...').
+A database of standard_conforming_strings = off reads a plain literal's
+backslashes as escapes: '\d' of a regular expression became "d" there,
+and a whole install or update failed on one (pg_regress api shows what it
+broke).  Prints each one.
+
     test/layers.py [src]        # after make; exits 1 on a cycle or a long function
 
 The last line counts the checks: "layers: N passed, N failed".
@@ -98,9 +105,74 @@ def main():
     if cycle == 2:
         return 2
     over = check_lengths(src)
-    failed = (1 if cycle else 0) + (1 if over else 0)
-    print(f"layers: {2 - failed} passed, {failed} failed")
+    plain = check_sql_literals(os.path.join(src, ".."))
+    failed = (1 if cycle else 0) + (1 if over else 0) + (1 if plain else 0)
+    print(f"layers: {3 - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def sql_literals(text):
+    """(offset, escape string?, literal) of each string literal of text:
+    comments skipped, a dollar quote's body read as SQL (function bodies
+    are), a literal continued on the next line (whitespace with a newline
+    between two) of the same kind as the one it continues."""
+    i, n = 0, len(text)
+    last_end, last_escape = -1, False
+    while i < n:
+        c = text[i]
+        if text.startswith("--", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        if text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+            continue
+        if c == "$":
+            m = re.match(r"\$([A-Za-z_]*)\$", text[i:i + 64])
+            if m:
+                i += len(m.group(0))
+                continue
+        if c == "'":
+            gap = text[last_end:i] if last_end >= 0 else "x"
+            if gap.strip() == "" and "\n" in gap:
+                escape = last_escape
+            else:
+                escape = i > 0 and text[i - 1] in "Ee" and \
+                    (i < 2 or not (text[i - 2].isalnum() or text[i - 2] == "_"))
+            j = i + 1
+            while j < n:
+                if escape and text[j] == "\\":
+                    j += 2
+                    continue
+                if text[j] == "'":
+                    if j + 1 < n and text[j + 1] == "'":
+                        j += 2
+                        continue
+                    break
+                j += 1
+            yield i, escape, text[i:j + 1]
+            last_end, last_escape = j + 1, escape
+            i = j + 1
+            continue
+        i += 1
+
+
+def check_sql_literals(top):
+    files = sorted(os.path.join(top, "install", f)
+                   for f in os.listdir(os.path.join(top, "install")) if f.endswith(".sql"))
+    files.append(os.path.join(top, "pg_shipsync--0.1--0.2.sql"))
+    found = 0
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        for pos, escape, lit in sql_literals(text):
+            if not escape and "\\" in lit:
+                line = text.count("\n", 0, pos) + 1
+                print(f"{os.path.relpath(path, top)}:{line}: a backslash in a plain literal "
+                      f"(write E'...', its backslashes doubled): {lit[:60]}")
+                found += 1
+    return found
 
 
 def check_cycles(src):

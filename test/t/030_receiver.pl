@@ -102,17 +102,6 @@ ok(wait_until_http($port, '/healthz', 200), 'healthz: 200 once the extension is 
 is(push_http($port, 'GET', '/healthz')->{content}, "ok\n", 'its body is ok');
 is(push_http($port, 'HEAD', '/healthz')->{status}, 200, 'HEAD /healthz too');
 
-sub wait_until_http
-{
-	my ($p, $path, $want) = @_;
-	for (1 .. 200)
-	{
-		return 1 if push_http($p, 'GET', $path)->{status} == $want;
-		usleep(100_000);
-	}
-	return 0;
-}
-
 sub q1 { return $node->safe_psql('postgres', $_[0]); }
 
 # ---- POST /tracking/{provider} ----------------------------------------------
@@ -667,16 +656,7 @@ $node->safe_psql('postgres', 'ALTER SYSTEM RESET shipsync.receiver_queue_size');
 $node->safe_psql('postgres', 'ALTER SYSTEM RESET shipsync.receiver_lock_timeout');
 $node->reload;
 
-sub send_raw
-{
-	my ($path, $hdrs, $body) = @_;
-	my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10) or die "connect: $!";
-	$s->autoflush(1);
-	my $text = "POST $path HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: " . length($body) . "\r\n";
-	$text .= "$_: $hdrs->{$_}\r\n" for sort keys %$hdrs;
-	print $s "$text\r\n$body";
-	return $s;
-}
+sub send_raw { return push_raw($port, @_); }
 
 # ---- one log line per refused class per minute, never per request ------------
 my $log = slurp_file($node->logfile);

@@ -31,13 +31,7 @@ sql(qq{
 	SELECT shipsync.create_provider('trk', 'generic', 'http://127.0.0.1:9', '{"webhook_secret": "$SECRET"}');
 	SELECT shipsync.pause('trk');
 });
-my $ready = 0;
-for (1 .. 200)
-{
-	$ready = 1, last if push_http($port, 'GET', '/healthz')->{status} == 200;
-	usleep(100_000);
-}
-ok($ready, 'the receiver takes pushes');
+ok(wait_until_http($port, '/healthz', 200), 'the receiver takes pushes');
 my $pid = receiver_pid($node);
 
 # Bytes used in the receiver's memory contexts

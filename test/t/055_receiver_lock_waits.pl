@@ -55,25 +55,10 @@ sql(qq{
 		('zoho', 'crm_in', 'customer', 'customer', 'trim', true);
 	SELECT shipsync.create_crm_source('zoho', 'generic', 'crm.orders', '{"secret": "$SECRET", "key_column": "crm_id"}');
 });
-my $ready = 0;
-for (1 .. 200)
-{
-	$ready = 1, last if push_http($port, 'GET', '/healthz')->{status} == 200;
-	usleep(100_000);
-}
-ok($ready, 'the receiver takes pushes');
+ok(wait_until_http($port, '/healthz', 200), 'the receiver takes pushes');
 my $pid = receiver_pid($node);
 
-sub send_raw
-{
-	my ($path, $hdrs, $body) = @_;
-	my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10) or die "connect: $!";
-	$s->autoflush(1);
-	my $text = "POST $path HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: " . length($body) . "\r\n";
-	$text .= "$_: $hdrs->{$_}\r\n" for sort keys %$hdrs;
-	print $s "$text\r\n$body";
-	return $s;
-}
+sub send_raw { return push_raw($port, @_); }
 
 # every answer of the sockets of %$socks (name => socket), within $limit s
 sub read_answers

@@ -15,12 +15,13 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep time);
 use Exporter 'import';
+use IO::Socket::INET;
 
 our @EXPORT = qw(shipsync_node start_sim stop_sim sim_get sim_post wait_until
   setup_orders start_receiver flush_pushes receiver_node push_http sw_headers
   jdy_signed receiver_pid openssl test_ca test_certificate test_pin
   setup_sf_orders run_reconcile note_outbox_versions proc_stat cpu_seconds
-  wait_settled);
+  wait_settled wait_until_http push_raw);
 
 my $here = dirname(abs_path(__FILE__));
 my @started_sims;
@@ -336,6 +337,33 @@ sub push_http
 	$http //= HTTP::Tiny->new(timeout => 60);
 	return $http->request($method, "http://127.0.0.1:$port$path",
 		{ headers => $headers // {}, defined $body ? (content => $body) : () });
+}
+
+# Wait until GET $path of the receiver on $port answers $want (20 s at
+# most): 1 when it did, 0 when it did not.
+sub wait_until_http
+{
+	my ($port, $path, $want) = @_;
+	for (1 .. 200)
+	{
+		return 1 if push_http($port, 'GET', $path)->{status} == $want;
+		usleep(100_000);
+	}
+	return 0;
+}
+
+# A POST written on a socket of its own, not waited for: returns the
+# socket, to read its answer from (pushes that must be in the receiver
+# together).
+sub push_raw
+{
+	my ($port, $path, $hdrs, $body) = @_;
+	my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10) or die "connect: $!";
+	$s->autoflush(1);
+	my $text = "POST $path HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: " . length($body) . "\r\n";
+	$text .= "$_: $hdrs->{$_}\r\n" for sort keys %$hdrs;
+	print $s "$text\r\n$body";
+	return $s;
 }
 
 # Standard Webhooks headers for a body signed now (or at $ts) with a whsec_

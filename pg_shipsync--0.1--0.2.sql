@@ -14501,6 +14501,14 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- The outbox vacuumed after a fixed number of dead versions
+------------------------------------------------------------------------------
+-- Its indexes with it, whatever its history (install/10_queue.sql has
+-- why).  A SHARE UPDATE EXCLUSIVE lock: inserts into the outbox go on.
+ALTER TABLE @extschema@.outbox SET (autovacuum_vacuum_scale_factor = 0,
+	autovacuum_vacuum_threshold = 1000, vacuum_index_cleanup = on);
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

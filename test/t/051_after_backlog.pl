@@ -12,6 +12,7 @@
 # one of them: each take then read all of it (987 buffers a take after a
 # backlog of 100,000; 0.8 s a call was once seen).  Checked here both ways,
 # with autovacuum off, so that the entries stay for the trickle after.
+# And a take looks up every provider it may send for in one statement.
 use strict;
 use warnings;
 use FindBin;
@@ -97,6 +98,21 @@ sql(qq{
 check_buffers('beside a paused backlog');
 is(sql(qq{SELECT count(*) FROM shipsync.outbox WHERE provider_id = $pid AND state = 'pending'}),
 	'20000', 'the paused carrier\'s intents wait');
+
+# Many providers: a take looked up each one's row and its next retry, two
+# statements a provider (with 50 providers, 110 an order at a trickle).
+# Now one statement for all of them.
+sql(qq{SELECT count(*) FROM (SELECT shipsync.create_provider('many-' || g, 'generic',
+	'$sim->{url}', '{"timeout_ms": 2000}') FROM generate_series(1, 30) g) x});
+sql('SELECT pg_stat_statements_reset()');
+trickle(5, 'beside 31 providers');
+my ($lookups) = sql(q{
+	SELECT sum(calls) FROM pg_stat_statements
+	WHERE query LIKE 'SELECT p.paused FROM shipsync.provider p WHERE p.provider_id = $1'
+	   OR query LIKE 'SELECT pg_catalog.min(next_attempt_at) FROM shipsync.outbox%'
+	   OR query LIKE 'SELECT p.provider_id FROM shipsync.provider p WHERE p.provider_id = ANY%'});
+cmp_ok($lookups / 5, '<=', 12,
+	"beside 31 providers, a few lookups of providers and retries an order ($lookups for 5 orders)");
 
 $node->stop;
 done_testing();

@@ -1,4 +1,5 @@
-# After a backlog, the outbox is vacuumed whatever its history.  The outbox
+# After a backlog, the outbox is vacuumed whatever its history, and the
+# inbox soon (its end).  The outbox
 # keeps every intent, done ones too; autovacuum's default threshold is a
 # fifth of the table, so on an outbox of 150,000 intents done a backlog of
 # 10,000 sent through the claim (two dead versions each) never had it
@@ -80,6 +81,32 @@ for my $q (['SELECT pg_catalog.min(next_attempt_at) FROM shipsync.outbox%', 'the
 	my $per = $calls ? $blocks / $calls : 0;
 	cmp_ok($per, '<=', 10, "$q->[1] reads a few buffers a call ($blocks in $calls calls)");
 }
+
+# The inbox: every take reads it whole, its empty pages too, until a
+# vacuum truncates them.  Autovacuum came after 10,000 dead rows, so the
+# pages of a backlog of 5,000 were read at every take of the trickle after
+# (and those of any backlog's last 10,000 rows), until 10,000 more orders.
+sql("SELECT shipsync.pause('sim')");
+sql("INSERT INTO crm.orders (customer) SELECT 'captured-' || g FROM generate_series(1, 5000) g");
+sql("SELECT shipsync.resume('sim')");
+ok( wait_until($node, q{SELECT NOT EXISTS (SELECT 1 FROM shipsync.inbox)
+	AND NOT EXISTS (SELECT 1 FROM crm.orders WHERE waybill_no IS NULL)}, 180),
+	'the captured backlog was delivered');
+ok( wait_until($node, q{SELECT pg_relation_size('shipsync.inbox') <= 8192}, 60),
+	'the inbox was vacuumed and truncated after it')
+  or diag(sql(q{SELECT pg_relation_size('shipsync.inbox') / 8192, n_dead_tup
+	FROM pg_stat_user_tables WHERE relid = 'shipsync.inbox'::regclass}));
+sql('SELECT pg_stat_statements_reset()');
+for my $i (1 .. 5)
+{
+	my $id = sql("INSERT INTO crm.orders (customer) VALUES ('later-$i') RETURNING id");
+	ok(wait_settled($node, "'$id'"), "order $i after the captured backlog delivered");
+}
+my ($calls, $blocks) = split /\|/, sql(q{
+	SELECT sum(calls), sum(shared_blks_hit + shared_blks_read) FROM pg_stat_statements
+	WHERE query LIKE 'SELECT i.id, i.binding_id, i.provider_id, i.order_key%FROM shipsync.inbox i ORDER BY i.id LIMIT $1'});
+cmp_ok($calls ? $blocks / $calls : 0, '<=', 3,
+	"the take's read of the inbox reads a page or two ($blocks in $calls calls)");
 
 $node->stop;
 done_testing();

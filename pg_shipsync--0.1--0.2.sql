@@ -16237,6 +16237,22 @@ CREATE EVENT TRIGGER shipsync_on_table_ddl ON ddl_command_end
 REVOKE ALL ON FUNCTION @extschema@._on_table_ddl() FROM PUBLIC;
 
 ------------------------------------------------------------------------------
+
+-- The outbox vacuumed after a fixed number of dead versions, the inbox sooner
+------------------------------------------------------------------------------
+-- Its indexes with it, whatever its history (install/10_queue.sql has
+-- why).  A SHARE UPDATE EXCLUSIVE lock: inserts into the outbox go on.
+ALTER TABLE @extschema@.outbox SET (autovacuum_vacuum_scale_factor = 0,
+	autovacuum_vacuum_threshold = 1000, vacuum_index_cleanup = on);
+-- The inbox after 1,000 dead rows, not 10,000: every take reads its empty
+-- pages until a vacuum truncates them.  (Reset and set again, so that its
+-- options are listed as a fresh install lists them.)
+ALTER TABLE @extschema@.inbox RESET (autovacuum_vacuum_threshold,
+	autovacuum_vacuum_insert_threshold);
+ALTER TABLE @extschema@.inbox SET (autovacuum_vacuum_threshold = 1000,
+	autovacuum_vacuum_insert_threshold = -1);
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

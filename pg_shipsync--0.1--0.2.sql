@@ -16171,6 +16171,24 @@ AS $$
 DECLARE
 	r record;
 BEGIN
+	-- Every CREATE and ALTER TABLE of the database comes here, and an error
+	-- here fails it: nothing of the extension's is read unless a command
+	-- made an inheritance link, a capture trigger or a subscription (a DBA
+	-- renaming shipsync.binding, TAP 021, failed on "relation does not
+	-- exist"; so would every ALTER TABLE after it)
+	IF NOT EXISTS (
+		SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() c
+		WHERE (c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+			   AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
+						   WHERE i.inhrelid OPERATOR(pg_catalog.=) c.objid))
+		   OR (c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
+			   AND EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+						   WHERE t.oid OPERATOR(pg_catalog.=) c.objid
+							 AND t.tgname OPERATOR(pg_catalog.=) 'shipsync_capture'))
+		   OR c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_subscription'::pg_catalog.regclass)
+	   OR pg_catalog.to_regclass('@extschema@.binding') IS NULL THEN
+		RETURN;
+	END IF;
 	SELECT x.parent::pg_catalog.regclass AS parent, x.child::pg_catalog.regclass AS child, x.attaching
 	INTO r
 	FROM (SELECT i.inhparent AS parent, i.inhrelid AS child, false AS attaching

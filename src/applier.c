@@ -508,7 +508,16 @@ applier_pump(void)
 	if (waiting_head == NULL)
 		waiting_tail = NULL;
 	poison_applying(at_applier->ids, at_applier->n);
+	/*
+	 * No cancel inside the send: pg_cancel_backend() of the dispatcher
+	 * while it waited for room in the queue left half a group there, the
+	 * applier waiting for the rest and the dispatcher for its ack, for
+	 * ever: the orders of those results were never written back (TAP 003,
+	 * "cancelled while waiting").  The cancel is taken after it.
+	 */
+	HOLD_CANCEL_INTERRUPTS();
 	res = shm_mq_send(to_applier, at_applier->buf.len, at_applier->buf.data, false, true);
+	RESUME_CANCEL_INTERRUPTS();
 	/* the wait inside may have eaten a wake-up meant for the loop */
 	SetLatch(MyLatch);
 	if (res != SHM_MQ_SUCCESS)

@@ -1052,6 +1052,7 @@ dispatcher_take(TimestampTz now, InboxTake *takes)
 #define FLUSH_ALONE_MS 1000		/* and after a late one, ours for this long */
 
 static void dispatcher_apply_done(TimestampTz now);
+static void dispatcher_apply_done_held(TimestampTz now);
 
 /*
  * With requests on the wire, have the launcher flush the WAL up to this
@@ -1566,10 +1567,21 @@ dispatcher_applied(void)
 
 /*
  * Judge every transfer that finished, hand the results to be applied, then
- * free them.
+ * free them.  A cancel (pg_cancel_backend()) waits until they are handed
+ * over: taken off the done list, they were lost with the statement it
+ * stopped, their intents in flight until their leases ran out and sent
+ * again (TAP 003).  An ERROR ends the hold (errfinish()).
  */
 static void
 dispatcher_apply_done(TimestampTz now)
+{
+	HOLD_CANCEL_INTERRUPTS();
+	dispatcher_apply_done_held(now);
+	RESUME_CANCEL_INTERRUPTS();
+}
+
+static void
+dispatcher_apply_done_held(TimestampTz now)
 {
 	HttpTransfer *t;
 	Flight	  **done = NULL;

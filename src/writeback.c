@@ -202,8 +202,7 @@ writeback_forget_detached(void)
 	held = palloc(sizeof(Datum) * n_wb_plans);
 	for (int i = 0; i < n_wb_plans; i++)
 		held[i] = Int32GetDatum(wb_plans[i].binding_id);
-	arg = PointerGetDatum(construct_array(held, n_wb_plans, INT4OID, sizeof(int32),
-										  true, TYPALIGN_INT));
+	arg = shipsync_make_array(held, NULL, n_wb_plans, INT4OID);
 	if (SPI_execute_plan(plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "looking up the attached bindings failed");
 	n = (int) SPI_processed;

@@ -1855,6 +1855,17 @@ http_wait(HttpClient *c, long timeout_ms, uint32 wait_event_info)
 	if (curl_ms >= 0 && (timeout_ms < 0 || curl_ms < timeout_ms))
 		timeout_ms = curl_ms;
 
+	/*
+	 * Finished transfers not yet taken: no sleep.  They are left here when
+	 * an ERROR (a pg_cancel_backend() of the dispatcher) ends the pass after
+	 * the last wait collected them; nothing on the sockets wakes us for
+	 * them, and sleeping the dispatcher's whole timeout held their answers
+	 * unapplied, their orders without a waybill, for up to half a minute
+	 * (TAP 003, "cancelled while waiting").
+	 */
+	if (c->done_head != NULL)
+		timeout_ms = 0;
+
 	if (timeout_ms != 0)
 		(void) WaitEventSetWait(c->wes, timeout_ms, &event, 1, wait_event_info);
 

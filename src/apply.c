@@ -1110,17 +1110,33 @@ wait_write_back(void *arg)
 }
 
 /*
- * w's write-back met the held row again (e): its next try, and the
- * order_held ticket once the row has been held longer than
- * shipsync.writeback_wait_ticket.  Or it failed otherwise: its intents end
- * dead (writeback_failed), as the slow path's would have, with a ticket.
+ * Whether error e of a waiting write-back passes: another session's lock,
+ * or what a later try gets past (a cancel, a shortage of resources), as
+ * writeback_try() in writeback.c judges them.  Not the row's refusal.
+ */
+static bool
+wait_transient(const ErrorData *e)
+{
+	int			cls = ERRCODE_TO_CATEGORY(e->sqlerrcode);
+
+	return apply_lock_error(e) || cls == ERRCODE_TRANSACTION_ROLLBACK ||
+		cls == ERRCODE_INSUFFICIENT_RESOURCES || cls == ERRCODE_OPERATOR_INTERVENTION ||
+		cls == ERRCODE_SYSTEM_ERROR;
+}
+
+/*
+ * w's write-back met the held row again (e), or something else that
+ * passes: its next try, and the order_held ticket once it has waited
+ * longer than shipsync.writeback_wait_ticket.  Or the row refused it (a
+ * constraint, a trigger of the user's): its intents end dead
+ * (writeback_failed), as the slow path's would have, with a ticket.
  */
 static void
 wait_not_landed(WaitRow *w, const ErrorData *e, ArgArrays *tickets, TimestampTz now)
 {
 	char	   *key = TextDatumGetCString(w->args[1]);
 
-	if (apply_lock_error(e))
+	if (wait_transient(e))
 	{
 		bool		ticket = !w->ticketed && shipsync_writeback_wait_ticket_ms > 0 &&
 			TimestampDifferenceExceeds(w->since, now, shipsync_writeback_wait_ticket_ms);

@@ -4519,7 +4519,7 @@ WHERE t.resolved_at IS NULL;
 COMMENT ON VIEW @extschema@.open_tickets IS
 	'Every ticket not resolved, open or acknowledged: its kind, how long since it was (re)opened, the order and provider it is about, and the last note given.';
 COMMENT ON COLUMN @extschema@.open_tickets.ticket_id IS 'The ticket, for shipsync.ack() and shipsync.resolve().';
-COMMENT ON COLUMN @extschema@.open_tickets.kind IS 'What went wrong: dead_intent, invalid_order, writeback_failed, auth_failed, unmatched_expired, or a reconciliation kind (see shipsync.reconciliation).';
+COMMENT ON COLUMN @extschema@.open_tickets.kind IS 'What went wrong: dead_intent, invalid_order, writeback_failed, order_held, auth_failed, unmatched_expired, or a reconciliation kind (see shipsync.reconciliation).';
 COMMENT ON COLUMN @extschema@.open_tickets.state IS 'open, or acknowledged (someone is on it).';
 COMMENT ON COLUMN @extschema@.open_tickets.age IS 'Time since the ticket was opened, or last reopened.';
 COMMENT ON COLUMN @extschema@.open_tickets.provider IS 'The provider it is about.';
@@ -16269,6 +16269,42 @@ ALTER TABLE @extschema@.inbox RESET (autovacuum_vacuum_threshold,
 	autovacuum_vacuum_insert_threshold);
 ALTER TABLE @extschema@.inbox SET (autovacuum_vacuum_threshold = 1000,
 	autovacuum_vacuum_insert_threshold = -1);
+
+------------------------------------------------------------------------------
+-- Write-backs waiting for a held order row (install/10_queue.sql)
+------------------------------------------------------------------------------
+-- An answer whose write-back met an order row another session held was
+-- sent again under its key, an attempt counted each time, and at
+-- max_attempts the intent was dead (writeback_failed) with the waybill
+-- never written.  Now the answer is recorded and only the write-back waits.
+/*
+ * Write-backs waiting for an order row another session holds: the
+ * carrier's answer is recorded (shipment, fees, log, the intent done with
+ * error_class order_locked), only its write-back onto the row is not.  The
+ * dispatcher writes the shipment's fields back from shipsync.shipment as
+ * soon as the row is free, never asking the carrier again (apply.c,
+ * outbox_writeback_waiting()); a row held longer than
+ * shipsync.writeback_wait_ticket opens an order_held ticket, resolved when
+ * the write-back lands.  One row per shipment; outbox_ids are the intents
+ * whose answers wait.
+ */
+CREATE TABLE @extschema@.writeback_wait (
+	binding_id		integer NOT NULL,
+	order_key		text COLLATE "C" NOT NULL,
+	provider_id		integer NOT NULL,
+	outbox_ids		bigint[] NOT NULL,
+	since			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	tries			integer NOT NULL DEFAULT 1,
+	next_at			timestamptz NOT NULL,
+	last_error		text,
+	ticketed		boolean NOT NULL DEFAULT false,
+	PRIMARY KEY (binding_id, order_key, provider_id)
+);
+CREATE INDEX writeback_wait_due_idx ON @extschema@.writeback_wait (next_at);
+COMMENT ON TABLE @extschema@.writeback_wait IS
+	'Shipments whose write-back onto the order row waits for a row or table lock another session holds (an open SELECT ... FOR UPDATE, a forgotten prepared transaction): their answers are recorded and their intents done (error_class order_locked); the dispatcher writes them back as soon as the row is free, without asking the carrier again.';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.writeback_wait', '');
+GRANT SELECT ON @extschema@.writeback_wait TO shipsync_reader;
 
 ------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use

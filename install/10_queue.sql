@@ -275,6 +275,33 @@ CREATE INDEX delivery_log_at_idx ON @extschema@.delivery_log USING brin (at);
 COMMENT ON TABLE @extschema@.delivery_log IS
 	'Every HTTP attempt: intent, attempt number, status code, latency, outcome (done, retry, dead), error class and the SHA-256 of the request body. No headers, so no secrets.';
 
+/*
+ * Write-backs waiting for an order row another session holds: the
+ * carrier's answer is recorded (shipment, fees, log, the intent done with
+ * error_class order_locked), only its write-back onto the row is not.  The
+ * dispatcher writes the shipment's fields back from shipsync.shipment as
+ * soon as the row is free, never asking the carrier again (apply.c,
+ * outbox_writeback_waiting()); a row held longer than
+ * shipsync.writeback_wait_ticket opens an order_held ticket, resolved when
+ * the write-back lands.  One row per shipment; outbox_ids are the intents
+ * whose answers wait.
+ */
+CREATE TABLE @extschema@.writeback_wait (
+	binding_id		integer NOT NULL,
+	order_key		text COLLATE "C" NOT NULL,
+	provider_id		integer NOT NULL,
+	outbox_ids		bigint[] NOT NULL,
+	since			timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	tries			integer NOT NULL DEFAULT 1,
+	next_at			timestamptz NOT NULL,
+	last_error		text,
+	ticketed		boolean NOT NULL DEFAULT false,
+	PRIMARY KEY (binding_id, order_key, provider_id)
+);
+CREATE INDEX writeback_wait_due_idx ON @extschema@.writeback_wait (next_at);
+COMMENT ON TABLE @extschema@.writeback_wait IS
+	'Shipments whose write-back onto the order row waits for a row or table lock another session holds (an open SELECT ... FOR UPDATE, a forgotten prepared transaction): their answers are recorded and their intents done (error_class order_locked); the dispatcher writes them back as soon as the row is free, without asking the carrier again.';
+
 CREATE TABLE @extschema@.exception_ticket (
 	ticket_id		bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	kind			text NOT NULL,
@@ -367,6 +394,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.inbox', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.shipment', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.delivery_log', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.writeback_wait', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.exception_ticket', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.dropped_table', '');
 -- and their identity sequences, one statement each (each call updates the

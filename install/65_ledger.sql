@@ -214,7 +214,7 @@ WHERE t.resolved_at IS NULL;
 COMMENT ON VIEW @extschema@.open_tickets IS
 	'Every ticket not resolved, open or acknowledged: its kind, how long since it was (re)opened, the order and provider it is about, and the last note given.';
 COMMENT ON COLUMN @extschema@.open_tickets.ticket_id IS 'The ticket, for shipsync.ack() and shipsync.resolve().';
-COMMENT ON COLUMN @extschema@.open_tickets.kind IS 'What went wrong: dead_intent, invalid_order, writeback_failed, auth_failed, unmatched_expired, or a reconciliation kind (see shipsync.reconciliation).';
+COMMENT ON COLUMN @extschema@.open_tickets.kind IS 'What went wrong: dead_intent, invalid_order, writeback_failed, order_held, auth_failed, unmatched_expired, or a reconciliation kind (see shipsync.reconciliation).';
 COMMENT ON COLUMN @extschema@.open_tickets.state IS 'open, or acknowledged (someone is on it).';
 COMMENT ON COLUMN @extschema@.open_tickets.age IS 'Time since the ticket was opened, or last reopened.';
 COMMENT ON COLUMN @extschema@.open_tickets.provider IS 'The provider it is about.';

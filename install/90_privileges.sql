@@ -25,6 +25,8 @@ GRANT SELECT (shipment_id, binding_id, order_key, provider_id, provider_shipment
 GRANT SELECT (id, outbox_id, attempt, provider_id, at, method, url, http_status, latency_ms,
 	outcome, error_class, error) ON @extschema@.delivery_log TO shipsync_reader;
 GRANT SELECT ON @extschema@.shipment, @extschema@.delivery_log TO shipsync_operator;
+-- write-backs waiting for a held order row: keys and lock errors, no personal data
+GRANT SELECT ON @extschema@.writeback_wait TO shipsync_reader;
 GRANT EXECUTE ON FUNCTION @extschema@.retry(bigint), @extschema@.requeue(text, text, text, timestamptz),
 	@extschema@.retry(text, text, text, timestamptz),
 	@extschema@.pause(text), @extschema@.resume(text),

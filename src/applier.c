@@ -83,6 +83,7 @@ typedef struct ApplierAck
 {
 	int32		n;				/* results applied */
 	uint64		fresh;			/* providers given new intents */
+	bool		parked;			/* a write-back left to wait for a held row */
 } ApplierAck;
 
 /* The fixed part of a serialized result; its strings follow */
@@ -498,6 +499,9 @@ applier_pump(void)
 		poison_applied(at_applier->ids, at_applier->n);
 		applier_note_done(at_applier->providers, at_applier->n,
 						  ((ApplierAck *) data)->fresh);
+		/* the dispatcher tries those write-backs again (apply.c) */
+		if (((ApplierAck *) data)->parked)
+			outbox_writebacks_parked = true;
 		applier_free_group(at_applier);
 		at_applier = NULL;
 	}
@@ -784,6 +788,8 @@ applier_apply_message(const char *data, Size len)
 	pgstat_report_activity(STATE_RUNNING, "applying results");
 	ack.fresh = outbox_apply(rs, n, worker_bindings, worker_nbindings);
 	ack.n = n;
+	ack.parked = outbox_writebacks_parked;
+	outbox_writebacks_parked = false;
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return ack;
 }

@@ -56,10 +56,25 @@ typedef enum ApplyStmt
 	APPLY_REQUOTES,				/* their fees (same rows) */
 	APPLY_REGISTERED,			/* registrations done */
 	APPLY_REGISTER,				/* registrations to make */
+	APPLY_WAIT,					/* write-backs left to wait for a held row */
 	APPLY_NSTMTS
 } ApplyStmt;
 
 #define APPLY_MAX_ARGS 12
+
+/*
+ * A write-back that waits for an order row another session holds
+ * (writeback_wait): first tried again after WB_WAIT_FIRST_MS, then every
+ * second more, at most every WB_WAIT_MAX_MS; each try waits for the row
+ * at most WB_WAIT_LOCK_MS (or shipsync.order_lock_timeout, if less), and
+ * a pass gives up its tries after WB_WAIT_PASS_HELD rows found held, so
+ * that the dispatcher, which makes them, is never held long.
+ */
+#define WB_WAIT_FIRST_MS 1000
+#define WB_WAIT_MAX_MS 5000
+#define WB_WAIT_LOCK_MS 50
+#define WB_WAIT_PASS_HELD 4
+#define WB_WAIT_BATCH 64
 
 typedef struct ApplyPlanDef
 {
@@ -304,6 +319,24 @@ static const ApplyPlanDef apply_defs[APPLY_NSTMTS] = {
 		{INT4OID, INT4OID, TEXTOID},
 		SPI_OK_INSERT, "enqueueing registrations"
 	},
+	/*
+	 * an answer recorded whose write-back met an order row another session
+	 * held (apply_one()): one row per shipment, however many of its
+	 * intents wait (outbox_writeback_waiting() writes the shipment back)
+	 */
+	[APPLY_WAIT] = {
+		"INSERT INTO shipsync.writeback_wait AS w (binding_id, order_key, provider_id,"
+		" outbox_ids, next_at, last_error)"
+		" SELECT u.bid, u.k, u.pid, ARRAY[u.id], u.next_at, u.err"
+		" FROM shipsync._rows($1, $2, $3, $4, $5, $6)"
+		"   AS u(bid int4, k text, pid int4, id int8, next_at timestamptz, err text)"
+		" ON CONFLICT (binding_id, order_key, provider_id) DO UPDATE SET"
+		" outbox_ids = CASE WHEN EXCLUDED.outbox_ids <@ w.outbox_ids THEN w.outbox_ids"
+		"   ELSE w.outbox_ids || EXCLUDED.outbox_ids END,"
+		" next_at = LEAST(w.next_at, EXCLUDED.next_at), last_error = EXCLUDED.last_error", 6,
+		{INT4OID, TEXTOID, INT4OID, INT8OID, TIMESTAMPTZOID, TEXTOID},
+		SPI_OK_INSERT, "noting write-backs that wait for a held order row"
+	},
 };
 
 static SPIPlanPtr apply_plans[APPLY_NSTMTS];
@@ -516,6 +549,19 @@ apply_collect(ApplyBatch *b, const ShipResult *r, Binding *bs, int nb)
 		apply_collect_created(b, r, bs, nb);
 	else if (r->ship_ok)
 		apply_collect_updated(b, r);
+	if (r->park_writeback)
+	{
+		ArgArrays  *wa = b->rows[APPLY_WAIT];
+		int			w = args_row(wa);
+
+		args_set(wa, w, 0, Int32GetDatum(r->binding_id));
+		args_set_text(wa, w, 1, r->order_key);
+		args_set(wa, w, 2, Int32GetDatum(r->provider_id));
+		args_set(wa, w, 3, Int64GetDatum(r->id));
+		args_set(wa, w, 4, TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																		   WB_WAIT_FIRST_MS)));
+		args_set_text(wa, w, 5, r->error);
+	}
 	if (strcmp(r->state, "dead") == 0)
 		outbox_ticket_row(b->tickets, r->id, r->binding_id, r->order_key, r->provider_id,
 						  r->error, r->ticket_kind ? r->ticket_kind : "dead_intent");
@@ -626,6 +672,8 @@ apply_execute(ApplyBatch *b, bool no_writeback, Binding *bs, int nb)
 		apply_run(APPLY_UPDATE, b->rows[APPLY_UPDATE]);
 		apply_with_quotes(no_writeback, bs, nb, APPLY_REQUOTES, b->rows[APPLY_UPDATE]);
 	}
+	if (b->rows[APPLY_WAIT]->n > 0)
+		apply_run(APPLY_WAIT, b->rows[APPLY_WAIT]);
 	outbox_open_tickets(b->tickets);
 }
 
@@ -689,11 +737,21 @@ apply_warn(const ShipResult *r, const char *what, const ErrorData *edata)
 					what, (long long) r->id, r->order_key, edata->message)));
 }
 
+/* Whether error e is another session's lock (or a deadlock), which passes */
+static bool
+apply_lock_error(const ErrorData *e)
+{
+	return e->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		e->sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+		e->sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE;
+}
+
 /*
  * Whether a result that failed with error e is to be sent again later
- * rather than given up: its order row or table was held by another session
- * for longer than shipsync.order_lock_timeout (writeback.c), or a deadlock
- * or serialization failure met it.  Then r becomes a retry, as a
+ * rather than given up: a lock of another session's (not only on the order
+ * row: an answer to record met it, apply_park(), or one with nothing to
+ * write back) held it for longer than shipsync.order_lock_timeout
+ * (writeback.c), or a deadlock or serialization failure met it.  Then r becomes a retry, as a
  * transient failure of the carrier would be: nothing recorded but its
  * outbox state and log row, due again after a backoff (1 s, doubling, at
  * most a minute, jittered), and sent under its key, which the carrier
@@ -704,10 +762,7 @@ apply_later(ShipResult *r, const ErrorData *e)
 {
 	long		delay;
 
-	if (r->last_attempt ||
-		(e->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE &&
-		 e->sqlerrcode != ERRCODE_T_R_DEADLOCK_DETECTED &&
-		 e->sqlerrcode != ERRCODE_T_R_SERIALIZATION_FAILURE))
+	if (r->last_attempt || !apply_lock_error(e))
 		return false;
 	delay = Max(1000, shipsync_backoff_ms(r->attempt, 1000, 60000,
 										  pg_prng_double(&pg_global_prng_state)));
@@ -723,12 +778,41 @@ apply_later(ShipResult *r, const ErrorData *e)
 }
 
 /*
+ * Whether result r, whose apply failed with e, is a carrier's answer to
+ * record with its write-back left to wait: a shipment created, updated or
+ * cancelled (a registration writes nothing back) whose apply met another
+ * session's lock.  Then r is recorded as done, error_class order_locked,
+ * and a row of writeback_wait has the dispatcher write the shipment back
+ * as soon as the order row is free (outbox_writeback_waiting()).  The
+ * carrier is not asked again and no attempt is counted: before, r was
+ * sent again under its key (apply_later()) at every try, and a row held
+ * for a few backoffs (a forgotten prepared transaction, a long SELECT ...
+ * FOR UPDATE) left it dead at max_attempts, writeback_failed, its waybill
+ * never written onto the order.
+ */
+static bool
+apply_park(ShipResult *r, const ErrorData *e)
+{
+	if (!r->ship_ok || r->kind == INTENT_REGISTER || r->no_writeback || !apply_lock_error(e))
+		return false;
+	r->no_writeback = true;
+	r->park_writeback = true;
+	r->ticket_kind = NULL;
+	r->error_class = "order_locked";
+	r->error = psprintf("the answer is recorded; its write-back waits for the order row or table,"
+						" held by another transaction: %s", e->message);
+	return true;
+}
+
+/*
  * The slow path for one result, each try in its own subtransaction: as it
- * is; then, if another session held its order row, retrying (apply_later());
- * else dead (writeback_failed) with its shipment recorded but the order
- * row left alone; then dead (apply_failed) with nothing but its outbox
- * state, log row and ticket.  Only when even that fails (the outbox itself
- * cannot be written) is the error raised.
+ * is; then, if another session held its order row, recorded with its
+ * write-back left to wait (apply_park()), or, if that meets a lock too or
+ * the answer records nothing, retrying (apply_later()); else dead
+ * (writeback_failed) with its shipment recorded but the order row left
+ * alone; then dead (apply_failed) with nothing but its outbox state, log
+ * row and ticket.  Only when even that fails (the outbox itself cannot be
+ * written) is the error raised.
  */
 static void
 apply_one(ShipResult *rs, int i, Binding *bs, int nb, MemoryContext cxt)
@@ -742,6 +826,23 @@ apply_one(ShipResult *rs, int i, Binding *bs, int nb, MemoryContext cxt)
 		return;
 	apply_warn(r, "applying", first);
 
+	if (apply_lock_error(first))
+	{
+		ShipResult	as_answered = *r;
+		ErrorData  *parked;
+
+		if (apply_park(r, first))
+		{
+			if ((parked = apply_in_subxact(rs, i, bs, nb, cxt)) == NULL)
+			{
+				outbox_writebacks_parked = true;
+				return;
+			}
+			/* not even that: as before, sent again later */
+			apply_warn(r, "recording", parked);
+			*r = as_answered;
+		}
+	}
 	if (!apply_later(r, first))
 	{
 		/* record the shipment and the failure, without the write-back */
@@ -896,4 +997,289 @@ outbox_apply(ShipResult *rs, int n, Binding *bs, int nb)
 	}
 	PG_END_TRY();
 	return apply_new_work(rs, n, bs, nb);
+}
+
+/* ---------- write-backs waiting for a held order row ---------- */
+
+/* Set when an apply of this process left a write-back to wait (applier.c passes it on) */
+bool		outbox_writebacks_parked = false;
+
+typedef enum WaitStmt
+{
+	WAIT_DUE,					/* the waiting write-backs due */
+	WAIT_SHIPMENT,				/* one's shipment, as APPLY_CREATE returns it */
+	WAIT_LANDED,				/* written back: forget it, its intents clean */
+	WAIT_HELD,					/* held again: its next try */
+	WAIT_FAILED,				/* refused by the row: its intents dead */
+	WAIT_RESOLVE,				/* its order_held ticket resolved */
+	WAIT_NEXT,					/* when the next is due */
+	WAIT_NSTMTS
+} WaitStmt;
+
+static const char *const wait_sql[WAIT_NSTMTS] = {
+	[WAIT_DUE] =
+	"SELECT binding_id, order_key, provider_id, ticketed, since, tries,"
+	" outbox_ids[pg_catalog.array_upper(outbox_ids, 1)]"
+	" FROM shipsync.writeback_wait WHERE next_at <= pg_catalog.now()"
+	" ORDER BY next_at LIMIT " CppAsString2(WB_WAIT_BATCH),
+	[WAIT_SHIPMENT] =
+	"SELECT binding_id, order_key, provider_shipment_id, tracking_number, status,"
+	" label_url, fee_total FROM shipsync.shipment"
+	" WHERE binding_id = $1 AND order_key = $2 AND provider_id = $3",
+	[WAIT_LANDED] =
+	"WITH w AS (DELETE FROM shipsync.writeback_wait"
+	"   WHERE binding_id = $1 AND order_key = $2 AND provider_id = $3 RETURNING outbox_ids)"
+	" UPDATE shipsync.outbox o SET error_class = NULL, last_error = NULL,"
+	" updated_at = pg_catalog.now() FROM w"
+	" WHERE o.id = ANY (w.outbox_ids) AND o.state = 'done' AND o.error_class = 'order_locked'",
+	[WAIT_HELD] =
+	"UPDATE shipsync.writeback_wait SET tries = tries + 1,"
+	" next_at = pg_catalog.now() + $4 * interval '1 millisecond',"
+	" last_error = $5, ticketed = ticketed OR $6"
+	" WHERE binding_id = $1 AND order_key = $2 AND provider_id = $3",
+	[WAIT_FAILED] =
+	"WITH w AS (DELETE FROM shipsync.writeback_wait"
+	"   WHERE binding_id = $1 AND order_key = $2 AND provider_id = $3 RETURNING outbox_ids)"
+	" UPDATE shipsync.outbox o SET state = 'dead', error_class = 'writeback_failed',"
+	" last_error = $4, updated_at = pg_catalog.now(), done_at = pg_catalog.now() FROM w"
+	" WHERE o.id = ANY (w.outbox_ids) AND o.state = 'done' AND o.error_class = 'order_locked'",
+	[WAIT_RESOLVE] =
+	"UPDATE shipsync.exception_ticket SET resolved_at = pg_catalog.now(),"
+	" resolved_by = 'dispatcher', resolution = $4"
+	" WHERE kind = 'order_held' AND coalesce(provider_id, 0) = $3"
+	" AND coalesce(binding_id, 0) = $1 AND coalesce(order_key, '') = $2"
+	" AND coalesce(subject, '') = '' AND resolved_at IS NULL",
+	[WAIT_NEXT] =
+	"SELECT min(next_at) FROM shipsync.writeback_wait",
+};
+
+static const int wait_nargs[WAIT_NSTMTS] = {
+	[WAIT_SHIPMENT] = 3, [WAIT_LANDED] = 3, [WAIT_HELD] = 6, [WAIT_FAILED] = 4,
+	[WAIT_RESOLVE] = 4,
+};
+
+static SPIPlanPtr wait_plans[WAIT_NSTMTS];
+
+/* Run statement s with args ($1 binding, $2 order key, $3 provider, then more) */
+static void
+wait_run(WaitStmt s, Datum *args, int ok)
+{
+	static const Oid types[6] = {INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, BOOLOID};
+	Oid			t[6];
+	int			rc;
+
+	if (wait_plans[s] == NULL)
+	{
+		memcpy(t, types, sizeof(t));
+		if (s == WAIT_HELD)
+			t[3] = INT4OID;
+		wait_plans[s] = shipsync_prepare_saved(wait_sql[s], wait_nargs[s], t);
+	}
+	rc = SPI_execute_plan(wait_plans[s], args, NULL, false, 0);
+	if (rc != ok)
+		elog(ERROR, "writing back what waited for held order rows failed: %s",
+			 SPI_result_code_string(rc));
+}
+
+/* One waiting write-back */
+typedef struct WaitRow
+{
+	Datum		args[6];		/* binding, order key, provider, then per statement */
+	bool		ticketed;
+	TimestampTz since;
+	int32		tries;
+	int64		last_id;		/* the last intent whose answer waits */
+	Binding    *bs;
+	int			nb;
+} WaitRow;
+
+/* Write w's shipment back onto its order row, waiting for the row briefly */
+static void
+wait_write_back(void *arg)
+{
+	WaitRow    *w = (WaitRow *) arg;
+	int			lock_ms = WB_WAIT_LOCK_MS;
+
+	if (shipsync_order_lock_timeout_ms > 0)
+		lock_ms = Min(lock_ms, shipsync_order_lock_timeout_ms);
+	wait_run(WAIT_SHIPMENT, w->args, SPI_OK_SELECT);
+	writeback_shipments_within(w->bs, w->nb, SPI_tuptable, SPI_processed, lock_ms);
+	wait_run(WAIT_LANDED, w->args, SPI_OK_UPDATE);
+	w->args[3] = CStringGetTextDatum("written back once the order row was let go");
+	wait_run(WAIT_RESOLVE, w->args, SPI_OK_UPDATE);
+}
+
+/*
+ * Whether error e of a waiting write-back passes: another session's lock,
+ * or what a later try gets past (a cancel, a shortage of resources), as
+ * writeback_try() in writeback.c judges them.  Not the row's refusal.
+ */
+static bool
+wait_transient(const ErrorData *e)
+{
+	int			cls = ERRCODE_TO_CATEGORY(e->sqlerrcode);
+
+	return apply_lock_error(e) || cls == ERRCODE_TRANSACTION_ROLLBACK ||
+		cls == ERRCODE_INSUFFICIENT_RESOURCES || cls == ERRCODE_OPERATOR_INTERVENTION ||
+		cls == ERRCODE_SYSTEM_ERROR;
+}
+
+/*
+ * w's write-back met the held row again (e), or something else that
+ * passes: its next try, and the order_held ticket once it has waited
+ * longer than shipsync.writeback_wait_ticket.  Or the row refused it (a
+ * constraint, a trigger of the user's): its intents end dead
+ * (writeback_failed), as the slow path's would have, with a ticket.
+ */
+static void
+wait_not_landed(WaitRow *w, const ErrorData *e, ArgArrays *tickets, TimestampTz now)
+{
+	char	   *key = TextDatumGetCString(w->args[1]);
+
+	if (wait_transient(e))
+	{
+		bool		ticket = !w->ticketed && shipsync_writeback_wait_ticket_ms > 0 &&
+			TimestampDifferenceExceeds(w->since, now, shipsync_writeback_wait_ticket_ms);
+
+		w->args[3] = Int32GetDatum(Min(WB_WAIT_MAX_MS, WB_WAIT_FIRST_MS * (w->tries + 1)));
+		w->args[4] = CStringGetTextDatum(e->message);
+		w->args[5] = BoolGetDatum(ticket);
+		wait_run(WAIT_HELD, w->args, SPI_OK_UPDATE);
+		if (ticket)
+			outbox_ticket_row(tickets, w->last_id, DatumGetInt32(w->args[0]), key,
+							  DatumGetInt32(w->args[2]),
+							  psprintf("the carrier's answer is recorded, but its write-back has waited"
+									   " since %s for the order row, held by another transaction: %s",
+									   timestamptz_to_str(w->since), e->message),
+							  "order_held");
+		return;
+	}
+	ereport(WARNING,
+			(errcode(e->sqlerrcode),
+			 errmsg("pg_shipsync: the write-back of order %s, which waited for its row, failed: %s",
+					key, e->message)));
+	w->args[3] = CStringGetTextDatum(psprintf("write-back failed: %s", e->message));
+	wait_run(WAIT_FAILED, w->args, SPI_OK_UPDATE);
+	outbox_ticket_row(tickets, w->last_id, DatumGetInt32(w->args[0]), key,
+					  DatumGetInt32(w->args[2]),
+					  psprintf("write-back failed: %s", e->message), "writeback_failed");
+	w->args[3] = CStringGetTextDatum("the write-back failed (a writeback_failed ticket)");
+	wait_run(WAIT_RESOLVE, w->args, SPI_OK_UPDATE);
+}
+
+/* The waiting write-backs due, copied out of SPI (at most WB_WAIT_BATCH) */
+static int
+wait_due(WaitRow **out, Binding *bs, int nb)
+{
+	SPITupleTable *tt;
+	WaitRow    *ws;
+	int			n;
+
+	if (wait_plans[WAIT_DUE] == NULL)
+		wait_plans[WAIT_DUE] = shipsync_prepare_saved(wait_sql[WAIT_DUE], 0, NULL);
+	if (SPI_execute_plan(wait_plans[WAIT_DUE], NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "looking for write-backs that wait failed");
+	tt = SPI_tuptable;
+	n = (int) SPI_processed;
+	ws = palloc0(sizeof(WaitRow) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ws[i].args[0] = SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull);
+		ws[i].args[1] = CStringGetTextDatum(SPI_getvalue(tt->vals[i], tt->tupdesc, 2));
+		ws[i].args[2] = SPI_getbinval(tt->vals[i], tt->tupdesc, 3, &isnull);
+		ws[i].ticketed = DatumGetBool(SPI_getbinval(tt->vals[i], tt->tupdesc, 4, &isnull));
+		ws[i].since = DatumGetTimestampTz(SPI_getbinval(tt->vals[i], tt->tupdesc, 5, &isnull));
+		ws[i].tries = DatumGetInt32(SPI_getbinval(tt->vals[i], tt->tupdesc, 6, &isnull));
+		ws[i].last_id = DatumGetInt64(SPI_getbinval(tt->vals[i], tt->tupdesc, 7, &isnull));
+		if (isnull)
+			ws[i].last_id = 0;
+		ws[i].bs = bs;
+		ws[i].nb = nb;
+	}
+	*out = ws;
+	return n;
+}
+
+/* When the next waiting write-back is due (0: none waits) */
+static TimestampTz
+wait_next(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (wait_plans[WAIT_NEXT] == NULL)
+		wait_plans[WAIT_NEXT] = shipsync_prepare_saved(wait_sql[WAIT_NEXT], 0, NULL);
+	if (SPI_execute_plan(wait_plans[WAIT_NEXT], NULL, NULL, true, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "looking for write-backs that wait failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetTimestampTz(d);
+}
+
+/*
+ * The dispatcher's tries of the write-backs that wait for a held order row
+ * (writeback_wait, apply_park()), each in a subtransaction of its own,
+ * waiting for the row at most WB_WAIT_LOCK_MS: the shipment's fields as
+ * shipsync.shipment has them now (the same write-back statement as the
+ * apply's, as the table's owner, capture suppressed: no echo), the row of
+ * writeback_wait deleted and its intents' order_locked cleared in the same
+ * subtransaction, and its order_held ticket resolved.  The carrier is not
+ * asked again.  A pass stops trying after WB_WAIT_PASS_HELD rows found
+ * held.  Returns when the next is due (0: none waits).
+ */
+TimestampTz
+outbox_writeback_waiting(Binding *bs, int nb)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile TimestampTz next = 0;
+
+	PG_TRY();
+	{
+		WaitRow    *ws;
+		int			n;
+		int			held = 0;
+		ArgArrays  *tickets;
+		TimestampTz now = GetCurrentTimestamp();
+
+		shipsync_begin_tx("writing back what waited for held order rows", false);
+		n = wait_due(&ws, bs, nb);
+		tickets = outbox_tickets_create(Max(n, 1));
+		for (int i = 0; i < n && held < WB_WAIT_PASS_HELD; i++)
+		{
+			ErrorData  *e;
+
+			e = shipsync_subxact(wait_write_back, &ws[i]);
+			if (e == NULL)
+				continue;
+			held += apply_lock_error(e);
+			wait_not_landed(&ws[i], e, tickets, now);
+		}
+		outbox_open_tickets(tickets);
+		next = wait_next();
+		/* rows left untried: the next pass soon, not at once */
+		if (held >= WB_WAIT_PASS_HELD && next != 0)
+			next = Max(next, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 100));
+		shipsync_end_tx();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		shipsync_abort_tx();
+		(void) shipsync_exit_if_dropped();
+		MemoryContextSwitchTo(cxt);
+		ereport(LOG,
+				(errmsg("pg_shipsync: writing back what waited for held order rows failed"),
+				 errdetail("%s", edata->message)));
+		FreeErrorData(edata);
+		next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), WB_WAIT_MAX_MS);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	return next;
 }

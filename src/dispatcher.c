@@ -1052,6 +1052,13 @@ dispatcher_take(TimestampTz now, InboxTake *takes)
 #define FLUSH_ALONE_MS 1000		/* and after a late one, ours for this long */
 
 static void dispatcher_apply_done(TimestampTz now);
+
+/*
+ * When the next write-back that waits for a held order row is due
+ * (outbox_writeback_waiting()): 0 none, 1 at once (one may have been left
+ * to wait, or a previous dispatcher left some).
+ */
+static TimestampTz writeback_wait_due = 1;
 static void dispatcher_apply_done_held(TimestampTz now);
 
 /*
@@ -1550,6 +1557,13 @@ dispatcher_applied(void)
 	uint64		fresh;
 	int			n = applier_take(&ps, &fresh, bindings, nbindings);
 
+	/* a write-back left to wait for a held order row: look when it is due */
+	if (outbox_writebacks_parked)
+	{
+		outbox_writebacks_parked = false;
+		writeback_wait_due = 1;
+	}
+
 	for (int i = 0; i < n; i++)
 	{
 		Provider   *p = find_provider(ps[i]);
@@ -1777,6 +1791,8 @@ dispatcher_idle_check(TimestampTz now)
 		providers[i].maybe_work = true;
 	outbox_requeue_in_flight(true);
 	audit_prune_if_due(now);
+	if (writeback_wait_due == 0)
+		writeback_wait_due = 1;	/* the safety net: write-backs left to wait */
 	if (shipsync_take_prepared(my_slot))
 		twophase_watch = true;
 	if (twophase_watch)
@@ -1954,6 +1970,9 @@ static void
 dispatcher_send_due(TimestampTz now, bool holding)
 {
 	dispatcher_claim_all(now);
+	/* write-backs that waited for a held order row: no request, a short wait */
+	if (writeback_wait_due != 0 && writeback_wait_due <= now)
+		writeback_wait_due = outbox_writeback_waiting(bindings, nbindings);
 	if (holding)
 		return;
 	poller_send(client, providers, nproviders, now);
@@ -1968,9 +1987,13 @@ dispatcher_send_due(TimestampTz now, bool holding)
 static long
 dispatcher_due_timeout(TimestampTz now, bool holding)
 {
+	long		timeout = dispatcher_timeout(now);
+
+	if (writeback_wait_due != 0)
+		timeout = Min(timeout, ms_until(writeback_wait_due, now));
 	if (holding)
-		return yield_cap_timeout(dispatcher_timeout(now));
-	return Min(Min(dispatcher_timeout(now), poller_timeout(now)),
+		return yield_cap_timeout(timeout);
+	return Min(Min(timeout, poller_timeout(now)),
 			   Min(feepull_timeout(now), reconcile_timeout(providers, nproviders, now)));
 }
 

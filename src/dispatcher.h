@@ -176,6 +176,8 @@ typedef struct ShipResult
 	char	   *waybills;		/* every waybill, as JSON (SF Express) */
 	/* slow path */
 	bool		no_writeback;
+	bool		park_writeback; /* recorded, its write-back left to wait for a
+								 * held order row (writeback_wait) */
 	const char *ticket_kind;
 } ShipResult;
 
@@ -214,6 +216,8 @@ extern void writeback_forget_plans(const Binding *bs, int nb);
 /* in writeback.c: the shipments apply recorded, onto the order rows */
 extern void writeback_shipments(Binding *bs, int nb, SPITupleTable *tt,
 								uint64 nrows);
+extern void writeback_shipments_within(Binding *bs, int nb, SPITupleTable *tt,
+									  uint64 nrows, int lock_timeout_ms);
 
 /* in outbox.c */
 extern void outbox_requeue_in_flight(bool expired_only);
@@ -360,6 +364,8 @@ extern const DialectRoutine aftership_dialect;
 
 /* in apply.c */
 extern uint64 outbox_apply(ShipResult *rs, int n, Binding *bs, int nb);
+extern bool outbox_writebacks_parked;
+extern TimestampTz outbox_writeback_waiting(Binding *bs, int nb);
 extern void outbox_apply_prepare(void);
 
 /* in applier.c */

@@ -59,6 +59,7 @@ int			shipsync_dispatcher_nice = 0;
 int			shipsync_busy_cpu_percent = 2;
 bool		shipsync_apply_worker = true;
 int			shipsync_order_lock_timeout_ms = 1000;
+int			shipsync_writeback_wait_ticket_ms = 300000;
 bool		shipsync_dispatcher_huge_pages = true;
 bool		shipsync_prefault_memory = true;
 char	   *shipsync_receiver_listen = NULL;
@@ -643,10 +644,18 @@ _PG_init(void)
 							 NULL, NULL, NULL);
 
 	DefineCustomIntVariable("shipsync.order_lock_timeout",
-							"Longest wait of a delivery's write-back for an order row another session holds; that order is then sent again later.",
-							"The other results go on meanwhile. 0 waits as long as the other session holds the row, and every result waits behind it.",
+							"Longest wait of a delivery's write-back for an order row another session holds; the answer is then recorded and only its write-back waits.",
+							"The other results go on meanwhile. The write-back is tried again about every second, never asking the carrier again. 0 waits as long as the other session holds the row, and every result waits behind it.",
 							&shipsync_order_lock_timeout_ms,
 							1000, 0, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("shipsync.writeback_wait_ticket",
+							"How long a write-back may wait for an order row another session holds before an order_held ticket says so.",
+							"The ticket is resolved when the write-back lands. 0 opens none.",
+							&shipsync_writeback_wait_ticket_ms,
+							300000, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 

@@ -755,6 +755,7 @@ extern int	shipsync_dispatcher_nice;
 extern int	shipsync_busy_cpu_percent;
 extern bool shipsync_apply_worker;
 extern int	shipsync_order_lock_timeout_ms;
+extern int	shipsync_writeback_wait_ticket_ms;
 extern bool shipsync_dispatcher_huge_pages;
 extern bool shipsync_prefault_memory;
 extern char *shipsync_receiver_listen;

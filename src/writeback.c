@@ -303,11 +303,23 @@ writeback_run(int32 binding_id, Oid relid, const char *sql, Datum *params,
  * next statement reuses SPI_tuptable.  An order row another session holds
  * is waited for at most shipsync.order_lock_timeout: without a limit,
  * one order row held in a user's open transaction held the results of
- * every order of every table behind it (apply.c then sends that order
- * again later).
+ * every order of every table behind it (apply.c then records the answer
+ * and leaves the write-back to wait for the row: writeback_wait).
  */
 void
 writeback_shipments(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
+{
+	writeback_shipments_within(bs, nb, tt, nrows, shipsync_order_lock_timeout_ms);
+}
+
+/*
+ * writeback_shipments() with a wait for a held order row of at most
+ * lock_timeout_ms (0: no limit): the write-backs that waited for one
+ * (apply.c, outbox_writeback_waiting()) try again with a short wait.
+ */
+void
+writeback_shipments_within(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows,
+						   int lock_timeout_ms)
 {
 	static const Oid types[WRITEBACK_NARGS] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 	TEXTOID, NUMERICOID};
@@ -352,7 +364,7 @@ writeback_shipments(Binding *bs, int nb, SPITupleTable *tt, uint64 nrows)
 		for (int c = 0; c < WRITEBACK_NARGS; c++)
 			params[c] = shipsync_make_array(a->values[c], a->nulls[c], a->n, a->types[c]);
 		writeback_run(b->id, b->relid, b->writeback_sql, params, "shipments",
-					  shipsync_order_lock_timeout_ms);
+					  lock_timeout_ms);
 	}
 }
 

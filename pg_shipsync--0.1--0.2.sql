@@ -944,8 +944,25 @@ BEGIN
 END
 $roles$;
 
--- field maps get a third direction: crm_in
-ALTER TABLE @extschema@.field_map DROP CONSTRAINT field_map_direction_check;
+-- field maps get a third direction: crm_in.  0.1's check of direction is
+-- found by what it is (a CHECK of field_map on direction alone), not by
+-- its name: a DBA may have renamed it, and the update failed then on
+-- "constraint "field_map_direction_check" ... does not exist".
+DO $direction_check$
+DECLARE
+	c name;
+BEGIN
+	FOR c IN
+		SELECT con.conname FROM pg_catalog.pg_constraint con
+		WHERE con.conrelid = '@extschema@.field_map'::pg_catalog.regclass
+			AND con.contype = 'c'
+			AND con.conkey = ARRAY[(SELECT a.attnum FROM pg_catalog.pg_attribute a
+				WHERE a.attrelid = con.conrelid AND a.attname = 'direction')]::int2[]
+	LOOP
+		EXECUTE pg_catalog.format('ALTER TABLE @extschema@.field_map DROP CONSTRAINT %I', c);
+	END LOOP;
+END
+$direction_check$;
 ALTER TABLE @extschema@.field_map ADD CONSTRAINT field_map_direction_check
 	CHECK (direction IN ('out', 'in', 'crm_in'));
 COMMENT ON TABLE @extschema@.field_map IS
@@ -8511,7 +8528,7 @@ $$;
 -- order: a binding loaded before its provider was refused, and every INSERT
 -- into the attached table failed after the restore.  Triggers keep what the
 -- keys kept (install/10_queue.sql, install/60_crm.sql).
--- (binding_provider_id_fkey is dropped at the end of this script: see there)
+-- (0.1's binding_provider_id_fkey is dropped at the end of this script: see there)
 ALTER TABLE @extschema@.crm_delivery DROP CONSTRAINT crm_delivery_crm_source_id_fkey;
 CREATE FUNCTION @extschema@._provider_in_use()
 RETURNS trigger
@@ -16280,6 +16297,23 @@ ALTER TABLE @extschema@.inbox SET (autovacuum_vacuum_threshold = 1000,
 -- (12 s with a million intents).  Taken last, they are held for these
 -- two statements and the commit.  (Keep them last.)  The inbox's replica
 -- identity (see above) is set by the same statement as its column.
-ALTER TABLE @extschema@.binding DROP CONSTRAINT binding_provider_id_fkey;
+-- 0.1's foreign key of binding to provider is found by what it is, not
+-- by its name (a DBA may have renamed it: see field_map's direction check).
+DO $binding_fkey$
+DECLARE
+	c name;
+BEGIN
+	FOR c IN
+		SELECT con.conname FROM pg_catalog.pg_constraint con
+		WHERE con.conrelid = '@extschema@.binding'::pg_catalog.regclass
+			AND con.contype = 'f'
+			AND con.confrelid = '@extschema@.provider'::pg_catalog.regclass
+			AND con.conkey = ARRAY[(SELECT a.attnum FROM pg_catalog.pg_attribute a
+				WHERE a.attrelid = con.conrelid AND a.attname = 'provider_id')]::int2[]
+	LOOP
+		EXECUTE pg_catalog.format('ALTER TABLE @extschema@.binding DROP CONSTRAINT %I', c);
+	END LOOP;
+END
+$binding_fkey$;
 ALTER TABLE @extschema@.inbox ALTER COLUMN order_key TYPE text COLLATE "C",
 	REPLICA IDENTITY FULL;

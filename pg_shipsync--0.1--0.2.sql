@@ -944,8 +944,25 @@ BEGIN
 END
 $roles$;
 
--- field maps get a third direction: crm_in
-ALTER TABLE @extschema@.field_map DROP CONSTRAINT field_map_direction_check;
+-- field maps get a third direction: crm_in.  0.1's check of direction is
+-- found by what it is (a CHECK of field_map on direction alone), not by
+-- its name: a DBA may have renamed it, and the update failed then on
+-- "constraint "field_map_direction_check" ... does not exist".
+DO $direction_check$
+DECLARE
+	c name;
+BEGIN
+	FOR c IN
+		SELECT con.conname FROM pg_catalog.pg_constraint con
+		WHERE con.conrelid = '@extschema@.field_map'::pg_catalog.regclass
+			AND con.contype = 'c'
+			AND con.conkey = ARRAY[(SELECT a.attnum FROM pg_catalog.pg_attribute a
+				WHERE a.attrelid = con.conrelid AND a.attname = 'direction')]::int2[]
+	LOOP
+		EXECUTE pg_catalog.format('ALTER TABLE @extschema@.field_map DROP CONSTRAINT %I', c);
+	END LOOP;
+END
+$direction_check$;
 ALTER TABLE @extschema@.field_map ADD CONSTRAINT field_map_direction_check
 	CHECK (direction IN ('out', 'in', 'crm_in'));
 COMMENT ON TABLE @extschema@.field_map IS
@@ -8511,7 +8528,7 @@ $$;
 -- order: a binding loaded before its provider was refused, and every INSERT
 -- into the attached table failed after the restore.  Triggers keep what the
 -- keys kept (install/10_queue.sql, install/60_crm.sql).
--- (binding_provider_id_fkey is dropped at the end of this script: see there)
+-- (0.1's binding_provider_id_fkey is dropped at the end of this script: see there)
 ALTER TABLE @extschema@.crm_delivery DROP CONSTRAINT crm_delivery_crm_source_id_fkey;
 CREATE FUNCTION @extschema@._provider_in_use()
 RETURNS trigger
@@ -16307,6 +16324,217 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.writeback_wait', '');
 GRANT SELECT ON @extschema@.writeback_wait TO shipsync_reader;
 
 ------------------------------------------------------------------------------
+
+-- create_crm_source() warns of a dedup_ttl shorter than Salesforce's retries
+------------------------------------------------------------------------------
+-- A Salesforce Outbound Message is retried for up to 24 hours with the same
+-- notification Ids: one retried after its Id was forgotten was applied
+-- again, without a word when the source was made.
+CREATE OR REPLACE FUNCTION @extschema@.create_crm_source(name text, kind text, tbl regclass,
+											  options jsonb DEFAULT '{}')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	opts jsonb := coalesce(options, '{}');
+	keycol name;
+	ttl interval;
+	id integer;
+	relkind "char";
+	k text;
+	vtype oid;
+	allowed text[] := ARRAY['profile', 'key_column', 'dedup_ttl', 'secret', 'version_column'];
+BEGIN
+	IF name IS NULL OR name OPERATOR(pg_catalog.!~) '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid CRM source name "%"', coalesce(name, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A CRM source name is 1 to 63 letters, digits, "_", "." or "-"; it is the last part of the receiver''s URL /crm/{name}.',
+				  HINT = 'For example ''jdy'' or ''salesforce-eu''.';
+	END IF;
+	IF kind IS NULL OR kind OPERATOR(pg_catalog.<>) ALL (ARRAY['jiandaoyun', 'salesforce_om', 'generic']) THEN
+		RAISE EXCEPTION 'unknown CRM source kind "%"', coalesce(kind, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'The kinds are jiandaoyun (简道云 data push), salesforce_om (Salesforce Outbound Messages) and generic (Standard Webhooks-signed JSON).',
+				  HINT = 'See docs/receiver.md.';
+	END IF;
+	IF kind OPERATOR(pg_catalog.=) 'salesforce_om' THEN
+		allowed := ARRAY['profile', 'key_column', 'dedup_ttl', 'organization_id', 'sobject_type', 'version_column'];
+	END IF;
+	PERFORM @extschema@._check_options(opts, allowed, 'CRM source');
+	IF tbl IS NULL THEN
+		RAISE EXCEPTION 'table must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	-- pushes are UTF-8, signed over their bytes: the receiver answers every
+	-- one 503 in another encoding, for good (TAP 053)
+	IF pg_catalog.current_setting('server_encoding') OPERATOR(pg_catalog.<>) ALL (ARRAY['UTF8', 'SQL_ASCII']) THEN
+		RAISE EXCEPTION 'database encoding % cannot take CRM pushes', pg_catalog.current_setting('server_encoding')
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = 'Pushes are UTF-8 and signed over their bytes: the receiver answers every push 503 in a database of another encoding.',
+				  HINT = 'Keep the orders and the CRM sources in a UTF8 database, and make it shipsync.receiver_database.';
+	END IF;
+	SELECT c.relkind INTO relkind FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tbl;
+	IF relkind OPERATOR(pg_catalog.<>) ALL (ARRAY['r', 'p']::"char"[]) THEN
+		RAISE EXCEPTION '"%" is not a table', tbl
+			USING ERRCODE = 'wrong_object_type',
+				  HINT = 'Name an ordinary or partitioned table.';
+	END IF;
+	IF NOT pg_catalog.pg_has_role(session_user,
+			(SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) tbl), 'USAGE') THEN
+		RAISE EXCEPTION 'must be owner of table %', tbl
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'Pushes of the source are written into the table with its owner''s rights.';
+	END IF;
+
+	-- options of each kind
+	FOREACH k IN ARRAY ARRAY['profile', 'key_column', 'dedup_ttl', 'secret', 'organization_id', 'sobject_type', 'version_column'] LOOP
+		IF opts ? k AND (pg_catalog.jsonb_typeof(opts->k) OPERATOR(pg_catalog.<>) 'string'
+						 OR opts->>k OPERATOR(pg_catalog.=) '') THEN
+			RAISE EXCEPTION 'option "%" must be a non-empty string', k
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = CASE WHEN k OPERATOR(pg_catalog.=) 'secret'
+								  THEN 'Give the secret the CRM signs its pushes with.' ELSE 'Give a string.' END;
+		END IF;
+	END LOOP;
+	IF kind OPERATOR(pg_catalog.<>) 'salesforce_om' AND NOT opts ? 'secret' THEN
+		RAISE EXCEPTION 'a CRM source of kind % needs option "secret"', kind
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Pushes are accepted only when their signature can be checked.',
+				  HINT = CASE kind WHEN 'jiandaoyun' THEN 'Give the secret of the 简道云 data push (数据推送 → 密钥).'
+								   ELSE 'Give the whsec_ secret of the sender''s Standard Webhooks signature.' END;
+	END IF;
+	IF opts ? 'secret' THEN
+		PERFORM @extschema@._check_crm_secret(kind, opts->>'secret', 'option "secret"');
+	END IF;
+	IF kind OPERATOR(pg_catalog.=) 'salesforce_om'
+	   AND coalesce(opts->>'organization_id', '') OPERATOR(pg_catalog.!~) '^[A-Za-z0-9]{15}([A-Za-z0-9]{3})?$' THEN
+		RAISE EXCEPTION 'a CRM source of kind salesforce_om needs option "organization_id"'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'Outbound Messages are not signed: the OrganizationId of each message must be the organization''s id (15 or 18 characters).',
+				  HINT = 'Salesforce shows it under Setup → Company Information; add mTLS or an IP allowlist at the proxy as well.';
+	END IF;
+	IF opts ? 'profile' AND (opts->>'profile') OPERATOR(pg_catalog.!~) '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+		RAISE EXCEPTION 'invalid profile name "%"', opts->>'profile'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A profile name is 1 to 63 letters, digits, "_", "." or "-".';
+	END IF;
+	BEGIN
+		ttl := coalesce(opts->>'dedup_ttl', '7 days')::interval;
+	EXCEPTION WHEN OTHERS THEN
+		ttl := NULL;
+	END;
+	IF ttl IS NULL OR ttl OPERATOR(pg_catalog.<) interval '1 minute' OR ttl OPERATOR(pg_catalog.>) interval '1 year' THEN
+		RAISE EXCEPTION 'option "dedup_ttl" must be an interval between 1 minute and 1 year'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = pg_catalog.format('The value given is %s.', opts->'dedup_ttl'),
+				  HINT = 'For example ''7 days'': at least as long as the CRM goes on retrying a push.';
+	END IF;
+	-- a retry that comes after its delivery id is forgotten is applied
+	-- again: Salesforce retries an Outbound Message for up to 24 hours
+	IF kind OPERATOR(pg_catalog.=) 'salesforce_om' AND ttl OPERATOR(pg_catalog.<) interval '24 hours' THEN
+		RAISE WARNING 'option "dedup_ttl" of CRM source "%" is shorter than Salesforce''s retries', name
+			USING DETAIL = pg_catalog.format('Salesforce retries an Outbound Message it got no acknowledgement for during up to 24 hours, with the same notification Ids; one that comes after its Id is forgotten (dedup_ttl is %L) is applied again, and can revert a newer change of the record.', opts->>'dedup_ttl'),
+				  HINT = 'Give option "dedup_ttl" of at least ''24 hours'' (the default is 7 days).';
+	END IF;
+
+	-- the key: given, or the single-column primary key; unique, for upserts
+	keycol := opts->>'key_column';
+	IF keycol IS NULL THEN
+		SELECT a.attname INTO keycol
+		FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+		WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisprimary AND i.indnatts OPERATOR(pg_catalog.=) 1;
+		IF keycol IS NULL THEN
+			RAISE EXCEPTION 'table % has no single-column primary key', tbl
+				USING ERRCODE = 'invalid_table_definition',
+					  HINT = 'Give option "key_column": the column that holds the CRM''s record id.';
+		END IF;
+	END IF;
+	IF NOT EXISTS (
+		SELECT 1 FROM pg_catalog.pg_attribute a
+		WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) keycol
+		  AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped) THEN
+		RAISE EXCEPTION 'column "%" of table % does not exist', keycol, tbl
+			USING ERRCODE = 'undefined_column',
+				  HINT = 'Give option "key_column": the column that holds the CRM''s record id.';
+	END IF;
+	IF NOT EXISTS (
+		SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_attribute a
+		  ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) i.indkey[0]
+		WHERE i.indrelid OPERATOR(pg_catalog.=) tbl AND i.indisunique AND i.indnkeyatts OPERATOR(pg_catalog.=) 1
+		  AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attname OPERATOR(pg_catalog.=) keycol) THEN
+		RAISE EXCEPTION 'column "%" of table % has no unique index of its own', keycol, tbl
+			USING ERRCODE = 'invalid_table_definition',
+				  DETAIL = 'A push is written with INSERT ... ON CONFLICT on the key column.',
+				  HINT = pg_catalog.format('Add one: ALTER TABLE %s ADD UNIQUE (%I).', tbl, keycol);
+	END IF;
+	-- the version: a column an update or upsert must not go back on, of a
+	-- type pg_catalog's >= compares (a domain's base type)
+	IF opts ? 'version_column' THEN
+		SELECT CASE WHEN t.typbasetype OPERATOR(pg_catalog.=) 0::oid THEN t.oid ELSE t.typbasetype END INTO vtype
+		FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) a.atttypid
+		WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attname OPERATOR(pg_catalog.=) (opts->>'version_column')::name
+		  AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped;
+		IF vtype IS NULL THEN
+			RAISE EXCEPTION 'option "version_column" names column "%", which table % does not have', opts->>'version_column', tbl
+				USING ERRCODE = 'undefined_column',
+					  HINT = 'Name the column a crm_in row writes the record''s last modification time into.';
+		END IF;
+		IF (opts->>'version_column')::name OPERATOR(pg_catalog.=) keycol THEN
+			RAISE EXCEPTION 'option "version_column" must not be the key column'
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Name the column a crm_in row writes the record''s last modification time into.';
+		END IF;
+		IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_operator o
+					   WHERE o.oprname OPERATOR(pg_catalog.=) '>='
+						 AND o.oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace
+						 AND o.oprleft OPERATOR(pg_catalog.=) vtype AND o.oprright OPERATOR(pg_catalog.=) vtype) THEN
+			RAISE EXCEPTION 'column "%" of table % cannot hold versions', opts->>'version_column', tbl
+				USING ERRCODE = 'datatype_mismatch',
+					  DETAIL = pg_catalog.format('Its type %s has no >= operator of pg_catalog to compare two versions with.',
+												 vtype::pg_catalog.regtype),
+					  HINT = 'Use a timestamptz, timestamp, date, number or text column.';
+		END IF;
+	END IF;
+	PERFORM @extschema@._check_crm_map(coalesce(opts->>'profile', name), tbl);
+
+	INSERT INTO @extschema@.crm_source AS s (name, kind, tbl, key_column, profile, dedup_ttl, options)
+	VALUES (name, kind, tbl, keycol, coalesce(opts->>'profile', name), ttl,
+			opts OPERATOR(pg_catalog.-) ARRAY['secret', 'profile', 'key_column', 'dedup_ttl'])
+	RETURNING s.crm_source_id INTO id;
+	-- the secret, encrypted under the source's name; nothing left under
+	-- that name before (the name was free) may pass for a previous secret
+	DELETE FROM @extschema@.secret x WHERE x.provider OPERATOR(pg_catalog.=) create_crm_source.name;
+	IF opts ? 'secret' THEN
+		PERFORM @extschema@._secret_put(create_crm_source.name, 'webhook_secret', opts->>'secret');
+	END IF;
+	-- the receiver takes pushes for one database: a source made in another
+	-- is unknown to it, and every push to /crm/{name} answered 404 (which
+	-- a CRM takes as final).  No receiver at all (receiver_listen empty) is
+	-- taken as meant, as attach() takes an empty shipsync.databases.
+	IF coalesce(pg_catalog.current_setting('shipsync.receiver_listen', true), '') OPERATOR(pg_catalog.<>) ''
+	   AND pg_catalog.current_setting('shipsync.receiver_database', true)
+		   IS DISTINCT FROM pg_catalog.current_database()::text THEN
+		RAISE WARNING 'the receiver does not serve database "%"', pg_catalog.current_database()
+			USING DETAIL = pg_catalog.format('It takes pushes for database %s (shipsync.receiver_database): there, CRM source "%s" does not exist, and a push to /crm/%s is answered 404.',
+					pg_catalog.quote_ident(pg_catalog.current_setting('shipsync.receiver_database', true)),
+					create_crm_source.name, create_crm_source.name),
+				  HINT = pg_catalog.format('Create the source in database %s, or ALTER SYSTEM SET shipsync.receiver_database = %L and restart the server.',
+					pg_catalog.quote_ident(pg_catalog.current_setting('shipsync.receiver_database', true)),
+					pg_catalog.current_database());
+	END IF;
+	RETURN id;
+EXCEPTION
+	WHEN unique_violation THEN
+		RAISE EXCEPTION 'CRM source "%" already exists', create_crm_source.name
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Choose another name, or drop the source first with shipsync.drop_crm_source().';
+END
+$$;
+ALTER FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) SET shipsync.audit_action = 'create_crm_source';
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The
@@ -16316,6 +16544,23 @@ GRANT SELECT ON @extschema@.writeback_wait TO shipsync_reader;
 -- (12 s with a million intents).  Taken last, they are held for these
 -- two statements and the commit.  (Keep them last.)  The inbox's replica
 -- identity (see above) is set by the same statement as its column.
-ALTER TABLE @extschema@.binding DROP CONSTRAINT binding_provider_id_fkey;
+-- 0.1's foreign key of binding to provider is found by what it is, not
+-- by its name (a DBA may have renamed it: see field_map's direction check).
+DO $binding_fkey$
+DECLARE
+	c name;
+BEGIN
+	FOR c IN
+		SELECT con.conname FROM pg_catalog.pg_constraint con
+		WHERE con.conrelid = '@extschema@.binding'::pg_catalog.regclass
+			AND con.contype = 'f'
+			AND con.confrelid = '@extschema@.provider'::pg_catalog.regclass
+			AND con.conkey = ARRAY[(SELECT a.attnum FROM pg_catalog.pg_attribute a
+				WHERE a.attrelid = con.conrelid AND a.attname = 'provider_id')]::int2[]
+	LOOP
+		EXECUTE pg_catalog.format('ALTER TABLE @extschema@.binding DROP CONSTRAINT %I', c);
+	END LOOP;
+END
+$binding_fkey$;
 ALTER TABLE @extschema@.inbox ALTER COLUMN order_key TYPE text COLLATE "C",
 	REPLICA IDENTITY FULL;

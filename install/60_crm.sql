@@ -292,6 +292,13 @@ BEGIN
 				  DETAIL = pg_catalog.format('The value given is %s.', opts->'dedup_ttl'),
 				  HINT = 'For example ''7 days'': at least as long as the CRM goes on retrying a push.';
 	END IF;
+	-- a retry that comes after its delivery id is forgotten is applied
+	-- again: Salesforce retries an Outbound Message for up to 24 hours
+	IF kind OPERATOR(pg_catalog.=) 'salesforce_om' AND ttl OPERATOR(pg_catalog.<) interval '24 hours' THEN
+		RAISE WARNING 'option "dedup_ttl" of CRM source "%" is shorter than Salesforce''s retries', name
+			USING DETAIL = pg_catalog.format('Salesforce retries an Outbound Message it got no acknowledgement for during up to 24 hours, with the same notification Ids; one that comes after its Id is forgotten (dedup_ttl is %L) is applied again, and can revert a newer change of the record.', opts->>'dedup_ttl'),
+				  HINT = 'Give option "dedup_ttl" of at least ''24 hours'' (the default is 7 days).';
+	END IF;
 
 	-- the key: given, or the single-column primary key; unique, for upserts
 	keycol := opts->>'key_column';

@@ -173,5 +173,25 @@ RESET client_min_messages;
 SELECT extversion FROM pg_extension WHERE extname = 'pg_shipsync';
 SELECT count(*) FILTER (WHERE pii IS NOT NULL) AS sf_personal_fields
 FROM shipsync.field_map WHERE profile = 'sf_express' AND direction = 'out' AND seeded;
+-- A 0.1 install whose DBA renamed its constraints: the update drops the
+-- field map's direction check and the binding's foreign key to its
+-- provider whatever their names (it failed on "constraint
+-- "field_map_direction_check" of relation "field_map" does not exist"),
+-- and leaves the same constraints as an install
+DROP EXTENSION pg_shipsync CASCADE;
+SET client_min_messages = warning;
+CREATE EXTENSION pg_shipsync VERSION '0.1';
+RESET client_min_messages;
+ALTER TABLE shipsync.field_map RENAME CONSTRAINT field_map_direction_check TO fm_direction_ok;
+ALTER TABLE shipsync.binding RENAME CONSTRAINT binding_provider_id_fkey TO binding_provider_ref;
+SET client_min_messages = warning;
+ALTER EXTENSION pg_shipsync UPDATE TO '0.2';
+RESET client_min_messages;
+SELECT extversion FROM pg_extension WHERE extname = 'pg_shipsync';
+SELECT conrelid::regclass AS tbl, conname, contype, pg_get_constraintdef(oid) AS def
+FROM pg_constraint
+WHERE conrelid IN ('shipsync.field_map'::regclass, 'shipsync.binding'::regclass)
+	AND contype IN ('c', 'f')
+ORDER BY 1, 2;
 \c contrib_regression
 DROP DATABASE api_scs_regress;

@@ -227,6 +227,22 @@ SELECT pg_temp.err(format($$SELECT shipsync.ingest_crm('sf', %L)$$,
 	'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e "Injected">]>' || replace(:'contacts', 'Black', '&e;')));
 -- an 18-character organization id matches its 15-character form
 SELECT r->>'duplicate' AS duplicates FROM shipsync.ingest_crm('sf', replace(:'contacts', '012345678901234', '012345678901234AAA')) r;
+-- a dedup_ttl shorter than Salesforce's retries (24 hours) is warned of:
+-- a message retried after its notification Ids are forgotten is applied
+-- again, and reverts what changed since (shown by forgetting them here)
+CREATE TABLE crm.contacts_short (LIKE crm.contacts INCLUDING ALL);
+SELECT shipsync.create_crm_source('sf_short', 'salesforce_om', 'crm.contacts_short',
+	'{"organization_id": "012345678901234", "profile": "sf_contact", "dedup_ttl": "1 hour"}') > 0 AS created;
+SELECT shipsync.create_crm_source('sf_day', 'salesforce_om', 'crm.contacts_short',
+	'{"organization_id": "012345678901234", "profile": "sf_contact", "dedup_ttl": "1 day"}') > 0 AS created_without_warning;
+SELECT r->>'inserted' AS inserted FROM shipsync.ingest_crm('sf_short', :'contacts') r;
+UPDATE crm.contacts_short SET title = 'changed since' WHERE sf_id = '0031I0000081tbPQAQ';
+UPDATE shipsync.crm_delivery SET expires_at = now() - interval '1 second'
+WHERE crm_source_id = (SELECT crm_source_id FROM shipsync.crm_source WHERE name = 'sf_short');
+SELECT r->>'duplicate' AS duplicates, r->>'updated' AS updated FROM shipsync.ingest_crm('sf_short', :'contacts') r;
+SELECT title FROM crm.contacts_short WHERE sf_id = '0031I0000081tbPQAQ';
+SELECT shipsync.drop_crm_source('sf_short'), shipsync.drop_crm_source('sf_day');
+DROP TABLE crm.contacts_short;
 
 ------------------------------------------------------------------------------
 -- numbers as record ids: json-c reads an integer beyond 64 bits as the

@@ -31,7 +31,9 @@
  * transaction callback for the life of the backend (never one per
  * transaction); a capture sets a flag, and at COMMIT the callback sets the
  * latch of the dispatcher of this database.  An aborted transaction wakes
- * no one.
+ * no one.  A PREPARE notes the providers it captured for; the COMMIT
+ * PREPARED, which runs no transaction callback, wakes the dispatcher from
+ * the utility hook (pg_shipsync.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -167,7 +169,7 @@ capture_xact_callback(XactEvent event, void *arg)
 			 * prepared transaction is left.
 			 */
 			if (capture_providers != 0)
-				shipsync_note_prepared(MyDatabaseId);
+				shipsync_note_prepared(MyDatabaseId, capture_providers);
 			capture_providers = 0;
 			capture_config_changed = false;
 			break;

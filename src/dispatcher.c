@@ -149,6 +149,8 @@ dispatcher_claim_slot(void)
 		shipsync_shared->slots[free_slot].accepting = ~UINT64CONST(0);
 		shipsync_shared->slots[free_slot].pending = 0;
 		shipsync_shared->slots[free_slot].prepared = false;
+		/* transactions prepared before we started: not known for whom */
+		shipsync_shared->slots[free_slot].prepared_providers = ~UINT64CONST(0);
 		my_slot = free_slot;
 	}
 	SpinLockRelease(&shipsync_shared->mutex);
@@ -630,8 +632,9 @@ dispatcher_send(Provider *p, Claimed *c)
  * that can take work (drain_all: everything, paused providers' too, so the
  * inbox stays small, but behind the others': dispatcher_drain_sendable()),
  * and at the idle check while a transaction that captured may be prepared
- * (only the providers that are not paused: its COMMIT PREPARED wakes no
- * one).  twophase_watch starts true and stays so
+ * (only the providers that are not paused: a safety net, as its COMMIT
+ * PREPARED wakes us from the utility hook, pg_shipsync.c).
+ * twophase_watch starts true and stays so
  * while pg_prepared_xacts lists a transaction of this database; PREPARE of
  * a capturing transaction sets it again (shipsync_note_prepared(), called
  * once the transaction is listed and before it can be committed), so that
@@ -1800,6 +1803,8 @@ dispatcher_idle_check(TimestampTz now)
 		/* look first, drain after: a later snapshot than the look */
 		twophase_watch = outbox_prepared_exist();
 		drain_unpaused = true;
+		if (!twophase_watch)
+			shipsync_forget_prepared(my_slot);
 	}
 }
 

@@ -8,6 +8,9 @@
  * small shared struct so that a committing backend can wake the dispatcher
  * of its database without any polling delay.
  *
+ * A COMMIT PREPARED runs no transaction callback: the utility hook here
+ * wakes the dispatcher after one (shipsync_process_utility()).
+ *
  * The secret key files are read here too, in the postmaster, and the hook
  * that keeps secrets out of the server log is installed here: every
  * process forked later inherits both (secret.c, redact.c).
@@ -37,6 +40,7 @@
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
@@ -303,11 +307,13 @@ shipsync_exchange_masks(int slot, uint64 accepting)
 }
 
 /*
- * A transaction of database dbid that captured intents was prepared: its
- * COMMIT PREPARED will wake no one, so tell the dispatcher to watch for it.
+ * A transaction of database dbid that captured intents for the given
+ * providers was prepared: tell the dispatcher to watch for it (its idle
+ * checks), and note the providers, which its COMMIT PREPARED wakes the
+ * dispatcher for (shipsync_process_utility()).
  */
 void
-shipsync_note_prepared(Oid dbid)
+shipsync_note_prepared(Oid dbid, uint64 providers)
 {
 	if (shipsync_shared == NULL)
 		return;
@@ -316,9 +322,71 @@ shipsync_note_prepared(Oid dbid)
 		if (shipsync_shared->slots[i].dbid == dbid)
 		{
 			shipsync_shared->slots[i].prepared = true;
+			shipsync_shared->slots[i].prepared_providers |= providers;
 			break;
 		}
 	SpinLockRelease(&shipsync_shared->mutex);
+}
+
+/*
+ * The dispatcher in slot found no prepared transaction of its database
+ * left: a COMMIT PREPARED from now on has nothing of ours to commit, and
+ * wakes no one, unless a transaction that captured was prepared since
+ * the dispatcher last took the flag (it looks again then).
+ */
+void
+shipsync_forget_prepared(int slot)
+{
+	SpinLockAcquire(&shipsync_shared->mutex);
+	if (!shipsync_shared->slots[slot].prepared)
+		shipsync_shared->slots[slot].prepared_providers = 0;
+	SpinLockRelease(&shipsync_shared->mutex);
+}
+
+/*
+ * COMMIT PREPARED runs no transaction callback (capture.c wakes the
+ * dispatcher from one at a plain commit), so the orders a prepared
+ * transaction captured waited for the dispatcher's idle check, up to
+ * shipsync.idle_check_ms.  Once a COMMIT PREPARED has succeeded, its rows
+ * are visible to every new snapshot: wake the dispatcher of this database
+ * (a prepared transaction is committed from its own database, PostgreSQL
+ * checks it) for the providers whose intents a prepared transaction may
+ * hold; none, and the dispatcher sleeps on.
+ */
+static ProcessUtility_hook_type prev_process_utility_hook = NULL;
+
+static void
+shipsync_process_utility(PlannedStmt *pstmt, const char *queryString,
+						 bool readOnlyTree, ProcessUtilityContext context,
+						 ParamListInfo params, QueryEnvironment *queryEnv,
+						 DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+	bool		commit_prepared;
+	uint64		providers = 0;
+
+	commit_prepared = IsA(parsetree, TransactionStmt) &&
+		((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED;
+
+	if (prev_process_utility_hook)
+		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
+								  params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+
+	if (!commit_prepared || shipsync_shared == NULL)
+		return;
+	SpinLockAcquire(&shipsync_shared->mutex);
+	for (int i = 0; i < SHIPSYNC_MAX_DISPATCHERS; i++)
+		if (shipsync_shared->slots[i].dbid == MyDatabaseId)
+		{
+			providers = shipsync_shared->slots[i].prepared_providers;
+			break;
+		}
+	SpinLockRelease(&shipsync_shared->mutex);
+	if (providers != 0)
+		shipsync_wake_dispatcher(MyDatabaseId, providers, false);
 }
 
 /* Whether a capturing transaction was prepared since the last call */
@@ -718,6 +786,8 @@ _PG_init(void)
 	shmem_request_hook = shipsync_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = shipsync_shmem_startup;
+	prev_process_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = shipsync_process_utility;
 
 	shipsync_register_launcher();
 }

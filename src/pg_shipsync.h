@@ -638,6 +638,9 @@ typedef struct ShipsyncSlot
 	uint64		accepting;		/* providers that can take work now */
 	uint64		pending;		/* providers that got work since last look */
 	bool		prepared;		/* a transaction that captured was prepared */
+	uint64		prepared_providers; /* providers whose intents a prepared
+									 * transaction may hold (~0 at start:
+									 * not known) */
 	pg_atomic_uint64 flush_wanted;	/* WAL position to flush (flush.c), 0: none */
 } ShipsyncSlot;
 
@@ -781,8 +784,9 @@ extern void shipsync_wake_dispatcher(Oid dbid, uint64 providers,
 									 bool config_changed);
 extern uint64 shipsync_exchange_masks(int slot, uint64 accepting);
 extern void shipsync_set_nice(void);
-extern void shipsync_note_prepared(Oid dbid);
+extern void shipsync_note_prepared(Oid dbid, uint64 providers);
 extern bool shipsync_take_prepared(int slot);
+extern void shipsync_forget_prepared(int slot);
 extern ShipsyncProviderState *shipsync_provider_state(Oid dbid, int32 provider_id);
 extern void shipsync_forget_provider_states(Oid dbid, const int32 *keep, int nkeep);
 

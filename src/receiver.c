@@ -601,7 +601,7 @@ recv_complete(RecvRequest *r)
 	recv_nqueued++;
 }
 
-/* Append a piece of the body, up to shipsync.max_push_bytes */
+/* Append a piece of the body, up to shipsync.max_push_bytes, in a buffer of at most that */
 static void
 recv_append(RecvRequest *r, const char *data, size_t n)
 {
@@ -615,7 +615,13 @@ recv_append(RecvRequest *r, const char *data, size_t n)
 	}
 	if (r->body == NULL || r->len + n + 1 > r->cap)
 	{
-		size_t		want = Max(r->len + n + 1, 2 * r->cap);
+		/*
+		 * Doubling, but never past the limit (and its terminating zero): a
+		 * body of the limit held a buffer of up to twice it, for every
+		 * connection.
+		 */
+		size_t		want = Min(Max(r->len + n + 1, 2 * r->cap),
+							   (size_t) shipsync_max_push_bytes + 1);
 		char	   *nb = MemoryContextAlloc(r->cxt, want);
 
 		if (r->body)

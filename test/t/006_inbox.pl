@@ -8,8 +8,9 @@
 #     autovacuum reads while they run (a background worker must flush them
 #     itself, and the applier its last ones once it is idle: it did not,
 #     and the last second of a burst's updates waited for the next burst);
-#   - an order committed by COMMIT PREPARED (which wakes no one) is still
-#     delivered, by the idle check;
+#   - an order committed by COMMIT PREPARED is delivered: the COMMIT
+#     PREPARED wakes the dispatcher (it ran no transaction callback, and the
+#     order waited for the idle check, up to shipsync.idle_check_ms);
 #   - many intents captured at once are all moved and delivered once,
 #     in chunks (the first small, so that the first requests go out at
 #     once), an order's update never before its create;
@@ -81,7 +82,8 @@ ok( wait_until(
 	'statistics: the running dispatcher\'s and applier\'s writes of the outbox are counted'
 	  . ' (the 100 taken in flight, then done by the applier)');
 
-# 2. COMMIT PREPARED wakes no dispatcher: the idle check finds the intent
+# 2. COMMIT PREPARED: the order is delivered (section 6 shows that it is the
+# COMMIT PREPARED that wakes the dispatcher, not its idle check)
 $sql->("BEGIN; INSERT INTO crm.orders (customer) VALUES ('钱二'); PREPARE TRANSACTION 'p1'");
 usleep(700_000);
 my $t0 = time();
@@ -165,5 +167,36 @@ is($sql->("SELECT count(*) FROM shipsync.outbox WHERE state = 'pending'"), 20000
 	'backlog: all of it pending there, nothing of it sent');
 
 $node->stop;
+stop_sim($sim);
+
+# 6. COMMIT PREPARED wakes the dispatcher: with an idle check ten minutes
+# apart, only the wake can deliver an order committed by COMMIT PREPARED
+# from another session (it waited for the idle check)
+my $node2 = shipsync_node('prepared', "shipsync.idle_check_ms = '10min'",
+	"max_prepared_transactions = 2");
+$sim = start_sim();	# a carrier of its own: the order ids start again at 1
+setup_orders($node2, $sim);
+my $sql2 = sub { $node2->safe_psql('postgres', $_[0]) };
+$sql2->("INSERT INTO crm.orders (customer) VALUES ('甲')");
+ok(wait_until($node2, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = '甲'", 60),
+	'commit prepared: the dispatcher runs (a plain commit delivered)');
+$sql2->("BEGIN; INSERT INTO crm.orders (customer) VALUES ('乙'); PREPARE TRANSACTION 'p2'");
+is($sql2->("SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'p2'"), 1,
+	'commit prepared: the order is prepared');
+$sql2->("COMMIT PREPARED 'p2'");
+ok(wait_until($node2, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = '乙'", 60),
+	'commit prepared: COMMIT PREPARED from another session woke the dispatcher, which delivered the order');
+# an order prepared and rolled back is never sent
+$sql2->("BEGIN; INSERT INTO crm.orders (customer) VALUES ('丙'); PREPARE TRANSACTION 'p3'");
+$sql2->("ROLLBACK PREPARED 'p3'");
+$sql2->("INSERT INTO crm.orders (customer) VALUES ('丁')");
+ok(wait_until($node2, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = '丁'", 60),
+	'commit prepared: a later plain commit is delivered');
+my $st6 = sim_get($sim, '/_sim/stats');
+is($st6->{shipments}, 3, 'commit prepared: three shipments, none for the rolled back order');
+is($st6->{duplicate_orders}, 0, 'commit prepared: none created twice');
+is($sql2->("SELECT count(*) FROM crm.orders WHERE waybill_no IS NULL"), 0,
+	'commit prepared: the rolled back order is not there, the others have waybills');
+$node2->stop;
 stop_sim($sim);
 done_testing();

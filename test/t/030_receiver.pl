@@ -721,5 +721,61 @@ like($healthz, qr{^HTTP/1\.1 200 }, 'another address is answered while they hold
 cmp_ok(time() - $t0, '<', 5, 'at once, not after the header time limit');
 close($_) for @slow, $from_other;
 
+# ---- the body's buffer is bounded by shipsync.max_push_bytes ---------------
+# It grew by doubling: a body of exactly 65,536 bytes whose first piece was
+# 4,095 bytes held a buffer of 131,072 (twice the limit, and the old one
+# beside it while it was copied).  Now it grows to the limit and no
+# further; the byte after the limit is a 413.  The body is held unfinished
+# while the receiver's memory contexts are read (with a body time limit of
+# a minute, set by a restart).
+$node->append_conf('postgresql.conf', 'shipsync.receiver_body_timeout_ms = 60000');
+$node->restart;
+ok(wait_until_http($port, '/healthz', 200), 'restarted: the receiver answers');
+my $rpid = receiver_pid($node);
+# the bytes of the receiver's request contexts, once one holds at least $want
+sub request_context_bytes
+{
+	my ($want) = @_;
+	for (1 .. 100)
+	{
+		my $off = -s $node->logfile;
+		$node->safe_psql('postgres', "SELECT pg_log_backend_memory_contexts($rpid)");
+		for (1 .. 50)
+		{
+			my $log = slurp_file($node->logfile, $off);
+			if ($log =~ /Grand total: /)
+			{
+				my @totals = $log =~ /pg_shipsync receiver request: (\d+) total in/g;
+				my ($max) = sort { $b <=> $a } @totals;
+				return $max if defined $max && $max >= $want;
+				last;
+			}
+			usleep(100_000);
+		}
+	}
+	return -1;
+}
+my $held = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 10) or die "connect: $!";
+$held->autoflush(1);
+print $held "POST /tracking/trk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+  . sprintf("%x\r\n%s\r\n", 4095, 'x' x 4095);
+cmp_ok(request_context_bytes(4095), '>=', 4095, 'body limit: the first 4,095 bytes are in');
+print $held join('', map { sprintf("%x\r\n%s\r\n", 4096, 'x' x 4096) } 1 .. 15) . "1\r\nx\r\n";
+my $bytes = request_context_bytes(65536);
+cmp_ok($bytes, '>=', 65536, 'body limit: a body of 65,536 bytes, the limit, is in');
+cmp_ok($bytes, '<=', 65536 + 8192,
+	"body limit: the request's memory stays within the limit and a little ($bytes bytes)");
+print $held "1\r\nx\r\n0\r\n\r\n";
+my $over = '';
+eval {
+	local $SIG{ALRM} = sub { die "timeout\n" };
+	alarm(30);
+	while (sysread($held, my $buf, 4096)) { $over .= $buf; }
+	alarm(0);
+};
+alarm(0);
+close($held);
+like($over, qr{^HTTP/1\.1 413 }, 'body limit: one byte over the limit: 413');
+
 $node->stop;
 done_testing();

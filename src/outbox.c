@@ -885,7 +885,13 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 		else if (strcmp(c->op, "create") != 0)
 			need_lookup = true;
 	}
-	render_read_rows(b, cs, idx, n, keep, found, body, is_cancel, cdigest, cdigest_null);
+	/*
+	 * A dropped table's cancels and registrations are still sent (its
+	 * creates and updates died with it, _on_drop()): neither reads the
+	 * order row, and its rows are all gone.
+	 */
+	if (OidIsValid(get_rel_type_id(b->relid)))
+		render_read_rows(b, cs, idx, n, keep, found, body, is_cancel, cdigest, cdigest_null);
 	/* the shipments already created for these orders (not for creates) */
 	if (need_lookup)
 		lookup_by_intent(shiplookup_plan, "shipment", la, p->id, cs, idx, n, shipid, keep);

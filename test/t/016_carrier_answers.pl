@@ -172,6 +172,23 @@ is(sql(qq{SELECT string_agg(status, ' ') FROM shipsync.shipment WHERE binding_id
 is(sql(qq{SELECT count(*) FROM shipsync.exception_ticket WHERE binding_id = $cbid}),
 	0, 'deleted and dropped: no ticket');
 
+# a table renamed, its rows then deleted: the cancels read no order row and
+# go, though the table's render statement names it by its old name (its
+# creates fail to render until it is attached again, docs/troubleshooting.md).
+# They failed with the creates, render_failed until dead.
+sql(q{CREATE TABLE crm.moving (id int PRIMARY KEY, customer text, waybill_no text);
+	SELECT shipsync.attach('crm.moving', 'gone', writeback => '{"tracking_number": "waybill_no"}');
+	INSERT INTO crm.moving VALUES (13, 'm');});
+my $mbid = sql(q{SELECT binding_id FROM shipsync.binding WHERE tbl = 'crm.moving'::regclass});
+ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.moving", 30), 'renamed: the order is shipped');
+sql(q{ALTER TABLE crm.moving RENAME TO moved; DELETE FROM crm.moved;});
+ok( wait_until($node, "SELECT state IN ('done', 'dead') FROM shipsync.outbox
+		WHERE binding_id = $mbid AND op = 'cancel'", 30),
+	'renamed: the cancel is finished')
+  or diag sql("SELECT state, error_class, last_error FROM shipsync.outbox WHERE binding_id = $mbid AND op = 'cancel'");
+is(sql(qq{SELECT status FROM shipsync.shipment WHERE binding_id = $mbid}), 'cancelled',
+	'renamed: the shipment is cancelled');
+
 # a shipment id that is a dot segment: its update and cancel go to that
 # shipment's URL, not to {base}/ and {base}/cancel, as request_url says
 # (provider sim, paused above, sends again)

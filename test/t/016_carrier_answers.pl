@@ -172,20 +172,24 @@ is(sql(qq{SELECT string_agg(status, ' ') FROM shipsync.shipment WHERE binding_id
 is(sql(qq{SELECT count(*) FROM shipsync.exception_ticket WHERE binding_id = $cbid}),
 	0, 'deleted and dropped: no ticket');
 
-# a table renamed, its rows then deleted: the cancels read no order row and
-# go, though the table's render statement names it by its old name (its
-# creates fail to render until it is attached again, docs/troubleshooting.md).
-# They failed with the creates, render_failed until dead.
+# a table renamed, an order deleted as another is inserted: the cancel
+# reads no order row and goes, though the table's render statement names
+# it by its old name (the create fails to render until the table is
+# attached again, docs/troubleshooting.md).  Cancels failed with the
+# creates of their claim, render_failed until dead.
 sql(q{CREATE TABLE crm.moving (id int PRIMARY KEY, customer text, waybill_no text);
 	SELECT shipsync.attach('crm.moving', 'gone', writeback => '{"tracking_number": "waybill_no"}');
 	INSERT INTO crm.moving VALUES (13, 'm');});
 my $mbid = sql(q{SELECT binding_id FROM shipsync.binding WHERE tbl = 'crm.moving'::regclass});
 ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.moving", 30), 'renamed: the order is shipped');
-sql(q{ALTER TABLE crm.moving RENAME TO moved; DELETE FROM crm.moved;});
+sql(q{ALTER TABLE crm.moving RENAME TO moved;
+	BEGIN; INSERT INTO crm.moved VALUES (14, 'm'); DELETE FROM crm.moved WHERE id = 13; COMMIT;});
 ok( wait_until($node, "SELECT state IN ('done', 'dead') FROM shipsync.outbox
 		WHERE binding_id = $mbid AND op = 'cancel'", 30),
 	'renamed: the cancel is finished')
   or diag sql("SELECT state, error_class, last_error FROM shipsync.outbox WHERE binding_id = $mbid AND op = 'cancel'");
+is(sql(qq{SELECT state || ' ' || error_class FROM shipsync.outbox WHERE binding_id = $mbid AND order_key = '14'}),
+	'retrying render_failed', 'renamed: a create claimed with it fails to render, as documented');
 is(sql(qq{SELECT status FROM shipsync.shipment WHERE binding_id = $mbid}), 'cancelled',
 	'renamed: the shipment is cancelled');
 

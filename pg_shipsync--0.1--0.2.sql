@@ -16535,6 +16535,104 @@ $$;
 ALTER FUNCTION @extschema@.create_crm_source(text, text, regclass, jsonb) SET shipsync.audit_action = 'create_crm_source';
 
 ------------------------------------------------------------------------------
+
+-- A provider's base_url changed reaches its stored requests
+------------------------------------------------------------------------------
+-- A provider's base_url changed (by its owner, UPDATE shipsync.provider):
+-- the requests stored for its open intents go to the new one.  A request
+-- is rendered and stored at its first attempt, its URL with it, and every
+-- retry, retry() and requeue() sent the stored URL: a wrong base_url fixed
+-- (a 404, a forbidden_host, a carrier's new endpoint) was never reached by
+-- the intents stored before, which went on failing where they had.  Only
+-- the URL's base changes; the method, body and idempotency key stay as
+-- stored.  Intents done or coalesced keep the URL they were sent to.
+CREATE FUNCTION @extschema@._provider_url_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer := pg_catalog.length(OLD.base_url);
+BEGIN
+	UPDATE @extschema@.outbox o
+	   SET request_url = NEW.base_url OPERATOR(pg_catalog.||) pg_catalog.substr(o.request_url, n OPERATOR(pg_catalog.+) 1)
+	 WHERE o.provider_id OPERATOR(pg_catalog.=) NEW.provider_id
+	   AND o.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'retrying', 'in_flight', 'dead', 'invalid'])
+	   AND pg_catalog.starts_with(o.request_url, OLD.base_url)
+	   AND pg_catalog.substr(o.request_url, n OPERATOR(pg_catalog.+) 1, 1) OPERATOR(pg_catalog.=) ANY (ARRAY['', '/']);
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._provider_url_changed() IS
+	'Internal: when a provider''s base_url changes, the stored requests of its intents not yet done (pending, retrying, in flight, dead, invalid) are given the new base in place of the old; their method, body and idempotency key stay as stored.';
+CREATE TRIGGER provider_url_changed AFTER UPDATE OF base_url ON @extschema@.provider
+	FOR EACH ROW WHEN (OLD.base_url IS DISTINCT FROM NEW.base_url)
+	EXECUTE FUNCTION @extschema@._provider_url_changed();
+REVOKE ALL ON FUNCTION @extschema@._provider_url_changed() FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- A dropped table's cancels and registrations are still sent
+------------------------------------------------------------------------------
+-- DROP TABLE killed every waiting intent of the table: the cancels of the
+-- rows deleted just before (in the same transaction, or behind a paused or
+-- slow carrier) died with table_dropped, and the carrier shipped orders
+-- the CRM had deleted.  A cancel names the shipment, a registration the
+-- waybill: neither reads the order row.  Only creates and updates die.
+CREATE OR REPLACE FUNCTION @extschema@._on_drop()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET shipsync.audit_action = 'table_dropped'
+AS $$
+DECLARE
+	r record;
+	n bigint;
+BEGIN
+	FOR r IN SELECT x.objid, x.object_identity FROM pg_catalog.pg_event_trigger_dropped_objects() x
+			 WHERE x.object_type OPERATOR(pg_catalog.=) 'table' LOOP
+		WITH mv AS (
+			DELETE FROM @extschema@.inbox i USING @extschema@.binding bb
+			WHERE bb.tbl OPERATOR(pg_catalog.=) r.objid
+			  AND i.binding_id OPERATOR(pg_catalog.=) bb.binding_id
+			RETURNING i.*)
+		INSERT INTO @extschema@.outbox (id, binding_id, provider_id, order_key, op,
+			idempotency_key, created_at, next_attempt_at)
+		SELECT id, binding_id, provider_id, order_key, op, idempotency_key, created_at, created_at
+		FROM mv;
+		-- (the name kept in dropped_table: once dropped, tbl shows a bare oid)
+		WITH b AS (
+			UPDATE @extschema@.binding SET active = false
+			 WHERE tbl OPERATOR(pg_catalog.=) r.objid RETURNING binding_id),
+		k AS (
+			INSERT INTO @extschema@.dropped_table (binding_id, name)
+			SELECT b.binding_id, r.object_identity FROM b
+			ON CONFLICT (binding_id) DO UPDATE SET name = EXCLUDED.name, dropped_at = EXCLUDED.dropped_at),
+		d AS (
+			UPDATE @extschema@.outbox o
+			   SET state = 'dead', last_error = 'the order table was dropped',
+				   error_class = 'table_dropped', done_at = pg_catalog.now(), updated_at = pg_catalog.now()
+			  FROM b WHERE o.binding_id OPERATOR(pg_catalog.=) b.binding_id
+			   AND o.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'retrying'])
+			   AND o.op OPERATOR(pg_catalog.=) ANY (ARRAY['create', 'update'])
+			RETURNING o.id, o.binding_id, o.order_key, o.provider_id),
+		t AS (
+			INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
+			SELECT 'table_dropped', d.binding_id, d.order_key, d.provider_id, d.id, 'the order table was dropped'
+			FROM d
+			RETURNING ticket_id, outbox_id, binding_id, order_key)
+		-- kinds and ids only: any role may LISTEN (docs/security.md)
+		SELECT pg_catalog.count(pg_catalog.pg_notify('shipsync', pg_catalog.json_build_object('event', 'table_dropped',
+			'outbox_id', t.outbox_id, 'ticket_id', t.ticket_id, 'binding_id', t.binding_id,
+			'order_key', t.order_key)::text))
+		INTO n FROM t;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._on_drop() IS
+	'Internal: the event trigger of DROP TABLE: a dropped attached table''s binding becomes inactive, its name is kept in dropped_table and its waiting creates and updates die; its cancels and registrations, which need no order row, are still sent.';
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

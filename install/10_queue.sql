@@ -227,6 +227,37 @@ CREATE INDEX outbox_attention_idx ON @extschema@.outbox (provider_id, state)
 CREATE INDEX outbox_lease_idx ON @extschema@.outbox (lease_until)
 	WHERE state = 'in_flight';
 
+-- A provider's base_url changed (by its owner, UPDATE shipsync.provider):
+-- the requests stored for its open intents go to the new one.  A request
+-- is rendered and stored at its first attempt, its URL with it, and every
+-- retry, retry() and requeue() sent the stored URL: a wrong base_url fixed
+-- (a 404, a forbidden_host, a carrier's new endpoint) was never reached by
+-- the intents stored before, which went on failing where they had.  Only
+-- the URL's base changes; the method, body and idempotency key stay as
+-- stored.  Intents done or coalesced keep the URL they were sent to.
+CREATE FUNCTION @extschema@._provider_url_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n integer := pg_catalog.length(OLD.base_url);
+BEGIN
+	UPDATE @extschema@.outbox o
+	   SET request_url = NEW.base_url OPERATOR(pg_catalog.||) pg_catalog.substr(o.request_url, n OPERATOR(pg_catalog.+) 1)
+	 WHERE o.provider_id OPERATOR(pg_catalog.=) NEW.provider_id
+	   AND o.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'retrying', 'in_flight', 'dead', 'invalid'])
+	   AND pg_catalog.starts_with(o.request_url, OLD.base_url)
+	   AND pg_catalog.substr(o.request_url, n OPERATOR(pg_catalog.+) 1, 1) OPERATOR(pg_catalog.=) ANY (ARRAY['', '/']);
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._provider_url_changed() IS
+	'Internal: when a provider''s base_url changes, the stored requests of its intents not yet done (pending, retrying, in flight, dead, invalid) are given the new base in place of the old; their method, body and idempotency key stay as stored.';
+CREATE TRIGGER provider_url_changed AFTER UPDATE OF base_url ON @extschema@.provider
+	FOR EACH ROW WHEN (OLD.base_url IS DISTINCT FROM NEW.base_url)
+	EXECUTE FUNCTION @extschema@._provider_url_changed();
+
 CREATE TABLE @extschema@.shipment (
 	shipment_id		bigint GENERATED ALWAYS AS IDENTITY,
 	binding_id		integer NOT NULL,

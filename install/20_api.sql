@@ -991,6 +991,7 @@ BEGIN
 				   error_class = 'table_dropped', done_at = pg_catalog.now(), updated_at = pg_catalog.now()
 			  FROM b WHERE o.binding_id OPERATOR(pg_catalog.=) b.binding_id
 			   AND o.state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'retrying'])
+			   AND o.op OPERATOR(pg_catalog.=) ANY (ARRAY['create', 'update'])
 			RETURNING o.id, o.binding_id, o.order_key, o.provider_id),
 		t AS (
 			INSERT INTO @extschema@.exception_ticket (kind, binding_id, order_key, provider_id, outbox_id, detail)
@@ -1006,7 +1007,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@._on_drop() IS
-	'Internal: the event trigger of DROP TABLE: a dropped attached table''s binding becomes inactive, its name is kept in dropped_table and its waiting intents die.';
+	'Internal: the event trigger of DROP TABLE: a dropped attached table''s binding becomes inactive, its name is kept in dropped_table and its waiting creates and updates die; its cancels and registrations, which need no order row, are still sent.';
 CREATE EVENT TRIGGER shipsync_on_drop ON sql_drop EXECUTE FUNCTION @extschema@._on_drop();
 
 -- Table inheritance: a row inserted into a child table fires the child's

@@ -870,6 +870,7 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	bool	   *cdigest_null = palloc(sizeof(bool) * n);
 	bool		need_lookup = false;
 	bool		need_reg = false;
+	bool		need_rows = false;
 
 	memset(cdigest_null, true, sizeof(bool) * n);
 	for (int i = 0; i < n; i++)
@@ -884,8 +885,20 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 			need_reg = true;
 		else if (strcmp(c->op, "create") != 0)
 			need_lookup = true;
+		if (strcmp(c->op, "create") == 0 || strcmp(c->op, "update") == 0)
+			need_rows = true;
 	}
-	render_read_rows(b, cs, idx, n, keep, found, body, is_cancel, cdigest, cdigest_null);
+
+	/*
+	 * Only creates and updates read their order rows.  A cancel names the
+	 * shipment and a registration the waybill: they are sent whatever
+	 * became of the table (renamed, its key column renamed or retyped:
+	 * its render statement fails until it is attached again; dropped: its
+	 * creates and updates died with it, _on_drop(), and its rows are all
+	 * gone).
+	 */
+	if (need_rows && OidIsValid(get_rel_type_id(b->relid)))
+		render_read_rows(b, cs, idx, n, keep, found, body, is_cancel, cdigest, cdigest_null);
 	/* the shipments already created for these orders (not for creates) */
 	if (need_lookup)
 		lookup_by_intent(shiplookup_plan, "shipment", la, p->id, cs, idx, n, shipid, keep);

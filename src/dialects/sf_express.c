@@ -8,7 +8,8 @@
  * single URL: EXP_RECE_CREATE_ORDER for a create, EXP_RECE_UPDATE_ORDER
  * with dealType 2 for a cancel; the requestID is the intent's idempotency
  * key and the body is stored, so a retry sends the same orderId, timestamp
- * and digest.  An update of an order SF already has is finished with a
+ * and digest, signed again (sf_sign()) only if the partner id or check
+ * word changed since it was stored.  An update of an order SF already has is finished with a
  * reason: SF has no order update.  Business errors come inside a 200
  * (retry.c's shipsync_sf_classify()); 8016, a duplicate orderId, is
  * followed on the same flight by EXP_RECE_SEARCH_ORDER_RESP, whose
@@ -123,6 +124,53 @@ sf_render(Provider *p, Claimed *c, bool found, const char *generic_body,
 			c->kind = INTENT_CREATE;
 		}
 	}
+}
+
+/*
+ * A form field of a stored request, palloc'd; NULL when it is not there.
+ */
+static char *
+sf_stored_field(const char *body, const char *name)
+{
+	char	   *v = shipsync_form_field(body, strlen(body), name);
+
+	return v ? dialect_take_malloced(v) : NULL;
+}
+
+/*
+ * As a stored request goes again: signed with the provider's partner id and
+ * check word of now.  The request was signed when it was first rendered; a
+ * check word changed since (rotated, or a wrong one fixed with set_secret())
+ * made every retry, and every requeue of its dead intents, carry the digest
+ * of the old one, which SF refuses (A1006): dead again, however often sent.
+ * The requestID, serviceCode, timestamp and msgData (its orderId: SF's own
+ * idempotency key) are the stored ones; with the credentials unchanged the
+ * form is the stored one byte for byte.  A request rendered for this very
+ * attempt was signed just now.
+ */
+static struct curl_slist *
+sf_sign(Provider *p, Claimed *c, struct curl_slist *h)
+{
+	char	   *request_id;
+	char	   *service;
+	char	   *timestamp;
+	char	   *msg_data;
+	char	   *form;
+
+	if (!c->rendered || c->body == NULL ||
+		p->sf_partner_id == NULL || p->sf_checkword == NULL)
+		return h;
+	request_id = sf_stored_field(c->body, "requestID");
+	service = sf_stored_field(c->body, "serviceCode");
+	timestamp = sf_stored_field(c->body, "timestamp");
+	msg_data = sf_stored_field(c->body, "msgData");
+	if (request_id == NULL || service == NULL || timestamp == NULL || msg_data == NULL)
+		return h;				/* not a form of ours: sent as stored */
+	form = shipsync_sf_form(p->sf_partner_id, request_id, service, timestamp,
+							msg_data, p->sf_checkword);
+	if (form != NULL)			/* NULL only if OpenSSL fails: as stored */
+		c->body = dialect_take_malloced(form);
+	return h;
 }
 
 /*
@@ -283,6 +331,7 @@ const DialectRoutine sf_express_dialect = {
 	.render_secrets = true,
 	.timezone = "Asia/Shanghai",
 	.render = sf_render,
+	.sign = sf_sign,
 	.judge = sf_judge,
 	.follow_up = sf_follow_up,
 	.lookup = sf_search_body,

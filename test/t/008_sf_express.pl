@@ -6,6 +6,7 @@
 #      msgData with the sender from provider options and the receiver from
 #      the row, every waybill kept, the main one written back;
 #   2. a wrong check word: A1006, dead at once with an auth ticket, no retries;
+#      once fixed with set_secret(), the intents requeued are signed with it;
 #   3. S0001 (busy) inside a 200: retried, then delivered;
 #   4. a reply lost after SF created the order: the retry gets 8016, the
 #      order is looked up with EXP_RECE_SEARCH_ORDER_RESP, its waybill is
@@ -128,6 +129,26 @@ is(sql("SELECT count(*) FROM shipsync.exception_ticket WHERE kind = 'auth_failed
 like(sql("SELECT last_error FROM shipsync.outbox WHERE order_key = 'BAD-1'"), qr/A1006.*not retried/,
 	'bad checkword: the error says A1006 and that it is not retried');
 is(sf_get('stats')->{bad_signature}, 2, 'bad checkword: SF saw two requests, no retry storm');
+
+# The check word fixed, the dead intents requeued (docs/troubleshooting.md):
+# their stored requests go again signed with the check word of now, the
+# same requestID, timestamp and msgData (SF's orderId) as stored.  They
+# were sent with the digest of the wrong check word they were stored with,
+# refused A1006 again and dead again, however often requeued.
+my $stored_bad = sql("SELECT string_agg(regexp_replace(request_body, '&msgDigest=.*', ''), ' ' ORDER BY id)
+	FROM shipsync.outbox WHERE order_key IN ('BAD-1', 'BAD-2')");
+sql(qq{SELECT shipsync.set_secret('sf_bad', 'checkword', '$checkword');
+	SELECT shipsync.requeue('sf_bad');});
+ok( wait_until($node, "SELECT count(*) = 2 FROM shipsync.outbox WHERE order_key IN ('BAD-1', 'BAD-2')
+		AND state IN ('done', 'dead') AND attempts = 1", 30),
+	'check word fixed: the requeued intents were sent again');
+is(intent('BAD-1') =~ s/\|.*//r . ' ' . intent('BAD-2') =~ s/\|.*//r, 'done done',
+	'check word fixed: the requeued intents are done');
+is(sf_get('stats')->{bad_signature}, 2, 'check word fixed: SF saw no bad digest after the fix');
+is(scalar(@{ sf_get('orders?orderId=BAD-1') }), 1, 'check word fixed: SF holds order BAD-1');
+is( sql("SELECT string_agg(regexp_replace(request_body, '&msgDigest=.*', ''), ' ' ORDER BY id)
+		FROM shipsync.outbox WHERE order_key IN ('BAD-1', 'BAD-2')"),
+	$stored_bad, 'check word fixed: the stored requests are kept as they were');
 
 ###########################################################################
 # 3. busy (S0001 inside a 200): retried, then delivered

@@ -148,6 +148,51 @@ like(sql(qq{SELECT tracking_number FROM shipsync.shipment WHERE binding_id = $gb
 is(sql(qq{SELECT count(*) FROM shipsync.exception_ticket WHERE binding_id = $gbid AND kind <> 'table_dropped'}),
 	0, 'dropped in flight: no writeback_failed ticket');
 
+# rows deleted, then their table dropped, in one transaction (a tenant's
+# table closed): the cancels of its shipped orders are still sent, and the
+# carrier does not ship orders the CRM deleted.  They died with the table
+# (table_dropped), and the shipments stayed live at the carrier.
+sql(q{CREATE TABLE crm.closing (id int PRIMARY KEY, customer text, waybill_no text);
+	SELECT shipsync.attach('crm.closing', 'gone', writeback => '{"tracking_number": "waybill_no"}');
+	INSERT INTO crm.closing VALUES (11, 'c'), (12, 'c');});
+my $cbid = sql(q{SELECT binding_id FROM shipsync.binding WHERE tbl = 'crm.closing'::regclass});
+ok(wait_until($node, "SELECT count(*) = 2 FROM crm.closing WHERE waybill_no IS NOT NULL", 30),
+	'deleted and dropped: the orders are shipped');
+my $cancelled = sim_get($sim, '/_sim/stats')->{cancelled};
+sql(q{BEGIN; DELETE FROM crm.closing; DROP TABLE crm.closing; COMMIT;});
+ok( wait_until($node, "SELECT bool_and(state IN ('done', 'dead')) FROM shipsync.outbox
+		WHERE binding_id = $cbid AND op = 'cancel'", 30),
+	'deleted and dropped: the cancels are finished');
+is( sql(qq{SELECT string_agg(order_key || ' ' || state || coalesce(' ' || error_class, ''), ', ' ORDER BY order_key)
+		FROM shipsync.outbox WHERE binding_id = $cbid AND op = 'cancel'}),
+	'11 done, 12 done', 'deleted and dropped: each cancel is sent, not dead with the table');
+is(sim_get($sim, '/_sim/stats')->{cancelled} - $cancelled, 2, 'deleted and dropped: the carrier cancelled both');
+is(sql(qq{SELECT string_agg(status, ' ') FROM shipsync.shipment WHERE binding_id = $cbid}),
+	'cancelled cancelled', 'deleted and dropped: the shipments are cancelled');
+is(sql(qq{SELECT count(*) FROM shipsync.exception_ticket WHERE binding_id = $cbid}),
+	0, 'deleted and dropped: no ticket');
+
+# a table renamed, an order deleted as another is inserted: the cancel
+# reads no order row and goes, though the table's render statement names
+# it by its old name (the create fails to render until the table is
+# attached again, docs/troubleshooting.md).  Cancels failed with the
+# creates of their claim, render_failed until dead.
+sql(q{CREATE TABLE crm.moving (id int PRIMARY KEY, customer text, waybill_no text);
+	SELECT shipsync.attach('crm.moving', 'gone', writeback => '{"tracking_number": "waybill_no"}');
+	INSERT INTO crm.moving VALUES (13, 'm');});
+my $mbid = sql(q{SELECT binding_id FROM shipsync.binding WHERE tbl = 'crm.moving'::regclass});
+ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.moving", 30), 'renamed: the order is shipped');
+sql(q{ALTER TABLE crm.moving RENAME TO moved;
+	BEGIN; INSERT INTO crm.moved VALUES (14, 'm'); DELETE FROM crm.moved WHERE id = 13; COMMIT;});
+ok( wait_until($node, "SELECT state IN ('done', 'dead') FROM shipsync.outbox
+		WHERE binding_id = $mbid AND op = 'cancel'", 30),
+	'renamed: the cancel is finished')
+  or diag sql("SELECT state, error_class, last_error FROM shipsync.outbox WHERE binding_id = $mbid AND op = 'cancel'");
+is(sql(qq{SELECT state || ' ' || error_class FROM shipsync.outbox WHERE binding_id = $mbid AND order_key = '14'}),
+	'retrying render_failed', 'renamed: a create claimed with it fails to render, as documented');
+is(sql(qq{SELECT status FROM shipsync.shipment WHERE binding_id = $mbid}), 'cancelled',
+	'renamed: the shipment is cancelled');
+
 # a shipment id that is a dot segment: its update and cancel go to that
 # shipment's URL, not to {base}/ and {base}/cancel, as request_url says
 # (provider sim, paused above, sends again)

@@ -8,7 +8,8 @@
 #   2. a redirect is not followed, not even to an allowed host;
 #   3. a provider row changed by hand to 127.0.0.2: refused at connect,
 #      dead at once with error class forbidden_host, a clear last_error and
-#      a ticket, and nothing reached 127.0.0.2;
+#      a ticket, and nothing reached 127.0.0.2; the URL fixed by hand, the
+#      intent requeued goes to the fixed URL;
 #   4. after a SIGHUP to '*.localhost': a name matching the pattern is
 #      reached; localhost (a name resolving to loopback, not named) is
 #      refused, also on a keep-alive connection opened before the reload;
@@ -140,6 +141,25 @@ is(ticket_of('t_hand', 3), 'forbidden_host', 'with a forbidden_host ticket');
 is(sql(q{SELECT l.error_class || ' ' || coalesce(l.http_status::text, 'none') FROM shipsync.delivery_log l
 	JOIN shipsync.outbox o ON o.id = l.outbox_id JOIN shipsync.binding b USING (binding_id)
 	WHERE b.tbl = 't_hand'::regclass}), 'forbidden_host none', 'the delivery log says so, with no HTTP status');
+
+# The URL fixed and the intent requeued, as docs/troubleshooting.md says:
+# the request stored at its first attempt goes to the fixed URL, with its
+# key and body.  It went to the stored URL, refused again, dead again.
+my $hand_body = sql(q{SELECT o.request_body FROM shipsync.outbox o JOIN shipsync.binding b USING (binding_id)
+	WHERE b.tbl = 't_hand'::regclass AND o.order_key = '3'});
+sql(qq{UPDATE shipsync.provider SET base_url = '$sim->{url}' WHERE name = 'hand';
+	SELECT pg_reload_conf();
+	SELECT shipsync.requeue('hand');});
+ok( wait_until($node, q{SELECT o.state IN ('done', 'dead') AND o.attempts = 1 FROM shipsync.outbox o
+		JOIN shipsync.binding b USING (binding_id) WHERE b.tbl = 't_hand'::regclass AND o.order_key = '3'}, 30),
+	'base_url fixed by hand: the requeued intent was sent again');
+like(sql(q{SELECT o.state || ' ' || o.request_url FROM shipsync.outbox o JOIN shipsync.binding b USING (binding_id)
+	WHERE b.tbl = 't_hand'::regclass AND o.order_key = '3'}), qr{^done \Q$sim->{url}\E/shipments$},
+	'base_url fixed by hand: the requeued intent went to the fixed URL, and is done');
+is(sim_saw_key(key_of('t_hand', 3)), 1, 'base_url fixed by hand: the simulator got it, under its key');
+is(sql(q{SELECT o.request_body FROM shipsync.outbox o JOIN shipsync.binding b USING (binding_id)
+	WHERE b.tbl = 't_hand'::regclass AND o.order_key = '3'}), $hand_body,
+	'base_url fixed by hand: the stored body is the one stored at the first attempt');
 
 # ---- 4. the list is '*.localhost'
 set_allowed('*.localhost');

@@ -206,20 +206,21 @@ validate_lookup(int32 binding_id)
 /*
  * The new row of rel as JSON text (row_to_json()) into *rowtext, and its
  * key column's value as text (NULL when the table has no such column) into
- * *key, printed as the table's owner in a restricted operation, as the
- * dispatcher prints the row it sends (body.c).  The trigger runs as the
- * extension's owner, and printing runs the owner's code: a column whose
- * type has a cast to json has that cast called by row_to_json().
+ * *key, printed as the owner of the binding's table (bound: rel, or the
+ * partitioned table rel is a partition of) in a restricted operation, as
+ * the dispatcher prints the row it sends (body.c).  The trigger runs as
+ * the extension's owner, and printing runs the owner's code: a column
+ * whose type has a cast to json has that cast called by row_to_json().
  */
 static void
-validate_print_row(Relation rel, HeapTuple tuple, const char *key_column,
+validate_print_row(Relation rel, Oid bound, HeapTuple tuple, const char *key_column,
 				   char **rowtext, char **key)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			keyatt = SPI_fnumber(desc, key_column);
 	ShipsyncUserSave save;
 
-	shipsync_become_owner(rel->rd_rel->relowner, &save);
+	shipsync_become_owner(shipsync_table_owner(bound), &save);
 	PG_TRY();
 	{
 		Datum		json = DirectFunctionCall1(row_to_json,
@@ -288,7 +289,7 @@ shipsync_validate(PG_FUNCTION_ARGS)
 	if (vc->map == NULL)
 		return PointerGetDatum(tuple);
 
-	validate_print_row(td->tg_relation, tuple, vc->key_column, &rowtext, &key);
+	validate_print_row(td->tg_relation, vc->relid, tuple, vc->key_column, &rowtext, &key);
 	row = shipsync_json_parse(rowtext, strlen(rowtext), err, sizeof(err));
 	if (row == NULL)
 		elog(ERROR, "the order row is not JSON: %s", err);

@@ -100,6 +100,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	col text;
+	seen text[] := '{}';
 BEGIN
 	-- a name that is no bare path name is written in double quotes, a
 	-- quote in it doubled (docs/mapping.md): the column is the name inside
@@ -112,6 +113,14 @@ BEGIN
 			   WHERE m.profile OPERATOR(pg_catalog.=) _check_crm_map.profile
 				 AND m.direction OPERATOR(pg_catalog.=) 'crm_in'
 			   ORDER BY m.position, m.field_map_id LOOP
+		-- select and "select" are one column
+		IF col OPERATOR(pg_catalog.=) ANY (seen) THEN
+			RAISE EXCEPTION 'the crm_in rows of profile "%" name column "%" twice', profile, col
+				USING ERRCODE = 'duplicate_column',
+					  DETAIL = 'A name written in double quotes and the same name without them are one column.',
+					  HINT = 'Delete one of the two rows in shipsync.field_map.';
+		END IF;
+		seen := seen OPERATOR(pg_catalog.||) col;
 		IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
 					   WHERE a.attrelid OPERATOR(pg_catalog.=) tbl
 						 AND a.attname OPERATOR(pg_catalog.=) col

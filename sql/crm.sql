@@ -370,6 +370,12 @@ INSERT INTO shipsync.field_map (profile, direction, position, target_path, sourc
 	('odd2', 'crm_in', 1, '"CRM Id"', 'id', 'identity', true),
 	('odd2', 'crm_in', 2, '"Customer  Name"', 'name', 'identity', false);
 SELECT pg_temp.err($$SELECT shipsync.create_crm_source('odd2', 'generic', 'crm."Odd Orders"', '{"secret": "whsec_AAAA", "key_column": "CRM Id"}')$$);
+-- one column named twice, quoted and not
+INSERT INTO shipsync.field_map (profile, direction, position, target_path, source, transform, required) VALUES
+	('odd3', 'crm_in', 1, '"CRM Id"', 'id', 'identity', true),
+	('odd3', 'crm_in', 2, 'select', 'a', 'identity', false),
+	('odd3', 'crm_in', 3, '"select"', 'b', 'identity', false);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('odd3', 'generic', 'crm."Odd Orders"', '{"secret": "whsec_AAAA", "key_column": "CRM Id"}')$$);
 
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA crm CASCADE;

@@ -268,7 +268,7 @@ shipsync_validate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("shipsync._validate() must be an INSERT or UPDATE row trigger with the binding id")));
 	tuple = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
-	if (capture_suppressed())
+	if (capture_suppressed(td->tg_event, td->tg_trigtuple))
 		return PointerGetDatum(tuple);	/* the dispatcher's own write-back */
 	binding_id = pg_strtoint32(td->tg_trigger->tgargs[0]);
 	vc = validate_lookup(binding_id);

@@ -16633,6 +16633,54 @@ COMMENT ON FUNCTION @extschema@._on_drop() IS
 	'Internal: the event trigger of DROP TABLE: a dropped attached table''s binding becomes inactive, its name is kept in dropped_table and its waiting creates and updates die; its cancels and registrations, which need no order row, are still sent.';
 
 ------------------------------------------------------------------------------
+
+-- A crm_in target in double quotes names the column inside them
+------------------------------------------------------------------------------
+-- A column that is no bare path name ("Customer Name") is written in double
+-- quotes, as in every field map path; the quotes were taken for part of the
+-- column's name, and create_crm_source() refused such a map.
+CREATE OR REPLACE FUNCTION @extschema@._check_crm_map(profile text, tbl regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	col text;
+	seen text[] := '{}';
+BEGIN
+	-- a name that is no bare path name is written in double quotes, a
+	-- quote in it doubled (docs/mapping.md): the column is the name inside
+	-- (crm.c, crm_target_column(), reads it the same way)
+	FOR col IN SELECT CASE WHEN m.target_path OPERATOR(pg_catalog.~) '^"([^"]|"")*"$'
+						   THEN pg_catalog.replace(pg_catalog.substr(m.target_path, 2,
+								pg_catalog.length(m.target_path) OPERATOR(pg_catalog.-) 2), '""', '"')
+						   ELSE m.target_path END
+			   FROM @extschema@.field_map m
+			   WHERE m.profile OPERATOR(pg_catalog.=) _check_crm_map.profile
+				 AND m.direction OPERATOR(pg_catalog.=) 'crm_in'
+			   ORDER BY m.position, m.field_map_id LOOP
+		-- select and "select" are one column
+		IF col OPERATOR(pg_catalog.=) ANY (seen) THEN
+			RAISE EXCEPTION 'the crm_in rows of profile "%" name column "%" twice', profile, col
+				USING ERRCODE = 'duplicate_column',
+					  DETAIL = 'A name written in double quotes and the same name without them are one column.',
+					  HINT = 'Delete one of the two rows in shipsync.field_map.';
+		END IF;
+		seen := seen OPERATOR(pg_catalog.||) col;
+		IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+					   WHERE a.attrelid OPERATOR(pg_catalog.=) tbl
+						 AND a.attname OPERATOR(pg_catalog.=) col
+						 AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped) THEN
+			RAISE EXCEPTION 'the crm_in rows of profile "%" name column "%", which table % does not have', profile, col, tbl
+				USING ERRCODE = 'undefined_column',
+					  DETAIL = 'A crm_in row''s target_path is a column of the orders table.',
+					  HINT = 'Fix the row in shipsync.field_map, or add the column.';
+		END IF;
+	END LOOP;
+END
+$$;
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

@@ -100,11 +100,27 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	col text;
+	seen text[] := '{}';
 BEGIN
-	FOR col IN SELECT m.target_path FROM @extschema@.field_map m
+	-- a name that is no bare path name is written in double quotes, a
+	-- quote in it doubled (docs/mapping.md): the column is the name inside
+	-- (crm.c, crm_target_column(), reads it the same way)
+	FOR col IN SELECT CASE WHEN m.target_path OPERATOR(pg_catalog.~) '^"([^"]|"")*"$'
+						   THEN pg_catalog.replace(pg_catalog.substr(m.target_path, 2,
+								pg_catalog.length(m.target_path) OPERATOR(pg_catalog.-) 2), '""', '"')
+						   ELSE m.target_path END
+			   FROM @extschema@.field_map m
 			   WHERE m.profile OPERATOR(pg_catalog.=) _check_crm_map.profile
 				 AND m.direction OPERATOR(pg_catalog.=) 'crm_in'
 			   ORDER BY m.position, m.field_map_id LOOP
+		-- select and "select" are one column
+		IF col OPERATOR(pg_catalog.=) ANY (seen) THEN
+			RAISE EXCEPTION 'the crm_in rows of profile "%" name column "%" twice', profile, col
+				USING ERRCODE = 'duplicate_column',
+					  DETAIL = 'A name written in double quotes and the same name without them are one column.',
+					  HINT = 'Delete one of the two rows in shipsync.field_map.';
+		END IF;
+		seen := seen OPERATOR(pg_catalog.||) col;
 		IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
 					   WHERE a.attrelid OPERATOR(pg_catalog.=) tbl
 						 AND a.attname OPERATOR(pg_catalog.=) col

@@ -356,5 +356,42 @@ FROM shipsync.crm_source s WHERE s.crm_source_id = d.crm_source_id AND s.name = 
 SELECT pg_temp.push('zshort', 'evt_r1', 'order.updated', '{"id": "Z-9", "contact": {"name": "old name"}}') ->> 'duplicate' AS replay_duplicate;
 SELECT customer FROM crm.orders WHERE crm_id = 'Z-9';
 
+------------------------------------------------------------------------------
+-- columns whose names are no bare path names, as crm_in targets
+------------------------------------------------------------------------------
+-- A column named "Customer Name" (or "select", "Ver.Ts", a quote) is written
+-- in double quotes, as every field map path writes such a name
+-- (docs/mapping.md).  Unquoted, a space is refused by the map's own check;
+-- quoted, create_crm_source() said the table had no column ""Customer
+-- Name"" (the quotes taken for part of the name), and a quoted row added
+-- after the source made every push fail on the quoted name.
+CREATE TABLE crm."Odd Orders" ("CRM Id" text PRIMARY KEY, "Customer Name" text, "full""name" text,
+	"select" text, "Ver.Ts" timestamptz);
+INSERT INTO shipsync.field_map (profile, direction, position, target_path, source, transform, required) VALUES
+	('odd', 'crm_in', 1, '"CRM Id"', 'id', 'identity', true),
+	('odd', 'crm_in', 2, '"Customer Name"', 'name', 'trim', true),
+	('odd', 'crm_in', 3, 'select', 'pick', 'identity', false),
+	('odd', 'crm_in', 4, 'Ver.Ts', 'mod', 'identity', false);
+SELECT shipsync.create_crm_source('odd', 'generic', 'crm."Odd Orders"',
+	'{"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "key_column": "CRM Id", "version_column": "Ver.Ts"}') > 0 AS created;
+-- a quoted row added after the source: read at the next push
+INSERT INTO shipsync.field_map (profile, direction, position, target_path, source, transform, required) VALUES
+	('odd', 'crm_in', 5, '"full""name"', 'full', 'identity', false);
+SELECT pg_temp.push('odd', 'evt_o1', 'order.created', '{"id": "O-1", "name": " Ann Lee ", "pick": "a", "full": "Ann \"A\" Lee", "mod": "2026-01-02T00:00:00Z"}') ->> 'inserted' AS inserted;
+SELECT pg_temp.push('odd', 'evt_o2', 'order.updated', '{"id": "O-1", "name": "Ann Older", "mod": "2026-01-01T00:00:00Z"}') ->> 'unchanged' AS older_unchanged;
+SELECT pg_temp.push('odd', 'evt_o3', 'order.updated', '{"id": "O-1", "name": "Ann Newer", "full": "x", "mod": "2026-01-03T00:00:00Z"}') ->> 'updated' AS newer_updated;
+SELECT "CRM Id", "Customer Name", "full""name", "select", "Ver.Ts" AT TIME ZONE 'UTC' AS ver_utc FROM crm."Odd Orders";
+-- a quoted name of a column the table lacks is named unquoted
+INSERT INTO shipsync.field_map (profile, direction, position, target_path, source, transform, required) VALUES
+	('odd2', 'crm_in', 1, '"CRM Id"', 'id', 'identity', true),
+	('odd2', 'crm_in', 2, '"Customer  Name"', 'name', 'identity', false);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('odd2', 'generic', 'crm."Odd Orders"', '{"secret": "whsec_AAAA", "key_column": "CRM Id"}')$$);
+-- one column named twice, quoted and not
+INSERT INTO shipsync.field_map (profile, direction, position, target_path, source, transform, required) VALUES
+	('odd3', 'crm_in', 1, '"CRM Id"', 'id', 'identity', true),
+	('odd3', 'crm_in', 2, 'select', 'a', 'identity', false),
+	('odd3', 'crm_in', 3, '"select"', 'b', 'identity', false);
+SELECT pg_temp.err($$SELECT shipsync.create_crm_source('odd3', 'generic', 'crm."Odd Orders"', '{"secret": "whsec_AAAA", "key_column": "CRM Id"}')$$);
+
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA crm CASCADE;

@@ -525,3 +525,32 @@ SELECT s.status FROM shipsync.shipment s WHERE s.order_key = '61';
 ------------------------------------------------------------------------------
 SELECT pg_temp.err($$SELECT shipsync.ingest_tracking('sf_open', '{"Body": {"WaybillRoute": [{"mailno": "SF6000000000001", "acceptTime": "2026-04-01 11:00:00", "opCode": "30", "id": 18446744073709551617}]}}')$$);
 SELECT count(*) AS clamped_keys FROM shipsync.tracking_event WHERE event_key = '18446744073709551615';
+
+------------------------------------------------------------------------------
+-- An order a trigger inserts when a status is written back is captured
+------------------------------------------------------------------------------
+-- The write-back runs with the capture trigger suppressed (no echo), and
+-- the suppression covered everything the write-back's statement did: an
+-- order that a trigger of the table inserted in reaction (a replacement
+-- sent when the first is returned) was never captured, so never sent.
+-- The write-back's own rows still make no intent.
+CREATE FUNCTION crm.replace_returned() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.ship_status = 'returned' AND OLD.ship_status IS DISTINCT FROM 'returned' THEN
+		INSERT INTO crm.orders (id) VALUES (NEW.id + 1000);
+	END IF;
+	RETURN NULL;
+END
+$$;
+CREATE TRIGGER replace_returned AFTER UPDATE OF ship_status ON crm.orders
+	FOR EACH ROW EXECUTE FUNCTION crm.replace_returned();
+INSERT INTO crm.orders (id) VALUES (70);
+INSERT INTO shipsync.shipment (binding_id, order_key, provider_id, tracking_number, status)
+SELECT b.binding_id, '70', p.provider_id, 'T70', 'in_transit'
+FROM shipsync.binding b, shipsync.provider p WHERE b.tbl = 'crm.orders'::regclass AND p.name = 'gen';
+SELECT count(*) AS intents_of_70 FROM shipsync.inbox WHERE order_key = '70' \gset
+SELECT pg_temp.push('gen', jsonb_build_array(pg_temp.ev('r-70', 'T70', 'returned', '2026-03-05T10:00:00Z')))->'new' AS returned_event;
+SELECT id, ship_status FROM crm.orders WHERE id IN (70, 1070) ORDER BY id;
+SELECT op, order_key FROM shipsync.inbox WHERE order_key = '1070';
+SELECT count(*) - :intents_of_70 AS echo_of_70 FROM shipsync.inbox WHERE order_key = '70';
+DROP TRIGGER replace_returned ON crm.orders;

@@ -17,7 +17,9 @@
  * Trigger arguments, written by attach(): binding id, provider id, key
  * column, then the write-back columns.  An UPDATE that changes nothing but
  * write-back columns enqueues nothing, and writes made by the dispatcher
- * itself (capture_suppress()) never enqueue: no echo.
+ * itself (capture_suppress()) never enqueue: no echo (the rows it writes,
+ * and what the table's triggers update or delete in reaction; an order
+ * they insert is captured).
  *
  * An UPDATE that moves a row to another partition reaches the trigger as a
  * DELETE on the old partition and then an INSERT on the new one.  The
@@ -74,34 +76,74 @@ PG_FUNCTION_INFO_V1(shipsync_capture);
 PG_FUNCTION_INFO_V1(shipsync_wake);
 PG_FUNCTION_INFO_V1(shipsync_intent_id);
 
-/* set while the dispatcher or a push writes back onto order rows */
-static bool capture_is_suppressed = false;
+/*
+ * While the dispatcher or a push writes back onto order rows: the trigger
+ * depth (pg_trigger_depth()) at which the row triggers of the write-back's
+ * own statement fire; -1 otherwise.
+ */
+static int	capture_suppress_depth = -1;
 
 static SPIPlanPtr capture_check_plan = NULL;
+
+/* The trigger depth now, as pg_trigger_depth() gives it */
+static int
+capture_trigger_depth(void)
+{
+	LOCAL_FCINFO(fcinfo, 0);
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 0, InvalidOid, NULL, NULL);
+	return DatumGetInt32(pg_trigger_depth(fcinfo));
+}
 
 /*
  * capture_suppress() and capture_unsuppress() bracket a write onto order
  * rows made by pg_shipsync itself (writeback.c): the capture trigger and
  * the validation trigger let those rows pass, so a write-back never
- * enqueues an intent (no echo).  The caller unsuppresses in PG_FINALLY.
+ * enqueues an intent (no echo).  capture_suppress() returns what
+ * capture_unsuppress() takes back, so that a write-back inside another
+ * (a trigger's) leaves the outer one suppressed; the caller unsuppresses
+ * in PG_FINALLY.
  */
-void
+int
 capture_suppress(void)
 {
-	capture_is_suppressed = true;
+	int			prev = capture_suppress_depth;
+
+	capture_suppress_depth = capture_trigger_depth() + 1;
+	return prev;
 }
 
 void
-capture_unsuppress(void)
+capture_unsuppress(int prev)
 {
-	capture_is_suppressed = false;
+	capture_suppress_depth = prev;
 }
 
-/* Whether a write-back of pg_shipsync's own is under way */
+/*
+ * Whether a row event (event, its old or only row trigtuple) is one a
+ * write-back of pg_shipsync's own lets pass: every row of the write-back's
+ * own statement, and the updates and deletes the table owner's triggers
+ * make in reaction to it (deeper: a trigger's own statement), which change
+ * orders already sent, as the write-back itself does.  A row a trigger
+ * inserts is a new order, and is captured: an order inserted when another
+ * is written back (a replacement sent when the first is returned) was
+ * never sent.  So is the delete half of a row a trigger's update moves to
+ * another partition, so that its insert half pairs with it as an update,
+ * never a second create.
+ */
 bool
-capture_suppressed(void)
+capture_suppressed(uint32 event, HeapTuple trigtuple)
 {
-	return capture_is_suppressed;
+	if (capture_suppress_depth < 0)
+		return false;
+	if (capture_trigger_depth() <= capture_suppress_depth)
+		return true;
+	if (TRIGGER_FIRED_BY_INSERT(event))
+		return false;
+	if (TRIGGER_FIRED_BY_DELETE(event) &&
+		HeapTupleHeaderIndicatesMovedPartitions(trigtuple->t_data))
+		return false;
+	return true;
 }
 
 /*
@@ -997,7 +1039,7 @@ shipsync_capture(PG_FUNCTION_ARGS)
 	rettuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
 		trigdata->tg_newtuple : trigdata->tg_trigtuple;
 
-	if (capture_suppressed())
+	if (capture_suppressed(trigdata->tg_event, trigdata->tg_trigtuple))
 		return PointerGetDatum(rettuple);
 
 	tg = trigdata->tg_trigger;

@@ -583,6 +583,40 @@ crm_load_map(CrmSource *s)
 }
 
 /*
+ * The column a crm_in row's target_path names: a name that is no bare
+ * path name ("Customer Name", "full""name") is written in double quotes,
+ * as in every field map path (docs/mapping.md), and names the column
+ * without them; any other target is the column's name as it is written
+ * ("Ver.Ts" unquoted is column Ver.Ts).  _check_crm_map() reads targets
+ * the same way.
+ */
+static char *
+crm_target_column(const char *target)
+{
+	size_t		len = strlen(target);
+	StringInfoData buf;
+
+	if (len < 2 || target[0] != '"' || target[len - 1] != '"')
+		return pstrdup(target);
+	initStringInfo(&buf);
+	for (size_t i = 1; i < len - 1; i++)
+	{
+		if (target[i] == '"')
+		{
+			/* a quote inside is doubled; else it is no one quoted name */
+			if (i + 1 >= len - 1 || target[i + 1] != '"')
+			{
+				pfree(buf.data);
+				return pstrdup(target);
+			}
+			i++;
+		}
+		appendStringInfoChar(&buf, target[i]);
+	}
+	return buf.data;
+}
+
+/*
  * One mapped record as a JSON object of column to value, for
  * jsonb_populate_record; the key column's value goes to *key.  Fields and
  * values are freed here.
@@ -598,10 +632,11 @@ crm_row_json(CrmSource *s, char **fields, MapValue *values, int n, char **key)
 	for (int i = 0; i < n; i++)
 	{
 		MapValue   *v = &values[i];
+		char	   *col = crm_target_column(fields[i]);
 
 		if (i > 0)
 			appendStringInfoString(&buf, ", ");
-		escape_json(&buf, fields[i]);
+		escape_json(&buf, col);
 		appendStringInfoString(&buf, ": ");
 		if (v->type == MV_NULL)
 			appendStringInfoString(&buf, "null");
@@ -609,8 +644,9 @@ crm_row_json(CrmSource *s, char **fields, MapValue *values, int n, char **key)
 			escape_json(&buf, v->s);
 		else
 			appendStringInfoString(&buf, v->s);
-		if (strcmp(fields[i], s->key_column) == 0 && v->type != MV_NULL)
+		if (strcmp(col, s->key_column) == 0 && v->type != MV_NULL)
 			*key = pstrdup(v->s);
+		pfree(col);
 	}
 	appendStringInfoChar(&buf, '}');
 	return buf.data;
@@ -659,7 +695,7 @@ crm_map_record(CrmSource *s, CrmMallocs *m, CrmRecord *rec, int i, List **cols,
 	/* every record of a call reads the same map, so the same columns */
 	if (*cols == NIL)
 		for (int k = 0; k < n; k++)
-			*cols = lappend(*cols, makeString(pstrdup(fields[k])));
+			*cols = lappend(*cols, makeString(crm_target_column(fields[k])));
 	json = crm_row_json(s, fields, values, n, &key);
 	crm_free_read(fields, values, n);
 	if (key == NULL)

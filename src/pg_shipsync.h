@@ -1031,9 +1031,9 @@ extern void writeback_values(int32 provider_id, int32 *bids, Datum *keys,
 							 Datum *values, bool fee, int n);
 
 /* in capture.c */
-extern void capture_suppress(void);
-extern void capture_unsuppress(void);
-extern bool capture_suppressed(void);
+extern int	capture_suppress(void);
+extern void capture_unsuppress(int prev);
+extern bool capture_suppressed(uint32 event, HeapTuple trigtuple);
 extern bool capture_table_is(Relation rel, Oid relid);
 extern void shipsync_wake_at_commit(int32 provider_id, bool config_changed);
 extern int64 shipsync_next_intent_id(Oid seqid);

@@ -12,7 +12,12 @@
  * '{"validate": "reject"}') installs beside the capture trigger: it renders
  * the new row through the provider's outbound map, as the dispatcher
  * would, and refuses the row when required fields are missing or
- * malformed.  It sends nothing and writes nothing.  The provider and its
+ * malformed.  It sends nothing and writes nothing.  It runs as the
+ * extension's owner (SECURITY DEFINER, to read the binding and the
+ * provider), but prints the row as the table's owner in a restricted
+ * operation, as the dispatcher does: printing a row runs the owner's code
+ * (a cast to json of a type of its own), which ran as a superuser until
+ * 0.2's fix.  The provider and its
  * compiled map are loaded with provider.c's loader; one compiled map per
  * binding is kept in TopMemoryContext, checked against the configuration
  * generation at each use, so a changed map applies to the next row.
@@ -199,6 +204,39 @@ validate_lookup(int32 binding_id)
 }
 
 /*
+ * The new row of rel as JSON text (row_to_json()) into *rowtext, and its
+ * key column's value as text (NULL when the table has no such column) into
+ * *key, printed as the owner of the binding's table (bound: rel, or the
+ * partitioned table rel is a partition of) in a restricted operation, as
+ * the dispatcher prints the row it sends (body.c).  The trigger runs as
+ * the extension's owner, and printing runs the owner's code: a column
+ * whose type has a cast to json has that cast called by row_to_json().
+ */
+static void
+validate_print_row(Relation rel, Oid bound, HeapTuple tuple, const char *key_column,
+				   char **rowtext, char **key)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			keyatt = SPI_fnumber(desc, key_column);
+	ShipsyncUserSave save;
+
+	shipsync_become_owner(shipsync_table_owner(bound), &save);
+	PG_TRY();
+	{
+		Datum		json = DirectFunctionCall1(row_to_json,
+											   heap_copy_tuple_as_datum(tuple, desc));
+
+		*rowtext = text_to_cstring(DatumGetTextPP(json));
+		*key = keyatt > 0 ? SPI_getvalue(tuple, desc, keyatt) : NULL;
+	}
+	PG_FINALLY();
+	{
+		shipsync_restore_user(&save);
+	}
+	PG_END_TRY();
+}
+
+/*
  * shipsync._validate(binding_id): AFTER INSERT OR UPDATE ROW trigger that
  * attach(..., options => '{"validate": "reject"}') installs beside the
  * capture trigger.  Renders the new row through the provider's outbound
@@ -212,7 +250,6 @@ shipsync_validate(PG_FUNCTION_ARGS)
 	HeapTuple	tuple;
 	int32		binding_id;
 	ValidateCache *vc;
-	Datum		rowjson;
 	char	   *rowtext;
 	char		err[1024];
 	ShipJson   *row;
@@ -231,7 +268,7 @@ shipsync_validate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("shipsync._validate() must be an INSERT or UPDATE row trigger with the binding id")));
 	tuple = TRIGGER_FIRED_BY_UPDATE(td->tg_event) ? td->tg_newtuple : td->tg_trigtuple;
-	if (capture_suppressed())
+	if (capture_suppressed(td->tg_event, td->tg_trigtuple))
 		return PointerGetDatum(tuple);	/* the dispatcher's own write-back */
 	binding_id = pg_strtoint32(td->tg_trigger->tgargs[0]);
 	vc = validate_lookup(binding_id);
@@ -252,19 +289,13 @@ shipsync_validate(PG_FUNCTION_ARGS)
 	if (vc->map == NULL)
 		return PointerGetDatum(tuple);
 
-	rowjson = DirectFunctionCall1(row_to_json, heap_copy_tuple_as_datum(tuple, RelationGetDescr(td->tg_relation)));
-	rowtext = text_to_cstring(DatumGetTextPP(rowjson));
+	validate_print_row(td->tg_relation, vc->relid, tuple, vc->key_column, &rowtext, &key);
 	row = shipsync_json_parse(rowtext, strlen(rowtext), err, sizeof(err));
 	if (row == NULL)
 		elog(ERROR, "the order row is not JSON: %s", err);
 	memset(&env, 0, sizeof(env));
 	env.row = row;
 	env.options = vc->options;
-	{
-		int			keyatt = SPI_fnumber(RelationGetDescr(td->tg_relation), vc->key_column);
-
-		key = keyatt > 0 ? SPI_getvalue(tuple, RelationGetDescr(td->tg_relation), keyatt) : NULL;
-	}
 	env.order_key = key;
 	/* fixed by capture later: present, and never a reason to refuse */
 	env.idempotency_key = "00000000-0000-0000-0000-000000000000";

@@ -231,17 +231,18 @@ writeback_execute(int32 binding_id, const char *sql, Datum *params, Oid relid,
 	SPIPlanPtr	plan = writeback_plan(binding_id, sql);
 	ShipsyncUserSave save;
 	volatile int rc = 0;
+	int			suppressed;
 
 	*immediate = shipsync_constraints_immediate(relid, owner);
 	shipsync_become_owner(owner, &save);
-	capture_suppress();
+	suppressed = capture_suppress();
 	PG_TRY();
 	{
 		rc = shipsync_execute_by_key(plan, params, false);
 	}
 	PG_FINALLY();
 	{
-		capture_unsuppress();
+		capture_unsuppress(suppressed);
 		shipsync_restore_user(&save);
 	}
 	PG_END_TRY();

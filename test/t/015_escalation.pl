@@ -410,5 +410,59 @@ is($node->safe_psql('shopdb', 'SELECT count(*) FROM dbo.calls WHERE super'), '0'
   or diag($node->safe_psql('shopdb', 'SELECT who, super, app, count(*) FROM dbo.calls GROUP BY 1, 2, 3'));
 is(rolsuper('dbowner'), 'f', 'the database owner stays who it was');
 
+# ---------------------------------------------------------------------------
+# 7. a table owner's cast to json, under validate = reject
+# ---------------------------------------------------------------------------
+
+# shipsync._validate() (SECURITY DEFINER, as the extension's owner) prints
+# the new row as JSON to check it against the provider's map.  A column of
+# a type of the owner's with a cast to json has that cast called by
+# row_to_json(): the owner's code, which must run as the owner.  The owner
+# is in no shipsync role; an admin attached its table.
+$node->safe_psql('postgres', qq{
+	CREATE ROLE flagowner LOGIN PASSWORD 'flag-secret';
+	CREATE SCHEMA flags AUTHORIZATION flagowner;
+	GRANT flagowner TO shopadmin;
+	INSERT INTO shipsync.field_map (profile, direction, position, target_path, source, transform, arg, required)
+	VALUES ('flagmap', 'out', 1, 'order_ref', 'meta:order_key', 'identity', NULL, true),
+		   ('flagmap', 'out', 2, 'order.to.name', 'customer', 'trim', NULL, true);
+	SELECT shipsync.create_provider('simmap', 'generic', '$sim->{url}',
+		'{"timeout_ms": 2000, "backoff_base_ms": 50, "backoff_max_ms": 300, "profile": "flagmap"}');
+});
+($rc, $out, $err) = as_role('flagowner', 'flag-secret', q{
+	CREATE TABLE flags.orders (id bigint PRIMARY KEY, customer text, waybill_no text);
+});
+is($rc, 0, 'a plain table owner makes an order table') or diag($err);
+($rc, $out, $err) = as_role('shopadmin', 'shop-secret', q{
+	SELECT shipsync.attach('flags.orders', 'simmap', writeback => '{"tracking_number": "waybill_no"}',
+		options => '{"validate": "reject"}');
+});
+is($rc, 0, 'the admin attaches it, validated at insert') or diag($err);
+($rc, $out, $err) = as_role('flagowner', 'flag-secret', q{
+	CREATE TABLE flags.calls (who name, super boolean);
+	CREATE TYPE flags.flag AS ENUM ('red', 'green');
+	CREATE FUNCTION flags.flag_json(f flags.flag) RETURNS json LANGUAGE plpgsql AS $f$
+	BEGIN
+		INSERT INTO flags.calls SELECT current_user, r.rolsuper
+		FROM pg_catalog.pg_roles r WHERE r.rolname = current_user;
+		IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+			EXECUTE 'ALTER ROLE flagowner SUPERUSER';
+		END IF;
+		RETURN pg_catalog.to_json(f::text);
+	END $f$;
+	CREATE CAST (flags.flag AS json) WITH FUNCTION flags.flag_json(flags.flag);
+	ALTER TABLE flags.orders ADD COLUMN flag flags.flag DEFAULT 'red';
+	INSERT INTO flags.orders (id, customer) VALUES (1, 'Ann');
+});
+is($rc, 0, 'the owner adds a column whose type has a cast to json, and inserts an order') or diag($err);
+is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT who || '/' || super, ', ') FROM flags.calls}),
+	'flagowner/false', 'the validation trigger ran the cast as the table owner');
+is(rolsuper('flagowner'), 'f', 'and the table owner stays who it was');
+($rc, $out, $err) = as_role('flagowner', 'flag-secret', q{
+	INSERT INTO flags.orders (id, customer) VALUES (2, NULL);
+});
+isnt($rc, 0, 'an order missing a required field is still refused');
+like($err, qr/required mapped fields are missing or malformed/, '... by the validation trigger');
+
 $node->stop;
 done_testing();

@@ -540,6 +540,26 @@ define_receiver_gucs(void)
 							NULL, NULL, NULL);
 }
 
+/*
+ * shipsync.audit_action comes from the extension's functions (their SET
+ * clauses) or a superuser's SET, never from a configuration file: there it
+ * would be the action of every audit row written outside those functions,
+ * an INSERT recorded as a "resolve".  GUC_DISALLOW_IN_FILE stops ALTER
+ * SYSTEM only; a value read from postgresql.conf (or its includes) is
+ * refused here, at start and at every reload, and the setting stays empty.
+ */
+static bool
+check_audit_action(char **newval, void **extra, GucSource source)
+{
+	if (source == PGC_S_FILE && *newval != NULL && (*newval)[0] != '\0')
+	{
+		GUC_check_errdetail("shipsync.audit_action is set by pg_shipsync's functions for their duration, not in a configuration file.");
+		GUC_check_errhint("Remove the line from the configuration file.");
+		return false;
+	}
+	return true;
+}
+
 /* The parameters of the audit log (src/audit.c, install/80_security.sql) */
 static void
 define_audit_gucs(void)
@@ -565,7 +585,7 @@ define_audit_gucs(void)
 							   "",
 							   PGC_SUSET,
 							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
-							   NULL, NULL, NULL);
+							   check_audit_action, NULL, NULL);
 }
 
 void

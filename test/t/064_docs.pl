@@ -132,6 +132,32 @@ push @wrong, "$_: a row in the table, but no such parameter" for grep { !$real{$
 is(join("\n", @wrong), '',
 	'docs/gucs.md gives every parameter with its real type, default, context and range, and no other');
 
+# A parameter the page says is refused in postgresql.conf is refused there:
+# written there and reloaded, its value stays empty in every new session
+# (shipsync.audit_action names the action of the audit rows that changes
+# made outside the extension's functions record: set in the file, every
+# such change would be recorded as that action).
+my @refused = sort grep { ($section{$_}{Context} // '') =~ /refused in `postgresql\.conf`/ } keys %section;
+ok(scalar(@refused), 'docs/gucs.md names parameters refused in postgresql.conf');
+my $reloads = 0;
+for my $name (@refused)
+{
+	# a marker of this reload: a new session that sees it started after it
+	$reloads++;
+	$node->append_conf('postgresql.conf', "$name = 'resolve'\ndocs064.reload = '$reloads'");
+	$node->reload;
+	ok(wait_until($node, "SELECT current_setting('docs064.reload', true) = '$reloads'"),
+		"$name: the server reloaded its configuration");
+	is($node->safe_psql('postgres', "SELECT current_setting('$name')"), '',
+		"$name: a value in postgresql.conf is refused");
+	my $conf = slurp_file($node->data_dir . '/postgresql.conf');
+	$conf =~ s/^\Q$name\E = 'resolve'\n//m;
+	open(my $fh, '>', $node->data_dir . '/postgresql.conf') or die $!;
+	print $fh $conf;
+	close($fh);
+	$node->reload;
+}
+
 # ---------- 2. docs/sql-reference.md ----------
 
 my $ref = slurp_file("$top/docs/sql-reference.md");

@@ -12,7 +12,9 @@
 #      section that names each of its columns; every section names an
 #      object that exists;
 #   3. every TAP file the documentation names (test/t/NNN_*.pl, "TAP NNN")
-#      exists.
+#      exists;
+#   4. every link between the pages leads to a page, and a heading of it,
+#      that exist.
 # (docs/security.md's role matrix is checked cell by cell by 025_roles.pl.)
 use strict;
 use warnings;
@@ -22,6 +24,9 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use ShipsyncTest;
+use Encode ();
+use File::Basename qw(dirname);
+use Cwd qw(abs_path);
 
 my $top = "$FindBin::RealBin/../..";
 my $node = shipsync_node('docs');
@@ -289,6 +294,48 @@ for my $n (sort keys %named_tap)
 	  unless @files;
 }
 is(join("\n", @absent), '', 'every TAP file the documentation names exists');
+
+# ---------- 4. links between the pages ----------
+
+# A heading's anchor as GitHub makes it: lower case, punctuation but
+# hyphens dropped, spaces to hyphens, "-1", "-2" for repeats; and the
+# <a id="…"> anchors written in the text.
+my %anchors;
+my @linked = (@pages, "$top/test/sim/README.md");
+for my $page (@linked)
+{
+	my $text = Encode::decode('UTF-8', slurp_file($page));
+	$text =~ s/^```.*?^```//msg;
+	my (%seen, %set);
+	for my $h ($text =~ /^#+ (.*)$/mg)
+	{
+		my $slug = lc($h) =~ s/[^\w\- ]//gr =~ s/ /-/gr;
+		$set{ $seen{$slug}++ ? "$slug-" . ($seen{$slug} - 1) : $slug } = 1;
+	}
+	$set{$_} = 1 for $text =~ /<a id="([^"]+)">/g;
+	$anchors{ abs_path($page) } = \%set;
+}
+my @broken;
+for my $page (@linked)
+{
+	my $text = Encode::decode('UTF-8', slurp_file($page));
+	my $short = $page =~ s{^\Q$top\E/}{}r;
+	while ($text =~ /\]\(([^)\s#]*)(?:#([^)\s]+))?\)/g)
+	{
+		my ($target, $anchor) = ($1, $2);
+		next if $target =~ /^[a-z]+:/;
+		my $path = $target eq '' ? $page : dirname($page) . "/$target";
+		if (!-e $path)
+		{
+			push @broken, "$short: $target does not exist";
+			next;
+		}
+		next unless defined $anchor && $anchors{ abs_path($path) };
+		push @broken, "$short: $target#$anchor is no heading of it"
+		  unless $anchors{ abs_path($path) }{$anchor};
+	}
+}
+is(join("\n", @broken), '', 'every link between the pages leads to a page and a heading that exist');
 
 $node->stop;
 done_testing();

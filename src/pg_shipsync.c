@@ -39,6 +39,7 @@
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/varlena.h"
 
 #include "pg_shipsync.h"
 
@@ -370,6 +371,31 @@ shipsync_out_of_memory(void)
 }
 
 /*
+ * shipsync.databases must parse as the launcher parses it (SplitGUCList(),
+ * src/launcher.c): a list that does not (an unclosed quote) is refused
+ * where it is written, ALTER SYSTEM or a reload, and the list in force
+ * stays.  Taken, it made the launcher serve no database: every dispatcher
+ * stopped, and a warning every second.
+ */
+static bool
+shipsync_check_databases(char **newval, void **extra, GucSource source)
+{
+	char	   *raw = pstrdup(*newval ? *newval : "");
+	List	   *names = NIL;
+	bool		ok = SplitGUCList(raw, ',', &names);
+
+	list_free(names);
+	pfree(raw);
+	if (!ok)
+	{
+		GUC_check_errdetail("The list of databases does not parse: a name in double quotes is not closed, or a comma, quote or space is misplaced.");
+		GUC_check_errhint("Separate the names with commas; write a name that holds a comma, a double quote or leading or trailing spaces in double quotes, its quotes doubled.");
+		return false;
+	}
+	return true;
+}
+
+/*
  * shipsync.reconcile_at: '' (no daily run) or HH:MM, local time.  The
  * minute of the day goes to the assign hook in *extra (malloc'd, as GUC
  * extras are in this version).
@@ -604,7 +630,7 @@ _PG_init(void)
 							   "postgres",
 							   PGC_SIGHUP,
 							   GUC_LIST_INPUT,
-							   NULL, NULL, NULL);
+							   shipsync_check_databases, NULL, NULL);
 
 	DefineCustomIntVariable("shipsync.batch_size",
 							"Most intents one provider claims in one dispatcher transaction.",

@@ -16681,6 +16681,81 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+
+-- A generic webhook secret is refused unless the signature check can decode it
+------------------------------------------------------------------------------
+-- base64 with a lone final character (a secret cut short when copied), or
+-- a key over 512 bytes, passed the check and then refused every push.
+
+CREATE OR REPLACE FUNCTION @extschema@._check_tracking_options(options jsonb, dialect text)
+RETURNS text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	k text;
+BEGIN
+	FOREACH k IN ARRAY ARRAY['webhook_secret', 'previous_webhook_secret', 'timezone'] LOOP
+		IF options ? k AND (jsonb_typeof(options->k) <> 'string' OR options->>k = '') THEN
+			RAISE EXCEPTION 'option "%" must be a non-empty string', k
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = CASE WHEN k LIKE '%secret' THEN 'Give the secret the provider signs its pushes with.'
+								  ELSE 'Give a string.' END;
+		END IF;
+	END LOOP;
+	-- as the signature check decodes it (src/signature.c): base64 after an
+	-- optional whsec_, no lone final character (six bits make no byte), a
+	-- key of 512 bytes at most; one it cannot decode would refuse every push
+	IF dialect = 'generic' AND options ? 'webhook_secret'
+	   AND ((options->>'webhook_secret') !~ '^(whsec_)?[A-Za-z0-9+/]+={0,2}$'
+			OR length(regexp_replace(options->>'webhook_secret', '^whsec_|=+$', '', 'g')) % 4 = 1
+			OR length(regexp_replace(options->>'webhook_secret', '^whsec_', '')) > 682) THEN
+		RAISE EXCEPTION 'option "webhook_secret" of a generic provider is not a Standard Webhooks secret'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A Standard Webhooks secret is whsec_ followed by the base64 of the key.',
+				  HINT = 'Give the secret exactly as the carrier issued it, for example whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.';
+	END IF;
+	IF options ? 'accept_unsigned_pushes' AND jsonb_typeof(options->'accept_unsigned_pushes') <> 'boolean' THEN
+		RAISE EXCEPTION 'option "accept_unsigned_pushes" must be true or false'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Only sf_express pushes are unsigned; the endpoint must then authenticate them itself.';
+	END IF;
+	IF options ? 'timezone' AND NOT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = options->>'timezone') THEN
+		RAISE EXCEPTION 'unknown time zone "%"', options->>'timezone'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Give a name from pg_timezone_names, for example Asia/Shanghai.';
+	END IF;
+	PERFORM @extschema@._int_option(options, 'poll_interval_s', 0, 0, 86400);
+	PERFORM @extschema@._int_option(options, 'unmatched_ttl_s', 604800, 1, 31536000);
+	RETURN ARRAY['webhook_secret', 'previous_webhook_secret', 'accept_unsigned_pushes',
+				 'poll_interval_s', 'unmatched_ttl_s', 'timezone'];
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@._check_crm_secret(kind text, value text, what text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	-- as the signature check decodes it (src/signature.c): base64 after an
+	-- optional whsec_, no lone final character (six bits make no byte), a
+	-- key of 512 bytes at most; one it cannot decode would refuse every push
+	IF kind OPERATOR(pg_catalog.=) 'generic'
+	   AND (value OPERATOR(pg_catalog.!~) '^(whsec_)?[A-Za-z0-9+/]+={0,2}$'
+			OR pg_catalog.length(pg_catalog.regexp_replace(value, '^whsec_|=+$', '', 'g'))
+				OPERATOR(pg_catalog.%) 4 OPERATOR(pg_catalog.=) 1
+			OR pg_catalog.length(pg_catalog.regexp_replace(value, '^whsec_', ''))
+				OPERATOR(pg_catalog.>) 682) THEN
+		RAISE EXCEPTION '% of a generic CRM source is not a Standard Webhooks secret', what
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = 'A Standard Webhooks secret is whsec_ followed by the base64 of the key.',
+				  HINT = 'Give the secret exactly as the sender issued it, for example whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.';
+	END IF;
+END
+$$;
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

@@ -31,8 +31,13 @@ BEGIN
 								  ELSE 'Give a string.' END;
 		END IF;
 	END LOOP;
+	-- as the signature check decodes it (src/signature.c): base64 after an
+	-- optional whsec_, no lone final character (six bits make no byte), a
+	-- key of 512 bytes at most; one it cannot decode would refuse every push
 	IF dialect = 'generic' AND options ? 'webhook_secret'
-	   AND (options->>'webhook_secret') !~ '^(whsec_)?[A-Za-z0-9+/]+={0,2}$' THEN
+	   AND ((options->>'webhook_secret') !~ '^(whsec_)?[A-Za-z0-9+/]+={0,2}$'
+			OR length(regexp_replace(options->>'webhook_secret', '^whsec_|=+$', '', 'g')) % 4 = 1
+			OR length(regexp_replace(options->>'webhook_secret', '^whsec_', '')) > 682) THEN
 		RAISE EXCEPTION 'option "webhook_secret" of a generic provider is not a Standard Webhooks secret'
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'A Standard Webhooks secret is whsec_ followed by the base64 of the key.',

@@ -141,8 +141,15 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	-- as the signature check decodes it (src/signature.c): base64 after an
+	-- optional whsec_, no lone final character (six bits make no byte), a
+	-- key of 512 bytes at most; one it cannot decode would refuse every push
 	IF kind OPERATOR(pg_catalog.=) 'generic'
-	   AND value OPERATOR(pg_catalog.!~) '^(whsec_)?[A-Za-z0-9+/]+={0,2}$' THEN
+	   AND (value OPERATOR(pg_catalog.!~) '^(whsec_)?[A-Za-z0-9+/]+={0,2}$'
+			OR pg_catalog.length(pg_catalog.regexp_replace(value, '^whsec_|=+$', '', 'g'))
+				OPERATOR(pg_catalog.%) 4 OPERATOR(pg_catalog.=) 1
+			OR pg_catalog.length(pg_catalog.regexp_replace(value, '^whsec_', ''))
+				OPERATOR(pg_catalog.>) 682) THEN
 		RAISE EXCEPTION '% of a generic CRM source is not a Standard Webhooks secret', what
 			USING ERRCODE = 'invalid_parameter_value',
 				  DETAIL = 'A Standard Webhooks secret is whsec_ followed by the base64 of the key.',

@@ -84,6 +84,13 @@ SELECT pg_temp.err($$SELECT shipsync.set_secret('bearer', 'token', E'tok\r\nX-Ev
 SELECT pg_temp.err($$SELECT shipsync.set_secret('bearer', 'token', '')$$);
 SELECT pg_temp.err($$SELECT shipsync.set_secret('bearer', 'token', NULL)$$);
 SELECT pg_temp.err($$SELECT shipsync.set_secret('bearer', 'webhook_secret', 'not base64 !')$$);
+-- base64 the signature check cannot decode (a lone final character: the
+-- secret cut short when copied; a key over 512 bytes) is refused here, not
+-- at every push after
+SELECT pg_temp.err($$SELECT shipsync.set_secret('bearer', 'webhook_secret', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaL')$$);
+SELECT pg_temp.err($$SELECT shipsync.set_secret('bearer', 'webhook_secret', 'whsec_' || repeat('QUJD', 171))$$);
+SELECT pg_temp.err($$SELECT shipsync.create_provider('cut', 'generic', 'https://api.example',
+	'{"webhook_secret": "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaL=="}')$$);
 SELECT pg_temp.err($$SELECT shipsync.set_secret('basic', 'client_key', 'x')$$);
 
 -- set_secret replaces: new ciphertext, same names; a header by any case
@@ -136,6 +143,7 @@ SELECT pg_temp.err($$SELECT shipsync.set_secret('zoho', 'token', 'x')$$);
 SELECT pg_temp.err($$SELECT shipsync.set_secret('zoho', 'secret', 'x')$$);
 SELECT pg_temp.err($$SELECT shipsync.set_secret('sfdc', 'webhook_secret', 'whsec_AAAA')$$);
 SELECT pg_temp.err($$SELECT shipsync.set_secret('zoho', 'webhook_secret', 'zoho-SECRET-15 !')$$);
+SELECT pg_temp.err($$SELECT shipsync.set_secret('zoho', 'webhook_secret', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaL')$$);
 SELECT pg_temp.err($$SELECT shipsync.set_secret('zoho', 'webhook_secret', '')$$);
 SELECT pg_temp.err($$SELECT shipsync.set_secret('zoho', 'webhook_secret', NULL)$$);
 -- the rotation: pushes signed with the new or the previous secret are taken

@@ -43,6 +43,7 @@
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/varlena.h"
 
 #include "pg_shipsync.h"
 
@@ -439,6 +440,31 @@ shipsync_out_of_memory(void)
 }
 
 /*
+ * shipsync.databases must parse as the launcher parses it (SplitGUCList(),
+ * src/launcher.c): a list that does not (an unclosed quote) is refused
+ * where it is written, ALTER SYSTEM or a reload, and the list in force
+ * stays.  Taken, it made the launcher serve no database: every dispatcher
+ * stopped, and a warning every second.
+ */
+static bool
+shipsync_check_databases(char **newval, void **extra, GucSource source)
+{
+	char	   *raw = pstrdup(*newval ? *newval : "");
+	List	   *names = NIL;
+	bool		ok = SplitGUCList(raw, ',', &names);
+
+	list_free(names);
+	pfree(raw);
+	if (!ok)
+	{
+		GUC_check_errdetail("The list of databases does not parse: a name in double quotes is not closed, or a comma, quote or space is misplaced.");
+		GUC_check_errhint("Separate the names with commas; write a name that holds a comma, a double quote or leading or trailing spaces in double quotes, its quotes doubled.");
+		return false;
+	}
+	return true;
+}
+
+/*
  * shipsync.reconcile_at: '' (no daily run) or HH:MM, local time.  The
  * minute of the day goes to the assign hook in *extra (malloc'd, as GUC
  * extras are in this version).
@@ -609,6 +635,26 @@ define_receiver_gucs(void)
 							NULL, NULL, NULL);
 }
 
+/*
+ * shipsync.audit_action comes from the extension's functions (their SET
+ * clauses) or a superuser's SET, never from a configuration file: there it
+ * would be the action of every audit row written outside those functions,
+ * an INSERT recorded as a "resolve".  GUC_DISALLOW_IN_FILE stops ALTER
+ * SYSTEM only; a value read from postgresql.conf (or its includes) is
+ * refused here, at start and at every reload, and the setting stays empty.
+ */
+static bool
+check_audit_action(char **newval, void **extra, GucSource source)
+{
+	if (source == PGC_S_FILE && *newval != NULL && (*newval)[0] != '\0')
+	{
+		GUC_check_errdetail("shipsync.audit_action is set by pg_shipsync's functions for their duration, not in a configuration file.");
+		GUC_check_errhint("Remove the line from the configuration file.");
+		return false;
+	}
+	return true;
+}
+
 /* The parameters of the audit log (src/audit.c, install/80_security.sql) */
 static void
 define_audit_gucs(void)
@@ -634,7 +680,7 @@ define_audit_gucs(void)
 							   "",
 							   PGC_SUSET,
 							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
-							   NULL, NULL, NULL);
+							   check_audit_action, NULL, NULL);
 }
 
 void
@@ -653,7 +699,7 @@ _PG_init(void)
 							   "postgres",
 							   PGC_SIGHUP,
 							   GUC_LIST_INPUT,
-							   NULL, NULL, NULL);
+							   shipsync_check_databases, NULL, NULL);
 
 	DefineCustomIntVariable("shipsync.batch_size",
 							"Most intents one provider claims in one dispatcher transaction.",

@@ -4,7 +4,8 @@
 # workers; a restarted launcher adopts the running workers; a cancel of the
 # dispatcher neither pauses it nor aborts its transfers; a served
 # database's owner can rename, copy and drop it (the workers let go); with
-# no worker slot, the launcher backs off.
+# no worker slot, the launcher backs off; a shipsync.databases that does
+# not parse is refused, and the dispatchers go on.
 use strict;
 use warnings;
 use FindBin;
@@ -116,6 +117,39 @@ ok( wait_until($node,
 			"SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = 'a,b'", 20),
 		'... and left out again, it is not');
 	$node->safe_psql('postgres', 'DROP DATABASE "a,b"');
+}
+
+# A list that does not parse (an unclosed quote) is refused where it is
+# written, and the dispatchers go on. Taken at a reload, it stopped the
+# dispatcher of every database, and the launcher warned about it every
+# second.
+{
+	my ($ret, $out, $err) = $node->psql('postgres',
+		q{ALTER SYSTEM SET shipsync.databases = 'postgres, later, "unclosed'});
+	like($err, qr/invalid value for parameter "shipsync\.databases"/,
+		'ALTER SYSTEM refuses a shipsync.databases that does not parse');
+	$node->reload;
+	$node->safe_psql('later', "INSERT INTO crm.orders (customer) VALUES ('赵六')");
+	ok(wait_until($node, "SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL", 20, 'later'),
+		'... and after a reload the dispatchers still deliver');
+
+	# written in postgresql.conf (no ALTER SYSTEM value above it): the
+	# reload keeps the list it had
+	$node->safe_psql('postgres', 'ALTER SYSTEM RESET shipsync.databases');
+	$node->append_conf('postgresql.conf',
+		qq{shipsync.databases = 'postgres, later, "unclosed'\nworker003.reload = '1'});
+	$node->reload;
+	ok(wait_until($node, "SELECT current_setting('worker003.reload', true) = '1'"),
+		'the server reloaded its configuration');
+	is($node->safe_psql('postgres', 'SHOW shipsync.databases'), 'postgres, later',
+		'a list in postgresql.conf that does not parse leaves the list as it was');
+	my $conf = slurp_file($node->data_dir . '/postgresql.conf');
+	$conf =~ s/^shipsync\.databases = 'postgres, later, "unclosed'\n//m;
+	open(my $fh, '>', $node->data_dir . '/postgresql.conf') or die $!;
+	print $fh $conf;
+	close($fh);
+	$node->safe_psql('postgres', "ALTER SYSTEM SET shipsync.databases = 'postgres, later'");
+	$node->reload;
 }
 
 # Settings of the database (or of the role the workers connect as) that

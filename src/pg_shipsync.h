@@ -109,6 +109,14 @@ typedef struct ShipResponse
 #define SHIPSYNC_MAX_URL_BYTES		2048	/* label URL */
 #define SHIPSYNC_MAX_NUMBER_CHARS	1000	/* a number, or a fee amount string */
 
+/*
+ * The longest order key, as text, that capture takes: every index of ours
+ * over order_key (the outbox's, the shipment's, the ledger's) must hold it
+ * beside its other columns within btree's 2,704 bytes an entry, whatever
+ * its bytes compress to (docs/sql-reference.md, attach()).
+ */
+#define SHIPSYNC_MAX_KEY_BYTES		2000
+
 /* in json.c */
 extern bool shipsync_parse_ship_response(const char *body, size_t len,
 										 bool need_ids, ShipResponse *out,

@@ -757,6 +757,7 @@ extern ShipsyncShared *shipsync_shared;
 extern char *shipsync_databases;
 extern int	shipsync_batch_size;
 extern int	shipsync_max_response_bytes;
+extern int	shipsync_max_request_bytes;
 extern bool shipsync_allow_insecure_http;
 extern int	shipsync_idle_check_ms;
 extern int	shipsync_dispatcher_nice;
@@ -883,7 +884,7 @@ extern char *shipsync_url_escape(const char *s);
 /* in body.c: the generic body of an order row, as PostgreSQL's JSON prints it */
 typedef struct BodyFormat BodyFormat;
 extern char *shipsync_order_body(BodyFormat **format, const char *key, Datum row,
-								 bool row_null, MemoryContext cxt);
+								 bool row_null, MemoryContext cxt, size_t max_bytes);
 
 /* in digest.c: the digest of an order row, write-back columns left out */
 typedef struct DigestCache DigestCache;

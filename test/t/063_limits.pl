@@ -1,0 +1,61 @@
+# Values at and past PostgreSQL's limits fail their own order, never the
+# others.
+#
+# An order row whose generic body is larger than shipsync.max_request_bytes
+# is invalid (invalid_order, a ticket, nothing sent), and an order of the
+# same table claimed with it ships.  Before the limit, a text column of
+# 180 MB of control characters was escaped into a body of over 1 GB: the
+# render failed with "out of memory" after a minute or more of the
+# dispatcher's time and 1.8 GB of its memory, and, taken as the table's
+# failure, it failed every order of the table claimed with it, at every
+# attempt, while the dispatcher sent nothing else.  Here the limit is 4 kB
+# and the row 8 kB, which shows the same rule without the gigabyte.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ShipsyncTest;
+
+my $sim = start_sim();
+END { local $?; stop_sim($sim) if $sim; }
+my $node = shipsync_node('limits', "shipsync.max_request_bytes = '4kB'");
+setup_orders($node, $sim);
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+# both in one transaction: one claim (or take) renders them together
+sql(q{BEGIN;
+	INSERT INTO crm.orders (customer, address) VALUES ('big', repeat(chr(1), 8000));
+	INSERT INTO crm.orders (customer, address) VALUES ('small', 'Main Street 1');
+	COMMIT;});
+my $keys = q{SELECT id::text FROM crm.orders};
+ok(wait_settled($node, $keys), 'both orders settled');
+
+is( sql(q{SELECT o.state || ' ' || o.error_class || ' ' || o.attempts
+		  FROM shipsync.outbox o JOIN crm.orders c ON c.id::text = o.order_key
+		  WHERE c.customer = 'big'}),
+	'invalid invalid_order 0',
+	'the order over max_request_bytes is invalid, never attempted');
+like(
+	sql(q{SELECT o.last_error FROM shipsync.outbox o JOIN crm.orders c ON c.id::text = o.order_key
+		  WHERE c.customer = 'big'}),
+	qr/larger than shipsync\.max_request_bytes \(4096 bytes\)/,
+	'its last_error names the limit');
+is( sql(q{SELECT count(*) FROM shipsync.exception_ticket t JOIN crm.orders c ON c.id::text = t.order_key
+		  WHERE c.customer = 'big' AND t.kind = 'invalid_order'}),
+	'1', 'and it has a ticket');
+like(sql(q{SELECT waybill_no FROM crm.orders WHERE customer = 'small'}),
+	qr/^SIM\d+$/, 'the order claimed with it shipped');
+is(sql(q{SELECT waybill_no IS NULL FROM crm.orders WHERE customer = 'big'}),
+	't', 'nothing was written back onto the big one');
+
+# the limit is the body's, not the column's: a row under it ships whole
+sql(q{INSERT INTO crm.orders (customer, address) VALUES ('fits', repeat('y', 3000))});
+ok(wait_settled($node, $keys), 'the order under the limit settled');
+like(sql(q{SELECT waybill_no FROM crm.orders WHERE customer = 'fits'}),
+	qr/^SIM\d+$/, 'an order under the limit ships');
+
+done_testing();

@@ -9,7 +9,8 @@
 # dispatcher's time and 1.8 GB of its memory, and, taken as the table's
 # failure, it failed every order of the table claimed with it, at every
 # attempt, while the dispatcher sent nothing else.  Here the limit is 4 kB
-# and the row 8 kB, which shows the same rule without the gigabyte.
+# and the row 8 kB, which shows the same rule without the gigabyte.  Then
+# a carrier's reconciliation list with a shipment id past btree's limit.
 use strict;
 use warnings;
 use FindBin;
@@ -17,6 +18,7 @@ use lib $FindBin::RealBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Digest::SHA qw(sha1_hex);
 use ShipsyncTest;
 
 my $sim = start_sim();
@@ -57,5 +59,35 @@ sql(q{INSERT INTO crm.orders (customer, address) VALUES ('fits', repeat('y', 300
 ok(wait_settled($node, $keys), 'the order under the limit settled');
 like(sql(q{SELECT waybill_no FROM crm.orders WHERE customer = 'fits'}),
 	qr/^SIM\d+$/, 'an order under the limit ships');
+
+# A carrier's list for reconciliation holding a shipment whose id (and
+# order) is 3,000 bytes: no shipment of ours can have it.  Stored, its
+# snapshot row was over btree's limit for an index entry ("index row size
+# 3032 exceeds btree version 4 maximum 2704 for index
+# "carrier_snapshot_pkey""), and the pull, the whole list's, failed at
+# every run.  It is left out and logged; the rest of the list is compared.
+# (hex digests: bytes that do not compress, as an index entry's would)
+my $long = join('', map { sha1_hex($_) } 1 .. 75);
+my $ours = sql(q{SELECT provider_shipment_id || ' ' || order_key || ' ' || tracking_number
+				 FROM shipsync.shipment s JOIN crm.orders c ON c.id::text = s.order_key
+				 WHERE c.customer = 'small'});
+my ($ship_id, $ref, $tn) = split / /, $ours;
+sim_post($sim, '/_sim/faults', { rules => [ {
+	fault => 'status', status => 200, method => 'GET', path => '^/shipments$',
+	body => JSON::PP::encode_json({ next_cursor => undef, shipments => [
+		{ id => "shp_$long", order_ref => "o_$long", tracking_number => 'SIM1',
+		  status => 'in_transit', updated_at => '2026-12-08T00:00:00Z' },
+		{ id => $ship_id, order_ref => $ref, tracking_number => $tn,
+		  status => 'delivered', updated_at => '2026-12-08T00:00:00Z' } ] }) } ] });
+my $log_offset = -s $node->logfile;
+my ($run, $ended) = run_reconcile($node, 'sim');
+ok($ended, 'the reconciliation run ended');
+is(sql("SELECT state || ' ' || coalesce(error, '') FROM shipsync.reconcile_run WHERE run_id = $run"),
+	'done ', 'a shipment too long to be ours does not fail the pull');
+is(sql("SELECT shipments_seen FROM shipsync.reconcile_run WHERE run_id = $run"),
+	'1', 'the rest of the list was taken');
+ok($node->log_contains('left out a shipment its list holds', $log_offset),
+	'the shipment left out is logged');
+sim_post($sim, '/_sim/faults', { rules => [] });
 
 done_testing();

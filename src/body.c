@@ -315,10 +315,16 @@ shipsync_order_body(BodyFormat **format, const char *key, Datum row, bool row_nu
 				appendStringInfoString(&out, "null");
 			else
 			{
-				if ((TupleDescAttr(f->desc, i)->attlen == -1 &&
-					 (size_t) out.len + toast_raw_datum_size(f->values[i]) > max_bytes) ||
-					(body_value(&out, &f->cols[i], f->values[i]),
-					 (size_t) out.len > max_bytes))
+				/* a value's size before it is printed, the body's after */
+				bool		too_big = (TupleDescAttr(f->desc, i)->attlen == -1 &&
+									   (size_t) out.len + toast_raw_datum_size(f->values[i]) > max_bytes);
+
+				if (!too_big)
+				{
+					body_value(&out, &f->cols[i], f->values[i]);
+					too_big = (size_t) out.len > max_bytes;
+				}
+				if (too_big)
 				{
 					pfree(out.data);
 					return NULL;

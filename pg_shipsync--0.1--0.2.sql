@@ -16756,6 +16756,234 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+
+-- The shipper's side of reconciliation leaves out order keys over 2,000
+-- bytes (a row from before attach(): capture refuses such a key), which no
+-- index of ours holds: reconcile_seen's failed the pass at every run
+------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION @extschema@._reconcile_crm(bid integer, full_pass boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	b record;
+	keytype text;
+	skip text[];
+	grace interval;
+	born text;
+	born_type regtype;
+	trk integer;
+	st record;
+	h xid8;
+	hage integer;
+	eff text;
+	tn_bad text;
+	st_bad text;
+	src text;
+	orders text;
+	ks text[];
+	gone text[];
+	from_rows text;
+BEGIN
+	SELECT x.* INTO b FROM @extschema@.binding x WHERE x.binding_id = bid;
+	-- the key's type (its base type, without a length: _key_type()), with the
+	-- key column's own collation when it has one: an order key of ours
+	-- (COLLATE "C") cast to it then compares as the column does, and can use
+	-- its index
+	SELECT @extschema@._key_type(b.tbl, b.key_column)
+		   || CASE WHEN co.oid IS NULL THEN '' ELSE format(' COLLATE %I.%I', cn.nspname, co.collname) END
+	  INTO keytype
+	  FROM pg_attribute a
+	  LEFT JOIN pg_collation co ON co.oid = a.attcollation
+	  LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
+	 WHERE a.attrelid = b.tbl AND a.attname = b.key_column AND a.attnum > 0 AND NOT a.attisdropped;
+	skip := ARRAY(SELECT w.value #>> '{}' FROM jsonb_each(b.writeback) w ORDER BY 1);
+	grace := coalesce((b.options->>'grace')::interval, interval '10 minutes');
+	-- a timestamp or date column holds the order's local time: read in this
+	-- session's time zone (the reconciliation worker's is the database's, the
+	-- one the CRM's sessions write it in), not in the UTC the owner's
+	-- statement runs in
+	SELECT a.atttypid INTO born_type FROM pg_attribute a
+	 WHERE a.attrelid = b.tbl AND a.attname = b.options->>'created_at_column'
+	   AND a.attnum > 0 AND NOT a.attisdropped;
+	born := CASE WHEN b.options ? 'created_at_column' AND born_type IN ('timestamp'::regtype, 'date'::regtype)
+					 THEN format('(t.%I::timestamp AT TIME ZONE %L)', b.options->>'created_at_column',
+								 current_setting('TimeZone'))
+				 WHEN b.options ? 'created_at_column'
+					 THEN format('t.%I::timestamptz', b.options->>'created_at_column')
+				 WHEN current_setting('track_commit_timestamp')::boolean
+					 THEN 'pg_xact_commit_timestamp(t.xmin)'
+				 ELSE 'NULL::timestamptz' END;
+	SELECT p.provider_id INTO trk FROM @extschema@.provider p WHERE p.name = b.options->>'tracking_provider';
+	-- the status written back is the tracking provider's once it reports one
+	eff := CASE WHEN trk IS NULL THEN 's.status'
+				ELSE 'CASE WHEN tr.status IS NOT NULL AND tr.status <> ''pending'' THEN tr.status ELSE s.status END' END;
+	tn_bad := CASE WHEN b.writeback ? 'tracking_number'
+				   THEN '(s.tracking_number IS NOT NULL AND t.o_tn COLLATE "C" IS DISTINCT FROM s.tracking_number)'
+				   ELSE 'false' END;
+	st_bad := CASE WHEN b.writeback ? 'status'
+				   THEN format('(s.order_key IS NOT NULL AND t.o_status IS DISTINCT FROM %s)', eff)
+				   ELSE 'false' END;
+
+	-- where the last pass stopped; rows of transactions from h on are read
+	-- again by the next one
+	INSERT INTO @extschema@.reconcile_state (binding_id) VALUES (bid) ON CONFLICT DO NOTHING;
+	SELECT x.* INTO st FROM @extschema@.reconcile_state x WHERE x.binding_id = bid FOR UPDATE;
+	h := pg_snapshot_xmin(pg_current_snapshot());
+	IF st.horizon IS NOT NULL THEN
+		hage := age(((st.horizon::text::numeric % 4294967296)::text)::xid);
+	END IF;
+	-- an horizon 2^30 transactions old is too old to compare xids with
+	full_pass := full_pass OR hage IS NULL OR hage < 0 OR hage > 1073741824;
+
+	IF full_pass THEN
+		src := format('%s t', b.tbl);
+	ELSE
+		-- the orders whose side of ours changed: the owner's statement adds
+		-- the rows changed since ($2) and reads the rows of both ($1)
+		ks := ARRAY(
+			SELECT s.order_key FROM @extschema@.shipment s
+			 WHERE s.binding_id = bid AND age(s.xmin) <= hage
+			UNION
+			SELECT o.order_key FROM @extschema@.outbox o
+			 WHERE o.binding_id = bid AND (o.state IN ('dead', 'invalid') OR o.error_class = 'nothing_to_send')
+			   AND age(o.xmin) <= hage
+			UNION
+			SELECT x.order_key FROM @extschema@.exception_ticket x
+			 WHERE x.binding_id = bid AND x.order_key IS NOT NULL
+			   AND (x.resolved_at IS NULL OR age(x.xmin) <= hage)
+			UNION
+			SELECT r.order_key FROM @extschema@.reconcile_seen r WHERE r.binding_id = bid);
+		src := format($src$(SELECT DISTINCT c.k FROM (
+				SELECT t.%1$I::text COLLATE "C" AS k FROM %2$s t WHERE age(t.xmin) <= $2
+				UNION ALL
+				SELECT u.k FROM unnest($1) AS u(k)) c) c
+			JOIN %2$s t ON t.%1$I = c.k::%3$s$src$, b.key_column, b.tbl, keytype);
+	END IF;
+	-- what the comparison needs of each order row, read as the table's owner
+	orders := format('SELECT t.%I::text, %s, %s, %s, t.*::%s FROM %s',
+		b.key_column,
+		CASE WHEN b.writeback ? 'tracking_number' THEN format('t.%I::text', b.writeback->>'tracking_number') ELSE 'NULL::text' END,
+		CASE WHEN b.writeback ? 'status' THEN format('t.%I::text', b.writeback->>'status') ELSE 'NULL::text' END,
+		born, b.tbl, src);
+	-- each row with its digest, made as the rows are read (a whole row is
+	-- never kept).  A full pass joins them as they come, planned for as many
+	-- rows as the table holds (the function's support estimates it); an
+	-- incremental one keeps them first, and ANALYZEs them: a few orders
+	-- changed since the last pass, or a bulk import of a million
+	IF full_pass THEN
+		from_rows := $r$@extschema@._select_digests_as_owner($5, $6, $7, $8, $9)
+			AS t(k text COLLATE "C", o_tn text, o_status text, born timestamptz, digest bigint)$r$;
+	ELSE
+		TRUNCATE pg_temp.recon_orders;
+		INSERT INTO pg_temp.recon_orders (k, o_tn, o_status, born, digest)
+		SELECT t.k, t.o_tn, t.o_status, t.born, t.digest
+		  FROM @extschema@._select_digests_as_owner(b.tbl, orders, ks, hage, skip)
+			   AS t(k text COLLATE "C", o_tn text, o_status text, born timestamptz, digest bigint);
+		ANALYZE pg_temp.recon_orders;
+		from_rows := 'pg_temp.recon_orders t';
+	END IF;
+
+	EXECUTE format($q$
+		WITH act AS MATERIALIZED (
+			SELECT o.order_key FROM @extschema@.outbox o
+			 WHERE o.binding_id = $1 AND o.state IN ('pending', 'retrying', 'in_flight')
+			UNION
+			SELECT i.order_key FROM @extschema@.inbox i WHERE i.binding_id = $1),
+		x AS MATERIALIZED (
+			SELECT y.* FROM (
+				SELECT t.k,
+					   s.order_key IS NOT NULL AS shipped,
+					   s.provider_shipment_id AS s_id, s.tracking_number AS s_tn, %1$s AS s_status,
+					   s.content_digest AS s_digest,
+					   %2$s AS tn_bad, %3$s AS st_bad,
+					   (s.content_digest IS NOT NULL AND s.status <> 'cancelled'
+						AND t.digest <> s.content_digest) AS addr_bad,
+					   t.o_tn, t.o_status,
+					   coalesce(t.born, r.first_seen_at) AS born,
+					   r.order_key IS NOT NULL AS seen
+				  FROM %7$s
+				  LEFT JOIN @extschema@.shipment s
+					ON s.binding_id = $1 AND s.provider_id = $2 AND s.order_key = t.k
+				  %4$s
+				  LEFT JOIN @extschema@.reconcile_seen r
+					ON r.binding_id = $1 AND r.order_key = t.k) y
+			 WHERE (NOT y.shipped OR y.tn_bad OR y.st_bad OR y.addr_bad)
+			   -- a key over the 2,000 bytes capture takes (a row from
+			   -- before attach()) was never sent, and no index of ours
+			   -- holds it: reconcile_seen's failed the pass at every run
+			   AND pg_catalog.octet_length(y.k) <= 2000),
+		seen AS (
+			INSERT INTO @extschema@.reconcile_seen (binding_id, order_key)
+			SELECT $1, x.k FROM x WHERE NOT x.shipped AND NOT x.seen
+			ON CONFLICT DO NOTHING)
+		INSERT INTO pg_temp.recon_found (kind, provider_id, binding_id, order_key, tracking_number,
+			chk, facts, detail)
+		SELECT f.kind, $2, $1, x.k, x.s_tn, 'crm', f.facts, f.detail
+		  FROM x
+		  LEFT JOIN LATERAL (
+			  SELECT o.id, o.state, o.error_class, o.last_error FROM @extschema@.outbox o
+			   WHERE NOT x.shipped AND o.binding_id = $1 AND o.order_key = x.k
+				 AND (o.state IN ('dead', 'invalid') OR o.error_class = 'nothing_to_send')
+			   ORDER BY o.id DESC LIMIT 1) so ON true
+		 CROSS JOIN LATERAL (VALUES
+			('not_sent',
+			 NOT x.shipped AND x.born < now() - $3 AND x.k NOT IN (SELECT act.order_key FROM act)
+			 AND so.error_class IS DISTINCT FROM 'nothing_to_send',
+			 jsonb_build_object('check', 'crm',
+				'reason', coalesce(so.state, 'not_captured'), 'outbox_id', so.id,
+				'last_error', so.last_error, 'since', x.born),
+			 format('order %%s of %%s has no shipment and nothing on its way (%%s)', x.k, $4,
+				CASE so.state WHEN 'dead' THEN 'its intent is dead: ' || coalesce(so.last_error, '')
+							  WHEN 'invalid' THEN 'its intent is invalid: ' || coalesce(so.last_error, '')
+							  ELSE 'no intent was captured' END)),
+			('tracking_mismatch', x.shipped AND x.tn_bad,
+			 jsonb_build_object('check', 'crm', 'column', %5$L, 'order', x.o_tn, 'shipment', x.s_tn),
+			 format('order %%s of %%s: column %%s holds %%s, the shipment''s tracking number is %%s',
+				x.k, $4, %5$L, coalesce(x.o_tn, 'NULL'), x.s_tn)),
+			('status_mismatch', x.shipped AND x.st_bad,
+			 jsonb_build_object('check', 'crm', 'column', %6$L, 'order', x.o_status, 'shipment', x.s_status),
+			 format('order %%s of %%s: column %%s holds %%s, the shipment''s status is %%s',
+				x.k, $4, %6$L, coalesce(x.o_status, 'NULL'), x.s_status)),
+			('address_changed_after_send',
+			 x.shipped AND x.addr_bad AND x.k NOT IN (SELECT act.order_key FROM act),
+			 jsonb_build_object('check', 'crm', 'shipment_id', x.s_id),
+			 format('order %%s of %%s changed after its shipment %%s was sent, and no update is on its way',
+				x.k, $4, coalesce(x.s_id, '')))
+		 ) AS f(kind, hit, facts, detail)
+		 WHERE f.hit
+		ON CONFLICT DO NOTHING
+	$q$, eff, tn_bad, st_bad,
+		CASE WHEN trk IS NULL THEN ''
+			 ELSE format('LEFT JOIN @extschema@.shipment tr ON tr.binding_id = $1 AND tr.provider_id = %s AND tr.order_key = t.k',
+						 trk) END,
+		b.writeback->>'tracking_number', b.writeback->>'status', from_rows)
+	USING bid, b.provider_id, grace, b.tbl::text, b.tbl, orders, ks, hage, skip;
+
+	-- orders no longer waiting: shipped, or gone (whose keys the owner's
+	-- table no longer holds)
+	ks := ARRAY(SELECT r.order_key FROM @extschema@.reconcile_seen r WHERE r.binding_id = bid);
+	IF cardinality(ks) > 0 THEN
+		gone := ARRAY(SELECT g.k FROM @extschema@._select_as_owner(b.tbl, format(
+				'SELECT u.k FROM unnest($1) AS u(k) WHERE NOT EXISTS (SELECT 1 FROM %s t WHERE t.%I = u.k::%s)',
+				b.tbl, b.key_column, keytype), ks, NULL) AS g(k text));
+		DELETE FROM @extschema@.reconcile_seen r
+		 WHERE r.binding_id = bid
+		   AND (EXISTS (SELECT 1 FROM @extschema@.shipment s
+						 WHERE s.binding_id = bid AND s.provider_id = b.provider_id
+						   AND s.order_key = r.order_key)
+				OR r.order_key = ANY (gone));
+	END IF;
+
+	UPDATE @extschema@.reconcile_state x
+	   SET horizon = h, pass_at = now(),
+		   full_at = CASE WHEN full_pass THEN now() ELSE x.full_at END
+	 WHERE x.binding_id = bid;
+END
+$$;
+
+------------------------------------------------------------------------------
 -- Last: what locks the tables a CRM's order inserts use
 ------------------------------------------------------------------------------
 -- The update is one transaction, and a lock is held to its commit.  The

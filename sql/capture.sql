@@ -389,6 +389,26 @@ ALTER TABLE legacy_other INHERIT legacy_more;
 DROP TABLE legacy, legacy_more, legacy_other CASCADE;
 \set SHOW_CONTEXT errors
 
+-- An order key longer than 2,000 bytes is refused: its outbox index entry
+-- is over btree's limit, and a claim, which moves the inbox into the
+-- outbox in id order, failed on it (every claim after it too, for every
+-- order of every table, and a DROP TABLE of its table).  A table whose key
+-- has no btree index (here a hash exclusion constraint) takes such a key
+-- itself.  An old row's long key was never sent: deleting the row, or
+-- giving it a shorter key, captures no cancel
+SELECT shipsync.create_provider('acme_long', 'generic', 'https://api.acme.example') > 0 AS created;
+CREATE TABLE longkey (ref text NOT NULL, EXCLUDE USING hash (ref WITH =));
+INSERT INTO longkey SELECT string_agg(md5('old' || g), '') FROM generate_series(1, 94) g;
+SELECT shipsync.attach('longkey', 'acme_long', key_column => 'ref') > 0 AS attached;
+INSERT INTO longkey SELECT string_agg(md5(g::text), '') FROM generate_series(1, 94) g;
+INSERT INTO longkey SELECT left(string_agg(md5(g::text), ''), 2001) FROM generate_series(1, 94) g;
+INSERT INTO longkey SELECT left(string_agg(md5(g::text), ''), 2000) FROM generate_series(1, 94) g;
+UPDATE longkey SET ref = 'LK-1' WHERE ref LIKE md5('old1') || '%';
+DELETE FROM longkey WHERE ref = 'LK-1';
+SELECT length(order_key), op, state FROM shipsync.claim(
+  (SELECT provider_id FROM shipsync.provider WHERE name = 'acme_long'), 10, 60000) ORDER BY id;
+DROP TABLE longkey;
+
 DROP EXTENSION pg_shipsync CASCADE;
 DROP SCHEMA sales CASCADE;
 DROP OWNED BY shipsync_test_app;

@@ -146,6 +146,18 @@ SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('gen', %L)$$, :'g1')
 SELECT pg_temp.err(format($$SELECT shipsync.ingest_tracking('gen', %L, %L)$$, :'g1',
 	'{"webhook-id": "msg_1", "webhook-timestamp": "yesterday", "webhook-signature": "v1,AAAA"}'));
 SELECT count(*) AS events_stored FROM shipsync.tracking_event;
+-- an event id over 2,000 bytes, or a tracking number over 128 (no
+-- shipment has one), is a payload the carrier must not send again (SS400):
+-- over btree's limit for an index entry, it failed the push with 54000
+-- (a 500 from an endpoint, and the carrier's retries forever)
+SELECT string_agg(md5(g::text), '') AS long_text FROM generate_series(1, 94) g \gset
+SELECT pg_temp.err(format('SELECT pg_temp.push(%L, %L)', 'gen',
+	jsonb_build_array(pg_temp.ev('e_' || :'long_text', 'T1', 'in_transit', '2026-03-01T10:00:00Z'))));
+SELECT pg_temp.err(format('SELECT pg_temp.push(%L, %L)', 'gen',
+	jsonb_build_array(pg_temp.ev('e_long_tn', 'T' || :'long_text', 'in_transit', '2026-03-01T10:00:00Z'))));
+SELECT pg_temp.err(format('SELECT pg_temp.push(%L, %L)', 'gen',
+	jsonb_build_array(pg_temp.ev('e_long_tn', repeat('T', 129), 'in_transit', '2026-03-01T10:00:00Z'))));
+SELECT count(*) AS events_stored FROM shipsync.tracking_event;
 
 -- rotation: the previous secret is still accepted, nothing else
 SELECT shipsync.create_provider('gen2', 'generic', 'https://carrier.example', format(

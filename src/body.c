@@ -38,6 +38,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/htup_details.h"
 #include "access/transam.h"
 #include "catalog/pg_type.h"
@@ -267,10 +268,19 @@ body_value(StringInfo out, BodyColumn *col, Datum value)
  * the order is gone) whose key is key, palloc'd in the current memory
  * context.  *format keeps the lookups across the rows of a batch, in cxt;
  * NULL at the first row.  The caller runs as the order table's owner.
+ *
+ * NULL when the body would be longer than max_bytes (at most 128 MB,
+ * shipsync.max_request_bytes): each value's size is looked at before it
+ * is printed, and the body's after.  A value escaped grows at most six
+ * times, so the body never nears the 1 GB a palloc() may take.  Printed
+ * whole, a text column of 180 MB of control characters failed with "out
+ * of memory" after a minute or more of the dispatcher's time and 1.8 GB
+ * of its memory, at every attempt, and the render failure failed every
+ * order of its table claimed with it.
  */
 char *
 shipsync_order_body(BodyFormat **format, const char *key, Datum row, bool row_null,
-					MemoryContext cxt)
+					MemoryContext cxt, size_t max_bytes)
 {
 	StringInfoData out;
 
@@ -304,7 +314,22 @@ shipsync_order_body(BodyFormat **format, const char *key, Datum row, bool row_nu
 			if (f->nulls[i])
 				appendStringInfoString(&out, "null");
 			else
-				body_value(&out, &f->cols[i], f->values[i]);
+			{
+				/* a value's size before it is printed, the body's after */
+				bool		too_big = (TupleDescAttr(f->desc, i)->attlen == -1 &&
+									   (size_t) out.len + toast_raw_datum_size(f->values[i]) > max_bytes);
+
+				if (!too_big)
+				{
+					body_value(&out, &f->cols[i], f->values[i]);
+					too_big = (size_t) out.len > max_bytes;
+				}
+				if (too_big)
+				{
+					pfree(out.data);
+					return NULL;
+				}
+			}
 		}
 		appendStringInfoChar(&out, '}');
 	}

@@ -814,7 +814,11 @@ capture_check_binding(int32 binding_id, int32 provider_id, Relation rel)
  * A null or empty key names no order: a new row's (old false) is refused,
  * as a carrier takes no order without a reference; an old row's (old true:
  * a row deleted, or given a key by an update) gives NULL, since nothing
- * was ever sent for it and there is nothing to cancel.
+ * was ever sent for it and there is nothing to cancel.  So does a key
+ * longer than SHIPSYNC_MAX_KEY_BYTES: taken into the inbox, it could not
+ * be moved into the outbox (its index entry would be too large), and the
+ * drain, which moves intents in id order, failed on it at every pass and
+ * held back every order of every table behind it.
  */
 static char *
 capture_key(Relation rel, HeapTuple tuple, int keyattno, const char *keycol,
@@ -860,7 +864,8 @@ capture_key(Relation rel, HeapTuple tuple, int keyattno, const char *keycol,
 		else
 			key = OutputFunctionCall(&out_fn, d);
 	}
-	if (old && (key == NULL || key[0] == '\0'))
+	if (old && (key == NULL || key[0] == '\0' ||
+				strlen(key) > SHIPSYNC_MAX_KEY_BYTES))
 		return NULL;
 	if (key == NULL)
 		ereport(ERROR,
@@ -876,6 +881,14 @@ capture_key(Relation rel, HeapTuple tuple, int keyattno, const char *keycol,
 						keycol, RelationGetRelationName(rel)),
 				 errdetail("pg_shipsync identifies each order by its key, and sends it as the order's reference, which a carrier requires."),
 				 errhint("Give every row a key, or attach the table with another key_column.")));
+	if (strlen(key) > SHIPSYNC_MAX_KEY_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("order key column \"%s\" of table \"%s\" is too long",
+						keycol, RelationGetRelationName(rel)),
+				 errdetail("The key is %zu bytes as text; pg_shipsync takes order keys of at most %d bytes.",
+						   strlen(key), SHIPSYNC_MAX_KEY_BYTES),
+				 errhint("Attach the table with a shorter key_column.")));
 	return key;
 }
 

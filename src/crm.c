@@ -879,7 +879,10 @@ crm_write(CrmSource *s, const char *sql, const char *row, int i, CrmOp op, CrmCo
 
 /*
  * Record a delivery id for the source, kept ttl_s seconds; false if it was
- * seen (a concurrent transaction holding it is waited for).
+ * seen (a concurrent transaction holding it is waited for).  An id longer
+ * than SHIPSYNC_MAX_KEY_BYTES is SS400: its entry in crm_delivery's index
+ * would be over btree's limit (54000, which the receiver answers 500, and
+ * the CRM sent the push again, forever).
  */
 static bool
 crm_first_delivery(CrmSource *s, const char *delivery_id, int64 ttl_s)
@@ -896,6 +899,10 @@ crm_first_delivery(CrmSource *s, const char *delivery_id, int64 ttl_s)
 			" VALUES ($1, $2, pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $3))"
 			" ON CONFLICT (crm_source_id, delivery_id) DO NOTHING", 3, t);
 	}
+	if (strlen(delivery_id) > SHIPSYNC_MAX_KEY_BYTES)
+		crm_bad_payload(s, "has a delivery id that is too long",
+						psprintf("The delivery id is %zu bytes; at most %d are taken.",
+								 strlen(delivery_id), SHIPSYNC_MAX_KEY_BYTES));
 	args[0] = Int32GetDatum(s->id);
 	args[1] = CStringGetTextDatum(delivery_id);
 	args[2] = Int64GetDatum(ttl_s);

@@ -637,11 +637,12 @@ render_row_digest(HeapTuple tup, TupleDesc desc, MemoryContext keep,
 /*
  * The generic bodies of intents idx[0..n), from their rows rows[0..n) of
  * the render statement (NULL: the statement returned none), printed as the
- * table's owner, as the statement ran (body.c), into keep.
+ * table's owner, as the statement ran (body.c), into keep.  A body longer
+ * than shipsync.max_request_bytes is left NULL, and oversize[i] set.
  */
 static void
 render_bodies(Oid owner, Claimed *cs, int *idx, int n, HeapTuple *rows, TupleDesc desc,
-			  MemoryContext keep, char **body)
+			  MemoryContext keep, char **body, bool *oversize)
 {
 	BodyFormat *format = NULL;
 	ShipsyncUserSave save;
@@ -660,7 +661,9 @@ render_bodies(Oid owner, Claimed *cs, int *idx, int n, HeapTuple *rows, TupleDes
 			if (rows[i] == NULL)
 				continue;
 			row = SPI_getbinval(rows[i], desc, RENDER_ROW, &isnull);
-			body[i] = shipsync_order_body(&format, cs[idx[i]].order_key, row, isnull, keep);
+			body[i] = shipsync_order_body(&format, cs[idx[i]].order_key, row, isnull, keep,
+										  (size_t) shipsync_max_request_bytes);
+			oversize[i] = (body[i] == NULL);
 		}
 	}
 	PG_FINALLY();
@@ -737,8 +740,8 @@ render_execute(Binding *b, ArgArrays *ra, Oid *owner)
  */
 static void
 render_read_rows(Binding *b, Claimed *cs, int *idx, int n, MemoryContext keep,
-				 bool *found, char **body, bool *is_cancel, Datum *cdigest,
-				 bool *cdigest_null)
+				 bool *found, char **body, bool *oversize, bool *is_cancel,
+				 Datum *cdigest, bool *cdigest_null)
 {
 	DigestCache *digest = NULL;
 	Oid			rtypes[2] = {INT8OID, TEXTOID};
@@ -788,7 +791,7 @@ render_read_rows(Binding *b, Claimed *cs, int *idx, int n, MemoryContext keep,
 				break;
 			}
 	}
-	render_bodies(owner, cs, idx, n, rows, tt->tupdesc, keep, body);
+	render_bodies(owner, cs, idx, n, rows, tt->tupdesc, keep, body, oversize);
 	pfree(rows);
 }
 
@@ -863,6 +866,7 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	ArgArrays  *la = args_create(3, ltypes, n);
 	char	  **shipid = palloc0(sizeof(char *) * n);
 	char	  **body = palloc0(sizeof(char *) * n);
+	bool	   *oversize = palloc0(sizeof(bool) * n);
 	bool	   *found = palloc0(sizeof(bool) * n);
 	bool	   *is_cancel = palloc0(sizeof(bool) * n);
 	char	  **regtn = palloc0(sizeof(char *) * n);
@@ -898,7 +902,8 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 	 * gone).
 	 */
 	if (need_rows && OidIsValid(get_rel_type_id(b->relid)))
-		render_read_rows(b, cs, idx, n, keep, found, body, is_cancel, cdigest, cdigest_null);
+		render_read_rows(b, cs, idx, n, keep, found, body, oversize, is_cancel, cdigest,
+						 cdigest_null);
 	/* the shipments already created for these orders (not for creates) */
 	if (need_lookup)
 		lookup_by_intent(shiplookup_plan, "shipment", la, p->id, cs, idx, n, shipid, keep);
@@ -913,6 +918,14 @@ render_binding(Provider *p, Binding *b, Claimed *cs, int *idx, int n,
 
 		if (strcmp(c->op, "register") != 0 && p->dialect->tracking)
 			c->skip_reason = "a tracking provider only registers waybills";
+		else if (strcmp(c->op, "register") != 0 && oversize[i] && !cancel)
+		{
+			/* one order's size is that order's problem, not its table's */
+			c->invalid = true;
+			c->skip_reason = psprintf("the order row is larger than shipsync.max_request_bytes (%d bytes) as JSON;"
+									  " no carrier takes such a request, shorten the row's largest values",
+									  shipsync_max_request_bytes);
+		}
 		else if (strcmp(c->op, "register") != 0)
 		{
 			/* a cancel sends the order's key alone: checked below */

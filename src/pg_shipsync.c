@@ -58,6 +58,12 @@ ShipsyncShared *shipsync_shared = NULL;
 char	   *shipsync_databases = NULL;
 int			shipsync_batch_size = 256;
 int			shipsync_max_response_bytes = 1024 * 1024;
+/*
+ * At most 128 MB: a value is looked at before it is printed (body.c), and
+ * JSON escapes a byte into at most six, so that a body being printed stays
+ * under the 1 GB a palloc() may take.
+ */
+int			shipsync_max_request_bytes = 16 * 1024 * 1024;
 bool		shipsync_allow_insecure_http = false;
 int			shipsync_idle_check_ms = 10000;
 int			shipsync_dispatcher_nice = 0;
@@ -714,6 +720,14 @@ _PG_init(void)
 							NULL,
 							&shipsync_max_response_bytes,
 							1024 * 1024, 1024, 256 * 1024 * 1024,
+							PGC_SIGHUP, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("shipsync.max_request_bytes",
+							"Largest generic body of an order; a larger order is invalid.",
+							NULL,
+							&shipsync_max_request_bytes,
+							16 * 1024 * 1024, 1024, 128 * 1024 * 1024,
 							PGC_SIGHUP, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 

@@ -109,6 +109,14 @@ typedef struct ShipResponse
 #define SHIPSYNC_MAX_URL_BYTES		2048	/* label URL */
 #define SHIPSYNC_MAX_NUMBER_CHARS	1000	/* a number, or a fee amount string */
 
+/*
+ * The longest order key, as text, that capture takes: every index of ours
+ * over order_key (the outbox's, the shipment's, the ledger's) must hold it
+ * beside its other columns within btree's 2,704 bytes an entry, whatever
+ * its bytes compress to (docs/sql-reference.md, attach()).
+ */
+#define SHIPSYNC_MAX_KEY_BYTES		2000
+
 /* in json.c */
 extern bool shipsync_parse_ship_response(const char *body, size_t len,
 										 bool need_ids, ShipResponse *out,
@@ -752,6 +760,7 @@ extern ShipsyncShared *shipsync_shared;
 extern char *shipsync_databases;
 extern int	shipsync_batch_size;
 extern int	shipsync_max_response_bytes;
+extern int	shipsync_max_request_bytes;
 extern bool shipsync_allow_insecure_http;
 extern int	shipsync_idle_check_ms;
 extern int	shipsync_dispatcher_nice;
@@ -880,7 +889,7 @@ extern char *shipsync_url_escape(const char *s);
 /* in body.c: the generic body of an order row, as PostgreSQL's JSON prints it */
 typedef struct BodyFormat BodyFormat;
 extern char *shipsync_order_body(BodyFormat **format, const char *key, Datum row,
-								 bool row_null, MemoryContext cxt);
+								 bool row_null, MemoryContext cxt, size_t max_bytes);
 
 /* in digest.c: the digest of an order row, write-back columns left out */
 typedef struct DigestCache DigestCache;

@@ -640,6 +640,7 @@ apply_page(Pull *pl, Provider *p, HttpTransfer *t, TimestampTz now)
 	char		err[256];
 	char	  **cols[6];
 	bool		done;
+	int			n = 0;
 
 	if (!transfer_ok(t))
 	{
@@ -672,27 +673,43 @@ apply_page(Pull *pl, Provider *p, HttpTransfer *t, TimestampTz now)
 	{
 		ShipListItem *it = &page.items[i];
 
-		cols[0][i] = pstrdup(it->id);
-		cols[1][i] = it->order_ref ? pstrdup(it->order_ref) : NULL;
-		cols[2][i] = it->tracking_number ? pstrdup(it->tracking_number) : NULL;
-		cols[3][i] = it->status ? pstrdup(it->status) : NULL;
-		cols[4][i] = it->updated_at ? pstrdup(it->updated_at) : NULL;
-		cols[5][i] = it->fees ? pstrdup(it->fees) : NULL;
+		/*
+		 * A shipment whose id, order or tracking number is longer than any
+		 * of ours can be (a create's answer refuses such an id or number,
+		 * capture such a key) is no shipment of ours: left out, and said
+		 * in the log.  Stored, its snapshot row was over btree's limit
+		 * for an index entry, and the pull, the whole list's, failed at
+		 * every run while the carrier listed it.
+		 */
+		if (strlen(it->id) > SHIPSYNC_MAX_ID_BYTES ||
+			(it->order_ref && strlen(it->order_ref) > SHIPSYNC_MAX_KEY_BYTES) ||
+			(it->tracking_number && strlen(it->tracking_number) > SHIPSYNC_MAX_ID_BYTES))
+		{
+			ereport(LOG,
+					(errmsg("pg_shipsync: the reconciliation pull of provider \"%s\" left out a shipment its list holds",
+							p ? p->name : "?"),
+					 errdetail("Shipment \"%s\" has an id, order or tracking number longer than any of ours can be.",
+							   dialect_excerpt(it->id, strlen(it->id)))));
+			continue;
+		}
+		cols[0][n] = pstrdup(it->id);
+		cols[1][n] = it->order_ref ? pstrdup(it->order_ref) : NULL;
+		cols[2][n] = it->tracking_number ? pstrdup(it->tracking_number) : NULL;
+		cols[3][n] = it->status ? pstrdup(it->status) : NULL;
+		cols[4][n] = it->updated_at ? pstrdup(it->updated_at) : NULL;
+		cols[5][n] = it->fees ? pstrdup(it->fees) : NULL;
+		n++;
 	}
 	done = page.next_cursor == NULL;
 	if (pl->cursor)
 		pfree(pl->cursor);
 	pl->cursor = done ? NULL : MemoryContextStrdup(recon_cxt, page.next_cursor);
-	{
-		int			n = page.n;
-
-		shipsync_free_shipment_list(&page);
-		pl->failures = 0;
-		/* asked for now, the next page leaves at the dispatcher's next wait */
-		if (!done)
-			send_next_page(recon_client, p, pl, now);
-		record_pull(pl, 1, n, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], done, NULL);
-	}
+	shipsync_free_shipment_list(&page);
+	pl->failures = 0;
+	/* asked for now, the next page leaves at the dispatcher's next wait */
+	if (!done)
+		send_next_page(recon_client, p, pl, now);
+	record_pull(pl, 1, n, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], done, NULL);
 }
 
 /* The answer to one sf_express lookup came back */

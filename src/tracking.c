@@ -400,6 +400,28 @@ event_time(TrackProvider *p, const char *s, int i)
 	return ts;
 }
 
+/*
+ * An event's id or tracking number longer than max bytes is refused
+ * (SS400): a key over btree's limit for an entry of tracking_event's or
+ * unmatched_event's indexes failed the push with 54000, which an endpoint
+ * answers 500, and the carrier sent it again, forever.  No tracking number
+ * of a shipment is longer than SHIPSYNC_MAX_ID_BYTES (the carrier's answer
+ * is refused otherwise), so a longer one could never match.
+ */
+static void
+event_check_length(TrackProvider *p, const char *what, const char *s,
+				   size_t max, int i)
+{
+	if (s != NULL && strlen(s) > max)
+		ereport(ERROR,
+				(errcode(ERRCODE_SHIPSYNC_BAD_PAYLOAD),
+				 errmsg("tracking push for provider \"%s\" has an event whose %s is too long",
+						p->name, what),
+				 errdetail("The %s of event %d is %zu bytes; at most %zu are taken.",
+						   what, i + 1, strlen(s), max),
+				 errhint("See docs/wire-contract.md for the payload of each dialect.")));
+}
+
 static Datum
 text_or_null(const char *s, bool *isnull)
 {
@@ -436,6 +458,9 @@ batch_from_list(TrackProvider *p, TrackEventList *l)
 		{
 			TrackEvent *e = &l->ev[i];
 
+			event_check_length(p, "id", e->key, SHIPSYNC_MAX_KEY_BYTES, i);
+			event_check_length(p, "tracking number", e->tracking_number,
+							   SHIPSYNC_MAX_ID_BYTES, i);
 			b->keys[i] = CStringGetTextDatum(e->key);
 			b->tns[i] = CStringGetTextDatum(e->tracking_number);
 			b->raws[i] = text_or_null(e->raw_status, &b->nraws[i]);

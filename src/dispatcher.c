@@ -192,6 +192,8 @@ dispatcher_raise_fd_limit(void)
  * why once per wait, in the log; the update script wakes us.
  */
 static char *ext_version_seen = NULL;	/* at the last check; NULL: none */
+static Oid	ext_oid_seen = InvalidOid;	/* its pg_extension OID then */
+static Oid	ext_oid_served = InvalidOid;	/* the one this dispatcher serves */
 
 static bool
 dispatcher_extension_ready(void)
@@ -206,6 +208,7 @@ dispatcher_extension_ready(void)
 	version = shipsync_extension_version();
 	if (version)
 		version = MemoryContextStrdup(TopMemoryContext, version);
+	ext_oid_seen = get_extension_oid("pg_shipsync", true);
 
 	ready = version != NULL && strcmp(version, SHIPSYNC_EXTVERSION) == 0;
 	if (!ready && version != NULL &&
@@ -227,19 +230,41 @@ dispatcher_extension_ready(void)
  * transaction): exit, and the next dispatcher waits for it as at the
  * start.  Dropped, the log says it is gone; there at another version
  * (dropped and created again with VERSION '0.1'), the check has said it
- * waits and to update, which is the first and only word of it.
+ * waits and to update, which is the first and only word of it; dropped and
+ * created again (in one transaction, which no statement of ours saw fail),
+ * the next dispatcher starts with the new extension's providers, which may
+ * have the ids of the old ones, and nothing of theirs (what was in flight,
+ * tokens, the breaker and holds in shared memory).
  */
 static void
 dispatcher_exit_unless_ready(void)
 {
-	if (dispatcher_extension_ready())
+	bool		ready = dispatcher_extension_ready();
+
+	if (ready && ext_oid_seen == ext_oid_served)
 		return;
-	if (ext_version_seen == NULL)
+	if (ready)
+		/* outside a transaction: the name the launcher gave us */
+		ereport(LOG,
+				(errmsg("pg_shipsync: the extension was created again in database \"%.*s\"; the dispatcher starts again",
+						BGW_EXTRALEN, MyBgworkerEntry->bgw_extra)));
+	else if (ext_version_seen == NULL)
 		/* outside a transaction: the name the launcher gave us */
 		ereport(LOG,
 				(errmsg("pg_shipsync: the extension is gone from database \"%.*s\"; the dispatcher exits",
 						BGW_EXTRALEN, MyBgworkerEntry->bgw_extra)));
 	proc_exit(1);
+}
+
+/*
+ * Exit if the extension is not the one whose providers we keep: dropped
+ * and created again.  (One dropped is said when a statement fails.)
+ */
+static void
+dispatcher_exit_if_recreated(void)
+{
+	if (dispatcher_extension_ready() && ext_oid_seen != ext_oid_served)
+		dispatcher_exit_unless_ready();
 }
 
 /*
@@ -329,6 +354,7 @@ dispatcher_load_config(void)
 	int			nb;
 	uint64		gen = pg_atomic_read_u64(&shipsync_shared->config_generation);
 
+	dispatcher_exit_if_recreated();
 	new_cxt = AllocSetContextCreate(TopMemoryContext, "pg_shipsync config",
 									ALLOCSET_DEFAULT_SIZES);
 	provider_load_config(new_cxt, &ps, &np, &bs, &nb);
@@ -380,7 +406,7 @@ dispatcher_load_config(void)
 		warn_secret_error(&ps[i], old);
 	}
 	/* breaker, hold and tokens: in shared memory, kept across restarts */
-	health_attach(ps, np, GetCurrentTimestamp());
+	health_attach(ps, np, GetCurrentTimestamp(), ext_oid_served);
 	for (int i = 0; i < np; i++)
 	{
 		Provider   *old = find_provider(ps[i].id);
@@ -1961,6 +1987,7 @@ dispatcher_start(const char *dbname)
 		ResetLatch(MyLatch);
 		dispatcher_process_interrupts();
 	}
+	ext_oid_served = ext_oid_seen;
 }
 
 /*

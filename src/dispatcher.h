@@ -383,7 +383,7 @@ extern void poison_applying(const int64 *ids, int n);
 extern void poison_applied(const int64 *ids, int n);
 
 /* in health.c */
-extern void health_attach(Provider *ps, int n, TimestampTz now);
+extern void health_attach(Provider *ps, int n, TimestampTz now, Oid extoid);
 extern bool health_may_send(Provider *p, TimestampTz now, int *limit);
 extern bool health_blocked(Provider *p, TimestampTz now);
 extern void health_poll_answered(int32 provider_id, const char *name,

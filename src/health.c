@@ -39,6 +39,7 @@
 #include <math.h>
 
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
@@ -58,6 +59,7 @@
 static ShipsyncProviderState *local_states = NULL;
 static int	nlocal_states = 0;
 static bool health_started = false;
+static Oid	health_extoid = InvalidOid;	/* the extension the providers belong to */
 
 static ShipsyncProviderState *
 local_state(int32 provider_id)
@@ -81,21 +83,24 @@ local_state(int32 provider_id)
 }
 
 /*
- * Give each of the n providers its state, after a (re)load of the
- * configuration; free the entries of providers that are gone.  The first
- * time in this process, what a dead dispatcher left in flight is gone with
- * it: no request in flight, and a half-open breaker sends a new probe.
+ * Give each of the n providers, of the extension whose OID is extoid, its
+ * state, after a (re)load of the configuration; free the entries of
+ * providers that are gone.  The first time in this process, what a dead
+ * dispatcher left in flight is gone with it: no request in flight, and a
+ * half-open breaker sends a new probe.
  */
 void
-health_attach(Provider *ps, int n, TimestampTz now)
+health_attach(Provider *ps, int n, TimestampTz now, Oid extoid)
 {
 	int32	   *ids = palloc(sizeof(int32) * Max(n, 1));
 
 	for (int i = 0; i < n; i++)
 	{
 		Provider   *p = &ps[i];
-		ShipsyncProviderState *st = shipsync_provider_state(MyDatabaseId, p->id);
+		ShipsyncProviderState *st;
 
+		health_extoid = extoid;
+		st = shipsync_provider_state(MyDatabaseId, extoid, p->id);
 		if (st == NULL)
 			st = local_state(p->id);
 		p->st = st;
@@ -174,7 +179,8 @@ health_blocked(Provider *p, TimestampTz now)
 void
 health_poll_answered(int32 provider_id, const char *name, TimestampTz now)
 {
-	ShipsyncProviderState *st = shipsync_provider_state(MyDatabaseId, provider_id);
+	ShipsyncProviderState *st = shipsync_provider_state(MyDatabaseId, health_extoid,
+														provider_id);
 	char	   *msg = NULL;
 
 	if (st == NULL || st->breaker == BREAKER_CLOSED)
@@ -234,7 +240,7 @@ health_poll_result(int32 provider_id, const char *name, const char *what,
 
 		if (delay < 0)
 			return;
-		st = shipsync_provider_state(MyDatabaseId, provider_id);
+		st = shipsync_provider_state(MyDatabaseId, health_extoid, provider_id);
 		if (st != NULL && hold_raise(st, TimestampTzPlusMilliseconds(now, delay)))
 			ereport(LOG,
 					(errmsg("pg_shipsync: provider \"%s\" asked a %s to wait %ld ms; sending to it is paused until then",
@@ -543,7 +549,9 @@ PG_FUNCTION_INFO_V1(shipsync_provider_health);
 /*
  * shipsync._provider_health(): one row per provider of this database that
  * has a state in shared memory; the view shipsync.provider_health joins it
- * to the providers and the queue.
+ * to the providers and the queue.  Not the entries of an extension since
+ * dropped, which the dispatcher has not taken back yet: a new provider may
+ * have the id of one of its providers.
  */
 Datum
 shipsync_provider_health(PG_FUNCTION_ARGS)
@@ -551,6 +559,7 @@ shipsync_provider_health(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	ShipsyncProviderState *copy = palloc(sizeof(ShipsyncProviderState));
 	TimestampTz now = GetCurrentTimestamp();
+	Oid			extoid = get_extension_oid("pg_shipsync", true);
 
 	InitMaterializedSRF(fcinfo, 0);
 	for (int i = 0; i < SHIPSYNC_MAX_PROVIDER_STATES; i++)
@@ -560,7 +569,8 @@ shipsync_provider_health(PG_FUNCTION_ARGS)
 		bool		mine;
 
 		LWLockAcquire(shipsync_shared->health_lock, LW_SHARED);
-		mine = shipsync_shared->provider_states[i].dbid == MyDatabaseId;
+		mine = shipsync_shared->provider_states[i].dbid == MyDatabaseId &&
+			shipsync_shared->provider_states[i].extoid == extoid;
 		if (mine)
 			memcpy(copy, &shipsync_shared->provider_states[i], sizeof(*copy));
 		LWLockRelease(shipsync_shared->health_lock);

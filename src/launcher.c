@@ -12,7 +12,9 @@
  * dispatchers it has started: a listed database that exists and has no
  * running dispatcher gets one; a dispatcher whose database left the list is
  * terminated.  A database that does not exist yet is simply looked for again
- * at the next pass, so CREATE DATABASE needs no server restart.
+ * at the next pass, so CREATE DATABASE needs no server restart.  Why a
+ * listed database is not served (it does not exist, was renamed or
+ * dropped, allows no connections) is said in the log once per reason.
  *
  * Dispatchers are registered with BGW_NEVER_RESTART: the launcher restarts
  * them itself, at most once a second per database, so a dispatcher that
@@ -67,6 +69,7 @@
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
 #include "utils/backend_status.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -78,11 +81,23 @@
 
 PG_FUNCTION_INFO_V1(shipsync_database_listed);
 
+/* Why a listed database is not served, as the log last said it */
+typedef enum LauncherUnserved
+{
+	UNSERVED_NOT = 0,			/* served, or not looked for yet */
+	UNSERVED_MISSING,			/* no database of that name, ever seen */
+	UNSERVED_RENAMED,			/* the one served has another name now */
+	UNSERVED_DROPPED,			/* the one served is gone */
+	UNSERVED_NO_CONNECTIONS		/* ALTER DATABASE ... ALLOW_CONNECTIONS false */
+} LauncherUnserved;
+
 /* What the launcher knows about one listed database */
 typedef struct LauncherEntry
 {
 	char		dbname[NAMEDATALEN];
 	Oid			dbid;			/* InvalidOid until the database is found */
+	Oid			found_dbid;		/* the database last found under that name */
+	LauncherUnserved said;		/* why it is not served, as the log said */
 	BackgroundWorkerHandle *handle;
 	TimestampTz last_start;
 	int			no_slot;		/* starts refused in a row: no worker slot */
@@ -97,20 +112,69 @@ static int	launcher_nentries = 0;
 static LauncherEntry launcher_receiver;
 
 /*
- * Does a database of this name exist and accept connections?  Connected to
- * no database, we may read shared catalogs only by heap scan: an index scan
- * would need the opclass catalogs of some database.
+ * Say in the log, once per reason, why e's database is not served: a DBA
+ * who renamed a served database, or closed it to connections, had no word
+ * of it, while its orders were captured and never sent.  A database not
+ * created yet is only noted: listing it beforehand is allowed.
+ */
+static void
+launcher_say_unserved(LauncherEntry *e, LauncherUnserved why, const char *renamed_to,
+					  bool receiver)
+{
+	const char *guc = receiver ? "shipsync.receiver_database" : "shipsync.databases";
+	const char *worker = receiver ? "receiver of pushes" : "dispatcher";
+
+	if (why == e->said)
+		return;
+	e->said = why;
+	if (why == UNSERVED_MISSING)
+		ereport(LOG,
+				(errmsg("pg_shipsync: database \"%s\" of %s does not exist; its %s starts once it is created",
+						e->dbname, guc, worker)));
+	else if (why == UNSERVED_DROPPED)
+		ereport(LOG,
+				(errmsg("pg_shipsync: database \"%s\" of %s was dropped; a %s starts if one of that name is created",
+						e->dbname, guc, worker)));
+	else if (why == UNSERVED_RENAMED)
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("database \"%s\" of %s was renamed to \"%s\": no pg_shipsync %s serves it",
+						e->dbname, guc, renamed_to, worker),
+				 receiver ?
+				 errdetail("Pushes are refused until the receiver runs again.") :
+				 errdetail("Its orders are captured and not sent until %s names it.", guc),
+				 errhint("Put \"%s\" in %s in place of \"%s\"%s.", renamed_to, guc, e->dbname,
+						 receiver ? " and restart the server" :
+						 " (ALTER SYSTEM SET shipsync.databases, then SELECT pg_reload_conf())")));
+	else if (why == UNSERVED_NO_CONNECTIONS)
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("database \"%s\" of %s does not allow connections: no pg_shipsync %s serves it",
+						e->dbname, guc, worker),
+				 receiver ?
+				 errdetail("Pushes are refused until it does.") :
+				 errdetail("Its orders are captured and not sent until it does."),
+				 errhint("Run ALTER DATABASE %s ALLOW_CONNECTIONS true, or take it out of %s.",
+						 quote_identifier(e->dbname), guc)));
+}
+
+/*
+ * Does e's database exist under its name and accept connections?  Sets
+ * e->dbid, and says why not in the log (launcher_say_unserved).  Connected
+ * to no database, we may read shared catalogs only by heap scan: an index
+ * scan would need the opclass catalogs of some database.
  */
 static bool
-launcher_database_exists(const char *dbname, Oid *dbid)
+launcher_database_exists(LauncherEntry *e, bool receiver)
 {
-	bool		exists = false;
+	LauncherUnserved why = UNSERVED_MISSING;
+	char		renamed_to[NAMEDATALEN] = "";
 	Relation	rel;
 	TableScanDesc scan;
 	HeapTuple	tup;
 	MemoryContext caller = CurrentMemoryContext;
 
-	*dbid = InvalidOid;
+	e->dbid = InvalidOid;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -120,19 +184,29 @@ launcher_database_exists(const char *dbname, Oid *dbid)
 	{
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
 
-		if (strcmp(NameStr(db->datname), dbname) == 0)
+		if (strcmp(NameStr(db->datname), e->dbname) == 0)
 		{
-			exists = db->datallowconn;
-			*dbid = db->oid;
+			why = db->datallowconn ? UNSERVED_NOT : UNSERVED_NO_CONNECTIONS;
+			e->dbid = e->found_dbid = db->oid;
 			break;
 		}
+		if (OidIsValid(e->found_dbid) && db->oid == e->found_dbid)
+			strlcpy(renamed_to, NameStr(db->datname), NAMEDATALEN);
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(caller);	/* the commit left TopMemoryContext */
-	return exists;
+	if (why == UNSERVED_MISSING && renamed_to[0] != '\0')
+		why = UNSERVED_RENAMED;
+	else if (why == UNSERVED_MISSING && OidIsValid(e->found_dbid))
+		why = UNSERVED_DROPPED;
+	if (why == UNSERVED_NOT)
+		e->said = UNSERVED_NOT;
+	else
+		launcher_say_unserved(e, why, renamed_to, receiver);
+	return why == UNSERVED_NOT;
 }
 
 /*
@@ -426,7 +500,7 @@ launcher_reconcile_receiver(void)
 		return;
 	if (!TimestampDifferenceExceeds(e->last_start, GetCurrentTimestamp(), launcher_retry_ms(e)))
 		return;
-	if (!launcher_database_exists(e->dbname, &e->dbid) || launcher_let_go(e))
+	if (!launcher_database_exists(e, true) || launcher_let_go(e))
 		return;
 	if (launcher_running_pid(InvalidOid) != 0)
 		return;					/* started by the launcher before us */
@@ -542,7 +616,7 @@ launcher_reconcile(void)
 			continue;
 		if (!TimestampDifferenceExceeds(e->last_start, now, launcher_retry_ms(e)))
 			continue;
-		if (!launcher_database_exists(e->dbname, &e->dbid) || launcher_let_go(e))
+		if (!launcher_database_exists(e, false) || launcher_let_go(e))
 			continue;
 		if (launcher_running_pid(e->dbid) != 0)
 		{

@@ -132,10 +132,15 @@ shipsync_shmem_startup(void)
 /*
  * The shared entry of one provider of database dbid, taken (zeroed) if it
  * has none yet; NULL when every entry is taken (the caller then keeps the
- * state in its own memory, and it does not survive a restart).
+ * state in its own memory, and it does not survive a restart).  extoid is
+ * the OID of the extension the provider belongs to: an entry left by a
+ * provider of the same id in an extension since dropped (DROP EXTENSION
+ * and CREATE EXTENSION start the ids again) is zeroed, so that the new
+ * provider inherits neither its breaker, nor the wait its carrier asked
+ * for, nor its counters.
  */
 ShipsyncProviderState *
-shipsync_provider_state(Oid dbid, int32 provider_id)
+shipsync_provider_state(Oid dbid, Oid extoid, int32 provider_id)
 {
 	ShipsyncProviderState *found = NULL;
 	ShipsyncProviderState *free_entry = NULL;
@@ -153,10 +158,15 @@ shipsync_provider_state(Oid dbid, int32 provider_id)
 		if (st->dbid == InvalidOid && free_entry == NULL)
 			free_entry = st;
 	}
-	if (found == NULL && free_entry != NULL)
+	if (found != NULL && found->extoid != extoid)
+		free_entry = found;		/* the dropped extension's: start afresh */
+	else if (found != NULL || free_entry == NULL)
+		free_entry = NULL;
+	if (free_entry != NULL)
 	{
 		memset(free_entry, 0, sizeof(*free_entry));
 		free_entry->dbid = dbid;
+		free_entry->extoid = extoid;
 		free_entry->provider_id = provider_id;
 		found = free_entry;
 	}

@@ -686,7 +686,9 @@ typedef struct ShipsyncIdBlock
  * dispatcher (after a crash or a restart of the worker, not of the server)
  * starts where the old one stopped: the circuit breaker, the Retry-After
  * hold, the rate-limit bucket; and the counters of shipsync.provider_health
- * (health.c).  Keyed by (database, provider).  Written only by the
+ * (health.c).  Keyed by (database, provider), and belonging to the
+ * extension that was there (its pg_extension OID): a provider of the
+ * extension created again, which may have the same id, starts afresh.  Written only by the
  * dispatcher of its database, under health_lock (the token bucket without
  * it: the view does not show it); read by the view under health_lock.
  */
@@ -713,6 +715,7 @@ typedef struct ShipsyncMinute
 typedef struct ShipsyncProviderState
 {
 	Oid			dbid;			/* InvalidOid: a free entry */
+	Oid			extoid;			/* the extension the provider belongs to */
 	int32		provider_id;
 
 	/* the circuit breaker */
@@ -796,7 +799,8 @@ extern void shipsync_set_nice(void);
 extern void shipsync_note_prepared(Oid dbid, uint64 providers);
 extern bool shipsync_take_prepared(int slot);
 extern void shipsync_forget_prepared(int slot);
-extern ShipsyncProviderState *shipsync_provider_state(Oid dbid, int32 provider_id);
+extern ShipsyncProviderState *shipsync_provider_state(Oid dbid, Oid extoid,
+													   int32 provider_id);
 extern void shipsync_forget_provider_states(Oid dbid, const int32 *keep, int nkeep);
 
 /* in secret.c: the secret store; an opened secret, or why it is not */

@@ -3,9 +3,10 @@
 # restarts a dispatcher that died; database settings do not reach the
 # workers; a restarted launcher adopts the running workers; a cancel of the
 # dispatcher neither pauses it nor aborts its transfers; a served
-# database's owner can rename, copy and drop it (the workers let go); with
-# no worker slot, the launcher backs off; a shipsync.databases that does
-# not parse is refused, and the dispatchers go on.
+# database's owner can rename, copy and drop it (the workers let go); a
+# database renamed for good or closed to connections is said not to be
+# served; with no worker slot, the launcher backs off; a shipsync.databases
+# that does not parse is refused, and the dispatchers go on.
 use strict;
 use warnings;
 use FindBin;
@@ -456,7 +457,50 @@ is($node->safe_psql('postgres', $dispatcher_sql), $dispatcher,
 	'refused tries to rename shop leave its dispatcher running');
 unlike(slurp_file($node->logfile, $log_at), qr/is held by a DBA's command/,
 	'and the launcher does not take them for a DBA\'s command');
-my ($rc, $out, $err) = $node->psql('postgres', 'DROP DATABASE shop', extra_params => [ '-U', 'shop_owner' ]);
+# A served database renamed for good, or closed to connections, is served
+# no more: the launcher says so, and why.  Before, the let-go's "its
+# workers stop until it is over" was the last word, and its orders were
+# captured and never sent.
+my $shop_dispatcher = "SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = "
+  . "'pg_shipsync dispatcher' AND datname = ";
+$log_at = -s $node->logfile;
+my ($rc, $out, $err) = $node->psql('postgres', 'ALTER DATABASE shop RENAME TO shop_moved',
+	extra_params => [ '-U', 'shop_owner' ]);
+is($rc . $err, '0', 'its owner renames shop to shop_moved');
+ok( $node->wait_for_log(
+		qr/WARNING:  database "shop" of shipsync\.databases was renamed to "shop_moved": no pg_shipsync dispatcher serves it/,
+		$log_at),
+	'the launcher says that shop was renamed, and is not served');
+like(slurp_file($node->logfile, $log_at),
+	qr/DETAIL:  Its orders are captured and not sent until shipsync\.databases names it\.\n.*HINT:  Put "shop_moved" in shipsync\.databases in place of "shop"/,
+	'... what it means and what to do');
+$node->safe_psql('postgres', "ALTER SYSTEM SET shipsync.databases = 'postgres, later, shop_moved'");
+$node->reload;
+$node->safe_psql('shop_moved', "INSERT INTO crm.orders (customer) VALUES ('moved')");
+ok(wait_until($node, "SELECT count(*) = 0 FROM crm.orders WHERE waybill_no IS NULL", 30, 'shop_moved'),
+	'listed under its new name, it is served');
+is(scalar(() = slurp_file($node->logfile, $log_at) =~ /was renamed to "shop_moved"/g), 1, 'said once');
+
+$log_at = -s $node->logfile;
+$node->safe_psql('postgres', 'ALTER DATABASE shop_moved ALLOW_CONNECTIONS false');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+	  . " WHERE backend_type = 'pg_shipsync dispatcher' AND datname = 'shop_moved'");
+ok( $node->wait_for_log(
+		qr/WARNING:  database "shop_moved" of shipsync\.databases does not allow connections: no pg_shipsync dispatcher serves it/,
+		$log_at),
+	'closed to connections, the launcher says it is not served');
+like(slurp_file($node->logfile, $log_at), qr/HINT:  Run ALTER DATABASE shop_moved ALLOW_CONNECTIONS true/,
+	'... and what to do');
+$node->safe_psql('postgres', 'ALTER DATABASE shop_moved ALLOW_CONNECTIONS true');
+ok(wait_until($node, "$shop_dispatcher 'shop_moved'", 30), 'open again, it is served again');
+($rc, $out, $err) = $node->psql('postgres', 'ALTER DATABASE shop_moved RENAME TO shop',
+	extra_params => [ '-U', 'shop_owner' ]);
+is($rc . $err, '0', 'its owner renames it back to shop');
+$node->safe_psql('postgres', "ALTER SYSTEM SET shipsync.databases = 'postgres, later, shop'");
+$node->reload;
+ok(wait_until($node, "$shop_dispatcher 'shop'", 30), 'shop is served again');
+
+($rc, $out, $err) = $node->psql('postgres', 'DROP DATABASE shop', extra_params => [ '-U', 'shop_owner' ]);
 is($rc . $err, '0', 'its owner drops it');
 is($node->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'pg_shipsync%'"
 		. " AND datname = 'shop'"), '0', 'no worker is left in it');

@@ -8,6 +8,8 @@
 #   - ids are unique and keep growing across an immediate stop (the block in
 #     shared memory is lost, the sequence is not), across the outbox's own
 #     default (SQL-side intents), and after DROP/CREATE EXTENSION;
+#   - a provider of an extension created again starts afresh: nothing of
+#     the dropped one's breaker, wait or counters reaches it;
 #   - a sequence advancing by 1 (no block to share) still works.
 use strict;
 use warnings;
@@ -166,6 +168,48 @@ unlike($log, qr/deadlock detected/, 'twenty drops and re-creations during the wo
 	is(join("\n", grep { /ERROR:|gone from database/ } @said), '',
 		'... with no error and no word of the extension being gone');
 	$sql->("DROP EXTENSION pg_shipsync");
+}
+
+# 9. What the dispatcher keeps of a provider in shared memory (its breaker,
+# the wait its carrier asked for, the counters of provider_health) belongs
+# to that provider of that extension: after DROP EXTENSION and CREATE
+# EXTENSION, the new provider with the same id took it over.  A carrier's
+# 503 asking to wait an hour held the new provider's first order for that
+# hour, and provider_health showed the old provider's requests and error.
+{
+	my $sim = start_sim(faults => { rules => [
+		{ fault => 'status', status => 503, retry_after => '3600', count => 1 } ] });
+	my $fresh = sub {
+		my ($provider, $drop) = @_;
+		$sql->(qq{
+			BEGIN;
+			$drop
+			CREATE EXTENSION pg_shipsync;
+			DROP SCHEMA IF EXISTS crm CASCADE;
+			CREATE SCHEMA crm;
+			CREATE TABLE crm.orders (id bigserial PRIMARY KEY, customer text NOT NULL, waybill_no text);
+			SELECT shipsync.create_provider('$provider', 'generic', '$sim->{url}', '{"timeout_ms": 10000}');
+			SELECT shipsync.attach('crm.orders', '$provider', writeback => '{"tracking_number": "waybill_no"}');
+			COMMIT;
+		});
+		return $sql->("SELECT provider_id FROM shipsync.provider WHERE name = '$provider'");
+	};
+	my $old_id = $fresh->('sim', '');
+	$sql->("INSERT INTO crm.orders (customer) VALUES ('asked to wait')");
+	ok( wait_until($node, "SELECT hold_until > now() + interval '30 min' FROM shipsync.provider_health"
+			  . " WHERE provider = 'sim'", 30),
+		'the carrier asked provider sim to wait an hour');
+	# dropped and created again in one transaction, as a script run with
+	# --single-transaction does
+	is($fresh->('fresh', 'DROP EXTENSION pg_shipsync CASCADE;'), $old_id, 'created again, the extension gives a new provider the id the old one had');
+	$sql->("INSERT INTO crm.orders (customer) VALUES ('new extension')");
+	ok(wait_until($node, "SELECT waybill_no IS NOT NULL FROM crm.orders WHERE customer = 'new extension'", 30),
+		'the new provider\'s order is shipped, not held by the old provider\'s wait');
+	is( $sql->("SELECT coalesce(hold_until::text, 'none') || ' ' || requests_5m || ' '"
+			  . " || coalesce(last_error, 'none') FROM shipsync.provider_health WHERE provider = 'fresh'"),
+		'none 1 none', 'provider_health shows the new provider\'s own request only');
+	$sql->("DROP EXTENSION pg_shipsync CASCADE");
+	stop_sim($sim);
 }
 
 $node->stop;

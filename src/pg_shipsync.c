@@ -699,6 +699,29 @@ define_audit_gucs(void)
 							   check_audit_action, NULL, NULL);
 }
 
+/* The files of the keys that encrypt the secrets (secret.c) */
+static void
+define_secret_gucs(void)
+{
+	DefineCustomStringVariable("shipsync.secret_key_file",
+							   "File holding the key that encrypts the secrets of shipsync.secret.",
+							   "32 random bytes or 64 hexadecimal digits, owned by the server's user, mode 0600 or less; empty: pg_shipsync.key in the data directory, generated at the first need.",
+							   &shipsync_secret_key_file,
+							   "",
+							   PGC_POSTMASTER,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("shipsync.previous_secret_key_file",
+							   "File holding the key the secrets were encrypted with before a key rotation.",
+							   "Set during a rotation, until shipsync.rotate_key() has encrypted every secret again under shipsync.secret_key_file.",
+							   &shipsync_previous_secret_key_file,
+							   "",
+							   PGC_POSTMASTER,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+}
+
 void
 _PG_init(void)
 {
@@ -814,23 +837,7 @@ _PG_init(void)
 							 NULL, NULL, NULL);
 
 	define_receiver_gucs();
-	DefineCustomStringVariable("shipsync.secret_key_file",
-							   "File holding the key that encrypts the secrets of shipsync.secret.",
-							   "32 random bytes or 64 hexadecimal digits, owned by the server's user, mode 0600 or less; empty: pg_shipsync.key in the data directory, generated at the first need.",
-							   &shipsync_secret_key_file,
-							   "",
-							   PGC_POSTMASTER,
-							   GUC_SUPERUSER_ONLY,
-							   NULL, NULL, NULL);
-
-	DefineCustomStringVariable("shipsync.previous_secret_key_file",
-							   "File holding the key the secrets were encrypted with before a key rotation.",
-							   "Set during a rotation, until shipsync.rotate_key() has encrypted every secret again under shipsync.secret_key_file.",
-							   &shipsync_previous_secret_key_file,
-							   "",
-							   PGC_POSTMASTER,
-							   GUC_SUPERUSER_ONLY,
-							   NULL, NULL, NULL);
+	define_secret_gucs();
 	define_reconcile_gucs();
 
 	DefineCustomStringVariable("shipsync.allowed_hosts",

@@ -914,6 +914,25 @@ apply_durable(const ShipResult *rs, int n)
 }
 
 /*
+ * In a PG_CATCH() of a transaction of ours: the error, copied into cxt,
+ * and the transaction rolled back.  A DROP EXTENSION under it ends the
+ * worker (nothing is left to apply to).
+ */
+static ErrorData *
+apply_caught(MemoryContext cxt)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	shipsync_abort_tx();
+	(void) shipsync_exit_if_dropped();
+	MemoryContextSwitchTo(cxt);
+	return edata;
+}
+
+/*
  * Apply results [0, n) in one transaction.  Returns false (rolled back,
  * the error logged) when it failed.
  */
@@ -931,15 +950,8 @@ apply_batch(ShipResult *rs, int n, Binding *bs, int nb)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = apply_caught(cxt);
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		shipsync_abort_tx();
-		/* DROP EXTENSION under the batch: nothing is left to apply it to */
-		(void) shipsync_exit_if_dropped();
-		MemoryContextSwitchTo(cxt);
 		ereport(LOG,
 				(errmsg("pg_shipsync: a batch of %d results failed, applying them one by one", n),
 				 errdetail("%s", edata->message)));
@@ -1265,14 +1277,8 @@ outbox_writeback_waiting(Binding *bs, int nb)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = apply_caught(cxt);
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		shipsync_abort_tx();
-		(void) shipsync_exit_if_dropped();
-		MemoryContextSwitchTo(cxt);
 		ereport(LOG,
 				(errmsg("pg_shipsync: writing back what waited for held order rows failed"),
 				 errdetail("%s", edata->message)));

@@ -144,13 +144,17 @@ ok($ended, "reconciliation run $run ended");
 is(sql("SELECT state || '/' || coalesce(error, '') FROM shipsync.reconcile_run WHERE run_id = $run"), 'done/',
 	'and is done');
 
+my $receiver = receiver_pid($node);
+ok($receiver, "the receiver ran throughout (PID $receiver)");
 $node->stop('fast');
 
-# valgrind's verdict, one log per process
+# valgrind's verdict, one log per process; the receiver's must be there
 SKIP:
 {
-	skip 'not under valgrind (SHIPSYNC_VG_DIR unset)', 2 unless $vg_dir;
+	skip 'not under valgrind (SHIPSYNC_VG_DIR unset)', 3 unless $vg_dir;
 	my (%errors, $summaries);
+	ok(-e "$vg_dir/vg.$receiver.log" && slurp_file("$vg_dir/vg.$receiver.log") =~ /ERROR SUMMARY: \d+ errors/,
+		"valgrind watched the receiver to its exit (PID $receiver)");
 	for my $f (glob("$vg_dir/vg.*.log"))
 	{
 		my $text = slurp_file($f);

@@ -77,7 +77,12 @@ is( $node->safe_psql('postgres',
 # the answer of an attempt whose lease ran out on the wire: the dispatcher
 # held up by a lock for longer than the lease (timeout_ms + 60 s) is
 # played here by moving the lease back; nothing is sent again meanwhile
-# (the provider paused), then the answer comes
+# (the provider paused), then the answer comes.  The request must outlive
+# all that: at timeout_ms = 2000 a slow machine (the server under ASan)
+# timed it out before the sweep had taken it back, and it was rightly
+# sent again
+$node->safe_psql('postgres', q{UPDATE shipsync.provider SET timeout_ms = 20000 WHERE name = 'sim';
+	SELECT shipsync._wake(true)});
 sim_post($sim, '/_sim/faults', { rules => [ { fault => 'slow', ms => 30000, held => JSON::PP::true } ] });
 $node->safe_psql('postgres', "INSERT INTO crm.orders (customer) VALUES ('late answer')");
 my $late = q{(SELECT id::text FROM crm.orders WHERE customer = 'late answer')};
@@ -108,7 +113,7 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM shipsync.exception_ticket 
 # the same at the last attempt (max_attempts): the sweep makes it dead
 # (lease_expired, "its answer is unknown"), and the answer that comes
 # makes it done; it used to stay dead beside the shipment its answer made
-$node->safe_psql('postgres', q{UPDATE shipsync.provider SET max_attempts = 1, timeout_ms = 20000 WHERE name = 'sim';
+$node->safe_psql('postgres', q{UPDATE shipsync.provider SET max_attempts = 1 WHERE name = 'sim';
 	SELECT shipsync._wake(true)});
 sim_post($sim, '/_sim/faults', { rules => [ { fault => 'slow', ms => 30000, held => JSON::PP::true } ] });
 $node->safe_psql('postgres', "INSERT INTO crm.orders (customer) VALUES ('late last answer')");

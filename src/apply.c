@@ -1122,21 +1122,6 @@ wait_write_back(void *arg)
 }
 
 /*
- * Whether error e of a waiting write-back passes: another session's lock,
- * or what a later try gets past (a cancel, a shortage of resources), as
- * writeback_try() in writeback.c judges them.  Not the row's refusal.
- */
-static bool
-wait_transient(const ErrorData *e)
-{
-	int			cls = ERRCODE_TO_CATEGORY(e->sqlerrcode);
-
-	return apply_lock_error(e) || cls == ERRCODE_TRANSACTION_ROLLBACK ||
-		cls == ERRCODE_INSUFFICIENT_RESOURCES || cls == ERRCODE_OPERATOR_INTERVENTION ||
-		cls == ERRCODE_SYSTEM_ERROR;
-}
-
-/*
  * w's write-back met the held row again (e), or something else that
  * passes: its next try, and the order_held ticket once it has waited
  * longer than shipsync.writeback_wait_ticket.  Or the row refused it (a
@@ -1148,7 +1133,7 @@ wait_not_landed(WaitRow *w, const ErrorData *e, ArgArrays *tickets, TimestampTz 
 {
 	char	   *key = TextDatumGetCString(w->args[1]);
 
-	if (wait_transient(e))
+	if (writeback_error_passes(e))
 	{
 		bool		ticket = !w->ticketed && shipsync_writeback_wait_ticket_ms > 0 &&
 			TimestampDifferenceExceeds(w->since, now, shipsync_writeback_wait_ticket_ms);

@@ -587,33 +587,23 @@ crm_load_map(CrmSource *s)
  * path name ("Customer Name", "full""name") is written in double quotes,
  * as in every field map path (docs/mapping.md), and names the column
  * without them; any other target is the column's name as it is written
- * ("Ver.Ts" unquoted is column Ver.Ts).  _check_crm_map() reads targets
+ * ("Ver.Ts" unquoted is column Ver.Ts).  The quoted name is read by the
+ * field maps' own path parser (mapping.c); _check_crm_map() reads targets
  * the same way.
  */
 static char *
 crm_target_column(const char *target)
 {
-	size_t		len = strlen(target);
-	StringInfoData buf;
+	MapPath		path;
+	char		err[128];
+	char	   *col;
 
-	if (len < 2 || target[0] != '"' || target[len - 1] != '"')
+	if (target[0] != '"' || !shipsync_path_parse(target, &path, err, sizeof(err)))
 		return pstrdup(target);
-	initStringInfo(&buf);
-	for (size_t i = 1; i < len - 1; i++)
-	{
-		if (target[i] == '"')
-		{
-			/* a quote inside is doubled; else it is no one quoted name */
-			if (i + 1 >= len - 1 || target[i + 1] != '"')
-			{
-				pfree(buf.data);
-				return pstrdup(target);
-			}
-			i++;
-		}
-		appendStringInfoChar(&buf, target[i]);
-	}
-	return buf.data;
+	col = pstrdup(path.nsegs == 1 && path.segs[0].kind == MAPSEG_PLAIN ?
+				  path.segs[0].name : target);
+	shipsync_path_free(&path);
+	return col;
 }
 
 /*

@@ -218,6 +218,7 @@ extern void writeback_shipments(Binding *bs, int nb, SPITupleTable *tt,
 								uint64 nrows);
 extern void writeback_shipments_within(Binding *bs, int nb, SPITupleTable *tt,
 									  uint64 nrows, int lock_timeout_ms);
+extern bool writeback_error_passes(const ErrorData *e);
 
 /* in outbox.c */
 extern void outbox_requeue_in_flight(bool expired_only);

@@ -94,13 +94,12 @@ health_attach(Provider *ps, int n, TimestampTz now, Oid extoid)
 {
 	int32	   *ids = palloc(sizeof(int32) * Max(n, 1));
 
+	health_extoid = extoid;
 	for (int i = 0; i < n; i++)
 	{
 		Provider   *p = &ps[i];
-		ShipsyncProviderState *st;
+		ShipsyncProviderState *st = shipsync_provider_state(MyDatabaseId, extoid, p->id);
 
-		health_extoid = extoid;
-		st = shipsync_provider_state(MyDatabaseId, extoid, p->id);
 		if (st == NULL)
 			st = local_state(p->id);
 		p->st = st;

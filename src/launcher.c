@@ -75,7 +75,6 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
-#include "utils/varlena.h"
 
 #include "pg_shipsync.h"
 
@@ -508,26 +507,6 @@ launcher_reconcile_receiver(void)
 }
 
 /*
- * The names of shipsync.databases, as the launcher serves them: a name in
- * double quotes may hold commas and quotes (doubled), and no name is
- * folded to lower case (SplitGUCList()).  The one parse of the list: the
- * launcher's and attach()'s (shipsync._database_listed()).  False when
- * the list is not valid; *names is then NIL.  The names point into *raw,
- * palloc'd: the caller frees both.
- */
-bool
-shipsync_database_names(char **raw, List **names)
-{
-	*raw = pstrdup(shipsync_databases ? shipsync_databases : "");
-	*names = NIL;
-	if (SplitGUCList(*raw, ',', names))
-		return true;
-	list_free(*names);
-	*names = NIL;
-	return false;
-}
-
-/*
  * shipsync._database_listed(): is the current database in
  * shipsync.databases, as the launcher reads it?  NULL when the list is
  * not valid (the launcher then serves no database).
@@ -540,7 +519,7 @@ shipsync_database_listed(PG_FUNCTION_ARGS)
 	ListCell   *lc;
 	char	   *db = get_database_name(MyDatabaseId);
 
-	if (!shipsync_database_names(&raw, &names))
+	if (!shipsync_database_names(shipsync_databases, &raw, &names))
 		PG_RETURN_NULL();
 	foreach(lc, names)
 		if (db != NULL && strcmp((const char *) lfirst(lc), db) == 0)
@@ -559,7 +538,7 @@ launcher_reconcile(void)
 	ListCell   *lc;
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (!shipsync_database_names(&raw, &names))
+	if (!shipsync_database_names(shipsync_databases, &raw, &names))
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -160,8 +160,8 @@ shipsync_provider_state(Oid dbid, Oid extoid, int32 provider_id)
 	}
 	if (found != NULL && found->extoid != extoid)
 		free_entry = found;		/* the dropped extension's: start afresh */
-	else if (found != NULL || free_entry == NULL)
-		free_entry = NULL;
+	else if (found != NULL)
+		free_entry = NULL;		/* ours: kept */
 	if (free_entry != NULL)
 	{
 		memset(free_entry, 0, sizeof(*free_entry));
@@ -456,18 +456,39 @@ shipsync_out_of_memory(void)
 }
 
 /*
- * shipsync.databases must parse as the launcher parses it (SplitGUCList(),
- * src/launcher.c): a list that does not (an unclosed quote) is refused
- * where it is written, ALTER SYSTEM or a reload, and the list in force
- * stays.  Taken, it made the launcher serve no database: every dispatcher
- * stopped, and a warning every second.
+ * The names of the database list (shipsync.databases' value), as the
+ * launcher serves them: a name in double quotes may hold commas and quotes
+ * (doubled), and no name is folded to lower case (SplitGUCList()).  The one
+ * parse of the list: the setting's check, the launcher's and attach()'s
+ * (shipsync._database_listed(), launcher.c).  False when the list is not
+ * valid; *names is then NIL.  The names point into *raw, palloc'd: the
+ * caller frees both.
+ */
+bool
+shipsync_database_names(const char *list, char **raw, List **names)
+{
+	*raw = pstrdup(list ? list : "");
+	*names = NIL;
+	if (SplitGUCList(*raw, ',', names))
+		return true;
+	list_free(*names);
+	*names = NIL;
+	return false;
+}
+
+/*
+ * shipsync.databases must parse as the launcher parses it: a list that
+ * does not (an unclosed quote) is refused where it is written, ALTER
+ * SYSTEM or a reload, and the list in force stays.  Taken, it made the
+ * launcher serve no database: every dispatcher stopped, and a warning
+ * every second.
  */
 static bool
 shipsync_check_databases(char **newval, void **extra, GucSource source)
 {
-	char	   *raw = pstrdup(*newval ? *newval : "");
-	List	   *names = NIL;
-	bool		ok = SplitGUCList(raw, ',', &names);
+	char	   *raw;
+	List	   *names;
+	bool		ok = shipsync_database_names(*newval, &raw, &names);
 
 	list_free(names);
 	pfree(raw);

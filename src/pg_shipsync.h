@@ -797,6 +797,7 @@ extern void shipsync_wake_dispatcher(Oid dbid, uint64 providers,
 extern uint64 shipsync_exchange_masks(int slot, uint64 accepting);
 extern void shipsync_set_nice(void);
 extern void shipsync_note_prepared(Oid dbid, uint64 providers);
+extern bool shipsync_database_names(const char *list, char **raw, List **names);
 extern bool shipsync_take_prepared(int slot);
 extern void shipsync_forget_prepared(int slot);
 extern ShipsyncProviderState *shipsync_provider_state(Oid dbid, Oid extoid,
@@ -827,7 +828,6 @@ extern void audit_prune_if_due(TimestampTz now);
 
 /* in launcher.c */
 extern PGDLLEXPORT void shipsync_launcher_main(Datum main_arg);
-extern bool shipsync_database_names(char **raw, List **names);
 
 /* in flush.c: the dispatchers' claims flushed by the launcher */
 extern void flush_serve_begin(void);

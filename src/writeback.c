@@ -458,10 +458,25 @@ writeback_step_run(void *arg)
 }
 
 /*
+ * Whether a write-back's error e is one a later try can get past (a lock
+ * wait over lock_timeout, a deadlock or serialization failure, a cancel, a
+ * shortage of resources), not the row's refusal (a constraint, a value too
+ * long, a trigger of the user's raising).
+ */
+bool
+writeback_error_passes(const ErrorData *e)
+{
+	int			cls = ERRCODE_TO_CATEGORY(e->sqlerrcode);
+
+	return cls == ERRCODE_TRANSACTION_ROLLBACK || cls == ERRCODE_INSUFFICIENT_RESOURCES ||
+		cls == ERRCODE_OPERATOR_INTERVENTION || cls == ERRCODE_SYSTEM_ERROR ||
+		e->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
+}
+
+/*
  * Run a step in a subtransaction.  NULL when it went through; else its
- * error, unless the error is one that a retry of the whole can get past (a
- * lock wait over lock_timeout, a deadlock or serialization failure, a
- * cancel, a shortage of resources): that one is raised again, so that the
+ * error, unless a retry of the whole can get past it
+ * (writeback_error_passes()): that one is raised again, so that the
  * caller fails as a whole and its sender tries again later, rather than
  * an order being ticketed for another session's lock.
  */
@@ -469,14 +484,8 @@ static ErrorData *
 writeback_try(WritebackStep *st)
 {
 	ErrorData  *e = shipsync_subxact(writeback_step_run, st);
-	int			cls;
 
-	if (e == NULL)
-		return NULL;
-	cls = ERRCODE_TO_CATEGORY(e->sqlerrcode);
-	if (cls == ERRCODE_TRANSACTION_ROLLBACK || cls == ERRCODE_INSUFFICIENT_RESOURCES ||
-		cls == ERRCODE_OPERATOR_INTERVENTION || cls == ERRCODE_SYSTEM_ERROR ||
-		e->sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE)
+	if (e != NULL && writeback_error_passes(e))
 		ReThrowError(e);
 	return e;
 }

@@ -8,9 +8,10 @@
  * single URL: EXP_RECE_CREATE_ORDER for a create, EXP_RECE_UPDATE_ORDER
  * with dealType 2 for a cancel; the requestID is the intent's idempotency
  * key and the body is stored, so a retry sends the same orderId, timestamp
- * and digest, signed again (sf_sign()) only if the partner id or check
- * word changed since it was stored.  An update of an order SF already has is finished with a
- * reason: SF has no order update.  Business errors come inside a 200
+ * and msgData, signed again as it goes (sf_sign()) with the partner id
+ * and check word of now: the stored bytes while those are unchanged.  An
+ * update of an order SF already has is finished with a reason: SF has no
+ * order update.  Business errors come inside a 200
  * (retry.c's shipsync_sf_classify()); 8016, a duplicate orderId, is
  * followed on the same flight by EXP_RECE_SEARCH_ORDER_RESP, whose
  * waybill is applied as the create's.  Fees are asked with
